@@ -1,0 +1,80 @@
+"""The pass pipelines: each one literal ordered list, and the runner that reports failures.
+
+A failing pass is re-raised as ``RewriteError("pass X failed after [A, B]: ...")`` chained to
+the cause. ``dump`` (the decorator's ``debug_dir``) receives readable Python after every pass.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Callable
+
+import torch.fx
+
+from rewrite.errors import RewriteError, Unsupported
+
+from . import check_supported
+from .ast_tools import PassContext, unparse
+
+# Runs before AST_PIPELINE; refuses whole functions, with a reason.
+CHECKER = check_supported
+
+# AST passes, in order: each entry is a module with ``transform(tree, ctx) -> tree``.
+AST_PIPELINE: list = [
+]
+
+# FX passes, in order: each entry is a module with ``run(gm) -> PassResult``; facts go to
+# ``node.meta`` under the keys of ``passes.meta_keys``.
+FX_PIPELINE: list = [
+]
+
+Dump = Callable[[str, str], None]  # (step name, readable Python)
+
+
+def pass_name(p) -> str:
+    return p.__name__.rsplit(".", 1)[-1]
+
+
+def run_ast_pipeline(tree: ast.Module, ctx: PassContext, dump: Dump | None = None) -> ast.Module:
+    """Check, then run every AST pass; ``ctx.report.passes_run`` lists what ran."""
+    if dump:
+        dump("parsed", unparse(tree))
+    try:
+        CHECKER.check(tree, ctx)
+    except Unsupported as exc:
+        raise RewriteError(f"not rewritten: {exc.reason}", ctx.filename, exc.lineno,
+                           pass_name(CHECKER)) from exc
+    for p in AST_PIPELINE:
+        name = pass_name(p)
+        try:
+            tree = p.transform(tree, ctx)
+        except Exception as exc:
+            raise _failure(name, ctx.report.passes_run, exc, ctx.filename) from exc
+        ctx.report.passes_run.append(name)
+        if dump:
+            dump(name, unparse(tree))
+    return tree
+
+
+def run_fx_pipeline(gm: torch.fx.GraphModule, filename: str, done: list[str],
+                    dump: Dump | None = None) -> torch.fx.GraphModule:
+    """Run every FX pass on ``gm``; ``done`` collects the names of passes that ran."""
+    if dump:
+        dump("fx_traced", gm.code)
+    for p in FX_PIPELINE:
+        name = pass_name(p)
+        try:
+            result = p.run(gm)
+        except Exception as exc:
+            raise _failure(name, done, exc, filename) from exc
+        gm = result.graph_module
+        done.append(name)
+        if dump:
+            dump(f"fx_{name}", gm.code)
+    return gm
+
+
+def _failure(name: str, done: list[str], exc: Exception, filename: str) -> RewriteError:
+    lineno = getattr(exc, "lineno", None)
+    reason = exc.reason if isinstance(exc, Unsupported) else f"{type(exc).__name__}: {exc}"
+    return RewriteError(f"pass {name} failed after [{', '.join(done)}]: {reason}",
+                        filename, lineno, name)

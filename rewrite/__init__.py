@@ -1,0 +1,17 @@
+"""optimize-loss: makes naive PyTorch loss functions fast, with verified rewrites.
+
+    from rewrite import optimize_loss
+
+    @optimize_loss
+    def loss(pred, target): ...
+"""
+from .decorator import OptimizedModule, explain, optimize_loss
+from .errors import RewriteError
+from .report import Fallback, LoopReport, Report
+from .runtime import OptimizedFunction, RewriteWarning
+from .testing import assert_equivalent
+
+__all__ = [
+    "optimize_loss", "explain", "assert_equivalent", "RewriteError", "RewriteWarning",
+    "Report", "LoopReport", "Fallback", "OptimizedFunction", "OptimizedModule",
+]

@@ -1,0 +1,63 @@
+"""``optimize_loss``: the decorator, in all the forms users write it."""
+from __future__ import annotations
+
+import types
+from typing import Any, Callable
+
+import torch
+
+from .report import Report
+from .runtime import OptimizedFunction, Options
+
+
+def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
+    """Make a naive loss fast: ``@optimize_loss``, ``@optimize_loss(**options)`` or
+    ``optimize_loss(fn_or_module, **options)``.
+
+    Options: ``compile=True`` (torch.compile the rewritten function; ``backend``, ``mode``,
+    ``dynamic`` are passed through), ``verify=False`` (compare value and gradients with the
+    original on the first call per input signature; fall back on mismatch), ``strict=False``
+    (raise ``RewriteError`` instead of falling back), ``hoist=True`` (run target-only work outside
+    autograd), ``debug_dir=None`` (dump the code after every pass there).
+    """
+    opts = Options(**options)  # unknown options are a TypeError here, at decoration time
+    if fn is None:
+        return lambda f: optimize_loss(f, **options)
+    if isinstance(fn, (staticmethod, classmethod)):
+        return type(fn)(optimize_loss(fn.__func__, **options))
+    if isinstance(fn, OptimizedFunction):
+        fn = fn.__wrapped__
+    if isinstance(fn, types.MethodType):
+        return types.MethodType(OptimizedFunction(fn.__func__, opts), fn.__self__)
+    if isinstance(fn, torch.nn.Module):
+        return OptimizedModule(fn, opts)
+    if not callable(fn):
+        raise TypeError(f"optimize_loss needs a function or an nn.Module, got {type(fn).__name__}")
+    return OptimizedFunction(fn, opts)
+
+
+class OptimizedModule(torch.nn.Module):
+    """An ``nn.Module`` loss whose ``forward`` runs optimized; parameters are shared with
+    ``.module`` (so ``state_dict`` keys gain a ``module.`` prefix, as with DataParallel)."""
+
+    def __init__(self, module: torch.nn.Module, options: Options):
+        super().__init__()
+        self.module = module
+        forward = type(module).forward
+        self._forward = forward if isinstance(forward, OptimizedFunction) else OptimizedFunction(forward, options)
+
+    @property
+    def report(self) -> Report:
+        return self._forward.report
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(self.module, *args, **kwargs)
+
+
+def explain(fn: Callable) -> Report:
+    """The report of an optimized function or module; for a plain function, what optimize_loss
+    would do to it (the AST passes run, nothing is compiled)."""
+    found = getattr(fn, "report", None)
+    if isinstance(found, Report):
+        return found
+    return optimize_loss(fn, compile=False).report
