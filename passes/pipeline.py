@@ -48,7 +48,7 @@ def run_ast_pipeline(tree: ast.Module, ctx: PassContext, dump: Dump | None = Non
         try:
             tree = p.transform(tree, ctx)
         except Exception as exc:
-            raise _failure(name, ctx.report.passes_run, exc, ctx.filename) from exc
+            raise _failure(name, ctx.report.passes_run, exc, ctx.filename, ctx.report.lineno) from exc
         ctx.report.passes_run.append(name)
         if dump:
             dump(name, unparse(tree))
@@ -56,7 +56,7 @@ def run_ast_pipeline(tree: ast.Module, ctx: PassContext, dump: Dump | None = Non
 
 
 def run_fx_pipeline(gm: torch.fx.GraphModule, filename: str, done: list[str],
-                    dump: Dump | None = None) -> torch.fx.GraphModule:
+                    dump: Dump | None = None, lineno: int | None = None) -> torch.fx.GraphModule:
     """Run every FX pass on ``gm``; ``done`` collects the names of passes that ran."""
     if dump:
         dump("fx_traced", gm.code)
@@ -65,7 +65,7 @@ def run_fx_pipeline(gm: torch.fx.GraphModule, filename: str, done: list[str],
         try:
             result = p.run(gm)
         except Exception as exc:
-            raise _failure(name, done, exc, filename) from exc
+            raise _failure(name, done, exc, filename, lineno) from exc
         gm = result.graph_module
         done.append(name)
         if dump:
@@ -73,8 +73,9 @@ def run_fx_pipeline(gm: torch.fx.GraphModule, filename: str, done: list[str],
     return gm
 
 
-def _failure(name: str, done: list[str], exc: Exception, filename: str) -> RewriteError:
-    lineno = getattr(exc, "lineno", None)
+def _failure(name: str, done: list[str], exc: Exception, filename: str,
+             lineno: int | None) -> RewriteError:
+    lineno = getattr(exc, "lineno", None) or lineno  # else the function's own line
     reason = exc.reason if isinstance(exc, Unsupported) else f"{type(exc).__name__}: {exc}"
     return RewriteError(f"pass {name} failed after [{', '.join(done)}]: {reason}",
                         filename, lineno, name)

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
+import passes.pipeline
 from passes.ast_tools import Namer, PassContext, unparse
-from passes.pipeline import run_ast_pipeline
 
 from . import frontend
 from .errors import RewriteError, Unsupported
@@ -121,7 +121,7 @@ class OptimizedFunction:
                           torch_name=parsed.torch_name)
         before = unparse(parsed.tree)
         try:
-            tree = run_ast_pipeline(parsed.tree, ctx, self._dumper())
+            tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, self._dumper())
             report.rewritten_source = unparse(tree)
             rewritten = frontend.build_function(tree, parsed)
         except RewriteError as exc:
@@ -187,12 +187,14 @@ class OptimizedFunction:
         """Record the fallback; warn once, or raise with ``strict=True``."""
         if self._options.strict:
             raise error from cause
+        signature = None if key is None else describe_key(key)
         self._report.fallbacks.append(Fallback(error.message, error.filename or "<unknown>",
-                                               error.lineno, error.pass_name,
-                                               None if key is None else describe_key(key)))
+                                               error.lineno, error.pass_name, signature))
         what = running or "the original function"
-        warnings.warn_explicit(f"optimize_loss: {what} runs for {self._report.function}: {error}",
-                               RewriteWarning, error.filename or "<unknown>", error.lineno or 0)
+        scope = f" on inputs {signature}" if signature else ""
+        warnings.warn_explicit(f"optimize_loss: {what} runs for {self._report.function}{scope}: "
+                               f"{error}", RewriteWarning, error.filename or "<unknown>",
+                               error.lineno or 0)
 
     def _dumper(self) -> Callable[[str, str], None] | None:
         directory = self._options.debug_dir

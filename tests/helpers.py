@@ -1,0 +1,57 @@
+"""Test helpers shared by the foundation tests: write user code to real files, inject passes."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import itertools
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+_counter = itertools.count()
+
+
+def load_module(directory: Path, source: str) -> types.ModuleType:
+    """Import ``source`` from a real file, as user code is (so inspect.getsource works)."""
+    name = f"user_code_{next(_counter)}"
+    path = directory / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def ast_pass(name: str, transformer: type[ast.NodeTransformer]) -> types.SimpleNamespace:
+    """A pipeline entry named ``name`` that runs ``transformer`` once."""
+    return types.SimpleNamespace(__name__=f"passes.{name}",
+                                 transform=lambda tree, ctx: transformer().visit(tree))
+
+
+class FlipAddToSub(ast.NodeTransformer):
+    """A deliberately wrong rewrite: a + b becomes a - b."""
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.BinOp:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Add):
+            node.op = ast.Sub()
+        return node
+
+
+class Identity(ast.NodeTransformer):
+    pass
+
+
+class Explode(ast.NodeTransformer):
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        raise ValueError("boom")
+
+
+class AppendPass(ast.NodeTransformer):
+    """A harmless rewrite (adds a trailing `pass`), so the rebuilt function is the one that runs."""
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        node.body.append(ast.Pass())
+        return node

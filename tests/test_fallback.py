@@ -1,0 +1,220 @@
+"""Fallback policy: exactly one warning and exactly the original result; strict raises."""
+from __future__ import annotations
+
+import linecache
+import os
+import traceback
+import warnings
+
+import pytest
+import torch
+
+import passes.pipeline
+from rewrite import RewriteError, RewriteWarning, assert_equivalent, optimize_loss
+from rewrite import frontend
+from tests.helpers import AppendPass, Explode, FlipAddToSub, ast_pass, load_module
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, generator=gen, requires_grad=True), torch.randn(4, 3, generator=gen)
+
+
+def _calls_with_warnings(fn, args, times=3):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [fn(*args) for _ in range(times)]
+    return results, [w for w in caught if w.category is RewriteWarning]
+
+
+def _assert_one_fallback(fn, args, reason):
+    results, caught = _calls_with_warnings(fn, args)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert reason in str(caught[0].message)
+    expected = fn.__wrapped__(*args)
+    for got in results:
+        assert torch.equal(got, expected)
+    assert len(fn.report.fallbacks) == 1
+    return caught[0]
+
+
+async def _coroutine(pred, target):
+    return pred
+
+
+def _generator(pred, target):
+    yield pred
+
+
+GLOBAL_STATE = 0
+
+
+def _rebinds_global(pred, target):
+    global GLOBAL_STATE
+    GLOBAL_STATE += 1
+    return (pred * target).sum()
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: eval("lambda pred, target: (pred * target).sum()"), "source not available"),
+    (lambda: _exec_defined(), "source not available"),
+    (lambda: torch.mul, "not a Python function"),
+    (lambda: _rebinds_global, "`global` statement"),
+])
+def test_unsupported_functions_run_original_with_one_warning(make, reason):
+    _assert_one_fallback(optimize_loss(make(), compile=False), _inputs(), reason)
+
+
+def test_generator_falls_back():
+    fn = optimize_loss(_generator, compile=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list(fn(1, 2)) == [1] and list(fn(3, 4)) == [3]
+    assert ["generator function" in str(w.message) for w in caught] == [True]
+
+
+def test_async_function_falls_back():
+    fn = optimize_loss(_coroutine, compile=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        coro = fn(1, 2)
+    import asyncio
+    assert asyncio.run(coro) == 1
+    assert ["async function" in str(w.message) for w in caught] == [True]
+
+
+def _exec_defined():
+    namespace: dict = {}
+    exec("def made(pred, target):\n    return (pred * target).sum()\n", namespace)
+    return namespace["made"]
+
+
+def test_source_edited_after_import(tmp_path):
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred + target).sum()\n")
+    path = module.__file__
+    with open(path, "w") as f:
+        f.write("def loss(pred, target):\n    return (pred * target).sum()\n")
+    os.utime(path, (1, 1))  # the edit must be seen even if within the same mtime tick
+    linecache.checkcache(path)
+    fn = optimize_loss(module.loss, compile=False)
+    warning = _assert_one_fallback(fn, _inputs(), "does not match the loaded code")
+    assert warning.filename == path and warning.lineno == 1
+
+
+def test_verify_catches_a_wrong_rewrite_per_signature(monkeypatch, tmp_path):
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("flip_add", FlipAddToSub)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return ((pred + target) ** 2).sum()\n")
+    fn = optimize_loss(module.loss, compile=False, verify=True)
+    warning = _assert_one_fallback(fn, _inputs(), "verification failed")
+    assert "output 0" in str(warning.message)
+    assert f"{module.__file__}:1" in str(warning.message)
+    # A new signature is verified on its own (and fails on its own).
+    wide = (torch.randn(2, 7, requires_grad=True), torch.randn(2, 7))
+    _, caught = _calls_with_warnings(fn, wide)
+    assert len(caught) == 1 and "float32[2, 7]:grad" in str(caught[0].message)
+
+
+def test_verify_passes_a_correct_rewrite(monkeypatch, tmp_path):
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("append_pass", AppendPass)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return ((pred + target) ** 2).sum()\n")
+    fn = optimize_loss(module.loss, compile=False, verify=True)
+    results, caught = _calls_with_warnings(fn, _inputs())
+    assert not caught and not fn.report.fallbacks
+    assert "pass" in fn.report.rewritten_source
+
+
+def test_verify_catches_a_wrong_gradient_only(monkeypatch, tmp_path):
+    # x * x -> x * x.detach(): same value, half the gradient.
+    import ast
+
+    class DetachRight(ast.NodeTransformer):
+        def visit_BinOp(self, node):
+            node.right = ast.Call(ast.Attribute(node.right, "detach", ast.Load()), [], [])
+            return node
+
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("detach_right", DetachRight)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred * pred).sum()\n")
+    fn = optimize_loss(module.loss, compile=False, verify=True)
+    warning = _assert_one_fallback(fn, _inputs(), "gradient of argument 0")
+    assert "output 0" not in str(warning.message)
+
+
+def test_strict_raises_with_file_line_and_pass(monkeypatch, tmp_path):
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE",
+                        [ast_pass("append_pass", AppendPass), ast_pass("explode", Explode)])
+    module = load_module(tmp_path, "\n\ndef loss(pred, target):\n    return (pred * target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False, strict=True)
+    with pytest.raises(RewriteError) as info:
+        fn(*_inputs())
+    err = info.value
+    assert err.pass_name == "explode" and err.filename == module.__file__ and err.lineno == 3
+    assert "pass explode failed after [append_pass]: ValueError: boom" in str(err)
+    assert isinstance(err.__cause__, ValueError)
+    with pytest.raises(RewriteError):  # and keeps raising: strict never runs the original silently
+        fn(*_inputs())
+
+
+def test_pass_failure_without_strict_warns_once(monkeypatch, tmp_path):
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("explode", Explode)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred * target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False)
+    warning = _assert_one_fallback(fn, _inputs(), "pass explode failed after []")
+    assert fn.report.fallbacks[0].pass_name == "explode"
+
+
+def test_strict_verify_raises(monkeypatch, tmp_path):
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("flip_add", FlipAddToSub)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred + target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False, verify=True, strict=True)
+    with pytest.raises(RewriteError, match="verification failed"):
+        fn(*_inputs())
+
+
+def test_runtime_error_in_rewrite_falls_back(monkeypatch, tmp_path):
+    import ast
+
+    class BreakIt(ast.NodeTransformer):  # the rewritten code raises at run time
+        def visit_Return(self, node):
+            node.value = ast.parse("pred.no_such_method()", mode="eval").body
+            return node
+
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("break_it", BreakIt)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred * target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False)
+    _assert_one_fallback(fn, _inputs(), "the rewritten function failed: AttributeError")
+
+
+def test_users_own_error_is_raised_unchanged(monkeypatch, tmp_path):
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("append_pass", AppendPass)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred @ target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            fn(*_inputs())
+    assert not caught and not fn.report.fallbacks
+
+
+def test_compile_failure_steps_down_to_eager(monkeypatch, tmp_path):
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("append_pass", AppendPass)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred * target).sum()\n")
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("backend exploded")
+
+    fn = optimize_loss(module.loss, backend=broken_backend)
+    warning = _assert_one_fallback(fn, _inputs(), "torch.compile failed")
+    assert "the eager rewritten function runs" in str(warning.message)
+    assert_equivalent(module.loss, fn, *_inputs())
+
+
+def test_tracebacks_point_at_the_users_file_and_line(tmp_path):
+    source = "def loss(pred, target):\n    scale = 2\n    raise ValueError('user error')\n"
+    module = load_module(tmp_path, source)
+    parsed = frontend.parse_function(module.loss)
+    rebuilt = frontend.build_function(parsed.tree, parsed)
+    with pytest.raises(ValueError) as info:
+        rebuilt(1, 2)
+    last = traceback.extract_tb(info.tb)[-1]
+    assert (last.filename, last.lineno) == (module.__file__, 3)
+    assert last.line == "raise ValueError('user error')"
