@@ -9,7 +9,6 @@ install: .venv/.installed
 # torch is pinned first and on its own: a looser spec can pull a multi-GB CUDA build.
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	touch $@
