@@ -17,7 +17,7 @@ def load(path):
     return module
 
 
-def _forward_backward_ms(fn, inputs, repeats=3):
+def forward_backward_ms(fn, inputs, repeats=3):
     """Best wall time of forward + backward, in ms, after one warm-up call (first calls pay lazy init)."""
     times = []
     for _ in range(repeats + 1):
@@ -31,7 +31,7 @@ def main(path):
     module = load(path)
     for dtype in (torch.float32, torch.float64):
         assert_equivalent(module.naive, module.expert, *module.make_inputs("small", dtype))
-    naive_ms = _forward_backward_ms(module.naive, module.make_inputs("small"))
-    expert_ms = _forward_backward_ms(module.expert, module.make_inputs("small"))
+    naive_ms = forward_backward_ms(module.naive, module.make_inputs("small"))
+    expert_ms = forward_backward_ms(module.expert, module.make_inputs("small"))
     print(f"{Path(path).stem}: OK (float32, float64)  small fwd+bwd: "
           f"naive {naive_ms:.1f} ms, expert {expert_ms:.1f} ms")
