@@ -7,3 +7,10 @@ REQUIRES_GRAD = "optimize_loss.requires_grad"
 GRAD_DEPENDENCE = "optimize_loss.grad_dependence"
 # The user's file:line a node came from, when known.
 USER_LOCATION = "optimize_loss.user_location"
+# bool on every node after hoist_target_subgraph ran: the node was moved into the
+# ``target_transform`` submodule (runs under no_grad, its outputs cached across calls). After that
+# pass the nodes live in ``gm.target_transform.graph`` and ``gm.core.graph``; the top-level graph
+# only calls the two.
+HOISTED = "optimize_loss.hoisted"
+# str on target-only nodes that stay in the core graph: why they were not hoisted.
+NOT_HOISTED_BECAUSE = "optimize_loss.not_hoisted_because"
