@@ -50,6 +50,10 @@ class PassContext:
     report: Report
     globals: dict[str, Any] = field(default_factory=dict)  # the function's live globals (read only)
     torch_name: str = "torch"     # how generated code spells the torch module in this function
+    # Objects generated code refers to by name; the rebuilt function gets them as closure cells.
+    bindings: dict[str, Any] = field(default_factory=dict)
+    # Functions whose rewrite is in progress (this one and its callers): stops recursion.
+    rewriting: frozenset = frozenset()
 
     def where(self, node: ast.AST | None) -> str:
         line = getattr(node, "lineno", None) or self.report.lineno

@@ -12,7 +12,8 @@ import torch.fx
 
 from rewrite.errors import RewriteError, Unsupported
 
-from . import check_supported
+from . import (annotate_grad_dependence, check_supported, hoist_target_subgraph,
+               optimize_called_helpers, vectorize_loops)
 from .ast_tools import PassContext, unparse
 
 # Runs before AST_PIPELINE; refuses whole functions, with a reason.
@@ -20,11 +21,15 @@ CHECKER = check_supported
 
 # AST passes, in order: each entry is a module with ``transform(tree, ctx) -> tree``.
 AST_PIPELINE: list = [
+    vectorize_loops,  # drives loop_dataflow, normalize_comprehensions, host_roundtrips_to_tensor_ops, tensor_branches_to_where
+    optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
 ]
 
 # FX passes, in order: each entry is a module with ``run(gm) -> PassResult``; facts go to
 # ``node.meta`` under the keys of ``passes.meta_keys``.
 FX_PIPELINE: list = [
+    annotate_grad_dependence,  # first: every later pass reads GRAD_DEPENDENCE
+    hoist_target_subgraph,     # after every pass that rewrites nodes: it splits the graph in two
 ]
 
 Dump = Callable[[str, str], None]  # (step name, readable Python)

@@ -7,6 +7,8 @@
 """
 from .decorator import OptimizedModule, explain, optimize_loss
 from .errors import RewriteError
+from .hoist import split
+from .lint import Finding, GradientFlowWarning, lint
 from .report import Fallback, LoopReport, Report
 from .runtime import OptimizedFunction, RewriteWarning
 from .testing import assert_equivalent
@@ -14,4 +16,5 @@ from .testing import assert_equivalent
 __all__ = [
     "optimize_loss", "explain", "assert_equivalent", "RewriteError", "RewriteWarning",
     "Report", "LoopReport", "Fallback", "OptimizedFunction", "OptimizedModule",
+    "lint", "Finding", "GradientFlowWarning", "split",
 ]

@@ -13,11 +13,16 @@ import inspect
 import textwrap
 import types
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from .errors import Unsupported
+import passes.pipeline
+from passes.ast_tools import Namer, PassContext, unparse
+from passes.pipeline import Dump
+
+from .errors import RewriteError, Unsupported
+from .report import Report
 
 # Name generated code uses for torch when the function's own `torch` is not the torch module.
 TORCH_ALIAS = "__optimize_loss_torch"
@@ -74,7 +79,7 @@ def parse_function(fn: Any) -> ParsedFunction:
     func = _find_definition(module, fn)
     tree = ast.Module(body=[func], type_ignores=[])
     torch_name = _torch_name(fn)
-    if not _same_code(compile_function(tree, fn, torch_name), code):
+    if not _same_code(compile_function(tree, fn), code):
         raise Unsupported("source on disk does not match the loaded code (file edited after import?)",
                           code.co_firstlineno)
     return ParsedFunction(fn, tree, filename, func.lineno, source, torch_name)
@@ -104,9 +109,11 @@ def _torch_name(fn: types.FunctionType) -> str:
     return TORCH_ALIAS
 
 
-def compile_function(tree: ast.Module, fn: types.FunctionType, torch_name: str) -> types.CodeType:
-    """Compile the FunctionDef in ``tree`` as ``fn`` was compiled: same free variables, name
-    mangling of the class it was defined in, ``__future__`` flags; returns its code object."""
+def compile_function(tree: ast.Module, fn: types.FunctionType,
+                     bound: Iterable[str] = ()) -> types.CodeType:
+    """Compile the FunctionDef in ``tree`` as ``fn`` was compiled: same free variables (plus the
+    ``bound`` names generated code may use), name mangling of the class it was defined in,
+    ``__future__`` flags; returns its code object."""
     func = tree.body[0]
     name = "__optimize_loss_fn" if func.name == "<lambda>" else func.name
     func = ast.FunctionDef(**{**{f: getattr(func, f) for f in func._fields}, "name": name})
@@ -117,13 +124,17 @@ def compile_function(tree: ast.Module, fn: types.FunctionType, torch_name: str) 
         inner = ast.ClassDef(name=owner, bases=[], keywords=[], body=[func], decorator_list=[])
     # Free variables become parameters of a factory so the compiler emits closure loads for them.
     freevars = list(fn.__code__.co_freevars)
-    if torch_name == TORCH_ALIAS:
-        freevars.append(TORCH_ALIAS)
+    freevars += [name for name in bound if name not in freevars]
     factory = ast.FunctionDef(
         name="__optimize_loss_factory",
         args=ast.arguments(posonlyargs=[], args=[ast.arg(v) for v in freevars], kwonlyargs=[],
                            kw_defaults=[], defaults=[]),
         body=[inner, ast.Return(ast.Constant(None))], decorator_list=[], returns=None)
+    # The def (and class) statement binds its name in the factory; without this, a recursive
+    # call or a reference to the class would compile to a closure load instead of a global one.
+    shadowed = sorted({name, owner or name} - set(freevars))
+    if shadowed:
+        factory.body.insert(0, ast.Global(names=shadowed))
     module = ast.Module(body=[factory], type_ignores=[])
     for node in ast.walk(module):  # the wrappers take the function's own line
         if "lineno" in node._attributes and not hasattr(node, "lineno"):
@@ -170,12 +181,16 @@ def _fingerprint(code: types.CodeType) -> tuple:
         for i in dis.get_instructions(code) if i.opcode not in _JUMPS and i.arg is not None))
 
 
-def build_function(tree: ast.Module, parsed: ParsedFunction) -> Callable:
-    """A function from the (rewritten) ``tree`` sharing ``parsed.fn``'s globals, cells, defaults."""
+def build_function(tree: ast.Module, parsed: ParsedFunction,
+                   bindings: dict[str, Any] | None = None) -> Callable:
+    """A function from the (rewritten) ``tree`` sharing ``parsed.fn``'s globals, cells, defaults;
+    ``bindings`` are extra names generated code uses (bound as closure cells, not globals)."""
     fn = parsed.fn
-    code = compile_function(tree, fn, parsed.torch_name)
+    bindings = {TORCH_ALIAS: torch, **(bindings or {})}
+    code = compile_function(tree, fn, bindings)
     cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
-    cells[TORCH_ALIAS] = types.CellType(torch)
+    for name, value in bindings.items():
+        cells.setdefault(name, types.CellType(value))
     closure = tuple(cells[v] for v in code.co_freevars)
     new = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, closure)
     new.__kwdefaults__ = fn.__kwdefaults__
@@ -184,3 +199,30 @@ def build_function(tree: ast.Module, parsed: ParsedFunction) -> Callable:
     new.__doc__ = fn.__doc__
     new.__annotations__ = fn.__annotations__
     return new
+
+
+def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
+                     rewriting: frozenset = frozenset()) -> tuple[Callable, bool]:
+    """The AST stage: parse ``fn``, run the AST pipeline, rebuild. Returns the rebuilt function
+    and whether the passes changed anything; fills ``report``. ``rewriting`` holds the functions
+    whose rewrite is in progress (a pass may rewrite the helpers a function calls).
+
+    Raises ``Unsupported`` when ``fn`` cannot be parsed, ``RewriteError`` when a pass fails or
+    the result does not compile.
+    """
+    parsed = parse_function(fn)
+    report.filename, report.lineno, report.original_source = (
+        parsed.filename, parsed.lineno, parsed.source)
+    ctx = PassContext(filename=parsed.filename, func_name=report.function,
+                      namer=Namer.for_tree(parsed.tree, set(fn.__globals__)), report=report,
+                      globals=fn.__globals__, torch_name=parsed.torch_name,
+                      rewriting=rewriting | {fn})
+    before = unparse(parsed.tree)
+    tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, dump)
+    report.rewritten_source = unparse(tree)
+    try:
+        rebuilt = build_function(tree, parsed, ctx.bindings)
+    except Exception as exc:  # our bug: a pass produced code that does not compile
+        raise RewriteError(f"rewritten source does not compile: {exc}", parsed.filename,
+                           parsed.lineno) from exc
+    return rebuilt, report.rewritten_source != before

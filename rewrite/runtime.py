@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import threading
 import types
@@ -22,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-
-import passes.pipeline
-from passes.ast_tools import Namer, PassContext, unparse
+from torch.utils._pytree import tree_map
 
 from . import frontend
+from .backend import HoistingBackend
 from .errors import RewriteError, Unsupported
+from .lint import warn as lint_warn
 from .report import Fallback, Report
 from .testing import differences
 
@@ -44,8 +45,13 @@ class Options:
     dynamic: bool | None = None
     verify: bool = False
     strict: bool = False
-    hoist: bool = True
+    hoist: bool = True           # target-only work outside autograd, cached; on torch.compile's graphs
+    # Arguments treated as constants: detached on every call, so no gradient reaches them. A
+    # semantic change the user opts into (distillation teachers, target networks).
+    stop_gradient: tuple[str, ...] = ()
     debug_dir: str | None = None
+    lint: bool = False           # run the gradient-flow lint once per input signature; warn findings
+    example_inputs: Any = None   # argument tuple (or a callable returning one) for the CLI
 
 
 class OptimizedFunction:
@@ -55,13 +61,21 @@ class OptimizedFunction:
         functools.update_wrapper(self, fn)
         self._original = fn
         self._options = options
+        self.example_inputs = options.example_inputs  # what `optimize-loss inspect` runs without --input
         self._lock = threading.RLock()
         self._rewritten: Callable | None = None
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
+        self._dump_count = [0]
         name, filename, lineno = frontend.describe(fn)
         self._report = Report(name, filename, lineno)
+        stop = options.stop_gradient
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        self._stopped = _stop_gradient_positions(fn, stop)
+        if stop:
+            self._report.notes.append(f"stop_gradient: no gradient flows to {', '.join(stop)} "
+                                      f"(detached on every call)")
 
     # -- public -------------------------------------------------------------------------------
     @property
@@ -70,6 +84,8 @@ class OptimizedFunction:
         return self._report
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._stopped:  # before everything, so the original, the fallbacks and verify agree
+            args, kwargs = _detach_named(self._stopped, args, kwargs)
         key = signature_key(args, kwargs)
         impl = self._impls.get(key)
         if impl is None:
@@ -106,32 +122,17 @@ class OptimizedFunction:
             return self._rewritten
 
     def _run_ast_stage(self) -> Callable | None:
-        try:
-            parsed = frontend.parse_function(self._original)
-        except Unsupported as exc:
-            self._fall_back(RewriteError(exc.reason, self._report.filename,
-                                         exc.lineno or self._report.lineno), exc)
-            return None
         report = self._report
-        report.filename, report.lineno, report.original_source = (
-            parsed.filename, parsed.lineno, parsed.source)
-        ctx = PassContext(filename=parsed.filename, func_name=report.function,
-                          namer=Namer.for_tree(parsed.tree, set(parsed.fn.__globals__)),
-                          report=report, globals=parsed.fn.__globals__,
-                          torch_name=parsed.torch_name)
-        before = unparse(parsed.tree)
         try:
-            tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, self._dumper())
-            report.rewritten_source = unparse(tree)
-            rewritten = frontend.build_function(tree, parsed)
+            rewritten, changed = frontend.rewrite_function(self._original, report, self._dumper())
+        except Unsupported as exc:
+            self._fall_back(RewriteError(exc.reason, report.filename,
+                                         exc.lineno or report.lineno), exc)
+            return None
         except RewriteError as exc:
             self._fall_back(exc, exc.__cause__)
             return None
-        except Exception as exc:  # recompiling the rewritten source failed: our bug
-            self._fall_back(RewriteError(f"rewritten source does not compile: {exc}",
-                                         parsed.filename, parsed.lineno), exc)
-            return None
-        if report.rewritten_source == before and not self._options.compile:
+        if not changed and not self._options.compile:
             return None  # nothing to gain: the original runs, with no wrapper cost but the lookup
         return rewritten
 
@@ -139,6 +140,8 @@ class OptimizedFunction:
         with self._lock:
             if key in self._impls:
                 return self._impls[key]
+            if self._options.lint:
+                lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
             impl = self._original if rewritten is None else self._compiled(rewritten)
             if impl is not self._original and self._options.verify:
@@ -163,7 +166,11 @@ class OptimizedFunction:
         if not opts.compile:
             return rewritten
         if self._compiled_fn is None:
-            self._compiled_fn = torch.compile(rewritten, backend=opts.backend, mode=opts.mode,
+            backend, mode = opts.backend, opts.mode
+            if opts.hoist:  # Dynamo's graphs get the FX passes, then go to opts.backend
+                backend, mode = HoistingBackend(backend, mode, opts.dynamic, self._report,
+                                                self._dumper()), None
+            self._compiled_fn = torch.compile(rewritten, backend=backend, mode=mode,
                                               dynamic=opts.dynamic)
             self._compiled_fn._optimize_loss_eager = rewritten  # next step down if compiling fails
         return self._compiled_fn
@@ -201,7 +208,7 @@ class OptimizedFunction:
         if directory is None:
             return None
         os.makedirs(directory, exist_ok=True)
-        count = [0]
+        count = self._dump_count  # shared by the AST stage and every Dynamo graph's FX passes
 
         def dump(step: str, text: str) -> None:
             path = os.path.join(directory, f"{count[0]:02d}_{step}.py")
@@ -209,6 +216,28 @@ class OptimizedFunction:
                 f.write(f"# optimize_loss: {self._report.function} after {step}\n{text}\n")
             count[0] += 1
         return dump
+
+
+def _stop_gradient_positions(fn: Callable, names: tuple[str, ...]) -> frozenset[str | int]:
+    """Positions and keywords of the ``stop_gradient`` arguments of ``fn``."""
+    if not names:
+        return frozenset()
+    params = list(inspect.signature(fn).parameters.values())
+    unknown = set(names) - {p.name for p in params}
+    if unknown:
+        raise TypeError(f"stop_gradient names no argument of {frontend.describe(fn)[0]}: "
+                        f"{', '.join(sorted(unknown))}")
+    return frozenset(names) | {i for i, p in enumerate(params) if p.name in names
+                               and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _detach_named(stopped: frozenset[str | int], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    args = tuple(_detached(a) if i in stopped else a for i, a in enumerate(args))
+    return args, {k: _detached(v) if k in stopped else v for k, v in kwargs.items()}
+
+
+def _detached(value: Any) -> Any:
+    return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, value)
 
 
 def signature_key(args: tuple, kwargs: dict) -> tuple:

@@ -65,6 +65,23 @@ def test_lambda_in_a_file(tmp_path):
     assert torch.equal(rebuilt(p, t), module.loss(p, t))
 
 
+def test_recursion_and_class_references_stay_global(tmp_path):
+    module = load_module(tmp_path, """
+        class Loss:
+            scale = 2.0
+            def forward(self, x, n):
+                return Loss.scale * self.forward(x, n - 1) if n else x.sum()
+
+        def countdown(x, n):
+            return countdown(x + 1, n - 1) if n else x
+    """)
+    for fn, args in ((module.Loss.forward, (module.Loss(), torch.ones(2), 3)),
+                     (module.countdown, (torch.zeros(1), 4))):
+        parsed, rebuilt = _roundtrip(fn)  # parse_function checks the code matches
+        assert rebuilt.__code__.co_freevars == ()
+        assert torch.equal(rebuilt(*args), fn(*args))
+
+
 def test_two_lambdas_on_one_line_are_refused(tmp_path):
     module = load_module(tmp_path, "pair = (lambda a: a + 1, lambda a: a + 2)\n")
     with pytest.raises(Unsupported, match="other lambdas"):

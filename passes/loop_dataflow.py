@@ -1,0 +1,693 @@
+"""Data-flow analysis of ``for`` loops, for the vectorizer. Analysis only: nothing is rewritten.
+
+* Liveness over the whole function (backward, structured, fixpoint over loops): the names read
+  after each loop, e.g. ``t`` below is live after the loop, so the loop cannot be vectorized::
+
+      for i in range(n):
+          t = x[i] * 2
+      return t
+
+* Must-definedness over one iteration of the body (forward): a name read before it is defined
+  in the iteration, and defined somewhere in the body, carries a value from the previous
+  iteration (reaching definitions over the back edge): ``s`` in ``s = s + x[i]``.
+* Dependence on the loop index (forward fixpoint, data and control dependence): the names whose
+  value varies per iteration. Shape queries (``x.shape``, ``len(x)``) never vary.
+* Classification of each loop-carried or mutated name into an ``Effect`` the vectorizer knows
+  how to batch (accumulator, prefix scan, appended list, indexed write), or ``Unsupported``
+  with the reason the loop is kept.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import types
+from dataclasses import dataclass, field
+
+from rewrite.errors import Unsupported
+
+from . import loop_rules as rules
+from . import op_facts
+from .ast_tools import PassContext, unparse
+
+
+# ---------------------------------------------------------------------------------------------
+# Names read and written
+
+
+def loads(node: ast.AST) -> set[str]:
+    """Names read anywhere in ``node`` (nested lambdas included: their free names are reads)."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def stores(stmt: ast.stmt) -> set[str]:
+    """Names a simple statement (or a compound statement's header) binds."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    if isinstance(stmt, (ast.For, ast.AsyncFor)):
+        targets = [stmt.target]
+    elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+        targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
+    elif isinstance(stmt, ast.Assign):
+        targets = stmt.targets
+    elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
+        targets = [stmt.target]
+    else:
+        targets = []
+    names = {n.id for t in targets for n in ast.walk(t)
+             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    if not isinstance(stmt, (ast.If, ast.For, ast.While, ast.With, ast.Try)):  # walrus
+        names |= {n.target.id for n in ast.walk(stmt) if isinstance(n, ast.NamedExpr)}
+    return names
+
+
+def stmt_loads(stmt: ast.stmt) -> set[str]:
+    """Names a simple statement reads; ``s += e`` reads ``s``."""
+    names = loads(stmt)
+    if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
+        names.add(stmt.target.id)
+    return names
+
+
+def header_exprs(stmt: ast.stmt) -> list[ast.expr]:
+    """The expressions a compound statement evaluates itself (not its body)."""
+    if isinstance(stmt, (ast.If, ast.While)):
+        return [stmt.test]
+    if isinstance(stmt, (ast.For, ast.AsyncFor)):
+        return [stmt.iter]
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return [i.context_expr for i in stmt.items]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Liveness
+
+
+def live_after_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
+    """For every ``for`` loop in ``func`` (by ``id``), the names live right after it."""
+    record: dict[int, set[str]] = {}
+    _live_block(func.body, set(), None, record)
+    return record
+
+
+def _live_block(stmts: list[ast.stmt], out: set[str], loop: tuple[set, set] | None,
+                record: dict[int, set[str]]) -> set[str]:
+    live = set(out)
+    for stmt in reversed(stmts):
+        live = _live_stmt(stmt, live, loop, record)
+    return live
+
+
+def _live_stmt(stmt: ast.stmt, out: set[str], loop: tuple[set, set] | None,
+               record: dict[int, set[str]]) -> set[str]:
+    if isinstance(stmt, ast.If):
+        return (loads(stmt.test) | _live_block(stmt.body, out, loop, record)
+                | _live_block(stmt.orelse, out, loop, record))
+    if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):
+        exit_live = _live_block(stmt.orelse, out, loop, record)
+        head = set(exit_live)
+        while True:  # fixpoint: the head's liveness feeds the body through the back edge
+            body_in = _live_block(stmt.body, head, (out, head), record)
+            if isinstance(stmt, ast.While):
+                new = exit_live | body_in | loads(stmt.test)
+            else:
+                new = exit_live | (body_in - stores(stmt))
+            if new <= head:
+                break
+            head |= new
+        if isinstance(stmt, (ast.For, ast.AsyncFor)):
+            record[id(stmt)] = record.get(id(stmt), set()) | out
+            return head | loads(stmt.iter)
+        return head
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        inner = _live_block(stmt.body, out, loop, record) - stores(stmt)
+        return inner | set().union(*(loads(e) for e in header_exprs(stmt)))
+    if isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+        # Any statement may raise into a handler: over-approximate (safe: more is live).
+        parts = [stmt.body, stmt.orelse, stmt.finalbody] + [h.body for h in stmt.handlers]
+        return out | set().union(*(_live_block(p, out, loop, record) for p in parts))
+    if isinstance(stmt, ast.Return):
+        return loads(stmt) if stmt.value else set()
+    if isinstance(stmt, ast.Raise):
+        return loads(stmt)
+    if isinstance(stmt, ast.Break):
+        return set(loop[0]) if loop else set(out)
+    if isinstance(stmt, ast.Continue):
+        return set(loop[1]) if loop else set(out)
+    return (out - stores(stmt)) | stmt_loads(stmt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls
+
+
+def resolve_call(func: ast.expr, ctx: PassContext) -> str | None:
+    """Canonical dotted name of a called function ("torch.log", "max"), None for methods."""
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name):
+        return None
+    root = func.id
+    obj = ctx.globals.get(root, None)
+    if isinstance(obj, types.ModuleType):
+        base = obj.__name__
+    elif root == ctx.torch_name:
+        base = "torch"
+    elif root in ctx.globals:
+        if parts:
+            return None  # attribute of a non-module object: a method call
+        if obj is getattr(builtins, root, None):
+            return root
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', root)}"
+    elif parts and root in rules.DEFAULT_ALIASES:
+        base = rules.DEFAULT_ALIASES[root]
+    elif parts:
+        return None  # method of a local value
+    else:
+        return root
+    return ".".join([base] + parts[::-1])
+
+
+def method_name(call: ast.Call, ctx: PassContext) -> str | None:
+    """``x.log()`` -> "log"; None for module functions (``torch.log(x)``) and plain calls."""
+    if isinstance(call.func, ast.Attribute) and resolve_call(call.func, ctx) is None:
+        return call.func.attr
+    return None
+
+
+def is_shape_query(node: ast.AST, ctx: PassContext) -> bool:
+    if isinstance(node, ast.Attribute) and node.attr in rules.SHAPE_ATTRS:
+        return True
+    if isinstance(node, ast.Call):
+        if method_name(node, ctx) in rules.SHAPE_METHODS:
+            return True
+        return resolve_call(node.func, ctx) in rules.SHAPE_FUNCS
+    return False
+
+
+def depends(expr: ast.AST, variant: set[str], ctx: PassContext) -> bool:
+    """Whether ``expr``'s value can differ between iterations."""
+    if isinstance(expr, ast.Name):
+        return expr.id in variant
+    if is_shape_query(expr, ctx):
+        return False
+    return any(depends(c, variant, ctx) for c in ast.iter_child_nodes(expr))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop body facts
+
+
+@dataclass
+class Effect:
+    """A statement whose per-iteration result leaves the iteration, and how it combines."""
+    kind: str                # "acc", "scan", "append" or "write"
+    name: str                # the accumulator, list or written tensor
+    stmt: ast.stmt
+    value: ast.expr          # contribution / appended value / written value
+    family: str = ""         # acc, scan: rules.FAMILY_*; write: in-place op ("" for `=`)
+    negate: bool = False     # acc: `s -= e` contributes -e
+    scan_of: str = ""        # append/write of a scanned accumulator's running value
+    masked: bool = False     # runs under a tensor condition
+
+
+@dataclass
+class LoopFacts:
+    effects: dict[int, Effect] = field(default_factory=dict)   # by id(stmt)
+    variant: set[str] = field(default_factory=set)
+    assigned: set[str] = field(default_factory=set)
+    masked: bool = False     # a tensor-guarded `continue` masks later statements
+
+    def of_kind(self, kind: str) -> list[Effect]:
+        return [e for e in self.effects.values() if e.kind == kind]
+
+
+# FunctionDef: a helper defined per iteration is a local value (and how a vectorized inner loop
+# reaches its outer loop: as an outlined body function).
+_ALLOWED = (ast.Assign, ast.AugAssign, ast.Expr, ast.If, ast.Pass, ast.Continue, ast.FunctionDef)
+_STMT_REASONS = {
+    ast.Break: "`break`: the trip count depends on the data",
+    ast.Return: "`return` inside the loop",
+    ast.While: "inner `while` loop",
+    ast.For: "inner loop that could not be vectorized",
+    ast.Try: "`try` inside the loop",
+    ast.With: "`with` inside the loop",
+    ast.Raise: "`raise` inside the loop",
+    ast.Assert: "`assert` inside the loop (data-dependent check)",
+    ast.Delete: "`del` inside the loop",
+    ast.Import: "import inside the loop",
+}
+
+
+def analyze(body: list[ast.stmt], index: str, seeds: set[str], live_after: set[str],
+            ctx: PassContext) -> LoopFacts:
+    """Facts about a loop body over ``index`` whose per-iteration inputs are ``seeds`` (the
+    index and the iterated elements).
+
+    Raises ``Unsupported`` with the reason when the loop cannot be vectorized.
+    """
+    _check_statements(body, top=True)
+    facts = LoopFacts(assigned=set().union(*(stores(s) for s in _simple_stmts(body))))
+    for name in sorted(seeds & facts.assigned):
+        raise Unsupported(f"the loop body rebinds the loop variable `{name}`")
+    carried = {}
+    _exposed(body, set(seeds), facts.assigned, carried)
+    facts.variant = variant_names(body, seeds, ctx)
+    facts.masked = any(_is_guarded_continue(s) for s in body)
+    _check_calls(body, facts.assigned, ctx)
+    _classify(body, facts, carried, "none", ctx)
+    _check_accumulator_reads(body, facts, carried)
+    _check_effect_reads(body, facts, index, ctx)
+    _check_mask_indexing(body, ctx)
+    _check_writes(facts, index, ctx)
+    for name in sorted((facts.assigned | seeds) & live_after):
+        if not any(e.name == name and e.kind in ("acc", "scan") for e in facts.effects.values()):
+            raise Unsupported(f"`{name}` is read after the loop (its last-iteration value)")
+    return facts
+
+
+def _simple_stmts(stmts: list[ast.stmt]):
+    for s in stmts:
+        yield s
+        if isinstance(s, ast.If):
+            yield from _simple_stmts(s.body)
+            yield from _simple_stmts(s.orelse)
+
+
+def _is_guarded_continue(stmt: ast.stmt) -> bool:
+    """``if c: ...; continue`` (no else) at the top of the body: a mask on what follows."""
+    return (isinstance(stmt, ast.If) and not stmt.orelse and bool(stmt.body)
+            and isinstance(stmt.body[-1], ast.Continue))
+
+
+def _check_statements(stmts: list[ast.stmt], top: bool) -> None:
+    for s in stmts:
+        if not isinstance(s, _ALLOWED):
+            reason = _STMT_REASONS.get(type(s), f"`{type(s).__name__}` statement in the loop")
+            raise Unsupported(reason, s.lineno)
+        if isinstance(s, ast.Continue) and not top:
+            raise Unsupported("`continue` nested under several conditions", s.lineno)
+        if isinstance(s, ast.Continue):
+            raise Unsupported("unconditional `continue`", s.lineno)
+        if isinstance(s, ast.If):
+            guarded = top and _is_guarded_continue(s)
+            _check_statements(s.body[:-1] if guarded else s.body, top=False)
+            _check_statements(s.orelse, top=False)
+        if not isinstance(s, ast.If) and any(
+                isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal))
+                for n in ast.walk(s)):
+            raise Unsupported("yield, await, global or nonlocal inside the loop", s.lineno)
+
+
+def _exposed(stmts: list[ast.stmt], defined: set[str], assigned: set[str],
+             carried: dict[str, ast.stmt]) -> tuple[set[str], bool]:
+    """Forward must-definedness: record names read before any definition in the iteration.
+
+    Returns (names surely defined after ``stmts``, whether control falls through).
+    """
+    defined = set(defined)
+    for s in stmts:
+        if isinstance(s, ast.Continue):
+            return defined, False
+        if isinstance(s, ast.If):
+            for name in loads(s.test) - defined:
+                if name in assigned:
+                    carried.setdefault(name, s)
+            d1, f1 = _exposed(s.body, defined, assigned, carried)
+            d2, f2 = _exposed(s.orelse, defined, assigned, carried)
+            through = [d for d, f in ((d1, f1), (d2, f2)) if f]
+            if not through:
+                return defined, False
+            defined = set.intersection(*through)
+            continue
+        for name in stmt_loads(s) - defined:
+            if name in assigned:
+                carried.setdefault(name, s)
+        defined |= stores(s)
+    return defined, True
+
+
+def variant_names(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> set[str]:
+    """Names whose value depends on ``seeds`` through data or control flow in ``body``."""
+    variant = set(seeds)
+
+    def visit(stmts: list[ast.stmt], control: bool) -> bool:
+        changed = False
+        for s in stmts:
+            if isinstance(s, ast.If):
+                c = control or depends(s.test, variant, ctx)
+                changed |= visit(s.body, c) | visit(s.orelse, c)
+                continue
+            targets = stores(s)
+            for t in getattr(s, "targets", [getattr(s, "target", None)]):
+                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name):
+                    targets.add(t.value.id)  # t[k] = v mutates t
+            if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) \
+                    and isinstance(s.value.func, ast.Attribute) \
+                    and isinstance(s.value.func.value, ast.Name):
+                targets.add(s.value.func.value.id)  # t.add_(v), lst.append(v)
+            if control or depends(s, variant, ctx) or (
+                    isinstance(s, ast.AugAssign) and depends(s.target, variant, ctx)):
+                new = targets - variant
+                variant.update(new)
+                changed |= bool(new)
+        return changed
+
+    while visit(body, False):
+        pass
+    return variant
+
+
+def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> None:
+    appends = {id(s.value) for s in _simple_stmts(body) if _is_append(s, assigned)}
+    for s in body:
+        for call in (n for n in ast.walk(s) if isinstance(n, ast.Call)):
+            name = resolve_call(call.func, ctx)
+            meth = method_name(call, ctx)
+            if _is_random(name) or meth in rules.RANDOM_METHODS:
+                raise Unsupported(f"random op `{unparse(call.func)}`: each iteration draws "
+                                  "different numbers", call.lineno)
+            if name in rules.IO or meth in rules.IO_METHODS:
+                raise Unsupported(f"I/O call `{unparse(call.func)}` in the loop", call.lineno)
+            if meth and (meth in rules.MUTATING_METHODS or _inplace(meth)) \
+                    and id(call) not in appends:
+                recv = call.func.value
+                if not (isinstance(recv, ast.Name) and recv.id in assigned):
+                    raise Unsupported(f"`{unparse(call.func)}(...)` mutates `{unparse(recv)}`, "
+                                      "defined outside the loop", call.lineno)
+
+
+def _is_random(name: str | None) -> bool:
+    if name is None:
+        return False
+    return (name.startswith("torch.") and name.rsplit(".", 1)[-1] in op_facts.RANDOM) \
+        or name.startswith(rules.RANDOM_MODULES)
+
+
+def _inplace(meth: str) -> bool:
+    return meth.endswith("_") and not meth.startswith("__")
+
+
+def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.stmt],
+              cond: str, ctx: PassContext) -> None:
+    """Record the effect of every statement. ``cond``: "none", "variant" or "invariant" -- the
+    kind of condition guarding ``stmts`` (a tensor condition, or a Python one)."""
+    for s in stmts:
+        if isinstance(s, ast.If):
+            kind = "variant" if (cond == "variant" or depends(s.test, facts.variant, ctx)) else (
+                "invariant" if cond == "none" else cond)
+            if _is_guarded_continue(s):
+                if kind != "variant":
+                    raise Unsupported("`continue` under a Python condition", s.lineno)
+                _classify(s.body[:-1], facts, carried, "variant", ctx)
+                cond = "variant"  # everything after a guarded continue is masked
+                continue
+            _classify(s.body, facts, carried, kind, ctx)
+            _classify(s.orelse, facts, carried, kind, ctx)
+            continue
+        effect = _effect_of(s, facts, carried, ctx)
+        if effect is None:
+            if cond == "variant" and _mutates_local(s):
+                raise Unsupported("in-place write under a tensor condition", s.lineno)
+            continue
+        if effect.kind == "append" and cond != "none":
+            raise Unsupported(f"`{effect.name}.append` under a condition: the list length "
+                              "depends on the data", s.lineno)
+        if effect.kind == "write" and cond == "invariant":
+            raise Unsupported(f"write into `{effect.name}` under a Python condition", s.lineno)
+        if effect.kind == "acc" and effect.family not in rules.FAMILY_IDENTITY and cond != "none":
+            raise Unsupported(f"running {effect.family.split('_')[-1]} of `{effect.name}` under "
+                              "a condition", s.lineno)
+        effect.masked = cond == "variant"
+        facts.effects[id(s)] = effect
+
+
+def _is_append(s: ast.stmt, assigned: set[str]) -> bool:
+    """``lst.append(e)`` as a statement, ``lst`` defined outside the loop."""
+    call = getattr(s, "value", None)
+    return (isinstance(s, ast.Expr) and isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute) and call.func.attr == "append"
+            and isinstance(call.func.value, ast.Name) and call.func.value.id not in assigned
+            and len(call.args) == 1 and not call.keywords)
+
+
+def _mutates_local(s: ast.stmt) -> bool:
+    targets = getattr(s, "targets", [getattr(s, "target", None)])
+    if any(isinstance(t, (ast.Subscript, ast.Attribute)) for t in targets):
+        return True
+    return (isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
+            and isinstance(s.value.func, ast.Attribute) and _inplace(s.value.func.attr))
+
+
+def _effect_of(s: ast.stmt, facts: LoopFacts, carried: dict[str, ast.stmt],
+               ctx: PassContext) -> Effect | None:
+    """The effect of a simple statement, None for a purely local one."""
+    if isinstance(s, (ast.FunctionDef, ast.Pass)):
+        return None
+    if isinstance(s, ast.Expr):
+        call = s.value
+        if isinstance(call, ast.Constant):
+            return None
+        if _is_append(s, facts.assigned):
+            return Effect("append", call.func.value.id, s, call.args[0])
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+                and isinstance(call.func.value, ast.Name) and call.func.value.id in facts.assigned:
+            return None  # method on a local value (e.g. t.clamp_(0))
+        raise Unsupported(f"`{unparse(s).strip()}` is evaluated for its side effects", s.lineno)
+    targets = s.targets if isinstance(s, ast.Assign) else [s.target]
+    if len(targets) != 1 or not isinstance(targets[0], (ast.Name, ast.Subscript)):
+        names = set().union(*(stores(ast.Assign(targets=[t], value=s.value)) for t in targets))
+        if names & carried.keys():
+            raise _recurrence(sorted(names & carried.keys())[0], s)
+        if any(isinstance(n, (ast.Attribute, ast.Subscript)) for t in targets for n in ast.walk(t)
+               if isinstance(getattr(n, "ctx", None), ast.Store)):
+            raise Unsupported(f"assigns `{unparse(targets[0])}`: mutates an object", s.lineno)
+        return None
+    target = targets[0]
+    if isinstance(target, ast.Subscript):
+        base = target.value
+        if isinstance(base, ast.Name) and base.id in facts.assigned:
+            return None  # writes into a local tensor
+        if not isinstance(base, ast.Name):
+            raise Unsupported(f"writes into `{unparse(base)}`: not a plain name", s.lineno)
+        if isinstance(s, ast.AugAssign):
+            op = rules.WRITE_AUGOPS.get(type(s.op))
+            if op is None:
+                raise Unsupported(f"`{unparse(s).strip()}`: unsupported in-place op", s.lineno)
+            return Effect("write", base.id, s, s.value, family=op)
+        return Effect("write", base.id, s, s.value)
+    name = target.id
+    if name not in carried:
+        return None
+    acc = _match_accumulator(s, name, ctx)
+    if acc is None:
+        raise _recurrence(name, s)
+    return acc
+
+
+def _match_accumulator(s: ast.stmt, name: str, ctx: PassContext) -> Effect | None:
+    """``s += e``, ``s = s + a - b`` (any +/- chain with ``+s`` once), ``s = a * s * b``,
+    ``s = torch.maximum(s, e)``, ``s = max(s, e)``, ...: the contribution, without ``s``."""
+    if isinstance(s, ast.AugAssign):
+        family = rules.ACC_BINOPS.get(type(s.op))
+        if family is None or name in loads(s.value):
+            return None
+        return Effect("acc", name, s, s.value, family, negate=isinstance(s.op, ast.Sub))
+    value = s.value
+    if isinstance(value, ast.BinOp) and type(value.op) in rules.ACC_BINOPS:
+        family = rules.ACC_BINOPS[type(value.op)]
+        ops = (ast.Add, ast.Sub) if family == "sum" else (ast.Mult,)
+        terms = _chain(value, ops, False)
+        own = [k for k, (t, neg) in enumerate(terms) if _is_name(t, name)]
+        if len(own) != 1 or terms[own[0]][1]:
+            return None
+        rest = [t for k, t in enumerate(terms) if k != own[0]]
+        if any(name in loads(t) for t, _ in rest):
+            return None  # `s` inside another term: a recurrence
+        if len(rest) == 1:  # s = s - e: contributes -e
+            return Effect("acc", name, s, rest[0][0], family, negate=rest[0][1])
+        return Effect("acc", name, s, _rebuild(rest, family), family)
+    if isinstance(value, ast.Call) and len(value.args) == 2 and not value.keywords:
+        family = rules.ACC_CALLS.get(resolve_call(value.func, ctx) or "")
+        a, b = value.args
+        if family and _is_name(a, name) and name not in loads(b):
+            return Effect("acc", name, s, b, family)
+        if family and _is_name(b, name) and name not in loads(a):
+            return Effect("acc", name, s, a, family)
+    return None
+
+
+def _chain(node: ast.expr, ops: tuple, neg: bool) -> list[tuple[ast.expr, bool]]:
+    """Flatten ``a + b - c`` into signed terms [(a, False), (b, False), (c, True)]."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ops):
+        right_neg = neg ^ isinstance(node.op, ast.Sub)
+        return _chain(node.left, ops, neg) + _chain(node.right, ops, right_neg)
+    return [(node, neg)]
+
+
+def _rebuild(terms: list[tuple[ast.expr, bool]], family: str) -> ast.expr:
+    first, neg = terms[0]
+    expr = ast.UnaryOp(ast.USub(), first) if neg else first
+    for t, neg in terms[1:]:
+        op = ast.Mult() if family == "prod" else (ast.Sub() if neg else ast.Add())
+        expr = ast.BinOp(expr, op, t)
+    return ast.copy_location(expr, first)
+
+
+def _is_name(node: ast.AST, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _recurrence(name: str, s: ast.stmt) -> Unsupported:
+    return Unsupported(f"`{name}` is a loop-carried recurrence: {unparse(s).strip()} "
+                       f"(line {s.lineno})", s.lineno)
+
+
+def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
+                             carried: dict[str, ast.stmt]) -> None:
+    """An accumulator read elsewhere in the body is a prefix scan (only written or appended
+    after its single top-level update) or a recurrence."""
+    accs: dict[str, list[Effect]] = {}
+    for e in facts.of_kind("acc"):
+        accs.setdefault(e.name, []).append(e)
+    for name in carried:
+        if name not in accs:
+            raise _recurrence(name, carried[name])
+    for name, updates in accs.items():
+        if len({e.family for e in updates}) > 1:
+            raise _recurrence(name, updates[-1].stmt)
+        update_ids = {id(e.stmt) for e in updates}
+        readers = [s for s in _simple_stmts(body) if id(s) not in update_ids
+                   and name in (stmt_loads(s) if not isinstance(s, ast.If) else loads(s.test))]
+        if not readers:
+            continue
+        update = updates[0]
+        top = [id(s) for s in body]
+        scan_ok = (len(updates) == 1 and update.family in rules.FAMILY_SCAN
+                   and id(update.stmt) in top and not facts.masked)
+        for r in readers:
+            eff = facts.effects.get(id(r))
+            if not (scan_ok and eff is not None and eff.kind in ("append", "write")
+                    and not eff.family and _is_name(eff.value, name) and id(r) in top
+                    and top.index(id(r)) > top.index(id(update.stmt))):
+                raise Unsupported(f"`{name}` is read in the loop body (line {r.lineno}) after "
+                                  f"being updated: a loop-carried recurrence", r.lineno)
+            eff.scan_of = name
+        update.kind = "scan"
+
+
+def _reads_of(node: ast.AST, name: str, ctx: PassContext) -> list[ast.Name]:
+    """Occurrences of ``name`` in ``node``, except inside shape queries (``out.dim()``)."""
+    if _is_name(node, name):
+        return [node]
+    if is_shape_query(node, ctx):
+        return []
+    return [n for c in ast.iter_child_nodes(node) for n in _reads_of(c, name, ctx)]
+
+
+def _is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
+    """Whether ``expr`` is (syntactically) a boolean tensor: a comparison, logic, a mask name."""
+    if isinstance(expr, ast.Name):
+        return expr.id in boolean
+    if isinstance(expr, (ast.Compare, ast.BoolOp)):
+        return True
+    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.Not, ast.Invert)):
+        return _is_boolean(expr.operand, boolean, ctx)
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
+        return _is_boolean(expr.left, boolean, ctx) and _is_boolean(expr.right, boolean, ctx)
+    if isinstance(expr, ast.Call):
+        return (resolve_call(expr.func, ctx) in rules.BOOLEAN_FUNCS
+                or method_name(expr, ctx) in rules.BOOLEAN_METHODS)
+    return False
+
+
+def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
+    """``x[mask]`` selects a data-dependent number of elements: no batched form."""
+    boolean: set[str] = set()
+    for s in _simple_stmts(body):
+        for sub in (n for n in ast.walk(s) if isinstance(n, ast.Subscript)):
+            if any(_is_boolean(e, boolean, ctx) for e in write_entries(sub)):
+                raise Unsupported(f"boolean mask indexing `{unparse(sub)}`: the number of "
+                                  "selected elements varies per iteration", s.lineno)
+        if isinstance(s, ast.Assign) and _is_boolean(s.value, boolean, ctx):
+            boolean |= {t.id for t in s.targets if isinstance(t, ast.Name)}
+
+
+def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
+                        ctx: PassContext) -> None:
+    """Appended lists may not be read in the body. A written tensor may only be read at the
+    iteration's own slot (``out[i]`` where ``out[i] = ...`` is written), before the first write:
+    then no iteration sees another's writes (dependence distance 0)."""
+    for name, kind in {(e.name, e.kind) for e in facts.effects.values()
+                       if e.kind in ("append", "write")}:
+        slots = {_slot(_write_target(e.stmt), index) for e in facts.of_kind("write")
+                 if e.name == name}
+        written = False
+        for s in _simple_stmts(body):
+            own = facts.effects.get(id(s))
+            exprs = header_exprs(s) if isinstance(s, ast.If) else [s]
+            if own is not None and own.name == name:
+                exprs = [own.value] + ([_write_target(own.stmt).slice] if kind == "write" else [])
+            for expr in exprs:
+                own_slot = [n for n in ast.walk(expr) if isinstance(n, ast.Subscript)
+                            and _is_name(n.value, name) and len(slots) == 1
+                            and _slot(n, index) in slots and None not in slots and not written]
+                reads = _reads_of(expr, name, ctx)
+                if len(reads) > len(own_slot) or any(
+                        _reads_of(n.slice, name, ctx) for n in own_slot):
+                    verb = "appending to" if kind == "append" else "writing"
+                    raise Unsupported(f"reads `{name}` while {verb} it (line {s.lineno})",
+                                      s.lineno)
+            written |= own is not None and own.name == name
+
+
+def _write_target(stmt: ast.stmt) -> ast.Subscript:
+    return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+
+
+def _slot(sub: ast.Subscript, index: str) -> int | None:
+    """Position of the bare loop index in ``sub``'s entries (only ints and slices before it)."""
+    entries = write_entries(sub)
+    for k, e in enumerate(entries):
+        if _is_name(e, index):
+            return k
+        if isinstance(e, ast.Starred) or _is_ellipsis(e) or (
+                isinstance(e, ast.Constant) and e.value is None):
+            return None
+    return None
+
+
+def write_entries(target: ast.Subscript) -> list[ast.expr]:
+    sl = target.slice
+    return list(sl.elts) if isinstance(sl, ast.Tuple) else [sl]
+
+
+def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
+    """``out[..., i, ...] = v``: the loop index bare in one position, everything else fixed."""
+    for eff in facts.of_kind("write"):
+        target = _write_target(eff.stmt)
+        same = [e for e in facts.of_kind("write") if e.name == eff.name]
+        if eff.masked and not eff.family and (
+                len({unparse(_write_target(e.stmt)) for e in same}) > 1
+                or any(e.family for e in same)):
+            raise Unsupported(f"conditional write `{unparse(target)}` mixed with other writes "
+                              f"into `{eff.name}`", eff.stmt.lineno)
+        entries = write_entries(target)
+        at = [k for k, e in enumerate(entries) if _is_name(e, index)]
+        others = [e for k, e in enumerate(entries) if k not in at]
+        if len(at) != 1:
+            raise Unsupported(f"write `{unparse(target)}` is not indexed by the loop index "
+                              "alone: iterations may write the same element", eff.stmt.lineno)
+        for e in others:
+            if depends(e, facts.variant, ctx) or loads(e) & facts.assigned \
+                    or isinstance(e, ast.Starred) or _is_ellipsis(e):
+                raise Unsupported(f"write `{unparse(target)}`: index `{unparse(e)}` varies or "
+                                  "is not a fixed int/slice", eff.stmt.lineno)
+
+
+def _is_ellipsis(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value is Ellipsis

@@ -1,0 +1,148 @@
+"""Per-op facts the loop passes rely on. Rules are data: add an op here, not an if-chain there.
+
+Functions are keyed by their canonical dotted name ("torch.log", "torch.nn.functional.relu",
+"math.log", "max" for the builtin); methods by their bare name (``x.log()`` -> "log").
+``resolve_call`` in ``loop_dataflow`` produces these keys.
+"""
+from __future__ import annotations
+
+import ast
+
+from . import op_facts
+
+# Module spellings used when a function's globals are not available (golden tests, snippets).
+DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
+
+# Accumulator updates: how `s = s <op> e` combines, its identity for masked iterations, and the
+# reduction over the loop axis. "-" accumulates `-e` into a sum, so it shares "sum".
+ACC_BINOPS = {ast.Add: "sum", ast.Sub: "sum", ast.Mult: "prod"}
+ACC_CALLS = {                  # s = f(s, e): family
+    "torch.maximum": "max", "torch.max": "max", "max": "builtin_max",
+    "torch.minimum": "min", "torch.min": "min", "min": "builtin_min",
+}
+FAMILY_IDENTITY = {"sum": "0", "prod": "1"}
+# How the per-iteration contributions ``v`` (stacked on dim 0) reduce over the loop, and how
+# the reduction ``r`` folds into the accumulator ``s``.
+FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)", "max": "v.amax(0)", "min": "v.amin(0)",
+                 "builtin_max": "v.amax(0)", "builtin_min": "v.amin(0)"}
+FAMILY_FOLD = {"sum": "s + r", "prod": "s * r", "max": "torch.maximum(s, r)",
+               "min": "torch.minimum(s, r)", "builtin_max": "max(s, r)", "builtin_min": "min(s, r)"}
+# Running values read inside the loop (prefix sums/products): scan over the loop axis.
+FAMILY_SCAN = {"sum": "s + v.cumsum(0)", "prod": "s * v.cumprod(0)"}
+# `out[i] op= e` writes: the in-place op applied to the written slots.
+WRITE_AUGOPS = {ast.Add: "add_", ast.Sub: "sub_", ast.Mult: "mul_", ast.Div: "div_"}
+
+# Calls that make a loop impossible to vectorize, with the reason shown to the user.
+# Random ops: ``op_facts.RANDOM`` (shared with the FX passes) under torch, plus these modules.
+RANDOM_MODULES = ("random.", "numpy.random.")
+RANDOM_METHODS = frozenset({"uniform_", "normal_", "bernoulli_", "random_", "exponential_",
+                            "geometric_", "cauchy_", "log_normal_"})
+IO = frozenset({"print", "open", "input", "breakpoint", "torch.save", "torch.load",
+                "logging.info", "logging.debug", "logging.warning", "warnings.warn"})
+IO_METHODS = frozenset({"write", "flush", "info", "debug", "warning", "log", "add_scalar"})
+# Methods that mutate their receiver even without the trailing underscore.
+MUTATING_METHODS = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "update",
+                              "setdefault", "add", "discard", "copy_", "__setitem__"})
+
+# Shape queries: same value in every iteration (vmap keeps per-example shapes equal), so they
+# never make a value loop-variant.
+SHAPE_ATTRS = op_facts.METADATA_ATTRIBUTES
+SHAPE_METHODS = frozenset({"size", "dim", "numel", "ndimension", "nelement", "type"})
+SHAPE_FUNCS = frozenset({"len", "isinstance"})
+
+# Ops whose operand(s) can make NaN/inf outside their domain. When such an op runs on
+# iterations a condition deselects, its operand is first replaced by a safe value:
+# torch.where(cond, torch.log(torch.where(cond, x, 1)), other) -- the "double where".
+# Entry: (index of the risky positional argument, safe value).
+SANITIZE = {
+    "torch.log": (0, "1"), "torch.log2": (0, "1"), "torch.log10": (0, "1"),
+    "torch.log1p": (0, "0"), "torch.sqrt": (0, "1"), "torch.rsqrt": (0, "1"),
+    "torch.reciprocal": (0, "1"), "torch.acos": (0, "0"), "torch.asin": (0, "0"),
+    "torch.atanh": (0, "0"), "torch.acosh": (0, "2"), "torch.exp": (0, "0"),
+    "torch.expm1": (0, "0"), "torch.exp2": (0, "0"), "torch.sinh": (0, "0"),
+    "torch.cosh": (0, "0"), "torch.tan": (0, "0"), "torch.lgamma": (0, "1"),
+    "torch.digamma": (0, "1"), "torch.div": (1, "1"), "torch.true_divide": (1, "1"),
+    "torch.pow": (0, "1"), "torch.xlogy": (1, "1"), "torch.logit": (0, "0.5"),
+}
+SANITIZE_METHODS = {
+    "log": "1", "log2": "1", "log10": "1", "log1p": "0", "sqrt": "1", "rsqrt": "1",
+    "reciprocal": "1", "acos": "0", "asin": "0", "atanh": "0", "exp": "0",
+    "expm1": "0", "tan": "0", "lgamma": "1", "digamma": "1", "pow": "1",
+    "logit": "0.5",
+}
+# Binary operators: which side is risky, and its safe value.
+SANITIZE_BINOPS = {ast.Div: ("right", "1"), ast.FloorDiv: ("right", "1"),
+                   ast.Mod: ("right", "1"), ast.Pow: ("left", "1")}
+
+# Ops that are finite with finite gradients on any finite input: safe to run on deselected
+# iterations as they are. Anything under a tensor condition that is neither here nor in the
+# SANITIZE tables (user functions, losses with index targets, ...) makes the loop kept.
+TOTAL = frozenset({
+    "torch.where", "torch.abs", "torch.neg", "torch.relu", "torch.sigmoid", "torch.tanh",
+    "torch.sin", "torch.cos", "torch.atan", "torch.square", "torch.clamp", "torch.clip",
+    "torch.minimum", "torch.maximum", "torch.sum", "torch.mean", "torch.amax", "torch.amin",
+    "torch.softmax", "torch.log_softmax", "torch.logsumexp", "torch.stack", "torch.cat",
+    "torch.dot", "torch.matmul", "torch.mul", "torch.add", "torch.sub", "torch.ne", "torch.eq",
+    "torch.gt", "torch.lt", "torch.ge", "torch.le", "torch.logical_and", "torch.logical_or",
+    "torch.logical_not", "torch.sign", "torch.zeros_like", "torch.ones_like", "torch.full_like",
+    "torch.as_tensor", "torch.tensor", "torch.norm", "torch.floor", "torch.ceil", "torch.round",
+    "torch.nn.functional.relu", "torch.nn.functional.softplus", "torch.nn.functional.logsigmoid",
+    "torch.nn.functional.log_softmax", "torch.nn.functional.softmax",
+    "torch.nn.functional.mse_loss", "torch.nn.functional.l1_loss",
+    "torch.nn.functional.smooth_l1_loss", "torch.nn.functional.huber_loss",
+    "torch.nn.functional.leaky_relu", "torch.nn.functional.gelu", "torch.nn.functional.silu",
+    "torch.nn.functional.sigmoid", "torch.nn.functional.tanh",
+    "abs", "float", "int", "bool", "len", "min", "max", "isinstance",
+})
+TOTAL_METHODS = frozenset({
+    "abs", "neg", "relu", "sigmoid", "tanh", "sin", "cos", "square", "clamp", "clip", "sum",
+    "mean", "amax", "amin", "max", "min", "softmax", "log_softmax", "logsumexp", "dot", "matmul",
+    "float", "double", "long", "int", "bool", "detach", "clone", "unsqueeze", "squeeze",
+    "reshape", "view", "flatten", "t", "transpose", "permute", "expand", "expand_as",
+    "contiguous", "to", "type_as", "ne", "eq", "gt", "lt", "ge", "le", "sign", "norm", "item",
+    "tolist", "size", "dim", "numel", "any", "all", "floor", "ceil", "round", "mul", "add",
+    "sub",
+})
+
+# Host round trips on loop-varying values and the tensor op that replaces each (``e`` is the
+# argument / receiver). Values the original pulled to the host carried no gradient: detach.
+HOST_CALLS = {
+    "int": "e.long()",
+    "float": "e.detach() * 1.0",
+    "bool": "torch.ne(e, 0)",
+}
+# Which Python number each round trip produced (see NUMBER_FOLD).
+HOST_NUMBER_KIND = {"int": "int", "float": "float", "item": "item"}
+HOST_METHODS = {"item": "e.detach()", "tolist": "e.detach()"}
+HOST_MATH = {  # math.f(e) -> torch.f(e), detached like float(e)
+    "math.log": "torch.log", "math.exp": "torch.exp", "math.sqrt": "torch.sqrt",
+    "math.log1p": "torch.log1p", "math.expm1": "torch.expm1", "math.sin": "torch.sin",
+    "math.cos": "torch.cos", "math.tanh": "torch.tanh", "math.atan": "torch.atan",
+    "math.fabs": "torch.abs", "math.log2": "torch.log2", "math.log10": "torch.log10",
+}
+# Builtins over tensor elements: two arguments pick one (first wins on ties, as Python does);
+# one argument iterates dim 0.
+HOST_BUILTIN_PAIR = {"min": "torch.where(b < a, b, a)", "max": "torch.where(b > a, b, a)"}
+HOST_BUILTIN_ITER = {"min": "e.amin(0)", "max": "e.amax(0)", "sum": "e.sum(0)"}
+
+# Boolean-valued calls: indexing with their result selects a data-dependent number of elements.
+BOOLEAN_FUNCS = frozenset({"torch.logical_and", "torch.logical_or", "torch.logical_not",
+                           "torch.logical_xor", "torch.isnan", "torch.isinf", "torch.isfinite",
+                           "torch.eq", "torch.ne", "torch.gt", "torch.lt", "torch.ge", "torch.le",
+                           "torch.isin"})
+BOOLEAN_METHODS = frozenset({"bool", "logical_and", "logical_or", "logical_not", "isnan",
+                             "isinf", "isfinite", "eq", "ne", "gt", "lt", "ge", "le"})
+
+# Accumulators whose contributions were Python numbers in the original (literals, or host
+# round trips): the folded result is turned back into the same kind of Python number.
+NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
+
+# Consumers of a comprehension's list, rewritten to use the stacked values ``v`` directly.
+LIST_CONSUMERS = {
+    "torch.stack": "v",
+    "torch.cat": "v.flatten(0, 1)",
+    "torch.tensor": "v.detach().clone()",
+}
+# torch.tensor over appended host values (``.item()``, ``float()``): Python numbers, so the
+# original's dtype is the one torch.tensor infers from numbers.
+LIST_CONSUMERS_OF_HOST_VALUES = {**LIST_CONSUMERS, "torch.tensor": "torch.tensor(v.tolist())"}

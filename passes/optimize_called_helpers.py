@@ -1,0 +1,93 @@
+"""Pass: helper functions the loss calls are optimised too, when they contain loops.
+
+A call to a plain Python function defined in the same module (same globals) whose body has a
+loop is pointed at that helper's rewritten version, which the rebuilt loss gets as a closure
+binding; the helper itself (the module attribute) is left untouched::
+
+    def dice(p, t):                                 def dice(p, t):           # unchanged
+        inter = 0                                       ...
+        for i in range(p.shape[0]):
+            inter += (p[i] * t[i]).sum()
+        ...
+
+    def loss(pred, target):                         def loss(pred, target):
+        return 1 - dice(pred, target)       ->          return 1 - _dice(pred, target)
+
+where ``_dice`` is ``dice`` after the whole AST pipeline (its loops vectorized, each reported at
+its own line in this function's report). A helper that cannot be rewritten, is already being
+rewritten (recursion), or that the pipeline leaves unchanged is called as written. The name is
+resolved once, at rewrite time: a helper rebound later in the module is not followed, as with
+any module global captured by a rewrite (documented in the README).
+"""
+from __future__ import annotations
+
+import ast
+import dis
+import types
+
+from rewrite.errors import RewriteError, Unsupported
+from rewrite.report import Report
+
+from .ast_tools import PassContext
+
+
+def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
+    _Redirect(ctx, _local_names(tree.body[0])).visit(tree)
+    return tree
+
+
+class _Redirect(ast.NodeTransformer):
+    def __init__(self, ctx: PassContext, local: set[str]):
+        self.ctx = ctx
+        self.local = local
+        self.renamed: dict[str, str | None] = {}  # helper name -> its binding (None: call as is)
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id not in self.local:
+            binding = self._binding(node.func.id)
+            if binding:
+                node.func = ast.copy_location(ast.Name(binding, ast.Load()), node.func)
+        return node
+
+    def _binding(self, name: str) -> str | None:
+        if name not in self.renamed:
+            self.renamed[name] = self._rewrite(name)
+        return self.renamed[name]
+
+    def _rewrite(self, name: str) -> str | None:
+        from rewrite.frontend import rewrite_function  # the frontend runs this pipeline
+
+        helper = self.ctx.globals.get(name)
+        if not (isinstance(helper, types.FunctionType) and helper.__globals__ is self.ctx.globals
+                and helper not in self.ctx.rewriting and _has_loop(helper)):
+            return None
+        report = Report(helper.__qualname__, self.ctx.filename, helper.__code__.co_firstlineno)
+        try:
+            rebuilt, changed = rewrite_function(helper, report, rewriting=self.ctx.rewriting)
+        except (Unsupported, RewriteError) as exc:
+            self.ctx.report.notes.append(f"helper {name} is called as written: {exc}")
+            return None
+        self.ctx.report.loops += report.loops
+        if not changed:
+            return None
+        binding = self.ctx.namer.new(name)
+        self.ctx.bindings[binding] = rebuilt
+        return binding
+
+
+def _local_names(func: ast.FunctionDef) -> set[str]:
+    """Parameters and assigned names: calls through them are not the module's helpers."""
+    args = func.args
+    names = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    names |= {a.arg for a in (args.vararg, args.kwarg) if a}
+    return names | {n.id for n in ast.walk(func)
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def _has_loop(fn: types.FunctionType) -> bool:
+    # Cheap pre-filter on the bytecode: loops compile to FOR_ITER (comprehensions are nested code).
+    def walk(code: types.CodeType) -> bool:
+        return any(i.opname == "FOR_ITER" for i in dis.get_instructions(code)) or any(
+            walk(c) for c in code.co_consts if isinstance(c, types.CodeType))
+    return walk(fn.__code__)

@@ -1,0 +1,218 @@
+"""Tensor conditions inside a loop body being vectorized become masks (if-conversion).
+
+Under ``torch.vmap`` a condition on a loop-varying tensor cannot steer Python control flow, so
+both branches run and a per-iteration mask selects. Python conditions (not loop-varying) stay
+``if`` statements. With ``_c`` a fresh name::
+
+    if y[i] > 0.5:                       _c = torch.ne(y[i] > 0.5, 0)
+        t = torch.log(p[i])        ->    t = torch.log(torch.where(_c, p[i], 1))
+    else:                                _nc = torch.logical_not(_c)
+        t = torch.log(1 - p[i])          t = torch.where(_nc, torch.log(torch.where(_nc, 1 - p[i], 1)), t)
+
+    if target[i] == ignore:              _c = torch.ne(target[i] == ignore, 0)
+        continue                   ->    _keep = torch.logical_not(_c)
+    loss += -logp[i, target[i]]          (contribution masked by _keep; index where(_keep, target[i], 0))
+
+The trap: a deselected branch still runs, and NaN/inf there poisons gradients through
+``torch.where`` (0 * inf = NaN). So under a mask every op of ``loop_rules.SANITIZE*`` gets its
+risky operand replaced by a safe value first (the "double where"), loop-varying subscripts read
+index 0 where deselected, and any call not known to be total (``loop_rules.TOTAL*``: user
+functions, losses with index targets, ...) raises ``Unsupported``: the loop is kept.
+
+Effects (accumulations, appends, writes) are handed to the caller with their mask.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Callable
+
+from rewrite.errors import Unsupported
+
+from . import loop_rules as rules
+from .ast_tools import PassContext, replace, unparse
+from .loop_dataflow import (Effect, LoopFacts, depends, is_shape_query, method_name,
+                            resolve_call, stores)
+
+# (effect, its value with the mask's sanitising applied, mask name or None) -> statements
+OnEffect = Callable[[Effect, ast.expr, "str | None"], list[ast.stmt]]
+
+
+def if_convert(body: list[ast.stmt], facts: LoopFacts, index: str, on_effect: OnEffect,
+               ctx: PassContext) -> list[ast.stmt]:
+    """Straight-line version of ``body``: tensor ``if``s and guarded ``continue``s as masks."""
+    return _Converter(facts, index, on_effect, ctx).block(body, None, set())
+
+
+class _Converter:
+    def __init__(self, facts: LoopFacts, index: str, on_effect: OnEffect, ctx: PassContext):
+        self.facts = facts
+        self.index = index
+        self.on_effect = on_effect
+        self.ctx = ctx
+
+    def _sub(self, template: str, loc: ast.AST, **subs) -> object:
+        return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
+
+    def _mask(self, template: str, loc: ast.AST, **subs) -> tuple[str, list[ast.stmt]]:
+        name = self.ctx.namer.new("mask")
+        return name, self._sub(f"m = {template}", loc, m=name, **subs)
+
+    def _and(self, pred: str | None, cond: str, loc: ast.AST) -> tuple[str, list[ast.stmt]]:
+        if pred is None:
+            return cond, []
+        return self._mask("torch.logical_and(p, c)", loc, p=pred, c=cond)
+
+    def block(self, stmts: list[ast.stmt], pred: str | None, defined: set[str]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for s in stmts:
+            if isinstance(s, ast.If) and depends(s.test, self.facts.variant, self.ctx):
+                cond, stmts_ = self._tensor_if(s, pred, defined)
+                out += stmts_
+                if s.body and isinstance(s.body[-1], ast.Continue):  # guarded continue
+                    keep, stmts_ = self._mask("torch.logical_not(c)", s, c=cond)
+                    pred, more = self._and(pred, keep, s)
+                    out += stmts_ + more
+                continue
+            if isinstance(s, ast.If):  # Python condition: stays a Python `if`
+                s.body = self.block(s.body, pred, set(defined)) or [ast.Pass()]
+                s.orelse = self.block(s.orelse, pred, set(defined))
+                defined |= _assigned_in(s)
+                out.append(s)
+                continue
+            if isinstance(s, (ast.Pass, ast.Continue)) or (
+                    isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)):
+                continue
+            effect = self.facts.effects.get(id(s))
+            if effect is not None:
+                out += self.on_effect(effect, self.expr(effect.value, pred), pred)
+                continue
+            out += self._local(s, pred, defined)
+        return out
+
+    def _tensor_if(self, s: ast.If, pred: str | None,
+                   defined: set[str]) -> tuple[str, list[ast.stmt]]:
+        """The branches under their masks; returns (condition name, statements)."""
+        cond = self.ctx.namer.new("cond")
+        test = _tensor_logic(self.expr(s.test, pred), self.ctx)
+        out = self._sub("c = torch.ne(t, 0)", s, c=cond, t=test)
+        then_pred, more = self._and(pred, cond, s)
+        out += more
+        body = s.body[:-1] if s.body and isinstance(s.body[-1], ast.Continue) else s.body
+        out += self.block(body, then_pred, defined)
+        if s.orelse:
+            neg, more = self._mask("torch.logical_not(c)", s, c=cond)
+            out += more
+            else_pred, more = self._and(pred, neg, s)
+            out += more + self.block(s.orelse, else_pred, defined)
+        return cond, out
+
+    def _local(self, s: ast.stmt, pred: str | None, defined: set[str]) -> list[ast.stmt]:
+        """A statement touching only iteration-local names: merged under the mask."""
+        if pred is None:
+            defined |= stores(s)
+            return [s]
+        if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
+            value = ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op, right=s.value)
+            s = ast.copy_location(ast.Assign(targets=[s.target], value=value), s)
+        if not (isinstance(s, ast.Assign) and len(s.targets) == 1
+                and isinstance(s.targets[0], ast.Name)):
+            raise Unsupported(f"`{unparse(s).strip()}` under a tensor condition", s.lineno)
+        name = s.targets[0].id
+        value = self.expr(s.value, pred)
+        if name in defined:  # keep the previous value where the mask is off
+            value = self._sub("torch.where(p, v, x)", s, p=pred, v=value, x=name)
+        defined.add(name)
+        return self._sub("x = v", s, x=name, v=value)
+
+    def expr(self, e: ast.expr, pred: str | None) -> ast.expr:
+        """``e`` made safe to evaluate on iterations where ``pred`` is false."""
+        if pred is None:
+            return e
+        return _Sanitize(pred, self.facts.variant, self.index, self.ctx).visit(e)
+
+
+def _assigned_in(s: ast.If) -> set[str]:
+    return set().union(*(stores(n) for n in ast.walk(s) if isinstance(n, ast.stmt)))
+
+
+def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
+    """Python ``and``/``or``/``not``/chained comparisons call ``bool()``: use tensor logic."""
+    def sub(template: str, **subs) -> ast.expr:
+        return replace(template, loc=test, torch_name=ctx.torch_name, **subs)
+
+    if isinstance(test, ast.BoolOp):
+        fn = "torch.logical_and" if isinstance(test.op, ast.And) else "torch.logical_or"
+        vals = [_tensor_logic(v, ctx) for v in test.values]
+        acc = vals[0]
+        for v in vals[1:]:
+            acc = sub(f"{fn}(torch.ne(a, 0), torch.ne(b, 0))", a=acc, b=v)
+        return acc
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return sub("torch.logical_not(torch.ne(a, 0))", a=_tensor_logic(test.operand, ctx))
+    if isinstance(test, ast.Compare) and len(test.ops) > 1:
+        parts = [ast.Compare(left=l, ops=[op], comparators=[r]) for l, op, r in
+                 zip([test.left] + test.comparators[:-1], test.ops, test.comparators)]
+        return _tensor_logic(ast.copy_location(ast.BoolOp(op=ast.And(), values=parts), test), ctx)
+    return test
+
+
+class _Sanitize(ast.NodeTransformer):
+    """Replace risky operands by safe values where ``pred`` is false; refuse unknown calls."""
+
+    def __init__(self, pred: str, variant: set[str], index: str, ctx: PassContext):
+        self.pred = pred
+        self.variant = variant
+        self.index = index
+        self.ctx = ctx
+
+    def _safe(self, operand: ast.expr, safe: str) -> ast.expr:
+        return replace(f"torch.where(p, a, {safe})", loc=operand, torch_name=self.ctx.torch_name,
+                       p=self.pred, a=operand)
+
+    def _safe_index(self, index: ast.expr) -> ast.expr:
+        """Index 0 where deselected, in the index's own dtype (a bool mask stays a mask)."""
+        return replace("torch.where(p, a, torch.zeros_like(a))", loc=index,
+                       torch_name=self.ctx.torch_name, p=self.pred, a=index)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if is_shape_query(node, self.ctx):
+            return node
+        name = resolve_call(node.func, self.ctx)
+        meth = method_name(node, self.ctx)
+        if name in rules.SANITIZE:
+            k, safe = rules.SANITIZE[name]
+            if k < len(node.args):
+                node.args[k] = self._safe(node.args[k], safe)
+            return node
+        if meth in rules.SANITIZE_METHODS:
+            node.func.value = self._safe(node.func.value, rules.SANITIZE_METHODS[meth])
+            return node
+        if name in rules.TOTAL or meth in rules.TOTAL_METHODS:
+            return node
+        raise Unsupported(f"`{unparse(node.func)}(...)` would also run on iterations its "
+                          "tensor condition excludes, and may fail or give NaN there",
+                          node.lineno)
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        rule = rules.SANITIZE_BINOPS.get(type(node.op))
+        if rule is None:
+            return node
+        side, safe = rule
+        if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) \
+                and isinstance(node.right.value, int) and node.right.value >= 0:
+            return node  # x ** 2 is total
+        setattr(node, side, self._safe(getattr(node, side), safe))
+        return node
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        sl = node.slice
+        entries = sl.elts if isinstance(sl, ast.Tuple) else [sl]
+        safe = [self._safe_index(e) if (not isinstance(e, ast.Slice)
+                                       and not (isinstance(e, ast.Name) and e.id == self.index)
+                                       and depends(e, self.variant, self.ctx)) else e
+                for e in entries]
+        node.slice = ast.Tuple(safe, ast.Load()) if isinstance(sl, ast.Tuple) else safe[0]
+        return node

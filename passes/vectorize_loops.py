@@ -1,0 +1,613 @@
+"""Pass: Python ``for`` loops over tensor elements become one batched computation.
+
+The loop body is outlined into a function of one iteration and mapped over all iterations with
+``torch.vmap``; what leaves an iteration is folded afterwards. Behind a runtime check, because at
+AST time nothing knows whether ``pred`` is a tensor or a list (the original loop is the else)::
+
+    loss = 0                                 loss = 0
+    for i in range(len(pred)):               if isinstance(pred, torch.Tensor) and len(pred) <= pred.shape[0] \
+        loss += (pred[i] - target[i]) \              and isinstance(target, torch.Tensor) and ... \
+                    .abs().sum()      ->             and len(range(0, len(pred), 1)) > 0:
+                                                 'optimize_loss: loop at line 2 vectorized'
+                                                 def _body(_pred_row, _target_row):
+                                                     _loss_part = 0
+                                                     _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
+                                                     return (torch.as_tensor(_loss_part),)
+                                                 _outs = torch.vmap(_body, in_dims=(0, 0))(
+                                                     pred[0:len(pred):1], target[0:len(pred):1])
+                                                 loss = loss + _outs[0].sum(0)
+                                             else:
+                                                 <the original loop>
+
+What leaves an iteration (classified by ``loop_dataflow``): accumulators ``s += e``, ``s -= e``,
+``s = s + a - b``, ``s *= e``, ``s = torch.maximum(s, e)`` / ``max(s, e)`` (folded with sum /
+prod / amax / amin; Python-number counters stay Python numbers), prefix sums and products whose
+running value is written or appended (``cumsum`` / ``cumprod``), ``lst.append(e)``
+(``lst.extend(stacked.unbind(0))``), and writes ``out[..., i, ...] = e`` / ``+=`` (one slice
+assignment ``out[..., a:b:s, ...] = stacked``). Tensor ``if``/``continue`` become masks
+(``tensor_branches_to_where``), host round trips tensor ops (``host_roundtrips_to_tensor_ops``),
+``x[i:i+1]`` becomes ``x[i].unsqueeze(0)``, and ``x[:, i]`` over a plain range is handed to vmap
+as the slice ``x[:, a:b:s]`` (no gather). Comprehensions in ``sum``/``torch.stack``/``torch.cat``/
+``torch.tensor`` take the same route (``normalize_comprehensions``). Inner loops are vectorized
+first; an outer loop then maps over the inner's vectorized form (nested vmap) when the inner's
+runtime check does not depend on it.
+
+Every loop gets one report entry: the strategy, or the reason it is kept exactly as it was.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+from dataclasses import dataclass, field
+
+from rewrite.errors import Unsupported
+
+from . import host_roundtrips_to_tensor_ops, loop_dataflow, normalize_comprehensions
+from . import loop_rules as rules
+from . import tensor_branches_to_where
+from .ast_tools import PassContext, replace, unparse
+from .loop_dataflow import Effect, depends, loads, resolve_call
+
+MARKER = "optimize_loss: loop at line {} vectorized"
+
+
+def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
+    _Vectorizer(ctx).visit(tree.body[0])
+    return tree
+
+
+def is_vectorized_guard(node: ast.AST) -> bool:
+    """The ``if <check>: <vectorized> else: <original>`` this pass emits."""
+    return (isinstance(node, ast.If) and len(node.orelse) == 1 and bool(node.body)
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+            and isinstance(node.body[0].value.value, str)
+            and node.body[0].value.value.startswith("optimize_loss: loop at line"))
+
+
+@dataclass
+class _Iteration:
+    """What a loop iterates: an index over ``range(start, stop, step)`` and/or elements."""
+    index: str
+    start: ast.expr
+    stop: ast.expr
+    step: ast.expr
+    elements: list[tuple[str, ast.expr]] = field(default_factory=list)  # (name, iterable)
+    index_is_user: bool = True
+
+
+class _Vectorizer(ast.NodeTransformer):
+    def __init__(self, ctx: PassContext):
+        self.ctx = ctx
+        self.live: dict[int, set[str]] = {}
+        self.func: ast.FunctionDef | None = None
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        outer = self.live, self.func
+        self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
+        self.func = node
+        self.generic_visit(node)
+        self.live, self.func = outer
+        return node
+
+    def visit_If(self, node: ast.If) -> ast.AST:
+        if is_vectorized_guard(node):  # already vectorized (second run): leave the original
+            node.body = [self.visit(s) for s in node.body]
+            return node
+        return self.generic_visit(node)
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        self.generic_visit(node)
+        self.ctx.report.add_loop(node.lineno, False, "kept",
+                                 "`while` loop: the trip count depends on the data")
+        return node
+
+    def visit_For(self, node: ast.For) -> ast.AST:
+        original = copy.deepcopy(node)
+        self.generic_visit(node)  # inner loops first
+        try:
+            live = self.live.get(id(node), loads(self.func))  # unseen loop: all names live
+            guard, stmts, strategy, why = _Loop(node, live, self.ctx).build()
+        except Unsupported as exc:
+            self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
+            return node
+        self.ctx.report.add_loop(node.lineno, True, strategy, why)
+        marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
+        return ast.copy_location(ast.If(test=guard, body=[marker] + stmts, orelse=[original]),
+                                 node)
+
+    def visit_Assign(self, node: ast.stmt) -> ast.AST:
+        return self._comprehension(node)
+
+    visit_AugAssign = visit_Return = visit_Expr = visit_Assign
+
+    def _comprehension(self, node: ast.stmt) -> ast.AST:
+        """``sum(f(i) for i in ...)`` and friends: vectorized as the equivalent loop."""
+        found = normalize_comprehensions.to_loop(node, self.ctx)
+        if found is None:
+            return self.generic_visit(node)
+        init, loop, result, lineno = found
+        vec = _Loop(loop, set(), self.ctx, init)
+        try:
+            guard, stmts, strategy, why = vec.build()
+        except Unsupported as exc:
+            self.ctx.report.add_loop(lineno, False, "kept", exc.reason)
+            return node
+        if vec.stacked:  # torch.stack(_items) -> the stacked values themselves
+            init = []
+            result = _UseStacked(vec.stacked, self.ctx).visit(result)
+        self.ctx.report.add_loop(lineno, True, strategy, why + " (comprehension)")
+        result = self._comprehension(result)  # the statement's next comprehension, if any
+        marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
+        return ast.copy_location(
+            ast.If(test=guard, body=[marker] + init + stmts + [result], orelse=[node]), node)
+
+
+class _Loop:
+    """One loop: check it, then build (runtime check, vectorized statements)."""
+
+    def __init__(self, node: ast.For, live_after: set[str], ctx: PassContext,
+                 init: list[ast.stmt] = ()):
+        self.node = node
+        self.known = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
+        self.ctx = ctx
+        self.live_after = live_after
+        self.guards: list[ast.expr] = []              # runtime checks, all must hold
+        self.guard_texts: set[str] = set()
+        self.init: list[ast.stmt] = []                # top of the body: partials' identities
+        self.outputs: list[str] = []                  # returned by each iteration
+        self.folds: list[ast.stmt] = []               # after vmap: fold / store the outputs
+        self.accs: dict[str, tuple] = {}              # name -> (partial, family, stacked, kinds)
+        self.runs: dict[str, str] = {}                # scanned accumulator -> running values
+        self.slices: dict[tuple[str, int], str] = {}  # (tensor, dim) -> row parameter
+        self.last_write: dict[str, str] = {}          # write target -> item last written
+        self.stacked: dict[str, tuple] = {}           # own list -> (stacked values, host kind)
+        self.outs = ctx.namer.new("outs")
+        self.uses_where = False
+
+    def _sub(self, template: str, **subs) -> object:
+        return replace(template, loc=self.node, torch_name=self.ctx.torch_name, **subs)
+
+    def _guard(self, template: str, **subs) -> None:
+        expr = self._sub(template, **subs)
+        text = unparse(expr)
+        if text not in self.guard_texts:
+            self.guard_texts.add(text)
+            self.guards.append(expr)
+
+    # ----------------------------------------------------------------------------------------
+    def build(self) -> tuple[ast.expr, list[ast.stmt], str, str]:
+        node = self.node
+        if node.orelse:
+            raise Unsupported("`for ... else`")
+        it = self.it = self._iteration()
+        body, inner_guards = self._inline_inner(copy.deepcopy(node.body), it)
+        seeds = {it.index} | {name for name, _ in it.elements}
+        # Check the body as the user wrote it (reasons quote their code) ...
+        loop_dataflow.analyze(body, it.index, seeds, self.live_after, self.ctx)
+        # ... then rewrite it and analyse again: the effects must be the final body's nodes.
+        variant = loop_dataflow.variant_names(body, seeds, self.ctx)
+        body = host_roundtrips_to_tensor_ops.rewrite(body, variant, self.ctx)
+        body = [_UnitSlices(it.index, self.ctx).visit(s) for s in body]
+        assigned = set().union(*(loop_dataflow.stores(n) for s in body for n in ast.walk(s)
+                                 if isinstance(n, ast.stmt)))
+        body = [_RowSlices(self, it, assigned, variant).visit(s) for s in body]
+        seeds |= {param for param, _ in self.slices.values()}
+        self.facts = facts = loop_dataflow.analyze(body, it.index, seeds, self.live_after,
+                                                   self.ctx)
+        for g in inner_guards:
+            self._guard("g", g=g)
+        self._guard_iterables(it, body, seeds)
+        converted = tensor_branches_to_where.if_convert(body, facts, it.index, self._effect,
+                                                        self.ctx)
+        stmts = self._assemble(it, converted)
+        return self._check(), stmts, self._strategy(), self._why()
+
+    def _strategy(self) -> str:
+        kinds = {e.kind for e in self.facts.effects.values()}
+        if "scan" in kinds:
+            fam = {e.family for e in self.facts.of_kind("scan")}
+            return "cumprod" if fam == {"prod"} else "cumsum"
+        return "vmap"
+
+    def _why(self) -> str:
+        parts = []
+        for e in self.facts.effects.values():
+            desc = {"acc": f"`{e.name}` {e.family}-reduced", "scan": f"`{e.name}` running {e.family}",
+                    "append": f"`{e.name}` appends stacked", "write": f"`{e.name}` written as a slice"}
+            parts.append(desc[e.kind])
+        if self.uses_where:
+            parts.append("tensor conditions as torch.where masks")
+        return "; ".join(dict.fromkeys(parts)) or "no effects"
+
+    # ----------------------------------------------------------------------------------------
+    def _iteration(self) -> _Iteration:
+        node, ctx = self.node, self.ctx
+        target, it = node.target, node.iter
+        fn = resolve_call(it.func, ctx) if isinstance(it, ast.Call) else None
+        if fn == "range" and isinstance(target, ast.Name) and not it.keywords \
+                and 1 <= len(it.args) <= 3:
+            args = list(it.args)
+            for a in args:
+                _require_pure(a, "range bound")
+            start, stop, step = ([ast.Constant(0)] + args + [ast.Constant(1)])[:3] \
+                if len(args) == 1 else (args + [ast.Constant(1)])[:3]
+            return _Iteration(target.id, start, stop, step)
+        if fn == "enumerate" and isinstance(target, ast.Tuple) and len(target.elts) == 2 \
+                and isinstance(target.elts[0], ast.Name) and not it.keywords:
+            offset = it.args[1] if len(it.args) == 2 else ast.Constant(0)
+            _require_pure(offset, "enumerate start")
+            inner = _Iteration("", offset, offset, ast.Constant(1))
+            self._elements(target.elts[1], it.args[0], inner)
+            inner.index = target.elts[0].id
+            inner.stop = self._sub("a + n", a=offset, n=self._trip(inner.elements))
+            return inner
+        result = _Iteration(self.ctx.namer.new("i"), ast.Constant(0), ast.Constant(0),
+                            ast.Constant(1), index_is_user=False)
+        self._elements(target, it, result)
+        result.stop = self._trip(result.elements)
+        return result
+
+    def _elements(self, target: ast.expr, iterable: ast.expr, into: _Iteration) -> None:
+        fn = resolve_call(iterable.func, self.ctx) if isinstance(iterable, ast.Call) else None
+        if fn == "zip" and isinstance(target, ast.Tuple) and not iterable.keywords \
+                and len(target.elts) == len(iterable.args):
+            for t, src in zip(target.elts, iterable.args):
+                self._elements(t, src, into)
+            return
+        if not isinstance(target, ast.Name):
+            raise Unsupported(f"loop target `{unparse(target)}` unpacks elements")
+        _require_pure(iterable, "iterated value")
+        into.elements.append((target.id, iterable))
+
+    def _trip(self, elements: list[tuple[str, ast.expr]]) -> ast.expr:
+        lens = [self._sub("len(x)", x=src) for _, src in elements]
+        if len(lens) == 1:
+            return lens[0]
+        return ast.Call(ast.Name("min", ast.Load()), lens, [])
+
+    def _inline_inner(self, body: list[ast.stmt], it: _Iteration) -> tuple[list, list]:
+        """Replace vectorized inner loops by their vectorized branch; collect their checks."""
+        seeds = {it.index} | {n for n, _ in it.elements}
+        assigned = set().union(*(loop_dataflow.stores(s) for s in ast.walk(ast.Module(body, []))
+                                 if isinstance(s, ast.stmt)))
+        guards, out = [], []
+        for s in body:
+            if is_vectorized_guard(s):
+                for g in _conjuncts(s.test):
+                    if _is_int_check(g, seeds):
+                        continue  # the inner writes out[i, ...]: this loop makes i a slice
+                    if loads(g) & (seeds | assigned):
+                        raise Unsupported(f"the inner loop at line {s.lineno} needs a "
+                                          f"per-iteration runtime check: {unparse(g)}")
+                    guards.append(g)
+                out += s.body[1:]
+            elif isinstance(s, ast.If):
+                s.body, g1 = self._inline_inner(s.body, it)
+                s.orelse, g2 = self._inline_inner(s.orelse, it)
+                guards += g1 + g2
+                out.append(s)
+            else:
+                out.append(s)
+        return out, guards
+
+    def _guard_iterables(self, it: _Iteration, body: list[ast.stmt], seeds: set[str]) -> None:
+        """Runtime checks: what the body indexes by the loop must be tensors; >= 1 iteration."""
+        for _, src in it.elements:
+            self._guard("isinstance(x, torch.Tensor)", x=src)
+            self._guard("x.dim() > 0", x=src)
+        for sub in (n for s in body for n in ast.walk(s) if isinstance(n, ast.Subscript)):
+            if _is_pure(sub.value) and not (loads(sub.value) & (self.facts.assigned | seeds)) \
+                    and depends(sub.slice, self.facts.variant, self.ctx):
+                self._guard("isinstance(x, torch.Tensor)", x=sub.value)
+        for e in self.facts.of_kind("write"):
+            self._guard("isinstance(x, torch.Tensor)", x=ast.Name(e.name, ast.Load()))
+        for e in self.facts.of_kind("append"):
+            if e.name not in self.known:
+                self._guard("isinstance(x, list)", x=ast.Name(e.name, ast.Load()))
+        self._guard("len(range(a, b, s)) > 0", a=it.start, b=it.stop, s=it.step)
+
+    def _need_plain_range(self) -> None:
+        """Slices a:b:s select the same indices as range(a, b, s) when a >= 0 and s > 0."""
+        it = self.it
+        if not (isinstance(it.start, ast.Constant) and isinstance(it.start.value, int)
+                and it.start.value >= 0):
+            self._guard("a >= 0", a=it.start)
+        if not (isinstance(it.step, ast.Constant) and isinstance(it.step.value, int)
+                and it.step.value > 0):
+            self._guard("s > 0", s=it.step)
+
+    def _check(self) -> ast.expr:
+        if len(self.guards) == 1:
+            return self.guards[0]
+        return ast.BoolOp(op=ast.And(), values=self.guards)
+
+    # ----------------------------------------------------------------------------------------
+    def _output(self, name: str) -> ast.expr:
+        """Return ``name`` from each iteration; the stacked values' expression."""
+        self.outputs.append(name)
+        return self._sub(f"o[{len(self.outputs) - 1}]", o=self.outs)
+
+    def _effect(self, e: Effect, value: ast.expr, pred: str | None) -> list[ast.stmt]:
+        """Per-iteration statements of an effect; its fold over the loop goes to ``folds``."""
+        self.uses_where |= pred is not None
+        if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
+            ident = rules.FAMILY_IDENTITY[e.family]
+            if pred is not None:
+                value = self._sub(f"torch.where(p, v, {ident})", p=pred, v=value)
+            if e.name not in self.accs:
+                part = self.ctx.namer.new(f"{e.name}_part")
+                self.init += self._sub(f"p = {ident}", p=part)
+                self.accs[e.name] = (part, e.family, self._output(part), set())
+            part, _, _, kinds = self.accs[e.name]
+            kinds.add(_number_kind(e.value))
+            op = "*" if e.family == "prod" else ("-" if e.negate else "+")
+            return self._sub(f"p = p {op} v", p=part, v=value)
+        if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
+            step = self.ctx.namer.new(f"{e.name}_step")
+            stacked = self._output(step)
+            if e.kind == "acc":
+                self.accs[e.name] = (step, e.family, stacked, {"tensor"})
+            else:
+                run = self.runs[e.name] = self.ctx.namer.new(f"{e.name}_running")
+                scan = self._sub(rules.FAMILY_SCAN[e.family], s=e.name, v=stacked)
+                self.folds += self._sub("r = x", r=run, x=scan)
+                self.folds += self._sub("s = r[-1]", s=e.name, r=run)
+            return self._sub("p = v", p=step, v=value)
+        if e.scan_of:  # the running value itself: comes from the scan
+            self.folds += self._place(e, ast.Name(self.runs[e.scan_of], ast.Load()))
+            return []
+        if e.kind == "write" and pred is not None:
+            if e.family:
+                keep = "0" if e.family in ("add_", "sub_") else "1"
+                value = self._sub(f"torch.where(p, v, {keep})", p=pred, v=value)
+            else:  # deselected iterations keep what is there: this iteration's last write
+                old = copy.deepcopy(_write_target(e.stmt))
+                old.ctx = ast.Load()
+                old = self.last_write.get(unparse(old), old)
+                value = self._sub("torch.where(p, v, old)", p=pred, v=value, old=old)
+        item = self.ctx.namer.new(f"{e.name}_item")
+        if e.kind == "write":
+            self.last_write[unparse(_write_target(e.stmt))] = item
+        self.folds += self._place(e, self._output(item))
+        return self._sub("x = v", x=item, v=value)
+
+    def _place(self, e: Effect, stacked: ast.expr) -> list[ast.stmt]:
+        """Store the stacked per-iteration values of an append or write."""
+        host = getattr(e.value, "host_number", None)
+        if e.kind == "append" and e.name in self.known:  # our own list: its consumer is known
+            self.stacked[e.name] = (stacked, host)
+            return []
+        if e.kind == "append":  # host values (`.item()`) were Python numbers in the list
+            how = "v.tolist()" if host else "v.unbind(0)"
+            return [ast.Expr(self._sub(f"lst.extend({how})", lst=e.name, v=stacked))]
+        self._need_plain_range()
+        target = copy.deepcopy(_write_target(e.stmt))
+        entries = loop_dataflow.write_entries(target)
+        at = next(k for k, x in enumerate(entries) if isinstance(x, ast.Name)
+                  and x.id == self.it.index)
+        for x in entries:
+            if not isinstance(x, ast.Slice) and x is not entries[at] and not (
+                    isinstance(x, ast.Constant) and type(x.value) is int):
+                self._guard("isinstance(x, int)", x=x)
+        entries[at] = ast.Slice(self.it.start, self.it.stop, self.it.step)
+        target.slice = ast.Tuple(entries, ast.Load()) if len(entries) > 1 else entries[0]
+        fixed = sum(not isinstance(x, ast.Slice) for x in entries)  # int entries drop a dim
+        moved = sum(isinstance(x, ast.Slice) for x in entries[:at])
+        # values of shape (n, *value_shape): pad to the written rank, loop axis to its place
+        placed = self._sub(f"v.reshape(v.shape[:1] + (1,) * (out.dim() - {fixed} - v.dim()) "
+                           "+ v.shape[1:])", v=stacked, out=e.name)
+        if moved:
+            placed = self._sub(f"v.movedim(0, {moved})", v=placed)
+        if isinstance(e.stmt, ast.AugAssign):
+            return [ast.AugAssign(target=target, op=e.stmt.op, value=placed)]
+        return [ast.Assign(targets=[target], value=placed)]
+
+    def _assemble(self, it: _Iteration, converted: list[ast.stmt]) -> list[ast.stmt]:
+        for name, (_, family, stacked, kinds) in self.accs.items():
+            reduced = self._sub(rules.FAMILY_REDUCE[family], v=stacked)
+            if len(kinds) == 1 and next(iter(kinds)) in rules.NUMBER_FOLD:
+                # `count += 1`, `n += m.sum().item()`: the original's Python number
+                reduced = self._sub(rules.NUMBER_FOLD[next(iter(kinds))], r=reduced)
+            self.folds += self._sub("s = x", s=name,
+                                    x=self._sub(rules.FAMILY_FOLD[family], s=name, r=reduced))
+        body = self.init + converted
+        params, inputs, dims = [], [], []
+        used = set().union(*(loads(s) for s in body)) if body else set()
+        if it.index in used or not (it.elements or self.slices):
+            device = self._device()
+            params.append(it.index)
+            inputs.append(self._sub("torch.arange(a, b, s" + (", device=d)" if device else ")"),
+                                    a=it.start, b=it.stop, s=it.step, d=device))
+            dims.append(0)
+        for name, src in it.elements:
+            params.append(name)
+            inputs.append(src if len(it.elements) == 1 else self._sub("x[:n]", x=src, n=it.stop))
+            dims.append(0)
+        for (name, _), (param, prefix) in self.slices.items():
+            params.append(param)
+            index = prefix + [ast.Slice(it.start, it.stop, it.step)]
+            inputs.append(ast.Subscript(ast.Name(name, ast.Load()),
+                                        ast.Tuple(index, ast.Load()) if prefix else index[0],
+                                        ast.Load()))
+            dims.append(sum(isinstance(x, ast.Slice) for x in prefix))
+        fn = self.ctx.namer.new("body")
+        ret = ast.Return(ast.Tuple([self._sub("torch.as_tensor(v)", v=o) for o in self.outputs],
+                                   ast.Load()))
+        func = ast.FunctionDef(
+            name=fn, args=ast.arguments(posonlyargs=[], args=[ast.arg(p) for p in params],
+                                        kwonlyargs=[], kw_defaults=[], defaults=[]),
+            body=body + [ret], decorator_list=[], returns=None, type_params=[])
+        vmap = self._sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
+        call = self._sub("o = c", o=self.outs, c=ast.Call(vmap, inputs, []))
+        stmts = [func] + call + self.folds
+        for s in stmts:
+            ast.copy_location(s, self.node)
+        return [ast.fix_missing_locations(s) for s in stmts]
+
+    def _device(self) -> ast.expr | None:
+        """Where the indexed tensors live: the loop index must be there too."""
+        for g in self.guards:
+            if isinstance(g, ast.Call) and unparse(g.func) == "isinstance" \
+                    and isinstance(g.args[0], (ast.Name, ast.Attribute)):
+                return self._sub("x.device", x=g.args[0])
+        return None
+
+    def row_param(self, name: str, prefix: list[ast.expr]) -> str:
+        """Parameter of the body receiving ``name[prefix..., a:b:s]``, mapped over the loop's
+        axis. ``prefix`` holds full slices and fixed ints (which drop their dims)."""
+        key = (name, unparse(ast.Tuple(prefix, ast.Load())))
+        if key not in self.slices:
+            self.slices[key] = (self.ctx.namer.new(f"{name}_row"), prefix)
+            self._need_plain_range()
+            self._guard("isinstance(x, torch.Tensor)", x=ast.Name(name, ast.Load()))
+            for x in prefix:
+                if not isinstance(x, (ast.Slice, ast.Constant)):
+                    self._guard("isinstance(x, int)", x=x)
+            self._guard(f"b <= x.shape[{len(prefix)}]", b=self.it.stop,
+                        x=ast.Name(name, ast.Load()))
+        return self.slices[key][0]
+
+
+def _number_kind(value: ast.expr) -> str:
+    """What the original added: a Python int/float literal, a host number, or a tensor."""
+    if isinstance(value, ast.Constant) and type(value.value) in (int, float):
+        return type(value.value).__name__
+    return getattr(value, "host_number", None) or "tensor"
+
+
+class _UseStacked(ast.NodeTransformer):
+    """``torch.stack(_items)`` over a comprehension's list -> the stacked values
+    (``loop_rules.LIST_CONSUMERS``)."""
+
+    def __init__(self, stacked: dict[str, tuple], ctx: PassContext):
+        self.stacked = stacked
+        self.ctx = ctx
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in self.stacked:
+            values, host = self.stacked[node.args[0].id]
+            table = rules.LIST_CONSUMERS_OF_HOST_VALUES if host else rules.LIST_CONSUMERS
+            template = table[resolve_call(node.func, self.ctx)]
+            return replace(template, loc=node, torch_name=self.ctx.torch_name, v=values)
+        return node
+
+
+class _UnitSlices(ast.NodeTransformer):
+    """``x[..., i:i+1, ...]`` -> ``x[..., i, ...].unsqueeze(q)``: vmap cannot slice at a
+    batched offset, but it can index."""
+
+    def __init__(self, index: str, ctx: PassContext):
+        self.index = index
+        self.ctx = ctx
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        entries = loop_dataflow.write_entries(node)
+        at = [k for k, x in enumerate(entries) if self._unit(x)]
+        if not isinstance(node.ctx, ast.Load) or len(at) != 1 \
+                or not all(isinstance(x, ast.Slice) for x in entries[:at[0]]):
+            return node
+        k = at[0]
+        entries[k] = ast.Name(self.index, ast.Load())
+        node.slice = ast.Tuple(entries, ast.Load()) if len(entries) > 1 else entries[0]
+        return replace(f"x.unsqueeze({k})", loc=node, x=node)
+
+    def _unit(self, x: ast.expr) -> bool:
+        if not (isinstance(x, ast.Slice) and x.step is None and _is(x.lower, self.index)):
+            return False
+        up = x.upper
+        return isinstance(up, ast.BinOp) and isinstance(up.op, ast.Add) and (
+            (_is(up.left, self.index) and _is_one(up.right))
+            or (_is_one(up.left) and _is(up.right, self.index)))
+
+
+def _is(node: ast.AST | None, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _is_one(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value == 1 and type(node.value) is int
+
+
+class _RowSlices(ast.NodeTransformer):
+    """``x[:, k, i, rest]`` with ``x`` and ``k`` fixed -> ``row[rest]``, ``row`` mapped from
+    ``x[:, k, a:b:s]``: vmap hands each iteration its slice, no gather (and no scatter in the
+    backward). ``k`` must be an int (checked at run time)."""
+
+    def __init__(self, loop: _Loop, it: _Iteration, assigned: set[str], variant: set[str]):
+        self.loop = loop
+        self.index = it.index
+        self.assigned = assigned
+        self.variant = variant
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        base = node.value
+        if not (isinstance(node.ctx, ast.Load) and isinstance(base, ast.Name)
+                and base.id not in self.assigned and base.id != self.index):
+            return node
+        entries = loop_dataflow.write_entries(node)
+        at = [k for k, x in enumerate(entries) if _is(x, self.index)]
+        if len(at) != 1 or not all(_full(x) or self._fixed_int(x) for x in entries[:at[0]]):
+            return node
+        row = ast.Name(self.loop.row_param(base.id, entries[:at[0]]), ast.Load())
+        rest = entries[at[0] + 1:]
+        if not rest:
+            return ast.copy_location(row, node)
+        node.value = row
+        node.slice = ast.Tuple(rest, ast.Load()) if len(rest) > 1 else rest[0]
+        return node
+
+    def _fixed_int(self, x: ast.expr) -> bool:
+        """An index the loop does not change, which can be re-evaluated before the loop."""
+        if isinstance(x, ast.Constant):
+            return type(x.value) is int
+        return (isinstance(x, (ast.Name, ast.Attribute, ast.BinOp)) and _is_pure(x)
+                and not depends(x, self.variant, self.loop.ctx)
+                and not (loads(x) & self.assigned))
+
+
+def _full(x: ast.expr) -> bool:
+    return isinstance(x, ast.Slice) and x.lower is None and x.upper is None and x.step is None
+
+
+def _conjuncts(test: ast.expr) -> list[ast.expr]:
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return list(test.values)
+    return [test]
+
+
+def _is_int_check(g: ast.expr, names: set[str]) -> bool:
+    """``isinstance(i, int)`` for one of ``names``."""
+    return (isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and g.func.id == "isinstance"
+            and len(g.args) == 2 and isinstance(g.args[0], ast.Name) and g.args[0].id in names
+            and isinstance(g.args[1], ast.Name) and g.args[1].id == "int")
+
+
+def _write_target(stmt: ast.stmt) -> ast.Subscript:
+    return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+
+
+_PURE = (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.BinOp, ast.UnaryOp, ast.Slice,
+         ast.Tuple, ast.Load, ast.operator, ast.unaryop, ast.Call, ast.keyword)
+
+
+def _is_pure(expr: ast.expr) -> bool:
+    """Cheap and side-effect free to evaluate again: names, attributes, constants, arithmetic,
+    subscripts, and shape queries (``len(x)``, ``x.size(0)``)."""
+    for n in ast.walk(expr):
+        if not isinstance(n, _PURE):
+            return False
+        if isinstance(n, ast.Call):
+            f = n.func
+            ok = (isinstance(f, ast.Name) and f.id in ("len", "min", "max", "int")) or (
+                isinstance(f, ast.Attribute) and f.attr in rules.SHAPE_METHODS)
+            if not ok:
+                return False
+    return True
+
+
+def _require_pure(expr: ast.expr, what: str) -> None:
+    if not _is_pure(expr):
+        raise Unsupported(f"{what} `{unparse(expr)}` is not a plain name or shape expression")

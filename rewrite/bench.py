@@ -1,0 +1,369 @@
+"""LossBench: ``python -m rewrite bench [SUITE_DIR] [--quick] [--cases a,b] [--json OUT] [--markdown OUT]``.
+
+For every example module of the suite (``naive``, ``expert``, ``make_inputs(size)``, ``CASE``),
+forward+backward at the ``bench`` size, median of repeats after warm-up, with a fixed thread count:
+naive eager, ``torch.compile(naive)``, ``optimize_loss(naive)`` with ``compile=False`` and
+``compile=True``, expert eager and expert compiled (first call and steady), plus the expert with a
+precomputed target branch (``rewrite.split``) for ``CASE["fixed_target"]`` cases and the
+``per_sample_*`` cases at B=256. Every optimized result is compared with the expert (values and
+gradients, ``rewrite.testing.differences``) and a mismatch is marked in every table.
+
+The measurements run in a worker process (``rewrite.bench_worker``), one job (case, variant) after
+the other; a job over its budget is killed and shown as ``> budget`` (a naive loop, or
+torch.compile of one, can take minutes) and a new worker takes the jobs left. Compiles are cold
+(Inductor caches off, Dynamo reset before each compiled variant) after a one-time Inductor
+warm-up per worker, so first calls compare compile work only.
+
+JSON (``--json``): ``meta`` (command, date, machine, cores, torch, python, threads, backend,
+budget_s, compile_budget_s, min_time_s, quick, compiled_cases, bandwidth_gb_s, seconds),
+``overhead`` (direct_us, wrapped_us, overhead_us), ``cases`` (name -> ``case``: the CASE dict;
+``variants``: name -> raw result (status "ok" / "over_budget" / "error", budget_s, first_s,
+samples: per-call seconds, problems, error, and per variant rewrite_s, loops, fallbacks,
+first_small_s, steady_small_s, min_bytes, inductor_warmup_s); ``steady``: name -> {seconds, runs,
+lower_bound}; ``best_optimized``, ``best_expert``; ``ratios``: name -> {value, lower_bound};
+``roofline``) and ``targets`` (id -> target, value, met: true / false / null, detail). Times are
+in seconds; null is "not measured".
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import queue
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils.benchmark
+
+from .bench_report import LABELS, analyse, fmt_time, markdown, targets
+from .bench_worker import COMPILED
+from .decorator import optimize_loss
+
+# --quick: bench sizes everywhere, but the slow parts (naive loops, Inductor compiles) on a diet.
+QUICK = {"budget": 2.0, "compile_budget": 30.0, "min_time": 0.1, "compiled": ["slow_add"]}
+FULL = {"budget": 60.0, "compile_budget": 120.0, "min_time": 1.0, "compiled": None}  # None: all
+STARTUP_S = 60.0  # a worker importing torch and the example, before its first variant starts
+GRACE_S = 1.0     # the worker stops its own repeats at the budget; the kill is the backstop
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", nargs="?", default="examples", metavar="SUITE_DIR",
+                        help="directory of example modules (default: examples/)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"under 3 minutes: bench sizes, small budgets, compiled variants only "
+                             f"on {', '.join(QUICK['compiled'])}")
+    parser.add_argument("--cases", help="comma-separated case names (module stems)")
+    parser.add_argument("--json", metavar="OUT", help="write all results as JSON")
+    parser.add_argument("--markdown", metavar="OUT", help="write the README tables")
+    parser.add_argument("--threads", type=int, help="torch threads (default: 1)")
+    parser.add_argument("--backend", help="torch.compile backend (default: inductor)")
+    parser.add_argument("--compiled", metavar="CASES",
+                        help="cases that get compiled variants (default: all; --quick: slow_add)")
+    parser.add_argument("--budget", type=float, metavar="S",
+                        help=f"seconds per eager variant (default {FULL['budget']:g}, --quick {QUICK['budget']:g})")
+    parser.add_argument("--compile-budget", type=float, metavar="S",
+                        help=f"seconds per compiled variant (default {FULL['compile_budget']:g}, "
+                             f"--quick {QUICK['compile_budget']:g})")
+    parser.add_argument("--min-time", type=float, metavar="S",
+                        help=f"seconds of repeats per steady time (default {FULL['min_time']:g}, "
+                             f"--quick {QUICK['min_time']:g})")
+
+
+# -- the suite ------------------------------------------------------------------------------
+@dataclass
+class Case:
+    name: str
+    path: Path
+    info: dict  # the module's CASE
+
+
+def discover(suite: Path, names: list[str] | None) -> list[Case]:
+    """Example modules of ``suite``, read without importing them: a module counts when it defines
+    ``naive``, ``expert`` and ``make_inputs`` and a literal ``CASE`` at top level."""
+    cases = []
+    for path in sorted(suite.glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        defs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        found = [n.value for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "CASE" for t in n.targets)]
+        if {"naive", "expert", "make_inputs"} <= defs and found:
+            try:
+                cases.append(Case(path.stem, path, ast.literal_eval(found[0])))
+            except ValueError:
+                raise SystemExit(f"bench: {path}: CASE must be a literal dict") from None
+    if names is not None:
+        unknown = set(names) - {c.name for c in cases}
+        if unknown:
+            raise SystemExit(f"bench: no case named {', '.join(sorted(unknown))} in {suite}")
+        cases = [c for c in cases if c.name in names]
+    return cases
+
+
+def plan(case: Case, compiled: bool) -> list[str]:
+    """The variants of one case, cheap and bounded first; the naive ones, which may hit their
+    budget, last."""
+    variants = ["expert_eager", "optimized_eager"]
+    if case.info.get("fixed_target"):
+        variants.append("expert_precomputed")
+    if case.name.startswith("per_sample_"):
+        variants += ["expert_eager@b256", "optimized_eager@b256"]
+    if compiled:
+        variants += ["expert_compiled", "optimized_compiled"]
+    variants.append("naive_eager")
+    if compiled:
+        variants.append("naive_compiled")
+    return variants
+
+
+# -- running a case in workers --------------------------------------------------------------
+@dataclass
+class Settings:
+    threads: int
+    backend: str
+    budget: float
+    compile_budget: float
+    min_time: float
+
+    def budget_for(self, variant: str) -> float:
+        return self.compile_budget if variant in COMPILED else self.budget
+
+
+@dataclass
+class Progress:
+    cases: list[str]
+    start: float = field(default_factory=time.perf_counter)
+
+    def say(self, case: str, text: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        print(f"[{elapsed:6.1f} s] {case} ({self.cases.index(case) + 1}/{len(self.cases)}): {text}",
+              file=sys.stderr, flush=True)
+
+
+def run_jobs(jobs: list[tuple[Case, str]], settings: Settings, progress: Progress) -> dict[str, dict]:
+    """Results per case and variant. One worker runs the jobs in order; when a job hits its
+    budget (or the worker dies), a new worker takes the jobs left."""
+    raw: dict[str, dict] = {case.name: {} for case, _ in jobs}
+    done = 0
+    while done < len(jobs):
+        done += _run_worker(jobs[done:], settings, raw, progress)
+    return raw
+
+
+def _run_worker(jobs: list[tuple[Case, str]], settings: Settings, raw: dict[str, dict],
+                progress: Progress) -> int:
+    """Run one worker over ``jobs``; returns how many of them it settled (measured, failed, or
+    stopped at their budget)."""
+    budgets = [settings.budget_for(variant) for _, variant in jobs]
+    spec = {"jobs": [{"path": str(case.path), "variant": variant, "budget": budget}
+                     for (case, variant), budget in zip(jobs, budgets)],
+            "threads": settings.threads, "backend": settings.backend, "min_time": settings.min_time}
+    with tempfile.TemporaryFile("w+") as stderr:
+        # Own session: the kill also reaches compile workers Inductor may have started.
+        proc = subprocess.Popen([sys.executable, "-m", "rewrite.bench_worker", json.dumps(spec)],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        current, settled, deadline = None, 0, time.perf_counter() + STARTUP_S
+
+        def result(job: int) -> dict:
+            case, variant = jobs[job]
+            return raw[case.name].setdefault(variant, {"status": "running", "budget_s": budgets[job],
+                                                       "samples": []})
+
+        def say(job: int, text: str) -> None:
+            case, variant = jobs[job]
+            progress.say(case.name, f"{LABELS.get(variant, variant)}{text}")
+
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                line = "timeout"
+            if line == "timeout" or line is None:  # over budget, or the worker exited
+                if line == "timeout":
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if settled == len(jobs):
+                    return settled
+                job = settled if current is None else current
+                if line == "timeout" and current is not None:
+                    result(job)["status"] = "over_budget"
+                    say(job, f": > {budgets[job]:g} s budget, stopped")
+                else:
+                    stderr.seek(0)
+                    tail = " ".join(stderr.read().split()[-40:])
+                    result(job).update(status="error", error=f"worker stopped ({proc.returncode}): {tail}")
+                    say(job, ": " + _describe(result(job)))
+                return job + 1
+            event = json.loads(line)
+            job, kind = event.pop("job"), event.pop("event")
+            if kind == "start":
+                current, deadline = job, time.perf_counter() + budgets[job] + GRACE_S
+                result(job)
+                say(job, f" (budget {budgets[job]:g} s)")
+            elif kind == "first":
+                result(job)["first_s"] = event["seconds"]
+            elif kind == "sample":
+                result(job)["samples"].append(event["seconds"])
+            elif kind == "info":
+                result(job).update(event)
+            elif kind == "error":
+                result(job).update(status="error", error=event["message"])
+            elif kind == "done":
+                if result(job)["status"] == "running":
+                    result(job)["status"] = "ok"
+                say(job, ": " + _describe(result(job)))
+                current, settled, deadline = None, job + 1, time.perf_counter() + STARTUP_S
+
+
+def _pump(stream: Any, lines: queue.Queue) -> None:
+    for line in stream:
+        if line.startswith("{"):
+            lines.put(line)
+    lines.put(None)
+
+
+def _describe(result: dict) -> str:
+    if result.get("status") == "error":
+        return "error: " + result["error"]
+    parts = []
+    if "first_s" in result:
+        parts.append(f"first {fmt_time(result['first_s'])}")
+    if result["samples"]:
+        parts.append(f"steady {fmt_time(statistics.median(result['samples']))} "
+                     f"({len(result['samples'])} samples)")
+    if result.get("problems"):
+        parts.append("NOT EQUIVALENT")
+    return ", ".join(parts) or "done"
+
+
+# -- measurements in this process -----------------------------------------------------------
+def machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def bandwidth_gb_s(nbytes: int) -> float:
+    """Copy bandwidth (bytes read + written per second) with ``nbytes`` read, median of repeats.
+
+    Also measured at each elementwise case's own size: tensors that fit in cache move faster."""
+    src = torch.ones(max(1, nbytes // 4))
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch: page faults are not bandwidth
+    repeats = max(5, min(200, int(2**28 / src.nbytes)))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        seconds.append(time.perf_counter() - start)
+    return 2 * src.nbytes / statistics.median(seconds) / 1e9
+
+
+def _nothing_to_rewrite(pred, target):
+    return ((pred - target) ** 2).mean()
+
+
+def wrapper_overhead_us(min_time: float) -> dict:
+    """P5: per-call cost of ``optimize_loss(fn, compile=False)`` when nothing is rewritten."""
+    pred, target = torch.randn(16), torch.randn(16)
+    wrapped = optimize_loss(_nothing_to_rewrite, compile=False)
+    wrapped(pred, target)  # the one-time rewrite attempt is not per-call overhead
+
+    def per_call_us(fn: Any) -> float:
+        timer = torch.utils.benchmark.Timer("fn(pred, target)", globals={"fn": fn, "pred": pred, "target": target})
+        return timer.blocked_autorange(min_run_time=min_time).median * 1e6
+    direct, wrapped_us = per_call_us(_nothing_to_rewrite), per_call_us(wrapped)
+    return {"direct_us": direct, "wrapped_us": wrapped_us, "overhead_us": wrapped_us - direct}
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["python -m rewrite bench"]
+    if args.suite != "examples":
+        parts.append(args.suite)
+    if args.quick:
+        parts.append("--quick")
+    for name in ("cases", "threads", "backend", "compiled", "budget", "compile_budget", "min_time",
+                 "json", "markdown"):
+        value = getattr(args, name)
+        if value is not None:
+            parts += ["--" + name.replace("_", "-"), str(value)]
+    return " ".join(parts[:1] + [shlex.quote(p) for p in parts[1:]])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    defaults = QUICK if args.quick else FULL
+    settings = Settings(threads=args.threads or 1, backend=args.backend or "inductor",
+                        budget=args.budget or defaults["budget"],
+                        compile_budget=args.compile_budget or defaults["compile_budget"],
+                        min_time=args.min_time or defaults["min_time"])
+    torch.set_num_threads(settings.threads)  # for the bandwidth and overhead measured here
+    suite = Path(args.suite)
+    cases = discover(suite, args.cases.split(",") if args.cases else None)
+    if not cases:
+        print(f"bench: no examples in {suite}", file=sys.stderr)
+        return 1
+    names = [c.name for c in cases]
+    progress = Progress(names)
+    wanted = args.compiled.split(",") if args.compiled else defaults["compiled"]
+    compiled = names if wanted is None else [n for n in names if n in wanted]
+    if not compiled and args.compiled is None and args.quick:
+        compiled = names[:1]  # --quick on a suite without slow_add: still one compiled case
+    meta = {"command": command_line(args),
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "threads": settings.threads,
+            "backend": settings.backend, "quick": args.quick, "budget_s": settings.budget,
+            "compile_budget_s": settings.compile_budget, "min_time_s": settings.min_time,
+            "compiled_cases": compiled}
+    print(f"LossBench: {len(cases)} cases, {settings.threads} torch thread(s), {meta['machine']}, "
+          f"torch {meta['torch']}; compiled variants on: {', '.join(compiled) or 'none'}", file=sys.stderr)
+    meta["bandwidth_gb_s"] = bandwidth_gb_s(2**28)
+    overhead = wrapper_overhead_us(min(settings.min_time, 0.5))
+    raw = run_jobs([(c, v) for c in cases for v in plan(c, c.name in compiled)], settings, progress)
+    analysed = {}
+    for case in cases:
+        nbytes = raw[case.name].get("expert_eager", {}).get("min_bytes")
+        footprint = bandwidth_gb_s(nbytes // 2) if case.info.get("elementwise") and nbytes else None
+        analysed[case.name] = analyse(case.info, raw[case.name], meta["bandwidth_gb_s"], footprint)
+    infos = {c.name: c.info for c in cases}
+    tgts = targets(infos, analysed, raw, overhead)
+    meta["seconds"] = time.perf_counter() - progress.start
+    text = markdown(meta, infos, raw, analysed, tgts, overhead)
+    print(text)
+    if args.markdown:
+        _output(args.markdown).write_text(text)
+    if args.json:
+        cases_json = {c.name: {"case": c.info, "variants": raw[c.name], **analysed[c.name]} for c in cases}
+        _output(args.json).write_text(json.dumps({"meta": meta, "overhead": overhead, "cases": cases_json,
+                                               "targets": tgts}, indent=1, default=_jsonable))
+    print(f"LossBench: done in {meta['seconds']:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _output(name: str) -> Path:
+    path = Path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    return dataclasses.asdict(obj)  # Time and Ratio

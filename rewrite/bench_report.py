@@ -1,0 +1,337 @@
+"""LossBench numbers and tables: times from the workers' raw results, ratios, the targets
+(P1-P6 of issue 6, L1-L3 of issue 3) and the markdown the README's tables come from."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from .bench_worker import COMPILED, PER_SAMPLE_ROWS
+
+LABELS = {
+    "naive_eager": "naive eager", "naive_compiled": "torch.compile(naive)",
+    "optimized_eager": "optimize_loss compile=False", "optimized_compiled": "optimize_loss compile=True",
+    "expert_eager": "expert eager", "expert_compiled": "torch.compile(expert)",
+    "expert_precomputed": "expert, target branch precomputed",
+    "expert_eager@b256": f"expert eager B={PER_SAMPLE_ROWS}",
+    "optimized_eager@b256": f"optimize_loss compile=False B={PER_SAMPLE_ROWS}",
+}
+TIMED = ("naive_eager", "naive_compiled", "optimized_eager", "optimized_compiled", "expert_eager",
+         "expert_compiled", "expert_precomputed", "expert_eager@b256", "optimized_eager@b256")
+
+
+@dataclass
+class Time:
+    seconds: float
+    runs: int  # calls behind a steady time (1: a single call stands in for it); 0: a first call or a budget
+    lower_bound: bool = False  # stopped at the budget: the true time is larger
+
+    def __str__(self) -> str:
+        if self.lower_bound:
+            return f"> {fmt_time(self.seconds)} (budget)"
+        return fmt_time(self.seconds) + (" (1 run)" if self.runs == 1 else "")
+
+
+@dataclass
+class Ratio:
+    value: float
+    lower_bound: bool = False
+
+    def __str__(self) -> str:
+        return ("> " if self.lower_bound else "") + (f"{self.value:.3g}×" if self.value < 1000 else f"{self.value:,.0f}×")
+
+    def meets(self, limit: float, at_most: bool = True) -> bool | None:
+        """Whether the target holds; None when a lower bound cannot tell."""
+        if at_most:
+            return self.value <= limit if not self.lower_bound or self.value > limit else None
+        return self.value >= limit if not self.lower_bound or self.value >= limit else None
+
+
+def ratio(a: Time | None, b: Time | None) -> Ratio | None:
+    """a / b; None when either is missing or b is only a lower bound (the ratio would tell nothing)."""
+    if a is None or b is None or b.lower_bound:
+        return None
+    return Ratio(a.seconds / b.seconds, a.lower_bound)
+
+
+def fmt_time(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(s) >= scale or unit == "µs":
+            return f"{s / scale:.3g} {unit}"
+    raise AssertionError("unreachable")
+
+
+def show(r: Ratio | None, limit: float | None = None, at_most: bool = True) -> str:
+    if r is None:
+        return "–"
+    return f"{r} {mark(r.meets(limit, at_most))}" if limit is not None else str(r)
+
+
+def mark(met: bool | None) -> str:
+    return {True: "✓", False: "✗", None: "–"}[met]
+
+
+# -- from raw results to numbers ------------------------------------------------------------
+def steady_time(result: dict | None, eager: bool) -> Time | None:
+    """Median steady time; for an eager variant stopped early, its single call (or the budget as
+    a lower bound). A compiled variant's first call includes compilation: never a steady time."""
+    if not result or result.get("status") == "error":
+        return None
+    samples = result.get("samples") or []
+    if samples:
+        return Time(statistics.median(samples), len(samples))
+    if eager and "first_s" in result:
+        return Time(result["first_s"], 1)
+    if result.get("status") == "over_budget":
+        return Time(result["budget_s"], 0, lower_bound=True)
+    return None
+
+
+def first_time(result: dict | None) -> Time | None:
+    if not result or result.get("status") == "error":
+        return None
+    if "first_s" in result:
+        return Time(result["first_s"], 0)
+    if result.get("status") == "over_budget":
+        return Time(result["budget_s"], 0, lower_bound=True)
+    return None
+
+
+def equivalent(result: dict | None) -> bool:
+    return bool(result) and not result.get("problems") and not result.get("problems_small")
+
+
+def analyse(info: dict, variants: dict[str, dict], bandwidth_gb_s: float,
+            footprint_gb_s: float | None) -> dict:
+    """Times, ratios and roofline of one case; each None when not measured.
+
+    Bandwidths: of a large (DRAM) copy, and of a copy of this case's size (elementwise cases)."""
+    steady = {v: steady_time(variants.get(v), v.partition("@")[0] not in COMPILED) for v in TIMED}
+    # A result that is not equivalent is never the "best" time.
+    optimized = [steady[v] for v in ("optimized_eager", "optimized_compiled")
+                 if steady[v] and equivalent(variants.get(v))]
+    experts = [steady[v] for v in ("expert_eager", "expert_compiled") if steady[v] and not steady[v].lower_bound]
+    best_opt = min(optimized, key=lambda t: (t.lower_bound, t.seconds), default=None)
+    best_expert = min(experts, key=lambda t: t.seconds, default=None)
+    ratios = {
+        "optimized_vs_best_expert": ratio(best_opt, best_expert),
+        "naive_vs_optimized": ratio(steady["naive_eager"], best_opt),
+        "first_call_vs_compiled_expert": ratio(first_time(variants.get("optimized_compiled")),
+                                               first_time(variants.get("expert_compiled"))),
+        "optimized_vs_precomputed": ratio(steady["optimized_eager"], steady["expert_precomputed"]),
+        "optimized_vs_uncached_expert": ratio(steady["optimized_eager"], steady["expert_eager"]),
+        f"optimized_vs_expert_b{PER_SAMPLE_ROWS}": ratio(steady["optimized_eager@b256"], steady["expert_eager@b256"]),
+    }
+    roofline = None
+    nbytes = variants.get("expert_eager", {}).get("min_bytes")
+    if info.get("elementwise") and nbytes and footprint_gb_s:
+        bound = Time(nbytes / (bandwidth_gb_s * 1e9), 1)
+        same_size = Time(nbytes / (footprint_gb_s * 1e9), 1)
+        roofline = {"bytes": nbytes, "bound_s": bound.seconds, "optimized_over_bound": ratio(best_opt, bound),
+                    "expert_over_bound": ratio(best_expert, bound), "footprint_gb_s": footprint_gb_s,
+                    "footprint_bound_s": same_size.seconds,
+                    "optimized_over_footprint_bound": ratio(best_opt, same_size)}
+    return {"steady": steady, "best_optimized": best_opt, "best_expert": best_expert,
+            "ratios": ratios, "roofline": roofline}
+
+
+def first_call_overheads(info: dict) -> tuple[float | None, float | None]:
+    """First call minus steady time of a fresh ``optimize_loss(compile=False)``, small and bench."""
+    small = info["first_small_s"] - info["steady_small_s"] if "steady_small_s" in info else None
+    bench = info["first_s"] - statistics.median(info["samples"]) if info.get("samples") and "first_s" in info else None
+    return small, bench
+
+
+def targets(cases: dict[str, dict], analysed: dict[str, dict], raw: dict[str, dict], overhead: dict) -> dict:
+    """Each target: what it asks, the measured value, met (True/False, None: not measured or a
+    budget-capped number cannot tell) and the cases that miss it. ``cases``: name -> CASE."""
+    out: dict[str, dict] = {}
+
+    def put(key: str, target: str, value: str, met: bool | None, detail: str = "") -> None:
+        out[key] = {"target": target, "value": value, "met": met, "detail": detail}
+
+    def per_case(key: str, limit: float, names: Any = cases) -> tuple[dict[str, Ratio], list[str], bool | None]:
+        found = {n: analysed[n]["ratios"][key] for n in names if analysed[n]["ratios"][key] is not None}
+        missed = [n for n, r in found.items() if r.meets(limit) is False]
+        verdicts = [r.meets(limit) for r in found.values()]
+        met = False if missed else (True if found and len(found) == len(names) and all(verdicts) else None)
+        return found, missed, met
+
+    def worst(found: dict[str, Ratio], total: int) -> str:
+        if not found:
+            return "not measured"
+        name = max(found, key=lambda n: found[n].value)
+        return f"worst {found[name]} ({name}); {len(found)}/{total} cases measured"
+
+    found, missed, met = per_case("optimized_vs_best_expert", 1.1)
+    put("P1", "steady fwd+bwd of optimize_loss ≤ 1.1× the faster expert (eager or compiled), every case",
+        worst(found, len(cases)), met, ("missed: " + ", ".join(f"{n} {found[n]}" for n in missed)) if missed else "")
+
+    loops = [n for n, c in cases.items() if c.get("loops") == "vectorize"]
+    speedups = [analysed[n]["ratios"]["naive_vs_optimized"] for n in loops]
+    speedups = [r for r in speedups if r is not None]
+    if speedups:
+        median = statistics.median(r.value for r in speedups)
+        # Budget-capped speedups at or below the median could lie above it: the median is then a bound.
+        r = Ratio(median, any(s.lower_bound and s.value <= median for s in speedups))
+        put("P2", "≥ 50× faster than naive eager (median over loop cases)",
+            f"median {r} over {len(speedups)}/{len(loops)} loop cases", r.meets(50, at_most=False))
+    else:
+        put("P2", "≥ 50× faster than naive eager (median over loop cases)", "not measured", None)
+
+    compiled = [n for n in cases if "optimized_compiled" in raw[n]]
+    found, missed, met = per_case("first_call_vs_compiled_expert", 1.5, compiled)
+    put("P3", "first call ≤ 1.5× torch.compile(expert) first call", worst(found, len(compiled)),
+        met, ("missed: " + ", ".join(missed)) if missed else "")
+
+    fixed = [n for n, c in cases.items() if c.get("fixed_target")]
+    rows = [(n, analysed[n]["ratios"]["optimized_vs_precomputed"], analysed[n]["ratios"]["optimized_vs_uncached_expert"])
+            for n in fixed]
+    rows = [(n, p, u) for n, p, u in rows if p is not None and u is not None and equivalent(raw[n].get("optimized_eager"))]
+    put("P4", "cached fixed-target loss ≤ 1.1× expert with precomputed target branch, and faster than the uncached expert",
+        "; ".join(f"{n}: {p} of precomputed, {u} of uncached" for n, p, u in rows) or "not measured",
+        (all(p.meets(1.1) and u.meets(1.0) for _, p, u in rows) and len(rows) == len(fixed)) if rows else None)
+
+    put("P5", "wrapper overhead ≤ 10 µs per call when nothing is rewritten",
+        f"{overhead['overhead_us']:.2f} µs ({overhead['wrapped_us']:.2f} vs {overhead['direct_us']:.2f} µs direct)",
+        overhead["overhead_us"] <= 10)
+
+    roof = {n: analysed[n]["roofline"]["optimized_over_bound"] for n in cases
+            if analysed[n]["roofline"] and analysed[n]["roofline"]["optimized_over_bound"]}
+    elementwise = [n for n, c in cases.items() if c.get("elementwise")]
+    put("P6", "large elementwise loss within 2× of the memory-bandwidth bound", worst(roof, len(elementwise)),
+        (all(r.meets(2) for r in roof.values()) and len(roof) == len(elementwise)) if roof else None)
+
+    if "slow_add" in cases:
+        r = analysed["slow_add"]["ratios"]["naive_vs_optimized"]
+        put("L1", "slow_add at bench size ≥ 1000× faster than the eager loop", str(r) if r else "not measured",
+            r.meets(1000, at_most=False) if r else None)
+        info = raw["slow_add"].get("optimized_eager", {})
+        small, bench = first_call_overheads(info) if "rewrite_s" in info else (None, None)
+        put("L2", "rewrite time independent of trip count (slow_add small vs bench)",
+            f"rewrite {fmt_time(info['rewrite_s'])}; first-call overhead {fmt_time(small)} (small) vs "
+            f"{fmt_time(bench)} (bench)" if small is not None and bench is not None else "not measured",
+            abs(bench - small) <= max(small, 2e-3) if small is not None and bench is not None else None)
+    per_sample = [n for n in cases if n.startswith("per_sample_")]
+    found, missed, met = per_case(f"optimized_vs_expert_b{PER_SAMPLE_ROWS}", 1.2, per_sample)
+    put("L3", f"per-sample losses at B={PER_SAMPLE_ROWS} within 1.2× of expert eager, compile=False",
+        ", ".join(f"{n} {r}" for n, r in found.items()) or "not measured", met)
+    return out
+
+
+# -- markdown -------------------------------------------------------------------------------
+def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts: dict, overhead: dict) -> str:
+    compiled = ", ".join(meta["compiled_cases"]) or "none"
+    out = ["# LossBench results", "",
+           f"`{meta['command']}` — {meta['date']}; {meta['machine']}; torch {meta['torch']}, "
+           f"Python {meta['python']}; {meta['threads']} torch thread(s); torch.compile backend "
+           f"`{meta['backend']}`; took {meta['seconds']:.0f} s.", "",
+           f"Forward+backward at each example's `bench` size; steady = median of repeats after a warm-up "
+           f"call (≥ {meta['min_time_s']:g} s of repeats). Budgets: {meta['budget_s']:g} s per eager variant, "
+           f"{meta['compile_budget_s']:g} s per compiled variant; `> x (budget)`: stopped there, "
+           f"`(1 run)`: one call fit. Compiled variants (cold compile, Inductor caches off) ran on: "
+           f"{compiled}.", "",
+           "## Targets", "", "| | target | measured | met |", "| --- | --- | --- | --- |"]
+    for key, t in tgts.items():
+        detail = f" — {t['detail']}" if t["detail"] else ""
+        out.append(f"| {key} | {t['target']} | {t['value']}{detail} | {mark(t['met'])} |")
+
+    out += ["", "## Steady forward+backward", "",
+            "| case | loops | naive eager | torch.compile(naive) | optimize_loss eager | optimize_loss compiled "
+            "| expert eager | expert compiled | optimized / best expert | naive / optimized | equivalent |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in cases:
+        s, r, variants = analysed[name]["steady"], analysed[name]["ratios"], raw[name]
+        cells = [_cell(s[v], variants.get(v)) for v in ("naive_eager", "naive_compiled", "optimized_eager",
+                                                       "optimized_compiled", "expert_eager", "expert_compiled")]
+        out.append(f"| {name} | {_loops(variants.get('optimized_eager'), cases[name])} | " + " | ".join(cells)
+                   + f" | {show(r['optimized_vs_best_expert'], 1.1)} | {show(r['naive_vs_optimized'])} "
+                   f"| {_check(variants)} |")
+
+    out += ["", "## First call and rewrite time", "",
+            "Rewrite: parse + passes + rebuild, no torch.compile (it runs before any input is seen). "
+            "First-call overhead: first call − steady call of a fresh `optimize_loss(compile=False)`.", "",
+            "| case | rewrite | first-call overhead small / bench | optimize_loss compiled first call "
+            "| torch.compile(naive) first call | torch.compile(expert) first call | optimized / expert first call |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in cases:
+        variants = raw[name]
+        info = variants.get("optimized_eager", {})
+        overheads = first_call_overheads(info) if info else (None, None)
+        firsts = [_cell(first_time(variants.get(v)), variants.get(v))
+                  for v in ("optimized_compiled", "naive_compiled", "expert_compiled")]
+        out.append(f"| {name} | {fmt_time(info['rewrite_s']) if 'rewrite_s' in info else '–'} | "
+                   + " / ".join("–" if x is None else fmt_time(x) for x in overheads) + " | "
+                   + " | ".join(firsts) + f" | {show(analysed[name]['ratios']['first_call_vs_compiled_expert'], 1.5)} |")
+
+    roof = [n for n in cases if analysed[n]["roofline"]]
+    if roof:
+        out += ["", "## Memory-bandwidth roofline (elementwise cases)", "",
+                "Bytes the loss must touch: every input read once, every gradient written once. Bound: "
+                f"those bytes at the bandwidth of a large (256 MB) tensor copy measured in this run, "
+                f"{meta['bandwidth_gb_s']:.1f} GB/s (P6). A case whose tensors fit in cache can beat it: "
+                "the last column uses a copy of the case's own size instead.", "",
+                "| case | bytes | bound | best optimize_loss | optimized / bound | best expert / bound "
+                "| optimized / same-size-copy bound |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name in roof:
+            rf, a = analysed[name]["roofline"], analysed[name]
+            out.append(f"| {name} | {rf['bytes'] / 1e6:.3g} MB | {fmt_time(rf['bound_s'])} | "
+                       f"{_cell(a['best_optimized'], None)} | {show(rf['optimized_over_bound'], 2)} | "
+                       f"{show(rf['expert_over_bound'])} | {show(rf['optimized_over_footprint_bound'])} "
+                       f"({rf['footprint_gb_s']:.3g} GB/s) |")
+
+    fixed = [n for n, c in cases.items() if c.get("fixed_target")]
+    if fixed:
+        out += ["", "## Fixed target (cached target branch)", "",
+                "| case | optimize_loss compile=False | expert, target precomputed | expert uncached "
+                "| optimized / precomputed | optimized / uncached |", "| --- | --- | --- | --- | --- | --- |"]
+        for name in fixed:
+            s, r, variants = analysed[name]["steady"], analysed[name]["ratios"], raw[name]
+            out.append(f"| {name} | " + " | ".join(_cell(s[v], variants.get(v)) for v in
+                                                   ("optimized_eager", "expert_precomputed", "expert_eager"))
+                       + f" | {show(r['optimized_vs_precomputed'], 1.1)} | {show(r['optimized_vs_uncached_expert'], 1.0)} |")
+
+    per_sample = [n for n in cases if n.startswith("per_sample_")]
+    if per_sample:
+        out += ["", f"## Per-sample losses at B={PER_SAMPLE_ROWS} (first rows of the bench inputs)", "",
+                "| case | optimize_loss compile=False | expert eager | ratio |", "| --- | --- | --- | --- |"]
+        for name in per_sample:
+            s, variants = analysed[name]["steady"], raw[name]
+            out.append(f"| {name} | " + " | ".join(_cell(s[v], variants.get(v)) for v in
+                                                   ("optimized_eager@b256", "expert_eager@b256"))
+                       + f" | {show(analysed[name]['ratios'][f'optimized_vs_expert_b{PER_SAMPLE_ROWS}'], 1.2)} |")
+
+    out += ["", "## Wrapper overhead", "",
+            f"`optimize_loss(fn, compile=False)` on a function with nothing to rewrite: "
+            f"{overhead['wrapped_us']:.2f} µs per call vs {overhead['direct_us']:.2f} µs calling `fn` "
+            f"directly: {overhead['overhead_us']:.2f} µs overhead.", ""]
+    problems = [(name, v, r) for name in cases for v, r in raw[name].items()
+                if r.get("status") == "error" or not equivalent(r)]
+    if problems:
+        out += ["## Errors and mismatches", ""]
+        for name, v, r in problems:
+            what = r.get("error") or "; ".join(r.get("problems") or r.get("problems_small"))
+            out.append(f"- {name}, {LABELS.get(v, v)}: {what[:300]}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _cell(t: Time | None, result: dict | None) -> str:
+    if result and result.get("status") == "error":
+        return "error"
+    text = "–" if t is None else str(t)
+    return text if not result or equivalent(result) else text + " ✗ not equivalent"
+
+
+def _loops(info: dict | None, case: dict) -> str:
+    """What the passes did to the loops (from the report), else the example's own expectation."""
+    if not info or not info.get("loops"):
+        return f"{case.get('loops', '?')} (no loop report)" if info else case.get("loops", "?")
+    loops = info["loops"]
+    text = f"{sum(1 for loop in loops if loop[1])}/{len(loops)} vectorized"
+    return text + (", fallback" if info.get("fallbacks") else "")
+
+
+def _check(variants: dict) -> str:
+    bad = [LABELS.get(v, v) for v, r in variants.items() if not equivalent(r)]
+    return ("✗ " + ", ".join(bad)) if bad else "✓"

@@ -1,0 +1,227 @@
+"""LossBench worker: measures (example, variant) jobs in a subprocess, so that the bench can stop
+any job at its time budget (a naive loop or a torch.compile of one can take minutes).
+
+``python -m rewrite.bench_worker SPEC_JSON``; SPEC has ``jobs`` (each ``path``: an example file,
+``variant``: one that ``build`` knows, with ``@b256`` for the first 256 rows of the bench inputs,
+``budget``: seconds), ``threads``, ``backend`` and ``min_time``. Every result is written to stdout as one JSON line, tagged with its
+job's index, as soon as it is known (``start``, ``first``, ``sample``, ``info``, ``error``,
+``done``), so a worker killed at a budget still leaves the calls that finished.
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .decorator import optimize_loss
+from .testing import _differentiable_inputs, differences
+
+COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled"}
+PER_SAMPLE_ROWS = 256  # issue 3: per-sample losses are judged at B=256 (first rows of the bench inputs)
+
+_out = sys.stdout
+
+
+def emit(event: str, job: int, **fields: Any) -> None:
+    _out.write(json.dumps({"event": event, "job": job, **fields}) + "\n")
+    _out.flush()
+
+
+@functools.lru_cache(maxsize=None)
+def load_example(path: str) -> Any:
+    """Import an example module from its file (its directory goes on sys.path, as for a script)."""
+    path = Path(path).resolve()
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"lossbench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_inputs(module: Any, size: str) -> tuple:
+    if size != "b256":
+        return module.make_inputs(size)
+    inputs = module.make_inputs("bench")
+    rows = next(a.shape[0] for a in inputs if isinstance(a, torch.Tensor) and a.dim())
+    return tuple(_first_rows(a, rows) for a in inputs)
+
+
+def _first_rows(a: Any, rows: int) -> Any:
+    # Only tensors batched like the first one are cut; weights and scalars stay whole.
+    if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == rows:
+        return a[:PER_SAMPLE_ROWS].detach().clone().requires_grad_(a.requires_grad)
+    return a
+
+
+def fwd_bwd(fn: Callable, inputs: tuple) -> Callable[[], None]:
+    """One training step's worth of loss work: forward, then the gradients of every input
+    that requires grad (``autograd.grad``, so no ``.grad`` accumulates between repeats)."""
+    wrt = list(_differentiable_inputs(inputs, {}).values())
+
+    def call() -> None:
+        out = fn(*inputs)
+        if wrt and out.requires_grad:
+            torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
+    return call
+
+
+def timed(call: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def steady(call: Callable[[], None], deadline: float, min_time: float, max_samples: int = 50,
+           previous: float = 0.0, job: int | None = None) -> list[float]:
+    """Per-call seconds after warm-up, one sample per block of calls; stops at ``deadline``.
+
+    The warm-up call is also the estimate that sizes the blocks (>= 2 ms each, so timer
+    resolution and Python noise stay out of microsecond-scale numbers). ``previous`` is the
+    expected cost of that call (an eager first call), to stop before it when it cannot fit.
+    Samples are emitted for ``job`` as they come."""
+    gc.collect()
+    if time.perf_counter() + previous > deadline:
+        return []
+    estimate = timed(call)
+    samples = [estimate]
+    if job is not None:
+        emit("sample", job, seconds=estimate)
+    block = max(1, int(2e-3 / max(estimate, 1e-7)))
+    start = time.perf_counter()
+    while len(samples) < max_samples and (time.perf_counter() - start < min_time or len(samples) < 3):
+        if time.perf_counter() + 1.5 * estimate * block > deadline:
+            break
+        t0 = time.perf_counter()
+        for _ in range(block):
+            call()
+        samples.append((time.perf_counter() - t0) / block)
+        if job is not None:
+            emit("sample", job, seconds=samples[-1])
+    return samples
+
+
+_warmed_up = False
+
+
+def warm_up_inductor(backend: str) -> None:
+    """The first torch.compile in a process pays one-time imports and set-up; pay it here so that
+    every measured first call pays only its own compilation."""
+    global _warmed_up
+    fn = torch.compile(lambda x: (x.sin() * 2).sum(), backend=backend)
+    x = torch.randn(8, requires_grad=True)
+    fn(x).backward()
+    _warmed_up = True
+
+
+def build(base: str, module: Any, backend: str, inputs: tuple) -> Callable:
+    if base in COMPILED:
+        torch._dynamo.reset()  # no compiled code left from earlier variants: a cold first call
+    if base == "naive_eager":
+        return module.naive
+    if base == "naive_compiled":
+        return torch.compile(module.naive, backend=backend)
+    if base == "expert_eager":
+        return module.expert
+    if base == "expert_compiled":
+        return torch.compile(module.expert, backend=backend)
+    if base == "optimized_eager":
+        return optimize_loss(module.naive, compile=False)
+    if base == "optimized_compiled":
+        return optimize_loss(module.naive, compile=True, backend=backend)
+    if base == "expert_precomputed":
+        return precomputed_expert(module, inputs)
+    raise ValueError(f"unknown variant {base!r}")
+
+
+def precomputed_expert(module: Any, inputs: tuple) -> Callable:
+    """The expert who runs the target branch once by hand (``rewrite.split``'s documented
+    baseline): the target part runs here, outside the timed calls; the result takes the same
+    arguments as the loss and runs only the gradient path."""
+    from .hoist import split
+    target_transform, core = split(module.expert, *inputs)
+    fixed = target_transform(*[a for a in inputs if isinstance(a, torch.Tensor) and not a.requires_grad])
+    return lambda *args: core(*[a for a in args if isinstance(a, torch.Tensor) and a.requires_grad], *fixed)
+
+
+def rewrite_info(module: Any) -> dict:
+    """Rewrite time (parse + passes + rebuild, no torch.compile; input-independent by
+    construction: it runs before inputs are seen) and what the passes did."""
+    seconds = []
+    for _ in range(3):
+        fresh = optimize_loss(module.naive, compile=False)
+        seconds.append(timed(lambda: fresh.report))
+    report = fresh.report
+    return {"rewrite_s": statistics.median(seconds),
+            "loops": [[loop.lineno, loop.vectorized, loop.strategy, loop.reason] for loop in report.loops],
+            "fallbacks": [str(f) for f in report.fallbacks],
+            "passes": report.passes_run}
+
+
+def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
+    deadline = time.perf_counter() + budget
+    base, _, size = name.partition("@")
+    size = size or "bench"
+    module = load_example(path)
+    if base in COMPILED and not _warmed_up:
+        emit("info", job, inductor_warmup_s=timed(lambda: warm_up_inductor(spec["backend"])))
+    if base == "optimized_eager" and size == "bench":
+        emit("info", job, **rewrite_info(module))
+    inputs = make_inputs(module, size)
+    fn = build(base, module, spec["backend"], inputs)
+    call = fwd_bwd(fn, inputs)
+    first = timed(call)
+    emit("first", job, seconds=first)
+    if base == "expert_eager" and size == "bench":
+        # Roofline: the least traffic of any implementation reads every input once and writes
+        # every gradient once.
+        tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
+        emit("info", job, min_bytes=sum(t.nbytes * (1 + t.requires_grad) for t in tensors))
+    if base not in ("naive_eager", "expert_eager"):
+        # Never time a wrong result silently: the expert is the reference (checked equal to the
+        # naive version by the examples' own tests, and fast at bench size).
+        emit("info", job, problems=differences(module.expert, fn, inputs, {}))
+    if base == "optimized_eager" and size == "bench":
+        # The same rewrite at the small size: its own fresh wrapper, compared with the naive code.
+        small = make_inputs(module, "small")
+        fresh = optimize_loss(module.naive, compile=False)
+        small_call = fwd_bwd(fresh, small)
+        first_small = timed(small_call)
+        steady_small = statistics.median(steady(small_call, deadline, 0.1, 10))
+        emit("info", job, first_small_s=first_small, steady_small_s=steady_small,
+             problems_small=differences(module.naive, fresh, small, {}))
+    steady(call, deadline, spec["min_time"], previous=0.0 if base in COMPILED else first, job=job)
+
+
+def main(argv: list[str]) -> int:
+    global _out
+    spec = json.loads(argv[0])
+    # Results own stdout; anything the example or torch prints goes to stderr.
+    _out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    torch.set_num_threads(spec["threads"])
+    # Cold compiles, as on a user's first run: no on-disk graph cache from earlier bench runs.
+    torch._inductor.config.force_disable_caches = True
+    for job, item in enumerate(spec["jobs"]):
+        emit("start", job)
+        try:
+            run_job(job, item["path"], item["variant"], item["budget"], spec)
+        except Exception as exc:
+            print(traceback.format_exc(), file=sys.stderr)
+            emit("error", job, message=f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300])
+        emit("done", job)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

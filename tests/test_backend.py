@@ -1,0 +1,120 @@
+"""The Dynamo backend: ``torch.compile(fn, backend="optimize_loss")`` and ``HoistingBackend``
+(what ``@optimize_loss`` compiles through). Semantics on the eager inner backend; one Inductor
+test for the registered entry point."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rewrite import assert_equivalent
+from rewrite.backend import HoistingBackend
+from rewrite.report import Report
+
+
+def weighted_mse(pred, target, weights):
+    w = weights / weights.sum()
+    scaled = torch.log1p(target.clamp(min=0))
+    return (w * (pred - scaled) ** 2).mean()
+
+
+def compiled(fn, report=None):
+    return torch.compile(fn, backend=HoistingBackend("eager", report=report))
+
+
+def inputs(n=8):
+    return torch.randn(n, 4, requires_grad=True), torch.rand(n, 4) * 5, torch.rand(4) + 0.5
+
+
+def test_registered_backend_hoists_caches_and_compiles_with_inductor():
+    fn = torch.compile(weighted_mse, backend="optimize_loss")
+    pred, target, weights = inputs()
+    assert_equivalent(weighted_mse, fn, pred, target, weights)
+    target.mul_(2)  # cached target work must be recomputed
+    torch.testing.assert_close(fn(pred, target, weights), weighted_mse(pred, target, weights))
+
+
+def test_report_lists_what_the_backend_hoisted():
+    report = Report("weighted_mse", __file__, 0)
+    fn = compiled(weighted_mse, report)
+    assert_equivalent(weighted_mse, fn, *inputs())
+    assert [line.split(": ", 1)[1] for line in report.target_only] == [
+        "w = weights / weights.sum() (sum_1, w)",
+        "scaled = torch.log1p(target.clamp(min=0)) (clamp, scaled)"]
+
+
+class StyleLoss(torch.nn.Module):
+    """Frozen feature net (parameters without grad), one trainable weight per layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Conv2d(3, 4, 3).requires_grad_(False)
+        self.mix = torch.nn.Parameter(torch.ones(4, 1, 1))
+
+    def forward(self, image, style):
+        return F.mse_loss(self.net(image) * self.mix, self.net(style))
+
+
+def test_parameters_are_classified_from_dynamo_example_values():
+    report = Report("forward", __file__, 0)
+    module = StyleLoss()
+    fn = torch.compile(module, backend=HoistingBackend("eager", report=report))
+    image, style = torch.rand(1, 3, 8, 8, requires_grad=True), torch.rand(1, 3, 8, 8)
+    assert_equivalent(module, fn, image, style)  # incl. the gradient of the trainable mix
+    assert len(report.target_only) == 1 and "self.net(style)" in report.target_only[0]
+
+
+def noisy(pred, target):
+    return ((pred - (target + 0.1 * torch.randn_like(target))) ** 2).mean()
+
+
+def test_random_ops_are_never_cached():
+    report = Report("noisy", __file__, 0)
+    fn = compiled(noisy, report)
+    pred, target, _ = inputs()
+    assert fn(pred, target) != fn(pred, target)
+    torch.manual_seed(0)
+    got = fn(pred, target)
+    torch.manual_seed(0)
+    torch.testing.assert_close(got, noisy(pred, target))
+    assert any("random op" in note for note in report.notes)
+
+
+def scales_target_in_place(pred, target, weights):
+    target.mul_(2)
+    return weighted_mse(pred, target, weights)
+
+
+def test_in_place_writes_disable_hoisting_and_still_happen_every_call():
+    report = Report("scales_target_in_place", __file__, 0)
+    fn = compiled(scales_target_in_place, report)
+    pred, target, weights = inputs()
+    expected_target = target.clone()
+    for _ in range(2):
+        expected = scales_target_in_place(pred, expected_target, weights)
+        torch.testing.assert_close(fn(pred, target, weights), expected)
+        torch.testing.assert_close(target, expected_target)
+    assert not report.target_only and any("in place" in note for note in report.notes)
+
+
+def branches_on_target(pred, target, weights):
+    if target.sum() > 20:  # data-dependent: Dynamo breaks the graph here
+        target = target / 2
+    return weighted_mse(pred, target, weights)
+
+
+def test_graph_breaks_keep_hoisting_per_graph():
+    fn = compiled(branches_on_target)
+    pred, target, weights = inputs()
+    for scale in (1.0, 0.01):
+        assert_equivalent(branches_on_target, fn, pred, target * scale, weights)
+
+
+def vmapped(pred, target):
+    per_row = torch.vmap(lambda p, t: ((p - t) ** 2 * (t > 1)).sum())(pred, target)
+    return per_row.mean()
+
+
+def test_work_inside_a_vmap_stays_inside_it():
+    fn = compiled(vmapped)
+    pred, target, _ = inputs()
+    assert_equivalent(vmapped, fn, pred, target)

@@ -1,0 +1,172 @@
+"""LossBench on a tiny synthetic suite: one bench run (backend "eager", tiny budgets) shared by the
+tests, plus the pure helpers."""
+import json
+import textwrap
+
+import pytest
+
+from rewrite.bench import discover
+from rewrite.bench_report import Ratio, Time, steady_time
+from rewrite.cli import main
+
+HEADER = """\
+import time
+import torch
+
+def make_inputs(size="small", dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = {"small": 4, "bench": 8}[size]
+    return (torch.randn(n, 3, generator=g, dtype=dtype).requires_grad_(),
+            torch.randn(n, 3, generator=g, dtype=dtype))
+"""
+
+SUITE = {
+    # Loop over samples, target-only work (a fixed target), and a per_sample_ name: every variant.
+    "per_sample_sq": """
+        CASE = {"loops": "vectorize", "elementwise": True, "sizes": {"small": "[4, 3]", "bench": "[8, 3]"},
+                "fixed_target": True, "target_args": ("target",)}
+
+        def naive(pred, target):
+            total = 0
+            for i in range(pred.shape[0]):
+                total = total + ((pred[i] - target[i].abs().sqrt()) ** 2).sum()
+            return total / pred.numel()
+
+        def expert(pred, target):
+            return ((pred - target.abs().sqrt()) ** 2).mean()
+        """,
+    # The "expert" computes something else: optimize_loss(naive) must be flagged, never just timed.
+    "wrong": """
+        CASE = {"loops": "vectorize", "elementwise": False, "sizes": {"small": "[4, 3]", "bench": "[8, 3]"}}
+
+        def naive(pred, target):
+            total = 0
+            for i in range(pred.shape[0]):
+                total = total + (pred[i] * target[i]).sum()
+            return total
+
+        def expert(pred, target):
+            return (pred * target).sum() * 2
+        """,
+    # A naive version slower than any budget the test gives it.
+    "slow": """
+        CASE = {"loops": "kept", "elementwise": False, "sizes": {"small": "[4, 3]", "bench": "[8, 3]"}}
+
+        def naive(pred, target):
+            time.sleep(30)
+            return ((pred - target) ** 2).mean()
+
+        def expert(pred, target):
+            return ((pred - target) ** 2).mean()
+        """,
+    "_helpers": "X = 1\n",  # not an example: no naive/expert/make_inputs/CASE
+}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    for name, body in SUITE.items():
+        (root / f"{name}.py").write_text(HEADER + textwrap.dedent(body))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench(suite, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    argv = ["bench", str(suite), "--backend", "eager", "--compiled", "per_sample_sq", "--budget", "1.5",
+            "--compile-budget", "20", "--min-time", "0.02", "--json", str(out / "b.json"),
+            "--markdown", str(out / "b.md")]
+    assert main(argv) == 0
+    return json.loads((out / "b.json").read_text()), (out / "b.md").read_text()
+
+
+def test_json_has_documented_keys(bench):
+    data, _ = bench
+    assert {"meta", "overhead", "cases", "targets"} <= set(data)
+    meta = data["meta"]
+    for key in ("command", "date", "machine", "torch", "python", "threads", "backend", "budget_s",
+                "compile_budget_s", "compiled_cases", "bandwidth_gb_s", "seconds"):
+        assert key in meta, key
+    assert meta["threads"] == 1 and meta["backend"] == "eager" and meta["bandwidth_gb_s"] > 0.1
+    assert set(data["cases"]) == {"per_sample_sq", "wrong", "slow"}
+    assert {"P1", "P2", "P3", "P4", "P5", "P6", "L3"} <= set(data["targets"])
+    for target in data["targets"].values():
+        assert {"target", "value", "met", "detail"} <= set(target)
+    assert 0 <= data["overhead"]["overhead_us"] < 1000
+
+
+def test_every_variant_measured_with_sane_numbers(bench):
+    data, _ = bench
+    case = data["cases"]["per_sample_sq"]
+    variants = case["variants"]
+    for name in ("naive_eager", "naive_compiled", "optimized_eager", "optimized_compiled", "expert_eager",
+                 "expert_compiled", "expert_precomputed", "expert_eager@b256", "optimized_eager@b256"):
+        assert variants[name]["status"] == "ok", (name, variants[name])
+        assert not variants[name].get("problems"), (name, variants[name])
+        assert 0 < case["steady"][name]["seconds"] < 0.5, name
+        assert 0 < variants[name]["first_s"] < 20, name
+    assert 0 < variants["optimized_eager"]["rewrite_s"] < 5
+    assert variants["expert_eager"]["min_bytes"] == 8 * 3 * 4 * 3  # pred read + its gradient + target
+    assert case["ratios"]["optimized_vs_best_expert"]["value"] > 0
+    assert case["roofline"]["bytes"] == 288 and case["roofline"]["bound_s"] > 0
+
+
+def test_wrong_optimized_version_is_flagged(bench):
+    data, text = bench
+    wrong = data["cases"]["wrong"]
+    assert wrong["variants"]["optimized_eager"]["problems"]
+    assert wrong["ratios"]["optimized_vs_best_expert"] is None  # a wrong result is no "best" time
+    row = next(line for line in text.splitlines() if line.startswith("| wrong |"))
+    assert "✗ not equivalent" in row
+    assert "## Errors and mismatches" in text and "- wrong, optimize_loss compile=False:" in text
+
+
+def test_over_budget_is_reported(bench):
+    data, text = bench
+    naive = data["cases"]["slow"]["variants"]["naive_eager"]
+    assert naive["status"] == "over_budget" and naive["budget_s"] == 1.5
+    assert data["cases"]["slow"]["steady"]["naive_eager"]["lower_bound"]
+    row = next(line for line in text.splitlines() if line.startswith("| slow |"))
+    assert "> 1.5 s (budget)" in row
+    assert data["cases"]["slow"]["variants"]["expert_eager"]["status"] == "ok"  # the case went on
+
+
+def test_markdown_is_self_describing(bench):
+    data, text = bench
+    meta = data["meta"]
+    assert meta["command"].startswith("python -m rewrite bench ") and meta["command"] in text
+    for fact in (meta["machine"], f"torch {meta['torch']}", "1 torch thread(s)", meta["date"]):
+        assert fact in text
+    for heading in ("## Targets", "## Steady forward+backward", "## First call and rewrite time",
+                    "## Memory-bandwidth roofline", "## Fixed target", "## Per-sample losses at B=256",
+                    "## Wrapper overhead"):
+        assert heading in text
+    assert "| P5 |" in text and "✓" in text
+
+
+def test_cases_filter_and_discovery(suite):
+    assert [c.name for c in discover(suite, None)] == ["per_sample_sq", "slow", "wrong"]
+    assert [c.name for c in discover(suite, ["wrong"])] == ["wrong"]
+    assert discover(suite, ["slow"])[0].info["loops"] == "kept"
+    with pytest.raises(SystemExit, match="no case named nope"):
+        discover(suite, ["nope"])
+
+
+def test_ratio_verdicts_with_budget_capped_numbers():
+    assert Ratio(1.05).meets(1.1) and not Ratio(1.2).meets(1.1)
+    assert Ratio(5, lower_bound=True).meets(1.1) is False      # already too slow
+    assert Ratio(1.0, lower_bound=True).meets(1.1) is None     # could be either
+    assert Ratio(80, lower_bound=True).meets(50, at_most=False)
+    assert Ratio(20, lower_bound=True).meets(50, at_most=False) is None
+    assert str(Ratio(1234.5, lower_bound=True)) == "> 1,234×"
+
+
+def test_steady_time_of_partial_results():
+    assert steady_time({"status": "ok", "first_s": 2.0, "samples": [1.0, 3.0, 2.0]}, eager=True) == Time(2.0, 3)
+    assert steady_time({"status": "over_budget", "first_s": 9.0, "samples": []}, eager=True) == Time(9.0, 1)
+    assert steady_time({"status": "over_budget", "budget_s": 5.0, "samples": []}, eager=True) == Time(5.0, 0, True)
+    # A compiled variant's first call is compilation, never a steady time.
+    assert steady_time({"status": "over_budget", "first_s": 9.0, "budget_s": 30.0, "samples": []},
+                       eager=False) == Time(30.0, 0, True)
+    assert steady_time({"status": "error", "error": "x", "samples": []}, eager=True) is None

@@ -1,0 +1,51 @@
+"""host_roundtrips_to_tensor_ops: host values inside a vectorized body become tensor ops."""
+from __future__ import annotations
+
+import ast
+
+import torch
+
+from passes import host_roundtrips_to_tensor_ops
+from rewrite.testing import assert_equivalent
+from tests.loop_helpers import build, context, namespace
+
+
+def rewrite(src: str, variant: set[str]) -> str:
+    module = ast.parse(src)
+    ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
+    return ast.unparse(ast.Module(host_roundtrips_to_tensor_ops.rewrite(module.body, variant, ctx),
+                                  []))
+
+
+def test_table_of_rewrites():
+    src = ("a = int(t[i])\nb = float(w[i])\nc = t[i].item()\nd = math.log(p[i])\n"
+           "e = max(p[i], 0.5)\nf = min(w[i])\ng = sum(c[i])\nh = t[i].tolist()\nk = abs(w[i])")
+    assert rewrite(src, {"i"}).splitlines() == [
+        "a = t[i].long()", "b = w[i].detach() * 1.0", "c = t[i].detach()",
+        "d = torch.log(p[i].detach() * 1.0)", "e = torch.where(0.5 > p[i], 0.5, p[i])",
+        "f = w[i].amin(0)", "g = c[i].sum(0)", "h = t[i].detach()", "k = abs(w[i])"]
+
+
+def test_loop_invariant_round_trips_stay():
+    src = "n = int(x.shape[0])\nm = float(scale)\nq = max(a, b)"
+    assert rewrite(src, {"i"}) == src
+
+
+def test_running_max_keeps_the_builtin():
+    assert rewrite("m = max(m, x[i])", {"i", "m"}) == "m = max(m, x[i])"
+
+
+def test_gathers_by_int_labels_are_equivalent():
+    original, optimized, code, report = build("""
+        def f(centers, feats, lab):
+            loss = 0
+            for i in range(feats.shape[0]):
+                c = centers[int(lab[i])]
+                loss = loss + ((feats[i] - c) ** 2).sum() * float(lab[i].item() + 1)
+            return loss
+        """)
+    assert report.loops[0].vectorized and ".item()" not in code.split("else:")[0]
+    g = torch.Generator().manual_seed(0)
+    assert_equivalent(original, optimized, torch.randn(3, 2, requires_grad=True, generator=g),
+                      torch.randn(5, 2, requires_grad=True, generator=g),
+                      torch.tensor([0, 2, 1, 1, 0]))

@@ -1,0 +1,134 @@
+"""loop_dataflow: liveness, loop-carried variables, dependence and effect classification."""
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from passes import loop_dataflow
+from rewrite.errors import Unsupported
+from tests.loop_helpers import context, dedent, namespace
+
+
+def parse(src: str) -> tuple[ast.FunctionDef, list[ast.For]]:
+    func = ast.parse(dedent(src)).body[0]
+    return func, [n for n in ast.walk(func) if isinstance(n, ast.For)]
+
+
+def analyze(src: str) -> loop_dataflow.LoopFacts:
+    func, (loop, *_) = parse(src)
+    live = loop_dataflow.live_after_loops(func)[id(loop)]
+    ctx = context(ast.Module([func], []), namespace())
+    return loop_dataflow.analyze(loop.body, loop.target.id, {loop.target.id}, live, ctx)
+
+
+def test_liveness_after_each_loop():
+    func, (first, second, inner) = parse("""
+        def f(x):
+            t = 0
+            for i in range(3):
+                t = x[i]
+                u = t * 2
+            for j in range(3):
+                for k in range(2):
+                    v = x[k]
+                w = v + j
+            return t
+        """)
+    live = loop_dataflow.live_after_loops(func)
+    # t is returned; x and v (the inner loop may run zero times) are read later; u is dead
+    assert {"t", "x", "v"} <= live[id(first)] and "u" not in live[id(first)]
+    assert live[id(second)] == {"t"}
+    assert "v" in live[id(inner)] and "j" in live[id(inner)]  # read after the inner loop
+
+
+def test_liveness_through_the_back_edge():
+    func, (outer, inner) = parse("""
+        def f(x):
+            s = 0
+            for i in range(3):
+                for j in range(2):
+                    s = s + x[j]
+                y = 1
+            return y
+        """)
+    assert "s" in loop_dataflow.live_after_loops(func)[id(inner)]  # next outer iteration
+
+
+def test_accumulators_and_effects_are_classified():
+    facts = analyze("""
+        def f(x, out, lst):
+            s = 0
+            m = 0
+            for i in range(3):
+                t = x[i] * 2
+                s = s - t + 1
+                m = max(m, t)
+                lst.append(t)
+                out[i] = t
+            return s, m
+        """)
+    kinds = sorted((e.kind, e.name, e.family) for e in facts.effects.values())
+    assert kinds == [("acc", "m", "builtin_max"), ("acc", "s", "sum"),
+                     ("append", "lst", ""), ("write", "out", "")]
+    assert {"t", "s", "m", "i"} <= facts.variant
+
+
+def test_carried_local_defined_on_one_branch_only_is_a_recurrence():
+    with pytest.raises(Unsupported, match="`prev` is a loop-carried recurrence"):
+        analyze("""
+            def f(x):
+                prev = 0
+                s = 0
+                for i in range(3):
+                    if i > 0:
+                        s = s + x[i] - prev
+                    prev = x[i]
+                return s
+            """)
+
+
+def test_prefix_sum_becomes_a_scan():
+    facts = analyze("""
+        def f(x, out):
+            s = 0
+            for i in range(3):
+                s = s + x[i]
+                out[i] = s
+            return s
+        """)
+    assert sorted(e.kind for e in facts.effects.values()) == ["scan", "write"]
+
+
+@pytest.mark.parametrize("src, reason", [
+    ("""
+        def f(x, out):
+            for i in range(3):
+                out[i] = out[i - 1] + x[i]
+            return out
+     """, "reads `out` while writing it"),
+    ("""
+        def f(x):
+            s = 0
+            for i in range(3):
+                s = s * 0.5 + x[i]
+            return s
+     """, "`s` is a loop-carried recurrence: s = s * 0.5 + x[i] (line 4)"),
+    ("""
+        def f(x):
+            for i in range(3):
+                i = i + 1
+            return x
+     """, "rebinds the loop variable `i`"),
+])
+def test_refusals_say_why(src, reason):
+    with pytest.raises(Unsupported, match=reason.replace("(", r"\(").replace(")", r"\)")
+                       .replace("*", r"\*").replace("[", r"\[").replace("]", r"\]")
+                       .replace("+", r"\+")):
+        analyze(src)
+
+
+def test_shape_queries_do_not_vary():
+    func = ast.parse("y = x[i].shape[0] + len(z[i])").body[0]
+    ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
+    assert not loop_dataflow.depends(func.value, {"i"}, ctx)

@@ -1,0 +1,99 @@
+"""tensor_branches_to_where: tensor if/elif/else and guarded continue as masks, with the
+double-where that keeps NaN/inf of deselected branches out of the gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rewrite.testing import assert_equivalent
+from tests.loop_helpers import build, finite_grads, rewrite_source
+
+# (op on the selected values, the condition under which it is finite with finite gradients)
+DOMAIN_OPS = [
+    ("torch.log(x[i])", "x[i] > 0"), ("x[i].sqrt()", "x[i] > 0"), ("1 / x[i]", "x[i] != 0"),
+    ("x[i] ** 0.5", "x[i] > 0"), ("torch.rsqrt(x[i])", "x[i] > 0"),
+    ("torch.acos(x[i])", "x[i].abs() < 0.99"), ("torch.exp(x[i] * 200)", "x[i] < 0.1"),
+    ("x[i].log1p()", "x[i] > -0.9"), ("torch.div(1.0, x[i])", "x[i] != 0"),
+    ("torch.atanh(x[i])", "(x[i] > -0.9) & (x[i] < 0.9)"),
+]
+
+
+@settings(max_examples=30, deadline=None)
+@given(op=st.sampled_from(DOMAIN_OPS), other=st.sampled_from(DOMAIN_OPS),
+       values=st.lists(st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 2.0, 50.0]),
+                       min_size=1, max_size=6),
+       form=st.sampled_from(["if", "ifelse", "continue", "elif"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_deselected_branches_never_poison_gradients(op, other, values, form, dtype):
+    (expr, cond), (expr2, cond2) = op, other
+    body = {
+        "if": [f"if {cond}:", f"    s = s + {expr}"],
+        "ifelse": [f"if {cond}:", f"    s = s + {expr}", "else:", "    s = s - x[i] * 2"],
+        "continue": [f"if not ({cond}):", "    continue", f"s = s + {expr}"],
+        "elif": [f"if {cond}:", f"    t = {expr}", f"elif {cond2}:", f"    t = {expr2}",
+                 "else:", "    t = x[i] * 0.5", "s = s + t"],
+    }[form]
+    src = "\n".join(["def f(x):", "    s = 0", "    for i in range(x.shape[0]):"]
+                    + ["        " + line for line in body] + ["    return s", ""])
+    original, optimized, code, report = build(src)
+    assert report.loops[0].vectorized, report
+    x = torch.tensor(values, dtype=dtype)
+    if torch.is_tensor(original(x)) and finite_grads(original, x):
+        assert finite_grads(optimized, x), code
+        assert_equivalent(original, optimized, x.requires_grad_())
+
+
+def test_elif_chain_and_locals_merge_in_order():
+    original, optimized, code, _ = build("""
+        def f(x, y):
+            s = 0
+            for i in range(x.shape[0]):
+                t = x[i]
+                if y[i] > 0.6:
+                    t = t * 3
+                elif y[i] > 0.3 and x[i] > 0:
+                    t = t - 1
+                    u = t * t
+                    t = u
+                else:
+                    pass
+                s = s + t
+            return s
+        """)
+    assert "torch.logical_and" in code
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        assert_equivalent(original, optimized, torch.randn(8, generator=g, requires_grad=True),
+                          torch.rand(8, generator=g))
+
+
+def test_python_conditions_stay_python():
+    code, report = rewrite_source("""
+        def f(x, reduction):
+            s = 0
+            for i in range(x.shape[0]):
+                if reduction == "sum":
+                    s = s + x[i].sum()
+                else:
+                    s = s + x[i].mean()
+            return s
+        """)
+    assert report.loops[0].vectorized and "if reduction == 'sum':" in code.split("else:")[0]
+
+
+@pytest.mark.parametrize("call", ["F.cross_entropy(x[i:i+1], t[i:i+1])", "helper(x[i])",
+                                  "F.one_hot(t[i], 3).sum()"])
+def test_unknown_calls_under_a_condition_keep_the_loop(call):
+    src = f"""
+        def f(x, t):
+            s = 0
+            for i in range(x.shape[0]):
+                if t[i] >= 0:
+                    s = s + {call}
+            return s
+        """
+    _, report = rewrite_source(src)
+    assert not report.loops[0].vectorized
+    assert "would also run on iterations its tensor condition excludes" in report.loops[0].reason
