@@ -64,7 +64,7 @@ def run_fx_pipeline(gm: torch.fx.GraphModule, filename: str, done: list[str],
                     dump: Dump | None = None, lineno: int | None = None) -> torch.fx.GraphModule:
     """Run every FX pass on ``gm``; ``done`` collects the names of passes that ran."""
     if dump:
-        dump("fx_traced", gm.code)
+        dump("fx_traced", _readable(gm))
     for p in FX_PIPELINE:
         name = pass_name(p)
         try:
@@ -74,8 +74,13 @@ def run_fx_pipeline(gm: torch.fx.GraphModule, filename: str, done: list[str],
         gm = result.graph_module
         done.append(name)
         if dump:
-            dump(f"fx_{name}", gm.code)
+            dump(f"fx_{name}", _readable(gm))
     return gm
+
+
+def _readable(gm: torch.fx.GraphModule) -> str:
+    # print_readable includes submodules (after the split: target_transform and core).
+    return gm.print_readable(print_output=False)
 
 
 def _failure(name: str, done: list[str], exc: Exception, filename: str,

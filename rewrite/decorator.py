@@ -18,7 +18,9 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     ``dynamic`` are passed through), ``verify=False`` (compare value and gradients with the
     original on the first call per input signature; fall back on mismatch), ``strict=False``
     (raise ``RewriteError`` instead of falling back), ``hoist=True`` (run target-only work outside
-    autograd), ``debug_dir=None`` (dump the code after every pass there), ``lint=False`` (run the
+    autograd, cached across calls; needs ``compile=True``, it works on torch.compile's graphs),
+    ``stop_gradient=()`` (names of arguments to detach on every call: an opt-in semantic change
+    for distillation teachers and target networks), ``debug_dir=None`` (dump the code after every pass there), ``lint=False`` (run the
     gradient-flow lint once per input signature and warn each finding as a ``GradientFlowWarning``),
     ``example_inputs=None`` (an argument tuple, or a callable returning one, that
     ``optimize-loss inspect|verify|lint`` use when no inputs are given on the command line).
