@@ -63,7 +63,16 @@ def stores(stmt: ast.stmt) -> set[str]:
 
 
 def stmt_loads(stmt: ast.stmt) -> set[str]:
-    """Names a simple statement reads; ``s += e`` reads ``s``."""
+    """Names a simple statement reads; ``s += e`` reads ``s``; a nested ``def`` reads its free
+    names (its parameters and locals are its own)."""
+    if isinstance(stmt, ast.FunctionDef):
+        params = {a.arg for a in ast.walk(stmt.args) if isinstance(a, ast.arg)}
+        own = params | {n for s in ast.walk(stmt) if isinstance(s, ast.stmt) and s is not stmt
+                        for n in stores(s)}
+        outer = [*stmt.decorator_list, *stmt.args.defaults,
+                 *(d for d in stmt.args.kw_defaults if d is not None)]
+        return set().union(*(loads(e) for e in outer)) | (
+            set().union(*(loads(s) for s in stmt.body)) - own)
     names = loads(stmt)
     if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         names.add(stmt.target.id)

@@ -137,6 +137,58 @@ BOOLEAN_METHODS = frozenset({"bool", "logical_and", "logical_or", "logical_not",
 # round trips): the folded result is turned back into the same kind of Python number.
 NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
 
+# Batched forms (``batch_loop_bodies``): how a per-iteration op runs on all iterations at once,
+# every loop-varying value carrying the loop dim in front.
+# Elementwise: the same call, operands broadcast (per-item ranks must agree: checked at run time).
+BATCHED_ELEMENTWISE = frozenset({
+    "torch.abs", "torch.neg", "torch.exp", "torch.expm1", "torch.log", "torch.log1p",
+    "torch.log2", "torch.sqrt", "torch.rsqrt", "torch.square", "torch.sigmoid", "torch.tanh",
+    "torch.relu", "torch.sin", "torch.cos", "torch.sign", "torch.floor", "torch.ceil",
+    "torch.round", "torch.reciprocal", "torch.clamp", "torch.clip", "torch.where",
+    "torch.maximum", "torch.minimum", "torch.pow", "torch.mul", "torch.add", "torch.sub",
+    "torch.div", "torch.true_divide", "torch.xlogy", "torch.logaddexp", "torch.ne", "torch.eq",
+    "torch.gt", "torch.lt", "torch.ge", "torch.le", "torch.logical_and", "torch.logical_or",
+    "torch.logical_not", "torch.zeros_like", "torch.ones_like", "torch.full_like",
+    "torch.nn.functional.relu", "torch.nn.functional.softplus",
+    "torch.nn.functional.logsigmoid", "torch.nn.functional.leaky_relu",
+    "torch.nn.functional.gelu", "torch.nn.functional.silu", "torch.nn.functional.sigmoid",
+    "torch.nn.functional.tanh", "abs",
+})
+BATCHED_ELEMENTWISE_METHODS = frozenset({
+    "abs", "neg", "exp", "expm1", "log", "log1p", "log2", "sqrt", "rsqrt", "square", "sigmoid",
+    "tanh", "relu", "sin", "cos", "sign", "floor", "ceil", "round", "reciprocal", "clamp",
+    "clip", "clamp_min", "clamp_max", "pow", "mul", "add", "sub", "div", "ne", "eq", "gt", "lt",
+    "ge", "le", "logical_not", "float", "double", "long", "int", "bool", "detach", "clone",
+})
+# Methods whose result is an integer tensor (usable as an index).
+INTEGER_METHODS = frozenset({"long", "int"})
+# Ops that keep integer dtype on integer operands (with Python int constants).
+INTEGER_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
+# Reductions over all elements: per item ``x.f()`` / ``torch.f(x)`` -> ``x.flatten(1).g(1)``.
+BATCHED_FULL_REDUCTIONS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin",
+                           "max": "amax", "min": "amin", "prod": "prod"}
+# Ops with a ``dim`` (per-item dims shift by one; negative dims stay): rank change of the result
+# (without keepdim).
+BATCHED_DIM_OPS = {"sum": -1, "mean": -1, "amax": -1, "amin": -1, "logsumexp": -1, "prod": -1,
+                   "softmax": 0, "log_softmax": 0, "cumsum": 0, "unsqueeze": 1}
+BATCHED_DIM_FUNCS = {"torch.sum": "sum", "torch.mean": "mean", "torch.amax": "amax",
+                     "torch.amin": "amin", "torch.logsumexp": "logsumexp", "torch.prod": "prod",
+                     "torch.softmax": "softmax", "torch.log_softmax": "log_softmax",
+                     "torch.cumsum": "cumsum", "torch.nn.functional.softmax": "softmax",
+                     "torch.nn.functional.log_softmax": "log_softmax"}
+# Losses of two same-shaped operands: elementwise (reduction="none"), then reduced per item.
+BATCHED_POINTWISE_LOSSES = frozenset({
+    "torch.nn.functional.mse_loss", "torch.nn.functional.l1_loss",
+    "torch.nn.functional.smooth_l1_loss", "torch.nn.functional.huber_loss",
+    "torch.nn.functional.binary_cross_entropy_with_logits",
+})
+# Losses of an [N, C] input and [N] class indices: per item mean = sum / non-ignored targets
+# (what reduction="mean" divides by).
+BATCHED_CLASS_LOSSES = frozenset({"torch.nn.functional.cross_entropy",
+                                  "torch.nn.functional.nll_loss"})
+# Integer dtypes an index tensor must have for the batched gather (bool/uint8 would be masks).
+INDEX_DTYPES = "(torch.int64, torch.int32)"
+
 # Consumers of a comprehension's list, rewritten to use the stacked values ``v`` directly.
 LIST_CONSUMERS = {
     "torch.stack": "v",

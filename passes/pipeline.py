@@ -21,7 +21,10 @@ CHECKER = check_supported
 
 # AST passes, in order: each entry is a module with ``transform(tree, ctx) -> tree``.
 AST_PIPELINE: list = [
-    vectorize_loops,  # drives loop_dataflow, normalize_comprehensions, host_roundtrips_to_tensor_ops, tensor_branches_to_where
+    # vectorize_loops drives its parts (loop_dataflow, normalize_comprehensions,
+    # host_roundtrips_to_tensor_ops, tensor_branches_to_where, batch_loop_bodies): a loop is
+    # rewritten only when every part can do its share, so they are not separate passes.
+    vectorize_loops,
     optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
 ]
 

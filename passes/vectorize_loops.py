@@ -1,23 +1,34 @@
 """Pass: Python ``for`` loops over tensor elements become one batched computation.
 
-The loop body is outlined into a function of one iteration and mapped over all iterations with
-``torch.vmap``; what leaves an iteration is folded afterwards. Behind a runtime check, because at
-AST time nothing knows whether ``pred`` is a tensor or a list (the original loop is the else)::
+The loop body is outlined into a function of one iteration; when every op in it has a batched
+form it becomes plain tensor code over all iterations (``batch_loop_bodies``, strategy
+"batched"), else the function is mapped over all iterations with ``torch.vmap`` (strategy
+"vmap"). What leaves an iteration is folded afterwards. Behind a runtime check, because at AST
+time nothing knows whether ``pred`` is a tensor or a list (the original loop is the else); the
+batched form has its own check of per-item ranks and dtypes, with the vmap form as its else::
 
-    loss = 0                                 loss = 0
-    for i in range(len(pred)):               if isinstance(pred, torch.Tensor) and len(pred) <= pred.shape[0] \
-        loss += (pred[i] - target[i]) \              and isinstance(target, torch.Tensor) and ... \
-                    .abs().sum()      ->             and len(range(0, len(pred), 1)) > 0:
-                                                 'optimize_loss: loop at line 2 vectorized'
-                                                 def _body(_pred_row, _target_row):
-                                                     _loss_part = 0
-                                                     _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
-                                                     return (torch.as_tensor(_loss_part),)
-                                                 _outs = torch.vmap(_body, in_dims=(0, 0))(
-                                                     pred[0:len(pred):1], target[0:len(pred):1])
-                                                 loss = loss + _outs[0].sum(0)
-                                             else:
-                                                 <the original loop>
+    loss = 0                            loss = 0
+    for i in range(len(pred)):          if isinstance(pred, torch.Tensor) and ... and len(range(0, len(pred), 1)) > 0:
+        loss += (pred[i] - target[i])       'optimize_loss: loop at line 2 vectorized'
+                    .abs().sum()   ->       if target.dim() == pred.dim():
+                                                _pred_row = pred if len(pred) == pred.shape[0] else pred[0:len(pred):1]
+                                                _target_row = ...
+                                                _loss_part = 0
+                                                _t = (_pred_row - _target_row).abs()
+                                                _loss_part = _loss_part + _t.reshape(len(_t), -1).sum(1)
+                                                _outs = (_loss_part,)
+                                            else:
+                                                def _body(_pred_row, _target_row):
+                                                    _loss_part = 0
+                                                    _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
+                                                    return (torch.as_tensor(_loss_part),)
+                                                _outs = torch.vmap(_body, in_dims=(0, 0))(<the same rows>)
+                                            loss = loss + _outs[0].sum(0)
+                                        else:
+                                            <the original loop>
+
+Rows ``x[a:b:s]`` covering the whole tensor are the tensor itself (a slice's backward
+zero-fills and copies a full-size gradient).
 
 What leaves an iteration (classified by ``loop_dataflow``): accumulators ``s += e``, ``s -= e``,
 ``s = s + a - b``, ``s *= e``, ``s = torch.maximum(s, e)`` / ``max(s, e)`` (folded with sum /
@@ -42,7 +53,8 @@ from dataclasses import dataclass, field
 
 from rewrite.errors import Unsupported
 
-from . import host_roundtrips_to_tensor_ops, loop_dataflow, normalize_comprehensions
+from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, loop_dataflow,
+               normalize_comprehensions)
 from . import loop_rules as rules
 from . import tensor_branches_to_where
 from .ast_tools import PassContext, replace, unparse
@@ -163,6 +175,7 @@ class _Loop:
         self.stacked: dict[str, tuple] = {}           # own list -> (stacked values, host kind)
         self.outs = ctx.namer.new("outs")
         self.uses_where = False
+        self.unbatched = ""                            # why the body is mapped with vmap
 
     def _sub(self, template: str, **subs) -> object:
         return replace(template, loc=self.node, torch_name=self.ctx.torch_name, **subs)
@@ -207,7 +220,7 @@ class _Loop:
         if "scan" in kinds:
             fam = {e.family for e in self.facts.of_kind("scan")}
             return "cumprod" if fam == {"prod"} else "cumsum"
-        return "vmap"
+        return "vmap" if self.unbatched else "batched"
 
     def _why(self) -> str:
         parts = []
@@ -217,6 +230,8 @@ class _Loop:
             parts.append(desc[e.kind])
         if self.uses_where:
             parts.append("tensor conditions as torch.where masks")
+        if self.unbatched:
+            parts.append(f"vmap: {self.unbatched}")
         return "; ".join(dict.fromkeys(parts)) or "no effects"
 
     # ----------------------------------------------------------------------------------------
@@ -411,7 +426,7 @@ class _Loop:
             self.folds += self._sub("s = x", s=name,
                                     x=self._sub(rules.FAMILY_FOLD[family], s=name, r=reduced))
         body = self.init + converted
-        params, inputs, dims = [], [], []
+        params, inputs, dims, batched = [], [], [], []
         used = set().union(*(loads(s) for s in body)) if body else set()
         if it.index in used or not (it.elements or self.slices):
             device = self._device()
@@ -419,17 +434,29 @@ class _Loop:
             inputs.append(self._sub("torch.arange(a, b, s" + (", device=d)" if device else ")"),
                                     a=it.start, b=it.stop, s=it.step, d=device))
             dims.append(0)
+            batched.append(batch_loop_bodies.Param(it.index, inputs[-1], batch_loop_bodies.Rank(), ()))
         for name, src in it.elements:
             params.append(name)
             inputs.append(src if len(it.elements) == 1 else self._sub("x[:n]", x=src, n=it.stop))
             dims.append(0)
+            batched.append(self._batched_param(name, inputs[-1], src, 0, 0))
         for (name, _), (param, prefix) in self.slices.items():
             params.append(param)
             index = prefix + [ast.Slice(it.start, it.stop, it.step)]
-            inputs.append(ast.Subscript(ast.Name(name, ast.Load()),
-                                        ast.Tuple(index, ast.Load()) if prefix else index[0],
-                                        ast.Load()))
+            rows = ast.Subscript(ast.Name(name, ast.Load()),
+                                 ast.Tuple(index, ast.Load()) if prefix else index[0], ast.Load())
             dims.append(sum(isinstance(x, ast.Slice) for x in prefix))
+            if not prefix or all(_full(x) for x in prefix):
+                # all rows: the tensor itself, whose backward needs no zero-filled copy
+                whole = [f"b == x.shape[{dims[-1]}]"] + [
+                    f"{v} == {k}" for v, k, bound in (("a", 0, it.start), ("s", 1, it.step))
+                    if not (isinstance(bound, ast.Constant) and bound.value == k)]
+                rows = self._sub(f"x if {' and '.join(whole)} else r", x=ast.Name(name, ast.Load()),
+                                 a=it.start, s=it.step, b=it.stop, r=rows)
+            inputs.append(rows)
+            fixed = sum(not isinstance(x, ast.Slice) for x in prefix)  # int entries drop a dim
+            batched.append(self._batched_param(param, inputs[-1], ast.Name(name, ast.Load()),
+                                               dims[-1], fixed))
         fn = self.ctx.namer.new("body")
         ret = ast.Return(ast.Tuple([self._sub("torch.as_tensor(v)", v=o) for o in self.outputs],
                                    ast.Load()))
@@ -438,11 +465,29 @@ class _Loop:
                                         kwonlyargs=[], kw_defaults=[], defaults=[]),
             body=body + [ret], decorator_list=[], returns=None, type_params=[])
         vmap = self._sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
-        call = self._sub("o = c", o=self.outs, c=ast.Call(vmap, inputs, []))
-        stmts = [func] + call + self.folds
+        mapped = [func] + self._sub("o = c", o=self.outs, c=ast.Call(vmap, inputs, []))
+        try:
+            trips = self._sub("len(range(a, b, s))", a=it.start, b=it.stop, s=it.step)
+            check, plain = batch_loop_bodies.batch(copy.deepcopy(body), batched, self.outputs,
+                                                   self.outs, trips, self.ctx, self.node)
+        except Unsupported as exc:  # an op without a batched form: vmap maps the body
+            self.unbatched = exc.reason
+            stmts = mapped + self.folds
+        else:  # the check holds for the usual shapes; vmap is the general path
+            stmts = (plain if check is None else [ast.If(check, plain, mapped)]) + self.folds
         for s in stmts:
             ast.copy_location(s, self.node)
         return [ast.fix_missing_locations(s) for s in stmts]
+
+    def _batched_param(self, name: str, value: ast.expr, source: ast.expr, dim: int,
+                       fixed: int) -> "batch_loop_bodies.Param":
+        """A body parameter bound to ``value`` (loop axis at ``dim``), sliced from ``source``
+        with ``fixed`` int entries: for the batched form, the loop axis goes in front."""
+        if dim:
+            value = self._sub(f"v.movedim({dim}, 0)", v=value)
+        rank = batch_loop_bodies.Rank.of(unparse(self._sub("x.dim()", x=source)), -1 - fixed)
+        integer = unparse(self._sub(f"x.dtype in {rules.INDEX_DTYPES}", x=source))
+        return batch_loop_bodies.Param(name, value, rank, (integer,))
 
     def _device(self) -> ast.expr | None:
         """Where the indexed tensors live: the loop index must be there too."""

@@ -226,8 +226,9 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
            f"`{meta['command']}` — {meta['date']}; {meta['machine']}; torch {meta['torch']}, "
            f"Python {meta['python']}; {meta['threads']} torch thread(s); torch.compile backend "
            f"`{meta['backend']}`; took {meta['seconds']:.0f} s.", "",
-           f"Forward+backward at each example's `bench` size; steady = median of repeats after a warm-up "
-           f"call (≥ {meta['min_time_s']:g} s of repeats). Budgets: {meta['budget_s']:g} s per eager variant, "
+           f"Forward+backward at each example's `bench` size; steady = median over blocks of calls "
+           f"(each ≥ 2 ms) after a warm-up call, until {meta['min_time_s']:g} s or 50 blocks. "
+           f"Budgets: {meta['budget_s']:g} s per eager variant, "
            f"{meta['compile_budget_s']:g} s per compiled variant; `> x (budget)`: stopped there, "
            f"`(1 run)`: one call fit. Compiled variants (cold compile, Inductor caches off) ran on: "
            f"{compiled}.", "",

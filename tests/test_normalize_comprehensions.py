@@ -49,7 +49,8 @@ def test_comprehensions_are_equivalent_and_reported():
             b = torch.stack([x[j] * 2 for j in range(3)]).sum() + torch.tensor([x[k, 0].item() for k in range(2)]).sum()
             return a + b + i
         """)
-    assert [(l.lineno, l.strategy) for l in report.loops] == [(3, "vmap"), (4, "vmap"), (4, "vmap")]
+    assert [(l.lineno, l.strategy) for l in report.loops] == [(3, "batched"), (4, "batched"),
+                                                             (4, "batched")]
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         assert_equivalent(original, optimized,

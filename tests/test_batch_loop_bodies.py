@@ -1,0 +1,44 @@
+"""batch_loop_bodies: the rank algebra of the runtime check, and batched forms of single ops
+(behaviour through vectorize_loops is in test_vectorize_loops)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from passes.batch_loop_bodies import Rank, _condition
+from rewrite.testing import assert_equivalent
+from tests.loop_helpers import build, strategies
+
+
+def test_rank_conditions_are_simplified_and_decided_when_constant():
+    x = Rank.of("x.dim()", -1)
+    t = Rank.of("t.dim()", -1)
+    assert _condition(x - t, "==") == "x.dim() == t.dim()"
+    assert _condition(x - 1, ">=") == "x.dim() >= 2"
+    assert _condition(x - 2 - (t - 1) - Rank.of("x.dim()"), "==") == "0 == t.dim() + 1"
+    assert _condition(Rank() - 1, ">=") is False
+    assert _condition(Rank(), "==") is True
+
+
+OPS = [  # per-item expression of x[i] (x [5, 3]), t[i] (labels), w (fixed [3])
+    "x[i].sum()", "x[i].mean()", "x[i].amax()", "torch.sum(x[i])", "x[i].logsumexp(0)",
+    "x[i].softmax(-1)[0]", "F.log_softmax(x[i], dim=0).sum()", "(x[i] * w).sum()",
+    "torch.dot(x[i], w * x[i])", "x[i][t[i]]", "w[t[i]]", "x[i, 1:].sum() + x[i][None, 0].sum()",
+    "F.mse_loss(x[i], x[i] * 2)", "F.smooth_l1_loss(x[i], 0.5 * x[i], beta=0.5)",
+    "F.cross_entropy(x[i:i+1], t[i:i+1])", "F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
+    "torch.where(x[i] > 0, x[i], 0.1 * x[i]).clamp(min=-1).sum()", "x[i].unsqueeze(-1).sum(0).sum()",
+]
+
+
+@pytest.mark.parametrize("expr", OPS)
+def test_single_ops_batched_and_equivalent(expr):
+    src = ("def f(x, t, w):\n    s = 0\n    for i in range(x.shape[0]):\n"
+           f"        s = s + {expr}\n    return s\n")
+    original, optimized, code, report = build(src)
+    assert strategies(report) == {3: "batched"}, (report, code)
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_()
+        t = torch.randint(0, 3, (5,), generator=g)
+        w = torch.randn(3, generator=g, dtype=dtype).requires_grad_()
+        assert_equivalent(original, optimized, x, t, w)
