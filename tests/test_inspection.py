@@ -195,7 +195,7 @@ def test_inspect_text_shows_loops_diff_graph_lint_and_timings(losses, capsys, fa
     assert f"symbolic tracing failed at {losses}:{loop_line}: TypeError" in out  # the loop is still there
     assert "traced by make_fx" in out and "aten.sub.Tensor" in out
     assert "no gradient-flow problems found" in out
-    assert "timings (fwd+bwd, median of 1): original" in out
+    assert "timings (fwd+bwd, median of 1, 1 thread): original" in out
 
 
 def test_untraceable_graph_says_why_at_the_users_line(losses, capsys):
