@@ -24,6 +24,22 @@ averaged per item; ``F.cross_entropy(x, t)`` on [N, C] items -> ``reduction="non
 over the count of non-ignored targets (what the mean divides by); ``torch.dot(a, b)`` ->
 ``(a * b).sum(1)``.
 
+Sum accumulators are summed over the loop in the same code (``summed``): each update ``p = p + e``
+becomes ``p = p + <sum of e over the loop>``, fused into one op where that is exact
+(``loop_rules.SUMMED_*``): ``x.reshape(n, -1).sum(1).sum(0)`` -> ``x.sum()``,
+``x.reshape(n, -1).mean(1).sum(0)`` -> ``x.mean() * n`` (the items of a batched tensor all have
+the same size), per-item ``F.mse_loss`` and the other pointwise losses -> one
+``reduction="sum"``/``"mean"`` call, per-item ``F.cross_entropy(..., reduction="sum")`` -> one
+call; sums distribute over ``+``/``-``, and a factor that does not vary comes out (``c * e``,
+``e / c``). Anything else is ``e.sum(0)``; per-item means of class losses stay per item (their
+counts of non-ignored targets differ)::
+
+    _loss_part = 0                                       _loss_part = 0
+    _t = (_pred_row - _target_row) ** 2          ->      _t = (_pred_row - _target_row) ** 2
+    _loss_part = _loss_part + _t.reshape(len(_t),        _loss_part = _loss_part + _t.mean() * len(_t)
+                                  -1).mean(1)
+    (then summed over the loop)
+
 Shapes: per-item ranks are unknown when the function is rewritten, so each value's per-item rank
 is an expression of the inputs' ranks (``pred.dim() - 1`` for ``pred[i]``), and what the batched
 forms assume becomes the runtime check in front, vmap running otherwise:
@@ -102,10 +118,12 @@ _CONSTANT = _Val(False)
 
 
 def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
-          trips: ast.expr, ctx: PassContext, loc: ast.AST) -> tuple[ast.expr | None, list]:
+          trips: ast.expr, ctx: PassContext, loc: ast.AST,
+          summed: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
     """(runtime check or None when always true, statements binding ``outs`` to the stacked
-    outputs). ``trips``: the number of iterations. Raises ``Unsupported``."""
-    b = _Batcher(ctx, loc)
+    outputs, the ``summed`` ones summed over the loop). ``trips``: the number of iterations.
+    Raises ``Unsupported``."""
+    b = _Batcher(ctx, loc, trips, summed)
     stmts = []
     for p in params:
         b.vals[p.name] = _Val(True, p.rank, p.integer)
@@ -114,11 +132,13 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
         stmts += b.stmt(s)
     stacked = []
     for name in outputs:
-        if b.vals.get(name, _CONSTANT).batched:
+        if name in b.totals:
             stacked.append(ast.Name(name, ast.Load()))
+        elif b.vals.get(name, _CONSTANT).batched:
+            stacked.append(b.sub("o.sum(0)" if name in summed else "o", o=name))
         else:  # the same value in every iteration (a constant contribution)
-            stacked.append(b.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
-                                 o=name, n=trips))
+            stacked.append(b.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)"
+                                 + (".sum(0)" if name in summed else ""), o=name, n=trips))
     stmts += b.sub("o = v", o=outs, v=ast.Tuple(stacked, ast.Load()))
     checks = [b.sub(text) for text in b.checks]
     check = (checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks)) if checks else None
@@ -150,9 +170,12 @@ def _literal(node: ast.expr) -> object:
 
 
 class _Batcher:
-    def __init__(self, ctx: PassContext, loc: ast.AST):
+    def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str]):
         self.ctx = ctx
         self.loc = loc
+        self.trips = trips
+        self.summed = summed
+        self.totals: set[str] = set()        # summed outputs holding their sum over the loop
         self.vals: dict[str, _Val] = {}
         self.checks: dict[str, None] = {}    # runtime conditions, in order, without duplicates
         self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
@@ -185,6 +208,12 @@ class _Batcher:
                 ast.Name(s.target.id, ast.Load()), s.op, s.value)), s)
         if isinstance(s, ast.Assign) and len(s.targets) == 1:
             target = s.targets[0]
+            if isinstance(target, ast.Name) and _is_update(s.value, target.id, self.summed) \
+                    and not self.vals.get(target.id, _CONSTANT).batched:
+                total, _ = self.total(s.value.right)
+                self.totals.add(target.id)
+                value = ast.BinOp(ast.Name(target.id, ast.Load()), s.value.op, total)
+                return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
             if isinstance(target, ast.Name):
                 value, val = self.expr(s.value)
                 self.vals[target.id] = val
@@ -199,6 +228,51 @@ class _Batcher:
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
         first = unparse(s).strip().splitlines()[0]
         raise Unsupported(f"`{first}` has no batched form")
+
+    def total(self, node: ast.expr) -> tuple[ast.expr, _Val]:
+        """(the sum over the loop of ``node``'s per-item values, fused where exact; the per-item
+        value's facts)."""
+        if not self._varies(node):
+            return self.sub("e * n", e=node, n=self.trips), self._fixed(node)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            (left, lv), (right, rv) = self.total(node.left), self.total(node.right)
+            return ast.BinOp(left, node.op, right), self._elementwise([lv, rv], node)
+        # c * e, e * c, e / c: the factor c that does not vary comes out of the sum
+        factor_right = isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)) \
+            and not self._varies(node.right)
+        factor_left = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) \
+            and not self._varies(node.left)
+        if factor_right or factor_left:
+            fixed, part = (node.left, node.right) if factor_left else (node.right, node.left)
+            summed, val = self.total(part)
+            val = self._elementwise([val, self._fixed(fixed)], node)
+            new = ast.BinOp(fixed, node.op, summed) if fixed is node.left \
+                else ast.BinOp(summed, node.op, fixed)
+            return ast.copy_location(new, node), val
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            summed, val = self.total(node.operand)
+            return ast.copy_location(ast.UnaryOp(node.op, summed), node), val
+        if isinstance(node, ast.Call) and not node.keywords and not any(
+                isinstance(a, ast.Starred) for a in node.args):
+            name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
+            op = meth if meth is not None else rules.BATCHED_DIM_FUNCS.get(name)
+            operand = node.func.value if meth is not None else node.args[0] if node.args else None
+            if op in rules.SUMMED_FULL_REDUCTIONS and len(node.args) == (meth is None) \
+                    and self._varies(operand):
+                x, _ = self.expr(operand)
+                x = self.named(x)
+                return self.sub(rules.SUMMED_FULL_REDUCTIONS[op], x=x), _Val(True, Rank())
+        if isinstance(node, ast.Call):
+            name = resolve_call(node.func, self.ctx)
+            args = [self.expr(a) for a in node.args] if name in (
+                rules.BATCHED_POINTWISE_LOSSES | rules.BATCHED_CLASS_LOSSES) else None
+            kws = [(k.arg, self.expr(k.value)) for k in node.keywords] if args else None
+            if name in rules.BATCHED_POINTWISE_LOSSES:
+                return self._pointwise_loss(node, args, kws, summed=True)
+            if name in rules.BATCHED_CLASS_LOSSES:
+                return self._class_loss(node, args, kws, summed=True)
+        value, val = self.expr(node)
+        return self.sub("e.sum(0)", e=value), val
 
     def expr(self, node: ast.expr) -> tuple[ast.expr, _Val]:
         if not self._varies(node):
@@ -395,8 +469,9 @@ class _Batcher:
         integer = xv.integer if op == "unsqueeze" else None
         return ast.copy_location(call, node), _Val(True, rank, integer)
 
-    def _pointwise_loss(self, node: ast.Call, args: list, kws: list):
-        """``F.mse_loss(a, b)``: elementwise losses, averaged (or summed) per item."""
+    def _pointwise_loss(self, node: ast.Call, args: list, kws: list, summed: bool = False):
+        """``F.mse_loss(a, b)``: elementwise losses, averaged (or summed) per item; ``summed``:
+        their sum over the loop, one call."""
         keys = {k: x for k, (x, _) in kws}
         reduction = _literal(keys.pop("reduction", ast.Constant("mean")))
         if len(args) != 2 or reduction not in ("mean", "sum") \
@@ -406,13 +481,20 @@ class _Batcher:
         if not (av.batched and bv.batched):  # a fixed operand would broadcast (and warn)
             raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
         self._elementwise([av, bv], node)
+        if summed:  # one call with the per-item reduction over all items
+            a = self.named(a)
+            kw = [ast.keyword(k, x) for k, x in keys.items()] + [
+                ast.keyword("reduction", ast.Constant(reduction))]
+            return self.sub(rules.SUMMED_POINTWISE_LOSSES[reduction], a=a,
+                            l=ast.Call(node.func, [a, b], kw)), _Val(True, Rank())
         kw = [ast.keyword(k, x) for k, x in keys.items()] + [ast.keyword("reduction",
                                                                           ast.Constant("none"))]
         loss = self.named(ast.Call(node.func, [a, b], kw))
         return self.sub(f"l.reshape(len(l), -1).{reduction}(1)", l=loss), _Val(True, Rank())
 
-    def _class_loss(self, node: ast.Call, args: list, kws: list):
-        """``F.cross_entropy(x, t)`` per item, x [N, C], t [N] class indices."""
+    def _class_loss(self, node: ast.Call, args: list, kws: list, summed: bool = False):
+        """``F.cross_entropy(x, t)`` per item, x [N, C], t [N] class indices; ``summed``: the
+        sum over the loop (one call when the per-item reduction is a sum)."""
         keys = {k: x for k, (x, _) in kws}
         reduction = _literal(keys.pop("reduction", ast.Constant("mean")))
         ignore = _literal(keys.pop("ignore_index", ast.Constant(-100)))
@@ -425,13 +507,17 @@ class _Batcher:
         self.require(tv.rank - 1, "==", node)
         for cond in tv.integer:
             self.checks[cond] = None
+        if summed and reduction == "sum":
+            return self.sub(f"F(x.flatten(0, 1), t.flatten(), reduction='sum', "
+                            f"ignore_index={ignore})", F=node.func, x=x, t=t), _Val(True, Rank())
         t = self.named(t)
         loss = self.named(self.sub(
             f"F(x.flatten(0, 1), t.flatten(), reduction='none', ignore_index={ignore})"
             ".view(t.shape)", F=node.func, x=x, t=t))
         if reduction == "sum":
             return self.sub("l.sum(1)", l=loss), _Val(True, Rank())
-        return self.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t), _Val(True, Rank())
+        per_item = self.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t)
+        return (self.sub("e.sum(0)", e=per_item) if summed else per_item), _Val(True, Rank())
 
     # ------------------------------------------------------------------------------------------
     def _subscript(self, node: ast.Subscript) -> tuple[ast.expr, _Val]:
@@ -467,6 +553,14 @@ class _Batcher:
         base = self.named(base)
         new = self.sub("x[torch.arange(len(x), device=x.device), i]", x=base, i=idx)
         return new, _Val(True, bv.rank - 1)
+
+
+def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:
+    """``p = p + e`` / ``p = p - e`` of a summed output ``p``."""
+    return (name in summed and isinstance(value, ast.BinOp)
+            and isinstance(value.op, (ast.Add, ast.Sub)) and isinstance(value.left, ast.Name)
+            and value.left.id == name and name not in {n.id for n in ast.walk(value.right)
+                                                       if isinstance(n, ast.Name)})
 
 
 def _integer(operands: list[tuple[ast.expr, _Val]]) -> tuple[str, ...] | None:

@@ -186,6 +186,12 @@ BATCHED_POINTWISE_LOSSES = frozenset({
 # (what reduction="mean" divides by).
 BATCHED_CLASS_LOSSES = frozenset({"torch.nn.functional.cross_entropy",
                                   "torch.nn.functional.nll_loss"})
+# Sums over the loop of per-item values, fused into one op (``summed`` in batch_loop_bodies).
+# Full reductions of the batched ``x``: all items have the same number of elements.
+SUMMED_FULL_REDUCTIONS = {"sum": "x.sum()", "mean": "x.mean() * len(x)"}
+# Pointwise losses by per-item reduction: ``l`` is the call on the batched ``a`` with that same
+# reduction over all items.
+SUMMED_POINTWISE_LOSSES = {"sum": "l", "mean": "l * len(a)"}
 # Integer dtypes an index tensor must have for the batched gather (bool/uint8 would be masks).
 INDEX_DTYPES = "(torch.int64, torch.int32)"
 
@@ -198,3 +204,16 @@ LIST_CONSUMERS = {
 # torch.tensor over appended host values (``.item()``, ``float()``): Python numbers, so the
 # original's dtype is the one torch.tensor infers from numbers.
 LIST_CONSUMERS_OF_HOST_VALUES = {**LIST_CONSUMERS, "torch.tensor": "torch.tensor(v.tolist())"}
+
+# A list bound to a name, ``xs = [...]`` (``normalize_comprehensions.stackable_lists``): reads a
+# tensor of the stacked items ``v`` answers as the list does. These consumers are rewritten to
+# use ``v`` when ``xs`` is bound to it; a Python sum of equal-shaped items is their sum over dim 0.
+BOUND_LIST_CONSUMERS = {**LIST_CONSUMERS, "sum": "v.sum(0)"}
+# ... these read the items as they are (one list argument) ...
+READS_ONE_LIST = frozenset({"len", "max", "min"})
+# ... and these iterate every positional argument.
+ITERATES_ARGUMENTS = frozenset({"zip", "enumerate"})
+# Builtins that never modify their arguments (values that may alias a list's items can be
+# passed to them, and to torch functions).
+PURE_BUILTINS = frozenset({"len", "max", "min", "sum", "abs", "float", "int", "bool", "zip",
+                           "enumerate", "range", "isinstance", "print", "list", "tuple"})

@@ -1,4 +1,5 @@
-"""Comprehensions reduced by ``sum``/``torch.stack``/``torch.cat``/``torch.tensor``, as loops.
+"""Comprehensions reduced by ``sum``/``torch.stack``/``torch.cat``/``torch.tensor``, or bound to a
+name only such consumers read, as loops.
 
 The vectorizer handles them exactly like the equivalent loop (same checks, same strategies).
 The comprehension's variables are renamed (they never leaked out of it)::
@@ -14,18 +15,35 @@ The comprehension's variables are renamed (they never leaked out of it)::
                                                              _items.append(f(_r))
                                                          out = torch.stack(_items)
 
+A list bound to a name, ``xs = [f(r) for r in rows]``, is taken when ``xs`` is bound nowhere else
+and every read of it is answered the same by the tensor of the stacked items (``stackable_lists``):
+``len(xs)``, ``xs[k]``, ``for v in xs``, ``max(xs)``/``min(xs)``, and the consumers of
+``loop_rules.BOUND_LIST_CONSUMERS`` (``sum(xs)``, ``torch.stack(xs)``, ...), which
+``bound_list_consumers`` turns into ``(xs.sum(0) if isinstance(xs, torch.Tensor) else sum(xs))``:
+the vectorized statement binds ``xs`` to the stacked items, the original one to the list. Nothing
+reachable from ``xs`` may be modified in place (a row of the stacked tensor is not the list's own
+object, so aliasing could differ)::
+
+    xs = [f(r) for r in rows]        ->      _items = []
+                                             for _r in rows:
+                                                 _items.append(f(_r))
+                                             xs = _items
+
 Only comprehensions the statement always evaluates are taken (not inside a lambda, a
-conditional expression, or a short-circuit operand), with one ``for`` clause.
+conditional expression, or a short-circuit operand), with one ``for`` clause. Every other
+comprehension is kept, with the reason ``kept_reason`` gives.
 """
 from __future__ import annotations
 
 import ast
 import copy
 
+from . import loop_rules as rules
 from .ast_tools import PassContext, replace
 from .loop_dataflow import resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
+COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 # Nodes whose children are all evaluated whenever the node is.
 _ALWAYS_EVALUATED = (ast.Assign, ast.AugAssign, ast.Return, ast.Expr, ast.BinOp, ast.UnaryOp,
                      ast.Call, ast.keyword, ast.Attribute, ast.Subscript, ast.Tuple, ast.List,
@@ -33,14 +51,19 @@ _ALWAYS_EVALUATED = (ast.Assign, ast.AugAssign, ast.Return, ast.Expr, ast.BinOp,
                      ast.operator, ast.unaryop)
 
 
-def to_loop(stmt: ast.stmt, ctx: PassContext) -> tuple[list[ast.stmt], ast.For, ast.stmt, int] | None:
-    """(initialisation, loop, the statement using its result, comprehension line) for the
-    first reducible comprehension of ``stmt``, or None. ``stmt`` itself is not modified."""
-    found = _find(stmt, ctx)
-    if found is None:
+def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset()
+            ) -> tuple[list[ast.stmt], ast.For, ast.stmt, ast.expr] | None:
+    """(initialisation, loop, the statement using its result, the comprehension) for the
+    first reducible comprehension of ``stmt``, or None. ``lists``: names bound to a list
+    ``stackable_lists`` accepts. ``stmt`` itself is not modified."""
+    if _bound_list(stmt, lists):
+        stmt = copy.deepcopy(stmt)
+        call = ast.Call(ast.Name("list", ast.Load()), [stmt.value], [])  # stands for the list
+    elif _find(stmt, ctx) is None:
         return None
-    stmt = copy.deepcopy(stmt)
-    call = _find(stmt, ctx)
+    else:
+        stmt = copy.deepcopy(stmt)
+        call = _find(stmt, ctx)
     comp = call.args[0]
     gen = comp.generators[0]
     renames = {n.id: ctx.namer.new(n.id) for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
@@ -64,8 +87,18 @@ def to_loop(stmt: ast.stmt, ctx: PassContext) -> tuple[list[ast.stmt], ast.For, 
     for c in reversed(conds):
         step = [ast.copy_location(ast.If(test=c, body=step, orelse=[]), comp)]
     loop = ast.copy_location(ast.For(target=target, iter=gen.iter, body=step, orelse=[]), comp)
-    _Replace(call if result is not call else None, result).visit(stmt)
-    return init, ast.fix_missing_locations(loop), stmt, comp.lineno
+    if stmt.value is comp:  # `xs = [...]` -> `xs = _items`
+        stmt.value = ast.copy_location(ast.Name(acc, ast.Load()), comp)
+    else:
+        _Replace(call if result is not call else None, result).visit(stmt)
+    return init, ast.fix_missing_locations(loop), stmt, comp
+
+
+def _bound_list(stmt: ast.stmt, lists: frozenset[str]) -> bool:
+    return (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in lists
+            and isinstance(stmt.value, ast.ListComp) and len(stmt.value.generators) == 1
+            and not stmt.value.generators[0].is_async)
 
 
 def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
@@ -82,6 +115,134 @@ def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
         if found is not None:
             return found
     return None
+
+
+def kept_reason(comp: ast.expr) -> str:
+    """Why a comprehension no rule took runs as written."""
+    if isinstance(comp, (ast.SetComp, ast.DictComp)):
+        return "set/dict comprehension: only lists and generators of tensors are stacked"
+    if len(comp.generators) > 1 or comp.generators[0].is_async:
+        return "comprehension with several `for` clauses (or `async for`)"
+    return ("its result is not reduced by sum/torch.stack/torch.cat/torch.tensor where it is "
+            "always evaluated, nor bound to a name only len, indexing, iteration, max/min and "
+            "those read")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists bound to a name
+
+
+def stackable_lists(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
+    """Names ``xs`` of ``xs = [...]`` statements whose reads a tensor of the stacked items
+    answers the same way (see the module docstring)."""
+    parents = {id(c): n for n in ast.walk(func) for c in ast.iter_child_nodes(n)}
+    bound: dict[str, int] = {}
+    for n in ast.walk(func):
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+            bound[n.id] = bound.get(n.id, 0) + 1
+        elif isinstance(n, ast.arg):
+            bound[n.arg] = 2  # a parameter (of the function or a nested one): not only the list
+    candidates = {s.targets[0].id for s in ast.walk(func) if isinstance(s, ast.stmt)
+                  and _bound_list(s, frozenset(bound)) and bound[s.targets[0].id] == 1}
+    return frozenset(name for name in candidates
+                     if all(_same_on_stacked(n, parents[id(n)], ctx) for n in ast.walk(func)
+                            if isinstance(n, ast.Name) and n.id == name
+                            and isinstance(n.ctx, ast.Load))
+                     and not _mutated_aliases(func, name, ctx))
+
+
+def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
+    """A read of the list that a tensor of its stacked items answers the same way."""
+    if isinstance(parent, ast.Call):
+        fn = resolve_call(parent.func, ctx)
+        return not parent.keywords and (
+            fn in rules.ITERATES_ARGUMENTS and name in parent.args
+            or (fn in rules.BOUND_LIST_CONSUMERS or fn in rules.READS_ONE_LIST)
+            and parent.args == [name])
+    if isinstance(parent, ast.Subscript):  # one item; a slice would give a list vs a tensor
+        return parent.value is name and not isinstance(parent.slice, (ast.Slice, ast.Tuple))
+    return isinstance(parent, (ast.For, ast.comprehension)) and parent.iter is name
+
+
+def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool:
+    """Whether something that may alias an item of ``name`` (names bound from expressions
+    reading it, lists it is appended to) is modified in place, or passed to a function that
+    might do so (anything but torch's and the builtins)."""
+    tainted, grown = {name}, True
+    while grown:  # fixpoint: aliases of aliases
+        grown = False
+        for n in ast.walk(func):
+            for target, value in _bindings(n):
+                if _reads(value, tainted):
+                    new = {t.id for t in ast.walk(target) if isinstance(t, ast.Name)} - tainted
+                    tainted |= new
+                    grown |= bool(new)
+    for n in ast.walk(func):
+        if isinstance(n, (ast.AugAssign, ast.Assign)):
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+            for t in targets:
+                inplace = isinstance(n, ast.AugAssign) or not isinstance(t, ast.Name)
+                if inplace and not isinstance(t, ast.Tuple) and _root(t) in tainted:
+                    return True
+        if isinstance(n, ast.Call):
+            method = n.func.attr if isinstance(n.func, ast.Attribute) else ""
+            if method.endswith("_") and _root(n.func.value) in tainted \
+                    or any(k.arg == "out" for k in n.keywords):
+                return True
+            fn = resolve_call(n.func, ctx)
+            trusted = fn is not None and (fn.startswith("torch.") or fn in rules.PURE_BUILTINS)
+            if not trusted and method not in rules.MUTATING_METHODS and any(_reads(a, tainted) for a in n.args
+                                                  + [k.value for k in n.keywords]):
+                return True
+    return False
+
+
+def _bindings(n: ast.AST) -> list[tuple[ast.expr, ast.expr]]:
+    """(target, value) pairs through which ``target`` may alias what ``value`` reads."""
+    if isinstance(n, ast.Assign):
+        return [(t, n.value) for t in n.targets]
+    if isinstance(n, ast.AugAssign) and isinstance(n.value, (ast.List, ast.Tuple, ast.Name)):
+        return [(n.target, n.value)]  # lst += [x]; a number or tensor `+=` makes a new object
+    if isinstance(n, (ast.For, ast.comprehension)):
+        return [(n.target, n.iter)]
+    if isinstance(n, ast.NamedExpr):
+        return [(n.target, n.value)]
+    if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+            and n.func.attr in rules.MUTATING_METHODS:  # lst.append(x): lst holds x
+        return [(n.func.value, ast.Tuple(n.args, ast.Load()))]
+    return []
+
+
+def _reads(node: ast.AST, names: set[str]) -> bool:
+    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+
+
+def _root(node: ast.expr) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Starred)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def bound_list_consumers(func: ast.FunctionDef, names: set[str], ctx: PassContext) -> None:
+    """``sum(xs)`` -> ``(xs.sum(0) if isinstance(xs, torch.Tensor) else sum(xs))`` for the
+    ``names`` a vectorized statement binds to stacked items (``loop_rules.BOUND_LIST_CONSUMERS``)."""
+    _Consumers(names, ctx).visit(func)
+
+
+class _Consumers(ast.NodeTransformer):
+    def __init__(self, names: set[str], ctx: PassContext):
+        self.names = names
+        self.ctx = ctx
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        template = rules.BOUND_LIST_CONSUMERS.get(resolve_call(node.func, self.ctx))
+        if not (template and len(node.args) == 1 and not node.keywords
+                and isinstance(node.args[0], ast.Name) and node.args[0].id in self.names):
+            return node
+        sub = dict(loc=node, torch_name=self.ctx.torch_name, v=node.args[0])
+        return replace("(f if isinstance(v, torch.Tensor) else c)", f=replace(template, **sub),
+                       c=node, **sub)
 
 
 class _Rename(ast.NodeTransformer):

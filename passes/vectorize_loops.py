@@ -15,7 +15,7 @@ batched form has its own check of per-item ranks and dtypes, with the vmap form 
                                                 _target_row = ...
                                                 _loss_part = 0
                                                 _t = (_pred_row - _target_row).abs()
-                                                _loss_part = _loss_part + _t.reshape(len(_t), -1).sum(1)
+                                                _loss_part = _loss_part + _t.sum()
                                                 _outs = (_loss_part,)
                                             else:
                                                 def _body(_pred_row, _target_row):
@@ -23,14 +23,17 @@ batched form has its own check of per-item ranks and dtypes, with the vmap form 
                                                     _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
                                                     return (torch.as_tensor(_loss_part),)
                                                 _outs = torch.vmap(_body, in_dims=(0, 0))(<the same rows>)
-                                            loss = loss + _outs[0].sum(0)
+                                                _outs = (_outs[0].sum(0),)
+                                            loss = loss + _outs[0]
                                         else:
                                             <the original loop>
 
 Rows ``x[a:b:s]`` covering the whole tensor are the tensor itself (a slice's backward
 zero-fills and copies a full-size gradient).
 
-What leaves an iteration (classified by ``loop_dataflow``): accumulators ``s += e``, ``s -= e``,
+Sum accumulators leave both forms already summed over the loop (the batched form fuses that sum
+into the op making the per-item values, see ``batch_loop_bodies``). What leaves an iteration
+(classified by ``loop_dataflow``): accumulators ``s += e``, ``s -= e``,
 ``s = s + a - b``, ``s *= e``, ``s = torch.maximum(s, e)`` / ``max(s, e)`` (folded with sum /
 prod / amax / amin; Python-number counters stay Python numbers), prefix sums and products whose
 running value is written or appended (``cumsum`` / ``cumprod``), ``lst.append(e)``
@@ -39,11 +42,14 @@ assignment ``out[..., a:b:s, ...] = stacked``). Tensor ``if``/``continue`` becom
 (``tensor_branches_to_where``), host round trips tensor ops (``host_roundtrips_to_tensor_ops``),
 ``x[i:i+1]`` becomes ``x[i].unsqueeze(0)``, and ``x[:, i]`` over a plain range is handed to vmap
 as the slice ``x[:, a:b:s]`` (no gather). Comprehensions in ``sum``/``torch.stack``/``torch.cat``/
-``torch.tensor`` take the same route (``normalize_comprehensions``). Inner loops are vectorized
-first; an outer loop then maps over the inner's vectorized form (nested vmap) when the inner's
-runtime check does not depend on it.
+``torch.tensor`` take the same route (``normalize_comprehensions``), and so does ``xs = [...]``
+when only reads a tensor answers the same way follow: ``xs`` is then bound to the stacked items
+(``list``'s consumers use them directly). Inner loops are vectorized first; an outer loop then
+maps over the inner's vectorized form (nested vmap) when the inner's runtime check does not
+depend on it.
 
-Every loop gets one report entry: the strategy, or the reason it is kept exactly as it was.
+Every loop and every comprehension gets one report entry: the strategy, or the reason it is kept
+exactly as it was.
 """
 from __future__ import annotations
 
@@ -64,8 +70,20 @@ MARKER = "optimize_loss: loop at line {} vectorized"
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
-    _Vectorizer(ctx).visit(tree.body[0])
+    vectorizer = _Vectorizer(ctx)
+    vectorizer.visit(tree.body[0])
+    for comp in _comprehensions(tree.body[0]):  # what no rule took: kept, with the reason
+        vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp))
     return tree
+
+
+def _comprehensions(node: ast.AST):
+    """The comprehensions of ``node``, outside the originals kept by vectorized guards."""
+    if isinstance(node, normalize_comprehensions.COMPREHENSIONS):
+        yield node
+    for child in ast.iter_child_nodes(node):
+        if not (is_vectorized_guard(node) and child is node.orelse[0]):
+            yield from _comprehensions(child)
 
 
 def is_vectorized_guard(node: ast.AST) -> bool:
@@ -92,13 +110,27 @@ class _Vectorizer(ast.NodeTransformer):
         self.ctx = ctx
         self.live: dict[int, set[str]] = {}
         self.func: ast.FunctionDef | None = None
+        self.lists: frozenset[str] = frozenset()  # `xs = [...]` names stackable_lists accepts
+        self.bound: set[str] = set()              # ... that a vectorized statement binds
+        # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
+        # original branch), each is reported once.
+        self.seen: set[tuple[int, int]] = set()
+
+    def kept(self, comp: ast.expr, reason: str) -> None:
+        if (comp.lineno, comp.col_offset) not in self.seen:
+            self.seen.add((comp.lineno, comp.col_offset))
+            self.ctx.report.add_loop(comp.lineno, False, "kept", reason)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = self.live, self.func
+        outer = self.live, self.func, self.lists, self.bound
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.func = node
+        self.lists = normalize_comprehensions.stackable_lists(node, self.ctx)
+        self.bound = set()
         self.generic_visit(node)
-        self.live, self.func = outer
+        if self.bound:
+            normalize_comprehensions.bound_list_consumers(node, self.bound, self.ctx)
+        self.live, self.func, self.lists, self.bound = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -134,19 +166,27 @@ class _Vectorizer(ast.NodeTransformer):
 
     def _comprehension(self, node: ast.stmt) -> ast.AST:
         """``sum(f(i) for i in ...)`` and friends: vectorized as the equivalent loop."""
-        found = normalize_comprehensions.to_loop(node, self.ctx)
+        found = normalize_comprehensions.to_loop(node, self.ctx, self.lists)
         if found is None:
             return self.generic_visit(node)
-        init, loop, result, lineno = found
+        init, loop, result, comp = found
+        lineno = comp.lineno
         vec = _Loop(loop, set(), self.ctx, init)
         try:
             guard, stmts, strategy, why = vec.build()
         except Unsupported as exc:
-            self.ctx.report.add_loop(lineno, False, "kept", exc.reason)
+            self.kept(comp, exc.reason)
+            for other in _comprehensions(node):  # the statement runs as written
+                self.kept(other, f"in the statement of the comprehension at line {lineno}, "
+                                 "which is kept")
             return node
         if vec.stacked:  # torch.stack(_items) -> the stacked values themselves
             init = []
             result = _UseStacked(vec.stacked, self.ctx).visit(result)
+            if isinstance(result, ast.Assign) and not any(h for _, h in vec.stacked.values()):
+                self.bound |= {t.id for t in result.targets if isinstance(t, ast.Name)
+                               and t.id in self.lists}
+        self.seen.add((comp.lineno, comp.col_offset))
         self.ctx.report.add_loop(lineno, True, strategy, why + " (comprehension)")
         result = self._comprehension(result)  # the statement's next comprehension, if any
         marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
@@ -225,6 +265,9 @@ class _Loop:
     def _why(self) -> str:
         parts = []
         for e in self.facts.effects.values():
+            if e.name in self.known:  # a comprehension's own list
+                parts.append("items stacked")
+                continue
             desc = {"acc": f"`{e.name}` {e.family}-reduced", "scan": f"`{e.name}` running {e.family}",
                     "append": f"`{e.name}` appends stacked", "write": f"`{e.name}` written as a slice"}
             parts.append(desc[e.kind])
@@ -418,8 +461,12 @@ class _Loop:
         return [ast.Assign(targets=[target], value=placed)]
 
     def _assemble(self, it: _Iteration, converted: list[ast.stmt]) -> list[ast.stmt]:
-        for name, (_, family, stacked, kinds) in self.accs.items():
-            reduced = self._sub(rules.FAMILY_REDUCE[family], v=stacked)
+        # Sum accumulators leave both forms summed over the loop: the batched form fuses the
+        # sum into the ops that make the per-item values.
+        summed = frozenset(part for part, family, _, _ in self.accs.values() if family == "sum")
+        for name, (part, family, stacked, kinds) in self.accs.items():
+            reduced = stacked if part in summed else self._sub(rules.FAMILY_REDUCE[family],
+                                                                v=stacked)
             if len(kinds) == 1 and next(iter(kinds)) in rules.NUMBER_FOLD:
                 # `count += 1`, `n += m.sum().item()`: the original's Python number
                 reduced = self._sub(rules.NUMBER_FOLD[next(iter(kinds))], r=reduced)
@@ -466,10 +513,14 @@ class _Loop:
             body=body + [ret], decorator_list=[], returns=None, type_params=[])
         vmap = self._sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
         mapped = [func] + self._sub("o = c", o=self.outs, c=ast.Call(vmap, inputs, []))
+        if summed:
+            outs = [self._sub(f"o[{k}].sum(0)" if name in summed else f"o[{k}]", o=self.outs)
+                    for k, name in enumerate(self.outputs)]
+            mapped += self._sub("o = v", o=self.outs, v=ast.Tuple(outs, ast.Load()))
         try:
             trips = self._sub("len(range(a, b, s))", a=it.start, b=it.stop, s=it.step)
             check, plain = batch_loop_bodies.batch(copy.deepcopy(body), batched, self.outputs,
-                                                   self.outs, trips, self.ctx, self.node)
+                                                   self.outs, trips, self.ctx, self.node, summed)
         except Unsupported as exc:  # an op without a batched form: vmap maps the body
             self.unbatched = exc.reason
             stmts = mapped + self.folds
@@ -522,20 +573,27 @@ def _number_kind(value: ast.expr) -> str:
 
 class _UseStacked(ast.NodeTransformer):
     """``torch.stack(_items)`` over a comprehension's list -> the stacked values
-    (``loop_rules.LIST_CONSUMERS``)."""
+    (``loop_rules.LIST_CONSUMERS``); ``xs = _items`` -> ``xs = <the stacked values>``, or their
+    ``.tolist()`` for host values (Python numbers in the original's list)."""
 
     def __init__(self, stacked: dict[str, tuple], ctx: PassContext):
         self.stacked = stacked
         self.ctx = ctx
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
-        self.generic_visit(node)
         if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in self.stacked:
             values, host = self.stacked[node.args[0].id]
             table = rules.LIST_CONSUMERS_OF_HOST_VALUES if host else rules.LIST_CONSUMERS
             template = table[resolve_call(node.func, self.ctx)]
             return replace(template, loc=node, torch_name=self.ctx.torch_name, v=values)
-        return node
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id not in self.stacked:
+            return node
+        values, host = self.stacked[node.id]
+        return replace("v.tolist()" if host else "v", loc=node, torch_name=self.ctx.torch_name,
+                       v=values)
 
 
 class _UnitSlices(ast.NodeTransformer):

@@ -42,3 +42,44 @@ def test_single_ops_batched_and_equivalent(expr):
         t = torch.randint(0, 3, (5,), generator=g)
         w = torch.randn(3, generator=g, dtype=dtype).requires_grad_()
         assert_equivalent(original, optimized, x, t, w)
+
+
+# Sum accumulators: the sum over the loop fused into the op making the per-item values.
+FUSED = [  # (per-item contribution, what the batched form adds to the partial sum)
+    ("x[i].sum()", "_s_part + _x_row.sum()"),
+    ("0.5 * (x[i] - w).pow(2).mean()", "_s_part + 0.5 * (_t.mean() * len(_t))"),
+    ("-x[i].sum() / 3 + x[i].mean()", "_s_part + (-_x_row.sum() / 3 + _x_row.mean() * len(_x_row))"),
+    ("F.mse_loss(x[i], x[i] * 2)",
+     "_s_part + F.mse_loss(_x_row, _x_row * 2, reduction='mean') * len(_x_row)"),
+    ("F.smooth_l1_loss(x[i], w, reduction='sum')", None),  # a fixed operand: vmap
+    ("F.l1_loss(x[i], x[i].tanh(), reduction='sum')",
+     "_s_part + F.l1_loss(_x_row, _x_row.tanh(), reduction='sum')"),
+    ("F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
+     "_s_part + F.nll_loss(_x_row.unsqueeze(1).flatten(0, 1), _t_row.unsqueeze(1).flatten(), "
+     "reduction='sum', ignore_index=-100)"),
+    # per-item means over different counts of non-ignored targets: summed per item
+    ("F.cross_entropy(x[i:i+1], t[i:i+1])", "_s_part + (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)"),
+    ("x[i].amax()", "_s_part + _x_row.reshape(len(_x_row), -1).amax(1).sum(0)"),
+    ("2", "_s_part + 2 * len(range(0, x.shape[0], 1))"),
+]
+
+
+@pytest.mark.parametrize("expr, fused", FUSED)
+def test_sum_accumulators_are_fused_and_equivalent(expr, fused):
+    src = ("def f(x, t, w):\n    s = 0\n    for i in range(x.shape[0]):\n"
+           f"        s = s + {expr}\n    return s\n")
+    original, optimized, code, report = build(src)
+    assert report.loops[0].vectorized and (fused is None or fused in code), code
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_()
+        t = torch.randint(0, 3, (5,), generator=g)
+        t[1] = -100  # ignored: per-item means divide by different counts
+        w = torch.randn(3, generator=g, dtype=dtype).requires_grad_()
+        try:
+            want = original(x, t, w)
+        except (IndexError, RuntimeError):  # -100 out of range for ops without ignore_index
+            t[1] = 0
+            want = original(x, t, w)
+        assert_equivalent(original, optimized, x, t, w)
+        assert type(want) is type(optimized(x, t, w))

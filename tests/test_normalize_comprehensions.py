@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import ast
 
+import pytest
 import torch
 
 from passes import normalize_comprehensions
 from rewrite.testing import assert_equivalent
-from tests.loop_helpers import build, context, dedent, namespace, normalise
+from tests.loop_helpers import build, context, dedent, namespace, normalise, rewrite_source
 
 
 def to_loop(stmt_src: str):
@@ -56,3 +57,107 @@ def test_comprehensions_are_equivalent_and_reported():
         assert_equivalent(original, optimized,
                           torch.randn(4, 3, dtype=dtype, generator=g, requires_grad=True),
                           torch.randn(4, 3, dtype=dtype, generator=g, requires_grad=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists bound to a name: `xs = [...]` read only in ways the stacked tensor answers the same.
+
+def lists_of(src: str) -> frozenset:
+    tree = ast.parse(dedent(src))
+    return normalize_comprehensions.stackable_lists(tree.body[0], context(tree, namespace()))
+
+
+def test_bound_list_becomes_appends_to_own_list():
+    tree = ast.parse("xs = [f(r) for r in rows]")
+    ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
+    init, loop, result, comp = normalize_comprehensions.to_loop(tree.body[0], ctx,
+                                                                frozenset({"xs"}))
+    assert ast.unparse(ast.Module(init + [loop, result], [])) == normalise("""
+        _items = []
+        for _r in rows:
+            _items.append(f(_r))
+        xs = _items
+        """)
+    assert comp.lineno == 1 and normalize_comprehensions.to_loop(tree.body[0], ctx) is None
+
+
+STACKABLE = """
+    def f(x, w):
+        xs = [x[i] * 2 for i in range(3)]
+        c = xs[0]
+        for v in xs:
+            c = c + v * w
+        ms = [x[i].sum() for i in range(3)]
+        return sum(xs) / len(xs) + torch.stack(xs).mean() + c + max(ms) * min(ms)
+    """
+
+
+@pytest.mark.parametrize("use", [
+    "return xs",                              # escapes: a list of tensors expected
+    "xs.append(x); return len(xs)",           # mutated
+    "return sum(xs[1:])",                     # a slice: a list vs a tensor
+    "c = xs[0]; c.add_(1); return c",         # an alias modified in place
+    "c = xs[0]; c += 1; return c",
+    "ys = []; ys.append(xs[0]); ys[0].mul_(2); return ys[0]",
+    "return helper(xs[0])",                   # a user function might modify it
+    "xs = [x[0]]; return len(xs)",            # bound twice
+    "return torch.stack(xs, 1)",              # the stacked tensor is not a sequence of tensors
+])
+def test_bound_list_with_other_reads_is_not_stacked(use):
+    assert lists_of(STACKABLE) == {"xs", "ms"}
+    src = "def f(x):\n    xs = [x[i] * 2 for i in range(3)]\n    " + use.replace("; ", "\n    ")
+    assert lists_of(src) == frozenset()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_bound_list_is_stacked_and_equivalent(dtype):
+    original, optimized, code, report = build(STACKABLE)
+    assert [(l.lineno, l.strategy) for l in report.loops] == [(2, "batched"), (4, "batched"),
+                                                             (6, "batched")]
+    assert "(xs.sum(0) if isinstance(xs, torch.Tensor) else sum(xs))" in code
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, dtype=dtype, generator=g, requires_grad=True)
+    w = torch.randn(4, dtype=dtype, generator=g, requires_grad=True)
+    assert_equivalent(original, optimized, x, w)
+    assert_equivalent(original, optimized, [x[0], x[1], x[2]], w)  # a list: the original runs
+
+
+def test_bound_list_of_host_values_stays_a_list_of_numbers():
+    original, optimized, code, report = build("""
+        def f(x):
+            xs = [x[i].sum().item() for i in range(x.shape[0])]
+            return sum(xs) / len(xs) * x.sum()
+        """)
+    assert report.loops[0].vectorized and "tolist()" in code
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert_equivalent(original, optimized, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every comprehension is reported once, at its line; a second run changes nothing.
+
+def test_every_comprehension_is_reported_once_with_a_reason():
+    src = """
+        def f(x, c):
+            a = {i: x[i] for i in range(2)}
+            b = [x[i] + x[j] for i in range(2) for j in range(2)]
+            for r in [x[k] for k in range(2)]:
+                a[0] = a[0] + r
+            d = sum(x[i] for i in range(2)) if c else 0
+            e = [sum(x[i] * j for i in range(2)) for j in range(3)]
+            g = sum(x[k] for k in range(2)) + torch.stack([x[k].exp() for k in range(len(b))])
+            return a, b, d, e, g, [v for v in x]
+        """
+    code, report = rewrite_source(src)
+    lines = sorted((l.lineno, l.strategy) for l in report.loops)
+    assert lines == [(2, "kept"), (3, "kept"), (4, "kept"), (4, "kept"), (6, "kept"),
+                     (7, "kept"), (7, "kept"), (8, "batched"), (8, "batched"), (9, "kept")]
+    assert all(l.reason for l in report.loops)
+    reasons = {l.lineno: l.reason for l in report.loops}
+    assert "set/dict" in reasons[2] and "several `for`" in reasons[3]
+    assert rewrite_source(code)[0] == code
+
+
+def test_second_run_changes_nothing():
+    code, _ = rewrite_source(STACKABLE)
+    assert rewrite_source(code)[0] == code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import pkgutil
 import textwrap
 import time
@@ -587,7 +588,7 @@ GOLDEN_ACCUMULATOR = ("""
                 _target_row = target if len(pred) == target.shape[0] else target[0:len(pred):1]
                 _loss_part = 0
                 _t = (_pred_row - _target_row).abs()
-                _loss_part = _loss_part + _t.reshape(len(_t), -1).sum(1)
+                _loss_part = _loss_part + _t.sum()
                 _outs = (_loss_part,)
             else:
 
@@ -596,7 +597,8 @@ GOLDEN_ACCUMULATOR = ("""
                     _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(pred if len(pred) == pred.shape[0] else pred[0:len(pred):1], target if len(pred) == target.shape[0] else target[0:len(pred):1])
-            loss = loss + _outs[0].sum(0)
+                _outs = (_outs[0].sum(0),)
+            loss = loss + _outs[0]
         else:
             for i in range(len(pred)):
                 loss += (pred[i] - target[i]).abs().sum()
@@ -622,7 +624,7 @@ GOLDEN_MASKED = ("""
                 _loss_part = 0
                 _cond = torch.ne(_target_row < 0, 0)
                 _mask = torch.logical_not(_cond)
-                _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, _logp_row[torch.arange(len(_logp_row), device=_logp_row.device), torch.where(_mask, _target_row, torch.zeros_like(_target_row))], 1)), 0)
+                _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, _logp_row[torch.arange(len(_logp_row), device=_logp_row.device), torch.where(_mask, _target_row, torch.zeros_like(_target_row))], 1)), 0).sum(0)
                 _outs = (_loss_part,)
             else:
 
@@ -633,7 +635,8 @@ GOLDEN_MASKED = ("""
                     _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, _logp_row[torch.where(_mask, _target_row, torch.zeros_like(_target_row))], 1)), 0)
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(target if len(target) == target.shape[0] else target[0:len(target):1], logp if len(target) == logp.shape[0] else logp[0:len(target):1])
-            loss = loss + _outs[0].sum(0)
+                _outs = (_outs[0].sum(0),)
+            loss = loss + _outs[0]
         else:
             for i in range(len(target)):
                 if target[i] < 0:
@@ -659,7 +662,7 @@ GOLDEN_CROSS_ENTROPY = ("""
                 _loss_part = 0
                 _t = _t_row.unsqueeze(1)
                 _t_1 = F.cross_entropy(_logits_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
-                _loss_part = _loss_part + _t_1.sum(1) / (_t != -100).sum(1)
+                _loss_part = _loss_part + (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)
                 _outs = (_loss_part,)
             else:
 
@@ -668,7 +671,8 @@ GOLDEN_CROSS_ENTROPY = ("""
                     _loss_part = _loss_part + F.cross_entropy(_logits_row.unsqueeze(0), _t_row.unsqueeze(0))
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1], t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1])
-            loss = loss + _outs[0].sum(0)
+                _outs = (_outs[0].sum(0),)
+            loss = loss + _outs[0]
         else:
             for i in range(logits.shape[0]):
                 loss = loss + F.cross_entropy(logits[i:i + 1], t[i:i + 1])
@@ -790,6 +794,38 @@ def test_examples_marked_vectorize_are_vectorized(name):
     opt = rewrite.optimize_loss(module.naive, compile=False, strict=True)
     opt(*module.make_inputs("small"))
     assert opt.report.loops and all(l.vectorized for l in opt.report.loops), opt.report
+
+
+LOOPS = (ast.For, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _loops_in(fn, seen: set) -> int:
+    """Loops and comprehensions of ``fn`` and of the same-module helpers it calls."""
+    seen.add(fn)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    count = sum(isinstance(n, LOOPS) for n in ast.walk(tree))
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+        helper = fn.__globals__.get(getattr(call.func, "id", None))
+        if inspect.isfunction(helper) and helper.__globals__ is fn.__globals__ \
+                and helper not in seen:
+            count += _loops_in(helper, seen)
+    return count
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_report_every_loop_and_comprehension_once(name):
+    module = importlib.import_module(f"examples.{name}")
+    report = rewrite.explain(module.naive)
+    assert len(report.loops) == _loops_in(module.naive, set()), report
+    assert all(l.reason for l in report.loops)
+
+
+@pytest.mark.parametrize("name", ["log1p_target", "ge2e"])
+def test_examples_comprehension_bound_to_a_name_is_vectorized(name):
+    module = importlib.import_module(f"examples.{name}")
+    report = rewrite.explain(module.naive)
+    first = min(report.loops, key=lambda l: l.lineno)
+    assert first.strategy == "batched" and "(comprehension)" in first.reason, report
 
 
 def test_slow_add_is_1000x_faster():
