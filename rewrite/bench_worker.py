@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from .decorator import optimize_loss
-from .testing import _differentiable_inputs, differences
+from .testing import differences, differentiable_inputs
 
 COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled"}
 PER_SAMPLE_ROWS = 256  # issue 3: per-sample losses are judged at B=256 (first rows of the bench inputs)
@@ -67,7 +67,7 @@ def _first_rows(a: Any, rows: int) -> Any:
 def fwd_bwd(fn: Callable, inputs: tuple) -> Callable[[], None]:
     """One training step's worth of loss work: forward, then the gradients of every input
     that requires grad (``autograd.grad``, so no ``.grad`` accumulates between repeats)."""
-    wrt = list(_differentiable_inputs(inputs, {}).values())
+    wrt = list(differentiable_inputs(inputs, {}).values())
 
     def call() -> None:
         out = fn(*inputs)

@@ -333,7 +333,7 @@ def _rewritten(fn: Callable) -> tuple[Callable, torch.nn.Module | None, list[str
         opt = fn
     else:
         opt = OptimizedFunction(fn, Options(compile=False))
-    call = opt._rewrite() or opt._original
+    call = opt.rewritten_function()
     names = list(inspect.signature(opt._original).parameters)
     if module is not None:
         call = functools.partial(call, module)

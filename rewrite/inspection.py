@@ -46,7 +46,7 @@ import torch
 import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from passes.ast_tools import unparse
 from passes.meta_keys import GRAD_DEPENDENCE, HOISTED, NOT_HOISTED_BECAUSE, REQUIRES_GRAD, USER_LOCATION
@@ -59,7 +59,7 @@ from .html_report import CLASS_COLOURS, render_html
 from .inputs import SPEC_HELP, InputError, build_inputs, load_target
 from .lint import caller_location, lint, user_location
 from .runtime import OptimizedFunction, describe_key, signature_key
-from .testing import _clone, _differentiable_inputs, _run, differences
+from .testing import clone_inputs, differences, differentiable_inputs, outputs_and_gradients
 
 JSON_VERSION = 1
 
@@ -112,8 +112,8 @@ def run_verify(args: argparse.Namespace) -> int:
     def body(fn: Callable, call: tuple[tuple, dict]) -> int:
         call_args, call_kwargs = call
         optimized = optimize_loss(fn, compile=args.compile)
-        want_values, want_grads = _run(fn, call_args, call_kwargs)
-        got_values, got_grads = _run(optimized, call_args, call_kwargs)
+        want_values, want_grads = outputs_and_gradients(fn, call_args, call_kwargs)
+        got_values, got_grads = outputs_and_gradients(optimized, call_args, call_kwargs)
         rows = [(f"output {i}", w, g) for i, (w, g) in enumerate(zip(want_values, got_values))]
         rows += [(f"gradient of {name}", want_grads[name], got_grads[name]) for name in want_grads]
         report = optimized.report
@@ -136,7 +136,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_lint(args: argparse.Namespace) -> int:
     def body(fn: Callable, call: tuple[tuple, dict]) -> int:
-        if not _differentiable_inputs(*call):
+        if not differentiable_inputs(*call):
             raise InputError(f"nothing to lint: no input of {frontend.describe(fn)[0]} requires grad "
                              f"(mark one with :grad, e.g. --input NAME=float32[8]:grad)")
         findings = lint(fn, *call[0], **call[1])
@@ -184,7 +184,7 @@ def collect(fn: Callable, args: tuple, kwargs: dict, repeat: int = 10, compile: 
                          f"(verify and lint take modules)")
     optimized = optimize_loss(fn, compile=False)
     report = optimized.report
-    rewritten = optimized._rewrite() or fn
+    rewritten = optimized.rewritten_function()
     original = _normalised_source(fn, report.original_source)
     diff = "".join(difflib.unified_diff(original.splitlines(True), report.rewritten_source.splitlines(True),
                                         "original", "rewritten")) if report.rewritten_source else ""
@@ -222,8 +222,8 @@ def _normalised_source(fn: Callable, fallback: str) -> str:
 def fwd_bwd_ms(fn: Callable, args: tuple, kwargs: dict, repeat: int) -> float:
     """Median wall time of forward + backward (w.r.t. every input requiring grad), in ms, on one
     thread; the first call (compilation, caches) is not timed."""
-    args, kwargs = tree_map(_clone, (args, kwargs))
-    wrt = list(_differentiable_inputs(args, kwargs).values())
+    args, kwargs = clone_inputs(args, kwargs)
+    wrt = list(differentiable_inputs(args, kwargs).values())
 
     def once() -> None:
         out = [v for v in tree_flatten(fn(*args, **kwargs))[0]

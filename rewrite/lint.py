@@ -28,12 +28,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import frontend
 from .inputs import call_signature
-from .testing import _clone, _differentiable_inputs
+from .testing import clone_inputs, differentiable_inputs
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class GradientFlowWarning(UserWarning):
 def lint(fn: Callable, *inputs: Any, **kwinputs: Any) -> list[Finding]:
     """Findings of the gradient-flow lint for ``fn(*inputs, **kwinputs)``; ``fn`` runs once, on
     clones of the inputs (module parameters are used as they are; ``.grad`` is not touched)."""
-    args, kwargs = tree_map(_clone, (inputs, kwinputs))
+    args, kwargs = clone_inputs(inputs, kwinputs)
     wrt = _named_inputs(fn, args, kwargs)
     _, home, def_line = frontend.describe(fn.forward if isinstance(fn, torch.nn.Module) else fn)
     tracker = _Tracker({id(t) for t in wrt.values()}, home)
@@ -342,9 +342,9 @@ def _named_inputs(fn: Callable, args: tuple, kwargs: dict) -> dict[str, torch.Te
     """Inputs requiring grad, by parameter name when the signature allows, plus ``fn``'s own
     parameters when it is a module."""
     try:
-        named = _differentiable_inputs((), call_signature(fn).bind(*args, **kwargs).arguments)
+        named = differentiable_inputs((), call_signature(fn).bind(*args, **kwargs).arguments)
     except (TypeError, ValueError):
-        named = _differentiable_inputs(args, kwargs)
+        named = differentiable_inputs(args, kwargs)
     if isinstance(fn, torch.nn.Module):
         named.update({f"parameter {n}": p for n, p in fn.named_parameters() if p.requires_grad})
     return named

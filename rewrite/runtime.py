@@ -83,6 +83,11 @@ class OptimizedFunction:
         self._rewrite()
         return self._report
 
+    def rewritten_function(self) -> Callable:
+        """The function after the AST passes, uncompiled; the original when nothing was rewritten
+        or the rewrite fell back."""
+        return self._rewrite() or self._original
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._stopped:  # before everything, so the original, the fallbacks and verify agree
             args, kwargs = _detach_named(self._stopped, args, kwargs)

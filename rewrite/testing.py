@@ -34,8 +34,8 @@ def assert_equivalent(original: Callable, optimized: Callable, *inputs: Any,
 def differences(original: Callable, optimized: Callable, args: tuple, kwargs: dict,
                 rtol: float | None = None, atol: float | None = None) -> list[str]:
     """Every mismatch of value or gradient between the two functions, as readable lines."""
-    want_values, want_grads = _run(original, args, kwargs)
-    got_values, got_grads = _run(optimized, args, kwargs)
+    want_values, want_grads = outputs_and_gradients(original, args, kwargs)
+    got_values, got_grads = outputs_and_gradients(optimized, args, kwargs)
     if len(want_values) != len(got_values):
         return [f"output structure differs: {len(want_values)} vs {len(got_values)} leaves"]
     problems = []
@@ -63,10 +63,10 @@ def _compare(what: str, want: Any, got: Any, rtol: float | None, atol: float | N
     return []
 
 
-def _run(fn: Callable, args: tuple, kwargs: dict) -> tuple[list, dict]:
+def outputs_and_gradients(fn: Callable, args: tuple, kwargs: dict) -> tuple[list, dict]:
     """Run ``fn`` on cloned inputs; return flat outputs and gradients by input name."""
-    args, kwargs = tree_map(_clone, (args, kwargs))
-    wrt = _differentiable_inputs(args, kwargs)
+    args, kwargs = clone_inputs(args, kwargs)
+    wrt = differentiable_inputs(args, kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         out = fn(*args, **kwargs)
@@ -86,13 +86,18 @@ def _run(fn: Callable, args: tuple, kwargs: dict) -> tuple[list, dict]:
     return values, grads
 
 
+def clone_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Detached copies of every tensor, keeping requires_grad: runs cannot interfere."""
+    return tree_map(_clone, (args, kwargs))
+
+
 def _clone(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x.detach().clone().requires_grad_(x.requires_grad)
     return x
 
 
-def _differentiable_inputs(args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+def differentiable_inputs(args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
     """Tensors requiring grad and module parameters, named by where they sit in the inputs."""
     named: dict[str, torch.Tensor] = {}
     leaves = [(f"argument {i}", a) for i, a in enumerate(args)]
