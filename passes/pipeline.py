@@ -12,7 +12,7 @@ import torch.fx
 
 from rewrite.errors import RewriteError, Unsupported
 
-from . import (annotate_grad_dependence, check_supported, hoist_target_subgraph,
+from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
                optimize_called_helpers, vectorize_loops)
 from .ast_tools import PassContext, unparse
 
@@ -25,6 +25,7 @@ AST_PIPELINE: list = [
     # host_roundtrips_to_tensor_ops, tensor_branches_to_where, batch_loop_bodies): a loop is
     # rewritten only when every part can do its share, so they are not separate passes.
     vectorize_loops,
+    fuse_loss_idioms,  # after vectorize_loops: the idioms it fuses are mostly that pass's output
     optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
 ]
 

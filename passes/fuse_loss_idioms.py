@@ -1,0 +1,234 @@
+"""Pass: a loss computed from an elementwise chain becomes the fused PyTorch loss, behind a guard.
+
+Each idiom of ``RULES`` (anywhere in the function: the vectorizer's output or the user's code) is
+converted to the fused loss when a cheap runtime guard proves both give the same value and the
+same gradients, and runs as written otherwise::
+
+    ((a - b) ** 2).mean()          ->  F.mse_loss(a, b) if <same shape, same float dtype> else ...
+    torch.logsumexp(x, dim=1).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)
+                                   ->  F.cross_entropy(x, y.long(), reduction='sum')
+                                       if <x [N, C] float, y [N] int64/int32, 0 <= y < C> else ...
+    w = cw[y]                          w = cw[y]
+    (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0)
+                                   ->  F.nll_loss(lp, y.long(), weight=cw, reduction='sum')
+                                       if <the label guard, cw [C] of lp's dtype, no grad> else ...
+
+(``F`` is spelled ``torch.nn.functional``: the user's module may not bind ``F``.) The squared
+difference is matched as ``** 2``, ``.pow(2)`` and ``d * d``, also through a temporary assigned in
+the statement just before (``_t = (a - b) ** 2`` then ``_t.mean()``, as vectorize_loops emits).
+
+Only idioms whose fused form measured faster (fwd+bwd, CPU) are rules: ``(a - b).abs().mean()``
+-> ``F.l1_loss`` measured no faster and is left as written.
+
+Why the guards: ``mse_loss`` broadcasts (with a warning) and promotes dtypes differently
+from ``a - b``; float16/bfloat16 reduce with another accumulation, so only float32/float64 fuse.
+Indexing wraps negative labels and treats bool labels as a mask, while ``cross_entropy`` raises or
+ignores -100, so labels must be int64/int32 in ``[0, C)``: that check, ``bool(... .all())``, is
+a host sync (cheap on CPU; on GPU it waits for the labels). ``nll_loss`` has no gradient for
+``weight``, so a weight that requires grad keeps the original. Operands are re-evaluated by the
+guard, so they must be side-effect free (names, attributes, subscripts, ``.long()``,
+``.detach()``); a temporary's definition is only trusted in the next statement, and only when
+that statement calls nothing that could mutate the operands (torch functions, known methods).
+The else branch keeps the original expression, so a second run leaves the result unchanged.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from .ast_tools import PassContext, replace
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str     # upper-case names are metavariables; ``torch`` is the function's torch name
+    fused: str
+    guard: str
+    defs: dict = field(default_factory=dict)  # metavariable -> pattern of its assignment just before
+
+
+_FLOATS = "(torch.float32, torch.float64)"
+_LABELS = "(torch.int64, torch.int32)"
+_SAME_FLOAT = (f"isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor) and A.shape == B.shape"
+               f" and A.dtype == B.dtype and A.dtype in {_FLOATS}")
+# Labels of X [N, C] that index exactly as the fused losses read them.
+_LABEL_GUARD = (f"isinstance(X, torch.Tensor) and isinstance(Y, torch.Tensor) and X.dtype in {_FLOATS}"
+                f" and X.dim() == 2 and Y.dim() == 1 and Y.dtype in {_LABELS}"
+                f" and Y.shape[0] == X.shape[0] and bool(((Y >= 0) & (Y < X.shape[1])).all())")
+_ROWS = "X[torch.arange(len(X), device=X.device), Y]"
+_SQUARES = ["(A - B) ** 2", "(A - B).pow(2)", "(A - B) * (A - B)"]
+_REDUCTIONS = ("mean", "sum")  # the method and its reduction= share the name
+
+RULES: list[Rule] = [
+    *[Rule(f"({sq}).{r}()", f"torch.nn.functional.mse_loss(A, B, reduction='{r}')", _SAME_FLOAT)
+      for sq in _SQUARES for r in _REDUCTIONS],
+    *[Rule(f"T.{r}()", f"torch.nn.functional.mse_loss(A, B, reduction='{r}')", _SAME_FLOAT,
+           {"T": sq}) for sq in _SQUARES for r in _REDUCTIONS],
+    Rule(f"torch.logsumexp(X, dim=1).sum(0) - {_ROWS}.sum(0)",
+         "torch.nn.functional.cross_entropy(X, Y.long(), reduction='sum')", _LABEL_GUARD),
+    Rule(f"(-W * {_ROWS}).sum(0)",
+         "torch.nn.functional.nll_loss(X, Y.long(), weight=CW, reduction='sum')",
+         _LABEL_GUARD + " and isinstance(CW, torch.Tensor) and not CW.requires_grad"
+         " and CW.dtype == X.dtype and CW.dim() == 1 and CW.shape[0] == X.shape[1]",
+         {"W": "CW[Y]"}),
+]
+FUSED = frozenset({"mse_loss", "cross_entropy", "nll_loss"})
+
+# Calls a statement may make while a temporary's definition stays trusted: none mutates operands.
+SAFE_METHODS = frozenset({"sum", "mean", "abs", "pow", "long", "detach", "dim", "size", "view",
+                          "reshape", "flatten", "all", "any", "item", "float", "double"})
+SAFE_BUILTINS = frozenset({"len", "int", "float", "bool", "isinstance"})
+# Statements evaluated once, before any store: a loop or if test may run again after its body.
+SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr)
+PURE_METHODS = frozenset({"long", "detach"})  # allowed inside a re-evaluated operand
+
+
+def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
+    _Fuse(ctx).visit(tree)
+    return tree
+
+
+def _is_meta(name: str) -> bool:
+    return name.isupper()
+
+
+class _Fuse(ast.NodeTransformer):
+    def __init__(self, ctx: PassContext):
+        self.ctx = ctx
+        self.rules = [(ast.parse(r.pattern, mode="eval").body, r,
+                       {k: ast.parse(v, mode="eval").body for k, v in r.defs.items()})
+                      for r in RULES]
+        self.previous: ast.stmt | None = None  # the statement just before the one being visited
+        self.stmt: ast.stmt | None = None
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        # Walk statement lists in order so each statement knows the one just before it.
+        for name, value in ast.iter_fields(node):
+            if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                previous, out = None, []
+                for stmt in value:
+                    self.previous = previous
+                    out.append(self.visit(stmt))
+                    previous = stmt
+                setattr(node, name, out)
+                self.previous = None
+            elif isinstance(value, list):
+                setattr(node, name, [self.visit(v) if isinstance(v, ast.AST) else v for v in value])
+            elif isinstance(value, ast.AST):
+                setattr(node, name, self.visit(value))
+        return node
+
+    def visit_Lambda(self, node: ast.AST) -> ast.AST:
+        return node  # its own scope: names inside need not be the statement's
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_Lambda
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+        if _fused_call(node.body, self.ctx.torch_name):
+            return node  # already fused by this pass: the else branch is the original
+        return self.generic_visit(node)
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.stmt):
+            self.stmt = node  # the statement whose expressions are being matched
+        elif isinstance(node, ast.expr) and not isinstance(node, ast.IfExp):
+            for pattern, rule, defs in self.rules:
+                found = self._match(pattern, node, {}, defs)
+                if found is not None:
+                    template = f"({rule.fused}) if ({rule.guard}) else ORIGINAL__"
+                    return replace(template, loc=node, torch_name=self.ctx.torch_name,
+                                   ORIGINAL__=node, **found)
+        return super().visit(node)
+
+    def _match(self, pat: ast.AST, node: ast.AST, env: dict, defs: dict) -> dict | None:
+        if isinstance(pat, ast.Name) and _is_meta(pat.id):
+            if pat.id in defs:
+                return self._match_def(pat.id, node, env, defs)
+            if pat.id in env:
+                return env if ast.dump(env[pat.id]) == ast.dump(node) else None
+            return {**env, pat.id: node} if _pure(node) else None
+        if isinstance(pat, ast.Name) and pat.id == "torch":
+            return env if isinstance(node, ast.Name) and node.id == self.ctx.torch_name else None
+        if type(pat) is not type(node):
+            return None
+        if isinstance(pat, ast.Constant):
+            same = type(pat.value) is type(node.value) and pat.value == node.value
+            return env if same else None
+        for name, p in ast.iter_fields(pat):
+            if name == "ctx":
+                continue
+            n = getattr(node, name)
+            if isinstance(p, list):
+                if not isinstance(n, list) or len(p) != len(n):
+                    return None
+                for pi, ni in zip(p, n):
+                    env = self._match(pi, ni, env, defs) if isinstance(pi, ast.AST) else (
+                        env if pi == ni else None)
+                    if env is None:
+                        return None
+            elif isinstance(p, ast.AST):
+                env = self._match(p, n, env, defs)
+                if env is None:
+                    return None
+            elif p != n:
+                return None
+        return env
+
+    def _match_def(self, meta: str, node: ast.AST, env: dict, defs: dict) -> dict | None:
+        # ``node`` must be the name assigned by the statement just before, with ``defs[meta]``.
+        prev = self.previous
+        if not (isinstance(self.stmt, SIMPLE) and isinstance(node, ast.Name) and isinstance(prev, ast.Assign)
+                and len(prev.targets) == 1 and isinstance(prev.targets[0], ast.Name)
+                and prev.targets[0].id == node.id and _calls_are_safe(self.stmt, self.ctx)):
+            return None
+        found = self._match(defs[meta], prev.value, env, defs)
+        if found is None or any(node.id in _names(v) for v in found.values()):
+            return None  # `t = t - b` style: the operands are not what they were
+        return found
+
+
+def _pure(node: ast.AST) -> bool:
+    """Evaluating it again gives the same object and has no effect."""
+    if isinstance(node, (ast.Name, ast.Constant)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return _pure(node.value)
+    if isinstance(node, ast.Subscript):
+        return _pure(node.value) and _pure(node.slice)
+    if isinstance(node, ast.Slice):
+        return all(_pure(p) for p in (node.lower, node.upper, node.step) if p is not None)
+    if isinstance(node, ast.Tuple):
+        return all(_pure(e) for e in node.elts)
+    if isinstance(node, ast.Call):
+        return (isinstance(node.func, ast.Attribute) and node.func.attr in PURE_METHODS
+                and not node.args and not node.keywords and _pure(node.func.value))
+    return False
+
+
+def _calls_are_safe(stmt: ast.stmt, ctx: PassContext) -> bool:
+    for n in ast.walk(stmt):
+        if isinstance(n, ast.NamedExpr):
+            return False
+        if isinstance(n, ast.Call):
+            f = n.func
+            torch_fn = (isinstance(f, ast.Attribute) and _root(f) == ctx.torch_name
+                        and not f.attr.endswith("_"))
+            if not (torch_fn or (isinstance(f, ast.Attribute) and f.attr in SAFE_METHODS)
+                    or (isinstance(f, ast.Name) and f.id in SAFE_BUILTINS)):
+                return False
+    return True
+
+
+def _root(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _fused_call(node: ast.AST, torch_name: str) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in FUSED and ast.unparse(node.func.value) == f"{torch_name}.nn.functional")
