@@ -27,6 +27,10 @@ from .decorator import optimize_loss
 from .testing import differences, differentiable_inputs
 
 COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled"}
+# At bench size, float32 sums over 1e5-1e6 terms in another order (vectorized, or fused by
+# Inductor) drift past rewrite.testing's small-size defaults near zero; a wrong rewrite is off by
+# far more. The small-size check against the naive code keeps the defaults.
+BENCH_TOLERANCE = (1e-3, 1e-4)  # rtol, atol
 PER_SAMPLE_ROWS = 256  # issue 3: per-sample losses are judged at B=256 (first rows of the bench inputs)
 
 _out = sys.stdout
@@ -139,6 +143,10 @@ def build(base: str, module: Any, backend: str, inputs: tuple) -> Callable:
         return optimize_loss(module.naive, compile=False)
     if base == "optimized_compiled":
         return optimize_loss(module.naive, compile=True, backend=backend)
+    if base == "optimized_cached":
+        # Dynamo captures the graph so the target branch is hoisted and cached; eager kernels,
+        # so the comparison with the hand-precomputed expert measures the caching alone.
+        return optimize_loss(module.naive, backend="eager")
     if base == "expert_precomputed":
         return precomputed_expert(module, inputs)
     raise ValueError(f"unknown variant {base!r}")
@@ -190,7 +198,7 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
     if base not in ("naive_eager", "expert_eager"):
         # Never time a wrong result silently: the expert is the reference (checked equal to the
         # naive version by the examples' own tests, and fast at bench size).
-        emit("info", job, problems=differences(module.expert, fn, inputs, {}))
+        emit("info", job, problems=differences(module.expert, fn, inputs, {}, *BENCH_TOLERANCE))
     if base == "optimized_eager" and size == "bench":
         # The same rewrite at the small size: its own fresh wrapper, compared with the naive code.
         small = make_inputs(module, "small")

@@ -101,7 +101,8 @@ def test_every_variant_measured_with_sane_numbers(bench):
     case = data["cases"]["per_sample_sq"]
     variants = case["variants"]
     for name in ("naive_eager", "naive_compiled", "optimized_eager", "optimized_compiled", "expert_eager",
-                 "expert_compiled", "expert_precomputed", "expert_eager@b256", "optimized_eager@b256"):
+                 "expert_compiled", "expert_precomputed", "optimized_cached", "expert_eager@b256",
+                 "optimized_eager@b256"):
         assert variants[name]["status"] == "ok", (name, variants[name])
         assert not variants[name].get("problems"), (name, variants[name])
         assert 0 < case["steady"][name]["seconds"] < 0.5, name
