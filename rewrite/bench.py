@@ -117,8 +117,12 @@ def plan(case: Case, compiled: bool) -> list[str]:
     """The variants of one case, cheap and bounded first; the naive ones, which may hit their
     budget, last."""
     variants = ["expert_eager", "optimized_eager"]
+    if case.info.get("fixed_target") or case.info.get("target_preprocessing"):
+        variants.append("optimized_cached")
     if case.info.get("fixed_target"):
-        variants += ["optimized_cached", "expert_precomputed"]
+        variants.append("expert_precomputed")
+    if case.info.get("target_preprocessing"):
+        variants.append("optimized_uncached")
     if case.name.startswith("per_sample_"):
         variants += ["expert_eager@b256", "optimized_eager@b256"]
     if compiled:

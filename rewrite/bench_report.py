@@ -14,11 +14,13 @@ LABELS = {
     "expert_eager": "expert eager", "expert_compiled": "torch.compile(expert)",
     "expert_precomputed": "expert, target branch precomputed",
     "optimized_cached": "optimize_loss, target branch cached (backend eager)",
+    "optimized_uncached": "optimize_loss, hoist=False (backend eager)",
     "expert_eager@b256": f"expert eager B={PER_SAMPLE_ROWS}",
     "optimized_eager@b256": f"optimize_loss compile=False B={PER_SAMPLE_ROWS}",
 }
 TIMED = ("naive_eager", "naive_compiled", "optimized_eager", "optimized_compiled", "expert_eager",
-         "expert_compiled", "expert_precomputed", "optimized_cached", "expert_eager@b256",
+         "expert_compiled", "expert_precomputed", "optimized_cached", "optimized_uncached",
+         "expert_eager@b256",
          "optimized_eager@b256")
 
 
@@ -122,6 +124,7 @@ def analyse(info: dict, variants: dict[str, dict], bandwidth_gb_s: float,
                                                first_time(variants.get("expert_compiled"))),
         "optimized_vs_precomputed": ratio(steady["optimized_cached"], steady["expert_precomputed"]),
         "optimized_vs_uncached_expert": ratio(steady["optimized_cached"], steady["expert_eager"]),
+        "hoisted_vs_not_hoisted": ratio(steady["optimized_cached"], steady["optimized_uncached"]),
         f"optimized_vs_expert_b{PER_SAMPLE_ROWS}": ratio(steady["optimized_eager@b256"], steady["expert_eager@b256"]),
     }
     roofline = None
@@ -295,6 +298,20 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
             out.append(f"| {name} | " + " | ".join(_cell(s[v], variants.get(v)) for v in
                                                    ("optimized_cached", "expert_precomputed", "expert_eager"))
                        + f" | {show(r['optimized_vs_precomputed'], 1.1)} | {show(r['optimized_vs_uncached_expert'], 1.0)} |")
+
+    preprocessing = [n for n, c in cases.items() if c.get("target_preprocessing")]
+    if preprocessing:
+        out += ["", "## Target preprocessing inside the loss: with and without hoisting", "",
+                "Both through torch.compile with the eager backend (Dynamo's graph, eager kernels), "
+                "called with the same target tensors each step, as with fixed targets or full-batch "
+                "training; with a fresh target every step, hoisting only saves autograd bookkeeping.", "",
+                "| case | hoisted and cached | hoist=False | hoisted / not hoisted |",
+                "| --- | --- | --- | --- |"]
+        for name in preprocessing:
+            s, r, variants = analysed[name]["steady"], analysed[name]["ratios"], raw[name]
+            out.append(f"| {name} | " + " | ".join(_cell(s[v], variants.get(v)) for v in
+                                                   ("optimized_cached", "optimized_uncached"))
+                       + f" | {show(r['hoisted_vs_not_hoisted'])} |")
 
     per_sample = [n for n in cases if n.startswith("per_sample_")]
     if per_sample:

@@ -147,6 +147,8 @@ def build(base: str, module: Any, backend: str, inputs: tuple) -> Callable:
         # Dynamo captures the graph so the target branch is hoisted and cached; eager kernels,
         # so the comparison with the hand-precomputed expert measures the caching alone.
         return optimize_loss(module.naive, backend="eager")
+    if base == "optimized_uncached":  # the same without hoisting: what hoisting and caching buy
+        return optimize_loss(module.naive, backend="eager", hoist=False)
     if base == "expert_precomputed":
         return precomputed_expert(module, inputs)
     raise ValueError(f"unknown variant {base!r}")

@@ -24,7 +24,7 @@ SUITE = {
     # Loop over samples, target-only work (a fixed target), and a per_sample_ name: every variant.
     "per_sample_sq": """
         CASE = {"loops": "vectorize", "elementwise": True, "sizes": {"small": "[4, 3]", "bench": "[8, 3]"},
-                "fixed_target": True, "target_args": ("target",)}
+                "fixed_target": True, "target_args": ("target",), "target_preprocessing": True}
 
         def naive(pred, target):
             total = 0
@@ -101,8 +101,8 @@ def test_every_variant_measured_with_sane_numbers(bench):
     case = data["cases"]["per_sample_sq"]
     variants = case["variants"]
     for name in ("naive_eager", "naive_compiled", "optimized_eager", "optimized_compiled", "expert_eager",
-                 "expert_compiled", "expert_precomputed", "optimized_cached", "expert_eager@b256",
-                 "optimized_eager@b256"):
+                 "expert_compiled", "expert_precomputed", "optimized_cached", "optimized_uncached",
+                 "expert_eager@b256", "optimized_eager@b256"):
         assert variants[name]["status"] == "ok", (name, variants[name])
         assert not variants[name].get("problems"), (name, variants[name])
         assert 0 < case["steady"][name]["seconds"] < 0.5, name
@@ -140,7 +140,7 @@ def test_markdown_is_self_describing(bench):
     for fact in (meta["machine"], f"torch {meta['torch']}", "1 torch thread(s)", meta["date"]):
         assert fact in text
     for heading in ("## Targets", "## Steady forward+backward", "## First call and rewrite time",
-                    "## Memory-bandwidth roofline", "## Fixed target", "## Per-sample losses at B=256",
+                    "## Memory-bandwidth roofline", "## Fixed target", "## Target preprocessing inside the loss", "## Per-sample losses at B=256",
                     "## Wrapper overhead"):
         assert heading in text
     assert "| P5 |" in text and "✓" in text
