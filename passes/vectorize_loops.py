@@ -154,7 +154,7 @@ class _Vectorizer(ast.NodeTransformer):
         except Unsupported as exc:
             self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
             return node
-        self.ctx.report.add_loop(node.lineno, True, strategy, why)
+        self.ctx.report.add_loop(node.lineno, True, strategy, why + _runs_when(guard))
         marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
         return ast.copy_location(ast.If(test=guard, body=[marker] + stmts, orelse=[original]),
                                  node)
@@ -187,11 +187,22 @@ class _Vectorizer(ast.NodeTransformer):
                 self.bound |= {t.id for t in result.targets if isinstance(t, ast.Name)
                                and t.id in self.lists}
         self.seen.add((comp.lineno, comp.col_offset))
-        self.ctx.report.add_loop(lineno, True, strategy, why + " (comprehension)")
+        self.ctx.report.add_loop(lineno, True, strategy, why + " (comprehension)" + _runs_when(guard))
         result = self._comprehension(result)  # the statement's next comprehension, if any
         marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
         return ast.copy_location(
             ast.If(test=guard, body=[marker] + init + stmts + [result], orelse=[node]), node)
+
+
+def _runs_when(guard: ast.expr) -> str:
+    """The report names what the runtime check needs: for other inputs (a list of heads, say)
+    the loop runs as written, and the report must not suggest otherwise."""
+    names = sorted({ast.unparse(n.args[0]) for n in ast.walk(guard) if isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Name) and n.func.id == "isinstance" and n.args})
+    if not names:
+        return ""
+    verb = "is a tensor" if len(names) == 1 else "are tensors"
+    return f"; when {', '.join(f'`{n}`' for n in names)} {verb}, else the loop runs as written"
 
 
 class _Loop:

@@ -7,7 +7,6 @@ import importlib
 import inspect
 import pkgutil
 import textwrap
-import time
 import warnings
 
 import pytest
@@ -705,7 +704,7 @@ def test_torch_alias_is_respected():
 
 
 # ---------------------------------------------------------------------------------------------
-# Invariants: one report entry per loop, at its line; rewrite time.
+# Invariants: one report entry per loop, at its line. (Speed is measured by `rewrite bench`: L1, L2.)
 
 def test_one_report_entry_per_loop_at_its_line():
     src = """
@@ -725,23 +724,6 @@ def test_one_report_entry_per_loop_at_its_line():
     _, report = rewrite_source(src)
     assert sorted(strategies(report).items()) == [(3, "vmap"), (4, "batched"), (7, "kept"),
                                                    (9, "batched"), (10, "kept")]
-
-
-def test_rewrite_time_is_small_and_independent_of_trip_count():
-    src = CASES["smooth_l1_out_writes"][0]
-    tree = ast.parse(dedent(src))
-    best = min(_timed(tree) for _ in range(5))
-    assert best < 0.05, best
-
-
-def _timed(tree: ast.Module) -> float:
-    import copy
-    tree = copy.deepcopy(tree)
-    start = time.perf_counter()
-    ns = namespace()
-    out = vectorize_loops.transform(tree, context(tree, ns))
-    compile(ast.fix_missing_locations(out), "<t>", "exec")
-    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -828,27 +810,6 @@ def test_examples_comprehension_bound_to_a_name_is_vectorized(name):
     assert first.strategy == "batched" and "(comprehension)" in first.reason, report
 
 
-def test_slow_add_is_1000x_faster():
-    module = importlib.import_module("examples.slow_add")
-    opt = rewrite.optimize_loss(module.naive, compile=False)
-    a, b = torch.randn(1000, 1000), torch.randn(1000, 1000)
-    opt(a, b)
-    fast = min(_seconds(opt, a, b) for _ in range(5))  # min: robust to a loaded machine
-    start = time.perf_counter()
-    module.naive(a[:20], b)  # 20 of the 1000 rows: the eager loop's cost is linear in rows
-    slow = (time.perf_counter() - start) * 50
-    expert = min(_seconds(module.expert, a, b) for _ in range(5))
-    # Idle machine: ~1.5 ms vs ~10 s. On a loaded one, page faults of the 4 MB allocations can
-    # dominate both the vectorized and the expert version: then being within 10x of expert counts.
-    assert slow / fast >= 1000 or fast < 10 * expert, (slow, fast, expert)
-
-
-def _seconds(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 # ---------------------------------------------------------------------------------------------
 # Fuzzing: random loop bodies from a small grammar must stay equivalent (or be kept).
 
@@ -917,3 +878,14 @@ def test_fuzz_loop_bodies(body, seed, dtype):
         # never NaN gradients the original did not have (double-where)
         assert finite_grads(lambda *a: sum(torch.as_tensor(v).sum() for v in optimized(*a)),
                             x, y, w), code
+
+
+def test_report_names_what_the_runtime_check_needs():
+    # A list of heads never passes the tensor check: the loop runs as written, and the report
+    # says so instead of only "vectorized".
+    from examples import multi_head_list
+
+    fast = rewrite.optimize_loss(multi_head_list.naive, compile=False)
+    assert_equivalent(multi_head_list.naive, fast, *multi_head_list.make_inputs("small"))
+    (loop,) = fast.report.loops
+    assert loop.vectorized and "when `heads` is a tensor, else the loop runs as written" in loop.reason
