@@ -209,8 +209,8 @@ def test_bound_method(user):
 def test_wraps_metadata_and_pickle(user):
     fn = user.called
     assert fn.__wrapped__.__name__ == "called"
-    assert functools.WRAPPER_ASSIGNMENTS and all(
-        getattr(fn, a) == getattr(fn.__wrapped__, a) for a in ("__name__", "__qualname__", "__module__"))
+    for attr in functools.WRAPPER_ASSIGNMENTS:
+        assert getattr(fn, attr) == getattr(fn.__wrapped__, attr), attr
     assert pickle.loads(pickle.dumps(fn)) is fn
     local = optimize_loss(user.plain, compile=False)  # not the module attribute: pickles by value
     copy = pickle.loads(pickle.dumps(local))
