@@ -25,20 +25,24 @@ over the count of non-ignored targets (what the mean divides by); ``torch.dot(a,
 ``(a * b).sum(1)``.
 
 Sum accumulators are summed over the loop in the same code (``summed``): each update ``p = p + e``
-becomes ``p = p + <sum of e over the loop>``, fused into one op where that is exact
-(``loop_rules.SUMMED_*``): ``x.reshape(n, -1).sum(1).sum(0)`` -> ``x.sum()``,
-``x.reshape(n, -1).mean(1).sum(0)`` -> ``x.mean() * n`` (the items of a batched tensor all have
-the same size), per-item ``F.mse_loss`` and the other pointwise losses -> one
+becomes ``p = p + <sum of e over the loop>`` (``p = <sum>`` when ``p`` is still the int 0 it
+starts at), fused into one op where that is exact (``loop_rules.SUMMED_*``):
+``x.reshape(n, -1).sum(1).sum(0)`` -> ``x.sum()``, ``x.reshape(n, -1).mean(1).sum(0)`` ->
+``x.mean() * n`` (the items of a batched tensor all have the same size; ``n`` the number of
+iterations), per-item ``F.mse_loss`` and the other pointwise losses -> one
 ``reduction="sum"``/``"mean"`` call, per-item ``F.cross_entropy(..., reduction="sum")`` -> one
 call; sums distribute over ``+``/``-``, and a factor that does not vary comes out (``c * e``,
 ``e / c``). Anything else is ``e.sum(0)``; per-item means of class losses stay per item (their
 counts of non-ignored targets differ)::
 
     _loss_part = 0                                       _loss_part = 0
-    _t = (_pred_row - _target_row) ** 2          ->      _t = (_pred_row - _target_row) ** 2
-    _loss_part = _loss_part + _t.reshape(len(_t),        _loss_part = _loss_part + _t.mean() * len(_t)
-                                  -1).mean(1)
-    (then summed over the loop)
+    _loss_part = _loss_part + \\                ->       _loss_part = \\
+        ((_pred_row - _target_row) ** 2).mean()              ((_pred_row - _target_row) ** 2).mean() * n
+    (per item)                                           (summed over the loop)
+
+Outputs ``averaged`` (the loop's sum is only divided by ``n`` afterwards, see vectorize_loops)
+get their mean over the loop instead (``loop_rules.AVERAGED_*``): ``x.mean() * n`` -> ``x.mean()``,
+a pointwise loss's mean call without ``* n``, anything else its sum ``/ n``.
 
 Shapes: per-item ranks are unknown when the function is rewritten, so each value's per-item rank
 is an expression of the inputs' ranks (``pred.dim() - 1`` for ``pred[i]``), and what the batched
@@ -118,12 +122,12 @@ _CONSTANT = _Val(False)
 
 
 def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
-          trips: ast.expr, ctx: PassContext, loc: ast.AST,
-          summed: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
+          trips: ast.expr, ctx: PassContext, loc: ast.AST, summed: frozenset[str] = frozenset(),
+          averaged: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
     """(runtime check or None when always true, statements binding ``outs`` to the stacked
-    outputs, the ``summed`` ones summed over the loop). ``trips``: the number of iterations.
-    Raises ``Unsupported``."""
-    b = _Batcher(ctx, loc, trips, summed)
+    outputs, the ``summed`` ones summed over the loop, the ``averaged`` ones of those averaged).
+    ``trips``: the number of iterations. Raises ``Unsupported``."""
+    b = _Batcher(ctx, loc, trips, summed, averaged)
     stmts = []
     for p in params:
         b.vals[p.name] = _Val(True, p.rank, p.integer)
@@ -139,6 +143,8 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
         else:  # the same value in every iteration (a constant contribution)
             stacked.append(b.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)"
                                  + (".sum(0)" if name in summed else ""), o=name, n=trips))
+        if name in averaged and name not in b.totals:
+            stacked[-1] = b.sub("t / n", t=stacked[-1], n=trips)
     stmts += b.sub("o = v", o=outs, v=ast.Tuple(stacked, ast.Load()))
     checks = [b.sub(text) for text in b.checks]
     check = (checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks)) if checks else None
@@ -170,13 +176,16 @@ def _literal(node: ast.expr) -> object:
 
 
 class _Batcher:
-    def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str]):
+    def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str],
+                 averaged: frozenset[str]):
         self.ctx = ctx
         self.loc = loc
         self.trips = trips
         self.summed = summed
+        self.averaged = averaged
         self.totals: set[str] = set()        # summed outputs holding their sum over the loop
         self.vals: dict[str, _Val] = {}
+        self.zeros: set[str] = set()          # names bound to the int 0 (a partial's start)
         self.checks: dict[str, None] = {}    # runtime conditions, in order, without duplicates
         self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
 
@@ -210,11 +219,20 @@ class _Batcher:
             target = s.targets[0]
             if isinstance(target, ast.Name) and _is_update(s.value, target.id, self.summed) \
                     and not self.vals.get(target.id, _CONSTANT).batched:
-                total, _ = self.total(s.value.right)
+                total, _ = self.total(s.value.right, mean=target.id in self.averaged)
                 self.totals.add(target.id)
-                value = ast.BinOp(ast.Name(target.id, ast.Load()), s.value.op, total)
+                # 0 + total is total when total is a (fresh, never bool) tensor
+                value = total if target.id in self.zeros and isinstance(s.value.op, ast.Add) \
+                    and self._varies(s.value.right) \
+                    else ast.BinOp(ast.Name(target.id, ast.Load()), s.value.op, total)
+                self.zeros.discard(target.id)
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
             if isinstance(target, ast.Name):
+                if isinstance(s.value, ast.Constant) and type(s.value.value) is int \
+                        and s.value.value == 0:
+                    self.zeros.add(target.id)
+                else:
+                    self.zeros.discard(target.id)
                 value, val = self.expr(s.value)
                 self.vals[target.id] = val
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
@@ -224,19 +242,23 @@ class _Batcher:
                 done = [self.expr(e) for e in s.value.elts]
                 for t, (_, val) in zip(target.elts, done):
                     self.vals[t.id] = val
+                    self.zeros.discard(t.id)
                 value = ast.Tuple([v for v, _ in done], ast.Load())
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
         first = unparse(s).strip().splitlines()[0]
         raise Unsupported(f"`{first}` has no batched form")
 
-    def total(self, node: ast.expr) -> tuple[ast.expr, _Val]:
-        """(the sum over the loop of ``node``'s per-item values, fused where exact; the per-item
-        value's facts)."""
+    def total(self, node: ast.expr, mean: bool = False) -> tuple[ast.expr, _Val]:
+        """(the sum over the loop of ``node``'s per-item values, fused where exact, or with
+        ``mean`` their mean; the per-item value's facts)."""
         if not self._varies(node):
-            return self.sub("e * n", e=node, n=self.trips), self._fixed(node)
+            total = self.sub("e * n", e=node, n=self.trips)
+            return self._divided(total) if mean else total, self._fixed(node)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            # the mean of the sum: the summed operands stay one expression for fuse_loss_idioms
             (left, lv), (right, rv) = self.total(node.left), self.total(node.right)
-            return ast.BinOp(left, node.op, right), self._elementwise([lv, rv], node)
+            total = ast.BinOp(left, node.op, right)
+            return self._divided(total) if mean else total, self._elementwise([lv, rv], node)
         # c * e, e * c, e / c: the factor c that does not vary comes out of the sum
         factor_right = isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)) \
             and not self._varies(node.right)
@@ -244,13 +266,13 @@ class _Batcher:
             and not self._varies(node.left)
         if factor_right or factor_left:
             fixed, part = (node.left, node.right) if factor_left else (node.right, node.left)
-            summed, val = self.total(part)
+            summed, val = self.total(part, mean)
             val = self._elementwise([val, self._fixed(fixed)], node)
             new = ast.BinOp(fixed, node.op, summed) if fixed is node.left \
                 else ast.BinOp(summed, node.op, fixed)
             return ast.copy_location(new, node), val
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            summed, val = self.total(node.operand)
+            summed, val = self.total(node.operand, mean)
             return ast.copy_location(ast.UnaryOp(node.op, summed), node), val
         if isinstance(node, ast.Call) and not node.keywords and not any(
                 isinstance(a, ast.Starred) for a in node.args):
@@ -260,19 +282,24 @@ class _Batcher:
             if op in rules.SUMMED_FULL_REDUCTIONS and len(node.args) == (meth is None) \
                     and self._varies(operand):
                 x, _ = self.expr(operand)
-                x = self.named(x)
-                return self.sub(rules.SUMMED_FULL_REDUCTIONS[op], x=x), _Val(True, Rank())
+                table = rules.AVERAGED_FULL_REDUCTIONS if mean else rules.SUMMED_FULL_REDUCTIONS
+                return self.sub(table[op], x=x, n=self.trips), _Val(True, Rank())
         if isinstance(node, ast.Call):
             name = resolve_call(node.func, self.ctx)
             args = [self.expr(a) for a in node.args] if name in (
                 rules.BATCHED_POINTWISE_LOSSES | rules.BATCHED_CLASS_LOSSES) else None
             kws = [(k.arg, self.expr(k.value)) for k in node.keywords] if args else None
             if name in rules.BATCHED_POINTWISE_LOSSES:
-                return self._pointwise_loss(node, args, kws, summed=True)
+                return self._pointwise_loss(node, args, kws, summed=True, mean=mean)
             if name in rules.BATCHED_CLASS_LOSSES:
-                return self._class_loss(node, args, kws, summed=True)
+                total, val = self._class_loss(node, args, kws, summed=True)
+                return self._divided(total) if mean else total, val
         value, val = self.expr(node)
-        return self.sub("e.sum(0)", e=value), val
+        total = self.sub("e.sum(0)", e=value)
+        return self._divided(total) if mean else total, val
+
+    def _divided(self, total: ast.expr) -> ast.expr:
+        return self.sub("t / n", t=total, n=self.trips)
 
     def expr(self, node: ast.expr) -> tuple[ast.expr, _Val]:
         if not self._varies(node):
@@ -469,9 +496,10 @@ class _Batcher:
         integer = xv.integer if op == "unsqueeze" else None
         return ast.copy_location(call, node), _Val(True, rank, integer)
 
-    def _pointwise_loss(self, node: ast.Call, args: list, kws: list, summed: bool = False):
+    def _pointwise_loss(self, node: ast.Call, args: list, kws: list, summed: bool = False,
+                        mean: bool = False):
         """``F.mse_loss(a, b)``: elementwise losses, averaged (or summed) per item; ``summed``:
-        their sum over the loop, one call."""
+        their sum over the loop (``mean``: their mean), one call."""
         keys = {k: x for k, (x, _) in kws}
         reduction = _literal(keys.pop("reduction", ast.Constant("mean")))
         if len(args) != 2 or reduction not in ("mean", "sum") \
@@ -482,10 +510,10 @@ class _Batcher:
             raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
         self._elementwise([av, bv], node)
         if summed:  # one call with the per-item reduction over all items
-            a = self.named(a)
             kw = [ast.keyword(k, x) for k, x in keys.items()] + [
                 ast.keyword("reduction", ast.Constant(reduction))]
-            return self.sub(rules.SUMMED_POINTWISE_LOSSES[reduction], a=a,
+            table = rules.AVERAGED_POINTWISE_LOSSES if mean else rules.SUMMED_POINTWISE_LOSSES
+            return self.sub(table[reduction], n=self.trips,
                             l=ast.Call(node.func, [a, b], kw)), _Val(True, Rank())
         kw = [ast.keyword(k, x) for k, x in keys.items()] + [ast.keyword("reduction",
                                                                           ast.Constant("none"))]

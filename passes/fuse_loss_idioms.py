@@ -8,6 +8,7 @@ same gradients, and runs as written otherwise::
     torch.logsumexp(x, dim=1).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)
                                    ->  F.cross_entropy(x, y.long(), reduction='sum')
                                        if <x [N, C] float, y [N] int64/int32, 0 <= y < C> else ...
+    (<that difference>) / n        ->  F.cross_entropy(x, y.long()) if <the same, n == N> else ...
     w = cw[y]                          w = cw[y]
     (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0)
                                    ->  F.nll_loss(lp, y.long(), weight=cw, reduction='sum')
@@ -15,7 +16,7 @@ same gradients, and runs as written otherwise::
 
 (``F`` is spelled ``torch.nn.functional``: the user's module may not bind ``F``.) The squared
 difference is matched as ``** 2``, ``.pow(2)`` and ``d * d``, also through a temporary assigned in
-the statement just before (``_t = (a - b) ** 2`` then ``_t.mean()``, as vectorize_loops emits).
+the statement just before (``d = (a - b) ** 2`` then ``d.mean()``).
 
 Only idioms whose fused form measured faster (fwd+bwd, CPU) are rules: ``(a - b).abs().mean()``
 -> ``F.l1_loss`` measured no faster and is left as written.
@@ -64,6 +65,9 @@ RULES: list[Rule] = [
       for sq in _SQUARES for r in _REDUCTIONS],
     *[Rule(f"T.{r}()", f"torch.nn.functional.mse_loss(A, B, reduction='{r}')", _SAME_FLOAT,
            {"T": sq}) for sq in _SQUARES for r in _REDUCTIONS],
+    # the mean over N = all rows (vectorize_loops' mean over a loop), before the sum matches
+    Rule(f"(torch.logsumexp(X, dim=1).sum(0) - {_ROWS}.sum(0)) / N",
+         "torch.nn.functional.cross_entropy(X, Y.long())", _LABEL_GUARD + " and N == X.shape[0]"),
     Rule(f"torch.logsumexp(X, dim=1).sum(0) - {_ROWS}.sum(0)",
          "torch.nn.functional.cross_entropy(X, Y.long(), reduction='sum')", _LABEL_GUARD),
     Rule(f"(-W * {_ROWS}).sum(0)",
@@ -81,6 +85,7 @@ SAFE_BUILTINS = frozenset({"len", "int", "float", "bool", "isinstance"})
 # Statements evaluated once, before any store: a loop or if test may run again after its body.
 SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr)
 PURE_METHODS = frozenset({"long", "detach"})  # allowed inside a re-evaluated operand
+PURE_BUILTINS = frozenset({"len", "range"})
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -199,6 +204,8 @@ def _pure(node: ast.AST) -> bool:
         return all(_pure(p) for p in (node.lower, node.upper, node.step) if p is not None)
     if isinstance(node, ast.Tuple):
         return all(_pure(e) for e in node.elts)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):  # len(range(0, n, 1))
+        return node.func.id in PURE_BUILTINS and not node.keywords and all(map(_pure, node.args))
     if isinstance(node, ast.Call):
         return (isinstance(node.func, ast.Attribute) and node.func.attr in PURE_METHODS
                 and not node.args and not node.keywords and _pure(node.func.value))

@@ -101,6 +101,85 @@ def live_after_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
     return record
 
 
+def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
+    """For every ``for`` loop in ``func`` (by ``id``), the local names certainly bound to the int
+    ``0`` when it starts: ``s = 0`` earlier in the same block, and no statement in between
+    mentions ``s``. The loop's sum then starts from 0, and ``0 + total`` is ``total``. Compound
+    statements in between end it (they may rebind anything), and so do ``global``/``nonlocal``
+    names (a call could rebind them)."""
+    shared = {n for node in ast.walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
+              for n in node.names}
+    record: dict[int, set[str]] = {}
+
+    def block(stmts: list[ast.stmt]) -> None:
+        zeros: set[str] = set()
+        for stmt in stmts:
+            if isinstance(stmt, ast.For):
+                record[id(stmt)] = set(zeros)
+            target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                else None
+            if isinstance(target, ast.Name) and isinstance(stmt.value, ast.Constant) \
+                    and type(stmt.value.value) is int and stmt.value.value == 0 \
+                    and target.id not in shared:
+                zeros.add(target.id)
+                continue
+            children = [getattr(stmt, f, []) for f in ("body", "orelse", "finalbody")] \
+                + [h.body for h in getattr(stmt, "handlers", [])] \
+                + [c.body for c in getattr(stmt, "cases", [])]
+            if any(children):
+                zeros = set()
+                for child in children:
+                    block(child)
+            else:
+                zeros -= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+
+    block(func.body)
+    return record
+
+
+def divisions_after_loops(func: ast.FunctionDef) -> dict[int, tuple[ast.stmt, dict[str, str]]]:
+    """For every ``for`` loop in ``func`` (by ``id``; not inside another loop) followed directly by
+    ``return E`` or ``s = E``: that statement, and the names it reads only as ``s / d`` (true
+    division by the same ``d``; for ``s = E`` only the rebound ``s``), with ``d``'s source: the
+    idiom ``return loss / B`` after ``for i in range(B): loss += ...``, a mean over the loop."""
+    record: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
+
+    def block(stmts: list[ast.stmt], in_loop: bool) -> None:
+        for stmt, after in zip(stmts, stmts[1:] + [None]):
+            if isinstance(stmt, ast.For) and not in_loop and after is not None:
+                divided = _divided_names(after)
+                if divided:
+                    record[id(stmt)] = (after, divided)
+            nested = in_loop or isinstance(stmt, (ast.For, ast.AsyncFor, ast.While))
+            for field in ("body", "orelse", "finalbody"):
+                block(getattr(stmt, field, []), nested)
+            for h in getattr(stmt, "handlers", []):
+                block(h.body, nested)
+
+    block(func.body, False)
+    return record
+
+
+def _divided_names(stmt: ast.stmt) -> dict[str, str]:
+    if isinstance(stmt, ast.Return) and stmt.value is not None:
+        value, names = stmt.value, None
+    elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+            and isinstance(stmt.targets[0], ast.Name):
+        value, names = stmt.value, {stmt.targets[0].id}
+    else:
+        return {}
+    divisors: dict[str, set[str]] = {}
+    inside: set[int] = set()
+    for n in ast.walk(value):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and isinstance(n.left, ast.Name):
+            divisors.setdefault(n.left.id, set()).add(unparse(n.right))
+            inside.add(id(n.left))
+    reads = [n for n in ast.walk(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    other = {n.id for n in reads if id(n) not in inside}
+    return {name: next(iter(ds)) for name, ds in divisors.items()
+            if len(ds) == 1 and name not in other and (names is None or name in names)}
+
+
 def _live_block(stmts: list[ast.stmt], out: set[str], loop: tuple[set, set] | None,
                 record: dict[int, set[str]]) -> set[str]:
     live = set(out)

@@ -27,6 +27,12 @@ FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)", "max": "v.amax(0)", "mi
                  "builtin_max": "v.amax(0)", "builtin_min": "v.amin(0)"}
 FAMILY_FOLD = {"sum": "s + r", "prod": "s * r", "max": "torch.maximum(s, r)",
                "min": "torch.minimum(s, r)", "builtin_max": "max(s, r)", "builtin_min": "min(s, r)"}
+# ... when ``s`` is the int 0 at the loop (``loop_dataflow.zero_before_loops``): ``0 + r`` is
+# ``r`` (a fresh tensor or a Python number, never bool: sums of bools are int64), without the
+# extra add and its backward node.
+FAMILY_FOLD_FROM_ZERO = {"sum": "r"}
+# ... when every update was ``s += e`` / ``s *= e``: in place, as the original.
+FAMILY_FOLD_INPLACE = {"sum": "s += r", "prod": "s *= r"}
 # Running values read inside the loop (prefix sums/products): scan over the loop axis.
 FAMILY_SCAN = {"sum": "s + v.cumsum(0)", "prod": "s * v.cumprod(0)"}
 # `out[i] op= e` writes: the in-place op applied to the written slots.
@@ -187,11 +193,16 @@ BATCHED_POINTWISE_LOSSES = frozenset({
 BATCHED_CLASS_LOSSES = frozenset({"torch.nn.functional.cross_entropy",
                                   "torch.nn.functional.nll_loss"})
 # Sums over the loop of per-item values, fused into one op (``summed`` in batch_loop_bodies).
-# Full reductions of the batched ``x``: all items have the same number of elements.
-SUMMED_FULL_REDUCTIONS = {"sum": "x.sum()", "mean": "x.mean() * len(x)"}
-# Pointwise losses by per-item reduction: ``l`` is the call on the batched ``a`` with that same
+# Full reductions of the batched ``x``: all items have the same number of elements; ``n`` is the
+# number of iterations (the batched ``x``'s first dim), so ``x`` is used once and needs no
+# temporary that a later fusion (fuse_loss_idioms) could not remove.
+SUMMED_FULL_REDUCTIONS = {"sum": "x.sum()", "mean": "x.mean() * n"}
+# Pointwise losses by per-item reduction: ``l`` is the call on the batched items with that same
 # reduction over all items.
-SUMMED_POINTWISE_LOSSES = {"sum": "l", "mean": "l * len(a)"}
+SUMMED_POINTWISE_LOSSES = {"sum": "l", "mean": "l * n"}
+# The same, averaged over the loop (``loss / B`` after the loop, see vectorize_loops).
+AVERAGED_FULL_REDUCTIONS = {"sum": "x.sum() / n", "mean": "x.mean()"}
+AVERAGED_POINTWISE_LOSSES = {"sum": "l / n", "mean": "l"}
 # Integer dtypes an index tensor must have for the batched gather (bool/uint8 would be masks).
 INDEX_DTYPES = "(torch.int64, torch.int32)"
 

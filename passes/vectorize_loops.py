@@ -14,8 +14,7 @@ batched form has its own check of per-item ranks and dtypes, with the vmap form 
                                                 _pred_row = pred if len(pred) == pred.shape[0] else pred[0:len(pred):1]
                                                 _target_row = ...
                                                 _loss_part = 0
-                                                _t = (_pred_row - _target_row).abs()
-                                                _loss_part = _loss_part + _t.sum()
+                                                _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
                                                 _outs = (_loss_part,)
                                             else:
                                                 def _body(_pred_row, _target_row):
@@ -47,6 +46,22 @@ when only reads a tensor answers the same way follow: ``xs`` is then bound to th
 (``list``'s consumers use them directly). Inner loops are vectorized first; an outer loop then
 maps over the inner's vectorized form (nested vmap) when the inner's runtime check does not
 depend on it.
+
+Folds after the loop: ``s = 0`` right before the loop makes ``s = s + <sum>`` just ``s = <sum>``
+(``loop_dataflow.zero_before_loops``); ``s += e`` on a tensor folds in place (``s += <sum>``: the
+original keeps ``s``'s dtype and its aliases see the sum). A sum the next statement only divides by
+the trip count is the mean over the loop (``loop_dataflow.divisions_after_loops``), computed
+directly (``x.mean()``, not ``x.mean() * n`` and then ``/ n``)::
+
+    loss = 0                            loss = 0
+    for i in range(B):                  _averaged = False
+        loss += ((pred[i] -     ->      if <check>:
+                  target[i]) ** 2)          ...; _loss_part = ((_pred_row - _target_row) ** 2).mean()
+                  .mean()                   _averaged = True
+    return loss / B                         loss = _outs[0]
+                                        else:
+                                            <the original loop>
+                                        return loss if _averaged else loss / B
 
 Every loop and every comprehension gets one report entry: the strategy, or the reason it is kept
 exactly as it was.
@@ -109,6 +124,8 @@ class _Vectorizer(ast.NodeTransformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
         self.live: dict[int, set[str]] = {}
+        self.zeros: dict[int, set[str]] = {}
+        self.divisions: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
         self.func: ast.FunctionDef | None = None
         self.lists: frozenset[str] = frozenset()  # `xs = [...]` names stackable_lists accepts
         self.bound: set[str] = set()              # ... that a vectorized statement binds
@@ -122,15 +139,17 @@ class _Vectorizer(ast.NodeTransformer):
             self.ctx.report.add_loop(comp.lineno, False, "kept", reason)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = self.live, self.func, self.lists, self.bound
+        outer = self.live, self.zeros, self.divisions, self.func, self.lists, self.bound
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
+        self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
+        self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
         self.func = node
         self.lists = normalize_comprehensions.stackable_lists(node, self.ctx)
         self.bound = set()
         self.generic_visit(node)
         if self.bound:
             normalize_comprehensions.bound_list_consumers(node, self.bound, self.ctx)
-        self.live, self.func, self.lists, self.bound = outer
+        self.live, self.zeros, self.divisions, self.func, self.lists, self.bound = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -150,14 +169,23 @@ class _Vectorizer(ast.NodeTransformer):
         self.generic_visit(node)  # inner loops first
         try:
             live = self.live.get(id(node), loads(self.func))  # unseen loop: all names live
-            guard, stmts, strategy, why = _Loop(node, live, self.ctx).build()
+            after, divided = self.divisions.get(id(node), (None, {}))
+            loop = _Loop(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
+                         divided=divided)
+            guard, stmts, strategy, why = loop.build()
         except Unsupported as exc:
             self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
             return node
         self.ctx.report.add_loop(node.lineno, True, strategy, why + _runs_when(guard))
         marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
-        return ast.copy_location(ast.If(test=guard, body=[marker] + stmts, orelse=[original]),
-                                 node)
+        vectorized = ast.copy_location(
+            ast.If(test=guard, body=[marker] + stmts, orelse=[original]), node)
+        if not loop.averaged:
+            return vectorized
+        # `return loss / B` -> `return loss if _averaged else loss / B`: the vectorized branch
+        # left the mean in `loss`, the original its sum.
+        _DivideUnlessAveraged(loop.averaged, loop.flag, self.ctx).visit(after)
+        return replace("f = False", loc=node, f=loop.flag) + [vectorized]
 
     def visit_Assign(self, node: ast.stmt) -> ast.AST:
         return self._comprehension(node)
@@ -209,8 +237,13 @@ class _Loop:
     """One loop: check it, then build (runtime check, vectorized statements)."""
 
     def __init__(self, node: ast.For, live_after: set[str], ctx: PassContext,
-                 init: list[ast.stmt] = ()):
+                 init: list[ast.stmt] = (), zeros: set[str] = frozenset(),
+                 divided: dict[str, str] | None = None):
         self.node = node
+        self.zeros = zeros                            # bound to the int 0 when the loop starts
+        self.divided = divided or {}                  # divided after the loop: name -> divisor
+        self.averaged: set[str] = set()               # ... by the trip count: left as means
+        self.flag = ""                                # set when the loop left means
         self.known = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
         self.ctx = ctx
         self.live_after = live_after
@@ -220,6 +253,7 @@ class _Loop:
         self.outputs: list[str] = []                  # returned by each iteration
         self.folds: list[ast.stmt] = []               # after vmap: fold / store the outputs
         self.accs: dict[str, tuple] = {}              # name -> (partial, family, stacked, kinds)
+        self.rebound: set[str] = set()                # ... updated by `s = s + e`, not `s += e`
         self.runs: dict[str, str] = {}                # scanned accumulator -> running values
         self.slices: dict[tuple[str, int], str] = {}  # (tensor, dim) -> row parameter
         self.last_write: dict[str, str] = {}          # write target -> item last written
@@ -279,7 +313,8 @@ class _Loop:
             if e.name in self.known:  # a comprehension's own list
                 parts.append("items stacked")
                 continue
-            desc = {"acc": f"`{e.name}` {e.family}-reduced", "scan": f"`{e.name}` running {e.family}",
+            family = "mean" if e.name in self.averaged else e.family
+            desc = {"acc": f"`{e.name}` {family}-reduced", "scan": f"`{e.name}` running {e.family}",
                     "append": f"`{e.name}` appends stacked", "write": f"`{e.name}` written as a slice"}
             parts.append(desc[e.kind])
         if self.uses_where:
@@ -308,7 +343,8 @@ class _Loop:
             inner = _Iteration("", offset, offset, ast.Constant(1))
             self._elements(target.elts[1], it.args[0], inner)
             inner.index = target.elts[0].id
-            inner.stop = self._sub("a + n", a=offset, n=self._trip(inner.elements))
+            trip = self._trip(inner.elements)
+            inner.stop = trip if _is_zero(offset) else self._sub("a + n", a=offset, n=trip)
             return inner
         result = _Iteration(self.ctx.namer.new("i"), ast.Constant(0), ast.Constant(0),
                             ast.Constant(1), index_is_user=False)
@@ -409,6 +445,8 @@ class _Loop:
                 self.accs[e.name] = (part, e.family, self._output(part), set())
             part, _, _, kinds = self.accs[e.name]
             kinds.add(_number_kind(e.value))
+            if not isinstance(e.stmt, ast.AugAssign):
+                self.rebound.add(e.name)
             op = "*" if e.family == "prod" else ("-" if e.negate else "+")
             return self._sub(f"p = p {op} v", p=part, v=value)
         if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
@@ -475,14 +513,27 @@ class _Loop:
         # Sum accumulators leave both forms summed over the loop: the batched form fuses the
         # sum into the ops that make the per-item values.
         summed = frozenset(part for part, family, _, _ in self.accs.values() if family == "sum")
+        self.averaged = self._averaged(it, converted)
+        averaged = frozenset(self.accs[name][0] for name in self.averaged)
+        if averaged:
+            self.flag = self.ctx.namer.new("averaged")
+            self.folds += self._sub("f = True", f=self.flag)
+        trips = self._sub("len(range(a, b, s))", a=it.start, b=it.stop, s=it.step)
         for name, (part, family, stacked, kinds) in self.accs.items():
             reduced = stacked if part in summed else self._sub(rules.FAMILY_REDUCE[family],
                                                                 v=stacked)
             if len(kinds) == 1 and next(iter(kinds)) in rules.NUMBER_FOLD:
                 # `count += 1`, `n += m.sum().item()`: the original's Python number
                 reduced = self._sub(rules.NUMBER_FOLD[next(iter(kinds))], r=reduced)
-            self.folds += self._sub("s = x", s=name,
-                                    x=self._sub(rules.FAMILY_FOLD[family], s=name, r=reduced))
+            if name in self.zeros and family in rules.FAMILY_FOLD_FROM_ZERO:
+                self.folds += self._sub("s = x", s=name, x=self._sub(
+                    rules.FAMILY_FOLD_FROM_ZERO[family], r=reduced))
+            elif name not in self.rebound and family in rules.FAMILY_FOLD_INPLACE:
+                # `s += e` on a tensor is in place: s keeps its dtype, and its aliases see it
+                self.folds += self._sub(rules.FAMILY_FOLD_INPLACE[family], s=name, r=reduced)
+            else:
+                self.folds += self._sub("s = x", s=name, x=self._sub(
+                    rules.FAMILY_FOLD[family], s=name, r=reduced))
         body = self.init + converted
         params, inputs, dims, batched = [], [], [], []
         used = set().union(*(loads(s) for s in body)) if body else set()
@@ -525,13 +576,15 @@ class _Loop:
         vmap = self._sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
         mapped = [func] + self._sub("o = c", o=self.outs, c=ast.Call(vmap, inputs, []))
         if summed:
-            outs = [self._sub(f"o[{k}].sum(0)" if name in summed else f"o[{k}]", o=self.outs)
+            outs = [self._sub(f"o[{k}].sum(0) / n" if name in averaged else
+                              f"o[{k}].sum(0)" if name in summed else f"o[{k}]", o=self.outs,
+                              n=trips)
                     for k, name in enumerate(self.outputs)]
             mapped += self._sub("o = v", o=self.outs, v=ast.Tuple(outs, ast.Load()))
         try:
-            trips = self._sub("len(range(a, b, s))", a=it.start, b=it.stop, s=it.step)
             check, plain = batch_loop_bodies.batch(copy.deepcopy(body), batched, self.outputs,
-                                                   self.outs, trips, self.ctx, self.node, summed)
+                                                   self.outs, trips, self.ctx, self.node, summed,
+                                                   averaged)
         except Unsupported as exc:  # an op without a batched form: vmap maps the body
             self.unbatched = exc.reason
             stmts = mapped + self.folds
@@ -540,6 +593,21 @@ class _Loop:
         for s in stmts:
             ast.copy_location(s, self.node)
         return [ast.fix_missing_locations(s) for s in stmts]
+
+    def _averaged(self, it: _Iteration, body: list[ast.stmt]) -> set[str]:
+        """Sum accumulators starting at 0 that the next statement only divides by the trip count
+        (``return loss / B`` after ``for i in range(B)``): the loop leaves their mean, without
+        the ``* B`` of a fused mean and the ``/ B`` after it."""
+        if not (_is_zero(it.start) and _is_one(it.step)):
+            return set()
+        assigned = set().union(*(loop_dataflow.stores(n) for s in body for n in ast.walk(s)
+                                 if isinstance(n, ast.stmt)))
+        if loads(it.stop) & assigned:
+            return set()
+        stop = unparse(it.stop)
+        return {name for name, (_, family, _, kinds) in self.accs.items()
+                if family == "sum" and kinds == {"tensor"} and name in self.zeros
+                and self.divided.get(name) == stop}
 
     def _batched_param(self, name: str, value: ast.expr, source: ast.expr, dim: int,
                        fixed: int) -> "batch_loop_bodies.Param":
@@ -642,6 +710,24 @@ def _is(node: ast.AST | None, name: str) -> bool:
 
 def _is_one(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and node.value == 1 and type(node.value) is int
+
+
+def _is_zero(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value == 0 and type(node.value) is int
+
+
+class _DivideUnlessAveraged(ast.NodeTransformer):
+    """``s / d`` -> ``(s if flag else s / d)`` for the averaged names ``s``."""
+
+    def __init__(self, names: set[str], flag: str, ctx: PassContext):
+        self.names, self.flag, self.ctx = names, flag, ctx
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Div) and isinstance(node.left, ast.Name) \
+                and node.left.id in self.names:
+            return replace("s if f else e", loc=node, s=node.left.id, f=self.flag, e=node)
+        return node
 
 
 class _RowSlices(ast.NodeTransformer):

@@ -44,24 +44,58 @@ def test_single_ops_batched_and_equivalent(expr):
         assert_equivalent(original, optimized, x, t, w)
 
 
-# Sum accumulators: the sum over the loop fused into the op making the per-item values.
-FUSED = [  # (per-item contribution, what the batched form adds to the partial sum)
-    ("x[i].sum()", "_s_part + _x_row.sum()"),
-    ("0.5 * (x[i] - w).pow(2).mean()", "_s_part + 0.5 * (_t.mean() * len(_t))"),
-    ("-x[i].sum() / 3 + x[i].mean()", "_s_part + (-_x_row.sum() / 3 + _x_row.mean() * len(_x_row))"),
+# Sum accumulators: the sum over the loop fused into the op making the per-item values. `s`
+# starts at 0, so the partial sum is the total itself (no `0 + total`).
+N = "len(range(0, x.shape[0], 1))"
+FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
+    ("x[i].sum()", "_s_part = _x_row.sum()"),
+    ("0.5 * (x[i] - w).pow(2).mean()", f"_s_part = 0.5 * ((_x_row - w).pow(2).mean() * {N})"),
+    ("-x[i].sum() / 3 + x[i].mean()", f"_s_part = -_x_row.sum() / 3 + _x_row.mean() * {N}"),
     ("F.mse_loss(x[i], x[i] * 2)",
-     "_s_part + F.mse_loss(_x_row, _x_row * 2, reduction='mean') * len(_x_row)"),
+     f"_s_part = F.mse_loss(_x_row, _x_row * 2, reduction='mean') * {N}"),
     ("F.smooth_l1_loss(x[i], w, reduction='sum')", None),  # a fixed operand: vmap
     ("F.l1_loss(x[i], x[i].tanh(), reduction='sum')",
-     "_s_part + F.l1_loss(_x_row, _x_row.tanh(), reduction='sum')"),
+     "_s_part = F.l1_loss(_x_row, _x_row.tanh(), reduction='sum')"),
     ("F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
-     "_s_part + F.nll_loss(_x_row.unsqueeze(1).flatten(0, 1), _t_row.unsqueeze(1).flatten(), "
+     "_s_part = F.nll_loss(_x_row.unsqueeze(1).flatten(0, 1), _t_row.unsqueeze(1).flatten(), "
      "reduction='sum', ignore_index=-100)"),
     # per-item means over different counts of non-ignored targets: summed per item
-    ("F.cross_entropy(x[i:i+1], t[i:i+1])", "_s_part + (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)"),
-    ("x[i].amax()", "_s_part + _x_row.reshape(len(_x_row), -1).amax(1).sum(0)"),
-    ("2", "_s_part + 2 * len(range(0, x.shape[0], 1))"),
+    ("F.cross_entropy(x[i:i+1], t[i:i+1])", "_s_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)"),
+    ("x[i].amax()", "_s_part = _x_row.reshape(len(_x_row), -1).amax(1).sum(0)"),
+    ("2", f"_s_part = _s_part + 2 * {N}"),  # not a tensor: 0 + 2 * n stays as written
 ]
+# ... and their mean when the loop is followed by `return s / x.shape[0]`: a fused mean loses its
+# `* n`, the rest is divided by n.
+AVERAGED = [
+    ("x[i].sum()", f"_s_part = _x_row.sum() / {N}"),
+    ("0.5 * (x[i] - w).pow(2).mean()", "_s_part = 0.5 * (_x_row - w).pow(2).mean()\n"),
+    ("-x[i].sum() / 3 + x[i].mean()", f"_s_part = (-_x_row.sum() / 3 + _x_row.mean() * {N}) / {N}"),
+    ("F.mse_loss(x[i], x[i] * 2)", "_s_part = F.mse_loss(_x_row, _x_row * 2, reduction='mean')\n"),
+    ("F.smooth_l1_loss(x[i], w, reduction='sum')", f"_outs = (_outs[0].sum(0) / {N},)"),
+    ("F.l1_loss(x[i], x[i].tanh(), reduction='sum')",
+     f"_s_part = F.l1_loss(_x_row, _x_row.tanh(), reduction='sum') / {N}"),
+    ("F.cross_entropy(x[i:i+1], t[i:i+1])",
+     f"_s_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0) / {N}"),
+    ("x[i].amax()", f"_s_part = _x_row.reshape(len(_x_row), -1).amax(1).sum(0) / {N}"),
+]
+
+
+@pytest.mark.parametrize("expr, averaged", AVERAGED)
+def test_sum_accumulators_divided_by_the_trip_count_are_averaged(expr, averaged):
+    src = ("def f(x, t, w):\n    s = 0\n    for i in range(x.shape[0]):\n"
+           f"        s = s + {expr}\n    return s / x.shape[0]\n")
+    original, optimized, code, report = build(src)
+    assert averaged in code, code
+    assert "return s if _averaged else s / x.shape[0]" in code
+    assert "mean-reduced" in report.loops[0].reason
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_()
+        t = torch.randint(0, 3, (5,), generator=g)
+        t[1] = -100
+        w = torch.randn(3, generator=g, dtype=dtype).requires_grad_()
+        assert_equivalent(original, optimized, x, t, w)
+        assert type(original(x, t, w)) is type(optimized(x, t, w))
 
 
 @pytest.mark.parametrize("expr, fused", FUSED)

@@ -36,6 +36,9 @@ def l1_sum(a, b):
 def ce_sum(x, y):
     return torch.logsumexp(x, dim=1).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)
 
+def ce_mean(x, y, n):
+    return (torch.logsumexp(x, dim=1).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)) / n
+
 def nll_weighted(lp, y, cw):
     w = cw[y]
     return (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0) / w.sum()
@@ -81,7 +84,7 @@ def nll_weight_not_just_before(lp, y, cw):
     return (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0)
 '''
 
-FUSED = ["mse_mean", "mse_sum_pow", "mse_mul", "mse_temp", "ce_sum", "nll_weighted"]
+FUSED = ["mse_mean", "mse_sum_pow", "mse_mul", "mse_temp", "ce_sum", "ce_mean", "nll_weighted"]
 UNCHANGED = ["l1_sum",  # F.l1_loss measured no faster
              "cube", "row_mean", "other_operands", "impure_operand", "temp_not_just_before",
              "temp_operand_mutated", "temp_rebinds_operand", "temp_in_loop_test", "ce_other_dim",
@@ -135,6 +138,14 @@ def test_golden_cross_entropy():
         "def ce_sum(x, y):\n"
         f"    return torch.nn.functional.cross_entropy(x, y.long(), reduction='sum') if {LABELS}"
         " else torch.logsumexp(x, dim=1).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)")
+
+
+def test_golden_cross_entropy_mean():
+    rows = "x[torch.arange(len(x), device=x.device), y]"
+    assert _run_pass(_source("ce_mean")) == _golden(
+        "def ce_mean(x, y, n):\n"
+        f"    return torch.nn.functional.cross_entropy(x, y.long()) if {LABELS} and n == x.shape[0]"
+        f" else (torch.logsumexp(x, dim=1).sum(0) - {rows}.sum(0)) / n")
 
 
 def test_golden_weighted_nll():
@@ -209,6 +220,10 @@ def test_equivalent_cross_entropy(user, dtype):
         assert_equivalent(user.ce_sum, fast, x, _labels(gen, low=-5))  # negative labels wrap
         assert_equivalent(user.ce_sum, fast, x, _labels(gen, n=1))  # one label broadcasts
         assert_equivalent(user.ce_sum, fast, x[:0], _labels(gen, n=0))  # empty batch
+        mean = _fast(user, "ce_mean")
+        assert_equivalent(user.ce_mean, mean, x, _labels(gen), 6)  # fused
+        assert_equivalent(user.ce_mean, mean, x, _labels(gen), 4)  # not a mean: as written
+        assert_equivalent(user.ce_mean, mean, x, _labels(gen), torch.tensor(6))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -247,5 +262,7 @@ def test_hypothesis_random_shapes_and_labels(user, n, c, low, label_dtype, dtype
     for name in MSE_LIKE:
         assert_equivalent(getattr(user, name), _fast(user, name), x, other)
     assert_equivalent(user.ce_sum, _fast(user, "ce_sum"), x, y)
+    if n:
+        assert_equivalent(user.ce_mean, _fast(user, "ce_mean"), x, y, n)
     cw = torch.rand(c, generator=gen, dtype=dtype) + 0.5
     assert_equivalent(user.nll_weighted, _fast(user, "nll_weighted"), x.log_softmax(1), y, cw)

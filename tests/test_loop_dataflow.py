@@ -12,7 +12,8 @@ from tests.loop_helpers import context, dedent, namespace
 
 def parse(src: str) -> tuple[ast.FunctionDef, list[ast.For]]:
     func = ast.parse(dedent(src)).body[0]
-    return func, [n for n in ast.walk(func) if isinstance(n, ast.For)]
+    return func, sorted((n for n in ast.walk(func) if isinstance(n, ast.For)),
+                        key=lambda n: n.lineno)
 
 
 def analyze(src: str) -> loop_dataflow.LoopFacts:
@@ -53,6 +54,81 @@ def test_liveness_through_the_back_edge():
             return y
         """)
     assert "s" in loop_dataflow.live_after_loops(func)[id(inner)]  # next outer iteration
+
+
+def test_names_bound_to_zero_when_each_loop_starts():
+    func, (first, second, third, inner, fourth) = parse("""
+        def f(x, g):
+            global total
+            s, t, u, total = 0, 0, 0, 0
+            s = 0
+            t = 0.0
+            u = 0
+            k = u + 1
+            total = 0
+            for i in range(3):
+                s += x[i]
+            v = 0
+            w = False
+            g(v)
+            for i in range(3):
+                s += x[i]
+            c = 0
+            if k:
+                pass
+            for i in range(3):
+                c = 0
+                for j in range(2):
+                    c += x[j]
+            (d := 0)
+            e = 0
+            del e
+            for i in range(3):
+                pass
+        """)
+    zeros = loop_dataflow.zero_before_loops(func)
+    # t is a float, u is read in between, total is global (a call could rebind it)
+    assert zeros[id(first)] == {"s"}
+    assert zeros[id(second)] == set()  # v is passed to a call: it is mentioned
+    assert zeros[id(third)] == set()   # an `if` in between may rebind anything
+    assert zeros[id(inner)] == {"c"}
+    assert zeros[id(fourth)] == set()  # the walrus is not `name = 0`, `del e` mentions e
+
+
+@pytest.mark.parametrize("after, divided", [
+    ("return s / n", {"s": "n"}),
+    ("return (s / n, t / len(x))", {"s": "n", "t": "len(x)"}),
+    ("return s / n + s", {}),             # the sum is read too
+    ("return s / n + s / m", {}),         # two divisors
+    ("return s / s.shape[0]", {}),        # the divisor reads the sum
+    ("return s // n", {}),
+    ("s = s / n + 1", {"s": "n"}),
+    ("t = s / n", {}),                    # s stays live: only a rebound name
+    ("s /= n", {}),
+])
+def test_divisions_right_after_a_loop(after, divided):
+    func, (loop,) = parse(f"""
+        def f(x, n, m):
+            s = t = 0
+            for i in range(n):
+                s += x[i]
+            {after}
+        """)
+    found = loop_dataflow.divisions_after_loops(func)
+    assert found.get(id(loop), (None, {}))[1] == divided
+
+
+def test_divisions_after_inner_loops_are_not_means_of_the_function():
+    func, (outer, inner) = parse("""
+        def f(x, n):
+            for j in range(2):
+                s = 0
+                for i in range(n):
+                    s += x[i]
+                t = s / n
+            return t / 2
+        """)
+    assert id(inner) not in loop_dataflow.divisions_after_loops(func)
 
 
 def test_accumulators_and_effects_are_classified():

@@ -586,8 +586,7 @@ GOLDEN_ACCUMULATOR = ("""
                 _pred_row = pred if len(pred) == pred.shape[0] else pred[0:len(pred):1]
                 _target_row = target if len(pred) == target.shape[0] else target[0:len(pred):1]
                 _loss_part = 0
-                _t = (_pred_row - _target_row).abs()
-                _loss_part = _loss_part + _t.sum()
+                _loss_part = (_pred_row - _target_row).abs().sum()
                 _outs = (_loss_part,)
             else:
 
@@ -597,7 +596,7 @@ GOLDEN_ACCUMULATOR = ("""
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(pred if len(pred) == pred.shape[0] else pred[0:len(pred):1], target if len(pred) == target.shape[0] else target[0:len(pred):1])
                 _outs = (_outs[0].sum(0),)
-            loss = loss + _outs[0]
+            loss = _outs[0]
         else:
             for i in range(len(pred)):
                 loss += (pred[i] - target[i]).abs().sum()
@@ -635,7 +634,7 @@ GOLDEN_MASKED = ("""
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(target if len(target) == target.shape[0] else target[0:len(target):1], logp if len(target) == logp.shape[0] else logp[0:len(target):1])
                 _outs = (_outs[0].sum(0),)
-            loss = loss + _outs[0]
+            loss = _outs[0]
         else:
             for i in range(len(target)):
                 if target[i] < 0:
@@ -661,7 +660,7 @@ GOLDEN_CROSS_ENTROPY = ("""
                 _loss_part = 0
                 _t = _t_row.unsqueeze(1)
                 _t_1 = F.cross_entropy(_logits_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
-                _loss_part = _loss_part + (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)
+                _loss_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)
                 _outs = (_loss_part,)
             else:
 
@@ -671,7 +670,7 @@ GOLDEN_CROSS_ENTROPY = ("""
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1], t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1])
                 _outs = (_outs[0].sum(0),)
-            loss = loss + _outs[0]
+            loss = _outs[0]
         else:
             for i in range(logits.shape[0]):
                 loss = loss + F.cross_entropy(logits[i:i + 1], t[i:i + 1])
@@ -679,12 +678,118 @@ GOLDEN_CROSS_ENTROPY = ("""
     """)
 
 
+GOLDEN_MEAN = ("""
+    def f(pred, target):
+        B = pred.shape[0]
+        loss = 0
+        for i in range(B):
+            loss += ((pred[i] - target[i]) ** 2).mean()
+        return loss / B
+    """, """
+    def f(pred, target):
+        B = pred.shape[0]
+        loss = 0
+        _averaged = False
+        if isinstance(pred, torch.Tensor) and B <= pred.shape[0] and isinstance(target, torch.Tensor) and (B <= target.shape[0]) and (len(range(0, B, 1)) > 0):
+            'optimize_loss: loop at line 4 vectorized'
+            if target.dim() == pred.dim():
+                _pred_row = pred if B == pred.shape[0] else pred[0:B:1]
+                _target_row = target if B == target.shape[0] else target[0:B:1]
+                _loss_part = 0
+                _loss_part = ((_pred_row - _target_row) ** 2).mean()
+                _outs = (_loss_part,)
+            else:
+
+                def _body(_pred_row, _target_row):
+                    _loss_part = 0
+                    _loss_part = _loss_part + ((_pred_row - _target_row) ** 2).mean()
+                    return (torch.as_tensor(_loss_part),)
+                _outs = torch.vmap(_body, in_dims=(0, 0))(pred if B == pred.shape[0] else pred[0:B:1], target if B == target.shape[0] else target[0:B:1])
+                _outs = (_outs[0].sum(0) / len(range(0, B, 1)),)
+            _averaged = True
+            loss = _outs[0]
+        else:
+            for i in range(B):
+                loss += ((pred[i] - target[i]) ** 2).mean()
+        return loss if _averaged else loss / B
+    """)
+
+
 @pytest.mark.parametrize("before, after", [GOLDEN_ACCUMULATOR, GOLDEN_MASKED,
-                                           GOLDEN_CROSS_ENTROPY],
-                         ids=["accumulator", "masked_continue", "cross_entropy"])
+                                           GOLDEN_CROSS_ENTROPY, GOLDEN_MEAN],
+                         ids=["accumulator", "masked_continue", "cross_entropy", "mean"])
 def test_golden(before, after):
     code, _ = rewrite_source(before)
     assert code == normalise(after)
+
+
+@pytest.mark.parametrize("src", [
+    # (the statement after the loop, what precedes it): the sum is what the code needs
+    "    s = 0\n    for i in range(n):\n        s += x[i].sum()\n    return s / n, s\n",
+    "    s = 0\n    for i in range(n):\n        s += x[i].sum()\n    return s / (n - 1)\n",
+    "    s = 0\n    for i in range(1, n):\n        s += x[i].sum()\n    return s / n\n",
+    "    s = 0\n    for i in range(n):\n        s += x[i].sum()\n    m = s / n\n    return m + s\n",
+    "    s = 0.0\n    for i in range(n):\n        s += x[i].sum()\n    return s / n\n",
+    "    s = torch.zeros(())\n    for i in range(n):\n        s += x[i].sum()\n    return s / n\n",
+    "    s = 0\n    k = s\n    for i in range(n):\n        s += x[i].sum()\n    return s / n\n",
+    "    s = 0\n    for i in range(n):\n        s += 1\n    return s / n\n",
+    "    s = 0\n    for i in range(n):\n        s += x[i].sum()\n    s = s * (1 / n)\n    return s\n",
+    "    s = 0\n    if n > 2:\n        s = 1\n    for i in range(n):\n        s += x[i].sum()\n"
+    "    return s / n\n",
+    "    t = 0\n    for j in range(2):\n        s = 0\n        for i in range(n):\n"
+    "            s += x[i].sum() * j\n        t = t + s / n\n    return t\n",
+])
+def test_sums_that_are_not_a_mean_over_the_loop_stay_sums(src):
+    src = "def f(x):\n    n = x.shape[0]\n" + src
+    original, optimized, code, report = build(src)
+    assert "_averaged" not in code and "mean-reduced" not in report.loops[-1].reason, code
+    assert any(loop.vectorized for loop in report.loops)
+    for dtype in DTYPES:
+        x = randn(5, 3, dtype=dtype, seed=1).requires_grad_()
+        assert_equivalent(original, optimized, x)
+
+
+@pytest.mark.parametrize("loop", [
+    "for i in range(n):\n        s += F.mse_loss(x[i], y[i])",
+    "for i in range(len(x)):\n        s = s + (x[i] - y[i]).abs().mean() - 0.5 * x[i].sum()",
+    "for i, a in enumerate(x):\n        s -= (a * y[i]).mean()",
+    "for row in x:\n        s += row.amax()",
+])
+def test_a_sum_divided_by_the_trip_count_is_the_mean_over_the_loop(loop):
+    stop = "n" if "(n)" in loop else "len(x)"
+    src = f"def f(x, y):\n    n = len(x)\n    s = 0\n    {loop}\n    return s / {stop}\n"
+    original, optimized, code, report = build(src)
+    assert f"return s if _averaged else s / {stop}" in code, code
+    assert "`s` mean-reduced" in report.loops[0].reason
+    for dtype in DTYPES:
+        x, y = randn(6, 4, dtype=dtype, seed=2).requires_grad_(), randn(6, 4, dtype=dtype, seed=3)
+        assert_equivalent(original, optimized, x, y)
+        assert_equivalent(original, optimized, x[:1], y[:1])
+        # a list of rows takes the original loop, which must still divide
+        rows = list(x.detach().unbind(0))
+        torch.testing.assert_close(optimized(rows, list(y.unbind(0))),
+                                   original(rows, list(y.unbind(0))))
+
+
+def test_augmented_updates_of_a_tensor_accumulator_fold_in_place():
+    # `s += e` on a float32 tensor stays float32 (and its alias sees the sum); `s = s + e`
+    # rebinds s to the promoted result.
+    src = """
+        def f(x):
+            s = torch.zeros(())
+            alias = s
+            r = torch.zeros(())
+            for i in range(x.shape[0]):
+                s += x[i].sum()
+                r = r + x[i].sum()
+            return s, alias, r
+        """
+    original, optimized, code, _ = build(src)
+    assert "s += _outs[0]" in code and "r = r + _outs[1]" in code, code
+    x = randn(4, 3, dtype=torch.float64, seed=0).requires_grad_()
+    s, alias, r = optimized(x)
+    assert s.dtype == alias.dtype == torch.float32 and r.dtype == torch.float64
+    assert_equivalent(original, optimized, x)
 
 
 def test_torch_alias_is_respected():
@@ -853,11 +958,13 @@ def loop_bodies(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(body=loop_bodies(), seed=st.integers(0, 3), dtype=st.sampled_from(DTYPES))
-def test_fuzz_loop_bodies(body, seed, dtype):
+@given(body=loop_bodies(), seed=st.integers(0, 3), dtype=st.sampled_from(DTYPES),
+       mean=st.booleans())
+def test_fuzz_loop_bodies(body, seed, dtype, mean):
     src = ("def f(x, y, w):\n    s = 0\n    n = 0\n    lst = []\n    out = torch.zeros_like(x)\n"
            "    for i in range(x.shape[0]):\n" + textwrap.indent(body, "        ") +
-           "\n    return s, n, out, torch.stack(lst).sum() if lst else 0.0\n")
+           f"\n    return s{' / x.shape[0]' if mean else ''}, n, out, "
+           "torch.stack(lst).sum() if lst else 0.0\n")
     original, optimized, code, report = build(src)
     x = randn(6, dtype=dtype, seed=seed)
     y = rand(6, dtype=dtype, seed=seed + 7)
