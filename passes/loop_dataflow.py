@@ -755,7 +755,10 @@ def write_entries(target: ast.Subscript) -> list[ast.expr]:
 
 
 def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
-    """``out[..., i, ...] = v``: the loop index bare in one position, everything else fixed."""
+    """``out[..., i, ...] = v``: the loop index bare in one position, everything else fixed; or
+    element indices only (no slices), some data-dependent: ``out[i, t[i]] = v`` (the bare ``i``
+    keeps the slots of different iterations apart), ``counts[t[i]] += 1`` (without ``i`` the
+    slots may repeat: only ``+=``/``-=``, which add up in any order)."""
     for eff in facts.of_kind("write"):
         target = _write_target(eff.stmt)
         same = [e for e in facts.of_kind("write") if e.name == eff.name]
@@ -767,6 +770,9 @@ def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
         entries = write_entries(target)
         at = [k for k, e in enumerate(entries) if _is_name(e, index)]
         others = [e for k, e in enumerate(entries) if k not in at]
+        if len(at) <= 1 and any(data_index(e, facts, ctx) for e in others):
+            _check_data_indexed_write(eff, entries, bool(at))
+            continue
         if len(at) != 1:
             raise Unsupported(f"write `{unparse(target)}` is not indexed by the loop index "
                               "alone: iterations may write the same element", eff.stmt.lineno)
@@ -775,6 +781,25 @@ def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
                     or isinstance(e, ast.Starred) or _is_ellipsis(e):
                 raise Unsupported(f"write `{unparse(target)}`: index `{unparse(e)}` varies or "
                                   "is not a fixed int/slice", eff.stmt.lineno)
+
+
+def data_index(entry: ast.expr, facts: LoopFacts, ctx: PassContext) -> bool:
+    """A write's index entry whose value differs between iterations (other than the bare index)."""
+    return depends(entry, facts.variant, ctx) or bool(loads(entry) & facts.assigned)
+
+
+def _check_data_indexed_write(eff: Effect, entries: list[ast.expr], by_index: bool) -> None:
+    target = unparse(_write_target(eff.stmt))
+    if any(isinstance(e, (ast.Slice, ast.Starred)) or _is_ellipsis(e)
+           or (isinstance(e, ast.Constant) and e.value is None) for e in entries):
+        raise Unsupported(f"write `{target}`: a data-dependent index next to slices",
+                          eff.stmt.lineno)
+    if eff.masked:
+        raise Unsupported(f"conditional write `{target}` at a data-dependent slot",
+                          eff.stmt.lineno)
+    if not by_index and eff.family not in rules.WRITE_ACCUMULATE:
+        raise Unsupported(f"write `{target}` at data-dependent slots: iterations may hit the same "
+                          "element (only `+=` / `-=` add up in any order)", eff.stmt.lineno)
 
 
 def _is_ellipsis(node: ast.AST) -> bool:

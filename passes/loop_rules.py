@@ -37,6 +37,9 @@ FAMILY_FOLD_INPLACE = {"sum": "s += r", "prod": "s *= r"}
 FAMILY_SCAN = {"sum": "s + v.cumsum(0)", "prod": "s * v.cumprod(0)"}
 # `out[i] op= e` writes: the in-place op applied to the written slots.
 WRITE_AUGOPS = {ast.Add: "add_", ast.Sub: "sub_", ast.Mult: "mul_", ast.Div: "div_"}
+# ... that give the same result whatever the order, when several iterations hit one slot
+# (``counts[t[i]] += 1``): an accumulating index_put_ of the (negated) values.
+WRITE_ACCUMULATE = {"add_": "v", "sub_": "-v"}
 
 # Calls that make a loop impossible to vectorize, with the reason shown to the user.
 # Random ops: ``op_facts.RANDOM`` (shared with the FX passes) under torch, plus these modules.

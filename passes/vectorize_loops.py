@@ -257,6 +257,7 @@ class _Loop:
         self.runs: dict[str, str] = {}                # scanned accumulator -> running values
         self.slices: dict[tuple[str, int], str] = {}  # (tensor, dim) -> row parameter
         self.last_write: dict[str, str] = {}          # write target -> item last written
+        self.scattered: set[str] = set()              # written at data-dependent slots
         self.stacked: dict[str, tuple] = {}           # own list -> (stacked values, host kind)
         self.outs = ctx.namer.new("outs")
         self.uses_where = False
@@ -314,8 +315,12 @@ class _Loop:
                 parts.append("items stacked")
                 continue
             family = "mean" if e.name in self.averaged else e.family
+            write = "written as a slice" if e.name not in self.scattered else \
+                "written by advanced indexing" if any(_is(x, self.it.index) for x in
+                                        loop_dataflow.write_entries(_write_target(e.stmt))) \
+                else "accumulated with index_put_"
             desc = {"acc": f"`{e.name}` {family}-reduced", "scan": f"`{e.name}` running {e.family}",
-                    "append": f"`{e.name}` appends stacked", "write": f"`{e.name}` written as a slice"}
+                    "append": f"`{e.name}` appends stacked", "write": f"`{e.name}` {write}"}
             parts.append(desc[e.kind])
         if self.uses_where:
             parts.append("tensor conditions as torch.where masks")
@@ -473,10 +478,70 @@ class _Loop:
                 old = self.last_write.get(unparse(old), old)
                 value = self._sub("torch.where(p, v, old)", p=pred, v=value, old=old)
         item = self.ctx.namer.new(f"{e.name}_item")
+        stmts, slots = [], {}  # data-dependent index entries, returned by each iteration too
         if e.kind == "write":
             self.last_write[unparse(_write_target(e.stmt))] = item
-        self.folds += self._place(e, self._output(item))
-        return self._sub("x = v", x=item, v=value)
+            for k, x in enumerate(loop_dataflow.write_entries(_write_target(e.stmt))):
+                if not _is(x, self.it.index) and loop_dataflow.data_index(x, self.facts, self.ctx):
+                    self._guard_index(x)
+                    slot = self.ctx.namer.new(f"{e.name}_slot")
+                    stmts += self._sub("k = x", k=slot, x=x)
+                    slots[k] = self._output(slot)
+        stacked = self._output(item)
+        self.folds += self._place_at(e, stacked, slots) if slots else self._place(e, stacked)
+        return stmts + self._sub("x = v", x=item, v=value)
+
+    def _guard_index(self, x: ast.expr) -> None:
+        """A data-dependent write index must be one integer per iteration: ``int(...)``, or an
+        element / row of a 1-d integer tensor (a bool one would be a mask)."""
+        if getattr(x, "host_number", None) == "int":
+            return
+        rows = {param: name for (name, _), (param, prefix) in self.slices.items() if not prefix}
+        sources = dict(self.it.elements)
+        src = sources.get(x.id) if isinstance(x, ast.Name) else None
+        if src is None and isinstance(x, ast.Name) and x.id in rows:
+            src = ast.Name(rows[x.id], ast.Load())
+        if src is None:
+            raise Unsupported(f"write index `{unparse(x)}`: not known to be one integer per "
+                              "iteration")
+        self._guard(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == 1", x=src)
+
+    def _place_at(self, e: Effect, stacked: ast.expr, slots: dict[int, ast.expr]) -> list:
+        """``out[i, t[i]] = v`` -> ``out[arange, slots] = stacked``; without the bare ``i``,
+        ``counts[t[i]] += v`` -> ``counts.index_put_((slots,), stacked, accumulate=True)``."""
+        it, target = self.it, copy.deepcopy(_write_target(e.stmt))
+        entries = loop_dataflow.write_entries(target)
+        self.scattered.add(e.name)
+        trips = self._sub("len(range(a, b, s))", a=it.start, b=it.stop, s=it.step)
+        index = []
+        for k, x in enumerate(entries):
+            if k in slots:  # one index per iteration (else reshape raises, as int(...) would)
+                index.append(self._sub("j.reshape(n)", j=slots[k], n=trips))
+            elif _is(x, it.index):
+                index.append(self._sub("torch.arange(a, b, s, device=out.device)", a=it.start,
+                                       b=it.stop, s=it.step, out=e.name))
+            else:
+                if not (isinstance(x, ast.Constant) and type(x.value) is int):
+                    self._guard("isinstance(x, int)", x=x)
+                index.append(x)
+        values = self.ctx.namer.new(f"{e.name}_values")
+        stmts = self._sub(f"v = s.reshape(s.shape[:1] + (1,) * (out.dim() - {len(entries) - 1}"
+                          " - s.dim()) + s.shape[1:])", v=values, s=stacked, out=e.name)
+        target.slice = ast.Tuple(index, ast.Load())
+        if any(_is(x, it.index) for x in entries):  # distinct slots: a plain indexed write
+            if isinstance(e.stmt, ast.AugAssign):
+                return stmts + [ast.AugAssign(target, e.stmt.op, ast.Name(values, ast.Load()))]
+            # `out[i, j] = v` casts v to out's dtype; an index_put_ would raise instead
+            return stmts + [ast.Assign([target], self._sub("v.to(out.dtype)", v=values,
+                                                           out=e.name))]
+        # in place as `+=` would: the values cast to the written dtype, or the same error;
+        # index_put_ takes tensors only (a fixed int broadcasts as a 0-d one)
+        target.slice.elts = [x if k in slots else self._sub(
+            "torch.as_tensor(x, device=out.device)", x=x, out=e.name) for k, x in enumerate(index)]
+        v = self._sub(rules.WRITE_ACCUMULATE[e.family], v=values)
+        return stmts + [ast.Expr(self._sub(
+            "out.index_put_(i, v.to(out.dtype) if torch.can_cast(torch.result_type(out, v), "
+            "out.dtype) else v, accumulate=True)", out=e.name, i=target.slice, v=v))]
 
     def _place(self, e: Effect, stacked: ast.expr) -> list[ast.stmt]:
         """Store the stacked per-iteration values of an append or write."""

@@ -71,9 +71,11 @@ def outputs_and_gradients(fn: Callable, args: tuple, kwargs: dict) -> tuple[list
         torch.manual_seed(_SEED)
         out = fn(*args, **kwargs)
     values, _ = tree_flatten(out)
-    gen = torch.Generator().manual_seed(_SEED)
-    total = sum((v * torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)).sum()
-                for v in values if isinstance(v, torch.Tensor) and v.requires_grad)
+    # one cotangent per output position: the same for both sides even when one side returns a
+    # Python number where the other returns a 0-d tensor
+    total = sum((v * torch.randn(v.shape, generator=torch.Generator().manual_seed(_SEED + k),
+                                 dtype=v.dtype).to(v.device)).sum()
+                for k, v in enumerate(values) if isinstance(v, torch.Tensor) and v.requires_grad)
     grads: dict[str, torch.Tensor] = {}
     if wrt:
         names, tensors = zip(*wrt.items())

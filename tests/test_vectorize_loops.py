@@ -504,9 +504,9 @@ KEPT = {
         def f(x, lab):
             counts = torch.zeros(3)
             for i in range(x.shape[0]):
-                counts[lab[i]] += x[i]
+                counts[lab[i]] = x[i]
             return counts
-        """, "iterations may write the same element"),
+        """, "iterations may hit the same element"),
     "conditional_append": ("""
         def f(x):
             keep = []
@@ -792,6 +792,94 @@ def test_augmented_updates_of_a_tensor_accumulator_fold_in_place():
     assert_equivalent(original, optimized, x)
 
 
+GOLDEN_DATA_SLOTS = ("""
+    def f(x, t):
+        out = torch.zeros(x.shape[0], 4)
+        counts = torch.zeros(4)
+        for i in range(x.shape[0]):
+            out[i, int(t[i])] = x[i].sum()
+            counts[t[i]] += 1
+        return out, counts
+    """, """
+    def f(x, t):
+        out = torch.zeros(x.shape[0], 4)
+        counts = torch.zeros(4)
+        if isinstance(t, torch.Tensor) and x.shape[0] <= t.shape[0] and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and (len(range(0, x.shape[0], 1)) > 0) and (t.dtype in (torch.int64, torch.int32) and t.dim() == 1):
+            'optimize_loss: loop at line 4 vectorized'
+            _t_row = t if x.shape[0] == t.shape[0] else t[0:x.shape[0]:1]
+            _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
+            _out_slot = _t_row.long()
+            _out_item = _x_row.reshape(len(_x_row), -1).sum(1)
+            _counts_slot = _t_row
+            _counts_item = 1
+            _outs = (_out_slot, _out_item, _counts_slot, torch.as_tensor(_counts_item).expand(len(range(0, x.shape[0], 1)), *torch.as_tensor(_counts_item).shape))
+            _out_values = _outs[1].reshape(_outs[1].shape[:1] + (1,) * (out.dim() - 1 - _outs[1].dim()) + _outs[1].shape[1:])
+            out[torch.arange(0, x.shape[0], 1, device=out.device), _outs[0].reshape(len(range(0, x.shape[0], 1)))] = _out_values.to(out.dtype)
+            _counts_values = _outs[3].reshape(_outs[3].shape[:1] + (1,) * (counts.dim() - 0 - _outs[3].dim()) + _outs[3].shape[1:])
+            counts.index_put_((_outs[2].reshape(len(range(0, x.shape[0], 1))),), _counts_values.to(counts.dtype) if torch.can_cast(torch.result_type(counts, _counts_values), counts.dtype) else _counts_values, accumulate=True)
+        else:
+            for i in range(x.shape[0]):
+                out[i, int(t[i])] = x[i].sum()
+                counts[t[i]] += 1
+        return (out, counts)
+    """)
+
+
+def test_golden_writes_at_data_dependent_slots():
+    code, report = rewrite_source(GOLDEN_DATA_SLOTS[0])
+    assert code == normalise(GOLDEN_DATA_SLOTS[1])
+    assert "`out` written by advanced indexing" in report.loops[0].reason
+    assert "`counts` accumulated with index_put_" in report.loops[0].reason
+
+
+@pytest.mark.parametrize("body, out", [
+    ("out[i, int(t[i])] = x[i].sum()", "torch.zeros(n, 5)"),
+    ("out[i, t[i]] = x[i] * 2", "torch.zeros(n, 5, 3, dtype=torch.float64)"),  # cast on write
+    ("out[i, t[i]] += x[i]", "torch.ones(n, 5, 3)"),                           # trailing dim
+    ("out[t[i], i] -= x[i].sum()", "torch.ones(5, n)"),
+    ("out[t[i]] += x[i].sum()", "torch.zeros(5)"),                          # repeated slots
+    ("out[t[i], 2] -= x[i].sum() * 0.5", "torch.zeros(5, 3)"),
+    ("out[int(t[i])] += 1", "torch.zeros(5, dtype=torch.int64)"),
+])
+def test_writes_at_data_dependent_slots_are_equivalent(body, out):
+    src = (f"def f(x, t):\n    n = x.shape[0]\n    out = {out}\n    for i in range(n):\n"
+           f"        {body}\n    return out\n")
+    original, optimized, code, report = build(src)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    for dtype in DTYPES:
+        for tdtype in (torch.int64, torch.int32):
+            x = randn(6, 3, dtype=dtype, seed=4).requires_grad_()
+            t = torch.tensor([4, 0, 4, -1, 2, 4], dtype=tdtype)  # repeats, negative wraps
+            assert_equivalent(original, optimized, x, t)
+    x = randn(6, 3, dtype=torch.float32, seed=4)
+    # a float or 2-d index tensor fails the check: the loop runs as written
+    for t in (torch.tensor([4.0, 0, 4, 1, 2, 4]), torch.zeros(6, 1, dtype=torch.int64)):
+        if "int(" not in body:
+            try:
+                want = original(x, t)
+            except (IndexError, RuntimeError) as exc:
+                with pytest.raises(type(exc)):
+                    optimized(x, t)
+            else:
+                torch.testing.assert_close(optimized(x, t), want)
+    with pytest.raises(IndexError):  # out of range: raises as written
+        optimized(x, torch.tensor([9, 0, 0, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("out[t[i]] = x[i].sum()", "iterations may hit the same element"),
+    ("out[t[i]] *= x[i].sum()", "iterations may hit the same element"),
+    ("out[i, t[i], :] = x[i]", "a data-dependent index next to slices"),
+    ("if x[i, 0] > 0:\n            out[i, t[i]] = x[i, 1]", "conditional write"),
+    ("out[i, x[i, 0]] = 1.0", "not known to be one integer per iteration"),
+])
+def test_writes_at_data_dependent_slots_that_stay_loops(body, reason):
+    src = (f"def f(x, t):\n    out = torch.zeros(x.shape[0], 5, 3)\n"
+           f"    for i in range(x.shape[0]):\n        {body}\n    return out\n")
+    _, _, _, report = build(src)
+    assert not report.loops[0].vectorized and reason in report.loops[0].reason, report.loops
+
+
 def test_torch_alias_is_respected():
     src = """
         def f(x, y):
@@ -870,8 +958,8 @@ def test_examples_stay_equivalent(name):
 
 
 VECTORIZED_EXAMPLES = ["center_loss", "chamfer", "class_weighted_ce", "dice_tversky",
-                       "elementwise_fn_loop", "elementwise_if_else", "masked_nll_pad",
-                       "pairwise_similarity", "per_sample_ce", "per_sample_mse", "seq_ce_time",
+                       "elementwise_fn_loop", "elementwise_if_else", "label_smoothing_rows",
+                       "masked_nll_pad", "onehot_smoothing_weights", "pairwise_similarity", "per_sample_ce", "per_sample_mse", "seq_ce_time",
                        "slow_add", "target_scaling"]
 
 
