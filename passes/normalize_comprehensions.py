@@ -151,6 +151,60 @@ def stackable_lists(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
                      and not _mutated_aliases(func, name, ctx))
 
 
+def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, set[str]]:
+    """For every ``for`` loop in ``func`` (by ``id``), the lists it may build as the stacked
+    items: ``lst = []`` right before it (nothing in between mentions ``lst``), and the statements
+    after it, up to one rebinding ``lst``, read ``lst`` only as a tensor of its items answers
+    (``torch.stack(lst)``, ``len(lst)``, ``lst[k]``, ...); nothing reachable from ``lst`` is
+    modified in place. The loop is one that appends (the vectorizer checks that)::
+
+        scores = []
+        for k in range(n):                 a vectorized loop binds `scores` to the stacked items
+            scores.append(f(k))
+        scores = torch.stack(scores)       (scores if isinstance(scores, torch.Tensor) else ...)
+    """
+    parents = {id(c): n for n in ast.walk(func) for c in ast.iter_child_nodes(n)}
+    shared = {n for node in ast.walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
+              for n in node.names}
+    record: dict[int, set[str]] = {}
+
+    def reads_ok(stmt: ast.stmt, name: str) -> bool:
+        return all(_same_on_stacked(n, parents[id(n)], ctx) for n in ast.walk(stmt)
+                   if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load))
+
+    def built(after: list[ast.stmt], name: str, top: bool) -> bool:
+        for stmt in after:
+            if not reads_ok(stmt, name):
+                return False
+            if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
+                                                    for t in stmt.targets):
+                return True
+            if any(isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Load)
+                   for n in ast.walk(stmt)):
+                return False  # rebound somewhere inside: what follows is unknown
+        return top  # the end of the function; the end of a block may be followed by anything
+
+    def block(stmts: list[ast.stmt], top: bool = False) -> None:
+        empty: set[str] = set()
+        for k, stmt in enumerate(stmts):
+            if isinstance(stmt, ast.For):
+                record[id(stmt)] = {n for n in empty - shared if built(stmts[k + 1:], n, top)
+                                    and not _mutated_aliases(func, n, ctx)}
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                    and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.List) \
+                    and not stmt.value.elts:
+                empty.add(stmt.targets[0].id)
+                continue
+            empty -= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+            for field in ("body", "orelse", "finalbody"):
+                block(getattr(stmt, field, []))
+            for h in getattr(stmt, "handlers", []):
+                block(h.body)
+
+    block(func.body, top=True)
+    return record
+
+
 def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
     """A read of the list that a tensor of its stacked items answers the same way."""
     if isinstance(parent, ast.Call):
@@ -223,16 +277,19 @@ def _root(node: ast.expr) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def bound_list_consumers(func: ast.FunctionDef, names: set[str], ctx: PassContext) -> None:
+def bound_list_consumers(node: ast.AST, names: set[str], ctx: PassContext,
+                         stacked: bool = False) -> None:
     """``sum(xs)`` -> ``(xs.sum(0) if isinstance(xs, torch.Tensor) else sum(xs))`` for the
-    ``names`` a vectorized statement binds to stacked items (``loop_rules.BOUND_LIST_CONSUMERS``)."""
-    _Consumers(names, ctx).visit(func)
+    ``names`` a vectorized statement binds to stacked items (``loop_rules.BOUND_LIST_CONSUMERS``);
+    just ``xs.sum(0)`` where ``xs`` is known to be ``stacked``."""
+    _Consumers(names, ctx, stacked).visit(node)
 
 
 class _Consumers(ast.NodeTransformer):
-    def __init__(self, names: set[str], ctx: PassContext):
+    def __init__(self, names: set[str], ctx: PassContext, stacked: bool):
         self.names = names
         self.ctx = ctx
+        self.stacked = stacked
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
@@ -241,6 +298,8 @@ class _Consumers(ast.NodeTransformer):
                 and isinstance(node.args[0], ast.Name) and node.args[0].id in self.names):
             return node
         sub = dict(loc=node, torch_name=self.ctx.torch_name, v=node.args[0])
+        if self.stacked:
+            return replace(template, **sub)
         return replace("(f if isinstance(v, torch.Tensor) else c)", f=replace(template, **sub),
                        c=node, **sub)
 

@@ -126,6 +126,7 @@ class _Vectorizer(ast.NodeTransformer):
         self.live: dict[int, set[str]] = {}
         self.zeros: dict[int, set[str]] = {}
         self.divisions: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
+        self.built: dict[int, set[str]] = {}
         self.func: ast.FunctionDef | None = None
         self.lists: frozenset[str] = frozenset()  # `xs = [...]` names stackable_lists accepts
         self.bound: set[str] = set()              # ... that a vectorized statement binds
@@ -139,17 +140,18 @@ class _Vectorizer(ast.NodeTransformer):
             self.ctx.report.add_loop(comp.lineno, False, "kept", reason)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = self.live, self.zeros, self.divisions, self.func, self.lists, self.bound
+        outer = self.live, self.zeros, self.divisions, self.built, self.func, self.lists, self.bound
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
+        self.built = {**self.built, **normalize_comprehensions.lists_built_by_loops(node, self.ctx)}
         self.func = node
         self.lists = normalize_comprehensions.stackable_lists(node, self.ctx)
         self.bound = set()
         self.generic_visit(node)
         if self.bound:
             normalize_comprehensions.bound_list_consumers(node, self.bound, self.ctx)
-        self.live, self.zeros, self.divisions, self.func, self.lists, self.bound = outer
+        self.live, self.zeros, self.divisions, self.built, self.func, self.lists, self.bound = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -171,7 +173,7 @@ class _Vectorizer(ast.NodeTransformer):
             live = self.live.get(id(node), loads(self.func))  # unseen loop: all names live
             after, divided = self.divisions.get(id(node), (None, {}))
             loop = _Loop(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
-                         divided=divided)
+                         divided=divided, built=self.built.get(id(node), set()))
             guard, stmts, strategy, why = loop.build()
         except Unsupported as exc:
             self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
@@ -180,6 +182,8 @@ class _Vectorizer(ast.NodeTransformer):
         marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
         vectorized = ast.copy_location(
             ast.If(test=guard, body=[marker] + stmts, orelse=[original]), node)
+        self.bound |= loop.bound_lists
+        vectorized.bound_lists = loop.bound_lists  # for an outer loop that inlines this one
         if not loop.averaged:
             return vectorized
         # `return loss / B` -> `return loss if _averaged else loss / B`: the vectorized branch
@@ -226,7 +230,8 @@ def _runs_when(guard: ast.expr) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise."""
     names = sorted({ast.unparse(n.args[0]) for n in ast.walk(guard) if isinstance(n, ast.Call)
-                    and isinstance(n.func, ast.Name) and n.func.id == "isinstance" and n.args})
+                    and isinstance(n.func, ast.Name) and n.func.id == "isinstance"
+                    and len(n.args) == 2 and ast.unparse(n.args[1]).endswith(".Tensor")})
     if not names:
         return ""
     verb = "is a tensor" if len(names) == 1 else "are tensors"
@@ -238,12 +243,14 @@ class _Loop:
 
     def __init__(self, node: ast.For, live_after: set[str], ctx: PassContext,
                  init: list[ast.stmt] = (), zeros: set[str] = frozenset(),
-                 divided: dict[str, str] | None = None):
+                 divided: dict[str, str] | None = None, built: set[str] = frozenset()):
         self.node = node
         self.zeros = zeros                            # bound to the int 0 when the loop starts
         self.divided = divided or {}                  # divided after the loop: name -> divisor
         self.averaged: set[str] = set()               # ... by the trip count: left as means
         self.flag = ""                                # set when the loop left means
+        self.built = built                            # `lst = []` lists it may build ...
+        self.bound_lists: set[str] = set()            # ... and builds: bound to stacked items
         self.known = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
         self.ctx = ctx
         self.live_after = live_after
@@ -380,9 +387,10 @@ class _Loop:
         seeds = {it.index} | {n for n, _ in it.elements}
         assigned = set().union(*(loop_dataflow.stores(s) for s in ast.walk(ast.Module(body, []))
                                  if isinstance(s, ast.stmt)))
-        guards, out = [], []
+        guards, out, stacked = [], [], set()
         for s in body:
             if is_vectorized_guard(s):
+                stacked |= getattr(s, "bound_lists", set())
                 for g in _conjuncts(s.test):
                     if _is_int_check(g, seeds):
                         continue  # the inner writes out[i, ...]: this loop makes i a slice
@@ -398,6 +406,10 @@ class _Loop:
                 out.append(s)
             else:
                 out.append(s)
+        if stacked:  # lists an inlined loop built: the stacked items here
+            block = ast.Module(out, [])
+            normalize_comprehensions.bound_list_consumers(block, stacked, self.ctx, stacked=True)
+            out = block.body
         return out, guards
 
     def _guard_iterables(self, it: _Iteration, body: list[ast.stmt], seeds: set[str]) -> None:
@@ -405,14 +417,18 @@ class _Loop:
         for _, src in it.elements:
             self._guard("isinstance(x, torch.Tensor)", x=src)
             self._guard("x.dim() > 0", x=src)
+        # names bound anywhere in the body, also inside outlined inner bodies (their locals)
+        local = {n.id for s in body for n in ast.walk(s)
+                 if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {
+            a.arg for s in body for a in ast.walk(s) if isinstance(a, ast.arg)}
         for sub in (n for s in body for n in ast.walk(s) if isinstance(n, ast.Subscript)):
-            if _is_pure(sub.value) and not (loads(sub.value) & (self.facts.assigned | seeds)) \
+            if _is_pure(sub.value) and not (loads(sub.value) & (self.facts.assigned | seeds | local)) \
                     and depends(sub.slice, self.facts.variant, self.ctx):
                 self._guard("isinstance(x, torch.Tensor)", x=sub.value)
         for e in self.facts.of_kind("write"):
             self._guard("isinstance(x, torch.Tensor)", x=ast.Name(e.name, ast.Load()))
         for e in self.facts.of_kind("append"):
-            if e.name not in self.known:
+            if e.name not in self.known and e.name not in self.built:
                 self._guard("isinstance(x, list)", x=ast.Name(e.name, ast.Load()))
         self._guard("len(range(a, b, s)) > 0", a=it.start, b=it.stop, s=it.step)
 
@@ -549,6 +565,9 @@ class _Loop:
         if e.kind == "append" and e.name in self.known:  # our own list: its consumer is known
             self.stacked[e.name] = (stacked, host)
             return []
+        if e.kind == "append" and e.name in self.built and not host:
+            self.bound_lists.add(e.name)
+            return self._sub("lst = v", lst=e.name, v=stacked)
         if e.kind == "append":  # host values (`.item()`) were Python numbers in the list
             how = "v.tolist()" if host else "v.unbind(0)"
             return [ast.Expr(self._sub(f"lst.extend({how})", lst=e.name, v=stacked))]

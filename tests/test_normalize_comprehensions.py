@@ -134,6 +134,63 @@ def test_bound_list_of_host_values_stays_a_list_of_numbers():
 
 
 # ---------------------------------------------------------------------------------------------
+# Lists built by a loop: `lst = []`, appends, then reads a tensor of the items answers the same.
+
+def built_lists(src: str) -> list[set]:
+    tree = ast.parse(dedent(src))
+    found = normalize_comprehensions.lists_built_by_loops(tree.body[0], context(tree, namespace()))
+    loops = sorted((n for n in ast.walk(tree) if isinstance(n, ast.For)), key=lambda n: n.lineno)
+    return [found.get(id(loop)) for loop in loops]
+
+
+BUILT = """
+    def f(x, w):
+        total = 0
+        for j in range(x.shape[0]):
+            scores = []
+            for k in range(x.shape[1]):
+                scores.append(x[j, k] * w)
+            scores = torch.stack(scores)
+            total = total + torch.logsumexp(scores, dim=0) - scores[0]
+        rows = []
+        for j in range(x.shape[0]):
+            rows.append(x[j].sum() * 2)
+        return total + sum(rows) / len(rows) + max(rows)
+    """
+
+
+@pytest.mark.parametrize("after", [
+    "return scores",                      # escapes as a list
+    "scores.append(x); return len(scores)",
+    "return torch.stack(scores, 1)",
+    "c = scores[0]; c.add_(1); return c",  # an alias modified in place
+    "if w: scores = 1\n    return torch.stack(scores)",  # rebound inside a statement
+])
+def test_lists_built_by_loops_only_with_reads_the_stacked_items_answer(after):
+    assert built_lists(BUILT) == [set(), {"scores"}, {"rows"}]
+    src = ("def f(x, w):\n    scores = []\n    for k in range(3):\n"
+           "        scores.append(x[k])\n    " + after.replace("; ", "\n    "))
+    assert built_lists(src) == [set()]
+    # not empty, or mentioned between `[]` and the loop
+    assert built_lists("def f(x):\n    s = [x]\n    for k in range(3):\n        s.append(x[k])\n"
+                       "    return torch.stack(s)\n") == [set()]
+    assert built_lists("def f(x):\n    s = []\n    t = s\n    for k in range(3):\n"
+                       "        s.append(x[k])\n    return torch.stack(s)\n") == [set()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_lists_built_by_loops_let_the_outer_loop_vectorize(dtype):
+    original, optimized, code, report = build(BUILT)
+    assert all(loop.vectorized for loop in report.loops), report.loops
+    assert "scores = scores if isinstance(scores, torch.Tensor) else torch.stack(scores)" in code
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, dtype=dtype, generator=g, requires_grad=True)
+    w = torch.randn((), dtype=dtype, generator=g, requires_grad=True)
+    assert_equivalent(original, optimized, x, w)
+    assert_equivalent(original, optimized, x[:1], w)
+
+
+# ---------------------------------------------------------------------------------------------
 # Every comprehension is reported once, at its line; a second run changes nothing.
 
 def test_every_comprehension_is_reported_once_with_a_reason():

@@ -958,8 +958,9 @@ def test_examples_stay_equivalent(name):
 
 
 VECTORIZED_EXAMPLES = ["center_loss", "chamfer", "class_weighted_ce", "dice_tversky",
-                       "elementwise_fn_loop", "elementwise_if_else", "label_smoothing_rows",
-                       "masked_nll_pad", "onehot_smoothing_weights", "pairwise_similarity", "per_sample_ce", "per_sample_mse", "seq_ce_time",
+                       "elementwise_fn_loop", "elementwise_if_else", "ge2e",
+                       "label_smoothing_rows", "masked_nll_pad", "onehot_smoothing_weights",
+                       "pairwise_similarity", "per_sample_ce", "per_sample_mse", "seq_ce_time",
                        "slow_add", "target_scaling"]
 
 
