@@ -186,8 +186,9 @@ def collect(fn: Callable, args: tuple, kwargs: dict, repeat: int = 10, compile: 
     report = optimized.report
     rewritten = optimized.rewritten_function()
     original = _normalised_source(fn, report.original_source)
-    diff = "".join(difflib.unified_diff(original.splitlines(True), report.rewritten_source.splitlines(True),
-                                        "original", "rewritten")) if report.rewritten_source else ""
+    diff = "".join(line + "\n" for line in difflib.unified_diff(
+        original.splitlines(), (report.rewritten_source or original).splitlines(), "original",
+        "rewritten", lineterm=""))
     timings = {"repeat": repeat, "original": fwd_bwd_ms(fn, args, kwargs, repeat),
                "optimized": fwd_bwd_ms(optimized, args, kwargs, repeat), "compiled": None}
     if compile:
