@@ -23,6 +23,7 @@ class Namer:
 
     def __init__(self, taken: set[str]):
         self._taken = set(taken)
+        self.made: set[str] = set()  # the names this namer gave out (not the user's)
 
     @classmethod
     def for_tree(cls, tree: ast.AST, extra: set[str] = frozenset()) -> "Namer":
@@ -38,6 +39,7 @@ class Namer:
         while name in self._taken:
             name, k = f"{base}_{k}", k + 1
         self._taken.add(name)
+        self.made.add(name)
         return name
 
 

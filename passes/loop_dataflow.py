@@ -677,16 +677,16 @@ def _reads_of(node: ast.AST, name: str, ctx: PassContext) -> list[ast.Name]:
     return [n for c in ast.iter_child_nodes(node) for n in _reads_of(c, name, ctx)]
 
 
-def _is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
+def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     """Whether ``expr`` is (syntactically) a boolean tensor: a comparison, logic, a mask name."""
     if isinstance(expr, ast.Name):
         return expr.id in boolean
     if isinstance(expr, (ast.Compare, ast.BoolOp)):
         return True
     if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.Not, ast.Invert)):
-        return _is_boolean(expr.operand, boolean, ctx)
+        return is_boolean(expr.operand, boolean, ctx)
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
-        return _is_boolean(expr.left, boolean, ctx) and _is_boolean(expr.right, boolean, ctx)
+        return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
     if isinstance(expr, ast.Call):
         return (resolve_call(expr.func, ctx) in rules.BOOLEAN_FUNCS
                 or method_name(expr, ctx) in rules.BOOLEAN_METHODS)
@@ -694,14 +694,17 @@ def _is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
 
 
 def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
-    """``x[mask]`` selects a data-dependent number of elements: no batched form."""
+    """``x[mask]`` selects a data-dependent number of elements: no batched form. Selections
+    ``masked_selections_to_where`` converts are marked ``where_converted``: not refused."""
     boolean: set[str] = set()
     for s in _simple_stmts(body):
         for sub in (n for n in ast.walk(s) if isinstance(n, ast.Subscript)):
-            if any(_is_boolean(e, boolean, ctx) for e in write_entries(sub)):
+            if getattr(sub, "where_converted", False):
+                continue
+            if any(is_boolean(e, boolean, ctx) for e in write_entries(sub)):
                 raise Unsupported(f"boolean mask indexing `{unparse(sub)}`: the number of "
                                   "selected elements varies per iteration", s.lineno)
-        if isinstance(s, ast.Assign) and _is_boolean(s.value, boolean, ctx):
+        if isinstance(s, ast.Assign) and is_boolean(s.value, boolean, ctx):
             boolean |= {t.id for t in s.targets if isinstance(t, ast.Name)}
 
 

@@ -128,7 +128,7 @@ class _Converter:
         """``e`` made safe to evaluate on iterations where ``pred`` is false."""
         if pred is None:
             return e
-        return _Sanitize(pred, self.facts.variant, self.index, self.ctx).visit(e)
+        return Sanitize(pred, self.facts.variant, self.index, self.ctx).visit(e)
 
 
 def _assigned_in(s: ast.If) -> set[str]:
@@ -156,7 +156,7 @@ def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
     return test
 
 
-class _Sanitize(ast.NodeTransformer):
+class Sanitize(ast.NodeTransformer):
     """Replace risky operands by safe values where ``pred`` is false; refuse unknown calls."""
 
     def __init__(self, pred: str, variant: set[str], index: str, ctx: PassContext):

@@ -77,7 +77,7 @@ from rewrite.errors import Unsupported
 from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, loop_dataflow,
                normalize_comprehensions)
 from . import loop_rules as rules
-from . import tensor_branches_to_where
+from . import masked_selections_to_where, tensor_branches_to_where
 from .ast_tools import PassContext, replace, unparse
 from .loop_dataflow import Effect, depends, loads, resolve_call
 
@@ -288,9 +288,12 @@ class _Loop:
         it = self.it = self._iteration()
         body, inner_guards = self._inline_inner(copy.deepcopy(node.body), it)
         seeds = {it.index} | {name for name, _ in it.elements}
+        # Mask selections reduced elementwise -> masked dense ops (marked: the check skips them)
+        dense = masked_selections_to_where.rewrite(body, seeds, self.ctx)
         # Check the body as the user wrote it (reasons quote their code) ...
         loop_dataflow.analyze(body, it.index, seeds, self.live_after, self.ctx)
         # ... then rewrite it and analyse again: the effects must be the final body's nodes.
+        body = dense.body
         variant = loop_dataflow.variant_names(body, seeds, self.ctx)
         body = host_roundtrips_to_tensor_ops.rewrite(body, variant, self.ctx)
         body = [_UnitSlices(it.index, self.ctx).visit(s) for s in body]
@@ -300,12 +303,12 @@ class _Loop:
         seeds |= {param for param, _ in self.slices.values()}
         self.facts = facts = loop_dataflow.analyze(body, it.index, seeds, self.live_after,
                                                    self.ctx)
-        for g in inner_guards:
+        for g in inner_guards + dense.guards:
             self._guard("g", g=g)
         self._guard_iterables(it, body, seeds)
         converted = tensor_branches_to_where.if_convert(body, facts, it.index, self._effect,
                                                         self.ctx)
-        stmts = self._assemble(it, converted)
+        stmts = dense.raise_if_empty(self._assemble(it, converted), self.folds)
         return self._check(), stmts, self._strategy(), self._why()
 
     def _strategy(self) -> str:
@@ -320,6 +323,8 @@ class _Loop:
         for e in self.facts.effects.values():
             if e.name in self.known:  # a comprehension's own list
                 parts.append("items stacked")
+                continue
+            if e.name in self.ctx.namer.made:  # e.g. a counter of empty selections
                 continue
             family = "mean" if e.name in self.averaged else e.family
             write = "written as a slice" if e.name not in self.scattered else \

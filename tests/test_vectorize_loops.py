@@ -215,7 +215,7 @@ CASES = {
             return out.mean()
         """, lambda dt, s: (0.3 * randn(6, 4, dtype=dt, seed=s), 0.3 * randn(6, 4, dtype=dt,
                                                                              seed=s + 1)),
-        {3: "vmap", 4: "vmap"}),
+        {3: "vmap", 4: "batched"}),
     # 7. masked continue
     "ignore_index_continue": ("""
         def f(logp, target, ignore_index=-100):
@@ -528,7 +528,7 @@ KEPT = {
             s = 0
             for i in range(x.shape[0]):
                 m = y[i] > 0
-                s = s + x[i][m].sum()
+                s = s + x[i][m].cumsum(0).sum()
             return s
         """, "boolean mask indexing `x[i][m]`"),
     "data_dependent_while": ("""
@@ -959,9 +959,10 @@ def test_examples_stay_equivalent(name):
 
 VECTORIZED_EXAMPLES = ["center_loss", "chamfer", "class_weighted_ce", "dice_tversky",
                        "elementwise_fn_loop", "elementwise_if_else", "ge2e",
-                       "label_smoothing_rows", "masked_nll_pad", "onehot_smoothing_weights",
-                       "pairwise_similarity", "per_sample_ce", "per_sample_mse", "seq_ce_time",
-                       "slow_add", "target_scaling"]
+                       "label_smoothing_rows", "masked_mse", "masked_nll_pad",
+                       "onehot_smoothing_weights", "pairwise_similarity", "per_sample_ce",
+                       "per_sample_mse", "seq_ce_time", "slow_add", "target_scaling",
+                       "triplet_hardest"]
 
 
 @pytest.mark.parametrize("name", VECTORIZED_EXAMPLES)

@@ -1,0 +1,701 @@
+"""Boolean-mask selections inside a loop body being vectorized become masked dense ops.
+
+``x[m]`` keeps a data-dependent number of elements, which neither ``torch.vmap`` nor the batched
+form can hold. When the selected values only flow through elementwise ops into a full reduction,
+the same reduction over all elements, the deselected ones masked out, has the same value and the
+same gradients. With ``_keep`` the mask reshaped to broadcast against ``x`` (``_mask_shape``
+checks the shapes as indexing does) and ``x[m]``'s dense stand-in ``torch.where(_keep, x, False)``
+(0 where deselected), this pattern::
+
+    mask = target[i] > 0
+    diff = pred[i][mask] - target[i][mask]
+    total = total + (diff ** 2).sum()
+    n = n + pred[i][mask].numel()
+
+is converted to::
+
+    mask = target[i] > 0
+    _keep = mask.reshape(_mask_shape[mask.shape, pred[i].shape, target[i].shape])
+    diff = torch.where(_keep, pred[i], False) - torch.where(_keep, target[i], False)
+    total = total + torch.where(_keep, diff ** 2, 0).sum()
+    _keep_1 = mask.reshape(_mask_shape[mask.shape, pred[i].shape])
+    _vals = torch.where(_keep_1, pred[i], False)
+    n = n + _keep_1.expand_as(_vals).sum()
+
+and ``hardest = dist[same].max()`` (``same = labels == labels[i]``) to::
+
+    _keep = same.reshape(_mask_shape[same.shape, dist.shape])
+    _vals = torch.where(_keep, dist, False)
+    _empty_max = _empty_max + (_keep.expand_as(_vals).sum() == 0)
+    _nan = (_keep & (_vals != _vals)).any()
+    _top = torch.where(_keep & (_vals == _vals), _vals,
+                       -torch.inf if _vals.dtype.is_floating_point else _vals.amin()).amax()
+    _ties = _keep & torch.where(_nan, _vals != _vals, _vals == _top)
+    hardest = torch.where(_nan | (_top == -torch.inf), (torch.where(_ties, _vals, 0).sum()
+                          / _ties.sum().clamp(min=1)).to(_top.dtype), _top)
+
+The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where(_keep, x,
+0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` -> ``_keep.sum()``;
+``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; the
+function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike.
+
+What is rewritten: a selection ``x[m]``, ``x`` a name, attribute or subscript by names and
+numbers, ``m`` a mask that varies per iteration (a single comparison, ``~``/``&``/``|``/``^`` of
+masks, a call of ``loop_rules.BOOLEAN_*``, or a name every binding of which in the body is one),
+whose value reaches a full reduction only through elementwise ops (arithmetic, single
+comparisons, ``loop_rules.BATCHED_ELEMENTWISE*``); a name bound once, at the top of the body, to
+such a value is its stand-in, read only by such reductions. The selections of one reduction
+share their mask; its other operands are numbers, 0-d values (reductions), or names that do not
+vary, which the loop's runtime check requires to be numbers or 0-d tensors (``Dense.guards``): a
+longer tensor broadcasts against the number of selected elements in the original.
+
+Why each piece:
+
+* NaN/inf: the stand-ins are 0 where deselected, so what the mask excludes (NaN targets, say)
+  never reaches an op or a gradient; ops of ``loop_rules.SANITIZE*`` get safe operands there
+  (``tensor_branches_to_where``'s double where), and the reduction masks once more.
+* Shapes: ``x[m]`` raises ``IndexError`` unless ``m.shape == x.shape[:m.dim()]``, where ``where``
+  would broadcast. ``_mask_shape`` (``MASK_SHAPE``, bound into the generated code) looks at shapes
+  only, the same in every iteration: it raises the very ``IndexError`` indexing raises, and pads
+  ``m``'s shape with 1s for row selections (``m.dim() < x.dim()``) and a leading 1 for a 0-d mask
+  (``x[True]`` has a new leading dim). Selections of tensors of different ranks combined
+  elementwise raise ``RuntimeError``: the original's broadcasting depends on how many elements
+  are selected there (when it happens to work, the decorator's fallback runs the original).
+* dtype: ``False`` promotes nothing, so the stand-in keeps ``x``'s dtype; sums of ints and bools
+  are int64 as before; ``.sum().mean()`` raises for an integer mean as the original does. Counts
+  are Python ints in the original (tagged ``host_number``: accumulated counts fold back to ints).
+* Empty selections: the sum is 0 and the mean NaN in both; ``.max()``/``.min()`` of nothing raise
+  ``RuntimeError`` in the original. The loop counts such iterations (an accumulator, masked like
+  any other) and ``Dense.raise_if_empty`` raises the original's error after the loop, before any
+  of its results is stored. The dense value of an empty selection is 0: nothing NaN reaches the
+  gradients of iterations a tensor condition deselects.
+* Ties: ``x[m].max()`` splits the gradient evenly between the selected elements equal to the
+  maximum, so does ``amax`` over the selected NaN-free values, unless the maximum is the ``-inf``
+  fill. Two cases take the mean of the ties instead, whose gradient is the same even split: every
+  selected value ``-inf`` (the fill would share the gradient), and a NaN among them (``max()``
+  splits the gradient between the NaNs). ``x[m].amax()`` counts ties with ``==``: a NaN gives
+  every selected element a NaN gradient, and the dense ``amax`` does the same.
+
+Anything else is left alone, and then the whole body is (``loop_dataflow`` keeps the loop with
+its "boolean mask indexing" reason): a selection stored, appended, returned, shape-queried,
+indexed again, under a conditional expression, or fed to a non-elementwise op or a reduction
+with arguments; two masks in one op; a tuple index; Python ``and``/``not`` in a mask; a mask
+bound twice or that does not vary. The converted selections are marked on the user's nodes
+(``CONVERTED``), so that check, run on the body as written, only sees what is left.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from rewrite.errors import Unsupported
+
+from . import loop_rules as rules
+from .ast_tools import PassContext, replace
+from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
+                            resolve_call, stores, variant_names, write_entries)
+from .tensor_branches_to_where import Sanitize
+
+# Marks a user's subscript converted here: loop_dataflow's mask-indexing check skips it.
+CONVERTED = "where_converted"
+
+# Full reductions of a selection: method name / function -> dense form.
+REDUCTION_METHODS = {"sum": "sum", "mean": "mean", "max": "max", "amax": "amax", "min": "min",
+                     "amin": "amin"}
+REDUCTION_FUNCS = {"torch.sum": "sum", "torch.mean": "mean", "torch.max": "max",
+                   "torch.amax": "amax", "torch.min": "min", "torch.amin": "amin"}
+# Counts: ``x[m].numel()`` (selected elements), ``len(x[m])`` (selected rows).
+COUNT_METHODS = {"numel": "numel"}
+COUNT_FUNCS = {"len": "len"}
+# Dense forms: ``k`` the mask shaped for ``v``, the elementwise value on the stand-ins; ``v`` is
+# read once (templates reading it more often get a temporary).
+DENSE_FORMS = {
+    "sum": "torch.where(k, v, 0).sum()",
+    # .mean(): a 0-d float is itself; an integer sum raises as the original's mean does
+    "mean": "torch.where(k, v, 0).sum().mean() / k.expand_as(v).sum()",
+    "numel": "k.expand_as(v).sum()",
+    "len": "k.sum()",
+}
+# ... max and min (see the module docstring): the dense reduction, the far end of the order
+# (the fill of floats), the fill of other dtypes (<= / >= every selected value), and the steps.
+# max()/min() split the gradient between the selected elements equal to the result, NaN ones
+# when it is NaN; amax()/amin() count the ties with ``==``, so a NaN gives every selected
+# element a NaN gradient. Both split it between ``far`` ties with the mean of the ties.
+EXTREMES = {"max": ("amax", "-torch.inf", "v.amin()", "nan_ties"),
+            "min": ("amin", "torch.inf", "v.amax()", "nan_ties"),
+            "amax": ("amax", "-torch.inf", "v.amin()", "equal_ties"),
+            "amin": ("amin", "torch.inf", "v.amax()", "equal_ties")}
+FILL = "{far} if v.dtype.is_floating_point else {fill}"
+MEAN_OF_TIES = "(torch.where(ties, v, 0).sum() / ties.sum().clamp(min=1)).to(top.dtype)"
+EXTREME_STEPS = {
+    "nan_ties": (f"""
+nan = (k & (v != v)).any()
+top = torch.where(k & (v == v), v, {FILL}).{{reduce}}()
+ties = k & torch.where(nan, v != v, v == top)
+""", f"torch.where(nan | (top == {{far}}), {MEAN_OF_TIES}, top)"),
+    "equal_ties": (f"""
+top = torch.where(k, v, {FILL}).{{reduce}}()
+ties = k & (v == top)
+""", f"torch.where(top == {{far}}, {MEAN_OF_TIES}, top)"),
+}
+# Counts are Python ints in the original (``NUMBER_FOLD`` turns accumulated ones back), and so
+# is their integer arithmetic.
+COUNT_KIND = "int"
+COUNT_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
+# Operators that are elementwise on selections (with numbers and 0-d values).
+ELEMENTWISE_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
+                      ast.BitAnd, ast.BitOr, ast.BitXor)
+ELEMENTWISE_UNARYOPS = (ast.USub, ast.UAdd, ast.Invert)
+# Masks: logic on masks (Python ``and``/``or``/``not`` call bool() and are left alone).
+MASK_BINOPS = (ast.BitAnd, ast.BitOr, ast.BitXor)
+# Checked before the loop (else it runs as written): an operand that does not vary is a number
+# or a 0-d tensor; a selected value that does not vary is a tensor (``x.shape``, ``where``).
+SCALAR_GUARD = "isinstance(x, (int, float)) or torch.is_tensor(x) and x.dim() == 0"
+TENSOR_GUARD = "isinstance(x, torch.Tensor)"
+
+
+def _empty_error(op: str) -> str:
+    """The message of the error a full ``max``/``min``/... of nothing raises."""
+    try:
+        getattr(torch.empty(0), op)()
+    except RuntimeError as exc:
+        return str(exc)
+    return f"{op}(): the selection is empty"
+
+
+EMPTY_ERRORS = {op: _empty_error(op) for op in ("max", "min", "amax", "amin")}
+
+
+class MaskShape:
+    """``_mask_shape[m.shape, x.shape, ...]``: the shape the mask ``m`` is reshaped to so that it
+    broadcasts against the dense stand-ins of ``x[m], ...``. Raises what indexing raises when
+    ``m`` cannot index ``x``. Shapes only: the same answer for every iteration."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        mask, *bases = (tuple(s) for s in shapes)
+        for base in bases:
+            if base[:len(mask)] != mask:
+                # the original's own error and message
+                torch.zeros(()).expand(base)[torch.zeros((), dtype=torch.bool).expand(mask)]
+                raise IndexError(f"mask of shape {list(mask)} cannot index a tensor of shape "
+                                 f"{list(base)}")
+        ranks = sorted({len(b) for b in bases})
+        if len(ranks) > 1:
+            raise RuntimeError(f"selections with masks of shape {list(mask)} of tensors of "
+                               f"ranks {ranks} are combined elementwise: how they broadcast "
+                               "depends on the number of selected elements")
+        return (mask or (1,)) + (1,) * (ranks[0] - len(mask))
+
+
+MASK_SHAPE = MaskShape()
+
+
+@dataclass
+class Dense:
+    """The body with its selections converted, and what the vectorized loop needs besides."""
+    body: list[ast.stmt]
+    guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
+    empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
+    ctx: PassContext | None = None
+
+    def raise_if_empty(self, stmts: list[ast.stmt], folds: list[ast.stmt]) -> list[ast.stmt]:
+        """The vectorized loop's ``stmts`` (ending with ``folds``, which store its results) with
+        the counters of empty max/min selections: zero before, checked right before the folds
+        (the original raised before storing anything of later iterations)."""
+        if not self.empty:
+            return stmts
+        sub = self._sub
+        cut = len(stmts) - len(folds)
+        if not all(a is b for a, b in zip(stmts[cut:], folds)):
+            cut = len(stmts)  # not the expected layout: check after everything
+        counted = [f for f in stmts[cut:] if stores(f) & self.empty.keys()]
+        rest = [f for f in stmts[cut:] if not stores(f) & self.empty.keys()]
+        init, checks = [], []
+        for name, message in self.empty.items():
+            init += sub("c = 0", c=name)
+            checks += sub(f"if c:\n    raise RuntimeError({message!r})", c=name)
+        return init + stmts[:cut] + counted + checks + rest
+
+    def _sub(self, template: str, **subs) -> object:
+        loc = self.body[0] if self.body else None
+        return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
+
+
+def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
+    """``body`` (the loop body over ``seeds``, not modified) with its selections converted, or
+    ``body`` itself when it has none or one of them cannot be converted."""
+    lenient = _lenient_masks(body, ctx)
+    if not any(_is_selection(sub, lenient, ctx) for s in body for sub in ast.walk(s)
+               if isinstance(sub, ast.Subscript)):
+        return Dense(body, ctx=ctx)
+    work = copy.deepcopy(body)
+    users = {id(c): u for c, u in zip(_walk(work), _walk(body))}
+    converter = _Converter(work, seeds, lenient, ctx)
+    try:
+        dense = converter.block(work, top=True)
+    except (_Refused, Unsupported):
+        return Dense(body, ctx=ctx)
+    for sub in converter.converted:
+        setattr(users[id(sub)], CONVERTED, True)
+    return Dense(dense, converter.guards, converter.empty, ctx)
+
+
+class _Refused(Exception):
+    """A selection that stays: the body is left as written."""
+
+
+def _walk(stmts: list[ast.stmt]):
+    for s in stmts:
+        yield from ast.walk(s)
+
+
+def _lenient_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
+    """Names bound to a boolean anywhere in the body (what loop_dataflow's check looks for)."""
+    names: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for s in (n for n in _walk(body) if isinstance(n, ast.Assign)):
+            if is_boolean(s.value, names, ctx):
+                new = {t.id for t in s.targets if isinstance(t, ast.Name)} - names
+                names |= new
+                changed |= bool(new)
+    return names
+
+
+def _is_selection(sub: ast.Subscript, lenient: set[str], ctx: PassContext) -> bool:
+    return any(is_boolean(e, lenient, ctx) for e in write_entries(sub))
+
+
+@dataclass
+class _Group:
+    """The selections of one reduction: their mask and the tensors they index."""
+    mask: ast.expr
+    key: str
+    bases: dict[str, ast.expr]           # ast.dump -> base expression
+    keep: str = ""                       # reuse: the keep a selected name was computed with
+
+
+@dataclass
+class _Chain:
+    """An elementwise value of selections: its expression with placeholders for the leaves."""
+    group: _Group
+    expr: ast.expr
+    leaves: dict[str, tuple[str, ast.expr]]   # placeholder -> ("select" | "name" | "scalar", node)
+    guards: list[ast.expr]                    # for the loop's runtime check, once converted
+
+
+class _Converter:
+    def __init__(self, body: list[ast.stmt], seeds: set[str], lenient: set[str],
+                 ctx: PassContext):
+        self.ctx = ctx
+        self.seeds = seeds
+        self.lenient = lenient
+        self.variant = variant_names(body, seeds, ctx)
+        counts: dict[str, int] = {}
+        for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
+            for name in stores(s):
+                counts[name] = counts.get(name, 0) + 1
+        self.assigned = set(counts)
+        self.once = {n for n, k in counts.items() if k == 1}
+        self.masks = self._strict_masks(body)
+        self.scalars: set[str] = set()
+        self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
+        self.converted: list[ast.Subscript] = []
+        self.guards: list[ast.expr] = []
+        self.empty: dict[str, str] = {}
+        self.counters: dict[str, str] = {}
+        self.pre: list[ast.stmt] = []
+        self.keeps: dict[tuple, str] = {}        # in this statement: (mask, bases) -> keep
+        self.pending: list[ast.expr] = []
+        self.holes = 0
+
+    def _sub(self, template: str, loc: ast.AST, **subs) -> object:
+        return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
+
+    # -- statements ------------------------------------------------------------------------------
+    def block(self, stmts: list[ast.stmt], top: bool) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for s in stmts:
+            self.pre, self.keeps = [], {}
+            if isinstance(s, ast.If):
+                s.test = self.expr(s.test)
+                pre = self.pre
+                s.body = self.block(s.body, False)
+                s.orelse = self.block(s.orelse, False)
+                out += pre + [s]
+                continue
+            if top and self._binds_selection(s):
+                name = s.targets[0].id
+                chain = self.chain(s.value)
+                keep = self.keep(chain.group, s.value)
+                s.value = self.dense(chain, keep)
+                self.selected[name] = _Group(chain.group.mask, chain.group.key,
+                                             chain.group.bases, keep)
+                out += self.pre + [s]
+                continue
+            if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                self.refuse_inside(s)
+                out.append(s)
+                continue
+            scalar = top and self._binds_scalar(s)
+            new = _Rewrite(self).visit(s)
+            if scalar:
+                self.scalars.add(s.targets[0].id)
+            out += self.pre + [new]
+        return out
+
+    def _binds_selection(self, s: ast.stmt) -> bool:
+        """``name = <elementwise value of selections>``, bound once."""
+        return (isinstance(s, ast.Assign) and len(s.targets) == 1
+                and isinstance(s.targets[0], ast.Name) and s.targets[0].id in self.once
+                and s.targets[0].id not in loads(s.value) and self.chain(s.value) is not None)
+
+    def _binds_scalar(self, s: ast.stmt) -> bool:
+        return (isinstance(s, ast.Assign) and len(s.targets) == 1
+                and isinstance(s.targets[0], ast.Name) and s.targets[0].id in self.once
+                and self._reduction(s.value) is not None)
+
+    # -- expressions -----------------------------------------------------------------------------
+    def expr(self, e: ast.expr) -> ast.expr:
+        return _Rewrite(self).visit(e)
+
+    def refuse_inside(self, node: ast.AST) -> None:
+        """``node`` is evaluated as written: no selection or stand-in may occur in it."""
+        for n in ast.walk(node):
+            if isinstance(n, ast.Subscript) and _is_selection(n, self.lenient, self.ctx):
+                raise _Refused("selection in a conditional expression or nested function")
+            if isinstance(n, ast.Name) and n.id in self.selected:
+                raise _Refused(f"`{n.id}` read outside a reduction")
+
+    def _reduction(self, call: ast.expr) -> tuple[str, ast.expr] | None:
+        """(dense form, operand) of a full reduction or count call."""
+        if not isinstance(call, ast.Call) or call.keywords:
+            return None
+        meth = method_name(call, self.ctx)
+        if meth is not None and not call.args:
+            form = REDUCTION_METHODS.get(meth) or COUNT_METHODS.get(meth)
+            return (form, call.func.value) if form else None
+        name = resolve_call(call.func, self.ctx)
+        if len(call.args) == 1 and not isinstance(call.args[0], ast.Starred):
+            form = REDUCTION_FUNCS.get(name or "") or COUNT_FUNCS.get(name or "")
+            return (form, call.args[0]) if form else None
+        return None
+
+    def reduce(self, call: ast.Call) -> ast.expr | None:
+        """The dense form of a full reduction of selections, None when ``call`` is not one."""
+        found = self._reduction(call)
+        if found is None:
+            return None
+        form, operand = found
+        chain = self.chain(operand)
+        if chain is None:
+            return None
+        keep = self.keep(chain.group, call)
+        value = self.dense(chain, keep)
+        if form == "sum":
+            if isinstance(chain.expr, ast.Name) and chain.expr.id in chain.leaves:
+                value = _bare(value)  # the reduction's own where masks a bare selection
+            return self._sub(DENSE_FORMS[form], call, k=keep, v=value)
+        if form == "len":
+            out = self._sub(DENSE_FORMS[form], call, k=keep)
+            out.host_number = COUNT_KIND
+            return out
+        vals = self.ctx.namer.new("vals")
+        self.pre += self._sub("v = e", call, v=vals, e=value)
+        if form in ("mean", "numel"):
+            out = self._sub(DENSE_FORMS[form], call, k=keep, v=vals)
+            if form == "numel":
+                out.host_number = COUNT_KIND
+            return out
+        counter = self.counters.get(form)
+        if counter is None:
+            counter = self.counters[form] = self.ctx.namer.new(f"empty_{form}")
+            self.empty[counter] = EMPTY_ERRORS[form]
+        self.pre += self._sub("c = c + (k.expand_as(v).sum() == 0)", call, c=counter, k=keep,
+                              v=vals)
+        reduce_, far, fill, ties = EXTREMES[form]
+        steps, result = (t.format(far=far, fill=fill, reduce=reduce_)
+                         for t in EXTREME_STEPS[ties])
+        used = {n.id for n in ast.walk(ast.parse(steps)) if isinstance(n, ast.Name)}
+        names = {n: self.ctx.namer.new(n) for n in ("nan", "top", "ties") if n in used}
+        self.pre += self._sub(steps, call, k=keep, v=vals, **names)
+        return self._sub(result, call, v=vals, **names)
+
+    # -- chains of elementwise ops on selections --------------------------------------------------
+    def chain(self, e: ast.expr) -> _Chain | None:
+        """``e`` as an elementwise value of selections (all with one mask), else None."""
+        leaves: dict[str, tuple[str, ast.expr]] = {}
+        groups: list[_Group] = []
+        self.pending = []
+        try:
+            expr = self._chain(e, leaves, groups)
+        except _NotChain:
+            return None
+        if not groups:
+            return None
+        if len({g.key for g in groups}) > 1:
+            raise _Refused("selections with different masks in one elementwise op")
+        bases = {k: b for g in groups for k, b in g.bases.items()}
+        reuse = {g.keep for g in groups}
+        keep = reuse.pop() if len(reuse) == 1 else ""
+        if keep and any(g.bases.keys() != bases.keys() for g in groups):
+            keep = ""
+        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep), expr, leaves,
+                      self.pending)
+
+    def _hole(self, kind: str, node: ast.expr, leaves: dict) -> ast.Name:
+        self.holes += 1
+        name = f"__leaf{self.holes}"
+        leaves[name] = (kind, node)
+        return ast.copy_location(ast.Name(name, ast.Load()), node)
+
+    def _chain(self, e: ast.expr, leaves: dict, groups: list[_Group]) -> ast.expr:
+        if isinstance(e, ast.Subscript) and _is_selection(e, self.lenient, self.ctx):
+            groups.append(self._selection(e))
+            return self._hole("select", e, leaves)
+        if isinstance(e, ast.Name) and e.id in self.selected:
+            groups.append(self.selected[e.id])
+            return self._hole("name", e, leaves)
+        if _is_constant(e):
+            return copy.deepcopy(e)
+        if self._scalar(e):
+            return self._hole("scalar", e, leaves)
+        if isinstance(e, ast.BinOp) and isinstance(e.op, ELEMENTWISE_BINOPS):
+            return ast.copy_location(ast.BinOp(self._chain(e.left, leaves, groups), e.op,
+                                               self._chain(e.right, leaves, groups)), e)
+        if isinstance(e, ast.UnaryOp) and isinstance(e.op, ELEMENTWISE_UNARYOPS):
+            return ast.copy_location(ast.UnaryOp(e.op, self._chain(e.operand, leaves, groups)), e)
+        if isinstance(e, ast.Compare) and len(e.ops) == 1:
+            return ast.copy_location(ast.Compare(self._chain(e.left, leaves, groups), e.ops,
+                                                 [self._chain(e.comparators[0], leaves, groups)]),
+                                     e)
+        if isinstance(e, ast.Call) and not any(isinstance(a, ast.Starred) for a in e.args) \
+                and all(k.arg is not None and _is_constant(k.value) for k in e.keywords):
+            meth = method_name(e, self.ctx)
+            if meth in rules.BATCHED_ELEMENTWISE_METHODS:
+                recv = self._chain(e.func.value, leaves, groups)
+                func = ast.copy_location(ast.Attribute(recv, e.func.attr, ast.Load()), e.func)
+            elif meth is None and resolve_call(e.func, self.ctx) in rules.BATCHED_ELEMENTWISE:
+                func = e.func
+            else:
+                raise _NotChain
+            args = [self._chain(a, leaves, groups) for a in e.args]
+            return ast.copy_location(ast.Call(func, args, copy.deepcopy(e.keywords)), e)
+        raise _NotChain
+
+    def _scalar(self, e: ast.expr) -> bool:
+        """A 0-d value or a number: broadcasts the same against a selection and its stand-in."""
+        if isinstance(e, ast.Name) and e.id in self.scalars:
+            return True
+        if self._reduction(e) is not None:  # reductions and counts are 0-d or numbers
+            return True
+        if isinstance(e, (ast.Name, ast.Attribute)) and _simple(e) \
+                and not (loads(e) & (self.assigned | self.seeds)):
+            self.pending.append(self._sub(SCALAR_GUARD, e, x=e))
+            return True
+        return False
+
+    def _selection(self, sub: ast.Subscript) -> _Group:
+        """The group of one selection ``x[m]``; refuses what cannot be converted."""
+        mask, base = sub.slice, sub.value
+        if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
+            raise _Refused("mask indexing with other entries, or not a mask that varies")
+        if not _simple(base) or any(isinstance(n, ast.Subscript) and _is_selection(
+                n, self.lenient, self.ctx) for n in ast.walk(base)) \
+                or loads(base) & (self.assigned - self.once) or loads(base) & self.selected.keys():
+            raise _Refused("the selected tensor is not a plain name, attribute or subscript")
+        if not loads(base) & (self.assigned | self.seeds):  # else a tensor, or already checked
+            self.pending.append(self._sub(TENSOR_GUARD, base, x=base))
+        return _Group(mask, ast.dump(mask), {ast.dump(base): base})
+
+    def _is_mask(self, m: ast.expr) -> bool:
+        if not (self._strict(m, self.masks) and depends(m, self.variant, self.ctx)):
+            return False
+        if loads(m) & ((self.assigned - self.once) | self.selected.keys()):
+            return False  # a name bound twice could be a different mask at each use
+        return not any(isinstance(n, ast.Subscript) and _is_selection(n, self.lenient, self.ctx)
+                       for n in ast.walk(m))
+
+    def _strict(self, m: ast.expr, names: set[str]) -> bool:
+        """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
+        if isinstance(m, ast.Name):
+            return m.id in names
+        if isinstance(m, ast.Compare):
+            return len(m.ops) == 1 and _pure(m, self.ctx)
+        if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
+            return self._strict(m.operand, names)
+        if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
+            return self._strict(m.left, names) and self._strict(m.right, names)
+        if isinstance(m, ast.Call):
+            return (resolve_call(m.func, self.ctx) in rules.BOOLEAN_FUNCS
+                    or method_name(m, self.ctx) in rules.BOOLEAN_METHODS) and _pure(m, self.ctx)
+        return False
+
+    def _strict_masks(self, body: list[ast.stmt]) -> set[str]:
+        """Names every binding of which in the body is a mask."""
+        binds: dict[str, list[ast.expr | None]] = {}
+        for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
+            for name in stores(s):
+                value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+                    and isinstance(s.targets[0], ast.Name) else None
+                binds.setdefault(name, []).append(value)
+        names: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for name, values in binds.items():
+                if name not in names and all(v is not None and self._strict(v, names)
+                                             for v in values):
+                    names.add(name)
+                    changed = True
+        return names
+
+    # -- code ------------------------------------------------------------------------------------
+    def keep(self, group: _Group, loc: ast.AST) -> str:
+        """The name of the group's mask shaped for its stand-ins (a statement in ``pre``; one
+        per statement and group)."""
+        if group.keep:
+            return group.keep
+        key = (group.key, tuple(group.bases))
+        if key in self.keeps:
+            return self.keeps[key]
+        mask = group.mask
+        if not isinstance(mask, ast.Name):
+            name = self.ctx.namer.new("mask")
+            self.pre += self._sub("m = e", mask, m=name, e=mask)
+            mask = ast.Name(name, ast.Load())
+        shapes = ast.Tuple([self._sub("m.shape", loc, m=mask)]
+                           + [self._sub("x.shape", loc, x=b) for b in group.bases.values()],
+                           ast.Load())
+        keep = self.ctx.namer.new("keep")
+        self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask, s=self._shape(),
+                              shapes=shapes)
+        self.keeps[key] = keep
+        return keep
+
+    def _shape(self) -> str:
+        for name, value in self.ctx.bindings.items():
+            if value is MASK_SHAPE:
+                return name
+        name = self.ctx.namer.new("mask_shape")
+        self.ctx.bindings[name] = MASK_SHAPE
+        return name
+
+    def dense(self, chain: _Chain, keep: str) -> ast.expr:
+        """The chain on the stand-ins; risky ops get safe operands where deselected."""
+        try:
+            expr = Sanitize(keep, set(), "", self.ctx).visit(copy.deepcopy(chain.expr))
+        except Unsupported as exc:
+            raise _Refused(exc.reason) from exc
+        self.guards += chain.guards
+        subs = {}
+        for hole, (kind, node) in chain.leaves.items():
+            if kind == "select":
+                self.converted.append(node)
+                subs[hole] = self._sub("torch.where(k, x, False)", node, k=keep, x=node.value)
+            elif kind == "scalar":
+                subs[hole] = self.expr(node)
+            else:
+                subs[hole] = node
+        return _Fill(subs).visit(expr)
+
+
+class _NotChain(Exception):
+    pass
+
+
+class _Fill(ast.NodeTransformer):
+    def __init__(self, subs: dict[str, ast.expr]):
+        self.subs = subs
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return self.subs.get(node.id, node)
+
+
+class _Rewrite(ast.NodeTransformer):
+    """Reductions of selections in one statement become their dense forms; a selection or a
+    stand-in anywhere else refuses the body."""
+
+    def __init__(self, conv: _Converter):
+        self.conv = conv
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        dense = self.conv.reduce(node)
+        if dense is not None:
+            return dense
+        return self.generic_visit(node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, COUNT_BINOPS) and all(
+                getattr(x, "host_number", None) == COUNT_KIND
+                or (isinstance(x, ast.Constant) and type(x.value) is int)
+                for x in (node.left, node.right)):
+            node.host_number = COUNT_KIND  # `len(x[m]) + 1` is still a Python int
+        return node
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        if _is_selection(node, self.conv.lenient, self.conv.ctx):
+            raise _Refused("a selection that is not reduced")
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in self.conv.selected:
+            raise _Refused(f"`{node.id}` read outside a reduction")
+        return node
+
+    def _as_written(self, node: ast.AST) -> ast.AST:
+        self.conv.refuse_inside(node)
+        return node
+
+    visit_IfExp = visit_BoolOp = visit_Lambda = _as_written
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _as_written
+
+
+def _bare(leaf: ast.expr) -> ast.expr:
+    """``torch.where(k, x, False)`` -> ``x``."""
+    return leaf.args[1] if isinstance(leaf, ast.Call) and len(leaf.args) == 3 else leaf
+
+
+def _is_constant(e: ast.expr) -> bool:
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
+        e = e.operand
+    return isinstance(e, ast.Constant) and type(e.value) in (int, float, bool)
+
+
+def _simple(e: ast.expr) -> bool:
+    """A name, attribute or subscript by names, numbers and slices: cheap to evaluate again."""
+    if isinstance(e, ast.Name):
+        return True
+    if isinstance(e, ast.Attribute):
+        return _simple(e.value)
+    if isinstance(e, ast.Subscript):
+        entries = e.slice.elts if isinstance(e.slice, ast.Tuple) else [e.slice]
+        return _simple(e.value) and all(_index_entry(x) for x in entries)
+    return False
+
+
+def _index_entry(x: ast.expr) -> bool:
+    if isinstance(x, ast.Slice):
+        return all(p is None or _index_entry(p) for p in (x.lower, x.upper, x.step))
+    return isinstance(x, ast.Name) or _is_constant(x)
+
+
+def _pure(e: ast.expr, ctx: PassContext) -> bool:
+    """Only names, numbers, subscripts, operators and known tensor ops: evaluating it a statement
+    earlier changes nothing."""
+    for n in ast.walk(e):
+        if isinstance(n, (ast.Lambda, ast.NamedExpr, ast.IfExp, ast.BoolOp, ast.Starred,
+                          ast.comprehension, ast.Await, ast.Yield, ast.YieldFrom)):
+            return False
+        if isinstance(n, ast.Call) and not (
+                is_shape_query(n, ctx)
+                or resolve_call(n.func, ctx) in rules.BOOLEAN_FUNCS | rules.BATCHED_ELEMENTWISE
+                or method_name(n, ctx) in rules.BOOLEAN_METHODS
+                | rules.BATCHED_ELEMENTWISE_METHODS):
+            return False
+    return True

@@ -1,0 +1,554 @@
+"""masked_selections_to_where: boolean-mask selections reduced through elementwise ops become
+masked dense ops. Golden rewrites (and what comes back unchanged), behaviour through
+vectorize_loops (value and every gradient, float32 and float64, masks selecting nothing or
+everything, NaN/inf where the mask excludes, ties), the original's errors, invariants, a property
+test, and the two examples the rewrite unlocks."""
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import inspect
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import examples.masked_mse
+import rewrite
+from passes import loop_dataflow, masked_selections_to_where, vectorize_loops
+from passes.ast_tools import unparse
+from rewrite.errors import Unsupported
+from rewrite.testing import assert_equivalent
+from tests.helpers import load_module
+from tests.loop_helpers import (context, dedent, finite_grads, namespace, normalise,
+                                same_python_types)
+
+inf, nan = float("inf"), float("nan")
+
+
+def rewrite_body(src: str, seeds: tuple[str, ...] = ("i",)):
+    """(the rewritten body, normalised, and the Dense result) of loop-body statements."""
+    body = ast.parse(dedent(src)).body
+    ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
+    dense = masked_selections_to_where.rewrite(body, set(seeds), ctx)
+    return ast.unparse(ast.Module(dense.body, [])), dense
+
+
+@functools.lru_cache(maxsize=None)
+def build(src: str):
+    """(original, rewritten function, rewritten source, report); the rewritten function sees
+    the names the pass bound (``_mask_shape``), as the frontend's rebuilt function does."""
+    ns = namespace()
+    tree = ast.parse(dedent(src))
+    ctx = context(tree, ns)
+    code = unparse(vectorize_loops.transform(tree, ctx))
+    name = tree.body[0].name
+    before, after = dict(ns), {**ns, **ctx.bindings}
+    exec(compile(dedent(src), "<original>", "exec"), before)
+    exec(compile(code, "<rewritten>", "exec"), after)
+    return before[name], after[name], code, ctx.report
+
+
+def outcome(fn, *inputs):
+    try:
+        return fn(*inputs)
+    except Exception as exc:  # noqa: BLE001 - the error is the behaviour under test
+        return exc
+
+
+def same_error(original, optimized, *inputs) -> str:
+    """Both raise the same exception type and message; returns the message."""
+    a, b = outcome(original, *inputs), outcome(optimized, *inputs)
+    assert isinstance(a, Exception), "the original should raise"
+    assert type(a) is type(b) and str(a) == str(b), (a, b)
+    return str(a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden: rewritten loop bodies (loop index `i`)
+
+def test_golden_named_selection_and_count():
+    code, dense = rewrite_body("""
+        mask = target[i] > 0
+        diff = pred[i][mask] - target[i][mask]
+        total = total + (diff ** 2).sum()
+        n = n + pred[i][mask].numel()
+        """)
+    assert code == normalise("""
+        mask = target[i] > 0
+        _keep = mask.reshape(_mask_shape[mask.shape, pred[i].shape, target[i].shape])
+        diff = torch.where(_keep, pred[i], False) - torch.where(_keep, target[i], False)
+        total = total + torch.where(_keep, diff ** 2, 0).sum()
+        _keep_1 = mask.reshape(_mask_shape[mask.shape, pred[i].shape])
+        _vals = torch.where(_keep_1, pred[i], False)
+        n = n + _keep_1.expand_as(_vals).sum()
+        """)
+    assert dense.guards == [] and dense.empty == {}
+
+
+def test_golden_max_counts_empty_selections_and_splits_ties():
+    code, dense = rewrite_body("""
+        same = labels == labels[i]
+        hardest = dist[same].max()
+        """)
+    assert code == normalise("""
+        same = labels == labels[i]
+        _keep = same.reshape(_mask_shape[same.shape, dist.shape])
+        _vals = torch.where(_keep, dist, False)
+        _empty_max = _empty_max + (_keep.expand_as(_vals).sum() == 0)
+        _nan = (_keep & (_vals != _vals)).any()
+        _top = torch.where(_keep & (_vals == _vals), _vals, -torch.inf if _vals.dtype.is_floating_point else _vals.amin()).amax()
+        _ties = _keep & torch.where(_nan, _vals != _vals, _vals == _top)
+        hardest = torch.where(_nan | (_top == -torch.inf), (torch.where(_ties, _vals, 0).sum() / _ties.sum().clamp(min=1)).to(_top.dtype), _top)
+        """)
+    assert dense.empty == {"_empty_max": masked_selections_to_where.EMPTY_ERRORS["max"]}
+
+
+def test_golden_mean_len_and_inline_masks():
+    code, _ = rewrite_body("""
+        m = x[i][~(x[i] > 0)].mean()
+        k = len(x[i][w[i] > 0])
+        """)
+    assert code == normalise("""
+        _mask = ~(x[i] > 0)
+        _keep = _mask.reshape(_mask_shape[_mask.shape, x[i].shape])
+        _vals = torch.where(_keep, x[i], False)
+        m = torch.where(_keep, _vals, 0).sum().mean() / _keep.expand_as(_vals).sum()
+        _mask_1 = w[i] > 0
+        _keep_1 = _mask_1.reshape(_mask_shape[_mask_1.shape, x[i].shape])
+        k = _keep_1.sum()
+        """)
+
+
+def test_golden_risky_ops_get_safe_operands_where_deselected():
+    code, _ = rewrite_body("ok = t[i] > 0\ns = s + (torch.log(p[i][ok]) / t[i][ok]).sum()")
+    assert code == normalise("""
+        ok = t[i] > 0
+        _keep = ok.reshape(_mask_shape[ok.shape, p[i].shape, t[i].shape])
+        s = s + torch.where(_keep, torch.log(torch.where(_keep, torch.where(_keep, p[i], False), 1)) / torch.where(_keep, torch.where(_keep, t[i], False), 1), 0).sum()
+        """)
+
+
+def test_golden_operands_that_do_not_vary_are_checked_to_be_numbers_or_0d():
+    code, dense = rewrite_body("m = x[i] > 0\ns = s + (x[i][m] * eps + 1).sum()")
+    assert "torch.where(_keep, x[i], False) * eps + 1" in code
+    assert [unparse(g) for g in dense.guards] == [
+        "isinstance(eps, (int, float)) or (torch.is_tensor(eps) and eps.dim() == 0)"]
+    code, dense = rewrite_body("s = s + w[x[i] > 0].sum()")  # `w` selected, does not vary
+    assert "torch.where(_keep, w, 0).sum()" in code
+    assert [unparse(g) for g in dense.guards] == ["isinstance(w, torch.Tensor)"]
+
+
+UNCHANGED = {
+    "appended": "m = x[i] > 0\nlst.append(x[i][m])",
+    "stored": "m = x[i] > 0\nout[i] = x[i][m]",
+    "shape_queried": "m = x[i] > 0\ny = x[i][m]\nt = t + y.shape[0]",
+    "indexed_again": "m = x[i] > 0\ns = s + x[i][m][0]",
+    "matmul": "m = x[i] > 0\ns = s + (x[i][m] @ w).sum()",
+    "dim_reduction": "m = x[i] > 0\ns = s + x[i][m].sum(0)",
+    "max_with_dim": "m = x[i] > 0\ns = s + x[i][m].max(0).values",
+    "prod": "m = x[i] > 0\ns = s + x[i][m].prod()",
+    "not_total": "m = x[i] > 0\ns = s + torch.logaddexp(x[i][m], 0).sum()",
+    "int_indexing": "s = s + x[idx[i]].sum()",
+    "tuple_index": "s = s + x[i, x[i] > 0].sum()",
+    "mask_does_not_vary": "m = w > 0\ns = s + x[i][m].sum()",
+    "two_masks": "s = s + (a[i][a[i] > 0] - b[i][b[i] > 0]).sum()",
+    "longer_operand": "t = x[i] * 2\ns = s + (x[i][x[i] > 0] - t).sum()",
+    "conditional_expression": "s = s + (x[i][x[i] > 0].sum() if c else 0)",
+    "python_and": "s = s + x[i][(x[i] > 0) and (x[i] < 1)].sum()",
+    "mask_rebound": "m = x[i] > 0\nm = m & (x[i] < 1)\ns = s + x[i][m].sum()",
+    "call_result_indexed": "s = s + f(x[i])[x[i] > 0].sum()",
+    "one_of_two_escapes": "m = x[i] > 0\ns = s + x[i][m].sum()\nlst.append(x[i][m])",
+    "under_a_branch_binding": "m = x[i] > 0\nif c:\n    d = x[i][m]\ns = s + d.sum()",
+}
+
+
+@pytest.mark.parametrize("name", UNCHANGED)
+def test_golden_unchanged(name):
+    src = UNCHANGED[name]
+    code, dense = rewrite_body(src)
+    assert code == normalise(src) and dense.empty == {} and dense.guards == []
+
+
+def test_golden_raise_if_empty_goes_before_the_results_are_stored():
+    _, dense = rewrite_body("m = x[i] > 0\nt = x[i][m].amin()")
+    stmts = ast.parse("_outs = f()\n_empty_amin = _empty_amin + _outs[0]\nlst.extend(_outs[1])"
+                      ).body
+    folds = [stmts[2], stmts[1]]  # appends fold first, accumulators after
+    stmts = [stmts[0], stmts[2], stmts[1]]
+    assert ast.unparse(ast.Module(dense.raise_if_empty(stmts, folds), [])) == normalise(f"""
+        _empty_amin = 0
+        _outs = f()
+        _empty_amin = _empty_amin + _outs[0]
+        if _empty_amin:
+            raise RuntimeError({masked_selections_to_where.EMPTY_ERRORS["amin"]!r})
+        lst.extend(_outs[1])
+        """)
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour through vectorize_loops
+
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def leaf(t):
+    return t.requires_grad_()
+
+
+def masked_targets(dt, s):
+    """Targets with invalid (0 / NaN / inf) entries the loss masks out; a row with none valid."""
+    pred = leaf(torch.randn(5, 6, generator=g(s), dtype=dt))
+    target = torch.randn(5, 6, generator=g(s + 1), dtype=dt)
+    target[target < -0.3] = 0.0
+    target[1] = 0.0
+    return pred, target
+
+
+def nan_targets(dt, s):
+    pred, target = masked_targets(dt, s)
+    target = target.clone()
+    target[target == 0] = nan
+    target[2, :2] = inf
+    return pred, target
+
+
+def distances(dt, s):
+    emb = leaf(torch.randn(8, 3, generator=g(s), dtype=dt))
+    return emb, torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
+
+
+def ties(dt, s):
+    x = torch.tensor([[1., 3., 3., 2.], [-inf, -inf, 5., 1.], [1., nan, 3., nan],
+                      [2., 2., 2., 2.], [4., -1., 4., 4.]], dtype=dt)
+    y = torch.tensor([[1, 1, -1, 1], [1, 1, -1, -1], [1, 1, -1, 1], [1, -1, 1, -1],
+                      [-1, 1, 1, 1]], dtype=dt)
+    return leaf(x), y
+
+
+def rows(dt, s):
+    return (leaf(torch.randn(4, 3, 2, generator=g(s), dtype=dt)),
+            torch.randn(4, 3, generator=g(s + 1), dtype=dt).abs() * torch.tensor([1., -1., 1.],
+                                                                                  dtype=dt))
+
+
+CASES = {
+    # the example, on targets with a row of no valid pixel (skipped by its `continue`)
+    "masked_mse": (inspect.getsource(examples.masked_mse.naive), masked_targets),
+    "empty_rows_sum_and_mean": ("""
+        def f(pred, target):
+            s = 0
+            for i in range(pred.shape[0]):
+                m = target[i] != 0
+                s = s + (pred[i][m] - target[i][m]).abs().sum() + pred[i][m].mean().nan_to_num()
+            return s
+        """, masked_targets),
+    "nan_and_inf_excluded": ("""
+        def f(pred, target):
+            s = 0
+            for i in range(pred.shape[0]):
+                ok = torch.isfinite(target[i])
+                d = pred[i][ok] - target[i][ok]
+                s = s + (d ** 2).sum() + torch.log(d.abs() + 1).sum() + (d.exp() / (1 + d * d)).sum()
+            return s
+        """, nan_targets),
+    "hardest_pair": ("""
+        def f(emb, labels):
+            losses = []
+            for i in range(len(emb)):
+                dist = (emb - emb[i]).pow(2).sum(dim=1).clamp(min=1e-12).sqrt()
+                same = labels == labels[i]
+                losses.append(torch.relu(dist[same].max() - dist[~same].min() + 0.3))
+            return torch.stack(losses).mean()
+        """, distances),
+    "ties_minus_inf_nan": ("""
+        def f(x, y):
+            s = 0
+            for i in range(x.shape[0]):
+                m = y[i] > 0
+                s = s + x[i][m].max() + x[i][~m].amin() * 2 + torch.max(x[i][m] * 3)
+            return s
+        """, ties),
+    "rows_and_0d_masks": ("""
+        def f(x, w):
+            s = 0
+            for i in range(x.shape[0]):
+                s = s + x[i][w[i] > 0].sum() + x[i][w[i, 0] > 0].mean() + x[i][w[i] > 0].amax() \\
+                    + (x[i][w[i, 1] > 0] * 2).sum()
+            return s
+        """, rows),
+    "condition_guards_the_max": ("""
+        def f(pred, target):
+            s = 0
+            for i in range(pred.shape[0]):
+                m = target[i] > 0
+                if m.sum() == 0:
+                    continue
+                if target[i].sum() > 1:
+                    s = s + pred[i][m].max()
+                else:
+                    s = s - (pred[i][m] - 1).pow(2).min()
+            return s
+        """, masked_targets),
+    "named_selection_twice_and_scalars": ("""
+        def f(pred, target):
+            s = 0
+            for i in range(pred.shape[0]):
+                m = target[i] > -1
+                d = pred[i][m] - target[i][m]
+                mu = d.mean()
+                s = s + ((d - mu) ** 2).sum() / len(pred[i][m]) + d.max() * mu
+            return s
+        """, masked_targets),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_equivalent_value_and_gradients(name, dtype, seed):
+    src, make = CASES[name]
+    original, optimized, code, report = build(src)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    inputs = make(dtype, seed)
+    assert_equivalent(original, optimized, *inputs)
+    if finite_grads(original, *inputs):  # NaN/inf the mask excludes never reach a gradient
+        assert finite_grads(optimized, *inputs), code
+
+
+@pytest.mark.parametrize("fill", [0.5, -0.5])
+def test_masks_selecting_everything_or_nothing(fill):
+    original, optimized, _, _ = build(CASES["empty_rows_sum_and_mean"][0])
+    pred = leaf(torch.randn(3, 4, dtype=torch.float64, generator=g(3)))
+    target = torch.full((3, 4), fill, dtype=torch.float64) * (fill > 0)
+    assert_equivalent(original, optimized, pred, target)
+    assert finite_grads(optimized, pred, target)
+
+
+def test_counts_stay_python_ints():
+    src = """
+        def f(x, y):
+            n = 0
+            for i in range(x.shape[0]):
+                n += len(x[i][y[i] > 0]) + x[i][y[i] > 0].numel() + 1
+            return n
+        """
+    original, optimized, _, report = build(src)
+    x, y = torch.randn(4, 3, 2), torch.randn(4, 3)
+    assert report.loops[0].vectorized
+    assert original(x, y) == optimized(x, y) and same_python_types(original(x, y), optimized(x, y))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=str)
+def test_integer_and_bool_selections_keep_their_dtypes(dtype):
+    src = """
+        def f(x, y):
+            s = 0
+            for i in range(x.shape[0]):
+                m = y[i] > 0
+                s = s + x[i][m].sum() + x[i][m].max() + (x[i][m] * 2).amin() + len(x[i][m])
+            return s
+        """
+    original, optimized, _, _ = build(src)
+    x = torch.randint(-3, 3, (5, 4), generator=g(0)).to(dtype)
+    y = torch.randn(5, 4, generator=g(1)).abs() * torch.tensor([1., -1., 1., -1.])
+    a, b = original(x, y), optimized(x, y)
+    assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The original's errors
+
+def test_max_of_an_empty_selection_raises_the_original_error():
+    original, optimized, _, _ = build(CASES["ties_minus_inf_nan"][0])
+    x, y = ties(torch.float64, 0)
+    y = y.clone()
+    y[1] = 1  # row 1: ~m selects nothing
+    assert "min()" in same_error(original, optimized, x, y)
+
+
+def test_empty_selections_deselected_by_a_condition_do_not_raise():
+    original, optimized, _, _ = build(CASES["condition_guards_the_max"][0])
+    pred, target = masked_targets(torch.float64, 0)  # row 1 selects nothing, and is skipped
+    assert_equivalent(original, optimized, pred, target)
+
+
+def test_mask_shape_mismatch_raises_the_original_index_error():
+    original, optimized, _, _ = build(CASES["ties_minus_inf_nan"][0])
+    x, y = ties(torch.float64, 0)
+    assert "does not match the shape" in same_error(original, optimized, x, y[:, :3])
+    assert "too many indices" in same_error(original, optimized, x[:, 0], y)
+
+
+def test_mean_of_integers_raises_as_the_original():
+    src = """
+        def f(x, y):
+            s = 0
+            for i in range(x.shape[0]):
+                s = s + x[i][y[i] > 0].mean()
+            return s
+        """
+    original, optimized, _, _ = build(src)
+    assert "mean()" in same_error(original, optimized, torch.ones(3, 2, dtype=torch.long),
+                                  torch.ones(3, 2))
+
+
+RANKS = """
+    def f(x, z, y):
+        s = 0
+        for i in range(x.shape[0]):
+            m = y[i] > 0
+            s = s + (x[i][m] + z[i][m]).sum()
+        return s
+    """
+
+
+def test_selections_of_different_ranks_raise(tmp_path):
+    # [k] + [k, 5]: the original's broadcasting depends on k, the dense form cannot follow it
+    original, optimized, _, _ = build(RANKS)
+    x, z = torch.randn(2, 5), torch.randn(2, 5, 5)
+    three = torch.tensor([1., 1., 1., -1., -1.]).expand(2, 5)  # k = 3: the original fails too
+    assert isinstance(outcome(original, x, z, three), RuntimeError)
+    assert isinstance(outcome(optimized, x, z, three), RuntimeError)
+    # k = 5 happens to broadcast: the decorator's fallback runs the original
+    fn = load_module(tmp_path, "import torch\n" + dedent(RANKS)).f
+    opt = rewrite.optimize_loss(fn, compile=False)
+    with pytest.warns(rewrite.RewriteWarning, match="ranks"):
+        torch.testing.assert_close(opt(x, z, torch.ones(2, 5)), fn(x, z, torch.ones(2, 5)))
+
+
+def test_operands_that_do_not_vary_must_be_numbers_or_0d():
+    src = """
+        def f(x, y, eps):
+            s = 0
+            for i in range(x.shape[0]):
+                s = s + torch.log(x[i][y[i] > 0] + eps).sum()
+            return s
+        """
+    original, optimized, code, _ = build(src)
+    x, y = leaf(torch.rand(4, 3, dtype=torch.float64)), torch.rand(4, 3, dtype=torch.float64)
+    for eps in (0.1, torch.tensor(0.1, dtype=torch.float64), torch.full((3,), 0.1,
+                                                                        dtype=torch.float64)):
+        # all selected: the [3] one broadcasts in the original; the check runs the original loop
+        assert_equivalent(original, optimized, x, y, eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariants
+
+@pytest.mark.parametrize("name", CASES)
+def test_second_run_changes_nothing(name):
+    _, _, code, _ = build(CASES[name][0])
+    tree = ast.parse(code)
+    again = unparse(vectorize_loops.transform(tree, context(tree, namespace())))
+    assert again == code
+
+
+@pytest.mark.parametrize("src", [
+    "mask = target[i] > 0\nd = pred[i][mask] - target[i][mask]\nt = t + (d ** 2).sum()",
+    "h = dist[labels == labels[i]].max()\nk = len(x[i][x[i] > 0])"])
+def test_rewriting_the_output_again_changes_nothing(src):
+    _, dense = rewrite_body(src)
+    ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
+    assert masked_selections_to_where.rewrite(dense.body, {"i"}, ctx).body is dense.body
+
+
+def test_rewrite_leaves_its_input_alone_and_marks_what_it_converted():
+    src = "m = x[i] > 0\ns = s + x[i][m].sum()"
+    body = ast.parse(src).body
+    ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
+    dense = masked_selections_to_where.rewrite(body, {"i"}, ctx)
+    assert ast.unparse(ast.Module(body, [])) == src and dense.body is not body
+    loop_dataflow._check_mask_indexing(body, ctx)  # converted: not refused any more
+    kept = ast.parse("m = x[i] > 0\nlst.append(x[i][m])").body
+    assert masked_selections_to_where.rewrite(kept, {"i"}, ctx).body is kept
+    with pytest.raises(Unsupported, match="boolean mask indexing"):
+        loop_dataflow._check_mask_indexing(kept, ctx)
+
+
+def test_kept_loops_keep_the_mask_indexing_reason():
+    _, _, _, report = build("""
+        def f(x, y):
+            out = []
+            for i in range(x.shape[0]):
+                out.append(x[i][y[i] > 0])
+            return out
+        """)
+    assert not report.loops[0].vectorized
+    assert report.loops[0].reason.startswith("boolean mask indexing `x[i][y[i] > 0]`")
+
+
+def test_mask_shape_lookup():
+    shape = masked_selections_to_where.MASK_SHAPE
+    assert shape[torch.Size([3]), torch.Size([3])] == (3,)
+    assert shape[torch.Size([3]), torch.Size([3, 2, 4])] == (3, 1, 1)
+    assert shape[torch.Size([]), torch.Size([3])] == (1, 1)
+    assert shape[(2, 3), (2, 3, 5), (2, 3, 1)] == (2, 3, 1)
+    with pytest.raises(IndexError, match="does not match the shape of the mask|shape of the mask"):
+        shape[(3,), (4,)]
+    with pytest.raises(IndexError, match="too many indices"):
+        shape[(3, 1), (3,)]
+    with pytest.raises(RuntimeError, match="ranks"):
+        shape[(3,), (3,), (3, 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: random values (ties, +-inf and NaN inside and outside the mask), random masks (empty
+# rows), every reduction and a few elementwise chains.
+
+CHAINS = ["x[i][m]", "x[i][m] * 2 - 1", "(x[i][m] - y[i][m]).abs()", "torch.sigmoid(x[i][m])",
+          "x[i][m].clamp(min=-1) ** 2", "1 / (1 + x[i][m] * x[i][m])", "x[i][m] / y[i][m]",
+          "torch.log(x[i][m].abs() + 1)", "x[i][m].sqrt()",
+          "torch.where(x[i][m] > y[i][m], x[i][m], y[i][m] * 2)"]
+REDUCTIONS = ["sum()", "mean()", "max()", "min()", "amax()", "amin()"]
+VALUES = [-inf, -2.0, -0.5, 0.0, 1.0, 1.0, 3.0, inf, nan]
+
+
+@functools.lru_cache(maxsize=None)
+def chain_loss(chain: str, reduction: str):
+    return build(f"""
+        def f(x, y, w):
+            s = 0
+            for i in range(x.shape[0]):
+                m = w[i] > 0
+                s = s + ({chain}).{reduction}
+            return s
+        """)
+
+
+@settings(max_examples=40, deadline=None)
+@given(chain=st.sampled_from(CHAINS), reduction=st.sampled_from(REDUCTIONS),
+       data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_property_random_values_and_masks(chain, reduction, data, dtype):
+    rows_, cols = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    cells = rows_ * cols
+    x = torch.tensor(data.draw(st.lists(st.sampled_from(VALUES), min_size=cells,
+                                        max_size=cells)), dtype=dtype).reshape(rows_, cols)
+    y = torch.tensor(data.draw(st.lists(st.sampled_from(VALUES), min_size=cells,
+                                        max_size=cells)), dtype=dtype).reshape(rows_, cols)
+    w = torch.tensor(data.draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=cells,
+                                        max_size=cells)), dtype=dtype).reshape(rows_, cols)
+    original, optimized, code, report = chain_loss(chain, reduction)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    expected = outcome(original, x, y, w)
+    if isinstance(expected, Exception):  # max/min of an empty row
+        assert type(outcome(optimized, x, y, w)) is type(expected)
+        return
+    assert_equivalent(original, optimized, leaf(x), y, w)
+    if finite_grads(original, x, y, w):
+        assert finite_grads(optimized, x, y, w), code
+
+
+# ---------------------------------------------------------------------------------------------
+# The examples it unlocks
+
+@pytest.mark.parametrize("name", ["masked_mse", "triplet_hardest"])
+def test_examples_are_vectorized_and_equivalent(name):
+    module = importlib.import_module(f"examples.{name}")
+    opt = rewrite.optimize_loss(module.naive, compile=False, strict=True)
+    for dtype in (torch.float32, torch.float64):
+        assert_equivalent(module.naive, opt, *module.make_inputs("small", dtype))
+    assert [loop.vectorized for loop in opt.report.loops] == [True], opt.report
