@@ -22,7 +22,18 @@ unchanged); ``x[k, 1:]`` with fixed entries -> ``x[:, k, 1:]``; the gather ``x[i
 ``F.mse_loss(a, b)`` and the other pointwise losses -> ``F.mse_loss(a, b, reduction="none")``
 averaged per item; ``F.cross_entropy(x, t)`` on [N, C] items -> ``reduction="none"`` summed per item
 over the count of non-ignored targets (what the mean divides by); ``torch.dot(a, b)`` ->
-``(a * b).sum(1)``.
+``(a * b).sum(1)``; ``w[k, idx]`` (fixed ``w``, fixed ints ``k``) -> ``w[k][idx]``;
+``F.cosine_similarity(a, b, dim=d)`` -> the same call with ``dim=d + 1``.
+
+Set forms: a point ``x`` (a loop input's rows, per item [D]) against a fixed ``w`` the check can
+evaluate (``w``, ``self.w``, ``z1[i]``), reduced over the feature dim
+(``loop_rules.SIMILARITY_SET_FORMS``/``DISTANCE_SET_FORMS``): ``F.cosine_similarity(x, w, dim=-1)``
+-> ``normalized(x) @ normalized(w)`` for ``w`` [D], ``... @ normalized(w).t()`` for a set ``w``
+[m, D]; ``((w - x) ** 2).sum(dim=-1)`` of a set -> ``torch.cdist(x, w, ...).square()``: one matmul
+or cdist, no [n, m, D] intermediate. Whether ``w`` is one point or a set (per item: a broadcast
+to a higher rank) is only known at run time, so a body with a set form is batched twice: with
+``w`` of at most the per-item rank (the rules above), and with ``w`` a set;
+``if <first> or <second>: if <first>: ... else: ...``, vmap otherwise.
 
 Sum accumulators are summed over the loop in the same code (``summed``): each update ``p = p + e``
 becomes ``p = p + <sum of e over the loop>`` (``p = <sum>`` when ``p`` is still the int 0 it
@@ -54,7 +65,11 @@ forms assume becomes the runtime check in front, vmap running otherwise:
   that rank >= 1 (it aligns from the right; and a 0-d tensor next to a per-item 0-d value
   promotes dtypes differently once that value has the loop dim);
 * ``dim`` arguments are in range (dim -1 of a per-item 0-d value would be the loop dim);
-* gather and class-loss indices are int64/int32 tensors (a bool index would be a mask).
+* gather and class-loss indices are int64/int32 tensors (a bool index would be a mask);
+* ``w[k, idx]``: ``w[k]`` drops one dim per entry (ints or 0-d indices, not lists or masks);
+* set forms: ``x`` is per item [D]; ``w`` a tensor of rank 1 (or 2: a set) with ``x``'s dtype,
+  float32/float64 (what cdist and the matmul take without promotion), and ``x``'s feature size
+  (no broadcasting along the reduced dim).
 
 Anything else (user functions, Python ``if``, shape queries on loop-varying values, an inner
 vectorized loop) raises ``Unsupported`` with the reason: the loop is mapped with ``torch.vmap``.
@@ -62,6 +77,7 @@ vectorized loop) raises ``Unsupported`` with the reason: the loop is mapped with
 from __future__ import annotations
 
 import ast
+import copy
 from dataclasses import dataclass
 
 from rewrite.errors import Unsupported
@@ -116,6 +132,8 @@ class _Val:
     # Not batched: the free names it is computed from by elementwise ops, reductions and fixed
     # indexing (so its rank is at most theirs); None when other ops are involved.
     leaves: frozenset[str] | None = frozenset()
+    # Batched rows of a loop input: source the runtime check can evaluate (dtype, last dim).
+    source: str | None = None
 
 
 _CONSTANT = _Val(False)
@@ -126,29 +144,30 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
           averaged: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
     """(runtime check or None when always true, statements binding ``outs`` to the stacked
     outputs, the ``summed`` ones summed over the loop, the ``averaged`` ones of those averaged).
-    ``trips``: the number of iterations. Raises ``Unsupported``."""
-    b = _Batcher(ctx, loc, trips, summed, averaged)
-    stmts = []
-    for p in params:
-        b.vals[p.name] = _Val(True, p.rank, p.integer)
-        stmts += b.sub("p = x", p=p.name, x=p.batched)
-    for s in body:
-        stmts += b.stmt(s)
-    stacked = []
-    for name in outputs:
-        if name in b.totals:
-            stacked.append(ast.Name(name, ast.Load()))
-        elif b.vals.get(name, _CONSTANT).batched:
-            stacked.append(b.sub("o.sum(0)" if name in summed else "o", o=name))
-        else:  # the same value in every iteration (a constant contribution)
-            stacked.append(b.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)"
-                                 + (".sum(0)" if name in summed else ""), o=name, n=trips))
-        if name in averaged and name not in b.totals:
-            stacked[-1] = b.sub("t / n", t=stacked[-1], n=trips)
-    stmts += b.sub("o = v", o=outs, v=ast.Tuple(stacked, ast.Load()))
-    checks = [b.sub(text) for text in b.checks]
-    check = (checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks)) if checks else None
-    return check, stmts
+    ``trips``: the number of iterations. Raises ``Unsupported``.
+
+    A body with a set form (a point against a fixed ``w``, see ``loop_rules.SIMILARITY_SET_FORMS``)
+    is batched twice, for ``w`` of at most the per-item rank and for ``w`` a set of points: the
+    check is that either holds, the code ``if <first check>: <first> else: <second>``."""
+    def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
+        b = _Batcher(ctx, loc, trips, summed, averaged, sets)
+        try:
+            return b, b.run(copy.deepcopy(body), params, outputs, outs)
+        except Unsupported as exc:
+            return b, exc
+    first, done = attempt(sets=False)
+    if first.set_forms:
+        _, other = attempt(sets=True)
+        if isinstance(done, Unsupported):
+            done = done if isinstance(other, Unsupported) else other
+        elif not isinstance(other, Unsupported) and done[0] is not None:
+            (check, stmts), (other_check, other_stmts) = done, other
+            both = None if other_check is None \
+                else ast.BoolOp(ast.Or(), [copy.deepcopy(check), other_check])
+            done = both, [ast.If(check, stmts, other_stmts)]
+    if isinstance(done, Unsupported):
+        raise done
+    return done
 
 
 def _condition(diff: Rank, op: str) -> str | bool:
@@ -175,10 +194,23 @@ def _literal(node: ast.expr) -> object:
         return _UNKNOWN
 
 
+def _source(p: Param) -> str | None:
+    """What the runtime check evaluates for the batched rows of ``p`` (their dtype and last
+    dim): the loop input (``x`` for ``x if <all rows> else x[a:b:s]``); None for the index."""
+    if not p.rank.terms:
+        return None
+    rows = p.batched.body if isinstance(p.batched, ast.IfExp) \
+        and isinstance(p.batched.body, ast.Name) else p.batched
+    return unparse(rows)
+
+
 class _Batcher:
     def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str],
-                 averaged: frozenset[str]):
+                 averaged: frozenset[str], sets: bool = False):
         self.ctx = ctx
+        self.sets = sets                      # fixed operands of set forms are sets of points
+        self.set_forms = False                # a set form was met (batch tries ``sets``)
+        self.assigned: set[str] = set()       # names the body binds
         self.loc = loc
         self.trips = trips
         self.summed = summed
@@ -188,6 +220,34 @@ class _Batcher:
         self.zeros: set[str] = set()          # names bound to the int 0 (a partial's start)
         self.checks: dict[str, None] = {}    # runtime conditions, in order, without duplicates
         self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
+
+    def run(self, body: list[ast.stmt], params: list[Param], outputs: list[str],
+            outs: str) -> tuple[ast.expr | None, list]:
+        self.assigned = {n.id for s in body for n in ast.walk(s)
+                         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        stmts = []
+        for p in params:
+            self.vals[p.name] = _Val(True, p.rank, p.integer, source=_source(p))
+            stmts += self.sub("p = x", p=p.name, x=p.batched)
+        for s in body:
+            stmts += self.stmt(s)
+        stacked = []
+        for name in outputs:
+            if name in self.totals:
+                stacked.append(ast.Name(name, ast.Load()))
+            elif self.vals.get(name, _CONSTANT).batched:
+                stacked.append(self.sub("o.sum(0)" if name in self.summed else "o", o=name))
+            else:  # the same value in every iteration (a constant contribution)
+                stacked.append(self.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)"
+                                        + (".sum(0)" if name in self.summed else ""), o=name,
+                                        n=self.trips))
+            if name in self.averaged and name not in self.totals:
+                stacked[-1] = self.sub("t / n", t=stacked[-1], n=self.trips)
+        stmts += self.sub("o = v", o=outs, v=ast.Tuple(stacked, ast.Load()))
+        checks = [self.sub(text) for text in self.checks]
+        check = (checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks)) if checks \
+            else None
+        return check, stmts
 
     def sub(self, template: str, **subs) -> object:
         return replace(template, loc=self.loc, torch_name=self.ctx.torch_name, **subs)
@@ -206,6 +266,26 @@ class _Batcher:
         name = self.ctx.namer.new("t")
         self.pre += self.sub("t = v", t=name, v=node)
         return ast.Name(name, ast.Load())
+
+    def free(self, node: ast.expr) -> str | None:
+        """``node`` as source the runtime check can evaluate before the loop: names the body
+        does not bind, their attributes, indexed by int literals, such names and slices of
+        them (``z1[i]``, ``self.centers``); None for anything else."""
+        def bound(e: ast.expr | None) -> bool:
+            return e is None or type(_literal(e)) is int \
+                or isinstance(e, ast.Name) and self.free(e) is not None
+        if isinstance(node, ast.Name):
+            ok = node.id not in self.vals and node.id not in self.assigned
+        elif isinstance(node, ast.Attribute):
+            ok = self.free(node.value) is not None
+        elif isinstance(node, ast.Subscript):
+            entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            ok = self.free(node.value) is not None and all(
+                all(bound(b) for b in (e.lower, e.upper, e.step)) if isinstance(e, ast.Slice)
+                else e is not None and bound(e) for e in entries)
+        else:
+            ok = False
+        return unparse(node) if ok else None
 
     # ------------------------------------------------------------------------------------------
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
@@ -358,7 +438,8 @@ class _Batcher:
         elif isinstance(node, ast.Subscript):  # fixed ints and slices: the rank does not grow
             entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
             if not all(isinstance(e, ast.Slice) or type(_literal(e)) is int for e in entries):
-                return None
+                free = self.free(node)  # ``z1[i]``: the check evaluates it
+                return None if free is None else frozenset({free})
             parts = [node.value] + [b for e in entries if isinstance(e, ast.Slice)
                                     for b in (e.lower, e.upper, e.step) if b is not None]
         elif isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
@@ -404,7 +485,9 @@ class _Batcher:
             return
         conds = [c for c in (positive, _condition(rank - Rank.of(f"{leaf}.dim()"), ">="))
                  if c is not True]
-        self.checks[f"{number} or ({' and '.join(conds)})"] = None
+        if False in conds:  # a tensor of higher rank than the item's (x next to x[i])
+            conds = []
+        self.checks[f"{number} or ({' and '.join(conds)})" if conds else number] = None
 
     # ------------------------------------------------------------------------------------------
     def _call(self, node: ast.Call) -> tuple[ast.expr, _Val]:
@@ -412,6 +495,13 @@ class _Batcher:
                                                                   for k in node.keywords):
             raise Unsupported(f"`{unparse(node)}`: *args/**kwargs")
         name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
+        if name in rules.BATCHED_SIMILARITIES:
+            return self._similarity(node, name)
+        distance = self._squared_distance(node, name, meth)
+        if distance is not None:
+            self.set_forms = True
+            if self.sets:
+                return self._set_form(node, rules.DISTANCE_SET_FORMS, *distance)
         if meth is not None:
             recv, rv = self.expr(node.func.value)
             func = ast.copy_location(ast.Attribute(recv, meth, ast.Load()), node.func)
@@ -484,8 +574,8 @@ class _Batcher:
             raise Unsupported(f"`{unparse(node)}`: dim must be an int literal")
         change = rules.BATCHED_DIM_OPS[op]
         indexed = xv.rank + max(change, 0)  # dims index the input, or unsqueeze's output
-        for d in dims:  # in range per item: else dim -1 of a 0-d item would be the loop dim
-            self.require(indexed - d - 1 if d >= 0 else indexed + d, ">=", node)
+        for d in dims:
+            self._require_dim(indexed, d, node)
         shifted = tuple(d + 1 if d >= 0 else d for d in dims)
         new_dim = ast.Constant(shifted if isinstance(dim, tuple) else shifted[0])
         new_rest = [(new_dim, None)] + rest[1:] if rest else []
@@ -495,6 +585,100 @@ class _Batcher:
         rank = xv.rank if keepdim else xv.rank + change * len(dims)
         integer = xv.integer if op == "unsqueeze" else None
         return ast.copy_location(call, node), _Val(True, rank, integer)
+
+    def _require_dim(self, rank: Rank, d: int, node: ast.AST) -> None:
+        """``d`` in range per item: else dim -1 of a 0-d item would be the loop dim."""
+        self.require(rank - d - 1 if d >= 0 else rank + d, ">=", node)
+
+    def _similarity(self, node: ast.Call, name: str) -> tuple[ast.expr, _Val]:
+        """``F.cosine_similarity(x1, x2, dim, eps)``: a set form when one operand is a loop
+        input's rows and the other fixed, else the same call with ``dim`` shifted."""
+        params = rules.BATCHED_SIMILARITIES[name]
+        args = dict(zip(params, node.args))
+        for k in node.keywords:
+            if k.arg in args or k.arg not in params:
+                raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+            args[k.arg] = k.value
+        dim = _literal(args["dim"]) if "dim" in args else rules.SIMILARITY_DEFAULTS["dim"]
+        eps = args.get("eps", ast.Constant(rules.SIMILARITY_DEFAULTS["eps"]))
+        if len(node.args) > len(params) or not {"x1", "x2"} <= set(args) \
+                or type(dim) is not int or self._varies(eps):
+            raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+        pair = self._point_and_set(args["x1"], args["x2"])
+        if pair is not None:
+            self.set_forms = True
+            if self.sets or dim in (0, -1):
+                return self._set_form(node, rules.SIMILARITY_SET_FORMS, *pair, dim, eps)
+        (a, av), (b, bv) = self.expr(args["x1"]), self.expr(args["x2"])
+        val = self._elementwise([av, bv], node)
+        self._require_dim(val.rank, dim, node)
+        kws = [ast.keyword("dim", ast.Constant(dim + 1 if dim >= 0 else dim))] + (
+            [ast.keyword("eps", eps)] if "eps" in args else [])
+        return ast.copy_location(ast.Call(node.func, [a, b], kws), node), _Val(True, val.rank - 1)
+
+    def _point_and_set(self, a: ast.expr, b: ast.expr) -> tuple[ast.Name, ast.expr] | None:
+        """(``x``, ``w``): one operand a loop input's rows, the other evaluable before the loop."""
+        for x, w in ((a, b), (b, a)):
+            val = self.vals.get(x.id) if isinstance(x, ast.Name) else None
+            if val is not None and val.batched and val.source is not None \
+                    and val.rank is not None and self.free(w) is not None:
+                return x, w
+        return None
+
+    def _squared_distance(self, node: ast.Call, name: str | None, meth: str | None):
+        """``((w - x) ** 2).sum(dim)`` (any spelling of the square, either order) of a point
+        ``x`` and a fixed ``w``: (``x``, ``w``, dim); None for anything else."""
+        if meth == "sum" and len(node.args) <= 1:
+            operand, rest = node.func.value, node.args
+        elif name == "torch.sum" and 1 <= len(node.args) <= 2:
+            operand, rest = node.args[0], node.args[1:]
+        else:
+            return None
+        keys = {k.arg: k.value for k in node.keywords}
+        if set(keys) - {"dim"} or len(rest) + len(keys) != 1:
+            return None
+        diff = self._squared(operand)
+        if not (isinstance(diff, ast.BinOp) and isinstance(diff.op, ast.Sub)):
+            return None
+        pair = self._point_and_set(diff.left, diff.right)
+        return None if pair is None else (*pair, _literal(rest[0] if rest else keys["dim"]))
+
+    def _squared(self, node: ast.expr) -> ast.expr | None:
+        """``e`` of ``e ** 2``, ``e.pow(2)``, ``e.square()``, ``torch.square(e)``, ..."""
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            return node.left if _ints([node.right]) == (2,) else None
+        if not isinstance(node, ast.Call) or node.keywords:
+            return None
+        meth, name = method_name(node, self.ctx), resolve_call(node.func, self.ctx)
+        if meth in rules.SQUARE_METHODS and _ints(node.args) == rules.SQUARE_METHODS[meth]:
+            return node.func.value
+        if name in rules.SQUARE_FUNCS and node.args \
+                and _ints(node.args[1:]) == rules.SQUARE_FUNCS[name]:
+            return node.args[0]
+        return None
+
+    def _set_form(self, node: ast.Call, forms: dict, x: ast.Name, w: ast.expr, dim: object,
+                  eps: ast.expr | None = None) -> tuple[ast.expr, _Val]:
+        """A point ``x`` (per item [D]) against a fixed ``w`` [D], or with ``sets`` a set of
+        points [m, D], reduced over dim ``dim`` (the feature dim); ``eps``: of normalized
+        operands (cosine similarity). What it assumes is checked at run time."""
+        k = 2 if self.sets else 1  # w.dim()
+        if k not in forms or type(dim) is not int or dim not in (k - 1, -1):
+            raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+        xv, text = self.vals[x.id], self.free(w)
+        self.require(xv.rank - 1, "==", node)
+        self.checks[f"isinstance({text}, torch.Tensor) and {text}.dim() == {k} "
+                    f"and {text}.dtype == {xv.source}.dtype and {text}.dtype in "
+                    f"{rules.SET_FORM_DTYPES} and {text}.shape[-1] == {xv.source}.shape[-1]"] = None
+        form, rank = forms[k]
+        if eps is not None:
+            eps = eps if isinstance(eps, (ast.Constant, ast.Name)) else self.named(eps)
+            x, w = self._normalized(x, eps), self._normalized(self.named(w), eps)
+        return self.sub(form, x=x, w=w), _Val(True, Rank() + rank)
+
+    def _normalized(self, x: ast.expr, eps: ast.expr) -> ast.expr:
+        norm = self.named(self.sub(rules.NORM, x=x))
+        return self.sub(rules.NORMALIZED, x=x, n=norm, eps=eps)
 
     def _pointwise_loss(self, node: ast.Call, args: list, kws: list, summed: bool = False,
                         mean: bool = False):
@@ -561,6 +745,8 @@ class _Batcher:
             rank = None if bv.rank is None else (
                 bv.rank - sum(type(k) is int for k in kinds) + sum(k is None for k in kinds))
             return ast.copy_location(new, node), _Val(True, rank)
+        if not bv.batched and len(entries) > 1:
+            return self._fixed_gather(node, entries)
         if len(entries) != 1:
             raise Unsupported(f"`{unparse(node)}`: index without a batched form")
         idx, iv = self.expr(entries[0])
@@ -569,10 +755,12 @@ class _Batcher:
         for cond in iv.integer:
             self.checks[cond] = None
         if not bv.batched:  # w[idx]: per item w[idx_k], all at once w[idx]
-            if not isinstance(base, ast.Name) or base.id in self.vals:
+            text = self.free(base)
+            if text is None:
                 raise Unsupported(f"`{unparse(node)}`: gather from a computed value")
-            # vectorize_loops checks that a tensor indexed by the loop is a tensor
-            rank = iv.rank + Rank.of(f"{base.id}.dim()") - 1
+            if not isinstance(base, ast.Name):  # (vectorize_loops checks names the loop indexes)
+                self.checks[f"isinstance({text}, torch.Tensor)"] = None
+            rank = iv.rank + Rank.of(f"{text}.dim()") - 1
             return ast.copy_location(ast.Subscript(base, idx, ast.Load()), node), _Val(True, rank)
         if bv.rank is None:
             raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
@@ -581,6 +769,19 @@ class _Batcher:
         base = self.named(base)
         new = self.sub("x[torch.arange(len(x), device=x.device), i]", x=base, i=idx)
         return new, _Val(True, bv.rank - 1)
+
+    def _fixed_gather(self, node: ast.Subscript, entries: list[ast.expr]):
+        """``w[i, j]``: a fixed ``w`` at fixed ints ``i``, then a loop-varying index ``j`` ->
+        ``w[i][j]``, when ``w[i]`` drops one dim per entry (ints: not index lists nor masks)."""
+        *fixed, last = entries
+        prefix = ast.Subscript(node.value, ast.Tuple(fixed, ast.Load()) if len(fixed) > 1
+                               else fixed[0], ast.Load())
+        base, text = self.free(node.value), self.free(prefix)
+        if base is None or text is None or any(isinstance(e, ast.Slice) for e in fixed):
+            raise Unsupported(f"`{unparse(node)}`: index without a batched form")
+        self.checks[f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
+                    f"{len(fixed)}"] = None
+        return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
 
 
 def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:
@@ -602,3 +803,9 @@ def _integer(operands: list[tuple[ast.expr, _Val]]) -> tuple[str, ...] | None:
             return None
         conds += val.integer
     return tuple(dict.fromkeys(conds))
+
+
+def _ints(nodes: list[ast.expr]) -> tuple[int, ...] | None:
+    """The values of int literals (``(2,)`` for ``[2]``); None when one is anything else."""
+    values = tuple(_literal(n) for n in nodes)
+    return values if all(type(v) is int for v in values) else None

@@ -208,6 +208,30 @@ AVERAGED_FULL_REDUCTIONS = {"sum": "x.sum() / n", "mean": "x.mean()"}
 AVERAGED_POINTWISE_LOSSES = {"sum": "l / n", "mean": "l"}
 # Integer dtypes an index tensor must have for the batched gather (bool/uint8 would be masks).
 INDEX_DTYPES = "(torch.int64, torch.int32)"
+# Cosine similarity: positional parameters and defaults. Both operands loop-varying (or one fixed
+# of at most the per-item rank): the same call, its dim shifted like any dim= op.
+BATCHED_SIMILARITIES = {"torch.nn.functional.cosine_similarity": ("x1", "x2", "dim", "eps"),
+                        "torch.cosine_similarity": ("x1", "x2", "dim", "eps")}
+SIMILARITY_DEFAULTS = {"dim": 1, "eps": 1e-8}
+# A loop-varying point ``x`` (per item [D], a loop input's rows) against a fixed ``w`` evaluated
+# before the loop, reduced over the feature dim: one matmul or cdist instead of the broadcast
+# [n, m, D] intermediate. ``w`` is [D] (per item a number; ``x`` [n, D] @ ``w``) or a set [m, D]
+# (per item [m]: the per-item rank of the result). Dtypes, ranks and feature sizes are checked
+# at run time; with both forms possible the batched code has both, chosen by ``w.dim()``.
+SET_FORM_DTYPES = "(torch.float32, torch.float64)"
+# Cosine similarity: ``x`` and ``w`` normalized (``NORMALIZED``), then one product.
+SIMILARITY_SET_FORMS = {1: ("x @ w", 0), 2: ("x @ w.t()", 1)}    # w.dim(): (form, rank)
+# ``x / max(|x|, eps)`` as cosine_similarity computes it: the norm clamped without gradient
+# (d/d|x| stays 1 below eps, unlike ``clamp_min``); ``n`` is ``NORM`` of ``x``.
+NORM = "torch.linalg.vector_norm(x, dim=-1, keepdim=True)"
+NORMALIZED = "x / torch.where(n < eps, n + (eps - n).detach(), n)"
+# ``((w - x) ** 2).sum(dim)`` of a set ``w`` [m, D]: the direct (not matmul-based) cdist, which
+# has no cancellation; its backward is 0 at distance 0, as 2 * (x - w) is there.
+DISTANCE_SET_FORMS = {2: ("torch.cdist(x, w, compute_mode='donot_use_mm_for_euclid_dist')"
+                          ".square()", 1)}
+# Spellings of ``e ** 2``: method / function -> the literal arguments after ``e``.
+SQUARE_METHODS = {"square": (), "pow": (2,)}
+SQUARE_FUNCS = {"torch.square": (), "torch.pow": (2,)}
 
 # Consumers of a comprehension's list, rewritten to use the stacked values ``v`` directly.
 LIST_CONSUMERS = {

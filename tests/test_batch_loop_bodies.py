@@ -2,6 +2,8 @@
 (behaviour through vectorize_loops is in test_vectorize_loops)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -117,3 +119,144 @@ def test_sum_accumulators_are_fused_and_equivalent(expr, fused):
             want = original(x, t, w)
         assert_equivalent(original, optimized, x, t, w)
         assert type(want) is type(optimized(x, t, w))
+
+
+# Cosine similarity, distances of a point to a fixed tensor, gathers from a fixed tensor at
+# fixed ints: (per-item expression of x[i], t[i] (labels) and a fixed w, the batched code's
+# golden statement, temporaries named `_t`; None: vmap). Equivalence for many shapes is in the
+# tests below.
+NORMED = "{v} / torch.where(_t < 1e-08, _t + (1e-08 - _t).detach(), _t)"
+SQUARED_DISTANCE = ("_s_part = torch.cdist(_x_row, w, "
+                    "compute_mode='donot_use_mm_for_euclid_dist').square().sum()")
+SET_FORMS = [
+    # both operands vary: the same call, dim shifted (negative dims unchanged)
+    ("F.cosine_similarity(x[i], x[i] + 1, dim=0)",
+     "_s_part = F.cosine_similarity(_x_row, _x_row + 1, dim=1).sum(0)"),
+    ("torch.cosine_similarity(x[i], 2 * x[i], -1, 1e-3)",
+     "_s_part = torch.cosine_similarity(_x_row, 2 * _x_row, dim=-1, eps=0.001).sum(0)"),
+    # a point and a fixed vector w [D]: normalized, one matrix-vector product
+    ("F.cosine_similarity(w, x[i], dim=0)",
+     f"_s_part = ({NORMED.format(v='_x_row')} @ ({NORMED.format(v='w')})).sum(0)"),
+    # ... or a set w [m, D]: one matrix product
+    ("F.cosine_similarity(x[i], w, dim=1).amax()",
+     f"_t = {NORMED.format(v='_x_row')} @ ({NORMED.format(v='w')}).t()"),
+    # squared distances of a point to a set: the direct cdist
+    ("((w - x[i]) ** 2).sum(dim=1).sum()", SQUARED_DISTANCE),
+    ("(x[i] - w).pow(2).sum(-1).sum()", SQUARED_DISTANCE),
+    ("torch.sum(torch.square(w - x[i]), -1).sum()", SQUARED_DISTANCE),
+    # fixed ints, then a loop-varying index: w[k][idx]
+    ("w[0, t[i]].sum()", "_s_part = w[0][_t_row].sum()"),
+    # no batched form: eps varies with the loop; the loop-varying index is not the last entry
+    ("F.cosine_similarity(x[i], w, dim=-1, eps=x[i].abs().sum())", None),
+    ("w[t[i], 0].sum()", None),
+]
+
+
+def _loop(expr: str) -> str:
+    return ("def f(x, t, w):\n    s = 0\n    for i in range(x.shape[0]):\n"
+            f"        s = s + {expr}\n    return s\n")
+
+
+@pytest.mark.parametrize("expr, golden", SET_FORMS)
+def test_set_forms_golden(expr, golden):
+    _, _, code, report = build(_loop(expr))
+    assert strategies(report) == {3: "vmap" if golden is None else "batched"}, (report, code)
+    assert golden is None or golden in re.sub(r"\b_t(_\d+)?\b", "_t", code), code
+
+
+def _points(shape, dtype, seed, tiny=False):
+    """Random points; with ``tiny``, a zero row and a row of norm below cosine's eps."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    if tiny and shape[0] > 2:
+        x[0], x[1] = 0, x[1] * 1e-10
+    return x.requires_grad_()
+
+
+# (x shape, w shape): the set form, the vector form, size-1 dims, and shapes no form admits (per
+# item rank 2, broadcasting along the feature dim, a 3-d w): those run vmap.
+SHAPES = [((5, 3), (4, 3)), ((5, 3), (3,)), ((1, 3), (1, 3)), ((5, 1), (4, 1)), ((5, 1), (4, 3)),
+          ((5, 3), (1,)), ((4, 2, 3), (3,)), ((4, 3), (2, 4, 3))]
+SET_EXPRS = ["((w - x[i]) ** 2).sum(dim=-1).amin()", "(x[i] - w).square().sum(-1).sum()",
+             "F.cosine_similarity(x[i], w, dim=-1).sum()", "F.cosine_similarity(w, x[i], dim=0).sum()"]
+
+
+@pytest.mark.parametrize("expr", SET_EXPRS)
+@pytest.mark.parametrize("xs, ws", SHAPES)
+def test_set_forms_equivalent_for_all_shapes(expr, xs, ws):
+    original, optimized, _, _ = build(_loop(expr))
+    for dtype in (torch.float32, torch.float64):
+        x, w = _points(xs, dtype, 0, tiny=True), _points(ws, dtype, 1, tiny=True)
+        if len(xs) == len(ws) == 2 and xs[1] == ws[1]:
+            with torch.no_grad():
+                w[-1] = x[-1]  # a point of the set: distance 0
+        try:
+            original(x, None, w)
+        except RuntimeError:  # shapes the op itself refuses
+            continue
+        assert_equivalent(original, optimized, x, None, w)
+
+
+@pytest.mark.parametrize("expr", SET_EXPRS)
+@pytest.mark.parametrize("xs, ws", [((5, 3), (4, 3)), ((5, 3), (3,)), ((1, 2), (1, 2))])
+def test_set_forms_run_without_vmap(expr, xs, ws, monkeypatch):
+    original, optimized, _, _ = build(_loop(expr))
+    if "dim=0" in expr and len(ws) == 2:
+        return  # per item the reduction is over the set: no set form
+    monkeypatch.setattr(torch, "vmap", None)  # the batched code must not need it
+    for dtype in (torch.float32, torch.float64):
+        assert_equivalent(original, optimized, _points(xs, dtype, 0, tiny=True), None,
+                          _points(ws, dtype, 1, tiny=True))
+
+
+@pytest.mark.parametrize("x_dtype, w_dtype", [(torch.float32, torch.float64),
+                                              (torch.float64, torch.int64),
+                                              (torch.int64, torch.int64)])
+@pytest.mark.parametrize("expr", SET_EXPRS[:1])
+def test_set_forms_of_other_dtypes_run_vmap(expr, x_dtype, w_dtype):
+    original, optimized, _, _ = build(_loop(expr))
+    x = torch.randint(-3, 3, (5, 3)).to(x_dtype).requires_grad_(x_dtype.is_floating_point)
+    w = torch.randint(-3, 3, (4, 3)).to(w_dtype)
+    assert_equivalent(original, optimized, x, None, w)
+    assert original(x, None, w).dtype == optimized(x, None, w).dtype
+
+
+@pytest.mark.parametrize("expr", ["(x[i] * m[k, 1, t[i]]).sum()", "m[k, 1, t[i]].sum() + x[i]"])
+@pytest.mark.parametrize("ms", [(3, 2, 4), (3, 2, 4, 2), (2, 2, 4, 1)])
+def test_gather_at_fixed_ints_equivalent(expr, ms):
+    src = ("def f(x, t, m, k):\n    s = 0\n    for i in range(x.shape[0]):\n"
+           f"        s = s + {expr}\n    return s\n")
+    original, optimized, code, report = build(src)
+    assert strategies(report) == {3: "batched"} and "m[k, 1][_t_row]" in code, code
+    for dtype in (torch.float32, torch.float64):
+        m = torch.randn(*ms, dtype=dtype).requires_grad_()
+        x = torch.randn(5, *ms[3:], dtype=dtype).requires_grad_()  # per item m[k, 1, t[i]]'s
+        t = torch.tensor([0, 3, 3, 1, 0])  # repeated labels: the gradient accumulates
+        for k in (1, -1, torch.tensor(1), torch.tensor([0, 1])):  # a list of rows: vmap
+            assert_equivalent(original, optimized, x, t, m, k)
+
+
+def test_squared_distances_far_from_the_origin_keep_their_precision():
+    """Nearest neighbours of points far from the origin: |a|^2 + |b|^2 - 2ab would cancel."""
+    _, optimized, _, _ = build(_loop("((w - x[i]) ** 2).sum(dim=1).amin()"))
+    g = torch.Generator().manual_seed(0)
+    x = 1000 + 1e-2 * torch.randn(30, 3, generator=g)  # > 25 points: where cdist may use mm
+    w = torch.cat([x + 1e-3 * torch.randn(30, 3, generator=g), x[:2] + 1])
+    want = sum(((w.double() - p.double()) ** 2).sum(dim=1).min() for p in x)
+    torch.testing.assert_close(optimized(x, None, w).double(), want, rtol=1e-3, atol=0)
+
+
+def test_the_whole_tensor_next_to_its_rows_runs_vmap():
+    """``x - x[i]``: ``x`` never fits under its rows' per-item rank; the check says so."""
+    original, optimized, code, report = build(_loop("(x - x[i]).abs().sum()"))
+    assert strategies(report) == {3: "batched"} and "if not isinstance(x, torch.Tensor):" in code
+    assert_equivalent(original, optimized, _points((4, 3), torch.float64, 0), None, None)
+
+
+@pytest.mark.parametrize("expr", ["((x - x[i]) ** 2).sum(-1).sum()",
+                                  "F.cosine_similarity(x[i], x, dim=-1).sum()"])
+def test_set_forms_of_a_tensor_against_its_own_rows(expr, monkeypatch):
+    """Triplet and contrastive losses: the set is the loop input itself (distance 0 included)."""
+    original, optimized, _, _ = build(_loop(expr))
+    monkeypatch.setattr(torch, "vmap", None)
+    for dtype in (torch.float32, torch.float64):
+        assert_equivalent(original, optimized, _points((5, 3), dtype, 0, tiny=True), None, None)
