@@ -11,7 +11,6 @@ reports keep pointing at the user's file:line.
 from __future__ import annotations
 
 import ast
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +71,7 @@ class _Substitute(ast.NodeTransformer):
             new = self.subs[node.id]
             if isinstance(new, str):
                 return ast.Name(id=new, ctx=node.ctx)
-            new = copy.deepcopy(new)
+            new = clone(new)
             if hasattr(new, "ctx"):
                 new.ctx = node.ctx
             return new
@@ -98,6 +97,19 @@ def replace(template: str, loc: ast.AST | None = None, torch_name: str = "torch"
     if len(body) == 1 and isinstance(body[0], ast.Expr):
         return body[0].value
     return body
+
+
+def clone(node: Any) -> Any:
+    """A deep copy of an AST (node, list of nodes, or leaf value), several times faster than
+    ``copy.deepcopy``: fields are copied recursively, other values (and marks such as
+    ``host_number``) are shared."""
+    if isinstance(node, ast.AST):
+        new = type(node).__new__(type(node))
+        new.__dict__.update({k: clone(v) for k, v in node.__dict__.items()})
+        return new
+    if isinstance(node, list):
+        return [clone(x) for x in node]
+    return node
 
 
 def unparse(tree: ast.AST) -> str:

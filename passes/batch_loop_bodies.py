@@ -77,13 +77,12 @@ vectorized loop) raises ``Unsupported`` with the reason: the loop is mapped with
 from __future__ import annotations
 
 import ast
-import copy
 from dataclasses import dataclass
 
 from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, replace, unparse
+from .ast_tools import PassContext, clone, replace, unparse
 from .loop_dataflow import is_shape_query, method_name, resolve_call
 
 
@@ -152,7 +151,7 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
     def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
         b = _Batcher(ctx, loc, trips, summed, averaged, sets)
         try:
-            return b, b.run(copy.deepcopy(body), params, outputs, outs)
+            return b, b.run(clone(body), params, outputs, outs)
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)
@@ -163,7 +162,7 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
         elif not isinstance(other, Unsupported) and done[0] is not None:
             (check, stmts), (other_check, other_stmts) = done, other
             both = None if other_check is None \
-                else ast.BoolOp(ast.Or(), [copy.deepcopy(check), other_check])
+                else ast.BoolOp(ast.Or(), [clone(check), other_check])
             done = both, [ast.If(check, stmts, other_stmts)]
     if isinstance(done, Unsupported):
         raise done

@@ -101,6 +101,13 @@ def live_after_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
     return record
 
 
+def child_blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    """The statement lists directly inside a compound statement (empty for a simple one)."""
+    return [getattr(stmt, f, []) for f in ("body", "orelse", "finalbody")] \
+        + [h.body for h in getattr(stmt, "handlers", [])] \
+        + [c.body for c in getattr(stmt, "cases", [])]
+
+
 def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
     """For every ``for`` loop in ``func`` (by ``id``), the local names certainly bound to the int
     ``0`` when it starts: ``s = 0`` earlier in the same block, and no statement in between
@@ -123,9 +130,7 @@ def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
                     and target.id not in shared:
                 zeros.add(target.id)
                 continue
-            children = [getattr(stmt, f, []) for f in ("body", "orelse", "finalbody")] \
-                + [h.body for h in getattr(stmt, "handlers", [])] \
-                + [c.body for c in getattr(stmt, "cases", [])]
+            children = child_blocks(stmt)
             if any(children):
                 zeros = set()
                 for child in children:
@@ -151,10 +156,8 @@ def divisions_after_loops(func: ast.FunctionDef) -> dict[int, tuple[ast.stmt, di
                 if divided:
                     record[id(stmt)] = (after, divided)
             nested = in_loop or isinstance(stmt, (ast.For, ast.AsyncFor, ast.While))
-            for field in ("body", "orelse", "finalbody"):
-                block(getattr(stmt, field, []), nested)
-            for h in getattr(stmt, "handlers", []):
-                block(h.body, nested)
+            for child in child_blocks(stmt):
+                block(child, nested)
 
     block(func.body, False)
     return record

@@ -86,7 +86,6 @@ bound twice or that does not vary. The converted selections are marked on the us
 from __future__ import annotations
 
 import ast
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -94,7 +93,7 @@ import torch
 from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, replace
+from .ast_tools import PassContext, clone, replace
 from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
                             resolve_call, stores, variant_names, write_entries)
 from .tensor_branches_to_where import Sanitize
@@ -231,7 +230,7 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
     if not any(_is_selection(sub, lenient, ctx) for s in body for sub in ast.walk(s)
                if isinstance(sub, ast.Subscript)):
         return Dense(body, ctx=ctx)
-    work = copy.deepcopy(body)
+    work = clone(body)
     users = {id(c): u for c, u in zip(_walk(work), _walk(body))}
     converter = _Converter(work, seeds, lenient, ctx)
     try:
@@ -461,7 +460,7 @@ class _Converter:
             groups.append(self.selected[e.id])
             return self._hole("name", e, leaves)
         if _is_constant(e):
-            return copy.deepcopy(e)
+            return clone(e)
         if self._scalar(e):
             return self._hole("scalar", e, leaves)
         if isinstance(e, ast.BinOp) and isinstance(e.op, ELEMENTWISE_BINOPS):
@@ -484,7 +483,7 @@ class _Converter:
             else:
                 raise _NotChain
             args = [self._chain(a, leaves, groups) for a in e.args]
-            return ast.copy_location(ast.Call(func, args, copy.deepcopy(e.keywords)), e)
+            return ast.copy_location(ast.Call(func, args, clone(e.keywords)), e)
         raise _NotChain
 
     def _scalar(self, e: ast.expr) -> bool:
@@ -588,7 +587,7 @@ class _Converter:
     def dense(self, chain: _Chain, keep: str) -> ast.expr:
         """The chain on the stand-ins; risky ops get safe operands where deselected."""
         try:
-            expr = Sanitize(keep, set(), "", self.ctx).visit(copy.deepcopy(chain.expr))
+            expr = Sanitize(keep, set(), "", self.ctx).visit(clone(chain.expr))
         except Unsupported as exc:
             raise _Refused(exc.reason) from exc
         self.guards += chain.guards

@@ -36,11 +36,10 @@ comprehension is kept, with the reason ``kept_reason`` gives.
 from __future__ import annotations
 
 import ast
-import copy
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, replace
-from .loop_dataflow import resolve_call
+from .ast_tools import PassContext, clone, replace
+from .loop_dataflow import child_blocks, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -57,12 +56,12 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
     first reducible comprehension of ``stmt``, or None. ``lists``: names bound to a list
     ``stackable_lists`` accepts. ``stmt`` itself is not modified."""
     if _bound_list(stmt, lists):
-        stmt = copy.deepcopy(stmt)
+        stmt = clone(stmt)
         call = ast.Call(ast.Name("list", ast.Load()), [stmt.value], [])  # stands for the list
     elif _find(stmt, ctx) is None:
         return None
     else:
-        stmt = copy.deepcopy(stmt)
+        stmt = clone(stmt)
         call = _find(stmt, ctx)
     comp = call.args[0]
     gen = comp.generators[0]
@@ -196,10 +195,8 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
                 empty.add(stmt.targets[0].id)
                 continue
             empty -= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
-            for field in ("body", "orelse", "finalbody"):
-                block(getattr(stmt, field, []))
-            for h in getattr(stmt, "handlers", []):
-                block(h.body)
+            for child in child_blocks(stmt):
+                block(child)
 
     block(func.body, top=True)
     return record

@@ -69,7 +69,6 @@ exactly as it was.
 from __future__ import annotations
 
 import ast
-import copy
 from dataclasses import dataclass, field
 
 from rewrite.errors import Unsupported
@@ -78,7 +77,7 @@ from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, loop_dataflow,
                normalize_comprehensions)
 from . import loop_rules as rules
 from . import masked_selections_to_where, tensor_branches_to_where
-from .ast_tools import PassContext, replace, unparse
+from .ast_tools import PassContext, clone, replace, unparse
 from .loop_dataflow import Effect, depends, loads, resolve_call
 
 MARKER = "optimize_loss: loop at line {} vectorized"
@@ -167,7 +166,7 @@ class _Vectorizer(ast.NodeTransformer):
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
-        original = copy.deepcopy(node)
+        original = clone(node)
         self.generic_visit(node)  # inner loops first
         try:
             live = self.live.get(id(node), loads(self.func))  # unseen loop: all names live
@@ -286,7 +285,7 @@ class _Loop:
         if node.orelse:
             raise Unsupported("`for ... else`")
         it = self.it = self._iteration()
-        body, inner_guards = self._inline_inner(copy.deepcopy(node.body), it)
+        body, inner_guards = self._inline_inner(clone(node.body), it)
         seeds = {it.index} | {name for name, _ in it.elements}
         # Mask selections reduced elementwise -> masked dense ops (marked: the check skips them)
         dense = masked_selections_to_where.rewrite(body, seeds, self.ctx)
@@ -494,7 +493,7 @@ class _Loop:
                 keep = "0" if e.family in ("add_", "sub_") else "1"
                 value = self._sub(f"torch.where(p, v, {keep})", p=pred, v=value)
             else:  # deselected iterations keep what is there: this iteration's last write
-                old = copy.deepcopy(_write_target(e.stmt))
+                old = clone(_write_target(e.stmt))
                 old.ctx = ast.Load()
                 old = self.last_write.get(unparse(old), old)
                 value = self._sub("torch.where(p, v, old)", p=pred, v=value, old=old)
@@ -530,7 +529,7 @@ class _Loop:
     def _place_at(self, e: Effect, stacked: ast.expr, slots: dict[int, ast.expr]) -> list:
         """``out[i, t[i]] = v`` -> ``out[arange, slots] = stacked``; without the bare ``i``,
         ``counts[t[i]] += v`` -> ``counts.index_put_((slots,), stacked, accumulate=True)``."""
-        it, target = self.it, copy.deepcopy(_write_target(e.stmt))
+        it, target = self.it, clone(_write_target(e.stmt))
         entries = loop_dataflow.write_entries(target)
         self.scattered.add(e.name)
         trips = self._sub("len(range(a, b, s))", a=it.start, b=it.stop, s=it.step)
@@ -577,7 +576,7 @@ class _Loop:
             how = "v.tolist()" if host else "v.unbind(0)"
             return [ast.Expr(self._sub(f"lst.extend({how})", lst=e.name, v=stacked))]
         self._need_plain_range()
-        target = copy.deepcopy(_write_target(e.stmt))
+        target = clone(_write_target(e.stmt))
         entries = loop_dataflow.write_entries(target)
         at = next(k for k, x in enumerate(entries) if isinstance(x, ast.Name)
                   and x.id == self.it.index)
@@ -671,7 +670,7 @@ class _Loop:
                     for k, name in enumerate(self.outputs)]
             mapped += self._sub("o = v", o=self.outs, v=ast.Tuple(outs, ast.Load()))
         try:
-            check, plain = batch_loop_bodies.batch(copy.deepcopy(body), batched, self.outputs,
+            check, plain = batch_loop_bodies.batch(clone(body), batched, self.outputs,
                                                    self.outs, trips, self.ctx, self.node, summed,
                                                    averaged)
         except Unsupported as exc:  # an op without a batched form: vmap maps the body
