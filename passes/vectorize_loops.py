@@ -634,7 +634,9 @@ class _Loop:
             batched.append(batch_loop_bodies.Param(it.index, inputs[-1], batch_loop_bodies.Rank(), ()))
         for name, src in it.elements:
             params.append(name)
-            inputs.append(src if len(it.elements) == 1 else self._sub("x[:n]", x=src, n=it.stop))
+            # zip stops at the shortest: all of a tensor is itself (a slice's backward copies)
+            inputs.append(src if len(it.elements) == 1 else self._sub(
+                "x if len(x) == n else x[:n]", x=src, n=it.stop))
             dims.append(0)
             batched.append(self._batched_param(name, inputs[-1], src, 0, 0))
         for (name, _), (param, prefix) in self.slices.items():
