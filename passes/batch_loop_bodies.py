@@ -400,9 +400,28 @@ class _Batcher:
             return ast.copy_location(new, node), self._elementwise([lv, rv], node)
         if isinstance(node, ast.Call):
             return self._call(node)
+        if isinstance(node, ast.IfExp):
+            return self._if_exp(node)
+        if isinstance(node, ast.Attribute):
+            # metadata (the same in every iteration), and its attributes: values that do not vary
+            value, vv = self.expr(node.value)
+            if vv.batched and node.attr in rules.BATCHED_METADATA:
+                return self.sub(rules.BATCHED_METADATA[node.attr], x=value), _Val(False)
+            if not vv.batched:  # an attribute of metadata (``expr`` of a varying node)
+                return ast.copy_location(ast.Attribute(value, node.attr, ast.Load()), node), vv
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
             return self._subscript(node)
         raise Unsupported(f"`{unparse(node)}` has no batched form")
+
+    def _if_exp(self, node: ast.IfExp) -> tuple[ast.expr, _Val]:
+        """``a if c else b`` with ``c`` the same in every iteration (metadata): both branches
+        loop-varying with one per-item rank, so the choice does not change what is batched."""
+        test, tv = self.expr(node.test)
+        (a, av), (b, bv) = self.expr(node.body), self.expr(node.orelse)
+        if tv.batched or not (av.batched and bv.batched) or av.rank is None or bv.rank is None:
+            raise Unsupported(f"`{unparse(node)}` has no batched form")
+        self.require(av.rank - bv.rank, "==", node)
+        return ast.copy_location(ast.IfExp(test, a, b), node), _Val(True, av.rank)
 
     def _varies(self, node: ast.AST) -> bool:
         """Whether ``node`` reads a batched value (shape queries included: they must change)."""
@@ -496,6 +515,10 @@ class _Batcher:
         name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
         if name in rules.BATCHED_SIMILARITIES:
             return self._similarity(node, name)
+        if meth == "reshape":
+            shaped = self._mask_reshape(node)
+            if shaped is not None:
+                return shaped
         distance = self._squared_distance(node, name, meth)
         if distance is not None:
             self.set_forms = True
@@ -505,6 +528,9 @@ class _Batcher:
             recv, rv = self.expr(node.func.value)
             func = ast.copy_location(ast.Attribute(recv, meth, ast.Load()), node.func)
             operands = [(recv, rv)]
+            if rv.batched and meth in rules.BATCHED_FLATTEN and not node.args \
+                    and not node.keywords:
+                return self._flatten(recv, rv, meth, node)
         else:
             func = node.func
             operands = []
@@ -525,6 +551,11 @@ class _Batcher:
                 return self._full_reduction(x, xv, op, node)
             if op in rules.BATCHED_DIM_OPS:
                 return self._dim_op(node, func, x, xv, op, rest, kws, meth is not None)
+        if meth in rules.BATCHED_SAME_RANK_METHODS and len(args) == 1 and not kws:
+            if not all(v.batched for v in vals):
+                raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
+            val = self._elementwise(vals, node)
+            return ast.copy_location(ast.Call(func, [args[0][0]], []), node), _Val(True, val.rank)
         if name in rules.BATCHED_POINTWISE_LOSSES:
             return self._pointwise_loss(node, args, kws)
         if name in rules.BATCHED_CLASS_LOSSES:
@@ -536,6 +567,39 @@ class _Batcher:
                 self.require(v.rank - 1, "==", node)
             return self.sub("(a * b).sum(1)", a=a, b=b), _Val(True, Rank())
         raise Unsupported(f"`{unparse(node.func)}(...)` has no batched form")
+
+    def _mask_reshape(self, node: ast.Call) -> tuple[ast.expr, _Val] | None:
+        """``m.reshape(h[m.shape, x.shape, ...])``, ``h`` a helper bound into the code that maps
+        per-item shapes to a shape of ``x``'s rank (``MaskShape``, ``per_item_shapes``): the
+        helper gets the per-item shapes, the loop dim goes in front. None: not this pattern."""
+        arg = node.args[0] if len(node.args) == 1 and not node.keywords else None
+        helper = arg.value if isinstance(arg, ast.Subscript) else None
+        if not (isinstance(helper, ast.Name) and helper.id not in self.vals
+                and getattr(self.ctx.bindings.get(helper.id), "per_item_shapes", False)):
+            return None
+        shapes = arg.slice.elts if isinstance(arg.slice, ast.Tuple) else []
+        if len(shapes) < 2 or not all(isinstance(s, ast.Attribute) and s.attr == "shape"
+                                      for s in shapes) \
+                or ast.dump(shapes[0].value) != ast.dump(node.func.value):
+            raise Unsupported(f"`{unparse(node)}`: index without a batched form")
+        done = [self.expr(s.value) for s in shapes]
+        if not all(v.batched and v.rank is not None for _, v in done):
+            raise Unsupported(f"`{unparse(node)}`: shapes of values that do not vary")
+        (mask, mv), (_, base) = done[0], done[1]
+        self.require(mv.rank - 1, ">=", node)  # a 0-d mask adds a dim (``x[True]``)
+        for _, v in done[2:]:
+            self.require(v.rank - base.rank, "==", node)
+        mask = self.named(mask)
+        per_item = ast.Tuple([self.sub(rules.BATCHED_SHAPE, x=x) for x, _ in done], ast.Load())
+        return self.sub(rules.BATCHED_MASK_RESHAPE, m=mask, h=helper, shapes=per_item), \
+            _Val(True, base.rank)
+
+    def _flatten(self, x: ast.expr, xv: _Val, meth: str, node: ast.AST):
+        """``x.flatten()`` per item: rank 1."""
+        if xv.rank is None:
+            raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
+        self.require(xv.rank - 1, ">=", node)
+        return self.sub(rules.BATCHED_FLATTEN[meth], x=x), _Val(True, Rank() + 1)
 
     def _integer_of(self, name: str | None, meth: str | None, operands: list, kws: list):
         """Integer-ness through the elementwise ops that keep it."""

@@ -169,6 +169,18 @@ BATCHED_ELEMENTWISE_METHODS = frozenset({
     "clip", "clamp_min", "clamp_max", "pow", "mul", "add", "sub", "div", "ne", "eq", "gt", "lt",
     "ge", "le", "logical_not", "float", "double", "long", "int", "bool", "detach", "clone",
 })
+# ``m.reshape(h[m.shape, x.shape, ...])`` of a helper ``h`` of per-item shapes (marked
+# ``per_item_shapes``; masked_selections_to_where's ``_mask_shape``): the helper sees each item's
+# shape, the same in every iteration, and the loop dim goes in front.
+BATCHED_SHAPE = "x.shape[1:]"
+BATCHED_MASK_RESHAPE = "m.reshape(m.shape[:1] + h[shapes])"
+# Methods of two operands of one per-item rank (both loop-varying): the same call.
+BATCHED_SAME_RANK_METHODS = frozenset({"expand_as", "type_as"})
+# Per item ``x.flatten()`` (per-item rank >= 1: a 0-d item would flatten to [1]).
+BATCHED_FLATTEN = {"flatten": "x.flatten(1)"}
+# Metadata of a loop-varying value, the same in every iteration: a value that does not vary
+# (and so are its attributes: ``x.dtype.is_floating_point``).
+BATCHED_METADATA = {"dtype": "x.dtype"}
 # Methods whose result is an integer tensor (usable as an index).
 INTEGER_METHODS = frozenset({"long", "int"})
 # Ops that keep integer dtype on integer operands (with Python int constants).
@@ -179,7 +191,8 @@ BATCHED_FULL_REDUCTIONS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin":
 # Ops with a ``dim`` (per-item dims shift by one; negative dims stay): rank change of the result
 # (without keepdim).
 BATCHED_DIM_OPS = {"sum": -1, "mean": -1, "amax": -1, "amin": -1, "logsumexp": -1, "prod": -1,
-                   "softmax": 0, "log_softmax": 0, "cumsum": 0, "unsqueeze": 1}
+                   "softmax": 0, "log_softmax": 0, "cumsum": 0, "unsqueeze": 1, "any": -1,
+                   "all": -1}
 BATCHED_DIM_FUNCS = {"torch.sum": "sum", "torch.mean": "mean", "torch.amax": "amax",
                      "torch.amin": "amin", "torch.logsumexp": "logsumexp", "torch.prod": "prod",
                      "torch.softmax": "softmax", "torch.log_softmax": "log_softmax",

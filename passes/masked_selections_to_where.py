@@ -123,22 +123,30 @@ DENSE_FORMS = {
 # max()/min() split the gradient between the selected elements equal to the result, NaN ones
 # when it is NaN; amax()/amin() count the ties with ``==``, so a NaN gives every selected
 # element a NaN gradient. Both split it between ``far`` ties with the mean of the ties.
-EXTREMES = {"max": ("amax", "-torch.inf", "v.amin()", "nan_ties"),
-            "min": ("amin", "torch.inf", "v.amax()", "nan_ties"),
-            "amax": ("amax", "-torch.inf", "v.amin()", "equal_ties"),
-            "amin": ("amin", "torch.inf", "v.amax()", "equal_ties")}
-FILL = "{far} if v.dtype.is_floating_point else {fill}"
-MEAN_OF_TIES = "(torch.where(ties, v, 0).sum() / ties.sum().clamp(min=1)).to(top.dtype)"
+EXTREMES = {"max": ("amax", "-torch.inf", "flat.amin(0, keepdim=True)", "nan_ties"),
+            "min": ("amin", "torch.inf", "flat.amax(0, keepdim=True)", "nan_ties"),
+            "amax": ("amax", "-torch.inf", "flat.amin(0, keepdim=True)", "equal_ties"),
+            "amin": ("amin", "torch.inf", "flat.amax(0, keepdim=True)", "equal_ties")}
+# The steps work on the flattened values (``flat``, selected where ``sel``) with reductions that
+# keep their dim and a last ``[0]``: every value of one item has rank 1, which batch_loop_bodies
+# batches (a 0-d reduction next to the values would not).
+FILL = "torch.full_like(flat[:1], {far}) if flat.dtype.is_floating_point else {fill}"
+MEAN_OF_TIES = ("(torch.where(ties, flat, 0).sum(0, keepdim=True)"
+                " / ties.sum(0, keepdim=True).clamp(min=1)).type_as(top)")
+FLAT = """
+sel = k.expand_as(v).flatten()
+flat = v.flatten()
+"""
 EXTREME_STEPS = {
-    "nan_ties": (f"""
-nan = (k & (v != v)).any()
-top = torch.where(k & (v == v), v, {FILL}).{{reduce}}()
-ties = k & torch.where(nan, v != v, v == top)
-""", f"torch.where(nan | (top == {{far}}), {MEAN_OF_TIES}, top)"),
-    "equal_ties": (f"""
-top = torch.where(k, v, {FILL}).{{reduce}}()
-ties = k & (v == top)
-""", f"torch.where(top == {{far}}, {MEAN_OF_TIES}, top)"),
+    "nan_ties": (f"""{FLAT}
+nan = (sel & (flat != flat)).any(0, keepdim=True)
+top = torch.where(sel & (flat == flat), flat, {FILL}).{{reduce}}(0, keepdim=True)
+ties = sel & torch.where(nan, flat != flat, flat == top)
+""", f"torch.where(nan | (top == {{far}}), {MEAN_OF_TIES}, top)[0]"),
+    "equal_ties": (f"""{FLAT}
+top = torch.where(sel, flat, {FILL}).{{reduce}}(0, keepdim=True)
+ties = sel & (flat == top)
+""", f"torch.where(top == {{far}}, {MEAN_OF_TIES}, top)[0]"),
 }
 # Counts are Python ints in the original (``NUMBER_FOLD`` turns accumulated ones back), and so
 # is their integer arithmetic.
@@ -171,7 +179,9 @@ EMPTY_ERRORS = {op: _empty_error(op) for op in ("max", "min", "amax", "amin")}
 class MaskShape:
     """``_mask_shape[m.shape, x.shape, ...]``: the shape the mask ``m`` is reshaped to so that it
     broadcasts against the dense stand-ins of ``x[m], ...``. Raises what indexing raises when
-    ``m`` cannot index ``x``. Shapes only: the same answer for every iteration."""
+    ``m`` cannot index ``x``. Shapes only: the same answer for every iteration, which lets
+    batch_loop_bodies pass it each item's shapes (``per_item_shapes``)."""
+    per_item_shapes = True
 
     def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
         mask, *bases = (tuple(s) for s in shapes)
@@ -420,7 +430,8 @@ class _Converter:
         steps, result = (t.format(far=far, fill=fill, reduce=reduce_)
                          for t in EXTREME_STEPS[ties])
         used = {n.id for n in ast.walk(ast.parse(steps)) if isinstance(n, ast.Name)}
-        names = {n: self.ctx.namer.new(n) for n in ("nan", "top", "ties") if n in used}
+        names = {n: self.ctx.namer.new(n) for n in ("sel", "flat", "nan", "top", "ties")
+                 if n in used}
         self.pre += self._sub(steps, call, k=keep, v=vals, **names)
         return self._sub(result, call, v=vals, **names)
 

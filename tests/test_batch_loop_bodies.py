@@ -10,6 +10,7 @@ import torch
 from passes.batch_loop_bodies import Rank, _condition
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, strategies
+from tests.test_masked_selections_to_where import build as build_masked
 
 
 def test_rank_conditions_are_simplified_and_decided_when_constant():
@@ -260,3 +261,57 @@ def test_set_forms_of_a_tensor_against_its_own_rows(expr, monkeypatch):
     monkeypatch.setattr(torch, "vmap", None)
     for dtype in (torch.float32, torch.float64):
         assert_equivalent(original, optimized, _points((5, 3), dtype, 0, tiny=True), None, None)
+
+
+# Boolean-mask selections (masked_selections_to_where's dense forms): the mask reshaped by
+# ``_mask_shape`` of the per-item shapes, the loop dim in front. ``build_masked`` binds the
+# helper into the rewritten function.
+MASKED_SUM = ("def f(x, y, m):\n    s = 0\n    for i in range(x.shape[0]):\n"
+              "        s = s + (x[i][m[i] > 0] - y[i][m[i] > 0]).pow(2).sum()\n    return s\n")
+
+
+def test_masked_selection_reshape_golden():
+    _, _, code, report = build_masked(MASKED_SUM)
+    assert strategies(report) == {3: "batched"}, (report, code)
+    assert re.search(r"_keep = _mask\.reshape\(_mask\.shape\[:1\] \+ _mask_shape\[_mask\.shape"
+                     r"\[1:\], _x_row\.shape\[1:\], _y_row\.shape\[1:\]\]\)", code), code
+    assert "m.dim() >= 2" in code, code  # a 0-d mask per item adds a dim: vmap
+
+
+def test_masked_selection_of_a_tensor_that_does_not_vary_runs_vmap():
+    src = MASKED_SUM.replace("y[i][m[i] > 0]", "y[m[i] > 0]")
+    _, _, code, report = build_masked(src)
+    assert strategies(report) == {3: "vmap"}, (report, code)
+
+
+@pytest.mark.parametrize("shapes", [((4, 3, 2), (4, 3, 2), (4, 3, 2)),   # elementwise mask
+                                    ((4, 3, 2), (4, 3, 2), (4, 3)),      # row mask
+                                    ((4, 3), (4, 3), (4,)),              # 0-d mask: vmap
+                                    ((4, 3), (4, 3), (4, 2))])           # IndexError
+@pytest.mark.parametrize("fill", ["random", "none", "all", "nan"])
+def test_masked_selection_reshape_equivalent(shapes, fill):
+    original, optimized, _, _ = build_masked(MASKED_SUM)
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        x, y = (torch.randn(s, generator=g, dtype=dtype) for s in shapes[:2])
+        m = torch.randn(shapes[2], generator=g, dtype=dtype)
+        m = {"random": m, "none": -m.abs(), "all": m.abs() + 1, "nan": m}[fill]
+        if fill == "nan":
+            y.view(-1)[::3] = float("nan")  # NaN selected or not
+            m.view(-1)[::2] = float("nan")  # NaN > 0 deselects
+        x.requires_grad_(), y.requires_grad_()
+        try:
+            original(x, y, m)
+        except IndexError:
+            with pytest.raises(IndexError):
+                optimized(x, y, m)
+            continue
+        assert_equivalent(original, optimized, x, y, m)
+
+
+def test_masked_selection_reshape_runs_without_vmap(monkeypatch):
+    original, optimized, _, _ = build_masked(MASKED_SUM)
+    monkeypatch.setattr(torch, "vmap", None)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(4, 3, 2, dtype=dtype).requires_grad_()
+        assert_equivalent(original, optimized, x, 2 * x, torch.randn(4, 3, dtype=dtype))
