@@ -55,6 +55,9 @@ class PassContext:
     bindings: dict[str, Any] = field(default_factory=dict)
     # Functions whose rewrite is in progress (this one and its callers): stops recursion.
     rewriting: frozenset = frozenset()
+    # The function's parameters, locals and closure variables: names that do not resolve in
+    # ``globals`` there (None: unknown; code moved into the function must not read them).
+    local_names: frozenset | None = None
 
     def where(self, node: ast.AST | None) -> str:
         line = getattr(node, "lineno", None) or self.report.lineno

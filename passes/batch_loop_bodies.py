@@ -16,7 +16,7 @@ vary stay as they are, and no vmap (nor its per-op dispatch) runs::
                                                          <def _body ...; _outs = torch.vmap(...)>
 
 The batched forms: elementwise ops and arithmetic as they are; reductions of all elements
-``x.sum()`` -> ``x.reshape(len(x), -1).sum(1)``; ``dim=d`` -> ``dim=d + 1`` (negative dims
+``x.sum()`` -> ``x.sum(<the item dims>)``; ``dim=d`` -> ``dim=d + 1`` (negative dims
 unchanged); ``x[k, 1:]`` with fixed entries -> ``x[:, k, 1:]``; the gather ``x[idx]`` ->
 ``x[torch.arange(len(x), device=x.device), idx]`` (``w[idx]`` unchanged when ``w`` does not vary);
 ``F.mse_loss(a, b)`` and the other pointwise losses -> ``F.mse_loss(a, b, reduction="none")``
@@ -616,9 +616,13 @@ class _Batcher:
     def _full_reduction(self, x: ast.expr, xv: _Val, op: str, node: ast.AST):
         if not xv.batched:
             raise Unsupported(f"`{unparse(node)}` has no batched form")
-        x = self.named(x)  # reshape(n, -1): also right for per-item 0-d values
+        x = self.named(x)
         reduce = rules.BATCHED_FULL_REDUCTIONS[op]
-        return self.sub(f"x.reshape(len(x), -1).{reduce}(1)", x=x), _Val(True, Rank())
+        # reshape(n, -1) is also right for per-item 0-d values (dim=() would reduce all), but
+        # copies a non-contiguous x (rows moved to the front): reduce over the item dims then
+        template = rules.BATCHED_ITEM_DIMS_REDUCTION if reduce in rules.BATCHED_TUPLE_DIMS \
+            else rules.BATCHED_FLAT_REDUCTION
+        return self.sub(template.format(reduce=reduce), x=x), _Val(True, Rank())
 
     def _dim_op(self, node, func, x, xv, op, rest, kws, is_method):
         """``x.sum(d)``, ``F.softmax(x, dim=d)``, ...: per-item dims shift by one."""

@@ -188,6 +188,12 @@ INTEGER_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
 # Reductions over all elements: per item ``x.f()`` / ``torch.f(x)`` -> ``x.flatten(1).g(1)``.
 BATCHED_FULL_REDUCTIONS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin",
                            "max": "amax", "min": "amin", "prod": "prod"}
+# ... as one reduction over the item dims (no copy of a non-contiguous x), for the methods that
+# take a tuple of dims; per-item 0-d values (x 1-d) reduce their one element.
+BATCHED_TUPLE_DIMS = frozenset({"sum", "mean", "amax", "amin"})
+BATCHED_ITEM_DIMS_REDUCTION = ("x.{reduce}(tuple(range(1, x.dim()))) if x.dim() > 1 "
+                               "else x.reshape(len(x), -1).{reduce}(1)")
+BATCHED_FLAT_REDUCTION = "x.reshape(len(x), -1).{reduce}(1)"
 # Ops with a ``dim`` (per-item dims shift by one; negative dims stay): rank change of the result
 # (without keepdim).
 BATCHED_DIM_OPS = {"sum": -1, "mean": -1, "amax": -1, "amin": -1, "logsumexp": -1, "prod": -1,

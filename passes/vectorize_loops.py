@@ -73,8 +73,8 @@ from dataclasses import dataclass, field
 
 from rewrite.errors import Unsupported
 
-from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, loop_dataflow,
-               normalize_comprehensions)
+from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, inline_helper_calls,
+               loop_dataflow, normalize_comprehensions)
 from . import loop_rules as rules
 from . import masked_selections_to_where, tensor_branches_to_where
 from .ast_tools import PassContext, clone, replace, unparse
@@ -286,6 +286,8 @@ class _Loop:
             raise Unsupported("`for ... else`")
         it = self.it = self._iteration()
         body, inner_guards = self._inline_inner(clone(node.body), it)
+        # Helper calls -> the helpers' statements, checked to be the same functions at run time
+        body, helper_guards = inline_helper_calls.rewrite(node, body, self.ctx)
         seeds = {it.index} | {name for name, _ in it.elements}
         # Mask selections reduced elementwise -> masked dense ops (marked: the check skips them)
         dense = masked_selections_to_where.rewrite(body, seeds, self.ctx)
@@ -305,6 +307,8 @@ class _Loop:
         for g in inner_guards + dense.guards:
             self._guard("g", g=g)
         self._guard_iterables(it, body, seeds)
+        for g in helper_guards:  # last: only read once the loop runs at all
+            self._guard("g", g=g)
         converted = tensor_branches_to_where.if_convert(body, facts, it.index, self._effect,
                                                         self.ctx)
         stmts = dense.raise_if_empty(self._assemble(it, converted), self.folds)

@@ -64,7 +64,7 @@ FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
      "reduction='sum', ignore_index=-100)"),
     # per-item means over different counts of non-ignored targets: summed per item
     ("F.cross_entropy(x[i:i+1], t[i:i+1])", "_s_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)"),
-    ("x[i].amax()", "_s_part = _x_row.reshape(len(_x_row), -1).amax(1).sum(0)"),
+    ("x[i].amax()", "_s_part = (_x_row.amax(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).amax(1)).sum(0)"),
     ("2", f"_s_part = _s_part + 2 * {N}"),  # not a tensor: 0 + 2 * n stays as written
 ]
 # ... and their mean when the loop is followed by `return s / x.shape[0]`: a fused mean loses its
@@ -79,7 +79,7 @@ AVERAGED = [
      f"_s_part = F.l1_loss(_x_row, _x_row.tanh(), reduction='sum') / {N}"),
     ("F.cross_entropy(x[i:i+1], t[i:i+1])",
      f"_s_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0) / {N}"),
-    ("x[i].amax()", f"_s_part = _x_row.reshape(len(_x_row), -1).amax(1).sum(0) / {N}"),
+    ("x[i].amax()", f"_s_part = (_x_row.amax(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).amax(1)).sum(0) / {N}"),
 ]
 
 
@@ -315,3 +315,20 @@ def test_masked_selection_reshape_runs_without_vmap(monkeypatch):
     for dtype in (torch.float32, torch.float64):
         x = torch.randn(4, 3, 2, dtype=dtype).requires_grad_()
         assert_equivalent(original, optimized, x, 2 * x, torch.randn(4, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("shape, expr", [
+    ((5,), "x[i].sum() + x[i].amax()"),                 # per-item 0-d: dim=() would reduce all
+    ((5,), "(x[i] > 0).sum() * x[i]"),                  # bool sums to int64, as the original
+    ((5, 3, 4), "x[:, i].mean() - x[:, i].amin()"),      # rows moved to the front: not contiguous
+    ((5, 0), "x[i].sum()"),                              # empty items
+])
+def test_full_reductions_over_the_item_dims_are_equivalent(shape, expr):
+    bound = "x.shape[1]" if len(shape) == 3 else "x.shape[0]"
+    src = (f"def f(x):\n    out = []\n    for i in range({bound}):\n"
+           f"        out.append({expr})\n    return torch.stack(out)\n")
+    original, optimized, code, report = build(src)
+    assert report.loops[0].strategy == "batched", report.loops
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        assert_equivalent(original, optimized, x.requires_grad_())

@@ -809,7 +809,7 @@ GOLDEN_DATA_SLOTS = ("""
             _t_row = t if x.shape[0] == t.shape[0] else t[0:x.shape[0]:1]
             _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
             _out_slot = _t_row.long()
-            _out_item = _x_row.reshape(len(_x_row), -1).sum(1)
+            _out_item = _x_row.sum(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).sum(1)
             _counts_slot = _t_row
             _counts_item = 1
             _outs = (_out_slot, _out_item, _counts_slot, torch.as_tensor(_counts_item).expand(len(range(0, x.shape[0], 1)), *torch.as_tensor(_counts_item).shape))

@@ -1,0 +1,405 @@
+"""Calls to small same-module helper functions inside a loop body are inlined, in the body being
+vectorized, so the body is straight-line code of known ops (its batched form takes no user calls).
+
+``vectorize_loops`` runs this on its copy of a loop body (``_Loop.build``); the loop as written
+stays the else of the vectorized form, so the helper is called there as before::
+
+    SMOOTH = 1.0
+
+    def dice(p, t):
+        inter = (p * t).sum()
+        return 1 - (2 * inter + SMOOTH) / (p.sum() + t.sum() + SMOOTH)
+
+    for c in range(n):                                 for c in range(n):
+        loss += dice(probs[:, c], onehot[:, c])   ->       _dice_p = probs[:, c]
+                                                           _dice_t = onehot[:, c]
+                                                           _dice_inter = (_dice_p * _dice_t).sum()
+                                                           _dice = 1 - (2 * _dice_inter + SMOOTH) / (_dice_p.sum() + _dice_t.sum() + SMOOTH)
+                                                           loss += _dice
+
+with ``dice is _dice_inlined`` (the function object at rewrite time, a closure binding) added
+to the vectorized loop's runtime check: a helper rebound later runs as written. Every argument is
+evaluated once, in order (bound to the parameter's fresh name), missing ones take the helper's
+constant defaults; keywords are matched by name::
+
+    loss += focal(t=y[i], p=x[i])   ->   _focal_t = y[i]; _focal_p = x[i]; _focal_gamma = 2.0
+                                         <focal's statements>; loss += _focal
+
+Every parameter and local of the helper gets a fresh name; globals it reads (``SMOOTH``) are read
+by name at run time, as the helper does (a constant annealed later is not frozen). Helpers called
+by an inlined helper are inlined too, up to ``MAX_DEPTH`` levels. Inlined statements keep the
+helper's own lines (same file), the argument bindings the call's line.
+
+Refused (the call stays, the loop is mapped with ``torch.vmap``; a note in the report says why):
+a helper that is not a plain module-level function of the caller's module and file (methods,
+lambdas, closures, nested functions, builtins), has decorators, ``*args``/``**kwargs``, no
+source, or a body other than simple assignments to plain names and one final ``return expr``
+(loops, ``if``, ``global``, ``try``/``with``, nested ``def``s, lambdas, comprehensions, walrus,
+``yield``), reads a local before binding it, reads ``locals()``-like builtins or mangled
+``__names``, calls itself (directly or through the helpers being inlined), has a default that
+is not a constant, or reads a global the caller shadows (a parameter, local or closure variable
+of the caller); a call with ``*``/``**`` arguments or arguments that do not match; a call
+inside a lambda, comprehension, dict or the conditional part of ``and``/``or``/``x if c else
+y``/chained comparisons; a statement where a call with side effects ran before the helper's body
+(it would run after it), or that has a walrus.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import types
+from dataclasses import dataclass
+
+import torch
+
+from rewrite.errors import Unsupported
+
+from .ast_tools import PassContext, clone, replace, unparse
+from .loop_dataflow import loads, resolve_call, stores
+
+MAX_DEPTH = 3  # helpers called by inlined helpers: inlined down to this depth
+# Builtins that observe the frame the code runs in: inlined, they would see the caller's.
+FRAME_BUILTINS = frozenset({"locals", "globals", "vars", "dir", "eval", "exec", "super",
+                            "__class__", "breakpoint"})
+# Statements a helper body may have before its final `return expr` (plain-name targets; not
+# `x += e`: on a parameter, that would change the caller's tensor in place).
+BODY_STATEMENTS = (ast.Assign,)
+# Expressions a helper body must not have: a scope of their own, or not run exactly once.
+BODY_FORBIDDEN = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+                  ast.NamedExpr, ast.Yield, ast.YieldFrom, ast.Await)
+# Where a call is not run exactly once, in place (lazy, conditional, or evaluated out of
+# order): calls there are not inlined. Field name -> the indices that are (None: all).
+DEFERRED = {ast.Lambda: {"body": None}, ast.ListComp: {"elt": None, "generators": None},
+            ast.SetComp: {"elt": None, "generators": None},
+            ast.GeneratorExp: {"elt": None, "generators": None},
+            ast.DictComp: {"key": None, "value": None, "generators": None},
+            ast.Dict: {"keys": None, "values": None},
+            ast.IfExp: {"body": None, "orelse": None},
+            ast.BoolOp: {"values": slice(1, None)}, ast.Compare: {"comparators": slice(1, None)}}
+# Calls that may run after an inlined helper body although the original ran them before it:
+# they have no side effects. Builtins by name; torch functions and tensor methods unless
+# in place (a name ending in "_") or listed here.
+PURE_BUILTINS = frozenset({"len", "abs", "min", "max", "float", "int", "bool", "range", "sum",
+                           "isinstance", "tuple", "list", "round", "pow"})
+IMPURE_TENSOR_OPS = frozenset({"backward", "register_hook", "retain_grad", "manual_seed",
+                               "set_grad_enabled", "save", "load", "set_printoptions"})
+CONSTANT_TYPES = (int, float, bool, str, complex, type(None))
+
+
+@dataclass
+class _Helper:
+    fn: types.FunctionType
+    node: ast.FunctionDef   # the parsed def, with the helper's own line numbers
+    body: list[ast.stmt]    # the assignments before the return
+    result: ast.expr        # the returned expression
+    local: set[str]         # parameters and assigned names (renamed when inlined)
+    reads: set[str]         # globals (and builtins) it reads
+
+
+def rewrite(loop: ast.For, body: list[ast.stmt], ctx: PassContext
+            ) -> tuple[list[ast.stmt], list[ast.expr]]:
+    """``body`` (a copy of ``loop``'s) with helper calls inlined, and the runtime checks that the
+    inlined helpers are still what their names are bound to."""
+    if ctx.local_names is None:  # which names the function shadows is unknown: inline nothing
+        return body, []
+    scope = set(ctx.local_names) | ctx.namer.made | set(ctx.bindings) | {
+        n.id for n in ast.walk(loop) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)
+    } | {
+        a.arg for a in ast.walk(loop) if isinstance(a, ast.arg)}
+    inliner = _Inliner(ctx, scope)
+    return inliner.block(body, 0, ()), inliner.guards
+
+
+class _Inliner:
+    """Single use: inlines the calls of one loop body, collecting the runtime checks."""
+
+    def __init__(self, ctx: PassContext, scope: set[str]):
+        self.ctx = ctx
+        self.scope = scope               # names that do not resolve to the module's globals
+        self.guards: list[ast.expr] = []
+        self.checked: set[str] = set()
+        self.helpers: dict[str, _Helper | str] = {}  # name -> helper, or why it is refused
+
+    def block(self, stmts: list[ast.stmt], depth: int, stack: tuple) -> list[ast.stmt]:
+        out = []
+        for s in stmts:
+            if isinstance(s, ast.If):
+                s.body = self.block(s.body, depth, stack)
+                s.orelse = self.block(s.orelse, depth, stack)
+            out += self.statement(s, depth, stack)
+        return out
+
+    def statement(self, s: ast.stmt, depth: int, stack: tuple) -> list[ast.stmt]:
+        """``s`` preceded by the inlined bodies of the helper calls it makes."""
+        if isinstance(s, ast.If):
+            before, field = [], "test"                 # only the test: the branches are blocks
+        elif isinstance(s, ast.AugAssign):
+            before, field = [s.target], "value"        # the target's parts are read first
+        elif isinstance(s, (ast.Assign, ast.Expr, ast.Return)) and s.value is not None:
+            before, field = [], "value"                # targets are evaluated after the value
+        else:
+            return [s]
+        run = [getattr(s, field)]
+        calls = [c for e in run for c in _calls_run_once(e)
+                 if self._inlinable(c, depth, stack) is not None]
+        if not calls or any(isinstance(n, ast.NamedExpr) for n in ast.walk(s)) \
+                or not self._order_kept(before + run, calls):
+            return [s]
+        hoisted: list[ast.stmt] = []
+        chosen = {id(c) for c in calls}
+        setattr(s, field, _Replace(self, chosen, hoisted, depth, stack).visit(run[0]))
+        return hoisted + [s]
+
+    def _order_kept(self, exprs: list[ast.expr], calls: list[ast.Call]) -> bool:
+        """Whether each call with side effects that runs before an inlined helper's body runs
+        before it after inlining too: its new place is in the bindings of the innermost inlined
+        call whose arguments hold it (else the statement itself), after the bodies of the
+        inlined calls that precede that one."""
+        order = [n for e in exprs for n in _postorder(e)]
+        where = {id(n): k for k, n in enumerate(order)}
+        chosen = sorted(where[id(c)] for c in calls)
+        owner = {}  # node -> index of the innermost inlined call holding it
+        for c in sorted(calls, key=lambda c: -where[id(c)]):  # outermost first: innermost wins
+            for n in ast.walk(c):
+                if n is not c:
+                    owner[id(n)] = where[id(c)]
+        for k, n in enumerate(order):
+            if isinstance(n, ast.Call) and k not in chosen and not _pure(n, self.ctx, self.scope):
+                end = owner.get(id(n), len(order))
+                if any(k < c < end for c in chosen):
+                    return False
+        return True
+
+    def _inlinable(self, call: ast.Call, depth: int, stack: tuple) -> _Helper | None:
+        func = call.func
+        if depth >= MAX_DEPTH or not isinstance(func, ast.Name) or func.id in self.scope \
+                or func.id not in self.ctx.globals:
+            return None
+        fn = self.ctx.globals[func.id]
+        if not (isinstance(fn, types.FunctionType) and fn.__globals__ is self.ctx.globals):
+            return None  # not a user helper of this module: nothing to say
+        helper = self._helper(func.id, fn)
+        reason = helper if isinstance(helper, str) else (
+            "it calls itself" if fn in stack or fn in self.ctx.rewriting else
+            _shadowed(helper, self.scope) or _bad_call(call, helper))
+        if reason:
+            note = f"helper {func.id} is not inlined: {reason}"
+            if note not in self.ctx.report.notes:
+                self.ctx.report.notes.append(note)
+            return None
+        return helper
+
+    def _helper(self, name: str, fn: types.FunctionType) -> _Helper | str:
+        if name not in self.helpers:
+            try:
+                self.helpers[name] = _parse_helper(fn, self.ctx)
+            except Unsupported as exc:
+                self.helpers[name] = exc.reason
+        return self.helpers[name]
+
+    def inline(self, call: ast.Call, depth: int, stack: tuple) -> tuple[list[ast.stmt], str]:
+        """The statements of one inlined call, and the name holding its result."""
+        name = call.func.id
+        helper = self.helpers[name]
+        fn = helper.fn
+        if name not in self.checked:
+            self.checked.add(name)
+            ref = next((k for k, v in self.ctx.bindings.items() if v is fn), None)
+            if ref is None:
+                ref = self.ctx.namer.new(f"{name}_inlined")
+                self.ctx.bindings[ref] = fn
+            self.guards.append(replace("f is ref", loc=call, f=name, ref=ref))
+        fresh = {n: self.ctx.namer.new(f"{name}_{n}") for n in sorted(helper.local)}
+        self.scope |= set(fresh.values())
+        stmts = []
+        for param, value in _arguments(call, helper):
+            stmts += replace("p = v", loc=value if isinstance(value, ast.AST) else call,
+                             p=fresh[param], v=value if isinstance(value, ast.AST)
+                             else ast.Constant(value))
+        rename = _Rename(fresh)
+        body = [rename.visit(s) for s in clone(helper.body)]
+        result = self.ctx.namer.new(name)
+        ret = ast.copy_location(ast.Assign([ast.Name(result, ast.Store())],
+                                           rename.visit(clone(helper.result))), helper.node.body[-1])
+        ast.fix_missing_locations(ret)
+        stmts += self.block(body + [ret], depth + 1, stack + (fn,))  # its own helper calls
+        return stmts, result
+
+
+class _Replace(ast.NodeTransformer):
+    """Replaces the chosen calls (innermost first) by their results; their bodies go to ``out``."""
+
+    def __init__(self, inliner: _Inliner, chosen: set[int], out: list[ast.stmt], depth: int,
+                 stack: tuple):
+        self.inliner, self.chosen, self.out, self.depth, self.stack = \
+            inliner, chosen, out, depth, stack
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if id(node) not in self.chosen:
+            return node
+        stmts, result = self.inliner.inline(node, self.depth, self.stack)
+        self.out += stmts
+        return ast.copy_location(ast.Name(result, ast.Load()), node)
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, names: dict[str, str]):
+        self.names = names
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.names.get(node.id, node.id)
+        return node
+
+
+def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
+    """Whether ``call`` certainly has no side effects (``PURE_BUILTINS``, torch ops)."""
+    root = call.func
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    local_root = root is not call.func and isinstance(root, ast.Name) and root.id in scope
+    name = None if local_root else resolve_call(call.func, ctx)
+    if name is None:  # a method
+        attr = getattr(call.func, "attr", "")
+        return hasattr(torch.Tensor, attr) and not attr.endswith("_") \
+            and attr not in IMPURE_TENSOR_OPS
+    if name in PURE_BUILTINS:
+        return name not in scope
+    short = name.rsplit(".", 1)[-1]
+    return name.startswith("torch.") and not short.endswith("_") and short not in IMPURE_TENSOR_OPS
+
+
+def _postorder(node: ast.AST):
+    """Evaluation order: operands before the operation that uses them."""
+    for child in ast.iter_child_nodes(node):
+        yield from _postorder(child)
+    yield node
+
+
+def _calls_run_once(node: ast.AST):
+    """The calls in ``node`` that run exactly once, where they are (not in ``DEFERRED`` parts)."""
+    if isinstance(node, ast.Call):
+        yield node
+    deferred = DEFERRED.get(type(node), {})
+    for field, value in ast.iter_fields(node):
+        items = value if isinstance(value, list) else [value]
+        skip = deferred.get(field, False)
+        if skip is None:
+            continue
+        if isinstance(skip, slice):
+            items = items[:skip.start]
+        for item in items:
+            if isinstance(item, ast.AST):
+                yield from _calls_run_once(item)
+
+
+def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) -> _Helper:
+    """``fn`` as an inlinable helper; raises ``Unsupported`` with the reason it is not. ``seen``:
+    the helpers whose bodies call it (checked first)."""
+    from rewrite.frontend import parse_function  # the frontend runs the pipeline
+
+    if len(seen) > 2 * MAX_DEPTH:
+        raise Unsupported("helpers nested too deeply")
+    if fn.__name__ == "<lambda>" or fn.__qualname__ != fn.__name__:
+        raise Unsupported("not a module-level function (a lambda, method or nested function)")
+    if fn.__closure__ or fn.__code__.co_freevars:
+        raise Unsupported("it has free variables (a closure)")
+    if fn.__code__.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        raise Unsupported("*args / **kwargs parameters")
+    try:
+        lines, _ = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        raise Unsupported("source not available") from None
+    if lines[0].lstrip().startswith("@"):
+        raise Unsupported("it has decorators")
+    parsed = parse_function(fn)
+    if parsed.filename != ctx.filename:
+        raise Unsupported("defined in another file")
+    node = parsed.tree.body[0]
+    stmts = node.body[1:] if _is_docstring(node.body[0]) else node.body
+    if not stmts or not isinstance(stmts[-1], ast.Return) or stmts[-1].value is None:
+        raise Unsupported("its body does not end with `return <expr>`")
+    args = node.args
+    params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    bound, reads = set(params), set()
+    assigned = set().union(*(stores(t) for t in stmts[:-1]))
+    for s in stmts[:-1]:
+        if not isinstance(s, BODY_STATEMENTS) or not all(
+                isinstance(t, ast.Name) for t in getattr(s, "targets", [getattr(s, "target", None)])):
+            raise Unsupported(f"line {s.lineno}: only assignments to plain names before the "
+                              f"return (no loops, branches, global, try/with, nested defs)")
+    for s in stmts:
+        for n in ast.walk(s):
+            if isinstance(n, BODY_FORBIDDEN):
+                raise Unsupported(f"line {s.lineno}: {type(n).__name__} in its body")
+            name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) \
+                else ""
+            if name.startswith("__") and not name.endswith("__") or name in FRAME_BUILTINS:
+                raise Unsupported(f"line {s.lineno}: `{name}` depends on where the code runs")
+            if isinstance(n, ast.Call) and not _pure(n, ctx, params | assigned):
+                _check_callee(n, ctx, seen + (fn,))
+        used = loads(s)
+        if (used & assigned) - bound:
+            raise Unsupported(f"line {s.lineno}: a local is read before it is bound")
+        reads |= used - assigned - params
+        bound |= stores(s)
+    return _Helper(fn, node, stmts[:-1], stmts[-1].value, bound, reads)
+
+
+def _check_callee(call: ast.Call, ctx: PassContext, seen: tuple) -> None:
+    """A helper's body may call another helper of the module that is itself inlinable (so
+    without side effects); it is inlined in turn, up to ``MAX_DEPTH``, else called."""
+    callee = ctx.globals.get(call.func.id) if isinstance(call.func, ast.Name) else None
+    if not (isinstance(callee, types.FunctionType) and callee.__globals__ is ctx.globals):
+        raise Unsupported(f"line {call.lineno}: `{unparse(call.func)}` may have side effects")
+    if callee in seen:
+        raise Unsupported(f"line {call.lineno}: it calls itself (recursion)")
+    _parse_helper(callee, ctx, seen)
+
+
+def _is_docstring(s: ast.stmt) -> bool:
+    return isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) \
+        and isinstance(s.value.value, str)
+
+
+def _shadowed(helper: _Helper, scope: set[str]) -> str:
+    names = sorted(helper.reads & scope)
+    return f"it reads the global(s) {', '.join(names)}, which the caller binds locally" \
+        if names else ""
+
+
+def _bad_call(call: ast.Call, helper: _Helper) -> str:
+    try:
+        _arguments(call, helper)
+    except Unsupported as exc:
+        return exc.reason
+    return ""
+
+
+def _arguments(call: ast.Call, helper: _Helper) -> list[tuple[str, object]]:
+    """(parameter, argument expression or default value), in evaluation order."""
+    args, fn = helper.node.args, helper.fn
+    positional = [a.arg for a in args.posonlyargs + args.args]
+    if any(isinstance(a, ast.Starred) for a in call.args) or any(
+            k.arg is None for k in call.keywords):
+        raise Unsupported("the call has *args / **kwargs")
+    if len(call.args) > len(positional):
+        raise Unsupported("too many positional arguments")
+    given = list(zip(positional, call.args))
+    keyword_ok = set(positional[len(args.posonlyargs):]) | {a.arg for a in args.kwonlyargs}
+    for k in call.keywords:
+        if k.arg not in keyword_ok or k.arg in dict(given):
+            raise Unsupported(f"argument `{k.arg}` does not match the parameters")
+        given.append((k.arg, k.value))
+    defaults = dict(zip(positional[len(positional) - len(fn.__defaults__ or ()):],
+                        fn.__defaults__ or ()))
+    defaults.update(fn.__kwdefaults__ or {})
+    for param in positional + [a.arg for a in args.kwonlyargs]:
+        if param in dict(given):
+            continue
+        if param not in defaults:
+            raise Unsupported(f"argument `{param}` is missing")
+        if type(defaults[param]) not in CONSTANT_TYPES:
+            raise Unsupported(f"the default of `{param}` is not a constant")
+        given.append((param, defaults[param]))
+    return given

@@ -1,0 +1,348 @@
+"""inline_helper_calls: small same-module helpers called in a loop body are inlined there."""
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from passes import inline_helper_calls, vectorize_loops
+from passes.ast_tools import Namer, PassContext, unparse
+from rewrite import Report, assert_equivalent, optimize_loss
+from rewrite.frontend import parse_function
+from tests.helpers import load_module
+
+def _example_helpers() -> str:
+    """``dice`` and ``tversky`` as examples/dice_tversky.py has them, with their constants."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    try:
+        ex = importlib.import_module("dice_tversky")
+    finally:
+        sys.path.pop(0)
+    return (f"SMOOTH = {ex.SMOOTH!r}\nALPHA, BETA = {ex.ALPHA!r}, {ex.BETA!r}\n\n\n"
+            + "\n\n".join(inspect.getsource(f) for f in (ex.dice, ex.tversky)) + "\n\n")
+
+
+SOURCE = "import torch\n\n" + _example_helpers() + '''
+def focal(p, t, gamma=2.0, *, eps=1e-6):
+    """Docstrings are skipped."""
+    q = p.clamp(eps, 1 - eps)
+    return -(t * (1 - q) ** gamma * q.log()).sum()
+
+
+def sq_err(p, t):
+    return ((p - t) ** 2).mean()
+
+
+def nested(p, t):
+    d = sq_err(p, t)
+    return d + dice(p, t)
+
+
+def looped(p, t):
+    s = 0
+    for k in range(p.shape[0]):
+        s = s + p[k].sum()
+    return s
+
+
+COUNT = 0
+
+
+def with_global(p, t):
+    global COUNT
+    return (p * t).sum()
+
+
+def recursive(p, t):
+    return recursive(p, t) if p.numel() > 10 ** 9 else (p * t).sum()
+
+
+def branchy(p, t):
+    if t.sum() > 0:
+        return p.sum()
+    return t.sum()
+
+
+def starry(*ps):
+    return ps[0].sum()
+
+
+def tensor_default(p, t, w=torch.ones(1)):
+    return (p * t * w).sum()
+
+
+def bumps(p, t):
+    p.add_(0)
+    return (p * t).sum()
+
+
+def noted(p):
+    global COUNT
+    COUNT += 1
+    return p
+
+
+@torch.no_grad()
+def decorated(p, t):
+    return (p * t).sum()
+
+
+square = lambda p, t: (p * t).sum()  # noqa: E731
+
+
+class Scorer:
+    def score(self, p, t):
+        return (p * t).sum()
+
+
+score = Scorer().score
+
+
+def uses_helpers(probs, onehot):
+    loss = 0
+    for c in range(probs.shape[1]):
+        loss += dice(probs[:, c], onehot[:, c]) + tversky(probs[:, c], onehot[:, c])
+    return loss / probs.shape[1]
+
+
+def keywords(probs, onehot):
+    loss = 0
+    for c in range(probs.shape[1]):
+        loss += focal(t=onehot[:, c], p=probs[:, c])
+    return loss
+
+
+def two_levels(probs, onehot):
+    loss = 0
+    for c in range(probs.shape[1]):
+        loss += nested(probs[:, c], onehot[:, c])
+    return loss
+
+
+def shadows(probs, onehot):
+    SMOOTH = 0.5
+    loss = 0
+    for c in range(probs.shape[1]):
+        loss += dice(probs[:, c], onehot[:, c]) * SMOOTH
+    return loss
+
+
+def side_effect_first(probs, onehot):
+    loss = 0
+    for c in range(probs.shape[1]):
+        loss += noted(probs[:, c]).sum() + dice(probs[:, c], onehot[:, c])
+    return loss
+
+
+def conditional(probs, onehot, flag):
+    loss = 0
+    for c in range(probs.shape[1]):
+        loss += dice(probs[:, c], onehot[:, c]) if flag else 0
+    return loss
+
+
+def make_caller(name):
+    src = (f"def caller(probs, onehot):\\n    loss = 0\\n    for c in range(probs.shape[1]):\\n"
+           f"        loss += {name}(probs[:, c], onehot[:, c])\\n    return loss\\n")
+    return src
+'''
+
+REFUSED = ["looped", "with_global", "recursive", "branchy", "tensor_default", "bumps",
+           "decorated", "square", "score"]
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    return load_module(tmp_path_factory.mktemp("inline"), SOURCE)
+
+
+@pytest.fixture(scope="module")
+def callers(tmp_path_factory, user):
+    """One caller per refused helper, in a module that imports the helpers' module (so the
+    helpers are its globals... of another module: refused too); and in the same module."""
+    directory = tmp_path_factory.mktemp("callers")
+    src = Path(user.__file__).read_text() + "".join(
+        user.make_caller(n).replace("def caller", f"def caller_{n}") for n in REFUSED + ["starry"])
+    return load_module(directory, src)
+
+
+def _context(fn) -> tuple[ast.Module, PassContext]:
+    parsed = parse_function(fn)
+    code = fn.__code__
+    ctx = PassContext(parsed.filename, fn.__name__, Namer.for_tree(parsed.tree, set(fn.__globals__)),
+                      Report(fn.__name__, parsed.filename, parsed.lineno), fn.__globals__,
+                      rewriting=frozenset({fn}),
+                      local_names=frozenset(code.co_varnames + code.co_cellvars + code.co_freevars))
+    return parsed.tree, ctx
+
+
+def _inline(fn) -> tuple[str, list[str], PassContext]:
+    """The first loop's body after the pass (normalised), its runtime checks, the context."""
+    tree, ctx = _context(fn)
+    loop = next(n for n in ast.walk(tree) if isinstance(n, ast.For))
+    body, guards = inline_helper_calls.rewrite(loop, loop.body, ctx)
+    return unparse(ast.Module(body, [])), [unparse(g) for g in guards], ctx
+
+
+def _golden(src: str) -> str:
+    return ast.unparse(ast.parse(src))
+
+
+# ---- golden before/after -----------------------------------------------------------------------
+
+def test_dice_and_tversky_are_inlined_in_order(user):
+    body, guards, ctx = _inline(user.uses_helpers)
+    assert body == _golden("""
+_dice_p = probs[:, c]
+_dice_t = onehot[:, c]
+_dice_inter = (_dice_p * _dice_t).sum()
+_dice = 1 - (2 * _dice_inter + SMOOTH) / (_dice_p.sum() + _dice_t.sum() + SMOOTH)
+_tversky_p = probs[:, c]
+_tversky_t = onehot[:, c]
+_tversky_tp = (_tversky_p * _tversky_t).sum()
+_tversky_fp = (_tversky_p * (1 - _tversky_t)).sum()
+_tversky_fn = ((1 - _tversky_p) * _tversky_t).sum()
+_tversky = 1 - (_tversky_tp + SMOOTH) / (_tversky_tp + ALPHA * _tversky_fp + BETA * _tversky_fn + SMOOTH)
+loss += _dice + _tversky
+""")
+    assert guards == ["dice is _dice_inlined", "tversky is _tversky_inlined"]
+    assert ctx.bindings == {"_dice_inlined": user.dice, "_tversky_inlined": user.tversky}
+
+
+def test_keywords_in_call_order_then_constant_defaults(user):
+    body, guards, _ = _inline(user.keywords)
+    assert body == _golden("""
+_focal_t = onehot[:, c]
+_focal_p = probs[:, c]
+_focal_gamma = 2.0
+_focal_eps = 1e-06
+_focal_q = _focal_p.clamp(_focal_eps, 1 - _focal_eps)
+_focal = -(_focal_t * (1 - _focal_q) ** _focal_gamma * _focal_q.log()).sum()
+loss += _focal
+""")
+    assert guards == ["focal is _focal_inlined"]
+
+
+def test_a_helper_calling_a_helper_is_inlined_recursively(user):
+    body, guards, _ = _inline(user.two_levels)
+    assert body == _golden("""
+_nested_p = probs[:, c]
+_nested_t = onehot[:, c]
+_sq_err_p = _nested_p
+_sq_err_t = _nested_t
+_sq_err = ((_sq_err_p - _sq_err_t) ** 2).mean()
+_nested_d = _sq_err
+_dice_p = _nested_p
+_dice_t = _nested_t
+_dice_inter = (_dice_p * _dice_t).sum()
+_dice = 1 - (2 * _dice_inter + SMOOTH) / (_dice_p.sum() + _dice_t.sum() + SMOOTH)
+_nested = _nested_d + _dice
+loss += _nested
+""")
+    assert guards == ["nested is _nested_inlined", "sq_err is _sq_err_inlined", "dice is _dice_inlined"]
+
+
+def test_inlined_statements_keep_the_helpers_lines(user):
+    tree, ctx = _context(user.uses_helpers)
+    loop = next(n for n in ast.walk(tree) if isinstance(n, ast.For))
+    body, _ = inline_helper_calls.rewrite(loop, loop.body, ctx)
+    dice_line = user.dice.__code__.co_firstlineno
+    assert [s.lineno for s in body[:4]] == [loop.body[0].lineno] * 2 + [dice_line + 1, dice_line + 2]
+    assert body[-1].lineno == loop.body[0].lineno
+
+
+@pytest.mark.parametrize("name", REFUSED + ["starry"])
+def test_refused_helpers_come_back_unchanged(callers, name):
+    fn = getattr(callers, f"caller_{name}")
+    tree, _ = _context(fn)
+    before = unparse(next(n for n in ast.walk(tree) if isinstance(n, ast.For)))
+    body, guards, ctx = _inline(fn)
+    assert body == _golden(before.split("\n", 1)[1].replace("\n    ", "\n").strip())
+    assert guards == []
+    if name not in ("square", "score", "decorated"):  # not functions of this module: no note
+        assert any(f"helper {name} is not inlined" in n for n in ctx.report.notes), ctx.report.notes
+
+
+@pytest.mark.parametrize("name", ["shadows", "side_effect_first", "conditional"])
+def test_calls_the_caller_context_forbids_come_back_unchanged(user, name):
+    fn = getattr(user, name)
+    tree, _ = _context(fn)
+    loop = next(n for n in ast.walk(tree) if isinstance(n, ast.For))
+    body, guards, _ = _inline(fn)
+    assert body == unparse(ast.Module(loop.body, [])) and guards == []
+
+
+def test_helpers_of_another_module_are_not_inlined(tmp_path, user):
+    other = load_module(tmp_path, f"from {user.__name__} import dice\n" + user.make_caller("dice"))
+    body, guards, _ = _inline(other.caller)
+    assert "dice(" in body and guards == []
+
+
+def test_unknown_local_names_inline_nothing(user):
+    tree, ctx = _context(user.uses_helpers)
+    ctx.local_names = None
+    loop = next(n for n in ast.walk(tree) if isinstance(n, ast.For))
+    assert inline_helper_calls.rewrite(loop, loop.body, ctx) == (loop.body, [])
+
+
+# ---- invariants --------------------------------------------------------------------------------
+
+def test_second_run_changes_nothing(user):
+    tree, ctx = _context(user.uses_helpers)
+    once = unparse(vectorize_loops.transform(tree, ctx))
+    assert unparse(vectorize_loops.transform(tree, ctx)) == once
+    assert [loop.strategy for loop in ctx.report.loops] == ["batched"]  # reported once
+
+
+def test_the_loop_as_written_stays_the_else(user):
+    tree, ctx = _context(user.uses_helpers)
+    guard = next(s for s in vectorize_loops.transform(tree, ctx).body[0].body
+                 if isinstance(s, ast.If))
+    assert vectorize_loops.is_vectorized_guard(guard)
+    assert "dice(probs[:, c], onehot[:, c])" in unparse(guard.orelse[0])
+    assert "dice is _dice_inlined" in unparse(guard.test)
+
+
+# ---- equivalence -------------------------------------------------------------------------------
+
+def _inputs(dtype, seed=0, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.randn(2, classes, 5, 5, generator=g, dtype=dtype).softmax(1).requires_grad_()
+    onehot = torch.nn.functional.one_hot(torch.randint(0, classes, (2, 5, 5), generator=g),
+                                         classes).permute(0, 3, 1, 2).to(dtype).requires_grad_()
+    return probs, onehot
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["uses_helpers", "keywords", "two_levels", "shadows",
+                                  "side_effect_first"])
+def test_value_and_every_gradient_are_equivalent(user, name, dtype):
+    fn = getattr(user, name)
+    assert_equivalent(fn, optimize_loss(fn, compile=False), *_inputs(dtype))
+
+
+def test_rebinding_the_helper_or_its_globals_later_is_followed(user):
+    opt = optimize_loss(user.uses_helpers, compile=False)
+    assert [loop.strategy for loop in opt.report.loops] == ["batched"]
+    dice, smooth = user.dice, user.SMOOTH
+    try:
+        user.SMOOTH = 3.0  # an annealed constant: read at call time, not frozen
+        assert_equivalent(user.uses_helpers, opt, *_inputs(torch.float64))
+        user.dice = user.sq_err  # the helper rebound: the loop runs as written
+        assert_equivalent(user.uses_helpers, opt, *_inputs(torch.float64))
+    finally:
+        user.dice, user.SMOOTH = dice, smooth
+
+
+def test_dice_tversky_example_takes_the_batched_form():
+    mod = sys.modules["dice_tversky"]  # imported by _example_helpers
+    opt = optimize_loss(mod.naive, compile=False)
+    assert [loop.strategy for loop in opt.report.loops] == ["batched"]
+    assert opt.report.loops[0].lineno == mod.naive.__code__.co_firstlineno + 5
+    for dtype in (torch.float32, torch.float64):
+        assert_equivalent(mod.naive, opt, *mod.make_inputs("small", dtype))
