@@ -30,9 +30,13 @@ evaluate (``w``, ``self.w``, ``z1[i]``), reduced over the feature dim
 (``loop_rules.SIMILARITY_SET_FORMS``/``DISTANCE_SET_FORMS``): ``F.cosine_similarity(x, w, dim=-1)``
 -> ``normalized(x) @ normalized(w)`` for ``w`` [D], ``... @ normalized(w).t()`` for a set ``w``
 [m, D]; ``((w - x) ** 2).sum(dim=-1)`` of a set -> ``torch.cdist(x, w, ...).square()``: one matmul
-or cdist, no [n, m, D] intermediate. Whether ``w`` is one point or a set (per item: a broadcast
-to a higher rank) is only known at run time, so a body with a set form is batched twice: with
-``w`` of at most the per-item rank (the rules above), and with ``w`` a set;
+or cdist, no [n, m, D] intermediate. A loop input itself is a set of its rows: an elementwise
+operand ``labels`` next to a per-item value (``labels == labels[i]``, per item a broadcast to
+``labels``' higher rank) -> ``labels == _labels_row[:, None]``, the per-item value with dims of
+size 1 after the loop dim up to ``labels``' rank (``loop_rules.BATCHED_UNDER_SET``), the result
+of ``labels``' rank. Whether ``w`` is one point or a set (per item: a broadcast to a higher rank)
+is only known at run time, so a body with a set form is batched twice: with ``w`` of at most the
+per-item rank (the rules above), and with ``w`` a set;
 ``if <first> or <second>: if <first>: ... else: ...``, vmap otherwise.
 
 Sum accumulators are summed over the loop in the same code (``summed``): each update ``p = p + e``
@@ -69,7 +73,10 @@ forms assume becomes the runtime check in front, vmap running otherwise:
 * ``w[k, idx]``: ``w[k]`` drops one dim per entry (ints or 0-d indices, not lists or masks);
 * set forms: ``x`` is per item [D]; ``w`` a tensor of rank 1 (or 2: a set) with ``x``'s dtype,
   float32/float64 (what cdist and the matmul take without promotion), and ``x``'s feature size
-  (no broadcasting along the reduced dim).
+  (no broadcasting along the reduced dim);
+* next to a loop input itself: per-item values of at most its rank, and per-item rank >= 1 or
+  the dtype of the loop input whose rows they are equal to its (a per-item 0-d value promotes
+  as a scalar, batched it is dimensioned; values of unknown dtype need rank >= 1).
 
 Anything else (user functions, Python ``if``, shape queries on loop-varying values, an inner
 vectorized loop) raises ``Unsupported`` with the reason: the loop is mapped with ``torch.vmap``.
@@ -133,6 +140,8 @@ class _Val:
     leaves: frozenset[str] | None = frozenset()
     # Batched rows of a loop input: source the runtime check can evaluate (dtype, last dim).
     source: str | None = None
+    # Not batched: a loop input itself (its source), a set of the rows the body is given.
+    whole: str | None = None
 
 
 _CONSTANT = _Val(False)
@@ -178,6 +187,16 @@ def _condition(diff: Rank, op: str) -> str | bool:
     return f"{' + '.join(left) or '0'} {op} {' + '.join(right) or '0'}"
 
 
+def _source_of(rank: Rank) -> str:
+    """``rank`` as Python source (``x.dim() - t.dim() + 1``)."""
+    parts = [(f" - {_times(t, -c)}" if c < 0 else f" + {_times(t, c)}")
+             for t, c in sorted(rank.terms, key=lambda term: term[1] < 0)]
+    if rank.const:
+        parts.append(f" - {-rank.const}" if rank.const < 0 else f" + {rank.const}")
+    text = "".join(parts) or " + 0"
+    return text[3:] if text.startswith(" + ") else "-" + text[3:]
+
+
 def _times(term: str, c: int) -> str:
     return term if c == 1 else f"{c} * {term}"
 
@@ -218,6 +237,7 @@ class _Batcher:
         self.vals: dict[str, _Val] = {}
         self.zeros: set[str] = set()          # names bound to the int 0 (a partial's start)
         self.checks: dict[str, None] = {}    # runtime conditions, in order, without duplicates
+        self.inputs: set[str] = set()         # sources of the loop inputs whose rows are params
         self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
 
     def run(self, body: list[ast.stmt], params: list[Param], outputs: list[str],
@@ -227,6 +247,8 @@ class _Batcher:
         stmts = []
         for p in params:
             self.vals[p.name] = _Val(True, p.rank, p.integer, source=_source(p))
+            if _source(p) is not None:
+                self.inputs.add(_source(p))
             stmts += self.sub("p = x", p=p.name, x=p.batched)
         for s in body:
             stmts += self.stmt(s)
@@ -386,18 +408,18 @@ class _Batcher:
         if isinstance(node, ast.Name):
             return node, self.vals[node.id]
         if isinstance(node, ast.BinOp):
-            (left, lv), (right, rv) = self.expr(node.left), self.expr(node.right)
-            val = self._elementwise([lv, rv], node)
+            operands = [self.expr(node.left), self.expr(node.right)]
+            (left, right), val = self._aligned(operands, node)
             if isinstance(node.op, rules.INTEGER_BINOPS):
-                val = _Val(True, val.rank, _integer([(left, lv), (right, rv)]))
+                val = _Val(True, val.rank, _integer(operands))
             return ast.copy_location(ast.BinOp(left, node.op, right), node), val
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):
             operand, val = self.expr(node.operand)
             return ast.copy_location(ast.UnaryOp(node.op, operand), node), val
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
-            (left, lv), (right, rv) = self.expr(node.left), self.expr(node.comparators[0])
-            new = ast.Compare(left, node.ops, [right])
-            return ast.copy_location(new, node), self._elementwise([lv, rv], node)
+            (left, right), val = self._aligned([self.expr(node.left),
+                                                self.expr(node.comparators[0])], node)
+            return ast.copy_location(ast.Compare(left, node.ops, [right]), node), val
         if isinstance(node, ast.Call):
             return self._call(node)
         if isinstance(node, ast.IfExp):
@@ -430,7 +452,9 @@ class _Batcher:
 
     def _fixed(self, node: ast.expr) -> _Val:
         """A value the loop does not change; its leaves (see ``_Val``)."""
-        return _Val(False, leaves=self._leaves(node))
+        text = self.free(node)
+        whole = text if text is not None and text in self.inputs else None
+        return _Val(False, leaves=self._leaves(node), whole=whole)
 
     def _leaves(self, node: ast.expr) -> frozenset[str] | None:
         if isinstance(node, ast.Constant) or is_shape_query(node, self.ctx):
@@ -477,22 +501,69 @@ class _Batcher:
             found |= sub
         return frozenset(found)
 
-    def _elementwise(self, vals: list[_Val], node: ast.AST) -> _Val:
-        """Broadcasting of batched and fixed operands: the runtime conditions it needs."""
+    def _aligned(self, operands: list[tuple[ast.expr, _Val]], node: ast.AST):
+        """([operands], the result's facts) of an elementwise op: with ``sets``, per-item values
+        next to a loop input itself get dims of size 1 after the loop dim up to its rank."""
+        val = self._elementwise([v for _, v in operands], node, aligned=True)
+        if not any(v.whole is not None and not v.batched for _, v in operands) or not self.sets:
+            return [e for e, _ in operands], val
+        out = []
+        for e, v in operands:
+            k = val.rank - v.rank if v.batched else Rank()
+            if k != Rank():  # dims of size 1: a constant count (``v[:, None]``), or source
+                e = self.sub(rules.BATCHED_UNDER_SET_CONST.format(nones=", None" * k.const), v=e) \
+                    if not k.terms else self.sub(rules.BATCHED_UNDER_SET, v=e, k=ast.parse(
+                        _source_of(k), mode="eval").body)
+            out.append(e)
+        return out, val
+
+    def _elementwise(self, vals: list[_Val], node: ast.AST, aligned: bool = False) -> _Val:
+        """Broadcasting of batched and fixed operands: the runtime conditions it needs.
+        ``aligned``: the caller aligns per-item values with a loop input itself (``_aligned``)."""
         batched = [v for v in vals if v.batched]
         rank = batched[0].rank
         if any(v.rank is None for v in batched):
             raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
         for v in batched[1:]:
             self.require(v.rank - rank, "==", node)
+        wholes = sorted({v.whole for v in vals if not v.batched and v.whole is not None}) \
+            if aligned else []
+        if wholes:
+            self.set_forms = True  # batch() tries the loop input as a set of its rows
+        if wholes and self.sets:
+            rank = self._under_set(rank, batched, wholes, node)
         for v in vals:
-            if v.batched:
+            if v.batched or v.whole in wholes and self.sets:
                 continue
             if v.leaves is None:
                 raise Unsupported(f"`{unparse(node)}`: the rank of a fixed operand is unknown")
             for leaf in sorted(v.leaves):
                 self._fits(leaf, rank, node)
         return _Val(True, rank)
+
+    def _under_set(self, rank: Rank, batched: list[_Val], wholes: list[str],
+                   node: ast.AST) -> Rank:
+        """Per-item values of ``rank`` next to loop inputs ``wholes`` (tensors, checked by
+        vectorize_loops) of one rank at least theirs: that rank. A per-item 0-d value promotes
+        dtypes as a scalar, batched it is dimensioned: equal dtypes unless items have dims."""
+        top = Rank.of(f"{wholes[0]}.dim()")
+        for w in wholes[1:]:
+            self.require(Rank.of(f"{w}.dim()") - top, "==", node)
+        self.require(top - rank, ">=", node)
+        dimensioned = _condition(rank - 1, ">=")
+        if dimensioned is True:
+            return top
+        sources = [v.source for v in batched]
+        if None in sources:
+            if dimensioned is False:
+                raise Unsupported(f"`{unparse(node)}`: dtypes of a per-item 0-d value unknown")
+            self.checks[dimensioned] = None
+            return top
+        same = " and ".join(f"{w}.dtype == {s}.dtype" for w in wholes
+                            for s in dict.fromkeys(sources) if s != w)
+        if same:
+            self.checks[same if dimensioned is False else f"{dimensioned} or ({same})"] = None
+        return top
 
     def _fits(self, leaf: str, rank: Rank, node: ast.AST) -> None:
         """``leaf`` is a Python number, or a tensor that aligns from the right (rank >= 1)."""

@@ -174,6 +174,11 @@ BATCHED_ELEMENTWISE_METHODS = frozenset({
 # shape, the same in every iteration, and the loop dim goes in front.
 BATCHED_SHAPE = "x.shape[1:]"
 BATCHED_MASK_RESHAPE = "m.reshape(m.shape[:1] + h[shapes])"
+# A per-item value ``v`` next to the loop input ``w`` itself (``labels == labels[i]``: per item
+# a broadcast to ``w``'s higher rank): ``k`` dims of size 1 after the loop dim, so the item dims
+# align from the right with ``w``'s (``k`` = ``w``'s rank - the per-item rank, an int or source).
+BATCHED_UNDER_SET = "v[(slice(None),) + (None,) * (k)]"
+BATCHED_UNDER_SET_CONST = "v[:{nones}]"  # k known: ``v[:, None]``
 # Methods of two operands of one per-item rank (both loop-varying): the same call.
 BATCHED_SAME_RANK_METHODS = frozenset({"expand_as", "type_as"})
 # Per item ``x.flatten()`` (per-item rank >= 1: a 0-d item would flatten to [1]).

@@ -246,13 +246,6 @@ def test_squared_distances_far_from_the_origin_keep_their_precision():
     torch.testing.assert_close(optimized(x, None, w).double(), want, rtol=1e-3, atol=0)
 
 
-def test_the_whole_tensor_next_to_its_rows_runs_vmap():
-    """``x - x[i]``: ``x`` never fits under its rows' per-item rank; the check says so."""
-    original, optimized, code, report = build(_loop("(x - x[i]).abs().sum()"))
-    assert strategies(report) == {3: "batched"} and "if not isinstance(x, torch.Tensor):" in code
-    assert_equivalent(original, optimized, _points((4, 3), torch.float64, 0), None, None)
-
-
 @pytest.mark.parametrize("expr", ["((x - x[i]) ** 2).sum(-1).sum()",
                                   "F.cosine_similarity(x[i], x, dim=-1).sum()"])
 def test_set_forms_of_a_tensor_against_its_own_rows(expr, monkeypatch):
@@ -332,3 +325,79 @@ def test_full_reductions_over_the_item_dims_are_equivalent(shape, expr):
     for dtype in (torch.float32, torch.float64):
         x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
         assert_equivalent(original, optimized, x.requires_grad_())
+
+
+# A per-item value next to the loop input itself (``labels == labels[i]``): per item a broadcast
+# to the input's higher rank; batched, dims of size 1 after the loop dim align the item with it.
+# (per-item expression, the golden batched statement; None: vmap). A per-item 0-d value promotes
+# as a scalar next to the input, batched it is dimensioned: dtypes must be known to be equal.
+UNDER_SET = [
+    ("(t == t[i]).sum()", "_s_part = (t == _t_row[:, None]).sum()"),
+    ("(x - x[i]).abs().sum()", "_s_part = (x - _x_row[:, None]).abs().sum()"),
+    ("(x - t[i]).abs().sum() + x[i].sum()",
+     "(x - _t_row[(slice(None),) + (None,) * (x.dim() - t.dim() + 1)]).abs().sum()"),
+    ("(x[i].sum() * x).sum()", None),  # a 0-d value of unknown dtype (int sums are int64)
+]
+
+
+@pytest.mark.parametrize("expr, golden", UNDER_SET)
+def test_values_next_to_the_loop_input_golden(expr, golden):
+    _, _, code, report = build(_loop(expr))
+    assert strategies(report) == {3: "batched"}, (report, code)
+    if golden is None:
+        assert "[:, None]" not in code and "torch.vmap" in code, code
+    else:
+        assert golden in code and ("torch.vmap" in code) == ("t.dim()" in golden), code
+    if "t.dim()" in (golden or ""):  # item rank at most x's; 0-d items of x's dtype
+        assert "x.dim() + 1 >= t.dim() and (t.dim() >= 2 or x.dtype == t.dtype)" in code, code
+
+
+# (x shape, t shape, t dtype: None for x's): size-1 dims, 0-d items, ranks the form does not
+# admit (t's items above x's rank) and other dtypes, which run vmap.
+UNDER_SET_SHAPES = [((5, 3), (5,), None), ((5,), (5,), None), ((1,), (1,), None),
+                    ((5, 1), (5, 3), None), ((4, 2, 3), (4, 3), None), ((4, 3), (4, 2, 3), None),
+                    ((5,), (5,), torch.float64), ((5, 3), (5, 3), torch.float64),
+                    ((5,), (5,), torch.int64)]
+
+
+@pytest.mark.parametrize("expr", [e for e, g in UNDER_SET] + [
+    "torch.where(x[i] > x, x - x[i], x[i] * x).sum()",
+    "(x[i] / (x + 2)).sum() + (t == t[i]).sum()"])
+@pytest.mark.parametrize("xs, ts, t_dtype", UNDER_SET_SHAPES)
+def test_values_next_to_the_loop_input_equivalent(expr, xs, ts, t_dtype):
+    original, optimized, _, _ = build(_loop(expr))
+    for dtype in (torch.float32, torch.float64):
+        x = _points(xs, dtype, 0)
+        t = torch.randint(0, 3, ts, generator=torch.Generator().manual_seed(1)).to(t_dtype or dtype)
+        t = t.requires_grad_(t.dtype.is_floating_point)
+        try:
+            want = original(x, t, None)
+        except RuntimeError:  # shapes the op itself refuses
+            with pytest.raises(RuntimeError):
+                optimized(x, t, None)
+            continue
+        assert_equivalent(original, optimized, x, t, None)
+        assert optimized(x, t, None).dtype == want.dtype
+
+
+@pytest.mark.parametrize("expr", [e for e, g in UNDER_SET if g is not None])
+def test_values_next_to_the_loop_input_run_without_vmap(expr, monkeypatch):
+    original, optimized, _, _ = build(_loop(expr))
+    monkeypatch.setattr(torch, "vmap", None)
+    for dtype in (torch.float32, torch.float64):
+        x = _points((5, 3), dtype, 0)
+        t = torch.randint(0, 3, (5, 3), generator=torch.Generator().manual_seed(1)).to(dtype)
+        assert_equivalent(original, optimized, x, t.requires_grad_(), None)
+
+
+def test_triplet_hardest_runs_without_vmap(monkeypatch):
+    """Its labels mask is a value next to the loop input, its distances a set form (cdist)."""
+    from examples import triplet_hardest as module
+    from rewrite import optimize_loss
+    opt = optimize_loss(module.naive, compile=False, strict=True)
+    monkeypatch.setattr(torch, "vmap", None)
+    for dtype in (torch.float32, torch.float64):
+        assert_equivalent(module.naive, opt, *module.make_inputs("small", dtype))
+    source = opt.report.rewritten_source
+    assert [loop.strategy for loop in opt.report.loops] == ["batched"], opt.report
+    assert "torch.cdist(" in source and "labels == _labels_row[:, None]" in source, source
