@@ -116,4 +116,4 @@ def clone(node: Any) -> Any:
 
 
 def unparse(tree: ast.AST) -> str:
-    return ast.unparse(ast.fix_missing_locations(tree))
+    return ast.unparse(tree)  # needs no locations (fixing them would walk the whole tree)

@@ -97,12 +97,24 @@ def _is_meta(name: str) -> bool:
     return name.isupper()
 
 
+def _parsed_rules() -> dict[type, list]:
+    """(pattern, rule, defs) by the pattern's node type, parsed once: a node is matched only
+    against rules of its own type (no pattern is a bare metavariable)."""
+    by_type: dict[type, list] = {}
+    for r in RULES:
+        pattern = ast.parse(r.pattern, mode="eval").body
+        defs = {k: ast.parse(v, mode="eval").body for k, v in r.defs.items()}
+        by_type.setdefault(type(pattern), []).append((pattern, r, defs))
+    return by_type
+
+
+_RULES_BY_TYPE = _parsed_rules()
+
+
 class _Fuse(ast.NodeTransformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
-        self.rules = [(ast.parse(r.pattern, mode="eval").body, r,
-                       {k: ast.parse(v, mode="eval").body for k, v in r.defs.items()})
-                      for r in RULES]
+        self.safe: dict[int, bool] = {}  # statement id -> _calls_are_safe
         self.previous: ast.stmt | None = None  # the statement just before the one being visited
         self.stmt: ast.stmt | None = None
 
@@ -137,7 +149,7 @@ class _Fuse(ast.NodeTransformer):
         if isinstance(node, ast.stmt):
             self.stmt = node  # the statement whose expressions are being matched
         elif isinstance(node, ast.expr) and not isinstance(node, ast.IfExp):
-            for pattern, rule, defs in self.rules:
+            for pattern, rule, defs in _RULES_BY_TYPE.get(type(node), ()):
                 found = self._match(pattern, node, {}, defs)
                 if found is not None:
                     template = f"({rule.fused}) if ({rule.guard}) else ORIGINAL__"
@@ -179,12 +191,18 @@ class _Fuse(ast.NodeTransformer):
                 return None
         return env
 
+    def _safe(self, stmt: ast.stmt) -> bool:
+        # once per statement: what this pass puts into it calls only safe functions
+        if id(stmt) not in self.safe:
+            self.safe[id(stmt)] = _calls_are_safe(stmt, self.ctx)
+        return self.safe[id(stmt)]
+
     def _match_def(self, meta: str, node: ast.AST, env: dict, defs: dict) -> dict | None:
         # ``node`` must be the name assigned by the statement just before, with ``defs[meta]``.
         prev = self.previous
         if not (isinstance(self.stmt, SIMPLE) and isinstance(node, ast.Name) and isinstance(prev, ast.Assign)
                 and len(prev.targets) == 1 and isinstance(prev.targets[0], ast.Name)
-                and prev.targets[0].id == node.id and _calls_are_safe(self.stmt, self.ctx)):
+                and prev.targets[0].id == node.id and self._safe(self.stmt)):
             return None
         found = self._match(defs[meta], prev.value, env, defs)
         if found is None or any(node.id in _names(v) for v in found.values()):

@@ -58,8 +58,15 @@ def stores(stmt: ast.stmt) -> set[str]:
     names = {n.id for t in targets for n in ast.walk(t)
              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     if not isinstance(stmt, (ast.If, ast.For, ast.While, ast.With, ast.Try)):  # walrus
-        names |= {n.target.id for n in ast.walk(stmt) if isinstance(n, ast.NamedExpr)}
+        walrus = stmt.__dict__.get(_WALRUS)
+        if walrus is None:  # cached on the node: passes never add or remove a walrus
+            walrus = frozenset(n.target.id for n in ast.walk(stmt) if isinstance(n, ast.NamedExpr))
+            setattr(stmt, _WALRUS, walrus)
+        names |= walrus
     return names
+
+
+_WALRUS = "walrus_targets"
 
 
 def stmt_loads(stmt: ast.stmt) -> set[str]:
