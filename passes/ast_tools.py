@@ -115,5 +115,10 @@ def clone(node: Any) -> Any:
     return node
 
 
+def is_int(node: ast.AST | None, value: int) -> bool:
+    """``node`` is the int literal ``value`` (not ``0.0``, not ``False``)."""
+    return isinstance(node, ast.Constant) and type(node.value) is int and node.value == value
+
+
 def unparse(tree: ast.AST) -> str:
     return ast.unparse(tree)  # needs no locations (fixing them would walk the whole tree)

@@ -89,7 +89,7 @@ from dataclasses import dataclass
 from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, clone, replace, unparse
+from .ast_tools import PassContext, clone, is_int, replace, unparse
 from .loop_dataflow import is_shape_query, method_name, resolve_call
 
 
@@ -329,8 +329,7 @@ class _Batcher:
                 self.zeros.discard(target.id)
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
             if isinstance(target, ast.Name):
-                if isinstance(s.value, ast.Constant) and type(s.value.value) is int \
-                        and s.value.value == 0:
+                if is_int(s.value, 0):
                     self.zeros.add(target.id)
                 else:
                     self.zeros.discard(target.id)

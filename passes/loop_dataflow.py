@@ -27,7 +27,7 @@ from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
 from . import op_facts
-from .ast_tools import PassContext, unparse
+from .ast_tools import PassContext, is_int, unparse
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,9 +132,7 @@ def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
                 record[id(stmt)] = set(zeros)
             target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
                 else None
-            if isinstance(target, ast.Name) and isinstance(stmt.value, ast.Constant) \
-                    and type(stmt.value.value) is int and stmt.value.value == 0 \
-                    and target.id not in shared:
+            if isinstance(target, ast.Name) and is_int(stmt.value, 0) and target.id not in shared:
                 zeros.add(target.id)
                 continue
             children = child_blocks(stmt)

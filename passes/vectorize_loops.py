@@ -77,7 +77,7 @@ from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, inline_helper_c
                loop_dataflow, normalize_comprehensions)
 from . import loop_rules as rules
 from . import masked_selections_to_where, tensor_branches_to_where
-from .ast_tools import PassContext, clone, replace, unparse
+from .ast_tools import PassContext, clone, is_int, replace, unparse
 from .loop_dataflow import Effect, depends, loads, resolve_call
 
 MARKER = "optimize_loss: loop at line {} vectorized"
@@ -364,7 +364,7 @@ class _Loop:
             self._elements(target.elts[1], it.args[0], inner)
             inner.index = target.elts[0].id
             trip = self._trip(inner.elements)
-            inner.stop = trip if _is_zero(offset) else self._sub("a + n", a=offset, n=trip)
+            inner.stop = trip if is_int(offset, 0) else self._sub("a + n", a=offset, n=trip)
             return inner
         result = _Iteration(self.ctx.namer.new("i"), ast.Constant(0), ast.Constant(0),
                             ast.Constant(1), index_is_user=False)
@@ -692,7 +692,7 @@ class _Loop:
         """Sum accumulators starting at 0 that the next statement only divides by the trip count
         (``return loss / B`` after ``for i in range(B)``): the loop leaves their mean, without
         the ``* B`` of a fused mean and the ``/ B`` after it."""
-        if not (_is_zero(it.start) and _is_one(it.step)):
+        if not (is_int(it.start, 0) and is_int(it.step, 1)):
             return set()
         assigned = set().union(*(loop_dataflow.stores(n) for s in body for n in ast.walk(s)
                                  if isinstance(n, ast.stmt)))
@@ -794,20 +794,12 @@ class _UnitSlices(ast.NodeTransformer):
             return False
         up = x.upper
         return isinstance(up, ast.BinOp) and isinstance(up.op, ast.Add) and (
-            (_is(up.left, self.index) and _is_one(up.right))
-            or (_is_one(up.left) and _is(up.right, self.index)))
+            (_is(up.left, self.index) and is_int(up.right, 1))
+            or (is_int(up.left, 1) and _is(up.right, self.index)))
 
 
 def _is(node: ast.AST | None, name: str) -> bool:
     return isinstance(node, ast.Name) and node.id == name
-
-
-def _is_one(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and node.value == 1 and type(node.value) is int
-
-
-def _is_zero(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and node.value == 0 and type(node.value) is int
 
 
 class _DivideUnlessAveraged(ast.NodeTransformer):
