@@ -89,7 +89,7 @@ from dataclasses import dataclass
 from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, clone, is_int, replace, unparse
+from .ast_tools import PassContext, clone, is_int, replace, unparse, walk
 from .loop_dataflow import is_shape_query, method_name, resolve_call
 
 
@@ -160,7 +160,7 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
     def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
         b = _Batcher(ctx, loc, trips, summed, averaged, sets)
         try:
-            return b, b.run(clone(body), params, outputs, outs)
+            return b, b.run(clone(body), params, outputs, outs)  # body stays as given
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)
@@ -239,10 +239,11 @@ class _Batcher:
         self.checks: dict[str, None] = {}    # runtime conditions, in order, without duplicates
         self.inputs: set[str] = set()         # sources of the loop inputs whose rows are params
         self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
+        self.varying: dict[int, tuple] = {}  # id(node) -> (node, _varies), for that statement
 
     def run(self, body: list[ast.stmt], params: list[Param], outputs: list[str],
             outs: str) -> tuple[ast.expr | None, list]:
-        self.assigned = {n.id for s in body for n in ast.walk(s)
+        self.assigned = {n.id for s in body for n in walk(s)
                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         stmts = []
         for p in params:
@@ -311,6 +312,7 @@ class _Batcher:
     # ------------------------------------------------------------------------------------------
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
         self.pre = []
+        self.varying = {}
         if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant):
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
@@ -446,8 +448,15 @@ class _Batcher:
 
     def _varies(self, node: ast.AST) -> bool:
         """Whether ``node`` reads a batched value (shape queries included: they must change)."""
-        return any(isinstance(n, ast.Name) and n.id in self.vals and self.vals[n.id].batched
-                   for n in ast.walk(node))
+        if isinstance(node, ast.Name):
+            return node.id in self.vals and self.vals[node.id].batched
+        # ``expr`` asks this of every subexpression: each answer is kept for the statement (the
+        # names it reads are bound before it; the entry holds the node, so its id stays its own)
+        known = self.varying.get(id(node))
+        if known is None:
+            known = self.varying[id(node)] = (node, any(
+                self._varies(c) for c in ast.iter_child_nodes(node)))
+        return known[1]
 
     def _fixed(self, node: ast.expr) -> _Val:
         """A value the loop does not change; its leaves (see ``_Val``)."""
@@ -925,7 +934,7 @@ def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:
     """``p = p + e`` / ``p = p - e`` of a summed output ``p``."""
     return (name in summed and isinstance(value, ast.BinOp)
             and isinstance(value.op, (ast.Add, ast.Sub)) and isinstance(value.left, ast.Name)
-            and value.left.id == name and name not in {n.id for n in ast.walk(value.right)
+            and value.left.id == name and name not in {n.id for n in walk(value.right)
                                                        if isinstance(n, ast.Name)})
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from .ast_tools import PassContext, replace
+from .ast_tools import PassContext, Transformer, replace, walk
 
 
 @dataclass(frozen=True)
@@ -97,21 +97,27 @@ def _is_meta(name: str) -> bool:
     return name.isupper()
 
 
-def _parsed_rules() -> dict[type, list]:
-    """(pattern, rule, defs) by the pattern's node type, parsed once: a node is matched only
-    against rules of its own type (no pattern is a bare metavariable)."""
-    by_type: dict[type, list] = {}
+def _parsed_rules() -> dict[tuple, list]:
+    """(pattern, rule, defs) by the pattern's ``_head``, parsed once: a node is matched only
+    against rules of its own head (no pattern is a bare metavariable or calls one)."""
+    by_head: dict[tuple, list] = {}
     for r in RULES:
         pattern = ast.parse(r.pattern, mode="eval").body
         defs = {k: ast.parse(v, mode="eval").body for k, v in r.defs.items()}
-        by_type.setdefault(type(pattern), []).append((pattern, r, defs))
-    return by_type
+        by_head.setdefault(_head(pattern), []).append((pattern, r, defs))
+    return by_head
 
 
-_RULES_BY_TYPE = _parsed_rules()
+def _head(node: ast.AST) -> tuple:
+    """What a node shares with every pattern it matches: its type and a called method's name."""
+    func = getattr(node, "func", None)
+    return type(node), func.attr if isinstance(func, ast.Attribute) else None
 
 
-class _Fuse(ast.NodeTransformer):
+_RULES_BY_HEAD = _parsed_rules()
+
+
+class _Fuse(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
         self.safe: dict[int, bool] = {}  # statement id -> _calls_are_safe
@@ -120,7 +126,8 @@ class _Fuse(ast.NodeTransformer):
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         # Walk statement lists in order so each statement knows the one just before it.
-        for name, value in ast.iter_fields(node):
+        for name in node._fields:
+            value = getattr(node, name, None)
             if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
                 previous, out = None, []
                 for stmt in value:
@@ -131,7 +138,7 @@ class _Fuse(ast.NodeTransformer):
                 self.previous = None
             elif isinstance(value, list):
                 setattr(node, name, [self.visit(v) if isinstance(v, ast.AST) else v for v in value])
-            elif isinstance(value, ast.AST):
+            elif isinstance(value, ast.AST) and value._fields:  # not a leaf (ast.Load, ast.Add)
                 setattr(node, name, self.visit(value))
         return node
 
@@ -149,7 +156,7 @@ class _Fuse(ast.NodeTransformer):
         if isinstance(node, ast.stmt):
             self.stmt = node  # the statement whose expressions are being matched
         elif isinstance(node, ast.expr) and not isinstance(node, ast.IfExp):
-            for pattern, rule, defs in _RULES_BY_TYPE.get(type(node), ()):
+            for pattern, rule, defs in _RULES_BY_HEAD.get(_head(node), ()):
                 found = self._match(pattern, node, {}, defs)
                 if found is not None:
                     template = f"({rule.fused}) if ({rule.guard}) else ORIGINAL__"
@@ -231,7 +238,7 @@ def _pure(node: ast.AST) -> bool:
 
 
 def _calls_are_safe(stmt: ast.stmt, ctx: PassContext) -> bool:
-    for n in ast.walk(stmt):
+    for n in walk(stmt):
         if isinstance(n, ast.NamedExpr):
             return False
         if isinstance(n, ast.Call):
@@ -251,7 +258,7 @@ def _root(node: ast.AST) -> str | None:
 
 
 def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    return {n.id for n in walk(node) if isinstance(n, ast.Name)}
 
 
 def _fused_call(node: ast.AST, torch_name: str) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, replace
+from .ast_tools import PassContext, Transformer, replace
 from .loop_dataflow import depends, method_name, resolve_call
 
 
@@ -28,7 +28,7 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext) -> list[
     return [tr.visit(s) for s in stmts]
 
 
-class _HostToTensor(ast.NodeTransformer):
+class _HostToTensor(Transformer):
     def __init__(self, variant: set[str], ctx: PassContext):
         self.variant = variant
         self.ctx = ctx

@@ -54,7 +54,8 @@ import torch
 
 from rewrite.errors import Unsupported
 
-from .ast_tools import PassContext, clone, replace, unparse
+from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
+                        walk)
 from .loop_dataflow import loads, resolve_call, stores
 
 MAX_DEPTH = 3  # helpers called by inlined helpers: inlined down to this depth
@@ -103,9 +104,9 @@ def rewrite(loop: ast.For, body: list[ast.stmt], ctx: PassContext
     if ctx.local_names is None:  # which names the function shadows is unknown: inline nothing
         return body, []
     scope = set(ctx.local_names) | ctx.namer.made | set(ctx.bindings) | {
-        n.id for n in ast.walk(loop) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)
+        n.id for n in walk(loop) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)
     } | {
-        a.arg for a in ast.walk(loop) if isinstance(a, ast.arg)}
+        a.arg for a in walk(loop) if isinstance(a, ast.arg)}
     inliner = _Inliner(ctx, scope)
     return inliner.block(body, 0, ()), inliner.guards
 
@@ -142,7 +143,7 @@ class _Inliner:
         run = [getattr(s, field)]
         calls = [c for e in run for c in _calls_run_once(e)
                  if self._inlinable(c, depth, stack) is not None]
-        if not calls or any(isinstance(n, ast.NamedExpr) for n in ast.walk(s)) \
+        if not calls or any(isinstance(n, ast.NamedExpr) for n in walk(s)) \
                 or not self._order_kept(before + run, calls):
             return [s]
         hoisted: list[ast.stmt] = []
@@ -160,7 +161,7 @@ class _Inliner:
         chosen = sorted(where[id(c)] for c in calls)
         owner = {}  # node -> index of the innermost inlined call holding it
         for c in sorted(calls, key=lambda c: -where[id(c)]):  # outermost first: innermost wins
-            for n in ast.walk(c):
+            for n in walk(c):
                 if n is not c:
                     owner[id(n)] = where[id(c)]
         for k, n in enumerate(order):
@@ -221,12 +222,12 @@ class _Inliner:
         result = self.ctx.namer.new(name)
         ret = ast.copy_location(ast.Assign([ast.Name(result, ast.Store())],
                                            rename.visit(clone(helper.result))), helper.node.body[-1])
-        ast.fix_missing_locations(ret)
+        fix_missing_locations(ret)
         stmts += self.block(body + [ret], depth + 1, stack + (fn,))  # its own helper calls
         return stmts, result
 
 
-class _Replace(ast.NodeTransformer):
+class _Replace(Transformer):
     """Replaces the chosen calls (innermost first) by their results; their bodies go to ``out``."""
 
     def __init__(self, inliner: _Inliner, chosen: set[int], out: list[ast.stmt], depth: int,
@@ -243,7 +244,7 @@ class _Replace(ast.NodeTransformer):
         return ast.copy_location(ast.Name(result, ast.Load()), node)
 
 
-class _Rename(ast.NodeTransformer):
+class _Rename(Transformer):
     def __init__(self, names: dict[str, str]):
         self.names = names
 
@@ -329,7 +330,7 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
             raise Unsupported(f"line {s.lineno}: only assignments to plain names before the "
                               f"return (no loops, branches, global, try/with, nested defs)")
     for s in stmts:
-        for n in ast.walk(s):
+        for n in walk(s):
             if isinstance(n, BODY_FORBIDDEN):
                 raise Unsupported(f"line {s.lineno}: {type(n).__name__} in its body")
             name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) \

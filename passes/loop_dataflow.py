@@ -27,7 +27,7 @@ from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
 from . import op_facts
-from .ast_tools import PassContext, is_int, unparse
+from .ast_tools import PassContext, is_int, unparse, walk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ from .ast_tools import PassContext, is_int, unparse
 
 def loads(node: ast.AST) -> set[str]:
     """Names read anywhere in ``node`` (nested lambdas included: their free names are reads)."""
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return {n.id for n in walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def stores(stmt: ast.stmt) -> set[str]:
@@ -55,12 +55,12 @@ def stores(stmt: ast.stmt) -> set[str]:
         targets = [stmt.target]
     else:
         targets = []
-    names = {n.id for t in targets for n in ast.walk(t)
+    names = {n.id for t in targets for n in walk(t)
              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     if not isinstance(stmt, (ast.If, ast.For, ast.While, ast.With, ast.Try)):  # walrus
         walrus = stmt.__dict__.get(_WALRUS)
         if walrus is None:  # cached on the node: passes never add or remove a walrus
-            walrus = frozenset(n.target.id for n in ast.walk(stmt) if isinstance(n, ast.NamedExpr))
+            walrus = frozenset(n.target.id for n in walk(stmt) if isinstance(n, ast.NamedExpr))
             setattr(stmt, _WALRUS, walrus)
         names |= walrus
     return names
@@ -73,8 +73,8 @@ def stmt_loads(stmt: ast.stmt) -> set[str]:
     """Names a simple statement reads; ``s += e`` reads ``s``; a nested ``def`` reads its free
     names (its parameters and locals are its own)."""
     if isinstance(stmt, ast.FunctionDef):
-        params = {a.arg for a in ast.walk(stmt.args) if isinstance(a, ast.arg)}
-        own = params | {n for s in ast.walk(stmt) if isinstance(s, ast.stmt) and s is not stmt
+        params = {a.arg for a in walk(stmt.args) if isinstance(a, ast.arg)}
+        own = params | {n for s in walk(stmt) if isinstance(s, ast.stmt) and s is not stmt
                         for n in stores(s)}
         outer = [*stmt.decorator_list, *stmt.args.defaults,
                  *(d for d in stmt.args.kw_defaults if d is not None)]
@@ -121,7 +121,7 @@ def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
     mentions ``s``. The loop's sum then starts from 0, and ``0 + total`` is ``total``. Compound
     statements in between end it (they may rebind anything), and so do ``global``/``nonlocal``
     names (a call could rebind them)."""
-    shared = {n for node in ast.walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
+    shared = {n for node in walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
               for n in node.names}
     record: dict[int, set[str]] = {}
 
@@ -141,7 +141,7 @@ def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
                 for child in children:
                     block(child)
             else:
-                zeros -= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+                zeros -= {n.id for n in walk(stmt) if isinstance(n, ast.Name)}
 
     block(func.body)
     return record
@@ -178,11 +178,11 @@ def _divided_names(stmt: ast.stmt) -> dict[str, str]:
         return {}
     divisors: dict[str, set[str]] = {}
     inside: set[int] = set()
-    for n in ast.walk(value):
+    for n in walk(value):
         if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and isinstance(n.left, ast.Name):
             divisors.setdefault(n.left.id, set()).add(unparse(n.right))
             inside.add(id(n.left))
-    reads = [n for n in ast.walk(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    reads = [n for n in walk(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
     other = {n.id for n in reads if id(n) not in inside}
     return {name: next(iter(ds)) for name, ds in divisors.items()
             if len(ds) == 1 and name not in other and (names is None or name in names)}
@@ -395,7 +395,7 @@ def _check_statements(stmts: list[ast.stmt], top: bool) -> None:
             _check_statements(s.orelse, top=False)
         if not isinstance(s, ast.If) and any(
                 isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal))
-                for n in ast.walk(s)):
+                for n in walk(s)):
             raise Unsupported("yield, await, global or nonlocal inside the loop", s.lineno)
 
 
@@ -430,6 +430,7 @@ def _exposed(stmts: list[ast.stmt], defined: set[str], assigned: set[str],
 def variant_names(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> set[str]:
     """Names whose value depends on ``seeds`` through data or control flow in ``body``."""
     variant = set(seeds)
+    written: dict[int, set[str]] = {}  # id(statement) -> what it binds or mutates
 
     def visit(stmts: list[ast.stmt], control: bool) -> bool:
         changed = False
@@ -438,19 +439,13 @@ def variant_names(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> se
                 c = control or depends(s.test, variant, ctx)
                 changed |= visit(s.body, c) | visit(s.orelse, c)
                 continue
-            targets = stores(s)
-            for t in getattr(s, "targets", [getattr(s, "target", None)]):
-                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name):
-                    targets.add(t.value.id)  # t[k] = v mutates t
-            if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) \
-                    and isinstance(s.value.func, ast.Attribute) \
-                    and isinstance(s.value.func.value, ast.Name):
-                targets.add(s.value.func.value.id)  # t.add_(v), lst.append(v)
-            if control or depends(s, variant, ctx) or (
-                    isinstance(s, ast.AugAssign) and depends(s.target, variant, ctx)):
-                new = targets - variant
+            if id(s) not in written:
+                written[id(s)] = _written(s)
+            new = written[id(s)] - variant  # nothing new: the costly `depends` can be skipped
+            if new and (control or depends(s, variant, ctx) or (
+                    isinstance(s, ast.AugAssign) and depends(s.target, variant, ctx))):
                 variant.update(new)
-                changed |= bool(new)
+                changed = True
         return changed
 
     while visit(body, False):
@@ -458,10 +453,24 @@ def variant_names(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> se
     return variant
 
 
+def _written(s: ast.stmt) -> set[str]:
+    """Names a simple statement binds or mutates: ``t[k] = v`` mutates ``t``, and so do
+    ``t.add_(v)`` and ``lst.append(v)``."""
+    targets = stores(s)
+    for t in getattr(s, "targets", [getattr(s, "target", None)]):
+        if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name):
+            targets.add(t.value.id)
+    if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) \
+            and isinstance(s.value.func, ast.Attribute) \
+            and isinstance(s.value.func.value, ast.Name):
+        targets.add(s.value.func.value.id)
+    return targets
+
+
 def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> None:
     appends = {id(s.value) for s in _simple_stmts(body) if _is_append(s, assigned)}
     for s in body:
-        for call in (n for n in ast.walk(s) if isinstance(n, ast.Call)):
+        for call in (n for n in walk(s) if isinstance(n, ast.Call)):
             name = resolve_call(call.func, ctx)
             meth = method_name(call, ctx)
             if _is_random(name) or meth in rules.RANDOM_METHODS:
@@ -559,7 +568,7 @@ def _effect_of(s: ast.stmt, facts: LoopFacts, carried: dict[str, ast.stmt],
         names = set().union(*(stores(ast.Assign(targets=[t], value=s.value)) for t in targets))
         if names & carried.keys():
             raise _recurrence(sorted(names & carried.keys())[0], s)
-        if any(isinstance(n, (ast.Attribute, ast.Subscript)) for t in targets for n in ast.walk(t)
+        if any(isinstance(n, (ast.Attribute, ast.Subscript)) for t in targets for n in walk(t)
                if isinstance(getattr(n, "ctx", None), ast.Store)):
             raise Unsupported(f"assigns `{unparse(targets[0])}`: mutates an object", s.lineno)
         return None
@@ -653,12 +662,14 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
     for name in carried:
         if name not in accs:
             raise _recurrence(name, carried[name])
+    read = {id(s): stmt_loads(s) if not isinstance(s, ast.If) else loads(s.test)
+            for s in _simple_stmts(body)} if accs else {}  # once, not per accumulator
     for name, updates in accs.items():
         if len({e.family for e in updates}) > 1:
             raise _recurrence(name, updates[-1].stmt)
         update_ids = {id(e.stmt) for e in updates}
         readers = [s for s in _simple_stmts(body) if id(s) not in update_ids
-                   and name in (stmt_loads(s) if not isinstance(s, ast.If) else loads(s.test))]
+                   and name in read[id(s)]]
         if not readers:
             continue
         update = updates[0]
@@ -706,7 +717,7 @@ def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
     ``masked_selections_to_where`` converts are marked ``where_converted``: not refused."""
     boolean: set[str] = set()
     for s in _simple_stmts(body):
-        for sub in (n for n in ast.walk(s) if isinstance(n, ast.Subscript)):
+        for sub in (n for n in walk(s) if isinstance(n, ast.Subscript)):
             if getattr(sub, "where_converted", False):
                 continue
             if any(is_boolean(e, boolean, ctx) for e in write_entries(sub)):
@@ -721,6 +732,7 @@ def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
     """Appended lists may not be read in the body. A written tensor may only be read at the
     iteration's own slot (``out[i]`` where ``out[i] = ...`` is written), before the first write:
     then no iteration sees another's writes (dependence distance 0)."""
+    mentioned: dict[int, set[str]] = {}  # id(expr) -> the names in it, walked once
     for name, kind in {(e.name, e.kind) for e in facts.effects.values()
                        if e.kind in ("append", "write")}:
         slots = {_slot(_write_target(e.stmt), index) for e in facts.of_kind("write")
@@ -732,7 +744,11 @@ def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
             if own is not None and own.name == name:
                 exprs = [own.value] + ([_write_target(own.stmt).slice] if kind == "write" else [])
             for expr in exprs:
-                own_slot = [n for n in ast.walk(expr) if isinstance(n, ast.Subscript)
+                if id(expr) not in mentioned:
+                    mentioned[id(expr)] = {n.id for n in walk(expr) if isinstance(n, ast.Name)}
+                if name not in mentioned[id(expr)]:
+                    continue  # most statements: no read of `name`, no slot of it
+                own_slot = [n for n in walk(expr) if isinstance(n, ast.Subscript)
                             and _is_name(n.value, name) and len(slots) == 1
                             and _slot(n, index) in slots and None not in slots and not written]
                 reads = _reads_of(expr, name, ctx)

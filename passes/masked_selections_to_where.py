@@ -93,7 +93,7 @@ import torch
 from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, clone, replace
+from .ast_tools import PassContext, Transformer, clone, replace, walk
 from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
                             resolve_call, stores, variant_names, write_entries)
 from .tensor_branches_to_where import Sanitize
@@ -237,7 +237,7 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
     """``body`` (the loop body over ``seeds``, not modified) with its selections converted, or
     ``body`` itself when it has none or one of them cannot be converted."""
     lenient = _lenient_masks(body, ctx)
-    if not any(_is_selection(sub, lenient, ctx) for s in body for sub in ast.walk(s)
+    if not any(_is_selection(sub, lenient, ctx) for s in body for sub in walk(s)
                if isinstance(sub, ast.Subscript)):
         return Dense(body, ctx=ctx)
     work = clone(body)
@@ -258,7 +258,7 @@ class _Refused(Exception):
 
 def _walk(stmts: list[ast.stmt]):
     for s in stmts:
-        yield from ast.walk(s)
+        yield from walk(s)
 
 
 def _lenient_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
@@ -374,7 +374,7 @@ class _Converter:
 
     def refuse_inside(self, node: ast.AST) -> None:
         """``node`` is evaluated as written: no selection or stand-in may occur in it."""
-        for n in ast.walk(node):
+        for n in walk(node):
             if isinstance(n, ast.Subscript) and _is_selection(n, self.lenient, self.ctx):
                 raise _Refused("selection in a conditional expression or nested function")
             if isinstance(n, ast.Name) and n.id in self.selected:
@@ -429,7 +429,7 @@ class _Converter:
         reduce_, far, fill, ties = EXTREMES[form]
         steps, result = (t.format(far=far, fill=fill, reduce=reduce_)
                          for t in EXTREME_STEPS[ties])
-        used = {n.id for n in ast.walk(ast.parse(steps)) if isinstance(n, ast.Name)}
+        used = {n.id for n in walk(ast.parse(steps)) if isinstance(n, ast.Name)}
         names = {n: self.ctx.namer.new(n) for n in ("sel", "flat", "nan", "top", "ties")
                  if n in used}
         self.pre += self._sub(steps, call, k=keep, v=vals, **names)
@@ -515,7 +515,7 @@ class _Converter:
         if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
             raise _Refused("mask indexing with other entries, or not a mask that varies")
         if not _simple(base) or any(isinstance(n, ast.Subscript) and _is_selection(
-                n, self.lenient, self.ctx) for n in ast.walk(base)) \
+                n, self.lenient, self.ctx) for n in walk(base)) \
                 or loads(base) & (self.assigned - self.once) or loads(base) & self.selected.keys():
             raise _Refused("the selected tensor is not a plain name, attribute or subscript")
         if not loads(base) & (self.assigned | self.seeds):  # else a tensor, or already checked
@@ -528,7 +528,7 @@ class _Converter:
         if loads(m) & ((self.assigned - self.once) | self.selected.keys()):
             return False  # a name bound twice could be a different mask at each use
         return not any(isinstance(n, ast.Subscript) and _is_selection(n, self.lenient, self.ctx)
-                       for n in ast.walk(m))
+                       for n in walk(m))
 
     def _strict(self, m: ast.expr, names: set[str]) -> bool:
         """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
@@ -618,7 +618,7 @@ class _NotChain(Exception):
     pass
 
 
-class _Fill(ast.NodeTransformer):
+class _Fill(Transformer):
     def __init__(self, subs: dict[str, ast.expr]):
         self.subs = subs
 
@@ -626,7 +626,7 @@ class _Fill(ast.NodeTransformer):
         return self.subs.get(node.id, node)
 
 
-class _Rewrite(ast.NodeTransformer):
+class _Rewrite(Transformer):
     """Reductions of selections in one statement become their dense forms; a selection or a
     stand-in anywhere else refuses the body."""
 
@@ -698,7 +698,7 @@ def _index_entry(x: ast.expr) -> bool:
 def _pure(e: ast.expr, ctx: PassContext) -> bool:
     """Only names, numbers, subscripts, operators and known tensor ops: evaluating it a statement
     earlier changes nothing."""
-    for n in ast.walk(e):
+    for n in walk(e):
         if isinstance(n, (ast.Lambda, ast.NamedExpr, ast.IfExp, ast.BoolOp, ast.Starred,
                           ast.comprehension, ast.Await, ast.Yield, ast.YieldFrom)):
             return False

@@ -38,7 +38,7 @@ from __future__ import annotations
 import ast
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, clone, replace
+from .ast_tools import PassContext, Transformer, clone, fix_missing_locations, replace, walk
 from .loop_dataflow import child_blocks, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
@@ -65,7 +65,7 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
         call = _find(stmt, ctx)
     comp = call.args[0]
     gen = comp.generators[0]
-    renames = {n.id: ctx.namer.new(n.id) for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
+    renames = {n.id: ctx.namer.new(n.id) for n in walk(gen.target) if isinstance(n, ast.Name)}
     rename = _Rename(renames)
     target, elt = rename.visit(gen.target), rename.visit(comp.elt)
     conds = [rename.visit(c) for c in gen.ifs]
@@ -90,7 +90,7 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
         stmt.value = ast.copy_location(ast.Name(acc, ast.Load()), comp)
     else:
         _Replace(call if result is not call else None, result).visit(stmt)
-    return init, ast.fix_missing_locations(loop), stmt, comp
+    return init, fix_missing_locations(loop), stmt, comp
 
 
 def _bound_list(stmt: ast.stmt, lists: frozenset[str]) -> bool:
@@ -134,17 +134,17 @@ def kept_reason(comp: ast.expr) -> str:
 def stackable_lists(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
     """Names ``xs`` of ``xs = [...]`` statements whose reads a tensor of the stacked items
     answers the same way (see the module docstring)."""
-    parents = {id(c): n for n in ast.walk(func) for c in ast.iter_child_nodes(n)}
+    parents = {id(c): n for n in walk(func) for c in ast.iter_child_nodes(n)}
     bound: dict[str, int] = {}
-    for n in ast.walk(func):
+    for n in walk(func):
         if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
             bound[n.id] = bound.get(n.id, 0) + 1
         elif isinstance(n, ast.arg):
             bound[n.arg] = 2  # a parameter (of the function or a nested one): not only the list
-    candidates = {s.targets[0].id for s in ast.walk(func) if isinstance(s, ast.stmt)
+    candidates = {s.targets[0].id for s in walk(func) if isinstance(s, ast.stmt)
                   and _bound_list(s, frozenset(bound)) and bound[s.targets[0].id] == 1}
     return frozenset(name for name in candidates
-                     if all(_same_on_stacked(n, parents[id(n)], ctx) for n in ast.walk(func)
+                     if all(_same_on_stacked(n, parents[id(n)], ctx) for n in walk(func)
                             if isinstance(n, ast.Name) and n.id == name
                             and isinstance(n.ctx, ast.Load))
                      and not _mutated_aliases(func, name, ctx))
@@ -162,13 +162,13 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
             scores.append(f(k))
         scores = torch.stack(scores)       (scores if isinstance(scores, torch.Tensor) else ...)
     """
-    parents = {id(c): n for n in ast.walk(func) for c in ast.iter_child_nodes(n)}
-    shared = {n for node in ast.walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
+    parents = {id(c): n for n in walk(func) for c in ast.iter_child_nodes(n)}
+    shared = {n for node in walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
               for n in node.names}
     record: dict[int, set[str]] = {}
 
     def reads_ok(stmt: ast.stmt, name: str) -> bool:
-        return all(_same_on_stacked(n, parents[id(n)], ctx) for n in ast.walk(stmt)
+        return all(_same_on_stacked(n, parents[id(n)], ctx) for n in walk(stmt)
                    if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load))
 
     def built(after: list[ast.stmt], name: str, top: bool) -> bool:
@@ -179,7 +179,7 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
                                                     for t in stmt.targets):
                 return True
             if any(isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Load)
-                   for n in ast.walk(stmt)):
+                   for n in walk(stmt)):
                 return False  # rebound somewhere inside: what follows is unknown
         return top  # the end of the function; the end of a block may be followed by anything
 
@@ -194,7 +194,7 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
                     and not stmt.value.elts:
                 empty.add(stmt.targets[0].id)
                 continue
-            empty -= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+            empty -= {n.id for n in walk(stmt) if isinstance(n, ast.Name)}
             for child in child_blocks(stmt):
                 block(child)
 
@@ -222,13 +222,13 @@ def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool
     tainted, grown = {name}, True
     while grown:  # fixpoint: aliases of aliases
         grown = False
-        for n in ast.walk(func):
+        for n in walk(func):
             for target, value in _bindings(n):
                 if _reads(value, tainted):
-                    new = {t.id for t in ast.walk(target) if isinstance(t, ast.Name)} - tainted
+                    new = {t.id for t in walk(target) if isinstance(t, ast.Name)} - tainted
                     tainted |= new
                     grown |= bool(new)
-    for n in ast.walk(func):
+    for n in walk(func):
         if isinstance(n, (ast.AugAssign, ast.Assign)):
             targets = n.targets if isinstance(n, ast.Assign) else [n.target]
             for t in targets:
@@ -265,7 +265,7 @@ def _bindings(n: ast.AST) -> list[tuple[ast.expr, ast.expr]]:
 
 
 def _reads(node: ast.AST, names: set[str]) -> bool:
-    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+    return any(isinstance(n, ast.Name) and n.id in names for n in walk(node))
 
 
 def _root(node: ast.expr) -> str | None:
@@ -282,7 +282,7 @@ def bound_list_consumers(node: ast.AST, names: set[str], ctx: PassContext,
     _Consumers(names, ctx, stacked).visit(node)
 
 
-class _Consumers(ast.NodeTransformer):
+class _Consumers(Transformer):
     def __init__(self, names: set[str], ctx: PassContext, stacked: bool):
         self.names = names
         self.ctx = ctx
@@ -301,7 +301,7 @@ class _Consumers(ast.NodeTransformer):
                        c=node, **sub)
 
 
-class _Rename(ast.NodeTransformer):
+class _Rename(Transformer):
     def __init__(self, names: dict[str, str]):
         self.names = names
 
@@ -311,7 +311,7 @@ class _Rename(ast.NodeTransformer):
         return node
 
 
-class _Replace(ast.NodeTransformer):
+class _Replace(Transformer):
     """Replace the reducing call (for ``sum``) by the accumulator."""
 
     def __init__(self, call: ast.Call | None, result: ast.expr):

@@ -28,15 +28,34 @@ import types
 from rewrite.errors import RewriteError, Unsupported
 from rewrite.report import Report
 
-from .ast_tools import PassContext
+from .ast_tools import PassContext, walk
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
-    _Redirect(ctx, _local_names(tree.body[0])).visit(tree)
+    func = tree.body[0]
+    args = func.args
+    # Parameters and assigned names: calls through them are not the module's helpers.
+    local = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    local |= {a.arg for a in (args.vararg, args.kwarg) if a}
+    called = set()
+    for n in walk(func):  # one walk: the function is large by now (vectorized and original code)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            local.add(n.id)
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
+            called.add(n.func.id)
+    # Most functions call no helper with a loop: then the visitor need not run.
+    if any(_is_helper(ctx.globals.get(name), ctx) for name in called - local):
+        _Redirect(ctx, local).visit(tree)
     return tree
 
 
-class _Redirect(ast.NodeTransformer):
+def _is_helper(fn: object, ctx: PassContext) -> bool:
+    """A function of the same module with a loop, not already being rewritten."""
+    return (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals
+            and fn not in ctx.rewriting and _has_loop(fn))
+
+
+class _Redirect(ast.NodeVisitor):  # changes calls in place
     def __init__(self, ctx: PassContext, local: set[str]):
         self.ctx = ctx
         self.local = local
@@ -59,8 +78,7 @@ class _Redirect(ast.NodeTransformer):
         from rewrite.frontend import rewrite_function  # the frontend runs this pipeline
 
         helper = self.ctx.globals.get(name)
-        if not (isinstance(helper, types.FunctionType) and helper.__globals__ is self.ctx.globals
-                and helper not in self.ctx.rewriting and _has_loop(helper)):
+        if not _is_helper(helper, self.ctx):
             return None
         report = Report(helper.__qualname__, self.ctx.filename, helper.__code__.co_firstlineno)
         try:
@@ -76,18 +94,9 @@ class _Redirect(ast.NodeTransformer):
         return binding
 
 
-def _local_names(func: ast.FunctionDef) -> set[str]:
-    """Parameters and assigned names: calls through them are not the module's helpers."""
-    args = func.args
-    names = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
-    names |= {a.arg for a in (args.vararg, args.kwarg) if a}
-    return names | {n.id for n in ast.walk(func)
-                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-
-
 def _has_loop(fn: types.FunctionType) -> bool:
     # Cheap pre-filter on the bytecode: loops compile to FOR_ITER (comprehensions are nested code).
-    def walk(code: types.CodeType) -> bool:
+    def loops(code: types.CodeType) -> bool:
         return any(i.opname == "FOR_ITER" for i in dis.get_instructions(code)) or any(
-            walk(c) for c in code.co_consts if isinstance(c, types.CodeType))
-    return walk(fn.__code__)
+            loops(c) for c in code.co_consts if isinstance(c, types.CodeType))
+    return loops(fn.__code__)

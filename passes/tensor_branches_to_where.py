@@ -29,7 +29,7 @@ from typing import Callable
 from rewrite.errors import Unsupported
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, replace, unparse
+from .ast_tools import PassContext, Transformer, replace, unparse, walk
 from .loop_dataflow import (Effect, LoopFacts, depends, is_shape_query, method_name,
                             resolve_call, stores)
 
@@ -132,7 +132,7 @@ class _Converter:
 
 
 def _assigned_in(s: ast.If) -> set[str]:
-    return set().union(*(stores(n) for n in ast.walk(s) if isinstance(n, ast.stmt)))
+    return set().union(*(stores(n) for n in walk(s) if isinstance(n, ast.stmt)))
 
 
 def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
@@ -156,7 +156,7 @@ def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
     return test
 
 
-class Sanitize(ast.NodeTransformer):
+class Sanitize(Transformer):
     """Replace risky operands by safe values where ``pred`` is false; refuse unknown calls."""
 
     def __init__(self, pred: str, variant: set[str], index: str, ctx: PassContext):

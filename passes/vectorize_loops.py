@@ -77,7 +77,8 @@ from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, inline_helper_c
                loop_dataflow, normalize_comprehensions)
 from . import loop_rules as rules
 from . import masked_selections_to_where, tensor_branches_to_where
-from .ast_tools import PassContext, clone, is_int, replace, unparse
+from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, is_int, replace,
+                        unparse, walk)
 from .loop_dataflow import Effect, depends, loads, resolve_call
 
 MARKER = "optimize_loss: loop at line {} vectorized"
@@ -86,18 +87,24 @@ MARKER = "optimize_loss: loop at line {} vectorized"
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     vectorizer = _Vectorizer(ctx)
     vectorizer.visit(tree.body[0])
+    if not any(isinstance(n, normalize_comprehensions.COMPREHENSIONS) for n in walk(tree)):
+        return tree  # the usual case, told by one quick walk
     for comp in _comprehensions(tree.body[0]):  # what no rule took: kept, with the reason
         vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp))
     return tree
 
 
-def _comprehensions(node: ast.AST):
-    """The comprehensions of ``node``, outside the originals kept by vectorized guards."""
-    if isinstance(node, normalize_comprehensions.COMPREHENSIONS):
-        yield node
-    for child in ast.iter_child_nodes(node):
-        if not (is_vectorized_guard(node) and child is node.orelse[0]):
-            yield from _comprehensions(child)
+def _comprehensions(node: ast.AST) -> list[ast.expr]:
+    """The comprehensions of ``node`` (depth first, in source order), outside the originals
+    kept by vectorized guards."""
+    found, todo = [], [node]
+    while todo:  # a stack, not nested generators: this runs over the whole rewritten function
+        n = todo.pop()
+        if isinstance(n, normalize_comprehensions.COMPREHENSIONS):
+            found.append(n)
+        kept = n.orelse[0] if is_vectorized_guard(n) else None
+        todo += reversed([c for c in ast.iter_child_nodes(n) if c is not kept])
+    return found
 
 
 def is_vectorized_guard(node: ast.AST) -> bool:
@@ -119,7 +126,7 @@ class _Iteration:
     index_is_user: bool = True
 
 
-class _Vectorizer(ast.NodeTransformer):
+class _Vectorizer(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
         self.live: dict[int, set[str]] = {}
@@ -169,7 +176,9 @@ class _Vectorizer(ast.NodeTransformer):
         original = clone(node)
         self.generic_visit(node)  # inner loops first
         try:
-            live = self.live.get(id(node), loads(self.func))  # unseen loop: all names live
+            live = self.live.get(id(node))
+            if live is None:  # unseen loop: all names live (not a default: it walks the function)
+                live = loads(self.func)
             after, divided = self.divisions.get(id(node), (None, {}))
             loop = _Loop(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
                          divided=divided, built=self.built.get(id(node), set()))
@@ -228,7 +237,7 @@ class _Vectorizer(ast.NodeTransformer):
 def _runs_when(guard: ast.expr) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise."""
-    names = sorted({ast.unparse(n.args[0]) for n in ast.walk(guard) if isinstance(n, ast.Call)
+    names = sorted({ast.unparse(n.args[0]) for n in walk(guard) if isinstance(n, ast.Call)
                     and isinstance(n.func, ast.Name) and n.func.id == "isinstance"
                     and len(n.args) == 2 and ast.unparse(n.args[1]).endswith(".Tensor")})
     if not names:
@@ -298,7 +307,7 @@ class _Loop:
         variant = loop_dataflow.variant_names(body, seeds, self.ctx)
         body = host_roundtrips_to_tensor_ops.rewrite(body, variant, self.ctx)
         body = [_UnitSlices(it.index, self.ctx).visit(s) for s in body]
-        assigned = set().union(*(loop_dataflow.stores(n) for s in body for n in ast.walk(s)
+        assigned = set().union(*(loop_dataflow.stores(n) for s in body for n in walk(s)
                                  if isinstance(n, ast.stmt)))
         body = [_RowSlices(self, it, assigned, variant).visit(s) for s in body]
         seeds |= {param for param, _ in self.slices.values()}
@@ -393,7 +402,7 @@ class _Loop:
     def _inline_inner(self, body: list[ast.stmt], it: _Iteration) -> tuple[list, list]:
         """Replace vectorized inner loops by their vectorized branch; collect their checks."""
         seeds = {it.index} | {n for n, _ in it.elements}
-        assigned = set().union(*(loop_dataflow.stores(s) for s in ast.walk(ast.Module(body, []))
+        assigned = set().union(*(loop_dataflow.stores(s) for s in walk(ast.Module(body, []))
                                  if isinstance(s, ast.stmt)))
         guards, out, stacked = [], [], set()
         for s in body:
@@ -426,10 +435,10 @@ class _Loop:
             self._guard("isinstance(x, torch.Tensor)", x=src)
             self._guard("x.dim() > 0", x=src)
         # names bound anywhere in the body, also inside outlined inner bodies (their locals)
-        local = {n.id for s in body for n in ast.walk(s)
+        local = {n.id for s in body for n in walk(s)
                  if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {
-            a.arg for s in body for a in ast.walk(s) if isinstance(a, ast.arg)}
-        for sub in (n for s in body for n in ast.walk(s) if isinstance(n, ast.Subscript)):
+            a.arg for s in body for a in walk(s) if isinstance(a, ast.arg)}
+        for sub in (n for s in body for n in walk(s) if isinstance(n, ast.Subscript)):
             if _is_pure(sub.value) and not (loads(sub.value) & (self.facts.assigned | seeds | local)) \
                     and depends(sub.slice, self.facts.variant, self.ctx):
                 self._guard("isinstance(x, torch.Tensor)", x=sub.value)
@@ -676,7 +685,7 @@ class _Loop:
                     for k, name in enumerate(self.outputs)]
             mapped += self._sub("o = v", o=self.outs, v=ast.Tuple(outs, ast.Load()))
         try:
-            check, plain = batch_loop_bodies.batch(clone(body), batched, self.outputs,
+            check, plain = batch_loop_bodies.batch(body, batched, self.outputs,
                                                    self.outs, trips, self.ctx, self.node, summed,
                                                    averaged)
         except Unsupported as exc:  # an op without a batched form: vmap maps the body
@@ -686,7 +695,7 @@ class _Loop:
             stmts = (plain if check is None else [ast.If(check, plain, mapped)]) + self.folds
         for s in stmts:
             ast.copy_location(s, self.node)
-        return [ast.fix_missing_locations(s) for s in stmts]
+        return [fix_missing_locations(s) for s in stmts]
 
     def _averaged(self, it: _Iteration, body: list[ast.stmt]) -> set[str]:
         """Sum accumulators starting at 0 that the next statement only divides by the trip count
@@ -694,7 +703,7 @@ class _Loop:
         the ``* B`` of a fused mean and the ``/ B`` after it."""
         if not (is_int(it.start, 0) and is_int(it.step, 1)):
             return set()
-        assigned = set().union(*(loop_dataflow.stores(n) for s in body for n in ast.walk(s)
+        assigned = set().union(*(loop_dataflow.stores(n) for s in body for n in walk(s)
                                  if isinstance(n, ast.stmt)))
         if loads(it.stop) & assigned:
             return set()
@@ -744,7 +753,7 @@ def _number_kind(value: ast.expr) -> str:
     return getattr(value, "host_number", None) or "tensor"
 
 
-class _UseStacked(ast.NodeTransformer):
+class _UseStacked(Transformer):
     """``torch.stack(_items)`` over a comprehension's list -> the stacked values
     (``loop_rules.LIST_CONSUMERS``); ``xs = _items`` -> ``xs = <the stacked values>``, or their
     ``.tolist()`` for host values (Python numbers in the original's list)."""
@@ -769,7 +778,7 @@ class _UseStacked(ast.NodeTransformer):
                        v=values)
 
 
-class _UnitSlices(ast.NodeTransformer):
+class _UnitSlices(Transformer):
     """``x[..., i:i+1, ...]`` -> ``x[..., i, ...].unsqueeze(q)``: vmap cannot slice at a
     batched offset, but it can index."""
 
@@ -802,7 +811,7 @@ def _is(node: ast.AST | None, name: str) -> bool:
     return isinstance(node, ast.Name) and node.id == name
 
 
-class _DivideUnlessAveraged(ast.NodeTransformer):
+class _DivideUnlessAveraged(Transformer):
     """``s / d`` -> ``(s if flag else s / d)`` for the averaged names ``s``."""
 
     def __init__(self, names: set[str], flag: str, ctx: PassContext):
@@ -816,7 +825,7 @@ class _DivideUnlessAveraged(ast.NodeTransformer):
         return node
 
 
-class _RowSlices(ast.NodeTransformer):
+class _RowSlices(Transformer):
     """``x[:, k, i, rest]`` with ``x`` and ``k`` fixed -> ``row[rest]``, ``row`` mapped from
     ``x[:, k, a:b:s]``: vmap hands each iteration its slice, no gather (and no scatter in the
     backward). ``k`` must be an int (checked at run time)."""
@@ -882,7 +891,7 @@ _PURE = (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.BinOp, ast.Un
 def _is_pure(expr: ast.expr) -> bool:
     """Cheap and side-effect free to evaluate again: names, attributes, constants, arithmetic,
     subscripts, and shape queries (``len(x)``, ``x.size(0)``)."""
-    for n in ast.walk(expr):
+    for n in walk(expr):
         if not isinstance(n, _PURE):
             return False
         if isinstance(n, ast.Call):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 import passes.pipeline
-from passes.ast_tools import Namer, PassContext, unparse
+from passes.ast_tools import Namer, PassContext, fix_missing_locations, unparse, walk
 from passes.pipeline import Dump
 
 from .errors import RewriteError, Unsupported
@@ -87,13 +87,13 @@ def parse_function(fn: Any) -> ParsedFunction:
 
 def _find_definition(module: ast.Module, fn: types.FunctionType) -> ast.FunctionDef:
     if fn.__name__ == "<lambda>":
-        lambdas = [n for n in ast.walk(module) if isinstance(n, ast.Lambda)]
+        lambdas = [n for n in walk(module) if isinstance(n, ast.Lambda)]
         if len(lambdas) != 1:
             raise Unsupported("lambda shares its source line with other lambdas")
         lam = lambdas[0]
         func = ast.FunctionDef(name="<lambda>", args=lam.args, body=[ast.Return(lam.body)],
                                decorator_list=[], returns=None, type_comment=None)
-        return ast.fix_missing_locations(ast.copy_location(func, lam))
+        return fix_missing_locations(ast.copy_location(func, lam))
     for node in module.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn.__name__:
             node.decorator_list = []  # the decorators already ran; re-running them would recurse
@@ -136,10 +136,10 @@ def compile_function(tree: ast.Module, fn: types.FunctionType,
     if shadowed:
         factory.body.insert(0, ast.Global(names=shadowed))
     module = ast.Module(body=[factory], type_ignores=[])
-    for node in ast.walk(module):  # the wrappers take the function's own line
+    for node in walk(module):  # the wrappers and generated nodes take the function's own line
         if "lineno" in node._attributes and not hasattr(node, "lineno"):
             ast.copy_location(node, func)
-    ast.fix_missing_locations(module)
+    fix_missing_locations(module)
     flags = sum(f for f in _FUTURE_FLAGS if fn.__code__.co_flags & f)
     code = compile(module, fn.__code__.co_filename, "exec", flags=flags, dont_inherit=True)
     found = _find_code(code, name)
