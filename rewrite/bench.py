@@ -124,7 +124,7 @@ def plan(case: Case, compiled: bool) -> list[str]:
     if case.info.get("target_preprocessing"):
         variants.append("optimized_uncached")
     if case.name.startswith("per_sample_"):
-        variants += ["expert_eager@b256", "optimized_eager@b256"]
+        variants.append("optimized_eager@b256")  # its expert runs paired with it: one job
     if compiled:
         variants += ["expert_compiled", "optimized_compiled"]
     variants.append("naive_eager")

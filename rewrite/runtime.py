@@ -67,6 +67,10 @@ class OptimizedFunction:
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
+        # The one implementation for every input signature, while nothing is decided per signature
+        # (no verify, no lint, no fallback yet): calls skip the signature key.
+        self._uniform: Callable | None = None
+        self._per_signature = options.verify or options.lint
         self._dump_count = [0]
         name, filename, lineno = frontend.describe(fn)
         self._report = Report(name, filename, lineno)
@@ -91,16 +95,18 @@ class OptimizedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._stopped:  # before everything, so the original, the fallbacks and verify agree
             args, kwargs = _detach_named(self._stopped, args, kwargs)
-        key = signature_key(args, kwargs)
-        impl = self._impls.get(key)
+        impl = self._uniform
         if impl is None:
-            impl = self._specialize(key, args, kwargs)
+            key = signature_key(args, kwargs)
+            impl = self._impls.get(key)
+            if impl is None:
+                impl = self._specialize(key, args, kwargs)
         try:
             return impl(*args, **kwargs)
         except Exception as exc:
             if impl is self._original:
                 raise
-            return self._recover(key, impl, exc, args, kwargs)
+            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs)
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Decorating a method in a class body: bind like a function does.
@@ -157,6 +163,7 @@ class OptimizedFunction:
                                     None, key)
                     impl = self._original
             self._impls[key] = impl
+            self._uniform = None if self._per_signature else impl
             return impl
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
@@ -191,7 +198,9 @@ class OptimizedFunction:
         self._fall_back(RewriteError(f"{step}: {type(exc).__name__}: {exc}", self._report.filename,
                                      self._report.lineno), exc, key,
                         running="the eager rewritten function" if eager else None)
-        self._impls[key] = eager or self._original
+        with self._lock:
+            self._impls[key] = eager or self._original
+            self._per_signature, self._uniform = True, None
         return result
 
     def _fall_back(self, error: RewriteError, cause: BaseException | None, key: Any = None,

@@ -184,6 +184,29 @@ def test_runtime_error_in_rewrite_falls_back(monkeypatch, tmp_path):
     _assert_one_fallback(fn, _inputs(), "the rewritten function failed: AttributeError")
 
 
+def test_fallback_is_per_signature(monkeypatch, tmp_path):
+    import ast
+
+    class BreakOnTwoRows(ast.NodeTransformer):  # visibly different (doubled); fails on 2 rows
+        def visit_Return(self, node):
+            node.value = ast.parse("pred.no_such_method() if pred.shape[0] == 2 else "
+                                   "(pred * target).sum() * 2", mode="eval").body
+            return node
+
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("break_it", BreakOnTwoRows)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred * target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False)
+    pred, target = _inputs()
+    rows = {n: (pred[:n], target[:n]) for n in (2, 3, 4)}
+    doubled = {n: 2 * module.loss(*args) for n, args in rows.items()}
+    assert torch.equal(fn(*rows[4]), doubled[4])  # before any fallback: the one rewritten function
+    results, caught = _calls_with_warnings(fn, rows[2])
+    assert len(caught) == 1 and all(torch.equal(r, module.loss(*rows[2])) for r in results)
+    # After it, only that signature runs the original; others, seen or new, keep the rewrite.
+    assert torch.equal(fn(*rows[4]), doubled[4]) and torch.equal(fn(*rows[3]), doubled[3])
+    assert "float32[2, 3]" in fn.report.fallbacks[0].signature
+
+
 def test_users_own_error_is_raised_unchanged(monkeypatch, tmp_path):
     monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("append_pass", AppendPass)])
     module = load_module(tmp_path, "def loss(pred, target):\n    return (pred @ target).sum()\n")
