@@ -658,13 +658,17 @@ class _Loop:
             rows = ast.Subscript(ast.Name(name, ast.Load()),
                                  ast.Tuple(index, ast.Load()) if prefix else index[0], ast.Load())
             dims.append(sum(isinstance(x, ast.Slice) for x in prefix))
-            if not prefix or all(_full(x) for x in prefix):
-                # all rows: the tensor itself, whose backward needs no zero-filled copy
-                whole = [f"b == x.shape[{dims[-1]}]"] + [
-                    f"{v} == {k}" for v, k, bound in (("a", 0, it.start), ("s", 1, it.step))
-                    if not (isinstance(bound, ast.Constant) and bound.value == k)]
-                rows = self._sub(f"x if {' and '.join(whole)} else r", x=ast.Name(name, ast.Load()),
-                                 a=it.start, s=it.step, b=it.stop, r=rows)
+            # All rows: the tensor itself, or `x[i]` for `x[i, a:b:s]`, whose backward needs no
+            # zero-filled copy for the slice (and once an outer loop maps `x[i]`, no op at all).
+            whole = [f"b == x.shape[{len(prefix)}]"] + [
+                f"{v} == {k}" for v, k, bound in (("a", 0, it.start), ("s", 1, it.step))
+                if not (isinstance(bound, ast.Constant) and bound.value == k)]
+            kept = [x for x in prefix if not _full(x)] and prefix  # `x[:, :]` is `x`
+            all_rows = ast.Subscript(ast.Name(name, ast.Load()), ast.Tuple(kept, ast.Load())
+                                     if len(kept) > 1 else kept[0], ast.Load()) if kept else \
+                ast.Name(name, ast.Load())
+            rows = self._sub(f"w if {' and '.join(whole)} else r", w=all_rows,
+                             x=ast.Name(name, ast.Load()), a=it.start, s=it.step, b=it.stop, r=rows)
             inputs.append(rows)
             fixed = sum(not isinstance(x, ast.Slice) for x in prefix)  # int entries drop a dim
             batched.append(self._batched_param(param, inputs[-1], ast.Name(name, ast.Load()),

@@ -715,9 +715,47 @@ GOLDEN_MEAN = ("""
     """)
 
 
+# An inner loop reads row i whole (`x[i]`, no slice of it), which the outer loop maps:
+# the batched form indexes nothing.
+GOLDEN_NESTED = ("""
+    def f(x, w):
+        out = torch.zeros_like(x)
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                out[i, j] = x[i, j] * w[j]
+        return out.sum()
+    """, """
+    def f(x, w):
+        out = torch.zeros_like(x)
+        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and (x.shape[1] <= x.shape[1]) and isinstance(w, torch.Tensor) and (x.shape[1] <= w.shape[0]) and isinstance(out, torch.Tensor) and (len(range(0, x.shape[1], 1)) > 0) and (len(range(0, x.shape[0], 1)) > 0):
+            'optimize_loss: loop at line 3 vectorized'
+
+            def _body_1(_x_row_1):
+                if w.dim() + 1 == x.dim():
+                    _x_row = _x_row_1 if x.shape[1] == x.shape[1] else _x_row_1[0:x.shape[1]:1]
+                    _w_row = w if x.shape[1] == w.shape[0] else w[0:x.shape[1]:1]
+                    _out_item = _x_row * _w_row
+                    _outs = (_out_item,)
+                else:
+
+                    def _body(_x_row, _w_row):
+                        _out_item = _x_row * _w_row
+                        return (torch.as_tensor(_out_item),)
+                    _outs = torch.vmap(_body, in_dims=(0, 0))(_x_row_1 if x.shape[1] == x.shape[1] else _x_row_1[0:x.shape[1]:1], w if x.shape[1] == w.shape[0] else w[0:x.shape[1]:1])
+                _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+                return (torch.as_tensor(_out_item_1),)
+            _outs_1 = torch.vmap(_body_1, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
+            out[0:x.shape[0]:1, 0:x.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+        else:
+            for i in range(x.shape[0]):
+                for j in range(x.shape[1]):
+                    out[i, j] = x[i, j] * w[j]
+        return out.sum()
+    """)
+
 @pytest.mark.parametrize("before, after", [GOLDEN_ACCUMULATOR, GOLDEN_MASKED,
-                                           GOLDEN_CROSS_ENTROPY, GOLDEN_MEAN],
-                         ids=["accumulator", "masked_continue", "cross_entropy", "mean"])
+                                           GOLDEN_CROSS_ENTROPY, GOLDEN_MEAN, GOLDEN_NESTED],
+                         ids=["accumulator", "masked_continue", "cross_entropy", "mean", "nested"])
 def test_golden(before, after):
     code, _ = rewrite_source(before)
     assert code == normalise(after)
