@@ -31,6 +31,12 @@ reason goes to ``node.meta[NOT_HOISTED_BECAUSE]``):
 * it is not a tensor but ``core`` would need it: only tensors cross (a Python number would be
   baked into the compiled core and force a recompile whenever it changes).
 
+What ``core`` reads that is made only of cheap ops (``op_facts.RECOMPUTED``: comparisons,
+logic, ``where``, views) from graph inputs is recomputed in ``core`` instead of cached: with
+``mask = target > 0``, ``core`` computes ``target > 0`` itself and a compiler fuses it into the
+kernel that reads ``target`` anyway. ``target_transform`` still computes the mask when a cached
+value needs it (``mask.sum()``).
+
 Nothing changes (``modified=False``) when no hoisted value reaches ``core``, or when the graph
 module already has a ``target_transform`` (the pass ran).
 """
@@ -65,14 +71,20 @@ def run(gm: torch.fx.GraphModule) -> PassResult:
     hoisted = {n for n, reason in reasons.items()
                if reason is None and n.meta[GRAD_DEPENDENCE] == "target"}
     _shrink(nodes, hoisted, reasons)
+    cheap = _cheap(nodes, hoisted)
+    read = [n for n in nodes if n in hoisted and any(u not in hoisted for u in n.users)]
+    recomputed = _ancestors([n for n in read if n in cheap], cheap)
+    boundary = [n for n in read if n not in cheap]
+    hoisted = _ancestors(boundary, hoisted)  # without what only the core reads, recomputed
+    for n in recomputed - hoisted:
+        reasons[n] = "cheaper to recompute in the core (fused there) than to cache"
     for n in gm.graph.nodes:
         n.meta[HOISTED] = n in hoisted
         if reasons.get(n):
             n.meta[NOT_HOISTED_BECAUSE] = reasons[n]
-    boundary = [n for n in nodes if n in hoisted and any(u not in hoisted for u in n.users)]
     if not boundary:
         return PassResult(gm, False)
-    return PassResult(_split(gm, hoisted, boundary), True)
+    return PassResult(_split(gm, hoisted, boundary, recomputed), True)
 
 
 def _first_mutation(nodes: list[torch.fx.Node]) -> torch.fx.Node | None:
@@ -118,6 +130,27 @@ def _shrink(nodes: list[torch.fx.Node], hoisted: set[torch.fx.Node], reasons: di
             changed = True
 
 
+def _cheap(nodes: list[torch.fx.Node], hoisted: set[torch.fx.Node]) -> set[torch.fx.Node]:
+    """Hoisted tensors made by ``op_facts.RECOMPUTED`` ops from graph inputs and each other."""
+    cheap: set[torch.fx.Node] = set()
+    for n in nodes:  # in graph order: a node's inputs come first
+        if n in hoisted and op_facts.op_name(n) in op_facts.RECOMPUTED and _is_tensor(n) and all(
+                i.op in _INPUTS or i in cheap for i in n.all_input_nodes):
+            cheap.add(n)
+    return cheap
+
+
+def _ancestors(roots: list[torch.fx.Node], within: set[torch.fx.Node]) -> set[torch.fx.Node]:
+    """``roots`` and the nodes of ``within`` they are computed from."""
+    found, todo = set(), list(roots)
+    while todo:
+        n = todo.pop()
+        if n not in found:
+            found.add(n)
+            todo += [i for i in n.all_input_nodes if i in within]
+    return found
+
+
 def _is_tensor(node: torch.fx.Node) -> bool:
     """From Dynamo's fake ``example_value``, or ShapeProp's ``type``; unknown counts as not."""
     for key in ("example_value", "val"):
@@ -127,10 +160,12 @@ def _is_tensor(node: torch.fx.Node) -> bool:
     return isinstance(kind, type) and issubclass(kind, torch.Tensor)
 
 
-def _split(gm: torch.fx.GraphModule, hoisted: set[torch.fx.Node],
-           boundary: list[torch.fx.Node]) -> torch.fx.GraphModule:
+def _split(gm: torch.fx.GraphModule, hoisted: set[torch.fx.Node], boundary: list[torch.fx.Node],
+           recomputed: set[torch.fx.Node]) -> torch.fx.GraphModule:
     inputs = [n for n in gm.graph.nodes if n.op in _INPUTS]
-    rest = [n for n in gm.graph.nodes if n.op not in _INPUTS and n not in hoisted]  # incl. output
+    # The core: the recomputed nodes (of inputs only, so they can go first), then the rest.
+    rest = [n for n in gm.graph.nodes if n in recomputed] + [
+        n for n in gm.graph.nodes if n.op not in _INPUTS and n not in hoisted | recomputed]
     transform, transform_inputs = _subgraph(inputs, [n for n in gm.graph.nodes if n in hoisted],
                                             boundary, [])
     core, core_inputs = _subgraph(inputs, rest, None, boundary)

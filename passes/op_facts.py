@@ -44,6 +44,17 @@ FUNCTORCH = frozenset({
     "_unpack_dual", "enter_dual_level", "exit_dual_level", "_set_fwd_grad_enabled",
 })
 
+# Cheaper to recompute than to cache: comparisons, logic, selection and views. A target-only
+# value made of these (``mask = target > 0``, ``torch.where(mask, target, 0)``) is recomputed by
+# the core, where a compiler fuses it into the kernels that read those inputs anyway; cached, it
+# would be one more tensor to read (on CPU, Inductor reads a bool tensor input several times
+# slower than it recomputes the comparison).
+RECOMPUTED = frozenset({
+    "gt", "lt", "ge", "le", "eq", "ne", "logical_not", "logical_and", "logical_or", "logical_xor",
+    "bitwise_not", "invert", "and_", "or_", "xor", "where", "reshape", "view", "unsqueeze",
+    "squeeze", "expand", "expand_as",
+})
+
 # Functions that write into their first argument (``x[i] = v``, ``x += y``). Methods and
 # functions whose name ends in "_" (``add_``, ``index_put_``, ``torch.relu_``) are in-place too.
 MUTATING_FUNCTIONS = frozenset({

@@ -124,6 +124,48 @@ def test_non_tensors_do_not_cross_to_core():
     assert [n.name for n in gm.target_transform.graph.nodes if n.meta.get(HOISTED)] == ["gt", "sum_2"]
 
 
+# -- cheap values: recomputed in core, not cached ---------------------------------------------
+def mask_and_log1p(pred, target):
+    mask = target > 0
+    kept = torch.where(mask, target, 0.0)
+    return (torch.where(mask, pred - kept, 0.0) ** 2).sum() + (pred * target.log1p()).mean()
+
+
+def only_masks(pred, target):
+    return torch.where(target > 0, pred, 0.0).sum()
+
+
+def core_ops(gm: torch.fx.GraphModule) -> list[str]:
+    return [n.name for n in gm.core.graph.nodes if n.op not in ("placeholder", "output")]
+
+
+def test_cheap_target_values_are_recomputed_in_core():
+    pred, target = torch.randn(8, requires_grad=True), torch.rand(8)
+    gm = split_graph(mask_and_log1p, pred, target)
+    # The log1p is cached; the mask and the masked target are recomputed where they are read.
+    assert [n.name for n in gm.target_transform.graph.nodes if n.op != "placeholder" and n.op != "output"] == ["log1p"]
+    assert {"gt", "where"} <= set(core_ops(gm))
+    assert hoisted(item_count, pred, target) == ["gt", "sum_2"]  # read by a cached sum: both
+    assert_equivalent_split(mask_and_log1p, pred, target)
+
+
+def test_only_cheap_target_values_leave_the_graph_unsplit():
+    gm = trace(only_masks, torch.randn(8, requires_grad=True), torch.randn(8))
+    annotate_grad_dependence.run(gm)
+    code = gm.code
+    result = hoist_target_subgraph.run(gm)
+    assert not result.modified and result.graph_module.code == code
+    gt = next(n for n in gm.graph.nodes if n.name == "gt")
+    assert not gt.meta[HOISTED] and gt.meta[NOT_HOISTED_BECAUSE].startswith("cheaper to recompute")
+
+
+def assert_equivalent_split(fn, *inputs):
+    from rewrite import assert_equivalent
+    for dtype in (torch.float32, torch.float64):
+        cast = [t.detach().to(dtype).requires_grad_(t.requires_grad) for t in inputs]
+        assert_equivalent(fn, split_graph(fn, *cast), *cast)
+
+
 # -- invariants ----------------------------------------------------------------------------------
 def test_each_pass_twice_second_run_reports_no_change():
     example = load("examples/class_weighted_ce.py")
