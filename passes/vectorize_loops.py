@@ -277,6 +277,7 @@ class _Loop:
         self.outs = ctx.namer.new("outs")
         self.uses_where = False
         self.unbatched = ""                            # why the body is mapped with vmap
+        self.batched_if: ast.expr | None = None        # the batched form's own check
 
     def _sub(self, template: str, **subs) -> object:
         return replace(template, loc=self.node, torch_name=self.ctx.torch_name, **subs)
@@ -350,6 +351,8 @@ class _Loop:
             parts.append("tensor conditions as torch.where masks")
         if self.unbatched:
             parts.append(f"vmap: {self.unbatched}")
+        elif self.batched_if is not None:  # other ranks or dtypes than the usual
+            parts.append(f"vmap where `{unparse(self.batched_if)}` does not hold")
         return "; ".join(dict.fromkeys(parts)) or "no effects"
 
     # ----------------------------------------------------------------------------------------
@@ -697,6 +700,7 @@ class _Loop:
             stmts = mapped + self.folds
         else:  # the check holds for the usual shapes; vmap is the general path
             stmts = (plain if check is None else [ast.If(check, plain, mapped)]) + self.folds
+            self.batched_if = check
         for s in stmts:
             ast.copy_location(s, self.node)
         return [fix_missing_locations(s) for s in stmts]

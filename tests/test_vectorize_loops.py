@@ -1124,3 +1124,19 @@ def test_report_names_what_the_runtime_check_needs():
     assert_equivalent(multi_head_list.naive, fast, *multi_head_list.make_inputs("small"))
     (loop,) = fast.report.loops
     assert loop.vectorized and "when `heads` is a tensor, else the loop runs as written" in loop.reason
+
+
+def test_report_names_the_batched_forms_own_check():
+    _, optimized, _, report = build("""
+        def f(pred, target):
+            loss = 0
+            for i in range(len(pred)):
+                loss += (pred[i] - target[i]).abs().sum()
+            return loss
+        """)
+    (loop,) = report.loops
+    assert loop.strategy == "batched"
+    assert "vmap where `target.dim() == pred.dim()` does not hold" in loop.reason
+    # and it does not for a target of one number per row: the vmap form, the same result
+    pred, target = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close(optimized(pred, target), (pred - target[:, None]).abs().sum())
