@@ -149,16 +149,18 @@ _CONSTANT = _Val(False)
 
 def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
           trips: ast.expr, ctx: PassContext, loc: ast.AST, summed: frozenset[str] = frozenset(),
-          averaged: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
+          averaged: frozenset[str] = frozenset(),
+          tensors: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
     """(runtime check or None when always true, statements binding ``outs`` to the stacked
     outputs, the ``summed`` ones summed over the loop, the ``averaged`` ones of those averaged).
-    ``trips``: the number of iterations. Raises ``Unsupported``.
+    ``trips``: the number of iterations; ``tensors``: names known to be tensors (the caller's
+    check proves it). Raises ``Unsupported``.
 
     A body with a set form (a point against a fixed ``w``, see ``loop_rules.SIMILARITY_SET_FORMS``)
     is batched twice, for ``w`` of at most the per-item rank and for ``w`` a set of points: the
     check is that either holds, the code ``if <first check>: <first> else: <second>``."""
     def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
-        b = _Batcher(ctx, loc, trips, summed, averaged, sets)
+        b = _Batcher(ctx, loc, trips, summed, averaged, sets, tensors)
         try:
             return b, b.run(clone(body), params, outputs, outs)  # body stays as given
         except Unsupported as exc:
@@ -224,9 +226,11 @@ def _source(p: Param) -> str | None:
 
 class _Batcher:
     def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str],
-                 averaged: frozenset[str], sets: bool = False):
+                 averaged: frozenset[str], sets: bool = False,
+                 tensors: frozenset[str] = frozenset()):
         self.ctx = ctx
         self.sets = sets                      # fixed operands of set forms are sets of points
+        self.tensors = tensors                # names known to be tensors
         self.set_forms = False                # a set form was met (batch tries ``sets``)
         self.assigned: set[str] = set()       # names the body binds
         self.loc = loc
@@ -577,14 +581,17 @@ class _Batcher:
         """``leaf`` is a Python number, or a tensor that aligns from the right (rank >= 1)."""
         number = f"not isinstance({leaf}, torch.Tensor)"
         positive = _condition(rank - 1, ">=")
-        if positive is False:
-            self.checks[number] = None
-            return
         conds = [c for c in (positive, _condition(rank - Rank.of(f"{leaf}.dim()"), ">="))
                  if c is not True]
-        if False in conds:  # a tensor of higher rank than the item's (x next to x[i])
+        if False in conds:  # 0-d items, or a tensor of higher rank than the item's (x next to x[i])
             conds = []
-        self.checks[f"{number} or ({' and '.join(conds)})" if conds else number] = None
+        if leaf in self.tensors:
+            if not conds:
+                raise Unsupported(f"`{unparse(node)}`: per-item values next to `{leaf}`, a "
+                                  f"tensor of higher rank")
+            self.checks[" and ".join(conds)] = None
+        else:
+            self.checks[f"{number} or ({' and '.join(conds)})" if conds else number] = None
 
     # ------------------------------------------------------------------------------------------
     def _call(self, node: ast.Call) -> tuple[ast.expr, _Val]:

@@ -692,9 +692,10 @@ class _Loop:
                     for k, name in enumerate(self.outputs)]
             mapped += self._sub("o = v", o=self.outs, v=ast.Tuple(outs, ast.Load()))
         try:
+            tensors = frozenset(x.id for x in self._tensors() if isinstance(x, ast.Name))
             check, plain = batch_loop_bodies.batch(body, batched, self.outputs,
                                                    self.outs, trips, self.ctx, self.node, summed,
-                                                   averaged)
+                                                   averaged, tensors)
         except Unsupported as exc:  # an op without a batched form: vmap maps the body
             self.unbatched = exc.reason
             stmts = mapped + self.folds
@@ -732,11 +733,13 @@ class _Loop:
 
     def _device(self) -> ast.expr | None:
         """Where the indexed tensors live: the loop index must be there too."""
-        for g in self.guards:
-            if isinstance(g, ast.Call) and unparse(g.func) == "isinstance" \
-                    and isinstance(g.args[0], (ast.Name, ast.Attribute)):
-                return self._sub("x.device", x=g.args[0])
-        return None
+        tensors = [x for x in self._tensors() if isinstance(x, (ast.Name, ast.Attribute))]
+        return self._sub("x.device", x=tensors[0]) if tensors else None
+
+    def _tensors(self) -> list[ast.expr]:
+        """What the runtime check proves to be tensors (``isinstance(x, torch.Tensor)``)."""
+        return [g.args[0] for g in self.guards if isinstance(g, ast.Call)
+                and unparse(g.func) == "isinstance" and unparse(g.args[1]).endswith(".Tensor")]
 
     def row_param(self, name: str, prefix: list[ast.expr]) -> str:
         """Parameter of the body receiving ``name[prefix..., a:b:s]``, mapped over the loop's
