@@ -164,8 +164,9 @@ def _split(gm: torch.fx.GraphModule, hoisted: set[torch.fx.Node], boundary: list
            recomputed: set[torch.fx.Node]) -> torch.fx.GraphModule:
     inputs = [n for n in gm.graph.nodes if n.op in _INPUTS]
     # The core: the recomputed nodes (of inputs only, so they can go first), then the rest.
+    elsewhere = hoisted | recomputed
     rest = [n for n in gm.graph.nodes if n in recomputed] + [
-        n for n in gm.graph.nodes if n.op not in _INPUTS and n not in hoisted | recomputed]
+        n for n in gm.graph.nodes if n.op not in _INPUTS and n not in elsewhere]
     transform, transform_inputs = _subgraph(inputs, [n for n in gm.graph.nodes if n in hoisted],
                                             boundary, [])
     core, core_inputs = _subgraph(inputs, rest, None, boundary)

@@ -237,13 +237,18 @@ class _Vectorizer(Transformer):
 def _runs_when(guard: ast.expr) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise."""
-    names = sorted({ast.unparse(n.args[0]) for n in walk(guard) if isinstance(n, ast.Call)
-                    and isinstance(n.func, ast.Name) and n.func.id == "isinstance"
-                    and len(n.args) == 2 and ast.unparse(n.args[1]).endswith(".Tensor")})
+    names = sorted({unparse(x) for x in _proven_tensors(guard)})
     if not names:
         return ""
     verb = "is a tensor" if len(names) == 1 else "are tensors"
     return f"; when {', '.join(f'`{n}`' for n in names)} {verb}, else the loop runs as written"
+
+
+def _proven_tensors(guard: ast.expr) -> list[ast.expr]:
+    """What ``guard`` proves to be tensors: its ``isinstance(x, torch.Tensor)`` conjuncts."""
+    return [g.args[0] for g in _conjuncts(guard) if isinstance(g, ast.Call)
+            and isinstance(g.func, ast.Name) and g.func.id == "isinstance" and len(g.args) == 2
+            and unparse(g.args[1]).endswith(".Tensor")]
 
 
 class _Loop:
@@ -692,7 +697,8 @@ class _Loop:
                     for k, name in enumerate(self.outputs)]
             mapped += self._sub("o = v", o=self.outs, v=ast.Tuple(outs, ast.Load()))
         try:
-            tensors = frozenset(x.id for x in self._tensors() if isinstance(x, ast.Name))
+            tensors = frozenset(x.id for x in _proven_tensors(self._check())
+                                if isinstance(x, ast.Name))
             check, plain = batch_loop_bodies.batch(body, batched, self.outputs,
                                                    self.outs, trips, self.ctx, self.node, summed,
                                                    averaged, tensors)
@@ -733,13 +739,9 @@ class _Loop:
 
     def _device(self) -> ast.expr | None:
         """Where the indexed tensors live: the loop index must be there too."""
-        tensors = [x for x in self._tensors() if isinstance(x, (ast.Name, ast.Attribute))]
+        tensors = [x for x in _proven_tensors(self._check())
+                   if isinstance(x, (ast.Name, ast.Attribute))]
         return self._sub("x.device", x=tensors[0]) if tensors else None
-
-    def _tensors(self) -> list[ast.expr]:
-        """What the runtime check proves to be tensors (``isinstance(x, torch.Tensor)``)."""
-        return [g.args[0] for g in self.guards if isinstance(g, ast.Call)
-                and unparse(g.func) == "isinstance" and unparse(g.args[1]).endswith(".Tensor")]
 
     def row_param(self, name: str, prefix: list[ast.expr]) -> str:
         """Parameter of the body receiving ``name[prefix..., a:b:s]``, mapped over the loop's
