@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewrite.report import Report
+from .report import Report
 
 
 class Namer:

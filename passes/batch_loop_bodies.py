@@ -86,7 +86,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from rewrite.errors import Unsupported
+from .errors import Unsupported
 
 from . import loop_rules as rules
 from .ast_tools import PassContext, clone, is_int, replace, unparse, walk

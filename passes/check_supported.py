@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 
-from rewrite.errors import Unsupported
+from .errors import Unsupported
 
 from .ast_tools import PassContext
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rewrite.errors import Unsupported
+from .errors import Unsupported
 
 from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
                         walk)

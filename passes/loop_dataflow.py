@@ -23,7 +23,7 @@ import builtins
 import types
 from dataclasses import dataclass, field
 
-from rewrite.errors import Unsupported
+from .errors import Unsupported
 
 from . import loop_rules as rules
 from . import op_facts

@@ -90,7 +90,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rewrite.errors import Unsupported
+from .errors import Unsupported
 
 from . import loop_rules as rules
 from .ast_tools import PassContext, Transformer, clone, replace, walk

@@ -25,8 +25,8 @@ import ast
 import dis
 import types
 
-from rewrite.errors import RewriteError, Unsupported
-from rewrite.report import Report
+from .errors import RewriteError, Unsupported
+from .report import Report
 
 from .ast_tools import PassContext, walk
 

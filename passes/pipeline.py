@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch.fx
 
-from rewrite.errors import RewriteError, Unsupported
+from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
                optimize_called_helpers, vectorize_loops)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ast
 from typing import Callable
 
-from rewrite.errors import Unsupported
+from .errors import Unsupported
 
 from . import loop_rules as rules
 from .ast_tools import PassContext, Transformer, replace, unparse, walk

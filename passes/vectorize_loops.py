@@ -71,7 +71,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from rewrite.errors import Unsupported
+from .errors import Unsupported
 
 from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, inline_helper_calls,
                loop_dataflow, normalize_comprehensions)

@@ -5,11 +5,12 @@
     @optimize_loss
     def loss(pred, target): ...
 """
+from passes.errors import RewriteError
+from passes.report import Fallback, LoopReport, Report
+
 from .decorator import OptimizedModule, explain, optimize_loss
-from .errors import RewriteError
 from .hoist import split
 from .lint import Finding, GradientFlowWarning, lint
-from .report import Fallback, LoopReport, Report
 from .runtime import OptimizedFunction, RewriteWarning
 from .testing import assert_equivalent
 

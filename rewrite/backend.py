@@ -25,7 +25,7 @@ import torch
 from passes.pipeline import Dump, pass_name, FX_PIPELINE, run_fx_pipeline
 
 from . import hoist
-from .report import Report
+from passes.report import Report
 
 
 class HoistingBackend:

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from .report import Report
+from passes.report import Report
 from .runtime import OptimizedFunction, Options
 
 

@@ -21,8 +21,8 @@ import passes.pipeline
 from passes.ast_tools import Namer, PassContext, fix_missing_locations, unparse, walk
 from passes.pipeline import Dump
 
-from .errors import RewriteError, Unsupported
-from .report import Report
+from passes.errors import RewriteError, Unsupported
+from passes.report import Report
 
 # Name generated code uses for torch when the function's own `torch` is not the torch module.
 TORCH_ALIAS = "__optimize_loss_torch"

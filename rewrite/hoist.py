@@ -46,8 +46,8 @@ from torch.utils._pytree import tree_map
 from passes import annotate_grad_dependence, hoist_target_subgraph, op_facts
 from passes.meta_keys import GRAD_DEPENDENCE, HOISTED, NOT_HOISTED_BECAUSE, REQUIRES_GRAD, USER_LOCATION
 
-from .errors import RewriteError
-from .report import Report
+from passes.errors import RewriteError
+from passes.report import Report
 
 # Entries per cached call: a fixed style target or class-weight vector needs one; a few more
 # cover alternating targets (train/validation); fresh targets every call are evicted as they die.

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from html import escape
 
-from .errors import RewriteError
+from passes.errors import RewriteError
 
 # Node class -> (fill colour, legend text): the graph picture and the page's legend.
 CLASS_COLOURS = {

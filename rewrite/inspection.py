@@ -54,7 +54,7 @@ from passes.pipeline import run_fx_pipeline
 
 from . import frontend
 from .decorator import optimize_loss
-from .errors import Unsupported
+from passes.errors import Unsupported
 from .html_report import CLASS_COLOURS, render_html
 from .inputs import SPEC_HELP, InputError, build_inputs, load_target
 from .lint import caller_location, lint, user_location

@@ -27,9 +27,9 @@ from torch.utils._pytree import tree_map
 
 from . import frontend
 from .backend import HoistingBackend
-from .errors import RewriteError, Unsupported
+from passes.errors import RewriteError, Unsupported
 from .lint import warn as lint_warn
-from .report import Fallback, Report
+from passes.report import Fallback, Report
 from .testing import differences
 
 

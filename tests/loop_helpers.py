@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from passes import vectorize_loops
 from passes.ast_tools import Namer, PassContext, unparse
-from rewrite.report import Report
+from passes.report import Report
 
 
 def dedent(src: str) -> str:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from rewrite import assert_equivalent
 from rewrite.backend import HoistingBackend
-from rewrite.report import Report
+from passes.report import Report
 
 
 def weighted_mse(pred, target, weights):

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from passes.ast_tools import replace, unparse
 from rewrite import frontend
-from rewrite.errors import Unsupported
+from passes.errors import Unsupported
 from rewrite.runtime import signature_key
 from tests.helpers import load_module
 

@@ -16,7 +16,7 @@ from examples._check import load
 from passes import hoist_target_subgraph
 from passes.pipeline import run_fx_pipeline
 from rewrite import RewriteWarning, assert_equivalent, optimize_loss, split
-from rewrite.errors import RewriteError
+from passes.errors import RewriteError
 from rewrite.hoist import CACHE_SIZE, HoistedCall, TargetCache, trace
 
 SEED_000 = ["masked_mse", "target_scaling", "log1p_target", "class_weighted_ce"]

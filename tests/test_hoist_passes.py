@@ -10,7 +10,7 @@ from examples._check import load
 from passes import annotate_grad_dependence, hoist_target_subgraph
 from passes.meta_keys import GRAD_DEPENDENCE, HOISTED, NOT_HOISTED_BECAUSE
 from passes.pipeline import run_fx_pipeline
-from rewrite.errors import RewriteError
+from passes.errors import RewriteError
 from rewrite.hoist import trace
 
 

@@ -6,7 +6,7 @@ import ast
 import pytest
 
 from passes import loop_dataflow
-from rewrite.errors import Unsupported
+from passes.errors import Unsupported
 from tests.loop_helpers import context, dedent, namespace
 
 

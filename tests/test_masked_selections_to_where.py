@@ -19,7 +19,7 @@ import examples.masked_mse
 import rewrite
 from passes import loop_dataflow, masked_selections_to_where, vectorize_loops
 from passes.ast_tools import unparse
-from rewrite.errors import Unsupported
+from passes.errors import Unsupported
 from rewrite.testing import assert_equivalent
 from tests.helpers import load_module
 from tests.loop_helpers import (context, dedent, finite_grads, namespace, normalise,

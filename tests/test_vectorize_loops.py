@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import examples
 import rewrite
 from passes import batch_loop_bodies, vectorize_loops
-from rewrite.errors import Unsupported
+from passes.errors import Unsupported
 from rewrite.testing import assert_equivalent
 from tests.helpers import load_module
 from tests.loop_helpers import (build, context, dedent, finite_grads, namespace, normalise,

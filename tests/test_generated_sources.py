@@ -1,0 +1,56 @@
+"""Golden suite: the code the AST passes generate for every function of every example, with the
+loop report, compared byte for byte with ``tests/golden/examples/<name>.txt``.
+
+The snapshot was taken before the vectorizer was restructured into stages; a change to generated
+code must be deliberate: regenerate with ``OL_UPDATE_GOLDEN=1 pytest tests/test_generated_sources.py``
+and review the diff of the golden files.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+
+import pytest
+
+from passes.errors import RewriteError, Unsupported
+from rewrite.frontend import rewrite_function
+from passes.report import Report
+from tests.test_examples import NAMES
+
+GOLDEN = Path(__file__).parent / "golden" / "examples"
+ROOT = Path(__file__).parent.parent
+
+
+def generated(name: str) -> str:
+    """Every function the example module defines, as the AST passes rewrite it, with its loops."""
+    module = importlib.import_module(f"examples.{name}")
+    out = []
+    for fname, fn in sorted(vars(module).items()):
+        if not inspect.isfunction(fn) or fn.__module__ != module.__name__ or fname == "make_inputs":
+            continue
+        report = Report(fn.__qualname__, "", 0)
+        try:
+            _, changed = rewrite_function(fn, report)
+        except (Unsupported, RewriteError) as exc:
+            out.append(f"### {fname}: not rewritten: {exc}\n")
+            continue
+        loops = "".join(f"# {loop}\n" for loop in sorted(report.loops, key=lambda l: l.lineno))
+        body = report.rewritten_source if changed else "(unchanged)"
+        out.append(f"### {fname}\n{loops}{body}\n")
+    return "\n".join(out).replace(str(ROOT) + os.sep, "")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generated_source_is_the_golden_one(name):
+    path = GOLDEN / f"{name}.txt"
+    text = generated(name)
+    if os.environ.get("OL_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"no golden file for {name}: run with OL_UPDATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+def test_every_example_has_a_golden_file_and_no_stale_ones():
+    assert sorted(p.stem for p in GOLDEN.glob("*.txt")) == NAMES
