@@ -1,5 +1,5 @@
-"""The examples suite: every ``examples/<name>.py`` follows the convention and its naive and expert
-losses agree in value and in every gradient."""
+"""The examples suites: every ``examples/<name>.py`` and ``examples/real/<name>.py`` follows the
+convention and its naive and expert losses agree in value and in every gradient."""
 from __future__ import annotations
 
 import importlib
@@ -11,10 +11,19 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 import examples
+import examples.real
 from rewrite.testing import assert_equivalent
 
-NAMES = sorted(m.name for m in pkgutil.iter_modules(examples.__path__)
-               if not m.name.startswith("_") and m.name != "demo")
+
+def discover(package, prefix: str = "") -> list[str]:
+    return sorted(prefix + m.name for m in pkgutil.iter_modules(package.__path__)
+                  if not m.ispkg and not m.name.startswith("_") and m.name != "demo")
+
+
+NAMES = discover(examples)
+# The real-code corpus: losses paraphrased from public repositories, named "real.<module>".
+REAL_NAMES = discover(examples.real, "real.")
+ALL = NAMES + REAL_NAMES
 DTYPES = [torch.float32, torch.float64]
 SEEDS = [0, 1, 2]
 
@@ -33,7 +42,7 @@ def test_discovers_the_suite():
     assert len(NAMES) >= 22 and "slow_add" in NAMES and "ge2e" in NAMES
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_follows_the_convention(name):
     module = load(name)
     assert module.__doc__ and len(module.__doc__.split()) >= 20, "docstring must explain the pattern"
@@ -48,14 +57,14 @@ def test_follows_the_convention(name):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_naive_matches_expert(name, dtype, seed):
     module = load(name)
     assert_equivalent(module.naive, module.expert, *module.make_inputs("small", dtype, seed))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_naive_gradients_are_finite(name, dtype):
     # assert_equivalent treats NaN == NaN as equal, so a NaN in both versions would slip through.
     module = load(name)
@@ -67,7 +76,7 @@ def test_naive_gradients_are_finite(name, dtype):
         assert torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_make_inputs_is_deterministic(name):
     module = load(name)
     first, again, other = (tensors(module.make_inputs("small", seed=s)) for s in (0, 0, 1))
@@ -76,7 +85,7 @@ def test_make_inputs_is_deterministic(name):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_make_inputs_dtypes_and_requires_grad(name, dtype):
     module = load(name)
     inputs = module.make_inputs("small", dtype)
@@ -92,3 +101,11 @@ def test_make_inputs_dtypes_and_requires_grad(name, dtype):
     bound = inspect.signature(module.naive).bind(*inputs).arguments
     for arg in module.CASE.get("target_args", ()):
         assert not any(t.requires_grad for t in tensors(bound[arg]))
+
+
+@pytest.mark.parametrize("name", REAL_NAMES)
+def test_real_losses_name_their_source_and_field(name):
+    case = load(name).CASE
+    repo, _, path = case["source"].partition(":")
+    assert repo.count("/") == 1 and path.endswith(".py"), "source is 'owner/repo:path/file.py'"
+    assert case["field"] in examples.real.FIELDS
