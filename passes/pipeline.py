@@ -13,7 +13,8 @@ import torch.fx
 from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
-               optimize_called_helpers, vectorize_loops)
+               optimize_called_helpers)
+from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
 
 # Runs before AST_PIPELINE; refuses whole functions, with a reason.

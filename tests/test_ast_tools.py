@@ -10,7 +10,7 @@ import pytest
 from passes import ast_tools
 from passes.ast_tools import Transformer, clone, fix_missing_locations, replace, walk
 
-SOURCE = (Path(__file__).parent.parent / "passes" / "vectorize_loops.py").read_text()
+SOURCE = (Path(__file__).parent.parent / "passes" / "loops" / "vectorize_loops.py").read_text()
 
 
 def _dump(node: ast.AST) -> str:

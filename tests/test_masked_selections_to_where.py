@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import examples.masked_mse
 import rewrite
-from passes import loop_dataflow, masked_selections_to_where, vectorize_loops
+from passes.loops import loop_dataflow, masked_selections_to_where, vectorize_loops
 from passes.ast_tools import unparse
 from passes.errors import Unsupported
 from rewrite.testing import assert_equivalent

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import examples
 import rewrite
-from passes import batch_loop_bodies, vectorize_loops
+from passes.loops import batch_loop_bodies, vectorize_loops
 from passes.errors import Unsupported
 from rewrite.testing import assert_equivalent
 from tests.helpers import load_module

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import ast
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, replace
+from .. import loop_rules as rules
+from ..ast_tools import PassContext, Transformer, replace
 from .loop_dataflow import depends, method_name, resolve_call
 
 

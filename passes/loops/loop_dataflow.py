@@ -23,11 +23,11 @@ import builtins
 import types
 from dataclasses import dataclass, field
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from . import loop_rules as rules
-from . import op_facts
-from .ast_tools import PassContext, is_int, unparse, walk
+from .. import loop_rules as rules
+from .. import op_facts
+from ..ast_tools import PassContext, is_int, unparse, walk
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import ast
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, clone, fix_missing_locations, replace, walk
+from .. import loop_rules as rules
+from ..ast_tools import PassContext, Transformer, clone, fix_missing_locations, replace, walk
 from .loop_dataflow import child_blocks, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})

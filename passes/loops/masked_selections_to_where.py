@@ -90,10 +90,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, clone, replace, walk
+from .. import loop_rules as rules
+from ..ast_tools import PassContext, Transformer, clone, replace, walk
 from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
                             resolve_call, stores, variant_names, write_entries)
 from .tensor_branches_to_where import Sanitize

@@ -71,13 +71,13 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
 from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, inline_helper_calls,
                loop_dataflow, normalize_comprehensions)
-from . import loop_rules as rules
+from .. import loop_rules as rules
 from . import masked_selections_to_where, tensor_branches_to_where
-from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, is_int, replace,
+from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, is_int, replace,
                         unparse, walk)
 from .loop_dataflow import Effect, depends, loads, resolve_call
 

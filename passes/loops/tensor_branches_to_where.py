@@ -26,10 +26,10 @@ from __future__ import annotations
 import ast
 from typing import Callable
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, replace, unparse, walk
+from .. import loop_rules as rules
+from ..ast_tools import PassContext, Transformer, replace, unparse, walk
 from .loop_dataflow import (Effect, LoopFacts, depends, is_shape_query, method_name,
                             resolve_call, stores)
 

@@ -86,10 +86,10 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, clone, is_int, replace, unparse, walk
+from .. import loop_rules as rules
+from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
 from .loop_dataflow import is_shape_query, method_name, resolve_call
 
 

@@ -52,9 +52,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
+from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
                         walk)
 from .loop_dataflow import loads, resolve_call, stores
 

@@ -1,0 +1,1 @@
+"""The loop vectorizer: ``vectorize_loops`` (the AST pass) and the stages it runs on each loop."""
