@@ -15,6 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import loop_rules as rules
 from .report import Report
 
 
@@ -275,6 +276,35 @@ def walk(node: ast.AST):
 def is_int(node: ast.AST | None, value: int) -> bool:
     """``node`` is the int literal ``value`` (not ``0.0``, not ``False``)."""
     return isinstance(node, ast.Constant) and type(node.value) is int and node.value == value
+
+
+_PURE = (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.BinOp, ast.UnaryOp, ast.Slice,
+         ast.Tuple, ast.Load, ast.operator, ast.unaryop, ast.Call, ast.keyword)
+
+
+def is_pure(expr: ast.expr) -> bool:
+    """Cheap and side-effect free to evaluate again: names, attributes, constants, arithmetic,
+    subscripts, and shape queries (``len(x)``, ``x.size(0)``)."""
+    for n in walk(expr):
+        if not isinstance(n, _PURE):
+            return False
+        if isinstance(n, ast.Call):
+            f = n.func
+            ok = (isinstance(f, ast.Name) and f.id in ("len", "min", "max", "int")) or (
+                isinstance(f, ast.Attribute) and f.attr in rules.SHAPE_METHODS)
+            if not ok:
+                return False
+    return True
+
+
+def write_target(stmt: ast.stmt) -> ast.expr:
+    """The target of ``x[...] = v`` or ``x[...] op= v``."""
+    return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+
+
+def is_name(node: ast.AST | None, name: str) -> bool:
+    """``node`` is the name ``name``."""
+    return isinstance(node, ast.Name) and node.id == name
 
 
 def unparse(tree: ast.AST) -> str:

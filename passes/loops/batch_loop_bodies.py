@@ -89,8 +89,10 @@ from dataclasses import dataclass
 from ..errors import Unsupported
 
 from .. import loop_rules as rules
-from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
+from ..ast_tools import PassContext, clone, fix_missing_locations, is_int, replace, unparse, walk
 from .loop_dataflow import is_shape_query, method_name, resolve_call
+from .plan import LoopPlan
+from .runtime_checks import proven_tensors
 
 
 @dataclass(frozen=True)
@@ -147,22 +149,39 @@ class _Val:
 _CONSTANT = _Val(False)
 
 
-def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
-          trips: ast.expr, ctx: PassContext, loc: ast.AST, summed: frozenset[str] = frozenset(),
-          averaged: frozenset[str] = frozenset(),
-          tensors: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
-    """(runtime check or None when always true, statements binding ``outs`` to the stacked
-    outputs, the ``summed`` ones summed over the loop, the ``averaged`` ones of those averaged).
-    ``trips``: the number of iterations; ``tensors``: names known to be tensors (the caller's
-    check proves it). Raises ``Unsupported``.
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """``plan.stmts``: the batched form of ``plan.body`` behind its own check, ``plan.mapped``
+    (vmap) the else, then ``plan.folds``; when an op has no batched form, ``plan.mapped`` and the
+    folds (``plan.unbatched`` says why)."""
+    try:
+        check, plain = batch(plan, ctx)
+    except Unsupported as exc:  # an op without a batched form: vmap maps the body
+        plan.unbatched = exc.reason
+        stmts = plan.mapped + plan.folds
+    else:  # the check holds for the usual shapes; vmap is the general path
+        stmts = (plain if check is None else [ast.If(check, plain, plan.mapped)]) + plan.folds
+        plan.batched_if = check
+    plan.stmts = [fix_missing_locations(ast.copy_location(s, plan.node)) for s in stmts]
+    return plan
+
+
+def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
+    """(runtime check or None when always true, statements binding ``plan.outs`` to the stacked
+    outputs, the summed ones summed over the loop, the averaged ones of those averaged). Names
+    the loop's check proves to be tensors are known to be tensors here. Raises ``Unsupported``.
 
     A body with a set form (a point against a fixed ``w``, see ``loop_rules.SIMILARITY_SET_FORMS``)
     is batched twice, for ``w`` of at most the per-item rank and for ``w`` a set of points: the
     check is that either holds, the code ``if <first check>: <first> else: <second>``."""
+    trips = plan.iteration.trips(plan)
+    tensors = frozenset(x.id for x in proven_tensors(plan.checks.expr())
+                        if isinstance(x, ast.Name))
+
     def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
-        b = _Batcher(ctx, loc, trips, summed, averaged, sets, tensors)
-        try:
-            return b, b.run(clone(body), params, outputs, outs)  # body stays as given
+        b = _Batcher(ctx, plan.node, trips, plan.summed_parts(), plan.averaged_parts(), sets,
+                     tensors)
+        try:  # the body stays as given
+            return b, b.run(clone(plan.body), plan.params, plan.outputs, plan.outs)
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import ast
 
+from .. import ast_marks
 from .. import loop_rules as rules
 from ..ast_tools import PassContext, Transformer, replace
-from .loop_dataflow import depends, method_name, resolve_call
+from .loop_dataflow import depends, method_name, resolve_call, variant_names
+from .plan import LoopPlan
 
 
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext) -> list[ast.stmt]:
@@ -70,5 +72,14 @@ class _HostToTensor(Transformer):
 
 def _kind(node: ast.expr, host: str) -> ast.expr:
     """Remember which Python number the original produced here (``NUMBER_FOLD``)."""
-    node.host_number = rules.HOST_NUMBER_KIND.get(host)
+    ast_marks.put(node, ast_marks.HOST_NUMBER, rules.HOST_NUMBER_KIND.get(host))
     return node
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """Finds the names that vary with the iteration (``plan.variant``), then rewrites."""
+    it = plan.iteration
+    seeds = {it.index} | {name for name, _ in it.elements}
+    plan.variant = variant_names(plan.body, seeds, ctx)
+    plan.body = rewrite(plan.body, plan.variant, ctx)
+    return plan

@@ -1,7 +1,7 @@
 """Calls to small same-module helper functions inside a loop body are inlined, in the body being
 vectorized, so the body is straight-line code of known ops (its batched form takes no user calls).
 
-``vectorize_loops`` runs this on its copy of a loop body (``_Loop.build``); the loop as written
+``vectorize_loops`` runs this stage on its copy of a loop body (``LOOP_STAGES``); the loop as written
 stays the else of the vectorized form, so the helper is called there as before::
 
     SMOOTH = 1.0
@@ -57,6 +57,7 @@ from ..errors import Unsupported
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
                         walk)
 from .loop_dataflow import loads, resolve_call, stores
+from .plan import LoopPlan
 
 MAX_DEPTH = 3  # helpers called by inlined helpers: inlined down to this depth
 # Builtins that observe the frame the code runs in: inlined, they would see the caller's.
@@ -404,3 +405,8 @@ def _arguments(call: ast.Call, helper: _Helper) -> list[tuple[str, object]]:
             raise Unsupported(f"the default of `{param}` is not a constant")
         given.append((param, defaults[param]))
     return given
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    plan.body, plan.helper_checks = rewrite(plan.node, plan.body, ctx)
+    return plan

@@ -23,6 +23,7 @@ import builtins
 import types
 from dataclasses import dataclass, field
 
+from .. import ast_marks
 from ..errors import Unsupported
 
 from .. import loop_rules as rules
@@ -58,15 +59,13 @@ def stores(stmt: ast.stmt) -> set[str]:
     names = {n.id for t in targets for n in walk(t)
              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     if not isinstance(stmt, (ast.If, ast.For, ast.While, ast.With, ast.Try)):  # walrus
-        walrus = stmt.__dict__.get(_WALRUS)
+        walrus = ast_marks.get(stmt, ast_marks.WALRUS_TARGETS)
         if walrus is None:  # cached on the node: passes never add or remove a walrus
             walrus = frozenset(n.target.id for n in walk(stmt) if isinstance(n, ast.NamedExpr))
-            setattr(stmt, _WALRUS, walrus)
+            ast_marks.put(stmt, ast_marks.WALRUS_TARGETS, walrus)
         names |= walrus
     return names
 
-
-_WALRUS = "walrus_targets"
 
 
 def stmt_loads(stmt: ast.stmt) -> set[str]:
@@ -718,7 +717,7 @@ def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
     boolean: set[str] = set()
     for s in _simple_stmts(body):
         for sub in (n for n in walk(s) if isinstance(n, ast.Subscript)):
-            if getattr(sub, "where_converted", False):
+            if ast_marks.get(sub, ast_marks.WHERE_CONVERTED, False):
                 continue
             if any(is_boolean(e, boolean, ctx) for e in write_entries(sub)):
                 raise Unsupported(f"boolean mask indexing `{unparse(sub)}`: the number of "

@@ -81,7 +81,8 @@ its "boolean mask indexing" reason): a selection stored, appended, returned, sha
 indexed again, under a conditional expression, or fed to a non-elementwise op or a reduction
 with arguments; two masks in one op; a tuple index; Python ``and``/``not`` in a mask; a mask
 bound twice or that does not vary. The converted selections are marked on the user's nodes
-(``CONVERTED``), so that check, run on the body as written, only sees what is left.
+(``ast_marks.WHERE_CONVERTED``), so that check, run on the body as written, only sees what
+is left.
 """
 from __future__ import annotations
 
@@ -90,16 +91,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import ast_marks
 from ..errors import Unsupported
 
 from .. import loop_rules as rules
 from ..ast_tools import PassContext, Transformer, clone, replace, walk
 from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
                             resolve_call, stores, variant_names, write_entries)
+from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
-
-# Marks a user's subscript converted here: loop_dataflow's mask-indexing check skips it.
-CONVERTED = "where_converted"
 
 # Full reductions of a selection: method name / function -> dense form.
 REDUCTION_METHODS = {"sum": "sum", "mean": "mean", "max": "max", "amax": "amax", "min": "min",
@@ -248,7 +248,7 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
     except (_Refused, Unsupported):
         return Dense(body, ctx=ctx)
     for sub in converter.converted:
-        setattr(users[id(sub)], CONVERTED, True)
+        ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
     return Dense(dense, converter.guards, converter.empty, ctx)
 
 
@@ -411,14 +411,14 @@ class _Converter:
             return self._sub(DENSE_FORMS[form], call, k=keep, v=value)
         if form == "len":
             out = self._sub(DENSE_FORMS[form], call, k=keep)
-            out.host_number = COUNT_KIND
+            ast_marks.put(out, ast_marks.HOST_NUMBER, COUNT_KIND)
             return out
         vals = self.ctx.namer.new("vals")
         self.pre += self._sub("v = e", call, v=vals, e=value)
         if form in ("mean", "numel"):
             out = self._sub(DENSE_FORMS[form], call, k=keep, v=vals)
             if form == "numel":
-                out.host_number = COUNT_KIND
+                ast_marks.put(out, ast_marks.HOST_NUMBER, COUNT_KIND)
             return out
         counter = self.counters.get(form)
         if counter is None:
@@ -642,10 +642,10 @@ class _Rewrite(Transformer):
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
         if isinstance(node.op, COUNT_BINOPS) and all(
-                getattr(x, "host_number", None) == COUNT_KIND
+                ast_marks.get(x, ast_marks.HOST_NUMBER) == COUNT_KIND
                 or (isinstance(x, ast.Constant) and type(x.value) is int)
                 for x in (node.left, node.right)):
-            node.host_number = COUNT_KIND  # `len(x[m]) + 1` is still a Python int
+            ast_marks.put(node, ast_marks.HOST_NUMBER, COUNT_KIND)  # `len(x[m]) + 1` is still a Python int
         return node
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
@@ -709,3 +709,12 @@ def _pure(e: ast.expr, ctx: PassContext) -> bool:
                 | rules.BATCHED_ELEMENTWISE_METHODS):
             return False
     return True
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """The plan's body with its selections converted; the body as written is kept for the check
+    (the converted selections in it marked ``ast_marks.WHERE_CONVERTED``)."""
+    it = plan.iteration
+    plan.selections = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx)
+    plan.written, plan.body = plan.body, plan.selections.body
+    return plan
