@@ -28,7 +28,7 @@ from ..errors import Unsupported
 
 from .. import loop_rules as rules
 from .. import op_facts
-from ..ast_tools import PassContext, is_int, unparse, walk
+from ..ast_tools import PassContext, is_int, is_name, unparse, walk, write_target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,7 +606,7 @@ def _match_accumulator(s: ast.stmt, name: str, ctx: PassContext) -> Effect | Non
         family = rules.ACC_BINOPS[type(value.op)]
         ops = (ast.Add, ast.Sub) if family == "sum" else (ast.Mult,)
         terms = _chain(value, ops, False)
-        own = [k for k, (t, neg) in enumerate(terms) if _is_name(t, name)]
+        own = [k for k, (t, neg) in enumerate(terms) if is_name(t, name)]
         if len(own) != 1 or terms[own[0]][1]:
             return None
         rest = [t for k, t in enumerate(terms) if k != own[0]]
@@ -618,9 +618,9 @@ def _match_accumulator(s: ast.stmt, name: str, ctx: PassContext) -> Effect | Non
     if isinstance(value, ast.Call) and len(value.args) == 2 and not value.keywords:
         family = rules.ACC_CALLS.get(resolve_call(value.func, ctx) or "")
         a, b = value.args
-        if family and _is_name(a, name) and name not in loads(b):
+        if family and is_name(a, name) and name not in loads(b):
             return Effect("acc", name, s, b, family)
-        if family and _is_name(b, name) and name not in loads(a):
+        if family and is_name(b, name) and name not in loads(a):
             return Effect("acc", name, s, a, family)
     return None
 
@@ -640,10 +640,6 @@ def _rebuild(terms: list[tuple[ast.expr, bool]], family: str) -> ast.expr:
         op = ast.Mult() if family == "prod" else (ast.Sub() if neg else ast.Add())
         expr = ast.BinOp(expr, op, t)
     return ast.copy_location(expr, first)
-
-
-def _is_name(node: ast.AST, name: str) -> bool:
-    return isinstance(node, ast.Name) and node.id == name
 
 
 def _recurrence(name: str, s: ast.stmt) -> Unsupported:
@@ -678,7 +674,7 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
         for r in readers:
             eff = facts.effects.get(id(r))
             if not (scan_ok and eff is not None and eff.kind in ("append", "write")
-                    and not eff.family and _is_name(eff.value, name) and id(r) in top
+                    and not eff.family and is_name(eff.value, name) and id(r) in top
                     and top.index(id(r)) > top.index(id(update.stmt))):
                 raise Unsupported(f"`{name}` is read in the loop body (line {r.lineno}) after "
                                   f"being updated: a loop-carried recurrence", r.lineno)
@@ -688,7 +684,7 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
 
 def _reads_of(node: ast.AST, name: str, ctx: PassContext) -> list[ast.Name]:
     """Occurrences of ``name`` in ``node``, except inside shape queries (``out.dim()``)."""
-    if _is_name(node, name):
+    if is_name(node, name):
         return [node]
     if is_shape_query(node, ctx):
         return []
@@ -734,21 +730,21 @@ def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
     mentioned: dict[int, set[str]] = {}  # id(expr) -> the names in it, walked once
     for name, kind in {(e.name, e.kind) for e in facts.effects.values()
                        if e.kind in ("append", "write")}:
-        slots = {_slot(_write_target(e.stmt), index) for e in facts.of_kind("write")
+        slots = {_slot(write_target(e.stmt), index) for e in facts.of_kind("write")
                  if e.name == name}
         written = False
         for s in _simple_stmts(body):
             own = facts.effects.get(id(s))
             exprs = header_exprs(s) if isinstance(s, ast.If) else [s]
             if own is not None and own.name == name:
-                exprs = [own.value] + ([_write_target(own.stmt).slice] if kind == "write" else [])
+                exprs = [own.value] + ([write_target(own.stmt).slice] if kind == "write" else [])
             for expr in exprs:
                 if id(expr) not in mentioned:
                     mentioned[id(expr)] = {n.id for n in walk(expr) if isinstance(n, ast.Name)}
                 if name not in mentioned[id(expr)]:
                     continue  # most statements: no read of `name`, no slot of it
                 own_slot = [n for n in walk(expr) if isinstance(n, ast.Subscript)
-                            and _is_name(n.value, name) and len(slots) == 1
+                            and is_name(n.value, name) and len(slots) == 1
                             and _slot(n, index) in slots and None not in slots and not written]
                 reads = _reads_of(expr, name, ctx)
                 if len(reads) > len(own_slot) or any(
@@ -759,15 +755,11 @@ def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
             written |= own is not None and own.name == name
 
 
-def _write_target(stmt: ast.stmt) -> ast.Subscript:
-    return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
-
-
 def _slot(sub: ast.Subscript, index: str) -> int | None:
     """Position of the bare loop index in ``sub``'s entries (only ints and slices before it)."""
     entries = write_entries(sub)
     for k, e in enumerate(entries):
-        if _is_name(e, index):
+        if is_name(e, index):
             return k
         if isinstance(e, ast.Starred) or _is_ellipsis(e) or (
                 isinstance(e, ast.Constant) and e.value is None):
@@ -786,15 +778,15 @@ def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
     keeps the slots of different iterations apart), ``counts[t[i]] += 1`` (without ``i`` the
     slots may repeat: only ``+=``/``-=``, which add up in any order)."""
     for eff in facts.of_kind("write"):
-        target = _write_target(eff.stmt)
+        target = write_target(eff.stmt)
         same = [e for e in facts.of_kind("write") if e.name == eff.name]
         if eff.masked and not eff.family and (
-                len({unparse(_write_target(e.stmt)) for e in same}) > 1
+                len({unparse(write_target(e.stmt)) for e in same}) > 1
                 or any(e.family for e in same)):
             raise Unsupported(f"conditional write `{unparse(target)}` mixed with other writes "
                               f"into `{eff.name}`", eff.stmt.lineno)
         entries = write_entries(target)
-        at = [k for k, e in enumerate(entries) if _is_name(e, index)]
+        at = [k for k, e in enumerate(entries) if is_name(e, index)]
         others = [e for k, e in enumerate(entries) if k not in at]
         if len(at) <= 1 and any(data_index(e, facts, ctx) for e in others):
             _check_data_indexed_write(eff, entries, bool(at))
@@ -815,7 +807,7 @@ def data_index(entry: ast.expr, facts: LoopFacts, ctx: PassContext) -> bool:
 
 
 def _check_data_indexed_write(eff: Effect, entries: list[ast.expr], by_index: bool) -> None:
-    target = unparse(_write_target(eff.stmt))
+    target = unparse(write_target(eff.stmt))
     if any(isinstance(e, (ast.Slice, ast.Starred)) or _is_ellipsis(e)
            or (isinstance(e, ast.Constant) and e.value is None) for e in entries):
         raise Unsupported(f"write `{target}`: a data-dependent index next to slices",

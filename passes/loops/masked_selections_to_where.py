@@ -310,7 +310,7 @@ class _Converter:
                 counts[name] = counts.get(name, 0) + 1
         self.assigned = set(counts)
         self.once = {n for n, k in counts.items() if k == 1}
-        self.masks = self._strict_masks(body)
+        self.masks = _strict_masks(body, ctx)
         self.scalars: set[str] = set()
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
         self.converted: list[ast.Subscript] = []
@@ -523,46 +523,12 @@ class _Converter:
         return _Group(mask, ast.dump(mask), {ast.dump(base): base})
 
     def _is_mask(self, m: ast.expr) -> bool:
-        if not (self._strict(m, self.masks) and depends(m, self.variant, self.ctx)):
+        if not (_strict(m, self.masks, self.ctx) and depends(m, self.variant, self.ctx)):
             return False
         if loads(m) & ((self.assigned - self.once) | self.selected.keys()):
             return False  # a name bound twice could be a different mask at each use
         return not any(isinstance(n, ast.Subscript) and _is_selection(n, self.lenient, self.ctx)
                        for n in walk(m))
-
-    def _strict(self, m: ast.expr, names: set[str]) -> bool:
-        """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
-        if isinstance(m, ast.Name):
-            return m.id in names
-        if isinstance(m, ast.Compare):
-            return len(m.ops) == 1 and _pure(m, self.ctx)
-        if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
-            return self._strict(m.operand, names)
-        if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
-            return self._strict(m.left, names) and self._strict(m.right, names)
-        if isinstance(m, ast.Call):
-            return (resolve_call(m.func, self.ctx) in rules.BOOLEAN_FUNCS
-                    or method_name(m, self.ctx) in rules.BOOLEAN_METHODS) and _pure(m, self.ctx)
-        return False
-
-    def _strict_masks(self, body: list[ast.stmt]) -> set[str]:
-        """Names every binding of which in the body is a mask."""
-        binds: dict[str, list[ast.expr | None]] = {}
-        for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
-            for name in stores(s):
-                value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
-                    and isinstance(s.targets[0], ast.Name) else None
-                binds.setdefault(name, []).append(value)
-        names: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for name, values in binds.items():
-                if name not in names and all(v is not None and self._strict(v, names)
-                                             for v in values):
-                    names.add(name)
-                    changed = True
-        return names
 
     # -- code ------------------------------------------------------------------------------------
     def keep(self, group: _Group, loc: ast.AST) -> str:
@@ -612,6 +578,41 @@ class _Converter:
             else:
                 subs[hole] = node
         return _Fill(subs).visit(expr)
+
+
+def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
+    """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
+    if isinstance(m, ast.Name):
+        return m.id in names
+    if isinstance(m, ast.Compare):
+        return len(m.ops) == 1 and _pure(m, ctx)
+    if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
+        return _strict(m.operand, names, ctx)
+    if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
+        return _strict(m.left, names, ctx) and _strict(m.right, names, ctx)
+    if isinstance(m, ast.Call):
+        return (resolve_call(m.func, ctx) in rules.BOOLEAN_FUNCS
+                or method_name(m, ctx) in rules.BOOLEAN_METHODS) and _pure(m, ctx)
+    return False
+
+def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
+    """Names every binding of which in the body is a mask."""
+    binds: dict[str, list[ast.expr | None]] = {}
+    for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
+        for name in stores(s):
+            value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+                and isinstance(s.targets[0], ast.Name) else None
+            binds.setdefault(name, []).append(value)
+    names: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, values in binds.items():
+            if name not in names and all(v is not None and _strict(v, names, ctx)
+                                         for v in values):
+                names.add(name)
+                changed = True
+    return names
 
 
 class _NotChain(Exception):
