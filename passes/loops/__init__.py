@@ -1,1 +1,3 @@
-"""The loop vectorizer: ``vectorize_loops`` (the AST pass) and the stages it runs on each loop."""
+"""The loop vectorizer: ``vectorize_loops`` (the AST pass) runs ``vectorize_loops.LOOP_STAGES``,
+one module per stage, on each loop's ``plan.LoopPlan``; ``loop_dataflow`` is the analysis the
+stages share."""

@@ -159,5 +159,7 @@ class LoopPlan:
 
 
 def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> LoopPlan:
+    """The plan of ``node``; ``known``: what the function's analysis knows about the loop
+    (``zeros``, ``divided``, ``own_lists``, ``buildable_lists``)."""
     return LoopPlan(node, live_after, outs=ctx.namer.new("outs"), torch_name=ctx.torch_name,
                     **known)

@@ -65,6 +65,10 @@ directly (``x.mean()``, not ``x.mean() * n`` and then ``/ n``)::
 
 Every loop and every comprehension gets one report entry: the strategy, or the reason it is kept
 exactly as it was.
+
+Each loop goes through ``LOOP_STAGES``, one module per stage, each ``stage(plan, ctx) -> plan``
+over the loop's ``plan.LoopPlan``, its docstring the stage's spec. The plan works on a copy of
+the loop, so a stage refusing (``Unsupported``) leaves the loop as written.
 """
 from __future__ import annotations
 
