@@ -170,7 +170,9 @@ def _same_code(new: types.CodeType, old: types.CodeType) -> bool:
     return new.co_code == old.co_code or _fingerprint(new) == _fingerprint(old)
 
 
-_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+# Layout, not behaviour: jump offsets, and EXTENDED_ARG, which carries their high bits (a long
+# loop body whose jumps cross 256 code units between two builds would differ only there).
+_LAYOUT = frozenset(dis.hasjrel) | frozenset(dis.hasjabs) | {dis.opmap["EXTENDED_ARG"]}
 
 
 def _fingerprint(code: types.CodeType) -> tuple:
@@ -178,7 +180,7 @@ def _fingerprint(code: types.CodeType) -> tuple:
     opcodes, jump offsets): every name, constant, local and operator it uses, in order."""
     return (code.co_varnames, code.co_freevars, tuple(
         _fingerprint(i.argval) if isinstance(i.argval, types.CodeType) else i.argval
-        for i in dis.get_instructions(code) if i.opcode not in _JUMPS and i.arg is not None))
+        for i in dis.get_instructions(code) if i.opcode not in _LAYOUT and i.arg is not None))
 
 
 def build_function(tree: ast.Module, parsed: ParsedFunction,
