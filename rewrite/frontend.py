@@ -217,7 +217,8 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
                       namer=Namer.for_tree(parsed.tree, set(fn.__globals__)), report=report,
                       globals=fn.__globals__, torch_name=parsed.torch_name,
                       rewriting=rewriting | {fn}, local_names=frozenset(
-                          fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars))
+                          fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars),
+                      parse_function=parse_function, rewrite_function=rewrite_function)
     before = unparse(parsed.tree)
     tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, dump)
     report.rewritten_source = unparse(tree)
