@@ -49,6 +49,11 @@ def describe(fn: Any) -> tuple[str, str, int]:
     return name, code.co_filename, code.co_firstlineno
 
 
+def call_signature(fn: Callable) -> inspect.Signature:
+    """How ``fn`` is called: a module's ``forward`` (without self), else ``fn`` itself."""
+    return inspect.signature(fn.forward if isinstance(fn, torch.nn.Module) else fn)
+
+
 def parse_function(fn: Any) -> ParsedFunction:
     """Parse ``fn``'s source; raise ``Unsupported`` with a reason when it cannot be rewritten."""
     if not isinstance(fn, types.FunctionType):

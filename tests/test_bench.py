@@ -5,9 +5,9 @@ import textwrap
 
 import pytest
 
-from rewrite.bench import discover
-from rewrite.bench_report import Ratio, Time, steady_time
-from rewrite.cli import main
+from rewrite.tools.bench import discover
+from rewrite.tools.bench_report import Ratio, Time, steady_time
+from rewrite.tools.cli import main
 
 HEADER = """\
 import time

@@ -10,10 +10,10 @@ import sys
 
 # name -> (module implementing it, one-line help)
 COMMANDS = {
-    "inspect": ("rewrite.inspection", "loop decisions, rewritten source, classified graph, timings"),
-    "verify": ("rewrite.inspection", "compare values and gradients of original and optimized"),
-    "lint": ("rewrite.inspection", "gradient-flow lint: inputs whose gradient is cut, and where"),
-    "bench": ("rewrite.bench", "naive vs torch.compile vs optimize_loss vs expert, on examples/"),
+    "inspect": ("rewrite.tools.inspection", "loop decisions, rewritten source, classified graph, timings"),
+    "verify": ("rewrite.tools.inspection", "compare values and gradients of original and optimized"),
+    "lint": ("rewrite.tools.inspection", "gradient-flow lint: inputs whose gradient is cut, and where"),
+    "bench": ("rewrite.tools.bench", "naive vs torch.compile vs optimize_loss vs expert, on examples/"),
 }
 
 
