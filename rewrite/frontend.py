@@ -49,6 +49,11 @@ def describe(fn: Any) -> tuple[str, str, int]:
     return name, code.co_filename, code.co_firstlineno
 
 
+def call_signature(fn: Callable) -> inspect.Signature:
+    """How ``fn`` is called: a module's ``forward`` (without self), else ``fn`` itself."""
+    return inspect.signature(fn.forward if isinstance(fn, torch.nn.Module) else fn)
+
+
 def parse_function(fn: Any) -> ParsedFunction:
     """Parse ``fn``'s source; raise ``Unsupported`` with a reason when it cannot be rewritten."""
     if not isinstance(fn, types.FunctionType):
@@ -219,7 +224,8 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
                       namer=Namer.for_tree(parsed.tree, set(fn.__globals__)), report=report,
                       globals=fn.__globals__, torch_name=parsed.torch_name,
                       rewriting=rewriting | {fn}, local_names=frozenset(
-                          fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars))
+                          fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars),
+                      parse_function=parse_function, rewrite_function=rewrite_function)
     before = unparse(parsed.tree)
     tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, dump)
     report.rewritten_source = unparse(tree)

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import examples
 import examples.real
+from rewrite import frontend
+
+# What the frontend puts in every PassContext; a test that builds a context by hand passes these.
+FRONTEND = {"parse_function": frontend.parse_function, "rewrite_function": frontend.rewrite_function}
 
 _counter = itertools.count()
 

@@ -5,10 +5,10 @@ import textwrap
 
 import pytest
 
-import rewrite.bench as bench_module
-from rewrite.bench import discover
-from rewrite.bench_report import Ratio, Time, fmt_overhead, steady_time
-from rewrite.cli import main
+import rewrite.tools.bench as bench_module
+from rewrite.tools.bench import discover
+from rewrite.tools.bench_report import Ratio, Time, fmt_overhead, steady_time
+from rewrite.tools.cli import main
 
 HEADER = """\
 import time

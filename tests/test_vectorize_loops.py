@@ -42,7 +42,7 @@ def labels(n, classes, seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour: (source, inputs(dtype, seed), {lineno: strategy}) per pattern of the issue.
+# Behaviour: (source, inputs(dtype, seed), {lineno: strategy}) per loop pattern vectorized.
 # Line numbers count from the `def` line = 1.
 
 CASES = {

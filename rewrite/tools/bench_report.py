@@ -1,5 +1,6 @@
-"""LossBench numbers and tables: times from the workers' raw results, ratios, the targets
-(P1-P6 of issue 6, L1-L3 of issue 3) and the markdown the README's tables come from."""
+"""LossBench numbers and tables: times from the workers' raw results, ratios, the project's
+performance targets (P1-P6) and loop targets (L1-L3), and the markdown the README's tables come
+from."""
 from __future__ import annotations
 
 import statistics

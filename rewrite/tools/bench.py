@@ -8,7 +8,7 @@ precomputed target branch (``rewrite.split``) for ``CASE["fixed_target"]`` cases
 ``per_sample_*`` cases at B=256. Every optimized result is compared with the expert (values and
 gradients, ``rewrite.testing.differences``) and a mismatch is marked in every table.
 
-The measurements run in a worker process (``rewrite.bench_worker``), one job (case, variant) after
+The measurements run in a worker process (``rewrite.tools.bench_worker``), one job (case, variant) after
 the other; a job over its budget is killed and shown as ``> budget`` (a naive loop, or
 torch.compile of one, can take minutes) and a new worker takes the jobs left. Compiles are cold
 (Inductor caches off, Dynamo reset before each compiled variant) after a one-time Inductor
@@ -51,7 +51,7 @@ import torch
 
 from .bench_report import LABELS, analyse, fmt_time, markdown, targets
 from .bench_worker import COMPILED
-from .decorator import optimize_loss
+from ..decorator import optimize_loss
 
 # --quick: bench sizes everywhere, but the slow parts (naive loops, Inductor compiles) on a diet.
 QUICK = {"budget": 2.0, "compile_budget": 30.0, "min_time": 0.1, "compiled": ["slow_add"]}
@@ -177,7 +177,7 @@ def _run_worker(jobs: list[tuple[Case, str]], settings: Settings, raw: dict[str,
             "threads": settings.threads, "backend": settings.backend, "min_time": settings.min_time}
     with tempfile.TemporaryFile("w+") as stderr:
         # Own session: the kill also reaches compile workers Inductor may have started.
-        proc = subprocess.Popen([sys.executable, "-m", "rewrite.bench_worker", json.dumps(spec)],
+        proc = subprocess.Popen([sys.executable, "-m", "rewrite.tools.bench_worker", json.dumps(spec)],
                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
                                 start_new_session=True)
         lines: queue.Queue = queue.Queue()
