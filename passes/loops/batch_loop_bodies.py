@@ -91,7 +91,7 @@ from ..errors import Unsupported
 from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, fix_missing_locations, is_int, replace, unparse, walk
 from .loop_dataflow import is_shape_query, method_name, resolve_call
-from .plan import LoopPlan
+from .plan import BodyParam, LoopPlan
 from .runtime_checks import proven_tensors
 
 
@@ -177,11 +177,13 @@ def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
     tensors = frozenset(x.id for x in proven_tensors(plan.checks.expr())
                         if isinstance(x, ast.Name))
 
+    params = [_param(p, plan) for p in plan.params]
+
     def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
         b = _Batcher(ctx, plan.node, trips, plan.summed_parts(), plan.averaged_parts(), sets,
                      tensors)
         try:  # the body stays as given
-            return b, b.run(clone(plan.body), plan.params, plan.outputs, plan.outs)
+            return b, b.run(clone(plan.body), params, plan.outputs, plan.outs)
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)
@@ -197,6 +199,16 @@ def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
     if isinstance(done, Unsupported):
         raise done
     return done
+
+
+def _param(p: BodyParam, plan: LoopPlan) -> Param:
+    """A body parameter as the batcher sees it: rows of ``p.rows_of`` have its rank less one per
+    dim the loop and the fixed entries take, and are integers when it is."""
+    if p.rows_of is None:  # the loop index
+        return Param(p.name, p.value, Rank(), ())
+    rank = Rank.of(unparse(plan.sub("x.dim()", x=p.rows_of)), -1 - p.fixed)
+    integer = unparse(plan.sub(f"x.dtype in {rules.INDEX_DTYPES}", x=p.rows_of))
+    return Param(p.name, p.value, rank, (integer,))
 
 
 def _condition(diff: Rank, op: str) -> str | bool:

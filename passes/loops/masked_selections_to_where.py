@@ -66,7 +66,7 @@ Why each piece:
   are Python ints in the original (tagged ``host_number``: accumulated counts fold back to ints).
 * Empty selections: the sum is 0 and the mean NaN in both; ``.max()``/``.min()`` of nothing raise
   ``RuntimeError`` in the original. The loop counts such iterations (an accumulator, masked like
-  any other) and ``Dense.raise_if_empty`` raises the original's error after the loop, before any
+  any other) and the stage ``raise_on_empty_selections`` raises the original's error after the loop, before any
   of its results is stored. The dense value of an empty selection is 0: nothing NaN reaches the
   gradients of iterations a tensor condition deselects.
 * Ties: ``x[m].max()`` splits the gradient evenly between the selected elements equal to the
@@ -208,29 +208,6 @@ class Dense:
     body: list[ast.stmt]
     guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
-    ctx: PassContext | None = None
-
-    def raise_if_empty(self, stmts: list[ast.stmt], folds: list[ast.stmt]) -> list[ast.stmt]:
-        """The vectorized loop's ``stmts`` (ending with ``folds``, which store its results) with
-        the counters of empty max/min selections: zero before, checked right before the folds
-        (the original raised before storing anything of later iterations)."""
-        if not self.empty:
-            return stmts
-        sub = self._sub
-        cut = len(stmts) - len(folds)
-        if not all(a is b for a, b in zip(stmts[cut:], folds)):
-            cut = len(stmts)  # not the expected layout: check after everything
-        counted = [f for f in stmts[cut:] if stores(f) & self.empty.keys()]
-        rest = [f for f in stmts[cut:] if not stores(f) & self.empty.keys()]
-        init, checks = [], []
-        for name, message in self.empty.items():
-            init += sub("c = 0", c=name)
-            checks += sub(f"if c:\n    raise RuntimeError({message!r})", c=name)
-        return init + stmts[:cut] + counted + checks + rest
-
-    def _sub(self, template: str, **subs) -> object:
-        loc = self.body[0] if self.body else None
-        return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
@@ -239,17 +216,17 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
     lenient = _lenient_masks(body, ctx)
     if not any(_is_selection(sub, lenient, ctx) for s in body for sub in walk(s)
                if isinstance(sub, ast.Subscript)):
-        return Dense(body, ctx=ctx)
+        return Dense(body)
     work = clone(body)
     users = {id(c): u for c, u in zip(_walk(work), _walk(body))}
     converter = _Converter(work, seeds, lenient, ctx)
     try:
         dense = converter.block(work, top=True)
     except (_Refused, Unsupported):
-        return Dense(body, ctx=ctx)
+        return Dense(body)
     for sub in converter.converted:
         ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
-    return Dense(dense, converter.guards, converter.empty, ctx)
+    return Dense(dense, converter.guards, converter.empty)
 
 
 class _Refused(Exception):
@@ -716,6 +693,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     """The plan's body with its selections converted; the body as written is kept for the check
     (the converted selections in it marked ``ast_marks.WHERE_CONVERTED``)."""
     it = plan.iteration
-    plan.selections = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx)
-    plan.written, plan.body = plan.body, plan.selections.body
+    dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx)
+    plan.written, plan.body = plan.body, dense.body
+    plan.selection_checks, plan.empty_selections = dense.guards, dense.empty
+    plan.empty_selections_at = dense.body[0] if dense.body else None
     return plan

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import ast
 
-from .. import loop_rules as rules
-from ..ast_tools import PassContext, unparse
-from . import batch_loop_bodies
+from ..ast_tools import PassContext
 from .loop_dataflow import loads
-from .plan import LoopPlan, RowSlice
+from .plan import BodyParam, LoopPlan, RowSlice
 from .row_slices_to_params import full_slice
 from .runtime_checks import proven_tensors
 
@@ -38,20 +36,19 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         inputs.append(plan.sub("torch.arange(a, b, s" + (", device=d)" if device else ")"),
                                a=it.start, b=it.stop, s=it.step, d=device))
         dims.append(0)
-        plan.params.append(batch_loop_bodies.Param(it.index, inputs[-1],
-                                                   batch_loop_bodies.Rank(), ()))
+        plan.params.append(BodyParam(it.index, inputs[-1]))
     for name, src in it.elements:
         # zip stops at the shortest: all of a tensor is itself (a slice's backward copies)
         inputs.append(src if len(it.elements) == 1 else plan.sub(
             "x if len(x) == n else x[:n]", x=src, n=it.stop))
         dims.append(0)
-        plan.params.append(_param(plan, name, inputs[-1], src, 0, 0))
+        plan.params.append(BodyParam(name, inputs[-1], src))
     for (name, _), row in plan.row_slices.items():
         inputs.append(_rows(plan, name, row))
         dims.append(sum(isinstance(x, ast.Slice) for x in row.prefix))
         fixed = sum(not isinstance(x, ast.Slice) for x in row.prefix)  # int entries drop a dim
-        plan.params.append(_param(plan, row.param, inputs[-1], ast.Name(name, ast.Load()),
-                                  dims[-1], fixed))
+        value = plan.sub(f"v.movedim({dims[-1]}, 0)", v=inputs[-1]) if dims[-1] else inputs[-1]
+        plan.params.append(BodyParam(row.param, value, ast.Name(name, ast.Load()), fixed))
     plan.mapped = _mapped(plan, inputs, dims, ctx)
     return plan
 
@@ -95,17 +92,6 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
                 for k, name in enumerate(plan.outputs)]
         mapped += plan.sub("o = v", o=plan.outs, v=ast.Tuple(outs, ast.Load()))
     return mapped
-
-
-def _param(plan: LoopPlan, name: str, value: ast.expr, source: ast.expr, dim: int,
-           fixed: int) -> batch_loop_bodies.Param:
-    """A body parameter bound to ``value`` (loop axis at ``dim``), sliced from ``source``
-    with ``fixed`` int entries: for the batched form, the loop axis goes in front."""
-    if dim:
-        value = plan.sub(f"v.movedim({dim}, 0)", v=value)
-    rank = batch_loop_bodies.Rank.of(unparse(plan.sub("x.dim()", x=source)), -1 - fixed)
-    integer = unparse(plan.sub(f"x.dtype in {rules.INDEX_DTYPES}", x=source))
-    return batch_loop_bodies.Param(name, value, rank, (integer,))
 
 
 def _device(plan: LoopPlan) -> ast.expr | None:

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..ast_tools import PassContext, replace, unparse
 from .loop_dataflow import LoopFacts
-
-if TYPE_CHECKING:  # the stage module imports this one
-    from .batch_loop_bodies import Param
-    from .masked_selections_to_where import Dense
 
 
 @dataclass
@@ -48,6 +43,17 @@ class RowSlice:
     """``x[prefix..., a:b:s]`` handed to the body as one parameter, mapped over the loop axis."""
     param: str
     prefix: list[ast.expr]       # full slices and fixed ints (which drop their dims)
+
+
+@dataclass
+class BodyParam:
+    """A parameter of the outlined body, bound to ``value``: all iterations' values, the loop
+    axis in front. ``rows_of``: the tensor its rows come from (None for the index), with
+    ``fixed`` int entries before the loop axis (they drop dims)."""
+    name: str
+    value: ast.expr
+    rows_of: ast.expr | None = None
+    fixed: int = 0
 
 
 @dataclass
@@ -103,7 +109,11 @@ class LoopPlan:
     checks: Checks = field(default_factory=Checks)
     inner_checks: list[ast.expr] = field(default_factory=list)
     helper_checks: list[ast.expr] = field(default_factory=list)
-    selections: Dense | None = None                 # masked selections: checks, empty counters
+    selection_checks: list[ast.expr] = field(default_factory=list)
+    # Counters of empty max/min selections -> the error the original raised; where the
+    # statements checking them are located.
+    empty_selections: dict[str, str] = field(default_factory=dict)
+    empty_selections_at: ast.stmt | None = None
     # Effects under masks: id(stmt) -> (its value made safe under the mask, the mask or None).
     masked: dict[int, tuple[ast.expr, str | None]] = field(default_factory=dict)
     uses_where: bool = False
@@ -120,7 +130,7 @@ class LoopPlan:
     averaged_flag: str = ""                          # set when the loop left means
     # The body outlined as a function of one iteration: its parameters with the loop inputs
     # they are bound to, and the statements mapping it with vmap.
-    params: list[Param] = field(default_factory=list)
+    params: list[BodyParam] = field(default_factory=list)
     mapped: list[ast.stmt] = field(default_factory=list)
     # The vectorized statements: the batched form (behind ``batched_if``), else the vmap one.
     stmts: list[ast.stmt] = field(default_factory=list)
