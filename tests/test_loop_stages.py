@@ -368,6 +368,20 @@ def f(xs, ys, w, out):
 # checks
 isinstance(xs, torch.Tensor) and xs.dim() > 0 and isinstance(ys, torch.Tensor) and ys.dim() > 0 and isinstance(out, list) and len(range(0, min(len(xs), len(ys)), 1)) > 0
 """),
+    (runtime_checks, """
+def f(table, labels, out, n):
+    for i in range(1, n):
+        out[i] = table[labels[i]]
+    return out
+""", ('checks',),
+     """
+# checks
+isinstance(labels, torch.Tensor) and n <= labels.shape[0]
+""",
+     """
+# checks
+isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and len(range(1, n, 1)) > 0
+"""),
     (tensor_branches_to_where, """
 def f(x, n):
     total = 0
