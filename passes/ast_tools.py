@@ -284,22 +284,27 @@ def is_int(node: ast.AST | None, value: int) -> bool:
     return isinstance(node, ast.Constant) and type(node.value) is int and node.value == value
 
 
-_PURE = (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.BinOp, ast.UnaryOp, ast.Slice,
-         ast.Tuple, ast.Load, ast.operator, ast.unaryop, ast.Call, ast.keyword)
+# Nodes that evaluate their parts once, in place, with no effect of their own.
+_PURE = (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.BinOp, ast.UnaryOp, ast.Compare,
+         ast.Slice, ast.Tuple, ast.Load, ast.operator, ast.unaryop, ast.cmpop, ast.Call, ast.keyword)
 
 
-def is_pure(expr: ast.expr) -> bool:
-    """Cheap and side-effect free to evaluate again: names, attributes, constants, arithmetic,
-    subscripts, and shape queries (``len(x)``, ``x.size(0)``)."""
+def is_shape_call(call: ast.Call) -> bool:
+    """``len(x)``, ``min``/``max``/``int`` of such, ``x.size(0)`` and the other shape methods."""
+    f = call.func
+    return (isinstance(f, ast.Name) and f.id in ("len", "min", "max", "int")) or (
+        isinstance(f, ast.Attribute) and f.attr in rules.SHAPE_METHODS)
+
+
+def is_pure(expr: ast.expr, call_ok: Callable[[ast.Call], bool] = is_shape_call) -> bool:
+    """Side-effect free to evaluate again, or earlier: names, attributes, constants, arithmetic,
+    comparisons, subscripts, tuples, and the calls ``call_ok`` accepts (shape queries unless
+    told otherwise)."""
     for n in walk(expr):
         if not isinstance(n, _PURE):
             return False
-        if isinstance(n, ast.Call):
-            f = n.func
-            ok = (isinstance(f, ast.Name) and f.id in ("len", "min", "max", "int")) or (
-                isinstance(f, ast.Attribute) and f.attr in rules.SHAPE_METHODS)
-            if not ok:
-                return False
+        if isinstance(n, ast.Call) and not call_ok(n):
+            return False
     return True
 
 

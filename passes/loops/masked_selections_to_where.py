@@ -95,7 +95,7 @@ from .. import ast_marks
 from ..errors import Unsupported
 
 from .. import loop_rules as rules
-from ..ast_tools import PassContext, Transformer, clone, replace, walk
+from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, walk
 from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
                             resolve_call, stores, variant_names, write_entries)
 from .plan import LoopPlan
@@ -674,19 +674,11 @@ def _index_entry(x: ast.expr) -> bool:
 
 
 def _pure(e: ast.expr, ctx: PassContext) -> bool:
-    """Only names, numbers, subscripts, operators and known tensor ops: evaluating it a statement
-    earlier changes nothing."""
-    for n in walk(e):
-        if isinstance(n, (ast.Lambda, ast.NamedExpr, ast.IfExp, ast.BoolOp, ast.Starred,
-                          ast.comprehension, ast.Await, ast.Yield, ast.YieldFrom)):
-            return False
-        if isinstance(n, ast.Call) and not (
-                is_shape_query(n, ctx)
-                or resolve_call(n.func, ctx) in rules.BOOLEAN_FUNCS | rules.BATCHED_ELEMENTWISE
-                or method_name(n, ctx) in rules.BOOLEAN_METHODS
-                | rules.BATCHED_ELEMENTWISE_METHODS):
-            return False
-    return True
+    """Evaluating ``e`` a statement earlier changes nothing: ``is_pure`` with known tensor ops."""
+    return is_pure(e, lambda call: (
+        is_shape_query(call, ctx)
+        or resolve_call(call.func, ctx) in rules.BOOLEAN_FUNCS | rules.BATCHED_ELEMENTWISE
+        or method_name(call, ctx) in rules.BOOLEAN_METHODS | rules.BATCHED_ELEMENTWISE_METHODS))
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
