@@ -313,6 +313,14 @@ def write_target(stmt: ast.stmt) -> ast.expr:
     return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
 
 
+def rename(node: Any, names: dict[str, str]) -> Any:
+    """``node`` (a tree the caller owns) with the names of ``names`` renamed, in place."""
+    for n in walk(node):
+        if isinstance(n, ast.Name) and n.id in names:
+            n.id = names[n.id]
+    return node
+
+
 def is_name(node: ast.AST | None, name: str) -> bool:
     """``node`` is the name ``name``."""
     return isinstance(node, ast.Name) and node.id == name

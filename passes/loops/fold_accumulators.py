@@ -14,11 +14,9 @@ A sum starting at 0 that the next statement only divides by the trip count
 """
 from __future__ import annotations
 
-import ast
-
 from .. import loop_rules as rules
-from ..ast_tools import PassContext, is_int, unparse, walk
-from .loop_dataflow import loads, stores
+from ..ast_tools import PassContext, is_int, unparse
+from .loop_dataflow import loads, stores_in
 from .plan import LoopPlan
 
 
@@ -50,9 +48,7 @@ def _averaged(plan: LoopPlan) -> set[str]:
     it = plan.iteration
     if not (is_int(it.start, 0) and is_int(it.step, 1)):
         return set()
-    assigned = set().union(*(stores(n) for s in plan.body for n in walk(s)
-                             if isinstance(n, ast.stmt)))
-    if loads(it.stop) & assigned:
+    if loads(it.stop) & stores_in(plan.body):
         return set()
     stop = unparse(it.stop)
     return {name for name, acc in plan.accumulators.items()

@@ -54,8 +54,8 @@ import torch
 
 from ..errors import Unsupported
 
-from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
-                        walk)
+from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
+                        unparse, walk)
 from .loop_dataflow import loads, resolve_call, stores
 from .plan import LoopPlan
 
@@ -218,11 +218,10 @@ class _Inliner:
             stmts += replace("p = v", loc=value if isinstance(value, ast.AST) else call,
                              p=fresh[param], v=value if isinstance(value, ast.AST)
                              else ast.Constant(value))
-        rename = _Rename(fresh)
-        body = [rename.visit(s) for s in clone(helper.body)]
+        body = [rename(s, fresh) for s in clone(helper.body)]
         result = self.ctx.namer.new(name)
         ret = ast.copy_location(ast.Assign([ast.Name(result, ast.Store())],
-                                           rename.visit(clone(helper.result))), helper.node.body[-1])
+                                           rename(clone(helper.result), fresh)), helper.node.body[-1])
         fix_missing_locations(ret)
         stmts += self.block(body + [ret], depth + 1, stack + (fn,))  # its own helper calls
         return stmts, result
@@ -243,15 +242,6 @@ class _Replace(Transformer):
         stmts, result = self.inliner.inline(node, self.depth, self.stack)
         self.out += stmts
         return ast.copy_location(ast.Name(result, ast.Load()), node)
-
-
-class _Rename(Transformer):
-    def __init__(self, names: dict[str, str]):
-        self.names = names
-
-    def visit_Name(self, node: ast.Name) -> ast.Name:
-        node.id = self.names.get(node.id, node.id)
-        return node
 
 
 def _no_side_effects(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, unparse, walk
+from ..ast_tools import PassContext, unparse
 from ..errors import Unsupported
 from . import normalize_comprehensions
-from .loop_dataflow import loads, stores
+from .loop_dataflow import loads, stores_in
 from .plan import LoopPlan
 from .runtime_checks import conjuncts, is_vectorized_guard
 
@@ -38,8 +38,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
             ctx: PassContext) -> list[ast.stmt]:
     """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``."""
-    assigned = set().union(*(stores(s) for s in walk(ast.Module(body, []))
-                             if isinstance(s, ast.stmt)))
+    assigned = stores_in(body)
     out, stacked = [], set()
     for s in body:
         if is_vectorized_guard(s):

@@ -68,6 +68,11 @@ def stores(stmt: ast.stmt) -> set[str]:
 
 
 
+def stores_in(stmts: list[ast.stmt]) -> set[str]:
+    """Names bound anywhere in ``stmts``, nested statements included."""
+    return set().union(*(stores(n) for s in stmts for n in walk(s) if isinstance(n, ast.stmt)))
+
+
 def stmt_loads(stmt: ast.stmt) -> set[str]:
     """Names a simple statement reads; ``s += e`` reads ``s``; a nested ``def`` reads its free
     names (its parameters and locals are its own)."""

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, is_name, is_pure, unparse, walk
-from .loop_dataflow import depends, loads, stores, write_entries
+from ..ast_tools import PassContext, Transformer, is_name, is_pure, unparse
+from .loop_dataflow import depends, loads, stores_in, write_entries
 from .plan import LoopPlan, RowSlice
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    assigned = set().union(*(stores(n) for s in plan.body for n in walk(s)
-                             if isinstance(n, ast.stmt)))
-    rows = _RowSlices(plan, assigned, ctx)
+    rows = _RowSlices(plan, stores_in(plan.body), ctx)
     plan.body = [rows.visit(s) for s in plan.body]
     return plan
 
