@@ -12,7 +12,7 @@ from torch import nn
 CASE = {
     "loops": "kept",
     "elementwise": False,
-    "sizes": {"small": "4 outputs [2, 3, 16..2, 16..2]", "bench": "4 outputs [4, 4, 128..16, 128..16]"},
+    "sizes": {"small": "4 outputs [2, 3, 16..2, 16..2]", "bench": "4 outputs [12, 4, 256..32, 256..32]"},
     "source": "MIC-DKFZ/nnUNet:nnunet/training/loss_functions/deep_supervision.py",
     "field": "segmentation",
     "target_args": ("targets",),
@@ -178,7 +178,7 @@ def expert(outputs, targets):
 
 def make_inputs(size: str = "small", dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple:
     g = torch.Generator().manual_seed(seed)
-    b, c, hw = {"small": (2, 3, 16), "bench": (4, 4, 128)}[size]
+    b, c, hw = {"small": (2, 3, 16), "bench": (12, 4, 256)}[size]
     label = torch.randint(0, c, (b, 1, hw, hw), generator=g).to(dtype)
     outputs, targets = [], []
     for level in range(4):
