@@ -9,7 +9,7 @@ import torch
 CASE = {
     "loops": "vectorize",
     "elementwise": False,
-    "sizes": {"small": "a [4, 48, 3], b [4, 40, 3]", "bench": "a [32, 2500, 3], b [32, 2048, 3]"},
+    "sizes": {"small": "a [4, 48, 3], b [4, 40, 3]", "bench": "a [16, 1200, 3], b [16, 1024, 3]"},
     "source": "ThibaultGROUEIX/ChamferDistancePytorch:chamfer_python.py",
     "field": "point clouds",
     "target_args": ("b",),
@@ -43,7 +43,7 @@ def expert(a, b):
 
 def make_inputs(size: str = "small", dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple:
     g = torch.Generator().manual_seed(seed)
-    bs, n, m = {"small": (4, 48, 40), "bench": (32, 2500, 2048)}[size]
+    bs, n, m = {"small": (4, 48, 40), "bench": (16, 1200, 1024)}[size]
     a = torch.rand(bs, n, 3, generator=g, dtype=dtype).requires_grad_()
     b = torch.rand(bs, m, 3, generator=g, dtype=dtype)
     return a, b

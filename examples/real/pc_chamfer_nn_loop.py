@@ -9,7 +9,7 @@ import torch
 CASE = {
     "loops": "vectorize",
     "elementwise": False,
-    "sizes": {"small": "pred/gt [4, 64, 3] (batch, points, xyz)", "bench": "pred/gt [32, 2048, 3]"},
+    "sizes": {"small": "pred/gt [4, 64, 3] (batch, points, xyz)", "bench": "pred/gt [16, 1024, 3]"},
     "source": "ThibaultGROUEIX/ChamferDistancePytorch:chamfer_python.py",
     "field": "point clouds",
     "target_args": ("gt",),
@@ -47,7 +47,7 @@ def expert(pred, gt):
 
 def make_inputs(size: str = "small", dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple:
     g = torch.Generator().manual_seed(seed)
-    b, n = {"small": (4, 64), "bench": (32, 2048)}[size]
+    b, n = {"small": (4, 64), "bench": (16, 1024)}[size]
     pred = torch.rand(b, n, 3, generator=g, dtype=dtype).requires_grad_()
     gt = torch.rand(b, n, 3, generator=g, dtype=dtype)
     return pred, gt
