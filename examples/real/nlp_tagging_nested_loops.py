@@ -10,7 +10,7 @@ from torch import nn
 CASE = {
     "loops": "vectorize",
     "elementwise": False,
-    "sizes": {"small": "output [3, 8, 6] (batch, seq_len, tags)", "bench": "output [64, 128, 12]"},
+    "sizes": {"small": "output [3, 8, 6] (batch, seq_len, tags)", "bench": "output [32, 64, 12]"},
     "source": "frankhjh/Address_Element_Analysis:loss.py",
     "field": "nlp sequence",
     "target_args": ("target",),
@@ -52,7 +52,7 @@ def expert(output, target):
 
 def make_inputs(size: str = "small", dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple:
     g = torch.Generator().manual_seed(seed)
-    b, t, k = {"small": (3, 8, 6), "bench": (64, 128, 12)}[size]
+    b, t, k = {"small": (3, 8, 6), "bench": (32, 64, 12)}[size]
     output = torch.randn(b, t, k, generator=g, dtype=dtype).softmax(-1).requires_grad_()
     target = torch.randint(1, k, (b, t), generator=g)
     lengths = torch.randint(1, t + 1, (b,), generator=g)
