@@ -166,7 +166,7 @@ class _Inliner:
                 if n is not c:
                     owner[id(n)] = where[id(c)]
         for k, n in enumerate(order):
-            if isinstance(n, ast.Call) and k not in chosen and not _no_side_effects(n, self.ctx, self.scope):
+            if isinstance(n, ast.Call) and k not in chosen and not _pure(n, self.ctx, self.scope):
                 end = owner.get(id(n), len(order))
                 if any(k < c < end for c in chosen):
                     return False
@@ -244,7 +244,7 @@ class _Replace(Transformer):
         return ast.copy_location(ast.Name(result, ast.Load()), node)
 
 
-def _no_side_effects(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
+def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
     """Whether ``call`` certainly has no side effects (``PURE_BUILTINS``, torch ops)."""
     root = call.func
     while isinstance(root, ast.Attribute):
@@ -326,7 +326,7 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
                 else ""
             if name.startswith("__") and not name.endswith("__") or name in FRAME_BUILTINS:
                 raise Unsupported(f"line {s.lineno}: `{name}` depends on where the code runs")
-            if isinstance(n, ast.Call) and not _no_side_effects(n, ctx, params | assigned):
+            if isinstance(n, ast.Call) and not _pure(n, ctx, params | assigned):
                 _check_callee(n, ctx, seen + (fn,))
         used = loads(s)
         if (used & assigned) - bound:
