@@ -205,12 +205,8 @@ class _Vectorizer(Transformer):
         except Unsupported as exc:
             self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
             return node
-        check = plan.checks.expr()
-        self.ctx.report.add_loop(node.lineno, True, _strategy(plan), _why(plan, self.ctx)
-                                 + _runs_when(check))
-        marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
-        vectorized = ast.copy_location(
-            ast.If(test=check, body=[marker] + plan.stmts, orelse=[original]), node)
+        check = self._reported(plan, node.lineno, "")
+        vectorized = _guarded(check, node.lineno, plan.stmts, original, node)
         self.bound_lists |= plan.bound_lists
         # for an outer loop that inlines this one
         ast_marks.put(vectorized, ast_marks.BOUND_LISTS, plan.bound_lists)
@@ -250,13 +246,23 @@ class _Vectorizer(Transformer):
                 self.bound_lists |= {t.id for t in result.targets if isinstance(t, ast.Name)
                                      and t.id in self.stackable_lists}
         self.seen.add((comp.lineno, comp.col_offset))
+        check = self._reported(plan, lineno, " (comprehension)")
+        result = self._comprehension(result)  # the statement's next comprehension, if any
+        return _guarded(check, lineno, init + plan.stmts + [result], node, node)
+
+    def _reported(self, plan: LoopPlan, lineno: int, what: str) -> ast.expr:
+        """The report entry of a vectorized loop; its runtime check."""
         check = plan.checks.expr()
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
-                                 _why(plan, self.ctx) + " (comprehension)" + _runs_when(check))
-        result = self._comprehension(result)  # the statement's next comprehension, if any
-        marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
-        return ast.copy_location(
-            ast.If(test=check, body=[marker] + init + plan.stmts + [result], orelse=[node]), node)
+                                 _why(plan, self.ctx) + what + _runs_when(check))
+        return check
+
+
+def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
+             loc: ast.stmt) -> ast.If:
+    """``if <check>: <marker>; <stmts> else: <original>``."""
+    marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
+    return ast.copy_location(ast.If(test=check, body=[marker] + stmts, orelse=[original]), loc)
 
 
 def _strategy(plan: LoopPlan) -> str:
