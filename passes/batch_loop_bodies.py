@@ -1,7 +1,7 @@
 """A vectorized loop's per-iteration body becomes plain tensor code over all iterations at once.
 
 ``vectorize_loops`` outlines a loop body into a function of one iteration and maps it with
-``torch.vmap``. When every op of the body has a batched form (``loop_rules.BATCHED_*``), the body
+``torch.vmap``. When every op of the body has a batched form (``OpSpec.batched``), the body
 is rewritten instead: every loop-varying value carries the loop dim in front, values that do not
 vary stay as they are, and no vmap (nor its per-op dispatch) runs::
 
@@ -89,8 +89,9 @@ from dataclasses import dataclass
 from .errors import Unsupported
 
 from . import loop_rules as rules
+from . import ops
 from .ast_tools import PassContext, clone, is_int, replace, unparse, walk
-from .loop_dataflow import is_shape_query, method_name, resolve_call
+from .loop_dataflow import call_op, is_shape_query, method_name, resolve_call
 
 
 @dataclass(frozen=True)
@@ -382,22 +383,19 @@ class _Batcher:
             return ast.copy_location(ast.UnaryOp(node.op, summed), node), val
         if isinstance(node, ast.Call) and not node.keywords and not any(
                 isinstance(a, ast.Starred) for a in node.args):
-            name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
-            op = meth if meth is not None else rules.BATCHED_DIM_FUNCS.get(name)
+            meth, summed = method_name(node, self.ctx), call_op(node, self.ctx).summed
             operand = node.func.value if meth is not None else node.args[0] if node.args else None
-            if op in rules.SUMMED_FULL_REDUCTIONS and len(node.args) == (meth is None) \
-                    and self._varies(operand):
+            if summed is not None and len(node.args) == (meth is None) and self._varies(operand):
                 x, _ = self.expr(operand)
-                table = rules.AVERAGED_FULL_REDUCTIONS if mean else rules.SUMMED_FULL_REDUCTIONS
-                return self.sub(table[op], x=x, n=self.trips), _Val(True, Rank())
+                return self.sub(summed[mean], x=x, n=self.trips), _Val(True, Rank())
         if isinstance(node, ast.Call):
-            name = resolve_call(node.func, self.ctx)
-            args = [self.expr(a) for a in node.args] if name in (
-                rules.BATCHED_POINTWISE_LOSSES | rules.BATCHED_CLASS_LOSSES) else None
+            batched = call_op(node, self.ctx).batched
+            args = [self.expr(a) for a in node.args] if batched in (
+                "pointwise_loss", "class_loss") else None
             kws = [(k.arg, self.expr(k.value)) for k in node.keywords] if args else None
-            if name in rules.BATCHED_POINTWISE_LOSSES:
+            if batched == "pointwise_loss":
                 return self._pointwise_loss(node, args, kws, summed=True, mean=mean)
-            if name in rules.BATCHED_CLASS_LOSSES:
+            if batched == "class_loss":
                 total, val = self._class_loss(node, args, kws, summed=True)
                 return self._divided(total) if mean else total, val
         value, val = self.expr(node)
@@ -415,7 +413,7 @@ class _Batcher:
         if isinstance(node, ast.BinOp):
             operands = [self.expr(node.left), self.expr(node.right)]
             (left, right), val = self._aligned(operands, node)
-            if isinstance(node.op, rules.INTEGER_BINOPS):
+            if ops.by_operator(type(node.op)).integer is not None:
                 val = _Val(True, val.rank, _integer(operands))
             return ast.copy_location(ast.BinOp(left, node.op, right), node), val
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):
@@ -432,8 +430,8 @@ class _Batcher:
         if isinstance(node, ast.Attribute):
             # metadata (the same in every iteration), and its attributes: values that do not vary
             value, vv = self.expr(node.value)
-            if vv.batched and node.attr in rules.BATCHED_METADATA:
-                return self.sub(rules.BATCHED_METADATA[node.attr], x=value), _Val(False)
+            if vv.batched and node.attr in ops.BATCHED_ATTRIBUTES:
+                return self.sub(ops.BATCHED_ATTRIBUTES[node.attr], x=value), _Val(False)
             if not vv.batched:  # an attribute of metadata (``expr`` of a varying node)
                 return ast.copy_location(ast.Attribute(value, node.attr, ast.Load()), node), vv
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
@@ -497,12 +495,10 @@ class _Batcher:
             parts = [node.value] + [b for e in entries if isinstance(e, ast.Slice)
                                     for b in (e.lower, e.upper, e.step) if b is not None]
         elif isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
-            name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
-            if not (name in rules.BATCHED_ELEMENTWISE or name in rules.BATCHED_DIM_FUNCS
-                    or meth in rules.BATCHED_ELEMENTWISE_METHODS
-                    or meth in rules.BATCHED_FULL_REDUCTIONS or meth in rules.BATCHED_DIM_OPS):
-                return None
-            parts = ([node.func.value] if meth else []) + node.args + [k.value for k in node.keywords]
+            if call_op(node, self.ctx).batched not in ("elementwise", "reduction"):
+                return None  # (their result has at most the rank of their operands)
+            parts = ([node.func.value] if method_name(node, self.ctx) else []) + node.args \
+                + [k.value for k in node.keywords]
         else:
             return None
         found: set[str] = set()
@@ -598,14 +594,14 @@ class _Batcher:
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None
                                                                   for k in node.keywords):
             raise Unsupported(f"`{unparse(node)}`: *args/**kwargs")
-        name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
-        if name in rules.BATCHED_SIMILARITIES:
-            return self._similarity(node, name)
-        if meth == "reshape":
+        op, meth = call_op(node, self.ctx), method_name(node, self.ctx)
+        if op.batched == "similarity":
+            return self._similarity(node)
+        if op.batched == "mask_reshape":
             shaped = self._mask_reshape(node)
             if shaped is not None:
                 return shaped
-        distance = self._squared_distance(node, name, meth)
+        distance = self._squared_distance(node, op, meth)
         if distance is not None:
             self.set_forms = True
             if self.sets:
@@ -614,45 +610,61 @@ class _Batcher:
             recv, rv = self.expr(node.func.value)
             func = ast.copy_location(ast.Attribute(recv, meth, ast.Load()), node.func)
             operands = [(recv, rv)]
-            if rv.batched and meth in rules.BATCHED_FLATTEN and not node.args \
-                    and not node.keywords:
-                return self._flatten(recv, rv, meth, node)
+            if rv.batched and op.batched == "flatten" and not node.args and not node.keywords:
+                return self._flatten(recv, rv, node)
         else:
             func = node.func
             operands = []
         args = [self.expr(a) for a in node.args]
         kws = [(k.arg, self.expr(k.value)) for k in node.keywords]
-        operands += args + [v for _, v in kws]
-        vals = [v for _, v in operands]
-        if name in rules.BATCHED_ELEMENTWISE or meth in rules.BATCHED_ELEMENTWISE_METHODS:
-            val = self._elementwise(vals, node)
-            call = ast.Call(func, [a for a, _ in args], [ast.keyword(k, v) for k, (v, _) in kws])
-            return (ast.copy_location(call, node),
-                    _Val(True, val.rank, self._integer_of(name, meth, operands, kws)))
-        op = meth if meth is not None else rules.BATCHED_DIM_FUNCS.get(name)
-        if op is not None and (op in rules.BATCHED_DIM_OPS or op in rules.BATCHED_FULL_REDUCTIONS):
-            x, xv = operands[0] if meth is not None else args[0]
-            rest = args if meth is not None else args[1:]
-            if not rest and not kws and op in rules.BATCHED_FULL_REDUCTIONS:
-                return self._full_reduction(x, xv, op, node)
-            if op in rules.BATCHED_DIM_OPS:
-                return self._dim_op(node, func, x, xv, op, rest, kws, meth is not None)
-        if meth in rules.BATCHED_SAME_RANK_METHODS and len(args) == 1 and not kws:
-            if not all(v.batched for v in vals):
-                raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
-            val = self._elementwise(vals, node)
-            return ast.copy_location(ast.Call(func, [args[0][0]], []), node), _Val(True, val.rank)
-        if name in rules.BATCHED_POINTWISE_LOSSES:
-            return self._pointwise_loss(node, args, kws)
-        if name in rules.BATCHED_CLASS_LOSSES:
-            return self._class_loss(node, args, kws)
-        if (name == "torch.dot" and len(args) == 2 or meth == "dot" and len(args) == 1) \
-                and not kws and all(v.batched for v in vals):
-            a, b = operands[0][0] if meth else args[0][0], args[-1][0]
-            for v in vals:
-                self.require(v.rank - 1, "==", node)
-            return self.sub("(a * b).sum(1)", a=a, b=b), _Val(True, Rank())
-        raise Unsupported(f"`{unparse(node.func)}(...)` has no batched form")
+        call = _Call(node, op, func, meth is not None, operands + args + [v for _, v in kws],
+                     args, kws)
+        done = getattr(self, _HANDLERS[op.batched])(call) if op.batched in _HANDLERS else None
+        if done is None:
+            raise Unsupported(f"`{unparse(node.func)}(...)` has no batched form")
+        return done
+
+    def _elementwise_call(self, c: "_Call") -> tuple[ast.expr, _Val]:
+        val = self._elementwise([v for _, v in c.operands], c.node)
+        call = ast.Call(c.func, [a for a, _ in c.args], [ast.keyword(k, v) for k, (v, _) in c.kws])
+        return ast.copy_location(call, c.node), _Val(True, val.rank, self._integer_of(c))
+
+    def _reduction_call(self, c: "_Call") -> tuple[ast.expr, _Val] | None:
+        """``x.sum()`` over all elements, ``x.sum(d)`` and other ops with a dim."""
+        if not c.is_method and not c.args:
+            return None
+        x, xv = c.operands[0]
+        rest = c.args[1:] if not c.is_method else c.args
+        if not rest and not c.kws and c.op.reduce is not None:
+            return self._full_reduction(x, xv, c.op, c.node)
+        if c.op.dim_rank is not None:
+            return self._dim_op(c, x, xv, rest)
+        return None
+
+    def _same_rank_call(self, c: "_Call") -> tuple[ast.expr, _Val] | None:
+        """``a.expand_as(b)``, both loop-varying: the same call."""
+        if len(c.args) != 1 or c.kws:
+            return None
+        vals = [v for _, v in c.operands]
+        if not all(v.batched for v in vals):
+            raise Unsupported(f"`{unparse(c.node)}`: an operand does not vary with the loop")
+        val = self._elementwise(vals, c.node)
+        return ast.copy_location(ast.Call(c.func, [c.args[0][0]], []), c.node), _Val(True, val.rank)
+
+    def _dot_call(self, c: "_Call") -> tuple[ast.expr, _Val] | None:
+        """``torch.dot(a, b)`` of 1-d items: ``(a * b).sum(1)``."""
+        if len(c.operands) != 2 or c.kws or not all(v.batched for _, v in c.operands):
+            return None
+        for _, v in c.operands:
+            self.require(v.rank - 1, "==", c.node)
+        (a, _), (b, _) = c.operands
+        return self.sub("(a * b).sum(1)", a=a, b=b), _Val(True, Rank())
+
+    def _pointwise_loss_call(self, c: "_Call") -> tuple[ast.expr, _Val]:
+        return self._pointwise_loss(c.node, c.args, c.kws)
+
+    def _class_loss_call(self, c: "_Call") -> tuple[ast.expr, _Val]:
+        return self._class_loss(c.node, c.args, c.kws)
 
     def _mask_reshape(self, node: ast.Call) -> tuple[ast.expr, _Val] | None:
         """``m.reshape(h[m.shape, x.shape, ...])``, ``h`` a helper bound into the code that maps
@@ -680,38 +692,36 @@ class _Batcher:
         return self.sub(rules.BATCHED_MASK_RESHAPE, m=mask, h=helper, shapes=per_item), \
             _Val(True, base.rank)
 
-    def _flatten(self, x: ast.expr, xv: _Val, meth: str, node: ast.AST):
+    def _flatten(self, x: ast.expr, xv: _Val, node: ast.AST):
         """``x.flatten()`` per item: rank 1."""
         if xv.rank is None:
             raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
         self.require(xv.rank - 1, ">=", node)
-        return self.sub(rules.BATCHED_FLATTEN[meth], x=x), _Val(True, Rank() + 1)
+        return self.sub(rules.BATCHED_FLATTEN, x=x), _Val(True, Rank() + 1)
 
-    def _integer_of(self, name: str | None, meth: str | None, operands: list, kws: list):
-        """Integer-ness through the elementwise ops that keep it."""
-        if meth in rules.INTEGER_METHODS:
-            return ()
-        if meth in ("detach", "clone") and len(operands) == 1:
-            return operands[0][1].integer
-        if name == "torch.where" and len(operands) == 3 and not kws:
-            return _integer(operands[1:])
-        if name in ("torch.zeros_like", "torch.ones_like") and len(operands) == 1:
-            return operands[0][1].integer
-        return None
+    @staticmethod
+    def _integer_of(c: "_Call") -> tuple[str, ...] | None:
+        """Integer-ness through the elementwise ops that keep it (``OpSpec.integer``)."""
+        keeps = c.op.integer
+        if not keeps:
+            return keeps
+        if c.kws or len(c.operands) != max(keeps) + 1:
+            return None
+        return _integer([c.operands[k] for k in keeps])
 
-    def _full_reduction(self, x: ast.expr, xv: _Val, op: str, node: ast.AST):
+    def _full_reduction(self, x: ast.expr, xv: _Val, op: ops.OpSpec, node: ast.AST):
         if not xv.batched:
             raise Unsupported(f"`{unparse(node)}` has no batched form")
         x = self.named(x)
-        reduce = rules.BATCHED_FULL_REDUCTIONS[op]
         # reshape(n, -1) is also right for per-item 0-d values (dim=() would reduce all), but
         # copies a non-contiguous x (rows moved to the front): reduce over the item dims then
-        template = rules.BATCHED_ITEM_DIMS_REDUCTION if reduce in rules.BATCHED_TUPLE_DIMS \
+        template = rules.BATCHED_ITEM_DIMS_REDUCTION if op.tuple_dims \
             else rules.BATCHED_FLAT_REDUCTION
-        return self.sub(template.format(reduce=reduce), x=x), _Val(True, Rank())
+        return self.sub(template.format(reduce=op.reduce), x=x), _Val(True, Rank())
 
-    def _dim_op(self, node, func, x, xv, op, rest, kws, is_method):
+    def _dim_op(self, c: "_Call", x: ast.expr, xv: _Val, rest: list):
         """``x.sum(d)``, ``F.softmax(x, dim=d)``, ...: per-item dims shift by one."""
+        node, func, kws, change = c.node, c.func, c.kws, c.op.dim_rank
         if not xv.batched or xv.rank is None:
             raise Unsupported(f"`{unparse(node)}` has no batched form")
         keys = dict((k, v) for k, v in kws)
@@ -723,9 +733,8 @@ class _Batcher:
         keepdim = _literal(keep) if keep is not None else False
         dims = dim if isinstance(dim, tuple) else (dim,)
         if not dims or not all(type(d) is int for d in dims) or type(keepdim) is not bool \
-                or (keepdim and rules.BATCHED_DIM_OPS[op] == 0):
+                or (keepdim and change == 0):
             raise Unsupported(f"`{unparse(node)}`: dim must be an int literal")
-        change = rules.BATCHED_DIM_OPS[op]
         indexed = xv.rank + max(change, 0)  # dims index the input, or unsqueeze's output
         for d in dims:
             self._require_dim(indexed, d, node)
@@ -733,20 +742,20 @@ class _Batcher:
         new_dim = ast.Constant(shifted if isinstance(dim, tuple) else shifted[0])
         new_rest = [(new_dim, None)] + rest[1:] if rest else []
         new_kws = [(k, (new_dim, None) if k == "dim" else v) for k, v in kws]
-        call = ast.Call(func, [a for a, _ in new_rest] if is_method else
+        call = ast.Call(func, [a for a, _ in new_rest] if c.is_method else
                         [x] + [a for a, _ in new_rest], [ast.keyword(k, v) for k, (v, _) in new_kws])
         rank = xv.rank if keepdim else xv.rank + change * len(dims)
-        integer = xv.integer if op == "unsqueeze" else None
+        integer = xv.integer if c.op.integer == (0,) else None
         return ast.copy_location(call, node), _Val(True, rank, integer)
 
     def _require_dim(self, rank: Rank, d: int, node: ast.AST) -> None:
         """``d`` in range per item: else dim -1 of a 0-d item would be the loop dim."""
         self.require(rank - d - 1 if d >= 0 else rank + d, ">=", node)
 
-    def _similarity(self, node: ast.Call, name: str) -> tuple[ast.expr, _Val]:
+    def _similarity(self, node: ast.Call) -> tuple[ast.expr, _Val]:
         """``F.cosine_similarity(x1, x2, dim, eps)``: a set form when one operand is a loop
         input's rows and the other fixed, else the same call with ``dim`` shifted."""
-        params = rules.BATCHED_SIMILARITIES[name]
+        params = rules.SIMILARITY_PARAMS
         args = dict(zip(params, node.args))
         for k in node.keywords:
             if k.arg in args or k.arg not in params:
@@ -778,12 +787,14 @@ class _Batcher:
                 return x, w
         return None
 
-    def _squared_distance(self, node: ast.Call, name: str | None, meth: str | None):
+    def _squared_distance(self, node: ast.Call, op: ops.OpSpec, meth: str | None):
         """``((w - x) ** 2).sum(dim)`` (any spelling of the square, either order) of a point
         ``x`` and a fixed ``w``: (``x``, ``w``, dim); None for anything else."""
-        if meth == "sum" and len(node.args) <= 1:
+        if op.reduce != "sum":
+            return None
+        if meth is not None and len(node.args) <= 1:
             operand, rest = node.func.value, node.args
-        elif name == "torch.sum" and 1 <= len(node.args) <= 2:
+        elif meth is None and 1 <= len(node.args) <= 2:
             operand, rest = node.args[0], node.args[1:]
         else:
             return None
@@ -802,13 +813,12 @@ class _Batcher:
             return node.left if _ints([node.right]) == (2,) else None
         if not isinstance(node, ast.Call) or node.keywords:
             return None
-        meth, name = method_name(node, self.ctx), resolve_call(node.func, self.ctx)
-        if meth in rules.SQUARE_METHODS and _ints(node.args) == rules.SQUARE_METHODS[meth]:
-            return node.func.value
-        if name in rules.SQUARE_FUNCS and node.args \
-                and _ints(node.args[1:]) == rules.SQUARE_FUNCS[name]:
-            return node.args[0]
-        return None
+        square = call_op(node, self.ctx).square
+        if square is None:
+            return None
+        if method_name(node, self.ctx) is not None:
+            return node.func.value if _ints(node.args) == square else None
+        return node.args[0] if node.args and _ints(node.args[1:]) == square else None
 
     def _set_form(self, node: ast.Call, forms: dict, x: ast.Name, w: ast.expr, dim: object,
                   eps: ast.expr | None = None) -> tuple[ast.expr, _Val]:
@@ -935,6 +945,25 @@ class _Batcher:
         self.checks[f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
                     f"{len(fixed)}"] = None
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A call being batched: its op, the (batched) function or method, its operands (receiver
+    first), positional and keyword arguments, each with its facts."""
+    node: ast.Call
+    op: ops.OpSpec
+    func: ast.expr
+    is_method: bool
+    operands: list
+    args: list
+    kws: list
+
+
+# ``OpSpec.batched`` -> the _Batcher method batching the call (None: no batched form).
+_HANDLERS = {"elementwise": "_elementwise_call", "reduction": "_reduction_call",
+             "same_rank": "_same_rank_call", "dot": "_dot_call",
+             "pointwise_loss": "_pointwise_loss_call", "class_loss": "_class_loss_call"}
 
 
 def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:
