@@ -33,24 +33,25 @@ class OpSpec:
     # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "same_rank",
     # "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see the batcher.
     batched: str | None = None
-    reduce: str | None = None                 # per item over all elements: ``x.flatten(1).<reduce>(1)``
+    reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
     tuple_dims: bool = False                  # ... ``reduce`` takes a tuple of dims (no copy)
     dim_rank: int | None = None               # with ``dim``: rank change of the result (no keepdim)
     # A full reduction summed over the loop, and averaged (``x`` the batched operand, ``n`` the
     # number of iterations): one op instead of a per-item reduction and a sum.
     summed: tuple[str, str] | None = None
-    square: tuple[int, ...] | None = None     # literal arguments after ``e`` that make it ``e ** 2``
+    square: tuple[int, ...] | None = None     # literal arguments after ``e`` making it ``e ** 2``
     selection: str | None = None              # dense form of it on a masked selection
-    # Under a tensor condition the op also runs on deselected iterations (tensor_branches_to_where):
-    # (position of the operand that can make NaN/inf outside its domain, a safe value there);
-    # positions count the function's arguments: a method's receiver is 0, an operator's left 0.
+    # Under a tensor condition the op also runs on deselected iterations
+    # (tensor_branches_to_where): (position of the operand that can make NaN/inf outside its
+    # domain, a safe value there); positions count the function's arguments: a method's
+    # receiver is 0, an operator's left operand 0.
     sanitize: tuple[int, str] | None = None
     total: bool = False                       # finite, with finite gradients, on any finite input
-    boolean: bool = False                     # its result is a bool tensor (indexing with it selects)
+    boolean: bool = False                     # a bool tensor (indexing with it selects)
     # The result is an integer tensor when the operands at these positions are (Python int
     # constants keep it, extra operands or keywords lose it); () always.
     integer: tuple[int, ...] | None = None
-    shape_query: bool = False                 # Python metadata of its operand (the same every iteration)
+    shape_query: bool = False                 # Python metadata (the same in every iteration)
     metadata_only: bool = False               # depends on its first argument's metadata only (FX)
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
@@ -118,7 +119,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("zeros_like", meth=False, integer=(0,), metadata_only=True, **_ET),
     _t("ones_like", meth=False, integer=(0,), metadata_only=True, **_ET),
     _t("full_like", meth=False, metadata_only=True, **_ET),
-    *(OpSpec(n, (_F + n,), **_ET) for n in ("softplus", "logsigmoid", "leaky_relu", "gelu", "silu")),
+    *(OpSpec(n, (_F + n,), **_ET)
+      for n in ("softplus", "logsigmoid", "leaky_relu", "gelu", "silu")),
     _t("float", fn=False, **_ET), _t("double", fn=False, **_ET),
     _t("long", fn=False, integer=(), **_ET), _t("int", fn=False, integer=(), **_ET),
     _t("bool", fn=False, boolean=True, **_ET),
@@ -193,7 +195,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),
     *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
     # -- metadata -----------------------------------------------------------------------------
-    *(_t(n, fn=False, shape_query=True, metadata_only=True, total=n != "type")
+    *(_t(n, fn=False, shape_query=True, metadata_only=True, total=True)
       for n in ("size", "dim", "ndimension", "type", "nelement")),
     _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True),
     *(_t(n, fn=False, metadata_only=True)
@@ -265,6 +267,7 @@ def _index(key: Callable[[OpSpec], tuple]) -> dict:
 _FUNCTIONS = _index(lambda s: s.functions)
 _METHODS = _index(lambda s: s.methods)
 _OPERATORS = _index(lambda s: s.operators)
+_MATH = _index(lambda s: (s.host_math,) if s.host_math else ())
 
 
 def by_call(name: str | None, meth: str | None) -> OpSpec:
@@ -282,7 +285,7 @@ def by_operator(op: type) -> OpSpec:
 
 def by_host_math(name: str | None) -> OpSpec:
     """The op that ``math`` function ``name`` (``"math.log"``) computes on a number."""
-    return next((s for s in REGISTRY if s.host_math is not None and s.host_math == name), UNKNOWN)
+    return _MATH.get(name, UNKNOWN)
 
 
 def is_builtin(name: str | None, effects: tuple[str | None, ...] = (None,)) -> bool:

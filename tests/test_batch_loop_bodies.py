@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from passes.batch_loop_bodies import Rank, _condition
+from passes.batch_values import Rank, condition as _condition
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, strategies
 from tests.test_masked_selections_to_where import build as build_masked

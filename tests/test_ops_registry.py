@@ -10,7 +10,7 @@ import operator
 import pytest
 import torch
 
-from passes import batch_loop_bodies, ops
+from passes import batch_calls, ops
 
 # Tensor.where takes the condition as its argument, the kept values as its receiver.
 NO_METHOD_SPELLING = {"where"}
@@ -137,7 +137,7 @@ def test_domain_facts_hold_on_finite_inputs(spec):
 
 
 def test_reductions_and_handlers():
-    handled = set(batch_loop_bodies._HANDLERS) | {"similarity", "mask_reshape", "flatten"}
+    handled = set(batch_calls.HANDLERS) | {"similarity", "mask_reshape", "flatten"}
     for spec in ops.REGISTRY:
         assert spec.batched is None or spec.batched in handled, spec.batched
         if spec.batched == "reduction":
