@@ -55,8 +55,8 @@ class OpSpec:
     metadata_only: bool = False               # depends on its first argument's metadata only (FX)
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
-    # "random", "io", "mutates", "uninitialized", "global_state", "functorch": must run where it
-    # stands, every call and every iteration.
+    # "random", "io", "mutates", "global_state", "functorch", "autograd": must run where it
+    # stands, every call and every iteration; "uninitialized": not cached (no effect).
     effect: str | None = None
     # Host round trips on loop-varying values (host_roundtrips_to_tensor_ops): the tensor op
     # replacing one of argument/receiver ``e``, and which Python number the original produced.
@@ -224,6 +224,9 @@ REGISTRY: tuple[OpSpec, ...] = (
            "_saved_tensors_hooks_disable", "_saved_tensors_hooks_enable",
            "set_inplace_requires_grad_allowed", "_make_dual", "_unpack_dual", "enter_dual_level",
            "exit_dual_level", "_set_fwd_grad_enabled", effect="functorch"),
+    OpSpec("set_printoptions", ("torch.set_printoptions",), effect="global_state"),
+    *(OpSpec(None, methods=(n,), effect="autograd")
+      for n in ("backward", "register_hook", "retain_grad")),
     OpSpec("_set_tensor_requires_grad", effect="functorch", creates_grad=True),
     OpSpec("requires_grad_", creates_grad=True),
     *(OpSpec(None, (f"operator.{n}",), effect="mutates")
@@ -305,16 +308,18 @@ def operators(fact: Callable[[OpSpec], object]) -> tuple[type, ...]:
 
 
 def effect(name: str | None, meth: str | None) -> str | None:
-    """What a call must not be moved or batched for: an op's effect, or an object method's;
-    random also for any ``torch.<random op>`` spelling and the random modules."""
+    """What a call must not be moved or batched for: an op's effect, or an object method's; for
+    torch functions matched by their last name too (``torch.nn.functional.dropout``)."""
     if meth is not None:
         return by_call(None, meth).effect or OBJECT_METHODS.get(meth)
     if name is None:
         return None
-    if name.startswith(RANDOM_MODULES) or (
-            name.startswith("torch.") and name.rsplit(".", 1)[-1] in _RANDOM):
+    if name.startswith(RANDOM_MODULES):
         return "random"
-    return by_call(name, None).effect
+    found = by_call(name, None).effect
+    if found is None and name.startswith("torch."):
+        return _TORCH_EFFECTS.get(name.rsplit(".", 1)[-1])
+    return found
 
 
-_RANDOM = fx_names(lambda s: s.effect == "random")
+_TORCH_EFFECTS = {n: s.effect for s in REGISTRY if s.effect for n in s.names}
