@@ -41,7 +41,7 @@ per-item rank (the rules above), and with ``w`` a set;
 
 Sum accumulators are summed over the loop in the same code (``summed``): each update ``p = p + e``
 becomes ``p = p + <sum of e over the loop>`` (``p = <sum>`` when ``p`` is still the int 0 it
-starts at), fused into one op where that is exact (``loop_rules.SUMMED_*``):
+starts at), fused into one op where that is exact (``OpSpec.summed``, ``loop_rules.SUMMED_*``):
 ``x.reshape(n, -1).sum(1).sum(0)`` -> ``x.sum()``, ``x.reshape(n, -1).mean(1).sum(0)`` ->
 ``x.mean() * n`` (the items of a batched tensor all have the same size; ``n`` the number of
 iterations), per-item ``F.mse_loss`` and the other pointwise losses -> one
