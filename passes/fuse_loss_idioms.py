@@ -79,10 +79,8 @@ RULES: list[Rule] = [
 ]
 FUSED = frozenset({"mse_loss", "cross_entropy", "nll_loss"})
 
-# Calls a statement may make while a temporary's definition stays trusted: none mutates operands
-# (and builtins without effects, ``ops.is_builtin``).
-SAFE_METHODS = frozenset({"sum", "mean", "abs", "pow", "long", "detach", "dim", "size", "view",
-                          "reshape", "flatten", "all", "any", "item", "float", "double"})
+# Calls a statement may make while a temporary's definition stays trusted, none mutating its
+# operands: torch functions, tensor methods and builtins without effects (``ops``).
 # Statements evaluated once, before any store: a loop or if test may run again after its body.
 SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr)
 # Allowed inside a re-evaluated operand, with the builtins without effects (``ops.is_builtin``).
@@ -246,7 +244,7 @@ def _calls_are_safe(stmt: ast.stmt, ctx: PassContext) -> bool:
             f = n.func
             torch_fn = (isinstance(f, ast.Attribute) and _root(f) == ctx.torch_name
                         and not f.attr.endswith("_"))
-            if not (torch_fn or (isinstance(f, ast.Attribute) and f.attr in SAFE_METHODS)
+            if not (torch_fn or (isinstance(f, ast.Attribute) and ops.is_pure_method(f.attr))
                     or (isinstance(f, ast.Name) and ops.is_builtin(f.id))):
                 return False
     return True

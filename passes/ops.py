@@ -297,6 +297,12 @@ def is_builtin(name: str | None, effects: tuple[str | None, ...] = (None,)) -> b
     return spec is not None and "." not in name and spec.effect in effects
 
 
+def is_pure_method(meth: str) -> bool:
+    """``x.<meth>(...)`` is a tensor op listed here without effects, and no object method
+    (``add``, ``log``) has that name: it changes nothing."""
+    return by_call(None, meth).aten is not None and effect(None, meth) is None
+
+
 def fx_names(fact: Callable[[OpSpec], object]) -> frozenset[str]:
     """Bare names (aten, method, function) of the ops with ``fact``, for matching FX nodes."""
     return frozenset(n for s in REGISTRY if fact(s) for n in s.names)
