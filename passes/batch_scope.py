@@ -148,7 +148,7 @@ class Scope:
 
     def elementwise(self, vals: list[Val], node: ast.AST, aligned: bool = False) -> Val:
         """Broadcasting of batched and fixed operands: the runtime conditions it needs.
-        ``aligned``: the caller aligns per-item values with a loop input itself (``_aligned``)."""
+        ``aligned``: the caller aligns per-item values with a loop input itself (``aligned``)."""
         batched = [v for v in vals if v.batched]
         rank = batched[0].rank
         if any(v.rank is None for v in batched):
