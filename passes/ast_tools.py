@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import loop_rules as rules
+from . import ops
 from .report import Report
 
 
@@ -293,7 +293,7 @@ def is_shape_call(call: ast.Call) -> bool:
     """``len(x)``, ``min``/``max``/``int`` of such, ``x.size(0)`` and the other shape methods."""
     f = call.func
     return (isinstance(f, ast.Name) and f.id in ("len", "min", "max", "int")) or (
-        isinstance(f, ast.Attribute) and f.attr in rules.SHAPE_METHODS)
+        isinstance(f, ast.Attribute) and ops.by_call(None, f.attr).shape_query)
 
 
 def is_pure(expr: ast.expr, call_ok: Callable[[ast.Call], bool] = is_shape_call) -> bool:

@@ -10,9 +10,6 @@ import pytest
 ROOT = Path(__file__).parent.parent
 FILES = sorted((ROOT / "passes").rglob("*.py"))
 MAX_FUNCTION, MAX_CLASS = 80, 300
-# Over the limit and being split (the batcher is moving onto the op registry): each entry must
-# still be over it, so the entry goes once the split lands.
-PENDING = {("passes/loops/batch_loop_bodies.py", "_Batcher")}
 
 
 def _sizes(path: Path):
@@ -29,16 +26,9 @@ def test_the_walk_sees_the_passes():
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_functions_and_classes_within_limits(path):
-    rel = str(path.relative_to(ROOT))
     too_long = [f"{name}: {lines} lines (limit {limit})" for name, lines, limit in _sizes(path)
-                if lines > limit and (rel, name) not in PENDING]
+                if lines > limit]
     assert not too_long, too_long
-
-
-@pytest.mark.parametrize("rel, name", sorted(PENDING))
-def test_pending_entries_are_still_needed(rel, name):
-    sizes = {n: (lines, limit) for n, lines, limit in _sizes(ROOT / rel)}
-    assert name in sizes and sizes[name][0] > sizes[name][1], f"{rel}:{name} is within limits now"
 
 
 def test_node_marks_are_read_and_set_through_ast_marks():
