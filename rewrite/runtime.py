@@ -30,7 +30,7 @@ from .backend import HoistingBackend
 from passes.errors import RewriteError, Unsupported
 from .lint import warn as lint_warn
 from passes.report import Fallback, Report
-from .testing import differences
+from .testing import compare, outputs_and_gradients
 
 
 class RewriteWarning(UserWarning):
@@ -167,11 +167,13 @@ class OptimizedFunction:
             return impl
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
+        # The original first, on its own clones: when it raises, that error is the user's.
+        want = outputs_and_gradients(self._original, args, kwargs)
         try:
-            return differences(self._original, impl, args, kwargs)
+            got = outputs_and_gradients(impl, args, kwargs)
         except Exception as exc:
-            self._original(*args, **kwargs)  # when the original raises too, that error is the user's
             return [f"the rewritten function raised {type(exc).__name__}: {exc}"]
+        return compare(want, got)
 
     def _compiled(self, rewritten: Callable) -> Callable:
         opts = self._options
@@ -191,8 +193,8 @@ class OptimizedFunction:
         """``impl`` raised: re-raise if the original raises too, else step down and warn."""
         try:
             result = self._original(*args, **kwargs)
-        except Exception:
-            raise exc from None  # not our rewrite's fault: the user sees their own error
+        except Exception as original_exc:
+            raise original_exc from None  # not our rewrite's fault: the user sees their own error
         eager = getattr(impl, "_optimize_loss_eager", None)
         step = "torch.compile failed" if eager is not None else "the rewritten function failed"
         self._fall_back(RewriteError(f"{step}: {type(exc).__name__}: {exc}", self._report.filename,

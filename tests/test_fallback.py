@@ -241,3 +241,84 @@ def test_tracebacks_point_at_the_users_file_and_line(tmp_path):
     last = traceback.extract_tb(info.tb)[-1]
     assert (last.filename, last.lineno) == (module.__file__, 3)
     assert last.line == "raise ValueError('user error')"
+
+
+# -- the promise holds at run time: same value, same gradients, or the original runs ------------
+
+SCALED_IN_PLACE = '''
+import torch
+import torch.nn.functional as F
+
+def scaled(pred, target, lengths):
+    target /= 10.0
+    return _masked(pred, target, lengths)
+
+def aliased(pred, target, lengths):
+    t = target
+    t.mul_(0.1)
+    return _masked(pred, target, lengths)
+
+def logged(pred, target, lengths, log):
+    log.append(len(log))
+    return _masked(pred, target, lengths)
+
+def _masked(pred, target, lengths):
+    total = 0
+    for i in range(pred.shape[0]):
+        L = lengths[i].item()  # fails under vmap: the vectorized branch raises at run time
+        total = total + ((pred[i, :L] - target[i, :L]) ** 2).sum()
+    return total
+
+def per_item(pred, target, lengths):
+    total = 0
+    for i in range(pred.shape[0]):
+        L = lengths[i].item()
+        total = total + ((pred[i, :L] - target[i, :L]) ** 2).sum()
+    return total
+
+def class_loss(logits, target):
+    total = 0
+    for i in range(logits.shape[0]):
+        total = total + F.cross_entropy(logits[i], target[i])
+    return total
+'''
+
+
+@pytest.fixture
+def runtime_user(tmp_path):
+    return load_module(tmp_path, SCALED_IN_PLACE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_when_both_fail_the_user_gets_the_originals_exception(runtime_user, dtype):
+    # vmapped, the rewrite raises RuntimeError ("index 7 is out of bounds for dimension 1");
+    # the original raises IndexError ("Target 7 is out of bounds").
+    fn = optimize_loss(runtime_user.class_loss, compile=False)
+    logits = torch.randn(3, 4, dtype=dtype, requires_grad=True)
+    target = torch.tensor([1, 7, 2])
+    with pytest.raises(Exception) as want:
+        runtime_user.class_loss(logits, target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Exception) as got:
+            fn(logits, target)
+    assert type(got.value) is type(want.value) and str(got.value) == str(want.value)
+    assert got.value.__suppress_context__  # the rewrite's error is not shown as its context
+    assert not caught and not fn.report.fallbacks
+
+
+def test_when_both_fail_an_injected_rewrite_error_is_not_shown(monkeypatch, tmp_path):
+    import ast
+
+    class FailFirst(ast.NodeTransformer):  # the rewritten code raises its own error first
+        def visit_Return(self, node):
+            node.value = ast.parse(f"(pred.no_such_method(), {ast.unparse(node.value)})[1]",
+                                   mode="eval").body
+            return node
+
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("fail_first", FailFirst)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred @ target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        fn(*_inputs())
+    assert not fn.report.fallbacks
