@@ -7,11 +7,14 @@ arguments): the callable to run is chosen once and then called directly; that ch
     compiled rewritten function -> eager rewritten function -> original function
 
 and a failure of one step moves that signature to the next, with one warning (or ``RewriteError``
-with ``strict=True``). An exception that the original function raises too is the user's own and
-is re-raised unchanged.
+with ``strict=True``). When the original raises too, its exception is the user's own and is
+re-raised unchanged. Arguments the function may change in place (``passes.mutated_arguments``)
+are saved before every call that may still fall back, and put back before the next step runs.
 """
 from __future__ import annotations
 
+import ast
+import copy
 import functools
 import importlib
 import inspect
@@ -29,6 +32,7 @@ from . import frontend
 from .backend import HoistingBackend
 from passes.errors import RewriteError, Unsupported
 from .lint import warn as lint_warn
+from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, Report
 from .testing import compare, outputs_and_gradients
 
@@ -67,6 +71,8 @@ class OptimizedFunction:
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
+        self._mutated: tuple[str, ...] = ()  # parameters the function may change in place
+        self._signature: inspect.Signature | None = None  # to find them among the arguments
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no fallback yet): calls skip the signature key.
         self._uniform: Callable | None = None
@@ -101,12 +107,13 @@ class OptimizedFunction:
             impl = self._impls.get(key)
             if impl is None:
                 impl = self._specialize(key, args, kwargs)
+        if impl is self._original:
+            return impl(*args, **kwargs)
+        saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
         try:
             return impl(*args, **kwargs)
         except Exception as exc:
-            if impl is self._original:
-                raise
-            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs)
+            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs, saved)
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Decorating a method in a class body: bind like a function does.
@@ -145,7 +152,19 @@ class OptimizedFunction:
             return None
         if not changed and not self._options.compile:
             return None  # nothing to gain: the original runs, with no wrapper cost but the lookup
+        self._mutated = self._mutated_parameters()
         return rewritten
+
+    def _mutated_parameters(self) -> tuple[str, ...]:
+        signature = inspect.signature(self._original)
+        try:
+            func = function_node(ast.parse(self._report.original_source))
+        except SyntaxError:  # a lambda's line that parses only within its statement
+            func = None
+        names = signature.parameters if func is None else mutated_parameters(
+            func, self._original.__globals__)
+        self._signature = signature
+        return tuple(sorted(names))
 
     def _specialize(self, key: Any, args: tuple, kwargs: dict) -> Callable:
         with self._lock:
@@ -189,8 +208,11 @@ class OptimizedFunction:
             self._compiled_fn._optimize_loss_eager = rewritten  # next step down if compiling fails
         return self._compiled_fn
 
-    def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict) -> Any:
-        """``impl`` raised: re-raise if the original raises too, else step down and warn."""
+    def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
+                 saved: _Saved | None) -> Any:
+        """``impl`` raised: put back what it changed in the arguments, re-raise if the original
+        raises too, else step down and warn."""
+        self._put_back(saved, exc)
         try:
             result = self._original(*args, **kwargs)
         except Exception as original_exc:
@@ -204,6 +226,15 @@ class OptimizedFunction:
             self._impls[key] = eager or self._original
             self._per_signature, self._uniform = True, None
         return result
+
+    def _put_back(self, saved: _Saved | None, exc: Exception) -> None:
+        if saved is not None and not saved.restore():
+            raise self._error(f"the rewritten function failed ({type(exc).__name__}: {exc}) after "
+                              f"changing an argument that requires grad in place; its autograd "
+                              f"history cannot be put back, so the original cannot run on it") from exc
+
+    def _error(self, message: str) -> RewriteError:
+        return RewriteError(message, self._report.filename, self._report.lineno)
 
     def _fall_back(self, error: RewriteError, cause: BaseException | None, key: Any = None,
                    running: str | None = None) -> None:
@@ -232,6 +263,62 @@ class OptimizedFunction:
                 f.write(f"# optimize_loss: {self._report.function} after {step}\n{text}\n")
             count[0] += 1
         return dump
+
+
+class _Saved:
+    """The state of the arguments a function may change in place: tensors (values, sizes and
+    strides), lists, dicts, sets and the tensors in them, modules' attributes and buffers, other
+    objects' attributes; ``restore`` puts it back into the same objects."""
+
+    def __init__(self, signature: inspect.Signature, names: tuple[str, ...], args: tuple,
+                 kwargs: dict):
+        self.items: list[tuple[Any, Any]] = []
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return  # the call fails before the body runs: nothing can change
+        bound.apply_defaults()
+        todo, seen = [bound.arguments[n] for n in names if n in bound.arguments], set()
+        while todo:
+            value = todo.pop()
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, torch.Tensor):
+                self.items.append((value, (value.detach().clone(), value.size(), value.stride(),
+                                           value.storage_offset(), value.grad_fn)))
+            elif isinstance(value, (list, dict, set)):
+                self.items.append((value, copy.copy(value)))
+                todo += value.values() if isinstance(value, dict) else value
+            elif isinstance(value, tuple):
+                todo += value
+            elif isinstance(value, torch.nn.Module):
+                self.items.append((value, dict(vars(value))))
+                todo += [value._buffers, *value._modules.values()]
+            elif hasattr(value, "__dict__") and not isinstance(value, (type, types.ModuleType)):
+                self.items.append((value, dict(vars(value))))
+
+    def restore(self) -> bool:
+        """Put everything back; False when a tensor that requires grad was changed in place under
+        autograd (its values can be put back, its autograd history cannot)."""
+        for obj, state in self.items:
+            if isinstance(obj, torch.Tensor):
+                values, size, stride, offset, grad_fn = state
+                if obj.requires_grad and obj.grad_fn is not grad_fn:
+                    return False
+                with torch.no_grad():
+                    if (obj.size(), obj.stride(), obj.storage_offset()) != (size, stride, offset):
+                        obj.as_strided_(size, stride, offset)  # ``unsqueeze_``, ``t_``, ...
+                    obj.copy_(values)
+            elif isinstance(obj, list):
+                obj[:] = state
+            elif isinstance(obj, (dict, set)):
+                obj.clear()
+                obj.update(state)
+            else:
+                vars(obj).clear()
+                vars(obj).update(state)
+        return True
 
 
 def _stop_gradient_positions(fn: Callable, names: tuple[str, ...]) -> frozenset[str | int]:

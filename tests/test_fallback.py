@@ -262,6 +262,14 @@ def logged(pred, target, lengths, log):
     log.append(len(log))
     return _masked(pred, target, lengths)
 
+def reshaped(pred, target, lengths):
+    target.unsqueeze_(0)
+    return _masked(pred, target[0], lengths)
+
+def halved(pred, target, lengths):
+    pred /= 2.0
+    return _masked(pred, target, lengths)
+
 def _masked(pred, target, lengths):
     total = 0
     for i in range(pred.shape[0]):
@@ -287,6 +295,64 @@ def class_loss(logits, target):
 @pytest.fixture
 def runtime_user(tmp_path):
     return load_module(tmp_path, SCALED_IN_PLACE)
+
+
+def _ragged(dtype, width=5, rows=3):
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.randn(rows, width, generator=gen, dtype=dtype, requires_grad=True)
+    target = torch.randn(rows, width, generator=gen, dtype=dtype)
+    lengths = torch.randint(1, width + 1, (rows,), generator=gen)
+    return pred, target, lengths
+
+
+def _value_and_gradient(fn, pred, *rest):
+    out = fn(pred, *rest)
+    return out, torch.autograd.grad(out, pred)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("verify", [False, True])
+@pytest.mark.parametrize("name", ["scaled", "aliased"])
+def test_an_argument_changed_in_place_is_changed_once_on_fallback(runtime_user, name, verify, dtype):
+    original, fn = getattr(runtime_user, name), optimize_loss(getattr(runtime_user, name),
+                                                              compile=False, verify=verify)
+    pred, target, lengths = _ragged(dtype)
+    want_target = target.clone()
+    want, want_grad = _value_and_gradient(original, pred, want_target, lengths)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, got_grad = _value_and_gradient(fn, pred, target, lengths)
+    assert len([w for w in caught if w.category is RewriteWarning]) == 1
+    assert torch.equal(target, want_target)  # scaled by 0.1, not 0.01
+    assert got.dtype == want.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(got_grad, want_grad)
+
+
+def test_a_size_changed_in_place_is_changed_once_on_fallback(runtime_user):
+    fn = optimize_loss(runtime_user.reshaped, compile=False)
+    pred, target, lengths = _ragged(torch.float32)
+    want = runtime_user.reshaped(pred, target.clone(), lengths)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert torch.equal(fn(pred, target, lengths), want)
+    assert target.shape == (1, 3, 5)
+
+
+def test_an_argument_with_autograd_history_changed_in_place_is_not_run_twice(runtime_user):
+    fn = optimize_loss(runtime_user.halved, compile=False)
+    pred, target, lengths = _ragged(torch.float32)
+    with pytest.raises(RewriteError, match="history cannot be put back"):
+        fn(pred * 1, target, lengths)  # not a leaf: dividing it in place is recorded by autograd
+
+
+def test_a_list_argument_changed_in_place_is_changed_once_on_fallback(runtime_user):
+    fn = optimize_loss(runtime_user.logged, compile=False)
+    log = []
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        fn(*_ragged(torch.float32), log)
+        fn(*_ragged(torch.float32), log)
+    assert log == [0, 1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
