@@ -7,9 +7,11 @@ arguments): the callable to run is chosen once and then called directly; that ch
     compiled rewritten function -> eager rewritten function -> original function
 
 and a failure of one step moves that signature to the next, with one warning (or ``RewriteError``
-with ``strict=True``). When the original raises too, its exception is the user's own and is
-re-raised unchanged. Arguments the function may change in place (``passes.mutated_arguments``)
-are saved before every call that may still fall back, and put back before the next step runs.
+with ``strict=True``). A failure whose cause does not depend on sizes (``_size_independent``) moves
+every signature that differs only in sizes, with that one warning. When the original raises too,
+its exception is the user's own and is re-raised unchanged. Arguments the function may change in
+place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
+back before the next step runs.
 """
 from __future__ import annotations
 
@@ -71,6 +73,9 @@ class OptimizedFunction:
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
+        # What runs for every signature that differs only in sizes from one whose failure did not
+        # depend on sizes: keyed by the signature with sizes erased.
+        self._by_structure: dict[Any, Callable] = {}
         self._mutated: tuple[str, ...] = ()  # parameters the function may change in place
         self._signature: inspect.Signature | None = None  # to find them among the arguments
         # The one implementation for every input signature, while nothing is decided per signature
@@ -173,12 +178,13 @@ class OptimizedFunction:
             if self._options.lint:
                 lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
-            impl = self._original if rewritten is None else self._compiled(rewritten)
+            impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
+            if impl is None:
+                impl = self._original if rewritten is None else self._compiled(rewritten)
             if impl is not self._original and self._options.verify:
                 problems = self._verify(impl, args, kwargs)
                 if problems:
-                    self._fall_back(RewriteError("verification failed: " + "; ".join(problems),
-                                                 self._report.filename, self._report.lineno),
+                    self._fall_back(self._error("verification failed: " + "; ".join(problems)),
                                     None, key)
                     impl = self._original
             self._impls[key] = impl
@@ -210,21 +216,24 @@ class OptimizedFunction:
 
     def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
                  saved: _Saved | None) -> Any:
-        """``impl`` raised: put back what it changed in the arguments, re-raise if the original
-        raises too, else step down and warn."""
+        """``impl`` raised: step down (compiled, eager rewritten, original), putting back what it
+        changed in the arguments first; when the original raises too, its error is the user's."""
+        eager = getattr(impl, "_optimize_loss_eager", None)
+        if eager is not None:
+            self._put_back(saved, exc)
+            try:
+                result = eager(*args, **kwargs)
+            except Exception as eager_exc:
+                exc = eager_exc
+            else:
+                self._settle(key, self._step_down(key, "torch.compile failed", exc, eager))
+                return result
         self._put_back(saved, exc)
         try:
             result = self._original(*args, **kwargs)
         except Exception as original_exc:
             raise original_exc from None  # not our rewrite's fault: the user sees their own error
-        eager = getattr(impl, "_optimize_loss_eager", None)
-        step = "torch.compile failed" if eager is not None else "the rewritten function failed"
-        self._fall_back(RewriteError(f"{step}: {type(exc).__name__}: {exc}", self._report.filename,
-                                     self._report.lineno), exc, key,
-                        running="the eager rewritten function" if eager else None)
-        with self._lock:
-            self._impls[key] = eager or self._original
-            self._per_signature, self._uniform = True, None
+        self._settle(key, self._step_down(key, "the rewritten function failed", exc, self._original))
         return result
 
     def _put_back(self, saved: _Saved | None, exc: Exception) -> None:
@@ -233,15 +242,33 @@ class OptimizedFunction:
                               f"changing an argument that requires grad in place; its autograd "
                               f"history cannot be put back, so the original cannot run on it") from exc
 
+    def _step_down(self, key: Any, step: str, exc: Exception, impl: Callable) -> Callable:
+        """Warn that ``impl`` runs for this signature (and every size of it, when the failure
+        does not depend on sizes); return it."""
+        every_size = _size_independent(exc)
+        self._fall_back(self._error(f"{step}: {type(exc).__name__}: {exc}"), exc, key,
+                        running=None if impl is self._original else _EAGER, every_size=every_size)
+        if every_size:
+            with self._lock:
+                self._by_structure[_erase_sizes(key)] = impl
+        return impl
+
+    def _settle(self, key: Any, impl: Callable) -> None:
+        with self._lock:
+            self._impls[key] = impl
+            self._per_signature, self._uniform = True, None
+
     def _error(self, message: str) -> RewriteError:
         return RewriteError(message, self._report.filename, self._report.lineno)
 
     def _fall_back(self, error: RewriteError, cause: BaseException | None, key: Any = None,
-                   running: str | None = None) -> None:
+                   running: str | None = None, every_size: bool = False) -> None:
         """Record the fallback; warn once, or raise with ``strict=True``."""
         if self._options.strict:
             raise error from cause
         signature = None if key is None else describe_key(key)
+        if signature and every_size:
+            signature += " and every other size of them"
         self._report.fallbacks.append(Fallback(error.message, error.filename or "<unknown>",
                                                error.lineno, error.pass_name, signature))
         what = running or "the original function"
@@ -319,6 +346,29 @@ class _Saved:
                 vars(obj).clear()
                 vars(obj).update(state)
         return True
+
+
+_EAGER = "the eager rewritten function"
+
+
+# Exception types that name a construct, not a size: the same code fails the same way at any size.
+_SIZE_INDEPENDENT = (TypeError, AttributeError, NameError, NotImplementedError)
+
+
+def _size_independent(exc: BaseException) -> bool:
+    """The failure does not depend on sizes: ``torch.vmap`` refusing an operation of a loop body
+    (``.item()``, data-dependent control flow, random ops, in-place writes into an unbatched
+    tensor: its messages start with "vmap:"), or an exception type of ``_SIZE_INDEPENDENT``."""
+    return isinstance(exc, _SIZE_INDEPENDENT) or "vmap: " in str(exc)
+
+
+def _erase_sizes(key: Any) -> Any:
+    """A signature key with every tensor's sizes replaced by its rank."""
+    if isinstance(key, torch.Size):
+        return len(key)
+    if isinstance(key, tuple):
+        return tuple(map(_erase_sizes, key))
+    return key
 
 
 def _stop_gradient_positions(fn: Callable, names: tuple[str, ...]) -> frozenset[str | int]:

@@ -188,8 +188,8 @@ def test_fallback_is_per_signature(monkeypatch, tmp_path):
     import ast
 
     class BreakOnTwoRows(ast.NodeTransformer):  # visibly different (doubled); fails on 2 rows
-        def visit_Return(self, node):
-            node.value = ast.parse("pred.no_such_method() if pred.shape[0] == 2 else "
+        def visit_Return(self, node):  # with an error about a size: other sizes may work
+            node.value = ast.parse("pred.view(7) if pred.shape[0] == 2 else "
                                    "(pred * target).sum() * 2", mode="eval").body
             return node
 
@@ -353,6 +353,25 @@ def test_a_list_argument_changed_in_place_is_changed_once_on_fallback(runtime_us
         fn(*_ragged(torch.float32), log)
         fn(*_ragged(torch.float32), log)
     assert log == [0, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_failure_that_does_not_depend_on_sizes_warns_once(runtime_user, dtype):
+    fn = optimize_loss(runtime_user.per_item, compile=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for width in range(3, 13):  # ten sequence lengths, ten input signatures
+            args = _ragged(dtype, width)
+            got, got_grad = _value_and_gradient(fn, *args)
+            want, want_grad = _value_and_gradient(runtime_user.per_item, *args)
+            assert got.dtype == dtype and torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    assert len([w for w in caught if w.category is RewriteWarning]) == 1
+    assert len(fn.report.fallbacks) == 1
+    assert "every other size" in fn.report.fallbacks[0].signature
+    # another dtype is another structure: tried (and warned) on its own
+    other = torch.float64 if dtype is torch.float32 else torch.float32
+    _, caught = _calls_with_warnings(fn, _ragged(other), times=2)
+    assert len(caught) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
