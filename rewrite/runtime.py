@@ -11,7 +11,8 @@ with ``strict=True``). A failure whose cause does not depend on sizes (``_size_i
 every signature that differs only in sizes, with that one warning. When the original raises too,
 its exception is the user's own and is re-raised unchanged. Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
-back before the next step runs.
+back before the next step runs. With ``compile=True`` the first call of a signature also compares
+the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class Options:
     mode: str | None = None
     dynamic: bool | None = None
     verify: bool = False
+    verify_compiled: bool = True  # first call per signature: compiled vs eager rewritten function
     strict: bool = False
     hoist: bool = True           # target-only work outside autograd, cached; on torch.compile's graphs
     # Arguments treated as constants: detached on every call, so no gradient reaches them. A
@@ -81,7 +83,8 @@ class OptimizedFunction:
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no fallback yet): calls skip the signature key.
         self._uniform: Callable | None = None
-        self._per_signature = options.verify or options.lint
+        self._per_signature = (options.verify or options.lint
+                               or (options.compile and options.verify_compiled))
         self._dump_count = [0]
         name, filename, lineno = frontend.describe(fn)
         self._report = Report(name, filename, lineno)
@@ -181,6 +184,8 @@ class OptimizedFunction:
             impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
             if impl is None:
                 impl = self._original if rewritten is None else self._compiled(rewritten)
+                if impl not in (rewritten, self._original) and self._options.verify_compiled:
+                    impl = self._check_compiled(key, impl, args, kwargs)
             if impl is not self._original and self._options.verify:
                 problems = self._verify(impl, args, kwargs)
                 if problems:
@@ -199,6 +204,26 @@ class OptimizedFunction:
         except Exception as exc:
             return [f"the rewritten function raised {type(exc).__name__}: {exc}"]
         return compare(want, got)
+
+    def _check_compiled(self, key: Any, compiled: Callable, args: tuple, kwargs: dict) -> Callable:
+        """The compiled function against the eager rewritten one, each on its own clones: a
+        compiler that miscompiles (values or gradients) makes this signature run eagerly."""
+        eager = compiled._optimize_loss_eager
+        try:
+            want = outputs_and_gradients(eager, args, kwargs)
+        except Exception:
+            return eager  # fails by itself: the call itself steps down to the original
+        try:
+            got = outputs_and_gradients(compiled, args, kwargs)
+        except Exception as exc:
+            return self._step_down(key, "torch.compile failed", exc, eager)
+        problems = compare(want, got)
+        if problems:
+            self._fall_back(self._error("the compiled function differs from the eager rewritten "
+                                        "function: " + "; ".join(problems)),
+                            None, key, running=_EAGER)
+            return eager
+        return compiled
 
     def _compiled(self, rewritten: Callable) -> Callable:
         opts = self._options
