@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from . import frontend
 from .backend import HoistingBackend
@@ -234,9 +234,11 @@ class OptimizedFunction:
             if opts.hoist:  # Dynamo's graphs get the FX passes, then go to opts.backend
                 backend, mode = HoistingBackend(backend, mode, opts.dynamic, self._report,
                                                 self._dumper()), None
-            self._compiled_fn = torch.compile(rewritten, backend=backend, mode=mode,
-                                              dynamic=opts.dynamic)
-            self._compiled_fn._optimize_loss_eager = rewritten  # next step down if compiling fails
+            compiled = torch.compile(rewritten, backend=backend, mode=mode, dynamic=opts.dynamic)
+            if opts.backend != "eager":  # AOTAutograd's backward is not differentiable
+                compiled = _first_order_only(compiled, self._report.function)
+            compiled._optimize_loss_eager = rewritten  # next step down if compiling fails
+            self._compiled_fn = compiled
         return self._compiled_fn
 
     def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
@@ -317,6 +319,30 @@ class OptimizedFunction:
         return dump
 
 
+_EAGER = "the eager rewritten function"
+
+
+def _first_order_only(compiled: Callable, name: str) -> Callable:
+    """``compiled``, whose outputs refuse a backward with ``create_graph=True``: AOTAutograd's
+    backward is not differentiable, so a second ``grad`` through it would be None (or raise only
+    for some losses). A hook on each output's grad_fn costs about 1 us per call."""
+    def refuse_create_graph(grad_outputs: tuple) -> None:
+        if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
+            raise RuntimeError(
+                f"optimize_loss: second-order gradients (backward with create_graph=True) "
+                f"through the compiled {name} are not supported: torch.compile's backward is not "
+                f"differentiable. Use optimize_loss(..., compile=False) (or backend=\"eager\") "
+                f"for this loss.")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = compiled(*args, **kwargs)
+        for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                t.grad_fn.register_prehook(refuse_create_graph)
+        return out
+    return call
+
+
 class _Saved:
     """The state of the arguments a function may change in place: tensors (values, sizes and
     strides), lists, dicts, sets and the tensors in them, modules' attributes and buffers, other
@@ -371,9 +397,6 @@ class _Saved:
                 vars(obj).clear()
                 vars(obj).update(state)
         return True
-
-
-_EAGER = "the eager rewritten function"
 
 
 # Exception types that name a construct, not a size: the same code fails the same way at any size.
