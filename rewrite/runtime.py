@@ -35,6 +35,7 @@ from . import frontend
 from .backend import HoistingBackend
 from passes.errors import RewriteError, Unsupported
 from .lint import warn as lint_warn
+from passes import loop_run_counters
 from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, Report
 from .testing import compare, outputs_and_gradients
@@ -80,6 +81,7 @@ class OptimizedFunction:
         self._by_structure: dict[Any, Callable] = {}
         self._mutated: tuple[str, ...] = ()  # parameters the function may change in place
         self._signature: inspect.Signature | None = None  # to find them among the arguments
+        self._counting: Callable | None = None  # the rewritten function counting its loops' runs
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no fallback yet): calls skip the signature key.
         self._uniform: Callable | None = None
@@ -194,6 +196,9 @@ class OptimizedFunction:
                     impl = self._original
             self._impls[key] = impl
             self._uniform = None if self._per_signature else impl
+            # This first call of an eager signature counts what its loops run (the same code).
+            if impl is rewritten and not self._options.compile:
+                return self._counts(rewritten)  # compiled: counted by _check_compiled's run
             return impl
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
@@ -210,7 +215,7 @@ class OptimizedFunction:
         compiler that miscompiles (values or gradients) makes this signature run eagerly."""
         eager = compiled._optimize_loss_eager
         try:
-            want = outputs_and_gradients(eager, args, kwargs)
+            want = outputs_and_gradients(self._counts(eager), args, kwargs)
         except Exception:
             return eager  # fails by itself: the call itself steps down to the original
         try:
@@ -240,6 +245,26 @@ class OptimizedFunction:
             compiled._optimize_loss_eager = rewritten  # next step down if compiling fails
             self._compiled_fn = compiled
         return self._compiled_fn
+
+    def _counts(self, rewritten: Callable) -> Callable:
+        """An eager copy of ``rewritten`` that counts its vectorized loops' runs into the report
+        (``passes.loop_run_counters``); ``rewritten`` itself when no loop is vectorized."""
+        report = self._report
+        if self._original.__name__ == "<lambda>" or not any(l.vectorized for l in report.loops):
+            return rewritten  # (a lambda's rewritten source reads `def <lambda>`: no Python)
+        with self._lock:
+            if self._counting is None:
+                tree = ast.parse(report.rewritten_source)
+                ast.increment_lineno(tree, report.lineno - 1)  # the def's line; the rest shifts
+                tree = loop_run_counters.instrument(tree, _COUNTER)
+                own = set(self._original.__code__.co_freevars)
+                cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
+                bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
+                parsed = frontend.ParsedFunction(self._original, tree, report.filename,
+                                                 report.lineno, report.original_source, "torch")
+                self._counting = frontend.build_function(tree, parsed,
+                                                         {**bindings, _COUNTER: report})
+            return self._counting
 
     def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
                  saved: _Saved | None) -> Any:
@@ -320,6 +345,7 @@ class OptimizedFunction:
 
 
 _EAGER = "the eager rewritten function"
+_COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 
 
 def _first_order_only(compiled: Callable, name: str) -> Callable:
