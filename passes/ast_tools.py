@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .report import Report
 
@@ -63,6 +63,12 @@ class PassContext:
     # The function's parameters, locals and closure variables: names that do not resolve in
     # ``globals`` there (None: unknown; code moved into the function must not read them).
     local_names: frozenset | None = None
+    # The frontend's functions, filled by rewrite/frontend.py (passes/ never imports rewrite/):
+    # ``parse_function(fn)`` -> the parsed function (``.tree``: a Module whose body[0] is the def,
+    # ``.filename``), raising ``Unsupported``; ``rewrite_function(fn, report, rewriting=...)`` ->
+    # ``(rebuilt function, changed)``, the whole AST stage on a called helper.
+    parse_function: Callable[[Any], Any] = field(kw_only=True)
+    rewrite_function: Callable[..., tuple[Callable, bool]] = field(kw_only=True)
 
     def where(self, node: ast.AST | None) -> str:
         line = getattr(node, "lineno", None) or self.report.lineno

@@ -297,8 +297,6 @@ def _calls_run_once(node: ast.AST):
 def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) -> _Helper:
     """``fn`` as an inlinable helper; raises ``Unsupported`` with the reason it is not. ``seen``:
     the helpers whose bodies call it (checked first)."""
-    from rewrite.frontend import parse_function  # the frontend runs the pipeline
-
     if len(seen) > 2 * MAX_DEPTH:
         raise Unsupported("helpers nested too deeply")
     if fn.__name__ == "<lambda>" or fn.__qualname__ != fn.__name__:
@@ -313,7 +311,7 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
         raise Unsupported("source not available") from None
     if lines[0].lstrip().startswith("@"):
         raise Unsupported("it has decorators")
-    parsed = parse_function(fn)
+    parsed = ctx.parse_function(fn)
     if parsed.filename != ctx.filename:
         raise Unsupported("defined in another file")
     node = parsed.tree.body[0]

@@ -75,14 +75,12 @@ class _Redirect(ast.NodeVisitor):  # changes calls in place
         return self.renamed[name]
 
     def _rewrite(self, name: str) -> str | None:
-        from rewrite.frontend import rewrite_function  # the frontend runs this pipeline
-
         helper = self.ctx.globals.get(name)
         if not _is_helper(helper, self.ctx):
             return None
         report = Report(helper.__qualname__, self.ctx.filename, helper.__code__.co_firstlineno)
         try:
-            rebuilt, changed = rewrite_function(helper, report, rewriting=self.ctx.rewriting)
+            rebuilt, changed = self.ctx.rewrite_function(helper, report, rewriting=self.ctx.rewriting)
         except (Unsupported, RewriteError) as exc:
             self.ctx.report.notes.append(f"helper {name} is called as written: {exc}")
             return None

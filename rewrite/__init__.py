@@ -9,7 +9,7 @@ from passes.errors import RewriteError
 from passes.report import Fallback, LoopReport, Report
 
 from .decorator import OptimizedModule, explain, optimize_loss
-from .hoist import split
+from .offline_split import split
 from .lint import Finding, GradientFlowWarning, lint
 from .runtime import OptimizedFunction, RewriteWarning
 from .testing import assert_equivalent

@@ -49,6 +49,11 @@ def describe(fn: Any) -> tuple[str, str, int]:
     return name, code.co_filename, code.co_firstlineno
 
 
+def call_signature(fn: Callable) -> inspect.Signature:
+    """How ``fn`` is called: a module's ``forward`` (without self), else ``fn`` itself."""
+    return inspect.signature(fn.forward if isinstance(fn, torch.nn.Module) else fn)
+
+
 def parse_function(fn: Any) -> ParsedFunction:
     """Parse ``fn``'s source; raise ``Unsupported`` with a reason when it cannot be rewritten."""
     if not isinstance(fn, types.FunctionType):
@@ -170,7 +175,9 @@ def _same_code(new: types.CodeType, old: types.CodeType) -> bool:
     return new.co_code == old.co_code or _fingerprint(new) == _fingerprint(old)
 
 
-_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+# Layout, not behaviour: jump offsets, and EXTENDED_ARG, which carries their high bits (a long
+# loop body whose jumps cross 256 code units between two builds would differ only there).
+_LAYOUT = frozenset(dis.hasjrel) | frozenset(dis.hasjabs) | {dis.opmap["EXTENDED_ARG"]}
 
 
 def _fingerprint(code: types.CodeType) -> tuple:
@@ -178,7 +185,7 @@ def _fingerprint(code: types.CodeType) -> tuple:
     opcodes, jump offsets): every name, constant, local and operator it uses, in order."""
     return (code.co_varnames, code.co_freevars, tuple(
         _fingerprint(i.argval) if isinstance(i.argval, types.CodeType) else i.argval
-        for i in dis.get_instructions(code) if i.opcode not in _JUMPS and i.arg is not None))
+        for i in dis.get_instructions(code) if i.opcode not in _LAYOUT and i.arg is not None))
 
 
 def build_function(tree: ast.Module, parsed: ParsedFunction,
@@ -217,7 +224,8 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
                       namer=Namer.for_tree(parsed.tree, set(fn.__globals__)), report=report,
                       globals=fn.__globals__, torch_name=parsed.torch_name,
                       rewriting=rewriting | {fn}, local_names=frozenset(
-                          fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars))
+                          fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars),
+                      parse_function=parse_function, rewrite_function=rewrite_function)
     before = unparse(parsed.tree)
     tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, dump)
     report.rewritten_source = unparse(tree)

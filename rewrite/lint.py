@@ -32,7 +32,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import frontend
-from .inputs import call_signature
 from .testing import clone_inputs, differentiable_inputs
 
 
@@ -342,7 +341,7 @@ def _named_inputs(fn: Callable, args: tuple, kwargs: dict) -> dict[str, torch.Te
     """Inputs requiring grad, by parameter name when the signature allows, plus ``fn``'s own
     parameters when it is a module."""
     try:
-        named = differentiable_inputs((), call_signature(fn).bind(*args, **kwargs).arguments)
+        named = differentiable_inputs((), frontend.call_signature(fn).bind(*args, **kwargs).arguments)
     except (TypeError, ValueError):
         named = differentiable_inputs(args, kwargs)
     if isinstance(fn, torch.nn.Module):

@@ -4,12 +4,31 @@ from __future__ import annotations
 import ast
 import importlib.util
 import itertools
+import pkgutil
 import sys
 import textwrap
 import types
 from pathlib import Path
 
+import examples
+import examples.real
+from rewrite import frontend
+
+# What the frontend puts in every PassContext; a test that builds a context by hand passes these.
+FRONTEND = {"parse_function": frontend.parse_function, "rewrite_function": frontend.rewrite_function}
+
 _counter = itertools.count()
+
+
+def _discover(package: types.ModuleType, prefix: str = "") -> list[str]:
+    return sorted(prefix + m.name for m in pkgutil.iter_modules(package.__path__)
+                  if not m.ispkg and not m.name.startswith("_") and m.name != "demo")
+
+
+# Example modules, as names under ``examples.``: the seed suite, and the real-code corpus
+# (losses paraphrased from public repositories, "real.<module>").
+EXAMPLE_NAMES = _discover(examples)
+REAL_EXAMPLE_NAMES = _discover(examples.real, "real.")
 
 
 def load_module(directory: Path, source: str) -> types.ModuleType:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from passes import vectorize_loops
 from passes.ast_tools import Namer, PassContext, unparse
 from passes.report import Report
+from tests.helpers import FRONTEND
 
 
 def dedent(src: str) -> str:
@@ -26,7 +27,7 @@ def namespace(**extra) -> dict:
 
 def context(tree: ast.Module, ns: dict) -> PassContext:
     return PassContext("<test>", tree.body[0].name, Namer.for_tree(tree, set(ns)),
-                       Report(tree.body[0].name, "<test>", 1), ns)
+                       Report(tree.body[0].name, "<test>", 1), ns, **FRONTEND)
 
 
 def rewrite_source(src: str, ns: dict | None = None) -> tuple[str, Report]:

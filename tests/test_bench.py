@@ -5,9 +5,10 @@ import textwrap
 
 import pytest
 
-from rewrite.bench import discover
-from rewrite.bench_report import Ratio, Time, steady_time
-from rewrite.cli import main
+import rewrite.tools.bench as bench_module
+from rewrite.tools.bench import discover
+from rewrite.tools.bench_report import Ratio, Time, fmt_overhead, steady_time
+from rewrite.tools.cli import main
 
 HEADER = """\
 import time
@@ -88,12 +89,17 @@ def test_json_has_documented_keys(bench):
     for key in ("command", "date", "machine", "torch", "python", "threads", "backend", "budget_s",
                 "compile_budget_s", "compiled_cases", "bandwidth_gb_s", "seconds"):
         assert key in meta, key
-    assert meta["threads"] == 1 and meta["backend"] == "eager" and meta["bandwidth_gb_s"] > 0.1
+    assert meta["threads"] == 1 and meta["backend"] == "eager" and meta["bandwidth_gb_s"] > 0
     assert set(data["cases"]) == {"per_sample_sq", "wrong", "slow"}
     assert {"P1", "P2", "P3", "P4", "P5", "P6", "L3"} <= set(data["targets"])
     for target in data["targets"].values():
         assert {"target", "value", "met", "detail"} <= set(target)
-    assert 0 <= data["overhead"]["overhead_us"] < 1000
+    # Structure and sign conventions only, never the machine's speed: a negative difference of
+    # two timings is noise and is reported as such, not as a negative cost.
+    overhead = data["overhead"]
+    assert overhead["direct_us"] > 0 and overhead["wrapped_us"] > 0 and overhead["rounds"] >= 5
+    assert overhead["below_noise"] == (overhead["overhead_us"] is None)
+    assert overhead["overhead_us"] is None or overhead["overhead_us"] >= 0
 
 
 def test_every_variant_measured_with_sane_numbers(bench):
@@ -105,14 +111,13 @@ def test_every_variant_measured_with_sane_numbers(bench):
                  "optimized_eager@b256"):
         assert variants[name]["status"] == "ok", (name, variants[name])
         assert not variants[name].get("problems"), (name, variants[name])
-        assert 0 < case["steady"][name]["seconds"] < 0.5, name
-        assert 0 < variants[name]["first_s"] < 20, name
+        assert case["steady"][name]["seconds"] > 0 and variants[name]["first_s"] > 0, name
     # The B=256 expert runs in blocks alternating with the optimized version's, one per sample.
     paired = variants["optimized_eager@b256"]["paired_samples"]
     assert len(paired) == len(variants["optimized_eager@b256"]["samples"]) and min(paired) > 0
     assert case["steady"]["expert_eager@b256"]["runs"] == len(paired)
     assert case["ratios"]["optimized_vs_expert_b256"]["value"] > 0
-    assert 0 < variants["optimized_eager"]["rewrite_s"] < 5
+    assert variants["optimized_eager"]["rewrite_s"] > 0
     assert variants["expert_eager"]["min_bytes"] == 8 * 3 * 4 * 3  # pred read + its gradient + target
     assert case["ratios"]["optimized_vs_best_expert"]["value"] > 0
     assert case["roofline"]["bytes"] == 288 and case["roofline"]["bound_s"] > 0
@@ -176,3 +181,22 @@ def test_steady_time_of_partial_results():
     assert steady_time({"status": "over_budget", "first_s": 9.0, "budget_s": 30.0, "samples": []},
                        eager=False) == Time(30.0, 0, True)
     assert steady_time({"status": "error", "error": "x", "samples": []}, eager=True) is None
+
+
+def test_overhead_below_noise_is_said_not_negative(monkeypatch):
+    # A fake clock on which the wrapped call looks faster than the direct one: the difference is
+    # noise, reported as such, never as a negative cost.
+    now = [0.0]
+
+    def costing(us):
+        def call(pred, target):
+            now[0] += us * 1e-6
+        return call
+    monkeypatch.setattr(bench_module.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(bench_module, "_nothing_to_rewrite", costing(2.0))
+    monkeypatch.setattr(bench_module, "optimize_loss", lambda fn, **options: costing(1.0))
+    overhead = bench_module.wrapper_overhead_us(0.01)
+    assert overhead["below_noise"] and overhead["overhead_us"] is None
+    assert overhead["direct_us"] == pytest.approx(2.0) and overhead["wrapped_us"] == pytest.approx(1.0)
+    assert fmt_overhead(overhead) == "below measurement noise"
+    assert fmt_overhead({"below_noise": False, "overhead_us": 1.234}) == "1.23 µs"

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
 
 import pytest
 import torch
 from torch.utils._pytree import tree_flatten
 
-import examples
 import examples.real
 from rewrite.testing import assert_equivalent
+from tests.helpers import EXAMPLE_NAMES as NAMES
+from tests.helpers import REAL_EXAMPLE_NAMES as REAL_NAMES
 
-
-def discover(package, prefix: str = "") -> list[str]:
-    return sorted(prefix + m.name for m in pkgutil.iter_modules(package.__path__)
-                  if not m.ispkg and not m.name.startswith("_") and m.name != "demo")
-
-
-NAMES = discover(examples)
-# The real-code corpus: losses paraphrased from public repositories, named "real.<module>".
-REAL_NAMES = discover(examples.real, "real.")
 ALL = NAMES + REAL_NAMES
 DTYPES = [torch.float32, torch.float64]
 SEEDS = [0, 1, 2]

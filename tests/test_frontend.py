@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import ast
+import dis
+import linecache
+import os
 
 import pytest
 import torch
@@ -123,3 +126,52 @@ def test_rebuilt_function_equals_original(tmp_path_factory, expr, indent):
     a, b = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
     assert torch.equal(rebuilt(a, b), fn(a, b))
     assert ast.dump(ast.parse(unparse(parsed.tree))) == ast.dump(ast.parse(unparse(parsed.tree)))
+
+
+def _long_loop(n: int, padding: int = 0, in_class: bool = False) -> str:
+    # Each `pass` is a NOP kept for its line: it moves every later jump without changing behaviour.
+    body = "".join("        pass\n" for _ in range(padding)) + "".join(
+        f"        acc = acc + x[i] * {k} + x[i] / {k + 1}\n" for k in range(n))
+    src = f"def loss(x):\n    acc = 0\n    for i in range(x.shape[0]):\n{body}    return acc\n"
+    return "class L:\n" + "".join("    " + line for line in src.splitlines(True)) if in_class else src
+
+
+@pytest.mark.parametrize("in_class", [False, True])
+def test_long_loop_bodies_are_the_same_code(tmp_path, in_class):
+    # Jump offsets past 256 code units take EXTENDED_ARG prefixes: layout, never a mismatch.
+    for n in range(2, 80, 7):
+        module = load_module(tmp_path, _long_loop(n, in_class=in_class))
+        fn = module.L.loss if in_class else module.loss
+        parsed, rebuilt = _roundtrip(fn)
+        x = torch.randn(3)
+        assert torch.equal(rebuilt(x), fn(x))
+
+
+def test_fingerprint_ignores_jump_layout_but_not_behaviour():
+    def code(src):
+        return next(c for c in compile(src, "f.py", "exec").co_consts if hasattr(c, "co_code"))
+
+    def high_bits(c):
+        return [i.arg for i in dis.get_instructions(c) if i.opname == "EXTENDED_ARG"]
+    # The NOPs of `pass` lines push a jump's high bits to the next value at some body length.
+    crossing = [n for n in range(10, 60) if high_bits(code(_long_loop(n))) != high_bits(
+        code(_long_loop(n, padding=3)))]
+    assert crossing
+    for n in crossing:
+        assert frontend._fingerprint(code(_long_loop(n))) == frontend._fingerprint(
+            code(_long_loop(n, padding=3)))
+        changed = code(_long_loop(n).replace("x[i] * 1 ", "x[i] * 2 "))
+        assert frontend._fingerprint(code(_long_loop(n))) != frontend._fingerprint(changed)
+
+
+@pytest.mark.parametrize("in_class", [False, True])
+def test_a_long_loop_edited_on_disk_is_still_refused(tmp_path, in_class):
+    module = load_module(tmp_path, _long_loop(40, in_class=in_class))
+    fn = module.L.loss if in_class else module.loss
+    path = module.__file__
+    with open(path, "w") as f:
+        f.write(_long_loop(40, in_class=in_class).replace("x[i] * 39", "x[i] * 38"))
+    os.utime(path, (1, 1))  # seen even within the same mtime tick
+    linecache.checkcache(path)
+    with pytest.raises(Unsupported, match="does not match the loaded code"):
+        frontend.parse_function(fn)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from passes import fuse_loss_idioms
 from passes.ast_tools import Namer, PassContext, unparse
 from rewrite import Report, assert_equivalent, optimize_loss
-from tests.helpers import load_module
+from tests.helpers import FRONTEND, load_module
 
 SOURCE = '''
 import torch
@@ -105,7 +105,7 @@ def _source(fn_name: str) -> ast.Module:
 
 def _run_pass(tree: ast.Module, torch_name: str = "torch") -> str:
     ctx = PassContext("user.py", "f", Namer.for_tree(tree), Report("f", "user.py", 1),
-                      torch_name=torch_name)
+                      torch_name=torch_name, **FRONTEND)
     return unparse(fuse_loss_idioms.transform(tree, ctx))
 
 

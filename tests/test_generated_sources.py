@@ -17,7 +17,7 @@ import pytest
 from passes.errors import RewriteError, Unsupported
 from rewrite.frontend import rewrite_function
 from passes.report import Report
-from tests.test_examples import NAMES
+from tests.helpers import EXAMPLE_NAMES as NAMES
 
 GOLDEN = Path(__file__).parent / "golden" / "examples"
 ROOT = Path(__file__).parent.parent

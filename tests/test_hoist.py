@@ -17,7 +17,8 @@ from passes import hoist_target_subgraph
 from passes.pipeline import run_fx_pipeline
 from rewrite import RewriteWarning, assert_equivalent, optimize_loss, split
 from passes.errors import RewriteError
-from rewrite.hoist import CACHE_SIZE, HoistedCall, TargetCache, trace
+from rewrite.hoist import CACHE_SIZE, HoistedCall, TargetCache
+from rewrite.offline_split import trace
 
 SEED_000 = ["masked_mse", "target_scaling", "log1p_target", "class_weighted_ce"]
 
@@ -267,7 +268,7 @@ def test_batch_size_changes_recompile_once():
         compiles.append(gm)
         return gm.forward
 
-    torch._dynamo.reset()  # forget the dynamic dimensions earlier tests taught Dynamo
+    torch.compiler.reset()  # forget the dynamic dimensions earlier tests taught Dynamo
     fn = optimize_loss(smoothed_weighted_ce, backend=counting)
     for n in [32, 32, 64, 17, 64, 5, 32]:  # ... and a smaller last batch
         check(fn, *ce_inputs(n=n))

@@ -11,7 +11,7 @@ from passes import annotate_grad_dependence, hoist_target_subgraph
 from passes.meta_keys import GRAD_DEPENDENCE, HOISTED, NOT_HOISTED_BECAUSE
 from passes.pipeline import run_fx_pipeline
 from passes.errors import RewriteError
-from rewrite.hoist import trace
+from rewrite.offline_split import trace
 
 
 def split_graph(fn, *inputs) -> torch.fx.GraphModule:

@@ -11,9 +11,9 @@ import zlib
 import pytest
 import torch
 
-from rewrite import html_report
-from rewrite.html_report import CLASS_COLOURS, render_html
-from rewrite.inspection import collect
+from rewrite.tools import html_report
+from rewrite.tools.html_report import CLASS_COLOURS, render_html
+from rewrite.tools.inspection import collect
 
 
 def masked(pred, target):

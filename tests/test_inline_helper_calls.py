@@ -14,7 +14,7 @@ from passes import inline_helper_calls, vectorize_loops
 from passes.ast_tools import Namer, PassContext, unparse
 from rewrite import Report, assert_equivalent, optimize_loss
 from rewrite.frontend import parse_function
-from tests.helpers import load_module
+from tests.helpers import FRONTEND, load_module
 
 def _example_helpers() -> str:
     """``dice`` and ``tversky`` as examples/dice_tversky.py has them, with their constants."""
@@ -177,7 +177,8 @@ def _context(fn) -> tuple[ast.Module, PassContext]:
     ctx = PassContext(parsed.filename, fn.__name__, Namer.for_tree(parsed.tree, set(fn.__globals__)),
                       Report(fn.__name__, parsed.filename, parsed.lineno), fn.__globals__,
                       rewriting=frozenset({fn}),
-                      local_names=frozenset(code.co_varnames + code.co_cellvars + code.co_freevars))
+                      local_names=frozenset(code.co_varnames + code.co_cellvars + code.co_freevars),
+                      **FRONTEND)
     return parsed.tree, ctx
 
 

@@ -1,5 +1,5 @@
 """``optimize-loss inspect | verify | lint``: input SPECs, FILE.py:FUNC loading, exit codes, the
-JSON keys, and one-line errors. CLI tests run ``rewrite.cli.main`` in-process, one runs
+JSON keys, and one-line errors. CLI tests run ``rewrite.tools.cli.main`` in-process, one runs
 ``python -m rewrite`` for real."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import passes.pipeline
-from rewrite import inspection
-from rewrite.cli import main
+from rewrite.tools import inspection
+from rewrite.tools.cli import main
 from rewrite.decorator import optimize_loss
-from rewrite.inputs import InputError, parse_spec
+from rewrite.tools.inputs import InputError, parse_spec
 
 LOSSES = textwrap.dedent('''\
     import torch

@@ -115,3 +115,11 @@ def test_a_lambda_with_a_vectorized_comprehension_runs(tmp_path):
     fn = optimize_loss(module.loss, compile=False)
     assert _loop(fn).vectorized  # the rewritten source reads `def <lambda>`: it is not counted
     assert_equivalent(module.loss, fn, *_inputs(torch.float64))
+
+
+def test_inspect_shows_the_counts(user):
+    from rewrite.tools import inspection
+    data = inspection.collect(user.summed, _inputs(torch.float32), {}, repeat=1)
+    assert data["loops"][0]["runs"] == {"vectorized": 1, "failed": 0, "as_written": 0,
+                                        "last_failure": ""}
+    assert "[ran: vectorized 1, as written 0]" in inspection.format_text(data)

@@ -10,7 +10,7 @@ from passes import optimize_called_helpers
 from passes.ast_tools import Namer, PassContext, unparse
 from rewrite import Report, assert_equivalent, optimize_loss
 from rewrite.frontend import parse_function
-from tests.helpers import load_module
+from tests.helpers import FRONTEND, load_module
 
 SOURCE = '''
 import torch
@@ -50,7 +50,7 @@ def _run_pass(fn):
     parsed = parse_function(fn)
     ctx = PassContext(parsed.filename, fn.__name__, Namer.for_tree(parsed.tree, set(fn.__globals__)),
                       Report(fn.__name__, parsed.filename, parsed.lineno), fn.__globals__,
-                      rewriting=frozenset({fn}))
+                      rewriting=frozenset({fn}), **FRONTEND)
     tree = optimize_called_helpers.transform(parsed.tree, ctx)
     return unparse(tree), ctx
 
@@ -81,7 +81,7 @@ def test_recursion_is_not_followed(user):
 def test_second_run_changes_nothing(user):
     parsed = parse_function(user.loss)
     ctx = PassContext(parsed.filename, "loss", Namer.for_tree(parsed.tree), Report("loss", "f", 1),
-                      user.loss.__globals__)
+                      user.loss.__globals__, **FRONTEND)
     once = unparse(optimize_called_helpers.transform(parsed.tree, ctx))
     twice = unparse(optimize_called_helpers.transform(ast.parse(once), ctx))
     assert once == twice

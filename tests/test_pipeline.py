@@ -9,11 +9,11 @@ import torch
 import passes.pipeline
 from passes.ast_tools import Namer, PassContext
 from rewrite import Report, RewriteError, assert_equivalent, optimize_loss
-from tests.helpers import AppendPass, Explode, Identity, ast_pass, load_module
+from tests.helpers import FRONTEND, AppendPass, Explode, Identity, ast_pass, load_module
 
 
 def _ctx(tree, filename="user.py"):
-    return PassContext(filename, "loss", Namer.for_tree(tree), Report("loss", filename, 1))
+    return PassContext(filename, "loss", Namer.for_tree(tree), Report("loss", filename, 1), **FRONTEND)
 
 
 @pytest.mark.parametrize("source, reason", [

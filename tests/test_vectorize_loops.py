@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import pkgutil
 import textwrap
 import warnings
 
@@ -14,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import examples
 import rewrite
 from passes import batch_loop_bodies, vectorize_loops
 from passes.errors import Unsupported
 from rewrite.testing import assert_equivalent
+from tests.helpers import EXAMPLE_NAMES as NAMES
 from tests.helpers import load_module
 from tests.loop_helpers import (build, context, dedent, finite_grads, namespace, normalise,
                                 rewrite_source, same_python_types, strategies)
@@ -43,7 +42,7 @@ def labels(n, classes, seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour: (source, inputs(dtype, seed), {lineno: strategy}) per pattern of the issue.
+# Behaviour: (source, inputs(dtype, seed), {lineno: strategy}) per loop pattern vectorized.
 # Line numbers count from the `def` line = 1.
 
 CASES = {
@@ -977,11 +976,7 @@ def test_decorator_end_to_end(tmp_path):
     assert [(l.lineno, l.strategy) for l in opt.report.loops] == [(6, "batched")]
 
 
-EXAMPLES = sorted(m.name for m in pkgutil.iter_modules(examples.__path__)
-                  if not m.name.startswith("_") and m.name != "demo")
-
-
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", NAMES)
 def test_examples_stay_equivalent(name):
     module = importlib.import_module(f"examples.{name}")
     with warnings.catch_warnings():
@@ -1027,7 +1022,7 @@ def _loops_in(fn, seen: set) -> int:
     return count
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", NAMES)
 def test_examples_report_every_loop_and_comprehension_once(name):
     module = importlib.import_module(f"examples.{name}")
     report = rewrite.explain(module.naive)

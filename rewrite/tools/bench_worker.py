@@ -1,7 +1,7 @@
 """LossBench worker: measures (example, variant) jobs in a subprocess, so that the bench can stop
 any job at its time budget (a naive loop or a torch.compile of one can take minutes).
 
-``python -m rewrite.bench_worker SPEC_JSON``; SPEC has ``jobs`` (each ``path``: an example file,
+``python -m rewrite.tools.bench_worker SPEC_JSON``; SPEC has ``jobs`` (each ``path``: an example file,
 ``variant``: one that ``build`` knows, with ``@b256`` for the first 256 rows of the bench inputs,
 ``budget``: seconds), ``threads``, ``backend`` and ``min_time``. Every result is written to stdout as one JSON line, tagged with its
 job's index, as soon as it is known (``start``, ``first``, ``sample``, ``info``, ``error``,
@@ -23,15 +23,16 @@ from typing import Any, Callable
 
 import torch
 
-from .decorator import optimize_loss
-from .testing import differences, differentiable_inputs
+from ..decorator import optimize_loss
+from ..offline_split import split
+from ..testing import differences, differentiable_inputs
 
 COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled"}
 # At bench size, float32 sums over 1e5-1e6 terms in another order (vectorized, or fused by
 # Inductor) drift past rewrite.testing's small-size defaults near zero; a wrong rewrite is off by
 # far more. The small-size check against the naive code keeps the defaults.
 BENCH_TOLERANCE = (1e-3, 1e-4)  # rtol, atol
-PER_SAMPLE_ROWS = 256  # issue 3: per-sample losses are judged at B=256 (first rows of the bench inputs)
+PER_SAMPLE_ROWS = 256  # loop target L3 judges per-sample losses at B=256 (first rows of the bench inputs)
 
 _out = sys.stdout
 
@@ -137,7 +138,7 @@ def warm_up_inductor(backend: str) -> None:
 
 def build(base: str, module: Any, backend: str, inputs: tuple) -> Callable:
     if base in COMPILED:
-        torch._dynamo.reset()  # no compiled code left from earlier variants: a cold first call
+        torch.compiler.reset()  # no compiled code left from earlier variants: a cold first call
     if base == "naive_eager":
         return module.naive
     if base == "naive_compiled":
@@ -165,7 +166,6 @@ def precomputed_expert(module: Any, inputs: tuple) -> Callable:
     """The expert who runs the target branch once by hand (``rewrite.split``'s documented
     baseline): the target part runs here, outside the timed calls; the result takes the same
     arguments as the loss and runs only the gradient path."""
-    from .hoist import split
     target_transform, core = split(module.expert, *inputs)
     fixed = target_transform(*[a for a in inputs if isinstance(a, torch.Tensor) and not a.requires_grad])
     return lambda *args: core(*[a for a in args if isinstance(a, torch.Tensor) and a.requires_grad], *fixed)

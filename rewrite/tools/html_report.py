@@ -54,7 +54,7 @@ def render_svg(dot_text: str) -> str:
 
 
 def render_html(data: dict) -> str:
-    """The page for the JSON object of ``rewrite.inspection.collect``."""
+    """The page for the JSON object of ``rewrite.tools.inspection.collect``."""
     title = f"optimize_loss: {data['function']}"
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{escape(title)}</h1>",

@@ -49,18 +49,18 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from passes.ast_tools import unparse
+from passes.errors import Unsupported
 from passes.meta_keys import GRAD_DEPENDENCE, HOISTED, NOT_HOISTED_BECAUSE, REQUIRES_GRAD, USER_LOCATION
 from passes.pipeline import run_fx_pipeline
-
-from . import frontend
-from .decorator import optimize_loss
-from passes.errors import Unsupported
 from passes.report import describe_runs
+
+from .. import frontend
+from ..decorator import optimize_loss
+from ..lint import caller_location, lint, user_location
+from ..runtime import OptimizedFunction, describe_key, signature_key
+from ..testing import clone_inputs, differences, differentiable_inputs, outputs_and_gradients
 from .html_report import CLASS_COLOURS, render_html
 from .inputs import SPEC_HELP, InputError, build_inputs, load_target
-from .lint import caller_location, lint, user_location
-from .runtime import OptimizedFunction, describe_key, signature_key
-from .testing import clone_inputs, differences, differentiable_inputs, outputs_and_gradients
 
 JSON_VERSION = 1
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import frontend
+from .. import frontend
 
 SPEC_HELP = """\
 input SPEC grammar (--input NAME=SPEC, NAME a parameter of FUNC):
@@ -213,7 +213,7 @@ def _as_call(value: Any, what: str) -> tuple[tuple, dict]:
 def _bind(fn: Callable, args: tuple, kwargs: dict, given: dict[str, Any]) -> tuple[tuple, dict]:
     """Merge positional ``args``, ``kwargs`` and named ``given`` values into one call of ``fn``."""
     try:
-        params = call_signature(fn).parameters
+        params = frontend.call_signature(fn).parameters
     except (TypeError, ValueError):
         raise InputError(f"cannot read the signature of {frontend.describe(fn)[0]}") from None
     unknown = [n for n in given if n not in params or params[n].kind in (
@@ -237,14 +237,9 @@ def _bind(fn: Callable, args: tuple, kwargs: dict, given: dict[str, Any]) -> tup
     return tuple(call_args), values
 
 
-def call_signature(fn: Callable) -> inspect.Signature:
-    """How ``fn`` is called: a module's ``forward`` (without self), else ``fn`` itself."""
-    return inspect.signature(fn.forward if isinstance(fn, torch.nn.Module) else fn)
-
-
 def _required(fn: Callable) -> list[str]:
     try:
-        params = call_signature(fn).parameters.values()
+        params = frontend.call_signature(fn).parameters.values()
     except (TypeError, ValueError):
         return []
     return [p.name for p in params if p.default is inspect.Parameter.empty

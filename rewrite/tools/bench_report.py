@@ -1,5 +1,6 @@
-"""LossBench numbers and tables: times from the workers' raw results, ratios, the targets
-(P1-P6 of issue 6, L1-L3 of issue 3) and the markdown the README's tables come from."""
+"""LossBench numbers and tables: times from the workers' raw results, ratios, the project's
+performance targets (P1-P6) and loop targets (L1-L3), and the markdown the README's tables come
+from."""
 from __future__ import annotations
 
 import statistics
@@ -200,8 +201,8 @@ def targets(cases: dict[str, dict], analysed: dict[str, dict], raw: dict[str, di
         (all(p.meets(1.1) and u.meets(1.0) for _, p, u in rows) and len(rows) == len(fixed)) if rows else None)
 
     put("P5", "wrapper overhead ≤ 10 µs per call when nothing is rewritten",
-        f"{overhead['overhead_us']:.2f} µs ({overhead['wrapped_us']:.2f} vs {overhead['direct_us']:.2f} µs direct)",
-        overhead["overhead_us"] <= 10)
+        f"{fmt_overhead(overhead)} ({overhead['wrapped_us']:.2f} vs {overhead['direct_us']:.2f} µs direct)",
+        overhead["below_noise"] or overhead["overhead_us"] <= 10)
 
     roof = {n: analysed[n]["roofline"]["optimized_over_bound"] for n in cases
             if analysed[n]["roofline"] and analysed[n]["roofline"]["optimized_over_bound"]}
@@ -227,6 +228,10 @@ def targets(cases: dict[str, dict], analysed: dict[str, dict], raw: dict[str, di
 
 
 # -- markdown -------------------------------------------------------------------------------
+def fmt_overhead(overhead: dict) -> str:
+    return "below measurement noise" if overhead["below_noise"] else f"{overhead['overhead_us']:.2f} µs"
+
+
 def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts: dict, overhead: dict) -> str:
     compiled = ", ".join(meta["compiled_cases"]) or "none"
     out = ["# LossBench results", "",
@@ -330,7 +335,7 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
     out += ["", "## Wrapper overhead", "",
             f"`optimize_loss(fn, compile=False)` on a function with nothing to rewrite: "
             f"{overhead['wrapped_us']:.2f} µs per call vs {overhead['direct_us']:.2f} µs calling `fn` "
-            f"directly: {overhead['overhead_us']:.2f} µs overhead.", ""]
+            f"directly, in alternating blocks: {fmt_overhead(overhead)} overhead.", ""]
     problems = [(name, v, r) for name in cases for v, r in raw[name].items()
                 if r.get("status") == "error" or not equivalent(r)]
     if problems:

@@ -1,0 +1,12 @@
+"""Hypothesis profiles. CI (``CI=true``, as ``.ci/run`` runs) uses "ci": derandomized, so a clean
+clone's run is the same run every time and a red CI is a real failure, not a draw; no deadline and
+no too-slow health check, since a loaded 2-core machine is slow at random. Locally the default
+profile explores new examples on every run; ``HYPOTHESIS_PROFILE=ci`` reproduces CI's draws."""
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
