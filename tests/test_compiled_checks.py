@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from rewrite import RewriteWarning, assert_equivalent, optimize_loss
+from rewrite import RewriteError, RewriteWarning, assert_equivalent, optimize_loss
 from tests.helpers import load_module
 
 USER_CODE = '''
@@ -57,6 +57,12 @@ def test_a_miscompiled_signature_runs_the_eager_rewrite(user, dtype):
     assert len(found) == 2 and all("the eager rewritten function runs" in w for w in found)
     assert "differs from the eager rewritten function: output 0" in found[0]
     assert "gradient of argument 0" in found[0]
+
+
+def test_strict_raises_on_a_miscompiled_signature(user):
+    fn = optimize_loss(user.cubed, backend=_perturbing, strict=True)
+    with pytest.raises(RewriteError, match="differs from the eager rewritten function"):
+        fn(*_inputs(torch.float32))
 
 
 def test_verify_compiled_false_trusts_the_compiler(user):

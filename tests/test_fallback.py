@@ -270,6 +270,17 @@ def halved(pred, target, lengths):
     pred /= 2.0
     return _masked(pred, target, lengths)
 
+class Counting(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.register_buffer("seen", torch.zeros(()))
+
+    def forward(self, pred, target, lengths):
+        self.calls += 1
+        self.seen += 1
+        return _masked(pred, target, lengths)
+
 def _masked(pred, target, lengths):
     total = 0
     for i in range(pred.shape[0]):
@@ -326,6 +337,16 @@ def test_an_argument_changed_in_place_is_changed_once_on_fallback(runtime_user, 
     assert torch.equal(target, want_target)  # scaled by 0.1, not 0.01
     assert got.dtype == want.dtype == dtype and torch.equal(got, want)
     assert torch.equal(got_grad, want_grad)
+
+
+def test_module_state_changed_in_forward_is_changed_once_on_fallback(runtime_user):
+    module = runtime_user.Counting()
+    fn = optimize_loss(module, compile=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn(*_ragged(torch.float32))
+    assert len([w for w in caught if w.category is RewriteWarning]) == 1  # the original ran
+    assert module.calls == 1 and module.seen.item() == 1
 
 
 def test_a_size_changed_in_place_is_changed_once_on_fallback(runtime_user):
