@@ -166,6 +166,8 @@ class OptimizedFunction:
         return rewritten
 
     def _mutated_parameters(self) -> tuple[str, ...]:
+        """``passes.mutated_arguments`` on the original's source; every parameter when that
+        source does not parse on its own."""
         signature = inspect.signature(self._original)
         try:
             func = function_node(ast.parse(self._report.original_source))
