@@ -230,6 +230,26 @@ def clone(node: Any) -> Any:
     return new
 
 
+class Checks:
+    """A runtime check: conditions that must all hold, in order, each once (told apart by their
+    source)."""
+
+    def __init__(self):
+        self.conditions: list[ast.expr] = []
+        self._texts: set[str] = set()
+
+    def add(self, condition: ast.expr) -> None:
+        text = unparse(condition)
+        if text not in self._texts:
+            self._texts.add(text)
+            self.conditions.append(condition)
+
+    def expr(self) -> ast.expr:
+        if len(self.conditions) == 1:
+            return self.conditions[0]
+        return ast.BoolOp(op=ast.And(), values=self.conditions)
+
+
 def fix_missing_locations(node: ast.AST) -> ast.AST:
     """``ast.fix_missing_locations``, with the same result, about twice as fast (no generators
     per node): a node without a location takes its parent's."""

@@ -238,7 +238,7 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
     scope.require(xv.rank - 2, "==", node)
     scope.require(tv.rank - 1, "==", node)
     for cond in tv.integer:
-        scope.checks[cond] = None
+        scope.check(cond)
     if summed and reduction == "sum":
         return scope.sub(f"F(x.flatten(0, 1), t.flatten(), reduction='sum', "
                          f"ignore_index={ignore})", F=node.func, x=x, t=t), Val(True, Rank())

@@ -213,9 +213,7 @@ class _Batcher(Scope):
             if name in self.averaged and name not in self.totals:
                 stacked[-1] = self.sub("t / n", t=stacked[-1], n=self.trips)
         stmts += self.sub("o = v", o=outs, v=ast.Tuple(stacked, ast.Load()))
-        checks = [self.sub(text) for text in self.checks]
-        check = (checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks)) if checks \
-            else None
+        check = self.checks.expr() if self.checks.conditions else None
         return check, stmts
 
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
@@ -372,13 +370,13 @@ class _Batcher(Scope):
         if not iv.batched or iv.integer is None or iv.rank is None:
             raise Unsupported(f"`{unparse(node)}`: index not known to be an integer tensor")
         for cond in iv.integer:
-            self.checks[cond] = None
+            self.check(cond)
         if not bv.batched:  # w[idx]: per item w[idx_k], all at once w[idx]
             text = self.free(base)
             if text is None:
                 raise Unsupported(f"`{unparse(node)}`: gather from a computed value")
             if not isinstance(base, ast.Name):  # (vectorize_loops checks names the loop indexes)
-                self.checks[f"isinstance({text}, torch.Tensor)"] = None
+                self.check(f"isinstance({text}, torch.Tensor)")
             rank = iv.rank + Rank.of(f"{text}.dim()") - 1
             return ast.copy_location(ast.Subscript(base, idx, ast.Load()), node), Val(True, rank)
         if bv.rank is None:
@@ -398,8 +396,8 @@ class _Batcher(Scope):
         base, text = self.free(node.value), self.free(prefix)
         if base is None or text is None or any(isinstance(e, ast.Slice) for e in fixed):
             raise Unsupported(f"`{unparse(node)}`: index without a batched form")
-        self.checks[f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
-                    f"{len(fixed)}"] = None
+        self.check(f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
+                   f"{len(fixed)}")
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
 
 

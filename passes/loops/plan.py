@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from ..ast_tools import PassContext, replace, unparse
+from ..ast_tools import Checks, PassContext, replace
 from .loop_dataflow import LoopFacts
 
 
@@ -61,25 +61,6 @@ class OwnList:
     """The stacked values of a comprehension's own list (``_items``)."""
     values: ast.expr
     host: str | None             # the Python number kind of its items, None for tensors
-
-
-class Checks:
-    """The loop's runtime check: conditions that must all hold, in order, each once."""
-
-    def __init__(self):
-        self.conditions: list[ast.expr] = []
-        self._texts: set[str] = set()
-
-    def add(self, condition: ast.expr) -> None:
-        text = unparse(condition)
-        if text not in self._texts:
-            self._texts.add(text)
-            self.conditions.append(condition)
-
-    def expr(self) -> ast.expr:
-        if len(self.conditions) == 1:
-            return self.conditions[0]
-        return ast.BoolOp(op=ast.And(), values=self.conditions)
 
 
 @dataclass
