@@ -355,6 +355,37 @@ v = _x_row * 2
 v = _x_row * 2
 # facts
 """),
+    (row_slices_to_params, """
+def f(x, n, m):
+    total = 0
+    for j in range(n):
+        for i in range(m):
+            total = total + x[j, i, j] * x[j, i].sum()
+    return total
+""", ('body', 'row_slices'),
+     """
+# body
+def _body(_x_row):
+    _total_part = 0
+    _total_part = _total_part + _x_row[j] * _x_row.sum()
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0,))(x[j] if m == x.shape[1] else x[j, 0:m:1])
+_outs = (_outs[0].sum(0),)
+total = total + _outs[0]
+# row_slices
+""",
+     """
+# body
+def _body(_x_row):
+    _total_part = 0
+    _total_part = _total_part + _x_row[j] * _x_row.sum()
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0,))(_x_row_1 if m == x.shape[1] else _x_row_1[0:m:1])
+_outs = (_outs[0].sum(0),)
+total = total + _outs[0]
+# row_slices
+x[, a:b:s] as _x_row_1
+"""),
     (runtime_checks, """
 def f(xs, ys, w, out):
     for x, y in zip(xs, ys):
