@@ -55,6 +55,7 @@ class OpSpec:
     metadata_only: bool = False               # depends on its first argument's metadata only (FX)
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
+    aliases: bool = False                     # its result may share memory with an operand
     # "random", "io", "mutates", "global_state", "functorch", "autograd": must run where it
     # stands, every call and every iteration; "uninitialized": not cached (no effect).
     effect: str | None = None
@@ -121,10 +122,12 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("full_like", meth=False, metadata_only=True, **_ET),
     *(OpSpec(n, (_F + n,), **_ET)
       for n in ("softplus", "logsigmoid", "leaky_relu", "gelu", "silu")),
-    _t("float", fn=False, **_ET), _t("double", fn=False, **_ET),
-    _t("long", fn=False, integer=(), **_ET), _t("int", fn=False, integer=(), **_ET),
-    _t("bool", fn=False, boolean=True, **_ET),
-    _t("detach", fn=False, integer=(0,), **_ET), _t("clone", fn=False, integer=(0,), **_ET),
+    # conversions return the tensor itself when it has the dtype already
+    _t("float", fn=False, aliases=True, **_ET), _t("double", fn=False, aliases=True, **_ET),
+    _t("long", fn=False, integer=(), aliases=True, **_ET),
+    _t("int", fn=False, integer=(), aliases=True, **_ET),
+    _t("bool", fn=False, boolean=True, aliases=True, **_ET),
+    _t("detach", fn=False, integer=(0,), aliases=True, **_ET), _t("clone", fn=False, integer=(0,), **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
     _t("exp", sanitize=(0, "0"), host_math="math.exp", **_E),
     _t("expm1", sanitize=(0, "0"), host_math="math.expm1", **_E),
@@ -165,7 +168,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("any", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
-       recomputed=True),
+       recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("matmul", total=True), _t("norm", total=True),
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
@@ -177,15 +180,17 @@ REGISTRY: tuple[OpSpec, ...] = (
            batched="similarity"),
     # -- layout, views, conversions -----------------------------------------------------------
     _t("stack", meth=False, total=True), _t("cat", meth=False, total=True),
-    _t("as_tensor", meth=False, total=True), _t("tensor", meth=False, total=True),
-    _t("flatten", fn=False, batched="flatten", total=True),
-    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True),
-    _t("type_as", fn=False, batched="same_rank", total=True),
-    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True),
-    _t("view", fn=False, total=True, recomputed=True),
-    _t("squeeze", fn=False, total=True, recomputed=True),
-    _t("expand", fn=False, total=True, recomputed=True),
-    *(_t(n, fn=False, total=True) for n in ("t", "transpose", "permute", "contiguous", "to")),
+    _t("as_tensor", meth=False, total=True, aliases=True), _t("tensor", meth=False, total=True),
+    # views, and conversions that return the tensor itself when there is nothing to do
+    _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
+    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),
+    _t("type_as", fn=False, batched="same_rank", total=True, aliases=True),
+    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True, aliases=True),
+    _t("view", fn=False, total=True, recomputed=True, aliases=True),
+    _t("squeeze", fn=False, total=True, recomputed=True, aliases=True),
+    _t("expand", fn=False, total=True, recomputed=True, aliases=True),
+    *(_t(n, fn=False, total=True, aliases=True)
+      for n in ("t", "transpose", "permute", "contiguous", "to")),
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
     _t("tolist", fn=False, total=True, host="e.detach()"),
     # -- logic and tests ----------------------------------------------------------------------

@@ -13,10 +13,10 @@ import pytest
 from passes.errors import Unsupported
 from passes.loops import (batch_loop_bodies, check_body, classify_effects, effects_to_outputs,
                           fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
-                          inline_inner_loops, iteration, masked_selections_to_where,
-                          outline_body, raise_on_empty_selections, row_slices_to_params,
-                          runtime_checks, tensor_branches_to_where, unit_slices_to_index,
-                          vectorize_loops)
+                          inline_inner_loops, inplace_writes_to_functional, iteration,
+                          masked_selections_to_where, outline_body, raise_on_empty_selections,
+                          row_slices_to_params, runtime_checks, tensor_branches_to_where,
+                          unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -569,6 +569,49 @@ rows.extend(_outs[0].unbind(0))
 rows.extend(_outs[0].unbind(0))
 # averaged
 []
+"""),
+    (inplace_writes_to_functional, """
+def f(scores, target, n):
+    loss = 0
+    for i in range(n):
+        m = torch.clamp(scores[i] - scores[i, target[i]] + 1, min=0)
+        m[target[i]] = 0
+        m.clamp_(max=5)
+        loss += (m.exp().sum() + 1e-6).log_()
+    return loss
+""", ('body',),
+     """
+# body
+m = torch.clamp(_scores_row - _scores_row[_target_row] + 1, min=0)
+m[_target_row] = 0
+m.clamp_(max=5)
+_loss_part = _loss_part + (m.exp().sum() + 1e-06).log_()
+""",
+     """
+# body
+m = torch.clamp(_scores_row - _scores_row[_target_row] + 1, min=0)
+_m_at = torch.arange(m.numel(), device=m.device).view(m.shape)[_target_row]
+m = m.flatten().scatter(0, _m_at.flatten(), torch.as_tensor(0, dtype=m.dtype, device=m.device).expand(_m_at.shape).flatten()).view(m.shape)
+m = m.clamp(max=5)
+_loss_part = _loss_part + (m.exp().sum() + 1e-06).log()
+"""),
+    (inplace_writes_to_functional, """
+def f(x, n):
+    loss = 0
+    for i in range(n):
+        t = x[i]
+        t += 1
+        loss += t.sum()
+    return loss
+""", ('body',),
+     """
+# body
+t = _x_row
+t += 1
+_loss_part = _loss_part + t.sum()
+""",
+     """
+Unsupported: `t += 1` writes in place into `t`, which may share memory with another value (a functional form would not change that value)
 """),
     (outline_body, """
 def f(xs, ys):

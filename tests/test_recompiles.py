@@ -59,16 +59,17 @@ def test_a_bound_that_is_not_an_int_raises_as_the_original(tmp_path):
         fn(torch.randn(4, 3))
 
 
-def test_reaching_the_recompile_limit_is_said_once(tmp_path, monkeypatch):
+def test_reaching_the_recompile_limit_is_said_once(tmp_path):
     module = load_module(tmp_path, """
         def loss(x, mode):
             return (x * len(mode)).sum()
         """)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     torch.compiler.reset()
     fn = optimize_loss(module.loss, backend="eager")  # a key per signature: new ones are seen
     x = torch.randn(3)
-    with warnings.catch_warnings(record=True) as caught:
+    # config.patch, not monkeypatch: its undo deletes the setting, hiding it from later tests
+    with (torch._dynamo.config.patch(recompile_limit=2),
+          warnings.catch_warnings(record=True) as caught):
         warnings.simplefilter("always")
         results = [fn(x, mode) for mode in ("a", "bb", "ccc", "dddd", "eeeee")]
     assert results == [module.loss(x, m) for m in ("a", "bb", "ccc", "dddd", "eeeee")]

@@ -2,11 +2,18 @@
 every loop reported vectorized runs vectorized."""
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
+
 import pytest
 import torch
 
+from passes.errors import RewriteError, Unsupported
+from passes.report import Report
 from rewrite import assert_equivalent, optimize_loss
-from tests.helpers import load_module
+from rewrite.frontend import rewrite_function
+from tests.helpers import EXAMPLE_NAMES, REAL_EXAMPLE_NAMES, load_module
 
 NESTED = '''
 import torch
@@ -31,3 +38,91 @@ def test_an_outer_index_after_the_inner_one_reads_per_item_rows(tmp_path, dtype)
     assert "_row_row" not in fn.report.rewritten_source
     outer = min(fn.report.loops, key=lambda loop: loop.lineno)
     assert (outer.vectorized, outer.vectorized_runs, outer.failed_runs) == (True, 1, 0)
+
+
+HINGE = '''
+import torch
+
+def multiclass_hinge(scores, target, margin=1.0):
+    loss = 0
+    for i in range(scores.shape[0]):
+        c = target[i]
+        margins = torch.clamp(scores[i] - scores[i, c] + margin, min=0)
+        margins[c] = 0
+        loss = loss + margins.sum()
+    return loss / scores.shape[0]
+
+def inplace_on_new_tensors(x, eps):
+    loss = 0
+    for i in range(x.shape[0]):
+        t = x[i] * 2
+        t.clamp_(min=0)
+        t += (x[i].exp().sum() + eps).log_()
+        t[0] -= 1
+        loss = loss + t.sum()
+    return loss
+'''
+
+
+def _functions(module):
+    """Every function a module defines, methods of its classes included."""
+    for value in vars(module).values():
+        if inspect.isclass(value) and value.__module__ == module.__name__:
+            yield from (f for f in vars(value).values() if inspect.isfunction(f))
+        elif inspect.isfunction(value) and value.__module__ == module.__name__:
+            yield value
+
+
+def _inplace_writes_in_vmapped_bodies(source: str) -> list[str]:
+    """The in-place writes inside functions handed to ``torch.vmap`` (their nested ones too)."""
+    tree = ast.parse(source)
+    mapped = {c.args[0].id for c in ast.walk(tree) if isinstance(c, ast.Call)
+              and ast.unparse(c.func) == "torch.vmap" and isinstance(c.args[0], ast.Name)}
+    found = []
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in mapped):
+        for n in ast.walk(fn):
+            targets = n.targets if isinstance(n, ast.Assign) else [getattr(n, "target", None)]
+            if isinstance(n, ast.AugAssign) or any(isinstance(t, ast.Subscript) for t in targets) \
+                    or isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+                    and n.func.attr.endswith("_") and not n.func.attr.startswith("__"):
+                found.append(f"{fn.name}: {ast.unparse(n)}")
+    return found
+
+
+def _rewritten(fn) -> str:
+    report = Report(fn.__qualname__, "", 0)
+    try:
+        rewrite_function(fn, report)
+    except (Unsupported, RewriteError):
+        return ""
+    return report.rewritten_source
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES + REAL_EXAMPLE_NAMES)
+def test_no_vmapped_body_of_an_example_writes_in_place(name):
+    module = importlib.import_module(f"examples.{name}")
+    for fn in _functions(module):
+        assert _inplace_writes_in_vmapped_bodies(_rewritten(fn)) == [], fn.__qualname__
+
+
+def test_in_place_writes_on_new_tensors_become_functional(tmp_path):
+    user = load_module(tmp_path, HINGE)
+    for fn in (user.multiclass_hinge, user.inplace_on_new_tensors):
+        source = _rewritten(fn)
+        assert "torch.vmap" in source and _inplace_writes_in_vmapped_bodies(source) == []
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert_equivalent(user.inplace_on_new_tensors,
+                      optimize_loss(user.inplace_on_new_tensors, compile=False), x, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_multiclass_hinge_under_inductor(tmp_path, dtype):
+    # Inductor miscompiled the in-place `margins[c] = 0` of the vmapped body (gradients off)
+    user = load_module(tmp_path, HINGE)
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(8, 5, generator=gen, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, 5, (8,), generator=gen)
+    eager = optimize_loss(user.multiclass_hinge, compile=False)
+    assert_equivalent(user.multiclass_hinge, eager, scores, target)
+    assert_equivalent(eager, optimize_loss(user.multiclass_hinge, verify_compiled=False),
+                      scores, target)
