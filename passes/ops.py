@@ -56,6 +56,7 @@ class OpSpec:
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
     aliases: bool = False                     # its result may share memory with an operand
+    data_shape: bool = False                  # its result's shape depends on the values
     # "random", "io", "mutates", "global_state", "functorch", "autograd": must run where it
     # stands, every call and every iteration; "uninitialized": not cached (no effect).
     effect: str | None = None
@@ -197,6 +198,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("logical_xor", boolean=True, recomputed=True),
     _t("isnan", boolean=True), _t("isinf", boolean=True), _t("isfinite", boolean=True),
     _t("isin", meth=False, boolean=True),
+    *(_t(n, data_shape=True) for n in ("masked_select", "nonzero", "argwhere", "unique")),
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),
     *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
     # -- metadata -----------------------------------------------------------------------------

@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 
 from passes.errors import Unsupported
-from passes.loops import (batch_loop_bodies, check_body, classify_effects, effects_to_outputs,
-                          fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
-                          inline_inner_loops, inplace_writes_to_functional, iteration,
-                          masked_selections_to_where, outline_body, raise_on_empty_selections,
-                          row_slices_to_params, runtime_checks, tensor_branches_to_where,
-                          unit_slices_to_index, vectorize_loops)
+from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
+                          effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
+                          inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
+                          iteration, masked_selections_to_where, outline_body,
+                          raise_on_empty_selections, row_slices_to_params, runtime_checks,
+                          tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -569,6 +569,53 @@ rows.extend(_outs[0].unbind(0))
 rows.extend(_outs[0].unbind(0))
 # averaged
 []
+"""),
+    (check_mapped_body, """
+def f(x, lengths, n):
+    total = 0
+    for i in range(n):
+        L = lengths[i].item()
+        total = total + x[i, :L].sum()
+    return total
+""", ('body',),
+     """
+# body
+L = _lengths_row.detach()
+_total_part = _total_part + _x_row[:L].sum()
+""",
+     """
+Unsupported: `x[i, :L]`: slice bound `L` varies per iteration (the slice's size would differ between iterations)
+"""),
+    (check_mapped_body, """
+def f(x, t, w_pos, w_neg, n):
+    total = 0
+    for i in range(n):
+        w = w_pos if t[i] > 0.5 else w_neg
+        total = total + w * x[i, :3]
+    return total
+""", ('body',),
+     """
+# body
+w = w_pos if _t_row > 0.5 else w_neg
+_total_part = _total_part + w * _x_row[:3]
+""",
+     """
+Unsupported: conditional expression on `t[i] > 0.5`, which varies per iteration: a Python condition needs one value
+"""),
+    (check_mapped_body, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i, :3].sum()
+    return total
+""", ('body',),
+     """
+# body
+_total_part = _total_part + _x_row[:3].sum()
+""",
+     """
+# body
+_total_part = _total_part + _x_row[:3].sum()
 """),
     (inplace_writes_to_functional, """
 def f(scores, target, n):

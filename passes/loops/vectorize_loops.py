@@ -79,7 +79,7 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unparse, walk,
                         write_target)
 from ..errors import Unsupported
-from . import (batch_loop_bodies, check_body, classify_effects,
+from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
                effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
                inline_helper_calls, inline_inner_loops, inplace_writes_to_functional, iteration,
                loop_dataflow, masked_selections_to_where, normalize_comprehensions, outline_body,
@@ -105,6 +105,7 @@ LOOP_STAGES: list = [
     tensor_branches_to_where,
     effects_to_outputs,           # after tensor_branches_to_where: effects under their masks
     fold_accumulators,            # after effects_to_outputs: the accumulators it found
+    check_mapped_body,            # on the final body: what the stages before could not convert
     inplace_writes_to_functional,  # on the final body, before it is outlined and batched
     outline_body,                 # after the folds: summed and averaged outputs are known
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
