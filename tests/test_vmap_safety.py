@@ -161,3 +161,37 @@ def test_every_loop_reported_vectorized_runs_vectorized(name):
         assert loop.vectorized_runs or _enclosing_loops(loop.filename, loop.lineno) & ran, \
             str(loop)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ge2e_contrast_keeps_the_loop_slicing_at_its_index(dtype):
+    from examples.real.spk_ge2e_contrast import GE2ELoss
+    dvecs, w, b = importlib.import_module("examples.real.spk_ge2e_contrast").make_inputs(
+        "small", dtype)
+    module = GE2ELoss(w, b)
+    cos = module.calc_cosine_sim(dvecs, dvecs.mean(1)) * w + b
+    fn = optimize_loss(GE2ELoss.embed_loss_contrast, compile=False)
+    assert_equivalent(GE2ELoss.embed_loss_contrast, fn, module, dvecs, cos)
+    outer, inner = sorted(fn.report.loops, key=lambda loop: loop.lineno)
+    assert not outer.vectorized and "slice bound `j`" in outer.reason
+    assert inner.vectorized and not inner.failed_runs and fn.report.fallbacks == []
+
+
+TIES = '''
+import torch
+
+def hardest(x):
+    loss = 0
+    for i in range(x.shape[0]):
+        loss = loss + torch.max(torch.cat((x[i, :1], x[i, 1:]))) - x[i].min()
+    return loss
+'''
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ties_of_a_full_max_or_min_share_the_gradient_under_vmap(tmp_path, dtype):
+    user = load_module(tmp_path, TIES)
+    fn = optimize_loss(user.hardest, compile=False)
+    x = torch.tensor([[1., 3., 3., 2.], [5., 5., 0., 0.]], dtype=dtype, requires_grad=True)
+    assert_equivalent(user.hardest, fn, x)
+    assert [loop.strategy for loop in fn.report.loops] == ["vmap"]
