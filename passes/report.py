@@ -16,7 +16,7 @@ class LoopReport:
     filename: str
     lineno: int
     vectorized: bool
-    strategy: str   # "batched", "vmap", "cumsum", "cumprod", or "kept"
+    strategy: str   # "batched", "vmap", "cumsum", "cumprod", "distributed", or "kept"
     reason: str     # why this strategy, or why the loop was kept
     vectorized_runs: int = 0
     failed_runs: int = 0
