@@ -219,12 +219,24 @@ def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dic
 
 def _stackable(s: ast.stmt, name: str, variant: set[str], ctx: PassContext) -> bool:
     """``name = <value>``, the value varying with the iteration and made by a call or a
-    subscript: a tensor, or a host number the vectorizer marks as one."""
+    subscript, with a known kind (``_is_number``)."""
     return (isinstance(s, ast.Assign) and len(s.targets) == 1
             and isinstance(s.targets[0], ast.Name) and s.targets[0].id == name
-            and name in variant
+            and name in variant and _is_number(s.value, ctx) is not None
             and any(isinstance(n, (ast.Call, ast.Subscript)) and not is_shape_query(n, ctx)
                     for n in walk(s.value)))
+
+
+def _is_number(value: ast.expr, ctx: PassContext) -> bool | None:
+    """True for a host round trip returning a Python number (``t.item()``, ``int(t)``: the
+    stacked values go back as ``.tolist()``), False for a tensor (no host round trip in it),
+    None for anything else (``t.item() * 2``, ``bool(t)``): not stacked."""
+    hosts = [n for n in walk(value) if isinstance(n, ast.Call) and call_op(n, ctx).host]
+    if not hosts:
+        return False
+    if hosts == [value] and call_op(value, ctx).host_number:
+        return True
+    return None
 
 
 def _reads(s: ast.stmt) -> set[str]:
@@ -300,10 +312,11 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
     """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
     statements only, each iteration first reading its values: ``n = _n_all[i]``."""
     stmts, header = [], node
-    for lst in lists.values():
-        own = plan.own_list_values[lst]
-        how = "v.tolist()" if own.host else "v.unbind(0)"
-        stmts += replace(f"lst = {how}", loc=node, lst=lst, v=own.values)
+    hoisted = [split.body[k] for k in split.hoisted()]
+    for name, lst in lists.items():
+        value = [s for s in hoisted if name in stores(s)][-1].value
+        how = "v.tolist()" if _is_number(value, ctx) else "v.unbind(0)"
+        stmts += replace(f"lst = {how}", loc=node, lst=lst, v=plan.own_list_values[lst].values)
     index = it.index
     if it.elements or not (is_int(it.start, 0) and is_int(it.step, 1) and it.index_is_user):
         index = ctx.namer.new("k")
