@@ -69,6 +69,8 @@ class _Scope:
         self.local |= {a.arg for a in (args.vararg, args.kwarg) if a}
         self.values: dict[str, list[ast.expr]] = {}  # local name -> the values `name = value` binds
         self.self_name, self.self_class = _method_self(ctx, func)
+        parts = ctx.func_name.split(".")  # private names are mangled with the defining class
+        self.owner = parts[-2] if len(parts) >= 2 and parts[-2] != "<locals>" else None
         calls = []
         for n in walk(func):  # one walk: the function is large by now (vectorized and original code)
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
@@ -82,12 +84,26 @@ class _Scope:
     def targets(self, call: ast.Call) -> list[types.FunctionType]:
         """Every function of the module ``call`` may run, for the pre-filter."""
         f = call.func
+        found = [_method(c, "forward") for a in self.passed(call) for c in self.classes(a)]
+        if isinstance(f, ast.Name) and f.id not in self.local:
+            target = self.globals.get(f.id)
+            return found + [target, _method(target, "__init__") if isinstance(target, type) else None]
         if isinstance(f, ast.Name):
-            found = self.functions(f.id) if f.id in self.local else [self.globals.get(f.id)]
-            return found + [m for c in self.classes(f) for m in _call_methods(c)]
+            return found + self.functions(f.id) + [m for c in self.classes(f) for m in _call_methods(c)]
         if isinstance(f, ast.Attribute):
-            return [_method(c, f.attr) for c in self.classes(f.value)]
-        return [m for c in self.classes(f) for m in _call_methods(c)]
+            return found + [_method(c, self.mangled(f.attr)) for c in self.classes(f.value)]
+        return found + [m for c in self.classes(f) for m in _call_methods(c)]
+
+    def passed(self, call: ast.Call) -> list[ast.expr]:
+        """The arguments of ``call``, but ``self`` (``super(Cls, self)``, registering itself)."""
+        args = call.args + [k.value for k in call.keywords]
+        return [a for a in args if not (isinstance(a, ast.Name) and a.id == self.self_name)]
+
+    def mangled(self, attr: str) -> str:
+        """``attr`` as the class stores it: ``self.__x`` in a method of ``Cls`` is ``_Cls__x``."""
+        if self.owner and attr.startswith("__") and not attr.endswith("__"):
+            return f"_{self.owner.lstrip('_')}{attr}"
+        return attr
 
     def functions(self, name: str) -> list:
         """The functions a local name may be bound to: ``fn = a if c else b``, ``fn = TABLE[k]``."""
@@ -132,10 +148,15 @@ class _Redirect(Transformer):
     def visit_Call(self, node: ast.Call) -> ast.expr:
         self.generic_visit(node)
         f = node.func
+        self._passed_modules(node)
         if isinstance(f, ast.Name) and f.id not in self.scope.local:
-            binding = self._rewrite(self.ctx.globals.get(f.id))
+            target = self.ctx.globals.get(f.id)
+            binding = self._rewrite(target)
             if binding:
                 node.func = ast.copy_location(ast.Name(binding, ast.Load()), f)
+            elif isinstance(target, type):
+                self._unreached(_method(target, "__init__"),
+                                f"`{f.id}(...)`, which runs {f.id}.__init__ to make the object")
             return node
         if isinstance(f, ast.Name):
             node = self._through_name(node, f.id)
@@ -162,7 +183,7 @@ class _Redirect(Transformer):
         """``obj.m(x)`` (``obj(x)``: ``attr`` is ``__call__``) on an object of a known class."""
         pairs, how = [], f"`{ast.unparse(node.func)}(...)`"
         for cls in self.scope.classes(receiver):
-            method = _method(cls, attr)
+            method = _method(cls, self.scope.mangled(attr))
             if attr == "__call__" and not _is_helper(method, self.ctx) \
                     and issubclass(cls, torch.nn.Module):
                 self._unreached(_method(cls, "forward"), f"{how}, which runs {cls.__name__}.forward "
@@ -181,12 +202,22 @@ class _Redirect(Transformer):
                           obj=receiver.id, orig=original, rest=new)
         return new
 
+    def _passed_modules(self, node: ast.Call) -> None:
+        """An ``nn.Module`` of the module handed to a call (``functional_call(criterion, ...)``)
+        may be called there: the loops of its ``forward`` are reported."""
+        for arg in self.scope.passed(node):
+            for cls in self.scope.classes(arg):
+                if issubclass(cls, torch.nn.Module):
+                    self._unreached(_method(cls, "forward"), f"`{ast.unparse(node.func)}(...)`, "
+                                    f"which is handed `{ast.unparse(arg)}` and may call "
+                                    f"{cls.__name__}.forward")
+
     def _rewrite(self, fn: object) -> str | None:
         """The binding of ``fn``'s rewrite; None when it is called as written."""
-        if not _is_helper(fn, self.ctx):
+        if not isinstance(fn, types.FunctionType):
             return None
         if fn not in self.rewritten:
-            self.rewritten[fn] = self._rebuild(fn)
+            self.rewritten[fn] = self._rebuild(fn) if _is_helper(fn, self.ctx) else None
         return self.rewritten[fn]
 
     def _rebuild(self, helper: types.FunctionType) -> str | None:

@@ -40,6 +40,13 @@ def picked(pred, target, multiclass):
     fn = soft_dice if multiclass else dice
     return fn(pred, target)
 
+def picked_by_statement(pred, target, multiclass):
+    if multiclass:
+        fn = soft_dice
+    else:
+        fn = dice
+    return fn(pred, target)
+
 LOSSES = {"dice": dice, "soft": soft_dice}
 
 def registry(pred, target, kind):
@@ -75,6 +82,16 @@ class Typed(OHKM):
     def forward(self, pred, target, type="l2"):
         return self.ohkm((pred - target).pow(2) if type == "l2" else (pred - target).abs())
 
+class PrivateOHKM(nn.Module):
+    def __hardest(self, loss):
+        total = 0
+        for i in range(loss.shape[0]):
+            total += loss[i].max()
+        return total
+
+    def forward(self, pred, target):
+        return self.__hardest((pred - target).pow(2))
+
 class Countdown(nn.Module):
     def forward(self, x, n):
         return self.forward(x * 2, n - 1) if n > 0 else inter(x, x)
@@ -89,6 +106,23 @@ def named_module_call(pred, target):
 def method_of_local(pred, target):
     criterion = OHKM()
     return criterion.forward(pred, target)
+
+class Masked(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.mask = torch.ones(n, n)
+        for i in range(n):
+            self.mask[i, i] = 0
+
+    def forward(self, pred, target):
+        return ((pred - target) * self.mask[: pred.shape[0], : pred.shape[1]]).pow(2).sum()
+
+def constructed(pred, target):
+    return Masked(8)(pred, target)
+
+def functional(pred, target):
+    criterion = OHKM()
+    return torch.func.functional_call(criterion, {}, (pred, target))
 
 COUNT = 0
 
@@ -159,6 +193,13 @@ def test_golden_method_of_self(user):
     assert [l.lineno for l in ctx.report.loops] == [_loop_line(user, "OHKM.ohkm")]
 
 
+def test_golden_private_method(user):
+    # `self.__hardest` is mangled the same way in the generated check and in the class.
+    out, ctx = _run_pass(user.PrivateOHKM.forward)
+    assert "_hardest(self, (pred - target).pow(2)) if type(self).__hardest is _hardest_original" in out
+    assert ctx.bindings["_hardest_original"] is user.PrivateOHKM._PrivateOHKM__hardest
+
+
 def test_golden_method_of_an_object_made_in_the_loss(user):
     out, _ = _run_pass(user.method_of_local)
     assert "_forward(criterion, pred, target) if type(criterion).forward is _forward_original" \
@@ -180,6 +221,18 @@ def test_module_call_is_reported_not_rewritten(user, name):
     [loop] = ctx.report.loops
     assert (loop.lineno, loop.vectorized) == (_loop_line(user, "OHKM.ohkm"), False)
     assert "OHKM.forward inside nn.Module.__call__" in loop.reason
+
+
+@pytest.mark.parametrize("name, helper, how", [
+    ("constructed", "Masked.__init__", "`Masked(...)`, which runs Masked.__init__ to make the object"),
+    ("functional", "OHKM.ohkm", "which is handed `criterion` and may call OHKM.forward"),
+])
+def test_loops_run_out_of_reach_are_reported(user, name, helper, how):
+    fn = getattr(user, name)
+    out, ctx = _run_pass(fn)
+    assert out == _body(parse_function(fn).source) and not ctx.bindings
+    assert [l.lineno for l in ctx.report.loops] == [_loop_line(user, helper)]
+    assert how in ctx.report.loops[0].reason and not ctx.report.loops[0].vectorized
 
 
 def test_helper_that_cannot_be_rewritten_has_its_loop_reported(user):
@@ -217,8 +270,11 @@ def _inputs(dtype, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name, extra", [("nested", ()), ("picked", (True,)), ("picked", (False,)),
+                                         ("picked_by_statement", (True,)),
+                                         ("picked_by_statement", (False,)),
                                          ("registry", ("dice",)), ("registry", ("soft",)),
-                                         ("method_of_local", ()), ("module_call", ())])
+                                         ("method_of_local", ()), ("module_call", ()),
+                                         ("constructed", ()), ("functional", ())])
 def test_equivalent_functions(user, name, extra, dtype):
     fn = getattr(user, name)
     fast = optimize_loss(fn, compile=False)
@@ -228,12 +284,14 @@ def test_equivalent_functions(user, name, extra, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cls", ["OHKM", "MeanOHKM", "Typed"])
+@pytest.mark.parametrize("cls", ["OHKM", "MeanOHKM", "Typed", "PrivateOHKM"])
 def test_equivalent_modules(user, cls, dtype):
     module = getattr(user, cls)()
     fast = optimize_loss(module, compile=False)
     for seed in range(3):
         assert_equivalent(module, fast, *_inputs(dtype, seed))
+    # the rewritten method runs behind its check (not where `type` is a parameter)
+    assert ("_original else self." in fast.report.rewritten_source) == (cls != "Typed")
 
 
 def test_subclass_override_runs_as_written(user):
