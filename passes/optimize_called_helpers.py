@@ -17,7 +17,8 @@ A method of an object whose class is known here: ``self.m(x)`` in a method of a 
 module (``self``: the first parameter), ``obj.m(x)`` and ``obj(x)`` (``__call__``) after
 ``obj = Cls(...)`` in the function. The class an object has at run time decides::
 
-    self.ohkm(loss)   ->   (_ohkm(self, loss) if type(self).ohkm is _ohkm_original else self.ohkm(loss))
+    self.ohkm(loss)  ->  (_ohkm(self, loss) if getattr(type(self), 'ohkm', None) is _ohkm_original
+                          else self.ohkm(loss))
 
 so a subclass that overrides the method (or another object bound to the name) runs as written.
 (An instance attribute that shadows a method of the same name is not looked at.)
@@ -28,10 +29,12 @@ call picks the rewrite of the object ``fn`` holds when it is called::
 
     fn(p, t)   ->   (_soft_dice if fn is _soft_dice_original else _dice if fn is _dice_original else fn)(p, t)
 
-Reported, not rewritten (each loop "kept", at its own file:line, with why): the loops of a helper
-that cannot be rewritten (the reason), and those reached through ``forward`` of an ``nn.Module``
-of the module called as ``criterion(x)`` or ``Cls(...)(x)`` (``nn.Module.__call__`` may run hooks
-around ``forward``, so it runs as written), or through ``Cls(...).m(x)`` / ``Cls(...)(x)``.
+Reported, not rewritten (each loop "kept", at its own file:line, with how it is reached): the
+loops of a helper that cannot be rewritten (the reason), and those a helper reaches when it runs
+as written: ``forward`` of an ``nn.Module`` of the module called as ``criterion(x)`` or
+``Cls(...)(x)`` (``nn.Module.__call__`` may run hooks around it) or handed to another call
+(``functional_call(criterion, ...)``), ``__init__`` of ``Cls(...)``, a method of an object made in
+the call (``Cls(...).m(x)``: no name to check), a method where ``type`` is not the builtin.
 """
 from __future__ import annotations
 
@@ -181,9 +184,9 @@ class _Redirect(Transformer):
 
     def _method_call(self, node: ast.Call, receiver: ast.expr, attr: str) -> ast.expr:
         """``obj.m(x)`` (``obj(x)``: ``attr`` is ``__call__``) on an object of a known class."""
-        pairs, how = [], f"`{ast.unparse(node.func)}(...)`"
+        pairs, stored = [], self.scope.mangled(attr)
         for cls in self.scope.classes(receiver):
-            method = _method(cls, self.scope.mangled(attr))
+            method, how = _method(cls, stored), f"`{ast.unparse(node.func)}(...)`"
             if attr == "__call__" and not _is_helper(method, self.ctx) \
                     and issubclass(cls, torch.nn.Module):
                 self._unreached(_method(cls, "forward"), f"{how}, which runs {cls.__name__}.forward "
@@ -198,8 +201,9 @@ class _Redirect(Transformer):
         for original, binding in reversed(pairs):
             fast = ast.Call(ast.Name(binding, ast.Load()), [ast.Name(receiver.id, ast.Load())]
                             + clone(node.args), clone(node.keywords))
-            new = replace(f"fast if type(obj).{attr} is orig else rest", loc=node, fast=fast,
-                          obj=receiver.id, orig=original, rest=new)
+            # getattr: an object of another class bound to the name may lack the method
+            new = replace(f"fast if getattr(type(obj), {stored!r}, None) is orig else rest",
+                          loc=node, fast=fast, obj=receiver.id, orig=original, rest=new)
         return new
 
     def _passed_modules(self, node: ast.Call) -> None:
@@ -244,7 +248,7 @@ class _Redirect(Transformer):
 
     def _unreached(self, fn: object, how: str) -> None:
         """Reports the loops ``fn`` reaches as kept: it runs as written, called through ``how``."""
-        if fn in self.unreached or not _is_helper(fn, self.ctx):
+        if not _is_helper(fn, self.ctx) or fn in self.unreached:
             return
         self.unreached.add(fn)
         reason = f"not rewritten: called through {how}"
