@@ -82,10 +82,10 @@ class _Scope:
                 self.values.setdefault(n.targets[0].id, []).append(n.value)
             elif isinstance(n, ast.Call):
                 calls.append(n)
-        self.called = {fn for c in calls for fn in self.targets(c)}
+        self.called = [f for c in calls for f in self.targets(c) if isinstance(f, types.FunctionType)]
 
-    def targets(self, call: ast.Call) -> list[types.FunctionType]:
-        """Every function of the module ``call`` may run, for the pre-filter."""
+    def targets(self, call: ast.Call) -> list:
+        """Every function of the module ``call`` may run (among other objects), for the pre-filter."""
         f = call.func
         found = [_method(c, "forward") for a in self.passed(call) for c in self.classes(a)]
         if isinstance(f, ast.Name) and f.id not in self.local:
@@ -121,7 +121,8 @@ class _Scope:
                 elif isinstance(v, ast.Subscript) and isinstance(v.value, ast.Name) \
                         and v.value.id not in self.local:
                     found += _table_functions(self.globals.get(v.value.id))
-        return [f for f in dict.fromkeys(found) if isinstance(f, types.FunctionType)]
+        # not dict.fromkeys(found): a table may hold unhashable objects
+        return list(dict.fromkeys(f for f in found if isinstance(f, types.FunctionType)))
 
     def classes(self, node: ast.expr) -> list[type]:
         """The classes of the module an object may have: ``self`` in a method, ``Cls(...)``, a

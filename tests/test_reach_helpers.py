@@ -17,6 +17,8 @@ from rewrite.frontend import parse_function
 from tests.helpers import FRONTEND, load_module
 
 SOURCE = '''
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -52,6 +54,20 @@ LOSSES = {"dice": dice, "soft": soft_dice}
 def registry(pred, target, kind):
     fn = LOSSES[kind]
     return fn(pred, target)
+
+@dataclasses.dataclass
+class Weighted:  # eq=True makes its objects unhashable
+    w: float
+
+    def __call__(self, p, t):
+        return self.w * (p - t).pow(2).mean()
+
+WEIGHTED = Weighted(2.0)
+MIXED = {"weighted": WEIGHTED, "dice": dice}
+
+def unhashable(pred, target, kind):
+    fn = MIXED[kind]
+    return fn(pred, target) + WEIGHTED(pred, target)
 
 def plain(p, t):
     return (p - t).abs().mean()
@@ -287,7 +303,8 @@ def _inputs(dtype, seed):
                                          ("registry", ("dice",)), ("registry", ("soft",)),
                                          ("method_of_local", ()), ("module_call", ()),
                                          ("constructed", ()), ("functional", ()),
-                                         ("rebound", (True,)), ("rebound", (False,))])
+                                         ("rebound", (True,)), ("rebound", (False,)),
+                                         ("unhashable", ("weighted",)), ("unhashable", ("dice",))])
 def test_equivalent_functions(user, name, extra, dtype):
     fn = getattr(user, name)
     fast = optimize_loss(fn, compile=False)
