@@ -23,6 +23,12 @@ module (``self``: the first parameter), ``obj.m(x)`` and ``obj(x)`` (``__call__`
 so a subclass that overrides the method (or another object bound to the name) runs as written.
 (An instance attribute that shadows a method of the same name is not looked at.)
 
+An ``nn.Module`` of a class of the module called as ``criterion(x)`` (after ``criterion =
+Cls(...)``) or ``Cls(...)(x)``: its ``forward`` is rewritten, and ``module_forward`` (a closure
+binding) picks it only when calling the module would run that ``forward`` and nothing else::
+
+    Cls(k)(x)   ->   _module_forward(Cls(k), _forward_original, _forward)(x)
+
 A local name bound to helpers, ``fn = soft_dice if multiclass else dice`` or ``fn =
 LOSSES[kind]`` (a module dict, list or tuple of functions): each candidate is rewritten, and the
 call picks the rewrite of the object ``fn`` holds when it is called::
@@ -31,16 +37,18 @@ call picks the rewrite of the object ``fn`` holds when it is called::
 
 Reported, not rewritten (each loop "kept", at its own file:line, with how it is reached): the
 loops of a helper that cannot be rewritten (the reason), and those a helper reaches when it runs
-as written: ``forward`` of an ``nn.Module`` of the module called as ``criterion(x)`` or
-``Cls(...)(x)`` (``nn.Module.__call__`` may run hooks around it) or handed to another call
-(``functional_call(criterion, ...)``), ``__init__`` of ``Cls(...)``, a method of an object made in
-the call (``Cls(...).m(x)``: no name to check), a method where ``type`` is not the builtin.
+as written: ``forward`` of a module handed to another call (``functional_call(criterion,
+...)``) or called when it may be of classes with different forwards, ``__init__`` of
+``Cls(...)``, a method of an object made in the call (``Cls(...).m(x)``: no name to check), a
+method where ``type`` is not the builtin.
 """
 from __future__ import annotations
 
 import ast
 import dis
+import functools
 import types
+from typing import Any, Callable
 
 import torch
 
@@ -148,6 +156,7 @@ class _Redirect(Transformer):
         self.rewritten: dict[types.FunctionType, str | None] = {}  # helper -> its rewrite's binding
         self.originals: dict[types.FunctionType, str] = {}         # helper -> binding of itself
         self.unreached: set[types.FunctionType] = set()            # helpers reported, not rewritten
+        self.module_forward: str | None = None                     # binding of module_forward
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
         self.generic_visit(node)
@@ -185,14 +194,14 @@ class _Redirect(Transformer):
 
     def _method_call(self, node: ast.Call, receiver: ast.expr, attr: str) -> ast.expr:
         """``obj.m(x)`` (``obj(x)``: ``attr`` is ``__call__``) on an object of a known class."""
-        pairs, stored = [], self.scope.mangled(attr)
-        for cls in self.scope.classes(receiver):
+        pairs, stored, classes = [], self.scope.mangled(attr), self.scope.classes(receiver)
+        for cls in classes:
             method, how = _method(cls, stored), f"`{ast.unparse(node.func)}(...)`"
             if attr == "__call__" and not _is_helper(method, self.ctx) \
                     and issubclass(cls, torch.nn.Module):
-                self._unreached(_method(cls, "forward"), f"{how}, which runs {cls.__name__}.forward "
-                                f"inside nn.Module.__call__ (it may run hooks around it)")
-            elif not isinstance(receiver, ast.Name):
+                forwards = {id(_method(c, "forward")) for c in classes}
+                return self._module_call(node, cls, len(forwards) == 1)
+            if not isinstance(receiver, ast.Name):
                 self._unreached(method, f"{how} on an object made in the call")
             elif _shadowed("type", self.scope):
                 self._unreached(method, f"{how}: `type` is not the builtin here")
@@ -206,6 +215,21 @@ class _Redirect(Transformer):
             new = replace(f"fast if getattr(type(obj), {stored!r}, None) is orig else rest",
                           loc=node, fast=fast, obj=receiver.id, orig=original, rest=new)
         return new
+
+    def _module_call(self, node: ast.Call, cls: type, only: bool) -> ast.Call:
+        """``criterion(x)``, ``Cls(...)(x)``: ``module_forward(criterion, forward, rewritten)(x)``."""
+        forward = _method(cls, "forward")
+        if not only:  # classes with different forwards: no one forward to check against
+            self._unreached(forward, f"`{ast.unparse(node.func)}(...)`, an object of one of "
+                            f"several classes with different forwards")
+        elif self._rewrite(forward):
+            if self.module_forward is None:
+                self.module_forward = self.ctx.namer.new("module_forward")
+                self.ctx.bindings[self.module_forward] = module_forward
+            node.func = replace("pick(obj, orig, new)", loc=node.func, pick=self.module_forward,
+                                obj=node.func, orig=self._original(forward),
+                                new=self.rewritten[forward])
+        return node
 
     def _passed_modules(self, node: ast.Call) -> None:
         """An ``nn.Module`` of the module handed to a call (``functional_call(criterion, ...)``)
@@ -265,6 +289,29 @@ class _Redirect(Transformer):
         # A helper reached along two paths reports its loops once.
         seen = {(l.filename, l.lineno) for l in self.ctx.report.loops}
         self.ctx.report.loops += [l for l in loops if (l.filename, l.lineno) not in seen]
+
+
+# Where nn.Module keeps the hooks it runs around every module's forward.
+_EVERY_MODULE = torch.nn.modules.module
+
+
+def module_forward(module: Any, original: Callable, rewritten: Callable) -> Callable:
+    """What ``module(...)`` runs in rewritten code: ``rewritten`` with ``module`` bound first
+    when calling ``module`` would run ``original`` (its class's ``forward``) and nothing else:
+    ``nn.Module.__call__``, no ``forward`` in the object's own dict, not compiled on its own, not
+    traced by torch.jit, no hook of its own nor of every module. Else ``module``, as written."""
+    plain = (type(module).__call__ is torch.nn.Module.__call__
+             and getattr(type(module), "forward", None) is original
+             and "forward" not in vars(module)
+             and getattr(module, "_compiled_call_impl", None) is None
+             and not torch._C._get_tracing_state()
+             and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                      or module._backward_pre_hooks or _EVERY_MODULE._global_forward_hooks
+                      or _EVERY_MODULE._global_forward_pre_hooks
+                      or _EVERY_MODULE._global_backward_hooks
+                      or _EVERY_MODULE._global_backward_pre_hooks))
+    # partial, not a bound method: torch.compile traces it without a graph break
+    return functools.partial(rewritten, module) if plain else module
 
 
 def _is_helper(fn: object, ctx: PassContext) -> bool:

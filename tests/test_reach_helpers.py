@@ -146,6 +146,28 @@ class Masked(nn.Module):
 def constructed(pred, target):
     return Masked(8)(pred, target)
 
+def either(pred, target, typed):
+    criterion = OHKM()
+    if typed:
+        criterion = Typed()
+    return criterion(pred, target)
+
+def same_forward(pred, target, mean):
+    criterion = OHKM()
+    if mean:
+        criterion = MeanOHKM()  # forward inherited: rewritten, its self.ohkm runs as written
+    return criterion(pred, target)
+
+def hooked(pred, target):
+    criterion = OHKM()
+    criterion.register_forward_hook(lambda module, args, out: out * 0)
+    return criterion(pred, target)
+
+def own_forward(pred, target):
+    criterion = OHKM()
+    criterion.forward = lambda p, t: (p - t).sum()
+    return criterion(pred, target)
+
 def functional(pred, target):
     criterion = OHKM()
     return torch.func.functional_call(criterion, {}, (pred, target))
@@ -241,19 +263,20 @@ def test_golden_unchanged(user, name):
     assert out == _body(parse_function(fn).source) and not ctx.bindings and not ctx.report.loops
 
 
-@pytest.mark.parametrize("name", ["module_call", "named_module_call"])
-def test_module_call_is_reported_not_rewritten(user, name):
-    fn = getattr(user, name)
-    out, ctx = _run_pass(fn)
-    assert out == _body(parse_function(fn).source) and not ctx.bindings
+@pytest.mark.parametrize("name, module", [("module_call", "OHKM()"), ("named_module_call", "criterion")])
+def test_golden_module_call(user, name, module):
+    out, ctx = _run_pass(getattr(user, name))
+    assert f"return _module_forward({module}, _forward_original, _forward)(pred, target)" in out
+    assert ctx.bindings["_module_forward"] is optimize_called_helpers.module_forward
+    assert ctx.bindings["_forward_original"] is user.OHKM.forward
     [loop] = ctx.report.loops
-    assert (loop.lineno, loop.vectorized) == (_loop_line(user, "OHKM.ohkm"), False)
-    assert "OHKM.forward inside nn.Module.__call__" in loop.reason
+    assert (loop.lineno, loop.vectorized) == (_loop_line(user, "OHKM.ohkm"), True)
 
 
 @pytest.mark.parametrize("name, helper, how", [
     ("constructed", "Masked.__init__", "`Masked(...)`, which runs Masked.__init__ to make the object"),
     ("functional", "OHKM.ohkm", "which is handed `criterion` and may call OHKM.forward"),
+    ("either", "OHKM.ohkm", "an object of one of several classes with different forwards"),
 ])
 def test_loops_run_out_of_reach_are_reported(user, name, helper, how):
     fn = getattr(user, name)
@@ -304,7 +327,10 @@ def _inputs(dtype, seed):
                                          ("method_of_local", ()), ("module_call", ()),
                                          ("constructed", ()), ("functional", ()),
                                          ("rebound", (True,)), ("rebound", (False,)),
-                                         ("unhashable", ("weighted",)), ("unhashable", ("dice",))])
+                                         ("unhashable", ("weighted",)), ("unhashable", ("dice",)),
+                                         ("either", (True,)), ("either", (False,)),
+                                         ("same_forward", (True,)), ("same_forward", (False,)),
+                                         ("hooked", ()), ("own_forward", ())])
 def test_equivalent_functions(user, name, extra, dtype):
     fn = getattr(user, name)
     fast = optimize_loss(fn, compile=False)
@@ -322,6 +348,16 @@ def test_equivalent_modules(user, cls, dtype):
         assert_equivalent(module, fast, *_inputs(dtype, seed))
     # the rewritten method runs behind its check (not where `type` is a parameter)
     assert ("_original else self." in fast.report.rewritten_source) == (cls != "Typed")
+
+
+def test_module_call_under_a_hook_of_every_module_runs_as_written(user):
+    fast = optimize_loss(user.named_module_call, compile=False)
+    assert "_module_forward(criterion" in fast.report.rewritten_source
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, args, out: out + 1)
+    try:
+        assert_equivalent(user.named_module_call, fast, *_inputs(torch.float64, 0))
+    finally:
+        handle.remove()
 
 
 def test_subclass_override_runs_as_written(user):
