@@ -86,6 +86,8 @@ class _Scope:
         for n in walk(func):  # one walk: the function is large by now (vectorized and original code)
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
                 self.local.add(n.id)
+            elif isinstance(n, ast.arg):  # of a lambda or nested def: local there
+                self.local.add(n.arg)
             elif isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
                 self.values.setdefault(n.targets[0].id, []).append(n.value)
             elif isinstance(n, ast.Call):

@@ -72,6 +72,10 @@ def unhashable(pred, target, kind):
 def plain(p, t):
     return (p - t).abs().mean()
 
+def lambda_parameter(pred, target):
+    apply = lambda dice, p: dice(p, target)  # `dice` here is the parameter, not the helper
+    return apply(plain, pred)
+
 def no_helper_loop(pred, target, flag):
     fn = plain if flag else torch.sub
     return fn(pred, target).sum() + plain(pred, target)
@@ -256,7 +260,7 @@ def test_golden_method_of_an_object_made_in_the_loss(user):
            " _forward_original else criterion.forward(pred, target)" in out
 
 
-@pytest.mark.parametrize("name", ["no_helper_loop", "plain"])
+@pytest.mark.parametrize("name", ["no_helper_loop", "plain", "lambda_parameter"])
 def test_golden_unchanged(user, name):
     fn = getattr(user, name)
     out, ctx = _run_pass(fn)
