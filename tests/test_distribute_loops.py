@@ -273,6 +273,19 @@ def test_values_read_after_the_loop_are_the_last_iterations():
             fn(torch.zeros(0, 3), torch.ones(3))
 
 
+def test_values_changed_in_place_by_the_residual_loop_are_not_stacked():
+    src = """
+        def f(x, w):
+            for i in range(len(x)):
+                p = (x[i] * w).softmax(0)
+                q = p
+                q += 1
+                print(q.sum().item())
+        """
+    code, report = rewrite_source(src)
+    assert strategies(report) == {2: "kept"} and code == normalise(src)
+
+
 def test_python_numbers_stay_python_numbers():
     src = """
         def f(x, w):

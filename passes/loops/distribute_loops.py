@@ -29,8 +29,15 @@ The dependence graph is over the body's top-level statements. A statement stays 
   residual statement reads (the residual loop would see the wrong value);
 * it binds a name the residual loop (or the code after the loop) reads, other than with one
   ``name = <expression with a call or subscript>`` that varies with the iteration: only such
-  values are stacked (a Python number computed from the index would come back a tensor);
+  values are stacked (a Python number computed from the index would come back a tensor); a
+  value that is one host round trip (``t.item()``, ``int(t)``) comes back as Python numbers,
+  one with a host round trip inside (``t.item() * 2``) is not stacked;
 * the vectorizer refused the hoisted loop at its line (then the split is made again).
+
+A loop whose residual statements change in place a value made in the iteration (``q += 1``
+on a local ``q``; accumulators carried from one iteration to the next are fine) is not split:
+the values are views of one stacked tensor. Nor is one whose residual statements change what
+the loop iterates.
 
 Exceptions: the hoisted statements are vectorized code behind its runtime checks (ranks, dtypes,
 bounds), so they do not raise where the original did not; an error an op raises on the data
@@ -107,7 +114,7 @@ def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
         reason = _own_reason(s, it.index, seeds, ctx)
         if reason:
             split.residual[k] = reason
-    _mark_carried(split, seeds, ctx)
+    carried = _mark_carried(split, seeds, ctx)
     variant = loop_dataflow.variant_names(node.body, seeds, ctx)
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
         exported = _close(split, live_after, variant, ctx)
@@ -116,6 +123,8 @@ def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
             return None
         if loads(node.iter) & set().union(*(_writes(node.body[k], ctx) for k in split.residual)):
             return None  # the residual loop changes what the loop iterates
+        if _mutates_values(split, carried, ctx):
+            return None
         point = ctx.namer.checkpoint()
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         try:
@@ -133,6 +142,14 @@ def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
     return None
 
 
+def _mutates_values(split: _Split, carried: set[str], ctx: PassContext) -> bool:
+    """A residual statement changes in place a value made in the iteration: it may be a stacked
+    value (views of one unbound tensor may not be changed in place). Carried accumulators
+    (``total += l``) hold what the iterations added, not their values."""
+    made = loop_dataflow.stores_in(split.body) - carried
+    return any(_mutated(split.body[k], ctx) & made for k in split.residual)
+
+
 def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> str:
     """Why ``s`` alone is no vectorizable, effect-free loop body ("" when it is)."""
     try:
@@ -145,8 +162,9 @@ def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> s
     return f"{_EFFECT_VERBS[effect.kind]} `{effect.name}`, which outlives the iteration"
 
 
-def _mark_carried(split: _Split, seeds: set[str], ctx: PassContext) -> None:
-    """Statements reading or binding a name carried from the previous iteration."""
+def _mark_carried(split: _Split, seeds: set[str], ctx: PassContext) -> set[str]:
+    """Statements reading or binding a name carried from the previous iteration stay residual;
+    the carried names."""
     bound = loop_dataflow.stores_in(split.body)
     defined, exposed = set(seeds), []
     for s in split.body:
@@ -157,6 +175,7 @@ def _mark_carried(split: _Split, seeds: set[str], ctx: PassContext) -> None:
         touched = sorted((_reads(s) | _writes(s, ctx)) & carried)
         if touched and k not in split.residual:
             split.residual[k] = f"`{touched[0]}` is carried from one iteration to the next"
+    return carried
 
 
 def _exposed_reads(stmts: list[ast.stmt], defined: set[str]) -> tuple[set[str], set[str]]:
@@ -246,17 +265,25 @@ def _reads(s: ast.stmt) -> set[str]:
 
 
 def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
-    """Names ``s`` binds, deletes or may mutate (subscript and attribute targets, receivers of
-    methods other than the registry's pure tensor ops, ``+=`` on any target)."""
+    """Names ``s`` binds, deletes or may mutate (``_mutated``, and the arguments of functions
+    the registry does not know)."""
     names = {n.id for n in walk(s) if isinstance(n, ast.Name)
              and isinstance(n.ctx, (ast.Store, ast.Del))}
+    for n in walk(s):
+        if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
+                and loop_dataflow.method_name(n, ctx) is None:
+            names |= {r.id for r in map(_root, n.args) if isinstance(r, ast.Name)}
+    return names | _mutated(s, ctx) | loop_dataflow.stores_in([s])
+
+
+def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:
+    """Names whose object ``s`` may change in place: subscript and attribute targets, receivers
+    of methods other than the registry's pure tensor ops, ``+=`` targets."""
+    names = set()
     for n in walk(s):
         root = None
         if isinstance(n, (ast.Subscript, ast.Attribute)) and isinstance(n.ctx, ast.Store):
             root = n.value
-        elif isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
-                and loop_dataflow.method_name(n, ctx) is None:  # a function of unknown effect
-            names |= {r.id for r in map(_root, n.args) if isinstance(r, ast.Name)}
         elif isinstance(n, ast.Call) and _may_mutate(n, ctx):
             root = n.func.value
         elif isinstance(n, ast.AugAssign):
@@ -264,7 +291,7 @@ def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
         root = _root(root)
         if isinstance(root, ast.Name):
             names.add(root.id)
-    return names | loop_dataflow.stores_in([s])
+    return names
 
 
 def _root(expr: ast.expr | None) -> ast.expr | None:
