@@ -286,6 +286,28 @@ def test_values_changed_in_place_by_the_residual_loop_are_not_stacked():
     assert strategies(report) == {2: "kept"} and code == normalise(src)
 
 
+def test_random_draws_stay_in_the_residual_loop_in_order():
+    src = """
+        def f(x, y):
+            total = 0
+            for i in range(len(x)):
+                d = ((x[i] - y) ** 2).sum(-1)
+                noise = torch.rand(()) * 0.1
+                total = total + d.min() + noise
+            return total
+        """
+    original, optimized, code, report = build(src)
+    assert strategies(report) == {3: "distributed"}
+    assert "random op `torch.rand`" in report.loops[0].reason
+    for dtype in DTYPES:
+        x, y = randn(5, 3, dtype=dtype, seed=8), randn(4, 3, dtype=dtype, seed=9)
+        torch.manual_seed(0)
+        want = original(x, y)
+        torch.manual_seed(0)
+        torch.testing.assert_close(optimized(x, y), want)
+        assert_equivalent(original, optimized, x, y)  # same seed on both sides
+
+
 def test_python_numbers_stay_python_numbers():
     src = """
         def f(x, w):

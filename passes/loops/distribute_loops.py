@@ -334,8 +334,8 @@ def _hoisted_loop(node: ast.For, hoisted: list[ast.stmt], lists: dict[str, str])
     return ast.copy_location(loop, node)
 
 
-def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str, str], plan: LoopPlan,
-                   ctx: PassContext) -> list[ast.stmt]:
+def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str, str],
+                   plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
     """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
     statements only, each iteration first reading its values: ``n = _n_all[i]``."""
     stmts, header = [], node

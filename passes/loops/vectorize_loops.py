@@ -80,12 +80,11 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unpa
                         write_target)
 from ..errors import Unsupported
 from . import (batch_loop_bodies, check_body, classify_effects, distribute_loops,
-               effects_to_outputs,
-               fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
-               inline_inner_loops, iteration, loop_dataflow, masked_selections_to_where,
-               normalize_comprehensions, outline_body, raise_on_empty_selections,
-               row_slices_to_params, runtime_checks, tensor_branches_to_where,
-               unit_slices_to_index)
+               effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
+               inline_helper_calls, inline_inner_loops, iteration, loop_dataflow,
+               masked_selections_to_where, normalize_comprehensions, outline_body,
+               raise_on_empty_selections, row_slices_to_params, runtime_checks,
+               tensor_branches_to_where, unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
 from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
