@@ -105,7 +105,8 @@ KNOWN = {
     ("elementwise_if_else", "nan_prediction"): DESELECTED,
     ("elementwise_if_else", "inf_prediction"): DESELECTED,
     ("elementwise_if_else", "nan_target"): DESELECTED,
-    ("per_sample_ce", "inf_prediction"): "an inf logit: the loss is NaN where the original's is inf",
+    ("per_sample_ce", "inf_prediction"): "an inf logit: the loss is NaN where the original's is "
+                                         "inf",
     ("triplet_hardest", "nan_prediction"): "a NaN embedding spreads NaN gradients to most rows",
     ("triplet_hardest", "inf_prediction"): "an inf embedding spreads NaN gradients to most rows",
 }
@@ -124,7 +125,8 @@ def _raised(fn, args, filename):
     try:
         fn(*args)
     except Exception as exc:  # noqa: BLE001
-        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+        frames = traceback.extract_tb(exc.__traceback__)
+        lines = [f.lineno for f in frames if f.filename == filename]
         return type(exc), str(exc).split("\n")[0], lines[-1] if lines else None
     return None
 

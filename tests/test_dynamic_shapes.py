@@ -52,7 +52,8 @@ def make(name: str, n: int, t: int = 6, seed: int = 0) -> tuple:
     if name == "per_sample_mse":
         return torch.randn(n, 4, generator=g, requires_grad=True), torch.randn(n, 4, generator=g)
     if name == "per_sample_ce":
-        return torch.randn(n, 5, generator=g, requires_grad=True), torch.randint(5, (n,), generator=g)
+        logits = torch.randn(n, 5, generator=g, requires_grad=True)
+        return logits, torch.randint(5, (n,), generator=g)
     target = torch.randint(1, 7, (n, t), generator=g)
     target[:, t // 2:] = 0  # right padding
     return torch.randn(n, t, 7, generator=g, requires_grad=True), target

@@ -30,57 +30,56 @@ pytestmark = pytest.mark.fuzz
 
 COUNTER = 4  # position of `n` in the returned tuple
 
+# Ops that give NaN off their domain.
+NAN_OPS = ["log", "sqrt", "acos", "/", "reciprocal", "std", "** 0.5", "kl_div"]
+
+
+def _nonfinite(args: tuple) -> bool:
+    return any(a.is_floating_point() and not bool(torch.isfinite(a.detach()).all()) for a in args)
+
+
+def _nan_source(marker: str):
+    """Lines with ``marker`` see a NaN or inf: from the inputs, or from an op on that line."""
+    def hit(src: str, args: tuple) -> bool:
+        lines = [line for line in src.splitlines() if marker in line]
+        return bool(lines) and (_nonfinite(args) or any(op in line for line in lines
+                                                         for op in NAN_OPS))
+    return hit
+
+
+def _matmul_by_a_row(src: str, args: tuple) -> bool:
+    """A ``left @ right`` whose right operand reads more than ``w``."""
+    return any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)
+               and {n.id for n in ast.walk(node.right) if isinstance(n, ast.Name)} - {"w", "torch"}
+               for node in ast.walk(ast.parse(src)))
+
+
+def _found(pattern: str):
+    return lambda src, args: re.search(pattern, src) is not None
+
+
 # Programs that hit a bug tests/test_known_bugs.py pins down (by that test's name) are not drawn,
 # so the fuzzer looks for new ones; drop an entry when its test starts passing.
 KNOWN_BUGS = {
     "test_two_running_max_updates_in_one_body":
         lambda src, args: src.count("m = torch.maximum(m,") > 1,
     "test_two_running_min_updates_in_one_body": lambda src, args: src.count("lo = min(lo,") > 1,
-    "test_builtin_running_min_with_nan_item":
-        lambda src, args: "lo = min(lo," in src and (_has(args, _nonfinite) or any(
-            op in line for line in src.splitlines() if "lo = min(lo," in line for op in NAN_OPS)),
-    "test_deselected_branch_on_nonfinite_input_gives_nan_gradient":
-        lambda src, args: _conditional(src) and _has(args, _nonfinite),
-    "test_tensor_conditional_expression_in_a_loop":
-        lambda src, args: any(" if " in line and " else " in line and line.startswith("        ")
-                              for line in src.splitlines()),
-    "test_matmul_with_the_row_on_the_right": lambda src, args: _matmul_by_a_row(src),
+    "test_two_appends_to_one_list_per_iteration": lambda src, args: src.count("lst.append(") > 1,
+    "test_builtin_running_min_with_nan_item": _nan_source("lo = min(lo,"),
+    "test_running_maximum_with_a_nan_item": _nan_source("m = torch.maximum(m,"),
     "test_full_max_of_a_row_with_nan":
-        lambda src, args: (".max()" in src or ".min()" in src) and _has(args, _nonfinite),
+        lambda src, args: _nan_source(".max()")(src, args) or _nan_source(".min()")(src, args),
+    "test_deselected_branch_on_nonfinite_input_gives_nan_gradient":
+        lambda src, args: _nonfinite(args) and any(w in src for w in ("if ", "continue", "[sel]")),
+    "test_loop_invariant_item_with_an_infinite_derivative":
+        lambda src, args: _nonfinite(args) and _found(r"return .* for i in")(src, args),
+    "test_tensor_conditional_expression_in_a_loop": _found(r"\n        .* if .* else "),
+    "test_matmul_with_the_row_on_the_right": _matmul_by_a_row,
     "test_host_number_passed_to_a_torch_op_still_raises":
-        lambda src, args: re.search(r"torch\.(?!tensor\b)\w+\((float\(|[^,\n]*\.item\(\)\))", src) is not None,
-    "test_running_maximum_with_a_nan_item":
-        lambda src, args: "m = torch.maximum(m," in src and (_has(args, _nonfinite) or any(
-            op in line for line in src.splitlines() if "torch.maximum(m," in line for op in NAN_OPS)),
+        _found(r"torch\.(?!tensor\b)\w+\([^\n]*(float\(|\.item\(\))"),
     "test_tied_max_inside_a_vmapped_body":
         lambda src, args: "for j in" in src and (".max()" in src or ".min()" in src),
-    "test_loop_invariant_item_with_an_infinite_derivative":
-        lambda src, args: "return torch." in src and "for i in" in src and _has(args, _nonfinite),
-    "test_two_appends_to_one_list_per_iteration": lambda src, args: src.count("lst.append(") > 1,
 }
-
-
-# Ops that give NaN off their domain.
-NAN_OPS = ["log", "sqrt", "acos", "/", "reciprocal", "std", "** 0.5", "kl_div"]
-
-
-def _has(args: tuple, test) -> bool:
-    return any(a.is_floating_point() and bool(test(a.detach()).any()) for a in args)
-
-
-def _nonfinite(t: torch.Tensor) -> torch.Tensor:
-    return ~torch.isfinite(t)
-
-
-def _conditional(src: str) -> bool:
-    return any(word in src for word in ("if ", "continue", "[sel]"))
-
-
-def _matmul_by_a_row(src: str) -> bool:
-    """A ``left @ right`` whose right operand reads more than ``w``."""
-    return any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)
-               and {n.id for n in ast.walk(node.right) if isinstance(n, ast.Name)} - {"w", "torch", "F"}
-               for node in ast.walk(ast.parse(src)))
 
 
 def not_a_known_bug(program: Program, args: tuple) -> None:
@@ -114,8 +113,6 @@ def outcome(directory, program: Program, args: tuple) -> str:
         assert type(got.value) is type(exc), (program.source, got.value, exc)
         return _verdict(loops)
     got = fast(*args)
-    # A Python-number accumulator no iteration touched is a 0-d tensor of the same value once
-    # vectorized (which iterations count is data); every other output keeps its Python type.
     want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
     # An accumulator that some branch feeds tensors may stay a Python number in the original when
     # no iteration took that branch, and is a 0-d tensor of the same value once vectorized (which
