@@ -1,7 +1,7 @@
 """A vectorized loop's per-iteration body becomes plain tensor code over all iterations at once.
 
 ``vectorize_loops`` outlines a loop body into a function of one iteration and maps it with
-``torch.vmap``. When every op of the body has a batched form (``loop_rules.BATCHED_*``), the body
+``torch.vmap``. When every op of the body has a batched form (``OpSpec.batched``), the body
 is rewritten instead: every loop-varying value carries the loop dim in front, values that do not
 vary stay as they are, and no vmap (nor its per-op dispatch) runs::
 
@@ -41,7 +41,7 @@ per-item rank (the rules above), and with ``w`` a set;
 
 Sum accumulators are summed over the loop in the same code (``summed``): each update ``p = p + e``
 becomes ``p = p + <sum of e over the loop>`` (``p = <sum>`` when ``p`` is still the int 0 it
-starts at), fused into one op where that is exact (``loop_rules.SUMMED_*``):
+starts at), fused into one op where that is exact (``OpSpec.summed``, ``loop_rules.SUMMED_*``):
 ``x.reshape(n, -1).sum(1).sum(0)`` -> ``x.sum()``, ``x.reshape(n, -1).mean(1).sum(0)`` ->
 ``x.mean() * n`` (the items of a batched tensor all have the same size; ``n`` the number of
 iterations), per-item ``F.mse_loss`` and the other pointwise losses -> one
@@ -80,71 +80,25 @@ forms assume becomes the runtime check in front, vmap running otherwise:
 
 Anything else (user functions, Python ``if``, shape queries on loop-varying values, an inner
 vectorized loop) raises ``Unsupported`` with the reason: the loop is mapped with ``torch.vmap``.
+
+Here the walk over statements and expressions; calls in ``batch_calls`` (a handler per
+``OpSpec.batched``) and ``batch_set_forms``; what is known of values and the runtime checks in
+``batch_scope``; ranks and value facts in ``batch_values``.
 """
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
 
 from .errors import Unsupported
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, clone, is_int, replace, unparse, walk
-from .loop_dataflow import is_shape_query, method_name, resolve_call
+from . import batch_calls as calls
+from . import ops
+from .ast_tools import PassContext, clone, is_int, unparse, walk
+from .batch_scope import Scope
+from .batch_values import CONSTANT, Param, Rank, Val, integer, literal
+from .loop_dataflow import call_op, method_name
 
-
-@dataclass(frozen=True)
-class Rank:
-    """A per-item rank: ``const + sum(coeff * term)``; terms are rank expressions of the inputs
-    (``"pred.dim()"``), which the runtime check may compare."""
-    terms: tuple[tuple[str, int], ...] = ()
-    const: int = 0
-
-    @staticmethod
-    def of(term: str, const: int = 0) -> "Rank":
-        return Rank(((term, 1),), const)
-
-    def __add__(self, other: "Rank | int") -> "Rank":
-        if isinstance(other, int):
-            return Rank(self.terms, self.const + other)
-        coeffs = dict(self.terms)
-        for term, c in other.terms:
-            coeffs[term] = coeffs.get(term, 0) + c
-        return Rank(tuple(sorted((t, c) for t, c in coeffs.items() if c)),
-                    self.const + other.const)
-
-    def __sub__(self, other: "Rank | int") -> "Rank":
-        if isinstance(other, int):
-            return self + -other
-        return self + Rank(tuple((t, -c) for t, c in other.terms), -other.const)
-
-
-@dataclass(frozen=True)
-class Param:
-    """A parameter of the outlined body: its name, what it is bound to with the loop dim in
-    front, its per-item rank, and the conditions making it an integer tensor (None: unknown)."""
-    name: str
-    batched: ast.expr
-    rank: Rank
-    integer: tuple[str, ...] | None
-
-
-@dataclass(frozen=True)
-class _Val:
-    """What the rewrite knows about a value of the body."""
-    batched: bool                             # carries the loop dim in front
-    rank: Rank | None = None                  # batched: per-item rank (None: unknown)
-    integer: tuple[str, ...] | None = None    # conditions making it an integer tensor
-    # Not batched: the free names it is computed from by elementwise ops, reductions and fixed
-    # indexing (so its rank is at most theirs); None when other ops are involved.
-    leaves: frozenset[str] | None = frozenset()
-    # Batched rows of a loop input: source the runtime check can evaluate (dtype, last dim).
-    source: str | None = None
-    # Not batched: a loop input itself (its source), a set of the rows the body is given.
-    whole: str | None = None
-
-
-_CONSTANT = _Val(False)
+__all__ = ["Param", "Rank", "batch"]
 
 
 def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
@@ -180,40 +134,6 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
     return done
 
 
-def _condition(diff: Rank, op: str) -> str | bool:
-    """``diff <op> 0`` as Python source, or its truth when no input rank is involved."""
-    if not diff.terms:
-        return diff.const == 0 if op == "==" else diff.const >= 0
-    left = [_times(t, c) for t, c in diff.terms if c > 0] + ([str(diff.const)] if diff.const > 0 else [])
-    right = [_times(t, -c) for t, c in diff.terms if c < 0] + ([str(-diff.const)] if diff.const < 0 else [])
-    return f"{' + '.join(left) or '0'} {op} {' + '.join(right) or '0'}"
-
-
-def _source_of(rank: Rank) -> str:
-    """``rank`` as Python source (``x.dim() - t.dim() + 1``)."""
-    parts = [(f" - {_times(t, -c)}" if c < 0 else f" + {_times(t, c)}")
-             for t, c in sorted(rank.terms, key=lambda term: term[1] < 0)]
-    if rank.const:
-        parts.append(f" - {-rank.const}" if rank.const < 0 else f" + {rank.const}")
-    text = "".join(parts) or " + 0"
-    return text[3:] if text.startswith(" + ") else "-" + text[3:]
-
-
-def _times(term: str, c: int) -> str:
-    return term if c == 1 else f"{c} * {term}"
-
-
-_UNKNOWN = object()
-
-
-def _literal(node: ast.expr) -> object:
-    """The value of a literal (``-1``, ``(0, 2)``, ``None``); ``_UNKNOWN`` for anything else."""
-    try:
-        return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError):
-        return _UNKNOWN
-
-
 def _source(p: Param) -> str | None:
     """What the runtime check evaluates for the batched rows of ``p`` (their dtype and last
     dim): the loop input (``x`` for ``x if <all rows> else x[a:b:s]``); None for the index."""
@@ -224,26 +144,17 @@ def _source(p: Param) -> str | None:
     return unparse(rows)
 
 
-class _Batcher:
+class _Batcher(Scope):
+    """Walks the statements and expressions of the body; calls go to their op's handler."""
+
     def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str],
                  averaged: frozenset[str], sets: bool = False,
                  tensors: frozenset[str] = frozenset()):
-        self.ctx = ctx
-        self.sets = sets                      # fixed operands of set forms are sets of points
-        self.tensors = tensors                # names known to be tensors
-        self.set_forms = False                # a set form was met (batch tries ``sets``)
-        self.assigned: set[str] = set()       # names the body binds
-        self.loc = loc
-        self.trips = trips
+        super().__init__(ctx, loc, trips, sets, tensors)
         self.summed = summed
         self.averaged = averaged
         self.totals: set[str] = set()        # summed outputs holding their sum over the loop
-        self.vals: dict[str, _Val] = {}
         self.zeros: set[str] = set()          # names bound to the int 0 (a partial's start)
-        self.checks: dict[str, None] = {}    # runtime conditions, in order, without duplicates
-        self.inputs: set[str] = set()         # sources of the loop inputs whose rows are params
-        self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
-        self.varying: dict[int, tuple] = {}  # id(node) -> (node, _varies), for that statement
 
     def run(self, body: list[ast.stmt], params: list[Param], outputs: list[str],
             outs: str) -> tuple[ast.expr | None, list]:
@@ -251,7 +162,7 @@ class _Batcher:
                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         stmts = []
         for p in params:
-            self.vals[p.name] = _Val(True, p.rank, p.integer, source=_source(p))
+            self.vals[p.name] = Val(True, p.rank, p.integer, source=_source(p))
             if _source(p) is not None:
                 self.inputs.add(_source(p))
             stmts += self.sub("p = x", p=p.name, x=p.batched)
@@ -261,7 +172,7 @@ class _Batcher:
         for name in outputs:
             if name in self.totals:
                 stacked.append(ast.Name(name, ast.Load()))
-            elif self.vals.get(name, _CONSTANT).batched:
+            elif self.vals.get(name, CONSTANT).batched:
                 stacked.append(self.sub("o.sum(0)" if name in self.summed else "o", o=name))
             else:  # the same value in every iteration (a constant contribution)
                 stacked.append(self.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)"
@@ -275,45 +186,6 @@ class _Batcher:
             else None
         return check, stmts
 
-    def sub(self, template: str, **subs) -> object:
-        return replace(template, loc=self.loc, torch_name=self.ctx.torch_name, **subs)
-
-    def require(self, diff: Rank, op: str, what: ast.AST) -> None:
-        cond = _condition(diff, op)
-        if cond is False:
-            raise Unsupported(f"`{unparse(what)}`: per-item ranks never fit its batched form")
-        if cond is not True:
-            self.checks[cond] = None
-
-    def named(self, node: ast.expr) -> ast.Name:
-        """``node`` as a name, to use it twice: a temporary unless it is one already."""
-        if isinstance(node, ast.Name):
-            return node
-        name = self.ctx.namer.new("t")
-        self.pre += self.sub("t = v", t=name, v=node)
-        return ast.Name(name, ast.Load())
-
-    def free(self, node: ast.expr) -> str | None:
-        """``node`` as source the runtime check can evaluate before the loop: names the body
-        does not bind, their attributes, indexed by int literals, such names and slices of
-        them (``z1[i]``, ``self.centers``); None for anything else."""
-        def bound(e: ast.expr | None) -> bool:
-            return e is None or type(_literal(e)) is int \
-                or isinstance(e, ast.Name) and self.free(e) is not None
-        if isinstance(node, ast.Name):
-            ok = node.id not in self.vals and node.id not in self.assigned
-        elif isinstance(node, ast.Attribute):
-            ok = self.free(node.value) is not None
-        elif isinstance(node, ast.Subscript):
-            entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-            ok = self.free(node.value) is not None and all(
-                all(bound(b) for b in (e.lower, e.upper, e.step)) if isinstance(e, ast.Slice)
-                else e is not None and bound(e) for e in entries)
-        else:
-            ok = False
-        return unparse(node) if ok else None
-
-    # ------------------------------------------------------------------------------------------
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
         self.pre = []
         self.varying = {}
@@ -325,12 +197,12 @@ class _Batcher:
         if isinstance(s, ast.Assign) and len(s.targets) == 1:
             target = s.targets[0]
             if isinstance(target, ast.Name) and _is_update(s.value, target.id, self.summed) \
-                    and not self.vals.get(target.id, _CONSTANT).batched:
+                    and not self.vals.get(target.id, CONSTANT).batched:
                 total, _ = self.total(s.value.right, mean=target.id in self.averaged)
                 self.totals.add(target.id)
                 # 0 + total is total when total is a (fresh, never bool) tensor
                 value = total if target.id in self.zeros and isinstance(s.value.op, ast.Add) \
-                    and self._varies(s.value.right) \
+                    and self.varies(s.value.right) \
                     else ast.BinOp(ast.Name(target.id, ast.Load()), s.value.op, total)
                 self.zeros.discard(target.id)
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
@@ -354,26 +226,26 @@ class _Batcher:
         first = unparse(s).strip().splitlines()[0]
         raise Unsupported(f"`{first}` has no batched form")
 
-    def total(self, node: ast.expr, mean: bool = False) -> tuple[ast.expr, _Val]:
+    def total(self, node: ast.expr, mean: bool = False) -> tuple[ast.expr, Val]:
         """(the sum over the loop of ``node``'s per-item values, fused where exact, or with
         ``mean`` their mean; the per-item value's facts)."""
-        if not self._varies(node):
+        if not self.varies(node):
             total = self.sub("e * n", e=node, n=self.trips)
-            return self._divided(total) if mean else total, self._fixed(node)
+            return self._divided(total) if mean else total, self.fixed(node)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
             # the mean of the sum: the summed operands stay one expression for fuse_loss_idioms
             (left, lv), (right, rv) = self.total(node.left), self.total(node.right)
             total = ast.BinOp(left, node.op, right)
-            return self._divided(total) if mean else total, self._elementwise([lv, rv], node)
+            return self._divided(total) if mean else total, self.elementwise([lv, rv], node)
         # c * e, e * c, e / c: the factor c that does not vary comes out of the sum
         factor_right = isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)) \
-            and not self._varies(node.right)
+            and not self.varies(node.right)
         factor_left = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) \
-            and not self._varies(node.left)
+            and not self.varies(node.left)
         if factor_right or factor_left:
             fixed, part = (node.left, node.right) if factor_left else (node.right, node.left)
             summed, val = self.total(part, mean)
-            val = self._elementwise([val, self._fixed(fixed)], node)
+            val = self.elementwise([val, self.fixed(fixed)], node)
             new = ast.BinOp(fixed, node.op, summed) if fixed is node.left \
                 else ast.BinOp(summed, node.op, fixed)
             return ast.copy_location(new, node), val
@@ -382,23 +254,20 @@ class _Batcher:
             return ast.copy_location(ast.UnaryOp(node.op, summed), node), val
         if isinstance(node, ast.Call) and not node.keywords and not any(
                 isinstance(a, ast.Starred) for a in node.args):
-            name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
-            op = meth if meth is not None else rules.BATCHED_DIM_FUNCS.get(name)
+            meth, summed = method_name(node, self.ctx), call_op(node, self.ctx).summed
             operand = node.func.value if meth is not None else node.args[0] if node.args else None
-            if op in rules.SUMMED_FULL_REDUCTIONS and len(node.args) == (meth is None) \
-                    and self._varies(operand):
+            if summed is not None and len(node.args) == (meth is None) and self.varies(operand):
                 x, _ = self.expr(operand)
-                table = rules.AVERAGED_FULL_REDUCTIONS if mean else rules.SUMMED_FULL_REDUCTIONS
-                return self.sub(table[op], x=x, n=self.trips), _Val(True, Rank())
+                return self.sub(summed[mean], x=x, n=self.trips), Val(True, Rank())
         if isinstance(node, ast.Call):
-            name = resolve_call(node.func, self.ctx)
-            args = [self.expr(a) for a in node.args] if name in (
-                rules.BATCHED_POINTWISE_LOSSES | rules.BATCHED_CLASS_LOSSES) else None
+            batched = call_op(node, self.ctx).batched
+            args = [self.expr(a) for a in node.args] if batched in (
+                "pointwise_loss", "class_loss") else None
             kws = [(k.arg, self.expr(k.value)) for k in node.keywords] if args else None
-            if name in rules.BATCHED_POINTWISE_LOSSES:
-                return self._pointwise_loss(node, args, kws, summed=True, mean=mean)
-            if name in rules.BATCHED_CLASS_LOSSES:
-                total, val = self._class_loss(node, args, kws, summed=True)
+            if batched == "pointwise_loss":
+                return calls.pointwise_loss(self, node, args, kws, summed=True, mean=mean)
+            if batched == "class_loss":
+                total, val = calls.class_loss(self, node, args, kws, summed=True)
                 return self._divided(total) if mean else total, val
         value, val = self.expr(node)
         total = self.sub("e.sum(0)", e=value)
@@ -407,40 +276,40 @@ class _Batcher:
     def _divided(self, total: ast.expr) -> ast.expr:
         return self.sub("t / n", t=total, n=self.trips)
 
-    def expr(self, node: ast.expr) -> tuple[ast.expr, _Val]:
-        if not self._varies(node):
-            return node, self._fixed(node)
+    def expr(self, node: ast.expr) -> tuple[ast.expr, Val]:
+        if not self.varies(node):
+            return node, self.fixed(node)
         if isinstance(node, ast.Name):
             return node, self.vals[node.id]
         if isinstance(node, ast.BinOp):
             operands = [self.expr(node.left), self.expr(node.right)]
-            (left, right), val = self._aligned(operands, node)
-            if isinstance(node.op, rules.INTEGER_BINOPS):
-                val = _Val(True, val.rank, _integer(operands))
+            (left, right), val = self.aligned(operands, node)
+            if ops.by_operator(type(node.op)).integer is not None:
+                val = Val(True, val.rank, integer(operands))
             return ast.copy_location(ast.BinOp(left, node.op, right), node), val
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):
             operand, val = self.expr(node.operand)
             return ast.copy_location(ast.UnaryOp(node.op, operand), node), val
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
-            (left, right), val = self._aligned([self.expr(node.left),
+            (left, right), val = self.aligned([self.expr(node.left),
                                                 self.expr(node.comparators[0])], node)
             return ast.copy_location(ast.Compare(left, node.ops, [right]), node), val
         if isinstance(node, ast.Call):
-            return self._call(node)
+            return calls.call(self, node)
         if isinstance(node, ast.IfExp):
             return self._if_exp(node)
         if isinstance(node, ast.Attribute):
             # metadata (the same in every iteration), and its attributes: values that do not vary
             value, vv = self.expr(node.value)
-            if vv.batched and node.attr in rules.BATCHED_METADATA:
-                return self.sub(rules.BATCHED_METADATA[node.attr], x=value), _Val(False)
+            if vv.batched and node.attr in ops.BATCHED_ATTRIBUTES:
+                return self.sub(ops.BATCHED_ATTRIBUTES[node.attr], x=value), Val(False)
             if not vv.batched:  # an attribute of metadata (``expr`` of a varying node)
                 return ast.copy_location(ast.Attribute(value, node.attr, ast.Load()), node), vv
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
             return self._subscript(node)
         raise Unsupported(f"`{unparse(node)}` has no batched form")
 
-    def _if_exp(self, node: ast.IfExp) -> tuple[ast.expr, _Val]:
+    def _if_exp(self, node: ast.IfExp) -> tuple[ast.expr, Val]:
         """``a if c else b`` with ``c`` the same in every iteration (metadata): both branches
         loop-varying with one per-item rank, so the choice does not change what is batched."""
         test, tv = self.expr(node.test)
@@ -448,456 +317,21 @@ class _Batcher:
         if tv.batched or not (av.batched and bv.batched) or av.rank is None or bv.rank is None:
             raise Unsupported(f"`{unparse(node)}` has no batched form")
         self.require(av.rank - bv.rank, "==", node)
-        return ast.copy_location(ast.IfExp(test, a, b), node), _Val(True, av.rank)
+        return ast.copy_location(ast.IfExp(test, a, b), node), Val(True, av.rank)
 
-    def _varies(self, node: ast.AST) -> bool:
-        """Whether ``node`` reads a batched value (shape queries included: they must change)."""
-        if isinstance(node, ast.Name):
-            return node.id in self.vals and self.vals[node.id].batched
-        # ``expr`` asks this of every subexpression: each answer is kept for the statement (the
-        # names it reads are bound before it; the entry holds the node, so its id stays its own)
-        known = self.varying.get(id(node))
-        if known is None:
-            known = self.varying[id(node)] = (node, any(
-                self._varies(c) for c in ast.iter_child_nodes(node)))
-        return known[1]
-
-    def _fixed(self, node: ast.expr) -> _Val:
-        """A value the loop does not change; its leaves (see ``_Val``)."""
-        text = self.free(node)
-        whole = text if text is not None and text in self.inputs else None
-        return _Val(False, leaves=self._leaves(node), whole=whole)
-
-    def _leaves(self, node: ast.expr) -> frozenset[str] | None:
-        if isinstance(node, ast.Constant) or is_shape_query(node, self.ctx):
-            return frozenset()  # a number, or a Python int/tuple
-        if isinstance(node, ast.Name) and node.id in self.vals:
-            return self.vals[node.id].leaves
-        if isinstance(node, (ast.Name, ast.Attribute)):
-            root = node
-            while isinstance(root, ast.Attribute):
-                root = root.value
-            if not isinstance(root, ast.Name):
-                return None
-            if resolve_call(root, self.ctx) == "torch":
-                return frozenset()  # torch.float32, torch.pi
-            return frozenset({unparse(node)})
-        parts: list[ast.expr] = []
-        if isinstance(node, ast.BinOp):
-            parts = [node.left, node.right]
-        elif isinstance(node, ast.UnaryOp):
-            parts = [node.operand]
-        elif isinstance(node, ast.Compare):
-            parts = [node.left] + node.comparators
-        elif isinstance(node, ast.Subscript):  # fixed ints and slices: the rank does not grow
-            entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-            if not all(isinstance(e, ast.Slice) or type(_literal(e)) is int for e in entries):
-                free = self.free(node)  # ``z1[i]``: the check evaluates it
-                return None if free is None else frozenset({free})
-            parts = [node.value] + [b for e in entries if isinstance(e, ast.Slice)
-                                    for b in (e.lower, e.upper, e.step) if b is not None]
-        elif isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
-            name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
-            if not (name in rules.BATCHED_ELEMENTWISE or name in rules.BATCHED_DIM_FUNCS
-                    or meth in rules.BATCHED_ELEMENTWISE_METHODS
-                    or meth in rules.BATCHED_FULL_REDUCTIONS or meth in rules.BATCHED_DIM_OPS):
-                return None
-            parts = ([node.func.value] if meth else []) + node.args + [k.value for k in node.keywords]
-        else:
-            return None
-        found: set[str] = set()
-        for p in parts:
-            sub = self._leaves(p)
-            if sub is None:
-                return None
-            found |= sub
-        return frozenset(found)
-
-    def _aligned(self, operands: list[tuple[ast.expr, _Val]], node: ast.AST):
-        """([operands], the result's facts) of an elementwise op: with ``sets``, per-item values
-        next to a loop input itself get dims of size 1 after the loop dim up to its rank."""
-        val = self._elementwise([v for _, v in operands], node, aligned=True)
-        if not any(v.whole is not None and not v.batched for _, v in operands) or not self.sets:
-            return [e for e, _ in operands], val
-        out = []
-        for e, v in operands:
-            k = val.rank - v.rank if v.batched else Rank()
-            if k != Rank():  # dims of size 1: a constant count (``v[:, None]``), or source
-                e = self.sub(rules.BATCHED_UNDER_SET_CONST.format(nones=", None" * k.const), v=e) \
-                    if not k.terms else self.sub(rules.BATCHED_UNDER_SET, v=e, k=ast.parse(
-                        _source_of(k), mode="eval").body)
-            out.append(e)
-        return out, val
-
-    def _elementwise(self, vals: list[_Val], node: ast.AST, aligned: bool = False) -> _Val:
-        """Broadcasting of batched and fixed operands: the runtime conditions it needs.
-        ``aligned``: the caller aligns per-item values with a loop input itself (``_aligned``)."""
-        batched = [v for v in vals if v.batched]
-        rank = batched[0].rank
-        if any(v.rank is None for v in batched):
-            raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
-        for v in batched[1:]:
-            self.require(v.rank - rank, "==", node)
-        wholes = sorted({v.whole for v in vals if not v.batched and v.whole is not None}) \
-            if aligned else []
-        if wholes:
-            self.set_forms = True  # batch() tries the loop input as a set of its rows
-        if wholes and self.sets:
-            rank = self._under_set(rank, batched, wholes, node)
-        for v in vals:
-            if v.batched or v.whole in wholes and self.sets:
-                continue
-            if v.leaves is None:
-                raise Unsupported(f"`{unparse(node)}`: the rank of a fixed operand is unknown")
-            for leaf in sorted(v.leaves):
-                self._fits(leaf, rank, node)
-        return _Val(True, rank)
-
-    def _under_set(self, rank: Rank, batched: list[_Val], wholes: list[str],
-                   node: ast.AST) -> Rank:
-        """Per-item values of ``rank`` next to loop inputs ``wholes`` (tensors, checked by
-        vectorize_loops) of one rank at least theirs: that rank. A per-item 0-d value promotes
-        dtypes as a scalar, batched it is dimensioned: equal dtypes unless items have dims."""
-        top = Rank.of(f"{wholes[0]}.dim()")
-        for w in wholes[1:]:
-            self.require(Rank.of(f"{w}.dim()") - top, "==", node)
-        self.require(top - rank, ">=", node)
-        dimensioned = _condition(rank - 1, ">=")
-        if dimensioned is True:
-            return top
-        sources = [v.source for v in batched]
-        if None in sources:
-            if dimensioned is False:
-                raise Unsupported(f"`{unparse(node)}`: dtypes of a per-item 0-d value unknown")
-            self.checks[dimensioned] = None
-            return top
-        same = " and ".join(f"{w}.dtype == {s}.dtype" for w in wholes
-                            for s in dict.fromkeys(sources) if s != w)
-        if same:
-            self.checks[same if dimensioned is False else f"{dimensioned} or ({same})"] = None
-        return top
-
-    def _fits(self, leaf: str, rank: Rank, node: ast.AST) -> None:
-        """``leaf`` is a Python number, or a tensor that aligns from the right (rank >= 1)."""
-        number = f"not isinstance({leaf}, torch.Tensor)"
-        positive = _condition(rank - 1, ">=")
-        conds = [c for c in (positive, _condition(rank - Rank.of(f"{leaf}.dim()"), ">="))
-                 if c is not True]
-        if False in conds:  # 0-d items, or a tensor of higher rank than the item's (x next to x[i])
-            conds = []
-        if leaf in self.tensors:
-            if not conds:
-                raise Unsupported(f"`{unparse(node)}`: per-item values next to `{leaf}`, a "
-                                  f"tensor of higher rank")
-            self.checks[" and ".join(conds)] = None
-        else:
-            self.checks[f"{number} or ({' and '.join(conds)})" if conds else number] = None
-
-    # ------------------------------------------------------------------------------------------
-    def _call(self, node: ast.Call) -> tuple[ast.expr, _Val]:
-        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None
-                                                                  for k in node.keywords):
-            raise Unsupported(f"`{unparse(node)}`: *args/**kwargs")
-        name, meth = resolve_call(node.func, self.ctx), method_name(node, self.ctx)
-        if name in rules.BATCHED_SIMILARITIES:
-            return self._similarity(node, name)
-        if meth == "reshape":
-            shaped = self._mask_reshape(node)
-            if shaped is not None:
-                return shaped
-        distance = self._squared_distance(node, name, meth)
-        if distance is not None:
-            self.set_forms = True
-            if self.sets:
-                return self._set_form(node, rules.DISTANCE_SET_FORMS, *distance)
-        if meth is not None:
-            recv, rv = self.expr(node.func.value)
-            func = ast.copy_location(ast.Attribute(recv, meth, ast.Load()), node.func)
-            operands = [(recv, rv)]
-            if rv.batched and meth in rules.BATCHED_FLATTEN and not node.args \
-                    and not node.keywords:
-                return self._flatten(recv, rv, meth, node)
-        else:
-            func = node.func
-            operands = []
-        args = [self.expr(a) for a in node.args]
-        kws = [(k.arg, self.expr(k.value)) for k in node.keywords]
-        operands += args + [v for _, v in kws]
-        vals = [v for _, v in operands]
-        if name in rules.BATCHED_ELEMENTWISE or meth in rules.BATCHED_ELEMENTWISE_METHODS:
-            val = self._elementwise(vals, node)
-            call = ast.Call(func, [a for a, _ in args], [ast.keyword(k, v) for k, (v, _) in kws])
-            return (ast.copy_location(call, node),
-                    _Val(True, val.rank, self._integer_of(name, meth, operands, kws)))
-        op = meth if meth is not None else rules.BATCHED_DIM_FUNCS.get(name)
-        if op is not None and (op in rules.BATCHED_DIM_OPS or op in rules.BATCHED_FULL_REDUCTIONS):
-            x, xv = operands[0] if meth is not None else args[0]
-            rest = args if meth is not None else args[1:]
-            if not rest and not kws and op in rules.BATCHED_FULL_REDUCTIONS:
-                return self._full_reduction(x, xv, op, node)
-            if op in rules.BATCHED_DIM_OPS:
-                return self._dim_op(node, func, x, xv, op, rest, kws, meth is not None)
-        if meth in rules.BATCHED_SAME_RANK_METHODS and len(args) == 1 and not kws:
-            if not all(v.batched for v in vals):
-                raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
-            val = self._elementwise(vals, node)
-            return ast.copy_location(ast.Call(func, [args[0][0]], []), node), _Val(True, val.rank)
-        if name in rules.BATCHED_POINTWISE_LOSSES:
-            return self._pointwise_loss(node, args, kws)
-        if name in rules.BATCHED_CLASS_LOSSES:
-            return self._class_loss(node, args, kws)
-        if (name == "torch.dot" and len(args) == 2 or meth == "dot" and len(args) == 1) \
-                and not kws and all(v.batched for v in vals):
-            a, b = operands[0][0] if meth else args[0][0], args[-1][0]
-            for v in vals:
-                self.require(v.rank - 1, "==", node)
-            return self.sub("(a * b).sum(1)", a=a, b=b), _Val(True, Rank())
-        raise Unsupported(f"`{unparse(node.func)}(...)` has no batched form")
-
-    def _mask_reshape(self, node: ast.Call) -> tuple[ast.expr, _Val] | None:
-        """``m.reshape(h[m.shape, x.shape, ...])``, ``h`` a helper bound into the code that maps
-        per-item shapes to a shape of ``x``'s rank (``MaskShape``, ``per_item_shapes``): the
-        helper gets the per-item shapes, the loop dim goes in front. None: not this pattern."""
-        arg = node.args[0] if len(node.args) == 1 and not node.keywords else None
-        helper = arg.value if isinstance(arg, ast.Subscript) else None
-        if not (isinstance(helper, ast.Name) and helper.id not in self.vals
-                and getattr(self.ctx.bindings.get(helper.id), "per_item_shapes", False)):
-            return None
-        shapes = arg.slice.elts if isinstance(arg.slice, ast.Tuple) else []
-        if len(shapes) < 2 or not all(isinstance(s, ast.Attribute) and s.attr == "shape"
-                                      for s in shapes) \
-                or ast.dump(shapes[0].value) != ast.dump(node.func.value):
-            raise Unsupported(f"`{unparse(node)}`: index without a batched form")
-        done = [self.expr(s.value) for s in shapes]
-        if not all(v.batched and v.rank is not None for _, v in done):
-            raise Unsupported(f"`{unparse(node)}`: shapes of values that do not vary")
-        (mask, mv), (_, base) = done[0], done[1]
-        self.require(mv.rank - 1, ">=", node)  # a 0-d mask adds a dim (``x[True]``)
-        for _, v in done[2:]:
-            self.require(v.rank - base.rank, "==", node)
-        mask = self.named(mask)
-        per_item = ast.Tuple([self.sub(rules.BATCHED_SHAPE, x=x) for x, _ in done], ast.Load())
-        return self.sub(rules.BATCHED_MASK_RESHAPE, m=mask, h=helper, shapes=per_item), \
-            _Val(True, base.rank)
-
-    def _flatten(self, x: ast.expr, xv: _Val, meth: str, node: ast.AST):
-        """``x.flatten()`` per item: rank 1."""
-        if xv.rank is None:
-            raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
-        self.require(xv.rank - 1, ">=", node)
-        return self.sub(rules.BATCHED_FLATTEN[meth], x=x), _Val(True, Rank() + 1)
-
-    def _integer_of(self, name: str | None, meth: str | None, operands: list, kws: list):
-        """Integer-ness through the elementwise ops that keep it."""
-        if meth in rules.INTEGER_METHODS:
-            return ()
-        if meth in ("detach", "clone") and len(operands) == 1:
-            return operands[0][1].integer
-        if name == "torch.where" and len(operands) == 3 and not kws:
-            return _integer(operands[1:])
-        if name in ("torch.zeros_like", "torch.ones_like") and len(operands) == 1:
-            return operands[0][1].integer
-        return None
-
-    def _full_reduction(self, x: ast.expr, xv: _Val, op: str, node: ast.AST):
-        if not xv.batched:
-            raise Unsupported(f"`{unparse(node)}` has no batched form")
-        x = self.named(x)
-        reduce = rules.BATCHED_FULL_REDUCTIONS[op]
-        # reshape(n, -1) is also right for per-item 0-d values (dim=() would reduce all), but
-        # copies a non-contiguous x (rows moved to the front): reduce over the item dims then
-        template = rules.BATCHED_ITEM_DIMS_REDUCTION if reduce in rules.BATCHED_TUPLE_DIMS \
-            else rules.BATCHED_FLAT_REDUCTION
-        return self.sub(template.format(reduce=reduce), x=x), _Val(True, Rank())
-
-    def _dim_op(self, node, func, x, xv, op, rest, kws, is_method):
-        """``x.sum(d)``, ``F.softmax(x, dim=d)``, ...: per-item dims shift by one."""
-        if not xv.batched or xv.rank is None:
-            raise Unsupported(f"`{unparse(node)}` has no batched form")
-        keys = dict((k, v) for k, v in kws)
-        if len(rest) > 2 or set(keys) - {"dim", "keepdim"} or (rest and "dim" in keys):
-            raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
-        dim_node = rest[0][0] if rest else keys["dim"][0] if "dim" in keys else None
-        keep = rest[1][0] if len(rest) == 2 else keys["keepdim"][0] if "keepdim" in keys else None
-        dim = _literal(dim_node) if dim_node is not None else _UNKNOWN
-        keepdim = _literal(keep) if keep is not None else False
-        dims = dim if isinstance(dim, tuple) else (dim,)
-        if not dims or not all(type(d) is int for d in dims) or type(keepdim) is not bool \
-                or (keepdim and rules.BATCHED_DIM_OPS[op] == 0):
-            raise Unsupported(f"`{unparse(node)}`: dim must be an int literal")
-        change = rules.BATCHED_DIM_OPS[op]
-        indexed = xv.rank + max(change, 0)  # dims index the input, or unsqueeze's output
-        for d in dims:
-            self._require_dim(indexed, d, node)
-        shifted = tuple(d + 1 if d >= 0 else d for d in dims)
-        new_dim = ast.Constant(shifted if isinstance(dim, tuple) else shifted[0])
-        new_rest = [(new_dim, None)] + rest[1:] if rest else []
-        new_kws = [(k, (new_dim, None) if k == "dim" else v) for k, v in kws]
-        call = ast.Call(func, [a for a, _ in new_rest] if is_method else
-                        [x] + [a for a, _ in new_rest], [ast.keyword(k, v) for k, (v, _) in new_kws])
-        rank = xv.rank if keepdim else xv.rank + change * len(dims)
-        integer = xv.integer if op == "unsqueeze" else None
-        return ast.copy_location(call, node), _Val(True, rank, integer)
-
-    def _require_dim(self, rank: Rank, d: int, node: ast.AST) -> None:
-        """``d`` in range per item: else dim -1 of a 0-d item would be the loop dim."""
-        self.require(rank - d - 1 if d >= 0 else rank + d, ">=", node)
-
-    def _similarity(self, node: ast.Call, name: str) -> tuple[ast.expr, _Val]:
-        """``F.cosine_similarity(x1, x2, dim, eps)``: a set form when one operand is a loop
-        input's rows and the other fixed, else the same call with ``dim`` shifted."""
-        params = rules.BATCHED_SIMILARITIES[name]
-        args = dict(zip(params, node.args))
-        for k in node.keywords:
-            if k.arg in args or k.arg not in params:
-                raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
-            args[k.arg] = k.value
-        dim = _literal(args["dim"]) if "dim" in args else rules.SIMILARITY_DEFAULTS["dim"]
-        eps = args.get("eps", ast.Constant(rules.SIMILARITY_DEFAULTS["eps"]))
-        if len(node.args) > len(params) or not {"x1", "x2"} <= set(args) \
-                or type(dim) is not int or self._varies(eps):
-            raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
-        pair = self._point_and_set(args["x1"], args["x2"])
-        if pair is not None:
-            self.set_forms = True
-            if self.sets or dim in (0, -1):
-                return self._set_form(node, rules.SIMILARITY_SET_FORMS, *pair, dim, eps)
-        (a, av), (b, bv) = self.expr(args["x1"]), self.expr(args["x2"])
-        val = self._elementwise([av, bv], node)
-        self._require_dim(val.rank, dim, node)
-        kws = [ast.keyword("dim", ast.Constant(dim + 1 if dim >= 0 else dim))] + (
-            [ast.keyword("eps", eps)] if "eps" in args else [])
-        return ast.copy_location(ast.Call(node.func, [a, b], kws), node), _Val(True, val.rank - 1)
-
-    def _point_and_set(self, a: ast.expr, b: ast.expr) -> tuple[ast.Name, ast.expr] | None:
-        """(``x``, ``w``): one operand a loop input's rows, the other evaluable before the loop."""
-        for x, w in ((a, b), (b, a)):
-            val = self.vals.get(x.id) if isinstance(x, ast.Name) else None
-            if val is not None and val.batched and val.source is not None \
-                    and val.rank is not None and self.free(w) is not None:
-                return x, w
-        return None
-
-    def _squared_distance(self, node: ast.Call, name: str | None, meth: str | None):
-        """``((w - x) ** 2).sum(dim)`` (any spelling of the square, either order) of a point
-        ``x`` and a fixed ``w``: (``x``, ``w``, dim); None for anything else."""
-        if meth == "sum" and len(node.args) <= 1:
-            operand, rest = node.func.value, node.args
-        elif name == "torch.sum" and 1 <= len(node.args) <= 2:
-            operand, rest = node.args[0], node.args[1:]
-        else:
-            return None
-        keys = {k.arg: k.value for k in node.keywords}
-        if set(keys) - {"dim"} or len(rest) + len(keys) != 1:
-            return None
-        diff = self._squared(operand)
-        if not (isinstance(diff, ast.BinOp) and isinstance(diff.op, ast.Sub)):
-            return None
-        pair = self._point_and_set(diff.left, diff.right)
-        return None if pair is None else (*pair, _literal(rest[0] if rest else keys["dim"]))
-
-    def _squared(self, node: ast.expr) -> ast.expr | None:
-        """``e`` of ``e ** 2``, ``e.pow(2)``, ``e.square()``, ``torch.square(e)``, ..."""
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-            return node.left if _ints([node.right]) == (2,) else None
-        if not isinstance(node, ast.Call) or node.keywords:
-            return None
-        meth, name = method_name(node, self.ctx), resolve_call(node.func, self.ctx)
-        if meth in rules.SQUARE_METHODS and _ints(node.args) == rules.SQUARE_METHODS[meth]:
-            return node.func.value
-        if name in rules.SQUARE_FUNCS and node.args \
-                and _ints(node.args[1:]) == rules.SQUARE_FUNCS[name]:
-            return node.args[0]
-        return None
-
-    def _set_form(self, node: ast.Call, forms: dict, x: ast.Name, w: ast.expr, dim: object,
-                  eps: ast.expr | None = None) -> tuple[ast.expr, _Val]:
-        """A point ``x`` (per item [D]) against a fixed ``w`` [D], or with ``sets`` a set of
-        points [m, D], reduced over dim ``dim`` (the feature dim); ``eps``: of normalized
-        operands (cosine similarity). What it assumes is checked at run time."""
-        k = 2 if self.sets else 1  # w.dim()
-        if k not in forms or type(dim) is not int or dim not in (k - 1, -1):
-            raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
-        xv, text = self.vals[x.id], self.free(w)
-        self.require(xv.rank - 1, "==", node)
-        self.checks[f"isinstance({text}, torch.Tensor) and {text}.dim() == {k} "
-                    f"and {text}.dtype == {xv.source}.dtype and {text}.dtype in "
-                    f"{rules.SET_FORM_DTYPES} and {text}.shape[-1] == {xv.source}.shape[-1]"] = None
-        form, rank = forms[k]
-        if eps is not None:
-            eps = eps if isinstance(eps, (ast.Constant, ast.Name)) else self.named(eps)
-            x, w = self._normalized(x, eps), self._normalized(self.named(w), eps)
-        return self.sub(form, x=x, w=w), _Val(True, Rank() + rank)
-
-    def _normalized(self, x: ast.expr, eps: ast.expr) -> ast.expr:
-        norm = self.named(self.sub(rules.NORM, x=x))
-        return self.sub(rules.NORMALIZED, x=x, n=norm, eps=eps)
-
-    def _pointwise_loss(self, node: ast.Call, args: list, kws: list, summed: bool = False,
-                        mean: bool = False):
-        """``F.mse_loss(a, b)``: elementwise losses, averaged (or summed) per item; ``summed``:
-        their sum over the loop (``mean``: their mean), one call."""
-        keys = {k: x for k, (x, _) in kws}
-        reduction = _literal(keys.pop("reduction", ast.Constant("mean")))
-        if len(args) != 2 or reduction not in ("mean", "sum") \
-                or not all(isinstance(x, ast.Constant) for x in keys.values()):
-            raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
-        (a, av), (b, bv) = args
-        if not (av.batched and bv.batched):  # a fixed operand would broadcast (and warn)
-            raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
-        self._elementwise([av, bv], node)
-        if summed:  # one call with the per-item reduction over all items
-            kw = [ast.keyword(k, x) for k, x in keys.items()] + [
-                ast.keyword("reduction", ast.Constant(reduction))]
-            table = rules.AVERAGED_POINTWISE_LOSSES if mean else rules.SUMMED_POINTWISE_LOSSES
-            return self.sub(table[reduction], n=self.trips,
-                            l=ast.Call(node.func, [a, b], kw)), _Val(True, Rank())
-        kw = [ast.keyword(k, x) for k, x in keys.items()] + [ast.keyword("reduction",
-                                                                          ast.Constant("none"))]
-        loss = self.named(ast.Call(node.func, [a, b], kw))
-        return self.sub(f"l.reshape(len(l), -1).{reduction}(1)", l=loss), _Val(True, Rank())
-
-    def _class_loss(self, node: ast.Call, args: list, kws: list, summed: bool = False):
-        """``F.cross_entropy(x, t)`` per item, x [N, C], t [N] class indices; ``summed``: the
-        sum over the loop (one call when the per-item reduction is a sum)."""
-        keys = {k: x for k, (x, _) in kws}
-        reduction = _literal(keys.pop("reduction", ast.Constant("mean")))
-        ignore = _literal(keys.pop("ignore_index", ast.Constant(-100)))
-        if len(args) != 2 or reduction not in ("mean", "sum") or type(ignore) is not int or keys:
-            raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
-        (x, xv), (t, tv) = args
-        if not (xv.batched and tv.batched) or tv.integer is None:
-            raise Unsupported(f"`{unparse(node)}`: targets not known to be class indices")
-        self.require(xv.rank - 2, "==", node)
-        self.require(tv.rank - 1, "==", node)
-        for cond in tv.integer:
-            self.checks[cond] = None
-        if summed and reduction == "sum":
-            return self.sub(f"F(x.flatten(0, 1), t.flatten(), reduction='sum', "
-                            f"ignore_index={ignore})", F=node.func, x=x, t=t), _Val(True, Rank())
-        t = self.named(t)
-        loss = self.named(self.sub(
-            f"F(x.flatten(0, 1), t.flatten(), reduction='none', ignore_index={ignore})"
-            ".view(t.shape)", F=node.func, x=x, t=t))
-        if reduction == "sum":
-            return self.sub("l.sum(1)", l=loss), _Val(True, Rank())
-        per_item = self.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t)
-        return (self.sub("e.sum(0)", e=per_item) if summed else per_item), _Val(True, Rank())
-
-    # ------------------------------------------------------------------------------------------
-    def _subscript(self, node: ast.Subscript) -> tuple[ast.expr, _Val]:
+    def _subscript(self, node: ast.Subscript) -> tuple[ast.expr, Val]:
         entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         base, bv = self.expr(node.value)
-        if bv.batched and not any(self._varies(e) for e in entries):
+        if bv.batched and not any(self.varies(e) for e in entries):
             # fixed ints, slices, None, ...: the same selection after the loop dim
-            kinds = [_literal(e) if not isinstance(e, ast.Slice) else slice for e in entries]
+            kinds = [literal(e) if not isinstance(e, ast.Slice) else slice for e in entries]
             if not all(k is slice or k is None or k is Ellipsis or type(k) is int for k in kinds):
                 raise Unsupported(f"`{unparse(node)}`: index without a batched form")
             full = ast.Slice(None, None, None)
             new = ast.Subscript(base, ast.Tuple([full] + list(entries), ast.Load()), ast.Load())
             rank = None if bv.rank is None else (
                 bv.rank - sum(type(k) is int for k in kinds) + sum(k is None for k in kinds))
-            return ast.copy_location(new, node), _Val(True, rank)
+            return ast.copy_location(new, node), Val(True, rank)
         if not bv.batched and len(entries) > 1:
             return self._fixed_gather(node, entries)
         if len(entries) != 1:
@@ -914,14 +348,14 @@ class _Batcher:
             if not isinstance(base, ast.Name):  # (vectorize_loops checks names the loop indexes)
                 self.checks[f"isinstance({text}, torch.Tensor)"] = None
             rank = iv.rank + Rank.of(f"{text}.dim()") - 1
-            return ast.copy_location(ast.Subscript(base, idx, ast.Load()), node), _Val(True, rank)
+            return ast.copy_location(ast.Subscript(base, idx, ast.Load()), node), Val(True, rank)
         if bv.rank is None:
             raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
         self.require(iv.rank, "==", node)       # one index per item
         self.require(bv.rank - 1, ">=", node)
         base = self.named(base)
         new = self.sub("x[torch.arange(len(x), device=x.device), i]", x=base, i=idx)
-        return new, _Val(True, bv.rank - 1)
+        return new, Val(True, bv.rank - 1)
 
     def _fixed_gather(self, node: ast.Subscript, entries: list[ast.expr]):
         """``w[i, j]``: a fixed ``w`` at fixed ints ``i``, then a loop-varying index ``j`` ->
@@ -943,22 +377,3 @@ def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:
             and isinstance(value.op, (ast.Add, ast.Sub)) and isinstance(value.left, ast.Name)
             and value.left.id == name and name not in {n.id for n in walk(value.right)
                                                        if isinstance(n, ast.Name)})
-
-
-def _integer(operands: list[tuple[ast.expr, _Val]]) -> tuple[str, ...] | None:
-    """Conditions making the result of integer-preserving ops an integer tensor; None: unknown.
-    Python int constants keep the dtype."""
-    conds: list[str] = []
-    for node, val in operands:
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            continue
-        if not val.batched or val.integer is None:
-            return None
-        conds += val.integer
-    return tuple(dict.fromkeys(conds))
-
-
-def _ints(nodes: list[ast.expr]) -> tuple[int, ...] | None:
-    """The values of int literals (``(2,)`` for ``[2]``); None when one is anything else."""
-    values = tuple(_literal(n) for n in nodes)
-    return values if all(type(v) is int for v in values) else None

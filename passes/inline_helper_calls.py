@@ -54,6 +54,7 @@ import torch
 
 from .errors import Unsupported
 
+from . import ops
 from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
                         walk)
 from .loop_dataflow import loads, resolve_call, stores
@@ -77,13 +78,10 @@ DEFERRED = {ast.Lambda: {"body": None}, ast.ListComp: {"elt": None, "generators"
             ast.Dict: {"keys": None, "values": None},
             ast.IfExp: {"body": None, "orelse": None},
             ast.BoolOp: {"values": slice(1, None)}, ast.Compare: {"comparators": slice(1, None)}}
-# Calls that may run after an inlined helper body although the original ran them before it:
-# they have no side effects. Builtins by name; torch functions and tensor methods unless
-# in place (a name ending in "_") or listed here.
-PURE_BUILTINS = frozenset({"len", "abs", "min", "max", "float", "int", "bool", "range", "sum",
-                           "isinstance", "tuple", "list", "round", "pow"})
-IMPURE_TENSOR_OPS = frozenset({"backward", "register_hook", "retain_grad", "manual_seed",
-                               "set_grad_enabled", "save", "load", "set_printoptions"})
+# Calls that may run after an inlined helper body although the original ran them before it
+# have no side effects: builtins, torch functions and tensor methods without an effect in the op
+# registry (allocating uninitialised memory is none), unless in place (a name ending in "_").
+NO_EFFECT = (None, "uninitialized")
 CONSTANT_TYPES = (int, float, bool, str, complex, type(None))
 
 
@@ -254,7 +252,7 @@ class _Rename(Transformer):
 
 
 def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
-    """Whether ``call`` certainly has no side effects (``PURE_BUILTINS``, torch ops)."""
+    """Whether ``call`` certainly has no side effects (``NO_EFFECT``)."""
     root = call.func
     while isinstance(root, ast.Attribute):
         root = root.value
@@ -263,11 +261,11 @@ def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
     if name is None:  # a method
         attr = getattr(call.func, "attr", "")
         return hasattr(torch.Tensor, attr) and not attr.endswith("_") \
-            and attr not in IMPURE_TENSOR_OPS
-    if name in PURE_BUILTINS:
+            and ops.by_call(None, attr).effect in NO_EFFECT
+    if ops.is_builtin(name):
         return name not in scope
-    short = name.rsplit(".", 1)[-1]
-    return name.startswith("torch.") and not short.endswith("_") and short not in IMPURE_TENSOR_OPS
+    return name.startswith("torch.") and not name.endswith("_") \
+        and ops.effect(name, None) in NO_EFFECT
 
 
 def _postorder(node: ast.AST):

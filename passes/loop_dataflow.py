@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from .errors import Unsupported
 
 from . import loop_rules as rules
-from . import op_facts
+from . import ops
 from .ast_tools import PassContext, is_int, unparse, walk
 
 
@@ -259,8 +259,8 @@ def resolve_call(func: ast.expr, ctx: PassContext) -> str | None:
         if obj is getattr(builtins, root, None):
             return root
         return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', root)}"
-    elif parts and root in rules.DEFAULT_ALIASES:
-        base = rules.DEFAULT_ALIASES[root]
+    elif parts and root in ops.DEFAULT_ALIASES:
+        base = ops.DEFAULT_ALIASES[root]
     elif parts:
         return None  # method of a local value
     else:
@@ -275,14 +275,15 @@ def method_name(call: ast.Call, ctx: PassContext) -> str | None:
     return None
 
 
+def call_op(call: ast.Call, ctx: PassContext) -> ops.OpSpec:
+    """The registry's entry for the function or method ``call`` calls (``ops.UNKNOWN``)."""
+    return ops.by_call(resolve_call(call.func, ctx), method_name(call, ctx))
+
+
 def is_shape_query(node: ast.AST, ctx: PassContext) -> bool:
-    if isinstance(node, ast.Attribute) and node.attr in rules.SHAPE_ATTRS:
+    if isinstance(node, ast.Attribute) and node.attr in ops.METADATA_ATTRIBUTES:
         return True
-    if isinstance(node, ast.Call):
-        if method_name(node, ctx) in rules.SHAPE_METHODS:
-            return True
-        return resolve_call(node.func, ctx) in rules.SHAPE_FUNCS
-    return False
+    return isinstance(node, ast.Call) and call_op(node, ctx).shape_query
 
 
 def depends(expr: ast.AST, variant: set[str], ctx: PassContext) -> bool:
@@ -471,26 +472,19 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
     appends = {id(s.value) for s in _simple_stmts(body) if _is_append(s, assigned)}
     for s in body:
         for call in (n for n in walk(s) if isinstance(n, ast.Call)):
-            name = resolve_call(call.func, ctx)
             meth = method_name(call, ctx)
-            if _is_random(name) or meth in rules.RANDOM_METHODS:
+            effect = ops.effect(resolve_call(call.func, ctx), meth)
+            if effect == "random":
                 raise Unsupported(f"random op `{unparse(call.func)}`: each iteration draws "
                                   "different numbers", call.lineno)
-            if name in rules.IO or meth in rules.IO_METHODS:
+            if effect == "io":
                 raise Unsupported(f"I/O call `{unparse(call.func)}` in the loop", call.lineno)
-            if meth and (meth in rules.MUTATING_METHODS or _inplace(meth)) \
+            if meth and (effect == "mutates" or _inplace(meth)) \
                     and id(call) not in appends:
                 recv = call.func.value
                 if not (isinstance(recv, ast.Name) and recv.id in assigned):
                     raise Unsupported(f"`{unparse(call.func)}(...)` mutates `{unparse(recv)}`, "
                                       "defined outside the loop", call.lineno)
-
-
-def _is_random(name: str | None) -> bool:
-    if name is None:
-        return False
-    return (name.startswith("torch.") and name.rsplit(".", 1)[-1] in op_facts.RANDOM) \
-        or name.startswith(rules.RANDOM_MODULES)
 
 
 def _inplace(meth: str) -> bool:
@@ -707,8 +701,7 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
         return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
     if isinstance(expr, ast.Call):
-        return (resolve_call(expr.func, ctx) in rules.BOOLEAN_FUNCS
-                or method_name(expr, ctx) in rules.BOOLEAN_METHODS)
+        return call_op(expr, ctx).boolean
     return False
 
 

@@ -41,10 +41,10 @@ function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike.
 
 What is rewritten: a selection ``x[m]``, ``x`` a name, attribute or subscript by names and
 numbers, ``m`` a mask that varies per iteration (a single comparison, ``~``/``&``/``|``/``^`` of
-masks, a call of ``loop_rules.BOOLEAN_*``, or a name every binding of which in the body is one),
-whose value reaches a full reduction only through elementwise ops (arithmetic, single
-comparisons, ``loop_rules.BATCHED_ELEMENTWISE*``); a name bound once, at the top of the body, to
-such a value is its stand-in, read only by such reductions. The selections of one reduction
+masks, a call of a boolean op (``OpSpec.boolean``), or a name every binding of which in the body
+is one), whose value reaches a full reduction only through elementwise ops (arithmetic, single
+comparisons, the registry's batched elementwise ops); a name bound once, at the top of the body,
+to such a value is its stand-in, read only by such reductions. The selections of one reduction
 share their mask; its other operands are numbers, 0-d values (reductions), or names that do not
 vary, which the loop's runtime check requires to be numbers or 0-d tensors (``Dense.guards``): a
 longer tensor broadcasts against the number of selected elements in the original.
@@ -52,7 +52,7 @@ longer tensor broadcasts against the number of selected elements in the original
 Why each piece:
 
 * NaN/inf: the stand-ins are 0 where deselected, so what the mask excludes (NaN targets, say)
-  never reaches an op or a gradient; ops of ``loop_rules.SANITIZE*`` get safe operands there
+  never reaches an op or a gradient; ops with ``OpSpec.sanitize`` get safe operands there
   (``tensor_branches_to_where``'s double where), and the reduction masks once more.
 * Shapes: ``x[m]`` raises ``IndexError`` unless ``m.shape == x.shape[:m.dim()]``, where ``where``
   would broadcast. ``_mask_shape`` (``MASK_SHAPE``, bound into the generated code) looks at shapes
@@ -92,23 +92,17 @@ import torch
 
 from .errors import Unsupported
 
-from . import loop_rules as rules
+from . import ops
 from .ast_tools import PassContext, Transformer, clone, replace, walk
-from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
-                            resolve_call, stores, variant_names, write_entries)
+from .loop_dataflow import (call_op, is_boolean, depends, is_shape_query, loads, method_name,
+                            stores, variant_names, write_entries)
 from .tensor_branches_to_where import Sanitize
 
 # Marks a user's subscript converted here: loop_dataflow's mask-indexing check skips it.
 CONVERTED = "where_converted"
 
-# Full reductions of a selection: method name / function -> dense form.
-REDUCTION_METHODS = {"sum": "sum", "mean": "mean", "max": "max", "amax": "amax", "min": "min",
-                     "amin": "amin"}
-REDUCTION_FUNCS = {"torch.sum": "sum", "torch.mean": "mean", "torch.max": "max",
-                   "torch.amax": "amax", "torch.min": "min", "torch.amin": "amin"}
-# Counts: ``x[m].numel()`` (selected elements), ``len(x[m])`` (selected rows).
-COUNT_METHODS = {"numel": "numel"}
-COUNT_FUNCS = {"len": "len"}
+# Full reductions and counts of a selection (``x[m].sum()``, ``x[m].numel()`` the selected
+# elements, ``len(x[m])`` the selected rows): ``OpSpec.selection`` names their dense form.
 # Dense forms: ``k`` the mask shaped for ``v``, the elementwise value on the stand-ins; ``v`` is
 # read once (templates reading it more often get a temporary).
 DENSE_FORMS = {
@@ -151,7 +145,7 @@ ties = sel & (flat == top)
 # Counts are Python ints in the original (``NUMBER_FOLD`` turns accumulated ones back), and so
 # is their integer arithmetic.
 COUNT_KIND = "int"
-COUNT_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
+COUNT_BINOPS = ops.operators(lambda s: s.integer is not None)
 # Operators that are elementwise on selections (with numbers and 0-d values).
 ELEMENTWISE_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
                       ast.BitAnd, ast.BitOr, ast.BitXor)
@@ -384,14 +378,13 @@ class _Converter:
         """(dense form, operand) of a full reduction or count call."""
         if not isinstance(call, ast.Call) or call.keywords:
             return None
-        meth = method_name(call, self.ctx)
-        if meth is not None and not call.args:
-            form = REDUCTION_METHODS.get(meth) or COUNT_METHODS.get(meth)
-            return (form, call.func.value) if form else None
-        name = resolve_call(call.func, self.ctx)
+        form = call_op(call, self.ctx).selection
+        if form is None:
+            return None
+        if method_name(call, self.ctx) is not None:
+            return None if call.args else (form, call.func.value)
         if len(call.args) == 1 and not isinstance(call.args[0], ast.Starred):
-            form = REDUCTION_FUNCS.get(name or "") or COUNT_FUNCS.get(name or "")
-            return (form, call.args[0]) if form else None
+            return form, call.args[0]
         return None
 
     def reduce(self, call: ast.Call) -> ast.expr | None:
@@ -485,14 +478,13 @@ class _Converter:
                                      e)
         if isinstance(e, ast.Call) and not any(isinstance(a, ast.Starred) for a in e.args) \
                 and all(k.arg is not None and _is_constant(k.value) for k in e.keywords):
-            meth = method_name(e, self.ctx)
-            if meth in rules.BATCHED_ELEMENTWISE_METHODS:
+            if call_op(e, self.ctx).batched != "elementwise":
+                raise _NotChain
+            if method_name(e, self.ctx) is not None:
                 recv = self._chain(e.func.value, leaves, groups)
                 func = ast.copy_location(ast.Attribute(recv, e.func.attr, ast.Load()), e.func)
-            elif meth is None and resolve_call(e.func, self.ctx) in rules.BATCHED_ELEMENTWISE:
-                func = e.func
             else:
-                raise _NotChain
+                func = e.func
             args = [self._chain(a, leaves, groups) for a in e.args]
             return ast.copy_location(ast.Call(func, args, clone(e.keywords)), e)
         raise _NotChain
@@ -541,8 +533,7 @@ class _Converter:
         if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
             return self._strict(m.left, names) and self._strict(m.right, names)
         if isinstance(m, ast.Call):
-            return (resolve_call(m.func, self.ctx) in rules.BOOLEAN_FUNCS
-                    or method_name(m, self.ctx) in rules.BOOLEAN_METHODS) and _pure(m, self.ctx)
+            return call_op(m, self.ctx).boolean and _pure(m, self.ctx)
         return False
 
     def _strict_masks(self, body: list[ast.stmt]) -> set[str]:
@@ -702,10 +693,7 @@ def _pure(e: ast.expr, ctx: PassContext) -> bool:
         if isinstance(n, (ast.Lambda, ast.NamedExpr, ast.IfExp, ast.BoolOp, ast.Starred,
                           ast.comprehension, ast.Await, ast.Yield, ast.YieldFrom)):
             return False
-        if isinstance(n, ast.Call) and not (
-                is_shape_query(n, ctx)
-                or resolve_call(n.func, ctx) in rules.BOOLEAN_FUNCS | rules.BATCHED_ELEMENTWISE
-                or method_name(n, ctx) in rules.BOOLEAN_METHODS
-                | rules.BATCHED_ELEMENTWISE_METHODS):
+        if isinstance(n, ast.Call) and not (is_shape_query(n, ctx) or call_op(n, ctx).boolean
+                                            or call_op(n, ctx).batched == "elementwise"):
             return False
     return True

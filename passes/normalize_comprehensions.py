@@ -38,6 +38,7 @@ from __future__ import annotations
 import ast
 
 from . import loop_rules as rules
+from . import ops
 from .ast_tools import PassContext, Transformer, clone, fix_missing_locations, replace, walk
 from .loop_dataflow import child_blocks, resolve_call
 
@@ -241,8 +242,10 @@ def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool
                     or any(k.arg == "out" for k in n.keywords):
                 return True
             fn = resolve_call(n.func, ctx)
-            trusted = fn is not None and (fn.startswith("torch.") or fn in rules.PURE_BUILTINS)
-            if not trusted and method not in rules.MUTATING_METHODS and any(_reads(a, tainted) for a in n.args
+            # builtins that never modify their arguments (I/O ones too), and torch functions
+            trusted = fn is not None and (fn.startswith("torch.")
+                                          or ops.is_builtin(fn, effects=(None, "io")))
+            if not trusted and ops.OBJECT_METHODS.get(method) != "mutates" and any(_reads(a, tainted) for a in n.args
                                                   + [k.value for k in n.keywords]):
                 return True
     return False
@@ -259,7 +262,7 @@ def _bindings(n: ast.AST) -> list[tuple[ast.expr, ast.expr]]:
     if isinstance(n, ast.NamedExpr):
         return [(n.target, n.value)]
     if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
-            and n.func.attr in rules.MUTATING_METHODS:  # lst.append(x): lst holds x
+            and ops.OBJECT_METHODS.get(n.func.attr) == "mutates":  # lst.append(x): lst holds x
         return [(n.func.value, ast.Tuple(n.args, ast.Load()))]
     return []
 

@@ -14,10 +14,10 @@ both branches run and a per-iteration mask selects. Python conditions (not loop-
     loss += -logp[i, target[i]]          (contribution masked by _keep; index where(_keep, target[i], 0))
 
 The trap: a deselected branch still runs, and NaN/inf there poisons gradients through
-``torch.where`` (0 * inf = NaN). So under a mask every op of ``loop_rules.SANITIZE*`` gets its
+``torch.where`` (0 * inf = NaN). So under a mask every op with ``OpSpec.sanitize`` gets its
 risky operand replaced by a safe value first (the "double where"), loop-varying subscripts read
-index 0 where deselected, and any call not known to be total (``loop_rules.TOTAL*``: user
-functions, losses with index targets, ...) raises ``Unsupported``: the loop is kept.
+index 0 where deselected, and any call not known to be total (``OpSpec.total``: user functions,
+losses with index targets, ...) raises ``Unsupported``: the loop is kept.
 
 Effects (accumulations, appends, writes) are handed to the caller with their mask.
 """
@@ -28,10 +28,10 @@ from typing import Callable
 
 from .errors import Unsupported
 
-from . import loop_rules as rules
+from . import ops
 from .ast_tools import PassContext, Transformer, replace, unparse, walk
-from .loop_dataflow import (Effect, LoopFacts, depends, is_shape_query, method_name,
-                            resolve_call, stores)
+from .loop_dataflow import (Effect, LoopFacts, call_op, depends, is_shape_query, method_name,
+                            stores)
 
 # (effect, its value with the mask's sanitising applied, mask name or None) -> statements
 OnEffect = Callable[[Effect, ast.expr, "str | None"], list[ast.stmt]]
@@ -178,17 +178,17 @@ class Sanitize(Transformer):
         self.generic_visit(node)
         if is_shape_query(node, self.ctx):
             return node
-        name = resolve_call(node.func, self.ctx)
-        meth = method_name(node, self.ctx)
-        if name in rules.SANITIZE:
-            k, safe = rules.SANITIZE[name]
-            if k < len(node.args):
+        op = call_op(node, self.ctx)
+        if op.sanitize is not None:
+            k, safe = op.sanitize
+            if method_name(node, self.ctx) is not None:  # the receiver is argument 0
+                k -= 1
+            if k < 0:
+                node.func.value = self._safe(node.func.value, safe)
+            elif k < len(node.args):
                 node.args[k] = self._safe(node.args[k], safe)
             return node
-        if meth in rules.SANITIZE_METHODS:
-            node.func.value = self._safe(node.func.value, rules.SANITIZE_METHODS[meth])
-            return node
-        if name in rules.TOTAL or meth in rules.TOTAL_METHODS:
+        if op.total:
             return node
         raise Unsupported(f"`{unparse(node.func)}(...)` would also run on iterations its "
                           "tensor condition excludes, and may fail or give NaN there",
@@ -196,13 +196,14 @@ class Sanitize(Transformer):
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        rule = rules.SANITIZE_BINOPS.get(type(node.op))
+        rule = ops.by_operator(type(node.op)).sanitize
         if rule is None:
             return node
-        side, safe = rule
+        k, safe = rule
         if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) \
                 and isinstance(node.right.value, int) and node.right.value >= 0:
             return node  # x ** 2 is total
+        side = ("left", "right")[k]
         setattr(node, side, self._safe(getattr(node, side), safe))
         return node
 

@@ -76,7 +76,7 @@ from .errors import Unsupported
 from . import (batch_loop_bodies, host_roundtrips_to_tensor_ops, inline_helper_calls,
                loop_dataflow, normalize_comprehensions)
 from . import loop_rules as rules
-from . import masked_selections_to_where, tensor_branches_to_where
+from . import masked_selections_to_where, ops, tensor_branches_to_where
 from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, is_int, replace,
                         unparse, walk)
 from .loop_dataflow import Effect, depends, loads, resolve_call
@@ -910,7 +910,7 @@ def _is_pure(expr: ast.expr) -> bool:
         if isinstance(n, ast.Call):
             f = n.func
             ok = (isinstance(f, ast.Name) and f.id in ("len", "min", "max", "int")) or (
-                isinstance(f, ast.Attribute) and f.attr in rules.SHAPE_METHODS)
+                isinstance(f, ast.Attribute) and ops.by_call(None, f.attr).shape_query)
             if not ok:
                 return False
     return True

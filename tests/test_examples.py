@@ -100,3 +100,11 @@ def test_real_losses_name_their_source_and_field(name):
     repo, _, path = case["source"].partition(":")
     assert repo.count("/") == 1 and path.endswith(".py"), "source is 'owner/repo:path/file.py'"
     assert case["field"] in examples.real.FIELDS
+
+
+def test_the_real_corpus_is_broad():
+    # At least 40 losses from 25 public repositories across 8 fields: real code, not our idioms.
+    cases = [load(name).CASE for name in REAL_NAMES]
+    assert len(cases) >= 40
+    assert len({case["source"].partition(":")[0] for case in cases}) >= 25
+    assert len({case["field"] for case in cases}) >= 8

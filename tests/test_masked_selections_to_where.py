@@ -152,7 +152,7 @@ UNCHANGED = {
     "dim_reduction": "m = x[i] > 0\ns = s + x[i][m].sum(0)",
     "max_with_dim": "m = x[i] > 0\ns = s + x[i][m].max(0).values",
     "prod": "m = x[i] > 0\ns = s + x[i][m].prod()",
-    "not_total": "m = x[i] > 0\ns = s + torch.logaddexp(x[i][m], 0).sum()",
+    "unknown_op": "m = x[i] > 0\ns = s + torch.erfinv(x[i][m]).sum()",
     "int_indexing": "s = s + x[idx[i]].sum()",
     "tuple_index": "s = s + x[i, x[i] > 0].sum()",
     "mask_does_not_vary": "m = w > 0\ns = s + x[i][m].sum()",
