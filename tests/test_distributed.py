@@ -59,6 +59,7 @@ def _train(wrapper: str, loss_name: str, rank: int) -> list[torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out_dir: str, wrapper: str) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's own connections on loopback too
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
