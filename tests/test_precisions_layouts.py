@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,8 +45,6 @@ def rows(pred, target):
 def case(name: str):
     """(original, optimized, make_inputs(dtype)) for an example or one of our own losses."""
     if name.startswith("own."):
-        import tempfile
-        from pathlib import Path
         module = load_module(Path(tempfile.mkdtemp()), OWN)
         fn = getattr(module, name[4:])
 
@@ -104,21 +104,22 @@ def test_cpu_autocast_to_bfloat16(name):
                 rtol=rtol, atol=atol)
 
 
-# Each layout: (leaf made from a tensor, the input made from the leaf), same values where possible.
+# Each layout: (the leaf made from an input tensor, the input made from that leaf and the tensor);
+# the input has the tensor's shape, and its values except for "expanded" (every row the first).
 LAYOUTS = {
-    "non_contiguous": (lambda t: t.mT.contiguous() if t.dim() > 1 else t.repeat(2),
-                       lambda leaf: leaf.mT if leaf.dim() > 1 else leaf[::2]),
+    "non_contiguous": (lambda t: t.mT.contiguous() if t.dim() > 1 else torch.stack([t, t], -1),
+                       lambda leaf, t: leaf.mT if t.dim() > 1 else leaf[..., 0]),
     "channels_last": (lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4
-                      else t.clone(), lambda leaf: leaf),
+                      else t.clone(), lambda leaf, t: leaf),
     "expanded": (lambda t: t[:1].clone() if t.dim() else t.clone(),
-                 lambda leaf, shape=None: leaf),  # expanded to the original shape below
+                 lambda leaf, t: leaf.expand(t.shape)),
     "view_of_larger": (lambda t: torch.stack([t, torch.full_like(t, 7)], dim=-1),
-                       lambda leaf: leaf[..., 0]),
+                       lambda leaf, t: leaf[..., 0]),
 }
 
 
 def layout_inputs(args, layout: str):
-    """(inputs in ``layout``, leaves to take gradients at)."""
+    """(inputs in ``layout``, the leaves to take gradients at)."""
     make_leaf, view = LAYOUTS[layout]
     leaves = []
 
@@ -128,12 +129,7 @@ def layout_inputs(args, layout: str):
         leaf = make_leaf(t.detach()).requires_grad_(t.requires_grad)
         if t.requires_grad:
             leaves.append(leaf)
-        out = view(leaf)
-        if layout == "non_contiguous" and t.dim() == 1:
-            out = out if out.shape == t.shape else out[: t.shape[0]]
-        if layout == "expanded" and t.dim():
-            out = out.expand(t.shape)
-        return out
+        return view(leaf, t)
     return tree_map(convert, args), leaves
 
 
