@@ -4,9 +4,14 @@ Every program is ``def loss(x, y, w, t)`` with ``x``, ``y`` of shape [B, D], ``w
 and integer labels ``t`` of shape [B]; it is built from the loop patterns README's "Loop
 vectorization" section claims, over ops drawn from the tables below, and returns a tuple. A
 program drawn with ``keep=`` carries one construct that must keep its loop as written.
+
+``python -m tests.fuzz_programs <stats file>`` summarises a long run (tests/test_fuzz_programs.py).
 """
 from __future__ import annotations
 
+import collections
+import json
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -228,3 +233,22 @@ def inputs(draw, dtype: torch.dtype) -> tuple:
 
     labels = torch.randint(D, (B,), generator=g)
     return tensor(B, D), tensor(B, D), tensor(D), labels
+
+
+def summarize(path: str) -> str:
+    """The figures of a long run's ``OL_FUZZ_STATS`` file: programs by outcome, known bugs hit."""
+    outcomes, known = collections.Counter(), collections.Counter()
+    with open(path) as f:
+        for entry in map(json.loads, f):
+            if "outcome" in entry:
+                outcomes[entry["outcome"]] += 1
+                known[entry.get("bug")] += entry["outcome"] == "known"
+    programs = sum(n for outcome, n in outcomes.items() if outcome != "known")
+    lines = [f"{programs} programs: " + ", ".join(f"{n} {o}" for o, n in outcomes.most_common()
+                                                   if o != "known"),
+             f"{outcomes['known']} draws not run because they hit a known bug:"]
+    return "\n".join(lines + [f"  {n} {bug}" for bug, n in known.most_common() if n])
+
+
+if __name__ == "__main__":
+    print(summarize(sys.argv[1]))

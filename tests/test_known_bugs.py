@@ -212,3 +212,20 @@ def f(x, w):
     cotangent_signs_differ = torch.randn(2, 1)  # assert_equivalent's cotangent is fixed
     assert_equivalent(original, fast, cotangent_signs_differ,
                       torch.tensor([float("inf")], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="a float32 accumulator multiplied by float64 items under a "
+                   "tensor condition: when no iteration is selected the original's stays float32, "
+                   "the vectorized one is float64 (its dtype no longer depends on the data)")
+def test_accumulator_dtype_when_no_iteration_is_selected(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, y):
+    p = torch.ones(())
+    for i in range(x.shape[0]):
+        if y[i] > 0:
+            continue
+        p = p * x[i]
+    return p
+""")
+    x, y = torch.rand(3, dtype=torch.float64), torch.ones(3)
+    assert fast(x, y).dtype == original(x, y).dtype
