@@ -229,3 +229,21 @@ def f(x, y):
 """)
     x, y = torch.rand(3, dtype=torch.float64), torch.ones(3)
     assert fast(x, y).dtype == original(x, y).dtype
+
+
+@pytest.mark.xfail(strict=True, reason="tied items in a running min/max: the original's gradient "
+                   "goes to the first tied item (builtin min) or halves at each torch.maximum, the "
+                   "batched amin/amax splits it evenly between all tied items")
+@pytest.mark.parametrize("init, update", [("float('inf')", "min(m, x[i].sum())"),
+                                          ("torch.tensor(float('-inf'))",
+                                           "torch.maximum(m, x[i].sum())")])
+def test_running_extreme_with_tied_items(tmp_path, init, update):
+    original, fast = optimized(tmp_path, f"""
+def f(x):
+    m = {init}
+    for i in range(x.shape[0]):
+        m = {update}
+    return m
+""")
+    assert_equivalent(original, fast,
+                      torch.tensor([[0.5, 0.0], [0.0, 0.5], [0.25, 0.25]], requires_grad=True))
