@@ -27,7 +27,7 @@ import ast
 import re
 
 from .ast_tools import Transformer, clone, replace, unparse
-from .vectorize_loops import MARKER, is_vectorized_guard
+from .loops.runtime_checks import MARKER, is_vectorized_guard
 
 _LINE = re.compile(re.escape(MARKER).replace(re.escape("{}"), r"(\d+)"))
 ERROR = "_optimize_loss_error"  # the caught exception, in the instrumented copy only

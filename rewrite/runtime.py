@@ -29,15 +29,17 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.utils._pytree import tree_flatten, tree_map
+
+from passes import loop_run_counters
+from passes.errors import RewriteError, Unsupported
+from passes.mutated_arguments import function_node, mutated_parameters
+from passes.report import Fallback, Report
 
 from . import frontend
 from .backend import HoistingBackend
-from passes.errors import RewriteError, Unsupported
 from .lint import warn as lint_warn
-from passes import loop_run_counters
-from passes.mutated_arguments import function_node, mutated_parameters
-from passes.report import Fallback, Report
 from .testing import compare, outputs_and_gradients
 
 
@@ -82,6 +84,7 @@ class OptimizedFunction:
         self._mutated: tuple[str, ...] = ()  # parameters the function may change in place
         self._signature: inspect.Signature | None = None  # to find them among the arguments
         self._counting: Callable | None = None  # the rewritten function counting its loops' runs
+        self._limit_warned = False  # Dynamo's recompile limit reached: said once
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no fallback yet): calls skip the signature key.
         self._uniform: Callable | None = None
@@ -188,6 +191,8 @@ class OptimizedFunction:
             impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
             if impl is None:
                 impl = self._original if rewritten is None else self._compiled(rewritten)
+                if impl is self._compiled_fn:
+                    self._warn_at_recompile_limit(key, rewritten)
                 if impl not in (rewritten, self._original) and self._options.verify_compiled:
                     impl = self._check_compiled(key, impl, args, kwargs)
             if impl is not self._original and self._options.verify:
@@ -231,6 +236,20 @@ class OptimizedFunction:
                             None, key, running=_EAGER)
             return eager
         return compiled
+
+    def _warn_at_recompile_limit(self, key: Any, rewritten: Callable) -> None:
+        """A new signature when Dynamo holds as many graphs of the function as its recompile
+        limit: Dynamo runs it, and every later new one, uncompiled. Still correct, but slow
+        where the user expects compiled code: say so once."""
+        graphs = len(_debug_get_cache_entry_list(rewritten.__code__))
+        limit = torch._dynamo.config.recompile_limit
+        if graphs < limit or self._limit_warned:
+            return
+        self._limit_warned = True
+        self._fall_back(self._error(f"torch.compile's recompile limit ({limit} graphs, "
+                                    f"torch._dynamo.config.recompile_limit) is reached: new input "
+                                    f"signatures are not compiled"), None, key,
+                        running="the uncompiled rewritten function")
 
     def _compiled(self, rewritten: Callable) -> Callable:
         opts = self._options

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from passes import inline_helper_calls, vectorize_loops
+from passes.loops import inline_helper_calls, vectorize_loops
 from passes.ast_tools import Namer, PassContext, unparse
 from rewrite import Report, assert_equivalent, optimize_loss
 from rewrite.frontend import parse_function

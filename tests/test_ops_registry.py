@@ -10,7 +10,8 @@ import operator
 import pytest
 import torch
 
-from passes import batch_calls, ops
+from passes import ops
+from passes.loops import batch_calls
 
 # Tensor.where takes the condition as its argument, the kept values as its receiver.
 NO_METHOD_SPELLING = {"where"}

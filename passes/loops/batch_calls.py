@@ -8,12 +8,12 @@ import ast
 from dataclasses import dataclass
 
 from . import batch_set_forms as set_forms
-from . import loop_rules as rules
-from . import ops
-from .ast_tools import unparse
+from .. import loop_rules as rules
+from .. import ops
+from ..ast_tools import unparse
 from .batch_scope import Scope
 from .batch_values import UNKNOWN, Rank, Val, integer, literal
-from .errors import Unsupported
+from ..errors import Unsupported
 from .loop_dataflow import call_op, method_name
 
 
@@ -238,7 +238,7 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
     scope.require(xv.rank - 2, "==", node)
     scope.require(tv.rank - 1, "==", node)
     for cond in tv.integer:
-        scope.checks[cond] = None
+        scope.check(cond)
     if summed and reduction == "sum":
         return scope.sub(f"F(x.flatten(0, 1), t.flatten(), reduction='sum', "
                          f"ignore_index={ignore})", F=node.func, x=x, t=t), Val(True, Rank())

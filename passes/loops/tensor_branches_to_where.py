@@ -19,35 +19,32 @@ risky operand replaced by a safe value first (the "double where"), loop-varying 
 index 0 where deselected, and any call not known to be total (``OpSpec.total``: user functions,
 losses with index targets, ...) raises ``Unsupported``: the loop is kept.
 
-Effects (accumulations, appends, writes) are handed to the caller with their mask.
+Effect statements (accumulations, appends, writes) stay in place, their values made safe under
+their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
 from __future__ import annotations
 
 import ast
-from typing import Callable
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from . import ops
-from .ast_tools import PassContext, Transformer, replace, unparse, walk
-from .loop_dataflow import (Effect, LoopFacts, call_op, depends, is_shape_query, method_name,
-                            stores)
-
-# (effect, its value with the mask's sanitising applied, mask name or None) -> statements
-OnEffect = Callable[[Effect, ast.expr, "str | None"], list[ast.stmt]]
+from .. import ops
+from ..ast_tools import PassContext, Transformer, replace, unparse, walk
+from .loop_dataflow import call_op, depends, is_shape_query, method_name, stores
+from .plan import LoopPlan
 
 
-def if_convert(body: list[ast.stmt], facts: LoopFacts, index: str, on_effect: OnEffect,
-               ctx: PassContext) -> list[ast.stmt]:
-    """Straight-line version of ``body``: tensor ``if``s and guarded ``continue``s as masks."""
-    return _Converter(facts, index, on_effect, ctx).block(body, None, set())
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """Straight-line body: tensor ``if``s and guarded ``continue``s as masks."""
+    plan.body = _Converter(plan, ctx).block(plan.body, None, set())
+    return plan
 
 
 class _Converter:
-    def __init__(self, facts: LoopFacts, index: str, on_effect: OnEffect, ctx: PassContext):
-        self.facts = facts
-        self.index = index
-        self.on_effect = on_effect
+    def __init__(self, plan: LoopPlan, ctx: PassContext):
+        self.plan = plan
+        self.facts = plan.facts
+        self.index = plan.iteration.index
         self.ctx = ctx
 
     def _sub(self, template: str, loc: ast.AST, **subs) -> object:
@@ -76,7 +73,7 @@ class _Converter:
             if isinstance(s, ast.If):  # Python condition: stays a Python `if`
                 s.body = self.block(s.body, pred, set(defined)) or [ast.Pass()]
                 s.orelse = self.block(s.orelse, pred, set(defined))
-                defined |= _assigned_in(s)
+                defined |= self._assigned_in(s)
                 out.append(s)
                 continue
             if isinstance(s, (ast.Pass, ast.Continue)) or (
@@ -84,7 +81,9 @@ class _Converter:
                 continue
             effect = self.facts.effects.get(id(s))
             if effect is not None:
-                out += self.on_effect(effect, self.expr(effect.value, pred), pred)
+                self.plan.masked[id(s)] = self.expr(effect.value, pred), pred
+                self.plan.uses_where |= pred is not None
+                out.append(s)
                 continue
             out += self._local(s, pred, defined)
         return out
@@ -130,9 +129,10 @@ class _Converter:
             return e
         return Sanitize(pred, self.facts.variant, self.index, self.ctx).visit(e)
 
-
-def _assigned_in(s: ast.If) -> set[str]:
-    return set().union(*(stores(n) for n in walk(s) if isinstance(n, ast.stmt)))
+    def _assigned_in(self, s: ast.If) -> set[str]:
+        """Names ``s`` binds (not its effects': their statements are rewritten later)."""
+        return set().union(*(stores(n) for n in walk(s) if isinstance(n, ast.stmt)
+                             and id(n) not in self.facts.effects))
 
 
 def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:

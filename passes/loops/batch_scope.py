@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ast
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, replace, unparse
+from .. import loop_rules as rules
+from ..ast_tools import Checks, PassContext, replace, unparse
 from .batch_values import Rank, Val, condition, literal, source_of
-from .errors import Unsupported
+from ..errors import Unsupported
 from .loop_dataflow import call_op, is_shape_query, method_name, resolve_call
 
 
@@ -26,7 +26,7 @@ class Scope:
         self.loc = loc
         self.trips = trips
         self.vals: dict[str, Val] = {}
-        self.checks: dict[str, None] = {}    # runtime conditions, in order, without duplicates
+        self.checks = Checks()                # runtime conditions
         self.inputs: set[str] = set()         # sources of the loop inputs whose rows are params
         self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
         self.varying: dict[int, tuple] = {}  # id(node) -> (node, varies), for that statement
@@ -34,12 +34,16 @@ class Scope:
     def sub(self, template: str, **subs) -> object:
         return replace(template, loc=self.loc, torch_name=self.ctx.torch_name, **subs)
 
+    def check(self, condition: str) -> None:
+        """Add ``condition`` (source built from the inputs' ranks and dtypes) to the check."""
+        self.checks.add(self.sub(condition))
+
     def require(self, diff: Rank, op: str, what: ast.AST) -> None:
         cond = condition(diff, op)
         if cond is False:
             raise Unsupported(f"`{unparse(what)}`: per-item ranks never fit its batched form")
         if cond is not True:
-            self.checks[cond] = None
+            self.check(cond)
 
     def named(self, node: ast.expr) -> ast.Name:
         """``node`` as a name, to use it twice: a temporary unless it is one already."""
@@ -186,12 +190,12 @@ class Scope:
         if None in sources:
             if dimensioned is False:
                 raise Unsupported(f"`{unparse(node)}`: dtypes of a per-item 0-d value unknown")
-            self.checks[dimensioned] = None
+            self.check(dimensioned)
             return top
         same = " and ".join(f"{w}.dtype == {s}.dtype" for w in wholes
                             for s in dict.fromkeys(sources) if s != w)
         if same:
-            self.checks[same if dimensioned is False else f"{dimensioned} or ({same})"] = None
+            self.check(same if dimensioned is False else f"{dimensioned} or ({same})")
         return top
 
     def fits(self, leaf: str, rank: Rank, node: ast.AST) -> None:
@@ -206,9 +210,9 @@ class Scope:
             if not conds:
                 raise Unsupported(f"`{unparse(node)}`: per-item values next to `{leaf}`, a "
                                   f"tensor of higher rank")
-            self.checks[" and ".join(conds)] = None
+            self.check(" and ".join(conds))
         else:
-            self.checks[f"{number} or ({' and '.join(conds)})" if conds else number] = None
+            self.check(f"{number} or ({' and '.join(conds)})" if conds else number)
 
     def require_dim(self, rank: Rank, d: int, node: ast.AST) -> None:
         """``d`` in range per item: else dim -1 of a 0-d item would be the loop dim."""

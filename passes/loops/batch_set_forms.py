@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import ast
 
-from . import loop_rules as rules
-from . import ops
-from .ast_tools import unparse
+from .. import loop_rules as rules
+from .. import ops
+from ..ast_tools import unparse
 from .batch_scope import Scope
 from .batch_values import Rank, Val, ints, literal
-from .errors import Unsupported
+from ..errors import Unsupported
 from .loop_dataflow import call_op, method_name
 
 
@@ -104,9 +104,9 @@ def set_form(scope: Scope, node: ast.Call, forms: dict, x: ast.Name, w: ast.expr
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     xv, text = scope.vals[x.id], scope.free(w)
     scope.require(xv.rank - 1, "==", node)
-    scope.checks[f"isinstance({text}, torch.Tensor) and {text}.dim() == {k} "
-                 f"and {text}.dtype == {xv.source}.dtype and {text}.dtype in "
-                 f"{rules.SET_FORM_DTYPES} and {text}.shape[-1] == {xv.source}.shape[-1]"] = None
+    scope.check(f"isinstance({text}, torch.Tensor) and {text}.dim() == {k} "
+                f"and {text}.dtype == {xv.source}.dtype and {text}.dtype in "
+                f"{rules.SET_FORM_DTYPES} and {text}.shape[-1] == {xv.source}.shape[-1]")
     form, rank = forms[k]
     if eps is not None:
         eps = eps if isinstance(eps, (ast.Constant, ast.Name)) else scope.named(eps)

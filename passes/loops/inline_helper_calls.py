@@ -1,7 +1,7 @@
 """Calls to small same-module helper functions inside a loop body are inlined, in the body being
 vectorized, so the body is straight-line code of known ops (its batched form takes no user calls).
 
-``vectorize_loops`` runs this on its copy of a loop body (``_Loop.build``); the loop as written
+``vectorize_loops`` runs this stage on its copy of a loop body (``LOOP_STAGES``); the loop as written
 stays the else of the vectorized form, so the helper is called there as before::
 
     SMOOTH = 1.0
@@ -52,12 +52,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from . import ops
-from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
-                        walk)
+from .. import ops
+from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
+                        unparse, walk)
 from .loop_dataflow import loads, resolve_call, stores
+from .plan import LoopPlan
 
 MAX_DEPTH = 3  # helpers called by inlined helpers: inlined down to this depth
 # Builtins that observe the frame the code runs in: inlined, they would see the caller's.
@@ -215,11 +216,10 @@ class _Inliner:
             stmts += replace("p = v", loc=value if isinstance(value, ast.AST) else call,
                              p=fresh[param], v=value if isinstance(value, ast.AST)
                              else ast.Constant(value))
-        rename = _Rename(fresh)
-        body = [rename.visit(s) for s in clone(helper.body)]
+        body = [rename(s, fresh) for s in clone(helper.body)]
         result = self.ctx.namer.new(name)
         ret = ast.copy_location(ast.Assign([ast.Name(result, ast.Store())],
-                                           rename.visit(clone(helper.result))), helper.node.body[-1])
+                                           rename(clone(helper.result), fresh)), helper.node.body[-1])
         fix_missing_locations(ret)
         stmts += self.block(body + [ret], depth + 1, stack + (fn,))  # its own helper calls
         return stmts, result
@@ -240,15 +240,6 @@ class _Replace(Transformer):
         stmts, result = self.inliner.inline(node, self.depth, self.stack)
         self.out += stmts
         return ast.copy_location(ast.Name(result, ast.Load()), node)
-
-
-class _Rename(Transformer):
-    def __init__(self, names: dict[str, str]):
-        self.names = names
-
-    def visit_Name(self, node: ast.Name) -> ast.Name:
-        node.id = self.names.get(node.id, node.id)
-        return node
 
 
 def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
@@ -400,3 +391,8 @@ def _arguments(call: ast.Call, helper: _Helper) -> list[tuple[str, object]]:
             raise Unsupported(f"the default of `{param}` is not a constant")
         given.append((param, defaults[param]))
     return given
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    plan.body, plan.helper_checks = rewrite(plan.node, plan.body, ctx)
+    return plan

@@ -89,34 +89,56 @@ from __future__ import annotations
 
 import ast
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
+from .. import loop_rules as rules
+from .. import ops
+from ..ast_tools import PassContext, clone, fix_missing_locations, is_int, unparse, walk
 from . import batch_calls as calls
-from . import ops
-from .ast_tools import PassContext, clone, is_int, unparse, walk
 from .batch_scope import Scope
 from .batch_values import CONSTANT, Param, Rank, Val, integer, literal
 from .loop_dataflow import call_op, method_name
+from .plan import BodyParam, LoopPlan
+from .runtime_checks import proven_tensors
 
 __all__ = ["Param", "Rank", "batch"]
 
 
-def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
-          trips: ast.expr, ctx: PassContext, loc: ast.AST, summed: frozenset[str] = frozenset(),
-          averaged: frozenset[str] = frozenset(),
-          tensors: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
-    """(runtime check or None when always true, statements binding ``outs`` to the stacked
-    outputs, the ``summed`` ones summed over the loop, the ``averaged`` ones of those averaged).
-    ``trips``: the number of iterations; ``tensors``: names known to be tensors (the caller's
-    check proves it). Raises ``Unsupported``.
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """``plan.stmts``: the batched form of ``plan.body`` behind its own check, ``plan.mapped``
+    (vmap) the else, then ``plan.folds``; when an op has no batched form, ``plan.mapped`` and the
+    folds (``plan.unbatched`` says why)."""
+    try:
+        check, plain = batch(plan, ctx)
+    except Unsupported as exc:  # an op without a batched form: vmap maps the body
+        plan.unbatched = exc.reason
+        stmts = plan.mapped + plan.folds
+    else:  # the check holds for the usual shapes; vmap is the general path
+        stmts = (plain if check is None else [ast.If(check, plain, plan.mapped)]) + plan.folds
+        plan.batched_if = check
+    plan.stmts = [fix_missing_locations(ast.copy_location(s, plan.node)) for s in stmts]
+    return plan
+
+
+def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
+    """(runtime check or None when always true, statements binding ``plan.outs`` to the stacked
+    outputs, the summed ones summed over the loop, the averaged ones of those averaged). Names
+    the loop's check proves to be tensors are known to be tensors here. Raises ``Unsupported``.
 
     A body with a set form (a point against a fixed ``w``, see ``loop_rules.SIMILARITY_SET_FORMS``)
     is batched twice, for ``w`` of at most the per-item rank and for ``w`` a set of points: the
     check is that either holds, the code ``if <first check>: <first> else: <second>``."""
+    trips = plan.iteration.trips(plan)
+    tensors = frozenset(x.id for x in proven_tensors(plan.checks.expr())
+                        if isinstance(x, ast.Name))
+
+    params = [_param(p, plan) for p in plan.params]
+
     def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
-        b = _Batcher(ctx, loc, trips, summed, averaged, sets, tensors)
-        try:
-            return b, b.run(clone(body), params, outputs, outs)  # body stays as given
+        b = _Batcher(ctx, plan.node, trips, plan.summed_parts(), plan.averaged_parts(), sets,
+                     tensors)
+        try:  # the body stays as given
+            return b, b.run(clone(plan.body), params, plan.outputs, plan.outs)
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)
@@ -132,6 +154,16 @@ def batch(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: s
     if isinstance(done, Unsupported):
         raise done
     return done
+
+
+def _param(p: BodyParam, plan: LoopPlan) -> Param:
+    """A body parameter as the batcher sees it: rows of ``p.rows_of`` have its rank less one per
+    dim the loop and the fixed entries take, and are integers when it is."""
+    if p.rows_of is None:  # the loop index
+        return Param(p.name, p.value, Rank(), ())
+    rank = Rank.of(unparse(plan.sub("x.dim()", x=p.rows_of)), -1 - p.fixed)
+    integer = unparse(plan.sub(f"x.dtype in {rules.INDEX_DTYPES}", x=p.rows_of))
+    return Param(p.name, p.value, rank, (integer,))
 
 
 def _source(p: Param) -> str | None:
@@ -181,9 +213,7 @@ class _Batcher(Scope):
             if name in self.averaged and name not in self.totals:
                 stacked[-1] = self.sub("t / n", t=stacked[-1], n=self.trips)
         stmts += self.sub("o = v", o=outs, v=ast.Tuple(stacked, ast.Load()))
-        checks = [self.sub(text) for text in self.checks]
-        check = (checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks)) if checks \
-            else None
+        check = self.checks.expr() if self.checks.conditions else None
         return check, stmts
 
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
@@ -340,13 +370,13 @@ class _Batcher(Scope):
         if not iv.batched or iv.integer is None or iv.rank is None:
             raise Unsupported(f"`{unparse(node)}`: index not known to be an integer tensor")
         for cond in iv.integer:
-            self.checks[cond] = None
+            self.check(cond)
         if not bv.batched:  # w[idx]: per item w[idx_k], all at once w[idx]
             text = self.free(base)
             if text is None:
                 raise Unsupported(f"`{unparse(node)}`: gather from a computed value")
             if not isinstance(base, ast.Name):  # (vectorize_loops checks names the loop indexes)
-                self.checks[f"isinstance({text}, torch.Tensor)"] = None
+                self.check(f"isinstance({text}, torch.Tensor)")
             rank = iv.rank + Rank.of(f"{text}.dim()") - 1
             return ast.copy_location(ast.Subscript(base, idx, ast.Load()), node), Val(True, rank)
         if bv.rank is None:
@@ -366,8 +396,8 @@ class _Batcher(Scope):
         base, text = self.free(node.value), self.free(prefix)
         if base is None or text is None or any(isinstance(e, ast.Slice) for e in fixed):
             raise Unsupported(f"`{unparse(node)}`: index without a batched form")
-        self.checks[f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
-                    f"{len(fixed)}"] = None
+        self.check(f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
+                   f"{len(fixed)}")
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import ast
 
-from . import ops
-from .ast_tools import PassContext, Transformer, replace
-from .loop_dataflow import call_op, depends, method_name, resolve_call
+from .. import ast_marks
+from .. import ops
+from ..ast_tools import PassContext, Transformer, replace
+from .loop_dataflow import call_op, depends, method_name, resolve_call, variant_names
+from .plan import LoopPlan
 
 
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext) -> list[ast.stmt]:
@@ -69,5 +71,14 @@ class _HostToTensor(Transformer):
 
 def _kind(node: ast.expr, op: ops.OpSpec) -> ast.expr:
     """Remember which Python number the original produced here (``NUMBER_FOLD``)."""
-    node.host_number = op.host_number
+    ast_marks.put(node, ast_marks.HOST_NUMBER, op.host_number)
     return node
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """Finds the names that vary with the iteration (``plan.variant``), then rewrites."""
+    it = plan.iteration
+    seeds = {it.index} | {name for name, _ in it.elements}
+    plan.variant = variant_names(plan.body, seeds, ctx)
+    plan.body = rewrite(plan.body, plan.variant, ctx)
+    return plan
