@@ -69,6 +69,9 @@ class Report:
     passes_run: list[str] = field(default_factory=list)
     original_source: str = ""
     rewritten_source: str = ""
+    # Seconds the first calls of compiled signatures spent checking the compiled function
+    # against the eager rewritten one (``verify_compiled``).
+    check_seconds: float = 0.0
 
     def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str) -> LoopReport:
         loop = LoopReport(self.filename, lineno, vectorized, strategy if vectorized else "kept", reason)
