@@ -134,9 +134,6 @@ NOT_YET = {
     **dict.fromkeys(("multi_head_list", "real.reid_pcb_part_ce", "real.rl_reinforce_returns",
                      "real.sep_pit_sisnr_perms"),
                     "a list of tensors where the check wants a tensor (no batched form of lists)"),
-    **dict.fromkeys(("real.reid_center_loss", "real.reid_hard_mine_triplet"),
-                    "`x[i][mask[i]]` with a boolean mask made before the loop: the loop does not "
-                    "know the mask is boolean, vmap raises"),
     "real.spk_ge2e_contrast": "a method called with the loop index slices with it (`[:utt]`); "
                               "called methods are not checked, vmap raises",
 }
@@ -202,3 +199,24 @@ def test_ties_of_a_full_max_or_min_share_the_gradient_under_vmap(tmp_path, dtype
     x = torch.tensor([[1., 3., 3., 2.], [5., 5., 0., 0.]], dtype=dtype, requires_grad=True)
     assert_equivalent(user.hardest, fn, x)
     assert [loop.strategy for loop in fn.report.loops] == ["vmap"]
+
+
+MASK = '''
+import torch
+
+def positives(dist, labels):
+    mask = labels[:, None] == labels[None, :]
+    out = []
+    for i in range(dist.shape[0]):
+        out.append(dist[i][mask[i]].clamp(min=1e-12))
+    return torch.cat(out).mean()
+'''
+
+
+def test_a_boolean_mask_made_before_the_loop_keeps_it(tmp_path):
+    user = load_module(tmp_path, MASK)
+    fn = optimize_loss(user.positives, compile=False)
+    [loop] = fn.report.loops
+    assert not loop.vectorized and "`dist[i][mask[i]]`: boolean mask indexing" in loop.reason
+    assert_equivalent(user.positives, fn, torch.rand(4, 4, requires_grad=True),
+                      torch.tensor([0, 1, 0, 1]))

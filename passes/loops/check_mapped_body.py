@@ -10,7 +10,7 @@ written, with the reason at the user's line::
 
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
 ``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,
-``math.log(t)``), ops whose result's shape depends on the values (``masked_select``, the
+``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
 registry's ``data_shape``) and list methods comparing values (``lst.remove(t)``). Functions the
 body defines (inner loops' outlined bodies) are checked with the names they see varying.
 """
@@ -40,8 +40,10 @@ class _Check:
     def __init__(self, plan: LoopPlan, ctx: PassContext):
         self.plan, self.ctx = plan, ctx
         # the user's nodes by position (the loop as written), to quote them, not renamed ones
-        self.written = {(type(n), n.lineno, n.col_offset): n for n in ast.walk(plan.node)
-                        if hasattr(n, "col_offset")}
+        self.written = {_at(n): n for n in ast.walk(plan.node) if hasattr(n, "col_offset")}
+        # rows of the function's boolean masks (``mask[i]``)
+        self.masks = {row.param for (name, _), row in plan.row_slices.items()
+                      if name in plan.masks}
 
     def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
         variant = variant_names(stmts, seeds, self.ctx)
@@ -70,6 +72,10 @@ class _Check:
                 and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
             self.refuse(f"`{self.quote(node)}`: an `in` test on values that vary per iteration",
                         node)
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Name) \
+                and node.slice.id in self.masks:
+            self.refuse(f"`{self.quote(node)}`: boolean mask indexing (the number of selected "
+                        "elements varies per iteration)", node)
         entries = node.slice.elts if isinstance(node, ast.Subscript) and isinstance(
             node.slice, ast.Tuple) else [node.slice] if isinstance(node, ast.Subscript) else []
         for bound in (b for e in entries if isinstance(e, ast.Slice)
@@ -98,8 +104,13 @@ class _Check:
                         "iteration", node)
 
     def quote(self, node: ast.AST) -> str:
-        found = self.written.get((type(node), node.lineno, node.col_offset), node)
+        found = self.written.get(_at(node), node)
         return unparse(found)
 
     def refuse(self, reason: str, node: ast.AST) -> None:
         raise Unsupported(reason, node.lineno)
+
+
+def _at(node: ast.AST) -> tuple:
+    """Where ``node`` stands in the source (``x[i]`` and ``x[i][m]`` start at the same place)."""
+    return type(node), node.lineno, node.col_offset, node.end_lineno, node.end_col_offset

@@ -719,6 +719,17 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     return False
 
 
+def mask_names(func: ast.FunctionDef, ctx: PassContext) -> set[str]:
+    """The names ``func`` binds only to boolean tensors (``mask = t.eq(c)``, ``m = a > b``)."""
+    found: dict[str, bool] = {}
+    for s in (n for n in walk(func) if isinstance(n, ast.stmt) and n is not func):
+        boolean = isinstance(s, ast.Assign) and len(s.targets) == 1 \
+            and isinstance(s.targets[0], ast.Name) and is_boolean(s.value, set(), ctx)
+        for name in stores(s):
+            found[name] = found.get(name, True) and boolean
+    return {name for name, boolean in found.items() if boolean}
+
+
 def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
     """``x[mask]`` selects a data-dependent number of elements: no batched form. Selections
     ``masked_selections_to_where`` converts are marked ``where_converted``: not refused."""

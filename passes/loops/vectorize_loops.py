@@ -154,6 +154,7 @@ class _Vectorizer(Transformer):
         self.func: ast.FunctionDef | None = None
         self.stackable_lists: frozenset[str] = frozenset()  # `xs = [...]` names to stack
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
+        self.masks: set[str] = set()          # names the function binds to boolean tensors only
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
         # original branch), each is reported once.
         self.seen: set[tuple[int, int]] = set()
@@ -165,7 +166,7 @@ class _Vectorizer(Transformer):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-                 self.stackable_lists, self.bound_lists)
+                 self.stackable_lists, self.bound_lists, self.masks)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
@@ -174,11 +175,12 @@ class _Vectorizer(Transformer):
         self.func = node
         self.stackable_lists = normalize_comprehensions.stackable_lists(node, self.ctx)
         self.bound_lists = set()
+        self.masks = loop_dataflow.mask_names(node, self.ctx)
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
         (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-         self.stackable_lists, self.bound_lists) = outer
+         self.stackable_lists, self.bound_lists, self.masks) = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -202,7 +204,7 @@ class _Vectorizer(Transformer):
         try:
             after, divided = self.divisions.get(id(node), (None, {}))
             plan = vectorize(new_plan(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
-                                      divided=divided,
+                                      divided=divided, masks=self.masks,
                                       buildable_lists=self.buildable_lists.get(id(node), set())),
                              self.ctx)
         except Unsupported as exc:
