@@ -33,7 +33,8 @@ combinations, and what replaces them:
 Left alone, with the reason in ``node.meta[NOT_REROLLED_BECAUSE]`` of the combining node: copies
 that differ in anything else (a constant, an input, the order of their nodes), an index that
 does not count up from 0 or more, a copy with a random, in-place, global-state or torch.func
-op (``op_facts`` tables), a value of a copy read outside it, an add chain that starts by writing
+op (``op_facts`` tables) or a full ``max()``/``min()``/``median()`` (vmap's batched form gives
+the gradient at ties to one element; ``pred[i].max()`` splits it among them), a value of a copy read outside it, an add chain that starts by writing
 into a tensor made before it (``loss = torch.zeros(()); loss += ...``: re-rolled, the in-place
 write and its dtype would be lost), and a running ``torch.maximum``: its gradient at ties halves
 at every step of the chain, ``amax`` would split it evenly. A part of an add chain can be
@@ -64,6 +65,9 @@ _SUM_LINKS = frozenset({operator.add, operator.iadd, torch.add})
 _IN_PLACE_LINKS = frozenset({operator.iadd})
 # Functions joining a list of copies' values: the vmap puts the copies' dim where they did.
 _JOINS = {torch.stack: "stack", torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat"}
+# Full reductions (no dim) whose gradient at ties vmap changes: on one tensor they split it
+# evenly among the tied elements, batched they give it all to one. With a dim they batch exactly.
+_TIES_SPLIT = frozenset({"max", "min", "median", "nanmedian"})
 # What a copy may not contain, with the reason.
 _REFUSED = (
     (op_facts.RANDOM, "a random op: under vmap each copy would not draw its own sample"),
@@ -86,7 +90,11 @@ class Loop:
 
 
 class _Mismatch(Exception):
-    """Copies are not isomorphic, or not re-rollable: the reason."""
+    """Copies are not isomorphic, or not re-rollable: the reason; ``nodes`` need no other try."""
+
+    def __init__(self, reason: str, nodes: list[torch.fx.Node] = ()):
+        super().__init__(reason)
+        self.nodes = nodes
 
 
 def run(gm: torch.fx.GraphModule) -> PassResult:
@@ -103,6 +111,7 @@ def run(gm: torch.fx.GraphModule) -> PassResult:
                 loops.append(loop)
         except _Mismatch as exc:
             node.meta[NOT_REROLLED_BECAUSE] = str(exc)
+            seen.update(exc.nodes)
     for loop in loops:
         _reroll(gm, loop)
     if loops:
@@ -144,6 +153,8 @@ def _find(node: torch.fx.Node, order: dict) -> Loop | None:
         return None
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     copies = [_cone(v, order) for v in terms]
+    if not _reads_element(copies[0]):
+        return None
     return Loop(node, join, list(terms), copies, dim=dim)
 
 
@@ -155,44 +166,83 @@ def _is_link(node: Any) -> bool:
 def _sum_chain(top: torch.fx.Node, order: dict) -> Loop | None:
     """The add chain ending at ``top``: at each link, the operand isomorphic to the top's term
     is a copy, the other one the rest of the chain."""
+    spine = _spine(top)
+    if len(spine) + 2 < MIN_COPIES:  # a chain of k links adds k + 1 terms
+        return None
+    reasons: list[str] = []
     for side in (1, 0):
         first = top.args[side]
-        if not isinstance(first, torch.fx.Node):
+        if not isinstance(first, torch.fx.Node) or len(first.users) != 1:
             continue
         ref = _cone(first, order)
+        if not _reads_element(ref):
+            continue
         outputs, links, rest = [first], [], top.args[1 - side]
         while _is_link(rest) and len(rest.users) == 1:
-            term = next((x for x in reversed(rest.args) if _fits(ref, x, order)), None)
+            term, why = _term(ref, rest, order)
             if term is None:
+                reasons.append(why)
                 break
             outputs.append(term)
             links.append(rest)
             rest = rest.args[1] if term is rest.args[0] else rest.args[0]
         else:
-            if _fits(ref, rest, order):
+            if _misfit(ref, rest, order) is None:
                 outputs.append(rest)
                 rest = None
         if len(outputs) >= MIN_COPIES:
             outputs.sort(key=order.__getitem__)
             return Loop(top, "sum", outputs, [_cone(v, order) for v in outputs], links, rest)
+    if reasons:
+        raise _Mismatch(f"fewer than {MIN_COPIES} terms in a row are copies of one subgraph: "
+                        f"{reasons[0]}", spine)
     return None
 
 
-def _fits(ref: list[torch.fx.Node], value: Any, order: dict) -> bool:
-    if not isinstance(value, torch.fx.Node) or len(value.users) != 1:
-        return False
+def _term(ref: list[torch.fx.Node], link: torch.fx.Node, order: dict) -> tuple[Any, str | None]:
+    """The operand of ``link`` that is a copy of ``ref`` (the right one first: ``loss += v``),
+    or None and why the right one is not."""
+    why = None
+    for value in reversed(link.args):
+        reason = _misfit(ref, value, order)
+        if reason is None:
+            return value, None
+        why = why or reason
+    return None, why
+
+
+def _spine(top: torch.fx.Node) -> list[torch.fx.Node]:
+    """The links below ``top`` of the longest add chain it ends."""
+    links, node = [], top
+    while (node := next((a for a in node.args if _is_link(a) and len(a.users) == 1), None)):
+        links.append(node)
+    return links
+
+
+def _reads_element(copy: list[torch.fx.Node]) -> bool:
+    """A candidate loop body reads an element of a tensor made outside it (``x[k]``)."""
+    inside = set(copy)
+    return any(_index_slot(n, inside) is not None for n in copy)
+
+
+def _misfit(ref: list[torch.fx.Node], value: Any, order: dict) -> str | None:
+    """Why ``value`` is not a copy of ``ref``, or None."""
+    if not isinstance(value, torch.fx.Node):
+        return f"{value!r} is a constant"
+    if len(value.users) != 1:
+        return f"{value.name} ({_where(value)}) is also read elsewhere"
     try:
-        _match(ref, _cone(value, order))
-    except _Mismatch:
-        return False
-    return True
+        _match(ref, _cone(value, order, len(ref)))
+    except _Mismatch as exc:
+        return str(exc)
+    return None
 
 
-def _cone(out: torch.fx.Node, order: dict) -> list[torch.fx.Node]:
+def _cone(out: torch.fx.Node, order: dict, limit: int | None = None) -> list[torch.fx.Node]:
     """``out`` and every node only it reads, directly or not (all their users inside), in
-    graph order."""
+    graph order; past ``limit`` nodes, some of them (it is not a copy of that size then)."""
     members, todo = {out}, list(out.all_input_nodes)
-    while todo:  # a node is retried whenever one of its users joins
+    while todo and (limit is None or len(members) <= limit):  # retried when a user joins
         n = todo.pop()
         if n not in members and n.op != "placeholder" and all(u in members for u in n.users):
             members.add(n)
@@ -269,7 +319,11 @@ def _check(loop: Loop) -> None:
     """Raise ``_Mismatch`` unless ``loop`` can be re-rolled; fill ``loop.indices`` and
     normalise ``loop.dim``."""
     for node in (n for copy in loop.copies for n in copy):
-        reason = next((r for table, r in _REFUSED if op_facts.op_name(node) in table), None)
+        name = op_facts.op_name(node)
+        reason = next((r for table, r in _REFUSED if name in table), None)
+        if name in _TIES_SPLIT and len(node.args) == 1 and "dim" not in node.kwargs:
+            reason = (f"a full {name}(): vmap would give its gradient at ties to one element, "
+                      "not split it among them")
         if reason is None and op_facts.is_mutating(node):
             reason = "an in-place op: under vmap it would write into one batch, not N tensors"
         if reason:
@@ -347,19 +401,32 @@ def _reroll(gm: torch.fx.GraphModule, loop: Loop) -> None:
         else:
             result = batched
     added = [node for node in graph.nodes if node not in before]
+    kept = set(loop.copies[0]) - set(_varying(loop))
     batched.meta[REROLLED] = (f"{n} copies of a {len(loop.copies[0])}-node subgraph combined by "
-                              f"{loop.kind}, re-rolled into one torch.vmap")
+                              f"{loop.kind}, re-rolled into one torch.vmap"
+                              + (f" ({len(kept)} nodes the same in every copy computed once)"
+                                 if kept else ""))
     loop.node.replace_all_uses_with(result)
     for node in [loop.node, *loop.links] + sorted(
-            (m for copy in loop.copies for m in copy), key=_position(graph), reverse=True):
+            (m for copy in loop.copies for m in copy if m not in kept), key=_position(graph), reverse=True):
         graph.erase_node(node)
     _fake_values(gm, added, loop.node.meta.get("stack_trace"))
 
 
+def _varying(loop: Loop) -> list[torch.fx.Node]:
+    """The nodes of the first copy that depend on its indexing nodes, in graph order; the rest
+    is the same in every copy, and stays in the graph, computed once."""
+    varying: set[torch.fx.Node] = set()
+    for node in loop.copies[0]:
+        if node in loop.indices or any(i in varying for i in node.all_input_nodes):
+            varying.add(node)
+    return [n for n in loop.copies[0] if n in varying]
+
+
 def _body(gm: torch.fx.GraphModule, loop: Loop) -> tuple[torch.fx.GraphModule, list[torch.fx.Node]]:
-    """One copy as a graph module: first the batched reads (one per indexing node), then the
-    nodes outside the copy it reads; and those nodes."""
-    ref = loop.copies[0]
+    """The varying part of one copy as a graph module: first the batched reads (one per
+    indexing node), then the nodes outside it that it reads; and those nodes."""
+    ref = _varying(loop)
     inside = set(ref)
     externals: list[torch.fx.Node] = []
     for node in ref:
