@@ -332,7 +332,7 @@ def _check(loop: Loop) -> None:
     if shared is not None:
         raise _Mismatch(f"{shared.name} ({_where(shared)}), a copy's value, is also read elsewhere")
     bottom = loop.links[-1] if loop.links else loop.node
-    if loop.kind == "sum" and bottom.target in _IN_PLACE_LINKS:
+    if loop.kind == "sum" and bottom.target in _IN_PLACE_LINKS and not _private_sum(loop.init, loop.outputs[0]):
         raise _Mismatch("the add chain starts by writing into a tensor made before it (+=): "
                         "re-rolled, that write and its dtype would be lost")
     out = _value(loop.outputs[0])
@@ -347,6 +347,16 @@ def _check(loop: Loop) -> None:
     if not indices:
         raise _Mismatch("the copies read no x[i] whose i changes between them")
     loop.indices = {n: _index(n, path, ks) for n, (path, ks) in indices.items()}
+
+
+def _private_sum(init: Any, term: torch.fx.Node) -> bool:
+    """``init`` is a sum only the chain reads (an earlier loop's ``loss``), of ``term``'s dtype:
+    writing into it in place is invisible, and adding to it gives the same dtype."""
+    node = init
+    while isinstance(node, torch.fx.Node) and node.target in _IN_PLACE_LINKS and len(node.users) == 1:
+        node = node.args[0]  # += returns the tensor it wrote into
+    return (_is_link(node) and node.target not in _IN_PLACE_LINKS and len(node.users) == 1
+            and getattr(_value(init), "dtype", None) == getattr(_value(term), "dtype", False))
 
 
 def _index(node: torch.fx.Node, path: tuple, ks: list[int]) -> _Index:

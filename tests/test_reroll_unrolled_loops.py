@@ -131,6 +131,42 @@ def test_class_loop_over_dim_1_with_helpers_is_rerolled():
     assert_equivalent(example.naive, compiled, *args)
 
 
+def rows_then_columns(pred, target, w):  # the second chain starts from the first one's sum
+    loss = 0
+    for i in range(pred.shape[0]):
+        loss += (pred[i] * target[i]).sum()
+    for j in range(pred.shape[1]):
+        loss += (pred[:, j] - target[:, j]).abs().mean()
+    return loss
+
+
+def test_two_loops_one_after_the_other_are_both_rerolled():
+    before, after, gm = rerolled(rows_then_columns, *inputs())
+    # 8 x 4 + 8 links, 5 x 5 + 5 links -> two (vmap, sum, add)
+    assert (before, after) == (70, 6)
+    assert sum(REROLLED in n.meta for n in gm.graph.nodes) == 2
+    compiled = torch.compile(rows_then_columns, backend=backend(inner="aot_eager"))
+    assert_equivalent(rows_then_columns, compiled, *inputs(dtype=torch.float64))
+
+
+def nested_loops(pred, target, w):
+    loss = 0
+    for i in range(pred.shape[0]):
+        for j in range(pred.shape[1]):
+            loss += (pred[i, j] - target[i, j]) ** 2
+    return loss
+
+
+def test_nested_loops_are_rerolled_only_in_runs_where_one_index_changes():
+    before, after, gm = rerolled(nested_loops, *inputs())
+    # One chain of 8 x 5 copies; a copy differing from the top's in both i and j ends a run:
+    # runs of >= 4 copies of one row re-roll, the rest stays, with a reason.
+    assert (before, after) == (200, 140)
+    assert any("differs from" in n.meta.get(NOT_REROLLED_BECAUSE, "") for n in gm.graph.nodes)
+    compiled = torch.compile(nested_loops, backend=backend(inner="aot_eager"))
+    assert_equivalent(nested_loops, compiled, *inputs(dtype=torch.float64))
+
+
 def test_ties_nan_and_inf_keep_values_and_gradients():
     pred = torch.tensor([[1., 1., 0.], [2., 2., 2.], [0., float("inf"), 3.], [1., 0., 1.],
                          [float("nan"), 0., 1.]], requires_grad=True)
@@ -192,7 +228,7 @@ def test_golden_loops_that_stay_unrolled_and_why(fn, reason):
     before, after, gm = rerolled(fn, *inputs())
     assert after == before
     reasons = [n.meta[NOT_REROLLED_BECAUSE] for n in gm.graph.nodes if NOT_REROLLED_BECAUSE in n.meta]
-    assert [reason in r for r in reasons] == ([True] if reason else [])
+    assert bool(reasons) == bool(reason) and all(reason in r for r in reasons)
 
 
 def test_reasons_reach_the_report_and_values_stay():
