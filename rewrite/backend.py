@@ -19,7 +19,10 @@ reuse that graph; the hoisted values' fake tensors carry the same symbolic sizes
 Dynamo unrolls Python loops: ``reroll_unrolled_loops`` turns the N copies of a per-sample or
 per-class body back into one vmapped computation before the inner compiler sees the graph, so it
 compiles one copy, not N. A loop whose body breaks the graph (``.item()``, ``print``) never reaches
-a backend: Dynamo skips the whole frame and runs it eagerly; the decorator rewrites such loops.
+a backend, neither whole nor as one graph per iteration: Dynamo skips the whole frame and runs it
+eagerly. The next time the backend compiles a graph (in a training step, the code after the
+loss), it says so once per skipped function, through the logger and the report, and recommends
+the decorator, which vectorizes such loops before Dynamo runs.
 
 ``backend(inner, hoist=, reroll=, ...)`` makes a configured backend; ``"optimize_loss"`` is
 ``backend()``. Neither raises into a training step: when a pass or the inner compiler fails on
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import warnings
 from typing import Any, Callable
 
@@ -44,6 +48,10 @@ from . import hoist
 from passes.report import Report
 
 log = logging.getLogger("optimize_loss")
+
+# In Dynamo's count of unsupported constructs: a frame skipped for a graph break in a loop.
+_SKIPPED_LOOP = re.compile(r"graph break in loop\n.*?frame skipped: ([^\n]+)", re.S)
+_told_skipped: set[str] = set()  # functions already logged, once per process
 
 
 class HoistingBackend:
@@ -79,6 +87,7 @@ class HoistingBackend:
             return inner(unmodified, example_inputs)
 
     def _compile(self, gm: torch.fx.GraphModule, example_inputs: list[Any], inner: Callable) -> Callable:
+        self._tell_skipped_loops()
         filename = self.report.filename if self.report else "<dynamo graph>"
         gm = run_fx_pipeline(gm, filename, [], self.dump, passes=self.passes)
         if self.report is not None:
@@ -90,6 +99,19 @@ class HoistingBackend:
         if not hasattr(gm, "target_transform"):
             return inner(gm, example_inputs)
         return hoist.HoistedCall(gm, inner(gm.core, hoist.core_example_inputs(gm, example_inputs)))
+
+    def _tell_skipped_loops(self) -> None:
+        for message in list(torch._dynamo.utils.counters["unimplemented"]):
+            for frame in _SKIPPED_LOOP.findall(message):
+                note = (f"Dynamo ran {frame} eagerly: a graph break inside a loop (.item(), "
+                        "print, data-dependent control flow) skips the whole function, so no "
+                        "backend sees that loop and it cannot be re-rolled; decorate the loss "
+                        "with @optimize_loss, which vectorizes such loops before Dynamo runs")
+                if self.report is not None and note not in self.report.notes:
+                    self.report.notes.append(note)
+                if frame not in _told_skipped:
+                    _told_skipped.add(frame)
+                    log.warning(note)
 
     def _warn(self, message: str) -> None:
         if self.report is not None:

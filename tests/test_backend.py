@@ -193,3 +193,26 @@ def test_entry_point_works_in_a_fresh_process_without_importing_rewrite():
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "['passes.reroll_unrolled_loops', 'rewrite.backend']"
+
+
+def per_sample_ce_with_item(logits, target):
+    loss = 0
+    for i in range(logits.shape[0]):
+        loss = loss - logits[i].log_softmax(0)[target[i].item()]
+    return loss / logits.shape[0]
+
+
+def training_step(logits, target):
+    scaled = logits * 2
+    return per_sample_ce_with_item(scaled, target) + scaled.pow(2).mean()
+
+
+def test_a_loop_dynamo_skips_for_item_is_reported_once_with_the_decorator_recommended(caplog):
+    report = Report("training_step", __file__, 0)
+    fn = torch.compile(training_step, backend=rewrite.backend(inner="eager", report=report))
+    logits, target = torch.randn(6, 5, requires_grad=True), torch.randint(0, 5, (6,))
+    for _ in range(2):
+        assert_equivalent(training_step, fn, logits, target)
+    told = [r for r in caplog.records if r.name == "optimize_loss" and "per_sample_ce_with_item" in r.getMessage()]
+    assert len(told) == 1 and "@optimize_loss" in told[0].getMessage()
+    assert any("per_sample_ce_with_item" in note for note in report.notes)
