@@ -30,15 +30,22 @@ combinations, and what replaces them:
 * ``torch.stack([v_0, ..., v_N-1], dim)``: the vmap's ``out_dims=dim``;
 * ``torch.cat([v_0, ..., v_N-1], dim)``: ``out_dims=dim``, then ``flatten(dim, dim + 1)``.
 
+Only a combination whose first copy reads an element ``x[k]`` of a tensor made outside it is a
+candidate loop (``a + b + c + d`` is not). What every copy computes alike (nothing of it reads
+an indexing node: ``weights / weights.sum()``) stays in the graph, computed once, and reaches
+the vmap unbatched. A run of >= ``MIN_COPIES`` matching terms of a longer add chain is re-rolled
+on its own; the terms that do not match stay in ``init``.
+
 Left alone, with the reason in ``node.meta[NOT_REROLLED_BECAUSE]`` of the combining node: copies
-that differ in anything else (a constant, an input, the order of their nodes), an index that
-does not count up from 0 or more, a copy with a random, in-place, global-state or torch.func
-op (``op_facts`` tables) or a full ``max()``/``min()``/``median()`` (vmap's batched form gives
-the gradient at ties to one element; ``pred[i].max()`` splits it among them), a value of a copy read outside it, an add chain that starts by writing
-into a tensor made before it (``loss = torch.zeros(()); loss += ...``: re-rolled, the in-place
-write and its dtype would be lost), and a running ``torch.maximum``: its gradient at ties halves
-at every step of the chain, ``amax`` would split it evenly. A part of an add chain can be
-re-rolled on its own: copies that do not match stay in ``init``.
+that differ in anything else (a constant, an input, the order of their nodes; also nested loops
+where both indices change), an index that does not count up from 0 or more, a copy with a
+random, in-place, global-state or torch.func op (``op_facts`` tables) or a full
+``max()``/``min()``/``median()`` (vmap's batched form gives the gradient at ties to one element,
+``pred[i].max()`` splits it among them), a copy's value read outside the combination, and an add
+chain that starts by writing into a tensor made before it (``loss = torch.zeros(()); loss +=
+...``: re-rolled, the in-place write and its dtype would be lost) unless that tensor is an earlier
+sum only the chain reads. A running ``torch.maximum`` is no combination here: its gradient at
+ties halves at every step of the chain, where ``amax`` would split it evenly.
 
 The replacement node records what it re-rolled in ``node.meta[REROLLED]``. Dynamo's fake
 ``example_value`` of the new nodes is computed under the graph's fake mode, so later passes see
