@@ -15,6 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import ops
 from .report import Report
 
 
@@ -229,6 +230,26 @@ def clone(node: Any) -> Any:
     return new
 
 
+class Checks:
+    """A runtime check: conditions that must all hold, in order, each once (told apart by their
+    source)."""
+
+    def __init__(self):
+        self.conditions: list[ast.expr] = []
+        self._texts: set[str] = set()
+
+    def add(self, condition: ast.expr) -> None:
+        text = unparse(condition)
+        if text not in self._texts:
+            self._texts.add(text)
+            self.conditions.append(condition)
+
+    def expr(self) -> ast.expr:
+        if len(self.conditions) == 1:
+            return self.conditions[0]
+        return ast.BoolOp(op=ast.And(), values=self.conditions)
+
+
 def fix_missing_locations(node: ast.AST) -> ast.AST:
     """``ast.fix_missing_locations``, with the same result, about twice as fast (no generators
     per node): a node without a location takes its parent's."""
@@ -281,6 +302,48 @@ def walk(node: ast.AST):
 def is_int(node: ast.AST | None, value: int) -> bool:
     """``node`` is the int literal ``value`` (not ``0.0``, not ``False``)."""
     return isinstance(node, ast.Constant) and type(node.value) is int and node.value == value
+
+
+# Nodes that evaluate their parts once, in place, with no effect of their own.
+_PURE = (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.BinOp, ast.UnaryOp, ast.Compare,
+         ast.Slice, ast.Tuple, ast.Load, ast.operator, ast.unaryop, ast.cmpop, ast.Call, ast.keyword)
+
+
+def is_shape_call(call: ast.Call) -> bool:
+    """``len(x)``, ``min``/``max``/``int`` of such, ``x.size(0)`` and the other shape methods."""
+    f = call.func
+    return (isinstance(f, ast.Name) and f.id in ("len", "min", "max", "int")) or (
+        isinstance(f, ast.Attribute) and ops.by_call(None, f.attr).shape_query)
+
+
+def is_pure(expr: ast.expr, call_ok: Callable[[ast.Call], bool] = is_shape_call) -> bool:
+    """Side-effect free to evaluate again, or earlier: names, attributes, constants, arithmetic,
+    comparisons, subscripts, tuples, and the calls ``call_ok`` accepts (shape queries unless
+    told otherwise)."""
+    for n in walk(expr):
+        if not isinstance(n, _PURE):
+            return False
+        if isinstance(n, ast.Call) and not call_ok(n):
+            return False
+    return True
+
+
+def write_target(stmt: ast.stmt) -> ast.expr:
+    """The target of ``x[...] = v`` or ``x[...] op= v``."""
+    return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+
+
+def rename(node: Any, names: dict[str, str]) -> Any:
+    """``node`` (a tree the caller owns) with the names of ``names`` renamed, in place."""
+    for n in walk(node):
+        if isinstance(n, ast.Name) and n.id in names:
+            n.id = names[n.id]
+    return node
+
+
+def is_name(node: ast.AST | None, name: str) -> bool:
+    """``node`` is the name ``name``."""
+    return isinstance(node, ast.Name) and node.id == name
 
 
 def unparse(tree: ast.AST) -> str:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
+from . import ops
 from .ast_tools import PassContext, Transformer, replace, walk
 
 
@@ -78,14 +79,12 @@ RULES: list[Rule] = [
 ]
 FUSED = frozenset({"mse_loss", "cross_entropy", "nll_loss"})
 
-# Calls a statement may make while a temporary's definition stays trusted: none mutates operands.
-SAFE_METHODS = frozenset({"sum", "mean", "abs", "pow", "long", "detach", "dim", "size", "view",
-                          "reshape", "flatten", "all", "any", "item", "float", "double"})
-SAFE_BUILTINS = frozenset({"len", "int", "float", "bool", "isinstance"})
+# Calls a statement may make while a temporary's definition stays trusted, none mutating its
+# operands: torch functions, tensor methods and builtins without effects (``ops``).
 # Statements evaluated once, before any store: a loop or if test may run again after its body.
 SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr)
-PURE_METHODS = frozenset({"long", "detach"})  # allowed inside a re-evaluated operand
-PURE_BUILTINS = frozenset({"len", "range"})
+# Allowed inside a re-evaluated operand, with the builtins without effects (``ops.is_builtin``).
+PURE_METHODS = frozenset({"long", "detach"})
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -230,7 +229,7 @@ def _pure(node: ast.AST) -> bool:
     if isinstance(node, ast.Tuple):
         return all(_pure(e) for e in node.elts)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):  # len(range(0, n, 1))
-        return node.func.id in PURE_BUILTINS and not node.keywords and all(map(_pure, node.args))
+        return ops.is_builtin(node.func.id) and not node.keywords and all(map(_pure, node.args))
     if isinstance(node, ast.Call):
         return (isinstance(node.func, ast.Attribute) and node.func.attr in PURE_METHODS
                 and not node.args and not node.keywords and _pure(node.func.value))
@@ -245,8 +244,8 @@ def _calls_are_safe(stmt: ast.stmt, ctx: PassContext) -> bool:
             f = n.func
             torch_fn = (isinstance(f, ast.Attribute) and _root(f) == ctx.torch_name
                         and not f.attr.endswith("_"))
-            if not (torch_fn or (isinstance(f, ast.Attribute) and f.attr in SAFE_METHODS)
-                    or (isinstance(f, ast.Name) and f.id in SAFE_BUILTINS)):
+            if not (torch_fn or (isinstance(f, ast.Attribute) and ops.is_pure_method(f.attr))
+                    or (isinstance(f, ast.Name) and ops.is_builtin(f.id))):
                 return False
     return True
 

@@ -13,7 +13,8 @@ import torch.fx
 from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
-               optimize_called_helpers, reroll_unrolled_loops, vectorize_loops)
+               optimize_called_helpers, reroll_unrolled_loops)
+from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
 
 # Runs before AST_PIPELINE; refuses whole functions, with a reason.
@@ -21,10 +22,9 @@ CHECKER = check_supported
 
 # AST passes, in order: each entry is a module with ``transform(tree, ctx) -> tree``.
 AST_PIPELINE: list = [
-    # vectorize_loops drives its parts (inline_helper_calls, loop_dataflow,
-    # normalize_comprehensions, host_roundtrips_to_tensor_ops, tensor_branches_to_where,
-    # batch_loop_bodies): a loop is rewritten only when every part can do its share, so they are
-    # not separate passes (helpers are inlined only in the vectorized copy of a loop body, whose
+    # vectorize_loops runs its stages (passes/loops/, vectorize_loops.LOOP_STAGES) on a copy of
+    # each loop: a loop is rewritten only when every stage can do its share, so they are not
+    # separate passes (helpers are inlined only in the vectorized copy of a loop body, whose
     # runtime check also checks they are still the same functions).
     vectorize_loops,
     fuse_loss_idioms,  # after vectorize_loops: the idioms it fuses are mostly that pass's output

@@ -6,16 +6,39 @@ from dataclasses import dataclass, field
 
 @dataclass
 class LoopReport:
-    """One loop of the user's source. ``strategy`` is "kept" exactly when not vectorized."""
+    """One loop of the user's source. ``strategy`` is "kept" exactly when not vectorized.
+
+    The run-time counts say what ran for a vectorized loop, counted by an instrumented eager
+    copy of the rewritten function on the first call of each input signature (see
+    ``passes.loop_run_counters``): how often its runtime check passed and the vectorized branch
+    ran (``failed_runs`` of those raised), how often the loop ran as written, and the last reason
+    for either."""
     filename: str
     lineno: int
     vectorized: bool
     strategy: str   # "batched", "vmap", "cumsum", "cumprod", or "kept"
     reason: str     # why this strategy, or why the loop was kept
+    vectorized_runs: int = 0
+    failed_runs: int = 0
+    original_runs: int = 0
+    last_failure: str = ""  # "check `...` was false" or "raised <error>"
+
+    def runs(self) -> dict:
+        return {"vectorized": self.vectorized_runs, "failed": self.failed_runs,
+                "as_written": self.original_runs, "last_failure": self.last_failure}
 
     def __str__(self) -> str:
         verdict = f"vectorized ({self.strategy})" if self.vectorized else "kept"
-        return f"{self.filename}:{self.lineno}: loop {verdict}: {self.reason}"
+        return f"{self.filename}:{self.lineno}: loop {verdict}: {self.reason}{describe_runs(self.runs())}"
+
+
+def describe_runs(runs: dict) -> str:
+    """`` [ran: vectorized 3 (1 raised), as written 2; last: ...]``, or "" before any counted run."""
+    if not (runs["vectorized"] or runs["as_written"]):
+        return ""
+    raised = f" ({runs['failed']} raised)" if runs["failed"] else ""
+    last = f"; last: {runs['last_failure']}" if runs["last_failure"] else ""
+    return f" [ran: vectorized {runs['vectorized']}{raised}, as written {runs['as_written']}{last}]"
 
 
 @dataclass
@@ -51,6 +74,24 @@ class Report:
         loop = LoopReport(self.filename, lineno, vectorized, strategy if vectorized else "kept", reason)
         self.loops.append(loop)
         return loop
+
+    def loop_ran(self, lineno: int, vectorized: bool, failure: str = "") -> None:
+        """Count one run of the runtime check of the vectorized loop at ``lineno``."""
+        loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)
+        if loop is None:
+            return
+        if vectorized:
+            loop.vectorized_runs += 1
+        else:
+            loop.original_runs += 1
+        loop.last_failure = failure or loop.last_failure
+
+    def loop_failed(self, lineno: int, error: BaseException) -> None:
+        """The vectorized branch of the loop at ``lineno`` raised ``error``."""
+        loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)
+        if loop is not None:
+            loop.failed_runs += 1
+            loop.last_failure = f"raised {type(error).__name__}: {error}".split("\n")[0]
 
     def __str__(self) -> str:
         lines = [f"optimize_loss report for {self.function} ({self.filename}:{self.lineno})"]

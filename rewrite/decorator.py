@@ -16,7 +16,9 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
 
     Options: ``compile=True`` (torch.compile the rewritten function; ``backend``, ``mode``,
     ``dynamic`` are passed through), ``verify=False`` (compare value and gradients with the
-    original on the first call per input signature; fall back on mismatch), ``strict=False``
+    original on the first call per input signature; fall back on mismatch), ``verify_compiled=True``
+    (with ``compile=True``: compare the compiled function with the eager rewritten one on the
+    first call per input signature; run the eager one on mismatch), ``strict=False``
     (raise ``RewriteError`` instead of falling back), ``hoist=True`` (run target-only work outside
     autograd, cached across calls; needs ``compile=True``, it works on torch.compile's graphs),
     ``stop_gradient=()`` (names of arguments to detach on every call: an opt-in semantic change

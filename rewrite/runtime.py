@@ -7,11 +7,17 @@ arguments): the callable to run is chosen once and then called directly; that ch
     compiled rewritten function -> eager rewritten function -> original function
 
 and a failure of one step moves that signature to the next, with one warning (or ``RewriteError``
-with ``strict=True``). An exception that the original function raises too is the user's own and
-is re-raised unchanged.
+with ``strict=True``). A failure whose cause does not depend on sizes (``_size_independent``) moves
+every signature that differs only in sizes, with that one warning. When the original raises too,
+its exception is the user's own and is re-raised unchanged. Arguments the function may change in
+place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
+back before the next step runs. With ``compile=True`` the first call of a signature also compares
+the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
 """
 from __future__ import annotations
 
+import ast
+import copy
 import functools
 import importlib
 import inspect
@@ -23,14 +29,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from . import frontend
 from .backend import HoistingBackend
 from passes.errors import RewriteError, Unsupported
 from .lint import warn as lint_warn
+from passes import loop_run_counters
+from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, Report
-from .testing import differences
+from .testing import compare, outputs_and_gradients
 
 
 class RewriteWarning(UserWarning):
@@ -44,6 +52,7 @@ class Options:
     mode: str | None = None
     dynamic: bool | None = None
     verify: bool = False
+    verify_compiled: bool = True  # first call per signature: compiled vs eager rewritten function
     strict: bool = False
     hoist: bool = True           # target-only work outside autograd, cached; on torch.compile's graphs
     # Arguments treated as constants: detached on every call, so no gradient reaches them. A
@@ -67,10 +76,17 @@ class OptimizedFunction:
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
+        # What runs for every signature that differs only in sizes from one whose failure did not
+        # depend on sizes: keyed by the signature with sizes erased.
+        self._by_structure: dict[Any, Callable] = {}
+        self._mutated: tuple[str, ...] = ()  # parameters the function may change in place
+        self._signature: inspect.Signature | None = None  # to find them among the arguments
+        self._counting: Callable | None = None  # the rewritten function counting its loops' runs
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no fallback yet): calls skip the signature key.
         self._uniform: Callable | None = None
-        self._per_signature = options.verify or options.lint
+        self._per_signature = (options.verify or options.lint
+                               or (options.compile and options.verify_compiled))
         self._dump_count = [0]
         name, filename, lineno = frontend.describe(fn)
         self._report = Report(name, filename, lineno)
@@ -101,12 +117,13 @@ class OptimizedFunction:
             impl = self._impls.get(key)
             if impl is None:
                 impl = self._specialize(key, args, kwargs)
+        if impl is self._original:
+            return impl(*args, **kwargs)
+        saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
         try:
             return impl(*args, **kwargs)
         except Exception as exc:
-            if impl is self._original:
-                raise
-            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs)
+            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs, saved)
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Decorating a method in a class body: bind like a function does.
@@ -145,7 +162,21 @@ class OptimizedFunction:
             return None
         if not changed and not self._options.compile:
             return None  # nothing to gain: the original runs, with no wrapper cost but the lookup
+        self._mutated = self._mutated_parameters()
         return rewritten
+
+    def _mutated_parameters(self) -> tuple[str, ...]:
+        """``passes.mutated_arguments`` on the original's source; every parameter when that
+        source does not parse on its own."""
+        signature = inspect.signature(self._original)
+        try:
+            func = function_node(ast.parse(self._report.original_source))
+        except SyntaxError:  # a lambda's line that parses only within its statement
+            func = None
+        names = signature.parameters if func is None else mutated_parameters(
+            func, self._original.__globals__)
+        self._signature = signature
+        return tuple(sorted(names))
 
     def _specialize(self, key: Any, args: tuple, kwargs: dict) -> Callable:
         with self._lock:
@@ -154,24 +185,52 @@ class OptimizedFunction:
             if self._options.lint:
                 lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
-            impl = self._original if rewritten is None else self._compiled(rewritten)
+            impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
+            if impl is None:
+                impl = self._original if rewritten is None else self._compiled(rewritten)
+                if impl not in (rewritten, self._original) and self._options.verify_compiled:
+                    impl = self._check_compiled(key, impl, args, kwargs)
             if impl is not self._original and self._options.verify:
                 problems = self._verify(impl, args, kwargs)
                 if problems:
-                    self._fall_back(RewriteError("verification failed: " + "; ".join(problems),
-                                                 self._report.filename, self._report.lineno),
+                    self._fall_back(self._error("verification failed: " + "; ".join(problems)),
                                     None, key)
                     impl = self._original
             self._impls[key] = impl
             self._uniform = None if self._per_signature else impl
+            # This first call of an eager signature counts what its loops run (the same code).
+            if impl is rewritten and not self._options.compile:
+                return self._counts(rewritten)  # compiled: counted by _check_compiled's run
             return impl
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
+        # The original first, on its own clones: when it raises, that error is the user's.
+        want = outputs_and_gradients(self._original, args, kwargs)
         try:
-            return differences(self._original, impl, args, kwargs)
+            got = outputs_and_gradients(impl, args, kwargs)
         except Exception as exc:
-            self._original(*args, **kwargs)  # when the original raises too, that error is the user's
             return [f"the rewritten function raised {type(exc).__name__}: {exc}"]
+        return compare(want, got)
+
+    def _check_compiled(self, key: Any, compiled: Callable, args: tuple, kwargs: dict) -> Callable:
+        """The compiled function against the eager rewritten one, each on its own clones: a
+        compiler that miscompiles (values or gradients) makes this signature run eagerly."""
+        eager = compiled._optimize_loss_eager
+        try:
+            want = outputs_and_gradients(self._counts(eager), args, kwargs)
+        except Exception:
+            return eager  # fails by itself: the call itself steps down to the original
+        try:
+            got = outputs_and_gradients(compiled, args, kwargs)
+        except Exception as exc:
+            return self._step_down(key, "torch.compile failed", exc, eager)
+        problems = compare(want, got)
+        if problems:
+            self._fall_back(self._error("the compiled function differs from the eager rewritten "
+                                        "function: " + "; ".join(problems)),
+                            None, key, running=_EAGER)
+            return eager
+        return compiled
 
     def _compiled(self, rewritten: Callable) -> Callable:
         opts = self._options
@@ -182,33 +241,88 @@ class OptimizedFunction:
             if opts.hoist:  # Dynamo's graphs get the FX passes, then go to opts.backend
                 backend, mode = HoistingBackend(backend, mode, opts.dynamic, self._report,
                                                 self._dumper()), None
-            self._compiled_fn = torch.compile(rewritten, backend=backend, mode=mode,
-                                              dynamic=opts.dynamic)
-            self._compiled_fn._optimize_loss_eager = rewritten  # next step down if compiling fails
+            compiled = torch.compile(rewritten, backend=backend, mode=mode, dynamic=opts.dynamic)
+            if opts.backend != "eager":  # AOTAutograd's backward is not differentiable
+                compiled = _first_order_only(compiled, self._report.function)
+            compiled._optimize_loss_eager = rewritten  # next step down if compiling fails
+            self._compiled_fn = compiled
         return self._compiled_fn
 
-    def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict) -> Any:
-        """``impl`` raised: re-raise if the original raises too, else step down and warn."""
+    def _counts(self, rewritten: Callable) -> Callable:
+        """An eager copy of ``rewritten`` that counts its vectorized loops' runs into the report
+        (``passes.loop_run_counters``); ``rewritten`` itself when no loop is vectorized."""
+        report = self._report
+        if self._original.__name__ == "<lambda>" or not any(l.vectorized for l in report.loops):
+            return rewritten  # (a lambda's rewritten source reads `def <lambda>`: no Python)
+        with self._lock:
+            if self._counting is None:
+                tree = ast.parse(report.rewritten_source)
+                ast.increment_lineno(tree, report.lineno - 1)  # the def's line; the rest shifts
+                tree = loop_run_counters.instrument(tree, _COUNTER)
+                own = set(self._original.__code__.co_freevars)
+                cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
+                bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
+                parsed = frontend.ParsedFunction(self._original, tree, report.filename,
+                                                 report.lineno, report.original_source, "torch")
+                self._counting = frontend.build_function(tree, parsed,
+                                                         {**bindings, _COUNTER: report})
+            return self._counting
+
+    def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
+                 saved: _Saved | None) -> Any:
+        """``impl`` raised: step down (compiled, eager rewritten, original), putting back what it
+        changed in the arguments first; when the original raises too, its error is the user's."""
+        eager = getattr(impl, "_optimize_loss_eager", None)
+        if eager is not None:
+            self._put_back(saved, exc)
+            try:
+                result = eager(*args, **kwargs)
+            except Exception as eager_exc:
+                exc = eager_exc
+            else:
+                self._settle(key, self._step_down(key, "torch.compile failed", exc, eager))
+                return result
+        self._put_back(saved, exc)
         try:
             result = self._original(*args, **kwargs)
-        except Exception:
-            raise exc from None  # not our rewrite's fault: the user sees their own error
-        eager = getattr(impl, "_optimize_loss_eager", None)
-        step = "torch.compile failed" if eager is not None else "the rewritten function failed"
-        self._fall_back(RewriteError(f"{step}: {type(exc).__name__}: {exc}", self._report.filename,
-                                     self._report.lineno), exc, key,
-                        running="the eager rewritten function" if eager else None)
-        with self._lock:
-            self._impls[key] = eager or self._original
-            self._per_signature, self._uniform = True, None
+        except Exception as original_exc:
+            raise original_exc from None  # not our rewrite's fault: the user sees their own error
+        self._settle(key, self._step_down(key, "the rewritten function failed", exc, self._original))
         return result
 
+    def _put_back(self, saved: _Saved | None, exc: Exception) -> None:
+        if saved is not None and not saved.restore():
+            raise self._error(f"the rewritten function failed ({type(exc).__name__}: {exc}) after "
+                              f"changing an argument that requires grad in place; its autograd "
+                              f"history cannot be put back, so the original cannot run on it") from exc
+
+    def _step_down(self, key: Any, step: str, exc: Exception, impl: Callable) -> Callable:
+        """Warn that ``impl`` runs for this signature (and every size of it, when the failure
+        does not depend on sizes); return it."""
+        every_size = _size_independent(exc)
+        self._fall_back(self._error(f"{step}: {type(exc).__name__}: {exc}"), exc, key,
+                        running=None if impl is self._original else _EAGER, every_size=every_size)
+        if every_size:
+            with self._lock:
+                self._by_structure[_erase_sizes(key)] = impl
+        return impl
+
+    def _settle(self, key: Any, impl: Callable) -> None:
+        with self._lock:
+            self._impls[key] = impl
+            self._per_signature, self._uniform = True, None
+
+    def _error(self, message: str) -> RewriteError:
+        return RewriteError(message, self._report.filename, self._report.lineno)
+
     def _fall_back(self, error: RewriteError, cause: BaseException | None, key: Any = None,
-                   running: str | None = None) -> None:
+                   running: str | None = None, every_size: bool = False) -> None:
         """Record the fallback; warn once, or raise with ``strict=True``."""
         if self._options.strict:
             raise error from cause
         signature = None if key is None else describe_key(key)
+        if signature and every_size:
+            signature += " and every other size of them"
         self._report.fallbacks.append(Fallback(error.message, error.filename or "<unknown>",
                                                error.lineno, error.pass_name, signature))
         what = running or "the original function"
@@ -230,6 +344,107 @@ class OptimizedFunction:
                 f.write(f"# optimize_loss: {self._report.function} after {step}\n{text}\n")
             count[0] += 1
         return dump
+
+
+_EAGER = "the eager rewritten function"
+_COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
+
+
+def _first_order_only(compiled: Callable, name: str) -> Callable:
+    """``compiled``, whose outputs refuse a backward with ``create_graph=True``: AOTAutograd's
+    backward is not differentiable, so a second ``grad`` through it would be None (or raise only
+    for some losses). A hook on each output's grad_fn costs about 1 us per call."""
+    def refuse_create_graph(grad_outputs: tuple) -> None:
+        if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
+            raise RuntimeError(
+                f"optimize_loss: second-order gradients (backward with create_graph=True) "
+                f"through the compiled {name} are not supported: torch.compile's backward is not "
+                f"differentiable. Use optimize_loss(..., compile=False) (or backend=\"eager\") "
+                f"for this loss.")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = compiled(*args, **kwargs)
+        for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                t.grad_fn.register_prehook(refuse_create_graph)
+        return out
+    return call
+
+
+class _Saved:
+    """The state of the arguments a function may change in place: tensors (values, sizes and
+    strides), lists, dicts, sets and the tensors in them, modules' attributes and buffers, other
+    objects' attributes; ``restore`` puts it back into the same objects."""
+
+    def __init__(self, signature: inspect.Signature, names: tuple[str, ...], args: tuple,
+                 kwargs: dict):
+        self.items: list[tuple[Any, Any]] = []
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return  # the call fails before the body runs: nothing can change
+        bound.apply_defaults()
+        todo, seen = [bound.arguments[n] for n in names if n in bound.arguments], set()
+        while todo:
+            value = todo.pop()
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, torch.Tensor):
+                self.items.append((value, (value.detach().clone(), value.size(), value.stride(),
+                                           value.storage_offset(), value.grad_fn)))
+            elif isinstance(value, (list, dict, set)):
+                self.items.append((value, copy.copy(value)))
+                todo += value.values() if isinstance(value, dict) else value
+            elif isinstance(value, tuple):
+                todo += value
+            elif isinstance(value, torch.nn.Module):
+                self.items.append((value, dict(vars(value))))
+                todo += [value._buffers, *value._modules.values()]
+            elif hasattr(value, "__dict__") and not isinstance(value, (type, types.ModuleType)):
+                self.items.append((value, dict(vars(value))))
+
+    def restore(self) -> bool:
+        """Put everything back; False when a tensor that requires grad was changed in place under
+        autograd (its values can be put back, its autograd history cannot)."""
+        for obj, state in self.items:
+            if isinstance(obj, torch.Tensor):
+                values, size, stride, offset, grad_fn = state
+                if obj.requires_grad and obj.grad_fn is not grad_fn:
+                    return False
+                with torch.no_grad():
+                    if (obj.size(), obj.stride(), obj.storage_offset()) != (size, stride, offset):
+                        obj.as_strided_(size, stride, offset)  # ``unsqueeze_``, ``t_``, ...
+                    obj.copy_(values)
+            elif isinstance(obj, list):
+                obj[:] = state
+            elif isinstance(obj, (dict, set)):
+                obj.clear()
+                obj.update(state)
+            else:
+                vars(obj).clear()
+                vars(obj).update(state)
+        return True
+
+
+# Exception types that name a construct, not a size: the same code fails the same way at any size.
+_SIZE_INDEPENDENT = (TypeError, AttributeError, NameError, NotImplementedError)
+
+
+def _size_independent(exc: BaseException) -> bool:
+    """The failure does not depend on sizes: ``torch.vmap`` refusing an operation of a loop body
+    (``.item()``, data-dependent control flow, random ops, in-place writes into an unbatched
+    tensor: its messages start with "vmap:"), or an exception type of ``_SIZE_INDEPENDENT``."""
+    return isinstance(exc, _SIZE_INDEPENDENT) or "vmap: " in str(exc)
+
+
+def _erase_sizes(key: Any) -> Any:
+    """A signature key with every tensor's sizes replaced by its rank."""
+    if isinstance(key, torch.Size):
+        return len(key)
+    if isinstance(key, tuple):
+        return tuple(map(_erase_sizes, key))
+    return key
 
 
 def _stop_gradient_positions(fn: Callable, names: tuple[str, ...]) -> frozenset[str | int]:

@@ -34,8 +34,14 @@ def assert_equivalent(original: Callable, optimized: Callable, *inputs: Any,
 def differences(original: Callable, optimized: Callable, args: tuple, kwargs: dict,
                 rtol: float | None = None, atol: float | None = None) -> list[str]:
     """Every mismatch of value or gradient between the two functions, as readable lines."""
-    want_values, want_grads = outputs_and_gradients(original, args, kwargs)
-    got_values, got_grads = outputs_and_gradients(optimized, args, kwargs)
+    return compare(outputs_and_gradients(original, args, kwargs),
+                   outputs_and_gradients(optimized, args, kwargs), rtol, atol)
+
+
+def compare(want_run: tuple[list, dict], got_run: tuple[list, dict], rtol: float | None = None,
+            atol: float | None = None) -> list[str]:
+    """Every mismatch between two ``outputs_and_gradients`` results, as readable lines."""
+    (want_values, want_grads), (got_values, got_grads) = want_run, got_run
     if len(want_values) != len(got_values):
         return [f"output structure differs: {len(want_values)} vs {len(got_values)} leaves"]
     problems = []

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from passes import vectorize_loops
+from passes.loops import vectorize_loops
 from passes.ast_tools import Namer, PassContext, unparse
 from passes.report import Report
 from tests.helpers import FRONTEND

@@ -10,7 +10,7 @@ import pytest
 from passes import ast_tools
 from passes.ast_tools import Transformer, clone, fix_missing_locations, replace, walk
 
-SOURCE = (Path(__file__).parent.parent / "passes" / "vectorize_loops.py").read_text()
+SOURCE = (Path(__file__).parent.parent / "passes" / "loops" / "vectorize_loops.py").read_text()
 
 
 def _dump(node: ast.AST) -> str:
@@ -141,3 +141,19 @@ def test_transformer_visits_fieldless_nodes_it_has_visitors_for():
 
     tree = Rewire().visit(ast.parse("for i in x:\n    pass\n    continue\n    y = i"))
     assert ast.unparse(tree) == "for i in x:\n    break\n    y = i"
+
+
+@pytest.mark.parametrize("src, pure", [
+    ("x", True), ("x.shape[0] - 1", True), ("len(x) // 2", True), ("a > b", True),
+    ("x.size(0)", True), ("(n, m)", True), ("f(x)", False), ("x.sum()", False),
+    ("[a, b]", False), ("a if c else b", False), ("a and b", False), ("(y := x)", False),
+    ("lambda: x", False)])
+def test_is_pure(src, pure):
+    """Evaluated again before the loop: only what has no effect of its own, and shape calls."""
+    assert ast_tools.is_pure(ast.parse(src, mode="eval").body) is pure
+
+
+def test_is_pure_takes_the_calls_it_is_told():
+    expr = ast.parse("x.sum() > len(x)", mode="eval").body
+    assert ast_tools.is_pure(expr, lambda call: True)
+    assert not ast_tools.is_pure(expr, lambda call: isinstance(call.func, ast.Name))

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from passes.batch_loop_bodies import Rank, _condition
+from passes.loops.batch_values import Rank, condition as _condition
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, strategies
 from tests.test_masked_selections_to_where import build as build_masked
@@ -30,6 +30,8 @@ OPS = [  # per-item expression of x[i] (x [5, 3]), t[i] (labels), w (fixed [3])
     "F.mse_loss(x[i], x[i] * 2)", "F.smooth_l1_loss(x[i], 0.5 * x[i], beta=0.5)",
     "F.cross_entropy(x[i:i+1], t[i:i+1])", "F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
     "torch.where(x[i] > 0, x[i], 0.1 * x[i]).clamp(min=-1).sum()", "x[i].unsqueeze(-1).sum(0).sum()",
+    # every spelling of a registered op (``passes/ops.py``) has its batched form
+    "torch.max(x[i])", "x[i].maximum(w).sum() + x[i].logaddexp(w).sum()", "x[i][torch.add(t[i], 0)]",
 ]
 
 

@@ -188,8 +188,8 @@ def test_fallback_is_per_signature(monkeypatch, tmp_path):
     import ast
 
     class BreakOnTwoRows(ast.NodeTransformer):  # visibly different (doubled); fails on 2 rows
-        def visit_Return(self, node):
-            node.value = ast.parse("pred.no_such_method() if pred.shape[0] == 2 else "
+        def visit_Return(self, node):  # with an error about a size: other sizes may work
+            node.value = ast.parse("pred.view(7) if pred.shape[0] == 2 else "
                                    "(pred * target).sum() * 2", mode="eval").body
             return node
 
@@ -241,3 +241,190 @@ def test_tracebacks_point_at_the_users_file_and_line(tmp_path):
     last = traceback.extract_tb(info.tb)[-1]
     assert (last.filename, last.lineno) == (module.__file__, 3)
     assert last.line == "raise ValueError('user error')"
+
+
+# -- the promise holds at run time: same value, same gradients, or the original runs ------------
+
+SCALED_IN_PLACE = '''
+import torch
+import torch.nn.functional as F
+
+def scaled(pred, target, lengths):
+    target /= 10.0
+    return _masked(pred, target, lengths)
+
+def aliased(pred, target, lengths):
+    t = target
+    t.mul_(0.1)
+    return _masked(pred, target, lengths)
+
+def logged(pred, target, lengths, log):
+    log.append(len(log))
+    return _masked(pred, target, lengths)
+
+def reshaped(pred, target, lengths):
+    target.unsqueeze_(0)
+    return _masked(pred, target[0], lengths)
+
+def halved(pred, target, lengths):
+    pred /= 2.0
+    return _masked(pred, target, lengths)
+
+class Counting(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.register_buffer("seen", torch.zeros(()))
+
+    def forward(self, pred, target, lengths):
+        self.calls += 1
+        self.seen += 1
+        return _masked(pred, target, lengths)
+
+def _masked(pred, target, lengths):
+    total = 0
+    for i in range(pred.shape[0]):
+        L = lengths[i].item()  # fails under vmap: the vectorized branch raises at run time
+        total = total + ((pred[i, :L] - target[i, :L]) ** 2).sum()
+    return total
+
+def per_item(pred, target, lengths):
+    total = 0
+    for i in range(pred.shape[0]):
+        L = lengths[i].item()
+        total = total + ((pred[i, :L] - target[i, :L]) ** 2).sum()
+    return total
+
+def class_loss(logits, target):
+    total = 0
+    for i in range(logits.shape[0]):
+        total = total + F.cross_entropy(logits[i], target[i])
+    return total
+'''
+
+
+@pytest.fixture
+def runtime_user(tmp_path):
+    return load_module(tmp_path, SCALED_IN_PLACE)
+
+
+def _ragged(dtype, width=5, rows=3):
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.randn(rows, width, generator=gen, dtype=dtype, requires_grad=True)
+    target = torch.randn(rows, width, generator=gen, dtype=dtype)
+    lengths = torch.randint(1, width + 1, (rows,), generator=gen)
+    return pred, target, lengths
+
+
+def _value_and_gradient(fn, pred, *rest):
+    out = fn(pred, *rest)
+    return out, torch.autograd.grad(out, pred)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("verify", [False, True])
+@pytest.mark.parametrize("name", ["scaled", "aliased"])
+def test_an_argument_changed_in_place_is_changed_once_on_fallback(runtime_user, name, verify, dtype):
+    original, fn = getattr(runtime_user, name), optimize_loss(getattr(runtime_user, name),
+                                                              compile=False, verify=verify)
+    pred, target, lengths = _ragged(dtype)
+    want_target = target.clone()
+    want, want_grad = _value_and_gradient(original, pred, want_target, lengths)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, got_grad = _value_and_gradient(fn, pred, target, lengths)
+    assert len([w for w in caught if w.category is RewriteWarning]) == 1
+    assert torch.equal(target, want_target)  # scaled by 0.1, not 0.01
+    assert got.dtype == want.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(got_grad, want_grad)
+
+
+def test_module_state_changed_in_forward_is_changed_once_on_fallback(runtime_user):
+    module = runtime_user.Counting()
+    fn = optimize_loss(module, compile=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn(*_ragged(torch.float32))
+    assert len([w for w in caught if w.category is RewriteWarning]) == 1  # the original ran
+    assert module.calls == 1 and module.seen.item() == 1
+
+
+def test_a_size_changed_in_place_is_changed_once_on_fallback(runtime_user):
+    fn = optimize_loss(runtime_user.reshaped, compile=False)
+    pred, target, lengths = _ragged(torch.float32)
+    want = runtime_user.reshaped(pred, target.clone(), lengths)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert torch.equal(fn(pred, target, lengths), want)
+    assert target.shape == (1, 3, 5)
+
+
+def test_an_argument_with_autograd_history_changed_in_place_is_not_run_twice(runtime_user):
+    fn = optimize_loss(runtime_user.halved, compile=False)
+    pred, target, lengths = _ragged(torch.float32)
+    with pytest.raises(RewriteError, match="history cannot be put back"):
+        fn(pred * 1, target, lengths)  # not a leaf: dividing it in place is recorded by autograd
+
+
+def test_a_list_argument_changed_in_place_is_changed_once_on_fallback(runtime_user):
+    fn = optimize_loss(runtime_user.logged, compile=False)
+    log = []
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        fn(*_ragged(torch.float32), log)
+        fn(*_ragged(torch.float32), log)
+    assert log == [0, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_failure_that_does_not_depend_on_sizes_warns_once(runtime_user, dtype):
+    fn = optimize_loss(runtime_user.per_item, compile=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for width in range(3, 13):  # ten sequence lengths, ten input signatures
+            args = _ragged(dtype, width)
+            got, got_grad = _value_and_gradient(fn, *args)
+            want, want_grad = _value_and_gradient(runtime_user.per_item, *args)
+            assert got.dtype == dtype and torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    assert len([w for w in caught if w.category is RewriteWarning]) == 1
+    assert len(fn.report.fallbacks) == 1
+    assert "every other size" in fn.report.fallbacks[0].signature
+    # another dtype is another structure: tried (and warned) on its own
+    other = torch.float64 if dtype is torch.float32 else torch.float32
+    _, caught = _calls_with_warnings(fn, _ragged(other), times=2)
+    assert len(caught) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_when_both_fail_the_user_gets_the_originals_exception(runtime_user, dtype):
+    # vmapped, the rewrite raises RuntimeError ("index 7 is out of bounds for dimension 1");
+    # the original raises IndexError ("Target 7 is out of bounds").
+    fn = optimize_loss(runtime_user.class_loss, compile=False)
+    logits = torch.randn(3, 4, dtype=dtype, requires_grad=True)
+    target = torch.tensor([1, 7, 2])
+    with pytest.raises(Exception) as want:
+        runtime_user.class_loss(logits, target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Exception) as got:
+            fn(logits, target)
+    assert type(got.value) is type(want.value) and str(got.value) == str(want.value)
+    assert got.value.__suppress_context__  # the rewrite's error is not shown as its context
+    assert not caught and not fn.report.fallbacks
+
+
+def test_when_both_fail_an_injected_rewrite_error_is_not_shown(monkeypatch, tmp_path):
+    import ast
+
+    class FailFirst(ast.NodeTransformer):  # the rewritten code raises its own error first
+        def visit_Return(self, node):
+            node.value = ast.parse(f"(pred.no_such_method(), {ast.unparse(node.value)})[1]",
+                                   mode="eval").body
+            return node
+
+    monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("fail_first", FailFirst)])
+    module = load_module(tmp_path, "def loss(pred, target):\n    return (pred @ target).sum()\n")
+    fn = optimize_loss(module.loss, compile=False)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        fn(*_inputs())
+    assert not fn.report.fallbacks

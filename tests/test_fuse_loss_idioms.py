@@ -55,6 +55,10 @@ def other_operands(a, b):
 def impure_operand(a, b):
     return ((a.exp() - b) ** 2).mean()
 
+def temp_next_to_pure_calls(a, b):
+    t = (a - b) ** 2
+    return t.mean() + a.exp().clamp_max(2).sum()
+
 def temp_not_just_before(a, b):
     t = (a - b) ** 2
     a = a * 2
@@ -125,6 +129,13 @@ def test_golden_mse_through_temporary():
         "def mse_temp(a, b):\n    t = (a - b) ** 2\n"
         f"    return (torch.nn.functional.mse_loss(a, b, reduction='mean') if {SAME}"
         " else t.mean()) * len(t)")
+
+
+def test_golden_temporary_trusted_next_to_calls_without_effects():
+    assert _run_pass(_source("temp_next_to_pure_calls")) == _golden(
+        "def temp_next_to_pure_calls(a, b):\n    t = (a - b) ** 2\n"
+        f"    return (torch.nn.functional.mse_loss(a, b, reduction='mean') if {SAME}"
+        " else t.mean()) + a.exp().clamp_max(2).sum()")
 
 
 LABELS = ("isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)"

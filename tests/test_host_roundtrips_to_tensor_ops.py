@@ -5,7 +5,7 @@ import ast
 
 import torch
 
-from passes import host_roundtrips_to_tensor_ops
+from passes.loops import host_roundtrips_to_tensor_ops
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, context, namespace
 

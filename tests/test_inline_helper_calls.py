@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from passes import inline_helper_calls, vectorize_loops
+from passes.loops import inline_helper_calls, vectorize_loops
 from passes.ast_tools import Namer, PassContext, unparse
 from rewrite import Report, assert_equivalent, optimize_loss
 from rewrite.frontend import parse_function
@@ -136,6 +136,13 @@ def side_effect_first(probs, onehot):
     loss = 0
     for c in range(probs.shape[1]):
         loss += noted(probs[:, c]).sum() + dice(probs[:, c], onehot[:, c])
+    return loss
+
+
+def random_first(probs, onehot):
+    loss = 0
+    for c in range(probs.shape[1]):
+        loss += torch.rand_like(probs[:, c]).sum() + dice(probs[:, c], onehot[:, c])
     return loss
 
 
@@ -269,7 +276,7 @@ def test_refused_helpers_come_back_unchanged(callers, name):
         assert any(f"helper {name} is not inlined" in n for n in ctx.report.notes), ctx.report.notes
 
 
-@pytest.mark.parametrize("name", ["shadows", "side_effect_first", "conditional"])
+@pytest.mark.parametrize("name", ["shadows", "side_effect_first", "random_first", "conditional"])
 def test_calls_the_caller_context_forbids_come_back_unchanged(user, name):
     fn = getattr(user, name)
     tree, _ = _context(fn)

@@ -5,7 +5,7 @@ import ast
 
 import pytest
 
-from passes import loop_dataflow
+from passes.loops import loop_dataflow
 from passes.errors import Unsupported
 from tests.loop_helpers import context, dedent, namespace
 

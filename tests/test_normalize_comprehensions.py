@@ -6,7 +6,7 @@ import ast
 import pytest
 import torch
 
-from passes import normalize_comprehensions
+from passes.loops import normalize_comprehensions
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, context, dedent, namespace, normalise, rewrite_source
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rewrite
-from passes import batch_loop_bodies, vectorize_loops
+from passes.loops import batch_loop_bodies, vectorize_loops
 from passes.errors import Unsupported
 from rewrite.testing import assert_equivalent
 from tests.helpers import EXAMPLE_NAMES as NAMES

@@ -6,7 +6,7 @@
     function, file, line          the function and where its ``def`` is
     inputs        the input signature, e.g. "(float32[64, 10]:grad, int64[64])"
     passes        AST passes that ran
-    loops         [{file, line, vectorized, strategy, reason}]  one per loop of the source
+    loops         [{file, line, vectorized, strategy, reason, runs}]  one per loop of the source
     fallbacks     [{reason, file, line, pass, signature}]       when the original runs instead
     notes         [str]
     target_only   [str]  FX nodes the hoisting passes moved out of autograd
@@ -52,6 +52,7 @@ from passes.ast_tools import unparse
 from passes.errors import Unsupported
 from passes.meta_keys import GRAD_DEPENDENCE, HOISTED, NOT_HOISTED_BECAUSE, REQUIRES_GRAD, USER_LOCATION
 from passes.pipeline import run_fx_pipeline
+from passes.report import describe_runs
 
 from .. import frontend
 from ..decorator import optimize_loss
@@ -199,7 +200,7 @@ def collect(fn: Callable, args: tuple, kwargs: dict, repeat: int = 10, compile: 
         "inputs": describe_key(signature_key(args, kwargs)),
         "passes": list(report.passes_run),
         "loops": [{"file": loop.filename, "line": loop.lineno, "vectorized": loop.vectorized,
-                   "strategy": loop.strategy, "reason": loop.reason}
+                   "strategy": loop.strategy, "reason": loop.reason, "runs": loop.runs()}
                   for loop in sorted(report.loops, key=lambda loop: loop.lineno)],
         "fallbacks": [{"reason": f.reason, "file": f.filename, "line": f.lineno, "pass": f.pass_name,
                        "signature": f.signature} for f in report.fallbacks],
@@ -418,7 +419,7 @@ def format_text(data: dict) -> str:
     out = [f"optimize_loss inspect: {data['function']} ({data['file']}:{data['line']})",
            f"inputs: {data['inputs']}", "", "loops:"]
     out += [f"  {l['file']}:{l['line']}: " + (f"vectorized ({l['strategy']})" if l["vectorized"] else "kept")
-            + f": {l['reason']}" for l in data["loops"]] or ["  no loops"]
+            + f": {l['reason']}{describe_runs(l['runs'])}" for l in data["loops"]] or ["  no loops"]
     out += [f"  fallback: {f['file']}:{f['line']}: {f['reason']}" for f in data["fallbacks"]]
     out += [f"  note: {n}" for n in data["notes"]]
     out += ["", "source diff (original -> rewritten):"]

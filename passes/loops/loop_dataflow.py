@@ -23,11 +23,12 @@ import builtins
 import types
 from dataclasses import dataclass, field
 
-from .errors import Unsupported
+from .. import ast_marks
+from ..errors import Unsupported
 
-from . import loop_rules as rules
-from . import op_facts
-from .ast_tools import PassContext, is_int, unparse, walk
+from .. import loop_rules as rules
+from .. import ops
+from ..ast_tools import PassContext, is_int, is_name, unparse, walk, write_target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,15 +59,18 @@ def stores(stmt: ast.stmt) -> set[str]:
     names = {n.id for t in targets for n in walk(t)
              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     if not isinstance(stmt, (ast.If, ast.For, ast.While, ast.With, ast.Try)):  # walrus
-        walrus = stmt.__dict__.get(_WALRUS)
+        walrus = ast_marks.get(stmt, ast_marks.WALRUS_TARGETS)
         if walrus is None:  # cached on the node: passes never add or remove a walrus
             walrus = frozenset(n.target.id for n in walk(stmt) if isinstance(n, ast.NamedExpr))
-            setattr(stmt, _WALRUS, walrus)
+            ast_marks.put(stmt, ast_marks.WALRUS_TARGETS, walrus)
         names |= walrus
     return names
 
 
-_WALRUS = "walrus_targets"
+
+def stores_in(stmts: list[ast.stmt]) -> set[str]:
+    """Names bound anywhere in ``stmts``, nested statements included."""
+    return set().union(*(stores(n) for s in stmts for n in walk(s) if isinstance(n, ast.stmt)))
 
 
 def stmt_loads(stmt: ast.stmt) -> set[str]:
@@ -259,8 +263,8 @@ def resolve_call(func: ast.expr, ctx: PassContext) -> str | None:
         if obj is getattr(builtins, root, None):
             return root
         return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', root)}"
-    elif parts and root in rules.DEFAULT_ALIASES:
-        base = rules.DEFAULT_ALIASES[root]
+    elif parts and root in ops.DEFAULT_ALIASES:
+        base = ops.DEFAULT_ALIASES[root]
     elif parts:
         return None  # method of a local value
     else:
@@ -275,14 +279,15 @@ def method_name(call: ast.Call, ctx: PassContext) -> str | None:
     return None
 
 
+def call_op(call: ast.Call, ctx: PassContext) -> ops.OpSpec:
+    """The registry's entry for the function or method ``call`` calls (``ops.UNKNOWN``)."""
+    return ops.by_call(resolve_call(call.func, ctx), method_name(call, ctx))
+
+
 def is_shape_query(node: ast.AST, ctx: PassContext) -> bool:
-    if isinstance(node, ast.Attribute) and node.attr in rules.SHAPE_ATTRS:
+    if isinstance(node, ast.Attribute) and node.attr in ops.METADATA_ATTRIBUTES:
         return True
-    if isinstance(node, ast.Call):
-        if method_name(node, ctx) in rules.SHAPE_METHODS:
-            return True
-        return resolve_call(node.func, ctx) in rules.SHAPE_FUNCS
-    return False
+    return isinstance(node, ast.Call) and call_op(node, ctx).shape_query
 
 
 def depends(expr: ast.AST, variant: set[str], ctx: PassContext) -> bool:
@@ -471,26 +476,19 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
     appends = {id(s.value) for s in _simple_stmts(body) if _is_append(s, assigned)}
     for s in body:
         for call in (n for n in walk(s) if isinstance(n, ast.Call)):
-            name = resolve_call(call.func, ctx)
             meth = method_name(call, ctx)
-            if _is_random(name) or meth in rules.RANDOM_METHODS:
+            effect = ops.effect(resolve_call(call.func, ctx), meth)
+            if effect == "random":
                 raise Unsupported(f"random op `{unparse(call.func)}`: each iteration draws "
                                   "different numbers", call.lineno)
-            if name in rules.IO or meth in rules.IO_METHODS:
+            if effect == "io":
                 raise Unsupported(f"I/O call `{unparse(call.func)}` in the loop", call.lineno)
-            if meth and (meth in rules.MUTATING_METHODS or _inplace(meth)) \
+            if meth and (effect == "mutates" or _inplace(meth)) \
                     and id(call) not in appends:
                 recv = call.func.value
                 if not (isinstance(recv, ast.Name) and recv.id in assigned):
                     raise Unsupported(f"`{unparse(call.func)}(...)` mutates `{unparse(recv)}`, "
                                       "defined outside the loop", call.lineno)
-
-
-def _is_random(name: str | None) -> bool:
-    if name is None:
-        return False
-    return (name.startswith("torch.") and name.rsplit(".", 1)[-1] in op_facts.RANDOM) \
-        or name.startswith(rules.RANDOM_MODULES)
 
 
 def _inplace(meth: str) -> bool:
@@ -607,7 +605,7 @@ def _match_accumulator(s: ast.stmt, name: str, ctx: PassContext) -> Effect | Non
         family = rules.ACC_BINOPS[type(value.op)]
         ops = (ast.Add, ast.Sub) if family == "sum" else (ast.Mult,)
         terms = _chain(value, ops, False)
-        own = [k for k, (t, neg) in enumerate(terms) if _is_name(t, name)]
+        own = [k for k, (t, neg) in enumerate(terms) if is_name(t, name)]
         if len(own) != 1 or terms[own[0]][1]:
             return None
         rest = [t for k, t in enumerate(terms) if k != own[0]]
@@ -619,9 +617,9 @@ def _match_accumulator(s: ast.stmt, name: str, ctx: PassContext) -> Effect | Non
     if isinstance(value, ast.Call) and len(value.args) == 2 and not value.keywords:
         family = rules.ACC_CALLS.get(resolve_call(value.func, ctx) or "")
         a, b = value.args
-        if family and _is_name(a, name) and name not in loads(b):
+        if family and is_name(a, name) and name not in loads(b):
             return Effect("acc", name, s, b, family)
-        if family and _is_name(b, name) and name not in loads(a):
+        if family and is_name(b, name) and name not in loads(a):
             return Effect("acc", name, s, a, family)
     return None
 
@@ -641,10 +639,6 @@ def _rebuild(terms: list[tuple[ast.expr, bool]], family: str) -> ast.expr:
         op = ast.Mult() if family == "prod" else (ast.Sub() if neg else ast.Add())
         expr = ast.BinOp(expr, op, t)
     return ast.copy_location(expr, first)
-
-
-def _is_name(node: ast.AST, name: str) -> bool:
-    return isinstance(node, ast.Name) and node.id == name
 
 
 def _recurrence(name: str, s: ast.stmt) -> Unsupported:
@@ -679,7 +673,7 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
         for r in readers:
             eff = facts.effects.get(id(r))
             if not (scan_ok and eff is not None and eff.kind in ("append", "write")
-                    and not eff.family and _is_name(eff.value, name) and id(r) in top
+                    and not eff.family and is_name(eff.value, name) and id(r) in top
                     and top.index(id(r)) > top.index(id(update.stmt))):
                 raise Unsupported(f"`{name}` is read in the loop body (line {r.lineno}) after "
                                   f"being updated: a loop-carried recurrence", r.lineno)
@@ -689,7 +683,7 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
 
 def _reads_of(node: ast.AST, name: str, ctx: PassContext) -> list[ast.Name]:
     """Occurrences of ``name`` in ``node``, except inside shape queries (``out.dim()``)."""
-    if _is_name(node, name):
+    if is_name(node, name):
         return [node]
     if is_shape_query(node, ctx):
         return []
@@ -707,8 +701,7 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
         return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
     if isinstance(expr, ast.Call):
-        return (resolve_call(expr.func, ctx) in rules.BOOLEAN_FUNCS
-                or method_name(expr, ctx) in rules.BOOLEAN_METHODS)
+        return call_op(expr, ctx).boolean
     return False
 
 
@@ -718,7 +711,7 @@ def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
     boolean: set[str] = set()
     for s in _simple_stmts(body):
         for sub in (n for n in walk(s) if isinstance(n, ast.Subscript)):
-            if getattr(sub, "where_converted", False):
+            if ast_marks.get(sub, ast_marks.WHERE_CONVERTED, False):
                 continue
             if any(is_boolean(e, boolean, ctx) for e in write_entries(sub)):
                 raise Unsupported(f"boolean mask indexing `{unparse(sub)}`: the number of "
@@ -735,21 +728,21 @@ def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
     mentioned: dict[int, set[str]] = {}  # id(expr) -> the names in it, walked once
     for name, kind in {(e.name, e.kind) for e in facts.effects.values()
                        if e.kind in ("append", "write")}:
-        slots = {_slot(_write_target(e.stmt), index) for e in facts.of_kind("write")
+        slots = {_slot(write_target(e.stmt), index) for e in facts.of_kind("write")
                  if e.name == name}
         written = False
         for s in _simple_stmts(body):
             own = facts.effects.get(id(s))
             exprs = header_exprs(s) if isinstance(s, ast.If) else [s]
             if own is not None and own.name == name:
-                exprs = [own.value] + ([_write_target(own.stmt).slice] if kind == "write" else [])
+                exprs = [own.value] + ([write_target(own.stmt).slice] if kind == "write" else [])
             for expr in exprs:
                 if id(expr) not in mentioned:
                     mentioned[id(expr)] = {n.id for n in walk(expr) if isinstance(n, ast.Name)}
                 if name not in mentioned[id(expr)]:
                     continue  # most statements: no read of `name`, no slot of it
                 own_slot = [n for n in walk(expr) if isinstance(n, ast.Subscript)
-                            and _is_name(n.value, name) and len(slots) == 1
+                            and is_name(n.value, name) and len(slots) == 1
                             and _slot(n, index) in slots and None not in slots and not written]
                 reads = _reads_of(expr, name, ctx)
                 if len(reads) > len(own_slot) or any(
@@ -760,15 +753,11 @@ def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
             written |= own is not None and own.name == name
 
 
-def _write_target(stmt: ast.stmt) -> ast.Subscript:
-    return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
-
-
 def _slot(sub: ast.Subscript, index: str) -> int | None:
     """Position of the bare loop index in ``sub``'s entries (only ints and slices before it)."""
     entries = write_entries(sub)
     for k, e in enumerate(entries):
-        if _is_name(e, index):
+        if is_name(e, index):
             return k
         if isinstance(e, ast.Starred) or _is_ellipsis(e) or (
                 isinstance(e, ast.Constant) and e.value is None):
@@ -787,15 +776,15 @@ def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
     keeps the slots of different iterations apart), ``counts[t[i]] += 1`` (without ``i`` the
     slots may repeat: only ``+=``/``-=``, which add up in any order)."""
     for eff in facts.of_kind("write"):
-        target = _write_target(eff.stmt)
+        target = write_target(eff.stmt)
         same = [e for e in facts.of_kind("write") if e.name == eff.name]
         if eff.masked and not eff.family and (
-                len({unparse(_write_target(e.stmt)) for e in same}) > 1
+                len({unparse(write_target(e.stmt)) for e in same}) > 1
                 or any(e.family for e in same)):
             raise Unsupported(f"conditional write `{unparse(target)}` mixed with other writes "
                               f"into `{eff.name}`", eff.stmt.lineno)
         entries = write_entries(target)
-        at = [k for k, e in enumerate(entries) if _is_name(e, index)]
+        at = [k for k, e in enumerate(entries) if is_name(e, index)]
         others = [e for k, e in enumerate(entries) if k not in at]
         if len(at) <= 1 and any(data_index(e, facts, ctx) for e in others):
             _check_data_indexed_write(eff, entries, bool(at))
@@ -816,7 +805,7 @@ def data_index(entry: ast.expr, facts: LoopFacts, ctx: PassContext) -> bool:
 
 
 def _check_data_indexed_write(eff: Effect, entries: list[ast.expr], by_index: bool) -> None:
-    target = unparse(_write_target(eff.stmt))
+    target = unparse(write_target(eff.stmt))
     if any(isinstance(e, (ast.Slice, ast.Starred)) or _is_ellipsis(e)
            or (isinstance(e, ast.Constant) and e.value is None) for e in entries):
         raise Unsupported(f"write `{target}`: a data-dependent index next to slices",

@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import ast
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, clone, fix_missing_locations, replace, walk
+from .. import loop_rules as rules
+from .. import ops
+from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
+                        walk)
 from .loop_dataflow import child_blocks, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
@@ -66,9 +68,8 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
     comp = call.args[0]
     gen = comp.generators[0]
     renames = {n.id: ctx.namer.new(n.id) for n in walk(gen.target) if isinstance(n, ast.Name)}
-    rename = _Rename(renames)
-    target, elt = rename.visit(gen.target), rename.visit(comp.elt)
-    conds = [rename.visit(c) for c in gen.ifs]
+    target, elt = rename(gen.target, renames), rename(comp.elt, renames)
+    conds = [rename(c, renames) for c in gen.ifs]
     sub = dict(loc=comp, torch_name=ctx.torch_name)
     if resolve_call(call.func, ctx) == "sum":
         acc = ctx.namer.new("acc")
@@ -241,8 +242,10 @@ def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool
                     or any(k.arg == "out" for k in n.keywords):
                 return True
             fn = resolve_call(n.func, ctx)
-            trusted = fn is not None and (fn.startswith("torch.") or fn in rules.PURE_BUILTINS)
-            if not trusted and method not in rules.MUTATING_METHODS and any(_reads(a, tainted) for a in n.args
+            # builtins that never modify their arguments (I/O ones too), and torch functions
+            trusted = fn is not None and (fn.startswith("torch.")
+                                          or ops.is_builtin(fn, effects=(None, "io")))
+            if not trusted and ops.OBJECT_METHODS.get(method) != "mutates" and any(_reads(a, tainted) for a in n.args
                                                   + [k.value for k in n.keywords]):
                 return True
     return False
@@ -259,7 +262,7 @@ def _bindings(n: ast.AST) -> list[tuple[ast.expr, ast.expr]]:
     if isinstance(n, ast.NamedExpr):
         return [(n.target, n.value)]
     if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
-            and n.func.attr in rules.MUTATING_METHODS:  # lst.append(x): lst holds x
+            and ops.OBJECT_METHODS.get(n.func.attr) == "mutates":  # lst.append(x): lst holds x
         return [(n.func.value, ast.Tuple(n.args, ast.Load()))]
     return []
 
@@ -299,16 +302,6 @@ class _Consumers(Transformer):
             return replace(template, **sub)
         return replace("(f if isinstance(v, torch.Tensor) else c)", f=replace(template, **sub),
                        c=node, **sub)
-
-
-class _Rename(Transformer):
-    def __init__(self, names: dict[str, str]):
-        self.names = names
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id in self.names:
-            return ast.copy_location(ast.Name(self.names[node.id], node.ctx), node)
-        return node
 
 
 class _Replace(Transformer):

@@ -14,40 +14,37 @@ both branches run and a per-iteration mask selects. Python conditions (not loop-
     loss += -logp[i, target[i]]          (contribution masked by _keep; index where(_keep, target[i], 0))
 
 The trap: a deselected branch still runs, and NaN/inf there poisons gradients through
-``torch.where`` (0 * inf = NaN). So under a mask every op of ``loop_rules.SANITIZE*`` gets its
+``torch.where`` (0 * inf = NaN). So under a mask every op with ``OpSpec.sanitize`` gets its
 risky operand replaced by a safe value first (the "double where"), loop-varying subscripts read
-index 0 where deselected, and any call not known to be total (``loop_rules.TOTAL*``: user
-functions, losses with index targets, ...) raises ``Unsupported``: the loop is kept.
+index 0 where deselected, and any call not known to be total (``OpSpec.total``: user functions,
+losses with index targets, ...) raises ``Unsupported``: the loop is kept.
 
-Effects (accumulations, appends, writes) are handed to the caller with their mask.
+Effect statements (accumulations, appends, writes) stay in place, their values made safe under
+their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
 from __future__ import annotations
 
 import ast
-from typing import Callable
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, replace, unparse, walk
-from .loop_dataflow import (Effect, LoopFacts, depends, is_shape_query, method_name,
-                            resolve_call, stores)
-
-# (effect, its value with the mask's sanitising applied, mask name or None) -> statements
-OnEffect = Callable[[Effect, ast.expr, "str | None"], list[ast.stmt]]
+from .. import ops
+from ..ast_tools import PassContext, Transformer, replace, unparse, walk
+from .loop_dataflow import call_op, depends, is_shape_query, method_name, stores
+from .plan import LoopPlan
 
 
-def if_convert(body: list[ast.stmt], facts: LoopFacts, index: str, on_effect: OnEffect,
-               ctx: PassContext) -> list[ast.stmt]:
-    """Straight-line version of ``body``: tensor ``if``s and guarded ``continue``s as masks."""
-    return _Converter(facts, index, on_effect, ctx).block(body, None, set())
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """Straight-line body: tensor ``if``s and guarded ``continue``s as masks."""
+    plan.body = _Converter(plan, ctx).block(plan.body, None, set())
+    return plan
 
 
 class _Converter:
-    def __init__(self, facts: LoopFacts, index: str, on_effect: OnEffect, ctx: PassContext):
-        self.facts = facts
-        self.index = index
-        self.on_effect = on_effect
+    def __init__(self, plan: LoopPlan, ctx: PassContext):
+        self.plan = plan
+        self.facts = plan.facts
+        self.index = plan.iteration.index
         self.ctx = ctx
 
     def _sub(self, template: str, loc: ast.AST, **subs) -> object:
@@ -76,7 +73,7 @@ class _Converter:
             if isinstance(s, ast.If):  # Python condition: stays a Python `if`
                 s.body = self.block(s.body, pred, set(defined)) or [ast.Pass()]
                 s.orelse = self.block(s.orelse, pred, set(defined))
-                defined |= _assigned_in(s)
+                defined |= self._assigned_in(s)
                 out.append(s)
                 continue
             if isinstance(s, (ast.Pass, ast.Continue)) or (
@@ -84,7 +81,9 @@ class _Converter:
                 continue
             effect = self.facts.effects.get(id(s))
             if effect is not None:
-                out += self.on_effect(effect, self.expr(effect.value, pred), pred)
+                self.plan.masked[id(s)] = self.expr(effect.value, pred), pred
+                self.plan.uses_where |= pred is not None
+                out.append(s)
                 continue
             out += self._local(s, pred, defined)
         return out
@@ -130,9 +129,10 @@ class _Converter:
             return e
         return Sanitize(pred, self.facts.variant, self.index, self.ctx).visit(e)
 
-
-def _assigned_in(s: ast.If) -> set[str]:
-    return set().union(*(stores(n) for n in walk(s) if isinstance(n, ast.stmt)))
+    def _assigned_in(self, s: ast.If) -> set[str]:
+        """Names ``s`` binds (not its effects': their statements are rewritten later)."""
+        return set().union(*(stores(n) for n in walk(s) if isinstance(n, ast.stmt)
+                             and id(n) not in self.facts.effects))
 
 
 def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
@@ -178,17 +178,17 @@ class Sanitize(Transformer):
         self.generic_visit(node)
         if is_shape_query(node, self.ctx):
             return node
-        name = resolve_call(node.func, self.ctx)
-        meth = method_name(node, self.ctx)
-        if name in rules.SANITIZE:
-            k, safe = rules.SANITIZE[name]
-            if k < len(node.args):
+        op = call_op(node, self.ctx)
+        if op.sanitize is not None:
+            k, safe = op.sanitize
+            if method_name(node, self.ctx) is not None:  # the receiver is argument 0
+                k -= 1
+            if k < 0:
+                node.func.value = self._safe(node.func.value, safe)
+            elif k < len(node.args):
                 node.args[k] = self._safe(node.args[k], safe)
             return node
-        if meth in rules.SANITIZE_METHODS:
-            node.func.value = self._safe(node.func.value, rules.SANITIZE_METHODS[meth])
-            return node
-        if name in rules.TOTAL or meth in rules.TOTAL_METHODS:
+        if op.total:
             return node
         raise Unsupported(f"`{unparse(node.func)}(...)` would also run on iterations its "
                           "tensor condition excludes, and may fail or give NaN there",
@@ -196,13 +196,14 @@ class Sanitize(Transformer):
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        rule = rules.SANITIZE_BINOPS.get(type(node.op))
+        rule = ops.by_operator(type(node.op)).sanitize
         if rule is None:
             return node
-        side, safe = rule
+        k, safe = rule
         if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) \
                 and isinstance(node.right.value, int) and node.right.value >= 0:
             return node  # x ** 2 is total
+        side = ("left", "right")[k]
         setattr(node, side, self._safe(getattr(node, side), safe))
         return node
 

@@ -41,10 +41,10 @@ function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike.
 
 What is rewritten: a selection ``x[m]``, ``x`` a name, attribute or subscript by names and
 numbers, ``m`` a mask that varies per iteration (a single comparison, ``~``/``&``/``|``/``^`` of
-masks, a call of ``loop_rules.BOOLEAN_*``, or a name every binding of which in the body is one),
-whose value reaches a full reduction only through elementwise ops (arithmetic, single
-comparisons, ``loop_rules.BATCHED_ELEMENTWISE*``); a name bound once, at the top of the body, to
-such a value is its stand-in, read only by such reductions. The selections of one reduction
+masks, a call of a boolean op (``OpSpec.boolean``), or a name every binding of which in the body
+is one), whose value reaches a full reduction only through elementwise ops (arithmetic, single
+comparisons, the registry's batched elementwise ops); a name bound once, at the top of the body,
+to such a value is its stand-in, read only by such reductions. The selections of one reduction
 share their mask; its other operands are numbers, 0-d values (reductions), or names that do not
 vary, which the loop's runtime check requires to be numbers or 0-d tensors (``Dense.guards``): a
 longer tensor broadcasts against the number of selected elements in the original.
@@ -52,7 +52,7 @@ longer tensor broadcasts against the number of selected elements in the original
 Why each piece:
 
 * NaN/inf: the stand-ins are 0 where deselected, so what the mask excludes (NaN targets, say)
-  never reaches an op or a gradient; ops of ``loop_rules.SANITIZE*`` get safe operands there
+  never reaches an op or a gradient; ops with ``OpSpec.sanitize`` get safe operands there
   (``tensor_branches_to_where``'s double where), and the reduction masks once more.
 * Shapes: ``x[m]`` raises ``IndexError`` unless ``m.shape == x.shape[:m.dim()]``, where ``where``
   would broadcast. ``_mask_shape`` (``MASK_SHAPE``, bound into the generated code) looks at shapes
@@ -66,7 +66,7 @@ Why each piece:
   are Python ints in the original (tagged ``host_number``: accumulated counts fold back to ints).
 * Empty selections: the sum is 0 and the mean NaN in both; ``.max()``/``.min()`` of nothing raise
   ``RuntimeError`` in the original. The loop counts such iterations (an accumulator, masked like
-  any other) and ``Dense.raise_if_empty`` raises the original's error after the loop, before any
+  any other) and the stage ``raise_on_empty_selections`` raises the original's error after the loop, before any
   of its results is stored. The dense value of an empty selection is 0: nothing NaN reaches the
   gradients of iterations a tensor condition deselects.
 * Ties: ``x[m].max()`` splits the gradient evenly between the selected elements equal to the
@@ -81,7 +81,8 @@ its "boolean mask indexing" reason): a selection stored, appended, returned, sha
 indexed again, under a conditional expression, or fed to a non-elementwise op or a reduction
 with arguments; two masks in one op; a tuple index; Python ``and``/``not`` in a mask; a mask
 bound twice or that does not vary. The converted selections are marked on the user's nodes
-(``CONVERTED``), so that check, run on the body as written, only sees what is left.
+(``ast_marks.WHERE_CONVERTED``), so that check, run on the body as written, only sees what
+is left.
 """
 from __future__ import annotations
 
@@ -90,25 +91,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import Unsupported
+from .. import ast_marks
+from ..errors import Unsupported
 
-from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, clone, replace, walk
-from .loop_dataflow import (is_boolean, depends, is_shape_query, loads, method_name,
-                            resolve_call, stores, variant_names, write_entries)
+from .. import ops
+from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, walk
+from .loop_dataflow import (call_op, is_boolean, depends, is_shape_query, loads, method_name,
+                            stores, variant_names, write_entries)
+from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
 
-# Marks a user's subscript converted here: loop_dataflow's mask-indexing check skips it.
-CONVERTED = "where_converted"
-
-# Full reductions of a selection: method name / function -> dense form.
-REDUCTION_METHODS = {"sum": "sum", "mean": "mean", "max": "max", "amax": "amax", "min": "min",
-                     "amin": "amin"}
-REDUCTION_FUNCS = {"torch.sum": "sum", "torch.mean": "mean", "torch.max": "max",
-                   "torch.amax": "amax", "torch.min": "min", "torch.amin": "amin"}
-# Counts: ``x[m].numel()`` (selected elements), ``len(x[m])`` (selected rows).
-COUNT_METHODS = {"numel": "numel"}
-COUNT_FUNCS = {"len": "len"}
+# Full reductions and counts of a selection (``x[m].sum()``, ``x[m].numel()`` the selected
+# elements, ``len(x[m])`` the selected rows): ``OpSpec.selection`` names their dense form.
 # Dense forms: ``k`` the mask shaped for ``v``, the elementwise value on the stand-ins; ``v`` is
 # read once (templates reading it more often get a temporary).
 DENSE_FORMS = {
@@ -151,7 +145,7 @@ ties = sel & (flat == top)
 # Counts are Python ints in the original (``NUMBER_FOLD`` turns accumulated ones back), and so
 # is their integer arithmetic.
 COUNT_KIND = "int"
-COUNT_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
+COUNT_BINOPS = ops.operators(lambda s: s.integer is not None)
 # Operators that are elementwise on selections (with numbers and 0-d values).
 ELEMENTWISE_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
                       ast.BitAnd, ast.BitOr, ast.BitXor)
@@ -208,29 +202,6 @@ class Dense:
     body: list[ast.stmt]
     guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
-    ctx: PassContext | None = None
-
-    def raise_if_empty(self, stmts: list[ast.stmt], folds: list[ast.stmt]) -> list[ast.stmt]:
-        """The vectorized loop's ``stmts`` (ending with ``folds``, which store its results) with
-        the counters of empty max/min selections: zero before, checked right before the folds
-        (the original raised before storing anything of later iterations)."""
-        if not self.empty:
-            return stmts
-        sub = self._sub
-        cut = len(stmts) - len(folds)
-        if not all(a is b for a, b in zip(stmts[cut:], folds)):
-            cut = len(stmts)  # not the expected layout: check after everything
-        counted = [f for f in stmts[cut:] if stores(f) & self.empty.keys()]
-        rest = [f for f in stmts[cut:] if not stores(f) & self.empty.keys()]
-        init, checks = [], []
-        for name, message in self.empty.items():
-            init += sub("c = 0", c=name)
-            checks += sub(f"if c:\n    raise RuntimeError({message!r})", c=name)
-        return init + stmts[:cut] + counted + checks + rest
-
-    def _sub(self, template: str, **subs) -> object:
-        loc = self.body[0] if self.body else None
-        return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
@@ -239,17 +210,17 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
     lenient = _lenient_masks(body, ctx)
     if not any(_is_selection(sub, lenient, ctx) for s in body for sub in walk(s)
                if isinstance(sub, ast.Subscript)):
-        return Dense(body, ctx=ctx)
+        return Dense(body)
     work = clone(body)
     users = {id(c): u for c, u in zip(_walk(work), _walk(body))}
     converter = _Converter(work, seeds, lenient, ctx)
     try:
         dense = converter.block(work, top=True)
     except (_Refused, Unsupported):
-        return Dense(body, ctx=ctx)
+        return Dense(body)
     for sub in converter.converted:
-        setattr(users[id(sub)], CONVERTED, True)
-    return Dense(dense, converter.guards, converter.empty, ctx)
+        ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
+    return Dense(dense, converter.guards, converter.empty)
 
 
 class _Refused(Exception):
@@ -310,7 +281,7 @@ class _Converter:
                 counts[name] = counts.get(name, 0) + 1
         self.assigned = set(counts)
         self.once = {n for n, k in counts.items() if k == 1}
-        self.masks = self._strict_masks(body)
+        self.masks = _strict_masks(body, ctx)
         self.scalars: set[str] = set()
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
         self.converted: list[ast.Subscript] = []
@@ -384,14 +355,13 @@ class _Converter:
         """(dense form, operand) of a full reduction or count call."""
         if not isinstance(call, ast.Call) or call.keywords:
             return None
-        meth = method_name(call, self.ctx)
-        if meth is not None and not call.args:
-            form = REDUCTION_METHODS.get(meth) or COUNT_METHODS.get(meth)
-            return (form, call.func.value) if form else None
-        name = resolve_call(call.func, self.ctx)
+        form = call_op(call, self.ctx).selection
+        if form is None:
+            return None
+        if method_name(call, self.ctx) is not None:
+            return None if call.args else (form, call.func.value)
         if len(call.args) == 1 and not isinstance(call.args[0], ast.Starred):
-            form = REDUCTION_FUNCS.get(name or "") or COUNT_FUNCS.get(name or "")
-            return (form, call.args[0]) if form else None
+            return form, call.args[0]
         return None
 
     def reduce(self, call: ast.Call) -> ast.expr | None:
@@ -411,14 +381,14 @@ class _Converter:
             return self._sub(DENSE_FORMS[form], call, k=keep, v=value)
         if form == "len":
             out = self._sub(DENSE_FORMS[form], call, k=keep)
-            out.host_number = COUNT_KIND
+            ast_marks.put(out, ast_marks.HOST_NUMBER, COUNT_KIND)
             return out
         vals = self.ctx.namer.new("vals")
         self.pre += self._sub("v = e", call, v=vals, e=value)
         if form in ("mean", "numel"):
             out = self._sub(DENSE_FORMS[form], call, k=keep, v=vals)
             if form == "numel":
-                out.host_number = COUNT_KIND
+                ast_marks.put(out, ast_marks.HOST_NUMBER, COUNT_KIND)
             return out
         counter = self.counters.get(form)
         if counter is None:
@@ -485,14 +455,13 @@ class _Converter:
                                      e)
         if isinstance(e, ast.Call) and not any(isinstance(a, ast.Starred) for a in e.args) \
                 and all(k.arg is not None and _is_constant(k.value) for k in e.keywords):
-            meth = method_name(e, self.ctx)
-            if meth in rules.BATCHED_ELEMENTWISE_METHODS:
+            if call_op(e, self.ctx).batched != "elementwise":
+                raise _NotChain
+            if method_name(e, self.ctx) is not None:
                 recv = self._chain(e.func.value, leaves, groups)
                 func = ast.copy_location(ast.Attribute(recv, e.func.attr, ast.Load()), e.func)
-            elif meth is None and resolve_call(e.func, self.ctx) in rules.BATCHED_ELEMENTWISE:
-                func = e.func
             else:
-                raise _NotChain
+                func = e.func
             args = [self._chain(a, leaves, groups) for a in e.args]
             return ast.copy_location(ast.Call(func, args, clone(e.keywords)), e)
         raise _NotChain
@@ -523,46 +492,12 @@ class _Converter:
         return _Group(mask, ast.dump(mask), {ast.dump(base): base})
 
     def _is_mask(self, m: ast.expr) -> bool:
-        if not (self._strict(m, self.masks) and depends(m, self.variant, self.ctx)):
+        if not (_strict(m, self.masks, self.ctx) and depends(m, self.variant, self.ctx)):
             return False
         if loads(m) & ((self.assigned - self.once) | self.selected.keys()):
             return False  # a name bound twice could be a different mask at each use
         return not any(isinstance(n, ast.Subscript) and _is_selection(n, self.lenient, self.ctx)
                        for n in walk(m))
-
-    def _strict(self, m: ast.expr, names: set[str]) -> bool:
-        """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
-        if isinstance(m, ast.Name):
-            return m.id in names
-        if isinstance(m, ast.Compare):
-            return len(m.ops) == 1 and _pure(m, self.ctx)
-        if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
-            return self._strict(m.operand, names)
-        if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
-            return self._strict(m.left, names) and self._strict(m.right, names)
-        if isinstance(m, ast.Call):
-            return (resolve_call(m.func, self.ctx) in rules.BOOLEAN_FUNCS
-                    or method_name(m, self.ctx) in rules.BOOLEAN_METHODS) and _pure(m, self.ctx)
-        return False
-
-    def _strict_masks(self, body: list[ast.stmt]) -> set[str]:
-        """Names every binding of which in the body is a mask."""
-        binds: dict[str, list[ast.expr | None]] = {}
-        for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
-            for name in stores(s):
-                value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
-                    and isinstance(s.targets[0], ast.Name) else None
-                binds.setdefault(name, []).append(value)
-        names: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for name, values in binds.items():
-                if name not in names and all(v is not None and self._strict(v, names)
-                                             for v in values):
-                    names.add(name)
-                    changed = True
-        return names
 
     # -- code ------------------------------------------------------------------------------------
     def keep(self, group: _Group, loc: ast.AST) -> str:
@@ -614,6 +549,40 @@ class _Converter:
         return _Fill(subs).visit(expr)
 
 
+def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
+    """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
+    if isinstance(m, ast.Name):
+        return m.id in names
+    if isinstance(m, ast.Compare):
+        return len(m.ops) == 1 and _pure(m, ctx)
+    if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
+        return _strict(m.operand, names, ctx)
+    if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
+        return _strict(m.left, names, ctx) and _strict(m.right, names, ctx)
+    if isinstance(m, ast.Call):
+        return call_op(m, ctx).boolean and _pure(m, ctx)
+    return False
+
+def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
+    """Names every binding of which in the body is a mask."""
+    binds: dict[str, list[ast.expr | None]] = {}
+    for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
+        for name in stores(s):
+            value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+                and isinstance(s.targets[0], ast.Name) else None
+            binds.setdefault(name, []).append(value)
+    names: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, values in binds.items():
+            if name not in names and all(v is not None and _strict(v, names, ctx)
+                                         for v in values):
+                names.add(name)
+                changed = True
+    return names
+
+
 class _NotChain(Exception):
     pass
 
@@ -642,10 +611,10 @@ class _Rewrite(Transformer):
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
         if isinstance(node.op, COUNT_BINOPS) and all(
-                getattr(x, "host_number", None) == COUNT_KIND
+                ast_marks.get(x, ast_marks.HOST_NUMBER) == COUNT_KIND
                 or (isinstance(x, ast.Constant) and type(x.value) is int)
                 for x in (node.left, node.right)):
-            node.host_number = COUNT_KIND  # `len(x[m]) + 1` is still a Python int
+            ast_marks.put(node, ast_marks.HOST_NUMBER, COUNT_KIND)  # `len(x[m]) + 1` is still a Python int
         return node
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
@@ -696,16 +665,17 @@ def _index_entry(x: ast.expr) -> bool:
 
 
 def _pure(e: ast.expr, ctx: PassContext) -> bool:
-    """Only names, numbers, subscripts, operators and known tensor ops: evaluating it a statement
-    earlier changes nothing."""
-    for n in walk(e):
-        if isinstance(n, (ast.Lambda, ast.NamedExpr, ast.IfExp, ast.BoolOp, ast.Starred,
-                          ast.comprehension, ast.Await, ast.Yield, ast.YieldFrom)):
-            return False
-        if isinstance(n, ast.Call) and not (
-                is_shape_query(n, ctx)
-                or resolve_call(n.func, ctx) in rules.BOOLEAN_FUNCS | rules.BATCHED_ELEMENTWISE
-                or method_name(n, ctx) in rules.BOOLEAN_METHODS
-                | rules.BATCHED_ELEMENTWISE_METHODS):
-            return False
-    return True
+    """Evaluating ``e`` a statement earlier changes nothing: ``is_pure`` with known tensor ops."""
+    return is_pure(e, lambda call: (is_shape_query(call, ctx) or call_op(call, ctx).boolean
+                                    or call_op(call, ctx).batched == "elementwise"))
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """The plan's body with its selections converted; the body as written is kept for the check
+    (the converted selections in it marked ``ast_marks.WHERE_CONVERTED``)."""
+    it = plan.iteration
+    dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx)
+    plan.written, plan.body = plan.body, dense.body
+    plan.selection_checks, plan.empty_selections = dense.guards, dense.empty
+    plan.empty_selections_at = dense.body[0] if dense.body else None
+    return plan

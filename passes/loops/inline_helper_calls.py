@@ -1,7 +1,7 @@
 """Calls to small same-module helper functions inside a loop body are inlined, in the body being
 vectorized, so the body is straight-line code of known ops (its batched form takes no user calls).
 
-``vectorize_loops`` runs this on its copy of a loop body (``_Loop.build``); the loop as written
+``vectorize_loops`` runs this stage on its copy of a loop body (``LOOP_STAGES``); the loop as written
 stays the else of the vectorized form, so the helper is called there as before::
 
     SMOOTH = 1.0
@@ -52,11 +52,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import Unsupported
+from ..errors import Unsupported
 
-from .ast_tools import (PassContext, Transformer, clone, fix_missing_locations, replace, unparse,
-                        walk)
+from .. import ops
+from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
+                        unparse, walk)
 from .loop_dataflow import loads, resolve_call, stores
+from .plan import LoopPlan
 
 MAX_DEPTH = 3  # helpers called by inlined helpers: inlined down to this depth
 # Builtins that observe the frame the code runs in: inlined, they would see the caller's.
@@ -77,13 +79,10 @@ DEFERRED = {ast.Lambda: {"body": None}, ast.ListComp: {"elt": None, "generators"
             ast.Dict: {"keys": None, "values": None},
             ast.IfExp: {"body": None, "orelse": None},
             ast.BoolOp: {"values": slice(1, None)}, ast.Compare: {"comparators": slice(1, None)}}
-# Calls that may run after an inlined helper body although the original ran them before it:
-# they have no side effects. Builtins by name; torch functions and tensor methods unless
-# in place (a name ending in "_") or listed here.
-PURE_BUILTINS = frozenset({"len", "abs", "min", "max", "float", "int", "bool", "range", "sum",
-                           "isinstance", "tuple", "list", "round", "pow"})
-IMPURE_TENSOR_OPS = frozenset({"backward", "register_hook", "retain_grad", "manual_seed",
-                               "set_grad_enabled", "save", "load", "set_printoptions"})
+# Calls that may run after an inlined helper body although the original ran them before it
+# have no side effects: builtins, torch functions and tensor methods without an effect in the op
+# registry (allocating uninitialised memory is none), unless in place (a name ending in "_").
+NO_EFFECT = (None, "uninitialized")
 CONSTANT_TYPES = (int, float, bool, str, complex, type(None))
 
 
@@ -217,11 +216,10 @@ class _Inliner:
             stmts += replace("p = v", loc=value if isinstance(value, ast.AST) else call,
                              p=fresh[param], v=value if isinstance(value, ast.AST)
                              else ast.Constant(value))
-        rename = _Rename(fresh)
-        body = [rename.visit(s) for s in clone(helper.body)]
+        body = [rename(s, fresh) for s in clone(helper.body)]
         result = self.ctx.namer.new(name)
         ret = ast.copy_location(ast.Assign([ast.Name(result, ast.Store())],
-                                           rename.visit(clone(helper.result))), helper.node.body[-1])
+                                           rename(clone(helper.result), fresh)), helper.node.body[-1])
         fix_missing_locations(ret)
         stmts += self.block(body + [ret], depth + 1, stack + (fn,))  # its own helper calls
         return stmts, result
@@ -244,17 +242,8 @@ class _Replace(Transformer):
         return ast.copy_location(ast.Name(result, ast.Load()), node)
 
 
-class _Rename(Transformer):
-    def __init__(self, names: dict[str, str]):
-        self.names = names
-
-    def visit_Name(self, node: ast.Name) -> ast.Name:
-        node.id = self.names.get(node.id, node.id)
-        return node
-
-
 def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
-    """Whether ``call`` certainly has no side effects (``PURE_BUILTINS``, torch ops)."""
+    """Whether ``call`` certainly has no side effects (``NO_EFFECT``)."""
     root = call.func
     while isinstance(root, ast.Attribute):
         root = root.value
@@ -263,11 +252,11 @@ def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
     if name is None:  # a method
         attr = getattr(call.func, "attr", "")
         return hasattr(torch.Tensor, attr) and not attr.endswith("_") \
-            and attr not in IMPURE_TENSOR_OPS
-    if name in PURE_BUILTINS:
+            and ops.by_call(None, attr).effect in NO_EFFECT
+    if ops.is_builtin(name):
         return name not in scope
-    short = name.rsplit(".", 1)[-1]
-    return name.startswith("torch.") and not short.endswith("_") and short not in IMPURE_TENSOR_OPS
+    return name.startswith("torch.") and not name.endswith("_") \
+        and ops.effect(name, None) in NO_EFFECT
 
 
 def _postorder(node: ast.AST):
@@ -402,3 +391,8 @@ def _arguments(call: ast.Call, helper: _Helper) -> list[tuple[str, object]]:
             raise Unsupported(f"the default of `{param}` is not a constant")
         given.append((param, defaults[param]))
     return given
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    plan.body, plan.helper_checks = rewrite(plan.node, plan.body, ctx)
+    return plan

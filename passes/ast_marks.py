@@ -1,0 +1,29 @@
+"""Marks the AST passes leave on nodes for later passes: declared here and nowhere else.
+
+A mark is an attribute of the node; ``clone`` and ``replace`` copy it with the node (it is never
+an AST node or a list). Read and set marks through ``get`` and ``put``.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+# str on an expression: the Python number ("int" or "float") the original computed there, where
+# the rewrite computes a tensor (``x.item()`` -> ``x.detach()``): accumulated values fold back.
+HOST_NUMBER = "host_number"
+# set[str] on a vectorized loop's guard: the lists it binds to their stacked items, whose
+# consumers an outer loop inlining it reads directly.
+BOUND_LISTS = "bound_lists"
+# bool on a boolean-mask selection ``x[m]`` masked_selections_to_where converts: the loop check
+# does not refuse it.
+WHERE_CONVERTED = "where_converted"
+# frozenset[str] on a statement: the targets of its walrus expressions (a cache).
+WALRUS_TARGETS = "walrus_targets"
+
+
+def get(node: ast.AST, key: str, default: Any = None) -> Any:
+    return node.__dict__.get(key, default)
+
+
+def put(node: ast.AST, key: str, value: Any) -> None:
+    setattr(node, key, value)

@@ -1,0 +1,259 @@
+"""Calls of the batcher (``batch_loop_bodies``, whose docstring lists the batched forms): each op
+is batched by the handler its ``OpSpec.batched`` names (``HANDLERS``), every loop-varying value
+carrying the loop dim in front; cosine similarity and the set forms are in ``batch_set_forms``.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from . import batch_set_forms as set_forms
+from .. import loop_rules as rules
+from .. import ops
+from ..ast_tools import unparse
+from .batch_scope import Scope
+from .batch_values import UNKNOWN, Rank, Val, integer, literal
+from ..errors import Unsupported
+from .loop_dataflow import call_op, method_name
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call being batched: its op, the (batched) function or method, its operands (receiver
+    first), positional and keyword arguments, each with its facts."""
+    node: ast.Call
+    op: ops.OpSpec
+    func: ast.expr
+    is_method: bool
+    operands: list
+    args: list
+    kws: list
+
+
+def call(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val]:
+    """The batched form of ``node`` and its facts; raises ``Unsupported``."""
+    if any(isinstance(a, ast.Starred) for a in node.args) \
+            or any(k.arg is None for k in node.keywords):
+        raise Unsupported(f"`{unparse(node)}`: *args/**kwargs")
+    op, meth = call_op(node, scope.ctx), method_name(node, scope.ctx)
+    if op.batched == "similarity":
+        return set_forms.similarity(scope, node)
+    if op.batched == "mask_reshape":
+        shaped = _mask_reshape(scope, node)
+        if shaped is not None:
+            return shaped
+    distance = set_forms.squared_distance(scope, node, op, meth)
+    if distance is not None:
+        scope.set_forms = True
+        if scope.sets:
+            return set_forms.set_form(scope, node, rules.DISTANCE_SET_FORMS, *distance)
+    if meth is not None:
+        recv, rv = scope.expr(node.func.value)
+        func = ast.copy_location(ast.Attribute(recv, meth, ast.Load()), node.func)
+        operands = [(recv, rv)]
+        if rv.batched and op.batched == "flatten" and not node.args and not node.keywords:
+            return _flatten(scope, recv, rv, node)
+    else:
+        func = node.func
+        operands = []
+    args = [scope.expr(a) for a in node.args]
+    kws = [(k.arg, scope.expr(k.value)) for k in node.keywords]
+    c = Call(node, op, func, meth is not None, operands + args + [v for _, v in kws], args, kws)
+    done = HANDLERS[op.batched](scope, c) if op.batched in HANDLERS else None
+    if done is None:
+        raise Unsupported(f"`{unparse(node.func)}(...)` has no batched form")
+    return done
+
+
+def _elementwise(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
+    val = scope.elementwise([v for _, v in c.operands], c.node)
+    call = ast.Call(c.func, [a for a, _ in c.args], [ast.keyword(k, v) for k, (v, _) in c.kws])
+    return ast.copy_location(call, c.node), Val(True, val.rank, _integer_of(c))
+
+
+def _reduction(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``x.sum()`` over all elements, ``x.sum(d)`` and other ops with a dim."""
+    if not c.is_method and not c.args:
+        return None
+    x, xv = c.operands[0]
+    rest = c.args[1:] if not c.is_method else c.args
+    if not rest and not c.kws and c.op.reduce is not None:
+        return _full_reduction(scope, x, xv, c.op, c.node)
+    if c.op.dim_rank is not None:
+        return _dim_op(scope, c, x, xv, rest)
+    return None
+
+
+def _same_rank(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``a.expand_as(b)``, both loop-varying: the same call."""
+    if len(c.args) != 1 or c.kws:
+        return None
+    vals = [v for _, v in c.operands]
+    if not all(v.batched for v in vals):
+        raise Unsupported(f"`{unparse(c.node)}`: an operand does not vary with the loop")
+    val = scope.elementwise(vals, c.node)
+    return ast.copy_location(ast.Call(c.func, [c.args[0][0]], []), c.node), Val(True, val.rank)
+
+
+def _dot(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``torch.dot(a, b)`` of 1-d items: ``(a * b).sum(1)``."""
+    if len(c.operands) != 2 or c.kws or not all(v.batched for _, v in c.operands):
+        return None
+    for _, v in c.operands:
+        scope.require(v.rank - 1, "==", c.node)
+    (a, _), (b, _) = c.operands
+    return scope.sub("(a * b).sum(1)", a=a, b=b), Val(True, Rank())
+
+
+def _pointwise_loss(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
+    return pointwise_loss(scope, c.node, c.args, c.kws)
+
+
+def _class_loss(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
+    return class_loss(scope, c.node, c.args, c.kws)
+
+
+def _mask_reshape(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val] | None:
+    """``m.reshape(h[m.shape, x.shape, ...])``, ``h`` a helper bound into the code that maps
+    per-item shapes to a shape of ``x``'s rank (``MaskShape``, ``per_item_shapes``): the
+    helper gets the per-item shapes, the loop dim goes in front. None: not this pattern."""
+    arg = node.args[0] if len(node.args) == 1 and not node.keywords else None
+    helper = arg.value if isinstance(arg, ast.Subscript) else None
+    if not (isinstance(helper, ast.Name) and helper.id not in scope.vals
+            and getattr(scope.ctx.bindings.get(helper.id), "per_item_shapes", False)):
+        return None
+    shapes = arg.slice.elts if isinstance(arg.slice, ast.Tuple) else []
+    if len(shapes) < 2 or not all(isinstance(s, ast.Attribute) and s.attr == "shape"
+                                  for s in shapes) \
+            or ast.dump(shapes[0].value) != ast.dump(node.func.value):
+        raise Unsupported(f"`{unparse(node)}`: index without a batched form")
+    done = [scope.expr(s.value) for s in shapes]
+    if not all(v.batched and v.rank is not None for _, v in done):
+        raise Unsupported(f"`{unparse(node)}`: shapes of values that do not vary")
+    (mask, mv), (_, base) = done[0], done[1]
+    scope.require(mv.rank - 1, ">=", node)  # a 0-d mask adds a dim (``x[True]``)
+    for _, v in done[2:]:
+        scope.require(v.rank - base.rank, "==", node)
+    mask = scope.named(mask)
+    per_item = ast.Tuple([scope.sub(rules.BATCHED_SHAPE, x=x) for x, _ in done], ast.Load())
+    return scope.sub(rules.BATCHED_MASK_RESHAPE, m=mask, h=helper, shapes=per_item), \
+        Val(True, base.rank)
+
+
+def _flatten(scope: Scope, x: ast.expr, xv: Val, node: ast.AST):
+    """``x.flatten()`` per item: rank 1."""
+    if xv.rank is None:
+        raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
+    scope.require(xv.rank - 1, ">=", node)
+    return scope.sub(rules.BATCHED_FLATTEN, x=x), Val(True, Rank() + 1)
+
+
+def _integer_of(c: Call) -> tuple[str, ...] | None:
+    """Integer-ness through the elementwise ops that keep it (``OpSpec.integer``)."""
+    keeps = c.op.integer
+    if not keeps:
+        return keeps
+    if c.kws or len(c.operands) != max(keeps) + 1:
+        return None
+    return integer([c.operands[k] for k in keeps])
+
+
+def _full_reduction(scope: Scope, x: ast.expr, xv: Val, op: ops.OpSpec, node: ast.AST):
+    if not xv.batched:
+        raise Unsupported(f"`{unparse(node)}` has no batched form")
+    x = scope.named(x)
+    # reshape(n, -1) is also right for per-item 0-d values (dim=() would reduce all), but
+    # copies a non-contiguous x (rows moved to the front): reduce over the item dims then
+    template = rules.BATCHED_ITEM_DIMS_REDUCTION if op.tuple_dims \
+        else rules.BATCHED_FLAT_REDUCTION
+    return scope.sub(template.format(reduce=op.reduce), x=x), Val(True, Rank())
+
+
+def _dim_op(scope: Scope, c: Call, x: ast.expr, xv: Val, rest: list):
+    """``x.sum(d)``, ``F.softmax(x, dim=d)``, ...: per-item dims shift by one."""
+    node, func, kws, change = c.node, c.func, c.kws, c.op.dim_rank
+    if not xv.batched or xv.rank is None:
+        raise Unsupported(f"`{unparse(node)}` has no batched form")
+    keys = dict((k, v) for k, v in kws)
+    if len(rest) > 2 or set(keys) - {"dim", "keepdim"} or (rest and "dim" in keys):
+        raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+    dim_node = rest[0][0] if rest else keys["dim"][0] if "dim" in keys else None
+    keep = rest[1][0] if len(rest) == 2 else keys["keepdim"][0] if "keepdim" in keys else None
+    dim = literal(dim_node) if dim_node is not None else UNKNOWN
+    keepdim = literal(keep) if keep is not None else False
+    dims = dim if isinstance(dim, tuple) else (dim,)
+    if not dims or not all(type(d) is int for d in dims) or type(keepdim) is not bool \
+            or (keepdim and change == 0):
+        raise Unsupported(f"`{unparse(node)}`: dim must be an int literal")
+    indexed = xv.rank + max(change, 0)  # dims index the input, or unsqueeze's output
+    for d in dims:
+        scope.require_dim(indexed, d, node)
+    shifted = tuple(d + 1 if d >= 0 else d for d in dims)
+    new_dim = ast.Constant(shifted if isinstance(dim, tuple) else shifted[0])
+    new_rest = [(new_dim, None)] + rest[1:] if rest else []
+    new_kws = [(k, (new_dim, None) if k == "dim" else v) for k, v in kws]
+    call = ast.Call(func, [a for a, _ in new_rest] if c.is_method else
+                    [x] + [a for a, _ in new_rest], [ast.keyword(k, v) for k, (v, _) in new_kws])
+    rank = xv.rank if keepdim else xv.rank + change * len(dims)
+    integer = xv.integer if c.op.integer == (0,) else None
+    return ast.copy_location(call, node), Val(True, rank, integer)
+
+
+def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False,
+                   mean: bool = False):
+    """``F.mse_loss(a, b)``: elementwise losses, averaged (or summed) per item; ``summed``:
+    their sum over the loop (``mean``: their mean), one call."""
+    keys = {k: x for k, (x, _) in kws}
+    reduction = literal(keys.pop("reduction", ast.Constant("mean")))
+    if len(args) != 2 or reduction not in ("mean", "sum") \
+            or not all(isinstance(x, ast.Constant) for x in keys.values()):
+        raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+    (a, av), (b, bv) = args
+    if not (av.batched and bv.batched):  # a fixed operand would broadcast (and warn)
+        raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
+    scope.elementwise([av, bv], node)
+    if summed:  # one call with the per-item reduction over all items
+        kw = [ast.keyword(k, x) for k, x in keys.items()] + [
+            ast.keyword("reduction", ast.Constant(reduction))]
+        table = rules.AVERAGED_POINTWISE_LOSSES if mean else rules.SUMMED_POINTWISE_LOSSES
+        return scope.sub(table[reduction], n=scope.trips,
+                         l=ast.Call(node.func, [a, b], kw)), Val(True, Rank())
+    kw = [ast.keyword(k, x) for k, x in keys.items()] + [ast.keyword("reduction",
+                                                                      ast.Constant("none"))]
+    loss = scope.named(ast.Call(node.func, [a, b], kw))
+    return scope.sub(f"l.reshape(len(l), -1).{reduction}(1)", l=loss), Val(True, Rank())
+
+
+def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False):
+    """``F.cross_entropy(x, t)`` per item, x [N, C], t [N] class indices; ``summed``: the
+    sum over the loop (one call when the per-item reduction is a sum)."""
+    keys = {k: x for k, (x, _) in kws}
+    reduction = literal(keys.pop("reduction", ast.Constant("mean")))
+    ignore = literal(keys.pop("ignore_index", ast.Constant(-100)))
+    if len(args) != 2 or reduction not in ("mean", "sum") or type(ignore) is not int or keys:
+        raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+    (x, xv), (t, tv) = args
+    if not (xv.batched and tv.batched) or tv.integer is None:
+        raise Unsupported(f"`{unparse(node)}`: targets not known to be class indices")
+    scope.require(xv.rank - 2, "==", node)
+    scope.require(tv.rank - 1, "==", node)
+    for cond in tv.integer:
+        scope.check(cond)
+    if summed and reduction == "sum":
+        return scope.sub(f"F(x.flatten(0, 1), t.flatten(), reduction='sum', "
+                         f"ignore_index={ignore})", F=node.func, x=x, t=t), Val(True, Rank())
+    t = scope.named(t)
+    loss = scope.named(scope.sub(
+        f"F(x.flatten(0, 1), t.flatten(), reduction='none', ignore_index={ignore})"
+        ".view(t.shape)", F=node.func, x=x, t=t))
+    if reduction == "sum":
+        return scope.sub("l.sum(1)", l=loss), Val(True, Rank())
+    per_item = scope.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t)
+    return (scope.sub("e.sum(0)", e=per_item) if summed else per_item), Val(True, Rank())
+
+
+# ``OpSpec.batched`` -> its handler: (expression, facts), or None when the call's arguments have
+# no batched form. "similarity", "mask_reshape" and "flatten" are matched before the arguments
+# are batched (``call``).
+HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
+            "dot": _dot, "pointwise_loss": _pointwise_loss, "class_loss": _class_loss}

@@ -1,0 +1,219 @@
+"""The batcher's scope (``batch_loop_bodies``): what it knows about the body's values, and the
+runtime conditions its batched forms need (broadcasting, ranks, dims), collected as it goes."""
+from __future__ import annotations
+
+import ast
+
+from .. import loop_rules as rules
+from ..ast_tools import Checks, PassContext, replace, unparse
+from .batch_values import Rank, Val, condition, literal, source_of
+from ..errors import Unsupported
+from .loop_dataflow import call_op, is_shape_query, method_name, resolve_call
+
+
+class Scope:
+    """The values of the body being batched (``vals``) and the runtime ``checks`` so far. The
+    batcher walks the body (``expr``); the per-op handlers (``batch_calls``, ``batch_set_forms``)
+    read and extend the scope through it."""
+
+    def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, sets: bool,
+                 tensors: frozenset[str]):
+        self.ctx = ctx
+        self.sets = sets                      # fixed operands of set forms are sets of points
+        self.tensors = tensors                # names known to be tensors
+        self.set_forms = False                # a set form was met (batch tries ``sets``)
+        self.assigned: set[str] = set()       # names the body binds
+        self.loc = loc
+        self.trips = trips
+        self.vals: dict[str, Val] = {}
+        self.checks = Checks()                # runtime conditions
+        self.inputs: set[str] = set()         # sources of the loop inputs whose rows are params
+        self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
+        self.varying: dict[int, tuple] = {}  # id(node) -> (node, varies), for that statement
+
+    def sub(self, template: str, **subs) -> object:
+        return replace(template, loc=self.loc, torch_name=self.ctx.torch_name, **subs)
+
+    def check(self, condition: str) -> None:
+        """Add ``condition`` (source built from the inputs' ranks and dtypes) to the check."""
+        self.checks.add(self.sub(condition))
+
+    def require(self, diff: Rank, op: str, what: ast.AST) -> None:
+        cond = condition(diff, op)
+        if cond is False:
+            raise Unsupported(f"`{unparse(what)}`: per-item ranks never fit its batched form")
+        if cond is not True:
+            self.check(cond)
+
+    def named(self, node: ast.expr) -> ast.Name:
+        """``node`` as a name, to use it twice: a temporary unless it is one already."""
+        if isinstance(node, ast.Name):
+            return node
+        name = self.ctx.namer.new("t")
+        self.pre += self.sub("t = v", t=name, v=node)
+        return ast.Name(name, ast.Load())
+
+    def free(self, node: ast.expr) -> str | None:
+        """``node`` as source the runtime check can evaluate before the loop: names the body
+        does not bind, their attributes, indexed by int literals, such names and slices of
+        them (``z1[i]``, ``self.centers``); None for anything else."""
+        def bound(e: ast.expr | None) -> bool:
+            return e is None or type(literal(e)) is int \
+                or isinstance(e, ast.Name) and self.free(e) is not None
+        if isinstance(node, ast.Name):
+            ok = node.id not in self.vals and node.id not in self.assigned
+        elif isinstance(node, ast.Attribute):
+            ok = self.free(node.value) is not None
+        elif isinstance(node, ast.Subscript):
+            entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            ok = self.free(node.value) is not None and all(
+                all(bound(b) for b in (e.lower, e.upper, e.step)) if isinstance(e, ast.Slice)
+                else e is not None and bound(e) for e in entries)
+        else:
+            ok = False
+        return unparse(node) if ok else None
+
+    def varies(self, node: ast.AST) -> bool:
+        """Whether ``node`` reads a batched value (shape queries included: they must change)."""
+        if isinstance(node, ast.Name):
+            return node.id in self.vals and self.vals[node.id].batched
+        # ``expr`` asks this of every subexpression: each answer is kept for the statement (the
+        # names it reads are bound before it; the entry holds the node, so its id stays its own)
+        known = self.varying.get(id(node))
+        if known is None:
+            known = self.varying[id(node)] = (node, any(
+                self.varies(c) for c in ast.iter_child_nodes(node)))
+        return known[1]
+
+    def fixed(self, node: ast.expr) -> Val:
+        """A value the loop does not change; its leaves (see ``Val``)."""
+        text = self.free(node)
+        whole = text if text is not None and text in self.inputs else None
+        return Val(False, leaves=self.leaves(node), whole=whole)
+
+    def leaves(self, node: ast.expr) -> frozenset[str] | None:
+        if isinstance(node, ast.Constant) or is_shape_query(node, self.ctx):
+            return frozenset()  # a number, or a Python int/tuple
+        if isinstance(node, ast.Name) and node.id in self.vals:
+            return self.vals[node.id].leaves
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            root = node
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if not isinstance(root, ast.Name):
+                return None
+            if resolve_call(root, self.ctx) == "torch":
+                return frozenset()  # torch.float32, torch.pi
+            return frozenset({unparse(node)})
+        parts: list[ast.expr] = []
+        if isinstance(node, ast.BinOp):
+            parts = [node.left, node.right]
+        elif isinstance(node, ast.UnaryOp):
+            parts = [node.operand]
+        elif isinstance(node, ast.Compare):
+            parts = [node.left] + node.comparators
+        elif isinstance(node, ast.Subscript):  # fixed ints and slices: the rank does not grow
+            entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            if not all(isinstance(e, ast.Slice) or type(literal(e)) is int for e in entries):
+                free = self.free(node)  # ``z1[i]``: the check evaluates it
+                return None if free is None else frozenset({free})
+            parts = [node.value] + [b for e in entries if isinstance(e, ast.Slice)
+                                    for b in (e.lower, e.upper, e.step) if b is not None]
+        elif isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
+            if call_op(node, self.ctx).batched not in ("elementwise", "reduction"):
+                return None  # (their result has at most the rank of their operands)
+            parts = ([node.func.value] if method_name(node, self.ctx) else []) + node.args \
+                + [k.value for k in node.keywords]
+        else:
+            return None
+        found: set[str] = set()
+        for p in parts:
+            sub = self.leaves(p)
+            if sub is None:
+                return None
+            found |= sub
+        return frozenset(found)
+
+    def aligned(self, operands: list[tuple[ast.expr, Val]], node: ast.AST):
+        """([operands], the result's facts) of an elementwise op: with ``sets``, per-item values
+        next to a loop input itself get dims of size 1 after the loop dim up to its rank."""
+        val = self.elementwise([v for _, v in operands], node, aligned=True)
+        if not any(v.whole is not None and not v.batched for _, v in operands) or not self.sets:
+            return [e for e, _ in operands], val
+        out = []
+        for e, v in operands:
+            k = val.rank - v.rank if v.batched else Rank()
+            if k != Rank():  # dims of size 1: a constant count (``v[:, None]``), or source
+                e = self.sub(rules.BATCHED_UNDER_SET_CONST.format(nones=", None" * k.const), v=e) \
+                    if not k.terms else self.sub(rules.BATCHED_UNDER_SET, v=e, k=ast.parse(
+                        source_of(k), mode="eval").body)
+            out.append(e)
+        return out, val
+
+    def elementwise(self, vals: list[Val], node: ast.AST, aligned: bool = False) -> Val:
+        """Broadcasting of batched and fixed operands: the runtime conditions it needs.
+        ``aligned``: the caller aligns per-item values with a loop input itself (``aligned``)."""
+        batched = [v for v in vals if v.batched]
+        rank = batched[0].rank
+        if any(v.rank is None for v in batched):
+            raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
+        for v in batched[1:]:
+            self.require(v.rank - rank, "==", node)
+        wholes = sorted({v.whole for v in vals if not v.batched and v.whole is not None}) \
+            if aligned else []
+        if wholes:
+            self.set_forms = True  # batch() tries the loop input as a set of its rows
+        if wholes and self.sets:
+            rank = self.under_set(rank, batched, wholes, node)
+        for v in vals:
+            if v.batched or v.whole in wholes and self.sets:
+                continue
+            if v.leaves is None:
+                raise Unsupported(f"`{unparse(node)}`: the rank of a fixed operand is unknown")
+            for leaf in sorted(v.leaves):
+                self.fits(leaf, rank, node)
+        return Val(True, rank)
+
+    def under_set(self, rank: Rank, batched: list[Val], wholes: list[str],
+                   node: ast.AST) -> Rank:
+        """Per-item values of ``rank`` next to loop inputs ``wholes`` (tensors, checked by
+        vectorize_loops) of one rank at least theirs: that rank. A per-item 0-d value promotes
+        dtypes as a scalar, batched it is dimensioned: equal dtypes unless items have dims."""
+        top = Rank.of(f"{wholes[0]}.dim()")
+        for w in wholes[1:]:
+            self.require(Rank.of(f"{w}.dim()") - top, "==", node)
+        self.require(top - rank, ">=", node)
+        dimensioned = condition(rank - 1, ">=")
+        if dimensioned is True:
+            return top
+        sources = [v.source for v in batched]
+        if None in sources:
+            if dimensioned is False:
+                raise Unsupported(f"`{unparse(node)}`: dtypes of a per-item 0-d value unknown")
+            self.check(dimensioned)
+            return top
+        same = " and ".join(f"{w}.dtype == {s}.dtype" for w in wholes
+                            for s in dict.fromkeys(sources) if s != w)
+        if same:
+            self.check(same if dimensioned is False else f"{dimensioned} or ({same})")
+        return top
+
+    def fits(self, leaf: str, rank: Rank, node: ast.AST) -> None:
+        """``leaf`` is a Python number, or a tensor that aligns from the right (rank >= 1)."""
+        number = f"not isinstance({leaf}, torch.Tensor)"
+        positive = condition(rank - 1, ">=")
+        conds = [c for c in (positive, condition(rank - Rank.of(f"{leaf}.dim()"), ">="))
+                 if c is not True]
+        if False in conds:  # 0-d items, or a tensor of higher rank than the item's (x next to x[i])
+            conds = []
+        if leaf in self.tensors:
+            if not conds:
+                raise Unsupported(f"`{unparse(node)}`: per-item values next to `{leaf}`, a "
+                                  f"tensor of higher rank")
+            self.check(" and ".join(conds))
+        else:
+            self.check(f"{number} or ({' and '.join(conds)})" if conds else number)
+
+    def require_dim(self, rank: Rank, d: int, node: ast.AST) -> None:
+        """``d`` in range per item: else dim -1 of a 0-d item would be the loop dim."""
+        self.require(rank - d - 1 if d >= 0 else rank + d, ">=", node)

@@ -1,0 +1,218 @@
+"""Stage: what leaves an iteration becomes outputs of the body and folds after the loop.
+
+Each effect statement (``classify_effects``), its value made safe under its mask
+(``tensor_branches_to_where``), becomes per-iteration statements binding an output, and
+``plan.folds`` get the statements that fold or store the stacked outputs (``_outs[k]``) after
+the loop::
+
+    loss += e          ->   _loss_part = _loss_part + e     (folded by ``fold_accumulators``)
+    m = max(m, e)      ->   _m_step = e                     (ditto, with amax)
+    s += e; c.append(s)->   _s_step = e                     _s_running = torch.cumsum(_outs[0], 0)
+                                                            s = _s_running[-1]; c.extend(...)
+    lst.append(e)      ->   _lst_item = e                   lst.extend(_outs[0].unbind(0))
+    out[i] = e         ->   _out_item = e                   out[a:b:s] = _outs[0].reshape(...)
+    out[i, t[i]] = e   ->   _out_slot = t[i]; _out_item = e out[arange, _outs[0].reshape(n)] = ...
+    counts[t[i]] += e  ->   ...                             counts.index_put_(..., accumulate=True)
+
+Under a mask ``p``, sums add ``torch.where(p, e, 0)``, writes keep what is there. A comprehension's
+own list keeps its stacked values for its consumer (``plan.own_list_values``); a ``lst = []`` list
+the loop builds is bound to them (``plan.bound_lists``).
+"""
+from __future__ import annotations
+
+import ast
+
+from .. import ast_marks
+from .. import loop_rules as rules
+from ..ast_tools import PassContext, clone, is_name, unparse, write_target
+from ..errors import Unsupported
+from .loop_dataflow import Effect, data_index, write_entries
+from .plan import Accumulator, LoopPlan, OwnList
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    plan.body = _lower(plan, plan.body, ctx)
+    return plan
+
+
+def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext) -> list[ast.stmt]:
+    out = []
+    for s in stmts:
+        if id(s) in plan.masked:
+            value, mask = plan.masked[id(s)]
+            out += _effect(plan, plan.facts.effects[id(s)], value, mask, ctx)
+        elif isinstance(s, ast.If):  # a Python condition (tensor ones are masks by now)
+            s.body = _lower(plan, s.body, ctx) or [ast.Pass()]
+            s.orelse = _lower(plan, s.orelse, ctx)
+            out.append(s)
+        else:
+            out.append(s)
+    return out
+
+
+def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
+            ctx: PassContext) -> list[ast.stmt]:
+    """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``."""
+    if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
+        return _partial(plan, e, value, mask, ctx)
+    if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
+        step = ctx.namer.new(f"{e.name}_step")
+        stacked = plan.output(step)
+        if e.kind == "acc":
+            plan.accumulators[e.name] = Accumulator(step, e.family, stacked, {"tensor"})
+        else:
+            run = plan.running[e.name] = ctx.namer.new(f"{e.name}_running")
+            scan = plan.sub(rules.FAMILY_SCAN[e.family], s=e.name, v=stacked)
+            plan.folds += plan.sub("r = x", r=run, x=scan)
+            plan.folds += plan.sub("s = r[-1]", s=e.name, r=run)
+        return plan.sub("p = v", p=step, v=value)
+    if e.scan_of:  # the running value itself: comes from the scan
+        plan.folds += _place(plan, e, ast.Name(plan.running[e.scan_of], ast.Load()))
+        return []
+    if e.kind == "write" and mask is not None:
+        value = _masked_write(plan, e, value, mask)
+    item = ctx.namer.new(f"{e.name}_item")
+    stmts, slots = [], {}  # data-dependent index entries, returned by each iteration too
+    if e.kind == "write":
+        plan.last_write[unparse(write_target(e.stmt))] = item
+        for k, x in enumerate(write_entries(write_target(e.stmt))):
+            if not is_name(x, plan.iteration.index) and data_index(x, plan.facts, ctx):
+                _check_index(plan, x)
+                slot = ctx.namer.new(f"{e.name}_slot")
+                stmts += plan.sub("k = x", k=slot, x=x)
+                slots[k] = plan.output(slot)
+    stacked = plan.output(item)
+    plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else _place(plan, e, stacked)
+    return stmts + plan.sub("x = v", x=item, v=value)
+
+
+def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
+             ctx: PassContext) -> list[ast.stmt]:
+    """``s += e`` (sum, product): a partial starting at the family's identity."""
+    ident = rules.FAMILY_IDENTITY[e.family]
+    if mask is not None:
+        value = plan.sub(f"torch.where(p, v, {ident})", p=mask, v=value)
+    if e.name not in plan.accumulators:
+        part = ctx.namer.new(f"{e.name}_part")
+        plan.init += plan.sub(f"p = {ident}", p=part)
+        plan.accumulators[e.name] = Accumulator(part, e.family, plan.output(part), set())
+    acc = plan.accumulators[e.name]
+    acc.kinds.add(_number_kind(e.value))
+    if not isinstance(e.stmt, ast.AugAssign):
+        acc.rebound = True
+    op = "*" if e.family == "prod" else ("-" if e.negate else "+")
+    return plan.sub(f"p = p {op} v", p=acc.part, v=value)
+
+
+def _masked_write(plan: LoopPlan, e: Effect, value: ast.expr, mask: str) -> ast.expr:
+    """A write under a mask: deselected iterations add nothing, or keep what is there."""
+    if e.family:
+        keep = "0" if e.family in ("add_", "sub_") else "1"
+        return plan.sub(f"torch.where(p, v, {keep})", p=mask, v=value)
+    # deselected iterations keep what is there: this iteration's last write
+    old = clone(write_target(e.stmt))
+    old.ctx = ast.Load()
+    old = plan.last_write.get(unparse(old), old)
+    return plan.sub("torch.where(p, v, old)", p=mask, v=value, old=old)
+
+
+def _number_kind(value: ast.expr) -> str:
+    """What the original added: a Python int/float literal, a host number, or a tensor."""
+    if isinstance(value, ast.Constant) and type(value.value) in (int, float):
+        return type(value.value).__name__
+    return ast_marks.get(value, ast_marks.HOST_NUMBER) or "tensor"
+
+
+def _check_index(plan: LoopPlan, x: ast.expr) -> None:
+    """A data-dependent write index must be one integer per iteration: ``int(...)``, or an
+    element / row of a 1-d integer tensor (a bool one would be a mask)."""
+    if ast_marks.get(x, ast_marks.HOST_NUMBER) == "int":
+        return
+    rows = {r.param: name for (name, _), r in plan.row_slices.items() if not r.prefix}
+    sources = dict(plan.iteration.elements)
+    src = sources.get(x.id) if isinstance(x, ast.Name) else None
+    if src is None and isinstance(x, ast.Name) and x.id in rows:
+        src = ast.Name(rows[x.id], ast.Load())
+    if src is None:
+        raise Unsupported(f"write index `{unparse(x)}`: not known to be one integer per "
+                          "iteration")
+    plan.check(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == 1", x=src)
+
+
+def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast.expr],
+              ctx: PassContext) -> list[ast.stmt]:
+    """``out[i, t[i]] = v`` -> ``out[arange, slots] = stacked``; without the bare ``i``,
+    ``counts[t[i]] += v`` -> ``counts.index_put_((slots,), stacked, accumulate=True)``."""
+    it, target = plan.iteration, clone(write_target(e.stmt))
+    entries = write_entries(target)
+    plan.scattered.add(e.name)
+    trips = it.trips(plan)
+    index = []
+    for k, x in enumerate(entries):
+        if k in slots:  # one index per iteration (else reshape raises, as int(...) would)
+            index.append(plan.sub("j.reshape(n)", j=slots[k], n=trips))
+        elif is_name(x, it.index):
+            index.append(plan.sub("torch.arange(a, b, s, device=out.device)", a=it.start,
+                                  b=it.stop, s=it.step, out=e.name))
+        else:
+            if not (isinstance(x, ast.Constant) and type(x.value) is int):
+                plan.check("isinstance(x, int)", x=x)
+            index.append(x)
+    values = ctx.namer.new(f"{e.name}_values")
+    stmts = plan.sub(f"v = s.reshape(s.shape[:1] + (1,) * (out.dim() - {len(entries) - 1}"
+                     " - s.dim()) + s.shape[1:])", v=values, s=stacked, out=e.name)
+    target.slice = ast.Tuple(index, ast.Load())
+    if any(is_name(x, it.index) for x in entries):  # distinct slots: a plain indexed write
+        if isinstance(e.stmt, ast.AugAssign):
+            return stmts + [ast.AugAssign(target, e.stmt.op, ast.Name(values, ast.Load()))]
+        # `out[i, j] = v` casts v to out's dtype; an index_put_ would raise instead
+        return stmts + [ast.Assign([target], plan.sub("v.to(out.dtype)", v=values,
+                                                      out=e.name))]
+    # in place as `+=` would: the values cast to the written dtype, or the same error;
+    # index_put_ takes tensors only (a fixed int broadcasts as a 0-d one)
+    target.slice.elts = [x if k in slots else plan.sub(
+        "torch.as_tensor(x, device=out.device)", x=x, out=e.name) for k, x in enumerate(index)]
+    v = plan.sub(rules.WRITE_ACCUMULATE[e.family], v=values)
+    return stmts + [ast.Expr(plan.sub(
+        "out.index_put_(i, v.to(out.dtype) if torch.can_cast(torch.result_type(out, v), "
+        "out.dtype) else v, accumulate=True)", out=e.name, i=target.slice, v=v))]
+
+
+def _place(plan: LoopPlan, e: Effect, stacked: ast.expr) -> list[ast.stmt]:
+    """Store the stacked per-iteration values of an append or write."""
+    host = ast_marks.get(e.value, ast_marks.HOST_NUMBER)
+    if e.kind == "append" and e.name in plan.own_lists:  # its consumer is known
+        plan.own_list_values[e.name] = OwnList(stacked, host)
+        return []
+    if e.kind == "append" and e.name in plan.buildable_lists and not host:
+        plan.bound_lists.add(e.name)
+        return plan.sub("lst = v", lst=e.name, v=stacked)
+    if e.kind == "append":  # host values (`.item()`) were Python numbers in the list
+        how = "v.tolist()" if host else "v.unbind(0)"
+        return [ast.Expr(plan.sub(f"lst.extend({how})", lst=e.name, v=stacked))]
+    return _place_slice(plan, e, stacked)
+
+
+def _place_slice(plan: LoopPlan, e: Effect, stacked: ast.expr) -> list[ast.stmt]:
+    """``out[..., i, ...] = v`` -> ``out[..., a:b:s, ...] = <stacked values>``."""
+    plan.need_plain_range()
+    it = plan.iteration
+    target = clone(write_target(e.stmt))
+    entries = write_entries(target)
+    at = next(k for k, x in enumerate(entries) if is_name(x, it.index))
+    for x in entries:
+        if not isinstance(x, ast.Slice) and x is not entries[at] and not (
+                isinstance(x, ast.Constant) and type(x.value) is int):
+            plan.check("isinstance(x, int)", x=x)
+    entries[at] = ast.Slice(it.start, it.stop, it.step)
+    target.slice = ast.Tuple(entries, ast.Load()) if len(entries) > 1 else entries[0]
+    fixed = sum(not isinstance(x, ast.Slice) for x in entries)  # int entries drop a dim
+    moved = sum(isinstance(x, ast.Slice) for x in entries[:at])
+    # values of shape (n, *value_shape): pad to the written rank, loop axis to its place
+    placed = plan.sub(f"v.reshape(v.shape[:1] + (1,) * (out.dim() - {fixed} - v.dim()) "
+                      "+ v.shape[1:])", v=stacked, out=e.name)
+    if moved:
+        placed = plan.sub(f"v.movedim(0, {moved})", v=placed)
+    if isinstance(e.stmt, ast.AugAssign):
+        return [ast.AugAssign(target=target, op=e.stmt.op, value=placed)]
+    return [ast.Assign(targets=[target], value=placed)]

@@ -1,0 +1,83 @@
+"""Stage: the loop header becomes the plan's ``Iteration``; the body is copied into the plan.
+
+``for i in range(a, b, s)`` iterates the index ``i`` from ``a`` to ``b`` by ``s``;
+``for x, y in zip(xs, ys)`` iterates elements (a fresh index ``_i`` up to ``min(len(xs),
+len(ys))``); ``for k, x in enumerate(xs, start)`` both (``k`` from ``start`` to ``start +
+len(xs)``)::
+
+    for k, x in enumerate(xs):    ->    Iteration(index="k", start=0, stop=len(xs), step=1,
+                                                  elements=[("x", xs)])
+
+Bounds and iterated values are evaluated again before the loop: they must be names or shape
+expressions (``is_pure``). ``for ... else`` and targets that unpack elements are refused.
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, clone, is_int, is_pure, unparse
+from ..errors import Unsupported
+from .loop_dataflow import resolve_call
+from .plan import Iteration, LoopPlan
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    node = plan.node
+    if node.orelse:
+        raise Unsupported("`for ... else`")
+    plan.iteration = _iteration(plan, ctx)
+    plan.body = clone(node.body)
+    return plan
+
+
+def _iteration(plan: LoopPlan, ctx: PassContext) -> Iteration:
+    target, it = plan.node.target, plan.node.iter
+    fn = resolve_call(it.func, ctx) if isinstance(it, ast.Call) else None
+    if fn == "range" and isinstance(target, ast.Name) and not it.keywords \
+            and 1 <= len(it.args) <= 3:
+        args = list(it.args)
+        for a in args:
+            _require_pure(a, "range bound")
+        start, stop, step = ([ast.Constant(0)] + args + [ast.Constant(1)])[:3] \
+            if len(args) == 1 else (args + [ast.Constant(1)])[:3]
+        return Iteration(target.id, start, stop, step)
+    if fn == "enumerate" and isinstance(target, ast.Tuple) and len(target.elts) == 2 \
+            and isinstance(target.elts[0], ast.Name) and not it.keywords:
+        offset = it.args[1] if len(it.args) == 2 else ast.Constant(0)
+        _require_pure(offset, "enumerate start")
+        inner = Iteration("", offset, offset, ast.Constant(1))
+        _elements(target.elts[1], it.args[0], inner, ctx)
+        inner.index = target.elts[0].id
+        trip = _trip(plan, inner.elements)
+        inner.stop = trip if is_int(offset, 0) else plan.sub("a + n", a=offset, n=trip)
+        return inner
+    result = Iteration(ctx.namer.new("i"), ast.Constant(0), ast.Constant(0), ast.Constant(1),
+                       index_is_user=False)
+    _elements(target, it, result, ctx)
+    result.stop = _trip(plan, result.elements)
+    return result
+
+
+def _elements(target: ast.expr, iterable: ast.expr, into: Iteration, ctx: PassContext) -> None:
+    fn = resolve_call(iterable.func, ctx) if isinstance(iterable, ast.Call) else None
+    if fn == "zip" and isinstance(target, ast.Tuple) and not iterable.keywords \
+            and len(target.elts) == len(iterable.args):
+        for t, src in zip(target.elts, iterable.args):
+            _elements(t, src, into, ctx)
+        return
+    if not isinstance(target, ast.Name):
+        raise Unsupported(f"loop target `{unparse(target)}` unpacks elements")
+    _require_pure(iterable, "iterated value")
+    into.elements.append((target.id, iterable))
+
+
+def _trip(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -> ast.expr:
+    lens = [plan.sub("len(x)", x=src) for _, src in elements]
+    if len(lens) == 1:
+        return lens[0]
+    return ast.Call(ast.Name("min", ast.Load()), lens, [])
+
+
+def _require_pure(expr: ast.expr, what: str) -> None:
+    if not is_pure(expr):
+        raise Unsupported(f"{what} `{unparse(expr)}` is not a plain name or shape expression")

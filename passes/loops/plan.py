@@ -1,0 +1,156 @@
+"""The loop plan: what the stages of ``vectorize_loops.LOOP_STAGES`` know about one loop.
+
+Each stage is ``stage(plan, ctx) -> plan``: it reads the fields earlier stages filled, fills its
+own, and raises ``Unsupported(reason, lineno)`` when the loop must run as written. The plan works
+on a copy of the loop body, so a refusal at any stage leaves the function unchanged.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from ..ast_tools import Checks, PassContext, replace
+from .loop_dataflow import LoopFacts
+
+
+@dataclass
+class Iteration:
+    """What a loop iterates: an index over ``range(start, stop, step)`` and/or elements."""
+    index: str
+    start: ast.expr
+    stop: ast.expr
+    step: ast.expr
+    elements: list[tuple[str, ast.expr]] = field(default_factory=list)  # (name, iterable)
+    index_is_user: bool = True
+
+    def trips(self, plan: "LoopPlan") -> ast.expr:
+        """The number of iterations, as an expression."""
+        return plan.sub("len(range(a, b, s))", a=self.start, b=self.stop, s=self.step)
+
+
+@dataclass
+class Accumulator:
+    """An accumulator ``s`` of the loop: each iteration gives one value, folded after the loop."""
+    part: str                    # per-iteration name: the partial (sum/prod) or the step value
+    family: str                  # rules.FAMILY_*
+    stacked: ast.expr            # the stacked per-iteration values (``_outs[k]``)
+    kinds: set[str]              # what the original added: "int", "float" or "tensor"
+    rebound: bool = False        # updated by ``s = s + e``, not ``s += e``
+
+
+@dataclass
+class RowSlice:
+    """``x[prefix..., a:b:s]`` handed to the body as one parameter, mapped over the loop axis."""
+    param: str
+    prefix: list[ast.expr]       # full slices and fixed ints (which drop their dims)
+
+
+@dataclass
+class BodyParam:
+    """A parameter of the outlined body, bound to ``value``: all iterations' values, the loop
+    axis in front. ``rows_of``: the tensor its rows come from (None for the index), with
+    ``fixed`` int entries before the loop axis (they drop dims)."""
+    name: str
+    value: ast.expr
+    rows_of: ast.expr | None = None
+    fixed: int = 0
+
+
+@dataclass
+class OwnList:
+    """The stacked values of a comprehension's own list (``_items``)."""
+    values: ast.expr
+    host: str | None             # the Python number kind of its items, None for tensors
+
+
+@dataclass
+class LoopPlan:
+    """One loop on its way to vectorized statements (field groups in the order stages fill them)."""
+    node: ast.For                                   # the loop as written (never modified)
+    live_after: set[str]                            # names read after the loop
+    zeros: set[str] = field(default_factory=set)    # bound to the int 0 when the loop starts
+    divided: dict[str, str] = field(default_factory=dict)  # divided after the loop: by what
+    torch_name: str = "torch"                       # how generated code spells torch
+    # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
+    # its stacked items, and those it does bind.
+    own_lists: set[str] = field(default_factory=set)
+    buildable_lists: set[str] = field(default_factory=set)
+    bound_lists: set[str] = field(default_factory=set)
+    own_list_values: dict[str, OwnList] = field(default_factory=dict)
+    # The body (a copy of the loop's), rewritten stage by stage; ``written``: as the user wrote
+    # it (inner loops and helpers inlined), which the check reads so reasons quote their code.
+    iteration: Iteration | None = None
+    body: list[ast.stmt] = field(default_factory=list)
+    written: list[ast.stmt] = field(default_factory=list)
+    variant: set[str] = field(default_factory=set)  # names that vary with the iteration
+    row_slices: dict[tuple[str, str], RowSlice] = field(default_factory=dict)  # (x, prefix)
+    facts: LoopFacts | None = None                  # the final body's effects
+    # Runtime checks: ``checks`` is the loop's; the others are collected by early stages and
+    # join it in ``runtime_checks``.
+    checks: Checks = field(default_factory=Checks)
+    inner_checks: list[ast.expr] = field(default_factory=list)
+    helper_checks: list[ast.expr] = field(default_factory=list)
+    selection_checks: list[ast.expr] = field(default_factory=list)
+    # Counters of empty max/min selections -> the error the original raised; where the
+    # statements checking them are located.
+    empty_selections: dict[str, str] = field(default_factory=dict)
+    empty_selections_at: ast.stmt | None = None
+    # Effects under masks: id(stmt) -> (its value made safe under the mask, the mask or None).
+    masked: dict[int, tuple[ast.expr, str | None]] = field(default_factory=dict)
+    uses_where: bool = False
+    # What leaves an iteration: returned as ``outs``, folded / stored after the loop by ``folds``.
+    init: list[ast.stmt] = field(default_factory=list)    # top of the body: partials' identities
+    outs: str = ""
+    outputs: list[str] = field(default_factory=list)
+    folds: list[ast.stmt] = field(default_factory=list)
+    accumulators: dict[str, Accumulator] = field(default_factory=dict)
+    running: dict[str, str] = field(default_factory=dict)    # scanned accumulator -> running
+    last_write: dict[str, str] = field(default_factory=dict)  # write target -> item last written
+    scattered: set[str] = field(default_factory=set)          # written at data-dependent slots
+    averaged: set[str] = field(default_factory=set)  # sums divided by the trip count: means
+    averaged_flag: str = ""                          # set when the loop left means
+    # The body outlined as a function of one iteration: its parameters with the loop inputs
+    # they are bound to, and the statements mapping it with vmap.
+    params: list[BodyParam] = field(default_factory=list)
+    mapped: list[ast.stmt] = field(default_factory=list)
+    # The vectorized statements: the batched form (behind ``batched_if``), else the vmap one.
+    stmts: list[ast.stmt] = field(default_factory=list)
+    unbatched: str = ""                                # why the body is mapped with vmap
+    batched_if: ast.expr | None = None
+
+    def sub(self, template: str, **subs) -> object:
+        """``template`` filled, at the loop's location."""
+        return replace(template, loc=self.node, torch_name=self.torch_name, **subs)
+
+    def check(self, template: str, **subs) -> None:
+        """Add ``template`` (filled) to the runtime check."""
+        self.checks.add(self.sub(template, **subs))
+
+    def need_plain_range(self) -> None:
+        """Slices a:b:s select the same indices as range(a, b, s) when a >= 0 and s > 0."""
+        it = self.iteration
+        if not (isinstance(it.start, ast.Constant) and isinstance(it.start.value, int)
+                and it.start.value >= 0):
+            self.check("a >= 0", a=it.start)
+        if not (isinstance(it.step, ast.Constant) and isinstance(it.step.value, int)
+                and it.step.value > 0):
+            self.check("s > 0", s=it.step)
+
+    def summed_parts(self) -> frozenset[str]:
+        """The partials of sum accumulators: both forms leave them summed over the loop."""
+        return frozenset(a.part for a in self.accumulators.values() if a.family == "sum")
+
+    def averaged_parts(self) -> frozenset[str]:
+        return frozenset(self.accumulators[name].part for name in self.averaged)
+
+    def output(self, name: str) -> ast.expr:
+        """Return ``name`` from each iteration; the stacked values' expression."""
+        self.outputs.append(name)
+        return self.sub(f"o[{len(self.outputs) - 1}]", o=self.outs)
+
+
+def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> LoopPlan:
+    """The plan of ``node``; ``known``: what the function's analysis knows about the loop
+    (``zeros``, ``divided``, ``own_lists``, ``buildable_lists``)."""
+    return LoopPlan(node, live_after, outs=ctx.namer.new("outs"), torch_name=ctx.torch_name,
+                    **known)

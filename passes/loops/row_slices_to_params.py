@@ -1,0 +1,80 @@
+"""Stage: rows a loop reads from a fixed tensor become parameters of the body, mapped from one
+slice of the whole loop (no gather, and no scatter in the backward)::
+
+    for i in range(a, b):                 ->    for each row _x_row of x[:, k, a:b:1] (vmap'ed):
+        v = x[:, k, i, 1:]                          v = _x_row[1:]
+
+``x`` must not be assigned in the body, ``k`` (a fixed int, or an expression the loop does not
+change) is checked to be an int at run time, and so is ``b <= x.shape[2]``; ``a >= 0`` and
+``s > 0`` make the slice select what the range does. ``plan.row_slices`` keeps one parameter per
+``(x, prefix)``.
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, Transformer, is_name, is_pure, unparse
+from .loop_dataflow import depends, loads, stores_in, write_entries
+from .plan import LoopPlan, RowSlice
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    rows = _RowSlices(plan, stores_in(plan.body), ctx)
+    plan.body = [rows.visit(s) for s in plan.body]
+    return plan
+
+
+def full_slice(x: ast.expr) -> bool:
+    """``:``"""
+    return isinstance(x, ast.Slice) and x.lower is None and x.upper is None and x.step is None
+
+
+class _RowSlices(Transformer):
+    """``x[:, k, i, rest]`` with ``x`` and ``k`` fixed -> ``row[rest]``."""
+
+    def __init__(self, plan: LoopPlan, assigned: set[str], ctx: PassContext):
+        self.plan = plan
+        self.index = plan.iteration.index
+        self.assigned = assigned
+        self.ctx = ctx
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        base = node.value
+        if not (isinstance(node.ctx, ast.Load) and isinstance(base, ast.Name)
+                and base.id not in self.assigned and base.id != self.index):
+            return node
+        entries = write_entries(node)
+        at = [k for k, x in enumerate(entries) if is_name(x, self.index)]
+        if len(at) != 1 or not all(full_slice(x) or self._fixed_int(x) for x in entries[:at[0]]):
+            return node
+        row = ast.Name(self._row_param(base.id, entries[:at[0]]), ast.Load())
+        rest = entries[at[0] + 1:]
+        if not rest:
+            return ast.copy_location(row, node)
+        node.value = row
+        node.slice = ast.Tuple(rest, ast.Load()) if len(rest) > 1 else rest[0]
+        return node
+
+    def _fixed_int(self, x: ast.expr) -> bool:
+        """An index the loop does not change, which can be re-evaluated before the loop."""
+        if isinstance(x, ast.Constant):
+            return type(x.value) is int
+        return (isinstance(x, (ast.Name, ast.Attribute, ast.BinOp)) and is_pure(x)
+                and not depends(x, self.plan.variant, self.ctx)
+                and not (loads(x) & self.assigned))
+
+    def _row_param(self, name: str, prefix: list[ast.expr]) -> str:
+        """Parameter of the body receiving ``name[prefix..., a:b:s]``."""
+        plan = self.plan
+        key = (name, unparse(ast.Tuple(prefix, ast.Load())))
+        if key not in plan.row_slices:
+            plan.row_slices[key] = RowSlice(self.ctx.namer.new(f"{name}_row"), prefix)
+            plan.need_plain_range()
+            plan.check("isinstance(x, torch.Tensor)", x=ast.Name(name, ast.Load()))
+            for x in prefix:
+                if not isinstance(x, (ast.Slice, ast.Constant)):
+                    plan.check("isinstance(x, int)", x=x)
+            plan.check(f"b <= x.shape[{len(prefix)}]", b=plan.iteration.stop,
+                       x=ast.Name(name, ast.Load()))
+        return plan.row_slices[key].param

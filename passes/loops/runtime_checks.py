@@ -1,0 +1,71 @@
+"""Stage: the runtime check in front of the vectorized loop, which holds when the loop's values
+are what the vectorized form assumes (else the loop runs as written)::
+
+    for i in range(len(pred)):        ->    isinstance(pred, torch.Tensor) and pred.dim() > 0
+        loss += (pred[i] - t[i]) ** 2       and isinstance(t, torch.Tensor)
+                                            and len(range(0, len(pred), 1)) > 0
+
+In order: the checks stages before this one collected (rows, inner loops, selections); what the
+body iterates or indexes by the loop is a tensor; tensors written are tensors, lists appended to
+lists; at least one iteration; last, the inlined helpers are still those functions (read only
+once the loop runs at all).
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, is_pure, unparse, walk
+from .loop_dataflow import depends, loads
+from .plan import LoopPlan
+
+MARKER = "optimize_loss: loop at line {} vectorized"
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    it, facts = plan.iteration, plan.facts
+    seeds = {it.index} | {name for name, _ in it.elements} | {
+        r.param for r in plan.row_slices.values()}
+    for g in plan.inner_checks + plan.selection_checks:
+        plan.checks.add(plan.sub("g", g=g))
+    for _, src in it.elements:
+        plan.check("isinstance(x, torch.Tensor)", x=src)
+        plan.check("x.dim() > 0", x=src)
+    # names bound anywhere in the body, also inside outlined inner bodies (their locals)
+    body = plan.body
+    local = {n.id for s in body for n in walk(s)
+             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {
+        a.arg for s in body for a in walk(s) if isinstance(a, ast.arg)}
+    for sub in (n for s in body for n in walk(s) if isinstance(n, ast.Subscript)):
+        if is_pure(sub.value) and not (loads(sub.value) & (facts.assigned | seeds | local)) \
+                and depends(sub.slice, facts.variant, ctx):
+            plan.check("isinstance(x, torch.Tensor)", x=sub.value)
+    for e in facts.of_kind("write"):
+        plan.check("isinstance(x, torch.Tensor)", x=ast.Name(e.name, ast.Load()))
+    for e in facts.of_kind("append"):
+        if e.name not in plan.own_lists and e.name not in plan.buildable_lists:
+            plan.check("isinstance(x, list)", x=ast.Name(e.name, ast.Load()))
+    plan.check("len(range(a, b, s)) > 0", a=it.start, b=it.stop, s=it.step)
+    for g in plan.helper_checks:  # last: only read once the loop runs at all
+        plan.checks.add(plan.sub("g", g=g))
+    return plan
+
+
+def is_vectorized_guard(node: ast.AST) -> bool:
+    """The ``if <check>: <vectorized> else: <original>`` this pass emits."""
+    return (isinstance(node, ast.If) and len(node.orelse) == 1 and bool(node.body)
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+            and isinstance(node.body[0].value.value, str)
+            and node.body[0].value.value.startswith("optimize_loss: loop at line"))
+
+
+def conjuncts(test: ast.expr) -> list[ast.expr]:
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return list(test.values)
+    return [test]
+
+
+def proven_tensors(check: ast.expr) -> list[ast.expr]:
+    """What ``check`` proves to be tensors: its ``isinstance(x, torch.Tensor)`` conjuncts."""
+    return [g.args[0] for g in conjuncts(check) if isinstance(g, ast.Call)
+            and isinstance(g.func, ast.Name) and g.func.id == "isinstance" and len(g.args) == 2
+            and unparse(g.args[1]).endswith(".Tensor")]

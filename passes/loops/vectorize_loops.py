@@ -1,0 +1,349 @@
+"""Pass: Python ``for`` loops over tensor elements become one batched computation.
+
+The loop body is outlined into a function of one iteration; when every op in it has a batched
+form it becomes plain tensor code over all iterations (``batch_loop_bodies``, strategy
+"batched"), else the function is mapped over all iterations with ``torch.vmap`` (strategy
+"vmap"). What leaves an iteration is folded afterwards. Behind a runtime check, because at AST
+time nothing knows whether ``pred`` is a tensor or a list (the original loop is the else); the
+batched form has its own check of per-item ranks and dtypes, with the vmap form as its else::
+
+    loss = 0                            loss = 0
+    for i in range(len(pred)):          if isinstance(pred, torch.Tensor) and ... and len(range(0, len(pred), 1)) > 0:
+        loss += (pred[i] - target[i])       'optimize_loss: loop at line 2 vectorized'
+                    .abs().sum()   ->       if target.dim() == pred.dim():
+                                                _pred_row = pred if len(pred) == pred.shape[0] else pred[0:len(pred):1]
+                                                _target_row = ...
+                                                _loss_part = 0
+                                                _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
+                                                _outs = (_loss_part,)
+                                            else:
+                                                def _body(_pred_row, _target_row):
+                                                    _loss_part = 0
+                                                    _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
+                                                    return (torch.as_tensor(_loss_part),)
+                                                _outs = torch.vmap(_body, in_dims=(0, 0))(<the same rows>)
+                                                _outs = (_outs[0].sum(0),)
+                                            loss = loss + _outs[0]
+                                        else:
+                                            <the original loop>
+
+Rows ``x[a:b:s]`` covering the whole tensor are the tensor itself (a slice's backward
+zero-fills and copies a full-size gradient).
+
+Sum accumulators leave both forms already summed over the loop (the batched form fuses that sum
+into the op making the per-item values, see ``batch_loop_bodies``). What leaves an iteration
+(classified by ``loop_dataflow``): accumulators ``s += e``, ``s -= e``,
+``s = s + a - b``, ``s *= e``, ``s = torch.maximum(s, e)`` / ``max(s, e)`` (folded with sum /
+prod / amax / amin; Python-number counters stay Python numbers), prefix sums and products whose
+running value is written or appended (``cumsum`` / ``cumprod``), ``lst.append(e)``
+(``lst.extend(stacked.unbind(0))``), and writes ``out[..., i, ...] = e`` / ``+=`` (one slice
+assignment ``out[..., a:b:s, ...] = stacked``). Tensor ``if``/``continue`` become masks
+(``tensor_branches_to_where``), host round trips tensor ops (``host_roundtrips_to_tensor_ops``),
+``x[i:i+1]`` becomes ``x[i].unsqueeze(0)``, and ``x[:, i]`` over a plain range is handed to vmap
+as the slice ``x[:, a:b:s]`` (no gather). Comprehensions in ``sum``/``torch.stack``/``torch.cat``/
+``torch.tensor`` take the same route (``normalize_comprehensions``), and so does ``xs = [...]``
+when only reads a tensor answers the same way follow: ``xs`` is then bound to the stacked items
+(``list``'s consumers use them directly). Inner loops are vectorized first; an outer loop then
+maps over the inner's vectorized form (nested vmap) when the inner's runtime check does not
+depend on it.
+
+Folds after the loop: ``s = 0`` right before the loop makes ``s = s + <sum>`` just ``s = <sum>``
+(``loop_dataflow.zero_before_loops``); ``s += e`` on a tensor folds in place (``s += <sum>``: the
+original keeps ``s``'s dtype and its aliases see the sum). A sum the next statement only divides by
+the trip count is the mean over the loop (``loop_dataflow.divisions_after_loops``), computed
+directly (``x.mean()``, not ``x.mean() * n`` and then ``/ n``)::
+
+    loss = 0                            loss = 0
+    for i in range(B):                  _averaged = False
+        loss += ((pred[i] -     ->      if <check>:
+                  target[i]) ** 2)          ...; _loss_part = ((_pred_row - _target_row) ** 2).mean()
+                  .mean()                   _averaged = True
+    return loss / B                         loss = _outs[0]
+                                        else:
+                                            <the original loop>
+                                        return loss if _averaged else loss / B
+
+Every loop and every comprehension gets one report entry: the strategy, or the reason it is kept
+exactly as it was.
+
+Each loop goes through ``LOOP_STAGES``, one module per stage, each ``stage(plan, ctx) -> plan``
+over the loop's ``plan.LoopPlan``, its docstring the stage's spec. The plan works on a copy of
+the loop, so a stage refusing (``Unsupported``) leaves the loop as written.
+"""
+from __future__ import annotations
+
+import ast
+
+from .. import ast_marks
+from .. import loop_rules as rules
+from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unparse, walk,
+                        write_target)
+from ..errors import Unsupported
+from . import (batch_loop_bodies, check_body, classify_effects, effects_to_outputs,
+               fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
+               inline_inner_loops, iteration, loop_dataflow, masked_selections_to_where,
+               normalize_comprehensions, outline_body, raise_on_empty_selections,
+               row_slices_to_params, runtime_checks, tensor_branches_to_where,
+               unit_slices_to_index)
+from .loop_dataflow import loads, resolve_call
+from .plan import LoopPlan, OwnList, new_plan
+from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
+
+# The stages of one loop, in order: each a module with ``stage(plan, ctx) -> plan`` that raises
+# ``Unsupported`` when the loop must run as written.
+LOOP_STAGES: list = [
+    iteration,                    # first: every stage reads the iteration
+    inline_inner_loops,           # before the checks: the inner loops' statements are checked too
+    inline_helper_calls,          # ... and so are the helpers'
+    masked_selections_to_where,   # before check_body: it marks the selections it converts
+    check_body,                   # on the body as written: reasons quote the user's code
+    host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
+    unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
+    row_slices_to_params,
+    classify_effects,             # on the final body: later stages rewrite its effect statements
+    runtime_checks,               # after row_slices_to_params: its checks come first
+    tensor_branches_to_where,
+    effects_to_outputs,           # after tensor_branches_to_where: effects under their masks
+    fold_accumulators,            # after effects_to_outputs: the accumulators it found
+    outline_body,                 # after the folds: summed and averaged outputs are known
+    batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
+    raise_on_empty_selections,    # last: around the finished statements
+]
+
+
+def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
+    vectorizer = _Vectorizer(ctx)
+    vectorizer.visit(tree.body[0])
+    if not any(isinstance(n, normalize_comprehensions.COMPREHENSIONS) for n in walk(tree)):
+        return tree  # the usual case, told by one quick walk
+    for comp in _comprehensions(tree.body[0]):  # what no rule took: kept, with the reason
+        vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp))
+    return tree
+
+
+def vectorize(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """``plan`` through every stage; raises ``Unsupported``."""
+    for stage in LOOP_STAGES:
+        plan = stage.stage(plan, ctx)
+    return plan
+
+
+def _comprehensions(node: ast.AST) -> list[ast.expr]:
+    """The comprehensions of ``node`` (depth first, in source order), outside the originals
+    kept by vectorized guards."""
+    found, todo = [], [node]
+    while todo:  # a stack, not nested generators: this runs over the whole rewritten function
+        n = todo.pop()
+        if isinstance(n, normalize_comprehensions.COMPREHENSIONS):
+            found.append(n)
+        kept = n.orelse[0] if is_vectorized_guard(n) else None
+        todo += reversed([c for c in ast.iter_child_nodes(n) if c is not kept])
+    return found
+
+
+class _Vectorizer(Transformer):
+    def __init__(self, ctx: PassContext):
+        self.ctx = ctx
+        self.live: dict[int, set[str]] = {}
+        self.zeros: dict[int, set[str]] = {}
+        self.divisions: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
+        self.buildable_lists: dict[int, set[str]] = {}
+        self.func: ast.FunctionDef | None = None
+        self.stackable_lists: frozenset[str] = frozenset()  # `xs = [...]` names to stack
+        self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
+        # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
+        # original branch), each is reported once.
+        self.seen: set[tuple[int, int]] = set()
+
+    def kept(self, comp: ast.expr, reason: str) -> None:
+        if (comp.lineno, comp.col_offset) not in self.seen:
+            self.seen.add((comp.lineno, comp.col_offset))
+            self.ctx.report.add_loop(comp.lineno, False, "kept", reason)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
+                 self.stackable_lists, self.bound_lists)
+        self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
+        self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
+        self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
+        self.buildable_lists = {**self.buildable_lists,
+                                **normalize_comprehensions.lists_built_by_loops(node, self.ctx)}
+        self.func = node
+        self.stackable_lists = normalize_comprehensions.stackable_lists(node, self.ctx)
+        self.bound_lists = set()
+        self.generic_visit(node)
+        if self.bound_lists:
+            normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
+        (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
+         self.stackable_lists, self.bound_lists) = outer
+        return node
+
+    def visit_If(self, node: ast.If) -> ast.AST:
+        if is_vectorized_guard(node):  # already vectorized (second run): leave the original
+            node.body = [self.visit(s) for s in node.body]
+            return node
+        return self.generic_visit(node)
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        self.generic_visit(node)
+        self.ctx.report.add_loop(node.lineno, False, "kept",
+                                 "`while` loop: the trip count depends on the data")
+        return node
+
+    def visit_For(self, node: ast.For) -> ast.AST:
+        original = clone(node)
+        self.generic_visit(node)  # inner loops first
+        try:
+            live = self.live.get(id(node))
+            if live is None:  # unseen loop: all names live (not a default: it walks the function)
+                live = loads(self.func)
+            after, divided = self.divisions.get(id(node), (None, {}))
+            plan = vectorize(new_plan(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
+                                      divided=divided,
+                                      buildable_lists=self.buildable_lists.get(id(node), set())),
+                             self.ctx)
+        except Unsupported as exc:
+            self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
+            return node
+        check = self._reported(plan, node.lineno, "")
+        vectorized = _guarded(check, node.lineno, plan.stmts, original, node)
+        self.bound_lists |= plan.bound_lists
+        # for an outer loop that inlines this one
+        ast_marks.put(vectorized, ast_marks.BOUND_LISTS, plan.bound_lists)
+        if not plan.averaged:
+            return vectorized
+        # `return loss / B` -> `return loss if _averaged else loss / B`: the vectorized branch
+        # left the mean in `loss`, the original its sum.
+        _DivideUnlessAveraged(plan.averaged, plan.averaged_flag, self.ctx).visit(after)
+        return replace("f = False", loc=node, f=plan.averaged_flag) + [vectorized]
+
+    def visit_Assign(self, node: ast.stmt) -> ast.AST:
+        return self._comprehension(node)
+
+    visit_AugAssign = visit_Return = visit_Expr = visit_Assign
+
+    def _comprehension(self, node: ast.stmt) -> ast.AST:
+        """``sum(f(i) for i in ...)`` and friends: vectorized as the equivalent loop."""
+        found = normalize_comprehensions.to_loop(node, self.ctx, self.stackable_lists)
+        if found is None:
+            return self.generic_visit(node)
+        init, loop, result, comp = found
+        lineno = comp.lineno
+        own = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
+        try:
+            plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own), self.ctx)
+        except Unsupported as exc:
+            self.kept(comp, exc.reason)
+            for other in _comprehensions(node):  # the statement runs as written
+                self.kept(other, f"in the statement of the comprehension at line {lineno}, "
+                                 "which is kept")
+            return node
+        if plan.own_list_values:  # torch.stack(_items) -> the stacked values themselves
+            init = []
+            result = _UseStacked(plan.own_list_values, self.ctx).visit(result)
+            if isinstance(result, ast.Assign) and not any(
+                    v.host for v in plan.own_list_values.values()):
+                self.bound_lists |= {t.id for t in result.targets if isinstance(t, ast.Name)
+                                     and t.id in self.stackable_lists}
+        self.seen.add((comp.lineno, comp.col_offset))
+        check = self._reported(plan, lineno, " (comprehension)")
+        result = self._comprehension(result)  # the statement's next comprehension, if any
+        return _guarded(check, lineno, init + plan.stmts + [result], node, node)
+
+    def _reported(self, plan: LoopPlan, lineno: int, what: str) -> ast.expr:
+        """The report entry of a vectorized loop; its runtime check."""
+        check = plan.checks.expr()
+        self.ctx.report.add_loop(lineno, True, _strategy(plan),
+                                 _why(plan, self.ctx) + what + _runs_when(check))
+        return check
+
+
+def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
+             loc: ast.stmt) -> ast.If:
+    """``if <check>: <marker>; <stmts> else: <original>``."""
+    marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
+    return ast.copy_location(ast.If(test=check, body=[marker] + stmts, orelse=[original]), loc)
+
+
+def _strategy(plan: LoopPlan) -> str:
+    kinds = {e.kind for e in plan.facts.effects.values()}
+    if "scan" in kinds:
+        fam = {e.family for e in plan.facts.of_kind("scan")}
+        return "cumprod" if fam == {"prod"} else "cumsum"
+    return "vmap" if plan.unbatched else "batched"
+
+
+def _why(plan: LoopPlan, ctx: PassContext) -> str:
+    """The report's account of what leaves the iterations and how."""
+    parts = []
+    for e in plan.facts.effects.values():
+        if e.name in plan.own_lists:  # a comprehension's own list
+            parts.append("items stacked")
+            continue
+        if e.name in ctx.namer.made:  # e.g. a counter of empty selections
+            continue
+        family = "mean" if e.name in plan.averaged else e.family
+        write = "written as a slice" if e.name not in plan.scattered else \
+            "written by advanced indexing" if any(
+                is_name(x, plan.iteration.index)
+                for x in loop_dataflow.write_entries(write_target(e.stmt))) \
+            else "accumulated with index_put_"
+        desc = {"acc": f"`{e.name}` {family}-reduced", "scan": f"`{e.name}` running {e.family}",
+                "append": f"`{e.name}` appends stacked", "write": f"`{e.name}` {write}"}
+        parts.append(desc[e.kind])
+    if plan.uses_where:
+        parts.append("tensor conditions as torch.where masks")
+    if plan.unbatched:
+        parts.append(f"vmap: {plan.unbatched}")
+    elif plan.batched_if is not None:  # other ranks or dtypes than the usual
+        parts.append(f"vmap where `{unparse(plan.batched_if)}` does not hold")
+    return "; ".join(dict.fromkeys(parts)) or "no effects"
+
+
+def _runs_when(check: ast.expr) -> str:
+    """The report names what the runtime check needs: for other inputs (a list of heads, say)
+    the loop runs as written, and the report must not suggest otherwise."""
+    names = sorted({unparse(x) for x in proven_tensors(check)})
+    if not names:
+        return ""
+    verb = "is a tensor" if len(names) == 1 else "are tensors"
+    return f"; when {', '.join(f'`{n}`' for n in names)} {verb}, else the loop runs as written"
+
+
+class _UseStacked(Transformer):
+    """``torch.stack(_items)`` over a comprehension's list -> the stacked values
+    (``loop_rules.LIST_CONSUMERS``); ``xs = _items`` -> ``xs = <the stacked values>``, or their
+    ``.tolist()`` for host values (Python numbers in the original's list)."""
+
+    def __init__(self, stacked: dict[str, OwnList], ctx: PassContext):
+        self.stacked = stacked
+        self.ctx = ctx
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in self.stacked:
+            own = self.stacked[node.args[0].id]
+            table = rules.LIST_CONSUMERS_OF_HOST_VALUES if own.host else rules.LIST_CONSUMERS
+            template = table[resolve_call(node.func, self.ctx)]
+            return replace(template, loc=node, torch_name=self.ctx.torch_name, v=own.values)
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id not in self.stacked:
+            return node
+        own = self.stacked[node.id]
+        return replace("v.tolist()" if own.host else "v", loc=node,
+                       torch_name=self.ctx.torch_name, v=own.values)
+
+
+class _DivideUnlessAveraged(Transformer):
+    """``s / d`` -> ``(s if flag else s / d)`` for the averaged names ``s``."""
+
+    def __init__(self, names: set[str], flag: str, ctx: PassContext):
+        self.names, self.flag, self.ctx = names, flag, ctx
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Div) and isinstance(node.left, ast.Name) \
+                and node.left.id in self.names:
+            return replace("s if f else e", loc=node, s=node.left.id, f=self.flag, e=node)
+        return node

@@ -1,0 +1,331 @@
+"""The op registry: every per-op fact the AST and FX passes rely on, one ``OpSpec`` per op.
+
+An op is found by any of its spellings: a function by its canonical dotted name (``"torch.log"``,
+``"torch.nn.functional.relu"``, ``"max"`` for the builtin; ``loop_dataflow.resolve_call`` makes
+these), a method by its bare name (``x.log()`` -> ``"log"``), a Python operator by its ``ast``
+class (``a / b`` -> ``ast.Div``). FX nodes are matched by bare name (``fx_names``): the aten name,
+the method names and the last part of the function names, so ``torch.rand``, ``Tensor.rand`` and
+``torch.ops.aten.rand`` match alike. Every spelling of an op shares its facts: add an op here, not
+an if-chain in a pass. ``tests/test_ops_registry.py`` checks the facts against each other and
+against torch.
+
+A pass asks ``by_call(name, meth)`` (``UNKNOWN``, with every fact off, for calls not listed) or
+``by_operator(type(node.op))``.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Callable
+
+# Module spellings used when a function's globals are not available (golden tests, snippets).
+DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    aten: str | None                          # its aten name (FX nodes match it); None: Python only
+    functions: tuple[str, ...] = ()           # canonical dotted names
+    methods: tuple[str, ...] = ()             # method names
+    operators: tuple[type, ...] = ()          # ast operator classes (``ast.Div``)
+    # Batched form (batch_loop_bodies): the handler running the op on all iterations at once,
+    # every loop-varying value carrying the loop dim in front. "elementwise": the same call,
+    # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "same_rank",
+    # "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see the batcher.
+    batched: str | None = None
+    reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
+    tuple_dims: bool = False                  # ... ``reduce`` takes a tuple of dims (no copy)
+    dim_rank: int | None = None               # with ``dim``: rank change of the result (no keepdim)
+    # A full reduction summed over the loop, and averaged (``x`` the batched operand, ``n`` the
+    # number of iterations): one op instead of a per-item reduction and a sum.
+    summed: tuple[str, str] | None = None
+    square: tuple[int, ...] | None = None     # literal arguments after ``e`` making it ``e ** 2``
+    selection: str | None = None              # dense form of it on a masked selection
+    # Under a tensor condition the op also runs on deselected iterations
+    # (tensor_branches_to_where): (position of the operand that can make NaN/inf outside its
+    # domain, a safe value there); positions count the function's arguments: a method's
+    # receiver is 0, an operator's left operand 0.
+    sanitize: tuple[int, str] | None = None
+    total: bool = False                       # finite, with finite gradients, on any finite input
+    boolean: bool = False                     # a bool tensor (indexing with it selects)
+    # The result is an integer tensor when the operands at these positions are (Python int
+    # constants keep it, extra operands or keywords lose it); () always.
+    integer: tuple[int, ...] | None = None
+    shape_query: bool = False                 # Python metadata (the same in every iteration)
+    metadata_only: bool = False               # depends on its first argument's metadata only (FX)
+    recomputed: bool = False                  # cheaper to recompute than to cache (FX)
+    creates_grad: bool = False                # its result requires grad whatever its inputs
+    # "random", "io", "mutates", "global_state", "functorch", "autograd": must run where it
+    # stands, every call and every iteration; "uninitialized": not cached (no effect).
+    effect: str | None = None
+    # Host round trips on loop-varying values (host_roundtrips_to_tensor_ops): the tensor op
+    # replacing one of argument/receiver ``e``, and which Python number the original produced.
+    host: str | None = None
+    host_number: str | None = None
+    host_pair: str | None = None              # a builtin of two tensor elements ``a``, ``b``
+    host_math: str | None = None              # its ``math`` module spelling
+    names: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        short = {f.rsplit(".", 1)[-1] for f in self.functions}
+        object.__setattr__(self, "names", frozenset(
+            {self.aten} - {None} | set(self.methods) | short))
+
+
+UNKNOWN = OpSpec(None)
+_F = "torch.nn.functional."
+
+
+def _t(name: str, *, fn: bool = True, meth: bool = True, extra: tuple[str, ...] = (),
+       **facts) -> OpSpec:
+    """An op spelled ``torch.<name>`` (``fn``), ``x.<name>()`` (``meth``) and ``extra``."""
+    return OpSpec(name, ((f"torch.{name}",) if fn else ()) + extra,
+                  (name,) if meth else (), **facts)
+
+
+def _aten(*names: str, **facts) -> list[OpSpec]:
+    """Ops known by name only (FX passes, and ``torch.<name>`` calls in loops)."""
+    return [OpSpec(n, **facts) for n in names]
+
+
+def _builtin(name: str, **facts) -> OpSpec:
+    return OpSpec(None, (name,), **facts)
+
+
+_E = dict(batched="elementwise")
+_ET = dict(batched="elementwise", total=True)
+_CMP = dict(batched="elementwise", total=True, boolean=True, recomputed=True)
+
+REGISTRY: tuple[OpSpec, ...] = (
+    # -- elementwise, total -----------------------------------------------------------------
+    _t("abs", extra=("abs",), host_math="math.fabs", **_ET),
+    _t("neg", **_ET), _t("square", square=(), **_ET), _t("sign", **_ET),
+    _t("sigmoid", extra=(_F + "sigmoid",), **_ET),
+    _t("tanh", extra=(_F + "tanh",), host_math="math.tanh", **_ET),
+    _t("relu", extra=(_F + "relu",), **_ET),
+    _t("sin", host_math="math.sin", **_ET), _t("cos", host_math="math.cos", **_ET),
+    _t("floor", **_ET), _t("ceil", **_ET), _t("round", **_ET),
+    _t("clamp", **_ET), _t("clip", **_ET), _t("clamp_min", fn=False, **_ET),
+    _t("clamp_max", fn=False, **_ET), _t("maximum", **_ET), _t("minimum", **_ET),
+    _t("logaddexp", **_ET),
+    _t("add", operators=(ast.Add,), integer=(0, 1), **_ET),
+    _t("sub", operators=(ast.Sub,), integer=(0, 1), **_ET),
+    _t("mul", operators=(ast.Mult,), integer=(0, 1), **_ET),
+    _t("eq", **_CMP), _t("ne", **_CMP), _t("gt", **_CMP), _t("lt", **_CMP), _t("ge", **_CMP),
+    _t("le", **_CMP), _t("logical_and", **_CMP), _t("logical_or", **_CMP),
+    _t("logical_not", **_CMP),
+    # Tensor.where takes the condition as its argument, not as its receiver: no method spelling
+    _t("where", meth=False, integer=(1, 2), recomputed=True, **_ET),
+    _t("zeros_like", meth=False, integer=(0,), metadata_only=True, **_ET),
+    _t("ones_like", meth=False, integer=(0,), metadata_only=True, **_ET),
+    _t("full_like", meth=False, metadata_only=True, **_ET),
+    *(OpSpec(n, (_F + n,), **_ET)
+      for n in ("softplus", "logsigmoid", "leaky_relu", "gelu", "silu")),
+    _t("float", fn=False, **_ET), _t("double", fn=False, **_ET),
+    _t("long", fn=False, integer=(), **_ET), _t("int", fn=False, integer=(), **_ET),
+    _t("bool", fn=False, boolean=True, **_ET),
+    _t("detach", fn=False, integer=(0,), **_ET), _t("clone", fn=False, integer=(0,), **_ET),
+    # -- elementwise, NaN/inf outside their domain ------------------------------------------
+    _t("exp", sanitize=(0, "0"), host_math="math.exp", **_E),
+    _t("expm1", sanitize=(0, "0"), host_math="math.expm1", **_E),
+    _t("log", sanitize=(0, "1"), host_math="math.log", **_E),
+    _t("log1p", sanitize=(0, "0"), host_math="math.log1p", **_E),
+    _t("log2", sanitize=(0, "1"), host_math="math.log2", **_E),
+    _t("sqrt", sanitize=(0, "1"), host_math="math.sqrt", **_E),
+    _t("rsqrt", sanitize=(0, "1"), **_E),
+    _t("reciprocal", sanitize=(0, "1"), **_E),
+    _t("pow", operators=(ast.Pow,), sanitize=(0, "1"), square=(2,), **_E),
+    _t("div", operators=(ast.Div,), sanitize=(1, "1"), **_E),
+    _t("true_divide", sanitize=(1, "1"), **_E), _t("xlogy", sanitize=(1, "1"), **_E),
+    _t("floor_divide", operators=(ast.FloorDiv,), sanitize=(1, "1"), integer=(0, 1)),
+    _t("remainder", operators=(ast.Mod,), sanitize=(1, "1"), integer=(0, 1)),
+    _t("log10", sanitize=(0, "1"), host_math="math.log10"),
+    _t("acos", sanitize=(0, "0")), _t("asin", sanitize=(0, "0")),
+    _t("atanh", sanitize=(0, "0")), _t("acosh", sanitize=(0, "2")), _t("exp2", sanitize=(0, "0")),
+    _t("sinh", sanitize=(0, "0")), _t("cosh", sanitize=(0, "0")), _t("tan", sanitize=(0, "0")),
+    _t("lgamma", sanitize=(0, "1")), _t("digamma", sanitize=(0, "1")),
+    _t("logit", sanitize=(0, "0.5")),
+    _t("atan", host_math="math.atan", total=True),
+    # -- reductions and ops with a dim --------------------------------------------------------
+    _t("sum", batched="reduction", reduce="sum", tuple_dims=True, dim_rank=-1,
+       summed=("x.sum()", "x.sum() / n"), selection="sum", total=True),
+    _t("mean", batched="reduction", reduce="mean", tuple_dims=True, dim_rank=-1,
+       summed=("x.mean() * n", "x.mean()"), selection="mean", total=True),
+    _t("amax", batched="reduction", reduce="amax", tuple_dims=True, dim_rank=-1,
+       selection="amax", total=True),
+    _t("amin", batched="reduction", reduce="amin", tuple_dims=True, dim_rank=-1,
+       selection="amin", total=True),
+    _t("max", batched="reduction", reduce="amax", tuple_dims=True, selection="max", total=True),
+    _t("min", batched="reduction", reduce="amin", tuple_dims=True, selection="min", total=True),
+    _t("prod", batched="reduction", reduce="prod", dim_rank=-1),
+    _t("logsumexp", batched="reduction", dim_rank=-1, total=True),
+    _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True),
+    _t("log_softmax", extra=(_F + "log_softmax",), batched="reduction", dim_rank=0, total=True),
+    _t("cumsum", batched="reduction", dim_rank=0),
+    _t("any", fn=False, batched="reduction", dim_rank=-1, total=True),
+    _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
+    _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
+       recomputed=True),
+    _t("dot", batched="dot", total=True), _t("matmul", total=True), _t("norm", total=True),
+    # -- losses -----------------------------------------------------------------------------
+    *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
+      for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),
+    OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
+           batched="pointwise_loss"),
+    *(OpSpec(n, (_F + n,), batched="class_loss") for n in ("cross_entropy", "nll_loss")),
+    OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
+           batched="similarity"),
+    # -- layout, views, conversions -----------------------------------------------------------
+    _t("stack", meth=False, total=True), _t("cat", meth=False, total=True),
+    _t("as_tensor", meth=False, total=True), _t("tensor", meth=False, total=True),
+    _t("flatten", fn=False, batched="flatten", total=True),
+    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True),
+    _t("type_as", fn=False, batched="same_rank", total=True),
+    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True),
+    _t("view", fn=False, total=True, recomputed=True),
+    _t("squeeze", fn=False, total=True, recomputed=True),
+    _t("expand", fn=False, total=True, recomputed=True),
+    *(_t(n, fn=False, total=True) for n in ("t", "transpose", "permute", "contiguous", "to")),
+    _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
+    _t("tolist", fn=False, total=True, host="e.detach()"),
+    # -- logic and tests ----------------------------------------------------------------------
+    _t("logical_xor", boolean=True, recomputed=True),
+    _t("isnan", boolean=True), _t("isinf", boolean=True), _t("isfinite", boolean=True),
+    _t("isin", meth=False, boolean=True),
+    _t("bitwise_not", extra=("operator.invert",), recomputed=True),
+    *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
+    # -- metadata -----------------------------------------------------------------------------
+    *(_t(n, fn=False, shape_query=True, metadata_only=True, total=True)
+      for n in ("size", "dim", "ndimension", "type", "nelement")),
+    _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True),
+    *(_t(n, fn=False, metadata_only=True)
+      for n in ("stride", "element_size", "new_zeros", "new_ones", "new_full", "new_tensor")),
+    *_aten("sym_size", "sym_numel", "sym_stride", metadata_only=True),
+    # -- effects ------------------------------------------------------------------------------
+    *_aten("rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like",
+           "multinomial", "poisson", "binomial", "_standard_gamma", "_sample_dirichlet",
+           "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+           "feature_alpha_dropout", "feature_dropout", "native_dropout", "rrelu",
+           "rrelu_with_noise", "gumbel_softmax", "fractional_max_pool2d",
+           "fractional_max_pool3d", effect="random"),
+    *(OpSpec(n, methods=(n + "_",), effect="random")
+      for n in ("bernoulli", "normal", "uniform", "random", "exponential", "geometric", "cauchy",
+                "log_normal")),
+    *_aten("empty", "empty_strided", "new_empty_strided", effect="uninitialized"),
+    *_aten("empty_like", "new_empty", effect="uninitialized", metadata_only=True),
+    *_aten("_set_grad_enabled", "set_grad_enabled", "_enter_autocast", "_exit_autocast",
+           "manual_seed", "seed", "set_default_dtype", "_record_function_enter",
+           "_record_function_enter_new", "_record_function_exit", effect="global_state"),
+    *_aten("_vmap_increment_nesting", "_vmap_decrement_nesting", "_add_batch_dim",
+           "_remove_batch_dim", "_grad_increment_nesting", "_grad_decrement_nesting",
+           "_wrap_for_grad", "_unwrap_for_grad", "_jvp_increment_nesting",
+           "_jvp_decrement_nesting", "_func_increment_nesting", "_func_decrement_nesting",
+           "_wrap_functional_tensor", "_unwrap_functional_tensor", "_autograd_grad",
+           "_saved_tensors_hooks_disable", "_saved_tensors_hooks_enable",
+           "set_inplace_requires_grad_allowed", "_make_dual", "_unpack_dual", "enter_dual_level",
+           "exit_dual_level", "_set_fwd_grad_enabled", effect="functorch"),
+    OpSpec("set_printoptions", ("torch.set_printoptions",), effect="global_state"),
+    *(OpSpec(None, methods=(n,), effect="autograd")
+      for n in ("backward", "register_hook", "retain_grad")),
+    OpSpec("_set_tensor_requires_grad", effect="functorch", creates_grad=True),
+    OpSpec("requires_grad_", creates_grad=True),
+    *(OpSpec(None, (f"operator.{n}",), effect="mutates")
+      for n in ("setitem", "delitem", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod",
+                "ipow", "imatmul", "iand", "ior", "ixor", "ilshift", "irshift")),
+    *(OpSpec(None, (n,), effect="io")
+      for n in ("print", "open", "input", "breakpoint", "torch.save", "torch.load",
+                "logging.info", "logging.debug", "logging.warning", "warnings.warn")),
+    # -- Python builtins ----------------------------------------------------------------------
+    _builtin("len", total=True, shape_query=True, selection="len"),
+    _builtin("isinstance", total=True, shape_query=True),
+    _builtin("int", total=True, host="e.long()", host_number="int"),
+    _builtin("float", total=True, host="e.detach() * 1.0", host_number="float"),
+    _builtin("bool", total=True, host="torch.ne(e, 0)"),
+    # two arguments pick one (first wins on ties, as Python does); one iterates dim 0
+    _builtin("min", total=True, host_pair="torch.where(b < a, b, a)", host="e.amin(0)"),
+    _builtin("max", total=True, host_pair="torch.where(b > a, b, a)", host="e.amax(0)"),
+    _builtin("sum", host="e.sum(0)"),
+    *(_builtin(n) for n in ("range", "zip", "enumerate", "list", "tuple", "round", "pow")),
+)
+# Methods of Python objects (lists, dicts, sets, loggers, files, summary writers), by effect.
+# Some share a name with a tensor op (``log``, ``add``): such calls count as both.
+OBJECT_METHODS = {
+    **dict.fromkeys(("write", "flush", "info", "debug", "warning", "log", "add_scalar"), "io"),
+    **dict.fromkeys(("append", "extend", "insert", "pop", "remove", "clear", "update",
+                     "setdefault", "add", "discard", "copy_", "__setitem__"), "mutates"),
+}
+# Random calls outside torch, by module prefix.
+RANDOM_MODULES = ("random.", "numpy.random.")
+
+# Attributes of a tensor that read its metadata (``x.T``, ``x.grad`` read values or state) ...
+METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "layout", "is_cuda"})
+# ... and those the same in every iteration, with their form on the batched value ``x``.
+BATCHED_ATTRIBUTES = {"dtype": "x.dtype"}
+
+
+def _index(key: Callable[[OpSpec], tuple]) -> dict:
+    return {k: s for s in REGISTRY for k in key(s)}
+
+
+_FUNCTIONS = _index(lambda s: s.functions)
+_METHODS = _index(lambda s: s.methods)
+_OPERATORS = _index(lambda s: s.operators)
+_MATH = _index(lambda s: (s.host_math,) if s.host_math else ())
+
+
+def by_call(name: str | None, meth: str | None) -> OpSpec:
+    """The op called as function ``name`` or method ``meth`` (``resolve_call``/``method_name``);
+    ``UNKNOWN`` when it is not listed."""
+    if meth is not None:
+        return _METHODS.get(meth, UNKNOWN)
+    return _FUNCTIONS.get(name, UNKNOWN)
+
+
+def by_operator(op: type) -> OpSpec:
+    """The op of a Python operator: ``by_operator(ast.Div)`` is ``torch.div``'s."""
+    return _OPERATORS.get(op, UNKNOWN)
+
+
+def by_host_math(name: str | None) -> OpSpec:
+    """The op that ``math`` function ``name`` (``"math.log"``) computes on a number."""
+    return _MATH.get(name, UNKNOWN)
+
+
+def is_builtin(name: str | None, effects: tuple[str | None, ...] = (None,)) -> bool:
+    """``name`` is a Python builtin listed here with one of ``effects`` (None: it has none)."""
+    spec = _FUNCTIONS.get(name)
+    return spec is not None and "." not in name and spec.effect in effects
+
+
+def is_pure_method(meth: str) -> bool:
+    """``x.<meth>(...)`` is a tensor op listed here without effects, and no object method
+    (``add``, ``log``) has that name: it changes nothing."""
+    return by_call(None, meth).aten is not None and effect(None, meth) is None
+
+
+def fx_names(fact: Callable[[OpSpec], object]) -> frozenset[str]:
+    """Bare names (aten, method, function) of the ops with ``fact``, for matching FX nodes."""
+    return frozenset(n for s in REGISTRY if fact(s) for n in s.names)
+
+
+def operators(fact: Callable[[OpSpec], object]) -> tuple[type, ...]:
+    """The Python operators of the ops with ``fact`` (for ``isinstance(node.op, ...)``)."""
+    return tuple(o for s in REGISTRY if fact(s) for o in s.operators)
+
+
+def effect(name: str | None, meth: str | None) -> str | None:
+    """What a call must not be moved or batched for: an op's effect, or an object method's; for
+    torch functions matched by their last name too (``torch.nn.functional.dropout``)."""
+    if meth is not None:
+        return by_call(None, meth).effect or OBJECT_METHODS.get(meth)
+    if name is None:
+        return None
+    if name.startswith(RANDOM_MODULES):
+        return "random"
+    found = by_call(name, None).effect
+    if found is None and name.startswith("torch."):
+        return _TORCH_EFFECTS.get(name.rsplit(".", 1)[-1])
+    return found
+
+
+_TORCH_EFFECTS = {n: s.effect for s in REGISTRY if s.effect for n in s.names}

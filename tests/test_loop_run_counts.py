@@ -1,0 +1,125 @@
+"""The report says what runs: per vectorized loop, run-time counts from the first call of each
+input signature (an instrumented eager copy; the steady path runs the plain rewrite)."""
+from __future__ import annotations
+
+import ast
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from passes.loop_run_counters import instrument
+from rewrite import assert_equivalent, optimize_loss
+from tests.helpers import load_module
+
+USER_CODE = '''
+import torch
+
+def summed(pred, target):
+    total = 0
+    for i in range(len(pred)):
+        total = total + ((pred[i] - target[i]) ** 2).sum()
+    return total
+
+def per_item(pred, target, lengths):
+    total = 0
+    for i in range(pred.shape[0]):
+        L = lengths[i].item()
+        total = total + ((pred[i, :L] - target[i, :L]) ** 2).sum()
+    return total
+'''
+
+
+@pytest.fixture
+def user(tmp_path):
+    return load_module(tmp_path, USER_CODE)
+
+
+def _inputs(dtype, rows=3):
+    gen = torch.Generator().manual_seed(2)
+    return (torch.randn(rows, 4, generator=gen, dtype=dtype, requires_grad=True),
+            torch.randn(rows, 4, generator=gen, dtype=dtype))
+
+
+def _loop(fn):
+    [loop] = fn.report.loops
+    return loop
+
+
+def test_instrument_golden():
+    source = textwrap.dedent('''
+        def f(x):
+            if isinstance(x, torch.Tensor) and x.dim() == 2:
+                'optimize_loss: loop at line 3 vectorized'
+                y = x.sum()
+            else:
+                y = 0
+            return y
+    ''')
+    expected = textwrap.dedent('''
+        def f(x):
+            if isinstance(x, torch.Tensor) and x.dim() == 2:
+                'optimize_loss: loop at line 3 vectorized'
+                counts.loop_ran(3, True)
+                try:
+                    y = x.sum()
+                except Exception as _optimize_loss_error:
+                    counts.loop_failed(3, _optimize_loss_error)
+                    raise
+            else:
+                counts.loop_ran(3, False, 'check `isinstance(x, torch.Tensor)` was false' if not isinstance(x, torch.Tensor) else 'check `x.dim() == 2` was false')
+                y = 0
+            return y
+    ''')
+    assert ast.unparse(instrument(ast.parse(source), "counts")) == ast.unparse(ast.parse(expected))
+    plain = "def f(x):\n    if x:\n        y = 1\n    else:\n        y = 0\n    return y"
+    assert ast.unparse(instrument(ast.parse(plain), "counts")) == plain  # no guard: unchanged
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_first_call_counts_and_steady_calls_do_not(user, dtype):
+    fn = optimize_loss(user.summed, compile=False)
+    assert_equivalent(user.summed, fn, *_inputs(dtype))  # the counting copy: same value, gradients
+    assert_equivalent(user.summed, fn, *_inputs(dtype))
+    loop = _loop(fn)
+    assert (loop.vectorized_runs, loop.original_runs, loop.failed_runs) == (1, 0, 0)
+    assert "[ran: vectorized 1, as written 0]" in str(fn.report)
+
+
+def test_compiled_signatures_count_what_runs(user):
+    fn = optimize_loss(user.summed, backend="eager")
+    fn(*_inputs(torch.float32))
+    pred, target = _inputs(torch.float32)
+    fn(list(pred), list(target))  # a list of rows: the check fails, the loop runs as written
+    loop = _loop(fn)
+    assert (loop.vectorized_runs, loop.original_runs) == (1, 1)
+    assert loop.last_failure == "check `isinstance(pred, torch.Tensor)` was false"
+    assert "as written 1; last: check `isinstance(pred, torch.Tensor)` was false" in str(fn.report)
+
+
+def test_a_vectorized_branch_that_raises_is_reported(user):
+    fn = optimize_loss(user.per_item, compile=False)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        fn(*_inputs(torch.float32), torch.tensor([1, 2, 3]))
+    loop = _loop(fn)
+    assert (loop.vectorized_runs, loop.failed_runs) == (1, 1)
+    assert loop.last_failure.startswith("raised RuntimeError: vmap: It looks like you're calling .item()")
+    assert "(1 raised)" in str(fn.report)
+
+
+def test_a_lambda_with_a_vectorized_comprehension_runs(tmp_path):
+    module = load_module(tmp_path, "import torch\nloss = lambda p, t: sum(((p[i] - t[i]) ** 2).sum() "
+                                   "for i in range(len(p)))\n")
+    fn = optimize_loss(module.loss, compile=False)
+    assert _loop(fn).vectorized  # the rewritten source reads `def <lambda>`: it is not counted
+    assert_equivalent(module.loss, fn, *_inputs(torch.float64))
+
+
+def test_inspect_shows_the_counts(user):
+    from rewrite.tools import inspection
+    data = inspection.collect(user.summed, _inputs(torch.float32), {}, repeat=1)
+    assert data["loops"][0]["runs"] == {"vectorized": 1, "failed": 0, "as_written": 0,
+                                        "last_failure": ""}
+    assert "[ran: vectorized 1, as written 0]" in inspection.format_text(data)

@@ -1,0 +1,736 @@
+"""Golden before/after tests of every stage of ``vectorize_loops.LOOP_STAGES``.
+
+Each case: a function whose first loop is planned up to the stage, the plan's fields the stage
+writes as readable text before the stage, and after it (or its refusal). Every stage has a case
+it changes nothing in, or refuses (except the stages that always fill their field: their second
+case shows the other form). ``inline_helper_calls`` needs its helper in a real file: its case is
+a test of its own below.
+"""
+from __future__ import annotations
+
+import pytest
+
+from passes.errors import Unsupported
+from passes.loops import (batch_loop_bodies, check_body, classify_effects, effects_to_outputs,
+                          fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
+                          inline_inner_loops, iteration, masked_selections_to_where,
+                          outline_body, raise_on_empty_selections, row_slices_to_params,
+                          runtime_checks, tensor_branches_to_where, unit_slices_to_index,
+                          vectorize_loops)
+from passes.pipeline import pass_name
+from tests.helpers import load_module
+from tests.loop_helpers import context
+from tests.loop_stage_helpers import plan_at, plan_before, show
+
+# (stage, source, fields shown, before the stage, after it)
+CASES = [
+    (iteration, """
+def f(xs, w):
+    loss = 0
+    for k, x in enumerate(xs, 1):
+        loss += x.sum() * k
+    return loss
+""", ('iteration', 'body'),
+     """
+# iteration
+# body
+""",
+     """
+# iteration
+k in range(1, 1 + len(xs), 1); x from xs
+# body
+loss += x.sum() * k
+"""),
+    (iteration, """
+def f(xs):
+    loss = 0
+    for x in xs:
+        loss += x.sum()
+    else:
+        loss = 1
+    return loss
+""", ('iteration', 'body'),
+     """
+# iteration
+# body
+""",
+     """
+Unsupported: `for ... else`
+"""),
+    (inline_inner_loops, """
+def f(x, w, n):
+    total = 0
+    for i in range(n):
+        row = 0
+        for j in range(4):
+            row = row + w[j] * x[i]
+        total = total + row
+    return total
+""", ('body', 'inner_checks'),
+     """
+# body
+row = 0
+if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (len(range(0, 4, 1)) > 0):
+    'optimize_loss: loop at line 5 vectorized'
+    if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
+        _w_row = w if 4 == w.shape[0] else w[0:4:1]
+        _row_part = 0
+        _row_part = _w_row.sum(0) * x[i]
+        _outs = (_row_part,)
+    else:
+
+        def _body(_w_row):
+            _row_part = 0
+            _row_part = _row_part + _w_row * x[i]
+            return (torch.as_tensor(_row_part),)
+        _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+        _outs = (_outs[0].sum(0),)
+    row = row + _outs[0]
+else:
+    for j in range(4):
+        row = row + w[j] * x[i]
+total = total + row
+# inner_checks
+""",
+     """
+# body
+row = 0
+if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
+    _w_row = w if 4 == w.shape[0] else w[0:4:1]
+    _row_part = 0
+    _row_part = _w_row.sum(0) * x[i]
+    _outs = (_row_part,)
+else:
+
+    def _body(_w_row):
+        _row_part = 0
+        _row_part = _row_part + _w_row * x[i]
+        return (torch.as_tensor(_row_part),)
+    _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+    _outs = (_outs[0].sum(0),)
+row = row + _outs[0]
+total = total + row
+# inner_checks
+isinstance(w, torch.Tensor); 4 <= w.shape[0]; len(range(0, 4, 1)) > 0
+"""),
+    (inline_inner_loops, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i]
+    return total
+""", ('body', 'inner_checks'),
+     """
+# body
+total = total + x[i]
+# inner_checks
+""",
+     """
+# body
+total = total + x[i]
+# inner_checks
+"""),
+    (masked_selections_to_where, """
+def f(pred, target, n):
+    total = 0
+    for i in range(n):
+        m = target[i] > 0
+        total = total + pred[i][m].sum()
+    return total
+""", ('body',),
+     """
+# body
+m = target[i] > 0
+total = total + pred[i][m].sum()
+""",
+     """
+# body
+m = target[i] > 0
+_keep = m.reshape(_mask_shape[m.shape, pred[i].shape])
+total = total + torch.where(_keep, pred[i], 0).sum()
+"""),
+    (masked_selections_to_where, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i] * 2
+    return total
+""", ('body',),
+     """
+# body
+total = total + x[i] * 2
+""",
+     """
+# body
+total = total + x[i] * 2
+"""),
+    (check_body, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        if total > 1:
+            break
+        total = total + x[i]
+    return total
+""", ('body',),
+     """
+# body
+if total > 1:
+    break
+total = total + x[i]
+""",
+     """
+Unsupported: `break`: the trip count depends on the data
+"""),
+    (check_body, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i] * 2
+    return total
+""", ('body',),
+     """
+# body
+total = total + x[i] * 2
+""",
+     """
+# body
+total = total + x[i] * 2
+"""),
+    (host_roundtrips_to_tensor_ops, """
+def f(labels, w, n):
+    total = 0
+    for i in range(n):
+        total = total + labels[i].item() * w[i] + int(w.shape[0])
+    return total
+""", ('body', 'variant'),
+     """
+# body
+total = total + labels[i].item() * w[i] + int(w.shape[0])
+# variant
+[]
+""",
+     """
+# body
+total = total + labels[i].detach() * w[i] + int(w.shape[0])
+# variant
+['i', 'total']
+"""),
+    (host_roundtrips_to_tensor_ops, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i] * 2
+    return total
+""", ('body',),
+     """
+# body
+total = total + x[i] * 2
+""",
+     """
+# body
+total = total + x[i] * 2
+"""),
+    (unit_slices_to_index, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[:, i:i + 1].sum() + x[:, i:i + 2].sum()
+    return total
+""", ('body',),
+     """
+# body
+total = total + x[:, i:i + 1].sum() + x[:, i:i + 2].sum()
+""",
+     """
+# body
+total = total + x[:, i].unsqueeze(1).sum() + x[:, i:i + 2].sum()
+"""),
+    (unit_slices_to_index, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i] * 2
+    return total
+""", ('body',),
+     """
+# body
+total = total + x[i] * 2
+""",
+     """
+# body
+total = total + x[i] * 2
+"""),
+    (row_slices_to_params, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[:, 0, i, 1:].sum()
+    return total
+""", ('body', 'row_slices', 'checks'),
+     """
+# body
+total = total + x[:, 0, i, 1:].sum()
+# row_slices
+# checks
+""",
+     """
+# body
+total = total + _x_row[1:].sum()
+# row_slices
+x[:, 0, a:b:s] as _x_row
+# checks
+isinstance(x, torch.Tensor) and n <= x.shape[2]
+"""),
+    (row_slices_to_params, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        y = x * 2
+        total = total + y[i].sum()
+    return total
+""", ('body', 'row_slices', 'checks'),
+     """
+# body
+y = x * 2
+total = total + y[i].sum()
+# row_slices
+# checks
+""",
+     """
+# body
+y = x * 2
+total = total + y[i].sum()
+# row_slices
+# checks
+"""),
+    (classify_effects, """
+def f(x, out, n):
+    total = 0
+    m = x[0]
+    rows = []
+    for i in range(n):
+        v = x[i] * 2
+        total += v.sum()
+        m = torch.maximum(m, v)
+        rows.append(v)
+        out[i] = v
+    return total, m, rows
+""", ('body', 'facts'),
+     """
+# body
+v = _x_row * 2
+total += v.sum()
+m = torch.maximum(m, v)
+rows.append(v)
+out[i] = v
+# facts
+""",
+     """
+# body
+v = _x_row * 2
+total += v.sum()
+m = torch.maximum(m, v)
+rows.append(v)
+out[i] = v
+# facts
+acc total sum
+acc m max
+append rows
+write out
+"""),
+    (classify_effects, """
+def f(x, n):
+    for i in range(n):
+        v = x[i] * 2
+    return x
+""", ('body', 'facts'),
+     """
+# body
+v = _x_row * 2
+# facts
+""",
+     """
+# body
+v = _x_row * 2
+# facts
+"""),
+    (runtime_checks, """
+def f(xs, ys, w, out):
+    for x, y in zip(xs, ys):
+        out.append(x * y + w[0])
+    return out
+""", ('checks',),
+     """
+# checks
+""",
+     """
+# checks
+isinstance(xs, torch.Tensor) and xs.dim() > 0 and isinstance(ys, torch.Tensor) and ys.dim() > 0 and isinstance(out, list) and len(range(0, min(len(xs), len(ys)), 1)) > 0
+"""),
+    (runtime_checks, """
+def f(table, labels, out, n):
+    for i in range(1, n):
+        out[i] = table[labels[i]]
+    return out
+""", ('checks',),
+     """
+# checks
+isinstance(labels, torch.Tensor) and n <= labels.shape[0]
+""",
+     """
+# checks
+isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and len(range(1, n, 1)) > 0
+"""),
+    (tensor_branches_to_where, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        if x[i] > 0:
+            total = total + x[i].sqrt()
+    return total
+""", ('body', 'masked', 'uses_where'),
+     """
+# body
+if _x_row > 0:
+    total = total + _x_row.sqrt()
+# masked
+# uses_where
+False
+""",
+     """
+# body
+_cond = torch.ne(_x_row > 0, 0)
+total = total + torch.where(_cond, _x_row, 1).sqrt()
+# masked
+torch.where(_cond, _x_row, 1).sqrt() under _cond
+# uses_where
+True
+"""),
+    (tensor_branches_to_where, """
+def f(x, n, flag):
+    total = 0
+    for i in range(n):
+        if flag:
+            total = total + x[i]
+    return total
+""", ('body', 'uses_where'),
+     """
+# body
+if flag:
+    total = total + _x_row
+# uses_where
+False
+""",
+     """
+# body
+if flag:
+    total = total + _x_row
+# uses_where
+False
+"""),
+    (effects_to_outputs, """
+def f(x, out, n):
+    total = 0
+    rows = []
+    for i in range(n):
+        v = x[i] * 2
+        total += v.sum()
+        rows.append(v)
+        out[i] = v
+    return total, rows
+""", ('body', 'init', 'outputs', 'folds'),
+     """
+# body
+v = _x_row * 2
+total += v.sum()
+rows.append(v)
+out[i] = v
+# init
+# outputs
+# folds
+""",
+     """
+# body
+v = _x_row * 2
+_total_part = _total_part + v.sum()
+_rows_item = v
+_out_item = v
+# init
+_total_part = 0
+# outputs
+['_total_part', '_rows_item', '_out_item']
+# folds
+rows.extend(_outs[1].unbind(0))
+out[0:n:1] = _outs[2].reshape(_outs[2].shape[:1] + (1,) * (out.dim() - 0 - _outs[2].dim()) + _outs[2].shape[1:])
+"""),
+    (effects_to_outputs, """
+def f(x, n):
+    for i in range(n):
+        v = x[i] * 2
+    return x
+""", ('body', 'init', 'outputs', 'folds'),
+     """
+# body
+v = _x_row * 2
+# init
+# outputs
+# folds
+""",
+     """
+# body
+v = _x_row * 2
+# init
+# outputs
+# folds
+"""),
+    (fold_accumulators, """
+def f(p, t, B):
+    loss = 0
+    for i in range(B):
+        loss += ((p[i] - t[i]) ** 2).mean()
+    return loss / B
+""", ('folds', 'averaged'),
+     """
+# folds
+# averaged
+[]
+""",
+     """
+# folds
+_averaged = True
+loss = _outs[0]
+# averaged
+['loss']
+"""),
+    (fold_accumulators, """
+def f(x, m, n):
+    for i in range(n):
+        m = max(m, x[i])
+    return m
+""", ('folds', 'averaged'),
+     """
+# folds
+# averaged
+[]
+""",
+     """
+# folds
+m = max(m, _outs[0].amax(0))
+# averaged
+[]
+"""),
+    (fold_accumulators, """
+def f(x, n):
+    rows = []
+    for i in range(n):
+        rows.append(x[i] * 2)
+    return rows
+""", ('folds', 'averaged'),
+     """
+# folds
+rows.extend(_outs[0].unbind(0))
+# averaged
+[]
+""",
+     """
+# folds
+rows.extend(_outs[0].unbind(0))
+# averaged
+[]
+"""),
+    (outline_body, """
+def f(xs, ys):
+    total = 0
+    for x, y in zip(xs, ys):
+        total = total + (x * y).sum()
+    return total
+""", ('mapped',),
+     """
+# mapped
+""",
+     """
+# mapped
+def _body(x, y):
+    _total_part = 0
+    _total_part = _total_part + (x * y).sum()
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0, 0))(xs if len(xs) == min(len(xs), len(ys)) else xs[:min(len(xs), len(ys))], ys if len(ys) == min(len(xs), len(ys)) else ys[:min(len(xs), len(ys))])
+_outs = (_outs[0].sum(0),)
+"""),
+    (batch_loop_bodies, """
+def f(p, t, n):
+    total = 0
+    for i in range(n):
+        total = total + ((p[i] - t[i]) ** 2).mean()
+    return total
+""", ('stmts', 'unbatched'),
+     """
+# stmts
+# unbatched
+''
+""",
+     """
+# stmts
+if t.dim() == p.dim():
+    _p_row = p if n == p.shape[0] else p[0:n:1]
+    _t_row = t if n == t.shape[0] else t[0:n:1]
+    _total_part = 0
+    _total_part = ((_p_row - _t_row) ** 2).mean() * len(range(0, n, 1))
+    _outs = (_total_part,)
+else:
+
+    def _body(_p_row, _t_row):
+        _total_part = 0
+        _total_part = _total_part + ((_p_row - _t_row) ** 2).mean()
+        return (torch.as_tensor(_total_part),)
+    _outs = torch.vmap(_body, in_dims=(0, 0))(p if n == p.shape[0] else p[0:n:1], t if n == t.shape[0] else t[0:n:1])
+    _outs = (_outs[0].sum(0),)
+total = _outs[0]
+# unbatched
+''
+"""),
+    (batch_loop_bodies, """
+def f(a, n):
+    total = 0
+    for i in range(n):
+        total = total + torch.linalg.det(a[i])
+    return total
+""", ('stmts', 'unbatched'),
+     """
+# stmts
+# unbatched
+''
+""",
+     """
+# stmts
+def _body(_a_row):
+    _total_part = 0
+    _total_part = _total_part + torch.linalg.det(_a_row)
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0,))(a if n == a.shape[0] else a[0:n:1])
+_outs = (_outs[0].sum(0),)
+total = _outs[0]
+# unbatched
+'`torch.linalg.det(...)` has no batched form'
+"""),
+    (raise_on_empty_selections, """
+def f(d, lab, n):
+    total = 0
+    for i in range(n):
+        total = total + d[i][lab == lab[i]].max()
+    return total
+""", ('outline',),
+     """
+# outline
+if lab.dim() >= 1 and d.dim() >= 2: ...
+_empty_max = _empty_max + _outs[0]
+total = _outs[1]
+""",
+     """
+# outline
+_empty_max = 0
+if lab.dim() >= 1 and d.dim() >= 2: ...
+_empty_max = _empty_max + _outs[0]
+if _empty_max: ...
+total = _outs[1]
+"""),
+    (raise_on_empty_selections, """
+def f(d, n):
+    total = 0
+    for i in range(n):
+        total = total + d[i].max()
+    return total
+""", ('outline',),
+     """
+# outline
+_d_row = d if n == d.shape[0] else d[0:n:1]
+_total_part = 0
+_total_part = (_d_row.amax(tuple(range(1, _d_row.dim()))) if _d_row.dim() > 1 else _d_row.reshape(len(_d_row), -1).amax(1)).sum(0)
+_outs = (_total_part,)
+total = _outs[0]
+""",
+     """
+# outline
+_d_row = d if n == d.shape[0] else d[0:n:1]
+_total_part = 0
+_total_part = (_d_row.amax(tuple(range(1, _d_row.dim()))) if _d_row.dim() > 1 else _d_row.reshape(len(_d_row), -1).amax(1)).sum(0)
+_outs = (_total_part,)
+total = _outs[0]
+"""),
+]
+
+ALWAYS_FILLING = {runtime_checks, outline_body, batch_loop_bodies}
+
+
+@pytest.mark.parametrize("stage, src, fields, before, after", CASES,
+                         ids=[f"{pass_name(c[0])}-{k}" for k, c in enumerate(CASES)])
+def test_golden(stage, src, fields, before, after):
+    plan, ctx = plan_before(src, stage)
+    assert "\n" + show(plan, fields) == before  # the cases' strings start on a new line
+    try:
+        plan = stage.stage(plan, ctx)
+    except Unsupported as exc:
+        assert after == f"\nUnsupported: {exc.reason}\n"
+    else:
+        assert "\n" + show(plan, fields) == after
+
+
+def test_every_stage_has_a_case_and_a_no_change_case():
+    stages = set(vectorize_loops.LOOP_STAGES) - {inline_helper_calls}  # its own test below
+    assert {c[0] for c in CASES} == stages
+    unchanged = {c[0] for c in CASES if c[3] == c[4] or c[4].startswith("\nUnsupported")}
+    assert stages - unchanged == ALWAYS_FILLING
+
+
+HELPERS = """
+import torch
+
+
+def sq_err(p, t):
+    d = p - t
+    return (d * d).mean()
+
+
+def f(p, t, n):
+    total = 0
+    for i in range(n):
+        total = total + sq_err(p[i], t[i])
+    return total
+
+
+def g(p, t, n):
+    total = 0
+    for i in range(n):
+        total = total + (p[i] - t[i]).abs().mean()
+    return total
+"""
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory):
+    return load_module(tmp_path_factory.mktemp("stages"), HELPERS)
+
+
+def _helper_plan(fn):
+    from rewrite.frontend import parse_function
+    parsed = parse_function(fn)
+    ctx = context(parsed.tree, fn.__globals__)
+    ctx.filename, ctx.local_names = parsed.filename, frozenset(fn.__code__.co_varnames)
+    return plan_at(parsed.tree, ctx, inline_helper_calls), ctx
+
+
+def test_golden_inline_helper_calls(helpers):
+    plan, ctx = _helper_plan(helpers.f)
+    assert show(plan, ("body",)) == "# body\ntotal = total + sq_err(p[i], t[i])\n"
+    plan = inline_helper_calls.stage(plan, ctx)
+    assert show(plan, ("body", "helper_checks")) == (
+        "# body\n_sq_err_p = p[i]\n_sq_err_t = t[i]\n_sq_err_d = _sq_err_p - _sq_err_t\n"
+        "_sq_err = (_sq_err_d * _sq_err_d).mean()\ntotal = total + _sq_err\n"
+        "# helper_checks\nsq_err is _sq_err_inlined\n")
+
+
+def test_inline_helper_calls_without_calls_changes_nothing(helpers):
+    plan, ctx = _helper_plan(helpers.g)
+    before = show(plan, ("body", "helper_checks"))
+    assert show(inline_helper_calls.stage(plan, ctx), ("body", "helper_checks")) == before
