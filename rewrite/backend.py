@@ -70,6 +70,7 @@ class HoistingBackend:
         skipped = {hoist_target_subgraph: not hoist, reroll_unrolled_loops: not reroll}
         self.passes = [p for p in FX_PIPELINE if not skipped.get(p)]
         self._warned = False
+        self._skipped_before = set(_skipped_loops())  # not this backend's business
         self.__name__ = "optimize_loss"  # what torch.compile and Dynamo's logs call it
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
@@ -101,8 +102,9 @@ class HoistingBackend:
         return hoist.HoistedCall(gm, inner(gm.core, hoist.core_example_inputs(gm, example_inputs)))
 
     def _tell_skipped_loops(self) -> None:
-        for message in list(torch._dynamo.utils.counters["unimplemented"]):
-            for frame in _SKIPPED_LOOP.findall(message):
+        """Functions Dynamo skipped since this backend was made: most likely its own caller's."""
+        for frame in _skipped_loops():
+            if frame not in self._skipped_before:
                 note = (f"Dynamo ran {frame} eagerly: a graph break inside a loop (.item(), "
                         "print, data-dependent control flow) skips the whole function, so no "
                         "backend sees that loop and it cannot be re-rolled; decorate the loss "
@@ -120,6 +122,13 @@ class HoistingBackend:
             self._warned = True
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def _skipped_loops() -> list[str]:
+    """``"fn (file line n)"`` of every function Dynamo skipped, so far, for a graph break inside
+    a loop."""
+    return [frame for message in list(torch._dynamo.utils.counters["unimplemented"])
+            for frame in _SKIPPED_LOOP.findall(message)]
 
 
 def backend(inner: str | Callable = "inductor", hoist: bool = True, reroll: bool = True,

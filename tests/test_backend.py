@@ -216,3 +216,6 @@ def test_a_loop_dynamo_skips_for_item_is_reported_once_with_the_decorator_recomm
     told = [r for r in caplog.records if r.name == "optimize_loss" and "per_sample_ce_with_item" in r.getMessage()]
     assert len(told) == 1 and "@optimize_loss" in told[0].getMessage()
     assert any("per_sample_ce_with_item" in note for note in report.notes)
+    later = Report("weighted_mse", __file__, 0)  # a backend made afterwards: not its business
+    torch.compile(weighted_mse, backend=rewrite.backend(inner="eager", report=later))(*inputs())
+    assert not any("per_sample_ce_with_item" in note for note in later.notes)

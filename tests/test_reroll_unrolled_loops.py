@@ -243,3 +243,23 @@ def test_a_second_run_changes_nothing():
     assert reroll_unrolled_loops.run(gm).modified
     code = gm.code
     assert not reroll_unrolled_loops.run(gm).modified and gm.code == code
+
+
+# Examples whose naive loops Dynamo unrolls into copies this pass re-rolls (the others either
+# have no such loop, or Dynamo skips them for a graph break in the loop).
+REROLLED_EXAMPLES = [
+    "examples/dice_tversky.py", "examples/ge2e.py", "examples/log1p_target.py",
+    "examples/per_sample_mse.py", "examples/seq_ce_time.py", "examples/target_scaling.py",
+    "examples/real/pc_chamfer_nn_loop.py", "examples/real/pose_ohkm_mse.py",
+    "examples/real/spk_ge2e_nested_loops.py", "examples/real/metric_proxy_nca_lists.py",
+]
+
+
+@pytest.mark.parametrize("path", REROLLED_EXAMPLES)
+def test_examples_rerolled_by_the_backend_keep_values_and_gradients(path):
+    example = load(path)
+    report = Report("naive", path, 0)
+    compiled = torch.compile(example.naive, backend=backend(inner="aot_eager", report=report))
+    assert_equivalent(example.naive, compiled, *example.make_inputs("small"))
+    assert any(note.startswith("re-rolled") for note in report.notes)
+    assert not any("backend failed" in note for note in report.notes)
