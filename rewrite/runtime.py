@@ -25,19 +25,22 @@ import os
 import threading
 import types
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.utils._pytree import tree_flatten, tree_map
+
+from passes import loop_run_counters
+from passes.errors import RewriteError, Unsupported
+from passes.mutated_arguments import function_node, mutated_parameters
+from passes.report import Fallback, Report
 
 from . import frontend
 from .backend import HoistingBackend
-from passes.errors import RewriteError, Unsupported
 from .lint import warn as lint_warn
-from passes import loop_run_counters
-from passes.mutated_arguments import function_node, mutated_parameters
-from passes.report import Fallback, Report
 from .testing import compare, outputs_and_gradients
 
 
@@ -82,12 +85,14 @@ class OptimizedFunction:
         self._mutated: tuple[str, ...] = ()  # parameters the function may change in place
         self._signature: inspect.Signature | None = None  # to find them among the arguments
         self._counting: Callable | None = None  # the rewritten function counting its loops' runs
+        self._limit_warned = False  # Dynamo's recompile limit reached: said once
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no fallback yet): calls skip the signature key.
         self._uniform: Callable | None = None
         self._per_signature = (options.verify or options.lint
                                or (options.compile and options.verify_compiled))
         self._dump_count = [0]
+        _PENDING.add(self)
         name, filename, lineno = frontend.describe(fn)
         self._report = Report(name, filename, lineno)
         stop = options.stop_gradient
@@ -111,6 +116,11 @@ class OptimizedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._stopped:  # before everything, so the original, the fallbacks and verify agree
             args, kwargs = _detach_named(self._stopped, args, kwargs)
+        if torch.compiler.is_compiling():
+            # Inside the user's own torch.compile: a plain call Dynamo traces through, no lock,
+            # no AST work, no state written (any would break the user's graph). The rewrite ran
+            # when that compile started (``_rewrite_pending``); the user's compile is the compile.
+            return (self._rewritten or self._original)(*args, **kwargs)
         impl = self._uniform
         if impl is None:
             key = signature_key(args, kwargs)
@@ -145,6 +155,7 @@ class OptimizedFunction:
         """The AST stage, once: the rewritten function, or None when the original must run."""
         with self._lock:
             if not self._stage_done:
+                _PENDING.discard(self)
                 self._rewritten = self._run_ast_stage()  # raises with strict=True
                 self._stage_done = True
             return self._rewritten
@@ -188,6 +199,8 @@ class OptimizedFunction:
             impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
             if impl is None:
                 impl = self._original if rewritten is None else self._compiled(rewritten)
+                if impl is self._compiled_fn:
+                    self._warn_at_recompile_limit(key, rewritten)
                 if impl not in (rewritten, self._original) and self._options.verify_compiled:
                     impl = self._check_compiled(key, impl, args, kwargs)
             if impl is not self._original and self._options.verify:
@@ -231,6 +244,20 @@ class OptimizedFunction:
                             None, key, running=_EAGER)
             return eager
         return compiled
+
+    def _warn_at_recompile_limit(self, key: Any, rewritten: Callable) -> None:
+        """A new signature when Dynamo holds as many graphs of the function as its recompile
+        limit: Dynamo runs it, and every later new one, uncompiled. Still correct, but slow
+        where the user expects compiled code: say so once."""
+        graphs = len(_debug_get_cache_entry_list(rewritten.__code__))
+        limit = torch._dynamo.config.recompile_limit
+        if graphs < limit or self._limit_warned:
+            return
+        self._limit_warned = True
+        self._fall_back(self._error(f"torch.compile's recompile limit ({limit} graphs, "
+                                    f"torch._dynamo.config.recompile_limit) is reached: new input "
+                                    f"signatures are not compiled"), None, key,
+                        running="the uncompiled rewritten function")
 
     def _compiled(self, rewritten: Callable) -> Callable:
         opts = self._options
@@ -347,6 +374,20 @@ class OptimizedFunction:
 
 
 _EAGER = "the eager rewritten function"
+
+# Decorated functions whose AST stage has not run. When any torch.compile starts (a training
+# step that calls one of them, say), they are rewritten first, outside Dynamo's trace, so that
+# the trace meets a finished function instead of AST work, which would break the user's graph.
+_PENDING: "weakref.WeakSet[OptimizedFunction]" = weakref.WeakSet()
+
+
+@torch._dynamo.callback.on_compile_start
+def _rewrite_pending(_: Any) -> None:
+    for fn in list(_PENDING):
+        try:
+            fn._rewrite()
+        except RewriteError:
+            pass  # strict=True: raised again where the function is called
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 
 

@@ -51,7 +51,7 @@ def test_single_ops_batched_and_equivalent(expr):
 
 # Sum accumulators: the sum over the loop fused into the op making the per-item values. `s`
 # starts at 0, so the partial sum is the total itself (no `0 + total`).
-N = "len(range(0, x.shape[0], 1))"
+N = "x.shape[0]"
 FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
     ("x[i].sum()", "_s_part = _x_row.sum()"),
     ("0.5 * (x[i] - w).pow(2).mean()", f"_s_part = 0.5 * ((_x_row - w).pow(2).mean() * {N})"),

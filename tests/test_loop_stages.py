@@ -70,7 +70,7 @@ def f(x, w, n):
      """
 # body
 row = 0
-if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (len(range(0, 4, 1)) > 0):
+if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
     'optimize_loss: loop at line 5 vectorized'
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
@@ -111,7 +111,7 @@ else:
 row = row + _outs[0]
 total = total + row
 # inner_checks
-isinstance(w, torch.Tensor); 4 <= w.shape[0]; len(range(0, 4, 1)) > 0
+isinstance(w, torch.Tensor); 4 <= w.shape[0]; 4 > 0
 """),
     (inline_inner_loops, """
 def f(x, n):
@@ -366,7 +366,7 @@ def f(xs, ys, w, out):
 """,
      """
 # checks
-isinstance(xs, torch.Tensor) and xs.dim() > 0 and isinstance(ys, torch.Tensor) and ys.dim() > 0 and isinstance(out, list) and len(range(0, min(len(xs), len(ys)), 1)) > 0
+isinstance(xs, torch.Tensor) and xs.dim() > 0 and isinstance(ys, torch.Tensor) and ys.dim() > 0 and isinstance(out, list) and isinstance(min(len(xs), len(ys)), int) and min(len(xs), len(ys)) > 0
 """),
     (runtime_checks, """
 def f(table, labels, out, n):
@@ -380,7 +380,7 @@ isinstance(labels, torch.Tensor) and n <= labels.shape[0]
 """,
      """
 # checks
-isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and len(range(1, n, 1)) > 0
+isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and isinstance(n, int) and n > 1
 """),
     (tensor_branches_to_where, """
 def f(x, n):
@@ -576,7 +576,7 @@ if t.dim() == p.dim():
     _p_row = p if n == p.shape[0] else p[0:n:1]
     _t_row = t if n == t.shape[0] else t[0:n:1]
     _total_part = 0
-    _total_part = ((_p_row - _t_row) ** 2).mean() * len(range(0, n, 1))
+    _total_part = ((_p_row - _t_row) ** 2).mean() * n
     _outs = (_total_part,)
 else:
 

@@ -469,6 +469,14 @@ KEPT = {
                 s += x[i]
             return s
         """, "I/O call `print`"),
+    "logger_log": ("""
+        def f(x, logger):
+            s = 0
+            for i in range(x.shape[0]):
+                logger.log(10, "step")
+                s += x[i].log()
+            return s
+        """, "I/O call `logger.log`"),
     "dropout": ("""
         def f(x):
             s = 0
@@ -551,6 +559,23 @@ def test_kept_loops_are_unchanged_with_reason(name):
         assert reason in report.loops[0].reason
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_tensor_methods_named_like_object_methods_are_tensor_ops(dtype):
+    # `x.log()` takes no argument (a logger's log takes a level and a message); a receiver made
+    # by arithmetic is a value, never a logger or a set: both are the tensor ops.
+    original, rewritten, code, report = build("""
+        def f(p, q):
+            s = 0
+            for i in range(p.shape[0]):
+                s = s + p[i].log().sum() + (p[i] + q[i]).log().mean() + (p[i] - q[i]).add(1).sum()
+            return s
+        """)
+    assert strategies(report) == {3: "batched"}
+    p, q = (torch.rand(5, 3, dtype=dtype, generator=torch.Generator().manual_seed(k)) + 0.5
+            for k in (0, 1))
+    assert_equivalent(original, rewritten, p.requires_grad_(), q.requires_grad_())
+
+
 def test_kept_outer_keeps_vectorized_inner():
     src = """
         def f(x):
@@ -579,7 +604,7 @@ GOLDEN_ACCUMULATOR = ("""
     """, """
     def f(pred, target):
         loss = 0
-        if isinstance(pred, torch.Tensor) and len(pred) <= pred.shape[0] and isinstance(target, torch.Tensor) and (len(pred) <= target.shape[0]) and (len(range(0, len(pred), 1)) > 0):
+        if isinstance(pred, torch.Tensor) and len(pred) <= pred.shape[0] and isinstance(target, torch.Tensor) and (len(pred) <= target.shape[0]) and isinstance(len(pred), int) and (len(pred) > 0):
             'optimize_loss: loop at line 3 vectorized'
             if target.dim() == pred.dim():
                 _pred_row = pred if len(pred) == pred.shape[0] else pred[0:len(pred):1]
@@ -613,7 +638,7 @@ GOLDEN_MASKED = ("""
     """, """
     def f(logp, target):
         loss = 0
-        if isinstance(target, torch.Tensor) and len(target) <= target.shape[0] and isinstance(logp, torch.Tensor) and (len(target) <= logp.shape[0]) and (len(range(0, len(target), 1)) > 0):
+        if isinstance(target, torch.Tensor) and len(target) <= target.shape[0] and isinstance(logp, torch.Tensor) and (len(target) <= logp.shape[0]) and isinstance(len(target), int) and (len(target) > 0):
             'optimize_loss: loop at line 3 vectorized'
             if target.dtype in (torch.int64, torch.int32) and target.dim() == 1 and (logp.dim() >= 2) and (logp.dim() == target.dim() + 1):
                 _target_row = target if len(target) == target.shape[0] else target[0:len(target):1]
@@ -651,7 +676,7 @@ GOLDEN_CROSS_ENTROPY = ("""
     """, """
     def f(logits, t):
         loss = 0
-        if isinstance(logits, torch.Tensor) and logits.shape[0] <= logits.shape[0] and isinstance(t, torch.Tensor) and (logits.shape[0] <= t.shape[0]) and (len(range(0, logits.shape[0], 1)) > 0):
+        if isinstance(logits, torch.Tensor) and logits.shape[0] <= logits.shape[0] and isinstance(t, torch.Tensor) and (logits.shape[0] <= t.shape[0]) and isinstance(logits.shape[0], int) and (logits.shape[0] > 0):
             'optimize_loss: loop at line 3 vectorized'
             if logits.dim() >= 1 and t.dim() >= 1 and (logits.dim() == 2) and (t.dim() == 1) and (t.dtype in (torch.int64, torch.int32)):
                 _logits_row = logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1]
@@ -689,7 +714,7 @@ GOLDEN_MEAN = ("""
         B = pred.shape[0]
         loss = 0
         _averaged = False
-        if isinstance(pred, torch.Tensor) and B <= pred.shape[0] and isinstance(target, torch.Tensor) and (B <= target.shape[0]) and (len(range(0, B, 1)) > 0):
+        if isinstance(pred, torch.Tensor) and B <= pred.shape[0] and isinstance(target, torch.Tensor) and (B <= target.shape[0]) and isinstance(B, int) and (B > 0):
             'optimize_loss: loop at line 4 vectorized'
             if target.dim() == pred.dim():
                 _pred_row = pred if B == pred.shape[0] else pred[0:B:1]
@@ -704,7 +729,7 @@ GOLDEN_MEAN = ("""
                     _loss_part = _loss_part + ((_pred_row - _target_row) ** 2).mean()
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(pred if B == pred.shape[0] else pred[0:B:1], target if B == target.shape[0] else target[0:B:1])
-                _outs = (_outs[0].sum(0) / len(range(0, B, 1)),)
+                _outs = (_outs[0].sum(0) / B,)
             _averaged = True
             loss = _outs[0]
         else:
@@ -726,7 +751,7 @@ GOLDEN_NESTED = ("""
     """, """
     def f(x, w):
         out = torch.zeros_like(x)
-        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and (x.shape[1] <= x.shape[1]) and isinstance(w, torch.Tensor) and (x.shape[1] <= w.shape[0]) and isinstance(out, torch.Tensor) and (len(range(0, x.shape[1], 1)) > 0) and (len(range(0, x.shape[0], 1)) > 0):
+        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and (x.shape[1] <= x.shape[1]) and isinstance(w, torch.Tensor) and (x.shape[1] <= w.shape[0]) and isinstance(out, torch.Tensor) and isinstance(x.shape[1], int) and (x.shape[1] > 0) and isinstance(x.shape[0], int) and (x.shape[0] > 0):
             'optimize_loss: loop at line 3 vectorized'
 
             def _body_1(_x_row_1):
@@ -841,7 +866,7 @@ GOLDEN_DATA_SLOTS = ("""
     def f(x, t):
         out = torch.zeros(x.shape[0], 4)
         counts = torch.zeros(4)
-        if isinstance(t, torch.Tensor) and x.shape[0] <= t.shape[0] and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and (len(range(0, x.shape[0], 1)) > 0) and (t.dtype in (torch.int64, torch.int32) and t.dim() == 1):
+        if isinstance(t, torch.Tensor) and x.shape[0] <= t.shape[0] and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (t.dtype in (torch.int64, torch.int32) and t.dim() == 1):
             'optimize_loss: loop at line 4 vectorized'
             _t_row = t if x.shape[0] == t.shape[0] else t[0:x.shape[0]:1]
             _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
@@ -849,11 +874,11 @@ GOLDEN_DATA_SLOTS = ("""
             _out_item = _x_row.sum(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).sum(1)
             _counts_slot = _t_row
             _counts_item = 1
-            _outs = (_out_slot, _out_item, _counts_slot, torch.as_tensor(_counts_item).expand(len(range(0, x.shape[0], 1)), *torch.as_tensor(_counts_item).shape))
+            _outs = (_out_slot, _out_item, _counts_slot, torch.as_tensor(_counts_item).expand(x.shape[0], *torch.as_tensor(_counts_item).shape))
             _out_values = _outs[1].reshape(_outs[1].shape[:1] + (1,) * (out.dim() - 1 - _outs[1].dim()) + _outs[1].shape[1:])
-            out[torch.arange(0, x.shape[0], 1, device=out.device), _outs[0].reshape(len(range(0, x.shape[0], 1)))] = _out_values.to(out.dtype)
+            out[torch.arange(0, x.shape[0], 1, device=out.device), _outs[0].reshape(x.shape[0])] = _out_values.to(out.dtype)
             _counts_values = _outs[3].reshape(_outs[3].shape[:1] + (1,) * (counts.dim() - 0 - _outs[3].dim()) + _outs[3].shape[1:])
-            counts.index_put_((_outs[2].reshape(len(range(0, x.shape[0], 1))),), _counts_values.to(counts.dtype) if torch.can_cast(torch.result_type(counts, _counts_values), counts.dtype) else _counts_values, accumulate=True)
+            counts.index_put_((_outs[2].reshape(x.shape[0]),), _counts_values.to(counts.dtype) if torch.can_cast(torch.result_type(counts, _counts_values), counts.dtype) else _counts_values, accumulate=True)
         else:
             for i in range(x.shape[0]):
                 out[i, int(t[i])] = x[i].sum()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from ..ast_tools import Checks, PassContext, replace
+from ..ast_tools import Checks, PassContext, is_int, replace
 from .loop_dataflow import LoopFacts
 
 
@@ -24,8 +24,25 @@ class Iteration:
     index_is_user: bool = True
 
     def trips(self, plan: "LoopPlan") -> ast.expr:
-        """The number of iterations, as an expression."""
-        return plan.sub("len(range(a, b, s))", a=self.start, b=self.stop, s=self.step)
+        """The number of iterations, as an expression of the vectorized branch (where
+        ``runs_at_all`` holds). With step 1 it is plain arithmetic on the bounds: under
+        torch.compile, ``len(range(...))`` of a size would make Dynamo specialise that size and
+        compile one graph per batch size."""
+        if not is_int(self.step, 1):
+            return plan.sub("len(range(a, b, s))", a=self.start, b=self.stop, s=self.step)
+        if is_int(self.start, 0):
+            return plan.sub("b", b=self.stop)
+        return plan.sub("b - a", a=self.start, b=self.stop)
+
+    def runs_at_all(self, plan: "LoopPlan") -> list[ast.expr]:
+        """At least one iteration, as conditions. With step 1: int bounds (what ``range`` takes,
+        sizes traced as symbols included; anything else runs the loop as written, which raises
+        as before) and ``stop > start``, no ``len(range(...))`` (see ``trips``)."""
+        if not is_int(self.step, 1):
+            return [plan.sub("len(range(a, b, s)) > 0", a=self.start, b=self.stop, s=self.step)]
+        ints = [plan.sub("isinstance(x, int)", x=x) for x in (self.start, self.stop)
+                if not (isinstance(x, ast.Constant) and type(x.value) is int)]
+        return ints + [plan.sub("b > a", a=self.start, b=self.stop)]
 
 
 @dataclass

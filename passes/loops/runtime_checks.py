@@ -3,7 +3,7 @@ are what the vectorized form assumes (else the loop runs as written)::
 
     for i in range(len(pred)):        ->    isinstance(pred, torch.Tensor) and pred.dim() > 0
         loss += (pred[i] - t[i]) ** 2       and isinstance(t, torch.Tensor)
-                                            and len(range(0, len(pred), 1)) > 0
+                                            and isinstance(len(pred), int) and len(pred) > 0
 
 In order: the checks stages before this one collected (rows, inner loops, selections); what the
 body iterates or indexes by the loop is a tensor; tensors written are tensors, lists appended to
@@ -44,7 +44,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for e in facts.of_kind("append"):
         if e.name not in plan.own_lists and e.name not in plan.buildable_lists:
             plan.check("isinstance(x, list)", x=ast.Name(e.name, ast.Load()))
-    plan.check("len(range(a, b, s)) > 0", a=it.start, b=it.stop, s=it.step)
+    for g in it.runs_at_all(plan):
+        plan.checks.add(g)
     for g in plan.helper_checks:  # last: only read once the loop runs at all
         plan.checks.add(plan.sub("g", g=g))
     return plan
