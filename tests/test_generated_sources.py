@@ -28,7 +28,9 @@ def generated(name: str) -> str:
     module = importlib.import_module(f"examples.{name}")
     out = []
     for fname, fn in sorted(vars(module).items()):
-        if not inspect.isfunction(fn) or fn.__module__ != module.__name__ or fname == "make_inputs":
+        # The module's own functions (torch.compile adds ``__resume_at_*`` ones to its globals).
+        if not inspect.isfunction(fn) or fn.__module__ != module.__name__ \
+                or fname == "make_inputs" or fname.startswith("__"):
             continue
         report = Report(fn.__qualname__, "", 0)
         try:
