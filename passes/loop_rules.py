@@ -15,10 +15,22 @@ ACC_CALLS = {                  # s = f(s, e): family
 FAMILY_IDENTITY = {"sum": "0", "prod": "1"}
 # How the per-iteration contributions ``v`` (stacked on dim 0) reduce over the loop, and how
 # the reduction ``r`` folds into the accumulator ``s``.
-FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)", "max": "v.amax(0)", "min": "v.amin(0)",
-                 "builtin_max": "v.amax(0)", "builtin_min": "v.amin(0)"}
-FAMILY_FOLD = {"sum": "s + r", "prod": "s * r", "max": "torch.maximum(s, r)",
-               "min": "torch.minimum(s, r)", "builtin_max": "max(s, r)", "builtin_min": "min(s, r)"}
+# ``max(s, e)`` keeps ``s`` unless ``e > s`` (Python's pick): the first iteration's value among
+# ties, NaN never picked (compares false); picked by index, so only it gets a gradient. Items of
+# more than one element raise, as comparing them does.
+FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)",
+                 "builtin_max": "v[v.reshape(len(v)).nan_to_num(float('-inf'), float('inf'), "
+                                "float('-inf')).argmax(0)]",
+                 "builtin_min": "v[v.reshape(len(v)).nan_to_num(float('inf'), float('inf'), "
+                                "float('-inf')).argmin(0)]"}
+# ``torch.maximum(s, e)`` splits the gradient between equal values at each step (1/2, 1/4, ...
+# along three or more ties), ``amax`` splits it evenly: such loops are kept.
+FAMILY_KEPT = {"max": "running `torch.maximum`/`torch.max`: its gradient at ties is split step by "
+                      "step, which one reduction over the loop does not reproduce",
+               "min": "running `torch.minimum`/`torch.min`: its gradient at ties is split step "
+                      "by step, which one reduction over the loop does not reproduce"}
+FAMILY_FOLD = {"sum": "s + r", "prod": "s * r", "builtin_max": "max(s, r)",
+               "builtin_min": "min(s, r)"}
 # ... when ``s`` is the int 0 at the loop (``loop_dataflow.zero_before_loops``): ``0 + r`` is
 # ``r`` (a fresh tensor or a Python number, never bool: sums of bools are int64), without the
 # extra add and its backward node.

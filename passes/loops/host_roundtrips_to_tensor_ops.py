@@ -12,10 +12,20 @@ Only expressions that vary with the loop index are rewritten (``OpSpec.host*`` f
 
 Values the original pulled to the host carried no gradient, hence ``detach``. ``abs(t)`` needs
 no rewrite (it is ``t.abs()``).
+
+Where the host function raises (``OpSpec.host_raises``: ``math.log`` of a non-positive number,
+``math.exp`` overflowing), a counter of such iterations goes before the
+statement, and ``raise_on_empty_selections`` raises the original's exception after the loop,
+located at the call (``plan.host_errors``)::
+
+    t += math.exp(s[i].item())     ->   _raises = _raises + torch.logical_and(
+                                            <s[i] as float64 finite>, <its exp infinite>)
+                                        t += torch.exp(s[i].detach().detach() * 1.0)
 """
 from __future__ import annotations
 
 import ast
+import importlib
 
 from .. import ast_marks
 from .. import ops
@@ -24,16 +34,55 @@ from .loop_dataflow import call_op, depends, method_name, resolve_call, variant_
 from .plan import LoopPlan
 
 
-def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext) -> list[ast.stmt]:
-    """``stmts`` with every host round trip on a loop-varying value replaced (in place)."""
-    tr = _HostToTensor(variant, ctx)
-    return [tr.visit(s) for s in stmts]
+def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
+            errors: dict[str, tuple[str, ast.AST]]) -> list[ast.stmt]:
+    """``stmts`` with every host round trip on a loop-varying value replaced (in place), and
+    the counters of iterations where the original raised; ``errors`` gets each counter's
+    exception (source) and location."""
+    return _HostToTensor(variant, ctx, errors).block(stmts)
+
+
+def raised(function: str, argument: float) -> str:
+    """The exception ``function`` (``"math.log"``) raises on ``argument``, as
+    source: the message is this Python's own."""
+    module, _, name = function.rpartition(".")
+    fn = getattr(importlib.import_module(module or "builtins"), name)
+    try:
+        fn(argument)
+    except (ValueError, OverflowError) as exc:
+        return f"{type(exc).__name__}({str(exc)!r})"
+    raise AssertionError(f"{function}({argument!r}) does not raise")
 
 
 class _HostToTensor(Transformer):
-    def __init__(self, variant: set[str], ctx: PassContext):
+    def __init__(self, variant: set[str], ctx: PassContext,
+                 errors: dict[str, tuple[str, ast.AST]]):
         self.variant = variant
         self.ctx = ctx
+        self.errors = errors
+        self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
+
+    def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out = []
+        for s in stmts:
+            if isinstance(s, ast.If):  # the test's counters before the `if`, the branches' inside
+                s.test = self.visit(s.test)
+                pre, self.pre = self.pre, []
+                s.body, s.orelse = self.block(s.body), self.block(s.orelse)
+            else:
+                s = self.visit(s)
+                pre, self.pre = self.pre, []
+            out += pre + [s]
+        return out
+
+    def _count_raises(self, node: ast.Call, op: ops.OpSpec, function: str,
+                      e: ast.expr) -> None:
+        """A counter of the iterations where ``function`` raises on ``e``."""
+        for condition, argument in op.host_raises:
+            counter = self.ctx.namer.new("raises")
+            self.errors[counter] = (raised(function, argument), node)
+            self.pre += self._sub(f"c = c + ({condition})", node, c=counter,
+                                  e=self._sub("e.detach().double()", node, e=e))
 
     def _sub(self, template: str, node: ast.AST, **subs: ast.AST) -> ast.expr:
         return replace(template, loc=node, torch_name=self.ctx.torch_name, **subs)
@@ -57,12 +106,15 @@ class _HostToTensor(Transformer):
             if op.host is None or args:
                 return node
             return _kind(self._sub(op.host, node, e=node.func.value), op)
-        math = ops.by_host_math(resolve_call(node.func, self.ctx))
+        function = resolve_call(node.func, self.ctx)
+        math = ops.by_host_math(function)
         if math.functions and len(args) == 1:
+            self._count_raises(node, math, function, args[0])
             fn = self._sub(math.functions[0], node)
             return self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0])
         if op.host is not None and len(args) == 1 \
                 and not isinstance(args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)):
+            self._count_raises(node, op, function, args[0])
             return _kind(self._sub(op.host, node, e=args[0]), op)
         if op.host_pair is not None and len(args) == 2:
             return self._sub(op.host_pair, node, a=args[0], b=args[1])
@@ -80,5 +132,5 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {name for name, _ in it.elements}
     plan.variant = variant_names(plan.body, seeds, ctx)
-    plan.body = rewrite(plan.body, plan.variant, ctx)
+    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors)
     return plan
