@@ -334,10 +334,13 @@ def operators(fact: Callable[[OpSpec], object]) -> tuple[type, ...]:
     return tuple(o for s in REGISTRY if fact(s) for o in s.operators)
 
 
-def effect(name: str | None, meth: str | None) -> str | None:
+def effect(name: str | None, meth: str | None, call: ast.Call | None = None) -> str | None:
     """What a call must not be moved or batched for: an op's effect, or an object method's; for
-    torch functions matched by their last name too (``torch.nn.functional.dropout``)."""
+    torch functions matched by their last name too (``torch.nn.functional.dropout``). With the
+    ``call``, a method named like an object's that the call shows to be the tensor op has none."""
     if meth is not None:
+        if call is not None and _tensor_spelling(meth, call):
+            return by_call(None, meth).effect
         return by_call(None, meth).effect or OBJECT_METHODS.get(meth)
     if name is None:
         return None
@@ -350,3 +353,15 @@ def effect(name: str | None, meth: str | None) -> str | None:
 
 
 _TORCH_EFFECTS = {n: s.effect for s in REGISTRY if s.effect for n in s.names}
+# Values no logger, file, list, set or dict comes from: arithmetic and comparisons.
+_COMPUTED = (ast.BinOp, ast.UnaryOp, ast.Compare)
+
+
+def _tensor_spelling(meth: str, call: ast.Call) -> bool:
+    """``recv.meth(...)`` is the tensor op of that name, not the object method: ``x.log()`` has
+    no argument (a logger's ``log`` takes a level and a message), or the receiver is computed
+    by arithmetic (``(a + b).log()``, ``(p - t).add(1)``), which makes no Python object."""
+    if by_call(None, meth) is UNKNOWN:
+        return False
+    receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
+    return (meth == "log" and not call.args and not call.keywords) or isinstance(receiver, _COMPUTED)

@@ -1,100 +1,404 @@
-"""Pass: helper functions the loss calls are optimised too, when they contain loops.
+"""Pass: the helpers the loss calls are optimised too, when they reach a loop.
 
-A call to a plain Python function defined in the same module (same globals) whose body has a
-loop is pointed at that helper's rewritten version, which the rebuilt loss gets as a closure
-binding; the helper itself (the module attribute) is left untouched::
+A helper is a plain Python function of the same module (same globals) that has a loop or calls,
+in one of the shapes below, a helper that has one (followed transitively; a function whose
+rewrite is in progress is not followed again). The call goes to the helper after the whole AST
+pipeline, which the rebuilt loss gets as a closure binding; the helper itself (the module or
+class attribute) is left untouched, and its loops are reported in the caller's report, each at
+its own file:line. A helper the pipeline leaves unchanged is called as written.
 
-    def dice(p, t):                                 def dice(p, t):           # unchanged
-        inter = 0                                       ...
-        for i in range(p.shape[0]):
-            inter += (p[i] * t[i]).sum()
-        ...
+A plain name is resolved once, at rewrite time (a helper rebound later in the module is not
+followed, as with any module global captured by a rewrite; documented in the README)::
 
-    def loss(pred, target):                         def loss(pred, target):
-        return 1 - dice(pred, target)       ->          return 1 - _dice(pred, target)
+    def loss(pred, target):                    def loss(pred, target):
+        return 1 - dice(pred, target)     ->       return 1 - _dice(pred, target)
 
-where ``_dice`` is ``dice`` after the whole AST pipeline (its loops vectorized, each reported at
-its own line in this function's report). A helper that cannot be rewritten, is already being
-rewritten (recursion), or that the pipeline leaves unchanged is called as written. The name is
-resolved once, at rewrite time: a helper rebound later in the module is not followed, as with
-any module global captured by a rewrite (documented in the README).
+A method of an object whose class is known here: ``self.m(x)`` in a method of a class of the
+module (``self``: the first parameter), ``obj.m(x)`` and ``obj(x)`` (``__call__``) after
+``obj = Cls(...)`` in the function. The class an object has at run time decides::
+
+    self.ohkm(loss)  ->  (_ohkm(self, loss) if getattr(type(self), 'ohkm', None) is _ohkm_original
+                          else self.ohkm(loss))
+
+so a subclass that overrides the method (or another object bound to the name) runs as written.
+(An instance attribute that shadows a method of the same name is not looked at.)
+
+An ``nn.Module`` of a class of the module called as ``criterion(x)`` (after ``criterion =
+Cls(...)``) or ``Cls(...)(x)``: its ``forward`` is rewritten, and ``module_forward`` (a closure
+binding) picks it only when calling the module would run that ``forward`` and nothing else::
+
+    Cls(k)(x)   ->   _module_forward(Cls(k), _forward_original, _forward)(x)
+
+A local name bound to helpers, ``fn = soft_dice if multiclass else dice`` or ``fn =
+LOSSES[kind]`` (a module dict, list or tuple of functions): each candidate is rewritten, and the
+call picks the rewrite of the object ``fn`` holds when it is called::
+
+    fn(p, t)   ->   (_soft_dice if fn is _soft_dice_original else _dice if fn is _dice_original else fn)(p, t)
+
+Reported, not rewritten (each loop "kept", at its own file:line, with how it is reached): the
+loops of a helper that cannot be rewritten (the reason), and those a helper reaches when it runs
+as written: ``forward`` of a module handed to another call (``functional_call(criterion,
+...)``) or called when it may be of classes with different forwards, ``__init__`` of
+``Cls(...)``, a method of an object made in the call (``Cls(...).m(x)``: no name to check), a
+method where ``type`` is not the builtin.
 """
 from __future__ import annotations
 
 import ast
 import dis
+import functools
 import types
+from typing import Any, Callable
+
+import torch
 
 from .errors import RewriteError, Unsupported
-from .report import Report
+from .report import LoopReport, Report
 
-from .ast_tools import PassContext, walk
+from .ast_tools import PassContext, Transformer, clone, replace, walk
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     func = tree.body[0]
-    args = func.args
-    # Parameters and assigned names: calls through them are not the module's helpers.
-    local = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
-    local |= {a.arg for a in (args.vararg, args.kwarg) if a}
-    called = set()
-    for n in walk(func):  # one walk: the function is large by now (vectorized and original code)
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
-            local.add(n.id)
-        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
-            called.add(n.func.id)
-    # Most functions call no helper with a loop: then the visitor need not run.
-    if any(_is_helper(ctx.globals.get(name), ctx) for name in called - local):
-        _Redirect(ctx, local).visit(tree)
+    scope = _Scope(ctx, func)
+    # Most functions call no helper that reaches a loop: then the visitor need not run.
+    seen = set(ctx.rewriting)
+    if any(_reaches_loop(fn, ctx.globals, seen) for fn in scope.called):
+        _Redirect(ctx, scope).visit(tree)
     return tree
 
 
-def _is_helper(fn: object, ctx: PassContext) -> bool:
-    """A function of the same module with a loop, not already being rewritten."""
-    return (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals
-            and fn not in ctx.rewriting and _has_loop(fn))
+class _Scope:
+    """What the names of one function may hold: its locals, the values assigned to them, the
+    class of its ``self``; ``called``: the helpers its calls may reach (a superset)."""
+
+    def __init__(self, ctx: PassContext, func: ast.FunctionDef):
+        self.globals = ctx.globals
+        args = func.args
+        # Parameters and assigned names: calls through them are not the module's helpers.
+        self.local = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+        self.local |= {a.arg for a in (args.vararg, args.kwarg) if a}
+        self.values: dict[str, list[ast.expr]] = {}  # local name -> the values `name = value` binds
+        self.self_name, self.self_class = _method_self(ctx, func)
+        parts = ctx.func_name.split(".")  # private names are mangled with the defining class
+        self.owner = parts[-2] if len(parts) >= 2 and parts[-2] != "<locals>" else None
+        calls = []
+        for n in walk(func):  # one walk: the function is large by now (vectorized and original code)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                self.local.add(n.id)
+            elif isinstance(n, ast.arg):  # of a lambda or nested def: local there
+                self.local.add(n.arg)
+            elif isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+                self.values.setdefault(n.targets[0].id, []).append(n.value)
+            elif isinstance(n, ast.Call):
+                calls.append(n)
+        self.called = [f for c in calls for f in self.targets(c) if isinstance(f, types.FunctionType)]
+
+    def targets(self, call: ast.Call) -> list:
+        """Every function of the module ``call`` may run (among other objects), for the pre-filter."""
+        f = call.func
+        found = [_method(c, "forward") for a in self.passed(call) for c in self.classes(a)]
+        if isinstance(f, ast.Name) and f.id not in self.local:
+            target = self.globals.get(f.id)
+            return found + [target, _method(target, "__init__") if isinstance(target, type) else None]
+        if isinstance(f, ast.Name):
+            return found + self.functions(f.id) + [m for c in self.classes(f) for m in _call_methods(c)]
+        if isinstance(f, ast.Attribute):
+            return found + [_method(c, self.mangled(f.attr)) for c in self.classes(f.value)]
+        return found + [m for c in self.classes(f) for m in _call_methods(c)]
+
+    def passed(self, call: ast.Call) -> list[ast.expr]:
+        """The arguments of ``call``, but ``self`` (``super(Cls, self)``, registering itself)."""
+        args = call.args + [k.value for k in call.keywords]
+        return [a for a in args if not (isinstance(a, ast.Name) and a.id == self.self_name)]
+
+    def mangled(self, attr: str) -> str:
+        """``attr`` as the class stores it: ``self.__x`` in a method of ``Cls`` is ``_Cls__x``."""
+        if self.owner and attr.startswith("__") and not attr.endswith("__"):
+            return f"_{self.owner.lstrip('_')}{attr}"
+        return attr
+
+    def functions(self, name: str) -> list:
+        """The functions a local name may be bound to: ``fn = a if c else b``, ``fn = TABLE[k]``."""
+        found = []
+        for value in self.values.get(name, ()):
+            todo = [value]
+            for v in todo:
+                if isinstance(v, ast.IfExp):
+                    todo += [v.body, v.orelse]
+                elif isinstance(v, ast.Name) and v.id not in self.local:
+                    found.append(self.globals.get(v.id))
+                elif isinstance(v, ast.Subscript) and isinstance(v.value, ast.Name) \
+                        and v.value.id not in self.local:
+                    found += _table_functions(self.globals.get(v.value.id))
+        # not dict.fromkeys(found): a table may hold unhashable objects
+        return list(dict.fromkeys(f for f in found if isinstance(f, types.FunctionType)))
+
+    def classes(self, node: ast.expr) -> list[type]:
+        """The classes of the module an object may have: ``self`` in a method, ``Cls(...)``, a
+        local bound to ``Cls(...)``."""
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id not in self.local:
+            cls = self.globals.get(node.func.id)
+            return [cls] if isinstance(cls, type) and _own(cls, self.globals) else []
+        if not isinstance(node, ast.Name):
+            return []
+        found = [self.self_class] if node.id == self.self_name else []
+        found += [c for v in self.values.get(node.id, ()) if isinstance(v, ast.Call)
+                  for c in self.classes(v)]
+        return list(dict.fromkeys(found))
 
 
-class _Redirect(ast.NodeVisitor):  # changes calls in place
-    def __init__(self, ctx: PassContext, local: set[str]):
+class _Redirect(Transformer):
+    """Points the calls that reach helpers at their rewrites; reports the loops it cannot reach."""
+
+    def __init__(self, ctx: PassContext, scope: _Scope):
         self.ctx = ctx
-        self.local = local
-        self.renamed: dict[str, str | None] = {}  # helper name -> its binding (None: call as is)
+        self.scope = scope
+        self.rewritten: dict[types.FunctionType, str | None] = {}  # helper -> its rewrite's binding
+        self.originals: dict[types.FunctionType, str] = {}         # helper -> binding of itself
+        self.unreached: set[types.FunctionType] = set()            # helpers reported, not rewritten
+        self.module_forward: str | None = None                     # binding of module_forward
 
-    def visit_Call(self, node: ast.Call) -> ast.Call:
+    def visit_Call(self, node: ast.Call) -> ast.expr:
         self.generic_visit(node)
-        if isinstance(node.func, ast.Name) and node.func.id not in self.local:
-            binding = self._binding(node.func.id)
+        f = node.func
+        self._passed_modules(node)
+        if isinstance(f, ast.Name) and f.id not in self.scope.local:
+            target = self.ctx.globals.get(f.id)
+            binding = self._rewrite(target)
             if binding:
-                node.func = ast.copy_location(ast.Name(binding, ast.Load()), node.func)
+                node.func = ast.copy_location(ast.Name(binding, ast.Load()), f)
+            elif isinstance(target, type):
+                self._unreached(_method(target, "__init__"),
+                                f"`{f.id}(...)`, which runs {f.id}.__init__ to make the object")
+            return node
+        if isinstance(f, ast.Name):
+            node = self._through_name(node, f.id)
+            if node.func is not f:
+                return node
+        if isinstance(f, ast.Attribute):
+            return self._method_call(node, f.value, f.attr)
+        return self._method_call(node, f, "__call__")  # obj(x), Cls(...)(x)
+
+    def _through_name(self, node: ast.Call, name: str) -> ast.Call:
+        """``fn(x)`` with ``fn`` bound to helpers: ``(_a if fn is _a_original else ... fn)(x)``."""
+        pairs = [(fn, self._rewrite(fn)) for fn in self.scope.functions(name)]
+        pairs = [(self._original(fn), binding) for fn, binding in pairs if binding]
+        if not pairs:
+            return node
+        pick: ast.expr = node.func
+        for original, binding in reversed(pairs):
+            pick = replace("new if key is orig else rest", loc=node.func, new=binding, key=name,
+                           orig=original, rest=pick)
+        node.func = pick
         return node
 
-    def _binding(self, name: str) -> str | None:
-        if name not in self.renamed:
-            self.renamed[name] = self._rewrite(name)
-        return self.renamed[name]
+    def _method_call(self, node: ast.Call, receiver: ast.expr, attr: str) -> ast.expr:
+        """``obj.m(x)`` (``obj(x)``: ``attr`` is ``__call__``) on an object of a known class."""
+        pairs, stored, classes = [], self.scope.mangled(attr), self.scope.classes(receiver)
+        for cls in classes:
+            method, how = _method(cls, stored), f"`{ast.unparse(node.func)}(...)`"
+            if attr == "__call__" and not _is_helper(method, self.ctx) \
+                    and issubclass(cls, torch.nn.Module):
+                forwards = {id(_method(c, "forward")) for c in classes}
+                return self._module_call(node, cls, len(forwards) == 1)
+            if not isinstance(receiver, ast.Name):
+                self._unreached(method, f"{how} on an object made in the call")
+            elif _shadowed("type", self.scope):
+                self._unreached(method, f"{how}: `type` is not the builtin here")
+            elif self._rewrite(method):
+                pairs.append((self._original(method), self.rewritten[method]))
+        new: ast.expr = node
+        for original, binding in reversed(pairs):
+            fast = ast.Call(ast.Name(binding, ast.Load()), [ast.Name(receiver.id, ast.Load())]
+                            + clone(node.args), clone(node.keywords))
+            # getattr: an object of another class bound to the name may lack the method
+            new = replace(f"fast if getattr(type(obj), {stored!r}, None) is orig else rest",
+                          loc=node, fast=fast, obj=receiver.id, orig=original, rest=new)
+        return new
 
-    def _rewrite(self, name: str) -> str | None:
-        helper = self.ctx.globals.get(name)
-        if not _is_helper(helper, self.ctx):
+    def _module_call(self, node: ast.Call, cls: type, only: bool) -> ast.Call:
+        """``criterion(x)``, ``Cls(...)(x)``: ``module_forward(criterion, forward, rewritten)(x)``."""
+        forward = _method(cls, "forward")
+        if not only:  # classes with different forwards: no one forward to check against
+            self._unreached(forward, f"`{ast.unparse(node.func)}(...)`, an object of one of "
+                            f"several classes with different forwards")
+        elif self._rewrite(forward):
+            if self.module_forward is None:
+                self.module_forward = self.ctx.namer.new("module_forward")
+                self.ctx.bindings[self.module_forward] = module_forward
+            node.func = replace("pick(obj, orig, new)", loc=node.func, pick=self.module_forward,
+                                obj=node.func, orig=self._original(forward),
+                                new=self.rewritten[forward])
+        return node
+
+    def _passed_modules(self, node: ast.Call) -> None:
+        """An ``nn.Module`` of the module handed to a call (``functional_call(criterion, ...)``)
+        may be called there: the loops of its ``forward`` are reported."""
+        for arg in self.scope.passed(node):
+            for cls in self.scope.classes(arg):
+                if issubclass(cls, torch.nn.Module):
+                    self._unreached(_method(cls, "forward"), f"`{ast.unparse(node.func)}(...)`, "
+                                    f"which is handed `{ast.unparse(arg)}` and may call "
+                                    f"{cls.__name__}.forward")
+
+    def _rewrite(self, fn: object) -> str | None:
+        """The binding of ``fn``'s rewrite; None when it is called as written."""
+        if not isinstance(fn, types.FunctionType):
             return None
+        if fn not in self.rewritten:
+            self.rewritten[fn] = self._rebuild(fn) if _is_helper(fn, self.ctx) else None
+        return self.rewritten[fn]
+
+    def _rebuild(self, helper: types.FunctionType) -> str | None:
         report = Report(helper.__qualname__, self.ctx.filename, helper.__code__.co_firstlineno)
         try:
             rebuilt, changed = self.ctx.rewrite_function(helper, report, rewriting=self.ctx.rewriting)
         except (Unsupported, RewriteError) as exc:
-            self.ctx.report.notes.append(f"helper {name} is called as written: {exc}")
+            reason = f"helper {helper.__qualname__} is called as written: {exc}"
+            self.ctx.report.notes.append(reason)
+            self._merge(_own_loops(helper, reason))
             return None
-        self.ctx.report.loops += report.loops
+        self._merge(report.loops)
         if not changed:
             return None
-        binding = self.ctx.namer.new(name)
+        binding = self.ctx.namer.new(helper.__name__)
         self.ctx.bindings[binding] = rebuilt
         return binding
 
+    def _original(self, fn: types.FunctionType) -> str:
+        if fn not in self.originals:
+            self.originals[fn] = self.ctx.namer.new(f"{fn.__name__}_original")
+            self.ctx.bindings[self.originals[fn]] = fn
+        return self.originals[fn]
 
-def _has_loop(fn: types.FunctionType) -> bool:
-    # Cheap pre-filter on the bytecode: loops compile to FOR_ITER (comprehensions are nested code).
-    def loops(code: types.CodeType) -> bool:
-        return any(i.opname == "FOR_ITER" for i in dis.get_instructions(code)) or any(
-            loops(c) for c in code.co_consts if isinstance(c, types.CodeType))
-    return loops(fn.__code__)
+    def _unreached(self, fn: object, how: str) -> None:
+        """Reports the loops ``fn`` reaches as kept: it runs as written, called through ``how``."""
+        if not _is_helper(fn, self.ctx) or fn in self.unreached:
+            return
+        self.unreached.add(fn)
+        reason = f"not rewritten: called through {how}"
+        report = Report(fn.__qualname__, self.ctx.filename, fn.__code__.co_firstlineno)
+        try:  # the rewrite only finds the loops, its own and its helpers'; it is not used
+            self.ctx.rewrite_function(fn, report, rewriting=self.ctx.rewriting)
+        except (Unsupported, RewriteError):
+            pass
+        loops = report.loops or _own_loops(fn, "")
+        self._merge([LoopReport(l.filename, l.lineno, False, "kept", reason) for l in loops])
+
+    def _merge(self, loops: list[LoopReport]) -> None:
+        # A helper reached along two paths reports its loops once.
+        seen = {(l.filename, l.lineno) for l in self.ctx.report.loops}
+        self.ctx.report.loops += [l for l in loops if (l.filename, l.lineno) not in seen]
+
+
+# Where nn.Module keeps the hooks it runs around every module's forward.
+_EVERY_MODULE = torch.nn.modules.module
+
+
+def module_forward(module: Any, original: Callable, rewritten: Callable) -> Callable:
+    """What ``module(...)`` runs in rewritten code: ``rewritten`` with ``module`` bound first
+    when calling ``module`` would run ``original`` (its class's ``forward``) and nothing else:
+    ``nn.Module.__call__``, no ``forward`` in the object's own dict, not compiled on its own, not
+    traced by torch.jit, no hook of its own nor of every module. Else ``module``, as written."""
+    plain = (type(module).__call__ is torch.nn.Module.__call__
+             and getattr(type(module), "forward", None) is original
+             and "forward" not in vars(module)
+             and getattr(module, "_compiled_call_impl", None) is None
+             and not torch._C._get_tracing_state()
+             and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                      or module._backward_pre_hooks or _EVERY_MODULE._global_forward_hooks
+                      or _EVERY_MODULE._global_forward_pre_hooks
+                      or _EVERY_MODULE._global_backward_hooks
+                      or _EVERY_MODULE._global_backward_pre_hooks))
+    # partial, not a bound method: torch.compile traces it without a graph break
+    return functools.partial(rewritten, module) if plain else module
+
+
+def _is_helper(fn: object, ctx: PassContext) -> bool:
+    """A function of the same module that reaches a loop, not already being rewritten."""
+    return (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals
+            and fn not in ctx.rewriting and _reaches_loop(fn, ctx.globals, set(ctx.rewriting)))
+
+
+def _reaches_loop(fn: object, module: dict, seen: set) -> bool:
+    """``fn`` (a function of ``module``) has a loop, or may call a function of ``module`` that
+    reaches one (by a global name, or a method name of a class it names or is defined in). A
+    cheap pre-filter on the bytecode: loops compile to FOR_ITER (comprehensions are nested
+    code), and a superset of the callees is enough."""
+    if not isinstance(fn, types.FunctionType) or fn.__globals__ is not module or fn in seen:
+        return False
+    seen.add(fn)
+    names, todo = set(), [fn.__code__]
+    for code in todo:
+        for i in dis.get_instructions(code):
+            if i.opname == "FOR_ITER":
+                return True
+            if i.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD"):
+                names.add(i.argval)
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    classes = [module.get(n) for n in names if isinstance(module.get(n), type)]
+    classes += [c for c in [_defining_class(fn)] if c is not None]
+    callees = [module.get(n) for n in names]
+    callees += [_method(c, n) for c in classes for n in names | {"__call__", "forward"}]
+    return any(_reaches_loop(f, module, seen) for f in callees)
+
+
+def _method_self(ctx: PassContext, func: ast.FunctionDef) -> tuple[str | None, type | None]:
+    """(name of ``self``, its class) when the function is a plain method of a class of the module."""
+    cls = _resolve_class(ctx.func_name, ctx.globals)
+    params = func.args.posonlyargs + func.args.args
+    raw = cls and vars(cls).get(func.name)
+    if cls is None or not params or raw is None or isinstance(raw, (staticmethod, classmethod)):
+        return None, None
+    return params[0].arg, cls
+
+
+def _defining_class(fn: types.FunctionType) -> type | None:
+    return _resolve_class(fn.__qualname__, fn.__globals__)
+
+
+def _resolve_class(qualname: str, module: dict) -> type | None:
+    """The class a function of qualified name ``qualname`` is defined in (None: not a method)."""
+    obj: object = module
+    for part in qualname.split(".")[:-1]:
+        obj = obj.get(part) if isinstance(obj, dict) else vars(obj).get(part)
+        if not isinstance(obj, type):
+            return None
+    return obj if isinstance(obj, type) else None
+
+
+def _method(cls: type, name: str) -> object:
+    """What ``cls`` holds under ``name`` (its own or inherited), without running descriptors."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def _call_methods(cls: type) -> list:
+    return [_method(cls, "__call__"), _method(cls, "forward")]
+
+
+def _table_functions(table: object) -> list:
+    if isinstance(table, dict):
+        return list(table.values())
+    return list(table) if isinstance(table, (list, tuple)) else []
+
+
+def _own(cls: type, module: dict) -> bool:
+    return cls.__module__ == module.get("__name__")
+
+
+def _shadowed(name: str, scope: _Scope) -> bool:
+    return name in scope.local or name in scope.globals
+
+
+def _own_loops(fn: types.FunctionType, reason: str) -> list[LoopReport]:
+    """The loops of ``fn``'s bytecode as kept, at their lines (when its source cannot be used)."""
+    lines, todo = set(), [fn.__code__]
+    for code in todo:
+        lines |= {i.positions.lineno for i in dis.get_instructions(code) if i.opname == "FOR_ITER"}
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return [LoopReport(fn.__code__.co_filename, n, False, "kept", reason) for n in sorted(lines)]

@@ -25,6 +25,7 @@ import os
 import threading
 import types
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -91,6 +92,7 @@ class OptimizedFunction:
         self._per_signature = (options.verify or options.lint
                                or (options.compile and options.verify_compiled))
         self._dump_count = [0]
+        _PENDING.add(self)
         name, filename, lineno = frontend.describe(fn)
         self._report = Report(name, filename, lineno)
         stop = options.stop_gradient
@@ -114,6 +116,11 @@ class OptimizedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._stopped:  # before everything, so the original, the fallbacks and verify agree
             args, kwargs = _detach_named(self._stopped, args, kwargs)
+        if torch.compiler.is_compiling():
+            # Inside the user's own torch.compile: a plain call Dynamo traces through, no lock,
+            # no AST work, no state written (any would break the user's graph). The rewrite ran
+            # when that compile started (``_rewrite_pending``); the user's compile is the compile.
+            return (self._rewritten or self._original)(*args, **kwargs)
         impl = self._uniform
         if impl is None:
             key = signature_key(args, kwargs)
@@ -148,6 +155,7 @@ class OptimizedFunction:
         """The AST stage, once: the rewritten function, or None when the original must run."""
         with self._lock:
             if not self._stage_done:
+                _PENDING.discard(self)
                 self._rewritten = self._run_ast_stage()  # raises with strict=True
                 self._stage_done = True
             return self._rewritten
@@ -366,6 +374,20 @@ class OptimizedFunction:
 
 
 _EAGER = "the eager rewritten function"
+
+# Decorated functions whose AST stage has not run. When any torch.compile starts (a training
+# step that calls one of them, say), they are rewritten first, outside Dynamo's trace, so that
+# the trace meets a finished function instead of AST work, which would break the user's graph.
+_PENDING: "weakref.WeakSet[OptimizedFunction]" = weakref.WeakSet()
+
+
+@torch._dynamo.callback.on_compile_start
+def _rewrite_pending(_: Any) -> None:
+    for fn in list(_PENDING):
+        try:
+            fn._rewrite()
+        except RewriteError:
+            pass  # strict=True: raised again where the function is called
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 
 

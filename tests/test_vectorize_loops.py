@@ -469,6 +469,14 @@ KEPT = {
                 s += x[i]
             return s
         """, "I/O call `print`"),
+    "logger_log": ("""
+        def f(x, logger):
+            s = 0
+            for i in range(x.shape[0]):
+                logger.log(10, "step")
+                s += x[i].log()
+            return s
+        """, "I/O call `logger.log`"),
     "dropout": ("""
         def f(x):
             s = 0
@@ -549,6 +557,23 @@ def test_kept_loops_are_unchanged_with_reason(name):
         next(l for l in normalise(src).splitlines() if l.lstrip().startswith(("for", "while")))) + 1
     if reason:
         assert reason in report.loops[0].reason
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_tensor_methods_named_like_object_methods_are_tensor_ops(dtype):
+    # `x.log()` takes no argument (a logger's log takes a level and a message); a receiver made
+    # by arithmetic is a value, never a logger or a set: both are the tensor ops.
+    original, rewritten, code, report = build("""
+        def f(p, q):
+            s = 0
+            for i in range(p.shape[0]):
+                s = s + p[i].log().sum() + (p[i] + q[i]).log().mean() + (p[i] - q[i]).add(1).sum()
+            return s
+        """)
+    assert strategies(report) == {3: "batched"}
+    p, q = (torch.rand(5, 3, dtype=dtype, generator=torch.Generator().manual_seed(k)) + 0.5
+            for k in (0, 1))
+    assert_equivalent(original, rewritten, p.requires_grad_(), q.requires_grad_())
 
 
 def test_kept_outer_keeps_vectorized_inner():

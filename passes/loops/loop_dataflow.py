@@ -477,7 +477,7 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
     for s in body:
         for call in (n for n in walk(s) if isinstance(n, ast.Call)):
             meth = method_name(call, ctx)
-            effect = ops.effect(resolve_call(call.func, ctx), meth)
+            effect = ops.effect(resolve_call(call.func, ctx), meth, call)
             if effect == "random":
                 raise Unsupported(f"random op `{unparse(call.func)}`: each iteration draws "
                                   "different numbers", call.lineno)
