@@ -48,6 +48,9 @@ WRITE_ACCUMULATE = {"add_": "v", "sub_": "-v"}
 # Accumulators whose contributions were Python numbers in the original (literals, or host
 # round trips): the folded result is turned back into the same kind of Python number.
 NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
+# ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
+# precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
+NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}
 
 # ``m.reshape(h[m.shape, x.shape, ...])`` of a helper ``h`` of per-item shapes (marked
 # ``per_item_shapes``; masked_selections_to_where's ``_mask_shape``): the helper sees each item's

@@ -56,6 +56,27 @@ def guarded_logs(s):
     return t
 
 
+def host_sum(x):
+    total = 0
+    for i in range(len(x)):
+        total += x[i].item()
+    return total
+
+
+def host_float_sum(x):
+    total = 0.5
+    for i in range(len(x)):
+        total = total - float(x[i])
+    return total
+
+
+def host_math_sum(s):
+    t = 0
+    for i in range(len(s)):
+        t += math.exp(s[i].item())
+    return t
+
+
 def running_tensor_max(d):
     m = d[0]
     for i in range(1, len(d)):
@@ -171,3 +192,25 @@ def test_host_math_deselected_by_a_condition_does_not_raise(user):
     opt = optimized(user.guarded_logs)
     assert_equivalent(user.guarded_logs, opt, s)
     assert vectorized(opt)
+
+
+# -- host sums: Python floats, in double precision -------------------------------------------
+@pytest.mark.parametrize("fn", ["host_sum", "host_float_sum"])
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float16,))
+def test_host_sums_are_python_floats_in_double_precision(user, fn, dtype):
+    fn = getattr(user, fn)
+    x = torch.tensor([1e4 if dtype == torch.float16 else 1e8] + [1.0] * 63, dtype=dtype)
+    opt = check(fn, x)
+    assert vectorized(opt) and opt(x) == fn(x)  # float32 sums would lose the ones
+
+
+@pytest.mark.parametrize("values", [[1, 2, 3], [True, False, True]])
+def test_host_sums_of_integers_stay_ints(user, values):
+    x = torch.tensor(values)
+    assert vectorized(check(user.host_sum, x))
+
+
+def test_host_math_sums_in_double_precision(user):
+    s = torch.tensor([100.0, 1.0, -INF])  # exp(100) overflows float32, not float64
+    opt = check(user.host_math_sum, s)
+    assert vectorized(opt) and opt(s) == user.host_math_sum(s)

@@ -33,9 +33,13 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             raise Unsupported(rules.FAMILY_KEPT[acc.family], plan.node.lineno)
         reduced = acc.stacked if acc.family == "sum" else plan.sub(
             rules.FAMILY_REDUCE[acc.family], v=acc.stacked)
-        if len(acc.kinds) == 1 and next(iter(acc.kinds)) in rules.NUMBER_FOLD:
+        kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
+        if name in plan.wide and kind in rules.NUMBER_FOLD_WIDE:
+            # `total += x[i].item()`: the original's Python float, summed in float64
+            reduced = plan.sub(rules.NUMBER_FOLD_WIDE[kind], r=reduced, w=plan.wide[name])
+        elif kind in rules.NUMBER_FOLD:
             # `count += 1`, `n += m.sum().item()`: the original's Python number
-            reduced = plan.sub(rules.NUMBER_FOLD[next(iter(acc.kinds))], r=reduced)
+            reduced = plan.sub(rules.NUMBER_FOLD[kind], r=reduced)
         if name in plan.zeros and acc.family in rules.FAMILY_FOLD_FROM_ZERO:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD_FROM_ZERO[acc.family], r=reduced))

@@ -28,18 +28,19 @@ import ast
 import importlib
 
 from .. import ast_marks
+from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, Transformer, replace
+from ..ast_tools import PassContext, Transformer, is_name, replace
 from .loop_dataflow import call_op, depends, method_name, resolve_call, variant_names
 from .plan import LoopPlan
 
 
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
-            errors: dict[str, tuple[str, ast.AST]]) -> list[ast.stmt]:
-    """``stmts`` with every host round trip on a loop-varying value replaced (in place), and
-    the counters of iterations where the original raised; ``errors`` gets each counter's
-    exception (source) and location."""
-    return _HostToTensor(variant, ctx, errors).block(stmts)
+            errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str]) -> list[ast.stmt]:
+    """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
+    counters of iterations where the original raised (``errors`` gets each counter's exception
+    source and location) and the float64 twins of host-number sums (``wide``: sum -> twin)."""
+    return _HostToTensor(variant, ctx, errors, wide).block(stmts)
 
 
 def raised(function: str, argument: float) -> str:
@@ -56,10 +57,12 @@ def raised(function: str, argument: float) -> str:
 
 class _HostToTensor(Transformer):
     def __init__(self, variant: set[str], ctx: PassContext,
-                 errors: dict[str, tuple[str, ast.AST]]):
+                 errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str]):
         self.variant = variant
         self.ctx = ctx
         self.errors = errors
+        self.wide = wide
+        self.double: dict[int, ast.expr] = {}  # id of a math call's tensor form -> in float64
         self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
 
     def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
@@ -71,9 +74,28 @@ class _HostToTensor(Transformer):
                 s.body, s.orelse = self.block(s.body), self.block(s.orelse)
             else:
                 s = self.visit(s)
-                pre, self.pre = self.pre, []
-            out += pre + [s]
+                pre, self.pre = self.pre, self._twin(s)
+            out += pre + self.pre + [s]
+            self.pre = []
         return out
+
+    def _twin(self, s: ast.stmt) -> list[ast.stmt]:
+        """``s += <host number>`` (``-=``, ``s = s + ...``): Python sums those in float64; so does
+        a twin sum ``_s_wide`` of the values as float64, which the fold returns."""
+        if isinstance(s, ast.AugAssign):
+            target, op, value = s.target, s.op, s.value
+        elif isinstance(s, ast.Assign) and isinstance(s.value, ast.BinOp) \
+                and is_name(s.value.left, getattr(s.targets[0], "id", None)):
+            target, op, value = s.targets[0], s.value.op, s.value.right
+        else:
+            return []
+        if not (isinstance(target, ast.Name) and isinstance(op, (ast.Add, ast.Sub))
+                and ast_marks.get(value, ast_marks.HOST_NUMBER) in rules.NUMBER_FOLD_WIDE):
+            return []
+        twin = self.wide.setdefault(target.id, self.ctx.namer.new(f"{target.id}_wide"))
+        sign = "+" if isinstance(op, ast.Add) else "-"
+        double = self.double.get(id(value)) or self._sub("v.double()", s, v=value)
+        return self._sub(f"w = w {sign} v", s, w=twin, v=double)
 
     def _count_raises(self, node: ast.Call, op: ops.OpSpec, function: str,
                       e: ast.expr) -> None:
@@ -111,7 +133,9 @@ class _HostToTensor(Transformer):
         if math.functions and len(args) == 1:
             self._count_raises(node, math, function, args[0])
             fn = self._sub(math.functions[0], node)
-            return self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0])
+            found = _kind(self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0]), math)
+            self.double[id(found)] = self._sub("fn(e.detach().double())", node, fn=fn, e=args[0])
+            return found
         if op.host is not None and len(args) == 1 \
                 and not isinstance(args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)):
             self._count_raises(node, op, function, args[0])
@@ -122,8 +146,10 @@ class _HostToTensor(Transformer):
 
 
 def _kind(node: ast.expr, op: ops.OpSpec) -> ast.expr:
-    """Remember which Python number the original produced here (``NUMBER_FOLD``)."""
-    ast_marks.put(node, ast_marks.HOST_NUMBER, op.host_number)
+    """Remember which Python number the original produced here (``NUMBER_FOLD``): a float for
+    ``math`` functions."""
+    ast_marks.put(node, ast_marks.HOST_NUMBER, op.host_number or "float" if op.host_math
+                  else op.host_number)
     return node
 
 
@@ -132,5 +158,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {name for name, _ in it.elements}
     plan.variant = variant_names(plan.body, seeds, ctx)
-    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors)
+    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide)
+    plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan
