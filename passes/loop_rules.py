@@ -48,6 +48,16 @@ WRITE_ACCUMULATE = {"add_": "v", "sub_": "-v"}
 # Accumulators whose contributions were Python numbers in the original (literals, or host
 # round trips): the folded result is turned back into the same kind of Python number.
 NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
+# A host number ``h`` (a tensor in the rewrite) next to a tensor ``t``: as the Python number it
+# was, a weak scalar, so the tensor's dtype decides (float32 ``t`` times a float64 weight's
+# ``.item()`` stays float32). Ints (int64 here) need no cast next to floating tensors, the usual
+# case, and have none: next to an int32 tensor they widen it to int64.
+HOST_WEAK = {
+    "float": "h.to(torch.result_type(t, 1.0))",
+    # a float from a floating tensor, else an int (a bool tensor's True promotes as 1 does,
+    # but next to a bool tensor)
+    "item": "h.to(torch.result_type(t, h.dtype.is_floating_point and 1.0 or 1))",
+}
 # ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
 # precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
 NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}

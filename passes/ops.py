@@ -204,7 +204,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("view", fn=False, total=True, recomputed=True),
     _t("squeeze", fn=False, total=True, recomputed=True),
     _t("expand", fn=False, total=True, recomputed=True),
-    *(_t(n, fn=False, total=True) for n in ("t", "transpose", "permute", "contiguous", "to")),
+    *(_t(n, fn=False, total=True) for n in ("t", "transpose", "permute", "contiguous")),
+    _t("to", fn=False, **_ET),                # per item as on the whole: a dtype or device
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
     _t("tolist", fn=False, total=True, host="e.detach()"),
     # -- logic and tests ----------------------------------------------------------------------
@@ -217,6 +218,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(_t(n, fn=False, shape_query=True, metadata_only=True, total=True)
       for n in ("size", "dim", "ndimension", "type", "nelement")),
     _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True),
+    # a dtype, from its operands' dtypes (``loop_rules.HOST_WEAK``)
+    _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True),
     *(_t(n, fn=False, metadata_only=True)
       for n in ("stride", "element_size", "new_zeros", "new_ones", "new_full", "new_tensor")),
     *_aten("sym_size", "sym_numel", "sym_stride", metadata_only=True),

@@ -13,7 +13,7 @@ from tests.loop_helpers import build, context, namespace
 def rewrite(src: str, variant: set[str]) -> str:
     module = ast.parse(src)
     ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
-    body = host_roundtrips_to_tensor_ops.rewrite(module.body, variant, ctx, {}, {})
+    body = host_roundtrips_to_tensor_ops.rewrite(module.body, variant, ctx, {}, {}, {"i"})
     return ast.unparse(ast.Module(body, []))
 
 

@@ -77,6 +77,23 @@ def host_math_sum(s):
     return t
 
 
+def weighted(x, w):
+    s = 0
+    for i in range(len(x)):
+        s = s + x[i] * w[i].item()
+        s = s + (x[i] + float(w[i]) * 2)
+    return s
+
+
+def weighted_by_name(x, w):
+    s = 0
+    for i in range(len(x)):
+        k = w[i].item() / 2
+        if x[i] > k:
+            s = s + (x[i] - k)
+    return s
+
+
 def running_tensor_max(d):
     m = d[0]
     for i in range(1, len(d)):
@@ -214,3 +231,20 @@ def test_host_math_sums_in_double_precision(user):
     s = torch.tensor([100.0, 1.0, -INF])  # exp(100) overflows float32, not float64
     opt = check(user.host_math_sum, s)
     assert vectorized(opt) and opt(s) == user.host_math_sum(s)
+
+
+# -- dtype: host numbers are weak scalars next to tensors ------------------------------------
+@pytest.mark.parametrize("fn", ["weighted", "weighted_by_name"])
+@pytest.mark.parametrize("x_dtype, w_dtype", [
+    (torch.float32, torch.float64), (torch.float16, torch.float32),
+    (torch.float64, torch.float32), (torch.bfloat16, torch.float64)])
+def test_host_numbers_keep_the_tensor_dtype(user, fn, x_dtype, w_dtype):
+    fn = getattr(user, fn)
+    x = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=x_dtype, requires_grad=True)
+    w = torch.tensor([0.1, 3.0, -2.0, 0.2], dtype=w_dtype)
+    assert vectorized(check(fn, x, w))
+
+
+def test_integer_host_numbers_keep_the_tensor_dtype(user):
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float16, requires_grad=True)
+    assert vectorized(check(user.weighted, x, torch.tensor([1, 2, 3])))

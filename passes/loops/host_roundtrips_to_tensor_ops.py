@@ -13,6 +13,15 @@ Only expressions that vary with the loop index are rewritten (``OpSpec.host*`` f
 Values the original pulled to the host carried no gradient, hence ``detach``. ``abs(t)`` needs
 no rewrite (it is ``t.abs()``).
 
+Host numbers stay what they were in the original: arithmetic on them gives host numbers (marked
+``HOST_NUMBER``, names bound to them too), and next to a tensor of the iteration a float is a weak
+scalar (``loop_rules.HOST_WEAK``); sums of them get a float64 twin (``plan.wide``, see
+``fold_accumulators``)::
+
+    s = s + x[i] * w[i].item()     ->   s = s + x[i] * w[i].detach().to(torch.result_type(x[i], ...))
+    total += x[i].item()           ->   _total_wide = _total_wide + x[i].detach().double()
+                                        total += x[i].detach()
+
 Where the host function raises (``OpSpec.host_raises``: ``math.log`` of a non-positive number,
 ``math.exp`` overflowing), a counter of such iterations goes before the
 statement, and ``raise_on_empty_selections`` raises the original's exception after the loop,
@@ -31,16 +40,22 @@ from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, Transformer, is_name, replace
-from .loop_dataflow import call_op, depends, method_name, resolve_call, variant_names
+from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores,
+                            variant_names)
 from .plan import LoopPlan
 
 
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
-            errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str]) -> list[ast.stmt]:
+            errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str],
+            seeds: set[str]) -> list[ast.stmt]:
     """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
     counters of iterations where the original raised (``errors`` gets each counter's exception
-    source and location) and the float64 twins of host-number sums (``wide``: sum -> twin)."""
-    return _HostToTensor(variant, ctx, errors, wide).block(stmts)
+    source and location) and the float64 twins of host-number sums (``wide``: sum -> twin).
+    ``seeds``: the iteration's own names (index, elements); other names the body reads before
+    binding them are carried from the last iteration."""
+    tr = _HostToTensor(variant, ctx, errors, wide)
+    tr.assigned |= seeds
+    return tr.block(stmts)
 
 
 def raised(function: str, argument: float) -> str:
@@ -63,6 +78,8 @@ class _HostToTensor(Transformer):
         self.errors = errors
         self.wide = wide
         self.double: dict[int, ast.expr] = {}  # id of a math call's tensor form -> in float64
+        self.numbers: dict[str, str] = {}      # names bound to host numbers -> their kind
+        self.assigned: set[str] = set()        # names bound so far in the iteration
         self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
 
     def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
@@ -74,10 +91,59 @@ class _HostToTensor(Transformer):
                 s.body, s.orelse = self.block(s.body), self.block(s.orelse)
             else:
                 s = self.visit(s)
+                self._bind(s)
                 pre, self.pre = self.pre, self._twin(s)
             out += pre + self.pre + [s]
             self.pre = []
         return out
+
+    def _bind(self, s: ast.stmt) -> None:
+        """Names bound here now hold a host number (of its kind), or not."""
+        kind = ast_marks.get(s.value, ast_marks.HOST_NUMBER) if isinstance(s, ast.Assign) \
+            else None
+        for name in stores(s):
+            self.assigned.add(name)
+            if kind is None:
+                self.numbers.pop(name, None)
+            else:
+                self.numbers[name] = kind
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id in self.numbers:
+            ast_marks.put(node, ast_marks.HOST_NUMBER, self.numbers[node.id])
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        """Python arithmetic on host numbers gives a host number; a host number with a tensor
+        is a weak scalar: the tensor's dtype decides (``HOST_WEAK``)."""
+        self.generic_visit(node)
+        node.left, node.right = self._operands(node, [node.left, node.right])
+        return node
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        node.left, *node.comparators = self._operands(None, [node.left, *node.comparators])
+        return node
+
+    def _operands(self, node: ast.BinOp | None, operands: list[ast.expr]) -> list[ast.expr]:
+        kinds = [_number(x) for x in operands]
+        if None not in kinds:  # all numbers: so is the result (a Python float after `/`)
+            if node is not None and any(k != "const" for k in kinds):
+                found = {k for k in kinds if k != "const"}
+                kind = "float" if "float" in found or isinstance(node.op, ast.Div) else \
+                    "item" if "item" in found else "int"
+                ast_marks.put(node, ast_marks.HOST_NUMBER, kind)
+            return operands
+        # values of the iteration, not carried from the last one (`s` in `s + h` may be a
+        # number): tensors under the loop's check
+        tensors = [x for x, k in zip(operands, kinds)
+                   if k is None and depends(x, self.variant, self.ctx)
+                   and not any(isinstance(n, ast.Name) and n.id in self.variant
+                               and n.id not in self.assigned for n in ast.walk(x))]
+        if not tensors:  # with values of unknown type (numbers or tensors): left as they are
+            return operands
+        return [self._sub(rules.HOST_WEAK[k], x, h=x, t=tensors[0])
+                if k in rules.HOST_WEAK else x for x, k in zip(operands, kinds)]
 
     def _twin(self, s: ast.stmt) -> list[ast.stmt]:
         """``s += <host number>`` (``-=``, ``s = s + ...``): Python sums those in float64; so does
@@ -145,6 +211,13 @@ class _HostToTensor(Transformer):
         return node
 
 
+def _number(x: ast.expr) -> str | None:
+    """The kind of Python number ``x`` is in the original ("const" for a literal), or None."""
+    if isinstance(x, ast.Constant) and type(x.value) in (int, float, bool):
+        return "const"
+    return ast_marks.get(x, ast_marks.HOST_NUMBER)
+
+
 def _kind(node: ast.expr, op: ops.OpSpec) -> ast.expr:
     """Remember which Python number the original produced here (``NUMBER_FOLD``): a float for
     ``math`` functions."""
@@ -158,6 +231,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {name for name, _ in it.elements}
     plan.variant = variant_names(plan.body, seeds, ctx)
-    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide)
+    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds)
     plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan
