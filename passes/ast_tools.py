@@ -47,6 +47,13 @@ class Namer:
         self.made.add(name)
         return name
 
+    def checkpoint(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The names given out so far, for ``rollback`` after an attempt that is dropped."""
+        return frozenset(self._taken), frozenset(self.made)
+
+    def rollback(self, point: tuple[frozenset[str], frozenset[str]]) -> None:
+        self._taken, self.made = set(point[0]), set(point[1])
+
 
 @dataclass
 class PassContext:

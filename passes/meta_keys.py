@@ -14,3 +14,8 @@ USER_LOCATION = "optimize_loss.user_location"
 HOISTED = "optimize_loss.hoisted"
 # str on target-only nodes that stay in the core graph: why they were not hoisted.
 NOT_HOISTED_BECAUSE = "optimize_loss.not_hoisted_because"
+# str on the node calling a re-rolled loop (reroll_unrolled_loops): what it replaced.
+REROLLED = "optimize_loss.rerolled"
+# str on the node that combines a candidate loop's copies (an add chain's last link, a stack or
+# cat) that reroll_unrolled_loops left alone: why.
+NOT_REROLLED_BECAUSE = "optimize_loss.not_rerolled_because"

@@ -13,7 +13,7 @@ import torch.fx
 from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
-               optimize_called_helpers)
+               optimize_called_helpers, reroll_unrolled_loops)
 from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
 
@@ -34,7 +34,8 @@ AST_PIPELINE: list = [
 # FX passes, in order: each entry is a module with ``run(gm) -> PassResult``; facts go to
 # ``node.meta`` under the keys of ``passes.meta_keys``.
 FX_PIPELINE: list = [
-    annotate_grad_dependence,  # first: every later pass reads GRAD_DEPENDENCE
+    reroll_unrolled_loops,     # first: it replaces nodes, whose facts the next pass computes
+    annotate_grad_dependence,  # before every pass that reads GRAD_DEPENDENCE
     hoist_target_subgraph,     # after every pass that rewrites nodes: it splits the graph in two
 ]
 
@@ -67,11 +68,13 @@ def run_ast_pipeline(tree: ast.Module, ctx: PassContext, dump: Dump | None = Non
 
 
 def run_fx_pipeline(gm: torch.fx.GraphModule, filename: str, done: list[str],
-                    dump: Dump | None = None, lineno: int | None = None) -> torch.fx.GraphModule:
-    """Run every FX pass on ``gm``; ``done`` collects the names of passes that ran."""
+                    dump: Dump | None = None, lineno: int | None = None,
+                    passes: list | None = None) -> torch.fx.GraphModule:
+    """Run every FX pass (or those of ``passes``, in ``FX_PIPELINE``'s order) on ``gm``;
+    ``done`` collects the names of passes that ran."""
     if dump:
         dump("fx_traced", _readable(gm))
-    for p in FX_PIPELINE:
+    for p in FX_PIPELINE if passes is None else [p for p in FX_PIPELINE if p in passes]:
         name = pass_name(p)
         try:
             result = p.run(gm)

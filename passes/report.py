@@ -16,7 +16,7 @@ class LoopReport:
     filename: str
     lineno: int
     vectorized: bool
-    strategy: str   # "batched", "vmap", "cumsum", "cumprod", or "kept"
+    strategy: str   # "batched", "vmap", "cumsum", "cumprod", "distributed", or "kept"
     reason: str     # why this strategy, or why the loop was kept
     vectorized_runs: int = 0
     failed_runs: int = 0
@@ -69,6 +69,9 @@ class Report:
     passes_run: list[str] = field(default_factory=list)
     original_source: str = ""
     rewritten_source: str = ""
+    # Seconds the first calls of compiled signatures spent checking the compiled function
+    # against the eager rewritten one (``verify_compiled``).
+    check_seconds: float = 0.0
 
     def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str) -> LoopReport:
         loop = LoopReport(self.filename, lineno, vectorized, strategy if vectorized else "kept", reason)

@@ -1,5 +1,5 @@
-"""``torch.compile(fn, backend="optimize_loss")``: the FX passes on Dynamo's graph, target-only
-work hoisted and cached, the rest compiled by Inductor.
+"""``torch.compile(fn, backend="optimize_loss")``: the FX passes on Dynamo's graph, unrolled loops
+re-rolled, target-only work hoisted and cached, the rest compiled by Inductor.
 
 Registered through the ``torch_dynamo_backends`` entry point. Dynamo has already turned the
 bytecode into a graph, so the AST passes (loop vectorization) cannot run here: use the
@@ -15,43 +15,142 @@ any other input. Per compiled graph: ``FX_PIPELINE`` runs; when it split off a
 inner backend compiles the whole graph. After a batch-size change Dynamo's automatic dynamic
 shapes recompile once with a dynamic batch dimension, so later batch sizes (a smaller last batch)
 reuse that graph; the hoisted values' fake tensors carry the same symbolic sizes into ``core``.
+
+Dynamo unrolls Python loops: ``reroll_unrolled_loops`` turns the N copies of a per-sample or
+per-class body back into one vmapped computation before the inner compiler sees the graph, so it
+compiles one copy, not N. A loop whose body breaks the graph (``.item()``, ``print``) never reaches
+a backend, neither whole nor as one graph per iteration: Dynamo skips the whole frame and runs it
+eagerly. The next time the backend compiles a graph (in a training step, the code after the
+loss), it says so once per skipped function, through the logger and the report, and recommends
+the decorator, which vectorizes such loops before Dynamo runs.
+
+``backend(inner, hoist=, reroll=, ...)`` makes a configured backend; ``"optimize_loss"`` is
+``backend()``. Neither raises into a training step: when a pass or the inner compiler fails on
+the rewritten graph, the inner backend compiles the unmodified graph, with one warning (logger
+``"optimize_loss"``, and ``warnings``). ``HoistingBackend``, as the decorator uses it, raises
+instead, so that the decorator's own fallback and ``strict=True`` apply.
 """
 from __future__ import annotations
 
+import copy
+import logging
+import re
+import warnings
 from typing import Any, Callable
 
 import torch
 
+from passes import hoist_target_subgraph, reroll_unrolled_loops
+from passes.meta_keys import NOT_REROLLED_BECAUSE, REROLLED
 from passes.pipeline import Dump, pass_name, FX_PIPELINE, run_fx_pipeline
 
 from . import hoist
 from passes.report import Report
 
+log = logging.getLogger("optimize_loss")
+
+# In Dynamo's count of unsupported constructs: a frame skipped for a graph break in a loop.
+_SKIPPED_LOOP = re.compile(r"graph break in loop\n.*?frame skipped: ([^\n]+)", re.S)
+_told_skipped: set[str] = set()  # functions already logged, once per process
+
 
 class HoistingBackend:
     """A Dynamo backend: ``FX_PIPELINE``, then ``backend`` (name or callable, with ``mode`` and
     ``dynamic`` as for ``torch.compile``) on the core graph. ``report`` and ``dump`` (the
-    decorator's) receive what the passes did and the graph after every pass."""
+    decorator's) receive what the passes did and the graph after every pass. ``hoist=False`` or
+    ``reroll=False`` leave out that pass; with ``fallback``, a failure compiles the unmodified
+    graph with ``backend`` instead of raising."""
 
     def __init__(self, backend: str | Callable = "inductor", mode: str | None = None,
                  dynamic: bool | None = None, report: Report | None = None,
-                 dump: Dump | None = None):
+                 dump: Dump | None = None, hoist: bool = True, reroll: bool = True,
+                 fallback: bool = False):
         self.backend, self.mode, self.dynamic = backend, mode, dynamic
-        self.report, self.dump = report, dump
+        self.report, self.dump, self.fallback = report, dump, fallback
+        skipped = {hoist_target_subgraph: not hoist, reroll_unrolled_loops: not reroll}
+        self.passes = [p for p in FX_PIPELINE if not skipped.get(p)]
+        self._warned = False
+        self._skipped_before = set(_skipped_loops())  # not this backend's business
         self.__name__ = "optimize_loss"  # what torch.compile and Dynamo's logs call it
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
         inner = _inner(self.backend, kwargs.get("mode", self.mode), self.dynamic)
+        if not self.fallback:
+            return self._compile(gm, example_inputs, inner)
+        # The passes change gm's graph in place: keep a copy (nodes and meta dicts, not tensors).
+        unmodified = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        unmodified.meta.update(gm.meta)
+        try:
+            return self._compile(gm, example_inputs, inner)
+        except Exception as exc:
+            self._warn(f"optimize_loss backend failed ({type(exc).__name__}: {exc}); "
+                       f"compiling the unmodified graph with {self.backend!r}")
+            return inner(unmodified, example_inputs)
+
+    def _compile(self, gm: torch.fx.GraphModule, example_inputs: list[Any], inner: Callable) -> Callable:
+        self._tell_skipped_loops()
         filename = self.report.filename if self.report else "<dynamo graph>"
-        gm = run_fx_pipeline(gm, filename, [], self.dump)
+        gm = run_fx_pipeline(gm, filename, [], self.dump, passes=self.passes)
         if self.report is not None:
-            for p in FX_PIPELINE:
+            for p in self.passes:
                 if pass_name(p) not in self.report.passes_run:
                     self.report.passes_run.append(pass_name(p))
             hoist.record(self.report, gm)
+            record_rerolls(self.report, gm)
         if not hasattr(gm, "target_transform"):
             return inner(gm, example_inputs)
         return hoist.HoistedCall(gm, inner(gm.core, hoist.core_example_inputs(gm, example_inputs)))
+
+    def _tell_skipped_loops(self) -> None:
+        """Functions Dynamo skipped since this backend was made: most likely its own caller's."""
+        for frame in _skipped_loops():
+            if frame not in self._skipped_before:
+                note = (f"Dynamo ran {frame} eagerly: a graph break inside a loop (.item(), "
+                        "print, data-dependent control flow) skips the whole function, so no "
+                        "backend sees that loop and it cannot be re-rolled; decorate the loss "
+                        "with @optimize_loss, which vectorizes such loops before Dynamo runs")
+                if self.report is not None and note not in self.report.notes:
+                    self.report.notes.append(note)
+                if frame not in _told_skipped:
+                    _told_skipped.add(frame)
+                    log.warning(note)
+
+    def _warn(self, message: str) -> None:
+        if self.report is not None:
+            self.report.notes.append(message)
+        if not self._warned:
+            self._warned = True
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def _skipped_loops() -> list[str]:
+    """``"fn (file line n)"`` of every function Dynamo skipped, so far, for a graph break inside
+    a loop."""
+    return [frame for message in list(torch._dynamo.utils.counters["unimplemented"])
+            for frame in _SKIPPED_LOOP.findall(message)]
+
+
+def backend(inner: str | Callable = "inductor", hoist: bool = True, reroll: bool = True,
+            mode: str | None = None, dynamic: bool | None = None,
+            report: Report | None = None) -> HoistingBackend:
+    """A backend for ``torch.compile(fn, backend=rewrite.backend(...))``: unrolled loops
+    re-rolled (``reroll``), target-only work hoisted and cached (``hoist``), the rest compiled
+    by ``inner`` (a backend name or callable; ``mode`` and ``dynamic`` as for
+    ``torch.compile``). ``report`` collects what the passes did. Never raises: see the module
+    docstring."""
+    return HoistingBackend(inner, mode, dynamic, report, hoist=hoist, reroll=reroll, fallback=True)
+
+
+def record_rerolls(report: Report, gm: torch.fx.GraphModule) -> None:
+    """One note per loop ``reroll_unrolled_loops`` re-rolled or left alone, with the line."""
+    graphs = [gm.graph] + [m.graph for m in gm.children() if isinstance(m, torch.fx.GraphModule)]
+    for node in (n for graph in graphs for n in graph.nodes):
+        for key, verb in ((REROLLED, "re-rolled"), (NOT_REROLLED_BECAUSE, "not re-rolled")):
+            if key in node.meta:
+                note = f"{verb}: {hoist._where(node)} ({node.name}): {node.meta[key]}"
+                if note not in report.notes:
+                    report.notes.append(note)
 
 
 def _inner(backend: str | Callable, mode: str | None, dynamic: bool | None) -> Callable:
@@ -61,5 +160,9 @@ def _inner(backend: str | Callable, mode: str | None, dynamic: bool | None) -> C
     return torch._TorchCompileWrapper(backend, mode, None, dynamic)
 
 
+_DEFAULT = backend()
+
+
 def optimize_loss_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
-    return HoistingBackend()(gm, example_inputs, **kwargs)
+    """The ``torch_dynamo_backends`` entry point ``"optimize_loss"``: ``backend()``."""
+    return _DEFAULT(gm, example_inputs, **kwargs)

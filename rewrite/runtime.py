@@ -23,6 +23,7 @@ import importlib
 import inspect
 import os
 import threading
+import time
 import types
 import warnings
 import weakref
@@ -227,17 +228,24 @@ class OptimizedFunction:
 
     def _check_compiled(self, key: Any, compiled: Callable, args: tuple, kwargs: dict) -> Callable:
         """The compiled function against the eager rewritten one, each on its own clones: a
-        compiler that miscompiles (values or gradients) makes this signature run eagerly."""
+        compiler that miscompiles (values or gradients) makes this signature run eagerly.
+        ``report.check_seconds`` adds what the check costs beyond compiling: the eager run and
+        the comparison (the compiled run on clones compiles what the call then runs)."""
         eager = compiled._optimize_loss_eager
+        start = time.perf_counter()
         try:
             want = outputs_and_gradients(self._counts(eager), args, kwargs)
         except Exception:
             return eager  # fails by itself: the call itself steps down to the original
+        finally:
+            self._report.check_seconds += time.perf_counter() - start
         try:
             got = outputs_and_gradients(compiled, args, kwargs)
         except Exception as exc:
             return self._step_down(key, "torch.compile failed", exc, eager)
+        start = time.perf_counter()
         problems = compare(want, got)
+        self._report.check_seconds += time.perf_counter() - start
         if problems:
             self._fall_back(self._error("the compiled function differs from the eager rewritten "
                                         "function: " + "; ".join(problems)),

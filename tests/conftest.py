@@ -9,4 +9,8 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("ci", derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The long differential-fuzzing run (`HYPOTHESIS_PROFILE=long pytest -m fuzz`): 2,500 programs per
+# fuzz test, fresh draws every run.
+settings.register_profile("long", max_examples=2500, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))

@@ -1,13 +1,22 @@
 """The Dynamo backend: ``torch.compile(fn, backend="optimize_loss")`` and ``HoistingBackend``
-(what ``@optimize_loss`` compiles through). Semantics on the eager inner backend; one Inductor
-test for the registered entry point."""
+(what ``@optimize_loss`` compiles through), and the factory ``rewrite.backend(...)``. Semantics on
+the eager inner backends; Inductor tests for the registered entry point (one in a fresh
+process). Loop re-rolling itself: tests/test_reroll_unrolled_loops.py."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
+import rewrite
 from rewrite import assert_equivalent
 from rewrite.backend import HoistingBackend
+from passes import reroll_unrolled_loops
 from passes.report import Report
 
 
@@ -118,3 +127,95 @@ def test_work_inside_a_vmap_stays_inside_it():
     fn = compiled(vmapped)
     pred, target, _ = inputs()
     assert_equivalent(vmapped, fn, pred, target)
+
+
+# -- the factory rewrite.backend(...) and the entry point --------------------------------------
+def per_sample_weighted_mse(pred, target, weights):
+    loss = 0
+    for i in range(pred.shape[0]):
+        loss += (weights / weights.sum() * (pred[i] - target[i]) ** 2).mean()
+    return loss / pred.shape[0]
+
+
+@pytest.mark.parametrize("hoist, reroll", [(True, True), (False, True), (True, False), (False, False)])
+def test_factory_runs_the_passes_it_is_asked_for(hoist, reroll):
+    report = Report("per_sample_weighted_mse", __file__, 0)
+    fn = torch.compile(per_sample_weighted_mse,
+                       backend=rewrite.backend(inner="aot_eager", hoist=hoist, reroll=reroll, report=report))
+    assert_equivalent(per_sample_weighted_mse, fn, *inputs())
+    assert ("hoist_target_subgraph" in report.passes_run) == hoist
+    assert ("reroll_unrolled_loops" in report.passes_run) == reroll
+    assert any(n.startswith("re-rolled") for n in report.notes) == reroll
+    # weights / weights.sum() is target-only; unrolled, the chain of += writes in place, which
+    # keeps everything in the core.
+    assert bool(report.target_only) == (hoist and reroll)
+
+
+def test_a_failing_pass_falls_back_to_the_unmodified_graph_with_one_warning(monkeypatch, caplog):
+    def broken(gm):  # leaves a graph that returns its first input: wrong if compiled
+        first = next(n for n in gm.graph.nodes if n.op == "placeholder")
+        next(n for n in gm.graph.nodes if n.op == "output").args = ((first,),)
+        raise RuntimeError("broken pass")
+
+    monkeypatch.setattr(reroll_unrolled_loops, "run", broken)
+    fn = torch.compile(branches_on_target, backend=rewrite.backend(inner="eager"))
+    pred, target, weights = inputs()
+    with pytest.warns(RuntimeWarning, match="broken pass") as warned:
+        for scale in (1.0, 0.01):  # both branches: more than one graph compiled
+            assert_equivalent(branches_on_target, fn, pred, target * scale, weights)
+    assert len([w for w in warned if "broken pass" in str(w.message)]) == 1
+    assert [r.name for r in caplog.records if "broken pass" in r.getMessage()] == ["optimize_loss"]
+
+
+def test_hoisting_backend_as_the_decorator_uses_it_still_raises(monkeypatch):
+    monkeypatch.setattr(reroll_unrolled_loops, "run", lambda gm: 1 / 0)
+    with pytest.raises(Exception, match="reroll_unrolled_loops"):
+        compiled(weighted_mse)(*inputs())
+
+
+ENTRY_POINT_SCRIPT = """
+import sys, torch
+def loss(pred, target):
+    total = 0
+    for i in range(pred.shape[0]):
+        total += ((pred[i] - target[i]) ** 2).mean()
+    return total
+pred, target = torch.randn(6, 3, requires_grad=True), torch.randn(6, 3)
+assert "rewrite" not in sys.modules
+torch.testing.assert_close(torch.compile(loss, backend="optimize_loss")(pred, target), loss(pred, target))
+print(sorted(m for m in sys.modules if m in ("rewrite.backend", "passes.reroll_unrolled_loops")))
+"""
+
+
+def test_entry_point_works_in_a_fresh_process_without_importing_rewrite():
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", ENTRY_POINT_SCRIPT], cwd=root, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "['passes.reroll_unrolled_loops', 'rewrite.backend']"
+
+
+def per_sample_ce_with_item(logits, target):
+    loss = 0
+    for i in range(logits.shape[0]):
+        loss = loss - logits[i].log_softmax(0)[target[i].item()]
+    return loss / logits.shape[0]
+
+
+def training_step(logits, target):
+    scaled = logits * 2
+    return per_sample_ce_with_item(scaled, target) + scaled.pow(2).mean()
+
+
+def test_a_loop_dynamo_skips_for_item_is_reported_once_with_the_decorator_recommended(caplog):
+    report = Report("training_step", __file__, 0)
+    fn = torch.compile(training_step, backend=rewrite.backend(inner="eager", report=report))
+    logits, target = torch.randn(6, 5, requires_grad=True), torch.randint(0, 5, (6,))
+    for _ in range(2):
+        assert_equivalent(training_step, fn, logits, target)
+    told = [r for r in caplog.records if r.name == "optimize_loss" and "per_sample_ce_with_item" in r.getMessage()]
+    assert len(told) == 1 and "@optimize_loss" in told[0].getMessage()
+    assert any("per_sample_ce_with_item" in note for note in report.notes)
+    later = Report("weighted_mse", __file__, 0)  # a backend made afterwards: not its business
+    torch.compile(weighted_mse, backend=rewrite.backend(inner="eager", report=later))(*inputs())
+    assert not any("per_sample_ce_with_item" in note for note in later.notes)

@@ -118,6 +118,7 @@ def test_every_variant_measured_with_sane_numbers(bench):
     assert case["steady"]["expert_eager@b256"]["runs"] == len(paired)
     assert case["ratios"]["optimized_vs_expert_b256"]["value"] > 0
     assert variants["optimized_eager"]["rewrite_s"] > 0
+    assert variants["optimized_compiled"]["check_s"] > 0  # the first call's compiled-vs-eager check
     assert variants["expert_eager"]["min_bytes"] == 8 * 3 * 4 * 3  # pred read + its gradient + target
     assert case["ratios"]["optimized_vs_best_expert"]["value"] > 0
     assert case["roofline"]["bytes"] == 288 and case["roofline"]["bound_s"] > 0

@@ -59,20 +59,22 @@ def test_a_bound_that_is_not_an_int_raises_as_the_original(tmp_path):
         fn(torch.randn(4, 3))
 
 
-def test_reaching_the_recompile_limit_is_said_once(tmp_path, monkeypatch):
+def test_reaching_the_recompile_limit_is_said_once(tmp_path):
     module = load_module(tmp_path, """
         def loss(x, mode):
             return (x * len(mode)).sum()
         """)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    torch.compiler.reset()
-    fn = optimize_loss(module.loss, backend="eager")  # a key per signature: new ones are seen
-    x = torch.randn(3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results = [fn(x, mode) for mode in ("a", "bb", "ccc", "dddd", "eeeee")]
-    assert results == [module.loss(x, m) for m in ("a", "bb", "ccc", "dddd", "eeeee")]
-    said = [w for w in caught if issubclass(w.category, RewriteWarning)]
-    assert len(said) == 1 and "recompile limit (2 graphs" in str(said[0].message)
-    assert said[0].filename == module.__file__
-    assert "uncompiled rewritten function runs" in str(said[0].message)
+    # config.patch, not monkeypatch: monkeypatch's undo leaves the option hidden in Dynamo's
+    # config module, and every later torch.compile in the session fails reading it.
+    with torch._dynamo.config.patch(recompile_limit=2):
+        torch.compiler.reset()
+        fn = optimize_loss(module.loss, backend="eager")  # a key per signature: new ones are seen
+        x = torch.randn(3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = [fn(x, mode) for mode in ("a", "bb", "ccc", "dddd", "eeeee")]
+        assert results == [module.loss(x, m) for m in ("a", "bb", "ccc", "dddd", "eeeee")]
+        said = [w for w in caught if issubclass(w.category, RewriteWarning)]
+        assert len(said) == 1 and "recompile limit (2 graphs" in str(said[0].message)
+        assert said[0].filename == module.__file__
+        assert "uncompiled rewritten function runs" in str(said[0].message)

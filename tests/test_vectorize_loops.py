@@ -1013,7 +1013,7 @@ def test_examples_stay_equivalent(name):
     loops = opt.report.loops
     if module.CASE["loops"] == "kept":
         assert all(l.reason for l in loops)
-    assert all(l.strategy in ("batched", "vmap", "cumsum", "cumprod", "kept") for l in loops)
+    assert all(l.strategy in ("batched", "vmap", "cumsum", "cumprod", "distributed", "kept") for l in loops)
 
 
 VECTORIZED_EXAMPLES = ["center_loss", "chamfer", "class_weighted_ce", "dice_tversky",

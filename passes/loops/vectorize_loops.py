@@ -79,12 +79,12 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unparse, walk,
                         write_target)
 from ..errors import Unsupported
-from . import (batch_loop_bodies, check_body, classify_effects, effects_to_outputs,
-               fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
-               inline_inner_loops, iteration, loop_dataflow, masked_selections_to_where,
-               normalize_comprehensions, outline_body, raise_on_empty_selections,
-               row_slices_to_params, runtime_checks, tensor_branches_to_where,
-               unit_slices_to_index)
+from . import (batch_loop_bodies, check_body, classify_effects, distribute_loops,
+               effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
+               inline_helper_calls, inline_inner_loops, iteration, loop_dataflow,
+               masked_selections_to_where, normalize_comprehensions, outline_body,
+               raise_on_empty_selections, row_slices_to_params, runtime_checks,
+               tensor_branches_to_where, unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
 from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
@@ -193,18 +193,25 @@ class _Vectorizer(Transformer):
     def visit_For(self, node: ast.For) -> ast.AST:
         original = clone(node)
         self.generic_visit(node)  # inner loops first
+        live = self.live.get(id(node))
+        if live is None:  # unseen loop: all names live (not a default: it walks the function)
+            live = loads(self.func)
         try:
-            live = self.live.get(id(node))
-            if live is None:  # unseen loop: all names live (not a default: it walks the function)
-                live = loads(self.func)
             after, divided = self.divisions.get(id(node), (None, {}))
             plan = vectorize(new_plan(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
                                       divided=divided,
                                       buildable_lists=self.buildable_lists.get(id(node), set())),
                              self.ctx)
         except Unsupported as exc:
-            self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
-            return node
+            # kept whole: its vectorizable statements may still leave it (loop fission)
+            fission = distribute_loops.distribute(node, live, self.ctx, vectorize)
+            if fission is None:
+                self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
+                return node
+            check = fission.plan.checks.expr()
+            self.ctx.report.add_loop(node.lineno, True, "distributed",
+                                     fission.reason + _runs_when(check))
+            return _guarded(check, node.lineno, fission.stmts, original, node)
         check = self._reported(plan, node.lineno, "")
         vectorized = _guarded(check, node.lineno, plan.stmts, original, node)
         self.bound_lists |= plan.bound_lists

@@ -266,15 +266,19 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
     out += ["", "## First call and rewrite time", "",
             "Rewrite: parse + passes + rebuild, no torch.compile (it runs before any input is seen). "
             "First-call overhead: first call − steady call of a fresh `optimize_loss(compile=False)`.", "",
-            "| case | rewrite | first-call overhead small / bench | optimize_loss compiled first call "
+            "Check: the part of optimize_loss compiled's first call spent comparing the compiled function "
+            "with the eager rewritten one (`verify_compiled`).", "",
+            "| case | rewrite | first-call overhead small / bench | optimize_loss compiled first call | of which check "
             "| torch.compile(naive) first call | torch.compile(expert) first call | optimized / expert first call |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in cases:
         variants = raw[name]
         info = variants.get("optimized_eager", {})
         overheads = first_call_overheads(info) if info else (None, None)
+        check = variants.get("optimized_compiled", {}).get("check_s")
         firsts = [_cell(first_time(variants.get(v)), variants.get(v))
                   for v in ("optimized_compiled", "naive_compiled", "expert_compiled")]
+        firsts.insert(1, "–" if check is None else fmt_time(check))
         out.append(f"| {name} | {fmt_time(info['rewrite_s']) if 'rewrite_s' in info else '–'} | "
                    + " / ".join("–" if x is None else fmt_time(x) for x in overheads) + " | "
                    + " | ".join(firsts) + f" | {show(analysed[name]['ratios']['first_call_vs_compiled_expert'], 1.5)} |")

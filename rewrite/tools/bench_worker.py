@@ -199,6 +199,8 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
     call = fwd_bwd(fn, inputs)
     first = timed(call)
     emit("first", job, seconds=first)
+    if base == "optimized_compiled":  # of which: the first call's compiled-vs-eager check
+        emit("info", job, check_s=fn.report.check_seconds)
     if base == "expert_eager" and size == "bench":
         # Roofline: the least traffic of any implementation reads every input once and writes
         # every gradient once.

@@ -1,0 +1,371 @@
+"""Loop distribution (fission): a ``for`` loop the vectorizer keeps whole is split in two.
+
+Statements that cannot be vectorized (a side effect, a recurrence, an op without a batched form)
+stay in a residual loop; the statements they do not feed are hoisted into a loop of their own,
+which the vectorizer rewrites (``LOOP_STAGES``, all or nothing). The per-iteration values the
+residual loop reads leave the hoisted loop stacked, and the residual loop reads them by index::
+
+    for i in range(len(x)):                      if <the hoisted loop's runtime check>:
+        l = F.cross_entropy(x[i:i+1], y[i:i+1])      'optimize_loss: loop at line 1 vectorized'
+        if l.item() > th:                  ->        <every iteration's `l` at once: `_outs`>
+            hard.append(l)                           _l_all = _outs[0].unbind(0)
+                                                     for i in range(len(x)):
+                                                         l = _l_all[i]
+                                                         if l.item() > th:
+                                                             hard.append(l)
+                                                 else:
+                                                     <the loop as written>
+
+The dependence graph is over the body's top-level statements. A statement stays residual when
+
+* on its own it is no vectorizable loop body (``loop_dataflow.analyze`` of the statement alone:
+  I/O, random ops, mutation of outer objects, ``assert``, inner loops, ...), or it leaves the
+  iteration (an accumulator, an append, a write into an outer tensor): the hoisted loop has no
+  effect but the values it stacks, so side effects, exceptions of the residual statements and
+  random draws happen in the original order, and accumulators sum in the original order;
+* it reads or binds a name carried from one iteration to the next (read before the iteration
+  binds it): every statement of a strongly connected component with a carried dependence;
+* it reads or binds a name a residual statement binds or mutates, or binds a name an earlier
+  residual statement reads (the residual loop would see the wrong value);
+* it binds a name the residual loop (or the code after the loop) reads, other than with one
+  ``name = <expression with a call or subscript>`` that varies with the iteration: only such
+  values are stacked (a Python number computed from the index would come back a tensor); a
+  value that is one host round trip (``t.item()``, ``int(t)``) comes back as Python numbers,
+  one with a host round trip inside (``t.item() * 2``) is not stacked;
+* the vectorizer refused the hoisted loop at its line (then the split is made again).
+
+A loop whose residual statements change in place a value made in the iteration (``q += 1``
+on a local ``q``; accumulators carried from one iteration to the next are fine) is not split:
+the values are views of one stacked tensor. Nor is one whose residual statements change what
+the loop iterates.
+
+Exceptions: the hoisted statements are vectorized code behind its runtime checks (ranks, dtypes,
+bounds), so they do not raise where the original did not; an error an op raises on the data
+itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
+residual loop runs. Loops with ``break``, ``continue`` or ``return`` are not split.
+
+Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
+``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), and at least one
+statement stays residual. The report's strategy is "distributed"; its reason names the hoisted
+lines and every residual statement with its reason at the user's file:line.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import ops
+from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
+from ..errors import Unsupported
+from . import iteration, loop_dataflow
+from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
+from .plan import Iteration, LoopPlan, new_plan
+
+# Batched forms of ops that do real work per item (elementwise ops, views and layout do not).
+_HEAVY_FORMS = frozenset({"reduction", "dot", "pointwise_loss", "class_loss", "similarity"})
+_EFFECT_VERBS = {"acc": "accumulates into", "scan": "accumulates into", "append": "appends to",
+                 "write": "writes into"}
+# Statements that end the iteration or the loop early, or bind names outside the function.
+_CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await,
+            ast.Global, ast.Nonlocal)
+
+
+@dataclass
+class Fission:
+    """A distributed loop: the hoisted loop's plan, the statements of the vectorized branch
+    (the hoisted statements vectorized, then the residual loop) and the report's reason."""
+    plan: LoopPlan
+    stmts: list[ast.stmt]
+    reason: str
+
+
+@dataclass
+class _Split:
+    body: list[ast.stmt]
+    residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
+
+    def hoisted(self) -> list[int]:
+        return [k for k in range(len(self.body)) if k not in self.residual]
+
+
+def distribute(node: ast.For, live_after: set[str], ctx: PassContext,
+               vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | None:
+    """``node`` (its inner loops already rewritten) distributed, or None to keep it whole (and
+    the names the attempts took given back: the loops after it are named as before)."""
+    point = ctx.namer.checkpoint()
+    fission = _distribute(node, live_after, ctx, vectorize)
+    if fission is None:
+        ctx.namer.rollback(point)
+    return fission
+
+
+def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
+                vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | None:
+    if node.orelse or any(isinstance(n, _CONTROL) for s in node.body for n in walk(s)):
+        return None
+    try:
+        it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
+    except Unsupported:
+        return None
+    seeds = {it.index} | {name for name, _ in it.elements}
+    split = _Split(node.body)
+    for k, s in enumerate(node.body):
+        reason = _own_reason(s, it.index, seeds, ctx)
+        if reason:
+            split.residual[k] = reason
+    carried = _mark_carried(split, seeds, ctx)
+    variant = loop_dataflow.variant_names(node.body, seeds, ctx)
+    for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
+        exported = _close(split, live_after, variant, ctx)
+        hoisted = [node.body[k] for k in split.hoisted()]
+        if not split.residual or not any(_heavy(s, ctx) for s in hoisted):
+            return None
+        if loads(node.iter) & set().union(*(_writes(node.body[k], ctx) for k in split.residual)):
+            return None  # the residual loop changes what the loop iterates
+        if _mutates_values(split, carried, ctx):
+            return None
+        point = ctx.namer.checkpoint()
+        lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
+        try:
+            plan = vectorize(new_plan(_hoisted_loop(node, hoisted, lists), set(), ctx,
+                                      own_lists=set(lists.values())), ctx)
+        except Unsupported as exc:
+            ctx.namer.rollback(point)  # the next attempt's names as if it were the first
+            at = [k for k in split.hoisted() if _covers(node.body[k], exc.lineno)]
+            if not at:
+                return None
+            split.residual[at[0]] = exc.reason
+            continue
+        return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
+                       _reason(split, plan, ctx))
+    return None
+
+
+def _mutates_values(split: _Split, carried: set[str], ctx: PassContext) -> bool:
+    """A residual statement changes in place a value made in the iteration: it may be a stacked
+    value (views of one unbound tensor may not be changed in place). Carried accumulators
+    (``total += l``) hold what the iterations added, not their values."""
+    made = loop_dataflow.stores_in(split.body) - carried
+    return any(_mutated(split.body[k], ctx) & made for k in split.residual)
+
+
+def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> str:
+    """Why ``s`` alone is no vectorizable, effect-free loop body ("" when it is)."""
+    try:
+        facts = loop_dataflow.analyze([s], index, seeds, set(), ctx)
+    except Unsupported as exc:
+        return exc.reason
+    effect = next(iter(facts.effects.values()), None)
+    if effect is None:
+        return ""
+    return f"{_EFFECT_VERBS[effect.kind]} `{effect.name}`, which outlives the iteration"
+
+
+def _mark_carried(split: _Split, seeds: set[str], ctx: PassContext) -> set[str]:
+    """Statements reading or binding a name carried from the previous iteration stay residual;
+    the carried names."""
+    bound = loop_dataflow.stores_in(split.body)
+    defined, exposed = set(seeds), []
+    for s in split.body:
+        reads, defined = _exposed_reads([s], defined)
+        exposed.append(reads)
+    carried = set().union(*exposed) & bound
+    for k, s in enumerate(split.body):
+        touched = sorted((_reads(s) | _writes(s, ctx)) & carried)
+        if touched and k not in split.residual:
+            split.residual[k] = f"`{touched[0]}` is carried from one iteration to the next"
+    return carried
+
+
+def _exposed_reads(stmts: list[ast.stmt], defined: set[str]) -> tuple[set[str], set[str]]:
+    """Names ``stmts`` read before binding them; the names surely bound after them."""
+    exposed = set()
+    for s in stmts:
+        if isinstance(s, ast.If):
+            exposed |= loads(s.test) - defined
+            body, after_body = _exposed_reads(s.body, defined)
+            orelse, after_orelse = _exposed_reads(s.orelse, defined)
+            exposed |= body | orelse
+            defined = defined | (after_body & after_orelse)
+        elif isinstance(s, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)):
+            exposed |= stmt_loads(s) - defined
+            defined = defined | stores(s)
+        else:  # other compound statements: every name they mention, none surely bound
+            exposed |= {n.id for n in walk(s) if isinstance(n, ast.Name)} - defined
+    return exposed, defined
+
+
+def _close(split: _Split, live_after: set[str], variant: set[str],
+           ctx: PassContext) -> list[str]:
+    """Move statements to the residual loop until no dependence runs from it to a hoisted one;
+    the names the hoisted statements export (stacked, read by index)."""
+    body = split.body
+    while True:
+        written = {n: k for k in sorted(split.residual) for n in _writes(body[k], ctx)}
+        read = {n: k for k in sorted(split.residual, reverse=True) for n in _reads(body[k])}
+        needed = set(read) | live_after
+        moved = False
+        for k in split.hoisted():
+            why = _dependence(body, k, written, read, needed, variant, ctx)
+            if why:
+                split.residual[k] = why
+                moved = True
+                break
+        if not moved:
+            hoisted = [body[k] for k in split.hoisted()]
+            return sorted(set().union(*(stores(s) for s in hoisted)) & needed)
+
+
+def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dict[str, int],
+                needed: set[str], variant: set[str], ctx: PassContext) -> str:
+    """Why hoisted statement ``k`` must join the residual loop ("" when it need not)."""
+    s = body[k]
+    for n in sorted(_reads(s) & written.keys()):
+        return f"reads `{n}`, which line {body[written[n]].lineno} (residual) binds"
+    for n in sorted(_writes(s, ctx)):
+        if n in written:
+            return f"binds `{n}`, as line {body[written[n]].lineno} (residual) does"
+        if n in read and read[n] < k:
+            return f"binds `{n}`, which line {body[read[n]].lineno} (residual) reads before"
+    last = {n: j for j in range(len(body)) for n in stores(body[j])}
+    for n in sorted(stores(s) & needed):
+        if last[n] == k and not _stackable(s, n, variant, ctx):
+            return f"`{n}` is read by the residual loop or after the loop, and is not a " \
+                   "per-iteration tensor value"
+    return ""
+
+
+def _stackable(s: ast.stmt, name: str, variant: set[str], ctx: PassContext) -> bool:
+    """``name = <value>``, the value varying with the iteration and made by a call or a
+    subscript, with a known kind (``_is_number``)."""
+    return (isinstance(s, ast.Assign) and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Name) and s.targets[0].id == name
+            and name in variant and _is_number(s.value, ctx) is not None
+            and any(isinstance(n, (ast.Call, ast.Subscript)) and not is_shape_query(n, ctx)
+                    for n in walk(s.value)))
+
+
+def _is_number(value: ast.expr, ctx: PassContext) -> bool | None:
+    """True for a host round trip returning a Python number (``t.item()``, ``int(t)``: the
+    stacked values go back as ``.tolist()``), False for a tensor (no host round trip in it),
+    None for anything else (``t.item() * 2``, ``bool(t)``): not stacked."""
+    hosts = [n for n in walk(value) if isinstance(n, ast.Call) and call_op(n, ctx).host]
+    if not hosts:
+        return False
+    if hosts == [value] and call_op(value, ctx).host_number:
+        return True
+    return None
+
+
+def _reads(s: ast.stmt) -> set[str]:
+    """Names ``s`` reads anywhere in it; ``n += e`` reads ``n``."""
+    return loads(s) | {n.target.id for n in walk(s)
+                       if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)}
+
+
+def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
+    """Names ``s`` binds, deletes or may mutate (``_mutated``, and the arguments of functions
+    the registry does not know)."""
+    names = {n.id for n in walk(s) if isinstance(n, ast.Name)
+             and isinstance(n.ctx, (ast.Store, ast.Del))}
+    for n in walk(s):
+        if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
+                and loop_dataflow.method_name(n, ctx) is None:
+            names |= {r.id for r in map(_root, n.args) if isinstance(r, ast.Name)}
+    return names | _mutated(s, ctx) | loop_dataflow.stores_in([s])
+
+
+def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:
+    """Names whose object ``s`` may change in place: subscript and attribute targets, receivers
+    of methods other than the registry's pure tensor ops, ``+=`` targets."""
+    names = set()
+    for n in walk(s):
+        root = None
+        if isinstance(n, (ast.Subscript, ast.Attribute)) and isinstance(n.ctx, ast.Store):
+            root = n.value
+        elif isinstance(n, ast.Call) and _may_mutate(n, ctx):
+            root = n.func.value
+        elif isinstance(n, ast.AugAssign):
+            root = n.target
+        root = _root(root)
+        if isinstance(root, ast.Name):
+            names.add(root.id)
+    return names
+
+
+def _root(expr: ast.expr | None) -> ast.expr | None:
+    """``a`` of ``a.b[c].d``: the object a write into the expression mutates."""
+    while isinstance(expr, (ast.Subscript, ast.Attribute, ast.Starred)):
+        expr = expr.value
+    return expr
+
+
+def _may_mutate(call: ast.Call, ctx: PassContext) -> bool:
+    meth = loop_dataflow.method_name(call, ctx)
+    if meth is None:
+        return False
+    spec = call_op(call, ctx)
+    return spec is ops.UNKNOWN or spec.effect is not None or meth.endswith("_")
+
+
+def _heavy(s: ast.stmt, ctx: PassContext) -> bool:
+    """``s`` does real work per item: see ``_HEAVY_FORMS``, or a matrix product ``@``."""
+    for n in walk(s):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
+            return True
+        if isinstance(n, ast.Call):
+            spec = call_op(n, ctx)
+            if spec.batched in _HEAVY_FORMS and not spec.recomputed:
+                return True
+    return False
+
+
+def _covers(s: ast.stmt, lineno: int | None) -> bool:
+    return lineno is not None and s.lineno <= lineno <= (s.end_lineno or s.lineno)
+
+
+def _hoisted_loop(node: ast.For, hoisted: list[ast.stmt], lists: dict[str, str]) -> ast.For:
+    """``for <header>: <hoisted statements>; _n_all.append(n) ...`` (a fresh copy)."""
+    appends = [ast.Expr(replace("lst.append(v)", loc=node, lst=lst, v=name))
+               for name, lst in lists.items()]
+    loop = ast.For(target=clone(node.target), iter=clone(node.iter),
+                   body=clone(hoisted) + appends, orelse=[], type_comment=None)
+    return ast.copy_location(loop, node)
+
+
+def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str, str],
+                   plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
+    """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
+    statements only, each iteration first reading its values: ``n = _n_all[i]``."""
+    stmts, header = [], node
+    hoisted = [split.body[k] for k in split.hoisted()]
+    for name, lst in lists.items():
+        value = [s for s in hoisted if name in stores(s)][-1].value
+        how = "v.tolist()" if _is_number(value, ctx) else "v.unbind(0)"
+        stmts += replace(f"lst = {how}", loc=node, lst=lst, v=plan.own_list_values[lst].values)
+    index = it.index
+    if it.elements or not (is_int(it.start, 0) and is_int(it.step, 1) and it.index_is_user):
+        index = ctx.namer.new("k")
+        header = replace("for k, t in enumerate(s): pass", loc=node, k=index,
+                         t=clone(node.target), s=clone(node.iter))[0]
+    reads = [replace("n = lst[k]", loc=node, n=name, lst=lst, k=index)[0]
+             for name, lst in lists.items()]
+    residual = [s for k, s in enumerate(split.body) if k in split.residual]
+    loop = ast.For(target=header.target, iter=header.iter, body=reads + residual, orelse=[],
+                   type_comment=None)
+    return stmts + [ast.copy_location(loop, node)]
+
+
+def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
+    lines = [str(split.body[k].lineno) for k in split.hoisted()]
+    hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
+    how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
+    kept = "; ".join(f"{ctx.where(split.body[k])} `{_first_line(split.body[k])}`: {why}"
+                     for k, why in sorted(split.residual.items()))
+    return f"{hoisted} hoisted into one loop ({how}); residual loop: {kept}"
+
+
+def _first_line(s: ast.stmt) -> str:
+    text = unparse(s).strip().splitlines()[0]
+    return text[:-1] + " ..." if text.endswith(":") else text

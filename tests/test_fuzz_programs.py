@@ -1,0 +1,193 @@
+"""Differential fuzzer: random loss functions (tests/fuzz_programs.py) run through
+``optimize_loss(compile=False, strict=True)`` either vectorized with the original's value, every
+gradient, dtype and exception type, or kept with a reason; must-keep programs are kept.
+
+CI runs each test at the profile's example count (100). The long run (2,500 each) is
+
+    OL_FUZZ_STATS=fuzz.jsonl HYPOTHESIS_PROFILE=long pytest -m fuzz tests/test_fuzz_programs.py
+    python -m tests.fuzz_programs fuzz.jsonl
+
+where ``OL_FUZZ_STATS`` records each program's outcome, a wrong one with its source and inputs
+instead of stopping at the first, and the second command prints the figures.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+
+import pytest
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import rewrite
+from passes.errors import RewriteError
+from rewrite.testing import assert_equivalent
+from tests.fuzz_programs import Program, inputs, programs
+from tests.helpers import load_module
+from tests.loop_helpers import same_python_types
+
+pytestmark = pytest.mark.fuzz
+
+COUNTER = 4  # position of `n` in the returned tuple
+
+# Ops that give NaN off their domain.
+NAN_OPS = ["log", "sqrt", "acos", "/", "reciprocal", "std", "** 0.5", "kl_div"]
+
+
+def _nonfinite(args: tuple) -> bool:
+    return any(a.is_floating_point() and not bool(torch.isfinite(a.detach()).all()) for a in args)
+
+
+def _nan_source(marker: str):
+    """Lines with ``marker`` see a NaN or inf: from the inputs, or from an op on that line."""
+    def hit(src: str, args: tuple) -> bool:
+        lines = [line for line in src.splitlines() if marker in line]
+        return bool(lines) and (_nonfinite(args) or any(op in line for line in lines
+                                                         for op in NAN_OPS))
+    return hit
+
+
+def _matmul_by_a_row(src: str, args: tuple) -> bool:
+    """A ``left @ right`` whose right operand reads more than ``w``."""
+    return any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)
+               and {n.id for n in ast.walk(node.right) if isinstance(n, ast.Name)} - {"w", "torch"}
+               for node in ast.walk(ast.parse(src)))
+
+
+def _found(pattern: str):
+    return lambda src, args: re.search(pattern, src) is not None
+
+
+# Programs that hit a bug tests/test_known_bugs.py pins down (by that test's name) are not drawn,
+# so the fuzzer looks for new ones; drop an entry when its test starts passing.
+KNOWN_BUGS = {
+    "test_two_running_max_updates_in_one_body":
+        lambda src, args: src.count("m = torch.maximum(m,") > 1,
+    "test_two_running_min_updates_in_one_body": lambda src, args: src.count("lo = min(lo,") > 1,
+    "test_two_appends_to_one_list_per_iteration": lambda src, args: src.count("lst.append(") > 1,
+    "test_builtin_running_min_with_nan_item": _nan_source("lo = min(lo,"),
+    "test_running_maximum_with_a_nan_item": _nan_source("m = torch.maximum(m,"),
+    "test_full_max_of_a_row_with_nan":
+        lambda src, args: _nan_source(".max()")(src, args) or _nan_source(".min()")(src, args),
+    "test_deselected_branch_on_nonfinite_input_gives_nan_gradient":
+        lambda src, args: _nonfinite(args) and any(w in src for w in ("if ", "continue", "[sel]")),
+    "test_loop_invariant_item_with_an_infinite_derivative":
+        lambda src, args: _nonfinite(args)
+        and _found(r"return .* for i in|\)\[(int\()?t\[i\]")(src, args),
+    "test_tensor_conditional_expression_in_a_loop": _found(r"\n        .* if .* else "),
+    "test_matmul_with_the_row_on_the_right": _matmul_by_a_row,
+    "test_host_number_passed_to_a_torch_op_still_raises":
+        _found(r"torch\.(?!tensor\b)\w+\([^\n]*(float\(|\.item\(\))"),
+    "test_accumulator_dtype_when_no_iteration_is_selected":
+        lambda src, args: args[0].dtype == torch.float64 and "p = p *" in src
+        and any(w in src for w in ("if ", "continue")),
+    "test_running_extreme_with_tied_items":
+        lambda src, args: ("lo = min(lo," in src or "m = torch.maximum(m," in src)
+        and any(a.unique().numel() < a.numel() or bool((a == 0).any()) for a in args[:3]),
+    "test_bce_with_logits_under_vmap_at_an_infinite_logit":
+        lambda src, args: _nonfinite(args) and "binary_cross_entropy_with_logits" in src,
+    "test_tied_max_inside_a_vmapped_body":
+        lambda src, args: "for j in" in src and (".max()" in src or ".min()" in src),
+}
+
+
+def not_a_known_bug(program: Program, args: tuple) -> None:
+    """Reject (``assume``) a draw that hits a known bug; counted as "known" in the stats file."""
+    known = next((name for name, hit in KNOWN_BUGS.items() if hit(program.source, args)), None)
+    if known and os.environ.get("OL_FUZZ_STATS"):
+        _append(os.environ["OL_FUZZ_STATS"], {"outcome": "known", "bug": known})
+    assume(known is None)
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz_programs")
+
+
+def outcome(directory, program: Program, args: tuple) -> str:
+    """Check one program on one input; "vectorized", "kept" or "refused" (the checker's reason)."""
+    original = load_module(directory, program.source).loss
+    fast = rewrite.optimize_loss(original, compile=False, strict=True)
+    try:
+        loops = fast.report.loops
+    except RewriteError as exc:
+        assert exc.message, program.source
+        return "refused"
+    assert all(loop.reason for loop in loops), program.source
+    try:
+        want = original(*args)
+    except Exception as exc:  # noqa: BLE001 - the rewritten function must raise the same
+        with pytest.raises(type(exc)) as got:
+            fast(*args)
+        assert type(got.value) is type(exc), (program.source, got.value, exc)
+        return _verdict(loops)
+    got = fast(*args)
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    # An accumulator that some branch feeds tensors may stay a Python number in the original when
+    # no iteration took that branch, and is a 0-d tensor of the same value once vectorized (which
+    # iterations count is data). The counter `n` is only ever fed 1: it stays a Python int.
+    assert all(same_python_types(a, b) or (k != COUNTER and isinstance(b, torch.Tensor))
+               for k, (a, b) in enumerate(zip(want, got))), (program.source, want, got)
+    # Where the original returns a Python number, both sides' outputs become float64 tensors:
+    # compared with a tolerance and NaN == NaN, as tensors are (rewrite.testing compares Python
+    # numbers exactly, NaN != NaN); their types were checked above.
+    numbers = {k for k, v in enumerate(tree_flatten(want)[0]) if isinstance(v, (int, float))}
+    assert_equivalent(_as_float64(original, numbers), _as_float64(fast, numbers), *args)
+    return _verdict(loops)
+
+
+def _as_float64(fn, positions: set):
+    def run(*args):
+        flat, spec = tree_flatten(fn(*args))
+        return tree_unflatten([torch.as_tensor(v).double() if k in positions else v
+                               for k, v in enumerate(flat)], spec)
+    return run
+
+
+def _verdict(loops) -> str:
+    return "vectorized" if any(loop.vectorized for loop in loops) else "kept"
+
+
+def check(directory, program: Program, args: tuple) -> str:
+    """``outcome``, with the program in the failure message; with ``OL_FUZZ_STATS`` set, a failure
+    is recorded as "wrong" (with its message and program) instead of raised, so a long run counts
+    every wrong program rather than stopping at the first."""
+    stats = os.environ.get("OL_FUZZ_STATS")
+    try:
+        result = outcome(directory, program, args)
+    except (AssertionError, RewriteError, pytest.fail.Exception) as exc:
+        if not stats:
+            raise AssertionError(f"{exc}\nprogram:\n{program.source}\n"
+                                 f"inputs: {[a.tolist() for a in args]}") from exc
+        result = "wrong"
+        _append(stats, {"error": str(exc)[:500], "source": program.source,
+                        "inputs": [a.tolist() for a in args]})
+    if stats:
+        _append(stats, {"outcome": result, "patterns": program.patterns, "keep": program.keep})
+    return result
+
+
+def _append(path: str, entry: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+@given(program=programs(), data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_claimed_patterns_vectorize_or_keep_with_the_same_result(directory, program, data, dtype):
+    args = data.draw(inputs(dtype))
+    not_a_known_bug(program, args)
+    check(directory, program, args)
+
+
+@given(program=programs(keep=True), data=st.data())
+def test_must_keep_programs_are_kept(directory, program, data):
+    args = data.draw(inputs(torch.float64))
+    not_a_known_bug(program, args)
+    check(directory, program, args)
+    fast = rewrite.optimize_loss(load_module(directory, program.source).loss, compile=False)
+    (loop,) = [l for l in fast.report.loops if l.lineno == program.loop_line]
+    assert not loop.vectorized and loop.reason, (program.keep, program.source, loop)

@@ -1,0 +1,275 @@
+"""Minimal regressions for wrong results the reliability suite found. Each is
+``xfail(strict=True)``: CI stays green while the bug is there, and the test fails (XPASS) once it
+is fixed, so whoever fixes it removes the mark, and the matching ``KNOWN_BUGS`` entry in
+tests/test_fuzz_programs.py so the fuzzer draws those programs again.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rewrite
+from rewrite.testing import assert_equivalent
+from tests.helpers import load_module
+
+INF, NAN = float("inf"), float("nan")
+
+
+def optimized(tmp_path, source: str):
+    fn = load_module(tmp_path, "import torch\nimport torch.nn.functional as F\n" + source).f
+    return fn, rewrite.optimize_loss(fn, compile=False, strict=True)
+
+
+@pytest.mark.xfail(strict=True, reason="two running-max updates of one variable in one loop body: "
+                   "the vectorized loop keeps only the last one's maximum")
+def test_two_running_max_updates_in_one_body(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    m = torch.tensor(float("-inf"))
+    for i in range(x.shape[0]):
+        m = torch.maximum(m, x[i].sum())
+        m = torch.maximum(m, x[i].mean())
+    return m
+""")
+    assert_equivalent(original, fast, torch.tensor([[1., 2.], [0.5, 0.25]], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="two builtin-min updates of one variable in one loop body: "
+                   "the vectorized loop keeps only the last one's minimum")
+def test_two_running_min_updates_in_one_body(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    lo = float("inf")
+    for a in x:
+        lo = min(lo, a.mean())
+        lo = min(lo, a.sum())
+    return lo
+""")
+    assert_equivalent(original, fast, torch.tensor([[1., 2.], [0.5, 0.25]], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="builtin min over a NaN item: Python's min keeps the "
+                   "running value (NaN < v is False), the vectorized amin returns NaN, and "
+                   "min(inf, nan) then gives the float inf instead of the original's tensor")
+def test_builtin_running_min_with_nan_item(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    lo = float("inf")
+    for i in range(x.shape[0]):
+        lo = min(lo, x[i])
+    return lo
+""")
+    x = torch.tensor([1., NAN], requires_grad=True)
+    assert type(fast(x)) is type(original(x))
+    assert_equivalent(original, fast, x)
+
+
+@pytest.mark.xfail(strict=True, reason="a branch the tensor condition deselects still runs on "
+                   "inf/NaN inputs: where() gives it a zero cotangent and 0 * inf makes the "
+                   "input's gradient NaN where the original's is 0")
+@pytest.mark.parametrize("bad", [INF, NAN])
+def test_deselected_branch_on_nonfinite_input_gives_nan_gradient(tmp_path, bad):
+    original, fast = optimized(tmp_path, """
+def f(x, y):
+    s = 0
+    for i in range(x.shape[0]):
+        if y[i] > 0:
+            s += x[i] * x[i]
+    return s
+""")
+    assert_equivalent(original, fast, torch.tensor([bad, 1.], requires_grad=True),
+                      torch.tensor([-1., 1.]))
+
+
+@pytest.mark.xfail(strict=True, reason="a conditional expression on a tensor value is reported "
+                   "vectorized (vmap) but the vmapped body branches on a tensor: RuntimeError at "
+                   "run time (RewriteError with strict=True, else a fallback warning)")
+def test_tensor_conditional_expression_in_a_loop(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    s = 0
+    for i in range(x.shape[0]):
+        s += x[i] if x[i] > 0 else -x[i]
+    return s
+""")
+    assert_equivalent(original, fast, torch.tensor([2., -1.], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="`v @ row` (a 1-d matmul whose right operand is the "
+                   "iteration's row) takes the batched form as `v @ rows`: RuntimeError, mat1 and "
+                   "mat2 shapes cannot be multiplied (RewriteError with strict=True, else a "
+                   "fallback warning); `row @ w` is fine")
+@pytest.mark.parametrize("product", ["w @ x[i]", "y[i] @ x[i]"])
+def test_matmul_with_the_row_on_the_right(tmp_path, product):
+    original, fast = optimized(tmp_path, f"""
+def f(x, y, w):
+    s = 0
+    for i in range(x.shape[0]):
+        s += {product}
+    return s
+""")
+    assert_equivalent(original, fast, torch.randn(3, 2, requires_grad=True),
+                      torch.randn(3, 2, requires_grad=True), torch.randn(2, requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="two appends to one list per iteration: the vectorized "
+                   "list has one item per iteration (shape [B] instead of [2B]), silently")
+def test_two_appends_to_one_list_per_iteration(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    lst = []
+    for i in range(len(x)):
+        lst.append(x[i].sum())
+        lst.append(x[i].mean())
+    return torch.stack(lst)
+""")
+    assert_equivalent(original, fast, torch.randn(3, 2, requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="`row.max()` / `row.min()` of a row holding NaN: the "
+                   "batched form reduces with amax/amin over a dim, whose gradient is NaN for the "
+                   "whole row where the original's full reduction gives a finite one")
+@pytest.mark.parametrize("reduction", ["max", "min"])
+def test_full_max_of_a_row_with_nan(tmp_path, reduction):
+    original, fast = optimized(tmp_path, f"""
+def f(x):
+    s = 0
+    for i in range(x.shape[0]):
+        s += x[i].{reduction}()
+    return s
+""")
+    assert_equivalent(original, fast, torch.tensor([[NAN, 1.], [2., 3.]], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="rewrite.testing compares Python-number outputs with ==, "
+                   "so NaN != NaN: assert_equivalent(f, f) fails for a loss returning float('nan') "
+                   "although tensors' NaNs count as equal")
+def test_assert_equivalent_on_a_python_nan_output():
+    def f(x):
+        return float(x.sum())
+
+    assert_equivalent(f, f, torch.tensor([NAN]))
+
+
+@pytest.mark.xfail(strict=True, reason="`torch.tanh(float(t))` raises TypeError in the original "
+                   "(a float is not a Tensor); the rewrite turns float() into a tensor op, so the "
+                   "optimized loss returns a value instead of the user's error")
+def test_host_number_passed_to_a_torch_op_still_raises(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    s = 0
+    for i in range(x.shape[0]):
+        s += torch.tanh(float(x[i].sum()))
+    return s
+""")
+    x = torch.randn(3, 2)
+    with pytest.raises(TypeError):
+        original(x)
+    with pytest.raises(TypeError):
+        fast(x)
+
+
+@pytest.mark.xfail(strict=True, reason="running torch.maximum over items one of which is NaN: "
+                   "the batched max gives every element a NaN gradient where the original's "
+                   "gradients are finite")
+def test_running_maximum_with_a_nan_item(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    m = torch.tensor(float("-inf"))
+    for i in range(x.shape[0]):
+        m = torch.maximum(m, x[i].sum())
+    return m
+""")
+    assert_equivalent(original, fast, torch.tensor([[NAN, 1.], [2., 3.]], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="`row.max()` with tied maxima in a body that takes the vmap "
+                   "form (here: next to an inner loop): the gradient goes to one tied element "
+                   "instead of being split between them as the original's")
+def test_tied_max_inside_a_vmapped_body(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, y):
+    out = torch.zeros_like(x)
+    lst = []
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = (x[i, j] - y[i, j]) ** 2
+        lst.append(y[i].max())
+    return torch.stack(lst), out
+""")
+    assert_equivalent(original, fast, torch.randn(2, 3),
+                      torch.tensor([[0.5, -1.0, 0.5], [1., 2., 3.]], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="an item that does not depend on the loop variable (or "
+                   "is gathered from such a tensor) gets its gradient from the summed cotangents "
+                   "times the inf derivative: +-inf where the original's, summed per item with "
+                   "0 * inf for the items not picked, is NaN")
+@pytest.mark.parametrize("source", ["""
+def f(x, w):
+    return torch.stack([torch.exp(w) for i in range(x.shape[0])])
+""", """
+def f(x, w):
+    s = 0
+    for i in range(x.shape[0]):
+        s += (w * w)[x[i]]
+    return s
+"""], ids=["stacked", "gathered"])
+def test_loop_invariant_item_with_an_infinite_derivative(tmp_path, source):
+    original, fast = optimized(tmp_path, source)
+    if "stack" in source:
+        x = torch.randn(2, 1)  # only its length matters; assert_equivalent's cotangent is fixed
+        w = torch.tensor([INF], requires_grad=True)
+    else:
+        x, w = torch.tensor([1, 0]), torch.tensor([1., -INF], requires_grad=True)
+    assert_equivalent(original, fast, x, w)
+
+
+@pytest.mark.xfail(strict=True, reason="a float32 accumulator multiplied by float64 items under a "
+                   "tensor condition: when no iteration is selected the original's stays float32, "
+                   "the vectorized one is float64 (its dtype no longer depends on the data)")
+def test_accumulator_dtype_when_no_iteration_is_selected(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, y):
+    p = torch.ones(())
+    for i in range(x.shape[0]):
+        if y[i] > 0:
+            continue
+        p = p * x[i]
+    return p
+""")
+    x, y = torch.rand(3, dtype=torch.float64), torch.ones(3)
+    assert fast(x, y).dtype == original(x, y).dtype
+
+
+@pytest.mark.xfail(strict=True, reason="tied items in a running min/max: the original's gradient "
+                   "goes to the first tied item (builtin min) or halves at each torch.maximum, the "
+                   "batched amin/amax splits it evenly between all tied items")
+@pytest.mark.parametrize("init, update", [("float('inf')", "min(m, x[i].sum())"),
+                                          ("torch.tensor(float('-inf'))",
+                                           "torch.maximum(m, x[i].sum())")])
+def test_running_extreme_with_tied_items(tmp_path, init, update):
+    original, fast = optimized(tmp_path, f"""
+def f(x):
+    m = {init}
+    for i in range(x.shape[0]):
+        m = {update}
+    return m
+""")
+    assert_equivalent(original, fast,
+                      torch.tensor([[0.5, 0.0], [0.0, 0.5], [0.25, 0.25]], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="F.binary_cross_entropy_with_logits with a target the loop "
+                   "does not index takes the vmap form, whose backward gives an -inf logit a NaN "
+                   "gradient where the original's is finite")
+def test_bce_with_logits_under_vmap_at_an_infinite_logit(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(y, w):
+    s = 0
+    for i in range(y.shape[0]):
+        s += F.binary_cross_entropy_with_logits(y[i], w)
+    return s
+""")
+    assert_equivalent(original, fast, torch.tensor([[2.9, -INF], [1.1, 0.55]], requires_grad=True),
+                      torch.tensor([0.5, 0.5]))
