@@ -55,6 +55,8 @@ class OpSpec:
     metadata_only: bool = False               # depends on its first argument's metadata only (FX)
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
+    aliases: bool = False                     # its result may share memory with an operand
+    data_shape: bool = False                  # its result's shape depends on the values
     # "random", "io", "mutates", "global_state", "functorch", "autograd": must run where it
     # stands, every call and every iteration; "uninitialized": not cached (no effect).
     effect: str | None = None
@@ -138,10 +140,12 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("full_like", meth=False, metadata_only=True, **_ET),
     *(OpSpec(n, (_F + n,), **_ET)
       for n in ("softplus", "logsigmoid", "leaky_relu", "gelu", "silu")),
-    _t("float", fn=False, **_ET), _t("double", fn=False, **_ET),
-    _t("long", fn=False, integer=(), **_ET), _t("int", fn=False, integer=(), **_ET),
-    _t("bool", fn=False, boolean=True, **_ET),
-    _t("detach", fn=False, integer=(0,), **_ET), _t("clone", fn=False, integer=(0,), **_ET),
+    # conversions return the tensor itself when it has the dtype already
+    _t("float", fn=False, aliases=True, **_ET), _t("double", fn=False, aliases=True, **_ET),
+    _t("long", fn=False, integer=(), aliases=True, **_ET),
+    _t("int", fn=False, integer=(), aliases=True, **_ET),
+    _t("bool", fn=False, boolean=True, aliases=True, **_ET),
+    _t("detach", fn=False, integer=(0,), aliases=True, **_ET), _t("clone", fn=False, integer=(0,), **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
     _t("exp", sanitize=(0, "0"), host_math="math.exp",
        host_raises=((_OVERFLOWS.format(f="exp"), 1e308),), **_E),
@@ -184,7 +188,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("any", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
-       recomputed=True),
+       recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("matmul", total=True), _t("norm", total=True),
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
@@ -196,22 +200,26 @@ REGISTRY: tuple[OpSpec, ...] = (
            batched="similarity"),
     # -- layout, views, conversions -----------------------------------------------------------
     _t("stack", meth=False, total=True), _t("cat", meth=False, total=True),
-    _t("as_tensor", meth=False, total=True), _t("tensor", meth=False, total=True),
-    _t("flatten", fn=False, batched="flatten", total=True),
-    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True),
-    _t("type_as", fn=False, batched="same_rank", total=True),
-    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True),
-    _t("view", fn=False, total=True, recomputed=True),
-    _t("squeeze", fn=False, total=True, recomputed=True),
-    _t("expand", fn=False, total=True, recomputed=True),
-    *(_t(n, fn=False, total=True) for n in ("t", "transpose", "permute", "contiguous")),
-    _t("to", fn=False, **_ET),                # per item as on the whole: a dtype or device
+    _t("as_tensor", meth=False, total=True, aliases=True), _t("tensor", meth=False, total=True),
+    # views, and conversions that return the tensor itself when there is nothing to do
+    _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
+    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),
+    _t("type_as", fn=False, batched="same_rank", total=True, aliases=True),
+    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True, aliases=True),
+    _t("view", fn=False, total=True, recomputed=True, aliases=True),
+    _t("squeeze", fn=False, total=True, recomputed=True, aliases=True),
+    _t("expand", fn=False, total=True, recomputed=True, aliases=True),
+    *(_t(n, fn=False, total=True, aliases=True)
+      for n in ("t", "transpose", "permute", "contiguous")),
+    # per item as on the whole: a dtype or device
+    _t("to", fn=False, aliases=True, **_ET),
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
     _t("tolist", fn=False, total=True, host="e.detach()"),
     # -- logic and tests ----------------------------------------------------------------------
     _t("logical_xor", boolean=True, recomputed=True),
     _t("isnan", boolean=True), _t("isinf", boolean=True), _t("isfinite", boolean=True),
     _t("isin", meth=False, boolean=True),
+    *(_t(n, data_shape=True) for n in ("masked_select", "nonzero", "argwhere", "unique")),
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),
     *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
     # -- metadata -----------------------------------------------------------------------------

@@ -284,15 +284,15 @@ class Counting(torch.nn.Module):
 def _masked(pred, target, lengths):
     total = 0
     for i in range(pred.shape[0]):
-        L = lengths[i].item()  # fails under vmap: the vectorized branch raises at run time
-        total = total + ((pred[i, :L] - target[i, :L]) ** 2).sum()
+        L = lengths[i]  # a size from a tensor fails under vmap: the vectorized branch raises
+        total = total + ((pred[i].narrow(0, 0, L) - target[i].narrow(0, 0, L)) ** 2).sum()
     return total
 
 def per_item(pred, target, lengths):
     total = 0
     for i in range(pred.shape[0]):
-        L = lengths[i].item()
-        total = total + ((pred[i, :L] - target[i, :L]) ** 2).sum()
+        L = lengths[i]
+        total = total + ((pred[i].narrow(0, 0, L) - target[i].narrow(0, 0, L)) ** 2).sum()
     return total
 
 def class_loss(logits, target):

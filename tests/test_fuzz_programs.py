@@ -76,7 +76,6 @@ KNOWN_BUGS = {
     "test_loop_invariant_item_with_an_infinite_derivative":
         lambda src, args: _nonfinite(args)
         and _found(r"return .* for i in|\)\[(int\()?t\[i\]")(src, args),
-    "test_tensor_conditional_expression_in_a_loop": _found(r"\n        .* if .* else "),
     "test_matmul_with_the_row_on_the_right": _matmul_by_a_row,
     "test_host_number_passed_to_a_torch_op_still_raises":
         _found(r"torch\.(?!tensor\b)\w+\([^\n]*(float\(|\.item\(\))"),
@@ -85,8 +84,6 @@ KNOWN_BUGS = {
         and any(w in src for w in ("if ", "continue")),
     "test_bce_with_logits_under_vmap_at_an_infinite_logit":
         lambda src, args: _nonfinite(args) and "binary_cross_entropy_with_logits" in src,
-    "test_tied_max_inside_a_vmapped_body":
-        lambda src, args: "for j in" in src and (".max()" in src or ".min()" in src),
 }
 
 

@@ -76,10 +76,8 @@ def f(x, y):
                       torch.tensor([-1., 1.]))
 
 
-@pytest.mark.xfail(strict=True, reason="a conditional expression on a tensor value is reported "
-                   "vectorized (vmap) but the vmapped body branches on a tensor: RuntimeError at "
-                   "run time (RewriteError with strict=True, else a fallback warning)")
 def test_tensor_conditional_expression_in_a_loop(tmp_path):
+    # kept as written (check_mapped_body): a vmapped body cannot branch on a tensor
     original, fast = optimized(tmp_path, """
 def f(x):
     s = 0
@@ -190,10 +188,8 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor([[NAN, 1.], [2., 3.]], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="`row.max()` with tied maxima in a body that takes the vmap "
-                   "form (here: next to an inner loop): the gradient goes to one tied element "
-                   "instead of being split between them as the original's")
 def test_tied_max_inside_a_vmapped_body(tmp_path):
+    # `row.max()` with tied maxima in a vmapped body: amax splits the gradient as eager does
     original, fast = optimized(tmp_path, """
 def f(x, y):
     out = torch.zeros_like(x)

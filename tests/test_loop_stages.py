@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 
 from passes.errors import Unsupported
-from passes.loops import (batch_loop_bodies, check_body, classify_effects, effects_to_outputs,
-                          fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
-                          inline_inner_loops, iteration, masked_selections_to_where,
-                          outline_body, raise_on_empty_selections, row_slices_to_params,
-                          runtime_checks, tensor_branches_to_where, unit_slices_to_index,
-                          vectorize_loops)
+from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
+                          effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
+                          inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
+                          iteration, masked_selections_to_where, outline_body,
+                          raise_on_empty_selections, row_slices_to_params, runtime_checks,
+                          tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -355,6 +355,37 @@ v = _x_row * 2
 v = _x_row * 2
 # facts
 """),
+    (row_slices_to_params, """
+def f(x, n, m):
+    total = 0
+    for j in range(n):
+        for i in range(m):
+            total = total + x[j, i, j] * x[j, i].sum()
+    return total
+""", ('body', 'row_slices'),
+     """
+# body
+def _body(_x_row):
+    _total_part = 0
+    _total_part = _total_part + _x_row[j] * _x_row.sum()
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0,))(x[j] if m == x.shape[1] else x[j, 0:m:1])
+_outs = (_outs[0].sum(0),)
+total = total + _outs[0]
+# row_slices
+""",
+     """
+# body
+def _body(_x_row):
+    _total_part = 0
+    _total_part = _total_part + _x_row[j] * _x_row.sum()
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0,))(_x_row_1 if m == x.shape[1] else _x_row_1[0:m:1])
+_outs = (_outs[0].sum(0),)
+total = total + _outs[0]
+# row_slices
+x[, a:b:s] as _x_row_1
+"""),
     (runtime_checks, """
 def f(xs, ys, w, out):
     for x, y in zip(xs, ys):
@@ -538,6 +569,96 @@ rows.extend(_outs[0].unbind(0))
 rows.extend(_outs[0].unbind(0))
 # averaged
 []
+"""),
+    (check_mapped_body, """
+def f(x, lengths, n):
+    total = 0
+    for i in range(n):
+        L = lengths[i].item()
+        total = total + x[i, :L].sum()
+    return total
+""", ('body',),
+     """
+# body
+L = _lengths_row.detach()
+_total_part = _total_part + _x_row[:L].sum()
+""",
+     """
+Unsupported: `x[i, :L]`: slice bound `L` varies per iteration (the slice's size would differ between iterations)
+"""),
+    (check_mapped_body, """
+def f(x, t, w_pos, w_neg, n):
+    total = 0
+    for i in range(n):
+        w = w_pos if t[i] > 0.5 else w_neg
+        total = total + w * x[i, :3]
+    return total
+""", ('body',),
+     """
+# body
+w = w_pos if _t_row > 0.5 else w_neg
+_total_part = _total_part + w * _x_row[:3]
+""",
+     """
+Unsupported: conditional expression on `t[i] > 0.5`, which varies per iteration: a Python condition needs one value
+"""),
+    (check_mapped_body, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i, :3].sum()
+    return total
+""", ('body',),
+     """
+# body
+_total_part = _total_part + _x_row[:3].sum()
+""",
+     """
+# body
+_total_part = _total_part + _x_row[:3].sum()
+"""),
+    (inplace_writes_to_functional, """
+def f(scores, target, n):
+    loss = 0
+    for i in range(n):
+        m = torch.clamp(scores[i] - scores[i, target[i]] + 1, min=0)
+        m[target[i]] = 0
+        m.clamp_(max=5)
+        loss += (m.exp().sum() + 1e-6).log_()
+    return loss
+""", ('body',),
+     """
+# body
+m = torch.clamp(_scores_row - _scores_row[_target_row] + 1, min=0)
+m[_target_row] = 0
+m.clamp_(max=5)
+_loss_part = _loss_part + (m.exp().sum() + 1e-06).log_()
+""",
+     """
+# body
+m = torch.clamp(_scores_row - _scores_row[_target_row] + 1, min=0)
+_m_at = torch.arange(m.numel(), device=m.device).view(m.shape)[_target_row]
+m = m.flatten().scatter(0, _m_at.flatten(), torch.as_tensor(0, dtype=m.dtype, device=m.device).expand(_m_at.shape).flatten()).view(m.shape)
+m = m.clamp(max=5)
+_loss_part = _loss_part + (m.exp().sum() + 1e-06).log()
+"""),
+    (inplace_writes_to_functional, """
+def f(x, n):
+    loss = 0
+    for i in range(n):
+        t = x[i]
+        t += 1
+        loss += t.sum()
+    return loss
+""", ('body',),
+     """
+# body
+t = _x_row
+t += 1
+_loss_part = _loss_part + t.sum()
+""",
+     """
+Unsupported: `t += 1` writes in place into `t`, which may share memory with another value (a functional form would not change that value)
 """),
     (outline_body, """
 def f(xs, ys):

@@ -284,6 +284,18 @@ def call_op(call: ast.Call, ctx: PassContext) -> ops.OpSpec:
     return ops.by_call(resolve_call(call.func, ctx), method_name(call, ctx))
 
 
+def makes_new_tensor(expr: ast.expr, ctx: PassContext) -> bool:
+    """``expr`` is a tensor op's result with memory of its own: no view, no operand returned as it
+    is (arithmetic on Python numbers included: no memory to share)."""
+    if isinstance(expr, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+        return True
+    if not isinstance(expr, ast.Call):
+        return False
+    op = call_op(expr, ctx)
+    return op.aten is not None and not (op.aliases or op.effect or op.shape_query
+                                        or op.host_number or op.host)
+
+
 def is_shape_query(node: ast.AST, ctx: PassContext) -> bool:
     if isinstance(node, ast.Attribute) and node.attr in ops.METADATA_ATTRIBUTES:
         return True
@@ -486,7 +498,9 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
             if meth and (effect == "mutates" or _inplace(meth)) \
                     and id(call) not in appends:
                 recv = call.func.value
-                if not (isinstance(recv, ast.Name) and recv.id in assigned):
+                # a local value, or a temporary nothing else sees (written functionally)
+                if not (isinstance(recv, ast.Name) and recv.id in assigned
+                        or effect is None and makes_new_tensor(recv, ctx)):
                     raise Unsupported(f"`{unparse(call.func)}(...)` mutates `{unparse(recv)}`, "
                                       "defined outside the loop", call.lineno)
 
@@ -703,6 +717,17 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     if isinstance(expr, ast.Call):
         return call_op(expr, ctx).boolean
     return False
+
+
+def mask_names(func: ast.FunctionDef, ctx: PassContext) -> set[str]:
+    """The names ``func`` binds only to boolean tensors (``mask = t.eq(c)``, ``m = a > b``)."""
+    found: dict[str, bool] = {}
+    for s in (n for n in walk(func) if isinstance(n, ast.stmt) and n is not func):
+        boolean = isinstance(s, ast.Assign) and len(s.targets) == 1 \
+            and isinstance(s.targets[0], ast.Name) and is_boolean(s.value, set(), ctx)
+        for name in stores(s):
+            found[name] = found.get(name, True) and boolean
+    return {name for name, boolean in found.items() if boolean}
 
 
 def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:

@@ -14,21 +14,23 @@ for the batched form, loop axis in front)::
 
 A row slice covering the whole tensor is the tensor itself (a slice's backward zero-fills and
 copies a full-size gradient). Sum partials leave summed over the loop, averaged ones divided by
-the trip count.
+the trip count. Under vmap a full ``max``/``min`` reduction sends a tie's gradient to one
+element where eager splits it evenly, as ``amax``/``amin`` do: ``x.max()`` and ``torch.max(x)``
+become ``x.amax()`` (the registry's ``reduce``).
 """
 from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext
-from .loop_dataflow import loads
+from ..ast_tools import PassContext, Transformer
+from .loop_dataflow import call_op, loads, method_name
 from .plan import BodyParam, LoopPlan, RowSlice
 from .row_slices_to_params import full_slice
 from .runtime_checks import proven_tensors
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body = plan.init + plan.body
+    plan.body = [_TiesSplit(plan, ctx).visit(s) for s in plan.init + plan.body]
     it, inputs, dims = plan.iteration, [], []
     used = set().union(*(loads(s) for s in plan.body)) if plan.body else set()
     if it.index in used or not (it.elements or plan.row_slices):
@@ -99,3 +101,19 @@ def _device(plan: LoopPlan) -> ast.expr | None:
     tensors = [x for x in proven_tensors(plan.checks.expr())
                if isinstance(x, (ast.Name, ast.Attribute))]
     return plan.sub("x.device", x=tensors[0]) if tensors else None
+
+
+class _TiesSplit(Transformer):
+    """``x.max()`` / ``torch.max(x)`` (all elements) -> ``x.amax()``; ``min`` alike."""
+
+    def __init__(self, plan: LoopPlan, ctx: PassContext):
+        self.plan, self.ctx = plan, ctx
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        op = call_op(node, self.ctx)
+        method = method_name(node, self.ctx) is not None
+        if not op.reduce or op.reduce in op.names or node.keywords \
+                or len(node.args) != (0 if method else 1):
+            return node
+        return self.plan.sub(f"x.{op.reduce}()", x=node.func.value if method else node.args[0])

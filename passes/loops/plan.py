@@ -87,6 +87,7 @@ class LoopPlan:
     live_after: set[str]                            # names read after the loop
     zeros: set[str] = field(default_factory=set)    # bound to the int 0 when the loop starts
     divided: dict[str, str] = field(default_factory=dict)  # divided after the loop: by what
+    masks: set[str] = field(default_factory=set)    # bound to boolean tensors only (comparisons)
     torch_name: str = "torch"                       # how generated code spells torch
     # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
     # its stacked items, and those it does bind.
@@ -172,6 +173,6 @@ class LoopPlan:
 
 def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> LoopPlan:
     """The plan of ``node``; ``known``: what the function's analysis knows about the loop
-    (``zeros``, ``divided``, ``own_lists``, ``buildable_lists``)."""
+    (``zeros``, ``divided``, ``masks``, ``own_lists``, ``buildable_lists``)."""
     return LoopPlan(node, live_after, outs=ctx.namer.new("outs"), torch_name=ctx.torch_name,
                     **known)

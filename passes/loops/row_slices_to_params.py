@@ -4,7 +4,8 @@ slice of the whole loop (no gather, and no scatter in the backward)::
     for i in range(a, b):                 ->    for each row _x_row of x[:, k, a:b:1] (vmap'ed):
         v = x[:, k, i, 1:]                          v = _x_row[1:]
 
-``x`` must not be assigned in the body, ``k`` (a fixed int, or an expression the loop does not
+``x`` must not be assigned in the body, nor be a parameter of a function the body defines (an
+inner loop's outlined body reads its own rows: ``_x_row[j]`` there is per inner item), ``k`` (a fixed int, or an expression the loop does not
 change) is checked to be an int at run time, and so is ``b <= x.shape[2]``; ``a >= 0`` and
 ``s > 0`` make the slice select what the range does. ``plan.row_slices`` keeps one parameter per
 ``(x, prefix)``.
@@ -13,15 +14,21 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, is_name, is_pure, unparse
+from ..ast_tools import PassContext, Transformer, is_name, is_pure, unparse, walk
 from .loop_dataflow import depends, loads, stores_in, write_entries
 from .plan import LoopPlan, RowSlice
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    rows = _RowSlices(plan, stores_in(plan.body), ctx)
+    rows = _RowSlices(plan, stores_in(plan.body) | _nested_params(plan.body), ctx)
     plan.body = [rows.visit(s) for s in plan.body]
     return plan
+
+
+def _nested_params(body: list[ast.stmt]) -> set[str]:
+    """Parameters of the functions and lambdas ``body`` defines: names local to them."""
+    return {a.arg for s in body for n in walk(s) if isinstance(n, (ast.FunctionDef, ast.Lambda))
+            for a in walk(n.args) if isinstance(a, ast.arg)}
 
 
 def full_slice(x: ast.expr) -> bool:

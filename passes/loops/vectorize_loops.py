@@ -79,12 +79,13 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unparse, walk,
                         write_target)
 from ..errors import Unsupported
-from . import (batch_loop_bodies, check_body, classify_effects, distribute_loops,
-               effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
-               inline_helper_calls, inline_inner_loops, iteration, loop_dataflow,
-               masked_selections_to_where, normalize_comprehensions, outline_body,
-               raise_on_empty_selections, row_slices_to_params, runtime_checks,
-               tensor_branches_to_where, unit_slices_to_index)
+from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
+               distribute_loops, effects_to_outputs, fold_accumulators,
+               host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
+               inplace_writes_to_functional, iteration, loop_dataflow, masked_selections_to_where,
+               normalize_comprehensions, outline_body, raise_on_empty_selections,
+               row_slices_to_params, runtime_checks, tensor_branches_to_where,
+               unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
 from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
@@ -105,6 +106,8 @@ LOOP_STAGES: list = [
     tensor_branches_to_where,
     effects_to_outputs,           # after tensor_branches_to_where: effects under their masks
     fold_accumulators,            # after effects_to_outputs: the accumulators it found
+    check_mapped_body,            # on the final body: what the stages before could not convert
+    inplace_writes_to_functional,  # on the final body, before it is outlined and batched
     outline_body,                 # after the folds: summed and averaged outputs are known
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
     raise_on_empty_selections,    # last: around the finished statements
@@ -151,6 +154,7 @@ class _Vectorizer(Transformer):
         self.func: ast.FunctionDef | None = None
         self.stackable_lists: frozenset[str] = frozenset()  # `xs = [...]` names to stack
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
+        self.masks: set[str] = set()          # names the function binds to boolean tensors only
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
         # original branch), each is reported once.
         self.seen: set[tuple[int, int]] = set()
@@ -162,7 +166,7 @@ class _Vectorizer(Transformer):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-                 self.stackable_lists, self.bound_lists)
+                 self.stackable_lists, self.bound_lists, self.masks)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
@@ -171,11 +175,12 @@ class _Vectorizer(Transformer):
         self.func = node
         self.stackable_lists = normalize_comprehensions.stackable_lists(node, self.ctx)
         self.bound_lists = set()
+        self.masks = loop_dataflow.mask_names(node, self.ctx)
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
         (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-         self.stackable_lists, self.bound_lists) = outer
+         self.stackable_lists, self.bound_lists, self.masks) = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -199,7 +204,7 @@ class _Vectorizer(Transformer):
         try:
             after, divided = self.divisions.get(id(node), (None, {}))
             plan = vectorize(new_plan(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
-                                      divided=divided,
+                                      divided=divided, masks=self.masks,
                                       buildable_lists=self.buildable_lists.get(id(node), set())),
                              self.ctx)
         except Unsupported as exc:

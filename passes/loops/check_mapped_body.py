@@ -1,0 +1,116 @@
+"""Stage: the final body has no form that fails on every call once it is vectorized.
+
+Under ``torch.vmap`` (and in the batched form) a value that varies with the iteration is a
+tensor of all iterations: it cannot become a Python value. What the earlier stages could not turn
+into tensor ops (``host_roundtrips_to_tensor_ops``, ``tensor_branches_to_where``) keeps the loop as
+written, with the reason at the user's line::
+
+    L = lengths[i].item(); x[i, :L]      ->  Unsupported("slice bound `L` varies per iteration ...")
+    w = a if t[i] > 0.5 else b           ->  Unsupported("conditional expression on `t[i] > 0.5` ...")
+
+Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
+``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,
+``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
+registry's ``data_shape``) and list methods comparing values (``lst.remove(t)``). Functions the
+body defines (inner loops' outlined bodies) are checked with the names they see varying.
+"""
+from __future__ import annotations
+
+import ast
+
+from .. import ops
+from ..ast_tools import PassContext, unparse
+from ..errors import Unsupported
+from .loop_dataflow import call_op, depends, resolve_call, variant_names
+from .plan import LoopPlan
+
+# Methods of Python lists that compare their argument with the items as Python booleans.
+_COMPARING_METHODS = frozenset({"remove", "index", "count"})
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    it = plan.iteration
+    seeds = {it.index} | {name for name, _ in it.elements} | {
+        r.param for r in plan.row_slices.values()}
+    _Check(plan, ctx).block(plan.body, seeds)
+    return plan
+
+
+class _Check:
+    def __init__(self, plan: LoopPlan, ctx: PassContext):
+        self.plan, self.ctx = plan, ctx
+        # the user's nodes by position (the loop as written), to quote them, not renamed ones
+        self.written = {_at(n): n for n in ast.walk(plan.node) if hasattr(n, "col_offset")}
+        # rows of the function's boolean masks (``mask[i]``)
+        self.masks = {row.param for (name, _), row in plan.row_slices.items()
+                      if name in plan.masks}
+
+    def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
+        variant = variant_names(stmts, seeds, self.ctx)
+        todo = stmts[::-1]
+        while todo:  # depth first, in source order: the first refusal is the user's first line
+            node = todo.pop()
+            if isinstance(node, ast.FunctionDef):
+                self.block(node.body, variant)
+                continue
+            self.node(node, variant)
+            todo += reversed(list(ast.iter_child_nodes(node)))
+
+    def node(self, node: ast.AST, variant: set[str]) -> None:
+        def varies(*exprs) -> bool:
+            return any(e is not None and depends(e, variant, self.ctx) for e in exprs)
+
+        if isinstance(node, (ast.If, ast.IfExp)) and varies(node.test):
+            what = "`if`" if isinstance(node, ast.If) else "conditional expression"
+            self.refuse(f"{what} on `{self.quote(node.test)}`, which varies per iteration: "
+                        "a Python condition needs one value", node)
+        if isinstance(node, ast.BoolOp) and varies(*node.values) or isinstance(
+                node, ast.UnaryOp) and isinstance(node.op, ast.Not) and varies(node.operand):
+            self.refuse(f"`{self.quote(node)}`: Python logic on values that vary per iteration "
+                        "(use `&`, `|`, `~`)", node)
+        if isinstance(node, ast.Compare) and varies(node) \
+                and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
+            self.refuse(f"`{self.quote(node)}`: an `in` test on values that vary per iteration",
+                        node)
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Name) \
+                and node.slice.id in self.masks:
+            self.refuse(f"`{self.quote(node)}`: boolean mask indexing (the number of selected "
+                        "elements varies per iteration)", node)
+        entries = node.slice.elts if isinstance(node, ast.Subscript) and isinstance(
+            node.slice, ast.Tuple) else [node.slice] if isinstance(node, ast.Subscript) else []
+        for bound in (b for e in entries if isinstance(e, ast.Slice)
+                      for b in (e.lower, e.upper, e.step) if varies(b)):
+            self.refuse(f"`{self.quote(node)}`: slice bound `{self.quote(bound)}` varies per "
+                        "iteration (the slice's size would differ between iterations)", node)
+        if isinstance(node, ast.Call):
+            self.call(node, varies)
+
+    def call(self, node: ast.Call, varies) -> None:
+        operands = node.args + [k.value for k in node.keywords] + (
+            [node.func.value] if isinstance(node.func, ast.Attribute) else [])
+        if not varies(*operands):
+            return
+        op = call_op(node, self.ctx)
+        name = resolve_call(node.func, self.ctx) or ""
+        if op.host or op.host_number or op.host_pair or ops.by_host_math(name).functions:
+            self.refuse(f"`{self.quote(node)}` makes a Python number of a value that varies per "
+                        "iteration", node)
+        if op.data_shape:
+            self.refuse(f"`{self.quote(node)}`: the size of its result varies per iteration",
+                        node)
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _COMPARING_METHODS \
+                or name == "range":
+            self.refuse(f"`{self.quote(node)}` needs Python values of a value that varies per "
+                        "iteration", node)
+
+    def quote(self, node: ast.AST) -> str:
+        found = self.written.get(_at(node), node)
+        return unparse(found)
+
+    def refuse(self, reason: str, node: ast.AST) -> None:
+        raise Unsupported(reason, node.lineno)
+
+
+def _at(node: ast.AST) -> tuple:
+    """Where ``node`` stands in the source (``x[i]`` and ``x[i][m]`` start at the same place)."""
+    return type(node), node.lineno, node.col_offset, node.end_lineno, node.end_col_offset

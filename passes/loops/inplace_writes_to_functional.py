@@ -1,0 +1,200 @@
+"""Stage: in-place writes on tensors the iteration creates become their functional forms.
+
+The body is mapped with vmap and compiled: in-place writes there are what Inductor miscompiles
+(gradients off), so the body never keeps one. A tensor an op of the iteration made, whose memory
+no other value shares, is rebound to the written value instead::
+
+    m = torch.clamp(s - c + 1, min=0)        m = torch.clamp(s - c + 1, min=0)
+    m[c] = 0                          ->     _m_at = torch.arange(m.numel(), device=m.device).view(m.shape)[c]
+                                             m = m.flatten().scatter(0, _m_at.flatten(), torch.as_tensor(0, dtype=m.dtype, device=m.device).expand(_m_at.shape).flatten()).view(m.shape)
+    m[c] += v                         ->     the same, writing ``m[c] + v``
+    m += 1                            ->     m = m + 1
+    m.clamp_(min=0)                   ->     m = m.clamp(min=0)
+    (e.sum() + eps).log_()            ->     (e.sum() + eps).log()      (a temporary: nothing else sees it)
+
+A write into a tensor that may share memory with another value (a row of an input, a view, a name
+bound to the same tensor, an appended item) is refused: its functional form would not change the
+other value, as the original does. Writes into values not known to be tensors (local lists) stay.
+"""
+from __future__ import annotations
+
+import ast
+
+import torch
+
+from .. import ops
+from ..ast_tools import PassContext, Transformer, unparse
+from ..errors import Unsupported
+from .loop_dataflow import (call_op, is_shape_query, loads, makes_new_tensor, method_name,
+                            stores)
+from .plan import LoopPlan
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    it = plan.iteration
+    writes = _Writes(plan, ctx, {r.param for r in plan.row_slices.values()}
+                     | {name for name, _ in it.elements})
+    writes.block(plan.init, rewrite=False)
+    plan.body = writes.block(plan.body)
+    return plan
+
+
+class _Writes:
+    """Walks the body in order: which names hold tensors (``tensors``), which of them an op of
+    the iteration made (``fresh``), and which may share memory with another value (``shared``)."""
+
+    def __init__(self, plan: LoopPlan, ctx: PassContext, tensors: set[str]):
+        self.plan, self.ctx = plan, ctx
+        self.tensors, self.fresh, self.shared = set(tensors), set(), set()
+
+    def block(self, stmts: list[ast.stmt], rewrite: bool = True) -> list[ast.stmt]:
+        out = []
+        for s in stmts:
+            if isinstance(s, ast.If):
+                before = (set(self.tensors), set(self.fresh))
+                s.body = self.block(s.body, rewrite)
+                after_body, self.tensors, self.fresh = (self.tensors, self.fresh), *before
+                s.orelse = self.block(s.orelse, rewrite)
+                self.tensors &= after_body[0]  # what both branches leave
+                self.fresh &= after_body[1]
+                out.append(s)
+                continue
+            new = self.stmt(s) if rewrite else [s]
+            if new == [s]:
+                self.track(s)
+            out += new  # a rewritten write: its tensor stays new, and copies what it writes
+        return out
+
+    def stmt(self, s: ast.stmt) -> list[ast.stmt]:
+        """``s`` without in-place writes (or ``s`` itself)."""
+        _Temporaries(self).visit(s)
+        target = s.targets[0] if isinstance(s, ast.Assign) and len(s.targets) == 1 else \
+            s.target if isinstance(s, ast.AugAssign) else None
+        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+            name = target.value.id
+            if not self.writable(name, s):
+                return [s]
+            value = s.value if isinstance(s, ast.Assign) else \
+                ast.BinOp(ast.Subscript(target.value, target.slice, ast.Load()), s.op, s.value)
+            at = self.ctx.namer.new(f"{name}_at")
+            return self.plan.sub(
+                "p = torch.arange(t.numel(), device=t.device).view(t.shape)[k]\n"
+                "t = t.flatten().scatter(0, p.flatten(), torch.as_tensor(v, dtype=t.dtype, "
+                "device=t.device).expand(p.shape).flatten()).view(t.shape)",
+                p=at, t=name, k=target.slice, v=value)
+        if isinstance(s, ast.AugAssign) and isinstance(target, ast.Name):
+            if target.id in self.shared or (target.id in self.tensors
+                                             and target.id not in self.fresh):
+                raise self.refusal(s, target.id)
+            return [ast.copy_location(ast.Assign([ast.Name(target.id, ast.Store())], ast.BinOp(
+                ast.Name(target.id, ast.Load()), s.op, s.value)), s)]
+        call = s.value if isinstance(s, ast.Expr) else None
+        if isinstance(call, ast.Call) and _inplace(call, self.ctx) \
+                and isinstance(call.func.value, ast.Name):
+            name = call.func.value.id
+            if not self.writable(name, s):  # no list has `x_()` methods: a tensor
+                raise self.refusal(s, name)
+            call.func.attr = _functional(call, s)
+            return [ast.copy_location(ast.Assign([ast.Name(name, ast.Store())], call), s)]
+        return [s]
+
+    def writable(self, name: str, s: ast.stmt) -> bool:
+        """``name`` is a tensor the iteration made and nothing else shares (refused when it is a
+        tensor that may share memory); False for values not known to be tensors."""
+        if name in self.fresh and name not in self.shared:
+            return True
+        if name in self.tensors:
+            raise self.refusal(s, name)
+        return False
+
+    def refusal(self, s: ast.stmt, name: str) -> Unsupported:
+        return Unsupported(f"`{unparse(s).strip()}` writes in place into `{name}`, which may "
+                           "share memory with another value (a functional form would not "
+                           "change that value)", s.lineno)
+
+    def track(self, s: ast.stmt) -> None:
+        """What ``s`` (free of in-place writes) binds, and what it makes share memory."""
+        value = getattr(s, "value", None)
+        if isinstance(s, ast.FunctionDef) or value is None:
+            return
+        self.shared |= self.aliases(value)
+        name = s.targets[0].id if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+            and isinstance(s.targets[0], ast.Name) else None
+        tensor, made = name and self.is_tensor(value), name and self.made(value)
+        bound = stores(s)
+        self.tensors -= bound
+        self.fresh -= bound
+        if tensor:
+            self.tensors.add(name)
+        if made:
+            self.fresh.add(name)
+
+    def made(self, e: ast.expr) -> bool:
+        """A new tensor, made by an op of the iteration (or a view of one nothing else sees)."""
+        if isinstance(e, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+            return self.is_tensor(e)
+        if not isinstance(e, ast.Call):
+            return False
+        if call_op(e, self.ctx).aliases and method_name(e, self.ctx):
+            return not isinstance(e.func.value, ast.Name) and self.made(e.func.value)
+        return makes_new_tensor(e, self.ctx)
+
+    def is_tensor(self, e: ast.expr) -> bool:
+        if isinstance(e, ast.Name):
+            return e.id in self.tensors
+        if isinstance(e, (ast.Subscript, ast.Attribute)):
+            return not (isinstance(e, ast.Attribute) and e.attr in ops.METADATA_ATTRIBUTES) \
+                and self.is_tensor(e.value)
+        if isinstance(e, ast.BinOp):
+            return self.is_tensor(e.left) or self.is_tensor(e.right)
+        if isinstance(e, (ast.UnaryOp, ast.Compare)):
+            return any(self.is_tensor(c) for c in ast.iter_child_nodes(e))
+        if isinstance(e, ast.Call):
+            op = call_op(e, self.ctx)
+            return op.aten is not None and not (op.shape_query or op.host_number or op.host)
+        return False
+
+    def aliases(self, e: ast.expr) -> set[str]:
+        """Names whose memory the value of ``e`` may share (a view, the value itself, a
+        container holding it)."""
+        if isinstance(e, ast.Name):
+            return {e.id}
+        if isinstance(e, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare)) \
+                or is_shape_query(e, self.ctx):
+            return set()
+        if isinstance(e, (ast.Subscript, ast.Attribute, ast.Starred)):
+            return self.aliases(e.value)
+        if isinstance(e, ast.Call) and call_op(e, self.ctx).aten is not None \
+                and not call_op(e, self.ctx).aliases:  # a new tensor, or a number
+            return set()
+        if isinstance(e, (ast.Call, ast.Tuple, ast.List, ast.Set, ast.IfExp, ast.BoolOp)):
+            return set().union(*(self.aliases(c) for c in ast.iter_child_nodes(e)
+                                  if isinstance(c, ast.expr)))
+        return loads(e)
+
+
+class _Temporaries(Transformer):
+    """``(a + b).log_()`` -> ``(a + b).log()``: the receiver is a new tensor nothing else sees."""
+
+    def __init__(self, writes: _Writes):
+        self.writes = writes
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if _inplace(node, self.writes.ctx) and self.writes.made(node.func.value):
+            node.func.attr = _functional(node, node)
+        return node
+
+
+def _inplace(call: ast.Call, ctx: PassContext) -> bool:
+    meth = method_name(call, ctx)
+    return bool(meth) and meth.endswith("_") and not meth.startswith("__") \
+        and ops.effect(None, meth) is None
+
+
+def _functional(call: ast.Call, at: ast.AST) -> str:
+    name = call.func.attr[:-1]
+    if not callable(getattr(torch.Tensor, name, None)):
+        raise Unsupported(f"`{unparse(call.func)}(...)`: an in-place op without a functional "
+                          "form", at.lineno)
+    return name
