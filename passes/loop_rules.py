@@ -15,10 +15,22 @@ ACC_CALLS = {                  # s = f(s, e): family
 FAMILY_IDENTITY = {"sum": "0", "prod": "1"}
 # How the per-iteration contributions ``v`` (stacked on dim 0) reduce over the loop, and how
 # the reduction ``r`` folds into the accumulator ``s``.
-FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)", "max": "v.amax(0)", "min": "v.amin(0)",
-                 "builtin_max": "v.amax(0)", "builtin_min": "v.amin(0)"}
-FAMILY_FOLD = {"sum": "s + r", "prod": "s * r", "max": "torch.maximum(s, r)",
-               "min": "torch.minimum(s, r)", "builtin_max": "max(s, r)", "builtin_min": "min(s, r)"}
+# ``max(s, e)`` keeps ``s`` unless ``e > s`` (Python's pick): the first iteration's value among
+# ties, NaN never picked (compares false); picked by index, so only it gets a gradient. Items of
+# more than one element raise, as comparing them does.
+FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)",
+                 "builtin_max": "v[v.reshape(len(v)).nan_to_num(float('-inf'), float('inf'), "
+                                "float('-inf')).argmax(0)]",
+                 "builtin_min": "v[v.reshape(len(v)).nan_to_num(float('inf'), float('inf'), "
+                                "float('-inf')).argmin(0)]"}
+# ``torch.maximum(s, e)`` splits the gradient between equal values at each step (1/2, 1/4, ...
+# along three or more ties), ``amax`` splits it evenly: such loops are kept.
+FAMILY_KEPT = {"max": "running `torch.maximum`/`torch.max`: its gradient at ties is split step by "
+                      "step, which one reduction over the loop does not reproduce",
+               "min": "running `torch.minimum`/`torch.min`: its gradient at ties is split step "
+                      "by step, which one reduction over the loop does not reproduce"}
+FAMILY_FOLD = {"sum": "s + r", "prod": "s * r", "builtin_max": "max(s, r)",
+               "builtin_min": "min(s, r)"}
 # ... when ``s`` is the int 0 at the loop (``loop_dataflow.zero_before_loops``): ``0 + r`` is
 # ``r`` (a fresh tensor or a Python number, never bool: sums of bools are int64), without the
 # extra add and its backward node.
@@ -36,6 +48,19 @@ WRITE_ACCUMULATE = {"add_": "v", "sub_": "-v"}
 # Accumulators whose contributions were Python numbers in the original (literals, or host
 # round trips): the folded result is turned back into the same kind of Python number.
 NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
+# A host number ``h`` (a tensor in the rewrite) next to a tensor ``t``: as the Python number it
+# was, a weak scalar, so the tensor's dtype decides (float32 ``t`` times a float64 weight's
+# ``.item()`` stays float32). Ints (int64 here) need no cast next to floating tensors, the usual
+# case, and have none: next to an int32 tensor they widen it to int64.
+HOST_WEAK = {
+    "float": "h.to(torch.result_type(t, 1.0))",
+    # a float from a floating tensor, else an int (a bool tensor's True promotes as 1 does,
+    # but next to a bool tensor)
+    "item": "h.to(torch.result_type(t, h.dtype.is_floating_point and 1.0 or 1))",
+}
+# ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
+# precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
+NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}
 
 # ``m.reshape(h[m.shape, x.shape, ...])`` of a helper ``h`` of per-item shapes (marked
 # ``per_item_shapes``; masked_selections_to_where's ``_mask_shape``): the helper sees each item's

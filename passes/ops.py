@@ -66,6 +66,10 @@ class OpSpec:
     host_number: str | None = None
     host_pair: str | None = None              # a builtin of two tensor elements ``a``, ``b``
     host_math: str | None = None              # its ``math`` module spelling
+    # Where the host function raises: (condition on its argument ``e``, as float64 and with only
+    # total ops, so a tensor condition may guard it; an argument it raises on, which gives the
+    # exception the vectorized form raises).
+    host_raises: tuple[tuple[str, float], ...] = ()
     names: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
@@ -94,6 +98,18 @@ def _builtin(name: str, **facts) -> OpSpec:
     return OpSpec(None, (name,), **facts)
 
 
+# Python's max/min of an iterable ``e``: its first item unless a later one compares greater
+# (less). NaN compares false: a NaN first item stays, later NaNs are skipped. So the first index
+# of the extreme with NaN as -inf (+inf), or 0 when item 0 is NaN; picked by index, so only the
+# picked item gets a gradient (amax/amin would split it between ties, and return NaN). Items
+# of more than one element raise, as their comparison does.
+_FIRST_EXTREME = ("e[e.reshape(len(e)).nan_to_num({nan}, float('inf'), float('-inf')).{arg}(0)"
+                  " * e.reshape(len(e))[0].isnan().logical_not()]")
+# Where math functions raise ValueError (``host_raises``) ...
+_NOT_POSITIVE = (("e <= 0", 0.0),)
+_INFINITE = (("e.abs() == torch.inf", float("inf")),)
+# ... and OverflowError: a finite argument whose float64 result is infinite.
+_OVERFLOWS = "torch.logical_and(e.abs() < torch.inf, torch.{f}(e).abs() == torch.inf)"
 _E = dict(batched="elementwise")
 _ET = dict(batched="elementwise", total=True)
 _CMP = dict(batched="elementwise", total=True, boolean=True, recomputed=True)
@@ -105,7 +121,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("sigmoid", extra=(_F + "sigmoid",), **_ET),
     _t("tanh", extra=(_F + "tanh",), host_math="math.tanh", **_ET),
     _t("relu", extra=(_F + "relu",), **_ET),
-    _t("sin", host_math="math.sin", **_ET), _t("cos", host_math="math.cos", **_ET),
+    _t("sin", host_math="math.sin", host_raises=_INFINITE, **_ET),
+    _t("cos", host_math="math.cos", host_raises=_INFINITE, **_ET),
     _t("floor", **_ET), _t("ceil", **_ET), _t("round", **_ET),
     _t("clamp", **_ET), _t("clip", **_ET), _t("clamp_min", fn=False, **_ET),
     _t("clamp_max", fn=False, **_ET), _t("maximum", **_ET), _t("minimum", **_ET),
@@ -130,12 +147,14 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("bool", fn=False, boolean=True, aliases=True, **_ET),
     _t("detach", fn=False, integer=(0,), aliases=True, **_ET), _t("clone", fn=False, integer=(0,), **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
-    _t("exp", sanitize=(0, "0"), host_math="math.exp", **_E),
-    _t("expm1", sanitize=(0, "0"), host_math="math.expm1", **_E),
-    _t("log", sanitize=(0, "1"), host_math="math.log", **_E),
-    _t("log1p", sanitize=(0, "0"), host_math="math.log1p", **_E),
-    _t("log2", sanitize=(0, "1"), host_math="math.log2", **_E),
-    _t("sqrt", sanitize=(0, "1"), host_math="math.sqrt", **_E),
+    _t("exp", sanitize=(0, "0"), host_math="math.exp",
+       host_raises=((_OVERFLOWS.format(f="exp"), 1e308),), **_E),
+    _t("expm1", sanitize=(0, "0"), host_math="math.expm1",
+       host_raises=((_OVERFLOWS.format(f="expm1"), 1e308),), **_E),
+    _t("log", sanitize=(0, "1"), host_math="math.log", host_raises=_NOT_POSITIVE, **_E),
+    _t("log1p", sanitize=(0, "0"), host_math="math.log1p", host_raises=(("e <= -1", -1.0),), **_E),
+    _t("log2", sanitize=(0, "1"), host_math="math.log2", host_raises=_NOT_POSITIVE, **_E),
+    _t("sqrt", sanitize=(0, "1"), host_math="math.sqrt", host_raises=(("e < 0", -1.0),), **_E),
     _t("rsqrt", sanitize=(0, "1"), **_E),
     _t("reciprocal", sanitize=(0, "1"), **_E),
     _t("pow", operators=(ast.Pow,), sanitize=(0, "1"), square=(2,), **_E),
@@ -143,7 +162,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("true_divide", sanitize=(1, "1"), **_E), _t("xlogy", sanitize=(1, "1"), **_E),
     _t("floor_divide", operators=(ast.FloorDiv,), sanitize=(1, "1"), integer=(0, 1)),
     _t("remainder", operators=(ast.Mod,), sanitize=(1, "1"), integer=(0, 1)),
-    _t("log10", sanitize=(0, "1"), host_math="math.log10"),
+    _t("log10", sanitize=(0, "1"), host_math="math.log10", host_raises=_NOT_POSITIVE),
     _t("acos", sanitize=(0, "0")), _t("asin", sanitize=(0, "0")),
     _t("atanh", sanitize=(0, "0")), _t("acosh", sanitize=(0, "2")), _t("exp2", sanitize=(0, "0")),
     _t("sinh", sanitize=(0, "0")), _t("cosh", sanitize=(0, "0")), _t("tan", sanitize=(0, "0")),
@@ -191,7 +210,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("squeeze", fn=False, total=True, recomputed=True, aliases=True),
     _t("expand", fn=False, total=True, recomputed=True, aliases=True),
     *(_t(n, fn=False, total=True, aliases=True)
-      for n in ("t", "transpose", "permute", "contiguous", "to")),
+      for n in ("t", "transpose", "permute", "contiguous")),
+    # per item as on the whole: a dtype or device
+    _t("to", fn=False, aliases=True, **_ET),
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
     _t("tolist", fn=False, total=True, host="e.detach()"),
     # -- logic and tests ----------------------------------------------------------------------
@@ -205,6 +226,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(_t(n, fn=False, shape_query=True, metadata_only=True, total=True)
       for n in ("size", "dim", "ndimension", "type", "nelement")),
     _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True),
+    # a dtype, from its operands' dtypes (``loop_rules.HOST_WEAK``)
+    _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True),
     *(_t(n, fn=False, metadata_only=True)
       for n in ("stride", "element_size", "new_zeros", "new_ones", "new_full", "new_tensor")),
     *_aten("sym_size", "sym_numel", "sym_stride", metadata_only=True),
@@ -249,8 +272,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     _builtin("float", total=True, host="e.detach() * 1.0", host_number="float"),
     _builtin("bool", total=True, host="torch.ne(e, 0)"),
     # two arguments pick one (first wins on ties, as Python does); one iterates dim 0
-    _builtin("min", total=True, host_pair="torch.where(b < a, b, a)", host="e.amin(0)"),
-    _builtin("max", total=True, host_pair="torch.where(b > a, b, a)", host="e.amax(0)"),
+    _builtin("min", total=True, host_pair="torch.where(b < a, b, a)",
+             host=_FIRST_EXTREME.format(nan="float('inf')", arg="argmin")),
+    _builtin("max", total=True, host_pair="torch.where(b > a, b, a)",
+             host=_FIRST_EXTREME.format(nan="float('-inf')", arg="argmax")),
     _builtin("sum", host="e.sum(0)"),
     *(_builtin(n) for n in ("range", "zip", "enumerate", "list", "tuple", "round", "pow")),
 )

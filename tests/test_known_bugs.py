@@ -20,8 +20,6 @@ def optimized(tmp_path, source: str):
     return fn, rewrite.optimize_loss(fn, compile=False, strict=True)
 
 
-@pytest.mark.xfail(strict=True, reason="two running-max updates of one variable in one loop body: "
-                   "the vectorized loop keeps only the last one's maximum")
 def test_two_running_max_updates_in_one_body(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x):
@@ -48,9 +46,6 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor([[1., 2.], [0.5, 0.25]], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="builtin min over a NaN item: Python's min keeps the "
-                   "running value (NaN < v is False), the vectorized amin returns NaN, and "
-                   "min(inf, nan) then gives the float inf instead of the original's tensor")
 def test_builtin_running_min_with_nan_item(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x):
@@ -167,9 +162,21 @@ def f(x):
         fast(x)
 
 
-@pytest.mark.xfail(strict=True, reason="running torch.maximum over items one of which is NaN: "
-                   "the batched max gives every element a NaN gradient where the original's "
-                   "gradients are finite")
+@pytest.mark.xfail(strict=True, reason="builtin running min/max: the batched form runs the "
+                   "backward of every item's value, so an item never picked whose derivative is "
+                   "inf/NaN (a NaN from log of a negative) gets 0 * NaN = NaN where the "
+                   "original gives 0")
+def test_unpicked_running_min_item_with_an_infinite_derivative(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    lo = float("inf")
+    for i in range(x.shape[0]):
+        lo = min(lo, ((torch.log(x[i]) - x[i]) ** 2).sum())
+    return lo
+""")
+    assert_equivalent(original, fast, torch.tensor([[0.5], [-0.7], [0.25]], requires_grad=True))
+
+
 def test_running_maximum_with_a_nan_item(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x):
@@ -238,9 +245,6 @@ def f(x, y):
     assert fast(x, y).dtype == original(x, y).dtype
 
 
-@pytest.mark.xfail(strict=True, reason="tied items in a running min/max: the original's gradient "
-                   "goes to the first tied item (builtin min) or halves at each torch.maximum, the "
-                   "batched amin/amax splits it evenly between all tied items")
 @pytest.mark.parametrize("init, update", [("float('inf')", "min(m, x[i].sum())"),
                                           ("torch.tensor(float('-inf'))",
                                            "torch.maximum(m, x[i].sum())")])

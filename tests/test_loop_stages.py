@@ -212,7 +212,7 @@ total = total + labels[i].item() * w[i] + int(w.shape[0])
 """,
      """
 # body
-total = total + labels[i].detach() * w[i] + int(w.shape[0])
+total = total + labels[i].detach().to(torch.result_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1)) * w[i] + int(w.shape[0])
 # variant
 ['i', 'total']
 """),
@@ -547,7 +547,7 @@ def f(x, m, n):
 """,
      """
 # folds
-m = max(m, _outs[0].amax(0))
+m = max(m, _outs[0][_outs[0].reshape(len(_outs[0])).nan_to_num(float('-inf'), float('inf'), float('-inf')).argmax(0)])
 # averaged
 []
 """),

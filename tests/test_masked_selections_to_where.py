@@ -181,7 +181,8 @@ def test_golden_raise_if_empty_goes_before_the_results_are_stored():
                       ).body
     folds = [stmts[2], stmts[1]]  # appends fold first, accumulators after
     stmts = [stmts[0], stmts[2], stmts[1]]
-    stmts = raise_on_empty_selections.raise_if_empty(stmts, folds, dense.empty, dense.body[0])
+    stmts = raise_on_empty_selections.raise_if_counted(
+        stmts, folds, raise_on_empty_selections.selection_errors(dense.empty, dense.body[0]))
     assert ast.unparse(ast.Module(stmts, [])) == normalise(f"""
         _empty_amin = 0
         _outs = f()

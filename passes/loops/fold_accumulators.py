@@ -5,7 +5,9 @@ Sum partials leave the body already summed over the loop; the others are reduced
 
     loss = 0; for ...: loss += e        ->   loss = _outs[0]             (``FAMILY_FOLD_FROM_ZERO``)
     loss += e  (loss a tensor)          ->   loss += _outs[0]            (in place: aliases see it)
-    m = max(m, e)                       ->   m = torch.maximum(m, _outs[0].amax(0))
+    m = max(m, e)                       ->   m = max(m, <the first largest of _outs[0]>)
+
+Running ``torch.maximum``/``torch.minimum`` values are refused (``FAMILY_KEPT``).
 
 A sum starting at 0 that the next statement only divides by the trip count
 (``return loss / B`` after ``for i in range(B)``) is left as the mean (``plan.averaged``), with
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from .. import loop_rules as rules
 from ..ast_tools import PassContext, is_int, unparse
+from ..errors import Unsupported
 from .loop_dataflow import loads, stores_in
 from .plan import LoopPlan
 
@@ -26,11 +29,17 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.averaged_flag = ctx.namer.new("averaged")
         plan.folds += plan.sub("f = True", f=plan.averaged_flag)
     for name, acc in plan.accumulators.items():
+        if acc.family in rules.FAMILY_KEPT:
+            raise Unsupported(rules.FAMILY_KEPT[acc.family], plan.node.lineno)
         reduced = acc.stacked if acc.family == "sum" else plan.sub(
             rules.FAMILY_REDUCE[acc.family], v=acc.stacked)
-        if len(acc.kinds) == 1 and next(iter(acc.kinds)) in rules.NUMBER_FOLD:
+        kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
+        if name in plan.wide and kind in rules.NUMBER_FOLD_WIDE:
+            # `total += x[i].item()`: the original's Python float, summed in float64
+            reduced = plan.sub(rules.NUMBER_FOLD_WIDE[kind], r=reduced, w=plan.wide[name])
+        elif kind in rules.NUMBER_FOLD:
             # `count += 1`, `n += m.sum().item()`: the original's Python number
-            reduced = plan.sub(rules.NUMBER_FOLD[next(iter(acc.kinds))], r=reduced)
+            reduced = plan.sub(rules.NUMBER_FOLD[kind], r=reduced)
         if name in plan.zeros and acc.family in rules.FAMILY_FOLD_FROM_ZERO:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD_FROM_ZERO[acc.family], r=reduced))

@@ -12,28 +12,165 @@ Only expressions that vary with the loop index are rewritten (``OpSpec.host*`` f
 
 Values the original pulled to the host carried no gradient, hence ``detach``. ``abs(t)`` needs
 no rewrite (it is ``t.abs()``).
+
+Host numbers stay what they were in the original: arithmetic on them gives host numbers (marked
+``HOST_NUMBER``, names bound to them too), and next to a tensor of the iteration a float is a weak
+scalar (``loop_rules.HOST_WEAK``); sums of them get a float64 twin (``plan.wide``, see
+``fold_accumulators``)::
+
+    s = s + x[i] * w[i].item()     ->   s = s + x[i] * w[i].detach().to(torch.result_type(x[i], ...))
+    total += x[i].item()           ->   _total_wide = _total_wide + x[i].detach().double()
+                                        total += x[i].detach()
+
+Where the host function raises (``OpSpec.host_raises``: ``math.log`` of a non-positive number,
+``math.exp`` overflowing), a counter of such iterations goes before the
+statement, and ``raise_on_empty_selections`` raises the original's exception after the loop,
+located at the call (``plan.host_errors``)::
+
+    t += math.exp(s[i].item())     ->   _raises = _raises + torch.logical_and(
+                                            <s[i] as float64 finite>, <its exp infinite>)
+                                        t += torch.exp(s[i].detach().detach() * 1.0)
 """
 from __future__ import annotations
 
 import ast
+import importlib
 
 from .. import ast_marks
+from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, Transformer, replace
-from .loop_dataflow import call_op, depends, method_name, resolve_call, variant_names
+from ..ast_tools import PassContext, Transformer, is_name, replace
+from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores,
+                            variant_names)
 from .plan import LoopPlan
 
 
-def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext) -> list[ast.stmt]:
-    """``stmts`` with every host round trip on a loop-varying value replaced (in place)."""
-    tr = _HostToTensor(variant, ctx)
-    return [tr.visit(s) for s in stmts]
+def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
+            errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str],
+            seeds: set[str]) -> list[ast.stmt]:
+    """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
+    counters of iterations where the original raised (``errors`` gets each counter's exception
+    source and location) and the float64 twins of host-number sums (``wide``: sum -> twin).
+    ``seeds``: the iteration's own names (index, elements); other names the body reads before
+    binding them are carried from the last iteration."""
+    tr = _HostToTensor(variant, ctx, errors, wide)
+    tr.assigned |= seeds
+    return tr.block(stmts)
+
+
+def raised(function: str, argument: float) -> str:
+    """The exception ``function`` (``"math.log"``) raises on ``argument``, as
+    source: the message is this Python's own."""
+    module, _, name = function.rpartition(".")
+    fn = getattr(importlib.import_module(module or "builtins"), name)
+    try:
+        fn(argument)
+    except (ValueError, OverflowError) as exc:
+        return f"{type(exc).__name__}({str(exc)!r})"
+    raise AssertionError(f"{function}({argument!r}) does not raise")
 
 
 class _HostToTensor(Transformer):
-    def __init__(self, variant: set[str], ctx: PassContext):
+    def __init__(self, variant: set[str], ctx: PassContext,
+                 errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str]):
         self.variant = variant
         self.ctx = ctx
+        self.errors = errors
+        self.wide = wide
+        self.double: dict[int, ast.expr] = {}  # id of a math call's tensor form -> in float64
+        self.numbers: dict[str, str] = {}      # names bound to host numbers -> their kind
+        self.assigned: set[str] = set()        # names bound so far in the iteration
+        self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
+
+    def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out = []
+        for s in stmts:
+            if isinstance(s, ast.If):  # the test's counters before the `if`, the branches' inside
+                s.test = self.visit(s.test)
+                pre, self.pre = self.pre, []
+                s.body, s.orelse = self.block(s.body), self.block(s.orelse)
+            else:
+                s = self.visit(s)
+                self._bind(s)
+                pre, self.pre = self.pre, self._twin(s)
+            out += pre + self.pre + [s]
+            self.pre = []
+        return out
+
+    def _bind(self, s: ast.stmt) -> None:
+        """Names bound here now hold a host number (of its kind), or not."""
+        kind = ast_marks.get(s.value, ast_marks.HOST_NUMBER) if isinstance(s, ast.Assign) \
+            else None
+        for name in stores(s):
+            self.assigned.add(name)
+            if kind is None:
+                self.numbers.pop(name, None)
+            else:
+                self.numbers[name] = kind
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id in self.numbers:
+            ast_marks.put(node, ast_marks.HOST_NUMBER, self.numbers[node.id])
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        """Python arithmetic on host numbers gives a host number; a host number with a tensor
+        is a weak scalar: the tensor's dtype decides (``HOST_WEAK``)."""
+        self.generic_visit(node)
+        node.left, node.right = self._operands(node, [node.left, node.right])
+        return node
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        node.left, *node.comparators = self._operands(None, [node.left, *node.comparators])
+        return node
+
+    def _operands(self, node: ast.BinOp | None, operands: list[ast.expr]) -> list[ast.expr]:
+        kinds = [_number(x) for x in operands]
+        if None not in kinds:  # all numbers: so is the result (a Python float after `/`)
+            if node is not None and any(k != "const" for k in kinds):
+                found = {k for k in kinds if k != "const"}
+                kind = "float" if "float" in found or isinstance(node.op, ast.Div) else \
+                    "item" if "item" in found else "int"
+                ast_marks.put(node, ast_marks.HOST_NUMBER, kind)
+            return operands
+        # values of the iteration, not carried from the last one (`s` in `s + h` may be a
+        # number): tensors under the loop's check
+        tensors = [x for x, k in zip(operands, kinds)
+                   if k is None and depends(x, self.variant, self.ctx)
+                   and not any(isinstance(n, ast.Name) and n.id in self.variant
+                               and n.id not in self.assigned for n in ast.walk(x))]
+        if not tensors:  # with values of unknown type (numbers or tensors): left as they are
+            return operands
+        return [self._sub(rules.HOST_WEAK[k], x, h=x, t=tensors[0])
+                if k in rules.HOST_WEAK else x for x, k in zip(operands, kinds)]
+
+    def _twin(self, s: ast.stmt) -> list[ast.stmt]:
+        """``s += <host number>`` (``-=``, ``s = s + ...``): Python sums those in float64; so does
+        a twin sum ``_s_wide`` of the values as float64, which the fold returns."""
+        if isinstance(s, ast.AugAssign):
+            target, op, value = s.target, s.op, s.value
+        elif isinstance(s, ast.Assign) and isinstance(s.value, ast.BinOp) \
+                and is_name(s.value.left, getattr(s.targets[0], "id", None)):
+            target, op, value = s.targets[0], s.value.op, s.value.right
+        else:
+            return []
+        if not (isinstance(target, ast.Name) and isinstance(op, (ast.Add, ast.Sub))
+                and ast_marks.get(value, ast_marks.HOST_NUMBER) in rules.NUMBER_FOLD_WIDE):
+            return []
+        twin = self.wide.setdefault(target.id, self.ctx.namer.new(f"{target.id}_wide"))
+        sign = "+" if isinstance(op, ast.Add) else "-"
+        double = self.double.get(id(value)) or self._sub("v.double()", s, v=value)
+        return self._sub(f"w = w {sign} v", s, w=twin, v=double)
+
+    def _count_raises(self, node: ast.Call, op: ops.OpSpec, function: str,
+                      e: ast.expr) -> None:
+        """A counter of the iterations where ``function`` raises on ``e``."""
+        for condition, argument in op.host_raises:
+            counter = self.ctx.namer.new("raises")
+            self.errors[counter] = (raised(function, argument), node)
+            self.pre += self._sub(f"c = c + ({condition})", node, c=counter,
+                                  e=self._sub("e.detach().double()", node, e=e))
 
     def _sub(self, template: str, node: ast.AST, **subs: ast.AST) -> ast.expr:
         return replace(template, loc=node, torch_name=self.ctx.torch_name, **subs)
@@ -57,21 +194,35 @@ class _HostToTensor(Transformer):
             if op.host is None or args:
                 return node
             return _kind(self._sub(op.host, node, e=node.func.value), op)
-        math = ops.by_host_math(resolve_call(node.func, self.ctx))
+        function = resolve_call(node.func, self.ctx)
+        math = ops.by_host_math(function)
         if math.functions and len(args) == 1:
+            self._count_raises(node, math, function, args[0])
             fn = self._sub(math.functions[0], node)
-            return self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0])
+            found = _kind(self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0]), math)
+            self.double[id(found)] = self._sub("fn(e.detach().double())", node, fn=fn, e=args[0])
+            return found
         if op.host is not None and len(args) == 1 \
                 and not isinstance(args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)):
+            self._count_raises(node, op, function, args[0])
             return _kind(self._sub(op.host, node, e=args[0]), op)
         if op.host_pair is not None and len(args) == 2:
             return self._sub(op.host_pair, node, a=args[0], b=args[1])
         return node
 
 
+def _number(x: ast.expr) -> str | None:
+    """The kind of Python number ``x`` is in the original ("const" for a literal), or None."""
+    if isinstance(x, ast.Constant) and type(x.value) in (int, float, bool):
+        return "const"
+    return ast_marks.get(x, ast_marks.HOST_NUMBER)
+
+
 def _kind(node: ast.expr, op: ops.OpSpec) -> ast.expr:
-    """Remember which Python number the original produced here (``NUMBER_FOLD``)."""
-    ast_marks.put(node, ast_marks.HOST_NUMBER, op.host_number)
+    """Remember which Python number the original produced here (``NUMBER_FOLD``): a float for
+    ``math`` functions."""
+    ast_marks.put(node, ast_marks.HOST_NUMBER, op.host_number or "float" if op.host_math
+                  else op.host_number)
     return node
 
 
@@ -80,5 +231,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {name for name, _ in it.elements}
     plan.variant = variant_names(plan.body, seeds, ctx)
-    plan.body = rewrite(plan.body, plan.variant, ctx)
+    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds)
+    plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan

@@ -113,6 +113,10 @@ class LoopPlan:
     # statements checking them are located.
     empty_selections: dict[str, str] = field(default_factory=dict)
     empty_selections_at: ast.stmt | None = None
+    # Counters of iterations where a host function raised -> (its exception, the call).
+    host_errors: dict[str, tuple[str, ast.AST]] = field(default_factory=dict)
+    # Sums of host numbers -> their float64 twin (Python sums floats in double precision).
+    wide: dict[str, str] = field(default_factory=dict)
     # Effects under masks: id(stmt) -> (its value made safe under the mask, the mask or None).
     masked: dict[int, tuple[ast.expr, str | None]] = field(default_factory=dict)
     uses_where: bool = False

@@ -10,7 +10,9 @@ anything (the original raised before storing the results of later iterations)::
                                                raise RuntimeError('max(): ...')
                                            <folds>
 
-Without such selections the statements are unchanged.
+The same for the counters of iterations where a host function raised (``plan.host_errors``,
+``host_roundtrips_to_tensor_ops``): the original's exception, located at the call. Without such
+counters the statements are unchanged.
 """
 from __future__ import annotations
 
@@ -22,26 +24,34 @@ from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.stmts = raise_if_empty(plan.stmts, plan.folds, plan.empty_selections,
-                                plan.empty_selections_at, ctx.torch_name)
+    errors = {**selection_errors(plan.empty_selections, plan.empty_selections_at),
+              **plan.host_errors}
+    plan.stmts = raise_if_counted(plan.stmts, plan.folds, errors, ctx.torch_name)
     return plan
 
 
-def raise_if_empty(stmts: list[ast.stmt], folds: list[ast.stmt], empty: dict[str, str],
-                   loc: ast.AST | None, torch_name: str = "torch") -> list[ast.stmt]:
+def selection_errors(empty: dict[str, str],
+                     loc: ast.AST | None) -> dict[str, tuple[str, ast.AST | None]]:
+    """The ``empty`` counters (name -> message) with the RuntimeError they raise, at ``loc``."""
+    return {name: (f"RuntimeError({message!r})", loc) for name, message in empty.items()}
+
+
+def raise_if_counted(stmts: list[ast.stmt], folds: list[ast.stmt],
+                     errors: dict[str, tuple[str, ast.AST | None]],
+                     torch_name: str = "torch") -> list[ast.stmt]:
     """The vectorized loop's ``stmts`` (ending with ``folds``, which store its results) with
-    the ``empty`` counters (name -> error message): zero before, checked right before the
-    folds. New statements are located at ``loc``."""
-    if not empty:
+    the counters of ``errors`` (name -> (exception source, location)): zero before, checked
+    right before the folds, each raising at its location."""
+    if not errors:
         return stmts
     cut = len(stmts) - len(folds)
     if not all(a is b for a, b in zip(stmts[cut:], folds)):
         cut = len(stmts)  # not the expected layout: check after everything
-    counted = [f for f in stmts[cut:] if stores(f) & empty.keys()]
-    rest = [f for f in stmts[cut:] if not stores(f) & empty.keys()]
+    counted = [f for f in stmts[cut:] if stores(f) & errors.keys()]
+    rest = [f for f in stmts[cut:] if not stores(f) & errors.keys()]
     init, checks = [], []
-    for name, message in empty.items():
+    for name, (exception, loc) in errors.items():
         init += replace("c = 0", loc=loc, torch_name=torch_name, c=name)
-        checks += replace(f"if c:\n    raise RuntimeError({message!r})", loc=loc,
-                          torch_name=torch_name, c=name)
+        checks += replace(f"if c:\n    raise {exception}", loc=loc, torch_name=torch_name,
+                          c=name)
     return init + stmts[:cut] + counted + checks + rest

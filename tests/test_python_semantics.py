@@ -1,0 +1,250 @@
+"""Vectorized loops keep Python's semantics: builtin max/min picks (ties, NaN), host numbers'
+dtype and precision, and the exceptions of host math. Functions are written to real files and
+rewritten by ``optimize_loss(..., compile=False, strict=True)``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import rewrite
+from rewrite.testing import assert_equivalent, outputs_and_gradients
+from tests.helpers import load_module
+
+NAN, INF = float("nan"), float("inf")
+DTYPES = (torch.float32, torch.float64)
+
+SOURCE = """
+import math
+import torch
+
+
+def running_max(d):
+    m = d[0]
+    for i in range(1, len(d)):
+        m = max(m, d[i])
+    return m
+
+
+def running_min_from_inf(d):
+    m = float("inf")
+    for i in range(len(d)):
+        m = min(m, d[i] * 2)
+    return m
+
+
+def row_max(x):
+    total = 0
+    for i in range(len(x)):
+        total = total + max(x[i]) - min(x[i])
+    return total
+
+
+def exp_scores(s):
+    t = 0
+    for i in range(len(s)):
+        t += math.exp(s[i].item())
+    return t
+
+
+def guarded_logs(s):
+    t = 0
+    for i in range(len(s)):
+        if s[i] > -5:
+            t = t + math.log(s[i] + 6) * math.sqrt(s[i].item() + 4)
+    return t
+
+
+def host_sum(x):
+    total = 0
+    for i in range(len(x)):
+        total += x[i].item()
+    return total
+
+
+def host_float_sum(x):
+    total = 0.5
+    for i in range(len(x)):
+        total = total - float(x[i])
+    return total
+
+
+def host_math_sum(s):
+    t = 0
+    for i in range(len(s)):
+        t += math.exp(s[i].item())
+    return t
+
+
+def weighted(x, w):
+    s = 0
+    for i in range(len(x)):
+        s = s + x[i] * w[i].item()
+        s = s + (x[i] + float(w[i]) * 2)
+    return s
+
+
+def weighted_by_name(x, w):
+    s = 0
+    for i in range(len(x)):
+        k = w[i].item() / 2
+        if x[i] > k:
+            s = s + (x[i] - k)
+    return s
+
+
+def running_tensor_max(d):
+    m = d[0]
+    for i in range(1, len(d)):
+        m = torch.maximum(m, d[i])
+    return m
+"""
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    return load_module(tmp_path_factory.mktemp("semantics"), SOURCE)
+
+
+def optimized(fn):
+    return rewrite.optimize_loss(fn, compile=False, strict=True)
+
+
+def vectorized(opt) -> bool:
+    return all(loop.vectorized for loop in opt.report.loops)
+
+
+def check(fn, *inputs):
+    """Same value, every gradient, dtype and Python type, and the loop was vectorized."""
+    opt = optimized(fn)
+    assert_equivalent(fn, opt, *inputs)
+    want, _ = outputs_and_gradients(fn, inputs, {})
+    got, _ = outputs_and_gradients(opt, inputs, {})
+    assert [type(v) for v in got] == [type(v) for v in want]
+    assert [getattr(v, "dtype", None) for v in got] == [getattr(v, "dtype", None) for v in want]
+    return opt
+
+
+def grad_of(fn, x):
+    x = x.detach().clone().requires_grad_()
+    return torch.autograd.grad(fn(x), x)[0]
+
+
+# -- builtin max/min: Python's pick ---------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", [[1, 3, 3], [1, NAN, 3, 2], [3, 3, 3, 1], [1, INF, INF],
+                                    [NAN, 1, 2], [-INF, -INF], [2, NAN, NAN]])
+def test_running_builtin_max_picks_the_first_largest(user, values, dtype):
+    d = torch.tensor(values, dtype=dtype, requires_grad=True)
+    opt = check(user.running_max, d)
+    assert vectorized(opt)
+    assert torch.equal(grad_of(opt, d), grad_of(user.running_max, d))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", [[1, 1, 2], [NAN, 0, 0], [NAN, NAN], [INF, 5, INF]])
+def test_running_builtin_min_from_a_python_float(user, values, dtype):
+    d = torch.tensor(values, dtype=dtype, requires_grad=True)
+    opt = check(user.running_min_from_inf, d)
+    assert vectorized(opt)
+
+
+def test_running_builtin_max_of_all_nan_keeps_the_start(user):
+    # every comparison with NaN is false: the original keeps d[0]
+    assert optimized(user.running_max)(torch.tensor([1.0, NAN, NAN])).item() == 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [[[1, 3, 3], [NAN, 1, 2]], [[2, NAN, 1], [0, 0, 0]],
+                                  [[INF, 1, INF], [-INF, NAN, -INF]]])
+def test_builtin_max_min_of_a_row_iterate_as_python(user, rows, dtype):
+    x = torch.tensor(rows, dtype=dtype, requires_grad=True)
+    opt = check(user.row_max, x)
+    assert vectorized(opt)
+    assert torch.equal(grad_of(opt, x).isnan(), grad_of(user.row_max, x).isnan())
+
+
+def test_running_torch_maximum_is_kept(user):
+    # torch.maximum splits the gradient at each tie: 1/4, 1/4, 1/2 over three equal values
+    opt = optimized(user.running_tensor_max)
+    d = torch.tensor([1.0, 3.0, 3.0, 3.0], requires_grad=True)
+    assert not vectorized(opt) and "ties" in opt.report.loops[0].reason
+    assert torch.equal(grad_of(opt, d), torch.tensor([0.0, 0.25, 0.25, 0.5]))
+
+
+# -- host math raises as the original --------------------------------------------------------
+def raised(fn, file, *inputs):
+    """(exception type, message, line in the user's ``file``) of ``fn(*inputs)``."""
+    with pytest.raises(Exception) as info:
+        fn(*inputs)
+    frame = next(f for f in reversed(info.traceback) if f.path == Path(file))
+    return type(info.value), str(info.value), frame.lineno
+
+
+@pytest.mark.parametrize("fn, values", [
+    ("exp_scores", [1.0, 1000.0]),        # OverflowError: float64 exp overflows
+    ("exp_scores", [-INF, 710.0]),
+    ("guarded_logs", [1.0, -4.5]),         # ValueError: sqrt of a negative number
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_host_math_raises_the_original_exception_at_its_line(user, fn, values, dtype):
+    fn = getattr(user, fn)
+    opt = optimized(fn)
+    s = torch.tensor(values, dtype=dtype)
+    file = fn.__code__.co_filename
+    assert raised(opt, file, s) == raised(fn, file, s)
+    assert vectorized(opt)
+
+
+@pytest.mark.parametrize("values", [[1.0, 80.0, INF, NAN], [-INF, 0.5]])
+def test_host_math_in_range_does_not_raise(user, values):
+    s = torch.tensor(values, dtype=torch.float64)
+    opt = optimized(user.exp_scores)
+    assert opt(s) == pytest.approx(user.exp_scores(s), nan_ok=True)
+
+
+def test_host_math_deselected_by_a_condition_does_not_raise(user):
+    s = torch.tensor([-7.0, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = optimized(user.guarded_logs)
+    assert_equivalent(user.guarded_logs, opt, s)
+    assert vectorized(opt)
+
+
+# -- host sums: Python floats, in double precision -------------------------------------------
+@pytest.mark.parametrize("fn", ["host_sum", "host_float_sum"])
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float16,))
+def test_host_sums_are_python_floats_in_double_precision(user, fn, dtype):
+    fn = getattr(user, fn)
+    x = torch.tensor([1e4 if dtype == torch.float16 else 1e8] + [1.0] * 63, dtype=dtype)
+    opt = check(fn, x)
+    assert vectorized(opt) and opt(x) == fn(x)  # float32 sums would lose the ones
+
+
+@pytest.mark.parametrize("values", [[1, 2, 3], [True, False, True]])
+def test_host_sums_of_integers_stay_ints(user, values):
+    x = torch.tensor(values)
+    assert vectorized(check(user.host_sum, x))
+
+
+def test_host_math_sums_in_double_precision(user):
+    s = torch.tensor([100.0, 1.0, -INF])  # exp(100) overflows float32, not float64
+    opt = check(user.host_math_sum, s)
+    assert vectorized(opt) and opt(s) == user.host_math_sum(s)
+
+
+# -- dtype: host numbers are weak scalars next to tensors ------------------------------------
+@pytest.mark.parametrize("fn", ["weighted", "weighted_by_name"])
+@pytest.mark.parametrize("x_dtype, w_dtype", [
+    (torch.float32, torch.float64), (torch.float16, torch.float32),
+    (torch.float64, torch.float32), (torch.bfloat16, torch.float64)])
+def test_host_numbers_keep_the_tensor_dtype(user, fn, x_dtype, w_dtype):
+    fn = getattr(user, fn)
+    x = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=x_dtype, requires_grad=True)
+    w = torch.tensor([0.1, 3.0, -2.0, 0.2], dtype=w_dtype)
+    assert vectorized(check(fn, x, w))
+
+
+def test_integer_host_numbers_keep_the_tensor_dtype(user):
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float16, requires_grad=True)
+    assert vectorized(check(user.weighted, x, torch.tensor([1, 2, 3])))
