@@ -65,7 +65,7 @@ def case(name: str):
 NAMES = EXAMPLE_NAMES + ["own.naive", "own.rows"]
 
 
-def same_result(original, fast, args, **tol):
+def assert_same_result(original, fast, args, **tol):
     """The original's exception, or its value, gradients and dtypes."""
     try:
         original(*args)
@@ -87,7 +87,7 @@ HALF = {torch.float16: (1e-2, 1e-2), torch.bfloat16: (8e-2, 5e-2)}
 def test_precisions(name, dtype):
     original, fast, make = case(name)
     rtol, atol = HALF.get(dtype, (None, None))
-    same_result(original, fast, make(dtype), rtol=rtol, atol=atol)
+    assert_same_result(original, fast, make(dtype), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -100,7 +100,7 @@ def test_cpu_autocast_to_bfloat16(name):
                 return fn(*args)
         return run
     rtol, atol = HALF[torch.bfloat16]  # outputs may be float32 computed from bfloat16
-    same_result(under_autocast(original), under_autocast(fast), make(torch.float32),
+    assert_same_result(under_autocast(original), under_autocast(fast), make(torch.float32),
                 rtol=rtol, atol=atol)
 
 
