@@ -392,10 +392,16 @@ _PENDING: "weakref.WeakSet[OptimizedFunction]" = weakref.WeakSet()
 @torch._dynamo.callback.on_compile_start
 def _rewrite_pending(_: Any) -> None:
     for fn in list(_PENDING):
+        # Never wait for a function's lock here: its holder may be compiling it right now and
+        # waiting for Dynamo's callback lock, which this callback holds. It is being rewritten.
+        if not fn._lock.acquire(blocking=False):
+            continue
         try:
             fn._rewrite()
         except RewriteError:
             pass  # strict=True: raised again where the function is called
+        finally:
+            fn._lock.release()
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 
 

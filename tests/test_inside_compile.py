@@ -35,3 +35,29 @@ def test_a_compiled_step_breaks_no_more_than_with_the_expert_loss():
 
     compiled = torch.compile(_step(optimize_loss(module.naive)), backend="aot_eager")
     assert_equivalent(_step(module.naive), compiled, model, x, target)
+
+
+def test_the_compile_start_hook_never_waits_for_a_busy_function():
+    # A function whose lock another thread holds (it may be compiling itself, waiting for
+    # Dynamo's callback lock) is skipped, not waited for: no deadlock; it stays pending.
+    import threading
+
+    from rewrite import runtime
+    fn = optimize_loss(examples.per_sample_mse.naive)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with fn._lock:
+            held.set()
+            release.wait(10)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        runtime._rewrite_pending(None)  # returns at once
+        assert fn in runtime._PENDING and fn._rewritten is None
+    finally:
+        release.set()
+        holder.join()
+    runtime._rewrite_pending(None)
+    assert fn not in runtime._PENDING and fn._rewritten is not None
