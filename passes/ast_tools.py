@@ -306,6 +306,13 @@ def walk(node: ast.AST):
         yield n
 
 
+def root_name(expr: ast.AST | None) -> str | None:
+    """``a`` of ``a.b[c].d`` (the object a write into the expression mutates), if a name."""
+    while isinstance(expr, (ast.Subscript, ast.Attribute, ast.Starred)):
+        expr = expr.value
+    return expr.id if isinstance(expr, ast.Name) else None
+
+
 def is_int(node: ast.AST | None, value: int) -> bool:
     """``node`` is the int literal ``value`` (not ``0.0``, not ``False``)."""
     return isinstance(node, ast.Constant) and type(node.value) is int and node.value == value

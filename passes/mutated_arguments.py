@@ -25,6 +25,8 @@ import inspect
 import textwrap
 import types
 
+from . import ops
+
 # Mutating methods of Python's containers (tensor methods that write end in "_").
 CONTAINER_MUTATORS = frozenset({
     "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "update",
@@ -117,7 +119,7 @@ class _Facts:
 
     def _record_call(self, call: ast.Call) -> None:
         name = _callee_name(call.func)
-        in_place = name.endswith("_") and not name.startswith("__")
+        in_place = ops.is_inplace(name)
         if isinstance(call.func, ast.Attribute) and (in_place or name in CONTAINER_MUTATORS):
             self.mutated |= self.refers_to(call.func.value)
         keywords = {k.arg: k.value for k in call.keywords}

@@ -58,7 +58,7 @@ def is_mutating(node: torch.fx.Node) -> bool:
     if node.op == "call_function" and node.target in MUTATING_FUNCTIONS:
         return True
     name = op_name(node)
-    if name.endswith("_") and not name.startswith("__"):
+    if ops.is_inplace(name):
         return True
     return node.kwargs.get("inplace") is True or node.kwargs.get("out") is not None
 

@@ -345,6 +345,13 @@ def operators(fact: Callable[[OpSpec], object]) -> tuple[type, ...]:
     return tuple(o for s in REGISTRY if fact(s) for o in s.operators)
 
 
+def is_inplace(name: str) -> bool:
+    """Torch's naming rule: a method or function whose name ends in ``_`` (``add_``,
+    ``index_put_``, ``torch.relu_``) writes into its first operand; dunders (``__setitem__``)
+    are not covered by the rule."""
+    return name.endswith("_") and not name.startswith("__")
+
+
 def effect(name: str | None, meth: str | None, call: ast.Call | None = None) -> str | None:
     """What a call must not be moved or batched for: an op's effect, or an object method's; for
     torch functions matched by their last name too (``torch.nn.functional.dropout``). With the

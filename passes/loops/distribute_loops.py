@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import ops
-from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
+from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
 from . import iteration, loop_dataflow
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
@@ -272,7 +272,7 @@ def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
     for n in walk(s):
         if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
                 and loop_dataflow.method_name(n, ctx) is None:
-            names |= {r.id for r in map(_root, n.args) if isinstance(r, ast.Name)}
+            names |= {r for r in map(root_name, n.args) if r}
     return names | _mutated(s, ctx) | loop_dataflow.stores_in([s])
 
 
@@ -288,17 +288,10 @@ def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:
             root = n.func.value
         elif isinstance(n, ast.AugAssign):
             root = n.target
-        root = _root(root)
-        if isinstance(root, ast.Name):
-            names.add(root.id)
+        name = root_name(root)
+        if name:
+            names.add(name)
     return names
-
-
-def _root(expr: ast.expr | None) -> ast.expr | None:
-    """``a`` of ``a.b[c].d``: the object a write into the expression mutates."""
-    while isinstance(expr, (ast.Subscript, ast.Attribute, ast.Starred)):
-        expr = expr.value
-    return expr
 
 
 def _may_mutate(call: ast.Call, ctx: PassContext) -> bool:

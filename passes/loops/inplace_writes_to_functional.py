@@ -188,8 +188,7 @@ class _Temporaries(Transformer):
 
 def _inplace(call: ast.Call, ctx: PassContext) -> bool:
     meth = method_name(call, ctx)
-    return bool(meth) and meth.endswith("_") and not meth.startswith("__") \
-        and ops.effect(None, meth) is None
+    return bool(meth) and ops.is_inplace(meth) and ops.effect(None, meth) is None
 
 
 def _functional(call: ast.Call, at: ast.AST) -> str:

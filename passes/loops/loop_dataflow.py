@@ -495,7 +495,7 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
                                   "different numbers", call.lineno)
             if effect == "io":
                 raise Unsupported(f"I/O call `{unparse(call.func)}` in the loop", call.lineno)
-            if meth and (effect == "mutates" or _inplace(meth)) \
+            if meth and (effect == "mutates" or ops.is_inplace(meth)) \
                     and id(call) not in appends:
                 recv = call.func.value
                 # a local value, or a temporary nothing else sees (written functionally)
@@ -503,10 +503,6 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
                         or effect is None and makes_new_tensor(recv, ctx)):
                     raise Unsupported(f"`{unparse(call.func)}(...)` mutates `{unparse(recv)}`, "
                                       "defined outside the loop", call.lineno)
-
-
-def _inplace(meth: str) -> bool:
-    return meth.endswith("_") and not meth.startswith("__")
 
 
 def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.stmt],
@@ -557,7 +553,7 @@ def _mutates_local(s: ast.stmt) -> bool:
     if any(isinstance(t, (ast.Subscript, ast.Attribute)) for t in targets):
         return True
     return (isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
-            and isinstance(s.value.func, ast.Attribute) and _inplace(s.value.func.attr))
+            and isinstance(s.value.func, ast.Attribute) and ops.is_inplace(s.value.func.attr))
 
 
 def _effect_of(s: ast.stmt, facts: LoopFacts, carried: dict[str, ast.stmt],

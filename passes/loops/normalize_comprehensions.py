@@ -40,7 +40,7 @@ import ast
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
-                        walk)
+                        root_name, walk)
 from .loop_dataflow import child_blocks, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
@@ -234,11 +234,11 @@ def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool
             targets = n.targets if isinstance(n, ast.Assign) else [n.target]
             for t in targets:
                 inplace = isinstance(n, ast.AugAssign) or not isinstance(t, ast.Name)
-                if inplace and not isinstance(t, ast.Tuple) and _root(t) in tainted:
+                if inplace and not isinstance(t, ast.Tuple) and root_name(t) in tainted:
                     return True
         if isinstance(n, ast.Call):
             method = n.func.attr if isinstance(n.func, ast.Attribute) else ""
-            if method.endswith("_") and _root(n.func.value) in tainted \
+            if method.endswith("_") and root_name(n.func.value) in tainted \
                     or any(k.arg == "out" for k in n.keywords):
                 return True
             fn = resolve_call(n.func, ctx)
@@ -269,12 +269,6 @@ def _bindings(n: ast.AST) -> list[tuple[ast.expr, ast.expr]]:
 
 def _reads(node: ast.AST, names: set[str]) -> bool:
     return any(isinstance(n, ast.Name) and n.id in names for n in walk(node))
-
-
-def _root(node: ast.expr) -> str | None:
-    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Starred)):
-        node = node.value
-    return node.id if isinstance(node, ast.Name) else None
 
 
 def bound_list_consumers(node: ast.AST, names: set[str], ctx: PassContext,
