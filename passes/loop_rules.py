@@ -16,13 +16,19 @@ FAMILY_IDENTITY = {"sum": "0", "prod": "1"}
 # How the per-iteration contributions ``v`` (stacked on dim 0) reduce over the loop, and how
 # the reduction ``r`` folds into the accumulator ``s``.
 # ``max(s, e)`` keeps ``s`` unless ``e > s`` (Python's pick): the first iteration's value among
-# ties, NaN never picked (compares false); picked by index, so only it gets a gradient. Items of
-# more than one element raise, as comparing them does.
-FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)",
-                 "builtin_max": "v[v.reshape(len(v)).nan_to_num(float('-inf'), float('inf'), "
-                                "float('-inf')).argmax(0)]",
-                 "builtin_min": "v[v.reshape(len(v)).nan_to_num(float('inf'), float('inf'), "
-                                "float('-inf')).argmin(0)]"}
+# ties, NaN never picked (compares false) -- the iteration ``FAMILY_PICK`` finds -- picked by
+# index, so only it gets a gradient. Items of more than one element raise, as comparing them does.
+FAMILY_PICK = {"builtin_max": "v.reshape(len(v)).nan_to_num(float('-inf'), float('inf'), "
+                              "float('-inf')).argmax(0)",
+               "builtin_min": "v.reshape(len(v)).nan_to_num(float('inf'), float('inf'), "
+                              "float('-inf')).argmin(0)"}
+FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)", "builtin_max": "v[k]",
+                 "builtin_min": "v[k]"}
+# ... but the backward of the batched items also runs for the items not picked (zero cotangent
+# times their local derivatives: NaN where one is NaN/inf). When the item ``e`` reads only the
+# iteration's index (as a subscript) and names the loop does not bind, it is evaluated again at
+# the picked iteration ``k``, on its own: the index becomes this, the elements ``xs[k]``.
+PICKED_INDEX = "a + k * s"
 # ``torch.maximum(s, e)`` splits the gradient between equal values at each step (1/2, 1/4, ...
 # along three or more ties), ``amax`` splits it evenly: such loops are kept.
 FAMILY_KEPT = {"max": "running `torch.maximum`/`torch.max`: its gradient at ties is split step by "

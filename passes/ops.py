@@ -108,6 +108,8 @@ _FIRST_EXTREME = ("e[e.reshape(len(e)).nan_to_num({nan}, float('inf'), float('-i
 # Where math functions raise ValueError (``host_raises``) ...
 _NOT_POSITIVE = (("e <= 0", 0.0),)
 _INFINITE = (("e.abs() == torch.inf", float("inf")),)
+# ... ``int()`` of NaN/inf (never of an integer tensor's elements) ...
+_NONFINITE = (("e != e", float("nan")), ("e.abs() == torch.inf", float("inf")))
 # ... and OverflowError: a finite argument whose float64 result is infinite.
 _OVERFLOWS = "torch.logical_and(e.abs() < torch.inf, torch.{f}(e).abs() == torch.inf)"
 _E = dict(batched="elementwise")
@@ -227,7 +229,8 @@ REGISTRY: tuple[OpSpec, ...] = (
       for n in ("size", "dim", "ndimension", "type", "nelement")),
     _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True),
     # a dtype, from its operands' dtypes (``loop_rules.HOST_WEAK``)
-    _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True),
+    _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True,
+       batched="result_type"),
     *(_t(n, fn=False, metadata_only=True)
       for n in ("stride", "element_size", "new_zeros", "new_ones", "new_full", "new_tensor")),
     *_aten("sym_size", "sym_numel", "sym_stride", metadata_only=True),
@@ -268,7 +271,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # -- Python builtins ----------------------------------------------------------------------
     _builtin("len", total=True, shape_query=True, selection="len"),
     _builtin("isinstance", total=True, shape_query=True),
-    _builtin("int", total=True, host="e.long()", host_number="int"),
+    _builtin("int", total=True, host="e.long()", host_number="int", host_raises=_NONFINITE),
     _builtin("float", total=True, host="e.detach() * 1.0", host_number="float"),
     _builtin("bool", total=True, host="torch.ne(e, 0)"),
     # two arguments pick one (first wins on ties, as Python does); one iterates dim 0

@@ -31,11 +31,13 @@ def context(tree: ast.Module, ns: dict) -> PassContext:
 
 
 def rewrite_source(src: str, ns: dict | None = None) -> tuple[str, Report]:
-    """The rewritten source (normalised by ast.unparse) and the pass's report."""
+    """The rewritten source (normalised by ast.unparse) and the pass's report; ``ns`` gets the
+    names the pass bound (``_branch_shape``), as the frontend's rebuilt function does."""
     ns = namespace() if ns is None else ns
     tree = ast.parse(dedent(src))
     ctx = context(tree, ns)
     tree = vectorize_loops.transform(tree, ctx)
+    ns.update(ctx.bindings)
     return unparse(tree), ctx.report
 
 

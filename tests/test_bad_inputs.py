@@ -70,8 +70,6 @@ VARIANTS = {
 }
 
 META_VALUE = "`.item()` raises on meta tensors in the original; the optimized loss returns a value"
-DESELECTED = ("a branch the tensor condition deselects still runs on the NaN/inf item: NaN "
-              "gradient where the original's is finite")
 KNOWN = {
     ("center_loss", "meta"): META_VALUE,
     ("elementwise_if_else", "meta"): META_VALUE,
@@ -80,9 +78,6 @@ KNOWN = {
                                    "original: only to the NaN point's nearest pairs)",
     ("chamfer", "nan_target"): "a NaN target point gives NaN gradients to most predicted points",
     ("chamfer", "inf_prediction"): "an inf point: NaN gradients the original does not have",
-    ("elementwise_if_else", "nan_prediction"): DESELECTED,
-    ("elementwise_if_else", "inf_prediction"): DESELECTED,
-    ("elementwise_if_else", "nan_target"): DESELECTED,
     ("per_sample_ce", "inf_prediction"): "an inf logit: the loss is NaN where the original's is "
                                          "inf",
     ("triplet_hardest", "nan_prediction"): "a NaN embedding spreads NaN gradients to most rows",

@@ -59,21 +59,26 @@ def f(x):
     assert_equivalent(original, fast, x)
 
 
-@pytest.mark.xfail(strict=True, reason="a branch the tensor condition deselects still runs on "
-                   "inf/NaN inputs: where() gives it a zero cotangent and 0 * inf makes the "
-                   "input's gradient NaN where the original's is 0")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("bad", [INF, NAN])
-def test_deselected_branch_on_nonfinite_input_gives_nan_gradient(tmp_path, bad):
+def test_deselected_branch_on_nonfinite_input_gives_nan_gradient(tmp_path, bad, dtype):
+    # the branch reads the iteration's values as zeros where deselected: 0 * inf would be NaN,
+    # in the input's gradient and in the fixed weight's
     original, fast = optimized(tmp_path, """
-def f(x, y):
+def f(x, y, w):
     s = 0
     for i in range(x.shape[0]):
+        d = x[i] - 1
         if y[i] > 0:
-            s += x[i] * x[i]
+            s += x[i] * x[i] + torch.log(d * d) * w
+        else:
+            s = s - d.abs()
     return s
 """)
-    assert_equivalent(original, fast, torch.tensor([bad, 1.], requires_grad=True),
-                      torch.tensor([-1., 1.]))
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.tensor([bad, 2., 3.], dtype=dtype, requires_grad=True),
+                      torch.tensor([-1., 1., 1.], dtype=dtype),
+                      torch.tensor(0.5, dtype=dtype, requires_grad=True))
 
 
 def test_tensor_conditional_expression_in_a_loop(tmp_path):
@@ -162,18 +167,44 @@ def f(x):
         fast(x)
 
 
-@pytest.mark.xfail(strict=True, reason="builtin running min/max: the batched form runs the "
-                   "backward of every item's value, so an item never picked whose derivative is "
-                   "inf/NaN (a NaN from log of a negative) gets 0 * NaN = NaN where the "
-                   "original gives 0")
-def test_unpicked_running_min_item_with_an_infinite_derivative(tmp_path):
-    original, fast = optimized(tmp_path, """
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rows", [[[0.5], [-0.7], [0.25]], [[0.5], [-0.7], [0.5]],
+                                  [[NAN], [0.25], [-INF]], [[0.0], [2.0], [0.0]]],
+                         ids=["nan-item", "tie", "nan-input", "inf-derivative"])
+@pytest.mark.parametrize("update", ["lo = min(lo, ((torch.log(x[i]) - x[i]) ** 2).sum())",
+                                    "lo = max(lo, (torch.sqrt(x[i]) * 2).sum())"])
+def test_unpicked_running_min_item_with_an_infinite_derivative(tmp_path, update, rows, dtype):
+    # the picked item is evaluated again on its own: the others get no backward at all
+    original, fast = optimized(tmp_path, f"""
+def f(x):
+    lo = float("{'inf' if 'min' in update else '-inf'}")
+    for i in range(x.shape[0]):
+        {update}
+    return lo
+""")
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.tensor(rows, dtype=dtype, requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="builtin max/min over per-sample values the vectorized "
+                   "loop stacked (`max(losses)`), or a running min whose item reads a name the "
+                   "body binds: the backward of the batched items also runs for the items not "
+                   "picked, and 0 * NaN makes the gradient of one with a NaN/inf derivative NaN "
+                   "where the original gives 0")
+@pytest.mark.parametrize("source", ["""
+def f(x):
+    losses = [((torch.log(x[i]) - x[i]) ** 2).sum() for i in range(len(x))]
+    return max(losses)
+""", """
 def f(x):
     lo = float("inf")
     for i in range(x.shape[0]):
-        lo = min(lo, ((torch.log(x[i]) - x[i]) ** 2).sum())
+        d = torch.log(x[i]) - x[i]
+        lo = min(lo, (d ** 2).sum())
     return lo
-""")
+"""], ids=["max-of-list", "item-of-a-local"])
+def test_unpicked_item_of_stacked_values_with_an_infinite_derivative(tmp_path, source):
+    original, fast = optimized(tmp_path, source)
     assert_equivalent(original, fast, torch.tensor([[0.5], [-0.7], [0.25]], requires_grad=True))
 
 

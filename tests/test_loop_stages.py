@@ -432,9 +432,9 @@ False
      """
 # body
 _cond = torch.ne(_x_row > 0, 0)
-total = total + torch.where(_cond, _x_row, 1).sqrt()
+total = total + torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 1).sqrt()
 # masked
-torch.where(_cond, _x_row, 1).sqrt() under _cond
+torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 1).sqrt() under _cond
 # uses_where
 True
 """),
@@ -547,7 +547,8 @@ def f(x, m, n):
 """,
      """
 # folds
-m = max(m, _outs[0][_outs[0].reshape(len(_outs[0])).nan_to_num(float('-inf'), float('inf'), float('-inf')).argmax(0)])
+_m_picked = _outs[0].reshape(len(_outs[0])).nan_to_num(float('-inf'), float('inf'), float('-inf')).argmax(0)
+m = max(m, x[_m_picked])
 # averaged
 []
 """),

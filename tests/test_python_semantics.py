@@ -94,6 +94,31 @@ def weighted_by_name(x, w):
     return s
 
 
+def smooth_l1_rows(x, y, beta=0.5):
+    s = 0
+    for i in range(x.shape[0]):
+        d = (x[i] - y[i]).sum()
+        if d.abs() < beta:
+            s = s + 0.5 * d ** 2 / beta
+        else:
+            s = s + d.abs() - 0.5 * beta
+    return s
+
+
+def picked_by_int(x, labels):
+    s = 0
+    for i in range(x.shape[0]):
+        s = s + x[i, int(labels[i])]
+    return s
+
+
+def scaled_by_int(x, w):
+    s = 0
+    for i in range(x.shape[0]):
+        s = s + x[i] * int(w[i].sum())
+    return s
+
+
 def running_tensor_max(d):
     m = d[0]
     for i in range(1, len(d)):
@@ -197,6 +222,29 @@ def test_host_math_raises_the_original_exception_at_its_line(user, fn, values, d
     assert vectorized(opt)
 
 
+@pytest.mark.parametrize("fn", ["picked_by_int", "scaled_by_int"])
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int_of_a_nonfinite_value_raises_the_original_exception(user, fn, bad, dtype):
+    fn = getattr(user, fn)
+    opt = optimized(fn)
+    x = torch.randn(3, 4, dtype=dtype, requires_grad=True)
+    labels = torch.tensor([1.0, bad, 3.0], dtype=dtype)
+    file = fn.__code__.co_filename
+    assert raised(opt, file, x, labels) == raised(fn, file, x, labels)
+    assert vectorized(opt)
+
+
+def test_int_of_integer_elements_checks_nothing_on_the_host(user):
+    # int() of an integer tensor's element cannot meet NaN/inf: no counter of raising
+    # iterations (reading it is a host sync); floating labels run the loop as written
+    opt = check(user.picked_by_int, torch.randn(3, 4, requires_grad=True), torch.tensor([1, 2, 3]))
+    assert vectorized(opt)
+    source = opt.report.rewritten_source
+    assert "not (isinstance(labels, torch.Tensor) and labels.is_floating_point())" in source
+    assert "_raises" not in source
+
+
 @pytest.mark.parametrize("values", [[1.0, 80.0, INF, NAN], [-INF, 0.5]])
 def test_host_math_in_range_does_not_raise(user, values):
     s = torch.tensor(values, dtype=torch.float64)
@@ -248,3 +296,13 @@ def test_host_numbers_keep_the_tensor_dtype(user, fn, x_dtype, w_dtype):
 def test_integer_host_numbers_keep_the_tensor_dtype(user):
     x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float16, requires_grad=True)
     assert vectorized(check(user.weighted, x, torch.tensor([1, 2, 3])))
+
+
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float16, torch.bfloat16))
+def test_python_numbers_under_a_tensor_condition_keep_the_dtype(user, dtype):
+    # `d ** 2 / beta` under the condition: the masked divisor is where(cond, beta, 1), which
+    # alone would be a float32 tensor and promote float16/bfloat16 items
+    x = torch.tensor([[0.1, 0.2], [1.0, 2.0], [-0.3, 0.1]], dtype=dtype, requires_grad=True)
+    y = torch.tensor([[0.0, 0.1], [0.5, -1.0], [0.0, 0.0]], dtype=dtype)
+    opt = check(user.smooth_l1_rows, x, y)
+    assert opt.report.loops[0].strategy == "batched"

@@ -101,14 +101,17 @@ def test_unknown_calls_under_a_condition_keep_the_loop(call):
 
 # Ops whose facts had drifted apart between tables (batched, yet neither made safe nor known
 # total under a tensor condition, so the loop was kept): each now vectorizes, its risky operand
-# made safe where the condition deselects (the batched statement as generated).
+# made safe where the condition deselects (the batched statement as generated), the iteration's
+# values it reads zero there.
+X, Y = (f"torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], "
+        f"{row}.shape[1:]]), {row}, torch.zeros_like({row}))" for row in ("_x_row", "_y_row"))
 DRIFTED = [
-    ("x[i].div(y[i])", "_x_row.div(torch.where(_cond, _y_row, 1))"),
-    ("torch.logaddexp(x[i], y[i])", "torch.logaddexp(_x_row, _y_row)"),
-    ("x[i].clamp_min(0)", "_x_row.clamp_min(0)"),
-    ("x[i].clamp_max(0)", "_x_row.clamp_max(0)"),
+    ("x[i].div(y[i])", f"{X}.div(torch.where(_cond, {Y}, 1))"),
+    ("torch.logaddexp(x[i], y[i])", f"torch.logaddexp({X}, {Y})"),
+    ("x[i].clamp_min(0)", f"{X}.clamp_min(0)"),
+    ("x[i].clamp_max(0)", f"{X}.clamp_max(0)"),
     ("torch.where((x[i] > y[i]).logical_not(), x[i], y[i])",
-     "torch.where((_x_row > _y_row).logical_not(), _x_row, _y_row)"),
+     f"torch.where(({X} > {Y}).logical_not(), {X}, {Y})"),
 ]
 
 

@@ -647,7 +647,8 @@ GOLDEN_MASKED = ("""
                 _loss_part = 0
                 _cond = torch.ne(_target_row < 0, 0)
                 _mask = torch.logical_not(_cond)
-                _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, _logp_row[torch.arange(len(_logp_row), device=_logp_row.device), torch.where(_mask, _target_row, torch.zeros_like(_target_row))], 1)), 0).sum(0)
+                _t = _logp_row[torch.arange(len(_logp_row), device=_logp_row.device), torch.where(_mask, _target_row, torch.zeros_like(_target_row))]
+                _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _t.shape[1:]]), _t, torch.zeros_like(_t)), 1)), 0).sum(0)
                 _outs = (_loss_part,)
             else:
 
@@ -655,7 +656,8 @@ GOLDEN_MASKED = ("""
                     _loss_part = 0
                     _cond = torch.ne(_target_row < 0, 0)
                     _mask = torch.logical_not(_cond)
-                    _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, _logp_row[torch.where(_mask, _target_row, torch.zeros_like(_target_row))], 1)), 0)
+                    _t = _logp_row[torch.where(_mask, _target_row, torch.zeros_like(_target_row))]
+                    _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_branch_shape[_mask.shape, _t.shape]), _t, torch.zeros_like(_t)), 1)), 0)
                     return (torch.as_tensor(_loss_part),)
                 _outs = torch.vmap(_body, in_dims=(0, 0))(target if len(target) == target.shape[0] else target[0:len(target):1], logp if len(target) == logp.shape[0] else logp[0:len(target):1])
                 _outs = (_outs[0].sum(0),)
@@ -867,7 +869,7 @@ GOLDEN_DATA_SLOTS = ("""
     def f(x, t):
         out = torch.zeros(x.shape[0], 4)
         counts = torch.zeros(4)
-        if isinstance(t, torch.Tensor) and x.shape[0] <= t.shape[0] and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (t.dtype in (torch.int64, torch.int32) and t.dim() == 1):
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point()) and isinstance(t, torch.Tensor) and (x.shape[0] <= t.shape[0]) and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (t.dtype in (torch.int64, torch.int32) and t.dim() == 1):
             'optimize_loss: loop at line 4 vectorized'
             _t_row = t if x.shape[0] == t.shape[0] else t[0:x.shape[0]:1]
             _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]

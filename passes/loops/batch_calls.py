@@ -12,7 +12,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import unparse
 from .batch_scope import Scope
-from .batch_values import UNKNOWN, Rank, Val, integer, literal
+from .batch_values import UNKNOWN, Rank, Val, condition, integer, literal
 from ..errors import Unsupported
 from .loop_dataflow import call_op, method_name
 
@@ -105,6 +105,26 @@ def _dot(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return scope.sub("(a * b).sum(1)", a=a, b=b), Val(True, Rank())
 
 
+def _result_type(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``torch.result_type(x, a)``: the same dtype for the batched items, the same in every
+    iteration, unless a 0-d item meets a fixed tensor (0-d tensors promote more weakly than
+    dimensioned ones, and the loop dim gives the item one): then the fixed ones must be numbers."""
+    if c.kws:
+        return None
+    if any(v.batched and v.rank is None for _, v in c.operands):
+        raise Unsupported(f"`{unparse(c.node)}`: per-item rank unknown")
+    if not all(condition(v.rank - 1, ">=") is True for _, v in c.operands if v.batched):
+        for node, v in c.operands:
+            if v.batched or isinstance(node, ast.Constant):
+                continue
+            text = scope.free(node)
+            if text is None:
+                return None
+            scope.check(f"not isinstance({text}, torch.Tensor)")
+    call = ast.Call(c.func, [a for a, _ in c.args], [])
+    return ast.copy_location(call, c.node), Val(False)
+
+
 def _pointwise_loss(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
     return pointwise_loss(scope, c.node, c.args, c.kws)
 
@@ -131,7 +151,8 @@ def _mask_reshape(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val] | None:
     if not all(v.batched and v.rank is not None for _, v in done):
         raise Unsupported(f"`{unparse(node)}`: shapes of values that do not vary")
     (mask, mv), (_, base) = done[0], done[1]
-    scope.require(mv.rank - 1, ">=", node)  # a 0-d mask adds a dim (``x[True]``)
+    if getattr(scope.ctx.bindings[helper.id], "zero_d_adds_dim", True):
+        scope.require(mv.rank - 1, ">=", node)  # a 0-d mask adds a dim (``x[True]``)
     for _, v in done[2:]:
         scope.require(v.rank - base.rank, "==", node)
     mask = scope.named(mask)
@@ -256,4 +277,5 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
 # no batched form. "similarity", "mask_reshape" and "flatten" are matched before the arguments
 # are batched (``call``).
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
-            "dot": _dot, "pointwise_loss": _pointwise_loss, "class_loss": _class_loss}
+            "dot": _dot, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
+            "class_loss": _class_loss}

@@ -6,6 +6,8 @@ Sum partials leave the body already summed over the loop; the others are reduced
     loss = 0; for ...: loss += e        ->   loss = _outs[0]             (``FAMILY_FOLD_FROM_ZERO``)
     loss += e  (loss a tensor)          ->   loss += _outs[0]            (in place: aliases see it)
     m = max(m, e)                       ->   m = max(m, <the first largest of _outs[0]>)
+    m = max(m, f(x[i]))                 ->   _m_picked = <its index in _outs[0]>
+                                             m = max(m, f(x[start + _m_picked * step]))
 
 Running ``torch.maximum``/``torch.minimum`` values are refused (``FAMILY_KEPT``).
 
@@ -16,11 +18,14 @@ A sum starting at 0 that the next statement only divides by the trip count
 """
 from __future__ import annotations
 
+import ast
+
 from .. import loop_rules as rules
-from ..ast_tools import PassContext, is_int, unparse
+from .. import ops
+from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, root_name, unparse, walk
 from ..errors import Unsupported
-from .loop_dataflow import loads, stores_in
-from .plan import LoopPlan
+from .loop_dataflow import call_op, loads, stores, stores_in
+from .plan import Accumulator, LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -31,8 +36,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for name, acc in plan.accumulators.items():
         if acc.family in rules.FAMILY_KEPT:
             raise Unsupported(rules.FAMILY_KEPT[acc.family], plan.node.lineno)
-        reduced = acc.stacked if acc.family == "sum" else plan.sub(
-            rules.FAMILY_REDUCE[acc.family], v=acc.stacked)
+        reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
         if name in plan.wide and kind in rules.NUMBER_FOLD_WIDE:
             # `total += x[i].item()`: the original's Python float, summed in float64
@@ -50,6 +54,67 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD[acc.family], s=name, r=reduced))
     return plan
+
+
+def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> ast.expr:
+    """The stacked values reduced over the loop; a builtin max/min's picked item evaluated again
+    on its own when it can be (``PICKED_INDEX``)."""
+    if acc.family not in rules.FAMILY_PICK:
+        return plan.sub(rules.FAMILY_REDUCE[acc.family], v=acc.stacked)
+    k = plan.sub(rules.FAMILY_PICK[acc.family], v=acc.stacked)
+    item = _self_contained_item(plan, name, ctx)
+    if item is None:
+        return plan.sub(rules.FAMILY_REDUCE[acc.family], v=acc.stacked, k=k)
+    it = plan.iteration
+    picked = ctx.namer.new(f"{name}_picked")
+    plan.folds += plan.sub("p = k", p=picked, k=k)
+    index = ast.Name(picked, ast.Load()) if is_int(it.start, 0) and is_int(it.step, 1) \
+        else plan.sub(rules.PICKED_INDEX, a=it.start, k=picked, s=it.step)
+    subs = {it.index: index}
+    subs.update((element, plan.sub("xs[k]", xs=xs, k=picked)) for element, xs in it.elements)
+    return _Substituted(subs).visit(clone(item))
+
+
+def _self_contained_item(plan: LoopPlan, name: str, ctx: PassContext) -> ast.expr | None:
+    """``e`` of the loop's one update ``name = max(name, e)`` as written, when it reads the index
+    only as a subscript, elements and names the loop does not bind, and calls known pure ops."""
+    updates = [s for s in walk(plan.node) if isinstance(s, ast.stmt) and name in stores(s)]
+    if len(updates) != 1 or updates[0] not in plan.node.body:
+        return None
+    value = updates[0].value
+    item = next((a for a in value.args if not is_name(a, name)), None)
+    it = plan.iteration
+    own = {it.index} | {element for element, _ in it.elements}
+    if item is None or loads(item) & (stores_in(plan.node.body) - own | _mutated(plan.node)) \
+            or name in loads(item):
+        return None
+    if any(isinstance(n, ast.Call) and (call_op(n, ctx) is ops.UNKNOWN or call_op(n, ctx).effect)
+           for n in walk(item)):
+        return None
+    index_reads = [n for n in walk(item) if is_name(n, it.index)]
+    entries = [e for n in walk(item) if isinstance(n, ast.Subscript)
+               for e in (n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice])]
+    if not all(any(e is n for e in entries) for n in index_reads):
+        return None  # `i` in arithmetic: a Python int in the original, a tensor here
+    return item
+
+
+def _mutated(loop: ast.For) -> set[str]:
+    """Names the loop may change in place: written into (``out[i] = v``) or receivers of in-place
+    methods (``t.add_(1)``)."""
+    targets = [t for s in walk(loop) if isinstance(s, (ast.Assign, ast.AugAssign))
+               for t in (s.targets if isinstance(s, ast.Assign) else [s.target])]
+    receivers = [n.func.value for n in walk(loop) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute) and ops.is_inplace(n.func.attr)]
+    return {root_name(t) for t in targets + receivers} - {None}
+
+
+class _Substituted(Transformer):
+    def __init__(self, subs: dict[str, ast.expr]):
+        self.subs = subs
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return clone(self.subs[node.id]) if node.id in self.subs else node
 
 
 def _averaged(plan: LoopPlan) -> set[str]:

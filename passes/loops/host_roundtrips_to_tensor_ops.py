@@ -23,9 +23,12 @@ scalar (``loop_rules.HOST_WEAK``); sums of them get a float64 twin (``plan.wide`
                                         total += x[i].detach()
 
 Where the host function raises (``OpSpec.host_raises``: ``math.log`` of a non-positive number,
-``math.exp`` overflowing), a counter of such iterations goes before the
+``math.exp`` overflowing, ``int()`` of NaN), a counter of such iterations goes before the
 statement, and ``raise_on_empty_selections`` raises the original's exception after the loop,
-located at the call (``plan.host_errors``)::
+located at the call (``plan.host_errors``). Reading the counter is a host sync: ``int()`` (which
+raises on NaN/inf only) of the elements of a tensor the loop does not bind (``int(labels[i])``)
+has none; the loop is vectorized when that tensor is not floating, and runs as written when it
+is::
 
     t += math.exp(s[i].item())     ->   _raises = _raises + torch.logical_and(
                                             <s[i] as float64 finite>, <its exp infinite>)
@@ -40,21 +43,25 @@ from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, Transformer, is_name, replace
-from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores,
+from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores, stores_in,
                             variant_names)
 from .plan import LoopPlan
 
 
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
             errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str],
-            seeds: set[str]) -> list[ast.stmt]:
+            seeds: set[str], not_floating: list[ast.expr] | None = None) -> list[ast.stmt]:
     """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
     counters of iterations where the original raised (``errors`` gets each counter's exception
-    source and location) and the float64 twins of host-number sums (``wide``: sum -> twin).
+    source and location), the float64 twins of host-number sums (``wide``: sum -> twin) and the
+    tensors the vectorized loop needs not floating (``not_floating``).
     ``seeds``: the iteration's own names (index, elements); other names the body reads before
     binding them are carried from the last iteration."""
     tr = _HostToTensor(variant, ctx, errors, wide)
     tr.assigned |= seeds
+    tr.stored = stores_in(stmts) | seeds
+    if not_floating is not None:
+        tr.not_floating = not_floating
     return tr.block(stmts)
 
 
@@ -81,6 +88,11 @@ class _HostToTensor(Transformer):
         self.numbers: dict[str, str] = {}      # names bound to host numbers -> their kind
         self.assigned: set[str] = set()        # names bound so far in the iteration
         self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
+        self.stored: set[str] = set()   # names the loop binds
+        # tensors whose elements meet int(): the loop is vectorized when they are not floating
+        # (integers: the common labels), so no counter of raising iterations (nor its host
+        # sync) is needed
+        self.not_floating: list[ast.expr] = []
 
     def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out = []
@@ -166,11 +178,29 @@ class _HostToTensor(Transformer):
     def _count_raises(self, node: ast.Call, op: ops.OpSpec, function: str,
                       e: ast.expr) -> None:
         """A counter of the iterations where ``function`` raises on ``e``."""
+        source = self._dtype_source(e) if op.host_number == "int" else None
+        if source is not None:  # int() raises on NaN/inf only: a check before the loop
+            self.not_floating.append(source)
+            return
         for condition, argument in op.host_raises:
             counter = self.ctx.namer.new("raises")
             self.errors[counter] = (raised(function, argument), node)
             self.pre += self._sub(f"c = c + ({condition})", node, c=counter,
                                   e=self._sub("e.detach().double()", node, e=e))
+
+    def _dtype_source(self, e: ast.expr) -> ast.expr | None:
+        """A name the loop does not bind whose elements ``e`` is (``labels`` for ``labels[i]``,
+        also after ``.item()``): its dtype is ``e``'s; else None."""
+        while isinstance(e, ast.Subscript) or (
+                isinstance(e, ast.Call) and not e.args and isinstance(e.func, ast.Attribute)
+                and e.func.attr == "detach"):
+            e = e.value if isinstance(e, ast.Subscript) else e.func.value
+        root = e
+        while isinstance(root, ast.Attribute):  # ``self.labels``
+            root = root.value
+        if not isinstance(root, ast.Name) or root.id in self.variant | self.stored:
+            return None
+        return e
 
     def _sub(self, template: str, node: ast.AST, **subs: ast.AST) -> ast.expr:
         return replace(template, loc=node, torch_name=self.ctx.torch_name, **subs)
@@ -231,6 +261,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {name for name, _ in it.elements}
     plan.variant = variant_names(plan.body, seeds, ctx)
-    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds)
+    not_floating: list[ast.expr] = []
+    plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds,
+                        not_floating)
+    for x in not_floating:
+        plan.check("not (isinstance(x, torch.Tensor) and x.is_floating_point())", x=x)
     plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan

@@ -5,7 +5,7 @@ both branches run and a per-iteration mask selects. Python conditions (not loop-
 ``if`` statements. With ``_c`` a fresh name::
 
     if y[i] > 0.5:                       _c = torch.ne(y[i] > 0.5, 0)
-        t = torch.log(p[i])        ->    t = torch.log(torch.where(_c, p[i], 1))
+        t = torch.log(p[i])        ->    t = torch.log(torch.where(_c, <p[i], 0 where not _c>, 1))
     else:                                _nc = torch.logical_not(_c)
         t = torch.log(1 - p[i])          t = torch.where(_nc, torch.log(torch.where(_nc, 1 - p[i], 1)), t)
 
@@ -14,10 +14,13 @@ both branches run and a per-iteration mask selects. Python conditions (not loop-
     loss += -logp[i, target[i]]          (contribution masked by _keep; index where(_keep, target[i], 0))
 
 The trap: a deselected branch still runs, and NaN/inf there poisons gradients through
-``torch.where`` (0 * inf = NaN). So under a mask every op with ``OpSpec.sanitize`` gets its
-risky operand replaced by a safe value first (the "double where"), loop-varying subscripts read
-index 0 where deselected, and any call not known to be total (``OpSpec.total``: user functions,
-losses with index targets, ...) raises ``Unsupported``: the loop is kept.
+``torch.where`` (0 * inf = NaN). So under a mask the iteration's values the branch reads (names
+that vary with it, ``x[i]``) are 0 where deselected (NaN/inf inputs never reach its ops), every
+op with ``OpSpec.sanitize`` gets its risky operand replaced by a safe value (the "double where":
+log(0) of those zeros), loop-varying subscripts read index 0 where deselected, and any call not
+known to be total (``OpSpec.total``: user functions, losses with index targets, ...) raises
+``Unsupported``: the loop is kept. A fixed operand made safe that way is cast to the dtype the
+original operation had (``beta`` in ``d ** 2 / beta`` stays a weak Python number).
 
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
@@ -29,7 +32,7 @@ import ast
 from ..errors import Unsupported
 
 from .. import ops
-from ..ast_tools import PassContext, Transformer, replace, unparse, walk
+from ..ast_tools import PassContext, Transformer, replace, root_name, unparse, walk
 from .loop_dataflow import call_op, depends, is_shape_query, method_name, stores
 from .plan import LoopPlan
 
@@ -46,6 +49,9 @@ class _Converter:
         self.facts = plan.facts
         self.index = plan.iteration.index
         self.ctx = ctx
+        self.pre: list[ast.stmt] = []  # temporaries of ``expr``, run before its statement
+        self.boolean: set[str] = set()       # see ``_note``
+        self.fresh: dict[str, str] = {}
 
     def _sub(self, template: str, loc: ast.AST, **subs) -> object:
         return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
@@ -83,7 +89,7 @@ class _Converter:
             if effect is not None:
                 self.plan.masked[id(s)] = self.expr(effect.value, pred), pred
                 self.plan.uses_where |= pred is not None
-                out.append(s)
+                out += self._flush() + [s]
                 continue
             out += self._local(s, pred, defined)
         return out
@@ -93,7 +99,7 @@ class _Converter:
         """The branches under their masks; returns (condition name, statements)."""
         cond = self.ctx.namer.new("cond")
         test = _tensor_logic(self.expr(s.test, pred), self.ctx)
-        out = self._sub("c = torch.ne(t, 0)", s, c=cond, t=test)
+        out = self._flush() + self._sub("c = torch.ne(t, 0)", s, c=cond, t=test)
         then_pred, more = self._and(pred, cond, s)
         out += more
         body = s.body[:-1] if s.body and isinstance(s.body[-1], ast.Continue) else s.body
@@ -109,6 +115,7 @@ class _Converter:
         """A statement touching only iteration-local names: merged under the mask."""
         if pred is None:
             defined |= stores(s)
+            self._note(s, None)
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
             value = ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op, right=s.value)
@@ -118,16 +125,43 @@ class _Converter:
             raise Unsupported(f"`{unparse(s).strip()}` under a tensor condition", s.lineno)
         name = s.targets[0].id
         value = self.expr(s.value, pred)
-        if name in defined:  # keep the previous value where the mask is off
+        merged = name in defined
+        if merged:  # keep the previous value where the mask is off
             value = self._sub("torch.where(p, v, x)", s, p=pred, v=value, x=name)
         defined.add(name)
-        return self._sub("x = v", s, x=name, v=value)
+        self._note(s, None if merged else pred)
+        return self._flush() + self._sub("x = v", s, x=name, v=value)
+
+    def _note(self, s: ast.stmt, pred: str | None) -> None:
+        """What ``s`` binds: a bool value (no gradient), or a value computed under ``pred``
+        alone (from zeroed leaves): neither needs zeroing when read under ``pred``."""
+        for name in stores(s):
+            self.boolean.discard(name)
+            self.fresh.pop(name, None)
+        if not (isinstance(s, ast.Assign) and len(s.targets) == 1
+                and isinstance(s.targets[0], ast.Name)):
+            return
+        name, value = s.targets[0].id, s.value
+        if isinstance(value, ast.Compare) or isinstance(value, ast.Call) and (
+                call_op(value, self.ctx).boolean or call_op(value, self.ctx).aliases
+                and isinstance(value.func, ast.Attribute)
+                and isinstance(value.func.value, ast.Name)
+                and value.func.value.id in self.boolean):  # a view of a mask
+            self.boolean.add(name)
+        elif pred is not None:
+            self.fresh[name] = pred
+
+    def _flush(self) -> list[ast.stmt]:
+        pre, self.pre[:] = list(self.pre), []
+        return pre
 
     def expr(self, e: ast.expr, pred: str | None) -> ast.expr:
         """``e`` made safe to evaluate on iterations where ``pred`` is false."""
         if pred is None:
             return e
-        return Sanitize(pred, self.facts.variant, self.index, self.ctx).visit(e)
+        sanitize = Sanitize(pred, self.facts.variant, self.index, self.ctx, self.pre)
+        sanitize.quiet = self.boolean | {n for n, p in self.fresh.items() if p == pred}
+        return sanitize.safe(e)
 
     def _assigned_in(self, s: ast.If) -> set[str]:
         """Names ``s`` binds (not its effects': their statements are rewritten later)."""
@@ -156,23 +190,76 @@ def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
     return test
 
 
+class BranchShape:
+    """``_branch_shape[c.shape, x.shape]``: ``x``'s rank of 1s, the shape a one-element condition
+    ``c`` takes to select among ``x``'s elements without changing ``x``'s shape. Shapes only:
+    batch_loop_bodies passes each item's shapes (``per_item_shapes``)."""
+    per_item_shapes = True
+    zero_d_adds_dim = False  # unlike a mask's ``x[True]`` (``masked_selections_to_where``)
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        return (1,) * len(shapes[1])
+
+
+BRANCH_SHAPE = BranchShape()
+
+
+def _branch_shape(ctx: PassContext) -> str:
+    """The name ``BRANCH_SHAPE`` is bound to in the generated code."""
+    found = next((name for name, value in ctx.bindings.items() if value is BRANCH_SHAPE), None)
+    if found is None:
+        found = ctx.namer.new("branch_shape")
+        ctx.bindings[found] = BRANCH_SHAPE
+    return found
+
+
 class Sanitize(Transformer):
     """Replace risky operands by safe values where ``pred`` is false; refuse unknown calls."""
 
-    def __init__(self, pred: str, variant: set[str], index: str, ctx: PassContext):
+    def __init__(self, pred: str, variant: set[str], index: str, ctx: PassContext,
+                 pre: list[ast.stmt] | None = None):
         self.pred = pred
         self.variant = variant
         self.index = index
         self.ctx = ctx
+        self.pre = pre  # statements to run first; None: no fixed operand gets its dtype cast
+        # the iteration's values read here (leaves) are zero where deselected (``_leaf``)
+        self.leaves = pre is not None
+        self.at: ast.expr | None = None  # the expression ``safe`` makes safe
+        self.quiet: set[str] = set()     # names read as they are (no gradient, or safe already)
+
+    def safe(self, e: ast.expr) -> ast.expr:
+        """``e`` made safe (``visit``, located at ``e`` where generated nodes have no place)."""
+        self.at = e
+        return self.visit(e)
 
     def _safe(self, operand: ast.expr, safe: str) -> ast.expr:
-        return replace(f"torch.where(p, a, {safe})", loc=operand, torch_name=self.ctx.torch_name,
-                       p=self.pred, a=operand)
+        return replace(f"torch.where(p, a, {safe})", loc=self._loc(operand),
+                       torch_name=self.ctx.torch_name, p=self.pred, a=operand)
 
-    def _safe_index(self, index: ast.expr) -> ast.expr:
+    def _zeroed(self, index: ast.expr) -> ast.expr:
         """Index 0 where deselected, in the index's own dtype (a bool mask stays a mask)."""
-        return replace("torch.where(p, a, torch.zeros_like(a))", loc=index,
+        return replace("torch.where(p, a, torch.zeros_like(a))", loc=self._loc(index),
                        torch_name=self.ctx.torch_name, p=self.pred, a=index)
+
+    def _leaf(self, value: ast.expr) -> ast.expr:
+        """An iteration's value the branch reads, 0 where deselected: a deselected iteration
+        then computes on zeros, whose values and local derivatives the sanitized ops keep
+        finite, so its zero cotangent stays zero (NaN/inf inputs would make it NaN). The
+        one-element condition takes the value's rank (``BranchShape``), not its own shape."""
+        if not isinstance(value, ast.Name):  # computed once
+            name = self.ctx.namer.new("t")
+            self.pre += replace("t = x", loc=self._loc(value), t=name, x=value)
+            value = ast.Name(name, ast.Load())
+        return replace("torch.where(p.reshape(h[p.shape, a.shape]), a, torch.zeros_like(a))",
+                       loc=self._loc(value), torch_name=self.ctx.torch_name, p=self.pred,
+                       a=value, h=_branch_shape(self.ctx))
+
+    def _loc(self, node: ast.expr) -> ast.AST | None:
+        """``node``, or the expression being made safe when ``node`` was generated unlocated."""
+        located = getattr(node, "lineno", None) is not None \
+            and getattr(node, "end_lineno", None) is not None
+        return node if located else self.at
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
@@ -203,17 +290,45 @@ class Sanitize(Transformer):
         if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) \
                 and isinstance(node.right.value, int) and node.right.value >= 0:
             return node  # x ** 2 is total
-        side = ("left", "right")[k]
-        setattr(node, side, self._safe(getattr(node, side), safe))
+        side, other = ("left", "right")[k], ("right", "left")[k]
+        operand = getattr(node, side)
+        safe_operand = self._safe(operand, safe)
+        if self.pre is not None and not depends(operand, self.variant, self.ctx):
+            # a fixed operand (``beta``, often a Python number) broadcast by the mask would
+            # promote like a tensor: cast to the dtype the original operation has
+            if not isinstance(getattr(node, other), (ast.Name, ast.Constant)):
+                name = self.ctx.namer.new("t")
+                self.pre += replace("t = x", loc=node, t=name, x=getattr(node, other))
+                setattr(node, other, ast.Name(name, ast.Load()))
+            safe_operand = replace("s.to(torch.result_type(x, a))", loc=operand,
+                                   torch_name=self.ctx.torch_name, s=safe_operand,
+                                   x=getattr(node, other), a=operand)
+        setattr(node, side, safe_operand)
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if self.leaves and isinstance(node.ctx, ast.Load) and node.id in self.variant \
+                and node.id != self.index and node.id not in self.quiet:
+            return self._leaf(node)
         return node
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
-        self.generic_visit(node)
+        leaves, self.leaves = self.leaves, False  # indices carry no gradient
+        node.slice = self.visit(node.slice)
+        # ``x[i]``, ``row[j]``: the selected elements are the leaf, not all of ``x``
+        chain = root_name(node.value) is not None and (
+            root_name(node.value) not in self.quiet or not depends(node, self.variant, self.ctx))
+        self.leaves = leaves and not chain
+        node.value = self.visit(node.value)
+        self.leaves = leaves
         sl = node.slice
         entries = sl.elts if isinstance(sl, ast.Tuple) else [sl]
-        safe = [self._safe_index(e) if (not isinstance(e, ast.Slice)
+        safe = [self._zeroed(e) if (not isinstance(e, ast.Slice)
                                        and not (isinstance(e, ast.Name) and e.id == self.index)
                                        and depends(e, self.variant, self.ctx)) else e
                 for e in entries]
         node.slice = ast.Tuple(safe, ast.Load()) if isinstance(sl, ast.Tuple) else safe[0]
+        if self.leaves and chain and isinstance(node.ctx, ast.Load) \
+                and depends(node, self.variant, self.ctx):
+            return self._leaf(node)
         return node
