@@ -182,13 +182,12 @@ def test_golden_raise_if_empty_goes_before_the_results_are_stored():
     folds = [stmts[2], stmts[1]]  # appends fold first, accumulators after
     stmts = [stmts[0], stmts[2], stmts[1]]
     stmts = raise_on_empty_selections.raise_if_counted(
-        stmts, folds, raise_on_empty_selections.selection_errors(dense.empty, dense.body[0]))
+        stmts, folds, raise_on_empty_selections.selection_checks(dense.empty, dense.body[0]))
     assert ast.unparse(ast.Module(stmts, [])) == normalise(f"""
         _empty_amin = 0
         _outs = f()
         _empty_amin = _empty_amin + _outs[0]
-        if _empty_amin:
-            raise RuntimeError({masked_selections_to_where.EMPTY_ERRORS["amin"]!r})
+        torch._assert_async(torch.as_tensor(_empty_amin == 0), {masked_selections_to_where.EMPTY_ERRORS["amin"]!r})
         lst.extend(_outs[1])
         """)
 
