@@ -149,3 +149,49 @@ def test_loops_of_called_helpers_are_counted(user):
     [loop] = fn.report.loops
     assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
     assert "isinstance(_x_stacked, torch.Tensor)" in loop.last_failure  # not a list of tensors
+
+
+PER_CLASS = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def dice(p, t, smooth=1.0):
+    return 1 - (2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
+
+
+class PerClassDice(nn.Module):
+    def __init__(self, weight, ignore_index):
+        super().__init__()
+        self.weight = weight
+        self.ignore_index = ignore_index
+
+    def forward(self, pred, target):
+        onehot = F.one_hot(target, pred.shape[1]).permute(0, 3, 1, 2).to(pred.dtype)
+        total = 0
+        for c in range(pred.shape[1]):
+            if c != self.ignore_index:
+                total += self.weight[c] * dice(pred[:, c], onehot[:, c])
+        return total / pred.shape[1]
+
+
+def loss(pred, target, weight):
+    return PerClassDice(weight, 1)(pred, target)
+'''
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_per_class_loop_with_a_condition_on_the_class_and_class_weights(tmp_path, dtype):
+    # `if c != self.ignore_index`, `self.weight[c]`, a one-hot target permuted to [B, C, ...]:
+    # batched (the condition a mask over classes), and it runs so.
+    module = load_module(tmp_path, PER_CLASS)
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.rand(2, 4, 5, 5, generator=gen, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, 4, (2, 5, 5), generator=gen)
+    weight = torch.rand(4, generator=gen, dtype=dtype, requires_grad=True)
+    fn = optimize_loss(module.loss, compile=False)
+    assert_equivalent(module.loss, fn, pred, target, weight)
+    assert fn(pred, target, weight).dtype == dtype
+    [loop] = fn.report.loops
+    assert loop.strategy == "batched" and (loop.vectorized_runs, loop.original_runs) == (1, 0)
