@@ -16,7 +16,8 @@ from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, clas
                           inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
                           iteration, masked_selections_to_where, outline_body,
                           raise_on_empty_selections, row_slices_to_params, runtime_checks,
-                          tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
+                          stack_tensor_lists, tensor_branches_to_where, unit_slices_to_index,
+                          vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -56,6 +57,45 @@ def f(xs):
 """,
      """
 Unsupported: `for ... else`
+"""),
+    (stack_tensor_lists, """
+def f(preds, targets, w):
+    loss = 0
+    for i, (p, t) in enumerate(zip(preds, targets)):
+        loss += ((p - t) ** 2).mean() * w[i]
+    return loss
+""", ('checks', 'prelude', 'outline'),
+     """
+# checks
+isinstance(w, torch.Tensor) and min(len(preds), len(targets)) <= w.shape[0] and isinstance(preds, torch.Tensor) and preds.dim() > 0 and isinstance(targets, torch.Tensor) and targets.dim() > 0 and isinstance(min(len(preds), len(targets)), int) and min(len(preds), len(targets)) > 0
+# prelude
+# outline
+if targets.dim() == preds.dim() and w.dim() == 1: ...
+loss = _outs[0]
+""",
+     """
+# checks
+isinstance(_w_stacked, torch.Tensor) and min(len(_preds_stacked), len(_targets_stacked)) <= _w_stacked.shape[0] and isinstance(_preds_stacked, torch.Tensor) and _preds_stacked.dim() > 0 and isinstance(_targets_stacked, torch.Tensor) and _targets_stacked.dim() > 0 and isinstance(min(len(_preds_stacked), len(_targets_stacked)), int) and min(len(_preds_stacked), len(_targets_stacked)) > 0
+# prelude
+_preds_stacked = torch.stack(tuple(preds)) if isinstance(preds, (list, tuple)) and len(preds) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == preds[0].shape and (_v.dtype == preds[0].dtype) and (_v.device == preds[0].device) for _v in preds)) else preds
+_targets_stacked = torch.stack(tuple(targets)) if isinstance(targets, (list, tuple)) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
+_w_stacked = torch.stack(tuple(w)) if isinstance(w, (list, tuple)) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else w
+# outline
+if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1: ...
+loss = _outs[0]
+"""),
+    (stack_tensor_lists, """
+def f(preds, targets, heads):
+    loss = 0
+    for i in range(preds.shape[0]):
+        loss += ((preds[i] - targets[i]) * heads).sum()
+    return loss + targets.sum()
+""", ('prelude',),
+     """
+# prelude
+""",
+     """
+# prelude
 """),
     (inline_inner_loops, """
 def f(x, w, n):
