@@ -12,7 +12,7 @@ import pytest
 
 from passes.errors import Unsupported
 from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-                          effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
+                          conditional_expressions_to_branches, effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
                           inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
                           iteration, masked_selections_to_where, outline_body,
                           raise_on_empty_selections, row_slices_to_params, runtime_checks,
@@ -412,6 +412,51 @@ isinstance(labels, torch.Tensor) and n <= labels.shape[0]
      """
 # checks
 isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and isinstance(n, int) and n > 1
+"""),
+    (conditional_expressions_to_branches, """
+def f(p, t, alpha):
+    total = 0
+    for i in range(len(p)):
+        w = alpha if t[i] > 0.5 else 1 - alpha
+        total = total + w * (p[i].log() if t[i] > 0 else (1 - p[i]).log())
+    return total
+""", ('body', 'pick_checks'),
+     """
+# body
+w = alpha if t[i] > 0.5 else 1 - alpha
+total = total + w * (p[i].log() if t[i] > 0 else (1 - p[i]).log())
+# pick_checks
+""",
+     """
+# body
+_test = t[i] > 0.5
+if _test:
+    _pick = torch.full_like(_test, alpha, dtype=torch.float64)
+else:
+    _pick = torch.full_like(_test, 1 - alpha, dtype=torch.float64)
+w = _pick
+if t[i] > 0:
+    _pick_1 = p[i].log()
+else:
+    _pick_1 = (1 - p[i]).log()
+total = total + w * _pick_1
+# pick_checks
+isinstance(alpha, float); isinstance(1 - alpha, float)
+"""),
+    (conditional_expressions_to_branches, """
+def f(p, t, flag):
+    total = 0
+    for i in range(len(p)):
+        total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
+    return total
+""", ('body',),
+     """
+# body
+total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
+""",
+     """
+# body
+total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
 """),
     (tensor_branches_to_where, """
 def f(x, n):

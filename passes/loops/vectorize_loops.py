@@ -80,7 +80,7 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unpa
                         write_target)
 from ..errors import Unsupported
 from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-               distribute_loops, effects_to_outputs, fold_accumulators,
+               conditional_expressions_to_branches, distribute_loops, effects_to_outputs, fold_accumulators,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                inplace_writes_to_functional, iteration, loop_dataflow, masked_selections_to_where,
                normalize_comprehensions, outline_body, raise_on_empty_selections,
@@ -98,6 +98,7 @@ LOOP_STAGES: list = [
     inline_helper_calls,          # ... and so are the helpers'
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     check_body,                   # on the body as written: reasons quote the user's code
+    conditional_expressions_to_branches,  # before tensor_branches_to_where: it masks the `if`s
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
     row_slices_to_params,
