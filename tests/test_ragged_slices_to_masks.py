@@ -37,7 +37,8 @@ CASES = {
         def f(x, lengths):
             loss = 0
             for i in range(x.shape[0]):
-                loss = loss + (x[i][lengths[i] - 4:lengths[i]] * 2).sum() + x[i, lengths[i]:].sum()
+                loss = loss + (x[i][lengths[i] - 4:] * 2).sum() + x[i, lengths[i]:].sum() \
+                    + x[i][1 - lengths[i]:lengths[i]].sum()
             return loss
         """,
 }

@@ -145,10 +145,11 @@ class _Ragged(ast.NodeTransformer):
                        r=row, k=keep, v=s.value)[0]
 
     def _ragged(self, cut: ast.Slice) -> bool:
-        """A slice with a bound that varies per iteration, and no step but 1."""
+        """A slice with a bound that varies per iteration, and no step but 1; not ``a:a+k``
+        (one size: ``unit_slices_to_index`` and ``row_slices_to_params`` read those)."""
         return any(b is not None and depends(b, self.variant, self.ctx)
                    for b in (cut.lower, cut.upper)) and (cut.step is None or isinstance(
-                       cut.step, ast.Constant) and cut.step.value == 1)
+                       cut.step, ast.Constant) and cut.step.value == 1) and not _fixed_size(cut)
 
     def _split(self, sub: ast.Subscript) -> tuple[ast.expr, ast.Slice] | None:
         """(the row ``R``, the ragged slice) of ``sub``, or None."""
@@ -174,3 +175,16 @@ def _number(e: ast.expr) -> bool:
     while isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
         e = e.operand
     return isinstance(e, ast.Constant) and type(e.value) in (int, float, bool)
+
+
+def _fixed_size(cut: ast.Slice) -> bool:
+    """``a:a+k`` or ``a-k:a`` with a number ``k``."""
+    lo, hi = cut.lower, cut.upper
+    if lo is None or hi is None:
+        return False
+    for bound, base, op in ((hi, lo, ast.Add), (lo, hi, ast.Sub)):
+        if isinstance(bound, ast.BinOp) and isinstance(bound.op, op) \
+                and isinstance(bound.right, ast.Constant) \
+                and ast.dump(bound.left) == ast.dump(base):
+            return True
+    return False
