@@ -157,3 +157,33 @@ def test_write_equivalent_value_gradients_dtype(dtype):
     assert report.loops[0].vectorized, report.loops[0].reason
     x = torch.randn(5, 2, 6, dtype=dtype, generator=torch.Generator().manual_seed(2))
     assert_equivalent(original, optimized, x.requires_grad_(), torch.tensor([3, 6, -2, 9, 0]))
+
+
+FILL = """
+    def f(scores, lengths):
+        mask = torch.zeros(scores.shape[0], scores.shape[1])
+        for i in range(scores.shape[0]):
+            mask[i, :lengths[i]].fill_(1)
+        return (scores * mask).sum() / mask.sum()
+    """
+
+
+def test_golden_fill_of_a_ragged_slice_is_a_masked_row_write():
+    plan, ctx = plan_before(FILL, ragged_slices_to_masks)
+    assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == dedent("""
+        # body
+        _pos = torch.arange(mask[i].shape[0], device=mask[i].device)
+        _in = _pos < lengths[i] + mask[i].shape[0] * (lengths[i] < 0)
+        mask[i] = torch.where(_in, 1, mask[i])
+        """)
+    plan, ctx = plan_before(FILL.replace("fill_(1)", "fill_(scores[i, 0])"), ragged_slices_to_masks)
+    before = show(plan, ("body",))
+    assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == before  # not a number
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fill_equivalent_value_gradients_dtype(dtype):
+    original, optimized, _, report = build(FILL)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    scores = torch.randn(4, 6, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    assert_equivalent(original, optimized, scores.requires_grad_(), torch.tensor([6, 2, -1, 9]))

@@ -22,8 +22,9 @@ positions taken along the ragged slice's dim of the row and broadcast against th
                                                mask[i] = torch.where(_in, 0, mask[i])
 
 (``torch.where`` with a Python number keeps the row's dtype; the written positions get no
-gradient, as in the original.) Written: ``X[P, :, ..., a:b, :, ...] = <number literal>``, ``P``
-plain indices, one ragged slice and full slices after them.
+gradient, as in the original.) Written: ``X[P, :, ..., a:b, :, ...] = <number literal>`` and the
+statement ``X[P, ..., a:b, ...].fill_(<number literal>)``, ``P`` plain indices, one ragged slice
+and full slices after them.
 
 What is read: a subscript whose one slice with a varying bound (step absent or 1) comes
 right after plain indices (names, numbers; the sliced dim is the first of the row ``R`` they
@@ -82,7 +83,7 @@ class _Ragged(ast.NodeTransformer):
             elif isinstance(s, (ast.FunctionDef, ast.For, ast.While, ast.With)):
                 out.append(s)  # not looked into: their statements run per call or per item
             elif isinstance(s, ast.Assign) and len(s.targets) == 1 \
-                    and isinstance(s.targets[0], ast.Subscript):
+                    and isinstance(s.targets[0], ast.Subscript) or _fill(s):
                 s = self.write(s)
                 out += self.pre + [s]
                 self.pre = []
@@ -121,8 +122,14 @@ class _Ragged(ast.NodeTransformer):
         self.pre += replace("k = m", loc=loc, k=keep, m=mask)
         return keep
 
-    def write(self, s: ast.Assign) -> ast.stmt:
-        """``X[P, :, ..., a:b, :, ...] = number`` as ``X[P] = torch.where(_in, number, X[P])``."""
+    def write(self, s: ast.Assign | ast.Expr) -> ast.stmt:
+        """``X[P, :, ..., a:b, :, ...] = number`` (or ``.fill_(number)`` of it) as
+        ``X[P] = torch.where(_in, number, X[P])``."""
+        if isinstance(s, ast.Expr):
+            assign = ast.copy_location(ast.Assign([s.value.func.value], s.value.args[0],
+                                                  lineno=s.lineno), s)
+            converted = self.write(assign)
+            return s if converted is assign else converted
         target = s.targets[0]
         entries = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
         cuts = [k for k, e in enumerate(entries) if isinstance(e, ast.Slice)]
@@ -188,3 +195,11 @@ def _fixed_size(cut: ast.Slice) -> bool:
                 and ast.dump(bound.left) == ast.dump(base):
             return True
     return False
+
+
+def _fill(s: ast.stmt) -> bool:
+    """``X[...].fill_(v)`` as a statement (its result unused)."""
+    call = s.value if isinstance(s, ast.Expr) else None
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+        and call.func.attr == "fill_" and isinstance(call.func.value, ast.Subscript) \
+        and len(call.args) == 1 and not call.keywords
