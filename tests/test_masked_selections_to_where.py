@@ -322,18 +322,6 @@ CASES = {
                 an.append(dist[i][mask[i] == 0].min().unsqueeze(0))
             return (torch.cat(ap) - torch.cat(an) + 0.3).clamp(min=0).mean()
         """, distances),
-    # lifted-structure style: a selection the same in every iteration stays as it is, next to
-    # one that varies (made dense)
-    "invariant_selection_next_to_a_varying_one": ("""
-        def f(emb, labels):
-            dist = (emb[:, None] - emb[None]).pow(2).sum(-1).clamp(min=1e-12).sqrt()
-            t0 = labels[0].item()
-            s = 0
-            for j in range(1, len(emb)):
-                t_j = labels[j].item()
-                s = s + (1 - dist[0][labels != t0]).exp().sum() * (1 - dist[j][labels != t_j]).exp().sum()
-            return s
-        """, distances),
     "condition_guards_the_max": ("""
         def f(pred, target):
             s = 0
@@ -516,12 +504,11 @@ def test_rewrite_leaves_its_input_alone_and_marks_what_it_converted():
     ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
     dense = masked_selections_to_where.rewrite(body, {"i"}, ctx)
     assert ast.unparse(ast.Module(body, [])) == src and dense.body is not body
-    loop_dataflow._check_mask_indexing(body, {"i", "m"}, ctx)  # converted: not refused any more
+    loop_dataflow._check_mask_indexing(body, ctx)  # converted: not refused any more
     kept = ast.parse("m = x[i] > 0\nlst.append(x[i][m])").body
     assert masked_selections_to_where.rewrite(kept, {"i"}, ctx).body is kept
     with pytest.raises(Unsupported, match="boolean mask indexing"):
-        loop_dataflow._check_mask_indexing(kept, {"i", "m"}, ctx)
-    loop_dataflow._check_mask_indexing(kept, {"j"}, ctx)  # the same in every iteration
+        loop_dataflow._check_mask_indexing(kept, ctx)
 
 
 def test_kept_loops_keep_the_mask_indexing_reason():

@@ -375,7 +375,7 @@ def analyze(body: list[ast.stmt], index: str, seeds: set[str], live_after: set[s
     _classify(body, facts, carried, "none", ctx)
     _check_accumulator_reads(body, facts, carried)
     _check_effect_reads(body, facts, index, ctx)
-    _check_mask_indexing(body, facts.variant, ctx)
+    _check_mask_indexing(body, ctx)
     _check_writes(facts, index, ctx)
     for name in sorted((facts.assigned | seeds) & live_after):
         if not any(e.name == name and e.kind in ("acc", "scan") for e in facts.effects.values()):
@@ -726,15 +726,13 @@ def mask_names(func: ast.FunctionDef, ctx: PassContext) -> set[str]:
     return {name for name, boolean in found.items() if boolean}
 
 
-def _check_mask_indexing(body: list[ast.stmt], variant: set[str], ctx: PassContext) -> None:
+def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
     """``x[mask]`` selects a data-dependent number of elements: no batched form. Selections
-    ``masked_selections_to_where`` converts are marked ``where_converted``: not refused; nor
-    are selections the same in every iteration (one value, whatever its size)."""
+    ``masked_selections_to_where`` converts are marked ``where_converted``: not refused."""
     boolean: set[str] = set()
     for s in _simple_stmts(body):
         for sub in (n for n in walk(s) if isinstance(n, ast.Subscript)):
-            if ast_marks.get(sub, ast_marks.WHERE_CONVERTED, False) \
-                    or not depends(sub, variant, ctx):
+            if ast_marks.get(sub, ast_marks.WHERE_CONVERTED, False):
                 continue
             if any(is_boolean(e, boolean, ctx) for e in write_entries(sub)):
                 raise Unsupported(f"boolean mask indexing `{unparse(sub)}`: the number of "

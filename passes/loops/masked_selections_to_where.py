@@ -445,8 +445,6 @@ class _Converter:
 
     def _chain(self, e: ast.expr, leaves: dict, groups: list[_Group]) -> ast.expr:
         if isinstance(e, ast.Subscript) and _is_selection(e, self.lenient, self.ctx):
-            if not depends(e, self.variant, self.ctx):
-                raise _NotChain  # the same selection in every iteration: left as it is
             groups.append(self._selection(e))
             return self._hole("select", e, leaves)
         if isinstance(e, ast.Name) and e.id in self.selected:
@@ -632,8 +630,7 @@ class _Rewrite(Transformer):
         return node
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
-        if _is_selection(node, self.conv.lenient, self.conv.ctx) \
-                and depends(node, self.conv.variant, self.conv.ctx):
+        if _is_selection(node, self.conv.lenient, self.conv.ctx):
             raise _Refused("a selection that is not reduced")
         return self.generic_visit(node)
 
