@@ -114,6 +114,7 @@ class LoopPlan:
     inner_checks: list[ast.expr] = field(default_factory=list)
     helper_checks: list[ast.expr] = field(default_factory=list)
     selection_checks: list[ast.expr] = field(default_factory=list)
+    pick_checks: list[ast.expr] = field(default_factory=list)  # Python numbers picked per item
     # Counters of empty max/min selections -> the error the original raised; where the
     # statements checking them are located.
     empty_selections: dict[str, str] = field(default_factory=dict)

@@ -80,13 +80,13 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
                         walk, write_target)
 from ..errors import Unsupported
 from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-               distribute_loops, effects_to_outputs, fold_accumulators,
-               host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, linear_recurrences_to_scans,
-               loop_dataflow, masked_selections_to_where, normalize_comprehensions, outline_body,
-               raise_on_empty_selections,
-               row_slices_to_params, runtime_checks, stack_tensor_lists, tensor_branches_to_where,
-               unit_slices_to_index)
+               conditional_expressions_to_branches, distribute_loops, effects_to_outputs,
+               fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
+               inline_inner_loops, inplace_writes_to_functional, iteration,
+               linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
+               normalize_comprehensions, outline_body, ragged_slices_to_masks,
+               raise_on_empty_selections, row_slices_to_params, runtime_checks,
+               stack_tensor_lists, tensor_branches_to_where, unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
 from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
@@ -97,8 +97,10 @@ LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
+    ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     check_body,                   # on the body as written: reasons quote the user's code
+    conditional_expressions_to_branches,  # before tensor_branches_to_where: it masks the `if`s
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
     row_slices_to_params,
