@@ -241,8 +241,7 @@ def test_int_of_integer_elements_checks_nothing_on_the_host(user):
     opt = check(user.picked_by_int, torch.randn(3, 4, requires_grad=True), torch.tensor([1, 2, 3]))
     assert vectorized(opt)
     source = opt.report.rewritten_source
-    assert "not (isinstance(labels, torch.Tensor) and labels.is_floating_point())" in source
-    assert "_raises" not in source
+    assert ".is_floating_point()) and" in source and "_raises" not in source
 
 
 @pytest.mark.parametrize("values", [[1.0, 80.0, INF, NAN], [-INF, 0.5]])
