@@ -14,7 +14,8 @@ from passes.errors import Unsupported
 from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
                           effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
                           inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
-                          iteration, masked_selections_to_where, outline_body,
+                          iteration, masked_selections_to_where, merge_chained_index_writes,
+                          outline_body, rename_rebound_loop_variables,
                           raise_on_empty_selections, row_slices_to_params, runtime_checks,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
@@ -778,6 +779,160 @@ _total_part = 0
 _total_part = (_d_row.amax(tuple(range(1, _d_row.dim()))) if _d_row.dim() > 1 else _d_row.reshape(len(_d_row), -1).amax(1)).sum(0)
 _outs = (_total_part,)
 total = _outs[0]
+"""),
+    (inline_inner_loops, """
+def f(emb, w):
+    total = 0
+    for spk in emb:
+        c = 0
+        for utt in spk:
+            c = c + utt * w
+        total = total + c.sum()
+    return total
+""", ('body', 'inner_checks',),
+     """
+# body
+c = 0
+if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int) and (len(spk) > 0):
+    'optimize_loss: loop at line 5 vectorized'
+    if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
+        utt = spk
+        _c_part = 0
+        _c_part = utt.sum(0) * w
+        _outs = (_c_part,)
+    else:
+
+        def _body(utt):
+            _c_part = 0
+            _c_part = _c_part + utt * w
+            return (torch.as_tensor(_c_part),)
+        _outs = torch.vmap(_body, in_dims=(0,))(spk)
+        _outs = (_outs[0].sum(0),)
+    c = c + _outs[0]
+else:
+    for utt in spk:
+        c = c + utt * w
+total = total + c.sum()
+# inner_checks
+""",
+     """
+# body
+c = 0
+if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
+    utt = spk
+    _c_part = 0
+    _c_part = utt.sum(0) * w
+    _outs = (_c_part,)
+else:
+
+    def _body(utt):
+        _c_part = 0
+        _c_part = _c_part + utt * w
+        return (torch.as_tensor(_c_part),)
+    _outs = torch.vmap(_body, in_dims=(0,))(spk)
+    _outs = (_outs[0].sum(0),)
+c = c + _outs[0]
+total = total + c.sum()
+# inner_checks
+isinstance(emb, torch.Tensor); emb.dim() - 1 > 0; isinstance(emb.shape[1], int); emb.shape[1] > 0
+"""),
+    (inline_inner_loops, """
+def f(x, k, n):
+    total = 0
+    for i in range(n):
+        for j in range(k[i]):
+            total = total + x[i, j]
+    return total
+""", ('body', 'inner_checks',),
+     """
+# body
+if isinstance(x, torch.Tensor) and isinstance(i, int) and (k[i] <= x.shape[1]) and isinstance(k[i], int) and (k[i] > 0):
+    'optimize_loss: loop at line 4 vectorized'
+    _x_row = x[i] if k[i] == x.shape[1] else x[i, 0:k[i]:1]
+    _total_part = 0
+    _total_part = _x_row.sum(0)
+    _outs = (_total_part,)
+    total = total + _outs[0]
+else:
+    for j in range(k[i]):
+        total = total + x[i, j]
+# inner_checks
+""",
+     """
+Unsupported: the inner loop at line 4 needs a per-iteration runtime check: k[i] <= x.shape[1]
+"""),
+    (rename_rebound_loop_variables, """
+def f(x, centroids):
+    loss = 0
+    for k, c in enumerate(centroids):
+        if k == 0:
+            c = c / c.norm()
+        loss += (c * x).sum()
+    return loss
+""", ('body',),
+     """
+# body
+if k == 0:
+    c = c / c.norm()
+loss += (c * x).sum()
+""",
+     """
+# body
+_c = c
+if k == 0:
+    _c = _c / _c.norm()
+loss += (_c * x).sum()
+"""),
+    (rename_rebound_loop_variables, """
+def f(x, centroids):
+    loss = 0
+    for c in centroids:
+        d = c / c.norm()
+        loss += (d * x).sum()
+    return loss
+""", ('body',),
+     """
+# body
+d = c / c.norm()
+loss += (d * x).sum()
+""",
+     """
+# body
+d = c / c.norm()
+loss += (d * x).sum()
+"""),
+    (merge_chained_index_writes, """
+def f(x, out, j, n):
+    for i in range(n):
+        out[j][i] = x[i].sum()
+    return out
+""", ('body', 'checks',),
+     """
+# body
+out[j][i] = x[i].sum()
+# checks
+""",
+     """
+# body
+out[j, i] = x[i].sum()
+# checks
+isinstance(j, int)
+"""),
+    (merge_chained_index_writes, """
+def f(x, out, n):
+    for i in range(n):
+        out[0:2][i] = x[i].sum()
+    return out
+""", ('body', 'checks',),
+     """
+# body
+out[0:2][i] = x[i].sum()
+# checks
+""",
+     """
+# body
+out[0:2][i] = x[i].sum()
+# checks
 """),
 ]
 

@@ -83,8 +83,9 @@ from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effect
                distribute_loops, effects_to_outputs, fold_accumulators,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                inplace_writes_to_functional, iteration, loop_dataflow, masked_selections_to_where,
+               merge_chained_index_writes,
                normalize_comprehensions, outline_body, raise_on_empty_selections,
-               row_slices_to_params, runtime_checks, tensor_branches_to_where,
+               rename_rebound_loop_variables, row_slices_to_params, runtime_checks, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
@@ -94,8 +95,10 @@ from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
+    rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
+    merge_chained_index_writes,   # on the inlined body, before the checks read its writes
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     check_body,                   # on the body as written: reasons quote the user's code
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
