@@ -12,9 +12,10 @@ import pytest
 
 from passes.errors import Unsupported
 from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-                          effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
+                          effects_to_outputs, fold_accumulators, hoist_invariant_checks,
+                          host_roundtrips_to_tensor_ops,
                           inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
-                          iteration, masked_selections_to_where, merge_chained_index_writes,
+                          iteration, masked_selections_to_where, merge_chained_indexing,
                           outline_body, rename_rebound_loop_variables,
                           raise_on_empty_selections, row_slices_to_params, runtime_checks,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
@@ -901,37 +902,91 @@ loss += (d * x).sum()
 d = c / c.norm()
 loss += (d * x).sum()
 """),
-    (merge_chained_index_writes, """
-def f(x, out, j, n):
+    (hoist_invariant_checks, """
+def f(preds, targets, w, n):
+    loss = 0
     for i in range(n):
-        out[j][i] = x[i].sum()
-    return out
-""", ('body', 'checks',),
+        assert preds[i].shape == targets[i].shape, 'sizes'
+        if w is not None:
+            assert len(w) == preds[i].shape[-1]
+        loss += (preds[i] - targets[i]).abs().sum()
+    return loss
+""", ('body', 'first', 'checks',),
      """
 # body
-out[j][i] = x[i].sum()
+assert preds[i].shape == targets[i].shape, 'sizes'
+if w is not None:
+    assert len(w) == preds[i].shape[-1]
+loss += (preds[i] - targets[i]).abs().sum()
+# first
 # checks
 """,
      """
 # body
-out[j, i] = x[i].sum()
+loss += (preds[i] - targets[i]).abs().sum()
+# first
+assert preds[0].shape == targets[0].shape, 'sizes'
+if w is not None:
+    assert len(w) == preds[0].shape[-1]
 # checks
-isinstance(j, int)
+isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor)
 """),
-    (merge_chained_index_writes, """
+    (hoist_invariant_checks, """
+def f(preds, n):
+    loss = 0
+    for i in range(n):
+        p = preds[i]
+        assert p.dim() == 1
+        loss += p.sum()
+    return loss
+""", ('body', 'first', 'checks',),
+     """
+# body
+p = preds[i]
+assert p.dim() == 1
+loss += p.sum()
+# first
+# checks
+""",
+     """
+# body
+p = preds[i]
+assert p.dim() == 1
+loss += p.sum()
+# first
+# checks
+"""),
+    (merge_chained_indexing, """
 def f(x, out, n):
     for i in range(n):
-        out[0:2][i] = x[i].sum()
+        out[i][0] = x[i][1:3].sum() + x[i][0][x[i][2].long()]
     return out
 """, ('body', 'checks',),
      """
 # body
-out[0:2][i] = x[i].sum()
+out[i][0] = x[i][1:3].sum() + x[i][0][x[i][2].long()]
 # checks
 """,
      """
 # body
-out[0:2][i] = x[i].sum()
+out[i, 0] = x[i, 1:3].sum() + x[i, 0][x[i, 2].long()]
+# checks
+isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
+"""),
+    (merge_chained_indexing, """
+def f(d, out, n):
+    for i in range(n):
+        out[0:2][i] = d['key'][i].sum()
+    return out
+""", ('body', 'checks',),
+     """
+# body
+out[0:2][i] = d['key'][i].sum()
+# checks
+""",
+     """
+# body
+out[0:2][i] = d['key'][i].sum()
 # checks
 """),
 ]

@@ -80,10 +80,10 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unpa
                         write_target)
 from ..errors import Unsupported
 from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-               distribute_loops, effects_to_outputs, fold_accumulators,
+               distribute_loops, effects_to_outputs, fold_accumulators, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                inplace_writes_to_functional, iteration, loop_dataflow, masked_selections_to_where,
-               merge_chained_index_writes,
+               merge_chained_indexing,
                normalize_comprehensions, outline_body, raise_on_empty_selections,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks, tensor_branches_to_where,
                unit_slices_to_index)
@@ -98,7 +98,8 @@ LOOP_STAGES: list = [
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
-    merge_chained_index_writes,   # on the inlined body, before the checks read its writes
+    merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
+    hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     check_body,                   # on the body as written: reasons quote the user's code
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
@@ -131,6 +132,7 @@ def vectorize(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     """``plan`` through every stage; raises ``Unsupported``."""
     for stage in LOOP_STAGES:
         plan = stage.stage(plan, ctx)
+    plan.stmts = plan.first + plan.stmts  # hoisted checks run once, before the vectorized form
     return plan
 
 
@@ -158,6 +160,7 @@ class _Vectorizer(Transformer):
         self.stackable_lists: frozenset[str] = frozenset()  # `xs = [...]` names to stack
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
         self.masks: set[str] = set()          # names the function binds to boolean tensors only
+        self.outer_indices: list[str] = []    # the enclosing loops' range/enumerate indices
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
         # original branch), each is reported once.
         self.seen: set[tuple[int, int]] = set()
@@ -200,7 +203,10 @@ class _Vectorizer(Transformer):
 
     def visit_For(self, node: ast.For) -> ast.AST:
         original = clone(node)
+        index = _int_index(node, self.ctx)
+        self.outer_indices += [index] if index else []
         self.generic_visit(node)  # inner loops first
+        del self.outer_indices[len(self.outer_indices) - bool(index):]
         live = self.live.get(id(node))
         if live is None:  # unseen loop: all names live (not a default: it walks the function)
             live = loads(self.func)
@@ -208,6 +214,7 @@ class _Vectorizer(Transformer):
             after, divided = self.divisions.get(id(node), (None, {}))
             plan = vectorize(new_plan(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
                                       divided=divided, masks=self.masks,
+                                      outer_indices=set(self.outer_indices),
                                       buildable_lists=self.buildable_lists.get(id(node), set())),
                              self.ctx)
         except Unsupported as exc:
@@ -271,6 +278,14 @@ class _Vectorizer(Transformer):
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
                                  _why(plan, self.ctx) + what + _runs_when(check))
         return check
+
+
+def _int_index(node: ast.For, ctx: PassContext) -> str | None:
+    """The name ``for i in range(...)`` or ``for i, x in enumerate(...)`` binds to ints."""
+    fn = resolve_call(node.iter.func, ctx) if isinstance(node.iter, ast.Call) else None
+    target = node.target.elts[0] if fn == "enumerate" and isinstance(node.target, ast.Tuple) \
+        and node.target.elts else node.target if fn == "range" else None
+    return target.id if isinstance(target, ast.Name) else None
 
 
 def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
