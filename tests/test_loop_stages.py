@@ -11,14 +11,14 @@ from __future__ import annotations
 import pytest
 
 from passes.errors import Unsupported
-from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-                          effects_to_outputs, fold_accumulators, hoist_invariant_checks,
-                          host_roundtrips_to_tensor_ops,
+from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
+                          classify_effects, effects_to_outputs, fold_accumulators,
+                          hoist_invariant_checks, host_roundtrips_to_tensor_ops,
                           inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
                           iteration, masked_selections_to_where, merge_chained_indexing,
-                          outline_body, rename_rebound_loop_variables,
-                          raise_on_empty_selections, row_slices_to_params, runtime_checks,
-                          tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
+                          outline_body, raise_on_empty_selections, rename_rebound_loop_variables,
+                          row_slices_to_params, runtime_checks, tensor_branches_to_where,
+                          unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -988,6 +988,50 @@ out[0:2][i] = d['key'][i].sum()
 # body
 out[0:2][i] = d['key'][i].sum()
 # checks
+"""),
+    (asserts_to_counters, """
+def f(p, n):
+    loss = 0
+    for i in range(n):
+        assert p[i].min() > 0, 'negative'
+        loss = loss + p[i].log().sum()
+    return loss
+""", ('body', 'host_errors',),
+     """
+# body
+assert p[i].min() > 0, 'negative'
+loss = loss + p[i].log().sum()
+# host_errors
+[]
+""",
+     """
+# body
+_fails = _fails + ((p[i].min() > 0) == 0)
+loss = loss + p[i].log().sum()
+# host_errors
+['_fails']
+"""),
+    (asserts_to_counters, """
+def f(p, n):
+    loss = 0
+    for i in range(n):
+        assert p[i].min() > 0, f'row {i}'
+        loss = loss + p[i].log().sum()
+    return loss
+""", ('body', 'host_errors',),
+     """
+# body
+assert p[i].min() > 0, f'row {i}'
+loss = loss + p[i].log().sum()
+# host_errors
+[]
+""",
+     """
+# body
+assert p[i].min() > 0, f'row {i}'
+loss = loss + p[i].log().sum()
+# host_errors
+[]
 """),
 ]
 

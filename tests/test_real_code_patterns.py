@@ -175,18 +175,45 @@ def test_hoisted_checks_raise_the_original_error_from_the_users_line(user, bad, 
     assert (got_at.filename, got_at.lineno) == (want_at.filename, want_at.lineno)
 
 
-def test_an_assert_on_item_values_keeps_the_loop(tmp_path):
-    module = load_module(tmp_path, '''
-        import torch
+VALUE_ASSERTS = '''
+import torch
 
-        def f(p):
-            loss = 0
-            for row in p:
-                assert (row > 0).all(), "negative"
-                loss = loss + row.log().sum()
-            return loss
-    ''')
-    fast = optimize_loss(module.f, compile=False)
+def counted(p):
+    loss = 0
+    for row in p:
+        assert (row > 0).all(), "negative"
+        loss = loss + row.log().sum()
+    return loss
+
+def item_message(p):
+    loss = 0
+    for row in p:
+        assert (row > 0).all(), f"negative: {row}"
+        loss = loss + row.log().sum()
+    return loss
+'''
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_an_assert_on_item_values_counts_the_failing_items(tmp_path, dtype):
+    module = load_module(tmp_path, VALUE_ASSERTS)
+    fast = optimize_loss(module.counted, compile=False)
+    good = (torch.rand(4, 3, generator=_gen(0), dtype=dtype) + 0.1).requires_grad_()
+    assert_equivalent(fast, module.counted, good)
+    [loop] = fast.report.loops
+    assert loop.vectorized and loop.vectorized_runs == 1 and not loop.original_runs
+    bad = good.detach().clone()
+    bad[2, 1] = -1.0  # a later item fails: the same exception, from the assert's line
+    rewritten = fast.rewritten_function()
+    want, want_at = _raised(module.counted, bad)
+    got, got_at = _raised(rewritten, bad)
+    assert type(got) is AssertionError and str(got) == str(want) == "negative"
+    assert (got_at.filename, got_at.lineno) == (want_at.filename, want_at.lineno)
+
+
+def test_an_assert_whose_message_reads_the_item_keeps_the_loop(tmp_path):
+    module = load_module(tmp_path, VALUE_ASSERTS)
+    fast = optimize_loss(module.item_message, compile=False)
     fast(torch.rand(3, 2) + 0.1)
     [loop] = fast.report.loops
     assert not loop.vectorized and "`assert` inside the loop" in loop.reason

@@ -79,13 +79,13 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unparse, walk,
                         write_target)
 from ..errors import Unsupported
-from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-               distribute_loops, effects_to_outputs, fold_accumulators, hoist_invariant_checks,
-               host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, loop_dataflow, masked_selections_to_where,
-               merge_chained_indexing,
-               normalize_comprehensions, outline_body, raise_on_empty_selections,
-               rename_rebound_loop_variables, row_slices_to_params, runtime_checks, tensor_branches_to_where,
+from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
+               classify_effects, distribute_loops, effects_to_outputs, fold_accumulators,
+               hoist_invariant_checks, host_roundtrips_to_tensor_ops, inline_helper_calls,
+               inline_inner_loops, inplace_writes_to_functional, iteration, loop_dataflow,
+               masked_selections_to_where, merge_chained_indexing, normalize_comprehensions,
+               outline_body, raise_on_empty_selections, rename_rebound_loop_variables,
+               row_slices_to_params, runtime_checks, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
@@ -100,6 +100,7 @@ LOOP_STAGES: list = [
     inline_helper_calls,          # ... and so are the helpers'
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
+    asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     check_body,                   # on the body as written: reasons quote the user's code
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
