@@ -1033,6 +1033,27 @@ loss = loss + p[i].log().sum()
 # host_errors
 []
 """),
+    (inplace_writes_to_functional, """
+def f(x, n):
+    loss = 0
+    for i in range(n):
+        s = x[i] * 2
+        s.masked_fill_(s > 1, 1.0).mul_(0.5)
+        loss += s.sum()
+    return loss
+""", ('body',),
+     """
+# body
+s = _x_row * 2
+s.masked_fill_(s > 1, 1.0).mul_(0.5)
+_loss_part = _loss_part + s.sum()
+""",
+     """
+# body
+s = _x_row * 2
+s = s.masked_fill(s > 1, 1.0).mul(0.5)
+_loss_part = _loss_part + s.sum()
+"""),
 ]
 
 ALWAYS_FILLING = {runtime_checks, outline_body, batch_loop_bodies}
