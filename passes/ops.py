@@ -381,8 +381,13 @@ _COMPUTED = (ast.BinOp, ast.UnaryOp, ast.Compare)
 def _tensor_spelling(meth: str, call: ast.Call) -> bool:
     """``recv.meth(...)`` is the tensor op of that name, not the object method: ``x.log()`` has
     no argument (a logger's ``log`` takes a level and a message), or the receiver is computed
-    by arithmetic (``(a + b).log()``, ``(p - t).add(1)``), which makes no Python object."""
+    by arithmetic (``(a + b).log()``, ``(p - t).add(1)``), which makes no Python object, or by a
+    tensor op no Python object has a method of (``x.exp().add(1)``, ``torch.exp(x).add(1)``)."""
     if by_call(None, meth) is UNKNOWN:
         return False
     receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
-    return (meth == "log" and not call.args and not call.keywords) or isinstance(receiver, _COMPUTED)
+    made_by = receiver.func.attr if isinstance(receiver, ast.Call) \
+        and isinstance(receiver.func, ast.Attribute) else None
+    return (meth == "log" and not call.args and not call.keywords) \
+        or isinstance(receiver, _COMPUTED) or (made_by is not None and made_by not in OBJECT_METHODS
+                                               and by_call(None, made_by) is not UNKNOWN)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import pytest
 
 from passes.errors import Unsupported
-from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-                          conditional_expressions_to_branches, effects_to_outputs,
-                          fold_accumulators, host_roundtrips_to_tensor_ops,
-                          inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
-                          iteration, masked_selections_to_where, outline_body,
-                          ragged_slices_to_masks, raise_on_empty_selections,
+from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
+                          classify_effects, conditional_expressions_to_branches,
+                          effects_to_outputs, fold_accumulators, hoist_invariant_checks,
+                          host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
+                          inplace_writes_to_functional, iteration, masked_selections_to_where,
+                          merge_chained_indexing, outline_body, ragged_slices_to_masks,
+                          raise_on_empty_selections, rename_rebound_loop_variables,
                           row_slices_to_params, runtime_checks, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
@@ -903,6 +904,279 @@ _total_part = 0
 _total_part = (_d_row.amax(tuple(range(1, _d_row.dim()))) if _d_row.dim() > 1 else _d_row.reshape(len(_d_row), -1).amax(1)).sum(0)
 _outs = (_total_part,)
 total = _outs[0]
+"""),
+    (inline_inner_loops, """
+def f(emb, w):
+    total = 0
+    for spk in emb:
+        c = 0
+        for utt in spk:
+            c = c + utt * w
+        total = total + c.sum()
+    return total
+""", ('body', 'inner_checks',),
+     """
+# body
+c = 0
+if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int) and (len(spk) > 0):
+    'optimize_loss: loop at line 5 vectorized'
+    if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
+        utt = spk
+        _c_part = 0
+        _c_part = utt.sum(0) * w
+        _outs = (_c_part,)
+    else:
+
+        def _body(utt):
+            _c_part = 0
+            _c_part = _c_part + utt * w
+            return (torch.as_tensor(_c_part),)
+        _outs = torch.vmap(_body, in_dims=(0,))(spk)
+        _outs = (_outs[0].sum(0),)
+    c = c + _outs[0]
+else:
+    for utt in spk:
+        c = c + utt * w
+total = total + c.sum()
+# inner_checks
+""",
+     """
+# body
+c = 0
+if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
+    utt = spk
+    _c_part = 0
+    _c_part = utt.sum(0) * w
+    _outs = (_c_part,)
+else:
+
+    def _body(utt):
+        _c_part = 0
+        _c_part = _c_part + utt * w
+        return (torch.as_tensor(_c_part),)
+    _outs = torch.vmap(_body, in_dims=(0,))(spk)
+    _outs = (_outs[0].sum(0),)
+c = c + _outs[0]
+total = total + c.sum()
+# inner_checks
+isinstance(emb, torch.Tensor); emb.dim() - 1 > 0; isinstance(emb.shape[1], int); emb.shape[1] > 0
+"""),
+    (inline_inner_loops, """
+def f(x, k, n):
+    total = 0
+    for i in range(n):
+        for j in range(k[i]):
+            total = total + x[i, j]
+    return total
+""", ('body', 'inner_checks',),
+     """
+# body
+if isinstance(x, torch.Tensor) and isinstance(i, int) and (k[i] <= x.shape[1]) and isinstance(k[i], int) and (k[i] > 0):
+    'optimize_loss: loop at line 4 vectorized'
+    _x_row = x[i] if k[i] == x.shape[1] else x[i, 0:k[i]:1]
+    _total_part = 0
+    _total_part = _x_row.sum(0)
+    _outs = (_total_part,)
+    total = total + _outs[0]
+else:
+    for j in range(k[i]):
+        total = total + x[i, j]
+# inner_checks
+""",
+     """
+Unsupported: the inner loop at line 4 needs a per-iteration runtime check: k[i] <= x.shape[1]
+"""),
+    (rename_rebound_loop_variables, """
+def f(x, centroids):
+    loss = 0
+    for k, c in enumerate(centroids):
+        if k == 0:
+            c = c / c.norm()
+        loss += (c * x).sum()
+    return loss
+""", ('body',),
+     """
+# body
+if k == 0:
+    c = c / c.norm()
+loss += (c * x).sum()
+""",
+     """
+# body
+_c = c
+if k == 0:
+    _c = _c / _c.norm()
+loss += (_c * x).sum()
+"""),
+    (rename_rebound_loop_variables, """
+def f(x, centroids):
+    loss = 0
+    for c in centroids:
+        d = c / c.norm()
+        loss += (d * x).sum()
+    return loss
+""", ('body',),
+     """
+# body
+d = c / c.norm()
+loss += (d * x).sum()
+""",
+     """
+# body
+d = c / c.norm()
+loss += (d * x).sum()
+"""),
+    (hoist_invariant_checks, """
+def f(preds, targets, w, n):
+    loss = 0
+    for i in range(n):
+        assert preds[i].shape == targets[i].shape, 'sizes'
+        if w is not None:
+            assert len(w) == preds[i].shape[-1]
+        loss += (preds[i] - targets[i]).abs().sum()
+    return loss
+""", ('body', 'first', 'checks',),
+     """
+# body
+assert preds[i].shape == targets[i].shape, 'sizes'
+if w is not None:
+    assert len(w) == preds[i].shape[-1]
+loss += (preds[i] - targets[i]).abs().sum()
+# first
+# checks
+""",
+     """
+# body
+loss += (preds[i] - targets[i]).abs().sum()
+# first
+assert preds[0].shape == targets[0].shape, 'sizes'
+if w is not None:
+    assert len(w) == preds[0].shape[-1]
+# checks
+isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor)
+"""),
+    (hoist_invariant_checks, """
+def f(preds, n):
+    loss = 0
+    for i in range(n):
+        p = preds[i]
+        assert p.dim() == 1
+        loss += p.sum()
+    return loss
+""", ('body', 'first', 'checks',),
+     """
+# body
+p = preds[i]
+assert p.dim() == 1
+loss += p.sum()
+# first
+# checks
+""",
+     """
+# body
+p = preds[i]
+assert p.dim() == 1
+loss += p.sum()
+# first
+# checks
+"""),
+    (merge_chained_indexing, """
+def f(x, out, n):
+    for i in range(n):
+        out[i][0] = x[i][1:3].sum() + x[i][0][x[i][2].long()]
+    return out
+""", ('body', 'checks',),
+     """
+# body
+out[i][0] = x[i][1:3].sum() + x[i][0][x[i][2].long()]
+# checks
+""",
+     """
+# body
+out[i, 0] = x[i, 1:3].sum() + x[i, 0][x[i, 2].long()]
+# checks
+isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
+"""),
+    (merge_chained_indexing, """
+def f(d, out, n):
+    for i in range(n):
+        out[0:2][i] = d['key'][i].sum()
+    return out
+""", ('body', 'checks',),
+     """
+# body
+out[0:2][i] = d['key'][i].sum()
+# checks
+""",
+     """
+# body
+out[0:2][i] = d['key'][i].sum()
+# checks
+"""),
+    (asserts_to_counters, """
+def f(p, n):
+    loss = 0
+    for i in range(n):
+        assert p[i].min() > 0, 'negative'
+        loss = loss + p[i].log().sum()
+    return loss
+""", ('body', 'host_errors',),
+     """
+# body
+assert p[i].min() > 0, 'negative'
+loss = loss + p[i].log().sum()
+# host_errors
+[]
+""",
+     """
+# body
+_fails = _fails + ((p[i].min() > 0) == 0)
+loss = loss + p[i].log().sum()
+# host_errors
+['_fails']
+"""),
+    (asserts_to_counters, """
+def f(p, n):
+    loss = 0
+    for i in range(n):
+        assert p[i].min() > 0, f'row {i}'
+        loss = loss + p[i].log().sum()
+    return loss
+""", ('body', 'host_errors',),
+     """
+# body
+assert p[i].min() > 0, f'row {i}'
+loss = loss + p[i].log().sum()
+# host_errors
+[]
+""",
+     """
+# body
+assert p[i].min() > 0, f'row {i}'
+loss = loss + p[i].log().sum()
+# host_errors
+[]
+"""),
+    (inplace_writes_to_functional, """
+def f(x, n):
+    loss = 0
+    for i in range(n):
+        s = x[i] * 2
+        s.masked_fill_(s > 1, 1.0).mul_(0.5)
+        loss += s.sum()
+    return loss
+""", ('body',),
+     """
+# body
+s = _x_row * 2
+s.masked_fill_(s > 1, 1.0).mul_(0.5)
+_loss_part = _loss_part + s.sum()
+""",
+     """
+# body
+s = _x_row * 2
+s = s.masked_fill(s > 1, 1.0).mul(0.5)
+_loss_part = _loss_part + s.sum()
 """),
 ]
 

@@ -563,12 +563,13 @@ def test_kept_loops_are_unchanged_with_reason(name):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_tensor_methods_named_like_object_methods_are_tensor_ops(dtype):
     # `x.log()` takes no argument (a logger's log takes a level and a message); a receiver made
-    # by arithmetic is a value, never a logger or a set: both are the tensor ops.
+    # by arithmetic or by a tensor op is a value, never a logger or a set: all are the tensor ops.
     original, rewritten, code, report = build("""
         def f(p, q):
             s = 0
             for i in range(p.shape[0]):
                 s = s + p[i].log().sum() + (p[i] + q[i]).log().mean() + (p[i] - q[i]).add(1).sum()
+                s = s + p[i].exp().add(q[i]).sum() + torch.sqrt(q[i]).add(1).mean()
             return s
         """)
     assert strategies(report) == {3: "batched"}

@@ -14,13 +14,22 @@ outer loop's check (``plan.inner_checks``)::
 ``isinstance(i, int)`` on the outer index is dropped (the outer loop makes ``i`` a slice), and
 lists an inner loop bound to its stacked items have their consumers read them directly
 (``normalize_comprehensions.bound_list_consumers``).
+
+A check on an item of an outer tensor (the outer element ``spk`` of ``for spk in emb``, or a row
+``x[i]`` of the outer index) holds for every item when it holds for the whole tensor: items of a
+tensor are tensors of one shape. It is lifted, behind ``isinstance(emb, torch.Tensor)``::
+
+    isinstance(spk, torch.Tensor) and spk.dim() > 0 and len(spk) > 0
+        ->  isinstance(emb, torch.Tensor) and emb.dim() - 1 > 0 and emb.shape[1] > 0
+
+Any other read of the outer iteration in a check keeps the outer loop as written.
 """
 from __future__ import annotations
 
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, unparse
+from ..ast_tools import PassContext, Transformer, clone, is_name, replace, unparse
 from ..errors import Unsupported
 from . import normalize_comprehensions
 from .loop_dataflow import loads, stores_in
@@ -31,12 +40,13 @@ from .runtime_checks import conjuncts, is_vectorized_guard
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {n for n, _ in it.elements}
-    plan.body = _inline(plan.body, seeds, plan.inner_checks, ctx)
+    lift = _LiftToTensor(it.index, dict(it.elements), seeds | stores_in(plan.body), ctx)
+    plan.body = _inline(plan.body, seeds, plan.inner_checks, lift, ctx)
     return plan
 
 
 def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
-            ctx: PassContext) -> list[ast.stmt]:
+            lift: "_LiftToTensor", ctx: PassContext) -> list[ast.stmt]:
     """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``."""
     assigned = stores_in(body)
     out, stacked = [], set()
@@ -47,13 +57,21 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                 if _is_int_check(g, seeds):
                     continue  # the inner writes out[i, ...]: this loop makes i a slice
                 if loads(g) & (seeds | assigned):
-                    raise Unsupported(f"the inner loop at line {s.lineno} needs a "
-                                      f"per-iteration runtime check: {unparse(g)}")
+                    lifted = lift.lifted(g)
+                    if lifted is None:
+                        raise Unsupported(f"the inner loop at line {s.lineno} needs a "
+                                          f"per-iteration runtime check: {unparse(g)}")
+                    seen = {unparse(c) for c in checks}
+                    for c in lifted:  # each once (lifted checks share their tensor checks)
+                        if unparse(c) not in seen:
+                            seen.add(unparse(c))
+                            checks.append(c)
+                    continue
                 checks.append(g)
             out += s.body[1:]
         elif isinstance(s, ast.If):
-            s.body = _inline(s.body, seeds, checks, ctx)
-            s.orelse = _inline(s.orelse, seeds, checks, ctx)
+            s.body = _inline(s.body, seeds, checks, lift, ctx)
+            s.orelse = _inline(s.orelse, seeds, checks, lift, ctx)
             out.append(s)
         else:
             out.append(s)
@@ -69,3 +87,64 @@ def _is_int_check(g: ast.expr, names: set[str]) -> bool:
     return (isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and g.func.id == "isinstance"
             and len(g.args) == 2 and isinstance(g.args[0], ast.Name) and g.args[0].id in names
             and isinstance(g.args[1], ast.Name) and g.args[1].id == "int")
+
+
+class _LiftToTensor(Transformer):
+    """A check on items of outer tensors -> the same check on the whole tensors (module
+    docstring). ``items``: outer element name -> the tensor it iterates; rows ``x[index]`` of a
+    name not bound in the body are items of ``x`` too; ``blocked``: names that vary with the
+    outer iteration."""
+
+    def __init__(self, index: str, items: dict[str, ast.expr], blocked: set[str],
+                 ctx: PassContext):
+        self.index, self.items, self.blocked, self.ctx = index, items, blocked, ctx
+        self.used: dict[str, ast.expr] = {}
+
+    def lifted(self, g: ast.expr) -> list[ast.expr] | None:
+        """``[isinstance(x, torch.Tensor) for each tensor x read, the lifted g]``, or None."""
+        self.used = {}
+        new = self.visit(clone(g))
+        if loads(new) & self.blocked:
+            return None
+        return [replace("isinstance(x, torch.Tensor)", loc=g, torch_name=self.ctx.torch_name, x=x)
+                for x in self.used.values()] + [new]
+
+    def _tensor(self, item: ast.expr) -> ast.expr | None:
+        """The tensor ``item`` is an item of, if it is one."""
+        if isinstance(item, ast.Name) and item.id in self.items:
+            tensor = self.items[item.id]
+        elif isinstance(item, ast.Subscript) and is_name(item.slice, self.index) \
+                and isinstance(item.value, ast.Name) and item.value.id not in self.blocked:
+            tensor = item.value
+        else:
+            return None
+        self.used.setdefault(unparse(tensor), tensor)
+        return clone(tensor)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        f, args = node.func, node.args
+        if isinstance(f, ast.Name) and f.id in ("isinstance", "len") and args \
+                and not node.keywords and (f.id == "len" or unparse(args[-1]).endswith(".Tensor")):
+            x = self._tensor(args[0])
+            if x is not None:  # an item of a tensor is a tensor; its length is size 1
+                template = "isinstance(x, t)" if f.id == "isinstance" else "x.shape[1]"
+                return replace(template, loc=node, x=x, t=args[-1])
+        if isinstance(f, ast.Attribute) and f.attr in _ITEM_METHODS and not args \
+                and not node.keywords:
+            x = self._tensor(f.value)
+            if x is not None:
+                return replace(_ITEM_METHODS[f.attr], loc=node, x=x)
+        return self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        x = self._tensor(node.value) if node.attr in _ITEM_ATTRIBUTES else None
+        if x is None:
+            return self.generic_visit(node)
+        return replace(_ITEM_ATTRIBUTES[node.attr], loc=node, x=x)
+
+
+# What an item's shape facts are in terms of its tensor ``x`` (the item drops dim 0).
+_ITEM_METHODS = {"dim": "(x.dim() - 1)", "size": "x.shape[1:]", "is_floating_point":
+                 "x.is_floating_point()", "is_complex": "x.is_complex()"}
+_ITEM_ATTRIBUTES = {"ndim": "(x.ndim - 1)", "shape": "x.shape[1:]", "dtype": "x.dtype",
+                    "device": "x.device"}

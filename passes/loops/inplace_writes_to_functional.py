@@ -10,6 +10,7 @@ no other value shares, is rebound to the written value instead::
     m[c] += v                         ->     the same, writing ``m[c] + v``
     m += 1                            ->     m = m + 1
     m.clamp_(min=0)                   ->     m = m.clamp(min=0)
+    m.mul_(0.5).add_(1)               ->     m = m.mul(0.5).add(1)   (each returns m)
     (e.sum() + eps).log_()            ->     (e.sum() + eps).log()      (a temporary: nothing else sees it)
 
 A write into a tensor that may share memory with another value (a row of an input, a view, a name
@@ -89,12 +90,13 @@ class _Writes:
             return [ast.copy_location(ast.Assign([ast.Name(target.id, ast.Store())], ast.BinOp(
                 ast.Name(target.id, ast.Load()), s.op, s.value)), s)]
         call = s.value if isinstance(s, ast.Expr) else None
-        if isinstance(call, ast.Call) and _inplace(call, self.ctx) \
-                and isinstance(call.func.value, ast.Name):
-            name = call.func.value.id
+        chain = _inplace_chain(call, self.ctx)  # m.mul_(a).add_(b): each link writes m
+        if chain and isinstance(chain[-1].func.value, ast.Name):
+            name = chain[-1].func.value.id
             if not self.writable(name, s):  # no list has `x_()` methods: a tensor
                 raise self.refusal(s, name)
-            call.func.attr = _functional(call, s)
+            for link in chain:
+                link.func.attr = _functional(link, s)
             return [ast.copy_location(ast.Assign([ast.Name(name, ast.Store())], call), s)]
         return [s]
 
@@ -189,6 +191,15 @@ class _Temporaries(Transformer):
 def _inplace(call: ast.Call, ctx: PassContext) -> bool:
     meth = method_name(call, ctx)
     return bool(meth) and ops.is_inplace(meth) and ops.effect(None, meth) is None
+
+
+def _inplace_chain(call: ast.expr | None, ctx: PassContext) -> list[ast.Call]:
+    """The in-place calls of ``m.mul_(a).add_(b)``, outermost first ([] unless ``call`` is one)."""
+    chain = []
+    while isinstance(call, ast.Call) and _inplace(call, ctx):
+        chain.append(call)
+        call = call.func.value
+    return chain
 
 
 def _functional(call: ast.Call, at: ast.AST) -> str:

@@ -284,6 +284,15 @@ def call_op(call: ast.Call, ctx: PassContext) -> ops.OpSpec:
     return ops.by_call(resolve_call(call.func, ctx), method_name(call, ctx))
 
 
+def written_through(recv: ast.expr, ctx: PassContext) -> ast.expr:
+    """What a method called on ``recv`` acts on: ``m`` for ``m.mul_(a)`` (an in-place method
+    returns its receiver), ``recv`` itself otherwise."""
+    while isinstance(recv, ast.Call) and method_name(recv, ctx) \
+            and ops.is_inplace(method_name(recv, ctx)):
+        recv = recv.func.value
+    return recv
+
+
 def makes_new_tensor(expr: ast.expr, ctx: PassContext) -> bool:
     """``expr`` is a tensor op's result with memory of its own: no view, no operand returned as it
     is (arithmetic on Python numbers included: no memory to share)."""
@@ -497,7 +506,7 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
                 raise Unsupported(f"I/O call `{unparse(call.func)}` in the loop", call.lineno)
             if meth and (effect == "mutates" or ops.is_inplace(meth)) \
                     and id(call) not in appends:
-                recv = call.func.value
+                recv = written_through(call.func.value, ctx)
                 # a local value, or a temporary nothing else sees (written functionally)
                 if not (isinstance(recv, ast.Name) and recv.id in assigned
                         or effect is None and makes_new_tensor(recv, ctx)):
@@ -568,8 +577,9 @@ def _effect_of(s: ast.stmt, facts: LoopFacts, carried: dict[str, ast.stmt],
         if _is_append(s, facts.assigned):
             return Effect("append", call.func.value.id, s, call.args[0])
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
-                and isinstance(call.func.value, ast.Name) and call.func.value.id in facts.assigned:
-            return None  # method on a local value (e.g. t.clamp_(0))
+                and isinstance(written_through(call.func.value, ctx), ast.Name) \
+                and written_through(call.func.value, ctx).id in facts.assigned:
+            return None  # method on a local value (e.g. t.clamp_(0), t.mul_(a).add_(b))
         raise Unsupported(f"`{unparse(s).strip()}` is evaluated for its side effects", s.lineno)
     targets = s.targets if isinstance(s, ast.Assign) else [s.target]
     if len(targets) != 1 or not isinstance(targets[0], (ast.Name, ast.Subscript)):

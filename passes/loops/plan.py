@@ -88,6 +88,7 @@ class LoopPlan:
     zeros: set[str] = field(default_factory=set)    # bound to the int 0 when the loop starts
     divided: dict[str, str] = field(default_factory=dict)  # divided after the loop: by what
     masks: set[str] = field(default_factory=set)    # bound to boolean tensors only (comparisons)
+    outer_indices: set[str] = field(default_factory=set)  # enclosing loops' range/enumerate ints
     torch_name: str = "torch"                       # how generated code spells torch
     # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
     # its stacked items, and those it does bind.
@@ -108,6 +109,8 @@ class LoopPlan:
     variant: set[str] = field(default_factory=set)  # names that vary with the iteration
     row_slices: dict[tuple[str, str], RowSlice] = field(default_factory=dict)  # (x, prefix)
     facts: LoopFacts | None = None                  # the final body's effects
+    # Checks on shapes and arguments hoisted from the body: run once, before the vectorized form.
+    first: list[ast.stmt] = field(default_factory=list)
     # Runtime checks: ``checks`` is the loop's; the others are collected by early stages and
     # join it in ``runtime_checks``.
     checks: Checks = field(default_factory=Checks)

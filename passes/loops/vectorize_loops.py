@@ -79,14 +79,16 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, replace, unparse,
                         walk, write_target)
 from ..errors import Unsupported
-from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-               conditional_expressions_to_branches, distribute_loops, effects_to_outputs,
-               fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
-               inline_inner_loops, inplace_writes_to_functional, iteration,
-               linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
+from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
+               classify_effects, conditional_expressions_to_branches, distribute_loops,
+               effects_to_outputs, fold_accumulators, hoist_invariant_checks,
+               host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
+               inplace_writes_to_functional, iteration, linear_recurrences_to_scans,
+               loop_dataflow, masked_selections_to_where, merge_chained_indexing,
                normalize_comprehensions, outline_body, ragged_slices_to_masks,
-               raise_on_empty_selections, row_slices_to_params, runtime_checks,
-               stack_tensor_lists, tensor_branches_to_where, unit_slices_to_index)
+               raise_on_empty_selections, rename_rebound_loop_variables, row_slices_to_params,
+               runtime_checks, stack_tensor_lists, tensor_branches_to_where,
+               unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
 from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
@@ -95,8 +97,12 @@ from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
+    rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
+    merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
+    hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
+    asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     check_body,                   # on the body as written: reasons quote the user's code
@@ -132,6 +138,7 @@ def vectorize(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     """``plan`` through every stage; raises ``Unsupported``."""
     for stage in LOOP_STAGES:
         plan = stage.stage(plan, ctx)
+    plan.stmts = plan.first + plan.stmts  # hoisted checks run once, before the vectorized form
     return plan
 
 
@@ -160,6 +167,7 @@ class _Vectorizer(Transformer):
         self.stackable_lists: frozenset[str] = frozenset()  # `xs = [...]` names to stack
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
         self.masks: set[str] = set()          # names the function binds to boolean tensors only
+        self.outer_indices: list[str] = []    # the enclosing loops' range/enumerate indices
         self.list_names: frozenset[str] = frozenset()  # names it may hold as lists of tensors
         self.depth = 0  # loops around the node visited: an inner loop stacks no lists (its
         # prelude would be a statement of the outer loop's body, which then keeps the outer loop)
@@ -206,15 +214,19 @@ class _Vectorizer(Transformer):
 
     def visit_For(self, node: ast.For) -> ast.AST:
         original = clone(node)
+        index = _int_index(node, self.ctx)
+        self.outer_indices += [index] if index else []
         self.depth += 1
         self.generic_visit(node)  # inner loops first
         self.depth -= 1
+        del self.outer_indices[len(self.outer_indices) - bool(index):]
         live = self.live.get(id(node))
         if live is None:  # unseen loop: all names live (not a default: it walks the function)
             live = loads(self.func)
         after, divided = self.divisions.get(id(node), (None, {}))
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
-                     buildable_lists=self.buildable_lists.get(id(node), set()))
+                     buildable_lists=self.buildable_lists.get(id(node), set()),
+                     outer_indices=set(self.outer_indices))
         try:
             # lists stacked by this plan only: the other routes below have no prelude
             plan = vectorize(new_plan(node, live, self.ctx, list_names=self._list_names(),
@@ -296,6 +308,14 @@ class _Vectorizer(Transformer):
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
                                  _why(plan, self.ctx) + what + _runs_when(check, plan.stacked))
         return check
+
+
+def _int_index(node: ast.For, ctx: PassContext) -> str | None:
+    """The name ``for i in range(...)`` or ``for i, x in enumerate(...)`` binds to ints."""
+    fn = resolve_call(node.iter.func, ctx) if isinstance(node.iter, ast.Call) else None
+    target = node.target.elts[0] if fn == "enumerate" and isinstance(node.target, ast.Tuple) \
+        and node.target.elts else node.target if fn == "range" else None
+    return target.id if isinstance(target, ast.Name) else None
 
 
 def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
