@@ -82,9 +82,9 @@ from ..errors import Unsupported
 from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
                distribute_loops, effects_to_outputs, fold_accumulators,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, loop_dataflow, masked_selections_to_where,
-               normalize_comprehensions, outline_body, raise_on_empty_selections,
-               row_slices_to_params, runtime_checks, tensor_branches_to_where,
+               inplace_writes_to_functional, iteration, last_values_after_loop, loop_dataflow,
+               masked_selections_to_where, merge_branch_appends, normalize_comprehensions,
+               outline_body, raise_on_empty_selections, row_slices_to_params, runtime_checks, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
@@ -96,7 +96,9 @@ LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
+    merge_branch_appends,         # before the checks: one append per iteration is no condition
     masked_selections_to_where,   # before check_body: it marks the selections it converts
+    last_values_after_loop,       # before check_body: what it folds is no longer read after
     check_body,                   # on the body as written: reasons quote the user's code
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
