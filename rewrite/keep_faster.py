@@ -6,9 +6,9 @@ runtime check and its ``torch.vmap`` set-up on every outer iteration, and a smal
 wrapper and the compiled graph's guards. Neither shows in the source, so the choice is measured.
 The first call of a signature runs as before (it compiles, checks, counts loop runs); a
 ``FormTrial`` then runs the next calls: one untimed call of the original (its own warm-up), then
-``TIMED_CALLS`` timed calls of each form, alternating so that a neighbour's load hits both alike
-(a trial ends after the first pair when one form took at most half the other's time: a slow
-original is not run more than it must).
+``TIMED_CALLS`` timed calls of each form, alternating so that a neighbour's load hits both alike;
+each form's best time counts (one call can be many times slower than the next on a busy machine,
+so no single pair decides).
 The form with the smaller best forward time runs for that signature from then on, and the
 report says which and why (``Report.forms``). Only the forward call is timed: the wrapper never
 sees the backward, whose ops mirror the forward's, so it is taken to rank the forms the same.
@@ -29,7 +29,6 @@ FORMS = ("rewritten", "original")
 # Which form each call of a trial runs (an index into FORMS); only the first is untimed.
 _SCHEDULE = (1,) + (0, 1) * TIMED_CALLS
 TRIAL_CALLS = len(_SCHEDULE)  # calls after a signature's first before its form is settled
-CLEAR_MARGIN = 2.0  # a pair of timed calls this far apart decides at once
 
 
 def timed_call(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, float]:
@@ -59,7 +58,6 @@ class FormTrial:
         self._signature = signature
         self._decide = decide
         self._calls = 0
-        self._done = False
         self._best = [float("inf"), float("inf")]
         self._lock = threading.Lock()
 
@@ -67,25 +65,19 @@ class FormTrial:
         with self._lock:
             n = self._calls
             self._calls += 1
-        if n >= TRIAL_CALLS or self._done:  # decided meanwhile (another thread): rewritten runs
+        if n >= TRIAL_CALLS:  # decided meanwhile (another thread): the rewritten runs
             return self._forms[0](*args, **kwargs)
         form = _SCHEDULE[n]
         out, seconds = timed_call(self._forms[form], args, kwargs)
         if n:
             with self._lock:
                 self._best[form] = min(self._best[form], seconds)
-                fast, slow = sorted(self._best)
-                # Each original call after the first completes a pair: decide at the last pair,
-                # or at one whose times are far apart.
-                finish = (form == 1 and not self._done
-                          and (n == TRIAL_CALLS - 1 or fast * CLEAR_MARGIN <= slow))
-                self._done = self._done or finish
-            if finish:
-                self._finish(pairs=n // 2)
+        if n == TRIAL_CALLS - 1:
+            self._finish()
         return out
 
-    def _finish(self, pairs: int) -> None:
+    def _finish(self) -> None:
         rewritten_s, original_s = self._best
         chosen = 1 if original_s < rewritten_s else 0
         self._decide(self._forms[chosen], FormChoice(self._signature, FORMS[chosen], rewritten_s,
-                                                     original_s, pairs))
+                                                     original_s, TIMED_CALLS))

@@ -333,11 +333,6 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
                                                    ("optimized_cached", "optimized_uncached"))
                        + f" | {show(r['hoisted_vs_not_hoisted'])} |")
 
-    found, missed, met = per_case("original_vs_optimized_eager", 1.0, at_most=False)
-    slowest = min(found, key=lambda n: found[n].value) if found else None
-    put("P7", "never slower: original eager time / optimize_loss compile=False time ≥ 1.0×, every case",
-        f"lowest {found[slowest]} ({slowest}); {len(found)}/{len(cases)} cases measured" if found
-        else "not measured", met, ("missed: " + ", ".join(f"{n} {found[n]}" for n in missed)) if missed else "")
     per_sample = [n for n in cases if n.startswith("per_sample_")]
     if per_sample:
         out += ["", f"## Per-sample losses at B={PER_SAMPLE_ROWS} (first rows of the bench inputs)", "",
