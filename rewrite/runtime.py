@@ -571,6 +571,11 @@ def _describe_leaf(leaf: Any) -> str:
         return f"{str(dtype).replace('torch.', '')}{list(shape)}" + (":grad" if requires_grad else "")
     if isinstance(leaf, type):
         return leaf.__name__
+    if isinstance(leaf, tuple) and len(leaf) == 2 and leaf[0] in (list, tuple, dict):
+        kind, items = leaf  # a container: its items' keys (a dict's as (key, item key) pairs)
+        shown = (f"{k!r}: {_describe_leaf(v)}" for k, v in items) if kind is dict else map(
+            _describe_leaf, items)
+        return f"{kind.__name__}[{', '.join(shown)}]"
     return repr(leaf)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rewrite import keep_faster, optimize_loss
+from rewrite.runtime import describe_key, signature_key
 from rewrite.tools.inspection import collect, format_text
 from tests.helpers import load_module
 
@@ -134,3 +135,10 @@ def test_inspect_shows_the_choice(user, monkeypatch):
                              "per forward call against 1.5e+03 ms for the rewritten (best of 3 timed "
                              "calls each)"]
     assert "  form: the original function runs" in format_text(data)
+
+
+def test_signatures_of_containers_read_as_their_items():
+    key = signature_key(([torch.zeros(2, 3, requires_grad=True), torch.ones(4)],
+                         {"a": torch.zeros(1)}, (1, "x")), {"k": [1.0]})
+    assert describe_key(key) == ("(list[float32[2, 3]:grad, float32[4]], dict['a': float32[1]], "
+                                 "tuple[int, 'x'], k=list[float])")
