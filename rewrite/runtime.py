@@ -94,7 +94,7 @@ class OptimizedFunction:
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no timed choice of form, no fallback yet): calls skip the key.
         self._uniform: Callable | None = None
-        self._per_signature = (options.verify or options.lint or options.keep_faster
+        self._per_signature = (options.verify or options.lint
                                or (options.compile and options.verify_compiled))
         self._dump_count = [0]
         _PENDING.add(self)
@@ -218,7 +218,9 @@ class OptimizedFunction:
             if impl is not self._original and self._options.keep_faster:
                 self._impls[key] = FormTrial(impl, self._original, describe_key(key),
                                              functools.partial(self._keep, key))
-            self._uniform = None if self._per_signature else impl
+            # The timed choice of form is per signature, unless nothing was rewritten.
+            timed = self._options.keep_faster and rewritten is not None
+            self._uniform = None if self._per_signature or timed else impl
             # This first call of an eager signature counts what its loops run (the same code).
             if impl is rewritten and not self._options.compile:
                 return self._counts(rewritten)  # compiled: counted by _check_compiled's run
