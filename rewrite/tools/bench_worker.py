@@ -226,7 +226,6 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
         fresh = optimize_loss(module.naive, compile=False)
         small_call = fwd_bwd(fresh, small)
         first_small = timed(small_call)
-        past_trial(small_call, deadline)
         samples = steady(small_call, deadline, 0.1, 10)  # none when the budget is spent
         emit("info", job, first_small_s=first_small, problems_small=differences(module.naive, fresh, small, {}),
              **({"steady_small_s": statistics.median(samples)} if samples else {}))
