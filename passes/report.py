@@ -58,6 +58,28 @@ class Fallback:
 
 
 @dataclass
+class FormChoice:
+    """Which form runs for one input signature, and the forward times that chose it."""
+    signature: str
+    chosen: str          # "rewritten" or "original"
+    rewritten_s: float   # best forward time of each form over ``calls`` timed calls
+    original_s: float
+    calls: int
+
+    def __str__(self) -> str:
+        other = "original" if self.chosen == "rewritten" else "rewritten"
+        mine, theirs = ((self.rewritten_s, self.original_s) if self.chosen == "rewritten"
+                        else (self.original_s, self.rewritten_s))
+        return (f"the {self.chosen} function runs for inputs {self.signature}: "
+                f"{_ms(mine)} per forward call against {_ms(theirs)} for the {other} "
+                f"(best of {self.calls} timed calls each)")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
+
+
+@dataclass
 class Report:
     function: str
     filename: str
@@ -72,6 +94,7 @@ class Report:
     # Seconds the first calls of compiled signatures spent checking the compiled function
     # against the eager rewritten one (``verify_compiled``).
     check_seconds: float = 0.0
+    forms: list[FormChoice] = field(default_factory=list)  # never slower: per signature
 
     def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str) -> LoopReport:
         loop = LoopReport(self.filename, lineno, vectorized, strategy if vectorized else "kept", reason)
@@ -106,5 +129,6 @@ class Report:
         if self.target_only:
             lines.append("  target-only (hoisted, no autograd): " + ", ".join(self.target_only))
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  form: {f}" for f in self.forms]
         lines += [f"  fallback: {f}" for f in self.fallbacks]
         return "\n".join(lines)

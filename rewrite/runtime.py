@@ -9,7 +9,9 @@ arguments): the callable to run is chosen once and then called directly; that ch
 and a failure of one step moves that signature to the next, with one warning (or ``RewriteError``
 with ``strict=True``). A failure whose cause does not depend on sizes (``_size_independent``) moves
 every signature that differs only in sizes, with that one warning. When the original raises too,
-its exception is the user's own and is re-raised unchanged. Arguments the function may change in
+its exception is the user's own and is re-raised unchanged. With ``keep_faster=True`` the calls
+after a signature's first time the rewritten function against the original, and the faster one
+runs from then on (``keep_faster``: never slower than the original). Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
 back before the next step runs. With ``compile=True`` the first call of a signature also compares
 the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
@@ -37,10 +39,11 @@ from torch.utils._pytree import tree_flatten, tree_map
 from passes import loop_run_counters
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
-from passes.report import Fallback, Report
+from passes.report import Fallback, FormChoice, Report
 
 from . import frontend
 from .backend import HoistingBackend
+from .keep_faster import FormTrial
 from .lint import warn as lint_warn
 from .testing import compare, outputs_and_gradients
 
@@ -64,6 +67,7 @@ class Options:
     stop_gradient: tuple[str, ...] = ()
     debug_dir: str | None = None
     lint: bool = False           # run the gradient-flow lint once per input signature; warn findings
+    keep_faster: bool = True     # per signature: time rewritten vs original, keep the faster
     example_inputs: Any = None   # argument tuple (or a callable returning one) for the CLI
 
 
@@ -88,7 +92,7 @@ class OptimizedFunction:
         self._counting: Callable | None = None  # the rewritten function counting its loops' runs
         self._limit_warned = False  # Dynamo's recompile limit reached: said once
         # The one implementation for every input signature, while nothing is decided per signature
-        # (no verify, no lint, no fallback yet): calls skip the signature key.
+        # (no verify, no lint, no timed choice of form, no fallback yet): calls skip the key.
         self._uniform: Callable | None = None
         self._per_signature = (options.verify or options.lint
                                or (options.compile and options.verify_compiled))
@@ -211,11 +215,23 @@ class OptimizedFunction:
                                     None, key)
                     impl = self._original
             self._impls[key] = impl
-            self._uniform = None if self._per_signature else impl
+            if impl is not self._original and self._options.keep_faster:
+                self._impls[key] = FormTrial(impl, self._original, describe_key(key),
+                                             functools.partial(self._keep, key))
+            # The timed choice of form is per signature, unless nothing was rewritten.
+            timed = self._options.keep_faster and rewritten is not None
+            self._uniform = None if self._per_signature or timed else impl
             # This first call of an eager signature counts what its loops run (the same code).
             if impl is rewritten and not self._options.compile:
                 return self._counts(rewritten)  # compiled: counted by _check_compiled's run
             return impl
+
+    def _keep(self, key: Any, impl: Callable, choice: FormChoice) -> None:
+        """A ``FormTrial`` of ``key`` chose ``impl`` (unless a fallback settled it meanwhile)."""
+        with self._lock:
+            if isinstance(self._impls.get(key), FormTrial):
+                self._impls[key] = impl
+                self._report.forms.append(choice)
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
         # The original first, on its own clones: when it raises, that error is the user's.
@@ -578,6 +594,11 @@ def _describe_leaf(leaf: Any) -> str:
         return f"{str(dtype).replace('torch.', '')}{list(shape)}" + (":grad" if requires_grad else "")
     if isinstance(leaf, type):
         return leaf.__name__
+    if isinstance(leaf, tuple) and len(leaf) == 2 and leaf[0] in (list, tuple, dict):
+        kind, items = leaf  # a container: its items' keys (a dict's as (key, item key) pairs)
+        shown = (f"{k!r}: {_describe_leaf(v)}" for k, v in items) if kind is dict else map(
+            _describe_leaf, items)
+        return f"{kind.__name__}[{', '.join(shown)}]"
     return repr(leaf)
 
 

@@ -24,7 +24,10 @@ from tests.helpers import EXAMPLE_NAMES
 @functools.lru_cache(maxsize=None)
 def example(name: str):
     module = importlib.import_module(f"examples.{name}")
-    return module, rewrite.optimize_loss(module.naive, compile=False, strict=True)
+    # keep_faster=False: every call runs the rewritten function, whose behaviour is under test
+    # (the timed choice of form would run the original on some calls).
+    return module, rewrite.optimize_loss(module.naive, compile=False, strict=True,
+                                         keep_faster=False)
 
 
 def _poke(args: tuple, k: int, value) -> tuple:

@@ -159,6 +159,20 @@ def test_markdown_is_self_describing(bench):
     assert "| P5 |" in text and "✓" in text
 
 
+def test_never_slower_column_and_target(bench):
+    data, text = bench
+    ratios = data["cases"]["per_sample_sq"]["ratios"]
+    steady = data["cases"]["per_sample_sq"]["steady"]
+    want = steady["naive_eager"]["seconds"] / steady["optimized_eager"]["seconds"]
+    assert ratios["original_vs_optimized_eager"]["value"] == pytest.approx(want)
+    # Both capped by the budget (nothing to rewrite: the optimized function is the original):
+    # a ratio would tell nothing, so there is none, and the target is not met on every case.
+    assert data["cases"]["slow"]["ratios"]["original_vs_optimized_eager"] is None
+    assert data["targets"]["P7"]["met"] is not True
+    assert data["targets"]["P7"]["target"].startswith("never slower")
+    assert "| optimized / original (eager) |" in text and "| P7 |" in text
+
+
 def test_cases_filter_and_discovery(suite):
     assert [c.name for c in discover(suite, None)] == ["per_sample_sq", "slow", "wrong"]
     assert [c.name for c in discover(suite, ["wrong"])] == ["wrong"]

@@ -259,8 +259,10 @@ def test_values_read_after_the_loop_are_the_last_iterations():
             for k, row in enumerate(x):
                 d = (row * w).sum()
                 out.append(d.item())
+                print(k)
             return d, out
         """
+    # `print` keeps the whole loop from being vectorized; distribution hoists `d`.
     original, optimized, code, report = build(src)
     assert strategies(report) == {3: "distributed"}
     assert "for _k, (k, row) in enumerate(enumerate(x)):" in code

@@ -70,7 +70,7 @@ LOSSES = textwrap.dedent('''\
 INPUTS = ["--input", "pred=float32[4,3]:grad", "--input", "target=float32[4,3]:0..1"]
 
 TOP_KEYS = {"version", "function", "file", "line", "inputs", "passes", "loops", "fallbacks", "notes",
-            "target_only", "source", "graph", "lint", "timings_ms"}
+            "forms", "target_only", "source", "graph", "lint", "timings_ms"}
 NODE_KEYS = {"name", "op", "target", "args", "inputs", "class", "location", "not_hoisted_because",
              "dtype", "shape"}
 FINDING_KEYS = {"kind", "message", "file", "line", "fix", "inputs"}

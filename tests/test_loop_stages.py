@@ -15,7 +15,8 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           classify_effects, conditional_expressions_to_branches,
                           effects_to_outputs, fold_accumulators, hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-                          inplace_writes_to_functional, iteration, masked_selections_to_where,
+                          inplace_writes_to_functional, iteration, last_values_after_loop,
+                          masked_selections_to_where, merge_branch_appends,
                           merge_chained_indexing, outline_body, ragged_slices_to_masks,
                           raise_on_empty_selections, rename_rebound_loop_variables,
                           row_slices_to_params, runtime_checks, stack_tensor_lists,
@@ -172,6 +173,73 @@ total = total + x[i]
 total = total + x[i]
 # inner_checks
 """),
+    (merge_branch_appends, """
+def f(x, t, n):
+    out = []
+    for i in range(n):
+        if t[i] > 0:
+            a = x[i] * 2
+            out.append(a.sum())
+        elif t[i] < 0:
+            out.append(x[i].exp().sum())
+        else:
+            out.append(x[i].abs().mean())
+    return torch.stack(out)
+""", ('body',),
+     """
+# body
+if t[i] > 0:
+    a = x[i] * 2
+    out.append(a.sum())
+elif t[i] < 0:
+    out.append(x[i].exp().sum())
+else:
+    out.append(x[i].abs().mean())
+""",
+     """
+# body
+if t[i] > 0:
+    a = x[i] * 2
+    _out_value = a.sum()
+elif t[i] < 0:
+    _out_value = x[i].exp().sum()
+else:
+    _out_value = x[i].abs().mean()
+out.append(_out_value)
+"""),
+    (merge_branch_appends, """
+def f(x, t, n):
+    out = []
+    for i in range(n):
+        if t[i] > 0:
+            out.append(x[i].sum())
+        else:
+            out.append(x[i].sum())
+            x[i].mean()
+        if t[i] > 1:
+            out.append(x[i].exp().sum())
+    return torch.stack(out)
+""", ('body',),
+     """
+# body
+if t[i] > 0:
+    out.append(x[i].sum())
+else:
+    out.append(x[i].sum())
+    x[i].mean()
+if t[i] > 1:
+    out.append(x[i].exp().sum())
+""",
+     """
+# body
+if t[i] > 0:
+    out.append(x[i].sum())
+else:
+    out.append(x[i].sum())
+    x[i].mean()
+if t[i] > 1:
+    out.append(x[i].exp().sum())
+"""),
     (masked_selections_to_where, """
 def f(pred, target, n):
     total = 0
@@ -205,6 +273,49 @@ total = total + x[i] * 2
      """
 # body
 total = total + x[i] * 2
+"""),
+    (last_values_after_loop, """
+def f(x, y, n):
+    total = 0
+    for i in range(n):
+        d = (x[i] - y[i]).abs()
+        total = total + d.sum()
+    return total, d, i
+""", ('live_after', 'outputs', 'folds'),
+     """
+# live_after
+['d', 'i', 'total']
+# outputs
+# folds
+""",
+     """
+# live_after
+['total']
+# outputs
+['d']
+# folds
+d = _outs[0][-1]
+i = n - 1
+"""),
+    (last_values_after_loop, """
+def f(x, n):
+    total = 0
+    for i in range(n):
+        c = 3 * i
+        total = total + x[i].sum()
+    return total + c
+""", ('live_after', 'outputs', 'folds'),
+     """
+# live_after
+['c', 'total']
+# outputs
+# folds
+""",
+     """
+# live_after
+['c', 'total']
+# outputs
+# folds
 """),
     (check_body, """
 def f(x, n):

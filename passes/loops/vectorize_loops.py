@@ -83,11 +83,12 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                classify_effects, conditional_expressions_to_branches, distribute_loops,
                effects_to_outputs, fold_accumulators, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, linear_recurrences_to_scans,
-               loop_dataflow, masked_selections_to_where, merge_chained_indexing,
-               normalize_comprehensions, outline_body, ragged_slices_to_masks,
-               raise_on_empty_selections, rename_rebound_loop_variables, row_slices_to_params,
-               runtime_checks, stack_tensor_lists, tensor_branches_to_where,
+               inplace_writes_to_functional, iteration, last_values_after_loop,
+               linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
+               merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
+               outline_body, ragged_slices_to_masks, raise_on_empty_selections,
+               rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
+               stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
@@ -100,11 +101,13 @@ LOOP_STAGES: list = [
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
+    merge_branch_appends,         # before the checks: one append per iteration is no condition
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
+    last_values_after_loop,       # before check_body: what it folds is no longer read after
     check_body,                   # on the body as written: reasons quote the user's code
     conditional_expressions_to_branches,  # before tensor_branches_to_where: it masks the `if`s
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
