@@ -210,8 +210,9 @@ class _Vectorizer(Transformer):
         except Unsupported as exc:
             # kept whole: its vectorizable statements may still leave it (loop fission)
             fission = distribute_loops.distribute(node, live, self.ctx, vectorize)
-            if fission is None:
-                self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
+            if isinstance(fission, str):
+                self.ctx.report.add_loop(node.lineno, False, "kept",
+                                         f"{exc.reason}; not distributed: {fission}")
                 return node
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",
