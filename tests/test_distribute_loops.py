@@ -489,6 +489,27 @@ def test_operands_under_a_condition_or_reading_what_the_statement_writes_stay():
     assert "not distributed: no statement left to hoist does real work" in report.loops[0].reason
 
 
+def test_the_hoisted_loop_knows_the_functions_boolean_masks(capsys):
+    # `mask` is boolean: rows of it select a varying number of elements, which neither the
+    # whole loop nor the hoisted one may batch (vmap cannot)
+    src = """
+        def f(x, t):
+            dist = (x[:, None] - x[None]).pow(2).sum(-1)
+            mask = t.expand(len(t), len(t)).eq(t.expand(len(t), len(t)).t())
+            ap = []
+            for i in range(len(x)):
+                ap.append(dist[i][mask[i]].max().unsqueeze(0))
+                print(i)
+            return torch.cat(ap)
+        """
+    original, optimized, code, report = build(src)
+    assert code == normalise(src)
+    assert "<test>:6 `ap.append(dist[i][mask[i]].max().unsqueeze(0))`: `dist[i][mask[i]]`: boolean" \
+        in report.loops[0].reason
+    assert_equivalent(original, optimized, randn(6, 3, dtype=torch.float64, seed=2),
+                      torch.tensor([0, 1, 0, 2, 1, 0]))
+
+
 def test_every_refused_loop_says_why_it_is_not_distributed():
     src = """
         def f(x, rs, gamma):

@@ -90,18 +90,20 @@ class _Split:
         return [k for k in range(len(self.body)) if k not in self.residual]
 
 
-def distribute(node: ast.For, live_after: set[str], ctx: PassContext,
+def distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
                vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
     """``node`` (its inner loops already rewritten) distributed, or why it is kept whole (and
-    the names the attempts took given back: the loops after it are named as before)."""
+    the names the attempts took given back: the loops after it are named as before).
+    ``masks``: the names the function binds to boolean tensors only (the hoisted loop's plan
+    needs them as the whole loop's did)."""
     point = ctx.namer.checkpoint()
-    fission = _distribute(node, live_after, ctx, vectorize)
+    fission = _distribute(node, live_after, masks, ctx, vectorize)
     if isinstance(fission, str):
         ctx.namer.rollback(point)
     return fission
 
 
-def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
+def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
                 vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
     if node.orelse:
         return "its `else` clause runs after the last iteration"
@@ -143,7 +145,7 @@ def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         try:
             plan = vectorize(new_plan(_hoisted_loop(node, hoisted, lists), set(), ctx,
-                                      own_lists=set(lists.values())), ctx)
+                                      masks=masks, own_lists=set(lists.values())), ctx)
         except Unsupported as exc:
             ctx.namer.rollback(point)  # the next attempt's names as if it were the first
             at = [k for k in split.hoisted() if _covers(node.body[k], exc.lineno)]
@@ -200,6 +202,7 @@ def _operands_out(body: list[ast.stmt], index: str, seeds: set[str],
             original, s = s, clone(s)
             while (found := _heavy_operand(s, index, seeds, carried, ctx)) is not None:
                 operand, name = found
+                written[len(out)] = original
                 out += replace("n = e", loc=operand, n=name, e=operand)
                 _Substitute(operand, name).visit(s)
                 written[len(out)] = original

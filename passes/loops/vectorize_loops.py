@@ -209,7 +209,8 @@ class _Vectorizer(Transformer):
                              self.ctx)
         except Unsupported as exc:
             # kept whole: its vectorizable statements may still leave it (loop fission)
-            fission = distribute_loops.distribute(node, live, self.ctx, vectorize)
+            fission = distribute_loops.distribute(node, live, self.masks, self.ctx,
+                                                   vectorize)
             if isinstance(fission, str):
                 self.ctx.report.add_loop(node.lineno, False, "kept",
                                          f"{exc.reason}; not distributed: {fission}")
