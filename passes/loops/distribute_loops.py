@@ -16,7 +16,13 @@ residual loop reads leave the hoisted loop stacked, and the residual loop reads 
                                                  else:
                                                      <the loop as written>
 
-The dependence graph is over the body's top-level statements. A statement stays residual when
+The dependence graph is over the body's top-level statements. First, a heavy operand of a
+statement that stays residual on its own becomes a statement of its own before it, when the
+statement always evaluates it and it reads nothing the statement writes or the loop carries
+(``_operands_out``): ``print(f"{F.cross_entropy(x[i:i+1], y[i:i+1]).item()}")``,
+``if loss(...).item() > th: hard.append(i)``, ``assert ...``, ``hard.append(F.mse_loss(...))``,
+and the input term of ``s = beta * s + (1 - beta) * torch.tanh(x[:, t] @ W)`` can then be
+hoisted. A statement stays residual when
 
 * on its own it is no vectorizable loop body (``loop_dataflow.analyze`` of the statement alone:
   I/O, random ops, mutation of outer objects, ``assert``, inner loops, ...), or it leaves the
@@ -47,7 +53,8 @@ residual loop runs. Loops with ``break``, ``continue`` or ``return`` are not spl
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), and at least one
 statement stays residual. The report's strategy is "distributed"; its reason names the hoisted
-lines and every residual statement with its reason at the user's file:line.
+lines and every residual statement with its reason at the user's file:line. A loop that is not
+distributed gets the reason why not (the residual statements too, when those are why).
 """
 from __future__ import annotations
 
@@ -129,18 +136,9 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
         exported = _close(split, live_after, variant, ctx)
         hoisted = [node.body[k] for k in split.hoisted()]
-        if not split.residual:
-            return "no statement of the body is the cause: the refusal is the loop's as a whole"
-        if not any(_heavy(s, ctx) for s in hoisted):
-            return "no statement left to hoist does real work (a reduction, contraction, loss " \
-                   f"or similarity): the residual loop would do most of it; {_residual(split, ctx)}"
-        changed = loads(node.iter) & set().union(*(_writes(node.body[k], ctx)
-                                                   for k in split.residual))
-        if changed:
-            return f"the residual loop would change `{sorted(changed)[0]}`, which the loop iterates"
-        if _mutates_values(split, carried, ctx):
-            return "a residual statement changes in place a value made in the iteration " \
-                   f"(it would change the stacked values); {_residual(split, ctx)}"
+        why_not = _why_not(node, split, carried, ctx)
+        if why_not:
+            return why_not
         point = ctx.namer.checkpoint()
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         try:
@@ -156,6 +154,25 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
                        _reason(split, plan, ctx))
     return "the vectorizer refused every split"
+
+
+def _why_not(node: ast.For, split: _Split, carried: set[str], ctx: PassContext) -> str:
+    """Why this split is not made ("" when it is): nothing residual, nothing heavy hoisted
+    (it would not pay), or residual statements that change what the loop iterates or the
+    values the hoisted loop stacks."""
+    if not split.residual:
+        return "no statement of the body is the cause: the refusal is the loop's as a whole"
+    if not any(_heavy(split.body[k], ctx) for k in split.hoisted()):
+        return "no statement left to hoist does real work (a reduction, contraction, loss " \
+               f"or similarity): the residual loop would do most of it; {_residual(split, ctx)}"
+    changed = loads(node.iter) & set().union(*(_writes(node.body[k], ctx)
+                                               for k in split.residual))
+    if changed:
+        return f"the residual loop would change `{sorted(changed)[0]}`, which the loop iterates"
+    if _mutates_values(split, carried, ctx):
+        return "a residual statement changes in place a value made in the iteration " \
+               f"(it would change the stacked values); {_residual(split, ctx)}"
+    return ""
 
 
 def _own_nodes(node: ast.AST):
