@@ -7,7 +7,7 @@ import pytest
 
 import rewrite.tools.bench as bench_module
 from rewrite.tools.bench import discover
-from rewrite.tools.bench_report import Ratio, Time, fmt_overhead, steady_time
+from rewrite.tools.bench_report import Ratio, Time, distributed_count, fmt_overhead, steady_time
 from rewrite.tools.cli import main
 
 HEADER = """\
@@ -157,6 +157,14 @@ def test_markdown_is_self_describing(bench):
                     "## Wrapper overhead"):
         assert heading in text
     assert "| P5 |" in text and "✓" in text
+    assert "| case | loops | distributed |" in text
+
+
+def test_distributed_loops_are_counted():
+    loops = [[3, True, "distributed", ""], [7, False, "kept", ""], [9, True, "distributed", ""]]
+    assert distributed_count({"loops": loops}) == "2"
+    assert distributed_count({"loops": loops[1:2]}) == "0"
+    assert distributed_count({"loops": []}) == distributed_count(None) == "–"
 
 
 def test_never_slower_column_and_target(bench):

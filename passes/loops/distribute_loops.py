@@ -16,7 +16,13 @@ residual loop reads leave the hoisted loop stacked, and the residual loop reads 
                                                  else:
                                                      <the loop as written>
 
-The dependence graph is over the body's top-level statements. A statement stays residual when
+The dependence graph is over the body's top-level statements. First, a heavy operand of a
+statement that stays residual on its own becomes a statement of its own before it, when the
+statement always evaluates it and it reads nothing the statement writes or the loop carries
+(``_operands_out``): ``print(f"{F.cross_entropy(x[i:i+1], y[i:i+1]).item()}")``,
+``if loss(...).item() > th: hard.append(i)``, ``assert ...``, ``hard.append(F.mse_loss(...))``,
+and the input term of ``s = beta * s + (1 - beta) * torch.tanh(x[:, t] @ W)`` can then be
+hoisted. A statement stays residual when
 
 * on its own it is no vectorizable loop body (``loop_dataflow.analyze`` of the statement alone:
   I/O, random ops, mutation of outer objects, ``assert``, inner loops, ...), or it leaves the
@@ -47,7 +53,8 @@ residual loop runs. Loops with ``break``, ``continue`` or ``return`` are not spl
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), and at least one
 statement stays residual. The report's strategy is "distributed"; its reason names the hoisted
-lines and every residual statement with its reason at the user's file:line.
+lines and every residual statement with its reason at the user's file:line. A loop that is not
+distributed gets the reason why not (the residual statements too, when those are why).
 """
 from __future__ import annotations
 
@@ -83,33 +90,43 @@ class Fission:
 @dataclass
 class _Split:
     body: list[ast.stmt]
+    written: dict[int, ast.stmt]  # position -> the statement as written, if operands left it
     residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
 
     def hoisted(self) -> list[int]:
         return [k for k in range(len(self.body)) if k not in self.residual]
 
 
-def distribute(node: ast.For, live_after: set[str], ctx: PassContext,
-               vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | None:
-    """``node`` (its inner loops already rewritten) distributed, or None to keep it whole (and
-    the names the attempts took given back: the loops after it are named as before)."""
+def distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
+               vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
+    """``node`` (its inner loops already rewritten) distributed, or why it is kept whole (and
+    the names the attempts took given back: the loops after it are named as before).
+    ``masks``: the names the function binds to boolean tensors only (the hoisted loop's plan
+    needs them as the whole loop's did)."""
     point = ctx.namer.checkpoint()
-    fission = _distribute(node, live_after, ctx, vectorize)
-    if fission is None:
+    fission = _distribute(node, live_after, masks, ctx, vectorize)
+    if isinstance(fission, str):
         ctx.namer.rollback(point)
     return fission
 
 
-def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
-                vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | None:
-    if node.orelse or any(isinstance(n, _CONTROL) for s in node.body for n in walk(s)):
-        return None
+def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
+                vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
+    if node.orelse:
+        return "its `else` clause runs after the last iteration"
+    control = next((n for s in node.body for n in _own_nodes(s) if isinstance(n, _CONTROL)),
+                   None)
+    if control is not None:
+        return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
     try:
         it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
-    except Unsupported:
-        return None
+    except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
+        return "the loop's header is refused as a whole"
     seeds = {it.index} | {name for name, _ in it.elements}
-    split = _Split(node.body)
+    body, written = _operands_out(node.body, it.index, seeds, ctx)
+    node = ast.copy_location(ast.For(target=node.target, iter=node.iter, body=body, orelse=[],
+                                     type_comment=None), node)
+    split = _Split(body, written)
     for k, s in enumerate(node.body):
         reason = _own_reason(s, it.index, seeds, ctx)
         if reason:
@@ -119,27 +136,51 @@ def _distribute(node: ast.For, live_after: set[str], ctx: PassContext,
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
         exported = _close(split, live_after, variant, ctx)
         hoisted = [node.body[k] for k in split.hoisted()]
-        if not split.residual or not any(_heavy(s, ctx) for s in hoisted):
-            return None
-        if loads(node.iter) & set().union(*(_writes(node.body[k], ctx) for k in split.residual)):
-            return None  # the residual loop changes what the loop iterates
-        if _mutates_values(split, carried, ctx):
-            return None
+        why_not = _why_not(node, split, carried, ctx)
+        if why_not:
+            return why_not
         point = ctx.namer.checkpoint()
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         try:
             plan = vectorize(new_plan(_hoisted_loop(node, hoisted, lists), set(), ctx,
-                                      own_lists=set(lists.values())), ctx)
+                                      masks=masks, own_lists=set(lists.values())), ctx)
         except Unsupported as exc:
             ctx.namer.rollback(point)  # the next attempt's names as if it were the first
             at = [k for k in split.hoisted() if _covers(node.body[k], exc.lineno)]
             if not at:
-                return None
+                return f"the hoisted loop is refused: {exc.reason}"
             split.residual[at[0]] = exc.reason
             continue
         return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
                        _reason(split, plan, ctx))
-    return None
+    return "the vectorizer refused every split"
+
+
+def _why_not(node: ast.For, split: _Split, carried: set[str], ctx: PassContext) -> str:
+    """Why this split is not made ("" when it is): nothing residual, nothing heavy hoisted
+    (it would not pay), or residual statements that change what the loop iterates or the
+    values the hoisted loop stacks."""
+    if not split.residual:
+        return "no statement of the body is the cause: the refusal is the loop's as a whole"
+    if not any(_heavy(split.body[k], ctx) for k in split.hoisted()):
+        return "no statement left to hoist does real work (a reduction, contraction, loss " \
+               f"or similarity): the residual loop would do most of it; {_residual(split, ctx)}"
+    changed = loads(node.iter) & set().union(*(_writes(node.body[k], ctx)
+                                               for k in split.residual))
+    if changed:
+        return f"the residual loop would change `{sorted(changed)[0]}`, which the loop iterates"
+    if _mutates_values(split, carried, ctx):
+        return "a residual statement changes in place a value made in the iteration " \
+               f"(it would change the stacked values); {_residual(split, ctx)}"
+    return ""
+
+
+def _own_nodes(node: ast.AST):
+    """The nodes of ``node`` outside the functions it defines (a vmapped inner loop's body)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield from _own_nodes(child)
 
 
 def _mutates_values(split: _Split, carried: set[str], ctx: PassContext) -> bool:
@@ -160,6 +201,72 @@ def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> s
     if effect is None:
         return ""
     return f"{_EFFECT_VERBS[effect.kind]} `{effect.name}`, which outlives the iteration"
+
+
+def _operands_out(body: list[ast.stmt], index: str, seeds: set[str],
+                  ctx: PassContext) -> tuple[list[ast.stmt], dict[int, ast.stmt]]:
+    """``body`` with the heavy operands of its residual statements bound first:
+    ``print(F.mse_loss(a[i], b[i]).item())`` -> ``_value = F.mse_loss(a[i], b[i]).item()``,
+    ``print(_value)``; the new statement may then be hoisted. Only operands the statement
+    always evaluates (not under ``and``/``or``, a conditional expression, a comprehension,
+    an ``if`` body or an assert's message), each the largest effect-free vectorizable one that
+    can be stacked (``_is_number``), reading nothing the statement writes: evaluating it first
+    changes nothing else. Also the statements as written, by their new position."""
+    out, written = [], {}
+    carried = _exposed_reads(body, set(seeds))[0] & loop_dataflow.stores_in(body)
+    for s in body:
+        if _own_reason(s, index, seeds, ctx):
+            original, s = s, clone(s)
+            while (found := _heavy_operand(s, index, seeds, carried, ctx)) is not None:
+                operand, name = found
+                written[len(out)] = original
+                out += replace("n = e", loc=operand, n=name, e=operand)
+                _Substitute(operand, name).visit(s)
+                written[len(out)] = original
+        out.append(s)
+    return out, written
+
+
+def _heavy_operand(s: ast.stmt, index: str, seeds: set[str], carried: set[str],
+                   ctx: PassContext) -> tuple[ast.expr, str] | None:
+    """The first operand of ``s`` to bind first (``_operands_out``) and its fresh name; none
+    reading a name carried from one iteration to the next (it would stay residual)."""
+    written = _writes(s, ctx) | carried
+    todo = [getattr(s, f) for f in ("value", "test") if isinstance(getattr(s, f, None), ast.expr)]
+    while todo:
+        e = todo.pop(0)
+        if _heavy(e, ctx) and _is_number(e, ctx) is not None and not (_reads(e) & written):
+            point = ctx.namer.checkpoint()
+            name = ctx.namer.new("value")
+            if not _own_reason(replace("n = e", loc=e, n=name, e=e)[0], index, seeds, ctx):
+                return e, name
+            ctx.namer.rollback(point)
+        todo[:0] = _always_evaluated(e)
+    return None
+
+
+def _always_evaluated(e: ast.expr) -> list[ast.expr]:
+    """The operands of ``e`` evaluated whenever ``e`` is, in order."""
+    if isinstance(e, ast.BoolOp):
+        return e.values[:1]
+    if isinstance(e, ast.IfExp):
+        return [e.test]
+    if isinstance(e, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+                      ast.NamedExpr)):
+        return []
+    return [c for c in ast.iter_child_nodes(e) if isinstance(c, ast.expr)]
+
+
+class _Substitute(ast.NodeTransformer):
+    """Replaces one node (by identity) with a name."""
+
+    def __init__(self, node: ast.expr, name: str):
+        self.node, self.name = node, name
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if node is self.node:
+            return ast.copy_location(ast.Name(id=self.name, ctx=ast.Load()), node)
+        return self.generic_visit(node)
 
 
 def _mark_carried(split: _Split, seeds: set[str], ctx: PassContext) -> set[str]:
@@ -354,9 +461,15 @@ def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
     lines = [str(split.body[k].lineno) for k in split.hoisted()]
     hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
     how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
-    kept = "; ".join(f"{ctx.where(split.body[k])} `{_first_line(split.body[k])}`: {why}"
+    return f"{hoisted} hoisted into one loop ({how}); {_residual(split, ctx)}"
+
+
+def _residual(split: _Split, ctx: PassContext) -> str:
+    """The residual statements, each with why it stays, at the user's file:line."""
+    kept = "; ".join(f"{ctx.where(split.body[k])} "
+                     f"`{_first_line(split.written.get(k, split.body[k]))}`: {why}"
                      for k, why in sorted(split.residual.items()))
-    return f"{hoisted} hoisted into one loop ({how}); residual loop: {kept}"
+    return f"residual loop: {kept}"
 
 
 def _first_line(s: ast.stmt) -> str:

@@ -243,9 +243,11 @@ class _Vectorizer(Transformer):
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
             # ... or its vectorizable statements may still leave it (loop fission)
-            fission = distribute_loops.distribute(node, live, self.ctx, vectorize)
-            if fission is None:
-                self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
+            fission = distribute_loops.distribute(node, live, self.masks, self.ctx,
+                                                   vectorize)
+            if isinstance(fission, str):
+                self.ctx.report.add_loop(node.lineno, False, "kept",
+                                         f"{exc.reason}; not distributed: {fission}")
                 return node
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",

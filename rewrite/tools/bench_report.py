@@ -262,15 +262,16 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
         out.append(f"| {key} | {t['target']} | {t['value']}{detail} | {mark(t['met'])} |")
 
     out += ["", "## Steady forward+backward", "",
-            "| case | loops | naive eager | torch.compile(naive) | optimize_loss eager | optimize_loss compiled "
-            "| expert eager | expert compiled | optimized / best expert | naive / optimized "
-            "| optimized / original (eager) | equivalent |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| case | loops | distributed | naive eager | torch.compile(naive) | optimize_loss eager "
+            "| optimize_loss compiled | expert eager | expert compiled | optimized / best expert "
+            "| naive / optimized | optimized / original (eager) | equivalent |",
+            "| --- " * 13 + "|"]
     for name in cases:
         s, r, variants = analysed[name]["steady"], analysed[name]["ratios"], raw[name]
         cells = [_cell(s[v], variants.get(v)) for v in ("naive_eager", "naive_compiled", "optimized_eager",
                                                        "optimized_compiled", "expert_eager", "expert_compiled")]
-        out.append(f"| {name} | {_loops(variants.get('optimized_eager'), cases[name])} | " + " | ".join(cells)
+        out.append(f"| {name} | {_loops(variants.get('optimized_eager'), cases[name])} | "
+                   f"{distributed_count(variants.get('optimized_eager'))} | " + " | ".join(cells)
                    + f" | {show(r['optimized_vs_best_expert'], 1.1)} | {show(r['naive_vs_optimized'])} "
                    f"| {show(r['original_vs_optimized_eager'], 1.0, at_most=False)} | {_check(variants)} |")
 
@@ -376,6 +377,12 @@ def _loops(info: dict | None, case: dict) -> str:
     loops = info["loops"]
     text = f"{sum(1 for loop in loops if loop[1])}/{len(loops)} vectorized"
     return text + (", fallback" if info.get("fallbacks") else "")
+
+
+def distributed_count(info: dict | None) -> str:
+    """How many loops were split into a vectorized loop and a residual loop (loop fission)."""
+    loops = (info or {}).get("loops")
+    return str(sum(1 for loop in loops if loop[2] == "distributed")) if loops else "–"
 
 
 def _check(variants: dict) -> str:
