@@ -217,10 +217,18 @@ def f(x, w):
     for i in range(x.shape[0]):
         s += (w * w)[x[i]]
     return s
-"""], ids=["stacked", "gathered"])
+""", """
+def f(x, w):
+    lst = []
+    for i in range(x.shape[0]):
+        lst.append(torch.acos(w))
+    return torch.stack(lst)
+"""], ids=["stacked", "gathered", "at_the_domain_boundary"])
 def test_loop_invariant_item_with_an_infinite_derivative(tmp_path, source):
     original, fast = optimized(tmp_path, source)
-    if "stack" in source:
+    if "acos" in source:  # a finite input where the derivative is infinite (found by the fuzzer)
+        x, w = torch.randn(3, 1), torch.tensor([-1.0], requires_grad=True)
+    elif "stack" in source:
         x = torch.randn(2, 1)  # only its length matters; assert_equivalent's cotangent is fixed
         w = torch.tensor([INF], requires_grad=True)
     else:
