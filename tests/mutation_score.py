@@ -2,6 +2,7 @@
 
     python -m tests.mutation_score                  # every module in TARGETS
     python -m tests.mutation_score passes/op_facts.py
+    python -m tests.mutation_score --sample 30     # about 30 mutants per module, evenly spread
 
 Each mutant changes one thing in one module: a comparison flipped (``<`` to ``>=``, ``in`` to
 ``not in``), ``and``/``or`` swapped, ``+``/``-`` and ``*``/``/`` swapped, a ``not`` dropped, a
@@ -179,6 +180,15 @@ class _LineTracer:
         sys.settrace(None)
 
 
+class _FirstFailure:
+    """pytest plugin: the id of the first failing test."""
+    nodeid = ""
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed and not self.nodeid:
+            self.nodeid = report.nodeid
+
+
 def _fork(run) -> tuple[int, float]:
     """(exit status, seconds) of ``run()`` in a forked child."""
     start = time.monotonic()
@@ -236,8 +246,9 @@ def baseline(path: str, tests: list[str]) -> tuple[dict[str, set[int]], float]:
     return lines, seconds
 
 
-def score(path: str, tests: list[str]) -> tuple[int, int, list[str]]:
-    """(killed, counted, survivor descriptions) for one module."""
+def score(path: str, tests: list[str], sample: int | None = None) -> tuple[int, int, list[str]]:
+    """(killed, counted, survivor descriptions) for one module: every mutant, or about ``sample``
+    of them evenly spread (every k-th), when a full run does not fit."""
     source = (ROOT / path).read_text()
     name = path.removesuffix(".py").replace("/", ".")
     lines, seconds = baseline(path, tests)
@@ -245,8 +256,11 @@ def score(path: str, tests: list[str]) -> tuple[int, int, list[str]]:
                     if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
                     if hasattr(n, "lineno")}
     killed, counted, survivors = 0, 0, []
-    for index, (line, what) in enumerate(sites(ast.parse(source))):
-        if (path, line, what) in EQUIVALENT:
+    killers: list[str] = []  # tests that killed a mutant, latest first: run first
+    all_sites = sites(ast.parse(source))
+    step = max(1, len(all_sites) // sample) if sample else 1
+    for index, (line, what) in enumerate(all_sites):
+        if index % step or (path, line, what) in EQUIVALENT:
             continue
         counted += 1
         ids = [t for t, ran in lines.items() if line in ran]
@@ -256,16 +270,24 @@ def score(path: str, tests: list[str]) -> tuple[int, int, list[str]]:
             survivors.append(f"{path}:{line}: {what} (no test runs this line)")
             continue
         code = compile(mutant(source, index), str(ROOT / path), "exec")
+        ids.sort(key=lambda i: killers.index(i) if i in killers else len(killers))
+        result = ROOT / f".mutation_killer_{os.getpid()}"
 
         def run():
             _forget_project_modules()
             sys.meta_path.insert(0, _Serve(name, code))
-            return _pytest(sorted({i.split("::")[0] for i in ids}) if len(ids) > 200 else ids)
+            recorder = _FirstFailure()
+            status = _pytest(ids, [recorder])
+            result.write_text(recorder.nodeid)
+            return status
         status, _ = _wait(*_fork(run), TIMEOUT * seconds + 30)
         if status == 0:
             survivors.append(f"{path}:{line}: {what}")
         else:
             killed += 1
+            killer = result.read_text() if result.exists() else ""
+            killers[:] = [killer] + [k for k in killers if k != killer] if killer else killers
+        result.unlink(missing_ok=True)
         print(f"{path}:{line}: {what}: {'survived' if status == 0 else 'killed'}", flush=True)
     return killed, counted, survivors
 
@@ -279,12 +301,12 @@ def _warm(tests: list[str]) -> None:
     _forget_project_modules()
 
 
-def main(paths: list[str]) -> None:
+def main(paths: list[str], sample: int | None) -> None:
     _warm(sorted({t for p in paths or TARGETS for t in TARGETS[p]}))
     totals = [0, 0]
     report = []
     for path in paths or list(TARGETS):
-        killed, counted, survivors = score(path, TARGETS[path])
+        killed, counted, survivors = score(path, TARGETS[path], sample)
         totals[0] += killed
         totals[1] += counted
         report.append(f"{path}: {killed}/{counted} killed ({100 * killed / max(counted, 1):.0f}%)")
@@ -296,4 +318,6 @@ def main(paths: list[str]) -> None:
 if __name__ == "__main__":
     os.chdir(ROOT)
     sys.stdout.reconfigure(line_buffering=True)
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    sample = int(args.pop(args.index("--sample") + 1)) if "--sample" in args else None
+    main([a for a in args if a != "--sample"], sample)
