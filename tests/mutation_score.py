@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {
     "passes/loop_rules.py": ["tests/test_loop_stages.py", "tests/test_vectorize_loops.py",
                              "tests/test_batch_loop_bodies.py"],
-    "passes/op_facts.py": ["tests/test_ops_registry.py", "tests/test_hoist_passes.py"],
+    "passes/op_facts.py": ["tests/test_ops_registry.py", "tests/test_hoist_passes.py",
+                           "tests/test_rule_tables.py"],
     "passes/fuse_loss_idioms.py": ["tests/test_fuse_loss_idioms.py"],
     "passes/loops/tensor_branches_to_where.py": ["tests/test_tensor_branches_to_where.py",
                                                  "tests/test_vectorize_loops.py"],
