@@ -3,6 +3,7 @@
     python -m tests.mutation_score                  # every module in TARGETS
     python -m tests.mutation_score passes/op_facts.py
     python -m tests.mutation_score --sample 30     # about 30 mutants per module, evenly spread
+    python -m tests.mutation_score passes/op_facts.py:59   # the mutants of one line
 
 Each mutant changes one thing in one module: a comparison flipped (``<`` to ``>=``, ``in`` to
 ``not in``), ``and``/``or`` swapped, ``+``/``-`` and ``*``/``/`` swapped, a ``not`` dropped, a
@@ -36,7 +37,7 @@ TARGETS = {
                              "tests/test_batch_loop_bodies.py"],
     "passes/op_facts.py": ["tests/test_ops_registry.py", "tests/test_hoist_passes.py",
                            "tests/test_rule_tables.py"],
-    "passes/fuse_loss_idioms.py": ["tests/test_fuse_loss_idioms.py"],
+    "passes/fuse_loss_idioms.py": ["tests/test_fuse_loss_idioms.py", "tests/test_rule_tables.py"],
     "passes/loops/tensor_branches_to_where.py": ["tests/test_tensor_branches_to_where.py",
                                                  "tests/test_vectorize_loops.py"],
 }
@@ -247,7 +248,8 @@ def baseline(path: str, tests: list[str]) -> tuple[dict[str, set[int]], float]:
     return lines, seconds
 
 
-def score(path: str, tests: list[str], sample: int | None = None) -> tuple[int, int, list[str]]:
+def score(path: str, tests: list[str], sample: int | None = None,
+          only: int | None = None) -> tuple[int, int, list[str]]:
     """(killed, counted, survivor descriptions) for one module: every mutant, or about ``sample``
     of them evenly spread (every k-th), when a full run does not fit."""
     source = (ROOT / path).read_text()
@@ -261,7 +263,7 @@ def score(path: str, tests: list[str], sample: int | None = None) -> tuple[int, 
     all_sites = sites(ast.parse(source))
     step = max(1, len(all_sites) // sample) if sample else 1
     for index, (line, what) in enumerate(all_sites):
-        if index % step or (path, line, what) in EQUIVALENT:
+        if index % step or (path, line, what) in EQUIVALENT or only not in (None, line):
             continue
         counted += 1
         ids = [t for t, ran in lines.items() if line in ran]
@@ -303,11 +305,12 @@ def _warm(tests: list[str]) -> None:
 
 
 def main(paths: list[str], sample: int | None) -> None:
-    _warm(sorted({t for p in paths or TARGETS for t in TARGETS[p]}))
+    _warm(sorted({t for p in paths or TARGETS for t in TARGETS[p.partition(":")[0]]}))
     totals = [0, 0]
     report = []
-    for path in paths or list(TARGETS):
-        killed, counted, survivors = score(path, TARGETS[path], sample)
+    for spec in paths or list(TARGETS):
+        path, _, line = spec.partition(":")  # "module.py:LINE": only that line's mutants
+        killed, counted, survivors = score(path, TARGETS[path], sample, int(line) if line else None)
         totals[0] += killed
         totals[1] += counted
         report.append(f"{path}: {killed}/{counted} killed ({100 * killed / max(counted, 1):.0f}%)")
