@@ -10,7 +10,7 @@ Each mutant changes one thing in one module: a comparison flipped (``<`` to ``>=
 constant changed (numbers + 1, booleans negated, strings prefixed with "XX"), or one entry dropped
 from a dict, list, tuple or set literal (a table row). Docstrings and annotations are left alone.
 A baseline run records which test runs which line of the module (``sys.settrace``); a mutant then
-runs only those tests, ``-x``, in a forked child of this process (torch stays imported), with the
+runs only those tests (all of them for lines run at import), ``-x``, in a forked child of this process (torch stays imported), with the
 mutated module served in place of the file. Killed: a test failed, or the run took over
 ``TIMEOUT`` times the baseline. Survived: every test passed, or no test runs the line. Equivalent
 mutants (no test can tell them apart) are listed in ``EQUIVALENT`` with the reason and excluded.
@@ -34,14 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # Module -> the fast tests that exercise it.
 TARGETS = {
     "passes/loop_rules.py": ["tests/test_loop_stages.py", "tests/test_vectorize_loops.py",
-                             "tests/test_batch_loop_bodies.py"],
+                             "tests/test_batch_loop_bodies.py", "tests/test_rule_tables.py"],
     "passes/op_facts.py": ["tests/test_ops_registry.py", "tests/test_hoist_passes.py",
                            "tests/test_rule_tables.py"],
     "passes/fuse_loss_idioms.py": ["tests/test_fuse_loss_idioms.py", "tests/test_rule_tables.py"],
     "passes/loops/tensor_branches_to_where.py": ["tests/test_tensor_branches_to_where.py",
-                                                 "tests/test_vectorize_loops.py"],
+                                                 "tests/test_vectorize_loops.py", "tests/test_rule_tables.py"],
 }
 TIMEOUT = 5
+IMPORT = "<import>"  # the baseline's key for lines run outside any test
 # (module, line, mutation) -> why no test can tell the mutant from the original.
 EQUIVALENT: dict[tuple[str, int, str], str] = {}
 
@@ -162,7 +163,10 @@ class _LineTracer:
     """pytest plugin: the lines of one file each test runs."""
 
     def __init__(self, path: str):
-        self.path, self.lines, self.current = path, {}, None
+        # lines run outside tests (imports at collection, cached tables) count for every test
+        self.path, self.lines = path, {IMPORT: set()}
+        self.current = self.lines[IMPORT]
+        sys.settrace(self._trace)
 
     def _trace(self, frame, event, arg):
         if frame.f_code.co_filename != self.path:
@@ -179,7 +183,7 @@ class _LineTracer:
         self.current = self.lines.setdefault(item.nodeid, set())
         sys.settrace(self._trace)
         yield
-        sys.settrace(None)
+        self.current = self.lines[IMPORT]
 
 
 class _FirstFailure:
@@ -249,12 +253,13 @@ def baseline(path: str, tests: list[str]) -> tuple[dict[str, set[int]], float]:
 
 
 def score(path: str, tests: list[str], sample: int | None = None,
-          only: int | None = None) -> tuple[int, int, list[str]]:
+          only: set[int] | None = None) -> tuple[int, int, list[str]]:
     """(killed, counted, survivor descriptions) for one module: every mutant, or about ``sample``
     of them evenly spread (every k-th), when a full run does not fit."""
     source = (ROOT / path).read_text()
     name = path.removesuffix(".py").replace("/", ".")
     lines, seconds = baseline(path, tests)
+    imported = lines.pop(IMPORT)
     in_functions = {n.lineno for f in ast.walk(ast.parse(source))
                     if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
                     if hasattr(n, "lineno")}
@@ -263,11 +268,11 @@ def score(path: str, tests: list[str], sample: int | None = None,
     all_sites = sites(ast.parse(source))
     step = max(1, len(all_sites) // sample) if sample else 1
     for index, (line, what) in enumerate(all_sites):
-        if index % step or (path, line, what) in EQUIVALENT or only not in (None, line):
+        if index % step or (path, line, what) in EQUIVALENT or (only and line not in only):
             continue
         counted += 1
         ids = [t for t, ran in lines.items() if line in ran]
-        if line not in in_functions:  # runs at import (tables): every test may read it
+        if line not in in_functions or line in imported:  # tables: every test may read them
             ids = list(lines)
         if not ids:
             survivors.append(f"{path}:{line}: {what} (no test runs this line)")
@@ -308,9 +313,12 @@ def main(paths: list[str], sample: int | None) -> None:
     _warm(sorted({t for p in paths or TARGETS for t in TARGETS[p.partition(":")[0]]}))
     totals = [0, 0]
     report = []
+    lines: dict[str, set[int]] = {}  # "module.py:LINE": only that line's mutants
     for spec in paths or list(TARGETS):
-        path, _, line = spec.partition(":")  # "module.py:LINE": only that line's mutants
-        killed, counted, survivors = score(path, TARGETS[path], sample, int(line) if line else None)
+        path, _, line = spec.partition(":")
+        lines.setdefault(path, set()).update({int(line)} if line else set())
+    for path, only in lines.items():
+        killed, counted, survivors = score(path, TARGETS[path], sample, only)
         totals[0] += killed
         totals[1] += counted
         report.append(f"{path}: {killed}/{counted} killed ({100 * killed / max(counted, 1):.0f}%)")
