@@ -298,3 +298,19 @@ def f(x, w, t):
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     assert_equivalent(original, fast, x, w, torch.tensor(1))
+
+
+@pytest.mark.xfail(strict=True, reason="torch.select_scatter of a loop-invariant source into each "
+                   "row: the vectorized form gives the source a gradient several times the "
+                   "original's (found by the op sweep)")
+def test_select_scatter_of_an_invariant_source(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, src):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + torch.select_scatter(x[i], src, 1, 2).sum()
+    return total
+""")
+    x = torch.randn(2, 5, 5, 5, dtype=torch.float64, requires_grad=True)
+    src = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    assert_equivalent(original, fast, x, src)
