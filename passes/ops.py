@@ -57,8 +57,9 @@ class OpSpec:
     creates_grad: bool = False                # its result requires grad whatever its inputs
     aliases: bool = False                     # its result may share memory with an operand
     data_shape: bool = False                  # its result's shape depends on the values
-    # "random", "io", "mutates", "global_state", "functorch", "autograd": must run where it
-    # stands, every call and every iteration; "uninitialized": not cached (no effect).
+    # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
+    # memory by strides): must run where it stands, every call and every iteration;
+    # "uninitialized": not cached (no effect).
     effect: str | None = None
     # Host round trips on loop-varying values (host_roundtrips_to_tensor_ops): the tensor op
     # replacing one of argument/receiver ``e``, and which Python number the original produced.
@@ -245,6 +246,11 @@ REGISTRY: tuple[OpSpec, ...] = (
       for n in ("bernoulli", "normal", "uniform", "random", "exponential", "geometric", "cauchy",
                 "log_normal")),
     *_aten("empty", "empty_strided", "new_empty_strided", effect="uninitialized"),
+    # Strides and offset count in the storage, not the view: on a row ``x[i]`` they address all
+    # of ``x`` (a vectorized row is another view, at another offset).
+    _t("as_strided", effect="storage"), _t("as_strided_scatter", effect="storage"),
+    _t("as_strided_copy", meth=False, effect="storage"),
+    OpSpec("as_strided_", methods=("as_strided_",), effect="storage"),
     *_aten("empty_like", "new_empty", effect="uninitialized", metadata_only=True),
     *_aten("_set_grad_enabled", "set_grad_enabled", "_enter_autocast", "_exit_autocast",
            "manual_seed", "seed", "set_default_dtype", "_record_function_enter",

@@ -4,6 +4,8 @@ no too-slow health check, since a loaded 2-core machine is slow at random. Local
 profile explores new examples on every run; ``HYPOTHESIS_PROFILE=ci`` reproduces CI's draws."""
 import os
 
+import pytest
+
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", derandomize=True, deadline=None,
@@ -14,3 +16,14 @@ settings.register_profile("dev", deadline=None, suppress_health_check=[HealthChe
 settings.register_profile("long", max_examples=2500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The full op sweep runs only when asked for by its marker (``pytest -m opsweep``): CI runs
+    its deterministic sample instead."""
+    if "opsweep" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="the full op sweep runs with `pytest -m opsweep`")
+    for item in items:
+        if "opsweep" in item.keywords:
+            item.add_marker(skip)

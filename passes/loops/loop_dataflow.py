@@ -504,6 +504,9 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
                                   "different numbers", call.lineno)
             if effect == "io":
                 raise Unsupported(f"I/O call `{unparse(call.func)}` in the loop", call.lineno)
+            if effect == "storage":
+                raise Unsupported(f"`{unparse(call.func)}` addresses memory by strides and offset: "
+                                  "on a row they reach the whole batch", call.lineno)
             if meth and (effect == "mutates" or ops.is_inplace(meth)) \
                     and id(call) not in appends:
                 recv = written_through(call.func.value, ctx)

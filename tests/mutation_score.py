@@ -1,0 +1,335 @@
+"""Mutation score of the fast tests over the rule tables and passes (not run in CI).
+
+    python -m tests.mutation_score                  # every module in TARGETS
+    python -m tests.mutation_score passes/op_facts.py
+    python -m tests.mutation_score --sample 30     # about 30 mutants per module, evenly spread
+    python -m tests.mutation_score passes/op_facts.py:59   # the mutants of one line
+
+Each mutant changes one thing in one module: a comparison flipped (``<`` to ``>=``, ``in`` to
+``not in``), ``and``/``or`` swapped, ``+``/``-`` and ``*``/``/`` swapped, a ``not`` dropped, a
+constant changed (numbers + 1, booleans negated, strings prefixed with "XX"), or one entry dropped
+from a dict, list, tuple or set literal (a table row). Docstrings and annotations are left alone.
+A baseline run records which test runs which line of the module (``sys.settrace``); a mutant then
+runs only those tests (all of them for lines run at import), ``-x``, in a forked child of this process (torch stays imported), with the
+mutated module served in place of the file. Killed: a test failed, or the run took over
+``TIMEOUT`` times the baseline. Survived: every test passed, or no test runs the line. Equivalent
+mutants (no test can tell them apart) are listed in ``EQUIVALENT`` with the reason and excluded.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.abc
+import importlib.util
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch  # noqa: F401 - imported once here, so each forked mutant run starts warm
+
+ROOT = Path(__file__).resolve().parent.parent
+# Module -> the fast tests that exercise it.
+TARGETS = {
+    "passes/loop_rules.py": ["tests/test_loop_stages.py", "tests/test_vectorize_loops.py",
+                             "tests/test_batch_loop_bodies.py", "tests/test_rule_tables.py"],
+    "passes/op_facts.py": ["tests/test_ops_registry.py", "tests/test_hoist_passes.py",
+                           "tests/test_rule_tables.py"],
+    "passes/fuse_loss_idioms.py": ["tests/test_fuse_loss_idioms.py", "tests/test_rule_tables.py"],
+    "passes/loops/tensor_branches_to_where.py": ["tests/test_tensor_branches_to_where.py",
+                                                 "tests/test_vectorize_loops.py", "tests/test_rule_tables.py"],
+}
+TIMEOUT = 5
+IMPORT = "<import>"  # the baseline's key for lines run outside any test
+# (module, line, mutation) -> why no test can tell the mutant from the original.
+EQUIVALENT: dict[tuple[str, int, str], str] = {}
+
+FLIPS = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq,
+         ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn,
+         ast.NotIn: ast.In}
+SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
+         ast.And: ast.Or, ast.Or: ast.And, ast.BitOr: ast.BitAnd, ast.BitAnd: ast.BitOr}
+SKIPPED_FIELDS = {"annotation", "returns", "decorator_list"}
+
+
+def mutations(node: ast.AST) -> list[tuple[str, object]]:
+    """(description, replacement node) for each mutant of ``node`` itself."""
+    out = []
+    if isinstance(node, ast.Compare):
+        for j, op in enumerate(node.ops):
+            if type(op) in FLIPS:
+                new = copy.copy(node)
+                new.ops = node.ops[:j] + [FLIPS[type(op)]()] + node.ops[j + 1:]
+                out.append((f"{type(op).__name__} -> {FLIPS[type(op)].__name__}", new))
+    elif isinstance(node, (ast.BinOp, ast.BoolOp)) and type(node.op) in SWAPS:
+        new = copy.copy(node)
+        new.op = SWAPS[type(node.op)]()
+        out.append((f"{type(node.op).__name__} -> {new.op.__class__.__name__}", new))
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        out.append(("drop not", node.operand))
+    elif isinstance(node, ast.Constant):
+        out += _constant(node)
+    elif isinstance(node, ast.Dict):
+        for j in range(len(node.keys)):
+            new = copy.copy(node)
+            new.keys, new.values = node.keys[:j] + node.keys[j + 1:], node.values[:j] + node.values[j + 1:]
+            out.append((f"drop entry {j}", new))
+    elif isinstance(node, (ast.List, ast.Tuple, ast.Set)) and isinstance(getattr(node, "ctx", ast.Load()), ast.Load):
+        for j in range(len(node.elts)):
+            new = copy.copy(node)
+            new.elts = node.elts[:j] + node.elts[j + 1:]
+            out.append((f"drop item {j}", new))
+    return out
+
+
+def _constant(node: ast.Constant) -> list[tuple[str, ast.AST]]:
+    v = node.value
+    if isinstance(v, bool):
+        return [(f"{v} -> {not v}", ast.Constant(not v))]
+    if isinstance(v, (int, float)):
+        return [(f"{v!r} -> {v + 1!r}", ast.Constant(v + 1))]
+    if isinstance(v, str):
+        return [(f"{v[:20]!r} -> 'XX'...", ast.Constant("XX" + v))]
+    return []
+
+
+def _children(node: ast.AST):
+    """Child nodes in field order, without annotations, docstrings and f-string parts."""
+    for field, value in ast.iter_fields(node):
+        if field in SKIPPED_FIELDS or isinstance(node, ast.JoinedStr):
+            continue
+        items = value if isinstance(value, list) else [value]
+        for k, item in enumerate(items):
+            docstring = (field == "body" and k == 0 and isinstance(item, ast.Expr)
+                         and isinstance(item.value, ast.Constant) and isinstance(item.value.value, str))
+            if isinstance(item, ast.AST) and not docstring:
+                yield item
+
+
+def sites(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, description) of every mutant, in a fixed pre-order; ``mutant`` takes the index."""
+    found = []
+
+    def visit(node):
+        found.extend((getattr(node, "lineno", 0), d) for d, _ in mutations(node))
+        for child in _children(node):
+            visit(child)
+    visit(tree)
+    return found
+
+
+def mutant(source: str, index: int) -> ast.Module:
+    """The module with mutation number ``index`` (of ``sites``) applied."""
+    tree = ast.parse(source)
+    count = 0
+
+    def visit(node):
+        nonlocal count
+        options = mutations(node)
+        if count <= index < count + len(options):
+            return ast.copy_location(options[index - count][1], node)
+        count += len(options)
+        for field, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                setattr(node, field, [visit(v) if v in set(_children(node)) else v for v in value])
+            elif isinstance(value, ast.AST) and value in set(_children(node)):
+                setattr(node, field, visit(value))
+        return node
+    return ast.fix_missing_locations(visit(tree))
+
+
+class _Serve(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves the mutated code for one module name."""
+
+    def __init__(self, name: str, code):
+        self.name, self.code = name, code
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        return importlib.util.spec_from_file_location(fullname, ROOT / (fullname.replace(".", "/") + ".py"),
+                                                      loader=self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(self.code, module.__dict__)
+
+
+class _LineTracer:
+    """pytest plugin: the lines of one file each test runs."""
+
+    def __init__(self, path: str):
+        # lines run outside tests (imports at collection, cached tables) count for every test
+        self.path, self.lines = path, {IMPORT: set()}
+        self.current = self.lines[IMPORT]
+        sys.settrace(self._trace)
+
+    def _trace(self, frame, event, arg):
+        if frame.f_code.co_filename != self.path:
+            return None
+        self.current.add(frame.f_lineno)
+
+        def local(frame, event, arg):
+            self.current.add(frame.f_lineno)
+            return local
+        return local
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        self.current = self.lines.setdefault(item.nodeid, set())
+        sys.settrace(self._trace)
+        yield
+        self.current = self.lines[IMPORT]
+
+
+class _FirstFailure:
+    """pytest plugin: the id of the first failing test."""
+    nodeid = ""
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed and not self.nodeid:
+            self.nodeid = report.nodeid
+
+
+def _fork(run) -> tuple[int, float]:
+    """(exit status, seconds) of ``run()`` in a forked child."""
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        code = 1
+        try:
+            code = run()
+        finally:
+            os._exit(int(code))
+    return pid, start
+
+
+def _wait(pid: int, start: float, limit: float | None) -> tuple[int | None, float]:
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), time.monotonic() - start
+        if limit and time.monotonic() - start > limit:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None, time.monotonic() - start
+        time.sleep(0.05)
+
+
+def _forget_project_modules() -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in {"passes", "rewrite", "tests", "examples"} and name != __name__:
+            del sys.modules[name]
+
+
+def _pytest(args: list[str], plugins=()) -> int:
+    return pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header", "-o",
+                        "addopts=", *args], plugins=list(plugins))
+
+
+def baseline(path: str, tests: list[str]) -> tuple[dict[str, set[int]], float]:
+    """Lines per test id, from one traced run of ``tests`` (in a child), and its duration."""
+    out = ROOT / f".mutation_baseline_{os.getpid()}"
+
+    def run():
+        _forget_project_modules()
+        tracer = _LineTracer(str(ROOT / path))
+        code = _pytest(tests, [tracer])
+        out.write_text(repr({k: sorted(v) for k, v in tracer.lines.items()}))
+        return code
+    status, seconds = _wait(*_fork(run), None)
+    assert status == 0, f"the tests fail without a mutant: {tests}"
+    lines = {k: set(v) for k, v in ast.literal_eval(out.read_text()).items()}
+    out.unlink()
+    return lines, seconds
+
+
+def score(path: str, tests: list[str], sample: int | None = None,
+          only: set[int] | None = None) -> tuple[int, int, list[str]]:
+    """(killed, counted, survivor descriptions) for one module: every mutant, or about ``sample``
+    of them evenly spread (every k-th), when a full run does not fit."""
+    source = (ROOT / path).read_text()
+    name = path.removesuffix(".py").replace("/", ".")
+    lines, seconds = baseline(path, tests)
+    imported = lines.pop(IMPORT)
+    in_functions = {n.lineno for f in ast.walk(ast.parse(source))
+                    if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+                    if hasattr(n, "lineno")}
+    killed, counted, survivors = 0, 0, []
+    killers: list[str] = []  # tests that killed a mutant, latest first: run first
+    all_sites = sites(ast.parse(source))
+    step = max(1, len(all_sites) // sample) if sample else 1
+    for index, (line, what) in enumerate(all_sites):
+        if index % step or (path, line, what) in EQUIVALENT or (only and line not in only):
+            continue
+        counted += 1
+        ids = [t for t, ran in lines.items() if line in ran]
+        if line not in in_functions or line in imported:  # tables: every test may read them
+            ids = list(lines)
+        if not ids:
+            survivors.append(f"{path}:{line}: {what} (no test runs this line)")
+            continue
+        code = compile(mutant(source, index), str(ROOT / path), "exec")
+        ids.sort(key=lambda i: killers.index(i) if i in killers else len(killers))
+        result = ROOT / f".mutation_killer_{os.getpid()}"
+
+        def run():
+            _forget_project_modules()
+            sys.meta_path.insert(0, _Serve(name, code))
+            recorder = _FirstFailure()
+            status = _pytest(ids, [recorder])
+            result.write_text(recorder.nodeid)
+            return status
+        status, _ = _wait(*_fork(run), TIMEOUT * seconds + 30)
+        if status == 0:
+            survivors.append(f"{path}:{line}: {what}")
+        else:
+            killed += 1
+            killer = result.read_text() if result.exists() else ""
+            killers[:] = [killer] + [k for k in killers if k != killer] if killer else killers
+        result.unlink(missing_ok=True)
+        print(f"{path}:{line}: {what}: {'survived' if status == 0 else 'killed'}", flush=True)
+    return killed, counted, survivors
+
+
+def _warm(tests: list[str]) -> None:
+    """Import the project and the tests once, then forget the project's modules: the third-party
+    modules they pull in (torch._dynamo, hypothesis) stay imported for every forked child."""
+    import importlib
+    for test in tests:
+        importlib.import_module(test.removesuffix(".py").replace("/", "."))
+    _forget_project_modules()
+
+
+def main(paths: list[str], sample: int | None) -> None:
+    _warm(sorted({t for p in paths or TARGETS for t in TARGETS[p.partition(":")[0]]}))
+    totals = [0, 0]
+    report = []
+    lines: dict[str, set[int]] = {}  # "module.py:LINE": only that line's mutants
+    for spec in paths or list(TARGETS):
+        path, _, line = spec.partition(":")
+        lines.setdefault(path, set()).update({int(line)} if line else set())
+    for path, only in lines.items():
+        killed, counted, survivors = score(path, TARGETS[path], sample, only)
+        totals[0] += killed
+        totals[1] += counted
+        report.append(f"{path}: {killed}/{counted} killed ({100 * killed / max(counted, 1):.0f}%)")
+        report += [f"  survived: {s}" for s in survivors]
+    report.append(f"total: {totals[0]}/{totals[1]} killed ({100 * totals[0] / max(totals[1], 1):.1f}%)")
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.stdout.reconfigure(line_buffering=True)
+    args = sys.argv[1:]
+    sample = int(args.pop(args.index("--sample") + 1)) if "--sample" in args else None
+    main([a for a in args if a != "--sample"], sample)

@@ -1,0 +1,80 @@
+"""Checks of the rule tables and the passes that read them which the mutation score
+(tests/mutation_score.py) found missing: each test kills mutants that every other fast test let
+survive."""
+from __future__ import annotations
+
+import ast
+import operator
+
+import pytest
+import torch.fx
+
+import rewrite
+
+from passes import op_facts
+from rewrite.testing import differences
+from tests.helpers import load_module
+from tests.test_fuse_loss_idioms import _run_pass
+
+
+def _call(target, *args, **kwargs) -> torch.fx.Node:
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    return graph.call_function(target, (x, *args), kwargs)
+
+
+def test_is_mutating_sees_writes_by_operator_by_name_and_by_keyword():
+    assert op_facts.is_mutating(_call(operator.setitem, 0, 1.0))
+    assert op_facts.is_mutating(_call(torch.relu_))
+    assert op_facts.is_mutating(_call(torch.nn.functional.relu, inplace=True))
+    assert not op_facts.is_mutating(_call(operator.getitem, 0))
+    assert not op_facts.is_mutating(_call(torch.nn.functional.relu, inplace=False))
+
+
+def test_a_temporary_is_not_trusted_next_to_an_in_place_torch_function():
+    """``torch.relu_(b)`` changes an operand after the temporary was computed: the guard would
+    re-read another ``b``, so the idiom stays as written."""
+    source = "def f(a, b):\n    t = (a - b) ** 2\n    return t.mean() + torch.relu_(b).sum()\n"
+    assert _run_pass(ast.parse(source)) == ast.unparse(ast.parse(source))
+
+
+@pytest.mark.parametrize("operand, fused", [
+    ("a[1:3]", True), ("a[0, 1:]", True), ("a.detach()", True), ("a[len(b):]", True),
+    ("a[torch.randint(2, ()):]", False), ("g(a)", False), ("a.long(1)", False)])
+def test_operands_the_guard_may_evaluate_again(operand, fused):
+    """The fused form's guard evaluates the operands a second time: only indexing, slices,
+    builtins and ``.long()``/``.detach()`` of names are trusted to give the same value."""
+    source = f"def f(a, b, g):\n    return (({operand} - b) ** 2).mean()\n"
+    assert ("mse_loss" in _run_pass(ast.parse(source))) is fused
+
+
+LOOPS = {
+    "chained_comparison": """
+def f(x):
+    s = 0
+    for i in range(x.shape[0]):
+        if 0.0 < x[i].sum() < 1.0:
+            s = s + x[i].exp().sum()
+    return s
+""",
+    "list_read_by_enumerate": """
+def f(x):
+    lst = []
+    for i in range(x.shape[0]):
+        lst.append(x[i] * 2)
+    total = 0
+    for k, v in enumerate(lst):
+        total = total + k * v.sum()
+    return total
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOPS))
+def test_loops_vectorize_with_the_same_result(tmp_path, name):
+    original = load_module(tmp_path, "import torch\n" + LOOPS[name]).f
+    fast = rewrite.optimize_loss(original, compile=False, strict=True)
+    x = torch.tensor([[0.1, 0.2], [0.5, 0.7], [-0.3, 0.1], [0.4, 0.4]], dtype=torch.float64,
+                     requires_grad=True)
+    assert not differences(original, fast, (x,), {})
+    assert fast.report.loops[0].vectorized, fast.report.loops[0]
