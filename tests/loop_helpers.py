@@ -32,11 +32,15 @@ def context(tree: ast.Module, ns: dict) -> PassContext:
 
 def rewrite_source(src: str, ns: dict | None = None) -> tuple[str, Report]:
     """The rewritten source (normalised by ast.unparse) and the pass's report."""
-    ns = namespace() if ns is None else ns
+    code, ctx = _rewrite(src, namespace() if ns is None else ns)
+    return code, ctx.report
+
+
+def _rewrite(src: str, ns: dict) -> tuple[str, PassContext]:
     tree = ast.parse(dedent(src))
     ctx = context(tree, ns)
     tree = vectorize_loops.transform(tree, ctx)
-    return unparse(tree), ctx.report
+    return unparse(tree), ctx
 
 
 def normalise(src: str) -> str:
@@ -46,9 +50,10 @@ def normalise(src: str) -> str:
 def build(src: str, ns: dict | None = None) -> tuple[Callable, Callable, str, Report]:
     """(original function, rewritten function, rewritten source, report)."""
     ns = namespace() if ns is None else ns
-    code, report = rewrite_source(src, ns)
+    code, ctx = _rewrite(src, ns)
+    report = ctx.report
     name = ast.parse(dedent(src)).body[0].name
-    before, after = dict(ns), dict(ns)
+    before, after = dict(ns), {**ns, **ctx.bindings}  # the objects generated code names
     exec(compile(dedent(src), "<original>", "exec"), before)
     exec(compile(code, "<rewritten>", "exec"), after)
     return before[name], after[name], code, report

@@ -37,13 +37,14 @@ SOURCES = {
                     hard.append(l)
             return torch.stack(hard).sum() if hard else x.sum() * 0
         """,
-    # a recurrence: one matmul over all steps, the residual recurrence is elementwise
+    # a recurrence (not a linear one, which becomes a scan): one matmul over all steps, the
+    # residual recurrence is elementwise
     "recurrence": """
         def f(x, W, beta):
             s = 0
             for t in range(x.shape[1]):
                 h = torch.tanh(x[:, t] @ W)
-                s = beta * s + (1 - beta) * h
+                s = torch.tanh(beta * s + (1 - beta) * h)
             return s.sum()
         """,
     # I/O: the same lines printed, the sum in the original order
@@ -131,11 +132,11 @@ GOLDEN = {
                 _h_all = _outs_1[0].unbind(0)
                 for t in range(x.shape[1]):
                     h = _h_all[t]
-                    s = beta * s + (1 - beta) * h
+                    s = torch.tanh(beta * s + (1 - beta) * h)
             else:
                 for t in range(x.shape[1]):
                     h = torch.tanh(x[:, t] @ W)
-                    s = beta * s + (1 - beta) * h
+                    s = torch.tanh(beta * s + (1 - beta) * h)
             return s.sum()
         """,
     "print_losses": """
@@ -354,6 +355,7 @@ def test_random_bodies_are_equivalent(stmts):
         randn(3, 3, dtype=torch.float64, seed=3)
     assert_equivalent(original, optimized, x, w, M)
     heavy = any(h for h, _ in stmts)
-    blocking = any(not h and pick < 3 for h, pick in stmts)  # all but the accumulator keep a loop
-    want = ("distributed" if heavy else "kept") if blocking else "batched"
+    linear = sum(not h and pick == 1 for h, pick in stmts)  # one is a scan, two updates are not
+    blocking = linear > 1 or any(not h and pick in (0, 2) for h, pick in stmts)  # and effects
+    want = ("distributed" if heavy else "kept") if blocking else "scan" if linear else "batched"
     assert report.loops[0].strategy == want

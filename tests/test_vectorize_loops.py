@@ -432,13 +432,13 @@ def test_nan_trap_gradients_stay_finite():
 # Kept loops: unchanged, with the reason at the user's line.
 
 KEPT = {
-    "ema": ("""
+    "ema_of_squares": ("""
         def f(x):
             s = 0
             for t in range(x.shape[0]):
-                s = 0.9 * s + x[t]
+                s = 0.9 * s * s + x[t]
             return s
-        """, "`s` is a loop-carried recurrence: s = 0.9 * s + x[t] (line 4)"),
+        """, "`s` is a loop-carried recurrence: s = 0.9 * s * s + x[t] (line 4)"),
     "rnn_state": ("""
         def f(x, w):
             h = torch.zeros(3)
@@ -978,7 +978,7 @@ def test_one_report_entry_per_loop_at_its_line():
             return s + h + z
         """
     _, report = rewrite_source(src)
-    assert sorted(strategies(report).items()) == [(3, "vmap"), (4, "batched"), (7, "kept"),
+    assert sorted(strategies(report).items()) == [(3, "vmap"), (4, "batched"), (7, "scan"),
                                                    (9, "batched"), (10, "kept")]
 
 
@@ -1013,11 +1013,13 @@ def test_examples_stay_equivalent(name):
     loops = opt.report.loops
     if module.CASE["loops"] == "kept":
         assert all(l.reason for l in loops)
-    assert all(l.strategy in ("batched", "vmap", "cumsum", "cumprod", "distributed", "kept") for l in loops)
+    assert all(l.strategy in ("batched", "vmap", "cumsum", "cumprod", "scan", "distributed",
+                                       "kept") for l in loops)
 
 
 VECTORIZED_EXAMPLES = ["center_loss", "chamfer", "class_weighted_ce", "dice_tversky",
-                       "elementwise_fn_loop", "elementwise_if_else", "ge2e",
+                       "discounted_returns", "elementwise_fn_loop", "elementwise_if_else",
+                       "ema_recurrence", "gae_ppo", "ge2e",
                        "label_smoothing_rows", "masked_mse", "masked_nll_pad",
                        "onehot_smoothing_weights", "pairwise_similarity", "per_sample_ce",
                        "per_sample_ce_fn", "per_sample_mse", "seq_ce_time", "slow_add",

@@ -368,7 +368,7 @@ def analyze(body: list[ast.stmt], index: str, seeds: set[str], live_after: set[s
     for name in sorted(seeds & facts.assigned):
         raise Unsupported(f"the loop body rebinds the loop variable `{name}`")
     carried = {}
-    _exposed(body, set(seeds), facts.assigned, carried)
+    exposed_reads(body, set(seeds), facts.assigned, carried)
     facts.variant = variant_names(body, seeds, ctx)
     facts.masked = any(_is_guarded_continue(s) for s in body)
     _check_calls(body, facts.assigned, ctx)
@@ -416,7 +416,7 @@ def _check_statements(stmts: list[ast.stmt], top: bool) -> None:
             raise Unsupported("yield, await, global or nonlocal inside the loop", s.lineno)
 
 
-def _exposed(stmts: list[ast.stmt], defined: set[str], assigned: set[str],
+def exposed_reads(stmts: list[ast.stmt], defined: set[str], assigned: set[str],
              carried: dict[str, ast.stmt]) -> tuple[set[str], bool]:
     """Forward must-definedness: record names read before any definition in the iteration.
 
@@ -430,8 +430,8 @@ def _exposed(stmts: list[ast.stmt], defined: set[str], assigned: set[str],
             for name in loads(s.test) - defined:
                 if name in assigned:
                     carried.setdefault(name, s)
-            d1, f1 = _exposed(s.body, defined, assigned, carried)
-            d2, f2 = _exposed(s.orelse, defined, assigned, carried)
+            d1, f1 = exposed_reads(s.body, defined, assigned, carried)
+            d2, f2 = exposed_reads(s.orelse, defined, assigned, carried)
             through = [d for d, f in ((d1, f1), (d2, f2)) if f]
             if not through:
                 return defined, False

@@ -82,8 +82,9 @@ from ..errors import Unsupported
 from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
                distribute_loops, effects_to_outputs, fold_accumulators,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, loop_dataflow, masked_selections_to_where,
-               normalize_comprehensions, outline_body, raise_on_empty_selections,
+               inplace_writes_to_functional, iteration, linear_recurrences_to_scans,
+               loop_dataflow, masked_selections_to_where, normalize_comprehensions, outline_body,
+               raise_on_empty_selections,
                row_slices_to_params, runtime_checks, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
@@ -201,14 +202,20 @@ class _Vectorizer(Transformer):
         live = self.live.get(id(node))
         if live is None:  # unseen loop: all names live (not a default: it walks the function)
             live = loads(self.func)
+        after, divided = self.divisions.get(id(node), (None, {}))
+        known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
+                     buildable_lists=self.buildable_lists.get(id(node), set()))
         try:
-            after, divided = self.divisions.get(id(node), (None, {}))
-            plan = vectorize(new_plan(node, live, self.ctx, zeros=self.zeros.get(id(node), set()),
-                                      divided=divided, masks=self.masks,
-                                      buildable_lists=self.buildable_lists.get(id(node), set())),
-                             self.ctx)
+            plan = vectorize(new_plan(node, live, self.ctx, **known), self.ctx)
         except Unsupported as exc:
-            # kept whole: its vectorizable statements may still leave it (loop fission)
+            # kept whole: its linear recurrences may become scans ...
+            scanned = linear_recurrences_to_scans.scan(node, live, self.ctx, vectorize, **known)
+            if scanned is not None:
+                self.ctx.report.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
+                                         + _runs_when(scanned.check))
+                return self._averaged(scanned.rest, after, _guarded(
+                    scanned.check, node.lineno, scanned.stmts, original, node))
+            # ... or its vectorizable statements may still leave it (loop fission)
             fission = distribute_loops.distribute(node, live, self.ctx, vectorize)
             if fission is None:
                 self.ctx.report.add_loop(node.lineno, False, "kept", exc.reason)
@@ -222,12 +229,15 @@ class _Vectorizer(Transformer):
         self.bound_lists |= plan.bound_lists
         # for an outer loop that inlines this one
         ast_marks.put(vectorized, ast_marks.BOUND_LISTS, plan.bound_lists)
+        return self._averaged(plan, after, vectorized)
+
+    def _averaged(self, plan: LoopPlan, after: ast.stmt | None, vectorized: ast.If) -> ast.AST:
+        """``vectorized``; when it leaves means, ``return loss / B`` after it becomes
+        ``return loss if _averaged else loss / B`` (the original left the sum in ``loss``)."""
         if not plan.averaged:
             return vectorized
-        # `return loss / B` -> `return loss if _averaged else loss / B`: the vectorized branch
-        # left the mean in `loss`, the original its sum.
         _DivideUnlessAveraged(plan.averaged, plan.averaged_flag, self.ctx).visit(after)
-        return replace("f = False", loc=node, f=plan.averaged_flag) + [vectorized]
+        return replace("f = False", loc=vectorized, f=plan.averaged_flag) + [vectorized]
 
     def visit_Assign(self, node: ast.stmt) -> ast.AST:
         return self._comprehension(node)
@@ -310,6 +320,12 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
         parts.append(f"vmap where `{unparse(plan.batched_if)}` does not hold")
     return "; ".join(dict.fromkeys(parts)) or "no effects"
+
+
+def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> str:
+    states = ", ".join(f"`{n}`" for n in scanned.states)
+    return (f"{states} = a * {states} + b: every step's state by one parallel scan (log depth); "
+            f"the rest: {_why(scanned.rest, ctx)}")
 
 
 def _runs_when(check: ast.expr) -> str:

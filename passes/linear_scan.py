@@ -1,0 +1,51 @@
+"""The parallel scan of a first-order linear recurrence, run by generated code.
+
+``linear_scan(a, b, s0, a_steps, b_steps, trips, reverse)`` returns every state of
+``s_t = a_t * s_(t-1) + b_t`` for ``t = 0 .. trips-1`` from ``s_(-1) = s0``, stacked along a new
+dim 0. ``a`` and ``b`` are per-step values stacked along dim 0 when ``a_steps`` / ``b_steps``,
+else one value for every step (a Python number or a tensor). With ``reverse`` the steps run from
+the last to the first (``s_t = a_t * s_(t+1) + b_t``, a loop over ``reversed(range(...))``); the
+states are still stacked in the order of ``t``.
+
+Method: Hillis-Steele over the affine maps ``s -> A * s + B``. After round ``r`` each step holds
+the composition of the ``2**r`` maps ending there, so ``ceil(log2(trips))`` rounds of elementwise
+ops give every prefix; the states are then ``A_t * s0 + B_t``. Only products and sums: no
+division by a cumulative product, which underflows (or is zero, ``1 - done``) on long sequences.
+The sums are formed in another order than the loop's, so values agree within the dtype's
+rounding, not bit for bit; gradients are autograd's through these ops.
+
+dtype and shape are those of the original's states: the first state ``a_0 * s0 + b_0`` is
+computed as the loop computes it, and every step is cast to its dtype and broadcast to its shape
+(a state's shape is fixed by the first step: later steps broadcast to it or the loop would have
+raised, and the check of the rewritten loop keeps the shapes it vectorizes alike).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def linear_scan(a, b, s0, a_steps: bool, b_steps: bool, trips: int,
+                reverse: bool) -> torch.Tensor:
+    if reverse:
+        a, b = (a.flip(0) if a_steps else a), (b.flip(0) if b_steps else b)
+    first = (a[0] if a_steps else a) * s0 + (b[0] if b_steps else b)
+    A = _steps(a, a_steps, first, trips, full=False)
+    B = _steps(b, b_steps, first, trips, full=True)
+    offset = 1
+    while offset < trips:  # both updates read the previous round's A
+        A, B = (torch.cat([A[:offset], A[offset:] * A[:-offset]]),
+                torch.cat([B[:offset], A[offset:] * B[:-offset] + B[offset:]]))
+        offset *= 2
+    states = A * s0 + B
+    return states.flip(0) if reverse else states
+
+
+def _steps(v, per_step: bool, first: torch.Tensor, trips: int, full: bool) -> torch.Tensor:
+    """``v`` as ``trips`` steps of the state's dtype, its dims aligned with the state's last
+    dims; ``full``: broadcast to the state's shape (else a constant factor stays one number per
+    step: its products cost nothing). A Python number is converted straight to that dtype
+    (through float32 it would lose digits in float64)."""
+    v = torch.as_tensor(v, dtype=first.dtype, device=first.device)
+    step = v.shape[1:] if per_step else v.shape
+    v = v.reshape(trips if per_step else 1, *[1] * (first.dim() - len(step)), *step)
+    return v.expand(trips, *(first.shape if full else v.shape[1:]))
