@@ -6,12 +6,12 @@ same gradients, and runs as written otherwise::
 
     ((a - b) ** 2).mean()          ->  F.mse_loss(a, b) if <same shape, same float dtype> else ...
     torch.logsumexp(x, dim=1).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)
-                                   ->  F.cross_entropy(x, y.long(), reduction='sum')
-                                       if <x [N, C] float, y [N] int64/int32, 0 <= y < C> else ...
-    (<that difference>) / n        ->  F.cross_entropy(x, y.long()) if <the same, n == N> else ...
+                                   ->  F.cross_entropy(x, _labels(y, C), reduction='sum')
+                                       if <x [N, C] float, y [N] int64/int32> else ...
+    (<that difference>) / n        ->  F.cross_entropy(x, _labels(y, C)) if <the same, n == N> else ...
     w = cw[y]                          w = cw[y]
     (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0)
-                                   ->  F.nll_loss(lp, y.long(), weight=cw, reduction='sum')
+                                   ->  F.nll_loss(lp, _labels(y, C), weight=cw, reduction='sum')
                                        if <the label guard, cw [C] of lp's dtype, no grad> else ...
 
 (``F`` is spelled ``torch.nn.functional``: the user's module may not bind ``F``.) The squared
@@ -23,9 +23,12 @@ Only idioms whose fused form measured faster (fwd+bwd, CPU) are rules: ``(a - b)
 
 Why the guards: ``mse_loss`` broadcasts (with a warning) and promotes dtypes differently
 from ``a - b``; float16/bfloat16 reduce with another accumulation, so only float32/float64 fuse.
-Indexing wraps negative labels and treats bool labels as a mask, while ``cross_entropy`` raises or
-ignores -100, so labels must be int64/int32 in ``[0, C)``: that check, ``bool(... .all())``, is
-a host sync (cheap on CPU; on GPU it waits for the labels). ``nll_loss`` has no gradient for
+Indexing treats bool labels as a mask, so labels must be int64/int32; it wraps negative labels
+and raises outside ``[-C, C)``, while ``cross_entropy`` raises on negative labels or ignores -100:
+the fused losses read the labels through ``indexed_labels`` (bound into the generated code as
+``LABELS__``), ``labels % C`` after a device-side check (``torch._assert_async``) that raises where
+indexing raises. No host sync: the check never reads the labels back (on a GPU a bad label is a
+device-side assert, as the original's indexing is). ``nll_loss`` has no gradient for
 ``weight``, so a weight that requires grad keeps the original. Operands are re-evaluated by the
 guard, so they must be side-effect free (names, attributes, subscripts, ``.long()``,
 ``.detach()``); a temporary's definition is only trusted in the next statement, and only when
@@ -36,6 +39,8 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
+
+import torch
 
 from . import ops
 from .ast_tools import PassContext, Transformer, replace, walk
@@ -56,7 +61,7 @@ _SAME_FLOAT = (f"isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor) and
 # Labels of X [N, C] that index exactly as the fused losses read them.
 _LABEL_GUARD = (f"isinstance(X, torch.Tensor) and isinstance(Y, torch.Tensor) and X.dtype in {_FLOATS}"
                 f" and X.dim() == 2 and Y.dim() == 1 and Y.dtype in {_LABELS}"
-                f" and Y.shape[0] == X.shape[0] and bool(((Y >= 0) & (Y < X.shape[1])).all())")
+                f" and Y.shape[0] == X.shape[0]")
 _ROWS = "X[torch.arange(len(X), device=X.device), Y]"
 _SQUARES = ["(A - B) ** 2", "(A - B).pow(2)", "(A - B) * (A - B)"]
 _REDUCTIONS = ("mean", "sum")  # the method and its reduction= share the name
@@ -68,11 +73,13 @@ RULES: list[Rule] = [
            {"T": sq}) for sq in _SQUARES for r in _REDUCTIONS],
     # the mean over N = all rows (vectorize_loops' mean over a loop), before the sum matches
     Rule(f"(torch.logsumexp(X, dim=1).sum(0) - {_ROWS}.sum(0)) / N",
-         "torch.nn.functional.cross_entropy(X, Y.long())", _LABEL_GUARD + " and N == X.shape[0]"),
+         "torch.nn.functional.cross_entropy(X, LABELS__(Y, X.shape[1]))",
+         _LABEL_GUARD + " and N == X.shape[0]"),
     Rule(f"torch.logsumexp(X, dim=1).sum(0) - {_ROWS}.sum(0)",
-         "torch.nn.functional.cross_entropy(X, Y.long(), reduction='sum')", _LABEL_GUARD),
+         "torch.nn.functional.cross_entropy(X, LABELS__(Y, X.shape[1]), reduction='sum')",
+         _LABEL_GUARD),
     Rule(f"(-W * {_ROWS}).sum(0)",
-         "torch.nn.functional.nll_loss(X, Y.long(), weight=CW, reduction='sum')",
+         "torch.nn.functional.nll_loss(X, LABELS__(Y, X.shape[1]), weight=CW, reduction='sum')",
          _LABEL_GUARD + " and isinstance(CW, torch.Tensor) and not CW.requires_grad"
          " and CW.dtype == X.dtype and CW.dim() == 1 and CW.shape[0] == X.shape[1]",
          {"W": "CW[Y]"}),
@@ -85,6 +92,14 @@ FUSED = frozenset({"mse_loss", "cross_entropy", "nll_loss"})
 SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr)
 # Allowed inside a re-evaluated operand, with the builtins without effects (``ops.is_builtin``).
 PURE_METHODS = frozenset({"long", "detach"})
+
+
+def indexed_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """``labels`` as indexing a dim of size ``classes`` reads them (negative ones wrap), checked
+    on the device where indexing raises."""
+    torch._assert_async(((labels >= -classes) & (labels < classes)).all(),
+                        f"index out of bounds for dimension 1 with size {classes}")
+    return labels.long() % classes
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -160,7 +175,7 @@ class _Fuse(Transformer):
                 if found is not None:
                     template = f"({rule.fused}) if ({rule.guard}) else ORIGINAL__"
                     return replace(template, loc=node, torch_name=self.ctx.torch_name,
-                                   ORIGINAL__=node, **found)
+                                   ORIGINAL__=node, LABELS__=self._labels(), **found)
         return super().visit(node)
 
     def _match(self, pat: ast.AST, node: ast.AST, env: dict, defs: dict) -> dict | None:
@@ -196,6 +211,14 @@ class _Fuse(Transformer):
             elif p != n:
                 return None
         return env
+
+    def _labels(self) -> str:
+        """The name generated code calls ``indexed_labels`` by."""
+        name = next((k for k, v in self.ctx.bindings.items() if v is indexed_labels), None)
+        if name is None:
+            name = self.ctx.namer.new("labels")
+            self.ctx.bindings[name] = indexed_labels
+        return name
 
     def _safe(self, stmt: ast.stmt) -> bool:
         # once per statement: what this pass puts into it calls only safe functions

@@ -13,7 +13,7 @@ import torch.fx
 from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
-               optimize_called_helpers, reroll_unrolled_loops)
+               optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops)
 from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
 
@@ -29,6 +29,7 @@ AST_PIPELINE: list = [
     vectorize_loops,
     fuse_loss_idioms,  # after vectorize_loops: the idioms it fuses are mostly that pass's output
     optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
+    outline_kept_loops,  # last: the loops every other pass left as loops (and their calls)
 ]
 
 # FX passes, in order: each entry is a module with ``run(gm) -> PassResult``; facts go to

@@ -188,6 +188,10 @@ def _fingerprint(code: types.CodeType) -> tuple:
         for i in dis.get_instructions(code) if i.opcode not in _LAYOUT and i.arg is not None))
 
 
+# Attribute of a rebuilt function: (its rewritten source, its ParsedFunction, its bindings).
+REWRITE_OF = "_optimize_loss_rewrite"
+
+
 def build_function(tree: ast.Module, parsed: ParsedFunction,
                    bindings: dict[str, Any] | None = None) -> Callable:
     """A function from the (rewritten) ``tree`` sharing ``parsed.fn``'s globals, cells, defaults;
@@ -234,4 +238,6 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
     except Exception as exc:  # our bug: a pass produced code that does not compile
         raise RewriteError(f"rewritten source does not compile: {exc}", parsed.filename,
                            parsed.lineno) from exc
+    # what the runtime needs to build a copy counting the loops' runs (a helper's too)
+    setattr(rebuilt, REWRITE_OF, (report.rewritten_source, parsed, dict(ctx.bindings)))
     return rebuilt, report.rewritten_source != before

@@ -291,16 +291,14 @@ class OptimizedFunction:
             return rewritten  # (a lambda's rewritten source reads `def <lambda>`: no Python)
         with self._lock:
             if self._counting is None:
-                tree = ast.parse(report.rewritten_source)
-                ast.increment_lineno(tree, report.lineno - 1)  # the def's line; the rest shifts
-                tree = loop_run_counters.instrument(tree, _COUNTER)
+                tree = _instrumented(report.rewritten_source, report.lineno)
                 own = set(self._original.__code__.co_freevars)
                 cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
                 bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
                 parsed = frontend.ParsedFunction(self._original, tree, report.filename,
                                                  report.lineno, report.original_source, "torch")
-                self._counting = frontend.build_function(tree, parsed,
-                                                         {**bindings, _COUNTER: report})
+                self._counting = frontend.build_function(
+                    tree, parsed, {**_counting_helpers(bindings, report), _COUNTER: report})
             return self._counting
 
     def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
@@ -403,6 +401,29 @@ def _rewrite_pending(_: Any) -> None:
         finally:
             fn._lock.release()
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
+
+
+def _counting_helpers(bindings: dict[str, Any], report: Report) -> dict[str, Any]:
+    """``bindings`` with the rewritten helpers among them (``frontend.REWRITE_OF``) replaced by
+    copies counting their loops' runs into ``report``, which lists the helpers' loops too."""
+    counted = {}
+    for name, value in bindings.items():
+        rewrite_of = getattr(value, frontend.REWRITE_OF, None)
+        if rewrite_of is None:
+            counted[name] = value
+            continue
+        source, parsed, own = rewrite_of
+        counted[name] = frontend.build_function(
+            _instrumented(source, parsed.lineno), parsed,
+            {**_counting_helpers(own, report), _COUNTER: report})
+    return counted
+
+
+def _instrumented(source: str, lineno: int) -> ast.Module:
+    """The rewritten ``source`` of a function defined at ``lineno``, counting its loops' runs."""
+    tree = ast.parse(source)
+    ast.increment_lineno(tree, lineno - 1)  # the def's line; the rest shifts
+    return loop_run_counters.instrument(tree, _COUNTER)
 
 
 def _first_order_only(compiled: Callable, name: str) -> Callable:

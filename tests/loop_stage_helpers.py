@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 
 from passes.ast_tools import PassContext, clone, fix_missing_locations, unparse
-from passes.loops import loop_dataflow, normalize_comprehensions, vectorize_loops
+from passes.loops import (loop_dataflow, normalize_comprehensions, stack_tensor_lists,
+                          vectorize_loops)
 from passes.loops.plan import LoopPlan, new_plan
 from tests.loop_helpers import context, dedent, namespace
 
@@ -29,7 +30,10 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
     plan = new_plan(loop, loop_dataflow.live_after_loops(func)[id(loop)], ctx,
                     zeros=loop_dataflow.zero_before_loops(func).get(id(loop), set()),
                     divided=divided, buildable_lists=normalize_comprehensions
-                    .lists_built_by_loops(func, ctx).get(id(loop), set()))
+                    .lists_built_by_loops(func, ctx).get(id(loop), set()),
+                    # only its own cases stack lists: the others read the user's names
+                    list_names=stack_tensor_lists.list_names(func, ctx)
+                    if stage is stack_tensor_lists else frozenset())
     for s in vectorize_loops.LOOP_STAGES[:vectorize_loops.LOOP_STAGES.index(stage)]:
         plan = s.stage(plan, ctx)
     return plan

@@ -270,7 +270,8 @@ def test_masked_selection_reshape_golden():
     assert strategies(report) == {3: "batched"}, (report, code)
     assert re.search(r"_keep = _mask\.reshape\(_mask\.shape\[:1\] \+ _mask_shape\[_mask\.shape"
                      r"\[1:\], _x_row\.shape\[1:\], _y_row\.shape\[1:\]\]\)", code), code
-    assert "m.dim() >= 2" in code, code  # a 0-d mask per item adds a dim: vmap
+    # a 0-d mask per item adds a dim: vmap (`m` may be a list of masks: read stacked)
+    assert "_m_stacked.dim() >= 2" in code, code
 
 
 def test_masked_selection_of_a_tensor_that_does_not_vary_runs_vmap():
@@ -337,7 +338,7 @@ UNDER_SET = [
     ("(t == t[i]).sum()", "_s_part = (t == _t_row[:, None]).sum()"),
     ("(x - x[i]).abs().sum()", "_s_part = (x - _x_row[:, None]).abs().sum()"),
     ("(x - t[i]).abs().sum() + x[i].sum()",
-     "(x - _t_row[(slice(None),) + (None,) * (x.dim() - t.dim() + 1)]).abs().sum()"),
+     "(x - _t_row[(slice(None),) + (None,) * (x.dim() - _t_stacked.dim() + 1)]).abs().sum()"),
     ("(x[i].sum() * x).sum()", None),  # a 0-d value next to x, a tensor (int sums are int64)
 ]
 
@@ -350,9 +351,10 @@ def test_values_next_to_the_loop_input_golden(expr, golden):
         assert "[:, None]" not in code and "torch.vmap" in code and "if x.dim()" not in code, code
         assert "per-item values next to `x`, a tensor of higher rank" in report.loops[0].reason
     else:
-        assert golden in code and ("torch.vmap" in code) == ("t.dim()" in golden), code
-    if "t.dim()" in (golden or ""):  # item rank at most x's; 0-d items of x's dtype
-        assert "x.dim() + 1 >= t.dim() and (t.dim() >= 2 or x.dtype == t.dtype)" in code, code
+        assert golden in code and ("torch.vmap" in code) == ("t_stacked.dim()" in golden), code
+    if "t_stacked.dim()" in (golden or ""):  # item rank at most x's; 0-d items of x's dtype
+        assert ("x.dim() + 1 >= _t_stacked.dim() and (_t_stacked.dim() >= 2 or "
+                "x.dtype == _t_stacked.dtype)") in code, code
 
 
 # (x shape, t shape, t dtype: None for x's): size-1 dims, 0-d items, ranks the form does not

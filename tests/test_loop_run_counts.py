@@ -91,11 +91,14 @@ def test_compiled_signatures_count_what_runs(user):
     fn = optimize_loss(user.summed, backend="eager")
     fn(*_inputs(torch.float32))
     pred, target = _inputs(torch.float32)
-    fn(list(pred), list(target))  # a list of rows: the check fails, the loop runs as written
+    fn(list(pred), list(target))  # a list of rows of one shape: stacked, vectorized
+    rows = [pred[0], pred[1, :3]]  # rows of different lengths: the loop runs as written
+    fn(rows, [r.detach() for r in rows])
     loop = _loop(fn)
-    assert (loop.vectorized_runs, loop.original_runs) == (1, 1)
-    assert loop.last_failure == "check `isinstance(pred, torch.Tensor)` was false"
-    assert "as written 1; last: check `isinstance(pred, torch.Tensor)` was false" in str(fn.report)
+    assert (loop.vectorized_runs, loop.original_runs) == (2, 1)
+    assert loop.last_failure == "check `isinstance(_pred_stacked, torch.Tensor)` was false"
+    assert ("as written 1; last: check `isinstance(_pred_stacked, torch.Tensor)` was false"
+            in str(fn.report))
 
 
 def test_a_vectorized_branch_that_raises_is_reported(user):

@@ -12,10 +12,12 @@ import pytest
 
 from passes.errors import Unsupported
 from passes.loops import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-                          effects_to_outputs, fold_accumulators, host_roundtrips_to_tensor_ops,
+                          conditional_expressions_to_branches, effects_to_outputs,
+                          fold_accumulators, host_roundtrips_to_tensor_ops,
                           inline_helper_calls, inline_inner_loops, inplace_writes_to_functional,
                           iteration, masked_selections_to_where, outline_body,
-                          raise_on_empty_selections, row_slices_to_params, runtime_checks,
+                          ragged_slices_to_masks, raise_on_empty_selections,
+                          row_slices_to_params, runtime_checks, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
@@ -56,6 +58,45 @@ def f(xs):
 """,
      """
 Unsupported: `for ... else`
+"""),
+    (stack_tensor_lists, """
+def f(preds, targets, w):
+    loss = 0
+    for i, (p, t) in enumerate(zip(preds, targets)):
+        loss += ((p - t) ** 2).mean() * w[i]
+    return loss
+""", ('checks', 'prelude', 'outline'),
+     """
+# checks
+isinstance(w, torch.Tensor) and min(len(preds), len(targets)) <= w.shape[0] and isinstance(preds, torch.Tensor) and preds.dim() > 0 and isinstance(targets, torch.Tensor) and targets.dim() > 0 and isinstance(min(len(preds), len(targets)), int) and min(len(preds), len(targets)) > 0
+# prelude
+# outline
+if targets.dim() == preds.dim() and w.dim() == 1: ...
+loss = _outs[0]
+""",
+     """
+# checks
+isinstance(_w_stacked, torch.Tensor) and min(len(_preds_stacked), len(_targets_stacked)) <= _w_stacked.shape[0] and isinstance(_preds_stacked, torch.Tensor) and _preds_stacked.dim() > 0 and isinstance(_targets_stacked, torch.Tensor) and _targets_stacked.dim() > 0 and isinstance(min(len(_preds_stacked), len(_targets_stacked)), int) and min(len(_preds_stacked), len(_targets_stacked)) > 0
+# prelude
+_preds_stacked = torch.stack(tuple(preds)) if isinstance(preds, (list, tuple)) and len(preds) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == preds[0].shape and (_v.dtype == preds[0].dtype) and (_v.device == preds[0].device) for _v in preds)) else preds
+_targets_stacked = torch.stack(tuple(targets)) if isinstance(targets, (list, tuple)) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
+_w_stacked = torch.stack(tuple(w)) if isinstance(w, (list, tuple)) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else w
+# outline
+if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1: ...
+loss = _outs[0]
+"""),
+    (stack_tensor_lists, """
+def f(preds, targets, heads):
+    loss = 0
+    for i in range(preds.shape[0]):
+        loss += ((preds[i] - targets[i]) * heads).sum()
+    return loss + targets.sum()
+""", ('prelude',),
+     """
+# prelude
+""",
+     """
+# prelude
 """),
     (inline_inner_loops, """
 def f(x, w, n):
@@ -413,6 +454,89 @@ isinstance(labels, torch.Tensor) and n <= labels.shape[0]
 # checks
 isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and isinstance(n, int) and n > 1
 """),
+    (ragged_slices_to_masks, """
+def f(x, lengths):
+    total = 0
+    for i in range(len(x)):
+        L = lengths[i].item()
+        total = total + x[i, :L].sum() / L
+    return total
+""", ('body',),
+     """
+# body
+L = lengths[i].item()
+total = total + x[i, :L].sum() / L
+""",
+     """
+# body
+L = lengths[i].item()
+_pos = torch.arange(x[i].shape[0], device=x[i].device)
+_in = _pos < L + x[i].shape[0] * (L < 0)
+total = total + x[i][_in].sum() / L
+"""),
+    (ragged_slices_to_masks, """
+def f(x, lengths):
+    total = 0
+    for i in range(len(x)):
+        L = lengths[i].item()
+        total = total + x[i, :L].sum(0).sum()
+    return total
+""", ('body',),
+     """
+# body
+L = lengths[i].item()
+total = total + x[i, :L].sum(0).sum()
+""",
+     """
+# body
+L = lengths[i].item()
+total = total + x[i, :L].sum(0).sum()
+"""),
+    (conditional_expressions_to_branches, """
+def f(p, t, alpha):
+    total = 0
+    for i in range(len(p)):
+        w = alpha if t[i] > 0.5 else 1 - alpha
+        total = total + w * (p[i].log() if t[i] > 0 else (1 - p[i]).log())
+    return total
+""", ('body', 'pick_checks'),
+     """
+# body
+w = alpha if t[i] > 0.5 else 1 - alpha
+total = total + w * (p[i].log() if t[i] > 0 else (1 - p[i]).log())
+# pick_checks
+""",
+     """
+# body
+_test = t[i] > 0.5
+if _test:
+    _pick = torch.full_like(_test, alpha, dtype=torch.float64)
+else:
+    _pick = torch.full_like(_test, 1 - alpha, dtype=torch.float64)
+w = _pick
+if t[i] > 0:
+    _pick_1 = p[i].log()
+else:
+    _pick_1 = (1 - p[i]).log()
+total = total + w * _pick_1
+# pick_checks
+isinstance(alpha, float); isinstance(1 - alpha, float)
+"""),
+    (conditional_expressions_to_branches, """
+def f(p, t, flag):
+    total = 0
+    for i in range(len(p)):
+        total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
+    return total
+""", ('body',),
+     """
+# body
+total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
+""",
+     """
+# body
+total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
+"""),
     (tensor_branches_to_where, """
 def f(x, n):
     total = 0
@@ -575,13 +699,13 @@ def f(x, lengths, n):
     total = 0
     for i in range(n):
         L = lengths[i].item()
-        total = total + x[i, :L].sum()
+        total = total + x[i, :L].sum(0).sum()
     return total
 """, ('body',),
      """
 # body
 L = _lengths_row.detach()
-_total_part = _total_part + _x_row[:L].sum()
+_total_part = _total_part + _x_row[:L].sum(0).sum()
 """,
      """
 Unsupported: `x[i, :L]`: slice bound `L` varies per iteration (the slice's size would differ between iterations)
@@ -590,17 +714,17 @@ Unsupported: `x[i, :L]`: slice bound `L` varies per iteration (the slice's size 
 def f(x, t, w_pos, w_neg, n):
     total = 0
     for i in range(n):
-        w = w_pos if t[i] > 0.5 else w_neg
+        w = w_pos if 0 < t[i] < 0.5 else w_neg
         total = total + w * x[i, :3]
     return total
 """, ('body',),
      """
 # body
-w = w_pos if _t_row > 0.5 else w_neg
+w = w_pos if 0 < _t_row < 0.5 else w_neg
 _total_part = _total_part + w * _x_row[:3]
 """,
      """
-Unsupported: conditional expression on `t[i] > 0.5`, which varies per iteration: a Python condition needs one value
+Unsupported: conditional expression on `0 < t[i] < 0.5`, which varies per iteration: a Python condition needs one value
 """),
     (check_mapped_body, """
 def f(x, n):
@@ -753,7 +877,7 @@ total = _outs[1]
 _empty_max = 0
 if lab.dim() >= 1 and d.dim() >= 2: ...
 _empty_max = _empty_max + _outs[0]
-if _empty_max: ...
+torch._assert_async(torch.as_tensor(_empty_max == 0), "max(): Expected reduction dim to be specified for input.numel() == 0. Specify the reduction dim with the 'dim' argument.")
 total = _outs[1]
 """),
     (raise_on_empty_selections, """

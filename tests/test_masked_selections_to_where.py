@@ -29,11 +29,12 @@ from tests.loop_helpers import (context, dedent, finite_grads, namespace, normal
 inf, nan = float("inf"), float("nan")
 
 
-def rewrite_body(src: str, seeds: tuple[str, ...] = ("i",)):
-    """(the rewritten body, normalised, and the Dense result) of loop-body statements."""
+def rewrite_body(src: str, seeds: tuple[str, ...] = ("i",), outer_masks: frozenset = frozenset()):
+    """(the rewritten body, normalised, and the Dense result) of loop-body statements;
+    ``outer_masks``: the function's names bound only to boolean tensors."""
     body = ast.parse(dedent(src)).body
     ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
-    dense = masked_selections_to_where.rewrite(body, set(seeds), ctx)
+    dense = masked_selections_to_where.rewrite(body, set(seeds), ctx, outer_masks)
     return ast.unparse(ast.Module(dense.body, [])), dense
 
 
@@ -168,6 +169,30 @@ UNCHANGED = {
 }
 
 
+def test_golden_rows_of_a_function_mask_are_masks():
+    code, _ = rewrite_body("s = s + dist[i][mask[i]].sum() + dist[i][mask[i] == 0].mean()",
+                           outer_masks=frozenset({"mask"}))
+    assert code == normalise("""
+        _mask = mask[i]
+        _keep = _mask.reshape(_mask_shape[_mask.shape, dist[i].shape])
+        _mask_1 = mask[i] == 0
+        _keep_1 = _mask_1.reshape(_mask_shape[_mask_1.shape, dist[i].shape])
+        _vals = torch.where(_keep_1, dist[i], False)
+        s = s + torch.where(_keep, dist[i], 0).sum() + torch.where(_keep_1, _vals, 0).sum().mean() / _keep_1.expand_as(_vals).sum()
+        """)
+
+
+@pytest.mark.parametrize("src", [
+    "s = s + dist[i][mask[i]].sum()",                      # `mask` is not known to be boolean
+    "mask = dist[i] * 2\ns = s + dist[i][mask[i]].sum()",  # rebound in the body: not a mask
+    "s = s + dist[i][mask[i:]].sum()",                     # a slice of rows is not a row
+])
+def test_golden_unchanged_rows_that_are_not_mask_rows(src):
+    outer = frozenset() if src.startswith("s = s + dist[i][mask[i]]") else frozenset({"mask"})
+    code, dense = rewrite_body(src, outer_masks=outer)
+    assert code == normalise(src) and dense.empty == {} and dense.guards == []
+
+
 @pytest.mark.parametrize("name", UNCHANGED)
 def test_golden_unchanged(name):
     src = UNCHANGED[name]
@@ -182,13 +207,12 @@ def test_golden_raise_if_empty_goes_before_the_results_are_stored():
     folds = [stmts[2], stmts[1]]  # appends fold first, accumulators after
     stmts = [stmts[0], stmts[2], stmts[1]]
     stmts = raise_on_empty_selections.raise_if_counted(
-        stmts, folds, raise_on_empty_selections.selection_errors(dense.empty, dense.body[0]))
+        stmts, folds, raise_on_empty_selections.selection_checks(dense.empty, dense.body[0]))
     assert ast.unparse(ast.Module(stmts, [])) == normalise(f"""
         _empty_amin = 0
         _outs = f()
         _empty_amin = _empty_amin + _outs[0]
-        if _empty_amin:
-            raise RuntimeError({masked_selections_to_where.EMPTY_ERRORS["amin"]!r})
+        torch._assert_async(torch.as_tensor(_empty_amin == 0), {masked_selections_to_where.EMPTY_ERRORS["amin"]!r})
         lst.extend(_outs[1])
         """)
 
@@ -285,6 +309,18 @@ CASES = {
                     + (x[i][w[i, 1] > 0] * 2).sum()
             return s
         """, rows),
+    # reid-style hardest positive / negative from rows of a mask the function computed
+    "rows_of_a_function_mask": ("""
+        def f(emb, labels):
+            n = emb.size(0)
+            dist = (emb[:, None] - emb[None]).pow(2).sum(-1).clamp(min=1e-12).sqrt()
+            mask = labels.expand(n, n).eq(labels.expand(n, n).t())
+            ap, an = [], []
+            for i in range(n):
+                ap.append(dist[i][mask[i]].max().unsqueeze(0))
+                an.append(dist[i][mask[i] == 0].min().unsqueeze(0))
+            return (torch.cat(ap) - torch.cat(an) + 0.3).clamp(min=0).mean()
+        """, distances),
     "condition_guards_the_max": ("""
         def f(pred, target):
             s = 0

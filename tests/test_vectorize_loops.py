@@ -605,11 +605,13 @@ GOLDEN_ACCUMULATOR = ("""
     """, """
     def f(pred, target):
         loss = 0
-        if isinstance(pred, torch.Tensor) and len(pred) <= pred.shape[0] and isinstance(target, torch.Tensor) and (len(pred) <= target.shape[0]) and isinstance(len(pred), int) and (len(pred) > 0):
+        _pred_stacked = torch.stack(tuple(pred)) if isinstance(pred, (list, tuple)) and len(pred) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == pred[0].shape and (_v.dtype == pred[0].dtype) and (_v.device == pred[0].device) for _v in pred)) else pred
+        _target_stacked = torch.stack(tuple(target)) if isinstance(target, (list, tuple)) and len(target) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == target[0].shape and (_v_1.dtype == target[0].dtype) and (_v_1.device == target[0].device) for _v_1 in target)) else target
+        if isinstance(_pred_stacked, torch.Tensor) and len(_pred_stacked) <= _pred_stacked.shape[0] and isinstance(_target_stacked, torch.Tensor) and (len(_pred_stacked) <= _target_stacked.shape[0]) and isinstance(len(_pred_stacked), int) and (len(_pred_stacked) > 0):
             'optimize_loss: loop at line 3 vectorized'
-            if target.dim() == pred.dim():
-                _pred_row = pred if len(pred) == pred.shape[0] else pred[0:len(pred):1]
-                _target_row = target if len(pred) == target.shape[0] else target[0:len(pred):1]
+            if _target_stacked.dim() == _pred_stacked.dim():
+                _pred_row = _pred_stacked if len(_pred_stacked) == _pred_stacked.shape[0] else _pred_stacked[0:len(_pred_stacked):1]
+                _target_row = _target_stacked if len(_pred_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_pred_stacked):1]
                 _loss_part = 0
                 _loss_part = (_pred_row - _target_row).abs().sum()
                 _outs = (_loss_part,)
@@ -619,7 +621,7 @@ GOLDEN_ACCUMULATOR = ("""
                     _loss_part = 0
                     _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
                     return (torch.as_tensor(_loss_part),)
-                _outs = torch.vmap(_body, in_dims=(0, 0))(pred if len(pred) == pred.shape[0] else pred[0:len(pred):1], target if len(pred) == target.shape[0] else target[0:len(pred):1])
+                _outs = torch.vmap(_body, in_dims=(0, 0))(_pred_stacked if len(_pred_stacked) == _pred_stacked.shape[0] else _pred_stacked[0:len(_pred_stacked):1], _target_stacked if len(_pred_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_pred_stacked):1])
                 _outs = (_outs[0].sum(0),)
             loss = _outs[0]
         else:
@@ -639,11 +641,13 @@ GOLDEN_MASKED = ("""
     """, """
     def f(logp, target):
         loss = 0
-        if isinstance(target, torch.Tensor) and len(target) <= target.shape[0] and isinstance(logp, torch.Tensor) and (len(target) <= logp.shape[0]) and isinstance(len(target), int) and (len(target) > 0):
+        _logp_stacked = torch.stack(tuple(logp)) if isinstance(logp, (list, tuple)) and len(logp) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == logp[0].shape and (_v.dtype == logp[0].dtype) and (_v.device == logp[0].device) for _v in logp)) else logp
+        _target_stacked = torch.stack(tuple(target)) if isinstance(target, (list, tuple)) and len(target) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == target[0].shape and (_v_1.dtype == target[0].dtype) and (_v_1.device == target[0].device) for _v_1 in target)) else target
+        if isinstance(_target_stacked, torch.Tensor) and len(_target_stacked) <= _target_stacked.shape[0] and isinstance(_logp_stacked, torch.Tensor) and (len(_target_stacked) <= _logp_stacked.shape[0]) and isinstance(len(_target_stacked), int) and (len(_target_stacked) > 0):
             'optimize_loss: loop at line 3 vectorized'
-            if target.dtype in (torch.int64, torch.int32) and target.dim() == 1 and (logp.dim() >= 2) and (logp.dim() == target.dim() + 1):
-                _target_row = target if len(target) == target.shape[0] else target[0:len(target):1]
-                _logp_row = logp if len(target) == logp.shape[0] else logp[0:len(target):1]
+            if _target_stacked.dtype in (torch.int64, torch.int32) and _target_stacked.dim() == 1 and (_logp_stacked.dim() >= 2) and (_logp_stacked.dim() == _target_stacked.dim() + 1):
+                _target_row = _target_stacked if len(_target_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_target_stacked):1]
+                _logp_row = _logp_stacked if len(_target_stacked) == _logp_stacked.shape[0] else _logp_stacked[0:len(_target_stacked):1]
                 _loss_part = 0
                 _cond = torch.ne(_target_row < 0, 0)
                 _mask = torch.logical_not(_cond)
@@ -657,7 +661,7 @@ GOLDEN_MASKED = ("""
                     _mask = torch.logical_not(_cond)
                     _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, _logp_row[torch.where(_mask, _target_row, torch.zeros_like(_target_row))], 1)), 0)
                     return (torch.as_tensor(_loss_part),)
-                _outs = torch.vmap(_body, in_dims=(0, 0))(target if len(target) == target.shape[0] else target[0:len(target):1], logp if len(target) == logp.shape[0] else logp[0:len(target):1])
+                _outs = torch.vmap(_body, in_dims=(0, 0))(_target_stacked if len(_target_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_target_stacked):1], _logp_stacked if len(_target_stacked) == _logp_stacked.shape[0] else _logp_stacked[0:len(_target_stacked):1])
                 _outs = (_outs[0].sum(0),)
             loss = _outs[0]
         else:
@@ -715,11 +719,12 @@ GOLDEN_MEAN = ("""
         B = pred.shape[0]
         loss = 0
         _averaged = False
-        if isinstance(pred, torch.Tensor) and B <= pred.shape[0] and isinstance(target, torch.Tensor) and (B <= target.shape[0]) and isinstance(B, int) and (B > 0):
+        _target_stacked = torch.stack(tuple(target)) if isinstance(target, (list, tuple)) and len(target) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == target[0].shape and (_v.dtype == target[0].dtype) and (_v.device == target[0].device) for _v in target)) else target
+        if isinstance(pred, torch.Tensor) and B <= pred.shape[0] and isinstance(_target_stacked, torch.Tensor) and (B <= _target_stacked.shape[0]) and isinstance(B, int) and (B > 0):
             'optimize_loss: loop at line 4 vectorized'
-            if target.dim() == pred.dim():
+            if _target_stacked.dim() == pred.dim():
                 _pred_row = pred if B == pred.shape[0] else pred[0:B:1]
-                _target_row = target if B == target.shape[0] else target[0:B:1]
+                _target_row = _target_stacked if B == _target_stacked.shape[0] else _target_stacked[0:B:1]
                 _loss_part = 0
                 _loss_part = ((_pred_row - _target_row) ** 2).mean()
                 _outs = (_loss_part,)
@@ -729,7 +734,7 @@ GOLDEN_MEAN = ("""
                     _loss_part = 0
                     _loss_part = _loss_part + ((_pred_row - _target_row) ** 2).mean()
                     return (torch.as_tensor(_loss_part),)
-                _outs = torch.vmap(_body, in_dims=(0, 0))(pred if B == pred.shape[0] else pred[0:B:1], target if B == target.shape[0] else target[0:B:1])
+                _outs = torch.vmap(_body, in_dims=(0, 0))(pred if B == pred.shape[0] else pred[0:B:1], _target_stacked if B == _target_stacked.shape[0] else _target_stacked[0:B:1])
                 _outs = (_outs[0].sum(0) / B,)
             _averaged = True
             loss = _outs[0]
@@ -867,9 +872,10 @@ GOLDEN_DATA_SLOTS = ("""
     def f(x, t):
         out = torch.zeros(x.shape[0], 4)
         counts = torch.zeros(4)
-        if isinstance(t, torch.Tensor) and x.shape[0] <= t.shape[0] and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (t.dtype in (torch.int64, torch.int32) and t.dim() == 1):
+        _t_stacked = torch.stack(tuple(t)) if isinstance(t, (list, tuple)) and len(t) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == t[0].shape and (_v.dtype == t[0].dtype) and (_v.device == t[0].device) for _v in t)) else t
+        if isinstance(_t_stacked, torch.Tensor) and x.shape[0] <= _t_stacked.shape[0] and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (_t_stacked.dtype in (torch.int64, torch.int32) and _t_stacked.dim() == 1):
             'optimize_loss: loop at line 4 vectorized'
-            _t_row = t if x.shape[0] == t.shape[0] else t[0:x.shape[0]:1]
+            _t_row = _t_stacked if x.shape[0] == _t_stacked.shape[0] else _t_stacked[0:x.shape[0]:1]
             _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
             _out_slot = _t_row.long()
             _out_item = _x_row.sum(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).sum(1)
@@ -1139,14 +1145,17 @@ def test_fuzz_loop_bodies(body, seed, dtype, mean):
 
 
 def test_report_names_what_the_runtime_check_needs():
-    # A list of heads never passes the tensor check: the loop runs as written, and the report
-    # says so instead of only "vectorized".
+    # Heads of different shapes are not stacked and never pass the tensor check: the loop runs
+    # as written, and the report says so instead of only "vectorized".
     from examples import multi_head_list
 
     fast = rewrite.optimize_loss(multi_head_list.naive, compile=False)
     assert_equivalent(multi_head_list.naive, fast, *multi_head_list.make_inputs("small"))
     (loop,) = fast.report.loops
-    assert loop.vectorized and "when `heads` is a tensor, else the loop runs as written" in loop.reason
+    assert loop.vectorized and ("when `heads` is a tensor or a list or tuple of tensors of one "
+                                "shape, dtype and device (stacked), else the loop runs as "
+                                "written") in loop.reason
+    assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
 
 
 def test_report_names_the_batched_forms_own_check():

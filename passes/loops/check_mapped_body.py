@@ -6,7 +6,7 @@ into tensor ops (``host_roundtrips_to_tensor_ops``, ``tensor_branches_to_where``
 written, with the reason at the user's line::
 
     L = lengths[i].item(); x[i, :L]      ->  Unsupported("slice bound `L` varies per iteration ...")
-    w = a if t[i] > 0.5 else b           ->  Unsupported("conditional expression on `t[i] > 0.5` ...")
+    sum(a if t > 0.5 else b for t in ts[i])  ->  Unsupported("conditional expression on `t > 0.5` ...")
 
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
 ``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,

@@ -204,16 +204,18 @@ class Dense:
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
 
 
-def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> Dense:
+def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
+            outer_masks: frozenset[str] = frozenset()) -> Dense:
     """``body`` (the loop body over ``seeds``, not modified) with its selections converted, or
-    ``body`` itself when it has none or one of them cannot be converted."""
-    lenient = _lenient_masks(body, ctx)
+    ``body`` itself when it has none or one of them cannot be converted. ``outer_masks``: names
+    the function binds only to boolean tensors, whose rows (``mask[i]``) are masks too."""
+    lenient = _lenient_masks(body, ctx) | outer_masks
     if not any(_is_selection(sub, lenient, ctx) for s in body for sub in walk(s)
                if isinstance(sub, ast.Subscript)):
         return Dense(body)
     work = clone(body)
     users = {id(c): u for c, u in zip(_walk(work), _walk(body))}
-    converter = _Converter(work, seeds, lenient, ctx)
+    converter = _Converter(work, seeds, lenient, outer_masks, ctx)
     try:
         dense = converter.block(work, top=True)
     except (_Refused, Unsupported):
@@ -247,7 +249,15 @@ def _lenient_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
 
 
 def _is_selection(sub: ast.Subscript, lenient: set[str], ctx: PassContext) -> bool:
-    return any(is_boolean(e, lenient, ctx) for e in write_entries(sub))
+    return any(is_boolean(e, lenient, ctx) or _mask_row(e, lenient) for e in write_entries(sub))
+
+
+def _mask_row(e: ast.expr, masks: set[str]) -> bool:
+    """``m[i]``, ``m[i, j]``: a subscript of a mask name by names and numbers is boolean too."""
+    return isinstance(e, ast.Subscript) and isinstance(e.value, ast.Name) \
+        and e.value.id in masks and not isinstance(e.slice, ast.Slice) and all(
+            _index_entry(x) and not isinstance(x, ast.Slice)
+            for x in (e.slice.elts if isinstance(e.slice, ast.Tuple) else [e.slice]))
 
 
 @dataclass
@@ -270,7 +280,7 @@ class _Chain:
 
 class _Converter:
     def __init__(self, body: list[ast.stmt], seeds: set[str], lenient: set[str],
-                 ctx: PassContext):
+                 outer_masks: frozenset[str], ctx: PassContext):
         self.ctx = ctx
         self.seeds = seeds
         self.lenient = lenient
@@ -281,7 +291,7 @@ class _Converter:
                 counts[name] = counts.get(name, 0) + 1
         self.assigned = set(counts)
         self.once = {n for n, k in counts.items() if k == 1}
-        self.masks = _strict_masks(body, ctx)
+        self.masks = _strict_masks(body, ctx) | (outer_masks - self.assigned)
         self.scalars: set[str] = set()
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
         self.converted: list[ast.Subscript] = []
@@ -553,6 +563,8 @@ def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
     """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
     if isinstance(m, ast.Name):
         return m.id in names
+    if isinstance(m, ast.Subscript):
+        return _mask_row(m, names)
     if isinstance(m, ast.Compare):
         return len(m.ops) == 1 and _pure(m, ctx)
     if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
@@ -674,7 +686,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     """The plan's body with its selections converted; the body as written is kept for the check
     (the converted selections in it marked ``ast_marks.WHERE_CONVERTED``)."""
     it = plan.iteration
-    dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx)
+    dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx,
+                    frozenset(plan.masks))
     plan.written, plan.body = plan.body, dense.body
     plan.selection_checks, plan.empty_selections = dense.guards, dense.empty
     plan.empty_selections_at = dense.body[0] if dense.body else None

@@ -95,6 +95,11 @@ class LoopPlan:
     buildable_lists: set[str] = field(default_factory=set)
     bound_lists: set[str] = field(default_factory=set)
     own_list_values: dict[str, OwnList] = field(default_factory=dict)
+    # Names the function may hold as lists of tensors; those stacked in front of the guard
+    # (``stack_tensor_lists``): the stacked name -> the list's, and the statements stacking them.
+    list_names: frozenset[str] = frozenset()
+    stacked: dict[str, str] = field(default_factory=dict)
+    prelude: list[ast.stmt] = field(default_factory=list)
     # The body (a copy of the loop's), rewritten stage by stage; ``written``: as the user wrote
     # it (inner loops and helpers inlined), which the check reads so reasons quote their code.
     iteration: Iteration | None = None
@@ -109,6 +114,7 @@ class LoopPlan:
     inner_checks: list[ast.expr] = field(default_factory=list)
     helper_checks: list[ast.expr] = field(default_factory=list)
     selection_checks: list[ast.expr] = field(default_factory=list)
+    pick_checks: list[ast.expr] = field(default_factory=list)  # Python numbers picked per item
     # Counters of empty max/min selections -> the error the original raised; where the
     # statements checking them are located.
     empty_selections: dict[str, str] = field(default_factory=dict)
@@ -173,6 +179,6 @@ class LoopPlan:
 
 def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> LoopPlan:
     """The plan of ``node``; ``known``: what the function's analysis knows about the loop
-    (``zeros``, ``divided``, ``masks``, ``own_lists``, ``buildable_lists``)."""
+    (``zeros``, ``divided``, ``masks``, ``own_lists``, ``buildable_lists``, ``list_names``)."""
     return LoopPlan(node, live_after, outs=ctx.namer.new("outs"), torch_name=ctx.torch_name,
                     **known)

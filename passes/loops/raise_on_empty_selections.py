@@ -6,13 +6,16 @@ anything (the original raised before storing the results of later iterations)::
 
     <vectorized statements>          ->    _empty_max = 0
     <folds>                                <vectorized statements>
-                                           if _empty_max:
-                                               raise RuntimeError('max(): ...')
+                                           torch._assert_async(torch.as_tensor(_empty_max == 0),
+                                                               'max(): ...')
                                            <folds>
 
-The same for the counters of iterations where a host function raised (``plan.host_errors``,
-``host_roundtrips_to_tensor_ops``): the original's exception, located at the call. Without such
-counters the statements are unchanged.
+``torch._assert_async`` checks on the device: the vectorized path reads nothing back to the host
+(no sync per call; on CPU it raises the same ``RuntimeError`` with the same message right away, on
+a GPU it fails at the next sync as a device-side assert). The counters of iterations where a host
+function raised (``plan.host_errors``, ``host_roundtrips_to_tensor_ops``) raise the original's
+exception with ``if c: raise ...``, located at the call: the loop read those values on the host
+anyway. Without counters the statements are unchanged.
 """
 from __future__ import annotations
 
@@ -24,34 +27,37 @@ from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    errors = {**selection_errors(plan.empty_selections, plan.empty_selections_at),
-              **plan.host_errors}
-    plan.stmts = raise_if_counted(plan.stmts, plan.folds, errors, ctx.torch_name)
+    torch_name = ctx.torch_name
+    checks = selection_checks(plan.empty_selections, plan.empty_selections_at, torch_name)
+    for name, (exception, loc) in plan.host_errors.items():
+        checks[name] = replace(f"if c:\n    raise {exception}", loc=loc, torch_name=torch_name,
+                               c=name)
+    plan.stmts = raise_if_counted(plan.stmts, plan.folds, checks, torch_name)
     return plan
 
 
-def selection_errors(empty: dict[str, str],
-                     loc: ast.AST | None) -> dict[str, tuple[str, ast.AST | None]]:
-    """The ``empty`` counters (name -> message) with the RuntimeError they raise, at ``loc``."""
-    return {name: (f"RuntimeError({message!r})", loc) for name, message in empty.items()}
+def selection_checks(empty: dict[str, str], loc: ast.AST | None,
+                     torch_name: str = "torch") -> dict[str, list[ast.stmt]]:
+    """For each counter of ``empty`` (name -> message): the device-side check raising the
+    original's ``RuntimeError`` when it is not 0, at ``loc``."""
+    # two statements, so that replace gives statements (one Expr) rather than the bare call
+    return {name: replace("torch._assert_async(torch.as_tensor(c == 0), m)\npass", loc=loc,
+                          torch_name=torch_name, c=name, m=ast.Constant(message))[:1]
+            for name, message in empty.items()}
 
 
 def raise_if_counted(stmts: list[ast.stmt], folds: list[ast.stmt],
-                     errors: dict[str, tuple[str, ast.AST | None]],
-                     torch_name: str = "torch") -> list[ast.stmt]:
+                     checks: dict[str, list[ast.stmt]], torch_name: str = "torch") -> list[ast.stmt]:
     """The vectorized loop's ``stmts`` (ending with ``folds``, which store its results) with
-    the counters of ``errors`` (name -> (exception source, location)): zero before, checked
-    right before the folds, each raising at its location."""
-    if not errors:
+    the counters of ``checks`` (name -> the statements raising when it is not 0): zero
+    before, checked right before the folds."""
+    if not checks:
         return stmts
     cut = len(stmts) - len(folds)
     if not all(a is b for a, b in zip(stmts[cut:], folds)):
         cut = len(stmts)  # not the expected layout: check after everything
-    counted = [f for f in stmts[cut:] if stores(f) & errors.keys()]
-    rest = [f for f in stmts[cut:] if not stores(f) & errors.keys()]
-    init, checks = [], []
-    for name, (exception, loc) in errors.items():
-        init += replace("c = 0", loc=loc, torch_name=torch_name, c=name)
-        checks += replace(f"if c:\n    raise {exception}", loc=loc, torch_name=torch_name,
-                          c=name)
-    return init + stmts[:cut] + counted + checks + rest
+    counted = [f for f in stmts[cut:] if stores(f) & checks.keys()]
+    rest = [f for f in stmts[cut:] if not stores(f) & checks.keys()]
+    init = [s for name, check in checks.items()
+            for s in replace("c = 0", loc=check[0], torch_name=torch_name, c=name)]
+    return init + stmts[:cut] + counted + [s for c in checks.values() for s in c] + rest

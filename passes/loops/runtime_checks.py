@@ -25,7 +25,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it, facts = plan.iteration, plan.facts
     seeds = {it.index} | {name for name, _ in it.elements} | {
         r.param for r in plan.row_slices.values()}
-    for g in plan.inner_checks + plan.selection_checks:
+    for g in plan.inner_checks + plan.selection_checks + plan.pick_checks:
         plan.checks.add(plan.sub("g", g=g))
     for _, src in it.elements:
         plan.check("isinstance(x, torch.Tensor)", x=src)

@@ -76,17 +76,17 @@ import ast
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, unparse, walk,
-                        write_target)
+from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, replace, unparse,
+                        walk, write_target)
 from ..errors import Unsupported
 from . import (batch_loop_bodies, check_body, check_mapped_body, classify_effects,
-               distribute_loops, effects_to_outputs, fold_accumulators,
-               host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, linear_recurrences_to_scans,
-               loop_dataflow, masked_selections_to_where, normalize_comprehensions, outline_body,
-               raise_on_empty_selections,
-               row_slices_to_params, runtime_checks, tensor_branches_to_where,
-               unit_slices_to_index)
+               conditional_expressions_to_branches, distribute_loops, effects_to_outputs,
+               fold_accumulators, host_roundtrips_to_tensor_ops, inline_helper_calls,
+               inline_inner_loops, inplace_writes_to_functional, iteration,
+               linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
+               normalize_comprehensions, outline_body, ragged_slices_to_masks,
+               raise_on_empty_selections, row_slices_to_params, runtime_checks,
+               stack_tensor_lists, tensor_branches_to_where, unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
 from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
@@ -97,8 +97,10 @@ LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
+    ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     check_body,                   # on the body as written: reasons quote the user's code
+    conditional_expressions_to_branches,  # before tensor_branches_to_where: it masks the `if`s
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
     row_slices_to_params,
@@ -111,6 +113,7 @@ LOOP_STAGES: list = [
     inplace_writes_to_functional,  # on the final body, before it is outlined and batched
     outline_body,                 # after the folds: summed and averaged outputs are known
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
+    stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
     raise_on_empty_selections,    # last: around the finished statements
 ]
 
@@ -138,7 +141,8 @@ def _comprehensions(node: ast.AST) -> list[ast.expr]:
     found, todo = [], [node]
     while todo:  # a stack, not nested generators: this runs over the whole rewritten function
         n = todo.pop()
-        if isinstance(n, normalize_comprehensions.COMPREHENSIONS):
+        if isinstance(n, normalize_comprehensions.COMPREHENSIONS) \
+                and not ast_marks.get(n, ast_marks.GENERATED):
             found.append(n)
         kept = n.orelse[0] if is_vectorized_guard(n) else None
         todo += reversed([c for c in ast.iter_child_nodes(n) if c is not kept])
@@ -156,6 +160,9 @@ class _Vectorizer(Transformer):
         self.stackable_lists: frozenset[str] = frozenset()  # `xs = [...]` names to stack
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
         self.masks: set[str] = set()          # names the function binds to boolean tensors only
+        self.list_names: frozenset[str] = frozenset()  # names it may hold as lists of tensors
+        self.depth = 0  # loops around the node visited: an inner loop stacks no lists (its
+        # prelude would be a statement of the outer loop's body, which then keeps the outer loop)
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
         # original branch), each is reported once.
         self.seen: set[tuple[int, int]] = set()
@@ -167,7 +174,7 @@ class _Vectorizer(Transformer):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-                 self.stackable_lists, self.bound_lists, self.masks)
+                 self.stackable_lists, self.bound_lists, self.masks, self.list_names)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
@@ -177,11 +184,12 @@ class _Vectorizer(Transformer):
         self.stackable_lists = normalize_comprehensions.stackable_lists(node, self.ctx)
         self.bound_lists = set()
         self.masks = loop_dataflow.mask_names(node, self.ctx)
+        self.list_names = stack_tensor_lists.list_names(node, self.ctx)
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
         (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-         self.stackable_lists, self.bound_lists, self.masks) = outer
+         self.stackable_lists, self.bound_lists, self.masks, self.list_names) = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -198,7 +206,9 @@ class _Vectorizer(Transformer):
 
     def visit_For(self, node: ast.For) -> ast.AST:
         original = clone(node)
+        self.depth += 1
         self.generic_visit(node)  # inner loops first
+        self.depth -= 1
         live = self.live.get(id(node))
         if live is None:  # unseen loop: all names live (not a default: it walks the function)
             live = loads(self.func)
@@ -206,13 +216,15 @@ class _Vectorizer(Transformer):
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
                      buildable_lists=self.buildable_lists.get(id(node), set()))
         try:
-            plan = vectorize(new_plan(node, live, self.ctx, **known), self.ctx)
+            # lists stacked by this plan only: the other routes below have no prelude
+            plan = vectorize(new_plan(node, live, self.ctx, list_names=self._list_names(),
+                                      **known), self.ctx)
         except Unsupported as exc:
             # kept whole: its linear recurrences may become scans ...
             scanned = linear_recurrences_to_scans.scan(node, live, self.ctx, vectorize, **known)
             if scanned is not None:
                 self.ctx.report.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
-                                         + _runs_when(scanned.check))
+                                         + _runs_when(scanned.check, {}))
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
             # ... or its vectorizable statements may still leave it (loop fission)
@@ -222,7 +234,7 @@ class _Vectorizer(Transformer):
                 return node
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",
-                                     fission.reason + _runs_when(check))
+                                     fission.reason + _runs_when(check, {}))
             return _guarded(check, node.lineno, fission.stmts, original, node)
         check = self._reported(plan, node.lineno, "")
         vectorized = _guarded(check, node.lineno, plan.stmts, original, node)
@@ -235,9 +247,10 @@ class _Vectorizer(Transformer):
         """``vectorized``; when it leaves means, ``return loss / B`` after it becomes
         ``return loss if _averaged else loss / B`` (the original left the sum in ``loss``)."""
         if not plan.averaged:
-            return vectorized
+            return plan.prelude + [vectorized] if plan.prelude else vectorized
         _DivideUnlessAveraged(plan.averaged, plan.averaged_flag, self.ctx).visit(after)
-        return replace("f = False", loc=vectorized, f=plan.averaged_flag) + [vectorized]
+        return replace("f = False", loc=vectorized, f=plan.averaged_flag) + plan.prelude + [
+            vectorized]
 
     def visit_Assign(self, node: ast.stmt) -> ast.AST:
         return self._comprehension(node)
@@ -253,7 +266,8 @@ class _Vectorizer(Transformer):
         lineno = comp.lineno
         own = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
         try:
-            plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own), self.ctx)
+            plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own,
+                                      list_names=self._list_names()), self.ctx)
         except Unsupported as exc:
             self.kept(comp, exc.reason)
             for other in _comprehensions(node):  # the statement runs as written
@@ -270,13 +284,17 @@ class _Vectorizer(Transformer):
         self.seen.add((comp.lineno, comp.col_offset))
         check = self._reported(plan, lineno, " (comprehension)")
         result = self._comprehension(result)  # the statement's next comprehension, if any
-        return _guarded(check, lineno, init + plan.stmts + [result], node, node)
+        guarded = _guarded(check, lineno, init + plan.stmts + [result], node, node)
+        return plan.prelude + [guarded] if plan.prelude else guarded
+
+    def _list_names(self) -> frozenset[str]:
+        return frozenset() if self.depth else self.list_names
 
     def _reported(self, plan: LoopPlan, lineno: int, what: str) -> ast.expr:
         """The report entry of a vectorized loop; its runtime check."""
         check = plan.checks.expr()
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
-                                 _why(plan, self.ctx) + what + _runs_when(check))
+                                 _why(plan, self.ctx) + what + _runs_when(check, plan.stacked))
         return check
 
 
@@ -318,7 +336,8 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
     if plan.unbatched:
         parts.append(f"vmap: {plan.unbatched}")
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
-        parts.append(f"vmap where `{unparse(plan.batched_if)}` does not hold")
+        users = rename(clone(plan.batched_if), plan.stacked)  # the user's names of stacked lists
+        parts.append(f"vmap where `{unparse(users)}` does not hold")
     return "; ".join(dict.fromkeys(parts)) or "no effects"
 
 
@@ -328,14 +347,22 @@ def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> st
             f"the rest: {_why(scanned.rest, ctx)}")
 
 
-def _runs_when(check: ast.expr) -> str:
+def _runs_when(check: ast.expr, stacked: dict[str, str]) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
-    the loop runs as written, and the report must not suggest otherwise."""
-    names = sorted({unparse(x) for x in proven_tensors(check)})
-    if not names:
+    the loop runs as written, and the report must not suggest otherwise. A stacked list is
+    named as the user's list."""
+    found = sorted({unparse(x) for x in proven_tensors(check)})
+    names = [f"`{n}`" for n in found if n not in stacked]
+    lists = [f"`{stacked[n]}`" for n in found if n in stacked]
+    if not names and not lists:
         return ""
-    verb = "is a tensor" if len(names) == 1 else "are tensors"
-    return f"; when {', '.join(f'`{n}`' for n in names)} {verb}, else the loop runs as written"
+    parts = []
+    if names:
+        parts.append(f"{', '.join(names)} {'is a tensor' if len(names) == 1 else 'are tensors'}")
+    if lists:
+        parts.append(f"{', '.join(lists)} {'is' if len(lists) == 1 else 'are'} a tensor or a list "
+                     "or tuple of tensors of one shape, dtype and device (stacked)")
+    return f"; when {' and '.join(parts)}, else the loop runs as written"
 
 
 class _UseStacked(Transformer):

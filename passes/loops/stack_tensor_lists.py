@@ -1,0 +1,146 @@
+"""Stage: a list or tuple of tensors the loop reads item by item is stacked at run time, when its
+items agree, so the vectorized form iterates one tensor.
+
+Real losses take lists of tensors: deep supervision heads, feature groups, ``.split`` chunks.
+A name the function may hold as a list (``list_names``) whose items the loop reads, as an
+iterated value (``for p, t in zip(preds, targets)``) or indexed by the loop (``x[i]``), is
+stacked in front of the loop's guard, and the finished vectorized statements and their check
+read the stacked tensor instead (the items' names in the body stay the user's)::
+
+    for p, t in zip(preds, targets):    ->    _preds_stacked = torch.stack(tuple(preds)) if (
+        loss += F.mse_loss(p, t)                  isinstance(preds, (list, tuple)) and len(preds) > 0
+                                                  and all(isinstance(_v, torch.Tensor)
+                                                          and _v.shape == preds[0].shape
+                                                          and _v.dtype == preds[0].dtype
+                                                          and _v.device == preds[0].device
+                                                          for _v in preds)) else preds
+                                              _targets_stacked = ...
+                                              if isinstance(_preds_stacked, torch.Tensor) and ...:
+                                                  <vectorized over _preds_stacked, _targets_stacked>
+                                              else:
+                                                  <the loop as written, over preds and targets>
+
+A tensor stays itself; a list whose items differ in shape, dtype or device (deep supervision at
+several resolutions) stays a list, fails the guard's ``isinstance`` check, and the loop runs as
+written. Stacking copies the items: the values and the gradients of every item are those of the
+loop, but writes into the copy would not reach the user's tensors, so a name is not stacked when
+the body writes into its items (stores, in-place methods on an item or its element name) or reads
+it other than as items.
+"""
+from __future__ import annotations
+
+import ast
+
+from .. import ast_marks, ops
+from ..ast_tools import PassContext, is_name, rename, walk
+from .loop_dataflow import resolve_call
+from .plan import LoopPlan
+
+# Calls whose result is a list or tuple of tensors.
+_LIST_MAKERS = {"list", "tuple", "torch.split", "torch.chunk", "torch.unbind", "torch.tensor_split"}
+_LIST_METHODS = {"split", "chunk", "unbind", "tensor_split"}
+
+_STACKED = ("torch.stack(tuple(x)) if isinstance(x, (list, tuple)) and len(x) > 0 and all("
+            "isinstance(v, torch.Tensor) and v.shape == x[0].shape and v.dtype == x[0].dtype "
+            "and v.device == x[0].device for v in x) else x")
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    it = plan.iteration
+    sources = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
+    indexed = {n.value.id for s in plan.node.body for n in walk(s) if isinstance(n, ast.Subscript)
+               and isinstance(n.value, ast.Name) and _reads_row(n, it.index)}
+    for name in sorted((sources | indexed) & plan.list_names):
+        elements = {e for e, src in it.elements if is_name(src, name)}
+        if not _only_items_read(name, elements, plan.node.body, it.index):
+            continue
+        stacked = ctx.namer.new(f"{name}_stacked")
+        prelude = plan.sub(f"s = {_STACKED}", s=stacked, x=ast.Name(name, ast.Load()),
+                           v=ctx.namer.new("v"))
+        for n in walk(prelude[0]):
+            if isinstance(n, ast.GeneratorExp):
+                ast_marks.put(n, ast_marks.GENERATED, True)
+        plan.prelude += prelude
+        plan.stacked[stacked] = name
+    # The vectorized statements and their check read the stacked tensors; the loop as written
+    # (the guard's else) keeps the user's lists.
+    users = {name: stacked for stacked, name in plan.stacked.items()}
+    for s in plan.stmts:
+        rename(s, users)
+    for c in plan.checks.conditions:
+        rename(c, users)
+    return plan
+
+
+def list_names(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
+    """Names ``func`` may hold as lists or tuples of tensors: its parameters, and names every
+    binding of which makes a list or tuple (a display, a comprehension, ``list(...)``,
+    ``x.split(...)``); none of which the function reads as a tensor (an attribute of it)."""
+    a = func.args
+    params = {p.arg for p in a.posonlyargs + a.args + a.kwonlyargs} - {"self", "cls"}
+    bound: dict[str, bool] = {}  # name -> every binding makes a list
+    for n in walk(func):
+        for t in _targets(n):
+            if isinstance(t, ast.Name):
+                bound[t.id] = bound.get(t.id, True) and isinstance(n, ast.Assign) \
+                    and _makes_list(n.value, ctx)
+            elif isinstance(t, (ast.Tuple, ast.List)):
+                bound.update({e.id: False for e in t.elts if isinstance(e, ast.Name)})
+    names = {p for p in params if p not in bound} | {n for n, ok in bound.items() if ok}
+    as_tensor = {n.value.id for n in walk(func) if isinstance(n, ast.Attribute)
+                 and isinstance(n.value, ast.Name)}
+    return frozenset(names - as_tensor)
+
+
+def _targets(node: ast.AST) -> list[ast.expr]:
+    if isinstance(node, ast.Assign):
+        return node.targets
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.comprehension)):
+        return [node.target]
+    if isinstance(node, ast.withitem) and node.optional_vars is not None:
+        return [node.optional_vars]
+    if isinstance(node, ast.NamedExpr):
+        return [node.target]
+    return []
+
+
+def _makes_list(value: ast.expr, ctx: PassContext) -> bool:
+    if isinstance(value, (ast.List, ast.Tuple, ast.ListComp)):
+        return True
+    if not isinstance(value, ast.Call):
+        return False
+    if isinstance(value.func, ast.Attribute) and value.func.attr in _LIST_METHODS:
+        return True
+    return resolve_call(value.func, ctx) in _LIST_MAKERS
+
+
+def _reads_row(sub: ast.Subscript, index: str) -> bool:
+    """``x[i]`` or ``x[i, ...]``: the loop index picks an item."""
+    first = sub.slice.elts[0] if isinstance(sub.slice, ast.Tuple) and sub.slice.elts else sub.slice
+    return is_name(first, index)
+
+
+def _only_items_read(name: str, elements: set[str], body: list[ast.stmt], index: str) -> bool:
+    """The body reads ``name`` only as ``name[i]`` and writes into neither those items nor the
+    element names bound to its items."""
+    items = set()
+    for s in body:
+        for n in walk(s):
+            if isinstance(n, ast.Subscript) and is_name(n.value, name):
+                if not (_reads_row(n, index) and isinstance(n.ctx, ast.Load)):
+                    return False
+                items.add(id(n.value))
+            elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+                    and ops.is_inplace(n.func.attr) and _item_of(n.func.value, name, elements):
+                return False
+            elif isinstance(n, (ast.Subscript, ast.Attribute)) and not isinstance(n.ctx, ast.Load) \
+                    and _item_of(n.value, name, elements):
+                return False
+    loose = [n for s in body for n in walk(s) if is_name(n, name) and id(n) not in items]
+    return not loose
+
+
+def _item_of(expr: ast.expr, name: str, elements: set[str]) -> bool:
+    while isinstance(expr, (ast.Subscript, ast.Attribute)):
+        expr = expr.value
+    return isinstance(expr, ast.Name) and (expr.id == name or expr.id in elements)

@@ -1,0 +1,156 @@
+"""Pass: loops that stay loops run outside the compiled graph, so Dynamo does not unroll them.
+
+Dynamo traces a Python loop by unrolling it: a kept loop of T iterations becomes a graph of T
+copies of its body, and the first call's compile time grows with T (minutes for a few hundred
+steps), for no gain in steady state (the ops are the same, one per step). Every ``for`` and
+``while`` loop over steps left in the rewritten function -- loops the vectorizer keeps, the
+residual loop of a distributed loop, the rest of a scan when its check fails -- becomes a nested
+function that runs eagerly, through ``torch.compiler.disable`` (one graph break on each side
+under ``torch.compile``; a plain call without it)::
+
+    for t in range(T):                           def _kept_loop():
+        s = torch.tanh(0.9 * s + x[t])    ->         nonlocal s, t
+                                                     for t in range(T):
+                                                         s = torch.tanh(0.9 * s + x[t])
+                                                 _run_eagerly(_kept_loop)
+
+Loops over steps: ``while`` loops and ``for`` loops over ``range(...)`` (also in ``reversed`` or
+``enumerate``) whose bounds are not all small int literals. A loop over a container (``for p, t
+in zip(preds, targets)``: heads, scales, layers) stays in the graph: it has a few iterations,
+whose unrolled ops Inductor fuses, and a graph break would cost more than it saves.
+
+The names the loop binds are ``nonlocal``: the loop reads and writes the function's own
+variables, so values, aliasing, and names left unbound by a loop that did not run are as before
+(reading one raises ``NameError``, as ``UnboundLocalError`` is). Not outlined: loops with
+``return``, ``yield`` or ``await`` (they act on the function itself), loops binding a name the
+function declares ``global`` or ``nonlocal``, and the original loop a vectorized loop keeps as
+its else branch (it runs only when the runtime check fails, and the report's run counters read
+that branch).
+"""
+from __future__ import annotations
+
+import ast
+
+import torch
+
+from .ast_tools import PassContext, Transformer, replace, walk
+from .loops.loop_dataflow import stores
+from .loops.runtime_checks import is_vectorized_guard
+
+# Trip counts up to this are unrolled at no real cost to compile time.
+_SMALL = 16
+# Statements that act on the enclosing function: a loop holding one stays in it.
+_OWN_FUNCTION = (ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal)
+
+
+def _call(loop):
+    loop()
+
+
+run_eagerly = torch.compiler.disable(_call)
+
+
+def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
+    func = tree.body[0]
+    declared = {n for s in walk(func) if isinstance(s, (ast.Global, ast.Nonlocal)) for n in s.names}
+    outline = _Outline(ctx, declared)
+    outline.visit(func)
+    # `nonlocal x` needs a binding of x in the function: a name only the loop bound gets a bare
+    # annotation, which makes it a local without assigning it (nor evaluating the annotation)
+    missing = sorted(outline.nonlocal_names - _bound_by(func))
+    at = 1 if ast.get_docstring(func) is not None else 0
+    func.body[at:at] = [ast.copy_location(ast.AnnAssign(
+        target=ast.Name(n, ast.Store()), annotation=ast.Name("object", ast.Load()), simple=1),
+        func) for n in missing]
+    return tree
+
+
+def _over_steps(it: ast.expr) -> bool:
+    """``range(...)`` (in ``reversed``/``enumerate``) with a bound that is no small literal."""
+    while isinstance(it, ast.Call) and isinstance(it.func, ast.Name) \
+            and it.func.id in ("reversed", "enumerate") and it.args:
+        it = it.args[0]
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"):
+        return False
+    return not all(isinstance(a, ast.Constant) and isinstance(a.value, int)
+                   and abs(a.value) <= _SMALL for a in it.args)
+
+
+def _bound_by(func: ast.FunctionDef) -> set[str]:
+    """The names ``func`` itself binds: its parameters and its statements' targets, not those
+    of the functions nested in it."""
+    a = func.args
+    names = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x}
+    todo = list(func.body)
+    while todo:
+        s = todo.pop()
+        names |= stores(s)
+        if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            todo += [c for c in ast.iter_child_nodes(s) if isinstance(c, ast.stmt)]
+    return names
+
+
+class _Outline(Transformer):
+    def __init__(self, ctx: PassContext, declared: set[str]):
+        self.ctx = ctx
+        self.declared = declared
+        self.depth = 0
+        self.nonlocal_names: set[str] = set()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.depth += 1  # only the function's own loops: nested functions run where they are
+        if self.depth == 1:
+            node.body = self._block(node.body)
+        self.depth -= 1
+        return node
+
+    visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = visit_FunctionDef
+
+    def visit_If(self, node: ast.If) -> ast.AST:
+        node.body = self._block(node.body)
+        if not is_vectorized_guard(node):
+            node.orelse = self._block(node.orelse)
+        return node
+
+    def visit_With(self, node: ast.With) -> ast.AST:
+        node.body = self._block(node.body)
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        for field in ("body", "orelse", "finalbody"):
+            setattr(node, field, self._block(getattr(node, field)))
+        for handler in node.handlers:
+            handler.body = self._block(handler.body)
+        return node
+
+    def _block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out = []
+        for s in stmts:
+            if isinstance(s, ast.While) or (isinstance(s, ast.For) and _over_steps(s.iter)):
+                out += self._outlined(s)
+            else:
+                out.append(self.visit(s))
+        return out
+
+    def _outlined(self, loop: ast.For | ast.While) -> list[ast.stmt]:
+        nested = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+        inner = [n for n in walk(loop) if not isinstance(n, nested)]
+        bound = sorted(set().union(*(stores(n) for n in inner if isinstance(n, ast.stmt))))
+        if any(isinstance(n, _OWN_FUNCTION) for n in walk(loop)) or set(bound) & self.declared:
+            return [loop]
+        name = self.ctx.namer.new("kept_loop")
+        if not any(v is run_eagerly for v in self.ctx.bindings.values()):
+            self.ctx.bindings[self.ctx.namer.new("run_eagerly")] = run_eagerly
+        runner = next(k for k, v in self.ctx.bindings.items() if v is run_eagerly)
+        func = replace("def f():\n    pass", loc=loop)[0]
+        func.name = name
+        func.body = ([ast.copy_location(ast.Nonlocal(names=bound), loop)] if bound else []) + [loop]
+        self.nonlocal_names |= set(bound)
+        self._note(loop.lineno)
+        return [func, ast.Expr(replace("run(f)", loc=loop, run=runner, f=name))]
+
+    def _note(self, lineno: int) -> None:
+        for entry in self.ctx.report.loops:
+            if entry.lineno == lineno and not entry.vectorized:
+                entry.reason += "; under torch.compile it runs eagerly, outside the graph " \
+                                "(Dynamo would unroll it)"

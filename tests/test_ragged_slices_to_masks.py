@@ -1,0 +1,189 @@
+"""ragged_slices_to_masks: slices with per-iteration bounds (`x[i, :L]`, `L = lengths[i].item()`,
+`x[i][a:b]`) become selections by a position mask that masked_selections_to_where turns into
+masked dense ops. Behaviour: value, every gradient and dtype equal the original's (float32 and
+float64), negative bounds and bounds past the end read as Python slices them, empty slices
+(NaN mean, the error of max), ties, NaN/inf in the padding never reaching a gradient; forms
+left as written keep the loop with the slice-bound reason; run-time counts."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rewrite
+from passes.loops import ragged_slices_to_masks
+from rewrite.testing import assert_equivalent
+from tests.helpers import load_module
+from tests.loop_helpers import dedent, finite_grads
+from tests.loop_stage_helpers import plan_before, show
+from tests.test_masked_selections_to_where import build  # sees the names the pass binds
+
+CASES = {
+    "item_length": """
+        def f(x, lengths):
+            loss = 0
+            for i in range(x.shape[0]):
+                L = lengths[i].item()
+                loss = loss + x[i, :L].pow(2).sum() / max(L, 1)
+            return loss
+        """,
+    "tensor_bound_rows_and_max": """
+        def f(x, lengths):
+            loss = 0
+            for i in range(x.shape[0]):
+                loss = loss + x[i, :lengths[i]].abs().mean().nan_to_num() + x[i][:lengths[i] + 1].amax()
+            return loss
+        """,
+    "both_bounds_python_reading": """
+        def f(x, lengths):
+            loss = 0
+            for i in range(x.shape[0]):
+                loss = loss + (x[i][lengths[i] - 4:] * 2).sum() + x[i, lengths[i]:].sum() \
+                    + x[i][1 - lengths[i]:lengths[i]].sum()
+            return loss
+        """,
+}
+
+
+def inputs(dtype, seed, rank=2):
+    g = torch.Generator().manual_seed(seed)
+    shape = (5, 6) if rank == 2 else (5, 6, 3)
+    x = torch.randn(*shape, generator=g, dtype=dtype)
+    x[1, 2] = x[1, 0]                                 # a tie inside the slice
+    lengths = torch.tensor([3, 6, -2, 9, 1])          # negative and past the end
+    for k, n in enumerate(lengths.tolist()):          # padding NaN/inf: never read
+        if 0 <= n < 5:
+            x[k, n + 1:] = float("nan") if k % 2 else float("inf")
+    return x.requires_grad_(), lengths
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_equivalent_value_gradients_dtype(name, dtype, rank):
+    original, optimized, code, report = build(CASES[name])
+    assert report.loops[0].vectorized, report.loops[0].reason
+    args = inputs(dtype, 0, rank)
+    if name != "tensor_bound_rows_and_max":
+        args = (args[0].detach().nan_to_num(0.0, 0.0, 0.0).requires_grad_(), args[1])
+    assert_equivalent(original, optimized, *args)
+    if finite_grads(original, *args):
+        assert finite_grads(optimized, *args), code
+
+
+def test_max_of_an_empty_slice_raises_the_original_error():
+    original, optimized, _, _ = build("""
+        def f(x, lengths):
+            s = 0
+            for i in range(x.shape[0]):
+                s = s + x[i, :lengths[i]].max()
+            return s
+        """)
+    x, lengths = torch.randn(3, 4), torch.tensor([2, 0, 4])
+    with pytest.raises(RuntimeError) as want:
+        original(x, lengths)
+    with pytest.raises(RuntimeError) as got:
+        optimized(x, lengths)
+    assert str(want.value) == str(got.value)
+
+
+@pytest.mark.parametrize("body", [
+    "loss = loss + torch.nn.functional.mse_loss(x[i, :L], x[i, :L] * 0)",  # no dense form
+    "loss = loss + x[i, :L].sum(0).sum()",                                 # reduced along a dim
+    "loss = loss + x[i, :L:2].sum()",                                      # a step
+    "loss = loss + x[i, 1:, :L].sum()",                                    # not the row's first dim
+])
+def test_unconverted_forms_keep_the_loop_with_the_slice_bound_reason(body):
+    original, optimized, _, report = build(f"""
+        def f(x, lengths):
+            loss = 0
+            for i in range(x.shape[0]):
+                L = lengths[i].item()
+                {body}
+            return loss
+        """)
+    assert not report.loops[0].vectorized
+    assert "slice bound" in report.loops[0].reason and "varies per iteration" in \
+        report.loops[0].reason, report.loops[0].reason
+    x, lengths = inputs(torch.float64, 0, 3)
+    assert_equivalent(original, optimized, x.detach().nan_to_num(0.0, 0.0, 0.0), lengths.clamp(2, 5))
+
+
+def test_vectorized_branch_runs(tmp_path):
+    module = load_module(tmp_path, "import torch\n\n\n" + dedent(CASES["item_length"]))
+    fn = rewrite.optimize_loss(module.f, compile=False)
+    for dtype in (torch.float32, torch.float64):
+        x, lengths = inputs(dtype, 1)
+        assert_equivalent(module.f, fn, x.detach().nan_to_num(0.0, 0.0, 0.0).requires_grad_(),
+                          lengths)
+    loop = fn.report.loops[0]
+    assert loop.vectorized and loop.vectorized_runs > 0 and loop.original_runs == 0, loop
+    assert not fn.report.fallbacks
+
+
+WRITE = """
+    def f(x, lengths):
+        out = x * 1
+        for i in range(x.shape[0]):
+            out[i, :, lengths[i]:] = 0
+        return (out ** 2).sum()
+    """
+
+
+def test_golden_write_of_a_number_past_the_lengths():
+    plan, ctx = plan_before(WRITE, ragged_slices_to_masks)
+    assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == dedent("""
+        # body
+        _pos = torch.arange(out[i].shape[1], device=out[i].device).reshape((-1,) + (1,) * (out[i].dim() - 1 - 1))
+        _in = _pos >= lengths[i] + out[i].shape[1] * (lengths[i] < 0)
+        out[i] = torch.where(_in, 0, out[i])
+        """)
+
+
+@pytest.mark.parametrize("write", [
+    "out[i, :, lengths[i]:] = x[i, :, 0]",   # not a number: its shape follows the slice's
+    "out[i, :, 0, lengths[i]:] = 0",         # an index after a slice
+    "out[i, lengths[i]:, lengths[i]:] = 0",  # two ragged slices
+])
+def test_golden_writes_left_as_written(write):
+    src = WRITE.replace("out[i, :, lengths[i]:] = 0", write)
+    plan, ctx = plan_before(src, ragged_slices_to_masks)
+    before = show(plan, ("body",))
+    assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_write_equivalent_value_gradients_dtype(dtype):
+    original, optimized, _, report = build(WRITE)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    x = torch.randn(5, 2, 6, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    assert_equivalent(original, optimized, x.requires_grad_(), torch.tensor([3, 6, -2, 9, 0]))
+
+
+FILL = """
+    def f(scores, lengths):
+        mask = torch.zeros(scores.shape[0], scores.shape[1])
+        for i in range(scores.shape[0]):
+            mask[i, :lengths[i]].fill_(1)
+        return (scores * mask).sum() / mask.sum()
+    """
+
+
+def test_golden_fill_of_a_ragged_slice_is_a_masked_row_write():
+    plan, ctx = plan_before(FILL, ragged_slices_to_masks)
+    assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == dedent("""
+        # body
+        _pos = torch.arange(mask[i].shape[0], device=mask[i].device)
+        _in = _pos < lengths[i] + mask[i].shape[0] * (lengths[i] < 0)
+        mask[i] = torch.where(_in, 1, mask[i])
+        """)
+    plan, ctx = plan_before(FILL.replace("fill_(1)", "fill_(scores[i, 0])"), ragged_slices_to_masks)
+    before = show(plan, ("body",))
+    assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == before  # not a number
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fill_equivalent_value_gradients_dtype(dtype):
+    original, optimized, _, report = build(FILL)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    scores = torch.randn(4, 6, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    assert_equivalent(original, optimized, scores.requires_grad_(), torch.tensor([6, 2, -1, 9]))
