@@ -9,6 +9,7 @@ CASE = {
     "loops": "vectorize",
     "elementwise": False,
     "sizes": {"small": "logits [2, 4, 16, 16], 4 classes", "bench": "logits [8, 21, 128, 128], 21 classes"},
+    "backend_rows": ["bench"],  # bench: through torch.compile's backend option at this size
 }
 
 SMOOTH = 1.0

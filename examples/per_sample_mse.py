@@ -9,6 +9,7 @@ CASE = {
     "loops": "vectorize",
     "elementwise": False,
     "sizes": {"small": "pred/target [16, 8]", "bench": "pred/target [4096, 128]"},
+    "backend_rows": ["b64", "b256"],  # bench: through torch.compile's backend option at these B
 }
 
 

@@ -167,6 +167,22 @@ def test_a_failing_pass_falls_back_to_the_unmodified_graph_with_one_warning(monk
     assert [r.name for r in caplog.records if "broken pass" in r.getMessage()] == ["optimize_loss"]
 
 
+def test_an_inner_compiler_failing_on_the_rerolled_graph_gets_the_unmodified_one(caplog):
+    compiled_graphs = []
+
+    def inner(gm, example_inputs):  # refuses what our passes made: a re-rolled loop
+        if any(name.startswith("rerolled_loop") for name, _ in gm.named_children()):
+            raise RuntimeError("inner refuses vmap")
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    fn = torch.compile(per_sample_weighted_mse, backend=rewrite.backend(inner=inner))
+    with pytest.warns(RuntimeWarning, match="inner refuses vmap"):
+        assert_equivalent(per_sample_weighted_mse, fn, *inputs())
+    assert len(compiled_graphs) == 1 and [r.name for r in caplog.records
+                                          if "inner refuses vmap" in r.getMessage()] == ["optimize_loss"]
+
+
 def test_hoisting_backend_as_the_decorator_uses_it_still_raises(monkeypatch):
     monkeypatch.setattr(reroll_unrolled_loops, "run", lambda gm: 1 / 0)
     with pytest.raises(Exception, match="reroll_unrolled_loops"):

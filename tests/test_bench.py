@@ -22,10 +22,12 @@ def make_inputs(size="small", dtype=torch.float32, seed=0):
 """
 
 SUITE = {
-    # Loop over samples, target-only work (a fixed target), and a per_sample_ name: every variant.
+    # Loop over samples, target-only work (a fixed target), a per_sample_ name and backend rows
+    # (the first 4 rows, enough copies to re-roll): every variant.
     "per_sample_sq": """
         CASE = {"loops": "vectorize", "elementwise": True, "sizes": {"small": "[4, 3]", "bench": "[8, 3]"},
-                "fixed_target": True, "target_args": ("target",), "target_preprocessing": True}
+                "fixed_target": True, "target_args": ("target",), "target_preprocessing": True,
+                "backend_rows": ["b4"]}
 
         def naive(pred, target):
             total = 0
@@ -124,6 +126,37 @@ def test_every_variant_measured_with_sane_numbers(bench):
     assert variants["expert_eager"]["min_bytes"] == 8 * 3 * 4 * 3  # pred read + its gradient + target
     assert case["ratios"]["optimized_vs_best_expert"]["value"] > 0
     assert case["roofline"]["bytes"] == 288 and case["roofline"]["bound_s"] > 0
+
+
+def test_backend_rows_split_first_calls_and_count_nodes(bench):
+    data, text = bench
+    case = data["cases"]["per_sample_sq"]
+    for name in ("naive_compiled@b4", "backend_compiled@b4", "expert_compiled@b4"):
+        assert case["variants"][name]["status"] == "ok" and not case["variants"][name]["problems"], name
+        assert case["variants"][name]["dynamo_s"] > 0, name
+    [row] = case["backend_rows"]
+    assert row["size"] == "b4" and row["rerolled"] == 1
+    # One Dynamo graph: four unrolled copies in, one vmapped copy out.
+    [before], [after] = row["graph_nodes"], row["rerolled_nodes"]
+    assert after < before
+    assert all(row["steady"][k]["seconds"] > 0 and row["first"][k]["seconds"] > 0 for k in ("naive", "backend", "expert"))
+    assert row["split"]["backend"]["passes_s"] > 0 and row["split"]["naive"]["passes_s"] == 0
+    assert row["backend_vs_expert"]["value"] > 0 and not row["skipped"]
+    assert data["targets"]["B1"]["met"] is not None and data["targets"]["B2"]["value"] == "not measured"
+    assert '## torch.compile(naive, backend="optimize_loss")' in text
+    assert next(line for line in text.splitlines() if line.startswith("| per_sample_sq | B=4 |"))
+
+
+def test_backend_rows_alone(suite, tmp_path):
+    argv = ["bench", str(suite), "--backend-rows", "--backend", "eager", "--compile-budget", "20",
+            "--min-time", "0.02", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")]
+    assert main(argv) == 0
+    data, text = json.loads((tmp_path / "b.json").read_text()), (tmp_path / "b.md").read_text()
+    assert set(data["cases"]) == {"per_sample_sq"}  # the only case with backend rows
+    assert set(data["cases"]["per_sample_sq"]["variants"]) == {
+        "naive_compiled@b4", "backend_compiled@b4", "expert_compiled@b4"}
+    assert "--backend-rows" in data["meta"]["command"] and data["meta"]["command"] in text
+    assert "| B1 |" in text and "| P1 |" not in text and "## Steady forward+backward" not in text
 
 
 def test_wrong_optimized_version_is_flagged(bench):

@@ -149,6 +149,26 @@ def test_cheap_target_values_are_recomputed_in_core():
     assert_equivalent_split(mask_and_log1p, pred, target)
 
 
+def soft_dice(probs, target):
+    # Constant classes and dtype, as in Dynamo's graphs (a symbolic trace reads them from probs).
+    onehot = F.one_hot(target, 3).permute(0, 2, 1).to(torch.float32)
+    return 1 - (2 * (probs * onehot).sum() + 1) / (probs.sum() + onehot.sum() + 1)
+
+
+def test_a_one_hot_read_by_core_is_recomputed_there_not_cached():
+    # Cached, the float one-hot is C times the size of the labels it is made from, and read from
+    # memory every call; recomputed, a compiler fuses the comparison into the product's kernel.
+    probs, target = torch.rand(2, 3, 5, requires_grad=True), torch.randint(0, 3, (2, 5))
+    gm = split_graph(soft_dice, probs, target)
+    assert {"one_hot", "permute", "to"} <= set(core_ops(gm))
+    assert [n.name for n in gm.target_transform.graph.nodes if n.meta.get(HOISTED)] == [
+        "one_hot", "permute", "to", "sum_3"]  # onehot.sum() is cached
+    from rewrite import assert_equivalent
+    for dtype in (torch.float32, torch.float64):
+        cast = probs.detach().to(dtype).requires_grad_()
+        assert_equivalent(soft_dice, split_graph(soft_dice, cast, target), cast, target)
+
+
 def test_only_cheap_target_values_leave_the_graph_unsplit():
     gm = trace(only_masks, torch.randn(8, requires_grad=True), torch.randn(8))
     annotate_grad_dependence.run(gm)

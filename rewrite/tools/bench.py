@@ -23,7 +23,8 @@ samples: per-call seconds, problems, error, and per variant rewrite_s, loops, fa
 first_small_s, steady_small_s, min_bytes, inductor_warmup_s, check_s: the compiled-vs-eager check
 in optimize_loss compiled's first call); ``steady``: name -> {seconds, runs,
 lower_bound}; ``best_optimized``, ``best_expert``; ``ratios``: name -> {value, lower_bound};
-``roofline``) and ``targets`` (id -> target, value, met: true / false / null, detail). Times are
+``roofline``; ``backend_rows``: see ``bench_report.backend_rows``; the backend variants' raw
+results also have dynamo_s, passes_s, graph_nodes, rerolled_nodes, notes) and ``targets`` (id -> target, value, met: true / false / null, detail). Times are
 in seconds; null is "not measured".
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ from typing import Any
 
 import torch
 
-from .bench_report import LABELS, analyse, fmt_time, markdown, targets
+from .bench_report import LABELS, analyse, backend_jobs, backend_markdown, fmt_time, markdown, targets
 from .bench_worker import COMPILED
 from ..decorator import optimize_loss
 
@@ -79,6 +80,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-budget", type=float, metavar="S",
                         help=f"seconds per compiled variant (default {FULL['compile_budget']:g}, "
                              f"--quick {QUICK['compile_budget']:g})")
+    parser.add_argument("--backend-rows", action="store_true",
+                        help='only the torch.compile(naive, backend="optimize_loss") rows: '
+                             "cases with CASE['backend_rows'], all compiled")
     parser.add_argument("--min-time", type=float, metavar="S",
                         help=f"seconds of repeats per steady time (default {FULL['min_time']:g}, "
                              f"--quick {QUICK['min_time']:g})")
@@ -131,6 +135,7 @@ def plan(case: Case, compiled: bool) -> list[str]:
     variants.append("naive_eager")
     if compiled:
         variants.append("naive_compiled")
+        variants += [v for v in backend_jobs(case.info) if v not in variants]
     return variants
 
 
@@ -144,7 +149,7 @@ class Settings:
     min_time: float
 
     def budget_for(self, variant: str) -> float:
-        return self.compile_budget if variant in COMPILED else self.budget
+        return self.compile_budget if variant.partition("@")[0] in COMPILED else self.budget
 
 
 @dataclass
@@ -316,6 +321,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(args.suite)
     if args.quick:
         parts.append("--quick")
+    if args.backend_rows:
+        parts.append("--backend-rows")
     for name in ("cases", "threads", "backend", "compiled", "budget", "compile_budget", "min_time",
                  "json", "markdown"):
         value = getattr(args, name)
@@ -333,6 +340,8 @@ def run_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(settings.threads)  # for the bandwidth and overhead measured here
     suite = Path(args.suite)
     cases = discover(suite, args.cases.split(",") if args.cases else None)
+    if args.backend_rows:
+        cases = [c for c in cases if c.info.get("backend_rows")]
     if not cases:
         print(f"bench: no examples in {suite}", file=sys.stderr)
         return 1
@@ -342,6 +351,8 @@ def run_bench(args: argparse.Namespace) -> int:
     compiled = names if wanted is None else [n for n in names if n in wanted]
     if not compiled and args.compiled is None and args.quick:
         compiled = names[:1]  # --quick on a suite without slow_add: still one compiled case
+    if args.backend_rows:
+        compiled = names
     meta = {"command": command_line(args),
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "machine": machine(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -353,7 +364,8 @@ def run_bench(args: argparse.Namespace) -> int:
           f"torch {meta['torch']}; compiled variants on: {', '.join(compiled) or 'none'}", file=sys.stderr)
     meta["bandwidth_gb_s"] = bandwidth_gb_s(2**28)
     overhead = wrapper_overhead_us(min(settings.min_time, 0.5))
-    raw = run_jobs([(c, v) for c in cases for v in plan(c, c.name in compiled)], settings, progress)
+    raw = run_jobs([(c, v) for c in cases for v in (backend_jobs(c.info) if args.backend_rows
+                                                    else plan(c, c.name in compiled))], settings, progress)
     analysed = {}
     for case in cases:
         nbytes = raw[case.name].get("expert_eager", {}).get("min_bytes")
@@ -362,7 +374,8 @@ def run_bench(args: argparse.Namespace) -> int:
     infos = {c.name: c.info for c in cases}
     tgts = targets(infos, analysed, raw, overhead)
     meta["seconds"] = time.perf_counter() - progress.start
-    text = markdown(meta, infos, raw, analysed, tgts, overhead)
+    text = (backend_markdown(meta, infos, raw, analysed, tgts) if args.backend_rows
+            else markdown(meta, infos, raw, analysed, tgts, overhead))
     print(text)
     if args.markdown:
         _output(args.markdown).write_text(text)

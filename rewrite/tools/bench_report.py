@@ -18,6 +18,7 @@ LABELS = {
     "optimized_uncached": "optimize_loss, hoist=False (backend eager)",
     "expert_eager@b256": f"expert eager B={PER_SAMPLE_ROWS}",
     "optimized_eager@b256": f"optimize_loss compile=False B={PER_SAMPLE_ROWS}",
+    "backend_compiled": 'torch.compile(naive, backend="optimize_loss")',
 }
 TIMED = ("naive_eager", "naive_compiled", "optimized_eager", "optimized_compiled", "expert_eager",
          "expert_compiled", "expert_precomputed", "optimized_cached", "optimized_uncached",
@@ -144,7 +145,50 @@ def analyse(info: dict, variants: dict[str, dict], bandwidth_gb_s: float,
                     "footprint_bound_s": same_size.seconds,
                     "optimized_over_footprint_bound": ratio(best_opt, same_size)}
     return {"steady": steady, "best_optimized": best_opt, "best_expert": best_expert,
-            "ratios": ratios, "roofline": roofline}
+            "ratios": ratios, "roofline": roofline, "backend_rows": backend_rows(info, variants)}
+
+
+def backend_jobs(info: dict) -> list[str]:
+    """The variants behind the backend rows: per size of ``CASE["backend_rows"]`` (``bench`` or
+    ``b<N>``, the first N rows), torch.compile of the expert, of naive through our backend, and
+    of naive with the default backend (the slowest, last)."""
+    return [f"{kind}_compiled{'' if size == 'bench' else '@' + size}"
+            for size in info.get("backend_rows", ()) for kind in ("expert", "backend", "naive")]
+
+
+def backend_rows(info: dict, variants: dict[str, dict]) -> list[dict]:
+    """One row per size of ``CASE["backend_rows"]``: steady and first-call times of the three
+    compiled variants, the first calls split into Dynamo's own time, our passes (backend only)
+    and the rest (inner compile of forward and backward, and the run: first call minus the
+    others minus one steady call), node counts before and after our passes, and the ratios of
+    targets B1 and B2. A row whose backend got no graph says so (``skipped``)."""
+    rows = []
+    jobs = backend_jobs(info)
+    for size, (expert, ours, naive) in zip(info.get("backend_rows", ()), zip(*[iter(jobs)] * 3)):
+        results = {"expert": variants.get(expert), "backend": variants.get(ours), "naive": variants.get(naive)}
+        steady = {k: steady_time(r, eager=False) for k, r in results.items()}
+        first = {k: first_time(r) for k, r in results.items()}
+        split = {k: _first_call_split(r, first[k], steady[k]) for k, r in results.items()}
+        result = results["backend"] or {}
+        paired = result.get("paired_samples")  # the expert, alternating with the backend
+        paired_expert = Time(statistics.median(paired), len(paired)) if paired else steady["expert"]
+        rows.append({"size": size, "jobs": {"expert": expert, "backend": ours, "naive": naive},
+                     "steady": steady, "first": first, "split": split,
+                     "graph_nodes": result.get("graph_nodes"), "rerolled_nodes": result.get("rerolled_nodes"),
+                     "rerolled": sum(note.startswith("re-rolled") for note in result.get("notes", [])),
+                     "skipped": result.get("graph_nodes") == [],
+                     "backend_vs_expert": ratio(steady["backend"], paired_expert),
+                     "naive_vs_backend_first": ratio(first["naive"], first["backend"])})
+    return rows
+
+
+def _first_call_split(result: dict | None, first: Time | None, steady: Time | None) -> dict | None:
+    """Dynamo, passes and compile seconds of a first call (None: not measured)."""
+    if not result or first is None or first.lower_bound or result.get("dynamo_s") is None or steady is None:
+        return None
+    passes = result.get("passes_s", 0.0)
+    return {"dynamo_s": result["dynamo_s"], "passes_s": passes,
+            "compile_s": first.seconds - result["dynamo_s"] - passes - steady.seconds}
 
 
 def first_call_overheads(info: dict) -> tuple[float | None, float | None]:
@@ -234,7 +278,34 @@ def targets(cases: dict[str, dict], analysed: dict[str, dict], raw: dict[str, di
     found, missed, met = per_case(f"optimized_vs_expert_b{PER_SAMPLE_ROWS}", 1.2, per_sample)
     put("L3", f"per-sample losses at B={PER_SAMPLE_ROWS} within 1.2× of expert eager, compile=False",
         ", ".join(f"{n} {r}" for n, r in found.items()) or "not measured", met)
+    out.update(backend_targets(analysed))
     return out
+
+
+def backend_targets(analysed: dict[str, dict]) -> dict:
+    """B1 and B2 over the backend rows that were measured (none: no such targets); rows whose
+    loop Dynamo ran eagerly (no graph reached the backend) are listed, not judged."""
+    rows = [(f"{n} {r['size']}", r) for n, a in analysed.items() for r in a["backend_rows"]
+            if r["first"]["backend"] is not None]
+    if not rows:
+        return {}
+    b256 = [(n, r) for n, r in rows if r["size"] == "b256"]
+    return {"B1": _backend_target('torch.compile(naive, backend="optimize_loss") steady ≤ 1.2× '
+                                  "torch.compile(expert)", rows, "backend_vs_expert", 1.2, True),
+            "B2": _backend_target('torch.compile(naive, backend="optimize_loss") first call ≥ 5× faster '
+                                  "than torch.compile(naive)'s at B=256", b256, "naive_vs_backend_first", 5, False)}
+
+
+def _backend_target(target: str, rows: list[tuple[str, dict]], key: str, limit: float, at_most: bool) -> dict:
+    found = {n: r[key] for n, r in rows if not r["skipped"] and r[key] is not None}
+    verdicts = {n: r.meets(limit, at_most) for n, r in found.items()}
+    missed = [n for n, v in verdicts.items() if v is False]
+    skipped = [n for n, r in rows if r["skipped"]]
+    detail = "; ".join(filter(None, ["missed: " + ", ".join(missed) if missed else "",
+                                     "not judged, Dynamo ran the loop eagerly: " + ", ".join(skipped)
+                                     if skipped else ""]))
+    return {"target": target, "value": ", ".join(f"{n} {r}" for n, r in found.items()) or "not measured",
+            "met": False if missed else (True if found and all(verdicts.values()) else None), "detail": detail}
 
 
 # -- markdown -------------------------------------------------------------------------------
@@ -244,10 +315,7 @@ def fmt_overhead(overhead: dict) -> str:
 
 def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts: dict, overhead: dict) -> str:
     compiled = ", ".join(meta["compiled_cases"]) or "none"
-    out = ["# LossBench results", "",
-           f"`{meta['command']}` — {meta['date']}; {meta['machine']}; torch {meta['torch']}, "
-           f"Python {meta['python']}; {meta['threads']} torch thread(s); torch.compile backend "
-           f"`{meta['backend']}`; took {meta['seconds']:.0f} s.", "",
+    out = ["# LossBench results", "", run_line(meta), "",
            f"Forward+backward at each example's `bench` size; steady = median over blocks of calls "
            f"(each ≥ 2 ms) after a warm-up call, until {meta['min_time_s']:g} s or 50 blocks. "
            f"Budgets: {meta['budget_s']:g} s per eager variant, "
@@ -348,6 +416,8 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
                                                    ("optimized_eager@b256", "expert_eager@b256"))
                        + f" | {show(analysed[name]['ratios'][f'optimized_vs_expert_b{PER_SAMPLE_ROWS}'], 1.2)} |")
 
+    out += backend_section(cases, raw, analysed)
+
     out += ["", "## Wrapper overhead", "",
             f"`optimize_loss(fn, compile=False)` on a function with nothing to rewrite: "
             f"{overhead['wrapped_us']:.2f} µs per call vs {overhead['direct_us']:.2f} µs calling `fn` "
@@ -361,6 +431,69 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
             out.append(f"- {name}, {LABELS.get(v, v)}: {what[:300]}")
         out.append("")
     return "\n".join(out)
+
+
+def run_line(meta: dict) -> str:
+    return (f"`{meta['command']}` — {meta['date']}; {meta['machine']}; torch {meta['torch']}, "
+            f"Python {meta['python']}; {meta['threads']} torch thread(s); torch.compile backend "
+            f"`{meta['backend']}`; took {meta['seconds']:.0f} s.")
+
+
+def backend_markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts: dict) -> str:
+    """The tables of a ``--backend-rows`` run: its targets and the backend section."""
+    out = ["# LossBench: the torch.compile backend option", "", run_line(meta), "",
+           "| | target | measured | met |", "| --- | --- | --- | --- |"]
+    for key in ("B1", "B2"):
+        t = tgts.get(key)
+        if t:
+            detail = f" — {t['detail']}" if t["detail"] else ""
+            out.append(f"| {key} | {t['target']} | {t['value']}{detail} | {mark(t['met'])} |")
+    return "\n".join(out + backend_section(cases, raw, analysed) + [""])
+
+
+def backend_section(cases: dict[str, dict], raw: dict, analysed: dict) -> list[str]:
+    """Markdown lines of the backend rows (none when no case has them)."""
+    rows = [(name, row) for name in cases for row in analysed[name]["backend_rows"]]
+    if not rows:
+        return []
+    out = ["", '## torch.compile(naive, backend="optimize_loss")', "",
+           "Dynamo unrolls the naive loop into one copy of its body per iteration; the backend "
+           "re-rolls the copies into one vmapped computation before the inner compiler sees the "
+           "graph. Graph nodes: Dynamo's graph → the graph the inner compiler got. First call "
+           "(cold, forward+backward) = Dynamo (its own timers: bytecode tracing, graph, guards) "
+           "+ our passes (the backend's time outside the inner compiler) + compile (the rest "
+           "minus one steady call: the inner compile of forward and backward). Backend / expert: "
+           "from blocks of calls alternating in one process (the two steady columns are separate "
+           "jobs).", "",
+           "| case | size | graph nodes | torch.compile(naive) | backend | torch.compile(expert) "
+           "| backend / expert | first call: torch.compile(naive) | backend | torch.compile(expert) "
+           "| naive / backend first call |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in rows:
+        size = cases[name]["sizes"]["bench"] if row["size"] == "bench" else f"B={row['size'][1:]}"
+        cells = [_cell(row["steady"][k], raw[name].get(row["jobs"][k])) for k in ("naive", "backend", "expert")]
+        cells.append(show(row["backend_vs_expert"], None if row["skipped"] else 1.2))
+        cells += [_first_cell(row["first"][k], row["split"][k], k == "backend") for k in ("naive", "backend", "expert")]
+        cells.append(show(row["naive_vs_backend_first"], 5 if row["size"] == "b256" and not row["skipped"] else None,
+                          at_most=False))
+        out.append(f"| {name} | {size} | {_nodes(row)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _first_cell(first: Time | None, split: dict | None, ours: bool) -> str:
+    if first is None or split is None:
+        return "–" if first is None else str(first)
+    parts = [f"Dynamo {fmt_time(split['dynamo_s'])}"] + ([f"passes {fmt_time(split['passes_s'])}"] if ours else [])
+    parts.append(f"compile {fmt_time(split['compile_s'])}")
+    return f"{first} ({' + '.join(parts)})"
+
+
+def _nodes(row: dict) -> str:
+    if row["skipped"]:
+        return "no graph: Dynamo ran the loop eagerly (graph break in it)"
+    if not row["graph_nodes"]:
+        return "–"
+    before, after = "+".join(map(str, row["graph_nodes"])), "+".join(map(str, row["rerolled_nodes"]))
+    return f"{before} → {after} ({row['rerolled']} loop{'s' * (row['rerolled'] != 1)} re-rolled)"
 
 
 def _cell(t: Time | None, result: dict | None) -> str:

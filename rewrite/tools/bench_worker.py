@@ -2,7 +2,7 @@
 any job at its time budget (a naive loop or a torch.compile of one can take minutes).
 
 ``python -m rewrite.tools.bench_worker SPEC_JSON``; SPEC has ``jobs`` (each ``path``: an example file,
-``variant``: one that ``build`` knows, with ``@b256`` for the first 256 rows of the bench inputs,
+``variant``: one that ``build`` knows, with ``@b<N>`` for the first N rows of the bench inputs,
 ``budget``: seconds), ``threads``, ``backend`` and ``min_time``. Every result is written to stdout as one JSON line, tagged with its
 job's index, as soon as it is known (``start``, ``first``, ``sample``, ``info``, ``error``,
 ``done``), so a worker killed at a budget still leaves the calls that finished.
@@ -23,12 +23,15 @@ from typing import Any, Callable
 
 import torch
 
+from passes.report import Report
+
+from ..backend import backend as rewrite_backend
 from ..decorator import optimize_loss
 from ..keep_faster import TRIAL_CALLS
 from ..offline_split import split
 from ..testing import differences, differentiable_inputs
 
-COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled"}
+COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled", "backend_compiled"}
 # At bench size, float32 sums over 1e5-1e6 terms in another order (vectorized, or fused by
 # Inductor) drift past rewrite.testing's small-size defaults near zero; a wrong rewrite is off by
 # far more. The small-size check against the naive code keeps the defaults.
@@ -56,17 +59,18 @@ def load_example(path: str) -> Any:
 
 
 def make_inputs(module: Any, size: str) -> tuple:
-    if size != "b256":
+    """The inputs of ``size``: ``small``, ``bench``, or ``b<N>``, the first N rows of the bench inputs."""
+    if not size.startswith("b") or size == "bench":
         return module.make_inputs(size)
     inputs = module.make_inputs("bench")
     rows = next(a.shape[0] for a in inputs if isinstance(a, torch.Tensor) and a.dim())
-    return tuple(_first_rows(a, rows) for a in inputs)
+    return tuple(_first_rows(a, rows, int(size[1:])) for a in inputs)
 
 
-def _first_rows(a: Any, rows: int) -> Any:
+def _first_rows(a: Any, rows: int, keep: int) -> Any:
     # Only tensors batched like the first one are cut; weights and scalars stay whole.
     if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == rows:
-        return a[:PER_SAMPLE_ROWS].detach().clone().requires_grad_(a.requires_grad)
+        return a[:keep].detach().clone().requires_grad_(a.requires_grad)
     return a
 
 
@@ -146,9 +150,55 @@ def warm_up_inductor(backend: str) -> None:
     _warmed_up = True
 
 
+class Counted:
+    """A Dynamo backend that runs ``backend`` and keeps the seconds spent in it and the node
+    count of every graph it was given."""
+
+    def __init__(self, backend: Callable):
+        self.backend, self.seconds, self.nodes = backend, 0.0, []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list, **kwargs: Any) -> Callable:
+        self.nodes.append(len(gm.graph.nodes))
+        start = time.perf_counter()
+        try:
+            return self.backend(gm, example_inputs, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class ThroughBackend:
+    """``torch.compile(fn, backend="optimize_loss")``, with ``backend`` as ``rewrite.backend``'s
+    inner compiler. ``info()``: what compiling did so far: the node counts of Dynamo's graphs
+    before and after our passes, the passes' seconds (all of the backend's time but the inner
+    compiler's), and the loops re-rolled or left (the report's notes)."""
+
+    def __init__(self, fn: Callable, backend: str):
+        self.report = Report(fn.__name__, fn.__code__.co_filename, fn.__code__.co_firstlineno)
+        self.inner = Counted(torch._dynamo.lookup_backend(backend))
+        self.outer = Counted(rewrite_backend(inner=self.inner, report=self.report))
+        self.compiled = torch.compile(fn, backend=self.outer)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.compiled(*args)
+
+    def info(self) -> dict:
+        return {"graph_nodes": self.outer.nodes, "rerolled_nodes": self.inner.nodes,
+                "passes_s": self.outer.seconds - self.inner.seconds, "notes": self.report.notes}
+
+
+def dynamo_seconds() -> float | None:
+    """Seconds Dynamo spent since the last ``compilation_time_metrics.clear()`` outside the
+    backends it called (tracing bytecode, building graphs and guards), from its own timers."""
+    metrics = torch._dynamo.utils.compilation_time_metrics
+    if "_compile.compile_inner" not in metrics:
+        return None
+    return sum(metrics["_compile.compile_inner"]) - sum(metrics.get("OutputGraph.call_user_compiler", []))
+
+
 def build(base: str, module: Any, backend: str, inputs: tuple) -> Callable:
     if base in COMPILED:
         torch.compiler.reset()  # no compiled code left from earlier variants: a cold first call
+        torch._dynamo.utils.compilation_time_metrics.clear()
     if base == "naive_eager":
         return module.naive
     if base == "naive_compiled":
@@ -157,6 +207,8 @@ def build(base: str, module: Any, backend: str, inputs: tuple) -> Callable:
         return module.expert
     if base == "expert_compiled":
         return torch.compile(module.expert, backend=backend)
+    if base == "backend_compiled":
+        return ThroughBackend(module.naive, backend)
     if base == "optimized_eager":
         return optimize_loss(module.naive, compile=False)
     if base == "optimized_compiled":
@@ -209,6 +261,8 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
     call = fwd_bwd(fn, inputs)
     first = timed(call)
     emit("first", job, seconds=first)
+    if base in COMPILED:  # of which: Dynamo's own time, and for the backend, our passes'
+        emit("info", job, dynamo_s=dynamo_seconds(), **(fn.info() if base == "backend_compiled" else {}))
     if base == "optimized_compiled":  # of which: the first call's compiled-vs-eager check
         emit("info", job, check_s=fn.report.check_seconds)
     if base == "expert_eager" and size == "bench":
@@ -231,11 +285,17 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
              **({"steady_small_s": statistics.median(samples)} if samples else {}))
     if base.startswith("optimized_"):
         past_trial(call, deadline)
-    if size == "b256":
+    if base == "optimized_eager" and size == "b256":
         # The B=256 target is a ratio of a few percent: time the expert in alternating blocks of
         # the same process instead of as a job of its own.
         steady(call, deadline, spec["min_time"], max_samples=250, previous=first, job=job,
                paired=fwd_bwd(module.expert, inputs))
+    elif base == "backend_compiled":
+        # Target B1 is a ratio too: the compiled expert (compiled again here, after the first
+        # call was timed) in alternating blocks.
+        expert = fwd_bwd(torch.compile(module.expert, backend=spec["backend"]), inputs)
+        expert()
+        steady(call, deadline, spec["min_time"], max_samples=250, job=job, paired=expert)
     else:
         steady(call, deadline, spec["min_time"], previous=0.0 if base in COMPILED else first, job=job)
 
