@@ -115,6 +115,13 @@ LIST_CONSUMERS = {
     "torch.cat": "v.flatten(0, 1)",
     "torch.tensor": "v.detach().clone()",
 }
+# ... and along a literal ``dim`` d other than 0: the stacked dim moved to where the items are
+# joined, ``a`` (d for stack; for cat d, or d - 1 when negative: just before the items' dim d),
+# ``b`` = a + 1.
+LIST_CONSUMERS_ALONG_DIM = {
+    "torch.stack": "v.movedim(0, a)",
+    "torch.cat": "v.movedim(0, a).flatten(a, b)",
+}
 # torch.tensor over appended host values (``.item()``, ``float()``): Python numbers, so the
 # original's dtype is the one torch.tensor infers from numbers.
 LIST_CONSUMERS_OF_HOST_VALUES = {**LIST_CONSUMERS, "torch.tensor": "torch.tensor(v.tolist())"}

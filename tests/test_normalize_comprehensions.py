@@ -30,10 +30,51 @@ def test_sum_with_condition_becomes_a_masked_accumulation():
 
 
 def test_stack_becomes_appends():
-    assert to_loop("out = torch.stack([f(r) for r in rows], 1)") is None  # dim: not taken
     init, loop, result, _ = to_loop("out = torch.stack([f(r) for r in rows])")
     assert ast.unparse(result) == "out = torch.stack(_items)"
     assert ast.unparse(loop) == normalise("for _r in rows:\n    _items.append(f(_r))")
+
+
+@pytest.mark.parametrize("src", ["torch.stack([f(r) for r in rows], 1)",
+                                 "torch.cat([f(r) for r in rows], dim=-2)"])
+def test_stack_or_cat_along_a_literal_dim_becomes_appends(src):
+    init, loop, result, _ = to_loop(f"out = {src}")
+    assert ast.unparse(result) == "out = " + src.replace("[f(r) for r in rows]", "_items")
+    assert ast.unparse(loop) == normalise("for _r in rows:\n    _items.append(f(_r))")
+
+
+@pytest.mark.parametrize("src", ["torch.stack([f(r) for r in rows], d)",   # not a literal
+                                 "torch.cat([f(r) for r in rows], dim=1.0)",
+                                 "torch.cat([f(r) for r in rows], dim=1, out=o)",
+                                 "torch.tensor([f(r) for r in rows], dtype=t)"])
+def test_stack_or_cat_along_other_dims_is_not_taken(src):
+    assert to_loop(f"out = {src}") is None
+
+
+JOINED = """
+    def f(x):
+        a = torch.stack([x[i] * 2 for i in range(x.shape[0])], dim=1)
+        b = torch.cat([x[i].exp() for i in range(x.shape[0])], -1)
+        c = torch.cat([x[i, None] * x[i, None] for i in range(x.shape[0])], dim=-2)
+        d = torch.stack([x[i].sum(1) for i in range(x.shape[0])], -1)
+        return a.sin().sum() + (b * b.cumsum(-1)).sum() + c.cos().sum() + d.tanh().sum()
+    """
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_stack_or_cat_along_a_dim_is_the_moved_stacked_items(dtype):
+    original, optimized, code, report = build(JOINED)
+    assert [l.strategy for l in report.loops] == ["batched"] * 4
+    for form in (".movedim(0, 1)", ".movedim(0, -2).flatten(-2, -1)",
+                 ".movedim(0, -3).flatten(-3, -2)", ".movedim(0, -1)"):
+        assert form in code, form
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, dtype=dtype, generator=g)
+    x[1, 0, 0] = x[0, 0, 0]  # ties
+    assert_equivalent(original, optimized, x.requires_grad_())
+    nan = x.detach().clone()
+    nan[2, 1, 3] = float("nan")
+    assert_equivalent(original, optimized, nan.requires_grad_())
 
 
 def test_not_taken_where_evaluation_is_conditional():

@@ -104,17 +104,35 @@ def _bound_list(stmt: ast.stmt, lists: frozenset[str]) -> bool:
 def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
     if not isinstance(node, _ALWAYS_EVALUATED):
         return None
-    if (isinstance(node, ast.Call) and len(node.args) in (1, 2) and not node.keywords
+    if (isinstance(node, ast.Call) and node.args
             and isinstance(node.args[0], (ast.ListComp, ast.GeneratorExp))
             and len(node.args[0].generators) == 1 and not node.args[0].generators[0].is_async
             and resolve_call(node.func, ctx) in REDUCERS
-            and (len(node.args) == 1 or resolve_call(node.func, ctx) == "sum")):
+            and (len(node.args) == 1 and not node.keywords
+                 or resolve_call(node.func, ctx) == "sum" and len(node.args) == 2
+                 and not node.keywords or joining_dim(node, ctx) is not None)):
         return node
     for child in ast.iter_child_nodes(node):
         found = _find(child, ctx)
         if found is not None:
             return found
     return None
+
+
+def joining_dim(call: ast.Call, ctx: PassContext) -> int | None:
+    """The ``dim`` along which ``torch.stack``/``torch.cat`` joins its items, positional or
+    keyword (0 when not given), when it is an integer literal; else None."""
+    if resolve_call(call.func, ctx) not in rules.LIST_CONSUMERS_ALONG_DIM \
+            or any(k.arg != "dim" for k in call.keywords):
+        return None
+    dims = call.args[1:] + [k.value for k in call.keywords]
+    if not dims:
+        return 0
+    try:
+        dim = ast.literal_eval(dims[0]) if len(dims) == 1 else None
+    except ValueError:  # not a literal
+        return None
+    return dim if type(dim) is int else None
 
 
 def kept_reason(comp: ast.expr) -> str:
