@@ -256,6 +256,28 @@ def test_every_comprehension_is_reported_once_with_a_reason():
     assert rewrite_source(code)[0] == code
 
 
+def test_kept_comprehensions_name_what_reads_their_list():
+    code, report = rewrite_source("""
+        def f(x, w):
+            a = [{'v': x[i]} for i in range(2)]
+            b = np.array([x[i].sum().item() for i in range(2)])
+            c = [x[i] * 2 for i in range(2)]
+            use(c)
+            d = [x[i] + 1 for i in range(2)]
+            d = [v * w for v in d]
+            use(a, b, sum(d))
+            return [x[i] - 1 for i in range(2)]
+        """)
+    reasons = {l.lineno: l.reason for l in report.loops}
+    assert reasons[2] == "its items are dicts: only tensors are stacked"
+    assert reasons[3].startswith("its result is handed to `np.array(...)`")
+    assert reasons[4].startswith("bound to `c`, which is read by `use(c)` (line 5)")
+    assert reasons[6].startswith("bound to `d`, which is bound again (line 7)")
+    assert reasons[7].startswith("bound to `d`, which is bound again (line 6)")
+    assert reasons[9] == "returned as a list: the caller gets the list's own objects"
+    assert not any(l.vectorized for l in report.loops)
+
+
 def test_second_run_changes_nothing():
     code, _ = rewrite_source(STACKABLE)
     assert rewrite_source(code)[0] == code

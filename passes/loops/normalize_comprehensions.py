@@ -40,7 +40,7 @@ import ast
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
-                        root_name, walk)
+                        root_name, unparse, walk)
 from .loop_dataflow import child_blocks, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
@@ -135,15 +135,53 @@ def joining_dim(call: ast.Call, ctx: PassContext) -> int | None:
     return dim if type(dim) is int else None
 
 
-def kept_reason(comp: ast.expr) -> str:
-    """Why a comprehension no rule took runs as written."""
+def kept_reason(comp: ast.expr, func: ast.FunctionDef, ctx: PassContext) -> str:
+    """Why a comprehension no rule took runs as written: what it is, or what reads its result
+    (``func``: the function it is in)."""
     if isinstance(comp, (ast.SetComp, ast.DictComp)):
         return "set/dict comprehension: only lists and generators of tensors are stacked"
     if len(comp.generators) > 1 or comp.generators[0].is_async:
         return "comprehension with several `for` clauses (or `async for`)"
+    if isinstance(comp.elt, ast.Dict):
+        return "its items are dicts: only tensors are stacked"
+    parents = {id(c): n for n in walk(func) for c in ast.iter_child_nodes(n)}
+    parent = parents.get(id(comp))
+    if isinstance(parent, ast.Call) and comp in parent.args:
+        if resolve_call(parent.func, ctx) in REDUCERS:
+            return (f"`{unparse(parent.func)}(...)` has other arguments than the list, a start "
+                    "of `sum` and a literal `dim`, or is not always evaluated")
+        return (f"its result is handed to `{unparse(parent.func)}(...)`, not reduced by "
+                "sum/torch.stack/torch.cat/torch.tensor: the list itself is needed")
+    if isinstance(parent, ast.Return):
+        return "returned as a list: the caller gets the list's own objects"
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1 \
+            and isinstance(parent.targets[0], ast.Name):
+        return _bound_reason(parent, func, parents, ctx)
     return ("its result is not reduced by sum/torch.stack/torch.cat/torch.tensor where it is "
             "always evaluated, nor bound to a name only len, indexing, iteration, max/min and "
             "those read")
+
+
+def _bound_reason(stmt: ast.Assign, func: ast.FunctionDef, parents: dict[int, ast.AST],
+                  ctx: PassContext) -> str:
+    """Why the list ``stmt`` binds to a name is not stacked: the name's first other binding or
+    read a tensor of the items would not answer the same way."""
+    name = stmt.targets[0].id
+    for n in walk(func):
+        if isinstance(n, ast.arg) and n.arg == name:
+            return f"bound to `{name}`, also a parameter"
+        if not isinstance(n, ast.Name) or n.id != name or n is stmt.targets[0]:
+            continue
+        if not isinstance(n.ctx, ast.Load):
+            how = "bound again"
+        elif not _same_on_stacked(n, parents[id(n)], ctx):
+            how = f"read by `{unparse(parents[id(n)])}`"
+        else:
+            continue
+        return (f"bound to `{name}`, which is {how} (line {n.lineno}): only len, indexing, "
+                "iteration, max/min and sum/torch.stack/torch.cat/torch.tensor read a tensor of "
+                "its items as they read the list")
+    return f"bound to `{name}`, whose items may be modified in place"
 
 
 # ---------------------------------------------------------------------------------------------

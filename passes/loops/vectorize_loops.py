@@ -124,7 +124,7 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     if not any(isinstance(n, normalize_comprehensions.COMPREHENSIONS) for n in walk(tree)):
         return tree  # the usual case, told by one quick walk
     for comp in _comprehensions(tree.body[0]):  # what no rule took: kept, with the reason
-        vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp))
+        vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp, tree.body[0], ctx))
     return tree
 
 
