@@ -265,8 +265,7 @@ def test_kept_comprehensions_name_what_reads_their_list():
             use(c)
             d = [x[i] + 1 for i in range(2)]
             d = [v * w for v in d]
-            use(a, b, sum(d))
-            return [x[i] - 1 for i in range(2)]
+            return use(a, b, sum(d))
         """)
     reasons = {l.lineno: l.reason for l in report.loops}
     assert reasons[2] == "its items are dicts: only tensors are stacked"
@@ -274,8 +273,45 @@ def test_kept_comprehensions_name_what_reads_their_list():
     assert reasons[4].startswith("bound to `c`, which is read by `use(c)` (line 5)")
     assert reasons[6].startswith("bound to `d`, which is bound again (line 7)")
     assert reasons[7].startswith("bound to `d`, which is bound again (line 6)")
-    assert reasons[9] == "returned as a list: the caller gets the list's own objects"
     assert not any(l.vectorized for l in report.loops)
+
+
+def test_returned_list_becomes_appends_returned_as_a_list():
+    init, loop, result, _ = to_loop("return [f(r) for r in rows]")
+    assert ast.unparse(result) == "return list(_items)"
+    assert ast.unparse(loop) == normalise("for _r in rows:\n    _items.append(f(_r))")
+    assert to_loop("return a, [f(r) for r in rows]") is None  # a tuple holding it: not taken
+    assert to_loop("return [f(r, s) for r in rows for s in rows]") is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_returned_list_is_the_rows_of_the_stacked_items(dtype):
+    original, optimized, code, report = build("""
+        def f(xs, w):
+            return [(x * w).exp().amax() for x in xs]
+        """)
+    assert report.loops[0].strategy == "batched" and "list(" in code and ".unbind(0))" in code
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(4, 3, dtype=dtype, generator=g)
+    xs[1, 2] = xs[1, 0]  # a tie in the max
+    xs[3, 1] = float("nan")
+    w = torch.randn(3, dtype=dtype, generator=g)
+    got = optimized(xs.requires_grad_(), w.requires_grad_())
+    assert type(got) is list and len(got) == 4
+    assert_equivalent(lambda *a: torch.stack(original(*a)), lambda *a: torch.stack(optimized(*a)),
+                      xs, w)
+    assert_equivalent(original, optimized, list(xs.detach()), w)  # a list: stacked too
+
+
+def test_returned_list_of_host_values_stays_numbers():
+    original, optimized, code, report = build("""
+        def f(xs):
+            return [x.sum().item() for x in xs]
+        """)
+    assert report.loops[0].vectorized and "tolist()" in code
+    xs = torch.randn(3, 5, dtype=torch.float64)
+    got, want = optimized(xs), original(xs)
+    assert got == want and all(type(v) is float for v in got)
 
 
 def test_second_run_changes_nothing():

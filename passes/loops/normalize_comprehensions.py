@@ -15,6 +15,10 @@ The comprehension's variables are renamed (they never leaked out of it)::
                                                              _items.append(f(_r))
                                                          out = torch.stack(_items)
 
+``torch.stack``/``torch.cat`` along a literal ``dim`` take the same route (the vectorizer moves
+the stacked dim there, ``loop_rules.LIST_CONSUMERS_ALONG_DIM``), and so does a returned list,
+``return [f(r) for r in rows]`` -> ``return list(_items)`` (the rows of the stacked items).
+
 A list bound to a name, ``xs = [f(r) for r in rows]``, is taken when ``xs`` is bound nowhere else
 and every read of it is answered the same by the tensor of the stacked items (``stackable_lists``):
 ``len(xs)``, ``xs[k]``, ``for v in xs``, ``max(xs)``/``min(xs)``, and the consumers of
@@ -60,6 +64,10 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
     if _bound_list(stmt, lists):
         stmt = clone(stmt)
         call = ast.Call(ast.Name("list", ast.Load()), [stmt.value], [])  # stands for the list
+    elif _returned_list(stmt):  # `return [...]` -> `return list(_items)`: a list of the rows
+        stmt = clone(stmt)
+        call = stmt.value = ast.copy_location(
+            ast.Call(ast.Name("list", ast.Load()), [stmt.value], []), stmt.value)
     elif _find(stmt, ctx) is None:
         return None
     else:
@@ -99,6 +107,11 @@ def _bound_list(stmt: ast.stmt, lists: frozenset[str]) -> bool:
             and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in lists
             and isinstance(stmt.value, ast.ListComp) and len(stmt.value.generators) == 1
             and not stmt.value.generators[0].is_async)
+
+
+def _returned_list(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Return) and isinstance(stmt.value, ast.ListComp)
+            and len(stmt.value.generators) == 1 and not stmt.value.generators[0].is_async)
 
 
 def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
@@ -152,8 +165,6 @@ def kept_reason(comp: ast.expr, func: ast.FunctionDef, ctx: PassContext) -> str:
                     "of `sum` and a literal `dim`, or is not always evaluated")
         return (f"its result is handed to `{unparse(parent.func)}(...)`, not reduced by "
                 "sum/torch.stack/torch.cat/torch.tensor: the list itself is needed")
-    if isinstance(parent, ast.Return):
-        return "returned as a list: the caller gets the list's own objects"
     if isinstance(parent, ast.Assign) and len(parent.targets) == 1 \
             and isinstance(parent.targets[0], ast.Name):
         return _bound_reason(parent, func, parents, ctx)
