@@ -265,7 +265,7 @@ def test_kept_comprehensions_name_what_reads_their_list():
             use(c)
             d = [x[i] + 1 for i in range(2)]
             d = [v * w for v in d]
-            return use(a, b, sum(d))
+            return use(a, b, sum(d), [1] + [x[i] for i in range(2)])
         """)
     reasons = {l.lineno: l.reason for l in report.loops}
     assert reasons[2] == "its items are dicts: only tensors are stacked"
@@ -273,6 +273,8 @@ def test_kept_comprehensions_name_what_reads_their_list():
     assert reasons[4].startswith("bound to `c`, which is read by `use(c)` (line 5)")
     assert reasons[6].startswith("bound to `d`, which is bound again (line 7)")
     assert reasons[7].startswith("bound to `d`, which is bound again (line 6)")
+    assert reasons[8] == ("its list is an operand of `[1] + [x[i] for i in range(2)]`: the list "
+                          "itself is needed")
     assert not any(l.vectorized for l in report.loops)
 
 

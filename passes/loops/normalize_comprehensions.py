@@ -165,6 +165,8 @@ def kept_reason(comp: ast.expr, func: ast.FunctionDef, ctx: PassContext) -> str:
                     "of `sum` and a literal `dim`, or is not always evaluated")
         return (f"its result is handed to `{unparse(parent.func)}(...)`, not reduced by "
                 "sum/torch.stack/torch.cat/torch.tensor: the list itself is needed")
+    if isinstance(parent, ast.BinOp):
+        return f"its list is an operand of `{unparse(parent)}`: the list itself is needed"
     if isinstance(parent, ast.Assign) and len(parent.targets) == 1 \
             and isinstance(parent.targets[0], ast.Name):
         return _bound_reason(parent, func, parents, ctx)
