@@ -30,10 +30,51 @@ def test_sum_with_condition_becomes_a_masked_accumulation():
 
 
 def test_stack_becomes_appends():
-    assert to_loop("out = torch.stack([f(r) for r in rows], 1)") is None  # dim: not taken
     init, loop, result, _ = to_loop("out = torch.stack([f(r) for r in rows])")
     assert ast.unparse(result) == "out = torch.stack(_items)"
     assert ast.unparse(loop) == normalise("for _r in rows:\n    _items.append(f(_r))")
+
+
+@pytest.mark.parametrize("src", ["torch.stack([f(r) for r in rows], 1)",
+                                 "torch.cat([f(r) for r in rows], dim=-2)"])
+def test_stack_or_cat_along_a_literal_dim_becomes_appends(src):
+    init, loop, result, _ = to_loop(f"out = {src}")
+    assert ast.unparse(result) == "out = " + src.replace("[f(r) for r in rows]", "_items")
+    assert ast.unparse(loop) == normalise("for _r in rows:\n    _items.append(f(_r))")
+
+
+@pytest.mark.parametrize("src", ["torch.stack([f(r) for r in rows], d)",   # not a literal
+                                 "torch.cat([f(r) for r in rows], dim=1.0)",
+                                 "torch.cat([f(r) for r in rows], dim=1, out=o)",
+                                 "torch.tensor([f(r) for r in rows], dtype=t)"])
+def test_stack_or_cat_along_other_dims_is_not_taken(src):
+    assert to_loop(f"out = {src}") is None
+
+
+JOINED = """
+    def f(x):
+        a = torch.stack([x[i] * 2 for i in range(x.shape[0])], dim=1)
+        b = torch.cat([x[i].exp() for i in range(x.shape[0])], -1)
+        c = torch.cat([x[i, None] * x[i, None] for i in range(x.shape[0])], dim=-2)
+        d = torch.stack([x[i].sum(1) for i in range(x.shape[0])], -1)
+        return a.sin().sum() + (b * b.cumsum(-1)).sum() + c.cos().sum() + d.tanh().sum()
+    """
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_stack_or_cat_along_a_dim_is_the_moved_stacked_items(dtype):
+    original, optimized, code, report = build(JOINED)
+    assert [l.strategy for l in report.loops] == ["batched"] * 4
+    for form in (".movedim(0, 1)", ".movedim(0, -2).flatten(-2, -1)",
+                 ".movedim(0, -3).flatten(-3, -2)", ".movedim(0, -1)"):
+        assert form in code, form
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, dtype=dtype, generator=g)
+    x[1, 0, 0] = x[0, 0, 0]  # ties
+    assert_equivalent(original, optimized, x.requires_grad_())
+    nan = x.detach().clone()
+    nan[2, 1, 3] = float("nan")
+    assert_equivalent(original, optimized, nan.requires_grad_())
 
 
 def test_not_taken_where_evaluation_is_conditional():
@@ -213,6 +254,66 @@ def test_every_comprehension_is_reported_once_with_a_reason():
     reasons = {l.lineno: l.reason for l in report.loops}
     assert "set/dict" in reasons[2] and "several `for`" in reasons[3]
     assert rewrite_source(code)[0] == code
+
+
+def test_kept_comprehensions_name_what_reads_their_list():
+    code, report = rewrite_source("""
+        def f(x, w):
+            a = [{'v': x[i]} for i in range(2)]
+            b = np.array([x[i].sum().item() for i in range(2)])
+            c = [x[i] * 2 for i in range(2)]
+            use(c)
+            d = [x[i] + 1 for i in range(2)]
+            d = [v * w for v in d]
+            return use(a, b, sum(d), [1] + [x[i] for i in range(2)])
+        """)
+    reasons = {l.lineno: l.reason for l in report.loops}
+    assert reasons[2] == "its items are dicts: only tensors are stacked"
+    assert reasons[3].startswith("its result is handed to `np.array(...)`")
+    assert reasons[4].startswith("bound to `c`, which is read by `use(c)` (line 5)")
+    assert reasons[6].startswith("bound to `d`, which is bound again (line 7)")
+    assert reasons[7].startswith("bound to `d`, which is bound again (line 6)")
+    assert reasons[8] == ("its list is an operand of `[1] + [x[i] for i in range(2)]`: the list "
+                          "itself is needed")
+    assert not any(l.vectorized for l in report.loops)
+
+
+def test_returned_list_becomes_appends_returned_as_a_list():
+    init, loop, result, _ = to_loop("return [f(r) for r in rows]")
+    assert ast.unparse(result) == "return list(_items)"
+    assert ast.unparse(loop) == normalise("for _r in rows:\n    _items.append(f(_r))")
+    assert to_loop("return a, [f(r) for r in rows]") is None  # a tuple holding it: not taken
+    assert to_loop("return [f(r, s) for r in rows for s in rows]") is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_returned_list_is_the_rows_of_the_stacked_items(dtype):
+    original, optimized, code, report = build("""
+        def f(xs, w):
+            return [(x * w).exp().amax() for x in xs]
+        """)
+    assert report.loops[0].strategy == "batched" and "list(" in code and ".unbind(0))" in code
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(4, 3, dtype=dtype, generator=g)
+    xs[1, 2] = xs[1, 0]  # a tie in the max
+    xs[3, 1] = float("nan")
+    w = torch.randn(3, dtype=dtype, generator=g)
+    got = optimized(xs.requires_grad_(), w.requires_grad_())
+    assert type(got) is list and len(got) == 4
+    assert_equivalent(lambda *a: torch.stack(original(*a)), lambda *a: torch.stack(optimized(*a)),
+                      xs, w)
+    assert_equivalent(original, optimized, list(xs.detach()), w)  # a list: stacked too
+
+
+def test_returned_list_of_host_values_stays_numbers():
+    original, optimized, code, report = build("""
+        def f(xs):
+            return [x.sum().item() for x in xs]
+        """)
+    assert report.loops[0].vectorized and "tolist()" in code
+    xs = torch.randn(3, 5, dtype=torch.float64)
+    got, want = optimized(xs), original(xs)
+    assert got == want and all(type(v) is float for v in got)
 
 
 def test_second_run_changes_nothing():

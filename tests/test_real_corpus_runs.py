@@ -18,6 +18,8 @@ CASES = {
     "reid_hard_mine_triplet": (lambda m: m.TripletLoss(margin=0.3), lambda args: args),
     # the padding mask of ragged lengths, written in place (`mask[i, :, lengths[i]:] = 0`)
     "sep_sisnr_pit_mask": (lambda m: m.get_mask, lambda args: (args[0], args[2])),
+    # integer labels of every view joined along a literal dim (`torch.cat([...], dim=0)`)
+    "con_info_nce_views": (lambda m: m.naive, lambda args: args),
 }
 
 

@@ -15,6 +15,10 @@ The comprehension's variables are renamed (they never leaked out of it)::
                                                              _items.append(f(_r))
                                                          out = torch.stack(_items)
 
+``torch.stack``/``torch.cat`` along a literal ``dim`` take the same route (the vectorizer moves
+the stacked dim there, ``loop_rules.LIST_CONSUMERS_ALONG_DIM``), and so does a returned list,
+``return [f(r) for r in rows]`` -> ``return list(_items)`` (the rows of the stacked items).
+
 A list bound to a name, ``xs = [f(r) for r in rows]``, is taken when ``xs`` is bound nowhere else
 and every read of it is answered the same by the tensor of the stacked items (``stackable_lists``):
 ``len(xs)``, ``xs[k]``, ``for v in xs``, ``max(xs)``/``min(xs)``, and the consumers of
@@ -40,7 +44,7 @@ import ast
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
-                        root_name, walk)
+                        root_name, unparse, walk)
 from .loop_dataflow import child_blocks, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
@@ -60,6 +64,10 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
     if _bound_list(stmt, lists):
         stmt = clone(stmt)
         call = ast.Call(ast.Name("list", ast.Load()), [stmt.value], [])  # stands for the list
+    elif _returned_list(stmt):  # `return [...]` -> `return list(_items)`: a list of the rows
+        stmt = clone(stmt)
+        call = stmt.value = ast.copy_location(
+            ast.Call(ast.Name("list", ast.Load()), [stmt.value], []), stmt.value)
     elif _find(stmt, ctx) is None:
         return None
     else:
@@ -101,14 +109,21 @@ def _bound_list(stmt: ast.stmt, lists: frozenset[str]) -> bool:
             and not stmt.value.generators[0].is_async)
 
 
+def _returned_list(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Return) and isinstance(stmt.value, ast.ListComp)
+            and len(stmt.value.generators) == 1 and not stmt.value.generators[0].is_async)
+
+
 def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
     if not isinstance(node, _ALWAYS_EVALUATED):
         return None
-    if (isinstance(node, ast.Call) and len(node.args) in (1, 2) and not node.keywords
+    if (isinstance(node, ast.Call) and node.args
             and isinstance(node.args[0], (ast.ListComp, ast.GeneratorExp))
             and len(node.args[0].generators) == 1 and not node.args[0].generators[0].is_async
             and resolve_call(node.func, ctx) in REDUCERS
-            and (len(node.args) == 1 or resolve_call(node.func, ctx) == "sum")):
+            and (len(node.args) == 1 and not node.keywords
+                 or resolve_call(node.func, ctx) == "sum" and len(node.args) == 2
+                 and not node.keywords or joining_dim(node, ctx) is not None)):
         return node
     for child in ast.iter_child_nodes(node):
         found = _find(child, ctx)
@@ -117,15 +132,69 @@ def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
     return None
 
 
-def kept_reason(comp: ast.expr) -> str:
-    """Why a comprehension no rule took runs as written."""
+def joining_dim(call: ast.Call, ctx: PassContext) -> int | None:
+    """The ``dim`` along which ``torch.stack``/``torch.cat`` joins its items, positional or
+    keyword (0 when not given), when it is an integer literal; else None."""
+    if resolve_call(call.func, ctx) not in rules.LIST_CONSUMERS_ALONG_DIM \
+            or any(k.arg != "dim" for k in call.keywords):
+        return None
+    dims = call.args[1:] + [k.value for k in call.keywords]
+    if not dims:
+        return 0
+    try:
+        dim = ast.literal_eval(dims[0]) if len(dims) == 1 else None
+    except ValueError:  # not a literal
+        return None
+    return dim if type(dim) is int else None
+
+
+def kept_reason(comp: ast.expr, func: ast.FunctionDef, ctx: PassContext) -> str:
+    """Why a comprehension no rule took runs as written: what it is, or what reads its result
+    (``func``: the function it is in)."""
     if isinstance(comp, (ast.SetComp, ast.DictComp)):
         return "set/dict comprehension: only lists and generators of tensors are stacked"
     if len(comp.generators) > 1 or comp.generators[0].is_async:
         return "comprehension with several `for` clauses (or `async for`)"
+    if isinstance(comp.elt, ast.Dict):
+        return "its items are dicts: only tensors are stacked"
+    parents = {id(c): n for n in walk(func) for c in ast.iter_child_nodes(n)}
+    parent = parents.get(id(comp))
+    if isinstance(parent, ast.Call) and comp in parent.args:
+        if resolve_call(parent.func, ctx) in REDUCERS:
+            return (f"`{unparse(parent.func)}(...)` has other arguments than the list, a start "
+                    "of `sum` and a literal `dim`, or is not always evaluated")
+        return (f"its result is handed to `{unparse(parent.func)}(...)`, not reduced by "
+                "sum/torch.stack/torch.cat/torch.tensor: the list itself is needed")
+    if isinstance(parent, ast.BinOp):
+        return f"its list is an operand of `{unparse(parent)}`: the list itself is needed"
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1 \
+            and isinstance(parent.targets[0], ast.Name):
+        return _bound_reason(parent, func, parents, ctx)
     return ("its result is not reduced by sum/torch.stack/torch.cat/torch.tensor where it is "
             "always evaluated, nor bound to a name only len, indexing, iteration, max/min and "
             "those read")
+
+
+def _bound_reason(stmt: ast.Assign, func: ast.FunctionDef, parents: dict[int, ast.AST],
+                  ctx: PassContext) -> str:
+    """Why the list ``stmt`` binds to a name is not stacked: the name's first other binding or
+    read a tensor of the items would not answer the same way."""
+    name = stmt.targets[0].id
+    for n in walk(func):
+        if isinstance(n, ast.arg) and n.arg == name:
+            return f"bound to `{name}`, also a parameter"
+        if not isinstance(n, ast.Name) or n.id != name or n is stmt.targets[0]:
+            continue
+        if not isinstance(n.ctx, ast.Load):
+            how = "bound again"
+        elif not _same_on_stacked(n, parents[id(n)], ctx):
+            how = f"read by `{unparse(parents[id(n)])}`"
+        else:
+            continue
+        return (f"bound to `{name}`, which is {how} (line {n.lineno}): only len, indexing, "
+                "iteration, max/min and sum/torch.stack/torch.cat/torch.tensor read a tensor of "
+                "its items as they read the list")
+    return f"bound to `{name}`, whose items may be modified in place"
 
 
 # ---------------------------------------------------------------------------------------------

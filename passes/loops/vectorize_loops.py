@@ -133,7 +133,7 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     if not any(isinstance(n, normalize_comprehensions.COMPREHENSIONS) for n in walk(tree)):
         return tree  # the usual case, told by one quick walk
     for comp in _comprehensions(tree.body[0]):  # what no rule took: kept, with the reason
-        vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp))
+        vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp, tree.body[0], ctx))
     return tree
 
 
@@ -403,8 +403,14 @@ class _UseStacked(Transformer):
         if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in self.stacked:
             own = self.stacked[node.args[0].id]
             table = rules.LIST_CONSUMERS_OF_HOST_VALUES if own.host else rules.LIST_CONSUMERS
-            template = table[resolve_call(node.func, self.ctx)]
-            return replace(template, loc=node, torch_name=self.ctx.torch_name, v=own.values)
+            fn = resolve_call(node.func, self.ctx)
+            dim = normalize_comprehensions.joining_dim(node, self.ctx)
+            if dim:  # joined along another dim than the stacked one
+                at = dim - 1 if dim < 0 and fn == "torch.cat" else dim
+                return replace(rules.LIST_CONSUMERS_ALONG_DIM[fn], loc=node, a=ast.Constant(at),
+                               b=ast.Constant(at + 1), torch_name=self.ctx.torch_name,
+                               v=own.values)
+            return replace(table[fn], loc=node, torch_name=self.ctx.torch_name, v=own.values)
         return self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
