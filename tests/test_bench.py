@@ -157,6 +157,8 @@ def test_markdown_is_self_describing(bench):
                     "## Wrapper overhead"):
         assert heading in text
     assert "| P5 |" in text and "✓" in text
+    # the roofline's copies ran on the timed variants' thread count, and the header says so
+    assert "tensor copy measured in this run on 1 torch thread(s), as the timed variants" in text
 
 
 def test_cases_filter_and_discovery(suite):

@@ -287,8 +287,9 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
     if roof:
         out += ["", "## Memory-bandwidth roofline (elementwise cases)", "",
                 "Bytes the loss must touch: every input read once, every gradient written once. Bound: "
-                f"those bytes at the best bandwidth of a large (256 MB) tensor copy measured in this run, "
-                f"{meta['bandwidth_gb_s']:.1f} GB/s (P6). A case whose tensors fit in cache can beat it: "
+                f"those bytes at the best bandwidth of a large (256 MB) tensor copy measured in this run "
+                f"on {meta['threads']} torch thread(s), as the timed variants, {meta['bandwidth_gb_s']:.1f} GB/s "
+                "(P6). A case whose tensors fit in cache can beat it: "
                 "the last column uses a copy of the case's own size instead.", "",
                 "| case | bytes | bound | best optimize_loss | optimized / bound | best expert / bound "
                 "| optimized / same-size-copy bound |", "| --- | --- | --- | --- | --- | --- | --- |"]
