@@ -21,7 +21,7 @@ rounds), ``cases`` (name -> ``case``: the CASE dict;
 ``variants``: name -> raw result (status "ok" / "over_budget" / "error", budget_s, first_s,
 samples: per-call seconds, problems, error, and per variant rewrite_s, loops, fallbacks,
 first_small_s, steady_small_s, min_bytes, inductor_warmup_s, check_s: the compiled-vs-eager check
-in optimize_loss compiled's first call); ``steady``: name -> {seconds, runs,
+in optimize_loss compiled's first call, host_syncs: [naive, optimized] per call at the small size); ``steady``: name -> {seconds, runs,
 lower_bound}; ``best_optimized``, ``best_expert``; ``ratios``: name -> {value, lower_bound};
 ``roofline``) and ``targets`` (id -> target, value, met: true / false / null, detail). Times are
 in seconds; null is "not measured".

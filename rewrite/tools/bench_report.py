@@ -283,6 +283,15 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
                    + " / ".join("–" if x is None else fmt_time(x) for x in overheads) + " | "
                    + " | ".join(firsts) + f" | {show(analysed[name]['ratios']['first_call_vs_compiled_expert'], 1.5)} |")
 
+    syncs = {n: raw[n]["optimized_eager"]["host_syncs"] for n in cases
+             if "host_syncs" in raw[n].get("optimized_eager", {})}
+    if syncs:
+        out += ["", "## Host syncs per call", "",
+                "Ops that make the host wait for the device's data (`.item()`, `bool(t)`, data-dependent "
+                "sizes; `rewrite/tools/host_syncs.py`) in one forward+backward call at the small size: on a "
+                "GPU each one stalls the device.", "", "| case | naive | optimize_loss |", "| --- | --- | --- |"]
+        out += [f"| {name} | {naive} | {optimized} |" for name, (naive, optimized) in syncs.items()]
+
     roof = [n for n in cases if analysed[n]["roofline"]]
     if roof:
         out += ["", "## Memory-bandwidth roofline (elementwise cases)", "",

@@ -26,6 +26,7 @@ import torch
 from ..decorator import optimize_loss
 from ..offline_split import split
 from ..testing import differences, differentiable_inputs
+from .host_syncs import count_host_syncs
 
 COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled"}
 # At bench size, float32 sums over 1e5-1e6 terms in another order (vectorized, or fused by
@@ -219,6 +220,8 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
         samples = steady(small_call, deadline, 0.1, 10)  # none when the budget is spent
         emit("info", job, first_small_s=first_small, problems_small=differences(module.naive, fresh, small, {}),
              **({"steady_small_s": statistics.median(samples)} if samples else {}))
+        # Host syncs of one steady call (after the calls above), the naive code's and the rewrite's.
+        emit("info", job, host_syncs=[sum(count_host_syncs(f, *small).values()) for f in (module.naive, fresh)])
     if size == "b256":
         # The B=256 target is a ratio of a few percent: time the expert in alternating blocks of
         # the same process instead of as a job of its own.
