@@ -37,7 +37,7 @@ _PURE_NODES = (ast.Name, ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare, ast.
 # A value worth sharing computes something (``0.0`` or ``x.shape`` costs nothing to repeat).
 _COMPUTES = (ast.Call, ast.BinOp, ast.Subscript)
 # Parents through which a read passes its tensor on unchanged (the value itself, or a view of it).
-_PASSES_ON = (ast.Subscript, ast.Attribute, ast.IfExp, ast.BoolOp, ast.Starred, ast.NamedExpr)
+_PASSES_ON = (ast.Subscript, ast.Attribute, ast.IfExp, ast.BoolOp, ast.Starred)
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:

@@ -63,6 +63,13 @@ def view_escapes(p, t):
     v.add_(1)
     return a.sum() + b.sum()
 
+def walrus_alias(p, t):
+    a = p * t
+    b = p * t
+    w = (v := a).sum()
+    v.add_(1)
+    return a.sum() + b.sum() + w
+
 def constants(p):
     s = 0.0
     r = 0.0
@@ -78,7 +85,7 @@ def in_branches(p, t):
 '''
 
 UNCHANGED = ["rebound_between", "written_between", "random_value", "escapes_into_tuple", "augmented",
-             "view_escapes", "constants", "in_branches"]
+             "view_escapes", "walrus_alias", "constants", "in_branches"]
 
 
 def _source(fn_name: str) -> ast.Module:
