@@ -41,11 +41,15 @@ same check without wrapping. ``nll_loss`` has no gradient for
 guard, so they must be side-effect free (names, attributes, subscripts, ``.long()``,
 ``.detach()``); a temporary's definition is only trusted in the next statement, and only when
 that statement calls nothing that could mutate the operands (torch functions, known methods).
-The else branch keeps the original expression, so a second run leaves the result unchanged.
+The else branch keeps the original expression, so a second run leaves the result unchanged. A
+temporary that only the original expression reads is computed only where that runs:
+``t = None if <guard> else (a - b) ** 2`` (the guard sees the same values twice: nothing runs
+between the two statements).
 """
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -132,7 +136,8 @@ def class_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
-    _Fuse(ctx).visit(tree)
+    reads = Counter(n.id for n in walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    _Fuse(ctx, reads).visit(tree)
     return tree
 
 
@@ -164,8 +169,10 @@ _LABEL_READERS_STEM = {indexed_labels: "labels", class_labels: "classes"}
 
 
 class _Fuse(Transformer):
-    def __init__(self, ctx: PassContext):
+    def __init__(self, ctx: PassContext, reads: Counter):
         self.ctx = ctx
+        self.reads = reads  # name -> its reads in the module
+        self.temps: list[str] = []  # the temporaries (``defs``) the current match went through
         self.safe: dict[int, bool] = {}  # statement id -> _calls_are_safe
         self.previous: ast.stmt | None = None  # the statement just before the one being visited
         self.stmt: ast.stmt | None = None
@@ -203,10 +210,13 @@ class _Fuse(Transformer):
             self.stmt = node  # the statement whose expressions are being matched
         elif isinstance(node, ast.expr) and not isinstance(node, ast.IfExp):
             for pattern, rule, defs in _RULES_BY_HEAD.get(_head(node), ()):
+                self.temps = []
                 found = self._match(pattern, node, {}, defs)
                 if found is not None:
                     template = f"({rule.fused}) if ({rule.guard}) else ORIGINAL__"
                     bound = {k: self._bound(fn) for k, fn in _LABEL_READERS.items() if k in rule.fused}
+                    if self.temps and self.reads[self.temps[0]] == 1:
+                        self._defer_temporary(rule, found)
                     return replace(template, loc=node, torch_name=self.ctx.torch_name,
                                    ORIGINAL__=node, **bound, **found)
         return super().visit(node)
@@ -259,6 +269,13 @@ class _Fuse(Transformer):
             self.safe[id(stmt)] = _calls_are_safe(stmt, self.ctx)
         return self.safe[id(stmt)]
 
+    def _defer_temporary(self, rule: Rule, found: dict) -> None:
+        """The temporary just before, read only by the original expression, is computed only
+        where that runs (the guard is evaluated twice on the same values: nothing between)."""
+        prev = self.previous
+        prev.value = replace(f"None if ({rule.guard}) else ORIGINAL__", loc=prev.value,
+                             torch_name=self.ctx.torch_name, ORIGINAL__=prev.value, **found)
+
     def _match_def(self, meta: str, node: ast.AST, env: dict, defs: dict) -> dict | None:
         # ``node`` must be the name assigned by the statement just before, with ``defs[meta]``.
         prev = self.previous
@@ -269,6 +286,7 @@ class _Fuse(Transformer):
         found = self._match(defs[meta], prev.value, env, defs)
         if found is None or any(node.id in _names(v) for v in found.values()):
             return None  # `t = t - b` style: the operands are not what they were
+        self.temps.append(node.id)
         return found
 
 

@@ -147,7 +147,7 @@ def test_golden_mse_mean():
         " else ((a - b) ** 2).mean()")
 
 
-def test_golden_mse_through_temporary():
+def test_golden_mse_through_temporary():  # t read again after: computed as written
     assert _run_pass(_source("mse_temp")) == _golden(
         "def mse_temp(a, b):\n    t = (a - b) ** 2\n"
         f"    return (torch.nn.functional.mse_loss(a, b, reduction='mean') if {SAME}"
@@ -156,7 +156,7 @@ def test_golden_mse_through_temporary():
 
 def test_golden_temporary_trusted_next_to_calls_without_effects():
     assert _run_pass(_source("temp_next_to_pure_calls")) == _golden(
-        "def temp_next_to_pure_calls(a, b):\n    t = (a - b) ** 2\n"
+        f"def temp_next_to_pure_calls(a, b):\n    t = None if {SAME} else (a - b) ** 2\n"
         f"    return (torch.nn.functional.mse_loss(a, b, reduction='mean') if {SAME}"
         " else t.mean()) + a.exp().clamp_max(2).sum()")
 
@@ -202,7 +202,7 @@ def test_golden_smoothed_cross_entropy():
     guard = (LABELS.replace("y.dtype in (torch.int64, torch.int32)", "y.dtype == torch.int64")
              + " and F is torch.nn.functional and c == x.shape[1] and isinstance(eps, float)"
              " and 0.0 <= eps <= 1.0")
-    smooth = "s = F.one_hot(y, c).to(x.dtype) * (1 - eps) + eps / c"
+    smooth = f"s = None if {guard} else F.one_hot(y, c).to(x.dtype) * (1 - eps) + eps / c"
     assert _run_pass(_source("smoothed_ce")) == _golden(
         f"def smoothed_ce(x, y, eps=0.1):\n    c = x.shape[1]\n    {smooth}\n"
         "    return torch.nn.functional.cross_entropy(x, _classes(y, c), label_smoothing=eps,"
