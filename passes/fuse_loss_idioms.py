@@ -13,6 +13,12 @@ same gradients, and runs as written otherwise::
     (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0)
                                    ->  F.nll_loss(lp, _labels(y, C), weight=cw, reduction='sum')
                                        if <the label guard, cw [C] of lp's dtype, no grad> else ...
+    s = F.one_hot(y, C).to(x.dtype) * (1 - eps) + eps / C
+    -(s * cw * F.log_softmax(x, dim=1)).sum(dim=1)
+                                   ->  F.cross_entropy(x, _classes(y, C), weight=cw,
+                                                       label_smoothing=eps, reduction='none')
+                                       if <the label guard, int64 labels, C == x.shape[1],
+                                           eps a float in [0, 1], the same for cw> else ...
 
 (``F`` is spelled ``torch.nn.functional``: the user's module may not bind ``F``.) The squared
 difference is matched as ``** 2``, ``.pow(2)`` and ``d * d``, also through a temporary assigned in
@@ -28,16 +34,22 @@ and raises outside ``[-C, C)``, while ``cross_entropy`` raises on negative label
 the fused losses read the labels through ``indexed_labels`` (bound into the generated code as
 ``LABELS__``), ``labels % C`` after a device-side check (``torch._assert_async``) that raises where
 indexing raises. No host sync: the check never reads the labels back (on a GPU a bad label is a
-device-side assert, as the original's indexing is). ``nll_loss`` has no gradient for
+device-side assert, as the original's indexing is). ``one_hot`` raises on any label outside
+``[0, C)``: the smoothed cross entropy reads them through ``class_labels`` (``CLASSES__``), the
+same check without wrapping. ``nll_loss`` has no gradient for
 ``weight``, so a weight that requires grad keeps the original. Operands are re-evaluated by the
 guard, so they must be side-effect free (names, attributes, subscripts, ``.long()``,
 ``.detach()``); a temporary's definition is only trusted in the next statement, and only when
 that statement calls nothing that could mutate the operands (torch functions, known methods).
-The else branch keeps the original expression, so a second run leaves the result unchanged.
+The else branch keeps the original expression, so a second run leaves the result unchanged. A
+temporary that only the original expression reads is computed only where that runs:
+``t = None if <guard> else (a - b) ** 2`` (the guard sees the same values twice: nothing runs
+between the two statements).
 """
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -66,6 +78,14 @@ _ROWS = "X[torch.arange(len(X), device=X.device), Y]"
 _SQUARES = ["(A - B) ** 2", "(A - B).pow(2)", "(A - B) * (A - B)"]
 _REDUCTIONS = ("mean", "sum")  # the method and its reduction= share the name
 
+# A user's label-smoothed soft-target cross entropy, optionally class-weighted (``label_smoothing``
+# and ``weight`` of ``cross_entropy`` are exactly these terms; fwd+bwd [8192, 100] about 2.5x faster).
+_SMOOTH_GUARD = (_LABEL_GUARD.replace(f"Y.dtype in {_LABELS}", "Y.dtype == torch.int64")
+                 + " and FN is torch.nn.functional and C == X.shape[1]"
+                 " and isinstance(EPS, float) and 0.0 <= EPS <= 1.0")
+_SMOOTHED = {"S": "FN.one_hot(Y, C).to(X.dtype) * (1 - EPS) + EPS / C"}
+_CLASS_WEIGHT = (" and isinstance(CW, torch.Tensor) and not CW.requires_grad"
+                 " and CW.dtype == X.dtype and CW.dim() == 1 and CW.shape[0] == X.shape[1]")
 RULES: list[Rule] = [
     *[Rule(f"({sq}).{r}()", f"torch.nn.functional.mse_loss(A, B, reduction='{r}')", _SAME_FLOAT)
       for sq in _SQUARES for r in _REDUCTIONS],
@@ -80,9 +100,15 @@ RULES: list[Rule] = [
          _LABEL_GUARD),
     Rule(f"(-W * {_ROWS}).sum(0)",
          "torch.nn.functional.nll_loss(X, LABELS__(Y, X.shape[1]), weight=CW, reduction='sum')",
-         _LABEL_GUARD + " and isinstance(CW, torch.Tensor) and not CW.requires_grad"
-         " and CW.dtype == X.dtype and CW.dim() == 1 and CW.shape[0] == X.shape[1]",
-         {"W": "CW[Y]"}),
+         _LABEL_GUARD + _CLASS_WEIGHT, {"W": "CW[Y]"}),
+    *[Rule(f"-(S * CW * FN.log_softmax(X, dim=1)).{s}",
+           "torch.nn.functional.cross_entropy(X, CLASSES__(Y, C), weight=CW, label_smoothing=EPS,"
+           " reduction='none')", _SMOOTH_GUARD + _CLASS_WEIGHT, _SMOOTHED)
+      for s in ("sum(dim=1)", "sum(1)")],
+    *[Rule(f"-(S * FN.log_softmax(X, dim=1)).{s}",
+           "torch.nn.functional.cross_entropy(X, CLASSES__(Y, C), label_smoothing=EPS,"
+           " reduction='none')", _SMOOTH_GUARD, _SMOOTHED)
+      for s in ("sum(dim=1)", "sum(1)")],
 ]
 FUSED = frozenset({"mse_loss", "cross_entropy", "nll_loss"})
 
@@ -102,8 +128,16 @@ def indexed_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return labels.long() % classes
 
 
+def class_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """``labels`` checked on the device where ``one_hot(labels, classes)`` raises."""
+    torch._assert_async(((labels >= 0) & (labels < classes)).all(),
+                        "Class values must be non-negative and smaller than num_classes.")
+    return labels
+
+
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
-    _Fuse(ctx).visit(tree)
+    reads = Counter(n.id for n in walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    _Fuse(ctx, reads).visit(tree)
     return tree
 
 
@@ -129,11 +163,16 @@ def _head(node: ast.AST) -> tuple:
 
 
 _RULES_BY_HEAD = _parsed_rules()
+# The fused forms' placeholders for label readers, and the stems of the names they are bound by.
+_LABEL_READERS = {"LABELS__": indexed_labels, "CLASSES__": class_labels}
+_LABEL_READERS_STEM = {indexed_labels: "labels", class_labels: "classes"}
 
 
 class _Fuse(Transformer):
-    def __init__(self, ctx: PassContext):
+    def __init__(self, ctx: PassContext, reads: Counter):
         self.ctx = ctx
+        self.reads = reads  # name -> its reads in the module
+        self.temps: list[str] = []  # the temporaries (``defs``) the current match went through
         self.safe: dict[int, bool] = {}  # statement id -> _calls_are_safe
         self.previous: ast.stmt | None = None  # the statement just before the one being visited
         self.stmt: ast.stmt | None = None
@@ -171,11 +210,15 @@ class _Fuse(Transformer):
             self.stmt = node  # the statement whose expressions are being matched
         elif isinstance(node, ast.expr) and not isinstance(node, ast.IfExp):
             for pattern, rule, defs in _RULES_BY_HEAD.get(_head(node), ()):
+                self.temps = []
                 found = self._match(pattern, node, {}, defs)
                 if found is not None:
                     template = f"({rule.fused}) if ({rule.guard}) else ORIGINAL__"
+                    bound = {k: self._bound(fn) for k, fn in _LABEL_READERS.items() if k in rule.fused}
+                    if self.temps and self.reads[self.temps[0]] == 1:
+                        self._defer_temporary(rule, found)
                     return replace(template, loc=node, torch_name=self.ctx.torch_name,
-                                   ORIGINAL__=node, LABELS__=self._labels(), **found)
+                                   ORIGINAL__=node, **bound, **found)
         return super().visit(node)
 
     def _match(self, pat: ast.AST, node: ast.AST, env: dict, defs: dict) -> dict | None:
@@ -212,12 +255,12 @@ class _Fuse(Transformer):
                 return None
         return env
 
-    def _labels(self) -> str:
-        """The name generated code calls ``indexed_labels`` by."""
-        name = next((k for k, v in self.ctx.bindings.items() if v is indexed_labels), None)
+    def _bound(self, fn) -> str:
+        """The name generated code calls ``fn`` (a label reader) by."""
+        name = next((k for k, v in self.ctx.bindings.items() if v is fn), None)
         if name is None:
-            name = self.ctx.namer.new("labels")
-            self.ctx.bindings[name] = indexed_labels
+            name = self.ctx.namer.new(_LABEL_READERS_STEM[fn])
+            self.ctx.bindings[name] = fn
         return name
 
     def _safe(self, stmt: ast.stmt) -> bool:
@@ -225,6 +268,13 @@ class _Fuse(Transformer):
         if id(stmt) not in self.safe:
             self.safe[id(stmt)] = _calls_are_safe(stmt, self.ctx)
         return self.safe[id(stmt)]
+
+    def _defer_temporary(self, rule: Rule, found: dict) -> None:
+        """The temporary just before, read only by the original expression, is computed only
+        where that runs (the guard is evaluated twice on the same values: nothing between)."""
+        prev = self.previous
+        prev.value = replace(f"None if ({rule.guard}) else ORIGINAL__", loc=prev.value,
+                             torch_name=self.ctx.torch_name, ORIGINAL__=prev.value, **found)
 
     def _match_def(self, meta: str, node: ast.AST, env: dict, defs: dict) -> dict | None:
         # ``node`` must be the name assigned by the statement just before, with ``defs[meta]``.
@@ -236,6 +286,7 @@ class _Fuse(Transformer):
         found = self._match(defs[meta], prev.value, env, defs)
         if found is None or any(node.id in _names(v) for v in found.values()):
             return None  # `t = t - b` style: the operands are not what they were
+        self.temps.append(node.id)
         return found
 
 

@@ -13,7 +13,8 @@ import torch.fx
 from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
-               optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops)
+               optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops,
+               share_common_subexpressions)
 from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
 
@@ -28,6 +29,9 @@ AST_PIPELINE: list = [
     # runtime check also checks they are still the same functions).
     vectorize_loops,
     fuse_loss_idioms,  # after vectorize_loops: the idioms it fuses are mostly that pass's output
+    # after vectorize_loops (helpers inlined side by side repeat their values) and fuse_loss_idioms
+    # (a shared value read by name would hide an idiom's operands from it)
+    share_common_subexpressions,
     optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
     outline_kept_loops,  # last: the loops every other pass left as loops (and their calls)
 ]

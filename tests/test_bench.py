@@ -191,6 +191,10 @@ def test_markdown_is_self_describing(bench):
         assert heading in text
     assert "| P5 |" in text and "✓" in text
     assert "| case | loops | distributed |" in text
+    # the roofline's copies ran on the timed variants' thread count, and the header says so
+    assert "tensor copy measured in this run on 1 torch thread(s), as the timed variants" in text
+    assert data["cases"]["per_sample_sq"]["variants"]["optimized_eager"]["host_syncs"] == [0, 0]
+    assert "## Host syncs per call" in text and "| per_sample_sq | 0 | 0 |" in text
 
 
 def test_distributed_loops_are_counted():

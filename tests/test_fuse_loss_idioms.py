@@ -17,6 +17,7 @@ from tests.helpers import FRONTEND, load_module
 
 SOURCE = '''
 import torch
+import torch.nn.functional as F
 
 def mse_mean(a, b):
     return ((a - b) ** 2).mean()
@@ -83,17 +84,38 @@ def temp_in_loop_test(a, b):
 def ce_other_dim(x, y):
     return torch.logsumexp(x, dim=0).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)
 
+def smoothed_ce(x, y, eps=0.1):
+    c = x.shape[1]
+    s = F.one_hot(y, c).to(x.dtype) * (1 - eps) + eps / c
+    return -(s * F.log_softmax(x, dim=1)).sum(1)
+
+def smoothed_weighted_ce(x, y, cw, eps=0.1):
+    n, c = x.shape
+    s = F.one_hot(y, c).to(x.dtype) * (1 - eps) + eps / c
+    return -(s * cw * F.log_softmax(x, dim=1)).sum(dim=1).sum() / cw[y].sum()
+
+def smoothed_other_eps(x, y, eps=0.1):
+    c = x.shape[1]
+    s = F.one_hot(y, c).to(x.dtype) * (1 - eps) + 0.2 / c
+    return -(s * F.log_softmax(x, dim=1)).sum(1)
+
+def smoothed_other_dim(x, y, eps=0.1):
+    c = x.shape[1]
+    s = F.one_hot(y, c).to(x.dtype) * (1 - eps) + eps / c
+    return -(s * F.log_softmax(x, dim=0)).sum(1)
+
 def nll_weight_not_just_before(lp, y, cw):
     w = cw[y]
     cw = cw * 2
     return (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0)
 '''
 
-FUSED = ["mse_mean", "mse_sum_pow", "mse_mul", "mse_temp", "ce_sum", "ce_mean", "nll_weighted"]
+FUSED = ["mse_mean", "mse_sum_pow", "mse_mul", "mse_temp", "ce_sum", "ce_mean", "nll_weighted",
+         "smoothed_ce", "smoothed_weighted_ce"]
 UNCHANGED = ["l1_sum",  # F.l1_loss measured no faster
              "cube", "row_mean", "other_operands", "impure_operand", "temp_not_just_before",
              "temp_operand_mutated", "temp_rebinds_operand", "temp_in_loop_test", "ce_other_dim",
-             "nll_weight_not_just_before"]
+             "nll_weight_not_just_before", "smoothed_other_eps", "smoothed_other_dim"]
 SAME = ("isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape"
         " and a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64)")
 
@@ -125,7 +147,7 @@ def test_golden_mse_mean():
         " else ((a - b) ** 2).mean()")
 
 
-def test_golden_mse_through_temporary():
+def test_golden_mse_through_temporary():  # t read again after: computed as written
     assert _run_pass(_source("mse_temp")) == _golden(
         "def mse_temp(a, b):\n    t = (a - b) ** 2\n"
         f"    return (torch.nn.functional.mse_loss(a, b, reduction='mean') if {SAME}"
@@ -134,7 +156,7 @@ def test_golden_mse_through_temporary():
 
 def test_golden_temporary_trusted_next_to_calls_without_effects():
     assert _run_pass(_source("temp_next_to_pure_calls")) == _golden(
-        "def temp_next_to_pure_calls(a, b):\n    t = (a - b) ** 2\n"
+        f"def temp_next_to_pure_calls(a, b):\n    t = None if {SAME} else (a - b) ** 2\n"
         f"    return (torch.nn.functional.mse_loss(a, b, reduction='mean') if {SAME}"
         " else t.mean()) + a.exp().clamp_max(2).sum()")
 
@@ -174,6 +196,17 @@ def test_golden_torch_alias():
     out = _run_pass(tree, torch_name="th")
     assert out.startswith("def f(a, b):\n    return th.nn.functional.mse_loss(a, b, reduction='sum')")
     assert "torch" not in out
+
+
+def test_golden_smoothed_cross_entropy():
+    guard = (LABELS.replace("y.dtype in (torch.int64, torch.int32)", "y.dtype == torch.int64")
+             + " and F is torch.nn.functional and c == x.shape[1] and isinstance(eps, float)"
+             " and 0.0 <= eps <= 1.0")
+    smooth = f"s = None if {guard} else F.one_hot(y, c).to(x.dtype) * (1 - eps) + eps / c"
+    assert _run_pass(_source("smoothed_ce")) == _golden(
+        f"def smoothed_ce(x, y, eps=0.1):\n    c = x.shape[1]\n    {smooth}\n"
+        "    return torch.nn.functional.cross_entropy(x, _classes(y, c), label_smoothing=eps,"
+        f" reduction='none') if {guard} else -(s * F.log_softmax(x, dim=1)).sum(1)")
 
 
 @pytest.mark.parametrize("name", UNCHANGED)
@@ -256,6 +289,32 @@ def test_equivalent_weighted_nll(user, dtype):
         assert_equivalent(user.nll_weighted, fast, lp, _labels(gen, dtype=torch.int32), cw)
         assert_equivalent(user.nll_weighted, fast, lp, _labels(gen, low=-5), cw)
         assert_equivalent(user.nll_weighted, fast, lp, _labels(gen), cw.requires_grad_())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_equivalent_smoothed_cross_entropy(user, dtype):
+    plain, weighted = _fast(user, "smoothed_ce"), _fast(user, "smoothed_weighted_ce")
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(6, 5, generator=gen, dtype=dtype, requires_grad=True)
+        cw = torch.rand(5, generator=gen, dtype=dtype) + 0.5
+        y = _labels(gen)
+        for eps in (0.1, 0.0, 1.0):
+            assert_equivalent(user.smoothed_ce, plain, x, y, eps)
+            assert_equivalent(user.smoothed_weighted_ce, weighted, x, y, cw, eps)
+        assert_equivalent(user.smoothed_ce, plain, x, y, torch.tensor(0.1, dtype=dtype))  # as written
+        assert_equivalent(user.smoothed_weighted_ce, weighted, x, y, cw.requires_grad_())  # as written
+        assert_equivalent(user.smoothed_ce, plain, x[:0], _labels(gen, n=0))  # empty batch
+        # the label check stays on the device: only the syncs one_hot makes in both
+        args = (x, y, cw.detach())
+        assert count_host_syncs(weighted, *args) == count_host_syncs(user.smoothed_weighted_ce, *args)
+        for bad in (-1, 5):  # one_hot's error, never a value
+            y_bad = y.clone()
+            y_bad[2] = bad
+            with pytest.raises(RuntimeError):
+                user.smoothed_ce(x, y_bad)
+            with pytest.raises(RuntimeError):
+                plain(x, y_bad)
 
 
 def test_out_of_range_labels_raise_as_written(user):

@@ -21,7 +21,7 @@ rounds), ``cases`` (name -> ``case``: the CASE dict;
 ``variants``: name -> raw result (status "ok" / "over_budget" / "error", budget_s, first_s,
 samples: per-call seconds, problems, error, and per variant rewrite_s, loops, fallbacks,
 first_small_s, steady_small_s, min_bytes, inductor_warmup_s, check_s: the compiled-vs-eager check
-in optimize_loss compiled's first call); ``steady``: name -> {seconds, runs,
+in optimize_loss compiled's first call, host_syncs: [naive, optimized] per call at the small size); ``steady``: name -> {seconds, runs,
 lower_bound}; ``best_optimized``, ``best_expert``; ``ratios``: name -> {value, lower_bound};
 ``roofline``; ``backend_rows``: see ``bench_report.backend_rows``; the backend variants' raw
 results also have dynamo_s, passes_s, graph_nodes, rerolled_nodes, notes) and ``targets`` (id -> target, value, met: true / false / null, detail). Times are
@@ -272,11 +272,14 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def bandwidth_gb_s(nbytes: int) -> float:
+def bandwidth_gb_s(nbytes: int, threads: int) -> float:
     """Copy bandwidth (bytes read + written per second) with ``nbytes`` read: the best of several
     copies, since a bound is what the machine can do (other load only slows copies down).
 
-    Also measured at each elementwise case's own size: tensors that fit in cache move faster."""
+    Copies run on ``threads`` torch threads, the timed variants' count: a bound measured with more
+    threads than the variants may use is not one they could reach. Also measured at each
+    elementwise case's own size: tensors that fit in cache move faster."""
+    torch.set_num_threads(threads)
     src = torch.ones(max(1, nbytes // 4))
     dst = torch.empty_like(src)
     dst.copy_(src)  # first touch: page faults are not bandwidth
@@ -362,14 +365,14 @@ def run_bench(args: argparse.Namespace) -> int:
             "compiled_cases": compiled}
     print(f"LossBench: {len(cases)} cases, {settings.threads} torch thread(s), {meta['machine']}, "
           f"torch {meta['torch']}; compiled variants on: {', '.join(compiled) or 'none'}", file=sys.stderr)
-    meta["bandwidth_gb_s"] = bandwidth_gb_s(2**28)
+    meta["bandwidth_gb_s"] = bandwidth_gb_s(2**28, settings.threads)
     overhead = wrapper_overhead_us(min(settings.min_time, 0.5))
     raw = run_jobs([(c, v) for c in cases for v in (backend_jobs(c.info) if args.backend_rows
                                                     else plan(c, c.name in compiled))], settings, progress)
     analysed = {}
     for case in cases:
         nbytes = raw[case.name].get("expert_eager", {}).get("min_bytes")
-        footprint = bandwidth_gb_s(nbytes // 2) if case.info.get("elementwise") and nbytes else None
+        footprint = bandwidth_gb_s(nbytes // 2, settings.threads) if case.info.get("elementwise") and nbytes else None
         analysed[case.name] = analyse(case.info, raw[case.name], meta["bandwidth_gb_s"], footprint)
     infos = {c.name: c.info for c in cases}
     tgts = targets(infos, analysed, raw, overhead)

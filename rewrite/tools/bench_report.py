@@ -363,12 +363,22 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
                    + " / ".join("–" if x is None else fmt_time(x) for x in overheads) + " | "
                    + " | ".join(firsts) + f" | {show(analysed[name]['ratios']['first_call_vs_compiled_expert'], 1.5)} |")
 
+    syncs = {n: raw[n]["optimized_eager"]["host_syncs"] for n in cases
+             if "host_syncs" in raw[n].get("optimized_eager", {})}
+    if syncs:
+        out += ["", "## Host syncs per call", "",
+                "Ops that make the host wait for the device's data (`.item()`, `bool(t)`, data-dependent "
+                "sizes; `rewrite/tools/host_syncs.py`) in one forward+backward call at the small size: on a "
+                "GPU each one stalls the device.", "", "| case | naive | optimize_loss |", "| --- | --- | --- |"]
+        out += [f"| {name} | {naive} | {optimized} |" for name, (naive, optimized) in syncs.items()]
+
     roof = [n for n in cases if analysed[n]["roofline"]]
     if roof:
         out += ["", "## Memory-bandwidth roofline (elementwise cases)", "",
                 "Bytes the loss must touch: every input read once, every gradient written once. Bound: "
-                f"those bytes at the best bandwidth of a large (256 MB) tensor copy measured in this run, "
-                f"{meta['bandwidth_gb_s']:.1f} GB/s (P6). A case whose tensors fit in cache can beat it: "
+                f"those bytes at the best bandwidth of a large (256 MB) tensor copy measured in this run "
+                f"on {meta['threads']} torch thread(s), as the timed variants, {meta['bandwidth_gb_s']:.1f} GB/s "
+                "(P6). A case whose tensors fit in cache can beat it: "
                 "the last column uses a copy of the case's own size instead.", "",
                 "| case | bytes | bound | best optimize_loss | optimized / bound | best expert / bound "
                 "| optimized / same-size-copy bound |", "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -30,6 +30,7 @@ from ..decorator import optimize_loss
 from ..keep_faster import TRIAL_CALLS
 from ..offline_split import split
 from ..testing import differences, differentiable_inputs
+from .host_syncs import count_host_syncs
 
 COMPILED = {"naive_compiled", "optimized_compiled", "expert_compiled", "backend_compiled"}
 # At bench size, float32 sums over 1e5-1e6 terms in another order (vectorized, or fused by
@@ -283,6 +284,8 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
         samples = steady(small_call, deadline, 0.1, 10)  # none when the budget is spent
         emit("info", job, first_small_s=first_small, problems_small=differences(module.naive, fresh, small, {}),
              **({"steady_small_s": statistics.median(samples)} if samples else {}))
+        # Host syncs of one steady call (after the calls above), the naive code's and the rewrite's.
+        emit("info", job, host_syncs=[sum(count_host_syncs(f, *small).values()) for f in (module.naive, fresh)])
     if base.startswith("optimized_"):
         past_trial(call, deadline)
     if base == "optimized_eager" and size == "b256":

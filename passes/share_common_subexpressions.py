@@ -1,0 +1,170 @@
+"""Pass: an assignment that recomputes a value an earlier assignment of the same block holds reads
+that name instead::
+
+    _t = _dice_p * _dice_t                  _t = _dice_p * _dice_t
+    _dice_inter = _t.sum(1)                 _dice_inter = _t.sum(1)
+    _t_1 = _tversky_p * _tversky_t    ->    _t_1 = _t
+    _tversky_tp = _t_1.sum(1)               _tversky_tp = _dice_inter
+
+Values are compared after resolving plain copies (``_dice_p = _probs_row``: ``_dice_p`` reads as
+``_probs_row``), so the same product in two helpers inlined with their own parameter names is
+computed once. A value is shared only when recomputing it would give the same result:
+
+- it is made of names, constants, operators, attribute and subscript loads and calls of ops of
+  the registry (``ops``) without effect: nothing random, nothing in place, no ``out=``;
+- both assignments are in one straight-line block, and every statement between them is such an
+  assignment to a single name: any other statement (a call with effects, an in-place update, a
+  compound statement) may write into any tensor, so what was known is forgotten; binding a name
+  forgets every value that reads or is held by it; values computing nothing (``0.0``, ``x.shape``)
+  are not shared;
+- both names are confined: everywhere in the module, each read of them is consumed by an
+  operator or an op that makes a new tensor (possibly through ops returning views, such as
+  ``reshape``), and never augmented (``t += x``), so no other name ever refers to the shared
+  tensor and no in-place write reaches it.
+"""
+from __future__ import annotations
+
+import ast
+
+from . import ops
+from .ast_tools import PassContext, walk
+from .loops.loop_dataflow import resolve_call
+
+# Nodes a shared value may contain besides calls (loads only: ``ctx`` is checked apart).
+_PURE_NODES = (ast.Name, ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Attribute,
+               ast.Subscript, ast.Slice, ast.Tuple, ast.keyword, ast.Load, ast.operator, ast.unaryop,
+               ast.cmpop)
+# A value worth sharing computes something (``0.0`` or ``x.shape`` costs nothing to repeat).
+_COMPUTES = (ast.Call, ast.BinOp, ast.Subscript)
+# Parents through which a read passes its tensor on unchanged (the value itself, or a view of it).
+_PASSES_ON = (ast.Subscript, ast.Attribute, ast.IfExp, ast.BoolOp, ast.Starred)
+
+
+def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
+    confined = _confined_names(tree, ctx)
+    for node in walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                _share_in_block(block, confined, ctx)
+    return tree
+
+
+def _share_in_block(block: list[ast.stmt], confined: set[str], ctx: PassContext) -> None:
+    held: dict[str, tuple[str, set[str]]] = {}  # dump of a resolved value -> (holder, names read)
+    copies: dict[str, str] = {}  # name -> the name it is a plain copy of
+    for stmt in block:
+        target = _single_name_target(stmt)
+        if target is None or not _pure(stmt.value, ctx):
+            held.clear()  # it may write into any tensor, or rebind any name
+            copies.clear()
+            continue
+        resolved = _resolved(stmt.value, copies)
+        key = ast.dump(resolved)
+        holder = held.get(key, (None,))[0]
+        if holder is not None and holder != target and {holder, target} <= confined:
+            stmt.value = ast.copy_location(ast.Name(holder, ast.Load()), stmt.value)
+            resolved = ast.Name(holder, ast.Load())
+        for k, (h, reads) in list(held.items()):  # what the old binding of target was is gone
+            if target == h or target in reads:
+                del held[k]
+        for k, v in list(copies.items()):
+            if target in (k, v):
+                del copies[k]
+        if isinstance(resolved, ast.Name):
+            if resolved.id != target:
+                copies[target] = resolved.id
+        elif target not in _names(resolved) and any(isinstance(n, _COMPUTES) for n in walk(resolved)):
+            held[key] = (target, _names(resolved))
+
+
+def _single_name_target(stmt: ast.stmt) -> str | None:
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    return None
+
+
+def _resolved(value: ast.expr, copies: dict[str, str]) -> ast.expr:
+    """``value`` with every name that is a plain copy read as the name it copies."""
+    class Resolve(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.Name:
+            return ast.Name(copies.get(node.id, node.id), ast.Load())
+    return Resolve().visit(_copy(value))
+
+
+def _copy(node: ast.expr) -> ast.expr:
+    return ast.parse(ast.unparse(node), mode="eval").body
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in walk(node) if isinstance(n, ast.Name)}
+
+
+def _pure(value: ast.expr, ctx: PassContext) -> bool:
+    """Evaluating ``value`` again gives an equal result and has no effect."""
+    for node in walk(value):
+        if isinstance(node, ast.Call):
+            if _call_spec(node, ctx) is None or any(k.arg == "out" for k in node.keywords):
+                return False
+        elif not isinstance(node, _PURE_NODES):
+            return False
+        elif isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del)):
+            return False
+    return True
+
+
+def _call_spec(call: ast.Call, ctx: PassContext) -> ops.OpSpec | None:
+    """The registry's op of a call without effect, None for any other call."""
+    name = resolve_call(call.func, ctx)
+    meth = call.func.attr if name is None and isinstance(call.func, ast.Attribute) else None
+    if name is None and meth is None:
+        return None
+    spell = name.rsplit(".", 1)[-1] if name else meth
+    if ops.is_inplace(spell) or ops.effect(name, meth, call) is not None:
+        return None
+    if name is not None and ops.is_builtin(name):
+        return ops.by_call(name, None)
+    spec = ops.by_call(name, meth)
+    return None if spec is ops.UNKNOWN or spec.aten is None else spec
+
+
+def _confined_names(tree: ast.AST, ctx: PassContext) -> set[str]:
+    """Names each read of which is consumed into a new value (see the module docstring)."""
+    parents = {id(child): node for node in walk(tree) for child in ast.iter_child_nodes(node)}
+    escaped, seen = set(), set()
+    for node in walk(tree):
+        if isinstance(node, ast.Name):
+            seen.add(node.id)
+            if isinstance(node.ctx, ast.Load) and not _consumed(node, parents, ctx):
+                escaped.add(node.id)
+            elif isinstance(node.ctx, ast.Del):
+                escaped.add(node.id)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            escaped.update(node.names)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            escaped.add(node.target.id)  # ``t += x`` writes into a tensor
+    return seen - escaped
+
+
+def _consumed(node: ast.expr, parents: dict, ctx: PassContext) -> bool:
+    """What reads ``node`` makes a new value of it, past views and selections of it."""
+    while True:
+        parent = parents.get(id(node))
+        if isinstance(parent, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+            return True
+        if isinstance(parent, ast.Subscript) and node is parent.slice:
+            return True
+        if isinstance(parent, ast.IfExp) and node is parent.test:
+            return True
+        if isinstance(parent, ast.Attribute) and isinstance(parents.get(id(parent)), ast.Call) \
+                and parents[id(parent)].func is parent:  # a method's receiver
+            node, parent = parent, parents[id(parent)]
+        if isinstance(parent, ast.Call):
+            spec = _call_spec(parent, ctx)
+            if spec is None or any(k.arg == "out" for k in parent.keywords):
+                return False
+            if not spec.aliases:  # a builtin (no aten op) may hand out views: only shape queries
+                return spec.aten is not None or spec.shape_query
+        elif not isinstance(parent, _PASSES_ON) and not isinstance(parent, ast.keyword):
+            return False
+        node = parent
