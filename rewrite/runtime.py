@@ -127,7 +127,7 @@ class OptimizedFunction:
             # when that compile started (``_rewrite_pending``); the user's compile is the compile.
             return (self._rewritten or self._original)(*args, **kwargs)
         impl = self._uniform
-        if impl is None:
+        if impl is None or (impl is not self._original and _on_meta(args, kwargs)):
             key = signature_key(args, kwargs)
             impl = self._impls.get(key)
             if impl is None:
@@ -198,6 +198,11 @@ class OptimizedFunction:
         with self._lock:
             if key in self._impls:
                 return self._impls[key]
+            if _on_meta(args, kwargs):
+                # No data: the original's reads of values raise there, the rewrite's
+                # device-side checks (torch._assert_async) cannot run. The original decides.
+                self._impls[key] = self._original
+                return self._original
             if self._options.lint:
                 lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
@@ -559,6 +564,11 @@ def _detach_named(stopped: frozenset[str | int], args: tuple, kwargs: dict) -> t
 
 def _detached(value: Any) -> Any:
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, value)
+
+
+def _on_meta(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.is_meta
+               for t in tree_flatten((args, kwargs))[0])
 
 
 def signature_key(args: tuple, kwargs: dict) -> tuple:

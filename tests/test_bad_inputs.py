@@ -72,11 +72,7 @@ VARIANTS = {
         if isinstance(t, torch.Tensor) else t, a)),
 }
 
-META_VALUE = "`.item()` raises on meta tensors in the original; the optimized loss returns a value"
 KNOWN = {
-    ("center_loss", "meta"): META_VALUE,
-    ("elementwise_if_else", "meta"): META_VALUE,
-    ("onehot_smoothing_weights", "meta"): META_VALUE,
     ("chamfer", "nan_prediction"): "a NaN point gives NaN gradients to every point (the "
                                    "original: only to the NaN point's nearest pairs)",
     ("chamfer", "nan_target"): "a NaN target point gives NaN gradients to most predicted points",
