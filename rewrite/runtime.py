@@ -237,6 +237,7 @@ class OptimizedFunction:
             if isinstance(self._impls.get(key), FormTrial):
                 self._impls[key] = impl
                 self._report.forms.append(choice)
+                del self._report.forms[:-FORMS_SHOWN]  # fresh shapes every step: bounded
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
         # The original first, on its own clones: when it raises, that error is the user's.
@@ -564,6 +565,10 @@ def _detach_named(stopped: frozenset[str | int], args: tuple, kwargs: dict) -> t
 
 def _detached(value: Any) -> Any:
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, value)
+
+
+# The report keeps the latest choices of form (one per signature).
+FORMS_SHOWN = 16
 
 
 def _on_meta(args: tuple, kwargs: dict) -> bool:

@@ -155,5 +155,6 @@ def f(x):
         total = total + x[i].sum()
     return total + c
 """)
-    assert not report.loops[0].vectorized
-    assert report.loops[0].reason == "`c` is read after the loop (its last-iteration value)"
+    # not vectorized whole; its heavy statement may still leave it (distribution)
+    assert report.loops[0].strategy in ("kept", "distributed")
+    assert "`c = 3 * i`: `c` is read by the residual loop or after" in report.loops[0].reason

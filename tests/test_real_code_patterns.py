@@ -217,4 +217,5 @@ def test_an_assert_whose_message_reads_the_item_keeps_the_loop(tmp_path):
     fast = optimize_loss(module.item_message, compile=False)
     fast(torch.rand(3, 2) + 0.1)
     [loop] = fast.report.loops
-    assert not loop.vectorized and "`assert` inside the loop" in loop.reason
+    # not vectorized whole: the assert stays in a residual loop (distributed) or keeps the loop
+    assert loop.strategy in ("kept", "distributed") and "`assert` inside the loop" in loop.reason
