@@ -24,8 +24,9 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     ``stop_gradient=()`` (names of arguments to detach on every call: an opt-in semantic change
     for distillation teachers and target networks), ``debug_dir=None`` (dump the code after every pass there), ``lint=False`` (run the
     gradient-flow lint once per input signature and warn each finding as a ``GradientFlowWarning``),
-    ``keep_faster=True`` (per input signature, time the rewritten function against the original
-    over the calls after the first and keep the faster; ``report.forms`` says which and why),
+    ``keep_faster=False`` (``True``: per input signature, time the rewritten function against the
+    original over the calls after the first and keep the faster; ``report.forms`` says which and
+    why; the trial runs the original 4 times per new signature, hence opt-in),
     ``example_inputs=None`` (an argument tuple, or a callable returning one, that
     ``optimize-loss inspect|verify|lint`` use when no inputs are given on the command line).
     """

@@ -55,7 +55,7 @@ def _ran_original(out):
 @pytest.mark.parametrize("slow", ["original", "rewritten"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_faster_form_runs_and_the_report_says_why(user, monkeypatch, slow, dtype):
-    f = optimize_loss(user.summed, compile=False)
+    f = optimize_loss(user.summed, compile=False, keep_faster=True)
     log = fake_clock(monkeypatch, user.summed, lambda form, args: form == slow)
     x = _x(6, dtype)
     want = user.summed(x)
@@ -75,7 +75,7 @@ def test_the_faster_form_runs_and_the_report_says_why(user, monkeypatch, slow, d
 
 
 def test_gradients_equal_through_the_trial(user, monkeypatch):
-    f = optimize_loss(user.summed, compile=False)
+    f = optimize_loss(user.summed, compile=False, keep_faster=True)
     fake_clock(monkeypatch, user.summed, lambda form, args: form == "rewritten")
     x = _x(5, torch.float64)
     want, = torch.autograd.grad(user.summed(x), x)
@@ -85,7 +85,7 @@ def test_gradients_equal_through_the_trial(user, monkeypatch):
 
 
 def test_each_signature_chooses_on_its_own(user, monkeypatch):
-    f = optimize_loss(user.summed, compile=False)
+    f = optimize_loss(user.summed, compile=False, keep_faster=True)
     # The rewritten form is slower for 4 rows only.
     fake_clock(monkeypatch, user.summed, lambda form, args: (form == "rewritten") == (args[0].shape[0] == 4))
     small, large = _x(4), _x(9)
@@ -106,7 +106,7 @@ def test_keep_faster_false_times_nothing(user, monkeypatch):
 
 def test_nothing_rewritten_times_nothing(tmp_path, monkeypatch):
     user = load_module(tmp_path, "def plain(x):\n    return (x * 2).sum()\n")
-    f = optimize_loss(user.plain, compile=False)
+    f = optimize_loss(user.plain, compile=False, keep_faster=True)
     log = fake_clock(monkeypatch, user.plain, lambda form, args: False)
     for _ in range(1 + TRIAL_CALLS):
         f(_x(3))
@@ -114,7 +114,7 @@ def test_nothing_rewritten_times_nothing(tmp_path, monkeypatch):
 
 
 def test_a_failing_rewrite_during_the_trial_falls_back_without_a_choice(user, monkeypatch):
-    f = optimize_loss(user.summed, compile=False)
+    f = optimize_loss(user.summed, compile=False, keep_faster=True)
     f(_x(6))
 
     def timed_call(fn, args, kwargs):

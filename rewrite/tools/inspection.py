@@ -184,7 +184,8 @@ def collect(fn: Callable, args: tuple, kwargs: dict, repeat: int = 10, compile: 
     if isinstance(fn, torch.nn.Module):
         raise InputError(f"inspect needs a function, not a {type(fn).__name__} module "
                          f"(verify and lint take modules)")
-    optimized = optimize_loss(fn, compile=False)
+    # keep_faster: inspect shows which form the timed choice would run
+    optimized = optimize_loss(fn, compile=False, keep_faster=True)
     report = optimized.report
     rewritten = optimized.rewritten_function()
     original = _normalised_source(fn, report.original_source)
