@@ -574,8 +574,9 @@ FORMS_SHOWN = 16
 
 
 def _on_meta(args: tuple, kwargs: dict) -> bool:
+    """A meta tensor among the arguments (top level only: this runs on every call)."""
     return any(isinstance(t, torch.Tensor) and t.is_meta
-               for t in tree_flatten((args, kwargs))[0])
+               for t in (*args, *kwargs.values()))
 
 
 def signature_key(args: tuple, kwargs: dict) -> tuple:
