@@ -78,6 +78,14 @@ class PassContext:
     parse_function: Callable[[Any], Any] = field(kw_only=True)
     rewrite_function: Callable[..., tuple[Callable, bool]] = field(kw_only=True)
 
+    def bind(self, value: Any, stem: str) -> str:
+        """The name generated code refers to ``value`` by (bound once per function)."""
+        name = next((k for k, v in self.bindings.items() if v is value), None)
+        if name is None:
+            name = self.namer.new(stem)
+            self.bindings[name] = value
+        return name
+
     def where(self, node: ast.AST | None) -> str:
         line = getattr(node, "lineno", None) or self.report.lineno
         return f"{self.filename}:{line}"

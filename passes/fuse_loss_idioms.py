@@ -257,11 +257,7 @@ class _Fuse(Transformer):
 
     def _bound(self, fn) -> str:
         """The name generated code calls ``fn`` (a label reader) by."""
-        name = next((k for k, v in self.ctx.bindings.items() if v is fn), None)
-        if name is None:
-            name = self.ctx.namer.new(_LABEL_READERS_STEM[fn])
-            self.ctx.bindings[name] = fn
-        return name
+        return self.ctx.bind(fn, _LABEL_READERS_STEM[fn])
 
     def _safe(self, stmt: ast.stmt) -> bool:
         # once per statement: what this pass puts into it calls only safe functions

@@ -139,9 +139,7 @@ class _Outline(Transformer):
         if any(isinstance(n, _OWN_FUNCTION) for n in walk(loop)) or set(bound) & self.declared:
             return [loop]
         name = self.ctx.namer.new("kept_loop")
-        if not any(v is run_eagerly for v in self.ctx.bindings.values()):
-            self.ctx.bindings[self.ctx.namer.new("run_eagerly")] = run_eagerly
-        runner = next(k for k, v in self.ctx.bindings.items() if v is run_eagerly)
+        runner = self.ctx.bind(run_eagerly, "run_eagerly")
         func = replace("def f():\n    pass", loc=loop)[0]
         func.name = name
         func.body = ([ast.copy_location(ast.Nonlocal(names=bound), loop)] if bound else []) + [loop]

@@ -242,9 +242,7 @@ def _prelude(before: list[ast.stmt], rec: _Recurrence, index: str,
 def _scan_stmt(rec: _Recurrence, per_step: dict, first: LoopPlan, it: Iteration, reverse: bool,
                node: ast.For, ctx: PassContext, values: dict[str, str]) -> list[ast.stmt]:
     """``_s_all = _linear_scan(a, b, s, a_steps, b_steps, trips, reverse)``."""
-    if not any(v is linear_scan for v in ctx.bindings.values()):
-        ctx.bindings[ctx.namer.new("linear_scan")] = linear_scan
-    fn = next(k for k, v in ctx.bindings.items() if v is linear_scan)
+    fn = ctx.bind(linear_scan, "linear_scan")
     parts = {}
     for part, expr in (("a", rec.a), ("b", rec.b)):
         lst = per_step.get((rec.name, part))

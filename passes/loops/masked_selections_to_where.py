@@ -533,12 +533,7 @@ class _Converter:
         return keep
 
     def _shape(self) -> str:
-        for name, value in self.ctx.bindings.items():
-            if value is MASK_SHAPE:
-                return name
-        name = self.ctx.namer.new("mask_shape")
-        self.ctx.bindings[name] = MASK_SHAPE
-        return name
+        return self.ctx.bind(MASK_SHAPE, "mask_shape")
 
     def dense(self, chain: _Chain, keep: str) -> ast.expr:
         """The chain on the stand-ins; risky ops get safe operands where deselected."""

@@ -206,11 +206,7 @@ BRANCH_SHAPE = BranchShape()
 
 def _branch_shape(ctx: PassContext) -> str:
     """The name ``BRANCH_SHAPE`` is bound to in the generated code."""
-    found = next((name for name, value in ctx.bindings.items() if value is BRANCH_SHAPE), None)
-    if found is None:
-        found = ctx.namer.new("branch_shape")
-        ctx.bindings[found] = BRANCH_SHAPE
-    return found
+    return ctx.bind(BRANCH_SHAPE, "branch_shape")
 
 
 class Sanitize(Transformer):
