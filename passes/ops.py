@@ -71,6 +71,9 @@ class OpSpec:
     # total ops, so a tensor condition may guard it; an argument it raises on, which gives the
     # exception the vectorized form raises).
     host_raises: tuple[tuple[str, float], ...] = ()
+    # ``torch.<name>(number, ...)`` runs whatever the other arguments: a Python number may be
+    # its first argument (most ops raise TypeError there; such a loop runs as written).
+    number_first: bool = False
     names: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
@@ -130,9 +133,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("clamp", **_ET), _t("clip", **_ET), _t("clamp_min", fn=False, **_ET),
     _t("clamp_max", fn=False, **_ET), _t("maximum", **_ET), _t("minimum", **_ET),
     _t("logaddexp", **_ET),
-    _t("add", operators=(ast.Add,), integer=(0, 1), **_ET),
-    _t("sub", operators=(ast.Sub,), integer=(0, 1), **_ET),
-    _t("mul", operators=(ast.Mult,), integer=(0, 1), **_ET),
+    _t("add", operators=(ast.Add,), integer=(0, 1), number_first=True, **_ET),
+    _t("sub", operators=(ast.Sub,), integer=(0, 1), number_first=True, **_ET),
+    _t("mul", operators=(ast.Mult,), integer=(0, 1), number_first=True, **_ET),
     _t("eq", **_CMP), _t("ne", **_CMP), _t("gt", **_CMP), _t("lt", **_CMP), _t("ge", **_CMP),
     _t("le", **_CMP), _t("logical_and", **_CMP), _t("logical_or", **_CMP),
     _t("logical_not", **_CMP),
@@ -161,10 +164,12 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("rsqrt", sanitize=(0, "1"), **_E),
     _t("reciprocal", sanitize=(0, "1"), **_E),
     _t("pow", operators=(ast.Pow,), sanitize=(0, "1"), square=(2,), **_E),
-    _t("div", operators=(ast.Div,), sanitize=(1, "1"), **_E),
-    _t("true_divide", sanitize=(1, "1"), **_E), _t("xlogy", sanitize=(1, "1"), **_E),
-    _t("floor_divide", operators=(ast.FloorDiv,), sanitize=(1, "1"), integer=(0, 1)),
-    _t("remainder", operators=(ast.Mod,), sanitize=(1, "1"), integer=(0, 1)),
+    _t("div", operators=(ast.Div,), sanitize=(1, "1"), number_first=True, **_E),
+    _t("true_divide", sanitize=(1, "1"), number_first=True, **_E),
+    _t("xlogy", sanitize=(1, "1"), **_E),
+    _t("floor_divide", operators=(ast.FloorDiv,), sanitize=(1, "1"), integer=(0, 1),
+       number_first=True, **_E),
+    _t("remainder", operators=(ast.Mod,), sanitize=(1, "1"), integer=(0, 1), **_E),
     _t("log10", sanitize=(0, "1"), host_math="math.log10", host_raises=_NOT_POSITIVE),
     _t("acos", sanitize=(0, "0")), _t("asin", sanitize=(0, "0")),
     _t("atanh", sanitize=(0, "0")), _t("acosh", sanitize=(0, "2")), _t("exp2", sanitize=(0, "0")),
@@ -192,7 +197,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),
-    _t("dot", batched="dot", total=True), _t("matmul", total=True), _t("norm", total=True),
+    _t("dot", batched="dot", total=True), _t("norm", total=True),
+    _t("matmul", operators=(ast.MatMult,), total=True),  # no batched form: ``v @ row``
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
       for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),
@@ -203,7 +209,8 @@ REGISTRY: tuple[OpSpec, ...] = (
            batched="similarity"),
     # -- layout, views, conversions -----------------------------------------------------------
     _t("stack", meth=False, total=True), _t("cat", meth=False, total=True),
-    _t("as_tensor", meth=False, total=True, aliases=True), _t("tensor", meth=False, total=True),
+    _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
+    _t("tensor", meth=False, total=True, number_first=True),
     # views, and conversions that return the tensor itself when there is nothing to do
     _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
     _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),

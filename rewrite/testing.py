@@ -56,7 +56,8 @@ def _compare(what: str, want: Any, got: Any, rtol: float | None, atol: float | N
     if not isinstance(want, torch.Tensor):
         if isinstance(got, torch.Tensor) and got.numel() == 1 and isinstance(want, (int, float)):
             got = got.item()  # a Python number vs a 0-d tensor of the same value is fine
-        return [] if want == got else [f"{what}: {want!r} != {got!r}"]
+        nans = isinstance(want, float) and isinstance(got, float) and want != want and got != got
+        return [] if want == got or nans else [f"{what}: {want!r} != {got!r}"]
     if not isinstance(got, torch.Tensor):
         return [f"{what}: expected a tensor, got {type(got).__name__}"]
     if rtol is None and atol is None:

@@ -93,12 +93,9 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor([2., -1.], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="`v @ row` (a 1-d matmul whose right operand is the "
-                   "iteration's row) takes the batched form as `v @ rows`: RuntimeError, mat1 and "
-                   "mat2 shapes cannot be multiplied (RewriteError with strict=True, else a "
-                   "fallback warning); `row @ w` is fine")
 @pytest.mark.parametrize("product", ["w @ x[i]", "y[i] @ x[i]"])
 def test_matmul_with_the_row_on_the_right(tmp_path, product):
+    # `v @ rows` would multiply [2] by [3, 2]: a matmul is no broadcast, so the loop is vmapped
     original, fast = optimized(tmp_path, f"""
 def f(x, y, w):
     s = 0
@@ -106,13 +103,16 @@ def f(x, y, w):
         s += {product}
     return s
 """)
+    (loop,) = fast.report.loops
+    assert loop.strategy == "vmap" and "has no batched form" in loop.reason
     assert_equivalent(original, fast, torch.randn(3, 2, requires_grad=True),
                       torch.randn(3, 2, requires_grad=True), torch.randn(2, requires_grad=True))
+    assert loop.vectorized_runs and not loop.failed_runs
 
 
-@pytest.mark.xfail(strict=True, reason="two appends to one list per iteration: the vectorized "
-                   "list has one item per iteration (shape [B] instead of [2B]), silently")
 def test_two_appends_to_one_list_per_iteration(tmp_path):
+    # the items interleave ([a0, b0, a1, b1, ...]): one batched value per append had half of
+    # them; the appends stay in a loop (the heavy values may be hoisted out of it)
     original, fast = optimized(tmp_path, """
 def f(x):
     lst = []
@@ -121,6 +121,24 @@ def f(x):
         lst.append(x[i].mean())
     return torch.stack(lst)
 """)
+    assert_equivalent(original, fast, torch.randn(3, 2, requires_grad=True))
+    assert fast(torch.randn(3, 2)).shape == (6,)
+    (loop,) = fast.report.loops
+    assert "residual loop:" in loop.reason and ":7 `lst.append(" in loop.reason
+
+
+def test_two_appends_to_one_list_are_refused_with_a_reason(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    lst = []
+    for i in range(len(x)):
+        lst.append(x[i])
+        lst.append(x[i] * 2)
+    return torch.stack(lst)
+""")
+    (loop,) = fast.report.loops
+    assert not loop.vectorized and "`lst` appended twice per iteration" in loop.reason
+    assert loop.lineno == 6
     assert_equivalent(original, fast, torch.randn(3, 2, requires_grad=True))
 
 
@@ -139,20 +157,20 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor([[NAN, 1.], [2., 3.]], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="rewrite.testing compares Python-number outputs with ==, "
-                   "so NaN != NaN: assert_equivalent(f, f) fails for a loss returning float('nan') "
-                   "although tensors' NaNs count as equal")
 def test_assert_equivalent_on_a_python_nan_output():
+    # Python numbers' NaNs count as equal, as tensors' do; a number is still not NaN
     def f(x):
         return float(x.sum())
 
     assert_equivalent(f, f, torch.tensor([NAN]))
+    with pytest.raises(AssertionError, match="nan != 1.0"):
+        assert_equivalent(f, lambda x: 1.0, torch.tensor([NAN]))
+    with pytest.raises(AssertionError, match="1.0 != nan"):
+        assert_equivalent(lambda x: 1.0, f, torch.tensor([NAN]))
 
 
-@pytest.mark.xfail(strict=True, reason="`torch.tanh(float(t))` raises TypeError in the original "
-                   "(a float is not a Tensor); the rewrite turns float() into a tensor op, so the "
-                   "optimized loss returns a value instead of the user's error")
 def test_host_number_passed_to_a_torch_op_still_raises(tmp_path):
+    # a float is not a Tensor: the loop is kept, and raises the original's error at its line
     original, fast = optimized(tmp_path, """
 def f(x):
     s = 0
@@ -161,10 +179,43 @@ def f(x):
     return s
 """)
     x = torch.randn(3, 2)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError) as want:
         original(x)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError) as got:
         fast(x)
+    assert str(got.value) == str(want.value)
+    (loop,) = fast.report.loops  # the sum is hoisted, the call stays in a loop
+    assert "residual loop:" in loop.reason and "`s += torch.tanh(float(" in loop.reason
+
+
+def test_host_number_as_first_argument_of_a_torch_op_is_refused(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    s = 0
+    for i in range(x.shape[0]):
+        s += torch.maximum(x[i].item(), x[i])
+    return s
+""")
+    (loop,) = fast.report.loops
+    assert not loop.vectorized and "first argument of `torch.maximum`" in loop.reason
+    with pytest.raises(TypeError):
+        fast(torch.randn(3))
+
+
+@pytest.mark.parametrize("call", ["torch.div(float(x[i].sum()), 2)",
+                                  "torch.add(x[i].sum().item(), 1)",
+                                  "torch.tanh(x[i].sum()) * float(x[i].sum())"])
+def test_host_number_where_torch_takes_one_still_vectorizes(tmp_path, call):
+    original, fast = optimized(tmp_path, f"""
+def f(x):
+    s = 0
+    for i in range(x.shape[0]):
+        s += {call}
+    return s
+""")
+    assert_equivalent(original, fast, torch.randn(3, 2))
+    (loop,) = fast.report.loops
+    assert loop.vectorized and loop.vectorized_runs and not loop.failed_runs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

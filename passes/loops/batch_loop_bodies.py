@@ -312,9 +312,12 @@ class _Batcher(Scope):
         if isinstance(node, ast.Name):
             return node, self.vals[node.id]
         if isinstance(node, ast.BinOp):
+            op = ops.by_operator(type(node.op))
+            if op.aten is not None and op.batched is None:  # ``v @ row`` is no broadcast
+                raise Unsupported(f"`{unparse(node)}` has no batched form")
             operands = [self.expr(node.left), self.expr(node.right)]
             (left, right), val = self.aligned(operands, node)
-            if ops.by_operator(type(node.op)).integer is not None:
+            if op.integer is not None:
                 val = Val(True, val.rank, integer(operands))
             return ast.copy_location(ast.BinOp(left, node.op, right), node), val
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):

@@ -10,6 +10,9 @@ Only expressions that vary with the loop index are rewritten (``OpSpec.host*`` f
     min(a[i], b)  /  max(...)   ->  torch.where(b < a[i], b, a[i])   (Python's pick, ties too)
     sum(x[i]) / min(x[i])       ->  x[i].sum(0) / x[i].amin(0)       (builtins iterate dim 0)
 
+A host number as the first argument of a torch function that raises on a Python number there
+(``torch.tanh(float(t[i]))``; ``OpSpec.number_first``) keeps the loop: it raises as written.
+
 Values the original pulled to the host carried no gradient, hence ``detach``. ``abs(t)`` needs
 no rewrite (it is ``t.abs()``).
 
@@ -43,6 +46,7 @@ from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, Transformer, is_name, replace
+from ..errors import Unsupported
 from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores, stores_in,
                             variant_names)
 from .plan import LoopPlan
@@ -225,6 +229,10 @@ class _HostToTensor(Transformer):
                 return node
             return _kind(self._sub(op.host, node, e=node.func.value), op)
         function = resolve_call(node.func, self.ctx)
+        if args and _number(args[0]) not in (None, "const") and function is not None \
+                and function.startswith("torch.") and not op.number_first:
+            raise Unsupported(f"a Python number as the first argument of `{function}`, which "
+                              "raises on it as written (`OpSpec.number_first`)", node.lineno)
         math = ops.by_host_math(function)
         if math.functions and len(args) == 1:
             self._count_raises(node, math, function, args[0])

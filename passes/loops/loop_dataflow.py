@@ -542,6 +542,10 @@ def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.st
         if effect.kind == "append" and cond != "none":
             raise Unsupported(f"`{effect.name}.append` under a condition: the list length "
                               "depends on the data", s.lineno)
+        if effect.kind == "append" and any(e.kind == "append" and e.name == effect.name
+                                           for e in facts.effects.values()):
+            raise Unsupported(f"`{effect.name}` appended twice per iteration: its items "
+                              "interleave, one batched value per append would not", s.lineno)
         if effect.kind == "write" and cond == "invariant":
             raise Unsupported(f"write into `{effect.name}` under a Python condition", s.lineno)
         if effect.kind == "acc" and effect.family not in rules.FAMILY_IDENTITY and cond != "none":
