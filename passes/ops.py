@@ -74,6 +74,9 @@ class OpSpec:
     # ``torch.<name>(number, ...)`` runs whatever the other arguments: a Python number may be
     # its first argument (most ops raise TypeError there; such a loop runs as written).
     number_first: bool = False
+    # Under ``torch.vmap`` its gradients are wrong (its batching rule, torch 2.13), when called
+    # with any of these keywords (``()``: always): a loop calling it runs as written.
+    vmap_wrong: tuple[str, ...] | None = None
     names: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
@@ -207,6 +210,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(OpSpec(n, (_F + n,), batched="class_loss") for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity"),
+    # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
+    _t("select_scatter", vmap_wrong=()),
+    # chunked (``options=``): no gradient reaches the batched rows
+    OpSpec("linear_cross_entropy", (_F + "linear_cross_entropy",), vmap_wrong=("options",)),
     # -- layout, views, conversions -----------------------------------------------------------
     _t("stack", meth=False, total=True), _t("cat", meth=False, total=True),
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),

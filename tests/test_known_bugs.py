@@ -365,10 +365,9 @@ def f(y, w):
                       torch.tensor([0.5, 0.5]))
 
 
-@pytest.mark.xfail(strict=True, reason="F.linear_cross_entropy with chunking options runs under "
-                   "vmap without error but its result does not reach the batched input in the "
-                   "backward: the rows get no gradient (found by the op sweep)")
 def test_chunked_linear_cross_entropy_under_vmap(tmp_path):
+    # under vmap the chunked form's rows got no gradient (found by the op sweep): the loop is
+    # kept; without `options=` it is vmapped
     original, fast = optimized(tmp_path, """
 def f(x, w, t):
     options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=2)
@@ -380,12 +379,21 @@ def f(x, w, t):
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     assert_equivalent(original, fast, x, w, torch.tensor(1))
+    (loop,) = fast.report.loops
+    assert not loop.vectorized and "wrong gradients under vmap with `options`" in loop.reason
+    plain, vmapped = optimized(tmp_path, """
+def f(x, w, t):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + F.linear_cross_entropy(x[i], w, t)
+    return total
+""")
+    assert vmapped.report.loops[0].strategy == "vmap"
+    assert_equivalent(plain, vmapped, x, w, torch.tensor(1))
 
 
-@pytest.mark.xfail(strict=True, reason="torch.select_scatter of a loop-invariant source into each "
-                   "row: the vectorized form gives the source a gradient several times the "
-                   "original's (found by the op sweep)")
 def test_select_scatter_of_an_invariant_source(tmp_path):
+    # vmap gave the source a gradient several times the original's (found by the op sweep)
     original, fast = optimized(tmp_path, """
 def f(x, src):
     total = 0
@@ -396,3 +404,6 @@ def f(x, src):
     x = torch.randn(2, 5, 5, 5, dtype=torch.float64, requires_grad=True)
     src = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
     assert_equivalent(original, fast, x, src)
+    (loop,) = fast.report.loops
+    assert not loop.vectorized and "`torch.select_scatter(...)` has wrong gradients under vmap" \
+        in loop.reason

@@ -28,9 +28,7 @@ CI_STRIDE = 12
 
 # Programs the sweep finds wrong that tests/test_known_bugs.py pins down (by that test's name);
 # drop an entry when its test starts passing.
-KNOWN_WRONG = {"nn.functional.linear_cross_entropy.chunked":
-               "test_chunked_linear_cross_entropy_under_vmap",
-               "select_scatter": "test_select_scatter_of_an_invariant_source"}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 def outcome(directory, case: Case) -> tuple[str, str]:

@@ -507,6 +507,10 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
             if effect == "storage":
                 raise Unsupported(f"`{unparse(call.func)}` addresses memory by strides and offset: "
                                   "on a row they reach the whole batch", call.lineno)
+            wrong = ops.by_call(resolve_call(call.func, ctx), meth).vmap_wrong
+            if wrong is not None and (not wrong or {k.arg for k in call.keywords} & set(wrong)):
+                raise Unsupported(f"`{unparse(call.func)}(...)` has wrong gradients under vmap"
+                                  + (f" with `{'`, `'.join(wrong)}`" if wrong else ""), call.lineno)
             if meth and (effect == "mutates" or ops.is_inplace(meth)) \
                     and id(call) not in appends:
                 recv = written_through(call.func.value, ctx)
