@@ -203,7 +203,7 @@ class OptimizedFunction:
             if _on_meta(args, kwargs):
                 # No data: the original's reads of values raise there, the rewrite's
                 # device-side checks (torch._assert_async) cannot run. The original decides.
-                self._impls[key] = self._original
+                self._remember(key, self._original)
                 return self._original
             if self._options.lint:
                 lint_warn(self._original, args, kwargs)
@@ -221,7 +221,7 @@ class OptimizedFunction:
                     self._fall_back(self._error("verification failed: " + "; ".join(problems)),
                                     None, key)
                     impl = self._original
-            self._impls[key] = impl
+            self._remember(key, impl)
             if impl is not self._original and self._options.keep_faster:
                 self._impls[key] = FormTrial(impl, self._original, describe_key(key),
                                              functools.partial(self._keep, key))
@@ -366,8 +366,19 @@ class OptimizedFunction:
 
     def _settle(self, key: Any, impl: Callable) -> None:
         with self._lock:
-            self._impls[key] = impl
+            self._remember(key, impl)
             self._per_signature, self._uniform = True, None
+
+    def _remember(self, key: Any, impl: Callable) -> None:
+        """What runs for ``key``, in a table of at most ``SIGNATURES_KEPT`` signatures that run a
+        rewritten form (fresh shapes every step must not grow it): the oldest such one is
+        forgotten, and decided again (verified, timed) when it comes back. Signatures running the
+        original stay: each has its fallback recorded, and deciding again would warn again."""
+        self._impls[key] = impl
+        if len(self._impls) > SIGNATURES_KEPT:
+            old = next((k for k, v in self._impls.items() if v is not self._original), None)
+            if old is not None and old != key:
+                del self._impls[old]
 
     def _error(self, message: str) -> RewriteError:
         return RewriteError(message, self._report.filename, self._report.lineno)
@@ -571,6 +582,8 @@ def _detached(value: Any) -> Any:
 
 # The report keeps the latest choices of form (one per signature).
 FORMS_SHOWN = 16
+# Input signatures whose decision (verified, compiled and checked, timed) is kept.
+SIGNATURES_KEPT = 256
 
 
 def _on_meta(args: tuple, kwargs: dict) -> bool:
