@@ -407,3 +407,23 @@ def f(x, src):
     (loop,) = fast.report.loops
     assert not loop.vectorized and "`torch.select_scatter(...)` has wrong gradients under vmap" \
         in loop.reason
+
+
+@pytest.mark.xfail(strict=True, reason="a loop-invariant tensor holding NaN/inf used under a tensor "
+                   "condition: the branch runs on every iteration with the deselected ones masked "
+                   "out, and 0 times its NaN derivative makes the invariant's gradient NaN where "
+                   "the original's is 0 (found by the long fuzz)")
+@pytest.mark.parametrize("bad", [NAN, -INF])
+def test_invariant_nonfinite_operand_of_a_deselected_branch(tmp_path, bad):
+    original, fast = optimized(tmp_path, """
+def f(x, w):
+    s = 0
+    for i in range(x.shape[0]):
+        if x[i].sum() > w[1]:
+            s += ((x[i] - w) ** 2).sum()
+        s -= x[i].sum()
+    return s
+""")
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.tensor([[-1., -2.], [0.5, -3.]], requires_grad=True),
+                      torch.tensor([bad, 1.], requires_grad=True))
