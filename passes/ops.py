@@ -30,8 +30,9 @@ class OpSpec:
     operators: tuple[type, ...] = ()          # ast operator classes (``ast.Div``)
     # Batched form (batch_loop_bodies): the handler running the op on all iterations at once,
     # every loop-varying value carrying the loop dim in front. "elementwise": the same call,
-    # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "same_rank",
-    # "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see the batcher.
+    # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "matmul",
+    # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see
+    # the batcher.
     batched: str | None = None
     reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
     tuple_dims: bool = False                  # ... ``reduce`` takes a tuple of dims (no copy)
@@ -201,7 +202,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", total=True),
-    _t("matmul", operators=(ast.MatMult,), total=True),  # no batched form: ``v @ row``
+    _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
       for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),

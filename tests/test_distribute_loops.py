@@ -136,7 +136,7 @@ GOLDEN = {
             s = 0
             if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(x.shape[1], int) and (x.shape[1] > 0):
                 'optimize_loss: loop at line 3 vectorized'
-                if not isinstance(W, torch.Tensor) or (x.dim() >= 2 and x.dim() >= W.dim() + 1):
+                if x.dim() >= 2 and (isinstance(W, torch.Tensor) and W.dim() == 2):
                     _x_row = (x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1]).movedim(1, 0)
                     h = torch.tanh(_x_row @ W)
                     _h_all_item = h
@@ -236,7 +236,7 @@ GOLDEN = {
             total = 0
             if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(y, torch.Tensor) and (x.shape[1] <= y.shape[1]) and isinstance(x.shape[1], int) and (x.shape[1] > 0):
                 'optimize_loss: loop at line 3 vectorized'
-                if (not isinstance(W, torch.Tensor) or (x.dim() >= 2 and x.dim() >= W.dim() + 1)) and y.dim() == x.dim():
+                if x.dim() >= 2 and (isinstance(W, torch.Tensor) and W.dim() == 2) and (y.dim() == x.dim()):
                     _x_row = (x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1]).movedim(1, 0)
                     _y_row = (y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1]).movedim(1, 0)
                     _value = _x_row @ W

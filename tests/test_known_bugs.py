@@ -110,6 +110,23 @@ def f(x, y, w):
     assert loop.vectorized_runs and not loop.failed_runs
 
 
+@pytest.mark.parametrize("w_shape", [(2,), (2, 4)], ids=["vector", "matrix"])
+def test_matmul_of_a_row_by_a_fixed_tensor_keeps_the_item_rank(tmp_path, w_shape):
+    # `row @ w` is 0-d for a 1-d `w`: `.sum(-1)` of it must not reduce over the loop dim
+    original, fast = optimized(tmp_path, """
+def f(x, w):
+    s = 0
+    for i in range(x.shape[0]):
+        s += (x[i] @ w).sum(-1) * x[i].sum()
+    return s
+""")
+    (loop,) = fast.report.loops
+    assert loop.strategy == "batched" and "w.dim() == 2" in loop.reason
+    assert_equivalent(original, fast, torch.randn(3, 2, dtype=torch.float64, requires_grad=True),
+                      torch.randn(*w_shape, dtype=torch.float64, requires_grad=True))
+    assert loop.vectorized_runs and not loop.failed_runs
+
+
 def test_two_appends_to_one_list_per_iteration(tmp_path):
     # the items interleave ([a0, b0, a1, b1, ...]): one batched value per append had half of
     # them; the appends stay in a loop (the heavy values may be hoisted out of it)

@@ -105,6 +105,31 @@ def _dot(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return scope.sub("(a * b).sum(1)", a=a, b=b), Val(True, Rank())
 
 
+def _matmul(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``row @ W`` (``torch.matmul``, ``.matmul``) with ``W`` a 2-d tensor the same in every
+    iteration: ``rows @ W``, items of the rows' rank. A loop-varying right operand (``v @ row``)
+    has none: it would be multiplied as one matrix, not per item."""
+    if len(c.operands) != 2 or c.kws:
+        return None
+    (a, av), (b, bv) = c.operands
+    text = scope.free(b)
+    if not av.batched or bv.batched or av.rank is None or text is None:
+        return None
+    scope.require(av.rank - 1, ">=", c.node)
+    scope.check(f"isinstance({text}, torch.Tensor) and {text}.dim() == 2")
+    return ast.copy_location(ast.BinOp(a, ast.MatMult(), b), c.node), Val(True, av.rank)
+
+
+def operator(scope: Scope, node: ast.BinOp, op: ops.OpSpec,
+             operands: list[tuple[ast.expr, Val]]) -> tuple[ast.expr, Val]:
+    """A Python operator whose op is no broadcast (``@``), by its op's handler."""
+    c = Call(node, op, node, False, operands, operands, [])
+    done = HANDLERS[op.batched](scope, c) if op.batched in HANDLERS else None
+    if done is None:
+        raise Unsupported(f"`{unparse(node)}` has no batched form")
+    return done
+
+
 def _result_type(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``torch.result_type(x, a)``: the same dtype for the batched items, the same in every
     iteration, unless a 0-d item meets a fixed tensor (0-d tensors promote more weakly than
@@ -277,5 +302,5 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
 # no batched form. "similarity", "mask_reshape" and "flatten" are matched before the arguments
 # are batched (``call``).
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
-            "dot": _dot, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
+            "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
             "class_loss": _class_loss}

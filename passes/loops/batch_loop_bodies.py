@@ -313,9 +313,9 @@ class _Batcher(Scope):
             return node, self.vals[node.id]
         if isinstance(node, ast.BinOp):
             op = ops.by_operator(type(node.op))
-            if op.aten is not None and op.batched is None:  # ``v @ row`` is no broadcast
-                raise Unsupported(f"`{unparse(node)}` has no batched form")
             operands = [self.expr(node.left), self.expr(node.right)]
+            if op is not ops.UNKNOWN and op.batched != "elementwise":  # ``@``: no broadcast
+                return calls.operator(self, node, op, operands)
             (left, right), val = self.aligned(operands, node)
             if op.integer is not None:
                 val = Val(True, val.rank, integer(operands))
