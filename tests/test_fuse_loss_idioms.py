@@ -57,6 +57,13 @@ def other_operands(a, b):
 def impure_operand(a, b):
     return ((a.exp() - b) ** 2).mean()
 
+def computed_operand(a, b):
+    return ((a - (b + 1)) ** 2).mean()
+
+def temp_next_to_walrus(a, b):
+    t = (a - b) ** 2
+    return t.mean() + (b := a).sum()
+
 def temp_next_to_pure_calls(a, b):
     t = (a - b) ** 2
     return t.mean() + a.exp().clamp_max(2).sum()
@@ -113,7 +120,8 @@ def nll_weight_not_just_before(lp, y, cw):
 FUSED = ["mse_mean", "mse_sum_pow", "mse_mul", "mse_temp", "ce_sum", "ce_mean", "nll_weighted",
          "smoothed_ce", "smoothed_weighted_ce"]
 UNCHANGED = ["l1_sum",  # F.l1_loss measured no faster
-             "cube", "row_mean", "other_operands", "impure_operand", "temp_not_just_before",
+             "cube", "row_mean", "other_operands", "impure_operand", "computed_operand",
+             "temp_next_to_walrus", "temp_not_just_before",
              "temp_operand_mutated", "temp_rebinds_operand", "temp_in_loop_test", "ce_other_dim",
              "nll_weight_not_just_before", "smoothed_other_eps", "smoothed_other_dim"]
 SAME = ("isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape"

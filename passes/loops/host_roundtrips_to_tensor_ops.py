@@ -89,6 +89,7 @@ class _HostToTensor(Transformer):
         self.errors = errors
         self.wide = wide
         self.double: dict[int, ast.expr] = {}  # id of a math call's tensor form -> in float64
+        self.converted: set[int] = set()       # ids of host calls' tensor forms made here
         self.numbers: dict[str, str] = {}      # names bound to host numbers -> their kind
         self.assigned: set[str] = set()        # names bound so far in the iteration
         self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
@@ -227,9 +228,12 @@ class _HostToTensor(Transformer):
         if method_name(node, self.ctx) is not None:
             if op.host is None or args:
                 return node
-            return _kind(self._sub(op.host, node, e=node.func.value), op)
+            found = _kind(self._sub(op.host, node, e=node.func.value), op)
+            self.converted.add(id(found))
+            return found
         function = resolve_call(node.func, self.ctx)
-        if args and _number(args[0]) not in (None, "const") and function is not None \
+        # (a host call of the user's, converted here: not generated code's operands)
+        if args and id(args[0]) in self.converted and function is not None \
                 and function.startswith("torch.") and not op.number_first:
             raise Unsupported(f"a Python number as the first argument of `{function}`, which "
                               "raises on it as written (`OpSpec.number_first`)", node.lineno)
@@ -239,11 +243,14 @@ class _HostToTensor(Transformer):
             fn = self._sub(math.functions[0], node)
             found = _kind(self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0]), math)
             self.double[id(found)] = self._sub("fn(e.detach().double())", node, fn=fn, e=args[0])
+            self.converted.add(id(found))
             return found
         if op.host is not None and len(args) == 1 \
                 and not isinstance(args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)):
             self._count_raises(node, op, function, args[0])
-            return _kind(self._sub(op.host, node, e=args[0]), op)
+            found = _kind(self._sub(op.host, node, e=args[0]), op)
+            self.converted.add(id(found))
+            return found
         if op.host_pair is not None and len(args) == 2:
             return self._sub(op.host_pair, node, a=args[0], b=args[1])
         return node
