@@ -144,7 +144,8 @@ class _Scope:
 
     def attribute(self, attr: str) -> BoundValues:
         if attr not in self.attributes:
-            self.attributes[attr] = bound_values(self.self_class, self.mangled(attr), self.globals,
+            # as the source spells it: `self.__fn = ...` is mangled in the bytecode only
+            self.attributes[attr] = bound_values(self.self_class, attr, self.globals,
                                                  self.parse_function)
         return self.attributes[attr]
 

@@ -42,6 +42,14 @@ class PerImage(nn.Module):
     def forward(self, logits, labels):
         return self.loss_fn(logits, labels)
 
+class Private(PerImage):
+    def __init__(self):
+        super().__init__()
+        self.__fn = self._per_image
+
+    def forward(self, logits, labels):
+        return self.__fn(logits, labels)
+
 class Kept(nn.Module):
     def __init__(self):
         super().__init__()
@@ -149,6 +157,12 @@ def test_golden_bound_method_picked_in_init(user):
     assert (loop.lineno, loop.vectorized) == (_loop_line(user.PerImage._per_image), True)
 
 
+def test_golden_private_attribute(user):
+    out, ctx = run_called_helpers_pass(user.Private.forward)
+    assert "_picked_helper(self.__fn, (_per_image_original, _per_image))(logits, labels)" in out
+    assert not ctx.report.notes
+
+
 def test_golden_report_lists_the_helper_loop(user):
     fast = optimize_loss(user.PerImage(), compile=False)
     line = _loop_line(user.PerImage._per_image)
@@ -223,7 +237,8 @@ def _inputs(dtype, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("make", [lambda u: u.PerImage(True), lambda u: u.PerImage(False),
                                   lambda u: u.Kept(), lambda u: u.Outer(), lambda u: u.ByName(),
-                                  lambda u: u.Plain(), lambda u: u.Mined(u.Selector())])
+                                  lambda u: u.Plain(), lambda u: u.Mined(u.Selector()),
+                                  lambda u: u.Private()])
 def test_equivalent(user, make, dtype):
     module = make(user)
     fast = optimize_loss(module, compile=False)
