@@ -182,6 +182,9 @@ def _integer_of(c: Call) -> tuple[str, ...] | None:
 def _full_reduction(scope: Scope, x: ast.expr, xv: Val, op: ops.OpSpec, node: ast.AST):
     if not xv.batched:
         raise Unsupported(f"`{unparse(node)}` has no batched form")
+    if op.reduce_fn:
+        fn = scope.ctx.bind(op.reduce_fn, op.reduce_fn.__name__)
+        return scope.sub(f"{fn}(x, 1)", x=x), Val(True, Rank())
     x = scope.named(x)
     # reshape(n, -1) is also right for per-item 0-d values (dim=() would reduce all), but
     # copies a non-contiguous x (rows moved to the front): reduce over the item dims then
