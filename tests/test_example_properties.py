@@ -12,11 +12,8 @@ import rewrite
 from rewrite.testing import assert_equivalent, differences, outputs_and_gradients
 from tests.helpers import EXAMPLE_NAMES
 
-# Known differences at NaN/inf (one input that shows each): chamfer's and triplet_hardest's
-# distances to a set of points take the direct cdist (batch_set_forms), whose backward at a NaN
-# coordinate makes every gradient NaN where the original's broadcast form gives NaN in that
-# coordinate only (the strict xfail `test_set_form_distances_at_a_nan_coordinate`).
-KNOWN_DIFFERENT = {"chamfer": [(0, "nan")], "triplet_hardest": [(0, "nan")]}
+# Known differences at NaN/inf (one input that shows each): none.
+KNOWN_DIFFERENT: dict[str, list] = {}
 VECTORIZED = [n for n in EXAMPLE_NAMES if n not in KNOWN_DIFFERENT
               and importlib.import_module(f"examples.{n}").CASE["loops"] == "vectorize"]
 SPECIAL = st.sampled_from(["tie", "nan", "inf", "-inf"])

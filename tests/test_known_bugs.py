@@ -194,15 +194,25 @@ def f(x):
 
 
 @pytest.mark.xfail(strict=True, reason="builtin max/min over per-sample values the vectorized "
-                   "loop stacked (`max(losses)`): the backward of the batched items also runs for "
-                   "the items not picked, and 0 * NaN makes the gradient of one with a NaN/inf "
-                   "derivative NaN where the original gives 0")
-def test_unpicked_item_of_a_stacked_list_with_an_infinite_derivative(tmp_path):
-    original, fast = optimized(tmp_path, """
+                   "loop stacked (`max(losses)`), or a running min whose item reads a name the "
+                   "body binds twice: the backward of the batched items also runs for the items "
+                   "not picked, and 0 * NaN makes the gradient of one with a NaN/inf derivative "
+                   "NaN where the original gives 0")
+@pytest.mark.parametrize("source", ["""
 def f(x):
     losses = [((torch.log(x[i]) - x[i]) ** 2).sum() for i in range(len(x))]
     return max(losses)
-""")
+""", """
+def f(x):
+    lo = float("inf")
+    for i in range(x.shape[0]):
+        d = torch.log(x[i])
+        d = d - x[i]
+        lo = min(lo, (d ** 2).sum())
+    return lo
+"""], ids=["max-of-list", "item-of-a-rebound-local"])
+def test_unpicked_item_of_stacked_values_with_an_infinite_derivative(tmp_path, source):
+    original, fast = optimized(tmp_path, source)
     assert_equivalent(original, fast, torch.tensor([[0.5], [-0.7], [0.25]], requires_grad=True))
 
 
@@ -371,11 +381,11 @@ def f(x, src):
     assert_equivalent(original, fast, x, src)
 
 
-@pytest.mark.xfail(strict=True, reason="distances of each row to a set of points, "
-                   "`((w - x[i]) ** 2).sum(1)`, take the direct cdist (batch_set_forms), whose "
-                   "backward at a NaN coordinate gives every gradient NaN where the original's "
-                   "broadcast form gives NaN in that coordinate only")
-def test_set_form_distances_at_a_nan_coordinate(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bad", ["x-nan", "x-inf", "w-nan", "w-inf", "tie"])
+def test_set_form_distances_at_a_nonfinite_coordinate(tmp_path, bad, dtype):
+    # the distances to a set take cdist's value and the original's backward (set_distances):
+    # NaN in the bad coordinate only, 0 * inf where the original has it
     original, fast = optimized(tmp_path, """
 def f(x, w):
     s = 0
@@ -383,5 +393,9 @@ def f(x, w):
         s += ((w - x[i]) ** 2).sum(1).min()
     return s
 """)
-    x = torch.tensor([[NAN, 1.0], [0.5, 2.0], [1.0, -1.0]], dtype=torch.float64, requires_grad=True)
-    assert_equivalent(original, fast, x, torch.randn(4, 2, dtype=torch.float64))
+    x = torch.tensor([[0.3, 1.0], [0.5, 2.0], [1.0, -1.0]], dtype=dtype)
+    w = torch.tensor([[0.0, 1.0], [0.5, -2.0], [1.0, 1.0], [2.0, 0.0]], dtype=dtype)
+    side, kind = bad.split("-") if "-" in bad else ("w", "tie")
+    {"x": x, "w": w}[side][1, 0] = {"nan": NAN, "inf": INF, "tie": 0.5}[kind]
+    assert "squared_distances" in fast.report.rewritten_source
+    assert_equivalent(original, fast, x.requires_grad_(), w.requires_grad_())
