@@ -21,6 +21,24 @@ computed once. A value is shared only when recomputing it would give the same re
   operator or an op that makes a new tensor (possibly through ops returning views, such as
   ``reshape``), and never augmented (``t += x``), so no other name ever refers to the shared
   tensor and no in-place write reaches it.
+
+A value of an op that gives the same values transposed when its two operands are swapped
+(``ops.OpSpec.swapped``: ``torch.cdist``), under elementwise ops on constants only, is also
+shared across the blocks of ``if`` statements (two vectorized loops, each behind its guard),
+checked at run time::
+
+                                            _pair = None
+    if <guard 1>:                           if <guard 1>:
+        d = torch.cdist(p, g).square()  ->      d = torch.cdist(p, g).square()
+                                                _pair = (d, p, g)
+    if <guard 2>:                           if <guard 2>:
+        e = torch.cdist(q, r).square()          e = _pair[0].mT if _pair is not None and
+                                                    _pair[1] is r and _pair[2] is q else <as written>
+
+when both names are confined, the value reads no other name than its two operands (and
+``torch``), only ``if`` statements enclose either below their common block, and nothing that runs
+between them can write into a tensor (every call one of the registry without effect, no
+augmented or subscript assignment): the same objects then hold the same values.
 """
 from __future__ import annotations
 
