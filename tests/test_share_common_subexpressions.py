@@ -97,24 +97,6 @@ def two_directions(a, b, c):
         y = 0.0
     return x + y
 
-def chamfer_by_index(pred, gt):
-    d1 = 0
-    for i in range(pred.shape[0]):
-        d1 = d1 + torch.min(torch.sum((gt - pred[i]) ** 2, dim=1))
-    d2 = 0
-    for j in range(gt.shape[0]):
-        d2 = d2 + torch.min(torch.sum((pred - gt[j]) ** 2, dim=1))
-    return (d1 / pred.shape[0] + d2 / gt.shape[0]) / 2
-
-def hausdorff_squared(a, b):
-    forward = []
-    for p in a:
-        forward.append(((b - p) ** 2).sum(-1).min())
-    backward = []
-    for q in b:
-        backward.append(((a - q) ** 2).sum(-1).min())
-    return torch.stack(forward).max() + torch.stack(backward).max()
-
 def pair_written_between(a, b):
     if a.dim() == 2:
         d = torch.cdist(a, b)
@@ -259,27 +241,3 @@ def test_swapped_pair_equivalent(user, dtype):
         c = torch.randn(y.shape, generator=gen, dtype=dtype, requires_grad=True)
         assert_equivalent(user.two_directions, fast, x, y, c)  # ``c`` not ``b``: recomputed
         assert_equivalent(user.two_directions, fast, x, y, x)  # another orientation: recomputed
-
-
-@pytest.mark.parametrize("name", ["chamfer_by_index", "hausdorff_squared"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_two_direction_loops_share_their_distances(user, name, dtype, monkeypatch):
-    """Both loops of a nearest-neighbour loss vectorize to the same cdist, computed once. NaN and
-    inf points give what the unshared rewrite gives (the loops' ``min`` differs from ``amin``
-    there, a known difference of the vectorized loop, not of the sharing)."""
-    fn = getattr(user, name)
-    fast = optimize_loss(fn, compile=False)
-    gen = torch.Generator().manual_seed(1)
-    a = torch.randn(9, 3, generator=gen, dtype=dtype)
-    b = torch.randn(6, 3, generator=gen, dtype=dtype)
-    for x, y in [(a, b), (torch.cat([b[:3], b[:3], a[:2]]), b), (b, b)]:  # distance-0 ties
-        assert_equivalent(fn, fast, x.clone().requires_grad_(), y.clone().requires_grad_())
-    assert fast.report.rewritten_source.count("_pair[0].mT if") == 1
-    monkeypatch.setattr(share_common_subexpressions, "_share_swapped", lambda *args: None)
-    unshared = optimize_loss(fn, compile=False)
-    unshared(a, b)
-    assert "_pair" not in unshared.report.rewritten_source
-    for bad in (float("nan"), float("inf")):
-        x = a.clone()
-        x[2, 1] = bad
-        assert_equivalent(unshared, fast, x.requires_grad_(), b.clone().requires_grad_())
