@@ -13,7 +13,7 @@ import torch
 
 from rewrite import assert_equivalent, optimize_loss
 from tests.helpers import load_module
-from tests.loop_helpers import assert_golden, build, rewrite_source, strategies
+from tests.loop_helpers import assert_golden, build, normalise, rewrite_source, strategies
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -43,6 +43,17 @@ SOURCES = {
         """,
     # random draws stay in the residual loop, in their order; the hoisted loop draws nothing
     "random_in_branch": """
+        def f(x, y, m):
+            total = 0
+            for i in range(len(x)):
+                if m[i]:
+                    h = F.mse_loss(x[i], y[i])
+                    total = total + h * torch.rand(())
+            return total
+        """,
+    # a weight read whole is not masked where the branch is skipped (an infinite one would
+    # give a NaN gradient there): its branch stays whole
+    "shared_weight_in_branch": """
         def f(x, W, m):
             total = 0
             for i in range(len(x)):
@@ -168,30 +179,31 @@ GOLDEN = {
             return torch.stack(kept).sum()
         """,
     "random_in_branch": """
-        def f(x, W, m):
+        def f(x, y, m):
             total = 0
-            if isinstance(m, torch.Tensor) and len(x) <= m.shape[0] and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
+            if isinstance(m, torch.Tensor) and len(x) <= m.shape[0] and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
                 'optimize_loss: loop at line 3 vectorized'
-                if (not isinstance(W, torch.Tensor) or (x.dim() >= 2 and x.dim() >= W.dim() + 1)) and 1 == m.dim():
+                if y.dim() == x.dim() and 1 == m.dim():
                     _m_row = m if len(x) == m.shape[0] else m[0:len(x):1]
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
+                    _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
                     _cond = torch.ne(_m_row, 0)
-                    _t = torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)) @ W
-                    _value = _t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)
+                    _t = F.mse_loss(torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, torch.zeros_like(_y_row)), reduction='none')
+                    _value = _t.reshape(len(_t), -1).mean(1)
                     _mask = torch.logical_not(_cond)
                     _value = torch.where(_mask, 0, _value)
                     _value_all_item = _value
                     _outs_1 = (_value_all_item,)
                 else:
 
-                    def _body(_m_row, _x_row):
+                    def _body(_m_row, _x_row, _y_row):
                         _cond = torch.ne(_m_row, 0)
-                        _value = (torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)) @ W).sum()
+                        _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, 0, _value)
                         _value_all_item = _value
                         return (torch.as_tensor(_value_all_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1])
+                    _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _value_all = _outs_1[0].unbind(0)
                 for i in range(len(x)):
                     _value = _value_all[i]
@@ -201,18 +213,20 @@ GOLDEN = {
             else:
                 for i in range(len(x)):
                     if m[i]:
-                        h = (x[i] @ W).sum()
+                        h = F.mse_loss(x[i], y[i])
                         total = total + h * torch.rand(())
             return total
         """,
     "carried_condition": SOURCES["carried_condition"],
+    "shared_weight_in_branch": SOURCES["shared_weight_in_branch"],
     "class_loss_in_branch": SOURCES["class_loss_in_branch"],
     "residual_does_most": SOURCES["residual_does_most"],
 }
 
 EXPECTED = {"branch_print": {3: "distributed"}, "else_branch": {3: "distributed"},
             "random_in_branch": {3: "distributed"}, "carried_condition": {3: "kept"},
-            "class_loss_in_branch": {3: "kept"}, "residual_does_most": {2: "kept"}}
+            "class_loss_in_branch": {3: "kept"}, "residual_does_most": {2: "kept"},
+            "shared_weight_in_branch": {3: "kept"}}
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
@@ -270,19 +284,28 @@ def test_else_branch_on_pre_loop_data(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_random_draws_keep_their_order_and_shared_weights_stay_finite(dtype):
+def test_random_draws_keep_their_order(dtype):
     original, optimized, _, _ = build(SOURCES["random_in_branch"])
-    x = spoiled(dtype, [0, 2], 5, 3)
-    W = torch.randn(3, 2, dtype=dtype, requires_grad=True)
+    x, y = spoiled(dtype, [0, 2], 5, 3), torch.randn(5, 3, dtype=dtype)
     m = torch.tensor([False, True, False, True, True])
-    assert_equivalent(original, optimized, x, W, m)  # each side from the same seed
+    assert_equivalent(original, optimized, x, y, m)  # each side from the same seed
     torch.manual_seed(0)
-    want = original(x, W, m)
+    want = original(x, y, m)
     torch.manual_seed(0)
-    got = optimized(x, W, m)
+    got = optimized(x, y, m)
     torch.testing.assert_close(got, want)
-    # a skipped row's inf must not reach W's gradient through the batched matmul
-    assert torch.isfinite(torch.autograd.grad(got, W)[0]).all()
+    assert torch.isfinite(torch.autograd.grad(got, x)[0]).all()
+
+
+def test_a_weight_read_whole_keeps_its_branch():
+    # the branch's work is not hoisted, so an infinite weight cannot reach the skipped rows
+    original, optimized, code, report = build(SOURCES["shared_weight_in_branch"])
+    assert "not distributed" in report.loops[0].reason and code == normalise(
+        SOURCES["shared_weight_in_branch"])
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(3, 2, dtype=torch.float64)
+    W[0, 0] = float("inf")
+    assert_equivalent(original, optimized, x, W.requires_grad_(), torch.tensor([1, 0, 1, 0]))
 
 
 CHECKS = {"raise": 'if l.item() > th: raise ValueError(f"too large at {i}")',

@@ -23,7 +23,8 @@ statement always evaluates it and it reads nothing the statement writes or the l
 ``if loss(...).item() > th: hard.append(i)``, ``assert ...``, ``hard.append(F.mse_loss(...))``,
 and the input term of ``s = beta * s + (1 - beta) * torch.tanh(x[:, t] @ W)`` can then be
 hoisted. So can a heavy tensor operand of a statement in a branch of such an ``if`` whose test
-reads nothing the ``if`` writes or the loop carries, bound for every iteration::
+reads nothing the ``if`` writes or the loop carries, when every value it reads is a row of the
+iteration (``_rows_only``), bound for every iteration::
 
     if m[i] > 0:                                  if m[i] > 0:
         l = F.mse_loss(x[i], y[i])                    _value = F.mse_loss(x[i], y[i])
@@ -262,8 +263,8 @@ def _heavy_operand(s: ast.stmt, index: str, seeds: set[str], carried: set[str],
         while todo:
             e = todo.pop(0)
             kind = _is_number(e, ctx)  # a branch's value is stacked by `torch.where`: a tensor
-            if _heavy(e, ctx) and kind is not None and (template == "n = e" or not kind) \
-                    and not (_reads(e) & written):
+            if _heavy(e, ctx) and kind is not None and not (_reads(e) & written) and (
+                    template == "n = e" or not kind and _rows_only(e, seeds, ctx)):
                 point = ctx.namer.checkpoint()
                 name = ctx.namer.new("value")
                 bound = replace(template, loc=e, n=name, e=e, c=getattr(s, "test", None))[0]
@@ -288,6 +289,25 @@ def _operand_roots(s: ast.stmt, written: set[str]):
                                  (s.orelse, "if c:\n n = 0\nelse:\n n = e")):
             for b in branch:
                 yield _own_operands(b), template
+
+
+def _rows_only(e: ast.expr, seeds: set[str], ctx: PassContext) -> bool:
+    """Every value ``e`` reads is a row of the iteration (``x[i]``, ``p[:, c]``, ``x[idx[i]]``)
+    or an element the loop iterates; names it calls do not count. The hoisted loop masks such
+    rows into the op's domain where a branch is skipped; a tensor read whole (a weight ``W``)
+    is not masked, and an infinite one would make the skipped iterations' gradient NaN
+    (``0 * inf``) where the original has none."""
+    ok = set()
+    for n in walk(e):
+        if isinstance(n, ast.Call):
+            root = n.func
+            while isinstance(root, ast.Attribute) and loop_dataflow.resolve_call(n.func, ctx):
+                root = root.value  # `F.mse_loss`, `torch.sqrt`: a module's function
+            ok.add(id(root))
+        elif isinstance(n, ast.Subscript) and loads(n.slice) & seeds:
+            ok.add(id(n.value))
+    return all(id(n) in ok or n.id in seeds for n in walk(e)
+               if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
 
 
 def _own_operands(s: ast.stmt) -> list[ast.expr]:
