@@ -59,20 +59,24 @@ class Fallback:
 
 @dataclass
 class FormChoice:
-    """Which form runs for one input signature, and the forward times that chose it."""
+    """Which form runs for one band of input signatures, and the times that chose it."""
     signature: str
     chosen: str          # "rewritten" or "original"
-    rewritten_s: float   # best forward time of each form over ``calls`` timed calls
+    rewritten_s: float   # best time of each form over ``calls`` timed calls
     original_s: float
     calls: int
+    backward: bool = False  # the times are forward+backward (else forward only)
+    at_once: bool = False   # one call of each decided: one form was that many times slower
 
     def __str__(self) -> str:
         other = "original" if self.chosen == "rewritten" else "rewritten"
         mine, theirs = ((self.rewritten_s, self.original_s) if self.chosen == "rewritten"
                         else (self.original_s, self.rewritten_s))
+        what = "forward+backward" if self.backward else "forward"
+        how = (f"one timed call each, {theirs / mine:.2g}x slower decides at once" if self.at_once
+               else f"best of {self.calls} timed calls each")
         return (f"the {self.chosen} function runs for inputs {self.signature}: "
-                f"{_ms(mine)} per forward call against {_ms(theirs)} for the {other} "
-                f"(best of {self.calls} timed calls each)")
+                f"{_ms(mine)} per {what} call against {_ms(theirs)} for the {other} ({how})")
 
 
 def _ms(seconds: float) -> str:
@@ -94,7 +98,7 @@ class Report:
     # Seconds the first calls of compiled signatures spent checking the compiled function
     # against the eager rewritten one (``verify_compiled``).
     check_seconds: float = 0.0
-    forms: list[FormChoice] = field(default_factory=list)  # never slower: per signature
+    forms: list[FormChoice] = field(default_factory=list)  # never slower: per band of signatures
 
     def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str) -> LoopReport:
         loop = LoopReport(self.filename, lineno, vectorized, strategy if vectorized else "kept", reason)

@@ -21,7 +21,9 @@ rounds), ``cases`` (name -> ``case``: the CASE dict;
 ``variants``: name -> raw result (status "ok" / "over_budget" / "error", budget_s, first_s,
 samples: per-call seconds, problems, error, and per variant rewrite_s, loops, fallbacks,
 first_small_s, steady_small_s, min_bytes, inductor_warmup_s, check_s: the compiled-vs-eager check
-in optimize_loss compiled's first call, host_syncs: [naive, optimized] per call at the small size); ``steady``: name -> {seconds, runs,
+in optimize_loss compiled's first call, host_syncs: [naive, optimized] per call at the small size,
+paired_samples: per-call seconds of the call timed in alternating blocks, the expert at B=256 and
+the original at bench size when it is close, P7); ``steady``: name -> {seconds, runs,
 lower_bound}; ``best_optimized``, ``best_expert``; ``ratios``: name -> {value, lower_bound};
 ``roofline``; ``backend_rows``: see ``bench_report.backend_rows``; the backend variants' raw
 results also have dynamo_s, passes_s, graph_nodes, rerolled_nodes, notes) and ``targets`` (id -> target, value, met: true / false / null, detail). Times are
