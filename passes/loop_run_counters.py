@@ -6,9 +6,9 @@ only on the first call of an input signature (never on the steady path, never co
 
     if a and b:                                      if a and b:
         'optimize_loss: loop at line 7 vectorized'       'optimize_loss: loop at line 7 vectorized'
-        <vectorized>                          ->         counter.loop_ran(7, True)
+        <vectorized>                          ->         counter.loop_ran(7, True, trips=lambda: (xs,))
     else:                                                try:
-        <the original loop>                                  <vectorized>
+        for x in xs: ...                                     <vectorized>
                                                          except Exception as error:
                                                              counter.loop_failed(7, error)
                                                              raise
@@ -19,7 +19,9 @@ only on the first call of an input signature (never on the steady path, never co
                                                          <the original loop>
 
 The reason re-evaluates the check's conjuncts in order, each only when those before it held, as
-the check itself did.
+the check itself did. ``trips`` gives the sequences the original loop iterates in step (``zip``'s
+and ``enumerate``'s arguments), so that the counter knows how many iterations the vectorized
+branch stood for (``rewrite.keep_faster`` uses it to tell a slow original without running it).
 """
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ class _Count(Transformer):
         line = int(_LINE.fullmatch(node.body[0].value.value).group(1))
         marker, body = node.body[0], node.body[1:]
         ran = replace(f"c.loop_ran({line}, True)", loc=node, c=self.counter)
+        sequences = _iterated(node.orelse)
+        if sequences is not None:  # evaluated by the counter, which catches what it raises
+            ran.keywords.append(ast.keyword("trips", ast.Lambda(_no_args(), sequences)))
+            ast.fix_missing_locations(ran)  # the new nodes take the guard's line
         guarded = replace(f"try:\n    pass\nexcept Exception as {ERROR}:\n"
                           f"    c.loop_failed({line}, {ERROR})\n    raise", loc=node, c=self.counter)
         guarded[0].body = body
@@ -58,6 +64,27 @@ class _Count(Transformer):
         node.body = [marker, ast.Expr(ran)] + guarded
         node.orelse = [ast.Expr(kept)] + node.orelse
         return node
+
+
+def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:
+    """The sequences the original loop (the guard's else branch) iterates in step, whose
+    shortest length is its trip count: ``zip``'s and ``enumerate``'s arguments, else the
+    iterated value itself. The iteration stage admits only names and shape expressions there,
+    so evaluating them again has no effect. None for a comprehension."""
+    if not isinstance(original[0], ast.For):
+        return None
+    it = original[0].iter
+    if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and not it.keywords
+            and it.func.id in ("zip", "enumerate") and it.args):
+        parts = it.args if it.func.id == "zip" else it.args[:1]
+    else:
+        parts = [it]
+    return ast.Tuple([clone(p) for p in parts], ast.Load())
+
+
+def _no_args() -> ast.arguments:
+    return ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[],
+                         kwarg=None, defaults=[])
 
 
 def _first_false(test: ast.expr) -> ast.expr:

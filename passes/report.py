@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -66,13 +67,21 @@ class FormChoice:
     original_s: float
     calls: int
     backward: bool = False  # the times are forward+backward (else forward only)
-    at_once: bool = False   # one call of each decided: one form was that many times slower
+    at_once: bool = False   # one call of each decided: the original was that many times slower
+    # Not 0: the original was not run; ``original_s`` is this many loop iterations times the
+    # least time of one (``rewrite.keep_faster.iteration_floor``)
+    iterations: int = 0
 
     def __str__(self) -> str:
         other = "original" if self.chosen == "rewritten" else "rewritten"
         mine, theirs = ((self.rewritten_s, self.original_s) if self.chosen == "rewritten"
                         else (self.original_s, self.rewritten_s))
         what = "forward+backward" if self.backward else "forward"
+        if self.iterations:
+            return (f"the rewritten function runs for inputs {self.signature}: {_ms(mine)} per "
+                    f"{what} call against at least {_ms(theirs)} for the original (not run: its "
+                    f"loops run {self.iterations} iterations of at least "
+                    f"{theirs / self.iterations * 1e6:.2g} µs each here)")
         how = (f"one timed call each, {theirs / mine:.2g}x slower decides at once" if self.at_once
                else f"best of {self.calls} timed calls each")
         return (f"the {self.chosen} function runs for inputs {self.signature}: "
@@ -99,14 +108,24 @@ class Report:
     # against the eager rewritten one (``verify_compiled``).
     check_seconds: float = 0.0
     forms: list[FormChoice] = field(default_factory=list)  # never slower: per band of signatures
+    # Iterations the vectorized branches stood for, over the counted calls (``loop_ran``)
+    iterations: int = 0
 
     def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str) -> LoopReport:
         loop = LoopReport(self.filename, lineno, vectorized, strategy if vectorized else "kept", reason)
         self.loops.append(loop)
         return loop
 
-    def loop_ran(self, lineno: int, vectorized: bool, failure: str = "") -> None:
-        """Count one run of the runtime check of the vectorized loop at ``lineno``."""
+    def loop_ran(self, lineno: int, vectorized: bool, failure: str = "",
+                 trips: Callable[[], tuple] | None = None) -> None:
+        """Count one run of the runtime check of the vectorized loop at ``lineno``; ``trips``
+        gives the sequences the original loop iterates in step: the shortest one's length is
+        added to ``iterations`` (nothing when one has no length or it raises)."""
+        if vectorized and trips is not None:
+            try:
+                self.iterations += min(len(s) for s in trips())
+            except Exception:
+                pass  # an iterator, or a name the original binds first: the count stays low
         loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)
         if loop is None:
             return

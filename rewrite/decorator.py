@@ -26,7 +26,8 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     gradient-flow lint once per input signature and warn each finding as a ``GradientFlowWarning``),
     ``keep_faster=True`` (per band of input signatures, the same structure with sizes within a
     power of 4, time the rewritten function against the original, forward+backward, over one or
-    two calls of each and keep the faster; ``report.forms`` says which and why; ``False``: the
+    two calls of each (none of the original when its loop iterations, counted on the first call,
+    already make it twice as slow) and keep the faster; ``report.forms`` says which and why; ``False``: the
     rewritten function always runs),
     ``example_inputs=None`` (an argument tuple, or a callable returning one, that
     ``optimize-loss inspect|verify|lint`` use when no inputs are given on the command line).

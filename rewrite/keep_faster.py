@@ -11,10 +11,13 @@ cheaply (the original is often a slow Python loop):
   ``BAND`` (``size_band``): variable sequence lengths share one decision instead of timing both
   forms at every new length, while a much larger input, where a loop has far more iterations,
   decides again;
-- the first call of a signature runs as before (it compiles, checks, counts loop runs); a band's
-  ``FormTrial`` then times one call of the rewritten form and one of the original. When one form
-  is ``CLEAR`` times slower the other wins at once: one run of a slow original, which the user
-  would have paid anyway. Otherwise one more call of each, and each form's best counts;
+- the first call of a signature runs as before (it compiles, checks, counts loop runs and the
+  iterations the vectorized loops stood for); a band's ``FormTrial`` then times one call of the
+  rewritten form. When the original's loops alone take ``CLEAR`` times that (their iterations
+  times ``iteration_floor``), the rewritten wins and the original never runs. Otherwise one call
+  of the original is timed; when it is ``CLEAR`` times slower the rewritten wins at once: one
+  run of a slow original, which the user would have paid anyway. Otherwise one more call of
+  each, and each form's best counts;
 - a call is timed forward and, when its output requires grad, backward too: the backward is
   measured by hooks, from the output's backward starting to the gradient of the last input that
   requires grad, so the user's own backward call is the one timed (the model's backward beyond
@@ -37,7 +40,7 @@ from torch.utils._pytree import tree_flatten
 from passes.report import FormChoice
 
 FORMS = ("rewritten", "original")
-CLEAR = 2.0   # one timed call of each decides when one form is this many times slower
+CLEAR = 2.0   # one timed call of each decides when the original is this many times slower
 BAND = 4      # a decision holds for every size within one power of this of elements
 # Which form each call of a trial runs (an index into FORMS): a pair, then a second pair when the
 # first does not decide.
@@ -62,6 +65,27 @@ def elements(args: tuple, kwargs: dict) -> int:
     """Elements in the tensor arguments of a call (at least 1)."""
     return max(1, sum(t.numel() for t in tree_flatten((args, kwargs))[0]
                       if isinstance(t, torch.Tensor)))
+
+
+_FLOOR: list[float] = []  # iteration_floor's measurement, once per process
+
+
+def iteration_floor() -> float:
+    """The least time one iteration of a Python loop over a tensor's rows takes here: a step of
+    the loop, one indexing op and one arithmetic op, without autograd (a loop the rewrite
+    vectorized does at least that per iteration: it reads a row and computes with it). The
+    best of 3 timed loops of 64 iterations, measured once."""
+    if not _FLOOR:
+        rows = torch.zeros(64, 1)
+        best = math.inf
+        with torch.no_grad():
+            for _ in range(3):
+                start = time.perf_counter()
+                for i in range(64):
+                    rows[i] + 1
+                best = min(best, (time.perf_counter() - start) / 64)
+        _FLOOR.append(best)
+    return _FLOOR[0]
 
 
 def timed_call(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, Timing]:
@@ -114,14 +138,29 @@ class FormTrial:
     faster form (into ``FORMS``) and the ``FormChoice`` that says why."""
 
     def __init__(self, rewritten: Callable, original: Callable, signature: str,
-                 decide: Callable[[int, FormChoice], None]):
+                 decide: Callable[[int, FormChoice], None], first_elements: int, trips: int = 0):
         self.forms = (rewritten, original)
         self._signature = signature
         self._decide = decide
+        # The band's first call: its size, and the iterations its vectorized loops stood for
+        # (``Report.iterations``, counted there; 0 when nothing was counted)
+        self._first_elements = first_elements
+        self.trips = trips
         self._timings: list[tuple[int, Timing, int]] = []  # (form, timing, elements)
         self._chosen: int | None = None
         self._running = False  # a timed call is under way
         self._lock = threading.Lock()
+
+    def counted(self, counting: Callable, report: Any) -> Callable:
+        """``counting`` (the loop-counting copy of the rewritten function, for the band's first
+        call), adding the iterations it counts into ``report`` to ``trips``."""
+        def call(*args: Any, **kwargs: Any) -> Any:
+            before = report.iterations
+            try:
+                return counting(*args, **kwargs)
+            finally:
+                self.trips += report.iterations - before
+        return call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
@@ -148,12 +187,25 @@ class FormTrial:
                 hook.remove()
             timing.hooks = []
         n = len(self._timings)
-        if n < 2 or n == 3 or (n == 2 and self._verdict(clear_only=True) is None):
+        verdict = self._estimate() if n == 1 else None
+        if verdict is None and (n < 2 or n == 3 or (n == 2 and self._verdict(clear_only=True) is None)):
             self._running = True
             return _SCHEDULE[n], True
-        self._chosen, choice = self._verdict(clear_only=False)
+        self._chosen, choice = verdict or self._verdict(clear_only=False)
         self._decide(self._chosen, choice)
         return self._chosen, False
+
+    def _estimate(self) -> tuple[int, FormChoice] | None:
+        """The rewritten form, without running the original, when the original's loops alone
+        take ``CLEAR`` times the rewritten form's first timed call: ``trips`` iterations of at
+        least ``iteration_floor()`` each, at the band's first call's size."""
+        form, timing, size = self._timings[0]
+        seconds = (timing.forward + (timing.backward or 0.0)) * self._first_elements / size
+        at_least = self.trips * iteration_floor()
+        if at_least < CLEAR * seconds:
+            return None
+        return 0, FormChoice(self._signature, FORMS[0], seconds, at_least, 1,
+                             timing.backward is not None, True, self.trips)
 
     def _verdict(self, clear_only: bool) -> tuple[int, FormChoice] | None:
         """The faster form and why: from the first pair when one form is ``CLEAR`` times slower
@@ -166,7 +218,10 @@ class FormTrial:
             seconds = t.forward + (t.backward if with_backward else 0.0)
             best[form] = min(best[form], seconds * scale / size)
         slower = max(best) / max(min(best), 1e-12)
-        if clear_only and slower < CLEAR:
+        # Only a slow original is dropped at once: the rewritten form's first timed call may be
+        # its first run at all (the signature's first call ran the loop-counting copy), and
+        # when the original leads, one more call of it costs little.
+        if clear_only and not best[1] >= CLEAR * best[0]:
             return None
         chosen = int(best[1] < best[0])
         calls = len(self._timings) // 2

@@ -44,7 +44,7 @@ from passes.report import Fallback, FormChoice, Report
 
 from . import frontend
 from .backend import HoistingBackend
-from .keep_faster import BAND, FormTrial, size_band
+from .keep_faster import BAND, FormTrial, elements, size_band
 from .lint import warn as lint_warn
 from .testing import compare, outputs_and_gradients
 
@@ -211,6 +211,7 @@ class OptimizedFunction:
             if self._options.lint:
                 lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
+            counted_from = self._report.iterations  # the compiled path counts in _check_compiled
             impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
             if impl is None:
                 impl = self._original if rewritten is None else self._compiled(rewritten)
@@ -228,8 +229,10 @@ class OptimizedFunction:
             # The timed choice of form is per band of signatures, unless nothing was rewritten.
             timed = self._options.keep_faster and rewritten is not None
             self._uniform = None if self._per_signature or timed else impl
+            form, new_band = None, False
             if impl is not self._original and self._options.keep_faster:
-                form, new_band = self._form_of_band(key, impl, args, kwargs)
+                form, new_band = self._form_of_band(key, impl, args, kwargs,
+                                                    self._report.iterations - counted_from)
                 self._impls[key] = form
                 compiles = impl is self._compiled_fn and not self._options.verify_compiled
                 if form is self._original or not (new_band or compiles):
@@ -238,13 +241,15 @@ class OptimizedFunction:
                     return form
             # This first call of an eager signature counts what its loops run (the same code).
             if impl is rewritten and not self._options.compile:
-                return self._counts(rewritten)  # compiled: counted by _check_compiled's run
+                counting = self._counts(rewritten)  # compiled: counted by _check_compiled's run
+                return form.counted(counting, self._report) if new_band else counting
             return impl
 
-    def _form_of_band(self, key: Any, impl: Callable, args: tuple,
-                      kwargs: dict) -> tuple[Callable, bool]:
+    def _form_of_band(self, key: Any, impl: Callable, args: tuple, kwargs: dict,
+                      trips: int) -> tuple[Callable, bool]:
         """What runs for ``key``: the form its band chose, or the band's ``FormTrial``; and
-        whether ``key`` is the band's first signature (which makes the trial)."""
+        whether ``key`` is the band's first signature (which makes the trial, with the ``trips``
+        its first call's counting already found)."""
         band = (_erase_sizes(key), size_band(args, kwargs))
         form = self._bands.get(band)
         if form is None:
@@ -252,7 +257,8 @@ class OptimizedFunction:
             trial = self._bands[band] = FormTrial(
                 impl, self._original,
                 f"{describe_key(key)} and every other size of them with {low}-{BAND * low - 1} "
-                f"tensor elements", functools.partial(self._keep, band))
+                f"tensor elements", functools.partial(self._keep, band), elements(args, kwargs),
+                trips)
             return trial, True
         if isinstance(form, FormTrial):
             return form, False

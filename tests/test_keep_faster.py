@@ -85,17 +85,54 @@ def test_close_times_take_two_calls_of_each_and_the_faster_runs(user, monkeypatc
             f"for the {slow} (best of 2 timed calls each)") in str(f.report)
 
 
-@pytest.mark.parametrize("slow", ["original", "rewritten"])
-def test_a_form_clearly_slower_is_dropped_after_one_call_of_each(user, monkeypatch, slow):
+def test_a_clearly_slower_original_runs_once(user, monkeypatch):
     f = optimize_loss(user.summed, compile=False)
-    log = fake_clock(monkeypatch, user.summed, slower(slow, factor=30.0))
+    log = fake_clock(monkeypatch, user.summed, slower("original", factor=30.0))
     for _ in range(6):
         out = f(_x(6))
-    assert _forms(log) == ["rewritten", "original"]  # a slow original runs once
-    chosen = "rewritten" if slow == "original" else "original"
-    assert [(c.chosen, c.at_once) for c in f.report.forms] == [(chosen, True)]
-    assert _ran_original(out) == (chosen == "original")
+    assert _forms(log) == ["rewritten", "original"]
+    assert [(c.chosen, c.at_once) for c in f.report.forms] == [("rewritten", True)]
+    assert not _ran_original(out)
     assert "(one timed call each, 30x slower decides at once)" in str(f.report)
+
+
+@pytest.mark.parametrize("floor_s, original_runs", [(1.0, 0), (1e-9, 2)])
+def test_loop_iterations_tell_a_slow_original_without_running_it(user, monkeypatch, floor_s,
+                                                                   original_runs):
+    """The band's first call counted 6 iterations; at ``floor_s`` each, the original takes at
+    least 6 s against the rewritten form's 1 s: it is not run. With a floor too small to tell,
+    it is timed as usual."""
+    monkeypatch.setattr(keep_faster, "iteration_floor", lambda: floor_s)
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, slower("original", factor=1.5))
+    for _ in range(6):
+        out = f(_x(6))
+    assert _forms(log).count("original") == original_runs and not _ran_original(out)
+    [choice] = f.report.forms
+    assert choice.chosen == "rewritten" and choice.iterations == (6 if floor_s == 1.0 else 0)
+    if floor_s == 1.0:
+        assert ("1e+03 ms per forward call against at least 6e+03 ms for the original (not run: "
+                "its loops run 6 iterations of at least 1e+06 µs each here)") in str(f.report)
+
+
+def test_compiled_first_calls_count_iterations_too(user, monkeypatch):
+    monkeypatch.setattr(keep_faster, "iteration_floor", lambda: 1.0)
+    f = optimize_loss(user.summed, backend="eager")
+    log = fake_clock(monkeypatch, user.summed, slower("original", factor=1.5))
+    for _ in range(4):
+        f(_x(6))
+    assert _forms(log) == ["rewritten"] and f.report.forms[0].iterations == 6
+
+
+def test_a_clearly_slower_rewrite_gets_a_second_call(user, monkeypatch):
+    # Its first timed call may be its first run at all: never dropped on one call.
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, slower("rewritten", factor=30.0))
+    for _ in range(6):
+        out = f(_x(6))
+    assert _forms(log) == ["rewritten", "original"] * 2
+    assert [(c.chosen, c.at_once) for c in f.report.forms] == [("original", False)]
+    assert _ran_original(out)
 
 
 def test_the_backward_counts_when_it_ran(user, monkeypatch):
@@ -103,7 +140,7 @@ def test_the_backward_counts_when_it_ran(user, monkeypatch):
     f = optimize_loss(user.summed, compile=False)
     fake_clock(monkeypatch, user.summed,
                lambda form, args: (1.0, 9.0) if form == "rewritten" else (2.0, 1.0))
-    for _ in range(4):
+    for _ in range(6):
         out = f(_x(6))
     assert [(c.chosen, c.backward) for c in f.report.forms] == [("original", True)]
     assert _ran_original(out)
@@ -125,7 +162,7 @@ def test_an_input_passed_again_keeps_only_the_latest_calls_hooks():
     earlier one, so each timed call removes the hooks the calls before it set."""
     x = torch.randn(5, requires_grad=True)
     trial = keep_faster.FormTrial(lambda x: (x * 2).sum(), lambda x: (x * 3).sum(), "s",
-                                  lambda chosen, choice: None)
+                                  lambda chosen, choice: None, x.numel())
     for _ in range(2):  # the first two calls are always timed, whatever the times
         trial(x).backward()
         assert len(x._backward_hooks) == 1
@@ -170,7 +207,7 @@ def test_each_band_chooses_on_its_own(user, monkeypatch):
     fake_clock(monkeypatch, user.summed, lambda form, args: (
         3.0 if (form == "rewritten") == (args[0].shape[0] == 4) else 1.0, None))
     small, large = _x(4), _x(9)
-    for _ in range(4):
+    for _ in range(6):
         f(small), f(large)
     assert {(c.signature.split(" and")[0], c.chosen) for c in f.report.forms} == {
         ("(float32[4, 3]:grad)", "original"), ("(float32[9, 3]:grad)", "rewritten")}

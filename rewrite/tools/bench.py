@@ -230,6 +230,8 @@ def _run_worker(jobs: list[tuple[Case, str]], settings: Settings, raw: dict[str,
                 say(job, f" (budget {budgets[job]:g} s)")
             elif kind == "first":
                 result(job)["first_s"] = event["seconds"]
+            elif kind == "steady_budget":  # first calls done: the steady calls' own budget
+                deadline = time.perf_counter() + budgets[job] + GRACE_S
             elif kind == "sample":
                 result(job)["samples"].append(event["seconds"])
             elif kind == "info":
