@@ -15,9 +15,10 @@ cheaply (the original is often a slow Python loop):
   iterations the vectorized loops stood for); a band's ``FormTrial`` then times one call of the
   rewritten form. When the original's loops alone take ``CLEAR`` times that (their iterations
   times ``iteration_floor``), the rewritten wins and the original never runs. Otherwise one call
-  of the original is timed; when it is ``CLEAR`` times slower the rewritten wins at once: one
-  run of a slow original, which the user would have paid anyway. Otherwise one more call of
-  each, and each form's best counts;
+  of the original is timed; when it is ``CLEAR`` times slower and takes ``EXPENSIVE_S`` or more
+  the rewritten wins at once: one run of a slow original, which the user would have paid
+  anyway. Otherwise one more call of each (first calls can be slow for their own reasons), and
+  each form's best counts;
 - a call is timed forward and, when its output requires grad, backward too: the backward is
   measured by hooks, from the output's backward starting to the gradient of the last input that
   requires grad, so the user's own backward call is the one timed (the model's backward beyond
@@ -42,6 +43,7 @@ from passes.report import FormChoice
 FORMS = ("rewritten", "original")
 CLEAR = 2.0   # one timed call of each decides when the original is this many times slower
 BAND = 4      # a decision holds for every size within one power of this of elements
+EXPENSIVE_S = 0.05  # an original call this long is not repeated to confirm it is slower
 # Which form each call of a trial runs (an index into FORMS): a pair, then a second pair when the
 # first does not decide.
 _SCHEDULE = (0, 1, 0, 1)
@@ -218,10 +220,10 @@ class FormTrial:
             seconds = t.forward + (t.backward if with_backward else 0.0)
             best[form] = min(best[form], seconds * scale / size)
         slower = max(best) / max(min(best), 1e-12)
-        # Only a slow original is dropped at once: the rewritten form's first timed call may be
-        # its first run at all (the signature's first call ran the loop-counting copy), and
-        # when the original leads, one more call of it costs little.
-        if clear_only and not best[1] >= CLEAR * best[0]:
+        # Only a slow original is dropped at once, and only when another call of it would cost
+        # much: a first call can be slow for its own reasons (the rewritten form's may be its
+        # first run at all, the original's first in a while), and a cheap one repeats cheaply.
+        if clear_only and not (best[1] >= CLEAR * best[0] and best[1] >= EXPENSIVE_S):
             return None
         chosen = int(best[1] < best[0])
         calls = len(self._timings) // 2

@@ -124,6 +124,17 @@ def test_compiled_first_calls_count_iterations_too(user, monkeypatch):
     assert _forms(log) == ["rewritten"] and f.report.forms[0].iterations == 6
 
 
+def test_a_cheap_original_gets_a_second_call_even_when_slower(user, monkeypatch):
+    # 30x slower but 30 ms: its first call may have been slow for its own reasons.
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed,
+                     lambda form, args: (30e-3 if form == "original" else 1e-3, None))
+    for _ in range(6):
+        f(_x(6))
+    assert _forms(log) == ["rewritten", "original"] * 2
+    assert [(c.chosen, c.at_once) for c in f.report.forms] == [("rewritten", False)]
+
+
 def test_a_clearly_slower_rewrite_gets_a_second_call(user, monkeypatch):
     # Its first timed call may be its first run at all: never dropped on one call.
     f = optimize_loss(user.summed, compile=False)
