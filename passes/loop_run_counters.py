@@ -69,8 +69,8 @@ class _Count(Transformer):
 def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:
     """The sequences the original loop (the guard's else branch) iterates in step, whose
     shortest length is its trip count: ``zip``'s and ``enumerate``'s arguments, else the
-    iterated value itself. The iteration stage admits only names and shape expressions there,
-    so evaluating them again has no effect. None for a comprehension."""
+    iterated value itself. None for a comprehension, or when evaluating them again could run
+    user code (``_pure``)."""
     if not isinstance(original[0], ast.For):
         return None
     it = original[0].iter
@@ -79,7 +79,26 @@ def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:
         parts = it.args if it.func.id == "zip" else it.args[:1]
     else:
         parts = [it]
+    if not all(_pure(p) for p in parts):
+        return None
     return ast.Tuple([clone(p) for p in parts], ast.Load())
+
+
+_PURE_CALLS = {"range", "len", "min", "max", "int"}
+
+
+def _pure(expr: ast.expr) -> bool:
+    """Evaluating ``expr`` again changes nothing: names, attributes, subscripts, arithmetic and
+    calls of ``_PURE_CALLS`` only (a generator or a method call could run user code twice)."""
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in _PURE_CALLS):
+                return False
+        elif isinstance(node, (ast.Lambda, ast.GeneratorExp, ast.ListComp, ast.SetComp,
+                               ast.DictComp, ast.NamedExpr, ast.Await, ast.Yield,
+                               ast.YieldFrom)):
+            return False
+    return True
 
 
 def _no_args() -> ast.arguments:

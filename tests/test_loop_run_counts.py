@@ -79,7 +79,9 @@ def test_instrument_golden():
 
 @pytest.mark.parametrize("header, sequences", [("for i in range(x.shape[0]):", "(range(x.shape[0]),)"),
                                                ("for a, b in zip(xs, ys):", "(xs, ys)"),
-                                               ("for i, a in enumerate(xs):", "(xs,)")])
+                                               ("for i, a in enumerate(xs):", "(xs,)"),
+                                               ("for a in make(xs):", None),
+                                               ("for a in zip(xs, (y for y in ys)):", None)])
 def test_instrument_golden_trip_counts(header, sequences):
     """The counter is given the sequences the original loop iterates in step."""
     source = textwrap.dedent(f'''
@@ -93,7 +95,10 @@ def test_instrument_golden_trip_counts(header, sequences):
             return y
     ''')
     got = ast.unparse(instrument(ast.parse(source), "counts"))
-    assert f"counts.loop_ran(3, True, trips=lambda: {sequences})" in got
+    if sequences is None:  # evaluating it again could run user code: no trip count
+        assert "counts.loop_ran(3, True)" in got
+    else:
+        assert f"counts.loop_ran(3, True, trips=lambda: {sequences})" in got
 
 
 def test_iterations_count_the_trips_of_vectorized_runs(user):
