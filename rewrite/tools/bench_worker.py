@@ -3,9 +3,9 @@ any job at its time budget (a naive loop or a torch.compile of one can take minu
 
 ``python -m rewrite.tools.bench_worker SPEC_JSON``; SPEC has ``jobs`` (each ``path``: an example file,
 ``variant``: one that ``build`` knows, with ``@b<N>`` for the first N rows of the bench inputs,
-``budget``: seconds), ``threads``, ``backend`` and ``min_time``. Every result is written to stdout as one JSON line, tagged with its
-job's index, as soon as it is known (``start``, ``first``, ``sample``, ``info``, ``error``,
-``done``), so a worker killed at a budget still leaves the calls that finished.
+``budget``: seconds for the steady calls, ``first_budget``: for the calls before them), ``threads``, ``backend`` and ``min_time``. Every result is written to stdout as one JSON line, tagged with its
+job's index, as soon as it is known (``start``, ``first``, ``steady_budget``, ``sample``, ``info``,
+``error``, ``done``), so a worker killed at a budget still leaves the calls that finished.
 """
 from __future__ import annotations
 
@@ -253,8 +253,9 @@ def rewrite_info(module: Any) -> dict:
             "passes": report.passes_run}
 
 
-def run_job(job: int, path: str, name: str, budget: float, spec: dict) -> None:
-    deadline = time.perf_counter() + budget
+def run_job(job: int, path: str, name: str, budget: float, spec: dict,
+            first_budget: float) -> None:
+    deadline = time.perf_counter() + first_budget  # the first calls' (``Settings``), then budget
     base, _, size = name.partition("@")
     size = size or "bench"
     module = load_example(path)
@@ -335,7 +336,7 @@ def main(argv: list[str]) -> int:
     for job, item in enumerate(spec["jobs"]):
         emit("start", job)
         try:
-            run_job(job, item["path"], item["variant"], item["budget"], spec)
+            run_job(job, item["path"], item["variant"], item["budget"], spec, item["first_budget"])
         except Exception as exc:
             print(traceback.format_exc(), file=sys.stderr)
             emit("error", job, message=f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300])
