@@ -28,7 +28,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .ast_tools import Transformer, clone, replace, unparse
+from .ast_tools import Transformer, clone, replace, unparse, walk
 from .loops.runtime_checks import MARKER, is_vectorized_guard
 
 _LINE = re.compile(re.escape(MARKER).replace(re.escape("{}"), r"(\d+)"))
@@ -67,13 +67,27 @@ class _Count(Transformer):
 
 
 def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:
-    """The sequences the original loop (the guard's else branch) iterates in step, whose
-    shortest length is its trip count: ``zip``'s and ``enumerate``'s arguments, else the
-    iterated value itself. None for a comprehension, or when evaluating them again could run
-    user code (``_pure``)."""
+    """Per level of the original loop nest (the guard's else branch, then each loop its body
+    runs unconditionally over sequences that do not depend on the outer loops' variables), the
+    sequences it iterates in step; the product of each level's shortest length is its trip
+    count. None for a comprehension, or when evaluating them again could run user code."""
     if not isinstance(original[0], ast.For):
         return None
-    it = original[0].iter
+    levels, loop, bound = [], original[0], set()
+    while loop is not None:
+        level = _sequences(loop)
+        if level is None or bound & {n.id for n in walk(level) if isinstance(n, ast.Name)}:
+            break
+        levels.append(level)
+        bound |= {n.id for n in walk(loop.target) if isinstance(n, ast.Name)}
+        loop = next((s for s in loop.body if isinstance(s, ast.For)), None)
+    return ast.Tuple(levels, ast.Load()) if levels else None
+
+
+def _sequences(loop: ast.For) -> ast.Tuple | None:
+    """The sequences ``loop`` iterates in step: ``zip``'s and ``enumerate``'s arguments, else
+    the iterated value itself; None when evaluating them again could run user code."""
+    it = loop.iter
     if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and not it.keywords
             and it.func.id in ("zip", "enumerate") and it.args):
         parts = it.args if it.func.id == "zip" else it.args[:1]
@@ -85,14 +99,18 @@ def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:
 
 
 _PURE_CALLS = {"range", "len", "min", "max", "int"}
+_PURE_METHODS = {"size", "dim", "numel", "flatten", "view", "reshape", "unbind", "t"}  # of tensors
 
 
 def _pure(expr: ast.expr) -> bool:
-    """Evaluating ``expr`` again changes nothing: names, attributes, subscripts, arithmetic and
-    calls of ``_PURE_CALLS`` only (a generator or a method call could run user code twice)."""
+    """Evaluating ``expr`` again changes nothing: names, attributes, subscripts, arithmetic,
+    calls of ``_PURE_CALLS`` and of tensors' shape and view methods only (a generator or another
+    method could run user code twice)."""
     for node in ast.walk(expr):
         if isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id in _PURE_CALLS):
+            func = node.func
+            if not ((isinstance(func, ast.Name) and func.id in _PURE_CALLS)
+                    or (isinstance(func, ast.Attribute) and func.attr in _PURE_METHODS)):
                 return False
         elif isinstance(node, (ast.Lambda, ast.GeneratorExp, ast.ListComp, ast.SetComp,
                                ast.DictComp, ast.NamedExpr, ast.Await, ast.Yield,

@@ -1,6 +1,7 @@
 """What optimize_loss did to a function, and why: ``fn.report`` / ``rewrite.explain(fn)``."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -119,11 +120,12 @@ class Report:
     def loop_ran(self, lineno: int, vectorized: bool, failure: str = "",
                  trips: Callable[[], tuple] | None = None) -> None:
         """Count one run of the runtime check of the vectorized loop at ``lineno``; ``trips``
-        gives the sequences the original loop iterates in step: the shortest one's length is
-        added to ``iterations`` (nothing when one has no length or it raises)."""
+        gives, per level of the original loop nest, the sequences it iterates in step: the
+        product of each level's shortest length is added to ``iterations`` (nothing when a
+        sequence has no length or it raises)."""
         if vectorized and trips is not None:
             try:
-                self.iterations += min(len(s) for s in trips())
+                self.iterations += math.prod(min(len(s) for s in level) for level in trips())
             except Exception:
                 pass  # an iterator, or a name the original binds first: the count stays low
         loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)

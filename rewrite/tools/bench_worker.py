@@ -319,9 +319,11 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
 
 def original_is_close(fn: Any) -> bool:
     """The optimized function's choice of form found the original at most ``PAIR_WITHIN`` times
-    slower, or chose it, or nothing was timed (nothing rewritten: the original runs)."""
+    slower, or chose it, or nothing was timed (nothing rewritten: the original runs); never when
+    the original was not run (its time is only a lower bound from its loop iterations)."""
     forms = fn.report.forms
-    return not forms or forms[-1].original_s <= PAIR_WITHIN * forms[-1].rewritten_s
+    return not forms or (not forms[-1].iterations
+                         and forms[-1].original_s <= PAIR_WITHIN * forms[-1].rewritten_s)
 
 
 def main(argv: list[str]) -> int:
