@@ -18,6 +18,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import full_extremes
+
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
 
@@ -35,6 +37,9 @@ class OpSpec:
     # the batcher.
     batched: str | None = None
     reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
+    # ... when that method's gradient differs from the op's (NaN, ties): ``f(x, first_dim)``,
+    # bound into the generated code
+    reduce_fn: Callable | None = None
     tuple_dims: bool = False                  # ... ``reduce`` takes a tuple of dims (no copy)
     dim_rank: int | None = None               # with ``dim``: rank change of the result (no keepdim)
     # A full reduction summed over the loop, and averaged (``x`` the batched operand, ``n`` the
@@ -57,6 +62,8 @@ class OpSpec:
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
     aliases: bool = False                     # its result may share memory with an operand
+    # ``f(b, a)`` of ``x = f(a, b)`` (two tensors first): the same values, computed from ``x``
+    swapped: str | None = None
     data_shape: bool = False                  # its result's shape depends on the values
     # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
     # memory by strides): must run where it stands, every call and every iteration;
@@ -190,8 +197,10 @@ REGISTRY: tuple[OpSpec, ...] = (
        selection="amax", total=True),
     _t("amin", batched="reduction", reduce="amin", tuple_dims=True, dim_rank=-1,
        selection="amin", total=True),
-    _t("max", batched="reduction", reduce="amax", tuple_dims=True, selection="max", total=True),
-    _t("min", batched="reduction", reduce="amin", tuple_dims=True, selection="min", total=True),
+    _t("max", batched="reduction", reduce="amax", reduce_fn=full_extremes.max_of_all,
+       tuple_dims=True, selection="max", total=True),
+    _t("min", batched="reduction", reduce="amin", reduce_fn=full_extremes.min_of_all,
+       tuple_dims=True, selection="min", total=True),
     _t("prod", batched="reduction", reduce="prod", dim_rank=-1),
     _t("logsumexp", batched="reduction", dim_rank=-1, total=True),
     _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True),
@@ -203,6 +212,8 @@ REGISTRY: tuple[OpSpec, ...] = (
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", total=True),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
+    # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
+    _t("cdist", meth=False, swapped="x.mT"),
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
       for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),
@@ -305,7 +316,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _builtin("max", total=True, host_pair="torch.where(b > a, b, a)",
              host=_FIRST_EXTREME.format(nan="float('-inf')", arg="argmax")),
     _builtin("sum", host="e.sum(0)"),
-    *(_builtin(n) for n in ("range", "zip", "enumerate", "list", "tuple", "round", "pow")),
+    *(_builtin(n) for n in ("range", "zip", "enumerate", "list", "tuple", "round", "pow",
+                            "all", "any")),
 )
 # Methods of Python objects (lists, dicts, sets, loggers, files, summary writers), by effect.
 # Some share a name with a tensor op (``log``, ``add``): such calls count as both.
