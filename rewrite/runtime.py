@@ -618,7 +618,7 @@ def _detached(value: Any) -> Any:
 # The report keeps the latest choices of form (one per band of signatures).
 FORMS_SHOWN = 16
 # Input signatures whose decision (verified, compiled and checked, timed) is kept.
-SIGNATURES_KEPT = 256
+SIGNATURES_KEPT = 1024
 
 
 def _on_meta(args: tuple, kwargs: dict) -> bool:

@@ -124,10 +124,10 @@ def test_ten_thousand_calls_with_fresh_shapes_and_targets(losses):
 
 
 def test_verify_with_fresh_shapes_keeps_memory_bounded(losses, monkeypatch):
-    # each signature's decision is kept (about 500 bytes), up to SIGNATURES_KEPT of them (256;
-    # 16 here, so that 300 calls see the table full)
+    # each signature's decision is kept (about 500 bytes), up to SIGNATURES_KEPT of them (1024;
+    # 16 here, so that 300 calls see the table full); keep_faster's bands are not under test
     monkeypatch.setattr(runtime, "SIGNATURES_KEPT", 16)
-    fast = rewrite.optimize_loss(losses.loss, compile=False, verify=True)
+    fast = rewrite.optimize_loss(losses.loss, compile=False, verify=True, keep_faster=False)
 
     def call(k):
         fast(*inputs(1 + k % 3, k, d=1 + k))  # a new feature size every call
@@ -139,7 +139,7 @@ def test_verify_with_fresh_shapes_keeps_memory_bounded(losses, monkeypatch):
 
 def test_a_forgotten_signature_is_verified_again(losses, monkeypatch):
     monkeypatch.setattr(runtime, "SIGNATURES_KEPT", 2)
-    fast = rewrite.optimize_loss(losses.loss, compile=False, verify=True)
+    fast = rewrite.optimize_loss(losses.loss, compile=False, verify=True, keep_faster=False)
     verified = []
     monkeypatch.setattr(fast, "_verify", lambda impl, a, kw: verified.append(a[0].shape) or [])
     for d in (1, 2, 3, 1, 3):  # d=1 is forgotten when d=3 comes; d=3 is still known after it
