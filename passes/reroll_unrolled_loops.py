@@ -395,11 +395,13 @@ def _index_slot(node: torch.fx.Node, inside: set) -> int | None:
 
 def _number_slot(node: torch.fx.Node) -> int | None:
     """Which operand of a comparison (``target == c``) is an integer, when the other is a
-    tensor."""
+    tensor (not a size: ``s0 == 3`` is a Python bool)."""
     if op_facts.op_name(node) not in op_facts.NUMBER_OPERAND_TESTS or len(node.args) != 2:
         return None
-    kinds = [type(a) is int if not isinstance(a, torch.fx.Node) else None for a in node.args]
-    return kinds.index(True) if None in kinds and True in kinds else None
+    for slot in (1, 0):
+        if type(node.args[slot]) is int and isinstance(_value(node.args[1 - slot]), torch.Tensor):
+            return slot
+    return None
 
 
 def _same(a: Any, b: Any, env: dict, diffs: list | None, path: tuple) -> bool:

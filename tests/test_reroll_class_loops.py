@@ -117,6 +117,14 @@ def test_absent_classes_nan_and_inf_keep_values_and_gradients():
         assert_equivalent(fn, compiled, logits, target)
 
 
+def test_a_new_batch_size_recompiles_with_a_dynamic_batch_and_stays_equal():
+    report = Report("dice", __file__, 0)
+    compiled = torch.compile(dice_class_compared_with_labels, backend=backend(inner="aot_eager", report=report))
+    for b in (2, 3, 5):  # the second size makes Dynamo compile again, with a symbolic batch
+        assert_equivalent(dice_class_compared_with_labels, compiled, *segmentation(b=b))
+    assert not [n for n in report.notes if "not re-rolled" in n or "failed" in n], report.notes
+
+
 def test_user_written_dice_example_is_rerolled():
     example = load("examples/dice_per_class.py")
     args = example.make_inputs("small")
