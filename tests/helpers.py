@@ -8,6 +8,7 @@ import pkgutil
 import sys
 import textwrap
 import types
+import warnings
 from pathlib import Path
 
 import examples
@@ -41,6 +42,17 @@ def load_module(directory: Path, source: str) -> types.ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def equivalent_report(fn, *args):
+    """``optimize_loss(fn, compile=False)`` checked equivalent to ``fn`` on ``args`` (value,
+    every gradient, dtype); its report, with the run-time counts of that call."""
+    from rewrite import assert_equivalent, optimize_loss
+    optimized = optimize_loss(fn, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_equivalent(fn, optimized, *args)
+    return optimized.report
 
 
 def ast_pass(name: str, transformer: type[ast.NodeTransformer]) -> types.SimpleNamespace:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 
 from passes.ast_tools import PassContext, clone, fix_missing_locations, unparse
-from passes.loops import (loop_dataflow, normalize_comprehensions, stack_tensor_lists,
-                          vectorize_loops)
+from passes.loops import (gather_keyed_reads, loop_dataflow, materialize_iterators,
+                          normalize_comprehensions, stack_tensor_lists, vectorize_loops)
 from passes.loops.plan import LoopPlan, new_plan
 from tests.loop_helpers import context, dedent, namespace
 
@@ -33,7 +33,11 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
                     .lists_built_by_loops(func, ctx).get(id(loop), set()),
                     # only its own cases stack lists: the others read the user's names
                     list_names=stack_tensor_lists.list_names(func, ctx)
-                    if stage is stack_tensor_lists else frozenset())
+                    if stage is stack_tensor_lists else frozenset(),
+                    host_containers=gather_keyed_reads.host_containers(func)
+                    if stage is gather_keyed_reads else frozenset(),
+                    iterators=materialize_iterators.iterator_names(func, ctx)
+                    if stage is materialize_iterators else {})
     for s in vectorize_loops.LOOP_STAGES[:vectorize_loops.LOOP_STAGES.index(stage)]:
         plan = s.stage(plan, ctx)
     return plan

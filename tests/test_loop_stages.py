@@ -13,10 +13,11 @@ import pytest
 from passes.errors import Unsupported
 from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
                           classify_effects, conditional_expressions_to_branches,
-                          effects_to_outputs, fold_accumulators, hoist_invariant_checks,
+                          effects_to_outputs, fold_accumulators, gather_keyed_reads,
+                          hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                           inplace_writes_to_functional, iteration, last_values_after_loop,
-                          masked_selections_to_where, merge_branch_appends,
+                          masked_selections_to_where, materialize_iterators, merge_branch_appends,
                           merge_chained_indexing, outline_body, ragged_slices_to_masks,
                           raise_on_empty_selections, rename_rebound_loop_variables,
                           row_slices_to_params, runtime_checks, stack_tensor_lists,
@@ -99,6 +100,126 @@ def f(preds, targets, heads):
 """,
      """
 # prelude
+"""),
+    (gather_keyed_reads, """
+def f(outputs, y):
+    part = {i: o for i, o in enumerate(outputs)}
+    loss = 0
+    for i in range(5):
+        loss += ce(part[i + 1], y)
+    return loss
+""", ('prelude', 'body'),
+     """
+# prelude
+# body
+loss += ce(part[i + 1], y)
+""",
+     """
+# prelude
+try:
+    _part_rows = [part[i + 1] for i in range(5)]
+except Exception:
+    _part_rows = None
+_part_rows = torch.stack(tuple(_part_rows)) if isinstance(_part_rows, (list, tuple)) and len(_part_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _part_rows[0].shape and (_v.dtype == _part_rows[0].dtype) and (_v.device == _part_rows[0].device) for _v in _part_rows)) else _part_rows
+# body
+loss += ce(_part_rows[i], y)
+"""),
+    (gather_keyed_reads, """
+def f(outputs, frames, y):
+    loss = 0
+    for f in frames:
+        loss += (outputs[('color', f)] - y).abs().mean()
+    return loss
+""", ('iteration', 'prelude', 'body'),
+     """
+# iteration
+_i in range(0, len(frames), 1); f from frames
+# prelude
+# body
+loss += (outputs['color', f] - y).abs().mean()
+""",
+     """
+# iteration
+_i in range(0, len(frames), 1)
+# prelude
+try:
+    _outputs_rows = [outputs['color', f] for f in frames]
+except Exception:
+    _outputs_rows = None
+_outputs_rows = torch.stack(tuple(_outputs_rows)) if isinstance(_outputs_rows, (list, tuple)) and len(_outputs_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _outputs_rows[0].shape and (_v.dtype == _outputs_rows[0].dtype) and (_v.device == _outputs_rows[0].device) for _v in _outputs_rows)) else _outputs_rows
+# body
+loss += (_outputs_rows[_i] - y).abs().mean()
+"""),
+    (gather_keyed_reads, """
+def f(x, perm):
+    loss = 0
+    for k, t in enumerate(perm):
+        loss += x[t].sum()
+    return loss
+""", ('iteration', 'prelude', 'body'),
+     """
+# iteration
+k in range(0, len(perm), 1); t from perm
+# prelude
+# body
+loss += x[t].sum()
+""",
+     """
+# iteration
+k in range(0, len(perm), 1); t from perm
+# prelude
+# body
+loss += x[t].sum()
+"""),
+    (gather_keyed_reads, """
+def f(outputs):
+    part = {}
+    for i in range(6):
+        part[i] = outputs[i]
+    return part
+""", ('prelude',),
+     """
+# prelude
+""",
+     """
+Unsupported: `part[i] = ...` writes into `part`, a list or dict the function builds: the vectorized form writes tensors only
+"""),
+    (materialize_iterators, """
+def mean(values):
+    values = iter(values)
+    acc = next(values)
+    for n, v in enumerate(values, 2):
+        acc += v
+    return acc / n
+""", ('prelude', 'list_names'),
+     """
+# prelude
+# list_names
+frozenset()
+""",
+     """
+# prelude
+values = list(values)
+# list_names
+frozenset({'values'})
+"""),
+    (materialize_iterators, """
+def rest(values):
+    values = iter(values)
+    acc = 0
+    for v in values:
+        acc += v
+    return acc, list(values)
+""", ('prelude', 'list_names'),
+     """
+# prelude
+# list_names
+frozenset()
+""",
+     """
+# prelude
+# list_names
+frozenset()
 """),
     (inline_inner_loops, """
 def f(x, w, n):

@@ -132,18 +132,14 @@ def test_multiclass_hinge_under_inductor(tmp_path, dtype):
 # Examples with a loop reported vectorized that does not run vectorized on their inputs, and why.
 NOT_YET = {
     "multi_head_list": "heads of different shapes: the list is not stacked, the loop runs as written",
-    "real.reid_pcb_part_ce": "a dict of parts `part[i]` where the check wants a tensor",
-    "real.sep_pit_sisnr_perms": "lists read in a nested function, indexed by permutation entries",
     "real.depth_monodepth_photometric": "iterates a Python list of frame ids that index dicts",
     "real.det_detr_set_criterion": "a list of dicts of tensors (targets) where the check wants a "
                                    "tensor",
+    "real.sep_pit_sisnr_perms": "`refs[t]` in a nested function: `refs` may be a tensor (a "
+                                "parameter only indexed), so it is not gathered",
     "real.det_mmdet_multi_apply": "a list of per-level losses bound by an outer loop that is kept",
     "real.kd_similarity_preserving": "feature maps of different shapes: the returned list's "
                                      "comprehension is not stacked, it runs as written",
-    "real.seg_lovasz_hinge_per_image": "the `mean(values)` helper iterates an iterator (`iter()`/"
-                                       "a generator) where the check wants a tensor",
-    "real.seg_lovasz_softmax_present": "the `mean(values)` helper iterates a list built by a kept "
-                                       "loop, where the check wants a tensor",
     "real.spk_ge2e_contrast": "a method called with the loop index slices with it (`[:utt]`); "
                               "called methods are not checked, vmap raises",
 }

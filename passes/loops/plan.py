@@ -100,6 +100,13 @@ class LoopPlan:
     # (``stack_tensor_lists``): the stacked name -> the list's, and the statements stacking them.
     list_names: frozenset[str] = frozenset()
     stacked: dict[str, str] = field(default_factory=dict)
+    # Names held as lists, tuples or dicts, never tensors (displays, parameters indexed by a
+    # string); their reads gathered in front of the guard (``gather_keyed_reads``): the rows'
+    # name -> the read.
+    host_containers: frozenset[str] = frozenset()
+    gathered: dict[str, str] = field(default_factory=dict)
+    # Bound to iterators only (``iter(...)``) -> where the function reads them last.
+    iterators: dict[str, tuple[int, int]] = field(default_factory=dict)
     prelude: list[ast.stmt] = field(default_factory=list)
     # The body (a copy of the loop's), rewritten stage by stage; ``written``: as the user wrote
     # it (inner loops and helpers inlined), which the check reads so reasons quote their code.
@@ -182,6 +189,7 @@ class LoopPlan:
 
 def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> LoopPlan:
     """The plan of ``node``; ``known``: what the function's analysis knows about the loop
-    (``zeros``, ``divided``, ``masks``, ``own_lists``, ``buildable_lists``, ``list_names``)."""
+    (``zeros``, ``divided``, ``masks``, ``own_lists``, ``buildable_lists``, ``list_names``,
+    ``host_containers``, ``iterators``)."""
     return LoopPlan(node, live_after, outs=ctx.namer.new("outs"), torch_name=ctx.torch_name,
                     **known)

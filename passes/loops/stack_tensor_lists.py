@@ -40,7 +40,7 @@ from .plan import LoopPlan
 _LIST_MAKERS = {"list", "tuple", "torch.split", "torch.chunk", "torch.unbind", "torch.tensor_split"}
 _LIST_METHODS = {"split", "chunk", "unbind", "tensor_split"}
 
-_STACKED = ("torch.stack(tuple(x)) if isinstance(x, (list, tuple)) and len(x) > 0 and all("
+STACKED = ("torch.stack(tuple(x)) if isinstance(x, (list, tuple)) and len(x) > 0 and all("
             "isinstance(v, torch.Tensor) and v.shape == x[0].shape and v.dtype == x[0].dtype "
             "and v.device == x[0].device for v in x) else x")
 
@@ -55,7 +55,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         if not _only_items_read(name, elements, plan.node.body, it.index):
             continue
         stacked = ctx.namer.new(f"{name}_stacked")
-        prelude = plan.sub(f"s = {_STACKED}", s=stacked, x=ast.Name(name, ast.Load()),
+        prelude = plan.sub(f"s = {STACKED}", s=stacked, x=ast.Name(name, ast.Load()),
                            v=ctx.namer.new("v"))
         for n in walk(prelude[0]):
             if isinstance(n, ast.GeneratorExp):

@@ -81,10 +81,11 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
 from ..errors import Unsupported
 from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
                classify_effects, conditional_expressions_to_branches, distribute_loops,
-               effects_to_outputs, fold_accumulators, hoist_invariant_checks,
+               effects_to_outputs, fold_accumulators, gather_keyed_reads, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                inplace_writes_to_functional, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
+               materialize_iterators,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outline_body, ragged_slices_to_masks, raise_on_empty_selections,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
@@ -98,11 +99,13 @@ from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
+    materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
+    gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
@@ -172,6 +175,8 @@ class _Vectorizer(Transformer):
         self.masks: set[str] = set()          # names the function binds to boolean tensors only
         self.outer_indices: list[str] = []    # the enclosing loops' range/enumerate indices
         self.list_names: frozenset[str] = frozenset()  # names it may hold as lists of tensors
+        self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
+        self.iterators: dict[str, tuple[int, int]] = {}  # bound to iterators: last read
         self.depth = 0  # loops around the node visited: an inner loop stacks no lists (its
         # prelude would be a statement of the outer loop's body, which then keeps the outer loop)
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
@@ -185,7 +190,8 @@ class _Vectorizer(Transformer):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-                 self.stackable_lists, self.bound_lists, self.masks, self.list_names)
+                 self.stackable_lists, self.bound_lists, self.masks, self.list_names,
+                 self.host_containers, self.iterators)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
@@ -196,11 +202,16 @@ class _Vectorizer(Transformer):
         self.bound_lists = set()
         self.masks = loop_dataflow.mask_names(node, self.ctx)
         self.list_names = stack_tensor_lists.list_names(node, self.ctx)
+        # a nested function reads the enclosing function's containers it does not bind
+        self.host_containers = gather_keyed_reads.host_containers(node) | \
+            gather_keyed_reads.free(self.host_containers, node)
+        self.iterators = materialize_iterators.iterator_names(node, self.ctx)
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
         (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-         self.stackable_lists, self.bound_lists, self.masks, self.list_names) = outer
+         self.stackable_lists, self.bound_lists, self.masks, self.list_names,
+         self.host_containers, self.iterators) = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -232,7 +243,7 @@ class _Vectorizer(Transformer):
                      outer_indices=set(self.outer_indices))
         try:
             # lists stacked by this plan only: the other routes below have no prelude
-            plan = vectorize(new_plan(node, live, self.ctx, list_names=self._list_names(),
+            plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
                                       **known), self.ctx)
         except Unsupported as exc:
             # kept whole: its linear recurrences may become scans ...
@@ -284,7 +295,7 @@ class _Vectorizer(Transformer):
         own = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
         try:
             plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own,
-                                      list_names=self._list_names()), self.ctx)
+                                      **self._lists()), self.ctx)
         except Unsupported as exc:
             self.kept(comp, exc.reason)
             for other in _comprehensions(node):  # the statement runs as written
@@ -304,14 +315,20 @@ class _Vectorizer(Transformer):
         guarded = _guarded(check, lineno, init + plan.stmts + [result], node, node)
         return plan.prelude + [guarded] if plan.prelude else guarded
 
-    def _list_names(self) -> frozenset[str]:
-        return frozenset() if self.depth else self.list_names
+    def _lists(self) -> dict[str, frozenset[str]]:
+        """The lists a plan may stack or gather: none for an inner loop (its prelude would be a
+        statement of the outer loop's body, which then keeps the outer loop)."""
+        if self.depth:
+            return {}
+        return dict(list_names=self.list_names, host_containers=self.host_containers,
+                    iterators=self.iterators)
 
     def _reported(self, plan: LoopPlan, lineno: int, what: str) -> ast.expr:
         """The report entry of a vectorized loop; its runtime check."""
         check = plan.checks.expr()
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
-                                 _why(plan, self.ctx) + what + _runs_when(check, plan.stacked))
+                                 _why(plan, self.ctx) + what
+                                 + _runs_when(check, plan.stacked, plan.gathered))
         return check
 
 
@@ -372,14 +389,17 @@ def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> st
             f"the rest: {_why(scanned.rest, ctx)}")
 
 
-def _runs_when(check: ast.expr, stacked: dict[str, str]) -> str:
+def _runs_when(check: ast.expr, stacked: dict[str, str],
+               gathered: dict[str, str] | None = None) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
     named as the user's list."""
     found = sorted({unparse(x) for x in proven_tensors(check)})
-    names = [f"`{n}`" for n in found if n not in stacked]
+    gathered = gathered or {}
+    names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
     lists = [f"`{stacked[n]}`" for n in found if n in stacked]
-    if not names and not lists:
+    reads = [f"`{gathered[n]}`" for n in found if n in gathered]
+    if not names and not lists and not reads:
         return ""
     parts = []
     if names:
@@ -387,6 +407,9 @@ def _runs_when(check: ast.expr, stacked: dict[str, str]) -> str:
     if lists:
         parts.append(f"{', '.join(lists)} {'is' if len(lists) == 1 else 'are'} a tensor or a list "
                      "or tuple of tensors of one shape, dtype and device (stacked)")
+    if reads:
+        parts.append(f"the items {', '.join(reads)} over the loop are tensors of one shape, dtype "
+                     "and device (gathered and stacked)")
     return f"; when {' and '.join(parts)}, else the loop runs as written"
 
 
