@@ -6,9 +6,10 @@ same gradients, and runs as written otherwise::
 
     ((a - b) ** 2).mean()          ->  F.mse_loss(a, b) if <same shape, same float dtype> else ...
     torch.logsumexp(x, dim=1).sum(0) - x[torch.arange(len(x), device=x.device), y].sum(0)
-                                   ->  F.cross_entropy(x, _labels(y, C), reduction='sum')
+                                   ->  _cross_entropy(x, _labels(y, C)).sum(0)
                                        if <x [N, C] float, y [N] int64/int32> else ...
-    (<that difference>) / n        ->  F.cross_entropy(x, _labels(y, C)) if <the same, n == N> else ...
+    (<that difference>) / n        ->  _cross_entropy(x, _labels(y, C)).mean(0) if <the same, n == N>
+                                       else ...
     w = cw[y]                          w = cw[y]
     (-w * lp[torch.arange(len(lp), device=lp.device), y]).sum(0)
                                    ->  F.nll_loss(lp, _labels(y, C), weight=cw, reduction='sum')
@@ -24,7 +25,9 @@ same gradients, and runs as written otherwise::
 difference is matched as ``** 2``, ``.pow(2)`` and ``d * d``, also through a temporary assigned in
 the statement just before (``d = (a - b) ** 2`` then ``d.mean()``).
 
-Only idioms whose fused form measured faster (fwd+bwd, CPU) are rules: ``(a - b).abs().mean()``
+``_cross_entropy`` (``logsumexp_cross_entropy``) is ``F.cross_entropy(..., reduction='none')``
+except at rows holding ``+inf``, where it is NaN and the original is not: those take the original's
+form, selected on the device (no sync). Only idioms whose fused form measured faster (fwd+bwd, CPU) are rules: ``(a - b).abs().mean()``
 -> ``F.l1_loss`` measured no faster and is left as written.
 
 Why the guards: ``mse_loss`` broadcasts (with a warning) and promotes dtypes differently
@@ -49,6 +52,7 @@ between the two statements).
 from __future__ import annotations
 
 import ast
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -93,10 +97,10 @@ RULES: list[Rule] = [
            {"T": sq}) for sq in _SQUARES for r in _REDUCTIONS],
     # the mean over N = all rows (vectorize_loops' mean over a loop), before the sum matches
     Rule(f"(torch.logsumexp(X, dim=1).sum(0) - {_ROWS}.sum(0)) / N",
-         "torch.nn.functional.cross_entropy(X, LABELS__(Y, X.shape[1]))",
+         "LOGSUMEXP_CE__(X, LABELS__(Y, X.shape[1])).mean(0)",
          _LABEL_GUARD + " and N == X.shape[0]"),
     Rule(f"torch.logsumexp(X, dim=1).sum(0) - {_ROWS}.sum(0)",
-         "torch.nn.functional.cross_entropy(X, LABELS__(Y, X.shape[1]), reduction='sum')",
+         "LOGSUMEXP_CE__(X, LABELS__(Y, X.shape[1])).sum(0)",
          _LABEL_GUARD),
     Rule(f"(-W * {_ROWS}).sum(0)",
          "torch.nn.functional.nll_loss(X, LABELS__(Y, X.shape[1]), weight=CW, reduction='sum')",
@@ -135,6 +139,22 @@ def class_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return labels
 
 
+def logsumexp_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logsumexp(logits, 1) - logits[rows, labels]`` per row, by ``cross_entropy``: the same
+    value and gradients, also where a row holds ``+inf`` (no NaN). There ``cross_entropy`` is NaN
+    everywhere, the original is ``inf`` (NaN at an ``+inf`` label) with NaN gradients at the
+    ``+inf`` logits only: such rows take the original's form, the others a zero row (no NaN in
+    the deselected branch's backward). ``amax`` is ``inf`` exactly for those rows (it is NaN for
+    rows holding NaN, where both forms are NaN)."""
+    at_inf = logits.amax(1) == torch.inf
+    rows = at_inf[:, None]
+    fused = torch.nn.functional.cross_entropy(torch.where(rows, 0, logits), labels,
+                                              reduction="none")
+    original = torch.logsumexp(torch.where(rows, logits, 0), 1) \
+        - logits.gather(1, labels[:, None])[:, 0]
+    return torch.where(at_inf, original, fused)
+
+
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     reads = Counter(n.id for n in walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
     _Fuse(ctx, reads).visit(tree)
@@ -163,9 +183,12 @@ def _head(node: ast.AST) -> tuple:
 
 
 _RULES_BY_HEAD = _parsed_rules()
-# The fused forms' placeholders for label readers, and the stems of the names they are bound by.
-_LABEL_READERS = {"LABELS__": indexed_labels, "CLASSES__": class_labels}
-_LABEL_READERS_STEM = {indexed_labels: "labels", class_labels: "classes"}
+# The fused forms' placeholders for label readers (and the cross entropy), and the stems of the names they are bound by.
+_LABEL_READERS = {"LABELS__": indexed_labels, "CLASSES__": class_labels,
+                  "LOGSUMEXP_CE__": logsumexp_cross_entropy}
+_LABEL_READERS_STEM = {indexed_labels: "labels", class_labels: "classes",
+                       logsumexp_cross_entropy: "cross_entropy"}
+_FUSED_NAME = r"_cross_entropy(_\d+)?"  # the namer's names of that stem
 
 
 class _Fuse(Transformer):
@@ -201,7 +224,7 @@ class _Fuse(Transformer):
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_Lambda
 
     def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
-        if _fused_call(node.body, self.ctx.torch_name):
+        if _fused_call(node.body, self.ctx):
             return node  # already fused by this pass: the else branch is the original
         return self.generic_visit(node)
 
@@ -256,7 +279,7 @@ class _Fuse(Transformer):
         return env
 
     def _bound(self, fn) -> str:
-        """The name generated code calls ``fn`` (a label reader) by."""
+        """The name generated code calls ``fn`` (a label reader, the cross entropy) by."""
         return self.ctx.bind(fn, _LABEL_READERS_STEM[fn])
 
     def _safe(self, stmt: ast.stmt) -> bool:
@@ -330,6 +353,12 @@ def _names(node: ast.AST) -> set[str]:
     return {n.id for n in walk(node) if isinstance(n, ast.Name)}
 
 
-def _fused_call(node: ast.AST, torch_name: str) -> bool:
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in FUSED and ast.unparse(node.func.value) == f"{torch_name}.nn.functional")
+def _fused_call(node: ast.AST, ctx: PassContext) -> bool:
+    """A fused loss: ``F.<fused>(...)``, or the bound cross entropy's ``(...).sum(0)`` (by the
+    name's stem: a second run has not bound it)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return False
+    inner = node.func.value
+    if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name):
+        return re.fullmatch(_FUSED_NAME, inner.func.id) is not None
+    return node.func.attr in FUSED and ast.unparse(inner) == f"{ctx.torch_name}.nn.functional"

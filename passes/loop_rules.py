@@ -111,9 +111,8 @@ SIMILARITY_SET_FORMS = {1: ("x @ w", 0), 2: ("x @ w.t()", 1)}    # w.dim(): (for
 NORM = "torch.linalg.vector_norm(x, dim=-1, keepdim=True)"
 NORMALIZED = "x / torch.where(n < eps, n + (eps - n).detach(), n)"
 # ``((w - x) ** 2).sum(dim)`` of a set ``w`` [m, D]: the direct (not matmul-based) cdist, which
-# has no cancellation; its backward is 0 at distance 0, as 2 * (x - w) is there.
-DISTANCE_SET_FORMS = {2: ("torch.cdist(x, w, compute_mode='donot_use_mm_for_euclid_dist')"
-                          ".square()", 1)}
+# has no cancellation, with the original's backward (``set_distances``, bound as ``fn``).
+DISTANCE_SET_FORMS = {2: ("{fn}(x, w)", 1)}
 
 # Consumers of a comprehension's list, rewritten to use the stacked values ``v`` directly.
 LIST_CONSUMERS = {

@@ -18,6 +18,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import full_extremes
+
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
 
@@ -34,6 +36,9 @@ class OpSpec:
     # "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see the batcher.
     batched: str | None = None
     reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
+    # ... when that method's gradient differs from the op's (NaN, ties): ``f(x, first_dim)``,
+    # bound into the generated code
+    reduce_fn: Callable | None = None
     tuple_dims: bool = False                  # ... ``reduce`` takes a tuple of dims (no copy)
     dim_rank: int | None = None               # with ``dim``: rank change of the result (no keepdim)
     # A full reduction summed over the loop, and averaged (``x`` the batched operand, ``n`` the
@@ -181,8 +186,10 @@ REGISTRY: tuple[OpSpec, ...] = (
        selection="amax", total=True),
     _t("amin", batched="reduction", reduce="amin", tuple_dims=True, dim_rank=-1,
        selection="amin", total=True),
-    _t("max", batched="reduction", reduce="amax", tuple_dims=True, selection="max", total=True),
-    _t("min", batched="reduction", reduce="amin", tuple_dims=True, selection="min", total=True),
+    _t("max", batched="reduction", reduce="amax", reduce_fn=full_extremes.max_of_all,
+       tuple_dims=True, selection="max", total=True),
+    _t("min", batched="reduction", reduce="amin", reduce_fn=full_extremes.min_of_all,
+       tuple_dims=True, selection="min", total=True),
     _t("prod", batched="reduction", reduce="prod", dim_rank=-1),
     _t("logsumexp", batched="reduction", dim_rank=-1, total=True),
     _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True),

@@ -129,8 +129,7 @@ def test_sum_accumulators_are_fused_and_equivalent(expr, fused):
 # golden statement, temporaries named `_t`; None: vmap). Equivalence for many shapes is in the
 # tests below.
 NORMED = "{v} / torch.where(_t < 1e-08, _t + (1e-08 - _t).detach(), _t)"
-SQUARED_DISTANCE = ("_s_part = torch.cdist(_x_row, w, "
-                    "compute_mode='donot_use_mm_for_euclid_dist').square().sum()")
+SQUARED_DISTANCE = "_s_part = _squared_distances(_x_row, w).sum()"
 SET_FORMS = [
     # both operands vary: the same call, dim shifted (negative dims unchanged)
     ("F.cosine_similarity(x[i], x[i] + 1, dim=0)",
@@ -143,7 +142,7 @@ SET_FORMS = [
     # ... or a set w [m, D]: one matrix product
     ("F.cosine_similarity(x[i], w, dim=1).amax()",
      f"_t = {NORMED.format(v='_x_row')} @ ({NORMED.format(v='w')}).t()"),
-    # squared distances of a point to a set: the direct cdist
+    # squared distances of a point to a set: the direct cdist, the original's backward
     ("((w - x[i]) ** 2).sum(dim=1).sum()", SQUARED_DISTANCE),
     ("(x[i] - w).pow(2).sum(-1).sum()", SQUARED_DISTANCE),
     ("torch.sum(torch.square(w - x[i]), -1).sum()", SQUARED_DISTANCE),
@@ -396,7 +395,8 @@ def test_values_next_to_the_loop_input_run_without_vmap(expr, monkeypatch):
 
 
 def test_triplet_hardest_runs_without_vmap(monkeypatch):
-    """Its labels mask is a value next to the loop input, its distances a set form (cdist)."""
+    """Its labels mask is a value next to the loop input, its distances a set form (cdist's
+    value, the original's backward)."""
     from examples import triplet_hardest as module
     from rewrite import optimize_loss
     opt = optimize_loss(module.naive, compile=False, strict=True)
@@ -405,4 +405,4 @@ def test_triplet_hardest_runs_without_vmap(monkeypatch):
         assert_equivalent(module.naive, opt, *module.make_inputs("small", dtype))
     source = opt.report.rewritten_source
     assert [loop.strategy for loop in opt.report.loops] == ["batched"], opt.report
-    assert "torch.cdist(" in source and "labels == _labels_row[:, None]" in source, source
+    assert "_squared_distances(" in source and "labels == _labels_row[:, None]" in source, source

@@ -12,14 +12,8 @@ import rewrite
 from rewrite.testing import assert_equivalent, differences, outputs_and_gradients
 from tests.helpers import EXAMPLE_NAMES
 
-# Known differences at NaN/inf (one input that shows each): chamfer's and triplet_hardest's
-# masked `.min()`/`.max()` reduce dense stand-ins with amin/amax, whose backward gives every
-# element of a row holding NaN a NaN gradient where the original's gives one element the
-# gradient (the strict xfail `test_full_max_of_a_row_with_nan`); per_sample_ce's fused
-# cross-entropy gives NaN for an inf logit where the original's `logsumexp(x) - x[label]` gives
-# inf and finite gradients elsewhere.
-KNOWN_DIFFERENT = {"chamfer": [(0, "nan")], "per_sample_ce": [(0, "inf")],
-                   "triplet_hardest": [(0, "nan")]}
+# Known differences at NaN/inf (one input that shows each): none.
+KNOWN_DIFFERENT: dict[str, list] = {}
 VECTORIZED = [n for n in EXAMPLE_NAMES if n not in KNOWN_DIFFERENT
               and importlib.import_module(f"examples.{n}").CASE["loops"] == "vectorize"]
 SPECIAL = st.sampled_from(["tie", "nan", "inf", "-inf"])

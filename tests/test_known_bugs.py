@@ -32,9 +32,11 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor([[1., 2.], [0.5, 0.25]], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="two builtin-min updates of one variable in one loop body: "
-                   "the vectorized loop keeps only the last one's minimum")
-def test_two_running_min_updates_in_one_body(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("x", [[[1., 2.], [0.5, 0.25]], [[NAN, 2.], [0.5, 0.5]], [[INF, 1.], [1., 0.]]],
+                         ids=["plain", "nan", "inf-tie"])
+def test_two_running_min_updates_in_one_body(tmp_path, x, dtype):
+    # no pick over the loop axis (one item per iteration): the updates stay in a loop
     original, fast = optimized(tmp_path, """
 def f(x):
     lo = float("inf")
@@ -43,7 +45,8 @@ def f(x):
         lo = min(lo, a.sum())
     return lo
 """)
-    assert_equivalent(original, fast, torch.tensor([[1., 2.], [0.5, 0.25]], requires_grad=True))
+    assert "builtin_min-reduced" not in fast.report.loops[0].reason
+    assert_equivalent(original, fast, torch.tensor(x, dtype=dtype, requires_grad=True))
 
 
 def test_builtin_running_min_with_nan_item(tmp_path):
@@ -124,19 +127,23 @@ def f(x):
     assert_equivalent(original, fast, torch.randn(3, 2, requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="`row.max()` / `row.min()` of a row holding NaN: the "
-                   "batched form reduces with amax/amin over a dim, whose gradient is NaN for the "
-                   "whole row where the original's full reduction gives a finite one")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("x", [[[NAN, 1.], [2., 3.]], [[NAN, NAN], [INF, 3.]], [[1., 1.], [-INF, 2.]],
+                               [[NAN, 1.], [NAN, -INF]]], ids=["nan", "two-nans", "tie-inf", "nan-inf"])
+@pytest.mark.parametrize("form", ["vmap", "batched"])
 @pytest.mark.parametrize("reduction", ["max", "min"])
-def test_full_max_of_a_row_with_nan(tmp_path, reduction):
+def test_full_max_of_a_row_with_nan(tmp_path, reduction, form, x, dtype):
+    # eager's full max splits the gradient between the row's NaNs, or its ties, as full_extremes
+    # does in both forms (a conditional expression in the body keeps the vmapped one)
     original, fast = optimized(tmp_path, f"""
 def f(x):
     s = 0
     for i in range(x.shape[0]):
-        s += x[i].{reduction}()
+        s += x[i].{reduction}() * {"(2 if len(x) > 1 else 1)" if form == "vmap" else "1"}
     return s
 """)
-    assert_equivalent(original, fast, torch.tensor([[NAN, 1.], [2., 3.]], requires_grad=True))
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.tensor(x, dtype=dtype, requires_grad=True))
 
 
 @pytest.mark.xfail(strict=True, reason="rewrite.testing compares Python-number outputs with ==, "
@@ -188,9 +195,9 @@ def f(x):
 
 @pytest.mark.xfail(strict=True, reason="builtin max/min over per-sample values the vectorized "
                    "loop stacked (`max(losses)`), or a running min whose item reads a name the "
-                   "body binds: the backward of the batched items also runs for the items not "
-                   "picked, and 0 * NaN makes the gradient of one with a NaN/inf derivative NaN "
-                   "where the original gives 0")
+                   "body binds twice: the backward of the batched items also runs for the items "
+                   "not picked, and 0 * NaN makes the gradient of one with a NaN/inf derivative "
+                   "NaN where the original gives 0")
 @pytest.mark.parametrize("source", ["""
 def f(x):
     losses = [((torch.log(x[i]) - x[i]) ** 2).sum() for i in range(len(x))]
@@ -199,13 +206,40 @@ def f(x):
 def f(x):
     lo = float("inf")
     for i in range(x.shape[0]):
-        d = torch.log(x[i]) - x[i]
+        d = torch.log(x[i])
+        d = d - x[i]
         lo = min(lo, (d ** 2).sum())
     return lo
-"""], ids=["max-of-list", "item-of-a-local"])
+"""], ids=["max-of-list", "item-of-a-rebound-local"])
 def test_unpicked_item_of_stacked_values_with_an_infinite_derivative(tmp_path, source):
     original, fast = optimized(tmp_path, source)
     assert_equivalent(original, fast, torch.tensor([[0.5], [-0.7], [0.25]], requires_grad=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rows", [[[0.5], [-0.7], [0.25]], [[0.5], [0.5], [NAN]], [[INF], [0.0], [2.0]]],
+                         ids=["nan-derivative", "tie-nan", "inf"])
+@pytest.mark.parametrize("source", ["""
+def f(x):
+    lo = float("inf")
+    for i in range(x.shape[0]):
+        d = torch.log(x[i]) - x[i]
+        lo = min(lo, (d ** 2).sum())
+    return lo
+""", """
+def f(x):
+    hi = float("-inf")
+    for row in x:
+        d = torch.sqrt(row)
+        e = d * 2 - row
+        hi = max(hi, e.sum())
+    return hi
+"""], ids=["item-of-a-local", "item-of-two-locals"])
+def test_unpicked_item_of_locals_with_an_infinite_derivative(tmp_path, source, rows, dtype):
+    # the body's definitions the item reads are evaluated again at the picked index
+    original, fast = optimized(tmp_path, source)
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.tensor(rows, dtype=dtype, requires_grad=True))
 
 
 def test_running_maximum_with_a_nan_item(tmp_path):
@@ -345,3 +379,23 @@ def f(x, src):
     x = torch.randn(2, 5, 5, 5, dtype=torch.float64, requires_grad=True)
     src = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
     assert_equivalent(original, fast, x, src)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bad", ["x-nan", "x-inf", "w-nan", "w-inf", "tie"])
+def test_set_form_distances_at_a_nonfinite_coordinate(tmp_path, bad, dtype):
+    # the distances to a set take cdist's value and the original's backward (set_distances):
+    # NaN in the bad coordinate only, 0 * inf where the original has it
+    original, fast = optimized(tmp_path, """
+def f(x, w):
+    s = 0
+    for i in range(x.shape[0]):
+        s += ((w - x[i]) ** 2).sum(1).min()
+    return s
+""")
+    x = torch.tensor([[0.3, 1.0], [0.5, 2.0], [1.0, -1.0]], dtype=dtype)
+    w = torch.tensor([[0.0, 1.0], [0.5, -2.0], [1.0, 1.0], [2.0, 0.0]], dtype=dtype)
+    side, kind = bad.split("-") if "-" in bad else ("w", "tie")
+    {"x": x, "w": w}[side][1, 0] = {"nan": NAN, "inf": INF, "tie": 0.5}[kind]
+    assert "squared_distances" in fast.report.rewritten_source
+    assert_equivalent(original, fast, x.requires_grad_(), w.requires_grad_())

@@ -1125,7 +1125,7 @@ def f(d, n):
 # outline
 _d_row = d if n == d.shape[0] else d[0:n:1]
 _total_part = 0
-_total_part = (_d_row.amax(tuple(range(1, _d_row.dim()))) if _d_row.dim() > 1 else _d_row.reshape(len(_d_row), -1).amax(1)).sum(0)
+_total_part = _max_of_all(_d_row, 1).sum(0)
 _outs = (_total_part,)
 total = _outs[0]
 """,
@@ -1133,7 +1133,7 @@ total = _outs[0]
 # outline
 _d_row = d if n == d.shape[0] else d[0:n:1]
 _total_part = 0
-_total_part = (_d_row.amax(tuple(range(1, _d_row.dim()))) if _d_row.dim() > 1 else _d_row.reshape(len(_d_row), -1).amax(1)).sum(0)
+_total_part = _max_of_all(_d_row, 1).sum(0)
 _outs = (_total_part,)
 total = _outs[0]
 """),

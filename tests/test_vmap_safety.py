@@ -173,6 +173,24 @@ def test_every_loop_reported_vectorized_runs_vectorized(name):
 
 
 
+@pytest.mark.parametrize("name", sorted(NOT_YET))
+def test_report_says_which_loops_ran_as_written(name):
+    # a loop reported vectorized that ran as written (or raised) says so after a call, with the
+    # reason: the check that was false, or the error
+    module = importlib.import_module(f"examples.{name}")
+    fn = optimize_loss(module.naive, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn(*module.make_inputs("small"))
+    shown = str(fn.report)
+    not_run = [loop for loop in fn.report.loops if loop.vectorized and not loop.vectorized_runs]
+    assert not_run or any(loop.failed_runs for loop in fn.report.loops)
+    for loop in fn.report.loops:
+        if loop.vectorized and (loop.original_runs or loop.failed_runs):
+            line = next(l for l in shown.splitlines() if f":{loop.lineno}: loop vectorized" in l)
+            assert "[ran: vectorized" in line and "; last: " in line, line
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_ge2e_contrast_keeps_the_loop_slicing_at_its_index(dtype):
     from examples.real.spk_ge2e_contrast import GE2ELoss

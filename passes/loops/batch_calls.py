@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from . import batch_set_forms as set_forms
 from .. import loop_rules as rules
+from .. import set_distances
 from .. import ops
 from ..ast_tools import unparse
 from .batch_scope import Scope
@@ -46,7 +47,10 @@ def call(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val]:
     if distance is not None:
         scope.set_forms = True
         if scope.sets:
-            return set_forms.set_form(scope, node, rules.DISTANCE_SET_FORMS, *distance)
+            fn = scope.ctx.bind(set_distances.squared_distances, "squared_distances")
+            forms = {k: (form.format(fn=fn), rank)
+                     for k, (form, rank) in rules.DISTANCE_SET_FORMS.items()}
+            return set_forms.set_form(scope, node, forms, *distance)
     if meth is not None:
         recv, rv = scope.expr(node.func.value)
         func = ast.copy_location(ast.Attribute(recv, meth, ast.Load()), node.func)
@@ -182,6 +186,9 @@ def _integer_of(c: Call) -> tuple[str, ...] | None:
 def _full_reduction(scope: Scope, x: ast.expr, xv: Val, op: ops.OpSpec, node: ast.AST):
     if not xv.batched:
         raise Unsupported(f"`{unparse(node)}` has no batched form")
+    if op.reduce_fn:
+        fn = scope.ctx.bind(op.reduce_fn, op.reduce_fn.__name__)
+        return scope.sub(f"{fn}(x, 1)", x=x), Val(True, Rank())
     x = scope.named(x)
     # reshape(n, -1) is also right for per-item 0-d values (dim=() would reduce all), but
     # copies a non-contiguous x (rows moved to the front): reduce over the item dims then

@@ -4,7 +4,8 @@ A point ``x`` (a loop input's rows, per item [D]) against a fixed ``w`` the chec
 (``w``, ``self.w``, ``z1[i]``), reduced over the feature dim (``loop_rules.SIMILARITY_SET_FORMS``/
 ``DISTANCE_SET_FORMS``): ``F.cosine_similarity(x, w, dim=-1)`` -> ``normalized(x) @ normalized(w)``
 for ``w`` [D], ``... @ normalized(w).t()`` for a set ``w`` [m, D]; ``((w - x) ** 2).sum(dim=-1)``
-of a set -> ``torch.cdist(x, w, ...).square()``: one matmul or cdist, no [n, m, D] intermediate.
+of a set -> ``torch.cdist(x, w, ...).square()`` with the original's backward (``set_distances``):
+one matmul or cdist, no [n, m, D] intermediate in the forward.
 Whether ``w`` is one point or a set is only known at run time: the batcher tries both
 (``Scope.sets``), and what each form assumes is checked at run time.
 """

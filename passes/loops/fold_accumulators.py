@@ -77,7 +77,8 @@ def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> a
 
 def _self_contained_item(plan: LoopPlan, name: str, ctx: PassContext) -> ast.expr | None:
     """``e`` of the loop's one update ``name = max(name, e)`` as written, when it reads the index
-    only as a subscript, elements and names the loop does not bind, and calls known pure ops."""
+    only as a subscript, elements and names the loop does not bind, and calls known pure ops.
+    Names the body binds once, at its top before the update, are replaced by their values."""
     updates = [s for s in walk(plan.node) if isinstance(s, ast.stmt) and name in stores(s)]
     if len(updates) != 1 or updates[0] not in plan.node.body:
         return None
@@ -85,6 +86,8 @@ def _self_contained_item(plan: LoopPlan, name: str, ctx: PassContext) -> ast.exp
     item = next((a for a in value.args if not is_name(a, name)), None)
     it = plan.iteration
     own = {it.index} | {element for element, _ in it.elements}
+    if item is not None:
+        item = _Substituted(_top_definitions(plan.node, updates[0])).visit(clone(item))
     if item is None or loads(item) & (stores_in(plan.node.body) - own | _mutated(plan.node)) \
             or name in loads(item):
         return None
@@ -97,6 +100,24 @@ def _self_contained_item(plan: LoopPlan, name: str, ctx: PassContext) -> ast.exp
     if not all(any(e is n for e in entries) for n in index_reads):
         return None  # `i` in arithmetic: a Python int in the original, a tensor here
     return item
+
+
+def _top_definitions(loop: ast.For, update: ast.stmt) -> dict[str, ast.expr]:
+    """``d`` -> its value, for the names bound once in the body, by a plain ``d = v`` at its top
+    before ``update``, whose values read no name bound after them (substituted into each other,
+    in order: the value as of the update)."""
+    body = loop.body[:loop.body.index(update)]
+    counts: dict[str, int] = {}
+    for s in walk(loop):
+        if isinstance(s, ast.stmt) and s is not loop:
+            for n in stores(s):
+                counts[n] = counts.get(n, 0) + 1
+    defs: dict[str, ast.expr] = {}
+    for s in body:
+        if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+                and isinstance(s.targets[0], ast.Name) and counts[s.targets[0].id] == 1:
+            defs[s.targets[0].id] = _Substituted(defs).visit(clone(s.value))
+    return defs
 
 
 def _mutated(loop: ast.For) -> set[str]:

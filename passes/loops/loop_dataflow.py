@@ -684,6 +684,12 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
     for name, updates in accs.items():
         if len({e.family for e in updates}) > 1:
             raise _recurrence(name, updates[-1].stmt)
+        if len(updates) > 1 and updates[0].family in rules.FAMILY_PICK:
+            # one pick over the loop axis would see one item per iteration, not each update's
+            raise Unsupported(f"`{name}` is a running builtin max/min updated twice in the loop "
+                              f"body (lines {updates[0].stmt.lineno} and "
+                              f"{updates[1].stmt.lineno}): its pick is kept as written",
+                              updates[1].stmt.lineno)
         update_ids = {id(e.stmt) for e in updates}
         readers = [s for s in _simple_stmts(body) if id(s) not in update_ids
                    and name in read[id(s)]]

@@ -15,14 +15,15 @@ for the batched form, loop axis in front)::
 A row slice covering the whole tensor is the tensor itself (a slice's backward zero-fills and
 copies a full-size gradient). Sum partials leave summed over the loop, averaged ones divided by
 the trip count. Under vmap a full ``max``/``min`` reduction sends a tie's gradient to one
-element where eager splits it evenly, as ``amax``/``amin`` do: ``x.max()`` and ``torch.max(x)``
-become ``x.amax()`` (the registry's ``reduce``).
+element where eager splits it evenly: ``x.max()`` and ``torch.max(x)`` become the registry's
+``reduce_fn`` (``full_extremes``: ``amax``'s split of ties, eager's gradient at NaN), other full
+reductions its ``reduce``.
 """
 from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer
+from ..ast_tools import PassContext, Transformer, clone
 from .loop_dataflow import call_op, loads, method_name
 from .plan import BodyParam, LoopPlan, RowSlice
 from .row_slices_to_params import full_slice
@@ -30,7 +31,7 @@ from .runtime_checks import proven_tensors
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body = [_TiesSplit(plan, ctx).visit(s) for s in plan.init + plan.body]
+    plan.body = [_TiesSplit(plan, ctx, False).visit(s) for s in plan.init + plan.body]
     it, inputs, dims = plan.iteration, [], []
     used = set().union(*(loads(s) for s in plan.body)) if plan.body else set()
     if it.index in used or not (it.elements or plan.row_slices):
@@ -83,7 +84,8 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
     func = ast.FunctionDef(
         name=fn, args=ast.arguments(posonlyargs=[], args=[ast.arg(p.name) for p in plan.params],
                                     kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=plan.body + [ret], decorator_list=[], returns=None, type_params=[])
+        body=[_TiesSplit(plan, ctx, True).visit(clone(s)) for s in plan.body] + [ret],
+        decorator_list=[], returns=None, type_params=[])
     vmap = plan.sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
     mapped = [func] + plan.sub("o = c", o=plan.outs, c=ast.Call(vmap, inputs, []))
     summed, averaged = plan.summed_parts(), plan.averaged_parts()
@@ -104,16 +106,21 @@ def _device(plan: LoopPlan) -> ast.expr | None:
 
 
 class _TiesSplit(Transformer):
-    """``x.max()`` / ``torch.max(x)`` (all elements) -> ``x.amax()``; ``min`` alike."""
+    """``x.max()`` / ``torch.max(x)`` (all elements) -> the registry's ``reduce_fn`` in the
+    vmapped body (``mapped``; the batched form finds the op itself), ``x.amax()`` ... for the
+    others."""
 
-    def __init__(self, plan: LoopPlan, ctx: PassContext):
-        self.plan, self.ctx = plan, ctx
+    def __init__(self, plan: LoopPlan, ctx: PassContext, mapped: bool):
+        self.plan, self.ctx, self.mapped = plan, ctx, mapped
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
         op = call_op(node, self.ctx)
         method = method_name(node, self.ctx) is not None
         if not op.reduce or op.reduce in op.names or node.keywords \
-                or len(node.args) != (0 if method else 1):
+                or len(node.args) != (0 if method else 1) or bool(op.reduce_fn) != self.mapped:
             return node
-        return self.plan.sub(f"x.{op.reduce}()", x=node.func.value if method else node.args[0])
+        x = node.func.value if method else node.args[0]
+        if op.reduce_fn:
+            return self.plan.sub(f"{self.ctx.bind(op.reduce_fn, op.reduce_fn.__name__)}(x, 0)", x=x)
+        return self.plan.sub(f"x.{op.reduce}()", x=x)
