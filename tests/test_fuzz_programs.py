@@ -67,8 +67,6 @@ KNOWN_BUGS = {
     "test_accumulator_dtype_when_no_iteration_is_selected":
         lambda src, args: args[0].dtype == torch.float64 and "p = p *" in src
         and any(w in src for w in ("if ", "continue")),
-    "test_bce_with_logits_under_vmap_at_an_infinite_logit":
-        lambda src, args: _nonfinite(args) and "binary_cross_entropy_with_logits" in src,
 }
 
 

@@ -333,9 +333,6 @@ def f(x):
                       torch.tensor([[0.5, 0.0], [0.0, 0.5], [0.25, 0.25]], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="F.binary_cross_entropy_with_logits with a target the loop "
-                   "does not index takes the vmap form, whose backward gives an -inf logit a NaN "
-                   "gradient where the original's is finite")
 def test_bce_with_logits_under_vmap_at_an_infinite_logit(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(y, w):
@@ -346,6 +343,43 @@ def f(y, w):
 """)
     assert_equivalent(original, fast, torch.tensor([[2.9, -INF], [1.1, 0.55]], requires_grad=True),
                       torch.tensor([0.5, 0.5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("y", [[[2.9, -INF], [1.1, 0.55]], [[INF, 0.5], [NAN, 0.5]], [[1., 1.], [1., 1.]]],
+                         ids=["-inf", "inf-nan", "ties"])
+@pytest.mark.parametrize("call", ["F.binary_cross_entropy_with_logits(y[i], w)",
+                                  "F.binary_cross_entropy_with_logits(w, y[i].sigmoid())",
+                                  "F.mse_loss(w, y[i] * 2, reduction='sum')"])
+def test_pointwise_loss_with_a_fixed_operand(tmp_path, call, y, dtype):
+    # the fixed operand is expanded over the loop dim: the batched form, the backward per item
+    original, fast = optimized(tmp_path, f"""
+def f(y, w):
+    s = 0
+    for i in range(y.shape[0]):
+        s += {call}
+    return s
+""")
+    assert "vmap where `isinstance(w, torch.Tensor) and y.dim() == w.dim() + 1`" \
+        in fast.report.loops[0].reason
+    assert_equivalent(original, fast, torch.tensor(y, dtype=dtype, requires_grad=True),
+                      torch.tensor([0.5, -INF], dtype=dtype, requires_grad=True))
+
+
+def test_pointwise_loss_with_a_fixed_operand_of_another_size_raises(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(y, w):
+    s = 0
+    for i in range(y.shape[0]):
+        s += F.binary_cross_entropy_with_logits(y[i], w)
+    return s
+""")
+    y, w = torch.randn(2, 3), torch.rand(1)
+    with pytest.raises(ValueError) as want:
+        original(y, w)
+    with pytest.raises(ValueError) as got:
+        fast(y, w)
+    assert str(got.value) == str(want.value)
 
 
 @pytest.mark.xfail(strict=True, reason="F.linear_cross_entropy with chunking options runs under "
