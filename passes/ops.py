@@ -61,6 +61,8 @@ class OpSpec:
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
     aliases: bool = False                     # its result may share memory with an operand
+    # ``f(b, a)`` of ``x = f(a, b)`` (two tensors first): the same values, computed from ``x``
+    swapped: str | None = None
     data_shape: bool = False                  # its result's shape depends on the values
     # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
     # memory by strides): must run where it stands, every call and every iteration;
@@ -200,6 +202,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("matmul", total=True), _t("norm", total=True),
+    # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
+    _t("cdist", meth=False, swapped="x.mT"),
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
       for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),
@@ -297,7 +301,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _builtin("max", total=True, host_pair="torch.where(b > a, b, a)",
              host=_FIRST_EXTREME.format(nan="float('-inf')", arg="argmax")),
     _builtin("sum", host="e.sum(0)"),
-    *(_builtin(n) for n in ("range", "zip", "enumerate", "list", "tuple", "round", "pow")),
+    *(_builtin(n) for n in ("range", "zip", "enumerate", "list", "tuple", "round", "pow",
+                            "all", "any")),
 )
 # Methods of Python objects (lists, dicts, sets, loggers, files, summary writers), by effect.
 # Some share a name with a tensor op (``log``, ``add``): such calls count as both.

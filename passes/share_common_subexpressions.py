@@ -21,13 +21,31 @@ computed once. A value is shared only when recomputing it would give the same re
   operator or an op that makes a new tensor (possibly through ops returning views, such as
   ``reshape``), and never augmented (``t += x``), so no other name ever refers to the shared
   tensor and no in-place write reaches it.
+
+A value of an op that gives the same values transposed when its two operands are swapped
+(``ops.OpSpec.swapped``: ``torch.cdist``), under elementwise ops on constants only, is also
+shared across the blocks of ``if`` statements (two vectorized loops, each behind its guard),
+checked at run time::
+
+                                            _pair = None
+    if <guard 1>:                           if <guard 1>:
+        d = torch.cdist(p, g).square()  ->      d = torch.cdist(p, g).square()
+                                                _pair = (d, p, g)
+    if <guard 2>:                           if <guard 2>:
+        e = torch.cdist(q, r).square()          e = _pair[0].mT if _pair is not None and
+                                                    _pair[1] is r and _pair[2] is q else <as written>
+
+when both names are confined, the value reads no other name than its two operands (and
+``torch``), only ``if`` statements enclose either below their common block, and nothing that runs
+between them can write into a tensor (every call one of the registry without effect, no
+augmented or subscript assignment): the same objects then hold the same values.
 """
 from __future__ import annotations
 
 import ast
 
 from . import ops
-from .ast_tools import PassContext, walk
+from .ast_tools import PassContext, replace, walk
 from .loops.loop_dataflow import resolve_call
 
 # Nodes a shared value may contain besides calls (loads only: ``ctx`` is checked apart).
@@ -47,6 +65,7 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
             block = getattr(node, field, None)
             if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
                 _share_in_block(block, confined, ctx)
+    _share_swapped(tree.body[0], confined, ctx)
     return tree
 
 
@@ -168,3 +187,125 @@ def _consumed(node: ast.expr, parents: dict, ctx: PassContext) -> bool:
         elif not isinstance(parent, _PASSES_ON) and not isinstance(parent, ast.keyword):
             return False
         node = parent
+
+
+# The second of two swapped pair values (``_Site``): ``s`` the first's value as the second's
+# (``OpSpec.swapped`` of ``p[0]``), ``v`` the value as written; what the first records for it.
+_SWAPPED = "s if p is not None and p[1] is b and p[2] is a else v"
+_RECORD = "p = (x, a, b)"
+
+
+class _Site:
+    """``target = value``, ``value`` a pair op (``swapped``) of two names under elementwise ops;
+    ``chain``: its (block, index) from the function's body down, through ``if``s only."""
+
+    def __init__(self, stmt: ast.Assign, chain: list, pair: ast.Call, spec: ops.OpSpec):
+        self.stmt, self.chain, self.pair, self.spec = stmt, chain, pair, spec
+        self.target = stmt.targets[0].id
+
+    def key(self) -> str:
+        """The value with its two operands as placeholders."""
+        a, b = self.pair.args[:2]
+        self.pair.args[:2] = [ast.Name(n, ast.Load()) for n in ("_a", "_b")]
+        try:
+            return ast.dump(self.stmt.value)
+        finally:
+            self.pair.args[:2] = [a, b]
+
+
+def _share_swapped(fn: ast.FunctionDef, confined: set[str], ctx: PassContext) -> None:
+    while True:  # each rewrite moves statements: the sites are found again
+        sites = _sites(fn.body, [], ctx)
+        match = next(((first, second) for i, first in enumerate(sites) for second in sites[i + 1:]
+                      if second.key() == first.key() and {first.target, second.target} <= confined
+                      and _write_free_between(first.chain, second.chain, ctx)), None)
+        if match is None:
+            return
+        _rewrite_swapped(*match, ctx)  # the second is no site any more
+
+
+def _sites(block: list[ast.stmt], chain: list, ctx: PassContext) -> list[_Site]:
+    found = []
+    for i, stmt in enumerate(block):
+        here = chain + [(block, i)]
+        if isinstance(stmt, ast.If):
+            found += _sites(stmt.body, here, ctx) + _sites(stmt.orelse, here, ctx)
+        elif _single_name_target(stmt) is not None:
+            pair = _pair_call(stmt.value, ctx)
+            if pair is not None and _single_name_target(stmt) not in _names(stmt.value):
+                found.append(_Site(stmt, here, *pair))
+    return found
+
+
+def _pair_call(value: ast.expr, ctx: PassContext) -> tuple[ast.Call, ops.OpSpec] | None:
+    """The one pair op of ``value`` and its spec, when it is called on two names and everything
+    else is elementwise on constants (so it commutes with the transposition)."""
+    calls = [n for n in walk(value) if isinstance(n, ast.Call)]
+    specs = [_call_spec(c, ctx) for c in calls]
+    pairs = [(c, s) for c, s in zip(calls, specs) if s is not None and s.swapped]
+    if len(pairs) != 1 or not _pure(value, ctx) or any(
+            s is not None and s is not pairs[0][1] and s.batched != "elementwise" for s in specs):
+        return None
+    call = pairs[0][0]
+    operands = call.args[:2]
+    if len(operands) < 2 or not all(isinstance(a, ast.Name) for a in operands) \
+            or operands[0].id == operands[1].id:
+        return None
+    funcs = {id(c.func) for c in calls}
+    for n in walk(value):
+        if isinstance(n, (ast.Subscript, ast.Slice, ast.Tuple, ast.IfExp, ast.Compare)):
+            return None  # selects, or is no elementwise op of the pair's values
+        if isinstance(n, ast.Attribute) and id(n) not in funcs \
+                and not isinstance(n.value, (ast.Name, ast.Attribute)):
+            return None  # ``d.T``: an attribute of a value (``torch.nn`` is a module path)
+        if isinstance(n, ast.Name) and n.id != ctx.torch_name and not any(n is a for a in operands):
+            return None  # another value, or an operand outside the pair op
+    return pairs[0]
+
+
+def _write_free_between(first: list, second: list, ctx: PassContext) -> bool:
+    """Nothing that runs after ``first``'s statement and before ``second``'s writes a tensor."""
+    c = _common_level(first, second)
+    (block, i), (other, j) = first[c], second[c]
+    if block is not other or i >= j:
+        return False  # exclusive branches, or not in this order
+    between = [s for blk, k in first[c + 1:] for s in blk[k + 1:]] + block[i + 1:j]
+    for (blk, k), (inner, k2) in zip(second[c:], second[c + 1:]):  # down the enclosing ``if``s
+        between += [blk[k].test, *inner[:k2]]
+    return all(_writes_nothing(n, ctx) for n in between)
+
+
+def _writes_nothing(node: ast.AST, ctx: PassContext) -> bool:
+    """``node`` binds names at most: no call that may have an effect, no augmented assignment
+    (``t += x`` writes into a tensor), no store into a subscript or attribute, no new scope."""
+    for n in walk(node):
+        if isinstance(n, ast.Call) and _call_spec(n, ctx) is None:
+            return False
+        if isinstance(n, (ast.AugAssign, ast.Delete, ast.Global, ast.Nonlocal, ast.FunctionDef,
+                          ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            return False
+        if isinstance(n, (ast.Subscript, ast.Attribute)) and not isinstance(n.ctx, ast.Load):
+            return False
+    return True
+
+
+def _common_level(first: list, second: list) -> int:
+    """The depth of the deepest block both chains run through."""
+    c = 0
+    while c < min(len(first), len(second)) - 1 and first[c][0] is second[c][0] \
+            and first[c][1] == second[c][1]:
+        c += 1
+    return c
+
+
+def _rewrite_swapped(first: _Site, second: _Site, ctx: PassContext) -> None:
+    name = ctx.namer.new("pair")
+    loc = second.stmt.value
+    shared = replace(second.spec.swapped, loc=loc, x=replace("p[0]", loc=loc, p=name))
+    a, b = second.pair.args[:2]
+    second.stmt.value = replace(_SWAPPED, loc=loc, s=shared, p=name, a=a, b=b, v=loc)
+    block, i = first.chain[-1]
+    a, b = first.pair.args[:2]
+    block[i + 1:i + 1] = replace(_RECORD, loc=first.stmt, p=name, x=first.target, a=a, b=b)
+    top, k = first.chain[_common_level(first.chain, second.chain)]
+    top[k:k] = replace("p = None", loc=top[k], p=name)

@@ -81,3 +81,12 @@ def finite_grads(fn: Callable, *inputs) -> bool:
     grads = torch.autograd.grad(out.sum(), wrt, allow_unused=True)
     return all(g is None or bool(torch.isfinite(g).all()) for g in grads)
 
+
+
+def assert_golden(src: str, golden: str, expected: dict[int, str]) -> None:
+    """``src`` rewrites to ``golden`` with the loop strategies ``expected``, and a second run
+    over the rewritten code changes nothing."""
+    code, report = rewrite_source(src)
+    assert code == normalise(golden)
+    assert strategies(report) == expected
+    assert rewrite_source(code)[0] == code

@@ -7,7 +7,8 @@ import pytest
 
 import rewrite.tools.bench as bench_module
 from rewrite.tools.bench import discover
-from rewrite.tools.bench_report import Ratio, Time, distributed_count, fmt_overhead, steady_time
+from rewrite.tools.bench_report import (Ratio, Time, distributed_count, fmt_overhead, loop_summary,
+                                        steady_time)
 from rewrite.tools.cli import main
 
 HEADER = """\
@@ -202,6 +203,16 @@ def test_distributed_loops_are_counted():
     assert distributed_count({"loops": loops}) == "2"
     assert distributed_count({"loops": loops[1:2]}) == "0"
     assert distributed_count({"loops": []}) == distributed_count(None) == "–"
+
+
+def test_loop_summary_counts_strategies_and_names_the_distributed_cases_gain():
+    raw = {"a": {"optimized_eager": {"loops": [[3, True, "distributed", ""], [7, False, "kept", ""]]}},
+           "b": {"optimized_eager": {"loops": [[2, True, "batched", ""]]}}, "c": {}}
+    analysed = {name: {"ratios": {"naive_vs_optimized": Ratio(2.5)}} for name in raw}
+    line = loop_summary(dict.fromkeys(raw, {}), raw, analysed)[-1]
+    assert line.startswith("Loops: 3 reported, 2 vectorized; 1 batched, 1 distributed, 1 kept. ")
+    assert line.endswith("Distributed, by case (naive eager / optimize_loss eager): a (1 loop(s), 2.5×).")
+    assert loop_summary({"c": {}}, {"c": {}}, {}) == []
 
 
 def test_never_slower_column_and_target(bench):

@@ -84,6 +84,24 @@ def f(x, y, w):
                       torch.tensor(0.5, dtype=dtype, requires_grad=True))
 
 
+@pytest.mark.xfail(strict=True, reason="a branch's op on a loop-invariant tensor holding inf: "
+                   "the vectorized branch masks the rows of deselected iterations but not the "
+                   "weight, so their zero gradient times exp(inf) is NaN in the weight's gradient")
+def test_deselected_branch_on_an_infinite_weight_gives_nan_gradient(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, w, t):
+    s = 0
+    for i in range(len(x)):
+        if t[i] != 1:
+            s += torch.exp(((w - x[i]) ** 2).sum())
+    return s
+""")
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.randn(4, 3, dtype=torch.float64, requires_grad=True),
+                      torch.tensor([INF, 0.5, 1.], dtype=torch.float64, requires_grad=True),
+                      torch.tensor([0, 1, 2, 1]))
+
+
 def test_tensor_conditional_expression_in_a_loop(tmp_path):
     # kept as written (check_mapped_body): a vmapped body cannot branch on a tensor
     original, fast = optimized(tmp_path, """

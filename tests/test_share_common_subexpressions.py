@@ -82,10 +82,89 @@ def in_branches(p, t):
         a = p
     b = p * t
     return a.sum() + b.sum()
+
+def two_directions(a, b, c):
+    if a.dim() == 2:
+        d = torch.cdist(a, b).square()
+        x = d.amin(1).mean()
+    else:
+        x = ((a - b) ** 2).sum()
+    s = c
+    if s.dim() == 2 and isinstance(a, torch.Tensor):
+        e = torch.cdist(s, a).square()
+        y = e.amin(1).mean()
+    else:
+        y = 0.0
+    return x + y
+
+def pair_written_between(a, b):
+    if a.dim() == 2:
+        d = torch.cdist(a, b)
+        x = d.amin(1).mean()
+    b.mul_(2)
+    e = torch.cdist(b, a)
+    return x + e.amin(1).mean()
+
+def pair_exclusive(a, b):
+    if a.dim() == 2:
+        d = torch.cdist(a, b)
+    else:
+        d = torch.cdist(b, a)
+    return d.sum()
+
+def pair_reads_another_name(a, b, p):
+    if a.dim() == 2:
+        d = torch.cdist(a, b, p=p)
+        x = d.sum()
+    e = torch.cdist(b, a, p=p)
+    return x + e.sum()
+
+def pair_in_loop(a, b):
+    x = 0
+    for _ in range(2):
+        d = torch.cdist(a, b)
+        x = x + d.sum()
+    e = torch.cdist(b, a)
+    return x + e.sum()
+
+def pair_rebinds_operand(a, b):
+    if a.dim() == 2:
+        a = torch.cdist(a, b)
+    e = torch.cdist(b, a)
+    return a.sum() + e.sum()
+
+def pair_selected(a, b):
+    if a.dim() == 2:
+        d = torch.cdist(a, b)[0]
+        x = d.sum()
+    e = torch.cdist(b, a)[0]
+    return x + e.sum()
+
+def pair_operand_outside(a, b):
+    if a.dim() == 2:
+        d = torch.cdist(a, b) * a
+        x = d.sum()
+    e = torch.cdist(b, a) * a
+    return x + e.sum()
+
+def pair_transposed_value(a, b):
+    if a.dim() == 2:
+        d = torch.cdist(a, b).mT
+        x = d.sum()
+    e = torch.cdist(b, a).mT
+    return x + e.sum()
+
+def pair_escapes(a, b):
+    if a.dim() == 2:
+        d = torch.cdist(a, b)
+    e = torch.cdist(b, a)
+    return d, e.sum()
 '''
 
 UNCHANGED = ["rebound_between", "written_between", "random_value", "escapes_into_tuple", "augmented",
-             "view_escapes", "walrus_alias", "constants", "in_branches"]
+             "view_escapes", "walrus_alias", "constants", "in_branches", "pair_written_between",
+             "pair_exclusive", "pair_reads_another_name", "pair_in_loop", "pair_escapes",
+             "pair_rebinds_operand", "pair_selected", "pair_operand_outside", "pair_transposed_value"]
 
 
 def _source(fn_name: str) -> ast.Module:
@@ -112,7 +191,17 @@ def test_golden_unchanged(name):
     assert _run_pass(_source(name)) == unparse(_source(name))
 
 
-@pytest.mark.parametrize("name", ["two_helpers", *UNCHANGED])
+def test_golden_swapped_pair_across_guards():
+    out = _run_pass(_source("two_directions"))
+    before = unparse(_source("two_directions"))
+    assert out == before.replace(
+        "    if a.dim() == 2:\n", "    _pair = None\n    if a.dim() == 2:\n", 1).replace(
+        "d = torch.cdist(a, b).square()\n", "d = torch.cdist(a, b).square()\n        _pair = (d, a, b)\n"
+    ).replace("e = torch.cdist(s, a).square()", "e = _pair[0].mT if _pair is not None and _pair[1] is a "
+              "and (_pair[2] is s) else torch.cdist(s, a).square()"), out
+
+
+@pytest.mark.parametrize("name", ["two_helpers", "two_directions", *UNCHANGED])
 def test_second_run_changes_nothing(name):
     once = _run_pass(_source(name))
     assert _run_pass(ast.parse(once)) == once
@@ -134,3 +223,21 @@ def test_equivalent(user, dtype):
         assert_equivalent(user.two_helpers, fast, probs, onehot)
     nan = torch.tensor([[0.5, float("nan")], [float("inf"), 0.0]], dtype=dtype, requires_grad=True)
     assert_equivalent(user.two_helpers, fast, nan, torch.ones(2, 2, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_swapped_pair_equivalent(user, dtype):
+    fast = optimize_loss(user.two_directions, compile=False)
+    assert "_pair[0].mT" in fast.report.rewritten_source
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 3, generator=gen, dtype=dtype)
+    b = torch.randn(5, 3, generator=gen, dtype=dtype)
+    ties = torch.cat([b[:2], b[:2], a[:3]])  # points at distance 0 (and equal distances)
+    nan = a.clone()
+    nan[1, 2] = float("nan")
+    for x, y in [(a, b), (ties, b), (nan, b), (a, a)]:
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        assert_equivalent(user.two_directions, fast, x, y, y)  # shared: ``c`` is ``b``
+        c = torch.randn(y.shape, generator=gen, dtype=dtype, requires_grad=True)
+        assert_equivalent(user.two_directions, fast, x, y, c)  # ``c`` not ``b``: recomputed
+        assert_equivalent(user.two_directions, fast, x, y, x)  # another orientation: recomputed

@@ -22,7 +22,23 @@ statement always evaluates it and it reads nothing the statement writes or the l
 (``_operands_out``): ``print(f"{F.cross_entropy(x[i:i+1], y[i:i+1]).item()}")``,
 ``if loss(...).item() > th: hard.append(i)``, ``assert ...``, ``hard.append(F.mse_loss(...))``,
 and the input term of ``s = beta * s + (1 - beta) * torch.tanh(x[:, t] @ W)`` can then be
-hoisted. A statement stays residual when
+hoisted. So can a heavy tensor operand of a statement in a branch of such an ``if`` whose test
+reads nothing the ``if`` writes or the loop carries, when every value it reads is a row of the
+iteration (``_rows_only``), bound for every iteration::
+
+    if m[i] > 0:                                  if m[i] > 0:
+        l = F.mse_loss(x[i], y[i])                    _value = F.mse_loss(x[i], y[i])
+        print(l.item())                   ->      else:
+                                                      _value = 0
+                                                  if m[i] > 0:
+                                                      l = _value
+                                                      print(l.item())
+
+The hoisted loop's ``torch.where`` branches put the operands of the iterations the branch skips
+in the op's domain (or refuse an op that could raise there), and the residual ``if`` reads
+``_value`` only where the branch runs: values and gradients are the original's. Calls of helpers
+``inline_helper_calls`` inlines count with the work of their bodies. A statement stays residual
+when
 
 * on its own it is no vectorizable loop body (``loop_dataflow.analyze`` of the statement alone:
   I/O, random ops, mutation of outer objects, ``assert``, inner loops, ...), or it leaves the
@@ -51,8 +67,10 @@ itself (a class index out of range in ``cross_entropy``) is the same error, rais
 residual loop runs. Loops with ``break``, ``continue`` or ``return`` are not split.
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
-``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), and at least one
-statement stays residual. The report's strategy is "distributed"; its reason names the hoisted
+``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
+statement stays residual, and the residual statements run no more such ops (a call the registry
+does not know counts as one) than the hoisted ones (``_work``): else the residual loop still
+does most of the work. The report's strategy is "distributed"; its reason names the hoisted
 lines and every residual statement with its reason at the user's file:line. A loop that is not
 distributed gets the reason why not (the residual statements too, when those are why).
 """
@@ -65,7 +83,7 @@ from typing import Callable
 from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
-from . import iteration, loop_dataflow
+from . import inline_helper_calls, iteration, loop_dataflow
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
 
@@ -157,14 +175,19 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
 
 
 def _why_not(node: ast.For, split: _Split, carried: set[str], ctx: PassContext) -> str:
-    """Why this split is not made ("" when it is): nothing residual, nothing heavy hoisted
-    (it would not pay), or residual statements that change what the loop iterates or the
-    values the hoisted loop stacks."""
+    """Why this split is not made ("" when it is): nothing residual, nothing heavy hoisted or
+    more work staying than hoisted (it would not pay: ``_work``), or residual statements that
+    change what the loop iterates or the values the hoisted loop stacks."""
     if not split.residual:
         return "no statement of the body is the cause: the refusal is the loop's as a whole"
     if not any(_heavy(split.body[k], ctx) for k in split.hoisted()):
         return "no statement left to hoist does real work (a reduction, contraction, loss " \
                f"or similarity): the residual loop would do most of it; {_residual(split, ctx)}"
+    hoisted, kept = (_work([split.body[k] for k in ks], ctx)
+                     for ks in (split.hoisted(), sorted(split.residual)))
+    if kept > hoisted:
+        return f"residual loop still does most of the work ({kept} ops doing real work stay, " \
+               f"{hoisted} hoisted); {_residual(split, ctx)}"
     changed = loads(node.iter) & set().union(*(_writes(node.body[k], ctx)
                                                for k in split.residual))
     if changed:
@@ -208,19 +231,20 @@ def _operands_out(body: list[ast.stmt], index: str, seeds: set[str],
     """``body`` with the heavy operands of its residual statements bound first:
     ``print(F.mse_loss(a[i], b[i]).item())`` -> ``_value = F.mse_loss(a[i], b[i]).item()``,
     ``print(_value)``; the new statement may then be hoisted. Only operands the statement
-    always evaluates (not under ``and``/``or``, a conditional expression, a comprehension,
-    an ``if`` body or an assert's message), each the largest effect-free vectorizable one that
-    can be stacked (``_is_number``), reading nothing the statement writes: evaluating it first
-    changes nothing else. Also the statements as written, by their new position."""
+    always evaluates (not under ``and``/``or``, a conditional expression, a comprehension or
+    an assert's message) or, in an ``if``, those of a top-level statement of a branch
+    (``_operand_roots``), each the largest effect-free vectorizable one that can be stacked
+    (``_is_number``), reading nothing the statement writes: evaluating it first changes nothing
+    else. Also the statements as written, by their new position."""
     out, written = [], {}
     carried = _exposed_reads(body, set(seeds))[0] & loop_dataflow.stores_in(body)
     for s in body:
         if _own_reason(s, index, seeds, ctx):
             original, s = s, clone(s)
             while (found := _heavy_operand(s, index, seeds, carried, ctx)) is not None:
-                operand, name = found
+                operand, bound, name = found
                 written[len(out)] = original
-                out += replace("n = e", loc=operand, n=name, e=operand)
+                out.append(bound)
                 _Substitute(operand, name).visit(s)
                 written[len(out)] = original
         out.append(s)
@@ -228,21 +252,67 @@ def _operands_out(body: list[ast.stmt], index: str, seeds: set[str],
 
 
 def _heavy_operand(s: ast.stmt, index: str, seeds: set[str], carried: set[str],
-                   ctx: PassContext) -> tuple[ast.expr, str] | None:
-    """The first operand of ``s`` to bind first (``_operands_out``) and its fresh name; none
-    reading a name carried from one iteration to the next (it would stay residual)."""
-    written = _writes(s, ctx) | carried
-    todo = [getattr(s, f) for f in ("value", "test") if isinstance(getattr(s, f, None), ast.expr)]
-    while todo:
-        e = todo.pop(0)
-        if _heavy(e, ctx) and _is_number(e, ctx) is not None and not (_reads(e) & written):
-            point = ctx.namer.checkpoint()
-            name = ctx.namer.new("value")
-            if not _own_reason(replace("n = e", loc=e, n=name, e=e)[0], index, seeds, ctx):
-                return e, name
-            ctx.namer.rollback(point)
-        todo[:0] = _always_evaluated(e)
+                   ctx: PassContext) -> tuple[ast.expr, ast.stmt, str] | None:
+    """The first operand of ``s`` to bind first (``_operands_out``), the statement binding it
+    and its fresh name; none reading a name carried from one iteration to the next or one
+    ``s`` writes (it would stay residual). The loop index is a Python int: a call taking it
+    (``print(i, ...)``) does not change it."""
+    written = _writes(s, ctx) - ({index} - loop_dataflow.stores_in([s])) | carried
+    for roots, template in _operand_roots(s, written):
+        todo = list(roots)
+        while todo:
+            e = todo.pop(0)
+            kind = _is_number(e, ctx)  # a branch's value is stacked by `torch.where`: a tensor
+            if _heavy(e, ctx) and kind is not None and not (_reads(e) & written) and (
+                    template == "n = e" or not kind and _rows_only(e, seeds, ctx)):
+                point = ctx.namer.checkpoint()
+                name = ctx.namer.new("value")
+                bound = replace(template, loc=e, n=name, e=e, c=getattr(s, "test", None))[0]
+                if not _own_reason(bound, index, seeds, ctx):
+                    return e, bound, name
+                ctx.namer.rollback(point)
+            todo[:0] = _always_evaluated(e)
     return None
+
+
+def _operand_roots(s: ast.stmt, written: set[str]):
+    """The expressions whose always-evaluated operands ``_heavy_operand`` may bind first, each
+    with the template binding one: ``s``'s own value or test, then, for an ``if`` whose test
+    reads nothing ``s`` writes, those of the top-level statements of its branches, bound for
+    every iteration (``if c: n = e`` ``else: n = 0``, a tensor). The hoisted loop evaluates
+    ``e`` only where the branch runs (its ``torch.where`` masks put the other iterations'
+    operands in the op's domain, or the vectorizer refuses the statement), and the residual
+    ``if`` reads ``n`` only there: values and gradients are those of the original."""
+    yield _own_operands(s), "n = e"
+    if isinstance(s, ast.If) and not (_reads(s.test) & written):
+        for branch, template in ((s.body, "if c:\n n = e\nelse:\n n = 0"),
+                                 (s.orelse, "if c:\n n = 0\nelse:\n n = e")):
+            for b in branch:
+                yield _own_operands(b), template
+
+
+def _rows_only(e: ast.expr, seeds: set[str], ctx: PassContext) -> bool:
+    """Every value ``e`` reads is a row of the iteration (``x[i]``, ``p[:, c]``, ``x[idx[i]]``)
+    or an element the loop iterates; names it calls do not count. The hoisted loop masks such
+    rows into the op's domain where a branch is skipped; a tensor read whole (a weight ``W``)
+    is not masked, and an infinite one would make the skipped iterations' gradient NaN
+    (``0 * inf``) where the original has none."""
+    ok = set()
+    for n in walk(e):
+        if isinstance(n, ast.Call):
+            root = n.func
+            while isinstance(root, ast.Attribute) and loop_dataflow.resolve_call(n.func, ctx):
+                root = root.value  # `F.mse_loss`, `torch.sqrt`: a module's function
+            ok.add(id(root))
+        elif isinstance(n, ast.Subscript) and loads(n.slice) & seeds:
+            ok.add(id(n.value))
+    return all(id(n) in ok or n.id in seeds for n in walk(e)
+               if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+
+
+def _own_operands(s: ast.stmt) -> list[ast.expr]:
+    """The value or test ``s`` always evaluates."""
+    return [getattr(s, f) for f in ("value", "test") if isinstance(getattr(s, f, None), ast.expr)]
 
 
 def _always_evaluated(e: ast.expr) -> list[ast.expr]:
@@ -321,7 +391,7 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
                 break
         if not moved:
             hoisted = [body[k] for k in split.hoisted()]
-            return sorted(set().union(*(stores(s) for s in hoisted)) & needed)
+            return sorted(loop_dataflow.stores_in(hoisted) & needed)
 
 
 def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dict[str, int],
@@ -335,8 +405,8 @@ def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dic
             return f"binds `{n}`, as line {body[written[n]].lineno} (residual) does"
         if n in read and read[n] < k:
             return f"binds `{n}`, which line {body[read[n]].lineno} (residual) reads before"
-    last = {n: j for j in range(len(body)) for n in stores(body[j])}
-    for n in sorted(stores(s) & needed):
+    last = {n: j for j in range(len(body)) for n in loop_dataflow.stores_in([body[j]])}
+    for n in sorted(loop_dataflow.stores_in([s]) & needed):
         if last[n] == k and not _stackable(s, n, variant, ctx):
             return f"`{n}` is read by the residual loop or after the loop, and is not a " \
                    "per-iteration tensor value"
@@ -344,13 +414,26 @@ def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dic
 
 
 def _stackable(s: ast.stmt, name: str, variant: set[str], ctx: PassContext) -> bool:
-    """``name = <value>``, the value varying with the iteration and made by a call or a
-    subscript, with a known kind (``_is_number``)."""
-    return (isinstance(s, ast.Assign) and len(s.targets) == 1
-            and isinstance(s.targets[0], ast.Name) and s.targets[0].id == name
-            and name in variant and _is_number(s.value, ctx) is not None
+    """``name = <value>`` (or a branch's operand bound first, ``_bound_value``), the value
+    varying with the iteration and made by a call or a subscript, with a known kind
+    (``_is_number``)."""
+    value = _bound_value(s, name, ctx)
+    return (value is not None and name in variant and _is_number(value, ctx) is not None
             and any(isinstance(n, (ast.Call, ast.Subscript)) and not is_shape_query(n, ctx)
-                    for n in walk(s.value)))
+                    for n in walk(value)))
+
+
+def _bound_value(s: ast.stmt, name: str, ctx: PassContext) -> ast.expr | None:
+    """The value ``s`` binds to ``name``: ``name = <value>``, or, for a branch's operand
+    bound first (``if c: name = <value>`` ``else: name = 0``, ``_operand_roots``), the
+    branch's value."""
+    if isinstance(s, ast.If) and name in ctx.namer.made:
+        s = next((b for b in s.body + s.orelse
+                  if not (isinstance(b, ast.Assign) and isinstance(b.value, ast.Constant))), s)
+    if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+            and isinstance(s.targets[0], ast.Name) and s.targets[0].id == name:
+        return s.value
+    return None
 
 
 def _is_number(value: ast.expr, ctx: PassContext) -> bool | None:
@@ -373,12 +456,14 @@ def _reads(s: ast.stmt) -> set[str]:
 
 def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
     """Names ``s`` binds, deletes or may mutate (``_mutated``, and the arguments of functions
-    the registry does not know)."""
+    the registry does not know, but for helpers ``inline_helper_calls`` inlines: they have no
+    side effects)."""
     names = {n.id for n in walk(s) if isinstance(n, ast.Name)
              and isinstance(n.ctx, (ast.Store, ast.Del))}
     for n in walk(s):
         if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
-                and loop_dataflow.method_name(n, ctx) is None:
+                and loop_dataflow.method_name(n, ctx) is None \
+                and inline_helper_calls.inlinable_helper(n, ctx) is None:
             names |= {r for r in map(root_name, n.args) if r}
     return names | _mutated(s, ctx) | loop_dataflow.stores_in([s])
 
@@ -409,16 +494,36 @@ def _may_mutate(call: ast.Call, ctx: PassContext) -> bool:
     return spec is ops.UNKNOWN or spec.effect is not None or meth.endswith("_")
 
 
-def _heavy(s: ast.stmt, ctx: PassContext) -> bool:
-    """``s`` does real work per item: see ``_HEAVY_FORMS``, or a matrix product ``@``."""
-    for n in walk(s):
-        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
-            return True
-        if isinstance(n, ast.Call):
-            spec = call_op(n, ctx)
-            if spec.batched in _HEAVY_FORMS and not spec.recomputed:
-                return True
-    return False
+def _heavy(s: ast.AST, ctx: PassContext) -> bool:
+    """``s`` does real work per item (``_work``)."""
+    return any(_node_work(n, ctx, 0) for n in walk(s))
+
+
+def _work(stmts: list[ast.stmt], ctx: PassContext) -> int:
+    """How many ops doing real work per item ``stmts`` run, a call the registry does not
+    know (``self.criterion(...)``; not a list's or a logger's method) counted as one."""
+    return sum(_node_work(n, ctx, 0) or _unknown_call(n, ctx) for s in stmts for n in walk(s))
+
+
+def _unknown_call(n: ast.AST, ctx: PassContext) -> bool:
+    return isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN and ops.effect(
+        loop_dataflow.resolve_call(n.func, ctx), loop_dataflow.method_name(n, ctx), n) is None
+
+
+def _node_work(n: ast.AST, ctx: PassContext, depth: int) -> int:
+    """Ops doing real work in ``n`` itself: one for an op of ``_HEAVY_FORMS`` or a matrix
+    product ``@``; for a call of a helper of the user's module that ``inline_helper_calls``
+    inlines, those of its body."""
+    if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
+        return 1
+    if not isinstance(n, ast.Call):
+        return 0
+    spec = call_op(n, ctx)
+    if spec.batched in _HEAVY_FORMS and not spec.recomputed:
+        return 1
+    helper = inline_helper_calls.inlinable_helper(n, ctx) \
+        if depth < inline_helper_calls.MAX_DEPTH else None
+    return sum(_node_work(m, ctx, depth + 1) for m in walk(helper)) if helper else 0
 
 
 def _covers(s: ast.stmt, lineno: int | None) -> bool:
@@ -441,7 +546,8 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
     stmts, header = [], node
     hoisted = [split.body[k] for k in split.hoisted()]
     for name, lst in lists.items():
-        value = [s for s in hoisted if name in stores(s)][-1].value
+        binding = [s for s in hoisted if name in loop_dataflow.stores_in([s])][-1]
+        value = _bound_value(binding, name, ctx)
         how = "v.tolist()" if _is_number(value, ctx) else "v.unbind(0)"
         stmts += replace(f"lst = {how}", loc=node, lst=lst, v=plan.own_list_values[lst].values)
     index = it.index

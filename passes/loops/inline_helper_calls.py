@@ -334,6 +334,21 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
     return _Helper(fn, node, stmts[:-1], stmts[-1].value, bound, reads)
 
 
+def inlinable_helper(call: ast.Call, ctx: PassContext) -> ast.FunctionDef | None:
+    """The definition of the module-level helper ``call`` calls by name when this stage can
+    inline it (so its body has no side effects), else None."""
+    func = call.func
+    if not isinstance(func, ast.Name) or func.id in (ctx.local_names or ()):
+        return None
+    fn = ctx.globals.get(func.id)
+    if not (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals):
+        return None
+    try:
+        return _parse_helper(fn, ctx).node
+    except Unsupported:
+        return None
+
+
 def _check_callee(call: ast.Call, ctx: PassContext, seen: tuple) -> None:
     """A helper's body may call another helper of the module that is itself inlinable (so
     without side effects); it is inlined in turn, up to ``MAX_DEPTH``, else called."""

@@ -342,6 +342,7 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
                    f"{distributed_count(variants.get('optimized_eager'))} | " + " | ".join(cells)
                    + f" | {show(r['optimized_vs_best_expert'], 1.1)} | {show(r['naive_vs_optimized'])} "
                    f"| {show(r['original_vs_optimized_eager'], 1.0, at_most=False)} | {_check(variants)} |")
+    out += loop_summary(cases, raw, analysed)
 
     out += ["", "## First call and rewrite time", "",
             "Rewrite: parse + passes + rebuild, no torch.compile (it runs before any input is seen). "
@@ -526,6 +527,24 @@ def distributed_count(info: dict | None) -> str:
     """How many loops were split into a vectorized loop and a residual loop (loop fission)."""
     loops = (info or {}).get("loops")
     return str(sum(1 for loop in loops if loop[2] == "distributed")) if loops else "–"
+
+
+def loop_summary(cases: dict[str, dict], raw: dict, analysed: dict) -> list[str]:
+    """What the passes did to the suite's loops (by strategy), and what each case with a
+    distributed loop gained (naive eager / optimize_loss eager)."""
+    loops = [loop for name in cases for loop in (raw[name].get("optimized_eager") or {}).get("loops") or []]
+    if not loops:
+        return []
+    strategies = {}
+    for loop in loops:
+        strategies[loop[2]] = strategies.get(loop[2], 0) + 1
+    gains = [f"{name} ({distributed_count(raw[name].get('optimized_eager'))} loop(s), "
+             f"{show(analysed[name]['ratios']['naive_vs_optimized'])})" for name in cases
+             if distributed_count(raw[name].get("optimized_eager")) not in ("0", "–")]
+    return ["", f"Loops: {len(loops)} reported, {sum(1 for loop in loops if loop[1])} vectorized; "
+                + ", ".join(f"{n} {s}" for s, n in sorted(strategies.items())) + ". "
+                + "Distributed, by case (naive eager / optimize_loss eager): "
+                + ("; ".join(gains) or "none") + "."]
 
 
 def _check(variants: dict) -> str:
