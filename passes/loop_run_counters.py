@@ -6,9 +6,9 @@ only on the first call of an input signature (never on the steady path, never co
 
     if a and b:                                      if a and b:
         'optimize_loss: loop at line 7 vectorized'       'optimize_loss: loop at line 7 vectorized'
-        <vectorized>                          ->         counter.loop_ran(7, True)
+        <vectorized>                          ->         counter.loop_ran(7, True, trips=lambda: (xs,))
     else:                                                try:
-        <the original loop>                                  <vectorized>
+        for x in xs: ...                                     <vectorized>
                                                          except Exception as error:
                                                              counter.loop_failed(7, error)
                                                              raise
@@ -19,14 +19,16 @@ only on the first call of an input signature (never on the steady path, never co
                                                          <the original loop>
 
 The reason re-evaluates the check's conjuncts in order, each only when those before it held, as
-the check itself did.
+the check itself did. ``trips`` gives the sequences the original loop iterates in step (``zip``'s
+and ``enumerate``'s arguments), so that the counter knows how many iterations the vectorized
+branch stood for (``rewrite.keep_faster`` uses it to tell a slow original without running it).
 """
 from __future__ import annotations
 
 import ast
 import re
 
-from .ast_tools import Transformer, clone, replace, unparse
+from .ast_tools import Transformer, clone, replace, unparse, walk
 from .loops.runtime_checks import MARKER, is_vectorized_guard
 
 _LINE = re.compile(re.escape(MARKER).replace(re.escape("{}"), r"(\d+)"))
@@ -50,6 +52,10 @@ class _Count(Transformer):
         line = int(_LINE.fullmatch(node.body[0].value.value).group(1))
         marker, body = node.body[0], node.body[1:]
         ran = replace(f"c.loop_ran({line}, True)", loc=node, c=self.counter)
+        sequences = _iterated(node.orelse)
+        if sequences is not None:  # evaluated by the counter, which catches what it raises
+            ran.keywords.append(ast.keyword("trips", ast.Lambda(_no_args(), sequences)))
+            ast.fix_missing_locations(ran)  # the new nodes take the guard's line
         guarded = replace(f"try:\n    pass\nexcept Exception as {ERROR}:\n"
                           f"    c.loop_failed({line}, {ERROR})\n    raise", loc=node, c=self.counter)
         guarded[0].body = body
@@ -58,6 +64,64 @@ class _Count(Transformer):
         node.body = [marker, ast.Expr(ran)] + guarded
         node.orelse = [ast.Expr(kept)] + node.orelse
         return node
+
+
+def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:
+    """Per level of the original loop nest (the guard's else branch, then each loop its body
+    runs unconditionally over sequences that do not depend on the outer loops' variables), the
+    sequences it iterates in step; the product of each level's shortest length is its trip
+    count. None for a comprehension, or when evaluating them again could run user code."""
+    if not isinstance(original[0], ast.For):
+        return None
+    levels, loop, bound = [], original[0], set()
+    while loop is not None:
+        level = _sequences(loop)
+        if level is None or bound & {n.id for n in walk(level) if isinstance(n, ast.Name)}:
+            break
+        levels.append(level)
+        bound |= {n.id for n in walk(loop.target) if isinstance(n, ast.Name)}
+        loop = next((s for s in loop.body if isinstance(s, ast.For)), None)
+    return ast.Tuple(levels, ast.Load()) if levels else None
+
+
+def _sequences(loop: ast.For) -> ast.Tuple | None:
+    """The sequences ``loop`` iterates in step: ``zip``'s and ``enumerate``'s arguments, else
+    the iterated value itself; None when evaluating them again could run user code."""
+    it = loop.iter
+    if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and not it.keywords
+            and it.func.id in ("zip", "enumerate") and it.args):
+        parts = it.args if it.func.id == "zip" else it.args[:1]
+    else:
+        parts = [it]
+    if not all(_pure(p) for p in parts):
+        return None
+    return ast.Tuple([clone(p) for p in parts], ast.Load())
+
+
+_PURE_CALLS = {"range", "len", "min", "max", "int"}
+_PURE_METHODS = {"size", "dim", "numel", "flatten", "view", "reshape", "unbind", "t"}  # of tensors
+
+
+def _pure(expr: ast.expr) -> bool:
+    """Evaluating ``expr`` again changes nothing: names, attributes, subscripts, arithmetic,
+    calls of ``_PURE_CALLS`` and of tensors' shape and view methods only (a generator or another
+    method could run user code twice)."""
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if not ((isinstance(func, ast.Name) and func.id in _PURE_CALLS)
+                    or (isinstance(func, ast.Attribute) and func.attr in _PURE_METHODS)):
+                return False
+        elif isinstance(node, (ast.Lambda, ast.GeneratorExp, ast.ListComp, ast.SetComp,
+                               ast.DictComp, ast.NamedExpr, ast.Await, ast.Yield,
+                               ast.YieldFrom)):
+            return False
+    return True
+
+
+def _no_args() -> ast.arguments:
+    return ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[],
+                         kwarg=None, defaults=[])
 
 
 def _first_false(test: ast.expr) -> ast.expr:

@@ -35,6 +35,19 @@ call picks the rewrite of the object ``fn`` holds when it is called::
 
     fn(p, t)   ->   (_soft_dice if fn is _soft_dice_original else _dice if fn is _dice_original else fn)(p, t)
 
+An attribute of ``self`` set in a method of the class (``self.loss_fn = self._per_image if
+per_image else self._flat`` in ``__init__``; see ``instance_attribute_calls``): each method or
+module function it may hold is rewritten, and the call picks the rewrite of what the attribute
+holds when it is called (a bound method of any object, or the function itself); a module of the
+module it holds goes through ``module_forward`` as above::
+
+    self.loss_fn(x, y)  ->  _picked_helper(self.loss_fn, (_per_image_original, _per_image),
+                                           (_flat_original, _flat))(x, y)
+
+A value it may hold that cannot be resolved here (a parameter, ``getattr(self, name)``) is a
+note: the call at its file:line runs as written, "called through `self.loss_fn`, resolved at run
+time", and the loops of the methods it may hold (``instance_attribute_calls``) are reported so.
+
 Reported, not rewritten (each loop "kept", at its own file:line, with how it is reached): the
 loops of a helper that cannot be rewritten (the reason), and those a helper reaches when it runs
 as written: ``forward`` of a module handed to another call (``functional_call(criterion,
@@ -53,6 +66,9 @@ from typing import Any, Callable
 import torch
 
 from .errors import RewriteError, Unsupported
+from .instance_attribute_calls import BoundValues, bound_values, picked_helper, sort_value
+from .instance_attribute_calls import class_attribute as _method
+from .instance_attribute_calls import table_functions as _table_functions
 from .report import LoopReport, Report
 
 from .ast_tools import PassContext, Transformer, clone, replace, walk
@@ -63,7 +79,7 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     scope = _Scope(ctx, func)
     # Most functions call no helper that reaches a loop: then the visitor need not run.
     seen = set(ctx.rewriting)
-    if any(_reaches_loop(fn, ctx.globals, seen) for fn in scope.called):
+    if scope.run_time_calls or any(_reaches_loop(fn, ctx.globals, seen) for fn in scope.called):
         _Redirect(ctx, scope).visit(tree)
     return tree
 
@@ -74,12 +90,17 @@ class _Scope:
 
     def __init__(self, ctx: PassContext, func: ast.FunctionDef):
         self.globals = ctx.globals
+        self.parse_function = ctx.parse_function
+        self.attributes: dict[str, BoundValues] = {}  # instance attribute -> what it may hold
+        self.run_time_calls = False  # a call through an attribute whose value is not resolved
         args = func.args
         # Parameters and assigned names: calls through them are not the module's helpers.
         self.local = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
         self.local |= {a.arg for a in (args.vararg, args.kwarg) if a}
         self.values: dict[str, list[ast.expr]] = {}  # local name -> the values `name = value` binds
         self.self_name, self.self_class = _method_self(ctx, func)
+        # names bound by the caller or a loop: what a call through them runs is known at run time
+        self.unbound = self.local - {self.self_name}
         parts = ctx.func_name.split(".")  # private names are mangled with the defining class
         self.owner = parts[-2] if len(parts) >= 2 and parts[-2] != "<locals>" else None
         calls = []
@@ -92,6 +113,8 @@ class _Scope:
                 self.values.setdefault(n.targets[0].id, []).append(n.value)
             elif isinstance(n, ast.Call):
                 calls.append(n)
+            elif isinstance(n, (ast.For, ast.comprehension)):
+                self.unbound |= {t.id for t in walk(n.target) if isinstance(t, ast.Name)}
         self.called = [f for c in calls for f in self.targets(c) if isinstance(f, types.FunctionType)]
 
     def targets(self, call: ast.Call) -> list:
@@ -102,10 +125,29 @@ class _Scope:
             target = self.globals.get(f.id)
             return found + [target, _method(target, "__init__") if isinstance(target, type) else None]
         if isinstance(f, ast.Name):
+            self.run_time_calls |= bool(self.run_time(f.id))
             return found + self.functions(f.id) + [m for c in self.classes(f) for m in _call_methods(c)]
+        if isinstance(f, ast.Attribute) and self.instance_attribute(f):
+            bound = self.attribute(f.attr)
+            self.run_time_calls |= bool(bound.unresolved)
+            return found + bound.functions + [_method(c, "forward") for c in bound.classes]
         if isinstance(f, ast.Attribute):
+            found += self.run_time_methods(f) + self.autograd_methods(f)
             return found + [_method(c, self.mangled(f.attr)) for c in self.classes(f.value)]
         return found + [m for c in self.classes(f) for m in _call_methods(c)]
+
+    def instance_attribute(self, f: ast.expr) -> bool:
+        """``self.<attr>`` that the class does not hold: set on the object (``self.loss_fn``)."""
+        return (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                and f.value.id == self.self_name
+                and _method(self.self_class, self.mangled(f.attr)) is None)
+
+    def attribute(self, attr: str) -> BoundValues:
+        if attr not in self.attributes:
+            # as the source spells it: `self.__fn = ...` is mangled in the bytecode only
+            self.attributes[attr] = bound_values(self.self_class, attr, self.globals,
+                                                 self.parse_function)
+        return self.attributes[attr]
 
     def passed(self, call: ast.Call) -> list[ast.expr]:
         """The arguments of ``call``, but ``self`` (``super(Cls, self)``, registering itself)."""
@@ -134,6 +176,34 @@ class _Scope:
         # not dict.fromkeys(found): a table may hold unhashable objects
         return list(dict.fromkeys(f for f in found if isinstance(f, types.FunctionType)))
 
+    def autograd_methods(self, f: ast.expr) -> list:
+        """``Fn.apply`` of an ``autograd.Function`` of the module: its forward and backward."""
+        if not (isinstance(f, ast.Attribute) and f.attr == "apply" and isinstance(f.value, ast.Name)
+                and f.value.id not in self.local):
+            return []
+        cls = self.globals.get(f.value.id)
+        return _autograd_methods(cls) if isinstance(cls, type) and _own(cls, self.globals) else []
+
+    def run_time_methods(self, f: ast.Attribute) -> list:
+        """``self.selector.get_triplets`` with ``self.selector`` not resolved here: the methods
+        of that name of the module's classes (what the call may run)."""
+        if not (isinstance(f.value, ast.Attribute) and self.instance_attribute(f.value)
+                and self.attribute(f.value.attr).unresolved):
+            return []
+        self.run_time_calls = True
+        classes = [c for c in self.globals.values() if isinstance(c, type) and _own(c, self.globals)]
+        return [m for c in classes for m in [_method(c, self.mangled(f.attr))]
+                if isinstance(m, types.FunctionType)]
+
+    def run_time(self, name: str) -> list[str]:
+        """What a local name may hold that is not resolved here: a parameter or loop variable,
+        a value ``instance_attribute_calls`` cannot sort."""
+        found = BoundValues(unresolved=[f"`{name}` as the caller or a loop binds it"] if name in self.unbound else [])
+        for value in self.values.get(name, ()):
+            sort_value(value, self.self_class or object, self.self_name or "", self.local,
+                       self.globals, found)
+        return found.unresolved
+
     def classes(self, node: ast.expr) -> list[type]:
         """The classes of the module an object may have: ``self`` in a method, ``Cls(...)``, a
         local bound to ``Cls(...)``."""
@@ -141,6 +211,8 @@ class _Scope:
                 and node.func.id not in self.local:
             cls = self.globals.get(node.func.id)
             return [cls] if isinstance(cls, type) and _own(cls, self.globals) else []
+        if isinstance(node, ast.Attribute) and self.instance_attribute(node):
+            return self.attribute(node.attr).classes
         if not isinstance(node, ast.Name):
             return []
         found = [self.self_class] if node.id == self.self_name else []
@@ -177,12 +249,17 @@ class _Redirect(Transformer):
             node = self._through_name(node, f.id)
             if node.func is not f:
                 return node
+        if isinstance(f, ast.Attribute) and self.scope.instance_attribute(f):
+            return self._through_attribute(node, self.scope.attribute(f.attr))
+        for method in self.scope.autograd_methods(f):
+            self._unreached(method, f"`{ast.unparse(f)}(...)`, which autograd runs")
         if isinstance(f, ast.Attribute):
             return self._method_call(node, f.value, f.attr)
         return self._method_call(node, f, "__call__")  # obj(x), Cls(...)(x)
 
     def _through_name(self, node: ast.Call, name: str) -> ast.Call:
         """``fn(x)`` with ``fn`` bound to helpers: ``(_a if fn is _a_original else ... fn)(x)``."""
+        self._note_run_time(node, self.scope.run_time(name))
         pairs = [(fn, self._rewrite(fn)) for fn in self.scope.functions(name)]
         pairs = [(self._original(fn), binding) for fn, binding in pairs if binding]
         if not pairs:
@@ -194,16 +271,54 @@ class _Redirect(Transformer):
         node.func = pick
         return node
 
+    def _through_attribute(self, node: ast.Call, bound: BoundValues) -> ast.Call:
+        """``self.loss_fn(x)``, the attribute set in a method of the class:
+        ``picked_helper(self.loss_fn, (original, rewritten), ...)(x)``; what it may hold and
+        cannot be resolved here is noted, with the loops of the methods the class names."""
+        how = f"`{ast.unparse(node.func)}`, resolved at run time"
+        if self._note_run_time(node, bound.unresolved):
+            for method in bound.candidates:
+                if method not in bound.functions:
+                    self._unreached(method, how)
+        modules = [c for c in bound.classes if issubclass(c, torch.nn.Module)]
+        if modules and modules == bound.classes and not bound.functions:
+            forwards = {id(_method(c, "forward")) for c in modules}
+            return self._module_call(node, modules[0], len(forwards) == 1)
+        for cls in bound.classes:
+            self._unreached(_method(cls, "forward" if cls in modules else "__call__"), how)
+        pairs = [(self._original(fn), self.rewritten[fn]) for fn in bound.functions if self._rewrite(fn)]
+        if pairs:
+            options = ", ".join(f"({original}, {binding})" for original, binding in pairs)
+            node.func = replace(f"pick(value, {options})", loc=node.func,
+                                pick=self.ctx.bind(picked_helper, "picked_helper"), value=node.func)
+        return node
+
+    def _note_run_time(self, node: ast.Call, unresolved: list[str]) -> bool:
+        """Notes a call whose callee may be ``unresolved`` values: it runs as written."""
+        if unresolved:
+            call = ast.unparse(node.func)
+            self.ctx.report.notes.append(
+                f"{self.ctx.where(node)}: `{call}(...)` runs as written: called through `{call}`, "
+                f"resolved at run time (it may hold {'; '.join(unresolved)})")
+        return bool(unresolved)
+
     def _method_call(self, node: ast.Call, receiver: ast.expr, attr: str) -> ast.expr:
         """``obj.m(x)`` (``obj(x)``: ``attr`` is ``__call__``) on an object of a known class."""
         pairs, stored, classes = [], self.scope.mangled(attr), self.scope.classes(receiver)
+        run_time = self.scope.run_time_methods(node.func) if isinstance(node.func, ast.Attribute) else []
+        if run_time:  # self.selector.get_triplets(x), the selector passed in: what it may run
+            self._note_run_time(node, self.scope.attribute(receiver.attr).unresolved)
+            for method in run_time:
+                self._unreached(method, f"`{ast.unparse(receiver)}`, resolved at run time")
+        # an object named here, or held by an attribute of self: the check reads it again
+        named = isinstance(receiver, ast.Name) or self.scope.instance_attribute(receiver)
         for cls in classes:
             method, how = _method(cls, stored), f"`{ast.unparse(node.func)}(...)`"
             if attr == "__call__" and not _is_helper(method, self.ctx) \
                     and issubclass(cls, torch.nn.Module):
                 forwards = {id(_method(c, "forward")) for c in classes}
                 return self._module_call(node, cls, len(forwards) == 1)
-            if not isinstance(receiver, ast.Name):
+            if not named:
                 self._unreached(method, f"{how} on an object made in the call")
             elif _shadowed("type", self.scope):
                 self._unreached(method, f"{how}: `type` is not the builtin here")
@@ -211,11 +326,11 @@ class _Redirect(Transformer):
                 pairs.append((self._original(method), self.rewritten[method]))
         new: ast.expr = node
         for original, binding in reversed(pairs):
-            fast = ast.Call(ast.Name(binding, ast.Load()), [ast.Name(receiver.id, ast.Load())]
+            fast = ast.Call(ast.Name(binding, ast.Load()), [clone(receiver)]
                             + clone(node.args), clone(node.keywords))
             # getattr: an object of another class bound to the name may lack the method
             new = replace(f"fast if getattr(type(obj), {stored!r}, None) is orig else rest",
-                          loc=node, fast=fast, obj=receiver.id, orig=original, rest=new)
+                          loc=node, fast=fast, obj=clone(receiver), orig=original, rest=new)
         return new
 
     def _module_call(self, node: ast.Call, cls: type, only: bool) -> ast.Call:
@@ -261,6 +376,8 @@ class _Redirect(Transformer):
             self._merge(_own_loops(helper, reason))
             return None
         self._merge(report.loops)
+        # what the helper calls at run time (its notes carry their own file:line)
+        self.ctx.report.notes += [n for n in report.notes if n not in self.ctx.report.notes]
         if not changed:
             return None
         binding = self.ctx.namer.new(helper.__name__)
@@ -339,10 +456,29 @@ def _reaches_loop(fn: object, module: dict, seen: set) -> bool:
                 names.add(i.argval)
         todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
     classes = [module.get(n) for n in names if isinstance(module.get(n), type)]
-    classes += [c for c in [_defining_class(fn)] if c is not None]
-    callees = [module.get(n) for n in names]
+    owner = _defining_class(fn)
+    classes += [owner] if owner is not None else []
+    callees = [module.get(n) for n in names] + [m for c in classes for m in _autograd_methods(c)]
     callees += [_method(c, n) for c in classes for n in names | {"__call__", "forward"}]
+    if owner is not None:  # a method: ``self.selector.m(x)`` may run the m of any class here
+        callees += [_method(c, n) for c in module.values() if isinstance(c, type) and _own(c, module)
+                    for n in names]
+    # a method that sets an attribute named here (``self.loss_fn = self._per_image`` in
+    # ``__init__``): what it names may be called through the attribute
+    callees += [m for c in classes for m in vars(c).values()
+                if isinstance(m, types.FunctionType) and names & _stored_attributes(m.__code__)]
     return any(_reaches_loop(f, module, seen) for f in callees)
+
+
+def _autograd_methods(cls: type) -> list:
+    """The functions of an ``autograd.Function``'s static forward and backward."""
+    if not issubclass(cls, torch.autograd.Function):
+        return []
+    return [getattr(m, "__func__", m) for m in (_method(cls, "forward"), _method(cls, "backward"))]
+
+
+def _stored_attributes(code: types.CodeType) -> set[str]:
+    return {i.argval for i in dis.get_instructions(code) if i.opname == "STORE_ATTR"}
 
 
 def _method_self(ctx: PassContext, func: ast.FunctionDef) -> tuple[str | None, type | None]:
@@ -369,22 +505,8 @@ def _resolve_class(qualname: str, module: dict) -> type | None:
     return obj if isinstance(obj, type) else None
 
 
-def _method(cls: type, name: str) -> object:
-    """What ``cls`` holds under ``name`` (its own or inherited), without running descriptors."""
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            return vars(klass)[name]
-    return None
-
-
 def _call_methods(cls: type) -> list:
     return [_method(cls, "__call__"), _method(cls, "forward")]
-
-
-def _table_functions(table: object) -> list:
-    if isinstance(table, dict):
-        return list(table.values())
-    return list(table) if isinstance(table, (list, tuple)) else []
 
 
 def _own(cls: type, module: dict) -> bool:

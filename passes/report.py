@@ -1,7 +1,9 @@
 """What optimize_loss did to a function, and why: ``fn.report`` / ``rewrite.explain(fn)``."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -59,20 +61,32 @@ class Fallback:
 
 @dataclass
 class FormChoice:
-    """Which form runs for one input signature, and the forward times that chose it."""
+    """Which form runs for one band of input signatures, and the times that chose it."""
     signature: str
     chosen: str          # "rewritten" or "original"
-    rewritten_s: float   # best forward time of each form over ``calls`` timed calls
+    rewritten_s: float   # best time of each form over ``calls`` timed calls
     original_s: float
     calls: int
+    backward: bool = False  # the times are forward+backward (else forward only)
+    at_once: bool = False   # one call of each decided: the original was that many times slower
+    # Not 0: the original was not run; ``original_s`` is this many loop iterations times the
+    # least time of one (``rewrite.keep_faster.iteration_floor``)
+    iterations: int = 0
 
     def __str__(self) -> str:
         other = "original" if self.chosen == "rewritten" else "rewritten"
         mine, theirs = ((self.rewritten_s, self.original_s) if self.chosen == "rewritten"
                         else (self.original_s, self.rewritten_s))
+        what = "forward+backward" if self.backward else "forward"
+        if self.iterations:
+            return (f"the rewritten function runs for inputs {self.signature}: {_ms(mine)} per "
+                    f"{what} call against at least {_ms(theirs)} for the original (not run: its "
+                    f"loops run {self.iterations} iterations of at least "
+                    f"{theirs / self.iterations * 1e6:.2g} µs each here)")
+        how = (f"one timed call each, {theirs / mine:.2g}x slower decides at once" if self.at_once
+               else f"best of {self.calls} timed calls each")
         return (f"the {self.chosen} function runs for inputs {self.signature}: "
-                f"{_ms(mine)} per forward call against {_ms(theirs)} for the {other} "
-                f"(best of {self.calls} timed calls each)")
+                f"{_ms(mine)} per {what} call against {_ms(theirs)} for the {other} ({how})")
 
 
 def _ms(seconds: float) -> str:
@@ -94,15 +108,26 @@ class Report:
     # Seconds the first calls of compiled signatures spent checking the compiled function
     # against the eager rewritten one (``verify_compiled``).
     check_seconds: float = 0.0
-    forms: list[FormChoice] = field(default_factory=list)  # never slower: per signature
+    forms: list[FormChoice] = field(default_factory=list)  # never slower: per band of signatures
+    # Iterations the vectorized branches stood for, over the counted calls (``loop_ran``)
+    iterations: int = 0
 
     def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str) -> LoopReport:
         loop = LoopReport(self.filename, lineno, vectorized, strategy if vectorized else "kept", reason)
         self.loops.append(loop)
         return loop
 
-    def loop_ran(self, lineno: int, vectorized: bool, failure: str = "") -> None:
-        """Count one run of the runtime check of the vectorized loop at ``lineno``."""
+    def loop_ran(self, lineno: int, vectorized: bool, failure: str = "",
+                 trips: Callable[[], tuple] | None = None) -> None:
+        """Count one run of the runtime check of the vectorized loop at ``lineno``; ``trips``
+        gives, per level of the original loop nest, the sequences it iterates in step: the
+        product of each level's shortest length is added to ``iterations`` (nothing when a
+        sequence has no length or it raises)."""
+        if vectorized and trips is not None:
+            try:
+                self.iterations += math.prod(min(len(s) for s in level) for level in trips())
+            except Exception:
+                pass  # an iterator, or a name the original binds first: the count stays low
         loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)
         if loop is None:
             return

@@ -9,9 +9,10 @@ arguments): the callable to run is chosen once and then called directly; that ch
 and a failure of one step moves that signature to the next, with one warning (or ``RewriteError``
 with ``strict=True``). A failure whose cause does not depend on sizes (``_size_independent``) moves
 every signature that differs only in sizes, with that one warning. When the original raises too,
-its exception is the user's own and is re-raised unchanged. With ``keep_faster=True`` the calls
-after a signature's first time the rewritten function against the original, and the faster one
-runs from then on (``keep_faster``: never slower than the original). Arguments the function may change in
+its exception is the user's own and is re-raised unchanged. With ``keep_faster=True`` (the
+default) a few calls after a signature's first time the rewritten function against the original,
+and the faster one runs from then on for every signature of its band (``rewrite.keep_faster``:
+never slower than the original). Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
 back before the next step runs. With ``compile=True`` the first call of a signature also compares
 the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
@@ -43,7 +44,7 @@ from passes.report import Fallback, FormChoice, Report
 
 from . import frontend
 from .backend import HoistingBackend
-from .keep_faster import FormTrial
+from .keep_faster import BAND, FormTrial, elements, size_band
 from .lint import warn as lint_warn
 from .testing import compare, outputs_and_gradients
 
@@ -67,9 +68,9 @@ class Options:
     stop_gradient: tuple[str, ...] = ()
     debug_dir: str | None = None
     lint: bool = False           # run the gradient-flow lint once per input signature; warn findings
-    # per signature: time rewritten vs original, keep the faster. Off by default: the trial runs
-    # the (often very slow) original 4 times for every new input signature
-    keep_faster: bool = False
+    # per band of signatures (same structure, sizes within a power of 4): time rewritten vs
+    # original over a few calls, keep the faster (``rewrite.keep_faster``)
+    keep_faster: bool = True
     example_inputs: Any = None   # argument tuple (or a callable returning one) for the CLI
 
 
@@ -86,6 +87,8 @@ class OptimizedFunction:
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
+        # keep_faster: per band (``_form_of_band``), its ``FormTrial`` or the index of the chosen form
+        self._bands: dict[Any, FormTrial | int] = {}
         # What runs for every signature that differs only in sizes from one whose failure did not
         # depend on sizes: keyed by the signature with sizes erased.
         self._by_structure: dict[Any, Callable] = {}
@@ -208,6 +211,7 @@ class OptimizedFunction:
             if self._options.lint:
                 lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
+            counted_from = self._report.iterations  # the compiled path counts in _check_compiled
             impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
             if impl is None:
                 impl = self._original if rewritten is None else self._compiled(rewritten)
@@ -222,24 +226,55 @@ class OptimizedFunction:
                                     None, key)
                     impl = self._original
             self._impls[key] = impl
-            if impl is not self._original and self._options.keep_faster:
-                self._impls[key] = FormTrial(impl, self._original, describe_key(key),
-                                             functools.partial(self._keep, key))
-            # The timed choice of form is per signature, unless nothing was rewritten.
+            # The timed choice of form is per band of signatures, unless nothing was rewritten.
             timed = self._options.keep_faster and rewritten is not None
             self._uniform = None if self._per_signature or timed else impl
+            form, new_band = None, False
+            if impl is not self._original and self._options.keep_faster:
+                form, new_band = self._form_of_band(key, impl, args, kwargs,
+                                                    self._report.iterations - counted_from)
+                self._impls[key] = form
+                compiles = impl is self._compiled_fn and not self._options.verify_compiled
+                if form is self._original or not (new_band or compiles):
+                    # A known band: its trial or its chosen form runs this first call too, so
+                    # that lengths changing at every step still finish the trial.
+                    return form
             # This first call of an eager signature counts what its loops run (the same code).
             if impl is rewritten and not self._options.compile:
-                return self._counts(rewritten)  # compiled: counted by _check_compiled's run
+                counting = self._counts(rewritten)  # compiled: counted by _check_compiled's run
+                return form.counted(counting, self._report) if new_band else counting
             return impl
 
-    def _keep(self, key: Any, impl: Callable, choice: FormChoice) -> None:
-        """A ``FormTrial`` of ``key`` chose ``impl`` (unless a fallback settled it meanwhile)."""
+    def _form_of_band(self, key: Any, impl: Callable, args: tuple, kwargs: dict,
+                      trips: int) -> tuple[Callable, bool]:
+        """What runs for ``key``: the form its band chose, or the band's ``FormTrial``; and
+        whether ``key`` is the band's first signature (which makes the trial, with the ``trips``
+        its first call's counting already found)."""
+        band = (_erase_sizes(key), size_band(args, kwargs))
+        form = self._bands.get(band)
+        if form is None:
+            low = BAND ** band[1]
+            trial = self._bands[band] = FormTrial(
+                impl, self._original,
+                f"{describe_key(key)} and every other size of them with {low}-{BAND * low - 1} "
+                f"tensor elements", functools.partial(self._keep, band), elements(args, kwargs),
+                trips)
+            return trial, True
+        if isinstance(form, FormTrial):
+            return form, False
+        return (self._original if form else impl), False
+
+    def _keep(self, band: Any, chosen: int, choice: FormChoice) -> None:
+        """The ``FormTrial`` of ``band`` chose form ``chosen``: every signature it runs (unless a
+        fallback settled one meanwhile) runs that form from now on."""
         with self._lock:
-            if isinstance(self._impls.get(key), FormTrial):
-                self._impls[key] = impl
-                self._report.forms.append(choice)
-                del self._report.forms[:-FORMS_SHOWN]  # fresh shapes every step: bounded
+            trial = self._bands[band]
+            self._bands[band] = chosen
+            for key, impl in self._impls.items():
+                if impl is trial:
+                    self._impls[key] = trial.forms[chosen]
+            self._report.forms.append(choice)
+            del self._report.forms[:-FORMS_SHOWN]  # bounded, whatever the number of bands
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
         # The original first, on its own clones: when it raises, that error is the user's.
@@ -569,7 +604,7 @@ def _detached(value: Any) -> Any:
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, value)
 
 
-# The report keeps the latest choices of form (one per signature).
+# The report keeps the latest choices of form (one per band of signatures).
 FORMS_SHOWN = 16
 
 

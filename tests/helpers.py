@@ -44,6 +44,19 @@ def load_module(directory: Path, source: str) -> types.ModuleType:
     return module
 
 
+def run_called_helpers_pass(fn):
+    """``optimize_called_helpers`` on ``fn`` alone: (its source after the pass, the context)."""
+    from passes import optimize_called_helpers
+    from passes.ast_tools import Namer, PassContext, unparse
+    from rewrite import Report
+    parsed = frontend.parse_function(fn)
+    ctx = PassContext(parsed.filename, fn.__qualname__,
+                      Namer.for_tree(parsed.tree, set(fn.__globals__)),
+                      Report(fn.__qualname__, parsed.filename, parsed.lineno), fn.__globals__,
+                      rewriting=frozenset({fn}), **FRONTEND)
+    return unparse(optimize_called_helpers.transform(parsed.tree, ctx)), ctx
+
+
 def equivalent_report(fn, *args):
     """``optimize_loss(fn, compile=False)`` checked equivalent to ``fn`` on ``args`` (value,
     every gradient, dtype); its report, with the run-time counts of that call."""

@@ -1,13 +1,14 @@
-"""Never slower than the original: per input signature the calls after the first time the
-rewritten function against the original, and the faster runs from then on. The clock is a fake
-(``rewrite.keep_faster.timed_call`` replaced) that makes one form slower: no measured time is
-asserted."""
+"""Never slower than the original (on by default): per band of input signatures a few calls time
+the rewritten function against the original, and the faster runs from then on. The clock is a
+fake (``rewrite.keep_faster.timed_call`` replaced) that makes one form slower: no measured time
+is asserted."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from rewrite import keep_faster, optimize_loss
+from rewrite.keep_faster import Timing
 from rewrite.runtime import describe_key, signature_key
 from rewrite.tools.inspection import collect, format_text
 from tests.helpers import load_module
@@ -29,17 +30,22 @@ def user(tmp_path):
     return load_module(tmp_path, USER_CODE)
 
 
-def fake_clock(monkeypatch, original, slower, slow_s=1.5):
-    """Replace the timer: ``slower(form, args)`` says whether that call took ``slow_s`` s instead
-    of 1 s. Returns the log of (form, rows) per timed call."""
+def fake_clock(monkeypatch, original, seconds):
+    """Replace the timer: ``seconds(form, args)`` is the (forward, backward or None) time of that
+    call. Returns the log of (form, rows) per timed call."""
     log = []
 
     def timed_call(fn, args, kwargs):
         form = "original" if fn is original else "rewritten"
         log.append((form, args[0].shape[0]))
-        return fn(*args, **kwargs), slow_s if slower(form, args) else 1.0
+        return fn(*args, **kwargs), Timing(*seconds(form, args))
     monkeypatch.setattr(keep_faster, "timed_call", timed_call)
     return log
+
+
+def slower(form_name, factor=1.5):
+    """Forward-only times: ``form_name`` takes ``factor`` s, the other 1 s."""
+    return lambda form, args: (factor if form == form_name else 1.0, None)
 
 
 def _x(rows, dtype=torch.float32):
@@ -52,31 +58,176 @@ def _ran_original(out):
     return type(out.grad_fn).__name__ == "AddBackward0"
 
 
+def _forms(log):
+    return [form for form, _ in log]
+
+
 @pytest.mark.parametrize("slow", ["original", "rewritten"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_faster_form_runs_and_the_report_says_why(user, monkeypatch, slow, dtype):
-    f = optimize_loss(user.summed, compile=False, keep_faster=True)
-    log = fake_clock(monkeypatch, user.summed, lambda form, args: form == slow)
+def test_close_times_take_two_calls_of_each_and_the_faster_runs(user, monkeypatch, slow, dtype):
+    f = optimize_loss(user.summed, compile=False)  # keep_faster is the default
+    log = fake_clock(monkeypatch, user.summed, slower(slow))
     x = _x(6, dtype)
     want = user.summed(x)
     outs = [f(x) for _ in range(1 + TRIAL_CALLS + 2)]
     for out in outs:  # every call, timed or not, has the original's value and dtype
         assert out.dtype == want.dtype
         torch.testing.assert_close(out, want)
-    # First call: the rewritten (it counts loop runs); then the original's untimed warm-up call
-    # and alternating timed calls; then nothing is timed.
-    assert [form for form, _ in log] == ["original"] + ["rewritten", "original"] * keep_faster.TIMED_CALLS
+    # First call: the rewritten (it counts loop runs), untimed; 1.5x apart is not clear at once,
+    # so two timed calls of each, alternating; then nothing is timed.
+    assert _forms(log) == ["rewritten", "original"] * 2
     chosen = "rewritten" if slow == "original" else "original"
-    assert [(c.chosen, c.calls) for c in f.report.forms] == [(chosen, keep_faster.TIMED_CALLS)]
+    assert [(c.chosen, c.calls, c.at_once) for c in f.report.forms] == [(chosen, 2, False)]
     assert _ran_original(outs[-1]) == (chosen == "original")
     dt = str(dtype).replace("torch.", "")
-    assert (f"form: the {chosen} function runs for inputs ({dt}[6, 3]:grad): 1e+03 ms per forward "
-            f"call against 1.5e+03 ms for the {slow} (best of 3 timed calls each)") in str(f.report)
+    assert (f"form: the {chosen} function runs for inputs ({dt}[6, 3]:grad) and every other size "
+            f"of them with 16-63 tensor elements: 1e+03 ms per forward call against 1.5e+03 ms "
+            f"for the {slow} (best of 2 timed calls each)") in str(f.report)
+
+
+def test_a_clearly_slower_original_runs_once(user, monkeypatch):
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, slower("original", factor=30.0))
+    for _ in range(6):
+        out = f(_x(6))
+    assert _forms(log) == ["rewritten", "original"]
+    assert [(c.chosen, c.at_once) for c in f.report.forms] == [("rewritten", True)]
+    assert not _ran_original(out)
+    assert "(one timed call each, 30x slower decides at once)" in str(f.report)
+
+
+@pytest.mark.parametrize("floor_s, original_runs", [(1.0, 0), (1e-9, 2)])
+def test_loop_iterations_tell_a_slow_original_without_running_it(user, monkeypatch, floor_s,
+                                                                   original_runs):
+    """The band's first call counted 6 iterations; at ``floor_s`` each, the original takes at
+    least 6 s against the rewritten form's 1 s: it is not run. With a floor too small to tell,
+    it is timed as usual."""
+    monkeypatch.setattr(keep_faster, "iteration_floor", lambda: floor_s)
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, slower("original", factor=1.5))
+    for _ in range(6):
+        out = f(_x(6))
+    assert _forms(log).count("original") == original_runs and not _ran_original(out)
+    [choice] = f.report.forms
+    assert choice.chosen == "rewritten" and choice.iterations == (6 if floor_s == 1.0 else 0)
+    if floor_s == 1.0:
+        assert ("1e+03 ms per forward call against at least 6e+03 ms for the original (not run: "
+                "its loops run 6 iterations of at least 1e+06 µs each here)") in str(f.report)
+
+
+def test_compiled_first_calls_count_iterations_too(user, monkeypatch):
+    monkeypatch.setattr(keep_faster, "iteration_floor", lambda: 1.0)
+    f = optimize_loss(user.summed, backend="eager")
+    log = fake_clock(monkeypatch, user.summed, slower("original", factor=1.5))
+    for _ in range(4):
+        f(_x(6))
+    assert _forms(log) == ["rewritten"] and f.report.forms[0].iterations == 6
+
+
+def test_a_cheap_original_gets_a_second_call_even_when_slower(user, monkeypatch):
+    # 30x slower but 30 ms: its first call may have been slow for its own reasons.
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed,
+                     lambda form, args: (30e-3 if form == "original" else 1e-3, None))
+    for _ in range(6):
+        f(_x(6))
+    assert _forms(log) == ["rewritten", "original"] * 2
+    assert [(c.chosen, c.at_once) for c in f.report.forms] == [("rewritten", False)]
+
+
+def test_a_clearly_slower_rewrite_gets_a_second_call(user, monkeypatch):
+    # Its first timed call may be its first run at all: never dropped on one call.
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, slower("rewritten", factor=30.0))
+    for _ in range(6):
+        out = f(_x(6))
+    assert _forms(log) == ["rewritten", "original"] * 2
+    assert [(c.chosen, c.at_once) for c in f.report.forms] == [("original", False)]
+    assert _ran_original(out)
+
+
+def test_the_backward_counts_when_it_ran(user, monkeypatch):
+    # The rewritten forward is faster, its backward much slower: forward+backward decides.
+    f = optimize_loss(user.summed, compile=False)
+    fake_clock(monkeypatch, user.summed,
+               lambda form, args: (1.0, 9.0) if form == "rewritten" else (2.0, 1.0))
+    for _ in range(6):
+        out = f(_x(6))
+    assert [(c.chosen, c.backward) for c in f.report.forms] == [("original", True)]
+    assert _ran_original(out)
+    assert "3e+03 ms per forward+backward call against 1e+04 ms for the rewritten" in str(f.report)
+
+
+def test_backward_hooks_time_the_losss_own_backward():
+    x = torch.randn(5, requires_grad=True)
+    out, timing = keep_faster.timed_call(lambda x: (x * 2).sum(), (x,), {})
+    assert timing.backward is None  # not run yet
+    out.backward()
+    assert timing.backward is not None and x.grad is not None
+    _, no_grad = keep_faster.timed_call(lambda x: (x * 2).sum(), (x.detach(),), {})
+    assert no_grad.backward is None and no_grad.hooks == []
+
+
+def test_an_input_passed_again_keeps_only_the_latest_calls_hooks():
+    """A parameter passed at every call: the backward of a later call must not count for an
+    earlier one, so each timed call removes the hooks the calls before it set."""
+    x = torch.randn(5, requires_grad=True)
+    trial = keep_faster.FormTrial(lambda x: (x * 2).sum(), lambda x: (x * 3).sum(), "s",
+                                  lambda chosen, choice: None, x.numel())
+    for _ in range(2):  # the first two calls are always timed, whatever the times
+        trial(x).backward()
+        assert len(x._backward_hooks) == 1
+
+
+def test_the_decision_removes_the_hooks_from_the_inputs(user):
+    f = optimize_loss(user.summed, compile=False)
+    x = _x(6)
+    for _ in range(1 + TRIAL_CALLS + 1):
+        f(x).backward()
+    assert len(f.report.forms) == 1 and not x._backward_hooks
+
+
+def test_variable_lengths_share_one_trial(user, monkeypatch):
+    """Sequence lengths that change every step: one trial for every size within a power of 4,
+    so the slow original runs once, not at every new length."""
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, slower("original", factor=30.0))
+    for rows in [6, 7, 9, 11, 13, 8, 20, 17, 6, 12, 19, 10]:  # 18 to 60 elements: one band
+        torch.testing.assert_close(f(_x(rows)), user.summed(_x(rows)))
+    assert _forms(log).count("original") == 1
+    assert len(f.report.forms) == 1
+    for rows in [30, 40, 50, 35]:  # 90 to 150 elements: the next band decides again, once
+        f(_x(rows))
+    assert _forms(log).count("original") == 2 and len(f.report.forms) == 2
+
+
+def test_calls_of_different_sizes_compare_per_element(user, monkeypatch):
+    # Both forms take 1 us per element: the rewritten timed at 8 rows, the original at 16
+    # (twice the time, same cost per element), so neither is clearly slower.
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, lambda form, args: (args[0].numel() * 1e-6, None))
+    for rows in [6, 8, 16, 8, 16, 6]:
+        f(_x(rows))
+    assert _forms(log) == ["rewritten", "original"] * 2
+    assert [c.rewritten_s for c in f.report.forms] == [pytest.approx(24e-6)]  # scaled to 8 rows
+
+
+def test_each_band_chooses_on_its_own(user, monkeypatch):
+    f = optimize_loss(user.summed, compile=False)
+    # The rewritten form is slower for 4 rows (12 elements) only, not for 9 (27 elements).
+    fake_clock(monkeypatch, user.summed, lambda form, args: (
+        3.0 if (form == "rewritten") == (args[0].shape[0] == 4) else 1.0, None))
+    small, large = _x(4), _x(9)
+    for _ in range(6):
+        f(small), f(large)
+    assert {(c.signature.split(" and")[0], c.chosen) for c in f.report.forms} == {
+        ("(float32[4, 3]:grad)", "original"), ("(float32[9, 3]:grad)", "rewritten")}
+    assert _ran_original(f(small)) and not _ran_original(f(large))
 
 
 def test_gradients_equal_through_the_trial(user, monkeypatch):
-    f = optimize_loss(user.summed, compile=False, keep_faster=True)
-    fake_clock(monkeypatch, user.summed, lambda form, args: form == "rewritten")
+    f = optimize_loss(user.summed, compile=False)
+    fake_clock(monkeypatch, user.summed, slower("rewritten"))
     x = _x(5, torch.float64)
     want, = torch.autograd.grad(user.summed(x), x)
     for _ in range(1 + TRIAL_CALLS + 1):
@@ -84,21 +235,9 @@ def test_gradients_equal_through_the_trial(user, monkeypatch):
         torch.testing.assert_close(got, want)
 
 
-def test_each_signature_chooses_on_its_own(user, monkeypatch):
-    f = optimize_loss(user.summed, compile=False, keep_faster=True)
-    # The rewritten form is slower for 4 rows only.
-    fake_clock(monkeypatch, user.summed, lambda form, args: (form == "rewritten") == (args[0].shape[0] == 4))
-    small, large = _x(4), _x(9)
-    for _ in range(1 + TRIAL_CALLS):
-        f(small), f(large)
-    assert {(c.signature, c.chosen) for c in f.report.forms} == {
-        ("(float32[4, 3]:grad)", "original"), ("(float32[9, 3]:grad)", "rewritten")}
-    assert _ran_original(f(small)) and not _ran_original(f(large))
-
-
 def test_keep_faster_false_times_nothing(user, monkeypatch):
     f = optimize_loss(user.summed, compile=False, keep_faster=False)
-    log = fake_clock(monkeypatch, user.summed, lambda form, args: form == "rewritten")
+    log = fake_clock(monkeypatch, user.summed, slower("rewritten"))
     for _ in range(1 + TRIAL_CALLS):
         out = f(_x(6))
     assert log == [] and f.report.forms == [] and not _ran_original(out)
@@ -106,21 +245,21 @@ def test_keep_faster_false_times_nothing(user, monkeypatch):
 
 def test_nothing_rewritten_times_nothing(tmp_path, monkeypatch):
     user = load_module(tmp_path, "def plain(x):\n    return (x * 2).sum()\n")
-    f = optimize_loss(user.plain, compile=False, keep_faster=True)
-    log = fake_clock(monkeypatch, user.plain, lambda form, args: False)
+    f = optimize_loss(user.plain, compile=False)
+    log = fake_clock(monkeypatch, user.plain, slower("rewritten"))
     for _ in range(1 + TRIAL_CALLS):
         f(_x(3))
     assert log == [] and f.report.forms == []
 
 
 def test_a_failing_rewrite_during_the_trial_falls_back_without_a_choice(user, monkeypatch):
-    f = optimize_loss(user.summed, compile=False, keep_faster=True)
+    f = optimize_loss(user.summed, compile=False)
     f(_x(6))
 
     def timed_call(fn, args, kwargs):
         if fn is not user.summed:
             raise RuntimeError("boom")
-        return fn(*args, **kwargs), 1.0
+        return fn(*args, **kwargs), Timing(1.0)
     monkeypatch.setattr(keep_faster, "timed_call", timed_call)
     with pytest.warns(UserWarning, match="boom"):
         for _ in range(3):
@@ -129,11 +268,11 @@ def test_a_failing_rewrite_during_the_trial_falls_back_without_a_choice(user, mo
 
 
 def test_inspect_shows_the_choice(user, monkeypatch):
-    fake_clock(monkeypatch, user.summed, lambda form, args: form == "rewritten")
-    data = collect(user.summed, (_x(6),), {}, repeat=TRIAL_CALLS + 1)
-    assert data["forms"] == ["the original function runs for inputs (float32[6, 3]:grad): 1e+03 ms "
-                             "per forward call against 1.5e+03 ms for the rewritten (best of 3 timed "
-                             "calls each)"]
+    fake_clock(monkeypatch, user.summed, slower("rewritten"))
+    data = collect(user.summed, (_x(6),), {}, repeat=2)
+    assert data["forms"] == ["the original function runs for inputs (float32[6, 3]:grad) and every "
+                             "other size of them with 16-63 tensor elements: 1e+03 ms per forward "
+                             "call against 1.5e+03 ms for the rewritten (best of 2 timed calls each)"]
     assert "  form: the original function runs" in format_text(data)
 
 

@@ -77,6 +77,35 @@ def test_instrument_golden():
     assert ast.unparse(instrument(ast.parse(plain), "counts")) == plain  # no guard: unchanged
 
 
+@pytest.mark.parametrize("header, sequences", [("for i in range(x.shape[0]):", "((range(x.shape[0]),),)"),
+                                               ("for a, b in zip(xs, ys):", "((xs, ys),)"),
+                                               ("for i, a in enumerate(xs):", "((xs,),)"),
+                                               ("for i in range(x.size(0)):", "((range(x.size(0)),),)"),
+                                               ("for i in range(2):\n    for j in range(x.shape[1]):",
+                                                "((range(2),), (range(x.shape[1]),))"),
+                                               ("for i in range(2):\n    for j in range(i):", "((range(2),),)"),
+                                               ("for a in make(xs):", None),
+                                               ("for a in zip(xs, (y for y in ys)):", None)])
+def test_instrument_golden_trip_counts(header, sequences):
+    """The counter is given the sequences the original loop iterates in step."""
+    loops = header.split("\n")
+    source = "\n".join(["def f(x, xs, ys):", "    if isinstance(x, torch.Tensor):",
+                        "        'optimize_loss: loop at line 3 vectorized'", "        y = x.sum()",
+                        "    else:", *("        " + line for line in loops),
+                        "        " + "    " * len(loops) + "y = y + 1", "    return y"])
+    got = ast.unparse(instrument(ast.parse(source), "counts"))
+    if sequences is None:  # evaluating it again could run user code: no trip count
+        assert "counts.loop_ran(3, True)" in got
+    else:
+        assert f"counts.loop_ran(3, True, trips=lambda: {sequences})" in got
+
+
+def test_iterations_count_the_trips_of_vectorized_runs(user):
+    fn = optimize_loss(user.summed, compile=False)
+    fn(*_inputs(torch.float32))
+    assert fn.report.iterations == _inputs(torch.float32)[0].shape[0]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_eager_first_call_counts_and_steady_calls_do_not(user, dtype):
     fn = optimize_loss(user.summed, compile=False)

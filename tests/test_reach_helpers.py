@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from passes import optimize_called_helpers
-from passes.ast_tools import Namer, PassContext, unparse
-from rewrite import Report, assert_equivalent, explain, optimize_loss
+from passes.ast_tools import unparse
+from rewrite import assert_equivalent, explain, optimize_loss
 from rewrite.frontend import parse_function
-from tests.helpers import FRONTEND, load_module
+from tests.helpers import load_module, run_called_helpers_pass
 
 SOURCE = '''
 import dataclasses
@@ -196,13 +196,7 @@ def user(tmp_path_factory):
     return load_module(tmp_path_factory.mktemp("reach"), SOURCE)
 
 
-def _run_pass(fn):
-    parsed = parse_function(fn)
-    ctx = PassContext(parsed.filename, fn.__qualname__,
-                      Namer.for_tree(parsed.tree, set(fn.__globals__)),
-                      Report(fn.__qualname__, parsed.filename, parsed.lineno), fn.__globals__,
-                      rewriting=frozenset({fn}), **FRONTEND)
-    return unparse(optimize_called_helpers.transform(parsed.tree, ctx)), ctx
+_run_pass = run_called_helpers_pass
 
 
 def _body(source: str) -> str:

@@ -21,7 +21,9 @@ rounds), ``cases`` (name -> ``case``: the CASE dict;
 ``variants``: name -> raw result (status "ok" / "over_budget" / "error", budget_s, first_s,
 samples: per-call seconds, problems, error, and per variant rewrite_s, loops, fallbacks,
 first_small_s, steady_small_s, min_bytes, inductor_warmup_s, check_s: the compiled-vs-eager check
-in optimize_loss compiled's first call, host_syncs: [naive, optimized] per call at the small size); ``steady``: name -> {seconds, runs,
+in optimize_loss compiled's first call, host_syncs: [naive, optimized] per call at the small size,
+paired_samples: per-call seconds of the call timed in alternating blocks, the expert at B=256 and
+the original at bench size when it is close, P7); ``steady``: name -> {seconds, runs,
 lower_bound}; ``best_optimized``, ``best_expert``; ``ratios``: name -> {value, lower_bound};
 ``roofline``; ``backend_rows``: see ``bench_report.backend_rows``; the backend variants' raw
 results also have dynamo_s, passes_s, graph_nodes, rerolled_nodes, notes) and ``targets`` (id -> target, value, met: true / false / null, detail). Times are
@@ -151,6 +153,12 @@ class Settings:
     def budget_for(self, variant: str) -> float:
         return self.compile_budget if variant.partition("@")[0] in COMPILED else self.budget
 
+    def first_budget_for(self, variant: str) -> float:
+        """Until a job's first calls are done: an optimize_loss variant's include its choice of
+        form, which may run the (slow) original once, first-call work like compiling."""
+        base = variant.partition("@")[0]
+        return self.compile_budget if base.startswith("optimized_") else self.budget_for(variant)
+
 
 @dataclass
 class Progress:
@@ -178,8 +186,10 @@ def _run_worker(jobs: list[tuple[Case, str]], settings: Settings, raw: dict[str,
     """Run one worker over ``jobs``; returns how many of them it settled (measured, failed, or
     stopped at their budget)."""
     budgets = [settings.budget_for(variant) for _, variant in jobs]
-    spec = {"jobs": [{"path": str(case.path), "variant": variant, "budget": budget}
-                     for (case, variant), budget in zip(jobs, budgets)],
+    first_budgets = [settings.first_budget_for(variant) for _, variant in jobs]
+    spec = {"jobs": [{"path": str(case.path), "variant": variant, "budget": budget,
+                      "first_budget": first}
+                     for (case, variant), budget, first in zip(jobs, budgets, first_budgets)],
             "threads": settings.threads, "backend": settings.backend, "min_time": settings.min_time}
     with tempfile.TemporaryFile("w+") as stderr:
         # Own session: the kill also reaches compile workers Inductor may have started.
@@ -189,6 +199,7 @@ def _run_worker(jobs: list[tuple[Case, str]], settings: Settings, raw: dict[str,
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
         current, settled, deadline = None, 0, time.perf_counter() + STARTUP_S
+        phase_budget = 0.0  # the current job's budget: for its first calls, then its steady ones
 
         def result(job: int) -> dict:
             case, variant = jobs[job]
@@ -213,7 +224,7 @@ def _run_worker(jobs: list[tuple[Case, str]], settings: Settings, raw: dict[str,
                 job = settled if current is None else current
                 if line == "timeout" and current is not None:
                     result(job)["status"] = "over_budget"
-                    say(job, f": > {budgets[job]:g} s budget, stopped")
+                    say(job, f": > {phase_budget:g} s budget, stopped")
                 else:
                     stderr.seek(0)
                     tail = " ".join(stderr.read().split()[-40:])
@@ -223,11 +234,15 @@ def _run_worker(jobs: list[tuple[Case, str]], settings: Settings, raw: dict[str,
             event = json.loads(line)
             job, kind = event.pop("job"), event.pop("event")
             if kind == "start":
-                current, deadline = job, time.perf_counter() + budgets[job] + GRACE_S
+                current, phase_budget = job, first_budgets[job]
+                deadline = time.perf_counter() + phase_budget + GRACE_S
                 result(job)
-                say(job, f" (budget {budgets[job]:g} s)")
+                say(job, f" (budget {phase_budget:g} s)")
             elif kind == "first":
                 result(job)["first_s"] = event["seconds"]
+            elif kind == "steady_budget":  # first calls done: the steady calls' own budget
+                phase_budget = budgets[job]
+                deadline = time.perf_counter() + phase_budget + GRACE_S
             elif kind == "sample":
                 result(job)["samples"].append(event["seconds"])
             elif kind == "info":
