@@ -22,12 +22,12 @@ FAMILY_PICK = {"builtin_max": "v.reshape(len(v)).nan_to_num(float('-inf'), float
                               "float('-inf')).argmax(0)",
                "builtin_min": "v.reshape(len(v)).nan_to_num(float('inf'), float('inf'), "
                               "float('-inf')).argmin(0)"}
-FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)", "builtin_max": "v[k]",
-                 "builtin_min": "v[k]"}
-# ... but the backward of the batched items also runs for the items not picked (zero cotangent
-# times their local derivatives: NaN where one is NaN/inf). When the item ``e`` reads only the
-# iteration's index (as a subscript) and names the loop does not bind, it is evaluated again at
-# the picked iteration ``k``, on its own: the index becomes this, the elements ``xs[k]``.
+FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)"}
+# ... but ``v[k]`` would run the backward of the batched items for the items not picked too
+# (zero cotangent times their local derivatives: NaN where one is NaN/inf). So the item ``e``,
+# when it reads only the iteration's index (as a subscript) and names the loop does not bind, is
+# evaluated again at the picked iteration ``k``, on its own: the index becomes this, the
+# elements ``xs[k]``; any other item keeps the loop.
 PICKED_INDEX = "a + k * s"
 # ``torch.maximum(s, e)`` splits the gradient between equal values at each step (1/2, 1/4, ...
 # along three or more ties), ``amax`` splits it evenly: such loops are kept.
@@ -141,3 +141,7 @@ BOUND_LIST_CONSUMERS = {**LIST_CONSUMERS, "sum": "v.sum(0)"}
 READS_ONE_LIST = frozenset({"len", "max", "min"})
 # ... and these iterate every positional argument.
 ITERATES_ARGUMENTS = frozenset({"zip", "enumerate"})
+# Of these reads, the ones through which every item of the stacked tensor gets the gradient the
+# list's item gets (or none, ``len``); the others (``xs[k]``, ``max(xs)``, ``for v in xs``, ...)
+# may leave items the original never differentiates, whose batched backward still runs.
+READS_EVERY_ITEM = frozenset({"torch.stack", "torch.cat", "torch.tensor", "sum", "len"})

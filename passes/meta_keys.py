@@ -17,5 +17,6 @@ NOT_HOISTED_BECAUSE = "optimize_loss.not_hoisted_because"
 # str on the node calling a re-rolled loop (reroll_unrolled_loops): what it replaced.
 REROLLED = "optimize_loss.rerolled"
 # str on the node that combines a candidate loop's copies (an add chain's last link, a stack or
-# cat) that reroll_unrolled_loops left alone: why.
+# cat) that reroll_unrolled_loops left alone: why. Also in ``gm.meta`` of a graph in which that
+# pass found no candidate loop at all.
 NOT_REROLLED_BECAUSE = "optimize_loss.not_rerolled_because"

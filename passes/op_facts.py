@@ -30,6 +30,9 @@ FUNCTORCH = ops.fx_names(lambda s: s.effect == "functorch")
 # would be one more tensor to read (on CPU, Inductor reads a bool tensor input several times
 # slower than it recomputes the comparison).
 RECOMPUTED = ops.fx_names(lambda s: s.recomputed)
+# Elementwise comparisons and logic, with a bool result: a Python integer operand and a 0-d
+# integer tensor of it give the same result (type promotion ranks both as scalars).
+NUMBER_OPERAND_TESTS = ops.fx_names(lambda s: s.boolean and s.batched == "elementwise")
 # Functions that write into their first argument (``x[i] = v``, ``x += y``). Methods and
 # functions whose name ends in "_" (``add_``, ``index_put_``, ``torch.relu_``) are in-place too.
 MUTATING_FUNCTIONS = frozenset(getattr(operator, f.removeprefix("operator."))

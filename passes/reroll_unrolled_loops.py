@@ -1,6 +1,6 @@
 """Re-roll the loops Dynamo unrolled: N >= ``MIN_COPIES`` isomorphic copies of one subgraph, each
-reading ``x[i]`` with its own constant ``i``, combined by an add chain or a ``stack``/``cat``,
-become one ``torch.vmap`` over a single copy.
+reading ``x[i]`` with its own constant ``i``, combined by an add/subtract chain or a
+``stack``/``cat``, become one ``torch.vmap`` over a single copy.
 
 Dynamo runs a Python loop while tracing, so ``for i in range(B): loss += ((pred[i] -
 target[i]) ** 2).mean()`` reaches a backend as B copies::
@@ -19,14 +19,19 @@ A copy is the value one term of the combination (its *output*) and every node on
 reads, directly or not. Copies are isomorphic when, node by node in graph order, they call the
 same op on the same constants, on the same nodes outside the copies or on corresponding nodes
 inside, except for one integer in each *indexing* node (``x[i]``, ``x[:, c]``, ``x.select(d, i)``
-on a tensor ``x`` outside the copies). Across copies (in graph order) that integer must count
-up, ``start + step * n`` with ``start >= 0`` and ``step >= 1``: the copies are then
-``body(x[start::step] along that dim)`` and the batched value is ``torch.vmap(body,
-in_dims=dims)(...)``, with ``body`` a graph module made from one copy (``Vmapped``). The
-combinations, and what replaces them:
+on a tensor ``x`` outside the copies) and in each comparison of a tensor with an integer
+(``target == c``; ``op_facts.NUMBER_OPERAND_TESTS``). Across copies (in graph order) an index
+must count up, ``start + step * n`` with ``start >= 0`` and ``step >= 1``: the copies are then
+``body(x[start::step] along that dim)``; a compared integer must change by a fixed step, and
+comes to the body as a 0-d tensor from ``torch.arange(start, ..., step)``, which compares
+exactly as the number did. The batched value is ``torch.vmap(body, in_dims=dims)(...)``, with
+``body`` a graph module made from one copy (``Vmapped``). The combinations, and what replaces
+them:
 
-* an add chain ``((init + v_0) + v_1) + ... + v_N-1`` (``+``, ``+=``, ``torch.add``; either
-  operand order; ``init`` optional): ``init + batched.sum(0)``;
+* an add/subtract chain ``((init + v_0) + v_1) + ... + v_N-1`` (``+``, ``+=``, ``torch.add``,
+  ``-``, ``-=``, ``torch.sub``; either operand order), with numbers mixed in (``loss = loss + 1
+  - dice_c``) and ``init`` optional: ``init + constant + batched.sum(0)``, with ``constant`` the
+  numbers' signed sum, and ``-`` for a chain that subtracts every copy;
 * ``torch.stack([v_0, ..., v_N-1], dim)``: the vmap's ``out_dims=dim``;
 * ``torch.cat([v_0, ..., v_N-1], dim)``: ``out_dims=dim``, then ``flatten(dim, dim + 1)``.
 
@@ -36,16 +41,19 @@ an indexing node: ``weights / weights.sum()``) stays in the graph, computed once
 the vmap unbatched. A run of >= ``MIN_COPIES`` matching terms of a longer add chain is re-rolled
 on its own; the terms that do not match stay in ``init``.
 
-Left alone, with the reason in ``node.meta[NOT_REROLLED_BECAUSE]`` of the combining node: copies
-that differ in anything else (a constant, an input, the order of their nodes; also nested loops
-where both indices change), an index that does not count up from 0 or more, a copy with a
+Left alone, with the reason in ``node.meta[NOT_REROLLED_BECAUSE]`` of the combining node: fewer
+than ``MIN_COPIES`` copies; copies that differ in anything else (the op, a constant, an input,
+the order of their nodes; also nested loops where both indices change), which the reason names
+with the node; an index that does not count up from 0 or more, a compared number without a
+fixed step; a chain that adds some copies and subtracts others; a copy with a
 random, in-place, global-state or torch.func op (``op_facts`` tables) or a full
 ``max()``/``min()``/``median()`` (vmap's batched form gives the gradient at ties to one element,
 ``pred[i].max()`` splits it among them), a copy's value read outside the combination, and an add
 chain that starts by writing into a tensor made before it (``loss = torch.zeros(()); loss +=
 ...``: re-rolled, the in-place write and its dtype would be lost) unless that tensor is an earlier
 sum only the chain reads. A running ``torch.maximum`` is no combination here: its gradient at
-ties halves at every step of the chain, where ``amax`` would split it evenly.
+ties halves at every step of the chain, where ``amax`` would split it evenly. A graph without
+any candidate loop gets ``NO_LOOP`` in ``gm.meta[NOT_REROLLED_BECAUSE]``.
 
 The replacement node records what it re-rolled in ``node.meta[REROLLED]``. Dynamo's fake
 ``example_value`` of the new nodes is computed under the graph's fake mode, so later passes see
@@ -66,10 +74,16 @@ from .annotate_grad_dependence import user_location
 from .meta_keys import NOT_REROLLED_BECAUSE, REROLLED
 
 MIN_COPIES = 4
+# Why a graph without a candidate loop is left alone (in ``gm.meta[NOT_REROLLED_BECAUSE]``).
+NO_LOOP = ("no loop found: no add/subtract chain, torch.stack or torch.cat in the graph combines "
+           "two or more values that read an element x[i] of a tensor")
+# Ends the reason for a chain, stack or cat of 2 to MIN_COPIES - 1 such values.
+TOO_FEW = f"fewer than {MIN_COPIES} copies, too few to be a loop worth re-rolling"
 
 # Links of an add chain, and those among them that write into their left operand.
-_SUM_LINKS = frozenset({operator.add, operator.iadd, torch.add})
-_IN_PLACE_LINKS = frozenset({operator.iadd})
+_SUB_LINKS = frozenset({operator.sub, operator.isub, torch.sub})  # their right operand counts -1
+_SUM_LINKS = frozenset({operator.add, operator.iadd, torch.add}) | _SUB_LINKS
+_IN_PLACE_LINKS = frozenset({operator.iadd, operator.isub})
 # Functions joining a list of copies' values: the vmap puts the copies' dim where they did.
 _JOINS = {torch.stack: "stack", torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat"}
 # Full reductions (no dim) whose gradient at ties vmap changes: on one tensor they split it
@@ -92,6 +106,9 @@ class Loop:
     copies: list[list[torch.fx.Node]]      # each copy's nodes in graph order, same order
     links: list[torch.fx.Node] = field(default_factory=list)  # add chain below ``node``
     init: Any = None                       # the add chain's start value, or None
+    init_sign: int = 1                     # it is added (1) or subtracted (-1)
+    constant: Any = None                   # the sum of the numbers the chain adds, or None
+    sign: int = 1                          # every copy is added (1), subtracted (-1), or mixed (0)
     dim: int = 0                           # the stack/cat dim
     indices: dict = field(default_factory=dict)  # ref node -> per-copy int, ref = copies[0]
 
@@ -106,7 +123,7 @@ class _Mismatch(Exception):
 
 def run(gm: torch.fx.GraphModule) -> PassResult:
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    loops, seen = [], set()
+    loops, seen, refused = [], set(), False
     for node in reversed(list(gm.graph.nodes)):
         if node in seen:
             continue
@@ -119,6 +136,9 @@ def run(gm: torch.fx.GraphModule) -> PassResult:
         except _Mismatch as exc:
             node.meta[NOT_REROLLED_BECAUSE] = str(exc)
             seen.update(exc.nodes)
+            refused = True
+    if not loops and not refused:
+        gm.meta[NOT_REROLLED_BECAUSE] = NO_LOOP
     for loop in loops:
         _reroll(gm, loop)
     if loops:
@@ -148,20 +168,32 @@ class _Index:
     rest: tuple | None
 
 
+@dataclass
+class _Number:
+    """The integer operand (argument ``slot``) of a comparison that is ``start + step * n`` in
+    copy n: the body gets it as a 0-d tensor, batched from ``torch.arange``."""
+    slot: int
+    start: int
+    step: int
+    dim: int = 0
+
+
 # -- finding loops -------------------------------------------------------------------------------
 def _find(node: torch.fx.Node, order: dict) -> Loop | None:
-    """The loop combined at ``node``; None when it combines fewer than MIN_COPIES copies."""
+    """The loop combined at ``node``; None when ``node`` combines no values that read x[i]."""
     if _is_link(node):
         return _sum_chain(node, order)
     join = _JOINS.get(node.target) if node.op == "call_function" else None
     terms = node.args[0] if join and node.args else None
-    if not isinstance(terms, (list, tuple)) or len(terms) < MIN_COPIES or not all(
+    if not isinstance(terms, (list, tuple)) or len(terms) < 2 or not all(
             isinstance(v, torch.fx.Node) for v in terms):
         return None
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     copies = [_cone(v, order) for v in terms]
     if not _reads_element(copies[0]):
         return None
+    if len(terms) < MIN_COPIES:
+        raise _Mismatch(f"torch.{join} of only {len(terms)} values: {TOO_FEW}")
     return Loop(node, join, list(terms), copies, dim=dim)
 
 
@@ -171,12 +203,11 @@ def _is_link(node: Any) -> bool:
 
 
 def _sum_chain(top: torch.fx.Node, order: dict) -> Loop | None:
-    """The add chain ending at ``top``: at each link, the operand isomorphic to the top's term
-    is a copy, the other one the rest of the chain."""
-    spine = _spine(top)
-    if len(spine) + 2 < MIN_COPIES:  # a chain of k links adds k + 1 terms
-        return None
+    """The add/subtract chain ending at ``top``: at each link, the operand isomorphic to the
+    top's term is a copy, a number is a constant, the other operand the rest of the chain."""
     reasons: list[str] = []
+    most = 0
+    signs = (1, -1 if top.target in _SUB_LINKS else 1)  # of the top's operands
     for side in (1, 0):
         first = top.args[side]
         if not isinstance(first, torch.fx.Node) or len(first.users) != 1:
@@ -184,36 +215,83 @@ def _sum_chain(top: torch.fx.Node, order: dict) -> Loop | None:
         ref = _cone(first, order)
         if not _reads_element(ref):
             continue
-        outputs, links, rest = [first], [], top.args[1 - side]
-        while _is_link(rest) and len(rest.users) == 1:
-            term, why = _term(ref, rest, order)
-            if term is None:
-                reasons.append(why)
-                break
-            outputs.append(term)
-            links.append(rest)
-            rest = rest.args[1] if term is rest.args[0] else rest.args[0]
-        else:
-            if _misfit(ref, rest, order) is None:
-                outputs.append(rest)
-                rest = None
-        if len(outputs) >= MIN_COPIES:
-            outputs.sort(key=order.__getitem__)
-            return Loop(top, "sum", outputs, [_cone(v, order) for v in outputs], links, rest)
+        walk = _Walk(ref, order)
+        walk.terms.append((first, signs[side]))
+        walk.down(top.args[1 - side], signs[1 - side])
+        if len(walk.terms) >= MIN_COPIES:
+            return walk.loop(top)
+        reasons += walk.reasons
+        most = max(most, len(walk.terms))
     if reasons:
         raise _Mismatch(f"fewer than {MIN_COPIES} terms in a row are copies of one subgraph: "
-                        f"{reasons[0]}", spine)
+                        f"{reasons[0]}", _spine(top))
+    if most > 1:
+        raise _Mismatch(f"only {most} copies of one subgraph: {TOO_FEW}", _spine(top))
     return None
 
 
-def _term(ref: list[torch.fx.Node], link: torch.fx.Node, order: dict) -> tuple[Any, str | None]:
-    """The operand of ``link`` that is a copy of ``ref`` (the right one first: ``loss += v``),
+class _Walk:
+    """Walks an add/subtract chain down from its top, collecting its terms that are copies of
+    ``ref`` with their signs, its number constants, and the value it starts from."""
+
+    def __init__(self, ref: list[torch.fx.Node], order: dict):
+        self.ref, self.order = ref, order
+        self.terms: list[tuple[torch.fx.Node, int]] = []
+        self.links: list[torch.fx.Node] = []
+        self.constants: list[tuple[Any, int]] = []
+        self.reasons: list[str] = []
+        self.init: tuple[Any, int] | None = None  # the start value and its sign
+
+    def down(self, rest: Any, sign: int) -> None:
+        """Collect from ``rest``, which the chain adds with ``sign``, down to its start."""
+        while True:
+            if _misfit(self.ref, rest, self.order) is None:  # the first term: the chain ends
+                self.terms.append((rest, sign))
+                return
+            if not (_is_link(rest) and len(rest.users) == 1):
+                self.init = (rest, sign)
+                return
+            signs = (sign, -sign if rest.target in _SUB_LINKS else sign)
+            numbers = [j for j in (1, 0) if _is_number(rest.args[j])]
+            if numbers:
+                j = numbers[0]
+                self.constants.append((rest.args[j], signs[j]))
+            else:
+                j, why = _term(self.ref, rest, self.order)
+                if j is None:
+                    self.reasons.append(why)
+                    self.init = (rest, sign)
+                    return
+                self.terms.append((rest.args[j], signs[j]))
+            self.links.append(rest)
+            rest, sign = rest.args[1 - j], signs[1 - j]
+
+    def loop(self, top: torch.fx.Node) -> Loop:
+        signs = {s for _, s in self.terms}
+        outputs = sorted((v for v, _ in self.terms), key=self.order.__getitem__)
+        loop = Loop(top, "sum", outputs, [_cone(v, self.order) for v in outputs], self.links,
+                    sign=signs.pop() if len(signs) == 1 else 0)
+        if self.init is not None and _is_number(self.init[0]):
+            self.constants.append(self.init)
+        elif self.init is not None:
+            loop.init, loop.init_sign = self.init
+        if self.constants:
+            loop.constant = sum(c * s for c, s in self.constants)
+        return loop
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _term(ref: list[torch.fx.Node], link: torch.fx.Node, order: dict) -> tuple[int | None, str | None]:
+    """Which operand of ``link`` is a copy of ``ref`` (the right one first: ``loss += v``),
     or None and why the right one is not."""
     why = None
-    for value in reversed(link.args):
-        reason = _misfit(ref, value, order)
+    for j in (1, 0):
+        reason = _misfit(ref, link.args[j], order)
         if reason is None:
-            return value, None
+            return j, None
         why = why or reason
     return None, why
 
@@ -259,14 +337,16 @@ def _cone(out: torch.fx.Node, order: dict, limit: int | None = None) -> list[tor
 
 # -- matching copies -----------------------------------------------------------------------------
 def _match(ref: list[torch.fx.Node], other: list[torch.fx.Node]) -> dict:
-    """``other`` is ``ref`` but for one integer per indexing node: {ref node: (where in its
-    arguments, ref's integer, other's integer)} for those that differ. Raises ``_Mismatch``."""
+    """``other`` is ``ref`` but for one integer per indexing node or compared number: {ref
+    node: (where in its arguments, ref's integer, other's integer)} for those that differ.
+    Raises ``_Mismatch``."""
     if len(ref) != len(other):
         raise _Mismatch(f"copies differ in size ({len(ref)} and {len(other)} nodes)")
     env = dict(zip(ref, other))
     inside, found = set(ref), {}
     for a, b in zip(ref, other):
         slot = _index_slot(a, inside)
+        slot = _number_slot(a) if slot is None else slot
         diffs: list = []
         same = (a.op == b.op and a.target == b.target and len(a.args) == len(b.args)
                 and all(_same(x, y, env, diffs if i == slot else None, (i,))
@@ -274,10 +354,32 @@ def _match(ref: list[torch.fx.Node], other: list[torch.fx.Node]) -> dict:
                 and _same(a.kwargs, b.kwargs, env, None, ()))
         if not same or len(diffs) > 1:
             raise _Mismatch(f"{b.name} ({_where(b)}) differs from {a.name}, its counterpart in "
-                            "another copy")
+                            f"another copy, in {_difference(a, b, env, slot)}")
         if diffs:
             found[a] = diffs[0]
     return found
+
+
+def _difference(a: torch.fx.Node, b: torch.fx.Node, env: dict, slot: int | None) -> str:
+    """What makes ``b`` no counterpart of ``a``, in words."""
+    if (a.op, a.target) != (b.op, b.target):
+        return f"the op ({_op(b)}, not {_op(a)})"
+    pairs = [(i, x, y) for i, (x, y) in enumerate(zip(a.args, b.args))] + [
+        (k, a.kwargs.get(k), b.kwargs.get(k)) for k in sorted(set(a.kwargs) | set(b.kwargs))]
+    for i, x, y in pairs:
+        if i == slot:
+            continue
+        if not _same(x, y, env, None, ()):
+            if isinstance(x, torch.fx.Node) or isinstance(y, torch.fx.Node):
+                return f"argument {i}: an input that is not the counterpart of {x}"
+            note = (": a number that changes per copy may only index a tensor (x[i]) or be "
+                    "compared with one (target == i)") if _is_number(x) and _is_number(y) else ""
+            return f"argument {i}, the constant {y!r} (not {x!r}){note}"
+    return f"the number of arguments, or more than one index at argument {slot}"
+
+
+def _op(node: torch.fx.Node) -> str:
+    return op_facts.op_name(node) or node.op
 
 
 def _index_slot(node: torch.fx.Node, inside: set) -> int | None:
@@ -288,6 +390,17 @@ def _index_slot(node: torch.fx.Node, inside: set) -> int | None:
         return 1
     if node.target is torch.select or (node.op == "call_method" and node.target == "select"):
         return 2
+    return None
+
+
+def _number_slot(node: torch.fx.Node) -> int | None:
+    """Which operand of a comparison (``target == c``) is an integer, when the other is a
+    tensor (not a size: ``s0 == 3`` is a Python bool)."""
+    if op_facts.op_name(node) not in op_facts.NUMBER_OPERAND_TESTS or len(node.args) != 2:
+        return None
+    for slot in (1, 0):
+        if type(node.args[slot]) is int and isinstance(_value(node.args[1 - slot]), torch.Tensor):
+            return slot
     return None
 
 
@@ -309,7 +422,8 @@ def _same(a: Any, b: Any, env: dict, diffs: list | None, path: tuple) -> bool:
 
 
 def _match_all(copies: list[list[torch.fx.Node]]) -> dict:
-    """{indexing node of the first copy: (where its integer is, the integer in every copy)}."""
+    """{indexing node or comparison of the first copy: (where its integer is, the integer in
+    every copy)}."""
     found = [_match(copies[0], c) for c in copies[1:]]
     indices = {}
     for node in [n for n in copies[0] if any(n in f for f in found)]:
@@ -338,6 +452,9 @@ def _check(loop: Loop) -> None:
     shared = next((v for v in loop.outputs if len(v.users) != 1), None)
     if shared is not None:
         raise _Mismatch(f"{shared.name} ({_where(shared)}), a copy's value, is also read elsewhere")
+    if loop.sign == 0 or loop.init_sign < 0:
+        raise _Mismatch("the chain adds some copies and subtracts others" if loop.sign == 0 else
+                        "the chain subtracts the value it starts from")
     bottom = loop.links[-1] if loop.links else loop.node
     if loop.kind == "sum" and bottom.target in _IN_PLACE_LINKS and not _private_sum(loop.init, loop.outputs[0]):
         raise _Mismatch("the add chain starts by writing into a tensor made before it (+=): "
@@ -353,7 +470,8 @@ def _check(loop: Loop) -> None:
     indices = _match_all(loop.copies)
     if not indices:
         raise _Mismatch("the copies read no x[i] whose i changes between them")
-    loop.indices = {n: _index(n, path, ks) for n, (path, ks) in indices.items()}
+    loop.indices = {n: _index(n, path, ks) if _number_slot(n) is None else _number(n, ks)
+                    for n, (path, ks) in indices.items()}
 
 
 def _private_sum(init: Any, term: torch.fx.Node) -> bool:
@@ -364,6 +482,14 @@ def _private_sum(init: Any, term: torch.fx.Node) -> bool:
         node = node.args[0]  # += returns the tensor it wrote into
     return (_is_link(node) and node.target not in _IN_PLACE_LINKS and len(node.users) == 1
             and getattr(_value(init), "dtype", None) == getattr(_value(term), "dtype", False))
+
+
+def _number(node: torch.fx.Node, ks: list[int]) -> _Number:
+    """How the compared number of ``node`` comes batched, from its value ``ks[n]`` in copy n."""
+    step = ks[1] - ks[0]
+    if ks != [ks[0] + step * n for n in range(len(ks))]:
+        raise _Mismatch(f"{node.name} ({_where(node)}) compares with {ks[:4]}...: not a fixed step")
+    return _Number(_number_slot(node), ks[0], step)
 
 
 def _index(node: torch.fx.Node, path: tuple, ks: list[int]) -> _Index:
@@ -407,12 +533,10 @@ def _reroll(gm: torch.fx.GraphModule, loop: Loop) -> None:
     gm.add_submodule(name, Vmapped(body, in_dims, loop.dim))
     graph, before = gm.graph, set(gm.graph.nodes)
     with graph.inserting_before(loop.node):
-        batches = [_batch(graph, node.args[0], i, n) for node, i in loop.indices.items()]
+        batches = [_batch(graph, node, i, n) for node, i in loop.indices.items()]
         batched = graph.call_module(name, tuple(batches + externals))
         if loop.kind == "sum":
-            result = graph.call_method("sum", (batched, 0))
-            if loop.init is not None:
-                result = graph.call_function(operator.add, (loop.init, result))
+            result = _chain_total(graph, loop, graph.call_method("sum", (batched, 0)))
         elif loop.kind == "cat":
             result = graph.call_method("flatten", (batched, loop.dim, loop.dim + 1))
         else:
@@ -428,6 +552,17 @@ def _reroll(gm: torch.fx.GraphModule, loop: Loop) -> None:
             (m for copy in loop.copies for m in copy if m not in kept), key=_position(graph), reverse=True):
         graph.erase_node(node)
     _fake_values(gm, added, loop.node.meta.get("stack_trace"))
+
+
+def _chain_total(graph: torch.fx.Graph, loop: Loop, total: torch.fx.Node) -> torch.fx.Node:
+    """``init + constant +- total``: what the chain added up, ``total`` the copies' sum."""
+    start = loop.init
+    if loop.constant is not None:
+        start = loop.constant if start is None else graph.call_function(
+            operator.add, (start, loop.constant))
+    if start is None:
+        return total if loop.sign > 0 else graph.call_function(operator.neg, (total,))
+    return graph.call_function(operator.add if loop.sign > 0 else operator.sub, (start, total))
 
 
 def _varying(loop: Loop) -> list[torch.fx.Node]:
@@ -447,24 +582,33 @@ def _body(gm: torch.fx.GraphModule, loop: Loop) -> tuple[torch.fx.GraphModule, l
     inside = set(ref)
     externals: list[torch.fx.Node] = []
     for node in ref:
-        skip = node.args[0] if node in loop.indices else None  # its base comes batched
+        skip = node.args[0] if isinstance(loop.indices.get(node), _Index) else None  # batched
         externals += [i for i in node.all_input_nodes
                       if i not in inside and i is not skip and i not in externals]
     graph = torch.fx.Graph()
-    env = {node: graph.placeholder(f"{node.name}_batch") for node in loop.indices}
-    env.update({node: graph.placeholder(node.name) for node in externals})
+    batched = {node: graph.placeholder(f"{node.name}_batch") for node in loop.indices}
+    env = {node: graph.placeholder(node.name) for node in externals}
     for node, index in loop.indices.items():
-        if index.rest is not None:
-            env[node] = graph.call_function(operator.getitem, (env[node], index.rest))
+        if isinstance(index, _Index):
+            env[node] = batched[node] if index.rest is None else graph.call_function(
+                operator.getitem, (batched[node], index.rest))
     for node in ref:
         if node not in env:
             env[node] = graph.node_copy(node, env.__getitem__)
+            if node in batched:  # a comparison: its number comes batched
+                env[node].update_arg(loop.indices[node].slot, batched[node])
     graph.output(env[loop.outputs[0]])
     return torch.fx.GraphModule(gm, graph, class_name="RerolledBody"), externals
 
 
-def _batch(graph: torch.fx.Graph, base: torch.fx.Node, index: _Index, n: int) -> torch.fx.Node:
-    """``base`` sliced to the elements the copies read along ``index.dim``."""
+def _batch(graph: torch.fx.Graph, node: torch.fx.Node, index: _Index | _Number, n: int) -> torch.fx.Node:
+    """The base of indexing ``node`` sliced to the elements the copies read along
+    ``index.dim``; for a comparison, the numbers the copies compare with."""
+    if isinstance(index, _Number):
+        tensor = node.args[1 - index.slot]
+        return graph.call_function(torch.arange, (index.start, index.start + index.step * n, index.step),
+                                   {"device": _value(tensor).device})
+    base = node.args[0]
     size = _value(base).shape[index.dim]
     if index.start == 0 and index.step == 1 and type(size) is int and size == n:
         return base
@@ -487,7 +631,7 @@ def _position(graph: torch.fx.Graph):
 def _fake_values(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node], stack_trace: str | None) -> None:
     """Set ``example_value`` on new nodes by running them on the graph's fake tensors, and the
     combining node's stack trace, so later passes see them as Dynamo would have."""
-    mode = next((v.fake_mode for v in map(_value, nodes[0].all_input_nodes)
+    mode = next((v.fake_mode for v in map(_value, (i for n in nodes for i in n.all_input_nodes))
                  if hasattr(v, "fake_mode")), None)
     for node in nodes:
         if stack_trace:

@@ -18,11 +18,16 @@ reuse that graph; the hoisted values' fake tensors carry the same symbolic sizes
 
 Dynamo unrolls Python loops: ``reroll_unrolled_loops`` turns the N copies of a per-sample or
 per-class body back into one vmapped computation before the inner compiler sees the graph, so it
-compiles one copy, not N. A loop whose body breaks the graph (``.item()``, ``print``) never reaches
-a backend, neither whole nor as one graph per iteration: Dynamo skips the whole frame and runs it
-eagerly. The next time the backend compiles a graph (in a training step, the code after the
-loss), it says so once per skipped function, through the logger and the report, and recommends
-the decorator, which vectorizes such loops before Dynamo runs.
+compiles one copy, not N. Every graph gets a note in the report: each loop re-rolled, or why
+not (too few copies; copies that differ, in what and at which node; ...), or why the graph has
+no loop to re-roll; each "not re-rolled" note is also logged once per process (a warning for a
+loop left alone, info for a graph without one or with too few copies). A loop whose body breaks the graph
+(``.item()``, ``print``) never reaches a backend, neither whole nor as one graph per iteration:
+Dynamo skips the whole frame and runs it eagerly. The next time the backend compiles a graph
+(in a training step, the code after the loss), it says so once per skipped function, through
+the logger and the report, and recommends the decorator, which vectorizes such loops before
+Dynamo runs. Dynamo's own signals raised through a backend (retrace requests) pass through: they
+are no failure of ours.
 
 ``backend(inner, hoist=, reroll=, ...)`` makes a configured backend; ``"optimize_loss"`` is
 ``backend()``. Neither raises into a training step: when a pass or the inner compiler fails on
@@ -41,7 +46,7 @@ from typing import Any, Callable
 import torch
 
 from passes import hoist_target_subgraph, reroll_unrolled_loops
-from passes.meta_keys import NOT_REROLLED_BECAUSE, REROLLED
+from passes.meta_keys import NOT_REROLLED_BECAUSE, REROLLED, USER_LOCATION
 from passes.pipeline import Dump, pass_name, FX_PIPELINE, run_fx_pipeline
 
 from . import hoist
@@ -52,6 +57,13 @@ log = logging.getLogger("optimize_loss")
 # In Dynamo's count of unsupported constructs: a frame skipped for a graph break in a loop.
 _SKIPPED_LOOP = re.compile(r"graph break in loop\n.*?frame skipped: ([^\n]+)", re.S)
 _told_skipped: set[str] = set()  # functions already logged, once per process
+# What Dynamo expects to come through a backend (retrace with other specializations, a user's
+# error to report): signals, not failures of ours; the unmodified graph would raise them too.
+_DYNAMO_SIGNALS = (torch._dynamo.exc.RestartAnalysis, torch._dynamo.exc.ShortenTraceback)
+_told: set[str] = set()  # "not re-rolled" notes already logged, once per process
+# Notes logged as info, not as a warning: no loop was missed (a model's forward has none, and
+# ``h[0] + h[1]`` is no loop).
+_NO_MISSED_LOOP = (reroll_unrolled_loops.NO_LOOP, reroll_unrolled_loops.TOO_FEW)
 
 
 class HoistingBackend:
@@ -59,14 +71,16 @@ class HoistingBackend:
     ``dynamic`` as for ``torch.compile``) on the core graph. ``report`` and ``dump`` (the
     decorator's) receive what the passes did and the graph after every pass. ``hoist=False`` or
     ``reroll=False`` leave out that pass; with ``fallback``, a failure compiles the unmodified
-    graph with ``backend`` instead of raising."""
+    graph with ``backend`` instead of raising. With ``explain`` (the backend a user picked, not
+    the decorator's), every graph gets a note on its loops, re-rolled or why not, even one
+    without a loop, and each new "not re-rolled" note is logged once per process."""
 
     def __init__(self, backend: str | Callable = "inductor", mode: str | None = None,
                  dynamic: bool | None = None, report: Report | None = None,
                  dump: Dump | None = None, hoist: bool = True, reroll: bool = True,
-                 fallback: bool = False):
+                 fallback: bool = False, explain: bool = False):
         self.backend, self.mode, self.dynamic = backend, mode, dynamic
-        self.report, self.dump, self.fallback = report, dump, fallback
+        self.report, self.dump, self.fallback, self.explain = report, dump, fallback, explain
         skipped = {hoist_target_subgraph: not hoist, reroll_unrolled_loops: not reroll}
         self.passes = [p for p in FX_PIPELINE if not skipped.get(p)]
         self._warned = False
@@ -82,6 +96,8 @@ class HoistingBackend:
         unmodified.meta.update(gm.meta)
         try:
             return self._compile(gm, example_inputs, inner)
+        except _DYNAMO_SIGNALS:
+            raise
         except Exception as exc:
             self._warn(f"optimize_loss backend failed ({type(exc).__name__}: {exc}); "
                        f"compiling the unmodified graph with {self.backend!r}")
@@ -96,7 +112,13 @@ class HoistingBackend:
                 if pass_name(p) not in self.report.passes_run:
                     self.report.passes_run.append(pass_name(p))
             hoist.record(self.report, gm)
-            record_rerolls(self.report, gm)
+        notes = reroll_notes(gm, self.explain) if reroll_unrolled_loops in self.passes else []
+        for note in notes:
+            if self.report is not None and note not in self.report.notes:
+                self.report.notes.append(note)
+            if self.explain and note.startswith("not re-rolled") and note not in _told:
+                _told.add(note)
+                log.log(logging.INFO if any(q in note for q in _NO_MISSED_LOOP) else logging.WARNING, note)
         if not hasattr(gm, "target_transform"):
             return inner(gm, example_inputs)
         return hoist.HoistedCall(gm, inner(gm.core, hoist.core_example_inputs(gm, example_inputs)))
@@ -139,18 +161,25 @@ def backend(inner: str | Callable = "inductor", hoist: bool = True, reroll: bool
     by ``inner`` (a backend name or callable; ``mode`` and ``dynamic`` as for
     ``torch.compile``). ``report`` collects what the passes did. Never raises: see the module
     docstring."""
-    return HoistingBackend(inner, mode, dynamic, report, hoist=hoist, reroll=reroll, fallback=True)
+    return HoistingBackend(inner, mode, dynamic, report, hoist=hoist, reroll=reroll, fallback=True,
+                           explain=True)
 
 
-def record_rerolls(report: Report, gm: torch.fx.GraphModule) -> None:
-    """One note per loop ``reroll_unrolled_loops`` re-rolled or left alone, with the line."""
+def reroll_notes(gm: torch.fx.GraphModule, graph_note: bool = False) -> list[str]:
+    """One note per loop ``reroll_unrolled_loops`` re-rolled or left alone, with the line; with
+    ``graph_note``, also why a graph without any candidate loop was left alone."""
     graphs = [gm.graph] + [m.graph for m in gm.children() if isinstance(m, torch.fx.GraphModule)]
-    for node in (n for graph in graphs for n in graph.nodes):
+    nodes = [n for graph in graphs for n in graph.nodes]
+    notes = []
+    for node in nodes:
         for key, verb in ((REROLLED, "re-rolled"), (NOT_REROLLED_BECAUSE, "not re-rolled")):
             if key in node.meta:
-                note = f"{verb}: {hoist._where(node)} ({node.name}): {node.meta[key]}"
-                if note not in report.notes:
-                    report.notes.append(note)
+                notes.append(f"{verb}: {hoist._where(node)} ({node.name}): {node.meta[key]}")
+    if graph_note and NOT_REROLLED_BECAUSE in gm.meta:
+        first = next((n for n in nodes if n.meta.get(USER_LOCATION)), None)
+        where = f"from {hoist._where(first)}" if first else "without a known line"
+        notes.append(f"not re-rolled, the graph {where}: {gm.meta[NOT_REROLLED_BECAUSE]}")
+    return list(dict.fromkeys(notes))
 
 
 def _inner(backend: str | Callable, mode: str | None, dynamic: bool | None) -> Callable:

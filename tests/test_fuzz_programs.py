@@ -48,19 +48,18 @@ def _found(pattern: str):
 # Programs that hit a bug tests/test_known_bugs.py pins down (by that test's name) are not drawn,
 # so the fuzzer looks for new ones; drop an entry when its test starts passing.
 KNOWN_BUGS = {
-    "test_unpicked_item_of_stacked_values_with_an_infinite_derivative":
-        lambda src, args: "lo = min(lo," in src,  # any op outside its domain makes one
     "test_loop_invariant_item_with_an_infinite_derivative":
         lambda src, args: _nonfinite(args)
         and _found(r"return .* for i in|\)\[(int\()?t\[i\]")(src, args)
         or _found(r"(acos|log1p|log|sqrt|reciprocal)\(w\)|/ w\)")(src, args),
+    "test_bce_with_logits_in_a_vmapped_body_at_an_infinite_logit":
+        lambda src, args: _nonfinite(args) and "binary_cross_entropy_with_logits" in src,
+    "test_running_min_item_hoisted_by_loop_distribution": lambda src, args: "lo = min(lo," in src,
     "test_accumulator_dtype_when_no_iteration_is_selected":
         lambda src, args: args[0].dtype == torch.float64 and "p = p *" in src
         and any(w in src for w in ("if ", "continue")),
     "test_invariant_nonfinite_operand_of_a_deselected_branch":
         lambda src, args: _nonfinite(args[2:3]) and "        if " in src,
-    "test_bce_with_logits_under_vmap_at_an_infinite_logit":
-        lambda src, args: _nonfinite(args) and "binary_cross_entropy_with_logits" in src,
 }
 
 

@@ -279,11 +279,9 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor(rows, dtype=dtype, requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="builtin max/min over per-sample values the vectorized "
-                   "loop stacked (`max(losses)`), or a running min whose item reads a name the "
-                   "body binds twice: the backward of the batched items also runs for the items "
-                   "not picked, and 0 * NaN makes the gradient of one with a NaN/inf derivative "
-                   "NaN where the original gives 0")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rows", [[[0.5], [-0.7], [0.25]], [[0.5], [0.5], [NAN]], [[INF], [0.0], [2.0]]],
+                         ids=["nan-derivative", "tie-nan", "inf"])
 @pytest.mark.parametrize("source", ["""
 def f(x):
     losses = [((torch.log(x[i]) - x[i]) ** 2).sum() for i in range(len(x))]
@@ -297,9 +295,50 @@ def f(x):
         lo = min(lo, (d ** 2).sum())
     return lo
 """], ids=["max-of-list", "item-of-a-rebound-local"])
-def test_unpicked_item_of_stacked_values_with_an_infinite_derivative(tmp_path, source):
+def test_unpicked_item_of_stacked_values_with_an_infinite_derivative(tmp_path, source, rows, dtype):
+    # items an op may give a NaN/inf derivative, read only in part: the loop is kept
     original, fast = optimized(tmp_path, source)
-    assert_equivalent(original, fast, torch.tensor([[0.5], [-0.7], [0.25]], requires_grad=True))
+    assert not fast.report.loops[0].vectorized
+    assert "NaN/inf derivative" in fast.report.loops[0].reason
+    assert_equivalent(original, fast, torch.tensor(rows, dtype=dtype, requires_grad=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("source", ["""
+def f(x):
+    losses = [((x[i] - 1) ** 2).sum() for i in range(len(x))]
+    return max(losses)
+""", """
+def f(x):
+    centers = [x[k].mean(dim=0) for k in range(len(x))]
+    return (centers[0] - centers[-1]).abs().sum()
+"""], ids=["max-of-list", "read-by-index"])
+def test_stacked_items_of_total_ops_read_in_part_stay_vectorized(tmp_path, source, dtype):
+    # total ops: finite derivatives on finite inputs, so 0 for the items not read
+    original, fast = optimized(tmp_path, source)
+    assert fast.report.loops[0].vectorized
+    for rows in ([[0.5, 1.], [2., -3.], [1e30, 0.]], [[1., 1.], [1., 1.], [0., 2.]]):
+        assert_equivalent(original, fast, torch.tensor(rows, dtype=dtype, requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="stacked items read in part (`max(losses)`, `centers[k]`, "
+                   "or a list the vectorized loop appended to, `losses[1]`): at a NaN/inf input "
+                   "even a total op's derivative is NaN/inf, and the batched backward also runs "
+                   "for the items the original never differentiates (0 * inf = NaN)")
+@pytest.mark.parametrize("source", ["""
+def f(x):
+    losses = [((x[i] - 1) ** 2).sum() for i in range(len(x))]
+    return max(losses)
+""", """
+def f(x):
+    losses = []
+    for i in range(x.shape[0]):
+        losses.append(torch.sqrt(x[i]).sum())
+    return losses[1]
+"""], ids=["nonfinite-input", "appended-list"])
+def test_stacked_items_read_in_part_at_a_nonfinite_derivative(tmp_path, source):
+    original, fast = optimized(tmp_path, source)
+    assert_equivalent(original, fast, torch.tensor([[0.5], [1.0], [NAN], [0.0]], requires_grad=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -419,9 +458,6 @@ def f(x):
                       torch.tensor([[0.5, 0.0], [0.0, 0.5], [0.25, 0.25]], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="F.binary_cross_entropy_with_logits with a target the loop "
-                   "does not index takes the vmap form, whose backward gives an -inf logit a NaN "
-                   "gradient where the original's is finite")
 def test_bce_with_logits_under_vmap_at_an_infinite_logit(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(y, w):
@@ -432,6 +468,80 @@ def f(y, w):
 """)
     assert_equivalent(original, fast, torch.tensor([[2.9, -INF], [1.1, 0.55]], requires_grad=True),
                       torch.tensor([0.5, 0.5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("y", [[[2.9, -INF], [1.1, 0.55]], [[INF, 0.5], [NAN, 0.5]], [[1., 1.], [1., 1.]]],
+                         ids=["-inf", "inf-nan", "ties"])
+@pytest.mark.parametrize("call", ["F.binary_cross_entropy_with_logits(y[i], w)",
+                                  "F.binary_cross_entropy_with_logits(w, y[i].sigmoid())",
+                                  "F.mse_loss(w, y[i] * 2, reduction='sum')"])
+def test_pointwise_loss_with_a_fixed_operand(tmp_path, call, y, dtype):
+    # the fixed operand is expanded over the loop dim: the batched form, the backward per item
+    original, fast = optimized(tmp_path, f"""
+def f(y, w):
+    s = 0
+    for i in range(y.shape[0]):
+        s += {call}
+    return s
+""")
+    assert "vmap where `isinstance(w, torch.Tensor) and y.dim() == w.dim() + 1`" \
+        in fast.report.loops[0].reason
+    assert_equivalent(original, fast, torch.tensor(y, dtype=dtype, requires_grad=True),
+                      torch.tensor([0.5, -INF], dtype=dtype, requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="F.binary_cross_entropy_with_logits in a body that takes "
+                   "the vmap form for another reason (here `w.sum()` next to per-item values): "
+                   "vmap's backward gives an -inf logit a NaN gradient where the original's is "
+                   "finite")
+def test_bce_with_logits_in_a_vmapped_body_at_an_infinite_logit(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, y, w):
+    s = 0
+    for i in range(x.shape[0]):
+        s += F.binary_cross_entropy_with_logits(x[i], torch.sigmoid(y[i])) + w.sum()
+    return s
+""")
+    assert_equivalent(original, fast, torch.tensor([[-INF], [0.5]], requires_grad=True),
+                      torch.tensor([[0.27], [0.5]], requires_grad=True),
+                      torch.tensor([1.25], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="a running builtin min kept for its item, then distributed: "
+                   "the item is hoisted into a batched loop and read back by index, so the "
+                   "backward runs for the items not picked too (0 * NaN at a NaN input)")
+def test_running_min_item_hoisted_by_loop_distribution(tmp_path):
+    original, fast = optimized(tmp_path, """
+def helper(a, b):
+    d = a - b
+    return (d * d).sum() + b.abs().mean()
+
+def f(x):
+    s = 0
+    lo = float("inf")
+    for i in range(x.shape[0]):
+        lo = min(lo, helper(x[i], x[i]))
+        s += x[i].sum()
+    return s, lo
+""")
+    assert_equivalent(original, fast, torch.tensor([[-0.29], [NAN]], requires_grad=True))
+
+
+def test_pointwise_loss_with_a_fixed_operand_of_another_size_raises(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(y, w):
+    s = 0
+    for i in range(y.shape[0]):
+        s += F.binary_cross_entropy_with_logits(y[i], w)
+    return s
+""")
+    y, w = torch.randn(2, 3), torch.rand(1)
+    with pytest.raises(ValueError) as want:
+        original(y, w)
+    with pytest.raises(ValueError) as got:
+        fast(y, w)
+    assert str(got.value) == str(want.value)
 
 
 def test_chunked_linear_cross_entropy_under_vmap(tmp_path):

@@ -262,8 +262,10 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
             or not all(isinstance(x, ast.Constant) for x in keys.values()):
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     (a, av), (b, bv) = args
-    if not (av.batched and bv.batched):  # a fixed operand would broadcast (and warn)
+    if not (av.batched or bv.batched):
         raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
+    if not (av.batched and bv.batched):
+        (a, av), (b, bv) = _fixed_operand_expanded(scope, node, (a, av), (b, bv))
     scope.elementwise([av, bv], node)
     if summed:  # one call with the per-item reduction over all items
         kw = [ast.keyword(k, x) for k, x in keys.items()] + [
@@ -275,6 +277,23 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
                                                                       ast.Constant("none"))]
     loss = scope.named(ast.Call(node.func, [a, b], kw))
     return scope.sub(f"l.reshape(len(l), -1).{reduction}(1)", l=loss), Val(True, Rank())
+
+
+def _fixed_operand_expanded(scope: Scope, node: ast.Call, *operands: tuple) -> list:
+    """A fixed tensor operand of the items' rank, expanded over the loop dim: the loss's
+    backward then runs per item, as the loop's does (under vmap, or broadcast, it would not:
+    a NaN where the original's gradient is finite). Its shape stays its own, so a size the
+    original refuses is refused alike."""
+    (batched, bv), = [(x, v) for x, v in operands if v.batched]
+    fixed = [scope.free(x) for x, v in operands if not v.batched][0]
+    cond = condition(bv.rank - Rank.of(f"{fixed}.dim()"), "==") if fixed is not None else False
+    if cond is False:
+        raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
+    scope.check(f"isinstance({fixed}, torch.Tensor)" + ("" if cond is True else f" and {cond}"))
+    rows = scope.named(batched)
+    return [(x, v) if v.batched else
+            (scope.sub("f.expand(b.shape[:1] + f.shape)", f=x, b=rows), Val(True, bv.rank))
+            for x, v in ((rows if v.batched else x, v) for x, v in operands)]
 
 
 def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False):

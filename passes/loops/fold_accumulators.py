@@ -5,11 +5,12 @@ Sum partials leave the body already summed over the loop; the others are reduced
 
     loss = 0; for ...: loss += e        ->   loss = _outs[0]             (``FAMILY_FOLD_FROM_ZERO``)
     loss += e  (loss a tensor)          ->   loss += _outs[0]            (in place: aliases see it)
-    m = max(m, e)                       ->   m = max(m, <the first largest of _outs[0]>)
-    m = max(m, f(x[i]))                 ->   _m_picked = <its index in _outs[0]>
+    m = max(m, f(x[i]))                 ->   _m_picked = <the first largest's index in _outs[0]>
                                              m = max(m, f(x[start + _m_picked * step]))
 
-Running ``torch.maximum``/``torch.minimum`` values are refused (``FAMILY_KEPT``).
+Running ``torch.maximum``/``torch.minimum`` values are refused (``FAMILY_KEPT``), and so are
+builtin ones whose item cannot be evaluated again on its own (the batched backward would run for
+the items not picked too: 0 * inf = NaN where one's derivative is infinite).
 
 A sum starting at 0 that the next statement only divides by the trip count
 (``return loss / B`` after ``for i in range(B)``) is left as the mean (``plan.averaged``), with
@@ -58,13 +59,16 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> ast.expr:
     """The stacked values reduced over the loop; a builtin max/min's picked item evaluated again
-    on its own when it can be (``PICKED_INDEX``)."""
+    on its own (``PICKED_INDEX``), or ``Unsupported``."""
     if acc.family not in rules.FAMILY_PICK:
         return plan.sub(rules.FAMILY_REDUCE[acc.family], v=acc.stacked)
     k = plan.sub(rules.FAMILY_PICK[acc.family], v=acc.stacked)
     item = _self_contained_item(plan, name, ctx)
-    if item is None:
-        return plan.sub(rules.FAMILY_REDUCE[acc.family], v=acc.stacked, k=k)
+    if item is None:  # the batched backward would also run for the items not picked, and
+        # pass on 0 * inf = NaN where an item's derivative is infinite (or NaN at a NaN input)
+        raise Unsupported(f"the item `{name}` picks cannot be evaluated again at its index, so "
+                          "the items not picked would pass on a NaN/inf derivative",
+                          plan.node.lineno)
     it = plan.iteration
     picked = ctx.namer.new(f"{name}_picked")
     plan.folds += plan.sub("p = k", p=picked, k=k)

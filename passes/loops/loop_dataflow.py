@@ -305,6 +305,20 @@ def makes_new_tensor(expr: ast.expr, ctx: PassContext) -> bool:
                                         or op.host_number or op.host)
 
 
+def may_be_nonfinite(node: ast.AST, ctx: PassContext) -> ast.AST | None:
+    """An op of ``node`` that is not ``total`` (a NaN/inf value or derivative on some finite
+    input; ``x ** k`` with a literal ``k >= 0`` is total), or None. A backward run with a zero
+    cotangent for an item the original never differentiated gives 0 * inf = NaN there."""
+    for n in walk(node):
+        if isinstance(n, ast.Call) and not (is_shape_query(n, ctx) or call_op(n, ctx).total):
+            return n
+        if isinstance(n, ast.BinOp) and not ops.by_operator(type(n.op)).total \
+                and not (isinstance(n.op, ast.Pow) and isinstance(n.right, ast.Constant)
+                         and type(n.right.value) is int and n.right.value >= 0):
+            return n
+    return None
+
+
 def is_shape_query(node: ast.AST, ctx: PassContext) -> bool:
     if isinstance(node, ast.Attribute) and node.attr in ops.METADATA_ATTRIBUTES:
         return True

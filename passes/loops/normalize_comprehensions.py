@@ -26,7 +26,9 @@ and every read of it is answered the same by the tensor of the stacked items (``
 ``bound_list_consumers`` turns into ``(xs.sum(0) if isinstance(xs, torch.Tensor) else sum(xs))``:
 the vectorized statement binds ``xs`` to the stacked items, the original one to the list. Nothing
 reachable from ``xs`` may be modified in place (a row of the stacked tensor is not the list's own
-object, so aliasing could differ)::
+object, so aliasing could differ). When a read takes only some items (``xs[k]``, ``max(xs)``,
+iteration), the item's ops must be total (``loop_dataflow.may_be_nonfinite``): the batched
+backward also runs for the items the original never differentiates, 0 * inf = NaN::
 
     xs = [f(r) for r in rows]        ->      _items = []
                                              for _r in rows:
@@ -45,7 +47,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
                         root_name, unparse, walk)
-from .loop_dataflow import child_blocks, resolve_call
+from .loop_dataflow import child_blocks, may_be_nonfinite, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -194,6 +196,10 @@ def _bound_reason(stmt: ast.Assign, func: ast.FunctionDef, parents: dict[int, as
         return (f"bound to `{name}`, which is {how} (line {n.lineno}): only len, indexing, "
                 "iteration, max/min and sum/torch.stack/torch.cat/torch.tensor read a tensor of "
                 "its items as they read the list")
+    op = may_be_nonfinite(stmt.value.elt, ctx)
+    if op is not None and _reads_some_items(func, name, parents, ctx):
+        return (f"bound to `{name}`, read in part, and `{unparse(op)}` may have a NaN/inf "
+                "derivative: the items the original leaves alone would pass it on")
     return f"bound to `{name}`, whose items may be modified in place"
 
 
@@ -211,13 +217,15 @@ def stackable_lists(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
             bound[n.id] = bound.get(n.id, 0) + 1
         elif isinstance(n, ast.arg):
             bound[n.arg] = 2  # a parameter (of the function or a nested one): not only the list
-    candidates = {s.targets[0].id for s in walk(func) if isinstance(s, ast.stmt)
-                  and _bound_list(s, frozenset(bound)) and bound[s.targets[0].id] == 1}
-    return frozenset(name for name in candidates
+    items = {s.targets[0].id: s.value.elt for s in walk(func) if isinstance(s, ast.stmt)
+             and _bound_list(s, frozenset(bound)) and bound[s.targets[0].id] == 1}
+    return frozenset(name for name in items
                      if all(_same_on_stacked(n, parents[id(n)], ctx) for n in walk(func)
                             if isinstance(n, ast.Name) and n.id == name
                             and isinstance(n.ctx, ast.Load))
-                     and not _mutated_aliases(func, name, ctx))
+                     and not _mutated_aliases(func, name, ctx)
+                     and not (may_be_nonfinite(items[name], ctx)
+                              and _reads_some_items(func, name, parents, ctx)))
 
 
 def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, set[str]]:
@@ -283,6 +291,15 @@ def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
     if isinstance(parent, ast.Subscript):  # one item; a slice would give a list vs a tensor
         return parent.value is name and not isinstance(parent.slice, (ast.Slice, ast.Tuple))
     return isinstance(parent, (ast.For, ast.comprehension)) and parent.iter is name
+
+
+def _reads_some_items(node: ast.AST, name: str, parents: dict[int, ast.AST],
+                      ctx: PassContext) -> bool:
+    """Whether ``node`` reads the list ``name`` other than whole (``READS_EVERY_ITEM``)."""
+    return any(not (isinstance(p := parents[id(n)], ast.Call)
+                    and resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM)
+               for n in walk(node)
+               if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load))
 
 
 def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool:
