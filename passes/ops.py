@@ -18,7 +18,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import full_extremes
+from . import bce_with_logits, full_extremes
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -85,6 +85,9 @@ class OpSpec:
     # Under ``torch.vmap`` its gradients are wrong (its batching rule, torch 2.13), when called
     # with any of these keywords (``()``: always): a loop calling it runs as written.
     vmap_wrong: tuple[str, ...] | None = None
+    # Under ``torch.vmap`` its gradients differ from eager's: the vmapped body calls this, with
+    # the same arguments, instead (bound into the generated code).
+    vmap_fn: Callable | None = None
     names: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
@@ -217,8 +220,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
       for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),
+    # functorch's composite of it is NaN at an infinite logit
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
-           batched="pointwise_loss"),
+           batched="pointwise_loss",
+           vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
     *(OpSpec(n, (_F + n,), batched="class_loss") for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity"),

@@ -17,7 +17,8 @@ copies a full-size gradient). Sum partials leave summed over the loop, averaged 
 the trip count. Under vmap a full ``max``/``min`` reduction sends a tie's gradient to one
 element where eager splits it evenly: ``x.max()`` and ``torch.max(x)`` become the registry's
 ``reduce_fn`` (``full_extremes``: ``amax``'s split of ties, eager's gradient at NaN), other full
-reductions its ``reduce``.
+reductions its ``reduce``. A call whose gradients differ under vmap calls the registry's
+``vmap_fn`` there (``bce_with_logits``: eager's gradient at an infinite logit).
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
     func = ast.FunctionDef(
         name=fn, args=ast.arguments(posonlyargs=[], args=[ast.arg(p.name) for p in plan.params],
                                     kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=[_TiesSplit(plan, ctx, True).visit(clone(s)) for s in plan.body] + [ret],
+        body=[_EagerGradients(ctx).visit(_TiesSplit(plan, ctx, True).visit(clone(s)))
+              for s in plan.body] + [ret],
         decorator_list=[], returns=None, type_params=[])
     vmap = plan.sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
     mapped = [func] + plan.sub("o = c", o=plan.outs, c=ast.Call(vmap, inputs, []))
@@ -124,3 +126,19 @@ class _TiesSplit(Transformer):
         if op.reduce_fn:
             return self.plan.sub(f"{self.ctx.bind(op.reduce_fn, op.reduce_fn.__name__)}(x, 0)", x=x)
         return self.plan.sub(f"x.{op.reduce}()", x=x)
+
+
+class _EagerGradients(Transformer):
+    """``f(...)`` -> ``vmap_fn(...)``, the same arguments, for the ops with a ``vmap_fn``."""
+
+    def __init__(self, ctx: PassContext):
+        self.ctx = ctx
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        op = call_op(node, self.ctx)
+        if op.vmap_fn is None or method_name(node, self.ctx) is not None:
+            return node
+        fn = ast.Name(self.ctx.bind(op.vmap_fn, op.vmap_fn.__name__), ast.Load())
+        return ast.copy_location(ast.Call(ast.copy_location(fn, node.func), node.args,
+                                          node.keywords), node)
