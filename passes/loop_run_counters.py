@@ -18,6 +18,9 @@ only on the first call of an input signature (never on the steady path, never co
                                                              'check `b` was false')
                                                          <the original loop>
 
+A vectorized branch that runs the loop as written after all (``AS_WRITTEN``, its leading string)
+counts that run as written instead.
+
 The reason re-evaluates the check's conjuncts in order, each only when those before it held, as
 the check itself did. ``trips`` gives the sequences the original loop iterates in step (``zip``'s
 and ``enumerate``'s arguments), so that the counter knows how many iterations the vectorized
@@ -29,9 +32,11 @@ import ast
 import re
 
 from .ast_tools import Transformer, clone, replace, unparse, walk
-from .loops.runtime_checks import MARKER, is_vectorized_guard
+from .loops.runtime_checks import AS_WRITTEN, MARKER, is_vectorized_guard
 
 _LINE = re.compile(re.escape(MARKER).replace(re.escape("{}"), r"(\d+)"))
+_AS_WRITTEN = re.compile(re.escape(AS_WRITTEN).replace(re.escape("{}"), r"(\d+)", 1)
+                         .replace(re.escape("{}"), "(.*)"))
 ERROR = "_optimize_loss_error"  # the caught exception, in the instrumented copy only
 _SHOWN = 80  # characters of a conjunct quoted in the reason
 
@@ -64,6 +69,15 @@ class _Count(Transformer):
         node.body = [marker, ast.Expr(ran)] + guarded
         node.orelse = [ast.Expr(kept)] + node.orelse
         return node
+
+    def visit_Expr(self, node: ast.Expr) -> ast.stmt:
+        """The vectorized branch runs the loop as written after all (``AS_WRITTEN``)."""
+        found = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) \
+            and _AS_WRITTEN.fullmatch(node.value.value)
+        if not found:
+            return node
+        return ast.Expr(replace(f"c.loop_ran_as_written({found.group(1)}, r)", loc=node,
+                                c=self.counter, r=ast.Constant(found.group(2))))
 
 
 def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:

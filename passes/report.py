@@ -137,6 +137,15 @@ class Report:
             loop.original_runs += 1
         loop.last_failure = failure or loop.last_failure
 
+    def loop_ran_as_written(self, lineno: int, reason: str) -> None:
+        """The vectorized branch of the loop at ``lineno``, counted as run, ran the loop as
+        written after all, for ``reason``."""
+        loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)
+        if loop is not None:
+            loop.vectorized_runs -= 1
+            loop.original_runs += 1
+            loop.last_failure = reason
+
     def loop_failed(self, lineno: int, error: BaseException) -> None:
         """The vectorized branch of the loop at ``lineno`` raised ``error``."""
         loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)

@@ -16,6 +16,11 @@ A sum starting at 0 that the next statement only divides by the trip count
 (``return loss / B`` after ``for i in range(B)``) is left as the mean (``plan.averaged``), with
 ``_averaged = True`` among the folds: the vectorized branch computes ``x.mean()``, not
 ``x.mean() * B`` then ``/ B``.
+
+A rebound sum or product under tensor conditions (``p = p * x[i]`` after ``if y[i] > 0:
+continue``) whose items would promote the accumulator's dtype leaves that condition in
+``plan.promotions``: the original promotes it only once an iteration is selected, which the
+vectorized form does not know without reading the masks back.
 """
 from __future__ import annotations
 
@@ -54,6 +59,12 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         else:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD[acc.family], s=name, r=reduced))
+            if plan.uses_where and acc.family in rules.FAMILY_REDUCE:
+                # an item's dtype: the summed part has the item's shape, others the loop dim
+                item = acc.stacked if acc.family == "sum" else plan.sub("v[0]", v=acc.stacked)
+                plan.promotions.append(plan.sub(
+                    "isinstance(s, torch.Tensor) and torch.result_type(s, e) != s.dtype",
+                    s=name, e=item))
     return plan
 
 

@@ -19,6 +19,8 @@ from .loop_dataflow import depends, loads
 from .plan import LoopPlan
 
 MARKER = "optimize_loss: loop at line {} vectorized"
+# Leads the statements where a vectorized branch runs the loop as written after all.
+AS_WRITTEN = "optimize_loss: as written, the loop at line {}: {}"
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:

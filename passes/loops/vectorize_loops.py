@@ -87,7 +87,8 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                materialize_iterators,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
-               outline_body, ragged_slices_to_masks, raise_on_empty_selections,
+               outline_body, promoting_folds_run_as_written, ragged_slices_to_masks,
+               raise_on_empty_selections,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
@@ -126,7 +127,8 @@ LOOP_STAGES: list = [
     outline_body,                 # after the folds: summed and averaged outputs are known
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
     stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
-    raise_on_empty_selections,    # last: around the finished statements
+    raise_on_empty_selections,    # around the finished statements
+    promoting_folds_run_as_written,  # last: around the folds and the checks before them
 ]
 
 

@@ -1,0 +1,46 @@
+"""Stage: a fold that would change an accumulator's dtype runs the loop as written instead.
+
+In ``p = p * x[i]`` under a tensor condition, a float32 ``p`` becomes float64 with the first
+selected float64 item, and stays float32 when no iteration is selected: its dtype depends on
+the data. The vectorized folds cannot know it without reading the masks back (a host sync on
+every call), so when ``torch.result_type`` (metadata only) says a fold would promote, the loop
+runs as written from the folds on: nothing is stored yet, and the vectorized values are
+dropped::
+
+    <vectorized statements>       ->    <vectorized statements>
+    <folds>                             if isinstance(p, torch.Tensor) and \
+                                                torch.result_type(p, _outs[0][0]) != p.dtype:
+                                            'optimize_loss: as written, the loop at line 4: ...'
+                                            <the loop>
+                                        else:
+                                            <folds>
+
+The leading string is counted as a run as written (``passes.loop_run_counters``).
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, clone
+from ..errors import Unsupported
+from .plan import LoopPlan
+from .runtime_checks import AS_WRITTEN
+
+REASON = "an accumulator's dtype would change only if an iteration is selected"
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    if not plan.promotions:
+        return plan
+    folds = {id(f) for f in plan.folds}
+    cut = next((k for k, s in enumerate(plan.stmts) if id(s) in folds), None)
+    if cut is None:
+        raise Unsupported("the folds of an accumulator whose dtype may change were not found",
+                          plan.node.lineno)
+    test = plan.promotions[0] if len(plan.promotions) == 1 else \
+        ast.BoolOp(ast.Or(), plan.promotions)
+    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(plan.node.lineno, REASON)))
+    bail = ast.If(test, [marker, clone(plan.node)], plan.stmts[cut:])
+    plan.stmts = plan.stmts[:cut] + [ast.fix_missing_locations(
+        ast.copy_location(bail, plan.node))]
+    return plan
