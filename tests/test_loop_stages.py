@@ -18,7 +18,8 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                           inplace_writes_to_functional, iteration, last_values_after_loop,
                           masked_selections_to_where, materialize_iterators, merge_branch_appends,
-                          merge_chained_indexing, outline_body, ragged_slices_to_masks,
+                          merge_chained_indexing, outline_body, promoting_folds_run_as_written,
+                          ragged_slices_to_masks,
                           raise_on_empty_selections, rename_rebound_loop_variables,
                           row_slices_to_params, runtime_checks, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
@@ -1409,6 +1410,48 @@ _loss_part = _loss_part + s.sum()
 s = _x_row * 2
 s = s.masked_fill(s > 1, 1.0).mul(0.5)
 _loss_part = _loss_part + s.sum()
+"""),
+    (promoting_folds_run_as_written, """
+def f(x, y):
+    p = torch.ones(())
+    for i in range(x.shape[0]):
+        if y[i] > 0:
+            continue
+        p = p * x[i]
+    return p
+""", ('outline',),
+     """
+# outline
+if x.dim() == y.dim(): ...
+p = p * _outs[0].prod(0)
+""",
+     """
+# outline
+if x.dim() == y.dim(): ...
+if isinstance(p, torch.Tensor) and torch.result_type(p, _outs[0][0]) != p.dtype: ...
+"""),
+    (promoting_folds_run_as_written, """
+def f(x):
+    p = torch.ones(())
+    for i in range(x.shape[0]):
+        p = p * x[i]
+    return p
+""", ('outline',),
+     """
+# outline
+_x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
+_p_part = 1
+_p_part = _p_part * _x_row
+_outs = (_p_part,)
+p = p * _outs[0].prod(0)
+""",
+     """
+# outline
+_x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
+_p_part = 1
+_p_part = _p_part * _x_row
+_outs = (_p_part,)
+p = p * _outs[0].prod(0)
 """),
 ]
 
