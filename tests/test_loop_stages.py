@@ -1413,22 +1413,21 @@ _loss_part = _loss_part + s.sum()
 """),
     (promoting_folds_run_as_written, """
 def f(x, y):
-    p = torch.ones(())
-    for i in range(x.shape[0]):
-        if y[i] > 0:
-            continue
-        p = p * x[i]
-    return p
+    s = torch.zeros(())
+    for i in range(len(x)):
+        if y[i] < 0:
+            s = s + x[i]
+    return s
 """, ('outline',),
      """
 # outline
 if x.dim() == y.dim(): ...
-p = p * _outs[0].prod(0)
+s = s + _outs[0]
 """,
      """
 # outline
 if x.dim() == y.dim(): ...
-if isinstance(p, torch.Tensor) and torch.result_type(p, _outs[0][0]) != p.dtype: ...
+if isinstance(s, torch.Tensor) and torch.result_type(s, _outs[0]) != s.dtype: ...
 """),
     (promoting_folds_run_as_written, """
 def f(x):
