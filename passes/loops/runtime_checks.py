@@ -61,6 +61,15 @@ def is_vectorized_guard(node: ast.AST) -> bool:
             and node.body[0].value.value.startswith("optimize_loss: loop at line"))
 
 
+def is_as_written(node: ast.AST) -> bool:
+    """The ``if <a fold would promote>: <AS_WRITTEN>; <the loop> else: <folds>`` that
+    ``promoting_folds_run_as_written`` emits."""
+    return (isinstance(node, ast.If) and len(node.body) >= 2
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+            and isinstance(node.body[0].value.value, str)
+            and node.body[0].value.value.startswith(AS_WRITTEN.split("{}")[0]))
+
+
 def conjuncts(test: ast.expr) -> list[ast.expr]:
     if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
         return list(test.values)

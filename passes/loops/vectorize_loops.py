@@ -94,7 +94,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
-from .runtime_checks import MARKER, is_vectorized_guard, proven_tensors
+from .runtime_checks import MARKER, is_as_written, is_vectorized_guard, proven_tensors
 
 # The stages of one loop, in order: each a module with ``stage(plan, ctx) -> plan`` that raises
 # ``Unsupported`` when the loop must run as written.
@@ -159,8 +159,8 @@ def _comprehensions(node: ast.AST) -> list[ast.expr]:
         if isinstance(n, normalize_comprehensions.COMPREHENSIONS) \
                 and not ast_marks.get(n, ast_marks.GENERATED):
             found.append(n)
-        kept = n.orelse[0] if is_vectorized_guard(n) else None
-        todo += reversed([c for c in ast.iter_child_nodes(n) if c is not kept])
+        kept = n.orelse[:1] if is_vectorized_guard(n) else n.body if is_as_written(n) else []
+        todo += reversed([c for c in ast.iter_child_nodes(n) if not any(c is k for k in kept)])
     return found
 
 
@@ -219,6 +219,9 @@ class _Vectorizer(Transformer):
     def visit_If(self, node: ast.If) -> ast.AST:
         if is_vectorized_guard(node):  # already vectorized (second run): leave the original
             node.body = [self.visit(s) for s in node.body]
+            return node
+        if is_as_written(node):  # ... and the loop a vectorized branch runs as written
+            node.orelse = [self.visit(s) for s in node.orelse]
             return node
         return self.generic_visit(node)
 
