@@ -54,7 +54,6 @@ KNOWN_BUGS = {
         or _found(r"(acos|log1p|log|sqrt|reciprocal)\(w\)|/ w\)")(src, args),
     "test_bce_with_logits_in_a_vmapped_body_at_an_infinite_logit":
         lambda src, args: _nonfinite(args) and "binary_cross_entropy_with_logits" in src,
-    "test_running_min_item_hoisted_by_loop_distribution": lambda src, args: "lo = min(lo," in src,
     "test_accumulator_dtype_when_no_iteration_is_selected":
         lambda src, args: args[0].dtype == torch.float64 and "p = p *" in src
         and any(w in src for w in ("if ", "continue")),
