@@ -57,8 +57,6 @@ KNOWN_BUGS = {
     "test_accumulator_dtype_when_no_iteration_is_selected":
         lambda src, args: args[0].dtype == torch.float64 and "p = p *" in src
         and any(w in src for w in ("if ", "continue")),
-    "test_invariant_nonfinite_operand_of_a_deselected_branch":
-        lambda src, args: _nonfinite(args[2:3]) and "        if " in src,
 }
 
 
