@@ -57,6 +57,8 @@ KNOWN_BUGS = {
     "test_accumulator_dtype_when_no_iteration_is_selected":
         lambda src, args: args[0].dtype == torch.float64 and "p = p *" in src
         and any(w in src for w in ("if ", "continue")),
+    "test_l1_loss_in_a_vmapped_body_at_a_nan_input_and_an_infinite_target":
+        lambda src, args: _nonfinite(args) and "l1_loss" in src,
 }
 
 

@@ -657,3 +657,19 @@ def f(x, w):
     {"x": x, "w": w}[side][1, 0] = {"nan": NAN, "inf": INF, "tie": 0.5}[kind]
     assert "squared_distances" in fast.report.rewritten_source
     assert_equivalent(original, fast, x.requires_grad_(), w.requires_grad_())
+
+
+@pytest.mark.xfail(strict=True, reason="F.l1_loss in a vmapped body, a NaN input and an infinite "
+                   "fixed target: vmap's backward gives the target's gradient inf where the "
+                   "original's is NaN (found by the fuzzer once other known bugs were fixed)")
+def test_l1_loss_in_a_vmapped_body_at_a_nan_input_and_an_infinite_target(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, w):
+    s = 0
+    for i in range(x.shape[0]):
+        s += F.l1_loss(x[i], torch.exp(w), reduction='sum') + w.sum()
+    return s
+""")
+    assert fast.report.loops[0].strategy == "vmap"
+    assert_equivalent(original, fast, torch.tensor([[-0.29], [NAN]], requires_grad=True),
+                      torch.tensor([INF], requires_grad=True))
