@@ -221,6 +221,7 @@ class _Batcher(Scope):
         self.varying = {}
         if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant):
             return [s]
+        s = self._unmasked(s)
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
             s = ast.copy_location(ast.Assign([ast.Name(s.target.id, ast.Store())], ast.BinOp(
                 ast.Name(s.target.id, ast.Load()), s.op, s.value)), s)
@@ -255,6 +256,26 @@ class _Batcher(Scope):
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
         first = unparse(s).strip().splitlines()[0]
         raise Unsupported(f"`{first}` has no batched form")
+
+    def _unmasked(self, s: ast.stmt) -> ast.stmt:
+        """``s`` with each ``h(p, w)`` (``FixedOperand``) as ``w``, behind the check that the
+        names ``w`` is computed from take no gradient: a learnable ``w`` under a tensor
+        condition is masked per item, in the vmap form."""
+        helpers = {k for k, v in self.ctx.bindings.items()
+                   if getattr(v, "fixed_under_mask", False)}
+        if not isinstance(s, (ast.Assign, ast.AugAssign)) \
+                or not any(isinstance(n, ast.Name) and n.id in helpers for n in walk(s)):
+            return s  # (other statements have no batched form)
+        s = clone(s)
+        for n in walk(s):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in helpers:
+                leaves = self.leaves(n.args[1])
+                if leaves is None or self.varies(n.args[1]):
+                    raise Unsupported(f"`{unparse(n.args[1])}`: a value the loop does not "
+                                      "change under a tensor condition, of unknown leaves")
+                for leaf in sorted(leaves):
+                    self.check(f"not (isinstance({leaf}, torch.Tensor) and {leaf}.requires_grad)")
+        return _Unwrap(helpers).visit(s)
 
     def total(self, node: ast.expr, mean: bool = False) -> tuple[ast.expr, Val]:
         """(the sum over the loop of ``node``'s per-item values, fused where exact, or with
@@ -402,6 +423,18 @@ class _Batcher(Scope):
         self.check(f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
                    f"{len(fixed)}")
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
+
+
+class _Unwrap(ast.NodeTransformer):
+    """Replaces each call ``h(p, w)`` of a helper named in ``helpers`` by ``w``."""
+
+    def __init__(self, helpers: set[str]):
+        self.helpers = helpers
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        return node.args[1] if isinstance(node.func, ast.Name) and node.func.id in self.helpers \
+            else node
 
 
 def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:

@@ -80,6 +80,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
@@ -382,9 +383,13 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
         written = {n: k for k in sorted(split.residual) for n in _writes(body[k], ctx)}
         read = {n: k for k in sorted(split.residual, reverse=True) for n in _reads(body[k])}
         needed = set(read) | live_after
+        picked = _picked(body, split, ctx)
         moved = False
         for k in split.hoisted():
-            why = _dependence(body, k, written, read, needed, variant, ctx)
+            why = "its value flows into an item a builtin `max`/`min` picks from (stacked, " \
+                "the backward would also run for the items not picked: 0 * NaN/inf)" \
+                if loop_dataflow.stores_in([body[k]]) & picked else \
+                _dependence(body, k, written, read, needed, variant, ctx)
             if why:
                 split.residual[k] = why
                 moved = True
@@ -392,6 +397,27 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
         if not moved:
             hoisted = [body[k] for k in split.hoisted()]
             return sorted(loop_dataflow.stores_in(hoisted) & needed)
+
+
+def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
+    """Names whose values flow, through residual statements, into an item of a builtin
+    ``max``/``min`` in the residual loop (``lo = min(lo, v)``). Such a value is not stacked:
+    read back by index, only the picked item's would get a cotangent, but the batched backward
+    would run for all of them (0 times an infinite or NaN local derivative is NaN), so the
+    statements making it stay residual, as the vectorizer evaluates a picked item again."""
+    names: set[str] = set()
+    for k in split.residual:
+        for n in walk(body[k]):
+            if isinstance(n, ast.Call) and rules.ACC_CALLS.get(
+                    loop_dataflow.resolve_call(n.func, ctx) or "") in rules.FAMILY_PICK:
+                names |= set().union(*(loads(a) for a in n.args))
+    grown = True
+    while grown:
+        more = set().union(*(_reads(body[k]) for k in split.residual
+                             if loop_dataflow.stores_in([body[k]]) & names))
+        grown = not more <= names
+        names |= more
+    return names
 
 
 def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dict[str, int],

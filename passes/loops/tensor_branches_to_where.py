@@ -15,7 +15,9 @@ both branches run and a per-iteration mask selects. Python conditions (not loop-
 
 The trap: a deselected branch still runs, and NaN/inf there poisons gradients through
 ``torch.where`` (0 * inf = NaN). So under a mask the iteration's values the branch reads (names
-that vary with it, ``x[i]``) are 0 where deselected (NaN/inf inputs never reach its ops), every
+that vary with it, ``x[i]``) are 0 where deselected (NaN/inf inputs never reach its ops), so
+are the values it reads that the loop does not change and that take a gradient (a weight read
+whole: ``FixedOperand``; 0 * inf in its gradient otherwise), every
 op with ``OpSpec.sanitize`` gets its risky operand replaced by a safe value (the "double where":
 log(0) of those zeros), loop-varying subscripts read index 0 where deselected, and any call not
 known to be total (``OpSpec.total``: user functions, losses with index targets, ...) raises
@@ -28,6 +30,9 @@ their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effe
 from __future__ import annotations
 
 import ast
+import builtins
+
+import torch
 
 from ..errors import Unsupported
 
@@ -204,6 +209,28 @@ class BranchShape:
 BRANCH_SHAPE = BranchShape()
 
 
+class FixedOperand:
+    """``_fixed_operand(p, w)``: ``w``, a value the loop does not change (not a row of the
+    iteration: a weight read whole), read by a branch under the one-element condition ``p``.
+    A deselected iteration's zero cotangent times an infinite or NaN local derivative at ``w``
+    (``w`` holding inf, or an op overflowing) would be NaN in ``w``'s gradient, where the
+    original, which never ran the branch there, has 0: so a ``w`` that takes a gradient is
+    ``w`` where ``p`` holds and zeros where not (``torch.where`` passes 0 there, exactly); any
+    other ``w`` (a Python number, a tensor without gradient) is itself. batch_loop_bodies
+    batches it as ``w`` behind the check that ``w`` takes no gradient (``fixed_under_mask``);
+    otherwise vmap runs the body with the per-item mask."""
+    fixed_under_mask = True
+
+    def __call__(self, p, w):
+        if not (isinstance(w, torch.Tensor) and w.requires_grad):
+            return w
+        return torch.where(p.reshape((1,) * w.dim()), w, torch.zeros_like(w))
+
+
+FIXED_OPERAND = FixedOperand()
+_METADATA = frozenset({"shape", "ndim", "dtype", "device"})  # attributes without gradient
+
+
 def _branch_shape(ctx: PassContext) -> str:
     """The name ``BRANCH_SHAPE`` is bound to in the generated code."""
     return ctx.bind(BRANCH_SHAPE, "branch_shape")
@@ -257,10 +284,33 @@ class Sanitize(Transformer):
             and getattr(node, "end_lineno", None) is not None
         return node if located else self.at
 
+    def _fixed(self, value: ast.expr) -> ast.expr:
+        """A value the loop does not change read by the branch (``FixedOperand``)."""
+        return replace("h(p, w)", loc=self._loc(value), p=self.pred, w=value,
+                       h=self.ctx.bind(FIXED_OPERAND, "fixed_operand"))
+
+    def _is_fixed(self, node: ast.expr) -> bool:
+        """``node`` reads a value the loop does not change: a local or parameter of the
+        function (not a module, global, builtin or helper bound into the generated code), not
+        a shape or dtype."""
+        root = node
+        while isinstance(root, (ast.Attribute, ast.Subscript)):
+            if isinstance(root, ast.Attribute) and root.attr in _METADATA:
+                return False
+            root = root.value
+        return self.leaves and isinstance(node.ctx, ast.Load) and isinstance(root, ast.Name) \
+            and root.id not in self.quiet | {self.index} | self.ctx.globals.keys() \
+            | self.ctx.bindings.keys() \
+            and not hasattr(builtins, root.id) and not depends(node, self.variant, self.ctx)
+
     def visit_Call(self, node: ast.Call) -> ast.AST:
-        self.generic_visit(node)
-        if is_shape_query(node, self.ctx):
+        if is_shape_query(node, self.ctx):  # metadata: no gradient
             return node
+        if method_name(node, self.ctx) is not None:  # the receiver is data, a function is not
+            node.func.value = self.visit(node.func.value)
+        node.args = [self.visit(a) for a in node.args]
+        for k in node.keywords:
+            k.value = self.visit(k.value)
         op = call_op(node, self.ctx)
         if op.sanitize is not None:
             k, safe = op.sanitize
@@ -306,7 +356,12 @@ class Sanitize(Transformer):
         if self.leaves and isinstance(node.ctx, ast.Load) and node.id in self.variant \
                 and node.id != self.index and node.id not in self.quiet:
             return self._leaf(node)
-        return node
+        return self._fixed(node) if self._is_fixed(node) else node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if self._is_fixed(node):  # ``self.w`` whole
+            return self._fixed(node)
+        return self.generic_visit(node)
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         leaves, self.leaves = self.leaves, False  # indices carry no gradient
@@ -327,4 +382,4 @@ class Sanitize(Transformer):
         if self.leaves and chain and isinstance(node.ctx, ast.Load) \
                 and depends(node, self.variant, self.ctx):
             return self._leaf(node)
-        return node
+        return self._fixed(node) if chain and self._is_fixed(node) else node
