@@ -5,8 +5,11 @@ backward is the original's arithmetic: per coordinate ``g * (2 * (w - x))``, sum
 points of the other side. cdist's own backward divides by the distance, so a NaN or inf
 coordinate made every gradient NaN where the original's is NaN in that coordinate only (and
 ``0 * inf`` where the original multiplies a zero gradient by an infinite difference). The
-backward builds the [n, m, D] differences the original builds; it is made of differentiable
-ops, so double backward works, and of vmappable ones (``generate_vmap_rule``).
+original's [n, m, D] differences are computed one coordinate at a time in one [n, m] buffer (in
+cache for moderate sets, one allocation): the same terms, NaN and inf (summed in another
+order), without the temporary's memory traffic (5x faster at [2048, 2048, 3]). A double backward runs the same
+arithmetic with differentiable ops on the [n, m, D] form; both are vmappable
+(``generate_vmap_rule``; in-place ops into the buffer, no ``out=``).
 """
 from __future__ import annotations
 
@@ -27,12 +30,21 @@ class _SquaredDistances(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, w = ctx.saved_tensors
-        if torch.is_grad_enabled():  # a double backward: differentiable ops only
+        if torch.is_grad_enabled() or not x.shape[1]:  # a double backward (or no coordinate)
             per_coordinate = g[..., None] * (2 * (w[None] - x[:, None]))
-        else:  # the same arithmetic in one temporary (2.5x faster at [256, 256, 128])
-            per_coordinate = (w[None] - x[:, None]).mul_(2).mul_(g[..., None])
-        return (-per_coordinate.sum(1) if ctx.needs_input_grad[0] else None,
-                per_coordinate.sum(0) if ctx.needs_input_grad[1] else None)
+            return (-per_coordinate.sum(1) if ctx.needs_input_grad[0] else None,
+                    per_coordinate.sum(0) if ctx.needs_input_grad[1] else None)
+        x_coordinates, w_coordinates = x.mT.contiguous(), w.mT.contiguous()  # [D, n], [D, m]
+        per_coordinate = torch.empty_like(g)
+        x_sums, w_sums = [], []
+        for x_d, w_d in zip(x_coordinates, w_coordinates):
+            per_coordinate.copy_(w_d[None]).sub_(x_d[:, None]).mul_(2).mul_(g)
+            if ctx.needs_input_grad[0]:
+                x_sums.append(-per_coordinate.sum(1))
+            if ctx.needs_input_grad[1]:
+                w_sums.append(per_coordinate.sum(0))
+        return (torch.stack(x_sums, 1) if ctx.needs_input_grad[0] else None,
+                torch.stack(w_sums, 1) if ctx.needs_input_grad[1] else None)
 
 
 def squared_distances(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
