@@ -64,6 +64,8 @@ class OpSpec:
     aliases: bool = False                     # its result may share memory with an operand
     # ``f(b, a)`` of ``x = f(a, b)`` (two tensors first): the same values, computed from ``x``
     swapped: str | None = None
+    # ... computed by this function of (``x``, ``b``, ``a``) instead, bound into generated code
+    swapped_fn: Callable | None = None
     data_shape: bool = False                  # its result's shape depends on the values
     # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
     # memory by strides): must run where it stands, every call and every iteration;
@@ -223,7 +225,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
     _t("cdist", meth=False, swapped="x.mT"),
     # helpers bound into generated code, known by their module path (``share_common_subexpressions``)
-    _helper(set_distances.squared_distances, swapped="x.mT"),
+    _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
     # -- losses -----------------------------------------------------------------------------
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)

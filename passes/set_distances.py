@@ -29,24 +29,53 @@ class _SquaredDistances(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, w = ctx.saved_tensors
-        if torch.is_grad_enabled() or not x.shape[1]:  # a double backward (or no coordinate)
-            per_coordinate = g[..., None] * (2 * (w[None] - x[:, None]))
-            return (-per_coordinate.sum(1) if ctx.needs_input_grad[0] else None,
-                    per_coordinate.sum(0) if ctx.needs_input_grad[1] else None)
-        x_coordinates, w_coordinates = x.mT.contiguous(), w.mT.contiguous()  # [D, n], [D, m]
-        per_coordinate = torch.empty_like(g)
-        x_sums, w_sums = [], []
-        for x_d, w_d in zip(x_coordinates, w_coordinates):
-            per_coordinate.copy_(w_d[None]).sub_(x_d[:, None]).mul_(2).mul_(g)
-            if ctx.needs_input_grad[0]:
-                x_sums.append(-per_coordinate.sum(1))
-            if ctx.needs_input_grad[1]:
-                w_sums.append(per_coordinate.sum(0))
-        return (torch.stack(x_sums, 1) if ctx.needs_input_grad[0] else None,
-                torch.stack(w_sums, 1) if ctx.needs_input_grad[1] else None)
+        return _gradients(g, *ctx.saved_tensors, *ctx.needs_input_grad)
+
+
+class _Transposed(torch.autograd.Function):
+    """``squared_distances(x, w)`` read from ``d = squared_distances(w, x)``, with its own
+    backward: a shared set of distances keeps each use's gradient (a summed cotangent would turn
+    the original's ``0 * inf`` into ``g * inf`` where the other use's cotangent is not 0)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return d.mT.contiguous()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return None, *_gradients(g, *ctx.saved_tensors, *ctx.needs_input_grad[1:])
+
+
+def _gradients(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool, need_w: bool):
+    """The original's gradients of ``x`` and ``w`` for the cotangent ``g`` [n, m]."""
+    if torch.is_grad_enabled() or not x.shape[1]:  # a double backward (or no coordinate)
+        per_coordinate = g[..., None] * (2 * (w[None] - x[:, None]))
+        return (-per_coordinate.sum(1) if need_x else None,
+                per_coordinate.sum(0) if need_w else None)
+    x_coordinates, w_coordinates = x.mT.contiguous(), w.mT.contiguous()  # [D, n], [D, m]
+    per_coordinate = torch.empty_like(g)
+    x_sums, w_sums = [], []
+    for x_d, w_d in zip(x_coordinates, w_coordinates):
+        per_coordinate.copy_(w_d[None]).sub_(x_d[:, None]).mul_(2).mul_(g)
+        if need_x:
+            x_sums.append(-per_coordinate.sum(1))
+        if need_w:
+            w_sums.append(per_coordinate.sum(0))
+    return (torch.stack(x_sums, 1) if need_x else None,
+            torch.stack(w_sums, 1) if need_w else None)
 
 
 def squared_distances(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``[n, m]``: ``((w - x[i]) ** 2).sum(-1)`` for every point ``x[i]``."""
     return _SquaredDistances.apply(x, w)
+
+
+def transposed(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``squared_distances(x, w)`` given ``d = squared_distances(w, x)``: its values, the
+    gradients of ``x`` and ``w`` it would have had (none for ``d``)."""
+    return _Transposed.apply(d, x, w)

@@ -47,10 +47,13 @@ listed as, ``squared_distances``, ``min_of_all``)::
     a = _min_of_all(_squared_distances(p, g), 1)        _t = _squared_distances(p, g)
                                                         _pair = (_t, p, g)
                                                    ->   a = _min_of_all(_t, 1)
-    b = _min_of_all(_squared_distances(g, p), 1)        b = _min_of_all(_pair[0].mT if ... else
+    b = _min_of_all(_squared_distances(g, p), 1)        b = _min_of_all(_transposed(_pair[0], g, p)
+                                                                        if ... else
                                                                         _squared_distances(g, p), 1)
 
-The first statement then runs after the record, so it must write nothing either.
+The first statement then runs after the record, so it must write nothing either. An op whose
+registry entry has a ``swapped_fn`` is read through that function instead of the template
+(``set_distances.transposed``: the same values, each use keeping its own backward).
 """
 from __future__ import annotations
 
@@ -351,8 +354,11 @@ def _common_level(first: list, second: list) -> int:
 def _rewrite_swapped(first: _Site, second: _Site, ctx: PassContext) -> None:
     name = ctx.namer.new("pair")
     loc = second.pair if second.nested else second.stmt.value
-    shared = replace(second.spec.swapped, loc=loc, x=replace("p[0]", loc=loc, p=name))
     a, b = second.pair.args[:2]
+    first_value = replace("p[0]", loc=loc, p=name)
+    shared = replace(second.spec.swapped, loc=loc, x=first_value) if second.spec.swapped_fn is None \
+        else replace("f(x, a, b)", loc=loc, f=ctx.bind(second.spec.swapped_fn, "transposed"),
+                     x=first_value, a=a, b=b)
     read = replace(_SWAPPED, loc=loc, s=shared, p=name, a=a, b=b, v=loc)
     if second.nested:
         _substitute(second.stmt, second.pair, read)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from passes.set_distances import squared_distances
+from passes.set_distances import squared_distances, transposed
 
 
 def _loop(x, w):
@@ -102,3 +102,21 @@ def test_vmap_is_the_loops():
     want = torch.autograd.grad((torch.stack([_loop(x[b], w[b]) for b in range(2)]) * weights).sum(), (x, w))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("special", [None, float("nan"), float("inf"), -float("inf")])
+def test_transposed_read_keeps_each_uses_gradient(dtype, special):
+    # chamfer's two directions from one set of distances: each direction's gradients as if
+    # computed apart (a row of infinite distances has a zero cotangent in the other direction:
+    # 0 * inf is NaN there, a summed cotangent would not be)
+    x, w = _inputs(dtype, special)
+    gen = torch.Generator().manual_seed(2)
+    there, back = torch.rand(5, 4, generator=gen, dtype=dtype), torch.rand(4, 5, generator=gen, dtype=dtype)
+    back[:, 1] = 0  # x[1] holds the special value
+    apart = (squared_distances(x, w) * there).sum() + (squared_distances(w, x) * back).sum()
+    d = squared_distances(x, w)
+    shared = (d * there).sum() + (transposed(d, w, x) * back).sum()
+    torch.testing.assert_close(transposed(d, w, x), squared_distances(w, x), rtol=0, atol=0, equal_nan=True)
+    for a, b in zip(torch.autograd.grad(shared, (x, w)), torch.autograd.grad(apart, (x, w))):
+        torch.testing.assert_close(a, b, equal_nan=True)
