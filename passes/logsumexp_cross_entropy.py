@@ -1,5 +1,5 @@
 """``logsumexp(x, 1) - x[rows, labels]`` per row with the original's value and gradients, at the
-cost of ``F.cross_entropy`` plus two row maxima and one in-place pass, for generated code.
+cost of ``F.cross_entropy`` plus two row maxima and one pass into its buffer, for generated code.
 
 ``F.cross_entropy`` is the fast form of this difference but differs where a row holds ``+inf``:
 its log-softmax is NaN everywhere in that row, where the original is ``inf`` (NaN at an ``+inf``
@@ -26,18 +26,22 @@ class _LogsumexpCrossEntropy(torch.autograd.Function):
         # At the max, log_softmax is -log(sum) exactly (its largest value): lse is max + log(sum),
         # logsumexp's value. A row holding +inf has a NaN log_softmax: its lse is inf (logsumexp's).
         lse = torch.where(top == torch.inf, top, top - shifted.amax(1))
-        shifted.copy_(logits).sub_(lse[:, None])  # eager's x - lse, in log_softmax's buffer
+        if torch._C._functorch.is_batchedtensor(logits):  # under vmap: no out= (no batching rule)
+            shifted.copy_(logits).sub_(lse[:, None])
+        else:  # eager's x - lse, in log_softmax's buffer (one pass, no new allocation)
+            torch.sub(logits, lse[:, None], out=shifted)
         return lse - logits.gather(1, labels[:, None])[:, 0], shifted
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.mark_non_differentiable(output[1])  # only the loss is returned to the caller
+        ctx.set_materialize_grads(False)  # no [N, C] zeros as the gradient of that second output
         ctx.save_for_backward(inputs[0], inputs[1], output[1])
 
     @staticmethod
     def backward(ctx, g: torch.Tensor, _):
         logits, labels, shifted = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
+        if g is None or not ctx.needs_input_grad[0]:
             return None, None
         g = g[:, None]
         if torch.is_grad_enabled():  # a double backward: differentiable ops only
