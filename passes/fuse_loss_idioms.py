@@ -27,8 +27,9 @@ the statement just before (``d = (a - b) ** 2`` then ``d.mean()``).
 
 ``_cross_entropy`` (``passes/logsumexp_cross_entropy.py``) is ``F.cross_entropy(...,
 reduction='none')`` with the original's value and gradients also at rows holding ``+inf`` (where
-``cross_entropy`` is NaN), at about its cost. Only idioms whose fused form measured faster (fwd+bwd, CPU) are rules: ``(a - b).abs().mean()``
--> ``F.l1_loss`` measured no faster and is left as written.
+``cross_entropy`` is NaN), at about its cost. Only idioms whose fused form measured faster
+(fwd+bwd, CPU) are rules: ``(a - b).abs().mean()`` -> ``F.l1_loss`` measured no faster and is
+left as written.
 
 Why the guards: ``mse_loss`` broadcasts (with a warning) and promotes dtypes differently
 from ``a - b``; float16/bfloat16 reduce with another accumulation, so only float32/float64 fuse.

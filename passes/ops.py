@@ -224,7 +224,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
     # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
     _t("cdist", meth=False, swapped="x.mT"),
-    # helpers bound into generated code, known by their module path (``share_common_subexpressions``)
+    # helpers bound into generated code, by module path (``share_common_subexpressions``)
     _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
     # -- losses -----------------------------------------------------------------------------

@@ -7,9 +7,9 @@ coordinate made every gradient NaN where the original's is NaN in that coordinat
 ``0 * inf`` where the original multiplies a zero gradient by an infinite difference). The
 original's [n, m, D] differences are computed a few coordinates at a time in one [k, n, m]
 buffer (in cache for moderate sets, one allocation): the same terms, NaN and inf (summed in
-another order), without the temporary's memory traffic (5x faster at [2048, 2048, 3]). A double backward runs the same
-arithmetic with differentiable ops on the [n, m, D] form; both are vmappable
-(``generate_vmap_rule``; in-place ops into the buffer, no ``out=``).
+another order), without the temporary's memory traffic (5x faster at [2048, 2048, 3]). A double
+backward runs the same arithmetic with differentiable ops on the [n, m, D] form; both are
+vmappable (``generate_vmap_rule``; in-place ops into the buffer, no ``out=``).
 """
 from __future__ import annotations
 

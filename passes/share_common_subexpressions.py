@@ -356,9 +356,11 @@ def _rewrite_swapped(first: _Site, second: _Site, ctx: PassContext) -> None:
     loc = second.pair if second.nested else second.stmt.value
     a, b = second.pair.args[:2]
     first_value = replace("p[0]", loc=loc, p=name)
-    shared = replace(second.spec.swapped, loc=loc, x=first_value) if second.spec.swapped_fn is None \
-        else replace("f(x, a, b)", loc=loc, f=ctx.bind(second.spec.swapped_fn, "transposed"),
-                     x=first_value, a=a, b=b)
+    if second.spec.swapped_fn is None:
+        shared = replace(second.spec.swapped, loc=loc, x=first_value)
+    else:
+        shared = replace("f(x, a, b)", loc=loc, f=ctx.bind(second.spec.swapped_fn, "transposed"),
+                         x=first_value, a=a, b=b)
     read = replace(_SWAPPED, loc=loc, s=shared, p=name, a=a, b=b, v=loc)
     if second.nested:
         _substitute(second.stmt, second.pair, read)
@@ -368,7 +370,8 @@ def _rewrite_swapped(first: _Site, second: _Site, ctx: PassContext) -> None:
     a, b = first.pair.args[:2]
     if first.nested:  # the pair op gets its own name, recorded before the statement reads it
         held = ctx.namer.new("t")
-        _substitute(first.stmt, first.pair, ast.copy_location(ast.Name(held, ast.Load()), first.pair))
+        read_held = ast.copy_location(ast.Name(held, ast.Load()), first.pair)
+        _substitute(first.stmt, first.pair, read_held)
         block[i:i] = [ast.copy_location(ast.Assign([ast.Name(held, ast.Store())], first.pair),
                                         first.stmt),
                       *replace(_RECORD, loc=first.stmt, p=name, x=held, a=a, b=b)]

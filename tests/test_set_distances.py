@@ -55,7 +55,8 @@ def test_gradients_are_the_loops_at_many_nonfinite(dtype, seed):
     # NaN, +inf, -inf scattered over both sets (equal infinities meeting too), and cotangents
     # that are zero, negative, NaN: every combination the original meets, beside a finite rest
     gen = torch.Generator().manual_seed(seed)
-    x, w = torch.randn(7, 3, generator=gen, dtype=dtype), torch.randn(6, 3, generator=gen, dtype=dtype)
+    x = torch.randn(7, 3, generator=gen, dtype=dtype)
+    w = torch.randn(6, 3, generator=gen, dtype=dtype)
     specials = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
     for t in (x, w):
         where = torch.rand(t.shape, generator=gen) < 0.15
@@ -81,7 +82,8 @@ def test_gradients_of_an_empty_set(shapes):
 @pytest.mark.parametrize("cotangent", [float("inf"), -float("inf")])
 def test_infinite_cotangent_is_the_loops(cotangent):
     # +inf/-inf by which coordinate is larger, NaN where they are equal, as the loop
-    x, w = torch.tensor([[0.0, 1.0]], requires_grad=True), torch.tensor([[2.0, 1.0], [-1.0, 3.0]], requires_grad=True)
+    x = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    w = torch.tensor([[2.0, 1.0], [-1.0, 3.0]], requires_grad=True)
     weights = torch.tensor([[cotangent, 1.0]])
     for a, b in zip(_grads(squared_distances, x, w, weights), _grads(_loop, x, w, weights)):
         torch.testing.assert_close(a, b, equal_nan=True)
@@ -89,7 +91,8 @@ def test_infinite_cotangent_is_the_loops(cotangent):
 
 def test_no_coordinate():
     x, w = torch.zeros(3, 0, requires_grad=True), torch.zeros(2, 0, requires_grad=True)
-    for a, b in zip(_grads(squared_distances, x, w, torch.ones(3, 2)), _grads(_loop, x, w, torch.ones(3, 2))):
+    ones = torch.ones(3, 2)
+    for a, b in zip(_grads(squared_distances, x, w, ones), _grads(_loop, x, w, ones)):
         assert a.shape == b.shape
 
 
@@ -99,7 +102,8 @@ def test_vmap_is_the_loops():
     w = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64)
     got = torch.autograd.grad((torch.vmap(squared_distances)(x, w) * weights).sum(), (x, w))
-    want = torch.autograd.grad((torch.stack([_loop(x[b], w[b]) for b in range(2)]) * weights).sum(), (x, w))
+    loops = torch.stack([_loop(x[b], w[b]) for b in range(2)])
+    want = torch.autograd.grad((loops * weights).sum(), (x, w))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
 
@@ -112,11 +116,13 @@ def test_transposed_read_keeps_each_uses_gradient(dtype, special):
     # 0 * inf is NaN there, a summed cotangent would not be)
     x, w = _inputs(dtype, special)
     gen = torch.Generator().manual_seed(2)
-    there, back = torch.rand(5, 4, generator=gen, dtype=dtype), torch.rand(4, 5, generator=gen, dtype=dtype)
+    there = torch.rand(5, 4, generator=gen, dtype=dtype)
+    back = torch.rand(4, 5, generator=gen, dtype=dtype)
     back[:, 1] = 0  # x[1] holds the special value
     apart = (squared_distances(x, w) * there).sum() + (squared_distances(w, x) * back).sum()
     d = squared_distances(x, w)
     shared = (d * there).sum() + (transposed(d, w, x) * back).sum()
-    torch.testing.assert_close(transposed(d, w, x), squared_distances(w, x), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(transposed(d, w, x), squared_distances(w, x), rtol=0, atol=0,
+                               equal_nan=True)
     for a, b in zip(torch.autograd.grad(shared, (x, w)), torch.autograd.grad(apart, (x, w))):
         torch.testing.assert_close(a, b, equal_nan=True)
