@@ -52,8 +52,6 @@ KNOWN_BUGS = {
         lambda src, args: _nonfinite(args)
         and _found(r"return .* for i in|\)\[(int\()?t\[i\]")(src, args)
         or _found(r"(acos|log1p|log|sqrt|reciprocal)\(w\)|/ w\)")(src, args),
-    "test_full_max_of_a_row_times_a_nan_factor":
-        _found(r"\.(max|min)\(\) \*|\* [^\n]*\.(max|min)\(\)"),
     "test_l1_loss_in_a_vmapped_body_at_a_nan_input_and_an_infinite_target":
         lambda src, args: _nonfinite(args) and "l1_loss" in src,
 }
