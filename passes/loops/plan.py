@@ -158,6 +158,7 @@ class LoopPlan:
     # The vectorized statements: the batched form (behind ``batched_if``), else the vmap one.
     stmts: list[ast.stmt] = field(default_factory=list)
     unbatched: str = ""                                # why the body is mapped with vmap
+    no_grad_reason: str = ""  # the report's: while what (invariant_values_take_no_grad), why
     batched_if: ast.expr | None = None
 
     def sub(self, template: str, **subs) -> object:

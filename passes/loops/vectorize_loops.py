@@ -83,7 +83,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                classify_effects, conditional_expressions_to_branches, distribute_loops,
                effects_to_outputs, fold_accumulators, gather_keyed_reads, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, last_values_after_loop,
+               inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                materialize_iterators,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
@@ -128,6 +128,7 @@ LOOP_STAGES: list = [
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
     stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
     raise_on_empty_selections,    # around the finished statements
+    invariant_values_take_no_grad,  # on the loop as written; before the guard is made
     promoting_folds_run_as_written,  # last: around the folds and the checks before them
 ]
 
@@ -333,7 +334,8 @@ class _Vectorizer(Transformer):
         check = plan.checks.expr()
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
                                  _why(plan, self.ctx) + what
-                                 + _runs_when(check, plan.stacked, plan.gathered))
+                                 + _runs_when(check, plan.stacked, plan.gathered)
+                                 + plan.no_grad_reason)
         return check
 
 
