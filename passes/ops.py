@@ -266,7 +266,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # A comparison of the labels with every class: fused into its reader, never worth caching.
     OpSpec("one_hot", (_F + "one_hot",), recomputed=True),
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
-    _t("tolist", fn=False, total=True, host="e.detach()"),
+    _t("tolist", fn=False, total=True, host="e.detach()", derivative="constant"),
     # -- logic and tests ----------------------------------------------------------------------
     _t("logical_xor", boolean=True, recomputed=True),
     _t("isnan", boolean=True), _t("isinf", boolean=True), _t("isfinite", boolean=True),

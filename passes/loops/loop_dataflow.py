@@ -310,13 +310,28 @@ def may_be_nonfinite(node: ast.AST, ctx: PassContext) -> ast.AST | None:
     ``derivative``), or None. A backward run with a zero cotangent for an item the original never
     differentiated gives 0 * inf = NaN there: at a NaN/inf input even a total op's derivative
     may be NaN/inf."""
-    return next((n for n in walk(node) if derivative(n, ctx) not in ("constant", "")), None)
+    return next((n for n in gradient_walk(node, ctx)
+                 if derivative(n, ctx) not in ("constant", "")), None)
+
+
+def gradient_walk(node: ast.AST, ctx: PassContext):
+    """The nodes of ``node`` a gradient may flow through: not inside comparisons, shape queries
+    or calls giving Python numbers or detached values (``x.item()``, ``x.detach()``)."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        yield n
+        if isinstance(n, ast.Compare) or is_shape_query(n, ctx) or isinstance(n, ast.Call) and (
+                call_op(n, ctx).host_number or method_name(n, ctx) == "detach"):
+            continue
+        todo += ast.iter_child_nodes(n)
 
 
 def derivative(node: ast.AST, ctx: PassContext) -> str | None:
     """How the derivative of the op ``node`` depends on the values (``OpSpec.derivative``:
     "constant", "bounded" or None); "" when ``node`` is no op on values (a name, a constant, a
-    shape query, a subscript: it passes the cotangent on as it is). Sums and differences, and
+    shape query, a subscript: it passes the cotangent on as it is). Python numbers (``x.item()``)
+    take no gradient: "constant". Sums and differences, and
     products and quotients by something that reads no values (``2 * x``, ``x / n.shape[0]``),
     are "constant"; so are calls on no values at all."""
     if isinstance(node, ast.UnaryOp):
@@ -331,7 +346,7 @@ def derivative(node: ast.AST, ctx: PassContext) -> str | None:
     if not isinstance(node, ast.Call) or is_shape_query(node, ctx):
         return ""
     op = call_op(node, ctx)
-    if op.aliases or op.boolean or op.metadata_only or not any(
+    if op.aliases or op.boolean or op.metadata_only or op.host_number or not any(
             reads_values(x, ctx) for x in operands(node, ctx)):
         return "constant"
     return op.derivative

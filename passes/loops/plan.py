@@ -94,6 +94,8 @@ class LoopPlan:
     # its stacked items, and those it does bind.
     own_lists: set[str] = field(default_factory=set)
     buildable_lists: set[str] = field(default_factory=set)
+    # appended to, read in part after the loop: the op that may have a NaN/inf derivative
+    lists_read_in_part: dict[str, str] = field(default_factory=dict)
     bound_lists: set[str] = field(default_factory=set)
     own_list_values: dict[str, OwnList] = field(default_factory=dict)
     # Names the function may hold as lists of tensors; those stacked in front of the guard

@@ -246,6 +246,8 @@ class _Vectorizer(Transformer):
         after, divided = self.divisions.get(id(node), (None, {}))
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
                      buildable_lists=self.buildable_lists.get(id(node), set()),
+                     lists_read_in_part=normalize_comprehensions.lists_read_in_part(
+                         node, self.func, self.ctx),
                      outer_indices=set(self.outer_indices))
         try:
             # lists stacked by this plan only: the other routes below have no prelude
@@ -259,9 +261,14 @@ class _Vectorizer(Transformer):
                                          + _runs_when(scanned.check, {}))
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
-            # ... or its vectorizable statements may still leave it (loop fission)
-            fission = distribute_loops.distribute(node, live, self.masks, self.ctx,
-                                                   vectorize)
+            # ... or its vectorizable statements may still leave it (loop fission), unless it
+            # appends to a list read in part: the hoisted values' batched backward would also
+            # run for the items the original never differentiates
+            fission = distribute_loops.distribute(node, live, self.masks, self.ctx, vectorize)
+            if known["lists_read_in_part"] and not isinstance(fission, str):
+                fission = "appends to " + ", ".join(
+                    f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
+                    ", read in part after the loop"
             if isinstance(fission, str):
                 self.ctx.report.add_loop(node.lineno, False, "kept",
                                          f"{exc.reason}; not distributed: {fission}")
