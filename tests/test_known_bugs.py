@@ -733,3 +733,20 @@ def f(x, w):
     with torch.no_grad():  # no gradient: vectorized
         assert_equivalent(original, fast, torch.tensor([[-0.29], [NAN]]), torch.tensor([INF]))
     assert loop.vectorized_runs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bad", [NAN, INF, 0.0])
+def test_product_fold_at_a_nonfinite_factor(tmp_path, bad, dtype):
+    # prod's backward divides the product by the factor (NaN / NaN); the original's gradient of
+    # a factor is the product of the others (loop_products)
+    original, fast = optimized(tmp_path, """
+def f(x):
+    p = torch.ones(())
+    for i in range(x.shape[0]):
+        p = p * x[i].sum()
+    return p
+""")
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.tensor([[2.], [bad], [3.]], dtype=dtype,
+                                                   requires_grad=True))
