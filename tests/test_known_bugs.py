@@ -750,3 +750,25 @@ def f(x):
     assert fast.report.loops[0].vectorized
     assert_equivalent(original, fast, torch.tensor([[2.], [bad], [3.]], dtype=dtype,
                                                    requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="a value computed before a tensor condition and used only "
+                   "in its branch (hard-example mining): the original never differentiates it "
+                   "for a deselected iteration, the vectorized (and the distributed) form's "
+                   "backward runs for every iteration, 0 * NaN at a NaN row; in-branch values "
+                   "read the deselected rows as zeros, values computed before the branch do not")
+@pytest.mark.parametrize("update, result", [("s += l", "s"),
+                                            ("hard.append(l)", "torch.stack(hard).sum()")],
+                         ids=["accumulated", "appended"])
+def test_value_computed_before_a_tensor_condition_at_a_nan_row(tmp_path, update, result):
+    original, fast = optimized(tmp_path, f"""
+def f(x, y, th):
+    s, hard = 0, []
+    for i in range(len(x)):
+        l = F.cross_entropy(x[i:i + 1], y[i:i + 1])
+        if l.item() > th:
+            {update}
+    return {result}
+""")
+    x = torch.tensor([[1., 3.], [NAN, 0.], [2., -1.]], requires_grad=True)
+    assert_equivalent(original, fast, x, torch.tensor([0, 1, 0]), 0.5)
