@@ -21,9 +21,9 @@ on), the loop runs as written. The report says so (``plan.no_grad_reason``)::
                                              <the loop as written>
 
 A tensor counts as taking a gradient when it requires grad, anything else but a number, a
-string or None (a list, an object) always. A value read from a name the body
-binds other than by assignment, iteration or ``with`` cannot be checked: the loop is kept, with
-the reason.
+string or None (a list, an object) always. A value read from a name the body binds other than
+by assignment, iteration or ``with`` (a parameter of a function it defines, say) cannot be
+checked: the loop is kept, with the reason.
 """
 from __future__ import annotations
 
@@ -150,7 +150,9 @@ def _bindings(body: list[ast.stmt]) -> dict[str, list[ast.expr | None]]:
                     found.setdefault(name.id, []).append(value)
         if isinstance(n, (ast.FunctionDef, ast.Lambda, ast.ExceptHandler, ast.Import,
                           ast.ImportFrom, ast.Global, ast.Nonlocal)):
-            for name in {getattr(n, "name", None), *getattr(n, "names", ())} - {None}:
+            params = [a.arg for a in walk(n.args) if isinstance(a, ast.arg)] \
+                if isinstance(n, (ast.FunctionDef, ast.Lambda)) else []
+            for name in {getattr(n, "name", None), *getattr(n, "names", ()), *params} - {None}:
                 found.setdefault(getattr(name, "name", name), []).append(None)
     return found
 
