@@ -37,8 +37,9 @@ iteration (``_rows_only``), bound for every iteration::
 The hoisted loop's ``torch.where`` branches put the operands of the iterations the branch skips
 in the op's domain (or refuse an op that could raise there), and the residual ``if`` reads
 ``_value`` only where the branch runs: values and gradients are the original's. Calls of helpers
-``inline_helper_calls`` inlines count with the work of their bodies. A statement stays residual
-when
+``inline_helper_calls`` inlines count with the work of their bodies; a call of an ``nn`` loss
+module (``self.ce(x[i], y[i])``, ``module_loss_calls``) is its functional op, a pure loss. A
+statement stays residual when
 
 * on its own it is no vectorizable loop body (``loop_dataflow.analyze`` of the statement alone:
   I/O, random ops, mutation of outer objects, ``assert``, inner loops, ...), or it leaves the
@@ -84,7 +85,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
-from . import inline_helper_calls, iteration, loop_dataflow
+from . import inline_helper_calls, iteration, loop_dataflow, module_loss_calls
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
 
@@ -300,7 +301,9 @@ def _rows_only(e: ast.expr, seeds: set[str], ctx: PassContext) -> bool:
     (``0 * inf``) where the original has none."""
     ok = set()
     for n in walk(e):
-        if isinstance(n, ast.Call):
+        if isinstance(n, ast.Call) and module_loss_calls.loss_class(n, ctx):
+            ok |= {id(m) for m in walk(n.func)}  # `self.ce`: a module, not a tensor it reads
+        elif isinstance(n, ast.Call):
             root = n.func
             while isinstance(root, ast.Attribute) and loop_dataflow.resolve_call(n.func, ctx):
                 root = root.value  # `F.mse_loss`, `torch.sqrt`: a module's function
@@ -482,14 +485,15 @@ def _reads(s: ast.stmt) -> set[str]:
 
 def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
     """Names ``s`` binds, deletes or may mutate (``_mutated``, and the arguments of functions
-    the registry does not know, but for helpers ``inline_helper_calls`` inlines: they have no
-    side effects)."""
+    the registry does not know, but for helpers ``inline_helper_calls`` inlines and ``nn`` loss
+    modules ``module_loss_calls`` knows: they have no side effects)."""
     names = {n.id for n in walk(s) if isinstance(n, ast.Name)
              and isinstance(n.ctx, (ast.Store, ast.Del))}
     for n in walk(s):
         if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
                 and loop_dataflow.method_name(n, ctx) is None \
-                and inline_helper_calls.inlinable_helper(n, ctx) is None:
+                and inline_helper_calls.inlinable_helper(n, ctx) is None \
+                and not module_loss_calls.loss_class(n, ctx):
             names |= {r for r in map(root_name, n.args) if r}
     return names | _mutated(s, ctx) | loop_dataflow.stores_in([s])
 
@@ -514,7 +518,7 @@ def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:
 
 def _may_mutate(call: ast.Call, ctx: PassContext) -> bool:
     meth = loop_dataflow.method_name(call, ctx)
-    if meth is None:
+    if meth is None or module_loss_calls.loss_class(call, ctx):
         return False
     spec = call_op(call, ctx)
     return spec is ops.UNKNOWN or spec.effect is not None or meth.endswith("_")
@@ -538,14 +542,14 @@ def _unknown_call(n: ast.AST, ctx: PassContext) -> bool:
 
 def _node_work(n: ast.AST, ctx: PassContext, depth: int) -> int:
     """Ops doing real work in ``n`` itself: one for an op of ``_HEAVY_FORMS`` or a matrix
-    product ``@``; for a call of a helper of the user's module that ``inline_helper_calls``
-    inlines, those of its body."""
+    product ``@`` or a call of an ``nn`` loss module (``module_loss_calls``); for a call of a
+    helper of the user's module that ``inline_helper_calls`` inlines, those of its body."""
     if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
         return 1
     if not isinstance(n, ast.Call):
         return 0
     spec = call_op(n, ctx)
-    if spec.batched in _HEAVY_FORMS and not spec.recomputed:
+    if spec.batched in _HEAVY_FORMS and not spec.recomputed or module_loss_calls.loss_class(n, ctx):
         return 1
     helper = inline_helper_calls.inlinable_helper(n, ctx) \
         if depth < inline_helper_calls.MAX_DEPTH else None
