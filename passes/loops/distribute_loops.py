@@ -112,6 +112,7 @@ class _Split:
     body: list[ast.stmt]
     written: dict[int, ast.stmt]  # position -> the statement as written, if operands left it
     residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
+    copies: bool = False  # the residual loop reads copies of the stacked tensors
 
     def hoisted(self) -> list[int]:
         return [k for k in range(len(self.body)) if k not in self.residual]
@@ -156,7 +157,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
         exported = _close(split, live_after, variant, ctx)
         hoisted = [node.body[k] for k in split.hoisted()]
-        why_not = _why_not(node, split, carried, ctx)
+        why_not = _why_not(node, split, carried, exported, ctx)
         if why_not:
             return why_not
         point = ctx.namer.checkpoint()
@@ -176,7 +177,8 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     return "the vectorizer refused every split"
 
 
-def _why_not(node: ast.For, split: _Split, carried: set[str], ctx: PassContext) -> str:
+def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
+             ctx: PassContext) -> str:
     """Why this split is not made ("" when it is): nothing residual, nothing heavy hoisted or
     more work staying than hoisted (it would not pay: ``_work``), or residual statements that
     change what the loop iterates or the values the hoisted loop stacks."""
@@ -194,9 +196,11 @@ def _why_not(node: ast.For, split: _Split, carried: set[str], ctx: PassContext) 
                                                for k in split.residual))
     if changed:
         return f"the residual loop would change `{sorted(changed)[0]}`, which the loop iterates"
-    if _mutates_values(split, carried, ctx):
-        return "a residual statement changes in place a value made in the iteration " \
-               f"(it would change the stacked values); {_residual(split, ctx)}"
+    split.copies = _mutates_values(split, carried, ctx)
+    if split.copies and not _copyable(split, exported, ctx):
+        return "a residual statement changes in place a value made in the iteration, " \
+               "which may share memory with another value (a copy would not change it); " \
+               f"{_residual(split, ctx)}"
     return ""
 
 
@@ -214,6 +218,39 @@ def _mutates_values(split: _Split, carried: set[str], ctx: PassContext) -> bool:
     (``total += l``) hold what the iterations added, not their values."""
     made = loop_dataflow.stores_in(split.body) - carried
     return any(_mutated(split.body[k], ctx) & made for k in split.residual)
+
+
+def _copyable(split: _Split, exported: list[str], ctx: PassContext) -> bool:
+    """The residual loop may read copies of the stacked tensors (``n = _n_all[i].clone()``),
+    which it may then change in place as the original changes its values: every stacked tensor
+    has memory of its own in the original (``_fresh``), and no hoisted statement reads one (it
+    could make a view of it, which the original's in-place change would reach too)."""
+    hoisted = [split.body[k] for k in split.hoisted()]
+    if set(exported) & set().union(*map(_reads, hoisted)):
+        return False
+    for name in exported:
+        value = _bound_value([s for s in hoisted if name in loop_dataflow.stores_in([s])][-1],
+                             name, ctx)
+        if value is None or not (_is_number(value, ctx) or _fresh(value, ctx, 0)):
+            return False
+    return True
+
+
+def _fresh(value: ast.expr, ctx: PassContext, depth: int) -> bool:
+    """``value`` is a tensor with memory of its own (``loop_dataflow.makes_new_tensor``, an
+    ``nn`` loss module's result, or such a value an inlined helper returns)."""
+    if loop_dataflow.makes_new_tensor(value, ctx) or (
+            isinstance(value, ast.Call) and module_loss_calls.loss_class(value, ctx)):
+        return True
+    helper = inline_helper_calls.inlinable_helper(value, ctx) \
+        if isinstance(value, ast.Call) and depth < inline_helper_calls.MAX_DEPTH else None
+    if helper is None:
+        return False
+    result = helper.body[-1].value
+    if isinstance(result, ast.Name):  # `loss = 1 - num / den; return loss`
+        result = next((b.value for b in reversed(helper.body) if isinstance(b, ast.Assign)
+                       and [ast.unparse(t) for t in b.targets] == [result.id]), None)
+    return result is not None and _fresh(result, ctx, depth + 1)
 
 
 def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> str:
@@ -573,20 +610,22 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
                    plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
     """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
     statements only, each iteration first reading its values: ``n = _n_all[i]``."""
-    stmts, header = [], node
+    stmts, header, copied = [], node, set()
     hoisted = [split.body[k] for k in split.hoisted()]
     for name, lst in lists.items():
         binding = [s for s in hoisted if name in loop_dataflow.stores_in([s])][-1]
         value = _bound_value(binding, name, ctx)
-        how = "v.tolist()" if _is_number(value, ctx) else "v.unbind(0)"
+        number = _is_number(value, ctx)
+        how = "v.tolist()" if number else "v.unbind(0)"
         stmts += replace(f"lst = {how}", loc=node, lst=lst, v=plan.own_list_values[lst].values)
+        copied |= set() if number else {name}
     index = it.index
     if it.elements or not (is_int(it.start, 0) and is_int(it.step, 1) and it.index_is_user):
         index = ctx.namer.new("k")
         header = replace("for k, t in enumerate(s): pass", loc=node, k=index,
                          t=clone(node.target), s=clone(node.iter))[0]
-    reads = [replace("n = lst[k]", loc=node, n=name, lst=lst, k=index)[0]
-             for name, lst in lists.items()]
+    reads = [replace("n = lst[k].clone()" if split.copies and name in copied else "n = lst[k]",
+                     loc=node, n=name, lst=lst, k=index)[0] for name, lst in lists.items()]
     residual = [s for k, s in enumerate(split.body) if k in split.residual]
     loop = ast.For(target=header.target, iter=header.iter, body=reads + residual, orelse=[],
                    type_comment=None)
