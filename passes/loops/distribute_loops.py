@@ -54,13 +54,16 @@ statement stays residual when
   ``name = <expression with a call or subscript>`` that varies with the iteration: only such
   values are stacked (a Python number computed from the index would come back a tensor); a
   value that is one host round trip (``t.item()``, ``int(t)``) comes back as Python numbers,
-  one with a host round trip inside (``t.item() * 2``) is not stacked;
+  one with a host round trip inside (``t.item() * 2``) is not stacked; ``l, n = helper(...)``
+  binds the items of the tuple an inlined helper returns, each judged the same way;
 * the vectorizer refused the hoisted loop at its line (then the split is made again).
 
-A loop whose residual statements change in place a value made in the iteration (``q += 1``
-on a local ``q``; accumulators carried from one iteration to the next are fine) is not split:
-the values are views of one stacked tensor. Nor is one whose residual statements change what
-the loop iterates.
+Residual statements that change in place a value made in the iteration (``q = p; q += 1``;
+accumulators carried from one iteration to the next are not such values) would change views of
+one stacked tensor: the residual loop then reads copies (``p = _p_all[i].clone()``), when every
+stacked tensor had memory of its own in the original and no hoisted statement reads one
+(``_copyable``: the original's change reaches nothing else); else the loop is not split. Nor is
+one whose residual statements change what the loop iterates.
 
 Exceptions: the hoisted statements are vectorized code behind its runtime checks (ranks, dtypes,
 bounds), so they do not raise where the original did not; an error an op raises on the data
@@ -242,15 +245,23 @@ def _fresh(value: ast.expr, ctx: PassContext, depth: int) -> bool:
     if loop_dataflow.makes_new_tensor(value, ctx) or (
             isinstance(value, ast.Call) and module_loss_calls.loss_class(value, ctx)):
         return True
-    helper = inline_helper_calls.inlinable_helper(value, ctx) \
-        if isinstance(value, ast.Call) and depth < inline_helper_calls.MAX_DEPTH else None
-    if helper is None:
-        return False
-    result = helper.body[-1].value
-    if isinstance(result, ast.Name):  # `loss = 1 - num / den; return loss`
+    result = _returned(value, ctx) if depth < inline_helper_calls.MAX_DEPTH else None
+    return result is not None and _fresh(result, ctx, depth + 1)
+
+
+def _returned(call: ast.expr, ctx: PassContext, at: int | None = None) -> ast.expr | None:
+    """What the helper ``call`` calls (one ``inline_helper_calls`` inlines) returns, or item
+    ``at`` of the tuple it returns; a local name it returns is its last value in the helper
+    (``loss = 1 - num / den``, ``return loss``). None: not such a call."""
+    helper = inline_helper_calls.inlinable_helper(call, ctx) \
+        if isinstance(call, ast.Call) else None
+    result = helper.body[-1].value if helper else None
+    if at is not None:
+        result = result.elts[at] if isinstance(result, ast.Tuple) else None
+    if isinstance(result, ast.Name):
         result = next((b.value for b in reversed(helper.body) if isinstance(b, ast.Assign)
                        and [ast.unparse(t) for t in b.targets] == [result.id]), None)
-    return result is not None and _fresh(result, ctx, depth + 1)
+    return result
 
 
 def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> str:
@@ -480,25 +491,31 @@ def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dic
 
 
 def _stackable(s: ast.stmt, name: str, variant: set[str], ctx: PassContext) -> bool:
-    """``name = <value>`` (or a branch's operand bound first, ``_bound_value``), the value
-    varying with the iteration and made by a call or a subscript, with a known kind
+    """``name = <value>`` (or a branch's operand bound first, an item of a helper's tuple:
+    ``_bound_value``), the value varying with the iteration and made by a call or a subscript
+    other than a shape query (``x.shape[0]`` is a Python int), with a known kind
     (``_is_number``)."""
     value = _bound_value(s, name, ctx)
     return (value is not None and name in variant and _is_number(value, ctx) is not None
             and any(isinstance(n, (ast.Call, ast.Subscript)) and not is_shape_query(n, ctx)
+                    and not is_shape_query(getattr(n, "value", None), ctx)  # `x.shape[0]`
                     for n in walk(value)))
 
 
 def _bound_value(s: ast.stmt, name: str, ctx: PassContext) -> ast.expr | None:
-    """The value ``s`` binds to ``name``: ``name = <value>``, or, for a branch's operand
-    bound first (``if c: name = <value>`` ``else: name = 0``, ``_operand_roots``), the
-    branch's value."""
+    """The value ``s`` binds to ``name``: ``name = <value>``, for a branch's operand bound
+    first (``if c: name = <value>`` ``else: name = 0``, ``_operand_roots``) the branch's value,
+    for ``name, n = helper(...)`` the item the helper returns (``_returned``)."""
     if isinstance(s, ast.If) and name in ctx.namer.made:
         s = next((b for b in s.body + s.orelse
                   if not (isinstance(b, ast.Assign) and isinstance(b.value, ast.Constant))), s)
     if isinstance(s, ast.Assign) and len(s.targets) == 1 \
             and isinstance(s.targets[0], ast.Name) and s.targets[0].id == name:
         return s.value
+    names = [t.id if isinstance(t, ast.Name) else None for t in getattr(
+        s.targets[0], "elts", [])] if isinstance(s, ast.Assign) and len(s.targets) == 1 else []
+    if name in names:  # `l, n = helper(...)`: the item of the tuple the helper returns
+        return _returned(s.value, ctx, names.index(name))
     return None
 
 
