@@ -7,12 +7,12 @@ cost) instead of a call of an unknown object::
             self.ce = nn.CrossEntropyLoss(ignore_index=-1)
 
         def forward(self, x, y):
-            for i in range(n):                         for i in range(n):
-                l = self.ce(x[i], y[i])       ->           l = torch.nn.functional.cross_entropy(
-                ...                                            x[i], y[i], weight=self.ce.weight,
-                                                               ignore_index=self.ce.ignore_index,
-                                                               reduction=self.ce.reduction,
-                                                               label_smoothing=self.ce.label_smoothing)
+            for i in range(n):                      for i in range(n):
+                l = self.ce(x[i], y[i])    ->           l = torch.nn.functional.cross_entropy(
+                ...                                         x[i], y[i], weight=self.ce.weight,
+                                                            ignore_index=self.ce.ignore_index,
+                                                            reduction=self.ce.reduction,
+                                                            label_smoothing=self.ce.label_smoothing)
 
 The callee is ``self.<attr>``, every assignment of which in the methods of the class (and of
 its bases of the same module) makes a module of one class of ``op_facts.MODULE_LOSSES``
@@ -145,15 +145,18 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
 
 
 def _targets(n: ast.AST) -> list[ast.expr]:
-    """What ``n`` binds (a value other than an assignment's makes no known module)."""
+    """The names and attributes ``n`` binds (a value other than an assignment's makes no
+    known module)."""
     if isinstance(n, ast.Assign):
-        return [e for t in n.targets for e in walk(t) if isinstance(e, (ast.Name, ast.Attribute))
-                and isinstance(e.ctx, ast.Store)]
-    if isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.With, ast.NamedExpr,
-                      ast.comprehension)):
-        return [e for e in walk(n) if isinstance(e, (ast.Name, ast.Attribute))
-                and isinstance(e.ctx, ast.Store)]
-    return []
+        targets = n.targets
+    elif isinstance(n, ast.With):
+        targets = [item.optional_vars for item in n.items if item.optional_vars]
+    elif isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.NamedExpr, ast.comprehension)):
+        targets = [n.target]
+    else:
+        return []
+    return [e for t in targets for e in walk(t) if isinstance(e, (ast.Name, ast.Attribute))
+            and isinstance(e.ctx, ast.Store)]
 
 
 class _Functional(Transformer):
