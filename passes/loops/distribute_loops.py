@@ -184,7 +184,9 @@ def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str
              ctx: PassContext) -> str:
     """Why this split is not made ("" when it is): nothing residual, nothing heavy hoisted or
     more work staying than hoisted (it would not pay: ``_work``), or residual statements that
-    change what the loop iterates or the values the hoisted loop stacks."""
+    change what the loop iterates or, in place, values the hoisted loop stacks that a copy
+    cannot stand for (``_copyable``). Sets ``split.copies`` when the residual loop reads
+    copies."""
     if not split.residual:
         return "no statement of the body is the cause: the refusal is the loop's as a whole"
     if not any(_heavy(split.body[k], ctx) for k in split.hoisted()):
