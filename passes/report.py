@@ -72,6 +72,7 @@ class FormChoice:
     # Not 0: the original was not run; ``original_s`` is this many loop iterations times the
     # least time of one (``rewrite.keep_faster.iteration_floor``)
     iterations: int = 0
+    margin: float = 0.0  # the rewritten form runs only when its best is this much faster
 
     def __str__(self) -> str:
         other = "original" if self.chosen == "rewritten" else "rewritten"
@@ -85,6 +86,8 @@ class FormChoice:
                     f"{theirs / self.iterations * 1e6:.2g} µs each here)")
         how = (f"one timed call each, {theirs / mine:.2g}x slower decides at once" if self.at_once
                else f"best of {self.calls} timed calls each")
+        if self.chosen == "original" and self.rewritten_s < self.original_s:
+            how += f"; the rewritten is not {self.margin:.0%} faster"
         return (f"the {self.chosen} function runs for inputs {self.signature}: "
                 f"{_ms(mine)} per {what} call against {_ms(theirs)} for the {other} ({how})")
 

@@ -137,13 +137,9 @@ class OptimizedFunction:
             impl = self._impls.get(key)
             if impl is None:
                 impl = self._specialize(key, args, kwargs)
-        if impl is self._original:
+        if impl is self._original or type(impl) is FormTrial:  # a trial guards its rewritten form
             return impl(*args, **kwargs)
-        saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
-        try:
-            return impl(*args, **kwargs)
-        except Exception as exc:
-            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs, saved)
+        return self._guarded(impl, *args, **kwargs)
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Decorating a method in a class body: bind like a function does.
@@ -159,6 +155,15 @@ class OptimizedFunction:
 
     def __repr__(self) -> str:
         return f"<optimize_loss {self._report.function} at {self._report.filename}:{self._report.lineno}>"
+
+    def _guarded(self, impl: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``impl``, a rewritten form; when it raises, the next step down runs on the arguments as
+        they were (``_recover``)."""
+        saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
+        try:
+            return impl(*args, **kwargs)
+        except Exception as exc:
+            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs, saved)
 
     # -- stages -------------------------------------------------------------------------------
     def _rewrite(self) -> Callable | None:
@@ -254,27 +259,34 @@ class OptimizedFunction:
         form = self._bands.get(band)
         if form is None:
             low = BAND ** band[1]
+            # The rewritten form is timed with the wrapper's work for it (``_guarded``)
             trial = self._bands[band] = FormTrial(
-                impl, self._original,
+                functools.partial(self._guarded, impl), self._original,
                 f"{describe_key(key)} and every other size of them with {low}-{BAND * low - 1} "
-                f"tensor elements", functools.partial(self._keep, band), elements(args, kwargs),
-                trips)
+                f"tensor elements", functools.partial(self._keep, band, impl),
+                elements(args, kwargs), trips)
             return trial, True
         if isinstance(form, FormTrial):
             return form, False
         return (self._original if form else impl), False
 
-    def _keep(self, band: Any, chosen: int, choice: FormChoice) -> None:
-        """The ``FormTrial`` of ``band`` chose form ``chosen``: every signature it runs (unless a
-        fallback settled one meanwhile) runs that form from now on."""
+    def _keep(self, band: Any, rewritten: Callable, chosen: int, choice: FormChoice,
+              final: bool) -> None:
+        """The ``FormTrial`` of ``band`` chose form ``chosen`` (0: ``rewritten``, 1: the original)
+        for the reason ``choice``, which replaces the band's earlier one in the report. When the
+        choice is ``final``, every signature the trial runs (unless a fallback settled one
+        meanwhile) runs that form from now on, without the trial."""
         with self._lock:
+            forms = self._report.forms
+            forms[:] = [c for c in forms if c.signature != choice.signature] + [choice]
+            del forms[:-FORMS_SHOWN]  # bounded, whatever the number of bands
+            if not final:
+                return
             trial = self._bands[band]
             self._bands[band] = chosen
             for key, impl in self._impls.items():
                 if impl is trial:
-                    self._impls[key] = trial.forms[chosen]
-            self._report.forms.append(choice)
-            del self._report.forms[:-FORMS_SHOWN]  # bounded, whatever the number of bands
+                    self._impls[key] = self._original if chosen else rewritten
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
         # The original first, on its own clones: when it raises, that error is the user's.
@@ -617,6 +629,8 @@ def _detached(value: Any) -> Any:
 
 # The report keeps the latest choices of form (one per band of signatures).
 FORMS_SHOWN = 16
+# Items at each end of a long list or tuple that its signature key reads (``signature_key``).
+ENDS_KEYED = 8
 # Input signatures whose decision (verified, compiled and checked, timed) is kept.
 SIGNATURES_KEPT = 1024
 
@@ -628,7 +642,11 @@ def _on_meta(args: tuple, kwargs: dict) -> bool:
 
 
 def signature_key(args: tuple, kwargs: dict) -> tuple:
-    """What selects a specialisation. Hot path: called on every call."""
+    """What selects a specialisation. Hot path: called on every call, so a list or tuple of more
+    than ``2 * ENDS_KEYED`` items is keyed by its length and its first and last ``ENDS_KEYED``
+    items only: keying hundreds of tensors (a list per step of a rollout) costs a good part of
+    what a loss over them does, and such lists hold items of one kind. (A list that differs in
+    its middle only shares its ends' specialisation; the rewrite's own checks still hold.)"""
     return (tuple(map(_leaf_key, args)),
             tuple((k, _leaf_key(v)) for k, v in kwargs.items()) if kwargs else (),
             torch.is_grad_enabled())
@@ -640,6 +658,9 @@ def _leaf_key(a: Any) -> Any:
     if a is None or isinstance(a, (str, bool)):
         return a  # such values usually select code paths (reduction="mean")
     if isinstance(a, (list, tuple)):
+        if len(a) > 2 * ENDS_KEYED:  # its length and its ends: see ``signature_key``
+            return (type(a), tuple(map(_leaf_key, a[:ENDS_KEYED])), len(a),
+                    tuple(map(_leaf_key, a[-ENDS_KEYED:])))
         return (type(a), tuple(map(_leaf_key, a)))
     if isinstance(a, dict):
         return (dict, tuple((k, _leaf_key(v)) for k, v in a.items()))
@@ -660,10 +681,14 @@ def _describe_leaf(leaf: Any) -> str:
         return f"{str(dtype).replace('torch.', '')}{list(shape)}" + (":grad" if requires_grad else "")
     if isinstance(leaf, type):
         return leaf.__name__
-    if isinstance(leaf, tuple) and len(leaf) == 2 and leaf[0] in (list, tuple, dict):
-        kind, items = leaf  # a container: its items' keys (a dict's as (key, item key) pairs)
-        shown = (f"{k!r}: {_describe_leaf(v)}" for k, v in items) if kind is dict else map(
-            _describe_leaf, items)
+    if isinstance(leaf, tuple) and len(leaf) in (2, 4) and leaf[0] in (list, tuple, dict):
+        kind, items = leaf[:2]  # a container: its items' keys (a dict's as (key, item key) pairs)
+        shown = [f"{k!r}: {_describe_leaf(v)}" for k, v in items] if kind is dict else list(map(
+            _describe_leaf, items))
+        if len(leaf) == 4:  # a long list keyed by its length and its ends
+            ends = shown + list(map(_describe_leaf, leaf[3]))
+            shown = ([f"{leaf[2]} x {ends[0]}"] if len(set(ends)) == 1
+                     else [f"{leaf[2]} items: {', '.join(shown)}, ..., {', '.join(ends[len(shown):])}"])
         return f"{kind.__name__}[{', '.join(shown)}]"
     return repr(leaf)
 

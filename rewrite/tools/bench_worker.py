@@ -315,6 +315,9 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
                paired=fwd_bwd(module.naive, inputs))
     else:
         steady(call, deadline, spec["min_time"], previous=0.0 if base in COMPILED else first, job=job)
+    if base == "optimized_eager" and size == "bench":
+        # Which form ran the steady calls, and the timings that chose it (``Report.forms``)
+        emit("info", job, forms=[str(f) for f in fn.report.forms])
 
 
 def original_is_close(fn: Any) -> bool:
