@@ -51,7 +51,7 @@ from torch.utils._pytree import tree_flatten
 
 from passes.report import FormChoice
 
-FORMS = ("rewritten", "original")
+FORMS = ("rewritten", "original", "partial")  # partial: some loops as written (FormTrial)
 CLEAR = 2.0   # a form this many times slower loses without more timing
 BAND = 4      # a decision holds for every size within one power of this of elements
 EXPENSIVE_S = 0.05  # an original call this long is not repeated to confirm it is slower
@@ -169,35 +169,57 @@ def _sync(devices: set[torch.device]) -> None:
 class FormTrial:
     """Runs the calls of one band while it is being timed and checked, and hands ``decide`` the
     index of the faster form (into ``FORMS``), the ``FormChoice`` that says why, and whether the
-    choice is final (no more checks: the trial need not run the band's calls any more)."""
+    choice is final (no more checks: the trial need not run the band's calls any more).
+
+    The forms are timed in rounds, one call of each form still in the running. A third form
+    joins after the band's first call when ``as_written`` is given and a vectorized loop ran
+    its vectorized form more than once in that call: the rewritten function with those loops as
+    written (``as_written(lines)`` makes it). A form ``CLEAR`` times slower than the fastest
+    leaves the running (after one round: only an expensive original); the choice prefers the
+    original unless a rewritten form is ``MARGIN`` faster."""
 
     def __init__(self, rewritten: Callable, original: Callable, signature: str,
                  decide: Callable[[int, FormChoice, bool], None], first_elements: int,
-                 trips: int = 0):
-        self.forms = (rewritten, original)
+                 trips: int = 0, as_written: Callable[[frozenset[int]], Callable] | None = None):
+        self.forms = [rewritten, original]
         self._signature = signature
         self._decide = decide
         # The band's first call: its size, and the iterations its vectorized loops stood for
         # (``Report.iterations``, counted there; 0 when nothing was counted)
         self._first_elements = first_elements
         self.trips = trips
+        self._as_written = as_written
+        self.repeated: tuple[tuple[int, int], ...] = ()  # (line, vectorized runs) of the third form
         self._timings: list[tuple[int, Timing, int]] = []  # (form, timing, elements)
+        self._live = [0, 1]  # the forms in the running
+        self._due = [0, 1]   # the forms of this round not timed yet
+        self._rounds = 0
+        self._original_floor = math.inf  # the original's least time, when it is not run
         self._chosen: int | None = None
         self._final = False
-        self._decided_at = 0  # timed calls when the latest choice was made
-        self._wait = 0  # untimed calls of the chosen form before the next timed pair
+        self._wait = 0  # untimed calls of the chosen form before the next round
         self._running = False  # a timed call is under way
         self._lock = threading.Lock()
 
     def counted(self, counting: Callable, report: Any) -> Callable:
         """``counting`` (the loop-counting copy of the rewritten function, for the band's first
-        call), adding the iterations it counts into ``report`` to ``trips``."""
+        call), adding the iterations it counts into ``report`` to ``trips``, and the third form
+        when a loop ran vectorized more than once."""
         def call(*args: Any, **kwargs: Any) -> Any:
             before = report.iterations
+            runs = {loop.lineno: loop.vectorized_runs for loop in report.loops}
             try:
-                return counting(*args, **kwargs)
+                out = counting(*args, **kwargs)
             finally:
                 self.trips += report.iterations - before
+            self.repeated = tuple((loop.lineno, loop.vectorized_runs - runs[loop.lineno])
+                                  for loop in report.loops
+                                  if loop.vectorized_runs - runs.get(loop.lineno, 0) > 1)
+            if self.repeated and self._as_written is not None:
+                self.forms.append(self._as_written(frozenset(line for line, _ in self.repeated)))
+                self._live.append(2)
+                self._due.append(2)
+            return out
         return call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -211,6 +233,7 @@ class FormTrial:
             self._running = False
         with self._lock:
             self._timings.append((form, timing, elements(args, kwargs)))
+            self._due.remove(form)
         return out
 
     def _next(self) -> tuple[int, bool]:
@@ -228,50 +251,66 @@ class FormTrial:
             for hook in timing.hooks:
                 hook.remove()
             timing.hooks = []
-        n = len(self._timings)
-        verdict = None
-        if n != self._decided_at:  # a timed call since the last choice
-            verdict = self._estimate() if n == 1 else self._after_pair(n // 2) if n % 2 == 0 else None
+        verdict = self._estimate() if len(self._timings) == 1 and 1 in self._due else None
+        if verdict is None and not self._due:
+            self._rounds += 1
+            verdict = self._after_round()
+            self._due = list(self._live)
         if verdict is None:
             self._running = True
-            return n % 2, True  # the rewritten form, then the original
+            return self._due[0], True
         self._chosen, choice, self._final = verdict
-        self._decided_at = n
         if not self._final:
-            self._wait = RECHECK_FIRST * RECHECK_GROWTH ** (n // 2 - PAIRS)
+            self._wait = RECHECK_FIRST * RECHECK_GROWTH ** (self._rounds - PAIRS)
         self._decide(self._chosen, choice, self._final)
         return self._chosen, False
 
     def _estimate(self) -> tuple[int, FormChoice, bool] | None:
-        """The rewritten form, without running the original, when the original's loops alone
-        take ``CLEAR`` times the rewritten form's first timed call: ``trips`` iterations of at
-        least ``iteration_floor()`` each, at the band's first call's size."""
+        """The original leaves the running without being run when its loops alone take
+        ``CLEAR`` times the rewritten form's first timed call: ``trips`` iterations of at least
+        ``iteration_floor()`` each, at the band's first call's size. The rewritten form wins
+        then, unless a third form is still to be timed against it."""
         form, timing, size = self._timings[0]
         seconds = (timing.forward + (timing.backward or 0.0)) * self._first_elements / size
         at_least = self.trips * iteration_floor()
         if at_least < CLEAR * seconds:
             return None
-        return 0, FormChoice(self._signature, FORMS[0], seconds, at_least, 1,
-                             timing.backward is not None, True, self.trips), True
+        self._live.remove(1)
+        self._due.remove(1)
+        self._original_floor = at_least
+        if len(self._live) > 1:
+            return None
+        return 0, self._choice(0, [seconds, at_least, math.inf]), True
 
-    def _after_pair(self, pairs: int) -> tuple[int, FormChoice, bool] | None:
-        """The choice after ``pairs`` timed pairs, and whether it is final; None to time another
-        pair. Per element, scaled to the first timed call's size; forward+backward when every
-        timed call's backward ran, else forward only."""
+    def _after_round(self) -> tuple[int, FormChoice, bool] | None:
+        """The choice after a round, and whether it is final; None to time another round. Per
+        element, scaled to the first timed call's size; forward+backward when every timed
+        call's backward ran, else forward only."""
         with_backward = all(t.backward is not None for _, t, _ in self._timings)
         scale = self._timings[0][2]
-        best = [math.inf, math.inf]
+        best = [math.inf, self._original_floor, math.inf]
         for form, t, size in self._timings:
             seconds = t.forward + (t.backward if with_backward else 0.0)
             best[form] = min(best[form], seconds * scale / size)
-        clear = max(best) >= CLEAR * min(best)
-        # Only a slow original is dropped after one pair, and only when another call of it would
+        fastest = min(best[f] for f in self._live)
+        # Only a slow original leaves after one round, and only when another call of it would
         # cost much: a first call can be slow for its own reasons (the rewritten form's may be
         # its first run at all, the original's first in a while), and a cheap one repeats cheaply.
-        at_once = pairs == 1 and clear and best[1] > best[0] and best[1] >= EXPENSIVE_S
-        if not (at_once or (pairs > 1 and clear) or pairs >= PAIRS):
+        self._live = [f for f in self._live if best[f] < CLEAR * fastest or (
+            self._rounds == 1 and not (f == 1 and best[f] >= EXPENSIVE_S))]
+        if len(self._live) > 1 and self._rounds < PAIRS:
             return None
-        chosen = int(best[1] < (1 + MARGIN) * best[0])
-        return chosen, FormChoice(self._signature, FORMS[chosen], best[0], best[1], pairs,
-                                  with_backward, at_once, margin=MARGIN), \
-            clear or pairs >= PAIRS + RECHECKS
+        rewritten = min((f for f in self._live if f != 1), key=best.__getitem__, default=1)
+        chosen = 1 if 1 in self._live and best[1] < (1 + MARGIN) * best[rewritten] else rewritten
+        final = len(self._live) == 1 or self._rounds >= PAIRS + RECHECKS
+        return chosen, self._choice(chosen, best, with_backward), final
+
+    def _choice(self, chosen: int, best: list[float], with_backward: bool | None = None) -> FormChoice:
+        if with_backward is None:  # the estimate: the rewritten form's one timed call
+            with_backward = self._timings[0][1].backward is not None
+        return FormChoice(
+            self._signature, FORMS[chosen], best[0], best[1], self._rounds or 1, with_backward,
+            at_once=self._rounds == 1 and len(self._live) == 1 and 1 not in self._live,
+            iterations=self.trips if self._original_floor < math.inf else 0,
+            margin=MARGIN, partial_s=best[2] if len(self.forms) > 2 else None,
+            as_written=self.repeated if len(self.forms) > 2 else ())

@@ -38,6 +38,7 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.utils._pytree import tree_flatten, tree_map
 
 from passes import loop_run_counters
+from passes.loops_as_written import as_written
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, FormChoice, Report
@@ -87,8 +88,8 @@ class OptimizedFunction:
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
-        # keep_faster: per band (``_form_of_band``), its ``FormTrial`` or the index of the chosen form
-        self._bands: dict[Any, FormTrial | int] = {}
+        # keep_faster: per band (``_form_of_band``), its ``FormTrial`` or the form it chose
+        self._bands: dict[Any, Callable] = {}
         # What runs for every signature that differs only in sizes from one whose failure did not
         # depend on sizes: keyed by the signature with sizes erased.
         self._by_structure: dict[Any, Callable] = {}
@@ -259,16 +260,16 @@ class OptimizedFunction:
         form = self._bands.get(band)
         if form is None:
             low = BAND ** band[1]
-            # The rewritten form is timed with the wrapper's work for it (``_guarded``)
+            # The rewritten forms are timed with the wrapper's work for them (``_guarded``)
+            as_written = None if impl is not self._rewritten else (
+                lambda lines: functools.partial(self._guarded, self._as_written(impl, lines)))
             trial = self._bands[band] = FormTrial(
                 functools.partial(self._guarded, impl), self._original,
                 f"{describe_key(key)} and every other size of them with {low}-{BAND * low - 1} "
                 f"tensor elements", functools.partial(self._keep, band, impl),
-                elements(args, kwargs), trips)
+                elements(args, kwargs), trips, as_written)
             return trial, True
-        if isinstance(form, FormTrial):
-            return form, False
-        return (self._original if form else impl), False
+        return form, False
 
     def _keep(self, band: Any, rewritten: Callable, chosen: int, choice: FormChoice,
               final: bool) -> None:
@@ -283,10 +284,13 @@ class OptimizedFunction:
             if not final:
                 return
             trial = self._bands[band]
-            self._bands[band] = chosen
+            form = (rewritten, self._original, trial.forms[-1])[chosen]
+            if chosen == 2:  # the partial form: guarded, like the rewritten one
+                form = form.args[0]
+            self._bands[band] = form
             for key, impl in self._impls.items():
                 if impl is trial:
-                    self._impls[key] = self._original if chosen else rewritten
+                    self._impls[key] = form
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
         # The original first, on its own clones: when it raises, that error is the user's.
@@ -362,15 +366,28 @@ class OptimizedFunction:
             return rewritten  # (a lambda's rewritten source reads `def <lambda>`: no Python)
         with self._lock:
             if self._counting is None:
-                tree = _instrumented(report.rewritten_source, report.lineno)
-                own = set(self._original.__code__.co_freevars)
-                cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
-                bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
-                parsed = frontend.ParsedFunction(self._original, tree, report.filename,
-                                                 report.lineno, report.original_source, "torch")
-                self._counting = frontend.build_function(
-                    tree, parsed, {**_counting_helpers(bindings, report), _COUNTER: report})
+                self._counting = self._copy(rewritten, functools.partial(
+                    loop_run_counters.instrument, counter=_COUNTER), {_COUNTER: report})
             return self._counting
+
+    def _as_written(self, rewritten: Callable, lines: frozenset[int]) -> Callable:
+        """A copy of the eager ``rewritten`` whose vectorized loops at ``lines`` (in it and its
+        rewritten helpers) run as written (``passes.loops_as_written``)."""
+        return self._copy(rewritten, functools.partial(as_written, lines=lines), {})
+
+    def _copy(self, rewritten: Callable, transform: Callable[[ast.Module], ast.Module],
+              extra: dict[str, Any]) -> Callable:
+        """``rewritten`` built again from its source after ``transform``, and so are the rewritten
+        helpers it calls; ``extra``: names the transformed code uses."""
+        report = self._report
+        tree = _transformed(report.rewritten_source, report.lineno, transform)
+        own = set(self._original.__code__.co_freevars)
+        cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
+        bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
+        parsed = frontend.ParsedFunction(self._original, tree, report.filename,
+                                         report.lineno, report.original_source, "torch")
+        return frontend.build_function(
+            tree, parsed, {**_transformed_helpers(bindings, transform, extra), **extra})
 
     def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
                  saved: _Saved | None) -> Any:
@@ -485,27 +502,29 @@ def _rewrite_pending(_: Any) -> None:
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 
 
-def _counting_helpers(bindings: dict[str, Any], report: Report) -> dict[str, Any]:
+def _transformed_helpers(bindings: dict[str, Any], transform: Callable[[ast.Module], ast.Module],
+                         extra: dict[str, Any]) -> dict[str, Any]:
     """``bindings`` with the rewritten helpers among them (``frontend.REWRITE_OF``) replaced by
-    copies counting their loops' runs into ``report``, which lists the helpers' loops too."""
-    counted = {}
+    copies built after ``transform`` (counting their loops' runs into the report, which lists
+    the helpers' loops too; or running some as written)."""
+    copies = {}
     for name, value in bindings.items():
         rewrite_of = getattr(value, frontend.REWRITE_OF, None)
         if rewrite_of is None:
-            counted[name] = value
+            copies[name] = value
             continue
         source, parsed, own = rewrite_of
-        counted[name] = frontend.build_function(
-            _instrumented(source, parsed.lineno), parsed,
-            {**_counting_helpers(own, report), _COUNTER: report})
-    return counted
+        copies[name] = frontend.build_function(
+            _transformed(source, parsed.lineno, transform), parsed,
+            {**_transformed_helpers(own, transform, extra), **extra})
+    return copies
 
 
-def _instrumented(source: str, lineno: int) -> ast.Module:
-    """The rewritten ``source`` of a function defined at ``lineno``, counting its loops' runs."""
+def _transformed(source: str, lineno: int, transform: Callable[[ast.Module], ast.Module]) -> ast.Module:
+    """The rewritten ``source`` of a function defined at ``lineno``, after ``transform``."""
     tree = ast.parse(source)
     ast.increment_lineno(tree, lineno - 1)  # the def's line; the rest shifts
-    return loop_run_counters.instrument(tree, _COUNTER)
+    return transform(tree)
 
 
 def _first_order_only(compiled: Callable, name: str) -> Callable:
