@@ -181,7 +181,7 @@ def test_a_close_choice_is_checked_again_at_spaced_calls_then_final(user, monkey
     from the calls' path."""
     f = optimize_loss(user.summed, compile=False)
     log = fake_clock(monkeypatch, user.summed, slower("rewritten"))
-    for _ in range(1 + TRIAL_CALLS):
+    for _ in range(1 + 2 * PAIRS):
         f(_x(6))  # the first call, then the trial's pairs
     log.clear()
     timed = _timed_calls(f, log, 1 + 8 + 3 + 32 + 3 + 128 + 3 + 512 + 3 + 100)
