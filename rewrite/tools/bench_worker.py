@@ -97,12 +97,15 @@ def timed(call: Callable[[], None]) -> float:
 PAIR_WITHIN = 3.0
 
 
-def past_trial(call: Callable[[], None], deadline: float) -> None:
-    """Run the calls in which an optimized function times its rewritten form against the original
-    for these inputs (``rewrite.keep_faster``), and the call that decides: they belong to the
-    first calls, not the steady state."""
+def past_trial(call: Callable[[], None], fn: Any, deadline: float) -> None:
+    """Run the calls in which the optimized function ``fn`` times its rewritten form against the
+    original for these inputs (``rewrite.keep_faster``), up to the call that makes the first
+    choice: they belong to the first calls, not the steady state (the checks of a close choice
+    at spaced calls after it do)."""
+    report = fn.report
     for _ in range(TRIAL_CALLS + 1):
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > deadline or report.forms or report.fallbacks \
+                or fn.rewritten_function() is fn.__wrapped__:
             return
         call()
 
@@ -293,7 +296,7 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
         # Host syncs of one steady call (after the calls above), the naive code's and the rewrite's.
         emit("info", job, host_syncs=[sum(count_host_syncs(f, *small).values()) for f in (module.naive, fresh)])
     if base.startswith("optimized_"):
-        past_trial(call, deadline)
+        past_trial(call, fn, deadline)
         # The choice of form is a first-call cost, like compiling: the steady calls get their
         # own budget (the harness restarts its clock at this event too).
         emit("steady_budget", job)
