@@ -216,9 +216,11 @@ class FormTrial:
                                   for loop in report.loops
                                   if loop.vectorized_runs - runs.get(loop.lineno, 0) > 1)
             if self.repeated and self._as_written is not None:
-                self.forms.append(self._as_written(frozenset(line for line, _ in self.repeated)))
-                self._live.append(2)
-                self._due.append(2)
+                form = self._as_written(frozenset(line for line, _ in self.repeated))
+                with self._lock:
+                    self.forms.append(form)
+                    self._live.append(2)
+                    self._due.append(2)
             return out
         return call
 
