@@ -120,7 +120,9 @@ def steady(call: Callable[[], None], deadline: float, min_time: float, max_sampl
     expected cost of that call (an eager first call), to stop before it when it cannot fit.
     Samples are emitted for ``job`` as they come. ``paired``: a second call timed in blocks of
     the same size that alternate with ``call``'s, so that drift and noise hit both alike (for
-    ratios of a few percent); its samples are emitted at the end as info ``paired_samples``."""
+    ratios of a few percent); its samples are emitted at the end as info ``paired_samples``, and
+    on one thread the process CPU time of both calls' blocks as ``cpu_samples`` and
+    ``paired_cpu_samples`` (another process taking the core inflates wall time, not CPU time)."""
     gc.collect()
     if time.perf_counter() + previous > deadline:
         return []
@@ -130,19 +132,23 @@ def steady(call: Callable[[], None], deadline: float, min_time: float, max_sampl
         emit("sample", job, seconds=estimate)
     block = max(1, int(2e-3 / max(estimate, 1e-7)))
     calls = [c for c in (call, paired) if c]
+    cpu: tuple[list[float], list[float]] = ([], [])
     start = time.perf_counter()
     while len(samples) < max_samples and (time.perf_counter() - start < min_time or len(samples) < 3):
         if time.perf_counter() + 1.5 * estimate * block * len(calls) > deadline:
             break
-        for fn, out in zip(calls, (samples, other)):
-            t0 = time.perf_counter()
+        for fn, out, used in zip(calls, (samples, other), cpu):
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(block):
                 fn()
             out.append((time.perf_counter() - t0) / block)
+            used.append((time.process_time() - c0) / block)
         if job is not None:
             emit("sample", job, seconds=samples[-1])
     if paired and job is not None:
-        emit("info", job, paired_samples=other)
+        one_thread = torch.get_num_threads() == 1
+        emit("info", job, paired_samples=other, **({"cpu_samples": cpu[0], "paired_cpu_samples": cpu[1]}
+                                                   if one_thread and cpu[0] else {}))
     return samples
 
 
