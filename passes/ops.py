@@ -218,13 +218,17 @@ REGISTRY: tuple[OpSpec, ...] = (
     # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
     _t("cdist", meth=False, swapped="x.mT"),
     # -- losses -----------------------------------------------------------------------------
-    *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
+    # selection: on masked selections, the loss per element (``reduction="none"``) masked
+    # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class
+    # ("class_loss"; masked_selections_to_where)
+    *(OpSpec(n, (_F + n,), batched="pointwise_loss", selection="pointwise_loss", total=True)
       for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),
     # functorch's composite of it is NaN at an infinite logit
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
-           batched="pointwise_loss",
+           batched="pointwise_loss", selection="pointwise_loss",
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
-    *(OpSpec(n, (_F + n,), batched="class_loss") for n in ("cross_entropy", "nll_loss")),
+    *(OpSpec(n, (_F + n,), batched="class_loss", selection="class_loss")
+      for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity"),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own

@@ -87,6 +87,7 @@ is left.
 from __future__ import annotations
 
 import ast
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -95,7 +96,7 @@ from .. import ast_marks
 from ..errors import Unsupported
 
 from .. import ops
-from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, walk
+from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, root_name, walk
 from .loop_dataflow import (call_op, is_boolean, depends, is_shape_query, loads, method_name,
                             stores, variant_names, write_entries)
 from .plan import LoopPlan
@@ -156,6 +157,16 @@ MASK_BINOPS = (ast.BitAnd, ast.BitOr, ast.BitXor)
 # or a 0-d tensor; a selected value that does not vary is a tensor (``x.shape``, ``where``).
 SCALAR_GUARD = "isinstance(x, (int, float)) or torch.is_tensor(x) and x.dim() == 0"
 TENSOR_GUARD = "isinstance(x, torch.Tensor)"
+# Losses of selections (``OpSpec.selection``) with ``reduction=`` "sum" or "mean" (the default):
+# "pointwise_loss" (``F.mse_loss(p[m], t[m])``) is the loss per element on the stand-ins
+# (``reduction="none"``), reduced as ``DENSE_FORMS`` reduce; "class_loss"
+# (``F.cross_entropy(x[m], y[m])``) is the call as written on the stand-ins, the deselected
+# rows' targets its ``ignore_index``, which its sum and its mean (over the weight of the rows
+# not ignored) both leave out: the original's value, and an empty selection's NaN mean. Class
+# indices are int64 (others raise in the loss, the bool ones would not once filled).
+LOSS_REDUCTIONS = ("sum", "mean")
+IGNORE_INDEX = inspect.signature(torch.nn.functional.cross_entropy).parameters["ignore_index"]
+INDEX_GUARD = "isinstance(x, torch.Tensor) and x.dtype == torch.int64"
 
 
 def _empty_error(op: str) -> str:
@@ -194,6 +205,25 @@ class MaskShape:
 
 
 MASK_SHAPE = MaskShape()
+
+
+class ClassRows(MaskShape):
+    """``_class_rows[m.shape, x.shape]``: ``_mask_shape``'s answer for the input of a class
+    loss on selected rows (``F.cross_entropy(x[m], y[m])``), when ``m`` selects rows (rank 1)
+    of an ``x`` with a class dim (rank 2 or more). Any other mask makes the loss read the
+    selected elements, or the rows after the mask's dims, as classes, which the dense form
+    does not: a ``RuntimeError``, and the decorator runs the original."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        shape = super().__getitem__(shapes)
+        if len(shapes[0]) != 1 or len(shapes[1]) < 2:
+            raise RuntimeError(f"a class loss of the selection by a mask of shape "
+                               f"{list(shapes[0])} of a tensor of shape {list(shapes[1])}: only "
+                               "rows of a tensor with a class dim have a dense form")
+        return shape
+
+
+CLASS_ROWS = ClassRows()
 
 
 @dataclass
@@ -362,11 +392,17 @@ class _Converter:
                 raise _Refused(f"`{n.id}` read outside a reduction")
 
     def _reduction(self, call: ast.expr) -> tuple[str, ast.expr] | None:
-        """(dense form, operand) of a full reduction or count call."""
-        if not isinstance(call, ast.Call) or call.keywords:
+        """(dense form, operand) of a full reduction or count call; ("loss", call) for a
+        loss reduced to one value (``LOSS_REDUCTIONS``)."""
+        if not isinstance(call, ast.Call):
             return None
         form = call_op(call, self.ctx).selection
-        if form is None:
+        if form in ("pointwise_loss", "class_loss"):
+            reduction = next((k.value for k in call.keywords if k.arg == "reduction"),
+                             ast.Constant("mean"))
+            found = isinstance(reduction, ast.Constant) and reduction.value in LOSS_REDUCTIONS
+            return ("loss", call) if found else None
+        if form is None or call.keywords:
             return None
         if method_name(call, self.ctx) is not None:
             return None if call.args else (form, call.func.value)
@@ -380,6 +416,8 @@ class _Converter:
         if found is None:
             return None
         form, operand = found
+        if form == "loss":
+            return self.loss(call)
         chain = self.chain(operand)
         if chain is None:
             return None
@@ -414,6 +452,57 @@ class _Converter:
                  if n in used}
         self.pre += self._sub(steps, call, k=keep, v=vals, **names)
         return self._sub(result, call, v=vals, **names)
+
+    def loss(self, call: ast.Call) -> ast.expr | None:
+        """The dense form of a loss of selections (``LOSS_REDUCTIONS``), None when its operands
+        are no selections."""
+        kind = call_op(call, self.ctx).selection
+        if len(call.args) != 2 or any(isinstance(a, ast.Starred) for a in call.args):
+            return None
+        chains = [self.chain(a) for a in call.args]
+        if not any(chains):
+            return None
+        if not all(chains) or chains[0].group.key != chains[1].group.key:
+            raise _Refused("a loss of a selection and of a value that is not one")
+        kws = {k.arg: k.value for k in call.keywords}
+        # a tensor argument of a pointwise loss broadcasts against the selected elements
+        if None in kws or not all(_is_constant(v) or kind == "class_loss" and self._invariant(v)
+                                  for k, v in kws.items() if k != "reduction"):
+            raise _Refused("a loss of selections with arguments that are not numbers")
+        if kind == "pointwise_loss":
+            return self._pointwise_loss(call, chains, kws)
+        ignore = kws.get("ignore_index", ast.Constant(IGNORE_INDEX.default))
+        for base in chains[1].group.bases.values():
+            root = root_name(base)
+            if root is None or root in self.assigned:
+                raise _Refused("class indices not read from a tensor the loop does not change")
+            self.guards.append(self._sub(INDEX_GUARD, base, x=ast.Name(root, ast.Load())))
+        keep_x = self.keep(chains[0].group, call, CLASS_ROWS, "class_rows")
+        keep_y = self.keep(chains[1].group, call)
+        x = self.dense(chains[0], keep_x)
+        y = self.dense(chains[1], keep_y)
+        if isinstance(chains[1].expr, ast.Name) and chains[1].expr.id in chains[1].leaves:
+            y = _bare(y)  # filled with the ignored class instead of 0
+        y = self._sub("torch.where(k, y, i)", call, k=keep_y, y=y, i=ignore)
+        return ast.copy_location(ast.Call(call.func, [x, y], clone(call.keywords)), call)
+
+    def _invariant(self, e: ast.expr) -> bool:
+        """A name, attribute or subscript the loop does not change (a class weight)."""
+        return _simple(e) and not loads(e) & (self.assigned | self.seeds)
+
+    def _pointwise_loss(self, call: ast.Call, chains: list[_Chain], kws: dict) -> ast.expr:
+        """``torch.where(k, f(a, b, reduction="none"), 0).sum()`` (``DENSE_FORMS``'s mean)."""
+        a, b = chains
+        group = _Group(a.group.mask, a.group.key, {**a.group.bases, **b.group.bases})
+        keep = self.keep(group, call)
+        keywords = [ast.keyword(k, clone(v)) for k, v in kws.items() if k != "reduction"]
+        keywords.append(ast.keyword("reduction", ast.Constant("none")))
+        loss = ast.copy_location(ast.Call(call.func, [self.dense(a, keep), self.dense(b, keep)],
+                                          keywords), call)
+        vals = self.ctx.namer.new("vals")
+        self.pre += self._sub("v = e", call, v=vals, e=loss)
+        reduction = kws.get("reduction", ast.Constant("mean")).value
+        return self._sub(DENSE_FORMS[reduction], call, k=keep, v=vals)
 
     # -- chains of elementwise ops on selections --------------------------------------------------
     def chain(self, e: ast.expr) -> _Chain | None:
@@ -510,12 +599,13 @@ class _Converter:
                        for n in walk(m))
 
     # -- code ------------------------------------------------------------------------------------
-    def keep(self, group: _Group, loc: ast.AST) -> str:
+    def keep(self, group: _Group, loc: ast.AST, shape: MaskShape = MASK_SHAPE,
+             stem: str = "mask_shape") -> str:
         """The name of the group's mask shaped for its stand-ins (a statement in ``pre``; one
-        per statement and group)."""
-        if group.keep:
+        per statement and group) by ``shape`` (bound as ``stem``)."""
+        if group.keep and shape is MASK_SHAPE:
             return group.keep
-        key = (group.key, tuple(group.bases))
+        key = (group.key, tuple(group.bases), stem)
         if key in self.keeps:
             return self.keeps[key]
         mask = group.mask
@@ -527,13 +617,10 @@ class _Converter:
                            + [self._sub("x.shape", loc, x=b) for b in group.bases.values()],
                            ast.Load())
         keep = self.ctx.namer.new("keep")
-        self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask, s=self._shape(),
-                              shapes=shapes)
+        self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask,
+                              s=self.ctx.bind(shape, stem), shapes=shapes)
         self.keeps[key] = keep
         return keep
-
-    def _shape(self) -> str:
-        return self.ctx.bind(MASK_SHAPE, "mask_shape")
 
     def dense(self, chain: _Chain, keep: str) -> ast.expr:
         """The chain on the stand-ins; risky ops get safe operands where deselected."""

@@ -71,10 +71,15 @@ class _Ragged(ast.NodeTransformer):
         self.made: list[ast.Subscript] = []   # the selections this stage wrote
         self.written: list[ast.stmt] = []     # the writes it converted
         self.pre: list[ast.stmt] = []
+        # in one statement: slice (ast.dump) -> its mask, shared by the rows sliced alike, so
+        # that `F.mse_loss(p[i, :L], t[i, :L])` selects both by one mask (rows of different
+        # lengths fail the mask's shape check, and the decorator runs the original)
+        self.shared: dict[str, str] = {}
 
     def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
         for s in stmts:
+            self.shared = {}
             if isinstance(s, ast.If):
                 s.test = self.visit(s.test)
                 pre, self.pre = self.pre, []
@@ -106,7 +111,8 @@ class _Ragged(ast.NodeTransformer):
         if found is None:
             return sub
         row, cut = found
-        keep = self.mask(row, 0, cut, sub)
+        key = ast.dump(cut)
+        keep = self.shared.get(key) or self.shared.setdefault(key, self.mask(row, 0, cut, sub))
         made = replace("r[k]", loc=sub, r=row, k=keep)
         self.made.append(made)
         return made
