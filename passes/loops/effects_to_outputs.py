@@ -82,6 +82,11 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
                 stmts += plan.sub("k = x", k=slot, x=x)
                 slots[k] = plan.output(slot)
     stacked = plan.output(item)
+    if e.kind == "append" and mask is not None:  # the items of the iterations that append
+        if e.name in plan.own_lists:
+            raise Unsupported(f"`{e.name}.append` under a tensor condition: its consumer reads "
+                              "one item per iteration", e.stmt.lineno)
+        stacked = plan.sub("v[p]", v=stacked, p=plan.output(mask))
     plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else _place(plan, e, stacked)
     return stmts + plan.sub("x = v", x=item, v=value)
 

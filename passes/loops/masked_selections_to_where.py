@@ -252,6 +252,8 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
         return Dense(body)
     for sub in converter.converted:
         ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
+    for call in converter.counted:
+        ast_marks.put(users[id(call)], ast_marks.SELECTION_COUNT, True)
     return Dense(dense, converter.guards, converter.empty)
 
 
@@ -325,6 +327,7 @@ class _Converter:
         self.scalars: set[str] = set()
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
         self.converted: list[ast.Subscript] = []
+        self.counted: list[ast.Call] = []        # the counts among the converted reductions
         self.guards: list[ast.expr] = []
         self.empty: dict[str, str] = {}
         self.counters: dict[str, str] = {}
@@ -342,7 +345,7 @@ class _Converter:
         for s in stmts:
             self.pre, self.keeps = [], {}
             if isinstance(s, ast.If):
-                s.test = self.expr(s.test)
+                s.test = _test(self, s.test)
                 pre = self.pre
                 s.body = self.block(s.body, False)
                 s.orelse = self.block(s.orelse, False)
@@ -417,7 +420,7 @@ class _Converter:
             return None
         form, operand = found
         if form == "loss":
-            return self.loss(call)
+            return _loss(self, call)
         chain = self.chain(operand)
         if chain is None:
             return None
@@ -427,6 +430,8 @@ class _Converter:
             if isinstance(chain.expr, ast.Name) and chain.expr.id in chain.leaves:
                 value = _bare(value)  # the reduction's own where masks a bare selection
             return self._sub(DENSE_FORMS[form], call, k=keep, v=value)
+        if form in ("len", "numel"):
+            self.counted.append(call)
         if form == "len":
             out = self._sub(DENSE_FORMS[form], call, k=keep)
             ast_marks.put(out, ast_marks.HOST_NUMBER, COUNT_KIND)
@@ -452,57 +457,6 @@ class _Converter:
                  if n in used}
         self.pre += self._sub(steps, call, k=keep, v=vals, **names)
         return self._sub(result, call, v=vals, **names)
-
-    def loss(self, call: ast.Call) -> ast.expr | None:
-        """The dense form of a loss of selections (``LOSS_REDUCTIONS``), None when its operands
-        are no selections."""
-        kind = call_op(call, self.ctx).selection
-        if len(call.args) != 2 or any(isinstance(a, ast.Starred) for a in call.args):
-            return None
-        chains = [self.chain(a) for a in call.args]
-        if not any(chains):
-            return None
-        if not all(chains) or chains[0].group.key != chains[1].group.key:
-            raise _Refused("a loss of a selection and of a value that is not one")
-        kws = {k.arg: k.value for k in call.keywords}
-        # a tensor argument of a pointwise loss broadcasts against the selected elements
-        if None in kws or not all(_is_constant(v) or kind == "class_loss" and self._invariant(v)
-                                  for k, v in kws.items() if k != "reduction"):
-            raise _Refused("a loss of selections with arguments that are not numbers")
-        if kind == "pointwise_loss":
-            return self._pointwise_loss(call, chains, kws)
-        ignore = kws.get("ignore_index", ast.Constant(IGNORE_INDEX.default))
-        for base in chains[1].group.bases.values():
-            root = root_name(base)
-            if root is None or root in self.assigned:
-                raise _Refused("class indices not read from a tensor the loop does not change")
-            self.guards.append(self._sub(INDEX_GUARD, base, x=ast.Name(root, ast.Load())))
-        keep_x = self.keep(chains[0].group, call, CLASS_ROWS, "class_rows")
-        keep_y = self.keep(chains[1].group, call)
-        x = self.dense(chains[0], keep_x)
-        y = self.dense(chains[1], keep_y)
-        if isinstance(chains[1].expr, ast.Name) and chains[1].expr.id in chains[1].leaves:
-            y = _bare(y)  # filled with the ignored class instead of 0
-        y = self._sub("torch.where(k, y, i)", call, k=keep_y, y=y, i=ignore)
-        return ast.copy_location(ast.Call(call.func, [x, y], clone(call.keywords)), call)
-
-    def _invariant(self, e: ast.expr) -> bool:
-        """A name, attribute or subscript the loop does not change (a class weight)."""
-        return _simple(e) and not loads(e) & (self.assigned | self.seeds)
-
-    def _pointwise_loss(self, call: ast.Call, chains: list[_Chain], kws: dict) -> ast.expr:
-        """``torch.where(k, f(a, b, reduction="none"), 0).sum()`` (``DENSE_FORMS``'s mean)."""
-        a, b = chains
-        group = _Group(a.group.mask, a.group.key, {**a.group.bases, **b.group.bases})
-        keep = self.keep(group, call)
-        keywords = [ast.keyword(k, clone(v)) for k, v in kws.items() if k != "reduction"]
-        keywords.append(ast.keyword("reduction", ast.Constant("none")))
-        loss = ast.copy_location(ast.Call(call.func, [self.dense(a, keep), self.dense(b, keep)],
-                                          keywords), call)
-        vals = self.ctx.namer.new("vals")
-        self.pre += self._sub("v = e", call, v=vals, e=loss)
-        reduction = kws.get("reduction", ast.Constant("mean")).value
-        return self._sub(DENSE_FORMS[reduction], call, k=keep, v=vals)
 
     # -- chains of elementwise ops on selections --------------------------------------------------
     def chain(self, e: ast.expr) -> _Chain | None:
@@ -639,6 +593,78 @@ class _Converter:
             else:
                 subs[hole] = node
         return _Fill(subs).visit(expr)
+
+
+def _test(conv: _Converter, e: ast.expr) -> ast.expr:
+    """An ``if`` test: ``and``/``or``/``not`` of conditions on counts and reductions
+    (``len(neg) == 0 or len(pos) <= 1``) convert part by part, for tensor_branches_to_where
+    to combine as tensors; a part the original may skip (after the first) must not raise,
+    so it takes no max/min of a selection (which raises on an empty one)."""
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+        e.operand = _test(conv, e.operand)
+        return e
+    if not isinstance(e, ast.BoolOp):
+        return conv.expr(e)
+    if any(conv._reduction(n) is not None and conv._reduction(n)[0] in EXTREMES
+           for v in e.values[1:] for n in walk(v)):
+        conv.refuse_inside(e)
+    e.values = [_test(conv, v) for v in e.values]
+    return e
+
+
+def _loss(conv: _Converter, call: ast.Call) -> ast.expr | None:
+    """The dense form of a loss of selections (``LOSS_REDUCTIONS``), None when its operands
+    are no selections."""
+    kind = call_op(call, conv.ctx).selection
+    if len(call.args) != 2 or any(isinstance(a, ast.Starred) for a in call.args):
+        return None
+    chains = [conv.chain(a) for a in call.args]
+    if not any(chains):
+        return None
+    if not all(chains) or chains[0].group.key != chains[1].group.key:
+        raise _Refused("a loss of a selection and of a value that is not one")
+    kws = {k.arg: k.value for k in call.keywords}
+    # a tensor argument of a pointwise loss broadcasts against the selected elements
+    if None in kws or not all(_is_constant(v) or kind == "class_loss" and _invariant(conv, v)
+                              for k, v in kws.items() if k != "reduction"):
+        raise _Refused("a loss of selections with arguments that are not numbers")
+    if kind == "pointwise_loss":
+        return _pointwise_loss(conv, call, chains, kws)
+    ignore = kws.get("ignore_index", ast.Constant(IGNORE_INDEX.default))
+    for base in chains[1].group.bases.values():
+        root = root_name(base)
+        if root is None or root in conv.assigned:
+            raise _Refused("class indices not read from a tensor the loop does not change")
+        conv.guards.append(conv._sub(INDEX_GUARD, base, x=ast.Name(root, ast.Load())))
+    keep_x = conv.keep(chains[0].group, call, CLASS_ROWS, "class_rows")
+    keep_y = conv.keep(chains[1].group, call)
+    x = conv.dense(chains[0], keep_x)
+    y = conv.dense(chains[1], keep_y)
+    if isinstance(chains[1].expr, ast.Name) and chains[1].expr.id in chains[1].leaves:
+        y = _bare(y)  # filled with the ignored class instead of 0
+    y = conv._sub("torch.where(k, y, i)", call, k=keep_y, y=y, i=ignore)
+    return ast.copy_location(ast.Call(call.func, [x, y], clone(call.keywords)), call)
+
+
+def _invariant(conv: _Converter, e: ast.expr) -> bool:
+    """A name, attribute or subscript the loop does not change (a class weight)."""
+    return _simple(e) and not loads(e) & (conv.assigned | conv.seeds)
+
+
+def _pointwise_loss(conv: _Converter, call: ast.Call, chains: list[_Chain],
+                    kws: dict) -> ast.expr:
+    """``torch.where(k, f(a, b, reduction="none"), 0).sum()`` (``DENSE_FORMS``'s mean)."""
+    a, b = chains
+    group = _Group(a.group.mask, a.group.key, {**a.group.bases, **b.group.bases})
+    keep = conv.keep(group, call)
+    keywords = [ast.keyword(k, clone(v)) for k, v in kws.items() if k != "reduction"]
+    keywords.append(ast.keyword("reduction", ast.Constant("none")))
+    loss = ast.copy_location(ast.Call(call.func, [conv.dense(a, keep), conv.dense(b, keep)],
+                                      keywords), call)
+    vals = conv.ctx.namer.new("vals")
+    conv.pre += conv._sub("v = e", call, v=vals, e=loss)
+    reduction = kws.get("reduction", ast.Constant("mean")).value
+    return conv._sub(DENSE_FORMS[reduction], call, k=keep, v=vals)
 
 
 def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
