@@ -82,12 +82,22 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
                 stmts += plan.sub("k = x", k=slot, x=x)
                 slots[k] = plan.output(slot)
     stacked = plan.output(item)
+    selected = plan.selection_appends.get(e.name) if e.kind == "append" else None
+    if e.kind == "append" and (mask is not None or selected) and e.name in plan.own_lists:
+        raise Unsupported(f"`{e.name}.append` under a tensor condition or of a selection: its "
+                          "consumer reads one item per iteration", e.stmt.lineno)
+    selected = selected and plan.output(selected)
     if e.kind == "append" and mask is not None:  # the items of the iterations that append
-        if e.name in plan.own_lists:
-            raise Unsupported(f"`{e.name}.append` under a tensor condition: its consumer reads "
-                              "one item per iteration", e.stmt.lineno)
-        stacked = plan.sub("v[p]", v=stacked, p=plan.output(mask))
-    plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else _place(plan, e, stacked)
+        taken = plan.output(mask)
+        stacked = plan.sub("v[p]", v=stacked, p=taken)
+        selected = selected and plan.sub("m[p]", m=selected, p=taken)
+    if selected:  # each item the selection of its stand-in by its mask
+        plan.folds.append(ast.Expr(plan.sub(
+            "lst.extend(torch.split(v[m], m.reshape(len(m), -1).sum(1).tolist()))",
+            lst=e.name, v=stacked, m=selected)))
+    else:
+        plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else \
+            _place(plan, e, stacked)
     return stmts + plan.sub("x = v", x=item, v=value)
 
 

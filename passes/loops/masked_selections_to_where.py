@@ -232,6 +232,7 @@ class Dense:
     body: list[ast.stmt]
     guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
+    appends: dict[str, str] = field(default_factory=dict)   # list -> mask of its items
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
@@ -254,7 +255,7 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
         ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
     for call in converter.counted:
         ast_marks.put(users[id(call)], ast_marks.SELECTION_COUNT, True)
-    return Dense(dense, converter.guards, converter.empty)
+    return Dense(dense, converter.guards, converter.empty, converter.appends)
 
 
 class _Refused(Exception):
@@ -323,11 +324,15 @@ class _Converter:
                 counts[name] = counts.get(name, 0) + 1
         self.assigned = set(counts)
         self.once = {n for n, k in counts.items() if k == 1}
+        top = [t.id for s in body if isinstance(s, ast.Assign) for t in s.targets
+               if isinstance(t, ast.Name)]
+        self.top_only = {n for n in self.assigned if top.count(n) == counts[n]}
         self.masks = _strict_masks(body, ctx) | (outer_masks - self.assigned)
         self.scalars: set[str] = set()
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
         self.converted: list[ast.Subscript] = []
         self.counted: list[ast.Call] = []        # the counts among the converted reductions
+        self.appends: dict[str, str] = {}
         self.guards: list[ast.expr] = []
         self.empty: dict[str, str] = {}
         self.counters: dict[str, str] = {}
@@ -351,6 +356,9 @@ class _Converter:
                 s.orelse = self.block(s.orelse, False)
                 out += pre + [s]
                 continue
+            if top and _appended_selection(self, s) is not None:
+                out += _append(self, s)
+                continue
             if top and self._binds_selection(s):
                 name = s.targets[0].id
                 chain = self.chain(s.value)
@@ -372,10 +380,14 @@ class _Converter:
         return out
 
     def _binds_selection(self, s: ast.stmt) -> bool:
-        """``name = <elementwise value of selections>``, bound once."""
-        return (isinstance(s, ast.Assign) and len(s.targets) == 1
-                and isinstance(s.targets[0], ast.Name) and s.targets[0].id in self.once
-                and s.targets[0].id not in loads(s.value) and self.chain(s.value) is not None)
+        """``name = <elementwise value of selections>``, bound once, or rebound from its own
+        stand-in (``v = v.clamp(0)``): each binding, in order, a stand-in."""
+        if not (isinstance(s, ast.Assign) and len(s.targets) == 1
+                and isinstance(s.targets[0], ast.Name)):
+            return False
+        name = s.targets[0].id
+        return name in self.top_only and (name not in loads(s.value) or name in self.selected) \
+            and self.chain(s.value) is not None
 
     def _binds_scalar(self, s: ast.stmt) -> bool:
         return (isinstance(s, ast.Assign) and len(s.targets) == 1
@@ -612,6 +624,35 @@ def _test(conv: _Converter, e: ast.expr) -> ast.expr:
     return e
 
 
+def _appended_selection(conv: _Converter, s: ast.stmt) -> ast.expr | None:
+    """The value of ``lst.append(<elementwise value of selections>)``, ``lst`` a name the body
+    does not bind; None for other statements."""
+    call = s.value if isinstance(s, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "append" and isinstance(call.func.value, ast.Name)
+            and call.func.value.id not in conv.assigned and len(call.args) == 1
+            and not call.keywords and not isinstance(call.args[0], ast.Starred)):
+        return None
+    return call.args[0] if conv.chain(call.args[0]) is not None else None
+
+
+def _append(conv: _Converter, s: ast.Expr) -> list[ast.stmt]:
+    """``lst.append(x[m])`` -> ``lst.append(<x's stand-in>)``, the list's items then taken by
+    the stacked masks after the loop (``Dense.appends``, ``effects_to_outputs``). One mask
+    per list: its items are the selections of every iteration."""
+    name = s.value.func.value.id
+    chain = conv.chain(s.value.args[0])
+    keep = conv.keep(chain.group, s)
+    s.value.args[0] = conv.dense(chain, keep)
+    mask = chain.group.mask
+    if not isinstance(mask, ast.Name):
+        mask = ast.Name(conv.ctx.namer.new("taken"), ast.Load())
+        conv.pre += conv._sub("m = e", s, m=mask, e=chain.group.mask)
+    if conv.appends.setdefault(name, mask.id) != mask.id:
+        raise _Refused(f"`{name}` appended selections by two masks")
+    return conv.pre + [s]
+
+
 def _loss(conv: _Converter, call: ast.Call) -> ast.expr | None:
     """The dense form of a loss of selections (``LOSS_REDUCTIONS``), None when its operands
     are no selections."""
@@ -798,5 +839,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                     frozenset(plan.masks))
     plan.written, plan.body = plan.body, dense.body
     plan.selection_checks, plan.empty_selections = dense.guards, dense.empty
+    plan.selection_appends = dense.appends
     plan.empty_selections_at = dense.body[0] if dense.body else None
     return plan
