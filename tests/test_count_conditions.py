@@ -82,6 +82,23 @@ def positive_means(x, labels):
     return torch.stack(out).sum() if out else x.sum() * 0
 
 
+def mined_pairs(emb, labels, margin=0.1):
+    sim = emb @ emb.t()
+    loss = []
+    for i in range(emb.shape[0]):
+        pos = sim[i][(labels == labels[i]) & (sim[i] < 1 - 1e-5)]
+        neg = sim[i][labels != labels[i]]
+        neg = neg[neg + margin > pos.min()]
+        pos = pos[pos - margin < neg.max()]
+        if len(neg) < 1 or len(pos) < 1:
+            continue
+        loss.append(torch.log1p(torch.exp(2 * (neg - 0.5)).sum())
+                    - torch.log1p(torch.exp(-2 * (pos - 0.5)).sum()))
+    if len(loss) == 0:
+        return torch.zeros([], dtype=emb.dtype, requires_grad=True)
+    return sum(loss) / emb.shape[0]
+
+
 def unguarded_max(x, labels):
     total = 0
     for i in range(x.shape[0]):
@@ -121,6 +138,45 @@ def test_equivalent_value_gradients_dtype_and_vectorized_runs(module, name, dtyp
     loop = optimized.report.loops[0]
     assert loop.vectorized and loop.vectorized_runs > 0 and loop.original_runs == 0, loop
     assert not optimized.report.fallbacks
+
+
+def test_golden_selection_of_a_selection_by_a_condition_on_it():
+    code, _ = rewrite_body("""
+        neg = sim[i][labels != labels[i]]
+        neg = neg[neg > t]
+        total = total + neg.sum()
+        """)
+    assert code == normalise("""
+        _mask = labels != labels[i]
+        _keep = _mask.reshape(_mask_shape[_mask.shape, sim[i].shape])
+        neg = torch.where(_keep, sim[i], False)
+        _mask_1 = _keep & (neg > t)
+        _keep_1 = _mask_1.reshape(_mask_shape[_mask_1.shape, neg.shape])
+        neg = torch.where(_keep_1, neg, False)
+        total = total + torch.where(_keep_1, neg, 0).sum()
+        """)
+
+
+@pytest.mark.parametrize("src", [
+    "neg = sim[i][labels != labels[i]]\nneg = neg[sim[i] > t]\ntotal = total + neg.sum()",
+    "neg = sim[i][labels != labels[i]]\nneg = neg[neg.cumsum(0) > t]\ntotal = total + neg.sum()",
+])
+def test_golden_unchanged_selections_of_a_selection_by_other_masks(src):
+    code, _ = rewrite_body(src)
+    assert code == normalise(src)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_mined_pairs_equivalent_and_the_original_errors(module, dtype):
+    optimized = rewrite.optimize_loss(module.mined_pairs, compile=False, keep_faster=False)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(8, 4, generator=g, dtype=dtype), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    assert_equivalent(module.mined_pairs, optimized, emb.requires_grad_(), labels)
+    loop = optimized.report.loops[0]
+    assert loop.vectorized and loop.vectorized_runs > 0 and loop.original_runs == 0, loop
+    for labels, op in (([0] * 8, "max()"), (list(range(8)), "min()")):   # of an empty selection
+        assert op in same_error(module.mined_pairs, optimized, emb, torch.tensor(labels))
 
 
 def test_max_of_an_empty_selection_that_is_not_skipped_raises_the_original_error(module):

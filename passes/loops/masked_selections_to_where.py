@@ -300,6 +300,8 @@ class _Group:
     key: str
     bases: dict[str, ast.expr]           # ast.dump -> base expression
     keep: str = ""                       # reuse: the keep a selected name was computed with
+    # a selection of a stand-in (``neg[neg > t]``): the stand-in's keep, the condition's chain
+    within: tuple[str, "_Chain"] | None = None
 
 
 @dataclass
@@ -365,7 +367,7 @@ class _Converter:
                 keep = self.keep(chain.group, s.value)
                 s.value = self.dense(chain, keep)
                 self.selected[name] = _Group(chain.group.mask, chain.group.key,
-                                             chain.group.bases, keep)
+                                             chain.group.bases, keep, chain.group.within)
                 out += self.pre + [s]
                 continue
             if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -489,8 +491,8 @@ class _Converter:
         keep = reuse.pop() if len(reuse) == 1 else ""
         if keep and any(g.bases.keys() != bases.keys() for g in groups):
             keep = ""
-        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep), expr, leaves,
-                      self.pending)
+        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep, groups[0].within), expr,
+                      leaves, self.pending)
 
     def _hole(self, kind: str, node: ast.expr, leaves: dict) -> ast.Name:
         self.holes += 1
@@ -546,6 +548,8 @@ class _Converter:
     def _selection(self, sub: ast.Subscript) -> _Group:
         """The group of one selection ``x[m]``; refuses what cannot be converted."""
         mask, base = sub.slice, sub.value
+        if isinstance(base, ast.Name) and base.id in self.selected:
+            return _reselection(self, sub, self.selected[base.id])
         if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
             raise _Refused("mask indexing with other entries, or not a mask that varies")
         if not _simple(base) or any(isinstance(n, ast.Subscript) and _is_selection(
@@ -575,6 +579,9 @@ class _Converter:
         if key in self.keeps:
             return self.keeps[key]
         mask = group.mask
+        if group.within:  # the stand-in's elements that are selected and meet the condition
+            outer, condition = group.within
+            mask = self._sub("k & c", mask, k=outer, c=self.dense(condition, outer))
         if not isinstance(mask, ast.Name):
             name = self.ctx.namer.new("mask")
             self.pre += self._sub("m = e", mask, m=name, e=mask)
@@ -636,12 +643,28 @@ def _appended_selection(conv: _Converter, s: ast.stmt) -> ast.expr | None:
     return call.args[0] if conv.chain(call.args[0]) is not None else None
 
 
+def _reselection(conv: _Converter, sub: ast.Subscript, outer: _Group) -> _Group:
+    """``neg[neg + margin > pos.min()]``, ``neg`` a stand-in: a selection by the stand-in's
+    mask and a condition on its selected values (elementwise: the condition of an element
+    stays its own, so it can be evaluated on the stand-in, where deselected elements do not
+    count). Refuses other masks."""
+    pending = conv.pending
+    condition = conv.chain(sub.slice) if not isinstance(sub.slice, ast.Tuple) else None
+    conv.pending = pending
+    if condition is None or condition.group.key != outer.key or not outer.keep:
+        raise _Refused("a selection of a selection by a mask that is no condition on it")
+    return _Group(sub.slice, f"{outer.key} & {ast.dump(sub.slice)}",
+                  {ast.dump(sub.value): sub.value}, within=(outer.keep, condition))
+
+
 def _append(conv: _Converter, s: ast.Expr) -> list[ast.stmt]:
     """``lst.append(x[m])`` -> ``lst.append(<x's stand-in>)``, the list's items then taken by
     the stacked masks after the loop (``Dense.appends``, ``effects_to_outputs``). One mask
     per list: its items are the selections of every iteration."""
     name = s.value.func.value.id
     chain = conv.chain(s.value.args[0])
+    if chain.group.within:
+        raise _Refused(f"`{name}` appended a selection of a selection")
     keep = conv.keep(chain.group, s)
     s.value.args[0] = conv.dense(chain, keep)
     mask = chain.group.mask
