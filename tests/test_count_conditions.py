@@ -185,3 +185,40 @@ def test_max_of_an_empty_selection_that_is_not_skipped_raises_the_original_error
     assert "max()" in same_error(module.unguarded_max, optimized, x, labels)
     x, labels = inputs("unguarded_max", torch.float64, "mixed", False)
     assert_equivalent(module.unguarded_max, optimized, x, torch.tensor([0, 1, 1, 1, 1, 1]))
+
+
+CONDITIONAL_APPENDS = """
+import torch
+
+
+def stacked(x):
+    keep = []
+    for i in range(x.shape[0]):
+        if x[i] > 0:
+            keep.append(x[i] * 2)
+    return torch.stack(keep).sum()
+
+
+def concatenated(x):
+    keep = []
+    for i in range(x.shape[0]):
+        if x[i].sum() > 0:
+            keep.append(x[i].exp())
+    return torch.cat(keep).sum() + len(keep)
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", ["stacked", "concatenated"])
+def test_appends_under_a_tensor_condition_keep_the_appending_items(tmp_path, name, dtype):
+    module = load_module(tmp_path, CONDITIONAL_APPENDS)
+    original = getattr(module, name)
+    optimized = rewrite.optimize_loss(original, compile=False, keep_faster=False)
+    x = torch.tensor([[1.0, -2.0], [-3.0, float("nan")], [2.0, 2.0], [-1.0, float("inf")]],
+                     dtype=dtype)
+    x = x[:, 0] if name == "stacked" else x
+    assert_equivalent(original, optimized, x.clone().requires_grad_())
+    loop = optimized.report.loops[0]
+    assert loop.vectorized and loop.vectorized_runs > 0 and loop.original_runs == 0, loop
+    # no iteration appends: the list stays empty, and stack/cat raise as in the original
+    assert "empty" in same_error(original, optimized, -x.detach().nan_to_num(0.0).abs() - 1)

@@ -97,7 +97,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
             lst=e.name, v=stacked, m=selected)))
     else:
         plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else \
-            _place(plan, e, stacked)
+            _place(plan, e, stacked, bind=mask is None)
     return stmts + plan.sub("x = v", x=item, v=value)
 
 
@@ -193,13 +193,15 @@ def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast
         "out.dtype) else v, accumulate=True)", out=e.name, i=target.slice, v=v))]
 
 
-def _place(plan: LoopPlan, e: Effect, stacked: ast.expr) -> list[ast.stmt]:
-    """Store the stacked per-iteration values of an append or write."""
+def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, bind: bool = True) -> list[ast.stmt]:
+    """Store the stacked per-iteration values of an append or write; ``bind``: a list the loop
+    builds may be bound to them (not when they may be none: its consumers raise on an empty
+    list, as the original's do)."""
     host = ast_marks.get(e.value, ast_marks.HOST_NUMBER)
     if e.kind == "append" and e.name in plan.own_lists:  # its consumer is known
         plan.own_list_values[e.name] = OwnList(stacked, host)
         return []
-    if e.kind == "append" and e.name in plan.buildable_lists and not host:
+    if e.kind == "append" and bind and e.name in plan.buildable_lists and not host:
         plan.bound_lists.add(e.name)
         return plan.sub("lst = v", lst=e.name, v=stacked)
     if e.kind == "append":  # host values (`.item()`) were Python numbers in the list
