@@ -557,7 +557,9 @@ def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.st
             if cond == "variant" and _mutates_local(s):
                 raise Unsupported("in-place write under a tensor condition", s.lineno)
             continue
-        if effect.kind == "append" and cond == "invariant":  # tensor ones select the items
+        # tensor conditions select the appended tensors (not the items of a display)
+        if effect.kind == "append" and (cond == "invariant" or cond == "variant" and isinstance(
+                effect.value, (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.Constant))):
             raise Unsupported(f"`{effect.name}.append` under a condition: the list length "
                               "depends on the data", s.lineno)
         if effect.kind == "append" and any(e.kind == "append" and e.name == effect.name
