@@ -200,3 +200,13 @@ def test_weight_as_the_argument_of_a_varying_loop_is_kept_with_its_reason(tmp_pa
     report = rewrite.optimize_loss(module.f, compile=False).report
     assert not report.loops[0].vectorized
     assert "slice bound `L` varies per iteration" in report.loops[0].reason
+
+
+def test_rows_of_different_lengths_sliced_alike_run_the_original(module):
+    # one mask for both rows: its shape check fails, and the decorator runs the original
+    optimized = rewrite.optimize_loss(module.seq_pointwise, compile=False, keep_faster=False)
+    p, t = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    lengths = torch.tensor([2, 5, 3])
+    with pytest.warns(rewrite.RewriteWarning, match="the original function runs"):
+        assert_equivalent(module.seq_pointwise, optimized, p.requires_grad_(), t, lengths)
+    assert optimized.report.fallbacks

@@ -14,7 +14,15 @@ the loop::
     out[i, t[i]] = e   ->   _out_slot = t[i]; _out_item = e out[arange, _outs[0].reshape(n)] = ...
     counts[t[i]] += e  ->   ...                             counts.index_put_(..., accumulate=True)
 
-Under a mask ``p``, sums add ``torch.where(p, e, 0)``, writes keep what is there. A comprehension's
+Under a mask ``p``, sums add ``torch.where(p, e, 0)``, writes keep what is there, appends add the
+items of the iterations that append (``lst.extend(_outs[0][_outs[1]].unbind(0))``, never a
+binding of the list: with none appended its consumers raise as the original's). Appended
+stand-ins of selections (``plan.selection_appends``) add each iteration's selection::
+
+    lst.append(x[i][m])  ->   _lst_item = <x[i]'s stand-in>    lst.extend(torch.split(
+                              (and its mask ``_taken``)            _outs[0][_outs[1]], <counts>))
+
+A comprehension's
 own list keeps its stacked values for its consumer (``plan.own_list_values``); a ``lst = []`` list
 the loop builds is bound to them (``plan.bound_lists``).
 """

@@ -37,7 +37,19 @@ and ``hardest = dist[same].max()`` (``same = labels == labels[i]``) to::
 The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where(_keep, x,
 0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` -> ``_keep.sum()``;
 ``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; the
-function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike.
+function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Losses of selections
+(``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m], reduction=...)`` -> the call on the
+stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as targets; ``F.mse_loss(p[m], t[m])``
+(pointwise losses) -> the loss per element, masked, summed or averaged like ``.mean()``.
+
+Beyond one statement: an ``if`` test of counts and reductions joined by ``and``/``or``/``not``
+(``if len(neg) == 0 or len(pos) <= 1: continue``) is converted part by part, and the converted
+counts are marked (``ast_marks.SELECTION_COUNT``) so that the loop check sees a condition that
+varies; a name rebound at the top of the body from its own stand-in (``v = v.clamp(0)``) stays a
+stand-in; a stand-in selected by a condition on its values (``neg = neg[neg > pos.min()]``) is
+a selection by its mask and that condition; ``lst.append(<stand-in>)`` appends the stand-in and
+records the list's mask (``Dense.appends``), by which ``effects_to_outputs`` takes each
+iteration's selection out of the stacked stand-ins after the loop.
 
 What is rewritten: a selection ``x[m]``, ``x`` a name, attribute or subscript by names and
 numbers, ``m`` a mask that varies per iteration (a single comparison, ``~``/``&``/``|``/``^`` of
@@ -77,7 +89,7 @@ Why each piece:
   every selected element a NaN gradient, and the dense ``amax`` does the same.
 
 Anything else is left alone, and then the whole body is (``loop_dataflow`` keeps the loop with
-its "boolean mask indexing" reason): a selection stored, appended, returned, shape-queried,
+its "boolean mask indexing" reason): a selection stored, returned, shape-queried,
 indexed again, under a conditional expression, or fed to a non-elementwise op or a reduction
 with arguments; two masks in one op; a tuple index; Python ``and``/``not`` in a mask; a mask
 bound twice or that does not vary. The converted selections are marked on the user's nodes

@@ -13,6 +13,10 @@ up to the end, as slicing clamps). So the slice becomes ``R[_in]``, which
                                                _in = _pos < L + x[i].shape[0] * (L < 0)
                                                s = s + x[i][_in].sum() / L
 
+Rows sliced alike in one statement share the mask (``F.mse_loss(p[i, :L], t[i, :L])`` selects
+both by ``_in``: masked_selections_to_where combines selections of one mask only); rows of
+different lengths then fail the mask's shape check, and the decorator runs the original.
+
 A write of a number past (or up to) per-item lengths becomes a masked write of the row, the
 positions taken along the ragged slice's dim of the row and broadcast against the dims after it::
 
