@@ -55,10 +55,12 @@ class Scope:
 
     def free(self, node: ast.expr) -> str | None:
         """``node`` as source the runtime check can evaluate before the loop: names the body
-        does not bind, their attributes, indexed by int literals, such names and slices of
-        them (``z1[i]``, ``self.centers``); None for anything else."""
-        def bound(e: ast.expr | None) -> bool:
-            return e is None or type(literal(e)) is int \
+        does not bind, their attributes, indexed by int literals, such names, ``None``, ``...``
+        and slices of them (``z1[i]``, ``self.centers``, ``valid[:, None]``); None for anything
+        else."""
+        def bound(e: ast.expr | None) -> bool:  # ``None`` (a new axis) and ``...`` too
+            return e is None or type(literal(e)) is int or isinstance(e, ast.Constant) \
+                and e.value in (None, Ellipsis) \
                 or isinstance(e, ast.Name) and self.free(e) is not None
         if isinstance(node, ast.Name):
             ok = node.id not in self.vals and node.id not in self.assigned
