@@ -26,9 +26,10 @@ def test_new_axes_golden():
     assert "not isinstance(valid[:, None], torch.Tensor) or (" in code, code
 
 
-def test_ellipsis_golden():
+def test_other_indices_of_a_fixed_operand_stay_unbatched():
+    """An ellipsis next to the new axis is not taken (``x[..., i]`` is no row of ``x[...]``)."""
     _, _, code, report = build(SEQUENCE.replace("valid[:, None]", "valid[..., None, :, :]"))
-    assert strategies(report) == {4: "batched"}, (report, code)
+    assert strategies(report) == {4: "vmap"}, (report, code)
 
 
 @pytest.mark.parametrize("special", [False, True])
