@@ -19,8 +19,10 @@ def per_scale(outputs, frame_ids, scales, targets):
     total = 0
     for scale in scales:
         loss = 0
-        for f in frame_ids[1:]:
-            loss = loss + (outputs[("color", f, scale)] - targets[scale]).abs().mean()
+        source = scale if len(scales) > 8 else scale  # a conditional expression before an if
+        if len(frame_ids) > 1:
+            for f in frame_ids[1:]:
+                loss = loss + (outputs[("color", f, source)] - targets[scale]).abs().mean()
         losses[f"loss/{scale}"] = loss
         total += loss
     return total / len(scales)
