@@ -132,6 +132,7 @@ def test_multiclass_hinge_under_inductor(tmp_path, dtype):
 # Examples with a loop reported vectorized that does not run vectorized on their inputs, and why.
 NOT_YET = {
     "multi_head_list": "heads of different shapes: the list is not stacked, the loop runs as written",
+    "real.depth_monodepth_photometric": "iterates a Python list of frame ids that index dicts",
     "real.det_detr_set_criterion": "a list of dicts of tensors (targets) where the check wants a "
                                    "tensor",
     "real.sep_pit_sisnr_perms": "`refs[t]` in a nested function: `refs` may be a tensor (a "

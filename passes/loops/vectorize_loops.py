@@ -315,9 +315,15 @@ class _Vectorizer(Transformer):
         entries are dropped."""
         if twin is None:
             return None
-        mark, self.seen, self.bound_lists = before
+        mark = before[0]
+        first = (self.ctx.report.loops[mark:], self.seen, self.bound_lists)
+        _, self.seen, self.bound_lists = before
         del self.ctx.report.loops[mark:]
         self._visit_inner(twin, index, 0)
+        if sum(loop.vectorized for loop in self.ctx.report.loops[mark:]) < sum(
+                loop.vectorized for loop in first[0]):  # never fewer than the first plans
+            self.ctx.report.loops[mark:], self.seen, self.bound_lists = first
+            return None
         return twin
 
     def _averaged(self, plan: LoopPlan, after: ast.stmt | None, vectorized: ast.If) -> ast.AST:
