@@ -78,3 +78,21 @@ def test_loops_vectorize_with_the_same_result(tmp_path, name):
                      requires_grad=True)
     assert not differences(original, fast, (x,), {})
     assert fast.report.loops[0].vectorized, fast.report.loops[0]
+
+
+@pytest.mark.parametrize("read", ["max(lst)", "min(lst)", "len(lst)"])
+def test_a_list_read_whole_after_its_loop_is_bound_to_the_stacked_items(tmp_path, read):
+    """``max``/``min``/``len`` of the list answer the same on the stacked tensor: the list name is
+    bound to it, no list of its rows is made."""
+    source = f"""
+def f(x):
+    lst = []
+    for i in range(x.shape[0]):
+        lst.append(x[i].sum() * 2)
+    return {read}
+"""
+    original = load_module(tmp_path, "import torch\n" + source).f
+    fast = rewrite.optimize_loss(original, compile=False, strict=True)
+    x = torch.tensor([[0.1, 0.2], [0.5, 0.7], [-0.3, 0.1]], dtype=torch.float64, requires_grad=True)
+    assert not differences(original, fast, (x,), {})
+    assert "unbind" not in fast.report.rewritten_source
