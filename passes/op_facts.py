@@ -78,3 +78,18 @@ def reads_only_metadata(node: torch.fx.Node, arg: Any) -> bool:
 def creates_grad(node: torch.fx.Node) -> bool:
     """The result requires grad by itself: ``torch.zeros(3, requires_grad=True)``, or a table op."""
     return node.kwargs.get("requires_grad") is True or op_name(node) in CREATES_GRAD
+
+# ``nn`` loss modules whose ``forward`` is one call of a ``torch.nn.functional`` function: the
+# class's name -> (that function, the module attributes its forward passes by keyword). A call of
+# such a module (of exactly that class, without hooks) is that function with those attributes.
+MODULE_LOSSES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "CrossEntropyLoss": ("cross_entropy", ("weight", "ignore_index", "reduction",
+                                           "label_smoothing")),
+    "NLLLoss": ("nll_loss", ("weight", "ignore_index", "reduction")),
+    "MSELoss": ("mse_loss", ("reduction",)),
+    "L1Loss": ("l1_loss", ("reduction",)),
+    "SmoothL1Loss": ("smooth_l1_loss", ("reduction", "beta")),
+    "HuberLoss": ("huber_loss", ("reduction", "delta")),
+    "BCEWithLogitsLoss": ("binary_cross_entropy_with_logits", ("weight", "pos_weight",
+                                                               "reduction")),
+}

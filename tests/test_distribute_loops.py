@@ -378,17 +378,25 @@ def test_values_read_after_the_loop_are_the_last_iterations():
             fn(torch.zeros(0, 3), torch.ones(3))
 
 
-def test_values_changed_in_place_by_the_residual_loop_are_not_stacked():
+def test_values_changed_in_place_by_the_residual_loop_are_read_as_copies(capsys):
     src = """
         def f(x, w):
             for i in range(len(x)):
-                p = (x[i] * w).softmax(0)
+                p = (x[i] * w).sum(0, keepdim=True)
                 q = p
                 q += 1
                 print(q.sum().item())
+            return p
         """
-    code, report = rewrite_source(src)
-    assert strategies(report) == {2: "kept"} and code == normalise(src)
+    original, optimized, code, report = build(src)
+    assert strategies(report) == {2: "distributed"} and "p = _p_all[i].clone()" in code
+    x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    want = original(x, w.requires_grad_())
+    printed = capsys.readouterr().out
+    got = optimized(x, w)
+    assert capsys.readouterr().out == printed and printed.count("\n") == 4
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_equivalent(original, optimized, x, w)
 
 
 def test_random_draws_stay_in_the_residual_loop_in_order():

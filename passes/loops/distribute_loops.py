@@ -37,8 +37,9 @@ iteration (``_rows_only``), bound for every iteration::
 The hoisted loop's ``torch.where`` branches put the operands of the iterations the branch skips
 in the op's domain (or refuse an op that could raise there), and the residual ``if`` reads
 ``_value`` only where the branch runs: values and gradients are the original's. Calls of helpers
-``inline_helper_calls`` inlines count with the work of their bodies. A statement stays residual
-when
+``inline_helper_calls`` inlines count with the work of their bodies; a call of an ``nn`` loss
+module (``self.ce(x[i], y[i])``, ``module_loss_calls``) is its functional op, a pure loss. A
+statement stays residual when
 
 * on its own it is no vectorizable loop body (``loop_dataflow.analyze`` of the statement alone:
   I/O, random ops, mutation of outer objects, ``assert``, inner loops, ...), or it leaves the
@@ -53,13 +54,16 @@ when
   ``name = <expression with a call or subscript>`` that varies with the iteration: only such
   values are stacked (a Python number computed from the index would come back a tensor); a
   value that is one host round trip (``t.item()``, ``int(t)``) comes back as Python numbers,
-  one with a host round trip inside (``t.item() * 2``) is not stacked;
+  one with a host round trip inside (``t.item() * 2``) is not stacked; ``l, n = helper(...)``
+  binds the items of the tuple an inlined helper returns, each judged the same way;
 * the vectorizer refused the hoisted loop at its line (then the split is made again).
 
-A loop whose residual statements change in place a value made in the iteration (``q += 1``
-on a local ``q``; accumulators carried from one iteration to the next are fine) is not split:
-the values are views of one stacked tensor. Nor is one whose residual statements change what
-the loop iterates.
+Residual statements that change in place a value made in the iteration (``q = p; q += 1``;
+accumulators carried from one iteration to the next are not such values) would change views of
+one stacked tensor: the residual loop then reads copies (``p = _p_all[i].clone()``), when every
+stacked tensor had memory of its own in the original and no hoisted statement reads one
+(``_copyable``: the original's change reaches nothing else); else the loop is not split. Nor is
+one whose residual statements change what the loop iterates.
 
 Exceptions: the hoisted statements are vectorized code behind its runtime checks (ranks, dtypes,
 bounds), so they do not raise where the original did not; an error an op raises on the data
@@ -84,7 +88,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
-from . import inline_helper_calls, iteration, loop_dataflow
+from . import inline_helper_calls, iteration, loop_dataflow, module_loss_calls
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
 
@@ -111,6 +115,7 @@ class _Split:
     body: list[ast.stmt]
     written: dict[int, ast.stmt]  # position -> the statement as written, if operands left it
     residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
+    copies: bool = False  # the residual loop reads copies of the stacked tensors
 
     def hoisted(self) -> list[int]:
         return [k for k in range(len(self.body)) if k not in self.residual]
@@ -155,7 +160,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
         exported = _close(split, live_after, variant, ctx)
         hoisted = [node.body[k] for k in split.hoisted()]
-        why_not = _why_not(node, split, carried, ctx)
+        why_not = _why_not(node, split, carried, exported, ctx)
         if why_not:
             return why_not
         point = ctx.namer.checkpoint()
@@ -175,10 +180,13 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     return "the vectorizer refused every split"
 
 
-def _why_not(node: ast.For, split: _Split, carried: set[str], ctx: PassContext) -> str:
+def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
+             ctx: PassContext) -> str:
     """Why this split is not made ("" when it is): nothing residual, nothing heavy hoisted or
     more work staying than hoisted (it would not pay: ``_work``), or residual statements that
-    change what the loop iterates or the values the hoisted loop stacks."""
+    change what the loop iterates or, in place, values the hoisted loop stacks that a copy
+    cannot stand for (``_copyable``). Sets ``split.copies`` when the residual loop reads
+    copies."""
     if not split.residual:
         return "no statement of the body is the cause: the refusal is the loop's as a whole"
     if not any(_heavy(split.body[k], ctx) for k in split.hoisted()):
@@ -193,9 +201,11 @@ def _why_not(node: ast.For, split: _Split, carried: set[str], ctx: PassContext) 
                                                for k in split.residual))
     if changed:
         return f"the residual loop would change `{sorted(changed)[0]}`, which the loop iterates"
-    if _mutates_values(split, carried, ctx):
-        return "a residual statement changes in place a value made in the iteration " \
-               f"(it would change the stacked values); {_residual(split, ctx)}"
+    split.copies = _mutates_values(split, carried, ctx)
+    if split.copies and not _copyable(split, exported, ctx):
+        return "a residual statement changes in place a value made in the iteration, " \
+               "which may share memory with another value (a copy would not change it); " \
+               f"{_residual(split, ctx)}"
     return ""
 
 
@@ -213,6 +223,47 @@ def _mutates_values(split: _Split, carried: set[str], ctx: PassContext) -> bool:
     (``total += l``) hold what the iterations added, not their values."""
     made = loop_dataflow.stores_in(split.body) - carried
     return any(_mutated(split.body[k], ctx) & made for k in split.residual)
+
+
+def _copyable(split: _Split, exported: list[str], ctx: PassContext) -> bool:
+    """The residual loop may read copies of the stacked tensors (``n = _n_all[i].clone()``),
+    which it may then change in place as the original changes its values: every stacked tensor
+    has memory of its own in the original (``_fresh``), and no hoisted statement reads one (it
+    could make a view of it, which the original's in-place change would reach too)."""
+    hoisted = [split.body[k] for k in split.hoisted()]
+    if set(exported) & set().union(*map(_reads, hoisted)):
+        return False
+    for name in exported:
+        value = _bound_value([s for s in hoisted if name in loop_dataflow.stores_in([s])][-1],
+                             name, ctx)
+        if value is None or not (_is_number(value, ctx) or _fresh(value, ctx, 0)):
+            return False
+    return True
+
+
+def _fresh(value: ast.expr, ctx: PassContext, depth: int) -> bool:
+    """``value`` is a tensor with memory of its own (``loop_dataflow.makes_new_tensor``, an
+    ``nn`` loss module's result, or such a value an inlined helper returns)."""
+    if loop_dataflow.makes_new_tensor(value, ctx) or (
+            isinstance(value, ast.Call) and module_loss_calls.loss_class(value, ctx)):
+        return True
+    result = _returned(value, ctx) if depth < inline_helper_calls.MAX_DEPTH else None
+    return result is not None and _fresh(result, ctx, depth + 1)
+
+
+def _returned(call: ast.expr, ctx: PassContext, at: int | None = None) -> ast.expr | None:
+    """What the helper ``call`` calls (one ``inline_helper_calls`` inlines) returns, or item
+    ``at`` of the tuple it returns; a local name it returns is its last value in the helper
+    (``loss = 1 - num / den``, ``return loss``). None: not such a call."""
+    helper = inline_helper_calls.inlinable_helper(call, ctx) \
+        if isinstance(call, ast.Call) else None
+    result = helper.body[-1].value if helper else None
+    if at is not None:
+        result = result.elts[at] if isinstance(result, ast.Tuple) else None
+    if isinstance(result, ast.Name):
+        result = next((b.value for b in reversed(helper.body) if isinstance(b, ast.Assign)
+                       and [ast.unparse(t) for t in b.targets] == [result.id]), None)
+    return result
 
 
 def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> str:
@@ -300,7 +351,9 @@ def _rows_only(e: ast.expr, seeds: set[str], ctx: PassContext) -> bool:
     (``0 * inf``) where the original has none."""
     ok = set()
     for n in walk(e):
-        if isinstance(n, ast.Call):
+        if isinstance(n, ast.Call) and module_loss_calls.loss_class(n, ctx):
+            ok |= {id(m) for m in walk(n.func)}  # `self.ce`: a module, not a tensor it reads
+        elif isinstance(n, ast.Call):
             root = n.func
             while isinstance(root, ast.Attribute) and loop_dataflow.resolve_call(n.func, ctx):
                 root = root.value  # `F.mse_loss`, `torch.sqrt`: a module's function
@@ -440,25 +493,31 @@ def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dic
 
 
 def _stackable(s: ast.stmt, name: str, variant: set[str], ctx: PassContext) -> bool:
-    """``name = <value>`` (or a branch's operand bound first, ``_bound_value``), the value
-    varying with the iteration and made by a call or a subscript, with a known kind
+    """``name = <value>`` (or a branch's operand bound first, an item of a helper's tuple:
+    ``_bound_value``), the value varying with the iteration and made by a call or a subscript
+    other than a shape query (``x.shape[0]`` is a Python int), with a known kind
     (``_is_number``)."""
     value = _bound_value(s, name, ctx)
     return (value is not None and name in variant and _is_number(value, ctx) is not None
             and any(isinstance(n, (ast.Call, ast.Subscript)) and not is_shape_query(n, ctx)
+                    and not is_shape_query(getattr(n, "value", None), ctx)  # `x.shape[0]`
                     for n in walk(value)))
 
 
 def _bound_value(s: ast.stmt, name: str, ctx: PassContext) -> ast.expr | None:
-    """The value ``s`` binds to ``name``: ``name = <value>``, or, for a branch's operand
-    bound first (``if c: name = <value>`` ``else: name = 0``, ``_operand_roots``), the
-    branch's value."""
+    """The value ``s`` binds to ``name``: ``name = <value>``, for a branch's operand bound
+    first (``if c: name = <value>`` ``else: name = 0``, ``_operand_roots``) the branch's value,
+    for ``name, n = helper(...)`` the item the helper returns (``_returned``)."""
     if isinstance(s, ast.If) and name in ctx.namer.made:
         s = next((b for b in s.body + s.orelse
                   if not (isinstance(b, ast.Assign) and isinstance(b.value, ast.Constant))), s)
     if isinstance(s, ast.Assign) and len(s.targets) == 1 \
             and isinstance(s.targets[0], ast.Name) and s.targets[0].id == name:
         return s.value
+    names = [t.id if isinstance(t, ast.Name) else None for t in getattr(
+        s.targets[0], "elts", [])] if isinstance(s, ast.Assign) and len(s.targets) == 1 else []
+    if name in names:  # `l, n = helper(...)`: the item of the tuple the helper returns
+        return _returned(s.value, ctx, names.index(name))
     return None
 
 
@@ -482,14 +541,15 @@ def _reads(s: ast.stmt) -> set[str]:
 
 def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
     """Names ``s`` binds, deletes or may mutate (``_mutated``, and the arguments of functions
-    the registry does not know, but for helpers ``inline_helper_calls`` inlines: they have no
-    side effects)."""
+    the registry does not know, but for helpers ``inline_helper_calls`` inlines and ``nn`` loss
+    modules ``module_loss_calls`` knows: they have no side effects)."""
     names = {n.id for n in walk(s) if isinstance(n, ast.Name)
              and isinstance(n.ctx, (ast.Store, ast.Del))}
     for n in walk(s):
         if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
                 and loop_dataflow.method_name(n, ctx) is None \
-                and inline_helper_calls.inlinable_helper(n, ctx) is None:
+                and inline_helper_calls.inlinable_helper(n, ctx) is None \
+                and not module_loss_calls.loss_class(n, ctx):
             names |= {r for r in map(root_name, n.args) if r}
     return names | _mutated(s, ctx) | loop_dataflow.stores_in([s])
 
@@ -514,7 +574,7 @@ def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:
 
 def _may_mutate(call: ast.Call, ctx: PassContext) -> bool:
     meth = loop_dataflow.method_name(call, ctx)
-    if meth is None:
+    if meth is None or module_loss_calls.loss_class(call, ctx):
         return False
     spec = call_op(call, ctx)
     return spec is ops.UNKNOWN or spec.effect is not None or meth.endswith("_")
@@ -538,14 +598,14 @@ def _unknown_call(n: ast.AST, ctx: PassContext) -> bool:
 
 def _node_work(n: ast.AST, ctx: PassContext, depth: int) -> int:
     """Ops doing real work in ``n`` itself: one for an op of ``_HEAVY_FORMS`` or a matrix
-    product ``@``; for a call of a helper of the user's module that ``inline_helper_calls``
-    inlines, those of its body."""
+    product ``@`` or a call of an ``nn`` loss module (``module_loss_calls``); for a call of a
+    helper of the user's module that ``inline_helper_calls`` inlines, those of its body."""
     if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
         return 1
     if not isinstance(n, ast.Call):
         return 0
     spec = call_op(n, ctx)
-    if spec.batched in _HEAVY_FORMS and not spec.recomputed:
+    if spec.batched in _HEAVY_FORMS and not spec.recomputed or module_loss_calls.loss_class(n, ctx):
         return 1
     helper = inline_helper_calls.inlinable_helper(n, ctx) \
         if depth < inline_helper_calls.MAX_DEPTH else None
@@ -569,20 +629,22 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
                    plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
     """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
     statements only, each iteration first reading its values: ``n = _n_all[i]``."""
-    stmts, header = [], node
+    stmts, header, copied = [], node, set()
     hoisted = [split.body[k] for k in split.hoisted()]
     for name, lst in lists.items():
         binding = [s for s in hoisted if name in loop_dataflow.stores_in([s])][-1]
         value = _bound_value(binding, name, ctx)
-        how = "v.tolist()" if _is_number(value, ctx) else "v.unbind(0)"
+        number = _is_number(value, ctx)
+        how = "v.tolist()" if number else "v.unbind(0)"
         stmts += replace(f"lst = {how}", loc=node, lst=lst, v=plan.own_list_values[lst].values)
+        copied |= set() if number else {name}
     index = it.index
     if it.elements or not (is_int(it.start, 0) and is_int(it.step, 1) and it.index_is_user):
         index = ctx.namer.new("k")
         header = replace("for k, t in enumerate(s): pass", loc=node, k=index,
                          t=clone(node.target), s=clone(node.iter))[0]
-    reads = [replace("n = lst[k]", loc=node, n=name, lst=lst, k=index)[0]
-             for name, lst in lists.items()]
+    reads = [replace("n = lst[k].clone()" if split.copies and name in copied else "n = lst[k]",
+                     loc=node, n=name, lst=lst, k=index)[0] for name, lst in lists.items()]
     residual = [s for k, s in enumerate(split.body) if k in split.residual]
     loop = ast.For(target=header.target, iter=header.iter, body=reads + residual, orelse=[],
                    type_comment=None)

@@ -1,0 +1,191 @@
+"""Calls of an ``nn`` loss module inside a loop body being vectorized become the functional call
+its ``forward`` makes, so every later stage sees a known op (a batched form, its domain, its
+cost) instead of a call of an unknown object::
+
+    class Loss(nn.Module):
+        def __init__(self):
+            self.ce = nn.CrossEntropyLoss(ignore_index=-1)
+
+        def forward(self, x, y):
+            for i in range(n):                      for i in range(n):
+                l = self.ce(x[i], y[i])    ->           l = torch.nn.functional.cross_entropy(
+                ...                                         x[i], y[i], weight=self.ce.weight,
+                                                            ignore_index=self.ce.ignore_index,
+                                                            reduction=self.ce.reduction,
+                                                            label_smoothing=self.ce.label_smoothing)
+
+The callee is ``self.<attr>``, every assignment of which in the methods of the class (and of
+its bases of the same module) makes a module of one class of ``op_facts.MODULE_LOSSES``
+(``nn.MSELoss(...)``, possibly moved with ``.to(...)``/``.cuda()``), or a name the function
+binds only to such a module; the loop does not bind it, and the call has two positional
+arguments. The module's settings are read from the instance at run time, as its ``forward``
+reads them, and the loop's runtime check requires the object to be a module of exactly that
+class without hooks (``plain_loss_module``): a subclass, a replaced ``forward`` or a hook runs
+the loop as written. The loop as written, the else of the vectorized form, calls the module.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import sys
+import types
+
+import torch
+
+from ..ast_tools import PassContext, Transformer, walk
+from ..errors import Unsupported
+from ..op_facts import MODULE_LOSSES
+from .plan import LoopPlan
+
+_MOVES = ("to", "cuda", "cpu")  # `nn.CrossEntropyLoss().to(device)` is the same module
+
+
+def plain_loss_module(obj: object, cls: type) -> bool:
+    """``obj`` is a module of exactly ``cls``, calling it runs ``cls.forward`` and nothing
+    else (the hooks ``nn.Module.__call__`` would run: the object's and the global ones)."""
+    hooks = torch.nn.modules.module
+    return type(obj) is cls and "forward" not in vars(obj) and not (
+        obj._forward_hooks or obj._forward_pre_hooks or obj._backward_hooks
+        or obj._backward_pre_hooks or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+        or hooks._global_backward_pre_hooks)
+
+
+def loss_class(call: ast.Call, ctx: PassContext) -> str | None:
+    """The ``MODULE_LOSSES`` class ``call`` calls a module of (None: not such a call)."""
+    f = call.func
+    if len(call.args) != 2 or call.keywords or any(isinstance(a, ast.Starred) for a in call.args):
+        return None
+    fn = _lookup(ctx.func_name.split("."), ctx.globals)
+    if not isinstance(fn, types.FunctionType):
+        return None
+    if isinstance(f, ast.Name):
+        return _function_locals(fn, ctx.parse_function).get(f.id)
+    owner = _lookup(ctx.func_name.split(".")[:-1], ctx.globals)
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and isinstance(owner, type) \
+            and f.value.id == _first_param(fn):
+        return _attribute_classes(owner, ctx.parse_function).get(f.attr)
+    return None
+
+
+def _lookup(path: list[str], module: dict) -> object:
+    obj = module.get(path[0]) if path else None
+    for part in path[1:]:
+        obj = vars(obj).get(part) if isinstance(obj, type) else None
+    return obj
+
+
+def _loss_name(value: ast.expr, module: dict) -> str | None:
+    """The ``MODULE_LOSSES`` class ``value`` makes a module of (``nn.L1Loss()``, moved or not)."""
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in _MOVES and isinstance(value.func.value, ast.Call):
+        value = value.func.value
+    if not isinstance(value, ast.Call):
+        return None
+    parts, f = [], value.func
+    while isinstance(f, ast.Attribute):
+        parts.append(f.attr)
+        f = f.value
+    obj = module.get(f.id) if isinstance(f, ast.Name) else None
+    for part in reversed(parts):
+        obj = getattr(obj, part, None)
+    name = getattr(obj, "__name__", None)
+    return name if name in MODULE_LOSSES and obj is getattr(torch.nn, name) else None
+
+
+def _one_class(values: list[ast.expr], module: dict) -> str | None:
+    names = {_loss_name(v, module) for v in values}
+    return names.pop() if len(names) == 1 else None
+
+
+def _first_param(fn: types.FunctionType) -> str | None:
+    params = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    return params[0] if params else None
+
+
+@functools.lru_cache(maxsize=256)
+def _function_locals(fn: types.FunctionType, parse) -> dict[str, str]:
+    """The names ``fn`` binds only to modules of one ``MODULE_LOSSES`` class -> the class."""
+    try:
+        tree = parse(fn).tree
+    except Unsupported:
+        return {}
+    values: dict[str, list] = {}
+    for n in walk(tree):
+        for t in _targets(n):
+            if isinstance(t, ast.Name):
+                values.setdefault(t.id, []).append(getattr(n, "value", None))
+    return {name: c for name, vs in values.items()
+            if (c := _one_class(vs, fn.__globals__)) is not None}
+
+
+@functools.lru_cache(maxsize=256)
+def _attribute_classes(cls: type, parse) -> dict[str, str]:
+    """The attributes the methods of ``cls`` (and of its bases of the same module) assign on
+    their object only modules of one ``MODULE_LOSSES`` class -> the class."""
+    values: dict[str, list] = {}
+    for base in cls.__mro__:
+        if base.__module__ != cls.__module__:
+            continue
+        for method in vars(base).values():
+            if not isinstance(method, types.FunctionType):
+                continue
+            try:
+                tree = parse(method).tree
+            except Unsupported:
+                return {}
+            this = _first_param(method)
+            for n in walk(tree):
+                for t in _targets(n):
+                    if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) \
+                            and t.value.id == this:
+                        values.setdefault(t.attr, []).append(getattr(n, "value", None))
+    return {attr: c for attr, vs in values.items()
+            if (c := _one_class(vs, vars(sys.modules[cls.__module__]))) is not None}
+
+
+def _targets(n: ast.AST) -> list[ast.expr]:
+    """The names and attributes ``n`` binds (a value other than an assignment's makes no
+    known module)."""
+    if isinstance(n, ast.Assign):
+        targets = n.targets
+    elif isinstance(n, ast.With):
+        targets = [item.optional_vars for item in n.items if item.optional_vars]
+    elif isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.NamedExpr, ast.comprehension)):
+        targets = [n.target]
+    else:
+        return []
+    return [e for t in targets for e in walk(t) if isinstance(e, (ast.Name, ast.Attribute))
+            and isinstance(e.ctx, ast.Store)]
+
+
+class _Functional(Transformer):
+    def __init__(self, plan: LoopPlan, ctx: PassContext, bound: set[str]):
+        self.plan, self.ctx, self.bound = plan, ctx, bound
+        self.checks: dict[str, ast.expr] = {}
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        name = loss_class(node, self.ctx)
+        if name is None or self.bound & {n.id for n in walk(node.func)
+                                         if isinstance(n, ast.Name)}:
+            return node
+        function, settings = MODULE_LOSSES[name]
+        keywords = "".join(f", {k}=m.{k}" for k in settings)
+        self.checks[ast.unparse(node.func)] = self.plan.sub(
+            f"plain(m, torch.nn.{name})", m=node.func,
+            plain=self.ctx.bind(plain_loss_module, "plain_loss_module"))
+        return self.plan.sub(f"torch.nn.functional.{function}(a, b{keywords})",
+                             a=node.args[0], b=node.args[1], m=node.func)
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    bound = {n.id for s in plan.body for n in walk(s)
+             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    # an attribute the loop assigns (`self.ce = ...`) is no longer what the check saw
+    bound |= {n.value.id for s in plan.body for n in walk(s) if isinstance(n, ast.Attribute)
+              and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name)}
+    functional = _Functional(plan, ctx, bound)
+    plan.body = [functional.visit(s) for s in plan.body]
+    plan.helper_checks = plan.helper_checks + list(functional.checks.values())
+    return plan

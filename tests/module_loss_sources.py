@@ -1,0 +1,108 @@
+"""Losses calling ``nn`` loss modules inside loops, for ``tests/test_module_loss_calls.py``
+(``module_loss_calls`` reads the classes' sources: they must live in a real module)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class HardExamples(nn.Module):
+    """A data-dependent append after a module call: the calls are hoisted and batched."""
+
+    def __init__(self, th, ignore_index=-100):
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        self.th = th
+
+    def forward(self, x, y):
+        hard = []
+        for i in range(x.shape[0]):
+            l = self.ce(x[i], y[i])
+            if l.item() > self.th:
+                hard.append(l)
+        return torch.stack(hard).sum() if hard else x.sum() * 0
+
+
+class LoggedSteps(nn.Module):
+    """Every step's loss printed: the same lines, the sum in the original order."""
+
+    def __init__(self):
+        super().__init__()
+        self.mse = nn.MSELoss(reduction="sum").to("cpu")
+
+    def forward(self, x, y):
+        total = 0
+        for t in range(x.shape[1]):
+            l = self.mse(x[:, t], y[:, t])
+            print(f"{t}: {l.item():.4f}")
+            total = total + l
+        return total
+
+
+class MaskedSteps(nn.Module):
+    """A module call under a condition on the data, with a print: hoisted under its branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.crit = nn.SmoothL1Loss(beta=0.5)
+
+    def forward(self, x, y, m):
+        total = 0
+        for i in range(x.shape[0]):
+            if m[i] > 0:
+                l = self.crit(x[i], y[i])
+                print(f"{i}: {l.item():.4f}")
+                total = total + l
+        return total
+
+
+def local_criterion(x, y):
+    """A module the function makes: the whole loop is vectorized."""
+    crit = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(2.0, dtype=x.dtype))
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + crit(x[i], y[i])
+    return total
+
+
+class UnknownModule(nn.Module):
+    """No change: a module class outside the registry stays a call the loop cannot hoist."""
+
+    def __init__(self):
+        super().__init__()
+        self.rank = nn.MarginRankingLoss(margin=0.1)
+
+    def forward(self, a, b, y):
+        total = 0
+        for i in range(a.shape[0]):
+            l = self.rank(a[i], b[i])
+            print(l.item())
+            total = total + l
+        return total
+
+
+class MixedAttribute(nn.Module):
+    """No change: the attribute holds modules of two classes, so which functional it is is
+    unknown."""
+
+    def __init__(self, l1):
+        super().__init__()
+        self.crit = nn.L1Loss() if l1 else nn.MSELoss()
+
+    def forward(self, x, y):
+        total = 0
+        for i in range(x.shape[0]):
+            l = self.crit(x[i], y[i])
+            print(l.item())
+            total = total + l
+        return total
+
+
+class SubclassedLoss(nn.CrossEntropyLoss):
+    """A subclass with its own forward: the runtime check runs the loop as written."""
+
+    def forward(self, input, target):
+        return 2 * super().forward(input, target)
+
+
+def flat_ce(x, y):
+    return F.cross_entropy(x, y)

@@ -1,0 +1,129 @@
+"""module_loss_calls: calls of ``nn`` loss modules in loops become their functional op, which
+distribution hoists. Golden generated code (with no-change cases), equivalence (value, every
+gradient, float32 and float64, NaN/inf in skipped rows, printed lines) and the runtime check
+(a subclass, a hook: the loop runs as written)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from passes.report import Report
+from rewrite import optimize_loss
+from rewrite.frontend import rewrite_function
+from rewrite.testing import assert_equivalent
+from tests import module_loss_sources as src
+
+GOLDEN = Path(__file__).parent / "golden" / "module_loss_calls"
+DTYPES = [torch.float32, torch.float64]
+CASES = {"hard_examples": (src.HardExamples.forward, {18: "distributed"}),
+         "logged_steps": (src.LoggedSteps.forward, {34: "distributed"}),
+         "masked_steps": (src.MaskedSteps.forward, {50: "distributed"}),
+         "local_criterion": (src.local_criterion, {62: "vmap"}),
+         "unknown_module": (src.UnknownModule.forward, {76: "kept"}),
+         "mixed_attribute": (src.MixedAttribute.forward, {93: "kept"})}
+
+
+def generated(fn) -> tuple[str, dict[int, str]]:
+    report = Report(fn.__qualname__, "", 0)
+    _, changed = rewrite_function(fn, report)
+    return (report.rewritten_source if changed else "(unchanged)\n",
+            {loop.lineno: loop.strategy for loop in report.loops})
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name):
+    fn, expected = CASES[name]
+    code, strategies = generated(fn)
+    path = GOLDEN / f"{name}.txt"
+    if os.environ.get("OL_UPDATE_GOLDEN"):
+        path.write_text(code)
+    assert code == path.read_text()
+    assert strategies == expected
+
+
+def test_no_change_cases_keep_the_module_call():
+    for name in ("unknown_module", "mixed_attribute"):
+        assert "torch.nn.functional" not in generated(CASES[name][0])[0]
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def class_inputs(dtype, seed, ignore=False):
+    x = torch.randn(6, 5, 4, generator=gen(seed), dtype=dtype)
+    y = torch.randint(0, 4, (6, 5), generator=gen(seed))
+    if ignore:
+        y[2] = -1  # a row of only ignored labels: its mean is NaN in both
+        y[4, 1] = -1
+    return x.requires_grad_(), y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("th", [0.5, 1.4, 100.0])  # most, some and none appended
+def test_hard_examples_are_equivalent(dtype, th):
+    module = src.HardExamples(th, ignore_index=-1)
+    optimized = optimize_loss(module, compile=False)
+    assert_equivalent(module, optimized, *class_inputs(dtype, 3, ignore=True))
+    assert optimized.report.loops[0].runs()["vectorized"] >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_printed_lines_and_sum_are_the_same(dtype, capsys):
+    module = src.LoggedSteps()
+    optimized = optimize_loss(module, compile=False)
+    x = torch.randn(3, 5, 4, generator=gen(1), dtype=dtype).requires_grad_()
+    y = torch.randn(3, 5, 4, generator=gen(2), dtype=dtype)
+    want = module(x, y)
+    printed = capsys.readouterr().out
+    got = optimized(x, y)
+    assert capsys.readouterr().out == printed and printed.count("\n") == 5
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_equivalent(module, optimized, x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_skipped_rows_with_nan_and_inf_leave_no_trace(dtype, capsys):
+    module = src.MaskedSteps()
+    optimized = optimize_loss(module, compile=False)
+    x = torch.randn(5, 3, generator=gen(4), dtype=dtype)
+    x[1, 0], x[3, 2] = float("nan"), float("inf")  # rows the condition skips
+    y = torch.randn(5, 3, generator=gen(5), dtype=dtype)
+    m = torch.tensor([1.0, 0.0, 1.0, -1.0, 1.0], dtype=dtype)
+    assert_equivalent(module, optimized, x.requires_grad_(), y, m)
+    assert optimized.report.loops[0].strategy == "distributed"
+    assert optimized.report.loops[0].runs()["vectorized"] >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_local_criterion_is_equivalent(dtype):
+    x = torch.randn(4, 6, generator=gen(6), dtype=dtype).requires_grad_()
+    y = torch.rand(4, 6, generator=gen(7), dtype=dtype)
+    optimized = optimize_loss(src.local_criterion, compile=False)
+    assert_equivalent(src.local_criterion, optimized, x, y)
+    assert optimized.report.loops[0].runs()["vectorized"] >= 1
+
+
+def test_a_subclass_runs_the_loop_as_written():
+    module = src.HardExamples(0.5)
+    module.ce = src.SubclassedLoss()
+    optimized = optimize_loss(module, compile=False)
+    assert_equivalent(module, optimized, *class_inputs(torch.float64, 8))
+    runs = optimized.report.loops[0].runs()
+    assert runs["vectorized"] == 0 and runs["as_written"] >= 1
+
+
+def test_a_hook_runs_as_often_as_in_the_original():
+    calls = []
+    module = src.HardExamples(0.5)
+    module.ce.register_forward_hook(lambda *_: calls.append(1))
+    optimized = optimize_loss(module, compile=False)
+    inputs = class_inputs(torch.float32, 9)
+    module(*inputs)
+    want, calls[:] = len(calls), []
+    optimized(*inputs)
+    assert len(calls) == want == 6
+    assert optimized.report.loops[0].runs()["vectorized"] == 0
