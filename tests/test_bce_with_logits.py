@@ -66,7 +66,8 @@ def test_vmapped_under_torch_compile_gives_eagers_gradients():
     """Dynamo cannot vmap an autograd.Function: the call runs outside the graph."""
     x = torch.tensor([[-INF, 0.5], [INF, -2.0]], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([[0.25, 1.0], [0.5, 0.0]], dtype=torch.float64, requires_grad=True)
-    fn = torch.vmap(lambda a, b: binary_cross_entropy_with_logits(a, b, pos_weight=t[0] + 0.5))
+    pos_weight = t[0].detach() + 0.5
+    fn = torch.vmap(lambda a, b: binary_cross_entropy_with_logits(a, b, pos_weight=pos_weight))
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=False)
     want, got = fn(x, t), compiled(x, t)
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
