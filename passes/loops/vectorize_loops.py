@@ -87,7 +87,8 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                materialize_iterators, module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
-               outline_body, promoting_folds_run_as_written, ragged_slices_to_masks,
+               outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
+               ragged_slices_to_masks,
                raise_on_empty_selections,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                stack_tensor_lists, tensor_branches_to_where,
@@ -100,6 +101,7 @@ from .runtime_checks import MARKER, is_as_written, is_vectorized_guard, proven_t
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
+    outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
@@ -177,6 +179,7 @@ class _Vectorizer(Transformer):
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
         self.masks: set[str] = set()          # names the function binds to boolean tensors only
         self.outer_indices: list[str] = []    # the enclosing loops' range/enumerate indices
+        self.outer_bounds: dict = {}          # ... the range ones' first and last values
         self.list_names: frozenset[str] = frozenset()  # names it may hold as lists of tensors
         self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
         self.iterators: dict[str, tuple[int, int]] = {}  # bound to iterators: last read
@@ -236,9 +239,13 @@ class _Vectorizer(Transformer):
         original = clone(node)
         index = _int_index(node, self.ctx)
         self.outer_indices += [index] if index else []
+        enclosing = self.outer_bounds
+        self.outer_bounds = {**enclosing, **outer_dependent_ranges_to_masks.index_bounds(
+            node, self.ctx)}
         self.depth += 1
         self.generic_visit(node)  # inner loops first
         self.depth -= 1
+        self.outer_bounds = enclosing
         del self.outer_indices[len(self.outer_indices) - bool(index):]
         live = self.live.get(id(node))
         if live is None:  # unseen loop: all names live (not a default: it walks the function)
@@ -246,7 +253,7 @@ class _Vectorizer(Transformer):
         after, divided = self.divisions.get(id(node), (None, {}))
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
                      buildable_lists=self.buildable_lists.get(id(node), set()),
-                     outer_indices=set(self.outer_indices))
+                     outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds))
         try:
             # lists stacked by this plan only: the other routes below have no prelude
             plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
