@@ -116,8 +116,8 @@ class _InlinedForms(Transformer):
         if is_as_written(node):
             self.bails = True
             return [self.visit(s) for s in node.orelse]
-        if any(isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not)
-               and _is_type_check(g.operand, {self.index}, ".Tensor") for g in conjuncts(node.test)):
+        if any(isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) and _is_type_check(
+                g.operand, {self.index}, ".Tensor") for g in conjuncts(node.test)):
             return [self.visit(s) for s in node.orelse]
         return self.generic_visit(node)
 

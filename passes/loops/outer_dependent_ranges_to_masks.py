@@ -5,9 +5,9 @@ its iterations outside the bounds deselected by a mask.
 iteration, so its vectorized form (and its runtime check) would depend on ``i`` and the outer
 loop could not map over it. Over the outer range ``i`` runs from its first value ``s`` to its
 last ``t - 1``; a bound that grows with ``i`` (``i``, ``i + k``, ``k + i``, ``i - k``, with ``k``
-not reading an outer index, and ``min``/``max`` of such) is smallest at the first and largest at the last, so the fixed range
-``range(start(s), stop(t - 1))`` covers every outer iteration's range, and its check reads no
-outer index::
+not reading an outer index, and ``min``/``max`` of such) is smallest at the first and largest
+at the last, so the fixed range ``range(start(s), stop(t - 1))`` covers every outer iteration's
+range, and its check reads no outer index::
 
     for i in range(n):                    for i in range(n):
         for j in range(i + 1, n):   ->        for j in range(0 + 1, n):
@@ -21,8 +21,9 @@ empty when ``b <= a``; so is the mask then. A start below the fixed start cannot
 with ``i``), so no negative index wraps around.
 
 Only plain ranges (step 1) of an outer ``for i in range(s, t)`` whose bounds and index its body
-does not rebind (``outer_bounds``) are rewritten; any other bound reading an outer index is left
-to the later stages, which keep the outer loop with the reason.
+does not rebind (``outer_bounds``), with bounds the inner body does not rebind (the masks read
+them on every iteration), are rewritten; any other bound reading an outer index is left to the
+later stages, which keep the outer loop with the reason.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from .plan import LoopPlan
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     bounds = plan.outer_bounds
-    if not bounds or not it.index_is_user or it.elements or not is_int(it.step, 1):
+    if not bounds or not it.index_is_user or it.elements or not is_int(it.step, 1) \
+            or (loads(it.start) | loads(it.stop)) & stores_in(plan.body):
         return plan
     start, stop = (_extreme(b, bounds, k, ctx) for b, k in ((it.start, 0), (it.stop, 1)))
     if start is None or stop is None or (start is it.start and stop is it.stop):
@@ -79,8 +81,7 @@ def _extreme(bound: ast.expr, bounds: dict[str, tuple[ast.expr, ast.expr]], k: i
              ctx: PassContext) -> ast.expr | None:
     """``bound`` at its least (``k = 0``) or greatest (``k = 1``) over the outer ranges:
     ``bound`` itself when it reads no outer index, None when it does but does not grow with it."""
-    outer = loads(bound) & bounds.keys()
-    if not outer:
+    if not loads(bound) & bounds.keys():
         return bound
     if isinstance(bound, ast.Name):
         return fix_missing_locations(ast.copy_location(clone(bounds[bound.id][k]), bound))
@@ -89,7 +90,7 @@ def _extreme(bound: ast.expr, bounds: dict[str, tuple[ast.expr, ast.expr]], k: i
         if left_grows and loads(bound.right) & bounds.keys() or \
                 isinstance(bound.op, ast.Sub) and not left_grows:
             return None
-        grows, other = ("left", "right") if left_grows else ("right", "left")
+        grows = "left" if left_grows else "right"
         extreme = _extreme(getattr(bound, grows), bounds, k, ctx)
         if extreme is None:
             return None
