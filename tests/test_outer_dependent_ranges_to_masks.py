@@ -1,7 +1,8 @@
 """Inner ranges whose bounds read the outer index (``for j in range(i + 1, n)``): golden plans of
 the stage (with no-change cases), the nested loops vectorized as one, and equivalence (value,
 every gradient, dtype; float32 and float64; label ties, NaN/inf where no iteration reads,
-one and two rows), with the run-time counts showing the vectorized branch ran."""
+one and two rows), with the run-time counts showing the vectorized branch ran; and how the outer
+loop inlines such an inner loop (``inline_inner_loops``)."""
 from __future__ import annotations
 
 import ast
@@ -10,12 +11,12 @@ import warnings
 import pytest
 import torch
 
-from passes.loops import iteration, outer_dependent_ranges_to_masks
+from passes.loops import inline_inner_loops, iteration, outer_dependent_ranges_to_masks
 from passes.loops.plan import new_plan
 from rewrite import assert_equivalent, optimize_loss
 from tests.helpers import load_module
 from tests.loop_helpers import context, dedent, namespace, rewrite_source, strategies
-from tests.loop_stage_helpers import show
+from tests.loop_stage_helpers import plan_before, show
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -237,3 +238,41 @@ def f(x, n):
 """)
     assert strategies(report) == {3: "vmap", 4: "batched"}
     assert "torch.arange(1, n, 1" in code and "i + 1 <= j" in code
+
+
+INLINED = """
+def f(x):
+    loss = 0
+    for i in range(1, x.shape[0]):
+        for j in range(i):
+            loss = loss + x[i, j]
+    return loss
+"""
+
+
+def test_the_outer_loop_inlines_the_vmap_form_and_the_folds():
+    plan, ctx = plan_before(INLINED, inline_inner_loops)
+    before = show(plan, ("body",))
+    assert "if not isinstance(i, torch.Tensor)" in before  # the batched form, dead under i
+    assert "as written, the loop at line 4" in before       # the promotion bail
+    plan = inline_inner_loops.stage(plan, ctx)
+    assert show(plan, ("body", "uses_where")) == """# body
+def _body(j, _x_row):
+    _loss_part = 0
+    _cond = torch.ne(j < i, 0)
+    _loss_part = _loss_part + torch.where(_cond, torch.where(_cond.reshape(_branch_shape[\
+_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 0)
+    return (torch.as_tensor(_loss_part),)
+_outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, x.shape[0] - 1, 1, device=x.device), \
+x[i] if x.shape[0] - 1 == x.shape[1] else x[i, 0:x.shape[0] - 1:1])
+_outs = (_outs[0].sum(0),)
+loss = loss + _outs[0]
+# uses_where
+True
+"""
+
+
+def test_an_inner_loop_without_masks_is_inlined_as_before():
+    plan, ctx = plan_before(INLINED.replace("range(i)", "range(x.shape[1])"), inline_inner_loops)
+    plan = inline_inner_loops.stage(plan, ctx)
+    assert "as written" not in show(plan, ("body",)) and not plan.uses_where
