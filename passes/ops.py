@@ -53,6 +53,11 @@ class OpSpec:
     # receiver is 0, an operator's left operand 0.
     sanitize: tuple[int, str] | None = None
     total: bool = False                       # finite, with finite gradients, on any finite input
+    # How its derivative depends on the values, whatever they are (NaN and inf included):
+    # "constant" (sums, selections: never NaN/inf; views, conversions, comparisons and shape
+    # queries are so too), "bounded" (finite or NaN, never +-inf); None: it may be +-inf
+    # (``exp(inf)``, ``sqrt(0)``, a product of two values). See ``invariant_values_take_no_grad``.
+    derivative: str | None = None
     boolean: bool = False                     # a bool tensor (indexing with it selects)
     # The result is an integer tensor when the operands at these positions are (Python int
     # constants keep it, extra operands or keywords lose it); () always.
@@ -136,36 +141,39 @@ _CMP = dict(batched="elementwise", total=True, boolean=True, recomputed=True)
 
 REGISTRY: tuple[OpSpec, ...] = (
     # -- elementwise, total -----------------------------------------------------------------
-    _t("abs", extra=("abs",), host_math="math.fabs", **_ET),
-    _t("neg", **_ET), _t("square", square=(), **_ET), _t("sign", **_ET),
-    _t("sigmoid", extra=(_F + "sigmoid",), **_ET),
-    _t("tanh", extra=(_F + "tanh",), host_math="math.tanh", **_ET),
-    _t("relu", extra=(_F + "relu",), **_ET),
-    _t("sin", host_math="math.sin", host_raises=_INFINITE, **_ET),
-    _t("cos", host_math="math.cos", host_raises=_INFINITE, **_ET),
-    _t("floor", **_ET), _t("ceil", **_ET), _t("round", **_ET),
-    _t("clamp", **_ET), _t("clip", **_ET), _t("clamp_min", fn=False, **_ET),
-    _t("clamp_max", fn=False, **_ET), _t("maximum", **_ET), _t("minimum", **_ET),
-    _t("logaddexp", **_ET),
-    _t("add", operators=(ast.Add,), integer=(0, 1), number_first=True, **_ET),
-    _t("sub", operators=(ast.Sub,), integer=(0, 1), number_first=True, **_ET),
+    _t("abs", extra=("abs",), host_math="math.fabs", derivative="bounded", **_ET),
+    _t("neg", derivative="constant", **_ET), _t("square", square=(), **_ET),
+    _t("sign", derivative="constant", **_ET),
+    _t("sigmoid", extra=(_F + "sigmoid",), derivative="bounded", **_ET),
+    _t("tanh", extra=(_F + "tanh",), host_math="math.tanh", derivative="bounded", **_ET),
+    _t("relu", extra=(_F + "relu",), derivative="constant", **_ET),
+    _t("sin", host_math="math.sin", host_raises=_INFINITE, derivative="bounded", **_ET),
+    _t("cos", host_math="math.cos", host_raises=_INFINITE, derivative="bounded", **_ET),
+    *(_t(n, derivative="constant", **_ET) for n in ("floor", "ceil", "round", "clamp", "clip")),
+    *(_t(n, fn=False, derivative="constant", **_ET) for n in ("clamp_min", "clamp_max")),
+    *(_t(n, derivative="bounded", **_ET) for n in ("maximum", "minimum", "logaddexp")),
+    _t("add", operators=(ast.Add,), integer=(0, 1), number_first=True, derivative="constant",
+       **_ET),
+    _t("sub", operators=(ast.Sub,), integer=(0, 1), number_first=True, derivative="constant",
+       **_ET),
     _t("mul", operators=(ast.Mult,), integer=(0, 1), number_first=True, **_ET),
     _t("eq", **_CMP), _t("ne", **_CMP), _t("gt", **_CMP), _t("lt", **_CMP), _t("ge", **_CMP),
     _t("le", **_CMP), _t("logical_and", **_CMP), _t("logical_or", **_CMP),
     _t("logical_not", **_CMP),
     # Tensor.where takes the condition as its argument, not as its receiver: no method spelling
-    _t("where", meth=False, integer=(1, 2), recomputed=True, **_ET),
+    _t("where", meth=False, integer=(1, 2), recomputed=True, derivative="constant", **_ET),
     _t("zeros_like", meth=False, integer=(0,), metadata_only=True, **_ET),
     _t("ones_like", meth=False, integer=(0,), metadata_only=True, **_ET),
     _t("full_like", meth=False, metadata_only=True, **_ET),
-    *(OpSpec(n, (_F + n,), **_ET)
+    *(OpSpec(n, (_F + n,), derivative="bounded", **_ET)
       for n in ("softplus", "logsigmoid", "leaky_relu", "gelu", "silu")),
     # conversions return the tensor itself when it has the dtype already
     _t("float", fn=False, aliases=True, **_ET), _t("double", fn=False, aliases=True, **_ET),
     _t("long", fn=False, integer=(), aliases=True, **_ET),
     _t("int", fn=False, integer=(), aliases=True, **_ET),
     _t("bool", fn=False, boolean=True, aliases=True, **_ET),
-    _t("detach", fn=False, integer=(0,), aliases=True, **_ET), _t("clone", fn=False, integer=(0,), **_ET),
+    _t("detach", fn=False, integer=(0,), aliases=True, **_ET),
+    _t("clone", fn=False, integer=(0,), derivative="constant", **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
     _t("exp", sanitize=(0, "0"), host_math="math.exp",
        host_raises=((_OVERFLOWS.format(f="exp"), 1e308),), **_E),
@@ -190,49 +198,55 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("sinh", sanitize=(0, "0")), _t("cosh", sanitize=(0, "0")), _t("tan", sanitize=(0, "0")),
     _t("lgamma", sanitize=(0, "1")), _t("digamma", sanitize=(0, "1")),
     _t("logit", sanitize=(0, "0.5")),
-    _t("atan", host_math="math.atan", total=True),
+    _t("atan", host_math="math.atan", total=True, derivative="bounded"),
     # -- reductions and ops with a dim --------------------------------------------------------
     _t("sum", batched="reduction", reduce="sum", tuple_dims=True, dim_rank=-1,
-       summed=("x.sum()", "x.sum() / n"), selection="sum", total=True),
+       summed=("x.sum()", "x.sum() / n"), selection="sum", total=True, derivative="constant"),
     _t("mean", batched="reduction", reduce="mean", tuple_dims=True, dim_rank=-1,
-       summed=("x.mean() * n", "x.mean()"), selection="mean", total=True),
+       summed=("x.mean() * n", "x.mean()"), selection="mean", total=True,
+       derivative="constant"),
     _t("amax", batched="reduction", reduce="amax", tuple_dims=True, dim_rank=-1,
-       selection="amax", total=True),
+       selection="amax", total=True, derivative="constant"),
     _t("amin", batched="reduction", reduce="amin", tuple_dims=True, dim_rank=-1,
-       selection="amin", total=True),
+       selection="amin", total=True, derivative="constant"),
     _t("max", batched="reduction", reduce="amax", reduce_fn=full_extremes.max_of_all,
-       tuple_dims=True, selection="max", total=True),
+       tuple_dims=True, selection="max", total=True, derivative="constant"),
     _t("min", batched="reduction", reduce="amin", reduce_fn=full_extremes.min_of_all,
-       tuple_dims=True, selection="min", total=True),
+       tuple_dims=True, selection="min", total=True, derivative="constant"),
     _t("prod", batched="reduction", reduce="prod", dim_rank=-1),
-    _t("logsumexp", batched="reduction", dim_rank=-1, total=True),
-    _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True),
-    _t("log_softmax", extra=(_F + "log_softmax",), batched="reduction", dim_rank=0, total=True),
-    _t("cumsum", batched="reduction", dim_rank=0),
+    _t("logsumexp", batched="reduction", dim_rank=-1, total=True, derivative="bounded"),
+    _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True,
+       derivative="bounded"),
+    _t("log_softmax", extra=(_F + "log_softmax",), batched="reduction", dim_rank=0, total=True,
+       derivative="bounded"),
+    _t("cumsum", batched="reduction", dim_rank=0, derivative="constant"),
     _t("any", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),
-    _t("dot", batched="dot", total=True), _t("norm", total=True),
+    _t("dot", batched="dot", total=True), _t("norm", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
     # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
-    _t("cdist", meth=False, swapped="x.mT"),
+    _t("cdist", meth=False, swapped="x.mT", derivative="bounded"),
     # -- losses -----------------------------------------------------------------------------
-    *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True)
-      for n in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")),
+    OpSpec("mse_loss", (_F + "mse_loss",), batched="pointwise_loss", total=True),
+    *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True, derivative="bounded")
+      for n in ("l1_loss", "smooth_l1_loss", "huber_loss")),
     # functorch's composite of it is NaN at an infinite logit
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
            batched="pointwise_loss",
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
-    *(OpSpec(n, (_F + n,), batched="class_loss") for n in ("cross_entropy", "nll_loss")),
+    *(OpSpec(n, (_F + n,), batched="class_loss", derivative="bounded")
+      for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
-           batched="similarity"),
+           batched="similarity", derivative="bounded"),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows
     OpSpec("linear_cross_entropy", (_F + "linear_cross_entropy",), vmap_wrong=("options",)),
     # -- layout, views, conversions -----------------------------------------------------------
-    _t("stack", meth=False, total=True), _t("cat", meth=False, total=True),
+    _t("stack", meth=False, total=True, derivative="constant"),
+    _t("cat", meth=False, total=True, derivative="constant"),
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
     _t("tensor", meth=False, total=True, number_first=True),
     # views, and conversions that return the tensor itself when there is nothing to do
@@ -252,7 +266,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # A comparison of the labels with every class: fused into its reader, never worth caching.
     OpSpec("one_hot", (_F + "one_hot",), recomputed=True),
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
-    _t("tolist", fn=False, total=True, host="e.detach()"),
+    _t("tolist", fn=False, total=True, host="e.detach()", derivative="constant"),
     # -- logic and tests ----------------------------------------------------------------------
     _t("logical_xor", boolean=True, recomputed=True),
     _t("isnan", boolean=True), _t("isinf", boolean=True), _t("isfinite", boolean=True),
@@ -316,13 +330,14 @@ REGISTRY: tuple[OpSpec, ...] = (
     _builtin("float", total=True, host="e.detach() * 1.0", host_number="float"),
     _builtin("bool", total=True, host="torch.ne(e, 0)"),
     # two arguments pick one (first wins on ties, as Python does); one iterates dim 0
-    _builtin("min", total=True, host_pair="torch.where(b < a, b, a)",
+    _builtin("min", total=True, derivative="constant", host_pair="torch.where(b < a, b, a)",
              host=_FIRST_EXTREME.format(nan="float('inf')", arg="argmin")),
-    _builtin("max", total=True, host_pair="torch.where(b > a, b, a)",
+    _builtin("max", total=True, derivative="constant", host_pair="torch.where(b > a, b, a)",
              host=_FIRST_EXTREME.format(nan="float('-inf')", arg="argmax")),
-    _builtin("sum", host="e.sum(0)"),
-    *(_builtin(n) for n in ("range", "zip", "enumerate", "list", "tuple", "round", "pow",
-                            "all", "any")),
+    _builtin("sum", host="e.sum(0)", derivative="constant"),
+    *(_builtin(n, derivative="constant")
+      for n in ("range", "zip", "enumerate", "list", "tuple", "round", "all", "any")),
+    _builtin("pow"),
 )
 # Methods of Python objects (lists, dicts, sets, loggers, files, summary writers), by effect.
 # Some share a name with a tensor op (``log``, ``add``): such calls count as both.

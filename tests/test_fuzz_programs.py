@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import pytest
 import torch
@@ -35,28 +34,10 @@ pytestmark = pytest.mark.fuzz
 COUNTER = 4  # position of `n` in the returned tuple
 
 
-def _nonfinite(args: tuple) -> bool:
-    return any(a.is_floating_point() and not bool(torch.isfinite(a.detach()).all()) for a in args)
-
-
-
-
-def _found(pattern: str):
-    return lambda src, args: re.search(pattern, src) is not None
-
-
 # Programs that hit a bug tests/test_known_bugs.py pins down (by that test's name) are not drawn,
-# so the fuzzer looks for new ones; drop an entry when its test starts passing.
-KNOWN_BUGS = {
-    "test_loop_invariant_item_with_an_infinite_derivative":
-        lambda src, args: _nonfinite(args)
-        and _found(r"return .* for i in|\)\[(int\()?t\[i\]")(src, args)
-        or _found(r"(acos|log1p|log|sqrt|reciprocal)\(w\)|/ w\)")(src, args),
-    "test_full_max_of_a_row_times_a_nan_factor":
-        _found(r"\.(max|min)\(\) \*|\* [^\n]*\.(max|min)\(\)"),
-    "test_l1_loss_in_a_vmapped_body_at_a_nan_input_and_an_infinite_target":
-        lambda src, args: _nonfinite(args) and "l1_loss" in src,
-}
+# so the fuzzer looks for new ones; drop an entry when its test starts passing. Each entry:
+# test name -> predicate(program source, inputs). None is open now.
+KNOWN_BUGS: dict = {}
 
 
 def not_a_known_bug(program: Program, args: tuple) -> None:

@@ -333,25 +333,24 @@ def test_unpicked_item_of_stacked_values_with_an_infinite_derivative(tmp_path, s
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("source", ["""
 def f(x):
-    losses = [((x[i] - 1) ** 2).sum() for i in range(len(x))]
+    losses = [(x[i] - 1).sum() * 2 for i in range(len(x))]
     return max(losses)
 """, """
 def f(x):
     centers = [x[k].mean(dim=0) for k in range(len(x))]
     return (centers[0] - centers[-1]).abs().sum()
 """], ids=["max-of-list", "read-by-index"])
-def test_stacked_items_of_total_ops_read_in_part_stay_vectorized(tmp_path, source, dtype):
-    # total ops: finite derivatives on finite inputs, so 0 for the items not read
+def test_stacked_items_of_constant_derivatives_read_in_part_stay_vectorized(tmp_path, source,
+                                                                           dtype):
+    # sums, differences, scaling: a derivative that is never NaN/inf, so 0 for the items not
+    # read, at NaN/inf inputs too
     original, fast = optimized(tmp_path, source)
     assert fast.report.loops[0].vectorized
-    for rows in ([[0.5, 1.], [2., -3.], [1e30, 0.]], [[1., 1.], [1., 1.], [0., 2.]]):
+    for rows in ([[0.5, 1.], [2., -3.], [1e30, 0.]], [[1., 1.], [1., 1.], [0., 2.]],
+                 [[0.5, 1.], [NAN, 2.], [INF, -INF]]):
         assert_equivalent(original, fast, torch.tensor(rows, dtype=dtype, requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="stacked items read in part (`max(losses)`, `centers[k]`, "
-                   "or a list the vectorized loop appended to, `losses[1]`): at a NaN/inf input "
-                   "even a total op's derivative is NaN/inf, and the batched backward also runs "
-                   "for the items the original never differentiates (0 * inf = NaN)")
 @pytest.mark.parametrize("source", ["""
 def f(x):
     losses = [((x[i] - 1) ** 2).sum() for i in range(len(x))]
@@ -364,7 +363,11 @@ def f(x):
     return losses[1]
 """], ids=["nonfinite-input", "appended-list"])
 def test_stacked_items_read_in_part_at_a_nonfinite_derivative(tmp_path, source):
+    # at a NaN/inf input even a total op's derivative is NaN/inf, and the batched backward also
+    # runs for the items the original never differentiates (0 * inf = NaN): the loop is kept
     original, fast = optimized(tmp_path, source)
+    assert not fast.report.loops[0].vectorized
+    assert "NaN/inf derivative" in fast.report.loops[0].reason
     assert_equivalent(original, fast, torch.tensor([[0.5], [1.0], [NAN], [0.0]], requires_grad=True))
 
 
@@ -421,10 +424,6 @@ def f(x, y):
                       torch.tensor([[0.5, -1.0, 0.5], [1., 2., 3.]], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="an item that does not depend on the loop variable (or "
-                   "is gathered from such a tensor) gets its gradient from the summed cotangents "
-                   "times the inf derivative: +-inf where the original's, summed per item with "
-                   "0 * inf for the items not picked, is NaN")
 @pytest.mark.parametrize("source", ["""
 def f(x, w):
     return torch.stack([torch.exp(w) for i in range(x.shape[0])])
@@ -442,6 +441,8 @@ def f(x, w):
     return torch.stack(lst)
 """], ids=["stacked", "gathered", "at_the_domain_boundary"])
 def test_loop_invariant_item_with_an_infinite_derivative(tmp_path, source):
+    # the vectorized form differentiates the invariant value once, the original per iteration:
+    # it runs only while what the value is computed from takes no gradient
     original, fast = optimized(tmp_path, source)
     if "acos" in source:  # a finite input where the derivative is infinite (found by the fuzzer)
         x, w = torch.randn(3, 1), torch.tensor([-1.0], requires_grad=True)
@@ -700,10 +701,8 @@ def f(x, w):
     assert_equivalent(original, fast, x.requires_grad_(), w.requires_grad_())
 
 
-@pytest.mark.xfail(strict=True, reason="a full x[i].max() times a NaN factor: the batched form's "
-                   "amax backward gives the items not picked 0 * NaN = NaN, eager's max() gives "
-                   "them 0 (found by the fuzzer once other known bugs left its draws)")
 def test_full_max_of_a_row_times_a_nan_factor(tmp_path):
+    # eager's max() backward fills the picked elements: the others get 0 at a NaN factor too
     original, fast = optimized(tmp_path, """
 def f(x):
     s = 0
@@ -715,9 +714,6 @@ def f(x):
                                                    requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="F.l1_loss in a vmapped body, a NaN input and an infinite "
-                   "fixed target: vmap's backward gives the target's gradient inf where the "
-                   "original's is NaN (found by the fuzzer once other known bugs were fixed)")
 def test_l1_loss_in_a_vmapped_body_at_a_nan_input_and_an_infinite_target(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x, w):
@@ -726,6 +722,56 @@ def f(x, w):
         s += F.l1_loss(x[i], torch.exp(w), reduction='sum') + w.sum()
     return s
 """)
+    # `torch.exp(w)` is the same in every iteration: differentiated once, its derivative inf
+    # meets the summed cotangents (finite) where the original's 0 * inf per iteration is NaN
     assert fast.report.loops[0].strategy == "vmap"
+    assert "while `w` takes no gradient" in fast.report.loops[0].reason
     assert_equivalent(original, fast, torch.tensor([[-0.29], [NAN]], requires_grad=True),
                       torch.tensor([INF], requires_grad=True))
+    (loop,) = fast.report.loops
+    assert not loop.vectorized_runs
+    with torch.no_grad():  # no gradient: vectorized
+        assert_equivalent(original, fast, torch.tensor([[-0.29], [NAN]]), torch.tensor([INF]))
+    assert loop.vectorized_runs
+
+
+@pytest.mark.xfail(strict=True, reason="a product accumulator's fold: prod's backward divides "
+                   "the product by the factor (NaN / NaN, inf / inf) where the original's "
+                   "gradient of a factor is the product of the others; an exact product as an "
+                   "autograd.Function broke the compiled backend's target hoisting (its fwd/bwd "
+                   "body modules were hoisted as values)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_product_fold_at_a_nonfinite_factor(tmp_path, bad, dtype):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    p = torch.ones(())
+    for i in range(x.shape[0]):
+        p = p * x[i].sum()
+    return p
+""")
+    assert fast.report.loops[0].vectorized
+    assert_equivalent(original, fast, torch.tensor([[2.], [bad], [3.]], dtype=dtype,
+                                                   requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="a value computed before a tensor condition and used only "
+                   "in its branch (hard-example mining): the original never differentiates it "
+                   "for a deselected iteration, the vectorized (and the distributed) form's "
+                   "backward runs for every iteration, 0 * NaN at a NaN row; in-branch values "
+                   "read the deselected rows as zeros, values computed before the branch do not")
+@pytest.mark.parametrize("update, result", [("s += l", "s"),
+                                            ("hard.append(l)", "torch.stack(hard).sum()")],
+                         ids=["accumulated", "appended"])
+def test_value_computed_before_a_tensor_condition_at_a_nan_row(tmp_path, update, result):
+    original, fast = optimized(tmp_path, f"""
+def f(x, y, th):
+    s, hard = 0, []
+    for i in range(len(x)):
+        l = F.cross_entropy(x[i:i + 1], y[i:i + 1])
+        if l.item() > th:
+            {update}
+    return {result}
+""")
+    x = torch.tensor([[1., 3.], [NAN, 0.], [2., -1.]], requires_grad=True)
+    assert_equivalent(original, fast, x, torch.tensor([0, 1, 0]), 0.5)

@@ -16,7 +16,8 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           effects_to_outputs, fold_accumulators, gather_keyed_reads,
                           hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-                          inplace_writes_to_functional, iteration, last_values_after_loop,
+                          inplace_writes_to_functional, invariant_values_take_no_grad, iteration,
+                          last_values_after_loop,
                           masked_selections_to_where, materialize_iterators, merge_branch_appends,
                           module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
@@ -1412,6 +1413,38 @@ _loss_part = _loss_part + s.sum()
 s = _x_row * 2
 s = s.masked_fill(s > 1, 1.0).mul(0.5)
 _loss_part = _loss_part + s.sum()
+"""),
+    # `torch.exp(w)`, `gamma * lam` are the same in every iteration, their derivatives may be inf
+    (invariant_values_take_no_grad, """
+def f(x, w, gamma, lam):
+    s = 0
+    for i in range(len(x)):
+        s += (x[i] * torch.exp(w)).sum() * (gamma * lam)
+    return s
+""", ('checks',),
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0 and type(lam) in (int, float) and abs(lam) < float('inf') and not (torch.is_grad_enabled() and (not isinstance(w, (int, float, str, type(None))) and getattr(w, 'requires_grad', True)))
+"""),
+    # a bounded derivative (sigmoid), sums and scaling: the same once or per iteration
+    (invariant_values_take_no_grad, """
+def f(x, w):
+    s = 0
+    for i in range(len(x)):
+        s += (x[i] * torch.sigmoid(w)).sum() + w.sum() * 2
+    return s
+""", ('checks',),
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
 """),
     (promoting_folds_run_as_written, """
 def f(x, y):

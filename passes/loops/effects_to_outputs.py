@@ -53,6 +53,10 @@ def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext) -> list[ast.
 def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
             ctx: PassContext) -> list[ast.stmt]:
     """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``."""
+    if e.kind == "append" and e.name in plan.lists_read_in_part:
+        raise Unsupported(f"`{e.name}` is read in part after the loop, and "
+                          f"`{plan.lists_read_in_part[e.name]}` may have a NaN/inf derivative: "
+                          "the items the original leaves alone would pass it on", e.stmt.lineno)
     if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
         return _partial(plan, e, value, mask, ctx)
     if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each

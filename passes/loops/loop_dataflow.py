@@ -306,17 +306,68 @@ def makes_new_tensor(expr: ast.expr, ctx: PassContext) -> bool:
 
 
 def may_be_nonfinite(node: ast.AST, ctx: PassContext) -> ast.AST | None:
-    """An op of ``node`` that is not ``total`` (a NaN/inf value or derivative on some finite
-    input; ``x ** k`` with a literal ``k >= 0`` is total), or None. A backward run with a zero
-    cotangent for an item the original never differentiated gives 0 * inf = NaN there."""
-    for n in walk(node):
-        if isinstance(n, ast.Call) and not (is_shape_query(n, ctx) or call_op(n, ctx).total):
-            return n
-        if isinstance(n, ast.BinOp) and not ops.by_operator(type(n.op)).total \
-                and not (isinstance(n.op, ast.Pow) and isinstance(n.right, ast.Constant)
-                         and type(n.right.value) is int and n.right.value >= 0):
-            return n
-    return None
+    """An op of ``node`` whose derivative may be NaN/inf (not ``"constant"``, see
+    ``derivative``), or None. A backward run with a zero cotangent for an item the original never
+    differentiated gives 0 * inf = NaN there: at a NaN/inf input even a total op's derivative
+    may be NaN/inf."""
+    return next((n for n in gradient_walk(node, ctx)
+                 if derivative(n, ctx) not in ("constant", "")), None)
+
+
+def gradient_walk(node: ast.AST, ctx: PassContext):
+    """The nodes of ``node`` a gradient may flow through: not inside comparisons, shape queries
+    or calls giving Python numbers or detached values (``x.item()``, ``x.detach()``)."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        yield n
+        if isinstance(n, ast.Compare) or is_shape_query(n, ctx) or isinstance(n, ast.Call) and (
+                call_op(n, ctx).host_number or method_name(n, ctx) == "detach"):
+            continue
+        todo += ast.iter_child_nodes(n)
+
+
+def derivative(node: ast.AST, ctx: PassContext) -> str | None:
+    """How the derivative of the op ``node`` depends on the values (``OpSpec.derivative``:
+    "constant", "bounded" or None); "" when ``node`` is no op on values (a name, a constant, a
+    shape query, a subscript: it passes the cotangent on as it is). Python numbers (``x.item()``)
+    take no gradient: "constant". Sums and differences, and
+    products and quotients by something that reads no values (``2 * x``, ``x / n.shape[0]``),
+    are "constant"; so are calls on no values at all."""
+    if isinstance(node, ast.UnaryOp):
+        return "constant"  # -x, +x, not x, ~x
+    if isinstance(node, ast.BinOp):
+        left, right = reads_values(node.left, ctx), reads_values(node.right, ctx)
+        if isinstance(node.op, (ast.Add, ast.Sub)) or not (left or right) or isinstance(
+                node.op, ast.Mult) and not (left and right) or isinstance(
+                node.op, ast.Div) and not right:
+            return "constant"
+        return ops.by_operator(type(node.op)).derivative
+    if not isinstance(node, ast.Call) or is_shape_query(node, ctx):
+        return ""
+    op = call_op(node, ctx)
+    if op.aliases or op.boolean or op.metadata_only or op.host_number or not any(
+            reads_values(x, ctx) for x in operands(node, ctx)):
+        return "constant"
+    return op.derivative
+
+
+def operands(call: ast.Call, ctx: PassContext) -> list[ast.expr]:
+    """What ``call`` computes from: its receiver (a method's), arguments and keyword values."""
+    recv = [call.func.value] if method_name(call, ctx) is not None else []
+    return recv + list(call.args) + [k.value for k in call.keywords]
+
+
+def reads_values(expr: ast.AST, ctx: PassContext) -> bool:
+    """Whether ``expr`` reads a value that may be a tensor: a name outside shape queries and
+    called functions' names (``torch.exp`` reads no value, ``w.exp()`` reads ``w``)."""
+    if isinstance(expr, ast.Name):
+        return True
+    if isinstance(expr, ast.Constant) or is_shape_query(expr, ctx):
+        return False
+    if isinstance(expr, ast.Call):
+        return any(reads_values(x, ctx) for x in operands(expr, ctx))
+    return any(reads_values(c, ctx) for c in ast.iter_child_nodes(expr))
 
 
 def is_shape_query(node: ast.AST, ctx: PassContext) -> bool:

@@ -47,7 +47,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
                         root_name, unparse, walk)
-from .loop_dataflow import child_blocks, may_be_nonfinite, resolve_call
+from .loop_dataflow import child_blocks, gradient_walk, may_be_nonfinite, resolve_call
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -280,6 +280,66 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
     return record
 
 
+def lists_read_in_part(loop: ast.For, func: ast.FunctionDef, ctx: PassContext) -> dict[str, str]:
+    """The lists ``loop`` appends items to (``xs.append(e)``) whose computation may have a NaN/inf
+    derivative (``may_be_nonfinite``, through the body's assignments ``e`` reads), and that may
+    be read other than whole once it ends (``_reads_some_items``): by the statements after it in
+    its block, up to and including one binding the name again; when none does, anywhere else in
+    ``func`` (another iteration of an enclosing loop, or a caller given the list, may read it).
+    Each with that op, quoted."""
+    appends = [(n.func.value.id, n.args[0]) for n in walk(loop) if isinstance(n, ast.Call)
+               and isinstance(n.func, ast.Attribute) and n.func.attr == "append"
+               and isinstance(n.func.value, ast.Name) and len(n.args) == 1]
+    block = next((b for n in walk(func) for b in child_blocks(n) if any(s is loop for s in b)), [])
+    after = block[next((k for k, s in enumerate(block) if s is loop), len(block)) + 1:]
+    found = {}
+    for name, value in appends:
+        op = may_be_nonfinite(ast.Tuple(_computed_from(value, loop, ctx), ast.Load()), ctx)
+        if op is None:
+            continue
+        rebound = next((k for k, s in enumerate(after) if isinstance(s, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in s.targets)), None)
+        reads = _added_to_dropped(after[:rebound + 1] if rebound is not None else func.body,
+                                  name)
+        parents = {id(c): n for n in walk(reads) for c in ast.iter_child_nodes(n)}
+        if _reads_some_items(reads, name, parents, ctx):
+            found[name] = unparse(op)
+    return found
+
+
+def _computed_from(value: ast.expr, loop: ast.For, ctx: PassContext) -> list[ast.expr]:
+    """``value`` and the values the loop body assigns to the names it reads where a gradient
+    flows (``gradient_walk``), transitively."""
+    assigned = {}
+    for n in walk(loop):
+        if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and n.value is not None:
+            for t in getattr(n, "targets", [getattr(n, "target", None)]):
+                for m in walk(t):
+                    if isinstance(m, ast.Name):
+                        assigned.setdefault(m.id, []).append(n.value)
+    found, todo, seen = [], [value], set()
+    while todo:
+        e = todo.pop()
+        found.append(e)
+        for m in gradient_walk(e, ctx):
+            if isinstance(m, ast.Name) and m.id in assigned and m.id not in seen:
+                seen.add(m.id)
+                todo += assigned[m.id]
+    return found
+
+
+def _added_to_dropped(stmts: list[ast.stmt], name: str) -> ast.Module:
+    """``stmts`` without the calls adding items to ``name`` (``name.append(e)``: ``e`` stays)."""
+    class Drop(ast.NodeTransformer):
+        def visit_Call(self, node: ast.Call) -> ast.AST:
+            self.generic_visit(node)
+            if isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend") \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == name:
+                return ast.Tuple(node.args, ast.Load())
+            return node
+    return Drop().visit(ast.Module([clone(s) for s in stmts], []))
+
+
 def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
     """A read of the list that a tensor of its stacked items answers the same way."""
     if isinstance(parent, ast.Call):
@@ -295,9 +355,12 @@ def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
 
 def _reads_some_items(node: ast.AST, name: str, parents: dict[int, ast.AST],
                       ctx: PassContext) -> bool:
-    """Whether ``node`` reads the list ``name`` other than whole (``READS_EVERY_ITEM``)."""
+    """Whether ``node`` reads the list ``name`` other than whole (``READS_EVERY_ITEM``) or as a
+    truth value (``if xs``, ``not xs``: its length)."""
     return any(not (isinstance(p := parents[id(n)], ast.Call)
-                    and resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM)
+                    and resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM
+                    or isinstance(p, (ast.If, ast.IfExp, ast.While)) and p.test is n
+                    or isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not))
                for n in walk(node)
                if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load))
 

@@ -96,6 +96,8 @@ class LoopPlan:
     # its stacked items, and those it does bind.
     own_lists: set[str] = field(default_factory=set)
     buildable_lists: set[str] = field(default_factory=set)
+    # appended to, read in part after the loop: the op that may have a NaN/inf derivative
+    lists_read_in_part: dict[str, str] = field(default_factory=dict)
     bound_lists: set[str] = field(default_factory=set)
     own_list_values: dict[str, OwnList] = field(default_factory=dict)
     # Names the function may hold as lists of tensors; those stacked in front of the guard
@@ -160,6 +162,7 @@ class LoopPlan:
     # The vectorized statements: the batched form (behind ``batched_if``), else the vmap one.
     stmts: list[ast.stmt] = field(default_factory=list)
     unbatched: str = ""                                # why the body is mapped with vmap
+    no_grad_reason: str = ""  # the report's: while what (invariant_values_take_no_grad), why
     batched_if: ast.expr | None = None
 
     def sub(self, template: str, **subs) -> object:

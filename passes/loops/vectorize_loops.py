@@ -83,7 +83,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                classify_effects, conditional_expressions_to_branches, distribute_loops,
                effects_to_outputs, fold_accumulators, gather_keyed_reads, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-               inplace_writes_to_functional, iteration, last_values_after_loop,
+               inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                materialize_iterators, module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
@@ -131,6 +131,7 @@ LOOP_STAGES: list = [
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
     stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
     raise_on_empty_selections,    # around the finished statements
+    invariant_values_take_no_grad,  # on the loop as written; before the guard is made
     promoting_folds_run_as_written,  # last: around the folds and the checks before them
 ]
 
@@ -253,6 +254,8 @@ class _Vectorizer(Transformer):
         after, divided = self.divisions.get(id(node), (None, {}))
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
                      buildable_lists=self.buildable_lists.get(id(node), set()),
+                     lists_read_in_part=normalize_comprehensions.lists_read_in_part(
+                         node, self.func, self.ctx),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds))
         try:
             # lists stacked by this plan only: the other routes below have no prelude
@@ -266,9 +269,14 @@ class _Vectorizer(Transformer):
                                          + _runs_when(scanned.check, {}))
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
-            # ... or its vectorizable statements may still leave it (loop fission)
-            fission = distribute_loops.distribute(node, live, self.masks, self.ctx,
-                                                   vectorize)
+            # ... or its vectorizable statements may still leave it (loop fission), unless it
+            # appends to a list read in part: the hoisted values' batched backward would also
+            # run for the items the original never differentiates
+            fission = distribute_loops.distribute(node, live, self.masks, self.ctx, vectorize)
+            if known["lists_read_in_part"] and not isinstance(fission, str):
+                fission = "appends to " + ", ".join(
+                    f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
+                    ", read in part after the loop"
             if isinstance(fission, str):
                 self.ctx.report.add_loop(node.lineno, False, "kept",
                                          f"{exc.reason}; not distributed: {fission}")
@@ -341,7 +349,8 @@ class _Vectorizer(Transformer):
         check = plan.checks.expr()
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
                                  _why(plan, self.ctx) + what
-                                 + _runs_when(check, plan.stacked, plan.gathered))
+                                 + _runs_when(check, plan.stacked, plan.gathered)
+                                 + plan.no_grad_reason)
         return check
 
 

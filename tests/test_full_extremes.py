@@ -1,0 +1,57 @@
+"""``passes.full_extremes``: eager's full ``max()``/``min()`` per slice, value and gradient bit for
+bit, batched and under vmap, at ties, NaN, inf and a NaN/inf/0 cotangent; double backward."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from passes.full_extremes import max_of_all, min_of_all
+
+INF, NAN = float("inf"), float("nan")
+_ROWS = [list(r) for r in itertools.product([1., 3., NAN, INF, -INF], repeat=3)]
+
+
+def _exact(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cotangent", [1.0, NAN, INF, 0.0])
+@pytest.mark.parametrize("form", ["batched", "vmap"])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_value_and_gradient_are_eagers(largest, form, cotangent, dtype):
+    fn, name = (max_of_all, "max") if largest else (min_of_all, "min")
+    x = torch.tensor(_ROWS, dtype=dtype, requires_grad=True)
+    g = torch.full((len(_ROWS),), cotangent, dtype=dtype)
+    g[::2] = 2.0  # finite cotangents next to the non-finite ones
+    want = torch.stack([getattr(r, name)() for r in x])
+    got = fn(x, 1) if form == "batched" else torch.vmap(lambda r: fn(r, 0))(x)
+    assert got.dtype == want.dtype
+    _exact(got, want)
+    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+
+
+def test_several_reduced_dims_and_a_0d_item():
+    x = torch.tensor([[[1., NAN], [3., 3.]], [[2., 0.], [2., -1.]]], requires_grad=True)
+    want = torch.stack([r.max() for r in x])
+    got = max_of_all(x, 1)
+    _exact(got, want)
+    _exact(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+    v = torch.tensor([NAN, 2.0], requires_grad=True)
+    _exact(max_of_all(v, 1), v)
+
+
+def test_integer_values_take_amax():
+    assert max_of_all(torch.tensor([[1, 5], [7, 2]]), 1).tolist() == [5, 7]
+
+
+def test_double_backward_is_eagers():
+    x = torch.tensor([[1., 3., 3.], [NAN, 2., NAN]], dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([2., 3.], dtype=torch.float64, requires_grad=True)
+    grads = []
+    for got in (torch.stack([r.max() for r in x]), max_of_all(x, 1)):
+        first, = torch.autograd.grad(got, x, g, create_graph=True)
+        grads.append(torch.autograd.grad((first * torch.arange(6.).view(2, 3)).sum(), g)[0])
+    _exact(*grads)
