@@ -218,7 +218,9 @@ def test_equivalent(user, name, n, dtype):
         assert_equivalent(original, fast, *_inputs(name, n, dtype))
 
 
-@pytest.mark.parametrize("name", ["pair_contrastive", "lower_triangle", "band", "lifted_pairs"])
+# not lifted_pairs: its inner loop's invariant `(margin - dist[i]).exp() * ...` now runs vectorized
+# only when nothing takes a gradient (a check on the outer item `t_i`), so the outer loop is kept
+@pytest.mark.parametrize("name", ["pair_contrastive", "lower_triangle", "band"])
 def test_the_nested_loops_run_vectorized_as_one(user, name):
     fast = optimize_loss(getattr(user, name), compile=False)
     fast(*_inputs(name, 6, torch.float64))
