@@ -239,14 +239,22 @@ REGISTRY: tuple[OpSpec, ...] = (
     _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
     # -- losses -----------------------------------------------------------------------------
-    OpSpec("mse_loss", (_F + "mse_loss",), batched="pointwise_loss", total=True),
-    *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True, derivative="bounded")
+    # selection: on masked selections, the loss per element (``reduction="none"``) masked
+    # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class
+    # ("class_loss"; masked_selections_to_where)
+    OpSpec("mse_loss", (_F + "mse_loss",), batched="pointwise_loss", selection="pointwise_loss",
+           total=True),
+    *(OpSpec(n, (_F + n,), batched="pointwise_loss", selection="pointwise_loss", total=True,
+             derivative="bounded")
       for n in ("l1_loss", "smooth_l1_loss", "huber_loss")),
+    # per element ``xlogy(t, t) - t * x`` (NaN at a negative target: not total); vmap has no
+    # batching rule for it (a warning and a Python loop over the batch), the batched form does
+    OpSpec("kl_div", (_F + "kl_div",), batched="pointwise_loss"),
     # functorch's composite of it is NaN at an infinite logit
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
-           batched="pointwise_loss",
+           batched="pointwise_loss", selection="pointwise_loss",
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
-    *(OpSpec(n, (_F + n,), batched="class_loss", derivative="bounded")
+    *(OpSpec(n, (_F + n,), batched="class_loss", selection="class_loss", derivative="bounded")
       for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded"),
