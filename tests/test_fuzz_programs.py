@@ -46,11 +46,28 @@ def _computed_twice(src: str, args: tuple) -> bool:
     return len(written) != len(set(written))
 
 
+def _item_in_a_branch(src: str, args: tuple) -> bool:
+    """An `.item()` call in a statement under an `if` in ``loss``'s loop."""
+    loss = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "loss")
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "item"
+               for branch in ast.walk(loss) if isinstance(branch, ast.If)
+               for stmt in branch.body + branch.orelse for n in ast.walk(stmt))
+
+
+def _builtin_min_next_to_a_counter(src: str, args: tuple) -> bool:
+    """A builtin `min` accumulator and a counter in one loop (under torch.compile, the counter's
+    `int` splits the graph; eager draws of these are skipped too)."""
+    return "lo = min(lo," in src and "n += 1" in src
+
+
 # Programs that hit a bug tests/test_known_bugs.py pins down (by that test's name) are not drawn,
 # so the fuzzer looks for new ones; drop an entry when its test starts passing. Each entry:
 # test name -> predicate(program source, inputs).
 KNOWN_BUGS: dict = {
     "test_a_value_computed_twice_at_an_infinite_derivative": _computed_twice,
+    "test_item_under_a_branch_of_a_vmapped_body": _item_in_a_branch,
+    "test_unpicked_builtin_min_items_under_torch_compile_next_to_a_counter":
+        _builtin_min_next_to_a_counter,
 }
 
 

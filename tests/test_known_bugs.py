@@ -807,3 +807,48 @@ def f(x):
     return a.sum() + (d * d).sum()
 """)
     assert_equivalent(original, fast, torch.tensor([0.0, 1.0, 0.25], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="loop distribution into a vmapped body hoists `a.sum().item` "
+                   "(the bound method, its call left in the residual loop) out of a statement "
+                   "under an `if`: the body returns a method (\"Could not infer dtype of "
+                   "builtin_function_or_method\"), or a per-row condition's torch.where gets "
+                   "one; the batched form hoists the value")
+@pytest.mark.parametrize("cond", ["w[0] > w[-1]", "a.sum() > 0"], ids=["invariant", "per_row"])
+def test_item_under_a_branch_of_a_vmapped_body(tmp_path, cond):
+    original, fast = optimized(tmp_path, f"""
+def f(x, w):
+    s = 0
+    m = torch.tensor(float("-inf"), dtype=x.dtype)
+    for a in x:
+        if {cond}:
+            s += a.sum().item()
+        m = torch.maximum(m, a.sum())
+    return s, m
+""")
+    assert_equivalent(original, fast, torch.tensor([[1., 2.], [3., -1.]], requires_grad=True),
+                      torch.tensor([3., 2.], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="under torch.compile the vmapped items of a builtin `min` "
+                   "accumulator (only argmin reads them; the picked item is recomputed) get a "
+                   "backward: `int(...)` of the counter breaks the graph, so they are a graph "
+                   "output, whose compiled backward runs with zero cotangents: 0 * NaN at "
+                   "`sqrt` of a negative in an unpicked row (eager autograd prunes that path)")
+def test_unpicked_builtin_min_items_under_torch_compile_next_to_a_counter(tmp_path):
+    source = """
+def f(x, y):
+    lo = float("inf")
+    n = 0
+    out = torch.zeros_like(x)
+    for i in range(len(x)):
+        lo = min(lo, torch.sqrt(y[i]).sum())
+        if y[i].sum() < 0.5:
+            n += 1
+        out[i] = torch.acos(x[i])
+    return lo, n, out
+"""
+    fn = load_module(tmp_path, "import torch\n" + source).f
+    fast = rewrite.optimize_loss(fn, strict=True, backend="aot_eager", verify_compiled=False)
+    assert_equivalent(fn, fast, torch.tensor([[0.5, 0.25], [0.0, -0.5]], requires_grad=True),
+                      torch.tensor([[1.0, -1.0], [4.0, 1.0]], requires_grad=True))
