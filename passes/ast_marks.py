@@ -17,6 +17,9 @@ BOUND_LISTS = "bound_lists"
 # bool on a boolean-mask selection ``x[m]`` masked_selections_to_where converts: the loop check
 # does not refuse it.
 WHERE_CONVERTED = "where_converted"
+# bool on a count of a selection (``len(x[m])``, ``x[m].numel()``) it converts: a tensor that
+# varies per iteration, no shape query (a condition on it is a tensor condition).
+SELECTION_COUNT = "selection_count"
 # bool on a comprehension the rewrite wrote (``stack_tensor_lists``'s check of a list's items):
 # not the user's, so not in the report.
 GENERATED = "generated"

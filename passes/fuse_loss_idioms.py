@@ -25,10 +25,11 @@ same gradients, and runs as written otherwise::
 difference is matched as ``** 2``, ``.pow(2)`` and ``d * d``, also through a temporary assigned in
 the statement just before (``d = (a - b) ** 2`` then ``d.mean()``).
 
-``_cross_entropy`` (``logsumexp_cross_entropy``) is ``F.cross_entropy(..., reduction='none')``
-except at rows holding ``+inf``, where it is NaN and the original is not: those take the original's
-form, selected on the device (no sync). Only idioms whose fused form measured faster (fwd+bwd, CPU) are rules: ``(a - b).abs().mean()``
--> ``F.l1_loss`` measured no faster and is left as written.
+``_cross_entropy`` (``passes/logsumexp_cross_entropy.py``) is ``F.cross_entropy(...,
+reduction='none')`` with the original's value and gradients also at rows holding ``+inf`` (where
+``cross_entropy`` is NaN), at about its cost. Only idioms whose fused form measured faster
+(fwd+bwd, CPU) are rules: ``(a - b).abs().mean()`` -> ``F.l1_loss`` measured no faster and is
+left as written.
 
 Why the guards: ``mse_loss`` broadcasts (with a warning) and promotes dtypes differently
 from ``a - b``; float16/bfloat16 reduce with another accumulation, so only float32/float64 fuse.
@@ -60,6 +61,7 @@ import torch
 
 from . import ops
 from .ast_tools import PassContext, Transformer, replace, walk
+from .logsumexp_cross_entropy import logsumexp_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -137,22 +139,6 @@ def class_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
     torch._assert_async(((labels >= 0) & (labels < classes)).all(),
                         "Class values must be non-negative and smaller than num_classes.")
     return labels
-
-
-def logsumexp_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``logsumexp(logits, 1) - logits[rows, labels]`` per row, by ``cross_entropy``: the same
-    value and gradients, also where a row holds ``+inf`` (no NaN). There ``cross_entropy`` is NaN
-    everywhere, the original is ``inf`` (NaN at an ``+inf`` label) with NaN gradients at the
-    ``+inf`` logits only: such rows take the original's form, the others a zero row (no NaN in
-    the deselected branch's backward). ``amax`` is ``inf`` exactly for those rows (it is NaN for
-    rows holding NaN, where both forms are NaN)."""
-    at_inf = logits.amax(1) == torch.inf
-    rows = at_inf[:, None]
-    fused = torch.nn.functional.cross_entropy(torch.where(rows, 0, logits), labels,
-                                              reduction="none")
-    original = torch.logsumexp(torch.where(rows, logits, 0), 1) \
-        - logits.gather(1, labels[:, None])[:, 0]
-    return torch.where(at_inf, original, fused)
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:

@@ -32,9 +32,8 @@ import ast
 import re
 
 from .ast_tools import Transformer, clone, replace, unparse, walk
-from .loops.runtime_checks import AS_WRITTEN, MARKER, is_vectorized_guard
+from .loops.runtime_checks import AS_WRITTEN, guard_line, is_vectorized_guard
 
-_LINE = re.compile(re.escape(MARKER).replace(re.escape("{}"), r"(\d+)"))
 _AS_WRITTEN = re.compile(re.escape(AS_WRITTEN).replace(re.escape("{}"), r"(\d+)", 1)
                          .replace(re.escape("{}"), "(.*)"))
 ERROR = "_optimize_loss_error"  # the caught exception, in the instrumented copy only
@@ -54,7 +53,7 @@ class _Count(Transformer):
         self.generic_visit(node)  # inner loops first: in the vectorized body and in the original
         if not is_vectorized_guard(node):
             return node
-        line = int(_LINE.fullmatch(node.body[0].value.value).group(1))
+        line = guard_line(node)
         marker, body = node.body[0], node.body[1:]
         ran = replace(f"c.loop_ran({line}, True)", loc=node, c=self.counter)
         sequences = _iterated(node.orelse)

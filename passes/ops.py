@@ -18,7 +18,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import bce_with_logits, full_extremes
+from . import bce_with_logits, full_extremes, set_distances
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -69,6 +69,8 @@ class OpSpec:
     aliases: bool = False                     # its result may share memory with an operand
     # ``f(b, a)`` of ``x = f(a, b)`` (two tensors first): the same values, computed from ``x``
     swapped: str | None = None
+    # ... computed by this function of (``x``, ``b``, ``a``) instead, bound into generated code
+    swapped_fn: Callable | None = None
     data_shape: bool = False                  # its result's shape depends on the values
     # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
     # memory by strides): must run where it stands, every call and every iteration;
@@ -115,6 +117,11 @@ def _t(name: str, *, fn: bool = True, meth: bool = True, extra: tuple[str, ...] 
 def _aten(*names: str, **facts) -> list[OpSpec]:
     """Ops known by name only (FX passes, and ``torch.<name>`` calls in loops)."""
     return [OpSpec(n, **facts) for n in names]
+
+
+def _helper(fn: Callable, **facts) -> OpSpec:
+    """A function of ``passes`` that generated code calls, by its module path."""
+    return OpSpec(fn.__name__, (f"{fn.__module__}.{fn.__qualname__}",), **facts)
 
 
 def _builtin(name: str, **facts) -> OpSpec:
@@ -228,15 +235,23 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
     # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
     _t("cdist", meth=False, swapped="x.mT", derivative="bounded"),
+    # helpers bound into generated code, by module path (``share_common_subexpressions``)
+    _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
+    _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
     # -- losses -----------------------------------------------------------------------------
-    OpSpec("mse_loss", (_F + "mse_loss",), batched="pointwise_loss", total=True),
-    *(OpSpec(n, (_F + n,), batched="pointwise_loss", total=True, derivative="bounded")
+    # selection: on masked selections, the loss per element (``reduction="none"``) masked
+    # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class
+    # ("class_loss"; masked_selections_to_where)
+    OpSpec("mse_loss", (_F + "mse_loss",), batched="pointwise_loss", selection="pointwise_loss",
+           total=True),
+    *(OpSpec(n, (_F + n,), batched="pointwise_loss", selection="pointwise_loss", total=True,
+             derivative="bounded")
       for n in ("l1_loss", "smooth_l1_loss", "huber_loss")),
     # functorch's composite of it is NaN at an infinite logit
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
-           batched="pointwise_loss",
+           batched="pointwise_loss", selection="pointwise_loss",
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
-    *(OpSpec(n, (_F + n,), batched="class_loss", derivative="bounded")
+    *(OpSpec(n, (_F + n,), batched="class_loss", selection="class_loss", derivative="bounded")
       for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded"),

@@ -72,21 +72,33 @@ class FormChoice:
     # Not 0: the original was not run; ``original_s`` is this many loop iterations times the
     # least time of one (``rewrite.keep_faster.iteration_floor``)
     iterations: int = 0
+    margin: float = 0.0  # a rewritten form runs only when its best is this much faster
+    # The rewritten function with the vectorized loops at these lines run as written, timed as a
+    # third form: (line, runs of its vectorized form in one call) per loop
+    partial_s: float | None = None
+    as_written: tuple[tuple[int, int], ...] = ()
 
     def __str__(self) -> str:
-        other = "original" if self.chosen == "rewritten" else "rewritten"
-        mine, theirs = ((self.rewritten_s, self.original_s) if self.chosen == "rewritten"
-                        else (self.original_s, self.rewritten_s))
+        times = {"rewritten": self.rewritten_s, "original": self.original_s}
+        if self.partial_s is not None:
+            times["partial"] = self.partial_s
         what = "forward+backward" if self.backward else "forward"
+        others = " and ".join(f"{'at least ' if f == 'original' and self.iterations else ''}"
+                              f"{_ms(t)} for the {f}" for f, t in times.items() if f != self.chosen)
         if self.iterations:
-            return (f"the rewritten function runs for inputs {self.signature}: {_ms(mine)} per "
-                    f"{what} call against at least {_ms(theirs)} for the original (not run: its "
-                    f"loops run {self.iterations} iterations of at least "
-                    f"{theirs / self.iterations * 1e6:.2g} µs each here)")
-        how = (f"one timed call each, {theirs / mine:.2g}x slower decides at once" if self.at_once
-               else f"best of {self.calls} timed calls each")
+            how = (f"not run: its loops run {self.iterations} iterations of at "
+                   f"least {self.original_s / self.iterations * 1e6:.2g} µs each here")
+        elif self.at_once:
+            how = (f"one timed call each, {self.original_s / self.rewritten_s:.2g}x slower "
+                   f"decides at once")
+        else:
+            how = f"best of {self.calls} timed calls each"
+        if self.chosen == "original" and min(times.values()) < self.original_s:
+            how += f"; no rewritten form is {self.margin:.0%} faster"
+        loops = "".join(f"; partial: the loop at line {line} as written, its vectorized form "
+                        f"ran {runs} times in one call" for line, runs in self.as_written)
         return (f"the {self.chosen} function runs for inputs {self.signature}: "
-                f"{_ms(mine)} per {what} call against {_ms(theirs)} for the {other} ({how})")
+                f"{_ms(times[self.chosen])} per {what} call against {others} ({how}{loops})")
 
 
 def _ms(seconds: float) -> str:

@@ -5,12 +5,19 @@ backward is the original's arithmetic: per coordinate ``g * (2 * (w - x))``, sum
 points of the other side. cdist's own backward divides by the distance, so a NaN or inf
 coordinate made every gradient NaN where the original's is NaN in that coordinate only (and
 ``0 * inf`` where the original multiplies a zero gradient by an infinite difference). The
-backward builds the [n, m, D] differences the original builds; it is made of differentiable
-ops, so double backward works, and of vmappable ones (``generate_vmap_rule``).
+original's [n, m, D] differences are computed a few coordinates at a time in one [k, n, m]
+buffer (in cache for moderate sets, one allocation): the same terms, NaN and inf (summed in
+another order), without the temporary's memory traffic (5x faster at [2048, 2048, 3]). A double
+backward runs the same arithmetic with differentiable ops on the [n, m, D] form; both are
+vmappable (``generate_vmap_rule``; in-place ops into the buffer, no ``out=``).
 """
 from __future__ import annotations
 
 import torch
+
+# Elements of the [k, n, m] buffer of k coordinates' differences (1 MiB of float32): few op
+# calls for many coordinates of small sets, one coordinate at a time for large ones.
+_BUFFER = 1 << 18
 
 
 class _SquaredDistances(torch.autograd.Function):
@@ -26,15 +33,56 @@ class _SquaredDistances(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, w = ctx.saved_tensors
-        if torch.is_grad_enabled():  # a double backward: differentiable ops only
-            per_coordinate = g[..., None] * (2 * (w[None] - x[:, None]))
-        else:  # the same arithmetic in one temporary (2.5x faster at [256, 256, 128])
-            per_coordinate = (w[None] - x[:, None]).mul_(2).mul_(g[..., None])
-        return (-per_coordinate.sum(1) if ctx.needs_input_grad[0] else None,
-                per_coordinate.sum(0) if ctx.needs_input_grad[1] else None)
+        return _gradients(g, *ctx.saved_tensors, *ctx.needs_input_grad)
+
+
+class _Transposed(torch.autograd.Function):
+    """``squared_distances(x, w)`` read from ``d = squared_distances(w, x)``, with its own
+    backward: a shared set of distances keeps each use's gradient (a summed cotangent would turn
+    the original's ``0 * inf`` into ``g * inf`` where the other use's cotangent is not 0)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return d.mT.contiguous()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return None, *_gradients(g, *ctx.saved_tensors, *ctx.needs_input_grad[1:])
+
+
+def _gradients(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool, need_w: bool):
+    """The original's gradients of ``x`` and ``w`` for the cotangent ``g`` [n, m]."""
+    if torch.is_grad_enabled() or not x.shape[1]:  # a double backward (or no coordinate)
+        per_coordinate = g[..., None] * (2 * (w[None] - x[:, None]))
+        return (-per_coordinate.sum(1) if need_x else None,
+                per_coordinate.sum(0) if need_w else None)
+    x_coordinates, w_coordinates = x.mT.contiguous(), w.mT.contiguous()  # [D, n], [D, m]
+    step = max(1, _BUFFER // max(1, g.numel()))  # coordinates per chunk
+    buffer = torch.empty_like(g.expand(min(step, x.shape[1]), *g.shape))  # batched under vmap
+    x_sums, w_sums = [], []
+    for start in range(0, x.shape[1], step):
+        x_k, w_k = x_coordinates[start:start + step], w_coordinates[start:start + step]
+        per_coordinate = buffer[:len(x_k)]
+        per_coordinate.copy_(w_k[:, None].expand_as(per_coordinate)).sub_(x_k[..., None])
+        per_coordinate.mul_(2).mul_(g)
+        if need_x:
+            x_sums.append(-per_coordinate.sum(2))
+        if need_w:
+            w_sums.append(per_coordinate.sum(1))
+    return (torch.cat(x_sums).mT if need_x else None, torch.cat(w_sums).mT if need_w else None)
 
 
 def squared_distances(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``[n, m]``: ``((w - x[i]) ** 2).sum(-1)`` for every point ``x[i]``."""
     return _SquaredDistances.apply(x, w)
+
+
+def transposed(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``squared_distances(x, w)`` given ``d = squared_distances(w, x)``: its values, the
+    gradients of ``x`` and ``w`` it would have had (none for ``d``)."""
+    return _Transposed.apply(d, x, w)

@@ -39,6 +39,21 @@ when both names are confined, the value reads no other name than its two operand
 ``torch``), only ``if`` statements enclose either below their common block, and nothing that runs
 between them can write into a tensor (every call one of the registry without effect, no
 augmented or subscript assignment): the same objects then hold the same values.
+
+A pair op read by another op that makes a new tensor of it, inside a value without effect, is
+shared alone (helpers bound into the generated code count as the registry's ops they are
+listed as, ``squared_distances``, ``min_of_all``)::
+
+    a = _min_of_all(_squared_distances(p, g), 1)        _t = _squared_distances(p, g)
+                                                        _pair = (_t, p, g)
+                                                   ->   a = _min_of_all(_t, 1)
+    b = _min_of_all(_squared_distances(g, p), 1)        b = _min_of_all(_transposed(_pair[0], g, p)
+                                                                        if ... else
+                                                                        _squared_distances(g, p), 1)
+
+The first statement then runs after the record, so it must write nothing either. An op whose
+registry entry has a ``swapped_fn`` is read through that function instead of the template
+(``set_distances.transposed``: the same values, each use keeping its own backward).
 """
 from __future__ import annotations
 
@@ -134,7 +149,7 @@ def _pure(value: ast.expr, ctx: PassContext) -> bool:
 
 def _call_spec(call: ast.Call, ctx: PassContext) -> ops.OpSpec | None:
     """The registry's op of a call without effect, None for any other call."""
-    name = resolve_call(call.func, ctx)
+    name = _bound_helper(call.func, ctx) or resolve_call(call.func, ctx)
     meth = call.func.attr if name is None and isinstance(call.func, ast.Attribute) else None
     if name is None and meth is None:
         return None
@@ -145,6 +160,14 @@ def _call_spec(call: ast.Call, ctx: PassContext) -> ops.OpSpec | None:
         return ops.by_call(name, None)
     spec = ops.by_call(name, meth)
     return None if spec is ops.UNKNOWN or spec.aten is None else spec
+
+
+def _bound_helper(func: ast.expr, ctx: PassContext) -> str | None:
+    """The module path of a function an earlier pass bound into the generated code."""
+    if isinstance(func, ast.Name) and func.id in ctx.bindings:
+        fn = ctx.bindings[func.id]
+        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', func.id)}"
+    return None
 
 
 def _confined_names(tree: ast.AST, ctx: PassContext) -> set[str]:
@@ -196,28 +219,38 @@ _RECORD = "p = (x, a, b)"
 
 
 class _Site:
-    """``target = value``, ``value`` a pair op (``swapped``) of two names under elementwise ops;
+    """``target = value``, ``value`` a pair op (``swapped``) of two names under elementwise ops,
+    or (``nested``) a pure value in which such a pair op is read by an op making a new tensor;
     ``chain``: its (block, index) from the function's body down, through ``if``s only."""
 
-    def __init__(self, stmt: ast.Assign, chain: list, pair: ast.Call, spec: ops.OpSpec):
+    def __init__(self, stmt: ast.Assign, chain: list, pair: ast.Call, spec: ops.OpSpec,
+                 nested: bool = False):
         self.stmt, self.chain, self.pair, self.spec = stmt, chain, pair, spec
-        self.target = stmt.targets[0].id
+        self.target, self.nested = stmt.targets[0].id, nested
 
     def key(self) -> str:
-        """The value with its two operands as placeholders."""
+        """The shared value (the pair op alone when nested) with its operands as placeholders."""
         a, b = self.pair.args[:2]
         self.pair.args[:2] = [ast.Name(n, ast.Load()) for n in ("_a", "_b")]
         try:
-            return ast.dump(self.stmt.value)
+            return ast.dump(self.pair if self.nested else self.stmt.value) + str(self.nested)
         finally:
             self.pair.args[:2] = [a, b]
+
+    def shareable(self, confined: set[str], ctx: PassContext) -> bool:
+        """Nothing else can reach the shared tensor: the target holds it (confined), or the op
+        reading it makes a new tensor; a nested first site's statement runs after the record."""
+        if self.nested:
+            return _writes_nothing(self.stmt, ctx)
+        return self.target in confined
 
 
 def _share_swapped(fn: ast.FunctionDef, confined: set[str], ctx: PassContext) -> None:
     while True:  # each rewrite moves statements: the sites are found again
         sites = _sites(fn.body, [], ctx)
         match = next(((first, second) for i, first in enumerate(sites) for second in sites[i + 1:]
-                      if second.key() == first.key() and {first.target, second.target} <= confined
+                      if second.key() == first.key() and first.shareable(confined, ctx)
+                      and second.shareable(confined, ctx)
                       and _write_free_between(first.chain, second.chain, ctx)), None)
         if match is None:
             return
@@ -230,11 +263,31 @@ def _sites(block: list[ast.stmt], chain: list, ctx: PassContext) -> list[_Site]:
         here = chain + [(block, i)]
         if isinstance(stmt, ast.If):
             found += _sites(stmt.body, here, ctx) + _sites(stmt.orelse, here, ctx)
-        elif _single_name_target(stmt) is not None:
+        elif _single_name_target(stmt) is not None \
+                and _single_name_target(stmt) not in _names(stmt.value):
             pair = _pair_call(stmt.value, ctx)
-            if pair is not None and _single_name_target(stmt) not in _names(stmt.value):
-                found.append(_Site(stmt, here, *pair))
+            nested = _nested_pair_call(stmt.value, ctx) if pair is None else None
+            if pair is not None or nested is not None:
+                found.append(_Site(stmt, here, *(pair or nested), nested=pair is None))
     return found
+
+
+def _nested_pair_call(value: ast.expr, ctx: PassContext) -> tuple[ast.Call, ops.OpSpec] | None:
+    """The one pair op of the pure ``value``, on two names, read by an op that makes a new
+    tensor of it (``_min_of_all(_squared_distances(p, g), 1).sum(0)``)."""
+    if not _pure(value, ctx):
+        return None
+    pairs = [(c, s) for c in walk(value) if isinstance(c, ast.Call)
+             for s in [_call_spec(c, ctx)] if s is not None and s.swapped]
+    if len(pairs) != 1:
+        return None
+    call = pairs[0][0]
+    operands = call.args[:2]
+    if len(operands) < 2 or not all(isinstance(a, ast.Name) for a in operands) \
+            or operands[0].id == operands[1].id or call is value:
+        return None
+    parents = {id(child): node for node in walk(value) for child in ast.iter_child_nodes(node)}
+    return pairs[0] if _consumed(call, parents, ctx) else None
 
 
 def _pair_call(value: ast.expr, ctx: PassContext) -> tuple[ast.Call, ops.OpSpec] | None:
@@ -300,12 +353,41 @@ def _common_level(first: list, second: list) -> int:
 
 def _rewrite_swapped(first: _Site, second: _Site, ctx: PassContext) -> None:
     name = ctx.namer.new("pair")
-    loc = second.stmt.value
-    shared = replace(second.spec.swapped, loc=loc, x=replace("p[0]", loc=loc, p=name))
+    loc = second.pair if second.nested else second.stmt.value
     a, b = second.pair.args[:2]
-    second.stmt.value = replace(_SWAPPED, loc=loc, s=shared, p=name, a=a, b=b, v=loc)
+    first_value = replace("p[0]", loc=loc, p=name)
+    if second.spec.swapped_fn is None:
+        shared = replace(second.spec.swapped, loc=loc, x=first_value)
+    else:
+        shared = replace("f(x, a, b)", loc=loc, f=ctx.bind(second.spec.swapped_fn, "transposed"),
+                         x=first_value, a=a, b=b)
+    read = replace(_SWAPPED, loc=loc, s=shared, p=name, a=a, b=b, v=loc)
+    if second.nested:
+        _substitute(second.stmt, second.pair, read)
+    else:
+        second.stmt.value = read
     block, i = first.chain[-1]
     a, b = first.pair.args[:2]
-    block[i + 1:i + 1] = replace(_RECORD, loc=first.stmt, p=name, x=first.target, a=a, b=b)
+    if first.nested:  # the pair op gets its own name, recorded before the statement reads it
+        held = ctx.namer.new("t")
+        read_held = ast.copy_location(ast.Name(held, ast.Load()), first.pair)
+        _substitute(first.stmt, first.pair, read_held)
+        block[i:i] = [ast.copy_location(ast.Assign([ast.Name(held, ast.Store())], first.pair),
+                                        first.stmt),
+                      *replace(_RECORD, loc=first.stmt, p=name, x=held, a=a, b=b)]
+    else:
+        block[i + 1:i + 1] = replace(_RECORD, loc=first.stmt, p=name, x=first.target, a=a, b=b)
     top, k = first.chain[_common_level(first.chain, second.chain)]
     top[k:k] = replace("p = None", loc=top[k], p=name)
+
+
+def _substitute(root: ast.AST, old: ast.expr, new: ast.expr) -> None:
+    """Put ``new`` where ``old`` (a node under ``root``) stands."""
+    for node in walk(root):
+        for field, value in ast.iter_fields(node):
+            if value is old:
+                setattr(node, field, new)
+                return
+            if isinstance(value, list) and any(v is old for v in value):
+                value[[id(v) for v in value].index(id(old))] = new
+                return

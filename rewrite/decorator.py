@@ -25,10 +25,12 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     for distillation teachers and target networks), ``debug_dir=None`` (dump the code after every pass there), ``lint=False`` (run the
     gradient-flow lint once per input signature and warn each finding as a ``GradientFlowWarning``),
     ``keep_faster=True`` (per band of input signatures, the same structure with sizes within a
-    power of 4, time the rewritten function against the original, forward+backward, over one or
-    two calls of each (none of the original when its loop iterations, counted on the first call,
-    already make it twice as slow) and keep the faster; ``report.forms`` says which and why; ``False``: the
-    rewritten function always runs),
+    power of 4, time the rewritten function against the original, forward+backward, over up to
+    four calls of each (none of the original when its loop iterations, counted on the first call,
+    already make it twice as slow; a third form when a loop ran vectorized several times in one
+    call: with it as written), keep the original unless a rewritten form is 10% faster, and check
+    a close choice again at a few spaced calls; ``report.forms`` says which and why; ``False``:
+    the rewritten function always runs),
     ``example_inputs=None`` (an argument tuple, or a callable returning one, that
     ``optimize-loss inspect|verify|lint`` use when no inputs are given on the command line).
     """

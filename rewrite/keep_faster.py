@@ -4,7 +4,7 @@ the rewritten function against the original, and the faster runs from then on.
 A rewrite can lose: an inner loop vectorized inside an outer loop that stays a loop pays its
 runtime check and its ``torch.vmap`` set-up on every outer iteration, and a small loss pays the
 wrapper and the compiled graph's guards. Neither shows in the source, so the choice is measured,
-cheaply (the original is often a slow Python loop):
+cheaply (the original is often a slow Python loop), and robustly (the machine may be busy):
 
 - a band is every signature with the same structure (ranks, dtypes, devices, requires_grad, grad
   mode, flag values) whose tensor arguments hold a number of elements within the same power of
@@ -12,18 +12,29 @@ cheaply (the original is often a slow Python loop):
   forms at every new length, while a much larger input, where a loop has far more iterations,
   decides again;
 - the first call of a signature runs as before (it compiles, checks, counts loop runs and the
-  iterations the vectorized loops stood for); a band's ``FormTrial`` then times one call of the
-  rewritten form. When the original's loops alone take ``CLEAR`` times that (their iterations
-  times ``iteration_floor``), the rewritten wins and the original never runs. Otherwise one call
-  of the original is timed; when it is ``CLEAR`` times slower and takes ``EXPENSIVE_S`` or more
-  the rewritten wins at once: one run of a slow original, which the user would have paid
-  anyway. Otherwise one more call of each (first calls can be slow for their own reasons), and
-  each form's best counts;
+  iterations the vectorized loops stood for); a band's ``FormTrial`` then times calls of the
+  rewritten form and of the original in turn, in pairs. When the original's loops alone take
+  ``CLEAR`` times the rewritten form's first timed call (their iterations times
+  ``iteration_floor``), the rewritten wins and the original never runs. When the first pair's
+  original is ``CLEAR`` times slower and takes ``EXPENSIVE_S`` or more, the rewritten wins at
+  once: one run of a slow original, which the user would have paid anyway. From the second pair
+  on, a form ``CLEAR`` times slower loses; else after ``PAIRS`` pairs the rewritten form runs
+  only when its best call is ``MARGIN`` faster than the original's best: a rewrite about as fast
+  gains nothing, and noise must not pick it;
+- a choice that was not clear is checked again, because timings on a busy machine can mislead:
+  one more timed pair after ``RECHECK_FIRST`` untimed calls, then after ``RECHECK_GROWTH`` times
+  as many, ``RECHECKS`` times; each decides again from every timing so far (its best per form),
+  and the last makes the choice final. Spaced out in time, the checks cost a few calls of the
+  slower form over hundreds;
 - a call is timed forward and, when its output requires grad, backward too: the backward is
   measured by hooks, from the output's backward starting to the gradient of the last input that
   requires grad, so the user's own backward call is the one timed (the model's backward beyond
-  the loss's inputs is not counted). The decision is taken at the start of the call after the
-  trial's last, when that backward has run; calls of different sizes are compared per element.
+  the loss's inputs is not counted). On the CPU a time is the smaller of the wall time and the
+  process's CPU time: another process taking the core inflates the wall time but not the CPU
+  time, while work spread over threads takes less wall time than CPU time. The rewritten form is
+  timed with the wrapper's own work for it (saving the arguments it may change in place), which
+  the original does not pay. A decision is taken at the start of the call after a pair's last,
+  when that call's backward has run; calls of different sizes are compared per element.
 
 The report says which form runs for the band and why (``Report.forms``).
 """
@@ -40,14 +51,16 @@ from torch.utils._pytree import tree_flatten
 
 from passes.report import FormChoice
 
-FORMS = ("rewritten", "original")
-CLEAR = 2.0   # one timed call of each decides when the original is this many times slower
+FORMS = ("rewritten", "original", "partial")  # partial: some loops as written (FormTrial)
+CLEAR = 2.0   # a form this many times slower loses without more timing
 BAND = 4      # a decision holds for every size within one power of this of elements
 EXPENSIVE_S = 0.05  # an original call this long is not repeated to confirm it is slower
-# Which form each call of a trial runs (an index into FORMS): a pair, then a second pair when the
-# first does not decide.
-_SCHEDULE = (0, 1, 0, 1)
-TRIAL_CALLS = len(_SCHEDULE)  # at most this many calls after a signature's first are timed
+MARGIN = 0.1  # the rewritten form runs only when its best call is this much faster
+PAIRS = 4     # timed pairs (one call of each form) before a choice that is not clear
+TRIAL_CALLS = len(FORMS) * PAIRS  # at most this many calls after a band's first are timed, then one chooses
+RECHECK_FIRST = 8   # untimed calls between a choice that was not clear and its first check
+RECHECK_GROWTH = 4  # each check waits this many times longer than the one before
+RECHECKS = 4        # timed pairs after the first choice; the last makes it final
 
 
 @dataclass
@@ -90,20 +103,34 @@ def iteration_floor() -> float:
     return _FLOOR[0]
 
 
+class _Clock:
+    """Seconds since it was made: wall time, or (``cpu``: every tensor on the CPU) the smaller
+    of wall time and the process's CPU time."""
+
+    def __init__(self, cpu: bool):
+        self.cpu = cpu
+        self.wall, self.used = time.perf_counter(), time.process_time() if cpu else 0.0
+
+    def seconds(self) -> float:
+        wall = time.perf_counter() - self.wall
+        return min(wall, time.process_time() - self.used) if self.cpu else wall
+
+
 def timed_call(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, Timing]:
-    """``fn(*args, **kwargs)`` and its ``Timing``: forward wall time, waiting for the device's
-    queued work at both ends; its backward filled in by hooks when it runs. Tests replace it with
-    a fake that makes one form slower."""
-    _sync((args, kwargs))
-    start = time.perf_counter()
+    """``fn(*args, **kwargs)`` and its ``Timing``: forward time (``_Clock``), waiting for the
+    device's queued work at both ends; its backward filled in by hooks when it runs. Tests
+    replace it with a fake that makes one form slower."""
+    devices = _devices((args, kwargs))
+    _sync(devices)
+    clock = _Clock(cpu=not devices)
     out = fn(*args, **kwargs)
-    _sync(out)
-    timing = Timing(time.perf_counter() - start)
-    _time_backward(out, args, kwargs, timing)
+    _sync(_devices(out) | devices)
+    timing = Timing(clock.seconds())
+    _time_backward(out, args, kwargs, timing, cpu=not devices)
     return out, timing
 
 
-def _time_backward(out: Any, args: tuple, kwargs: dict, timing: Timing) -> None:
+def _time_backward(out: Any, args: tuple, kwargs: dict, timing: Timing, cpu: bool) -> None:
     """Hooks that set ``timing.backward``: from the backward reaching an output to the gradient
     of the last input that requires grad. Where hooks cannot be set (a functorch transform),
     the forward alone counts."""
@@ -112,14 +139,14 @@ def _time_backward(out: Any, args: tuple, kwargs: dict, timing: Timing) -> None:
            if isinstance(t, torch.Tensor) and t.requires_grad]
     if not outs or not ins:
         return
-    started: list[float] = []
+    started: list[_Clock] = []
 
     def start(_: Any) -> None:
-        started.append(time.perf_counter())
+        started.append(_Clock(cpu))
 
     def end(_: Any) -> None:
         if started:
-            timing.backward = time.perf_counter() - started[0]
+            timing.backward = started[0].seconds()
     try:
         for t in outs:
             t.grad_fn.register_prehook(start)  # goes with the graph
@@ -128,40 +155,73 @@ def _time_backward(out: Any, args: tuple, kwargs: dict, timing: Timing) -> None:
         pass
 
 
-def _sync(tree: Any) -> None:
-    devices = {t.device for t in tree_flatten(tree)[0]
-               if isinstance(t, torch.Tensor) and t.device.type != "cpu"}
+def _devices(tree: Any) -> set[torch.device]:
+    """The devices other than the CPU that the tensors of ``tree`` are on."""
+    return {t.device for t in tree_flatten(tree)[0]
+            if isinstance(t, torch.Tensor) and t.device.type != "cpu"}
+
+
+def _sync(devices: set[torch.device]) -> None:
     for device in devices:
         torch.accelerator.synchronize(device)
 
 
 class FormTrial:
-    """Runs the calls of one band while it is being timed, then hands ``decide`` the index of the
-    faster form (into ``FORMS``) and the ``FormChoice`` that says why."""
+    """Runs the calls of one band while it is being timed and checked, and hands ``decide`` the
+    index of the faster form (into ``FORMS``), the ``FormChoice`` that says why, and whether the
+    choice is final (no more checks: the trial need not run the band's calls any more).
+
+    The forms are timed in rounds, one call of each form still in the running. A third form
+    joins after the band's first call when ``as_written`` is given and a vectorized loop ran
+    its vectorized form more than once in that call: the rewritten function with those loops as
+    written (``as_written(lines)`` makes it). A form ``CLEAR`` times slower than the fastest
+    leaves the running (after one round: only an expensive original); the choice prefers the
+    original unless a rewritten form is ``MARGIN`` faster."""
 
     def __init__(self, rewritten: Callable, original: Callable, signature: str,
-                 decide: Callable[[int, FormChoice], None], first_elements: int, trips: int = 0):
-        self.forms = (rewritten, original)
+                 decide: Callable[[int, FormChoice, bool], None], first_elements: int,
+                 trips: int = 0, as_written: Callable[[frozenset[int]], Callable] | None = None):
+        self.forms = [rewritten, original]
         self._signature = signature
         self._decide = decide
         # The band's first call: its size, and the iterations its vectorized loops stood for
         # (``Report.iterations``, counted there; 0 when nothing was counted)
         self._first_elements = first_elements
         self.trips = trips
+        self._as_written = as_written
+        self.repeated: tuple[tuple[int, int], ...] = ()  # (line, vectorized runs) of the third form
         self._timings: list[tuple[int, Timing, int]] = []  # (form, timing, elements)
+        self._live = [0, 1]  # the forms in the running
+        self._due = [0, 1]   # the forms of this round not timed yet
+        self._rounds = 0
+        self._original_floor = math.inf  # the original's least time, when it is not run
         self._chosen: int | None = None
+        self._final = False
+        self._wait = 0  # untimed calls of the chosen form before the next round
         self._running = False  # a timed call is under way
         self._lock = threading.Lock()
 
     def counted(self, counting: Callable, report: Any) -> Callable:
         """``counting`` (the loop-counting copy of the rewritten function, for the band's first
-        call), adding the iterations it counts into ``report`` to ``trips``."""
+        call), adding the iterations it counts into ``report`` to ``trips``, and the third form
+        when a loop ran vectorized more than once."""
         def call(*args: Any, **kwargs: Any) -> Any:
             before = report.iterations
+            runs = {loop.lineno: loop.vectorized_runs for loop in report.loops}
             try:
-                return counting(*args, **kwargs)
+                out = counting(*args, **kwargs)
             finally:
                 self.trips += report.iterations - before
+            self.repeated = tuple((loop.lineno, loop.vectorized_runs - runs[loop.lineno])
+                                  for loop in report.loops
+                                  if loop.vectorized_runs - runs.get(loop.lineno, 0) > 1)
+            if self.repeated and self._as_written is not None:
+                form = self._as_written(frozenset(line for line, _ in self.repeated))
+                with self._lock:
+                    self.forms.append(form)
+                    self._live.append(2)
+                    self._due.append(2)
+            return out
         return call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -175,57 +235,84 @@ class FormTrial:
             self._running = False
         with self._lock:
             self._timings.append((form, timing, elements(args, kwargs)))
+            self._due.remove(form)
         return out
 
     def _next(self) -> tuple[int, bool]:
-        """The form this call runs, and whether it is timed: untimed once the trial is decided,
-        and while another thread's timed call runs (the rewritten form then)."""
-        if self._chosen is not None or self._running:
-            return (0 if self._chosen is None else self._chosen), False
+        """The form this call runs, and whether it is timed: untimed between the checks of a
+        choice and after the last, and while another thread's timed call runs."""
+        chosen = 0 if self._chosen is None else self._chosen
+        if self._running or self._final:
+            return chosen, False
+        if self._wait:
+            self._wait -= 1
+            return chosen, False
         for _, timing, _ in self._timings:
             # The backward of an earlier call ran (or never will) before this call: a later
             # backward through a parameter passed again must not count for it.
             for hook in timing.hooks:
                 hook.remove()
             timing.hooks = []
-        n = len(self._timings)
-        verdict = self._estimate() if n == 1 else None
-        if verdict is None and (n < 2 or n == 3 or (n == 2 and self._verdict(clear_only=True) is None)):
+        verdict = self._estimate() if len(self._timings) == 1 and 1 in self._due else None
+        if verdict is None and not self._due:
+            self._rounds += 1
+            verdict = self._after_round()
+            self._due = list(self._live)
+        if verdict is None:
             self._running = True
-            return _SCHEDULE[n], True
-        self._chosen, choice = verdict or self._verdict(clear_only=False)
-        self._decide(self._chosen, choice)
+            return self._due[0], True
+        self._chosen, choice, self._final = verdict
+        if not self._final:
+            self._wait = RECHECK_FIRST * RECHECK_GROWTH ** (self._rounds - PAIRS)
+        self._decide(self._chosen, choice, self._final)
         return self._chosen, False
 
-    def _estimate(self) -> tuple[int, FormChoice] | None:
-        """The rewritten form, without running the original, when the original's loops alone
-        take ``CLEAR`` times the rewritten form's first timed call: ``trips`` iterations of at
-        least ``iteration_floor()`` each, at the band's first call's size."""
+    def _estimate(self) -> tuple[int, FormChoice, bool] | None:
+        """The original leaves the running without being run when its loops alone take
+        ``CLEAR`` times the rewritten form's first timed call: ``trips`` iterations of at least
+        ``iteration_floor()`` each, at the band's first call's size. The rewritten form wins
+        then, unless a third form is still to be timed against it."""
         form, timing, size = self._timings[0]
         seconds = (timing.forward + (timing.backward or 0.0)) * self._first_elements / size
         at_least = self.trips * iteration_floor()
         if at_least < CLEAR * seconds:
             return None
-        return 0, FormChoice(self._signature, FORMS[0], seconds, at_least, 1,
-                             timing.backward is not None, True, self.trips)
+        self._live.remove(1)
+        self._due.remove(1)
+        self._original_floor = at_least
+        if len(self._live) > 1:
+            return None
+        return 0, self._choice(0, [seconds, at_least, math.inf]), True
 
-    def _verdict(self, clear_only: bool) -> tuple[int, FormChoice] | None:
-        """The faster form and why: from the first pair when one form is ``CLEAR`` times slower
-        (``clear_only``), else from each form's best. Per element, scaled to the first call's
-        size; forward+backward when every timed call's backward ran, else forward only."""
+    def _after_round(self) -> tuple[int, FormChoice, bool] | None:
+        """The choice after a round, and whether it is final; None to time another round. Per
+        element, scaled to the first timed call's size; forward+backward when every timed
+        call's backward ran, else forward only."""
         with_backward = all(t.backward is not None for _, t, _ in self._timings)
         scale = self._timings[0][2]
-        best = [math.inf, math.inf]
+        best = [math.inf, self._original_floor, math.inf]
         for form, t, size in self._timings:
             seconds = t.forward + (t.backward if with_backward else 0.0)
             best[form] = min(best[form], seconds * scale / size)
-        slower = max(best) / max(min(best), 1e-12)
-        # Only a slow original is dropped at once, and only when another call of it would cost
-        # much: a first call can be slow for its own reasons (the rewritten form's may be its
-        # first run at all, the original's first in a while), and a cheap one repeats cheaply.
-        if clear_only and not (best[1] >= CLEAR * best[0] and best[1] >= EXPENSIVE_S):
+        fastest = min(best[f] for f in self._live)
+        # Only a slow original leaves after one round, and only when another call of it would
+        # cost much: a first call can be slow for its own reasons (the rewritten form's may be
+        # its first run at all, the original's first in a while), and a cheap one repeats cheaply.
+        self._live = [f for f in self._live if best[f] < CLEAR * fastest or (
+            self._rounds == 1 and not (f == 1 and best[f] >= EXPENSIVE_S))]
+        if len(self._live) > 1 and self._rounds < PAIRS:
             return None
-        chosen = int(best[1] < best[0])
-        calls = len(self._timings) // 2
-        return chosen, FormChoice(self._signature, FORMS[chosen], best[0], best[1], calls,
-                                  with_backward, slower >= CLEAR and calls == 1)
+        rewritten = min((f for f in self._live if f != 1), key=best.__getitem__, default=1)
+        chosen = 1 if 1 in self._live and best[1] < (1 + MARGIN) * best[rewritten] else rewritten
+        final = len(self._live) == 1 or self._rounds >= PAIRS + RECHECKS
+        return chosen, self._choice(chosen, best, with_backward), final
+
+    def _choice(self, chosen: int, best: list[float], with_backward: bool | None = None) -> FormChoice:
+        if with_backward is None:  # the estimate: the rewritten form's one timed call
+            with_backward = self._timings[0][1].backward is not None
+        return FormChoice(
+            self._signature, FORMS[chosen], best[0], best[1], self._rounds or 1, with_backward,
+            at_once=self._rounds == 1 and len(self._live) == 1 and 1 not in self._live,
+            iterations=self.trips if self._original_floor < math.inf else 0,
+            margin=MARGIN, partial_s=best[2] if len(self.forms) > 2 else None,
+            as_written=self.repeated if len(self.forms) > 2 else ())

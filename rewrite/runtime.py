@@ -11,8 +11,8 @@ with ``strict=True``). A failure whose cause does not depend on sizes (``_size_i
 every signature that differs only in sizes, with that one warning. When the original raises too,
 its exception is the user's own and is re-raised unchanged. With ``keep_faster=True`` (the
 default) a few calls after a signature's first time the rewritten function against the original,
-and the faster one runs from then on for every signature of its band (``rewrite.keep_faster``:
-never slower than the original). Arguments the function may change in
+and the faster one runs for every signature of its band (``rewrite.keep_faster``: never slower
+than the original; a close choice is checked again at spaced calls). Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
 back before the next step runs. With ``compile=True`` the first call of a signature also compares
 the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
@@ -38,6 +38,7 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.utils._pytree import tree_flatten, tree_map
 
 from passes import loop_run_counters
+from passes.loops_as_written import as_written
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, FormChoice, Report
@@ -87,8 +88,8 @@ class OptimizedFunction:
         self._stage_done = False
         self._compiled_fn: Callable | None = None
         self._impls: dict[Any, Callable] = {}
-        # keep_faster: per band (``_form_of_band``), its ``FormTrial`` or the index of the chosen form
-        self._bands: dict[Any, FormTrial | int] = {}
+        # keep_faster: per band (``_form_of_band``), its ``FormTrial`` or the form it chose
+        self._bands: dict[Any, Callable] = {}
         # What runs for every signature that differs only in sizes from one whose failure did not
         # depend on sizes: keyed by the signature with sizes erased.
         self._by_structure: dict[Any, Callable] = {}
@@ -137,13 +138,9 @@ class OptimizedFunction:
             impl = self._impls.get(key)
             if impl is None:
                 impl = self._specialize(key, args, kwargs)
-        if impl is self._original:
+        if impl is self._original or type(impl) is FormTrial:  # a trial guards its rewritten form
             return impl(*args, **kwargs)
-        saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
-        try:
-            return impl(*args, **kwargs)
-        except Exception as exc:
-            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs, saved)
+        return self._guarded(impl, *args, **kwargs)
 
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         # Decorating a method in a class body: bind like a function does.
@@ -159,6 +156,15 @@ class OptimizedFunction:
 
     def __repr__(self) -> str:
         return f"<optimize_loss {self._report.function} at {self._report.filename}:{self._report.lineno}>"
+
+    def _guarded(self, impl: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``impl``, a rewritten form; when it raises, the next step down runs on the arguments as
+        they were (``_recover``)."""
+        saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
+        try:
+            return impl(*args, **kwargs)
+        except Exception as exc:
+            return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs, saved)
 
     # -- stages -------------------------------------------------------------------------------
     def _rewrite(self) -> Callable | None:
@@ -254,27 +260,37 @@ class OptimizedFunction:
         form = self._bands.get(band)
         if form is None:
             low = BAND ** band[1]
+            # The rewritten forms are timed with the wrapper's work for them (``_guarded``)
+            as_written = None if impl is not self._rewritten else (
+                lambda lines: functools.partial(self._guarded, self._as_written(impl, lines)))
             trial = self._bands[band] = FormTrial(
-                impl, self._original,
+                functools.partial(self._guarded, impl), self._original,
                 f"{describe_key(key)} and every other size of them with {low}-{BAND * low - 1} "
-                f"tensor elements", functools.partial(self._keep, band), elements(args, kwargs),
-                trips)
+                f"tensor elements", functools.partial(self._keep, band, impl),
+                elements(args, kwargs), trips, as_written)
             return trial, True
-        if isinstance(form, FormTrial):
-            return form, False
-        return (self._original if form else impl), False
+        return form, False
 
-    def _keep(self, band: Any, chosen: int, choice: FormChoice) -> None:
-        """The ``FormTrial`` of ``band`` chose form ``chosen``: every signature it runs (unless a
-        fallback settled one meanwhile) runs that form from now on."""
+    def _keep(self, band: Any, rewritten: Callable, chosen: int, choice: FormChoice,
+              final: bool) -> None:
+        """The ``FormTrial`` of ``band`` chose form ``chosen`` (0: ``rewritten``, 1: the original)
+        for the reason ``choice``, which replaces the band's earlier one in the report. When the
+        choice is ``final``, every signature the trial runs (unless a fallback settled one
+        meanwhile) runs that form from now on, without the trial."""
         with self._lock:
+            forms = self._report.forms
+            forms[:] = [c for c in forms if c.signature != choice.signature] + [choice]
+            del forms[:-FORMS_SHOWN]  # bounded, whatever the number of bands
+            if not final:
+                return
             trial = self._bands[band]
-            self._bands[band] = chosen
+            form = (rewritten, self._original, trial.forms[-1])[chosen]
+            if chosen == 2:  # the partial form: guarded, like the rewritten one
+                form = form.args[0]
+            self._bands[band] = form
             for key, impl in self._impls.items():
                 if impl is trial:
-                    self._impls[key] = trial.forms[chosen]
-            self._report.forms.append(choice)
-            del self._report.forms[:-FORMS_SHOWN]  # bounded, whatever the number of bands
+                    self._impls[key] = form
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
         # The original first, on its own clones: when it raises, that error is the user's.
@@ -350,15 +366,28 @@ class OptimizedFunction:
             return rewritten  # (a lambda's rewritten source reads `def <lambda>`: no Python)
         with self._lock:
             if self._counting is None:
-                tree = _instrumented(report.rewritten_source, report.lineno)
-                own = set(self._original.__code__.co_freevars)
-                cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
-                bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
-                parsed = frontend.ParsedFunction(self._original, tree, report.filename,
-                                                 report.lineno, report.original_source, "torch")
-                self._counting = frontend.build_function(
-                    tree, parsed, {**_counting_helpers(bindings, report), _COUNTER: report})
+                self._counting = self._copy(rewritten, functools.partial(
+                    loop_run_counters.instrument, counter=_COUNTER), {_COUNTER: report})
             return self._counting
+
+    def _as_written(self, rewritten: Callable, lines: frozenset[int]) -> Callable:
+        """A copy of the eager ``rewritten`` whose vectorized loops at ``lines`` (in it and its
+        rewritten helpers) run as written (``passes.loops_as_written``)."""
+        return self._copy(rewritten, functools.partial(as_written, lines=lines), {})
+
+    def _copy(self, rewritten: Callable, transform: Callable[[ast.Module], ast.Module],
+              extra: dict[str, Any]) -> Callable:
+        """``rewritten`` built again from its source after ``transform``, and so are the rewritten
+        helpers it calls; ``extra``: names the transformed code uses."""
+        report = self._report
+        tree = _transformed(report.rewritten_source, report.lineno, transform)
+        own = set(self._original.__code__.co_freevars)
+        cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
+        bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
+        parsed = frontend.ParsedFunction(self._original, tree, report.filename,
+                                         report.lineno, report.original_source, "torch")
+        return frontend.build_function(
+            tree, parsed, {**_transformed_helpers(bindings, transform, extra), **extra})
 
     def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
                  saved: _Saved | None) -> Any:
@@ -473,27 +502,29 @@ def _rewrite_pending(_: Any) -> None:
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 
 
-def _counting_helpers(bindings: dict[str, Any], report: Report) -> dict[str, Any]:
+def _transformed_helpers(bindings: dict[str, Any], transform: Callable[[ast.Module], ast.Module],
+                         extra: dict[str, Any]) -> dict[str, Any]:
     """``bindings`` with the rewritten helpers among them (``frontend.REWRITE_OF``) replaced by
-    copies counting their loops' runs into ``report``, which lists the helpers' loops too."""
-    counted = {}
+    copies built after ``transform`` (counting their loops' runs into the report, which lists
+    the helpers' loops too; or running some as written)."""
+    copies = {}
     for name, value in bindings.items():
         rewrite_of = getattr(value, frontend.REWRITE_OF, None)
         if rewrite_of is None:
-            counted[name] = value
+            copies[name] = value
             continue
         source, parsed, own = rewrite_of
-        counted[name] = frontend.build_function(
-            _instrumented(source, parsed.lineno), parsed,
-            {**_counting_helpers(own, report), _COUNTER: report})
-    return counted
+        copies[name] = frontend.build_function(
+            _transformed(source, parsed.lineno, transform), parsed,
+            {**_transformed_helpers(own, transform, extra), **extra})
+    return copies
 
 
-def _instrumented(source: str, lineno: int) -> ast.Module:
-    """The rewritten ``source`` of a function defined at ``lineno``, counting its loops' runs."""
+def _transformed(source: str, lineno: int, transform: Callable[[ast.Module], ast.Module]) -> ast.Module:
+    """The rewritten ``source`` of a function defined at ``lineno``, after ``transform``."""
     tree = ast.parse(source)
     ast.increment_lineno(tree, lineno - 1)  # the def's line; the rest shifts
-    return loop_run_counters.instrument(tree, _COUNTER)
+    return transform(tree)
 
 
 def _first_order_only(compiled: Callable, name: str) -> Callable:
@@ -617,6 +648,8 @@ def _detached(value: Any) -> Any:
 
 # The report keeps the latest choices of form (one per band of signatures).
 FORMS_SHOWN = 16
+# Items at each end of a long list or tuple that its signature key reads (``signature_key``).
+ENDS_KEYED = 8
 # Input signatures whose decision (verified, compiled and checked, timed) is kept.
 SIGNATURES_KEPT = 1024
 
@@ -628,7 +661,11 @@ def _on_meta(args: tuple, kwargs: dict) -> bool:
 
 
 def signature_key(args: tuple, kwargs: dict) -> tuple:
-    """What selects a specialisation. Hot path: called on every call."""
+    """What selects a specialisation. Hot path: called on every call, so a list or tuple of more
+    than ``2 * ENDS_KEYED`` items is keyed by its length and its first and last ``ENDS_KEYED``
+    items only: keying hundreds of tensors (a list per step of a rollout) costs a good part of
+    what a loss over them does, and such lists hold items of one kind. (A list that differs in
+    its middle only shares its ends' specialisation; the rewrite's own checks still hold.)"""
     return (tuple(map(_leaf_key, args)),
             tuple((k, _leaf_key(v)) for k, v in kwargs.items()) if kwargs else (),
             torch.is_grad_enabled())
@@ -640,6 +677,9 @@ def _leaf_key(a: Any) -> Any:
     if a is None or isinstance(a, (str, bool)):
         return a  # such values usually select code paths (reduction="mean")
     if isinstance(a, (list, tuple)):
+        if len(a) > 2 * ENDS_KEYED:  # its length and its ends: see ``signature_key``
+            return (type(a), tuple(map(_leaf_key, a[:ENDS_KEYED])), len(a),
+                    tuple(map(_leaf_key, a[-ENDS_KEYED:])))
         return (type(a), tuple(map(_leaf_key, a)))
     if isinstance(a, dict):
         return (dict, tuple((k, _leaf_key(v)) for k, v in a.items()))
@@ -660,10 +700,14 @@ def _describe_leaf(leaf: Any) -> str:
         return f"{str(dtype).replace('torch.', '')}{list(shape)}" + (":grad" if requires_grad else "")
     if isinstance(leaf, type):
         return leaf.__name__
-    if isinstance(leaf, tuple) and len(leaf) == 2 and leaf[0] in (list, tuple, dict):
-        kind, items = leaf  # a container: its items' keys (a dict's as (key, item key) pairs)
-        shown = (f"{k!r}: {_describe_leaf(v)}" for k, v in items) if kind is dict else map(
-            _describe_leaf, items)
+    if isinstance(leaf, tuple) and len(leaf) in (2, 4) and leaf[0] in (list, tuple, dict):
+        kind, items = leaf[:2]  # a container: its items' keys (a dict's as (key, item key) pairs)
+        shown = [f"{k!r}: {_describe_leaf(v)}" for k, v in items] if kind is dict else list(map(
+            _describe_leaf, items))
+        if len(leaf) == 4:  # a long list keyed by its length and its ends
+            ends = shown + list(map(_describe_leaf, leaf[3]))
+            shown = ([f"{leaf[2]} x {ends[0]}"] if len(set(ends)) == 1
+                     else [f"{leaf[2]} items: {', '.join(shown)}, ..., {', '.join(ends[len(shown):])}"])
         return f"{kind.__name__}[{', '.join(shown)}]"
     return repr(leaf)
 

@@ -221,9 +221,12 @@ def test_never_slower_column_and_target(bench):
     ratios = data["cases"]["per_sample_sq"]["ratios"]
     steady = data["cases"]["per_sample_sq"]["steady"]
     # The original timed alongside the optimized function when its trial found it close.
-    paired = data["cases"]["per_sample_sq"]["variants"]["optimized_eager"].get("paired_samples")
+    optimized = data["cases"]["per_sample_sq"]["variants"]["optimized_eager"]
+    paired = optimized.get("paired_samples")
     original = statistics.median(paired) if paired else steady["naive_eager"]["seconds"]
     want = original / steady["optimized_eager"]["seconds"]
+    if optimized.get("paired_cpu_samples"):  # one thread: their CPU times
+        want = statistics.median(optimized["paired_cpu_samples"]) / statistics.median(optimized["cpu_samples"])
     assert ratios["original_vs_optimized_eager"]["value"] == pytest.approx(want)
     # Both capped by the budget (nothing to rewrite: the optimized function is the original):
     # a ratio would tell nothing, so there is none, and the target is not met on every case.
@@ -279,11 +282,14 @@ def test_overhead_below_noise_is_said_not_negative(monkeypatch):
     assert fmt_overhead({"below_noise": False, "overhead_us": 1.234}) == "1.23 µs"
 
 
-@pytest.mark.parametrize("paired, want", [([3.0], 1.5), (None, 2.0)])
-def test_never_slower_prefers_the_original_timed_alongside(paired, want):
+@pytest.mark.parametrize("paired, cpu, want", [([3.0], None, 1.5), (None, None, 2.0),
+                                               ([3.0], ([1.0, 4.0, 4.0], [2.0, 3.0, 9.0]), 0.75)])
+def test_never_slower_prefers_the_original_timed_alongside(paired, cpu, want):
     """P7 divides the original's time by the optimized one's: the original's blocks alternating
-    with the optimized job's when it ran them, else its own job's."""
-    optimized = {"status": "ok", "samples": [2.0] * 3, **({"paired_samples": paired} if paired else {})}
+    with the optimized job's when it ran them (their CPU times when taken, on one thread), else
+    its own job's."""
+    optimized = {"status": "ok", "samples": [2.0] * 3, **({"paired_samples": paired} if paired else {}),
+                 **({"cpu_samples": cpu[0], "paired_cpu_samples": cpu[1]} if cpu else {})}
     variants = {"naive_eager": {"status": "ok", "samples": [4.0] * 3}, "optimized_eager": optimized}
     ratios = analyse({}, variants, 1.0, None)["ratios"]
     assert ratios["original_vs_optimized_eager"] == Ratio(want, False)

@@ -27,7 +27,8 @@ def labels(n, classes, seed):
 
 
 SOURCES = {
-    # a data-dependent append: one batched cross entropy, the residual compares and appends
+    # a data-dependent append: one batched cross entropy, the appending items taken by the
+    # stacked conditions
     "hard_examples": """
         def f(x, y, th):
             hard = []
@@ -102,28 +103,26 @@ GOLDEN = {
     "hard_examples": """
         def f(x, y, th):
             hard = []
-            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
+            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(hard, list) and isinstance(len(x), int) and (len(x) > 0):
                 'optimize_loss: loop at line 3 vectorized'
-                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == 2) and (y.dim() == 1) and (y.dtype in (torch.int64, torch.int32)):
+                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == 2) and (y.dim() == 1) and (y.dtype in (torch.int64, torch.int32)) and (not isinstance(th, torch.Tensor)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
                     _t = _y_row.unsqueeze(1)
                     _t_1 = F.cross_entropy(_x_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
                     l = _t_1.sum(1) / (_t != -100).sum(1)
-                    _l_all_item = l
-                    _outs_1 = (_l_all_item,)
+                    _cond = torch.ne(l.detach() > th, 0)
+                    _hard_item = torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], l.shape[1:]]), l, torch.zeros_like(l))
+                    _outs = (_hard_item, _cond)
                 else:
 
                     def _body(_x_row, _y_row):
                         l = F.cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
-                        _l_all_item = l
-                        return (torch.as_tensor(_l_all_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
-                _l_all = _outs_1[0].unbind(0)
-                for i in range(len(x)):
-                    l = _l_all[i]
-                    if l.item() > th:
-                        hard.append(l)
+                        _cond = torch.ne(l.detach() > th, 0)
+                        _hard_item = torch.where(_cond.reshape(_branch_shape[_cond.shape, l.shape]), l, torch.zeros_like(l))
+                        return (torch.as_tensor(_hard_item), torch.as_tensor(_cond))
+                    _outs = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                hard.extend(_outs[0][_outs[1]].unbind(0))
             else:
                 for i in range(len(x)):
                     l = F.cross_entropy(x[i:i + 1], y[i:i + 1])
@@ -273,7 +272,7 @@ GOLDEN = {
     "not_worth_it": SOURCES["not_worth_it"],
 }
 
-EXPECTED = {"hard_examples": {3: "distributed"}, "recurrence": {3: "distributed"},
+EXPECTED = {"hard_examples": {3: "batched"}, "recurrence": {3: "distributed"},
             "print_losses": {3: "distributed"}, "one_line_effects": {3: "distributed"},
             "after_residual": {3: "distributed"}, "ordered": {3: "kept"},
             "not_worth_it": {2: "kept"}}
@@ -575,7 +574,9 @@ def test_random_bodies_are_equivalent(stmts):
     assert_equivalent(original, optimized, x, w, M)
     linear = sum(not h and pick == 1 for h, pick in stmts)  # one is a scan, two updates are not
     asserts = sum(not h and pick == 4 for h, pick in stmts)  # one value assert is counted
-    blocking = linear > 1 or asserts > 1 or any(not h and pick in (0, 2, 5) for h, pick in stmts)
-    want = ("distributed" if heavy and not returned else "kept") if blocking else \
+    appends = sum(not h and pick == 2 for h, pick in stmts)  # one keeps its items by a mask
+    blocking = linear > 1 or asserts > 1 or appends > 1 or any(not h and pick in (0, 5)
+                                                                for h, pick in stmts)
+    want = "kept" if returned else ("distributed" if heavy else "kept") if blocking else \
         "scan" if linear else "batched"
     assert report.loops[0].strategy == want

@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rewrite import keep_faster, optimize_loss
+import ast
+import functools
+from types import SimpleNamespace
+
+from passes.loops_as_written import as_written
+from rewrite import keep_faster, optimize_loss, runtime
 from rewrite.keep_faster import Timing
 from rewrite.runtime import describe_key, signature_key
 from rewrite.tools.inspection import collect, format_text
@@ -23,6 +28,7 @@ def summed(x):
     return total
 '''
 TRIAL_CALLS = keep_faster.TRIAL_CALLS
+PAIRS = keep_faster.PAIRS
 
 
 @pytest.fixture
@@ -64,7 +70,7 @@ def _forms(log):
 
 @pytest.mark.parametrize("slow", ["original", "rewritten"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_close_times_take_two_calls_of_each_and_the_faster_runs(user, monkeypatch, slow, dtype):
+def test_close_times_take_pairs_of_calls_and_the_faster_runs(user, monkeypatch, slow, dtype):
     f = optimize_loss(user.summed, compile=False)  # keep_faster is the default
     log = fake_clock(monkeypatch, user.summed, slower(slow))
     x = _x(6, dtype)
@@ -73,16 +79,29 @@ def test_close_times_take_two_calls_of_each_and_the_faster_runs(user, monkeypatc
     for out in outs:  # every call, timed or not, has the original's value and dtype
         assert out.dtype == want.dtype
         torch.testing.assert_close(out, want)
-    # First call: the rewritten (it counts loop runs), untimed; 1.5x apart is not clear at once,
-    # so two timed calls of each, alternating; then nothing is timed.
-    assert _forms(log) == ["rewritten", "original"] * 2
+    # First call: the rewritten (it counts loop runs), untimed; 1.5x apart is not clear, so
+    # PAIRS timed calls of each, alternating; then nothing is timed until the first check.
+    assert _forms(log) == ["rewritten", "original"] * PAIRS
     chosen = "rewritten" if slow == "original" else "original"
-    assert [(c.chosen, c.calls, c.at_once) for c in f.report.forms] == [(chosen, 2, False)]
+    assert [(c.chosen, c.calls, c.at_once) for c in f.report.forms] == [(chosen, PAIRS, False)]
     assert _ran_original(outs[-1]) == (chosen == "original")
     dt = str(dtype).replace("torch.", "")
     assert (f"form: the {chosen} function runs for inputs ({dt}[6, 3]:grad) and every other size "
             f"of them with 16-63 tensor elements: 1e+03 ms per forward call against 1.5e+03 ms "
-            f"for the {slow} (best of 2 timed calls each)") in str(f.report)
+            f"for the {slow} (best of {PAIRS} timed calls each)") in str(f.report)
+
+
+@pytest.mark.parametrize("factor, chosen", [(1.05, "original"), (1.2, "rewritten")])
+def test_the_rewritten_form_must_be_clearly_faster(user, monkeypatch, factor, chosen):
+    """About as fast gains nothing and may be noise: the original runs unless the rewritten
+    form's best call is ``MARGIN`` (10%) faster than the original's."""
+    f = optimize_loss(user.summed, compile=False)
+    fake_clock(monkeypatch, user.summed, slower("original", factor))
+    for _ in range(1 + TRIAL_CALLS + 1):
+        out = f(_x(6))
+    assert [c.chosen for c in f.report.forms] == [chosen]
+    assert _ran_original(out) == (chosen == "original")
+    assert ("no rewritten form is 10% faster" in str(f.report)) == (chosen == "original")
 
 
 def test_a_clearly_slower_original_runs_once(user, monkeypatch):
@@ -96,7 +115,7 @@ def test_a_clearly_slower_original_runs_once(user, monkeypatch):
     assert "(one timed call each, 30x slower decides at once)" in str(f.report)
 
 
-@pytest.mark.parametrize("floor_s, original_runs", [(1.0, 0), (1e-9, 2)])
+@pytest.mark.parametrize("floor_s, original_runs", [(1.0, 0), (1e-9, PAIRS)])
 def test_loop_iterations_tell_a_slow_original_without_running_it(user, monkeypatch, floor_s,
                                                                    original_runs):
     """The band's first call counted 6 iterations; at ``floor_s`` each, the original takes at
@@ -105,7 +124,7 @@ def test_loop_iterations_tell_a_slow_original_without_running_it(user, monkeypat
     monkeypatch.setattr(keep_faster, "iteration_floor", lambda: floor_s)
     f = optimize_loss(user.summed, compile=False)
     log = fake_clock(monkeypatch, user.summed, slower("original", factor=1.5))
-    for _ in range(6):
+    for _ in range(1 + TRIAL_CALLS + 1):
         out = f(_x(6))
     assert _forms(log).count("original") == original_runs and not _ran_original(out)
     [choice] = f.report.forms
@@ -144,6 +163,96 @@ def test_a_clearly_slower_rewrite_gets_a_second_call(user, monkeypatch):
     assert _forms(log) == ["rewritten", "original"] * 2
     assert [(c.chosen, c.at_once) for c in f.report.forms] == [("original", False)]
     assert _ran_original(out)
+
+
+def _timed_calls(f, log, calls):
+    """The indices of the calls among ``calls`` more of ``f`` that were timed (by form)."""
+    timed = []
+    for i in range(calls):
+        before = len(log)
+        f(_x(6))
+        timed += [(i, form) for form, _ in log[before:]]
+    return timed
+
+
+def test_a_close_choice_is_checked_again_at_spaced_calls_then_final(user, monkeypatch):
+    """Not clear (1.5x): after the first choice, one timed pair after 8 untimed calls, then
+    after 4 times as many, ``RECHECKS`` times; then the choice is final and the trial is gone
+    from the calls' path."""
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed, slower("rewritten"))
+    for _ in range(1 + 2 * PAIRS):
+        f(_x(6))  # the first call, then the trial's pairs
+    log.clear()
+    timed = _timed_calls(f, log, 1 + 8 + 3 + 32 + 3 + 128 + 3 + 512 + 3 + 100)
+    starts = [i for i, form in timed if form == "rewritten"]
+    # (each pair, then the call that decides, runs before the untimed calls are counted)
+    assert starts == [1 + 8, 1 + 8 + 3 + 32, 1 + 8 + 3 + 32 + 3 + 128,
+                      1 + 8 + 3 + 32 + 3 + 128 + 3 + 512]
+    assert [form for _, form in timed] == ["rewritten", "original"] * keep_faster.RECHECKS
+    assert f.report.forms[0].calls == PAIRS + keep_faster.RECHECKS
+    assert set(f._impls.values()) == {user.summed}  # final: the original, without the trial
+
+
+def test_a_check_that_disagrees_changes_the_choice(user, monkeypatch):
+    # The original is timed slower during the trial (a busy machine, say), faster at the check.
+    f = optimize_loss(user.summed, compile=False)
+    during_trial = [True]
+    fake_clock(monkeypatch, user.summed, lambda form, args: (
+        {"rewritten": 1.0, "original": 1.5 if during_trial[0] else 0.5}[form], None))
+    for _ in range(1 + TRIAL_CALLS + 1):
+        f(_x(6))
+    assert [c.chosen for c in f.report.forms] == ["rewritten"]
+    during_trial[0] = False
+    for _ in range(8 + 3):
+        out = f(_x(6))
+    assert [(c.chosen, c.calls) for c in f.report.forms] == [("original", PAIRS + 1)]
+    assert _ran_original(out)
+
+
+def test_a_clear_choice_is_final_at_once(user, monkeypatch):
+    f = optimize_loss(user.summed, compile=False)
+    log = fake_clock(monkeypatch, user.summed,
+                     lambda form, args: (30e-3 if form == "original" else 1e-3, None))
+    for _ in range(1 + 4 + 1):
+        f(_x(6))
+    log.clear()
+    assert _timed_calls(f, log, 200) == []
+    assert set(f._impls.values()) == {f.rewritten_function()}
+
+
+def test_the_rewritten_form_is_timed_with_saving_what_it_may_change(tmp_path, monkeypatch):
+    """The wrapper saves the arguments a rewritten function may change in place (to put them
+    back if it fails); the original does not need it, so that cost is the rewritten form's."""
+    user = load_module(tmp_path, USER_CODE.replace("total = 0\n", "total = 0\n    x.mul_(1)\n"))
+    saves = []
+    monkeypatch.setattr(runtime, "_Saved", lambda *a: saves.append(1))
+    f = optimize_loss(user.summed, compile=False)
+    saved_in = []
+
+    def timed_call(fn, args, kwargs):
+        before = len(saves)
+        out = fn(*args, **kwargs)
+        saved_in.append(("original" if fn is user.summed else "rewritten", len(saves) - before))
+        return out, Timing(1.0)
+    monkeypatch.setattr(keep_faster, "timed_call", timed_call)
+    for _ in range(1 + 2):
+        f(_x(6).detach())
+    assert saved_in == [("rewritten", 1), ("original", 0)]
+
+
+def test_on_the_cpu_a_time_is_the_lesser_of_wall_and_cpu_time(monkeypatch):
+    """A busy machine inflates the wall time, not the CPU time; threads make the CPU time larger
+    than the wall time. On another device the CPU waits: wall time only."""
+    clock = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(keep_faster, "time", SimpleNamespace(
+        perf_counter=lambda: clock["wall"], process_time=lambda: clock["cpu"]))
+    for cpu, wall_s, cpu_s, want in [(True, 5.0, 2.0, 2.0), (True, 1.0, 3.0, 1.0),
+                                     (False, 5.0, 2.0, 5.0)]:
+        started = keep_faster._Clock(cpu)
+        clock["wall"] += wall_s
+        clock["cpu"] += cpu_s
+        assert started.seconds() == want
 
 
 def test_the_backward_counts_when_it_ran(user, monkeypatch):
@@ -206,9 +315,9 @@ def test_calls_of_different_sizes_compare_per_element(user, monkeypatch):
     # (twice the time, same cost per element), so neither is clearly slower.
     f = optimize_loss(user.summed, compile=False)
     log = fake_clock(monkeypatch, user.summed, lambda form, args: (args[0].numel() * 1e-6, None))
-    for rows in [6, 8, 16, 8, 16, 6]:
+    for rows in [6] + [8, 16] * PAIRS + [6]:
         f(_x(rows))
-    assert _forms(log) == ["rewritten", "original"] * 2
+    assert _forms(log) == ["rewritten", "original"] * PAIRS
     assert [c.rewritten_s for c in f.report.forms] == [pytest.approx(24e-6)]  # scaled to 8 rows
 
 
@@ -255,16 +364,84 @@ def test_nothing_rewritten_times_nothing(tmp_path, monkeypatch):
 def test_a_failing_rewrite_during_the_trial_falls_back_without_a_choice(user, monkeypatch):
     f = optimize_loss(user.summed, compile=False)
     f(_x(6))
+    trial = f._impls[signature_key((_x(6),), {})]
 
-    def timed_call(fn, args, kwargs):
-        if fn is not user.summed:
-            raise RuntimeError("boom")
-        return fn(*args, **kwargs), Timing(1.0)
-    monkeypatch.setattr(keep_faster, "timed_call", timed_call)
+    def boom(*args):
+        raise RuntimeError("boom")
+    # The rewritten form now fails, behind the wrapper's guard as before
+    monkeypatch.setattr(trial, "forms", (functools.partial(f._guarded, boom), user.summed))
     with pytest.warns(UserWarning, match="boom"):
         for _ in range(3):
             out = f(_x(6))
     assert f.report.forms == [] and _ran_original(out)
+
+
+NESTED_CODE = '''
+import torch
+
+def inner(x):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + (x[i] ** 2).sum()
+    return total
+
+def outer(xs):
+    out = 0
+    for x in xs:  # kept: a data-dependent break
+        out = out + inner(x)
+        if out > 1e9:
+            break
+    return out
+'''
+
+
+@pytest.mark.parametrize("fastest", ["partial", "rewritten"])
+def test_a_loop_vectorized_inside_a_kept_loop_is_timed_as_written_too(tmp_path, fastest):
+    """``inner``'s loop runs vectorized once per iteration of ``outer``'s kept loop: a third
+    form, with it as written, is timed, and runs when it is the fastest."""
+    user = load_module(tmp_path, NESTED_CODE)
+    f = optimize_loss(user.outer, compile=False)
+    xs = [torch.randn(5, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    log = []
+
+    def timed_call(fn, args, kwargs):
+        [trial] = f._bands.values()
+        form = keep_faster.FORMS[trial.forms.index(fn)]
+        log.append(form)
+        return fn(*args, **kwargs), Timing(1e-3 * {  # cheap: the original stays for 2 rounds
+            "partial": 1.0, "original": 3.0, "rewritten": 2.0 if fastest == "partial" else 0.5}[form])
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(keep_faster, "timed_call", timed_call)
+        outs = [f(xs) for _ in range(1 + 3 * 2 + 1)]
+    assert log == ["rewritten", "original", "partial"] * 2  # clear after two rounds: final
+    for out in outs:
+        torch.testing.assert_close(out, user.outer(xs))
+    [choice] = f.report.forms
+    assert choice.chosen == fastest and choice.as_written == ((6, 3),)
+    assert ("partial: the loop at line 6 as written, its vectorized form ran 3 times in one call"
+            in str(f.report))
+    [form] = set(f._impls.values())
+    assert (form is f.rewritten_function()) == (fastest == "rewritten")
+    grads = torch.autograd.grad(form(xs), xs)
+    for got, want in zip(grads, torch.autograd.grad(user.outer(xs), xs)):
+        torch.testing.assert_close(got, want)
+
+
+def test_as_written_puts_back_the_loops_at_the_given_lines_only():
+    source = ("def f(x):\n"
+              "    if isinstance(x, torch.Tensor):\n"
+              "        'optimize_loss: loop at line 3 vectorized'\n"
+              "        t = x.sum()\n"
+              "    else:\n"
+              "        for r in x:\n"
+              "            t = t + r\n"
+              "    return t\n")
+    loop = ("def f(x):\n"
+            "    for r in x:\n"
+            "        t = t + r\n"
+            "    return t")
+    assert ast.unparse(as_written(ast.parse(source), frozenset({3}))) == loop
+    assert ast.unparse(as_written(ast.parse(source), frozenset({4}))) == ast.unparse(ast.parse(source))
 
 
 def test_inspect_shows_the_choice(user, monkeypatch):
@@ -272,8 +449,19 @@ def test_inspect_shows_the_choice(user, monkeypatch):
     data = collect(user.summed, (_x(6),), {}, repeat=2)
     assert data["forms"] == ["the original function runs for inputs (float32[6, 3]:grad) and every "
                              "other size of them with 16-63 tensor elements: 1e+03 ms per forward "
-                             "call against 1.5e+03 ms for the rewritten (best of 2 timed calls each)"]
+                             f"call against 1.5e+03 ms for the rewritten (best of {PAIRS} timed calls each)"]
     assert "  form: the original function runs" in format_text(data)
+
+
+def test_a_long_list_is_keyed_by_its_length_and_its_ends():
+    """Reading hundreds of tensors at every call would cost a good part of the loss."""
+    def key(middle):
+        return signature_key(([torch.zeros(2)] * 10 + [torch.zeros(middle)] + [torch.zeros(2)] * 10,), {})
+    assert key(2) == key(3) != signature_key(([torch.zeros(2)] * 22,), {})
+    assert describe_key(key(2)) == "(list[21 x float32[2]])"
+    ragged = signature_key(([torch.zeros(1)] * 9 + [torch.zeros(2)] * 9,), {})
+    assert describe_key(ragged) == ("(list[18 items: " + ", ".join(["float32[1]"] * 8) + ", ..., "
+                                    + ", ".join(["float32[2]"] * 8) + "])")
 
 
 def test_signatures_of_containers_read_as_their_items():

@@ -18,7 +18,7 @@ from tests import module_loss_sources as src
 
 GOLDEN = Path(__file__).parent / "golden" / "module_loss_calls"
 DTYPES = [torch.float32, torch.float64]
-CASES = {"hard_examples": (src.HardExamples.forward, {18: "distributed"}),
+CASES = {"hard_examples": (src.HardExamples.forward, {18: "vmap"}),
          "logged_steps": (src.LoggedSteps.forward, {34: "distributed"}),
          "masked_steps": (src.MaskedSteps.forward, {50: "distributed"}),
          "local_criterion": (src.local_criterion, {62: "vmap"}),

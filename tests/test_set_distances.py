@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from passes.set_distances import squared_distances
+from passes.set_distances import squared_distances, transposed
 
 
 def _loop(x, w):
@@ -43,3 +43,86 @@ def test_double_backward_is_the_loops(dtype):
         results.append(torch.autograd.grad(gx.sum(), (x, w)))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+def _grads(f, x, w, weights):
+    return torch.autograd.grad((f(x, w) * weights).sum(), (x, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(6))
+def test_gradients_are_the_loops_at_many_nonfinite(dtype, seed):
+    # NaN, +inf, -inf scattered over both sets (equal infinities meeting too), and cotangents
+    # that are zero, negative, NaN: every combination the original meets, beside a finite rest
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 3, generator=gen, dtype=dtype)
+    w = torch.randn(6, 3, generator=gen, dtype=dtype)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    for t in (x, w):
+        where = torch.rand(t.shape, generator=gen) < 0.15
+        t[where] = specials[torch.randint(0, 3, (int(where.sum()),), generator=gen)]
+    weights = torch.randn(7, 6, generator=gen, dtype=dtype)
+    weights[torch.rand(7, 6, generator=gen) < 0.3] = 0
+    weights[torch.rand(7, 6, generator=gen) < 0.05] = float("nan")
+    x, w = x.requires_grad_(), w.requires_grad_()
+    for a, b in zip(_grads(squared_distances, x, w, weights), _grads(_loop, x, w, weights)):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("shapes", [((0, 3), (4, 3)), ((5, 3), (0, 3))])
+def test_gradients_of_an_empty_set(shapes):
+    x, w = (torch.full(s, float("nan")).requires_grad_() for s in shapes)
+    broadcast = lambda x, w: ((w[None] - x[:, None]) ** 2).sum(-1)  # the loop's, for no point
+    got, want = (_grads(f, x, w, torch.ones(shapes[0][0], shapes[1][0]))
+                 for f in (squared_distances, broadcast))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cotangent", [float("inf"), -float("inf")])
+def test_infinite_cotangent_is_the_loops(cotangent):
+    # +inf/-inf by which coordinate is larger, NaN where they are equal, as the loop
+    x = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    w = torch.tensor([[2.0, 1.0], [-1.0, 3.0]], requires_grad=True)
+    weights = torch.tensor([[cotangent, 1.0]])
+    for a, b in zip(_grads(squared_distances, x, w, weights), _grads(_loop, x, w, weights)):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_no_coordinate():
+    x, w = torch.zeros(3, 0, requires_grad=True), torch.zeros(2, 0, requires_grad=True)
+    ones = torch.ones(3, 2)
+    for a, b in zip(_grads(squared_distances, x, w, ones), _grads(_loop, x, w, ones)):
+        assert a.shape == b.shape
+
+
+def test_vmap_is_the_loops():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((torch.vmap(squared_distances)(x, w) * weights).sum(), (x, w))
+    loops = torch.stack([_loop(x[b], w[b]) for b in range(2)])
+    want = torch.autograd.grad((loops * weights).sum(), (x, w))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("special", [None, float("nan"), float("inf"), -float("inf")])
+def test_transposed_read_keeps_each_uses_gradient(dtype, special):
+    # chamfer's two directions from one set of distances: each direction's gradients as if
+    # computed apart (a row of infinite distances has a zero cotangent in the other direction:
+    # 0 * inf is NaN there, a summed cotangent would not be)
+    x, w = _inputs(dtype, special)
+    gen = torch.Generator().manual_seed(2)
+    there = torch.rand(5, 4, generator=gen, dtype=dtype)
+    back = torch.rand(4, 5, generator=gen, dtype=dtype)
+    back[:, 1] = 0  # x[1] holds the special value
+    apart = (squared_distances(x, w) * there).sum() + (squared_distances(w, x) * back).sum()
+    d = squared_distances(x, w)
+    shared = (d * there).sum() + (transposed(d, w, x) * back).sum()
+    torch.testing.assert_close(transposed(d, w, x), squared_distances(w, x), rtol=0, atol=0,
+                               equal_nan=True)
+    for a, b in zip(torch.autograd.grad(shared, (x, w)), torch.autograd.grad(apart, (x, w))):
+        torch.testing.assert_close(a, b, equal_nan=True)

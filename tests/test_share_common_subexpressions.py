@@ -164,7 +164,7 @@ def pair_escapes(a, b):
 UNCHANGED = ["rebound_between", "written_between", "random_value", "escapes_into_tuple", "augmented",
              "view_escapes", "walrus_alias", "constants", "in_branches", "pair_written_between",
              "pair_exclusive", "pair_reads_another_name", "pair_in_loop", "pair_escapes",
-             "pair_rebinds_operand", "pair_selected", "pair_operand_outside", "pair_transposed_value"]
+             "pair_rebinds_operand", "pair_selected", "pair_transposed_value"]
 
 
 def _source(fn_name: str) -> ast.Module:
@@ -201,7 +201,20 @@ def test_golden_swapped_pair_across_guards():
               "and (_pair[2] is s) else torch.cdist(s, a).square()"), out
 
 
-@pytest.mark.parametrize("name", ["two_helpers", "two_directions", *UNCHANGED])
+def test_golden_swapped_pair_read_by_another_op():
+    # the value also reads ``a``: not shared whole; the pair op itself is, under its own name
+    out = _run_pass(_source("pair_operand_outside"))
+    before = unparse(_source("pair_operand_outside"))
+    assert out == before.replace(
+        "    if a.dim() == 2:\n", "    _pair = None\n    if a.dim() == 2:\n", 1).replace(
+        "d = torch.cdist(a, b) * a\n",
+        "_t = torch.cdist(a, b)\n        _pair = (_t, a, b)\n        d = _t * a\n").replace(
+        "e = torch.cdist(b, a) * a", "e = (_pair[0].mT if _pair is not None and _pair[1] is a "
+        "and (_pair[2] is b) else torch.cdist(b, a)) * a"), out
+
+
+@pytest.mark.parametrize("name", ["two_helpers", "two_directions", "pair_operand_outside",
+                                  *UNCHANGED])
 def test_second_run_changes_nothing(name):
     once = _run_pass(_source(name))
     assert _run_pass(ast.parse(once)) == once
@@ -241,3 +254,18 @@ def test_swapped_pair_equivalent(user, dtype):
         c = torch.randn(y.shape, generator=gen, dtype=dtype, requires_grad=True)
         assert_equivalent(user.two_directions, fast, x, y, c)  # ``c`` not ``b``: recomputed
         assert_equivalent(user.two_directions, fast, x, y, x)  # another orientation: recomputed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_swapped_pair_read_by_another_op_equivalent(user, dtype):
+    fast = optimize_loss(user.pair_operand_outside, compile=False)
+    assert "_pair[0].mT" in fast.report.rewritten_source
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 3, generator=gen, dtype=dtype)  # [n, m] * [n, D]: m == D
+    nan = a.clone()
+    nan[1, 2] = float("nan")
+    for x in (a, nan):
+        x = x.clone().requires_grad_()
+        b = torch.randn(3, 3, generator=gen, dtype=dtype, requires_grad=True)
+        assert_equivalent(user.pair_operand_outside, fast, x, b)
+        assert_equivalent(user.pair_operand_outside, fast, x, x)

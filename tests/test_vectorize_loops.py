@@ -515,11 +515,11 @@ KEPT = {
                 counts[lab[i]] = x[i]
             return counts
         """, "iterations may hit the same element"),
-    "conditional_append": ("""
-        def f(x):
+    "append_under_a_python_condition": ("""
+        def f(x, flag):
             keep = []
             for i in range(x.shape[0]):
-                if x[i] > 0:
+                if flag:
                     keep.append(x[i])
             return torch.stack(keep).sum()
         """, "the list length depends on the data"),

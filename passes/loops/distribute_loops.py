@@ -152,7 +152,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                                      type_comment=None), node)
     split = _Split(body, written)
     for k, s in enumerate(node.body):
-        reason = _own_reason(s, it.index, seeds, ctx)
+        reason = _own_reason(s, it.index, seeds, ctx, _exposed_reads(node.body[:k], seeds)[1])
         if reason:
             split.residual[k] = reason
     carried = _mark_carried(split, seeds, ctx)
@@ -217,6 +217,16 @@ def _own_nodes(node: ast.AST):
             yield from _own_nodes(child)
 
 
+class _LoadsRenamed(ast.NodeTransformer):
+    def __init__(self, names: dict[str, str]):
+        self.names = names
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        if isinstance(node.ctx, ast.Load) and node.id in self.names:
+            node.id = self.names[node.id]
+        return node
+
+
 def _mutates_values(split: _Split, carried: set[str], ctx: PassContext) -> bool:
     """A residual statement changes in place a value made in the iteration: it may be a stacked
     value (views of one unbound tensor may not be changed in place). Carried accumulators
@@ -266,8 +276,16 @@ def _returned(call: ast.expr, ctx: PassContext, at: int | None = None) -> ast.ex
     return result
 
 
-def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext) -> str:
-    """Why ``s`` alone is no vectorizable, effect-free loop body ("" when it is)."""
+def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext,
+                local: set[str] = frozenset()) -> str:
+    """Why ``s`` alone is no vectorizable, effect-free loop body ("" when it is). ``local``:
+    names the statements before it in the iteration bind; ``v = v.clamp(0)`` rebinding one reads
+    a value of the iteration (an input here), not the previous iteration's."""
+    rebound = sorted(stmt_loads(s) & stores(s) & local) \
+        if isinstance(s, (ast.Assign, ast.AugAssign)) else []
+    if rebound:
+        inputs = {n: f"{n} before line {s.lineno}" for n in rebound}  # no name the code has
+        s, seeds = _LoadsRenamed(inputs).visit(clone(s)), seeds | set(inputs.values())
     try:
         facts = loop_dataflow.analyze([s], index, seeds, set(), ctx)
     except Unsupported as exc:

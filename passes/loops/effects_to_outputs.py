@@ -14,7 +14,15 @@ the loop::
     out[i, t[i]] = e   ->   _out_slot = t[i]; _out_item = e out[arange, _outs[0].reshape(n)] = ...
     counts[t[i]] += e  ->   ...                             counts.index_put_(..., accumulate=True)
 
-Under a mask ``p``, sums add ``torch.where(p, e, 0)``, writes keep what is there. A comprehension's
+Under a mask ``p``, sums add ``torch.where(p, e, 0)``, writes keep what is there, appends add the
+items of the iterations that append (``lst.extend(_outs[0][_outs[1]].unbind(0))``, never a
+binding of the list: with none appended its consumers raise as the original's). Appended
+stand-ins of selections (``plan.selection_appends``) add each iteration's selection::
+
+    lst.append(x[i][m])  ->   _lst_item = <x[i]'s stand-in>    lst.extend(torch.split(
+                              (and its mask ``_taken``)            _outs[0][_outs[1]], <counts>))
+
+A comprehension's
 own list keeps its stacked values for its consumer (``plan.own_list_values``); a ``lst = []`` list
 the loop builds is bound to them (``plan.bound_lists``).
 """
@@ -86,7 +94,22 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
                 stmts += plan.sub("k = x", k=slot, x=x)
                 slots[k] = plan.output(slot)
     stacked = plan.output(item)
-    plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else _place(plan, e, stacked)
+    selected = plan.selection_appends.get(e.name) if e.kind == "append" else None
+    if e.kind == "append" and (mask is not None or selected) and e.name in plan.own_lists:
+        raise Unsupported(f"`{e.name}.append` under a tensor condition or of a selection: its "
+                          "consumer reads one item per iteration", e.stmt.lineno)
+    selected = selected and plan.output(selected)
+    if e.kind == "append" and mask is not None:  # the items of the iterations that append
+        taken = plan.output(mask)
+        stacked = plan.sub("v[p]", v=stacked, p=taken)
+        selected = selected and plan.sub("m[p]", m=selected, p=taken)
+    if selected:  # each item the selection of its stand-in by its mask
+        plan.folds.append(ast.Expr(plan.sub(
+            "lst.extend(torch.split(v[m], m.reshape(len(m), -1).sum(1).tolist()))",
+            lst=e.name, v=stacked, m=selected)))
+    else:
+        plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else \
+            _place(plan, e, stacked, bind=mask is None)
     return stmts + plan.sub("x = v", x=item, v=value)
 
 
@@ -182,13 +205,15 @@ def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast
         "out.dtype) else v, accumulate=True)", out=e.name, i=target.slice, v=v))]
 
 
-def _place(plan: LoopPlan, e: Effect, stacked: ast.expr) -> list[ast.stmt]:
-    """Store the stacked per-iteration values of an append or write."""
+def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, bind: bool = True) -> list[ast.stmt]:
+    """Store the stacked per-iteration values of an append or write; ``bind``: a list the loop
+    builds may be bound to them (not when they may be none: its consumers raise on an empty
+    list, as the original's do)."""
     host = ast_marks.get(e.value, ast_marks.HOST_NUMBER)
     if e.kind == "append" and e.name in plan.own_lists:  # its consumer is known
         plan.own_list_values[e.name] = OwnList(stacked, host)
         return []
-    if e.kind == "append" and e.name in plan.buildable_lists and not host:
+    if e.kind == "append" and bind and e.name in plan.buildable_lists and not host:
         plan.bound_lists.add(e.name)
         return plan.sub("lst = v", lst=e.name, v=stacked)
     if e.kind == "append":  # host values (`.item()`) were Python numbers in the list

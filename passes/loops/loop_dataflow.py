@@ -380,7 +380,7 @@ def depends(expr: ast.AST, variant: set[str], ctx: PassContext) -> bool:
     """Whether ``expr``'s value can differ between iterations."""
     if isinstance(expr, ast.Name):
         return expr.id in variant
-    if is_shape_query(expr, ctx):
+    if is_shape_query(expr, ctx) and not ast_marks.get(expr, ast_marks.SELECTION_COUNT):
         return False
     return any(depends(c, variant, ctx) for c in ast.iter_child_nodes(expr))
 
@@ -608,7 +608,9 @@ def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.st
             if cond == "variant" and _mutates_local(s):
                 raise Unsupported("in-place write under a tensor condition", s.lineno)
             continue
-        if effect.kind == "append" and cond != "none":
+        # tensor conditions select the appended tensors (not the items of a display)
+        if effect.kind == "append" and (cond == "invariant" or cond == "variant" and isinstance(
+                effect.value, (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.Constant))):
             raise Unsupported(f"`{effect.name}.append` under a condition: the list length "
                               "depends on the data", s.lineno)
         if effect.kind == "append" and any(e.kind == "append" and e.name == effect.name

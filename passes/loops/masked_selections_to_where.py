@@ -37,7 +37,19 @@ and ``hardest = dist[same].max()`` (``same = labels == labels[i]``) to::
 The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where(_keep, x,
 0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` -> ``_keep.sum()``;
 ``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; the
-function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike.
+function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Losses of selections
+(``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m], reduction=...)`` -> the call on the
+stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as targets; ``F.mse_loss(p[m], t[m])``
+(pointwise losses) -> the loss per element, masked, summed or averaged like ``.mean()``.
+
+Beyond one statement: an ``if`` test of counts and reductions joined by ``and``/``or``/``not``
+(``if len(neg) == 0 or len(pos) <= 1: continue``) is converted part by part, and the converted
+counts are marked (``ast_marks.SELECTION_COUNT``) so that the loop check sees a condition that
+varies; a name rebound at the top of the body from its own stand-in (``v = v.clamp(0)``) stays a
+stand-in; a stand-in selected by a condition on its values (``neg = neg[neg > pos.min()]``) is
+a selection by its mask and that condition; ``lst.append(<stand-in>)`` appends the stand-in and
+records the list's mask (``Dense.appends``), by which ``effects_to_outputs`` takes each
+iteration's selection out of the stacked stand-ins after the loop.
 
 What is rewritten: a selection ``x[m]``, ``x`` a name, attribute or subscript by names and
 numbers, ``m`` a mask that varies per iteration (a single comparison, ``~``/``&``/``|``/``^`` of
@@ -77,7 +89,7 @@ Why each piece:
   every selected element a NaN gradient, and the dense ``amax`` does the same.
 
 Anything else is left alone, and then the whole body is (``loop_dataflow`` keeps the loop with
-its "boolean mask indexing" reason): a selection stored, appended, returned, shape-queried,
+its "boolean mask indexing" reason): a selection stored, returned, shape-queried,
 indexed again, under a conditional expression, or fed to a non-elementwise op or a reduction
 with arguments; two masks in one op; a tuple index; Python ``and``/``not`` in a mask; a mask
 bound twice or that does not vary. The converted selections are marked on the user's nodes
@@ -87,6 +99,7 @@ is left.
 from __future__ import annotations
 
 import ast
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -95,7 +108,7 @@ from .. import ast_marks
 from ..errors import Unsupported
 
 from .. import ops
-from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, walk
+from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, root_name, walk
 from .loop_dataflow import (call_op, is_boolean, depends, is_shape_query, loads, method_name,
                             stores, variant_names, write_entries)
 from .plan import LoopPlan
@@ -156,6 +169,16 @@ MASK_BINOPS = (ast.BitAnd, ast.BitOr, ast.BitXor)
 # or a 0-d tensor; a selected value that does not vary is a tensor (``x.shape``, ``where``).
 SCALAR_GUARD = "isinstance(x, (int, float)) or torch.is_tensor(x) and x.dim() == 0"
 TENSOR_GUARD = "isinstance(x, torch.Tensor)"
+# Losses of selections (``OpSpec.selection``) with ``reduction=`` "sum" or "mean" (the default):
+# "pointwise_loss" (``F.mse_loss(p[m], t[m])``) is the loss per element on the stand-ins
+# (``reduction="none"``), reduced as ``DENSE_FORMS`` reduce; "class_loss"
+# (``F.cross_entropy(x[m], y[m])``) is the call as written on the stand-ins, the deselected
+# rows' targets its ``ignore_index``, which its sum and its mean (over the weight of the rows
+# not ignored) both leave out: the original's value, and an empty selection's NaN mean. Class
+# indices are int64 (others raise in the loss, the bool ones would not once filled).
+LOSS_REDUCTIONS = ("sum", "mean")
+IGNORE_INDEX = inspect.signature(torch.nn.functional.cross_entropy).parameters["ignore_index"]
+INDEX_GUARD = "isinstance(x, torch.Tensor) and x.dtype == torch.int64"
 
 
 def _empty_error(op: str) -> str:
@@ -196,12 +219,32 @@ class MaskShape:
 MASK_SHAPE = MaskShape()
 
 
+class ClassRows(MaskShape):
+    """``_class_rows[m.shape, x.shape]``: ``_mask_shape``'s answer for the input of a class
+    loss on selected rows (``F.cross_entropy(x[m], y[m])``), when ``m`` selects rows (rank 1)
+    of an ``x`` with a class dim (rank 2 or more). Any other mask makes the loss read the
+    selected elements, or the rows after the mask's dims, as classes, which the dense form
+    does not: a ``RuntimeError``, and the decorator runs the original."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        shape = super().__getitem__(shapes)
+        if len(shapes[0]) != 1 or len(shapes[1]) < 2:
+            raise RuntimeError(f"a class loss of the selection by a mask of shape "
+                               f"{list(shapes[0])} of a tensor of shape {list(shapes[1])}: only "
+                               "rows of a tensor with a class dim have a dense form")
+        return shape
+
+
+CLASS_ROWS = ClassRows()
+
+
 @dataclass
 class Dense:
     """The body with its selections converted, and what the vectorized loop needs besides."""
     body: list[ast.stmt]
     guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
+    appends: dict[str, str] = field(default_factory=dict)   # list -> mask of its items
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
@@ -222,7 +265,9 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
         return Dense(body)
     for sub in converter.converted:
         ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
-    return Dense(dense, converter.guards, converter.empty)
+    for call in converter.counted:
+        ast_marks.put(users[id(call)], ast_marks.SELECTION_COUNT, True)
+    return Dense(dense, converter.guards, converter.empty, converter.appends)
 
 
 class _Refused(Exception):
@@ -267,6 +312,8 @@ class _Group:
     key: str
     bases: dict[str, ast.expr]           # ast.dump -> base expression
     keep: str = ""                       # reuse: the keep a selected name was computed with
+    # a selection of a stand-in (``neg[neg > t]``): the stand-in's keep, the condition's chain
+    within: tuple[str, "_Chain"] | None = None
 
 
 @dataclass
@@ -291,10 +338,15 @@ class _Converter:
                 counts[name] = counts.get(name, 0) + 1
         self.assigned = set(counts)
         self.once = {n for n, k in counts.items() if k == 1}
+        top = [t.id for s in body if isinstance(s, ast.Assign) for t in s.targets
+               if isinstance(t, ast.Name)]
+        self.top_only = {n for n in self.assigned if top.count(n) == counts[n]}
         self.masks = _strict_masks(body, ctx) | (outer_masks - self.assigned)
         self.scalars: set[str] = set()
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
         self.converted: list[ast.Subscript] = []
+        self.counted: list[ast.Call] = []        # the counts among the converted reductions
+        self.appends: dict[str, str] = {}
         self.guards: list[ast.expr] = []
         self.empty: dict[str, str] = {}
         self.counters: dict[str, str] = {}
@@ -312,11 +364,14 @@ class _Converter:
         for s in stmts:
             self.pre, self.keeps = [], {}
             if isinstance(s, ast.If):
-                s.test = self.expr(s.test)
+                s.test = _test(self, s.test)
                 pre = self.pre
                 s.body = self.block(s.body, False)
                 s.orelse = self.block(s.orelse, False)
                 out += pre + [s]
+                continue
+            if top and _appended_selection(self, s) is not None:
+                out += _append(self, s)
                 continue
             if top and self._binds_selection(s):
                 name = s.targets[0].id
@@ -324,7 +379,7 @@ class _Converter:
                 keep = self.keep(chain.group, s.value)
                 s.value = self.dense(chain, keep)
                 self.selected[name] = _Group(chain.group.mask, chain.group.key,
-                                             chain.group.bases, keep)
+                                             chain.group.bases, keep, chain.group.within)
                 out += self.pre + [s]
                 continue
             if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -339,10 +394,14 @@ class _Converter:
         return out
 
     def _binds_selection(self, s: ast.stmt) -> bool:
-        """``name = <elementwise value of selections>``, bound once."""
-        return (isinstance(s, ast.Assign) and len(s.targets) == 1
-                and isinstance(s.targets[0], ast.Name) and s.targets[0].id in self.once
-                and s.targets[0].id not in loads(s.value) and self.chain(s.value) is not None)
+        """``name = <elementwise value of selections>``, bound once, or rebound from its own
+        stand-in (``v = v.clamp(0)``): each binding, in order, a stand-in."""
+        if not (isinstance(s, ast.Assign) and len(s.targets) == 1
+                and isinstance(s.targets[0], ast.Name)):
+            return False
+        name = s.targets[0].id
+        return name in self.top_only and (name not in loads(s.value) or name in self.selected) \
+            and self.chain(s.value) is not None
 
     def _binds_scalar(self, s: ast.stmt) -> bool:
         return (isinstance(s, ast.Assign) and len(s.targets) == 1
@@ -362,11 +421,17 @@ class _Converter:
                 raise _Refused(f"`{n.id}` read outside a reduction")
 
     def _reduction(self, call: ast.expr) -> tuple[str, ast.expr] | None:
-        """(dense form, operand) of a full reduction or count call."""
-        if not isinstance(call, ast.Call) or call.keywords:
+        """(dense form, operand) of a full reduction or count call; ("loss", call) for a
+        loss reduced to one value (``LOSS_REDUCTIONS``)."""
+        if not isinstance(call, ast.Call):
             return None
         form = call_op(call, self.ctx).selection
-        if form is None:
+        if form in ("pointwise_loss", "class_loss"):
+            reduction = next((k.value for k in call.keywords if k.arg == "reduction"),
+                             ast.Constant("mean"))
+            found = isinstance(reduction, ast.Constant) and reduction.value in LOSS_REDUCTIONS
+            return ("loss", call) if found else None
+        if form is None or call.keywords:
             return None
         if method_name(call, self.ctx) is not None:
             return None if call.args else (form, call.func.value)
@@ -380,6 +445,8 @@ class _Converter:
         if found is None:
             return None
         form, operand = found
+        if form == "loss":
+            return _loss(self, call)
         chain = self.chain(operand)
         if chain is None:
             return None
@@ -389,6 +456,8 @@ class _Converter:
             if isinstance(chain.expr, ast.Name) and chain.expr.id in chain.leaves:
                 value = _bare(value)  # the reduction's own where masks a bare selection
             return self._sub(DENSE_FORMS[form], call, k=keep, v=value)
+        if form in ("len", "numel"):
+            self.counted.append(call)
         if form == "len":
             out = self._sub(DENSE_FORMS[form], call, k=keep)
             ast_marks.put(out, ast_marks.HOST_NUMBER, COUNT_KIND)
@@ -434,8 +503,8 @@ class _Converter:
         keep = reuse.pop() if len(reuse) == 1 else ""
         if keep and any(g.bases.keys() != bases.keys() for g in groups):
             keep = ""
-        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep), expr, leaves,
-                      self.pending)
+        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep, groups[0].within), expr,
+                      leaves, self.pending)
 
     def _hole(self, kind: str, node: ast.expr, leaves: dict) -> ast.Name:
         self.holes += 1
@@ -491,6 +560,8 @@ class _Converter:
     def _selection(self, sub: ast.Subscript) -> _Group:
         """The group of one selection ``x[m]``; refuses what cannot be converted."""
         mask, base = sub.slice, sub.value
+        if isinstance(base, ast.Name) and base.id in self.selected:
+            return _reselection(self, sub, self.selected[base.id])
         if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
             raise _Refused("mask indexing with other entries, or not a mask that varies")
         if not _simple(base) or any(isinstance(n, ast.Subscript) and _is_selection(
@@ -510,15 +581,19 @@ class _Converter:
                        for n in walk(m))
 
     # -- code ------------------------------------------------------------------------------------
-    def keep(self, group: _Group, loc: ast.AST) -> str:
+    def keep(self, group: _Group, loc: ast.AST, shape: MaskShape = MASK_SHAPE,
+             stem: str = "mask_shape") -> str:
         """The name of the group's mask shaped for its stand-ins (a statement in ``pre``; one
-        per statement and group)."""
-        if group.keep:
+        per statement and group) by ``shape`` (bound as ``stem``)."""
+        if group.keep and shape is MASK_SHAPE:
             return group.keep
-        key = (group.key, tuple(group.bases))
+        key = (group.key, tuple(group.bases), stem)
         if key in self.keeps:
             return self.keeps[key]
         mask = group.mask
+        if group.within:  # the stand-in's elements that are selected and meet the condition
+            outer, condition = group.within
+            mask = self._sub("k & c", mask, k=outer, c=self.dense(condition, outer))
         if not isinstance(mask, ast.Name):
             name = self.ctx.namer.new("mask")
             self.pre += self._sub("m = e", mask, m=name, e=mask)
@@ -527,13 +602,10 @@ class _Converter:
                            + [self._sub("x.shape", loc, x=b) for b in group.bases.values()],
                            ast.Load())
         keep = self.ctx.namer.new("keep")
-        self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask, s=self._shape(),
-                              shapes=shapes)
+        self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask,
+                              s=self.ctx.bind(shape, stem), shapes=shapes)
         self.keeps[key] = keep
         return keep
-
-    def _shape(self) -> str:
-        return self.ctx.bind(MASK_SHAPE, "mask_shape")
 
     def dense(self, chain: _Chain, keep: str) -> ast.expr:
         """The chain on the stand-ins; risky ops get safe operands where deselected."""
@@ -552,6 +624,123 @@ class _Converter:
             else:
                 subs[hole] = node
         return _Fill(subs).visit(expr)
+
+
+def _test(conv: _Converter, e: ast.expr) -> ast.expr:
+    """An ``if`` test: ``and``/``or``/``not`` of conditions on counts and reductions
+    (``len(neg) == 0 or len(pos) <= 1``) convert part by part, for tensor_branches_to_where
+    to combine as tensors; a part the original may skip (after the first) must not raise,
+    so it takes no max/min of a selection (which raises on an empty one)."""
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+        e.operand = _test(conv, e.operand)
+        return e
+    if not isinstance(e, ast.BoolOp):
+        return conv.expr(e)
+    if any(conv._reduction(n) is not None and conv._reduction(n)[0] in EXTREMES
+           for v in e.values[1:] for n in walk(v)):
+        conv.refuse_inside(e)
+    e.values = [_test(conv, v) for v in e.values]
+    return e
+
+
+def _appended_selection(conv: _Converter, s: ast.stmt) -> ast.expr | None:
+    """The value of ``lst.append(<elementwise value of selections>)``, ``lst`` a name the body
+    does not bind; None for other statements."""
+    call = s.value if isinstance(s, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "append" and isinstance(call.func.value, ast.Name)
+            and call.func.value.id not in conv.assigned and len(call.args) == 1
+            and not call.keywords and not isinstance(call.args[0], ast.Starred)):
+        return None
+    return call.args[0] if conv.chain(call.args[0]) is not None else None
+
+
+def _reselection(conv: _Converter, sub: ast.Subscript, outer: _Group) -> _Group:
+    """``neg[neg + margin > pos.min()]``, ``neg`` a stand-in: a selection by the stand-in's
+    mask and a condition on its selected values (elementwise: the condition of an element
+    stays its own, so it can be evaluated on the stand-in, where deselected elements do not
+    count). Refuses other masks."""
+    pending = conv.pending
+    condition = conv.chain(sub.slice) if not isinstance(sub.slice, ast.Tuple) else None
+    conv.pending = pending
+    if condition is None or condition.group.key != outer.key or not outer.keep:
+        raise _Refused("a selection of a selection by a mask that is no condition on it")
+    return _Group(sub.slice, f"{outer.key} & {ast.dump(sub.slice)}",
+                  {ast.dump(sub.value): sub.value}, within=(outer.keep, condition))
+
+
+def _append(conv: _Converter, s: ast.Expr) -> list[ast.stmt]:
+    """``lst.append(x[m])`` -> ``lst.append(<x's stand-in>)``, the list's items then taken by
+    the stacked masks after the loop (``Dense.appends``, ``effects_to_outputs``). One mask
+    per list: its items are the selections of every iteration."""
+    name = s.value.func.value.id
+    chain = conv.chain(s.value.args[0])
+    if chain.group.within:
+        raise _Refused(f"`{name}` appended a selection of a selection")
+    keep = conv.keep(chain.group, s)
+    s.value.args[0] = conv.dense(chain, keep)
+    mask = chain.group.mask
+    if not isinstance(mask, ast.Name):
+        mask = ast.Name(conv.ctx.namer.new("taken"), ast.Load())
+        conv.pre += conv._sub("m = e", s, m=mask, e=chain.group.mask)
+    if conv.appends.setdefault(name, mask.id) != mask.id:
+        raise _Refused(f"`{name}` appended selections by two masks")
+    return conv.pre + [s]
+
+
+def _loss(conv: _Converter, call: ast.Call) -> ast.expr | None:
+    """The dense form of a loss of selections (``LOSS_REDUCTIONS``), None when its operands
+    are no selections."""
+    kind = call_op(call, conv.ctx).selection
+    if len(call.args) != 2 or any(isinstance(a, ast.Starred) for a in call.args):
+        return None
+    chains = [conv.chain(a) for a in call.args]
+    if not any(chains):
+        return None
+    if not all(chains) or chains[0].group.key != chains[1].group.key:
+        raise _Refused("a loss of a selection and of a value that is not one")
+    kws = {k.arg: k.value for k in call.keywords}
+    # a tensor argument of a pointwise loss broadcasts against the selected elements
+    if None in kws or not all(_is_constant(v) or kind == "class_loss" and _invariant(conv, v)
+                              for k, v in kws.items() if k != "reduction"):
+        raise _Refused("a loss of selections with arguments that are not numbers")
+    if kind == "pointwise_loss":
+        return _pointwise_loss(conv, call, chains, kws)
+    ignore = kws.get("ignore_index", ast.Constant(IGNORE_INDEX.default))
+    for base in chains[1].group.bases.values():
+        root = root_name(base)
+        if root is None or root in conv.assigned:
+            raise _Refused("class indices not read from a tensor the loop does not change")
+        conv.guards.append(conv._sub(INDEX_GUARD, base, x=ast.Name(root, ast.Load())))
+    keep_x = conv.keep(chains[0].group, call, CLASS_ROWS, "class_rows")
+    keep_y = conv.keep(chains[1].group, call)
+    x = conv.dense(chains[0], keep_x)
+    y = conv.dense(chains[1], keep_y)
+    if isinstance(chains[1].expr, ast.Name) and chains[1].expr.id in chains[1].leaves:
+        y = _bare(y)  # filled with the ignored class instead of 0
+    y = conv._sub("torch.where(k, y, i)", call, k=keep_y, y=y, i=ignore)
+    return ast.copy_location(ast.Call(call.func, [x, y], clone(call.keywords)), call)
+
+
+def _invariant(conv: _Converter, e: ast.expr) -> bool:
+    """A name, attribute or subscript the loop does not change (a class weight)."""
+    return _simple(e) and not loads(e) & (conv.assigned | conv.seeds)
+
+
+def _pointwise_loss(conv: _Converter, call: ast.Call, chains: list[_Chain],
+                    kws: dict) -> ast.expr:
+    """``torch.where(k, f(a, b, reduction="none"), 0).sum()`` (``DENSE_FORMS``'s mean)."""
+    a, b = chains
+    group = _Group(a.group.mask, a.group.key, {**a.group.bases, **b.group.bases})
+    keep = conv.keep(group, call)
+    keywords = [ast.keyword(k, clone(v)) for k, v in kws.items() if k != "reduction"]
+    keywords.append(ast.keyword("reduction", ast.Constant("none")))
+    loss = ast.copy_location(ast.Call(call.func, [conv.dense(a, keep), conv.dense(b, keep)],
+                                      keywords), call)
+    vals = conv.ctx.namer.new("vals")
+    conv.pre += conv._sub("v = e", call, v=vals, e=loss)
+    reduction = kws.get("reduction", ast.Constant("mean")).value
+    return conv._sub(DENSE_FORMS[reduction], call, k=keep, v=vals)
 
 
 def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
@@ -685,5 +874,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                     frozenset(plan.masks))
     plan.written, plan.body = plan.body, dense.body
     plan.selection_checks, plan.empty_selections = dense.guards, dense.empty
+    plan.selection_appends = dense.appends
     plan.empty_selections_at = dense.body[0] if dense.body else None
     return plan

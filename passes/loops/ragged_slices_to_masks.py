@@ -13,6 +13,10 @@ up to the end, as slicing clamps). So the slice becomes ``R[_in]``, which
                                                _in = _pos < L + x[i].shape[0] * (L < 0)
                                                s = s + x[i][_in].sum() / L
 
+Rows sliced alike in one statement share the mask (``F.mse_loss(p[i, :L], t[i, :L])`` selects
+both by ``_in``: masked_selections_to_where combines selections of one mask only); rows of
+different lengths then fail the mask's shape check, and the decorator runs the original.
+
 A write of a number past (or up to) per-item lengths becomes a masked write of the row, the
 positions taken along the ragged slice's dim of the row and broadcast against the dims after it::
 
@@ -71,10 +75,15 @@ class _Ragged(ast.NodeTransformer):
         self.made: list[ast.Subscript] = []   # the selections this stage wrote
         self.written: list[ast.stmt] = []     # the writes it converted
         self.pre: list[ast.stmt] = []
+        # in one statement: slice (ast.dump) -> its mask, shared by the rows sliced alike, so
+        # that `F.mse_loss(p[i, :L], t[i, :L])` selects both by one mask (rows of different
+        # lengths fail the mask's shape check, and the decorator runs the original)
+        self.shared: dict[str, str] = {}
 
     def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
         for s in stmts:
+            self.shared = {}
             if isinstance(s, ast.If):
                 s.test = self.visit(s.test)
                 pre, self.pre = self.pre, []
@@ -106,7 +115,8 @@ class _Ragged(ast.NodeTransformer):
         if found is None:
             return sub
         row, cut = found
-        keep = self.mask(row, 0, cut, sub)
+        key = ast.dump(cut)
+        keep = self.shared.get(key) or self.shared.setdefault(key, self.mask(row, 0, cut, sub))
         made = replace("r[k]", loc=sub, r=row, k=keep)
         self.made.append(made)
         return made

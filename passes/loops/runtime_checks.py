@@ -61,6 +61,11 @@ def is_vectorized_guard(node: ast.AST) -> bool:
             and node.body[0].value.value.startswith("optimize_loss: loop at line"))
 
 
+def guard_line(guard: ast.If) -> int:
+    """The user's line of the loop a vectorized guard (``is_vectorized_guard``) stands for."""
+    return int(guard.body[0].value.value[len(MARKER.split("{}")[0]):].split()[0])
+
+
 def is_as_written(node: ast.AST) -> bool:
     """The ``if <a fold would promote>: <AS_WRITTEN>; <the loop> else: <folds>`` that
     ``promoting_folds_run_as_written`` emits."""

@@ -97,12 +97,15 @@ def timed(call: Callable[[], None]) -> float:
 PAIR_WITHIN = 3.0
 
 
-def past_trial(call: Callable[[], None], deadline: float) -> None:
-    """Run the calls in which an optimized function times its rewritten form against the original
-    for these inputs (``rewrite.keep_faster``), and the call that decides: they belong to the
-    first calls, not the steady state."""
+def past_trial(call: Callable[[], None], fn: Any, deadline: float) -> None:
+    """Run the calls in which the optimized function ``fn`` times its rewritten form against the
+    original for these inputs (``rewrite.keep_faster``), up to the call that makes the first
+    choice: they belong to the first calls, not the steady state (the checks of a close choice
+    at spaced calls after it do)."""
+    report = fn.report
     for _ in range(TRIAL_CALLS + 1):
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > deadline or report.forms or report.fallbacks \
+                or fn.rewritten_function() is fn.__wrapped__:
             return
         call()
 
@@ -117,7 +120,9 @@ def steady(call: Callable[[], None], deadline: float, min_time: float, max_sampl
     expected cost of that call (an eager first call), to stop before it when it cannot fit.
     Samples are emitted for ``job`` as they come. ``paired``: a second call timed in blocks of
     the same size that alternate with ``call``'s, so that drift and noise hit both alike (for
-    ratios of a few percent); its samples are emitted at the end as info ``paired_samples``."""
+    ratios of a few percent); its samples are emitted at the end as info ``paired_samples``, and
+    on one thread the process CPU time of both calls' blocks as ``cpu_samples`` and
+    ``paired_cpu_samples`` (another process taking the core inflates wall time, not CPU time)."""
     gc.collect()
     if time.perf_counter() + previous > deadline:
         return []
@@ -127,19 +132,23 @@ def steady(call: Callable[[], None], deadline: float, min_time: float, max_sampl
         emit("sample", job, seconds=estimate)
     block = max(1, int(2e-3 / max(estimate, 1e-7)))
     calls = [c for c in (call, paired) if c]
+    cpu: tuple[list[float], list[float]] = ([], [])
     start = time.perf_counter()
     while len(samples) < max_samples and (time.perf_counter() - start < min_time or len(samples) < 3):
         if time.perf_counter() + 1.5 * estimate * block * len(calls) > deadline:
             break
-        for fn, out in zip(calls, (samples, other)):
-            t0 = time.perf_counter()
+        for fn, out, used in zip(calls, (samples, other), cpu):
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(block):
                 fn()
             out.append((time.perf_counter() - t0) / block)
+            used.append((time.process_time() - c0) / block)
         if job is not None:
             emit("sample", job, seconds=samples[-1])
     if paired and job is not None:
-        emit("info", job, paired_samples=other)
+        one_thread = torch.get_num_threads() == 1
+        emit("info", job, paired_samples=other, **({"cpu_samples": cpu[0], "paired_cpu_samples": cpu[1]}
+                                                   if one_thread and cpu[0] else {}))
     return samples
 
 
@@ -293,7 +302,7 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
         # Host syncs of one steady call (after the calls above), the naive code's and the rewrite's.
         emit("info", job, host_syncs=[sum(count_host_syncs(f, *small).values()) for f in (module.naive, fresh)])
     if base.startswith("optimized_"):
-        past_trial(call, deadline)
+        past_trial(call, fn, deadline)
         # The choice of form is a first-call cost, like compiling: the steady calls get their
         # own budget (the harness restarts its clock at this event too).
         emit("steady_budget", job)
@@ -315,6 +324,9 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
                paired=fwd_bwd(module.naive, inputs))
     else:
         steady(call, deadline, spec["min_time"], previous=0.0 if base in COMPILED else first, job=job)
+    if base == "optimized_eager" and size == "bench":
+        # Which form ran the steady calls, and the timings that chose it (``Report.forms``)
+        emit("info", job, forms=[str(f) for f in fn.report.forms])
 
 
 def original_is_close(fn: Any) -> bool:
