@@ -247,6 +247,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", selection="pointwise_loss", total=True,
              derivative="bounded")
       for n in ("l1_loss", "smooth_l1_loss", "huber_loss")),
+    # per element ``xlogy(t, t) - t * x`` (NaN at a negative target: not total); vmap has no
+    # batching rule for it (a warning and a Python loop over the batch), the batched form does
+    OpSpec("kl_div", (_F + "kl_div",), batched="pointwise_loss"),
     # functorch's composite of it is NaN at an infinite logit
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
            batched="pointwise_loss", selection="pointwise_loss",

@@ -3,7 +3,9 @@ the small inputs (``compile=False``, first call): ``python -m tests.corpus_run_c
 
 A loop runs vectorized when its vectorized branch ran and never failed, or when it sits inside a
 loop that did (the inner loop is part of the outer one's vectorized form). ``-v`` lists every
-loop with its run-time counts and, for kept loops, the reason.
+loop with its run-time counts, its class (``tests.corpus_loop_classes``) and, for kept loops,
+the reason. The last line is the goal's measure: of the loops whose iterations are independent,
+how many run vectorized.
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ import sys
 import warnings
 
 from rewrite import optimize_loss
+from tests.corpus_loop_classes import INDEPENDENT, LOOP_CLASSES
 from tests.helpers import REAL_EXAMPLE_NAMES
 from tests.test_vmap_safety import _enclosing_loops
 
 
 def main(verbose: bool) -> None:
-    loops = vectorized = running = 0
+    loops = vectorized = running = independent = independent_running = 0
     for name in REAL_EXAMPLE_NAMES:
         module = importlib.import_module(f"examples.{name}")
         fn = optimize_loss(module.naive, compile=False)
@@ -30,10 +33,15 @@ def main(verbose: bool) -> None:
             runs = loop.vectorized and not loop.failed_runs and bool(
                 loop.lineno in ran or _enclosing_loops(loop.filename, loop.lineno) & ran)
             loops, vectorized, running = loops + 1, vectorized + loop.vectorized, running + runs
+            kind = LOOP_CLASSES.get(f"{name}:{loop.lineno}", ("unclassified", ""))[0]
+            independent += kind == INDEPENDENT
+            independent_running += kind == INDEPENDENT and runs
             if verbose:
-                print(f"{name}:{loop.lineno} vectorized={loop.vectorized} running={runs} "
+                print(f"{name}:{loop.lineno} {kind} vectorized={loop.vectorized} running={runs} "
                       f"{loop.runs()} {'' if loop.vectorized else loop.reason[:120]}")
     print(f"{loops} loops, {vectorized} reported vectorized, {running} running vectorized")
+    print(f"{independent} loops with independent iterations, {independent_running} of them running "
+          f"vectorized ({100 * independent_running / max(independent, 1):.0f}%)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ OPS = [  # per-item expression of x[i] (x [5, 3]), t[i] (labels), w (fixed [3])
     "x[i].softmax(-1)[0]", "F.log_softmax(x[i], dim=0).sum()", "(x[i] * w).sum()",
     "torch.dot(x[i], w * x[i])", "x[i][t[i]]", "w[t[i]]", "x[i, 1:].sum() + x[i][None, 0].sum()",
     "F.mse_loss(x[i], x[i] * 2)", "F.smooth_l1_loss(x[i], 0.5 * x[i], beta=0.5)",
+    "F.kl_div(x[i].log_softmax(0), x[i].softmax(0), reduction='sum')",
+    "F.kl_div(x[i], 0.5 * x[i], log_target=True, reduction='mean')",
     "F.cross_entropy(x[i:i+1], t[i:i+1])", "F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
     "torch.where(x[i] > 0, x[i], 0.1 * x[i]).clamp(min=-1).sum()", "x[i].unsqueeze(-1).sum(0).sum()",
     # every spelling of a registered op (``passes/ops.py``) has its batched form
@@ -61,6 +63,9 @@ FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
     ("F.smooth_l1_loss(x[i], w, reduction='sum')", None),  # a fixed operand: vmap
     ("F.l1_loss(x[i], x[i].tanh(), reduction='sum')",
      "_s_part = F.l1_loss(_x_row, _x_row.tanh(), reduction='sum')"),
+    # vmap has no batching rule for kl_div (a warning and a loop over the batch)
+    ("F.kl_div(x[i].log_softmax(0), x[i].softmax(0), reduction='sum')",
+     "_s_part = F.kl_div(_x_row.log_softmax(1), _x_row.softmax(1), reduction='sum')"),
     ("F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
      "_s_part = F.nll_loss(_x_row.unsqueeze(1).flatten(0, 1), _t_row.unsqueeze(1).flatten(), "
      "reduction='sum', ignore_index=-100)"),

@@ -21,7 +21,7 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           masked_selections_to_where, materialize_iterators, merge_branch_appends,
                           module_loss_calls,
                           merge_chained_indexing, outline_body, promoting_folds_run_as_written,
-                          ragged_slices_to_masks,
+                          excluded_items_to_masks, ragged_slices_to_masks,
                           raise_on_empty_selections, rename_rebound_loop_variables,
                           row_slices_to_params, runtime_checks, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
@@ -710,23 +710,61 @@ _pos = torch.arange(x[i].shape[0], device=x[i].device)
 _in = _pos < L + x[i].shape[0] * (L < 0)
 total = total + x[i][_in].sum() / L
 """),
+    (excluded_items_to_masks, """
+def f(s):
+    total = 0
+    for j in range(len(s)):
+        cs = s[j] * 2
+        total = total + torch.max(torch.cat((cs[:j], cs[j + 1:])))
+    return total
+""", ('body',),
+     """
+# body
+cs = s[j] * 2
+total = total + torch.max(torch.cat((cs[:j], cs[j + 1:])))
+""",
+     """
+# body
+cs = s[j] * 2
+_pos = torch.arange(cs.shape[0], device=cs.device)
+_in = _pos != j
+total = total + torch.max(cs[_in])
+"""),
+    (excluded_items_to_masks, """
+def f(s):
+    total = 0
+    for j in range(len(s)):
+        cs = s[j] * 2
+        total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
+    return total
+""", ('body',),
+     """
+# body
+cs = s[j] * 2
+total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
+""",
+     """
+# body
+cs = s[j] * 2
+total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
+"""),
     (ragged_slices_to_masks, """
 def f(x, lengths):
     total = 0
     for i in range(len(x)):
         L = lengths[i].item()
-        total = total + x[i, :L].sum(0).sum()
+        total = total + x[i, :L].sum(1).sum()
     return total
 """, ('body',),
      """
 # body
 L = lengths[i].item()
-total = total + x[i, :L].sum(0).sum()
+total = total + x[i, :L].sum(1).sum()
 """,
      """
 # body
 L = lengths[i].item()
-total = total + x[i, :L].sum(0).sum()
+total = total + x[i, :L].sum(1).sum()
 """),
     (conditional_expressions_to_branches, """
 def f(p, t, alpha):
@@ -936,13 +974,13 @@ def f(x, lengths, n):
     total = 0
     for i in range(n):
         L = lengths[i].item()
-        total = total + x[i, :L].sum(0).sum()
+        total = total + x[i, :L].sum(1).sum()
     return total
 """, ('body',),
      """
 # body
 L = _lengths_row.detach()
-_total_part = _total_part + _x_row[:L].sum(0).sum()
+_total_part = _total_part + _x_row[:L].sum(1).sum()
 """,
      """
 Unsupported: `x[i, :L]`: slice bound `L` varies per iteration (the slice's size would differ between iterations)

@@ -151,7 +151,7 @@ UNCHANGED = {
     "shape_queried": "m = x[i] > 0\ny = x[i][m]\nt = t + y.shape[0]",
     "indexed_again": "m = x[i] > 0\ns = s + x[i][m][0]",
     "matmul": "m = x[i] > 0\ns = s + (x[i][m] @ w).sum()",
-    "dim_reduction": "m = x[i] > 0\ns = s + x[i][m].sum(0)",
+    "dim_reduction": "m = x[i] > 0\ns = s + x[i][m].sum(1)",
     "max_with_dim": "m = x[i] > 0\ns = s + x[i][m].max(0).values",
     "prod": "m = x[i] > 0\ns = s + x[i][m].prod()",
     "unknown_op": "m = x[i] > 0\ns = s + torch.erfinv(x[i][m]).sum()",

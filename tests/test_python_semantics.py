@@ -119,6 +119,25 @@ def scaled_by_int(x, w):
     return s
 
 
+def above_threshold(x, th):
+    s = 0
+    n = 0
+    for i in range(x.shape[0]):
+        v = x[i].sum()
+        if v.item() > th:
+            s = s + v
+            n += 1
+    return s, n
+
+
+def between_host_floats(x, y):
+    s = 0
+    for i in range(x.shape[0]):
+        if float(x[i]) <= y[i].item():
+            s = s + x[i] * 2
+    return s
+
+
 def running_tensor_max(d):
     m = d[0]
     for i in range(1, len(d)):
@@ -305,3 +324,26 @@ def test_python_numbers_under_a_tensor_condition_keep_the_dtype(user, dtype):
     y = torch.tensor([[0.0, 0.1], [0.5, -1.0], [0.0, 0.0]], dtype=dtype)
     opt = check(user.smooth_l1_rows, x, y)
     assert opt.report.loops[0].strategy == "batched"
+
+
+# -- comparisons of host floats: Python compares in double precision ------------------------
+@pytest.mark.parametrize("th", [0.1, 0.2, 0.25, 0, -1.5])
+def test_host_float_compared_with_a_python_number_in_double(user, th):
+    x = torch.tensor([[0.1], [0.2], [0.3]], dtype=torch.float32)  # 0.1f > 0.1 in Python
+    assert vectorized(check(user.above_threshold, x, th))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_host_float_compared_with_a_tensor_compares_as_written(user, dtype):
+    x = torch.tensor([[0.1], [0.2], [0.3]], dtype=torch.float64)
+    th = torch.tensor(0.2, dtype=dtype)  # 0.2 as float16 is below the float64 0.2
+    opt = optimized(user.above_threshold)
+    assert_equivalent(user.above_threshold, opt, x, th)
+    assert opt.report.loops[0].original_runs >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_two_host_floats_compared_in_double(user, dtype):
+    x = torch.tensor([0.1, 0.2, NAN, 1.0], dtype=dtype)
+    y = torch.tensor([0.1, 0.1, 1.0, INF], dtype=torch.float64)  # 0.1f <= 0.1 is False
+    assert vectorized(check(user.between_host_floats, x, y))

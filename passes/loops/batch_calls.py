@@ -305,6 +305,9 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
     if len(args) != 2 or reduction not in ("mean", "sum") or type(ignore) is not int or keys:
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     (x, xv), (t, tv) = args
+    if xv.batched and not tv.batched:
+        x = scope.named(x)
+        t, tv = _fixed_targets(scope, node, x, t)
     if not (xv.batched and tv.batched) or tv.integer is None:
         raise Unsupported(f"`{unparse(node)}`: targets not known to be class indices")
     scope.require(xv.rank - 2, "==", node)
@@ -322,6 +325,18 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
         return scope.sub("l.sum(1)", l=loss), Val(True, Rank())
     per_item = scope.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t)
     return (scope.sub("e.sum(0)", e=per_item) if summed else per_item), Val(True, Rank())
+
+
+def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) -> tuple:
+    """The same class indices ``t`` for every item (several heads or parts scored against one
+    label vector): expanded over the loop dim, checked to be an index tensor of rank 1 (a
+    probability target, or any other rank, runs the loop's vmap form)."""
+    fixed = scope.free(t)
+    if fixed is None:
+        raise Unsupported(f"`{unparse(node)}`: targets not known to be class indices")
+    scope.check(f"isinstance({fixed}, torch.Tensor) and {fixed}.dim() == 1")
+    return (scope.sub("f.expand(b.shape[:1] + f.shape)", f=t, b=rows),
+            Val(True, Rank() + 1, (f"{fixed}.dtype in {rules.INDEX_DTYPES}",)))
 
 
 # ``OpSpec.batched`` -> its handler: (expression, facts), or None when the call's arguments have

@@ -115,8 +115,8 @@ class Scope:
         elif isinstance(node, ast.Subscript):  # fixed ints and slices: the rank does not grow
             entries = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
             if not all(isinstance(e, ast.Slice) or type(literal(e)) is int for e in entries):
-                free = self.free(node)  # ``z1[i]``: the check evaluates it
-                return None if free is None else frozenset({free})
+                free = self.free(node) or self._new_axes(node, entries)  # ``z1[i]``,
+                return None if free is None else frozenset({free})  # the check evaluates it
             parts = [node.value] + [b for e in entries if isinstance(e, ast.Slice)
                                     for b in (e.lower, e.upper, e.step) if b is not None]
         elif isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
@@ -133,6 +133,17 @@ class Scope:
                 return None
             found |= sub
         return frozenset(found)
+
+    def _new_axes(self, node: ast.Subscript, entries: list[ast.expr]) -> str | None:
+        """``valid[:, None]``: a fixed operand indexed by new axes, full slices and int
+        literals, as source the check evaluates; None for anything else."""
+        new = [isinstance(e, ast.Constant) and e.value is None for e in entries]
+        if not any(new) or self.free(node.value) is None or not all(
+                n or type(literal(e)) is int or isinstance(e, ast.Slice)
+                and e.lower is None and e.upper is None and e.step is None
+                for n, e in zip(new, entries)):
+            return None
+        return unparse(node)
 
     def aligned(self, operands: list[tuple[ast.expr, Val]], node: ast.AST):
         """([operands], the result's facts) of an elementwise op: with ``sets``, per-item values

@@ -9,13 +9,17 @@ len(xs)``)::
                                                   elements=[("x", xs)])
 
 Bounds and iterated values are evaluated again before the loop: they must be names or shape
-expressions (``is_pure``). ``for ... else`` and targets that unpack elements are refused.
+expressions (``is_pure``). An iterated value may also be a view of a tensor (``for src in
+est.transpose(0, 1)``, ``x.permute(2, 0, 1)``: a registry op that aliases its receiver and has
+no effect); the check then asks that the receiver is a tensor first, so no other object's method
+of that name is called again. ``for ... else`` and targets that unpack elements are refused.
 """
 from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, clone, is_int, is_pure, unparse
+from .. import ops
+from ..ast_tools import PassContext, clone, is_int, is_pure, is_shape_call, unparse, walk
 from ..errors import Unsupported
 from .loop_dataflow import resolve_call
 from .plan import Iteration, LoopPlan
@@ -26,6 +30,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if node.orelse:
         raise Unsupported("`for ... else`")
     plan.iteration = _iteration(plan, ctx)
+    _views_of_tensors(plan, plan.iteration.elements)
     plan.body = clone(node.body)
     return plan
 
@@ -67,7 +72,7 @@ def _elements(target: ast.expr, iterable: ast.expr, into: Iteration, ctx: PassCo
         return
     if not isinstance(target, ast.Name):
         raise Unsupported(f"loop target `{unparse(target)}` unpacks elements")
-    _require_pure(iterable, "iterated value")
+    _require_pure(iterable, "iterated value", _view_or_shape)
     into.elements.append((target.id, iterable))
 
 
@@ -78,6 +83,25 @@ def _trip(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -> ast.expr:
     return ast.Call(ast.Name("min", ast.Load()), lens, [])
 
 
-def _require_pure(expr: ast.expr, what: str) -> None:
-    if not is_pure(expr):
+def _require_pure(expr: ast.expr, what: str, call_ok=is_shape_call) -> None:
+    if not is_pure(expr, call_ok):
         raise Unsupported(f"{what} `{unparse(expr)}` is not a plain name or shape expression")
+
+
+def _view_or_shape(call: ast.Call) -> bool:
+    return is_shape_call(call) or _view(call)
+
+
+def _view(call: ast.Call) -> bool:
+    """``x.transpose(0, 1)``: a tensor method without effects whose result aliases ``x``."""
+    f = call.func
+    return isinstance(f, ast.Attribute) and ops.is_pure_method(f.attr) \
+        and ops.by_call(None, f.attr).aliases
+
+
+def _views_of_tensors(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -> None:
+    """Check first that the receivers of the views in iterated values are tensors."""
+    for _, src in elements:
+        for n in walk(src):
+            if isinstance(n, ast.Call) and _view(n):
+                plan.check("isinstance(r, torch.Tensor)", r=n.func.value)

@@ -37,7 +37,9 @@ and ``hardest = dist[same].max()`` (``same = labels == labels[i]``) to::
 The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where(_keep, x,
 0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` -> ``_keep.sum()``;
 ``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; the
-function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Losses of selections
+function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Along the selected dim,
+``x[m].sum(0)`` -> ``torch.where(_keep, x, 0)`` summed over the mask's dims, and ``x[m].mean(0)``
+(a class centroid, ``emb[labels == c].mean(0)``) that sum / number selected. Losses of selections
 (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m], reduction=...)`` -> the call on the
 stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as targets; ``F.mse_loss(p[m], t[m])``
 (pointwise losses) -> the loss per element, masked, summed or averaged like ``.mean()``.
@@ -111,6 +113,7 @@ from .. import ops
 from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, root_name, walk
 from .loop_dataflow import (call_op, is_boolean, depends, is_shape_query, loads, method_name,
                             stores, variant_names, write_entries)
+from .batch_values import literal
 from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
 
@@ -124,7 +127,15 @@ DENSE_FORMS = {
     "mean": "torch.where(k, v, 0).sum().mean() / k.expand_as(v).sum()",
     "numel": "k.expand_as(v).sum()",
     "len": "k.sum()",
+    # along the selected dim (``x[m].sum(0)``, class centroids): over the mask's dims (a 0-d
+    # mask has one, the leading 1 of ``x[True]``); the mean of a size-1 dim raises for integers
+    # as the original's mean does, an empty selection's mean is NaN in both
+    "sum_rows": "torch.where(k, v, 0).sum(tuple(range(max(m.dim(), 1))))",
+    "mean_rows": "torch.where(k, v, 0).sum(tuple(range(max(m.dim(), 1)))).unsqueeze(0).mean(0)"
+                 " / k.sum()",
 }
+# Reductions along the selected dim that have a dense form: their full form -> it.
+ROW_FORMS = {"sum": "sum_rows", "mean": "mean_rows"}
 # ... max and min (see the module docstring): the dense reduction, the far end of the order
 # (the fill of floats), the fill of other dtypes (<= / >= every selected value), and the steps.
 # max()/min() split the gradient between the selected elements equal to the result, NaN ones
@@ -352,6 +363,7 @@ class _Converter:
         self.counters: dict[str, str] = {}
         self.pre: list[ast.stmt] = []
         self.keeps: dict[tuple, str] = {}        # in this statement: (mask, bases) -> keep
+        self.mask_of: dict[str, ast.Name] = {}   # keep -> the mask it reshapes
         self.pending: list[ast.expr] = []
         self.holes = 0
 
@@ -434,7 +446,10 @@ class _Converter:
         if form is None or call.keywords:
             return None
         if method_name(call, self.ctx) is not None:
-            return None if call.args else (form, call.func.value)
+            if call.args:
+                rows = len(call.args) == 1 and literal(call.args[0]) == 0 and form in ROW_FORMS
+                return (ROW_FORMS[form], call.func.value) if rows else None
+            return form, call.func.value
         if len(call.args) == 1 and not isinstance(call.args[0], ast.Starred):
             return form, call.args[0]
         return None
@@ -452,9 +467,14 @@ class _Converter:
             return None
         keep = self.keep(chain.group, call)
         value = self.dense(chain, keep)
+        if form in ("sum", *ROW_FORMS.values()) and isinstance(chain.expr, ast.Name) \
+                and chain.expr.id in chain.leaves:
+            value = _bare(value)  # the reduction's own where masks a bare selection
+        if form in ROW_FORMS.values():
+            if keep not in self.mask_of:
+                return None
+            return self._sub(DENSE_FORMS[form], call, k=keep, v=value, m=self.mask_of[keep])
         if form == "sum":
-            if isinstance(chain.expr, ast.Name) and chain.expr.id in chain.leaves:
-                value = _bare(value)  # the reduction's own where masks a bare selection
             return self._sub(DENSE_FORMS[form], call, k=keep, v=value)
         if form in ("len", "numel"):
             self.counted.append(call)
@@ -605,6 +625,7 @@ class _Converter:
         self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask,
                               s=self.ctx.bind(shape, stem), shapes=shapes)
         self.keeps[key] = keep
+        self.mask_of[keep] = mask
         return keep
 
     def dense(self, chain: _Chain, keep: str) -> ast.expr:

@@ -290,7 +290,8 @@ def lists_read_in_part(loop: ast.For, func: ast.FunctionDef, ctx: PassContext) -
     appends = [(n.func.value.id, n.args[0]) for n in walk(loop) if isinstance(n, ast.Call)
                and isinstance(n.func, ast.Attribute) and n.func.attr == "append"
                and isinstance(n.func.value, ast.Name) and len(n.args) == 1]
-    block = next((b for n in walk(func) for b in child_blocks(n) if any(s is loop for s in b)), [])
+    block = next((b for n in walk(func) if isinstance(n, ast.stmt)  # not ``a if c else b``
+                  for b in child_blocks(n) if any(s is loop for s in b)), [])
     after = block[next((k for k, s in enumerate(block) if s is loop), len(block)) + 1:]
     found = {}
     for name, value in appends:

@@ -115,8 +115,13 @@ def _makes_list(value: ast.expr, ctx: PassContext) -> bool:
 
 
 def _reads_row(sub: ast.Subscript, index: str) -> bool:
-    """``x[i]`` or ``x[i, ...]``: the loop index picks an item."""
+    """``x[i]`` or ``x[i, ...]``: the loop index picks an item; or the index shifted by an int
+    literal (``x[i + 1]``, the next head after a first one taken before the loop)."""
     first = sub.slice.elts[0] if isinstance(sub.slice, ast.Tuple) and sub.slice.elts else sub.slice
+    if isinstance(first, ast.BinOp) and isinstance(first.op, (ast.Add, ast.Sub)):
+        shift = first.right if is_name(first.left, index) else \
+            first.left if isinstance(first.op, ast.Add) and is_name(first.right, index) else None
+        return isinstance(shift, ast.Constant) and type(shift.value) is int
     return is_name(first, index)
 
 

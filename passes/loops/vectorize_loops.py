@@ -45,7 +45,9 @@ as the slice ``x[:, a:b:s]`` (no gather). Comprehensions in ``sum``/``torch.stac
 when only reads a tensor answers the same way follow: ``xs`` is then bound to the stacked items
 (``list``'s consumers use them directly). Inner loops are vectorized first; an outer loop then
 maps over the inner's vectorized form (nested vmap) when the inner's runtime check does not
-depend on it.
+depend on it. An inner loop stacks and gathers no lists (that prelude would be a statement of the
+outer body, which would keep the outer loop); when the outer loop is kept anyway, its inner loops
+are planned again as if they were not inner, their preludes in its body.
 
 Folds after the loop: ``s = 0`` right before the loop makes ``s = s + <sum>`` just ``s = <sum>``
 (``loop_dataflow.zero_before_loops``); ``s += e`` on a tensor folds in place (``s += <sum>``: the
@@ -81,7 +83,8 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
 from ..errors import Unsupported
 from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
                classify_effects, conditional_expressions_to_branches, distribute_loops,
-               effects_to_outputs, fold_accumulators, gather_keyed_reads, hoist_invariant_checks,
+               effects_to_outputs, excluded_items_to_masks, fold_accumulators,
+               gather_keyed_reads, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
@@ -110,6 +113,7 @@ LOOP_STAGES: list = [
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
+    excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     last_values_after_loop,       # before check_body: what it folds is no longer read after
@@ -234,13 +238,10 @@ class _Vectorizer(Transformer):
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
-        original = clone(node)
+        original, twin = clone(node), self._twin(node)
+        before = (len(self.ctx.report.loops), set(self.seen), set(self.bound_lists))
         index = _int_index(node, self.ctx)
-        self.outer_indices += [index] if index else []
-        self.depth += 1
-        self.generic_visit(node)  # inner loops first
-        self.depth -= 1
-        del self.outer_indices[len(self.outer_indices) - bool(index):]
+        self._visit_inner(node, index, self.depth + 1)  # inner loops first
         live = self.live.get(id(node))
         if live is None:  # unseen loop: all names live (not a default: it walks the function)
             live = loads(self.func)
@@ -271,6 +272,7 @@ class _Vectorizer(Transformer):
                     f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
                     ", read in part after the loop"
             if isinstance(fission, str):
+                node = self._inner_loops_again(twin, index, before) or node
                 self.ctx.report.add_loop(node.lineno, False, "kept",
                                          f"{exc.reason}; not distributed: {fission}")
                 return node
@@ -284,6 +286,45 @@ class _Vectorizer(Transformer):
         # for an outer loop that inlines this one
         ast_marks.put(vectorized, ast_marks.BOUND_LISTS, plan.bound_lists)
         return self._averaged(plan, after, vectorized)
+
+    def _visit_inner(self, node: ast.For, index: str | None, depth: int) -> None:
+        self.outer_indices += [index] if index else []
+        outer, self.depth = self.depth, depth
+        self.generic_visit(node)
+        self.depth = outer
+        del self.outer_indices[len(self.outer_indices) - bool(index):]
+
+    def _twin(self, node: ast.For) -> ast.For | None:
+        """A copy of ``node``, with the facts of the loops in it, when it has inner loops or
+        comprehensions: if ``node`` is kept, they are planned again in the copy."""
+        if not any(isinstance(n, (ast.For, *normalize_comprehensions.COMPREHENSIONS))
+                   for s in node.body + node.orelse for n in walk(s)):
+            return None
+        twin = clone(node)
+        for a, b in zip(walk(node), walk(twin)):
+            for facts in (self.live, self.zeros, self.divisions, self.buildable_lists):
+                if id(a) in facts:
+                    facts[id(b)] = facts[id(a)]
+        return twin
+
+    def _inner_loops_again(self, twin: ast.For | None, index: str | None,
+                           before: tuple) -> ast.For | None:
+        """``twin`` with its inner loops planned as if they were not inner: the loop around
+        them runs as written, so they may stack and gather lists in front of themselves (in its
+        body), which an inner loop of a vectorized loop may not. Their first plans' report
+        entries are dropped."""
+        if twin is None:
+            return None
+        mark = before[0]
+        first = (self.ctx.report.loops[mark:], self.seen, self.bound_lists)
+        _, self.seen, self.bound_lists = before
+        del self.ctx.report.loops[mark:]
+        self._visit_inner(twin, index, 0)
+        if sum(loop.vectorized for loop in self.ctx.report.loops[mark:]) < sum(
+                loop.vectorized for loop in first[0]):  # never fewer than the first plans
+            self.ctx.report.loops[mark:], self.seen, self.bound_lists = first
+            return None
+        return twin
 
     def _averaged(self, plan: LoopPlan, after: ast.stmt | None, vectorized: ast.If) -> ast.AST:
         """``vectorized``; when it leaves means, ``return loss / B`` after it becomes

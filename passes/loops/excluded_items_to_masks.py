@@ -1,0 +1,104 @@
+"""Stage: every item of a tensor but the iteration's own, ``torch.cat((x[:j], x[j + 1:]))``,
+becomes a selection by a mask, which ``masked_selections_to_where`` turns into masked dense ops.
+
+GE2E-style speaker losses compare an utterance with every centroid but its own speaker's: the
+two slices around the loop index ``j`` keep ``len(x) - 1`` items, but their bounds vary per
+iteration, which no batched form holds. For ``j >= 0``, ``x[:j]`` keeps the positions ``p < j``
+and ``x[j + 1:]`` those after ``j`` (all of them when ``j`` is past the end), so their
+concatenation along dim 0 is ``x[p != j]``::
+
+    ex = torch.cat((s[:j], s[j + 1:]))     ->     _pos = torch.arange(s.shape[0], device=s.device)
+    loss = loss + torch.max(ex)                   _in = _pos != j
+                                                  ex = s[_in]
+                                                  loss = loss + torch.max(ex)
+
+``j`` is the loop's index, which the check requires to count up from 0 or more (``x[:-1]`` and
+``x[0:]`` would overlap). Taken: ``torch.cat`` of a list or tuple of exactly these two slices, in
+this order, along dim 0 (no ``dim`` or a literal 0), of a name, attribute or subscript by names
+and numbers. All or nothing: when ``masked_selections_to_where`` would not convert every such
+selection, the body stays as written and the loop is kept with the slice-bound reason.
+"""
+from __future__ import annotations
+
+import ast
+
+from .. import ast_marks
+from ..ast_tools import PassContext, clone, is_int, is_name, replace
+from .loop_dataflow import resolve_call
+from .masked_selections_to_where import _simple
+from .masked_selections_to_where import rewrite as to_where
+from .plan import LoopPlan
+from .ragged_slices_to_masks import _Ragged
+
+_MASK = """
+p = torch.arange(x.shape[0], device=x.device)
+k = p != j
+"""
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    seeds = {plan.iteration.index} | {name for name, _ in plan.iteration.elements}
+    excluded = _Excluded(plan.iteration.index, ctx)
+    body = excluded.block(clone(plan.body))
+    if not excluded.made:
+        return plan
+    to_where(body, seeds, ctx, frozenset(plan.masks))  # marks what it would convert
+    if all(ast_marks.get(s, ast_marks.WHERE_CONVERTED, False) for s in excluded.made):
+        plan.body = body
+        plan.need_plain_range()
+    return plan
+
+
+class _Excluded(_Ragged):
+    """``ragged_slices_to_masks``' walk over statements (its ``pre`` statements go before the
+    statement), taking the calls described above instead of ragged slices."""
+
+    def __init__(self, index: str, ctx: PassContext):
+        super().__init__(set(), ctx)
+        self.index = index
+
+    def write(self, s: ast.stmt) -> ast.stmt:
+        return self.visit(s)
+
+    def visit_Subscript(self, sub: ast.Subscript) -> ast.expr:
+        self.generic_visit(sub)
+        return sub
+
+    def visit_Call(self, call: ast.Call) -> ast.expr:
+        self.generic_visit(call)
+        row = self._excluded(call)
+        if row is None:
+            return call
+        pos, keep = self.ctx.namer.new("pos"), self.ctx.namer.new("in")
+        self.pre += replace(_MASK, loc=call, torch_name=self.ctx.torch_name, p=pos, k=keep, x=row,
+                            j=ast.Name(self.index, ast.Load()))
+        made = replace("x[k]", loc=call, x=clone(row), k=keep)
+        self.made.append(made)
+        return made
+
+    def _excluded(self, call: ast.Call) -> ast.expr | None:
+        """``x`` of ``torch.cat((x[:j], x[j + 1:]))``, else None."""
+        dims = call.args[1:] + [k.value for k in call.keywords if k.arg == "dim"]
+        if resolve_call(call.func, self.ctx) != "torch.cat" or len(call.args) + len(
+                call.keywords) - len(dims) != 1 or not all(is_int(d, 0) for d in dims) \
+                or not isinstance(call.args[0], (ast.Tuple, ast.List)) \
+                or len(call.args[0].elts) != 2:
+            return None
+        before, after = call.args[0].elts
+        if not (isinstance(before, ast.Subscript) and isinstance(after, ast.Subscript)
+                and ast.dump(before.value) == ast.dump(after.value) and _simple(before.value)):
+            return None
+        lo, hi = before.slice, after.slice
+        return before.value if _slice(lo, None, self.index) and _slice(hi, self.index, None) \
+            else None
+
+
+def _slice(cut: ast.expr, lower: str | None, upper: str | None) -> bool:
+    """``cut`` is ``:j`` (``upper`` the index) or ``j + 1:`` (``lower`` the index)."""
+    if not isinstance(cut, ast.Slice) or cut.step is not None:
+        return False
+    if upper is not None:
+        return cut.lower is None and is_name(cut.upper, upper)
+    bound = cut.lower
+    return cut.upper is None and isinstance(bound, ast.BinOp) and isinstance(bound.op, ast.Add) \
+        and is_name(bound.left, lower) and is_int(bound.right, 1)

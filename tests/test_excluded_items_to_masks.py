@@ -1,0 +1,86 @@
+"""Every item but the iteration's own, ``torch.cat((x[:j], x[j + 1:]))`` (GE2E's centroids but
+the utterance's own speaker's): a selection by ``arange != j``, then masked dense ops; the same
+values, gradients and dtype as the loop, the loop as written when the index may be negative."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewrite.testing import assert_equivalent
+from tests.helpers import equivalent_report, load_module
+from tests.loop_helpers import build, strategies
+
+HARDEST = """
+def f(cos, a, w):
+    L = []
+    for j in range(a, cos.shape[0]):
+        cs = torch.sigmoid(cos[j])
+        excl = torch.cat((cs[:j], cs[j + 1:]))
+        L.append(1. - torch.sigmoid(cos[j, j]) + torch.max(excl))
+    return torch.stack(L).sum()
+"""
+
+CENTROIDS = """
+def f(d, a, w):
+    loss = 0
+    for j in range(d.shape[0]):
+        others = torch.cat([d[:j], d[j + 1:]], dim=0)
+        loss = loss + ((d[j] - others.mean(0)) ** 2).sum()
+    return loss
+"""
+
+
+def _sims(dtype, special, shape=(5, 5)):
+    x = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    if special:  # NaN and inf off the diagonal, a tie for the maximum
+        flat = x.view(len(x), -1)
+        flat[0, 3], flat[2, 0], flat[4, 1] = float("nan"), float("inf"), float("-inf")
+        flat[1, 2] = flat[1, 3] = 3.0
+    return x.requires_grad_()
+
+
+def test_golden():
+    _, _, code, report = build(HARDEST)
+    assert strategies(report) == {3: "vmap"}, (report, code)
+    assert "_pos = torch.arange(cs.shape[0], device=cs.device)" in code
+    assert "_in = _pos != j" in code and "torch.cat" not in code.split("else:")[0], code
+    assert "a >= 0" in code, code  # the index counts from 0 or more
+
+
+@pytest.mark.parametrize("src", [
+    HARDEST.replace("cs[j + 1:]", "cs[j + 2:]"),              # not the complement of one item
+    HARDEST.replace("cs[:j], cs[j + 1:]", "cs[j + 1:], cs[:j]"),  # rotated, not excluded
+    HARDEST.replace("torch.cat((cs[:j], cs[j + 1:]))", "torch.cat((cs[:j], cs[j + 1:]), -1)"),
+])
+def test_other_forms_stay_kept(src):
+    _, _, code, report = build(src)
+    assert strategies(report) == {3: "kept"}, (report, code)
+    assert "varies per iteration" in report.loops[0].reason
+
+
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("src", [HARDEST, CENTROIDS])
+def test_equivalent(src, special):
+    original, optimized, _, _ = build(src)
+    for dtype in (torch.float32, torch.float64):
+        x = _sims(dtype, special, (5, 5) if src is HARDEST else (5, 3, 2))
+        for a in (0, 2):
+            assert_equivalent(original, optimized, x, a, None)
+
+
+NEGATIVE = """
+def f(x, a, w):
+    L = []
+    for j in range(a, 3):
+        L.append(torch.max(torch.cat((x[:j], x[j + 1:]))))
+    return torch.stack(L).sum()
+"""
+
+
+def test_a_negative_start_runs_as_written(tmp_path):
+    """``x[:-2]`` and ``x[-1:]`` leave out item 3 (of 5), ``x[:-1]`` and ``x[0:]`` overlap."""
+    user = load_module(tmp_path, "import torch\n" + NEGATIVE)
+    x = torch.tensor([1.0, 2.0, 3.0, 10.0, 4.0], dtype=torch.float64, requires_grad=True)
+    for a, runs in ((-2, (0, 1)), (0, (1, 0))):
+        report = equivalent_report(user.f, x, a, None)
+        assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == runs

@@ -1,0 +1,112 @@
+"""Loops over a view of a tensor (``for src in est.transpose(0, 1)``, as asteroid's pair-wise PIT
+losses iterate sources): vectorized, the receiver checked to be a tensor before the view is taken
+again; the same values, every gradient and the dtype as the loop as written (NaN, inf, ties).
+Iterated values that are not views stay kept with their reason."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewrite.testing import assert_equivalent
+from tests.helpers import equivalent_report, load_module
+from tests.loop_helpers import build, strategies
+
+PAIRS = """
+def f(est, tgt, w):
+    b, n = tgt.shape[:2]
+    pw = tgt.new_empty(b, n, n)
+    for i, e in enumerate(est.transpose(0, 1)):
+        for j, t in enumerate(tgt.transpose(0, 1)):
+            pw[:, i, j] = ((e - t) ** 2).mean(-1)
+    return pw
+"""
+
+USER_CODE = '''
+import torch
+
+
+def pair_losses(loss_func, est, tgt):
+    b, n = tgt.shape[:2]
+    pw = tgt.new_empty(b, n, n)
+    for i, e in enumerate(est.transpose(0, 1)):
+        for j, t in enumerate(tgt.transpose(0, 1)):
+            pw[:, i, j] = loss_func(e, t)
+    return pw
+
+
+def neg_snr(e, t):
+    return -10 * torch.log10((t ** 2).sum(-1) / (((e - t) ** 2).sum(-1) + 1e-8) + 1e-8)
+
+
+def pit(est, tgt):
+    return pair_losses(neg_snr, est, tgt).amin((1, 2)).mean()
+
+
+def rows_of(x):
+    total = 0
+    for r in x.permute(1, 0, 2):
+        total = total + r.abs().sum()
+    return total
+'''
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    return load_module(tmp_path_factory.mktemp("views"), USER_CODE)
+
+
+def _signals(dtype, special, shape=(2, 3, 16)):
+    gen = torch.Generator().manual_seed(0)
+    est, tgt = (torch.randn(*shape, dtype=dtype, generator=gen) for _ in range(2))
+    if special:  # NaN, inf and a tie (an estimate equal to its target)
+        est[0, 0, 0] = float("nan")
+        est[1, 2, 3] = float("inf")
+        est[1, 1] = tgt[1, 1]
+    return est.requires_grad_(), tgt
+
+
+def test_views_golden():
+    _, _, code, report = build(PAIRS)
+    assert strategies(report) == {4: "vmap", 5: "batched"}, (report, code)
+    guard = next(line for line in code.splitlines() if "isinstance(est, torch.Tensor)" in line)
+    for x in ("est", "tgt"):  # the receiver is checked before its view is taken
+        assert guard.index(f"isinstance({x}, torch.Tensor)") < guard.index(f"{x}.transpose"), guard
+
+
+def test_other_iterated_calls_are_kept():
+    _, _, code, report = build(PAIRS.replace("est.transpose(0, 1)", "est.abs()"))
+    kept = {loop.lineno: loop.reason for loop in report.loops if not loop.vectorized}
+    assert list(kept) == [4] and "`est.abs()` is not a plain name" in kept[4], report
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("special", [False, True])
+def test_pair_losses_run_vectorized_and_equivalent(user, dtype, special):
+    est, tgt = _signals(dtype, special)
+    report = equivalent_report(user.pit, est, tgt)
+    outer, inner = sorted(report.loops, key=lambda loop: loop.lineno)
+    assert outer.vectorized and (outer.vectorized_runs, outer.original_runs) == (1, 0), outer
+    assert inner.vectorized
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_permuted_view_equivalent(user, dtype):
+    x = _signals(dtype, True, (3, 4, 5))[0]
+    [loop] = equivalent_report(user.rows_of, x).loops
+    assert (loop.vectorized_runs, loop.original_runs) == (1, 0)
+
+
+def test_a_receiver_that_is_no_tensor_runs_as_written():
+    """An object with its own ``transpose``: called as often as by the loop as written."""
+    calls = []
+
+    class Sources:
+        def transpose(self, a, b):
+            calls.append((a, b))
+            return [torch.ones(2, 4), torch.zeros(2, 4)]
+
+    original, optimized, _, _ = build(PAIRS)
+    tgt = torch.randn(2, 2, 4)
+    want = original(Sources(), tgt, None)
+    assert calls == [(0, 1)]
+    assert torch.equal(optimized(Sources(), tgt, None), want) and calls == [(0, 1)] * 2

@@ -1,0 +1,104 @@
+"""Reductions of a boolean-mask selection along the selected dim (``emb[labels == c].mean(0)``:
+class centroids and prototypes, as few-shot prototypical losses write them): dense, masked over
+the mask's dims, with the values, gradients and dtype of the loop; empty classes give NaN means
+as the loop does, integer means raise as it does."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewrite.testing import assert_equivalent
+from tests.loop_helpers import build, strategies
+
+CENTROIDS = """
+def f(x, y, k):
+    return torch.stack([x[y == c].{red}(0) for c in range(k)])
+"""
+
+WRITTEN = """
+def f(x, y, k):
+    out = x.new_zeros(k, x.shape[-1])
+    for c in range(k):
+        out[c] = (x[y == c] * 2 - 1).sum(0)
+    return out
+"""
+
+
+def _episode(dtype, special, shape=(9, 4), classes=3, empty=False):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, dtype=dtype, generator=gen)
+    y = torch.arange(shape[0]).remainder(classes).reshape(shape[:-1]) if len(shape) == 2 else \
+        torch.randint(0, classes, shape[:-1], generator=gen)
+    if empty:
+        y = y.clamp(max=classes - 2)  # the last class has no member
+    if special:  # NaN and inf in a member of one class, a tie between two members
+        x.view(-1, shape[-1])[0, 1] = float("nan")
+        x.view(-1, shape[-1])[1, 2] = float("inf")
+        x.view(-1, shape[-1])[5] = x.view(-1, shape[-1])[2]
+    return x.requires_grad_(), y
+
+
+@pytest.mark.parametrize("red", ["mean", "sum"])
+def test_centroids_golden(red):
+    _, _, code, report = build(CENTROIDS.format(red=red))
+    assert strategies(report) == {2: "vmap"}, (report, code)
+    assert ".sum(tuple(range(max(_mask.dim(), 1))))" in code, code
+    assert ("/ _keep.sum()" in code) == (red == "mean"), code
+
+
+def test_other_dims_stay_kept():
+    _, _, code, report = build(CENTROIDS.format(red="mean").replace("(0)", "(1)"))
+    assert strategies(report) == {2: "kept"} and "boolean mask indexing" in report.loops[0].reason
+
+
+@pytest.mark.parametrize("red", ["mean", "sum"])
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("shape", [(9, 4), (3, 4, 5)])
+def test_centroids_equivalent(red, special, shape):
+    original, optimized, _, _ = build(CENTROIDS.format(red=red))
+    for dtype in (torch.float32, torch.float64):
+        x, y = _episode(dtype, special, shape)
+        assert_equivalent(original, optimized, x, y, 3)
+
+
+def test_an_empty_class_has_a_nan_mean_as_the_loop():
+    original, optimized, _, _ = build(CENTROIDS.format(red="mean"))
+    x, y = _episode(torch.float64, False, empty=True)
+    assert torch.isnan(optimized(x, y, 3)[2]).all()
+    assert_equivalent(original, optimized, x, y, 3)
+
+
+def test_an_integer_mean_raises_as_the_loop():
+    original, optimized, _, _ = build(CENTROIDS.format(red="mean"))
+    x, y = torch.arange(12).reshape(6, 2), torch.arange(6) % 2
+    for fn in (original, optimized):
+        with pytest.raises(RuntimeError):
+            fn(x, y, 2)
+    build_sum = build(CENTROIDS.format(red="sum"))
+    assert torch.equal(build_sum[0](x, y, 2), build_sum[1](x, y, 2))
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_written_rows_equivalent(special):
+    original, optimized, _, report = build(WRITTEN)
+    assert strategies(report) == {3: "vmap"}, report
+    for dtype in (torch.float32, torch.float64):
+        x, y = _episode(dtype, special)
+        assert_equivalent(original, optimized, x, y, 3)
+
+
+def test_ragged_rows_summed_along_the_selected_dim():
+    """``x[i, :L].sum(0)``: the ragged slice's mask, then the row form."""
+    original, optimized, _, report = build("""
+def f(x, lengths, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        L = lengths[i].item()
+        loss = loss + (x[i, :L].sum(0) ** 2).sum()
+    return loss
+""")
+    assert strategies(report) == {3: "vmap"}, report
+    for dtype in (torch.float32, torch.float64):
+        x, _ = _episode(dtype, True, (3, 6, 4))
+        for lengths in (torch.tensor([2, 6, 0]), torch.tensor([-1, 9, 3])):
+            assert_equivalent(original, optimized, x, lengths, None)
