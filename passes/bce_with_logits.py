@@ -7,7 +7,9 @@ differentiates that composite. At an infinite logit ``-x - max_val`` is ``inf - 
 gradient where eager's (``sigmoid(x) - target``) is finite. So the vmapped body calls this
 instead (the registry's ``OpSpec.vmap_fn``): the same arguments, checks and errors as the
 functional form, eager's formulas for the value and for both gradients, in an autograd.Function
-whose vmap rule torch derives from them (``generate_vmap_rule``).
+whose vmap rule torch derives from them (``generate_vmap_rule``). Dynamo turns an
+autograd.Function into an op without a vmap rule, so under ``torch.compile`` the call runs
+outside the graph (a graph break: the vmap around it runs eagerly, with eager's gradients).
 """
 from __future__ import annotations
 
@@ -72,4 +74,12 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if input.dtype != target.dtype:  # eager rounds to the target's dtype after every step
         return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
                                                   pos_weight=pos_weight)
+    if torch.compiler.is_compiling():
+        return _eager_apply(input, target, weight, pos_weight, _reduction.get_enum(reduction))
     return _Loss.apply(input, target, weight, pos_weight, _reduction.get_enum(reduction))
+
+
+@torch.compiler.disable
+def _eager_apply(*args):
+    """``_Loss.apply`` run by Python, not traced by Dynamo."""
+    return _Loss.apply(*args)

@@ -235,19 +235,32 @@ def inputs(draw, dtype: torch.dtype) -> tuple:
     return tensor(B, D), tensor(B, D), tensor(D), labels
 
 
+MUST_KEEP_OUTCOMES = {"vectorized": "distributed", "kept": "kept whole"}
+
+
 def summarize(path: str) -> str:
-    """The figures of a long run's ``OL_FUZZ_STATS`` file: programs by outcome, known bugs hit."""
-    outcomes, known = collections.Counter(), collections.Counter()
+    """The figures of a long run's ``OL_FUZZ_STATS`` file (or several runs' appended): programs by
+    kind (claimed patterns or must-keep, eager or compiled by a backend) and outcome, where a
+    must-keep program that vectorized is one distributed; known bugs hit."""
+    outcomes, known = collections.defaultdict(collections.Counter), collections.Counter()
     with open(path) as f:
         for entry in map(json.loads, f):
-            if "outcome" in entry:
-                outcomes[entry["outcome"]] += 1
-                known[entry.get("bug")] += entry["outcome"] == "known"
-    programs = sum(n for outcome, n in outcomes.items() if outcome != "known")
-    lines = [f"{programs} programs: " + ", ".join(f"{n} {o}" for o, n in outcomes.most_common()
-                                                   if o != "known"),
-             f"{outcomes['known']} draws not run because they hit a known bug:"]
-    return "\n".join(lines + [f"  {n} {bug}" for bug, n in known.most_common() if n])
+            if entry.get("outcome") == "known":
+                known[entry["bug"]] += 1
+            elif "outcome" in entry:
+                kind = (("must-keep" if entry["keep"] else "claimed patterns") + ", "
+                        + (entry["compiled"] or "eager"))
+                outcome = entry["outcome"]
+                if entry["keep"]:
+                    outcome = MUST_KEEP_OUTCOMES.get(outcome, outcome)
+                outcomes[kind][outcome] += 1
+    total = sum(sum(counts.values()) for counts in outcomes.values())
+    lines = [f"{total} programs"]
+    lines += [f"  {kind}: {sum(counts.values())}: "
+              + ", ".join(f"{n} {o}" for o, n in counts.most_common())
+              for kind, counts in sorted(outcomes.items())]
+    lines.append(f"{sum(known.values())} draws not run because they hit a known bug:")
+    return "\n".join(lines + [f"  {n} {bug}" for bug, n in known.most_common()])
 
 
 if __name__ == "__main__":

@@ -9,11 +9,17 @@ Each mutant changes one thing in one module: a comparison flipped (``<`` to ``>=
 ``not in``), ``and``/``or`` swapped, ``+``/``-`` and ``*``/``/`` swapped, a ``not`` dropped, a
 constant changed (numbers + 1, booleans negated, strings prefixed with "XX"), or one entry dropped
 from a dict, list, tuple or set literal (a table row). Docstrings and annotations are left alone.
-A baseline run records which test runs which line of the module (``sys.settrace``); a mutant then
-runs only those tests (all of them for lines run at import), ``-x``, in a forked child of this process (torch stays imported), with the
-mutated module served in place of the file. Killed: a test failed, or the run took over
-``TIMEOUT`` times the baseline. Survived: every test passed, or no test runs the line. Equivalent
-mutants (no test can tell them apart) are listed in ``EQUIVALENT`` with the reason and excluded.
+A baseline run records which test runs which line of the module, and which names the project's
+code each test runs reads (``sys.settrace``); a mutant then runs only those tests, ``-x``, in a
+forked child of this process (torch stays imported), with the mutated module served in place of
+the file. A mutant of a line run at import (a table) runs the tests whose code reads a name that
+line binds, or one bound from it in the module (``LIST_CONSUMERS`` also for ``{**LIST_CONSUMERS,
+...}``); every test when a module or class body, or code run outside any test, reads one (a
+table built from it at import). Killed: a test failed, or the run took over ``TIMEOUT`` times the
+baseline. A mutant the selected tests let live runs again with every test of the module, so a
+selection that misses a reader (a value cached by an earlier test) costs time, never a kill.
+Survived: every test passed, or no test runs the line. Equivalent mutants (no test can tell them
+apart) are listed in ``EQUIVALENT`` with the reason and excluded.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import ast
 import copy
 import importlib.abc
 import importlib.util
+import inspect
 import os
 import signal
 import sys
@@ -43,6 +50,8 @@ TARGETS = {
 }
 TIMEOUT = 5
 IMPORT = "<import>"  # the baseline's key for lines run outside any test
+BODIES = "<bodies>"  # ... for the names module and class bodies read
+PROJECT = tuple(str(ROOT / d) + os.sep for d in ("passes", "rewrite", "tests", "examples"))
 # (module, line, mutation) -> why no test can tell the mutant from the original.
 EQUIVALENT: dict[tuple[str, int, str], str] = {}
 
@@ -160,16 +169,25 @@ class _Serve(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 class _LineTracer:
-    """pytest plugin: the lines of one file each test runs."""
+    """pytest plugin: the lines of one file each test runs, and the names (globals and attributes,
+    ``co_names``) the project's code it runs reads; module and class bodies' names under
+    ``BODIES``, wherever they run."""
 
     def __init__(self, path: str):
         # lines run outside tests (imports at collection, cached tables) count for every test
-        self.path, self.lines = path, {IMPORT: set()}
-        self.current = self.lines[IMPORT]
+        self.path, self.lines, self.names = path, {IMPORT: set()}, {IMPORT: set(), BODIES: set()}
+        self.current, self.current_names = self.lines[IMPORT], self.names[IMPORT]
         sys.settrace(self._trace)
 
     def _trace(self, frame, event, arg):
-        if frame.f_code.co_filename != self.path:
+        code = frame.f_code
+        if code.co_filename.startswith(PROJECT):
+            body = not code.co_flags & inspect.CO_NEWLOCALS
+            if not body:
+                self.current_names.update(code.co_names)
+            elif code.co_filename != self.path:  # the module's own body binds every name
+                self.names[BODIES].update(code.co_names)
+        if code.co_filename != self.path:
             return None
         self.current.add(frame.f_lineno)
 
@@ -181,9 +199,10 @@ class _LineTracer:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
         self.current = self.lines.setdefault(item.nodeid, set())
+        self.current_names = self.names.setdefault(item.nodeid, set())
         sys.settrace(self._trace)
         yield
-        self.current = self.lines[IMPORT]
+        self.current, self.current_names = self.lines[IMPORT], self.names[IMPORT]
 
 
 class _FirstFailure:
@@ -235,21 +254,46 @@ def _pytest(args: list[str], plugins=()) -> int:
                         "addopts=", *args], plugins=list(plugins))
 
 
-def baseline(path: str, tests: list[str]) -> tuple[dict[str, set[int]], float]:
-    """Lines per test id, from one traced run of ``tests`` (in a child), and its duration."""
+def baseline(path: str, tests: list[str]) -> tuple[dict[str, set[int]], dict[str, set[str]], float]:
+    """Lines and names read per test id (``_LineTracer``), from one traced run of ``tests`` (in a
+    child), and its duration."""
     out = ROOT / f".mutation_baseline_{os.getpid()}"
 
     def run():
         _forget_project_modules()
         tracer = _LineTracer(str(ROOT / path))
         code = _pytest(tests, [tracer])
-        out.write_text(repr({k: sorted(v) for k, v in tracer.lines.items()}))
+        out.write_text(repr([{k: sorted(v) for k, v in table.items()}
+                             for table in (tracer.lines, tracer.names)]))
         return code
     status, seconds = _wait(*_fork(run), None)
     assert status == 0, f"the tests fail without a mutant: {tests}"
-    lines = {k: set(v) for k, v in ast.literal_eval(out.read_text()).items()}
+    lines, names = ({k: set(v) for k, v in table.items()} for table in ast.literal_eval(out.read_text()))
     out.unlink()
-    return lines, seconds
+    return lines, names, seconds
+
+
+def bound_from(tree: ast.Module, line: int) -> set[str]:
+    """The names the module's top-level statement at ``line`` binds, with the names later
+    top-level statements bind from them (``B = {**A, ...}``)."""
+    found: set[str] = set()
+    for statement in tree.body:
+        targets = ({statement.name} if isinstance(statement, (ast.FunctionDef, ast.ClassDef))
+                   else {n.id for n in ast.walk(statement) if isinstance(n, ast.Name)
+                         and isinstance(n.ctx, ast.Store)})
+        reads = {n.id for n in ast.walk(statement) if isinstance(n, ast.Name)
+                 and isinstance(n.ctx, ast.Load)}
+        if statement.lineno <= line <= statement.end_lineno or reads & found:
+            found |= targets
+    return found
+
+
+def readers(names: dict[str, set[str]], bound: set[str]) -> list[str] | None:
+    """The tests whose code reads a name in ``bound``; None (every test) when code run at import
+    or a module or class body reads one, or no test's code does."""
+    if bound & (names[IMPORT] | names[BODIES]):
+        return None
+    return [t for t, read in names.items() if t not in (IMPORT, BODIES) and read & bound]
 
 
 def score(path: str, tests: list[str], sample: int | None = None,
@@ -258,8 +302,9 @@ def score(path: str, tests: list[str], sample: int | None = None,
     of them evenly spread (every k-th), when a full run does not fit."""
     source = (ROOT / path).read_text()
     name = path.removesuffix(".py").replace("/", ".")
-    lines, seconds = baseline(path, tests)
+    lines, names, seconds = baseline(path, tests)
     imported = lines.pop(IMPORT)
+    tree = ast.parse(source)
     in_functions = {n.lineno for f in ast.walk(ast.parse(source))
                     if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
                     if hasattr(n, "lineno")}
@@ -272,32 +317,42 @@ def score(path: str, tests: list[str], sample: int | None = None,
             continue
         counted += 1
         ids = [t for t, ran in lines.items() if line in ran]
-        if line not in in_functions or line in imported:  # tables: every test may read them
-            ids = list(lines)
+        if line not in in_functions or line in imported:  # tables: the tests that read them
+            ids = readers(names, bound_from(tree, line)) or list(lines)
         if not ids:
             survivors.append(f"{path}:{line}: {what} (no test runs this line)")
             continue
         code = compile(mutant(source, index), str(ROOT / path), "exec")
-        ids.sort(key=lambda i: killers.index(i) if i in killers else len(killers))
-        result = ROOT / f".mutation_killer_{os.getpid()}"
-
-        def run():
-            _forget_project_modules()
-            sys.meta_path.insert(0, _Serve(name, code))
-            recorder = _FirstFailure()
-            status = _pytest(ids, [recorder])
-            result.write_text(recorder.nodeid)
-            return status
-        status, _ = _wait(*_fork(run), TIMEOUT * seconds + 30)
+        status = _run_mutant(name, code, ids, killers, TIMEOUT * seconds + 30)
+        if status == 0 and set(ids) != set(lines):  # a reader the trace missed: every test
+            status = _run_mutant(name, code, list(lines), killers, TIMEOUT * seconds + 30)
         if status == 0:
             survivors.append(f"{path}:{line}: {what}")
         else:
             killed += 1
-            killer = result.read_text() if result.exists() else ""
-            killers[:] = [killer] + [k for k in killers if k != killer] if killer else killers
-        result.unlink(missing_ok=True)
-        print(f"{path}:{line}: {what}: {'survived' if status == 0 else 'killed'}", flush=True)
+        print(f"{path}:{line}: {what}: {'survived' if status == 0 else 'killed'} "
+              f"({len(ids)} of {len(lines)} tests selected)", flush=True)
     return killed, counted, survivors
+
+
+def _run_mutant(name: str, code, ids: list[str], killers: list[str], limit: float) -> int | None:
+    """The exit status of ``ids`` run on the mutant (None: timed out), the tests that killed a
+    mutant before run first; a killer goes to the front of ``killers``."""
+    ids = sorted(ids, key=lambda i: killers.index(i) if i in killers else len(killers))
+    result = ROOT / f".mutation_killer_{os.getpid()}"
+
+    def run():
+        _forget_project_modules()
+        sys.meta_path.insert(0, _Serve(name, code))
+        recorder = _FirstFailure()
+        status = _pytest(ids, [recorder])
+        result.write_text(recorder.nodeid)
+        return status
+    status, _ = _wait(*_fork(run), limit)
+    killer = result.read_text() if status != 0 and result.exists() else ""
+    killers[:] = [killer] + [k for k in killers if k != killer] if killer else killers
+    result.unlink(missing_ok=True)
+    return status
 
 
 def _warm(tests: list[str]) -> None:

@@ -35,7 +35,7 @@ def test_golden_appended_stand_ins_and_the_mask_of_their_items():
 
 @pytest.mark.parametrize("src", [
     "dist.append(x[i][m])\ndist.append(x[i][~m])",        # two masks for one list's items
-    "dist.append(x[i][m].sum(0))",                          # reduced along a dim
+    "dist.append(x[i][m].cumsum(0))",                       # a scan along the selection
     "value = x[i][m]\nif c:\n    value = value * 2\ndist.append(value)",  # rebound in a branch
 ])
 def test_golden_unchanged(src):

@@ -60,3 +60,16 @@ def test_mixed_dtypes_round_as_eager():
     x, t = torch.randn(5, dtype=torch.float64), torch.rand(5)
     got = binary_cross_entropy_with_logits(x, t, reduction="none")
     assert torch.equal(got, F.binary_cross_entropy_with_logits(x, t, reduction="none"))
+
+
+def test_vmapped_under_torch_compile_gives_eagers_gradients():
+    """Dynamo cannot vmap an autograd.Function: the call runs outside the graph."""
+    x = torch.tensor([[-INF, 0.5], [INF, -2.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.25, 1.0], [0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    pos_weight = t[0].detach() + 0.5
+    fn = torch.vmap(lambda a, b: binary_cross_entropy_with_logits(a, b, pos_weight=pos_weight))
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=False)
+    want, got = fn(x, t), compiled(x, t)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    for a, b in zip(torch.autograd.grad(got.sum(), (x, t)), torch.autograd.grad(want.sum(), (x, t))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

@@ -103,7 +103,7 @@ GOLDEN = {
     "hard_examples": """
         def f(x, y, th):
             hard = []
-            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(hard, list) and isinstance(len(x), int) and (len(x) > 0):
+            if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(hard, list) and isinstance(len(x), int) and (len(x) > 0):
                 'optimize_loss: loop at line 3 vectorized'
                 if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == 2) and (y.dim() == 1) and (y.dtype in (torch.int64, torch.int32)) and (not isinstance(th, torch.Tensor)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
@@ -111,14 +111,14 @@ GOLDEN = {
                     _t = _y_row.unsqueeze(1)
                     _t_1 = F.cross_entropy(_x_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
                     l = _t_1.sum(1) / (_t != -100).sum(1)
-                    _cond = torch.ne(l.detach() > th, 0)
+                    _cond = torch.ne(l.detach().double() > th, 0)
                     _hard_item = torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], l.shape[1:]]), l, torch.zeros_like(l))
                     _outs = (_hard_item, _cond)
                 else:
 
                     def _body(_x_row, _y_row):
                         l = F.cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
-                        _cond = torch.ne(l.detach() > th, 0)
+                        _cond = torch.ne(l.detach().double() > th, 0)
                         _hard_item = torch.where(_cond.reshape(_branch_shape[_cond.shape, l.shape]), l, torch.zeros_like(l))
                         return (torch.as_tensor(_hard_item), torch.as_tensor(_cond))
                     _outs = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])

@@ -802,3 +802,35 @@ def f(x, y, th):
 """)
     x = torch.tensor([[1., 3.], [NAN, 0.], [2., -1.]], requires_grad=True)
     assert_equivalent(original, fast, x, torch.tensor([0, 1, 0]), 0.5)
+
+
+@pytest.mark.parametrize("keywords", ["", ", pos_weight=w.detach() * 2"])
+def test_bce_with_logits_in_a_vmapped_body_under_torch_compile(tmp_path, keywords):
+    # Dynamo has no vmap rule for the autograd.Function the vmapped body calls (found by the
+    # compiled fuzzer: "torch.compile failed ... does not have vmap support")
+    source = f"""
+def f(x, w):
+    m = torch.tensor(float("-inf"), dtype=x.dtype)
+    for i in range(x.shape[0]):
+        m = torch.maximum(m, F.binary_cross_entropy_with_logits(x[i], torch.sigmoid(w){keywords}))
+    return m
+"""
+    fn = load_module(tmp_path, "import torch\nimport torch.nn.functional as F\n" + source).f
+    fast = rewrite.optimize_loss(fn, strict=True, backend="aot_eager", verify_compiled=False)
+    assert "vmap" in fast.report.loops[0].reason
+    assert_equivalent(fn, fast, torch.tensor([[-INF, 0.5], [INF, -2.0]], requires_grad=True),
+                      torch.tensor([0.25, 0.75], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="share_common_subexpressions merges the two backward paths "
+                   "of a value computed twice: at an infinite local derivative one path's zero "
+                   "cotangent gives NaN in the original (0 * inf) and is summed away when shared")
+def test_a_value_computed_twice_at_an_infinite_derivative(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    a = torch.sqrt(x)
+    b = torch.sqrt(x)
+    d = b - x
+    return a.sum() + (d * d).sum()
+""")
+    assert_equivalent(original, fast, torch.tensor([0.0, 1.0, 0.25], requires_grad=True))

@@ -78,3 +78,50 @@ def test_loops_vectorize_with_the_same_result(tmp_path, name):
                      requires_grad=True)
     assert not differences(original, fast, (x,), {})
     assert fast.report.loops[0].vectorized, fast.report.loops[0]
+
+
+@pytest.mark.parametrize("read", ["max(lst)", "min(lst)", "len(lst)"])
+def test_a_list_read_whole_after_its_loop_is_bound_to_the_stacked_items(tmp_path, read):
+    """``max``/``min``/``len`` of the list answer the same on the stacked tensor: the list name is
+    bound to it, no list of its rows is made."""
+    source = f"""
+def f(x):
+    lst = []
+    for i in range(x.shape[0]):
+        lst.append(x[i].sum() * 2)
+    return {read}
+"""
+    original = load_module(tmp_path, "import torch\n" + source).f
+    fast = rewrite.optimize_loss(original, compile=False, strict=True)
+    x = torch.tensor([[0.1, 0.2], [0.5, 0.7], [-0.3, 0.1]], dtype=torch.float64, requires_grad=True)
+    assert not differences(original, fast, (x,), {})
+    assert "unbind" not in fast.report.rewritten_source
+
+
+WHOLE_READS = {  # a list read only whole: by a reader of every item, or iterated by zip/enumerate
+    "stack": "xs = [torch.sqrt(x[i]) * 2 for i in range(x.shape[0])]\n    return torch.stack(xs).sum()",
+    "cat": "xs = [torch.sqrt(x[i]) * 2 for i in range(x.shape[0])]\n    return torch.cat(xs).sum()",
+    "tensor": "xs = [torch.sqrt(x[i]).sum() * 2 for i in range(x.shape[0])]\n    return torch.tensor(xs)",
+    "sum": "xs = [torch.sqrt(x[i]).sum() * 2 for i in range(x.shape[0])]\n    return sum(xs)",
+    "len": "xs = [torch.sqrt(x[i]) * 2 for i in range(x.shape[0])]\n"
+           "    return len(xs) * torch.cat(xs).sum()",
+    "enumerate": "lst = []\n    for i in range(x.shape[0]):\n        lst.append(x[i] * 2)\n"
+                 "    total = 0\n    for k, v in enumerate(lst):\n        total = total + k * v.sum()\n"
+                 "    return total",
+    "zip": "lst = []\n    for i in range(x.shape[0]):\n        lst.append(x[i] * 2)\n"
+           "    total = 0\n    for v, w in zip(lst, x):\n        total = total + (v * w).sum()\n"
+           "    return total",
+}
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_READS))
+def test_a_list_read_whole_is_the_stacked_items(tmp_path, name):
+    """The comprehension or appending loop vectorizes although its items may have a NaN/inf
+    derivative (every item is read), and the name is bound to the stacked tensor, not to a list
+    of its rows."""
+    original = load_module(tmp_path, f"import torch\ndef f(x):\n    {WHOLE_READS[name]}\n").f
+    fast = rewrite.optimize_loss(original, compile=False, strict=True)
+    x = torch.tensor([[0.1, 0.2], [0.5, 0.7], [0.3, 0.1]], dtype=torch.float64, requires_grad=True)
+    assert not differences(original, fast, (x,), {})
+    assert all(loop.vectorized for loop in fast.report.loops), fast.report.loops
+    assert "unbind" not in fast.report.rewritten_source

@@ -418,7 +418,7 @@ class _Converter:
     def _binds_scalar(self, s: ast.stmt) -> bool:
         return (isinstance(s, ast.Assign) and len(s.targets) == 1
                 and isinstance(s.targets[0], ast.Name) and s.targets[0].id in self.once
-                and self._reduction(s.value) is not None)
+                and _reduction(s.value, self.ctx) is not None)
 
     # -- expressions -----------------------------------------------------------------------------
     def expr(self, e: ast.expr) -> ast.expr:
@@ -432,31 +432,9 @@ class _Converter:
             if isinstance(n, ast.Name) and n.id in self.selected:
                 raise _Refused(f"`{n.id}` read outside a reduction")
 
-    def _reduction(self, call: ast.expr) -> tuple[str, ast.expr] | None:
-        """(dense form, operand) of a full reduction or count call; ("loss", call) for a
-        loss reduced to one value (``LOSS_REDUCTIONS``)."""
-        if not isinstance(call, ast.Call):
-            return None
-        form = call_op(call, self.ctx).selection
-        if form in ("pointwise_loss", "class_loss"):
-            reduction = next((k.value for k in call.keywords if k.arg == "reduction"),
-                             ast.Constant("mean"))
-            found = isinstance(reduction, ast.Constant) and reduction.value in LOSS_REDUCTIONS
-            return ("loss", call) if found else None
-        if form is None or call.keywords:
-            return None
-        if method_name(call, self.ctx) is not None:
-            if call.args:
-                rows = len(call.args) == 1 and literal(call.args[0]) == 0 and form in ROW_FORMS
-                return (ROW_FORMS[form], call.func.value) if rows else None
-            return form, call.func.value
-        if len(call.args) == 1 and not isinstance(call.args[0], ast.Starred):
-            return form, call.args[0]
-        return None
-
     def reduce(self, call: ast.Call) -> ast.expr | None:
         """The dense form of a full reduction of selections, None when ``call`` is not one."""
-        found = self._reduction(call)
+        found = _reduction(call, self.ctx)
         if found is None:
             return None
         form, operand = found
@@ -569,7 +547,7 @@ class _Converter:
         """A 0-d value or a number: broadcasts the same against a selection and its stand-in."""
         if isinstance(e, ast.Name) and e.id in self.scalars:
             return True
-        if self._reduction(e) is not None:  # reductions and counts are 0-d or numbers
+        if _reduction(e, self.ctx) is not None:  # reductions and counts are 0-d or numbers
             return True
         if isinstance(e, (ast.Name, ast.Attribute)) and _simple(e) \
                 and not (loads(e) & (self.assigned | self.seeds)):
@@ -647,6 +625,29 @@ class _Converter:
         return _Fill(subs).visit(expr)
 
 
+def _reduction(call: ast.expr, ctx: PassContext) -> tuple[str, ast.expr] | None:
+    """(dense form, operand) of a full reduction or count call; ("loss", call) for a
+    loss reduced to one value (``LOSS_REDUCTIONS``)."""
+    if not isinstance(call, ast.Call):
+        return None
+    form = call_op(call, ctx).selection
+    if form in ("pointwise_loss", "class_loss"):
+        reduction = next((k.value for k in call.keywords if k.arg == "reduction"),
+                         ast.Constant("mean"))
+        found = isinstance(reduction, ast.Constant) and reduction.value in LOSS_REDUCTIONS
+        return ("loss", call) if found else None
+    if form is None or call.keywords:
+        return None
+    if method_name(call, ctx) is not None:
+        if call.args:
+            rows = len(call.args) == 1 and literal(call.args[0]) == 0 and form in ROW_FORMS
+            return (ROW_FORMS[form], call.func.value) if rows else None
+        return form, call.func.value
+    if len(call.args) == 1 and not isinstance(call.args[0], ast.Starred):
+        return form, call.args[0]
+    return None
+
+
 def _test(conv: _Converter, e: ast.expr) -> ast.expr:
     """An ``if`` test: ``and``/``or``/``not`` of conditions on counts and reductions
     (``len(neg) == 0 or len(pos) <= 1``) convert part by part, for tensor_branches_to_where
@@ -657,7 +658,7 @@ def _test(conv: _Converter, e: ast.expr) -> ast.expr:
         return e
     if not isinstance(e, ast.BoolOp):
         return conv.expr(e)
-    if any(conv._reduction(n) is not None and conv._reduction(n)[0] in EXTREMES
+    if any(_reduction(n, conv.ctx) is not None and _reduction(n, conv.ctx)[0] in EXTREMES
            for v in e.values[1:] for n in walk(v)):
         conv.refuse_inside(e)
     e.values = [_test(conv, v) for v in e.values]
