@@ -6,7 +6,8 @@ import ast
 
 from passes.ast_tools import PassContext, clone, fix_missing_locations, unparse
 from passes.loops import (gather_keyed_reads, loop_dataflow, materialize_iterators,
-                          normalize_comprehensions, stack_tensor_lists, vectorize_loops)
+                          normalize_comprehensions, outer_dependent_ranges_to_masks,
+                          stack_tensor_lists, vectorize_loops)
 from passes.loops.plan import LoopPlan, new_plan
 from tests.loop_helpers import context, dedent, namespace
 
@@ -25,6 +26,7 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
     loop = next(s for s in func.body if isinstance(s, ast.For))
     inner = vectorize_loops._Vectorizer(ctx)
     inner.func, inner.live = func, loop_dataflow.live_after_loops(func)
+    inner.outer_bounds = outer_dependent_ranges_to_masks.index_bounds(loop, ctx)
     inner.generic_visit(loop)
     after, divided = loop_dataflow.divisions_after_loops(func).get(id(loop), (None, {}))
     plan = new_plan(loop, loop_dataflow.live_after_loops(func)[id(loop)], ctx,

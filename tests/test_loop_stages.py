@@ -20,7 +20,8 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           last_values_after_loop,
                           masked_selections_to_where, materialize_iterators, merge_branch_appends,
                           module_loss_calls,
-                          merge_chained_indexing, outline_body, promoting_folds_run_as_written,
+                          merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
+                          promoting_folds_run_as_written,
                           excluded_items_to_masks, ragged_slices_to_masks,
                           raise_on_empty_selections, rename_rebound_loop_variables,
                           row_slices_to_params, runtime_checks, stack_tensor_lists,
@@ -1543,8 +1544,10 @@ def test_golden(stage, src, fields, before, after):
 
 
 def test_every_stage_has_a_case_and_a_no_change_case():
-    # their own tests: inline_helper_calls below, module_loss_calls in test_module_loss_calls
-    stages = set(vectorize_loops.LOOP_STAGES) - {inline_helper_calls, module_loss_calls}
+    # their own tests: inline_helper_calls below, module_loss_calls in test_module_loss_calls,
+    # outer_dependent_ranges_to_masks (an inner loop's stage) in its test module
+    stages = set(vectorize_loops.LOOP_STAGES) - {inline_helper_calls, module_loss_calls,
+                                                 outer_dependent_ranges_to_masks}
     assert {c[0] for c in CASES} == stages
     unchanged = {c[0] for c in CASES if c[3] == c[4] or c[4].startswith("\nUnsupported")}
     assert stages - unchanged == ALWAYS_FILLING

@@ -23,6 +23,10 @@ tensor are tensors of one shape. It is lifted, behind ``isinstance(emb, torch.Te
         ->  isinstance(emb, torch.Tensor) and emb.dim() - 1 > 0 and emb.shape[1] > 0
 
 Any other read of the outer iteration in a check keeps the outer loop as written.
+
+An inner fold that runs the inner loop as written when it would promote an accumulator's dtype
+(``promoting_folds_run_as_written``) becomes its folds: the outer loop's folds of that
+accumulator check the same promotion, on the sum over both loops (``plan.uses_where``).
 """
 from __future__ import annotations
 
@@ -34,19 +38,21 @@ from ..errors import Unsupported
 from . import normalize_comprehensions
 from .loop_dataflow import loads, stores_in
 from .plan import LoopPlan
-from .runtime_checks import conjuncts, is_vectorized_guard
+from .runtime_checks import conjuncts, is_as_written, is_vectorized_guard
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {n for n, _ in it.elements}
     lift = _LiftToTensor(it.index, dict(it.elements), seeds | stores_in(plan.body), ctx)
-    plan.body = _inline(plan.body, seeds, plan.inner_checks, lift, ctx)
+    forms = _InlinedForms(it.index)
+    plan.body = _inline(plan.body, seeds, plan.inner_checks, lift, forms, ctx)
+    plan.uses_where |= forms.bails
     return plan
 
 
 def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
-            lift: "_LiftToTensor", ctx: PassContext) -> list[ast.stmt]:
+            lift: "_LiftToTensor", forms: "_InlinedForms", ctx: PassContext) -> list[ast.stmt]:
     """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``."""
     assigned = stores_in(body)
     out, stacked = [], set()
@@ -68,10 +74,10 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                             checks.append(c)
                     continue
                 checks.append(g)
-            out += s.body[1:]
+            out += forms.visit(ast.Module(s.body[1:], [])).body
         elif isinstance(s, ast.If):
-            s.body = _inline(s.body, seeds, checks, lift, ctx)
-            s.orelse = _inline(s.orelse, seeds, checks, lift, ctx)
+            s.body = _inline(s.body, seeds, checks, lift, forms, ctx)
+            s.orelse = _inline(s.orelse, seeds, checks, lift, forms, ctx)
             out.append(s)
         else:
             out.append(s)
@@ -84,9 +90,36 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
 
 def _is_int_check(g: ast.expr, names: set[str]) -> bool:
     """``isinstance(i, int)`` for one of ``names``."""
+    return _is_type_check(g, names, "int")
+
+
+def _is_type_check(g: ast.expr, names: set[str], kind: str) -> bool:
+    """``isinstance(i, <kind>)`` for one of ``names``; a ``kind`` starting with a dot is an
+    attribute of that name (``.Tensor``: ``torch.Tensor`` however torch is spelled)."""
     return (isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and g.func.id == "isinstance"
             and len(g.args) == 2 and isinstance(g.args[0], ast.Name) and g.args[0].id in names
-            and isinstance(g.args[1], ast.Name) and g.args[1].id == "int")
+            and (isinstance(g.args[1], ast.Name) and g.args[1].id == kind
+                 or kind.startswith(".") and isinstance(g.args[1], ast.Attribute)
+                 and g.args[1].attr == kind[1:]))
+
+
+class _InlinedForms(Transformer):
+    """In an inner loop's vectorized statements: ``if <a fold would promote>: <the inner loop
+    as written> else: <folds>`` -> ``<folds>`` (``bails`` says whether there was one), and the
+    batched form for a host-number outer index (``if not isinstance(i, torch.Tensor) and ...:``)
+    -> its vmap form, the one that runs where the outer loop makes ``i`` a tensor."""
+
+    def __init__(self, index: str):
+        self.index, self.bails = index, False
+
+    def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt]:
+        if is_as_written(node):
+            self.bails = True
+            return [self.visit(s) for s in node.orelse]
+        if any(isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) and _is_type_check(
+                g.operand, {self.index}, ".Tensor") for g in conjuncts(node.test)):
+            return [self.visit(s) for s in node.orelse]
+        return self.generic_visit(node)
 
 
 class _LiftToTensor(Transformer):

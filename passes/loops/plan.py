@@ -89,6 +89,8 @@ class LoopPlan:
     divided: dict[str, str] = field(default_factory=dict)  # divided after the loop: by what
     masks: set[str] = field(default_factory=set)    # bound to boolean tensors only (comparisons)
     outer_indices: set[str] = field(default_factory=set)  # enclosing loops' range/enumerate ints
+    # enclosing ``range`` loops' indices -> their first and last values
+    outer_bounds: dict[str, tuple[ast.expr, ast.expr]] = field(default_factory=dict)
     torch_name: str = "torch"                       # how generated code spells torch
     # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
     # its stacked items, and those it does bind.

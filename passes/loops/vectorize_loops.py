@@ -90,7 +90,8 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                materialize_iterators, module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
-               outline_body, promoting_folds_run_as_written, ragged_slices_to_masks,
+               outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
+               ragged_slices_to_masks,
                raise_on_empty_selections,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                stack_tensor_lists, tensor_branches_to_where,
@@ -103,6 +104,7 @@ from .runtime_checks import MARKER, is_as_written, is_vectorized_guard, proven_t
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
     iteration,                    # first: every stage reads the iteration
+    outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
@@ -182,6 +184,7 @@ class _Vectorizer(Transformer):
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
         self.masks: set[str] = set()          # names the function binds to boolean tensors only
         self.outer_indices: list[str] = []    # the enclosing loops' range/enumerate indices
+        self.outer_bounds: dict = {}          # ... the range ones' first and last values
         self.list_names: frozenset[str] = frozenset()  # names it may hold as lists of tensors
         self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
         self.iterators: dict[str, tuple[int, int]] = {}  # bound to iterators: last read
@@ -250,7 +253,7 @@ class _Vectorizer(Transformer):
                      buildable_lists=self.buildable_lists.get(id(node), set()),
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx),
-                     outer_indices=set(self.outer_indices))
+                     outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds))
         try:
             # lists stacked by this plan only: the other routes below have no prelude
             plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
@@ -289,9 +292,13 @@ class _Vectorizer(Transformer):
 
     def _visit_inner(self, node: ast.For, index: str | None, depth: int) -> None:
         self.outer_indices += [index] if index else []
+        enclosing = self.outer_bounds
+        self.outer_bounds = {**enclosing, **outer_dependent_ranges_to_masks.index_bounds(
+            node, self.ctx)}
         outer, self.depth = self.depth, depth
         self.generic_visit(node)
         self.depth = outer
+        self.outer_bounds = enclosing
         del self.outer_indices[len(self.outer_indices) - bool(index):]
 
     def _twin(self, node: ast.For) -> ast.For | None:
