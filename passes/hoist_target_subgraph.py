@@ -27,6 +27,8 @@ reason goes to ``node.meta[NOT_HOISTED_BECAUSE]``):
 * the op is random, reads uninitialised memory, changes global state or belongs to a torch.func
   transform (``op_facts`` tables);
 * the node has no users: it runs for its side effect (an assert, a grad-mode switch);
+* it is a ``get_attr`` of a module: a higher-order op's subgraph (an autograd.Function's
+  forward and backward), code that stays with the op calling it (``core`` gets its own copy);
 * it reads a node that is not hoisted;
 * it is not a tensor but ``core`` would need it: only tensors cross (a Python number would be
   baked into the compiled core and force a recompile whenever it changes).
@@ -51,8 +53,6 @@ from torch.fx.passes.infra.pass_base import PassResult
 from . import op_facts
 from .meta_keys import GRAD_DEPENDENCE, HOISTED, NOT_HOISTED_BECAUSE, USER_LOCATION
 
-_INPUTS = ("placeholder", "get_attr")
-
 # Reason a target-only node stays in core, by op table.
 _REFUSED = (
     (op_facts.RANDOM, "random op: a cached value would repeat one sample"),
@@ -65,13 +65,14 @@ _REFUSED = (
 def run(gm: torch.fx.GraphModule) -> PassResult:
     if hasattr(gm, "target_transform"):
         return PassResult(gm, False)
-    nodes = [n for n in gm.graph.nodes if n.op not in _INPUTS and n.op != "output"]
+    inputs = [n for n in gm.graph.nodes if _is_input(gm, n)]
+    nodes = [n for n in gm.graph.nodes if n not in inputs and n.op != "output"]
     blocked = _first_mutation(nodes)
     reasons = {n: _refusal(n, blocked) for n in nodes}
     hoisted = {n for n, reason in reasons.items()
                if reason is None and n.meta[GRAD_DEPENDENCE] == "target"}
-    _shrink(nodes, hoisted, reasons)
-    cheap = _cheap(nodes, hoisted)
+    _shrink(nodes, set(inputs), hoisted, reasons)
+    cheap = _cheap(nodes, set(inputs), hoisted)
     read = [n for n in nodes if n in hoisted and any(u not in hoisted for u in n.users)]
     recomputed = _ancestors([n for n in read if n in cheap], cheap)
     boundary = [n for n in read if n not in cheap]
@@ -84,7 +85,15 @@ def run(gm: torch.fx.GraphModule) -> PassResult:
             n.meta[NOT_HOISTED_BECAUSE] = reasons[n]
     if not boundary:
         return PassResult(gm, False)
-    return PassResult(_split(gm, hoisted, boundary, recomputed), True)
+    return PassResult(_split(gm, inputs, hoisted, boundary, recomputed), True)
+
+
+def _is_input(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """A placeholder, or a ``get_attr`` of a tensor. A ``get_attr`` of a module is a higher-order
+    op's subgraph (an autograd.Function's forward and backward, a ``cond``'s branches): part of
+    the code, copied into the graph that calls the op, never passed in as a value."""
+    return node.op == "placeholder" or (
+        node.op == "get_attr" and not isinstance(_attr(gm, node.target), torch.nn.Module))
 
 
 def _first_mutation(nodes: list[torch.fx.Node]) -> torch.fx.Node | None:
@@ -101,6 +110,8 @@ def _refusal(node: torch.fx.Node, blocked: torch.fx.Node | None) -> str | None:
             f" at {where})" if where else ")")
     if node.op == "call_module":
         return "module call: its contents are unknown"
+    if node.op == "get_attr":
+        return "a higher-order op's subgraph: code, not a value"
     name = op_facts.op_name(node)
     for table, reason in _REFUSED:
         if name in table:
@@ -110,7 +121,8 @@ def _refusal(node: torch.fx.Node, blocked: torch.fx.Node | None) -> str | None:
     return None
 
 
-def _shrink(nodes: list[torch.fx.Node], hoisted: set[torch.fx.Node], reasons: dict) -> None:
+def _shrink(nodes: list[torch.fx.Node], inputs: set[torch.fx.Node], hoisted: set[torch.fx.Node],
+            reasons: dict) -> None:
     """Drop whatever reads a node left in core or hands core a non-tensor, until nothing changes
     (unhoisting a non-tensor makes its inputs cross instead)."""
     changed = True
@@ -119,7 +131,7 @@ def _shrink(nodes: list[torch.fx.Node], hoisted: set[torch.fx.Node], reasons: di
         for n in nodes:
             if n not in hoisted:
                 continue
-            reader = next((i for i in n.all_input_nodes if i.op not in _INPUTS and i not in hoisted), None)
+            reader = next((i for i in n.all_input_nodes if i not in inputs and i not in hoisted), None)
             if reader is not None:
                 reasons[n] = f"reads {reader.name}, which is not hoisted"
             elif any(u not in hoisted for u in n.users) and not _is_tensor(n):
@@ -130,12 +142,13 @@ def _shrink(nodes: list[torch.fx.Node], hoisted: set[torch.fx.Node], reasons: di
             changed = True
 
 
-def _cheap(nodes: list[torch.fx.Node], hoisted: set[torch.fx.Node]) -> set[torch.fx.Node]:
+def _cheap(nodes: list[torch.fx.Node], inputs: set[torch.fx.Node],
+           hoisted: set[torch.fx.Node]) -> set[torch.fx.Node]:
     """Hoisted tensors made by ``op_facts.RECOMPUTED`` ops from graph inputs and each other."""
     cheap: set[torch.fx.Node] = set()
     for n in nodes:  # in graph order: a node's inputs come first
         if n in hoisted and op_facts.op_name(n) in op_facts.RECOMPUTED and _is_tensor(n) and all(
-                i.op in _INPUTS or i in cheap for i in n.all_input_nodes):
+                i in inputs or i in cheap for i in n.all_input_nodes):
             cheap.add(n)
     return cheap
 
@@ -160,13 +173,12 @@ def _is_tensor(node: torch.fx.Node) -> bool:
     return isinstance(kind, type) and issubclass(kind, torch.Tensor)
 
 
-def _split(gm: torch.fx.GraphModule, hoisted: set[torch.fx.Node], boundary: list[torch.fx.Node],
-           recomputed: set[torch.fx.Node]) -> torch.fx.GraphModule:
-    inputs = [n for n in gm.graph.nodes if n.op in _INPUTS]
+def _split(gm: torch.fx.GraphModule, inputs: list[torch.fx.Node], hoisted: set[torch.fx.Node],
+           boundary: list[torch.fx.Node], recomputed: set[torch.fx.Node]) -> torch.fx.GraphModule:
     # The core: the recomputed nodes (of inputs only, so they can go first), then the rest.
     elsewhere = hoisted | recomputed
     rest = [n for n in gm.graph.nodes if n in recomputed] + [
-        n for n in gm.graph.nodes if n.op not in _INPUTS and n not in elsewhere]
+        n for n in gm.graph.nodes if n not in inputs and n not in elsewhere]
     transform, transform_inputs = _subgraph(inputs, [n for n in gm.graph.nodes if n in hoisted],
                                             boundary, [])
     core, core_inputs = _subgraph(inputs, rest, None, boundary)

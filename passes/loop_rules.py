@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 
+from . import loop_products
+
 # Accumulator updates: how `s = s <op> e` combines, its identity for masked iterations, and the
 # reduction over the loop axis. "-" accumulates `-e` into a sum, so it shares "sum".
 ACC_BINOPS = {ast.Add: "sum", ast.Sub: "sum", ast.Mult: "prod"}
@@ -23,6 +25,9 @@ FAMILY_PICK = {"builtin_max": "v.reshape(len(v)).nan_to_num(float('-inf'), float
                "builtin_min": "v.reshape(len(v)).nan_to_num(float('inf'), float('inf'), "
                               "float('-inf')).argmin(0)"}
 FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)"}
+# ... those reduced by a function bound into the generated code instead: a product's gradient as
+# the original's factor-by-factor one (``loop_products``)
+FAMILY_REDUCE_FN = {"prod": loop_products.product}
 # ... but ``v[k]`` would run the backward of the batched items for the items not picked too
 # (zero cotangent times their local derivatives: NaN where one is NaN/inf). So the item ``e``,
 # when it reads only the iteration's index (as a subscript) and names the loop does not bind, is

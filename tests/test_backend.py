@@ -129,6 +129,35 @@ def test_work_inside_a_vmap_stays_inside_it():
     assert_equivalent(vmapped, fn, pred, target)
 
 
+class _RoundStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x.round()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def rounded_weighted_mse(pred, target, weights):
+    w = weights / weights.sum()
+    return (w * (_RoundStraightThrough.apply(pred) - target) ** 2).mean()
+
+
+def test_autograd_functions_subgraphs_stay_with_their_calls():
+    # Dynamo makes the apply a higher-order op reading its forward and backward as module
+    # attributes: code, not values, they stay in the core with it; `w` is hoisted
+    report = Report("rounded_weighted_mse", __file__, 0)
+    fn = torch.compile(rounded_weighted_mse, backend=HoistingBackend("aot_eager", report=report))
+    assert_equivalent(rounded_weighted_mse, fn, *inputs())
+    assert [line.split(": ", 1)[1] for line in report.target_only] == [
+        "w = weights / weights.sum() (sum_1, w)"]
+
+
 # -- the factory rewrite.backend(...) and the entry point --------------------------------------
 def per_sample_weighted_mse(pred, target, weights):
     loss = 0

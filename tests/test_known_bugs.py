@@ -735,14 +735,11 @@ def f(x, w):
     assert loop.vectorized_runs
 
 
-@pytest.mark.xfail(strict=True, reason="a product accumulator's fold: prod's backward divides "
-                   "the product by the factor (NaN / NaN, inf / inf) where the original's "
-                   "gradient of a factor is the product of the others; an exact product as an "
-                   "autograd.Function broke the compiled backend's target hoisting (its fwd/bwd "
-                   "body modules were hoisted as values)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("bad", [NAN, INF])
+@pytest.mark.parametrize("bad", [NAN, INF, 0.0])
 def test_product_fold_at_a_nonfinite_factor(tmp_path, bad, dtype):
+    # prod's backward divides the product by the factor (NaN / NaN); the original's gradient of
+    # a factor is the product of the others (loop_products)
     original, fast = optimized(tmp_path, """
 def f(x):
     p = torch.ones(())
@@ -753,6 +750,36 @@ def f(x):
     assert fast.report.loops[0].vectorized
     assert_equivalent(original, fast, torch.tensor([[2.], [bad], [3.]], dtype=dtype,
                                                    requires_grad=True))
+
+
+COMPILED_FUNCTIONS = {  # generated code calling an autograd.Function, at a NaN/inf input
+    "product": ("p = torch.ones(())", "p = p * (x[i] * w[i]).sum()", "p"),
+    "full_max": ("s = 0", "s += x[i].max() * w[i]", "s"),
+    "bce_vmapped": ("s = 0", "s += F.binary_cross_entropy_with_logits(x[i] @ x[i].T, "
+                    "x[i].detach().sigmoid(), reduction='sum') * w[i]", "s"),
+}
+
+
+@pytest.mark.parametrize("form, backend", [(form, "aot_eager") for form in COMPILED_FUNCTIONS]
+                         + [("product", "inductor")])
+def test_autograd_functions_compiled_with_hoisting(tmp_path, form, backend):
+    # Dynamo makes each Function a higher-order op with its forward and backward as submodules:
+    # the backend's target hoisting keeps them with the op, and hoists the target-only weights
+    init, update, result = COMPILED_FUNCTIONS[form]
+    fn = load_module(tmp_path, f"""import torch
+import torch.nn.functional as F
+def f(x, t):
+    w = t.float().softmax(0)
+    {init}
+    for i in range(x.shape[0]):
+        {update}
+    return {result}
+""").f
+    fast = rewrite.optimize_loss(fn, backend=backend, strict=True)
+    x = torch.tensor([[[2., 1.], [NAN, 0.5]], [[INF, 0.5], [1., 2.]], [[3., -1.], [0., 1.]]],
+                     requires_grad=True)
+    assert_equivalent(fn, fast, x, torch.tensor([1, 2, 0]))
+    assert fast.report.loops[0].vectorized and fast.report.target_only
 
 
 @pytest.mark.xfail(strict=True, reason="a value computed before a tensor condition and used only "

@@ -1515,7 +1515,7 @@ _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
 _p_part = 1
 _p_part = _p_part * _x_row
 _outs = (_p_part,)
-p = p * _outs[0].prod(0)
+p = p * _product(_outs[0])
 """,
      """
 # outline
@@ -1523,7 +1523,7 @@ _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
 _p_part = 1
 _p_part = _p_part * _x_row
 _outs = (_p_part,)
-p = p * _outs[0].prod(0)
+p = p * _product(_outs[0])
 """),
 ]
 

@@ -1,7 +1,8 @@
 """Stage: accumulators are folded after the loop from their stacked per-iteration values.
 
 Sum partials leave the body already summed over the loop; the others are reduced
-(``loop_rules.FAMILY_REDUCE``); Python-number counters stay Python numbers (``NUMBER_FOLD``)::
+(``loop_rules.FAMILY_REDUCE``; products by ``loop_products.product``, the original's gradient at
+a NaN/inf factor); Python-number counters stay Python numbers (``NUMBER_FOLD``)::
 
     loss = 0; for ...: loss += e        ->   loss = _outs[0]             (``FAMILY_FOLD_FROM_ZERO``)
     loss += e  (loss a tensor)          ->   loss += _outs[0]            (in place: aliases see it)
@@ -72,7 +73,9 @@ def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> a
     """The stacked values reduced over the loop; a builtin max/min's picked item evaluated again
     on its own (``PICKED_INDEX``), or ``Unsupported``."""
     if acc.family not in rules.FAMILY_PICK:
-        return plan.sub(rules.FAMILY_REDUCE[acc.family], v=acc.stacked)
+        fn = rules.FAMILY_REDUCE_FN.get(acc.family)
+        return plan.sub(f"{ctx.bind(fn, fn.__name__)}(v)" if fn else
+                        rules.FAMILY_REDUCE[acc.family], v=acc.stacked)
     k = plan.sub(rules.FAMILY_PICK[acc.family], v=acc.stacked)
     item = _self_contained_item(plan, name, ctx)
     if item is None:  # the batched backward would also run for the items not picked, and

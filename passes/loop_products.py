@@ -1,0 +1,40 @@
+"""The product of a loop's stacked factors, ``v.prod(0)``, with the original's gradient, for
+generated code.
+
+The original multiplies factor by factor (``p = p * x[i]``): factor ``i``'s gradient is the
+cotangent times the product of the other factors. ``prod``'s backward divides the product by the
+factor instead (where no factor is 0): at a NaN or inf factor that is NaN / NaN or inf / inf, a
+NaN gradient where the original's is the finite product of the others. So the fold of a product
+accumulator calls this: ``prod`` for the value, and for the backward the products of the factors
+before (an exclusive ``cumprod``) and after each one (the same, reversed), both differentiable
+(double backward). Its vmap rule is derived (``generate_vmap_rule``): an outer loop may map over
+the fold.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class _Product(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(v):
+        return v.prod(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, = ctx.saved_tensors
+        ones = torch.ones_like(v[:1])
+        before = torch.cat([ones, v[:-1]]).cumprod(0)
+        after = torch.cat([v[1:], ones]).flip(0).cumprod(0).flip(0)
+        return grad * after * before
+
+
+def product(v: torch.Tensor) -> torch.Tensor:
+    """``v.prod(0)``; the gradient of each ``v[i]`` the product of the others."""
+    return _Product.apply(v) if v.is_floating_point() or v.is_complex() else v.prod(0)
