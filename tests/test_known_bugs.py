@@ -879,3 +879,54 @@ def f(x, y):
     fast = rewrite.optimize_loss(fn, strict=True, backend="aot_eager", verify_compiled=False)
     assert_equivalent(fn, fast, torch.tensor([[0.5, 0.25], [0.0, -0.5]], requires_grad=True),
                       torch.tensor([[1.0, -1.0], [4.0, 1.0]], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="a conditional expression choosing a tensor or an `.item()` "
+                   "number, added to a Python-number accumulator: the original's sum is a tensor "
+                   "carrying the gradient of the tensor arm, the rewritten one is made a Python "
+                   "number by `.item()`: type and gradient lost")
+def test_item_in_a_conditional_expression_of_an_accumulator(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, y, w):
+    s = 0
+    for a, b in zip(x, y):
+        s += w.mean().abs() if a[0] > b[-1] else a.mean().item()
+    return s
+""")
+    assert_equivalent(original, fast, torch.tensor([[1.0, 2.0], [-1.0, 0.5]], requires_grad=True),
+                      torch.tensor([[0.0, 0.0], [0.0, 1.0]], requires_grad=True),
+                      torch.tensor([1.0, 2.0], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="`torch.stack` of a list of `.item()` numbers raises "
+                   "TypeError in the original; the vectorized form stacks them into a tensor")
+@pytest.mark.parametrize("item", ["w.sum().item()", "a.sum().item()"])
+def test_stack_of_appended_python_numbers_still_raises(tmp_path, item):
+    original, fast = optimized(tmp_path, f"""
+def f(x, w):
+    lst = []
+    for a in x:
+        lst.append({item})
+    return torch.stack(lst)
+""")
+    assert_equivalent(original, fast, torch.tensor([[1.0], [0.5]], requires_grad=True),
+                      torch.tensor([1.5], requires_grad=True))
+
+
+@pytest.mark.xfail(strict=True, reason="under torch.compile a tensor-conditional expression "
+                   "whose taken arm is a full `w.max()` of a NaN `w`: the original's "
+                   "gradient of `w` is 1 per iteration (eager's max backward picks the NaN), the "
+                   "compiled rewrite's is 0 (right eager; the original compiled is right too)")
+def test_conditional_expression_with_a_full_max_at_nan_under_torch_compile(tmp_path):
+    source = """
+def f(x, y, w):
+    s = 0
+    for i in range(len(x)):
+        s += (y[i] - w).sum() if (w - x[i]).sum() < 0.5 else w.max()
+    return s
+"""
+    fn = load_module(tmp_path, "import torch\n" + source).f
+    fast = rewrite.optimize_loss(fn, strict=True, backend="aot_eager", verify_compiled=False)
+    assert_equivalent(fn, fast, torch.tensor([[1.0], [0.5]], requires_grad=True),
+                      torch.tensor([[-2.0], [-0.5]], requires_grad=True),
+                      torch.tensor([NAN], requires_grad=True))
