@@ -61,11 +61,6 @@ def _builtin_min_next_to_a_graph_break(src: str, args: tuple) -> bool:
     return "lo = min(lo," in src and any(k in src for k in ("n += 1", ".item()", "float("))
 
 
-def _item_in_a_conditional_expression(src: str, args: tuple) -> bool:
-    return any(isinstance(n, ast.IfExp) and ".item()" in ast.unparse(n)
-               for n in ast.walk(ast.parse(src)))
-
-
 def _full_max_in_a_conditional_expression(src: str, args: tuple) -> bool:
     return any(isinstance(n, ast.IfExp) and ".max()" in ast.unparse(n)
                for n in ast.walk(ast.parse(src)))
@@ -85,7 +80,6 @@ KNOWN_BUGS: dict = {
     "test_item_under_a_branch_of_a_vmapped_body": _item_in_a_branch,
     "test_unpicked_builtin_min_items_under_torch_compile_next_to_a_counter":
         _builtin_min_next_to_a_graph_break,
-    "test_item_in_a_conditional_expression_of_an_accumulator": _item_in_a_conditional_expression,
     "test_stack_of_appended_python_numbers_still_raises": _appended_item_stacked,
     "test_conditional_expression_with_a_full_max_at_nan_under_torch_compile":
         _full_max_in_a_conditional_expression,

@@ -110,7 +110,11 @@ class _HostToTensor(Transformer):
             if isinstance(s, ast.If):  # the test's counters before the `if`, the branches' inside
                 s.test = self.visit(s.test)
                 pre, self.pre = self.pre, []
-                s.body, s.orelse = self.block(s.body), self.block(s.orelse)
+                before = dict(self.numbers)
+                s.body = self.block(s.body)
+                taken, self.numbers = self.numbers, before
+                s.orelse = self.block(s.orelse)
+                self._join(taken, s)
             else:
                 s = self.visit(s)
                 self._bind(s)
@@ -118,6 +122,16 @@ class _HostToTensor(Transformer):
             out += pre + self.pre + [s]
             self.pre = []
         return out
+
+    def _join(self, taken: dict[str, str], node: ast.If) -> None:
+        """The host numbers after an ``if``: a name a host number after one branch and maybe a
+        tensor after the other (``s += w.abs() if c else a.item()``) is a tensor or a Python
+        number depending on the data, and so is what it adds up to: refused."""
+        for name in taken.keys() ^ self.numbers.keys():
+            raise Unsupported(f"`{name}` is a Python number after one branch of this `if` and "
+                              "may be a tensor after the other: its type depends on the data",
+                              node.lineno)
+        self.numbers.update(taken)
 
     def _bind(self, s: ast.stmt) -> None:
         """Names bound here now hold a host number (of its kind), or not."""
