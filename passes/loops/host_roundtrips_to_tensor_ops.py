@@ -127,9 +127,10 @@ class _HostToTensor(Transformer):
         """The host numbers after an ``if``: a name a host number after one branch and maybe a
         tensor after the other (``s += w.abs() if c else a.item()``) is a tensor or a Python
         number depending on the data, and so is what it adds up to: refused."""
-        for name in taken.keys() ^ self.numbers.keys():
-            raise Unsupported(f"`{name}` is a Python number after one branch of this `if` and "
-                              "may be a tensor after the other: its type depends on the data",
+        mixed = sorted(taken.keys() ^ self.numbers.keys())
+        if mixed:
+            raise Unsupported(f"`{mixed[0]}` is a Python number after one branch of this `if` "
+                              "and may be a tensor after the other: its type depends on the data",
                               node.lineno)
         self.numbers.update(taken)
 
