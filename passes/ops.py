@@ -53,6 +53,10 @@ class OpSpec:
     # receiver is 0, an operator's left operand 0.
     sanitize: tuple[int, str] | None = None
     total: bool = False                       # finite, with finite gradients, on any finite input
+    # It reduces its operands to a smaller result (a number per pair of vectors): a selection
+    # between two values of an operand is cheaper after it than before it
+    # (``sink_own_item_selections``); total, and its gradients finite at a zero operand.
+    sink_selection: bool = False
     # How its derivative depends on the values, whatever they are (NaN and inf included):
     # "constant" (sums, selections: never NaN/inf; views, conversions, comparisons and shape
     # queries are so too), "bounded" (finite or NaN, never +-inf); None: it may be +-inf
@@ -257,7 +261,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(OpSpec(n, (_F + n,), batched="class_loss", selection="class_loss", derivative="bounded")
       for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
-           batched="similarity", derivative="bounded"),
+           batched="similarity", derivative="bounded", total=True, sink_selection=True),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows

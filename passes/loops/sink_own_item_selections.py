@@ -1,0 +1,153 @@
+"""Stage: a branch on ``index == x`` selected after the costly op that reads it, not before.
+
+In a loop over ``k``, a branch ``if k == x: v = a else: v = b`` whose arm ``a`` and ``x`` vary
+with no iteration, where ``v`` is read once afterwards, as an operand of an op that reduces its
+operands to a smaller result (``OpSpec.sink_selection``: the cosine similarity of two vectors is
+one number), is selected after that op. The op on ``a`` then runs once for all iterations,
+instead of the op on a per-iteration ``torch.where`` of ``a`` and ``b`` that
+``tensor_branches_to_where`` would make (GE2E's exclusive centroid: an [N, M, N, D] intermediate
+where N x M cosines of [D] vectors suffice)::
+
+    if k == j:                             _sel = k == j
+        c = (s - e) / (m - 1)              _hit = torch.eq(torch.arange(0, n, 1, device=...), j).any()
+    else:                            ->    _own = F.cosine_similarity(_fixed_operand(_hit, e), ...)
+        c = cs[k]                          if _sel:
+    r = w * F.cosine_similarity(e, c)          pass
+                                           else:
+                                               c = cs[k]
+                                           _sim = F.cosine_similarity(e, c)
+                                           if _sel:
+                                               _sim = _own
+                                           r = w * _sim
+
+Exact: at most one iteration has ``k == x``, so ``_own``'s cotangent is that iteration's alone,
+as in the original. Where none has it (``_hit`` false), the original never ran the arm, so the
+arm's operands that take a gradient are read as zeros there (``tensor_branches_to_where``'s
+``FixedOperand``, and its safe values for ops like the division): a zero cotangent times an
+infinite derivative would be NaN. ``tensor_branches_to_where`` then masks the rest as usual: ``c``
+is 0 where ``_sel`` holds, which the op (total, with finite gradients at a zero operand) reads
+harmlessly, and ``_sim`` takes ``_own`` there.
+
+Left as written (the branch as it is, for ``tensor_branches_to_where``): other conditions, arms
+of several statements, an arm or operand that varies with the iteration (nothing to save), ``v``
+read elsewhere or after the loop, range bounds the body rebinds, arms with calls that are not
+total.
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, clone, is_name, replace, walk
+from ..errors import Unsupported
+from .loop_dataflow import call_op, depends, loads, stores, variant_names
+from .plan import LoopPlan
+from .tensor_branches_to_where import Sanitize
+
+_HIT = "h = torch.eq(torch.arange(a, b, s, device=torch.as_tensor(x).device), x).any()"
+_SUNK = """
+t = test
+o = own
+if t:
+    v = torch.zeros_like(other)
+else:
+    v = other
+r = call
+if t:
+    r = o
+"""
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    it = plan.iteration
+    seeds = {it.index} | {name for name, _ in it.elements}
+    variant = variant_names(plan.body, seeds, ctx)
+    bound = {n for s in plan.body for n in stores(s)}
+    if loads(ast.Tuple([it.start, it.stop, it.step], ast.Load())) & bound:
+        return plan  # the range's bounds are not what they were before the loop
+    for pos, s in enumerate(plan.body):
+        found = _branch(s, it.index, variant, ctx)
+        if found is None:
+            continue
+        use = _single_use(plan, pos, found[0], variant, ctx)
+        if use is not None:
+            plan.body[pos:pos + 1] = _sunk(plan, s, found, use, variant, ctx)
+    return plan
+
+
+def _branch(s: ast.stmt, index: str, variant: set[str],
+            ctx: PassContext) -> tuple[str, ast.expr, ast.expr, ast.expr] | None:
+    """``(v, x, a, b)`` of ``if index == x: v = a else: v = b`` (or ``x == index``), with ``x``
+    and ``a`` the same in every iteration."""
+    if not (isinstance(s, ast.If) and len(s.body) == len(s.orelse) == 1):
+        return None
+    test = s.test
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return None
+    left, right = test.left, test.comparators[0]
+    x = right if is_name(left, index) else left if is_name(right, index) else None
+    arms = [_assigned(a) for a in (s.body[0], s.orelse[0])]
+    if x is None or None in arms or arms[0][0] != arms[1][0] \
+            or arms[0][0] in loads(arms[0][1]) | loads(arms[1][1]) or depends(x, variant, ctx) \
+            or depends(arms[0][1], variant, ctx):
+        return None
+    return arms[0][0], x, arms[0][1], arms[1][1]
+
+
+def _assigned(s: ast.stmt) -> tuple[str, ast.expr] | None:
+    if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
+        return s.targets[0].id, s.value
+    return None
+
+
+def _single_use(plan: LoopPlan, pos: int, name: str, variant: set[str],
+                ctx: PassContext) -> ast.Call | None:
+    """The call of a ``sink_selection`` op that is the one read of ``name`` in the body (after
+    ``pos``), its other operands the same in every iteration; None if there is none."""
+    if name in plan.live_after:
+        return None
+    rest = plan.body[:pos] + plan.body[pos + 1:]
+    reads = [n for s in rest for n in walk(s) if isinstance(n, ast.Name) and n.id == name]
+    if len(reads) != 1 or any(name in stores(s) for s in rest):
+        return None
+    for s in plan.body[pos + 1:]:
+        for n in walk(s):
+            if isinstance(n, ast.Call) and call_op(n, ctx).sink_selection and any(
+                    a is reads[0] for a in n.args + [k.value for k in n.keywords]):
+                others = [a for a in n.args + [k.value for k in n.keywords] if a is not reads[0]]
+                return n if not any(depends(a, variant, ctx) for a in others) else None
+    return None
+
+
+def _sunk(plan: LoopPlan, s: ast.If, found: tuple, use: ast.Call, variant: set[str],
+          ctx: PassContext) -> list[ast.stmt]:
+    """The statements replacing the branch ``s``; ``use`` becomes the selected result."""
+    name, x, own, other = found
+    it, hit = plan.iteration, ctx.namer.new("hit")
+    first = replace(_HIT, loc=s, torch_name=ctx.torch_name, h=hit, a=clone(it.start),
+                    b=clone(it.stop), s=clone(it.step), x=clone(x))
+    own_call = clone(use)
+    _swap(own_call, lambda n: is_name(n, name), clone(own))
+    pre: list[ast.stmt] = []
+    try:
+        own_call = Sanitize(hit, variant, it.index, ctx, pre).safe(own_call)
+    except Unsupported:
+        return [s]  # an op that may fail where no iteration runs the arm: the branch as it is
+    picked = ctx.namer.new("sim")
+    out = first + pre + replace(
+        _SUNK, loc=s, torch_name=ctx.torch_name, t=ctx.namer.new("sel"), test=s.test,
+        o=ctx.namer.new("own"), own=own_call, v=name, other=other, r=picked, call=clone(use))
+    for after in plan.body:
+        _swap(after, lambda n: n is use, ast.Name(picked, ast.Load()))
+    return out
+
+
+def _swap(tree: ast.AST, old, new: ast.expr) -> None:
+    """Every node under ``tree`` for which ``old`` holds replaced by a copy of ``new``, in place
+    (the statements keep their identity: ``classify_effects`` keys on it)."""
+    for n in walk(tree):
+        for field, child in ast.iter_fields(n):
+            if isinstance(child, ast.AST) and old(child):
+                setattr(n, field, clone(new))
+            elif isinstance(child, list):
+                child[:] = [clone(new) if isinstance(c, ast.AST) and old(c) else c for c in child]
