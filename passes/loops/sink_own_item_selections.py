@@ -3,35 +3,34 @@
 In a loop over ``k``, a branch ``if k == x: v = a else: v = b`` whose arm ``a`` and ``x`` vary
 with no iteration, where ``v`` is read once afterwards, as an operand of an op that reduces its
 operands to a smaller result (``OpSpec.sink_selection``: the cosine similarity of two vectors is
-one number), is selected after that op. The op on ``a`` then runs once for all iterations,
-instead of the op on a per-iteration ``torch.where`` of ``a`` and ``b`` that
-``tensor_branches_to_where`` would make (GE2E's exclusive centroid: an [N, M, N, D] intermediate
-where N x M cosines of [D] vectors suffice)::
+one number), its other operands as fixed, is selected after that op. The op on ``a`` runs once,
+before the loop (``plan.first``), instead of the op on a per-iteration ``torch.where`` of ``a``
+and ``b`` that ``tensor_branches_to_where`` would make (GE2E's exclusive centroid: an [N, M, N,
+D] intermediate where N x M cosines of [D] vectors suffice)::
 
-    if k == j:                             _sel = k == j
-        c = (s - e) / (m - 1)              _hit = torch.eq(torch.arange(0, n, 1, device=...), j).any()
-    else:                            ->    _own = F.cosine_similarity(_fixed_operand(_hit, e), ...)
-        c = cs[k]                          if _sel:
-    r = w * F.cosine_similarity(e, c)          pass
-                                           else:
-                                               c = cs[k]
-                                           _sim = F.cosine_similarity(e, c)
-                                           if _sel:
-                                               _sim = _own
-                                           r = w * _sim
+    for k in range(n):                   (before the loop)
+        if k == j:                       _hit = torch.eq(torch.arange(0, n, 1, device=...), j).any()
+            c = (s - e) / (m - 1)   ->   _own = F.cosine_similarity(_fixed_operand(_hit, e), ...)
+        else:                            (the body)
+            c = cs[k]                    _sel = k == j
+        r = w * F.cosine_similarity(     _keep = torch.logical_not(torch.ne(_sel, 0))
+            e, c)                        c = <cs[k], 0 where not _keep>
+                                         _sim = F.cosine_similarity(e, c)
+                                         _sim = torch.where(_sel, _own, _sim)
+                                         r = w * _sim
 
 Exact: at most one iteration has ``k == x``, so ``_own``'s cotangent is that iteration's alone,
-as in the original. Where none has it (``_hit`` false), the original never ran the arm, so the
-arm's operands that take a gradient are read as zeros there (``tensor_branches_to_where``'s
-``FixedOperand``, and its safe values for ops like the division): a zero cotangent times an
-infinite derivative would be NaN. ``tensor_branches_to_where`` then masks the rest as usual: ``c``
-is 0 where ``_sel`` holds, which the op (total, with finite gradients at a zero operand) reads
-harmlessly, and ``_sim`` takes ``_own`` there.
+as in the original. Where none has it (``_hit`` false) the original never ran the arm, so the
+arm's operands that take a gradient are read as zeros (``tensor_branches_to_where``'s
+``Sanitize``: ``FixedOperand``, safe values for ops like the division): a zero cotangent times
+an infinite derivative would be NaN. So is ``b`` where ``_sel`` holds, as
+``tensor_branches_to_where`` would make it: the op (total, with finite gradients at a zero
+operand) reads zeros there, and ``torch.where`` passes the cotangent to ``_own``.
 
-Left as written (the branch as it is, for ``tensor_branches_to_where``): other conditions, arms
-of several statements, an arm or operand that varies with the iteration (nothing to save), ``v``
-read elsewhere or after the loop, range bounds the body rebinds, arms with calls that are not
-total.
+Left to ``tensor_branches_to_where`` (the branch as it is): other conditions, arms of several
+statements, an arm or operand that varies with the iteration or reads what the body binds, ``v``
+read elsewhere or after the loop, range bounds the body rebinds, arms whose calls are not total.
+One branch per loop.
 """
 from __future__ import annotations
 
@@ -44,16 +43,12 @@ from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
 
 _HIT = "h = torch.eq(torch.arange(a, b, s, device=torch.as_tensor(x).device), x).any()"
+_OWN = "o = own"
+_KEEP = "t = test\nm = torch.logical_not(torch.ne(t, 0))"
 _SUNK = """
-t = test
-o = own
-if t:
-    v = torch.zeros_like(other)
-else:
-    v = other
+v = other
 r = call
-if t:
-    r = o
+r = torch.where(t, o, r)
 """
 
 
@@ -66,11 +61,12 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         return plan  # the range's bounds are not what they were before the loop
     for pos, s in enumerate(plan.body):
         found = _branch(s, it.index, variant, ctx)
-        if found is None:
-            continue
+        if found is None or loads(ast.Tuple([found[1], found[2]], ast.Load())) & bound:
+            continue  # the arm runs before the loop: it reads what the loop reads first
         use = _single_use(plan, pos, found[0], variant, ctx)
-        if use is not None:
+        if use is not None and not loads(use) - {found[0]} & bound:
             plan.body[pos:pos + 1] = _sunk(plan, s, found, use, variant, ctx)
+            return plan  # the names it made are not in ``variant`` and ``bound``
     return plan
 
 
@@ -128,15 +124,18 @@ def _sunk(plan: LoopPlan, s: ast.If, found: tuple, use: ast.Call, variant: set[s
                     b=clone(it.stop), s=clone(it.step), x=clone(x))
     own_call = clone(use)
     _swap(own_call, lambda n: is_name(n, name), clone(own))
-    pre: list[ast.stmt] = []
+    sel, keep = ctx.namer.new("sel"), ctx.namer.new("keep")
+    pre, pre_other = [], []
     try:
         own_call = Sanitize(hit, variant, it.index, ctx, pre).safe(own_call)
+        other = Sanitize(keep, variant, it.index, ctx, pre_other).safe(clone(other))
     except Unsupported:
-        return [s]  # an op that may fail where no iteration runs the arm: the branch as it is
-    picked = ctx.namer.new("sim")
-    out = first + pre + replace(
-        _SUNK, loc=s, torch_name=ctx.torch_name, t=ctx.namer.new("sel"), test=s.test,
-        o=ctx.namer.new("own"), own=own_call, v=name, other=other, r=picked, call=clone(use))
+        return [s]  # an op that may fail where its arm is not taken: the branch as it is
+    picked, own_name = ctx.namer.new("sim"), ctx.namer.new("own")
+    plan.first += first + pre + replace(_OWN, loc=s, o=own_name, own=own_call)
+    out = replace(_KEEP, loc=s, torch_name=ctx.torch_name, t=sel, test=s.test, m=keep) \
+        + pre_other + replace(_SUNK, loc=s, torch_name=ctx.torch_name, t=sel, o=own_name,
+                              v=name, other=other, r=picked, call=clone(use))
     for after in plan.body:
         _swap(after, lambda n: n is use, ast.Name(picked, ast.Load()))
     return out

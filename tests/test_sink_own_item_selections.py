@@ -1,0 +1,98 @@
+"""A branch on ``k == j`` whose arm does not vary, read by a cosine similarity
+(``sink_own_item_selections``): the cosine of the arm once, selected after the op; the same
+values, gradients and dtype as the loop, at NaN, inf and ties too, and where no iteration has
+``k == j`` (the arm's operands then get no gradient, as in the original)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewrite.testing import assert_equivalent
+from tests.loop_helpers import build
+
+# GE2E's inner loop: the utterance's own speaker's centroid without the utterance
+OWN = """
+def f(emb, cents, j, w):
+    e = emb[j, 0]
+    scores = []
+    for k in range(cents.shape[0]):
+        if k == j:
+            c = (emb[j].sum(dim=0) - e) / (emb.shape[1] - 1)
+        else:
+            c = cents[k]
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores).logsumexp(0)
+"""
+
+# the same in GE2E's nesting, with the index compared on the right
+NESTED = """
+def f(emb, cents, j, w):
+    loss = 0
+    for j in range(emb.shape[0]):
+        for i in range(emb.shape[1]):
+            e = emb[j, i]
+            scores = []
+            for k in range(cents.shape[0]):
+                if j == k:
+                    c = (emb[j].sum(dim=0) - e) / (emb.shape[1] - 1)
+                else:
+                    c = cents[k]
+                scores.append(w * F.cosine_similarity(e, c, dim=0))
+            scores = torch.stack(scores)
+            loss = loss + torch.logsumexp(scores, dim=0) - scores[j]
+    return loss
+"""
+
+
+def _inputs(dtype, special):
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(4, 3, 5, dtype=dtype, generator=g)
+    if special == "nan":
+        emb[2, 1, 3] = float("nan")
+    elif special == "inf":
+        emb[3, 0, 1], emb[1, 2, 0] = float("inf"), float("-inf")
+    elif special == "ties":
+        emb[1] = emb[1, 0]  # every utterance of speaker 1 alike: equal cosines
+    cents = emb.detach().mean(1).clone()
+    w = torch.tensor(10.0, dtype=dtype)
+    return emb.requires_grad_(), cents.requires_grad_(), w.requires_grad_()
+
+
+@pytest.mark.parametrize("special", [None, "nan", "inf", "ties"])
+@pytest.mark.parametrize("src", [OWN, NESTED], ids=["own", "nested"])
+def test_equivalent(src, special):
+    original, optimized, code, _ = build(src)
+    assert "_own = " in code, code
+    for dtype in (torch.float32, torch.float64):
+        emb, cents, w = _inputs(dtype, special)
+        for j in (0, 2):
+            assert_equivalent(original, optimized, emb, cents, j, w)
+
+
+@pytest.mark.parametrize("special", [None, "nan", "inf"])
+def test_no_iteration_selects_the_arm(special):
+    """``j`` outside the range: the original never computes the own centroid, so ``emb`` gets
+    only the other cosines' gradient (0 from the arm, not 0 * inf = NaN)."""
+    original, optimized, code, report = build(OWN.replace("range(cents.shape[0])",
+                                                          "range(1, cents.shape[0])"))
+    assert report.loops[0].vectorized, report
+    for dtype in (torch.float32, torch.float64):
+        emb, cents, w = _inputs(dtype, special)
+        with torch.no_grad():
+            emb[0, 1:] = float("inf")  # the arm's operands, read only where k == 0
+        for j, weight in ((0, w), (torch.tensor(0), w), (0, 10.0)):  # vmap; vmap; batched
+            assert_equivalent(original, optimized, emb, cents, j, weight)
+
+
+@pytest.mark.parametrize("src", [
+    OWN.replace("(emb[j].sum(dim=0) - e)", "(emb[k].sum(dim=0) - e)"),  # the arm varies
+    OWN.replace("if k == j:", "if k != j:"),                             # not the own item
+    OWN.replace("scores.append(w * F.cosine_similarity(e, c, dim=0))",
+                "scores.append(w * (e * c).sum())"),                     # no op to sink below
+    OWN.replace("scores.append(w", "scores.append(c.sum() + w"),          # `c` read twice
+])
+def test_other_forms_are_left_to_the_masks(src):
+    original, optimized, code, _ = build(src)
+    assert "_own" not in code, code
+    emb, cents, w = _inputs(torch.float64, None)
+    assert_equivalent(original, optimized, emb, cents, 1, w)
