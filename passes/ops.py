@@ -55,8 +55,10 @@ class OpSpec:
     total: bool = False                       # finite, with finite gradients, on any finite input
     # It reduces its operands to a smaller result (a number per pair of vectors): a selection
     # between two values of an operand is cheaper after it than before it
-    # (``sink_own_item_selections``); total, and its gradients finite at a zero operand.
-    sink_selection: bool = False
+    # (``sink_own_item_selections``). The value: what the operand holds where the selection
+    # does not take it; the op is finite there, with finite gradients, in every dtype, wherever
+    # its other operand is one it is finite at.
+    sink_selection: str | None = None
     # How its derivative depends on the values, whatever they are (NaN and inf included):
     # "constant" (sums, selections: never NaN/inf; views, conversions, comparisons and shape
     # queries are so too), "bounded" (finite or NaN, never +-inf); None: it may be +-inf
@@ -262,7 +264,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(OpSpec(n, (_F + n,), batched="class_loss", selection="class_loss", derivative="bounded")
       for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
-           batched="similarity", derivative="bounded", total=True, sink_selection=True,
+           batched="similarity", derivative="bounded", total=True, sink_selection="1",
            vmap_fn=cosine_products.cosine_similarity),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),

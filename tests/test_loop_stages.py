@@ -836,13 +836,13 @@ scores.append(w * F.cosine_similarity(e, c, dim=0))
      """
 # first
 _hit = torch.eq(torch.arange(0, cs.shape[0], 1, device=torch.as_tensor(j).device), j).any()
-_t = _fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)
-_own = F.cosine_similarity(_fixed_operand(_hit, e), _t / torch.where(_hit, 2, 1).to(torch.result_type(_t, 2)), dim=0)
+_t_1 = _fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)
+_own = F.cosine_similarity(_fixed_operand(_hit, e), _t_1 / torch.where(_hit, 2, 1).to(torch.result_type(_t_1, 2)), dim=0)
 # body
 _sel = k == j
 _keep = torch.logical_not(torch.ne(_sel, 0))
-_t_1 = cs[k]
-c = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t_1.shape]), _t_1, torch.zeros_like(_t_1))
+_t = cs[k]
+c = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t.shape]), _t, torch.full_like(_t, 1))
 _sim = F.cosine_similarity(e, c, dim=0)
 _sim = torch.where(_sel, _own, _sim)
 scores.append(w * _sim)

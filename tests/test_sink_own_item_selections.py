@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from passes import ops
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build
 
@@ -96,3 +97,19 @@ def test_other_forms_are_left_to_the_masks(src):
     assert "_own" not in code, code
     emb, cents, w = _inputs(torch.float64, None)
     assert_equivalent(original, optimized, emb, cents, 1, w)
+
+
+@pytest.mark.parametrize("spec", [s for s in ops.REGISTRY if s.sink_selection is not None],
+                         ids=lambda s: s.aten)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_the_safe_operand_value_is_finite_in_every_dtype(spec, dtype):
+    """The op at its ``sink_selection`` value, next to operands it is finite at: finite value
+    and gradients, so a deselected iteration's zero cotangent stays zero (zeros are not: the
+    cosine of a zero vector is NaN in float16)."""
+    fn = eval(spec.functions[-1], {"torch": torch})
+    for other in (torch.randn(6), torch.full((6,), 1e4), torch.full((6,), -1e-3)):
+        a = other.to(dtype).requires_grad_()
+        b = torch.full((6,), float(spec.sink_selection), dtype=dtype, requires_grad=True)
+        out = fn(a, b, dim=0)
+        grads = torch.autograd.grad(out, (a, b))
+        assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)

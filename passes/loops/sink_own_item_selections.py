@@ -14,7 +14,7 @@ D] intermediate where N x M cosines of [D] vectors suffice)::
         else:                            (the body)
             c = cs[k]                    _sel = k == j
         r = w * F.cosine_similarity(     _keep = torch.logical_not(torch.ne(_sel, 0))
-            e, c)                        c = <cs[k], 0 where not _keep>
+            e, c)                        c = torch.where(_keep, cs[k], 1)  (shaped)
                                          _sim = F.cosine_similarity(e, c)
                                          _sim = torch.where(_sel, _own, _sim)
                                          r = w * _sim
@@ -23,9 +23,10 @@ Exact: at most one iteration has ``k == x``, so ``_own``'s cotangent is that ite
 as in the original. Where none has it (``_hit`` false) the original never ran the arm, so the
 arm's operands that take a gradient are read as zeros (``tensor_branches_to_where``'s
 ``Sanitize``: ``FixedOperand``, safe values for ops like the division): a zero cotangent times
-an infinite derivative would be NaN. So is ``b`` where ``_sel`` holds, as
-``tensor_branches_to_where`` would make it: the op (total, with finite gradients at a zero
-operand) reads zeros there, and ``torch.where`` passes the cotangent to ``_own``.
+an infinite derivative would be NaN. Where ``_sel`` holds, ``b`` is the op's safe value
+(``OpSpec.sink_selection``: ones for the cosine, whose value and gradients are finite there in
+every dtype; zeros give NaN in float16), its operations made safe as
+``tensor_branches_to_where`` would; ``torch.where`` passes the cotangent to ``_own`` there.
 
 Left to ``tensor_branches_to_where`` (the branch as it is): other conditions, arms of several
 statements, an arm or operand that varies with the iteration or reads what the body binds, ``v``
@@ -40,13 +41,15 @@ from ..ast_tools import PassContext, clone, is_name, replace, walk
 from ..errors import Unsupported
 from .loop_dataflow import call_op, depends, loads, stores, variant_names
 from .plan import LoopPlan
-from .tensor_branches_to_where import Sanitize
+from .tensor_branches_to_where import BRANCH_SHAPE, Sanitize
 
 _HIT = "h = torch.eq(torch.arange(a, b, s, device=torch.as_tensor(x).device), x).any()"
 _OWN = "o = own"
+# an arm that only reads (a row ``cs[k]``) has no op to make safe where it is not taken
+_READS = (ast.Name, ast.Subscript, ast.Constant, ast.Slice, ast.Tuple, ast.expr_context)
 _KEEP = "t = test\nm = torch.logical_not(torch.ne(t, 0))"
 _SUNK = """
-v = other
+v = torch.where(m.reshape(h[m.shape, x.shape]), x, torch.full_like(x, safe))
 r = call
 r = torch.where(t, o, r)
 """
@@ -124,18 +127,21 @@ def _sunk(plan: LoopPlan, s: ast.If, found: tuple, use: ast.Call, variant: set[s
                     b=clone(it.stop), s=clone(it.step), x=clone(x))
     own_call = clone(use)
     _swap(own_call, lambda n: is_name(n, name), clone(own))
-    sel, keep = ctx.namer.new("sel"), ctx.namer.new("keep")
+    sel, keep, arm = ctx.namer.new("sel"), ctx.namer.new("keep"), ctx.namer.new("t")
     pre, pre_other = [], []
     try:
         own_call = Sanitize(hit, variant, it.index, ctx, pre).safe(own_call)
-        other = Sanitize(keep, variant, it.index, ctx, pre_other).safe(clone(other))
+        if not all(isinstance(n, _READS) for n in walk(other)):  # ops to make safe
+            other = Sanitize(keep, variant, it.index, ctx, pre_other).safe(clone(other))
     except Unsupported:
         return [s]  # an op that may fail where its arm is not taken: the branch as it is
     picked, own_name = ctx.namer.new("sim"), ctx.namer.new("own")
     plan.first += first + pre + replace(_OWN, loc=s, o=own_name, own=own_call)
     out = replace(_KEEP, loc=s, torch_name=ctx.torch_name, t=sel, test=s.test, m=keep) \
-        + pre_other + replace(_SUNK, loc=s, torch_name=ctx.torch_name, t=sel, o=own_name,
-                              v=name, other=other, r=picked, call=clone(use))
+        + pre_other + replace("x = other", loc=s, x=arm, other=other) + replace(
+            _SUNK, loc=s, torch_name=ctx.torch_name, t=sel, m=keep, x=arm, o=own_name, v=name,
+            h=ctx.bind(BRANCH_SHAPE, "branch_shape"), r=picked, call=clone(use),
+            safe=ast.parse(call_op(use, ctx).sink_selection, mode="eval").body)
     for after in plan.body:
         _swap(after, lambda n: n is use, ast.Name(picked, ast.Load()))
     return out
