@@ -91,6 +91,8 @@ def test_no_iteration_selects_the_arm(special):
     OWN.replace("scores.append(w * F.cosine_similarity(e, c, dim=0))",
                 "scores.append(w * (e * c).sum())"),                     # no op to sink below
     OWN.replace("scores.append(w", "scores.append(c.sum() + w"),          # `c` read twice
+    OWN.replace("scores.append(w * F.cosine_similarity(e, c, dim=0))",     # read lazily
+                "scores.append(w * F.cosine_similarity(e, c, dim=0) if w > 0 else w)"),
 ])
 def test_other_forms_are_left_to_the_masks(src):
     original, optimized, code, _ = build(src)

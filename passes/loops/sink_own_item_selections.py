@@ -43,10 +43,15 @@ from .loop_dataflow import call_op, depends, loads, stores, variant_names
 from .plan import LoopPlan
 from .tensor_branches_to_where import BRANCH_SHAPE, Sanitize
 
-_HIT = "h = torch.eq(torch.arange(a, b, s, device=torch.as_tensor(x).device), x).any()"
+# on the device of ``x``, or of the op's other operand when ``x`` is a Python number
+_HIT = ("h = torch.eq(torch.arange(a, b, s, device=x.device if isinstance(x, torch.Tensor) "
+        "else torch.as_tensor(o).device), x).any()")
 _OWN = "o = own"
 # an arm that only reads (a row ``cs[k]``) has no op to make safe where it is not taken
 _READS = (ast.Name, ast.Subscript, ast.Constant, ast.Slice, ast.Tuple, ast.expr_context)
+_SIMPLE = (ast.Assign, ast.AugAssign, ast.Expr)
+_PER_ITEM = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.IfExp,
+             ast.BoolOp, ast.NamedExpr)
 _KEEP = "t = test\nm = torch.logical_not(torch.ne(t, 0))"
 _SUNK = """
 v = torch.where(m.reshape(h[m.shape, x.shape]), x, torch.full_like(x, safe))
@@ -102,7 +107,8 @@ def _assigned(s: ast.stmt) -> tuple[str, ast.expr] | None:
 def _single_use(plan: LoopPlan, pos: int, name: str, variant: set[str],
                 ctx: PassContext) -> ast.Call | None:
     """The call of a ``sink_selection`` op that is the one read of ``name`` in the body (after
-    ``pos``), its other operands the same in every iteration; None if there is none."""
+    ``pos``, in a statement evaluated once, in order), its other operands the same in every
+    iteration; None if there is none."""
     if name in plan.live_after:
         return None
     rest = plan.body[:pos] + plan.body[pos + 1:]
@@ -110,6 +116,8 @@ def _single_use(plan: LoopPlan, pos: int, name: str, variant: set[str],
     if len(reads) != 1 or any(name in stores(s) for s in rest):
         return None
     for s in plan.body[pos + 1:]:
+        if not isinstance(s, _SIMPLE) or any(isinstance(n, _PER_ITEM) for n in walk(s)):
+            continue  # evaluated in a block, per item or lazily: not where the branch was
         for n in walk(s):
             if isinstance(n, ast.Call) and call_op(n, ctx).sink_selection and any(
                     a is reads[0] for a in n.args + [k.value for k in n.keywords]):
@@ -123,8 +131,10 @@ def _sunk(plan: LoopPlan, s: ast.If, found: tuple, use: ast.Call, variant: set[s
     """The statements replacing the branch ``s``; ``use`` becomes the selected result."""
     name, x, own, other = found
     it, hit = plan.iteration, ctx.namer.new("hit")
+    operand = next((a for a in use.args + [k.value for k in use.keywords]
+                    if not is_name(a, name)), x)
     first = replace(_HIT, loc=s, torch_name=ctx.torch_name, h=hit, a=clone(it.start),
-                    b=clone(it.stop), s=clone(it.step), x=clone(x))
+                    b=clone(it.stop), s=clone(it.step), x=clone(x), o=clone(operand))
     own_call = clone(use)
     _swap(own_call, lambda n: is_name(n, name), clone(own))
     sel, keep, arm = ctx.namer.new("sel"), ctx.namer.new("keep"), ctx.namer.new("t")
