@@ -836,8 +836,7 @@ scores.append(w * F.cosine_similarity(e, c, dim=0))
      """
 # first
 _hit = torch.eq(torch.arange(0, cs.shape[0], 1, device=j.device if isinstance(j, torch.Tensor) else torch.as_tensor(e).device), j).any()
-_t_1 = _fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)
-_own = F.cosine_similarity(_fixed_operand(_hit, e), _t_1 / torch.where(_hit, 2, 1).to(torch.result_type(_t_1, 2)), dim=0)
+_own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)) / 2, dim=0)
 # body
 _sel = k == j
 _keep = torch.logical_not(torch.ne(_sel, 0))

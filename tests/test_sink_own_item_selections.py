@@ -115,3 +115,12 @@ def test_the_safe_operand_value_is_finite_in_every_dtype(spec, dtype):
         out = fn(a, b, dim=0)
         grads = torch.autograd.grad(out, (a, b))
         assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_one_graph_under_torch_compile():
+    """No dtype computed on the host (``torch.result_type``) in the vmapped bodies: a graph
+    break there would run the whole vmap eagerly under ``torch.compile``."""
+    _, optimized, _, _ = build(NESTED)
+    emb, cents, w = _inputs(torch.float32, None)
+    explained = torch._dynamo.explain(optimized)(emb, cents, 0, w)
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -21,12 +21,13 @@ D] intermediate where N x M cosines of [D] vectors suffice)::
 
 Exact: at most one iteration has ``k == x``, so ``_own``'s cotangent is that iteration's alone,
 as in the original. Where none has it (``_hit`` false) the original never ran the arm, so the
-arm's operands that take a gradient are read as zeros (``tensor_branches_to_where``'s
-``Sanitize``: ``FixedOperand``, safe values for ops like the division): a zero cotangent times
-an infinite derivative would be NaN. Where ``_sel`` holds, ``b`` is the op's safe value
+arm's reads that take a gradient are zeros there (``tensor_branches_to_where``'s
+``FixedOperand``): a zero cotangent times an infinite derivative would be NaN, and
+``torch.where`` passes exactly 0 whatever the cotangent (the arm's value there, never picked,
+needs no safe operands). Where ``_sel`` holds, ``b`` is the op's safe value
 (``OpSpec.sink_selection``: ones for the cosine, whose value and gradients are finite there in
-every dtype; zeros give NaN in float16), its operations made safe as
-``tensor_branches_to_where`` would; ``torch.where`` passes the cotangent to ``_own`` there.
+every dtype; zeros give NaN in float16), its reads masked alike; ``torch.where`` passes the
+cotangent to ``_own`` there.
 
 Left to ``tensor_branches_to_where`` (the branch as it is): other conditions, arms of several
 statements, an arm or operand that varies with the iteration or reads what the body binds, ``v``
@@ -47,7 +48,7 @@ from .tensor_branches_to_where import BRANCH_SHAPE, Sanitize
 _HIT = ("h = torch.eq(torch.arange(a, b, s, device=x.device if isinstance(x, torch.Tensor) "
         "else torch.as_tensor(o).device), x).any()")
 _OWN = "o = own"
-# an arm that only reads (a row ``cs[k]``) has no op to make safe where it is not taken
+# an arm that only reads (a row ``cs[k]``): its reads need no mask, the pick is the mask
 _READS = (ast.Name, ast.Subscript, ast.Constant, ast.Slice, ast.Tuple, ast.expr_context)
 _SIMPLE = (ast.Assign, ast.AugAssign, ast.Expr)
 _PER_ITEM = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.IfExp,
@@ -140,9 +141,9 @@ def _sunk(plan: LoopPlan, s: ast.If, found: tuple, use: ast.Call, variant: set[s
     sel, keep, arm = ctx.namer.new("sel"), ctx.namer.new("keep"), ctx.namer.new("t")
     pre, pre_other = [], []
     try:
-        own_call = Sanitize(hit, variant, it.index, ctx, pre).safe(own_call)
-        if not all(isinstance(n, _READS) for n in walk(other)):  # ops to make safe
-            other = Sanitize(keep, variant, it.index, ctx, pre_other).safe(clone(other))
+        own_call = _MaskedReads(hit, variant, it.index, ctx, pre).safe(own_call)
+        if not all(isinstance(n, _READS) for n in walk(other)):  # reads inside ops
+            other = _MaskedReads(keep, variant, it.index, ctx, pre_other).safe(clone(other))
     except Unsupported:
         return [s]  # an op that may fail where its arm is not taken: the branch as it is
     picked, own_name = ctx.namer.new("sim"), ctx.namer.new("own")
@@ -166,3 +167,16 @@ def _swap(tree: ast.AST, old, new: ast.expr) -> None:
                 setattr(n, field, clone(new))
             elif isinstance(child, list):
                 child[:] = [clone(new) if isinstance(c, ast.AST) and old(c) else c for c in child]
+
+
+class _MaskedReads(Sanitize):
+    """``Sanitize``'s reads (what takes a gradient read as zeros where ``pred`` is false) and
+    refusals (calls that may fail), without its safe values for ops: an arm's value where it is
+    not taken is never picked, and the masked reads stop its gradient there, NaN or not. (The
+    safe values' dtype casts, ``torch.result_type``, would also break the compiled graph.)"""
+
+    def _safe(self, operand: ast.expr, safe: str) -> ast.expr:
+        return operand
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        return self.generic_visit(node)
