@@ -124,3 +124,26 @@ def test_one_graph_under_torch_compile():
     emb, cents, w = _inputs(torch.float32, None)
     explained = torch._dynamo.explain(optimized)(emb, cents, 0, w)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+UNDER_CONDITION = """
+def f(a, b, y):
+    s = 0
+    for i in range(len(a)):
+        if y[i] > 0:
+            s = s + F.cosine_similarity(a[i], b[i], dim=0)
+    return s
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_cosine_under_a_tensor_condition_is_masked(dtype):
+    """The cosine is total (``OpSpec.total``): under a tensor condition it runs on every
+    iteration, the deselected ones' rows zeros, instead of keeping the loop."""
+    original, optimized, _, report = build(UNDER_CONDITION)
+    assert report.loops[0].vectorized, report
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(6, 4, dtype=dtype, generator=g), torch.randn(6, 4, dtype=dtype, generator=g)
+    a[1, 2], b[3, 0], a[4] = float("nan"), float("inf"), 0.0  # rows 1, 3 deselected
+    y = torch.tensor([1.0, -1.0, 2.0, -3.0, 1.0, 1.0], dtype=dtype)
+    assert_equivalent(original, optimized, a.requires_grad_(), b.requires_grad_(), y)
