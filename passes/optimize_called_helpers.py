@@ -69,6 +69,7 @@ from .errors import RewriteError, Unsupported
 from .instance_attribute_calls import BoundValues, bound_values, picked_helper, sort_value
 from .instance_attribute_calls import class_attribute as _method
 from .instance_attribute_calls import table_functions as _table_functions
+from .module_caller_calls import calls_module, forward_during
 from .report import LoopReport, Report
 
 from .ast_tools import PassContext, Transformer, clone, replace, walk
@@ -235,6 +236,8 @@ class _Redirect(Transformer):
     def visit_Call(self, node: ast.Call) -> ast.expr:
         self.generic_visit(node)
         f = node.func
+        if self._module_caller(node):
+            return node
         self._passed_modules(node)
         if isinstance(f, ast.Name) and f.id not in self.scope.local:
             target = self.ctx.globals.get(f.id)
@@ -340,13 +343,34 @@ class _Redirect(Transformer):
             self._unreached(forward, f"`{ast.unparse(node.func)}(...)`, an object of one of "
                             f"several classes with different forwards")
         elif self._rewrite(forward):
-            if self.module_forward is None:
-                self.module_forward = self.ctx.namer.new("module_forward")
-                self.ctx.bindings[self.module_forward] = module_forward
-            node.func = replace("pick(obj, orig, new)", loc=node.func, pick=self.module_forward,
-                                obj=node.func, orig=self._original(forward),
-                                new=self.rewritten[forward])
+            node.func = self._picked_forward(node.func, forward)
         return node
+
+    def _picked_forward(self, module: ast.expr, forward: types.FunctionType) -> ast.expr:
+        """``module_forward(module, forward, rewritten)``; ``forward`` has a rewrite."""
+        if self.module_forward is None:
+            self.module_forward = self.ctx.namer.new("module_forward")
+            self.ctx.bindings[self.module_forward] = module_forward
+        return replace("pick(obj, orig, new)", loc=module, pick=self.module_forward,
+                       obj=module, orig=self._original(forward), new=self.rewritten[forward])
+
+    def _module_caller(self, node: ast.Call) -> bool:
+        """``functional_call(criterion, ...)`` with ``criterion`` a module of one forward of
+        the module, which has a rewrite: the call runs it (``module_caller_calls``)."""
+        if not calls_module(node, self.ctx.globals, self.scope.local):
+            return False
+        classes = [c for c in self.scope.classes(node.args[0]) if issubclass(c, torch.nn.Module)]
+        forwards = {_method(c, "forward") for c in classes}
+        if len(forwards) != 1 or len(classes) != len(self.scope.classes(node.args[0])):
+            return False
+        forward = forwards.pop()
+        if not self._rewrite(forward):
+            return False
+        during = self.ctx.bind(forward_during, "forward_during")
+        node.func = replace("during(caller, obj, picked)", loc=node.func, during=during,
+                            caller=node.func, obj=clone(node.args[0]),
+                            picked=self._picked_forward(clone(node.args[0]), forward))
+        return True
 
     def _passed_modules(self, node: ast.Call) -> None:
         """An ``nn.Module`` of the module handed to a call (``functional_call(criterion, ...)``)
