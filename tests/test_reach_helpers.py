@@ -273,7 +273,6 @@ def test_golden_module_call(user, name, module):
 
 
 @pytest.mark.parametrize("name, helper, how", [
-    ("constructed", "Masked.__init__", "`Masked(...)`, which runs Masked.__init__ to make the object"),
     ("functional", "OHKM.ohkm", "which is handed `criterion` and may call OHKM.forward"),
     ("either", "OHKM.ohkm", "an object of one of several classes with different forwards"),
 ])

@@ -89,7 +89,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         plan.last_write[unparse(write_target(e.stmt))] = item
         for k, x in enumerate(write_entries(write_target(e.stmt))):
             if not is_name(x, plan.iteration.index) and data_index(x, plan.facts, ctx):
-                _check_index(plan, x)
+                _check_index(plan, x, ctx)
                 slot = ctx.namer.new(f"{e.name}_slot")
                 stmts += plan.sub("k = x", k=slot, x=x)
                 slots[k] = plan.output(slot)
@@ -150,10 +150,15 @@ def _number_kind(value: ast.expr) -> str:
     return ast_marks.get(value, ast_marks.HOST_NUMBER) or "tensor"
 
 
-def _check_index(plan: LoopPlan, x: ast.expr) -> None:
-    """A data-dependent write index must be one integer per iteration: ``int(...)``, or an
-    element / row of a 1-d integer tensor (a bool one would be a mask)."""
+def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
+    """A data-dependent write index must be one integer per iteration: ``int(...)``, the loop
+    index plus or minus a fixed int (``mask[i, n + i]``), or an element / row of a 1-d integer
+    tensor (a bool one would be a mask)."""
     if ast_marks.get(x, ast_marks.HOST_NUMBER) == "int":
+        return
+    offset = _index_offset(plan, x, ctx)
+    if offset is not None:
+        plan.check("isinstance(c, int)", c=offset)
         return
     rows = {r.param: name for (name, _), r in plan.row_slices.items() if not r.prefix}
     sources = dict(plan.iteration.elements)
@@ -164,6 +169,17 @@ def _check_index(plan: LoopPlan, x: ast.expr) -> None:
         raise Unsupported(f"write index `{unparse(x)}`: not known to be one integer per "
                           "iteration")
     plan.check(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == 1", x=src)
+
+
+def _index_offset(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> ast.expr | None:
+    """``c`` of ``i + c``, ``c + i`` or ``i - c`` (``i`` the loop index, ``c`` the same in every
+    iteration), else None."""
+    if not (isinstance(x, ast.BinOp) and isinstance(x.op, (ast.Add, ast.Sub))):
+        return None
+    index = plan.iteration.index
+    c = x.right if is_name(x.left, index) else x.left if (
+        isinstance(x.op, ast.Add) and is_name(x.right, index)) else None
+    return None if c is None or data_index(c, plan.facts, ctx) else c
 
 
 def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast.expr],
