@@ -1,16 +1,17 @@
 """constructor_calls: a module made in the loss runs its rewritten ``__init__`` (SimCLR's
 negatives mask, built by a loop of writes at ``[i, n + i]``), behind a check that making the
 object would run ``object.__new__`` and that ``__init__``; writes at the loop index plus a fixed
-int (effects_to_outputs) are placed in one indexed write."""
+int (effects_to_outputs) are placed in one indexed write, also over ``np.arange`` (iteration)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from passes import constructor_calls
 from rewrite import assert_equivalent, optimize_loss
-from tests.helpers import load_module, run_called_helpers_pass
-from tests.loop_helpers import build, strategies
+from tests.helpers import equivalent_report, load_module, run_called_helpers_pass
+from tests.loop_helpers import build, namespace, strategies
 
 SOURCE = '''
 import torch
@@ -112,3 +113,37 @@ def test_offset_write_equivalent(dtype):
     v = torch.tensor([1.0, float("nan"), float("inf"), 1.0], dtype=dtype, requires_grad=True)
     for n in (0, 1, 3):
         assert_equivalent(original, optimized, v, n)
+
+
+SHIFTED = """
+def f(v, n):
+    out = torch.zeros(v.shape[0] + 2, dtype=v.dtype)
+    for i in np.arange(n, v.shape[0] + n):
+        out[i - 1] = v[i - n] * 3
+    return out
+"""
+
+
+def test_golden_offset_alone_and_numpy_range():
+    _, _, code, report = build(SHIFTED, namespace(np=np))
+    assert report.loops[0].vectorized, (report, code)
+    assert "1 > 0 and n - 1 >= 0" in code and "_out_slot = i - 1" in code, code
+
+
+@pytest.mark.parametrize("src", [
+    SHIFTED.replace("v[i - n] * 3", "v[i - n] * i"),          # a numpy int in arithmetic
+    SHIFTED.replace("np.arange(n, v.shape[0] + n)", "np.arange(n, v.shape[0] + n, n)"),
+    SHIFTED.replace("    return out", "    return out * i"),   # read after the loop
+])
+def test_numpy_range_read_outside_an_index_is_kept(src):
+    _, _, code, report = build(src, namespace(np=np))
+    assert strategies(report) == {3: "kept"}, (report, code)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_offset_alone_equivalent(tmp_path, dtype):
+    user = load_module(tmp_path, "import numpy as np\nimport torch\n" + SHIFTED)
+    v = torch.tensor([1.0, float("nan"), float("-inf"), 2.0], dtype=dtype, requires_grad=True)
+    for n, runs in ((1, (1, 0)), (2, (1, 0)), (0, (0, 1))):  # 0: out[-1] first, as written
+        report = equivalent_report(user.f, v, n)
+        assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == runs, n

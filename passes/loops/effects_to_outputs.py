@@ -34,7 +34,7 @@ from .. import ast_marks
 from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, is_name, unparse, write_target
 from ..errors import Unsupported
-from .loop_dataflow import Effect, data_index, write_entries
+from .loop_dataflow import Effect, data_index, index_offset, write_entries
 from .plan import Accumulator, LoopPlan, OwnList
 
 
@@ -156,9 +156,10 @@ def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
     tensor (a bool one would be a mask)."""
     if ast_marks.get(x, ast_marks.HOST_NUMBER) == "int":
         return
-    offset = _index_offset(plan, x, ctx)
+    offset = index_offset(x, plan.iteration.index, plan.facts, ctx)
     if offset is not None:
-        plan.check("isinstance(c, int)", c=offset)
+        if not (isinstance(offset, ast.Constant) and type(offset.value) is int):
+            plan.check("isinstance(c, int)", c=offset)
         return
     rows = {r.param: name for (name, _), r in plan.row_slices.items() if not r.prefix}
     sources = dict(plan.iteration.elements)
@@ -169,17 +170,6 @@ def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
         raise Unsupported(f"write index `{unparse(x)}`: not known to be one integer per "
                           "iteration")
     plan.check(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == 1", x=src)
-
-
-def _index_offset(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> ast.expr | None:
-    """``c`` of ``i + c``, ``c + i`` or ``i - c`` (``i`` the loop index, ``c`` the same in every
-    iteration), else None."""
-    if not (isinstance(x, ast.BinOp) and isinstance(x.op, (ast.Add, ast.Sub))):
-        return None
-    index = plan.iteration.index
-    c = x.right if is_name(x.left, index) else x.left if (
-        isinstance(x.op, ast.Add) and is_name(x.right, index)) else None
-    return None if c is None or data_index(c, plan.facts, ctx) else c
 
 
 def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast.expr],
@@ -205,7 +195,13 @@ def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast
     stmts = plan.sub(f"v = s.reshape(s.shape[:1] + (1,) * (out.dim() - {len(entries) - 1}"
                      " - s.dim()) + s.shape[1:])", v=values, s=stacked, out=e.name)
     target.slice = ast.Tuple(index, ast.Load())
-    if any(is_name(x, it.index) for x in entries):  # distinct slots: a plain indexed write
+    if not any(is_name(x, it.index) for x in entries):  # offsets alone: apart while >= 0
+        for x in entries:
+            c = index_offset(x, it.index, plan.facts, ctx)
+            if c is not None:
+                plan.check("s > 0 and x >= 0", s=it.step, x=ast.BinOp(it.start, x.op, c))
+    if any(is_name(x, it.index) or index_offset(x, it.index, plan.facts, ctx) is not None
+           for x in entries):  # distinct slots: a plain indexed write
         if isinstance(e.stmt, ast.AugAssign):
             return stmts + [ast.AugAssign(target, e.stmt.op, ast.Name(values, ast.Load()))]
         # `out[i, j] = v` casts v to out's dtype; an index_put_ would raise instead
