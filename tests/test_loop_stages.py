@@ -20,7 +20,7 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           inplace_writes_to_functional, invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, materialize_iterators, merge_branch_appends,
-                          module_loss_calls,
+                          module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           promoting_folds_run_as_written,
                           excluded_items_to_masks, ragged_slices_to_masks,
@@ -711,6 +711,49 @@ L = lengths[i].item()
 _pos = torch.arange(x[i].shape[0], device=x[i].device)
 _in = _pos < L + x[i].shape[0] * (L < 0)
 total = total + x[i][_in].sum() / L
+"""),
+    (module_list_linears, """
+def f(heads, x):
+    total = 0
+    for i in range(len(heads)):
+        head = heads[i]
+        total = total + head(x).sum()
+    return total
+""", ('body', 'prelude', 'checks'),
+     """
+# body
+head = heads[i]
+total = total + head(x).sum()
+# prelude
+# checks
+""",
+     """
+# body
+total = total + torch.nn.functional.linear(x, _heads_weight[i], _heads_bias[i]).sum()
+# prelude
+_heads_weight, _heads_bias = _linear_parameters(heads)
+# checks
+_heads_weight is not None
+"""),
+    (module_list_linears, """
+def f(heads, x):
+    total = 0
+    for i in range(len(heads)):
+        head = heads[i]
+        total = total + head(x).sum() + head.weight.sum()
+    return total
+""", ('body', 'prelude'),
+     """
+# body
+head = heads[i]
+total = total + head(x).sum() + head.weight.sum()
+# prelude
+""",
+     """
+# body
+head = heads[i]
+total = total + head(x).sum() + head.weight.sum()
+# prelude
 """),
     (element_slices_to_indices, """
 def f(w, labels):
