@@ -52,6 +52,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     index = plan.iteration.index
     bound = {n.id for s in plan.body for n in walk(s)
              if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    # an object the loop assigns an attribute of (`self.heads = ...`) may hold other modules
+    bound |= {n.value.id for s in plan.body for n in walk(s) if isinstance(n, ast.Attribute)
+              and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name)}
     aliases = _aliases(plan, index, bound)
     linears = _Linears(plan, ctx, index, bound, aliases)
     body = [linears.visit(s) for s in clone(plan.body)]
