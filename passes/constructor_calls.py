@@ -5,7 +5,7 @@ negatives mask, ``mask[i, n + i] = 0`` for every pair), and the loss makes the m
 call. With ``Cls`` a class of the user's module whose ``__init__`` ``optimize_called_helpers``
 rewrites, the call becomes::
 
-    NT_Xent(n, t, 1)(z_i, z_j)   ->   _constructed(NT_Xent, _init_original, _init)(n, t, 1)(z_i, z_j)
+    NT_Xent(n, t, 1)(z_i, z_j)  ->  _constructed(NT_Xent, _init_original, _init)(n, t, 1)(z_i, z_j)
 
 ``constructed`` checks at run time that making an object of ``cls`` would run ``object.__new__``
 and then the class's ``__init__`` as it was (``type.__call__``: no metaclass of its own, no
@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 def constructed(cls: Any, original: Callable, rewritten: Callable) -> Callable:
     """What ``cls(...)`` runs in rewritten code: ``cls`` made with ``rewritten`` as its
-    ``__init__`` when calling ``cls`` would run ``object.__new__`` and ``original``; else ``cls``."""
+    ``__init__`` when calling ``cls`` would run ``object.__new__`` and ``original``; else
+    ``cls``."""
     plain = (isinstance(cls, type) and type(cls).__call__ is type.__call__
              and cls.__new__ is object.__new__ and cls.__init__ is original)
     return functools.partial(_make, cls, rewritten) if plain else cls

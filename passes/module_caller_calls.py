@@ -60,7 +60,8 @@ def forward_during(caller: Callable, module: Any, picked: Callable) -> Callable:
     return functools.partial(_with_forward, caller, module, picked)
 
 
-def _with_forward(caller: Callable, module: Any, forward: Callable, *args: Any, **kwargs: Any) -> Any:
+def _with_forward(caller: Callable, module: Any, forward: Callable, *args: Any,
+                  **kwargs: Any) -> Any:
     vars(module)["forward"] = forward
     try:
         return caller(*args, **kwargs)

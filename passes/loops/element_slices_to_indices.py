@@ -63,7 +63,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 class _Slices(Transformer):
     def __init__(self, elements: dict[str, ast.expr], variant: set[str], plan: LoopPlan,
                  ctx: PassContext):
-        self.elements, self.variant, self.plan, self.ctx = elements, variant | set(elements), plan, ctx
+        self.elements, self.plan, self.ctx = elements, plan, ctx
+        self.variant = variant | set(elements)
         self.pre: list[ast.stmt] = []
         self.depth = 0  # statements and scopes around the node: `pre` goes before the top level
 
@@ -111,7 +112,8 @@ class _Slices(Transformer):
             return None
         y, up = x.lower.id, x.upper
         ok = isinstance(up, ast.BinOp) and isinstance(up.op, ast.Add) and (
-            (is_name(up.left, y) and is_int(up.right, 1)) or (is_int(up.left, 1) and is_name(up.right, y)))
+            (is_name(up.left, y) and is_int(up.right, 1))
+            or (is_int(up.left, 1) and is_name(up.right, y)))
         return y if ok else None
 
     def _cut(self, call: ast.Call) -> tuple[ast.expr, list[ast.expr], str] | None:
@@ -143,7 +145,8 @@ class _Slices(Transformer):
         return before.value, lo[:-1], y
 
     def _fixed(self, x: ast.expr) -> bool:
-        """``x`` is the same object in every iteration: no name the body binds or the loop varies."""
+        """``x`` is the same object in every iteration: no name the body binds or the loop
+        varies."""
         return _simple(x) and not (loads(x) & self.variant)
 
     def _check(self, y: str, x: ast.expr, k: int) -> None:

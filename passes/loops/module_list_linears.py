@@ -73,8 +73,8 @@ def _aliases(plan: LoopPlan, index: str, bound: set[str]) -> dict[str, ast.expr]
     """``f = M[i]`` at the body's top level, ``f`` bound once and not read after the loop."""
     found = {}
     for s in plan.body:
-        if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) \
-                and _item(s.value, index, bound) and s.targets[0].id not in plan.live_after:
+        if _assigns_name(s) and _item(s.value, index, bound) \
+                and s.targets[0].id not in plan.live_after:
             found[s.targets[0].id] = s.value.value
     stores = [n.id for s in plan.body for n in walk(s)
               if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)]
@@ -88,9 +88,12 @@ def _item(node: ast.expr, index: str, bound: set[str]) -> bool:
         and not ({n.id for n in walk(node.value) if isinstance(n, ast.Name)} & bound)
 
 
+def _assigns_name(s: ast.stmt) -> bool:
+    return isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+
+
 def _binds(s: ast.stmt, aliases: dict[str, ast.expr]) -> bool:
-    return isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) \
-        and s.targets[0].id in aliases
+    return _assigns_name(s) and s.targets[0].id in aliases
 
 
 class _Linears(Transformer):
