@@ -30,7 +30,8 @@ from __future__ import annotations
 import ast
 
 from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, replace, walk
-from .loop_dataflow import loads, resolve_call, write_entries
+from .excluded_items_to_masks import two_slices_joined
+from .loop_dataflow import loads, write_entries
 from .masked_selections_to_where import _simple
 from .plan import LoopPlan
 
@@ -119,16 +120,10 @@ class _Slices(Transformer):
     def _cut(self, call: ast.Call) -> tuple[ast.expr, list[ast.expr], str] | None:
         """(``x``, the single indices before the slices, ``y``) of ``torch.cat((x[..., :y],
         x[..., y + 1:]))``, else None."""
-        dims = call.args[1:] + [k.value for k in call.keywords if k.arg == "dim"]
-        if resolve_call(call.func, self.ctx) != "torch.cat" or len(call.args) + len(
-                call.keywords) - len(dims) != 1 or not all(is_int(d, 0) for d in dims) \
-                or not isinstance(call.args[0], (ast.Tuple, ast.List)) \
-                or len(call.args[0].elts) != 2:
+        pair = two_slices_joined(call, self.ctx)
+        if pair is None or not self._fixed(pair[0].value):
             return None
-        before, after = call.args[0].elts
-        if not (isinstance(before, ast.Subscript) and isinstance(after, ast.Subscript)
-                and ast.dump(before.value) == ast.dump(after.value) and self._fixed(before.value)):
-            return None
+        before, after = pair
         lo, hi = write_entries(before), write_entries(after)
         if len(lo) != len(hi) or any(ast.dump(a) != ast.dump(b) for a, b in zip(lo[:-1], hi[:-1])) \
                 or not all(_single(x) for x in lo[:-1]):
