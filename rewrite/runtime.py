@@ -656,7 +656,7 @@ def _detached(value: Any) -> Any:
 # The report keeps the latest choices of form (one per band of signatures).
 FORMS_SHOWN = 16
 # Items at each end of a long list or tuple that its signature key reads (``signature_key``).
-ENDS_KEYED = 8
+ENDS_KEYED = 2
 # Input signatures whose decision (verified, compiled and checked, timed) is kept.
 SIGNATURES_KEPT = 1024
 

@@ -1,6 +1,7 @@
 """LossBench on a tiny synthetic suite: one bench run (backend "eager", tiny budgets) shared by the
 tests, plus the pure helpers."""
 import json
+import math
 import statistics
 import textwrap
 
@@ -308,3 +309,7 @@ def test_a_ratio_with_an_interval_meets_a_limit_within_it():
     values = [float(v) for v in range(1, 51)]  # 50 rounds: ranks 18 and 32 of 50
     assert median_interval(values) == (18.0, 32.0)
     assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    # One or two rounds tell nothing: no verdict either way
+    assert median_interval([0.8]) == (0.0, math.inf)
+    assert Ratio(0.8, False, *median_interval([0.8])).meets(1.0, at_most=False) is None
+    assert str(Ratio(0.8, False, 0.0, math.inf)) == "0.8× (too few rounds for an interval)"

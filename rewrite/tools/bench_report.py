@@ -48,13 +48,16 @@ class Ratio:
     high: float | None = None
 
     def __str__(self) -> str:
-        band = f" ({self.low:.3g}–{self.high:.3g})" if self.low is not None else ""
+        band = "" if self.low is None else (" (too few rounds for an interval)" if math.isinf(self.high)
+                                            else f" ({self.low:.3g}–{self.high:.3g})")
         return ("> " if self.lower_bound else "") + (f"{self.value:.3g}×" if self.value < 1000 else f"{self.value:,.0f}×") + band
 
     def meets(self, limit: float, at_most: bool = True) -> bool | None:
         """Whether the target holds; None when a lower bound cannot tell. With an interval, the
         limit within it counts as met: the measurement cannot tell the ratio from the limit."""
         if self.low is not None:
+            if math.isinf(self.high):
+                return None
             return self.low <= limit if at_most else self.high >= limit
         if at_most:
             return self.value <= limit if not self.lower_bound or self.value > limit else None
@@ -63,8 +66,11 @@ class Ratio:
 
 def median_interval(values: list[float]) -> tuple[float, float]:
     """The 95% interval of the median of ``values`` from their order statistics (no assumption
-    on their distribution: the ranks n/2 ± 0.98·sqrt(n), counted from 1, clamped to the ends)."""
+    on their distribution: the ranks n/2 ± 0.98·sqrt(n), counted from 1, clamped to the ends);
+    none (0 to infinity) from fewer than 3 values."""
     ordered, n = sorted(values), len(values)
+    if n < 3:
+        return 0.0, math.inf
     half = 0.98 * math.sqrt(n)
     return (ordered[max(0, math.floor(n / 2 - half) - 1)],
             ordered[min(n - 1, math.ceil(n / 2 + half) - 1)])
