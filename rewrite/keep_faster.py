@@ -325,9 +325,12 @@ class FormTrial:
             if 1 in first and first[1] >= max(CLEAR * others, EXPENSIVE_S):
                 self._live.remove(1)
         else:
-            self._live = [f for f in self._live
-                          if _paired(rounds, f, lambda r: min(r[g] for g in self._live if g in r))
-                          < CLEAR]
+            # Each form over the fastest of its round; the least slow stays whatever its median
+            # (rounds that each form won in turn can put every median at CLEAR)
+            slowness = {f: _paired(rounds, f, lambda r: min(r[g] for g in self._live if g in r))
+                        for f in self._live}
+            least = min(slowness, key=slowness.__getitem__)
+            self._live = [f for f in self._live if f == least or slowness[f] < CLEAR]
         if len(self._live) > 1 and self._rounds < PAIRS:
             return None
         back = _loops_back(rounds, range(2, 2 + len(self.repeated)))

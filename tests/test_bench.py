@@ -286,8 +286,8 @@ def test_overhead_below_noise_is_said_not_negative(monkeypatch):
 
 @pytest.mark.parametrize("paired, cpu, want", [
     ([3.0], None, Ratio(1.5)), (None, None, Ratio(2.0)),
-    # per round 2.0, 0.75, 2.25: the median, and (3 rounds) the whole range as its interval
-    ([3.0], ([1.0, 4.0, 4.0], [2.0, 3.0, 9.0]), Ratio(2.0, False, 0.75, 2.25))])
+    # per round 2.0, 0.75, 2.25: the median, and (3 rounds) no interval
+    ([3.0], ([1.0, 4.0, 4.0], [2.0, 3.0, 9.0]), Ratio(2.0, False, 0.0, math.inf))])
 def test_never_slower_prefers_the_original_timed_alongside(paired, cpu, want):
     """P7 divides the original's time by the optimized one's: the original's blocks alternating
     with the optimized job's when it ran them (their CPU times when taken, on one thread: the
@@ -308,8 +308,8 @@ def test_a_ratio_with_an_interval_meets_a_limit_within_it():
     assert str(Ratio(0.98, False, 0.95, 1.01)) == "0.98× (0.95–1.01)"
     values = [float(v) for v in range(1, 51)]  # 50 rounds: ranks 18 and 32 of 50
     assert median_interval(values) == (18.0, 32.0)
-    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
-    # One or two rounds tell nothing: no verdict either way
+    assert median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
+    # Fewer than 6 rounds do not make a 95% interval: no verdict either way
     assert median_interval([0.8]) == (0.0, math.inf)
     assert Ratio(0.8, False, *median_interval([0.8])).meets(1.0, at_most=False) is None
     assert str(Ratio(0.8, False, 0.0, math.inf)) == "0.8× (too few rounds for an interval)"

@@ -526,6 +526,22 @@ def test_side_by_side_loops_are_decided_each_on_its_own_time(tmp_path, written, 
         torch.testing.assert_close(got, w)
 
 
+def test_forms_that_win_rounds_in_turn_do_not_all_leave(user, monkeypatch):
+    """Each form 3x faster than the other in every other round: both medians over the fastest
+    of their round are 2x (CLEAR), yet one form must stay in the running."""
+    f = optimize_loss(user.summed, compile=False)
+    calls = []
+
+    def seconds(form, args):
+        calls.append(form)
+        fast = (len(calls) - 1) // 2 % 2 == 0  # rounds 1, 3: the first form timed; 2, 4: the other
+        return 1e-3 * (1.0 if fast == (form == "rewritten") else 3.0), None  # cheap: no early exit
+    fake_clock(monkeypatch, user.summed, seconds)
+    for _ in range(1 + 2 * PAIRS + 1):
+        f(_x(6))
+    assert len(f.report.forms) == 1
+
+
 def test_one_fast_call_does_not_decide(user, monkeypatch):
     """The original's third timed call is fast (a quiet moment, a warm cache): its best call
     would choose it, the median of the rounds does not."""

@@ -67,9 +67,10 @@ class Ratio:
 def median_interval(values: list[float]) -> tuple[float, float]:
     """The 95% interval of the median of ``values`` from their order statistics (no assumption
     on their distribution: the ranks n/2 ± 0.98·sqrt(n), counted from 1, clamped to the ends);
-    none (0 to infinity) from fewer than 3 values."""
+    none (0 to infinity) from fewer than 6 values: even their whole range holds the median with
+    less than 95% (1 - 2^(1-n))."""
     ordered, n = sorted(values), len(values)
-    if n < 3:
+    if n < 6:
         return 0.0, math.inf
     half = 0.98 * math.sqrt(n)
     return (ordered[max(0, math.floor(n / 2 - half) - 1)],
