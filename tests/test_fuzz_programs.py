@@ -54,18 +54,6 @@ def _item_in_a_branch(src: str, args: tuple) -> bool:
                for stmt in branch.body + branch.orelse for n in ast.walk(stmt))
 
 
-def _builtin_min_next_to_a_graph_break(src: str, args: tuple) -> bool:
-    """A builtin `min` accumulator in a loop that also converts a tensor to a Python number (under
-    torch.compile, the counter's `int` or an `.item()` splits the graph; eager draws of these are
-    skipped too)."""
-    return "lo = min(lo," in src and any(k in src for k in ("n += 1", ".item()", "float("))
-
-
-def _full_max_in_a_conditional_expression(src: str, args: tuple) -> bool:
-    return any(isinstance(n, ast.IfExp) and ".max()" in ast.unparse(n)
-               for n in ast.walk(ast.parse(src)))
-
-
 def _appended_item_stacked(src: str, args: tuple) -> bool:
     return "torch.stack(lst)" in src and any(
         isinstance(n, ast.Call) and ast.unparse(n.func) == "lst.append"
@@ -78,11 +66,7 @@ def _appended_item_stacked(src: str, args: tuple) -> bool:
 KNOWN_BUGS: dict = {
     "test_a_value_computed_twice_at_an_infinite_derivative": _computed_twice,
     "test_item_under_a_branch_of_a_vmapped_body": _item_in_a_branch,
-    "test_unpicked_builtin_min_items_under_torch_compile_next_to_a_counter":
-        _builtin_min_next_to_a_graph_break,
     "test_stack_of_appended_python_numbers_still_raises": _appended_item_stacked,
-    "test_conditional_expression_with_a_full_max_at_nan_under_torch_compile":
-        _full_max_in_a_conditional_expression,
 }
 
 
