@@ -6,48 +6,33 @@ element, whatever the gradient (a NaN gradient too: it fills, it does not multip
 dims counts the ties with ``==`` (at a NaN result no element ties: every element of that slice
 gets a NaN gradient) and multiplies by its mask (a NaN gradient gives 0 * NaN = NaN to the
 elements not picked). So the batched form (all items at once, the loop dim in front) and the
-vmapped body call these instead of ``amax``/``amin``: an autograd.Function whose value is NaN
-where a slice holds a NaN, else ``amax`` of its values, and whose backward is eager's masked fill
-(``where``; differentiable again, so double backward is eager's too). Its vmap rule is derived
-(``generate_vmap_rule``). ``start`` is the first dim reduced (1 batched, 0 in a vmapped body); a
-slice of one 0-d value is itself. Integer and bool values hold no NaN: ``amax`` as before.
+vmapped body call these instead of ``amax``/``amin``: per slice, where it holds a NaN, the mean
+of its NaN elements (NaN; the gradient divided among them), else ``amax`` of its values with the
+others replaced by -inf (the ties split the gradient evenly), each behind a ``where`` that fills
+exactly 0 for the elements and the branch not picked. Plain differentiable ops, not an
+autograd.Function: Dynamo inlines a custom Function's forward under vmap and differentiates it,
+ignoring its backward, so ``torch.compile`` would not run eager's gradient; double backward is
+eager's too. ``start`` is the first dim reduced (1 batched, 0 in a vmapped body); a slice of one
+0-d value is itself. Integer and bool values hold no NaN: ``amax`` as before.
 """
 from __future__ import annotations
 
 import torch
 
 
-class _Extreme(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, dims, largest):
-        nan = x.isnan()
-        reduce = torch.amax if largest else torch.amin
-        top = reduce(torch.where(nan, -torch.inf if largest else torch.inf, x), dims)
-        return torch.where(nan.any(dims), torch.nan, top)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, ctx.dims, _ = inputs
-        ctx.save_for_backward(x, output)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, value = ctx.saved_tensors
-        for d in ctx.dims:  # the reduced dims back, in increasing order
-            value, grad = value.unsqueeze(d), grad.unsqueeze(d)
-        picked = torch.where(value.isnan(), x.isnan(), x == value)
-        return torch.where(picked, grad / picked.sum(ctx.dims, keepdim=True), 0), None, None
-
-
 def _extreme(x: torch.Tensor, start: int, largest: bool) -> torch.Tensor:
     if x.dim() == start:
         x = x.unsqueeze(-1)
     dims = tuple(range(start, x.dim()))
+    reduce = torch.amax if largest else torch.amin
     if not x.is_floating_point():
-        return (torch.amax if largest else torch.amin)(x, dims)
-    return _Extreme.apply(x, dims, largest)
+        return reduce(x, dims)
+    nan, fill = x.detach().isnan(), -torch.inf if largest else torch.inf
+    # in a slice with a NaN, `ties` are the largest others: that branch is not taken
+    ties = x.detach() == reduce(torch.where(nan, fill, x.detach()), dims, keepdim=True)
+    top = reduce(torch.where(ties, x, fill), dims)
+    at_nan = torch.where(nan, x, 0).sum(dims) / nan.sum(dims).clamp(min=1)
+    return torch.where(nan.any(dims), at_nan, top)
 
 
 def max_of_all(x: torch.Tensor, start: int) -> torch.Tensor:

@@ -55,3 +55,18 @@ def test_double_backward_is_eagers():
         first, = torch.autograd.grad(got, x, g, create_graph=True)
         grads.append(torch.autograd.grad((first * torch.arange(6.).view(2, 3)).sum(), g)[0])
     _exact(*grads)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_vmapped_under_torch_compile_is_eagers(largest, backend):
+    # Dynamo inlines an autograd.Function's forward under vmap and ignores its backward: a NaN
+    # element took 0 where eager's full max gives it the gradient
+    fn, name = (max_of_all, "max") if largest else (min_of_all, "min")
+    x = torch.tensor(_ROWS, requires_grad=True)
+    compiled = torch.compile(lambda x: torch.vmap(lambda r: fn(r, 0))(x), backend=backend)
+    want = torch.stack([getattr(r, name)() for r in x])
+    got = compiled(x)
+    _exact(got, want)
+    g = torch.arange(1.0, len(_ROWS) + 1)
+    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])

@@ -876,11 +876,10 @@ def f(x, w):
                       torch.tensor([3., 2.], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="under torch.compile the vmapped items of a builtin `min` "
-                   "accumulator (only argmin reads them; the picked item is recomputed) get a "
-                   "backward: `int(...)` of the counter breaks the graph, so they are a graph "
-                   "output, whose compiled backward runs with zero cotangents: 0 * NaN at "
-                   "`sqrt` of a negative in an unpicked row (eager autograd prunes that path)")
+# under torch.compile the vmapped items of a builtin `min` accumulator (only argmin reads them;
+# the picked item is evaluated again) got a backward: `int(...)` of the counter breaks the graph,
+# so they are a graph output, whose compiled backward runs with zero cotangents: 0 * NaN at
+# `sqrt` of a negative in an unpicked row. They are returned detached now.
 def test_unpicked_builtin_min_items_under_torch_compile_next_to_a_counter(tmp_path):
     source = """
 def f(x, y):
@@ -932,10 +931,9 @@ def f(x, w):
                       torch.tensor([1.5], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="under torch.compile a tensor-conditional expression "
-                   "whose taken arm is a full `w.max()` of a NaN `w`: the original's "
-                   "gradient of `w` is 1 per iteration (eager's max backward picks the NaN), the "
-                   "compiled rewrite's is 0 (right eager; the original compiled is right too)")
+# under torch.compile a tensor-conditional expression whose taken arm is a full `w.max()` of a
+# NaN `w` gave `w` a zero gradient (eager's max backward gives 1 per iteration): Dynamo ignored
+# the backward of full_extremes' autograd.Function under vmap; it is plain ops now.
 def test_conditional_expression_with_a_full_max_at_nan_under_torch_compile(tmp_path):
     source = """
 def f(x, y, w):

@@ -138,7 +138,7 @@ def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
         b = _Batcher(ctx, plan.node, trips, plan.summed_parts(), plan.averaged_parts(), sets,
                      tensors)
         try:  # the body stays as given
-            return b, b.run(clone(plan.body), params, plan.outputs, plan.outs)
+            return b, b.run(clone(plan.body), params, plan.outputs, plan.outs, plan.detached)
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)
@@ -189,7 +189,7 @@ class _Batcher(Scope):
         self.zeros: set[str] = set()          # names bound to the int 0 (a partial's start)
 
     def run(self, body: list[ast.stmt], params: list[Param], outputs: list[str],
-            outs: str) -> tuple[ast.expr | None, list]:
+            outs: str, detached: set[str]) -> tuple[ast.expr | None, list]:
         self.assigned = {n.id for s in body for n in walk(s)
                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         stmts = []
@@ -212,6 +212,8 @@ class _Batcher(Scope):
                                         n=self.trips))
             if name in self.averaged and name not in self.totals:
                 stacked[-1] = self.sub("t / n", t=stacked[-1], n=self.trips)
+            if name in detached:
+                stacked[-1] = self.sub("t.detach()", t=stacked[-1])
         stmts += self.sub("o = v", o=outs, v=ast.Tuple(stacked, ast.Load()))
         check = self.checks.expr() if self.checks.conditions else None
         return check, stmts

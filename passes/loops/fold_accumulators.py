@@ -83,6 +83,7 @@ def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> a
         raise Unsupported(f"the item `{name}` picks cannot be evaluated again at its index, so "
                           "the items not picked would pass on a NaN/inf derivative",
                           plan.node.lineno)
+    plan.detached.add(acc.part)
     it = plan.iteration
     picked = ctx.namer.new(f"{name}_picked")
     plan.folds += plan.sub("p = k", p=picked, k=k)

@@ -146,6 +146,10 @@ class LoopPlan:
     init: list[ast.stmt] = field(default_factory=list)    # top of the body: partials' identities
     outs: str = ""
     outputs: list[str] = field(default_factory=list)
+    # Outputs only an index pick reads (a builtin max/min's items, the picked one evaluated
+    # again): returned detached, so no backward runs for them, not even one of zero cotangents
+    # (0 * NaN/inf) that torch.compile runs for a graph output.
+    detached: set[str] = field(default_factory=set)
     folds: list[ast.stmt] = field(default_factory=list)
     accumulators: dict[str, Accumulator] = field(default_factory=dict)
     # Conditions under which a fold would change an accumulator's dtype, which the original
