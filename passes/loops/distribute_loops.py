@@ -118,6 +118,7 @@ class _Split:
     written: dict[int, ast.stmt]  # position -> the statement as written, if operands left it
     residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
     copies: bool = False  # the residual loop reads copies of the stacked tensors
+    index: str = ""  # the loop index, a Python int: a call it is handed cannot change it
 
     def hoisted(self) -> list[int]:
         return [k for k in range(len(self.body)) if k not in self.residual]
@@ -152,7 +153,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     body, written = _operands_out(body, it.index, seeds, ctx)
     node = ast.copy_location(ast.For(target=node.target, iter=node.iter, body=body, orelse=[],
                                      type_comment=None), node)
-    split = _Split(body, written)
+    split = _Split(body, written, index=it.index)
     for k, s in enumerate(node.body):
         reason = _own_reason(s, it.index, seeds, ctx, _exposed_reads(node.body[:k], seeds)[1])
         if reason:
@@ -479,7 +480,8 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
     the names the hoisted statements export (stacked, read by index)."""
     body = split.body
     while True:
-        written = {n: k for k in sorted(split.residual) for n in _writes(body[k], ctx)}
+        written = {n: k for k in sorted(split.residual) for n in _writes(body[k], ctx)
+                   - ({split.index} - loop_dataflow.stores_in([body[k]]))}
         read = {n: k for k in sorted(split.residual, reverse=True) for n in _reads(body[k])}
         needed = set(read) | live_after
         picked = _picked(body, split, ctx)
