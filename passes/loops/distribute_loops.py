@@ -356,7 +356,7 @@ def _heavy_operand(s: ast.stmt, index: str, seeds: set[str], carried: set[str],
     and its fresh name; none reading a name carried from one iteration to the next or one
     ``s`` writes (it would stay residual). The loop index is a Python int: a call taking it
     (``print(i, ...)``) does not change it."""
-    written = _writes(s, ctx) - ({index} - loop_dataflow.stores_in([s])) | carried
+    written = _written_first(s, ctx) - ({index} - loop_dataflow.stores_in([s])) | carried
     for roots, template in _operand_roots(s, written):
         todo = list(roots)
         while todo:
@@ -372,6 +372,23 @@ def _heavy_operand(s: ast.stmt, index: str, seeds: set[str], carried: set[str],
                 ctx.namer.rollback(point)
             todo[:0] = _always_evaluated(e)
     return None
+
+
+def _written_first(s: ast.stmt, ctx: PassContext) -> set[str]:
+    """What ``s`` may write before its operands are evaluated: an assignment to names or
+    attributes (``self.acc_loss += e``) stores its target after its value, so only what the
+    value writes."""
+    if isinstance(s, (ast.Assign, ast.AugAssign)) and all(
+            _name_or_attribute(t) for t in getattr(s, "targets", [getattr(s, "target", None)])):
+        return _writes(ast.Expr(value=s.value), ctx)
+    return _writes(s, ctx)
+
+
+def _name_or_attribute(t: ast.expr) -> bool:
+    """``n``, ``self.acc_loss``: a target with no part evaluated by a call or an index."""
+    while isinstance(t, ast.Attribute):
+        t = t.value
+    return isinstance(t, ast.Name)
 
 
 def _operand_roots(s: ast.stmt, written: set[str]):
@@ -490,7 +507,7 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
             why = "its value flows into an item a builtin `max`/`min` picks from (stacked, " \
                 "the backward would also run for the items not picked: 0 * NaN/inf)" \
                 if loop_dataflow.stores_in([body[k]]) & picked else \
-                _dependence(body, k, written, read, needed, variant, ctx)
+                _dependence(split, k, written, read, needed, variant, ctx)
             if why:
                 split.residual[k] = why
                 moved = True
@@ -521,12 +538,16 @@ def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
     return names
 
 
-def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dict[str, int],
+def _dependence(split: _Split, k: int, written: dict[str, int], read: dict[str, int],
                 needed: set[str], variant: set[str], ctx: PassContext) -> str:
-    """Why hoisted statement ``k`` must join the residual loop ("" when it need not)."""
+    """Why hoisted statement ``k`` must join the residual loop ("" when it need not). Reading
+    other attributes of an object than the residual loop writes is no dependence
+    (``_attributes``)."""
+    body = split.body
     s = body[k]
     for n in sorted(_reads(s) & written.keys()):
-        return f"reads `{n}`, which line {body[written[n]].lineno} (residual) binds"
+        if not _attributes_apart(s, [body[j] for j in split.residual], n, ctx):
+            return f"reads `{n}`, which line {body[written[n]].lineno} (residual) binds"
     for n in sorted(_writes(s, ctx)):
         if n in written:
             return f"binds `{n}`, as line {body[written[n]].lineno} (residual) does"
@@ -538,6 +559,40 @@ def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dic
             return f"`{n}` is read by the residual loop or after the loop, and is not a " \
                    "per-iteration tensor value"
     return ""
+
+
+def _attributes_apart(s: ast.stmt, residual: list[ast.stmt], name: str,
+                      ctx: PassContext) -> bool:
+    """``s`` and the residual statements reach the object ``name`` holds only through
+    attributes, none of them the same (``_value = self.criterion(a, b)`` against
+    ``self.acc_loss += _value``): attributes are plain, writing one changes no other."""
+    read = _attributes(s, name, ctx)
+    if read is None:
+        return False
+    for r in residual:
+        written = _attributes(r, name, ctx)
+        if written is None or written & read:
+            return False
+    return True
+
+
+def _attributes(s: ast.stmt, name: str, ctx: PassContext) -> set[str] | None:
+    """The attributes of ``name`` that ``s`` mentions (``self.hist.append(v)``: hist); None
+    when it reaches the object itself: binds the name, hands it to a call, calls a method on it
+    (but a call of an ``nn`` loss module it holds, ``module_loss_calls``)."""
+    attrs, through = set(), set()
+    for n in walk(s):
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) \
+                and n.value.id == name:
+            attrs.add(n.attr)
+            through.add(id(n.value))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+                and isinstance(n.func.value, ast.Name) and n.func.value.id == name \
+                and not module_loss_calls.loss_class(n, ctx):
+            return None
+    bare = any(isinstance(n, ast.Name) and n.id == name and id(n) not in through
+               for n in walk(s))
+    return None if bare else attrs
 
 
 def _stackable(s: ast.stmt, name: str, variant: set[str], ctx: PassContext) -> bool:
