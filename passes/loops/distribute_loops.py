@@ -90,7 +90,8 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
-from . import inline_helper_calls, iteration, loop_dataflow, module_loss_calls
+from . import (inline_helper_calls, inline_method_calls, iteration, loop_dataflow,
+               module_loss_calls)
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
 
@@ -125,23 +126,27 @@ class _Split:
 
 
 def distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
-               vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
+               vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+               stackable: dict | None = None) -> Fission | str:
     """``node`` (its inner loops already rewritten) distributed, or why it is kept whole (and
     the names the attempts took given back: the loops after it are named as before).
     ``masks``: the names the function binds to boolean tensors only (the hoisted loop's plan
-    needs them as the whole loop's did)."""
+    needs them as the whole loop's did); ``stackable``: the names it may hold as lists and
+    iterators: the hoisted loop stacks those the loop iterates (a list read by index is left
+    to the loop as written; the ``prelude`` goes in front of the guard)."""
     point = ctx.namer.checkpoint()
-    fission = _distribute(node, live_after, masks, ctx, vectorize)
+    fission = _distribute(node, live_after, masks, ctx, vectorize, stackable or {})
     if isinstance(fission, str):
         ctx.namer.rollback(point)
     return fission
 
 
 def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
-                vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
+                vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+                stackable: dict) -> Fission | str:
     if node.orelse:
         return "its `else` clause runs after the last iteration"
-    body = _continues_to_else(node.body)
+    body, guards = inline_method_calls.inline(_continues_to_else(node.body), ctx)
     control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)), None)
     if control is not None:
         return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
@@ -150,6 +155,8 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
         return "the loop's header is refused as a whole"
     seeds = {it.index} | {name for name, _ in it.elements}
+    iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
+    stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
     body, written = _operands_out(body, it.index, seeds, ctx)
     node = ast.copy_location(ast.For(target=node.target, iter=node.iter, body=body, orelse=[],
                                      type_comment=None), node)
@@ -170,7 +177,8 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         try:
             plan = vectorize(new_plan(_hoisted_loop(node, hoisted, lists), set(), ctx,
-                                      masks=masks, own_lists=set(lists.values())), ctx)
+                                      masks=masks, own_lists=set(lists.values()),
+                                      **stackable), ctx)
         except Unsupported as exc:
             ctx.namer.rollback(point)  # the next attempt's names as if it were the first
             at = [k for k in split.hoisted() if _covers(node.body[k], exc.lineno)]
@@ -178,6 +186,8 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                 return f"the hoisted loop is refused: {exc.reason}"
             split.residual[at[0]] = exc.reason
             continue
+        for guard in guards:  # the object runs the methods inlined
+            plan.checks.add(guard)
         return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
                        _reason(split, plan, ctx))
     return "the vectorizer refused every split"
@@ -755,7 +765,7 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
 
 
 def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
-    lines = [str(split.body[k].lineno) for k in split.hoisted()]
+    lines = list(dict.fromkeys(str(split.body[k].lineno) for k in split.hoisted()))
     hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
     how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
     return f"{hoisted} hoisted into one loop ({how}); {_residual(split, ctx)}"
