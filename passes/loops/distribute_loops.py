@@ -16,7 +16,11 @@ residual loop reads leave the hoisted loop stacked, and the residual loop reads 
                                                  else:
                                                      <the loop as written>
 
-The dependence graph is over the body's top-level statements. First, a heavy operand of a
+The dependence graph is over the body's top-level statements, after a call of a method of the
+function's own object made as a statement is inlined (``inline_method_calls``). Names are the
+nodes, but a statement reading other attributes of an object than the residual statements
+write (``self.criterion`` against ``self.acc_loss += l``) does not depend on them
+(``_attributes_apart``). First, a heavy operand of a
 statement that stays residual on its own becomes a statement of its own before it, when the
 statement always evaluates it and it reads nothing the statement writes or the loop carries
 (``_operands_out``): ``print(f"{F.cross_entropy(x[i:i+1], y[i:i+1]).item()}")``,
