@@ -16,7 +16,11 @@ residual loop reads leave the hoisted loop stacked, and the residual loop reads 
                                                  else:
                                                      <the loop as written>
 
-The dependence graph is over the body's top-level statements. First, a heavy operand of a
+The dependence graph is over the body's top-level statements, after a call of a method of the
+function's own object made as a statement is inlined (``inline_method_calls``). Names are the
+nodes, but a statement reading other attributes of an object than the residual statements
+write (``self.criterion`` against ``self.acc_loss += l``) does not depend on them
+(``_attributes_apart``). First, a heavy operand of a
 statement that stays residual on its own becomes a statement of its own before it, when the
 statement always evaluates it and it reads nothing the statement writes or the loop carries
 (``_operands_out``): ``print(f"{F.cross_entropy(x[i:i+1], y[i:i+1]).item()}")``,
@@ -68,7 +72,9 @@ one whose residual statements change what the loop iterates.
 Exceptions: the hoisted statements are vectorized code behind its runtime checks (ranks, dtypes,
 bounds), so they do not raise where the original did not; an error an op raises on the data
 itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
-residual loop runs. Loops with ``break``, ``continue`` or ``return`` are not split.
+residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` becomes the other
+branch holding the statements after the ``if`` (``_continues_to_else``); loops with ``break``,
+another ``continue`` or ``return`` are not split.
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -88,7 +94,8 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
-from . import inline_helper_calls, iteration, loop_dataflow, module_loss_calls
+from . import (inline_helper_calls, inline_method_calls, iteration, loop_dataflow,
+               module_loss_calls)
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
 
@@ -116,30 +123,35 @@ class _Split:
     written: dict[int, ast.stmt]  # position -> the statement as written, if operands left it
     residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
     copies: bool = False  # the residual loop reads copies of the stacked tensors
+    index: str = ""  # the loop index, a Python int: a call it is handed cannot change it
 
     def hoisted(self) -> list[int]:
         return [k for k in range(len(self.body)) if k not in self.residual]
 
 
 def distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
-               vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
+               vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+               stackable: dict | None = None) -> Fission | str:
     """``node`` (its inner loops already rewritten) distributed, or why it is kept whole (and
     the names the attempts took given back: the loops after it are named as before).
     ``masks``: the names the function binds to boolean tensors only (the hoisted loop's plan
-    needs them as the whole loop's did)."""
+    needs them as the whole loop's did); ``stackable``: the names it may hold as lists and
+    iterators: the hoisted loop stacks those the loop iterates (a list read by index is left
+    to the loop as written; the ``prelude`` goes in front of the guard)."""
     point = ctx.namer.checkpoint()
-    fission = _distribute(node, live_after, masks, ctx, vectorize)
+    fission = _distribute(node, live_after, masks, ctx, vectorize, stackable or {})
     if isinstance(fission, str):
         ctx.namer.rollback(point)
     return fission
 
 
 def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassContext,
-                vectorize: Callable[[LoopPlan, PassContext], LoopPlan]) -> Fission | str:
+                vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+                stackable: dict) -> Fission | str:
     if node.orelse:
         return "its `else` clause runs after the last iteration"
-    control = next((n for s in node.body for n in _own_nodes(s) if isinstance(n, _CONTROL)),
-                   None)
+    body, guards = inline_method_calls.inline(_continues_to_else(node.body), ctx)
+    control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)), None)
     if control is not None:
         return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
     try:
@@ -147,10 +159,12 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
         return "the loop's header is refused as a whole"
     seeds = {it.index} | {name for name, _ in it.elements}
-    body, written = _operands_out(node.body, it.index, seeds, ctx)
+    iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
+    stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
+    body, written = _operands_out(body, it.index, seeds, ctx)
     node = ast.copy_location(ast.For(target=node.target, iter=node.iter, body=body, orelse=[],
                                      type_comment=None), node)
-    split = _Split(body, written)
+    split = _Split(body, written, index=it.index)
     for k, s in enumerate(node.body):
         reason = _own_reason(s, it.index, seeds, ctx, _exposed_reads(node.body[:k], seeds)[1])
         if reason:
@@ -167,7 +181,8 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         try:
             plan = vectorize(new_plan(_hoisted_loop(node, hoisted, lists), set(), ctx,
-                                      masks=masks, own_lists=set(lists.values())), ctx)
+                                      masks=masks, own_lists=set(lists.values()),
+                                      **stackable), ctx)
         except Unsupported as exc:
             ctx.namer.rollback(point)  # the next attempt's names as if it were the first
             at = [k for k in split.hoisted() if _covers(node.body[k], exc.lineno)]
@@ -175,9 +190,37 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                 return f"the hoisted loop is refused: {exc.reason}"
             split.residual[at[0]] = exc.reason
             continue
+        for guard in guards:  # the object runs the methods inlined
+            plan.checks.add(guard)
         return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
                        _reason(split, plan, ctx))
     return "the vectorizer refused every split"
+
+
+def _continues_to_else(stmts: list[ast.stmt]) -> list[ast.stmt]:
+    """``stmts`` with each top-level ``if`` whose branch ends with ``continue`` holding the
+    statements after it in its other branch (new nodes; ``stmts`` is not changed)::
+
+        if c:                        if c:
+            A                            A
+            continue       ->        else:
+        B                                B
+
+    The same statements run, in the same order, for every iteration. A ``continue`` elsewhere
+    is left (the loop is then not split)."""
+    for k, s in enumerate(stmts):
+        if not isinstance(s, ast.If):
+            continue
+        rest = _continues_to_else(stmts[k + 1:])
+        if s.body and isinstance(s.body[-1], ast.Continue):
+            body, orelse = s.body[:-1], s.orelse + rest
+        elif s.orelse and isinstance(s.orelse[-1], ast.Continue):
+            body, orelse = s.body + rest, s.orelse[:-1]
+        else:
+            return stmts[:k + 1] + rest
+        new = ast.If(test=s.test, body=body or [ast.copy_location(ast.Pass(), s)], orelse=orelse)
+        return stmts[:k] + [ast.copy_location(new, s)]
+    return stmts
 
 
 def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
@@ -327,7 +370,7 @@ def _heavy_operand(s: ast.stmt, index: str, seeds: set[str], carried: set[str],
     and its fresh name; none reading a name carried from one iteration to the next or one
     ``s`` writes (it would stay residual). The loop index is a Python int: a call taking it
     (``print(i, ...)``) does not change it."""
-    written = _writes(s, ctx) - ({index} - loop_dataflow.stores_in([s])) | carried
+    written = _written_first(s, ctx) - ({index} - loop_dataflow.stores_in([s])) | carried
     for roots, template in _operand_roots(s, written):
         todo = list(roots)
         while todo:
@@ -343,6 +386,23 @@ def _heavy_operand(s: ast.stmt, index: str, seeds: set[str], carried: set[str],
                 ctx.namer.rollback(point)
             todo[:0] = _always_evaluated(e)
     return None
+
+
+def _written_first(s: ast.stmt, ctx: PassContext) -> set[str]:
+    """What ``s`` may write before its operands are evaluated: an assignment to names or
+    attributes (``self.acc_loss += e``) stores its target after its value, so only what the
+    value writes."""
+    if isinstance(s, (ast.Assign, ast.AugAssign)) and all(
+            _name_or_attribute(t) for t in getattr(s, "targets", [getattr(s, "target", None)])):
+        return _writes(ast.Expr(value=s.value), ctx)
+    return _writes(s, ctx)
+
+
+def _name_or_attribute(t: ast.expr) -> bool:
+    """``n``, ``self.acc_loss``: a target with no part evaluated by a call or an index."""
+    while isinstance(t, ast.Attribute):
+        t = t.value
+    return isinstance(t, ast.Name)
 
 
 def _operand_roots(s: ast.stmt, written: set[str]):
@@ -451,7 +511,8 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
     the names the hoisted statements export (stacked, read by index)."""
     body = split.body
     while True:
-        written = {n: k for k in sorted(split.residual) for n in _writes(body[k], ctx)}
+        written = {n: k for k in sorted(split.residual) for n in _writes(body[k], ctx)
+                   - ({split.index} - loop_dataflow.stores_in([body[k]]))}
         read = {n: k for k in sorted(split.residual, reverse=True) for n in _reads(body[k])}
         needed = set(read) | live_after
         picked = _picked(body, split, ctx)
@@ -460,7 +521,7 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
             why = "its value flows into an item a builtin `max`/`min` picks from (stacked, " \
                 "the backward would also run for the items not picked: 0 * NaN/inf)" \
                 if loop_dataflow.stores_in([body[k]]) & picked else \
-                _dependence(body, k, written, read, needed, variant, ctx)
+                _dependence(split, k, written, read, needed, variant, ctx)
             if why:
                 split.residual[k] = why
                 moved = True
@@ -491,12 +552,16 @@ def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
     return names
 
 
-def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dict[str, int],
+def _dependence(split: _Split, k: int, written: dict[str, int], read: dict[str, int],
                 needed: set[str], variant: set[str], ctx: PassContext) -> str:
-    """Why hoisted statement ``k`` must join the residual loop ("" when it need not)."""
+    """Why hoisted statement ``k`` must join the residual loop ("" when it need not). Reading
+    other attributes of an object than the residual loop writes is no dependence
+    (``_attributes``)."""
+    body = split.body
     s = body[k]
     for n in sorted(_reads(s) & written.keys()):
-        return f"reads `{n}`, which line {body[written[n]].lineno} (residual) binds"
+        if not _attributes_apart(s, [body[j] for j in split.residual], n, ctx):
+            return f"reads `{n}`, which line {body[written[n]].lineno} (residual) binds"
     for n in sorted(_writes(s, ctx)):
         if n in written:
             return f"binds `{n}`, as line {body[written[n]].lineno} (residual) does"
@@ -508,6 +573,40 @@ def _dependence(body: list[ast.stmt], k: int, written: dict[str, int], read: dic
             return f"`{n}` is read by the residual loop or after the loop, and is not a " \
                    "per-iteration tensor value"
     return ""
+
+
+def _attributes_apart(s: ast.stmt, residual: list[ast.stmt], name: str,
+                      ctx: PassContext) -> bool:
+    """``s`` and the residual statements reach the object ``name`` holds only through
+    attributes, none of them the same (``_value = self.criterion(a, b)`` against
+    ``self.acc_loss += _value``): attributes are plain, writing one changes no other."""
+    read = _attributes(s, name, ctx)
+    if read is None:
+        return False
+    for r in residual:
+        written = _attributes(r, name, ctx)
+        if written is None or written & read:
+            return False
+    return True
+
+
+def _attributes(s: ast.stmt, name: str, ctx: PassContext) -> set[str] | None:
+    """The attributes of ``name`` that ``s`` mentions (``self.hist.append(v)``: hist); None
+    when it reaches the object itself: binds the name, hands it to a call, calls a method on it
+    (but a call of an ``nn`` loss module it holds, ``module_loss_calls``)."""
+    attrs, through = set(), set()
+    for n in walk(s):
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) \
+                and n.value.id == name:
+            attrs.add(n.attr)
+            through.add(id(n.value))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+                and isinstance(n.func.value, ast.Name) and n.func.value.id == name \
+                and not module_loss_calls.loss_class(n, ctx):
+            return None
+    bare = any(isinstance(n, ast.Name) and n.id == name and id(n) not in through
+               for n in walk(s))
+    return None if bare else attrs
 
 
 def _stackable(s: ast.stmt, name: str, variant: set[str], ctx: PassContext) -> bool:
@@ -670,7 +769,7 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
 
 
 def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
-    lines = [str(split.body[k].lineno) for k in split.hoisted()]
+    lines = list(dict.fromkeys(str(split.body[k].lineno) for k in split.hoisted()))
     hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
     how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
     return f"{hoisted} hoisted into one loop ({how}); {_residual(split, ctx)}"

@@ -379,6 +379,12 @@ def _bad_call(call: ast.Call, helper: _Helper) -> str:
     return ""
 
 
+def bound_arguments(call: ast.Call, fn: types.FunctionType,
+                    node: ast.FunctionDef) -> list[tuple[str, object]]:
+    """``_arguments`` of a call of ``fn`` (parsed as ``node``); raises ``Unsupported``."""
+    return _arguments(call, _Helper(fn, node, [], node, set(), set()))
+
+
 def _arguments(call: ast.Call, helper: _Helper) -> list[tuple[str, object]]:
     """(parameter, argument expression or default value), in evaluation order."""
     args, fn = helper.node.args, helper.fn

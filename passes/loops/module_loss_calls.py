@@ -139,9 +139,51 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
                 for t in _targets(n):
                     if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) \
                             and t.value.id == this:
-                        values.setdefault(t.attr, []).append(getattr(n, "value", None))
+                        values.setdefault(t.attr, []).extend(
+                            _passed(getattr(n, "value", None), base, method, parse))
     return {attr: c for attr, vs in values.items()
             if (c := _one_class(vs, vars(sys.modules[cls.__module__]))) is not None}
+
+
+def _passed(value: ast.expr | None, base: type, method: types.FunctionType,
+            parse) -> list[ast.expr | None]:
+    """``value``; for a parameter of ``base.__init__``, the arguments the module's subclasses
+    of ``base`` pass it (``super().__init__(name, nn.NLLLoss(weight=w))``). A guess: the
+    runtime check confirms the class of the module the attribute holds."""
+    params = method.__code__.co_varnames[1:method.__code__.co_argcount]
+    if method.__name__ != "__init__" or not isinstance(value, ast.Name) \
+            or value.id not in params:
+        return [value]
+    found: list[ast.expr | None] = []
+    for sub in module_subclasses(base):
+        init = vars(sub).get("__init__")
+        if next(c for c in sub.__mro__[1:] if "__init__" in vars(c)) is not base \
+                or not isinstance(init, types.FunctionType):
+            continue
+        try:
+            tree = parse(init).tree
+        except Unsupported:
+            return [value]
+        for call in walk(tree):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+                    and call.func.attr == "__init__" and isinstance(call.func.value, ast.Call) \
+                    and isinstance(call.func.value.func, ast.Name) \
+                    and call.func.value.func.id == "super":
+                if any(isinstance(a, ast.Starred) for a in call.args) \
+                        or any(k.arg is None for k in call.keywords):
+                    return [value]
+                given = dict(zip(params, call.args)) | {k.arg: k.value for k in call.keywords}
+                found.append(given.get(value.id))
+    return found or [value]
+
+
+def module_subclasses(cls: type) -> list[type]:
+    """The subclasses of ``cls`` defined in its module, at any depth."""
+    found = []
+    for sub in cls.__subclasses__():
+        if sub.__module__ == cls.__module__:
+            found += [sub] + module_subclasses(sub)
+    return found
 
 
 def _targets(n: ast.AST) -> list[ast.expr]:

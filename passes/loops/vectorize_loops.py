@@ -260,7 +260,7 @@ class _Vectorizer(Transformer):
                          node, self.func, self.ctx),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds))
         try:
-            # lists stacked by this plan only: the other routes below have no prelude
+            # lists stacked by this plan and a distributed loop's: the scan has no prelude
             plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
                                       **known), self.ctx)
         except Unsupported as exc:
@@ -274,7 +274,8 @@ class _Vectorizer(Transformer):
             # ... or its vectorizable statements may still leave it (loop fission), unless it
             # appends to a list read in part: the hoisted values' batched backward would also
             # run for the items the original never differentiates
-            fission = distribute_loops.distribute(node, live, self.masks, self.ctx, vectorize)
+            fission = distribute_loops.distribute(node, live, self.masks, self.ctx, vectorize,
+                                                  self._lists())
             if known["lists_read_in_part"] and not isinstance(fission, str):
                 fission = "appends to " + ", ".join(
                     f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
@@ -287,7 +288,8 @@ class _Vectorizer(Transformer):
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",
                                      fission.reason + _runs_when(check, {}))
-            return _guarded(check, node.lineno, fission.stmts, original, node)
+            guarded = _guarded(check, node.lineno, fission.stmts, original, node)
+            return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
         vectorized = _guarded(check, node.lineno, plan.stmts, original, node)
         self.bound_lists |= plan.bound_lists
