@@ -25,7 +25,7 @@ from passes.errors import RewriteError, Unsupported
 from passes.report import Report
 
 # Name generated code uses for torch when the function's own `torch` is not the torch module.
-TORCH_ALIAS = "__optimize_loss_torch"
+TORCH_ALIAS = "_optimize_loss_torch"  # one underscore: in a class body two would be name-mangled
 
 _FUTURE_FLAGS = [getattr(__future__, f).compiler_flag for f in __future__.all_feature_names]
 

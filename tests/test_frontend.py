@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from passes.ast_tools import replace, unparse
+import rewrite
 from rewrite import frontend
+from rewrite.testing import assert_equivalent
 from passes.errors import Unsupported
 from rewrite.runtime import signature_key
 from tests.helpers import load_module
@@ -175,3 +177,22 @@ def test_a_long_loop_edited_on_disk_is_still_refused(tmp_path, in_class):
     linecache.checkcache(path)
     with pytest.raises(Unsupported, match="does not match the loaded code"):
         frontend.parse_function(fn)
+
+
+def test_alias_inside_a_method_of_a_module_without_torch(tmp_path):
+    # the generated code names torch through the alias; in a method, a name starting with two
+    # underscores would be mangled to `_Cls__...` and raise NameError (the original then ran)
+    module = load_module(tmp_path, """
+        import torch as th
+        class Loss(th.nn.Module):
+            def forward(self, x, y):
+                s = 0
+                for i in range(x.shape[0]):
+                    s = s + ((x[i] - y[i]) ** 2).sum()
+                return s
+    """)
+    loss = module.Loss()
+    fast = rewrite.optimize_loss(loss, compile=False, strict=True)
+    x, y = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    assert_equivalent(loss, fast, x, y)
+    assert fast.report.loops[0].vectorized_runs == 1 and not fast.report.fallbacks
