@@ -822,9 +822,6 @@ def f(x, w):
                       torch.tensor([0.25, 0.75], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="share_common_subexpressions merges the two backward paths "
-                   "of a value computed twice: at an infinite local derivative one path's zero "
-                   "cotangent gives NaN in the original (0 * inf) and is summed away when shared")
 def test_a_value_computed_twice_at_an_infinite_derivative(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x):
