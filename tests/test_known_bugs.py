@@ -782,11 +782,6 @@ def f(x, t):
     assert fast.report.loops[0].vectorized and fast.report.target_only
 
 
-@pytest.mark.xfail(strict=True, reason="a value computed before a tensor condition and used only "
-                   "in its branch (hard-example mining): the original never differentiates it "
-                   "for a deselected iteration, the vectorized (and the distributed) form's "
-                   "backward runs for every iteration, 0 * NaN at a NaN row; in-branch values "
-                   "read the deselected rows as zeros, values computed before the branch do not")
 @pytest.mark.parametrize("update, result", [("s += l", "s"),
                                             ("hard.append(l)", "torch.stack(hard).sum()")],
                          ids=["accumulated", "appended"])
