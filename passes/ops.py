@@ -284,13 +284,14 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("squeeze", fn=False, total=True, recomputed=True, aliases=True),
     _t("expand", fn=False, total=True, recomputed=True, aliases=True),
     _t("contiguous", fn=False, total=True, aliases=True),
-    *(_t(n, fn=False, total=True, recomputed=True, aliases=True) for n in ("t", "transpose", "permute")),
+    *(_t(n, fn=False, total=True, recomputed=True, aliases=True)
+      for n in ("t", "transpose", "permute", "movedim")),
     # per item as on the whole: a dtype or device. Recomputed: a dtype conversion fuses into
     # the kernel that reads it (a cached target-only one-hot in float is read from memory at
     # C times the size of its integer labels); a device copy is redone per call, as written.
     _t("to", fn=False, aliases=True, recomputed=True, **_ET),
     # A comparison of the labels with every class: fused into its reader, never worth caching.
-    OpSpec("one_hot", (_F + "one_hot",), recomputed=True),
+    OpSpec("one_hot", (_F + "one_hot",), recomputed=True, integer=()),
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
     _t("tolist", fn=False, total=True, host="e.detach()", derivative="constant"),
     # -- logic and tests ----------------------------------------------------------------------

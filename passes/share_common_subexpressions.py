@@ -54,14 +54,25 @@ listed as, ``squared_distances``, ``min_of_all``)::
 The first statement then runs after the record, so it must write nothing either. An op whose
 registry entry has a ``swapped_fn`` is read through that function instead of the template
 (``set_distances.transposed``: the same values, each use keeping its own backward).
+
+A shared value takes one backward, for the sum of its uses' cotangents, where the original runs
+one per use: the same gradient only where every local derivative of the value is finite or NaN
+(a use whose cotangent is 0 gives ``0 * inf = NaN`` in the original, summed into ``g * inf``
+when shared). So a value is shared only when each op it differentiates through has a derivative
+``"constant"`` or ``"bounded"`` (``ops.OpSpec.derivative``), or is a product by a value that is
+finite and takes no gradient: a name every binding of which in its scope is an integer or bool
+tensor, maybe converted or viewed (``onehot = F.one_hot(y).to(p.dtype)``; ``p * onehot`` has
+the derivative ``onehot``). A swapped pair op read through its ``swapped_fn`` keeps each use's
+backward: it is shared when it is the shared value itself.
 """
 from __future__ import annotations
 
 import ast
+import math
 
 from . import ops
 from .ast_tools import PassContext, replace, walk
-from .loops.loop_dataflow import resolve_call
+from .loops.loop_dataflow import derivative, gradient_walk, operands, reads_values, resolve_call
 
 # Nodes a shared value may contain besides calls (loads only: ``ctx`` is checked apart).
 _PURE_NODES = (ast.Name, ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Attribute,
@@ -75,16 +86,98 @@ _PASSES_ON = (ast.Subscript, ast.Attribute, ast.IfExp, ast.BoolOp, ast.Starred)
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     confined = _confined_names(tree, ctx)
-    for node in walk(tree):
-        for field in ("body", "orelse", "finalbody"):
-            block = getattr(node, field, None)
-            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
-                _share_in_block(block, confined, ctx)
+    for scope in [tree, *(n for n in walk(tree) if isinstance(n, ast.FunctionDef))]:
+        finite = _finite_without_grad(scope, ctx)
+        for node in _in_scope(scope):
+            for field in ("body", "orelse", "finalbody"):
+                block = getattr(node, field, None)
+                if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                    _share_in_block(block, confined, finite, ctx)
     _share_swapped(tree.body[0], confined, ctx)
     return tree
 
 
-def _share_in_block(block: list[ast.stmt], confined: set[str], ctx: PassContext) -> None:
+def _in_scope(scope: ast.AST):
+    """The nodes of ``scope`` (itself first) outside the functions and classes it defines."""
+    todo = [scope]
+    for n in todo:
+        yield n
+        todo += [c for c in ast.iter_child_nodes(n)
+                 if not isinstance(c, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda,
+                                       ast.ClassDef))]
+
+
+def _finite_without_grad(scope: ast.AST, ctx: PassContext) -> set[str]:
+    """Names of ``scope`` that only ever hold finite values taking no gradient: every binding of
+    them is an assignment of such a value (``_finite_value``)."""
+    values: dict[str, list[ast.expr]] = {}
+    assigned, other = set(), set()
+    for node in _in_scope(scope):
+        if _single_name_target(node) is not None:
+            values.setdefault(node.targets[0].id, []).append(node.value)
+            assigned.add(id(node.targets[0]))
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) \
+                and id(node) not in assigned:
+            other.add(node.id)
+        elif isinstance(node, ast.arg):
+            other.add(node.arg)
+        elif isinstance(node, ast.alias):
+            other.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            other.update(node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                and node is not scope:
+            other.add(node.name)
+    finite: set[str] = set()
+    while True:  # the least set closed under the bindings: a name read before it is known
+        more = {name for name, vs in values.items() if name not in finite | other
+                and all(_finite_value(v, finite, ctx) for v in vs)}
+        if not more:
+            return finite
+        finite |= more
+
+
+def _finite_value(value: ast.expr, finite: set[str], ctx: PassContext) -> bool:
+    """``value`` is finite and takes no gradient: an integer or bool tensor (a comparison, an op
+    whose result always is one), a finite number, a name of ``finite``, or a view, selection or
+    conversion of such values."""
+    if isinstance(value, ast.Name):
+        return value.id in finite
+    if isinstance(value, ast.Constant):
+        return isinstance(value.value, (bool, int)) or isinstance(value.value, float) \
+            and math.isfinite(value.value)
+    if isinstance(value, ast.Compare):
+        return True
+    if isinstance(value, ast.Subscript):
+        return _finite_value(value.value, finite, ctx)
+    if isinstance(value, ast.IfExp):
+        return _finite_value(value.body, finite, ctx) and _finite_value(value.orelse, finite, ctx)
+    if not isinstance(value, ast.Call) or any(k.arg == "out" for k in value.keywords):
+        return False
+    spec = _call_spec(value, ctx)
+    if spec is None:
+        return False
+    if spec.boolean or spec.integer == ():
+        return True
+    return spec.aliases and all(_finite_value(x, finite, ctx) for x in operands(value, ctx)
+                                if reads_values(x, ctx))
+
+
+def _backward_exact(value: ast.expr, finite: set[str], ctx: PassContext) -> bool:
+    """One backward of ``value`` for the sum of several cotangents gives the sum of their
+    backwards: no op it differentiates through may have an infinite local derivative."""
+    return all(derivative(n, ctx) in ("constant", "bounded", "") or _scaled(n, finite, ctx)
+               for n in gradient_walk(value, ctx))
+
+
+def _scaled(node: ast.AST, finite: set[str], ctx: PassContext) -> bool:
+    """``node`` is a product by a finite value taking no gradient (its derivative is finite)."""
+    return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and (
+        _finite_value(node.left, finite, ctx) or _finite_value(node.right, finite, ctx))
+
+
+def _share_in_block(block: list[ast.stmt], confined: set[str], finite: set[str],
+                    ctx: PassContext) -> None:
     held: dict[str, tuple[str, set[str]]] = {}  # dump of a resolved value -> (holder, names read)
     copies: dict[str, str] = {}  # name -> the name it is a plain copy of
     for stmt in block:
@@ -96,7 +189,8 @@ def _share_in_block(block: list[ast.stmt], confined: set[str], ctx: PassContext)
         resolved = _resolved(stmt.value, copies)
         key = ast.dump(resolved)
         holder = held.get(key, (None,))[0]
-        if holder is not None and holder != target and {holder, target} <= confined:
+        if holder is not None and holder != target and {holder, target} <= confined \
+                and _backward_exact(resolved, finite, ctx):
             stmt.value = ast.copy_location(ast.Name(holder, ast.Load()), stmt.value)
             resolved = ast.Name(holder, ast.Load())
         for k, (h, reads) in list(held.items()):  # what the old binding of target was is gone
@@ -239,7 +333,11 @@ class _Site:
 
     def shareable(self, confined: set[str], ctx: PassContext) -> bool:
         """Nothing else can reach the shared tensor: the target holds it (confined), or the op
-        reading it makes a new tensor; a nested first site's statement runs after the record."""
+        reading it makes a new tensor; a nested first site's statement runs after the record.
+        Its backward is each use's (``swapped_fn`` on the pair op alone), or exact summed."""
+        shared = self.pair if self.nested else self.stmt.value
+        if not (shared is self.pair if self.spec.swapped_fn else _backward_exact(shared, set(), ctx)):
+            return False
         if self.nested:
             return _writes_nothing(self.stmt, ctx)
         return self.target in confined

@@ -16,7 +16,6 @@ as the compiler's (``COMPILERS_OWN``), not wrong: the rewrite changed nothing th
 from __future__ import annotations
 
 import ast
-import builtins
 import json
 import os
 
@@ -38,16 +37,6 @@ pytestmark = pytest.mark.fuzz
 COUNTER = 4  # position of `n` in the returned tuple
 
 
-def _computed_twice(src: str, args: tuple) -> bool:
-    """A call (not of a builtin) or an operator written twice in ``loss``, helpers' arguments
-    included: share_common_subexpressions may compute it once."""
-    loss = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "loss")
-    written = [ast.unparse(n) for n in ast.walk(loss) if isinstance(n, ast.BinOp)
-               or isinstance(n, ast.Call) and not (isinstance(n.func, ast.Name)
-                                                   and hasattr(builtins, n.func.id))]
-    return len(written) != len(set(written))
-
-
 def _item_in_a_branch(src: str, args: tuple) -> bool:
     """An `.item()` call in a statement under an `if` in ``loss``'s loop."""
     loss = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "loss")
@@ -66,7 +55,6 @@ def _appended_item_stacked(src: str, args: tuple) -> bool:
 # so the fuzzer looks for new ones; drop an entry when its test starts passing. Each entry:
 # test name -> predicate(program source, inputs).
 KNOWN_BUGS: dict = {
-    "test_a_value_computed_twice_at_an_infinite_derivative": _computed_twice,
     "test_item_under_a_branch_of_a_vmapped_body": _item_in_a_branch,
     "test_stack_of_appended_python_numbers_still_raises": _appended_item_stacked,
 }

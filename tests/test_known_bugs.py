@@ -782,11 +782,6 @@ def f(x, t):
     assert fast.report.loops[0].vectorized and fast.report.target_only
 
 
-@pytest.mark.xfail(strict=True, reason="a value computed before a tensor condition and used only "
-                   "in its branch (hard-example mining): the original never differentiates it "
-                   "for a deselected iteration, the vectorized (and the distributed) form's "
-                   "backward runs for every iteration, 0 * NaN at a NaN row; in-branch values "
-                   "read the deselected rows as zeros, values computed before the branch do not")
 @pytest.mark.parametrize("update, result", [("s += l", "s"),
                                             ("hard.append(l)", "torch.stack(hard).sum()")],
                          ids=["accumulated", "appended"])
@@ -822,9 +817,6 @@ def f(x, w):
                       torch.tensor([0.25, 0.75], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="share_common_subexpressions merges the two backward paths "
-                   "of a value computed twice: at an infinite local derivative one path's zero "
-                   "cotangent gives NaN in the original (0 * inf) and is summed away when shared")
 def test_a_value_computed_twice_at_an_infinite_derivative(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x):

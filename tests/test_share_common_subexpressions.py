@@ -15,7 +15,8 @@ from tests.helpers import FRONTEND, load_module
 SOURCE = '''
 import torch
 
-def two_helpers(probs, onehot):
+def two_helpers(probs, labels):
+    onehot = (labels > 0.5).to(probs.dtype)
     p = probs
     t = onehot
     a = p * t
@@ -25,6 +26,17 @@ def two_helpers(probs, onehot):
     b = q * u
     tp = b.sum(1) if b.dim() > 1 else b.reshape(len(b), -1).sum(1)
     return (1 - (2 * inter + 1) / (p.sum(1) + t.sum(1) + 1) + tp / (tp + 0.5 * (q * (1 - u)).sum(1))).sum()
+
+def product_of_arguments(p, t):
+    a = p * t
+    b = p * t
+    return a.sum() + torch.where(t < 1, b, 0).sum()
+
+def infinite_derivative(x):
+    a = torch.sqrt(x)
+    b = torch.sqrt(x)
+    d = b - x
+    return a.sum() + (d * d).sum()
 
 def rebound_between(p, t):
     a = p * t
@@ -85,13 +97,13 @@ def in_branches(p, t):
 
 def two_directions(a, b, c):
     if a.dim() == 2:
-        d = torch.cdist(a, b).square()
+        d = torch.cdist(a, b) * 2
         x = d.amin(1).mean()
     else:
         x = ((a - b) ** 2).sum()
     s = c
     if s.dim() == 2 and isinstance(a, torch.Tensor):
-        e = torch.cdist(s, a).square()
+        e = torch.cdist(s, a) * 2
         y = e.amin(1).mean()
     else:
         y = 0.0
@@ -154,6 +166,13 @@ def pair_transposed_value(a, b):
     e = torch.cdist(b, a).mT
     return x + e.sum()
 
+def pair_squared(a, b):
+    if a.dim() == 2:
+        d = torch.cdist(a, b).square()
+        x = d.amin(1).mean()
+    e = torch.cdist(b, a).square()
+    return x + e.amin(1).mean()
+
 def pair_escapes(a, b):
     if a.dim() == 2:
         d = torch.cdist(a, b)
@@ -161,7 +180,10 @@ def pair_escapes(a, b):
     return d, e.sum()
 '''
 
-UNCHANGED = ["rebound_between", "written_between", "random_value", "escapes_into_tuple", "augmented",
+# Not shared: ``product_of_arguments`` (``t`` may be inf: a summed cotangent times inf differs
+# from a zero one's NaN), ``infinite_derivative``, ``pair_squared`` (``square``'s derivative may
+# be inf).
+UNCHANGED = ["product_of_arguments", "infinite_derivative", "pair_squared", "rebound_between", "written_between", "random_value", "escapes_into_tuple", "augmented",
              "view_escapes", "walrus_alias", "constants", "in_branches", "pair_written_between",
              "pair_exclusive", "pair_reads_another_name", "pair_in_loop", "pair_escapes",
              "pair_rebinds_operand", "pair_selected", "pair_transposed_value"]
@@ -196,9 +218,9 @@ def test_golden_swapped_pair_across_guards():
     before = unparse(_source("two_directions"))
     assert out == before.replace(
         "    if a.dim() == 2:\n", "    _pair = None\n    if a.dim() == 2:\n", 1).replace(
-        "d = torch.cdist(a, b).square()\n", "d = torch.cdist(a, b).square()\n        _pair = (d, a, b)\n"
-    ).replace("e = torch.cdist(s, a).square()", "e = _pair[0].mT if _pair is not None and _pair[1] is a "
-              "and (_pair[2] is s) else torch.cdist(s, a).square()"), out
+        "d = torch.cdist(a, b) * 2\n", "d = torch.cdist(a, b) * 2\n        _pair = (d, a, b)\n"
+    ).replace("e = torch.cdist(s, a) * 2", "e = _pair[0].mT if _pair is not None and _pair[1] is a "
+              "and (_pair[2] is s) else torch.cdist(s, a) * 2"), out
 
 
 def test_golden_swapped_pair_read_by_another_op():
@@ -232,10 +254,39 @@ def test_equivalent(user, dtype):
     gen = torch.Generator().manual_seed(0)
     for shape in [(4, 3, 5), (4, 3)]:
         probs = torch.rand(shape, generator=gen, dtype=dtype).requires_grad_()
-        onehot = (torch.rand(shape, generator=gen, dtype=dtype) > 0.5).to(dtype).requires_grad_()
-        assert_equivalent(user.two_helpers, fast, probs, onehot)
+        labels = torch.rand(shape, generator=gen, dtype=dtype).requires_grad_()
+        assert_equivalent(user.two_helpers, fast, probs, labels)
     nan = torch.tensor([[0.5, float("nan")], [float("inf"), 0.0]], dtype=dtype, requires_grad=True)
-    assert_equivalent(user.two_helpers, fast, nan, torch.ones(2, 2, dtype=dtype))
+    assert_equivalent(user.two_helpers, fast, nan, torch.tensor([[1., 0.], [1., 1.]], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_values_with_an_infinite_derivative_keep_each_backward(user, dtype):
+    # one use's zero cotangent times an infinite local derivative is NaN in the original; shared,
+    # the other use's cotangent would make it inf
+    inf, nan = float("inf"), float("nan")
+    for fn, args in [(user.infinite_derivative, [torch.tensor([0.0, 1.0, 0.25, inf, nan])]),
+                     (user.product_of_arguments, [torch.tensor([1.0, 2.0, -1.0, 0.0]),
+                                                  torch.tensor([inf, 0.5, nan, 2.0])])]:
+        fast = optimize_loss(fn, compile=False)
+        args = [a.to(dtype).requires_grad_() for a in args]
+        assert_equivalent(fn, fast, *args)
+        a, b = fn(*args), fast(*args)
+        assert torch.equal(torch.autograd.grad(a, args[0])[0].isnan(),
+                           torch.autograd.grad(b, args[0])[0].isnan())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_dice_tversky_shares_the_product_with_its_one_hot_at_nan_and_inf(dtype):
+    # the one-hot labels are finite and take no gradient: ``p * onehot`` has the derivative
+    # ``onehot`` (finite), so its shared backward is the original's
+    from examples import dice_tversky
+    fast = optimize_loss(dice_tversky.naive, compile=False)
+    assert "_tversky_tp = _dice_inter" in fast.report.rewritten_source
+    logits, target = dice_tversky.make_inputs("small", dtype)
+    logits = logits.detach().clone()
+    logits[0, 1, 2, 3], logits[1, 0, 0, 0], logits[1, 2, 5, 5] = float("nan"), float("inf"), -float("inf")
+    assert_equivalent(dice_tversky.naive, fast, logits.requires_grad_(), target)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -248,7 +299,9 @@ def test_swapped_pair_equivalent(user, dtype):
     ties = torch.cat([b[:2], b[:2], a[:3]])  # points at distance 0 (and equal distances)
     nan = a.clone()
     nan[1, 2] = float("nan")
-    for x, y in [(a, b), (ties, b), (nan, b), (a, a)]:
+    inf = a.clone()
+    inf[2, 0] = float("inf")
+    for x, y in [(a, b), (ties, b), (nan, b), (inf, b), (a, a)]:
         x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
         assert_equivalent(user.two_directions, fast, x, y, y)  # shared: ``c`` is ``b``
         c = torch.randn(y.shape, generator=gen, dtype=dtype, requires_grad=True)

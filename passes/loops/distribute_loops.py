@@ -516,11 +516,16 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
         read = {n: k for k in sorted(split.residual, reverse=True) for n in _reads(body[k])}
         needed = set(read) | live_after
         picked = _picked(body, split, ctx)
+        partial = _read_in_some_iterations(body, split, variant, ctx)
         moved = False
         for k in split.hoisted():
+            bound = loop_dataflow.stores_in([body[k]])
             why = "its value flows into an item a builtin `max`/`min` picks from (stacked, " \
                 "the backward would also run for the items not picked: 0 * NaN/inf)" \
-                if loop_dataflow.stores_in([body[k]]) & picked else \
+                if bound & picked else "its value is differentiated only in the iterations " \
+                "a residual `if` selects (stacked, the backward would also run for the others: " \
+                "0 * NaN/inf)" if bound & partial and not isinstance(body[k], ast.If) \
+                and loop_dataflow.may_be_nonfinite(body[k], ctx) is not None else \
                 _dependence(split, k, written, read, needed, variant, ctx)
             if why:
                 split.residual[k] = why
@@ -547,6 +552,26 @@ def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
     while grown:
         more = set().union(*(_reads(body[k]) for k in split.residual
                              if loop_dataflow.stores_in([body[k]]) & names))
+        grown = not more <= names
+        names |= more
+    return names
+
+
+def _read_in_some_iterations(body: list[ast.stmt], split: _Split, variant: set[str],
+                             ctx: PassContext) -> set[str]:
+    """Names whose values flow into a gradient read by a residual statement in a branch of an
+    ``if`` whose test varies with the iteration. The original differentiates them only in the
+    iterations that take the branch; stacked, their backward would run for all (0 times an
+    infinite or NaN local derivative is NaN). A hoisted ``if`` (``_operands_out``'s branch
+    operand) computes its value under its mask, from zeroed operands: it is not affected."""
+    names = {m.id for k in split.residual for n in walk(body[k])
+             if isinstance(n, ast.If) and loop_dataflow.depends(n.test, variant, ctx)
+             for s in n.body + n.orelse for m in loop_dataflow.gradient_walk(s, ctx)
+             if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)}
+    grown = True
+    while grown:
+        more = set().union(*(_reads(s) for s in body if not isinstance(s, ast.If)
+                             and loop_dataflow.stores_in([s]) & names))
         grown = not more <= names
         names |= more
     return names

@@ -24,6 +24,21 @@ known to be total (``OpSpec.total``: user functions, losses with index targets, 
 ``Unsupported``: the loop is kept. A fixed operand made safe that way is cast to the dtype the
 original operation had (``beta`` in ``d ** 2 / beta`` stays a weak Python number).
 
+A value computed before the condition, in every iteration, and read under it (hard-example
+mining: ``l = F.cross_entropy(x[i:i+1], y[i:i+1])``, ``if l.item() > th: s += l``) is computed
+again where the branch reads it, from its inputs with the deselected iterations detached::
+
+    l = F.cross_entropy(x[i:i+1], y[i:i+1])       (as written: the condition reads it)
+    ... s += F.cross_entropy(torch.where(_c, x[i:i+1], x[i:i+1].detach()), ...) where _c
+
+The original never differentiates ``l`` for a deselected iteration; zeros read in place of
+``l`` would still run its backward there (0 * NaN at a NaN row). The recomputation has the
+original's values in every iteration (its ops ran on them before the condition: none is
+checked or made safe), and ``torch.where`` gives its inputs exactly 0 where deselected. Only
+values whose derivative may be NaN/inf (``loop_dataflow.may_be_nonfinite``) are recomputed,
+and only where a gradient may flow (not in comparisons); a value read under the condition
+after something it reads was rebound is read as a zeroed leaf, as before.
+
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
@@ -37,8 +52,9 @@ import torch
 from ..errors import Unsupported
 
 from .. import ops
-from ..ast_tools import PassContext, Transformer, replace, root_name, unparse, walk
-from .loop_dataflow import call_op, depends, is_shape_query, method_name, stores
+from ..ast_tools import PassContext, Transformer, clone, replace, root_name, unparse, walk
+from .loop_dataflow import (call_op, depends, is_shape_query, loads, may_be_nonfinite,
+                            method_name, stores)
 from .plan import LoopPlan
 
 
@@ -57,6 +73,8 @@ class _Converter:
         self.pre: list[ast.stmt] = []  # temporaries of ``expr``, run before its statement
         self.boolean: set[str] = set()       # see ``_note``
         self.fresh: dict[str, str] = {}
+        # name -> its value, computed before any condition (see the module docstring)
+        self.recompute: dict[str, ast.expr] = {}
 
     def _sub(self, template: str, loc: ast.AST, **subs) -> object:
         return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
@@ -73,6 +91,7 @@ class _Converter:
     def block(self, stmts: list[ast.stmt], pred: str | None, defined: set[str]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
         for s in stmts:
+            self._forget(s)
             if isinstance(s, ast.If) and depends(s.test, self.facts.variant, self.ctx):
                 cond, stmts_ = self._tensor_if(s, pred, defined)
                 out += stmts_
@@ -85,6 +104,7 @@ class _Converter:
                 s.body = self.block(s.body, pred, set(defined)) or [ast.Pass()]
                 s.orelse = self.block(s.orelse, pred, set(defined))
                 defined |= self._assigned_in(s)
+                self._forget(s)  # what one branch bound may not hold after the `if`
                 out.append(s)
                 continue
             if isinstance(s, (ast.Pass, ast.Continue)) or (
@@ -116,11 +136,29 @@ class _Converter:
             out += more + self.block(s.orelse, else_pred, defined)
         return cond, out
 
+    def _forget(self, s: ast.stmt) -> None:
+        """Drop the values to recompute that ``s`` may change: what it binds, a name an effect
+        writes into, or anything a statement neither assignment nor effect reads."""
+        changed = set()
+        for n in walk(s):
+            if isinstance(n, ast.stmt):
+                effect = self.facts.effects.get(id(n))
+                changed |= stores(n) | ({effect.name} if effect else set()) | (
+                    loads(n) if isinstance(n, ast.Expr) and not effect else set())
+        for name, value in list(self.recompute.items()):
+            if name in changed or loads(value) & changed:
+                del self.recompute[name]
+
     def _local(self, s: ast.stmt, pred: str | None, defined: set[str]) -> list[ast.stmt]:
         """A statement touching only iteration-local names: merged under the mask."""
         if pred is None:
             defined |= stores(s)
             self._note(s, None)
+            if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+                    and isinstance(s.targets[0], ast.Name) \
+                    and s.targets[0].id not in loads(s.value) \
+                    and may_be_nonfinite(s.value, self.ctx) is not None:
+                self.recompute[s.targets[0].id] = s.value
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
             value = ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op, right=s.value)
@@ -166,6 +204,7 @@ class _Converter:
             return e
         sanitize = Sanitize(pred, self.facts.variant, self.index, self.ctx, self.pre)
         sanitize.quiet = self.boolean | {n for n, p in self.fresh.items() if p == pred}
+        sanitize.recompute = self.recompute
         return sanitize.safe(e)
 
     def _assigned_in(self, s: ast.If) -> set[str]:
@@ -211,7 +250,8 @@ BRANCH_SHAPE = BranchShape()
 
 class FixedOperand:
     """``_fixed_operand(p, w)``: ``w``, a value the loop does not change (not a row of the
-    iteration: a weight read whole), read by a branch under the one-element condition ``p``.
+    iteration: a weight read whole), read by a branch under the one-element condition ``p``
+    (``detached``: ``w`` detached where not, the same values, for a value recomputed there).
     A deselected iteration's zero cotangent times an infinite or NaN local derivative at ``w``
     (``w`` holding inf, or an op overflowing) would be NaN in ``w``'s gradient, where the
     original, which never ran the branch there, has 0: so a ``w`` that takes a gradient is
@@ -221,13 +261,18 @@ class FixedOperand:
     otherwise vmap runs the body with the per-item mask."""
     fixed_under_mask = True
 
+    def __init__(self, detached: bool = False):
+        self.detached = detached
+
     def __call__(self, p, w):
         if not (isinstance(w, torch.Tensor) and w.requires_grad):
             return w
-        return torch.where(p.reshape((1,) * w.dim()), w, torch.zeros_like(w))
+        return torch.where(p.reshape((1,) * w.dim()), w,
+                           w.detach() if self.detached else torch.zeros_like(w))
 
 
 FIXED_OPERAND = FixedOperand()
+DETACHED_OPERAND = FixedOperand(detached=True)
 _METADATA = frozenset({"shape", "ndim", "dtype", "device"})  # attributes without gradient
 
 
@@ -250,6 +295,8 @@ class Sanitize(Transformer):
         self.leaves = pre is not None
         self.at: ast.expr | None = None  # the expression ``safe`` makes safe
         self.quiet: set[str] = set()     # names read as they are (no gradient, or safe already)
+        self.recompute: dict[str, ast.expr] = {}  # names computed again where read (_Converter)
+        self.detached = False  # in a recomputed value: leaves detached where deselected
 
     def safe(self, e: ast.expr) -> ast.expr:
         """``e`` made safe (``visit``, located at ``e`` where generated nodes have no place)."""
@@ -274,7 +321,8 @@ class Sanitize(Transformer):
             name = self.ctx.namer.new("t")
             self.pre += replace("t = x", loc=self._loc(value), t=name, x=value)
             value = ast.Name(name, ast.Load())
-        return replace("torch.where(p.reshape(h[p.shape, a.shape]), a, torch.zeros_like(a))",
+        other = "a.detach()" if self.detached else "torch.zeros_like(a)"
+        return replace(f"torch.where(p.reshape(h[p.shape, a.shape]), a, {other})",
                        loc=self._loc(value), torch_name=self.ctx.torch_name, p=self.pred,
                        a=value, h=_branch_shape(self.ctx))
 
@@ -286,8 +334,9 @@ class Sanitize(Transformer):
 
     def _fixed(self, value: ast.expr) -> ast.expr:
         """A value the loop does not change read by the branch (``FixedOperand``)."""
-        return replace("h(p, w)", loc=self._loc(value), p=self.pred, w=value,
-                       h=self.ctx.bind(FIXED_OPERAND, "fixed_operand"))
+        helper = self.ctx.bind(DETACHED_OPERAND, "detached_operand") if self.detached \
+            else self.ctx.bind(FIXED_OPERAND, "fixed_operand")
+        return replace("h(p, w)", loc=self._loc(value), p=self.pred, w=value, h=helper)
 
     def _is_fixed(self, node: ast.expr) -> bool:
         """``node`` reads a value the loop does not change: a local or parameter of the
@@ -312,6 +361,8 @@ class Sanitize(Transformer):
         for k in node.keywords:
             k.value = self.visit(k.value)
         op = call_op(node, self.ctx)
+        if self.detached:  # the original's values: it ran on them
+            return node
         if op.sanitize is not None:
             k, safe = op.sanitize
             if method_name(node, self.ctx) is not None:  # the receiver is argument 0
@@ -330,7 +381,7 @@ class Sanitize(Transformer):
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
         rule = ops.by_operator(type(node.op)).sanitize
-        if rule is None:
+        if rule is None or self.detached:
             return node
         k, safe = rule
         if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) \
@@ -352,11 +403,31 @@ class Sanitize(Transformer):
         setattr(node, side, safe_operand)
         return node
 
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        recompute, self.recompute = self.recompute, {}  # a comparison takes no gradient
+        self.generic_visit(node)
+        self.recompute = recompute
+        return node
+
     def visit_Name(self, node: ast.Name) -> ast.AST:
+        if self.leaves and isinstance(node.ctx, ast.Load) and node.id in self.recompute \
+                and node.id not in self.quiet:
+            return self._recomputed(node.id)
         if self.leaves and isinstance(node.ctx, ast.Load) and node.id in self.variant \
                 and node.id != self.index and node.id not in self.quiet:
             return self._leaf(node)
         return self._fixed(node) if self._is_fixed(node) else node
+
+    def _recomputed(self, name: str) -> ast.expr:
+        """The value of ``name`` computed again from its inputs, detached where deselected."""
+        value = clone(self.recompute[name])
+        detached, self.detached = self.detached, True
+        recompute, self.recompute = self.recompute, {
+            k: v for k, v in self.recompute.items() if k != name}
+        try:
+            return self.visit(value)
+        finally:
+            self.detached, self.recompute = detached, recompute
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         if self._is_fixed(node):  # ``self.w`` whole
@@ -374,7 +445,7 @@ class Sanitize(Transformer):
         self.leaves = leaves
         sl = node.slice
         entries = sl.elts if isinstance(sl, ast.Tuple) else [sl]
-        safe = [self._zeroed(e) if (not isinstance(e, ast.Slice)
+        safe = [self._zeroed(e) if (not self.detached and not isinstance(e, ast.Slice)
                                        and not (isinstance(e, ast.Name) and e.id == self.index)
                                        and depends(e, self.variant, self.ctx)) else e
                 for e in entries]
