@@ -92,7 +92,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
                ragged_slices_to_masks,
-               raise_on_empty_selections,
+               raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
@@ -116,6 +116,7 @@ LOOP_STAGES: list = [
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
+    removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     last_values_after_loop,       # before check_body: what it folds is no longer read after
