@@ -892,10 +892,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     """The plan's body with its selections converted; the body as written is kept for the check
     (the converted selections in it marked ``ast_marks.WHERE_CONVERTED``)."""
     it = plan.iteration
-    dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx,
-                    frozenset(plan.masks))
+    dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}
+                    | plan.excluded_outer, ctx, frozenset(plan.masks))
     plan.written, plan.body = plan.body, dense.body
-    plan.selection_checks, plan.empty_selections = dense.guards, dense.empty
+    plan.selection_checks = dense.guards
+    plan.empty_selections = {**plan.empty_selections, **dense.empty}  # inner loops' too
     plan.selection_appends = dense.appends
     plan.empty_selections_at = dense.body[0] if dense.body else None
     return plan

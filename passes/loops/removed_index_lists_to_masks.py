@@ -62,7 +62,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             continue
         plan.body = body[:at] + out
         plan.need_plain_range()
-        plan.check("b <= n", b=plan.iteration.stop, n=size)
+        if ast.dump(plan.iteration.stop) != ast.dump(size):  # the usual `range(n)` needs none
+            plan.check("b <= n", b=plan.iteration.stop, n=size)
         for check in masked.checks:
             plan.checks.add(check)
         return plan
