@@ -15,7 +15,7 @@ concatenation along dim 0 is ``x[p != j]``::
 ``j`` is the loop's index, which the check requires to count up from 0 or more (``x[:-1]`` and
 ``x[0:]`` would overlap), or an enclosing ``range`` loop's index that starts at a literal 0 or
 more: the inner loop's form then holds no slice that an outer loop mapping over ``j`` could not
-batch (the mask is a selection for ``masked_selections_to_where`` as if it varied). Taken: ``torch.cat`` of a list or tuple of exactly these two slices, in
+batch. Taken: ``torch.cat`` of a list or tuple of exactly these two slices, in
 this order, along dim 0 (no ``dim`` or a literal 0), of a name, attribute or subscript by names
 and numbers. All or nothing: when ``masked_selections_to_where`` would not convert every such
 selection, the body stays as written and the loop is kept with the slice-bound reason.
@@ -46,10 +46,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     body = excluded.block(clone(plan.body))
     if not excluded.made:
         return plan
-    to_where(body, seeds | excluded.used, ctx, frozenset(plan.masks))  # marks what it converts
+    to_where(body, seeds, ctx, frozenset(plan.masks))  # marks what it would convert
     if all(ast_marks.get(s, ast_marks.WHERE_CONVERTED, False) for s in excluded.made):
         plan.body = body
-        plan.excluded_outer |= excluded.used - seeds
         if plan.iteration.index in excluded.used:
             plan.need_plain_range()
     return plan

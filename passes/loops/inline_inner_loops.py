@@ -69,9 +69,10 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
         if is_vectorized_guard(s):
             stacked |= ast_marks.get(s, ast_marks.BOUND_LISTS, set())
             for g in conjuncts(s.test):
-                if _is_int_check(g, seeds) or _is_type_check(g, fresh, "list"):
+                if _is_int_check(g, seeds) or _is_type_check(g, fresh, "list") \
+                        or _is_not_tensor_check(g, fresh):
                     continue  # the inner writes out[i, ...]: this loop makes i a slice; and
-                    # `row = []` earlier in this iteration makes `row` a list in every one
+                    # `row = []` / `t = x.item()` earlier in this iteration hold in every one
                 if loads(g) & (seeds | assigned):
                     lifted = lift.lifted(g)
                     if lifted is None:
@@ -115,9 +116,19 @@ def _empty_check(s: ast.stmt) -> tuple[str | None, str]:
 
 
 def _new_list(s: ast.stmt) -> set[str]:
-    """``{row}`` for ``row = []`` (a list display), else nothing."""
-    return {s.targets[0].id} if isinstance(s, ast.Assign) and len(s.targets) == 1 \
-        and isinstance(s.targets[0], ast.Name) and isinstance(s.value, ast.List) else set()
+    """``{row}`` for ``row = []`` (a list display) or ``row = x.item()`` (a Python number),
+    else nothing."""
+    value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+        and isinstance(s.targets[0], ast.Name) else None
+    number = isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+        and value.func.attr == "item" and not value.args and not value.keywords
+    return {s.targets[0].id} if isinstance(value, ast.List) or number else set()
+
+
+def _is_not_tensor_check(g: ast.expr, numbers: set[str]) -> bool:
+    """``not isinstance(t, torch.Tensor)`` for one of ``numbers`` (bound by ``.item()``)."""
+    return isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) \
+        and _is_type_check(g.operand, numbers, ".Tensor")
 
 
 def _is_int_check(g: ast.expr, names: set[str]) -> bool:

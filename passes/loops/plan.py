@@ -128,9 +128,6 @@ class LoopPlan:
     inner_checks: list[ast.expr] = field(default_factory=list)
     helper_checks: list[ast.expr] = field(default_factory=list)
     selection_checks: list[ast.expr] = field(default_factory=list)
-    # Enclosing loops' indices whose item a selection excludes (``excluded_items_to_masks``):
-    # its masks are converted as if they varied.
-    excluded_outer: set[str] = field(default_factory=set)
     # Lists appended dense stand-ins of selections -> the name of their mask (per iteration).
     selection_appends: dict[str, str] = field(default_factory=dict)
     pick_checks: list[ast.expr] = field(default_factory=list)  # Python numbers picked per item
