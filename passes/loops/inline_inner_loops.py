@@ -25,7 +25,8 @@ tensor are tensors of one shape. It is lifted, behind ``isinstance(emb, torch.Te
 Any other read of the outer iteration in a check keeps the outer loop as written.
 
 A check ``isinstance(row, list)`` holds in every iteration when the outer body bound ``row = []``
-before the inner loop (and not again since): it is dropped. The inner's device-side checks of
+before the inner loop (and not again since), and ``not isinstance(t, torch.Tensor)`` when it
+bound ``t = x.item()``: they are dropped. The inner's device-side checks of
 its counters of empty max/min selections leave the inlined statements with the counters'
 zeroing: the counters sum over the outer loop, whose check (``plan.empty_selections``) raises
 the same error after it, as one loop's would.
@@ -60,17 +61,19 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
             lift: "_LiftToTensor", forms: "_InlinedForms", ctx: PassContext,
-            fresh: frozenset[str] = frozenset()) -> list[ast.stmt]:
+            fresh: dict[str, str] | None = None) -> list[ast.stmt]:
     """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``.
-    ``fresh``: names bound to a new list (``row = []``) by the outer body before ``body``."""
+    ``fresh``: names the outer body bound before ``body`` to a new list (``row = []``) or a
+    Python number (``t = x.item()``) -> "list" or "number"."""
+    fresh = fresh or {}
     assigned = stores_in(body)
     out, stacked = [], set()
     for s in body:
         if is_vectorized_guard(s):
             stacked |= ast_marks.get(s, ast_marks.BOUND_LISTS, set())
             for g in conjuncts(s.test):
-                if _is_int_check(g, seeds) or _is_type_check(g, fresh, "list") \
-                        or _is_not_tensor_check(g, fresh):
+                if _is_int_check(g, seeds) or _is_type_check(g, _kind(fresh, "list"), "list") \
+                        or _is_not_tensor_check(g, _kind(fresh, "number")):
                     continue  # the inner writes out[i, ...]: this loop makes i a slice; and
                     # `row = []` / `t = x.item()` earlier in this iteration hold in every one
                 if loads(g) & (seeds | assigned):
@@ -92,7 +95,7 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
             out.append(s)
         else:
             out.append(s)
-        fresh = fresh - stores(s) | _new_list(s)
+        fresh = {n: k for n, k in fresh.items() if n not in stores(s)} | _fresh(s)
     if stacked:  # lists an inlined loop built: the stacked items here
         block = ast.Module(out, [])
         normalize_comprehensions.bound_list_consumers(block, stacked, ctx, stacked=True)
@@ -115,14 +118,19 @@ def _empty_check(s: ast.stmt) -> tuple[str | None, str]:
     return test.left.id, call.args[1].value
 
 
-def _new_list(s: ast.stmt) -> set[str]:
-    """``{row}`` for ``row = []`` (a list display) or ``row = x.item()`` (a Python number),
-    else nothing."""
+def _fresh(s: ast.stmt) -> dict[str, str]:
+    """``{row: "list"}`` for ``row = []`` (a list display), ``{t: "number"}`` for
+    ``t = x.item()``, else nothing."""
     value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
         and isinstance(s.targets[0], ast.Name) else None
     number = isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
         and value.func.attr == "item" and not value.args and not value.keywords
-    return {s.targets[0].id} if isinstance(value, ast.List) or number else set()
+    kind = "list" if isinstance(value, ast.List) else "number" if number else None
+    return {s.targets[0].id: kind} if kind else {}
+
+
+def _kind(fresh: dict[str, str], kind: str) -> set[str]:
+    return {n for n, k in fresh.items() if k == kind}
 
 
 def _is_not_tensor_check(g: ast.expr, numbers: set[str]) -> bool:
