@@ -134,10 +134,7 @@ def _kind(fresh: dict[str, str], kind: str) -> set[str]:
 
 
 def _is_not_tensor_check(g: ast.expr, numbers: set[str]) -> bool:
-    """``not isinstance(t, torch.Tensor)`` for one of ``numbers`` (bound by ``.item()``), or a
-    disjunction with it (``... or t.dim() == 0``)."""
-    if isinstance(g, ast.BoolOp) and isinstance(g.op, ast.Or):
-        return any(_is_not_tensor_check(v, numbers) for v in g.values)
+    """``not isinstance(t, torch.Tensor)`` for one of ``numbers`` (bound by ``.item()``)."""
     return isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) \
         and _is_type_check(g.operand, numbers, ".Tensor")
 
