@@ -23,6 +23,10 @@ CASES = {
     # the mean of every utterance but the own one (`idx = [*range(m)]; idx.remove(j)`)
     "spk_ge2e_exclusive_centroids": (lambda m: m.LossFunction(*m.make_inputs()[1:]),
                                      lambda args: args[:1]),
+    # a module handed to functional_call; labels' own proxy and the other classes cut by slices
+    "metric_proxy_nca_lists": (lambda m: m.naive, lambda args: args),
+    # the negatives mask the constructor of a module made in the loss builds, `mask[i, n + i] = 0`
+    "con_ntxent_mask_loop": (lambda m: m.naive, lambda args: args),
 }
 
 
