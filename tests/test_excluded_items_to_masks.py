@@ -84,3 +84,52 @@ def test_a_negative_start_runs_as_written(tmp_path):
     for a, runs in ((-2, (0, 1)), (0, (1, 0))):
         report = equivalent_report(user.f, x, a, None)
         assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == runs
+
+
+# cvqluu/GE2E-Loss's contrast loss: the excluded item is the outer loop's index, the inner list
+# is fresh in each outer iteration (`L_row = []`), so both loops run vectorized.
+OUTER = """
+def f(cos, a, w):
+    L = []
+    for j in range(cos.shape[0]):
+        L_row = []
+        for i in range(cos.shape[1]):
+            cs = torch.sigmoid(cos[j, i])
+            excl = torch.cat((cs[:j], cs[j + 1:]))
+            L_row.append(1. - torch.sigmoid(cos[j, i, j]) + torch.max(excl))
+        L_row = torch.stack(L_row)
+        L.append(L_row)
+    return torch.stack(L).sum()
+"""
+
+
+def test_golden_outer_index():
+    _, _, code, report = build(OUTER)
+    assert strategies(report) == {3: "vmap", 5: "vmap"}, (report, code)
+    vectorized = code.split("else:")[0]
+    assert "_in = _pos != j" in vectorized and "torch.cat" not in vectorized, code
+    assert "isinstance(L_row, list)" not in vectorized, code  # bound to [] in every iteration
+
+
+@pytest.mark.parametrize("src", [
+    OUTER.replace("range(cos.shape[0])", "range(a, cos.shape[0])"),  # may start below 0
+    OUTER.replace("L_row = []\n", "L_row = w\n"),                    # not a fresh list
+])
+def test_outer_forms_that_stay_kept(src):
+    _, _, code, report = build(src)
+    assert strategies(report)[3] == "kept", (report, code)
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_equivalent_outer_index(special):
+    original, optimized, _, _ = build(OUTER)
+    for dtype in (torch.float32, torch.float64):
+        for n in (5, 1):  # one speaker: nothing left to take the max of, raises as the original
+            x = _sims(dtype, special, (5, 3, 5))[:n, :, :n]
+            if n == 1:
+                with pytest.raises(RuntimeError, match="max"):
+                    original(x, 0, None)
+                with pytest.raises(RuntimeError, match="max"):
+                    optimized(x, 0, None)
+                continue
+            assert_equivalent(original, optimized, x, 0, None)

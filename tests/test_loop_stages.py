@@ -24,9 +24,9 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           promoting_folds_run_as_written,
                           excluded_items_to_masks, ragged_slices_to_masks,
-                          raise_on_empty_selections, rename_rebound_loop_variables,
-                          row_slices_to_params, runtime_checks, sink_own_item_selections,
-                          stack_tensor_lists,
+                          raise_on_empty_selections, removed_index_lists_to_masks,
+                          rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
+                          sink_own_item_selections, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
@@ -831,6 +831,51 @@ total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
 # body
 cs = s[j] * 2
 total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
+"""),
+    (removed_index_lists_to_masks, """
+def f(x, n):
+    total = 0
+    for j in range(n):
+        idx = [*range(n)]
+        idx.remove(j)
+        total = total + x[:, idx].sum(1)
+    return total
+""", ('body', 'checks'),
+     """
+# body
+idx = [*range(n)]
+idx.remove(j)
+total = total + x[:, idx].sum(1)
+# checks
+""",
+     """
+# body
+_pos = torch.arange(x.shape[1], device=x.device)
+_keep = ((_pos != j) & (_pos < n)).reshape((-1,) + (1,) * (x.dim() - 1 - 1))
+total = total + torch.where(_keep, x, False).sum(1)
+# checks
+isinstance(x, torch.Tensor) and isinstance(n, int) and (x.dim() > 1) and (n <= x.shape[1])
+"""),
+    (removed_index_lists_to_masks, """
+def f(x, n):
+    total = 0
+    for j in range(n):
+        idx = [*range(n)]
+        idx.remove(j)
+        total = total + x[:, idx].amax(1)
+    return total
+""", ('body',),
+     """
+# body
+idx = [*range(n)]
+idx.remove(j)
+total = total + x[:, idx].amax(1)
+""",
+     """
+# body
+idx = [*range(n)]
+idx.remove(j)
+total = total + x[:, idx].amax(1)
 """),
     (ragged_slices_to_masks, """
 def f(x, lengths):

@@ -157,7 +157,6 @@ UNCHANGED = {
     "unknown_op": "m = x[i] > 0\ns = s + torch.erfinv(x[i][m]).sum()",
     "int_indexing": "s = s + x[idx[i]].sum()",
     "tuple_index": "s = s + x[i, x[i] > 0].sum()",
-    "mask_does_not_vary": "m = w > 0\ns = s + x[i][m].sum()",
     "two_masks": "s = s + (a[i][a[i] > 0] - b[i][b[i] > 0]).sum()",
     "longer_operand": "t = x[i] * 2\ns = s + (x[i][x[i] > 0] - t).sum()",
     "conditional_expression": "s = s + (x[i][x[i] > 0].sum() if c else 0)",
@@ -191,6 +190,14 @@ def test_golden_unchanged_rows_that_are_not_mask_rows(src):
     outer = frozenset() if src.startswith("s = s + dist[i][mask[i]]") else frozenset({"mask"})
     code, dense = rewrite_body(src, outer_masks=outer)
     assert code == normalise(src) and dense.empty == {} and dense.guards == []
+
+
+def test_golden_a_mask_that_does_not_vary_converts_too():
+    """Exact either way, and an unconverted selection keeps the loop: the outer loop of a
+    nested pair (``dist[i][target != t_i]`` in the inner loop over ``j``) maps over it."""
+    code, dense = rewrite_body("m = w > 0\ns = s + x[i][m].sum()")
+    assert code == normalise("m = w > 0\n_keep = m.reshape(_mask_shape[m.shape, x[i].shape])\n"
+                             "s = s + torch.where(_keep, x[i], 0).sum()"), code
 
 
 @pytest.mark.parametrize("name", UNCHANGED)

@@ -20,6 +20,9 @@ CASES = {
     "sep_sisnr_pit_mask": (lambda m: m.get_mask, lambda args: (args[0], args[2])),
     # integer labels of every view joined along a literal dim (`torch.cat([...], dim=0)`)
     "con_info_nce_views": (lambda m: m.naive, lambda args: args),
+    # the mean of every utterance but the own one (`idx = [*range(m)]; idx.remove(j)`)
+    "spk_ge2e_exclusive_centroids": (lambda m: m.LossFunction(*m.make_inputs()[1:]),
+                                     lambda args: args[:1]),
     # a module handed to functional_call; labels' own proxy and the other classes cut by slices
     "metric_proxy_nca_lists": (lambda m: m.naive, lambda args: args),
     # the negatives mask the constructor of a module made in the loss builds, `mask[i, n + i] = 0`

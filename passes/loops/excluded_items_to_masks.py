@@ -13,7 +13,9 @@ concatenation along dim 0 is ``x[p != j]``::
                                                   loss = loss + torch.max(ex)
 
 ``j`` is the loop's index, which the check requires to count up from 0 or more (``x[:-1]`` and
-``x[0:]`` would overlap). Taken: ``torch.cat`` of a list or tuple of exactly these two slices, in
+``x[0:]`` would overlap), or an enclosing ``range`` loop's index that starts at a literal 0 or
+more: the inner loop's form then holds no slice that an outer loop mapping over ``j`` could not
+batch. Taken: ``torch.cat`` of a list or tuple of exactly these two slices, in
 this order, along dim 0 (no ``dim`` or a literal 0), of a name, attribute or subscript by names
 and numbers. All or nothing: when ``masked_selections_to_where`` would not convert every such
 selection, the body stays as written and the loop is kept with the slice-bound reason.
@@ -38,14 +40,17 @@ k = p != j
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     seeds = {plan.iteration.index} | {name for name, _ in plan.iteration.elements}
-    excluded = _Excluded(plan.iteration.index, ctx)
+    outer = {k for k, (first, _) in plan.outer_bounds.items()
+             if isinstance(first, ast.Constant) and type(first.value) is int and first.value >= 0}
+    excluded = _Excluded({plan.iteration.index} | outer - seeds, ctx)
     body = excluded.block(clone(plan.body))
     if not excluded.made:
         return plan
     to_where(body, seeds, ctx, frozenset(plan.masks))  # marks what it would convert
     if all(ast_marks.get(s, ast_marks.WHERE_CONVERTED, False) for s in excluded.made):
         plan.body = body
-        plan.need_plain_range()
+        if plan.iteration.index in excluded.used:
+            plan.need_plain_range()
     return plan
 
 
@@ -53,9 +58,10 @@ class _Excluded(_Ragged):
     """``ragged_slices_to_masks``' walk over statements (its ``pre`` statements go before the
     statement), taking the calls described above instead of ragged slices."""
 
-    def __init__(self, index: str, ctx: PassContext):
+    def __init__(self, indices: set[str], ctx: PassContext):
         super().__init__(set(), ctx)
-        self.index = index
+        self.indices = indices
+        self.used: set[str] = set()  # the indices whose item is excluded
 
     def write(self, s: ast.stmt) -> ast.stmt:
         return self.visit(s)
@@ -66,25 +72,27 @@ class _Excluded(_Ragged):
 
     def visit_Call(self, call: ast.Call) -> ast.expr:
         self.generic_visit(call)
-        row = self._excluded(call)
-        if row is None:
+        found = self._excluded(call)
+        if found is None:
             return call
+        row, index = found
+        self.used.add(index)
         pos, keep = self.ctx.namer.new("pos"), self.ctx.namer.new("in")
         self.pre += replace(_MASK, loc=call, torch_name=self.ctx.torch_name, p=pos, k=keep, x=row,
-                            j=ast.Name(self.index, ast.Load()))
+                            j=ast.Name(index, ast.Load()))
         made = replace("x[k]", loc=call, x=clone(row), k=keep)
         self.made.append(made)
         return made
 
-    def _excluded(self, call: ast.Call) -> ast.expr | None:
-        """``x`` of ``torch.cat((x[:j], x[j + 1:]))``, else None."""
+    def _excluded(self, call: ast.Call) -> tuple[ast.expr, str] | None:
+        """``(x, j)`` of ``torch.cat((x[:j], x[j + 1:]))``, else None."""
         pair = two_slices_joined(call, self.ctx)
         if pair is None:
             return None
         before, after = pair
         lo, hi = before.slice, after.slice
-        return before.value if _slice(lo, None, self.index) and _slice(hi, self.index, None) \
-            else None
+        index = next((j for j in self.indices if _slice(lo, None, j)), None)
+        return (before.value, index) if index is not None and _slice(hi, index, None) else None
 
 
 def two_slices_joined(call: ast.Call, ctx: PassContext) -> tuple[ast.Subscript, ast.Subscript] | None:

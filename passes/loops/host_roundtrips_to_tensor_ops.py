@@ -45,7 +45,7 @@ import importlib
 from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, Transformer, is_name, replace
+from ..ast_tools import PassContext, Transformer, is_name, replace, walk
 from ..errors import Unsupported
 from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores, stores_in,
                             variant_names)
@@ -55,7 +55,8 @@ from .plan import LoopPlan
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
             errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str],
             seeds: set[str], not_floating: list[ast.expr] | None = None,
-            no_tensors: list[ast.expr] | None = None) -> list[ast.stmt]:
+            no_tensors: list[ast.expr] | None = None,
+            live_after: frozenset[str] = frozenset()) -> list[ast.stmt]:
     """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
     counters of iterations where the original raised (``errors`` gets each counter's exception
     source and location), the float64 twins of host-number sums (``wide``: sum -> twin) and the
@@ -66,6 +67,7 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
     tr = _HostToTensor(variant, ctx, errors, wide)
     tr.assigned |= seeds
     tr.stored = stores_in(stmts) | seeds
+    tr.body, tr.live_after = stmts, live_after
     if not_floating is not None:
         tr.not_floating = not_floating
     if no_tensors is not None:
@@ -98,6 +100,8 @@ class _HostToTensor(Transformer):
         self.assigned: set[str] = set()        # names bound so far in the iteration
         self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
         self.stored: set[str] = set()   # names the loop binds
+        self.body: list[ast.stmt] = []  # the loop body, and the names read after the loop
+        self.live_after: frozenset[str] = frozenset()
         # tensors whose elements meet int(): the loop is vectorized when they are not floating
         # (integers: the common labels), so no counter of raising iterations (nor its host
         # sync) is needed
@@ -127,12 +131,29 @@ class _HostToTensor(Transformer):
         """The host numbers after an ``if``: a name a host number after one branch and maybe a
         tensor after the other (``s += w.abs() if c else a.item()``) is a tensor or a Python
         number depending on the data, and so is what it adds up to: refused."""
-        mixed = sorted(taken.keys() ^ self.numbers.keys())
+        mixed = sorted(n for n in taken.keys() ^ self.numbers.keys()
+                       if not self._branch_local(n, node))
         if mixed:
             raise Unsupported(f"`{mixed[0]}` is a Python number after one branch of this `if` "
                               "and may be a tensor after the other: its type depends on the data",
                               node.lineno)
         self.numbers.update(taken)
+
+    def _branch_local(self, name: str, node: ast.If) -> bool:
+        """``name`` is bound in one branch of ``node`` (at its top level) and read only after
+        that, in that branch: what it holds after the ``if`` is never read."""
+        if name in self.live_after:
+            return False
+        for branch in (node.body, node.orelse):
+            first = next((k for k, s in enumerate(branch) if name in stores(s)), None)
+            if first is None:
+                continue
+            after = {id(n) for s in branch[first + 1:] for n in walk(s)}
+            value = branch[first].value if isinstance(branch[first], ast.Assign) else None
+            reads = [n for s in self.body for n in walk(s) if isinstance(n, ast.Name)
+                     and n.id == name and isinstance(n.ctx, ast.Load)]
+            return value is not None and all(id(n) in after for n in reads)
+        return False
 
     def _bind(self, s: ast.stmt) -> None:
         """Names bound here now hold a host number (of its kind), or not."""
@@ -321,7 +342,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     not_floating: list[ast.expr] = []
     no_tensors: list[ast.expr] = []
     plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds,
-                        not_floating, no_tensors)
+                        not_floating, no_tensors, frozenset(plan.live_after))
     for x in not_floating:
         plan.check("not (isinstance(x, torch.Tensor) and x.is_floating_point())", x=x)
     for x in no_tensors:

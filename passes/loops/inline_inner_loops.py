@@ -24,6 +24,13 @@ tensor are tensors of one shape. It is lifted, behind ``isinstance(emb, torch.Te
 
 Any other read of the outer iteration in a check keeps the outer loop as written.
 
+A check ``isinstance(row, list)`` holds in every iteration when the outer body bound ``row = []``
+before the inner loop (and not again since), and ``not isinstance(t, torch.Tensor)`` when it
+bound ``t = x.item()``: they are dropped. The inner's device-side checks of
+its counters of empty max/min selections leave the inlined statements with the counters'
+zeroing: the counters sum over the outer loop, whose check (``plan.empty_selections``) raises
+the same error after it, as one loop's would.
+
 An inner fold that runs the inner loop as written when it would promote an accumulator's dtype
 (``promoting_folds_run_as_written``) becomes its folds: the outer loop's folds of that
 accumulator check the same promotion, on the sum over both loops (``plan.uses_where``).
@@ -33,10 +40,10 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, Transformer, clone, is_name, replace, unparse
+from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, replace, unparse
 from ..errors import Unsupported
 from . import normalize_comprehensions
-from .loop_dataflow import loads, stores_in
+from .loop_dataflow import loads, stores, stores_in
 from .plan import LoopPlan
 from .runtime_checks import conjuncts, is_as_written, is_vectorized_guard
 
@@ -47,21 +54,28 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     lift = _LiftToTensor(it.index, dict(it.elements), seeds | stores_in(plan.body), ctx)
     forms = _InlinedForms(it.index)
     plan.body = _inline(plan.body, seeds, plan.inner_checks, lift, forms, ctx)
+    plan.empty_selections.update(forms.empty)
     plan.uses_where |= forms.bails
     return plan
 
 
 def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
-            lift: "_LiftToTensor", forms: "_InlinedForms", ctx: PassContext) -> list[ast.stmt]:
-    """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``."""
+            lift: "_LiftToTensor", forms: "_InlinedForms", ctx: PassContext,
+            fresh: dict[str, str] | None = None) -> list[ast.stmt]:
+    """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``.
+    ``fresh``: names the outer body bound before ``body`` to a new list (``row = []``) or a
+    Python number (``t = x.item()``) -> "list" or "number"."""
+    fresh = fresh or {}
     assigned = stores_in(body)
     out, stacked = [], set()
     for s in body:
         if is_vectorized_guard(s):
             stacked |= ast_marks.get(s, ast_marks.BOUND_LISTS, set())
             for g in conjuncts(s.test):
-                if _is_int_check(g, seeds):
-                    continue  # the inner writes out[i, ...]: this loop makes i a slice
+                if _is_int_check(g, seeds) or _is_type_check(g, _kind(fresh, "list"), "list") \
+                        or _is_not_tensor_check(g, _kind(fresh, "number")):
+                    continue  # the inner writes out[i, ...]: this loop makes i a slice; and
+                    # `row = []` / `t = x.item()` earlier in this iteration hold in every one
                 if loads(g) & (seeds | assigned):
                     lifted = lift.lifted(g)
                     if lifted is None:
@@ -74,18 +88,55 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                             checks.append(c)
                     continue
                 checks.append(g)
-            out += forms.visit(ast.Module(s.body[1:], [])).body
+            out += forms.lift_empty_checks(forms.visit(ast.Module(s.body[1:], [])).body)
         elif isinstance(s, ast.If):
-            s.body = _inline(s.body, seeds, checks, lift, forms, ctx)
-            s.orelse = _inline(s.orelse, seeds, checks, lift, forms, ctx)
+            s.body = _inline(s.body, seeds, checks, lift, forms, ctx, fresh)
+            s.orelse = _inline(s.orelse, seeds, checks, lift, forms, ctx, fresh)
             out.append(s)
         else:
             out.append(s)
+        fresh = {n: k for n, k in fresh.items() if n not in stores(s)} | _fresh(s)
     if stacked:  # lists an inlined loop built: the stacked items here
         block = ast.Module(out, [])
         normalize_comprehensions.bound_list_consumers(block, stacked, ctx, stacked=True)
         out = block.body
     return out
+
+
+def _empty_check(s: ast.stmt) -> tuple[str | None, str]:
+    """(counter, message) of ``torch._assert_async(torch.as_tensor(c == 0), message)``."""
+    call = s.value if isinstance(s, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "_assert_async" and len(call.args) == 2
+            and isinstance(call.args[1], ast.Constant) and isinstance(call.args[0], ast.Call)
+            and len(call.args[0].args) == 1 and isinstance(call.args[0].args[0], ast.Compare)):
+        return None, ""
+    test = call.args[0].args[0]
+    if not (isinstance(test.left, ast.Name) and isinstance(test.ops[0], ast.Eq)
+            and len(test.ops) == 1 and is_int(test.comparators[0], 0)):
+        return None, ""
+    return test.left.id, call.args[1].value
+
+
+def _fresh(s: ast.stmt) -> dict[str, str]:
+    """``{row: "list"}`` for ``row = []`` (a list display), ``{t: "number"}`` for
+    ``t = x.item()``, else nothing."""
+    value = s.value if isinstance(s, ast.Assign) and len(s.targets) == 1 \
+        and isinstance(s.targets[0], ast.Name) else None
+    number = isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+        and value.func.attr == "item" and not value.args and not value.keywords
+    kind = "list" if isinstance(value, ast.List) else "number" if number else None
+    return {s.targets[0].id: kind} if kind else {}
+
+
+def _kind(fresh: dict[str, str], kind: str) -> set[str]:
+    return {n for n, k in fresh.items() if k == kind}
+
+
+def _is_not_tensor_check(g: ast.expr, numbers: set[str]) -> bool:
+    """``not isinstance(t, torch.Tensor)`` for one of ``numbers`` (bound by ``.item()``)."""
+    return isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) \
+        and _is_type_check(g.operand, numbers, ".Tensor")
 
 
 def _is_int_check(g: ast.expr, names: set[str]) -> bool:
@@ -111,6 +162,17 @@ class _InlinedForms(Transformer):
 
     def __init__(self, index: str):
         self.index, self.bails = index, False
+        self.empty: dict[str, str] = {}  # the inner loops' counters of empty selections
+
+    def lift_empty_checks(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        """``stmts`` without the checks of the inner's counters of empty max/min selections
+        (``raise_on_empty_selections``) and their zeroing: the counters count over the outer
+        loop too, whose own check raises the same error after it."""
+        checks = {c: m for c, m in map(_empty_check, stmts) if c is not None}
+        self.empty.update(checks)
+        return [s for s in stmts if _empty_check(s)[0] is None and not (
+            isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+            and s.targets[0].id in checks and isinstance(s.value, ast.Constant))]
 
     def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt]:
         if is_as_written(node):

@@ -54,9 +54,10 @@ records the list's mask (``Dense.appends``), by which ``effects_to_outputs`` tak
 iteration's selection out of the stacked stand-ins after the loop.
 
 What is rewritten: a selection ``x[m]``, ``x`` a name, attribute or subscript by names and
-numbers, ``m`` a mask that varies per iteration (a single comparison, ``~``/``&``/``|``/``^`` of
-masks, a call of a boolean op (``OpSpec.boolean``), or a name every binding of which in the body
-is one), whose value reaches a full reduction only through elementwise ops (arithmetic, single
+numbers, ``m`` a mask (a single comparison, ``~``/``&``/``|``/``^`` of masks, a call of a
+boolean op (``OpSpec.boolean``), or a name every binding of which in the body is one; one that
+does not vary too: an inner loop's ``dist[i][target != t_i]`` varies in the outer loop mapping
+over it), whose value reaches a full reduction only through elementwise ops (arithmetic, single
 comparisons, the registry's batched elementwise ops); a name bound once, at the top of the body,
 to such a value is its stand-in, read only by such reductions. The selections of one reduction
 share their mask; its other operands are numbers, 0-d values (reductions), or names that do not
@@ -111,8 +112,8 @@ from ..errors import Unsupported
 
 from .. import ops
 from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, root_name, walk
-from .loop_dataflow import (call_op, is_boolean, depends, is_shape_query, loads, method_name,
-                            stores, variant_names, write_entries)
+from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, method_name,
+                            stores, write_entries)
 from .batch_values import literal
 from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
@@ -342,7 +343,6 @@ class _Converter:
         self.ctx = ctx
         self.seeds = seeds
         self.lenient = lenient
-        self.variant = variant_names(body, seeds, ctx)
         counts: dict[str, int] = {}
         for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
             for name in stores(s):
@@ -561,7 +561,7 @@ class _Converter:
         if isinstance(base, ast.Name) and base.id in self.selected:
             return _reselection(self, sub, self.selected[base.id])
         if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
-            raise _Refused("mask indexing with other entries, or not a mask that varies")
+            raise _Refused("mask indexing with other entries, or not a mask")
         if not _simple(base) or any(isinstance(n, ast.Subscript) and _is_selection(
                 n, self.lenient, self.ctx) for n in walk(base)) \
                 or loads(base) & (self.assigned - self.once) or loads(base) & self.selected.keys():
@@ -571,7 +571,7 @@ class _Converter:
         return _Group(mask, ast.dump(mask), {ast.dump(base): base})
 
     def _is_mask(self, m: ast.expr) -> bool:
-        if not (_strict(m, self.masks, self.ctx) and depends(m, self.variant, self.ctx)):
+        if not _strict(m, self.masks, self.ctx):
             return False
         if loads(m) & ((self.assigned - self.once) | self.selected.keys()):
             return False  # a name bound twice could be a different mask at each use
@@ -895,7 +895,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx,
                     frozenset(plan.masks))
     plan.written, plan.body = plan.body, dense.body
-    plan.selection_checks, plan.empty_selections = dense.guards, dense.empty
+    plan.selection_checks = dense.guards
+    plan.empty_selections = {**plan.empty_selections, **dense.empty}  # inner loops' too
     plan.selection_appends = dense.appends
     plan.empty_selections_at = dense.body[0] if dense.body else None
     return plan

@@ -286,7 +286,9 @@ def lists_read_in_part(loop: ast.For, func: ast.FunctionDef, ctx: PassContext) -
     be read other than whole once it ends (``_reads_some_items``): by the statements after it in
     its block, up to and including one binding the name again; when none does, anywhere else in
     ``func`` (another iteration of an enclosing loop, or a caller given the list, may read it).
-    Each with that op, quoted."""
+    A binding that maps every item (``xs = [x.mean(1) for x in xs]``, ``_maps_every_item``)
+    reads each and keeps it in the graph: the reads go on to the next binding. Each with that
+    op, quoted."""
     appends = [(n.func.value.id, n.args[0]) for n in walk(loop) if isinstance(n, ast.Call)
                and isinstance(n.func, ast.Attribute) and n.func.attr == "append"
                and isinstance(n.func.value, ast.Name) and len(n.args) == 1]
@@ -298,14 +300,40 @@ def lists_read_in_part(loop: ast.For, func: ast.FunctionDef, ctx: PassContext) -
         op = may_be_nonfinite(ast.Tuple(_computed_from(value, loop, ctx), ast.Load()), ctx)
         if op is None:
             continue
-        rebound = next((k for k, s in enumerate(after) if isinstance(s, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in s.targets)), None)
-        reads = _added_to_dropped(after[:rebound + 1] if rebound is not None else func.body,
-                                  name)
+        rebound, maps = _rebinding(after, name, 0), []
+        while rebound is not None and _maps_every_item(after[rebound], name, ctx):
+            maps.append(after[rebound])  # `xs = [f(x) for x in xs]`: each item read, mapped
+            rebound = _rebinding(after, name, rebound + 1)
+        if rebound is None and maps:
+            maps = []  # the mapped list may be read anywhere: as before, by the whole function
+        reads = _added_to_dropped([s for s in after[:rebound + 1] if not any(s is m for m in maps)]
+                                  if rebound is not None else func.body, name)
         parents = {id(c): n for n in walk(reads) for c in ast.iter_child_nodes(n)}
         if _reads_some_items(reads, name, parents, ctx):
             found[name] = unparse(op)
     return found
+
+
+def _rebinding(stmts: list[ast.stmt], name: str, start: int) -> int | None:
+    """The position of the first statement from ``start`` on binding ``name`` (``name = ...``)."""
+    return next((k for k in range(start, len(stmts)) if isinstance(stmts[k], ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == name for t in stmts[k].targets)), None)
+
+
+def _maps_every_item(stmt: ast.Assign, name: str, ctx: PassContext) -> bool:
+    """``name = [f(x) for x in name]``: one generator, no condition, ``f(x)`` a value the
+    gradient flows through from ``x`` (each item of the list is in the new one's graph), and no
+    other read of the list."""
+    comp = stmt.value
+    if not (len(stmt.targets) == 1 and isinstance(comp, ast.ListComp)
+            and len(comp.generators) == 1):
+        return False
+    gen = comp.generators[0]
+    return not gen.ifs and not gen.is_async and isinstance(gen.iter, ast.Name) \
+        and gen.iter.id == name and isinstance(gen.target, ast.Name) \
+        and any(isinstance(n, ast.Name) and n.id == gen.target.id
+                for n in gradient_walk(comp.elt, ctx)) \
+        and not any(isinstance(n, ast.Name) and n.id == name for n in walk(comp.elt))
 
 
 def _computed_from(value: ast.expr, loop: ast.For, ctx: PassContext) -> list[ast.expr]:

@@ -93,7 +93,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
                ragged_slices_to_masks,
-               raise_on_empty_selections,
+               raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                sink_own_item_selections,
                stack_tensor_lists, tensor_branches_to_where,
@@ -120,6 +120,7 @@ LOOP_STAGES: list = [
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
     element_slices_to_indices,    # before ragged_slices_to_masks, which would make its slices masks
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
+    removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     last_values_after_loop,       # before check_body: what it folds is no longer read after
