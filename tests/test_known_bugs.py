@@ -836,11 +836,6 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor([0.0, 1.0, 0.25], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="a Python-number accumulator that a tensor condition "
-                   "deselects in every iteration stays the number 0 in the original; the "
-                   "vectorized fold returns tensor(0.) with a grad_fn, so `loss.backward()` "
-                   "succeeds where the original raises AttributeError (exact: one host sync "
-                   "after the loop, which the original's per-iteration `if` already pays)")
 def test_number_accumulator_when_no_iteration_is_selected_stays_a_number(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x, th):

@@ -125,6 +125,7 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         plan.accumulators[e.name] = Accumulator(part, e.family, plan.output(part), set())
     acc = plan.accumulators[e.name]
     acc.kinds.add(_number_kind(e.value))
+    acc.masks.append(mask)
     if not isinstance(e.stmt, ast.AugAssign):
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")

@@ -43,7 +43,12 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for name, acc in plan.accumulators.items():
         if acc.family in rules.FAMILY_KEPT:
             raise Unsupported(rules.FAMILY_KEPT[acc.family], plan.node.lineno)
+        if len(acc.kinds) > 1 and "tensor" in acc.kinds and any(acc.masks):
+            raise Unsupported(f"`{name}` adds Python numbers and, under a tensor condition, "
+                              "tensors: whether it ends a number or a tensor depends on the data",
+                              plan.node.lineno)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
+        start = len(plan.folds)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
         if name in plan.wide and kind in rules.NUMBER_FOLD_WIDE:
             # `total += x[i].item()`: the original's Python float, summed in float64
@@ -66,7 +71,33 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                 plan.promotions.append(plan.sub(
                     "isinstance(s, torch.Tensor) and torch.result_type(s, e) != s.dtype",
                     s=name, e=item))
+        if _selected_only(plan, name, acc):
+            plan.folds[start:] = [_when_selected(plan, name, acc, plan.folds[start:])]
     return plan
+
+
+def _selected_only(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
+    """Every update of ``name`` is under a tensor condition, and what it adds may change its
+    type (the int 0 plus ints stays an int; a float64 twin is read only by its sum's fold)."""
+    return bool(acc.masks) and None not in acc.masks and name not in plan.wide.values() \
+        and not (name in plan.zeros and acc.kinds == {"int"})
+
+
+def _when_selected(plan: LoopPlan, name: str, acc: Accumulator,
+                   folds: list[ast.stmt]) -> ast.If:
+    """``folds`` run only when an iteration was selected: with none, ``name`` stays what it was
+    before the loop, as in the original (a Python number keeps its type and value, and gets no
+    gradient). One host sync, as the original's ``if`` had one per iteration; none for a tensor
+    (its folds are the original's value either way)."""
+    masks = {m: plan.sub(f"o[{plan.outputs.index(m)}]", o=plan.outs) if m in plan.outputs
+             else plan.output(m) for m in acc.masks}  # one output per mask, shared
+    test = " or ".join(f"m{k}.any()" for k in range(len(masks)))
+    if name not in plan.zeros:  # the int 0 otherwise
+        test = f"isinstance(s, torch.Tensor) or {test}"
+    node = plan.sub(f"if {test}:\n    pass", s=name,
+                    **{f"m{k}": m for k, m in enumerate(masks.values())})[0]
+    node.body = folds
+    return node
 
 
 def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> ast.expr:
@@ -166,4 +197,5 @@ def _averaged(plan: LoopPlan) -> set[str]:
     stop = unparse(it.stop)
     return {name for name, acc in plan.accumulators.items()
             if acc.family == "sum" and acc.kinds == {"tensor"} and name in plan.zeros
+            and not _selected_only(plan, name, acc)
             and plan.divided.get(name) == stop}

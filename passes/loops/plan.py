@@ -53,6 +53,7 @@ class Accumulator:
     stacked: ast.expr            # the stacked per-iteration values (``_outs[k]``)
     kinds: set[str]              # what the original added: "int", "float" or "tensor"
     rebound: bool = False        # updated by ``s = s + e``, not ``s += e``
+    masks: list[str | None] = field(default_factory=list)  # each update's mask (None: none)
 
 
 @dataclass
