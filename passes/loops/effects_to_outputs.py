@@ -32,9 +32,11 @@ import ast
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from ..ast_tools import PassContext, clone, is_name, unparse, write_target
+from .. import ops
+from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
-from .loop_dataflow import Effect, data_index, write_entries
+from .loop_dataflow import (Effect, call_op, data_index, depends, resolve_call,
+                            write_entries)
 from .plan import Accumulator, LoopPlan, OwnList
 
 
@@ -65,6 +67,8 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         raise Unsupported(f"`{e.name}` is read in part after the loop, and "
                           f"`{plan.lists_read_in_part[e.name]}` may have a NaN/inf derivative: "
                           "the items the original leaves alone would pass it on", e.stmt.lineno)
+    if e.kind == "append":
+        _check_invariant_number(plan, e, ctx)
     if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
         return _partial(plan, e, value, mask, ctx)
     if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
@@ -130,6 +134,22 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")
     return plan.sub(f"p = p {op} v", p=acc.part, v=value)
+
+
+def _check_invariant_number(plan: LoopPlan, e: Effect, ctx: PassContext) -> None:
+    """An appended value the loop does not vary is computed once, as a tensor; a Python number
+    from the host there (``lst.append(w.sum().item())``) would be a tensor in the list (or a
+    float32 one, rounded): refused. ``host_roundtrips_to_tensor_ops`` converts the varying ones,
+    which stay numbers."""
+    if depends(e.value, plan.variant, ctx):
+        return
+    host = next((n for n in walk(e.value) if isinstance(n, ast.Call) and (
+        call_op(n, ctx).host_number or ops.by_host_math(resolve_call(n.func, ctx)).functions)),
+        None)
+    if host is not None:
+        raise Unsupported(f"`{unparse(e.stmt)}` appends a Python number (`{unparse(host)}`) the "
+                          "loop does not vary: the list holds numbers, not tensors",
+                          e.stmt.lineno)
 
 
 def _masked_write(plan: LoopPlan, e: Effect, value: ast.expr, mask: str) -> ast.expr:
