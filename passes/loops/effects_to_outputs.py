@@ -45,15 +45,17 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
-def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext) -> list[ast.stmt]:
+def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext,
+           guarded: bool = False) -> list[ast.stmt]:
+    """``guarded``: ``stmts`` are in a branch of a Python condition of the body."""
     out = []
     for s in stmts:
         if id(s) in plan.masked:
             value, mask = plan.masked[id(s)]
-            out += _effect(plan, plan.facts.effects[id(s)], value, mask, ctx)
+            out += _effect(plan, plan.facts.effects[id(s)], value, mask, ctx, guarded)
         elif isinstance(s, ast.If):  # a Python condition (tensor ones are masks by now)
-            s.body = _lower(plan, s.body, ctx) or [ast.Pass()]
-            s.orelse = _lower(plan, s.orelse, ctx)
+            s.body = _lower(plan, s.body, ctx, True) or [ast.Pass()]
+            s.orelse = _lower(plan, s.orelse, ctx, True)
             out.append(s)
         else:
             out.append(s)
@@ -61,7 +63,7 @@ def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext) -> list[ast.
 
 
 def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-            ctx: PassContext) -> list[ast.stmt]:
+            ctx: PassContext, guarded: bool = False) -> list[ast.stmt]:
     """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``."""
     if e.kind == "append" and e.name in plan.lists_read_in_part:
         raise Unsupported(f"`{e.name}` is read in part after the loop, and "
@@ -70,7 +72,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
     if e.kind == "append":
         _check_invariant_number(plan, e, ctx)
     if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
-        return _partial(plan, e, value, mask, ctx)
+        return _partial(plan, e, value, mask, ctx, guarded)
     if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
         step = ctx.namer.new(f"{e.name}_step")
         stacked = plan.output(step)
@@ -118,8 +120,10 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
 
 
 def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-             ctx: PassContext) -> list[ast.stmt]:
-    """``s += e`` (sum, product): a partial starting at the family's identity."""
+             ctx: PassContext, guarded: bool) -> list[ast.stmt]:
+    """``s += e`` (sum, product): a partial starting at the family's identity. Each update
+    under a Python condition of the body (``guarded``) also sets a flag of its own, its mask
+    or True where it runs (``acc.masks``: whether any iteration was selected)."""
     ident = rules.FAMILY_IDENTITY[e.family]
     if mask is not None:
         value = plan.sub(f"torch.where(p, v, {ident})", p=mask, v=value)
@@ -129,11 +133,18 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         plan.accumulators[e.name] = Accumulator(part, e.family, plan.output(part), set())
     acc = plan.accumulators[e.name]
     acc.kinds.add(_number_kind(e.value))
-    acc.masks.append(mask)
     if not isinstance(e.stmt, ast.AugAssign):
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")
-    return plan.sub(f"p = p {op} v", p=acc.part, v=value)
+    update = plan.sub(f"p = p {op} v", p=acc.part, v=value)
+    if not guarded:
+        acc.masks.append(mask)
+        return update
+    flag = ctx.namer.new(f"{e.name}_taken")
+    plan.init += plan.sub("f = False", f=flag)
+    acc.masks.append(flag)
+    acc.flags.add(flag)
+    return update + plan.sub("f = m", f=flag, m=mask or ast.Constant(True))
 
 
 def _check_invariant_number(plan: LoopPlan, e: Effect, ctx: PassContext) -> None:

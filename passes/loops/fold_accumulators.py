@@ -18,6 +18,17 @@ A sum starting at 0 that the next statement only divides by the trip count
 ``_averaged = True`` among the folds: the vectorized branch computes ``x.mean()``, not
 ``x.mean() * B`` then ``/ B``.
 
+An accumulator every update of which is conditional (under a tensor condition's mask, or a
+Python condition of the body, which sets a flag) folds only when an iteration was selected: the
+original's Python number stays that number (0, 0.0, 5: type and value, no gradient) when none
+was. One host sync, as the original's ``if`` had one per iteration; none when it is a tensor::
+
+    s = 0; for ...: if c: s += e        ->   if _outs[1].any():         (``_outs[1]``: the masks)
+                                                 s = _outs[0]
+
+Python numbers and tensors added under conditions to one name are refused: whether it ends a
+number or a tensor depends on the data.
+
 A rebound sum or product under tensor conditions (``p = p * x[i]`` after ``if y[i] > 0:
 continue``) whose items would promote the accumulator's dtype leaves that condition in
 ``plan.promotions``: the original promotes it only once an iteration is selected, which the
@@ -91,7 +102,9 @@ def _when_selected(plan: LoopPlan, name: str, acc: Accumulator,
     (its folds are the original's value either way)."""
     masks = {m: plan.sub(f"o[{plan.outputs.index(m)}]", o=plan.outs) if m in plan.outputs
              else plan.output(m) for m in acc.masks}  # one output per mask, shared
-    test = " or ".join(f"m{k}.any()" for k in range(len(masks)))
+    # a flag of a Python condition is a bool in the batched form, a tensor when mapped
+    test = " or ".join(f"torch.as_tensor(m{k}).any()" if m in acc.flags else f"m{k}.any()"
+                       for k, m in enumerate(masks))
     if name not in plan.zeros:  # the int 0 otherwise
         test = f"isinstance(s, torch.Tensor) or {test}"
     node = plan.sub(f"if {test}:\n    pass", s=name,

@@ -54,6 +54,7 @@ class Accumulator:
     kinds: set[str]              # what the original added: "int", "float" or "tensor"
     rebound: bool = False        # updated by ``s = s + e``, not ``s += e``
     masks: list[str | None] = field(default_factory=list)  # each update's mask (None: none)
+    flags: set[str] = field(default_factory=set)  # ... those set under a Python condition
 
 
 @dataclass
