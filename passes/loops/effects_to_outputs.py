@@ -41,29 +41,43 @@ from .plan import Accumulator, LoopPlan, OwnList
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body = _lower(plan, plan.body, ctx)
+    plan.body = _lower(plan, plan.body, ctx, _always_updated(plan, plan.body))
     return plan
 
 
-def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext,
+def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext, always: set[str],
            guarded: bool = False) -> list[ast.stmt]:
-    """``guarded``: ``stmts`` are in a branch of a Python condition of the body."""
+    """``guarded``: ``stmts`` are in a branch of a Python condition of the body; ``always``:
+    the names every iteration updates whatever those conditions (no flags for them)."""
     out = []
     for s in stmts:
         if id(s) in plan.masked:
             value, mask = plan.masked[id(s)]
-            out += _effect(plan, plan.facts.effects[id(s)], value, mask, ctx, guarded)
+            e = plan.facts.effects[id(s)]
+            out += _effect(plan, e, value, mask, ctx, guarded and e.name not in always)
         elif isinstance(s, ast.If):  # a Python condition (tensor ones are masks by now)
-            s.body = _lower(plan, s.body, ctx, True) or [ast.Pass()]
-            s.orelse = _lower(plan, s.orelse, ctx, True)
+            s.body = _lower(plan, s.body, ctx, always, True) or [ast.Pass()]
+            s.orelse = _lower(plan, s.orelse, ctx, always, True)
             out.append(s)
         else:
             out.append(s)
     return out
 
 
+def _always_updated(plan: LoopPlan, stmts: list[ast.stmt]) -> set[str]:
+    """The names ``stmts`` update in every iteration: outside any condition, or in both
+    branches of a Python one."""
+    names = set()
+    for s in stmts:
+        if id(s) in plan.masked and plan.masked[id(s)][1] is None:
+            names.add(plan.facts.effects[id(s)].name)
+        elif isinstance(s, ast.If):
+            names |= _always_updated(plan, s.body) & _always_updated(plan, s.orelse)
+    return names
+
+
 def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-            ctx: PassContext, guarded: bool = False) -> list[ast.stmt]:
+            ctx: PassContext, flagged: bool = False) -> list[ast.stmt]:
     """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``."""
     if e.kind == "append" and e.name in plan.lists_read_in_part:
         raise Unsupported(f"`{e.name}` is read in part after the loop, and "
@@ -72,7 +86,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
     if e.kind == "append":
         _check_invariant_number(plan, e, ctx)
     if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
-        return _partial(plan, e, value, mask, ctx, guarded)
+        return _partial(plan, e, value, mask, ctx, flagged)
     if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
         step = ctx.namer.new(f"{e.name}_step")
         stacked = plan.output(step)
@@ -120,10 +134,11 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
 
 
 def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-             ctx: PassContext, guarded: bool) -> list[ast.stmt]:
-    """``s += e`` (sum, product): a partial starting at the family's identity. Each update
-    under a Python condition of the body (``guarded``) also sets a flag of its own, its mask
-    or True where it runs (``acc.masks``: whether any iteration was selected)."""
+             ctx: PassContext, flagged: bool) -> list[ast.stmt]:
+    """``s += e`` (sum, product): a partial starting at the family's identity. An update
+    under a Python condition of the body that may not run (``flagged``) also sets a flag of
+    its own, its mask or True where it runs (``acc.masks``: whether any iteration was
+    selected)."""
     ident = rules.FAMILY_IDENTITY[e.family]
     if mask is not None:
         value = plan.sub(f"torch.where(p, v, {ident})", p=mask, v=value)
@@ -137,7 +152,7 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")
     update = plan.sub(f"p = p {op} v", p=acc.part, v=value)
-    if not guarded:
+    if not flagged:
         acc.masks.append(mask)
         return update
     flag = ctx.namer.new(f"{e.name}_taken")

@@ -88,10 +88,14 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 
 def _selected_only(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
-    """Every update of ``name`` is under a tensor condition, and what it adds may change its
-    type (the int 0 plus ints stays an int; a float64 twin is read only by its sum's fold)."""
+    """Every update of ``name`` is conditional, and what it adds may change its type (the int 0
+    plus ints stays an int; a float64 twin is read only by its sum's fold). Not when a condition
+    is on loop indices only (``if i == j: continue``): the original reads nothing back for it,
+    and the check would be a host sync it does not make (it is left a tensor when no iteration
+    is selected)."""
     return bool(acc.masks) and None not in acc.masks and name not in plan.wide.values() \
-        and not (name in plan.zeros and acc.kinds == {"int"})
+        and not (name in plan.zeros and acc.kinds == {"int"}) \
+        and not plan.index_masks & set(acc.masks)
 
 
 def _when_selected(plan: LoopPlan, name: str, acc: Accumulator,

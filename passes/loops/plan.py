@@ -143,6 +143,7 @@ class LoopPlan:
     wide: dict[str, str] = field(default_factory=dict)
     # Effects under masks: id(stmt) -> (its value made safe under the mask, the mask or None).
     masked: dict[int, tuple[ast.expr, str | None]] = field(default_factory=dict)
+    index_masks: set[str] = field(default_factory=set)  # ... of conditions on loop indices only
     uses_where: bool = False
     # What leaves an iteration: returned as ``outs``, folded / stored after the loop by ``folds``.
     init: list[ast.stmt] = field(default_factory=list)    # top of the body: partials' identities
