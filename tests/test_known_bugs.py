@@ -1021,3 +1021,39 @@ def test_golden_a_method_under_a_branch_is_called_on_the_hoisted_receiver():
     lines = [line.strip() for line in code.splitlines()]
     assert "_value = a.sum()" in lines and "s += _value.item()" in lines
     assert not any(line.endswith(".item") for line in lines)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("update", ["s = s + -b.min().item() - a.sum().item()",
+                                    "s = s - a.sum().item() + b.max().item()"])
+def test_host_numbers_joined_in_one_accumulator_update_stay_a_python_float(tmp_path, update,
+                                                                         dtype):
+    # the terms loop_dataflow joins were a tensor of the rewrite (found by the fuzzer once it
+    # required the original's Python types)
+    original, fast = optimized(tmp_path, f"""
+def f(x, y):
+    s = 0
+    for a, b in zip(x, y):
+        {update}
+    return s
+""")
+    args = (torch.tensor([[1.0, -2.0], [0.5, 4.0]], dtype=dtype, requires_grad=True),
+            torch.tensor([[0.25, INF], [-1.0, 2.0]], dtype=dtype, requires_grad=True))
+    assert fast.report.loops[0].vectorized and type(fast(*args)) is float
+    assert_equivalent(original, fast, *args)
+
+
+def test_a_negated_host_number_as_a_torch_functions_first_argument_raises(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    p = torch.ones(())
+    for a in x:
+        p = p * (1 + torch.tanh(-a.mean().item()) * 0.1)
+    return p
+""")
+    x = torch.tensor([[1.0, 2.0], [0.5, 0.25]], requires_grad=True)
+    with pytest.raises(TypeError) as want:
+        original(x)
+    with pytest.raises(TypeError) as got:
+        fast(x)
+    assert str(got.value) == str(want.value)

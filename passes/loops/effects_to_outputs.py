@@ -191,10 +191,18 @@ def _masked_write(plan: LoopPlan, e: Effect, value: ast.expr, mask: str) -> ast.
 
 
 def _number_kind(value: ast.expr) -> str:
-    """What the original added: a Python int/float literal, a host number, or a tensor."""
+    """What the original added: a Python int/float literal, a host number, or a tensor; for
+    the terms ``loop_dataflow`` joins (``s = s - a.item() + b.item()``), what they add up to."""
     if isinstance(value, ast.Constant) and type(value.value) in (int, float):
         return type(value.value).__name__
-    return ast_marks.get(value, ast_marks.HOST_NUMBER) or "tensor"
+    kind = ast_marks.get(value, ast_marks.HOST_NUMBER)
+    if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp)):
+        return kind or "tensor"
+    if isinstance(value, ast.UnaryOp):
+        return _number_kind(value.operand) if isinstance(value.op, ast.USub) else "tensor"
+    kinds = {_number_kind(value.left), _number_kind(value.right)}
+    return "tensor" if "tensor" in kinds or not isinstance(value.op, (ast.Add, ast.Sub)) else \
+        "float" if "float" in kinds else "item" if "item" in kinds else "int"
 
 
 def _check_index(plan: LoopPlan, x: ast.expr) -> None:

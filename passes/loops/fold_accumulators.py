@@ -26,8 +26,10 @@ was. One host sync, as the original's ``if`` had one per iteration; none when it
     s = 0; for ...: if c: s += e        ->   if _outs[1].any():         (``_outs[1]``: the masks)
                                                  s = _outs[0]
 
-Python numbers and tensors added under conditions to one name are refused: whether it ends a
-number or a tensor depends on the data.
+Not for conditions on loop indices only (``if i == j: continue``): the original reads nothing
+back for them, so with none selected the sum is left a tensor 0. Python numbers and tensors added
+under conditions to one name are refused: whether it ends a number or a tensor depends on the
+data.
 
 A rebound sum or product under tensor conditions (``p = p * x[i]`` after ``if y[i] > 0:
 continue``) whose items would promote the accumulator's dtype leaves that condition in
