@@ -48,12 +48,16 @@ A value it may hold that cannot be resolved here (a parameter, ``getattr(self, n
 note: the call at its file:line runs as written, "called through `self.loss_fn`, resolved at run
 time", and the loops of the methods it may hold (``instance_attribute_calls``) are reported so.
 
+A module of the module handed to ``torch.func.functional_call`` runs its rewritten
+``forward`` there (``module_caller_calls``), and ``Cls(...)`` its rewritten ``__init__``
+(``constructor_calls``), each behind a run-time check that the original would run that method.
+
 Reported, not rewritten (each loop "kept", at its own file:line, with how it is reached): the
 loops of a helper that cannot be rewritten (the reason), and those a helper reaches when it runs
-as written: ``forward`` of a module handed to another call (``functional_call(criterion,
-...)``) or called when it may be of classes with different forwards, ``__init__`` of
-``Cls(...)``, a method of an object made in the call (``Cls(...).m(x)``: no name to check), a
-method where ``type`` is not the builtin.
+as written: ``forward`` of a module handed to another call (``vmap(criterion)``, or
+``functional_call`` with the module by keyword) or called when it may be of classes with
+different forwards, a method of an object made in the call (``Cls(...).m(x)``: no name to
+check), a method where ``type`` is not the builtin.
 """
 from __future__ import annotations
 
@@ -69,6 +73,8 @@ from .errors import RewriteError, Unsupported
 from .instance_attribute_calls import BoundValues, bound_values, picked_helper, sort_value
 from .instance_attribute_calls import class_attribute as _method
 from .instance_attribute_calls import table_functions as _table_functions
+from .constructor_calls import constructed
+from .module_caller_calls import calls_module, forward_during
 from .report import LoopReport, Report
 
 from .ast_tools import PassContext, Transformer, clone, replace, walk
@@ -235,6 +241,8 @@ class _Redirect(Transformer):
     def visit_Call(self, node: ast.Call) -> ast.expr:
         self.generic_visit(node)
         f = node.func
+        if self._module_caller(node):
+            return node
         self._passed_modules(node)
         if isinstance(f, ast.Name) and f.id not in self.scope.local:
             target = self.ctx.globals.get(f.id)
@@ -242,8 +250,7 @@ class _Redirect(Transformer):
             if binding:
                 node.func = ast.copy_location(ast.Name(binding, ast.Load()), f)
             elif isinstance(target, type):
-                self._unreached(_method(target, "__init__"),
-                                f"`{f.id}(...)`, which runs {f.id}.__init__ to make the object")
+                self._constructor(node, target)
             return node
         if isinstance(f, ast.Name):
             node = self._through_name(node, f.id)
@@ -340,13 +347,45 @@ class _Redirect(Transformer):
             self._unreached(forward, f"`{ast.unparse(node.func)}(...)`, an object of one of "
                             f"several classes with different forwards")
         elif self._rewrite(forward):
-            if self.module_forward is None:
-                self.module_forward = self.ctx.namer.new("module_forward")
-                self.ctx.bindings[self.module_forward] = module_forward
-            node.func = replace("pick(obj, orig, new)", loc=node.func, pick=self.module_forward,
-                                obj=node.func, orig=self._original(forward),
-                                new=self.rewritten[forward])
+            node.func = self._picked_forward(node.func, forward)
         return node
+
+    def _constructor(self, node: ast.Call, cls: type) -> None:
+        """``Cls(...)`` with ``Cls.__init__`` rewritten: ``constructed(Cls, init, rewritten)(...)``
+        (``constructor_calls``); else its loops are reported."""
+        init, name = _method(cls, "__init__"), ast.unparse(node.func)
+        if not (_own(cls, self.ctx.globals) and self._rewrite(init)):
+            self._unreached(init, f"`{name}(...)`, which runs {name}.__init__ to make the object")
+            return
+        node.func = replace("make(cls, orig, new)", loc=node.func,
+                            make=self.ctx.bind(constructed, "constructed"), cls=node.func,
+                            orig=self._original(init), new=self.rewritten[init])
+
+    def _picked_forward(self, module: ast.expr, forward: types.FunctionType) -> ast.expr:
+        """``module_forward(module, forward, rewritten)``; ``forward`` has a rewrite."""
+        if self.module_forward is None:
+            self.module_forward = self.ctx.namer.new("module_forward")
+            self.ctx.bindings[self.module_forward] = module_forward
+        return replace("pick(obj, orig, new)", loc=module, pick=self.module_forward,
+                       obj=module, orig=self._original(forward), new=self.rewritten[forward])
+
+    def _module_caller(self, node: ast.Call) -> bool:
+        """``functional_call(criterion, ...)`` with ``criterion`` a module of one forward of
+        the module, which has a rewrite: the call runs it (``module_caller_calls``)."""
+        if not calls_module(node, self.ctx.globals, self.scope.local):
+            return False
+        classes = [c for c in self.scope.classes(node.args[0]) if issubclass(c, torch.nn.Module)]
+        forwards = {_method(c, "forward") for c in classes}
+        if len(forwards) != 1 or len(classes) != len(self.scope.classes(node.args[0])):
+            return False
+        forward = forwards.pop()
+        if not self._rewrite(forward):
+            return False
+        during = self.ctx.bind(forward_during, "forward_during")
+        node.func = replace("during(caller, obj, picked)", loc=node.func, during=during,
+                            caller=node.func, obj=clone(node.args[0]),
+                            picked=self._picked_forward(clone(node.args[0]), forward))
+        return True
 
     def _passed_modules(self, node: ast.Call) -> None:
         """An ``nn.Module`` of the module handed to a call (``functional_call(criterion, ...)``)

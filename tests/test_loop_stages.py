@@ -13,13 +13,14 @@ import pytest
 from passes.errors import Unsupported
 from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
                           classify_effects, conditional_expressions_to_branches,
-                          effects_to_outputs, fold_accumulators, gather_keyed_reads,
+                          effects_to_outputs, element_slices_to_indices, fold_accumulators,
+                          gather_keyed_reads,
                           hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                           inplace_writes_to_functional, invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, materialize_iterators, merge_branch_appends,
-                          module_loss_calls,
+                          module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           promoting_folds_run_as_written,
                           excluded_items_to_masks, ragged_slices_to_masks,
@@ -710,6 +711,87 @@ L = lengths[i].item()
 _pos = torch.arange(x[i].shape[0], device=x[i].device)
 _in = _pos < L + x[i].shape[0] * (L < 0)
 total = total + x[i][_in].sum() / L
+"""),
+    (module_list_linears, """
+def f(heads, x):
+    total = 0
+    for i in range(len(heads)):
+        head = heads[i]
+        total = total + head(x).sum()
+    return total
+""", ('body', 'prelude', 'checks'),
+     """
+# body
+head = heads[i]
+total = total + head(x).sum()
+# prelude
+# checks
+""",
+     """
+# body
+total = total + torch.nn.functional.linear(x, _heads_weight[i], _heads_bias[i]).sum()
+# prelude
+_heads_weight, _heads_bias = _linear_parameters(heads)
+# checks
+_heads_weight is not None
+"""),
+    (module_list_linears, """
+def f(heads, x):
+    total = 0
+    for i in range(len(heads)):
+        head = heads[i]
+        total = total + head(x).sum() + head.weight.sum()
+    return total
+""", ('body', 'prelude'),
+     """
+# body
+head = heads[i]
+total = total + head(x).sum() + head.weight.sum()
+# prelude
+""",
+     """
+# body
+head = heads[i]
+total = total + head(x).sum() + head.weight.sum()
+# prelude
+"""),
+    (element_slices_to_indices, """
+def f(w, labels):
+    total = 0
+    for i, y in enumerate(labels):
+        total = total + torch.cat((w[i, :y], w[i, y + 1:])).sum() * w[y:y + 1, :].sum()
+    return total
+""", ('body', 'checks'),
+     """
+# body
+total = total + torch.cat((w[i, :y], w[i, y + 1:])).sum() * w[y:y + 1, :].sum()
+# checks
+""",
+     """
+# body
+_q = torch.arange(w.shape[1] - 1, device=w.device)
+_others = _q + (_q >= y)
+total = total + w[i, _others].sum() * w[y, :].unsqueeze(0).sum()
+# checks
+isinstance(labels, torch.Tensor) and labels.dim() == 1 and (labels.dtype in (torch.int64, torch.int32)) and isinstance(w, torch.Tensor) and (w.dim() > 1) and bool(((labels >= 0) & (labels < w.shape[1])).all()) and isinstance(labels, torch.Tensor) and labels.dim() == 1 and (labels.dtype in (torch.int64, torch.int32)) and isinstance(w, torch.Tensor) and (w.dim() > 0) and bool(((labels >= 0) & (labels < w.shape[0])).all())
+"""),
+    (element_slices_to_indices, """
+def f(w, labels):
+    total = 0
+    for i, y in enumerate(labels):
+        w = w * 2
+        total = total + w[y:y + 1, :].sum() + w[i:i + 1].sum()
+    return total
+""", ('body',),
+     """
+# body
+w = w * 2
+total = total + w[y:y + 1, :].sum() + w[i:i + 1].sum()
+""",
+     """
+# body
+w = w * 2
+total = total + w[y:y + 1, :].sum() + w[i:i + 1].sum()
 """),
     (excluded_items_to_masks, """
 def f(s):

@@ -20,6 +20,10 @@ CASES = {
     "sep_sisnr_pit_mask": (lambda m: m.get_mask, lambda args: (args[0], args[2])),
     # integer labels of every view joined along a literal dim (`torch.cat([...], dim=0)`)
     "con_info_nce_views": (lambda m: m.naive, lambda args: args),
+    # a module handed to functional_call; labels' own proxy and the other classes cut by slices
+    "metric_proxy_nca_lists": (lambda m: m.naive, lambda args: args),
+    # the negatives mask the constructor of a module made in the loss builds, `mask[i, n + i] = 0`
+    "con_ntxent_mask_loop": (lambda m: m.naive, lambda args: args),
 }
 
 

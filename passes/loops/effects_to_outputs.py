@@ -35,7 +35,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
-from .loop_dataflow import (Effect, call_op, data_index, depends, resolve_call,
+from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, resolve_call,
                             write_entries)
 from .plan import Accumulator, LoopPlan, OwnList
 
@@ -109,7 +109,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         plan.last_write[unparse(write_target(e.stmt))] = item
         for k, x in enumerate(write_entries(write_target(e.stmt))):
             if not is_name(x, plan.iteration.index) and data_index(x, plan.facts, ctx):
-                _check_index(plan, x)
+                _check_index(plan, x, ctx)
                 slot = ctx.namer.new(f"{e.name}_slot")
                 stmts += plan.sub("k = x", k=slot, x=x)
                 slots[k] = plan.output(slot)
@@ -205,10 +205,16 @@ def _number_kind(value: ast.expr) -> str:
         "float" if "float" in kinds else "item" if "item" in kinds else "int"
 
 
-def _check_index(plan: LoopPlan, x: ast.expr) -> None:
-    """A data-dependent write index must be one integer per iteration: ``int(...)``, or an
-    element / row of a 1-d integer tensor (a bool one would be a mask)."""
+def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
+    """A data-dependent write index must be one integer per iteration: ``int(...)``, the loop
+    index plus or minus a fixed int (``mask[i, n + i]``), or an element / row of a 1-d integer
+    tensor (a bool one would be a mask)."""
     if ast_marks.get(x, ast_marks.HOST_NUMBER) == "int":
+        return
+    offset = index_offset(x, plan.iteration.index, plan.facts, ctx)
+    if offset is not None:
+        if not (isinstance(offset, ast.Constant) and type(offset.value) is int):
+            plan.check("isinstance(c, int)", c=offset)
         return
     rows = {r.param: name for (name, _), r in plan.row_slices.items() if not r.prefix}
     sources = dict(plan.iteration.elements)
@@ -244,7 +250,13 @@ def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast
     stmts = plan.sub(f"v = s.reshape(s.shape[:1] + (1,) * (out.dim() - {len(entries) - 1}"
                      " - s.dim()) + s.shape[1:])", v=values, s=stacked, out=e.name)
     target.slice = ast.Tuple(index, ast.Load())
-    if any(is_name(x, it.index) for x in entries):  # distinct slots: a plain indexed write
+    if not any(is_name(x, it.index) for x in entries):  # offsets alone: apart while >= 0
+        for x in entries:
+            c = index_offset(x, it.index, plan.facts, ctx)
+            if c is not None:
+                plan.check("s > 0 and x >= 0", s=it.step, x=ast.BinOp(it.start, x.op, c))
+    if any(is_name(x, it.index) or index_offset(x, it.index, plan.facts, ctx) is not None
+           for x in entries):  # distinct slots: a plain indexed write
         if isinstance(e.stmt, ast.AugAssign):
             return stmts + [ast.AugAssign(target, e.stmt.op, ast.Name(values, ast.Load()))]
         # `out[i, j] = v` casts v to out's dtype; an index_put_ would raise instead

@@ -78,19 +78,29 @@ class _Excluded(_Ragged):
 
     def _excluded(self, call: ast.Call) -> ast.expr | None:
         """``x`` of ``torch.cat((x[:j], x[j + 1:]))``, else None."""
-        dims = call.args[1:] + [k.value for k in call.keywords if k.arg == "dim"]
-        if resolve_call(call.func, self.ctx) != "torch.cat" or len(call.args) + len(
-                call.keywords) - len(dims) != 1 or not all(is_int(d, 0) for d in dims) \
-                or not isinstance(call.args[0], (ast.Tuple, ast.List)) \
-                or len(call.args[0].elts) != 2:
+        pair = two_slices_joined(call, self.ctx)
+        if pair is None:
             return None
-        before, after = call.args[0].elts
-        if not (isinstance(before, ast.Subscript) and isinstance(after, ast.Subscript)
-                and ast.dump(before.value) == ast.dump(after.value) and _simple(before.value)):
-            return None
+        before, after = pair
         lo, hi = before.slice, after.slice
         return before.value if _slice(lo, None, self.index) and _slice(hi, self.index, None) \
             else None
+
+
+def two_slices_joined(call: ast.Call, ctx: PassContext) -> tuple[ast.Subscript, ast.Subscript] | None:
+    """The two subscripts of ``torch.cat((x[...], x[...]))`` along dim 0 (no ``dim`` or a
+    literal 0), of one name, attribute or subscript by names and numbers; else None."""
+    dims = call.args[1:] + [k.value for k in call.keywords if k.arg == "dim"]
+    if resolve_call(call.func, ctx) != "torch.cat" or len(call.args) + len(
+            call.keywords) - len(dims) != 1 or not all(is_int(d, 0) for d in dims) \
+            or not isinstance(call.args[0], (ast.Tuple, ast.List)) \
+            or len(call.args[0].elts) != 2:
+        return None
+    before, after = call.args[0].elts
+    if not (isinstance(before, ast.Subscript) and isinstance(after, ast.Subscript)
+            and ast.dump(before.value) == ast.dump(after.value) and _simple(before.value)):
+        return None
+    return before, after
 
 
 def _slice(cut: ast.expr, lower: str | None, upper: str | None) -> bool:

@@ -1,9 +1,9 @@
 """Stage: the loop header becomes the plan's ``Iteration``; the body is copied into the plan.
 
-``for i in range(a, b, s)`` iterates the index ``i`` from ``a`` to ``b`` by ``s``;
-``for x, y in zip(xs, ys)`` iterates elements (a fresh index ``_i`` up to ``min(len(xs),
-len(ys))``); ``for k, x in enumerate(xs, start)`` both (``k`` from ``start`` to ``start +
-len(xs)``)::
+``for i in range(a, b, s)`` iterates the index ``i`` from ``a`` to ``b`` by ``s`` (so does
+``np.arange(a, b, s)`` where its numpy ints only index); ``for x, y in zip(xs, ys)`` iterates
+elements (a fresh index ``_i`` up to ``min(len(xs), len(ys))``); ``for k, x in enumerate(xs,
+start)`` both (``k`` from ``start`` to ``start + len(xs)``)::
 
     for k, x in enumerate(xs):    ->    Iteration(index="k", start=0, stop=len(xs), step=1,
                                                   elements=[("x", xs)])
@@ -19,7 +19,8 @@ from __future__ import annotations
 import ast
 
 from .. import ops
-from ..ast_tools import PassContext, clone, is_int, is_pure, is_shape_call, unparse, walk
+from ..ast_tools import (PassContext, clone, is_int, is_name, is_pure, is_shape_call, unparse,
+                         walk)
 from ..errors import Unsupported
 from .loop_dataflow import resolve_call
 from .plan import Iteration, LoopPlan
@@ -38,8 +39,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 def _iteration(plan: LoopPlan, ctx: PassContext) -> Iteration:
     target, it = plan.node.target, plan.node.iter
     fn = resolve_call(it.func, ctx) if isinstance(it, ast.Call) else None
-    if fn == "range" and isinstance(target, ast.Name) and not it.keywords \
+    if fn in ("range", "numpy.arange") and isinstance(target, ast.Name) and not it.keywords \
             and 1 <= len(it.args) <= 3:
+        if fn == "numpy.arange":
+            _numpy_index(plan, target.id, it)
         args = list(it.args)
         for a in args:
             _require_pure(a, "range bound")
@@ -61,6 +64,21 @@ def _iteration(plan: LoopPlan, ctx: PassContext) -> Iteration:
     _elements(target, it, result, ctx)
     result.stop = _trip(plan, result.elements)
     return result
+
+
+def _numpy_index(plan: LoopPlan, index: str, it: ast.Call) -> None:
+    """``for i in np.arange(a, b)`` iterates numpy ints: the same values as ``range`` when the
+    bounds are ints (the guard checks them) and the step an int literal, and the same results
+    where ``i`` is only read inside indices (``x[i - 1]``, ``m[i]``). Anywhere else (arithmetic,
+    after the loop) a numpy int may act differently from a Python int: refused."""
+    if len(it.args) == 3 and not (isinstance(it.args[2], ast.Constant)
+                                  and type(it.args[2].value) is int):
+        raise Unsupported(f"`{unparse(it)}`: a step other than an int literal")
+    inside = {id(n) for s in plan.node.body for sub in walk(s) if isinstance(sub, ast.Subscript)
+              for n in walk(sub.slice)}
+    reads = [n for s in plan.node.body for n in walk(s) if is_name(n, index)]
+    if index in plan.live_after or any(id(n) not in inside for n in reads):
+        raise Unsupported(f"`{index}` of `{unparse(it)}` is a numpy int read outside an index")
 
 
 def _elements(target: ast.expr, iterable: ast.expr, into: Iteration, ctx: PassContext) -> None:

@@ -902,7 +902,9 @@ def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
         at = [k for k, e in enumerate(entries) if is_name(e, index)]
         others = [e for k, e in enumerate(entries) if k not in at]
         if len(at) <= 1 and any(data_index(e, facts, ctx) for e in others):
-            _check_data_indexed_write(eff, entries, bool(at))
+            # the index or its offset keeps the slots of different iterations apart
+            apart = bool(at) or any(index_offset(e, index, facts, ctx) is not None for e in others)
+            _check_data_indexed_write(eff, entries, apart)
             continue
         if len(at) != 1:
             raise Unsupported(f"write `{unparse(target)}` is not indexed by the loop index "
@@ -917,6 +919,16 @@ def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
 def data_index(entry: ast.expr, facts: LoopFacts, ctx: PassContext) -> bool:
     """A write's index entry whose value differs between iterations (other than the bare index)."""
     return depends(entry, facts.variant, ctx) or bool(loads(entry) & facts.assigned)
+
+
+def index_offset(entry: ast.expr, index: str, facts: LoopFacts, ctx: PassContext) -> ast.expr | None:
+    """``c`` of the write index ``i + c``, ``c + i`` or ``i - c`` (``i`` the loop index, ``c``
+    the same in every iteration): one integer per iteration, a different one each; else None."""
+    if not (isinstance(entry, ast.BinOp) and isinstance(entry.op, (ast.Add, ast.Sub))):
+        return None
+    c = entry.right if is_name(entry.left, index) else entry.left if (
+        isinstance(entry.op, ast.Add) and is_name(entry.right, index)) else None
+    return None if c is None or data_index(c, facts, ctx) else c
 
 
 def _check_data_indexed_write(eff: Effect, entries: list[ast.expr], by_index: bool) -> None:

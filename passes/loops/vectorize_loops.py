@@ -83,12 +83,13 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
 from ..errors import Unsupported
 from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
                classify_effects, conditional_expressions_to_branches, distribute_loops,
-               effects_to_outputs, excluded_items_to_masks, fold_accumulators,
+               effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
+               fold_accumulators,
                gather_keyed_reads, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
-               materialize_iterators, module_loss_calls,
+               materialize_iterators, module_list_linears, module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
                ragged_slices_to_masks,
@@ -110,11 +111,13 @@ LOOP_STAGES: list = [
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
     module_loss_calls,            # before the checks: they see the known functional op
+    module_list_linears,          # before the checks: they see F.linear of stacked parameters
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
+    element_slices_to_indices,    # before ragged_slices_to_masks, which would make its slices masks
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
