@@ -90,14 +90,15 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 
 def _selected_only(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
-    """Every update of ``name`` is conditional, and what it adds may change its type (the int 0
-    plus ints stays an int; a float64 twin is read only by its sum's fold). Not when a condition
-    is on loop indices only (``if i == j: continue``): the original reads nothing back for it,
-    and the check would be a host sync it does not make (it is left a tensor when no iteration
-    is selected)."""
-    return bool(acc.masks) and None not in acc.masks and name not in plan.wide.values() \
-        and not (name in plan.zeros and acc.kinds == {"int"}) \
-        and not plan.index_masks & set(acc.masks)
+    """Every update of ``name`` is conditional, and what it adds may change its type (a number
+    plus the int 0 keeps its type: not counters; float64 twins and counters of errors are read
+    only by the folds and checks after the loop). Not when a condition is on loop indices only
+    (``if i == j: continue``): the original reads nothing back for it, and the check would be a
+    host sync it does not make; nor in an inner loop, whose check would be a tensor condition of
+    the outer body (both left a tensor when no iteration is selected)."""
+    internal = {*plan.wide.values(), *plan.empty_selections, *plan.host_errors}  # counters
+    return bool(acc.masks) and None not in acc.masks and name not in internal \
+        and acc.kinds != {"int"} and not plan.inner and not plan.index_masks & set(acc.masks)
 
 
 def _when_selected(plan: LoopPlan, name: str, acc: Accumulator,

@@ -94,6 +94,7 @@ class LoopPlan:
     # enclosing ``range`` loops' indices -> their first and last values
     outer_bounds: dict[str, tuple[ast.expr, ast.expr]] = field(default_factory=dict)
     torch_name: str = "torch"                       # how generated code spells torch
+    inner: bool = False          # inside another loop: its statements join the outer body
     # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
     # its stacked items, and those it does bind.
     own_lists: set[str] = field(default_factory=set)
