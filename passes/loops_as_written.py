@@ -1,7 +1,7 @@
 """Instrumentation: a copy of the rewritten function in which the vectorized loops at given lines
 run as written.
 
-Not a pipeline pass: the runtime applies it to make a third form for ``rewrite.keep_faster`` to
+Not a pipeline pass: the runtime applies it to make more forms for ``rewrite.keep_faster`` to
 time, when a vectorized loop ran its vectorized form more than once in one call (inside a loop
 that stays a loop, or in a helper called from one): each run pays the runtime check and the
 ``torch.vmap`` set-up again, which for a few iterations can cost more than the loop::

@@ -18,7 +18,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import bce_with_logits, full_extremes, set_distances
+from . import bce_with_logits, cosine_products, full_extremes, set_distances
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -53,6 +53,12 @@ class OpSpec:
     # receiver is 0, an operator's left operand 0.
     sanitize: tuple[int, str] | None = None
     total: bool = False                       # finite, with finite gradients, on any finite input
+    # It reduces its operands to a smaller result (a number per pair of vectors): a selection
+    # between two values of an operand is cheaper after it than before it
+    # (``sink_own_item_selections``). The value: what the operand holds where the selection
+    # does not take it; the op is finite there, with finite gradients, in every dtype, wherever
+    # its other operand is one it is finite at.
+    sink_selection: str | None = None
     # How its derivative depends on the values, whatever they are (NaN and inf included):
     # "constant" (sums, selections: never NaN/inf; views, conversions, comparisons and shape
     # queries are so too), "bounded" (finite or NaN, never +-inf); None: it may be +-inf
@@ -92,8 +98,9 @@ class OpSpec:
     # Under ``torch.vmap`` its gradients are wrong (its batching rule, torch 2.13), when called
     # with any of these keywords (``()``: always): a loop calling it runs as written.
     vmap_wrong: tuple[str, ...] | None = None
-    # Under ``torch.vmap`` its gradients differ from eager's: the vmapped body calls this, with
-    # the same arguments, instead (bound into the generated code).
+    # Under ``torch.vmap`` its gradients differ from eager's, or its batching rule makes a
+    # broadcast intermediate a matrix product avoids: the vmapped body calls this, with the same
+    # arguments, instead (bound into the generated code).
     vmap_fn: Callable | None = None
     names: frozenset[str] = field(init=False, compare=False, repr=False)
 
@@ -257,7 +264,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(OpSpec(n, (_F + n,), batched="class_loss", selection="class_loss", derivative="bounded")
       for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
-           batched="similarity", derivative="bounded"),
+           batched="similarity", derivative="bounded", total=True, sink_selection="1",
+           vmap_fn=cosine_products.cosine_similarity),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows

@@ -63,8 +63,8 @@ class Fallback:
 class FormChoice:
     """Which form runs for one band of input signatures, and the times that chose it."""
     signature: str
-    chosen: str          # "rewritten" or "original"
-    rewritten_s: float   # best time of each form over ``calls`` timed calls
+    chosen: str          # "rewritten", "original" or "partial" (some loops as written)
+    rewritten_s: float   # median time of each form over ``calls`` rounds of timed calls
     original_s: float
     calls: int
     backward: bool = False  # the times are forward+backward (else forward only)
@@ -72,15 +72,18 @@ class FormChoice:
     # Not 0: the original was not run; ``original_s`` is this many loop iterations times the
     # least time of one (``rewrite.keep_faster.iteration_floor``)
     iterations: int = 0
-    margin: float = 0.0  # a rewritten form runs only when its best is this much faster
-    # The rewritten function with the vectorized loops at these lines run as written, timed as a
-    # third form: (line, runs of its vectorized form in one call) per loop
+    margin: float = 0.0  # a rewritten form runs only when it is this much faster
+    # Loops that ran vectorized several times in one call each timed as written in a form of
+    # its own, (line, runs of its vectorized form in one call) per loop: those that go back to
+    # as written (faster so), and those that stay vectorized; ``partial_s``: the rewritten
+    # function with the first ones as written (estimated from each loop's own form)
     partial_s: float | None = None
     as_written: tuple[tuple[int, int], ...] = ()
+    vectorized: tuple[tuple[int, int], ...] = ()
 
     def __str__(self) -> str:
         times = {"rewritten": self.rewritten_s, "original": self.original_s}
-        if self.partial_s is not None:
+        if self.partial_s is not None and self.as_written:
             times["partial"] = self.partial_s
         what = "forward+backward" if self.backward else "forward"
         others = " and ".join(f"{'at least ' if f == 'original' and self.iterations else ''}"
@@ -92,11 +95,13 @@ class FormChoice:
             how = (f"one timed call each, {self.original_s / self.rewritten_s:.2g}x slower "
                    f"decides at once")
         else:
-            how = f"best of {self.calls} timed calls each"
+            how = f"medians of {self.calls} rounds of timed calls, compared within each round"
         if self.chosen == "original" and min(times.values()) < self.original_s:
             how += f"; no rewritten form is {self.margin:.0%} faster"
         loops = "".join(f"; partial: the loop at line {line} as written, its vectorized form "
                         f"ran {runs} times in one call" for line, runs in self.as_written)
+        loops += "".join(f"; the loop at line {line} stays vectorized (ran {runs} times in one "
+                         f"call; not faster as written)" for line, runs in self.vectorized)
         return (f"the {self.chosen} function runs for inputs {self.signature}: "
                 f"{_ms(times[self.chosen])} per {what} call against {others} ({how}{loops})")
 

@@ -25,10 +25,12 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     for distillation teachers and target networks), ``debug_dir=None`` (dump the code after every pass there), ``lint=False`` (run the
     gradient-flow lint once per input signature and warn each finding as a ``GradientFlowWarning``),
     ``keep_faster=True`` (per band of input signatures, the same structure with sizes within a
-    power of 4, time the rewritten function against the original, forward+backward, over up to
-    four calls of each (none of the original when its loop iterations, counted on the first call,
-    already make it twice as slow; a third form when a loop ran vectorized several times in one
-    call: with it as written), keep the original unless a rewritten form is 10% faster, and check
+    power of 4, time the rewritten function against the original, forward+backward, in up to
+    four rounds of one call of each, compared by the median of their ratios within a round (none
+    of the original when its loop iterations, counted on the first call, already make it twice
+    as slow; a form per loop that ran vectorized several times in one call, with that loop as
+    written, which goes back as written when faster), keep the original unless the rewritten
+    form is 10% faster, and check
     a close choice again at a few spaced calls; ``report.forms`` says which and why; ``False``:
     the rewritten function always runs),
     ``example_inputs=None`` (an argument tuple, or a callable returning one, that

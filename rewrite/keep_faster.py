@@ -13,19 +13,26 @@ cheaply (the original is often a slow Python loop), and robustly (the machine ma
   decides again;
 - the first call of a signature runs as before (it compiles, checks, counts loop runs and the
   iterations the vectorized loops stood for); a band's ``FormTrial`` then times calls of the
-  rewritten form and of the original in turn, in pairs. When the original's loops alone take
-  ``CLEAR`` times the rewritten form's first timed call (their iterations times
-  ``iteration_floor``), the rewritten wins and the original never runs. When the first pair's
+  rewritten form and of the original in rounds, one call of each per round. When the original's
+  loops alone take ``CLEAR`` times the rewritten form's first timed call (their iterations times
+  ``iteration_floor``), the rewritten wins and the original never runs. When the first round's
   original is ``CLEAR`` times slower and takes ``EXPENSIVE_S`` or more, the rewritten wins at
-  once: one run of a slow original, which the user would have paid anyway. From the second pair
-  on, a form ``CLEAR`` times slower loses; else after ``PAIRS`` pairs the rewritten form runs
-  only when its best call is ``MARGIN`` faster than the original's best: a rewrite about as fast
-  gains nothing, and noise must not pick it;
+  once: one run of a slow original, which the user would have paid anyway. From the second
+  round on, a form ``CLEAR`` times slower loses; else after ``PAIRS`` rounds the rewritten form
+  runs only when it is ``MARGIN`` faster than the original. Two forms are compared by the
+  median over rounds of their ratio within a round: load that comes and goes (another process,
+  the allocator giving memory back to the system and faulting it in again, which can add half
+  to one call of a loss over large tensors) hits both forms of a round alike, and one slow call
+  does not decide. A rewrite about as fast gains nothing, and noise must not pick it;
+- a vectorized loop that ran its vectorized form several times in one call (inside a loop that
+  stays a loop) gets a form of its own, the rewritten function with that loop as written, and
+  goes back to as written when that form is faster than the rewritten one: each loop on its own
+  measured cost, so that side-by-side loops are not decided together;
 - a choice that was not clear is checked again, because timings on a busy machine can mislead:
-  one more timed pair after ``RECHECK_FIRST`` untimed calls, then after ``RECHECK_GROWTH`` times
-  as many, ``RECHECKS`` times; each decides again from every timing so far (its best per form),
-  and the last makes the choice final. Spaced out in time, the checks cost a few calls of the
-  slower form over hundreds;
+  one more timed round after ``RECHECK_FIRST`` untimed calls, then after ``RECHECK_GROWTH`` times
+  as many, ``RECHECKS`` times; each decides again from every round so far, and the last makes
+  the choice final. Spaced out in time, the checks cost a few calls of the slower form over
+  hundreds;
 - a call is timed forward and, when its output requires grad, backward too: the backward is
   measured by hooks, from the output's backward starting to the gradient of the last input that
   requires grad, so the user's own backward call is the one timed (the model's backward beyond
@@ -33,7 +40,7 @@ cheaply (the original is often a slow Python loop), and robustly (the machine ma
   process's CPU time: another process taking the core inflates the wall time but not the CPU
   time, while work spread over threads takes less wall time than CPU time. The rewritten form is
   timed with the wrapper's own work for it (saving the arguments it may change in place), which
-  the original does not pay. A decision is taken at the start of the call after a pair's last,
+  the original does not pay. A decision is taken at the start of the call after a round's last,
   when that call's backward has run; calls of different sizes are compared per element.
 
 The report says which form runs for the band and why (``Report.forms``).
@@ -41,6 +48,7 @@ The report says which form runs for the band and why (``Report.forms``).
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,16 +59,16 @@ from torch.utils._pytree import tree_flatten
 
 from passes.report import FormChoice
 
-FORMS = ("rewritten", "original", "partial")  # partial: some loops as written (FormTrial)
 CLEAR = 2.0   # a form this many times slower loses without more timing
 BAND = 4      # a decision holds for every size within one power of this of elements
 EXPENSIVE_S = 0.05  # an original call this long is not repeated to confirm it is slower
-MARGIN = 0.1  # the rewritten form runs only when its best call is this much faster
-PAIRS = 4     # timed pairs (one call of each form) before a choice that is not clear
-TRIAL_CALLS = len(FORMS) * PAIRS  # at most this many calls after a band's first are timed, then one chooses
+MARGIN = 0.1  # the rewritten form runs only when it is this much faster (median ratio)
+PAIRS = 4     # timed rounds (one call of each form) before a choice that is not clear
+LOOP_FORMS = 3  # at most this many loops (those that ran vectorized most often) get a form each
+TRIAL_CALLS = (2 + LOOP_FORMS) * PAIRS  # at most this many calls after a band's first are timed, then one chooses
 RECHECK_FIRST = 8   # untimed calls between a choice that was not clear and its first check
 RECHECK_GROWTH = 4  # each check waits this many times longer than the one before
-RECHECKS = 4        # timed pairs after the first choice; the last makes it final
+RECHECKS = 4        # timed rounds after the first choice; the last makes it final
 
 
 @dataclass
@@ -168,15 +176,21 @@ def _sync(devices: set[torch.device]) -> None:
 
 class FormTrial:
     """Runs the calls of one band while it is being timed and checked, and hands ``decide`` the
-    index of the faster form (into ``FORMS``), the ``FormChoice`` that says why, and whether the
+    index of the faster form (into ``forms``: 0 the rewritten function, 1 the original, from 2
+    rewritten forms with loops as written), the ``FormChoice`` that says why, and whether the
     choice is final (no more checks: the trial need not run the band's calls any more).
 
-    The forms are timed in rounds, one call of each form still in the running. A third form
-    joins after the band's first call when ``as_written`` is given and a vectorized loop ran
-    its vectorized form more than once in that call: the rewritten function with those loops as
-    written (``as_written(lines)`` makes it). A form ``CLEAR`` times slower than the fastest
-    leaves the running (after one round: only an expensive original); the choice prefers the
-    original unless a rewritten form is ``MARGIN`` faster."""
+    The forms are timed in rounds, one call of each form still in the running, in an order that
+    turns by one form every round (a call that follows another form's may find the allocator's
+    memory warm or cold). More forms join after the band's first call when ``as_written`` is
+    given and vectorized loops ran their vectorized form more than once in that call: per such
+    loop (up to ``LOOP_FORMS``, those that ran most), the rewritten function with that loop
+    alone as written (``as_written(lines)`` makes it). Every comparison is a median over rounds
+    of the ratio of two forms' times in the same round (``_paired``): load that comes and goes
+    hits both alike, and one slow call does not decide. A form ``CLEAR`` times slower than the
+    fastest leaves the running (after one round: only an expensive original); each loop goes
+    back to as written when its form is faster than the rewritten one (``_loops_back``); the
+    choice prefers the original unless the resulting rewritten form is ``MARGIN`` faster."""
 
     def __init__(self, rewritten: Callable, original: Callable, signature: str,
                  decide: Callable[[int, FormChoice, bool], None], first_elements: int,
@@ -189,8 +203,9 @@ class FormTrial:
         self._first_elements = first_elements
         self.trips = trips
         self._as_written = as_written
-        self.repeated: tuple[tuple[int, int], ...] = ()  # (line, vectorized runs) of the third form
-        self._timings: list[tuple[int, Timing, int]] = []  # (form, timing, elements)
+        self.repeated: tuple[tuple[int, int], ...] = ()  # (line, vectorized runs) per loop form
+        self._combined: dict[frozenset[int], int] = {}  # loops as written -> index in forms
+        self._timings: list[tuple[int, Timing, int, int]] = []  # (form, timing, elements, round)
         self._live = [0, 1]  # the forms in the running
         self._due = [0, 1]   # the forms of this round not timed yet
         self._rounds = 0
@@ -203,8 +218,8 @@ class FormTrial:
 
     def counted(self, counting: Callable, report: Any) -> Callable:
         """``counting`` (the loop-counting copy of the rewritten function, for the band's first
-        call), adding the iterations it counts into ``report`` to ``trips``, and the third form
-        when a loop ran vectorized more than once."""
+        call), adding the iterations it counts into ``report`` to ``trips``, and a form per loop
+        that ran vectorized more than once."""
         def call(*args: Any, **kwargs: Any) -> Any:
             before = report.iterations
             runs = {loop.lineno: loop.vectorized_runs for loop in report.loops}
@@ -212,15 +227,17 @@ class FormTrial:
                 out = counting(*args, **kwargs)
             finally:
                 self.trips += report.iterations - before
-            self.repeated = tuple((loop.lineno, loop.vectorized_runs - runs[loop.lineno])
-                                  for loop in report.loops
-                                  if loop.vectorized_runs - runs.get(loop.lineno, 0) > 1)
+            repeated = [(loop.lineno, loop.vectorized_runs - runs[loop.lineno])
+                        for loop in report.loops
+                        if loop.vectorized_runs - runs.get(loop.lineno, 0) > 1]
+            self.repeated = tuple(sorted(repeated, key=lambda lr: -lr[1])[:LOOP_FORMS])
             if self.repeated and self._as_written is not None:
-                form = self._as_written(frozenset(line for line, _ in self.repeated))
+                loop_forms = [self._as_written(frozenset({line})) for line, _ in self.repeated]
                 with self._lock:
-                    self.forms.append(form)
-                    self._live.append(2)
-                    self._due.append(2)
+                    first = len(self.forms)
+                    self.forms += loop_forms
+                    self._live += range(first, len(self.forms))
+                    self._due += range(first, len(self.forms))
             return out
         return call
 
@@ -234,7 +251,7 @@ class FormTrial:
         finally:
             self._running = False
         with self._lock:
-            self._timings.append((form, timing, elements(args, kwargs)))
+            self._timings.append((form, timing, elements(args, kwargs), self._rounds))
             self._due.remove(form)
         return out
 
@@ -247,7 +264,7 @@ class FormTrial:
         if self._wait:
             self._wait -= 1
             return chosen, False
-        for _, timing, _ in self._timings:
+        for _, timing, _, _ in self._timings:
             # The backward of an earlier call ran (or never will) before this call: a later
             # backward through a parameter passed again must not count for it.
             for hook in timing.hooks:
@@ -257,7 +274,8 @@ class FormTrial:
         if verdict is None and not self._due:
             self._rounds += 1
             verdict = self._after_round()
-            self._due = list(self._live)
+            turn = self._rounds % len(self._live)
+            self._due = self._live[turn:] + self._live[:turn]
         if verdict is None:
             self._running = True
             return self._due[0], True
@@ -271,8 +289,8 @@ class FormTrial:
         """The original leaves the running without being run when its loops alone take
         ``CLEAR`` times the rewritten form's first timed call: ``trips`` iterations of at least
         ``iteration_floor()`` each, at the band's first call's size. The rewritten form wins
-        then, unless a third form is still to be timed against it."""
-        form, timing, size = self._timings[0]
+        then, unless loop forms are still to be timed against it."""
+        form, timing, size, _ = self._timings[0]
         seconds = (timing.forward + (timing.backward or 0.0)) * self._first_elements / size
         at_least = self.trips * iteration_floor()
         if at_least < CLEAR * seconds:
@@ -282,37 +300,107 @@ class FormTrial:
         self._original_floor = at_least
         if len(self._live) > 1:
             return None
-        return 0, self._choice(0, [seconds, at_least, math.inf]), True
+        return 0, self._choice(0, [{0: seconds}], (), with_backward=timing.backward is not None), True
+
+    def _per_round(self) -> tuple[list[dict[int, float]], bool]:
+        """Per round, each timed form's seconds, per element scaled to the first timed call's
+        size; forward+backward when every timed call's backward ran, else forward only."""
+        with_backward = all(t.backward is not None for _, t, _, _ in self._timings)
+        scale = self._timings[0][2]
+        rounds: list[dict[int, float]] = [{} for _ in range(self._rounds)]
+        for form, t, size, number in self._timings:
+            seconds = t.forward + (t.backward if with_backward else 0.0)
+            rounds[number][form] = seconds * scale / size
+        return rounds, with_backward
 
     def _after_round(self) -> tuple[int, FormChoice, bool] | None:
-        """The choice after a round, and whether it is final; None to time another round. Per
-        element, scaled to the first timed call's size; forward+backward when every timed
-        call's backward ran, else forward only."""
-        with_backward = all(t.backward is not None for _, t, _ in self._timings)
-        scale = self._timings[0][2]
-        best = [math.inf, self._original_floor, math.inf]
-        for form, t, size in self._timings:
-            seconds = t.forward + (t.backward if with_backward else 0.0)
-            best[form] = min(best[form], seconds * scale / size)
-        fastest = min(best[f] for f in self._live)
-        # Only a slow original leaves after one round, and only when another call of it would
-        # cost much: a first call can be slow for its own reasons (the rewritten form's may be
-        # its first run at all, the original's first in a while), and a cheap one repeats cheaply.
-        self._live = [f for f in self._live if best[f] < CLEAR * fastest or (
-            self._rounds == 1 and not (f == 1 and best[f] >= EXPENSIVE_S))]
+        """The choice after a round, and whether it is final; None to time another round."""
+        rounds, with_backward = self._per_round()
+        if self._rounds == 1:
+            # Only a slow original leaves after one round, and only when another call of it would
+            # cost much: a first call can be slow for its own reasons (the rewritten form's may be
+            # its first run at all, the original's first in a while), and a cheap one repeats cheaply.
+            first = rounds[0]
+            others = min((s for f, s in first.items() if f != 1), default=math.inf)
+            if 1 in first and first[1] >= max(CLEAR * others, EXPENSIVE_S):
+                self._live.remove(1)
+        else:
+            # Each form over the fastest of its round; the least slow stays whatever its median
+            # (rounds that each form won in turn can put every median at CLEAR)
+            slowness = {f: _paired(rounds, f, lambda r: min(r[g] for g in self._live if g in r))
+                        for f in self._live}
+            least = min(slowness, key=slowness.__getitem__)
+            self._live = [f for f in self._live if f == least or slowness[f] < CLEAR]
         if len(self._live) > 1 and self._rounds < PAIRS:
             return None
-        rewritten = min((f for f in self._live if f != 1), key=best.__getitem__, default=1)
-        chosen = 1 if 1 in self._live and best[1] < (1 + MARGIN) * best[rewritten] else rewritten
+        back = _loops_back(rounds, range(2, 2 + len(self.repeated)))
+        combined = self._form_with(back)
+        # The rewritten form that runs when a rewritten form runs, over the original's time
+        relative = (_paired(rounds, 0, lambda r: r[1]) if self._original_floor == math.inf
+                    else _median(rounds, 0) / self._original_floor) * _estimated(rounds, back)
+        chosen = 1 if 1 in self._live and relative > 1 / (1 + MARGIN) else combined
         final = len(self._live) == 1 or self._rounds >= PAIRS + RECHECKS
-        return chosen, self._choice(chosen, best, with_backward), final
+        return chosen, self._choice(chosen, rounds, back, with_backward), final
 
-    def _choice(self, chosen: int, best: list[float], with_backward: bool | None = None) -> FormChoice:
-        if with_backward is None:  # the estimate: the rewritten form's one timed call
-            with_backward = self._timings[0][1].backward is not None
+    def _form_with(self, back: tuple[int, ...]) -> int:
+        """The index in ``forms`` of the rewritten function with the loops of the loop forms
+        ``back`` as written (made once, when more than one loop goes back)."""
+        if len(back) < 2:
+            return back[0] if back else 0
+        lines = frozenset(self.repeated[f - 2][0] for f in back)
+        if lines not in self._combined:
+            self._combined[lines] = len(self.forms)
+            self.forms.append(self._as_written(lines))
+        return self._combined[lines]
+
+    def _choice(self, chosen: int, rounds: list[dict[int, float]], back: tuple[int, ...],
+                with_backward: bool) -> FormChoice:
+        rewritten = _median(rounds, 0)
+        original = (self._original_floor if self._original_floor < math.inf
+                    else _median(rounds, 1))
+        partial = None
+        if self.repeated:  # the rewritten form with the loops that go back as written
+            partial = rewritten * _estimated(rounds, back)
         return FormChoice(
-            self._signature, FORMS[chosen], best[0], best[1], self._rounds or 1, with_backward,
+            self._signature, "original" if chosen == 1 else "partial" if back and chosen > 1
+            else "rewritten", rewritten, original, self._rounds or 1, with_backward,
             at_once=self._rounds == 1 and len(self._live) == 1 and 1 not in self._live,
             iterations=self.trips if self._original_floor < math.inf else 0,
-            margin=MARGIN, partial_s=best[2] if len(self.forms) > 2 else None,
-            as_written=self.repeated if len(self.forms) > 2 else ())
+            margin=MARGIN, partial_s=partial,
+            as_written=tuple(self.repeated[f - 2] for f in back),
+            vectorized=tuple(lr for f, lr in enumerate(self.repeated, 2) if f not in back))
+
+
+def _median(rounds: list[dict[int, float]], form: int) -> float:
+    """The median of ``form``'s times over the rounds that timed it (inf: none did)."""
+    times = [r[form] for r in rounds if form in r]
+    return statistics.median(times) if times else math.inf
+
+
+def _paired(rounds: list[dict[int, float]], form: int,
+            other: Callable[[dict[int, float]], float]) -> float:
+    """The median over the rounds that timed ``form`` of its time over ``other(round)`` (a
+    time of that round): ``form``'s time relative to another's, with what came and went
+    during each round cancelled out. When one form was not timed in a round (it left, or
+    raised), that round does not count (inf: no round counts)."""
+    ratios = []
+    for r in rounds:
+        try:
+            ratios.append(r[form] / max(other(r), 1e-12))
+        except (KeyError, ValueError):
+            pass
+    return statistics.median(ratios) if ratios else math.inf
+
+
+def _loops_back(rounds: list[dict[int, float]], loop_forms: range) -> tuple[int, ...]:
+    """The loop forms whose loop goes back to as written: each one faster than the rewritten
+    form (the median of their paired ratios below 1), each decided on its own time."""
+    return tuple(f for f in loop_forms if _paired(rounds, f, lambda r: r[0]) < 1.0)
+
+
+def _estimated(rounds: list[dict[int, float]], back: tuple[int, ...]) -> float:
+    """The time of the rewritten form with the loops of ``back`` as written, over the rewritten
+    form's: each loop saves what its own form saved (loops side by side add up). Noise can
+    make the savings add up to the whole: never below half the fastest loop form's."""
+    ratios = [_paired(rounds, f, lambda r: r[0]) for f in back]
+    return max(1.0 - sum(1.0 - ratio for ratio in ratios), min(ratios, default=2.0) / 2)

@@ -100,6 +100,9 @@ class OptimizedFunction:
         # The one implementation for every input signature, while nothing is decided per signature
         # (no verify, no lint, no timed choice of form, no fallback yet): calls skip the key.
         self._uniform: Callable | None = None
+        # The original, when it is that one implementation and no argument is detached: calls
+        # go straight to it (inside the user's torch.compile too, where it is what runs).
+        self._fast: Callable | None = None
         self._per_signature = (options.verify or options.lint
                                or (options.compile and options.verify_compiled))
         self._dump_count = [0]
@@ -125,6 +128,9 @@ class OptimizedFunction:
         return self._rewrite() or self._original
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fast = self._fast
+        if fast is not None:  # the original for every call, whatever the inputs: nothing to check
+            return fast(*args, **kwargs)
         if self._stopped:  # before everything, so the original, the fallbacks and verify agree
             args, kwargs = _detach_named(self._stopped, args, kwargs)
         if torch.compiler.is_compiling():
@@ -235,6 +241,8 @@ class OptimizedFunction:
             # The timed choice of form is per band of signatures, unless nothing was rewritten.
             timed = self._options.keep_faster and rewritten is not None
             self._uniform = None if self._per_signature or timed else impl
+            if self._uniform is self._original and not self._stopped:
+                self._fast = self._original
             form, new_band = None, False
             if impl is not self._original and self._options.keep_faster:
                 form, new_band = self._form_of_band(key, impl, args, kwargs,
@@ -266,15 +274,14 @@ class OptimizedFunction:
             trial = self._bands[band] = FormTrial(
                 functools.partial(self._guarded, impl), self._original,
                 f"{describe_key(key)} and every other size of them with {low}-{BAND * low - 1} "
-                f"tensor elements", functools.partial(self._keep, band, impl),
+                f"tensor elements", functools.partial(self._keep, band),
                 elements(args, kwargs), trips, as_written)
             return trial, True
         return form, False
 
-    def _keep(self, band: Any, rewritten: Callable, chosen: int, choice: FormChoice,
-              final: bool) -> None:
-        """The ``FormTrial`` of ``band`` chose form ``chosen`` (0: ``rewritten``, 1: the original)
-        for the reason ``choice``, which replaces the band's earlier one in the report. When the
+    def _keep(self, band: Any, chosen: int, choice: FormChoice, final: bool) -> None:
+        """The ``FormTrial`` of ``band`` chose its form ``chosen`` (0: the rewritten function,
+        1: the original, from 2: the rewritten function with some loops as written) for the reason ``choice``, which replaces the band's earlier one in the report. When the
         choice is ``final``, every signature the trial runs (unless a fallback settled one
         meanwhile) runs that form from now on, without the trial."""
         with self._lock:
@@ -284,8 +291,8 @@ class OptimizedFunction:
             if not final:
                 return
             trial = self._bands[band]
-            form = (rewritten, self._original, trial.forms[-1])[chosen]
-            if chosen == 2:  # the partial form: guarded, like the rewritten one
+            form = trial.forms[chosen]
+            if form is not self._original:  # a rewritten form, guarded: the guard goes back on
                 form = form.args[0]
             self._bands[band] = form
             for key, impl in self._impls.items():
@@ -431,7 +438,7 @@ class OptimizedFunction:
     def _settle(self, key: Any, impl: Callable) -> None:
         with self._lock:
             self._remember(key, impl)
-            self._per_signature, self._uniform = True, None
+            self._per_signature, self._uniform, self._fast = True, None, None
 
     def _remember(self, key: Any, impl: Callable) -> None:
         """What runs for ``key``, in a table of at most ``SIGNATURES_KEPT`` signatures that run a
@@ -649,7 +656,7 @@ def _detached(value: Any) -> Any:
 # The report keeps the latest choices of form (one per band of signatures).
 FORMS_SHOWN = 16
 # Items at each end of a long list or tuple that its signature key reads (``signature_key``).
-ENDS_KEYED = 8
+ENDS_KEYED = 2
 # Input signatures whose decision (verified, compiled and checked, timed) is kept.
 SIGNATURES_KEPT = 1024
 

@@ -1,6 +1,7 @@
 """LossBench on a tiny synthetic suite: one bench run (backend "eager", tiny budgets) shared by the
 tests, plus the pure helpers."""
 import json
+import math
 import statistics
 import textwrap
 
@@ -9,7 +10,7 @@ import pytest
 import rewrite.tools.bench as bench_module
 from rewrite.tools.bench import discover
 from rewrite.tools.bench_report import (Ratio, Time, analyse, distributed_count, fmt_overhead,
-                                        loop_summary, steady_time)
+                                        loop_summary, median_interval, steady_time)
 from rewrite.tools.cli import main
 
 HEADER = """\
@@ -225,8 +226,9 @@ def test_never_slower_column_and_target(bench):
     paired = optimized.get("paired_samples")
     original = statistics.median(paired) if paired else steady["naive_eager"]["seconds"]
     want = original / steady["optimized_eager"]["seconds"]
-    if optimized.get("paired_cpu_samples"):  # one thread: their CPU times
-        want = statistics.median(optimized["paired_cpu_samples"]) / statistics.median(optimized["cpu_samples"])
+    if optimized.get("paired_cpu_samples"):  # one thread: their CPU times, round by round
+        want = statistics.median(p / c for p, c in zip(optimized["paired_cpu_samples"],
+                                                      optimized["cpu_samples"]))
     assert ratios["original_vs_optimized_eager"]["value"] == pytest.approx(want)
     # Both capped by the budget (nothing to rewrite: the optimized function is the original):
     # a ratio would tell nothing, so there is none, and the target is not met on every case.
@@ -282,14 +284,32 @@ def test_overhead_below_noise_is_said_not_negative(monkeypatch):
     assert fmt_overhead({"below_noise": False, "overhead_us": 1.234}) == "1.23 µs"
 
 
-@pytest.mark.parametrize("paired, cpu, want", [([3.0], None, 1.5), (None, None, 2.0),
-                                               ([3.0], ([1.0, 4.0, 4.0], [2.0, 3.0, 9.0]), 0.75)])
+@pytest.mark.parametrize("paired, cpu, want", [
+    ([3.0], None, Ratio(1.5)), (None, None, Ratio(2.0)),
+    # per round 2.0, 0.75, 2.25: the median, and (3 rounds) no interval
+    ([3.0], ([1.0, 4.0, 4.0], [2.0, 3.0, 9.0]), Ratio(2.0, False, 0.0, math.inf))])
 def test_never_slower_prefers_the_original_timed_alongside(paired, cpu, want):
     """P7 divides the original's time by the optimized one's: the original's blocks alternating
-    with the optimized job's when it ran them (their CPU times when taken, on one thread), else
-    its own job's."""
+    with the optimized job's when it ran them (their CPU times when taken, on one thread: the
+    median of the ratios of the two blocks of each round, with its interval), else its own
+    job's."""
     optimized = {"status": "ok", "samples": [2.0] * 3, **({"paired_samples": paired} if paired else {}),
                  **({"cpu_samples": cpu[0], "paired_cpu_samples": cpu[1]} if cpu else {})}
     variants = {"naive_eager": {"status": "ok", "samples": [4.0] * 3}, "optimized_eager": optimized}
     ratios = analyse({}, variants, 1.0, None)["ratios"]
-    assert ratios["original_vs_optimized_eager"] == Ratio(want, False)
+    assert ratios["original_vs_optimized_eager"] == want
+
+
+def test_a_ratio_with_an_interval_meets_a_limit_within_it():
+    """The same code against itself reads 1.0 within noise: a limit inside the interval of a
+    median of per-round ratios cannot be told from it, and counts as met."""
+    assert Ratio(0.98, False, 0.95, 1.01).meets(1.0, at_most=False)
+    assert Ratio(0.98, False, 0.95, 0.99).meets(1.0, at_most=False) is False
+    assert str(Ratio(0.98, False, 0.95, 1.01)) == "0.98× (0.95–1.01)"
+    values = [float(v) for v in range(1, 51)]  # 50 rounds: ranks 18 and 32 of 50
+    assert median_interval(values) == (18.0, 32.0)
+    assert median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
+    # Fewer than 6 rounds do not make a 95% interval: no verdict either way
+    assert median_interval([0.8]) == (0.0, math.inf)
+    assert Ratio(0.8, False, *median_interval([0.8])).meets(1.0, at_most=False) is None
+    assert str(Ratio(0.8, False, 0.0, math.inf)) == "0.8× (too few rounds for an interval)"

@@ -25,7 +25,8 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           promoting_folds_run_as_written,
                           excluded_items_to_masks, ragged_slices_to_masks,
                           raise_on_empty_selections, rename_rebound_loop_variables,
-                          row_slices_to_params, runtime_checks, stack_tensor_lists,
+                          row_slices_to_params, runtime_checks, sink_own_item_selections,
+                          stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
@@ -893,6 +894,68 @@ total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
      """
 # body
 total = total + (p[i] if flag else -p[i]) * (1.0 if 0 < t[i] < 1 else 2.0)
+"""),
+    (sink_own_item_selections, """
+def f(e, cs, j, w):
+    scores = []
+    for k in range(cs.shape[0]):
+        if k == j:
+            c = (cs.sum(0) - e) / 2
+        else:
+            c = cs[k]
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores)
+""", ('first', 'body'),
+     """
+# first
+# body
+if k == j:
+    c = (cs.sum(0) - e) / 2
+else:
+    c = cs[k]
+scores.append(w * F.cosine_similarity(e, c, dim=0))
+""",
+     """
+# first
+_hit = torch.eq(torch.arange(0, cs.shape[0], 1, device=j.device if isinstance(j, torch.Tensor) else torch.as_tensor(e).device), j).any()
+_own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)) / 2, dim=0)
+# body
+_sel = k == j
+_keep = torch.logical_not(torch.ne(_sel, 0))
+_t = cs[k]
+c = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t.shape]), _t, torch.full_like(_t, 1))
+_sim = F.cosine_similarity(e, c, dim=0)
+_sim = torch.where(_sel, _own, _sim)
+scores.append(w * _sim)
+"""),
+    (sink_own_item_selections, """
+def f(e, cs, j, w):
+    scores = []
+    for k in range(cs.shape[0]):
+        if k == j:
+            c = (cs.sum(0) - e) / 2
+        else:
+            c = cs[k]
+        scores.append(w * (e * c).sum())
+    return torch.stack(scores)
+""", ('first', 'body'),
+     """
+# first
+# body
+if k == j:
+    c = (cs.sum(0) - e) / 2
+else:
+    c = cs[k]
+scores.append(w * (e * c).sum())
+""",
+     """
+# first
+# body
+if k == j:
+    c = (cs.sum(0) - e) / 2
+else:
+    c = cs[k]
+scores.append(w * (e * c).sum())
 """),
     (tensor_branches_to_where, """
 def f(x, n):

@@ -914,6 +914,44 @@ def _check_writes(facts: LoopFacts, index: str, ctx: PassContext) -> None:
                     or isinstance(e, ast.Starred) or _is_ellipsis(e):
                 raise Unsupported(f"write `{unparse(target)}`: index `{unparse(e)}` varies or "
                                   "is not a fixed int/slice", eff.stmt.lineno)
+    _check_write_order(facts, index, ctx)
+
+
+def _check_write_order(facts: LoopFacts, index: str, ctx: PassContext) -> None:
+    """Several writes into one tensor run statement by statement in the vectorized form (all of
+    the first write's iterations, then the second's), interleaved in the original: exact when no
+    slot one write hits in an iteration is hit by another write in a later one. Proven when every
+    target has the loop index (or the same ``i + c``) at one position, when the writes all add
+    (``+=``/``-=``, any order), or when they all store one constant."""
+    by_name: dict[str, list[Effect]] = {}
+    for eff in facts.of_kind("write"):
+        by_name.setdefault(eff.name, []).append(eff)
+    for name, effs in by_name.items():
+        targets = [write_entries(write_target(e.stmt)) for e in effs]
+        if len({str([unparse(x) for x in t]) for t in targets}) < 2:
+            continue
+        if all(e.family in rules.WRITE_ACCUMULATE for e in effs) or (
+                all(isinstance(e.value, ast.Constant) for e in effs)
+                and len({repr(e.value.value) for e in effs}) == 1):
+            continue
+        if any(_same_iteration_slot([t[k] for t in targets], index, facts, ctx)
+               for k in range(min(map(len, targets)))):
+            continue
+        first, second = effs[0].stmt, effs[1].stmt
+        raise Unsupported(f"writes `{unparse(write_target(first))}` and "
+                          f"`{unparse(write_target(second))}` into `{name}` may hit one element "
+                          "in different iterations, whose order the vectorized form changes",
+                          second.lineno)
+
+
+def _same_iteration_slot(entries: list[ast.expr], index: str, facts: LoopFacts,
+                         ctx: PassContext) -> bool:
+    """Every entry is the loop index, or every one the same ``i + c``: slots of different
+    iterations differ there."""
+    if all(is_name(e, index) for e in entries):
+        return True
+    return len({unparse(e) for e in entries}) == 1 \
+        and index_offset(entries[0], index, facts, ctx) is not None
 
 
 def data_index(entry: ast.expr, facts: LoopFacts, ctx: PassContext) -> bool:

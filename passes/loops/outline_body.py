@@ -17,8 +17,9 @@ copies a full-size gradient). Sum partials leave summed over the loop, averaged 
 the trip count. Under vmap a full ``max``/``min`` reduction sends a tie's gradient to one
 element where eager splits it evenly: ``x.max()`` and ``torch.max(x)`` become the registry's
 ``reduce_fn`` (``full_extremes``: ``amax``'s split of ties, eager's gradient at NaN), other full
-reductions its ``reduce``. A call whose gradients differ under vmap calls the registry's
-``vmap_fn`` there (``bce_with_logits``: eager's gradient at an infinite logit).
+reductions its ``reduce``. A call whose gradients differ under vmap, or whose batching rule
+makes a broadcast intermediate, calls the registry's ``vmap_fn`` there (``bce_with_logits``:
+eager's gradient at an infinite logit; ``cosine_products``: a matrix product).
 """
 from __future__ import annotations
 

@@ -95,6 +95,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                ragged_slices_to_masks,
                raise_on_empty_selections,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
+               sink_own_item_selections,
                stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
@@ -124,6 +125,7 @@ LOOP_STAGES: list = [
     last_values_after_loop,       # before check_body: what it folds is no longer read after
     check_body,                   # on the body as written: reasons quote the user's code
     conditional_expressions_to_branches,  # before tensor_branches_to_where: it masks the `if`s
+    sink_own_item_selections,     # on its branches; before the stages that find what varies
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
     row_slices_to_params,

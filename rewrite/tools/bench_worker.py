@@ -93,8 +93,11 @@ def timed(call: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-# An original at most this many times slower than the rewrite is timed alongside it (P7).
+# An original at most this many times slower than the rewrite is timed alongside it (P7), for
+# at least this long and this many rounds of the two (within the job's budget).
 PAIR_WITHIN = 3.0
+P7_MIN_TIME = 1.0
+P7_MIN_ROUNDS = 16
 
 
 def past_trial(call: Callable[[], None], fn: Any, deadline: float) -> None:
@@ -112,17 +115,19 @@ def past_trial(call: Callable[[], None], fn: Any, deadline: float) -> None:
 
 def steady(call: Callable[[], None], deadline: float, min_time: float, max_samples: int = 50,
            previous: float = 0.0, job: int | None = None,
-           paired: Callable[[], None] | None = None) -> list[float]:
-    """Per-call seconds after warm-up, one sample per block of calls; stops at ``deadline``.
+           paired: Callable[[], None] | None = None, min_samples: int = 3) -> list[float]:
+    """Per-call seconds after warm-up, one sample per block of calls, at least ``min_samples``
+    and ``min_time`` seconds of them unless ``deadline`` comes first.
 
     The warm-up call is also the estimate that sizes the blocks (>= 2 ms each, so timer
     resolution and Python noise stay out of microsecond-scale numbers). ``previous`` is the
     expected cost of that call (an eager first call), to stop before it when it cannot fit.
     Samples are emitted for ``job`` as they come. ``paired``: a second call timed in blocks of
-    the same size that alternate with ``call``'s, so that drift and noise hit both alike (for
-    ratios of a few percent); its samples are emitted at the end as info ``paired_samples``, and
-    on one thread the process CPU time of both calls' blocks as ``cpu_samples`` and
-    ``paired_cpu_samples`` (another process taking the core inflates wall time, not CPU time)."""
+    the same size that alternate with ``call``'s, which of the two goes first turning every
+    round, so that drift, noise and order hit both alike (for ratios of a few percent); its
+    samples are emitted at the end as info ``paired_samples``, and on one thread the process CPU
+    time of both calls' blocks as ``cpu_samples`` and ``paired_cpu_samples``, round by round
+    (another process taking the core inflates wall time, not CPU time)."""
     gc.collect()
     if time.perf_counter() + previous > deadline:
         return []
@@ -134,10 +139,11 @@ def steady(call: Callable[[], None], deadline: float, min_time: float, max_sampl
     calls = [c for c in (call, paired) if c]
     cpu: tuple[list[float], list[float]] = ([], [])
     start = time.perf_counter()
-    while len(samples) < max_samples and (time.perf_counter() - start < min_time or len(samples) < 3):
+    while len(samples) < max_samples and (time.perf_counter() - start < min_time or len(samples) < min_samples):
         if time.perf_counter() + 1.5 * estimate * block * len(calls) > deadline:
             break
-        for fn, out, used in zip(calls, (samples, other), cpu):
+        turn = zip(calls, (samples, other), cpu)
+        for fn, out, used in (turn if len(samples) % 2 else reversed(list(turn))):
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(block):
                 fn()
@@ -319,9 +325,10 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
         expert()
         steady(call, deadline, spec["min_time"], max_samples=250, job=job, paired=expert)
     elif base == "optimized_eager" and size == "bench" and original_is_close(fn):
-        # Target P7 (never slower) is a ratio near 1 here: the original in alternating blocks.
-        steady(call, deadline, spec["min_time"], previous=first, job=job,
-               paired=fwd_bwd(module.naive, inputs))
+        # Target P7 (never slower) is a ratio near 1 here: the original in alternating blocks,
+        # enough rounds for the median of their ratios to have a useful interval.
+        steady(call, deadline, max(spec["min_time"], P7_MIN_TIME), previous=first, job=job,
+               paired=fwd_bwd(module.naive, inputs), min_samples=P7_MIN_ROUNDS + 1)
     else:
         steady(call, deadline, spec["min_time"], previous=0.0 if base in COMPILED else first, job=job)
     if base == "optimized_eager" and size == "bench":
