@@ -101,13 +101,14 @@ NAMES = ["per_sample_mse", "per_sample_ce", "masked_tokens"]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_changing_batch_size_compiles_at_most_two_graphs_per_frame(compiled, name):
-    # masked_tokens has two frames: `max(count, 1)` needs the count as a Python int (graph break)
+    # masked_tokens has three frames: `max(count, 1)` needs the count as a Python int, and
+    # whether any token was selected decides if `loss` stays the Python float 0.0 (graph breaks)
     original, fast, graphs = compiled(name)
     for n in BATCHES:
         same_as_original(original, fast, make(name, n))
     per_frame = {frame: graphs.count(frame) for frame in graphs}
     assert max(per_frame.values()) <= 2, f"graphs per frame {per_frame} for batches {BATCHES}"
-    assert len(per_frame) <= (2 if name == "masked_tokens" else 1)
+    assert len(per_frame) <= (3 if name == "masked_tokens" else 1)
 
 
 @pytest.mark.parametrize("name", NAMES)

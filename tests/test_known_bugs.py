@@ -828,11 +828,6 @@ def f(x):
     assert_equivalent(original, fast, torch.tensor([0.0, 1.0, 0.25], requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="a Python-number accumulator that a tensor condition "
-                   "deselects in every iteration stays the number 0 in the original; the "
-                   "vectorized fold returns tensor(0.) with a grad_fn, so `loss.backward()` "
-                   "succeeds where the original raises AttributeError (exact: one host sync "
-                   "after the loop, which the original's per-iteration `if` already pays)")
 def test_number_accumulator_when_no_iteration_is_selected_stays_a_number(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x, th):
@@ -847,11 +842,6 @@ def f(x, th):
     assert type(fast(x, 5.0)) is type(original(x, 5.0))
 
 
-@pytest.mark.xfail(strict=True, reason="loop distribution into a vmapped body hoists `a.sum().item` "
-                   "(the bound method, its call left in the residual loop) out of a statement "
-                   "under an `if`: the body returns a method (\"Could not infer dtype of "
-                   "builtin_function_or_method\"), or a per-row condition's torch.where gets "
-                   "one; the batched form hoists the value")
 @pytest.mark.parametrize("cond", ["w[0] > w[-1]", "a.sum() > 0"], ids=["invariant", "per_row"])
 def test_item_under_a_branch_of_a_vmapped_body(tmp_path, cond):
     original, fast = optimized(tmp_path, f"""
@@ -908,8 +898,6 @@ def f(x, y, w):
     assert "may be a tensor after the other" in fast.report.loops[0].reason
 
 
-@pytest.mark.xfail(strict=True, reason="`torch.stack` of a list of `.item()` numbers raises "
-                   "TypeError in the original; the vectorized form stacks them into a tensor")
 @pytest.mark.parametrize("item", ["w.sum().item()", "a.sum().item()"])
 def test_stack_of_appended_python_numbers_still_raises(tmp_path, item):
     original, fast = optimized(tmp_path, f"""
@@ -919,8 +907,14 @@ def f(x, w):
         lst.append({item})
     return torch.stack(lst)
 """)
-    assert_equivalent(original, fast, torch.tensor([[1.0], [0.5]], requires_grad=True),
-                      torch.tensor([1.5], requires_grad=True))
+    args = torch.tensor([[1.0], [0.5]], requires_grad=True), torch.tensor([1.5], requires_grad=True)
+    with pytest.raises(TypeError) as want:
+        original(*args)
+    with pytest.raises(TypeError) as got:
+        fast(*args)
+    assert str(got.value) == str(want.value)
+    assert (got.traceback[-1].path, got.traceback[-1].lineno) \
+        == (want.traceback[-1].path, want.traceback[-1].lineno)  # the user's `torch.stack` line
 
 
 # under torch.compile a tensor-conditional expression whose taken arm is a full `w.max()` of a
@@ -939,3 +933,117 @@ def f(x, y, w):
     assert_equivalent(fn, fast, torch.tensor([[1.0], [0.5]], requires_grad=True),
                       torch.tensor([[-2.0], [-0.5]], requires_grad=True),
                       torch.tensor([NAN], requires_grad=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("item", ["w.sum().item()", "float(w.sum())", "w.sum().item() * 2"])
+def test_appended_numbers_the_loop_does_not_vary_keep_the_loop(tmp_path, item, dtype):
+    # computed once as a tensor, they were stacked as tensors (float32 for float64 `w`): the
+    # list's consumers returned tensors where the original's return Python numbers
+    original, fast = optimized(tmp_path, f"""
+def f(x, w):
+    lst = []
+    for a in x:
+        lst.append({item})
+    return torch.tensor(lst), sum(lst), max(lst)
+""")
+    loop = fast.report.loops[0]
+    assert not loop.vectorized and "appends a Python number" in loop.reason
+    args = (torch.tensor([[1.0], [0.5]], dtype=dtype, requires_grad=True),
+            torch.tensor([1.1, NAN if dtype == torch.float64 else 0.3], dtype=dtype,
+                         requires_grad=True))
+    assert [type(v) for v in fast(*args)] == [type(v) for v in original(*args)]
+    assert_equivalent(original, fast, *args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_appended_numbers_of_each_iteration_stay_vectorized_numbers(tmp_path, dtype):
+    original, fast = optimized(tmp_path, """
+def f(x, w):
+    lst = []
+    big = []
+    for a in x:
+        lst.append((a * w).sum().item())
+        big.append(w.sum())
+    return torch.tensor(lst), sum(lst), max(lst), torch.stack(big)
+""")
+    assert fast.report.loops[0].vectorized
+    args = (torch.tensor([[1.0, INF], [0.5, 0.5], [0.5, 0.5]], dtype=dtype, requires_grad=True),
+            torch.tensor([1.1, 0.3], dtype=dtype, requires_grad=True))
+    assert [type(v) for v in fast(*args)] == [type(v) for v in original(*args)]
+    assert_equivalent(original, fast, *args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cond", ["w[0] > w[-1]", "a.sum() > 0"], ids=["invariant", "per_row"])
+def test_a_method_under_a_branch_is_hoisted_with_its_receiver(tmp_path, cond, dtype):
+    original, fast = optimized(tmp_path, f"""
+def f(x, w):
+    s = 0
+    m = torch.tensor(float("-inf"), dtype=x.dtype)
+    for a in x:
+        if {cond}:
+            s += a.sum().item()
+            s = s + a.max().item()
+        m = torch.maximum(m, a.sum())
+    return s, m
+""")
+    assert fast.report.loops[0].strategy == "distributed"
+    for x in ([[1., 2.], [3., -1.]], [[NAN, 2.], [-INF, 1.], [1., 1.]]):
+        args = (torch.tensor(x, dtype=dtype, requires_grad=True),
+                torch.tensor([3., 2.], dtype=dtype, requires_grad=True))
+        assert type(fast(*args)[0]) is type(original(*args)[0])
+        assert_equivalent(original, fast, *args)
+
+
+def test_golden_a_method_under_a_branch_is_called_on_the_hoisted_receiver():
+    from tests.loop_helpers import rewrite_source
+    code, _ = rewrite_source("""
+    def f(x, w):
+        s = 0
+        m = torch.tensor(float("-inf"))
+        for a in x:
+            if w[0] > w[-1]:
+                s += a.sum().item()
+            m = torch.maximum(m, a.sum())
+        return s, m
+    """)
+    lines = [line.strip() for line in code.splitlines()]
+    assert "_value = a.sum()" in lines and "s += _value.item()" in lines
+    assert not any(line.endswith(".item") for line in lines)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("update", ["s = s + -b.min().item() - a.sum().item()",
+                                    "s = s - a.sum().item() + b.max().item()"])
+def test_host_numbers_joined_in_one_accumulator_update_stay_a_python_float(tmp_path, update,
+                                                                         dtype):
+    # the terms loop_dataflow joins were a tensor of the rewrite (found by the fuzzer once it
+    # required the original's Python types)
+    original, fast = optimized(tmp_path, f"""
+def f(x, y):
+    s = 0
+    for a, b in zip(x, y):
+        {update}
+    return s
+""")
+    args = (torch.tensor([[1.0, -2.0], [0.5, 4.0]], dtype=dtype, requires_grad=True),
+            torch.tensor([[0.25, INF], [-1.0, 2.0]], dtype=dtype, requires_grad=True))
+    assert fast.report.loops[0].vectorized and type(fast(*args)) is float
+    assert_equivalent(original, fast, *args)
+
+
+def test_a_negated_host_number_as_a_torch_functions_first_argument_raises(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x):
+    p = torch.ones(())
+    for a in x:
+        p = p * (1 + torch.tanh(-a.mean().item()) * 0.1)
+    return p
+""")
+    x = torch.tensor([[1.0, 2.0], [0.5, 0.25]], requires_grad=True)
+    with pytest.raises(TypeError) as want:
+        original(x)
+    with pytest.raises(TypeError) as got:
+        fast(x)
+    assert str(got.value) == str(want.value)

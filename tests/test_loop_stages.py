@@ -1685,7 +1685,7 @@ def f(x, y):
      """
 # outline
 if x.dim() == y.dim(): ...
-s = s + _outs[0]
+if isinstance(s, torch.Tensor) or _outs[1].any(): ...
 """,
      """
 # outline

@@ -28,6 +28,11 @@ written)::
                                                   w = _pick       (check: isinstance(alpha, float)
                                                                    and isinstance(1 - alpha, float))
 
+An accumulator update adding a conditional expression one arm of which is the int 0 is the
+update under the condition (``s += a if c else 0`` -> ``if c: s += a``): adding 0 changes no
+sum, and a number accumulator only ``a`` makes a tensor then stays the original's number when no
+iteration picks ``a`` (``fold_accumulators``).
+
 Int literals on both sides are int64 (as ``.item()`` of an int is, ``loop_rules.HOST_WEAK``);
 an int literal next to a float one is left as written (Python's pick would change the dtype).
 
@@ -45,7 +50,7 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, replace, walk
+from ..ast_tools import PassContext, is_name, replace, walk
 from .loop_dataflow import depends, loads, stores, variant_names
 from .plan import LoopPlan
 
@@ -81,12 +86,30 @@ class _Picks:
                 self.block(s.body)
                 self.block(s.orelse)
                 out += pre + [s]
+            elif (update := self._one_arm_update(s)) is not None:
+                self.block([update])
+                out.append(update)
             elif isinstance(s, _SIMPLE) and s.value is not None:  # targets stay as written
                 s.value, pre = self.take_out(s.value)
                 out += pre + [s]
             else:
                 out.append(s)
         stmts[:] = out
+
+    def _one_arm_update(self, s: ast.stmt) -> ast.If | None:
+        """``s += a if c else 0`` (or ``s = s + ...``, ``-``; the 0 either arm) as ``if c: s += a``:
+        adding the int 0 changes no sum, and an accumulator only ``a`` makes a tensor then stays
+        the original's Python number when no iteration picks ``a`` (``fold_accumulators``)."""
+        pick = _added(s)
+        if pick is None or not depends(pick.test, self.variant, self.ctx):
+            return None
+        zero = [_literal(x) is int and ast.literal_eval(x) == 0 for x in (pick.body, pick.orelse)]
+        if zero.count(True) != 1:
+            return None
+        update = _Swap(pick, pick.orelse if zero[0] else pick.body).visit(s)
+        node = ast.If(pick.test, [ast.Pass()], [update]) if zero[0] else \
+            ast.If(pick.test, [update], [])
+        return ast.fix_missing_locations(ast.copy_location(node, s))
 
     def take_out(self, e: ast.expr) -> tuple[ast.expr, list[ast.stmt]]:
         """``e`` with its varying conditional expressions replaced by fresh names, outermost
@@ -151,6 +174,21 @@ class _Picks:
             ast_marks.put(value, ast_marks.HOST_NUMBER, kind)
             out.append(value)
         return out[0], out[1]
+
+
+def _added(s: ast.stmt) -> ast.IfExp | None:
+    """The conditional expression ``s`` adds to or subtracts from a name: ``n += e``,
+    ``n = n - e``."""
+    if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name) \
+            and isinstance(s.op, (ast.Add, ast.Sub)):
+        value = s.value
+    elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) \
+            and isinstance(s.value, ast.BinOp) and isinstance(s.value.op, (ast.Add, ast.Sub)) \
+            and is_name(s.value.left, s.targets[0].id):
+        value = s.value.right
+    else:
+        return None
+    return value if isinstance(value, ast.IfExp) else None
 
 
 def _literal(e: ast.expr) -> type | None:

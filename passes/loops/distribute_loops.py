@@ -453,6 +453,8 @@ def _always_evaluated(e: ast.expr) -> list[ast.expr]:
         return e.values[:1]
     if isinstance(e, ast.IfExp):
         return [e.test]
+    if isinstance(e, ast.Call):  # a method is no value (the bound `a.sum().item`): its receiver is
+        return ([e.func.value] if isinstance(e.func, ast.Attribute) else []) + e.args
     if isinstance(e, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
                       ast.NamedExpr)):
         return []

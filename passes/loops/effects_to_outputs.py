@@ -32,41 +32,61 @@ import ast
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from ..ast_tools import PassContext, clone, is_name, unparse, write_target
+from .. import ops
+from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
-from .loop_dataflow import Effect, data_index, index_offset, write_entries
+from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, resolve_call,
+                            write_entries)
 from .plan import Accumulator, LoopPlan, OwnList
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body = _lower(plan, plan.body, ctx)
+    plan.body = _lower(plan, plan.body, ctx, _always_updated(plan, plan.body))
     return plan
 
 
-def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext) -> list[ast.stmt]:
+def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext, always: set[str],
+           guarded: bool = False) -> list[ast.stmt]:
+    """``guarded``: ``stmts`` are in a branch of a Python condition of the body; ``always``:
+    the names every iteration updates whatever those conditions (no flags for them)."""
     out = []
     for s in stmts:
         if id(s) in plan.masked:
             value, mask = plan.masked[id(s)]
-            out += _effect(plan, plan.facts.effects[id(s)], value, mask, ctx)
+            e = plan.facts.effects[id(s)]
+            out += _effect(plan, e, value, mask, ctx, guarded and e.name not in always)
         elif isinstance(s, ast.If):  # a Python condition (tensor ones are masks by now)
-            s.body = _lower(plan, s.body, ctx) or [ast.Pass()]
-            s.orelse = _lower(plan, s.orelse, ctx)
+            s.body = _lower(plan, s.body, ctx, always, True) or [ast.Pass()]
+            s.orelse = _lower(plan, s.orelse, ctx, always, True)
             out.append(s)
         else:
             out.append(s)
     return out
 
 
+def _always_updated(plan: LoopPlan, stmts: list[ast.stmt]) -> set[str]:
+    """The names ``stmts`` update in every iteration: outside any condition, or in both
+    branches of a Python one."""
+    names = set()
+    for s in stmts:
+        if id(s) in plan.masked and plan.masked[id(s)][1] is None:
+            names.add(plan.facts.effects[id(s)].name)
+        elif isinstance(s, ast.If):
+            names |= _always_updated(plan, s.body) & _always_updated(plan, s.orelse)
+    return names
+
+
 def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-            ctx: PassContext) -> list[ast.stmt]:
+            ctx: PassContext, flagged: bool = False) -> list[ast.stmt]:
     """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``."""
     if e.kind == "append" and e.name in plan.lists_read_in_part:
         raise Unsupported(f"`{e.name}` is read in part after the loop, and "
                           f"`{plan.lists_read_in_part[e.name]}` may have a NaN/inf derivative: "
                           "the items the original leaves alone would pass it on", e.stmt.lineno)
+    if e.kind == "append":
+        _check_invariant_number(plan, e, ctx)
     if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
-        return _partial(plan, e, value, mask, ctx)
+        return _partial(plan, e, value, mask, ctx, flagged)
     if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
         step = ctx.namer.new(f"{e.name}_step")
         stacked = plan.output(step)
@@ -114,8 +134,11 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
 
 
 def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-             ctx: PassContext) -> list[ast.stmt]:
-    """``s += e`` (sum, product): a partial starting at the family's identity."""
+             ctx: PassContext, flagged: bool) -> list[ast.stmt]:
+    """``s += e`` (sum, product): a partial starting at the family's identity. An update
+    under a Python condition of the body that may not run (``flagged``) also sets a flag of
+    its own, its mask or True where it runs (``acc.masks``: whether any iteration was
+    selected)."""
     ident = rules.FAMILY_IDENTITY[e.family]
     if mask is not None:
         value = plan.sub(f"torch.where(p, v, {ident})", p=mask, v=value)
@@ -128,7 +151,31 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
     if not isinstance(e.stmt, ast.AugAssign):
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")
-    return plan.sub(f"p = p {op} v", p=acc.part, v=value)
+    update = plan.sub(f"p = p {op} v", p=acc.part, v=value)
+    if not flagged:
+        acc.masks.append(mask)
+        return update
+    flag = ctx.namer.new(f"{e.name}_taken")
+    plan.init += plan.sub("f = False", f=flag)
+    acc.masks.append(flag)
+    acc.flags.add(flag)
+    return update + plan.sub("f = m", f=flag, m=mask or ast.Constant(True))
+
+
+def _check_invariant_number(plan: LoopPlan, e: Effect, ctx: PassContext) -> None:
+    """An appended value the loop does not vary is computed once, as a tensor; a Python number
+    from the host there (``lst.append(w.sum().item())``) would be a tensor in the list (or a
+    float32 one, rounded): refused. ``host_roundtrips_to_tensor_ops`` converts the varying ones,
+    which stay numbers."""
+    if depends(e.value, plan.variant, ctx):
+        return
+    host = next((n for n in walk(e.value) if isinstance(n, ast.Call) and (
+        call_op(n, ctx).host_number or ops.by_host_math(resolve_call(n.func, ctx)).functions)),
+        None)
+    if host is not None:
+        raise Unsupported(f"`{unparse(e.stmt)}` appends a Python number (`{unparse(host)}`) the "
+                          "loop does not vary: the list holds numbers, not tensors",
+                          e.stmt.lineno)
 
 
 def _masked_write(plan: LoopPlan, e: Effect, value: ast.expr, mask: str) -> ast.expr:
@@ -144,10 +191,18 @@ def _masked_write(plan: LoopPlan, e: Effect, value: ast.expr, mask: str) -> ast.
 
 
 def _number_kind(value: ast.expr) -> str:
-    """What the original added: a Python int/float literal, a host number, or a tensor."""
+    """What the original added: a Python int/float literal, a host number, or a tensor; for
+    the terms ``loop_dataflow`` joins (``s = s - a.item() + b.item()``), what they add up to."""
     if isinstance(value, ast.Constant) and type(value.value) in (int, float):
         return type(value.value).__name__
-    return ast_marks.get(value, ast_marks.HOST_NUMBER) or "tensor"
+    kind = ast_marks.get(value, ast_marks.HOST_NUMBER)
+    if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp)):
+        return kind or "tensor"
+    if isinstance(value, ast.UnaryOp):
+        return _number_kind(value.operand) if isinstance(value.op, ast.USub) else "tensor"
+    kinds = {_number_kind(value.left), _number_kind(value.right)}
+    return "tensor" if "tensor" in kinds or not isinstance(value.op, (ast.Add, ast.Sub)) else \
+        "float" if "float" in kinds else "item" if "item" in kinds else "int"
 
 
 def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:

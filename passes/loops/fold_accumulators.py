@@ -18,6 +18,19 @@ A sum starting at 0 that the next statement only divides by the trip count
 ``_averaged = True`` among the folds: the vectorized branch computes ``x.mean()``, not
 ``x.mean() * B`` then ``/ B``.
 
+An accumulator every update of which is conditional (under a tensor condition's mask, or a
+Python condition of the body, which sets a flag) folds only when an iteration was selected: the
+original's Python number stays that number (0, 0.0, 5: type and value, no gradient) when none
+was. One host sync, as the original's ``if`` had one per iteration; none when it is a tensor::
+
+    s = 0; for ...: if c: s += e        ->   if _outs[1].any():         (``_outs[1]``: the masks)
+                                                 s = _outs[0]
+
+Not for conditions on loop indices only (``if i == j: continue``): the original reads nothing
+back for them, so with none selected the sum is left a tensor 0. Python numbers and tensors added
+under conditions to one name are refused: whether it ends a number or a tensor depends on the
+data.
+
 A rebound sum or product under tensor conditions (``p = p * x[i]`` after ``if y[i] > 0:
 continue``) whose items would promote the accumulator's dtype leaves that condition in
 ``plan.promotions``: the original promotes it only once an iteration is selected, which the
@@ -43,7 +56,12 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for name, acc in plan.accumulators.items():
         if acc.family in rules.FAMILY_KEPT:
             raise Unsupported(rules.FAMILY_KEPT[acc.family], plan.node.lineno)
+        if len(acc.kinds) > 1 and "tensor" in acc.kinds and any(acc.masks):
+            raise Unsupported(f"`{name}` adds Python numbers and, under a tensor condition, "
+                              "tensors: whether it ends a number or a tensor depends on the data",
+                              plan.node.lineno)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
+        start = len(plan.folds)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
         if name in plan.wide and kind in rules.NUMBER_FOLD_WIDE:
             # `total += x[i].item()`: the original's Python float, summed in float64
@@ -66,7 +84,40 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                 plan.promotions.append(plan.sub(
                     "isinstance(s, torch.Tensor) and torch.result_type(s, e) != s.dtype",
                     s=name, e=item))
+        if _selected_only(plan, name, acc):
+            plan.folds[start:] = [_when_selected(plan, name, acc, plan.folds[start:])]
     return plan
+
+
+def _selected_only(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
+    """Every update of ``name`` is conditional, and what it adds may change its type (a number
+    plus the int 0 keeps its type: not counters; float64 twins and counters of errors are read
+    only by the folds and checks after the loop). Not when a condition is on loop indices only
+    (``if i == j: continue``): the original reads nothing back for it, and the check would be a
+    host sync it does not make; nor in an inner loop, whose check would be a tensor condition of
+    the outer body (both left a tensor when no iteration is selected)."""
+    internal = {*plan.wide.values(), *plan.empty_selections, *plan.host_errors}  # counters
+    return bool(acc.masks) and None not in acc.masks and name not in internal \
+        and acc.kinds != {"int"} and not plan.inner and not plan.index_masks & set(acc.masks)
+
+
+def _when_selected(plan: LoopPlan, name: str, acc: Accumulator,
+                   folds: list[ast.stmt]) -> ast.If:
+    """``folds`` run only when an iteration was selected: with none, ``name`` stays what it was
+    before the loop, as in the original (a Python number keeps its type and value, and gets no
+    gradient). One host sync, as the original's ``if`` had one per iteration; none for a tensor
+    (its folds are the original's value either way)."""
+    masks = {m: plan.sub(f"o[{plan.outputs.index(m)}]", o=plan.outs) if m in plan.outputs
+             else plan.output(m) for m in acc.masks}  # one output per mask, shared
+    # a flag of a Python condition is a bool in the batched form, a tensor when mapped
+    test = " or ".join(f"torch.as_tensor(m{k}).any()" if m in acc.flags else f"m{k}.any()"
+                       for k, m in enumerate(masks))
+    if name not in plan.zeros:  # the int 0 otherwise
+        test = f"isinstance(s, torch.Tensor) or {test}"
+    node = plan.sub(f"if {test}:\n    pass", s=name,
+                    **{f"m{k}": m for k, m in enumerate(masks.values())})[0]
+    node.body = folds
+    return node
 
 
 def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> ast.expr:
@@ -167,4 +218,5 @@ def _averaged(plan: LoopPlan) -> set[str]:
     stop = unparse(it.stop)
     return {name for name, acc in plan.accumulators.items()
             if acc.family == "sum" and acc.kinds == {"tensor"} and name in plan.zeros
+            and not _selected_only(plan, name, acc)
             and plan.divided.get(name) == stop}

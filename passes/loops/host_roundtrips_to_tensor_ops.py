@@ -178,6 +178,16 @@ class _HostToTensor(Transformer):
         node.left, node.right = self._operands(node, [node.left, node.right])
         return node
 
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        """``-h`` of a host number is a host number of its kind (the user's, when ``h`` is)."""
+        self.generic_visit(node)
+        kind = ast_marks.get(node.operand, ast_marks.HOST_NUMBER)
+        if kind and isinstance(node.op, (ast.USub, ast.UAdd)):
+            ast_marks.put(node, ast_marks.HOST_NUMBER, kind)
+            if id(node.operand) in self.converted:
+                self.converted.add(id(node))
+        return node
+
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
         self.generic_visit(node)
         node.left, *node.comparators = self._operands(None, [node.left, *node.comparators])

@@ -53,6 +53,8 @@ class Accumulator:
     stacked: ast.expr            # the stacked per-iteration values (``_outs[k]``)
     kinds: set[str]              # what the original added: "int", "float" or "tensor"
     rebound: bool = False        # updated by ``s = s + e``, not ``s += e``
+    masks: list[str | None] = field(default_factory=list)  # each update's mask (None: none)
+    flags: set[str] = field(default_factory=set)  # ... those set under a Python condition
 
 
 @dataclass
@@ -92,6 +94,7 @@ class LoopPlan:
     # enclosing ``range`` loops' indices -> their first and last values
     outer_bounds: dict[str, tuple[ast.expr, ast.expr]] = field(default_factory=dict)
     torch_name: str = "torch"                       # how generated code spells torch
+    inner: bool = False          # inside another loop: its statements join the outer body
     # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
     # its stacked items, and those it does bind.
     own_lists: set[str] = field(default_factory=set)
@@ -141,6 +144,7 @@ class LoopPlan:
     wide: dict[str, str] = field(default_factory=dict)
     # Effects under masks: id(stmt) -> (its value made safe under the mask, the mask or None).
     masked: dict[int, tuple[ast.expr, str | None]] = field(default_factory=dict)
+    index_masks: set[str] = field(default_factory=set)  # ... of conditions on loop indices only
     uses_where: bool = False
     # What leaves an iteration: returned as ``outs``, folded / stored after the loop by ``folds``.
     init: list[ast.stmt] = field(default_factory=list)    # top of the body: partials' identities

@@ -54,7 +54,7 @@ from ..errors import Unsupported
 from .. import ops
 from ..ast_tools import PassContext, Transformer, clone, replace, root_name, unparse, walk
 from .loop_dataflow import (call_op, depends, is_shape_query, loads, may_be_nonfinite,
-                            method_name, stores)
+                            method_name, stores, stores_in)
 from .plan import LoopPlan
 
 
@@ -86,7 +86,16 @@ class _Converter:
     def _and(self, pred: str | None, cond: str, loc: ast.AST) -> tuple[str, list[ast.stmt]]:
         if pred is None:
             return cond, []
-        return self._mask("torch.logical_and(p, c)", loc, p=pred, c=cond)
+        name, stmts = self._mask("torch.logical_and(p, c)", loc, p=pred, c=cond)
+        if {pred, cond} <= self.plan.index_masks:
+            self.plan.index_masks.add(name)
+        return name, stmts
+
+    def _negated(self, cond: str, loc: ast.AST) -> tuple[str, list[ast.stmt]]:
+        name, stmts = self._mask("torch.logical_not(c)", loc, c=cond)
+        if cond in self.plan.index_masks:
+            self.plan.index_masks.add(name)
+        return name, stmts
 
     def block(self, stmts: list[ast.stmt], pred: str | None, defined: set[str]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
@@ -96,7 +105,7 @@ class _Converter:
                 cond, stmts_ = self._tensor_if(s, pred, defined)
                 out += stmts_
                 if s.body and isinstance(s.body[-1], ast.Continue):  # guarded continue
-                    keep, stmts_ = self._mask("torch.logical_not(c)", s, c=cond)
+                    keep, stmts_ = self._negated(cond, s)
                     pred, more = self._and(pred, keep, s)
                     out += stmts_ + more
                 continue
@@ -125,12 +134,14 @@ class _Converter:
         cond = self.ctx.namer.new("cond")
         test = _tensor_logic(self.expr(s.test, pred), self.ctx)
         out = self._flush() + self._sub("c = torch.ne(t, 0)", s, c=cond, t=test)
+        if self._on_indices(s.test):
+            self.plan.index_masks.add(cond)
         then_pred, more = self._and(pred, cond, s)
         out += more
         body = s.body[:-1] if s.body and isinstance(s.body[-1], ast.Continue) else s.body
         out += self.block(body, then_pred, defined)
         if s.orelse:
-            neg, more = self._mask("torch.logical_not(c)", s, c=cond)
+            neg, more = self._negated(cond, s)
             out += more
             else_pred, more = self._and(pred, neg, s)
             out += more + self.block(s.orelse, else_pred, defined)
@@ -148,6 +159,17 @@ class _Converter:
         for name, value in list(self.recompute.items()):
             if name in changed or loads(value) & changed:
                 del self.recompute[name]
+
+    def _on_indices(self, test: ast.expr) -> bool:
+        """``test`` is arithmetic and comparisons of loop indices, literals and names the loop
+        does not bind (``if i == j``): Python ints in the original, which then reads nothing back
+        from a device for it."""
+        ints = {self.index} | self.plan.outer_indices
+        other = self.facts.variant | stores_in(self.plan.node.body)  # rows, values of the body
+        return all(isinstance(n, (ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant,
+                                  ast.expr_context, ast.operator, ast.cmpop, ast.boolop,
+                                  ast.unaryop)) or isinstance(n, ast.Name)
+                   and (n.id in ints or n.id not in other) for n in walk(test))
 
     def _local(self, s: ast.stmt, pred: str | None, defined: set[str]) -> list[ast.stmt]:
         """A statement touching only iteration-local names: merged under the mask."""

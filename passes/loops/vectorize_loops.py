@@ -259,7 +259,8 @@ class _Vectorizer(Transformer):
                      buildable_lists=self.buildable_lists.get(id(node), set()),
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx),
-                     outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds))
+                     outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
+                     inner=bool(self.depth))
         try:
             # lists stacked by this plan and a distributed loop's: the scan has no prelude
             plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
