@@ -24,6 +24,9 @@ SELECTION_COUNT = "selection_count"
 # not the user's, so not in the report.
 GENERATED = "generated"
 # frozenset[str] on a statement: the targets of its walrus expressions (a cache).
+# int on the ``if <check>: <batched> else: <vmapped>`` by which a vectorized loop picks its form at
+# run time: the user's line of that loop (an outer loop's reason names it, not the check).
+FORMS_OF = "forms_of"
 WALRUS_TARGETS = "walrus_targets"
 
 

@@ -1182,3 +1182,21 @@ def test_report_names_the_batched_forms_own_check():
     # and it does not for a target of one number per row: the vmap form, the same result
     pred, target = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
     torch.testing.assert_close(optimized(pred, target), (pred - target[:, None]).abs().sum())
+
+
+def test_an_outer_loop_names_the_inner_loop_whose_form_choice_it_maps(tmp_path):
+    # the outer loop's vmap reason named the generated shape check (`if b.dim() == a.dim():`),
+    # code the user never wrote; it names the inner loop's line instead
+    fn = load_module(tmp_path, """
+import torch
+def f(a, b):
+    out = torch.zeros_like(a)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[i, j] = a[i, j] + b[i, j]
+    return out.sum()
+""").f
+    loops = rewrite.optimize_loss(fn, compile=False).report.loops
+    reason = next(loop.reason for loop in loops if loop.lineno == 5)
+    assert "the inner loop at line 6 picks its batched or vmapped form" in reason
+    assert "dim()" not in reason

@@ -91,6 +91,7 @@ import ast
 
 from ..errors import Unsupported
 
+from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, fix_missing_locations, is_int, unparse, walk
@@ -114,7 +115,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.unbatched = exc.reason
         stmts = plan.mapped + plan.folds
     else:  # the check holds for the usual shapes; vmap is the general path
-        stmts = (plain if check is None else [ast.If(check, plain, plan.mapped)]) + plan.folds
+        forms = [] if check is None else [ast.If(check, plain, plan.mapped)]
+        for node in forms:
+            ast_marks.put(node, ast_marks.FORMS_OF, plan.node.lineno)
+        stmts = (forms or plain) + plan.folds
         plan.batched_if = check
     plan.stmts = [fix_missing_locations(ast.copy_location(s, plan.node)) for s in stmts]
     return plan
@@ -256,6 +260,10 @@ class _Batcher(Scope):
                     self.zeros.discard(t.id)
                 value = ast.Tuple([v for v, _ in done], ast.Load())
                 return self.pre + [ast.copy_location(ast.Assign([target], value), s)]
+        line = ast_marks.get(s, ast_marks.FORMS_OF)
+        if line is not None:
+            raise Unsupported(f"the inner loop at line {line} picks its batched or vmapped form "
+                              "by its items' shapes at run time, which has no batched form here")
         first = unparse(s).strip().splitlines()[0]
         raise Unsupported(f"`{first}` has no batched form")
 
