@@ -162,3 +162,46 @@ def f(x):
     # not vectorized whole; its heavy statement may still leave it (distribution)
     assert report.loops[0].strategy in ("kept", "distributed")
     assert "`c = 3 * i`: `c` is read by the residual loop or after" in report.loops[0].reason
+
+
+CONTINUE_APPENDS = """
+def f(x, t):
+    out = []
+    for i in range(x.shape[0]):
+        if t[i] < 0:
+            out.append(x[i].sum() * 0)
+            continue
+        d = (x[i] - t[i]).abs()
+        out.append(d.sum() / 2)
+    return torch.stack(out).mean()
+"""
+
+CONTINUE_WITHOUT_APPEND = """
+def f(x, t):
+    out = []
+    for i in range(x.shape[0]):
+        if t[i] < 0:
+            continue
+        out.append((x[i] - t[i]).abs().sum())
+    return torch.stack(out).mean()
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_append_then_continue_and_an_append_after_is_one_item_per_iteration(dtype):
+    # the detection form `if no positives: losses.append(zero); continue`, then the loss appended
+    naive, fast, code, report = build(CONTINUE_APPENDS)
+    assert strategies(report) == {3: "batched"} and "continue" not in code.split("else:")[0]
+    t = _x(6, dtype=dtype, seed=3, grad=False)
+    t[1], t[4] = 0.0, float("nan")  # a tie at the threshold; NaN is not below it
+    x = _x(6, 3, dtype=dtype)
+    with torch.no_grad():
+        x[2, 1] = float("inf")
+    assert_equivalent(naive, fast, x, t)
+
+
+def test_a_continue_without_an_append_is_left_to_the_masked_continue():
+    naive, fast, _, report = build(CONTINUE_WITHOUT_APPEND)
+    assert "appended" not in report.loops[0].reason or not report.loops[0].vectorized
+    t = torch.tensor([0.5, -1.0, 2.0])
+    assert_equivalent(naive, fast, _x(3, 3, dtype=torch.float64), t)

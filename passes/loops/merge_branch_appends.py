@@ -16,6 +16,16 @@ every evaluation in its order; only the fresh name is new. ``elif`` chains merge
 innermost ``if`` out. The ``if`` then assigns the same name in every branch, which
 ``tensor_branches_to_where`` turns into ``torch.where`` when the condition is a tensor (a Python
 condition stays an ``if``), and the append is the unconditional effect ``lst.append(e)``.
+
+An ``if`` without ``else`` whose branch appends and ends with ``continue``, followed by statements
+that end by appending to the same list, is that ``if``/``else`` first (the same statements run in
+the same order)::
+
+    if c:                                   if c:
+        lst.append(a)                           lst.append(a)
+        continue                    ->      else:
+    b = f(x[i])                                 b = f(x[i])
+    lst.append(b)                               lst.append(b)
 """
 from __future__ import annotations
 
@@ -26,8 +36,21 @@ from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body = _merge(plan.body, ctx)
+    plan.body = _merge(_continue_to_else(plan.body), ctx)
     return plan
+
+
+def _continue_to_else(stmts: list[ast.stmt]) -> list[ast.stmt]:
+    """The top-level ``if c: ...; lst.append(a); continue`` (no ``else``) whose following
+    statements end with ``lst.append(b)`` and hold no other ``continue``, as ``if``/``else``."""
+    for k, s in enumerate(stmts):
+        rest = stmts[k + 1:]
+        if (isinstance(s, ast.If) and not s.orelse and len(s.body) >= 2
+                and isinstance(s.body[-1], ast.Continue) and rest
+                and _appended(s.body[-2]) is not None and _appended(s.body[-2]) == _appended(rest[-1])
+                and not any(isinstance(n, ast.Continue) for t in rest for n in ast.walk(t))):
+            return stmts[:k] + [ast.copy_location(ast.If(s.test, s.body[:-1], rest), s)]
+    return stmts
 
 
 def _merge(stmts: list[ast.stmt], ctx: PassContext, made: dict[int, str] | None = None
