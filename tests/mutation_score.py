@@ -46,7 +46,8 @@ TARGETS = {
                            "tests/test_rule_tables.py"],
     "passes/fuse_loss_idioms.py": ["tests/test_fuse_loss_idioms.py", "tests/test_rule_tables.py"],
     "passes/loops/tensor_branches_to_where.py": ["tests/test_tensor_branches_to_where.py",
-                                                 "tests/test_vectorize_loops.py", "tests/test_rule_tables.py"],
+                                                 "tests/test_vectorize_loops.py", "tests/test_rule_tables.py",
+                                                 "tests/test_values_recomputed_under_a_condition.py"],
 }
 TIMEOUT = 5
 IMPORT = "<import>"  # the baseline's key for lines run outside any test
