@@ -95,7 +95,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                ragged_slices_to_masks,
                raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
-               sink_own_item_selections, split_tuple_assignments,
+               no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
@@ -115,6 +115,7 @@ LOOP_STAGES: list = [
     module_list_linears,          # before the checks: they see F.linear of stacked parameters
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     split_tuple_assignments,      # before the stages that merge one name at a time under a mask
+    no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
