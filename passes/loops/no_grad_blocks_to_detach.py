@@ -23,13 +23,8 @@ from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    unwrap = _Unwrap(ctx)
-    plan.body = [out for s in plan.body for out in _as_list(unwrap.visit(s))]
+    plan.body = _Unwrap(ctx).statements(plan.body)
     return plan
-
-
-def _as_list(node: ast.AST | list) -> list:
-    return node if isinstance(node, list) else [node]
 
 
 class _Unwrap(Transformer):
