@@ -218,7 +218,8 @@ class _Vectorizer(Transformer):
         self.stackable_lists = normalize_comprehensions.stackable_lists(node, self.ctx)
         self.bound_lists = set()
         self.masks = loop_dataflow.mask_names(node, self.ctx)
-        self.list_names = stack_tensor_lists.list_names(node, self.ctx)
+        self.list_names = stack_tensor_lists.list_names(node, self.ctx) | \
+            gather_keyed_reads.free(self.list_names, node)  # a nested function reads them too
         # a nested function reads the enclosing function's containers it does not bind
         self.host_containers = gather_keyed_reads.host_containers(node) | \
             gather_keyed_reads.free(self.host_containers, node)
