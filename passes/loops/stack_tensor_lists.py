@@ -58,7 +58,7 @@ _INTS = "(isinstance(x, (list, tuple)) and len(x) > 0 and all(type(v) is int for
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     sources = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
-    rows = {it.index} | {e for e, _ in it.elements if _index_only(e, plan.node.body)}
+    rows = {it.index} | {e for e, _ in it.elements if index_only(e, plan.node.body)}
     indexed = {n.value.id for s in plan.node.body for n in walk(s) if isinstance(n, ast.Subscript)
                and isinstance(n.value, ast.Name) and _reads_row(n, rows)}
     for name in sorted((sources | indexed) & plan.list_names):
@@ -143,7 +143,7 @@ def _named(x: ast.expr, names: set[str]) -> bool:
     return isinstance(x, ast.Name) and x.id in names
 
 
-def _index_only(element: str, body: list[ast.stmt]) -> bool:
+def index_only(element: str, body: list[ast.stmt]) -> bool:
     """The body reads ``element`` only as the whole index of a name's item (``x[t]``)."""
     uses = {id(n) for s in body for n in walk(s) if is_name(n, element)}
     indices = {id(n.slice) for s in body for n in walk(s) if isinstance(n, ast.Subscript)
