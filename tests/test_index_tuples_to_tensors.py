@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.helpers import equivalent_report, load_module
+from tests.test_int_index_lists import _lists
 from tests.loop_helpers import build, strategies
 
 PIT = """
@@ -32,16 +33,6 @@ def f(x, n):
         total = total + (x[p[0]] - x[p[1]]).abs().pow(1.5).sum() / len(p)
     return total
 """
-
-
-def _lists(dtype, special=False):
-    g = torch.Generator().manual_seed(0)
-    ests = [torch.randn(4, 6, generator=g, dtype=dtype) for _ in range(3)]
-    refs = [torch.randn(4, 6, generator=g, dtype=dtype) for _ in range(3)]
-    if special:  # NaN, inf and a tie between two references
-        ests[0][1, 2], refs[2][0, 0], ests[1][3, 1] = float("nan"), float("inf"), float("-inf")
-        refs[1] = refs[0].clone()
-    return [e.requires_grad_() for e in ests], [r.requires_grad_() for r in refs]
 
 
 def _ns():
