@@ -186,7 +186,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("long", fn=False, integer=(), aliases=True, **_ET),
     _t("int", fn=False, integer=(), aliases=True, **_ET),
     _t("bool", fn=False, boolean=True, aliases=True, **_ET),
-    _t("detach", fn=False, integer=(0,), aliases=True, **_ET),
+    _t("detach", fn=False, integer=(0,), aliases=True, extra=("torch.autograd.variable.Variable",),
+       **_ET),
     _t("clone", fn=False, integer=(0,), derivative="constant", **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
     _t("exp", sanitize=(0, "0"), host_math="math.exp",

@@ -17,7 +17,8 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           gather_keyed_reads,
                           hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-                          inplace_writes_to_functional, invariant_values_take_no_grad, iteration,
+                          index_tuples_to_tensors, inplace_writes_to_functional,
+                          invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, materialize_iterators, merge_branch_appends,
                           no_grad_blocks_to_detach, split_tuple_assignments,
@@ -190,6 +191,45 @@ def f(outputs):
 """,
      """
 Unsupported: `part[i] = ...` writes into `part`, a list or dict the function builds: the vectorized form writes tensors only
+"""),
+    (index_tuples_to_tensors, """
+def f(x, n):
+    total = 0
+    for p in itertools.permutations(range(n)):
+        total = total + (x[p[0]] - x[p[1]]).abs().sum() / len(p)
+    return total
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for p in itertools.permutations(range(n)):
+    total = total + (x[p[0]] - x[p[1]]).abs().sum() / len(p)
+""",
+     """
+# prelude
+_tuples = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.int64)
+# node
+for p in _tuples:
+    total = total + (x[p[0]] - x[p[1]]).abs().sum() / len(p)
+"""),
+    (index_tuples_to_tensors, """
+def f(x, n):
+    total = 0
+    for p in itertools.permutations(range(n)):
+        total = total + x[p].sum()
+    return total
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for p in itertools.permutations(range(n)):
+    total = total + x[p].sum()
+""",
+     """
+# prelude
+# node
+for p in itertools.permutations(range(n)):
+    total = total + x[p].sum()
 """),
     (materialize_iterators, """
 def mean(values):
