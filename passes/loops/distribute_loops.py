@@ -90,8 +90,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import ast_marks, ops
 from .. import loop_rules as rules
-from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
 from . import (inline_helper_calls, inline_method_calls, iteration, loop_dataflow,
@@ -166,9 +166,11 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                                      type_comment=None), node)
     split = _Split(body, written, index=it.index)
     for k, s in enumerate(node.body):
-        reason = _own_reason(s, it.index, seeds, ctx, _exposed_reads(node.body[:k], seeds)[1])
-        if reason:
-            split.residual[k] = reason
+        local = _exposed_reads(node.body[:k], seeds)[1]
+        reason = _own_reason(s, it.index, seeds, ctx, local)
+        if reason:  # of the statement as written when its operands left it (no `_value`)
+            split.residual[k] = k in written and _own_reason(
+                written[k], it.index, seeds, ctx, local) or reason
     carried = _mark_carried(split, seeds, ctx)
     variant = loop_dataflow.variant_names(node.body, seeds, ctx)
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
@@ -332,11 +334,19 @@ def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext,
     try:
         facts = loop_dataflow.analyze([s], index, seeds, set(), ctx)
     except Unsupported as exc:
-        return exc.reason
+        return _named_back(exc.reason, inputs if rebound else {})
     effect = next(iter(facts.effects.values()), None)
     if effect is None:
         return ""
     return f"{_EFFECT_VERBS[effect.kind]} `{effect.name}`, which outlives the iteration"
+
+
+def _named_back(reason: str, inputs: dict[str, str]) -> str:
+    """``reason`` with the stand-in names of ``_own_reason`` (``v before line 5``) named as the
+    user's statement names them."""
+    for name, stand_in in inputs.items():
+        reason = reason.replace(stand_in, name)
+    return reason
 
 
 def _operands_out(body: list[ast.stmt], index: str, seeds: set[str],
@@ -540,23 +550,33 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
 
 def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
     """Names whose values flow, through residual statements, into an item of a builtin
-    ``max``/``min`` in the residual loop (``lo = min(lo, v)``). Such a value is not stacked:
-    read back by index, only the picked item's would get a cotangent, but the batched backward
-    would run for all of them (0 times an infinite or NaN local derivative is NaN), so the
-    statements making it stay residual, as the vectorizer evaluates a picked item again."""
+    ``max``/``min`` in the residual loop (``lo = min(lo, v)``, ``d = max(eps, v)``). Such a
+    value is not stacked: read back by index, only the picked item's would get a cotangent, but
+    the batched backward would run for all of them (0 times an infinite or NaN local derivative
+    is NaN), so the statements making it stay residual, as the vectorizer evaluates a picked
+    item again. A value reaching the pick only as a Python number (``max(1.0, n.item())``)
+    takes no gradient there (``loop_dataflow.gradient_walk``)."""
     names: set[str] = set()
     for k in split.residual:
         for n in walk(body[k]):
             if isinstance(n, ast.Call) and rules.ACC_CALLS.get(
                     loop_dataflow.resolve_call(n.func, ctx) or "") in rules.FAMILY_PICK:
-                names |= set().union(*(loads(a) for a in n.args))
+                names |= set().union(*(_gradient_loads(a, ctx) for a in n.args))
     grown = True
     while grown:
-        more = set().union(*(_reads(body[k]) for k in split.residual
+        more = set().union(*(_gradient_loads(body[k], ctx) for k in split.residual
                              if loop_dataflow.stores_in([body[k]]) & names))
         grown = not more <= names
         names |= more
     return names
+
+
+def _gradient_loads(node: ast.AST, ctx: PassContext) -> set[str]:
+    """Names ``node`` reads where a gradient may flow from them (not as ``n.item()``); ``n += e``
+    reads ``n``."""
+    nodes = list(loop_dataflow.gradient_walk(node, ctx))
+    return {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} | {
+        n.target.id for n in nodes if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)}
 
 
 def _read_in_some_iterations(body: list[ast.stmt], split: _Split, variant: set[str],
@@ -597,8 +617,9 @@ def _dependence(split: _Split, k: int, written: dict[str, int], read: dict[str, 
     last = {n: j for j in range(len(body)) for n in loop_dataflow.stores_in([body[j]])}
     for n in sorted(loop_dataflow.stores_in([s]) & needed):
         if last[n] == k and not _stackable(s, n, variant, ctx):
-            return f"`{n}` is read by the residual loop or after the loop, and is not a " \
-                   "per-iteration tensor value"
+            value = _bound_value(s, n, ctx) if n in ctx.namer.made else None  # `_value = e`
+            return f"`{unparse(value) if value else n}` is read by the residual loop or after " \
+                   "the loop, and is not a per-iteration tensor value"
     return ""
 
 
@@ -811,5 +832,6 @@ def _residual(split: _Split, ctx: PassContext) -> str:
 
 
 def _first_line(s: ast.stmt) -> str:
-    text = unparse(s).strip().splitlines()[0]
+    """The first line of ``s`` as the user wrote it (an inlined method's statement too)."""
+    text = (ast_marks.get(s, ast_marks.WRITTEN_AS) or unparse(s)).strip().splitlines()[0]
     return text[:-1] + " ..." if text.endswith(":") else text

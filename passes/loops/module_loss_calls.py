@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import sys
 import types
 
 import torch
@@ -124,6 +123,7 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
     """The attributes the methods of ``cls`` (and of its bases of the same module) assign on
     their object only modules of one ``MODULE_LOSSES`` class -> the class."""
     values: dict[str, list] = {}
+    namespace: dict = {}  # the module's, from its functions (it need not be in sys.modules)
     for base in cls.__mro__:
         if base.__module__ != cls.__module__:
             continue
@@ -134,7 +134,7 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
                 tree = parse(method).tree
             except Unsupported:
                 return {}
-            this = _first_param(method)
+            this, namespace = _first_param(method), method.__globals__
             for n in walk(tree):
                 for t in _targets(n):
                     if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) \
@@ -142,7 +142,7 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
                         values.setdefault(t.attr, []).extend(
                             _passed(getattr(n, "value", None), base, method, parse))
     return {attr: c for attr, vs in values.items()
-            if (c := _one_class(vs, vars(sys.modules[cls.__module__]))) is not None}
+            if (c := _one_class(vs, namespace)) is not None}
 
 
 def _passed(value: ast.expr | None, base: type, method: types.FunctionType,
