@@ -73,7 +73,7 @@ Exceptions: the hoisted statements are vectorized code behind its runtime checks
 bounds), so they do not raise where the original did not; an error an op raises on the data
 itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
 residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` becomes the other
-branch holding the statements after the ``if`` (``_continues_to_else``); loops with ``break``,
+branch holding the statements after the ``if`` (``continues_to_else``); loops with ``break``,
 another ``continue`` or ``return`` are not split.
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
@@ -96,6 +96,7 @@ from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse,
 from ..errors import Unsupported
 from . import (inline_helper_calls, inline_method_calls, iteration, loop_dataflow,
                module_loss_calls)
+from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
 
@@ -150,7 +151,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                 stackable: dict) -> Fission | str:
     if node.orelse:
         return "its `else` clause runs after the last iteration"
-    body, guards = inline_method_calls.inline(_continues_to_else(node.body), ctx)
+    body, guards = inline_method_calls.inline(continues_to_else(node.body), ctx)
     control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)), None)
     if control is not None:
         return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
@@ -197,32 +198,6 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
                        _reason(split, plan, ctx))
     return "the vectorizer refused every split"
-
-
-def _continues_to_else(stmts: list[ast.stmt]) -> list[ast.stmt]:
-    """``stmts`` with each top-level ``if`` whose branch ends with ``continue`` holding the
-    statements after it in its other branch (new nodes; ``stmts`` is not changed)::
-
-        if c:                        if c:
-            A                            A
-            continue       ->        else:
-        B                                B
-
-    The same statements run, in the same order, for every iteration. A ``continue`` elsewhere
-    is left (the loop is then not split)."""
-    for k, s in enumerate(stmts):
-        if not isinstance(s, ast.If):
-            continue
-        rest = _continues_to_else(stmts[k + 1:])
-        if s.body and isinstance(s.body[-1], ast.Continue):
-            body, orelse = s.body[:-1], s.orelse + rest
-        elif s.orelse and isinstance(s.orelse[-1], ast.Continue):
-            body, orelse = s.body + rest, s.orelse[:-1]
-        else:
-            return stmts[:k + 1] + rest
-        new = ast.If(test=s.test, body=body or [ast.copy_location(ast.Pass(), s)], orelse=orelse)
-        return stmts[:k] + [ast.copy_location(new, s)]
-    return stmts
 
 
 def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
