@@ -17,10 +17,10 @@ subclasses. The distributed loop's runtime check requires the object to run that
 of the name): another object runs the loop as written. Its arguments are evaluated once, in
 order, before its body (as the call does); its parameters and locals get fresh names, its
 object is the caller's; its statements keep their own lines, and reasons quote them as written
-(``ast_marks.WRITTEN_AS``). Only methods of the caller's file and globals, without decorators, ``*args``/``**kwargs`` or free variables, whose body is
-assignments to names and to attributes of their object and expression statements (no
-``return``, no control flow, nothing that observes the frame), are inlined; a call that is
-not stays as it is.
+(``ast_marks.WRITTEN_AS``). Only methods of the caller's file and globals, without decorators,
+``*args``/``**kwargs`` or free variables, whose body is assignments to names and to attributes
+of their object and expression statements (no ``return``, no control flow, nothing that
+observes the frame), are inlined; a call that is not stays as it is.
 """
 from __future__ import annotations
 
