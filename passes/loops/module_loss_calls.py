@@ -123,18 +123,19 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
     """The attributes the methods of ``cls`` (and of its bases of the same module) assign on
     their object only modules of one ``MODULE_LOSSES`` class -> the class."""
     values: dict[str, list] = {}
-    namespace: dict = {}  # the module's, from its functions (it need not be in sys.modules)
+    scope: dict = {}  # the module's names, as its methods see them (it may be out of sys.modules)
     for base in cls.__mro__:
         if base.__module__ != cls.__module__:
             continue
         for method in vars(base).values():
             if not isinstance(method, types.FunctionType):
                 continue
+            scope = method.__globals__
             try:
                 tree = parse(method).tree
             except Unsupported:
                 return {}
-            this, namespace = _first_param(method), method.__globals__
+            this = _first_param(method)
             for n in walk(tree):
                 for t in _targets(n):
                     if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) \
@@ -142,7 +143,7 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
                         values.setdefault(t.attr, []).extend(
                             _passed(getattr(n, "value", None), base, method, parse))
     return {attr: c for attr, vs in values.items()
-            if (c := _one_class(vs, namespace)) is not None}
+            if (c := _one_class(vs, scope)) is not None}
 
 
 def _passed(value: ast.expr | None, base: type, method: types.FunctionType,
