@@ -152,6 +152,22 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")
     update = plan.sub(f"p = p {op} v", p=acc.part, v=value)
+    counter = ast_marks.get(e.stmt, ast_marks.SELECTED_BY)
+    if counter:  # an inner loop's fold: selected where its counter counts (under our masks too)
+        acc.masks.append(counter)
+        acc.counters.add(counter)
+        return update
+    when = ast_marks.get(e.stmt, ast_marks.SELECTED_WHEN)
+    if when is not None:  # ... where its test on indices holds: ours too, on the host
+        if flagged or mask is not None and mask not in plan.index_tests:
+            raise Unsupported(f"`{e.name}` is updated by an inner loop under a condition on loop "
+                              "indices and a condition here: whether any iteration updates it "
+                              "is not known on the host", e.stmt.lineno)
+        key = ctx.namer.new(f"{e.name}_when")
+        acc.masks.append(key)
+        acc.selected_when[key] = when if mask is None else \
+            plan.sub("t and w", t=plan.index_tests[mask], w=when)
+        return update
     if not flagged:
         acc.masks.append(mask)
         return update
