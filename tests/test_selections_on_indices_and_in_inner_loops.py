@@ -209,3 +209,23 @@ def f(p, k):
     assert not outer.vectorized and "not known on the host" in outer.reason
     for k in (0, 1, 60):
         assert_same(fn, fast, torch.tensor([[1.0], [-3.0]], requires_grad=True), k)
+
+
+def test_an_inner_host_test_reading_the_outer_element_runs_as_written(tmp_path):
+    # `range(a.shape[0])` of the outer element is no value after the outer loop
+    fn = load_module(tmp_path, """import torch
+
+def f(x, n):
+    s = 0.0
+    for a in x:
+        for j in range(a.shape[0]):
+            if j == n:
+                s += a[j]
+    return s
+""").f
+    fast = rewrite.optimize_loss(fn, compile=False)
+    outer = next(loop for loop in fast.report.loops if loop.lineno == 5)
+    assert not outer.vectorized and "reads values of this loop" in outer.reason
+    for rows, n in ((1, 5), (3, 1)):
+        for dtype in (torch.float32, torch.float64):
+            assert_same(fn, fast, torch.randn(rows, 3, dtype=dtype, requires_grad=True), n)
