@@ -1047,3 +1047,24 @@ def f(x):
     with pytest.raises(TypeError) as got:
         fast(x)
     assert str(got.value) == str(want.value)
+
+
+@pytest.mark.xfail(strict=True, reason="a Python-number sum an inner loop starts in each outer "
+                   "iteration (`t = 0`) under a tensor condition that never holds, then added to "
+                   "an outer number (`s = s + t * 2`): the original's s stays the int 0, the "
+                   "rewrite's is tensor(0.); the inner loop's selection counter is made only for "
+                   "accumulators the outer loop folds, not for a per-iteration sum it reads")
+def test_number_sum_an_inner_loop_starts_in_each_outer_iteration_when_none_is_selected(tmp_path):
+    original, fast = optimized(tmp_path, """
+def f(x, n):
+    s = 0
+    for i in range(x.shape[0]):
+        t = 0
+        for j in range(x.shape[1]):
+            if x[i, j] > n:
+                t = t + x[i, j]
+        s = s + t * 2
+    return s
+""")
+    x = torch.randn(2, 3, requires_grad=True)
+    assert type(fast(x, 100.0)) is type(original(x, 100.0))
