@@ -31,6 +31,13 @@ WRITTEN_AS = "written_as"
 # run time: the user's line of that loop (an outer loop's reason names it, not the check).
 FORMS_OF = "forms_of"
 WALRUS_TARGETS = "walrus_targets"
+# str on an inner loop's fold of an accumulator every update of which is conditional: the
+# counter of the iterations that selected one, by which the outermost vectorized loop guards its
+# own fold (``fold_accumulators``).
+SELECTED_BY = "selected_by"
+# ast.expr on such a fold where only conditions on loop indices select: the Python test, on the
+# outer loops' indices, of whether an iteration selected one (no device read).
+SELECTED_WHEN = "selected_when"
 
 
 def get(node: ast.AST, key: str, default: Any = None) -> Any:

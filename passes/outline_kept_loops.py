@@ -44,7 +44,7 @@ _OWN_FUNCTION = (ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Global, as
 
 
 def _call(loop):
-    loop()
+    return loop()  # a kept loop returns None; a test on the host its value
 
 
 run_eagerly = torch.compiler.disable(_call)

@@ -27,6 +27,7 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
     inner = vectorize_loops._Vectorizer(ctx)
     inner.func, inner.live = func, loop_dataflow.live_after_loops(func)
     inner.outer_bounds = outer_dependent_ranges_to_masks.index_bounds(loop, ctx)
+    inner.depth = 1  # inside the loop: its inner loops are planned as inner ones
     inner.generic_visit(loop)
     after, divided = loop_dataflow.divisions_after_loops(func).get(id(loop), (None, {}))
     plan = new_plan(loop, loop_dataflow.live_after_loops(func)[id(loop)], ctx,

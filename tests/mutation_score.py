@@ -47,7 +47,8 @@ TARGETS = {
     "passes/fuse_loss_idioms.py": ["tests/test_fuse_loss_idioms.py", "tests/test_rule_tables.py"],
     "passes/loops/tensor_branches_to_where.py": ["tests/test_tensor_branches_to_where.py",
                                                  "tests/test_vectorize_loops.py", "tests/test_rule_tables.py",
-                                                 "tests/test_values_recomputed_under_a_condition.py"],
+                                                 "tests/test_values_recomputed_under_a_condition.py",
+                                                 "tests/test_selections_on_indices_and_in_inner_loops.py"],
 }
 TIMEOUT = 5
 IMPORT = "<import>"  # the baseline's key for lines run outside any test

@@ -70,6 +70,20 @@ def host_float_sum(x):
     return total
 
 
+def host_joined_sum(x, y):
+    total = 0
+    for i in range(len(x)):
+        total = total + x[i].item() - y[i].item()
+    return total
+
+
+def host_joined_augmented_sum(x, y):
+    total = 0.0
+    for i in range(len(x)):
+        total += x[i].item() + 2 * y[i].item()
+    return total
+
+
 def host_math_sum(s):
     t = 0
     for i in range(len(s)):
@@ -285,6 +299,18 @@ def test_host_sums_are_python_floats_in_double_precision(user, fn, dtype):
     x = torch.tensor([1e4 if dtype == torch.float16 else 1e8] + [1.0] * 63, dtype=dtype)
     opt = check(fn, x)
     assert vectorized(opt) and opt(x) == fn(x)  # float32 sums would lose the ones
+
+
+@pytest.mark.parametrize("fn", ["host_joined_sum", "host_joined_augmented_sum"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_joined_host_terms_are_added_in_double_precision(user, fn, dtype):
+    # each term a Python float: 1e8 + 0.5 in float32 would be 1e8 (the twin widened the sum of
+    # the terms, not each term)
+    fn = getattr(user, fn)
+    x = torch.tensor([1e8] + [1.0] * 63, dtype=dtype)
+    y = torch.tensor([0.5] + [0.0] * 62 + [-0.25], dtype=dtype)
+    opt = check(fn, x, y)
+    assert vectorized(opt) and opt(x, y) == fn(x, y)
 
 
 @pytest.mark.parametrize("values", [[1, 2, 3], [True, False, True]])

@@ -215,10 +215,6 @@ def test_golden_the_fold_waits_for_a_selected_iteration():
 @pytest.mark.parametrize("src", [
     # a counter from the int 0 stays an int either way
     "n = 0\n    for a in x:\n        if a.sum() > th:\n            n += 1\n    return n",
-    # a condition on loop indices only: the original reads nothing back for it, nor does the
-    # rewrite (no iteration selected then leaves a tensor 0, as before)
-    "s = 0\n    for i in range(x.shape[0]):\n        if i == th:\n            continue\n"
-    "        s += x[i].sum()\n    return s",
     # ... and in both branches of a Python condition
     "s = 0\n    for a in x:\n        if th:\n            s += a.sum()\n        else:\n"
     "            s -= a.mean()\n    return s",

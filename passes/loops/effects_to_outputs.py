@@ -35,8 +35,8 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
-from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, resolve_call,
-                            write_entries)
+from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, loads,
+                            resolve_call, stores_in, write_entries)
 from .plan import Accumulator, LoopPlan, OwnList
 
 
@@ -152,6 +152,26 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")
     update = plan.sub(f"p = p {op} v", p=acc.part, v=value)
+    counter = ast_marks.get(e.stmt, ast_marks.SELECTED_BY)
+    if counter:  # an inner loop's fold: selected where its counter counts (under our masks too)
+        acc.masks.append(counter)
+        acc.counters.add(counter)
+        return update
+    when = ast_marks.get(e.stmt, ast_marks.SELECTED_WHEN)
+    if when is not None:  # ... where its test on indices holds: ours too, on the host
+        if flagged or mask is not None and mask not in plan.index_tests:
+            raise Unsupported(f"`{e.name}` is updated by an inner loop under a condition on loop "
+                              "indices and a condition here: whether any iteration updates it "
+                              "is not known on the host", e.stmt.lineno)
+        if not _on_host_after(plan, when):
+            raise Unsupported(f"`{e.name}` is updated by an inner loop under a condition on loop "
+                              "indices whose test or range reads values of this loop: whether "
+                              "any iteration updates it is not known on the host", e.stmt.lineno)
+        key = ctx.namer.new(f"{e.name}_when")
+        acc.masks.append(key)
+        acc.selected_when[key] = when if mask is None else \
+            plan.sub("t and w", t=plan.index_tests[mask], w=when)
+        return update
     if not flagged:
         acc.masks.append(mask)
         return update
@@ -160,6 +180,15 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
     acc.masks.append(flag)
     acc.flags.add(flag)
     return update + plan.sub("f = m", f=flag, m=mask or ast.Constant(True))
+
+
+def _on_host_after(plan: LoopPlan, test: ast.expr) -> bool:
+    """``test`` (an inner loop's, on this loop's index) reads no name this loop binds but its
+    index: it can run after the loop (``for a in x: for j in range(a.shape[0])`` cannot)."""
+    it = plan.iteration
+    own = {n.id for n in walk(test) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    bound = stores_in(plan.node.body) | {e for e, _ in it.elements}
+    return not (loads(test) - own - {it.index}) & bound
 
 
 def _check_invariant_number(plan: LoopPlan, e: Effect, ctx: PassContext) -> None:

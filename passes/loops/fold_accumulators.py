@@ -26,10 +26,19 @@ was. One host sync, as the original's ``if`` had one per iteration; none when it
     s = 0; for ...: if c: s += e        ->   if _outs[1].any():         (``_outs[1]``: the masks)
                                                  s = _outs[0]
 
-Not for conditions on loop indices only (``if i == j: continue``): the original reads nothing
-back for them, so with none selected the sum is left a tensor 0. Python numbers and tensors added
-under conditions to one name are refused: whether it ends a number or a tensor depends on the
-data.
+Conditions on loop indices only (``if i != j``) are tested on the host, as the original does (it
+reads nothing back from a device for them), stopping at the first iteration that meets one; run
+eagerly under torch.compile, which would unroll it and specialise the sizes::
+
+    if i != k: s += e                   ->   if run_eagerly(lambda: any(i != k for i in range(...))):
+
+An inner loop's guard would be a tensor condition of the outer body: its folds stay, marked with
+a counter of the iterations that selected (``ast_marks.SELECTED_BY``: ``c = c + _outs[1].sum()``,
+summed by the outer loop like its accumulators, zeroed before the outermost) or, under index
+conditions only, with their test on the outer index (``SELECTED_WHEN``: ``any(... for j in
+range(...))``); the outermost vectorized loop guards its own fold by them. Python numbers and
+tensors added under conditions to one name are refused: whether it ends a number or a tensor
+depends on the data.
 
 A rebound sum or product under tensor conditions (``p = p * x[i]`` after ``if y[i] > 0:
 continue``) whose items would promote the accumulator's dtype leaves that condition in
@@ -40,10 +49,13 @@ from __future__ import annotations
 
 import ast
 
+from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, root_name, unparse, walk
+from ..ast_tools import (PassContext, Transformer, clone, is_int, is_name, replace, root_name,
+                         unparse, walk)
 from ..errors import Unsupported
+from ..outline_kept_loops import run_eagerly
 from .loop_dataflow import call_op, loads, stores, stores_in
 from .plan import Accumulator, LoopPlan
 
@@ -53,6 +65,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if plan.averaged:
         plan.averaged_flag = ctx.namer.new("averaged")
         plan.folds += plan.sub("f = True", f=plan.averaged_flag)
+    last = []  # what reads the inner loops' counters: after their folds
     for name, acc in plan.accumulators.items():
         if acc.family in rules.FAMILY_KEPT:
             raise Unsupported(rules.FAMILY_KEPT[acc.family], plan.node.lineno)
@@ -84,38 +97,126 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                 plan.promotions.append(plan.sub(
                     "isinstance(s, torch.Tensor) and torch.result_type(s, e) != s.dtype",
                     s=name, e=item))
-        if _selected_only(plan, name, acc):
-            plan.folds[start:] = [_when_selected(plan, name, acc, plan.folds[start:])]
+        if _selected_only(plan, name, acc) and plan.inner:
+            last += _exported_selection(plan, name, acc, plan.folds[start:], ctx)
+        elif _selected_only(plan, name, acc):
+            node = _when_selected(plan, name, acc, plan.folds[start:], ctx)
+            plan.folds[start:] = [] if acc.counters else [node]
+            last += [node] if acc.counters else []
+    plan.folds += last
+    if not plan.inner:  # the inner loops' counters, summed over this loop
+        plan.first += [s for c in sorted(_counters(plan)) for s in plan.sub("c = 0", c=c)]
     return plan
 
 
 def _selected_only(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
     """Every update of ``name`` is conditional, and what it adds may change its type (a number
     plus the int 0 keeps its type: not counters; float64 twins and counters of errors are read
-    only by the folds and checks after the loop). Not when a condition is on loop indices only
-    (``if i == j: continue``): the original reads nothing back for it, and the check would be a
-    host sync it does not make; nor in an inner loop, whose check would be a tensor condition of
-    the outer body (both left a tensor when no iteration is selected)."""
-    internal = {*plan.wide.values(), *plan.empty_selections, *plan.host_errors}  # counters
+    only by the folds and checks after the loop). Not for a sum an inner loop starts (its
+    outer body binds it again: the per-iteration value is not folded)."""
+    internal = {*plan.wide.values(), *plan.empty_selections, *plan.host_errors, *_counters(plan)}
     return bool(acc.masks) and None not in acc.masks and name not in internal \
-        and acc.kinds != {"int"} and not plan.inner and not plan.index_masks & set(acc.masks)
+        and acc.kinds != {"int"} and not (plan.inner and name in plan.zeros)
 
 
-def _when_selected(plan: LoopPlan, name: str, acc: Accumulator,
-                   folds: list[ast.stmt]) -> ast.If:
+def _counters(plan: LoopPlan) -> set[str]:
+    """The inner loops' counters of the iterations that selected an accumulator's update."""
+    return {c for acc in plan.accumulators.values() for c in acc.counters}
+
+
+def _selections(plan: LoopPlan, acc: Accumulator, host: bool = True) -> list[tuple[str, ast.expr]]:
+    """Each of ``acc.masks`` once: ``("mask", its stacked values)``, ``("flag", ...)`` for
+    those of Python conditions (a bool in the batched form, a tensor when mapped), ``("counter",
+    its name)`` for an inner loop's counter (folded by now), ``("host", a Python test on this
+    loop's index)`` for conditions on loop indices only (``host``: else masks)."""
+    seen: dict[str, tuple[str, ast.expr]] = {}
+    for m in acc.masks:
+        if m in seen:
+            continue
+        if m in acc.counters:
+            seen[m] = ("counter", ast.Name(m, ast.Load()))
+        elif m in acc.selected_when:
+            seen[m] = ("host", acc.selected_when[m])
+        elif host and m in plan.index_tests:
+            seen[m] = ("host", plan.index_tests[m])
+        else:  # one output per mask, shared
+            value = plan.sub(f"o[{plan.outputs.index(m)}]", o=plan.outs) \
+                if m in plan.outputs else plan.output(m)
+            seen[m] = ("flag" if m in acc.flags else "mask", value)
+    return list(seen.values())
+
+
+def _any_iteration(plan: LoopPlan, tests: list[ast.expr]) -> ast.expr:
+    """Whether one of ``tests`` (on loop indices: Python ints) holds in an iteration, on the
+    host as the original evaluates them: no device read; it stops at the first that does."""
+    it = plan.iteration
+    test = tests[0] if len(tests) == 1 else ast.BoolOp(ast.Or(), tests)
+    found = plan.sub("any(t for i in range(a, b, s))", t=test, i=it.index, a=it.start,
+                     b=it.stop, s=it.step)
+    ast_marks.put(found.args[0], ast_marks.GENERATED, True)
+    return found
+
+
+def _on_host(ctx: PassContext, test: ast.expr) -> ast.expr:
+    """``test`` run eagerly under torch.compile: Dynamo would unroll its loop over sizes,
+    specialising them (one graph per batch size)."""
+    return replace("r(lambda: t)", loc=test, torch_name=ctx.torch_name,
+                   r=ctx.bind(run_eagerly, "run_eagerly"), t=test)
+
+
+def _exported_selection(plan: LoopPlan, name: str, acc: Accumulator, folds: list[ast.stmt],
+                        ctx: PassContext) -> list[ast.stmt]:
+    """An inner loop's ``folds`` of ``name`` stay (they add only selected values), marked with
+    what tells whether an iteration selected one: the outer loop guards its own fold of
+    ``name`` by it (``_when_selected``); a guard here would be a tensor condition of the outer
+    body. Under conditions on loop indices only, the Python test of the outer index (the outer
+    loop tests it on the host); else a counter, which the outer loop sums like its other
+    accumulators."""
+    selections = _selections(plan, acc)
+    stored = [s for s in folds if name in stores(s)]
+    if all(kind == "host" for kind, _ in selections):
+        test = _any_iteration(plan, [t for _, t in selections])
+        for s in stored:
+            ast_marks.put(s, ast_marks.SELECTED_WHEN, test)
+        return []
+    if acc.selected_when or len(acc.counters) > 1:
+        raise Unsupported(f"`{name}` is updated in inner loops under conditions of more than one "
+                          "kind or loop: whether any iteration updates it is not known in one "
+                          "counter", plan.node.lineno)
+    # an inner loop's counter counts this loop's selections too (one counter per accumulator:
+    # a second one adding the first would read an accumulator of the outer loop)
+    counter = next(iter(acc.counters), None) or ctx.namer.new(f"{name}_selected")
+    for s in stored:
+        ast_marks.put(s, ast_marks.SELECTED_BY, counter)
+    selections = [(k, v) for k, v in _selections(plan, acc, host=False) if k != "counter"]
+    if not selections:
+        return []
+    terms = {"mask": "{m}.sum()", "flag": "torch.as_tensor({m}).sum()"}
+    count = " + ".join(terms[kind].format(m=f"m{k}") for k, (kind, _) in enumerate(selections))
+    return plan.sub(f"c = c + ({count})", c=counter,
+                    **{f"m{k}": v for k, (_, v) in enumerate(selections)})
+
+
+def _when_selected(plan: LoopPlan, name: str, acc: Accumulator, folds: list[ast.stmt],
+                   ctx: PassContext) -> ast.If:
     """``folds`` run only when an iteration was selected: with none, ``name`` stays what it was
     before the loop, as in the original (a Python number keeps its type and value, and gets no
     gradient). One host sync, as the original's ``if`` had one per iteration; none for a tensor
-    (its folds are the original's value either way)."""
-    masks = {m: plan.sub(f"o[{plan.outputs.index(m)}]", o=plan.outs) if m in plan.outputs
-             else plan.output(m) for m in acc.masks}  # one output per mask, shared
-    # a flag of a Python condition is a bool in the batched form, a tensor when mapped
-    test = " or ".join(f"torch.as_tensor(m{k}).any()" if m in acc.flags else f"m{k}.any()"
-                       for k, m in enumerate(masks))
+    (its folds are the original's value either way), nor for conditions on loop indices only
+    (tested on the host first, as the original did)."""
+    selections = _selections(plan, acc)
+    hosts = [t for kind, t in selections if kind == "host"]
+    selections = [(k, v) for k, v in selections if k != "host"]
+    terms = {"mask": "{m}.any()", "flag": "torch.as_tensor({m}).any()", "counter": "{m}.any()"}
+    tests = ["h"] * bool(hosts) + [terms[kind].format(m=f"m{k}")
+                                   for k, (kind, _) in enumerate(selections)]
+    test = " or ".join(tests)
     if name not in plan.zeros:  # the int 0 otherwise
         test = f"isinstance(s, torch.Tensor) or {test}"
-    node = plan.sub(f"if {test}:\n    pass", s=name,
-                    **{f"m{k}": m for k, m in enumerate(masks.values())})[0]
+    subs = {f"m{k}": v for k, (_, v) in enumerate(selections)}
+    if hosts:
+        subs["h"] = _on_host(ctx, _any_iteration(plan, hosts))
+    node = plan.sub(f"if {test}:\n    pass", s=name, **subs)[0]
     node.body = folds
     return node
 

@@ -45,7 +45,7 @@ import importlib
 from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, Transformer, is_name, replace, walk
+from ..ast_tools import PassContext, Transformer, clone, is_name, replace, walk
 from ..errors import Unsupported
 from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores, stores_in,
                             variant_names)
@@ -236,22 +236,40 @@ class _HostToTensor(Transformer):
                 if k in rules.HOST_WEAK else x for x, k in zip(operands, kinds)]
 
     def _twin(self, s: ast.stmt) -> list[ast.stmt]:
-        """``s += <host number>`` (``-=``, ``s = s + ...``): Python sums those in float64; so does
-        a twin sum ``_s_wide`` of the values as float64, which the fold returns."""
+        """``s += <host number>`` (``-=``, ``s = s + a.item() - b.item()``): Python sums those
+        in float64; so does a twin sum ``_s_wide`` of the values as float64, which the fold
+        returns."""
         if isinstance(s, ast.AugAssign):
-            target, op, value = s.target, s.op, s.value
-        elif isinstance(s, ast.Assign) and isinstance(s.value, ast.BinOp) \
-                and is_name(s.value.left, getattr(s.targets[0], "id", None)):
-            target, op, value = s.targets[0], s.value.op, s.value.right
+            target, terms = s.target, [(s.op, s.value)]
+        elif isinstance(s, ast.Assign) and len(s.targets) == 1:
+            target, terms = s.targets[0], _terms_after(s.value, getattr(s.targets[0], "id", None))
         else:
             return []
-        if not (isinstance(target, ast.Name) and isinstance(op, (ast.Add, ast.Sub))
-                and ast_marks.get(value, ast_marks.HOST_NUMBER) in rules.NUMBER_FOLD_WIDE):
+        kinds = [_number(v) for _, v in terms]
+        if not (isinstance(target, ast.Name) and terms
+                and all(isinstance(op, (ast.Add, ast.Sub)) for op, _ in terms)
+                and all(k in rules.NUMBER_FOLD_WIDE or k == "const" for k in kinds)
+                and any(k in rules.NUMBER_FOLD_WIDE for k in kinds)):
             return []
         twin = self.wide.setdefault(target.id, self.ctx.namer.new(f"{target.id}_wide"))
-        sign = "+" if isinstance(op, ast.Add) else "-"
-        double = self.double.get(id(value)) or self._sub("v.double()", s, v=value)
-        return self._sub(f"w = w {sign} v", s, w=twin, v=double)
+        signs = "".join(f" {'+' if isinstance(op, ast.Add) else '-'} v{k}"
+                        for k, (op, _) in enumerate(terms))
+        return self._sub(f"w = w{signs}", s, w=twin,
+                         **{f"v{k}": self._in_float64(v) for k, (_, v) in enumerate(terms)})
+
+    def _in_float64(self, x: ast.expr) -> ast.expr:
+        """A host number's value as Python computes it, in float64: the operands of its
+        arithmetic widened first (``a.item() + b.item()`` adds two doubles)."""
+        if id(x) in self.double:
+            return self.double[id(x)]
+        if _number(x) == "const":
+            return clone(x)
+        if isinstance(x, ast.BinOp) and isinstance(x.op, _EXACT_IN_FLOAT64) and _number(x):
+            return ast.copy_location(ast.BinOp(self._in_float64(x.left), x.op,
+                                               self._in_float64(x.right)), x)
+        if isinstance(x, ast.UnaryOp) and isinstance(x.op, ast.USub) and _number(x):
+            return ast.copy_location(ast.UnaryOp(ast.USub(), self._in_float64(x.operand)), x)
+        return self._sub("v.double()", x, v=x)
 
     def _count_raises(self, node: ast.Call, op: ops.OpSpec, function: str,
                       e: ast.expr) -> None:
@@ -327,6 +345,19 @@ class _HostToTensor(Transformer):
         if op.host_pair is not None and len(args) == 2:
             return self._sub(op.host_pair, node, a=args[0], b=args[1])
         return node
+
+
+# Python's float arithmetic that float64 tensors compute alike (one IEEE operation each)
+_EXACT_IN_FLOAT64 = (ast.Add, ast.Sub, ast.Mult, ast.Div)
+
+
+def _terms_after(value: ast.expr, name: str | None) -> list[tuple[ast.operator, ast.expr]]:
+    """``[(op, t), ...]`` of ``name op t op t ...`` (left to right), or []."""
+    terms = []
+    while isinstance(value, ast.BinOp) and isinstance(value.op, (ast.Add, ast.Sub)):
+        terms.insert(0, (value.op, value.right))
+        value = value.left
+    return terms if is_name(value, name) else []
 
 
 def _number(x: ast.expr) -> str | None:

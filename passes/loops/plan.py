@@ -55,6 +55,10 @@ class Accumulator:
     rebound: bool = False        # updated by ``s = s + e``, not ``s += e``
     masks: list[str | None] = field(default_factory=list)  # each update's mask (None: none)
     flags: set[str] = field(default_factory=set)  # ... those set under a Python condition
+    # ... those that are inner loops' counters of the iterations selecting their updates
+    counters: set[str] = field(default_factory=set)
+    # ... those that are inner loops' Python tests on loop indices: name -> the test
+    selected_when: dict[str, ast.expr] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +150,7 @@ class LoopPlan:
     # Effects under masks: id(stmt) -> (its value made safe under the mask, the mask or None).
     masked: dict[int, tuple[ast.expr, str | None]] = field(default_factory=dict)
     index_masks: set[str] = field(default_factory=set)  # ... of conditions on loop indices only
+    index_tests: dict[str, ast.expr] = field(default_factory=dict)  # ... as the Python tests
     uses_where: bool = False
     # What leaves an iteration: returned as ``outs``, folded / stored after the loop by ``folds``.
     init: list[ast.stmt] = field(default_factory=list)    # top of the body: partials' identities

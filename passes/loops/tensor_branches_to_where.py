@@ -89,12 +89,15 @@ class _Converter:
         name, stmts = self._mask("torch.logical_and(p, c)", loc, p=pred, c=cond)
         if {pred, cond} <= self.plan.index_masks:
             self.plan.index_masks.add(name)
+            tests = self.plan.index_tests
+            tests[name] = self._sub("p and c", loc, p=tests[pred], c=tests[cond])
         return name, stmts
 
     def _negated(self, cond: str, loc: ast.AST) -> tuple[str, list[ast.stmt]]:
         name, stmts = self._mask("torch.logical_not(c)", loc, c=cond)
         if cond in self.plan.index_masks:
             self.plan.index_masks.add(name)
+            self.plan.index_tests[name] = self._sub("not c", loc, c=self.plan.index_tests[cond])
         return name, stmts
 
     def block(self, stmts: list[ast.stmt], pred: str | None, defined: set[str]) -> list[ast.stmt]:
@@ -136,6 +139,7 @@ class _Converter:
         out = self._flush() + self._sub("c = torch.ne(t, 0)", s, c=cond, t=test)
         if self._on_indices(s.test):
             self.plan.index_masks.add(cond)
+            self.plan.index_tests[cond] = clone(s.test)
         then_pred, more = self._and(pred, cond, s)
         out += more
         body = s.body[:-1] if s.body and isinstance(s.body[-1], ast.Continue) else s.body
