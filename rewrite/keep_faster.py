@@ -86,8 +86,7 @@ def size_band(args: tuple, kwargs: dict) -> int:
 
 def elements(args: tuple, kwargs: dict) -> int:
     """Elements in the tensor arguments of a call (at least 1)."""
-    return max(1, sum(t.numel() for t in tree_flatten((args, kwargs))[0]
-                      if isinstance(t, torch.Tensor)))
+    return max(1, sum(t.numel() for t in _tensors((args, kwargs))))
 
 
 _FLOOR: list[float] = []  # iteration_floor's measurement, once per process
@@ -128,23 +127,23 @@ def timed_call(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, Timing]:
     """``fn(*args, **kwargs)`` and its ``Timing``: forward time (``_Clock``), waiting for the
     device's queued work at both ends; its backward filled in by hooks when it runs. Tests
     replace it with a fake that makes one form slower."""
-    devices = _devices((args, kwargs))
+    inputs = _tensors((args, kwargs))  # once: arguments can hold lists of hundreds of tensors
+    devices = _devices(inputs)
     _sync(devices)
     clock = _Clock(cpu=not devices)
     out = fn(*args, **kwargs)
-    _sync(_devices(out) | devices)
+    _sync(_devices(_tensors(out)) | devices)
     timing = Timing(clock.seconds())
-    _time_backward(out, args, kwargs, timing, cpu=not devices)
+    _time_backward(out, inputs, timing, cpu=not devices)
     return out, timing
 
 
-def _time_backward(out: Any, args: tuple, kwargs: dict, timing: Timing, cpu: bool) -> None:
+def _time_backward(out: Any, inputs: list[torch.Tensor], timing: Timing, cpu: bool) -> None:
     """Hooks that set ``timing.backward``: from the backward reaching an output to the gradient
-    of the last input that requires grad. Where hooks cannot be set (a functorch transform),
-    the forward alone counts."""
-    outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    ins = [t for t in tree_flatten((args, kwargs))[0]
-           if isinstance(t, torch.Tensor) and t.requires_grad]
+    of the last of the tensor ``inputs`` that requires grad. Where hooks cannot be set (a
+    functorch transform), the forward alone counts."""
+    outs = [t for t in _tensors(out) if t.grad_fn is not None]
+    ins = [t for t in inputs if t.requires_grad]
     if not outs or not ins:
         return
     started: list[_Clock] = []
@@ -163,10 +162,13 @@ def _time_backward(out: Any, args: tuple, kwargs: dict, timing: Timing, cpu: boo
         pass
 
 
-def _devices(tree: Any) -> set[torch.device]:
-    """The devices other than the CPU that the tensors of ``tree`` are on."""
-    return {t.device for t in tree_flatten(tree)[0]
-            if isinstance(t, torch.Tensor) and t.device.type != "cpu"}
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
+def _devices(tensors: list[torch.Tensor]) -> set[torch.device]:
+    """The devices other than the CPU that ``tensors`` are on."""
+    return {t.device for t in tensors if t.device.type != "cpu"}
 
 
 def _sync(devices: set[torch.device]) -> None:

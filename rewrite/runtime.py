@@ -655,8 +655,9 @@ def _detached(value: Any) -> Any:
 
 # The report keeps the latest choices of form (one per band of signatures).
 FORMS_SHOWN = 16
-# Items at each end of a long list or tuple that its signature key reads (``signature_key``).
-ENDS_KEYED = 2
+# A list or tuple of at most this many items is keyed by every item, a longer one by its
+# length, first and last item (``signature_key``).
+ITEMS_KEYED = 4
 # Input signatures whose decision (verified, compiled and checked, timed) is kept.
 SIGNATURES_KEPT = 1024
 
@@ -669,10 +670,11 @@ def _on_meta(args: tuple, kwargs: dict) -> bool:
 
 def signature_key(args: tuple, kwargs: dict) -> tuple:
     """What selects a specialisation. Hot path: called on every call, so a list or tuple of more
-    than ``2 * ENDS_KEYED`` items is keyed by its length and its first and last ``ENDS_KEYED``
-    items only: keying hundreds of tensors (a list per step of a rollout) costs a good part of
-    what a loss over them does, and such lists hold items of one kind. (A list that differs in
-    its middle only shares its ends' specialisation; the rewrite's own checks still hold.)"""
+    than ``ITEMS_KEYED`` items is keyed by its length and its first and last items only: keying
+    hundreds of tensors (a list per step of a rollout) costs a good part of what a loss over
+    them does, and such lists hold items of one kind, the last one sometimes shorter (a last
+    chunk). A list that differs in its middle only shares its ends' specialisation; the rewrite's
+    own checks still hold, and the original is right whatever the items."""
     return (tuple(map(_leaf_key, args)),
             tuple((k, _leaf_key(v)) for k, v in kwargs.items()) if kwargs else (),
             torch.is_grad_enabled())
@@ -684,9 +686,8 @@ def _leaf_key(a: Any) -> Any:
     if a is None or isinstance(a, (str, bool)):
         return a  # such values usually select code paths (reduction="mean")
     if isinstance(a, (list, tuple)):
-        if len(a) > 2 * ENDS_KEYED:  # its length and its ends: see ``signature_key``
-            return (type(a), tuple(map(_leaf_key, a[:ENDS_KEYED])), len(a),
-                    tuple(map(_leaf_key, a[-ENDS_KEYED:])))
+        if len(a) > ITEMS_KEYED:  # its length and its ends: see ``signature_key``
+            return (type(a), len(a), _leaf_key(a[0]), _leaf_key(a[-1]))
         return (type(a), tuple(map(_leaf_key, a)))
     if isinstance(a, dict):
         return (dict, tuple((k, _leaf_key(v)) for k, v in a.items()))
@@ -707,14 +708,15 @@ def _describe_leaf(leaf: Any) -> str:
         return f"{str(dtype).replace('torch.', '')}{list(shape)}" + (":grad" if requires_grad else "")
     if isinstance(leaf, type):
         return leaf.__name__
-    if isinstance(leaf, tuple) and len(leaf) in (2, 4) and leaf[0] in (list, tuple, dict):
-        kind, items = leaf[:2]  # a container: its items' keys (a dict's as (key, item key) pairs)
+    if isinstance(leaf, tuple) and len(leaf) == 4 and leaf[0] in (list, tuple):
+        kind, length, first, last = leaf  # a long list keyed by its length and its ends
+        first, last = _describe_leaf(first), _describe_leaf(last)
+        return (f"{kind.__name__}[{length} x {first}]" if first == last
+                else f"{kind.__name__}[{length} items: {first}, ..., {last}]")
+    if isinstance(leaf, tuple) and len(leaf) == 2 and leaf[0] in (list, tuple, dict):
+        kind, items = leaf  # a container: its items' keys (a dict's as (key, item key) pairs)
         shown = [f"{k!r}: {_describe_leaf(v)}" for k, v in items] if kind is dict else list(map(
             _describe_leaf, items))
-        if len(leaf) == 4:  # a long list keyed by its length and its ends
-            ends = shown + list(map(_describe_leaf, leaf[3]))
-            shown = ([f"{leaf[2]} x {ends[0]}"] if len(set(ends)) == 1
-                     else [f"{leaf[2]} items: {', '.join(shown)}, ..., {', '.join(ends[len(shown):])}"])
         return f"{kind.__name__}[{', '.join(shown)}]"
     return repr(leaf)
 

@@ -593,7 +593,7 @@ def test_a_long_list_is_keyed_by_its_length_and_its_ends():
     assert key(2) == key(3) != signature_key(([torch.zeros(2)] * 22,), {})
     assert describe_key(key(2)) == "(list[21 x float32[2]])"
     ragged = signature_key(([torch.zeros(1)] * 9 + [torch.zeros(2)] * 9,), {})
-    assert describe_key(ragged) == "(list[18 items: float32[1], float32[1], ..., float32[2], float32[2]])"
+    assert describe_key(ragged) == "(list[18 items: float32[1], ..., float32[2]])"
 
 
 def test_signatures_of_containers_read_as_their_items():
