@@ -14,7 +14,7 @@ from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
                optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops,
-               share_common_subexpressions)
+               share_common_subexpressions, traceable_dtype_queries)
 from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
 
@@ -33,6 +33,9 @@ AST_PIPELINE: list = [
     # (a shared value read by name would hide an idiom's operands from it)
     share_common_subexpressions,
     optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
+    # after every pass that emits vectorized forms: it rewrites their dtype queries, which
+    # the loop stages read as torch functions (ops of the registry)
+    traceable_dtype_queries,
     outline_kept_loops,  # last: the loops every other pass left as loops (and their calls)
 ]
 

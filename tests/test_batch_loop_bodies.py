@@ -411,3 +411,45 @@ def test_triplet_hardest_runs_without_vmap(monkeypatch):
     source = opt.report.rewritten_source
     assert [loop.strategy for loop in opt.report.loops] == ["batched"], opt.report
     assert "_squared_distances(" in source and "labels == _labels_row[:, None]" in source, source
+
+
+# the written tensor's value before the loop, where the condition keeps it, read at the index
+KEPT_VALUE = """
+def f(x, base, a: int, s: int):
+    out = base * 1
+    for j in range(a, x.shape[0], s):
+        if x[j] > 0:
+            out[j] = x[j] * 2
+    return out
+"""
+
+
+def test_rows_at_the_loop_index_golden():
+    """``out[j]`` at the index of ``range(a, b, s)`` (int literals): the rows of a slice,
+    copied as the gather with the index tensor copies them, behind ``0 <= b <= len(out)``."""
+    _, _, code, _ = build(KEPT_VALUE.replace("a, x.shape[0], s", "1, x.shape[0], 2"))
+    assert "out[1:x.shape[0]:2].clone()" in code, code
+    assert "out.dim() > 0 and 0 <= x.shape[0] <= out.shape[0]" in code, code
+    _, _, code, _ = build(KEPT_VALUE)  # bounds that are not literals: the gather
+    assert "out[j]" in code and ".clone()" not in code, code
+
+
+@pytest.mark.parametrize("start, step", [(0, 1), (1, 2)])
+@pytest.mark.parametrize("extra", [0, 3])  # out longer than the loop
+def test_rows_at_the_loop_index_equivalent(start, step, extra, monkeypatch):
+    src = KEPT_VALUE.replace("a, x.shape[0], s", f"{start}, x.shape[0], {step}")
+    original, optimized, _, _ = build(src)
+    monkeypatch.setattr(torch, "vmap", None)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([0.5, -1.0, float("nan"), 2.0, float("inf"), 0.0], dtype=dtype)
+        base = torch.randn(6 + extra, dtype=dtype)
+        assert_equivalent(original, optimized, x.requires_grad_(), base.requires_grad_(), 0, 0)
+
+
+def test_rows_at_the_loop_index_beyond_the_tensor_raise_as_the_original():
+    original, optimized, _, _ = build(KEPT_VALUE.replace("a, x.shape[0], s", "0, x.shape[0], 1"))
+    x, base = torch.ones(5), torch.zeros(3)  # the slice would stop at 3, the loop does not
+    with pytest.raises(IndexError):
+        original(x, base, 0, 0)
+    with pytest.raises((IndexError, RuntimeError)):
+        optimized(x, base, 0, 0)

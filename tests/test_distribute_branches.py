@@ -105,7 +105,7 @@ GOLDEN = {
                     _m_row = m if len(x) == m.shape[0] else m[0:len(x):1]
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _cond = torch.ne(_m_row > 0, 0)
+                    _cond = torch.ne(_m_row > 0, False)
                     _t = F.mse_loss(torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, torch.zeros_like(_y_row)), reduction='none')
                     _value = _t.reshape(len(_t), -1).mean(1)
                     _mask = torch.logical_not(_cond)
@@ -115,7 +115,7 @@ GOLDEN = {
                 else:
 
                     def _body(_m_row, _x_row, _y_row):
-                        _cond = torch.ne(_m_row > 0, 0)
+                        _cond = torch.ne(_m_row > 0, False)
                         _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, 0, _value)
@@ -146,7 +146,7 @@ GOLDEN = {
                     i = torch.arange(0, len(x), 1, device=x.device)
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _cond = torch.ne(i == skip, 0)
+                    _cond = torch.ne(i == skip, False)
                     _value = 0
                     _mask = torch.logical_not(_cond)
                     _t = F.mse_loss(torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _y_row.shape[1:]]), _y_row, torch.zeros_like(_y_row)), reduction='none')
@@ -156,7 +156,7 @@ GOLDEN = {
                 else:
 
                     def _body(i, _x_row, _y_row):
-                        _cond = torch.ne(i == skip, 0)
+                        _cond = torch.ne(i == skip, False)
                         _value = 0
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, F.mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row))), _value)
@@ -187,7 +187,7 @@ GOLDEN = {
                     _m_row = m if len(x) == m.shape[0] else m[0:len(x):1]
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _cond = torch.ne(_m_row, 0)
+                    _cond = torch.ne(_m_row, False)
                     _t = F.mse_loss(torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, torch.zeros_like(_y_row)), reduction='none')
                     _value = _t.reshape(len(_t), -1).mean(1)
                     _mask = torch.logical_not(_cond)
@@ -197,7 +197,7 @@ GOLDEN = {
                 else:
 
                     def _body(_m_row, _x_row, _y_row):
-                        _cond = torch.ne(_m_row, 0)
+                        _cond = torch.ne(_m_row, False)
                         _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, 0, _value)

@@ -55,7 +55,7 @@ GOLDEN = {
                     _m_row = m if len(x) == m.shape[0] else m[0:len(x):1]
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _cond = torch.ne(_m_row < 0, 0)
+                    _cond = torch.ne(_m_row < 0, False)
                     _value = 0
                     _mask = torch.logical_not(_cond)
                     _t = F.mse_loss(torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _y_row.shape[1:]]), _y_row, torch.zeros_like(_y_row)), reduction='none')
@@ -65,7 +65,7 @@ GOLDEN = {
                 else:
 
                     def _body(_m_row, _x_row, _y_row):
-                        _cond = torch.ne(_m_row < 0, 0)
+                        _cond = torch.ne(_m_row < 0, False)
                         _value = 0
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, F.mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row))), _value)

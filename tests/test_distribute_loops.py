@@ -111,7 +111,7 @@ GOLDEN = {
                     _t = _y_row.unsqueeze(1)
                     _t_1 = F.cross_entropy(_x_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
                     l = _t_1.sum(1) / (_t != -100).sum(1)
-                    _cond = torch.ne(l.detach().double() > th, 0)
+                    _cond = torch.ne(l.detach().double() > th, False)
                     _t_2 = torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, _y_row.detach()).unsqueeze(1)
                     _t_3 = F.cross_entropy(torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, _x_row.detach()).unsqueeze(1).flatten(0, 1), _t_2.flatten(), reduction='none', ignore_index=-100).view(_t_2.shape)
                     _hard_item = _t_3.sum(1) / (_t_2 != -100).sum(1)
@@ -120,7 +120,7 @@ GOLDEN = {
 
                     def _body(_x_row, _y_row):
                         l = F.cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
-                        _cond = torch.ne(l.detach().double() > th, 0)
+                        _cond = torch.ne(l.detach().double() > th, False)
                         _hard_item = F.cross_entropy(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, _x_row.detach()).unsqueeze(0), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, _y_row.detach()).unsqueeze(0))
                         return (torch.as_tensor(_hard_item), torch.as_tensor(_cond))
                     _outs = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])

@@ -1007,7 +1007,7 @@ _hit = torch.eq(torch.arange(0, cs.shape[0], 1, device=j.device if isinstance(j,
 _own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)) / 2, dim=0)
 # body
 _sel = k == j
-_keep = torch.logical_not(torch.ne(_sel, 0))
+_keep = torch.logical_not(torch.ne(_sel, False))
 _t = cs[k]
 c = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t.shape]), _t, torch.full_like(_t, 1))
 _sim = F.cosine_similarity(e, c, dim=0)
@@ -1061,7 +1061,7 @@ False
 """,
      """
 # body
-_cond = torch.ne(_x_row > 0, 0)
+_cond = torch.ne(_x_row > 0, False)
 total = total + torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 1).sqrt()
 # masked
 torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 1).sqrt() under _cond

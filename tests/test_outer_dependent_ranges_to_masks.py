@@ -261,7 +261,7 @@ def test_the_outer_loop_inlines_the_vmap_form_and_the_folds():
     assert show(plan, ("body", "uses_where")) == """# body
 def _body(j, _x_row):
     _loss_part = 0
-    _cond = torch.ne(j < i, 0)
+    _cond = torch.ne(j < i, False)
     _loss_part = _loss_part + torch.where(_cond, torch.where(_cond.reshape(_branch_shape[\
 _cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 0)
     return (torch.as_tensor(_loss_part),)

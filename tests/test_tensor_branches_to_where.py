@@ -2,6 +2,8 @@
 double-where that keeps NaN/inf of deselected branches out of the gradients."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -144,3 +146,30 @@ def test_drifted_ops_under_a_tensor_condition_are_equivalent(expr, dtype):
     t = torch.tensor([1.0, -1.0, 1.0, 1.0, 0.0, 1.0], dtype=dtype)
     assert finite_grads(optimized, x, y, t)
     assert_equivalent(original, optimized, x.requires_grad_(), y.requires_grad_(), t)
+
+
+TRUTH = """
+def f(x, m):
+    s = 0
+    for i in range(len(x)):
+        if m[i] and not m[i] == 2:
+            s = s + x[i] * 2
+        else:
+            s = s - x[i]
+    return s
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64, torch.float16,
+                                   torch.float32, torch.float64, torch.complex64])
+def test_the_truth_of_a_condition_in_every_dtype(dtype):
+    """``torch.ne(c, False)`` is the truth of ``c`` in every dtype: 0, -0.0 false; NaN, inf,
+    tiny values true (a bool ``c`` stays bool, not compared as int64)."""
+    original, optimized, code, _ = build(TRUTH)
+    assert "torch.ne(_m_row, False)" in code and not re.search(r"torch\.ne\([^()]*, 0\)", code)
+    values = [0.0, -0.0, float("nan"), float("inf"), 1e-30, 1.0, 2.0, 1.0]
+    m = torch.tensor([v != 0 for v in values]) if dtype == torch.bool \
+        else torch.tensor([v if v == v and abs(v) < 3 else 5.0 for v in values]).to(dtype) \
+        if not (dtype.is_floating_point or dtype.is_complex) else torch.tensor(values).to(dtype)
+    x = torch.randn(len(values), dtype=torch.float64, requires_grad=True)
+    assert_equivalent(original, optimized, x, m)

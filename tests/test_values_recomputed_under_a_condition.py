@@ -51,7 +51,7 @@ def test_golden_recomputed_from_inputs_detached_where_deselected():
                     s = s + l
             return s
         """)
-    assert "_cond = torch.ne(l.sum() > th, 0)" in code
+    assert "_cond = torch.ne(l.sum() > th, False)" in code
     assert "torch.log(torch.where(_cond.reshape(" in code and "x[i].detach()" not in code
     assert ", _x_row, _x_row.detach()))" in code, code
 

@@ -650,7 +650,7 @@ GOLDEN_MASKED = ("""
                 _target_row = _target_stacked if len(_target_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_target_stacked):1]
                 _logp_row = _logp_stacked if len(_target_stacked) == _logp_stacked.shape[0] else _logp_stacked[0:len(_target_stacked):1]
                 _loss_part = 0
-                _cond = torch.ne(_target_row < 0, 0)
+                _cond = torch.ne(_target_row < 0, False)
                 _mask = torch.logical_not(_cond)
                 _t = _logp_row[torch.arange(len(_logp_row), device=_logp_row.device), torch.where(_mask, _target_row, torch.zeros_like(_target_row))]
                 _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _t.shape[1:]]), _t, torch.zeros_like(_t)), 1)), 0).sum(0)
@@ -659,7 +659,7 @@ GOLDEN_MASKED = ("""
 
                 def _body(_target_row, _logp_row):
                     _loss_part = 0
-                    _cond = torch.ne(_target_row < 0, 0)
+                    _cond = torch.ne(_target_row < 0, False)
                     _mask = torch.logical_not(_cond)
                     _t = _logp_row[torch.where(_mask, _target_row, torch.zeros_like(_target_row))]
                     _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_branch_shape[_mask.shape, _t.shape]), _t, torch.zeros_like(_t)), 1)), 0)

@@ -18,7 +18,8 @@ vary stay as they are, and no vmap (nor its per-op dispatch) runs::
 The batched forms: elementwise ops and arithmetic as they are; reductions of all elements
 ``x.sum()`` -> ``x.sum(<the item dims>)``; ``dim=d`` -> ``dim=d + 1`` (negative dims
 unchanged); ``x[k, 1:]`` with fixed entries -> ``x[:, k, 1:]``; the gather ``x[idx]`` ->
-``x[torch.arange(len(x), device=x.device), idx]`` (``w[idx]`` unchanged when ``w`` does not vary);
+``x[torch.arange(len(x), device=x.device), idx]`` (``w[idx]`` unchanged when ``w`` does not vary;
+``w[i]`` at the index of ``range(a, b, s)``, int literals ``a``, ``s``: ``w[a:b:s].clone()``);
 ``F.mse_loss(a, b)`` and the other pointwise losses -> ``F.mse_loss(a, b, reduction="none")``
 averaged per item; ``F.cross_entropy(x, t)`` on [N, C] items -> ``reduction="none"`` summed per item
 over the count of non-ignored targets (what the mean divides by); ``torch.dot(a, b)`` ->
@@ -191,6 +192,7 @@ class _Batcher(Scope):
         self.averaged = averaged
         self.totals: set[str] = set()        # summed outputs holding their sum over the loop
         self.zeros: set[str] = set()          # names bound to the int 0 (a partial's start)
+        self.index: tuple[str, ast.Call] | None = None  # the loop index and its arange
 
     def run(self, body: list[ast.stmt], params: list[Param], outputs: list[str],
             outs: str, detached: set[str]) -> tuple[ast.expr | None, list]:
@@ -199,6 +201,8 @@ class _Batcher(Scope):
         stmts = []
         for p in params:
             self.vals[p.name] = Val(True, p.rank, p.integer, source=_source(p))
+            if not p.rank.terms and p.name not in self.assigned:
+                self.index = p.name, p.batched
             if _source(p) is not None:
                 self.inputs.add(_source(p))
             stmts += self.sub("p = x", p=p.name, x=p.batched)
@@ -412,6 +416,9 @@ class _Batcher(Scope):
             if not isinstance(base, ast.Name):  # (vectorize_loops checks names the loop indexes)
                 self.check(f"isinstance({text}, torch.Tensor)")
             rank = iv.rank + Rank.of(f"{text}.dim()") - 1
+            rows = self._rows_at_index(base, text, idx)
+            if rows is not None:
+                return rows, Val(True, rank)
             return ast.copy_location(ast.Subscript(base, idx, ast.Load()), node), Val(True, rank)
         if bv.rank is None:
             raise Unsupported(f"`{unparse(node)}`: per-item rank unknown")
@@ -420,6 +427,24 @@ class _Batcher(Scope):
         base = self.named(base)
         new = self.sub("x[torch.arange(len(x), device=x.device), i]", x=base, i=idx)
         return new, Val(True, bv.rank - 1)
+
+    def _rows_at_index(self, w: ast.expr, text: str, idx: ast.expr) -> ast.expr | None:
+        """``w[i]``, ``i`` the index of ``range(a, b, s)`` (int literals ``a >= 0``, ``s > 0``):
+        all at once ``w[a:b:s].clone()``, the rows the gather ``w[torch.arange(a, b, s)]``
+        copies, without an index tensor (Inductor then runs the elementwise ops over them as
+        one flat loop), behind the check ``0 <= b <= len(w)`` (else the vmapped form raises as
+        the original). None: not this pattern."""
+        if self.index is None or not (isinstance(idx, ast.Name) and idx.id == self.index[0]):
+            return None
+        arange = self.index[1]
+        if not (isinstance(arange, ast.Call) and len(arange.args) == 3):
+            return None
+        a, b, s = arange.args
+        if not (type(literal(a)) is int and literal(a) >= 0
+                and type(literal(s)) is int and literal(s) > 0):
+            return None
+        self.check(f"{text}.dim() > 0 and 0 <= {unparse(b)} <= {text}.shape[0]")
+        return self.sub("w[a:b:s].clone()", w=w, a=a, b=b, s=s)
 
     def _fixed_gather(self, node: ast.Subscript, entries: list[ast.expr]):
         """``w[i, j]``: a fixed ``w`` at fixed ints ``i``, then a loop-varying index ``j`` ->

@@ -13,7 +13,7 @@ D] intermediate where N x M cosines of [D] vectors suffice)::
             c = (s - e) / (m - 1)   ->   _own = F.cosine_similarity(_fixed_operand(_hit, e), ...)
         else:                            (the body)
             c = cs[k]                    _sel = k == j
-        r = w * F.cosine_similarity(     _keep = torch.logical_not(torch.ne(_sel, 0))
+        r = w * F.cosine_similarity(     _keep = torch.logical_not(torch.ne(_sel, False))
             e, c)                        c = torch.where(_keep, cs[k], 1)  (shaped)
                                          _sim = F.cosine_similarity(e, c)
                                          _sim = torch.where(_sel, _own, _sim)
@@ -53,7 +53,7 @@ _READS = (ast.Name, ast.Subscript, ast.Constant, ast.Slice, ast.Tuple, ast.expr_
 _SIMPLE = (ast.Assign, ast.AugAssign, ast.Expr)
 _PER_ITEM = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.IfExp,
              ast.BoolOp, ast.NamedExpr)
-_KEEP = "t = test\nm = torch.logical_not(torch.ne(t, 0))"
+_KEEP = "t = test\nm = torch.logical_not(torch.ne(t, False))"
 _SUNK = """
 v = torch.where(m.reshape(h[m.shape, x.shape]), x, torch.full_like(x, safe))
 r = call

@@ -4,12 +4,12 @@ Under ``torch.vmap`` a condition on a loop-varying tensor cannot steer Python co
 both branches run and a per-iteration mask selects. Python conditions (not loop-varying) stay
 ``if`` statements. With ``_c`` a fresh name::
 
-    if y[i] > 0.5:                       _c = torch.ne(y[i] > 0.5, 0)
+    if y[i] > 0.5:                       _c = torch.ne(y[i] > 0.5, False)
         t = torch.log(p[i])        ->    t = torch.log(torch.where(_c, <p[i], 0 where not _c>, 1))
     else:                                _nc = torch.logical_not(_c)
         t = torch.log(1 - p[i])          t = torch.where(_nc, torch.log(torch.where(_nc, 1 - p[i], 1)), t)
 
-    if target[i] == ignore:              _c = torch.ne(target[i] == ignore, 0)
+    if target[i] == ignore:              _c = torch.ne(target[i] == ignore, False)
         continue                   ->    _keep = torch.logical_not(_c)
     loss += -logp[i, target[i]]          (contribution masked by _keep; index where(_keep, target[i], 0))
 
@@ -136,7 +136,9 @@ class _Converter:
         """The branches under their masks; returns (condition name, statements)."""
         cond = self.ctx.namer.new("cond")
         test = _tensor_logic(self.expr(s.test, pred), self.ctx)
-        out = self._flush() + self._sub("c = torch.ne(t, 0)", s, c=cond, t=test)
+        # ``ne(t, False)``: the truth of ``t``, a bool ``t`` as it is (``ne(t, 0)`` would compare
+        # it as int64, which Inductor's vectorized kernels convert lane by lane)
+        out = self._flush() + self._sub("c = torch.ne(t, False)", s, c=cond, t=test)
         if self._on_indices(s.test):
             self.plan.index_masks.add(cond)
             self.plan.index_tests[cond] = clone(s.test)
@@ -249,10 +251,10 @@ def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
         vals = [_tensor_logic(v, ctx) for v in test.values]
         acc = vals[0]
         for v in vals[1:]:
-            acc = sub(f"{fn}(torch.ne(a, 0), torch.ne(b, 0))", a=acc, b=v)
+            acc = sub(f"{fn}(torch.ne(a, False), torch.ne(b, False))", a=acc, b=v)
         return acc
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
-        return sub("torch.logical_not(torch.ne(a, 0))", a=_tensor_logic(test.operand, ctx))
+        return sub("torch.logical_not(torch.ne(a, False))", a=_tensor_logic(test.operand, ctx))
     if isinstance(test, ast.Compare) and len(test.ops) > 1:
         parts = [ast.Compare(left=l, ops=[op], comparators=[r]) for l, op, r in
                  zip([test.left] + test.comparators[:-1], test.ops, test.comparators)]
