@@ -692,7 +692,7 @@ GOLDEN_CROSS_ENTROPY = ("""
                 _t_row = t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1]
                 _loss_part = 0
                 _t = _t_row.unsqueeze(1)
-                _t_1 = F.cross_entropy(_logits_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
+                _t_1 = _loss_of_rows(F.cross_entropy, _logits_row.unsqueeze(1), _t, 'none', ignore_index=-100)
                 _loss_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)
                 _outs = (_loss_part,)
             else:
