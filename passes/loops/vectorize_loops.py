@@ -297,7 +297,8 @@ class _Vectorizer(Transformer):
                 return node
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",
-                                     fission.reason + _runs_when(check, {}))
+                                     fission.reason + _runs_when(check, fission.plan.stacked,
+                                                                 fission.plan.gathered))
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
