@@ -34,9 +34,9 @@ reason goes to ``node.meta[NOT_HOISTED_BECAUSE]``):
   baked into the compiled core and force a recompile whenever it changes).
 
 What ``core`` reads that is made only of cheap ops (``op_facts.RECOMPUTED``: comparisons,
-logic, ``where``, views) from graph inputs is recomputed in ``core`` instead of cached: with
-``mask = target > 0``, ``core`` computes ``target > 0`` itself and a compiler fuses it into the
-kernel that reads ``target`` anyway. ``target_transform`` still computes the mask when a cached
+logic, ``where``, views, one-hot, ``+``, ``-``, ``*``) from graph inputs is recomputed in
+``core`` instead of cached: with ``mask = target > 0``, ``core`` computes ``target > 0`` itself
+and a compiler fuses it into the kernel that reads ``target`` anyway (``1 - onehot`` likewise). ``target_transform`` still computes the mask when a cached
 value needs it (``mask.sum()``).
 
 Nothing changes (``modified=False``) when no hoisted value reaches ``core``, or when the graph

@@ -155,8 +155,11 @@ _CMP = dict(batched="elementwise", total=True, boolean=True, recomputed=True)
 
 REGISTRY: tuple[OpSpec, ...] = (
     # -- elementwise, total -----------------------------------------------------------------
+    # recomputed: a target-only ``1 - onehot`` or ``onehot * (1 - eps) + eps / C`` of recomputed
+    # values fuses into the kernel that reads it; cached, it is a full-size tensor read from
+    # memory every call (the one-hot's labels are C times smaller)
     _t("abs", extra=("abs",), host_math="math.fabs", derivative="bounded", **_ET),
-    _t("neg", derivative="constant", **_ET), _t("square", square=(), **_ET),
+    _t("neg", derivative="constant", recomputed=True, **_ET), _t("square", square=(), **_ET),
     _t("sign", derivative="constant", **_ET),
     _t("sigmoid", extra=(_F + "sigmoid",), derivative="bounded", **_ET),
     _t("tanh", extra=(_F + "tanh",), host_math="math.tanh", derivative="bounded", **_ET),
@@ -167,10 +170,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(_t(n, fn=False, derivative="constant", **_ET) for n in ("clamp_min", "clamp_max")),
     *(_t(n, derivative="bounded", **_ET) for n in ("maximum", "minimum", "logaddexp")),
     _t("add", operators=(ast.Add,), integer=(0, 1), number_first=True, derivative="constant",
-       **_ET),
+       recomputed=True, **_ET),
     _t("sub", operators=(ast.Sub,), integer=(0, 1), number_first=True, derivative="constant",
-       **_ET),
-    _t("mul", operators=(ast.Mult,), integer=(0, 1), number_first=True, **_ET),
+       recomputed=True, **_ET),
+    _t("mul", operators=(ast.Mult,), integer=(0, 1), number_first=True, recomputed=True, **_ET),
     _t("eq", **_CMP), _t("ne", **_CMP), _t("gt", **_CMP), _t("lt", **_CMP), _t("ge", **_CMP),
     _t("le", **_CMP), _t("logical_and", **_CMP), _t("logical_or", **_CMP),
     _t("logical_not", **_CMP),

@@ -67,8 +67,8 @@ FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
     ("F.kl_div(x[i].log_softmax(0), x[i].softmax(0), reduction='sum')",
      "_s_part = F.kl_div(_x_row.log_softmax(1), _x_row.softmax(1), reduction='sum')"),
     ("F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
-     "_s_part = F.nll_loss(_x_row.unsqueeze(1).flatten(0, 1), _t_row.unsqueeze(1).flatten(), "
-     "reduction='sum', ignore_index=-100)"),
+     "_s_part = _loss_of_rows(F.nll_loss, _x_row.unsqueeze(1), _t_row.unsqueeze(1), 'sum', "
+     "ignore_index=-100)"),
     # per-item means over different counts of non-ignored targets: summed per item
     ("F.cross_entropy(x[i:i+1], t[i:i+1])", "_s_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)"),
     ("x[i].amax()", "_s_part = (_x_row.amax(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).amax(1)).sum(0)"),

@@ -109,11 +109,11 @@ GOLDEN = {
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
                     _t = _y_row.unsqueeze(1)
-                    _t_1 = F.cross_entropy(_x_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
+                    _t_1 = _loss_of_rows(F.cross_entropy, _x_row.unsqueeze(1), _t, 'none', ignore_index=-100)
                     l = _t_1.sum(1) / (_t != -100).sum(1)
                     _cond = torch.ne(l.detach().double() > th, False)
                     _t_2 = torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, _y_row.detach()).unsqueeze(1)
-                    _t_3 = F.cross_entropy(torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, _x_row.detach()).unsqueeze(1).flatten(0, 1), _t_2.flatten(), reduction='none', ignore_index=-100).view(_t_2.shape)
+                    _t_3 = _loss_of_rows(F.cross_entropy, torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, _x_row.detach()).unsqueeze(1), _t_2, 'none', ignore_index=-100)
                     _hard_item = _t_3.sum(1) / (_t_2 != -100).sum(1)
                     _outs = (_hard_item, _cond)
                 else:
@@ -168,7 +168,7 @@ GOLDEN = {
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
                     _t = _y_row.unsqueeze(1)
-                    _t_1 = F.cross_entropy(_x_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
+                    _t_1 = _loss_of_rows(F.cross_entropy, _x_row.unsqueeze(1), _t, 'none', ignore_index=-100)
                     l = _t_1.sum(1) / (_t != -100).sum(1)
                     _l_all_item = l
                     _outs_1 = (_l_all_item,)
@@ -201,7 +201,7 @@ GOLDEN = {
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
                     _t = _y_row.unsqueeze(1)
-                    _t_1 = F.cross_entropy(_x_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
+                    _t_1 = _loss_of_rows(F.cross_entropy, _x_row.unsqueeze(1), _t, 'none', ignore_index=-100)
                     _value = (_t_1.sum(1) / (_t != -100).sum(1)).detach()
                     _t_2 = _x_row ** 2
                     _value_1 = (_t_2.sum(tuple(range(1, _t_2.dim()))) if _t_2.dim() > 1 else _t_2.reshape(len(_t_2), -1).sum(1)).detach()

@@ -169,6 +169,27 @@ def test_a_one_hot_read_by_core_is_recomputed_there_not_cached():
         assert_equivalent(soft_dice, split_graph(soft_dice, cast, target), cast, target)
 
 
+def soft_tversky(probs, target):
+    onehot = F.one_hot(target, 3).permute(0, 2, 1).to(torch.float32)
+    smoothed = onehot * 0.9 + 0.1 / 3
+    fp = (probs * (1 - onehot)).sum()
+    return fp / (probs * smoothed).sum() + (-onehot).sum() / (onehot.sum() + 1)
+
+
+def test_arithmetic_of_a_recomputed_one_hot_is_recomputed_too():
+    # Cached, ``1 - onehot`` and the smoothed one-hot are full-size tensors read from memory
+    # every call; recomputed, they fuse into the products' kernels. Reductions stay cached.
+    probs, target = torch.rand(2, 3, 5, requires_grad=True), torch.randint(0, 3, (2, 5))
+    gm = split_graph(soft_tversky, probs, target)
+    assert {"one_hot", "permute", "to", "mul", "add", "sub"} <= set(core_ops(gm))
+    assert [n.name for n in gm.target_transform.graph.nodes if n.meta.get(HOISTED)] == [
+        "one_hot", "permute", "to", "neg", "sum_3", "sum_4", "add_1", "truediv_1"]  # the last term
+    from rewrite import assert_equivalent
+    for dtype in (torch.float32, torch.float64):
+        cast = probs.detach().to(dtype).requires_grad_()
+        assert_equivalent(soft_tversky, split_graph(soft_tversky, cast, target), cast, target)
+
+
 def test_only_cheap_target_values_leave_the_graph_unsplit():
     gm = trace(only_masks, torch.randn(8, requires_grad=True), torch.randn(8))
     annotate_grad_dependence.run(gm)

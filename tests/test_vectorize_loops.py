@@ -692,7 +692,7 @@ GOLDEN_CROSS_ENTROPY = ("""
                 _t_row = t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1]
                 _loss_part = 0
                 _t = _t_row.unsqueeze(1)
-                _t_1 = F.cross_entropy(_logits_row.unsqueeze(1).flatten(0, 1), _t.flatten(), reduction='none', ignore_index=-100).view(_t.shape)
+                _t_1 = _loss_of_rows(F.cross_entropy, _logits_row.unsqueeze(1), _t, 'none', ignore_index=-100)
                 _loss_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)
                 _outs = (_loss_part,)
             else:
@@ -889,7 +889,7 @@ GOLDEN_DATA_SLOTS = ("""
             _out_values = _outs[1].reshape(_outs[1].shape[:1] + (1,) * (out.dim() - 1 - _outs[1].dim()) + _outs[1].shape[1:])
             out[torch.arange(0, x.shape[0], 1, device=out.device), _outs[0].reshape(x.shape[0])] = _out_values.to(out.dtype)
             _counts_values = _outs[3].reshape(_outs[3].shape[:1] + (1,) * (counts.dim() - 0 - _outs[3].dim()) + _outs[3].shape[1:])
-            counts.index_put_((_outs[2].reshape(x.shape[0]),), _counts_values.to(counts.dtype) if torch.can_cast(torch.result_type(counts, _counts_values), counts.dtype) else _counts_values, accumulate=True)
+            _index_accumulate(counts, (_outs[2].reshape(x.shape[0]),), _counts_values)
         else:
             for i in range(x.shape[0]):
                 out[i, int(t[i])] = x[i].sum()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import batch_set_forms as set_forms
 from .. import loop_rules as rules
-from .. import set_distances
+from .. import row_losses, set_distances
 from .. import ops
 from ..ast_tools import unparse
 from .batch_scope import Scope
@@ -314,13 +314,13 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
     scope.require(tv.rank - 1, "==", node)
     for cond in tv.integer:
         scope.check(cond)
+    rows = scope.ctx.bind(row_losses.loss_of_rows, "loss_of_rows")
     if summed and reduction == "sum":
-        return scope.sub(f"F(x.flatten(0, 1), t.flatten(), reduction='sum', "
-                         f"ignore_index={ignore})", F=node.func, x=x, t=t), Val(True, Rank())
+        return scope.sub(f"{rows}(F, x, t, 'sum', ignore_index={ignore})", F=node.func, x=x,
+                         t=t), Val(True, Rank())
     t = scope.named(t)
-    loss = scope.named(scope.sub(
-        f"F(x.flatten(0, 1), t.flatten(), reduction='none', ignore_index={ignore})"
-        ".view(t.shape)", F=node.func, x=x, t=t))
+    loss = scope.named(scope.sub(f"{rows}(F, x, t, 'none', ignore_index={ignore})",
+                                 F=node.func, x=x, t=t))
     if reduction == "sum":
         return scope.sub("l.sum(1)", l=loss), Val(True, Rank())
     per_item = scope.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t)

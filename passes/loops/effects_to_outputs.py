@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ast
 
-from .. import ast_marks
+from .. import accumulating_writes, ast_marks
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
@@ -296,9 +296,8 @@ def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast
     target.slice.elts = [x if k in slots else plan.sub(
         "torch.as_tensor(x, device=out.device)", x=x, out=e.name) for k, x in enumerate(index)]
     v = plan.sub(rules.WRITE_ACCUMULATE[e.family], v=values)
-    return stmts + [ast.Expr(plan.sub(
-        "out.index_put_(i, v.to(out.dtype) if torch.can_cast(torch.result_type(out, v), "
-        "out.dtype) else v, accumulate=True)", out=e.name, i=target.slice, v=v))]
+    put = ctx.bind(accumulating_writes.index_accumulate, "index_accumulate")
+    return stmts + [ast.Expr(plan.sub(f"{put}(out, i, v)", out=e.name, i=target.slice, v=v))]
 
 
 def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, bind: bool = True) -> list[ast.stmt]:
