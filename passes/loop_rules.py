@@ -69,6 +69,9 @@ HOST_WEAK = {
     # but next to a bool tensor)
     "item": "h.to(torch.result_type(t, h.dtype.is_floating_point and 1.0 or 1))",
 }
+# ... compared with ``t``, a value of unknown type: in float64 (``d``) next to a Python number,
+# as Python compares; as a weak scalar (``w``) next to a tensor, in the tensor's dtype.
+HOST_COMPARED = "d if not isinstance(t, torch.Tensor) else w"
 # ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
 # precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
 NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}
