@@ -29,6 +29,16 @@ def f(d, a, w):
     return loss
 """
 
+# the row picked in the same subscript as the slices: `sim[j, :j]` is `sim[j][:j]`
+ROW_IN_SUBSCRIPT = """
+def f(sim, a, margin):
+    tot = 0
+    for j in range(a, sim.shape[0]):
+        row = torch.cat([sim[j, :j], sim[j, j + 1:]])
+        tot = tot + torch.relu(row.max() - sim[j, j] + margin)
+    return tot
+"""
+
 
 def _sims(dtype, special, shape=(5, 5)):
     x = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
@@ -51,6 +61,11 @@ def test_golden():
     HARDEST.replace("cs[j + 1:]", "cs[j + 2:]"),              # not the complement of one item
     HARDEST.replace("cs[:j], cs[j + 1:]", "cs[j + 1:], cs[:j]"),  # rotated, not excluded
     HARDEST.replace("torch.cat((cs[:j], cs[j + 1:]))", "torch.cat((cs[:j], cs[j + 1:]), -1)"),
+    # a slice before the cut: `x[:, :j]` is no row of x
+    ROW_IN_SUBSCRIPT.replace("sim[j, :j], sim[j, j + 1:]", "sim[:, :j], sim[:, j + 1:]")
+    .replace("row.max()", "row.max(0).values.sum()"),
+    # a tensor of indices before the cut gathers rows: not `x[t][:j]`
+    ROW_IN_SUBSCRIPT.replace("sim[j, :j], sim[j, j + 1:]", "sim[margin, :j], sim[margin, j + 1:]"),
 ])
 def test_other_forms_stay_kept(src):
     _, _, code, report = build(src)
@@ -59,13 +74,14 @@ def test_other_forms_stay_kept(src):
 
 
 @pytest.mark.parametrize("special", [False, True])
-@pytest.mark.parametrize("src", [HARDEST, CENTROIDS])
+@pytest.mark.parametrize("src", [HARDEST, CENTROIDS, ROW_IN_SUBSCRIPT])
 def test_equivalent(src, special):
-    original, optimized, _, _ = build(src)
+    original, optimized, _, report = build(src)
+    assert report.loops[0].vectorized, report.loops[0].reason
     for dtype in (torch.float32, torch.float64):
-        x = _sims(dtype, special, (5, 5) if src is HARDEST else (5, 3, 2))
+        x = _sims(dtype, special, (5, 3, 2) if src is CENTROIDS else (5, 5))
         for a in (0, 2):
-            assert_equivalent(original, optimized, x, a, None)
+            assert_equivalent(original, optimized, x, a, 0.2 if src is ROW_IN_SUBSCRIPT else None)
 
 
 NEGATIVE = """

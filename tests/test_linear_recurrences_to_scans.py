@@ -167,6 +167,78 @@ def test_discounted_returns_reversed_with_terminal_steps(dtype):
     assert strategies(report) == {4: "scan"}
 
 
+FRONT_INSERTS = """
+    def f(values, rewards, gamma):
+        T = rewards.shape[0]
+        R = torch.zeros_like(rewards[0])
+        returns = []
+        for t in reversed(range(T)):
+            R = rewards[t] + gamma * R
+            returns.insert(0, R)
+        return ((values - torch.stack(returns)[:T]) ** 2).mean() + t
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_returns_inserted_at_the_front_of_a_reversed_loop(dtype):
+    # the REINFORCE form: the list ends in increasing step order, `t` ends at 0
+    original, rewritten, code, report = build(FRONT_INSERTS)
+    assert strategies(report) == {5: "scan"} and "returns.append(" in code
+    r = randn(23, 3, dtype=dtype, grad=False)
+    assert_equivalent(original, rewritten, randn(23, 3, dtype=dtype, seed=2), r, 0.99)
+    assert rewritten(randn(23, 3, dtype=dtype), r, 0.99).dtype == dtype
+
+
+@pytest.mark.parametrize("src", [
+    FRONT_INSERTS.replace("returns = []", "returns = [rewards[0]]"),  # not empty at the start
+    FRONT_INSERTS.replace("returns.insert(0, R)", "returns.insert(0, R)\n            "
+                          "returns.insert(0, R * 2)"),                 # two inserts
+    FRONT_INSERTS.replace("returns.insert(0, R)", "returns.append(R)"),  # appended backwards
+])
+def test_front_inserts_that_keep_the_loop(src):
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {5: "kept"}
+    r = randn(5, 3, grad=False)
+    assert_equivalent(original, rewritten, randn(5, 3, seed=2), r, 0.99)
+
+
+GAE_IN_TWO_STEPS = """
+    def f(rewards, vp, masks, bad, gamma, lam):
+        returns = torch.zeros_like(vp)
+        gae = 0
+        for step in reversed(range(rewards.size(0))):
+            delta = rewards[step] + gamma * vp[step + 1] * masks[step + 1] - vp[step]
+            gae = delta + gamma * lam * masks[step + 1] * gae
+            gae = gae * bad[step + 1]
+            returns[step] = gae + vp[step]
+        return returns[:-1].pow(2).mean() + gae.sum()
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_recurrence_rebound_in_two_steps_is_one(dtype):
+    # the time-limit form of GAE: `gae = gae * bad_masks[step + 1]` after the recurrence
+    original, rewritten, _, report = build(GAE_IN_TWO_STEPS)
+    assert strategies(report) == {4: "scan"}, report.loops[0].reason
+    T = 19
+    masks, bad = dones(T + 1, 3, dtype=dtype), dones(T + 1, 3, dtype=dtype, seed=4)
+    assert_equivalent(original, rewritten, randn(T, 3, dtype=dtype, grad=False),
+                      randn(T + 1, 3, dtype=dtype, seed=2), 1 - masks, 1 - bad, 0.99, 0.95)
+
+
+@pytest.mark.parametrize("second", [
+    "gae = bad[step + 1] * gae",        # read after another operand: evaluation order differs
+    "gae = gae * gae",                  # read twice
+])
+def test_rebinds_that_are_not_merged(second):
+    src = GAE_IN_TWO_STEPS.replace("gae = gae * bad[step + 1]", second)
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "kept"}
+    T = 7
+    assert_equivalent(original, rewritten, randn(T, 3, grad=False), randn(T + 1, 3, seed=2),
+                      dones(T + 1, 3), dones(T + 1, 3, seed=4), 0.99, 0.95)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gae_with_a_prelude_statement(dtype):
     src = """

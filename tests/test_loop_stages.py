@@ -20,7 +20,7 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           inplace_writes_to_functional, invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, masked_selects_to_selections,
-                          materialize_iterators, merge_branch_appends,
+                          materialize_iterators, merge_branch_appends, split_tuple_assignments,
                           module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           promoting_folds_run_as_written,
@@ -1586,6 +1586,49 @@ assert p.dim() == 1
 loss += p.sum()
 # first
 # checks
+"""),
+    (split_tuple_assignments, """
+def f(prob, onehot, ignore):
+    ds = []
+    for c in range(prob.shape[1]):
+        if c == ignore:
+            continue
+        p, t = prob[:, c], onehot[:, c]
+        ds.append((p * t).sum())
+    return ds
+""", ('body',),
+     """
+# body
+if c == ignore:
+    continue
+p, t = (prob[:, c], onehot[:, c])
+ds.append((p * t).sum())
+""",
+     """
+# body
+if c == ignore:
+    continue
+p = prob[:, c]
+t = onehot[:, c]
+ds.append((p * t).sum())
+"""),
+    (split_tuple_assignments, """
+def f(x, a, b):
+    out = []
+    for i in range(x.shape[0]):
+        a, b = b, a * x[i]
+        out.append(a)
+    return out
+""", ('body',),
+     """
+# body
+a, b = (b, a * x[i])
+out.append(a)
+""",
+     """
+# body
+a, b = (b, a * x[i])
+out.append(a)
 """),
     (merge_chained_indexing, """
 def f(x, out, n):

@@ -86,7 +86,7 @@ class _Excluded(_Ragged):
 
     def _excluded(self, call: ast.Call) -> tuple[ast.expr, str] | None:
         """``(x, j)`` of ``torch.cat((x[:j], x[j + 1:]))``, else None."""
-        pair = two_slices_joined(call, self.ctx)
+        pair = two_slices_joined(call, self.ctx, frozenset(self.indices))
         if pair is None:
             return None
         before, after = pair
@@ -95,20 +95,38 @@ class _Excluded(_Ragged):
         return (before.value, index) if index is not None and _slice(hi, index, None) else None
 
 
-def two_slices_joined(call: ast.Call, ctx: PassContext) -> tuple[ast.Subscript, ast.Subscript] | None:
+def two_slices_joined(call: ast.Call, ctx: PassContext, ints: frozenset = frozenset()
+                      ) -> tuple[ast.Subscript, ast.Subscript] | None:
     """The two subscripts of ``torch.cat((x[...], x[...]))`` along dim 0 (no ``dim`` or a
-    literal 0), of one name, attribute or subscript by names and numbers; else None."""
+    literal 0), of one name, attribute or subscript by names and numbers; else None.
+    ``x[a, :j]`` is taken as ``x[a][:j]`` when ``a`` is an int literal or a name in ``ints``."""
     dims = call.args[1:] + [k.value for k in call.keywords if k.arg == "dim"]
     if resolve_call(call.func, ctx) != "torch.cat" or len(call.args) + len(
             call.keywords) - len(dims) != 1 or not all(is_int(d, 0) for d in dims) \
             or not isinstance(call.args[0], (ast.Tuple, ast.List)) \
             or len(call.args[0].elts) != 2:
         return None
-    before, after = call.args[0].elts
+    before, after = (_row_first(e, ints) for e in call.args[0].elts)
     if not (isinstance(before, ast.Subscript) and isinstance(after, ast.Subscript)
             and ast.dump(before.value) == ast.dump(after.value) and _simple(before.value)):
         return None
     return before, after
+
+
+def _row_first(e: ast.expr, ints: frozenset) -> ast.expr:
+    """``x[a, :j]`` as ``x[a][:j]`` when every entry before the slice is an int (an integer
+    index drops its dimension before the slice applies; a tensor of indices would not)."""
+    if not (isinstance(e, ast.Subscript) and isinstance(e.slice, ast.Tuple)
+            and len(e.slice.elts) >= 2 and isinstance(e.slice.elts[-1], ast.Slice)
+            and all(isinstance(x, ast.Name) and x.id in ints
+                    or isinstance(x, ast.Constant) and type(x.value) is int
+                    for x in e.slice.elts[:-1])):
+        return e
+    lead = e.slice.elts[:-1]
+    row = ast.Subscript(value=clone(e.value), slice=clone(lead[0]) if len(lead) == 1 else
+                        ast.Tuple([clone(x) for x in lead], ast.Load()), ctx=ast.Load())
+    return ast.copy_location(ast.Subscript(value=ast.copy_location(row, e),
+                                           slice=clone(e.slice.elts[-1]), ctx=ast.Load()), e)
 
 
 def _slice(cut: ast.expr, lower: str | None, upper: str | None) -> bool:

@@ -90,6 +90,7 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
     if node.orelse or any(isinstance(n, _CONTROL) for s in node.body for n in walk(s)):
         raise Unsupported("control flow")
     loop, reverse = _in_order(node, ctx)
+    loop = _merge_rebinds(loop)
     it = iteration.stage(LoopPlan(loop, set(), torch_name=ctx.torch_name), ctx).iteration
     if it.elements or not it.index_is_user:
         raise Unsupported("not a range")
@@ -128,12 +129,16 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
     for rec in found:
         stmts += _scan_stmt(rec, per_step, first, it, reverse, node, ctx, values)
     rest_loop, renamed = _rest_loop(loop, found, it, values, steps, live_after, ctx)
+    prepended = _front_inserts_to_appends(rest_loop, known) if reverse else set()
     rest = vectorize(new_plan(rest_loop, live_after - set(renamed), ctx, **known), ctx)
-    if reverse and any(e.kind not in ("acc", "write") or e.name in rest.scattered
-                       for e in rest.facts.effects.values()):
+    if reverse and any((e.kind, e.name in prepended) not in (("acc", False), ("write", False),
+                                                             ("append", True))
+                       or e.name in rest.scattered for e in rest.facts.effects.values()):
         raise Unsupported("the rest of a reversed loop depends on the order of the steps")
     stmts.append(ast.copy_location(ast.If(test=rest.checks.expr(), body=rest.stmts,
                                           orelse=[rest_loop]), node))
+    if reverse and it.index in live_after:  # the rest ran forwards: the original ends at start
+        stmts += replace("t = a", loc=node, t=it.index, a=clone(it.start))
     for rec in found:
         if rec.name in live_after:
             stmts += replace(f"s = all_[{0 if reverse else -1}]", loc=node, s=rec.name,
@@ -152,6 +157,52 @@ def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool]:
     loop = clone(node)
     loop.iter = clone(it.args[0])
     return loop, True
+
+
+def _merge_rebinds(loop: ast.For) -> ast.For:
+    """``s = e1`` directly followed by ``s = e2`` where ``e2`` reads ``s`` once, as the operand
+    it evaluates first (``gae = gae * m[t + 1]``), is the one statement ``s = e2[s := e1]``:
+    the same operations in the same order, so a recurrence written in two steps is found."""
+    body, merged = list(loop.body), False
+    k = 0
+    while k + 1 < len(body):
+        first, second = body[k], body[k + 1]
+        name = _rebound(first, second)
+        if name is None:
+            k += 1
+            continue
+        value = _substitute_first(clone(second.value), name, first.value)
+        body[k:k + 2] = [ast.copy_location(ast.Assign(targets=[clone(first.targets[0])],
+                                                      value=value, type_comment=None), first)]
+        merged = True
+    if not merged:
+        return loop
+    loop = clone(loop)
+    loop.body = body
+    return loop
+
+
+def _rebound(first: ast.stmt, second: ast.stmt) -> str | None:
+    """The name both simple assignments bind, when the second reads it once, first of all."""
+    if not all(isinstance(s, ast.Assign) and len(s.targets) == 1
+               and isinstance(s.targets[0], ast.Name) for s in (first, second)):
+        return None
+    name = first.targets[0].id
+    reads = [n for n in walk(second.value) if is_name(n, name)]
+    if second.targets[0].id != name or len(reads) != 1:
+        return None
+    leftmost = second.value
+    while isinstance(leftmost, ast.BinOp):
+        leftmost = leftmost.left
+    return name if leftmost is reads[0] else None
+
+
+def _substitute_first(e: ast.expr, name: str, value: ast.expr) -> ast.expr:
+    """``e`` with its leftmost operand (the name ``name``) replaced by ``value``."""
+    if not isinstance(e, ast.BinOp):
+        return clone(value)
+    e.left = _substitute_first(e.left, name, value)
+    return e
 
 
 def _recurrences(body: list[ast.stmt], index: str) -> list[_Recurrence]:
@@ -286,6 +337,27 @@ def _rest_loop(loop: ast.For, found: list[_Recurrence], it: Iteration, values: d
     rest = ast.copy_location(ast.For(target=clone(loop.target), iter=clone(loop.iter), body=body,
                                      orelse=[], type_comment=None), loop)
     return ast.fix_missing_locations(rest), renamed
+
+
+def _front_inserts_to_appends(rest: ast.For, known: dict) -> set[str]:
+    """In the rest of a reversed loop, run forwards, ``lst.insert(0, v)`` is ``lst.append(v)``
+    when ``lst`` is empty when the loop starts (``lst = []`` right before it) and no other
+    statement of the body touches it: the original's list ends in increasing step order.
+    Returns the lists converted."""
+    inserts = {s.value.func.value.id: s for s in rest.body if isinstance(s, ast.Expr)
+               and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute)
+               and s.value.func.attr == "insert" and isinstance(s.value.func.value, ast.Name)
+               and len(s.value.args) == 2 and is_int(s.value.args[0], 0)
+               and not s.value.keywords}
+    done = set()
+    for name, stmt in inserts.items():
+        others = [t for t in rest.body if t is not stmt]
+        if name in known.get("buildable_lists", set()) and not any(
+                name in loads(t) | stores_in([t]) for t in others) \
+                and name not in loads(stmt.value.args[1]):
+            stmt.value = replace("lst.append(v)", loc=stmt, lst=name, v=stmt.value.args[1])
+            done.add(name)
+    return done
 
 
 def _position(it: Iteration) -> ast.expr:

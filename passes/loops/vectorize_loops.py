@@ -96,7 +96,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                ragged_slices_to_masks,
                raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
-               sink_own_item_selections,
+               sink_own_item_selections, split_tuple_assignments,
                stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
@@ -115,6 +115,7 @@ LOOP_STAGES: list = [
     module_loss_calls,            # before the checks: they see the known functional op
     module_list_linears,          # before the checks: they see F.linear of stacked parameters
     merge_branch_appends,         # before the checks: one append per iteration is no condition
+    split_tuple_assignments,      # before the stages that merge one name at a time under a mask
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
@@ -274,6 +275,7 @@ class _Vectorizer(Transformer):
             if scanned is not None:
                 self.ctx.report.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
                                          + _runs_when(scanned.check, {}))
+                self.bound_lists |= scanned.rest.bound_lists  # the rest's appends, stacked
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
             # ... or its vectorizable statements may still leave it (loop fission), unless it
