@@ -54,28 +54,27 @@ def test_gathers_by_int_labels_are_equivalent():
                       torch.tensor([0, 2, 1, 1, 0]))
 
 
-THRESHOLD = """
+
+COMPARED = """
 import torch
 
 
 def f(x, c):
     s = 0
     for i in range(x.shape[0]):
-        if x[i].item() > c:
-            s = s + x[i]
+        s = s + x[i] * (c > x[i].item()).sum() + c[i]
     return s
 """
 
 
-def test_a_host_number_compares_with_a_threshold_as_python_does(tmp_path):
-    # the float32 0.1 is above the double 0.1 and equal to the float32 one: Python compares the
-    # host number in float64 next to a Python number, in the tensor's dtype next to a tensor
+def test_a_host_number_compares_with_a_tensor_the_loop_indexes_as_python_does(tmp_path):
+    # `c` is read by items (a tensor): next to it the host number is a weak scalar, so the
+    # float32 0.1 is not above the float32 0.1 (it is above the double 0.1)
     from tests.helpers import equivalent_report, load_module
-    user = load_module(tmp_path, THRESHOLD)
+    user = load_module(tmp_path, COMPARED)
     for dtype in (torch.float32, torch.float64):
         x = torch.tensor([0.1, 0.2, 0.05, 0.1], dtype=dtype, requires_grad=True)
-        for c in (0.1, torch.tensor(0.1), torch.tensor(0.1, dtype=torch.float64)):
+        for c_dtype in (torch.float32, torch.float64):
+            c = torch.tensor([0.1, 0.3, 0.05, 0.2], dtype=c_dtype)
             report = equivalent_report(user.f, x, c)
             assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0)
-    x = torch.tensor([0.1, 0.2])
-    assert float(user.f(x, 0.1)) != float(user.f(x, torch.tensor(0.1)))  # the case is seen

@@ -55,11 +55,13 @@ from .plan import LoopPlan
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
             errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str],
             seeds: set[str], not_floating: list[ast.expr] | None = None,
+            no_tensors: list[ast.expr] | None = None,
             live_after: frozenset[str] = frozenset()) -> list[ast.stmt]:
     """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
     counters of iterations where the original raised (``errors`` gets each counter's exception
     source and location), the float64 twins of host-number sums (``wide``: sum -> twin) and the
-    tensors the vectorized loop needs not floating (``not_floating``).
+    tensors the vectorized loop needs not floating (``not_floating``), and the names it needs
+    not tensors (``no_tensors``).
     ``seeds``: the iteration's own names (index, elements); other names the body reads before
     binding them are carried from the last iteration."""
     tr = _HostToTensor(variant, ctx, errors, wide)
@@ -68,6 +70,8 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
     tr.body, tr.live_after = stmts, live_after
     if not_floating is not None:
         tr.not_floating = not_floating
+    if no_tensors is not None:
+        tr.no_tensors = no_tensors
     return tr.block(stmts)
 
 
@@ -102,6 +106,7 @@ class _HostToTensor(Transformer):
         # (integers: the common labels), so no counter of raising iterations (nor its host
         # sync) is needed
         self.not_floating: list[ast.expr] = []
+        self.no_tensors: list[ast.expr] = []  # names compared with host floats in float64
 
     def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out = []
@@ -194,9 +199,10 @@ class _HostToTensor(Transformer):
         """Python compares a host float with a number in double precision: ``l.item() > 0.1``
         is False for the float32 ``l = 0.1`` only as a float32 comparison. So host floats
         compared with numbers are compared as float64 (exact for every float and every int
-        below 2**53); next to a name the loop does not bind, which may be a tensor, the host
-        number is compared in float64 only when it is none (``rules.HOST_COMPARED``: next to a
-        tensor it is a weak scalar, as written)."""
+        below 2**53); a name the loop does not bind must then be no tensor (the loop's check:
+        a float next to a tensor compares in the tensor's dtype, as written), unless the loop
+        reads its items: then the host number is compared in float64 only when it is none
+        (``rules.HOST_COMPARED``: next to a tensor it is a weak scalar, as written)."""
         kinds = [_number(a), _number(b)]
         if not any(k in rules.HOST_WEAK for k in kinds) or not all(
                 k is not None or (isinstance(x, (ast.Name, ast.Attribute))
@@ -207,11 +213,20 @@ class _HostToTensor(Transformer):
         for (x, k), (other, kind) in zip(((a, kinds[0]), (b, kinds[1])),
                                          ((b, kinds[1]), (a, kinds[0]))):
             double = self.double.get(id(x)) or self._sub("h.double()", x, h=x)
-            if k in rules.HOST_WEAK and kind is None:
+            if k in rules.HOST_WEAK and kind is None and self._indexed(other):
                 double = self._sub(rules.HOST_COMPARED, x, d=double, t=other,
                                    w=self._sub(rules.HOST_WEAK[k], x, h=x, t=other))
+            elif k is None and not self._indexed(x):
+                self.no_tensors.append(x)
             out.append(double if k in rules.HOST_WEAK else x)
         return out[0], out[1]
+
+    def _indexed(self, x: ast.expr) -> bool:
+        """The loop reads items of ``x`` (``target[j]``): most likely a tensor, which a check
+        that it is none would send to the loop as written."""
+        text = ast.dump(x)
+        return any(isinstance(n, ast.Subscript) and ast.dump(n.value) == text
+                   for s in self.body for n in walk(s))
 
     def _operands(self, node: ast.BinOp | None, operands: list[ast.expr]) -> list[ast.expr]:
         kinds = [_number(x) for x in operands]
@@ -348,9 +363,12 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     seeds = {it.index} | {name for name, _ in it.elements}
     plan.variant = variant_names(plan.body, seeds, ctx)
     not_floating: list[ast.expr] = []
+    no_tensors: list[ast.expr] = []
     plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds,
-                        not_floating, frozenset(plan.live_after))
+                        not_floating, no_tensors, frozenset(plan.live_after))
     for x in not_floating:
         plan.check("not (isinstance(x, torch.Tensor) and x.is_floating_point())", x=x)
+    for x in no_tensors:
+        plan.check("not isinstance(x, torch.Tensor)", x=x)
     plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan
