@@ -23,6 +23,9 @@ SELECTION_COUNT = "selection_count"
 # bool on a comprehension the rewrite wrote (``stack_tensor_lists``'s check of a list's items):
 # not the user's, so not in the report.
 GENERATED = "generated"
+# str on a statement the rewrite made of one of the user's in another function (a method's,
+# inlined with fresh names): that statement as the user wrote it, for reasons to quote.
+WRITTEN_AS = "written_as"
 # frozenset[str] on a statement: the targets of its walrus expressions (a cache).
 # int on the ``if <check>: <batched> else: <vmapped>`` by which a vectorized loop picks its form at
 # run time: the user's line of that loop (an outer loop's reason names it, not the check).

@@ -105,6 +105,14 @@ class Transformer(ast.NodeTransformer):
                                               type(self).generic_visit)
         return method(self, node)
 
+    def statements(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        """``stmts`` visited, a statement the visit replaces by a list spliced in."""
+        out = []
+        for s in stmts:
+            new = self.visit(s)
+            out += new if isinstance(new, list) else [new]
+        return out
+
     def generic_visit(self, node: ast.AST) -> ast.AST:
         skip = _unvisited(type(self))
         for name in node._fields:

@@ -18,7 +18,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import bce_with_logits, cosine_products, full_extremes, set_distances
+from . import bce_with_logits, cosine_products, full_extremes, grad_free, set_distances
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -186,7 +186,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("long", fn=False, integer=(), aliases=True, **_ET),
     _t("int", fn=False, integer=(), aliases=True, **_ET),
     _t("bool", fn=False, boolean=True, aliases=True, **_ET),
-    _t("detach", fn=False, integer=(0,), aliases=True, **_ET),
+    _t("detach", fn=False, integer=(0,), aliases=True, extra=("torch.autograd.variable.Variable",),
+       **_ET),
     _t("clone", fn=False, integer=(0,), derivative="constant", **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
     _t("exp", sanitize=(0, "0"), host_math="math.exp",
@@ -245,6 +246,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # helpers bound into generated code, by module path (``share_common_subexpressions``)
     _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
+    _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
     # -- losses -----------------------------------------------------------------------------
     # selection: on masked selections, the loss per element (``reduction="none"``) masked
     # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class

@@ -39,12 +39,14 @@ class _SquaredDistances(torch.autograd.Function):
 class _Transposed(torch.autograd.Function):
     """``squared_distances(x, w)`` read from ``d = squared_distances(w, x)``, with its own
     backward: a shared set of distances keeps each use's gradient (a summed cotangent would turn
-    the original's ``0 * inf`` into ``g * inf`` where the other use's cotangent is not 0)."""
+    the original's ``0 * inf`` into ``g * inf`` where the other use's cotangent is not 0). A
+    view, not a copy: the reduction over its rows reads ``d``'s columns (compiled, no [m, n]
+    copy and no transposed masks in Inductor's kernels)."""
     generate_vmap_rule = True
 
     @staticmethod
     def forward(d: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return d.mT.contiguous()
+        return d.mT
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -62,6 +64,13 @@ def _gradients(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool, 
         return (-per_coordinate.sum(1) if need_x else None,
                 per_coordinate.sum(0) if need_w else None)
     x_coordinates, w_coordinates = x.mT.contiguous(), w.mT.contiguous()  # [D, n], [D, m]
+    if torch.compiler.is_compiling():
+        # Inductor fuses the differences into the sums, the [D, n, m] terms never stored (the
+        # buffer's in-place writes would be tensors of their own); coordinates first, so that
+        # its loops run along the m points, not along the D coordinates
+        per_coordinate = g * (2 * (w_coordinates[:, None] - x_coordinates[..., None]))
+        return (-per_coordinate.sum(2).mT if need_x else None,
+                per_coordinate.sum(1).mT if need_w else None)
     step = max(1, _BUFFER // max(1, g.numel()))  # coordinates per chunk
     buffer = torch.empty_like(g.expand(min(step, x.shape[1]), *g.shape))  # batched under vmap
     x_sums, w_sums = [], []

@@ -3,9 +3,11 @@ the small inputs (``compile=False``, first call): ``python -m tests.corpus_run_c
 
 A loop runs vectorized when its vectorized branch ran and never failed, or when it sits inside a
 loop that did (the inner loop is part of the outer one's vectorized form). ``-v`` lists every
-loop with its run-time counts, its class (``tests.corpus_loop_classes``) and, for kept loops,
-the reason. The last line is the goal's measure: of the loops whose iterations are independent,
-how many run vectorized.
+loop with its run-time counts, its class (``tests.corpus_loop_classes``), its strategy and, for
+kept loops, the reason. Loops of the methods and helpers the loss calls are the loss's (the
+report lists them); ``distributed``: split into a vectorized loop and a residual one. The last
+line is the goal's measure: of the loops whose iterations are independent, how many run
+vectorized.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from tests.test_vmap_safety import _enclosing_loops
 
 
 def main(verbose: bool) -> None:
-    loops = vectorized = running = independent = independent_running = 0
+    loops = vectorized = running = distributed = independent = independent_running = 0
     for name in REAL_EXAMPLE_NAMES:
         module = importlib.import_module(f"examples.{name}")
         fn = optimize_loss(module.naive, compile=False)
@@ -33,13 +35,16 @@ def main(verbose: bool) -> None:
             runs = loop.vectorized and not loop.failed_runs and bool(
                 loop.lineno in ran or _enclosing_loops(loop.filename, loop.lineno) & ran)
             loops, vectorized, running = loops + 1, vectorized + loop.vectorized, running + runs
+            distributed += loop.strategy == "distributed"
             kind = LOOP_CLASSES.get(f"{name}:{loop.lineno}", ("unclassified", ""))[0]
             independent += kind == INDEPENDENT
             independent_running += kind == INDEPENDENT and runs
             if verbose:
                 print(f"{name}:{loop.lineno} {kind} vectorized={loop.vectorized} running={runs} "
+                      f"strategy={loop.strategy} "
                       f"{loop.runs()} {'' if loop.vectorized else loop.reason[:120]}")
-    print(f"{loops} loops, {vectorized} reported vectorized, {running} running vectorized")
+    print(f"{loops} loops, {vectorized} reported vectorized ({distributed} distributed), "
+          f"{running} running vectorized")
     print(f"{independent} loops with independent iterations, {independent_running} of them running "
           f"vectorized ({100 * independent_running / max(independent, 1):.0f}%)")
 

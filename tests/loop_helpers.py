@@ -3,6 +3,7 @@ functions (original and rewritten) in the same namespace."""
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import textwrap
 from typing import Callable
@@ -22,7 +23,7 @@ def dedent(src: str) -> str:
 
 
 def namespace(**extra) -> dict:
-    return {"torch": torch, "F": F, "math": math, **extra}
+    return {"torch": torch, "F": F, "math": math, "itertools": itertools, **extra}
 
 
 def context(tree: ast.Module, ns: dict) -> PassContext:

@@ -3,14 +3,18 @@ tests, plus the pure helpers."""
 import json
 import math
 import statistics
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+import examples
 import rewrite.tools.bench as bench_module
 from rewrite.tools.bench import discover
 from rewrite.tools.bench_report import (Ratio, Time, analyse, distributed_count, fmt_overhead,
                                         loop_summary, median_interval, steady_time)
+from rewrite.tools.bench_worker import load_example, rewrite_info
 from rewrite.tools.cli import main
 
 HEADER = """\
@@ -205,6 +209,16 @@ def test_distributed_loops_are_counted():
     assert distributed_count({"loops": loops}) == "2"
     assert distributed_count({"loops": loops[1:2]}) == "0"
     assert distributed_count({"loops": []}) == distributed_count(None) == "–"
+
+
+def test_loops_distributed_inside_called_methods_are_counted():
+    """The bench loads an example from its file without registering it in ``sys.modules``; the
+    loop ``Loss.eval_batch`` runs (a method of an object the loss makes) is still rewritten and
+    counted (the module's classes were looked up in ``sys.modules``: KeyError, kept)."""
+    module = load_example(str(Path(examples.__file__).parent / "real" / "nlp_seq2seq_step_nll.py"))
+    assert module.__name__ not in sys.modules
+    info = rewrite_info(module)
+    assert distributed_count(info) == "1" and not any("failed" in l[3] for l in info["loops"])
 
 
 def test_loop_summary_counts_strategies_and_names_the_distributed_cases_gain():

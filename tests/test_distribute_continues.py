@@ -1,5 +1,5 @@
 """distribute_loops on a ``continue`` that ends a branch of a top-level ``if``: the statements
-after the ``if`` become its other branch (``_continues_to_else``), so the loop is split like any
+after the ``if`` become its other branch (``continues_to_else``), so the loop is split like any
 loop with a residual ``if``. Golden before/after (with a no-change case: a ``continue`` nested
 deeper), equivalence of values, every gradient and dtype (float32, float64) with NaN and inf in
 the skipped rows, printed lines, the exception at the same iteration, and random bodies."""

@@ -47,8 +47,12 @@ def test_golden(name):
 def test_reasons():
     reason = generated(src.Scorer.score_all)[2].loops[0].reason
     assert reason.startswith("lines 16, 29 hoisted into one loop")
-    assert "method_call_sources.py:29 `self.total += self.criterion(_score_out, _score_target)`" \
+    # the method's statement as written (not its inlined copy's fresh names), and the list the
+    # loop iterates as the user names it (not the stacked tensor's name)
+    assert "method_call_sources.py:29 `self.total += self.criterion(out, target)`" \
            ": assigns `self.total`: mutates an object" in reason
+    assert "`outputs` is a tensor or a list or tuple of tensors" in reason
+    assert "_score_" not in reason and "_stacked" not in reason
     kept = generated(src.Branchy.run)[2].loops[0].reason
     assert "is evaluated for its side effects; not distributed" in kept
 

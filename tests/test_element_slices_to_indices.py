@@ -44,6 +44,13 @@ def f(w, labels):
     return torch.stack([w[n, :] for n in neg]).pow(2).sum()
 """
 
+# tuples of rows as N-pair losses sample them: anchor, positive, then negatives
+TUPLES = """
+def f(w, tuples):
+    return torch.stack([(w[t[0]:t[0] + 1, :] @ (w[t[2:], :] - w[t[1]:1 + t[1], :]).T).sum()
+                        for t in tuples]).exp().mean()
+"""
+
 
 def test_golden_unit_slice():
     _, _, code, report = build(OWN_ROW)
@@ -61,7 +68,18 @@ def test_golden_cut():
     assert "torch.cat" not in code.split("else:")[0], code
 
 
+def test_golden_unit_slice_at_an_element_column():
+    _, _, code, report = build(TUPLES)
+    assert strategies(report) == {2: "vmap"}, (report, code)
+    assert "w[_t[0], :].unsqueeze(0) @ (w[_t[2:], :] - w[_t[1], :].unsqueeze(0)).T" in code, code
+    assert ("_tuples_stacked.dim() == 2 and (_tuples_stacked.shape[1] > 1) and "
+            "isinstance(_tuples_stacked[:, 1], torch.Tensor)") in code, code
+    assert "bool(((_tuples_stacked[:, 0] >= 0) & (_tuples_stacked[:, 0] < w.shape[0])).all())" in code, code
+
+
 @pytest.mark.parametrize("src", [
+    TUPLES.replace("t[1]:1 + t[1]", "t[1]:1 + t[0]"),              # bounds at two columns
+    TUPLES.replace("t[0]:t[0] + 1", "t[-1]:t[-1] + 1"),            # a column from the end
     OTHERS.replace("w[i, y + 1:]", "w[i, y + 2:]"),                 # not the complement of one item
     OTHERS.replace("w[i, :y], w[i, y + 1:]", "w[i, y + 1:], w[i, :y]"),  # rotated
     OTHERS.replace("torch.cat((w[i, :y], w[i, y + 1:]))", "torch.cat((w[i, :y], w[i, y + 1:]), -1)"),
@@ -91,16 +109,28 @@ def test_equivalent(src, dtype, special):
         assert_equivalent(original, optimized, _table(dtype, special), labels)
 
 
-@pytest.mark.parametrize("src", [SUMMED_ROWS, OTHERS])
-def test_labels_out_of_range_or_not_int_run_as_written(tmp_path, src):
-    """``w[-1:0]`` is empty and ``w[:-1]``, ``w[0:]`` overlap; uint8 and bool tensors index as
-    masks; a list of ints is no tensor: each runs the loop as written, with its own result."""
-    user = load_module(tmp_path, "import torch\n" + src)
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equivalent_at_element_columns(dtype, special):
+    original, optimized, _, report = build(TUPLES)
+    assert all(loop.vectorized for loop in report.loops), report
+    for tuples in (torch.tensor([[3, 0, 1, 2], [0, 4, 2, 2], [4, 4, 0, 1]]),
+                   torch.tensor([[1, 2, 3]], dtype=torch.int32)):
+        assert_equivalent(original, optimized, _table(dtype, special), tuples)
+
+
+def test_element_columns_out_of_range_or_narrow_run_as_written(tmp_path):
+    """A negative bound (``w[-1:0]`` is empty) or a bound past the end (an empty row): the loop
+    as written, with its own result; rows without negatives are vectorized (an empty gather);
+    rows too short for the columns raise the loop's IndexError, not one of the check."""
+    from rewrite import optimize_loss
+    user = load_module(tmp_path, "import torch\n" + TUPLES)
     w = _table(torch.float64, False)
-    cases = [(torch.tensor([0, 2, 3]), (1, 0)), (torch.tensor([0, -1, 2]), (0, 1)),
-             (torch.tensor([0, 2], dtype=torch.uint8), (0, 1)), ([0, 2, 3], (0, 1))]
-    if src is SUMMED_ROWS:  # one past the end: an empty row (the other loop raises there)
-        cases.append((torch.tensor([0, 5]), (0, 1)))
-    for labels, runs in cases:
-        report = equivalent_report(user.f, w, labels)
-        assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == runs, labels
+    for tuples, runs in ((torch.tensor([[3, 0, 1], [0, 4, 2]]), (1, 0)),
+                         (torch.tensor([[3, -1, 1], [0, 4, 2]]), (0, 1)),
+                         (torch.tensor([[3, 0, 1], [5, 4, 2]]), (0, 1)),
+                         (torch.tensor([[3, 0], [0, 4]]), (1, 0))):
+        report = equivalent_report(user.f, w, tuples)
+        assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == runs, tuples
+    with pytest.raises(IndexError, match="index 1 is out of bounds"):
+        optimize_loss(user.f, compile=False)(w, torch.tensor([[3], [0]]))

@@ -70,3 +70,19 @@ def test_vmapped_under_torch_compile_is_eagers(largest, backend):
     _exact(got, want)
     g = torch.arange(1.0, len(_ROWS) + 1)
     _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+
+
+@pytest.mark.parametrize("cotangent", [1.0, NAN, INF])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_batched_under_torch_compile_is_eagers(largest, cotangent):
+    # the operator's backward traced into AOTAutograd's joint graph (whose partitioner may move
+    # the comparisons into the forward): eager's split of ties, NaN's share and the fill of 0
+    fn, name = (max_of_all, "max") if largest else (min_of_all, "min")
+    x = torch.tensor(_ROWS, requires_grad=True)
+    compiled = torch.compile(lambda x: fn(x * 1, 1), backend="aot_eager")
+    want = torch.stack([getattr(r, name)() for r in x])
+    got = compiled(x)
+    _exact(got, want)
+    g = torch.full((len(_ROWS),), cotangent)
+    g[::2] = 2.0
+    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])

@@ -17,10 +17,12 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           gather_keyed_reads,
                           hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-                          inplace_writes_to_functional, invariant_values_take_no_grad, iteration,
+                          index_tuples_to_tensors, inplace_writes_to_functional,
+                          invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, masked_selects_to_selections,
-                          materialize_iterators, merge_branch_appends, split_tuple_assignments,
+                          materialize_iterators, merge_branch_appends, no_grad_blocks_to_detach,
+                          split_tuple_assignments,
                           module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           promoting_folds_run_as_written,
@@ -190,6 +192,45 @@ def f(outputs):
 """,
      """
 Unsupported: `part[i] = ...` writes into `part`, a list or dict the function builds: the vectorized form writes tensors only
+"""),
+    (index_tuples_to_tensors, """
+def f(x, n):
+    total = 0
+    for p in itertools.permutations(range(n)):
+        total = total + (x[p[0]] - x[p[1]]).abs().sum() / len(p)
+    return total
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for p in itertools.permutations(range(n)):
+    total = total + (x[p[0]] - x[p[1]]).abs().sum() / len(p)
+""",
+     """
+# prelude
+_tuples = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.int64)
+# node
+for p in _tuples:
+    total = total + (x[p[0]] - x[p[1]]).abs().sum() / len(p)
+"""),
+    (index_tuples_to_tensors, """
+def f(x, n):
+    total = 0
+    for p in itertools.permutations(range(n)):
+        total = total + x[p].sum()
+    return total
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for p in itertools.permutations(range(n)):
+    total = total + x[p].sum()
+""",
+     """
+# prelude
+# node
+for p in itertools.permutations(range(n)):
+    total = total + x[p].sum()
 """),
     (materialize_iterators, """
 def mean(values):
@@ -1629,6 +1670,48 @@ out.append(a)
 # body
 a, b = (b, a * x[i])
 out.append(a)
+"""),
+    (no_grad_blocks_to_detach, """
+def f(x, t):
+    loss = 0
+    for i in range(x.shape[0]):
+        with torch.no_grad():
+            w = torch.sigmoid(x[i]).mean()
+        loss = loss + w * (x[i] - t[i]).pow(2).sum()
+    return loss
+""", ('body',),
+     """
+# body
+with torch.no_grad():
+    w = torch.sigmoid(x[i]).mean()
+loss = loss + w * (x[i] - t[i]).pow(2).sum()
+""",
+     """
+# body
+w = torch.sigmoid(x[i]).mean()
+w = _detached(w)
+loss = loss + w * (x[i] - t[i]).pow(2).sum()
+"""),
+    (no_grad_blocks_to_detach, """
+def f(x, centers, y):
+    loss = 0
+    for i in range(x.shape[0]):
+        loss = loss + (x[i] - centers[y[i]]).pow(2).sum()
+        with torch.no_grad():
+            centers[y[i]] = centers[y[i]] * 0.9 + x[i] * 0.1
+    return loss
+""", ('body',),
+     """
+# body
+loss = loss + (x[i] - centers[y[i]]).pow(2).sum()
+with torch.no_grad():
+    centers[y[i]] = centers[y[i]] * 0.9 + x[i] * 0.1
+""",
+     """
+# body
+loss = loss + (x[i] - centers[y[i]]).pow(2).sum()
+with torch.no_grad():
+    centers[y[i]] = centers[y[i]] * 0.9 + x[i] * 0.1
 """),
     (merge_chained_indexing, """
 def f(x, out, n):

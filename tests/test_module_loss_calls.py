@@ -5,6 +5,7 @@ gradient, float32 and float64, NaN/inf in skipped rows, printed lines) and the r
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from rewrite import optimize_loss
 from rewrite.frontend import rewrite_function
 from rewrite.testing import assert_equivalent
 from tests import module_loss_sources as src
+from tests.helpers import load_module
 
 GOLDEN = Path(__file__).parent / "golden" / "module_loss_calls"
 DTYPES = [torch.float32, torch.float64]
@@ -127,3 +129,14 @@ def test_a_hook_runs_as_often_as_in_the_original():
     optimized(*inputs)
     assert len(calls) == want == 6
     assert optimized.report.loops[0].runs()["vectorized"] == 0
+
+
+def test_a_module_out_of_sys_modules_is_read_through_its_methods(tmp_path):
+    """Benchmarks load a file as a module that ``sys.modules`` does not keep: the attribute's
+    class is still known (from the methods' globals), and the loop is vectorized."""
+    user = load_module(tmp_path, Path(src.__file__).read_text())
+    del sys.modules[user.__name__]
+    module = user.HardExamples(0.5)
+    optimized = optimize_loss(module, compile=False)
+    assert_equivalent(module, optimized, *class_inputs(torch.float64, 8))
+    assert optimized.report.loops[0].runs()["vectorized"] >= 1, optimized.report

@@ -19,6 +19,7 @@ DTYPES = [torch.float32, torch.float64]
 USER_CODE = '''
 import torch
 import torch.nn.functional as F
+from torch.autograd import Variable
 
 
 def shape_asserts(preds, targets, weight):
@@ -103,6 +104,16 @@ def index_items(logits, labels):
     for i in range(len(logits)):
         loss = loss - logits[i].log_softmax(0)[lab[i]].sum()
     return loss
+
+
+def legacy_variables(logits, labels):
+    # Variable(x) of old PyTorch code is a detached alias of x
+    loss = 0
+    for i in range(len(logits)):
+        signs = Variable(2. * labels[i].to(logits.dtype) - 1.)
+        if labels[i].sum() > 0:
+            loss = loss + F.relu(1. - logits[i] * signs).sum() * Variable(logits[i].sigmoid()).mean()
+    return loss
 '''
 
 
@@ -132,6 +143,9 @@ INPUTS = {
                                        torch.randint(0, 4, (5,), generator=_gen(1))),
     "device_moves": lambda dt: (_randn(5, 4, dtype=dt), _randn(5, 4, dtype=dt, seed=1)),
     "index_items": lambda dt: (_randn(5, 4, dtype=dt), torch.randint(0, 4, (5,), generator=_gen(1))),
+    "legacy_variables": lambda dt: (_randn(5, 4, dtype=dt),
+                                    torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1],
+                                                  [0, 0, 1, 0], [0, 0, 0, 0]])),
 }
 
 

@@ -126,3 +126,23 @@ def test_transposed_read_keeps_each_uses_gradient(dtype, special):
                                equal_nan=True)
     for a, b in zip(torch.autograd.grad(shared, (x, w)), torch.autograd.grad(apart, (x, w))):
         torch.testing.assert_close(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("special", [None, float("nan"), float("inf")])
+def test_compiled_backward_is_the_loops(dtype, special):
+    # under torch.compile the backward is one expression of all coordinates (no buffer), and
+    # the transposed read is a view of the shared distances: the loops' gradients all the same
+    x, w = _inputs(dtype, special)
+    gen = torch.Generator().manual_seed(3)
+    there, back = torch.rand(5, 4, generator=gen, dtype=dtype), torch.rand(4, 5, generator=gen, dtype=dtype)
+    back[:, 1] = 0  # 0 * inf where x[1] holds the special value
+
+    def shared(x, w):
+        d = squared_distances(x, w)
+        return (d * there).sum() + (transposed(d, w, x) * back).sum()
+    got = torch.autograd.grad(torch.compile(shared, backend="aot_eager")(x, w), (x, w))
+    want = torch.autograd.grad((_loop(x, w) * there).sum() + (_loop(w, x) * back).sum(), (x, w))
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, equal_nan=True)

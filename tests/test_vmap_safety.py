@@ -134,8 +134,6 @@ NOT_YET = {
     "multi_head_list": "heads of different shapes: the list is not stacked, the loop runs as written",
     "real.det_detr_set_criterion": "a list of dicts of tensors (targets) where the check wants a "
                                    "tensor",
-    "real.sep_pit_sisnr_perms": "`refs[t]` in a nested function: `refs` may be a tensor (a "
-                                "parameter only indexed), so it is not gathered",
     "real.det_mmdet_multi_apply": "a list of per-level losses bound by an outer loop that is kept",
     "real.kd_similarity_preserving": "feature maps of different shapes: the returned list's "
                                      "comprehension is not stacked, it runs as written",

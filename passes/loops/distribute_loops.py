@@ -73,7 +73,7 @@ Exceptions: the hoisted statements are vectorized code behind its runtime checks
 bounds), so they do not raise where the original did not; an error an op raises on the data
 itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
 residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` becomes the other
-branch holding the statements after the ``if`` (``_continues_to_else``); loops with ``break``,
+branch holding the statements after the ``if`` (``continues_to_else``); loops with ``break``,
 another ``continue`` or ``return`` are not split.
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
@@ -90,12 +90,13 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import ast_marks, ops
 from .. import loop_rules as rules
-from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
 from . import (inline_helper_calls, inline_method_calls, iteration, loop_dataflow,
                module_loss_calls)
+from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
 
@@ -150,7 +151,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                 stackable: dict) -> Fission | str:
     if node.orelse:
         return "its `else` clause runs after the last iteration"
-    body, guards = inline_method_calls.inline(_continues_to_else(node.body), ctx)
+    body, guards = inline_method_calls.inline(continues_to_else(node.body), ctx)
     control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)), None)
     if control is not None:
         return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
@@ -166,9 +167,11 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                                      type_comment=None), node)
     split = _Split(body, written, index=it.index)
     for k, s in enumerate(node.body):
-        reason = _own_reason(s, it.index, seeds, ctx, _exposed_reads(node.body[:k], seeds)[1])
-        if reason:
-            split.residual[k] = reason
+        local = _exposed_reads(node.body[:k], seeds)[1]
+        reason = _own_reason(s, it.index, seeds, ctx, local)
+        if reason:  # of the statement as written when its operands left it (no `_value`)
+            split.residual[k] = k in written and _own_reason(
+                written[k], it.index, seeds, ctx, local) or reason
     carried = _mark_carried(split, seeds, ctx)
     variant = loop_dataflow.variant_names(node.body, seeds, ctx)
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
@@ -195,32 +198,6 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
                        _reason(split, plan, ctx))
     return "the vectorizer refused every split"
-
-
-def _continues_to_else(stmts: list[ast.stmt]) -> list[ast.stmt]:
-    """``stmts`` with each top-level ``if`` whose branch ends with ``continue`` holding the
-    statements after it in its other branch (new nodes; ``stmts`` is not changed)::
-
-        if c:                        if c:
-            A                            A
-            continue       ->        else:
-        B                                B
-
-    The same statements run, in the same order, for every iteration. A ``continue`` elsewhere
-    is left (the loop is then not split)."""
-    for k, s in enumerate(stmts):
-        if not isinstance(s, ast.If):
-            continue
-        rest = _continues_to_else(stmts[k + 1:])
-        if s.body and isinstance(s.body[-1], ast.Continue):
-            body, orelse = s.body[:-1], s.orelse + rest
-        elif s.orelse and isinstance(s.orelse[-1], ast.Continue):
-            body, orelse = s.body + rest, s.orelse[:-1]
-        else:
-            return stmts[:k + 1] + rest
-        new = ast.If(test=s.test, body=body or [ast.copy_location(ast.Pass(), s)], orelse=orelse)
-        return stmts[:k] + [ast.copy_location(new, s)]
-    return stmts
 
 
 def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
@@ -332,11 +309,19 @@ def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext,
     try:
         facts = loop_dataflow.analyze([s], index, seeds, set(), ctx)
     except Unsupported as exc:
-        return exc.reason
+        return _named_back(exc.reason, inputs if rebound else {})
     effect = next(iter(facts.effects.values()), None)
     if effect is None:
         return ""
     return f"{_EFFECT_VERBS[effect.kind]} `{effect.name}`, which outlives the iteration"
+
+
+def _named_back(reason: str, inputs: dict[str, str]) -> str:
+    """``reason`` with the stand-in names of ``_own_reason`` (``v before line 5``) named as the
+    user's statement names them."""
+    for name, stand_in in inputs.items():
+        reason = reason.replace(stand_in, name)
+    return reason
 
 
 def _operands_out(body: list[ast.stmt], index: str, seeds: set[str],
@@ -540,23 +525,33 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
 
 def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
     """Names whose values flow, through residual statements, into an item of a builtin
-    ``max``/``min`` in the residual loop (``lo = min(lo, v)``). Such a value is not stacked:
-    read back by index, only the picked item's would get a cotangent, but the batched backward
-    would run for all of them (0 times an infinite or NaN local derivative is NaN), so the
-    statements making it stay residual, as the vectorizer evaluates a picked item again."""
+    ``max``/``min`` in the residual loop (``lo = min(lo, v)``, ``d = max(eps, v)``). Such a
+    value is not stacked: read back by index, only the picked item's would get a cotangent, but
+    the batched backward would run for all of them (0 times an infinite or NaN local derivative
+    is NaN), so the statements making it stay residual, as the vectorizer evaluates a picked
+    item again. A value reaching the pick only as a Python number (``max(1.0, n.item())``)
+    takes no gradient there (``loop_dataflow.gradient_walk``)."""
     names: set[str] = set()
     for k in split.residual:
         for n in walk(body[k]):
             if isinstance(n, ast.Call) and rules.ACC_CALLS.get(
                     loop_dataflow.resolve_call(n.func, ctx) or "") in rules.FAMILY_PICK:
-                names |= set().union(*(loads(a) for a in n.args))
+                names |= set().union(*(_gradient_loads(a, ctx) for a in n.args))
     grown = True
     while grown:
-        more = set().union(*(_reads(body[k]) for k in split.residual
+        more = set().union(*(_gradient_loads(body[k], ctx) for k in split.residual
                              if loop_dataflow.stores_in([body[k]]) & names))
         grown = not more <= names
         names |= more
     return names
+
+
+def _gradient_loads(node: ast.AST, ctx: PassContext) -> set[str]:
+    """Names ``node`` reads where a gradient may flow from them (not as ``n.item()``); ``n += e``
+    reads ``n``."""
+    nodes = list(loop_dataflow.gradient_walk(node, ctx))
+    return {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} | {
+        n.target.id for n in nodes if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)}
 
 
 def _read_in_some_iterations(body: list[ast.stmt], split: _Split, variant: set[str],
@@ -597,8 +592,9 @@ def _dependence(split: _Split, k: int, written: dict[str, int], read: dict[str, 
     last = {n: j for j in range(len(body)) for n in loop_dataflow.stores_in([body[j]])}
     for n in sorted(loop_dataflow.stores_in([s]) & needed):
         if last[n] == k and not _stackable(s, n, variant, ctx):
-            return f"`{n}` is read by the residual loop or after the loop, and is not a " \
-                   "per-iteration tensor value"
+            value = _bound_value(s, n, ctx) if n in ctx.namer.made else None  # `_value = e`
+            return f"`{unparse(value) if value else n}` is read by the residual loop or after " \
+                   "the loop, and is not a per-iteration tensor value"
     return ""
 
 
@@ -811,5 +807,6 @@ def _residual(split: _Split, ctx: PassContext) -> str:
 
 
 def _first_line(s: ast.stmt) -> str:
-    text = unparse(s).strip().splitlines()[0]
+    """The first line of ``s`` as the user wrote it (an inlined method's statement too)."""
+    text = (ast_marks.get(s, ast_marks.WRITTEN_AS) or unparse(s)).strip().splitlines()[0]
     return text[:-1] + " ..." if text.endswith(":") else text

@@ -13,6 +13,10 @@ counting ``0 .. n - 2``), gathered in order::
                                                   _others = _q + (_q >= y)
                                                   ex = w[i, _others]
 
+The element may also be a row whose int columns are the bounds (N-pair losses iterate sampled
+``(anchor, positive, *negatives)`` tuples): ``x[t[0]:t[0] + 1]`` is ``x[t[0]].unsqueeze(0)``, the
+check then reading the iterated value's column ``c`` (a 2-d tensor with more than ``c`` columns).
+
 Same values, and the same gradients: each kept item is read once, at the same position. Taken:
 ``y`` a name the loop binds to the items of an iterated tensor (not rebound in the body); the
 sliced value a name, attribute or subscript by names and numbers that the body does not bind;
@@ -43,6 +47,9 @@ _CHECK = ("isinstance(src, torch.Tensor) and src.dim() == 1 "
           "and src.dtype in (torch.int64, torch.int32) "
           "and isinstance(x, torch.Tensor) and x.dim() > k "
           "and bool(((src >= 0) & (src < x.shape[k])).all())")
+
+_COLUMN_CHECK = ("isinstance(rows, torch.Tensor) and rows.dim() == 2 and rows.shape[1] > c and "
+                 + _CHECK.replace("src", "rows[:, c]"))
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -78,8 +85,8 @@ class _Slices(Transformer):
             return node
         k = at[0]
         y = self._unit(entries[k])
-        self._check(y, node.value, k)
-        entries[k] = ast.Name(y, ast.Load())
+        self._check(y, node.value, k, _column(entries[k].lower))
+        entries[k] = clone(entries[k].lower)
         node.slice = ast.Tuple(entries, ast.Load()) if len(entries) > 1 else entries[0]
         return replace(f"x.unsqueeze({k})", loc=node, x=node)
 
@@ -107,14 +114,13 @@ class _Slices(Transformer):
         return node
 
     def _unit(self, x: ast.expr) -> str | None:
-        """``y`` of the slice ``y:y + 1`` at an element ``y``, else None."""
-        if not (isinstance(x, ast.Slice) and x.step is None and isinstance(x.lower, ast.Name)
-                and x.lower.id in self.elements):
+        """``y`` of the slice ``y:y + 1`` (or ``y[c]:y[c] + 1``) at an element ``y``, else None."""
+        if not (isinstance(x, ast.Slice) and x.step is None and x.lower is not None):
             return None
-        y, up = x.lower.id, x.upper
-        ok = isinstance(up, ast.BinOp) and isinstance(up.op, ast.Add) and (
-            (is_name(up.left, y) and is_int(up.right, 1))
-            or (is_int(up.left, 1) and is_name(up.right, y)))
+        y, up = _element_of(x.lower), x.upper
+        ok = y in self.elements and isinstance(up, ast.BinOp) and isinstance(up.op, ast.Add) and (
+            (_same(up.left, x.lower) and is_int(up.right, 1))
+            or (is_int(up.left, 1) and _same(up.right, x.lower)))
         return y if ok else None
 
     def _cut(self, call: ast.Call) -> tuple[ast.expr, list[ast.expr], str] | None:
@@ -144,8 +150,12 @@ class _Slices(Transformer):
         varies."""
         return _simple(x) and not (loads(x) & self.variant)
 
-    def _check(self, y: str, x: ast.expr, k: int) -> None:
-        self.plan.check(_CHECK, src=clone(self.elements[y]), x=clone(x), k=ast.Constant(k))
+    def _check(self, y: str, x: ast.expr, k: int, column: int | None = None) -> None:
+        if column is None:
+            self.plan.check(_CHECK, src=clone(self.elements[y]), x=clone(x), k=ast.Constant(k))
+        else:  # the elements are rows: their column ``c`` holds the bounds
+            self.plan.check(_COLUMN_CHECK, rows=clone(self.elements[y]), c=ast.Constant(column),
+                            x=clone(x), k=ast.Constant(k))
 
 
 def _full(x: ast.expr) -> bool:
@@ -155,3 +165,23 @@ def _full(x: ast.expr) -> bool:
 def _single(x: ast.expr) -> bool:
     """An index that drops its dim: a name or an int, not a slice."""
     return isinstance(x, ast.Name) or (isinstance(x, ast.Constant) and type(x.value) is int)
+
+
+def _element_of(bound: ast.expr) -> str | None:
+    """``y`` of a slice bound ``y`` or ``y[c]`` (``c`` an int, not negative), else None."""
+    if isinstance(bound, ast.Name):
+        return bound.id
+    if isinstance(bound, ast.Subscript) and isinstance(bound.value, ast.Name) \
+            and _column(bound) is not None:
+        return bound.value.id
+    return None
+
+
+def _column(bound: ast.expr) -> int | None:
+    """``c`` of a slice bound ``y[c]``, else None."""
+    c = bound.slice if isinstance(bound, ast.Subscript) else None
+    return c.value if isinstance(c, ast.Constant) and type(c.value) is int and c.value >= 0 else None
+
+
+def _same(a: ast.expr, b: ast.expr) -> bool:
+    return ast.dump(a) == ast.dump(b)

@@ -16,18 +16,19 @@ subclasses. The distributed loop's runtime check requires the object to run that
 (``getattr(type(self), '_eval_batch', None) is _eval_batch_inlined`` and no instance attribute
 of the name): another object runs the loop as written. Its arguments are evaluated once, in
 order, before its body (as the call does); its parameters and locals get fresh names, its
-object is the caller's; its statements keep their own lines. Only methods of the caller's file
-and globals, without decorators, ``*args``/``**kwargs`` or free variables, whose body is
-assignments to names and to attributes of their object and expression statements (no
-``return``, no control flow, nothing that observes the frame), are inlined; a call that is
-not stays as it is.
+object is the caller's; its statements keep their own lines, and reasons quote them as written
+(``ast_marks.WRITTEN_AS``). Only methods of the caller's file and globals, without decorators,
+``*args``/``**kwargs`` or free variables, whose body is assignments to names and to attributes
+of their object and expression statements (no ``return``, no control flow, nothing that
+observes the frame), are inlined; a call that is not stays as it is.
 """
 from __future__ import annotations
 
 import ast
 import types
 
-from ..ast_tools import PassContext, clone, rename, replace
+from .. import ast_marks
+from ..ast_tools import PassContext, clone, rename, replace, unparse
 from ..errors import Unsupported
 from . import inline_helper_calls
 from .inline_helper_calls import BODY_FORBIDDEN, FRAME_BUILTINS
@@ -137,4 +138,7 @@ def _inlined(call: ast.Call, fn: types.FunctionType, this: str,
         ast.Call(call.func, [receiver] + call.args, call.keywords), fn, node)
     out = [replace("p = v", loc=call, p=fresh[p], v=v if isinstance(v, ast.AST)
                    else ast.Constant(v))[0] for p, v in bound[1:]]
-    return out + [rename(clone(s), fresh) for s in stmts]
+    for s in stmts:
+        out.append(rename(clone(s), fresh))
+        ast_marks.put(out[-1], ast_marks.WRITTEN_AS, unparse(s))
+    return out

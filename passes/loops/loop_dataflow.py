@@ -267,6 +267,9 @@ def resolve_call(func: ast.expr, ctx: PassContext) -> str | None:
         base = ops.DEFAULT_ALIASES[root]
     elif parts:
         return None  # method of a local value
+    elif root in ctx.bindings:  # a function of ``passes`` that generated code calls
+        obj = ctx.bindings[root]
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', root)}"
     else:
         return root
     return ".".join([base] + parts[::-1])

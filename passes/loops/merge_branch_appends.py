@@ -32,25 +32,22 @@ from __future__ import annotations
 import ast
 
 from ..ast_tools import PassContext, replace
+from .continues_to_else import continues_to_else
 from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body = _merge(_continue_to_else(plan.body), ctx)
+    plan.body = _merge(continues_to_else(plan.body, _appends_then_continues), ctx)
     return plan
 
 
-def _continue_to_else(stmts: list[ast.stmt]) -> list[ast.stmt]:
-    """The top-level ``if c: ...; lst.append(a); continue`` (no ``else``) whose following
-    statements end with ``lst.append(b)`` and hold no other ``continue``, as ``if``/``else``."""
-    for k, s in enumerate(stmts):
-        rest = stmts[k + 1:]
-        if (isinstance(s, ast.If) and not s.orelse and len(s.body) >= 2
-                and isinstance(s.body[-1], ast.Continue) and rest
-                and _appended(s.body[-2]) is not None and _appended(s.body[-2]) == _appended(rest[-1])
-                and not any(isinstance(n, ast.Continue) for t in rest for n in ast.walk(t))):
-            return stmts[:k] + [ast.copy_location(ast.If(s.test, s.body[:-1], rest), s)]
-    return stmts
+def _appends_then_continues(s: ast.If, rest: list[ast.stmt]) -> bool:
+    """``if c: ...; lst.append(a); continue`` (no ``else``) whose following statements end with
+    ``lst.append(b)`` and hold no other ``continue``: the ``if``/``else`` it equals merges."""
+    return (not s.orelse and len(s.body) >= 2 and isinstance(s.body[-1], ast.Continue)
+            and bool(rest) and _appended(s.body[-2]) is not None
+            and _appended(s.body[-2]) == _appended(rest[-1])
+            and not any(isinstance(n, ast.Continue) for t in rest for n in ast.walk(t)))
 
 
 def _merge(stmts: list[ast.stmt], ctx: PassContext, made: dict[int, str] | None = None

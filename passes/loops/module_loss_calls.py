@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import sys
 import types
 
 import torch
@@ -124,12 +123,14 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
     """The attributes the methods of ``cls`` (and of its bases of the same module) assign on
     their object only modules of one ``MODULE_LOSSES`` class -> the class."""
     values: dict[str, list] = {}
+    scope: dict = {}  # the module's names, as its methods see them (it may be out of sys.modules)
     for base in cls.__mro__:
         if base.__module__ != cls.__module__:
             continue
         for method in vars(base).values():
             if not isinstance(method, types.FunctionType):
                 continue
+            scope = method.__globals__
             try:
                 tree = parse(method).tree
             except Unsupported:
@@ -142,7 +143,7 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
                         values.setdefault(t.attr, []).extend(
                             _passed(getattr(n, "value", None), base, method, parse))
     return {attr: c for attr, vs in values.items()
-            if (c := _one_class(vs, vars(sys.modules[cls.__module__]))) is not None}
+            if (c := _one_class(vs, scope)) is not None}
 
 
 def _passed(value: ast.expr | None, base: type, method: types.FunctionType,

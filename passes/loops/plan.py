@@ -114,6 +114,7 @@ class LoopPlan:
     gathered: dict[str, str] = field(default_factory=dict)
     # Bound to iterators only (``iter(...)``) -> where the function reads them last.
     iterators: dict[str, tuple[int, int]] = field(default_factory=dict)
+    local_defs: dict[str, ast.FunctionDef] = field(default_factory=dict)  # defined once, nested
     prelude: list[ast.stmt] = field(default_factory=list)
     # The body (a copy of the loop's), rewritten stage by stage; ``written``: as the user wrote
     # it (inner loops and helpers inlined), which the check reads so reasons quote their code.

@@ -20,13 +20,8 @@ from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    split = _Split(ctx)
-    plan.body = [out for s in plan.body for out in _as_list(split.visit(s))]
+    plan.body = _Split(ctx).statements(plan.body)
     return plan
-
-
-def _as_list(node: ast.AST | list) -> list:
-    return node if isinstance(node, list) else [node]
 
 
 class _Split(Transformer):

@@ -20,6 +20,12 @@ read the stacked tensor instead (the items' names in the body stay the user's)::
                                               else:
                                                   <the loop as written, over preds and targets>
 
+A list read at an element the body uses only as an index (``refs[t] for s, t in
+enumerate(perm)``, the permutation-invariant losses of speech separation) is stacked too; the
+iterated list of such elements may hold Python ints, which become an int64 tensor (the same
+items indexed; not bools, which index tensors as masks). A nested function reads the enclosing
+function's lists (``vectorize_loops``).
+
 A tensor stays itself; a list whose items differ in shape, dtype or device (deep supervision at
 several resolutions) stays a list, fails the guard's ``isinstance`` check, and the loop runs as
 written. Stacking copies the items: the values and the gradients of every item are those of the
@@ -44,18 +50,25 @@ STACKED = ("torch.stack(tuple(x)) if isinstance(x, (list, tuple)) and len(x) > 0
             "isinstance(v, torch.Tensor) and v.shape == x[0].shape and v.dtype == x[0].dtype "
             "and v.device == x[0].device for v in x) else x")
 
+# Python ints the loop uses only as indices (``refs[t] for s, t in enumerate(perm)``): the int64
+# tensor of them indexes the same items (bools would index as masks, so ints only).
+_INTS = "(isinstance(x, (list, tuple)) and len(x) > 0 and all(type(v) is int for v in x))"
+
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     sources = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
+    rows = {it.index} | {e for e, _ in it.elements if index_only(e, plan.node.body)}
     indexed = {n.value.id for s in plan.node.body for n in walk(s) if isinstance(n, ast.Subscript)
-               and isinstance(n.value, ast.Name) and _reads_row(n, it.index)}
+               and isinstance(n.value, ast.Name) and _reads_row(n, rows)}
     for name in sorted((sources | indexed) & plan.list_names):
         elements = {e for e, src in it.elements if is_name(src, name)}
-        if not _only_items_read(name, elements, plan.node.body, it.index):
+        if not _only_items_read(name, elements, plan.node.body, rows):
             continue
         stacked = ctx.namer.new(f"{name}_stacked")
-        prelude = plan.sub(f"s = {STACKED}", s=stacked, x=ast.Name(name, ast.Load()),
+        made = STACKED.removesuffix(" else x") + f" else torch.tensor(x) if {_INTS} else x" \
+            if elements and elements <= rows else STACKED
+        prelude = plan.sub(f"s = {made}", s=stacked, x=ast.Name(name, ast.Load()),
                            v=ctx.namer.new("v"))
         for n in walk(prelude[0]):
             if isinstance(n, ast.GeneratorExp):
@@ -114,25 +127,38 @@ def _makes_list(value: ast.expr, ctx: PassContext) -> bool:
     return resolve_call(value.func, ctx) in _LIST_MAKERS
 
 
-def _reads_row(sub: ast.Subscript, index: str) -> bool:
-    """``x[i]`` or ``x[i, ...]``: the loop index picks an item; or the index shifted by an int
-    literal (``x[i + 1]``, the next head after a first one taken before the loop)."""
+def _reads_row(sub: ast.Subscript, rows: set[str]) -> bool:
+    """``x[i]`` or ``x[i, ...]``: the loop index (or an element used only as an index) picks an
+    item; or the index shifted by an int literal (``x[i + 1]``, the next head after a first one
+    taken before the loop)."""
     first = sub.slice.elts[0] if isinstance(sub.slice, ast.Tuple) and sub.slice.elts else sub.slice
     if isinstance(first, ast.BinOp) and isinstance(first.op, (ast.Add, ast.Sub)):
-        shift = first.right if is_name(first.left, index) else \
-            first.left if isinstance(first.op, ast.Add) and is_name(first.right, index) else None
+        shift = first.right if _named(first.left, rows) else \
+            first.left if isinstance(first.op, ast.Add) and _named(first.right, rows) else None
         return isinstance(shift, ast.Constant) and type(shift.value) is int
-    return is_name(first, index)
+    return _named(first, rows)
 
 
-def _only_items_read(name: str, elements: set[str], body: list[ast.stmt], index: str) -> bool:
+def _named(x: ast.expr, names: set[str]) -> bool:
+    return isinstance(x, ast.Name) and x.id in names
+
+
+def index_only(element: str, body: list[ast.stmt]) -> bool:
+    """The body reads ``element`` only as the whole index of a name's item (``x[t]``)."""
+    uses = {id(n) for s in body for n in walk(s) if is_name(n, element)}
+    indices = {id(n.slice) for s in body for n in walk(s) if isinstance(n, ast.Subscript)
+               and isinstance(n.value, ast.Name) and is_name(n.slice, element)}
+    return bool(uses) and uses <= indices
+
+
+def _only_items_read(name: str, elements: set[str], body: list[ast.stmt], rows: set[str]) -> bool:
     """The body reads ``name`` only as ``name[i]`` and writes into neither those items nor the
     element names bound to its items."""
     items = set()
     for s in body:
         for n in walk(s):
             if isinstance(n, ast.Subscript) and is_name(n.value, name):
-                if not (_reads_row(n, index) and isinstance(n.ctx, ast.Load)):
+                if not (_reads_row(n, rows) and isinstance(n.ctx, ast.Load)):
                     return False
                 items.add(id(n.value))
             elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \

@@ -86,7 +86,8 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
                gather_keyed_reads, hoist_invariant_checks,
-               host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
+               host_roundtrips_to_tensor_ops, index_tuples_to_tensors, inline_helper_calls,
+               inline_inner_loops,
                inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
@@ -96,7 +97,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                ragged_slices_to_masks,
                raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
-               sink_own_item_selections, split_tuple_assignments,
+               no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
@@ -106,7 +107,8 @@ from .runtime_checks import MARKER, is_as_written, is_vectorized_guard, proven_t
 # The stages of one loop, in order: each a module with ``stage(plan, ctx) -> plan`` that raises
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
-    iteration,                    # first: every stage reads the iteration
+    index_tuples_to_tensors,      # before iteration: it makes the loop iterate a tensor
+    iteration,                    # first of the others: every stage reads the iteration
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
@@ -116,6 +118,7 @@ LOOP_STAGES: list = [
     module_list_linears,          # before the checks: they see F.linear of stacked parameters
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     split_tuple_assignments,      # before the stages that merge one name at a time under a mask
+    no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
@@ -198,6 +201,7 @@ class _Vectorizer(Transformer):
         self.list_names: frozenset[str] = frozenset()  # names it may hold as lists of tensors
         self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
         self.iterators: dict[str, tuple[int, int]] = {}  # bound to iterators: last read
+        self.local_defs: dict[str, ast.FunctionDef] = {}  # nested in the function, as written
         self.depth = 0  # loops around the node visited: an inner loop stacks no lists (its
         # prelude would be a statement of the outer loop's body, which then keeps the outer loop)
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
@@ -212,7 +216,8 @@ class _Vectorizer(Transformer):
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
                  self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-                 self.host_containers, self.iterators)
+                 self.host_containers, self.iterators, self.local_defs)
+        self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
@@ -222,7 +227,8 @@ class _Vectorizer(Transformer):
         self.stackable_lists = normalize_comprehensions.stackable_lists(node, self.ctx)
         self.bound_lists = set()
         self.masks = loop_dataflow.mask_names(node, self.ctx)
-        self.list_names = stack_tensor_lists.list_names(node, self.ctx)
+        self.list_names = stack_tensor_lists.list_names(node, self.ctx) | \
+            gather_keyed_reads.free(self.list_names, node)  # a nested function reads them too
         # a nested function reads the enclosing function's containers it does not bind
         self.host_containers = gather_keyed_reads.host_containers(node) | \
             gather_keyed_reads.free(self.host_containers, node)
@@ -232,7 +238,7 @@ class _Vectorizer(Transformer):
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
         (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
          self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-         self.host_containers, self.iterators) = outer
+         self.host_containers, self.iterators, self.local_defs) = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -264,7 +270,7 @@ class _Vectorizer(Transformer):
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx, self.around[-1] if self.around else None),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
-                     inner=bool(self.depth))
+                     inner=bool(self.depth), local_defs=self.local_defs)
         try:
             # lists stacked by this plan and a distributed loop's: the scan has no prelude
             plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
@@ -294,7 +300,8 @@ class _Vectorizer(Transformer):
                 return node
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",
-                                     fission.reason + _runs_when(check, {}))
+                                     fission.reason + _runs_when(check, fission.plan.stacked,
+                                                                 fission.plan.gathered))
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
@@ -373,7 +380,8 @@ class _Vectorizer(Transformer):
         own = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
         try:
             plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own,
-                                      **self._lists()), self.ctx)
+                                      local_defs=self.local_defs, **self._lists()),
+                             self.ctx)
         except Unsupported as exc:
             self.kept(comp, exc.reason)
             for other in _comprehensions(node):  # the statement runs as written
@@ -466,6 +474,14 @@ def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> st
     states = ", ".join(f"`{n}`" for n in scanned.states)
     return (f"{states} = a * {states} + b: every step's state by one parallel scan (log depth); "
             f"the rest: {_why(scanned.rest, ctx)}")
+
+
+def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
+    """The functions nested in ``func`` by name, each name bound once (by its ``def``)."""
+    defs = [n for n in walk(func) if isinstance(n, ast.FunctionDef) and n is not func]
+    stores = [n.id for n in walk(func) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)]
+    names = [d.name for d in defs]
+    return {d.name: clone(d) for d in defs if names.count(d.name) == 1 and d.name not in stores}
 
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],

@@ -1,0 +1,113 @@
+"""Stage: a loop over the index tuples ``itertools`` makes from ranges (``permutations(range(n))``,
+``combinations(range(n), r)``, ``product(range(a), range(b))``) iterates the rows of the int64
+tensor of those tuples, when the body uses each tuple only as a sequence of indices.
+
+Permutation-invariant losses (speech separation) score every assignment of estimates to
+references and keep the best; the tuples are Python ints, which vmap cannot map over. Each row of
+the tensor holds a tuple's ints in order, so its length, its items and the items picked by them
+(``refs[t]``) are the same::
+
+    for p in permutations(range(n)):      ->   _tuples = torch.tensor(list(permutations(range(n))),
+        scores.append(score(p))                                     dtype=torch.int64)
+                                               <vectorized over the rows of _tuples>
+                                               else: the loop as written, over the tuples
+
+Taken when every read of the loop's element is ``len(p)``, an item ``x[p[0]]`` indexing a name,
+an iteration over ``p`` or ``enumerate(p)`` whose items are used only as whole indices of names
+(``x[t]``), or an argument
+of a function the enclosing function defines (once) whose parameter is read only so. A tuple
+compared, printed, joined or used as an index itself (``x[p]`` picks one item of a tuple, rows
+of a tensor) keeps the loop as written.
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, is_name, walk
+from .loop_dataflow import resolve_call
+from .plan import LoopPlan
+from .stack_tensor_lists import index_only
+
+# The itertools functions whose tuples, made from ranges, hold ints only.
+_INDEX_TUPLES = {"itertools.permutations", "itertools.combinations",
+                 "itertools.combinations_with_replacement", "itertools.product"}
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    node, it = plan.node, plan.node.iter
+    if not (isinstance(node.target, ast.Name) and _index_tuples(it, ctx)
+            and _read_as_indices(node.target.id, node.body, plan.local_defs, set())):
+        return plan
+    tuples = ctx.namer.new("tuples")
+    plan.prelude += plan.sub("t = torch.tensor(list(it), dtype=torch.int64)", t=tuples, it=it)
+    # the stages read the loop over the rows; the guard's else keeps the user's loop
+    rows = ast.copy_location(ast.Name(tuples, ast.Load()), it)
+    plan.node = ast.copy_location(ast.For(node.target, rows, node.body, node.orelse), node)
+    return plan
+
+
+def _index_tuples(it: ast.expr, ctx: PassContext) -> bool:
+    """``it`` calls an itertools tuple maker on ranges (and an int length)."""
+    if not (isinstance(it, ast.Call) and resolve_call(it.func, ctx) in _INDEX_TUPLES
+            and not it.keywords and it.args):
+        return False
+    ranges = [a for a in it.args if isinstance(a, ast.Call) and resolve_call(a.func, ctx) == "range"]
+    return it.args[:len(ranges)] == ranges and all(
+        isinstance(a, (ast.Constant, ast.Name)) for a in it.args[len(ranges):])
+
+
+def _read_as_indices(name: str, body: list[ast.AST], defs: dict[str, ast.FunctionDef],
+                     seen: set[str]) -> bool:
+    """Every read of ``name`` in ``body`` is ``len(name)``, an item at an int ``x[name[0]]`` or
+    an iteration whose items only index names (``x[t]``), or an argument of a local function
+    whose parameter is read only so."""
+    taken: set[int] = set()
+    for s in body:
+        for n in walk(s):
+            if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) \
+                    and isinstance(n.slice, ast.Subscript) and is_name(n.slice.value, name) \
+                    and isinstance(n.slice.slice, ast.Constant) \
+                    and type(n.slice.slice.value) is int:  # x[p[0]]
+                taken.add(id(n.slice.value))
+            elif isinstance(n, ast.Call) and _taken_call(n, name, defs, seen):
+                taken.add(id(next(a for a in n.args if is_name(a, name))))
+            elif isinstance(n, (ast.For, ast.comprehension)) and _iterates(n, name):
+                scope = n.body if isinstance(n, ast.For) else _comprehension_of(n, s)
+                item = n.target.elts[1] if isinstance(n.target, ast.Tuple) else n.target
+                if not (isinstance(item, ast.Name) and index_only(item.id, scope)):
+                    return False
+                taken.add(id(n.iter.args[0] if isinstance(n.iter, ast.Call) else n.iter))
+    reads = [n for s in body for n in walk(s) if is_name(n, name)]
+    return all(id(n) in taken for n in reads)
+
+
+def _taken_call(call: ast.Call, name: str, defs: dict[str, ast.FunctionDef],
+                seen: set[str]) -> bool:
+    """``len(name)``, or ``f(..., name, ...)`` for a local ``f`` reading its parameter so."""
+    if isinstance(call.func, ast.Name) and call.func.id == "len":
+        return len(call.args) == 1 and is_name(call.args[0], name)
+    at = [k for k, a in enumerate(call.args) if is_name(a, name)]
+    fn = defs.get(call.func.id) if isinstance(call.func, ast.Name) else None
+    if fn is None or len(at) != 1 or call.keywords or fn.name in seen \
+            or at[0] >= len(fn.args.args) or fn.args.posonlyargs:
+        return False
+    param = fn.args.args[at[0]].arg
+    return _read_as_indices(param, fn.body, defs, seen | {fn.name})
+
+
+def _iterates(loop: ast.For | ast.comprehension, name: str) -> bool:
+    """``for x in name`` or ``for k, x in enumerate(name)``."""
+    it = loop.iter
+    if is_name(it, name):
+        return isinstance(loop.target, ast.Name)
+    return (isinstance(it, ast.Call) and is_name(it.func, "enumerate") and len(it.args) == 1
+            and is_name(it.args[0], name) and isinstance(loop.target, ast.Tuple)
+            and len(loop.target.elts) == 2)
+
+
+def _comprehension_of(gen: ast.comprehension, stmt: ast.AST) -> list[ast.expr]:
+    """The expressions of the comprehension ``gen`` belongs to that may read its target."""
+    comp = next(n for n in walk(stmt) if isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp,
+                                                        ast.DictComp)) and gen in n.generators)
+    exprs = [comp.key, comp.value] if isinstance(comp, ast.DictComp) else [comp.elt]
+    return exprs + [c for g in comp.generators for c in g.ifs]

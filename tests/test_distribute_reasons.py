@@ -1,0 +1,154 @@
+"""distribute_loops' choices and reasons around builtin ``max``/``min`` and generated names.
+
+A value reaching a builtin ``max``/``min`` only as a Python number (``max(1.0, n.item())``, a
+clamp of a count) takes no gradient there: it is stacked like any other (golden, equivalence of
+values, every gradient, printed lines), while a tensor that a builtin ``max``/``min`` may not
+pick stays residual. Reasons quote the user's statements and names: not the names the rewrite
+makes (``_value`` for an operand bound first, the stand-in of a rebound name)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewrite import assert_equivalent
+from tests.loop_helpers import assert_golden, build, rewrite_source
+
+DTYPES = [torch.float32, torch.float64]
+
+SOURCES = {
+    # the count clamped on the host is hoisted with the loss (both reductions)
+    "host_clamp": """
+        def f(x, y, m):
+            total = 0
+            for i in range(len(x)):
+                n = m[i].sum()
+                l = F.mse_loss(x[i], y[i], reduction="sum")
+                print(f"{i}: {l.item():.4f}")
+                total = total + l / max(1.0, n.item())
+            return total
+        """,
+}
+# the clamped value is a tensor: where 1.0 is picked the original takes no gradient through
+# `n`, so `n` stays residual
+SOURCES["tensor_clamp"] = SOURCES["host_clamp"].replace("max(1.0, n.item())", "max(1.0, n)")
+GOLDEN = {
+    "host_clamp": """
+        def f(x, y, m):
+            total = 0
+            if isinstance(m, torch.Tensor) and len(x) <= m.shape[0] and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
+                'optimize_loss: loop at line 3 vectorized'
+                if y.dim() == x.dim():
+                    _m_row = m if len(x) == m.shape[0] else m[0:len(x):1]
+                    _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
+                    _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
+                    n = _m_row.sum(tuple(range(1, _m_row.dim()))) if _m_row.dim() > 1 else _m_row.reshape(len(_m_row), -1).sum(1)
+                    _t = F.mse_loss(_x_row, _y_row, reduction='none')
+                    l = _t.reshape(len(_t), -1).sum(1)
+                    _l_all_item = l
+                    _n_all_item = n
+                    _outs_1 = (_l_all_item, _n_all_item)
+                else:
+
+                    def _body(_m_row, _x_row, _y_row):
+                        n = _m_row.sum()
+                        l = F.mse_loss(_x_row, _y_row, reduction='sum')
+                        _l_all_item = l
+                        _n_all_item = n
+                        return (torch.as_tensor(_l_all_item), torch.as_tensor(_n_all_item))
+                    _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                _l_all = _outs_1[0].unbind(0)
+                _n_all = _outs_1[1].unbind(0)
+                for i in range(len(x)):
+                    l = _l_all[i]
+                    n = _n_all[i]
+                    print(f'{i}: {l.item():.4f}')
+                    total = total + l / max(1.0, n.item())
+            else:
+                for i in range(len(x)):
+                    n = m[i].sum()
+                    l = F.mse_loss(x[i], y[i], reduction='sum')
+                    print(f'{i}: {l.item():.4f}')
+                    total = total + l / max(1.0, n.item())
+            return total
+        """,
+}
+
+
+def test_golden_host_clamp():
+    assert_golden(SOURCES["host_clamp"], GOLDEN["host_clamp"], {3: "distributed"})
+
+
+def test_a_tensor_a_builtin_max_may_not_pick_stays_residual():
+    _, report = rewrite_source(SOURCES["tensor_clamp"])
+    reason = report.loops[0].reason
+    assert reason.startswith("line 5 hoisted into one loop")
+    assert "<test>:4 `n = m[i].sum()`: its value flows into an item a builtin `max`/`min` " \
+           "picks from" in reason
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_clamps_are_equivalent(name, dtype, capsys):
+    original, optimized, _, _ = build(SOURCES[name])
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 4, generator=g, dtype=dtype)
+    x[1, 2] = float("nan")
+    x[3, 0] = float("inf")
+    y = torch.randn(5, 4, generator=g, dtype=dtype)
+    # counts 0 (clamped to 1), fractional (clamped) and above 1; a NaN weight's sum
+    m = torch.tensor([[0.0, 0], [0.25, 0.5], [2, 1], [1, 3], [float("nan"), 1]], dtype=dtype)
+    inputs = (x.requires_grad_(), y.requires_grad_(), m.requires_grad_())
+    want = original(*inputs)
+    printed = capsys.readouterr().out
+    got = optimized(*inputs)
+    assert capsys.readouterr().out == printed and printed.count("\n") == 5
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert_equivalent(original, optimized, *inputs)
+
+
+QUOTED = {
+    # `F.l1_loss(w, w * 2).item()` does not vary with the iteration: it stays in the residual
+    # loop, and the reason quotes it, not the name it is bound to (`_value`)
+    "operand_bound_first": ("""
+        def f(x, y, w):
+            total = 0
+            for i in range(len(x)):
+                l = F.mse_loss(x[i], y[i])
+                print(F.l1_loss(w, w * 2).item(), l.item())
+                total = total + l
+            return total
+        """, "<test>:5 `print(F.l1_loss(w, w * 2).item(), l.item())`: `F.l1_loss(w, w * 2).item()` "
+             "is read by the residual loop or after the loop, and is not a per-iteration tensor "
+             "value"),
+    # `a = a[a[:, 0] > 0]` reads the `a` the line before binds: the check of the statement on
+    # its own stands that value in under another name, which the reason does not show
+    "rebound_name": ("""
+        def f(x, y, boxes):
+            total = 0
+            for i in range(len(x)):
+                l = F.mse_loss(x[i], y[i])
+                a = boxes[i]
+                a = a[a[:, 0] > 0]
+                total = total + l + a.sum()
+            return total
+        """, "<test>:6 `a = a[a[:, 0] > 0]`: boolean mask indexing `a[a[:, 0] > 0]`: the number "
+             "of selected elements varies per iteration"),
+    # the operand of a residual statement left it: the statement is judged as written
+    "judged_as_written": ("""
+        def f(x, W, U):
+            s = 0
+            for t in range(x.shape[1]):
+                s = torch.tanh(s @ U + x[:, t] @ W)
+            return s.sum()
+        """, "`s` is a loop-carried recurrence: s = torch.tanh(s @ U + x[:, t] @ W) (line 4)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUOTED))
+def test_reasons_quote_the_users_statements(name):
+    src, want = QUOTED[name]
+    _, report = rewrite_source(src)
+    reason = report.loops[0].reason
+    assert report.loops[0].strategy == "distributed"
+    assert want in reason
+    assert "_value" not in reason and "before line" not in reason

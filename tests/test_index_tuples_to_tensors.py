@@ -1,0 +1,96 @@
+"""A loop over ``itertools`` index tuples of ranges (``permutations(range(n))``, the
+permutation-invariant losses of speech separation) iterates the rows of their int64 tensor when
+the body uses each tuple only as indices, here through a nested helper; the same values,
+gradients and dtype as the loop. A tuple used otherwise keeps the loop as written."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import equivalent_report, load_module
+from tests.test_int_index_lists import _lists
+from tests.loop_helpers import build, strategies
+
+PIT = """
+from itertools import permutations, product
+import itertools
+
+def f(ests, refs):
+    def score(perm):
+        return sum([(ests[s] * refs[t]).sum(-1) for s, t in enumerate(perm)]) / len(perm)
+    return -torch.stack([score(p) for p in permutations(range(len(refs)))]).max(0).values.sum()
+"""
+
+PAIRS = PIT.replace("permutations(range(len(refs)))", "product(range(2), range(len(refs)))")
+
+# pairwise terms over combinations, items picked at int positions of the tuple
+COMBINATIONS = """
+import itertools
+
+def f(x, n):
+    total = 0
+    for p in itertools.combinations(range(n), 2):
+        total = total + (x[p[0]] - x[p[1]]).abs().pow(1.5).sum() / len(p)
+    return total
+"""
+
+
+def _ns():
+    import itertools
+    return {"torch": torch, "itertools": itertools, "permutations": itertools.permutations,
+            "product": itertools.product}
+
+
+def test_golden_permutations_become_rows():
+    _, _, code, report = build(PIT.split("import itertools\n")[1], _ns())
+    assert strategies(report) == {3: "batched", 4: "vmap"}, (report, code)
+    assert "_tuples = torch.tensor(list(permutations(range(len(refs)))), dtype=torch.int64)" in code
+    assert "_outs_1 = torch.vmap(_body_1, in_dims=(0,))(_tuples)" in code, code
+    assert "score(p) for p in permutations(range(len(refs)))" in code.split("else:")[-1], code
+
+
+@pytest.mark.parametrize("src", [
+    PIT.replace("refs[t]", "refs[perm]"),                        # the tuple itself an index
+    PIT.replace("/ len(perm)", "/ len(perm) if perm != (0, 1, 2) else 0"),   # compared
+    PIT.replace("for s, t in enumerate(perm)", "for s, t in enumerate(perm[::-1])"),  # sliced
+    PIT.replace("score(p) for", "score(p, p) for"),              # two parameters
+    PIT.replace("range(len(refs))", "[0, 1, 2]"),                # not a range
+    PIT + "\n    score = None\n",                                 # the helper rebound
+])
+def test_tuples_used_otherwise_are_unchanged(src):
+    _, _, code, report = build(src.split("import itertools\n")[1], _ns())
+    assert "_tuples" not in code, code
+
+
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("src", [PIT, PAIRS])
+def test_equivalent(tmp_path, src, dtype, special):
+    user = load_module(tmp_path, "import torch\n" + src)
+    ests, refs = _lists(dtype, special)
+    for n in (3, 2):  # product(range(2), ...) reads two estimates
+        report = equivalent_report(user.f, ests[:n], refs[:n])
+        outer = max(report.loops, key=lambda loop: loop.lineno)
+        assert (outer.vectorized_runs, outer.original_runs) == (1, 0), report
+
+
+def test_no_tuples_runs_as_written(tmp_path):
+    """``permutations(range(0))`` makes one empty tuple, whose score divides by zero in both
+    forms; ``product(range(2), range(0))`` makes none, and ``torch.stack`` of none raises."""
+    user = load_module(tmp_path, "import torch\n" + PIT + PAIRS.replace("def f(", "def g("))
+    from rewrite import optimize_loss
+    with pytest.raises(ZeroDivisionError):
+        optimize_loss(user.f, compile=False)([], [])
+    with pytest.raises(RuntimeError, match="stack expects a non-empty TensorList"):
+        optimize_loss(user.g, compile=False)([], [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equivalent_items_at_int_positions(tmp_path, dtype):
+    user = load_module(tmp_path, "import torch\n" + COMBINATIONS)
+    x = torch.randn(5, 3, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    x[1] = x[3]  # a tie: the derivative of |d|^1.5 at 0
+    x[2, 0] = float("nan")
+    for n in (5, 2):
+        report = equivalent_report(user.f, x.requires_grad_(), n)
+        assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0), report
