@@ -72,6 +72,9 @@ HOST_WEAK = {
 # ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
 # precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
 NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}
+# A host number compared with ``t``, a value of unknown type: in float64 (``d``) next to a
+# Python number, as Python compares; as a weak scalar (``w``) next to a tensor, in its dtype.
+HOST_COMPARED = "d if not isinstance(t, torch.Tensor) else w"
 
 # ``m.reshape(h[m.shape, x.shape, ...])`` of a helper ``h`` of per-item shapes (marked
 # ``per_item_shapes``; masked_selections_to_where's ``_mask_shape``): the helper sees each item's

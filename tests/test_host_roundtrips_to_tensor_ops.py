@@ -52,3 +52,29 @@ def test_gathers_by_int_labels_are_equivalent():
     assert_equivalent(original, optimized, torch.randn(3, 2, requires_grad=True, generator=g),
                       torch.randn(5, 2, requires_grad=True, generator=g),
                       torch.tensor([0, 2, 1, 1, 0]))
+
+
+
+COMPARED = """
+import torch
+
+
+def f(x, c):
+    s = 0
+    for i in range(x.shape[0]):
+        s = s + x[i] * (c > x[i].item()).sum() + c[i]
+    return s
+"""
+
+
+def test_a_host_number_compares_with_a_tensor_the_loop_indexes_as_python_does(tmp_path):
+    # `c` is read by items (a tensor): next to it the host number is a weak scalar, so the
+    # float32 0.1 is not above the float32 0.1 (it is above the double 0.1)
+    from tests.helpers import equivalent_report, load_module
+    user = load_module(tmp_path, COMPARED)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([0.1, 0.2, 0.05, 0.1], dtype=dtype, requires_grad=True)
+        for c_dtype in (torch.float32, torch.float64):
+            c = torch.tensor([0.1, 0.3, 0.05, 0.2], dtype=c_dtype)
+            report = equivalent_report(user.f, x, c)
+            assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0)

@@ -20,8 +20,9 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           index_tuples_to_tensors, inplace_writes_to_functional,
                           invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
-                          masked_selections_to_where, materialize_iterators, merge_branch_appends,
-                          no_grad_blocks_to_detach, split_tuple_assignments,
+                          masked_selections_to_where, masked_selects_to_selections,
+                          materialize_iterators, merge_branch_appends, no_grad_blocks_to_detach,
+                          split_tuple_assignments,
                           module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           promoting_folds_run_as_written,
@@ -872,6 +873,48 @@ total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
 # body
 cs = s[j] * 2
 total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
+"""),
+    (masked_selects_to_selections, """
+def f(x, mask):
+    total = 0
+    for t in range(len(x)):
+        m = mask[t]
+        total = total + x[t].masked_select(m).sum() + (x[t] * 2).masked_select(x[t] > 0).sum()
+    return total
+""", ('body', 'checks'),
+     """
+# body
+m = mask[t]
+total = total + x[t].masked_select(m).sum() + (x[t] * 2).masked_select(x[t] > 0).sum()
+# checks
+""",
+     """
+# body
+m = mask[t]
+_selected = x[t].expand_as(mask[t])
+total = total + _selected[mask[t]].sum() + (x[t] * 2).masked_select(x[t] > 0).sum()
+# checks
+isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+"""),
+    (masked_selects_to_selections, """
+def f(x, mask):
+    total = 0
+    for t in range(len(x)):
+        m = mask[t] + 0
+        total = total + x[t].masked_select(m).sum()
+    return total
+""", ('body', 'checks'),
+     """
+# body
+m = mask[t] + 0
+total = total + x[t].masked_select(m).sum()
+# checks
+""",
+     """
+# body
+m = mask[t] + 0
+total = total + x[t].masked_select(m).sum()
+# checks
 """),
     (removed_index_lists_to_masks, """
 def f(x, n):

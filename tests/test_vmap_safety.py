@@ -132,7 +132,6 @@ def test_multiclass_hinge_under_inductor(tmp_path, dtype):
 # Examples with a loop reported vectorized that does not run vectorized on their inputs, and why.
 NOT_YET = {
     "multi_head_list": "heads of different shapes: the list is not stacked, the loop runs as written",
-    "real.depth_monodepth_photometric": "iterates a Python list of frame ids that index dicts",
     "real.det_detr_set_criterion": "a list of dicts of tensors (targets) where the check wants a "
                                    "tensor",
     "real.det_mmdet_multi_apply": "a list of per-level losses bound by an outer loop that is kept",
@@ -140,10 +139,6 @@ NOT_YET = {
                                      "comprehension is not stacked, it runs as written",
     "real.spk_ge2e_contrast": "a method called with the loop index slices with it (`[:utt]`); "
                               "called methods are not checked, vmap raises",
-    "real.metric_lifted_pairs": "`(margin - dist[i][target != t_i]).exp()` is the same across "
-                                "the inner loop and may have an infinite derivative (runs as "
-                                "written while `dist` takes a gradient), and `target != t_i` "
-                                "compares a tensor with a host number (runs as written)",
 }
 
 

@@ -20,6 +20,10 @@ on), the loop runs as written. The report says so (``plan.no_grad_reason``)::
                                          else:
                                              <the loop as written>
 
+Ops in a branch under a condition that varies with the iteration are left out: that branch
+reads what it takes from before the loop per iteration, under its mask, or behind the check that
+it takes no gradient (``tensor_branches_to_where``'s ``FixedOperand``).
+
 A tensor counts as taking a gradient when it requires grad, anything else but a number, a
 string or None (a list, an object) always. A value read from a name the body binds other than
 by assignment, iteration or ``with`` (a parameter of a function it defines, say) cannot be
@@ -46,8 +50,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     body = _as_written(plan.node.body)
     it = plan.iteration
     bindings = _bindings(body)
-    variant = _variant(body, {it.index} | {n for n, _ in it.elements}, ctx)
+    # the header's own targets too: a stage may have dropped an element the body no longer reads
+    targets = {n.id for n in walk(plan.node.target) if isinstance(n, ast.Name)}
+    variant = _variant(body, {it.index} | {n for n, _ in it.elements} | targets, ctx)
     discarded = {id(s.value) for s in walk(ast.Module(body, [])) if isinstance(s, ast.Expr)}
+    discarded |= _under_masks(body, variant, ctx)
     numbers, leaves, first = {}, {}, None
     for n in (n for s in body for n in walk(s)):  # `lst.append(e)`: no value, `e` is seen
         if not isinstance(n, (ast.Call, ast.BinOp, ast.UnaryOp)) or id(n) in discarded \
@@ -76,6 +83,15 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if first is not None:
         plan.no_grad_reason = _reason(first, list(numbers), list(leaves))
     return plan
+
+
+def _under_masks(body: list[ast.stmt], variant: set[str], ctx: PassContext) -> set[int]:
+    """The ids of the nodes in branches of an ``if`` whose test varies with the iteration:
+    ``tensor_branches_to_where`` reads the values they take from before the loop per iteration
+    under the mask (``FixedOperand``), so their ops are differentiated per iteration too."""
+    return {id(n) for s in body for node in walk(s) if isinstance(node, ast.If)
+            and depends(node.test, variant, ctx) for b in node.body + node.orelse
+            for n in walk(b)}
 
 
 def _reason(op: ast.expr, numbers: list[str], leaves: list[str]) -> str:

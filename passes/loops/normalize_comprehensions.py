@@ -280,7 +280,8 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
     return record
 
 
-def lists_read_in_part(loop: ast.For, func: ast.FunctionDef, ctx: PassContext) -> dict[str, str]:
+def lists_read_in_part(loop: ast.For, func: ast.FunctionDef, ctx: PassContext,
+                       around: ast.AST | None = None) -> dict[str, str]:
     """The lists ``loop`` appends items to (``xs.append(e)``) whose computation may have a NaN/inf
     derivative (``may_be_nonfinite``, through the body's assignments ``e`` reads), and that may
     be read other than whole once it ends (``_reads_some_items``): by the statements after it in
@@ -288,11 +289,11 @@ def lists_read_in_part(loop: ast.For, func: ast.FunctionDef, ctx: PassContext) -
     ``func`` (another iteration of an enclosing loop, or a caller given the list, may read it).
     A binding that maps every item (``xs = [x.mean(1) for x in xs]``, ``_maps_every_item``)
     reads each and keeps it in the graph: the reads go on to the next binding. Each with that
-    op, quoted."""
+    op, quoted. ``around`` holds the loop when ``func`` does not (an enclosing loop's copy)."""
     appends = [(n.func.value.id, n.args[0]) for n in walk(loop) if isinstance(n, ast.Call)
                and isinstance(n.func, ast.Attribute) and n.func.attr == "append"
                and isinstance(n.func.value, ast.Name) and len(n.args) == 1]
-    block = next((b for n in walk(func) if isinstance(n, ast.stmt)  # not ``a if c else b``
+    block = next((b for n in walk(around or func) if isinstance(n, ast.stmt)  # not ``a if c else b``
                   for b in child_blocks(n) if any(s is loop for s in b)), [])
     after = block[next((k for k, s in enumerate(block) if s is loop), len(block)) + 1:]
     found = {}

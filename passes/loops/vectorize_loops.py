@@ -90,7 +90,8 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                inline_inner_loops,
                inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
-               materialize_iterators, module_list_linears, module_loss_calls,
+               masked_selects_to_selections, materialize_iterators, module_list_linears,
+               module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
                ragged_slices_to_masks,
@@ -126,6 +127,7 @@ LOOP_STAGES: list = [
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
+    masked_selects_to_selections,  # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     last_values_after_loop,       # before check_body: what it folds is no longer read after
     check_body,                   # on the body as written: reasons quote the user's code
@@ -194,6 +196,7 @@ class _Vectorizer(Transformer):
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
         self.masks: set[str] = set()          # names the function binds to boolean tensors only
         self.outer_indices: list[str] = []    # the enclosing loops' range/enumerate indices
+        self.around: list[ast.For] = []       # ... and the loops (or their copies) themselves
         self.outer_bounds: dict = {}          # ... the range ones' first and last values
         self.list_names: frozenset[str] = frozenset()  # names it may hold as lists of tensors
         self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
@@ -265,7 +268,7 @@ class _Vectorizer(Transformer):
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
                      buildable_lists=self.buildable_lists.get(id(node), set()),
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
-                         node, self.func, self.ctx),
+                         node, self.func, self.ctx, self.around[-1] if self.around else None),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
                      inner=bool(self.depth), local_defs=self.local_defs)
         try:
@@ -314,7 +317,9 @@ class _Vectorizer(Transformer):
         self.outer_bounds = {**enclosing, **outer_dependent_ranges_to_masks.index_bounds(
             node, self.ctx)}
         outer, self.depth = self.depth, depth
+        self.around.append(node)
         self.generic_visit(node)
+        self.around.pop()
         self.depth = outer
         self.outer_bounds = enclosing
         del self.outer_indices[len(self.outer_indices) - bool(index):]

@@ -1,0 +1,62 @@
+"""A value every iteration computes the same, with a derivative that may be infinite, under a
+condition that varies with the iteration (lifted structure's ``(margin - dist[i][...]).exp()``
+under ``if t_i == t_j``): the masked branch reads what it takes from before the loop per
+iteration, so the loop runs vectorized while that takes a gradient, with the original's values
+and gradients (float32 and float64; inf, NaN, ties); outside such a branch it still runs as
+written while it does."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import equivalent_report, load_module
+
+USER_CODE = """
+import torch
+
+
+def under_mask(x, w, y):
+    s = 0
+    for i in range(x.shape[0]):
+        if y[i] > 0:
+            s = s + x[i] * torch.exp(w).sum()
+    return s
+
+
+def outside(x, w, y):
+    s = 0
+    for i in range(x.shape[0]):
+        s = s + x[i] * torch.exp(w).sum() * y[i]
+    return s
+"""
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    return load_module(tmp_path_factory.mktemp("invariant_under_masks"), USER_CODE)
+
+
+def _inputs(dtype, special):
+    x = torch.tensor([1.0, 0.0, 2.0, 3.0, 2.0], dtype=dtype)
+    w = torch.tensor([0.5, 1.5], dtype=dtype)
+    y = torch.tensor([1.0, 1.0, -1.0, 0.0, 1.0], dtype=dtype)
+    if special:  # exp(w) infinite: 0 * inf where a selected x is 0; deselected items ignore it
+        w[1] = 1000.0
+        x[2] = float("nan")
+    return x.requires_grad_(), w.requires_grad_(), y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("special", [False, True])
+def test_under_a_varying_condition_it_runs_vectorized(user, dtype, special):
+    report = equivalent_report(user.under_mask, *_inputs(dtype, special))
+    loop, = report.loops
+    assert (loop.vectorized_runs, loop.original_runs) == (1, 0), loop
+    assert "no gradient" not in loop.reason, loop.reason
+
+
+def test_outside_a_branch_it_runs_as_written_while_it_takes_a_gradient(user):
+    report = equivalent_report(user.outside, *_inputs(torch.float64, True))
+    loop, = report.loops
+    assert "`w` takes no gradient" in loop.reason, loop.reason
+    assert (loop.vectorized_runs, loop.original_runs) == (0, 1), loop
