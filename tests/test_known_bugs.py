@@ -1049,11 +1049,6 @@ def f(x):
     assert str(got.value) == str(want.value)
 
 
-@pytest.mark.xfail(strict=True, reason="a Python-number sum an inner loop starts in each outer "
-                   "iteration (`t = 0`) under a tensor condition that never holds, then added to "
-                   "an outer number (`s = s + t * 2`): the original's s stays the int 0, the "
-                   "rewrite's is tensor(0.); the inner loop's selection counter is made only for "
-                   "accumulators the outer loop folds, not for a per-iteration sum it reads")
 def test_number_sum_an_inner_loop_starts_in_each_outer_iteration_when_none_is_selected(tmp_path):
     original, fast = optimized(tmp_path, """
 def f(x, n):
@@ -1066,5 +1061,10 @@ def f(x, n):
         s = s + t * 2
     return s
 """)
+    # the inner sum's per-iteration number is seen by the outer body, which runs as written
     x = torch.randn(2, 3, requires_grad=True)
-    assert type(fast(x, 100.0)) is type(original(x, 100.0))
+    assert type(fast(x, 100.0)) is type(original(x, 100.0)) is int
+    assert fast(x, 0.0).dtype == original(x, 0.0).dtype
+    assert torch.equal(fast(x, 0.0), original(x, 0.0))
+    # the outer loop as written, the inner one vectorized in it (guarded as a loop of its own)
+    assert sorted(loop.strategy for loop in fast.report.loops) == ["batched", "kept"]

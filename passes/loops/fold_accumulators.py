@@ -73,6 +73,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             raise Unsupported(f"`{name}` adds Python numbers and, under a tensor condition, "
                               "tensors: whether it ends a number or a tensor depends on the data",
                               plan.node.lineno)
+        if plan.inner and name in plan.zeros and _conditional_number(plan, name, acc):
+            raise Unsupported(f"`{name}` starts as the number 0 in each iteration of the outer "
+                              "loop and is added to only under conditions: where none holds it "
+                              "stays that number, which the outer loop's vectorized form would "
+                              "see as a tensor 0", plan.node.lineno)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
@@ -110,13 +115,18 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 
 def _selected_only(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
+    """``_conditional_number``, but not for a sum an inner loop starts (its outer body binds it
+    again: the per-iteration value is not folded, and the stage refuses it)."""
+    return _conditional_number(plan, name, acc) and not (plan.inner and name in plan.zeros)
+
+
+def _conditional_number(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
     """Every update of ``name`` is conditional, and what it adds may change its type (a number
     plus the int 0 keeps its type: not counters; float64 twins and counters of errors are read
-    only by the folds and checks after the loop). Not for a sum an inner loop starts (its
-    outer body binds it again: the per-iteration value is not folded)."""
+    only by the folds and checks after the loop)."""
     internal = {*plan.wide.values(), *plan.empty_selections, *plan.host_errors, *_counters(plan)}
     return bool(acc.masks) and None not in acc.masks and name not in internal \
-        and acc.kinds != {"int"} and not (plan.inner and name in plan.zeros)
+        and acc.kinds != {"int"}
 
 
 def _counters(plan: LoopPlan) -> set[str]:
