@@ -58,8 +58,8 @@ def op_name(node: torch.fx.Node) -> str:
 
 
 def is_mutating(node: torch.fx.Node) -> bool:
-    if node.op == "call_function" and node.target in MUTATING_FUNCTIONS:
-        return True
+    if node.op == "call_function" and getattr(node.target, "__module__", None) == "_operator":
+        return node.target in MUTATING_FUNCTIONS  # `and_`, `or_`: named so, not in place
     name = op_name(node)
     if ops.is_inplace(name):
         return True

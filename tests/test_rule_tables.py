@@ -28,6 +28,10 @@ def test_is_mutating_sees_writes_by_operator_by_name_and_by_keyword():
     assert op_facts.is_mutating(_call(torch.relu_))
     assert op_facts.is_mutating(_call(torch.nn.functional.relu, inplace=True))
     assert not op_facts.is_mutating(_call(operator.getitem, 0))
+    # `a & b` is traced as operator.and_: a trailing `_` there is Python's keyword rule
+    assert not op_facts.is_mutating(_call(operator.and_, 1))
+    assert not op_facts.is_mutating(_call(operator.or_, 1))
+    assert op_facts.is_mutating(_call(operator.iand, 1))
     assert not op_facts.is_mutating(_call(torch.nn.functional.relu, inplace=False))
 
 
