@@ -88,6 +88,8 @@ def _gradients(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool, 
 
 def squared_distances(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``[n, m]``: ``((w - x[i]) ** 2).sum(-1)`` for every point ``x[i]``."""
+    if w is x:  # the distances within one set: Dynamo does not trace an autograd.Function given
+        w = w.view_as(w)  # one tensor twice (a graph break); a view, autograd sums both gradients
     return _SquaredDistances.apply(x, w)
 
 

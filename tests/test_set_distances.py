@@ -146,3 +146,19 @@ def test_compiled_backward_is_the_loops(dtype, special):
     for a, b in zip(got, want):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("special", [None, float("nan"), float("inf")])
+def test_distances_within_one_set_compile_to_one_graph(dtype, special):
+    # squared_distances(x, x) (a batch-hard triplet's anchors against the batch): one graph
+    # (an autograd.Function given one tensor twice breaks it), the loop's gradients summed
+    x, _ = _inputs(dtype, special)
+    weights = torch.rand(5, 5, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    explained = torch._dynamo.explain(lambda x: (squared_distances(x, x) * weights).sum())(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(lambda x: (squared_distances(x, x) * weights).sum(), backend="aot_eager")
+    got, = torch.autograd.grad(compiled(x), x)
+    want, = torch.autograd.grad((_loop(x, x) * weights).sum(), x)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, equal_nan=True)
