@@ -40,6 +40,10 @@ FRESH = frozenset({
     "clamp", "where", "clone", "item", "tolist", "len", "cross_entropy", "nll_loss", "kl_div",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "zeros_like", "ones_like",
     "stack", "cat", "tensor", "isinstance", "range",
+    # constructors: ``logits.new_zeros(c)`` and ``torch.full(..., dtype=logits.dtype)`` are
+    # new tensors (their receiver or arguments give only a dtype and a device)
+    "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros", "ones", "full",
+    "empty", "full_like", "empty_like", "arange", "one_hot", "eye",
 })
 
 _MAX_DEPTH = 3  # helpers of helpers of helpers; deeper calls are taken not to change arguments
@@ -109,9 +113,8 @@ class _Facts:
         if isinstance(node, (ast.Assign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if not isinstance(node, ast.AnnAssign) else [node.target]
             for target in targets:
-                for stored in ast.walk(target):
-                    if isinstance(stored, (ast.Subscript, ast.Attribute)):
-                        self.mutated |= self.refers_to(stored.value)
+                for stored in _stored_into(target):
+                    self.mutated |= self.refers_to(stored.value)
         elif isinstance(node, ast.AugAssign):
             self.mutated |= self.refers_to(node.target)
         elif isinstance(node, ast.Call):
@@ -164,6 +167,16 @@ def _bindings(node: ast.AST) -> list[tuple[ast.expr, ast.expr]]:
     if isinstance(node, (ast.With, ast.AsyncWith)):
         return [(i.optional_vars, i.context_expr) for i in node.items if i.optional_vars]
     return []
+
+
+def _stored_into(target: ast.expr) -> list[ast.Subscript | ast.Attribute]:
+    """The subscripts and attributes a store target writes into: ``a[i]`` of ``a[i] = v`` and
+    of ``x, a[i] = ...``, not ``t[i]`` of ``a[int(t[i])] = v`` (an index is only read)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [s for elt in target.elts for s in _stored_into(elt)]
+    if isinstance(target, ast.Starred):
+        return _stored_into(target.value)
+    return [target] if isinstance(target, (ast.Subscript, ast.Attribute)) else []
 
 
 def _names(target: ast.expr) -> list[str]:

@@ -36,6 +36,14 @@ def _mutated(source: str, globals_: dict | None = None) -> list[str]:
     ("torch.relu_(pred)\nreturn pred.sum()", ["pred"]),
     ("F.relu(target, inplace=True)\nreturn pred.sum()", ["target"]),
     ("torch.add(pred, 1, out=target)\nreturn pred.sum()", ["target"]),
+    # new tensors from constructors, written at indices read from a parameter
+    ("s = torch.full(pred.shape, 0.1, dtype=pred.dtype)\ns[0, int(target[0])] = 1\n"
+     "return (s * pred).sum()", []),
+    ("c = pred.new_zeros(3)\nfor t in target:\n    c[t] += 1\nreturn (c * pred).sum()", []),
+    ("s = torch.zeros_like(pred)\ns[target[0]] = 1.0\nreturn (s * pred).sum()", []),
+    ("a, target[0] = 1, 2\nreturn pred.sum() * a", ["target"]),
+    ("*a, target[pred.argmax()] = 1, 2\nreturn pred.sum()", ["target"]),
+    ("v = pred.view(-1)\nv[target[0]] = 1\nreturn pred.sum()", ["pred"]),
 ])
 def test_mutated_parameters(body, expected):
     source = "def loss(pred, target):\n" + textwrap.indent(body, "    ") + "\n"
