@@ -208,7 +208,7 @@ def _module_constant(expr: ast.Attribute, ctx: PassContext) -> bool:
         names.append(expr.attr)
         expr = expr.value
     value = ctx.globals.get(expr.id) if isinstance(expr, ast.Name) and (
-        ctx.local_names is not None and expr.id not in ctx.local_names) else None
+        ctx.local_names is None or expr.id not in ctx.local_names) else None  # as resolve_call
     if not isinstance(value, types.ModuleType):
         return False
     for name in reversed(names):
