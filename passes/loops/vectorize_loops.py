@@ -202,6 +202,9 @@ class _Vectorizer(Transformer):
         self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
         self.iterators: dict[str, tuple[int, int]] = {}  # bound to iterators: last read
         self.local_defs: dict[str, ast.FunctionDef] = {}  # nested in the function, as written
+        # `xs = [...]` bindings (by id) -> the next statement, the only one reducing the list
+        self.reduced_next: dict[int, ast.stmt] = {}
+        self.absorbed: set[int] = set()  # ... those statements, when the reduction took the list
         self.depth = 0  # loops around the node visited: an inner loop stacks no lists (its
         # prelude would be a statement of the outer loop's body, which then keeps the outer loop)
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
@@ -216,8 +219,9 @@ class _Vectorizer(Transformer):
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
                  self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-                 self.host_containers, self.iterators, self.local_defs)
+                 self.host_containers, self.iterators, self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
+        self.reduced_next = normalize_comprehensions.lists_reduced_next(node, self.ctx)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
@@ -238,7 +242,7 @@ class _Vectorizer(Transformer):
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
         (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
          self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-         self.host_containers, self.iterators, self.local_defs) = outer
+         self.host_containers, self.iterators, self.local_defs, self.reduced_next) = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -365,7 +369,17 @@ class _Vectorizer(Transformer):
         return replace("f = False", loc=vectorized, f=plan.averaged_flag) + plan.prelude + [
             vectorized]
 
-    def visit_Assign(self, node: ast.stmt) -> ast.AST:
+    def visit_Assign(self, node: ast.stmt) -> ast.AST | None:
+        if id(node) in self.absorbed:  # the reduction of the list bound just before
+            return None
+        reader = self.reduced_next.get(id(node))
+        if reader is not None and node.targets[0].id not in self.stackable_lists:
+            merged = normalize_comprehensions.reduced_where_read(node, reader)
+            new = self._comprehension(merged)
+            if new is merged:  # kept (and reported): both statements run as written
+                return node
+            self.absorbed.add(id(reader))
+            return new
         return self._comprehension(node)
 
     visit_AugAssign = visit_Return = visit_Expr = visit_Assign
