@@ -257,6 +257,7 @@ class Dense:
     guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
     appends: dict[str, str] = field(default_factory=dict)   # list -> mask of its items
+    stand_ins: frozenset[str] = frozenset()                  # names bound to stand-ins
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
@@ -279,7 +280,8 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
         ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
     for call in converter.counted:
         ast_marks.put(users[id(call)], ast_marks.SELECTION_COUNT, True)
-    return Dense(dense, converter.guards, converter.empty, converter.appends)
+    return Dense(dense, converter.guards, converter.empty, converter.appends,
+                 frozenset(converter.selected))
 
 
 class _Refused(Exception):
@@ -898,5 +900,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     plan.selection_checks = dense.guards
     plan.empty_selections = {**plan.empty_selections, **dense.empty}  # inner loops' too
     plan.selection_appends = dense.appends
+    plan.stand_ins = dense.stand_ins
     plan.empty_selections_at = dense.body[0] if dense.body else None
     return plan

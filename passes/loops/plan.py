@@ -138,6 +138,8 @@ class LoopPlan:
     selection_checks: list[ast.expr] = field(default_factory=list)
     # Lists appended dense stand-ins of selections -> the name of their mask (per iteration).
     selection_appends: dict[str, str] = field(default_factory=dict)
+    # Names bound to dense stand-ins of selections: no per-iteration value of the original.
+    stand_ins: frozenset[str] = frozenset()
     pick_checks: list[ast.expr] = field(default_factory=list)  # Python numbers picked per item
     # Counters of empty max/min selections -> the error the original raised; where the
     # statements checking them are located.
