@@ -88,7 +88,8 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                gather_keyed_reads, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
-               inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
+               inplace_writes_to_functional, invariant_branches_to_checks,
+               invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls,
@@ -116,6 +117,9 @@ LOOP_STAGES: list = [
     inline_helper_calls,          # ... and so are the helpers'
     module_loss_calls,            # before the checks: they see the known functional op
     module_list_linears,          # before the checks: they see F.linear of stacked parameters
+    # after the helper stages, which set the helper checks it adds to; before the stages that
+    # read the body's `continue`s: it leaves top-level ones
+    invariant_branches_to_checks,
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     split_tuple_assignments,      # before the stages that merge one name at a time under a mask
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
@@ -476,6 +480,9 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
         parts.append(desc[e.kind])
     if plan.uses_where:
         parts.append("tensor conditions as torch.where masks")
+    parts += [f"the `{t}` branch for every iteration, its condition checked once (else the loop "
+              "runs as written)"
+              for t in plan.taken_branches]
     if plan.unbatched:
         parts.append(f"vmap: {plan.unbatched}")
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
