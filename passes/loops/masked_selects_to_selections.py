@@ -56,9 +56,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         return plan
     masks = frozenset(plan.masks | selects.checked)
     it = plan.iteration
-    to_where(body, {it.index} | {name for name, _ in it.elements}, ctx, masks)  # marks them
+    dense = to_where(body, {it.index} | {name for name, _ in it.elements}, ctx, masks)  # marks
     if not all(ast_marks.get(s, ast_marks.WHERE_CONVERTED, False) for s in selects.made):
-        return plan  # the calls stay, and the loop is kept with their reason
+        plan.selections_kept = dense.refused  # the calls stay, and the loop is kept with
+        return plan                           # their reason, and why
     plan.body = body
     for name in sorted(selects.checked):
         plan.check(BOOLEAN_CHECK, m=ast.Name(name, ast.Load()))

@@ -142,6 +142,7 @@ class LoopPlan:
     selection_appends: dict[str, str] = field(default_factory=dict)
     # Names bound to dense stand-ins of selections: no per-iteration value of the original.
     stand_ins: frozenset[str] = frozenset()
+    selections_kept: str = ""  # why the body's selections stay as written, if they do
     pick_checks: list[ast.expr] = field(default_factory=list)  # Python numbers picked per item
     # Counters of empty max/min selections -> the error the original raised; where the
     # statements checking them are located.
