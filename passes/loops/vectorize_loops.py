@@ -82,7 +82,8 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
                         walk, write_target)
 from ..errors import Unsupported
 from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
-               classify_effects, conditional_expressions_to_branches, distribute_loops,
+               classify_effects, conditional_expressions_to_branches, data_attributes_to_detach,
+               distribute_loops,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
                gather_keyed_reads, hoist_invariant_checks,
@@ -119,6 +120,7 @@ LOOP_STAGES: list = [
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     split_tuple_assignments,      # before the stages that merge one name at a time under a mask
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
+    data_attributes_to_detach,    # after inlining (a helper's `.data` too); vmap refuses `.data`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
