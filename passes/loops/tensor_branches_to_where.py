@@ -39,6 +39,13 @@ values whose derivative may be NaN/inf (``loop_dataflow.may_be_nonfinite``) are 
 and only where a gradient may flow (not in comparisons); a value read under the condition
 after something it reads was rebound is read as a zeroed leaf, as before.
 
+A detached value (``Variable(helper(fg[perm]))``, ``x.detach()``) may call what is not known
+to be total: it takes no gradient, and is 0 where deselected, whatever the calls give there (one
+raising makes the vectorized form fail, and the loop runs as written). A tuple assignment of
+new names (``values, perm = torch.sort(errors)``) runs under the mask as written: nothing to
+merge. An operand of ``and``/``or`` that does not vary may be a Python value (``only_present
+and fg.sum() == 0``): ``torch.as_tensor`` of it.
+
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
@@ -374,9 +381,16 @@ class Sanitize(Transformer):
                        loc=self._loc(value), torch_name=self.ctx.torch_name, p=self.pred,
                        a=value, h=_branch_shape(self.ctx))
 
+    def _unknown(self, node: ast.AST) -> bool:
+        """A call that is neither total, nor made safe, nor a shape query."""
+        if not isinstance(node, ast.Call) or is_shape_query(node, self.ctx):
+            return False
+        op = call_op(node, self.ctx)
+        return not (op.total or op.sanitize is not None)
+
     def _detached_call(self, node: ast.Call) -> ast.expr:
         """``x.detach()`` / ``Variable(x)`` takes no gradient: the calls in ``x`` may be
-        unknown (a user helper), since its value is 0 where deselected (``_leaf``), whatever
+        unknown (a user helper, ``_unknown``), since its value is 0 where deselected (``_leaf``), whatever
         they give there (NaN/inf never reaches a value or, as a factor, a zero cotangent). One
         raising there makes the vectorized form fail, and the loop runs as written."""
         self.opaque = True
@@ -415,7 +429,8 @@ class Sanitize(Transformer):
     def visit_Call(self, node: ast.Call) -> ast.AST:
         if is_shape_query(node, self.ctx):  # metadata: no gradient
             return node
-        if call_op(node, self.ctx).aten == "detach" and self.leaves and not self.opaque:
+        if call_op(node, self.ctx).aten == "detach" and self.leaves and not self.opaque \
+                and any(self._unknown(n) for n in walk(node) if n is not node):
             return self._detached_call(node)
         if method_name(node, self.ctx) is not None:  # the receiver is data, a function is not
             node.func.value = self.visit(node.func.value)
