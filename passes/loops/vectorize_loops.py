@@ -90,6 +90,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                host_roundtrips_to_tensor_ops, index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
+               list_mean_helpers,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls,
@@ -220,6 +221,7 @@ class _Vectorizer(Transformer):
                  self.stackable_lists, self.bound_lists, self.masks, self.list_names,
                  self.host_containers, self.iterators, self.local_defs)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
+        list_mean_helpers.rewrite_calls(node, self.ctx)  # before the lists it reads are found
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
