@@ -82,7 +82,8 @@ def _default(helper, name: str):
 
 
 def rewrite_calls(func: ast.FunctionDef, ctx: PassContext) -> None:
-    """``mean(xs, ...)`` -> ``_list_mean(xs, mean, flag, ...)`` in ``func`` (in place)."""
+    """``mean(xs, ...)`` -> ``_list_mean(xs, mean, <mean as recognised>, flag, ...)`` in ``func``
+    (in place)."""
     built = _built_lists(func)
     if built:
         _Calls(built, ctx).visit(func)
