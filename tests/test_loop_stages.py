@@ -22,6 +22,7 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           last_values_after_loop,
                           masked_selections_to_where, masked_selects_to_selections,
                           materialize_iterators, merge_branch_appends, no_grad_blocks_to_detach,
+                          data_attributes_to_detach,
                           split_tuple_assignments,
                           module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
@@ -1783,6 +1784,51 @@ if neg.sum() > 0:
     continue
 total = total + neg.exp().sum()
 # helper_checks
+"""),
+    (data_attributes_to_detach, """
+def f(x, t):
+    loss = 0
+    for i in range(x.shape[0]):
+        s, perm = torch.sort(x[i], descending=True)
+        perm = perm.data
+        loss = loss + (s * t[i][perm].data).sum()
+    return loss
+""", ('body',),
+     """
+# body
+s, perm = torch.sort(x[i], descending=True)
+perm = perm.data
+loss = loss + (s * t[i][perm].data).sum()
+""",
+     """
+# body
+s, perm = torch.sort(x[i], descending=True)
+perm = perm.detach()
+loss = loss + (s * t[i][perm].detach()).sum()
+"""),
+    (data_attributes_to_detach, """
+def f(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        v = x[i] * 2
+        v.data.clamp_(min=0)
+        v.data[0] = 1
+        loss = loss + (v * w).sum()
+    return loss
+""", ('body',),
+     """
+# body
+v = x[i] * 2
+v.data.clamp_(min=0)
+v.data[0] = 1
+loss = loss + (v * w).sum()
+""",
+     """
+# body
+v = x[i] * 2
+v.data.clamp_(min=0)
+v.data[0] = 1
+loss = loss + (v * w).sum()
 """),
     (merge_chained_indexing, """
 def f(x, out, n):

@@ -24,7 +24,10 @@ and every read of it is answered the same by the tensor of the stacked items (``
 ``len(xs)``, ``xs[k]``, ``for v in xs``, ``max(xs)``/``min(xs)``, and the consumers of
 ``loop_rules.BOUND_LIST_CONSUMERS`` (``sum(xs)``, ``torch.stack(xs)``, ...), which
 ``bound_list_consumers`` turns into ``(xs.sum(0) if isinstance(xs, torch.Tensor) else sum(xs))``:
-the vectorized statement binds ``xs`` to the stacked items, the original one to the list. Nothing
+the vectorized statement binds ``xs`` to the stacked items, the original one to the list. A
+same-module mean helper's call ``list_mean_helpers`` rewrote (``_list_mean(xs, mean, ...)``)
+reads ``xs`` whole too, and writes only into its first item (not counted as a modification
+when every appended item is a new tensor and nothing aliases ``xs``). Nothing
 reachable from ``xs`` may be modified in place (a row of the stacked tensor is not the list's own
 object, so aliasing could differ). When a read takes only some items (``xs[k]``, ``max(xs)``,
 iteration), the item's ops must be total (``loop_dataflow.may_be_nonfinite``): the batched
@@ -47,6 +50,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
                         root_name, unparse, walk)
+from . import list_mean_helpers
 from .loop_dataflow import (call_op, child_blocks, gradient_walk, makes_new_tensor,
                             may_be_nonfinite, method_name, resolve_call)
 
@@ -434,6 +438,9 @@ def _added_to_dropped(stmts: list[ast.stmt], name: str) -> ast.Module:
 def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
     """A read of the list that a tensor of its stacked items answers the same way."""
     if isinstance(parent, ast.Call):
+        if list_mean_helpers.is_list_mean_call(parent, ctx):
+            return parent.args[0] is name and not any(_reads(a, {name.id}) for a in parent.args[1:]
+                                                      + [k.value for k in parent.keywords])
         fn = resolve_call(parent.func, ctx)
         return not parent.keywords and (
             fn in rules.ITERATES_ARGUMENTS and name in parent.args
@@ -449,7 +456,8 @@ def _reads_some_items(node: ast.AST, name: str, parents: dict[int, ast.AST],
     """Whether ``node`` reads the list ``name`` other than whole (``READS_EVERY_ITEM``) or as a
     truth value (``if xs``, ``not xs``: its length)."""
     return any(not (isinstance(p := parents[id(n)], ast.Call)
-                    and resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM
+                    and (resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM
+                         or list_mean_helpers.reads_every_item(p, ctx))
                     or isinstance(p, (ast.If, ast.IfExp, ast.While)) and p.test is n
                     or isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not))
                for n in walk(node)
@@ -481,6 +489,9 @@ def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool
             if method.endswith("_") and root_name(n.func.value) in tainted \
                     or any(k.arg == "out" for k in n.keywords):
                 return True
+            if list_mean_helpers.is_list_mean_call(n, ctx) and tainted == {name} \
+                    and _appends_new_tensors(func, name, ctx):
+                continue  # it writes into the first item, which nothing else sees
             fn = resolve_call(n.func, ctx)
             # builtins that never modify their arguments (I/O ones too), and torch functions
             trusted = fn is not None and (fn.startswith("torch.")
@@ -499,6 +510,14 @@ def _made_anew(value: ast.expr, ctx: PassContext) -> bool:
     if isinstance(value, ast.Call) and call_op(value, ctx).aliases and method_name(value, ctx):
         return _made_anew(value.func.value, ctx)
     return makes_new_tensor(value, ctx)
+
+
+def _appends_new_tensors(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool:
+    """Every ``name.append(e)`` in ``func`` appends a tensor with memory of its own."""
+    return all(makes_new_tensor(n.args[0], ctx) for n in walk(func)
+               if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr == "append" and isinstance(n.func.value, ast.Name)
+               and n.func.value.id == name and len(n.args) == 1)
 
 
 def _bindings(n: ast.AST) -> list[tuple[ast.expr, ast.expr]]:

@@ -82,7 +82,8 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
                         walk, write_target)
 from ..errors import Unsupported
 from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
-               classify_effects, conditional_expressions_to_branches, distribute_loops,
+               classify_effects, conditional_expressions_to_branches, data_attributes_to_detach,
+               distribute_loops,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
                gather_keyed_reads, hoist_invariant_checks,
@@ -90,6 +91,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
                invariant_values_take_no_grad, iteration, last_values_after_loop,
+               list_mean_helpers,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls,
@@ -123,6 +125,7 @@ LOOP_STAGES: list = [
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     split_tuple_assignments,      # before the stages that merge one name at a time under a mask
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
+    data_attributes_to_detach,    # after inlining (a helper's `.data` too); vmap refuses `.data`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
@@ -225,6 +228,7 @@ class _Vectorizer(Transformer):
                  self.stackable_lists, self.bound_lists, self.masks, self.list_names,
                  self.host_containers, self.iterators, self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
+        list_mean_helpers.rewrite_calls(node, self.ctx)  # before the lists it reads are found
         self.reduced_next = normalize_comprehensions.lists_reduced_next(node, self.ctx)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
