@@ -39,6 +39,20 @@ values whose derivative may be NaN/inf (``loop_dataflow.may_be_nonfinite``) are 
 and only where a gradient may flow (not in comparisons); a value read under the condition
 after something it reads was rebound is read as a zeroed leaf, as before.
 
+A selection's dense stand-in ``torch.where(_keep, x, False)`` (``masked_selections_to_where``,
+``ast_marks.SELECTS``) under a condition that holds in every iteration where its mask ``m``
+selects something (``if m.sum() == 0: continue``, ``if m.any():``, ``selection_test``; a
+conjunction when each part does) reads ``x`` as it is: ``_keep`` is false in every deselected
+iteration, so the stand-in is 0 there and ``x``'s gradient is exactly 0 there, as with the zeroed
+read, and NaN/inf in ``x`` reach no op (one ``where`` per selection instead of three)::
+
+    m = target[i] > 0                    _keep = m.reshape(...)
+    if m.sum() == 0:               ->    d = torch.where(_keep, pred[i], False) - ...
+        continue                         (not torch.where(_keep, torch.where(<_mask>, pred[i],
+    d = pred[i][m] - target[i][m]         torch.zeros_like(pred[i])), False))
+
+A mask bound again after its test is another mask: the fact goes with the binding.
+
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
