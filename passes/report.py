@@ -97,7 +97,8 @@ class FormChoice:
         else:
             how = f"medians of {self.calls} rounds of timed calls, compared within each round"
         if self.chosen == "original" and min(times.values()) < self.original_s:
-            how += f"; no rewritten form is {self.margin:.0%} faster"
+            how += (f"; no rewritten form is {self.margin:.0%} faster, in the medians and in "
+                    f"each form's best call")
         loops = "".join(f"; partial: the loop at line {line} as written, its vectorized form "
                         f"ran {runs} times in one call" for line, runs in self.as_written)
         loops += "".join(f"; the loop at line {line} stays vectorized (ran {runs} times in one "

@@ -26,7 +26,8 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     gradient-flow lint once per input signature and warn each finding as a ``GradientFlowWarning``),
     ``keep_faster=True`` (per band of input signatures, the same structure with sizes within a
     power of 4, time the rewritten function against the original, forward+backward, in up to
-    four rounds of one call of each, compared by the median of their ratios within a round (none
+    four rounds of one call of each, compared by the median of their ratios within a round and
+    by their best calls (none
     of the original when its loop iterations, counted on the first call, already make it twice
     as slow; a form per loop that ran vectorized several times in one call, with that loop as
     written, which goes back as written when faster), keep the original unless the rewritten

@@ -18,12 +18,18 @@ cheaply (the original is often a slow Python loop), and robustly (the machine ma
   ``iteration_floor``), the rewritten wins and the original never runs. When the first round's
   original is ``CLEAR`` times slower and takes ``EXPENSIVE_S`` or more, the rewritten wins at
   once: one run of a slow original, which the user would have paid anyway. From the second
-  round on, a form ``CLEAR`` times slower loses; else after ``PAIRS`` rounds the rewritten form
-  runs only when it is ``MARGIN`` faster than the original. Two forms are compared by the
-  median over rounds of their ratio within a round: load that comes and goes (another process,
-  the allocator giving memory back to the system and faulting it in again, which can add half
-  to one call of a loss over large tensors) hits both forms of a round alike, and one slow call
-  does not decide. A rewrite about as fast gains nothing, and noise must not pick it;
+  round on, a form ``CLEAR`` times slower loses, except an original whose best call took less
+  than ``EXPENSIVE_S``: it stays through every round and check (its first calls can take
+  several times its usual time, being its first runs at all, and load can hit it several
+  rounds in a row; a wrong choice of a rewritten form slows every call, a repeated cheap
+  original costs little). After ``PAIRS`` rounds the rewritten form runs only when it is
+  ``MARGIN`` faster than the original both ways forms are compared: by the median over rounds
+  of their ratio within a round (load that comes and goes, another process, the allocator
+  giving memory back to the system and faulting it in again, which can add half to one call of
+  a loss over large tensors, hits both forms of a round alike, and one slow call does not
+  decide), and by each form's best call (load only adds time: a form's least time is its cost
+  without load, and a few slow rounds do not decide). A rewrite about as fast gains nothing,
+  and noise must not pick it;
 - a vectorized loop that ran its vectorized form several times in one call (inside a loop that
   stays a loop) gets a form of its own, the rewritten function with that loop as written, and
   goes back to as written when that form is faster than the rewritten one: each loop on its own
@@ -62,7 +68,7 @@ from passes.report import FormChoice
 CLEAR = 2.0   # a form this many times slower loses without more timing
 BAND = 4      # a decision holds for every size within one power of this of elements
 EXPENSIVE_S = 0.05  # an original call this long is not repeated to confirm it is slower
-MARGIN = 0.1  # the rewritten form runs only when it is this much faster (median ratio)
+MARGIN = 0.1  # the rewritten form runs only when it is this much faster (median ratio, best calls)
 PAIRS = 4     # timed rounds (one call of each form) before a choice that is not clear
 LOOP_FORMS = 3  # at most this many loops (those that ran vectorized most often) get a form each
 TRIAL_CALLS = (2 + LOOP_FORMS) * PAIRS  # at most this many calls after a band's first are timed, then one chooses
@@ -190,9 +196,10 @@ class FormTrial:
     alone as written (``as_written(lines)`` makes it). Every comparison is a median over rounds
     of the ratio of two forms' times in the same round (``_paired``): load that comes and goes
     hits both alike, and one slow call does not decide. A form ``CLEAR`` times slower than the
-    fastest leaves the running (after one round: only an expensive original); each loop goes
-    back to as written when its form is faster than the rewritten one (``_loops_back``); the
-    choice prefers the original unless the resulting rewritten form is ``MARGIN`` faster."""
+    fastest leaves the running (after one round: only an expensive original; never a cheap
+    original); each loop goes back to as written when its form is faster than the rewritten one
+    (``_loops_back``); the choice prefers the original unless the resulting rewritten form is
+    ``MARGIN`` faster, in the medians and in the best calls."""
 
     def __init__(self, rewritten: Callable, original: Callable, signature: str,
                  decide: Callable[[int, FormChoice, bool], None], first_elements: int,
@@ -332,7 +339,12 @@ class FormTrial:
             slowness = {f: _paired(rounds, f, lambda r: min(r[g] for g in self._live if g in r))
                         for f in self._live}
             least = min(slowness, key=slowness.__getitem__)
-            self._live = [f for f in self._live if f == least or slowness[f] < CLEAR]
+            # A cheap original stays through the rounds and the checks: its first calls can be
+            # slow (its first run at all, memory faulted in) or hit by load several rounds in a
+            # row, and choosing a slower rewritten form on such times would slow every call.
+            cheap = _best(rounds, 1) < EXPENSIVE_S
+            self._live = [f for f in self._live
+                          if f == least or slowness[f] < CLEAR or (f == 1 and cheap)]
         if len(self._live) > 1 and self._rounds < PAIRS:
             return None
         back = _loops_back(rounds, range(2, 2 + len(self.repeated)))
@@ -340,7 +352,10 @@ class FormTrial:
         # The rewritten form that runs when a rewritten form runs, over the original's time
         relative = (_paired(rounds, 0, lambda r: r[1]) if self._original_floor == math.inf
                     else _median(rounds, 0) / self._original_floor) * _estimated(rounds, back)
-        chosen = 1 if 1 in self._live and relative > 1 / (1 + MARGIN) else combined
+        # and each form's best call: load only adds time, so a form's least time is its cost
+        # without load; the original runs unless both say the rewritten form is faster
+        best = _best(rounds, 0) / _best(rounds, 1) * _estimated(rounds, back)
+        chosen = 1 if 1 in self._live and max(relative, best) > 1 / (1 + MARGIN) else combined
         final = len(self._live) == 1 or self._rounds >= PAIRS + RECHECKS
         return chosen, self._choice(chosen, rounds, back, with_backward), final
 
@@ -377,6 +392,11 @@ def _median(rounds: list[dict[int, float]], form: int) -> float:
     """The median of ``form``'s times over the rounds that timed it (inf: none did)."""
     times = [r[form] for r in rounds if form in r]
     return statistics.median(times) if times else math.inf
+
+
+def _best(rounds: list[dict[int, float]], form: int) -> float:
+    """The least of ``form``'s times over the rounds that timed it (inf: none did)."""
+    return min((r[form] for r in rounds if form in r), default=math.inf)
 
 
 def _paired(rounds: list[dict[int, float]], form: int,

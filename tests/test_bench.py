@@ -1,5 +1,6 @@
 """LossBench on a tiny synthetic suite: one bench run (backend "eager", tiny budgets) shared by the
 tests, plus the pure helpers."""
+import io
 import json
 import math
 import statistics
@@ -11,9 +12,10 @@ import pytest
 
 import examples
 import rewrite.tools.bench as bench_module
+from rewrite.tools import bench_worker
 from rewrite.tools.bench import discover
-from rewrite.tools.bench_report import (Ratio, Time, analyse, distributed_count, fmt_overhead,
-                                        loop_summary, median_interval, steady_time)
+from rewrite.tools.bench_report import (Ratio, Time, _loops, analyse, distributed_count,
+                                        fmt_overhead, loop_summary, median_interval, steady_time)
 from rewrite.tools.bench_worker import load_example, rewrite_info
 from rewrite.tools.cli import main
 
@@ -219,6 +221,48 @@ def test_loops_distributed_inside_called_methods_are_counted():
     assert module.__name__ not in sys.modules
     info = rewrite_info(module)
     assert distributed_count(info) == "1" and not any("failed" in l[3] for l in info["loops"])
+
+
+HELPER_METHOD_CASE = HEADER + textwrap.dedent("""
+    CASE = {"loops": "vectorize", "elementwise": False, "sizes": {"small": "[4, 3]", "bench": "[8, 3]"}}
+
+    class Loss:
+        def rows(self, pred, target):
+            total = 0
+            for i in range(pred.shape[0]):
+                total = total + ((pred[i] - target[i]) ** 2).sum()
+            return total
+
+        def forward(self, pred, target):
+            return self.rows(pred, target) / pred.shape[0]
+
+    def naive(pred, target):
+        criterion = Loss()
+        return criterion.forward(pred, target)
+
+    def expert(pred, target):
+        return ((pred - target) ** 2).sum() / pred.shape[0]
+    """)
+
+
+def test_the_loops_column_reads_the_report_after_the_first_call(tmp_path, monkeypatch):
+    """The optimized job's loops, a helper method's among them, with how often each one's
+    vectorized form ran in the first call; the column says when fewer ran vectorized."""
+    path = tmp_path / "helper_method.py"
+    path.write_text(HELPER_METHOD_CASE)
+    out = io.StringIO()
+    monkeypatch.setattr(bench_worker, "_out", out)
+    bench_worker.run_job(0, str(path), "optimized_eager", 5.0,
+                         {"backend": "eager", "min_time": 0.01}, 30.0)
+    infos = [e for e in map(json.loads, out.getvalue().splitlines())
+             if e["event"] == "info" and "loops" in e]
+    assert [[row[:2] + row[4:] for row in e["loops"]] for e in infos] == [
+        [[15, True, 0]],  # before any call (``rewrite_info``)
+        [[15, True, 1]]]  # after the first call: its vectorized form ran once
+    raw = {"loops": infos[-1]["loops"]}
+    assert _loops(raw, {}) == "1/1 vectorized"
+    raw["loops"][0][4] = 0  # its runtime check failed: the loop ran as written
+    assert _loops(raw, {}) == "1/1 vectorized (0 ran so)"
 
 
 def test_loop_summary_counts_strategies_and_names_the_distributed_cases_gain():

@@ -376,6 +376,9 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
         out.append(f"| {key} | {t['target']} | {t['value']}{detail} | {mark(t['met'])} |")
 
     out += ["", "## Steady forward+backward", "",
+            "Loops: from the report of `optimize_loss compile=False` after its first call at bench "
+            "size, helpers' loops included; `(k ran so)`: only k of the vectorized loops ran their "
+            "vectorized form in that call (a runtime check was false, or it raised).", "",
             "| case | loops | distributed | naive eager | torch.compile(naive) | optimize_loss eager "
             "| optimize_loss compiled | expert eager | expert compiled | optimized / best expert "
             "| naive / optimized | optimized / original (eager) | equivalent |",
@@ -561,11 +564,16 @@ def _cell(t: Time | None, result: dict | None) -> str:
 
 
 def _loops(info: dict | None, case: dict) -> str:
-    """What the passes did to the loops (from the report), else the example's own expectation."""
+    """What the passes did to the loops (from the report after the first call), else the
+    example's own expectation; and how many of the vectorized loops ran vectorized in that call,
+    when not all of them did (a runtime check that failed, a fallback)."""
     if not info or not info.get("loops"):
         return f"{case.get('loops', '?')} (no loop report)" if info else case.get("loops", "?")
     loops = info["loops"]
-    text = f"{sum(1 for loop in loops if loop[1])}/{len(loops)} vectorized"
+    vectorized = sum(1 for loop in loops if loop[1])
+    text = f"{vectorized}/{len(loops)} vectorized"
+    ran = sum(1 for loop in loops if loop[1] and loop[4:5] != [0])  # no count: before a call
+    text += f" ({ran} ran so)" if ran < vectorized else ""
     return text + (", fallback" if info.get("fallbacks") else "")
 
 
