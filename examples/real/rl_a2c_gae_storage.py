@@ -4,8 +4,7 @@
 ``[T+1, N, 1]`` buffers as ``self.`` attributes, writes the bootstrap value into
 ``self.value_preds[-1]``, then runs ``gae = delta + gamma * lambda * mask * gae`` over
 ``reversed(range(T))`` with time-limit masks, writing ``self.returns[step]`` in place. The loop is
-a first-order linear recurrence: it runs as a parallel scan whose states are written into
-``self.returns`` in one slice assignment; the expert solves it with a triangular product matrix."""
+a linear recurrence: a scan, written into ``self.returns`` in one slice (expert: a triangle)."""
 import torch
 
 CASE = {

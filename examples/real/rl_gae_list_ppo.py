@@ -3,8 +3,7 @@ in NitishNaineni/Multi-Agent-Flocking (ppo.py, ``PPO.compute_gae`` and the updat
 RL-Adventure-2 pattern): ``values = values + [next_value]`` extends the list, the GAE recurrence
 runs over ``reversed(range(len(rewards)))`` with ``returns.insert(0, gae + values[step])``, and the
 lists are ``torch.cat``-ed into flat targets for the clipped actor loss, the squared critic loss
-and an entropy bonus. The recurrence is first-order linear: it runs as a parallel scan over the
-stacked rollout, and ``returns`` is still a list of per-step tensors when it leaves the method."""
+and an entropy bonus. The linear recurrence runs as a scan; ``returns`` leaves as a list."""
 import torch
 
 CASE = {
