@@ -529,7 +529,7 @@ def test_every_refused_loop_says_why_it_is_not_distributed():
                     break
                 out.append(v)
             R = 0
-            for r in reversed(rs):
+            for r in reversed(list(rs)):  # (`reversed(rs)` is a scan)
                 R = r + gamma * R
                 out.append(R)
             return out
@@ -537,7 +537,7 @@ def test_every_refused_loop_says_why_it_is_not_distributed():
     _, report = rewrite_source(src)
     reasons = {loop.lineno: loop.reason for loop in report.loops}
     assert "; not distributed: <test>:6 `break` leaves the iteration early" in reasons[3]
-    assert reasons[9].startswith("iterated value `reversed(rs)`")
+    assert reasons[9].startswith("iterated value `reversed(list(rs))`")
     assert reasons[9].endswith("; not distributed: the loop's header is refused as a whole")
 
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from passes.linear_scan import linear_scan
 from rewrite.testing import assert_equivalent
-from tests.loop_helpers import build, normalise, strategies
+from tests.helpers import equivalent_report, load_module
+from tests.loop_helpers import build, dedent, namespace, normalise, strategies
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -190,10 +191,11 @@ def test_returns_inserted_at_the_front_of_a_reversed_loop(dtype):
 
 
 @pytest.mark.parametrize("src", [
-    FRONT_INSERTS.replace("returns = []", "returns = [rewards[0]]"),  # not empty at the start
     FRONT_INSERTS.replace("returns.insert(0, R)", "returns.insert(0, R)\n            "
                           "returns.insert(0, R * 2)"),                 # two inserts
-    FRONT_INSERTS.replace("returns.insert(0, R)", "returns.append(R)"),  # appended backwards
+    FRONT_INSERTS.replace("returns.insert(0, R)", "returns.insert(0, R)\n            "
+                          "returns.append(R)"),                        # two uses of the list
+    FRONT_INSERTS.replace("returns.insert(0, R)", "returns.insert(1, R)"),  # not the front
 ])
 def test_front_inserts_that_keep_the_loop(src):
     original, rewritten, _, report = build(src)
@@ -338,3 +340,327 @@ def test_kernel_matches_the_loop(T, reverse, a_steps, b_steps, seed):
         states[t] = s
     torch.testing.assert_close(linear_scan(a, b, s0, a_steps, b_steps, T, reverse),
                                torch.stack([states[t] for t in range(T)]))
+
+
+# Lists that leave the function whole: the rest fills them in the original's order, with the
+# original's items (tensors of every step), so the caller gets a list as before.
+ESCAPING = """
+    def f(rewards, masks, gamma):
+        G = 0.0
+        returns = []
+        for t in reversed(range(len(rewards))):
+            G = rewards[t] + gamma * G * masks[t]
+            returns.insert(0, G)
+        return returns
+    """
+
+ESCAPING_GOLDEN = """
+    def f(rewards, masks, gamma):
+        G = 0.0
+        returns = []
+        _masks_stacked = torch.stack(tuple(masks)) if isinstance(masks, (list, tuple)) and len(masks) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == masks[0].shape and (_v.dtype == masks[0].dtype) and (_v.device == masks[0].device) for _v in masks)) else masks
+        _rewards_stacked = torch.stack(tuple(rewards)) if isinstance(rewards, (list, tuple)) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
+        if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and type(returns) is list:
+            'optimize_loss: loop at line 4 vectorized'
+            if not isinstance(gamma, torch.Tensor) or (_masks_stacked.dim() >= 2 and _masks_stacked.dim() >= gamma.dim() + 1):
+                _masks_row = _masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1]
+                _rewards_row = _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1]
+                _G_a_item = gamma * _masks_row
+                _G_b_item = _rewards_row
+                _outs_1 = (_G_a_item, _G_b_item)
+            else:
+
+                def _body(_masks_row, _rewards_row):
+                    _G_a_item = gamma * _masks_row
+                    _G_b_item = _rewards_row
+                    return (torch.as_tensor(_G_a_item), torch.as_tensor(_G_b_item))
+                _outs_1 = torch.vmap(_body, in_dims=(0, 0))(_masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1], _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1])
+            _G_all = _linear_scan(_outs_1[0], _outs_1[1], G, True, True, len(rewards), True)
+            _returns_front = []
+            if isinstance(_G_all, torch.Tensor) and len(rewards) <= _G_all.shape[0] and isinstance(_returns_front, list) and isinstance(len(rewards), int) and (len(rewards) > 0):
+                _G_all_row = _G_all if len(rewards) == _G_all.shape[0] else _G_all[0:len(rewards):1]
+                _G_t = _G_all_row
+                _returns_front_item = _G_t
+                _outs_2 = (_returns_front_item,)
+                _returns_front.extend(_outs_2[0].unbind(0))
+            else:
+                for t in range(len(rewards)):
+                    _G_t = _G_all[t]
+                    _returns_front.append(_G_t)
+            returns[0:0] = _returns_front
+        else:
+            for t in reversed(range(len(rewards))):
+                G = rewards[t] + gamma * G * masks[t]
+                returns.insert(0, G)
+        return returns
+    """
+
+
+def test_golden_escaping_list():
+    _, _, code, report = build(ESCAPING)
+    assert code == normalise(ESCAPING_GOLDEN), code
+    assert strategies(report) == {4: "scan"}
+    assert "`returns` appends stacked" in report.loops[0].reason
+
+
+def _same_list(want, got):
+    assert type(got) is list and len(got) == len(want)
+    for w, g in zip(want, got):
+        assert type(g) is type(w) and g.shape == w.shape and g.dtype == w.dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 9, 600])
+@pytest.mark.parametrize("given", ["tensor", "list"])
+def test_escaping_list_equivalent(dtype, T, given):
+    original, rewritten, _, _ = build(ESCAPING)
+    r, m = randn(T, 3, dtype=dtype), 1 - dones(T, 3, dtype=dtype)
+    if given == "list":  # the rollout as lists of per-step tensors (stacked at run time)
+        r, m = list(r.unbind(0)), list(m.unbind(0))
+    assert_equivalent(original, rewritten, r, m, 0.99)
+    _same_list(original(r, m, 0.99), rewritten(r, m, 0.99))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("consumer", ["torch.stack(returns)", "torch.cat(returns)",
+                                      "torch.tensor(returns)"])
+def test_escaping_list_handed_on(dtype, consumer):
+    src = ESCAPING.replace("return returns", f"return {consumer}")
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "scan"}
+    shape = (13,) if consumer == "torch.tensor(returns)" else (13, 2)  # 0-d items for tensor()
+    r = randn(*shape, dtype=dtype, grad=consumer != "torch.tensor(returns)")
+    assert_equivalent(original, rewritten, r, 1 - dones(*shape, dtype=dtype), 0.9)
+
+
+def test_escaping_list_with_no_steps_runs_the_loop():
+    original, rewritten, _, _ = build(ESCAPING)
+    assert rewritten(torch.zeros(0), torch.ones(0), 0.9) == original(torch.zeros(0),
+                                                                     torch.ones(0), 0.9) == []
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_front_inserts_into_a_list_that_holds_items(dtype):
+    # T front inserts put the steps before the items already there: spliced in at the front
+    src = ESCAPING.replace("returns = []", "returns = [rewards[0] * 0, rewards[0]]")
+    original, rewritten, code, report = build(src)
+    assert strategies(report) == {4: "scan"} and "returns[0:0] = _returns_front" in code
+    r, m = randn(11, 3, dtype=dtype), 1 - dones(11, 3, dtype=dtype)
+    assert_equivalent(original, rewritten, r, m, 0.99)
+    _same_list(original(r, m, 0.99), rewritten(r, m, 0.99))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_appends_in_a_reversed_loop_keep_their_order(dtype):
+    # appended backwards: the last step first, as the original's list holds them
+    src = ESCAPING.replace("returns.insert(0, G)", "returns.append(G)")
+    original, rewritten, code, report = build(src)
+    assert strategies(report) == {4: "scan"} and "returns.extend(reversed(" in code
+    r, m = randn(11, 3, dtype=dtype), 1 - dones(11, 3, dtype=dtype)
+    assert_equivalent(original, rewritten, r, m, 0.99)
+    _same_list(original(r, m, 0.99), rewritten(r, m, 0.99))
+
+
+def test_a_list_like_object_runs_the_loop():
+    # `insert` of another object than a list: the loop runs as written
+    class Front(list):
+        def insert(self, k, v):
+            super().insert(k, v * 2)
+
+    src = ESCAPING.replace("returns = []", "returns = Front()")
+    original, rewritten, _, report = build(src, namespace(Front=Front))
+    assert strategies(report) == {4: "scan"}
+    r, m = randn(5, 3, grad=False), 1 - dones(5, 3)
+    torch.testing.assert_close(torch.stack(rewritten(r, m, 0.9)), torch.stack(original(r, m, 0.9)))
+
+
+# Recurrences kept in tensors: `x[t] = a * x[t + 1] + b` (a rollout storage's returns, written
+# through `self.`), and an IIR filter written forwards.
+class Storage:
+    """A rollout storage: `[T+1, ...]` buffers held as attributes, as RL code keeps them."""
+
+    def __init__(self, rewards, masks, next_value):
+        self.rewards = rewards
+        self.masks = torch.cat([torch.ones_like(masks[:1]), masks])
+        self.returns = torch.zeros(len(rewards) + 1, *rewards.shape[1:], dtype=rewards.dtype)
+        self.returns[-1] = next_value
+
+
+STORED_RETURNS = """
+    def f(rewards, masks, next_value, gamma):
+        storage = Storage(rewards, masks, next_value)
+        for step in reversed(range(storage.rewards.size(0))):
+            storage.returns[step] = storage.returns[step + 1] * gamma * storage.masks[step + 1] + storage.rewards[step]
+        return storage.returns
+    """
+
+
+def test_golden_stored_returns():
+    _, _, code, report = build(STORED_RETURNS, namespace(Storage=Storage))
+    assert "_returns = storage.returns" in code
+    assert "_returns_state = storage.returns[storage.rewards.size(0) - 1 + 1].clone()" in code
+    assert "_returns[0:storage.rewards.size(0):1] = " in code
+    assert strategies(report) == {3: "scan"}
+    assert report.loops[0].reason.startswith(
+        "`storage.returns[step]` = a * `storage.returns[step]` + b")
+    assert "the rest: `storage.returns` written as a slice" in report.loops[0].reason
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 8, 700])
+def test_stored_returns_equivalent(dtype, T):
+    original, rewritten, _, _ = build(STORED_RETURNS, namespace(Storage=Storage))
+    assert_equivalent(original, rewritten, randn(T, 4, 1, dtype=dtype),
+                      1 - dones(T, 4, 1, dtype=dtype), randn(4, 1, dtype=dtype, seed=5), 0.99)
+
+
+def test_stored_returns_written_in_place():
+    # the buffer the storage holds is the one written, its version counter moved on
+    src = """
+        def f(storage, gamma):
+            for step in reversed(range(storage.rewards.size(0))):
+                storage.returns[step] = storage.returns[step + 1] * gamma * storage.masks[step + 1] + storage.rewards[step]
+        """
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {2: "scan"}
+    r, m, v = randn(9, 3, grad=False), 1 - dones(9, 3), randn(3, seed=4, grad=False)
+    want, got = Storage(r, m, v), Storage(r, m, v)
+    buffer, version = got.returns, got.returns._version
+    assert original(want, 0.9) is None and rewritten(got, 0.9) is None
+    assert got.returns is buffer and buffer._version > version
+    torch.testing.assert_close(got.returns, want.returns)
+
+
+GAE_STORAGE = """
+    def f(rewards, masks, values, next_value, gamma, lam):
+        storage = Storage(rewards, masks, next_value)
+        gae = 0
+        for step in reversed(range(storage.rewards.size(0))):
+            delta = storage.rewards[step] + gamma * values[step + 1] * storage.masks[step + 1] - values[step]
+            gae = delta + gamma * lam * storage.masks[step + 1] * gae
+            storage.returns[step] = gae + values[step]
+        return storage.returns[:-1].pow(2).mean()
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gae_written_into_an_attribute(dtype):
+    original, rewritten, _, report = build(GAE_STORAGE, namespace(Storage=Storage))
+    assert strategies(report) == {4: "scan"}
+    T = 17
+    assert_equivalent(original, rewritten, randn(T, 3, dtype=dtype), 1 - dones(T, 3, dtype=dtype),
+                      randn(T + 1, 3, dtype=dtype, seed=2), randn(3, dtype=dtype, seed=3),
+                      0.99, 0.95)
+
+
+IIR = """
+    def f(x, alpha):
+        y = torch.zeros_like(x)
+        y[0] = x[0]
+        for t in range(1, x.shape[0]):
+            y[t] = alpha * y[t - 1] + (1 - alpha) * x[t]
+        return y
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 40, 900])
+def test_iir_filter_written_forwards(dtype, T):
+    original, rewritten, _, report = build(IIR)
+    assert strategies(report) == {4: "scan"}
+    assert_equivalent(original, rewritten, randn(T, 5, dtype=dtype), 0.7)
+    # a learnable factor multiplying the sum: the loop saves no read of `y` for its backward
+    src = IIR.replace("alpha * y[t - 1] + (1 - alpha) * x[t]", "alpha * (y[t - 1] + x[t])")
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "scan"}
+    alpha = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+    assert_equivalent(original, rewritten, randn(T, 5, dtype=dtype), alpha)
+
+
+@pytest.mark.parametrize("src", [
+    IIR.replace("alpha * y[t - 1]", "alpha * y[t - 2]"),              # not the step before
+    IIR.replace("(1 - alpha) * x[t]", "y[t - 1]"),                      # read twice
+    IIR.replace("return y", "return y + y[0]").replace(
+        "(1 - alpha) * x[t]", "(1 - alpha) * x[t] * y.shape[0]"),     # read whole
+])
+def test_tensor_recurrences_that_stay_loops(src):
+    original, rewritten, code, report = build(src)
+    assert strategies(report) == {4: "kept"}
+    x = randn(6, 2)
+    assert_equivalent(original, rewritten, x, 0.5)
+
+
+def test_an_attribute_of_an_object_whose_method_the_body_calls_stays_as_written():
+    src = """
+        def f(storage, gamma):
+            for step in reversed(range(storage.rewards.size(0))):
+                storage.returns[step] = storage.rewards[step] * gamma
+                storage.touch()
+        """
+    _, _, code, report = build(src)
+    assert strategies(report) == {2: "kept"} and code == normalise(src)
+
+
+# A sequence walked backwards: `reversed(xs)`, `xs.flip(0)`
+WALKED_BACK = """
+    def f(rewards, gamma):
+        G = 0.0
+        returns = []
+        for r in rewards.flip(0):
+            G = r + gamma * G
+            returns.append(G)
+        return torch.stack(returns).flip(0)
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("walk", ["rewards.flip(0)", "reversed(rewards)", "rewards.flip((0,))"])
+@pytest.mark.parametrize("fill", ["append", "insert"])
+@pytest.mark.parametrize("T", [1, 30, 800])
+def test_returns_over_a_sequence_walked_backwards(dtype, walk, fill, T):
+    src = WALKED_BACK.replace("rewards.flip(0):", f"{walk}:")
+    if fill == "insert":
+        src = src.replace("returns.append(G)", "returns.insert(0, G)").replace(
+            "torch.stack(returns).flip(0)", "torch.stack(returns)")
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "scan"}
+    assert_equivalent(original, rewritten, randn(T, 3, dtype=dtype), 0.99)
+
+
+def test_reversed_list_of_tensors_is_stacked(tmp_path):
+    # through optimize_loss, whose report counts the runs of the vectorized branch
+    user = load_module(tmp_path, "import torch\n" + dedent(
+        WALKED_BACK.replace("rewards.flip(0)", "reversed(rewards)")))
+    rewards = list(randn(12, 2).unbind(0))
+    report = equivalent_report(user.f, rewards, 0.9)
+    assert report.loops[0].strategy == "scan" and report.loops[0].vectorized_runs == 1
+
+
+def test_flip_of_a_list_raises_as_written():
+    original, rewritten, _, _ = build(WALKED_BACK)
+    rewards = list(randn(4, 2).unbind(0))
+    with pytest.raises(AttributeError, match="flip"):
+        original(rewards, 0.9)
+    with pytest.raises(AttributeError, match="flip"):
+        rewritten(rewards, 0.9)
+
+
+@pytest.mark.parametrize("walk", ["rewards.flip(1)", "rewards[::-1]"])
+def test_sequences_walked_otherwise_stay_loops(walk):
+    src = WALKED_BACK.replace("rewards.flip(0):", f"{walk}:")
+    _, _, code, report = build(src)
+    assert strategies(report) == {4: "kept"}
+
+
+def test_reversed_dict_walks_its_keys_as_written():
+    # `reversed` of a dict gives its keys, not `d[k]`: the loop runs as written
+    src = """
+        def f(d, w, gamma):
+            G = 0.0
+            for k in reversed(d):
+                G = w[k] + gamma * G
+            return G
+        """
+    original, rewritten, _, _ = build(src)
+    d, w = {2: torch.ones(3), 0: torch.zeros(3), 1: torch.ones(3)}, randn(3, 2)
+    assert_equivalent(original, rewritten, d, w, 0.9)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from passes.errors import Unsupported
-from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
+from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body, check_mapped_body,
                           classify_effects, conditional_expressions_to_branches,
                           effects_to_outputs, element_slices_to_indices, fold_accumulators,
                           gather_keyed_reads,
@@ -39,6 +39,42 @@ from tests.loop_stage_helpers import plan_at, plan_before, show
 
 # (stage, source, fields shown, before the stage, after it)
 CASES = [
+    (attribute_writes_to_names, """
+def f(storage, v):
+    for t in range(v.shape[0]):
+        storage.returns[t] = v[t] * storage.scale + storage.returns[t]
+    return storage.returns
+""", ('body', 'prelude'),
+     """
+# body
+storage.returns[t] = v[t] * storage.scale + storage.returns[t]
+# prelude
+""",
+     """
+# body
+_returns[t] = v[t] * storage.scale + _returns[t]
+# prelude
+_returns = storage.returns
+"""),
+    (attribute_writes_to_names, """
+def f(storage, v):
+    for t in range(v.shape[0]):
+        storage.returns[t] = v[t]
+        storage.reset()
+    return storage.returns
+""", ('body', 'prelude'),
+     """
+# body
+storage.returns[t] = v[t]
+storage.reset()
+# prelude
+""",
+     """
+# body
+storage.returns[t] = v[t]
+storage.reset()
+# prelude
+"""),
     (iteration, """
 def f(xs, w):
     loss = 0

@@ -4,11 +4,11 @@
 ``[T+1, N, 1]`` buffers as ``self.`` attributes, writes the bootstrap value into
 ``self.value_preds[-1]``, then runs ``gae = delta + gamma * lambda * mask * gae`` over
 ``reversed(range(T))`` with time-limit masks, writing ``self.returns[step]`` in place. The loop is
-a real backward recurrence, so it is kept; the expert solves it with a triangular product matrix."""
+a linear recurrence: a scan, written into ``self.returns`` in one slice (expert: a triangle)."""
 import torch
 
 CASE = {
-    "loops": "kept",
+    "loops": "vectorize",
     "elementwise": False,
     "sizes": {"small": "T=6 steps x N=3 envs", "bench": "T=128 steps x N=64 envs"},
     "source": "ikostrikov/pytorch-a2c-ppo-acktr-gail:a2c_ppo_acktr/storage.py",

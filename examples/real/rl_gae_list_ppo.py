@@ -3,11 +3,11 @@ in NitishNaineni/Multi-Agent-Flocking (ppo.py, ``PPO.compute_gae`` and the updat
 RL-Adventure-2 pattern): ``values = values + [next_value]`` extends the list, the GAE recurrence
 runs over ``reversed(range(len(rewards)))`` with ``returns.insert(0, gae + values[step])``, and the
 lists are ``torch.cat``-ed into flat targets for the clipped actor loss, the squared critic loss
-and an entropy bonus. The recurrence is real, so the loop is kept."""
+and an entropy bonus. The linear recurrence runs as a scan; ``returns`` leaves as a list."""
 import torch
 
 CASE = {
-    "loops": "kept",
+    "loops": "vectorize",
     "elementwise": False,
     "sizes": {"small": "8 steps x 4 agents", "bench": "256 steps x 64 agents"},
     "source": "NitishNaineni/Multi-Agent-Flocking:ppo.py",

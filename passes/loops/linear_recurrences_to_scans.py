@@ -34,6 +34,20 @@ judge: the step loop and the rest must both vectorize, or the loop is kept (a sc
 a Python loop would gain nothing). Per-step Python numbers (``.item()`` values) keep the loop:
 the original computes in double precision on the host.
 
+RL code writes the same recurrences in three more shapes, each brought to the one above:
+
+- over a sequence walked backwards, ``for r in reversed(rewards)`` / ``rewards.flip(0)``: the
+  loop over ``reversed(range(len(rewards)))`` reading ``r = rewards[_k]`` (``_in_order``);
+- kept in a tensor, ``returns[t] = returns[t + 1] * gamma * masks[t + 1] + rewards[t]`` (or
+  ``y[t] = a * y[t - 1] + b`` forwards): a named state written into the tensor each step, from
+  the original's first read (``_written_states``); the rest writes the states back in one slice
+  assignment, into the same tensor, through an attribute too (``self.returns``, see
+  ``attribute_writes_to_names``);
+- filling a list in a reversed loop, by ``lst.insert(0, G)`` or ``lst.append(G)``: the rest
+  runs forwards, so it fills a fresh list spliced into ``lst`` in the original's order after
+  it (``_appends_in_step_order``): a list returned or handed on whole gets the original's
+  items, one tensor per step.
+
 Values: the scan sums in another order than the loop, so states agree within the dtype's
 rounding; dtype and shape are the original's (see ``linear_scan``). Exceptions: the step loop
 and the rest are vectorized code behind their checks; an error of the data (a bad index) is
@@ -42,15 +56,19 @@ raised before the rest runs, as the vectorizer's loops do.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ast_tools import PassContext, clone, is_int, is_name, is_pure, replace, walk
+from ..ast_tools import PassContext, clone, is_int, is_name, is_pure, replace, unparse, walk
 from ..errors import Unsupported
 from ..linear_scan import linear_scan
 from . import iteration, loop_dataflow
 from .loop_dataflow import loads, resolve_call, stores, stores_in
 from .plan import Iteration, LoopPlan, new_plan
+from .runtime_checks import proven_tensors
+
+# What the vectorizer knows of the function's lists: the step loop stacks the lists it reads.
+_LIST_FACTS = ("list_names", "host_containers", "iterators")
 
 # What ends an iteration or the loop early: the scan covers every step.
 _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await)
@@ -60,7 +78,8 @@ _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.A
 class Scan:
     """A loop split around its recurrences: the statements of the vectorized branch, the
     check that guards them, the plan of the rest of the body (folds after the loop read it),
-    and the names of the scanned states."""
+    and the scanned states as the user wrote them (a name, or ``x[t]`` for a state kept in a
+    tensor)."""
     check: ast.expr
     stmts: list[ast.stmt]
     rest: LoopPlan
@@ -89,11 +108,14 @@ def scan(node: ast.For, live_after: set[str], ctx: PassContext,
 def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, known) -> Scan:
     if node.orelse or any(isinstance(n, _CONTROL) for s in node.body for n in walk(s)):
         raise Unsupported("control flow")
-    loop, reverse = _in_order(node, ctx)
+    loop, reverse, needs = _in_order(node, ctx)
     loop = _merge_rebinds(loop)
     it = iteration.stage(LoopPlan(loop, set(), torch_name=ctx.torch_name), ctx).iteration
     if it.elements or not it.index_is_user:
         raise Unsupported("not a range")
+    loop, initial, shown, written = _written_states(loop, it, reverse, ctx)
+    needs += [replace("isinstance(x, torch.Tensor)", torch_name=ctx.torch_name, x=x)
+              for x in written]
     found = _recurrences(loop.body, it.index)
     if not found:
         raise Unsupported("no linear recurrence")
@@ -105,7 +127,48 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         except Unsupported:
             continue
     found = [rec for rec in found if rec.name in preludes]
-    steps, per_step, appends, values = [], {}, [], {}
+    steps, per_step, appends = _per_step_values(found, preludes, it, node, ctx)
+    values = {}
+    if not per_step:
+        raise Unsupported("nothing varies with the step")
+    step_loop = ast.copy_location(ast.For(target=clone(loop.target), iter=clone(loop.iter),
+                                          body=clone(steps) + appends, orelse=[],
+                                          type_comment=None), node)
+    lists = {k: v for k, v in known.items() if k in _LIST_FACTS}
+    first = vectorize(new_plan(step_loop, set(), ctx, own_lists=set(per_step.values()), **lists),
+                      ctx)
+    if any(v.host for v in first.own_list_values.values()):
+        raise Unsupported("per-step Python numbers")
+    stmts = list(first.stmts) + initial  # the loop runs at least once: its first read
+    for rec in found:
+        stmts += _scan_stmt(rec, per_step, first, it, reverse, node, ctx, values)
+    rest_loop, renamed = _rest_loop(loop, found, it, values, steps, live_after, ctx)
+    order = _appends_in_step_order(rest_loop, known, ctx) if reverse else _Reordered()
+    rest = vectorize(new_plan(rest_loop, live_after - set(renamed) | set(order.user_names),
+                              ctx, **known), ctx)
+    rest.user_names.update(order.user_names)
+    if reverse and any((e.kind, e.name in order.appended) not in (
+            ("acc", False), ("write", False), ("append", True))
+                       or e.name in rest.scattered for e in rest.facts.effects.values()):
+        raise Unsupported("the rest of a reversed loop depends on the order of the steps")
+    stmts += order.before + [ast.copy_location(ast.If(test=rest.checks.expr(), body=rest.stmts,
+                                                      orelse=[rest_loop]), node)] + order.after
+    rest.prelude = first.prelude + rest.prelude  # lists stacked before the loop's guard
+    if reverse and it.index in live_after:  # the rest ran forwards: the original ends at start
+        stmts += replace("t = a", loc=node, t=it.index, a=clone(it.start))
+    for rec in found:
+        if rec.name in live_after:
+            stmts += replace(f"s = all_[{0 if reverse else -1}]", loc=node, s=rec.name,
+                             all_=values[rec.name])
+    return Scan(_check(first.checks.expr(), order.checks + needs, ctx), stmts, rest,
+                [shown.get(rec.name, rec.name) for rec in found])
+
+
+def _per_step_values(found: list[_Recurrence], preludes: dict[str, list[ast.stmt]],
+                     it: Iteration, node: ast.For, ctx: PassContext) -> tuple[list, dict, list]:
+    """The step loop's statements: the preludes the recurrences need, and an append of every
+    ``a`` and ``b`` that varies with the step to a list of its own (by ``(state, part)``)."""
+    steps, per_step, appends = [], {}, []
     for rec in found:
         prelude = preludes[rec.name]
         steps += [s for s in prelude if not any(s is t for t in steps)]
@@ -117,46 +180,61 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
                 per_step[(rec.name, part)] = ctx.namer.new(f"{rec.name}_{part}")
                 appends.append(ast.Expr(replace("lst.append(v)", loc=node,
                                                 lst=per_step[(rec.name, part)], v=clone(expr))))
-    if not per_step:
-        raise Unsupported("nothing varies with the step")
-    step_loop = ast.copy_location(ast.For(target=clone(loop.target), iter=clone(loop.iter),
-                                          body=clone(steps) + appends, orelse=[],
-                                          type_comment=None), node)
-    first = vectorize(new_plan(step_loop, set(), ctx, own_lists=set(per_step.values())), ctx)
-    if any(v.host for v in first.own_list_values.values()):
-        raise Unsupported("per-step Python numbers")
-    stmts = list(first.stmts)
-    for rec in found:
-        stmts += _scan_stmt(rec, per_step, first, it, reverse, node, ctx, values)
-    rest_loop, renamed = _rest_loop(loop, found, it, values, steps, live_after, ctx)
-    prepended = _front_inserts_to_appends(rest_loop, known) if reverse else set()
-    rest = vectorize(new_plan(rest_loop, live_after - set(renamed), ctx, **known), ctx)
-    if reverse and any((e.kind, e.name in prepended) not in (("acc", False), ("write", False),
-                                                             ("append", True))
-                       or e.name in rest.scattered for e in rest.facts.effects.values()):
-        raise Unsupported("the rest of a reversed loop depends on the order of the steps")
-    stmts.append(ast.copy_location(ast.If(test=rest.checks.expr(), body=rest.stmts,
-                                          orelse=[rest_loop]), node))
-    if reverse and it.index in live_after:  # the rest ran forwards: the original ends at start
-        stmts += replace("t = a", loc=node, t=it.index, a=clone(it.start))
-    for rec in found:
-        if rec.name in live_after:
-            stmts += replace(f"s = all_[{0 if reverse else -1}]", loc=node, s=rec.name,
-                             all_=values[rec.name])
-    return Scan(first.checks.expr(), stmts, rest, [rec.name for rec in found])
+    return steps, per_step, appends
 
 
-def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool]:
-    """``node``, and whether it iterates ``reversed(range(...))``: then ``node`` with
-    ``range(...)`` (its steps are computed in increasing order, the scan runs backwards)."""
+def _check(check: ast.expr, needs: list[ast.expr], ctx: PassContext) -> ast.expr:
+    """The step loop's ``check`` and the conditions the rewritten shapes need (a list spliced
+    into, a sequence walked backwards, a tensor written): for other objects, whose methods may
+    act otherwise, the loop runs as written. Those the check already proves are left out."""
+    proven = {unparse(replace("isinstance(x, torch.Tensor)", torch_name=ctx.torch_name, x=x))
+              for x in proven_tensors(check)}
+    extra = [c for c in needs if unparse(c) not in proven]
+    return ast.BoolOp(ast.And(), [check] + extra) if extra else check
+
+
+def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool, list[ast.expr]]:
+    """``node``, whether its steps run backwards, and the conditions that needs.
+    ``reversed(range(...))`` becomes ``range(...)`` (its steps are computed in increasing order,
+    the scan runs backwards). A sequence walked backwards, ``for x in reversed(xs)`` or
+    ``for x in xs.flip(0)``, becomes ``for _k in reversed(range(len(xs))): x = xs[_k]``, the
+    same items in the same order when ``xs`` is a list, tuple or tensor (a tensor for ``flip``;
+    ``reversed`` of a dict walks its keys), and is treated the same way."""
     it = node.iter
-    if not (isinstance(it, ast.Call) and resolve_call(it.func, ctx) == "reversed"
-            and len(it.args) == 1 and not it.keywords and isinstance(it.args[0], ast.Call)
-            and resolve_call(it.args[0].func, ctx) == "range" and len(it.args[0].args) <= 2):
-        return node, False
+    fn = resolve_call(it.func, ctx) if isinstance(it, ast.Call) else None
+    if fn == "reversed" and len(it.args) == 1 and not it.keywords \
+            and isinstance(it.args[0], ast.Call) and resolve_call(it.args[0].func, ctx) == "range" \
+            and len(it.args[0].args) <= 2:
+        loop = clone(node)
+        loop.iter = clone(it.args[0])
+        return loop, True, []
+    walked, flipped = _walked_backwards(it, ctx)
+    if walked is None or not isinstance(node.target, ast.Name) or not is_pure(walked):
+        return node, False, []
+    k = ctx.namer.new("k")
     loop = clone(node)
-    loop.iter = clone(it.args[0])
-    return loop, True
+    loop.iter = replace("range(len(xs))", loc=node, xs=clone(walked))
+    loop.target = ast.copy_location(ast.Name(k, ast.Store()), node.target)
+    loop.body = replace("x = xs[k]", loc=node.target, x=node.target.id, xs=clone(walked),
+                        k=k) + loop.body
+    need = "isinstance(xs, torch.Tensor)" if flipped else \
+        "type(xs) in (list, tuple) or isinstance(xs, torch.Tensor)"
+    return ast.fix_missing_locations(loop), True, [
+        replace(need, torch_name=ctx.torch_name, xs=clone(walked))]
+
+
+def _walked_backwards(it: ast.expr, ctx: PassContext) -> tuple[ast.expr | None, bool]:
+    """``xs`` of ``reversed(xs)`` or of ``xs.flip(0)`` (with whether it is the ``flip``)."""
+    if not isinstance(it, ast.Call) or it.keywords:
+        return None, False
+    if resolve_call(it.func, ctx) == "reversed" and len(it.args) == 1:
+        return it.args[0], False
+    dims = it.args[0] if len(it.args) == 1 else None
+    if isinstance(dims, (ast.Tuple, ast.List)) and len(dims.elts) == 1:
+        dims = dims.elts[0]
+    if isinstance(it.func, ast.Attribute) and it.func.attr == "flip" and is_int(dims, 0):
+        return it.func.value, True
+    return None, False
 
 
 def _merge_rebinds(loop: ast.For) -> ast.For:
@@ -180,6 +258,84 @@ def _merge_rebinds(loop: ast.For) -> ast.For:
     loop = clone(loop)
     loop.body = body
     return loop
+
+
+def _written_states(loop: ast.For, it: Iteration, reverse: bool,
+                    ctx: PassContext) -> tuple[ast.For, list[ast.stmt], dict[str, str],
+                                            list[ast.expr]]:
+    """A recurrence kept in a tensor: ``x[..., t, ...] = e`` where ``e`` reads ``x`` once, at the
+    step the loop wrote just before (``x[..., t + 1, ...]`` over reversed steps of 1, ``t - 1``
+    forwards), and the body mentions ``x`` nowhere else, is a named state::
+
+        x[t] = x[t + 1] * c[t] + r[t]   ->   _x_state = _x_state * c[t] + r[t]
+                                             x[t] = _x_state
+
+    with ``_x_state = x[<the first step> + 1].clone()`` (the original's first read, the same
+    index) before the scan: a copy, since the scan may save it for the backward of a factor
+    that requires grad, and the write after the scan changes ``x`` in place (the loop saves
+    such reads only where it multiplies them by a factor). ``x`` a name or an attribute chain
+    (``self.returns``), checked to be a tensor. Returns the loop, those first reads, each
+    state's ``x[t]``, and the tensors written."""
+    if not is_int(it.step, 1):
+        return loop, [], {}, []
+    body, initial, shown, written = list(loop.body), [], {}, []
+    first = clone(it.start) if not reverse else replace("b - 1", b=clone(it.stop))
+    for k, s in enumerate(body):
+        read = _previous_step_read(s, it.index, reverse, body)
+        if read is None:
+            continue
+        state = ctx.namer.new(f"{getattr(read.value, 'attr', getattr(read.value, 'id', ''))}_state")
+        value = _Substitute(unparse(read), ast.Name(state, ast.Load())).visit(clone(s.value))
+        body[k:k + 1] = [ast.copy_location(ast.Assign(targets=[ast.Name(state, ast.Store())],
+                                                      value=value, type_comment=None), s),
+                         ast.copy_location(ast.Assign(targets=s.targets,
+                                                      value=ast.Name(state, ast.Load()),
+                                                      type_comment=None), s)]
+        start = _Substitute(it.index, first).visit(clone(read))
+        initial += replace("s = x.clone()", loc=s, s=state, x=start)
+        written.append(clone(s.targets[0].value))
+        shown[state] = unparse(s.targets[0])
+    if not initial:
+        return loop, [], {}, []
+    loop = clone(loop)
+    loop.body = body
+    return ast.fix_missing_locations(loop), initial, shown, written
+
+
+def _previous_step_read(s: ast.stmt, index: str, reverse: bool,
+                        body: list[ast.stmt]) -> ast.Subscript | None:
+    """The read of ``x[..., index +- 1, ...]`` in ``s`` = ``x[..., index, ...] = e``, when it is
+    the body's only mention of ``x`` besides the target."""
+    if not (isinstance(s, ast.Assign) and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Subscript) and is_pure(s.targets[0].value)):
+        return None
+    target = s.targets[0]
+    base = unparse(target.value)
+    entries = loop_dataflow.write_entries(target)
+    at = [k for k, e in enumerate(entries) if is_name(e, index)]
+    if len(at) != 1 or any(index in loads(e) for k, e in enumerate(entries) if k != at[0]):
+        return None
+    mentions = [n for st in body for n in walk(st) if isinstance(n, ast.expr)
+                and unparse(n) == base]
+    reads = [n for n in walk(s.value) if isinstance(n, ast.Subscript) and unparse(n.value) == base]
+    if len(mentions) != 2 or len(reads) != 1:
+        return None
+    shifted = [unparse(e) for e in entries]
+    shifted[at[0]] = f"{index} {'+' if reverse else '-'} 1"
+    got = loop_dataflow.write_entries(reads[0])
+    return reads[0] if [unparse(e) for e in got] == shifted else None
+
+
+class _Substitute(ast.NodeTransformer):
+    """Every expression that reads as ``text`` replaced by a copy of ``by``."""
+
+    def __init__(self, text: str, by: ast.expr):
+        self.text, self.by = text, by
+
+    def visit(self, n: ast.AST) -> ast.AST:
+        if isinstance(n, ast.expr) and unparse(n) == self.text:
+            return ast.copy_location(clone(self.by), n)
+        return super().visit(n)
 
 
 def _rebound(first: ast.stmt, second: ast.stmt) -> str | None:
@@ -339,25 +495,56 @@ def _rest_loop(loop: ast.For, found: list[_Recurrence], it: Iteration, values: d
     return ast.fix_missing_locations(rest), renamed
 
 
-def _front_inserts_to_appends(rest: ast.For, known: dict) -> set[str]:
-    """In the rest of a reversed loop, run forwards, ``lst.insert(0, v)`` is ``lst.append(v)``
-    when ``lst`` is empty when the loop starts (``lst = []`` right before it) and no other
-    statement of the body touches it: the original's list ends in increasing step order.
-    Returns the lists converted."""
-    inserts = {s.value.func.value.id: s for s in rest.body if isinstance(s, ast.Expr)
-               and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute)
-               and s.value.func.attr == "insert" and isinstance(s.value.func.value, ast.Name)
-               and len(s.value.args) == 2 and is_int(s.value.args[0], 0)
-               and not s.value.keywords}
-    done = set()
-    for name, stmt in inserts.items():
-        others = [t for t in rest.body if t is not stmt]
-        if name in known.get("buildable_lists", set()) and not any(
-                name in loads(t) | stores_in([t]) for t in others) \
-                and name not in loads(stmt.value.args[1]):
-            stmt.value = replace("lst.append(v)", loc=stmt, lst=name, v=stmt.value.args[1])
-            done.add(name)
-    return done
+@dataclass
+class _Reordered:
+    """How the rest of a reversed loop, run forwards, fills lists in the original's order: the
+    lists its appends go to, the statements around it, the checks they need, and the fresh
+    lists' user names."""
+    appended: set[str] = field(default_factory=set)
+    before: list[ast.stmt] = field(default_factory=list)
+    after: list[ast.stmt] = field(default_factory=list)
+    checks: list[ast.expr] = field(default_factory=list)
+    user_names: dict[str, str] = field(default_factory=dict)
+
+
+def _appends_in_step_order(rest: ast.For, known: dict, ctx: PassContext) -> _Reordered:
+    """In the rest of a reversed loop, run forwards, a list filled by ``lst.insert(0, v)`` or
+    ``lst.append(v)`` (the body's only use of ``lst``) gets the original's items:
+
+    - ``lst.insert(0, v)``: the original's list ends with the steps' values in increasing step
+      order, then the items it held before the loop. When ``lst`` is empty when the loop starts
+      (``lst = []`` right before it, a list the vectorizer may build), ``lst.append(v)``; else
+      ``_lst_front.append(v)`` into a fresh list spliced in after the loop
+      (``lst[0:0] = _lst_front``);
+    - ``lst.append(v)``: the original appends in decreasing step order: ``_lst_back.append(v)``
+      and ``lst.extend(reversed(_lst_back))`` after the loop.
+
+    A list spliced into must be a list, not a subclass (its ``insert`` may differ)."""
+    order = _Reordered()
+    for stmt in rest.body:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and isinstance(call.func.value, ast.Name) and not call.keywords
+                and (call.func.attr, len(call.args)) in (("insert", 2), ("append", 1))):
+            continue
+        name, value, front = call.func.value.id, call.args[-1], call.func.attr == "insert"
+        if front and not is_int(call.args[0], 0) or name in loads(value) or any(
+                name in loads(t) | stores_in([t]) for t in rest.body if t is not stmt):
+            continue
+        if front and name in known.get("buildable_lists", set()):
+            order.appended.add(name)
+            stmt.value = replace("lst.append(v)", loc=stmt, lst=name, v=value)
+            continue
+        fresh = ctx.namer.new(f"{name}_{'front' if front else 'back'}")
+        order.appended.add(fresh)
+        order.user_names[fresh] = name
+        stmt.value = replace("lst.append(v)", loc=stmt, lst=fresh, v=value)
+        order.before += replace("f = []", loc=stmt, f=fresh)
+        order.after += replace("lst[0:0] = f", loc=stmt, lst=name, f=fresh) if front else [
+            ast.copy_location(ast.Expr(replace("lst.extend(reversed(f))", loc=stmt, lst=name,
+                                               f=fresh)), stmt)]
+        order.checks.append(replace("type(lst) is list", lst=name))
+    return order
 
 
 def _position(it: Iteration) -> ast.expr:

@@ -116,6 +116,9 @@ class LoopPlan:
     # name -> the read.
     host_containers: frozenset[str] = frozenset()
     gathered: dict[str, str] = field(default_factory=dict)
+    # Generated names the effects go to in place of the user's values (a tensor written through
+    # an attribute, ``attribute_writes_to_names``; a list filled at its front) -> as written.
+    user_names: dict[str, str] = field(default_factory=dict)
     # Bound to iterators only (``iter(...)``) -> where the function reads them last.
     iterators: dict[str, tuple[int, int]] = field(default_factory=dict)
     local_defs: dict[str, ast.FunctionDef] = field(default_factory=dict)  # defined once, nested

@@ -120,6 +120,8 @@ def _targets(node: ast.AST) -> list[ast.expr]:
 def _makes_list(value: ast.expr, ctx: PassContext) -> bool:
     if isinstance(value, (ast.List, ast.Tuple, ast.ListComp)):
         return True
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):  # `xs + [x]`: joined lists
+        return any(isinstance(v, (ast.List, ast.ListComp)) for v in (value.left, value.right))
     if not isinstance(value, ast.Call):
         return False
     if isinstance(value.func, ast.Attribute) and value.func.attr in _LIST_METHODS:

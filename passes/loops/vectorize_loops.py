@@ -81,7 +81,8 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, replace, unparse,
                         walk, write_target)
 from ..errors import Unsupported
-from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
+from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body,
+               check_mapped_body,
                classify_effects, conditional_expressions_to_branches, data_attributes_to_detach,
                distribute_loops,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
@@ -127,6 +128,7 @@ LOOP_STAGES: list = [
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
     data_attributes_to_detach,    # after inlining (a helper's `.data` too); vmap refuses `.data`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
+    attribute_writes_to_names,    # on the inlined body, before the stages that take written names
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
@@ -284,12 +286,13 @@ class _Vectorizer(Transformer):
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
                      inner=bool(self.depth), local_defs=self.local_defs)
         try:
-            # lists stacked by this plan and a distributed loop's: the scan has no prelude
+            # lists stacked by this plan, a distributed loop's and a scan's
             plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
                                       **known), self.ctx)
         except Unsupported as exc:
             # kept whole: its linear recurrences may become scans ...
-            scanned = linear_recurrences_to_scans.scan(node, live, self.ctx, vectorize, **known)
+            scanned = linear_recurrences_to_scans.scan(node, live, self.ctx, vectorize, **known,
+                                                       **self._lists())
             if scanned is not None:
                 self.ctx.report.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
                                          + _runs_when(scanned.check, {}))
@@ -436,7 +439,8 @@ class _Vectorizer(Transformer):
         check = plan.checks.expr()
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
                                  _why(plan, self.ctx) + what
-                                 + _runs_when(check, plan.stacked, plan.gathered)
+                                 + _runs_when(check, plan.stacked, plan.gathered,
+                                              plan.user_names)
                                  + plan.no_grad_reason)
         return check
 
@@ -471,7 +475,8 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
         if e.name in plan.own_lists:  # a comprehension's own list
             parts.append("items stacked")
             continue
-        if e.name in ctx.namer.made:  # e.g. a counter of empty selections
+        shown = plan.user_names.get(e.name, e.name)
+        if shown in ctx.namer.made:  # e.g. a counter of empty selections
             continue
         family = "mean" if e.name in plan.averaged else e.family
         write = "written as a slice" if e.name not in plan.scattered else \
@@ -480,7 +485,7 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
                 for x in loop_dataflow.write_entries(write_target(e.stmt))) \
             else "accumulated with index_put_"
         desc = {"acc": f"`{e.name}` {family}-reduced", "scan": f"`{e.name}` running {e.family}",
-                "append": f"`{e.name}` appends stacked", "write": f"`{e.name}` {write}"}
+                "append": f"`{shown}` appends stacked", "write": f"`{shown}` {write}"}
         parts.append(desc[e.kind])
     if plan.uses_where:
         parts.append("tensor conditions as torch.where masks")
@@ -510,11 +515,13 @@ def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
 
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],
-               gathered: dict[str, str] | None = None) -> str:
+               gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None
+               ) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
-    named as the user's list."""
-    found = sorted({unparse(x) for x in proven_tensors(check)})
+    named as the user's list, a tensor written through an attribute as the attribute."""
+    user_names = user_names or {}
+    found = sorted({user_names.get(unparse(x), unparse(x)) for x in proven_tensors(check)})
     gathered = gathered or {}
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
     lists = [f"`{stacked[n]}`" for n in found if n in stacked]

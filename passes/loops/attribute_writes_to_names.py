@@ -1,0 +1,73 @@
+"""Stage: a tensor the loop writes into through an attribute (``self.returns[step] = v``, a
+rollout storage's buffers) is written through a name bound to it in front of the loop's guard::
+
+    for step in range(T):                           _returns = self.returns
+        self.returns[step] = gae[step] + v[step] ->  for step in range(T):
+                                                         _returns[step] = gae[step] + v[step]
+
+The name holds the same tensor object, so the vectorized write (one slice assignment
+``_returns[a:b] = stacked``) mutates the user's tensor in place, as the loop does; the stages
+after this one take writes into plain names only. Every read of the attribute in the body reads
+the name too, so the vectorizer sees the body read what it writes. Taken when the attribute is
+a chain of attribute reads on a name (``self.returns``, ``self.storage.returns``) and the body
+neither binds an attribute of that name (``self.returns = ...``) nor calls a method of it or
+hands it to a call (``self.reset()``, ``update(self)`` could bind the attribute again), and not
+for an inner loop (the binding would be a statement of the outer loop's body). Else the body is
+left as it is (and the write keeps the loop).
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, unparse, walk
+from .plan import LoopPlan
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    if plan.inner:
+        return plan
+    parents = {id(c): n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
+    written = {unparse(n.value): n.value for s in plan.body for n in walk(s)
+               if isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Store)
+               and _root(n.value) is not None}
+    for chain, node in sorted(written.items()):
+        if not _only_read(_root(node), plan.body, parents):
+            continue
+        name = ctx.namer.new(node.attr)
+        plan.prelude += plan.sub("n = a", n=name, a=node)
+        plan.user_names[name] = chain
+        for s in plan.body:
+            for n in walk(s):
+                for field, child in ast.iter_fields(n):
+                    if isinstance(child, ast.Attribute) and unparse(child) == chain:
+                        setattr(n, field, ast.copy_location(ast.Name(name, ast.Load()), child))
+    return plan
+
+
+def _root(e: ast.expr) -> str | None:
+    """The name under a chain of attribute reads (``self`` of ``self.a.b``), None for others."""
+    if not isinstance(e, ast.Attribute):
+        return None
+    while isinstance(e, ast.Attribute):
+        e = e.value
+    return e.id if isinstance(e, ast.Name) else None
+
+
+def _only_read(root: str, body: list[ast.stmt], parents: dict[int, ast.AST]) -> bool:
+    """Every use of ``root`` in ``body`` is ``root.x`` read, ``root.x`` is not called, and no
+    attribute chain on ``root`` is bound."""
+    for s in body:
+        for n in walk(s):
+            if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load) \
+                    and _root(n) == root:
+                return False
+            if not (isinstance(n, ast.Name) and n.id == root):
+                continue
+            attr = parents.get(id(n))
+            if not (isinstance(attr, ast.Attribute) and isinstance(attr.ctx, ast.Load)
+                    and isinstance(n.ctx, ast.Load)):
+                return False
+            call = parents.get(id(attr))
+            if isinstance(call, ast.Call) and call.func is attr:
+                return False
+    return True
