@@ -15,7 +15,7 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           classify_effects, conditional_expressions_to_branches,
                           effects_to_outputs, element_slices_to_indices, fold_accumulators,
                           gather_keyed_reads,
-                          hoist_invariant_checks,
+                          hoist_calls_under_index_tests, hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                           index_tuples_to_tensors, inplace_writes_to_functional,
                           invariant_values_take_no_grad, iteration,
@@ -1627,6 +1627,60 @@ assert p.dim() == 1
 loss += p.sum()
 # first
 # checks
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c, cen in enumerate(cens):
+        if s == c:
+            cen = own_centroid(emb, s, u)
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first', 'helper_checks'),
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, s, u)
+out.append(cos(emb[s, u], _cen))
+# first
+# helper_checks
+""",
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = _cen_1
+out.append(cos(emb[s, u], _cen))
+# first
+_cen_1 = own_centroid(emb, s, u)
+# helper_checks
+any((s == _k for _k in range(0, len(cens), 1)))
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c, cen in enumerate(cens):
+        if s == c:
+            cen = own_centroid(emb, c, u)
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first'),
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, c, u)
+out.append(cos(emb[s, u], _cen))
+# first
+""",
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, c, u)
+out.append(cos(emb[s, u], _cen))
+# first
 """),
     (split_tuple_assignments, """
 def f(prob, onehot, ignore):

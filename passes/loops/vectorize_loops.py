@@ -85,7 +85,7 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                classify_effects, conditional_expressions_to_branches, distribute_loops,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
-               gather_keyed_reads, hoist_invariant_checks,
+               gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
@@ -123,6 +123,7 @@ LOOP_STAGES: list = [
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
+    hoist_calls_under_index_tests,  # on the inlined body, before tensor_branches_to_where masks it
     element_slices_to_indices,    # before ragged_slices_to_masks, which would make its slices masks
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
