@@ -17,7 +17,8 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           gather_keyed_reads,
                           hoist_calls_under_index_tests, hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-                          index_tuples_to_tensors, inplace_writes_to_functional,
+                          index_tests_to_selected_indices, index_tuples_to_tensors,
+                          inplace_writes_to_functional,
                           invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, masked_selects_to_selections,
@@ -231,6 +232,74 @@ for p in itertools.permutations(range(n)):
 # node
 for p in itertools.permutations(range(n)):
     total = total + x[p].sum()
+"""),
+    (index_tests_to_selected_indices, """
+def f(p, t, ignore):
+    loss = 0
+    for c in range(p.shape[1]):
+        if c != ignore:
+            loss += dice(p[:, c], t[:, c]) * w[c]
+    return loss
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c != ignore:
+        loss += dice(p[:, c], t[:, c]) * w[c]
+""",
+     """
+# prelude
+_selected = torch.tensor(_run_eagerly(lambda: [c for c in range(p.shape[1]) if c != ignore]), dtype=torch.int64)
+# node
+for c in _selected:
+    loss += dice(p[:, c], t[:, c]) * w[c]
+"""),
+    (index_tests_to_selected_indices, """
+def f(p, t, ignore):
+    loss = 0
+    for c in range(p.shape[1]):
+        if c == ignore:
+            continue
+        loss += dice(p[:, c], t[:, c])
+    return loss
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c == ignore:
+        continue
+    loss += dice(p[:, c], t[:, c])
+""",
+     """
+# prelude
+_selected = torch.tensor(_run_eagerly(lambda: [c for c in range(p.shape[1]) if not c == ignore]), dtype=torch.int64)
+# node
+for c in _selected:
+    loss += dice(p[:, c], t[:, c])
+"""),
+    (index_tests_to_selected_indices, """
+def f(p, t, ignore):
+    loss = 0
+    for c in range(p.shape[1]):
+        if c != ignore:
+            loss += dice(p[:, c], t[:, c]) * c
+    return loss
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c != ignore:
+        loss += dice(p[:, c], t[:, c]) * c
+""",
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c != ignore:
+        loss += dice(p[:, c], t[:, c]) * c
 """),
     (materialize_iterators, """
 def mean(values):
@@ -1694,15 +1763,11 @@ def f(prob, onehot, ignore):
 """, ('body',),
      """
 # body
-if c == ignore:
-    continue
 p, t = (prob[:, c], onehot[:, c])
 ds.append((p * t).sum())
 """,
      """
 # body
-if c == ignore:
-    continue
 p = prob[:, c]
 t = onehot[:, c]
 ds.append((p * t).sum())

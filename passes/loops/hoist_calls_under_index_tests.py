@@ -39,13 +39,13 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     bound = stores_in(plan.body) | {name for name, _ in it.elements} | {it.index}
     for s in plan.body:
-        if isinstance(s, ast.If) and not s.orelse and _on_indices(s.test, it.index, bound) \
+        if isinstance(s, ast.If) and not s.orelse and on_indices(s.test, it.index, bound) \
                 and _invariant_work(s.body, bound, ctx):
             s.body = _hoisted(s, plan, ctx)
     return plan
 
 
-def _on_indices(test: ast.expr, index: str, bound: set[str]) -> bool:
+def on_indices(test: ast.expr, index: str, bound: set[str]) -> bool:
     """``test`` reads the loop index, else only literals, names the body does not bind (outer
     indices among them) and their attributes, through arithmetic and comparisons."""
     names = {n.id for n in walk(test) if isinstance(n, ast.Name)}
@@ -69,10 +69,16 @@ def _invariant_work(stmts: list[ast.stmt], bound: set[str], ctx: PassContext) ->
         for call in (n for n in walk(s.value) if isinstance(n, ast.Call)):
             if ops.effect(resolve_call(call.func, ctx), method_name(call, ctx), call):
                 return False
-            op = call_op(call, ctx)
-            heavy |= not op.total and op.sanitize is None
+            heavy |= may_fail(call, ctx)
         own.add(s.targets[0].id)
     return heavy
+
+
+def may_fail(call: ast.Call, ctx: PassContext) -> bool:
+    """``call`` is not known to be total (``OpSpec.total``) nor made safe under a mask
+    (``OpSpec.sanitize``): ``tensor_branches_to_where`` would not run it on excluded iterations."""
+    op = call_op(call, ctx)
+    return not (op.total or op.sanitize is not None or op.shape_query)
 
 
 def _hoisted(s: ast.If, plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:

@@ -86,7 +86,8 @@ from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
                gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
-               host_roundtrips_to_tensor_ops, index_tuples_to_tensors, inline_helper_calls,
+               host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
+               index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
@@ -108,6 +109,7 @@ from .runtime_checks import MARKER, is_as_written, is_vectorized_guard, proven_t
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
     index_tuples_to_tensors,      # before iteration: it makes the loop iterate a tensor
+    index_tests_to_selected_indices,  # before iteration: it makes the loop iterate a tensor
     iteration,                    # first of the others: every stage reads the iteration
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
