@@ -81,6 +81,17 @@ def may_fail(call: ast.Call, ctx: PassContext) -> bool:
     return not (op.total or op.sanitize is not None or op.shape_query)
 
 
+def _int_arguments(stmts: list[ast.stmt], plan: LoopPlan, ctx: PassContext) -> list[ast.expr]:
+    """Enclosing loops' indices handed to functions the registry does not know are Python ints
+    in the original, which such a function may test in Python: checked to be ints (an enclosing
+    loop mapping over this one then keeps its iterations, with this loop vectorized in each)."""
+    args = {a.id for s in stmts for n in walk(s) if isinstance(n, ast.Call)
+            and call_op(n, ctx) is ops.UNKNOWN
+            for a in n.args + [k.value for k in n.keywords] if isinstance(a, ast.Name)}
+    return [replace("type(i) is int", loc=plan.node, i=i)  # not discharged as a bound check
+            for i in sorted(args & plan.outer_indices)]
+
+
 def _hoisted(s: ast.If, plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
     """Moves ``s``'s assignments, into fresh names, to ``plan.first`` behind a check that some
     index meets ``s.test``; returns the branch binding the user's names to them."""
@@ -96,6 +107,6 @@ def _hoisted(s: ast.If, plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
         if isinstance(n, ast.GeneratorExp):  # no loop of the user's: not reported
             ast_marks.put(n, ast_marks.GENERATED, True)
     # after the loop's own checks: the bounds are ints and the loop runs at all
-    plan.helper_checks = plan.helper_checks + [some]
+    plan.helper_checks = plan.helper_checks + [some] + _int_arguments(s.body, plan, ctx)
     return [ast.copy_location(ast.Assign([ast.Name(u, ast.Store())], ast.Name(f, ast.Load())), s)
             for u, f in fresh.items()]
