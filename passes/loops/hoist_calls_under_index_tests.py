@@ -20,6 +20,10 @@ index meets it the loop runs as written (the branch never runs, so neither does 
 only for branches of plain name assignments, one of them calling something not total (else the
 mask already handles the branch), with no ``else`` and no call with an effect (random numbers,
 I/O, mutation): the original's calls, run once per selected iteration, give one value.
+Enclosing loops' indices handed to a function the registry does not know must be Python ints
+(``type(u) is int``, part of the check): such a function may test them in Python, which an
+enclosing loop mapping over its index with vmap would break; that loop is then kept, with this
+one vectorized in each of its iterations.
 """
 from __future__ import annotations
 

@@ -21,10 +21,12 @@ runs, with no condition left::
         loss += dice(p[:, c], t[:, c])
 
 Taken for loops not inside another being vectorized, whose work calls something not known to be
-total (a body of total ops is cheaper masked than gathered), when the body is one ``if`` without ``else``, or starts with ``if <test>: continue``,
-the index is read in the body only as a whole entry of a subscript (``x[c]``, ``x[:, c]``:
-a 0-d int64 tensor indexes as the int does) and not after the loop. When no index passes, the
-tensor is empty and the loop runs as written (it runs no iteration either). Tests are run
+total (a body of total ops is cheaper masked than gathered), when the body is one ``if`` without
+``else`` or starts with ``if <test>: continue``, and the index is read in the body only as a
+whole entry of a subscript (``x[c]``, ``x[:, c]``: a 0-d int64 tensor indexes as the int does)
+and not after the loop. When no index passes, the tensor is empty and the loop runs as written
+(it runs no iteration either). A test that raises raises the original's exception, before any
+iteration's work (which has no effect a vectorized loop keeps in order anyway). Tests are run
 eagerly under torch.compile (Dynamo would unroll the host loop, specialising the bounds).
 """
 from __future__ import annotations
