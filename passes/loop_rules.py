@@ -145,6 +145,9 @@ LIST_CONSUMERS_OF_HOST_VALUES = {**LIST_CONSUMERS, "torch.tensor": "torch.tensor
 # tensor of the stacked items ``v`` answers as the list does. These consumers are rewritten to
 # use ``v`` when ``xs`` is bound to it; a Python sum of equal-shaped items is their sum over dim 0.
 BOUND_LIST_CONSUMERS = {**LIST_CONSUMERS, "sum": "v.sum(0)"}
+# Builtins that add up a container's items with ``+``: on a list the loop body builds (``parts =
+# []; ...; sum(parts)``) they work on per-iteration tensors as written, vmapped or batched.
+ADDS_CONTAINER_ITEMS = frozenset({"sum"})
 # ... these read the items as they are (one list argument) ...
 READS_ONE_LIST = frozenset({"len", "max", "min"})
 # ... and these iterate every positional argument.

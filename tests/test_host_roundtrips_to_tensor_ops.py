@@ -78,3 +78,51 @@ def test_a_host_number_compares_with_a_tensor_the_loop_indexes_as_python_does(tm
             c = torch.tensor([0.1, 0.3, 0.05, 0.2], dtype=c_dtype)
             report = equivalent_report(user.f, x, c)
             assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0)
+
+
+def test_a_sum_of_a_list_the_body_builds_adds_its_items_as_written():
+    built = "parts = []\nparts.append(x[i])\ng = sum(parts)"
+    assert rewrite(built, {"i", "parts"}) == built
+    # a name also bound to a tensor may be one: its builtin sum iterates dim 0
+    rebound = "parts = []\nparts = x[i]\ng = sum(parts)"
+    assert rewrite(rebound, {"i", "parts"}).splitlines()[-1] == "g = parts.sum(0)"
+
+
+PARTS = """
+import torch
+
+
+def f(preds, margin=0.05):
+    losses = []
+    for pred in preds:
+        parts = []
+        parts.append((pred[0] - pred[1] + margin).clamp(min=0))
+        parts.append((pred[1] - pred[2] + margin).clamp(min=0))
+        losses.append(sum(parts))
+    return sum(losses) / len(losses)
+
+
+def g(preds):
+    total = 0
+    for pred in preds:
+        parts = [pred[0], pred[1]]
+        total = total + max(parts)
+    return total
+"""
+
+
+def test_a_list_of_per_iteration_terms_summed_in_the_body_runs_vectorized(tmp_path):
+    from tests.helpers import equivalent_report, load_module
+    user = load_module(tmp_path, PARTS)
+    for dtype in (torch.float32, torch.float64):
+        preds = torch.randn(6, 3, dtype=dtype, requires_grad=True)
+        preds.data[2, 1] = preds.data[2, 0] + 0.05  # a tie at the clamp's kink
+        report = equivalent_report(user.f, preds)
+        assert (report.loops[0].vectorized_runs, report.loops[0].failed_runs) == (1, 0)
+
+
+def test_a_max_of_such_a_list_still_needs_python_booleans(tmp_path):
+    from tests.helpers import equivalent_report, load_module
+    user = load_module(tmp_path, PARTS)
+    report = equivalent_report(user.g, torch.randn(4, 2, requires_grad=True))
+    assert not report.loops[0].vectorized and "max(parts)" in report.loops[0].reason

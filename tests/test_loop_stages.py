@@ -1946,6 +1946,22 @@ isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int)
 # checks
 isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0 and type(lam) in (int, float) and abs(lam) < float('inf') and not (torch.is_grad_enabled() and (not isinstance(w, (int, float, str, type(None))) and getattr(w, 'requires_grad', True)))
 """),
+    # a module's constants (the dtype `torch.float64`) take no gradient: only `n` is checked
+    (invariant_values_take_no_grad, """
+def f(x, n):
+    s = 0
+    for i in range(len(x)):
+        s += (x[i] * torch.ones(n, dtype=torch.float64).exp()).sum()
+    return s
+""", ('checks',),
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0 and not (torch.is_grad_enabled() and (not isinstance(n, (int, float, str, type(None))) and getattr(n, 'requires_grad', True)))
+"""),
     # a bounded derivative (sigmoid), sums and scaling: the same once or per iteration
     (invariant_values_take_no_grad, """
 def f(x, w):

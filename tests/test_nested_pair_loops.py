@@ -101,3 +101,37 @@ def test_equivalent(dtype, special):
         original, optimized, _, _ = build(src)
         assert_equivalent(original, optimized, x.clone().requires_grad_(), target)
         assert_equivalent(original, optimized, x.clone().requires_grad_(), target.double())
+
+
+# pairwise ranking with the labels as tensors: the inner loop picks its batched or vmap form by
+# the shapes of `y[i]`, which varies with the outer iteration: inlined, its vmap form is mapped
+RANKING = """
+def f(scores, y, margin=1.0):
+    n = scores.shape[0]
+    loss = 0
+    count = 0
+    for i in range(n):
+        for j in range(n):
+            if y[i] > y[j]:
+                loss = loss + F.relu(margin - (scores[i] - scores[j]))
+                count += 1
+    return loss / max(count, 1)
+"""
+
+
+def test_golden_tensor_labels_map_the_inner_loops_vmap_form():
+    _, _, code, report = build(RANKING)
+    assert strategies(report) == {5: "vmap", 6: "batched"}, (report, code)
+    assert "the inner loop at line 6 maps its body with vmap" in report.loops[-1].reason
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_tensor_labels_ranking_is_equivalent(dtype, tmp_path):
+    from tests.helpers import equivalent_report, load_module
+    user = load_module(tmp_path, "import torch\nimport torch.nn.functional as F\n" + RANKING)
+    scores = torch.tensor([0.5, -1.0, 0.5, 2.0, float("inf"), 0.1], dtype=dtype)
+    for y in (torch.tensor([0, 1, 0, 2, 1, 2]), torch.zeros(6, dtype=torch.long)):  # ties; none
+        for labels in (y, y.to(dtype)):
+            report = equivalent_report(user.f, scores.clone().requires_grad_(), labels)
+            outer = min(report.loops, key=lambda loop: loop.lineno)
+            assert (outer.vectorized_runs, outer.failed_runs) == (1, 0), report

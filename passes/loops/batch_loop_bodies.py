@@ -268,6 +268,8 @@ class _Batcher(Scope):
         if line is not None:
             raise Unsupported(f"the inner loop at line {line} picks its batched or vmapped form "
                               "by its items' shapes at run time, which has no batched form here")
+        if isinstance(s, ast.FunctionDef):  # an inner loop's body, which vmap maps
+            raise Unsupported(f"the inner loop at line {s.lineno} maps its body with vmap")
         first = unparse(s).strip().splitlines()[0]
         raise Unsupported(f"`{first}` has no batched form")
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import ast
 
+from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, unparse
 from ..errors import Unsupported
-from .loop_dataflow import call_op, depends, resolve_call, variant_names
+from .loop_dataflow import call_op, container_names, depends, resolve_call, variant_names
 from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
@@ -44,6 +45,7 @@ class _Check:
         # rows of the function's boolean masks (``mask[i]``)
         self.masks = {row.param for (name, _), row in plan.row_slices.items()
                       if name in plan.masks}
+        self.containers = container_names(plan.body)  # `sum(parts)` adds a list's items
 
     def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
         variant = variant_names(stmts, seeds, self.ctx)
@@ -92,7 +94,10 @@ class _Check:
             return
         op = call_op(node, self.ctx)
         name = resolve_call(node.func, self.ctx) or ""
-        if op.host or op.host_number or op.host_pair or ops.by_host_math(name).functions:
+        of_container = name in rules.ADDS_CONTAINER_ITEMS and len(node.args) == 1 \
+            and isinstance(node.args[0], ast.Name) and node.args[0].id in self.containers
+        if (op.host or op.host_number or op.host_pair or ops.by_host_math(name).functions) \
+                and not of_container:
             self.refuse(f"`{self.quote(node)}` makes a Python number of a value that varies per "
                         "iteration", node)
         if op.data_shape:

@@ -10,6 +10,10 @@ Only expressions that vary with the loop index are rewritten (``OpSpec.host*`` f
     min(a[i], b)  /  max(...)   ->  torch.where(b < a[i], b, a[i])   (Python's pick, ties too)
     sum(x[i]) / min(x[i])       ->  x[i].sum(0) / x[i].amin(0)       (builtins iterate dim 0)
 
+A builtin on a container the body builds (``parts = []; ...; sum(parts)``) iterates the
+container, not a tensor: left as written (``sum`` adds per-iteration tensors;
+``check_mapped_body`` refuses the ones that compare them, ``max(parts)``).
+
 A host number as the first argument of a torch function that raises on a Python number there
 (``torch.tanh(float(t[i]))``; ``OpSpec.number_first``) keeps the loop: it raises as written.
 
@@ -47,8 +51,8 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, Transformer, clone, is_name, replace, walk
 from ..errors import Unsupported
-from .loop_dataflow import (call_op, depends, method_name, resolve_call, stores, stores_in,
-                            variant_names)
+from .loop_dataflow import (call_op, container_names, depends, method_name, resolve_call,
+                            stores, stores_in, variant_names)
 from .plan import LoopPlan
 
 
@@ -67,6 +71,7 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
     tr = _HostToTensor(variant, ctx, errors, wide)
     tr.assigned |= seeds
     tr.stored = stores_in(stmts) | seeds
+    tr.containers = container_names(stmts)
     tr.body, tr.live_after = stmts, live_after
     if not_floating is not None:
         tr.not_floating = not_floating
@@ -107,6 +112,8 @@ class _HostToTensor(Transformer):
         # sync) is needed
         self.not_floating: list[ast.expr] = []
         self.no_tensors: list[ast.expr] = []  # names compared with host floats in float64
+        # names the body binds to lists, tuples, dicts: a builtin iterates them, not a tensor
+        self.containers: set[str] = set()
 
     def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out = []
@@ -349,8 +356,9 @@ class _HostToTensor(Transformer):
             self.double[id(found)] = self._sub("fn(e.detach().double())", node, fn=fn, e=args[0])
             self.converted.add(id(found))
             return found
-        if op.host is not None and len(args) == 1 \
-                and not isinstance(args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)):
+        if op.host is not None and len(args) == 1 and not isinstance(
+                args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)) \
+                and not (isinstance(args[0], ast.Name) and args[0].id in self.containers):
             self._count_raises(node, op, function, args[0])
             found = _kind(self._sub(op.host, node, e=args[0]), op)
             self.converted.add(id(found))

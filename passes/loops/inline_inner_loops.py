@@ -43,7 +43,7 @@ from .. import ast_marks
 from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, replace, unparse
 from ..errors import Unsupported
 from . import normalize_comprehensions
-from .loop_dataflow import loads, stores, stores_in
+from .loop_dataflow import depends, loads, stores, stores_in
 from .plan import LoopPlan
 from .runtime_checks import conjuncts, is_as_written, is_vectorized_guard
 
@@ -52,7 +52,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     seeds = {it.index} | {n for n, _ in it.elements}
     lift = _LiftToTensor(it.index, dict(it.elements), seeds | stores_in(plan.body), ctx)
-    forms = _InlinedForms(it.index)
+    forms = _InlinedForms(it.index, lift.blocked, ctx)
     plan.body = _inline(plan.body, seeds, plan.inner_checks, lift, forms, ctx)
     plan.empty_selections.update(forms.empty)
     plan.uses_where |= forms.bails
@@ -158,10 +158,14 @@ class _InlinedForms(Transformer):
     """In an inner loop's vectorized statements: ``if <a fold would promote>: <the inner loop
     as written> else: <folds>`` -> ``<folds>`` (``bails`` says whether there was one), and the
     batched form for a host-number outer index (``if not isinstance(i, torch.Tensor) and ...:``)
-    -> its vmap form, the one that runs where the outer loop makes ``i`` a tensor."""
+    -> its vmap form, the one that runs where the outer loop makes ``i`` a tensor, and so does
+    the choice between the inner's batched and vmap forms (``ast_marks.FORMS_OF``) by a check on
+    more than the shapes of the outer iteration's values (``requires_grad``): a Python condition
+    on them has one value only as written."""
 
-    def __init__(self, index: str):
+    def __init__(self, index: str, blocked: set[str], ctx: PassContext):
         self.index, self.bails = index, False
+        self.blocked, self.ctx = blocked, ctx  # names that vary with the outer iteration
         self.empty: dict[str, str] = {}  # the inner loops' counters of empty selections
 
     def lift_empty_checks(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
@@ -180,6 +184,9 @@ class _InlinedForms(Transformer):
             return [self.visit(s) for s in node.orelse]
         if any(isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) and _is_type_check(
                 g.operand, {self.index}, ".Tensor") for g in conjuncts(node.test)):
+            return [self.visit(s) for s in node.orelse]
+        if ast_marks.get(node, ast_marks.FORMS_OF) is not None \
+                and depends(node.test, self.blocked, self.ctx):
             return [self.visit(s) for s in node.orelse]
         return self.generic_visit(node)
 

@@ -32,6 +32,9 @@ checked: the loop is kept, with the reason.
 from __future__ import annotations
 
 import ast
+import types
+
+import torch
 
 from ..ast_tools import PassContext, clone, unparse, walk
 from ..errors import Unsupported
@@ -190,9 +193,24 @@ def _leaves(expr: ast.AST, bindings: dict, seen: set[str], ctx: PassContext) -> 
         while isinstance(root, ast.Attribute):
             root = root.value
         if isinstance(root, ast.Name) and root.id not in bindings:
-            return [expr]
+            return [] if _module_constant(expr, ctx) else [expr]
         return _leaves(expr.value, bindings, seen, ctx)
     if isinstance(expr, ast.Subscript):  # no gradient flows to an index
         return _leaves(expr.value, bindings, seen, ctx)
     children = operands(expr, ctx) if isinstance(expr, ast.Call) else ast.iter_child_nodes(expr)
     return [leaf for c in children for leaf in _leaves(c, bindings, seen, ctx)]
+
+
+def _module_constant(expr: ast.Attribute, ctx: PassContext) -> bool:
+    """``expr`` is an attribute of a module that is no tensor (``torch.bool``, ``math.pi``)."""
+    names = []
+    while isinstance(expr, ast.Attribute):
+        names.append(expr.attr)
+        expr = expr.value
+    value = ctx.globals.get(expr.id) if isinstance(expr, ast.Name) and (
+        ctx.local_names is None or expr.id not in ctx.local_names) else None  # as resolve_call
+    if not isinstance(value, types.ModuleType):
+        return False
+    for name in reversed(names):
+        value = getattr(value, name, None)
+    return value is not None and not isinstance(value, torch.Tensor)

@@ -988,3 +988,15 @@ def _check_data_indexed_write(eff: Effect, entries: list[ast.expr], by_index: bo
 
 def _is_ellipsis(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and node.value is Ellipsis
+
+
+def container_names(stmts: list[ast.stmt]) -> set[str]:
+    """Names ``stmts`` bind only to list, tuple or dict displays or comprehensions: a builtin on
+    them iterates the container (``sum(parts)``), not a tensor's dim 0."""
+    displays = (ast.List, ast.Tuple, ast.Dict, ast.ListComp, ast.DictComp)
+    shown, other = set(), set()
+    for n in (n for s in stmts for n in walk(s) if isinstance(n, ast.stmt)):
+        named = isinstance(n, ast.Assign) and isinstance(n.value, displays) \
+            and all(isinstance(t, ast.Name) for t in n.targets)
+        (shown if named else other).update(stores(n))
+    return shown - other
