@@ -1763,11 +1763,15 @@ def f(prob, onehot, ignore):
 """, ('body',),
      """
 # body
+if c == ignore:
+    continue
 p, t = (prob[:, c], onehot[:, c])
 ds.append((p * t).sum())
 """,
      """
 # body
+if c == ignore:
+    continue
 p = prob[:, c]
 t = onehot[:, c]
 ds.append((p * t).sum())

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import ast
 
-from .. import ast_marks
+from .. import ast_marks, ops
 from ..ast_tools import PassContext, clone, is_name, walk
 from ..outline_kept_loops import run_eagerly
 from .hoist_calls_under_index_tests import may_fail, on_indices
-from .loop_dataflow import resolve_call, stores_in
+from .inline_helper_calls import inlinable_helper
+from .loop_dataflow import method_name, resolve_call, stores_in
 from .plan import LoopPlan
 
 
@@ -54,8 +55,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if split is None:
         return plan
     test, body = split
-    if index in stores_in(body) or not _index_entries_only(index, body) or not any(
-            may_fail(n, ctx) for s in body for n in walk(s) if isinstance(n, ast.Call)):
+    if index in stores_in(body) or not _index_entries_only(index, body) \
+            or not _may_fail_masked(body, ctx):
         return plan  # a body of total ops: its mask is cheaper than gathering the items
     selected = ctx.namer.new("selected")
     indices = plan.sub("[i for i in it if t]", i=index, it=node.iter, t=test)
@@ -79,6 +80,20 @@ def _selection(body: list[ast.stmt], index: str) -> tuple[ast.expr, list[ast.stm
     if len(first.body) == 1 and isinstance(first.body[0], ast.Continue):
         return ast.copy_location(ast.UnaryOp(ast.Not(), clone(first.test)), first.test), body[1:]
     return None
+
+
+def _may_fail_masked(stmts: list[ast.AST], ctx: PassContext) -> bool:
+    """A call in ``stmts`` that computes a value (not an effect such as ``append``) and is not
+    known to be total, looked for in the helpers the body inlines too."""
+    for call in (n for s in stmts for n in walk(s) if isinstance(n, ast.Call)):
+        helper = inlinable_helper(call, ctx)
+        if helper is not None:
+            if _may_fail_masked(helper.body, ctx):
+                return True
+        elif may_fail(call, ctx) and not ops.effect(resolve_call(call.func, ctx),
+                                                    method_name(call, ctx), call):
+            return True
+    return False
 
 
 def _index_entries_only(index: str, body: list[ast.stmt]) -> bool:
