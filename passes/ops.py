@@ -237,7 +237,9 @@ REGISTRY: tuple[OpSpec, ...] = (
        derivative="bounded"),
     _t("log_softmax", extra=(_F + "log_softmax",), batched="reduction", dim_rank=0, total=True,
        derivative="bounded"),
-    _t("cumsum", batched="reduction", dim_rank=0, derivative="constant"),
+    _t("cumsum", batched="reduction", dim_rank=0, total=True, derivative="constant"),
+    # values and indices; its backward scatters the gradient back to the sorted positions
+    _t("sort", total=True, derivative="constant"),
     _t("any", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,

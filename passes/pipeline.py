@@ -12,7 +12,8 @@ import torch.fx
 
 from .errors import RewriteError, Unsupported
 
-from . import (annotate_grad_dependence, check_supported, fuse_loss_idioms, hoist_target_subgraph,
+from . import (annotate_grad_dependence, check_supported, cuts_at_tensor_indices, fuse_loss_idioms,
+               hoist_target_subgraph,
                optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops,
                share_common_subexpressions, traceable_dtype_queries)
 from .loops import vectorize_loops
@@ -28,6 +29,8 @@ AST_PIPELINE: list = [
     # separate passes (helpers are inlined only in the vectorized copy of a loop body, whose
     # runtime check also checks they are still the same functions).
     vectorize_loops,
+    # after vectorize_loops: the cuts in loops are its stages'; this one takes the function's own
+    cuts_at_tensor_indices,
     fuse_loss_idioms,  # after vectorize_loops: the idioms it fuses are mostly that pass's output
     # after vectorize_loops (helpers inlined side by side repeat their values) and fuse_loss_idioms
     # (a shared value read by name would hide an idiom's operands from it)

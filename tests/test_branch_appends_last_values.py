@@ -150,6 +150,27 @@ def test_an_empty_loop_keeps_the_previous_value_or_the_name_error():
             fn(x, 0)
 
 
+SELECTION_AFTER = """
+def f(x, labels):
+    total = 0
+    for i in range(x.shape[0]):
+        neg = x[i][labels != labels[i]]
+        total = total + neg.exp().sum()
+    return total + neg.mean()
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_selection_read_after_the_loop_keeps_it(dtype):
+    # the vectorized body holds a dense stand-in of `neg` (zeros where deselected): its last row
+    # is not the last iteration's selection, whose mean the original returns
+    naive, fast, _, report = build(SELECTION_AFTER)
+    assert not report.loops[0].vectorized
+    assert "`neg` is read after the loop: the last iteration's selection" in report.loops[0].reason
+    x, labels = _x(6, 6, dtype=dtype), torch.tensor([0, 1, 0, 1, 2, 2])
+    assert_equivalent(naive, fast, x, labels)
+
+
 def test_a_python_number_read_after_the_loop_still_keeps_it():
     _, _, _, report = build("""
 def f(x):

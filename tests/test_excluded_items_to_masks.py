@@ -149,3 +149,52 @@ def test_equivalent_outer_index(special):
                     optimized(x, 0, None)
                 continue
             assert_equivalent(original, optimized, x, 0, None)
+
+
+# a straight-line helper inlined in the body binds its parameter to the index (`_drop_j = j`)
+DROP = """
+import torch
+
+
+def drop_mean(x, j):
+    return torch.cat([x[:j], x[j + 1:]], 0).mean(0)
+
+
+def f(x, steps):
+    out = []
+    for j in range(steps):
+        out.append(drop_mean(x, j) * 2)
+    return torch.stack(out).sum()
+"""
+
+
+def test_golden_index_through_an_inlined_helper(tmp_path):
+    user = load_module(tmp_path, DROP)
+    report = equivalent_report(user.f, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), 4)
+    assert [(l.strategy, l.vectorized_runs) for l in report.loops] == [("vmap", 1)], report
+    code = report.rewritten_source.split("else:")[0]
+    assert "_drop_mean_j = j" in code and "_in = _pos != _drop_mean_j" in code, code
+    assert "torch.cat" not in code, code
+
+
+@pytest.mark.parametrize("before, after", [
+    ("out.append(drop_mean(x, j) * 2)", "j = j + 1\n        out.append(drop_mean(x, j) * 2)"),
+    ("return torch.cat([x[:j], x[j + 1:]], 0).mean(0)",
+     "j = j + 0\n    return torch.cat([x[:j], x[j + 1:]], 0).mean(0)"),
+])
+def test_index_copies_rebound_stay_kept(tmp_path, before, after):
+    """The index rebound before the copy (the copy is not the index), or the copy rebound (an
+    assignment in the helper: not inlined)."""
+    user = load_module(tmp_path, DROP.replace(before, after))
+    report = equivalent_report(user.f, torch.randn(5, 3, dtype=torch.float64, requires_grad=True), 4)
+    assert "_in = _pos != _drop_mean_j" not in report.rewritten_source, report.rewritten_source
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("special", [False, True])
+def test_equivalent_index_through_an_inlined_helper(tmp_path, dtype, special):
+    user = load_module(tmp_path, DROP)
+    x = _sims(dtype, special)
+    for steps in (5, 7):  # past the end: every row, as `x[:j]` keeps them all
+        report = equivalent_report(user.f, x, steps)
+        assert report.loops[0].vectorized_runs == 1 and not report.fallbacks, report

@@ -19,10 +19,11 @@ from passes.loops import (asserts_to_counters, batch_loop_bodies, check_body, ch
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                           index_tests_to_selected_indices, index_tuples_to_tensors,
                           inplace_writes_to_functional,
-                          invariant_values_take_no_grad, iteration,
+                          invariant_branches_to_checks, invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, masked_selects_to_selections,
                           materialize_iterators, merge_branch_appends, no_grad_blocks_to_detach,
+                          data_attributes_to_detach,
                           split_tuple_assignments,
                           module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
@@ -1835,6 +1836,122 @@ with torch.no_grad():
 loss = loss + (x[i] - centers[y[i]]).pow(2).sum()
 with torch.no_grad():
     centers[y[i]] = centers[y[i]] * 0.9 + x[i] * 0.1
+"""),
+    (invariant_branches_to_checks, """
+def f(sim, labels, hard):
+    total = 0
+    for i in range(sim.shape[0]):
+        neg = sim[i][labels != labels[i]]
+        if hard.margin is not None:
+            neg = neg[neg + hard.margin > 0]
+            if len(neg) < 1:
+                continue
+        else:
+            neg = neg * 2
+        total = total + neg.exp().sum()
+    return total
+""", ('body', 'helper_checks', 'taken_branches'),
+     """
+# body
+neg = sim[i][labels != labels[i]]
+if hard.margin is not None:
+    neg = neg[neg + hard.margin > 0]
+    if len(neg) < 1:
+        continue
+else:
+    neg = neg * 2
+total = total + neg.exp().sum()
+# helper_checks
+# taken_branches
+""",
+     """
+# body
+neg = sim[i][labels != labels[i]]
+neg = neg[neg + hard.margin > 0]
+if len(neg) < 1:
+    continue
+total = total + neg.exp().sum()
+# helper_checks
+hard.margin is not None
+# taken_branches
+['hard.margin is not None']
+"""),
+    (invariant_branches_to_checks, """
+def f(sim, labels, hard):
+    total = 0
+    for i in range(sim.shape[0]):
+        neg = sim[i][labels != labels[i]]
+        if hard.use(i):
+            continue
+        if neg.sum() > 0:
+            continue
+        total = total + neg.exp().sum()
+    return total
+""", ('body', 'helper_checks'),
+     """
+# body
+neg = sim[i][labels != labels[i]]
+if hard.use(i):
+    continue
+if neg.sum() > 0:
+    continue
+total = total + neg.exp().sum()
+# helper_checks
+""",
+     """
+# body
+neg = sim[i][labels != labels[i]]
+if hard.use(i):
+    continue
+if neg.sum() > 0:
+    continue
+total = total + neg.exp().sum()
+# helper_checks
+"""),
+    (data_attributes_to_detach, """
+def f(x, t):
+    loss = 0
+    for i in range(x.shape[0]):
+        s, perm = torch.sort(x[i], descending=True)
+        perm = perm.data
+        loss = loss + (s * t[i][perm].data).sum()
+    return loss
+""", ('body',),
+     """
+# body
+s, perm = torch.sort(x[i], descending=True)
+perm = perm.data
+loss = loss + (s * t[i][perm].data).sum()
+""",
+     """
+# body
+s, perm = torch.sort(x[i], descending=True)
+perm = perm.detach()
+loss = loss + (s * t[i][perm].detach()).sum()
+"""),
+    (data_attributes_to_detach, """
+def f(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        v = x[i] * 2
+        v.data.clamp_(min=0)
+        v.data[0] = 1
+        loss = loss + (v * w).sum()
+    return loss
+""", ('body',),
+     """
+# body
+v = x[i] * 2
+v.data.clamp_(min=0)
+v.data[0] = 1
+loss = loss + (v * w).sum()
+""",
+     """
+# body
+v = x[i] * 2
+v.data.clamp_(min=0)
+v.data[0] = 1
+loss = loss + (v * w).sum()
 """),
     (merge_chained_indexing, """
 def f(x, out, n):

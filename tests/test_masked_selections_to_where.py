@@ -600,3 +600,32 @@ def test_examples_are_vectorized_and_equivalent(name):
     for dtype in (torch.float32, torch.float64):
         assert_equivalent(module.naive, opt, *module.make_inputs("small", dtype))
     assert [loop.vectorized for loop in opt.report.loops] == [True], opt.report
+
+
+def test_a_refusal_says_why_the_selections_stay():
+    # `len(boxes) == 0` would be a count of a selection, were `boxes` reduced: as it is not, the
+    # `continue` is under a Python condition, and the reason says which selection stays
+    for src, kept in [("""
+def f(ann, anchors):
+    total = 0
+    for j in range(ann.shape[0]):
+        boxes = ann[j][ann[j][:, 4] != -1]
+        if len(boxes) == 0:
+            continue
+        total = total + (anchors[:, None, 0] - boxes[None, :, 0]).abs().amin(1).sum()
+    return total
+""", "`boxes` read outside a reduction"), ("""
+def f(sim, labels):
+    total = 0
+    for i in range(sim.shape[0]):
+        neg = torch.masked_select(sim[i], labels != labels[i])
+        neg = torch.sort(neg)[0]
+        if len(neg) == 0:
+            continue
+        total = total + neg[0]
+    return total
+""", "`neg` read outside a reduction")]:
+        _, _, _, report = build(src)
+        assert not report.loops[0].vectorized
+        assert report.loops[0].reason.startswith(
+            f"`continue` under a Python condition (the body's selections stay as written: {kept})")

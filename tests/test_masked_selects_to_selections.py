@@ -90,3 +90,42 @@ def test_an_integer_mask_runs_as_written(tmp_path):
     with pytest.raises(RuntimeError, match="masked_select"):
         fn(scores, y, mask.long())
     assert fn.report.loops[0].original_runs == 1
+
+
+CHAINED = """
+def f(sim, labels):
+    total = 0
+    for i in range(sim.shape[0]):
+        pos = torch.masked_select(sim[i], labels == labels[i])
+        pos = torch.masked_select(pos, pos < 0.9)
+        neg = sim[i].masked_select(labels != labels[i])
+        neg = neg.masked_select(neg + 0.1 > pos.min())
+        total = total + neg.exp().sum() + (1 - pos).sum() + len(neg)
+    return total
+"""
+
+
+def test_a_mask_of_the_selected_values_needs_no_broadcast():
+    _, _, code, report = build(CHAINED)
+    assert strategies(report) == {3: "batched"}, report
+    vectorized = code.split("else:")[0]
+    assert "masked_select" not in vectorized, code
+    # the rows of `sim` are broadcast to the label masks; `pos` and `neg` to nothing
+    assert "pos.expand_as" not in vectorized and "neg.expand_as" not in vectorized, code
+    assert "_mask_5 = _keep_4 & (pos < 0.9)" in vectorized, code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_selection_of_a_selection_is_equivalent(dtype):
+    original, optimized, _, _ = build(CHAINED)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(8, 4, dtype=dtype, generator=gen), dim=1)
+    sim = (x @ x.T).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert_equivalent(original, optimized, sim, labels)
+    ties = sim.detach().clone()
+    ties[0, 1] = ties[0, 3] = ties[0, 5] = 0.5  # the hardest positive tied with negatives
+    assert_equivalent(original, optimized, ties.requires_grad_(), labels)
+    far = torch.full((8, 8), -1.0, dtype=dtype)  # no negative passes: every `neg` empty
+    far[labels[:, None] == labels[None, :]] = 0.5
+    assert_equivalent(original, optimized, far.requires_grad_(), labels)

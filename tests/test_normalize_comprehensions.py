@@ -8,7 +8,8 @@ import torch
 
 from passes.loops import normalize_comprehensions
 from rewrite.testing import assert_equivalent
-from tests.loop_helpers import build, context, dedent, namespace, normalise, rewrite_source
+from tests.loop_helpers import (build, context, dedent, namespace, normalise, rewrite_source,
+                                strategies)
 
 
 def to_loop(stmt_src: str):
@@ -319,3 +320,117 @@ def test_returned_list_of_host_values_stays_numbers():
 def test_second_run_changes_nothing():
     code, _ = rewrite_source(STACKABLE)
     assert rewrite_source(code)[0] == code
+
+
+# ---------------------------------------------------------------------------------------------
+# A list reduced by the next statement, its only reader: the comprehension taken in the reducer
+# (`xs = [...]; y = torch.cat(xs, dim=1)`), also when that statement binds the name again.
+
+REUSED = """
+    def f(x, k):
+        per = []
+        for j in range(x.shape[1]):
+            per.append((x[:, j] * 2).pow(2))
+        per = [p.mean(dim=1).unsqueeze(dim=1) for p in per]
+        per = torch.cat(per, dim=1)
+        return hardest(per, k)
+    """
+
+
+def hardest(per, k):  # a helper the rewrite does not see into: it could modify `per`
+    top, _ = per.topk(k, dim=1, sorted=False)
+    return top.sum(1).mean()
+
+
+def reduced_next(src: str) -> list[str]:
+    tree = ast.parse(dedent(src))
+    found = normalize_comprehensions.lists_reduced_next(tree.body[0], context(tree, namespace()))
+    return sorted(ast.unparse(s) for s in found.values())
+
+
+def test_a_list_reduced_by_the_next_statement_is_taken_there():
+    assert reduced_next(REUSED) == ["per = torch.cat(per, dim=1)"]
+    assert reduced_next("""
+        def f(x):
+            ms = [x[i].sum(0) for i in range(3)]
+            return torch.stack(ms, -1)
+        """) == ["return torch.stack(ms, -1)"]
+
+
+@pytest.mark.parametrize("src", [
+    "ms = [x[i] for i in range(3)]\n    y = torch.cat(ms, 1)\n    return y + len(ms)",  # read again
+    "ms = [x[i] for i in range(3)]\n    y = torch.cat(ms, 1) * 2\n    return y",  # inside: not first
+    "ms = [x[i] for i in range(3)]\n    y = torch.cat(ms, d)\n    return y",  # not a literal dim
+    "ms = [x[i] for i in range(3)]\n    z = 1\n    return torch.cat(ms, 1)",  # not the next one
+    "ms = [x[i] for i in range(3)]\n    try:\n        return torch.cat(ms, 1)\n"
+    "    except RuntimeError:\n        return ms",
+    "global ms\n    ms = [x[i] for i in range(3)]\n    return torch.cat(ms, 1)",
+])
+def test_a_list_read_otherwise_is_not_taken_in_its_reducer(src):
+    assert reduced_next("def f(x, d):\n    " + src + "\n") == []
+
+
+def test_a_reused_name_golden():
+    code, report = rewrite_source(REUSED, namespace(hardest=hardest))
+    assert strategies(report) == {3: "batched", 5: "batched"}
+    assert code == normalise("""
+        def f(x, k):
+            per = []
+            if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(x.shape[1], int) and (x.shape[1] > 0):
+                'optimize_loss: loop at line 3 vectorized'
+                _x_row = (x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1]).movedim(1, 0)
+                _per_item = (_x_row * 2).pow(2)
+                _outs = (_per_item,)
+                per = _outs[0]
+            else:
+                for j in range(x.shape[1]):
+                    per.append((x[:, j] * 2).pow(2))
+            if isinstance(per, torch.Tensor) and per.dim() > 0 and isinstance(len(per), int) and (len(per) > 0):
+                'optimize_loss: loop at line 5 vectorized'
+                if per.dim() >= 3:
+                    _p = per
+                    _items_item = _p.mean(dim=2).unsqueeze(dim=2)
+                    _outs_1 = (_items_item,)
+                else:
+
+                    def _body_1(_p):
+                        _items_item = _p.mean(dim=1).unsqueeze(dim=1)
+                        return (torch.as_tensor(_items_item),)
+                    _outs_1 = torch.vmap(_body_1, in_dims=(0,))(per)
+                per = _outs_1[0].movedim(0, 1).flatten(1, 2)
+            else:
+                per = torch.cat([p.mean(dim=1).unsqueeze(dim=1) for p in per], dim=1)
+            return hardest(per, k)
+        """)
+    assert rewrite_source(code, namespace(hardest=hardest))[0] == code
+
+
+def test_a_reused_name_read_otherwise_is_kept_as_written():
+    src = REUSED.replace("        per = torch.cat", "        use(per)\n        per = torch.cat")
+    code, report = rewrite_source(src, namespace(hardest=hardest))
+    assert [l.vectorized for l in report.loops if l.lineno == 5] == [False]
+    assert "    per = [p.mean(dim=1).unsqueeze(dim=1) for p in per]\n    use(per)\n" in code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_reused_name_is_equivalent(dtype):
+    original, optimized, code, report = build(REUSED, namespace(hardest=hardest))
+    assert all(l.vectorized for l in report.loops)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, dtype=dtype, generator=g, requires_grad=True)
+    assert_equivalent(original, optimized, x, 2)
+    assert original(x, 2).dtype == optimized(x, 2).dtype == dtype
+    ties = x.detach().clone()
+    ties[:, 1:4] = ties[:, :1]  # equal joints: ties in the top-k
+    assert_equivalent(original, optimized, ties.requires_grad_(), 3)
+    assert_equivalent(original, optimized, x, 5)  # every joint
+
+
+def test_a_list_rebound_to_a_new_tensor_is_built_by_its_loop():
+    # `hardest(per, k)` reads the new tensor, not the list: the appended list may be stacked
+    assert built_lists(REUSED) == [{"per"}]
+    # ... but not when the rebinding may share the list's memory, or another name holds an item
+    assert built_lists(REUSED.replace("[p.mean(dim=1).unsqueeze(dim=1) for p in per]",
+                                      "[p.unsqueeze(dim=1) for p in per]")) == [set()]
+    assert built_lists(REUSED.replace("        per = [p.mean", "        first = per[0]\n"
+                                      "        per = [p.mean")) == [set()]

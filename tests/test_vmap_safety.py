@@ -137,8 +137,6 @@ NOT_YET = {
     "real.det_mmdet_multi_apply": "a list of per-level losses bound by an outer loop that is kept",
     "real.kd_similarity_preserving": "feature maps of different shapes: the returned list's "
                                      "comprehension is not stacked, it runs as written",
-    "real.spk_ge2e_contrast": "a method called with the loop index slices with it (`[:utt]`); "
-                              "called methods are not checked, vmap raises",
 }
 
 

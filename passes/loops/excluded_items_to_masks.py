@@ -15,7 +15,9 @@ concatenation along dim 0 is ``x[p != j]``::
 ``j`` is the loop's index, which the check requires to count up from 0 or more (``x[:-1]`` and
 ``x[0:]`` would overlap), or an enclosing ``range`` loop's index that starts at a literal 0 or
 more: the inner loop's form then holds no slice that an outer loop mapping over ``j`` could not
-batch. Taken: ``torch.cat`` of a list or tuple of exactly these two slices, in
+batch; or a name the body binds once to such an index, at its top level, and never again (an
+inlined helper's parameter, ``_drop_j = j``: ``inline_helper_calls`` binds each argument so),
+when the body never binds the index. Taken: ``torch.cat`` of a list or tuple of exactly these two slices, in
 this order, along dim 0 (no ``dim`` or a literal 0), of a name, attribute or subscript by names
 and numbers. All or nothing: when ``masked_selections_to_where`` would not convert every such
 selection, the body stays as written and the loop is kept with the slice-bound reason.
@@ -25,8 +27,8 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, clone, is_int, is_name, replace
-from .loop_dataflow import resolve_call
+from ..ast_tools import PassContext, clone, is_int, is_name, replace, walk
+from .loop_dataflow import resolve_call, stores
 from .masked_selections_to_where import _simple
 from .masked_selections_to_where import rewrite as to_where
 from .plan import LoopPlan
@@ -42,16 +44,30 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     seeds = {plan.iteration.index} | {name for name, _ in plan.iteration.elements}
     outer = {k for k, (first, _) in plan.outer_bounds.items()
              if isinstance(first, ast.Constant) and type(first.value) is int and first.value >= 0}
-    excluded = _Excluded({plan.iteration.index} | outer - seeds, ctx)
+    indices = {plan.iteration.index} | outer - seeds
+    copies = _copies(plan.body, indices)
+    excluded = _Excluded(indices | set(copies), ctx)
     body = excluded.block(clone(plan.body))
     if not excluded.made:
         return plan
     to_where(body, seeds, ctx, frozenset(plan.masks))  # marks what it would convert
     if all(ast_marks.get(s, ast_marks.WHERE_CONVERTED, False) for s in excluded.made):
         plan.body = body
-        if plan.iteration.index in excluded.used:
+        if plan.iteration.index in {copies.get(j, j) for j in excluded.used}:
             plan.need_plain_range()
     return plan
+
+
+def _copies(body: list[ast.stmt], indices: set[str]) -> dict[str, str]:
+    """Names the body binds once, at its top level, to one of ``indices`` that it never binds,
+    and never again (an inlined helper's parameter that the call passes the index): name ->
+    the index."""
+    copies = {s.targets[0].id: s.value.id for s in body
+              if isinstance(s, ast.Assign) and len(s.targets) == 1
+              and isinstance(s.targets[0], ast.Name) and isinstance(s.value, ast.Name)
+              and s.value.id in indices}
+    bound = [n for s in body for n in walk(s) if isinstance(n, ast.stmt) for n in stores(n)]
+    return {name: j for name, j in copies.items() if bound.count(name) == 1 and j not in bound}
 
 
 class _Excluded(_Ragged):

@@ -18,7 +18,9 @@ What gets a last value:
   last of the stacked values. Tensor op: a call the op registry knows to make a new tensor, or
   arithmetic with one as an operand, directly or through names so bound before it. A Python
   number stays refused (stacking would make it a tensor), and so does a conditional binding
-  (its last binding would be a data-dependent index and a host sync).
+  (its last binding would be a data-dependent index and a host sync). A name bound to a
+  selection's dense stand-in (``masked_selections_to_where``) is refused: the stand-in is not
+  the selection.
 
 Bounds and iterables are evaluated again after the loop, so the body must not rebind a name they
 read. What this stage folds leaves ``plan.live_after``, so ``loop_dataflow``'s check passes.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import ast
 
 from ..ast_tools import PassContext, is_int, walk
+from ..errors import Unsupported
 from .loop_dataflow import loads, makes_new_tensor, stores
 from .plan import LoopPlan
 
@@ -46,6 +49,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         return plan  # bounds read after the loop would see the body's bindings: keep refusing
     tensors = _tensor_names(plan.body, ctx)
     folded = set()
+    selections = sorted(live & plan.stand_ins)
+    if selections:
+        raise Unsupported(f"`{selections[0]}` is read after the loop: the last iteration's "
+                          "selection, whose size varies per iteration")
     for name in sorted(live):
         value = _last_value(plan, name, tensors)
         if value is not None:

@@ -111,7 +111,8 @@ from .. import ast_marks
 from ..errors import Unsupported
 
 from .. import ops
-from ..ast_tools import PassContext, Transformer, clone, is_pure, replace, root_name, walk
+from ..ast_tools import (PassContext, Transformer, clone, is_pure, replace, root_name, unparse,
+                        walk)
 from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, method_name,
                             stores, write_entries)
 from .batch_values import literal
@@ -257,6 +258,8 @@ class Dense:
     guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
     appends: dict[str, str] = field(default_factory=dict)   # list -> mask of its items
+    stand_ins: frozenset[str] = frozenset()                  # names bound to stand-ins
+    refused: str = ""                                        # why the selections stay
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
@@ -273,13 +276,14 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
     converter = _Converter(work, seeds, lenient, outer_masks, ctx)
     try:
         dense = converter.block(work, top=True)
-    except (_Refused, Unsupported):
-        return Dense(body)
+    except (_Refused, Unsupported) as exc:
+        return Dense(body, refused=str(exc))
     for sub in converter.converted:
         ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
     for call in converter.counted:
         ast_marks.put(users[id(call)], ast_marks.SELECTION_COUNT, True)
-    return Dense(dense, converter.guards, converter.empty, converter.appends)
+    return Dense(dense, converter.guards, converter.empty, converter.appends,
+                 frozenset(converter.selected))
 
 
 class _Refused(Exception):
@@ -837,7 +841,7 @@ class _Rewrite(Transformer):
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         if _is_selection(node, self.conv.lenient, self.conv.ctx):
-            raise _Refused("a selection that is not reduced")
+            raise _Refused(f"`{unparse(node)}` is a selection that is not reduced")
         return self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
@@ -898,5 +902,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     plan.selection_checks = dense.guards
     plan.empty_selections = {**plan.empty_selections, **dense.empty}  # inner loops' too
     plan.selection_appends = dense.appends
+    plan.stand_ins = dense.stand_ins
+    plan.selections_kept = dense.refused or plan.selections_kept  # masked_select's, if any
     plan.empty_selections_at = dense.body[0] if dense.body else None
     return plan

@@ -21,6 +21,15 @@ then joins the loop's runtime check (else the loop runs as written) and it count
 the stages after. Taken in simple statements (not in the headers of compound ones), without
 keywords, ``x`` a name, attribute or subscript by names and numbers, ``m`` without calls (it is
 read twice).
+
+A mask of the shape of ``x`` itself, made of ``x`` by elementwise arithmetic, comparisons and
+boolean logic with numbers and full reductions, needs no broadcast: the selection is ``x[m]``
+(``m`` read once, so it may call those reductions). A second selection from a first one's result
+is then one ``masked_selections_to_where`` takes by its values::
+
+    neg = sim[i].masked_select(labels != labels[i])       _selected = sim[i].expand_as(labels != labels[i])
+    neg = neg.masked_select(neg + 0.1 > pos.min())  ->    neg = _selected[labels != labels[i]]
+                                                          neg = neg[neg + 0.1 > pos.min()]
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ import ast
 
 from .. import ast_marks
 from ..ast_tools import PassContext, Transformer, clone, is_pure, replace
-from .loop_dataflow import is_boolean, loads, method_name, resolve_call, stores_in
+from .loop_dataflow import call_op, is_boolean, loads, method_name, resolve_call, stores_in
 from .masked_selections_to_where import _simple
 from .masked_selections_to_where import rewrite as to_where
 from .plan import LoopPlan
@@ -47,9 +56,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         return plan
     masks = frozenset(plan.masks | selects.checked)
     it = plan.iteration
-    to_where(body, {it.index} | {name for name, _ in it.elements}, ctx, masks)  # marks them
+    dense = to_where(body, {it.index} | {name for name, _ in it.elements}, ctx, masks)  # marks
     if not all(ast_marks.get(s, ast_marks.WHERE_CONVERTED, False) for s in selects.made):
-        return plan  # the calls stay, and the loop is kept with their reason
+        plan.selections_kept = dense.refused  # the calls stay, and the loop is kept with
+        return plan                           # their reason, and why
     plan.body = body
     for name in sorted(selects.checked):
         plan.check(BOOLEAN_CHECK, m=ast.Name(name, ast.Load()))
@@ -86,9 +96,14 @@ class _Selects(Transformer):
         m = self._mask(found[1]) if found is not None else None
         if m is None:
             return call
-        name = self.ctx.namer.new("selected")
-        self.pre += replace("s = x.expand_as(m)", loc=call, s=name, x=found[0], m=clone(m))
-        made = replace("s[m]", loc=call, s=name, m=m)
+        if _shaped_as(m, found[0], self.ctx):  # nothing to broadcast
+            made = replace("s[m]", loc=call, s=found[0], m=m)
+        elif not is_pure(m):  # read twice below
+            return call
+        else:
+            name = self.ctx.namer.new("selected")
+            self.pre += replace("s = x.expand_as(m)", loc=call, s=name, x=found[0], m=clone(m))
+            made = replace("s[m]", loc=call, s=name, m=m)
         self.made.append(made)
         return made
 
@@ -101,7 +116,7 @@ class _Selects(Transformer):
             found = call.args[0], call.args[1]
         else:
             return None
-        return found if _simple(found[0]) and is_pure(found[1]) else None
+        return found if _simple(found[0]) else None
 
     def _mask(self, m: ast.expr) -> ast.expr | None:
         """``m`` when it is boolean, or the row of a name whose check makes it so (then checked;
@@ -116,6 +131,28 @@ class _Selects(Transformer):
             return None
         self.checked.add(root.id)
         return m
+
+
+def _shaped_as(m: ast.expr, x: ast.expr, ctx: PassContext) -> bool:
+    """``m`` has the shape of the name ``x``: elementwise arithmetic, comparisons and boolean
+    logic of ``x`` with numbers and full reductions (``x.masked_select(x + 0.1 > y.min())``)."""
+    if isinstance(m, ast.Name):
+        return isinstance(x, ast.Name) and m.id == x.id
+    parts = [m.left, *m.comparators] if isinstance(m, ast.Compare) else \
+        [m.left, m.right] if isinstance(m, ast.BinOp) else \
+        [m.operand] if isinstance(m, ast.UnaryOp) else []
+    return any(_shaped_as(p, x, ctx) for p in parts) and all(
+        _shaped_as(p, x, ctx) or _scalar(p, ctx) for p in parts)
+
+
+def _scalar(e: ast.expr, ctx: PassContext) -> bool:
+    """A number, or a full reduction (``y.min()``, ``torch.sum(y)``): no dims to broadcast."""
+    if isinstance(e, ast.Constant):
+        return type(e.value) in (int, float, bool)
+    if isinstance(e, ast.UnaryOp):
+        return _scalar(e.operand, ctx)
+    return isinstance(e, ast.Call) and not e.keywords and call_op(e, ctx).reduce is not None \
+        and len(e.args) == (0 if method_name(e, ctx) else 1)
 
 
 def _rows_bound_once(body: list[ast.stmt]) -> dict[str, ast.expr]:

@@ -24,7 +24,10 @@ and every read of it is answered the same by the tensor of the stacked items (``
 ``len(xs)``, ``xs[k]``, ``for v in xs``, ``max(xs)``/``min(xs)``, and the consumers of
 ``loop_rules.BOUND_LIST_CONSUMERS`` (``sum(xs)``, ``torch.stack(xs)``, ...), which
 ``bound_list_consumers`` turns into ``(xs.sum(0) if isinstance(xs, torch.Tensor) else sum(xs))``:
-the vectorized statement binds ``xs`` to the stacked items, the original one to the list. Nothing
+the vectorized statement binds ``xs`` to the stacked items, the original one to the list. A
+same-module mean helper's call ``list_mean_helpers`` rewrote (``_list_mean(xs, mean, ...)``)
+reads ``xs`` whole too, and writes only into its first item (not counted as a modification
+when every appended item is a new tensor and nothing aliases ``xs``). Nothing
 reachable from ``xs`` may be modified in place (a row of the stacked tensor is not the list's own
 object, so aliasing could differ). When a read takes only some items (``xs[k]``, ``max(xs)``,
 iteration), the item's ops must be total (``loop_dataflow.may_be_nonfinite``): the batched
@@ -47,7 +50,9 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
                         root_name, unparse, walk)
-from .loop_dataflow import child_blocks, gradient_walk, may_be_nonfinite, resolve_call
+from . import list_mean_helpers
+from .loop_dataflow import (call_op, child_blocks, gradient_walk, makes_new_tensor,
+                            may_be_nonfinite, method_name, resolve_call)
 
 REDUCERS = frozenset({"sum", "torch.stack", "torch.cat", "torch.tensor"})
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -102,6 +107,51 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
     else:
         _Replace(call if result is not call else None, result).visit(stmt)
     return init, fix_missing_locations(loop), stmt, comp
+
+
+def lists_reduced_next(func: ast.FunctionDef, ctx: PassContext) -> dict[int, ast.stmt]:
+    """``xs = [f(r) for r in rows]`` right before the only statement reading that list, whose
+    value is a reducer ``_find`` takes with ``xs`` as its list (``y = torch.cat(xs, dim=1)``,
+    ``return sum(xs)``): by the ``id`` of the binding, that statement. ``reduced_where_read``
+    puts the comprehension in the reducer, as if written there. ``xs`` is read nowhere else, or
+    that statement binds it again (a name reused for the list and its reduction,
+    ``loss = [...]; loss = torch.cat(loss, dim=1)``): either way no other read sees the list.
+    Not in a function with ``try`` (a handler could read ``xs`` after the reducer raises), nor
+    for ``global``/``nonlocal`` names."""
+    if any(isinstance(n, (ast.Try, ast.Global, ast.Nonlocal)) for n in walk(func)):
+        return {}
+    reads: dict[str, int] = {}
+    for n in walk(func):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            reads[n.id] = reads.get(n.id, 0) + 1
+    found = {}
+    for block in [func.body] + [b for n in walk(func) if isinstance(n, ast.stmt) and n is not func
+                                for b in child_blocks(n)]:
+        for stmt, reader in zip(block, block[1:]):
+            name = stmt.targets[0].id if isinstance(stmt, ast.Assign) \
+                and isinstance(stmt.targets[0], ast.Name) else None
+            if not (_bound_list(stmt, frozenset({name}))
+                    and isinstance(reader, (ast.Assign, ast.Return, ast.Expr))):
+                continue
+            call = reader.value
+            rebinds = isinstance(reader, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == name for t in reader.targets)
+            if isinstance(call, ast.Call) and call.args and isinstance(call.args[0], ast.Name) \
+                    and call.args[0].id == name \
+                    and sum(isinstance(n, ast.Name) and n.id == name
+                            and isinstance(n.ctx, ast.Load) for n in walk(reader)) == 1 \
+                    and (rebinds or reads[name] == 1) \
+                    and _find(merged := reduced_where_read(stmt, reader), ctx) is merged.value:
+                found[id(stmt)] = reader
+    return found
+
+
+def reduced_where_read(stmt: ast.Assign, reader: ast.stmt) -> ast.stmt:
+    """``reader`` (see ``lists_reduced_next``) with the list ``stmt`` binds written in place of
+    its name."""
+    reader = clone(reader)
+    reader.value.args[0] = clone(stmt.value)
+    return reader
 
 
 def _bound_list(stmt: ast.stmt, lists: frozenset[str]) -> bool:
@@ -249,24 +299,39 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
         return all(_same_on_stacked(n, parents[id(n)], ctx) for n in walk(stmt)
                    if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load))
 
-    def built(after: list[ast.stmt], name: str, top: bool) -> bool:
-        for stmt in after:
+    def built(after: list[ast.stmt], name: str, top: bool) -> int | None:
+        """The position of the rebinding (``len(after)``: the function's end), or None."""
+        for k, stmt in enumerate(after):
             if not reads_ok(stmt, name):
-                return False
+                return None
             if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
                                                     for t in stmt.targets):
-                return True
+                return k
             if any(isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Load)
                    for n in walk(stmt)):
-                return False  # rebound somewhere inside: what follows is unknown
-        return top  # the end of the function; the end of a block may be followed by anything
+                return None  # rebound somewhere inside: what follows is unknown
+        # the end of the function; the end of a block may be followed by anything
+        return len(after) if top else None
+
+    def aliased(loop: ast.For, after: list[ast.stmt], end: int, name: str) -> bool:
+        """Whether what may alias the list's items is modified in place: up to its rebinding
+        when that binds a value of its own (``xs = torch.cat(xs, dim=1)``: later reads of ``xs``
+        are not the list) and no other name is bound from the list, else in the function."""
+        region = ast.Module([loop] + after[:end + 1], [])
+        if end < len(after) and _made_anew(after[end].value, ctx) and not any(
+                _reads(value, {name}) and not (isinstance(target, ast.Name) and target.id == name)
+                for n in walk(region) if not isinstance(n, ast.comprehension)
+                for target, value in _bindings(n)):
+            return _mutated_aliases(region, name, ctx)
+        return _mutated_aliases(func, name, ctx)
 
     def block(stmts: list[ast.stmt], top: bool = False) -> None:
         empty: set[str] = set()
         for k, stmt in enumerate(stmts):
             if isinstance(stmt, ast.For):
-                record[id(stmt)] = {n for n in empty - shared if built(stmts[k + 1:], n, top)
-                                    and not _mutated_aliases(func, n, ctx)}
+                ends = {n: built(stmts[k + 1:], n, top) for n in empty - shared}
+                record[id(stmt)] = {n for n, end in ends.items() if end is not None
+                                    and not aliased(stmt, stmts[k + 1:], end, n)}
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
                     and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.List) \
                     and not stmt.value.elts:
@@ -373,6 +438,9 @@ def _added_to_dropped(stmts: list[ast.stmt], name: str) -> ast.Module:
 def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
     """A read of the list that a tensor of its stacked items answers the same way."""
     if isinstance(parent, ast.Call):
+        if list_mean_helpers.is_list_mean_call(parent, ctx):
+            return parent.args[0] is name and not any(_reads(a, {name.id}) for a in parent.args[1:]
+                                                      + [k.value for k in parent.keywords])
         fn = resolve_call(parent.func, ctx)
         return not parent.keywords and (
             fn in rules.ITERATES_ARGUMENTS and name in parent.args
@@ -388,7 +456,8 @@ def _reads_some_items(node: ast.AST, name: str, parents: dict[int, ast.AST],
     """Whether ``node`` reads the list ``name`` other than whole (``READS_EVERY_ITEM``) or as a
     truth value (``if xs``, ``not xs``: its length)."""
     return any(not (isinstance(p := parents[id(n)], ast.Call)
-                    and resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM
+                    and (resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM
+                         or list_mean_helpers.reads_every_item(p, ctx))
                     or isinstance(p, (ast.If, ast.IfExp, ast.While)) and p.test is n
                     or isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not))
                for n in walk(node)
@@ -420,6 +489,9 @@ def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool
             if method.endswith("_") and root_name(n.func.value) in tainted \
                     or any(k.arg == "out" for k in n.keywords):
                 return True
+            if list_mean_helpers.is_list_mean_call(n, ctx) and tainted == {name} \
+                    and _appends_new_tensors(func, name, ctx):
+                continue  # it writes into the first item, which nothing else sees
             fn = resolve_call(n.func, ctx)
             # builtins that never modify their arguments (I/O ones too), and torch functions
             trusted = fn is not None and (fn.startswith("torch.")
@@ -428,6 +500,24 @@ def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool
                                                   + [k.value for k in n.keywords]):
                 return True
     return False
+
+
+def _made_anew(value: ast.expr, ctx: PassContext) -> bool:
+    """``value`` shares no memory with what it reads: a new tensor (``makes_new_tensor``), a view
+    of one (``x.mean(1).unsqueeze(1)``), or a list of such items."""
+    if isinstance(value, ast.ListComp):
+        return _made_anew(value.elt, ctx)
+    if isinstance(value, ast.Call) and call_op(value, ctx).aliases and method_name(value, ctx):
+        return _made_anew(value.func.value, ctx)
+    return makes_new_tensor(value, ctx)
+
+
+def _appends_new_tensors(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool:
+    """Every ``name.append(e)`` in ``func`` appends a tensor with memory of its own."""
+    return all(makes_new_tensor(n.args[0], ctx) for n in walk(func)
+               if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr == "append" and isinstance(n.func.value, ast.Name)
+               and n.func.value.id == name and len(n.args) == 1)
 
 
 def _bindings(n: ast.AST) -> list[tuple[ast.expr, ast.expr]]:

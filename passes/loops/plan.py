@@ -135,9 +135,14 @@ class LoopPlan:
     checks: Checks = field(default_factory=Checks)
     inner_checks: list[ast.expr] = field(default_factory=list)
     helper_checks: list[ast.expr] = field(default_factory=list)
+    # Python conditions whose branch the body takes for all iterations (invariant_branches_to_checks)
+    taken_branches: list[str] = field(default_factory=list)
     selection_checks: list[ast.expr] = field(default_factory=list)
     # Lists appended dense stand-ins of selections -> the name of their mask (per iteration).
     selection_appends: dict[str, str] = field(default_factory=dict)
+    # Names bound to dense stand-ins of selections: no per-iteration value of the original.
+    stand_ins: frozenset[str] = frozenset()
+    selections_kept: str = ""  # why the body's selections stay as written, if they do
     pick_checks: list[ast.expr] = field(default_factory=list)  # Python numbers picked per item
     # Counters of empty max/min selections -> the error the original raised; where the
     # statements checking them are located.

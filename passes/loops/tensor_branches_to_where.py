@@ -39,6 +39,13 @@ values whose derivative may be NaN/inf (``loop_dataflow.may_be_nonfinite``) are 
 and only where a gradient may flow (not in comparisons); a value read under the condition
 after something it reads was rebound is read as a zeroed leaf, as before.
 
+A detached value (``Variable(helper(fg[perm]))``, ``x.detach()``) may call what is not known
+to be total: it takes no gradient, and is 0 where deselected, whatever the calls give there (one
+raising makes the vectorized form fail, and the loop runs as written). A tuple assignment of
+new names (``values, perm = torch.sort(errors)``) runs under the mask as written: nothing to
+merge. An operand of ``and``/``or`` that does not vary may be a Python value (``only_present
+and fg.sum() == 0``): ``torch.as_tensor`` of it.
+
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
@@ -135,7 +142,8 @@ class _Converter:
                    defined: set[str]) -> tuple[str, list[ast.stmt]]:
         """The branches under their masks; returns (condition name, statements)."""
         cond = self.ctx.namer.new("cond")
-        test = _tensor_logic(self.expr(s.test, pred), self.ctx)
+        test = _tensor_logic(self.expr(s.test, pred), self.ctx,
+                             lambda e: depends(e, self.facts.variant, self.ctx))
         # ``ne(t, False)``: the truth of ``t``, a bool ``t`` as it is (``ne(t, 0)`` would compare
         # it as int64, which Inductor's vectorized kernels convert lane by lane)
         out = self._flush() + self._sub("c = torch.ne(t, False)", s, c=cond, t=test)
@@ -191,6 +199,11 @@ class _Converter:
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
             value = ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op, right=s.value)
             s = ast.copy_location(ast.Assign(targets=[s.target], value=value), s)
+        if _unpacks_into_new_names(s, defined):  # nothing to merge: every name is new here
+            value = self.expr(s.value, pred)
+            defined |= stores(s)
+            self._note(s, pred)
+            return self._flush() + self._sub("x = v", s, x=s.targets[0], v=value)
         if not (isinstance(s, ast.Assign) and len(s.targets) == 1
                 and isinstance(s.targets[0], ast.Name)):
             raise Unsupported(f"`{unparse(s).strip()}` under a tensor condition", s.lineno)
@@ -241,24 +254,37 @@ class _Converter:
                              and id(n) not in self.facts.effects))
 
 
-def _tensor_logic(test: ast.expr, ctx: PassContext) -> ast.expr:
-    """Python ``and``/``or``/``not``/chained comparisons call ``bool()``: use tensor logic."""
+def _unpacks_into_new_names(s: ast.stmt, defined: set[str]) -> bool:
+    """``a, b = e`` binding names no earlier statement of the body bound (``values, perm =
+    torch.sort(x)``): under a mask it keeps its targets as they are, with nothing to merge."""
+    return isinstance(s, ast.Assign) and len(s.targets) == 1 \
+        and isinstance(s.targets[0], ast.Tuple) \
+        and all(isinstance(t, ast.Name) for t in s.targets[0].elts) and not stores(s) & defined
+
+
+def _tensor_logic(test: ast.expr, ctx: PassContext, varies) -> ast.expr:
+    """Python ``and``/``or``/``not``/chained comparisons call ``bool()``: use tensor logic. An
+    operand that does not vary (``varies``) may be a Python value (``only_present and
+    fg.sum() == 0``): ``torch.as_tensor`` of it (a tensor stays itself)."""
     def sub(template: str, **subs) -> ast.expr:
         return replace(template, loc=test, torch_name=ctx.torch_name, **subs)
 
     if isinstance(test, ast.BoolOp):
         fn = "torch.logical_and" if isinstance(test.op, ast.And) else "torch.logical_or"
-        vals = [_tensor_logic(v, ctx) for v in test.values]
+        vals = [_tensor_logic(v, ctx, varies) if varies(v) else sub("torch.as_tensor(v)", v=v)
+                for v in test.values]
         acc = vals[0]
         for v in vals[1:]:
             acc = sub(f"{fn}(torch.ne(a, False), torch.ne(b, False))", a=acc, b=v)
         return acc
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
-        return sub("torch.logical_not(torch.ne(a, False))", a=_tensor_logic(test.operand, ctx))
+        return sub("torch.logical_not(torch.ne(a, False))",
+                   a=_tensor_logic(test.operand, ctx, varies))
     if isinstance(test, ast.Compare) and len(test.ops) > 1:
         parts = [ast.Compare(left=l, ops=[op], comparators=[r]) for l, op, r in
                  zip([test.left] + test.comparators[:-1], test.ops, test.comparators)]
-        return _tensor_logic(ast.copy_location(ast.BoolOp(op=ast.And(), values=parts), test), ctx)
+        return _tensor_logic(ast.copy_location(ast.BoolOp(op=ast.And(), values=parts), test), ctx,
+                             varies)
     return test
 
 
@@ -325,6 +351,7 @@ class Sanitize(Transformer):
         self.quiet: set[str] = set()     # names read as they are (no gradient, or safe already)
         self.recompute: dict[str, ast.expr] = {}  # names computed again where read (_Converter)
         self.detached = False  # in a recomputed value: leaves detached where deselected
+        self.opaque = False    # in a detached value: any call may run, its result is zeroed
 
     def safe(self, e: ast.expr) -> ast.expr:
         """``e`` made safe (``visit``, located at ``e`` where generated nodes have no place)."""
@@ -353,6 +380,25 @@ class Sanitize(Transformer):
         return replace(f"torch.where(p.reshape(h[p.shape, a.shape]), a, {other})",
                        loc=self._loc(value), torch_name=self.ctx.torch_name, p=self.pred,
                        a=value, h=_branch_shape(self.ctx))
+
+    def _unknown(self, node: ast.AST) -> bool:
+        """A call that is neither total, nor made safe, nor a shape query."""
+        if not isinstance(node, ast.Call) or is_shape_query(node, self.ctx):
+            return False
+        op = call_op(node, self.ctx)
+        return not (op.total or op.sanitize is not None)
+
+    def _detached_call(self, node: ast.Call) -> ast.expr:
+        """``x.detach()`` / ``Variable(x)`` takes no gradient: the calls in ``x`` may be
+        unknown (a user helper, ``_unknown``), since its value is 0 where deselected (``_leaf``), whatever
+        they give there (NaN/inf never reaches a value or, as a factor, a zero cotangent). One
+        raising there makes the vectorized form fail, and the loop runs as written."""
+        self.opaque = True
+        try:
+            node = self.visit_Call(node)
+        finally:
+            self.opaque = False
+        return self._leaf(node)
 
     def _loc(self, node: ast.expr) -> ast.AST | None:
         """``node``, or the expression being made safe when ``node`` was generated unlocated."""
@@ -383,6 +429,9 @@ class Sanitize(Transformer):
     def visit_Call(self, node: ast.Call) -> ast.AST:
         if is_shape_query(node, self.ctx):  # metadata: no gradient
             return node
+        if call_op(node, self.ctx).aten == "detach" and self.leaves and not self.opaque \
+                and any(self._unknown(n) for n in walk(node) if n is not node):
+            return self._detached_call(node)
         if method_name(node, self.ctx) is not None:  # the receiver is data, a function is not
             node.func.value = self.visit(node.func.value)
         node.args = [self.visit(a) for a in node.args]
@@ -400,7 +449,7 @@ class Sanitize(Transformer):
             elif k < len(node.args):
                 node.args[k] = self._safe(node.args[k], safe)
             return node
-        if op.total:
+        if op.total or self.opaque:
             return node
         raise Unsupported(f"`{unparse(node.func)}(...)` would also run on iterations its "
                           "tensor condition excludes, and may fail or give NaN there",

@@ -82,14 +82,17 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
                         walk, write_target)
 from ..errors import Unsupported
 from . import (asserts_to_counters, batch_loop_bodies, check_body, check_mapped_body,
-               classify_effects, conditional_expressions_to_branches, distribute_loops,
+               classify_effects, conditional_expressions_to_branches, data_attributes_to_detach,
+               distribute_loops,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
                gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
                index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
-               inplace_writes_to_functional, invariant_values_take_no_grad, iteration, last_values_after_loop,
+               inplace_writes_to_functional, invariant_branches_to_checks,
+               invariant_values_take_no_grad, iteration, last_values_after_loop,
+               list_mean_helpers,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls,
@@ -118,9 +121,13 @@ LOOP_STAGES: list = [
     inline_helper_calls,          # ... and so are the helpers'
     module_loss_calls,            # before the checks: they see the known functional op
     module_list_linears,          # before the checks: they see F.linear of stacked parameters
+    # after the helper stages, which set the helper checks it adds to; before the stages that
+    # read the body's `continue`s: it leaves top-level ones
+    invariant_branches_to_checks,
     merge_branch_appends,         # before the checks: one append per iteration is no condition
     split_tuple_assignments,      # before the stages that merge one name at a time under a mask
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
+    data_attributes_to_detach,    # after inlining (a helper's `.data` too); vmap refuses `.data`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
@@ -205,6 +212,9 @@ class _Vectorizer(Transformer):
         self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
         self.iterators: dict[str, tuple[int, int]] = {}  # bound to iterators: last read
         self.local_defs: dict[str, ast.FunctionDef] = {}  # nested in the function, as written
+        # `xs = [...]` bindings (by id) -> the next statement, the only one reducing the list
+        self.reduced_next: dict[int, ast.stmt] = {}
+        self.absorbed: set[int] = set()  # ... those statements, when the reduction took the list
         self.depth = 0  # loops around the node visited: an inner loop stacks no lists (its
         # prelude would be a statement of the outer loop's body, which then keeps the outer loop)
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
@@ -219,8 +229,10 @@ class _Vectorizer(Transformer):
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
                  self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-                 self.host_containers, self.iterators, self.local_defs)
+                 self.host_containers, self.iterators, self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
+        list_mean_helpers.rewrite_calls(node, self.ctx)  # before the lists it reads are found
+        self.reduced_next = normalize_comprehensions.lists_reduced_next(node, self.ctx)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
@@ -241,7 +253,7 @@ class _Vectorizer(Transformer):
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
         (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
          self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-         self.host_containers, self.iterators, self.local_defs) = outer
+         self.host_containers, self.iterators, self.local_defs, self.reduced_next) = outer
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
@@ -368,7 +380,17 @@ class _Vectorizer(Transformer):
         return replace("f = False", loc=vectorized, f=plan.averaged_flag) + plan.prelude + [
             vectorized]
 
-    def visit_Assign(self, node: ast.stmt) -> ast.AST:
+    def visit_Assign(self, node: ast.stmt) -> ast.AST | None:
+        if id(node) in self.absorbed:  # the reduction of the list bound just before
+            return None
+        reader = self.reduced_next.get(id(node))
+        if reader is not None and node.targets[0].id not in self.stackable_lists:
+            merged = normalize_comprehensions.reduced_where_read(node, reader)
+            new = self._comprehension(merged)
+            if new is merged:  # kept (and reported): both statements run as written
+                return node
+            self.absorbed.add(id(reader))
+            return new
         return self._comprehension(node)
 
     visit_AugAssign = visit_Return = visit_Expr = visit_Assign
@@ -465,6 +487,9 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
         parts.append(desc[e.kind])
     if plan.uses_where:
         parts.append("tensor conditions as torch.where masks")
+    parts += [f"the `{t}` branch for every iteration, its condition checked once (else the loop "
+              "runs as written)"
+              for t in plan.taken_branches]
     if plan.unbatched:
         parts.append(f"vmap: {plan.unbatched}")
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
