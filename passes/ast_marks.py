@@ -17,6 +17,9 @@ BOUND_LISTS = "bound_lists"
 # bool on a boolean-mask selection ``x[m]`` masked_selections_to_where converts: the loop check
 # does not refuse it.
 WHERE_CONVERTED = "where_converted"
+# str on the dense stand-in ``torch.where(_keep, x, False)`` of a selection ``x[m]`` that
+# masked_selections_to_where makes: the name of the mask ``m`` (``_keep`` is ``m`` reshaped).
+SELECTS = "selects"
 # bool on a count of a selection (``len(x[m])``, ``x[m].numel()``) it converts: a tensor that
 # varies per iteration, no shape query (a condition on it is a tensor condition).
 SELECTION_COUNT = "selection_count"

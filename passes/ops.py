@@ -65,6 +65,9 @@ class OpSpec:
     # (``exp(inf)``, ``sqrt(0)``, a product of two values). See ``invariant_values_take_no_grad``.
     derivative: str | None = None
     boolean: bool = False                     # a bool tensor (indexing with it selects)
+    # Of a bool tensor, called without arguments: 0 (False) when no element is true, positive
+    # (True) otherwise, so a test of it tells whether a mask selects anything (``m.sum() == 0``).
+    counts_true: bool = False
     # The result is an integer tensor when the operands at these positions are (Python int
     # constants keep it, extra operands or keywords lose it); () always.
     integer: tuple[int, ...] | None = None
@@ -219,7 +222,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("atan", host_math="math.atan", total=True, derivative="bounded"),
     # -- reductions and ops with a dim --------------------------------------------------------
     _t("sum", batched="reduction", reduce="sum", tuple_dims=True, dim_rank=-1,
-       summed=("x.sum()", "x.sum() / n"), selection="sum", total=True, derivative="constant"),
+       summed=("x.sum()", "x.sum() / n"), selection="sum", total=True, derivative="constant",
+       counts_true=True),
     _t("mean", batched="reduction", reduce="mean", tuple_dims=True, dim_rank=-1,
        summed=("x.mean() * n", "x.mean()"), selection="mean", total=True,
        derivative="constant"),
@@ -240,7 +244,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("cumsum", batched="reduction", dim_rank=0, total=True, derivative="constant"),
     # values and indices; its backward scatters the gradient back to the sorted positions
     _t("sort", total=True, derivative="constant"),
-    _t("any", fn=False, batched="reduction", dim_rank=-1, total=True),
+    _t("any", fn=False, batched="reduction", dim_rank=-1, total=True, counts_true=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),

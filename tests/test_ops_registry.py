@@ -153,6 +153,17 @@ def test_reductions_and_handlers():
             assert spec.metadata_only, spec.aten
 
 
+@pytest.mark.parametrize("spec", [s for s in ops.REGISTRY if s.counts_true], ids=lambda s: s.aten)
+def test_counts_of_true_elements_are_zero_exactly_when_none_is_true(spec):
+    masks = [torch.zeros(0, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.bool),
+             torch.tensor([False, True, False]), torch.ones(4, dtype=torch.bool)]
+    for m in masks:
+        for name, meth in _spellings(spec):
+            value = getattr(m, meth)() if meth else _resolve(name)(m)
+            assert bool(value == 0) == (not m.any()), (spec.aten, m)
+            assert bool(value > 0) == bool(m.any()), (spec.aten, m)
+
+
 def test_fx_names_and_effects():
     from passes import op_facts
     assert {"rand", "dropout", "normal_"} <= op_facts.RANDOM

@@ -622,6 +622,8 @@ class _Converter:
             if kind == "select":
                 self.converted.append(node)
                 subs[hole] = self._sub("torch.where(k, x, False)", node, k=keep, x=node.value)
+                if keep in self.mask_of:
+                    ast_marks.put(subs[hole], ast_marks.SELECTS, self.mask_of[keep].id)
             elif kind == "scalar":
                 subs[hole] = self.expr(node)
             else:

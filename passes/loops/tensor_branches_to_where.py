@@ -39,6 +39,20 @@ values whose derivative may be NaN/inf (``loop_dataflow.may_be_nonfinite``) are 
 and only where a gradient may flow (not in comparisons); a value read under the condition
 after something it reads was rebound is read as a zeroed leaf, as before.
 
+A selection's dense stand-in ``torch.where(_keep, x, False)`` (``masked_selections_to_where``,
+``ast_marks.SELECTS``) under a condition that holds in every iteration where its mask ``m``
+selects something (``if m.sum() == 0: continue``, ``if m.any():``, ``selection_test``; a
+conjunction when each part does) reads ``x`` as it is: ``_keep`` is false in every deselected
+iteration, so the stand-in is 0 there and ``x``'s gradient is exactly 0 there, as with the zeroed
+read, and NaN/inf in ``x`` reach no op (one ``where`` per selection instead of three)::
+
+    m = target[i] > 0                    _keep = m.reshape(...)
+    if m.sum() == 0:               ->    d = torch.where(_keep, pred[i], False) - ...
+        continue                         (not torch.where(_keep, torch.where(<_mask>, pred[i],
+    d = pred[i][m] - target[i][m]         torch.zeros_like(pred[i])), False))
+
+A mask bound again after its test is another mask: the fact goes with the binding.
+
 A detached value (``Variable(helper(fg[perm]))``, ``x.detach()``) may call what is not known
 to be total: it takes no gradient, and is 0 where deselected, whatever the calls give there (one
 raising makes the vectorized form fail, and the loop runs as written). A tuple assignment of
@@ -56,6 +70,7 @@ import builtins
 
 import torch
 
+from .. import ast_marks
 from ..errors import Unsupported
 
 from .. import ops
@@ -82,6 +97,11 @@ class _Converter:
         self.fresh: dict[str, str] = {}
         # name -> its value, computed before any condition (see the module docstring)
         self.recompute: dict[str, ast.expr] = {}
+        # condition name -> (m, e): it holds exactly when the mask ``m`` selects nothing (e) or
+        # something (not e); mask name -> the masks ``m`` that select something only where it
+        # holds (see ``Sanitize.visit_Call``)
+        self.tests: dict[str, tuple[str, bool]] = {}
+        self.implied: dict[str, frozenset[str]] = {}
 
     def _sub(self, template: str, loc: ast.AST, **subs) -> object:
         return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
@@ -94,6 +114,7 @@ class _Converter:
         if pred is None:
             return cond, []
         name, stmts = self._mask("torch.logical_and(p, c)", loc, p=pred, c=cond)
+        self.implied[name] = self.implied.get(pred, frozenset()) & self.implied.get(cond, frozenset())
         if {pred, cond} <= self.plan.index_masks:
             self.plan.index_masks.add(name)
             tests = self.plan.index_tests
@@ -102,6 +123,9 @@ class _Converter:
 
     def _negated(self, cond: str, loc: ast.AST) -> tuple[str, list[ast.stmt]]:
         name, stmts = self._mask("torch.logical_not(c)", loc, c=cond)
+        if cond in self.tests:
+            mask, empty = self.tests[name] = self.tests[cond][0], not self.tests[cond][1]
+            self.implied[name] = frozenset({mask}) if not empty else frozenset()
         if cond in self.plan.index_masks:
             self.plan.index_masks.add(name)
             self.plan.index_tests[name] = self._sub("not c", loc, c=self.plan.index_tests[cond])
@@ -147,6 +171,10 @@ class _Converter:
         # ``ne(t, False)``: the truth of ``t``, a bool ``t`` as it is (``ne(t, 0)`` would compare
         # it as int64, which Inductor's vectorized kernels convert lane by lane)
         out = self._flush() + self._sub("c = torch.ne(t, False)", s, c=cond, t=test)
+        found = selection_test(s.test, self.ctx)
+        if found is not None:
+            self.tests[cond] = found
+            self.implied[cond] = frozenset({found[0]}) if not found[1] else frozenset()
         if self._on_indices(s.test):
             self.plan.index_masks.add(cond)
             self.plan.index_tests[cond] = clone(s.test)
@@ -173,6 +201,9 @@ class _Converter:
         for name, value in list(self.recompute.items()):
             if name in changed or loads(value) & changed:
                 del self.recompute[name]
+        # a mask bound again is another mask than the one a condition tested
+        self.tests = {c: t for c, t in self.tests.items() if t[0] not in changed}
+        self.implied = {c: m - changed for c, m in self.implied.items()}
 
     def _on_indices(self, test: ast.expr) -> bool:
         """``test`` is arithmetic and comparisons of loop indices, literals and names the loop
@@ -246,12 +277,49 @@ class _Converter:
         sanitize = Sanitize(pred, self.facts.variant, self.index, self.ctx, self.pre)
         sanitize.quiet = self.boolean | {n for n, p in self.fresh.items() if p == pred}
         sanitize.recompute = self.recompute
+        sanitize.selecting = self.implied.get(pred, frozenset())
         return sanitize.safe(e)
 
     def _assigned_in(self, s: ast.If) -> set[str]:
         """Names ``s`` binds (not its effects': their statements are rewritten later)."""
         return set().union(*(stores(n) for n in walk(s) if isinstance(n, ast.stmt)
                              and id(n) not in self.facts.effects))
+
+
+# ``count <op> number`` of a count of a mask's true elements (``OpSpec.counts_true``): whether
+# it holds exactly when the mask selects nothing (True) or exactly when it selects something.
+_COUNT_TESTS = {(ast.Eq, 0): True, (ast.LtE, 0): True, (ast.Lt, 1): True,
+                (ast.NotEq, 0): False, (ast.Gt, 0): False, (ast.GtE, 1): False}
+
+
+def selection_test(test: ast.expr, ctx: PassContext) -> tuple[str, bool] | None:
+    """(m, empty) when ``test`` holds exactly when the mask named ``m`` selects nothing
+    (``empty``: ``m.sum() == 0``, ``not m.any()``) or exactly when it selects something
+    (``m.any()``, ``m.sum() > 0``). A non-bool ``m`` makes no stand-in of ``x[m]`` (``torch.where``
+    raises on it), so what the test means for one does not matter."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        found = selection_test(test.operand, ctx)
+        return None if found is None else (found[0], not found[1])
+    empty = False
+    if isinstance(test, ast.Compare):
+        number = test.comparators[0] if len(test.comparators) == 1 else None
+        if not (isinstance(number, ast.Constant) and type(number.value) is int):
+            return None
+        empty = _COUNT_TESTS.get((type(test.ops[0]), number.value))
+        test = test.left
+    counted = _counted(test, ctx)
+    return None if counted is None or empty is None else (counted, empty)
+
+
+def _counted(e: ast.expr, ctx: PassContext) -> str | None:
+    """``m`` of ``m.sum()``, ``m.any()``, ``torch.sum(m)``."""
+    if not (isinstance(e, ast.Call) and call_op(e, ctx).counts_true and not e.keywords):
+        return None
+    method = method_name(e, ctx) is not None
+    if len(e.args) != (0 if method else 1):
+        return None
+    operand = e.func.value if method else e.args[0]
+    return operand.id if isinstance(operand, ast.Name) else None
 
 
 def _unpacks_into_new_names(s: ast.stmt, defined: set[str]) -> bool:
@@ -351,6 +419,7 @@ class Sanitize(Transformer):
         self.quiet: set[str] = set()     # names read as they are (no gradient, or safe already)
         self.recompute: dict[str, ast.expr] = {}  # names computed again where read (_Converter)
         self.detached = False  # in a recomputed value: leaves detached where deselected
+        self.selecting: frozenset[str] = frozenset()  # masks selecting only where pred holds
         self.opaque = False    # in a detached value: any call may run, its result is zeroed
 
     def safe(self, e: ast.expr) -> ast.expr:
@@ -428,6 +497,19 @@ class Sanitize(Transformer):
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         if is_shape_query(node, self.ctx):  # metadata: no gradient
+            return node
+        selected = node.args[1] if ast_marks.get(node, ast_marks.SELECTS) in self.selecting \
+            else None
+        if selected is not None and root_name(selected) not in self.recompute:
+            # ``torch.where(k, x, False)``, the stand-in of ``x[m]``, where ``m`` selects
+            # something only in iterations ``pred`` selects: it is 0 wherever ``pred`` is false
+            # and ``x``'s gradient is 0 there, the values of ``x`` themselves need no zeroing
+            # (``x``'s indices still do)
+            quiet, self.quiet = self.quiet, self.quiet | {root_name(selected)}
+            try:
+                node.args[1] = self.visit(selected)
+            finally:
+                self.quiet = quiet
             return node
         if call_op(node, self.ctx).aten == "detach" and self.leaves and not self.opaque \
                 and any(self._unknown(n) for n in walk(node) if n is not node):
