@@ -15,9 +15,10 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           classify_effects, conditional_expressions_to_branches,
                           effects_to_outputs, element_slices_to_indices, fold_accumulators,
                           gather_keyed_reads,
-                          hoist_invariant_checks,
+                          hoist_calls_under_index_tests, hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
-                          index_tuples_to_tensors, inplace_writes_to_functional,
+                          index_tests_to_selected_indices, index_tuples_to_tensors,
+                          inplace_writes_to_functional,
                           invariant_branches_to_checks, invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, masked_selects_to_selections,
@@ -268,6 +269,74 @@ for p in itertools.permutations(range(n)):
 # node
 for p in itertools.permutations(range(n)):
     total = total + x[p].sum()
+"""),
+    (index_tests_to_selected_indices, """
+def f(p, t, ignore):
+    loss = 0
+    for c in range(p.shape[1]):
+        if c != ignore:
+            loss += dice(p[:, c], t[:, c]) * w[c]
+    return loss
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c != ignore:
+        loss += dice(p[:, c], t[:, c]) * w[c]
+""",
+     """
+# prelude
+_selected = torch.tensor(_run_eagerly(lambda: [c for c in range(p.shape[1]) if c != ignore]), dtype=torch.int64)
+# node
+for c in _selected:
+    loss += dice(p[:, c], t[:, c]) * w[c]
+"""),
+    (index_tests_to_selected_indices, """
+def f(p, t, ignore):
+    loss = 0
+    for c in range(p.shape[1]):
+        if c == ignore:
+            continue
+        loss += dice(p[:, c], t[:, c])
+    return loss
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c == ignore:
+        continue
+    loss += dice(p[:, c], t[:, c])
+""",
+     """
+# prelude
+_selected = torch.tensor(_run_eagerly(lambda: [c for c in range(p.shape[1]) if not c == ignore]), dtype=torch.int64)
+# node
+for c in _selected:
+    loss += dice(p[:, c], t[:, c])
+"""),
+    (index_tests_to_selected_indices, """
+def f(p, t, ignore):
+    loss = 0
+    for c in range(p.shape[1]):
+        if c != ignore:
+            loss += dice(p[:, c], t[:, c]) * c
+    return loss
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c != ignore:
+        loss += dice(p[:, c], t[:, c]) * c
+""",
+     """
+# prelude
+# node
+for c in range(p.shape[1]):
+    if c != ignore:
+        loss += dice(p[:, c], t[:, c]) * c
 """),
     (materialize_iterators, """
 def mean(values):
@@ -1664,6 +1733,60 @@ assert p.dim() == 1
 loss += p.sum()
 # first
 # checks
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c, cen in enumerate(cens):
+        if s == c:
+            cen = own_centroid(emb, s, u)
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first', 'helper_checks'),
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, s, u)
+out.append(cos(emb[s, u], _cen))
+# first
+# helper_checks
+""",
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = _cen_1
+out.append(cos(emb[s, u], _cen))
+# first
+_cen_1 = own_centroid(emb, s, u)
+# helper_checks
+any((s == _k for _k in range(0, len(cens), 1)))
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c, cen in enumerate(cens):
+        if s == c:
+            cen = own_centroid(emb, c, u)
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first'),
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, c, u)
+out.append(cos(emb[s, u], _cen))
+# first
+""",
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, c, u)
+out.append(cos(emb[s, u], _cen))
+# first
 """),
     (split_tuple_assignments, """
 def f(prob, onehot, ignore):

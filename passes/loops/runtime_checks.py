@@ -6,13 +6,15 @@ are what the vectorized form assumes (else the loop runs as written)::
                                             and isinstance(len(pred), int) and len(pred) > 0
 
 In order: the checks stages before this one collected (rows, inner loops, selections); what the
-body iterates or indexes by the loop is a tensor; tensors written are tensors, lists appended to
-lists; at least one iteration; last, the inlined helpers are still those functions (read only
-once the loop runs at all).
+body iterates or indexes by the loop is a tensor (read under a Python condition of the body: where
+it holds, ``not <condition> or isinstance(x, torch.Tensor)``); tensors written are tensors,
+lists appended to lists; at least one iteration; last, the inlined helpers are still those
+functions (read only once the loop runs at all).
 """
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 
 from ..ast_tools import PassContext, is_pure, unparse, walk
 from .loop_dataflow import depends, loads
@@ -37,10 +39,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     local = {n.id for s in body for n in walk(s)
              if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {
         a.arg for s in body for a in walk(s) if isinstance(a, ast.arg)}
-    for sub in (n for s in body for n in walk(s) if isinstance(n, ast.Subscript)):
+    for sub, when in _subscripts(body, None, facts.assigned | seeds | local, plan, ctx):
         if is_pure(sub.value) and not (loads(sub.value) & (facts.assigned | seeds | local)) \
                 and depends(sub.slice, facts.variant, ctx):
-            plan.check("isinstance(x, torch.Tensor)", x=sub.value)
+            check = plan.sub("isinstance(x, torch.Tensor)", x=sub.value)
+            plan.checks.add(check if when is None else plan.sub("not w or c", w=when, c=check))
     for e in facts.of_kind("write"):
         plan.check("isinstance(x, torch.Tensor)", x=ast.Name(e.name, ast.Load()))
     for e in facts.of_kind("append"):
@@ -51,6 +54,22 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for g in plan.helper_checks:  # last: only read once the loop runs at all
         plan.checks.add(plan.sub("g", g=g))
     return plan
+
+
+def _subscripts(stmts: list[ast.stmt], when: ast.expr | None, local: set[str], plan: LoopPlan,
+                ctx: PassContext) -> Iterator[tuple[ast.Subscript, ast.expr | None]]:
+    """The subscripts of ``stmts``, each with the Python condition it is read under (``if``
+    tests the loop does not vary, reading nothing it binds: the tested object may not exist
+    otherwise, ``self.weights[c]`` under ``if self.weight is not None``), or None."""
+    for s in stmts:
+        if isinstance(s, ast.If) and is_pure(s.test) and not loads(s.test) & local \
+                and not depends(s.test, plan.facts.variant, ctx):
+            yield from ((n, when) for n in walk(s.test) if isinstance(n, ast.Subscript))
+            test = s.test if when is None else plan.sub("w and t", w=when, t=s.test)
+            yield from _subscripts(s.body, test, local, plan, ctx)
+            yield from _subscripts(s.orelse, plan.sub("not t", t=test), local, plan, ctx)
+            continue
+        yield from ((n, when) for n in walk(s) if isinstance(n, ast.Subscript))
 
 
 def is_vectorized_guard(node: ast.AST) -> bool:

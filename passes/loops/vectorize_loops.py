@@ -87,8 +87,9 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                distribute_loops,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
-               gather_keyed_reads, hoist_invariant_checks,
-               host_roundtrips_to_tensor_ops, index_tuples_to_tensors, inline_helper_calls,
+               gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
+               host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
+               index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
                invariant_values_take_no_grad, iteration, last_values_after_loop,
@@ -112,6 +113,7 @@ from .runtime_checks import MARKER, is_as_written, is_vectorized_guard, proven_t
 # ``Unsupported`` when the loop must run as written.
 LOOP_STAGES: list = [
     index_tuples_to_tensors,      # before iteration: it makes the loop iterate a tensor
+    index_tests_to_selected_indices,  # before iteration: it makes the loop iterate a tensor
     iteration,                    # first of the others: every stage reads the iteration
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
@@ -132,6 +134,7 @@ LOOP_STAGES: list = [
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
+    hoist_calls_under_index_tests,  # on the inlined body, before tensor_branches_to_where masks it
     element_slices_to_indices,    # before ragged_slices_to_masks, which would make its slices masks
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
