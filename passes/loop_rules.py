@@ -72,6 +72,11 @@ HOST_WEAK = {
 # ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
 # precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
 NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}
+# ... left on the device as the divisor of a tensor sum ``s`` (``divisions_by_counters``),
+# dividing as the Python number does: an int as int64 (true division promotes alike), a float
+# as a weak scalar, cast to the quotient's dtype.
+DEVICE_DIVISOR = {"int": "r", "float": "w.to(torch.result_type(s, 1.0))",
+                  "item": "(w.to(torch.result_type(s, 1.0)) if r.is_floating_point() else r)"}
 # A host number compared with ``t``, a value of unknown type: in float64 (``d``) next to a
 # Python number, as Python compares; as a weak scalar (``w``) next to a tensor, in its dtype.
 HOST_COMPARED = "d if not isinstance(t, torch.Tensor) else w"

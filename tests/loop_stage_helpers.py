@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from passes.ast_tools import PassContext, clone, fix_missing_locations, unparse
-from passes.loops import (gather_keyed_reads, loop_dataflow, materialize_iterators,
+from passes.loops import (divisions_by_counters, gather_keyed_reads, loop_dataflow, materialize_iterators,
                           normalize_comprehensions, outer_dependent_ranges_to_masks,
                           stack_tensor_lists, vectorize_loops)
 from passes.loops.plan import LoopPlan, new_plan
@@ -31,6 +31,7 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
     inner.generic_visit(loop)
     after, divided = loop_dataflow.divisions_after_loops(func).get(id(loop), (None, {}))
     plan = new_plan(loop, loop_dataflow.live_after_loops(func)[id(loop)], ctx,
+                    sole_divisors=divisions_by_counters.sole_divisors(func, loop, divided),
                     zeros=loop_dataflow.zero_before_loops(func).get(id(loop), set()),
                     divided=divided, buildable_lists=normalize_comprehensions
                     .lists_built_by_loops(func, ctx).get(id(loop), set()),

@@ -93,6 +93,7 @@ class LoopPlan:
     live_after: set[str]                            # names read after the loop
     zeros: set[str] = field(default_factory=set)    # bound to the int 0 when the loop starts
     divided: dict[str, str] = field(default_factory=dict)  # divided after the loop: by what
+    sole_divisors: set[str] = field(default_factory=set)  # ... read by that division only
     masks: set[str] = field(default_factory=set)    # bound to boolean tensors only (comparisons)
     outer_indices: set[str] = field(default_factory=set)  # enclosing loops' range/enumerate ints
     # enclosing ``range`` loops' indices -> their first and last values
@@ -179,6 +180,8 @@ class LoopPlan:
     scattered: set[str] = field(default_factory=set)          # written at data-dependent slots
     averaged: set[str] = field(default_factory=set)  # sums divided by the trip count: means
     averaged_flag: str = ""                          # set when the loop left means
+    # sums divided by a counter on the device -> (the quotient, the flag set when it holds)
+    quotients: dict[str, tuple[str, str]] = field(default_factory=dict)
     # The body outlined as a function of one iteration: its parameters with the loop inputs
     # they are bound to, and the statements mapping it with vmap.
     params: list[BodyParam] = field(default_factory=list)

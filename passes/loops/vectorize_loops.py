@@ -84,7 +84,7 @@ from ..errors import Unsupported
 from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body,
                check_mapped_body,
                classify_effects, conditional_expressions_to_branches, data_attributes_to_detach,
-               distribute_loops,
+               distribute_loops, divisions_by_counters,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
                gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
@@ -153,6 +153,7 @@ LOOP_STAGES: list = [
     tensor_branches_to_where,
     effects_to_outputs,           # after tensor_branches_to_where: effects under their masks
     fold_accumulators,            # after effects_to_outputs: the accumulators it found
+    divisions_by_counters,        # after fold_accumulators: the folds it divides on the device
     check_mapped_body,            # on the final body: what the stages before could not convert
     inplace_writes_to_functional,  # on the final body, before it is outlined and batched
     outline_body,                 # after the folds: summed and averaged outputs are known
@@ -283,6 +284,7 @@ class _Vectorizer(Transformer):
             live = loads(self.func)
         after, divided = self.divisions.get(id(node), (None, {}))
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
+                     sole_divisors=divisions_by_counters.sole_divisors(self.func, node, divided),
                      buildable_lists=self.buildable_lists.get(id(node), set()),
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx, self.around[-1] if self.around else None),
@@ -376,12 +378,16 @@ class _Vectorizer(Transformer):
 
     def _averaged(self, plan: LoopPlan, after: ast.stmt | None, vectorized: ast.If) -> ast.AST:
         """``vectorized``; when it leaves means, ``return loss / B`` after it becomes
-        ``return loss if _averaged else loss / B`` (the original left the sum in ``loss``)."""
-        if not plan.averaged:
+        ``return loss if _averaged else loss / B`` (the original left the sum in ``loss``), and
+        likewise for the sums it divided by counters (``divisions_by_counters``)."""
+        flags = divisions_by_counters.divide(after, plan) if plan.quotients else []
+        if plan.averaged:
+            _DivideUnlessAveraged(plan.averaged, plan.averaged_flag, self.ctx).visit(after)
+            flags.append(plan.averaged_flag)
+        if not flags:
             return plan.prelude + [vectorized] if plan.prelude else vectorized
-        _DivideUnlessAveraged(plan.averaged, plan.averaged_flag, self.ctx).visit(after)
-        return replace("f = False", loc=vectorized, f=plan.averaged_flag) + plan.prelude + [
-            vectorized]
+        return [s for f in flags for s in replace("f = False", loc=vectorized, f=f)] \
+            + plan.prelude + [vectorized]
 
     def visit_Assign(self, node: ast.stmt) -> ast.AST | None:
         if id(node) in self.absorbed:  # the reduction of the list bound just before
