@@ -13,7 +13,8 @@ import pytest
 from passes.errors import Unsupported
 from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body, check_mapped_body,
                           classify_effects, conditional_expressions_to_branches,
-                          effects_to_outputs, element_slices_to_indices, fold_accumulators,
+                          divisions_by_counters, effects_to_outputs,
+                          element_slices_to_indices, fold_accumulators,
                           gather_keyed_reads,
                           hoist_calls_under_index_tests, hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
@@ -1348,6 +1349,60 @@ rows.extend(_outs[0].unbind(0))
 # folds
 rows.extend(_outs[0].unbind(0))
 # averaged
+[]
+"""),
+    (divisions_by_counters, """
+def f(logp, target):
+    loss = 0.0
+    count = 0
+    for i in range(target.shape[0]):
+        if target[i] != 0:
+            loss += -logp[i, target[i]]
+            count += 1
+    return loss / count
+""", ('folds', 'quotients'),
+     """
+# folds
+if isinstance(loss, torch.Tensor) or _outs[2].any():
+    loss += _outs[0]
+count = int(_outs[1])
+# quotients
+[]
+""",
+     """
+# folds
+_loss_sum = loss
+_loss_sum += _outs[0]
+_loss_quotient = _loss_sum / _outs[1]
+_loss_divided = isinstance(loss, torch.Tensor) or _outs[2].any()
+# quotients
+['loss']
+"""),
+    (divisions_by_counters, """
+def f(logp, target):
+    loss = 0.0
+    count = 0
+    for i in range(target.shape[0]):
+        if target[i] != 0:
+            loss += -logp[i, target[i]]
+            count += 1
+    loss = loss / count
+    return loss, count
+""", ('folds', 'quotients'),
+     """
+# folds
+if isinstance(loss, torch.Tensor) or _outs[2].any():
+    loss += _outs[0]
+count = int(_outs[1])
+# quotients
+[]
+""",
+     """
+# folds
+if isinstance(loss, torch.Tensor) or _outs[2].any():
+    loss += _outs[0]
+count = int(_outs[1])
+# quotients
 []
 """),
     (check_mapped_body, """

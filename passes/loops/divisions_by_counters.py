@@ -50,6 +50,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 def sole_divisors(func: ast.FunctionDef, loop: ast.For, divided: dict[str, str]) -> set[str]:
     """The divisors of ``divided`` (the statement after ``loop`` divides by them) that are names
     read nowhere else in ``func`` outside ``loop``: dead after that division."""
+    if not divided:  # the usual case: no walk of the function
+        return set()
     inside = {id(n) for n in walk(loop)}
     reads = Counter(n.id for n in walk(func) if isinstance(n, ast.Name)
                     and isinstance(n.ctx, ast.Load) and id(n) not in inside)

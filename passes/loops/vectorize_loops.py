@@ -496,6 +496,8 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
         desc = {"acc": f"`{e.name}` {family}-reduced", "scan": f"`{e.name}` running {e.family}",
                 "append": f"`{shown}` appends stacked", "write": f"`{shown}` {write}"}
         parts.append(desc[e.kind])
+    parts += [f"`{s} / {d}` divided on the device" for s, d in plan.divided.items()
+              if s in plan.quotients]
     if plan.uses_where:
         parts.append("tensor conditions as torch.where masks")
     parts += [f"the `{t}` branch for every iteration, its condition checked once (else the loop "
