@@ -107,7 +107,8 @@ def test_equivalent_value_gradients_and_dtype(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_inf_selected_gives_the_original_nan_gradients(dtype):
-    original, optimized, _, _ = build(PER_ROW)
+    original, optimized, _, report = build(PER_ROW)
+    assert report.loops[0].vectorized, report.loops[0].reason
     x, w = _rows(dtype)
     grads = [torch.autograd.grad(fn(x, w).sum(), x)[0] for fn in (original, optimized)]
     assert grads[0][4].isnan().any() and grads[0][4, 2] == 0  # eager's, deselected: 0
@@ -128,7 +129,8 @@ def test_row_selections_reduce_their_rows(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=str)
 def test_integers_become_the_default_float_as_in_the_original(dtype):
-    original, optimized, _, _ = build(PER_ROW)
+    original, optimized, _, report = build(PER_ROW)
+    assert report.loops[0].vectorized, report.loops[0].reason
     x = torch.randint(-3, 3, (5, 4), generator=torch.Generator().manual_seed(0)).to(dtype)
     w = torch.tensor([1., -1., 1., 1.]).expand(5, 4).clone()
     w[2] = -1
@@ -223,3 +225,28 @@ def test_dims_as_keywords_and_function_forms_along_the_selected_dim():
         x = torch.randn(4, 3, 2, dtype=dtype, generator=torch.Generator().manual_seed(2))
         w = torch.tensor([[1., -1., 1.], [1., 1., 1.], [1., -1., -1.], [-1., 1., 1.]])
         assert_equivalent(original, optimized, x.requires_grad_(), w)
+
+
+HARD_MINING = """
+def f(sim, labels):
+    losses = []
+    for i in range(sim.shape[0]):
+        pos = sim[i][labels == labels[i]]
+        neg = sim[i][labels != labels[i]]
+        neg = neg[neg + 0.1 > pos.min()]
+        losses.append(torch.logsumexp(40 * neg, 0) / 40 + torch.logsumexp(-2 * pos, dim=-1) / 2)
+    return torch.stack(losses)
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_hard_mining_on_named_selections_and_a_reselection(dtype):
+    """Lifted-structure style: the negatives harder than the easiest positive; the first
+    anchor has none (a -inf term), the last is the only one of its class."""
+    original, optimized, _, report = build(HARD_MINING)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    sim = torch.randn(8, 8, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    sim[0, [1, 3, 4, 5, 7]] = -5.0
+    labels = torch.tensor([0, 1, 0, 1, 2, 2, 0, 3])
+    assert original(sim, labels)[0] == -inf
+    assert_equivalent(original, optimized, sim.requires_grad_(), labels)
