@@ -39,10 +39,14 @@ The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where
 ``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; the
 function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Along the selected dim,
 ``x[m].sum(0)`` -> ``torch.where(_keep, x, 0)`` summed over the mask's dims, and ``x[m].mean(0)``
-(a class centroid, ``emb[labels == c].mean(0)``) that sum / number selected. Losses of selections
-(``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m], reduction=...)`` -> the call on the
-stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as targets; ``F.mse_loss(p[m], t[m])``
-(pointwise losses) -> the loss per element, masked, summed or averaged like ``.mean()``.
+(a class centroid, ``emb[labels == c].mean(0)``) that sum / number selected;
+``torch.logsumexp(x[m], 0)`` (the negatives of a contrastive loss written per row) ->
+``torch.where(_keep, x, -inf)`` flattened over the mask's dims, its ``logsumexp(0)``, and
+``dim=-1`` alike when ``x[m]`` is 1-D (``_whole_mask`` checks that ``m`` has ``x``'s whole
+shape). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
+reduction=...)`` -> the call on the stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as
+targets; ``F.mse_loss(p[m], t[m])`` (pointwise losses) -> the loss per element, masked, summed
+or averaged like ``.mean()``.
 
 Beyond one statement: an ``if`` test of counts and reductions joined by ``and``/``or``/``not``
 (``if len(neg) == 0 or len(pos) <= 1: continue``) is converted part by part, and the converted
@@ -77,13 +81,15 @@ Why each piece:
   elementwise raise ``RuntimeError``: the original's broadcasting depends on how many elements
   are selected there (when it happens to work, the decorator's fallback runs the original).
 * dtype: ``False`` promotes nothing, so the stand-in keeps ``x``'s dtype; sums of ints and bools
-  are int64 as before; ``.sum().mean()`` raises for an integer mean as the original does. Counts
+  are int64 as before; ``.sum().mean()`` raises for an integer mean as the original does; a
+  logsumexp of them is of the default float dtype, as the ``-inf`` fill promotes them. Counts
   are Python ints in the original (tagged ``host_number``: accumulated counts fold back to ints).
-* Empty selections: the sum is 0 and the mean NaN in both; ``.max()``/``.min()`` of nothing raise
-  ``RuntimeError`` in the original. The loop counts such iterations (an accumulator, masked like
-  any other) and the stage ``raise_on_empty_selections`` raises the original's error after the loop, before any
-  of its results is stored. The dense value of an empty selection is 0: nothing NaN reaches the
-  gradients of iterations a tensor condition deselects.
+* Empty selections: the sum is 0, the mean NaN and the logsumexp ``-inf`` in both;
+  ``.max()``/``.min()`` of nothing raise ``RuntimeError`` in the original. The loop counts such
+  iterations (an accumulator, masked like any other) and the stage ``raise_on_empty_selections``
+  raises the original's error after the loop, before any of its results is stored. The dense
+  value of an empty selection is 0: nothing NaN reaches the gradients of iterations a tensor
+  condition deselects.
 * Ties: ``x[m].max()`` splits the gradient evenly between the selected elements equal to the
   maximum, so does ``amax`` over the selected NaN-free values, unless the maximum is the ``-inf``
   fill. Two cases take the mean of the ties instead, whose gradient is the same even split: every
@@ -123,6 +129,7 @@ from .tensor_branches_to_where import Sanitize
 # elements, ``len(x[m])`` the selected rows): ``OpSpec.selection`` names their dense form.
 # Dense forms: ``k`` the mask shaped for ``v``, the elementwise value on the stand-ins; ``v`` is
 # read once (templates reading it more often get a temporary).
+LOGSUMEXP_ROWS = "torch.where(k, v, -torch.inf).flatten(0, max(m.dim(), 1) - 1).logsumexp(0)"
 DENSE_FORMS = {
     "sum": "torch.where(k, v, 0).sum()",
     # .mean(): a 0-d float is itself; an integer sum raises as the original's mean does
@@ -135,9 +142,16 @@ DENSE_FORMS = {
     "sum_rows": "torch.where(k, v, 0).sum(tuple(range(max(m.dim(), 1))))",
     "mean_rows": "torch.where(k, v, 0).sum(tuple(range(max(m.dim(), 1)))).unsqueeze(0).mean(0)"
                  " / k.sum()",
+    # the deselected elements -inf, which adds nothing to a logsumexp (an empty selection is
+    # -inf in both) and takes no gradient; integers become the default float dtype in both
+    "logsumexp_rows": LOGSUMEXP_ROWS,
+    # ``dim=-1`` of a 1-D selection (its mask reshaped by ``_whole_mask``): the selected dim
+    "logsumexp_last": LOGSUMEXP_ROWS,
 }
-# Reductions along the selected dim that have a dense form: their full form -> it.
-ROW_FORMS = {"sum": "sum_rows", "mean": "mean_rows"}
+# Reductions of a selection along the selected dim that have a dense form: their op's form ->
+# it, for ``dim=0`` and for ``dim=-1``.
+ROW_FORMS = {"sum": "sum_rows", "mean": "mean_rows", "logsumexp": "logsumexp_rows"}
+LAST_DIM_FORMS = {"logsumexp": "logsumexp_last"}
 # ... max and min (see the module docstring): the dense reduction, the far end of the order
 # (the fill of floats), the fill of other dtypes (<= / >= every selected value), and the steps.
 # max()/min() split the gradient between the selected elements equal to the result, NaN ones
@@ -249,6 +263,24 @@ class ClassRows(MaskShape):
 
 
 CLASS_ROWS = ClassRows()
+
+
+class WholeMask(MaskShape):
+    """``_whole_mask[m.shape, x.shape, ...]``: ``_mask_shape``'s answer when ``m`` has the whole
+    shape of every ``x`` (at least one dim), so that ``x[m]`` is 1-D and its last dim is the
+    selected one (``torch.logsumexp(x[m], -1)``). Any other mask makes the last dim another
+    one: a ``RuntimeError``, and the decorator runs the original."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        shape = super().__getitem__(shapes)
+        if not shapes[0] or any(len(b) != len(shapes[0]) for b in shapes[1:]):
+            raise RuntimeError(f"a reduction over the last dim of the selection by a mask of "
+                               f"shape {list(shapes[0])} of a tensor of shape "
+                               f"{list(shapes[1])}: not the selected dim")
+        return shape
+
+
+WHOLE_MASK = WholeMask()
 
 
 @dataclass
@@ -447,12 +479,14 @@ class _Converter:
         chain = self.chain(operand)
         if chain is None:
             return None
-        keep = self.keep(chain.group, call)
+        keep = self.keep(chain.group, call, *((WHOLE_MASK, "whole_mask")
+                                              if form in LAST_DIM_FORMS.values() else ()))
         value = self.dense(chain, keep)
-        if form in ("sum", *ROW_FORMS.values()) and isinstance(chain.expr, ast.Name) \
+        rows = {*ROW_FORMS.values(), *LAST_DIM_FORMS.values()}
+        if form in ("sum", *rows) and isinstance(chain.expr, ast.Name) \
                 and chain.expr.id in chain.leaves:
             value = _bare(value)  # the reduction's own where masks a bare selection
-        if form in ROW_FORMS.values():
+        if form in rows:
             if keep not in self.mask_of:
                 return None
             return self._sub(DENSE_FORMS[form], call, k=keep, v=value, m=self.mask_of[keep])
@@ -642,16 +676,19 @@ def _reduction(call: ast.expr, ctx: PassContext) -> tuple[str, ast.expr] | None:
                          ast.Constant("mean"))
         found = isinstance(reduction, ast.Constant) and reduction.value in LOSS_REDUCTIONS
         return ("loss", call) if found else None
-    if form is None or call.keywords:
+    if form is None or any(k.arg != "dim" for k in call.keywords) \
+            or any(isinstance(a, ast.Starred) for a in call.args):
         return None
-    if method_name(call, ctx) is not None:
-        if call.args:
-            rows = len(call.args) == 1 and literal(call.args[0]) == 0 and form in ROW_FORMS
-            return (ROW_FORMS[form], call.func.value) if rows else None
-        return form, call.func.value
-    if len(call.args) == 1 and not isinstance(call.args[0], ast.Starred):
-        return form, call.args[0]
-    return None
+    method = method_name(call, ctx) is not None
+    if not method and not call.args:
+        return None
+    operand, *dims = [call.func.value, *call.args] if method else call.args
+    dims += [k.value for k in call.keywords]
+    if not dims:
+        return (form, operand) if form in DENSE_FORMS or form in EXTREMES else None
+    dim = literal(dims[0]) if len(dims) == 1 else None
+    forms = {0: ROW_FORMS, -1: LAST_DIM_FORMS}.get(dim, {}) if type(dim) is int else {}
+    return (forms[form], operand) if form in forms else None
 
 
 def _test(conv: _Converter, e: ast.expr) -> ast.expr:
