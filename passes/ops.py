@@ -365,6 +365,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # -- Python builtins ----------------------------------------------------------------------
     _builtin("len", total=True, shape_query=True, selection="len"),
     _builtin("isinstance", total=True, shape_query=True),
+    _builtin("type", total=True, shape_query=True),  # one argument: its class, like isinstance
     _builtin("int", total=True, host="e.long()", host_number="int", host_raises=_NONFINITE),
     _builtin("float", total=True, host="e.detach() * 1.0", host_number="float"),
     _builtin("bool", total=True, host="torch.ne(e, 0)"),

@@ -103,7 +103,7 @@ GOLDEN = {
     "hard_examples": """
         def f(x, y, th):
             hard = []
-            if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(hard, list) and isinstance(len(x), int) and (len(x) > 0):
+            if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and (type(hard) is list) and isinstance(len(x), int) and (len(x) > 0):
                 'optimize_loss: loop at line 3 vectorized'
                 if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == 2) and (y.dim() == 1) and (y.dtype in (torch.int64, torch.int32)) and (not isinstance(th, torch.Tensor)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]

@@ -42,7 +42,9 @@ def _lists(dtype, special=False):
 def test_golden_int_order_becomes_an_index_tensor():
     _, _, code, report = build(PAIRED)
     assert strategies(report) == {2: "batched"}, (report, code)
-    assert ("else torch.tensor(order) if isinstance(order, (list, tuple)) and len(order) > 0 "
+    assert ("else torch.tensor(order) if (type(order) is list or (isinstance(order, tuple) "
+            "and type(order).__getitem__ is tuple.__getitem__ and (type(order).__iter__ is "
+            "tuple.__iter__) and (type(order).__len__ is tuple.__len__))) and len(order) > 0 "
             "and all((type(_v_1) is int for _v_1 in order)) else order") in code, code
     assert "_refs_stacked = torch.stack(tuple(refs))" in code, code
     assert "_acc_part = (_ests_row - _refs_stacked[_t]).pow(2).sum(-1).sum(0)" in code, code

@@ -358,8 +358,8 @@ ESCAPING_GOLDEN = """
     def f(rewards, masks, gamma):
         G = 0.0
         returns = []
-        _masks_stacked = torch.stack(tuple(masks)) if isinstance(masks, (list, tuple)) and len(masks) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == masks[0].shape and (_v.dtype == masks[0].dtype) and (_v.device == masks[0].device) for _v in masks)) else masks
-        _rewards_stacked = torch.stack(tuple(rewards)) if isinstance(rewards, (list, tuple)) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
+        _masks_stacked = torch.stack(tuple(masks)) if (type(masks) is list or (isinstance(masks, tuple) and type(masks).__getitem__ is tuple.__getitem__ and (type(masks).__iter__ is tuple.__iter__) and (type(masks).__len__ is tuple.__len__))) and len(masks) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == masks[0].shape and (_v.dtype == masks[0].dtype) and (_v.device == masks[0].device) for _v in masks)) else masks
+        _rewards_stacked = torch.stack(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
         if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and type(returns) is list:
             'optimize_loss: loop at line 4 vectorized'
             if not isinstance(gamma, torch.Tensor) or (_masks_stacked.dim() >= 2 and _masks_stacked.dim() >= gamma.dim() + 1):
@@ -377,7 +377,7 @@ ESCAPING_GOLDEN = """
                 _outs_1 = torch.vmap(_body, in_dims=(0, 0))(_masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1], _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1])
             _G_all = _linear_scan(_outs_1[0], _outs_1[1], G, True, True, len(rewards), True)
             _returns_front = []
-            if isinstance(_G_all, torch.Tensor) and len(rewards) <= _G_all.shape[0] and isinstance(_returns_front, list) and isinstance(len(rewards), int) and (len(rewards) > 0):
+            if isinstance(_G_all, torch.Tensor) and len(rewards) <= _G_all.shape[0] and (type(_returns_front) is list) and isinstance(len(rewards), int) and (len(rewards) > 0):
                 _G_all_row = _G_all if len(rewards) == _G_all.shape[0] else _G_all[0:len(rewards):1]
                 _G_t = _G_all_row
                 _returns_front_item = _G_t

@@ -22,7 +22,8 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, unparse
 from ..errors import Unsupported
-from .loop_dataflow import call_op, container_names, depends, resolve_call, variant_names
+from .loop_dataflow import (call_op, container_names, depends, makes_new_tensor,
+                            resolve_call, variant_names)
 from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
@@ -49,6 +50,7 @@ class _Check:
 
     def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
         variant = variant_names(stmts, seeds, self.ctx)
+        self.unbatched_writes(stmts, variant, set())
         todo = stmts[::-1]
         while todo:  # depth first, in source order: the first refusal is the user's first line
             node = todo.pop()
@@ -57,6 +59,39 @@ class _Check:
                 continue
             self.node(node, variant)
             todo += reversed(list(ast.iter_child_nodes(node)))
+
+    def unbatched_writes(self, stmts: list[ast.stmt], variant: set[str], same: set[str]) -> None:
+        """Refuses ``t[k] = v`` where ``t`` was bound in the body to one value for all iterations
+        (``keep = torch.ones(n, dtype=torch.bool)``) and ``k`` or ``v`` varies: written in place,
+        ``t`` has no batch dimension to hold the iterations' values (vmap's ``index_put_`` raises
+        on every call). ``same`` holds such names; a new tensor ``inplace_writes_to_functional``
+        rebinds to its written value is not one of them."""
+        for s in stmts:
+            if isinstance(s, ast.If):
+                self.unbatched_writes(s.body, variant, set(same))
+                self.unbatched_writes(s.orelse, variant, set(same))
+                continue
+            target = s.targets[0] if isinstance(s, ast.Assign) and len(s.targets) == 1 else \
+                getattr(s, "target", None)
+            if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) \
+                    and target.value.id in same \
+                    and depends(ast.Tuple([target.slice, s.value], ast.Load()), variant, self.ctx):
+                self.refuse(f"`{self.quote(s)}` writes a value that varies per iteration into "
+                            f"`{target.value.id}`, which is the same in every iteration: an "
+                            "in-place write cannot give it a value per iteration", s)
+            if isinstance(target, ast.Name):
+                same.discard(target.id)
+                if isinstance(s, ast.Assign) and self.same_tensor(s.value, variant):
+                    same.add(target.id)
+
+    def same_tensor(self, value: ast.expr, variant: set[str]) -> bool:
+        """``value`` is a tensor op's result (a torch function's, or a registry op's: not a
+        Python list, whose items may vary) that no iteration changes and that
+        ``inplace_writes_to_functional`` leaves to be written in place."""
+        return isinstance(value, ast.Call) and (
+            (resolve_call(value.func, self.ctx) or "").startswith("torch.")
+            or call_op(value, self.ctx).aten is not None) \
+            and not depends(value, variant, self.ctx) and not makes_new_tensor(value, self.ctx)
 
     def node(self, node: ast.AST, variant: set[str]) -> None:
         def varies(*exprs) -> bool:

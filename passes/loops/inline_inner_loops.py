@@ -24,7 +24,7 @@ tensor are tensors of one shape. It is lifted, behind ``isinstance(emb, torch.Te
 
 Any other read of the outer iteration in a check keeps the outer loop as written.
 
-A check ``isinstance(row, list)`` holds in every iteration when the outer body bound ``row = []``
+A check ``type(row) is list`` holds in every iteration when the outer body bound ``row = []``
 before the inner loop (and not again since), and ``not isinstance(t, torch.Tensor)`` when it
 bound ``t = x.item()``: they are dropped. The inner's device-side checks of
 its counters of empty max/min selections leave the inlined statements with the counters'
@@ -72,7 +72,7 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
         if is_vectorized_guard(s):
             stacked |= ast_marks.get(s, ast_marks.BOUND_LISTS, set())
             for g in conjuncts(s.test):
-                if _is_int_check(g, seeds) or _is_type_check(g, _kind(fresh, "list"), "list") \
+                if _is_int_check(g, seeds) or _is_list_check(g, _kind(fresh, "list")) \
                         or _is_not_tensor_check(g, _kind(fresh, "number")):
                     continue  # the inner writes out[i, ...]: this loop makes i a slice; and
                     # `row = []` / `t = x.item()` earlier in this iteration hold in every one
@@ -142,6 +142,14 @@ def _is_not_tensor_check(g: ast.expr, numbers: set[str]) -> bool:
 def _is_int_check(g: ast.expr, names: set[str]) -> bool:
     """``isinstance(i, int)`` for one of ``names``."""
     return _is_type_check(g, names, "int")
+
+
+def _is_list_check(g: ast.expr, names: set[str]) -> bool:
+    """``type(row) is list`` for one of ``names`` (``runtime_checks``' check of appended lists)."""
+    return isinstance(g, ast.Compare) and len(g.ops) == 1 and isinstance(g.ops[0], ast.Is) \
+        and is_name(g.comparators[0], "list") and isinstance(g.left, ast.Call) \
+        and is_name(g.left.func, "type") and len(g.left.args) == 1 \
+        and isinstance(g.left.args[0], ast.Name) and g.left.args[0].id in names
 
 
 def _is_type_check(g: ast.expr, names: set[str], kind: str) -> bool:

@@ -66,7 +66,7 @@ def _rows_of(values) -> torch.Tensor | None:
     """The tensor whose rows, all of them and in order, the list ``values`` holds (a vectorized
     loop whose appends are masked extends its list with ``v[mask].unbind(0)``, views the helper
     cannot add into), or None."""
-    if not (isinstance(values, list) and len(values) > 1 and isinstance(values[0], torch.Tensor)):
+    if not (type(values) is list and len(values) > 1 and isinstance(values[0], torch.Tensor)):
         return None
     base = values[0]._base
     if base is None or base.dim() == 0 or len(base) != len(values):

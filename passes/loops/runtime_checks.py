@@ -48,7 +48,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.check("isinstance(x, torch.Tensor)", x=ast.Name(e.name, ast.Load()))
     for e in facts.of_kind("append"):
         if e.name not in plan.own_lists and e.name not in plan.buildable_lists:
-            plan.check("isinstance(x, list)", x=ast.Name(e.name, ast.Load()))
+            # exactly a list: the vectorized form extends it with all the items at once, which a
+            # subclass's own ``append`` would never see
+            plan.check("type(x) is list", x=ast.Name(e.name, ast.Load()))
     for g in it.runs_at_all(plan):
         plan.checks.add(g)
     for g in plan.helper_checks:  # last: only read once the loop runs at all

@@ -8,7 +8,7 @@ stacked in front of the loop's guard, and the finished vectorized statements and
 read the stacked tensor instead (the items' names in the body stay the user's)::
 
     for p, t in zip(preds, targets):    ->    _preds_stacked = torch.stack(tuple(preds)) if (
-        loss += F.mse_loss(p, t)                  isinstance(preds, (list, tuple)) and len(preds) > 0
+        loss += F.mse_loss(p, t)                  <preds a list or plain tuple> and len(preds) > 0
                                                   and all(isinstance(_v, torch.Tensor)
                                                           and _v.shape == preds[0].shape
                                                           and _v.dtype == preds[0].dtype
@@ -46,13 +46,20 @@ from .plan import LoopPlan
 _LIST_MAKERS = {"list", "tuple", "torch.split", "torch.chunk", "torch.unbind", "torch.tensor_split"}
 _LIST_METHODS = {"split", "chunk", "unbind", "tensor_split"}
 
-STACKED = ("torch.stack(tuple(x)) if isinstance(x, (list, tuple)) and len(x) > 0 and all("
+# Exactly a list, or a tuple whose item access is the builtin's: the stacked tensor holds what
+# ``tuple(x)`` iterates, which is what the loop reads only when neither iteration nor ``x[i]`` nor
+# ``len`` is overridden. A namedtuple (its own fields, tuple's item access) is stacked; a list
+# subclass (it may override any of them, or change how its items are written) is not.
+_SEQUENCE = ("(type(x) is list or isinstance(x, tuple) and type(x).__getitem__ is tuple.__getitem__"
+             " and type(x).__iter__ is tuple.__iter__ and type(x).__len__ is tuple.__len__)")
+
+STACKED = (f"torch.stack(tuple(x)) if {_SEQUENCE} and len(x) > 0 and all("
             "isinstance(v, torch.Tensor) and v.shape == x[0].shape and v.dtype == x[0].dtype "
             "and v.device == x[0].device for v in x) else x")
 
 # Python ints the loop uses only as indices (``refs[t] for s, t in enumerate(perm)``): the int64
 # tensor of them indexes the same items (bools would index as masks, so ints only).
-_INTS = "(isinstance(x, (list, tuple)) and len(x) > 0 and all(type(v) is int for v in x))"
+_INTS = f"({_SEQUENCE} and len(x) > 0 and all(type(v) is int for v in x))"
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:

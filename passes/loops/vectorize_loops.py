@@ -82,7 +82,7 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
                         walk, write_target)
 from ..errors import Unsupported
 from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body,
-               check_mapped_body,
+               check_mapped_body, cleared_positions_to_masks,
                classify_effects, conditional_expressions_to_branches, data_attributes_to_detach,
                distribute_loops, divisions_by_counters,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
@@ -136,6 +136,7 @@ LOOP_STAGES: list = [
     asserts_to_counters,          # after hoist_invariant_checks: the asserts on item values left
     hoist_calls_under_index_tests,  # on the inlined body, before tensor_branches_to_where masks it
     element_slices_to_indices,    # before ragged_slices_to_masks, which would make its slices masks
+    cleared_positions_to_masks,   # before masked_selections_to_where: it makes masks
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections

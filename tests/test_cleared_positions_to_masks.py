@@ -1,0 +1,135 @@
+"""A boolean mask made in the body and cleared at the loop index (NT-Xent written per row)
+becomes a comparison of positions (``cleared_positions_to_masks``), so the loop runs vectorized
+with the same values and gradients; a loop-varying write into a tensor the body makes the same
+in every iteration, which vmap cannot run, is refused at rewrite time (``check_mapped_body``):
+no loop is reported vectorized whose vectorized form fails on every call."""
+import pytest
+import torch
+
+from tests.loop_helpers import assert_golden, build, namespace
+
+DTYPES = [torch.float32, torch.float64]
+
+NTXENT = '''
+def f(sim, n):
+    loss = 0
+    for i in range(2 * n):
+        keep = torch.ones(2 * n, dtype=torch.bool)
+        keep[i] = False
+        loss += -sim[i, (i + n) % (2 * n)] + sim[i][keep].exp().sum().log()
+    return loss / (2 * n)
+'''
+
+# the positive's column cleared instead of the row's own: no comparison with the index
+OTHER_POSITION = '''
+def f(sim, n):
+    loss = 0
+    for i in range(2 * n):
+        keep = torch.ones(2 * n, dtype=torch.bool)
+        keep[(i + n) % (2 * n)] = False
+        loss += sim[i][keep].exp().sum().log()
+    return loss / (2 * n)
+'''
+
+SET_AT_INDEX = '''
+def f(sim, n):
+    loss = 0
+    for i in range(2 * n):
+        own = torch.zeros(2 * n, dtype=torch.bool, device=sim.device)
+        own[i] = True
+        loss += sim[i][~own].exp().sum().log() - sim[i][own].sum()
+    return loss
+'''
+
+# the mask longer than the loop: the check compares range's stop with its size
+SHORT_LOOP = '''
+def f(sim, m):
+    loss = 0
+    for i in range(m):
+        keep = torch.ones(sim.shape[1], dtype=torch.bool)
+        keep[i] = False
+        loss = loss + sim[i][keep].exp().sum()
+    return loss
+'''
+
+
+def test_ntxent_golden():
+    assert_golden(NTXENT, '''
+    def f(sim, n):
+        loss = 0
+        _averaged = False
+        _sim_stacked = torch.stack(tuple(sim)) if (type(sim) is list or (isinstance(sim, tuple) and type(sim).__getitem__ is tuple.__getitem__ and (type(sim).__iter__ is tuple.__iter__) and (type(sim).__len__ is tuple.__len__))) and len(sim) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == sim[0].shape and (_v.dtype == sim[0].dtype) and (_v.device == sim[0].device) for _v in sim)) else sim
+        if isinstance(_sim_stacked, torch.Tensor) and 2 * n <= _sim_stacked.shape[0] and isinstance(2 * n, int) and (2 * n > 0) and (not (torch.is_grad_enabled() and (not isinstance(n, (int, float, str, type(None))) and getattr(n, 'requires_grad', True)))):
+            'optimize_loss: loop at line 3 vectorized'
+
+            def _body(i, _sim_row):
+                _loss_part = 0
+                _pos = torch.arange(2 * n)
+                keep = _pos != i
+                _keep = keep.reshape(_mask_shape[keep.shape, _sim_row.shape])
+                _loss_part = _loss_part + (-_sim_row[(i + n) % (2 * n)] + torch.where(_keep, torch.where(_keep, torch.where(_keep, _sim_row, False), 0).exp(), 0).sum().log())
+                return (torch.as_tensor(_loss_part),)
+            _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, 2 * n, 1, device=_sim_stacked.device), _sim_stacked if 2 * n == _sim_stacked.shape[0] else _sim_stacked[0:2 * n:1])
+            _outs = (_outs[0].sum(0) / (2 * n),)
+            _averaged = True
+            loss = _outs[0]
+        else:
+            for i in range(2 * n):
+                keep = torch.ones(2 * n, dtype=torch.bool)
+                keep[i] = False
+                loss += -sim[i, (i + n) % (2 * n)] + sim[i][keep].exp().sum().log()
+        return loss if _averaged else loss / (2 * n)
+''', {3: "vmap"})
+
+
+def test_write_at_another_position_is_refused_unchanged():
+    assert_golden(OTHER_POSITION, OTHER_POSITION, {3: "kept"})
+    _, _, _, report = build(OTHER_POSITION)
+    assert report.loops[0].reason.startswith(
+        "`keep[(i + n) % (2 * n)] = False` writes a value that varies per iteration into `keep`")
+
+
+def _sims(dtype):
+    """Random similarities, with ties (equal rows), and with inf on and off the diagonal."""
+    sim = torch.randn(6, 6, dtype=dtype)
+    tied = torch.ones(6, 6, dtype=dtype)
+    own_inf = sim.clone().fill_diagonal_(float("inf"))
+    other_inf = sim.clone()
+    other_inf[1, 4] = float("inf")
+    return [sim, tied, own_inf, other_inf]
+
+
+def _same(src, args, dtype):
+    original, rewritten, _, report = build(src, namespace())
+    for sim in _sims(dtype):
+        a = sim.clone().requires_grad_()
+        b = sim.clone().requires_grad_()
+        want, got = original(a, *args), rewritten(b, *args)
+        assert got.dtype == want.dtype == dtype
+        assert torch.allclose(got, want, equal_nan=True)
+        if torch.isfinite(want):
+            (ga,), (gb,) = torch.autograd.grad(want, a), torch.autograd.grad(got, b)
+            assert torch.allclose(gb, ga, equal_nan=True)
+    return report
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("src, args", [(NTXENT, (3,)), (SET_AT_INDEX, (3,)), (SHORT_LOOP, (4,)),
+                                       (OTHER_POSITION, (3,))],
+                         ids=["ntxent", "set_at_index", "short_loop", "other_position"])
+def test_no_loop_reported_vectorized_fails_at_run_time(src, args, dtype):
+    """Built without the runtime's fallback: a vectorized form that raised would fail here."""
+    report = _same(src, args, dtype)
+    expected = "kept" if src is OTHER_POSITION else "vmap"
+    assert report.loops[0].strategy == expected, report.loops[0].reason
+
+
+def test_loop_past_the_mask_raises_as_the_original():
+    """A loop longer than the mask: past its end the original raises, and so does the
+    loop as written behind the check."""
+    original, rewritten, _, _ = build(SHORT_LOOP)
+    sim = torch.randn(3, 3)
+    with pytest.raises(IndexError):
+        original(sim, 4)
+    with pytest.raises(IndexError):
+        rewritten(sim, 4)
