@@ -46,7 +46,8 @@ class _Check:
         # rows of the function's boolean masks (``mask[i]``)
         self.masks = {row.param for (name, _), row in plan.row_slices.items()
                       if name in plan.masks}
-        self.containers = container_names(plan.body)  # `sum(parts)` adds a list's items
+        # `sum(parts)` of a list the body builds adds its items
+        self.containers = container_names(ast.Module(plan.body, []))
 
     def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
         variant = variant_names(stmts, seeds, self.ctx)

@@ -39,7 +39,7 @@ import ast
 from .. import ast_marks
 from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, is_pure, unparse, walk
 from ..errors import Unsupported
-from .loop_dataflow import loads, stores_in
+from .loop_dataflow import container_names, loads, stores_in
 from .plan import LoopPlan
 from .stack_tensor_lists import STACKED
 
@@ -50,7 +50,6 @@ except Exception:  # a key the original never reached, or after its own error: i
     rows = None
 """
 
-_DISPLAYS = (ast.List, ast.Tuple, ast.Dict, ast.ListComp, ast.DictComp)
 _SCOPES = (ast.FunctionDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
@@ -126,14 +125,13 @@ def host_containers(func: ast.FunctionDef) -> frozenset[str]:
     """Names ``func`` holds as lists, tuples or dicts, never tensors: those every binding of
     which is a display or a comprehension, and parameters it indexes by a string (``d['key']``,
     ``d[('color', i)]``)."""
-    made = [t for n in walk(func) if isinstance(n, ast.Assign) and isinstance(n.value, _DISPLAYS)
-            for t in n.targets if isinstance(t, ast.Name)]
-    other = {n.id for n in walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-             and not any(n is t for t in made)}
+    shown = container_names(func)
+    other = {n.id for n in walk(func) if isinstance(n, ast.Name)
+             and isinstance(n.ctx, ast.Store)} - shown
     keyed = {n.value.id for n in walk(func) if isinstance(n, ast.Subscript)
              and isinstance(n.value, ast.Name) and _string_key(n.slice)}
     params = _parameters(func)
-    return frozenset(({t.id for t in made} - other - params) | (keyed & params - other))
+    return frozenset((shown - params) | (keyed & params - other))
 
 
 def _string_key(key: ast.expr) -> bool:

@@ -71,7 +71,7 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
     tr = _HostToTensor(variant, ctx, errors, wide)
     tr.assigned |= seeds
     tr.stored = stores_in(stmts) | seeds
-    tr.containers = container_names(stmts)
+    tr.containers = container_names(ast.Module(stmts, []))
     tr.body, tr.live_after = stmts, live_after
     if not_floating is not None:
         tr.not_floating = not_floating

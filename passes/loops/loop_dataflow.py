@@ -30,6 +30,9 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, is_int, is_name, unparse, walk, write_target
 
+# Python containers built in place: a list, tuple or dict display or comprehension.
+DISPLAYS = (ast.List, ast.Tuple, ast.Dict, ast.ListComp, ast.DictComp)
+
 
 # ---------------------------------------------------------------------------------------------
 # Names read and written
@@ -990,13 +993,12 @@ def _is_ellipsis(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and node.value is Ellipsis
 
 
-def container_names(stmts: list[ast.stmt]) -> set[str]:
-    """Names ``stmts`` bind only to list, tuple or dict displays or comprehensions: a builtin on
-    them iterates the container (``sum(parts)``), not a tensor's dim 0."""
-    displays = (ast.List, ast.Tuple, ast.Dict, ast.ListComp, ast.DictComp)
-    shown, other = set(), set()
-    for n in (n for s in stmts for n in walk(s) if isinstance(n, ast.stmt)):
-        named = isinstance(n, ast.Assign) and isinstance(n.value, displays) \
-            and all(isinstance(t, ast.Name) for t in n.targets)
-        (shown if named else other).update(stores(n))
-    return shown - other
+def container_names(node: ast.AST) -> set[str]:
+    """Names ``node`` binds only to list, tuple or dict displays or comprehensions (no other
+    binding, comprehension variables and unpacking included): a builtin on them iterates the
+    container (``sum(parts)``), not a tensor's dim 0."""
+    made = [t for n in walk(node) if isinstance(n, ast.Assign) and isinstance(n.value, DISPLAYS)
+            for t in n.targets if isinstance(t, ast.Name)]
+    other = {n.id for n in walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+             and not any(n is t for t in made)}
+    return {t.id for t in made} - other
