@@ -1,12 +1,14 @@
 """Distributed training: 2 processes, gloo on CPU over loopback, train a small model for 3 steps
 under DistributedDataParallel and under FSDP2 (``fully_shard``) with an ``optimize_loss`` loss,
 compiled and not; the parameters after the steps equal those of the same run with the original
-loss. Workers are spawned with bounded timeouts and write their parameters to files."""
+loss. Workers are spawned with bounded timeouts and write their parameters to files, and the last
+stage each reached, so that a crash says where it happened."""
 from __future__ import annotations
 
 import datetime
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -58,20 +60,33 @@ def _train(wrapper: str, loss_name: str, rank: int) -> list[torch.Tensor]:
             for p in model.parameters()]
 
 
+def _stage(out_dir: str, rank: int, stage: str) -> None:
+    with open(os.path.join(out_dir, f"rank{rank}.stage"), "w") as f:
+        f.write(stage)
+
+
 def _worker(rank: int, port: int, out_dir: str, wrapper: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's own connections on loopback too
+    _stage(out_dir, rank, "init_process_group")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-    try:
-        result = {}
-        for loss_name in LOSSES:
-            try:
-                result[loss_name] = _train(wrapper, loss_name, rank)
-            except Exception as exc:  # noqa: BLE001 - reported by the parent
-                result[loss_name] = f"{type(exc).__name__}: {exc}"
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    result = {}
+    for loss_name in LOSSES:
+        _stage(out_dir, rank, f"training with the {loss_name} loss")
+        try:
+            result[loss_name] = _train(wrapper, loss_name, rank)
+        except Exception as exc:  # noqa: BLE001 - reported by the parent
+            result[loss_name] = f"{type(exc).__name__}: {exc}"
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    _stage(out_dir, rank, "teardown, results saved")
+    dist.barrier()  # no collective of either rank is in flight when the groups go
+    dist.destroy_process_group()
+    # Interpreter finalization can destroy gloo's worker threads while they are still joinable
+    # (std::terminate, SIGABRT; seen once in CI under FSDP2): the results are saved, so leave
+    # without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
@@ -88,6 +103,11 @@ def run_workers(tmp_path, wrapper: str) -> list[dict]:
         while not ctx.join(timeout=max(1, deadline - time.monotonic())):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{wrapper} workers still running after {TIMEOUT_S} s")
+    except Exception as exc:
+        stages = [(tmp_path / f"rank{r}.stage") for r in range(WORLD)]
+        reached = ", ".join(f"rank {r}: {p.read_text() if p.exists() else 'not started'}"
+                            for r, p in enumerate(stages))
+        raise AssertionError(f"{wrapper} workers failed ({reached})") from exc
     finally:
         for process in ctx.processes:
             if process.is_alive():
