@@ -129,9 +129,9 @@ loss = _outs[0]
 # checks
 isinstance(_w_stacked, torch.Tensor) and min(len(_preds_stacked), len(_targets_stacked)) <= _w_stacked.shape[0] and isinstance(_preds_stacked, torch.Tensor) and _preds_stacked.dim() > 0 and isinstance(_targets_stacked, torch.Tensor) and _targets_stacked.dim() > 0 and isinstance(min(len(_preds_stacked), len(_targets_stacked)), int) and min(len(_preds_stacked), len(_targets_stacked)) > 0
 # prelude
-_preds_stacked = torch.stack(tuple(preds)) if (type(preds) is list or (isinstance(preds, tuple) and type(preds).__getitem__ is tuple.__getitem__ and (type(preds).__iter__ is tuple.__iter__) and (type(preds).__len__ is tuple.__len__))) and len(preds) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == preds[0].shape and (_v.dtype == preds[0].dtype) and (_v.device == preds[0].device) for _v in preds)) else preds
-_targets_stacked = torch.stack(tuple(targets)) if (type(targets) is list or (isinstance(targets, tuple) and type(targets).__getitem__ is tuple.__getitem__ and (type(targets).__iter__ is tuple.__iter__) and (type(targets).__len__ is tuple.__len__))) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
-_w_stacked = torch.stack(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else w
+_preds_stacked = _stack_items(tuple(preds)) if (type(preds) is list or (isinstance(preds, tuple) and type(preds).__getitem__ is tuple.__getitem__ and (type(preds).__iter__ is tuple.__iter__) and (type(preds).__len__ is tuple.__len__))) and len(preds) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == preds[0].shape and (_v.dtype == preds[0].dtype) and (_v.device == preds[0].device) for _v in preds)) else preds
+_targets_stacked = _stack_items(tuple(targets)) if (type(targets) is list or (isinstance(targets, tuple) and type(targets).__getitem__ is tuple.__getitem__ and (type(targets).__iter__ is tuple.__iter__) and (type(targets).__len__ is tuple.__len__))) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
+_w_stacked = _stack_items(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else w
 # outline
 if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1: ...
 loss = _outs[0]
@@ -168,7 +168,7 @@ try:
     _part_rows = [part[i + 1] for i in range(5)]
 except Exception:
     _part_rows = None
-_part_rows = torch.stack(tuple(_part_rows)) if (type(_part_rows) is list or (isinstance(_part_rows, tuple) and type(_part_rows).__getitem__ is tuple.__getitem__ and (type(_part_rows).__iter__ is tuple.__iter__) and (type(_part_rows).__len__ is tuple.__len__))) and len(_part_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _part_rows[0].shape and (_v.dtype == _part_rows[0].dtype) and (_v.device == _part_rows[0].device) for _v in _part_rows)) else _part_rows
+_part_rows = _stack_items(tuple(_part_rows)) if (type(_part_rows) is list or (isinstance(_part_rows, tuple) and type(_part_rows).__getitem__ is tuple.__getitem__ and (type(_part_rows).__iter__ is tuple.__iter__) and (type(_part_rows).__len__ is tuple.__len__))) and len(_part_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _part_rows[0].shape and (_v.dtype == _part_rows[0].dtype) and (_v.device == _part_rows[0].device) for _v in _part_rows)) else _part_rows
 # body
 loss += ce(_part_rows[i], y)
 """),
@@ -194,7 +194,7 @@ try:
     _outputs_rows = [outputs['color', f] for f in frames]
 except Exception:
     _outputs_rows = None
-_outputs_rows = torch.stack(tuple(_outputs_rows)) if (type(_outputs_rows) is list or (isinstance(_outputs_rows, tuple) and type(_outputs_rows).__getitem__ is tuple.__getitem__ and (type(_outputs_rows).__iter__ is tuple.__iter__) and (type(_outputs_rows).__len__ is tuple.__len__))) and len(_outputs_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _outputs_rows[0].shape and (_v.dtype == _outputs_rows[0].dtype) and (_v.device == _outputs_rows[0].device) for _v in _outputs_rows)) else _outputs_rows
+_outputs_rows = _stack_items(tuple(_outputs_rows)) if (type(_outputs_rows) is list or (isinstance(_outputs_rows, tuple) and type(_outputs_rows).__getitem__ is tuple.__getitem__ and (type(_outputs_rows).__iter__ is tuple.__iter__) and (type(_outputs_rows).__len__ is tuple.__len__))) and len(_outputs_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _outputs_rows[0].shape and (_v.dtype == _outputs_rows[0].dtype) and (_v.device == _outputs_rows[0].device) for _v in _outputs_rows)) else _outputs_rows
 # body
 loss += (_outputs_rows[_i] - y).abs().mean()
 """),
