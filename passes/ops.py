@@ -248,7 +248,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("sort", total=True, derivative="constant"),
     _t("any", fn=False, batched="reduction", dim_rank=-1, total=True, counts_true=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
-    _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
+    _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
