@@ -377,8 +377,9 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
 
     out += ["", "## Steady forward+backward", "",
             "Loops: from the report of `optimize_loss compile=False` after its first call at bench "
-            "size, helpers' loops included; `(k ran so)`: only k of the vectorized loops ran their "
-            "vectorized form in that call (a runtime check was false, or it raised).", "",
+            "size, helpers' loops included; `(k ran so)`: only k of the vectorized loops ran "
+            "vectorized in that call, by themselves or inside an outer loop's vectorized form (a "
+            "runtime check was false, or it raised).", "",
             "| case | loops | distributed | naive eager | torch.compile(naive) | optimize_loss eager "
             "| optimize_loss compiled | expert eager | expert compiled | optimized / best expert "
             "| naive / optimized | optimized / original (eager) | equivalent |",
@@ -572,7 +573,7 @@ def _loops(info: dict | None, case: dict) -> str:
     loops = info["loops"]
     vectorized = sum(1 for loop in loops if loop[1])
     text = f"{vectorized}/{len(loops)} vectorized"
-    ran = sum(1 for loop in loops if loop[1] and loop[4:5] != [0])  # no count: before a call
+    ran = sum(1 for loop in loops if loop[1] and loop[5:6] != [False])  # none: before a call
     text += f" ({ran} ran so)" if ran < vectorized else ""
     return text + (", fallback" if info.get("fallbacks") else "")
 

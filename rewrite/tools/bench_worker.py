@@ -268,10 +268,11 @@ def rewrite_info(module: Any) -> dict:
 
 
 def loop_rows(report: Report) -> list[list]:
-    """Per loop of ``report``: line, vectorized, strategy, reason, and how often its vectorized
-    form ran in the counted calls (0 before any call)."""
-    return [[loop.lineno, loop.vectorized, loop.strategy, loop.reason, loop.vectorized_runs]
-            for loop in report.loops]
+    """Per loop of ``report``: line, vectorized, strategy, reason, how often its vectorized form
+    ran in the counted calls (0 before any call), and whether it ran vectorized in them, by
+    itself or inside an outer loop's vectorized form (``Report.ran_vectorized``)."""
+    return [[loop.lineno, loop.vectorized, loop.strategy, loop.reason, loop.vectorized_runs,
+             bool(report.ran_vectorized(loop))] for loop in report.loops]
 
 
 def run_job(job: int, path: str, name: str, budget: float, spec: dict,
