@@ -128,9 +128,13 @@ def cpu_paired_ratio(result: dict | None) -> Ratio | None:
     their two adjacent blocks (``bench_worker.steady``), with its 95% interval; None when the
     job did not take them."""
     result = result or {}
-    if not result.get("paired_cpu_samples"):
-        return None
-    ratios = [p / c for p, c in zip(result["paired_cpu_samples"], result["cpu_samples"]) if c > 0]
+    return paired_ratio(result.get("paired_cpu_samples"), result.get("cpu_samples"))
+
+
+def paired_ratio(paired: list[float] | None, timed: list[float] | None) -> Ratio | None:
+    """The median over rounds of ``paired``'s time over ``timed``'s (the two blocks of a round),
+    with its 95% interval; None without rounds."""
+    ratios = [p / c for p, c in zip(paired or [], timed or []) if c > 0]
     return Ratio(statistics.median(ratios), False, *median_interval(ratios)) if ratios else None
 
 
