@@ -113,7 +113,7 @@ def _row(row: dict) -> str:
         ran += " (inside the vectorized form of line " + ", ".join(
             str(line) for line in row["as_written"] if line != row["line"]) + ")"
     if row.get("error"):
-        speedup = f"error: {row['error']}"
+        speedup = f"not timed, as written it raised {row['error']}"
     elif row["speedup"] is not None:
         speedup = f"{row['speedup']} {mark(row['speedup'].value >= SPEEDUP)}"
     else:
