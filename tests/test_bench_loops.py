@@ -62,7 +62,7 @@ class FakeClock:
 
 class FakeOptimized:
     """An optimized function's report and forms: the rewritten function costs 1 ms, with the
-    loops at some lines as written ``costs[lines]`` (raising when that is an exception)."""
+    loops at some lines as written ``costs[lines]`` (its calls raise when that is an exception)."""
 
     def __init__(self, clock, report, costs):
         self.report, self.clock, self.costs, self.asked = report, clock, costs, []
@@ -74,7 +74,9 @@ class FakeOptimized:
         self.asked.append(tuple(lines))
         cost = self.costs[tuple(lines)]
         if isinstance(cost, Exception):
-            raise cost
+            def call(*args):
+                raise cost
+            return call
         return self.clock.costing(cost)
 
 
@@ -104,18 +106,25 @@ def test_each_loop_that_ran_vectorized_is_timed_against_its_own_form(user, monke
     assert rows[3]["runs"] == kept.runs()
 
 
-def test_a_form_that_cannot_run_is_said_and_the_next_loop_is_timed(user, monkeypatch):
+def test_a_loop_that_cannot_run_as_written_alone_is_timed_with_its_caller(user, monkeypatch):
+    # a helper's loop that another loop's vmapped body calls raises as written inside it: it is
+    # timed with that loop as written too; a loop that raises with every caller is said
     clock = FakeClock(monkeypatch)
     report = Report("beside", user.__file__, 11)
-    first, second = report.add_loop(13, True, "batched", ""), report.add_loop(6, True, "vmap", "")
-    first.vectorized_runs = second.vectorized_runs = 1
+    for line in (13, 6, 7):
+        report.add_loop(line, True, "vmap", "").vectorized_runs = 1
     error = RuntimeError("vmap: data-dependent control flow\nmore text")
-    fn = FakeOptimized(clock, report, {(13,): error, (6,): 2e-3})
+    fn = FakeOptimized(clock, report, {(13,): error, (6, 13): 5e-3, (6,): 2e-3, (7,): error,
+                                       (7, 13): KeyError("other"), (6, 7): error})
     done = []
     bench_worker.loop_speedups(fn, (torch.zeros(2),), 1.0, 0.01, lambda: None, done.append)
-    assert done[-1][0]["error"] == "RuntimeError: vmap: data-dependent control flow"
-    assert bench_loops.loop_speedup(done[-1][0]) is None
-    assert bench_loops.loop_speedup(done[-1][1]).value == pytest.approx(2.0)
+    helper, caller, failing = done[-1]
+    assert helper["as_written"] == [6, 13] and caller["as_written"] == [6]
+    assert bench_loops.loop_speedup(helper).value == pytest.approx(5.0)
+    assert bench_loops.loop_speedup(caller).value == pytest.approx(2.0)
+    assert failing["error"] == "RuntimeError: vmap: data-dependent control flow"
+    assert bench_loops.loop_speedup(failing) is None and "as_written" not in failing
+    assert fn.asked[-3:] == [(7,), (7, 13), (6, 7)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

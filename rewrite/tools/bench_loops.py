@@ -10,7 +10,8 @@ form times per loop), forward+backward at the ``bench`` size, in rounds that alt
 form's time over the rewritten one's (CPU times on one thread), with its 95% interval. Timed
 are the loops that ran vectorized in the first call, by the report's run-time counts (by
 themselves, or inside an outer loop's vectorized form: then that outer loop is as written too,
-since the inner loop's vectorized form is part of it).
+since the inner loop's vectorized form is part of it; so is the loop whose vmapped body calls a
+helper's loop that cannot run as written there).
 
 A suite may classify its loops by what their iterations do (``SUITE_DIR/loop_classes.py``:
 ``loop_class(case, line)`` and ``INDEPENDENT``, as ``examples/real/`` does): the count then says
@@ -88,8 +89,10 @@ def markdown(meta: dict, rows: dict[str, list[dict]], counts: dict, target: dict
     out = ["# LossBench per loop", "", run_line(meta), "",
            f"Each loop that ran vectorized in the first call at the `bench` size (the report's "
            f"run-time counts) is timed: the rewritten function (`compile=False`) against the same "
-           f"function with that loop as written (and the loop around it whose vectorized form ran "
-           f"it, for an inner loop), forward+backward, in rounds alternating the two for at least "
+           f"function with that loop as written (with the loop around it whose vectorized form ran "
+           f"it, for an inner loop; with the loop whose vmapped body calls it, for a helper's loop "
+           f"that cannot run as written inside it: the lines in the column \"timed as written\"), "
+           f"forward+backward, in rounds alternating the two for at least "
            f"{meta['min_time_s']:g} s within {meta['budget_s']:g} s per loop; speedup: the median "
            f"over rounds of the as-written form's time over the rewritten one's "
            f"({'CPU' if meta['threads'] == 1 else 'wall'} times), with its 95% interval.", "",

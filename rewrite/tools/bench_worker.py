@@ -373,7 +373,8 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
     """Per loop of ``fn``'s report after its first call: what it is and what ran (``runs``, and
     ``ran_vectorized``: by itself or inside an outer loop's vectorized form, counted in that
     call), and for a loop that ran vectorized, the rewritten function with that loop as written
-    (``as_written``: its line, and those of the loops whose vectorized form ran it) timed
+    (``as_written``: its line, those of the loops whose vectorized form ran it, and the one
+    whose vmapped body calls it when as written it cannot run there: ``_runnable_form``) timed
     against the rewritten function, forward+backward, in alternating rounds for at least
     ``min_time`` and ``LOOP_ROUNDS`` rounds within ``budget`` seconds per loop (``samples``,
     ``paired_samples``: the rewritten function's and the loop's form's seconds per call; on one
@@ -381,26 +382,45 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
     before each timed loop; ``done(rows)`` with the rows so far after each loop."""
     report, rows = fn.report, []
     rewritten = fwd_bwd(fn.rewritten_function(), inputs)
-    for loop in report.loops:
-        ran = report.ran_vectorized(loop)
+    ran = [report.ran_vectorized(loop) for loop in report.loops]
+    callers = [loop.lineno for loop, lines in zip(report.loops, ran) if lines == {loop.lineno}]
+    for loop, lines in zip(report.loops, ran):
         row = {"file": loop.filename, "line": loop.lineno, "vectorized": loop.vectorized,
-               "strategy": loop.strategy, "runs": loop.runs(), "ran_vectorized": bool(ran)}
+               "strategy": loop.strategy, "runs": loop.runs(), "ran_vectorized": bool(lines)}
         rows.append(row)
-        if ran:
+        if lines:
             started()
-            row["as_written"] = sorted(ran | {loop.lineno})
             try:
-                kept = fwd_bwd(fn.rewritten_with_loops_as_written(row["as_written"]), inputs)
+                row["as_written"], kept = _runnable_form(fn, lines | {loop.lineno}, callers, inputs)
                 samples, paired, cpu = alternating(rewritten, kept, time.perf_counter() + budget,
                                                    min_time, 250, LOOP_ROUNDS)
             except Exception as exc:
-                # (a loop called from another loop's vmapped body cannot run as written there)
                 message = str(exc).partition("\n")[0][:200]
                 row["error"] = f"{type(exc).__name__}: {message}"
             else:
                 row.update(samples=samples, paired_samples=paired, cpu_samples=cpu[0],
                            paired_cpu_samples=cpu[1])
         done(rows)
+
+
+def _runnable_form(fn: Any, lines: set[int], callers: list[int],
+                   inputs: tuple) -> tuple[list[int], Callable[[], None]]:
+    """The lines and the call (forward+backward) of the rewritten function with the loops at
+    ``lines`` as written, called once to see it run; when it raises, with the first loop of
+    ``callers`` as written too with which it runs (a loop of a helper that another loop's
+    vmapped body calls cannot run as written inside it: with that loop as written, it runs),
+    else the first error."""
+    error = None
+    for caller in [set()] + [{c} for c in callers if c not in lines]:
+        form = sorted(lines | caller)
+        call = fwd_bwd(fn.rewritten_with_loops_as_written(form), inputs)
+        try:
+            call()
+        except Exception as exc:
+            error = error or exc
+        else:
+            return form, call
+    raise error
 
 
 def original_is_close(fn: Any) -> bool:
