@@ -1,6 +1,9 @@
 """LossBench: ``python -m rewrite bench [SUITE_DIR] [--quick] [--cases a,b] [--json OUT] [--markdown OUT]``.
 
-``--per-loop``: instead, each loop's own speedup (``rewrite.tools.bench_loops``).
+``--per-loop``: instead, each loop's own speedup (``rewrite.tools.bench_loops``); its JSON has
+``meta``, ``cases`` (name -> ``case``, ``variants``: the raw ``optimized_per_loop`` job, its rows
+in ``per_loop``, ``loops``: those rows with ``where``, ``class``, ``why`` and ``speedup``),
+``counts`` (``bench_loops.loop_counts``) and ``targets`` (R1).
 
 For every example module of the suite (``naive``, ``expert``, ``make_inputs(size)``, ``CASE``),
 forward+backward at the ``bench`` size, median of repeats after warm-up, with a fixed thread count:
