@@ -7,7 +7,6 @@ import json
 import math
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,23 +19,7 @@ from rewrite.tools.bench_report import Ratio
 from rewrite.tools.cli import main
 from tests.helpers import load_module
 from tests.test_bench import HEADER, SUITE
-
-NESTED = '''
-import torch
-
-def nested(x):
-    total = 0
-    for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            total = total + (x[i, j] ** 2).sum()
-    return total
-
-def beside(x):
-    total = 0
-    for i in range(x.shape[0]):
-        total = total + x[i].sum()
-    return total
-'''
+from tests.test_loop_run_counts import NESTED  # nested loops at lines 6 and 7, a loop at 13
 
 
 @pytest.fixture

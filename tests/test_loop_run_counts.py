@@ -167,6 +167,12 @@ def nested(x):
         for j in range(x.shape[1]):
             total = total + (x[i, j] ** 2).sum()
     return total
+
+def beside(x):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + x[i].sum()
+    return total
 '''
 
 
