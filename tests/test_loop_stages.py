@@ -1900,7 +1900,7 @@ def f(emb, cens):
                 cen = own_centroid(emb, s)
             out[s, c] = cen.sum()
     return out
-""", ('body',),
+""", ('body', 'helper_checks'),
      """
 # body
 if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and any((s == _k for _k in range(0, len(cens), 1))) and isinstance(s, int):
@@ -1929,10 +1929,11 @@ else:
         if s == c:
             cen = own_centroid(emb, s)
         out[s, c] = cen.sum()
+# helper_checks
 """,
      """
 # body
-if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and _run_eagerly(lambda: all((any((_s == _k for _k in range(0, len(cens), 1))) for _s in range(0, emb.shape[0], 1)))) and isinstance(s, int):
+if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and isinstance(s, int):
     'optimize_loss: loop at line 4 vectorized'
     _cen_1 = own_centroid(emb, s)
     if not isinstance(s, torch.Tensor) and (not (isinstance(_cen_1, torch.Tensor) and _cen_1.requires_grad)) and (cens.dim() == 1) and (not isinstance(_cen_1, torch.Tensor)):
@@ -1958,6 +1959,8 @@ else:
         if s == c:
             cen = own_centroid(emb, s)
         out[s, c] = cen.sum()
+# helper_checks
+_run_eagerly(lambda: all((any((_s == _k for _k in range(0, len(cens), 1))) for _s in range(0, emb.shape[0], 1))))
 """),
     (index_value_checks_to_ranges, """
 def f(x, w, n):
@@ -1968,7 +1971,7 @@ def f(x, w, n):
             row = row + w[j] * x[i]
         total = total + row
     return total
-""", ('body',),
+""", ('body', 'helper_checks'),
      """
 # body
 row = 0
@@ -1992,6 +1995,7 @@ else:
     for j in range(4):
         row = row + w[j] * x[i]
 total = total + row
+# helper_checks
 """,
      """
 # body
@@ -2016,6 +2020,7 @@ else:
     for j in range(4):
         row = row + w[j] * x[i]
 total = total + row
+# helper_checks
 """),
     (split_tuple_assignments, """
 def f(prob, onehot, ignore):

@@ -32,6 +32,11 @@ eagerly under torch.compile, which would unroll it and specialise the sizes::
 
     if i != k: s += e                   ->   if run_eagerly(lambda: any(i != k for i in range(...))):
 
+An exclusion (``i != k``, ``not i == k``) passes some index of two or more whatever the one
+value ``k`` is: a 0-d tensor ``k`` (a loop index a vmapped caller hands over, which the host
+cannot read) is not compared then (``len(range(...)) > 1 and isinstance(k, torch.Tensor) and
+k.numel() == 1 or any(...)``).
+
 An inner loop's guard would be a tensor condition of the outer body: its folds stay, marked with
 a counter of the iterations that selected (``ast_marks.SELECTED_BY``: ``c = c + _outs[1].sum()``,
 summed by the outer loop like its accumulators, zeroed before the outermost) or, under index

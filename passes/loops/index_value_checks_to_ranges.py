@@ -8,16 +8,17 @@ that varies with the iteration, so it is evaluated for every index of the range,
 the original's ints, eagerly under torch.compile (which would unroll it, specialising the
 bounds)::
 
-    for s, spk in enumerate(emb):               check: run_eagerly(lambda: all(
+    for s, spk in enumerate(emb):               check (last): run_eagerly(lambda: all(
         if <...> and any(s == _k for _k in          any(_s == _k for _k in range(0, len(cens), 1))
                          range(0, len(cens), 1)):   for _s in range(0, len(emb), 1)))
-            'optimize_loss: loop ... vectorized'
-            ...
+            'optimize_loss: loop ... vectorized'    body: if <...>:
+            ...                                               'optimize_loss: loop ... vectorized'
 
 Taken for conjuncts of the inner guards where this loop's index (a ``range`` or ``enumerate``
 index) is read only as an operand of comparisons, and no other name the body binds is read: a
 check of the index's type (``type(s) is int``) states what a tensor index would break, and
-stays. ``inline_inner_loops`` then takes the rewritten check as one that does not vary.
+stays. The check joins those read once the loop runs at all (``plan.helper_checks``): the
+bounds are ints by then.
 """
 from __future__ import annotations
 
@@ -36,24 +37,33 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if not it.index_is_user:
         return plan
     varying = stores_in(plan.body) | {name for name, _ in it.elements}
-    _Guards(plan, varying, ctx).visit(ast.Module(plan.body, []))
+    guards = _Guards(plan, varying, ctx)
+    guards.visit(ast.Module(plan.body, []))
+    # read last, as the inner checks were: once this loop's own checks hold (its bounds are ints)
+    plan.helper_checks = plan.helper_checks + guards.lifted
     return plan
 
 
 class _Guards(Transformer):
-    """Rewrites the qualifying conjuncts of the vectorized guards it visits, in place."""
+    """Takes the qualifying conjuncts out of the vectorized guards it visits (in place) into
+    ``lifted``, each over the index's range."""
 
     def __init__(self, plan: LoopPlan, varying: set[str], ctx: PassContext):
         self.plan, self.varying, self.ctx = plan, varying, ctx
+        self.lifted: list[ast.expr] = []
 
     def visit_If(self, node: ast.If) -> ast.If:
         if not is_vectorized_guard(node):
             return self.generic_visit(node)
-        index = self.plan.iteration.index
-        tests = [self._over_range(g) if _value_check(g, index) and not loads(g) & self.varying
-                 else g for g in conjuncts(node.test)]
-        node.test = tests[0] if len(tests) == 1 else ast.copy_location(
-            ast.BoolOp(ast.And(), tests), node.test)
+        index, kept = self.plan.iteration.index, []
+        for g in conjuncts(node.test):
+            if _value_check(g, index) and not loads(g) & self.varying:
+                self.lifted.append(self._over_range(g))
+            else:
+                kept.append(g)
+        node.test = ast.copy_location(
+            kept[0] if len(kept) == 1 else ast.BoolOp(ast.And(), kept) if kept
+            else ast.Constant(True), node.test)
         return node
 
     def _over_range(self, g: ast.expr) -> ast.expr:
