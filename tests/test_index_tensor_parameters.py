@@ -72,18 +72,23 @@ def test_loops_around_a_helper_taking_index_tensors_run_vectorized(tmp_path, dty
     assert (outer.vectorized_runs, outer.failed_runs, outer.original_runs) == (1, 0, 0)
 
 
-def test_a_helper_testing_the_index_in_python_keeps_the_loop_handing_it(tmp_path):
-    """``range(k)`` needs the int: the loop over ``u`` stays, its inner loop vectorized."""
-    src = LOSS.replace("""        if j == k:
-            continue
-        acc = acc + row""", """        if j == k:
-            continue
-        acc = acc + row * len(range(k))""")
+@pytest.mark.parametrize("helper_loop", [
+    # `range(k)` needs the int
+    "        if j == k:\n            continue\n        acc = acc + row * len(range(k))",
+    # whether some row is selected is not known on the host for a tensor `k`
+    "        if j == k:\n            acc = acc + row",
+])
+def test_a_helper_testing_the_index_in_python_keeps_the_loop_handing_it(tmp_path, helper_loop):
+    """The loop over ``u`` stays, its inner loop vectorized in each iteration."""
+    src = LOSS.replace("        if j == k:\n            continue\n        acc = acc + row",
+                       helper_loop)
+    assert src != LOSS
     user = load_module(tmp_path, src)
     report = equivalent_report(user.f, *_inputs(torch.float64))
-    middle = _loop(report, MIDDLE)
+    shift = src.count("\n") - LOSS.count("\n")  # lines the helper's loop gained
+    middle = _loop(report, MIDDLE + shift)
     assert not middle.vectorized and "type(u) is int" in middle.reason, middle.reason
-    assert _loop(report, INNER).vectorized_runs == 12
+    assert _loop(report, INNER + shift).vectorized_runs == 12
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -8,10 +8,10 @@ parameter ``j`` it never rebinds and reads only
 
 - as a whole entry of a subscript (``x[j]``, ``x[s, j]``: a 0-d integer tensor indexes as the int
   does),
-- compared by ``==`` or ``!=`` with the index of one of its own ``for`` loops
-  (``if u == j: continue``: the loop's stages make that test a mask, and the test whether any
-  iteration passes an exclusion holds without reading ``j`` when the loop has two iterations or
-  more, see ``fold_accumulators``),
+- in the exclusion of one index of its own ``for`` loop (``if u == j: continue`` first in the
+  body, or ``if u != j:`` as the whole body): the loop's stages make that test a mask, and the
+  test whether any iteration passes holds without reading ``j`` when the loop has two
+  iterations or more (``fold_accumulators``),
 - as the cut ``torch.cat((x[:j], x[j + 1:]))`` (``cuts_at_tensor_indices`` gathers for a tensor),
 
 gets the same values from a tensor ``j``. A form of the helper that still cannot take one (its
@@ -64,20 +64,22 @@ def _takes_tensor(func: ast.FunctionDef, param: str, ctx: PassContext) -> bool:
 
 
 def _compared_with_index(loop: ast.For, param: str) -> set[int]:
-    """``param`` in ``i == param`` / ``i != param`` (either side), ``i`` the loop's index (its
-    target, or the first of ``for i, x in enumerate(...)``), in an ``if`` test of the loop."""
+    """``param`` in the exclusion of one index of the loop (its target, or the first of ``for
+    i, x in enumerate(...)``): ``if i == param: continue`` first in its body, or ``if i !=
+    param:`` (either side) as its whole body, without ``else``."""
     target = loop.target.elts[0] if isinstance(loop.target, ast.Tuple) and loop.target.elts \
         else loop.target
-    if not isinstance(target, ast.Name):
+    first = loop.body[0]
+    if not (isinstance(target, ast.Name) and isinstance(first, ast.If) and not first.orelse
+            and isinstance(first.test, ast.Compare) and len(first.test.ops) == 1):
         return set()
-    found = set()
-    for n in (n for s in loop.body for n in walk(s) if isinstance(n, ast.If)):
-        for c in (c for c in walk(n.test) if isinstance(c, ast.Compare)):
-            sides = [c.left, *c.comparators]
-            if len(c.ops) == 1 and isinstance(c.ops[0], (ast.Eq, ast.NotEq)) \
-                    and any(is_name(s, target.id) for s in sides):
-                found |= {id(s) for s in sides if is_name(s, param)}
-    return found
+    skip = isinstance(first.test.ops[0], ast.Eq) and len(first.body) == 1 \
+        and isinstance(first.body[0], ast.Continue)
+    only = isinstance(first.test.ops[0], ast.NotEq) and len(loop.body) == 1
+    sides = [first.test.left, first.test.comparators[0]]
+    if not (skip or only) or not any(is_name(x, target.id) for x in sides):
+        return set()
+    return {id(x) for x in sides if is_name(x, param)}
 
 
 def _cut_bounds(call: ast.Call, param: str, ctx: PassContext) -> set[int]:
