@@ -492,5 +492,6 @@ def _arguments(call: ast.Call, helper: _Helper) -> list[tuple[str, object]]:
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body, plan.helper_checks = rewrite(plan.node, plan.body, ctx)
+    plan.body, checks = rewrite(plan.node, plan.body, ctx)
+    plan.helper_checks = plan.helper_checks + checks  # after those of earlier stages
     return plan
