@@ -18,8 +18,10 @@ fresh names, and the branch only binds its names to them (a total read, which th
 The test is evaluated on the host, in Python, for every index, as the original does; when no
 index meets it the loop runs as written (the branch never runs, so neither does its work). Taken
 only for branches of plain name assignments, one of them calling something not total (else the
-mask already handles the branch), with no ``else`` and no call with an effect (random numbers,
-I/O, mutation): the original's calls, run once per selected iteration, give one value.
+mask already handles the branch), with no call with an effect (random numbers, I/O, mutation):
+the original's calls, run once per selected iteration, give one value. An ``else`` stays as
+written (``if k == j: c = own(...)`` / ``else: c = cents[k]``): it runs on every iteration under
+the mask, as any branch does, and is refused there when it may fail.
 Enclosing loops' indices handed to a function the registry does not know must be Python ints
 (``type(u) is int``, part of the check): such a function may test them in Python, which an
 enclosing loop mapping over its index with vmap would break; that loop is then kept, with this
@@ -45,7 +47,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     bound = stores_in(plan.body) | {name for name, _ in it.elements} | {it.index}
     for s in plan.body:
-        if isinstance(s, ast.If) and not s.orelse and on_indices(s.test, it.index, bound) \
+        if isinstance(s, ast.If) and on_indices(s.test, it.index, bound) \
                 and _invariant_work(s.body, bound, ctx):
             s.body = _hoisted(s, plan, ctx)
     return plan
