@@ -89,15 +89,23 @@ ELSE = LOSS.replace("""        if c == k:
 """)
 
 
+PICK = LOSS.replace("""        if c == k:
+            row = own(x, k)
+""", """        row = own(x, k) if c == k else row * 2
+""")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["plain", "nan", "inf"])
 @pytest.mark.parametrize("k", [0, 3, 9])
-def test_an_else_branch_stays_masked_and_the_if_branch_runs_once(tmp_path, dtype, kind, k):
-    """``if c == k: row = own(x, k)`` / ``else: row = row * 2`` (GE2E's ``own if k == j else
-    cents[k]``): the call runs once, the ``else`` on every iteration under the mask; none
-    meeting the test (k = 9) runs the loop as written."""
-    assert ELSE != LOSS
-    user = load_module(tmp_path, ELSE)
+@pytest.mark.parametrize("source", ["else", "pick"])
+def test_an_else_branch_stays_masked_and_the_if_branch_runs_once(tmp_path, dtype, kind, k, source):
+    """``if c == k: row = own(x, k)`` / ``else: row = row * 2``, or the conditional expression
+    (GE2E's ``own(...) if k == j else cents[k]``): the call runs once, the ``else`` on every
+    iteration under the mask; none meeting the test (k = 9) runs the loop as written."""
+    src = {"else": ELSE, "pick": PICK}[source]
+    assert src != LOSS
+    user = load_module(tmp_path, src)
     x, w = _inputs(dtype)
     if kind != "plain":
         x.data[1, 2] = float(kind)
