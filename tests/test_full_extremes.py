@@ -135,3 +135,15 @@ def test_selected_integers_take_amax_and_a_mask_not_varying_under_vmap():
     want = torch.stack([r[mask].max() for r in x])
     _exact(got, want)
     _exact(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+
+
+def test_selected_double_backward_is_eagers():
+    x = torch.tensor([[1., 3., 3.], [NAN, 2., NAN], [5., 1., 7.]], dtype=torch.float64,
+                     requires_grad=True)
+    mask = torch.tensor([[True, True, True], [True, False, True], [True, True, False]])
+    g = torch.tensor([2., 3., 4.], dtype=torch.float64, requires_grad=True)
+    grads = []
+    for got in (torch.stack([r[m].max() for r, m in zip(x, mask)]), max_of_selected(x, mask, 1)):
+        first, = torch.autograd.grad(got, x, g, create_graph=True)
+        grads.append(torch.autograd.grad((first * torch.arange(9.).view(3, 3)).sum(), g)[0])
+    _exact(*grads)
