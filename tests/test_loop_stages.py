@@ -1627,14 +1627,14 @@ def f(d, lab, n):
 """, ('outline',),
      """
 # outline
-if lab.dim() >= 1 and d.dim() >= 2: ...
+if lab.dim() >= 1: ...
 _empty_max = _empty_max + _outs[0]
 total = _outs[1]
 """,
      """
 # outline
 _empty_max = 0
-if lab.dim() >= 1 and d.dim() >= 2: ...
+if lab.dim() >= 1: ...
 _empty_max = _empty_max + _outs[0]
 torch._assert_async(torch.as_tensor(_empty_max == 0), "max(): Expected reduction dim to be specified for input.numel() == 0. Specify the reduction dim with the 'dim' argument.")
 total = _outs[1]
