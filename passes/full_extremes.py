@@ -16,7 +16,11 @@ backward is eager's too. Under torch.compile that backward is traced into AOTAut
 graph: the ties and the NaN elements are two masks, each read by its own ``where`` (``x != x``:
 Inductor vectorizes it, not ``isnan``), so the partitioner finds saving the reduced values
 cheaper than saving the masks and compares again in the backward's fused kernel (one mask,
-``tie | nan``, was saved from the forward: bool stores, 3x chamfer's steady time). ``start``
+``tie | nan``, was saved from the forward: bool stores, 3x chamfer's steady time). In the
+forward AOTAutograd traces (under its ``FunctionalTensorMode``) the operator is the ``amax``/
+``amin`` it computes, so Inductor fuses it with the ops around it (opaque, it was a library
+call on a stored input: chamfer's compiled forward one kernel instead of two and two calls,
+~5.5 -> ~3.4 ms at 2048x2048). ``start``
 is the first dim reduced (1 batched, 0 in a vmapped body); a slice of one 0-d value is itself.
 Integer and bool values hold no NaN and take no gradient: ``amax`` as before.
 
@@ -33,16 +37,21 @@ slice's minimum where nothing is selected.
 from __future__ import annotations
 
 import torch
+from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+
+def _reduced(x: torch.Tensor, start: int, largest: bool) -> torch.Tensor:
+    return (torch.amax if largest else torch.amin)(x, tuple(range(start, x.dim())))
 
 
 @torch.library.custom_op("optimize_loss::full_extreme", mutates_args=())
 def _full_extreme(x: torch.Tensor, start: int, largest: bool) -> torch.Tensor:
-    return (torch.amax if largest else torch.amin)(x, tuple(range(start, x.dim())))
+    return _reduced(x, start, largest)
 
 
 @_full_extreme.register_fake
 def _full_extreme_shape(x: torch.Tensor, start: int, largest: bool) -> torch.Tensor:
-    return (torch.amax if largest else torch.amin)(x, tuple(range(start, x.dim())))
+    return _reduced(x, start, largest)
 
 
 def _save(ctx, inputs: tuple, output: torch.Tensor) -> None:
@@ -59,6 +68,15 @@ def _backward(ctx, g: torch.Tensor):
 
 
 _full_extreme.register_autograd(_backward, setup_context=_save)
+
+
+@_full_extreme.register_torch_dispatch(FunctionalTensorMode)
+def _traced(mode, func, types, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The forward AOTAutograd traces (below the autograd formula above, which it keeps): the
+    ``amax``/``amin`` it stands for, which Inductor fuses with the ops around it."""
+    x, start, largest = args
+    with mode:
+        return _reduced(x, start, largest)
 
 
 @_full_extreme.register_vmap
@@ -138,7 +156,7 @@ def _extreme(x: torch.Tensor, start: int, largest: bool) -> torch.Tensor:
     if x.dim() == start:
         x = x.unsqueeze(-1)
     if not x.is_floating_point():
-        return (torch.amax if largest else torch.amin)(x, tuple(range(start, x.dim())))
+        return _reduced(x, start, largest)
     return _full_extreme(x, start, largest)
 
 
@@ -150,3 +168,4 @@ def max_of_all(x: torch.Tensor, start: int) -> torch.Tensor:
 def min_of_all(x: torch.Tensor, start: int) -> torch.Tensor:
     """``x.min()`` of every slice ``x[i0, ..., i_start-1]``."""
     return _extreme(x, start, False)
+

@@ -147,3 +147,30 @@ def test_selected_double_backward_is_eagers():
         first, = torch.autograd.grad(got, x, g, create_graph=True)
         grads.append(torch.autograd.grad((first * torch.arange(9.).view(3, 3)).sum(), g)[0])
     _exact(*grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("form", ["batched", "vmap"])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_compiled_forward_is_the_plain_reduction(largest, form, dtype):
+    # the graph a compiler gets computes amax/amin (Inductor fuses it; the operator was an
+    # opaque call), the backward graph still eager's split of ties and NaN's share
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    graphs = []
+
+    def keep(gm, _inputs):
+        graphs.append({str(node.target) for node in gm.graph.nodes})
+        return make_boxed_func(gm.forward)
+    fn, name = (max_of_all, "max") if largest else (min_of_all, "min")
+    x = torch.tensor(_ROWS, dtype=dtype, requires_grad=True)
+    call = (lambda x: fn(x * 1, 1)) if form == "batched" else torch.vmap(lambda r: fn(r * 1, 0))
+    got = torch.compile(call, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))(x)
+    want = torch.stack([getattr(r, name)() for r in x])
+    g = torch.full((len(_ROWS),), NAN, dtype=dtype)
+    g[::2] = 2.0
+    _exact(got, want)
+    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    forward, backward = graphs
+    assert f"aten.a{name}.default" in forward and not any("full_extreme" in t for t in forward)
+    assert "aten.where.self" in backward

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from passes.set_distances import squared_distances, transposed
+from rewrite import optimize_loss
+from rewrite.testing import assert_equivalent
 
 
 def _loop(x, w):
@@ -164,7 +166,6 @@ def test_distances_within_one_set_compile_to_one_graph(dtype, special):
     torch.testing.assert_close(got, want, equal_nan=True)
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_backward_reads_the_cotangent_computed_once(dtype):
     # the cotangent of a masked maximum (``masked_fill(...).amax(1)``) goes through an opaque
@@ -198,3 +199,67 @@ def test_vmapped_compiled_backward_is_the_loops():
     want = torch.autograd.grad(torch.stack([_loop(x[b], w[b]) for b in range(2)]).amax(2).sum(), (x, w))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+def _compiled_targets(f, *args) -> set[str]:
+    """The targets of every node Dynamo traces for ``f``, forward and backward subgraphs too."""
+    explained = torch._dynamo.explain(f)(*args)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    return {str(node.target) for graph in explained.graphs for module in graph.modules()
+            if isinstance(module, torch.fx.GraphModule) for node in module.graph.nodes}
+
+
+def test_compiled_forward_is_fusable_arithmetic():
+    # under torch.compile, no cdist (an opaque library call to Inductor, which then cannot
+    # fuse the distances into the reductions that read them, and writes them for nothing)
+    x, w = _inputs(torch.float32, None)
+    targets = _compiled_targets(lambda x, w: squared_distances(x, w).amin(1).sum(), x, w)
+    assert not any("cdist" in target for target in targets), targets
+    eager = _compiled_targets(lambda x, w: torch.cdist(x, w).amin(1).sum(), x, w)
+    assert any("cdist" in target for target in eager)  # the check sees a cdist where one is
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("special", [None, float("nan"), float("inf"), -float("inf")])
+def test_compiled_value_is_the_loops(dtype, special):
+    # the original's arithmetic, bit for bit (cdist's square root rounds: its square is not),
+    # NaN and infinities where the loop has them; the values of a transposed read too
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(40, 3, generator=gen, dtype=dtype), torch.randn(30, 3, generator=gen, dtype=dtype)
+    if special is not None:
+        x[1, 2], w[3, 0] = special, special
+    assert not torch.equal(torch.cdist(x, w).square(), _loop(x, w))  # the inputs tell them apart
+
+    def both(x, w):
+        d = squared_distances(x, w)
+        return d, transposed(d, w, x)
+    got, got_transposed = torch.compile(both, backend="aot_eager")(x, w)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, _loop(x, w), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(got_transposed, _loop(w, x), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_value_stays_cdists(dtype):
+    # no change outside torch.compile: the direct cdist, squared (no [n, m, D] temporary)
+    x, w = _inputs(dtype, None)
+    want = torch.cdist(x, w, compute_mode="donot_use_mm_for_euclid_dist").square()
+    torch.testing.assert_close(squared_distances(x, w), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("special", [None, "ties", float("nan"), float("inf")])
+def test_compiled_chamfer_is_the_loops(dtype, special):
+    # both directions of a chamfer loss from one set of distances under torch.compile: the
+    # original's value and gradients (a gt point twice: every nearest-neighbour tie shared)
+    from examples import chamfer
+    pred, gt = (t.detach().to(dtype) for t in chamfer.make_inputs())
+    if special == "ties":
+        gt[1] = gt[0]
+        pred[2] = gt[0]
+    elif special is not None:
+        pred[1, 2], gt[3, 0] = special, special
+    optimized = optimize_loss(chamfer.naive, compile=True, backend="aot_eager", strict=True,
+                              verify_compiled=False, keep_faster=False)
+    assert_equivalent(chamfer.naive, optimized, pred.requires_grad_(), gt.requires_grad_())
+    assert optimized.report.loops and all(loop.vectorized for loop in optimized.report.loops)
