@@ -94,11 +94,12 @@ from .. import ast_marks, ops
 from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
-from . import (inline_helper_calls, inline_method_calls, iteration, loop_dataflow,
-               module_loss_calls)
+from . import (distribute_breaks, inline_helper_calls, inline_method_calls, iteration,
+               loop_dataflow, module_loss_calls)
 from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
+from .runtime_checks import MARKER
 
 # Batched forms of ops that do real work per item (elementwise ops, views and layout do not).
 _HEAVY_FORMS = frozenset({"reduction", "dot", "pointwise_loss", "class_loss", "similarity"})
@@ -125,6 +126,7 @@ class _Split:
     residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
     copies: bool = False  # the residual loop reads copies of the stacked tensors
     index: str = ""  # the loop index, a Python int: a call it is handed cannot change it
+    stop: int | None = None  # the position of the `if` ending with the loop's `break`
 
     def hoisted(self) -> list[int]:
         return [k for k in range(len(self.body)) if k not in self.residual]
@@ -151,21 +153,28 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                 stackable: dict) -> Fission | str:
     if node.orelse:
         return "its `else` clause runs after the last iteration"
+    as_written = clone(node)
     body, guards = inline_method_calls.inline(continues_to_else(node.body), ctx)
-    control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)), None)
+    stop = distribute_breaks.the_break(body, distribute_breaks.find(body))
+    control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)
+                    and n is not stop), None)
     if control is not None:
         return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
     try:
         it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
     except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
         return "the loop's header is refused as a whole"
+    if stop is not None and it.elements:
+        return f"{ctx.where(stop)} `break` ends a loop over elements: its iterations are " \
+               "counted first only over a range"
     seeds = {it.index} | {name for name, _ in it.elements}
     iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
     stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
     body, written = _operands_out(body, it.index, seeds, ctx)
     node = ast.copy_location(ast.For(target=node.target, iter=node.iter, body=body, orelse=[],
                                      type_comment=None), node)
-    split = _Split(body, written, index=it.index)
+    split = _Split(body, written, index=it.index, stop=distribute_breaks.find(body))
+    stopped = split.stop is not None
     for k, s in enumerate(node.body):
         local = _exposed_reads(node.body[:k], seeds)[1]
         reason = _own_reason(s, it.index, seeds, ctx, local)
@@ -175,6 +184,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     carried = _mark_carried(split, seeds, ctx)
     variant = loop_dataflow.variant_names(node.body, seeds, ctx)
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
+        _one_side(split, ctx)
         exported = _close(split, live_after, variant, ctx)
         hoisted = [node.body[k] for k in split.hoisted()]
         why_not = _why_not(node, split, carried, exported, ctx)
@@ -182,8 +192,10 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
             return why_not
         point = ctx.namer.checkpoint()
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
+        n, stops = (ctx.namer.new("n"), ctx.namer.new("stops")) if stopped else ("", "")
+        header = distribute_breaks.prefix_loop(node, it, n) if stopped else node
         try:
-            plan = vectorize(new_plan(_hoisted_loop(node, hoisted, lists), set(), ctx,
+            plan = vectorize(new_plan(_hoisted_loop(header, hoisted, lists), set(), ctx,
                                       masks=masks, own_lists=set(lists.values()),
                                       **stackable), ctx)
         except Unsupported as exc:
@@ -195,9 +207,60 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
             continue
         for guard in guards:  # the object runs the methods inlined
             plan.checks.add(guard)
-        return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
-                       _reason(split, plan, ctx))
+        residual = _residual_loop(node, it, split, lists, plan, ctx, stops)
+        if not stopped:
+            return Fission(plan, plan.stmts + residual, _reason(split, plan, ctx))
+        return _counted_first(node, as_written, split, plan, residual, (n, stops), seeds, masks,
+                              vectorize, ctx)
     return "the vectorizer refused every split"
+
+
+def _one_side(split: _Split, ctx: PassContext) -> None:
+    """With a ``break``, only the statements on one side of its ``if`` are hoisted (the
+    iteration that breaks runs those before it, not those after): those before it when its test
+    reads what they bind or they do as much work, else those after. The others stay residual."""
+    at = split.stop
+    before = [k for k in split.hoisted() if at is not None and k < at]
+    after = [k for k in split.hoisted() if at is not None and k > at]
+    if not (before and after):
+        return
+    read = loads(split.body[at].test) & loop_dataflow.stores_in([split.body[k] for k in before])
+    work = [_work([split.body[k] for k in side], ctx) for side in (before, after)]
+    for k in after if read or work[0] >= work[1] else before:
+        split.residual[k] = f"on the other side of the `break` at line {split.body[at].lineno} " \
+                            "than the hoisted statements (one hoisted loop runs one side)"
+
+
+def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: LoopPlan,
+                   residual: list[ast.stmt], names: tuple[str, str], seeds: set[str],
+                   masks: set[str], vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+                   ctx: PassContext) -> Fission | str:
+    """The split of a loop a ``break`` ends (``distribute_breaks``): the ``break`` test of every
+    iteration at once, the number ``_n`` of iterations reaching the hoisted statements, then
+    the hoisted loop over ``range(_n)`` and the residual loop behind the hoisted loop's check
+    (it reads ``_n``), the loop as written where it fails. ``names``: ``_n``, ``_stops``."""
+    body, at = split.body, split.stop
+    picked = distribute_breaks.test_slice(body, at, split.residual)
+    if isinstance(picked, str):
+        return picked
+    partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds, ctx)
+    if partial is not None:
+        return distribute_breaks.partial_reason(partial, ctx)
+    stop, tests = ctx.namer.new("stop"), ctx.namer.new("tests")
+    test = [body[k] for k in picked] + replace("s = t", loc=body[at], s=stop, t=body[at].test)
+    try:
+        first = vectorize(new_plan(_hoisted_loop(node, test, {stop: tests}), set(), ctx,
+                                   masks=masks, own_lists={tests}), ctx)
+    except Unsupported as exc:
+        return f"the `break` test cannot be computed for every iteration first: {exc.reason}"
+    through = all(k < at for k in split.hoisted())
+    count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
+                                      through, node, ctx)
+    marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
+    inner = ast.If(test=plan.checks.expr(), body=[marker] + plan.stmts + residual,
+                   orelse=[as_written])
+    return Fission(first, first.stmts + count + plan.prelude + [ast.copy_location(inner, node)],
+                   _reason(split, plan, ctx))
 
 
 def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
@@ -766,7 +829,7 @@ def _hoisted_loop(node: ast.For, hoisted: list[ast.stmt], lists: dict[str, str])
 
 
 def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str, str],
-                   plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
+                   plan: LoopPlan, ctx: PassContext, stops: str) -> list[ast.stmt]:
     """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
     statements only, each iteration first reading its values: ``n = _n_all[i]``."""
     stmts, header, copied = [], node, set()
@@ -783,18 +846,39 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
         index = ctx.namer.new("k")
         header = replace("for k, t in enumerate(s): pass", loc=node, k=index,
                          t=clone(node.target), s=clone(node.iter))[0]
-    reads = [replace("n = lst[k].clone()" if split.copies and name in copied else "n = lst[k]",
-                     loc=node, n=name, lst=lst, k=index)[0] for name, lst in lists.items()]
-    residual = [s for k, s in enumerate(split.body) if k in split.residual]
-    loop = ast.For(target=header.target, iter=header.iter, body=reads + residual, orelse=[],
-                   type_comment=None)
+    reads = {name: replace("n = lst[k].clone()" if split.copies and name in copied
+                           else "n = lst[k]", loc=node, n=name, lst=lst, k=index)[0]
+             for name, lst in lists.items()}
+    loop = ast.For(target=header.target, iter=header.iter,
+                   body=_residual_body(split, reads, stops, index), orelse=[], type_comment=None)
     return stmts + [ast.copy_location(loop, node)]
+
+
+def _residual_body(split: _Split, reads: dict[str, ast.stmt], stops: str,
+                   index: str) -> list[ast.stmt]:
+    """The reads of the stacked values, then the residual statements; with a ``break``, its
+    ``if`` tests the stacked test of the iteration (``_stops[i]``) and the values of hoisted
+    statements after it are read after it (the iteration that breaks has none)."""
+    at = split.stop
+    after = loop_dataflow.stores_in([split.body[k] for k in split.hoisted()
+                                     if at is not None and k > at])
+    out = [r for name, r in reads.items() if name not in after]
+    for k in sorted(split.residual):
+        if k == at:
+            out += [distribute_breaks.residual_if(split.body[k], stops, index)]
+            out += [r for name, r in reads.items() if name in after]
+        else:
+            out.append(split.body[k])
+    return out
 
 
 def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
     lines = list(dict.fromkeys(str(split.body[k].lineno) for k in split.hoisted()))
     hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
     how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
+    if split.stop is not None:
+        how += f", over the iterations before the `break` at line {split.body[split.stop].lineno}" \
+               ", counted first"
     return f"{hoisted} hoisted into one loop ({how}); {_residual(split, ctx)}"
 
 

@@ -1,0 +1,146 @@
+"""Loop distribution of a loop that a data-dependent ``break`` ends: its iterations counted first.
+
+A loop body with one top-level ``if <test>: ...; break`` (``find``) is split as any other
+(``distribute_loops``), but its hoisted statements run only on the iterations the original
+reaches. Computed for the iterations after the ``break`` they would get a zero cotangent there,
+NaN where their local derivative is infinite (``log`` of 0: 0 * inf), and an op raising on such
+an iteration's data (a class index out of range) would raise where the original does not. So the
+``break`` test comes first, for every iteration: a vectorized loop of the test and of the hoisted
+statements it reads (``test_slice``), every op of them total (``partial_op``: none raises on the
+iterations after the ``break``, and the test takes no gradient). One host read counts the
+iterations that reach the hoisted statements (``iterations_before``), and the hoisted loop runs
+that prefix of the range (``prefix_loop``)::
+
+    for i in range(len(x)):             <every iteration's `m[i] == 0` at once: `_tests`>
+        if m[i] == 0:                   _n = _iterations_before(_tests, False)
+            break               ->      if <the hoisted loop's runtime check>:
+        l = F.cross_entropy(...)            <`l` of the iterations in range(_n) at once: `_l_all`>
+        print(l.item())                     _stops = _tests.unbind(0)
+                                            for i in range(len(x)):
+                                                if _stops[i]:
+                                                    break
+                                                l = _l_all[i]
+                                                print(l.item())
+                                        else:
+                                            <the loop as written>
+
+The iteration that breaks runs the statements before the ``if``, not those after it: the
+hoisted statements lie on one side of it (``through``: before it). The residual loop keeps the
+``if`` on the stacked test, the values ``_n`` was counted from (one element each, or ``bool``
+raises there as the original's does), so it breaks at the iteration the count assumed, after
+the same effects, and reads the values of statements after the ``if`` after it.
+"""
+from __future__ import annotations
+
+import ast
+
+import torch
+
+from .. import ops
+from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
+from .loop_dataflow import call_op, is_shape_query, loads, stores_in
+from .plan import Iteration
+
+
+def find(body: list[ast.stmt]) -> int | None:
+    """The position of the top-level ``if`` (no ``else``) whose branch ends with the body's only
+    ``break`` (inner loops' own ``break`` aside), or None."""
+    found = [k for k, s in enumerate(body) if any(isinstance(n, ast.Break) for n in _own(s))]
+    if len(found) != 1:
+        return None
+    s = body[found[0]]
+    breaks = [n for n in _own(s) if isinstance(n, ast.Break)]
+    if isinstance(s, ast.If) and not s.orelse and len(breaks) == 1 and s.body[-1] is breaks[0]:
+        return found[0]
+    return None
+
+
+def the_break(body: list[ast.stmt], at: int | None) -> ast.Break | None:
+    return body[at].body[-1] if at is not None else None
+
+
+def _own(node: ast.AST):
+    """The nodes of ``node`` outside inner loops and functions (their ``break`` is theirs)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef,
+                                  ast.AsyncFunctionDef, ast.Lambda)):
+            yield from _own(child)
+
+
+def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str]) -> list[int] | str:
+    """The positions of the statements before the ``if`` at ``at`` whose values its test reads
+    (through each other), or why the test cannot come first: a residual statement binds one."""
+    needed, picked = loads(body[at].test), []
+    for k in range(at - 1, -1, -1):
+        bound = stores_in([body[k]]) & needed
+        if not bound:
+            continue
+        if k in residual:
+            return f"the `break` test reads `{sorted(bound)[0]}`, which line {body[k].lineno} " \
+                   "(residual) binds: the iterations cannot be counted first"
+        picked.append(k)
+        needed |= loads(body[k])
+    return picked[::-1]
+
+
+def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.AST | None:
+    """An op of ``nodes`` that may raise on some values (not ``OpSpec.total`` but a power by a
+    natural number, or a Python function raising on some: ``host_raises``), or a subscript by anything but the iteration's
+    own values and constants (it may be out of range), or None."""
+    for n in (n for node in nodes for n in walk(node)):
+        if isinstance(n, ast.Call) and not is_shape_query(n, ctx):
+            op = call_op(n, ctx)
+            if not op.total or op.host_raises:
+                return n
+        if isinstance(n, ast.BinOp) and not ops.by_operator(type(n.op)).total and not (
+                isinstance(n.op, ast.Pow) and isinstance(n.right, ast.Constant)
+                and type(n.right.value) is int and n.right.value >= 0):  # `x ** 2` is total
+            return n
+        if isinstance(n, ast.Subscript) and not loads(n.slice) <= seeds:
+            return n
+    return None
+
+
+def partial_reason(node: ast.AST, ctx: PassContext) -> str:
+    return f"{ctx.where(node)} `{unparse(node)}` may raise on the iterations after the " \
+           "`break`, and the `break` test needs it in every iteration to count them first"
+
+
+def prefix_loop(node: ast.For, it: Iteration, n: str) -> ast.For:
+    """``node``'s header over its first ``n`` iterations (a range: ``it`` has no elements)."""
+    if is_int(it.step, 1):
+        bounds = "range(n)" if is_int(it.start, 0) else "range(a, a + n)"
+    else:
+        bounds = "range(a, a + n * s, s)"
+    header = replace(f"for i in {bounds}: pass", loc=node, i=clone(node.target), n=n,
+                     a=clone(it.start), s=clone(it.step))[0]
+    return ast.copy_location(ast.For(target=header.target, iter=header.iter, body=node.body,
+                                     orelse=[], type_comment=None), node)
+
+
+def iterations_before(tests: torch.Tensor, through: bool) -> int:
+    """How many iterations reach the statements before (``through``) or after a ``break``,
+    ``tests`` its test in every iteration stacked: up to the first whose test is true (``bool``
+    of one element: NaN counts as true), or one that is not one element (``bool`` raises
+    there). One host read."""
+    rows = tests.reshape(len(tests), -1)
+    hits = rows[:, 0].ne(0) if rows.shape[1] == 1 else torch.ones(
+        len(tests), dtype=torch.bool, device=tests.device)
+    first = int(torch.where(hits.any(), hits.int().argmax(), len(tests)))
+    return min(first + through, len(tests))
+
+
+def counted(tests: ast.expr, stops: str, n: str, through: bool, loc: ast.AST,
+            ctx: PassContext) -> list[ast.stmt]:
+    """``_n = <the iterations reaching the hoisted statements>``; ``_stops`` the residual
+    loop's tests."""
+    helper = ctx.bind(iterations_before, "iterations_before")
+    return replace(f"n = h(t, {through})\nstops = t.unbind(0)", loc=loc, n=n, h=helper,
+                   t=tests, stops=stops)
+
+
+def residual_if(s: ast.If, stops: str, index: str) -> ast.If:
+    """The residual loop's ``if``: its test the stacked one of the iteration."""
+    test = replace("stops[k]", loc=s.test, stops=stops, k=index)
+    return ast.copy_location(ast.If(test=test, body=s.body, orelse=[]), s)
