@@ -2,33 +2,35 @@
 
 A loop body with one top-level ``if <test>: ...; break`` (``find``) is split as any other
 (``distribute_loops``), but its hoisted statements run only on the iterations the original
-reaches. Computed for the iterations after the ``break`` they would get a zero cotangent there,
-NaN where their local derivative is infinite (``log`` of 0: 0 * inf), and an op raising on such
-an iteration's data (a class index out of range) would raise where the original does not. So the
-``break`` test comes first, for every iteration: a vectorized loop of the test and of the hoisted
-statements it reads (``test_slice``), every op of them total (``partial_op``: none raises on the
-iterations after the ``break``, and the test takes no gradient). One host read counts the
-iterations that reach the hoisted statements (``iterations_before``), and the hoisted loop runs
-that prefix of the range (``prefix_loop``)::
+completes. Computed for the iterations after the ``break`` (or in the one that breaks, whose
+values the statements after the ``if`` never read) they would get a zero cotangent there, NaN
+where their local derivative is infinite (``log`` of 0: 0 * inf), and an op raising on such an
+iteration's data (a class index out of range) would raise where the original does not. So the
+``break`` test comes first, for every iteration: a vectorized loop of the test and of the
+hoisted statements it reads (``test_slice``), every op of them total (``partial_op``: none
+raises on the iterations after the ``break``, and the test takes no gradient). One host read
+finds the iteration that breaks (``first_break``), and the hoisted loop runs the iterations
+before it (``prefix_loop``)::
 
     for i in range(len(x)):             <every iteration's `m[i] == 0` at once: `_tests`>
-        if m[i] == 0:                   _n = _iterations_before(_tests, False)
-            break               ->      if <the hoisted loop's runtime check>:
-        l = F.cross_entropy(...)            <`l` of the iterations in range(_n) at once: `_l_all`>
-        print(l.item())                     _stops = _tests.unbind(0)
+        l = F.cross_entropy(...)        _n = _first_break(_tests)
+        if m[i] == 0:           ->      _stops = _tests.unbind(0)
+            break                       if <the hoisted loop's runtime check>:
+        print(l.item())                     <`l` of the iterations in range(_n) at once: `_l_all`>
                                             for i in range(len(x)):
-                                                if _stops[i]:
-                                                    break
+                                                if i == _n:
+                                                    l = F.cross_entropy(...)
+                                                    if _stops[i]:
+                                                        break
                                                 l = _l_all[i]
                                                 print(l.item())
                                         else:
                                             <the loop as written>
 
-The iteration that breaks runs the statements before the ``if``, not those after it: the
-hoisted statements lie on one side of it (``through``: before it). The residual loop keeps the
-``if`` on the stacked test, the values ``_n`` was counted from (one element each, or ``bool``
-raises there as the original's does), so it breaks at the iteration the count assumed, after
-the same effects, and reads the values of statements after the ``if`` after it.
+The iteration that breaks runs the statements before the ``if`` as written
+(``breaking_iteration``), then the ``if`` on its stacked test, the value ``_n`` was found from:
+it holds there, or it is not one element and ``bool`` raises as the original's does. So the
+residual loop breaks at the same iteration, after the same effects.
 """
 from __future__ import annotations
 
@@ -119,28 +121,30 @@ def prefix_loop(node: ast.For, it: Iteration, n: str) -> ast.For:
                                      orelse=[], type_comment=None), node)
 
 
-def iterations_before(tests: torch.Tensor, through: bool) -> int:
-    """How many iterations reach the statements before (``through``) or after a ``break``,
-    ``tests`` its test in every iteration stacked: up to the first whose test is true (``bool``
-    of one element: NaN counts as true), or one that is not one element (``bool`` raises
-    there). One host read."""
+def first_break(tests: torch.Tensor) -> int:
+    """The first iteration whose ``break`` test holds (``bool`` of one element: NaN counts as
+    true) or is not one element (``bool`` raises there), ``tests`` the test of every iteration
+    stacked; their number when none. One host read."""
     rows = tests.reshape(len(tests), -1)
     hits = rows[:, 0].ne(0) if rows.shape[1] == 1 else torch.ones(
         len(tests), dtype=torch.bool, device=tests.device)
-    first = int(torch.where(hits.any(), hits.int().argmax(), len(tests)))
-    return min(first + through, len(tests))
+    return int(torch.where(hits.any(), hits.int().argmax(), len(tests)))
 
 
-def counted(tests: ast.expr, stops: str, n: str, through: bool, loc: ast.AST,
+def counted(tests: ast.expr, stops: str, n: str, loc: ast.AST,
             ctx: PassContext) -> list[ast.stmt]:
-    """``_n = <the iterations reaching the hoisted statements>``; ``_stops`` the residual
-    loop's tests."""
-    helper = ctx.bind(iterations_before, "iterations_before")
-    return replace(f"n = h(t, {through})\nstops = t.unbind(0)", loc=loc, n=n, h=helper,
-                   t=tests, stops=stops)
+    """``_n = <the iteration that breaks>``; ``_stops``: the residual loop's tests."""
+    helper = ctx.bind(first_break, "first_break")
+    return replace("n = h(t)\nstops = t.unbind(0)", loc=loc, n=n, h=helper, t=tests, stops=stops)
 
 
-def residual_if(s: ast.If, stops: str, index: str) -> ast.If:
-    """The residual loop's ``if``: its test the stacked one of the iteration."""
-    test = replace("stops[k]", loc=s.test, stops=stops, k=index)
-    return ast.copy_location(ast.If(test=test, body=s.body, orelse=[]), s)
+def breaking_iteration(body: list[ast.stmt], at: int, names: tuple[str, str],
+                       index: str) -> ast.If:
+    """``if i == _n: <the statements before the if at ``at``>; if _stops[i]: <its branch>``:
+    the iteration that breaks, as written; ``names``: ``_n``, ``_stops``."""
+    s = body[at]
+    breaks = replace("if stops[k]:\n    pass", loc=s, stops=names[1], k=index)[0]
+    breaks.body = clone(s.body)
+    iteration = replace("if k == n:\n    pass", loc=s, k=index, n=names[0])[0]
+    iteration.body = clone(body[:at]) + [breaks]
+    return iteration

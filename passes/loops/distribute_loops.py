@@ -184,7 +184,6 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     carried = _mark_carried(split, seeds, ctx)
     variant = loop_dataflow.variant_names(node.body, seeds, ctx)
     for _ in node.body:  # each refusal of the vectorizer moves one statement: a bound
-        _one_side(split, ctx)
         exported = _close(split, live_after, variant, ctx)
         hoisted = [node.body[k] for k in split.hoisted()]
         why_not = _why_not(node, split, carried, exported, ctx)
@@ -207,7 +206,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
             continue
         for guard in guards:  # the object runs the methods inlined
             plan.checks.add(guard)
-        residual = _residual_loop(node, it, split, lists, plan, ctx, stops)
+        residual = _residual_loop(node, it, split, lists, plan, ctx, (n, stops))
         if not stopped:
             return Fission(plan, plan.stmts + residual, _reason(split, plan, ctx))
         return _counted_first(node, as_written, split, plan, residual, (n, stops), seeds, masks,
@@ -215,30 +214,14 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     return "the vectorizer refused every split"
 
 
-def _one_side(split: _Split, ctx: PassContext) -> None:
-    """With a ``break``, only the statements on one side of its ``if`` are hoisted (the
-    iteration that breaks runs those before it, not those after): those before it when its test
-    reads what they bind or they do as much work, else those after. The others stay residual."""
-    at = split.stop
-    before = [k for k in split.hoisted() if at is not None and k < at]
-    after = [k for k in split.hoisted() if at is not None and k > at]
-    if not (before and after):
-        return
-    read = loads(split.body[at].test) & loop_dataflow.stores_in([split.body[k] for k in before])
-    work = [_work([split.body[k] for k in side], ctx) for side in (before, after)]
-    for k in after if read or work[0] >= work[1] else before:
-        split.residual[k] = f"on the other side of the `break` at line {split.body[at].lineno} " \
-                            "than the hoisted statements (one hoisted loop runs one side)"
-
-
 def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: LoopPlan,
                    residual: list[ast.stmt], names: tuple[str, str], seeds: set[str],
                    masks: set[str], vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
                    ctx: PassContext) -> Fission | str:
     """The split of a loop a ``break`` ends (``distribute_breaks``): the ``break`` test of every
-    iteration at once, the number ``_n`` of iterations reaching the hoisted statements, then
-    the hoisted loop over ``range(_n)`` and the residual loop behind the hoisted loop's check
-    (it reads ``_n``), the loop as written where it fails. ``names``: ``_n``, ``_stops``."""
+    iteration at once, the iteration ``_n`` that breaks, then the hoisted loop over
+    ``range(_n)`` and the residual loop behind the hoisted loop's check (it reads ``_n``), the
+    loop as written where it fails. ``names``: ``_n``, ``_stops``."""
     body, at = split.body, split.stop
     picked = distribute_breaks.test_slice(body, at, split.residual)
     if isinstance(picked, str):
@@ -253,9 +236,8 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
                                    masks=masks, own_lists={tests}), ctx)
     except Unsupported as exc:
         return f"the `break` test cannot be computed for every iteration first: {exc.reason}"
-    through = all(k < at for k in split.hoisted())
     count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
-                                      through, node, ctx)
+                                      node, ctx)
     marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
     inner = ast.If(test=plan.checks.expr(), body=[marker] + plan.stmts + residual,
                    orelse=[as_written])
@@ -829,7 +811,7 @@ def _hoisted_loop(node: ast.For, hoisted: list[ast.stmt], lists: dict[str, str])
 
 
 def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str, str],
-                   plan: LoopPlan, ctx: PassContext, stops: str) -> list[ast.stmt]:
+                   plan: LoopPlan, ctx: PassContext, names: tuple[str, str]) -> list[ast.stmt]:
     """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
     statements only, each iteration first reading its values: ``n = _n_all[i]``."""
     stmts, header, copied = [], node, set()
@@ -846,30 +828,22 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
         index = ctx.namer.new("k")
         header = replace("for k, t in enumerate(s): pass", loc=node, k=index,
                          t=clone(node.target), s=clone(node.iter))[0]
-    reads = {name: replace("n = lst[k].clone()" if split.copies and name in copied
-                           else "n = lst[k]", loc=node, n=name, lst=lst, k=index)[0]
-             for name, lst in lists.items()}
+    reads = [replace("n = lst[k].clone()" if split.copies and name in copied else "n = lst[k]",
+                     loc=node, n=name, lst=lst, k=index)[0] for name, lst in lists.items()]
     loop = ast.For(target=header.target, iter=header.iter,
-                   body=_residual_body(split, reads, stops, index), orelse=[], type_comment=None)
+                   body=_residual_body(split, reads, names, index), orelse=[], type_comment=None)
     return stmts + [ast.copy_location(loop, node)]
 
 
-def _residual_body(split: _Split, reads: dict[str, ast.stmt], stops: str,
+def _residual_body(split: _Split, reads: list[ast.stmt], names: tuple[str, str],
                    index: str) -> list[ast.stmt]:
-    """The reads of the stacked values, then the residual statements; with a ``break``, its
-    ``if`` tests the stacked test of the iteration (``_stops[i]``) and the values of hoisted
-    statements after it are read after it (the iteration that breaks has none)."""
-    at = split.stop
-    after = loop_dataflow.stores_in([split.body[k] for k in split.hoisted()
-                                     if at is not None and k > at])
-    out = [r for name, r in reads.items() if name not in after]
-    for k in sorted(split.residual):
-        if k == at:
-            out += [distribute_breaks.residual_if(split.body[k], stops, index)]
-            out += [r for name, r in reads.items() if name in after]
-        else:
-            out.append(split.body[k])
-    return out
+    """The reads of the stacked values, then the residual statements; with a ``break``, the
+    iteration that breaks first (``distribute_breaks.breaking_iteration``), the ``if`` left."""
+    residual = [s for k, s in enumerate(split.body) if k in split.residual and k != split.stop]
+    if split.stop is None:
+        return reads + residual
+    return [distribute_breaks.breaking_iteration(split.body, split.stop, names, index)] + \
+        reads + residual
 
 
 def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
