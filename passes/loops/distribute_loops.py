@@ -73,8 +73,11 @@ Exceptions: the hoisted statements are vectorized code behind its runtime checks
 bounds), so they do not raise where the original did not; an error an op raises on the data
 itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
 residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` becomes the other
-branch holding the statements after the ``if`` (``continues_to_else``); loops with ``break``,
-another ``continue`` or ``return`` are not split.
+branch holding the statements after the ``if`` (``continues_to_else``). A ``break`` ending
+the branch of a top-level ``if`` in a loop over a range: the ``break`` test of every iteration
+comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
+as written (``distribute_breaks``). Loops with another ``break``, ``continue`` or ``return``
+are not split.
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -155,18 +158,9 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         return "its `else` clause runs after the last iteration"
     as_written = clone(node)
     body, guards = inline_method_calls.inline(continues_to_else(node.body), ctx)
-    stop = distribute_breaks.the_break(body, distribute_breaks.find(body))
-    control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)
-                    and n is not stop), None)
-    if control is not None:
-        return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
-    try:
-        it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
-    except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
-        return "the loop's header is refused as a whole"
-    if stop is not None and it.elements:
-        return f"{ctx.where(stop)} `break` ends a loop over elements: its iterations are " \
-               "counted first only over a range"
+    it = _iteration(node, body, ctx)
+    if isinstance(it, str):
+        return it
     seeds = {it.index} | {name for name, _ in it.elements}
     iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
     stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
@@ -243,6 +237,25 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
                    orelse=[as_written])
     return Fission(first, first.stmts + count + plan.prelude + [ast.copy_location(inner, node)],
                    _reason(split, plan, ctx))
+
+
+def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iteration | str:
+    """What ``node`` iterates, or why it is not split: a statement of ``body`` leaves the
+    iteration early (but a ``break`` ``distribute_breaks`` counts the iterations of: over a
+    range), or the header is refused."""
+    stop = distribute_breaks.the_break(body, distribute_breaks.find(body))
+    control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)
+                    and n is not stop), None)
+    if control is not None:
+        return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
+    try:
+        it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
+    except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
+        return "the loop's header is refused as a whole"
+    if stop is not None and it.elements:
+        return f"{ctx.where(stop)} `break` ends a loop over elements: its iterations are " \
+               "counted first only over a range"
+    return it
 
 
 def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
