@@ -7,9 +7,10 @@ values the statements after the ``if`` never read) they would get a zero cotange
 where their local derivative is infinite (``log`` of 0: 0 * inf), and an op raising on such an
 iteration's data (a class index out of range) would raise where the original does not. So the
 ``break`` test comes first, for every iteration: a vectorized loop of the test and of the
-hoisted statements it reads (``test_slice``), every op of them total (``partial_op``: none
-raises on the iterations after the ``break``, and the test takes no gradient). One host read
-finds the iteration that breaks (``first_break``), and the hoisted loop runs the iterations
+hoisted statements it reads (``test_slice``), none of whose ops raises on any value
+(``partial_op``): they also run on the iterations after the ``break``, where only the tests
+after the first that holds read them, and the tests take no gradient. One host read finds the
+iteration that breaks (``first_break``), and the hoisted loop runs the iterations
 before it (``prefix_loop``)::
 
     for i in range(len(x)):             <every iteration's `m[i] == 0` at once: `_tests`>
@@ -38,9 +39,8 @@ import ast
 
 import torch
 
-from .. import ops
 from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
-from .loop_dataflow import call_op, is_shape_query, loads, stores_in
+from .loop_dataflow import call_op, is_shape_query, loads, resolve_call, stores_in
 from .plan import Iteration
 
 
@@ -87,17 +87,18 @@ def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str]) -> list[
 
 
 def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.AST | None:
-    """An op of ``nodes`` that may raise on some values (not ``OpSpec.total`` but a power by a
-    natural number, or a Python function raising on some: ``host_raises``), or a subscript by anything but the iteration's
-    own values and constants (it may be out of range), or None."""
+    """An op of ``nodes`` that may raise on some values, or None: a call neither total nor made
+    NaN/inf outside its domain (``OpSpec.total``, ``OpSpec.sanitize``: a loss's class index, an
+    unknown function), a Python function raising on some values (``host_raises``: ``int`` of
+    NaN, ``math.log`` of 0; not ``torch.log``), an integer division or remainder (by 0), a
+    subscript by anything but the iteration's own values and constants (out of range)."""
     for n in (n for node in nodes for n in walk(node)):
         if isinstance(n, ast.Call) and not is_shape_query(n, ctx):
-            op = call_op(n, ctx)
-            if not op.total or op.host_raises:
+            op, name = call_op(n, ctx), resolve_call(n.func, ctx)
+            if not (op.total or op.sanitize is not None) or op.host_raises and name \
+                    and not name.startswith("torch."):
                 return n
-        if isinstance(n, ast.BinOp) and not ops.by_operator(type(n.op)).total and not (
-                isinstance(n.op, ast.Pow) and isinstance(n.right, ast.Constant)
-                and type(n.right.value) is int and n.right.value >= 0):  # `x ** 2` is total
+        if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.FloorDiv, ast.Mod)):
             return n
         if isinstance(n, ast.Subscript) and not loads(n.slice) <= seeds:
             return n
