@@ -350,7 +350,20 @@ def test_loops_it_does_not_split_say_why():
                 if m[k] == 0:
                     break
                 print(F.mse_loss(row, y[k]).item())
-            return total
+            hard, prev = [], 0
+            for i in range(len(x)):
+                l = F.mse_loss(x[i], y[i])
+                if l.item() > budget:
+                    hard.append(i)
+                if len(hard) >= 2:
+                    break
+            for i in range(len(x)):
+                if prev > budget:
+                    break
+                l = F.mse_loss(x[i], y[i])
+                prev = l.item()
+                print(prev)
+            return total, hard
         """
     reasons = {loop.lineno: loop.reason for loop in rewrite_source(src)[1].loops}
     assert reasons[3].endswith(
@@ -358,8 +371,14 @@ def test_loops_it_does_not_split_say_why():
         "iterations after the `break`, and the `break` test needs it in every iteration to "
         "count them first")
     assert reasons[8].endswith(
-        "not distributed: the `break` test reads `total`, which line 10 (residual) binds: the "
-        "iterations cannot be counted first")
+        "not distributed: the `break` test reads `total`, which line 10 (residual) binds or "
+        "changes: the iterations cannot be counted first")
+    assert reasons[19].endswith(  # a list the residual loop appends to
+        "not distributed: the `break` test reads `hard`, which line 21 (residual) binds or "
+        "changes: the iterations cannot be counted first")
+    assert reasons[25].endswith(  # the previous iteration's value
+        "not distributed: the `break` test reads `prev`, which line 29 (residual) binds or "
+        "changes: the iterations cannot be counted first")
     assert reasons[14].endswith(
         "not distributed: <test>:16 `break` ends a loop over elements: its iterations are "
         "counted first only over a range")

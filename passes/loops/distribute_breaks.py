@@ -40,7 +40,7 @@ import ast
 import torch
 
 from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
-from .loop_dataflow import call_op, is_shape_query, loads, resolve_call, stores_in
+from .loop_dataflow import call_op, is_shape_query, loads, resolve_call
 from .plan import Iteration
 
 
@@ -70,19 +70,23 @@ def _own(node: ast.AST):
             yield from _own(child)
 
 
-def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str]) -> list[int] | str:
-    """The positions of the statements before the ``if`` at ``at`` whose values its test reads
-    (through each other), or why the test cannot come first: a residual statement binds one."""
+def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str],
+               writes: list[set[str]]) -> list[int] | str:
+    """The positions of the hoisted statements before the ``if`` at ``at`` whose values its
+    test reads (through each other), or why the test cannot come first: another statement
+    binds or changes what it reads (a residual one, before it or after it: the next
+    iteration's test reads it). ``writes``: what each statement binds or may change."""
     needed, picked = loads(body[at].test), []
     for k in range(at - 1, -1, -1):
-        bound = stores_in([body[k]]) & needed
-        if not bound:
-            continue
-        if k in residual:
-            return f"the `break` test reads `{sorted(bound)[0]}`, which line {body[k].lineno} " \
-                   "(residual) binds: the iterations cannot be counted first"
-        picked.append(k)
-        needed |= loads(body[k])
+        if writes[k] & needed and k not in residual:
+            picked.append(k)
+            needed |= loads(body[k])
+    for k, s in enumerate(body):
+        changed = sorted(writes[k] & needed)
+        if changed and k not in picked and k != at:
+            where = " (residual)" if k in residual else ""
+            return f"the `break` test reads `{changed[0]}`, which line {s.lineno}{where} binds " \
+                   "or changes: the iterations cannot be counted first"
     return picked[::-1]
 
 

@@ -217,7 +217,7 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
     ``range(_n)`` and the residual loop behind the hoisted loop's check (it reads ``_n``), the
     loop as written where it fails. ``names``: ``_n``, ``_stops``."""
     body, at = split.body, split.stop
-    picked = distribute_breaks.test_slice(body, at, split.residual)
+    picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
     if isinstance(picked, str):
         return picked
     partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds, ctx)
