@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rewrite import assert_equivalent
+from tests.helpers import equivalent_report, load_module
 from tests.loop_helpers import assert_golden, build, rewrite_source, strategies
 
 DTYPES = [torch.float32, torch.float64]
@@ -68,8 +69,15 @@ GOLDEN = {
                 _outs_2 = (_tests_item,)
                 _n = _first_break(_outs_2[0])
                 _stops = _outs_2[0].unbind(0)
-                if isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(y, torch.Tensor) and (_n <= y.shape[0]) and isinstance(_n, int) and (_n > 0):
-                    'optimize_loss: loop at line 3 vectorized'
+                if not (isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(y, torch.Tensor) and (_n <= y.shape[0]) and isinstance(_n, int) and (_n > 0)):
+                    'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
+                    for i in range(len(x)):
+                        if m[i] == 0:
+                            break
+                        l = F.mse_loss(x[i], y[i])
+                        print(f'{i}: {l.item():.4f}')
+                        total += l
+                else:
                     if y.dim() == x.dim():
                         _x_row = x if _n == x.shape[0] else x[0:_n:1]
                         _y_row = y if _n == y.shape[0] else y[0:_n:1]
@@ -90,13 +98,6 @@ GOLDEN = {
                             if _stops[i]:
                                 break
                         l = _l_all[i]
-                        print(f'{i}: {l.item():.4f}')
-                        total += l
-                else:
-                    for i in range(len(x)):
-                        if m[i] == 0:
-                            break
-                        l = F.mse_loss(x[i], y[i])
                         print(f'{i}: {l.item():.4f}')
                         total += l
             else:
@@ -131,8 +132,15 @@ GOLDEN = {
                     _outs_2 = torch.vmap(_body_1, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _n = _first_break(_outs_2[0])
                 _stops = _outs_2[0].unbind(0)
-                if isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(y, torch.Tensor) and (_n <= y.shape[0]) and isinstance(_n, int) and (_n > 0):
-                    'optimize_loss: loop at line 3 vectorized'
+                if not (isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(y, torch.Tensor) and (_n <= y.shape[0]) and isinstance(_n, int) and (_n > 0)):
+                    'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
+                    for i in range(len(x)):
+                        l = F.mse_loss(x[i], y[i])
+                        if l.item() > th:
+                            print('stop at', i)
+                            break
+                        total = total + torch.log(l)
+                else:
                     if y.dim() == x.dim():
                         _x_row = x if _n == x.shape[0] else x[0:_n:1]
                         _y_row = y if _n == y.shape[0] else y[0:_n:1]
@@ -155,13 +163,6 @@ GOLDEN = {
                                 print('stop at', i)
                                 break
                         l = _l_all[i]
-                        total = total + torch.log(l)
-                else:
-                    for i in range(len(x)):
-                        l = F.mse_loss(x[i], y[i])
-                        if l.item() > th:
-                            print('stop at', i)
-                            break
                         total = total + torch.log(l)
             else:
                 for i in range(len(x)):
@@ -382,3 +383,35 @@ def test_loops_it_does_not_split_say_why():
     assert reasons[14].endswith(
         "not distributed: <test>:16 `break` ends a loop over elements: its iterations are "
         "counted first only over a range")
+
+
+LOSS = """
+import torch
+import torch.nn.functional as F
+
+
+def f(x, y, m):
+    total = 0
+    for i in range(len(x)):
+        if m[i] == 0:
+            break
+        l = F.cross_entropy(x[i:i+1], y[i:i+1])
+        print(f"{i}: {l.item():.4f}")
+        total = total + torch.log(l)
+    return total
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_whole_pipeline_counts_a_break_at_the_first_row_as_written(tmp_path, dtype,
+                                                                      capsys):
+    """Through ``optimize_loss``: the runs as the report counts them (the vectorized form, or
+    the loop as written when the break comes first: nothing before it to vectorize)."""
+    user = load_module(tmp_path, LOSS)
+    x = torch.randn(6, 4, dtype=dtype, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([0, 3, 1, 99, -5, 2])
+    for m, runs in (([1, 1, 1, 0, 1, 1], (1, 0)), ([0, 1, 1, 1, 1, 1], (0, 1))):
+        report = equivalent_report(user.f, x.requires_grad_(), y, torch.tensor(m))
+        loop = next(lp for lp in report.loops if lp.lineno == 8)
+        assert loop.strategy == "distributed"
+        assert (loop.vectorized_runs, loop.original_runs) == runs, loop.last_failure

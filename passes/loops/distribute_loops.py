@@ -102,12 +102,14 @@ from . import (distribute_breaks, inline_helper_calls, inline_method_calls, iter
 from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
-from .runtime_checks import MARKER
+from .runtime_checks import AS_WRITTEN
 
 # Batched forms of ops that do real work per item (elementwise ops, views and layout do not).
 _HEAVY_FORMS = frozenset({"reduction", "dot", "pointwise_loss", "class_loss", "similarity"})
 _EFFECT_VERBS = {"acc": "accumulates into", "scan": "accumulates into", "append": "appends to",
                  "write": "writes into"}
+# Why a loop a `break` ends runs as written after its iterations were counted.
+_PREFIX_CHECK = "the runtime check of the iterations before the `break` failed"
 # Statements that end the iteration or the loop early, or bind names outside the function.
 _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await,
             ast.Global, ast.Nonlocal)
@@ -215,7 +217,8 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
     """The split of a loop a ``break`` ends (``distribute_breaks``): the ``break`` test of every
     iteration at once, the iteration ``_n`` that breaks, then the hoisted loop over
     ``range(_n)`` and the residual loop behind the hoisted loop's check (it reads ``_n``), the
-    loop as written where it fails. ``names``: ``_n``, ``_stops``."""
+    loop as written where it fails (``AS_WRITTEN``: the run counts so). ``names``: ``_n``,
+    ``_stops``."""
     body, at = split.body, split.stop
     picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
     if isinstance(picked, str):
@@ -232,11 +235,11 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
         return f"the `break` test cannot be computed for every iteration first: {exc.reason}"
     count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
                                       node, ctx)
-    marker = ast.Expr(ast.Constant(MARKER.format(node.lineno)))
-    inner = ast.If(test=plan.checks.expr(), body=[marker] + plan.stmts + residual,
-                   orelse=[as_written])
-    return Fission(first, first.stmts + count + plan.prelude + [ast.copy_location(inner, node)],
-                   _reason(split, plan, ctx))
+    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK)))
+    bail = ast.If(test=ast.UnaryOp(ast.Not(), plan.checks.expr()), body=[marker, as_written],
+                  orelse=plan.stmts + residual)
+    return Fission(first, first.stmts + count + plan.prelude + [
+        ast.fix_missing_locations(ast.copy_location(bail, node))], _reason(split, plan, ctx))
 
 
 def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iteration | str:
