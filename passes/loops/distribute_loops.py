@@ -205,20 +205,22 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         residual = _residual_loop(node, it, split, lists, plan, ctx, (n, stops))
         if not stopped:
             return Fission(plan, plan.stmts + residual, _reason(split, plan, ctx))
-        return _counted_first(node, as_written, split, plan, residual, (n, stops), seeds, masks,
-                              vectorize, ctx)
+        return _counted_first(node, as_written, split, plan, residual, (n, stops), seeds,
+                              (masks, guards), vectorize, ctx)
     return "the vectorizer refused every split"
 
 
 def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: LoopPlan,
                    residual: list[ast.stmt], names: tuple[str, str], seeds: set[str],
-                   masks: set[str], vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+                   known: tuple[set[str], list[ast.expr]],
+                   vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
                    ctx: PassContext) -> Fission | str:
     """The split of a loop a ``break`` ends (``distribute_breaks``): the ``break`` test of every
     iteration at once, the iteration ``_n`` that breaks, then the hoisted loop over
     ``range(_n)`` and the residual loop behind the hoisted loop's check (it reads ``_n``), the
     loop as written where it fails (``AS_WRITTEN``: the run counts so). ``names``: ``_n``,
-    ``_stops``."""
+    ``_stops``; ``known``: the function's masks, the checks that the object runs the methods
+    inlined (the test may call them too)."""
     body, at = split.body, split.stop
     picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
     if isinstance(picked, str):
@@ -230,9 +232,11 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
     test = [body[k] for k in picked] + replace("s = t", loc=body[at], s=stop, t=body[at].test)
     try:
         first = vectorize(new_plan(_hoisted_loop(node, test, {stop: tests}), set(), ctx,
-                                   masks=masks, own_lists={tests}), ctx)
+                                   masks=known[0], own_lists={tests}), ctx)
     except Unsupported as exc:
         return f"the `break` test cannot be computed for every iteration first: {exc.reason}"
+    for guard in known[1]:
+        first.checks.add(clone(guard))
     count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
                                       node, ctx)
     marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK)))
