@@ -10,8 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from passes.report import Report
 from rewrite import assert_equivalent
+from rewrite.frontend import rewrite_function
 from tests.helpers import equivalent_report, load_module
+from tests.method_call_sources import StopScorer
 from tests.loop_helpers import assert_golden, build, rewrite_source, strategies
 
 DTYPES = [torch.float32, torch.float64]
@@ -415,3 +418,34 @@ def test_the_whole_pipeline_counts_a_break_at_the_first_row_as_written(tmp_path,
         loop = next(lp for lp in report.loops if lp.lineno == 8)
         assert loop.strategy == "distributed"
         assert (loop.vectorized_runs, loop.original_runs) == runs, loop.last_failure
+
+
+class LoggedStopScorer(StopScorer):
+    def _score(self, out, target):
+        print(self.count)
+        super()._score(out, target)
+
+
+@pytest.mark.parametrize("cls", [StopScorer, LoggedStopScorer])
+def test_an_inlined_method_runs_for_its_class_only(cls, capsys):
+    """The method is inlined (its loss hoisted, its effects residual); an object of a class
+    with another method runs the loop as written, the same lines printed."""
+    report = Report("StopScorer.score_until", "", 0)
+    fast, _ = rewrite_function(StopScorer.score_until, report)
+    assert [loop.strategy for loop in report.loops] == ["distributed"], report.loops[0].reason
+
+    def run(method):
+        def loss(outputs, targets, mask):
+            scorer = cls(torch.ones(6, dtype=outputs.dtype))
+            return method(scorer, outputs, targets, mask), scorer.count
+        return loss
+    g = torch.Generator().manual_seed(8)
+    outputs = torch.randn(5, 4, 6, generator=g, dtype=torch.float64).log_softmax(2)
+    targets = torch.randint(0, 6, (5, 4), generator=g)
+    targets[4] = 99  # after the break: the original never reaches it
+    mask = torch.tensor([1, 1, 1, 0, 1])
+    assert_equivalent(run(StopScorer.score_until), run(fast), outputs.requires_grad_(), targets,
+                      mask)
+    printed = capsys.readouterr().out  # three steps before the break, in each function
+    assert printed[:len(printed) // 2] == printed[len(printed) // 2:]
+    assert printed.count("\n") == (6 if cls is LoggedStopScorer else 0)
