@@ -73,8 +73,11 @@ Exceptions: the hoisted statements are vectorized code behind its runtime checks
 bounds), so they do not raise where the original did not; an error an op raises on the data
 itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
 residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` becomes the other
-branch holding the statements after the ``if`` (``continues_to_else``); loops with ``break``,
-another ``continue`` or ``return`` are not split.
+branch holding the statements after the ``if`` (``continues_to_else``). A ``break`` ending
+the branch of a top-level ``if`` in a loop over a range: the ``break`` test of every iteration
+comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
+as written (``distribute_breaks``). Loops with another ``break``, ``continue`` or ``return``
+are not split.
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -94,16 +97,19 @@ from .. import ast_marks, ops
 from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
-from . import (inline_helper_calls, inline_method_calls, iteration, loop_dataflow,
-               module_loss_calls)
+from . import (distribute_breaks, inline_helper_calls, inline_method_calls, iteration,
+               loop_dataflow, module_loss_calls)
 from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
+from .runtime_checks import AS_WRITTEN
 
 # Batched forms of ops that do real work per item (elementwise ops, views and layout do not).
 _HEAVY_FORMS = frozenset({"reduction", "dot", "pointwise_loss", "class_loss", "similarity"})
 _EFFECT_VERBS = {"acc": "accumulates into", "scan": "accumulates into", "append": "appends to",
                  "write": "writes into"}
+# Why a loop a `break` ends runs as written after its iterations were counted.
+_PREFIX_CHECK = "the runtime check of the iterations before the `break` failed"
 # Statements that end the iteration or the loop early, or bind names outside the function.
 _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await,
             ast.Global, ast.Nonlocal)
@@ -125,6 +131,7 @@ class _Split:
     residual: dict[int, str] = field(default_factory=dict)  # position -> why it stays
     copies: bool = False  # the residual loop reads copies of the stacked tensors
     index: str = ""  # the loop index, a Python int: a call it is handed cannot change it
+    stop: int | None = None  # the position of the `if` ending with the loop's `break`
 
     def hoisted(self) -> list[int]:
         return [k for k in range(len(self.body)) if k not in self.residual]
@@ -151,21 +158,19 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
                 stackable: dict) -> Fission | str:
     if node.orelse:
         return "its `else` clause runs after the last iteration"
+    as_written = clone(node)
     body, guards = inline_method_calls.inline(continues_to_else(node.body), ctx)
-    control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)), None)
-    if control is not None:
-        return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
-    try:
-        it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
-    except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
-        return "the loop's header is refused as a whole"
+    it = _iteration(node, body, ctx)
+    if isinstance(it, str):
+        return it
     seeds = {it.index} | {name for name, _ in it.elements}
     iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
     stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
     body, written = _operands_out(body, it.index, seeds, ctx)
     node = ast.copy_location(ast.For(target=node.target, iter=node.iter, body=body, orelse=[],
                                      type_comment=None), node)
-    split = _Split(body, written, index=it.index)
+    split = _Split(body, written, index=it.index, stop=distribute_breaks.find(body))
+    stopped = split.stop is not None
     for k, s in enumerate(node.body):
         local = _exposed_reads(node.body[:k], seeds)[1]
         reason = _own_reason(s, it.index, seeds, ctx, local)
@@ -182,8 +187,10 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
             return why_not
         point = ctx.namer.checkpoint()
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
+        n, stops = (ctx.namer.new("n"), ctx.namer.new("stops")) if stopped else ("", "")
+        header = distribute_breaks.prefix_loop(node, it, n) if stopped else node
         try:
-            plan = vectorize(new_plan(_hoisted_loop(node, hoisted, lists), set(), ctx,
+            plan = vectorize(new_plan(_hoisted_loop(header, hoisted, lists), set(), ctx,
                                       masks=masks, own_lists=set(lists.values()),
                                       **stackable), ctx)
         except Unsupported as exc:
@@ -195,9 +202,67 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
             continue
         for guard in guards:  # the object runs the methods inlined
             plan.checks.add(guard)
-        return Fission(plan, plan.stmts + _residual_loop(node, it, split, lists, plan, ctx),
-                       _reason(split, plan, ctx))
+        residual = _residual_loop(node, it, split, lists, plan, ctx, (n, stops))
+        if not stopped:
+            return Fission(plan, plan.stmts + residual, _reason(split, plan, ctx))
+        return _counted_first(node, as_written, split, plan, residual, (n, stops), seeds,
+                              (masks, guards), vectorize, ctx)
     return "the vectorizer refused every split"
+
+
+def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: LoopPlan,
+                   residual: list[ast.stmt], names: tuple[str, str], seeds: set[str],
+                   known: tuple[set[str], list[ast.expr]],
+                   vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+                   ctx: PassContext) -> Fission | str:
+    """The split of a loop a ``break`` ends (``distribute_breaks``): the ``break`` test of every
+    iteration at once, the iteration ``_n`` that breaks, then the hoisted loop over
+    ``range(_n)`` and the residual loop behind the hoisted loop's check (it reads ``_n``), the
+    loop as written where it fails (``AS_WRITTEN``: the run counts so). ``names``: ``_n``,
+    ``_stops``; ``known``: the function's masks, the checks that the object runs the methods
+    inlined (the test may call them too)."""
+    body, at = split.body, split.stop
+    picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
+    if isinstance(picked, str):
+        return picked
+    partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds, ctx)
+    if partial is not None:
+        return distribute_breaks.partial_reason(partial, ctx)
+    stop, tests = ctx.namer.new("stop"), ctx.namer.new("tests")
+    test = [body[k] for k in picked] + replace("s = t", loc=body[at], s=stop, t=body[at].test)
+    try:
+        first = vectorize(new_plan(_hoisted_loop(node, test, {stop: tests}), set(), ctx,
+                                   masks=known[0], own_lists={tests}), ctx)
+    except Unsupported as exc:
+        return f"the `break` test cannot be computed for every iteration first: {exc.reason}"
+    for guard in known[1]:
+        first.checks.add(clone(guard))
+    count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
+                                      node, ctx)
+    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK)))
+    bail = ast.If(test=ast.UnaryOp(ast.Not(), plan.checks.expr()), body=[marker, as_written],
+                  orelse=plan.stmts + residual)
+    return Fission(first, first.stmts + count + plan.prelude + [
+        ast.fix_missing_locations(ast.copy_location(bail, node))], _reason(split, plan, ctx))
+
+
+def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iteration | str:
+    """What ``node`` iterates, or why it is not split: a statement of ``body`` leaves the
+    iteration early (but a ``break`` ``distribute_breaks`` counts the iterations of: over a
+    range), or the header is refused."""
+    stop = distribute_breaks.the_break(body, distribute_breaks.find(body))
+    control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)
+                    and n is not stop), None)
+    if control is not None:
+        return f"{ctx.where(control)} `{_first_line(control)}` leaves the iteration early"
+    try:
+        it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
+    except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
+        return "the loop's header is refused as a whole"
+    if stop is not None and it.elements:
+        return f"{ctx.where(stop)} `break` ends a loop over elements: its iterations are " \
+               "counted first only over a range"
+    return it
 
 
 def _why_not(node: ast.For, split: _Split, carried: set[str], exported: list[str],
@@ -766,7 +831,7 @@ def _hoisted_loop(node: ast.For, hoisted: list[ast.stmt], lists: dict[str, str])
 
 
 def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str, str],
-                   plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
+                   plan: LoopPlan, ctx: PassContext, names: tuple[str, str]) -> list[ast.stmt]:
     """``_n_all = <stacked n>`` per exported name, then the loop as written with the residual
     statements only, each iteration first reading its values: ``n = _n_all[i]``."""
     stmts, header, copied = [], node, set()
@@ -785,16 +850,29 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
                          t=clone(node.target), s=clone(node.iter))[0]
     reads = [replace("n = lst[k].clone()" if split.copies and name in copied else "n = lst[k]",
                      loc=node, n=name, lst=lst, k=index)[0] for name, lst in lists.items()]
-    residual = [s for k, s in enumerate(split.body) if k in split.residual]
-    loop = ast.For(target=header.target, iter=header.iter, body=reads + residual, orelse=[],
-                   type_comment=None)
+    loop = ast.For(target=header.target, iter=header.iter,
+                   body=_residual_body(split, reads, names, index), orelse=[], type_comment=None)
     return stmts + [ast.copy_location(loop, node)]
+
+
+def _residual_body(split: _Split, reads: list[ast.stmt], names: tuple[str, str],
+                   index: str) -> list[ast.stmt]:
+    """The reads of the stacked values, then the residual statements; with a ``break``, the
+    iteration that breaks first (``distribute_breaks.breaking_iteration``), the ``if`` left."""
+    residual = [s for k, s in enumerate(split.body) if k in split.residual and k != split.stop]
+    if split.stop is None:
+        return reads + residual
+    return [distribute_breaks.breaking_iteration(split.body, split.stop, names, index)] + \
+        reads + residual
 
 
 def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
     lines = list(dict.fromkeys(str(split.body[k].lineno) for k in split.hoisted()))
     hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
     how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
+    if split.stop is not None:
+        how += f", over the iterations before the `break` at line {split.body[split.stop].lineno}" \
+               ", counted first"
     return f"{hoisted} hoisted into one loop ({how}); {_residual(split, ctx)}"
 
 
