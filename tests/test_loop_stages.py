@@ -1904,6 +1904,68 @@ def f(emb, cens, s, u):
     out = []
     for c, cen in enumerate(cens):
         if s == c:
+            cen = own_centroid(emb, s, u)
+        else:
+            cen = cen * 2
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first', 'helper_checks'),
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, s, u)
+else:
+    _cen = _cen * 2
+out.append(cos(emb[s, u], _cen))
+# first
+# helper_checks
+""",
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = _cen_1
+else:
+    _cen = _cen * 2
+out.append(cos(emb[s, u], _cen))
+# first
+_cen_1 = own_centroid(emb, s, u)
+# helper_checks
+any((s == _k for _k in range(0, len(cens), 1)))
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c in range(len(cens)):
+        cen = own_centroid(emb, s, u) if s == c else cens[c]
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first', 'helper_checks'),
+     """
+# body
+cen = own_centroid(emb, s, u) if s == c else cens[c]
+out.append(cos(emb[s, u], cen))
+# first
+# helper_checks
+""",
+     """
+# body
+if s == c:
+    cen = _cen
+else:
+    cen = cens[c]
+out.append(cos(emb[s, u], cen))
+# first
+_cen = own_centroid(emb, s, u)
+# helper_checks
+any((s == _k for _k in range(0, len(cens), 1)))
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c, cen in enumerate(cens):
+        if s == c:
             cen = own_centroid(emb, c, u)
         out.append(cos(emb[s, u], cen))
     return out

@@ -11,17 +11,21 @@ written, with the reason at the user's line::
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
 ``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
-registry's ``data_shape``) and list methods comparing values (``lst.remove(t)``). Functions the
-body defines (inner loops' outlined bodies) are checked with the names they see varying.
+registry's ``data_shape``) and list methods comparing values (``lst.remove(t)``), and the loop
+index (a Python int in the original) handed to a function of the module that is not known to
+take it as a tensor (``index_tensor_parameters``). Functions the body defines (inner loops' outlined
+bodies) are checked with the names they see varying.
 """
 from __future__ import annotations
 
 import ast
+import types
 
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, unparse
 from ..errors import Unsupported
+from .index_tensor_parameters import index_tensor_arguments
 from .loop_dataflow import (call_op, container_names, depends, makes_new_tensor,
                             resolve_call, variant_names)
 from .plan import LoopPlan
@@ -48,6 +52,7 @@ class _Check:
                       if name in plan.masks}
         # `sum(parts)` of a list the body builds adds its items
         self.containers = container_names(ast.Module(plan.body, []))
+        self.indices = {plan.iteration.index} | plan.outer_indices
 
     def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
         variant = variant_names(stmts, seeds, self.ctx)
@@ -143,6 +148,24 @@ class _Check:
                 or name == "range":
             self.refuse(f"`{self.quote(node)}` needs Python values of a value that varies per "
                         "iteration", node)
+        if op is ops.UNKNOWN:
+            given = self.indices_given(node, varies)
+            if given:
+                self.refuse(f"`{self.quote(node)}` gets the loop index `{given[0]}`, a Python int "
+                            "in the original and a tensor under vmap, which the function is not "
+                            "known to take (it may test it in Python)", node)
+
+    def indices_given(self, node: ast.Call, varies) -> list[str]:
+        """Loop indices (Python ints in the original) that vary here and that ``node``, a call of
+        a Python function of the module's globals, passes on, other than those it takes as 0-d
+        integer tensors too (``index_tensor_parameters``)."""
+        func = node.func
+        if not (isinstance(func, ast.Name) and func.id not in (self.ctx.local_names or ())
+                and isinstance(self.ctx.globals.get(func.id), types.FunctionType)):
+            return []
+        given = [a.id for a in node.args + [k.value for k in node.keywords]
+                 if isinstance(a, ast.Name) and a.id in self.indices and varies(a)]
+        return [a for a in given if a not in index_tensor_arguments(node, self.ctx)] if given else []
 
     def quote(self, node: ast.AST) -> str:
         found = self.written.get(_at(node), node)
