@@ -60,6 +60,11 @@ class OpSpec:
     # does not take it; the op is finite there, with finite gradients, in every dtype, wherever
     # its other operand is one it is finite at.
     sink_selection: str | None = None
+    # ... computed instead by this function of the op's arguments, with the unmasked operand and
+    # ``deselected=`` the selection: the op where it is false, no gradient through it where it
+    # is true (NaN, inf there too), so no masked copy of the operand per selection (bound into
+    # the generated code)
+    sink_selection_fn: Callable | None = None
     # How its derivative depends on the values, whatever they are (NaN and inf included):
     # "constant" (sums, selections: never NaN/inf; views, conversions, comparisons and shape
     # queries are so too), "bounded" (finite or NaN, never +-inf); None: it may be +-inf
@@ -282,6 +287,7 @@ REGISTRY: tuple[OpSpec, ...] = (
       for n in ("cross_entropy", "nll_loss")),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
+           sink_selection_fn=cosine_products.cosine_similarity_unless,
            vmap_fn=cosine_products.cosine_similarity),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),

@@ -1205,8 +1205,41 @@ _hit = torch.eq(torch.arange(0, cs.shape[0], 1, device=j.device if isinstance(j,
 _own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)) / 2, dim=0)
 # body
 _sel = k == j
-_keep = torch.logical_not(torch.ne(_sel, False))
 _t = cs[k]
+_sim = _cosine_similarity_unless(e, _t, dim=0, deselected=_sel)
+_sim = torch.where(_sel, _own, _sim)
+scores.append(w * _sim)
+"""),
+    # an arm computed by ops: its reads masked where the own item is picked, the op on it
+    (sink_own_item_selections, """
+def f(e, cs, j, w):
+    scores = []
+    for k in range(cs.shape[0]):
+        if k == j:
+            c = (cs.sum(0) - e) / 2
+        else:
+            c = cs[k] * 2
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores)
+""", ('first', 'body'),
+     """
+# first
+# body
+if k == j:
+    c = (cs.sum(0) - e) / 2
+else:
+    c = cs[k] * 2
+scores.append(w * F.cosine_similarity(e, c, dim=0))
+""",
+     """
+# first
+_hit = torch.eq(torch.arange(0, cs.shape[0], 1, device=j.device if isinstance(j, torch.Tensor) else torch.as_tensor(e).device), j).any()
+_own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)) / 2, dim=0)
+# body
+_sel = k == j
+_keep = torch.logical_not(torch.ne(_sel, False))
+_t_1 = cs[k]
+_t = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t_1.shape]), _t_1, torch.zeros_like(_t_1)) * 2
 c = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t.shape]), _t, torch.full_like(_t, 1))
 _sim = F.cosine_similarity(e, c, dim=0)
 _sim = torch.where(_sel, _own, _sim)

@@ -55,13 +55,18 @@ def _inputs(dtype, special):
     elif special == "ties":
         emb[1] = emb[1, 0]  # every utterance of speaker 1 alike: equal cosines
     cents = emb.detach().mean(1).clone()
+    if special == "nan centroid":
+        cents[2, 3] = float("nan")  # speaker 2's own scores stay finite: only its centroid is not
     w = torch.tensor(10.0, dtype=dtype)
     return emb.requires_grad_(), cents.requires_grad_(), w.requires_grad_()
 
 
-@pytest.mark.parametrize("special", [None, "nan", "inf", "ties"])
+@pytest.mark.parametrize("special", [None, "nan", "inf", "ties", "nan centroid"])
 @pytest.mark.parametrize("src", [OWN, NESTED], ids=["own", "nested"])
 def test_equivalent(src, special):
+    """With a NaN in the centroid the own arm replaces, the original's gradient of that
+    speaker's utterances is finite: every pair's cosine computed and the own one picked after
+    (a dense product) would make it NaN (the deselected pair's zero cotangent times the NaN)."""
     original, optimized, code, _ = build(src)
     assert "_own = " in code, code
     for dtype in (torch.float32, torch.float64):

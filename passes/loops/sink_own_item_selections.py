@@ -29,6 +29,20 @@ needs no safe operands). Where ``_sel`` holds, ``b`` is the op's safe value
 every dtype; zeros give NaN in float16), its reads masked alike; ``torch.where`` passes the
 cotangent to ``_own`` there.
 
+Without the masks, one product of every pair (``e @ cs.T``, what a hand-vectorized GE2E does)
+gives the deselected pair a zero cotangent times that pair's row, NaN if the row has one: the
+fixed operand's gradient would be NaN where the original's is finite (a NaN only in ``cs[j]``,
+which iteration ``j`` never reads). The masked ``b`` is exact but, under an outer vmap over
+``x``, one copy of the rows per ``x`` ([N, N, D] in GE2E). So an op with a
+``sink_selection_fn`` (the cosine: ``cosine_products.cosine_similarity_unless``) takes ``b``
+unmasked and the selection itself, when ``b`` only reads (an arm computed by ops keeps the
+masks)::
+
+    _sel = k == j
+    _t = cs[k]
+    _sim = _cosine_similarity_unless(e, _t, dim=0, deselected=_sel)
+    _sim = torch.where(_sel, _own, _sim)
+
 Left to ``tensor_branches_to_where`` (the branch as it is): other conditions, arms of several
 statements, an arm or operand that varies with the iteration or reads what the body binds, ``v``
 read elsewhere or after the loop, range bounds the body rebinds, arms whose calls are not total.
@@ -54,6 +68,13 @@ _SIMPLE = (ast.Assign, ast.AugAssign, ast.Expr)
 _PER_ITEM = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.IfExp,
              ast.BoolOp, ast.NamedExpr)
 _KEEP = "t = test\nm = torch.logical_not(torch.ne(t, False))"
+# the op's own form with no gradient through the deselected pairs: no masked copy of the arm
+_UNLESS = """
+t = test
+x = other
+r = call
+r = torch.where(t, o, r)
+"""
 _SUNK = """
 v = torch.where(m.reshape(h[m.shape, x.shape]), x, torch.full_like(x, safe))
 r = call
@@ -148,14 +169,29 @@ def _sunk(plan: LoopPlan, s: ast.If, found: tuple, use: ast.Call, variant: set[s
         return [s]  # an op that may fail where its arm is not taken: the branch as it is
     picked, own_name = ctx.namer.new("sim"), ctx.namer.new("own")
     plan.first += first + pre + replace(_OWN, loc=s, o=own_name, own=own_call)
-    out = replace(_KEEP, loc=s, torch_name=ctx.torch_name, t=sel, test=s.test, m=keep) \
-        + pre_other + replace("x = other", loc=s, x=arm, other=other) + replace(
-            _SUNK, loc=s, torch_name=ctx.torch_name, t=sel, m=keep, x=arm, o=own_name, v=name,
-            h=ctx.bind(BRANCH_SHAPE, "branch_shape"), r=picked, call=clone(use),
-            safe=ast.parse(call_op(use, ctx).sink_selection, mode="eval").body)
+    fn = call_op(use, ctx).sink_selection_fn
+    if fn is not None and not pre_other:
+        out = replace(_UNLESS, loc=s, torch_name=ctx.torch_name, t=sel, test=s.test, x=arm,
+                      other=other, r=picked, o=own_name, call=_unless(use, name, arm, sel, fn, ctx))
+    else:
+        out = replace(_KEEP, loc=s, torch_name=ctx.torch_name, t=sel, test=s.test, m=keep) \
+            + pre_other + replace("x = other", loc=s, x=arm, other=other) + replace(
+                _SUNK, loc=s, torch_name=ctx.torch_name, t=sel, m=keep, x=arm, o=own_name,
+                v=name, h=ctx.bind(BRANCH_SHAPE, "branch_shape"), r=picked, call=clone(use),
+                safe=ast.parse(call_op(use, ctx).sink_selection, mode="eval").body)
     for after in plan.body:
         _swap(after, lambda n: n is use, ast.Name(picked, ast.Load()))
     return out
+
+
+def _unless(use: ast.Call, name: str, arm: str, sel: str, fn, ctx: PassContext) -> ast.Call:
+    """``use`` on the unmasked arm, as the registry's ``sink_selection_fn`` deselected by
+    ``sel``."""
+    call = clone(use)
+    _swap(call, lambda n: is_name(n, name), ast.Name(arm, ast.Load()))
+    call.func = ast.Name(ctx.bind(fn, fn.__name__), ast.Load())
+    call.keywords.append(ast.keyword("deselected", ast.Name(sel, ast.Load())))
+    return call
 
 
 def _swap(tree: ast.AST, old, new: ast.expr) -> None:
