@@ -169,6 +169,11 @@ def _returned_list(stmt: ast.stmt) -> bool:
 def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
     if not isinstance(node, _ALWAYS_EVALUATED):
         return None
+    if isinstance(node, ast.Call) and list_mean_helpers.is_list_mean_call(node, ctx) \
+            and isinstance(node.args[0], ast.ListComp) \
+            and not any(isinstance(n, COMPREHENSIONS) for a in node.args[1:] + node.keywords
+                        for n in walk(a)):
+        return node  # a mean helper takes the list whole (its other arguments: no comprehension)
     if (isinstance(node, ast.Call) and node.args
             and isinstance(node.args[0], (ast.ListComp, ast.GeneratorExp))
             and len(node.args[0].generators) == 1 and not node.args[0].generators[0].is_async

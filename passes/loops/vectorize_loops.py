@@ -566,6 +566,8 @@ class _UseStacked(Transformer):
             own = self.stacked[node.args[0].id]
             table = rules.LIST_CONSUMERS_OF_HOST_VALUES if own.host else rules.LIST_CONSUMERS
             fn = resolve_call(node.func, self.ctx)
+            if fn not in table:  # a mean helper's call: it takes the stacked values as they are
+                return self.generic_visit(node)
             dim = normalize_comprehensions.joining_dim(node, self.ctx)
             if dim:  # joined along another dim than the stacked one
                 at = dim - 1 if dim < 0 and fn == "torch.cat" else dim
