@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, clone, replace, walk
-from .loop_dataflow import call_op, method_name, resolve_call
+from ..ast_tools import PassContext, clone, is_pure, replace, walk
+from .loop_dataflow import call_op, loads, method_name, resolve_call
 from .plan import LoopPlan
 
 # The ends of an ascending sort by the unsorted values (``s``): FIRST and LAST.
@@ -49,6 +49,10 @@ LAST = "s.max()"
 ORDER_FREE = frozenset({"sum", "mean", "max", "min", "amax", "amin", "logsumexp", "numel",
                         "len", "prod", "any", "all", "nansum", "count_nonzero"})
 SELECT = "masked_select"
+# Checked before the loop (else it runs as written): what a sorted value meets elementwise and
+# the body does not bind is a number or a 0-d tensor (a tensor of the selection's length would
+# pair its elements with the sorted ones).
+SCALAR_GUARD = "isinstance(x, (int, float)) or torch.is_tensor(x) and x.dim() == 0"
 _ARITHMETIC = (ast.BinOp, ast.UnaryOp)
 
 
@@ -57,7 +61,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if not sorts:
         return plan
     body = clone(plan.body)
-    reads = _Reads(body, sorts, ctx)
+    it = plan.iteration
+    reads = _Reads(body, sorts, {it.index} | {name for name, _ in it.elements}, ctx)
     if not reads.ok():
         return plan
     unsorted = []
@@ -74,6 +79,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         ends[id(sub)] = replace(FIRST if first else LAST, loc=sub, torch_name=ctx.torch_name,
                                 s=sub.value)
     plan.body = [_Ends(ends).visit(s) for s in unsorted]
+    for x in {ast.dump(g): g for g in reads.guards}.values():
+        plan.check(SCALAR_GUARD, x=x)
     return plan
 
 
@@ -163,37 +170,38 @@ def _one_dim(value: ast.expr, bindings: dict[str, list[ast.expr]], ctx: PassCont
 class _Reads:
     """Whether every read of the sorted names (and of the names they flow into) is one the module
     docstring allows; ``ends``: the ``s[0]``/``s[-1]`` reads, with the sorted name whose order
-    they have."""
+    they have; ``guards``: names read next to them that must be numbers or 0-d tensors."""
 
-    def __init__(self, body: list[ast.stmt], sorts: dict[str, bool], ctx: PassContext):
+    def __init__(self, body: list[ast.stmt], sorts: dict[str, bool], loop_vars: set[str],
+                 ctx: PassContext):
         self.body, self.sorts, self.ctx = body, sorts, ctx
         self.parents = {id(c): n for s in body for n in walk(s) for c in ast.iter_child_nodes(n)}
+        self.bound = loop_vars | {t.id for s in body for n in walk(s) for t in _stored(n)
+                                  if isinstance(t, ast.Name)}
         self.ends: list[tuple[ast.Subscript, str]] = []
+        self.guards: list[ast.expr] = []
         self.order: dict[str, str] = {}   # names in the order of a sorted name -> that name
-        self.unordered: set[str] = set()  # names of values made of those, elementwise
+        self.root: dict[str, str] = {}    # every tracked name -> the sorted name it comes from
 
     def ok(self) -> bool:
         for s in self.body:
-            tracked = self.unordered | set(self.order)
             flows = [self.read(n) for n in walk(s) if isinstance(n, ast.Name)
-                     and isinstance(n.ctx, ast.Load) and n.id in tracked]
+                     and isinstance(n.ctx, ast.Load) and n.id in self.root]
             if None in flows:
                 return False
             target = s.targets[0].id if isinstance(s, ast.Assign) and len(s.targets) == 1 \
                 and isinstance(s.targets[0], ast.Name) else None
             stored = {t.id for n in walk(s) for t in _stored(n) if isinstance(t, ast.Name)}
             if target is not None and target in self.sorts and _sorted(s.value, self.ctx):
-                self.order[target] = target
-                self.unordered.discard(target)
-            elif target is not None and "flows" in flows:
+                self.order[target] = self.root[target] = target
+            elif target is not None and any(f not in ("end", "reduced") for f in flows):
+                root = next(f for f in flows if f not in ("end", "reduced"))
                 self.order.pop(target, None)
-                self.unordered.discard(target)
+                self.root[target] = root
                 ordered = self._kept_order(s.value)
                 if ordered is not None:
-                    self.order[target] = self.order[ordered]
-                else:
-                    self.unordered.add(target)
-            elif "flows" in flows or stored & (self.unordered | set(self.order)):
+                    self.order[target] = root
+            elif any(f not in ("end", "reduced") for f in flows) or stored & set(self.root):
                 return False  # into a compound statement, or bound otherwise
         return True
 
@@ -205,8 +213,9 @@ class _Reads:
         return base.id if isinstance(base, ast.Name) and base.id in self.order else None
 
     def read(self, name: ast.Name) -> str | None:
-        """How this read of a tracked name is used: "end", "reduced", "flows" (into the value
-        of the statement's assignment), or None (refused)."""
+        """How this read of a tracked name is used: "end", "reduced", the sorted name it comes
+        from when it flows into the value of the statement's assignment, or None (refused)."""
+        root = self.root[name.id]
         node, parent = name, self.parents.get(id(name))
         if isinstance(parent, ast.Subscript) and parent.value is node:
             if name.id in self.order and _index(parent.slice) in (0, -1) \
@@ -216,38 +225,62 @@ class _Reads:
             return None
         while True:
             if isinstance(parent, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+                if not all(self._same_order(c, root) for c in ast.iter_child_nodes(parent)
+                           if isinstance(c, ast.expr)):
+                    return None
                 node, parent = parent, self.parents.get(id(parent))
                 continue
             if isinstance(parent, ast.Attribute) and parent.value is node:
-                call = self.parents.get(id(parent))
-                if not (isinstance(call, ast.Call) and call.func is parent):
+                parent = self.parents.get(id(parent))
+                if not (isinstance(parent, ast.Call) and parent.func.value is node):
                     return None
-                node, parent = call, self.parents.get(id(call))
-                use = self._use(call, method=True)
-            elif isinstance(parent, ast.Call) and node is not parent.func:
-                use = self._use(parent, method=False)
-                node, parent = parent, self.parents.get(id(parent))
-            elif isinstance(parent, ast.Assign) and len(parent.targets) == 1 \
-                    and isinstance(parent.targets[0], ast.Name):
-                return "flows"
-            else:
-                return None
+            elif not (isinstance(parent, ast.Call) and node is not parent.func):
+                return root if isinstance(parent, ast.Assign) and len(parent.targets) == 1 \
+                    and isinstance(parent.targets[0], ast.Name) else None
+            use = self._use(parent, root)
             if use != "flows":
                 return use
+            node, parent = parent, self.parents.get(id(parent))
 
-    def _use(self, call: ast.Call, method: bool) -> str | None:
-        """A call reading the value (its receiver when ``method``): "reduced" when it reduces it
-        whole, ignoring the order; "flows" when its result is elementwise of it or selected from
-        it; else None."""
-        fn = method_name(call, self.ctx) if method else resolve_call(call.func, self.ctx)
-        short = (fn or "").rsplit(".", 1)[-1]
-        arity = 0 if method else 1
-        if short in ORDER_FREE and not call.keywords and len(call.args) == arity \
+    def _use(self, call: ast.Call, root: str) -> str | None:
+        """A call reading the value: "reduced" when it reduces it whole, ignoring the order;
+        "flows" when its result is elementwise of it or selected from it, every other operand
+        a number, a 0-d value or of the same order; else None."""
+        method = method_name(call, self.ctx)
+        fn = resolve_call(call.func, self.ctx) or method or ""
+        short = fn.rsplit(".", 1)[-1]
+        operands = ([call.func.value] if method else []) + call.args
+        if short in ORDER_FREE and not call.keywords and len(operands) == 1 \
                 and (method or fn in ("len", f"torch.{short}")):
             return "reduced"
-        if short == SELECT or call_op(call, self.ctx).batched == "elementwise":
+        if (short == SELECT or call_op(call, self.ctx).batched == "elementwise") and all(
+                self._same_order(a, root) for a in operands + [k.value for k in call.keywords]):
             return "flows"
         return None
+
+    def _same_order(self, e: ast.expr, root: str) -> bool:
+        """``e`` pairs its elements with those of ``root``'s family as the sorted values do: made
+        of names of that family, numbers, whole reductions and ends (0-d), and names the body
+        does not bind (checked to be numbers or 0-d tensors), by elementwise ops."""
+        if isinstance(e, ast.Name) and e.id in self.root:
+            return self.root[e.id] == root
+        if isinstance(e, ast.Constant):
+            return type(e.value) in (int, float, bool)
+        if isinstance(e, (ast.Name, ast.Attribute)) and not loads(e) & self.bound:
+            if is_pure(e):
+                self.guards.append(e)
+                return True
+            return False
+        if isinstance(e, ast.Subscript):
+            return isinstance(e.value, ast.Name) and e.value.id in self.order \
+                and _index(e.slice) in (0, -1)
+        if isinstance(e, ast.Call):
+            return self._use(e, root) is not None and all(
+                isinstance(a, ast.Name) and a.id in self.root or self._same_order(a, root)
+                for a in e.args)
+        return isinstance(e, (ast.BinOp, ast.UnaryOp, ast.Compare, ast.operator, ast.unaryop,
+                              ast.cmpop)) and all(
+            self._same_order(c, root) for c in ast.iter_child_nodes(e) if isinstance(c, ast.expr))
 
     def _in_comparison(self, node: ast.expr) -> bool:
         parent = self.parents.get(id(node))
