@@ -45,6 +45,14 @@ def descending(sim, labels):
     return total
 
 
+def weighted(sim, labels, w):
+    total = 0
+    for i in range(sim.shape[0]):
+        neg = torch.sort(torch.masked_select(sim[i], labels != labels[i]))[0]
+        total = total + (neg * w).sum()
+    return total
+
+
 def end_with_gradient(sim, labels):
     total = 0
     for i in range(sim.shape[0]):
@@ -126,3 +134,14 @@ def test_lifted_structure_all_outputs(dtype):
     assert_equivalent(forward, opt, *inputs)
     (loop,) = opt.report.loops
     assert loop.vectorized and loop.vectorized_runs and not loop.failed_runs
+
+
+def test_an_operand_the_body_does_not_bind_must_be_0d(user):
+    # `neg * w` pairs the sorted values with `w`'s: a number scales them all (the sort can go),
+    # a vector of their length would pair them in another order (the loop runs as written)
+    sim, labels = _sim(torch.float64)
+    check(user.weighted, sim.requires_grad_(), labels, 0.5)
+    w = torch.linspace(0, 1, int((labels != 0).sum()), dtype=torch.float64)
+    opt = rewrite.optimize_loss(user.weighted, compile=False, strict=True)
+    assert_equivalent(user.weighted, opt, sim, labels, w)
+    assert opt.report.loops[0].vectorized and opt.report.loops[0].original_runs

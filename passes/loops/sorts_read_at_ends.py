@@ -5,12 +5,12 @@ A per-item ``torch.sort`` of a data-dependent number of elements has no masked d
 sorted sequence read only this way needs none (a hard-mining loss's anchor loop)::
 
     pos = torch.masked_select(sim[i], same)      pos = torch.masked_select(sim[i], same)
-    pos = torch.sort(pos)[0]                     pos = pos
-    neg = torch.masked_select(sim[i], other) ->  neg = torch.masked_select(sim[i], other)
-    neg = torch.sort(neg)[0]                     neg = neg
-    hard = torch.masked_select(neg,              hard = torch.masked_select(neg,
-        neg + 0.1 > pos[0])                          neg + 0.1 > <the first of pos sorted>)
-    loss += torch.exp(hard).sum()                loss += torch.exp(hard).sum()
+    pos = torch.sort(pos)[0]                     neg = torch.masked_select(sim[i], other)
+    neg = torch.masked_select(sim[i], other) ->  hard = torch.masked_select(neg,
+    neg = torch.sort(neg)[0]                         neg + 0.1 > <the first of pos sorted>)
+    hard = torch.masked_select(neg,              loss += torch.exp(hard).sum()
+        neg + 0.1 > pos[0])
+    loss += torch.exp(hard).sum()
 
 and ``masked_selections_to_where`` takes the selections that are left. The first of an ascending
 sort (the last of a descending one) is the least value that is not NaN, NaN when every value is
@@ -19,20 +19,23 @@ sort (the last of a descending one) is the least value that is not NaN, NaN when
 What is sorted: ``torch.sort(e)[0]``, ``torch.sort(e).values``, ``e.sort()[0]``, ...with
 ``descending=`` (or ``dim=0``/``-1``, ``stable=``) as literals, bound to a name by a statement of
 the body's top level, ``e`` 1-D by construction: a ``masked_select`` call, or a name every
-binding of which in the body is one, or such a sort. Every later read of a sorted name, and of
-the names bound to what it flows into, must be one of:
+binding of which in the body is one, or such a sort; sorted once, and not read in the body
+before it (that would be the previous iteration's value). Every later read of a sorted name, and
+of the names bound to what it flows into (its family), must be one of:
 
 * its end, ``s[0]`` or ``s[-1]``, where only arithmetic stands between it and a comparison
   (a mask: no gradient flows through it, so the sort's choice among ties does not matter);
   ``s`` the sorted name or ``masked_select(s, m)`` of it, bound to a name (the order kept);
 * an operand of elementwise arithmetic, comparisons, the registry's elementwise ops, or
-  ``masked_select`` (the result is read by these rules in turn);
+  ``masked_select`` (the result is read by these rules in turn), whose other operands pair
+  their elements with the sorted ones as they did: numbers, 0-d values (whole reductions,
+  ends), the same family, or names the body does not bind, which the loop's runtime check
+  requires to be numbers or 0-d tensors (``SCALAR_GUARD``);
 * reduced whole by an op that does not see the order (``ORDER_FREE``: sums in another order
   round differently, by an ulp, as any vectorized sum does).
 
-A sorted name read before its sort in the body (the previous iteration's value), anything else,
-or a name also bound otherwise leaves the body as it is. Sorts along other dims, ``argsort`` and
-the indices of the sort are left alone.
+Anything else, or a name of the family also bound otherwise, leaves the body as it is. Sorts
+along other dims, ``argsort`` and the indices of the sort are left alone.
 """
 from __future__ import annotations
 
@@ -100,13 +103,18 @@ def _sorts(body: list[ast.stmt], ctx: PassContext) -> dict[str, bool]:
             if isinstance(t, ast.Name):
                 simple = isinstance(n, ast.Assign) and t in n.targets
                 bindings.setdefault(t.id, []).append(n.value if simple else ast.Constant(None))
-    found = {}
+    found: dict[str, bool] = {}
+    sorted_twice, read_first, bound = set(), set(), set()
     for s in body:
+        read_first |= loads(s) - bound
         if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
             sort = _sorted(s.value, ctx)
             if sort is not None and _one_dim(sort[0], bindings, ctx, set()):
+                if s.targets[0].id in found:
+                    sorted_twice.add(s.targets[0].id)
                 found[s.targets[0].id] = sort[1]
-    return found
+        bound |= {t.id for n in walk(s) for t in _stored(n) if isinstance(t, ast.Name)}
+    return {name: d for name, d in found.items() if name not in sorted_twice | read_first}
 
 
 def _index(node: ast.expr) -> int | None:
