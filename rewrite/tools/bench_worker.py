@@ -343,7 +343,7 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
         steady(call, deadline, spec["min_time"], previous=0.0 if base in COMPILED else first, job=job)
     if base == "optimized_eager" and size == "bench":
         # Which form ran the steady calls, and the timings that chose it (``Report.forms``)
-        emit("info", job, forms=[str(f) for f in fn.report.forms])
+        emit("info", job, forms=[str(f) for f in fn.report.forms], runs_original=runs_original(fn))
 
 
 def original_is_close(fn: Any) -> bool:
@@ -353,6 +353,15 @@ def original_is_close(fn: Any) -> bool:
     forms = fn.report.forms
     return not forms or (not forms[-1].iterations
                          and forms[-1].original_s <= PAIR_WITHIN * forms[-1].rewritten_s)
+
+
+def runs_original(fn: Any) -> bool:
+    """The optimized function's steady calls ran the original function itself: nothing was
+    rewritten, the rewritten form fell back, or the choice of form kept the original."""
+    forms = fn.report.forms
+    if forms:
+        return forms[-1].chosen == "original"
+    return fn.rewritten_function() is fn.__wrapped__ or bool(fn.report.fallbacks)
 
 
 def main(argv: list[str]) -> int:
