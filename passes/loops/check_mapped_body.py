@@ -11,7 +11,9 @@ written, with the reason at the user's line::
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
 ``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
-registry's ``data_shape``) and list methods comparing values (``lst.remove(t)``). Functions the
+registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
+call such ops in their own bodies (``_helper_selection``: mapped with vmap, they raise on every
+call) and list methods comparing values (``lst.remove(t)``). Functions the
 body defines (inner loops' outlined bodies) are checked with the names they see varying.
 """
 from __future__ import annotations

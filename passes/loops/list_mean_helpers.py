@@ -20,7 +20,10 @@ flag is a parameter, and any handling of the empty iterable::
         return acc / n
 
 A call ``mean(xs, ...)`` whose first argument is a list the function builds (every binding of
-``xs`` is ``xs = []``, not a parameter) becomes ``_list_mean(xs, mean, ...)``. On a list (the
+``xs`` is ``xs = []``, not a parameter) becomes ``_list_mean(xs, mean, ...)``; so does
+``mean(f(x) for x in xs)`` (one ``for`` clause), as ``_list_mean([f(x) for x in xs], mean, ...)``:
+the helper takes every item, one after the other, so computing them first changes nothing, and
+``normalize_comprehensions`` vectorizes that list as the loop it is. On a list (the
 loop ran as written) ``list_mean`` calls the helper as written. On the stacked items a vectorized
 loop bound ``xs`` to (or the list of all its rows, ``_rows_of``), with at least two items and
 the filter's flag false: the first item plus

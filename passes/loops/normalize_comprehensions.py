@@ -15,7 +15,9 @@ The comprehension's variables are renamed (they never leaked out of it)::
                                                              _items.append(f(_r))
                                                          out = torch.stack(_items)
 
-``torch.stack``/``torch.cat`` along a literal ``dim`` take the same route (the vectorizer moves
+A mean helper's call ``_list_mean([...], mean, ...)`` (``list_mean_helpers``) is such a
+reducer: it takes the stacked items as they are. ``torch.stack``/``torch.cat`` along a literal
+``dim`` take the same route (the vectorizer moves
 the stacked dim there, ``loop_rules.LIST_CONSUMERS_ALONG_DIM``), and so does a returned list,
 ``return [f(r) for r in rows]`` -> ``return list(_items)`` (the rows of the stacked items).
 
