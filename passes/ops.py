@@ -18,7 +18,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import bce_with_logits, cosine_products, full_extremes, grad_free, set_distances
+from . import (bce_with_logits, cosine_products, full_extremes, grad_free, set_distances,
+               stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -248,7 +249,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("sort", total=True, derivative="constant"),
     _t("any", fn=False, batched="reduction", dim_rank=-1, total=True, counts_true=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
-    _t("unsqueeze", fn=False, batched="reduction", dim_rank=1, integer=(0,), total=True,
+    _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
@@ -258,6 +259,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
     _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
+    _helper(stacked_views.stack_items, total=True, derivative="constant"),
     # -- losses -----------------------------------------------------------------------------
     # selection: on masked selections, the loss per element (``reduction="none"``) masked
     # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class

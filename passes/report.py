@@ -1,6 +1,7 @@
 """What optimize_loss did to a function, and why: ``fn.report`` / ``rewrite.explain(fn)``."""
 from __future__ import annotations
 
+import ast
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,6 +42,18 @@ def describe_runs(runs: dict) -> str:
     raised = f" ({runs['failed']} raised)" if runs["failed"] else ""
     last = f"; last: {runs['last_failure']}" if runs["last_failure"] else ""
     return f" [ran: vectorized {runs['vectorized']}{raised}, as written {runs['as_written']}{last}]"
+
+
+def enclosing_loops(filename: str, lineno: int) -> frozenset[int]:
+    """The lines of the ``for`` loops of the file ``filename`` whose statements hold line
+    ``lineno``; none when the file cannot be read or parsed (source given as a string)."""
+    try:
+        with open(filename) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return frozenset()
+    return frozenset(n.lineno for n in ast.walk(tree)
+                     if isinstance(n, ast.For) and n.lineno < lineno <= n.end_lineno)
 
 
 @dataclass
@@ -154,6 +167,19 @@ class Report:
         else:
             loop.original_runs += 1
         loop.last_failure = failure or loop.last_failure
+
+    def ran_vectorized(self, loop: LoopReport) -> frozenset[int]:
+        """The lines of the loops whose vectorized forms ran ``loop`` vectorized in the counted
+        calls, without raising: its own line when its vectorized branch ran, else those of the
+        loops of its file around it that ran so (an inner loop that is part of its outer loop's
+        vectorized form counts no run of its own). Empty: it did not run vectorized."""
+        if not loop.vectorized or loop.failed_runs:
+            return frozenset()
+        if loop.vectorized_runs:
+            return frozenset({loop.lineno})
+        around = enclosing_loops(loop.filename, loop.lineno)
+        return frozenset(l.lineno for l in self.loops if l.filename == loop.filename
+                         and l.lineno in around and l.vectorized_runs and not l.failed_runs)
 
     def loop_ran_as_written(self, lineno: int, reason: str) -> None:
         """The vectorized branch of the loop at ``lineno``, counted as run, ran the loop as

@@ -31,7 +31,7 @@ import types
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
@@ -126,6 +126,15 @@ class OptimizedFunction:
         """The function after the AST passes, uncompiled; the original when nothing was rewritten
         or the rewrite fell back."""
         return self._rewrite() or self._original
+
+    def rewritten_with_loops_as_written(self, lines: Iterable[int]) -> Callable:
+        """The uncompiled rewritten function with its vectorized loops at ``lines`` (in it and
+        its rewritten helpers) run as written: the forms the choice of form times per loop
+        (``rewrite.keep_faster``), for measuring what one loop's vectorized form gains."""
+        rewritten = self._rewrite()
+        if rewritten is None:
+            raise ValueError(f"{self._report.function}: nothing was rewritten")
+        return self._as_written(rewritten, frozenset(lines))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fast = self._fast

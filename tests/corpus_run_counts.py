@@ -2,12 +2,12 @@
 the small inputs (``compile=False``, first call): ``python -m tests.corpus_run_counts [-v]``.
 
 A loop runs vectorized when its vectorized branch ran and never failed, or when it sits inside a
-loop that did (the inner loop is part of the outer one's vectorized form). ``-v`` lists every
-loop with its run-time counts, its class (``tests.corpus_loop_classes``), its strategy and, for
-kept loops, the reason. Loops of the methods and helpers the loss calls are the loss's (the
-report lists them); ``distributed``: split into a vectorized loop and a residual one. The last
-line is the goal's measure: of the loops whose iterations are independent, how many run
-vectorized.
+loop that did (the inner loop is part of the outer one's vectorized form: ``Report.ran_vectorized``).
+``-v`` lists every loop with its run-time counts, its class (``examples/real/loop_classes.py``),
+its strategy and, for kept loops, the reason. Loops of the methods and helpers the loss calls are
+the loss's (the report lists them); ``distributed``: split into a vectorized loop and a residual
+one. The last line is the goal's measure: of the loops whose iterations are independent, how many
+run vectorized.
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ import importlib
 import sys
 import warnings
 
+from examples.real.loop_classes import INDEPENDENT, loop_class
 from rewrite import optimize_loss
-from tests.corpus_loop_classes import INDEPENDENT, LOOP_CLASSES
 from tests.helpers import REAL_EXAMPLE_NAMES
-from tests.test_vmap_safety import _enclosing_loops
 
 
 def main(verbose: bool) -> None:
@@ -29,14 +28,11 @@ def main(verbose: bool) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fn(*module.make_inputs("small"))
-        ran = {loop.lineno for loop in fn.report.loops
-               if loop.vectorized_runs and not loop.failed_runs}
         for loop in fn.report.loops:
-            runs = loop.vectorized and not loop.failed_runs and bool(
-                loop.lineno in ran or _enclosing_loops(loop.filename, loop.lineno) & ran)
+            runs = bool(fn.report.ran_vectorized(loop))
             loops, vectorized, running = loops + 1, vectorized + loop.vectorized, running + runs
             distributed += loop.strategy == "distributed"
-            kind = LOOP_CLASSES.get(f"{name}:{loop.lineno}", ("unclassified", ""))[0]
+            kind = loop_class(name.removeprefix("real."), loop.lineno)[0]
             independent += kind == INDEPENDENT
             independent_running += kind == INDEPENDENT and runs
             if verbose:

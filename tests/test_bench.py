@@ -260,12 +260,19 @@ def test_the_loops_column_reads_the_report_after_the_first_call(tmp_path, monkey
     infos = [e for e in map(json.loads, out.getvalue().splitlines())
              if e["event"] == "info" and "loops" in e]
     assert [[row[:2] + row[4:] for row in e["loops"]] for e in infos] == [
-        [[15, True, 0]],  # before any call (``rewrite_info``)
-        [[15, True, 1]]]  # after the first call: its vectorized form ran once
+        [[15, True, 0, False]],  # before any call (``rewrite_info``)
+        [[15, True, 1, True]]]   # after the first call: its vectorized form ran once
     raw = {"loops": infos[-1]["loops"]}
     assert _loops(raw, {}) == "1/1 vectorized"
-    raw["loops"][0][4] = 0  # its runtime check failed: the loop ran as written
+    raw["loops"][0][4:] = [0, False]  # its runtime check failed: the loop ran as written
     assert _loops(raw, {}) == "1/1 vectorized (0 ran so)"
+
+
+def test_the_loops_column_counts_an_inner_loop_run_inside_its_outer_loops_form():
+    # (line, vectorized, strategy, reason, own vectorized runs, ran vectorized)
+    raw = {"loops": [[3, True, "vmap", "", 1, True], [4, True, "vmap", "", 0, True],
+                     [9, True, "batched", "", 0, False], [12, False, "kept", "why", 0, False]]}
+    assert _loops(raw, {}) == "3/4 vectorized (2 ran so)"
 
 
 def test_loop_summary_counts_strategies_and_names_the_distributed_cases_gain():

@@ -6,6 +6,7 @@ from collections import namedtuple
 import pytest
 import torch
 
+from passes.stacked_views import stack_items
 from tests.loop_helpers import build, namespace
 
 DTYPES = [torch.float32, torch.float64]
@@ -99,7 +100,7 @@ def test_namedtuple_is_stacked_and_an_overriding_subclass_is_not():
     overriding item access stays itself (the loop as written runs)."""
     _, _, code, _ = build(INDEXED)
     prelude = next(line for line in code.splitlines() if "_preds_stacked =" in line)
-    ns = {"torch": torch, "preds": None, "_v": None}
+    ns = {"torch": torch, "preds": None, "_v": None, "_stack_items": stack_items}
     rows = [torch.randn(4) for _ in range(3)]
     stmt = prelude.strip()
     for make, stacked in [(Pair._make, True), (tuple, True), (list, True),

@@ -96,7 +96,7 @@ def test_labels_of_another_length_raise_as_the_loop():
 def test_shifted_heads_golden():
     _, _, code, report = build(SHIFTED)
     assert strategies(report) == {3: "batched"}, (report, code)
-    assert "_heads_stacked = torch.stack(tuple(heads))" in code, code
+    assert "_heads_stacked = _stack_items(tuple(heads))" in code, code
     assert "_heads_stacked[i + 1]" in code, code
 
 

@@ -46,7 +46,7 @@ def test_golden_int_order_becomes_an_index_tensor():
             "and type(order).__getitem__ is tuple.__getitem__ and (type(order).__iter__ is "
             "tuple.__iter__) and (type(order).__len__ is tuple.__len__))) and len(order) > 0 "
             "and all((type(_v_1) is int for _v_1 in order)) else order") in code, code
-    assert "_refs_stacked = torch.stack(tuple(refs))" in code, code
+    assert "_refs_stacked = _stack_items(tuple(refs))" in code, code
     assert "_acc_part = (_ests_row - _refs_stacked[_t]).pow(2).sum(-1).sum(0)" in code, code
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from passes.loop_run_counters import instrument
+from passes.report import Report
 from rewrite import assert_equivalent, optimize_loss
 from tests.helpers import load_module
 
@@ -155,3 +156,49 @@ def test_inspect_shows_the_counts(user):
     assert data["loops"][0]["runs"] == {"vectorized": 1, "failed": 0, "as_written": 0,
                                         "last_failure": ""}
     assert "[ran: vectorized 1, as written 0]" in inspection.format_text(data)
+
+
+NESTED = '''
+import torch
+
+def nested(x):
+    total = 0
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            total = total + (x[i, j] ** 2).sum()
+    return total
+
+def beside(x):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + x[i].sum()
+    return total
+'''
+
+
+def test_an_inner_loop_runs_vectorized_inside_its_outer_loops_form(tmp_path):
+    # the inner loop is part of the outer one's vectorized form: it counts no run of its own,
+    # and runs vectorized because the loop around it did
+    module = load_module(tmp_path, NESTED)
+    fn = optimize_loss(module.nested, compile=False)
+    fn(torch.randn(3, 4, 5, requires_grad=True))
+    outer, inner = sorted(fn.report.loops, key=lambda loop: loop.lineno)
+    assert (outer.vectorized_runs, inner.vectorized_runs) == (1, 0)
+    assert fn.report.ran_vectorized(outer) == fn.report.ran_vectorized(inner) == {outer.lineno}
+
+
+def test_what_runs_vectorized_when_the_outer_loop_raised_or_is_kept(tmp_path):
+    module = load_module(tmp_path, NESTED)
+    report = Report("nested", module.__file__, 4)
+    outer = report.add_loop(6, True, "vmap", "")
+    inner = report.add_loop(7, True, "batched", "")
+    outer.vectorized_runs, outer.failed_runs = 1, 1  # it raised: the original ran
+    assert report.ran_vectorized(outer) == report.ran_vectorized(inner) == frozenset()
+    outer.failed_runs = 0
+    assert report.ran_vectorized(inner) == {6}
+    outer.vectorized = False  # kept, its inner loop vectorized by itself
+    outer.vectorized_runs, inner.vectorized_runs = 0, 2
+    assert report.ran_vectorized(outer) == frozenset() and report.ran_vectorized(inner) == {7}
+    elsewhere = Report("f", "<string>", 1)  # no file to find the loops around it in
+    loop = elsewhere.add_loop(3, True, "vmap", "")
+    assert elsewhere.ran_vectorized(loop) == frozenset()

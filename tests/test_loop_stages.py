@@ -19,6 +19,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           hoist_calls_under_index_tests, hoist_invariant_checks,
                           host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
                           index_tests_to_selected_indices, index_tuples_to_tensors,
+                          index_value_checks_to_ranges,
                           inplace_writes_to_functional,
                           invariant_branches_to_checks, invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
@@ -129,9 +130,9 @@ loss = _outs[0]
 # checks
 isinstance(_w_stacked, torch.Tensor) and min(len(_preds_stacked), len(_targets_stacked)) <= _w_stacked.shape[0] and isinstance(_preds_stacked, torch.Tensor) and _preds_stacked.dim() > 0 and isinstance(_targets_stacked, torch.Tensor) and _targets_stacked.dim() > 0 and isinstance(min(len(_preds_stacked), len(_targets_stacked)), int) and min(len(_preds_stacked), len(_targets_stacked)) > 0
 # prelude
-_preds_stacked = torch.stack(tuple(preds)) if (type(preds) is list or (isinstance(preds, tuple) and type(preds).__getitem__ is tuple.__getitem__ and (type(preds).__iter__ is tuple.__iter__) and (type(preds).__len__ is tuple.__len__))) and len(preds) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == preds[0].shape and (_v.dtype == preds[0].dtype) and (_v.device == preds[0].device) for _v in preds)) else preds
-_targets_stacked = torch.stack(tuple(targets)) if (type(targets) is list or (isinstance(targets, tuple) and type(targets).__getitem__ is tuple.__getitem__ and (type(targets).__iter__ is tuple.__iter__) and (type(targets).__len__ is tuple.__len__))) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
-_w_stacked = torch.stack(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else w
+_preds_stacked = _stack_items(tuple(preds)) if (type(preds) is list or (isinstance(preds, tuple) and type(preds).__getitem__ is tuple.__getitem__ and (type(preds).__iter__ is tuple.__iter__) and (type(preds).__len__ is tuple.__len__))) and len(preds) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == preds[0].shape and (_v.dtype == preds[0].dtype) and (_v.device == preds[0].device) for _v in preds)) else preds
+_targets_stacked = _stack_items(tuple(targets)) if (type(targets) is list or (isinstance(targets, tuple) and type(targets).__getitem__ is tuple.__getitem__ and (type(targets).__iter__ is tuple.__iter__) and (type(targets).__len__ is tuple.__len__))) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
+_w_stacked = _stack_items(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else w
 # outline
 if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1: ...
 loss = _outs[0]
@@ -168,7 +169,7 @@ try:
     _part_rows = [part[i + 1] for i in range(5)]
 except Exception:
     _part_rows = None
-_part_rows = torch.stack(tuple(_part_rows)) if (type(_part_rows) is list or (isinstance(_part_rows, tuple) and type(_part_rows).__getitem__ is tuple.__getitem__ and (type(_part_rows).__iter__ is tuple.__iter__) and (type(_part_rows).__len__ is tuple.__len__))) and len(_part_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _part_rows[0].shape and (_v.dtype == _part_rows[0].dtype) and (_v.device == _part_rows[0].device) for _v in _part_rows)) else _part_rows
+_part_rows = _stack_items(tuple(_part_rows)) if (type(_part_rows) is list or (isinstance(_part_rows, tuple) and type(_part_rows).__getitem__ is tuple.__getitem__ and (type(_part_rows).__iter__ is tuple.__iter__) and (type(_part_rows).__len__ is tuple.__len__))) and len(_part_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _part_rows[0].shape and (_v.dtype == _part_rows[0].dtype) and (_v.device == _part_rows[0].device) for _v in _part_rows)) else _part_rows
 # body
 loss += ce(_part_rows[i], y)
 """),
@@ -194,7 +195,7 @@ try:
     _outputs_rows = [outputs['color', f] for f in frames]
 except Exception:
     _outputs_rows = None
-_outputs_rows = torch.stack(tuple(_outputs_rows)) if (type(_outputs_rows) is list or (isinstance(_outputs_rows, tuple) and type(_outputs_rows).__getitem__ is tuple.__getitem__ and (type(_outputs_rows).__iter__ is tuple.__iter__) and (type(_outputs_rows).__len__ is tuple.__len__))) and len(_outputs_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _outputs_rows[0].shape and (_v.dtype == _outputs_rows[0].dtype) and (_v.device == _outputs_rows[0].device) for _v in _outputs_rows)) else _outputs_rows
+_outputs_rows = _stack_items(tuple(_outputs_rows)) if (type(_outputs_rows) is list or (isinstance(_outputs_rows, tuple) and type(_outputs_rows).__getitem__ is tuple.__getitem__ and (type(_outputs_rows).__iter__ is tuple.__iter__) and (type(_outputs_rows).__len__ is tuple.__len__))) and len(_outputs_rows) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _outputs_rows[0].shape and (_v.dtype == _outputs_rows[0].dtype) and (_v.device == _outputs_rows[0].device) for _v in _outputs_rows)) else _outputs_rows
 # body
 loss += (_outputs_rows[_i] - y).abs().mean()
 """),
@@ -1982,6 +1983,137 @@ if s == c:
     _cen = own_centroid(emb, c, u)
 out.append(cos(emb[s, u], _cen))
 # first
+"""),
+    (index_value_checks_to_ranges, """
+def f(emb, cens):
+    out = emb.new_zeros(emb.shape[0], cens.shape[0])
+    for s in range(emb.shape[0]):
+        for c, cen in enumerate(cens):
+            if s == c:
+                cen = own_centroid(emb, s)
+            out[s, c] = cen.sum()
+    return out
+""", ('body', 'helper_checks'),
+     """
+# body
+if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and any((s == _k for _k in range(0, len(cens), 1))) and isinstance(s, int):
+    'optimize_loss: loop at line 4 vectorized'
+    _cen_1 = own_centroid(emb, s)
+    if not isinstance(s, torch.Tensor) and (not (isinstance(_cen_1, torch.Tensor) and _cen_1.requires_grad)) and (cens.dim() == 1) and (not isinstance(_cen_1, torch.Tensor)):
+        c = torch.arange(0, len(cens), 1, device=cens.device)
+        cen = cens
+        _cen = cen
+        _cond = torch.ne(s == c, False)
+        _cen = torch.where(_cond, _cen_1, _cen)
+        _out_item = _cen.sum(tuple(range(1, _cen.dim()))) if _cen.dim() > 1 else _cen.reshape(len(_cen), -1).sum(1)
+        _outs = (_out_item,)
+    else:
+
+        def _body(c, cen):
+            _cen = cen
+            _cond = torch.ne(s == c, False)
+            _cen = torch.where(_cond, _fixed_operand(_cond, _cen_1), _cen)
+            _out_item = _cen.sum()
+            return (torch.as_tensor(_out_item),)
+        _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
+    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+else:
+    for c, cen in enumerate(cens):
+        if s == c:
+            cen = own_centroid(emb, s)
+        out[s, c] = cen.sum()
+# helper_checks
+""",
+     """
+# body
+if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and isinstance(s, int):
+    'optimize_loss: loop at line 4 vectorized'
+    _cen_1 = own_centroid(emb, s)
+    if not isinstance(s, torch.Tensor) and (not (isinstance(_cen_1, torch.Tensor) and _cen_1.requires_grad)) and (cens.dim() == 1) and (not isinstance(_cen_1, torch.Tensor)):
+        c = torch.arange(0, len(cens), 1, device=cens.device)
+        cen = cens
+        _cen = cen
+        _cond = torch.ne(s == c, False)
+        _cen = torch.where(_cond, _cen_1, _cen)
+        _out_item = _cen.sum(tuple(range(1, _cen.dim()))) if _cen.dim() > 1 else _cen.reshape(len(_cen), -1).sum(1)
+        _outs = (_out_item,)
+    else:
+
+        def _body(c, cen):
+            _cen = cen
+            _cond = torch.ne(s == c, False)
+            _cen = torch.where(_cond, _fixed_operand(_cond, _cen_1), _cen)
+            _out_item = _cen.sum()
+            return (torch.as_tensor(_out_item),)
+        _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
+    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+else:
+    for c, cen in enumerate(cens):
+        if s == c:
+            cen = own_centroid(emb, s)
+        out[s, c] = cen.sum()
+# helper_checks
+_run_eagerly(lambda: all((any((_s == _k for _k in range(0, len(cens), 1))) for _s in range(0, emb.shape[0], 1))))
+"""),
+    (index_value_checks_to_ranges, """
+def f(x, w, n):
+    total = 0
+    for i in range(n):
+        row = 0
+        for j in range(4):
+            row = row + w[j] * x[i]
+        total = total + row
+    return total
+""", ('body', 'helper_checks'),
+     """
+# body
+row = 0
+if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
+    'optimize_loss: loop at line 5 vectorized'
+    if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
+        _w_row = w if 4 == w.shape[0] else w[0:4:1]
+        _row_part = 0
+        _row_part = _w_row.sum(0) * x[i]
+        _outs = (_row_part,)
+    else:
+
+        def _body(_w_row):
+            _row_part = 0
+            _row_part = _row_part + _w_row * x[i]
+            return (torch.as_tensor(_row_part),)
+        _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+        _outs = (_outs[0].sum(0),)
+    row = row + _outs[0]
+else:
+    for j in range(4):
+        row = row + w[j] * x[i]
+total = total + row
+# helper_checks
+""",
+     """
+# body
+row = 0
+if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
+    'optimize_loss: loop at line 5 vectorized'
+    if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
+        _w_row = w if 4 == w.shape[0] else w[0:4:1]
+        _row_part = 0
+        _row_part = _w_row.sum(0) * x[i]
+        _outs = (_row_part,)
+    else:
+
+        def _body(_w_row):
+            _row_part = 0
+            _row_part = _row_part + _w_row * x[i]
+            return (torch.as_tensor(_row_part),)
+        _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+        _outs = (_outs[0].sum(0),)
+    row = row + _outs[0]
+else:
+    for j in range(4):
+        row = row + w[j] * x[i]
+total = total + row
+# helper_checks
 """),
     (split_tuple_assignments, """
 def f(prob, onehot, ignore):

@@ -606,8 +606,8 @@ GOLDEN_ACCUMULATOR = ("""
     """, """
     def f(pred, target):
         loss = 0
-        _pred_stacked = torch.stack(tuple(pred)) if (type(pred) is list or (isinstance(pred, tuple) and type(pred).__getitem__ is tuple.__getitem__ and (type(pred).__iter__ is tuple.__iter__) and (type(pred).__len__ is tuple.__len__))) and len(pred) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == pred[0].shape and (_v.dtype == pred[0].dtype) and (_v.device == pred[0].device) for _v in pred)) else pred
-        _target_stacked = torch.stack(tuple(target)) if (type(target) is list or (isinstance(target, tuple) and type(target).__getitem__ is tuple.__getitem__ and (type(target).__iter__ is tuple.__iter__) and (type(target).__len__ is tuple.__len__))) and len(target) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == target[0].shape and (_v_1.dtype == target[0].dtype) and (_v_1.device == target[0].device) for _v_1 in target)) else target
+        _pred_stacked = _stack_items(tuple(pred)) if (type(pred) is list or (isinstance(pred, tuple) and type(pred).__getitem__ is tuple.__getitem__ and (type(pred).__iter__ is tuple.__iter__) and (type(pred).__len__ is tuple.__len__))) and len(pred) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == pred[0].shape and (_v.dtype == pred[0].dtype) and (_v.device == pred[0].device) for _v in pred)) else pred
+        _target_stacked = _stack_items(tuple(target)) if (type(target) is list or (isinstance(target, tuple) and type(target).__getitem__ is tuple.__getitem__ and (type(target).__iter__ is tuple.__iter__) and (type(target).__len__ is tuple.__len__))) and len(target) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == target[0].shape and (_v_1.dtype == target[0].dtype) and (_v_1.device == target[0].device) for _v_1 in target)) else target
         if isinstance(_pred_stacked, torch.Tensor) and len(_pred_stacked) <= _pred_stacked.shape[0] and isinstance(_target_stacked, torch.Tensor) and (len(_pred_stacked) <= _target_stacked.shape[0]) and isinstance(len(_pred_stacked), int) and (len(_pred_stacked) > 0):
             'optimize_loss: loop at line 3 vectorized'
             if _target_stacked.dim() == _pred_stacked.dim():
@@ -642,8 +642,8 @@ GOLDEN_MASKED = ("""
     """, """
     def f(logp, target):
         loss = 0
-        _logp_stacked = torch.stack(tuple(logp)) if (type(logp) is list or (isinstance(logp, tuple) and type(logp).__getitem__ is tuple.__getitem__ and (type(logp).__iter__ is tuple.__iter__) and (type(logp).__len__ is tuple.__len__))) and len(logp) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == logp[0].shape and (_v.dtype == logp[0].dtype) and (_v.device == logp[0].device) for _v in logp)) else logp
-        _target_stacked = torch.stack(tuple(target)) if (type(target) is list or (isinstance(target, tuple) and type(target).__getitem__ is tuple.__getitem__ and (type(target).__iter__ is tuple.__iter__) and (type(target).__len__ is tuple.__len__))) and len(target) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == target[0].shape and (_v_1.dtype == target[0].dtype) and (_v_1.device == target[0].device) for _v_1 in target)) else target
+        _logp_stacked = _stack_items(tuple(logp)) if (type(logp) is list or (isinstance(logp, tuple) and type(logp).__getitem__ is tuple.__getitem__ and (type(logp).__iter__ is tuple.__iter__) and (type(logp).__len__ is tuple.__len__))) and len(logp) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == logp[0].shape and (_v.dtype == logp[0].dtype) and (_v.device == logp[0].device) for _v in logp)) else logp
+        _target_stacked = _stack_items(tuple(target)) if (type(target) is list or (isinstance(target, tuple) and type(target).__getitem__ is tuple.__getitem__ and (type(target).__iter__ is tuple.__iter__) and (type(target).__len__ is tuple.__len__))) and len(target) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == target[0].shape and (_v_1.dtype == target[0].dtype) and (_v_1.device == target[0].device) for _v_1 in target)) else target
         if isinstance(_target_stacked, torch.Tensor) and len(_target_stacked) <= _target_stacked.shape[0] and isinstance(_logp_stacked, torch.Tensor) and (len(_target_stacked) <= _logp_stacked.shape[0]) and isinstance(len(_target_stacked), int) and (len(_target_stacked) > 0):
             'optimize_loss: loop at line 3 vectorized'
             if _target_stacked.dtype in (torch.int64, torch.int32) and _target_stacked.dim() == 1 and (_logp_stacked.dim() >= 2) and (_logp_stacked.dim() == _target_stacked.dim() + 1):
@@ -723,7 +723,7 @@ GOLDEN_MEAN = ("""
         B = pred.shape[0]
         loss = 0
         _averaged = False
-        _target_stacked = torch.stack(tuple(target)) if (type(target) is list or (isinstance(target, tuple) and type(target).__getitem__ is tuple.__getitem__ and (type(target).__iter__ is tuple.__iter__) and (type(target).__len__ is tuple.__len__))) and len(target) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == target[0].shape and (_v.dtype == target[0].dtype) and (_v.device == target[0].device) for _v in target)) else target
+        _target_stacked = _stack_items(tuple(target)) if (type(target) is list or (isinstance(target, tuple) and type(target).__getitem__ is tuple.__getitem__ and (type(target).__iter__ is tuple.__iter__) and (type(target).__len__ is tuple.__len__))) and len(target) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == target[0].shape and (_v.dtype == target[0].dtype) and (_v.device == target[0].device) for _v in target)) else target
         if isinstance(pred, torch.Tensor) and B <= pred.shape[0] and isinstance(_target_stacked, torch.Tensor) and (B <= _target_stacked.shape[0]) and isinstance(B, int) and (B > 0):
             'optimize_loss: loop at line 4 vectorized'
             if _target_stacked.dim() == pred.dim():
@@ -876,7 +876,7 @@ GOLDEN_DATA_SLOTS = ("""
     def f(x, t):
         out = torch.zeros(x.shape[0], 4)
         counts = torch.zeros(4)
-        _t_stacked = torch.stack(tuple(t)) if (type(t) is list or (isinstance(t, tuple) and type(t).__getitem__ is tuple.__getitem__ and (type(t).__iter__ is tuple.__iter__) and (type(t).__len__ is tuple.__len__))) and len(t) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == t[0].shape and (_v.dtype == t[0].dtype) and (_v.device == t[0].device) for _v in t)) else t
+        _t_stacked = _stack_items(tuple(t)) if (type(t) is list or (isinstance(t, tuple) and type(t).__getitem__ is tuple.__getitem__ and (type(t).__iter__ is tuple.__iter__) and (type(t).__len__ is tuple.__len__))) and len(t) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == t[0].shape and (_v.dtype == t[0].dtype) and (_v.device == t[0].device) for _v in t)) else t
         if not (isinstance(_t_stacked, torch.Tensor) and _t_stacked.is_floating_point()) and isinstance(_t_stacked, torch.Tensor) and (x.shape[0] <= _t_stacked.shape[0]) and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (_t_stacked.dtype in (torch.int64, torch.int32) and _t_stacked.dim() == 1):
             'optimize_loss: loop at line 4 vectorized'
             _t_row = _t_stacked if x.shape[0] == _t_stacked.shape[0] else _t_stacked[0:x.shape[0]:1]

@@ -35,6 +35,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
+from . import inline_inner_loops
 from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, loads,
                             resolve_call, stores_in, write_entries)
 from .plan import Accumulator, LoopPlan, OwnList
@@ -99,7 +100,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
             plan.folds += plan.sub("s = r[-1]", s=e.name, r=run)
         return plan.sub("p = v", p=step, v=value)
     if e.scan_of:  # the running value itself: comes from the scan
-        plan.folds += _place(plan, e, ast.Name(plan.running[e.scan_of], ast.Load()))
+        plan.folds += _place(plan, e, ast.Name(plan.running[e.scan_of], ast.Load()), ctx)
         return []
     if e.kind == "write" and mask is not None:
         value = _masked_write(plan, e, value, mask)
@@ -129,7 +130,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
             lst=e.name, v=stacked, m=selected)))
     else:
         plan.folds += _place_at(plan, e, stacked, slots, ctx) if slots else \
-            _place(plan, e, stacked, bind=mask is None)
+            _place(plan, e, stacked, ctx, bind=mask is None)
     return stmts + plan.sub("x = v", x=item, v=value)
 
 
@@ -300,7 +301,8 @@ def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast
     return stmts + [ast.Expr(plan.sub(f"{put}(out, i, v)", out=e.name, i=target.slice, v=v))]
 
 
-def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, bind: bool = True) -> list[ast.stmt]:
+def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, ctx: PassContext,
+           bind: bool = True) -> list[ast.stmt]:
     """Store the stacked per-iteration values of an append or write; ``bind``: a list the loop
     builds may be bound to them (not when they may be none: its consumers raise on an empty
     list, as the original's do)."""
@@ -314,10 +316,23 @@ def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, bind: bool = True) -> l
     if e.kind == "append":  # host values (`.item()`) were Python numbers in the list
         how = "v.tolist()" if host else "v.unbind(0)"
         return [ast.Expr(plan.sub(f"lst.extend({how})", lst=e.name, v=stacked))]
-    return _place_slice(plan, e, stacked)
+    return _place_slice(plan, e, stacked, ctx)
 
 
-def _place_slice(plan: LoopPlan, e: Effect, stacked: ast.expr) -> list[ast.stmt]:
+def _invariant_slice(plan: LoopPlan, x: ast.Slice, ctx: PassContext) -> ast.Slice:
+    """An inner loop's slice in a write, bounded by an item of this loop (``0:len(spk):1``):
+    the same bounds on the whole tensor (``emb.shape[1]``), which every item shares."""
+    lifted = inline_inner_loops.lifted_to_tensors(x, plan, ctx)
+    if lifted is None:
+        raise Unsupported(f"the written slice `{unparse(x)}` varies with the iteration",
+                          plan.node.lineno)
+    for check in lifted[:-1]:
+        plan.checks.add(check)
+    return lifted[-1]
+
+
+def _place_slice(plan: LoopPlan, e: Effect, stacked: ast.expr,
+                 ctx: PassContext) -> list[ast.stmt]:
     """``out[..., i, ...] = v`` -> ``out[..., a:b:s, ...] = <stacked values>``."""
     plan.need_plain_range()
     it = plan.iteration
@@ -329,6 +344,8 @@ def _place_slice(plan: LoopPlan, e: Effect, stacked: ast.expr) -> list[ast.stmt]
                 isinstance(x, ast.Constant) and type(x.value) is int):
             plan.check("isinstance(x, int)", x=x)
     entries[at] = ast.Slice(it.start, it.stop, it.step)
+    entries = [_invariant_slice(plan, x, ctx) if isinstance(x, ast.Slice) and k != at
+               and loads(x) & plan.facts.variant else x for k, x in enumerate(entries)]
     target.slice = ast.Tuple(entries, ast.Load()) if len(entries) > 1 else entries[0]
     fixed = sum(not isinstance(x, ast.Slice) for x in entries)  # int entries drop a dim
     moved = sum(isinstance(x, ast.Slice) for x in entries[:at])

@@ -32,6 +32,11 @@ eagerly under torch.compile, which would unroll it and specialise the sizes::
 
     if i != k: s += e                   ->   if run_eagerly(lambda: any(i != k for i in range(...))):
 
+An exclusion (``i != k``, ``not i == k``) passes some index of two or more whatever the one
+value ``k`` is: a 0-d tensor ``k`` (a loop index a vmapped caller hands over, which the host
+cannot read) is not compared then (``len(range(...)) > 1 and isinstance(k, torch.Tensor) and
+k.numel() == 1 or any(...)``).
+
 An inner loop's guard would be a tensor condition of the outer body: its folds stay, marked with
 a counter of the iterations that selected (``ast_marks.SELECTED_BY``: ``c = c + _outs[1].sum()``,
 summed by the outer loop like its accumulators, zeroed before the outermost) or, under index
@@ -164,7 +169,25 @@ def _any_iteration(plan: LoopPlan, tests: list[ast.expr]) -> ast.expr:
     found = plan.sub("any(t for i in range(a, b, s))", t=test, i=it.index, a=it.start,
                      b=it.stop, s=it.step)
     ast_marks.put(found.args[0], ast_marks.GENERATED, True)
-    return found
+    value = next(filter(None, (_excluded_value(t, it.index) for t in tests)), None)
+    if value is None:
+        return found
+    # one value equals at most one index: another passes (a tensor one is not read on the host)
+    return plan.sub("len(range(a, b, s)) > 1 and isinstance(v, torch.Tensor) and v.numel() == 1 "
+                    "or f", a=it.start, b=it.stop, s=it.step, v=value, f=found)
+
+
+def _excluded_value(test: ast.expr, index: str) -> ast.expr | None:
+    """``v`` of ``i != v``, ``v != i``, ``not i == v`` or ``not v == i`` (``v`` not reading the
+    index ``i``), else None."""
+    negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+    c = test.operand if negated else test
+    if not (isinstance(c, ast.Compare) and len(c.ops) == 1
+            and isinstance(c.ops[0], ast.Eq if negated else ast.NotEq)):
+        return None
+    sides = [c.left, c.comparators[0]]
+    others = [x for x in sides if not is_name(x, index)]
+    return others[0] if len(others) == 1 and index not in loads(others[0]) else None
 
 
 def _on_host(ctx: PassContext, test: ast.expr) -> ast.expr:

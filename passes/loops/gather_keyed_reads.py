@@ -41,7 +41,7 @@ from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, is_pur
 from ..errors import Unsupported
 from .loop_dataflow import container_names, loads, stores_in
 from .plan import LoopPlan
-from .stack_tensor_lists import STACKED
+from .stack_tensor_lists import stacked_template
 
 _GATHER = """
 try:
@@ -113,7 +113,7 @@ def _gathered(plan: LoopPlan, ctx: PassContext, sub: ast.Subscript, rows: str) -
     node = plan.node
     gather = plan.sub(_GATHER, rows=rows, read=clone(sub), target=clone(node.target),
                       iterable=clone(node.iter))
-    stack = plan.sub(f"s = {STACKED}", s=rows, x=ast.Name(rows, ast.Load()),
+    stack = plan.sub(f"s = {stacked_template(ctx)}", s=rows, x=ast.Name(rows, ast.Load()),
                      v=ctx.namer.new("v"))
     for n in walk(ast.Module(gather + stack, [])):
         if isinstance(n, (ast.ListComp, ast.GeneratorExp)):

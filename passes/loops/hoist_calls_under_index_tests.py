@@ -23,7 +23,8 @@ I/O, mutation): the original's calls, run once per selected iteration, give one 
 Enclosing loops' indices handed to a function the registry does not know must be Python ints
 (``type(u) is int``, part of the check): such a function may test them in Python, which an
 enclosing loop mapping over its index with vmap would break; that loop is then kept, with this
-one vectorized in each of its iterations.
+one vectorized in each of its iterations. Not those a helper of the module takes as 0-d integer
+tensors too (``index_tensor_parameters``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import ast
 
 from .. import ast_marks, ops
 from ..ast_tools import PassContext, clone, rename, replace, walk
+from .index_tensor_parameters import index_tensor_arguments
 from .loop_dataflow import call_op, method_name, resolve_call, stores_in
 from .plan import LoopPlan
 
@@ -91,7 +93,8 @@ def _int_arguments(stmts: list[ast.stmt], plan: LoopPlan, ctx: PassContext) -> l
     loop mapping over this one then keeps its iterations, with this loop vectorized in each)."""
     args = {a.id for s in stmts for n in walk(s) if isinstance(n, ast.Call)
             and call_op(n, ctx) is ops.UNKNOWN
-            for a in n.args + [k.value for k in n.keywords] if isinstance(a, ast.Name)}
+            for a in n.args + [k.value for k in n.keywords] if isinstance(a, ast.Name)
+            and a.id not in index_tensor_arguments(n, ctx)}
     return [replace("type(i) is int", loc=plan.node, i=i)  # not discharged as a bound check
             for i in sorted(args & plan.outer_indices)]
 

@@ -30,6 +30,23 @@ by name at run time, as the helper does (a constant annealed later is not frozen
 by an inlined helper are inlined too, up to ``MAX_DEPTH`` levels. Inlined statements keep the
 helper's own lines (same file), the argument bindings the call's line.
 
+A helper that ends in writes into rows of its parameters instead of a ``return`` (detection
+code's ``match(threshold, truths, ..., loc_t, conf_t, idx)`` ending ``loc_t[idx] = loc;
+conf_t[idx] = conf``) is inlined where it is called as a statement: the writes go to the caller's
+arguments, so the loop sees its own write ``out[i] = e`` (stacked like any other)::
+
+    def encode(x, out, i):                             for i in range(n):
+        y = x * 2                                          _encode_x = x[i]
+        out[i] = y.sum()                        ->         _encode_y = _encode_x * 2
+                                                           out[i] = _encode_y.sum()
+    for i in range(n):
+        encode(x[i], out, i)
+
+Each written parameter is written once, by one of the final statements, and read nowhere else;
+its index is a parameter the helper does not rebind; at the call both are plain names (the index
+also a number), so the write names what the helper's would have (the inlined statements bind
+only fresh names).
+
 Refused (the call stays, the loop is mapped with ``torch.vmap``; a note in the report says why):
 a helper that is not a plain module-level function of the caller's module and file (methods,
 lambdas, closures, nested functions, builtins), has decorators, ``*args``/``**kwargs``, no
@@ -91,9 +108,10 @@ class _Helper:
     fn: types.FunctionType
     node: ast.FunctionDef   # the parsed def, with the helper's own line numbers
     body: list[ast.stmt]    # the assignments before the return
-    result: ast.expr        # the returned expression
+    result: ast.expr | None  # the returned expression; None: it ends in row writes
     local: set[str]         # parameters and assigned names (renamed when inlined)
     reads: set[str]         # globals (and builtins) it reads
+    writes: tuple[ast.Assign, ...] = ()  # its final `param[index_param] = value` statements
 
 
 def rewrite(loop: ast.For, body: list[ast.stmt], ctx: PassContext
@@ -140,14 +158,17 @@ class _Inliner:
         else:
             return [s]
         run = [getattr(s, field)]
+        top = s.value if isinstance(s, ast.Expr) else None  # a call whose value is dropped
         calls = [c for e in run for c in _calls_run_once(e)
-                 if self._inlinable(c, depth, stack) is not None]
+                 if self._inlinable(c, depth, stack, c is top) is not None]
         if not calls or any(isinstance(n, ast.NamedExpr) for n in walk(s)) \
                 or not self._order_kept(before + run, calls):
             return [s]
         hoisted: list[ast.stmt] = []
         chosen = {id(c) for c in calls}
         setattr(s, field, _Replace(self, chosen, hoisted, depth, stack).visit(run[0]))
+        if top is not None and isinstance(s.value, ast.Constant):
+            return hoisted  # a row-writing helper's call: its writes are the statement
         return hoisted + [s]
 
     def _order_kept(self, exprs: list[ast.expr], calls: list[ast.Call]) -> bool:
@@ -170,7 +191,8 @@ class _Inliner:
                     return False
         return True
 
-    def _inlinable(self, call: ast.Call, depth: int, stack: tuple) -> _Helper | None:
+    def _inlinable(self, call: ast.Call, depth: int, stack: tuple, dropped: bool
+                   ) -> _Helper | None:
         func = call.func
         if depth >= MAX_DEPTH or not isinstance(func, ast.Name) or func.id in self.scope \
                 or func.id not in self.ctx.globals:
@@ -181,7 +203,7 @@ class _Inliner:
         helper = self._helper(func.id, fn)
         reason = helper if isinstance(helper, str) else (
             "it calls itself" if fn in stack or fn in self.ctx.rewriting else
-            _shadowed(helper, self.scope) or _bad_call(call, helper))
+            _shadowed(helper, self.scope) or _bad_call(call, helper, dropped))
         if reason:
             note = f"helper {func.id} is not inlined: {reason}"
             if note not in self.ctx.report.notes:
@@ -197,8 +219,10 @@ class _Inliner:
                 self.helpers[name] = exc.reason
         return self.helpers[name]
 
-    def inline(self, call: ast.Call, depth: int, stack: tuple) -> tuple[list[ast.stmt], str]:
-        """The statements of one inlined call, and the name holding its result."""
+    def inline(self, call: ast.Call, depth: int, stack: tuple
+               ) -> tuple[list[ast.stmt], str | None]:
+        """The statements of one inlined call, and the name holding its result (None: the
+        helper ends in row writes)."""
         name = call.func.id
         helper = self.helpers[name]
         fn = helper.fn
@@ -212,16 +236,24 @@ class _Inliner:
         fresh = {n: self.ctx.namer.new(f"{name}_{n}") for n in sorted(helper.local)}
         self.scope |= set(fresh.values())
         stmts = []
-        for param, value in _arguments(call, helper):
+        given = _arguments(call, helper)
+        written = {w.targets[0].value.id for w in helper.writes}
+        for param, value in given:
+            if param in written:
+                continue  # a plain name (`_bad_call`): the writes use it directly
             stmts += replace("p = v", loc=value if isinstance(value, ast.AST) else call,
                              p=fresh[param], v=value if isinstance(value, ast.AST)
                              else ast.Constant(value))
         body = [rename(s, fresh) for s in clone(helper.body)]
-        result = self.ctx.namer.new(name)
-        ret = ast.copy_location(ast.Assign([ast.Name(result, ast.Store())],
-                                           rename(clone(helper.result), fresh)), helper.node.body[-1])
-        fix_missing_locations(ret)
-        stmts += self.block(body + [ret], depth + 1, stack + (fn,))  # its own helper calls
+        if helper.writes:
+            ends, result = [_row_write(w, fresh, dict(given)) for w in helper.writes], None
+        else:
+            result = self.ctx.namer.new(name)
+            ends = [ast.copy_location(ast.Assign([ast.Name(result, ast.Store())],
+                                                 rename(clone(helper.result), fresh)),
+                                      helper.node.body[-1])]
+            fix_missing_locations(ends[0])
+        stmts += self.block(body + ends, depth + 1, stack + (fn,))  # its own helper calls
         return stmts, result
 
 
@@ -239,7 +271,8 @@ class _Replace(Transformer):
             return node
         stmts, result = self.inliner.inline(node, self.depth, self.stack)
         self.out += stmts
-        return ast.copy_location(ast.Name(result, ast.Load()), node)
+        value = ast.Constant(None) if result is None else ast.Name(result, ast.Load())
+        return ast.copy_location(value, node)
 
 
 def _pure(call: ast.Call, ctx: PassContext, scope: set[str]) -> bool:
@@ -305,17 +338,23 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
         raise Unsupported("defined in another file")
     node = parsed.tree.body[0]
     stmts = node.body[1:] if _is_docstring(node.body[0]) else node.body
-    if not stmts or not isinstance(stmts[-1], ast.Return) or stmts[-1].value is None:
-        raise Unsupported("its body does not end with `return <expr>`")
     args = node.args
     params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    writes = _row_writes(stmts, params)
+    if not writes and (not stmts or not isinstance(stmts[-1], ast.Return)
+                       or stmts[-1].value is None):
+        raise Unsupported("its body does not end with `return <expr>`")
+    head = stmts[:len(stmts) - max(len(writes), 1)]
     bound, reads = set(params), set()
-    assigned = set().union(*(stores(t) for t in stmts[:-1]))
-    for s in stmts[:-1]:
+    assigned = set().union(*(stores(t) for t in head))
+    if {w.targets[0].slice.id for w in writes} & assigned:
+        raise Unsupported("it rebinds the index of a row it writes")
+    for s in head:
         if not isinstance(s, BODY_STATEMENTS) or not all(
                 isinstance(t, ast.Name) for t in getattr(s, "targets", [getattr(s, "target", None)])):
             raise Unsupported(f"line {s.lineno}: only assignments to plain names before the "
-                              f"return (no loops, branches, global, try/with, nested defs)")
+                              f"{'row writes' if writes else 'return'} (no loops, branches, "
+                              f"global, try/with, nested defs)")
     for s in stmts:
         for n in walk(s):
             if isinstance(n, BODY_FORBIDDEN):
@@ -331,7 +370,37 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
             raise Unsupported(f"line {s.lineno}: a local is read before it is bound")
         reads |= used - assigned - params
         bound |= stores(s)
-    return _Helper(fn, node, stmts[:-1], stmts[-1].value, bound, reads)
+    return _Helper(fn, node, head, None if writes else stmts[-1].value, bound, reads, writes)
+
+
+def _row_writes(stmts: list[ast.stmt], params: set[str]) -> tuple[ast.Assign, ...]:
+    """The final statements ``p[q] = e`` of a helper body (``p``, ``q`` parameters) when each
+    written ``p`` is named nowhere else in the body, else ()."""
+    k = len(stmts)
+    while k and isinstance(stmts[k - 1], ast.Assign) and len(stmts[k - 1].targets) == 1 \
+            and _is_row(stmts[k - 1].targets[0], params):
+        k -= 1
+    writes = tuple(stmts[k:])
+    named = [n.id for s in stmts for n in walk(s) if isinstance(n, ast.Name)]
+    if any(named.count(w.targets[0].value.id) != 1 for w in writes):
+        return ()
+    return writes
+
+
+def _is_row(target: ast.expr, params: set[str]) -> bool:
+    return isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) \
+        and isinstance(target.slice, ast.Name) and target.value.id in params \
+        and target.slice.id in params and target.value.id != target.slice.id
+
+
+def _row_write(write: ast.Assign, fresh: dict[str, str], given: dict) -> ast.Assign:
+    """``out[i] = <value>`` at the caller's arguments ``out`` and ``i`` (``_bad_call``)."""
+    target = write.targets[0]
+    row = ast.Subscript(clone(given[target.value.id]), clone(given[target.slice.id]), ast.Store())
+    new = ast.copy_location(ast.Assign([ast.copy_location(row, target)],
+                                       rename(clone(write.value), fresh)), write)
+    fix_missing_locations(new)
+    return new
 
 
 def inlinable_helper(call: ast.Call, ctx: PassContext) -> ast.FunctionDef | None:
@@ -344,9 +413,10 @@ def inlinable_helper(call: ast.Call, ctx: PassContext) -> ast.FunctionDef | None
     if not (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals):
         return None
     try:
-        return _parse_helper(fn, ctx).node
+        helper = _parse_helper(fn, ctx)
     except Unsupported:
         return None
+    return None if helper.writes else helper.node
 
 
 def _check_callee(call: ast.Call, ctx: PassContext, seen: tuple) -> None:
@@ -357,7 +427,8 @@ def _check_callee(call: ast.Call, ctx: PassContext, seen: tuple) -> None:
         raise Unsupported(f"line {call.lineno}: `{unparse(call.func)}` may have side effects")
     if callee in seen:
         raise Unsupported(f"line {call.lineno}: it calls itself (recursion)")
-    _parse_helper(callee, ctx, seen)
+    if _parse_helper(callee, ctx, seen).writes:
+        raise Unsupported(f"line {call.lineno}: `{call.func.id}` writes into its arguments")
 
 
 def _is_docstring(s: ast.stmt) -> bool:
@@ -371,11 +442,17 @@ def _shadowed(helper: _Helper, scope: set[str]) -> str:
         if names else ""
 
 
-def _bad_call(call: ast.Call, helper: _Helper) -> str:
+def _bad_call(call: ast.Call, helper: _Helper, dropped: bool) -> str:
     try:
-        _arguments(call, helper)
+        given = dict(_arguments(call, helper))
     except Unsupported as exc:
         return exc.reason
+    if helper.writes and not dropped:
+        return "it writes rows of its arguments, and its value (None) is used"
+    for w in helper.writes:
+        out, index = given[w.targets[0].value.id], given[w.targets[0].slice.id]
+        if not isinstance(out, ast.Name) or not isinstance(index, (ast.Name, ast.Constant)):
+            return f"the row it writes, `{unparse(w.targets[0])}`, is not at plain names of the call"
     return ""
 
 
@@ -415,5 +492,6 @@ def _arguments(call: ast.Call, helper: _Helper) -> list[tuple[str, object]]:
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    plan.body, plan.helper_checks = rewrite(plan.node, plan.body, ctx)
+    plan.body, checks = rewrite(plan.node, plan.body, ctx)
+    plan.helper_checks = plan.helper_checks + checks  # after those of earlier stages
     return plan

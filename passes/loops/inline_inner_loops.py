@@ -59,6 +59,16 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
+def lifted_to_tensors(expr: ast.expr, plan: LoopPlan, ctx: PassContext) -> list[ast.expr] | None:
+    """``expr`` on items of this loop's tensors as the same on the whole tensors (``len(spk)``
+    -> ``emb.shape[1]``), after a check that each is a tensor; None when it reads anything else
+    that varies with the iteration."""
+    it = plan.iteration
+    seeds = {it.index} | {n for n, _ in it.elements}
+    return _LiftToTensor(it.index, dict(it.elements), seeds | stores_in(plan.body),
+                         ctx).lifted(expr)
+
+
 def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
             lift: "_LiftToTensor", forms: "_InlinedForms", ctx: PassContext,
             fresh: dict[str, str] | None = None) -> list[ast.stmt]:

@@ -649,6 +649,15 @@ def _mutates_local(s: ast.stmt) -> bool:
             and isinstance(s.value.func, ast.Attribute) and ops.is_inplace(s.value.func.attr))
 
 
+def _not_inlined(call: ast.expr, ctx: PassContext) -> str:
+    """Why the same-module helper ``call`` calls was not inlined (the report's note), if it was
+    refused: what it does is then the helper's, a writer of rows of its arguments say."""
+    name = getattr(getattr(call, "func", None), "id", None)
+    prefix = f"helper {name} is not inlined: "
+    note = next((n for n in ctx.report.notes if n.startswith(prefix)), None)
+    return f" ({note})" if name and note else ""
+
+
 def _effect_of(s: ast.stmt, facts: LoopFacts, carried: dict[str, ast.stmt],
                ctx: PassContext) -> Effect | None:
     """The effect of a simple statement, None for a purely local one."""
@@ -664,7 +673,8 @@ def _effect_of(s: ast.stmt, facts: LoopFacts, carried: dict[str, ast.stmt],
                 and isinstance(written_through(call.func.value, ctx), ast.Name) \
                 and written_through(call.func.value, ctx).id in facts.assigned:
             return None  # method on a local value (e.g. t.clamp_(0), t.mul_(a).add_(b))
-        raise Unsupported(f"`{unparse(s).strip()}` is evaluated for its side effects", s.lineno)
+        raise Unsupported(f"`{unparse(s).strip()}` is evaluated for its side effects"
+                          f"{_not_inlined(call, ctx)}", s.lineno)
     targets = s.targets if isinstance(s, ast.Assign) else [s.target]
     if len(targets) != 1 or not isinstance(targets[0], (ast.Name, ast.Subscript)):
         names = set().union(*(stores(ast.Assign(targets=[t], value=s.value)) for t in targets))

@@ -31,7 +31,10 @@ several resolutions) stays a list, fails the guard's ``isinstance`` check, and t
 written. Stacking copies the items: the values and the gradients of every item are those of the
 loop, but writes into the copy would not reach the user's tensors, so a name is not stacked when
 the body writes into its items (stores, in-place methods on an item or its element name) or reads
-it other than as items.
+it other than as items. Items that are evenly spaced views of one tensor in one layout (the
+chunks of ``x.split(1, d)``, ``x.unbind(d)``: a heatmap per joint) are not copied: the stack is
+that view of the tensor they view (``stacked_views.stack_items``), the same values, and the same
+gradients, which reach that tensor either way.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import ast
 
 from .. import ast_marks, ops
 from ..ast_tools import PassContext, is_name, rename, walk
+from ..stacked_views import stack_items
 from .loop_dataflow import resolve_call
 from .plan import LoopPlan
 
@@ -53,13 +57,18 @@ _LIST_METHODS = {"split", "chunk", "unbind", "tensor_split"}
 _SEQUENCE = ("(type(x) is list or isinstance(x, tuple) and type(x).__getitem__ is tuple.__getitem__"
              " and type(x).__iter__ is tuple.__iter__ and type(x).__len__ is tuple.__len__)")
 
-STACKED = (f"torch.stack(tuple(x)) if {_SEQUENCE} and len(x) > 0 and all("
+STACKED = (f"stack_items(tuple(x)) if {_SEQUENCE} and len(x) > 0 and all("
             "isinstance(v, torch.Tensor) and v.shape == x[0].shape and v.dtype == x[0].dtype "
             "and v.device == x[0].device for v in x) else x")
 
 # Python ints the loop uses only as indices (``refs[t] for s, t in enumerate(perm)``): the int64
 # tensor of them indexes the same items (bools would index as masks, so ints only).
 _INTS = f"({_SEQUENCE} and len(x) > 0 and all(type(v) is int for v in x))"
+
+
+def stacked_template(ctx: PassContext) -> str:
+    """``STACKED`` with its helper's name in this function's generated code."""
+    return STACKED.replace("stack_items(", f"{ctx.bind(stack_items, 'stack_items')}(", 1)
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -73,8 +82,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         if not _only_items_read(name, elements, plan.node.body, rows):
             continue
         stacked = ctx.namer.new(f"{name}_stacked")
-        made = STACKED.removesuffix(" else x") + f" else torch.tensor(x) if {_INTS} else x" \
-            if elements and elements <= rows else STACKED
+        made = stacked_template(ctx)
+        if elements and elements <= rows:
+            made = made.removesuffix(" else x") + f" else torch.tensor(x) if {_INTS} else x"
         prelude = plan.sub(f"s = {made}", s=stacked, x=ast.Name(name, ast.Load()),
                            v=ctx.namer.new("v"))
         for n in walk(prelude[0]):

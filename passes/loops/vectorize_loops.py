@@ -89,6 +89,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                fold_accumulators,
                gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
+               index_value_checks_to_ranges,
                index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
@@ -118,6 +119,7 @@ LOOP_STAGES: list = [
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
+    index_value_checks_to_ranges,  # before inline_inner_loops: it reads the inner loops' checks
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
     module_loss_calls,            # before the checks: they see the known functional op

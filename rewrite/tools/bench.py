@@ -1,5 +1,10 @@
 """LossBench: ``python -m rewrite bench [SUITE_DIR] [--quick] [--cases a,b] [--json OUT] [--markdown OUT]``.
 
+``--per-loop``: instead, each loop's own speedup (``rewrite.tools.bench_loops``); its JSON has
+``meta``, ``cases`` (name -> ``case``, ``variants``: the raw ``optimized_per_loop`` job, its rows
+in ``per_loop``, ``loops``: those rows with ``where``, ``class``, ``why`` and ``speedup``),
+``counts`` (``bench_loops.loop_counts``) and ``targets`` (R1).
+
 For every example module of the suite (``naive``, ``expert``, ``make_inputs(size)``, ``CASE``),
 forward+backward at the ``bench`` size, median of repeats after warm-up, with a fixed thread count:
 naive eager, ``torch.compile(naive)``, ``optimize_loss(naive)`` with ``compile=False`` and
@@ -53,6 +58,7 @@ from typing import Any
 
 import torch
 
+from . import bench_loops
 from .bench_report import LABELS, analyse, backend_jobs, backend_markdown, fmt_time, markdown, targets
 from .bench_worker import COMPILED
 from ..decorator import optimize_loss
@@ -85,6 +91,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend-rows", action="store_true",
                         help='only the torch.compile(naive, backend="optimize_loss") rows: '
                              "cases with CASE['backend_rows'], all compiled")
+    parser.add_argument("--per-loop", action="store_true",
+                        help="only the per-loop speedups: each loop that ran vectorized, timed as "
+                             "written against the rewritten function (rewrite.tools.bench_loops)")
     parser.add_argument("--min-time", type=float, metavar="S",
                         help=f"seconds of repeats per steady time (default {FULL['min_time']:g}, "
                              f"--quick {QUICK['min_time']:g})")
@@ -341,6 +350,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--quick")
     if args.backend_rows:
         parts.append("--backend-rows")
+    if args.per_loop:
+        parts.append("--per-loop")
     for name in ("cases", "threads", "backend", "compiled", "budget", "compile_budget", "min_time",
                  "json", "markdown"):
         value = getattr(args, name)
@@ -371,6 +382,8 @@ def run_bench(args: argparse.Namespace) -> int:
         compiled = names[:1]  # --quick on a suite without slow_add: still one compiled case
     if args.backend_rows:
         compiled = names
+    if args.per_loop:
+        compiled = []
     meta = {"command": command_line(args),
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "machine": machine(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -380,6 +393,8 @@ def run_bench(args: argparse.Namespace) -> int:
             "compiled_cases": compiled}
     print(f"LossBench: {len(cases)} cases, {settings.threads} torch thread(s), {meta['machine']}, "
           f"torch {meta['torch']}; compiled variants on: {', '.join(compiled) or 'none'}", file=sys.stderr)
+    if args.per_loop:
+        return run_per_loop(args, suite, cases, settings, meta, progress)
     meta["bandwidth_gb_s"] = bandwidth_gb_s(2**28, settings.threads)
     overhead = wrapper_overhead_us(min(settings.min_time, 0.5))
     raw = run_jobs([(c, v) for c in cases for v in (backend_jobs(c.info) if args.backend_rows
@@ -394,14 +409,35 @@ def run_bench(args: argparse.Namespace) -> int:
     meta["seconds"] = time.perf_counter() - progress.start
     text = (backend_markdown(meta, infos, raw, analysed, tgts) if args.backend_rows
             else markdown(meta, infos, raw, analysed, tgts, overhead))
+    cases_json = {c.name: {"case": c.info, "variants": raw[c.name], **analysed[c.name]} for c in cases}
+    return _write(args, text, {"meta": meta, "overhead": overhead, "cases": cases_json, "targets": tgts})
+
+
+def run_per_loop(args: argparse.Namespace, suite: Path, cases: list[Case], settings: Settings,
+                 meta: dict, progress: Progress) -> int:
+    """``--per-loop``: one job per case (``bench_worker.loop_speedups``), the per-loop table and
+    the count of the loops with independent iterations that run vectorized ``SPEEDUP`` faster."""
+    raw = run_jobs([(c, "optimized_per_loop") for c in cases], settings, progress)
+    classes = bench_loops.loop_classes(suite)
+    rows = {c.name: bench_loops.analyse_loops(c.name, raw[c.name].get("optimized_per_loop"), classes)
+            for c in cases}
+    counts = bench_loops.loop_counts([r for case_rows in rows.values() for r in case_rows],
+                                     classes.INDEPENDENT if classes else None)
+    target = bench_loops.loop_target(counts)
+    meta["seconds"] = time.perf_counter() - progress.start
+    cases_json = {c.name: {"case": c.info, "variants": raw[c.name], "loops": rows[c.name]} for c in cases}
+    return _write(args, bench_loops.markdown(meta, rows, counts, target),
+                  {"meta": meta, "cases": cases_json, "counts": counts, "targets": {"R1": target}})
+
+
+def _write(args: argparse.Namespace, text: str, data: dict) -> int:
+    """The markdown to stdout and ``--markdown``, ``data`` to ``--json``."""
     print(text)
     if args.markdown:
         _output(args.markdown).write_text(text)
     if args.json:
-        cases_json = {c.name: {"case": c.info, "variants": raw[c.name], **analysed[c.name]} for c in cases}
-        _output(args.json).write_text(json.dumps({"meta": meta, "overhead": overhead, "cases": cases_json,
-                                               "targets": tgts}, indent=1, default=_jsonable))
-    print(f"LossBench: done in {meta['seconds']:.0f} s", file=sys.stderr)
+        _output(args.json).write_text(json.dumps(data, indent=1, default=_jsonable))
+    print(f"LossBench: done in {data['meta']['seconds']:.0f} s", file=sys.stderr)
     return 0
 
 

@@ -136,9 +136,13 @@ def cpu_paired_ratio(result: dict | None) -> Ratio | None:
     their two adjacent blocks (``bench_worker.steady``), with its 95% interval; None when the
     job did not take them."""
     result = result or {}
-    if not result.get("paired_cpu_samples"):
-        return None
-    ratios = [p / c for p, c in zip(result["paired_cpu_samples"], result["cpu_samples"]) if c > 0]
+    return paired_ratio(result.get("paired_cpu_samples"), result.get("cpu_samples"))
+
+
+def paired_ratio(paired: list[float] | None, timed: list[float] | None) -> Ratio | None:
+    """The median over rounds of ``paired``'s time over ``timed``'s (the two blocks of a round),
+    with its 95% interval; None without rounds."""
+    ratios = [p / c for p, c in zip(paired or [], timed or []) if c > 0]
     return Ratio(statistics.median(ratios), False, *median_interval(ratios)) if ratios else None
 
 
@@ -430,8 +434,9 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
 
     out += ["", "## Steady forward+backward", "",
             "Loops: from the report of `optimize_loss compile=False` after its first call at bench "
-            "size, helpers' loops included; `(k ran so)`: only k of the vectorized loops ran their "
-            "vectorized form in that call (a runtime check was false, or it raised).", "",
+            "size, helpers' loops included; `(k ran so)`: only k of the vectorized loops ran "
+            "vectorized in that call, by themselves or inside an outer loop's vectorized form (a "
+            "runtime check was false, or it raised).", "",
             "| case | loops | distributed | naive eager | torch.compile(naive) | optimize_loss eager "
             "| optimize_loss compiled | expert eager | expert compiled | optimized / best expert "
             "| naive / optimized | optimized / original (eager) | equivalent |",
@@ -625,7 +630,7 @@ def _loops(info: dict | None, case: dict) -> str:
     loops = info["loops"]
     vectorized = sum(1 for loop in loops if loop[1])
     text = f"{vectorized}/{len(loops)} vectorized"
-    ran = sum(1 for loop in loops if loop[1] and loop[4:5] != [0])  # no count: before a call
+    ran = sum(1 for loop in loops if loop[1] and loop[5:6] != [False])  # none: before a call
     text += f" ({ran} ran so)" if ran < vectorized else ""
     return text + (", fallback" if info.get("fallbacks") else "")
 

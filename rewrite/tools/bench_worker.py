@@ -98,6 +98,7 @@ def timed(call: Callable[[], None]) -> float:
 PAIR_WITHIN = 3.0
 P7_MIN_TIME = 1.0
 P7_MIN_ROUNDS = 16
+LOOP_ROUNDS = 12  # rounds of a loop's per-loop speedup (within the budget): an interval from 6
 
 
 def past_trial(call: Callable[[], None], fn: Any, deadline: float) -> None:
@@ -131,10 +132,27 @@ def steady(call: Callable[[], None], deadline: float, min_time: float, max_sampl
     gc.collect()
     if time.perf_counter() + previous > deadline:
         return []
+    samples, other, cpu = alternating(
+        call, paired, deadline, min_time, max_samples, min_samples,
+        None if job is None else lambda seconds: emit("sample", job, seconds=seconds))
+    if paired and job is not None:
+        emit("info", job, paired_samples=other, **({"cpu_samples": cpu[0], "paired_cpu_samples": cpu[1]}
+                                                   if cpu[0] else {}))
+    return samples
+
+
+def alternating(call: Callable[[], None], paired: Callable[[], None] | None, deadline: float,
+                min_time: float, max_samples: int, min_samples: int,
+                on_sample: Callable[[float], None] | None = None
+                ) -> tuple[list[float], list[float], tuple[list[float], list[float]]]:
+    """``steady``'s rounds: per-call seconds of ``call`` and of ``paired`` (none without it),
+    one sample of each per round after the estimate call, and on one thread (else empty) the
+    process CPU time per call of both blocks, round by round; ``on_sample`` gets each of
+    ``call``'s samples as it comes."""
     estimate = timed(call)
     samples, other = [estimate], [timed(paired)] if paired else []
-    if job is not None:
-        emit("sample", job, seconds=estimate)
+    if on_sample is not None:
+        on_sample(estimate)
     block = max(1, int(2e-3 / max(estimate, 1e-7)))
     calls = [c for c in (call, paired) if c]
     cpu: tuple[list[float], list[float]] = ([], [])
@@ -149,13 +167,10 @@ def steady(call: Callable[[], None], deadline: float, min_time: float, max_sampl
                 fn()
             out.append((time.perf_counter() - t0) / block)
             used.append((time.process_time() - c0) / block)
-        if job is not None:
-            emit("sample", job, seconds=samples[-1])
-    if paired and job is not None:
-        one_thread = torch.get_num_threads() == 1
-        emit("info", job, paired_samples=other, **({"cpu_samples": cpu[0], "paired_cpu_samples": cpu[1]}
-                                                   if one_thread and cpu[0] else {}))
-    return samples
+        if on_sample is not None:
+            on_sample(samples[-1])
+    one_thread = torch.get_num_threads() == 1
+    return samples, other, cpu if one_thread and paired else ([], [])
 
 
 _warmed_up = False
@@ -234,6 +249,8 @@ def build(base: str, module: Any, backend: str, inputs: tuple) -> Callable:
         return optimize_loss(module.naive, compile=False)
     if base == "optimized_compiled":
         return optimize_loss(module.naive, compile=True, backend=backend)
+    if base == "optimized_per_loop":  # timed loop by loop (``loop_speedups``)
+        return optimize_loss(module.naive, compile=False)
     if base == "optimized_cached":
         # Dynamo captures the graph so the target branch is hoisted and cached; eager kernels,
         # so the comparison with the hand-precomputed expert measures the caching alone.
@@ -268,10 +285,11 @@ def rewrite_info(module: Any) -> dict:
 
 
 def loop_rows(report: Report) -> list[list]:
-    """Per loop of ``report``: line, vectorized, strategy, reason, and how often its vectorized
-    form ran in the counted calls (0 before any call)."""
-    return [[loop.lineno, loop.vectorized, loop.strategy, loop.reason, loop.vectorized_runs]
-            for loop in report.loops]
+    """Per loop of ``report``: line, vectorized, strategy, reason, how often its vectorized form
+    ran in the counted calls (0 before any call), and whether it ran vectorized in them, by
+    itself or inside an outer loop's vectorized form (``Report.ran_vectorized``)."""
+    return [[loop.lineno, loop.vectorized, loop.strategy, loop.reason, loop.vectorized_runs,
+             bool(report.ran_vectorized(loop))] for loop in report.loops]
 
 
 def run_job(job: int, path: str, name: str, budget: float, spec: dict,
@@ -289,6 +307,10 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
     call = fwd_bwd(fn, inputs)
     first = timed(call)
     emit("first", job, seconds=first)
+    if base == "optimized_per_loop":
+        loop_speedups(fn, inputs, budget, spec["min_time"], lambda: emit("steady_budget", job),
+                      lambda rows: emit("info", job, per_loop=rows))
+        return
     if base == "optimized_eager" and size == "bench":
         # The report after the first call, which counted its loops' runs: what the calls reached
         # and ran, replacing what ``rewrite_info`` read before any call (``fallbacks`` too)
@@ -344,6 +366,61 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
     if base == "optimized_eager" and size == "bench":
         # Which form ran the steady calls, and the timings that chose it (``Report.forms``)
         emit("info", job, forms=[str(f) for f in fn.report.forms], runs_original=runs_original(fn))
+
+
+def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
+                  started: Callable[[], None], done: Callable[[list[dict]], None]) -> None:
+    """Per loop of ``fn``'s report after its first call: what it is and what ran (``runs``, and
+    ``ran_vectorized``: by itself or inside an outer loop's vectorized form, counted in that
+    call), and for a loop that ran vectorized, the rewritten function with that loop as written
+    (``as_written``: its line, those of the loops whose vectorized form ran it, and the one
+    whose vmapped body calls it when as written it cannot run there: ``_runnable_form``) timed
+    against the rewritten function, forward+backward, in alternating rounds for at least
+    ``min_time`` and ``LOOP_ROUNDS`` rounds within ``budget`` seconds per loop (``samples``,
+    ``paired_samples``: the rewritten function's and the loop's form's seconds per call; on one
+    thread also their CPU times, ``cpu_samples`` and ``paired_cpu_samples``). ``started()``
+    before each timed loop; ``done(rows)`` with the rows so far after each loop."""
+    report, rows = fn.report, []
+    rewritten = fwd_bwd(fn.rewritten_function(), inputs)
+    ran = [report.ran_vectorized(loop) for loop in report.loops]
+    callers = [loop.lineno for loop, lines in zip(report.loops, ran) if lines == {loop.lineno}]
+    for loop, lines in zip(report.loops, ran):
+        row = {"file": loop.filename, "line": loop.lineno, "vectorized": loop.vectorized,
+               "strategy": loop.strategy, "runs": loop.runs(), "ran_vectorized": bool(lines)}
+        rows.append(row)
+        if lines:
+            started()
+            try:
+                row["as_written"], kept = _runnable_form(fn, lines | {loop.lineno}, callers, inputs)
+                samples, paired, cpu = alternating(rewritten, kept, time.perf_counter() + budget,
+                                                   min_time, 250, LOOP_ROUNDS)
+            except Exception as exc:
+                message = str(exc).partition("\n")[0][:200]
+                row["error"] = f"{type(exc).__name__}: {message}"
+            else:
+                row.update(samples=samples, paired_samples=paired, cpu_samples=cpu[0],
+                           paired_cpu_samples=cpu[1])
+        done(rows)
+
+
+def _runnable_form(fn: Any, lines: set[int], callers: list[int],
+                   inputs: tuple) -> tuple[list[int], Callable[[], None]]:
+    """The lines and the call (forward+backward) of the rewritten function with the loops at
+    ``lines`` as written, called once to see it run; when it raises, with the first loop of
+    ``callers`` as written too with which it runs (a loop of a helper that another loop's
+    vmapped body calls cannot run as written inside it: with that loop as written, it runs),
+    else the first error."""
+    error = None
+    for caller in [set()] + [{c} for c in callers if c not in lines]:
+        form = sorted(lines | caller)
+        call = fwd_bwd(fn.rewritten_with_loops_as_written(form), inputs)
+        try:
+            call()
+        except Exception as exc:
+            error = error or exc
+        else:
+            return form, call
+    raise error
 
 
 def original_is_close(fn: Any) -> bool:

@@ -2,8 +2,9 @@
 
 The goal on real code is stated over the loops whose iterations are independent: at least 85% of
 them should run vectorized. ``INDEPENDENT`` loops are that denominator; the other classes say why a
-loop is outside it. Keys are ``"<module>:<line>"`` as ``tests.corpus_run_counts`` prints them (a
-loop whose line moves shows up there as unclassified).
+loop is outside it. Keys are ``"real.<module>:<line>"`` as ``tests.corpus_run_counts`` prints them (a
+loop whose line moves shows up there as unclassified); ``loop_class`` looks one up. LossBench's
+per-loop table (``python -m rewrite bench examples/real --per-loop``) reads them from here.
 
 - ``INDEPENDENT``: no iteration reads what another wrote, and every iteration does tensor work
   of one shape (or of per-item sizes that pad to one shape: masked selections, ragged lengths).
@@ -131,3 +132,9 @@ LOOP_CLASSES: dict[str, tuple[str, str]] = {
     "real.spk_ge2e_nested_loops:55": (INDEPENDENT, "per utterance"),
     "real.spk_ge2e_nested_loops:54": (INDEPENDENT, "per speaker"),
 }
+
+
+def loop_class(module: str, line: int) -> tuple[str, str]:
+    """The class of the loop at ``line`` of ``examples/real/<module>.py`` and why; "unclassified"
+    when the corpus does not list it."""
+    return LOOP_CLASSES.get(f"real.{module}:{line}", ("unclassified", ""))

@@ -1,0 +1,56 @@
+"""``torch.stack`` of a sequence of tensors, for generated code: a view instead of a copy when the
+items are evenly spaced views of one tensor (``stack_tensor_lists``).
+
+Real losses split a tensor into a tuple and loop over it (``heatmaps.split(1, 1)``, one heatmap per
+joint; ``x.unbind(0)``). Stacking the chunks again copies them, forward and backward, which can
+cost the vectorized loop more than the loop saved. Chunks that view one tensor at offsets
+``start + k * step``, in one layout, sharing no memory, are that tensor seen through
+``as_strided``: the same values, and the same gradients, which reach the viewed tensor either
+way. Anything else (copies, overlapping windows,
+``.detach()``-ed chunks, which view nothing by ``_base``, other dtypes or conj/neg bits,
+functorch's wrapped tensors) is stacked as before; so is everything Dynamo traces, where
+Inductor fuses the stack.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def stack_items(items: tuple) -> torch.Tensor:
+    """``torch.stack(items)`` of tensors of one shape, dtype and device; a view instead of a copy
+    when they are views of one tensor at evenly spaced offsets, with its dtype, conj/neg bits
+    and requires_grad (differentiable views of it)."""
+    first = items[0]
+    base = first._base if type(first) is torch.Tensor and len(items) > 1 \
+        and not torch.compiler.is_compiling() else None
+    if base is None or torch._C._functorch.is_functorch_wrapped_tensor(first) \
+            or not _same_view_kind(first, base):
+        return torch.stack(items)
+    start, stride = first.storage_offset(), first.stride()
+    step = items[1].storage_offset() - start
+    shape = (len(items), *first.shape)
+    if step <= 0 or not _apart(shape, (step, *stride)) or not all(
+            v._base is base and v.stride() == stride and _same_view_kind(v, base)
+            and v.storage_offset() == start + k * step for k, v in enumerate(items)):
+        return torch.stack(items)
+    return base.as_strided(shape, (step, *stride), start)
+
+
+def _apart(shape: tuple, strides: tuple) -> bool:
+    """No two elements of the layout share memory (sufficient test: each stride, in increasing
+    order, beyond the reach of the smaller ones). Overlapping windows would sum their gradients
+    in another order than the stack's backward, off by rounding."""
+    reach = 0
+    for size, stride in sorted(((n, s) for n, s in zip(shape, strides) if n > 1), key=lambda d: d[1]):
+        if stride <= reach:
+            return False
+        reach += (size - 1) * stride
+    return True
+
+
+def _same_view_kind(v: torch.Tensor, base: Any) -> bool:
+    return (type(base) is torch.Tensor and v.dtype == base.dtype
+            and v.requires_grad == base.requires_grad
+            and v.is_conj() == base.is_conj() and v.is_neg() == base.is_neg())

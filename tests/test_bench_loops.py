@@ -1,0 +1,199 @@
+"""LossBench per loop (``--per-loop``): which loops are timed against which form, the speedup
+from alternating rounds, the count against the goal, the table. Clocks are fakes where times
+matter: no measured time is asserted."""
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import examples.real
+from passes.report import Report
+from rewrite import assert_equivalent, optimize_loss
+from rewrite.tools import bench_loops, bench_worker
+from rewrite.tools.bench_report import Ratio
+from rewrite.tools.cli import main
+from tests.helpers import load_module
+from tests.test_bench import HEADER, SUITE
+from tests.test_loop_run_counts import NESTED  # nested loops at lines 6 and 7, a loop at 13
+
+
+@pytest.fixture
+def user(tmp_path):
+    return load_module(tmp_path, NESTED)
+
+
+class FakeClock:
+    """perf_counter and process_time of ``bench_worker``: they move only when a fake form runs."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        monkeypatch.setattr(bench_worker.time, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(bench_worker.time, "process_time", lambda: self.now)
+        monkeypatch.setattr(bench_worker.torch, "get_num_threads", lambda: 1)
+
+    def costing(self, seconds):
+        def call(*args):
+            self.now += seconds
+            return torch.zeros(())
+        return call
+
+
+class FakeOptimized:
+    """An optimized function's report and forms: the rewritten function costs 1 ms, with the
+    loops at some lines as written ``costs[lines]`` (its calls raise when that is an exception)."""
+
+    def __init__(self, clock, report, costs):
+        self.report, self.clock, self.costs, self.asked = report, clock, costs, []
+
+    def rewritten_function(self):
+        return self.clock.costing(1e-3)
+
+    def rewritten_with_loops_as_written(self, lines):
+        self.asked.append(tuple(lines))
+        cost = self.costs[tuple(lines)]
+        if isinstance(cost, Exception):
+            def call(*args):
+                raise cost
+            return call
+        return self.clock.costing(cost)
+
+
+def test_each_loop_that_ran_vectorized_is_timed_against_its_own_form(user, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    report = Report("nested", user.__file__, 4)
+    outer, inner = report.add_loop(6, True, "vmap", ""), report.add_loop(7, True, "batched", "")
+    beside = report.add_loop(13, True, "batched", "")  # its runtime check was false
+    kept = report.add_loop(20, False, "kept", "why")
+    outer.vectorized_runs, beside.original_runs = 1, 1
+    fn = FakeOptimized(clock, report, {(6,): 3e-3, (6, 7): 4e-3})
+    started, done = [], []
+    bench_worker.loop_speedups(fn, (torch.zeros(2, requires_grad=True),), 1.0, 0.01,
+                               lambda: started.append(clock.now), done.append)
+    rows = done[-1]
+    assert [r["line"] for r in rows] == [6, 7, 13, 20] and len(done) == 4
+    # the inner loop runs inside the outer loop's vectorized form: both as written in its form
+    assert fn.asked == [(6,), (6, 7)] and len(started) == 2
+    assert [r.get("as_written") for r in rows] == [[6], [6, 7], None, None]
+    assert [r["ran_vectorized"] for r in rows] == [True, True, False, False]
+    speedups = [bench_loops.loop_speedup(r) for r in rows]
+    # every round the same: the median and its interval are the ratio of the two forms' costs
+    assert (speedups[0].value, speedups[0].low, speedups[0].high) == pytest.approx((3.0, 3.0, 3.0))
+    assert speedups[1].value == pytest.approx(4.0)
+    assert speedups[2:] == [None, None]
+    assert len(rows[0]["cpu_samples"]) >= bench_worker.LOOP_ROUNDS - 1  # rounds after the estimate
+    assert rows[3]["runs"] == kept.runs()
+
+
+def test_a_loop_that_cannot_run_as_written_alone_is_timed_with_its_caller(user, monkeypatch):
+    # a helper's loop that another loop's vmapped body calls raises as written inside it: it is
+    # timed with that loop as written too; a loop that raises with every caller is said
+    clock = FakeClock(monkeypatch)
+    report = Report("beside", user.__file__, 11)
+    for line in (13, 6, 7):
+        report.add_loop(line, True, "vmap", "").vectorized_runs = 1
+    error = RuntimeError("vmap: data-dependent control flow\nmore text")
+    fn = FakeOptimized(clock, report, {(13,): error, (6, 13): 5e-3, (6,): 2e-3, (7,): error,
+                                       (7, 13): KeyError("other"), (6, 7): error})
+    done = []
+    bench_worker.loop_speedups(fn, (torch.zeros(2),), 1.0, 0.01, lambda: None, done.append)
+    helper, caller, failing = done[-1]
+    assert helper["as_written"] == [6, 13] and caller["as_written"] == [6]
+    assert bench_loops.loop_speedup(helper).value == pytest.approx(5.0)
+    assert bench_loops.loop_speedup(caller).value == pytest.approx(2.0)
+    assert failing["error"] == "RuntimeError: vmap: data-dependent control flow"
+    assert bench_loops.loop_speedup(failing) is None and "as_written" not in failing
+    assert fn.asked[-3:] == [(7,), (7, 13), (6, 7)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_form_with_a_loop_as_written_runs_it_so(user, monkeypatch, dtype):
+    fn = optimize_loss(user.nested, compile=False)
+    x = torch.randn(3, 4, 5, dtype=dtype, requires_grad=True)
+    fn(x)
+    outer = min(fn.report.loops, key=lambda loop: loop.lineno)
+    form = fn.rewritten_with_loops_as_written([outer.lineno])
+    maps = []
+    vmap = torch.vmap
+    monkeypatch.setattr(torch, "vmap", lambda *a, **k: maps.append(1) or vmap(*a, **k))
+    assert_equivalent(user.nested, form, x)
+    assert maps == []
+    fn.rewritten_function()(x)
+    assert maps == [1]
+    nothing = optimize_loss(lambda p: (p ** 2).mean(), compile=False)
+    with pytest.raises(ValueError, match="nothing was rewritten"):
+        nothing.rewritten_with_loops_as_written([1])
+
+
+def _row(line, kind, ran=True, speedup=None, vectorized=True, own=1, as_written=None, error=None):
+    return {"file": "x.py", "line": line, "where": f"x.py:{line}", "class": kind, "why": "",
+            "vectorized": vectorized, "strategy": "vmap" if vectorized else "kept",
+            "runs": {"vectorized": own, "failed": 0, "as_written": 0, "last_failure": ""},
+            "ran_vectorized": ran, "speedup": speedup,
+            **({"as_written": as_written or [line]} if ran else {}), **({"error": error} if error else {})}
+
+
+ROWS = [_row(1, "independent", speedup=Ratio(3.0, False, 2.0, 4.0)),
+        _row(2, "independent", speedup=Ratio(1.6, False, 1.2, 2.0), own=0, as_written=[1, 2]),
+        _row(3, "independent", speedup=Ratio(1.2, False, 1.1, 1.3)),
+        _row(4, "independent", ran=False, own=0),
+        _row(5, "independent", ran=False, vectorized=False, own=0),
+        _row(6, "dependent", speedup=Ratio(9.0, False, 8.0, 10.0)),
+        _row(7, "independent", error="RuntimeError: vmap")]
+
+
+def test_the_count_takes_independent_loops_that_ran_vectorized_and_were_fast_enough():
+    counts = bench_loops.loop_counts(ROWS, "independent")
+    assert counts == {"loops": 7, "vectorized": 6, "running": 5, "independent": 6,
+                      "independent_running": 4, "fast": 2, "clearly_fast": 1}
+    target = bench_loops.loop_target(counts)
+    assert target["met"] is False and target["value"].startswith("2/6 (33%) run vectorized ≥ 1.5×")
+    assert bench_loops.loop_target(dict(counts, fast=6))["met"] is True
+    assert bench_loops.loop_target(bench_loops.loop_counts(ROWS, None))["met"] is None
+
+
+def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
+    meta = {"command": "python -m rewrite bench examples/real --per-loop", "date": "d",
+            "machine": "m", "torch": "t", "python": "p", "threads": 1, "backend": "inductor",
+            "seconds": 1.0, "min_time_s": 0.5, "budget_s": 10.0}
+    counts = bench_loops.loop_counts(ROWS, "independent")
+    text = bench_loops.markdown(meta, {"x": ROWS}, counts, bench_loops.loop_target(counts))
+    lines = text.splitlines()
+    assert meta["command"] in text and "(CPU times)" in text and "| R1 |" in text
+    assert "| x.py:1 | independent | vectorized (vmap) | vectorized 1, as written 0 | 1 | 3× (2–4) ✓ |" in lines
+    assert ("| x.py:2 | independent | vectorized (vmap) | vectorized 0, as written 0 (inside the "
+            "vectorized form of line 1) | 1, 2 | 1.6× (1.2–2) ✓ |") in lines
+    assert "| x.py:3 | independent | vectorized (vmap) | vectorized 1, as written 0 | 3 | 1.2× (1.1–1.3) ✗ |" in lines
+    assert "| x.py:4 | independent | vectorized (vmap) | vectorized 0, as written 0 | – | did not run vectorized |" in lines
+    assert "| x.py:5 | independent | kept | – | – | – |" in lines
+    assert lines[-1] == "| x.py:7 | independent | vectorized (vmap) | vectorized 1, as written 0 | 7 | not timed, as written it raised RuntimeError: vmap |"
+
+
+def test_the_real_corpus_classifies_its_loops_for_the_bench(tmp_path):
+    classes = bench_loops.loop_classes(Path(examples.real.__file__).parent)
+    assert classes.loop_class("spk_ge2e_contrast", 44)[0] == classes.INDEPENDENT
+    assert classes.loop_class("spk_ge2e_contrast", 1) == ("unclassified", "")
+    assert bench_loops.loop_classes(tmp_path) is None
+    rows = bench_loops.analyse_loops("spk_ge2e_contrast", {"per_loop": [
+        {"file": str(Path.cwd() / "examples/real/spk_ge2e_contrast.py"), "line": 44,
+         "samples": [1.0] * 3, "paired_samples": [2.0, 3.0, 3.0]}]}, classes)
+    assert rows[0]["where"] == "examples/real/spk_ge2e_contrast.py:44"
+    assert rows[0]["class"] == "independent" and rows[0]["speedup"] == Ratio(3.0, False, 0.0, math.inf)
+
+
+def test_per_loop_bench_writes_the_table_and_the_json(tmp_path):
+    (tmp_path / "per_sample_sq.py").write_text(HEADER + textwrap.dedent(SUITE["per_sample_sq"]))
+    argv = ["bench", str(tmp_path), "--per-loop", "--budget", "8", "--min-time", "0.02",
+            "--json", str(tmp_path / "l.json"), "--markdown", str(tmp_path / "l.md")]
+    assert main(argv) == 0
+    data, text = json.loads((tmp_path / "l.json").read_text()), (tmp_path / "l.md").read_text()
+    [row] = data["cases"]["per_sample_sq"]["loops"]
+    assert row["ran_vectorized"] and row["as_written"] == [row["line"]] and row["class"] is None
+    assert row["speedup"]["value"] > 0 and len(row["samples"]) >= bench_worker.LOOP_ROUNDS
+    assert set(data["cases"]["per_sample_sq"]["variants"]) == {"optimized_per_loop"}
+    assert data["targets"]["R1"]["met"] is None and "--per-loop" in data["meta"]["command"]
+    assert f"per_sample_sq.py:{row['line']} | – | vectorized" in text and "| R1 |" in text
