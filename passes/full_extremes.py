@@ -19,6 +19,16 @@ cheaper than saving the masks and compares again in the backward's fused kernel 
 ``tie | nan``, was saved from the forward: bool stores, 3x chamfer's steady time). ``start``
 is the first dim reduced (1 batched, 0 in a vmapped body); a slice of one 0-d value is itself.
 Integer and bool values hold no NaN and take no gradient: ``amax`` as before.
+
+``x[m].max()`` of a boolean selection (``masked_selections_to_where``) is ``max_of_selected(x,
+m, start)``: the same value and backward over the elements ``m`` selects, 0 where it selects
+nothing (the original raises there; the loop counts those items and raises after it, and a 0
+keeps NaN out of the gradients of items a tensor condition deselects). The value is ``amax``
+over the selection (Inductor fuses it), detached; the gradient comes from adding ``-0.0`` by an
+operator whose backward is eager's split. Spelled with ops (NaN test, fill, ties, mean of the
+ties), Inductor stored five bool masks of the distance matrix for their backward, and the
+batch-hard triplet loss took 1.4x the expert's ``masked_fill(...).amax(1)``. Integers and bools: ``amax`` over the selection, the
+slice's minimum where nothing is selected.
 """
 from __future__ import annotations
 
@@ -56,6 +66,72 @@ def _batched(info, in_dims: tuple, x: torch.Tensor, start: int, largest: bool):
     if in_dims[0] is None:
         return _full_extreme(x, start, largest), None
     return _full_extreme(x.movedim(in_dims[0], 0), start + 1, largest), 0
+
+
+@torch.library.custom_op("optimize_loss::selected_ties", mutates_args=())
+def _selected_ties(x: torch.Tensor, mask: torch.Tensor, value: torch.Tensor,
+                   start: int) -> torch.Tensor:
+    return x.new_full(x.shape[:start], -0.0)  # adding -0.0 changes no value, not even 0's sign
+
+
+@_selected_ties.register_fake
+def _selected_ties_shape(x: torch.Tensor, mask: torch.Tensor, value: torch.Tensor,
+                         start: int) -> torch.Tensor:
+    return x.new_empty(x.shape[:start])
+
+
+def _save_selected(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    ctx.start = inputs[3]
+    ctx.save_for_backward(*inputs[:3])
+
+
+def _selected_backward(ctx, g: torch.Tensor):
+    x, mask, value = ctx.saved_tensors
+    reduced = (None,) * (x.dim() - ctx.start)
+    tie, nan = x == value[(..., *reduced)], x != x
+    picked = mask & (tie | nan)
+    share = g[(..., *reduced)] / picked.sum(tuple(range(ctx.start, x.dim())), keepdim=True)
+    return torch.where(mask, torch.where(tie, share, torch.where(nan, share, 0)), 0), \
+        None, None, None
+
+
+_selected_ties.register_autograd(_selected_backward, setup_context=_save_selected)
+
+
+@_selected_ties.register_vmap
+def _selected_batched(info, in_dims: tuple, x: torch.Tensor, mask: torch.Tensor,
+                      value: torch.Tensor, start: int):
+    if all(d is None for d in in_dims[:3]):
+        return _selected_ties(x, mask, value, start), None
+    # every operand batched alike (an unbatched one expanded: its gradient sums over the items)
+    x, mask, value = (t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape)
+                      for t, d in zip((x, mask, value), in_dims[:3]))
+    return _selected_ties(x, mask, value, start + 1), 0
+
+
+def _of_selected(x: torch.Tensor, mask: torch.Tensor, start: int,
+                 largest: bool) -> torch.Tensor:
+    if x.dim() == start:
+        x, mask = x.unsqueeze(-1), mask.unsqueeze(-1)
+    dims = tuple(range(start, x.dim()))
+    reduce = torch.amax if largest else torch.amin
+    if not x.is_floating_point():
+        other = (torch.amin if largest else torch.amax)(x, dims, keepdim=True)
+        return reduce(torch.where(mask, x, other), dims)
+    mask = mask.expand_as(x)
+    value = reduce(torch.where(mask, x, -torch.inf if largest else torch.inf), dims)
+    value = torch.where(mask.any(dims), value, 0).detach()
+    return value + _selected_ties(x, mask, value, start)
+
+
+def max_of_selected(x: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """``x[i0, ..., i_start-1][m[i0, ...]].max()`` of every slice (0 where none is selected)."""
+    return _of_selected(x, mask, start, True)
+
+
+def min_of_selected(x: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """``x[...][m[...]].min()`` of every slice, as ``max_of_selected``."""
+    return _of_selected(x, mask, start, False)
 
 
 def _extreme(x: torch.Tensor, start: int, largest: bool) -> torch.Tensor:

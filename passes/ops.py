@@ -35,7 +35,7 @@ class OpSpec:
     # every loop-varying value carrying the loop dim in front. "elementwise": the same call,
     # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "matmul",
     # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see
-    # the batcher.
+    # the batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``.
     batched: str | None = None
     reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
     # ... when that method's gradient differs from the op's (NaN, ties): ``f(x, first_dim)``,
@@ -258,6 +258,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     # helpers bound into generated code, by module path (``share_common_subexpressions``)
     _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
+    # ``f(x, m, start)``: reduces every dim from ``start`` on (masked_selections_to_where)
+    *(_helper(f, batched="from_start", total=True, derivative="constant")
+      for f in (full_extremes.min_of_selected, full_extremes.max_of_selected)),
     _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
     _helper(stacked_views.stack_items, total=True, derivative="constant"),
     # -- losses -----------------------------------------------------------------------------

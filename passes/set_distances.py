@@ -67,8 +67,11 @@ def _gradients(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool, 
     if torch.compiler.is_compiling():
         # Inductor fuses the differences into the sums, the [D, n, m] terms never stored (the
         # buffer's in-place writes would be tensors of their own); coordinates first, so that
-        # its loops run along the m points, not along the D coordinates
-        per_coordinate = g * (2 * (w_coordinates[:, None] - x_coordinates[..., None]))
+        # its loops run along the m points, not along the D coordinates. ``g`` is computed
+        # once, before them: fused into the sums, the cotangent's own ops (a masked maximum's
+        # backward) ran D times, or Inductor stored the [D, n, m] terms (the batch-hard triplet
+        # loss written with ``masked_fill(...).amax(1)``: 270 ms instead of 4 ms per call)
+        per_coordinate = _computed(g) * (2 * (w_coordinates[:, None] - x_coordinates[..., None]))
         return (-per_coordinate.sum(2).mT if need_x else None,
                 per_coordinate.sum(1).mT if need_w else None)
     step = max(1, _BUFFER // max(1, g.numel()))  # coordinates per chunk
@@ -84,6 +87,22 @@ def _gradients(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool, 
         if need_w:
             w_sums.append(per_coordinate.sum(1))
     return (torch.cat(x_sums).mT if need_x else None, torch.cat(w_sums).mT if need_w else None)
+
+
+@torch.library.custom_op("optimize_loss::computed", mutates_args=())
+def _computed(g: torch.Tensor) -> torch.Tensor:
+    """A copy of ``g``: opaque to Inductor, which computes ``g`` into a buffer of its own."""
+    return g.clone()
+
+
+@_computed.register_fake
+def _computed_shape(g: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(g)
+
+
+@_computed.register_vmap
+def _computed_batched(info, in_dims: tuple, g: torch.Tensor):
+    return _computed(g), in_dims[0]
 
 
 def squared_distances(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

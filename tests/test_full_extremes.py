@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from passes.full_extremes import max_of_all, min_of_all
+from passes.full_extremes import max_of_all, max_of_selected, min_of_all, min_of_selected
 
 INF, NAN = float("inf"), float("nan")
 _ROWS = [list(r) for r in itertools.product([1., 3., NAN, INF, -INF], repeat=3)]
@@ -86,3 +86,64 @@ def test_batched_under_torch_compile_is_eagers(largest, cotangent):
     g = torch.full((len(_ROWS),), cotangent)
     g[::2] = 2.0
     _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+
+
+# Selections of the rows of ``_ROWS``: every subset of the three elements, the empty one aside.
+_MASKS = [list(m) for m in itertools.product([True, False], repeat=3) if any(m)]
+
+
+def _selected_rows(dtype):
+    pairs = [(r, m) for r in _ROWS for m in _MASKS]
+    x = torch.tensor([r for r, _ in pairs], dtype=dtype, requires_grad=True)
+    return x, torch.tensor([m for _, m in pairs])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cotangent", [1.0, NAN, INF, 0.0])
+@pytest.mark.parametrize("form", ["batched", "vmap", "compiled"])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_selected_value_and_gradient_are_eagers(largest, form, cotangent, dtype):
+    fn, name = (max_of_selected, "max") if largest else (min_of_selected, "min")
+    x, mask = _selected_rows(dtype)
+    g = torch.full((len(x),), cotangent, dtype=dtype)
+    g[::2] = 2.0
+    want = torch.stack([getattr(r[m], name)() for r, m in zip(x, mask)])
+    got = {"batched": lambda: fn(x, mask, 1),
+           "vmap": lambda: torch.vmap(lambda r, m: fn(r, m, 0))(x, mask),
+           "compiled": lambda: torch.compile(lambda x, m: fn(x * 1, m, 1),
+                                             backend="aot_eager")(x, mask)}[form]()
+    assert got.dtype == want.dtype
+    _exact(got, want)
+    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+
+
+def test_selected_keeps_a_negative_zero_and_gives_nothing_selected_0():
+    x = torch.tensor([[-0.0, -1.0], [NAN, 5.0]], requires_grad=True)
+    mask = torch.tensor([[True, True], [False, False]])
+    got = max_of_selected(x, mask, 1)
+    _exact(got, torch.tensor([-0.0, 0.0]))
+    assert torch.signbit(got[0])
+    _exact(torch.autograd.grad(got.sum(), x)[0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_selected_integers_take_amax_and_a_mask_not_varying_under_vmap():
+    assert min_of_selected(torch.tensor([[1, 5], [7, 2]]),
+                           torch.tensor([[False, True], [True, True]]), 1).tolist() == [5, 2]
+    x = torch.tensor([[1., 3., 3.], [4., 2., 4.]], dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([True, True, False])
+    got = torch.vmap(lambda r: max_of_selected(r, mask, 0))(x)
+    want = torch.stack([r[mask].max() for r in x])
+    _exact(got, want)
+    _exact(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+
+
+def test_selected_double_backward_is_eagers():
+    x = torch.tensor([[1., 3., 3.], [NAN, 2., NAN], [5., 1., 7.]], dtype=torch.float64,
+                     requires_grad=True)
+    mask = torch.tensor([[True, True, True], [True, False, True], [True, True, False]])
+    g = torch.tensor([2., 3., 4.], dtype=torch.float64, requires_grad=True)
+    grads = []
+    for got in (torch.stack([r[m].max() for r, m in zip(x, mask)]), max_of_selected(x, mask, 1)):
+        first, = torch.autograd.grad(got, x, g, create_graph=True)
+        grads.append(torch.autograd.grad((first * torch.arange(9.).view(3, 3)).sum(), g)[0])
+    _exact(*grads)

@@ -78,3 +78,38 @@ def test_tests_reading_values_or_calls_stay_masked_or_kept(tmp_path, test):
     report = equivalent_report(user.f, x, 2, w)
     loop = next(lp for lp in report.loops if lp.lineno == 17)
     assert not loop.vectorized and "would also run on iterations" in loop.reason, loop.reason
+
+
+ELSE = LOSS.replace("""        if c == k:
+            row = own(x, k)
+""", """        if c == k:
+            row = own(x, k)
+        else:
+            row = row * 2
+""")
+
+
+PICK = LOSS.replace("""        if c == k:
+            row = own(x, k)
+""", """        row = own(x, k) if c == k else row * 2
+""")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["plain", "nan", "inf"])
+@pytest.mark.parametrize("k", [0, 3, 9])
+@pytest.mark.parametrize("source", ["else", "pick"])
+def test_an_else_branch_stays_masked_and_the_if_branch_runs_once(tmp_path, dtype, kind, k, source):
+    """``if c == k: row = own(x, k)`` / ``else: row = row * 2``, or the conditional expression
+    (GE2E's ``own(...) if k == j else cents[k]``): the call runs once, the ``else`` on every
+    iteration under the mask; none meeting the test (k = 9) runs the loop as written."""
+    src = {"else": ELSE, "pick": PICK}[source]
+    assert src != LOSS
+    user = load_module(tmp_path, src)
+    x, w = _inputs(dtype)
+    if kind != "plain":
+        x.data[1, 2] = float(kind)
+    report = equivalent_report(user.f, x, k, w)
+    loop = next(lp for lp in report.loops if lp.lineno == 17)
+    assert loop.vectorized, loop.reason
+    assert (loop.vectorized_runs, loop.original_runs) == ((0, 1) if k == 9 else (1, 0))

@@ -120,3 +120,53 @@ def test_an_inner_write_bounded_by_the_outer_item_runs_vectorized(tmp_path, dtyp
     report = equivalent_report(user.rows, x, c[0])
     outer = _loop(report, 28)
     assert (outer.vectorized_runs, outer.failed_runs) == (1, 0), outer.reason
+
+
+SELECTING = """
+def picked(x, s, k):
+    acc = x[s, 0] * 0
+    for j in range(x.shape[1]):
+        if j == k:
+            acc = acc + x[s, j]
+    return acc
+
+
+def indexed(x, s, k):
+    return x[s, k] * 2
+
+
+def f_direct(x):
+    out = 0
+    for s in range(x.shape[0]):
+        for u in range(x.shape[1]):
+            out = out + picked(x, s, u).pow(2).sum()
+    return out
+
+
+def f_indexed(x):
+    out = 0
+    for s in range(x.shape[0]):
+        for u in range(x.shape[1]):
+            out = out + indexed(x, s, u).pow(2).sum()
+    return out
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_mapped_body_handing_its_index_to_a_helper_testing_it_keeps_the_loop(tmp_path, dtype):
+    """``picked`` compares the index in Python (an equality selection): under vmap it would get a
+    tensor and raise on every call, so the loops stay loops, with the reason at the call, and
+    the original's result comes without a fallback; ``indexed`` only indexes with it, and its
+    loops run vectorized."""
+    user = load_module(tmp_path, SELECTING)
+    x, _ = _inputs(dtype, "ties")
+    optimized = optimize_loss(user.f_direct, compile=False, strict=True)
+    torch.testing.assert_close(optimized(x), user.f_direct(x), rtol=0, atol=0)
+    lines = SELECTING.splitlines()
+    direct = lines.index("def f_direct(x):") + 1  # 1-based line of the def
+    inner = next(lp for lp in optimized.report.loops if lp.lineno == direct + 3)
+    assert not inner.vectorized and "`picked(x, s, u)` gets the loop index `u`" in inner.reason
+    assert not optimized.report.fallbacks
+    report = equivalent_report(user.f_indexed, *_inputs(dtype, "nan")[:1])
+    outer = next(lp for lp in report.loops if lp.lineno == lines.index("def f_indexed(x):") + 3)
+    assert (outer.vectorized_runs, outer.failed_runs) == (1, 0), outer.reason

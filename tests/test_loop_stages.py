@@ -1720,14 +1720,14 @@ def f(d, lab, n):
 """, ('outline',),
      """
 # outline
-if lab.dim() >= 1 and d.dim() >= 2: ...
+if lab.dim() >= 1: ...
 _empty_max = _empty_max + _outs[0]
 total = _outs[1]
 """,
      """
 # outline
 _empty_max = 0
-if lab.dim() >= 1 and d.dim() >= 2: ...
+if lab.dim() >= 1: ...
 _empty_max = _empty_max + _outs[0]
 torch._assert_async(torch.as_tensor(_empty_max == 0), "max(): Expected reduction dim to be specified for input.numel() == 0. Specify the reduction dim with the 'dim' argument.")
 total = _outs[1]
@@ -1956,6 +1956,68 @@ if s == c:
 out.append(cos(emb[s, u], _cen))
 # first
 _cen_1 = own_centroid(emb, s, u)
+# helper_checks
+any((s == _k for _k in range(0, len(cens), 1)))
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c, cen in enumerate(cens):
+        if s == c:
+            cen = own_centroid(emb, s, u)
+        else:
+            cen = cen * 2
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first', 'helper_checks'),
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = own_centroid(emb, s, u)
+else:
+    _cen = _cen * 2
+out.append(cos(emb[s, u], _cen))
+# first
+# helper_checks
+""",
+     """
+# body
+_cen = cen
+if s == c:
+    _cen = _cen_1
+else:
+    _cen = _cen * 2
+out.append(cos(emb[s, u], _cen))
+# first
+_cen_1 = own_centroid(emb, s, u)
+# helper_checks
+any((s == _k for _k in range(0, len(cens), 1)))
+"""),
+    (hoist_calls_under_index_tests, """
+def f(emb, cens, s, u):
+    out = []
+    for c in range(len(cens)):
+        cen = own_centroid(emb, s, u) if s == c else cens[c]
+        out.append(cos(emb[s, u], cen))
+    return out
+""", ('body', 'first', 'helper_checks'),
+     """
+# body
+cen = own_centroid(emb, s, u) if s == c else cens[c]
+out.append(cos(emb[s, u], cen))
+# first
+# helper_checks
+""",
+     """
+# body
+if s == c:
+    cen = _cen
+else:
+    cen = cens[c]
+out.append(cos(emb[s, u], cen))
+# first
+_cen = own_centroid(emb, s, u)
 # helper_checks
 any((s == _k for _k in range(0, len(cens), 1)))
 """),

@@ -100,12 +100,7 @@ def test_golden_max_counts_empty_selections_and_splits_ties():
         _keep = same.reshape(_mask_shape[same.shape, dist.shape])
         _vals = torch.where(_keep, dist, False)
         _empty_max = _empty_max + (_keep.expand_as(_vals).sum() == 0)
-        _sel = _keep.expand_as(_vals).flatten()
-        _flat = _vals.flatten()
-        _nan = (_sel & (_flat != _flat)).any(0, keepdim=True)
-        _top = torch.where(_sel & (_flat == _flat), _flat, torch.full_like(_flat[:1], -torch.inf) if _flat.dtype.is_floating_point else _flat.amin(0, keepdim=True)).amax(0, keepdim=True)
-        _ties = _sel & torch.where(_nan, _flat != _flat, _flat == _top)
-        hardest = torch.where(_nan | (_top == -torch.inf), (torch.where(_ties, _flat, 0).sum(0, keepdim=True) / _ties.sum(0, keepdim=True).clamp(min=1)).type_as(_top), _top)[0]
+        hardest = _max_of_selected(_vals, _keep.expand_as(_vals), 0)
         """)
     assert dense.empty == {"_empty_max": masked_selections_to_where.EMPTY_ERRORS["max"]}
 

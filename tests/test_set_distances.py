@@ -162,3 +162,39 @@ def test_distances_within_one_set_compile_to_one_graph(dtype, special):
     want, = torch.autograd.grad((_loop(x, x) * weights).sum(), x)
     assert got.dtype == want.dtype
     torch.testing.assert_close(got, want, equal_nan=True)
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_backward_reads_the_cotangent_computed_once(dtype):
+    # the cotangent of a masked maximum (``masked_fill(...).amax(1)``) goes through an opaque
+    # copy, so Inductor computes it once instead of in every coordinate's sum
+    from torch._functorch.aot_autograd import aot_module_simplified
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 4, generator=gen, dtype=dtype, requires_grad=True)
+    same = torch.rand(6, 6, generator=gen) > 0.5
+    graphs = []
+
+    def keep(gm, _):
+        graphs.append(gm)
+        return gm
+    compiled = torch.compile(
+        lambda x: squared_distances(x, x).masked_fill(~same, -torch.inf).amax(1).sum(),
+        backend=lambda gm, inputs: aot_module_simplified(gm, inputs, fw_compiler=keep,
+                                                         bw_compiler=keep))
+    got, = torch.autograd.grad(compiled(x), x)
+    want, = torch.autograd.grad(_loop(x, x).masked_fill(~same, -torch.inf).amax(1).sum(), x)
+    torch.testing.assert_close(got, want)
+    assert any(n.target is torch.ops.optimize_loss.computed.default
+               for g in graphs for n in g.graph.nodes)
+
+
+def test_vmapped_compiled_backward_is_the_loops():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    f = torch.compile(lambda x, w: torch.vmap(lambda a, b: squared_distances(a, b).amax(1))(x, w).sum())
+    got = torch.autograd.grad(f(x, w), (x, w))
+    want = torch.autograd.grad(torch.stack([_loop(x[b], w[b]) for b in range(2)]).amax(2).sum(), (x, w))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

@@ -99,6 +99,18 @@ def _same_rank(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return ast.copy_location(ast.Call(c.func, [c.args[0][0]], []), c.node), Val(True, val.rank)
 
 
+def _from_start(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``f(x, m, 0)`` reducing every dim of the items (``max_of_selected``), every operand
+    loop-varying: ``f(x, m, 1)``."""
+    *operands, start = c.args
+    if c.kws or literal(start[0]) != 0:
+        return None
+    if not all(v.batched for _, v in operands):
+        raise Unsupported(f"`{unparse(c.node)}`: an operand does not vary with the loop")
+    call = ast.Call(c.func, [a for a, _ in operands] + [ast.Constant(1)], [])
+    return ast.copy_location(call, c.node), Val(True, Rank())
+
+
 def _dot(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``torch.dot(a, b)`` of 1-d items: ``(a * b).sum(1)``."""
     if len(c.operands) != 2 or c.kws or not all(v.batched for _, v in c.operands):
@@ -344,4 +356,4 @@ def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) ->
 # are batched (``call``).
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
-            "class_loss": _class_loss}
+            "class_loss": _class_loss, "from_start": _from_start}

@@ -13,8 +13,10 @@ Refused when they vary per iteration: Python conditions (``if``, ``x if c else y
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
 registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
 call such ops in their own bodies (``_helper_selection``: mapped with vmap, they raise on every
-call) and list methods comparing values (``lst.remove(t)``). Functions the
-body defines (inner loops' outlined bodies) are checked with the names they see varying.
+call), list methods comparing values (``lst.remove(t)``), and the loop index (a Python int in the
+original) handed to a function of the module that is not known to take it as a tensor
+(``index_tensor_parameters``). Functions the body defines (inner loops' outlined bodies) are
+checked with the names they see varying.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, unparse, walk
 from ..errors import Unsupported
+from .index_tensor_parameters import index_tensor_arguments
 from .loop_dataflow import (call_op, container_names, depends, is_boolean, makes_new_tensor,
                             mask_names, resolve_call, variant_names, write_entries)
 from .plan import LoopPlan
@@ -53,6 +56,7 @@ class _Check:
                       if name in plan.masks}
         # `sum(parts)` of a list the body builds adds its items
         self.containers = container_names(ast.Module(plan.body, []))
+        self.indices = {plan.iteration.index} | plan.outer_indices
 
     def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
         variant = variant_names(stmts, seeds, self.ctx)
@@ -154,6 +158,24 @@ class _Check:
             self.refuse(f"`{unparse(node.func)}(...)` is mapped with vmap, and `{helper}` selects "
                         f"`{unparse(where)}` (line {where.lineno}): the number of selected "
                         "elements varies per iteration", node)
+        if op is ops.UNKNOWN:
+            given = self.indices_given(node, varies)
+            if given:
+                self.refuse(f"`{self.quote(node)}` gets the loop index `{given[0]}`, a Python int "
+                            "in the original and a tensor under vmap, which the function is not "
+                            "known to take (it may test it in Python)", node)
+
+    def indices_given(self, node: ast.Call, varies) -> list[str]:
+        """Loop indices (Python ints in the original) that vary here and that ``node``, a call of
+        a Python function of the module's globals, passes on, other than those it takes as 0-d
+        integer tensors too (``index_tensor_parameters``)."""
+        func = node.func
+        if not (isinstance(func, ast.Name) and func.id not in (self.ctx.local_names or ())
+                and isinstance(self.ctx.globals.get(func.id), types.FunctionType)):
+            return []
+        given = [a.id for a in node.args + [k.value for k in node.keywords]
+                 if isinstance(a, ast.Name) and a.id in self.indices and varies(a)]
+        return [a for a in given if a not in index_tensor_arguments(node, self.ctx)] if given else []
 
     def quote(self, node: ast.AST) -> str:
         found = self.written.get(_at(node), node)

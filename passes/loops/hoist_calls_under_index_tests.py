@@ -18,8 +18,11 @@ fresh names, and the branch only binds its names to them (a total read, which th
 The test is evaluated on the host, in Python, for every index, as the original does; when no
 index meets it the loop runs as written (the branch never runs, so neither does its work). Taken
 only for branches of plain name assignments, one of them calling something not total (else the
-mask already handles the branch), with no ``else`` and no call with an effect (random numbers,
-I/O, mutation): the original's calls, run once per selected iteration, give one value.
+mask already handles the branch), with no call with an effect (random numbers, I/O, mutation):
+the original's calls, run once per selected iteration, give one value. An ``else`` stays as
+written (``if k == j: c = own(...)`` / ``else: c = cents[k]``): it runs on every iteration under
+the mask, as any branch does, and is refused there when it may fail. So does the conditional
+expression ``c = own(...) if k == j else cents[k]``, as that ``if``/``else``.
 Enclosing loops' indices handed to a function the registry does not know must be Python ints
 (``type(u) is int``, part of the check): such a function may test them in Python, which an
 enclosing loop mapping over its index with vmap would break; that loop is then kept, with this
@@ -44,11 +47,26 @@ _TEST_NODES = (ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant, as
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     bound = stores_in(plan.body) | {name for name, _ in it.elements} | {it.index}
+    plan.body = [_picked_by_if(s, it.index, bound, ctx) for s in plan.body]
     for s in plan.body:
-        if isinstance(s, ast.If) and not s.orelse and on_indices(s.test, it.index, bound) \
+        if isinstance(s, ast.If) and on_indices(s.test, it.index, bound) \
                 and _invariant_work(s.body, bound, ctx):
             s.body = _hoisted(s, plan, ctx)
     return plan
+
+
+def _picked_by_if(s: ast.stmt, index: str, bound: set[str], ctx: PassContext) -> ast.stmt:
+    """``c = own(...) if k == j else cents[k]``, whose first arm is such work under an index
+    test, as the ``if``/``else`` statement it means; any other statement as it is."""
+    if not (isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.value, ast.IfExp)
+            and on_indices(s.value.test, index, bound)):
+        return s
+    pick = s.value
+    arms = [ast.copy_location(ast.Assign([clone(s.targets[0])], arm), s)
+            for arm in (pick.body, pick.orelse)]
+    if not _invariant_work(arms[:1], bound, ctx):
+        return s
+    return ast.copy_location(ast.If(pick.test, arms[:1], arms[1:]), s)
 
 
 def on_indices(test: ast.expr, index: str, bound: set[str]) -> bool:

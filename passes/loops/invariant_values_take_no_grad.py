@@ -89,12 +89,16 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 
 def _under_masks(body: list[ast.stmt], variant: set[str], ctx: PassContext) -> set[int]:
-    """The ids of the nodes in branches of an ``if`` whose test varies with the iteration:
+    """The ids of the nodes in branches of an ``if`` (or arms of a conditional expression, which
+    ``conditional_expressions_to_branches`` makes one) whose test varies with the iteration:
     ``tensor_branches_to_where`` reads the values they take from before the loop per iteration
     under the mask (``FixedOperand``), so their ops are differentiated per iteration too."""
-    return {id(n) for s in body for node in walk(s) if isinstance(node, ast.If)
-            and depends(node.test, variant, ctx) for b in node.body + node.orelse
-            for n in walk(b)}
+    return {id(n) for s in body for node in walk(s) if isinstance(node, (ast.If, ast.IfExp))
+            and depends(node.test, variant, ctx) for b in _branches(node) for n in walk(b)}
+
+
+def _branches(node: ast.If | ast.IfExp) -> list[ast.AST]:
+    return node.body + node.orelse if isinstance(node, ast.If) else [node.body, node.orelse]
 
 
 def _reason(op: ast.expr, numbers: list[str], leaves: list[str]) -> str:

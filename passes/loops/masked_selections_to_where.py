@@ -27,12 +27,9 @@ and ``hardest = dist[same].max()`` (``same = labels == labels[i]``) to::
     _keep = same.reshape(_mask_shape[same.shape, dist.shape])
     _vals = torch.where(_keep, dist, False)
     _empty_max = _empty_max + (_keep.expand_as(_vals).sum() == 0)
-    _nan = (_keep & (_vals != _vals)).any()
-    _top = torch.where(_keep & (_vals == _vals), _vals,
-                       -torch.inf if _vals.dtype.is_floating_point else _vals.amin()).amax()
-    _ties = _keep & torch.where(_nan, _vals != _vals, _vals == _top)
-    hardest = torch.where(_nan | (_top == -torch.inf), (torch.where(_ties, _vals, 0).sum()
-                          / _ties.sum().clamp(min=1)).to(_top.dtype), _top)
+    hardest = _max_of_selected(_vals, _keep.expand_as(_vals), 0)
+
+(``full_extremes.max_of_selected``: eager's value and gradient over the selected elements).
 
 The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where(_keep, x,
 0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` -> ``_keep.sum()``;
@@ -91,11 +88,11 @@ Why each piece:
   value of an empty selection is 0: nothing NaN reaches the gradients of iterations a tensor
   condition deselects.
 * Ties: ``x[m].max()`` splits the gradient evenly between the selected elements equal to the
-  maximum, so does ``amax`` over the selected NaN-free values, unless the maximum is the ``-inf``
-  fill. Two cases take the mean of the ties instead, whose gradient is the same even split: every
-  selected value ``-inf`` (the fill would share the gradient), and a NaN among them (``max()``
-  splits the gradient between the NaNs). ``x[m].amax()`` counts ties with ``==``: a NaN gives
-  every selected element a NaN gradient, and the dense ``amax`` does the same.
+  maximum, or between the selected NaNs: ``max_of_selected``'s backward does so (see
+  ``full_extremes``). ``x[m].amax()`` splits it between the selected values equal to the
+  maximum, unless the maximum is the ``-inf`` fill: every selected value ``-inf`` takes the mean
+  of the ties instead, whose gradient is the same even split. It counts ties with ``==``: a NaN
+  gives every selected element a NaN gradient, and the dense ``amax`` does the same.
 
 Anything else is left alone, and then the whole body is (``loop_dataflow`` keeps the loop with
 its "boolean mask indexing" reason): a selection stored, returned, shape-queried,
@@ -113,7 +110,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import ast_marks
+from .. import ast_marks, full_extremes
 from ..errors import Unsupported
 
 from .. import ops
@@ -155,10 +152,11 @@ LAST_DIM_FORMS = {"logsumexp": "logsumexp_last"}
 # ... max and min (see the module docstring): the dense reduction, the far end of the order
 # (the fill of floats), the fill of other dtypes (<= / >= every selected value), and the steps.
 # max()/min() split the gradient between the selected elements equal to the result, NaN ones
-# when it is NaN; amax()/amin() count the ties with ``==``, so a NaN gives every selected
-# element a NaN gradient. Both split it between ``far`` ties with the mean of the ties.
-EXTREMES = {"max": ("amax", "-torch.inf", "flat.amin(0, keepdim=True)", "nan_ties"),
-            "min": ("amin", "torch.inf", "flat.amax(0, keepdim=True)", "nan_ties"),
+# when it is NaN (one call of the helper ``SELECTED_EXTREMES`` names); amax()/amin() count the
+# ties with ``==``, so a NaN gives every selected element a NaN gradient, and split it between
+# ``far`` ties with the mean of the ties.
+EXTREMES = {"max": ("amax", "-torch.inf", "", "selected"),
+            "min": ("amin", "torch.inf", "", "selected"),
             "amax": ("amax", "-torch.inf", "flat.amin(0, keepdim=True)", "equal_ties"),
             "amin": ("amin", "torch.inf", "flat.amax(0, keepdim=True)", "equal_ties")}
 # The steps work on the flattened values (``flat``, selected where ``sel``) with reductions that
@@ -171,12 +169,9 @@ FLAT = """
 sel = k.expand_as(v).flatten()
 flat = v.flatten()
 """
+SELECTED_EXTREMES = {"amax": full_extremes.max_of_selected, "amin": full_extremes.min_of_selected}
 EXTREME_STEPS = {
-    "nan_ties": (f"""{FLAT}
-nan = (sel & (flat != flat)).any(0, keepdim=True)
-top = torch.where(sel & (flat == flat), flat, {FILL}).{{reduce}}(0, keepdim=True)
-ties = sel & torch.where(nan, flat != flat, flat == top)
-""", f"torch.where(nan | (top == {{far}}), {MEAN_OF_TIES}, top)[0]"),
+    "selected": ("", "{fn}(v, k.expand_as(v), 0)"),
     "equal_ties": (f"""{FLAT}
 top = torch.where(sel, flat, {FILL}).{{reduce}}(0, keepdim=True)
 ties = sel & (flat == top)
@@ -512,13 +507,15 @@ class _Converter:
         self.pre += self._sub("c = c + (k.expand_as(v).sum() == 0)", call, c=counter, k=keep,
                               v=vals)
         reduce_, far, fill, ties = EXTREMES[form]
-        steps, result = (t.format(far=far, fill=fill, reduce=reduce_)
+        fn = SELECTED_EXTREMES[reduce_]
+        fn = self.ctx.bind(fn, fn.__name__) if ties == "selected" else ""
+        steps, result = (t.format(far=far, fill=fill, reduce=reduce_, fn=fn)
                          for t in EXTREME_STEPS[ties])
         used = {n.id for n in walk(ast.parse(steps)) if isinstance(n, ast.Name)}
         names = {n: self.ctx.namer.new(n) for n in ("sel", "flat", "nan", "top", "ties")
                  if n in used}
         self.pre += self._sub(steps, call, k=keep, v=vals, **names)
-        return self._sub(result, call, v=vals, **names)
+        return self._sub(result, call, k=keep, v=vals, **names)
 
     # -- chains of elementwise ops on selections --------------------------------------------------
     def chain(self, e: ast.expr) -> _Chain | None:
