@@ -160,14 +160,31 @@ def f(x, labels):
 """
 
 
+SELECTION_AFTER_CONTINUE = """
+def f(x, labels):
+    total = 0
+    for i in range(x.shape[0]):
+        if labels[i] == 2:
+            continue
+        neg = x[i][labels != labels[i]]
+        total = total + neg.exp().sum()
+    return total + neg.mean()
+"""
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_selection_read_after_the_loop_keeps_it(dtype):
-    # the vectorized body holds a dense stand-in of `neg` (zeros where deselected): its last row
-    # is not the last iteration's selection, whose mean the original returns
+def test_a_selection_read_after_the_loop_is_computed_again(dtype):
+    # the vectorized body holds a dense stand-in of `neg` (zeros where deselected), not the last
+    # iteration's selection: the statement binding it, first in the body, runs again after the
+    # loop for the last index
     naive, fast, _, report = build(SELECTION_AFTER)
+    assert report.loops[0].vectorized
+    x, labels = _x(6, 6, dtype=dtype), torch.tensor([0, 1, 0, 1, 2, 2])
+    assert_equivalent(naive, fast, x, labels)
+    # bound after a `continue`, the last binding may be an earlier iteration's: kept
+    naive, fast, _, report = build(SELECTION_AFTER_CONTINUE)
     assert not report.loops[0].vectorized
     assert "`neg` is read after the loop: the last iteration's selection" in report.loops[0].reason
-    x, labels = _x(6, 6, dtype=dtype), torch.tensor([0, 1, 0, 1, 2, 2])
     assert_equivalent(naive, fast, x, labels)
 
 

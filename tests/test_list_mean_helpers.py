@@ -6,6 +6,7 @@ cases, the runtime helper on lists and stacked items, and whole losses against t
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 
 import pytest
@@ -99,6 +100,29 @@ def rows_kept(x):
     for i in range(x.shape[0]):
         losses.append(x[i])
     return mean(losses)
+
+
+def per_row(x):
+    return mean((r ** 2).sum() for r in x)
+
+
+def per_row_list(x, empty):
+    return nan_mean([(r - r.mean()).abs().sum() for r in x], empty=empty)
+
+
+def rows_generator(x):
+    return mean(r for r in x)
+
+
+def valid_values(r, ignore=None):
+    if ignore is None:
+        return r
+    valid = r != ignore
+    return r[valid]
+
+
+def per_row_valid(x):
+    return mean(valid_values(r, 0.0).exp().sum() for r in x)
 '''
 
 
@@ -123,8 +147,20 @@ def test_golden_call_rewrite(user):
             "empty='raise')")
 
 
+def test_golden_comprehension_calls(user):
+    # the helper takes every item, one after the other: a list of them is the same
+    assert rewritten_calls(user, "def f(x):\n    return mean((r * 2 for r in x), 5)") \
+        == "def f(x):\n    return _list_mean([r * 2 for r in x], mean, _mean_helper, None, 5)"
+    assert rewritten_calls(user, "def f(x):\n    return nan_mean([r for r in x], True)") \
+        == ("def f(x):\n    return _list_mean([r for r in x], nan_mean, _mean_helper, "
+            "'ignore_nan', True)")
+
+
 @pytest.mark.parametrize("src", [
     "def f(xs):\n    return mean(xs)",                                 # a parameter
+    "def f(x):\n    return unbiased(r for r in x)",                   # not a mean
+    "def f(x, y):\n    return mean(r for r in x for s in y)",         # two clauses
+    "def f(x):\n    return mean({r for r in x})",                     # a set
     "def f(x):\n    xs = []\n    xs = [x]\n    return mean(xs)",       # bound to another list
     "def f(x):\n    xs = []\n    return unbiased(xs)",                 # not a mean
     "def f(x):\n    xs = []\n    return isnan(xs)",
@@ -205,13 +241,52 @@ def test_nan_items_filtered_as_the_helper_does(user, ignore_nan):
     check(user.filtered, scores.requires_grad_(), labels, ignore_nan, 0)
 
 
-def test_items_that_are_input_rows(user):
+@pytest.mark.parametrize("name", ["rows_kept", "rows_generator"])
+def test_items_that_are_input_rows(user, name):
     # the helper adds into the first item, here a row of the input: so does the rewrite (the
     # sum in another order)
     x = torch.randn(4, 3, dtype=torch.float64)
     want, got = x.clone(), x.clone()
-    out_want = user.rows_kept(want)
-    out_got = rewrite.optimize_loss(user.rows_kept, compile=False)(got)
+    out_want = getattr(user, name)(want)
+    out_got = rewrite.optimize_loss(getattr(user, name), compile=False)(got)
     assert not torch.equal(want[0], x[0])
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(out_got, out_want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_comprehension_handed_to_the_helper(user, dtype, rows):
+    x = torch.randn(rows, 6, dtype=dtype).requires_grad_()
+    for fn, args in ((user.per_row, ()), (user.per_row_list, (0,))):
+        opt = check(fn, x, *args)
+        assert opt.report.loops[0].strategy in ("batched", "vmap")
+        assert all(loop.vectorized_runs and not loop.failed_runs for loop in opt.report.loops)
+
+
+def test_comprehension_of_no_item_gives_the_empty_value(user):
+    x = torch.randn(0, 6, dtype=torch.float64, requires_grad=True)
+    assert rewrite.optimize_loss(user.per_row, compile=False)(x) == user.per_row(x) == 0
+    assert rewrite.optimize_loss(user.per_row_list, compile=False)(x, 3.5) == 3.5
+    opt = rewrite.optimize_loss(user.per_row_list, compile=False)
+    with pytest.raises(ValueError, match="Empty mean"):
+        opt(x, "raise")
+
+
+def test_comprehension_items_nan_and_inf(user):
+    x = torch.tensor([[1.0, math.nan], [math.inf, 2.0], [0.5, -1.0]], dtype=torch.float64)
+    check(user.per_row, x.requires_grad_())
+    check(user.per_row_list, x, 0)
+
+
+def test_helper_selecting_by_a_mask_under_vmap_keeps_the_loop(user):
+    # `valid_values` is not inlined (it branches); mapped with vmap, its `r[valid]` would raise
+    # on every call: the loop runs as written, with the reason at the selection
+    x = torch.randn(4, 6, dtype=torch.float64).relu().requires_grad_()
+    opt = check(user.per_row_valid, x, vectorized=False)
+    (loop,) = opt.report.loops
+    line = inspect.getsourcelines(user.valid_values)[1] + 4
+    assert loop.reason == ("`valid_values(...)` is mapped with vmap, and `valid_values` selects "
+                           f"`r[valid]` (line {line}): "
+                           "the number of selected elements varies per iteration")
+    assert not loop.failed_runs

@@ -33,7 +33,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           excluded_items_to_masks, ragged_slices_to_masks,
                           raise_on_empty_selections, removed_index_lists_to_masks,
                           rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
-                          sink_own_item_selections, stack_tensor_lists,
+                          sink_own_item_selections, sorts_read_at_ends, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
@@ -594,6 +594,49 @@ def f(x, n):
 # outputs
 # folds
 """),
+    (last_values_after_loop, """
+def f(sim, labels):
+    total = 0
+    for i in range(sim.shape[0]):
+        row = sim[i]
+        neg = torch.masked_select(row, labels != labels[i])
+        if len(neg) < 1:
+            continue
+        total = total + neg.sum()
+    return total, neg.mean()
+""", ('live_after', 'folds'),
+     """
+# live_after
+['neg', 'total']
+# folds
+""",
+     """
+# live_after
+['total']
+# folds
+i = sim.shape[0] - 1
+row = sim[i]
+neg = torch.masked_select(row, labels != labels[i])
+"""),
+    (last_values_after_loop, """
+def f(sim, labels):
+    total = 0
+    for i in range(sim.shape[0]):
+        neg = torch.masked_select(sim[i], labels != labels[i])
+        if len(neg) < 1:
+            continue
+        neg = neg[neg > 0]
+        total = total + neg.sum()
+    return total, neg.mean()
+""", ('live_after', 'folds'),
+     """
+# live_after
+['neg', 'total']
+# folds
+""",
+     """
+Unsupported: `neg` is read after the loop: the last iteration's selection, whose size varies per iteration, and it is not bound by tensor ops the body starts with
+"""),
     (check_body, """
 def f(x, n):
     total = 0
@@ -1028,6 +1071,56 @@ total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
 # body
 cs = s[j] * 2
 total = total + torch.max(torch.cat((cs[:j], cs[j + 2:])))
+"""),
+    (sorts_read_at_ends, """
+def f(sim, labels):
+    total = 0
+    for i in range(sim.shape[0]):
+        pos = torch.masked_select(sim[i], labels == labels[i])
+        pos = torch.sort(pos)[0]
+        neg = sim[i].masked_select(labels != labels[i]).sort(descending=True).values
+        hard = torch.masked_select(neg, neg + 0.1 > pos[0])
+        if len(hard) < 1:
+            continue
+        total = total + torch.exp(hard).sum() + pos.max() * (neg[-1] > 0)
+    return total
+""", ('body',),
+     """
+# body
+pos = torch.masked_select(sim[i], labels == labels[i])
+pos = torch.sort(pos)[0]
+neg = sim[i].masked_select(labels != labels[i]).sort(descending=True).values
+hard = torch.masked_select(neg, neg + 0.1 > pos[0])
+if len(hard) < 1:
+    continue
+total = total + torch.exp(hard).sum() + pos.max() * (neg[-1] > 0)
+""",
+     """
+# body
+pos = torch.masked_select(sim[i], labels == labels[i])
+neg = sim[i].masked_select(labels != labels[i])
+hard = torch.masked_select(neg, neg + 0.1 > pos.nan_to_num(torch.inf, torch.inf, -torch.inf).min() * (pos == pos).sum().sign())
+if len(hard) < 1:
+    continue
+total = total + torch.exp(hard).sum() + pos.max() * (neg.nan_to_num(torch.inf, torch.inf, -torch.inf).min() * (neg == neg).sum().sign() > 0)
+"""),
+    (sorts_read_at_ends, """
+def f(sim, labels):
+    total = 0
+    for i in range(sim.shape[0]):
+        pos = torch.sort(torch.masked_select(sim[i], labels == labels[i]))[0]
+        total = total + pos[0] + torch.exp(pos).sum()
+    return total
+""", ('body',),
+     """
+# body
+pos = torch.sort(torch.masked_select(sim[i], labels == labels[i]))[0]
+total = total + pos[0] + torch.exp(pos).sum()
+""",
+     """
+# body
+pos = torch.sort(torch.masked_select(sim[i], labels == labels[i]))[0]
+total = total + pos[0] + torch.exp(pos).sum()
 """),
     (masked_selects_to_selections, """
 def f(x, mask):

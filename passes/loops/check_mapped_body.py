@@ -11,10 +11,12 @@ written, with the reason at the user's line::
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
 ``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
-registry's ``data_shape``) and list methods comparing values (``lst.remove(t)``), and the loop
-index (a Python int in the original) handed to a function of the module that is not known to
-take it as a tensor (``index_tensor_parameters``). Functions the body defines (inner loops' outlined
-bodies) are checked with the names they see varying.
+registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
+call such ops in their own bodies (``_helper_selection``: mapped with vmap, they raise on every
+call), list methods comparing values (``lst.remove(t)``), and the loop index (a Python int in the
+original) handed to a function of the module that is not known to take it as a tensor
+(``index_tensor_parameters``). Functions the body defines (inner loops' outlined bodies) are
+checked with the names they see varying.
 """
 from __future__ import annotations
 
@@ -23,15 +25,17 @@ import types
 
 from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, unparse
+from ..ast_tools import PassContext, unparse, walk
 from ..errors import Unsupported
 from .index_tensor_parameters import index_tensor_arguments
-from .loop_dataflow import (call_op, container_names, depends, makes_new_tensor,
-                            resolve_call, variant_names)
+from .loop_dataflow import (call_op, container_names, depends, is_boolean, makes_new_tensor,
+                            mask_names, resolve_call, variant_names, write_entries)
 from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
 _COMPARING_METHODS = frozenset({"remove", "index", "count"})
+# How deep the module functions a mapped call reaches are searched for selections.
+MAX_HELPER_DEPTH = 3
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -148,6 +152,12 @@ class _Check:
                 or name == "range":
             self.refuse(f"`{self.quote(node)}` needs Python values of a value that varies per "
                         "iteration", node)
+        found = _helper_selection(node, self.ctx, ())
+        if found is not None:
+            helper, where = found
+            self.refuse(f"`{unparse(node.func)}(...)` is mapped with vmap, and `{helper}` selects "
+                        f"`{unparse(where)}` (line {where.lineno}): the number of selected "
+                        "elements varies per iteration", node)
         if op is ops.UNKNOWN:
             given = self.indices_given(node, varies)
             if given:
@@ -173,6 +183,34 @@ class _Check:
 
     def refuse(self, reason: str, node: ast.AST) -> None:
         raise Unsupported(reason, node.lineno)
+
+
+def _helper_selection(call: ast.Call, ctx: PassContext, seen: tuple
+                      ) -> tuple[str, ast.expr] | None:
+    """(the helper's name, the selection) when ``call`` calls a function of the caller's module
+    whose body, or that of a module function it calls (``MAX_HELPER_DEPTH`` deep), selects by a
+    boolean mask (a name the helper binds only to masks, ``loop_dataflow.mask_names``, or a
+    comparison) or calls an op whose result's size depends on the values (``nonzero``): under
+    ``torch.vmap`` that raises on every call. Else None."""
+    fn = ctx.globals.get(call.func.id) if isinstance(call.func, ast.Name) else None
+    if not (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals) \
+            or fn in seen or len(seen) >= MAX_HELPER_DEPTH:
+        return None
+    try:
+        helper = ctx.parse_function(fn).tree.body[0]
+    except Unsupported:  # no source
+        return None
+    masks = mask_names(helper, ctx)
+    for n in walk(helper):
+        if isinstance(n, ast.Subscript) and any(
+                is_boolean(e, masks, ctx) for e in write_entries(n)) \
+                or isinstance(n, ast.Call) and call_op(n, ctx).data_shape:
+            return fn.__name__, n
+        if isinstance(n, ast.Call):
+            inner = _helper_selection(n, ctx, seen + (fn,))
+            if inner is not None:
+                return inner
+    return None
 
 
 def _at(node: ast.AST) -> tuple:

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, is_int, walk
+from .. import ops
+from ..ast_tools import PassContext, clone, is_int, is_pure, walk
 from ..errors import Unsupported
-from .loop_dataflow import loads, makes_new_tensor, stores
+from .loop_dataflow import call_op, loads, makes_new_tensor, method_name, resolve_call, stores
 from .plan import LoopPlan
 
 
@@ -51,15 +52,66 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     folded = set()
     selections = sorted(live & plan.stand_ins)
     if selections:
-        raise Unsupported(f"`{selections[0]}` is read after the loop: the last iteration's "
-                          "selection, whose size varies per iteration")
-    for name in sorted(live):
+        plan.folds += _last_iteration(plan, selections, ctx)
+        folded |= set(selections)
+    for name in sorted(live - folded):
         value = _last_value(plan, name, tensors)
         if value is not None:
             plan.folds += plan.sub("n = v", n=name, v=value)
             folded.add(name)
     plan.live_after = plan.live_after - folded
     return plan
+
+
+def _last_iteration(plan: LoopPlan, names: list[str], ctx: PassContext) -> list[ast.stmt]:
+    """The statements of the loop as written that bind ``names`` in its last iteration, to run
+    again after the loop, with the loop's variables bound to their last values first: they
+    must be among the assignments the body starts with (every iteration runs them), with tensor
+    ops and no effects, reading nothing else the body binds. Raises ``Unsupported``."""
+    body = plan.node.body
+    prefix = []
+    for s in body:
+        if not (isinstance(s, ast.Assign) and all(isinstance(n, (ast.Name, ast.Tuple))
+                                                 for n in s.targets)):
+            break
+        prefix.append(s)
+    later = _stored_names(body[len(prefix):])
+    it = plan.iteration
+    loop_vars = ({it.index} if it.index_is_user else set()) | {n for n, _ in it.elements}
+    needed, kept = set(names), []
+    for s in reversed(prefix):
+        if stores(s) & needed:
+            kept.insert(0, s)
+            needed = (needed - stores(s)) | loads(s.value)
+    unbound = set(names) & later or set(names) - set().union(*(stores(s) for s in kept))
+    outside = (needed - loop_vars) & _stored_names(body)
+    effects = next((s for s in kept if not is_pure(s.value, lambda c: _tensor_op(c, ctx))), None)
+    if unbound or outside or effects is not None:
+        raise Unsupported(f"`{names[0]}` is read after the loop: the last iteration's "
+                          "selection, whose size varies per iteration, and it is not bound "
+                          "by tensor ops the body starts with")
+    firsts = []
+    for name in sorted(loop_vars & needed):
+        value = _last_value(plan, name, set())
+        if value is None:
+            raise Unsupported(f"`{names[0]}` is read after the loop: the last iteration's "
+                              f"selection, and `{name}` has no last value to compute it from")
+        firsts += plan.sub("n = v", n=name, v=value)
+    return firsts + [clone(s) for s in kept]
+
+
+def _stored_names(stmts: list[ast.stmt]) -> set[str]:
+    """Names bound anywhere in ``stmts``, nested statements included."""
+    return {n.id for s in stmts for n in walk(s) if isinstance(n, ast.Name)
+            and not isinstance(n.ctx, ast.Load)}
+
+
+def _tensor_op(call: ast.Call, ctx: PassContext) -> bool:
+    """A torch function or a method the op registry knows, not an in-place one."""
+    name = resolve_call(call.func, ctx) or method_name(call, ctx) or ""
+    known = name.startswith("torch.") or method_name(call, ctx) is not None \
+        and call_op(call, ctx) is not ops.UNKNOWN
+    return known and not name.endswith("_") and not any(k.arg == "out" for k in call.keywords)
 
 
 def _last_value(plan: LoopPlan, name: str, tensors: set[str]) -> ast.expr | None:

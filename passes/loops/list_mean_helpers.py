@@ -20,7 +20,10 @@ flag is a parameter, and any handling of the empty iterable::
         return acc / n
 
 A call ``mean(xs, ...)`` whose first argument is a list the function builds (every binding of
-``xs`` is ``xs = []``, not a parameter) becomes ``_list_mean(xs, mean, ...)``. On a list (the
+``xs`` is ``xs = []``, not a parameter) becomes ``_list_mean(xs, mean, ...)``; so does
+``mean(f(x) for x in xs)`` (one ``for`` clause), as ``_list_mean([f(x) for x in xs], mean, ...)``:
+the helper takes every item, one after the other, so computing them first changes nothing, and
+``normalize_comprehensions`` vectorizes that list as the loop it is. On a list (the
 loop ran as written) ``list_mean`` calls the helper as written. On the stacked items a vectorized
 loop bound ``xs`` to (or the list of all its rows, ``_rows_of``), with at least two items and
 the filter's flag false: the first item plus
@@ -84,9 +87,7 @@ def _default(helper, name: str):
 def rewrite_calls(func: ast.FunctionDef, ctx: PassContext) -> None:
     """``mean(xs, ...)`` -> ``_list_mean(xs, mean, <mean as recognised>, flag, ...)`` in ``func``
     (in place)."""
-    built = _built_lists(func)
-    if built:
-        _Calls(built, ctx).visit(func)
+    _Calls(_built_lists(func), ctx).visit(func)
 
 
 def is_list_mean_call(call: ast.Call, ctx: PassContext) -> bool:
@@ -124,19 +125,29 @@ class _Calls(Transformer):
     def visit_Call(self, node: ast.Call) -> ast.expr:
         self.generic_visit(node)
         helper = self.ctx.globals.get(node.func.id) if isinstance(node.func, ast.Name) else None
-        if not (node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in self.built
+        if not (node.args and (isinstance(node.args[0], ast.Name) and node.args[0].id in self.built
+                               or _one_clause(node.args[0]))
                 and not any(isinstance(a, ast.Starred) for a in node.args)
                 and isinstance(helper, types.FunctionType)):
             return node
         shape = _mean_shape(helper, self.ctx)
         if shape is None:
             return node
+        items = node.args[0]
+        if isinstance(items, ast.GeneratorExp):  # the helper takes every item: a list is the same
+            items = ast.copy_location(ast.ListComp(items.elt, items.generators), items)
         call = replace("f(xs, h, known, flag)", loc=node, f=self.ctx.bind(list_mean, "list_mean"),
-                       xs=node.args[0], h=node.func, known=self.ctx.bind(helper, "mean_helper"),
+                       xs=items, h=node.func, known=self.ctx.bind(helper, "mean_helper"),
                        flag=ast.Constant(shape[0]))
         call.args += node.args[1:]
         call.keywords = node.keywords
         return call
+
+
+def _one_clause(node: ast.expr) -> bool:
+    """``node`` is a list comprehension or generator expression with one ``for`` clause."""
+    return isinstance(node, (ast.ListComp, ast.GeneratorExp)) and len(node.generators) == 1 \
+        and not node.generators[0].is_async
 
 
 def _mean_shape(fn: types.FunctionType, ctx: PassContext) -> tuple[str | None] | None:

@@ -146,13 +146,20 @@ def _shaped_as(m: ast.expr, x: ast.expr, ctx: PassContext) -> bool:
 
 
 def _scalar(e: ast.expr, ctx: PassContext) -> bool:
-    """A number, or a full reduction (``y.min()``, ``torch.sum(y)``): no dims to broadcast."""
+    """A number, a full reduction (``y.min()``, ``torch.sum(y)``), or arithmetic and methods of
+    the registry's elementwise ops of those (``y.min() * y.sum().sign()``): no dims to
+    broadcast."""
     if isinstance(e, ast.Constant):
         return type(e.value) in (int, float, bool)
     if isinstance(e, ast.UnaryOp):
         return _scalar(e.operand, ctx)
-    return isinstance(e, ast.Call) and not e.keywords and call_op(e, ctx).reduce is not None \
-        and len(e.args) == (0 if method_name(e, ctx) else 1)
+    if isinstance(e, ast.BinOp):
+        return _scalar(e.left, ctx) and _scalar(e.right, ctx)
+    if not (isinstance(e, ast.Call) and not e.keywords):
+        return False
+    if call_op(e, ctx).batched == "elementwise" and method_name(e, ctx) and not e.args:
+        return _scalar(e.func.value, ctx)
+    return call_op(e, ctx).reduce is not None and len(e.args) == (0 if method_name(e, ctx) else 1)
 
 
 def _rows_bound_once(body: list[ast.stmt]) -> dict[str, ast.expr]:

@@ -15,7 +15,9 @@ The comprehension's variables are renamed (they never leaked out of it)::
                                                              _items.append(f(_r))
                                                          out = torch.stack(_items)
 
-``torch.stack``/``torch.cat`` along a literal ``dim`` take the same route (the vectorizer moves
+A mean helper's call ``_list_mean([...], mean, ...)`` (``list_mean_helpers``) is such a
+reducer: it takes the stacked items as they are. ``torch.stack``/``torch.cat`` along a literal
+``dim`` take the same route (the vectorizer moves
 the stacked dim there, ``loop_rules.LIST_CONSUMERS_ALONG_DIM``), and so does a returned list,
 ``return [f(r) for r in rows]`` -> ``return list(_items)`` (the rows of the stacked items).
 
@@ -169,6 +171,11 @@ def _returned_list(stmt: ast.stmt) -> bool:
 def _find(node: ast.AST, ctx: PassContext) -> ast.Call | None:
     if not isinstance(node, _ALWAYS_EVALUATED):
         return None
+    if isinstance(node, ast.Call) and list_mean_helpers.is_list_mean_call(node, ctx) \
+            and isinstance(node.args[0], ast.ListComp) \
+            and not any(isinstance(n, COMPREHENSIONS) for a in node.args[1:] + node.keywords
+                        for n in walk(a)):
+        return node  # a mean helper takes the list whole (its other arguments: no comprehension)
     if (isinstance(node, ast.Call) and node.args
             and isinstance(node.args[0], (ast.ListComp, ast.GeneratorExp))
             and len(node.args[0].generators) == 1 and not node.args[0].generators[0].is_async

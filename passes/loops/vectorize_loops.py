@@ -104,7 +104,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
-               stack_tensor_lists, tensor_branches_to_where,
+               sorts_read_at_ends, stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
@@ -142,6 +142,9 @@ LOOP_STAGES: list = [
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
+    # before masked_selects_to_selections: it reads the masked_select calls that make its sorted
+    # values 1-D; it leaves selections, which the next two take
+    sorts_read_at_ends,
     masked_selects_to_selections,  # before masked_selections_to_where: it makes selections
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     last_values_after_loop,       # before check_body: what it folds is no longer read after
@@ -568,6 +571,8 @@ class _UseStacked(Transformer):
             own = self.stacked[node.args[0].id]
             table = rules.LIST_CONSUMERS_OF_HOST_VALUES if own.host else rules.LIST_CONSUMERS
             fn = resolve_call(node.func, self.ctx)
+            if fn not in table:  # a mean helper's call: it takes the stacked values as they are
+                return self.generic_visit(node)
             dim = normalize_comprehensions.joining_dim(node, self.ctx)
             if dim:  # joined along another dim than the stacked one
                 at = dim - 1 if dim < 0 and fn == "torch.cat" else dim
