@@ -430,3 +430,15 @@ def test_runs_original_says_what_the_steady_calls_ran():
     always = optimize_loss(per_row, compile=False, keep_faster=False)
     always(x)
     assert not bench_worker.runs_original(always)  # the rewritten form runs, no trial
+
+
+@pytest.mark.parametrize("arg, default, quick, want", [
+    (None, None, False, ["a", "b", "slow_add"]),  # all
+    (None, ["slow_add"], True, ["slow_add"]),
+    ("b,zzz", None, False, ["b"]),
+    ("", None, False, []),                        # an empty value: none, not the default
+    ("", ["slow_add"], True, []),
+])
+def test_compiled_cases_from_the_flag(arg, default, quick, want):
+    assert bench_module.compiled_cases(["a", "b", "slow_add"], arg, default, quick) == want
+    assert bench_module.compiled_cases(["a"], None, ["slow_add"], True) == ["a"]  # quick keeps one

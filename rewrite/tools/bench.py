@@ -82,7 +82,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: 1)")
     parser.add_argument("--backend", help="torch.compile backend (default: inductor)")
     parser.add_argument("--compiled", metavar="CASES",
-                        help="cases that get compiled variants (default: all; --quick: slow_add)")
+                        help="cases that get compiled variants, \"\" for none (default: all; --quick: slow_add)")
     parser.add_argument("--budget", type=float, metavar="S",
                         help=f"seconds per eager variant (default {FULL['budget']:g}, --quick {QUICK['budget']:g})")
     parser.add_argument("--compile-budget", type=float, metavar="S",
@@ -360,6 +360,17 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts[:1] + [shlex.quote(p) for p in parts[1:]])
 
 
+def compiled_cases(names: list[str], arg: str | None, default: list[str] | None,
+                   quick: bool) -> list[str]:
+    """The cases that get compiled variants: ``--compiled``'s comma-separated names (an empty
+    value: none), else the default (None: all)."""
+    wanted = [n for n in arg.split(",") if n] if arg is not None else default
+    compiled = names if wanted is None else [n for n in names if n in wanted]
+    if not compiled and arg is None and quick:
+        compiled = names[:1]  # --quick on a suite without slow_add: still one compiled case
+    return compiled
+
+
 def run_bench(args: argparse.Namespace) -> int:
     defaults = QUICK if args.quick else FULL
     settings = Settings(threads=args.threads or 1, backend=args.backend or "inductor",
@@ -376,10 +387,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return 1
     names = [c.name for c in cases]
     progress = Progress(names)
-    wanted = args.compiled.split(",") if args.compiled else defaults["compiled"]
-    compiled = names if wanted is None else [n for n in names if n in wanted]
-    if not compiled and args.compiled is None and args.quick:
-        compiled = names[:1]  # --quick on a suite without slow_add: still one compiled case
+    compiled = compiled_cases(names, args.compiled, defaults["compiled"], args.quick)
     if args.backend_rows:
         compiled = names
     if args.per_loop:
