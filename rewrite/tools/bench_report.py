@@ -378,7 +378,7 @@ def never_slower(cases: dict[str, dict], analysed: dict[str, dict], raw: dict[st
         value = f"lowest {found[slowest]} ({slowest}); {value}"
     if same:
         value += (f"; {len(same)} ran the original itself, the wrapper's dispatch at most "
-                  f"{max(same.values()):.2%} of the call ({', '.join(sorted(same))})")
+                  f"{100 * max(same.values()):.2g}% of the call ({', '.join(sorted(same))})")
     return ("never slower: original eager time / optimize_loss compile=False time ≥ 1.0× (within its "
             "95% interval), every case; where the steady calls ran the original itself, the "
             f"wrapper's dispatch (P5) ≤ {SAME_FUNCTION_SHARE:.0%} of the call",
