@@ -21,7 +21,6 @@ checked with the names they see varying.
 from __future__ import annotations
 
 import ast
-import types
 
 from .. import loop_rules as rules
 from .. import ops
@@ -29,7 +28,8 @@ from ..ast_tools import PassContext, unparse, walk
 from ..errors import Unsupported
 from .index_tensor_parameters import index_tensor_arguments
 from .loop_dataflow import (call_op, container_names, depends, is_boolean, makes_new_tensor,
-                            mask_names, resolve_call, variant_names, write_entries)
+                            mask_names, module_function, resolve_call, variant_names,
+                            write_entries)
 from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
@@ -169,9 +169,7 @@ class _Check:
         """Loop indices (Python ints in the original) that vary here and that ``node``, a call of
         a Python function of the module's globals, passes on, other than those it takes as 0-d
         integer tensors too (``index_tensor_parameters``)."""
-        func = node.func
-        if not (isinstance(func, ast.Name) and func.id not in (self.ctx.local_names or ())
-                and isinstance(self.ctx.globals.get(func.id), types.FunctionType)):
+        if module_function(node.func, self.ctx, self.ctx.local_names or ()) is None:
             return []
         given = [a.id for a in node.args + [k.value for k in node.keywords]
                  if isinstance(a, ast.Name) and a.id in self.indices and varies(a)]
@@ -192,9 +190,8 @@ def _helper_selection(call: ast.Call, ctx: PassContext, seen: tuple
     boolean mask (a name the helper binds only to masks, ``loop_dataflow.mask_names``, or a
     comparison) or calls an op whose result's size depends on the values (``nonzero``): under
     ``torch.vmap`` that raises on every call. Else None."""
-    fn = ctx.globals.get(call.func.id) if isinstance(call.func, ast.Name) else None
-    if not (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals) \
-            or fn in seen or len(seen) >= MAX_HELPER_DEPTH:
+    fn = module_function(call.func, ctx)
+    if fn is None or fn in seen or len(seen) >= MAX_HELPER_DEPTH:
         return None
     try:
         helper = ctx.parse_function(fn).tree.body[0]

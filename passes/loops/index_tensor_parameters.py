@@ -20,21 +20,19 @@ loop kept at run time, a single iteration) raises, and the runtime runs the orig
 from __future__ import annotations
 
 import ast
-import types
 
 from ..ast_tools import PassContext, is_name, walk
 from ..errors import Unsupported
 from .excluded_items_to_masks import _slice, two_slices_joined
 from .inline_helper_calls import bound_arguments
-from .loop_dataflow import stores
+from .loop_dataflow import module_function, stores
 
 
 def index_tensor_arguments(call: ast.Call, ctx: PassContext) -> set[str]:
     """The names ``call`` passes to parameters of a module helper that takes them as 0-d integer
     tensors too (module docstring); empty for any other call."""
-    fn = ctx.globals.get(call.func.id) if isinstance(call.func, ast.Name) \
-        and call.func.id not in (ctx.local_names or ()) else None
-    if not (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals):
+    fn = module_function(call.func, ctx, ctx.local_names or ())
+    if fn is None:
         return set()
     try:
         parsed = ctx.parse_function(fn)

@@ -74,7 +74,7 @@ from ..errors import Unsupported
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
                         unparse, walk)
-from .loop_dataflow import loads, resolve_call, stores
+from .loop_dataflow import loads, module_function, resolve_call, stores
 from .plan import LoopPlan
 
 MAX_DEPTH = 3  # helpers called by inlined helpers: inlined down to this depth
@@ -193,19 +193,15 @@ class _Inliner:
 
     def _inlinable(self, call: ast.Call, depth: int, stack: tuple, dropped: bool
                    ) -> _Helper | None:
-        func = call.func
-        if depth >= MAX_DEPTH or not isinstance(func, ast.Name) or func.id in self.scope \
-                or func.id not in self.ctx.globals:
-            return None
-        fn = self.ctx.globals[func.id]
-        if not (isinstance(fn, types.FunctionType) and fn.__globals__ is self.ctx.globals):
+        fn = module_function(call.func, self.ctx, self.scope) if depth < MAX_DEPTH else None
+        if fn is None:
             return None  # not a user helper of this module: nothing to say
-        helper = self._helper(func.id, fn)
+        helper = self._helper(call.func.id, fn)
         reason = helper if isinstance(helper, str) else (
             "it calls itself" if fn in stack or fn in self.ctx.rewriting else
             _shadowed(helper, self.scope) or _bad_call(call, helper, dropped))
         if reason:
-            note = f"helper {func.id} is not inlined: {reason}"
+            note = f"helper {call.func.id} is not inlined: {reason}"
             if note not in self.ctx.report.notes:
                 self.ctx.report.notes.append(note)
             return None
@@ -406,11 +402,8 @@ def _row_write(write: ast.Assign, fresh: dict[str, str], given: dict) -> ast.Ass
 def inlinable_helper(call: ast.Call, ctx: PassContext) -> ast.FunctionDef | None:
     """The definition of the module-level helper ``call`` calls by name when this stage can
     inline it (so its body has no side effects), else None."""
-    func = call.func
-    if not isinstance(func, ast.Name) or func.id in (ctx.local_names or ()):
-        return None
-    fn = ctx.globals.get(func.id)
-    if not (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals):
+    fn = module_function(call.func, ctx, ctx.local_names or ())
+    if fn is None:
         return None
     try:
         helper = _parse_helper(fn, ctx)
@@ -422,8 +415,8 @@ def inlinable_helper(call: ast.Call, ctx: PassContext) -> ast.FunctionDef | None
 def _check_callee(call: ast.Call, ctx: PassContext, seen: tuple) -> None:
     """A helper's body may call another helper of the module that is itself inlinable (so
     without side effects); it is inlined in turn, up to ``MAX_DEPTH``, else called."""
-    callee = ctx.globals.get(call.func.id) if isinstance(call.func, ast.Name) else None
-    if not (isinstance(callee, types.FunctionType) and callee.__globals__ is ctx.globals):
+    callee = module_function(call.func, ctx)
+    if callee is None:
         raise Unsupported(f"line {call.lineno}: `{unparse(call.func)}` may have side effects")
     if callee in seen:
         raise Unsupported(f"line {call.lineno}: it calls itself (recursion)")

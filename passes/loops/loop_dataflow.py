@@ -246,6 +246,17 @@ def _live_stmt(stmt: ast.stmt, out: set[str], loop: tuple[set, set] | None,
 # Calls
 
 
+def module_function(func: ast.expr, ctx: PassContext,
+                    shadowed: frozenset | tuple = ()) -> types.FunctionType | None:
+    """The function of the module that ``func`` names: a plain name, not one of ``shadowed``
+    (the calling function's locals, when the call is in it), bound in the module's globals to a
+    Python function defined there (same globals); else None."""
+    if not isinstance(func, ast.Name) or func.id in shadowed:
+        return None
+    fn = ctx.globals.get(func.id)
+    return fn if isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals else None
+
+
 def resolve_call(func: ast.expr, ctx: PassContext) -> str | None:
     """Canonical dotted name of a called function ("torch.log", "max"), None for methods."""
     parts = []
