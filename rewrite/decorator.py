@@ -59,13 +59,16 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
 
 
 class OptimizedModule(torch.nn.Module):
-    """An ``nn.Module`` loss whose ``forward`` runs optimized; parameters are shared with
+    """An ``nn.Module`` loss whose ``forward`` (or the ``__call__`` its class defines) runs optimized; parameters are shared with
     ``.module`` (so ``state_dict`` keys gain a ``module.`` prefix, as with DataParallel)."""
 
     def __init__(self, module: torch.nn.Module, options: Options):
         super().__init__()
         self.module = module
-        forward = type(module).forward
+        # A module class defining its own ``__call__`` (timm's losses override it, not
+        # ``forward``) runs that when called: it is the loss.
+        call = type(module).__call__
+        forward = type(module).forward if call is torch.nn.Module.__call__ else call
         self._forward = forward if isinstance(forward, OptimizedFunction) else OptimizedFunction(forward, options)
 
     @property

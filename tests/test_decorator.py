@@ -98,6 +98,14 @@ class CallableLoss:
     def __call__(self, pred, target):
         return ((pred - target).abs() ** self.power).sum()
 
+class CallOverride(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.full((3,), 2.0))
+
+    def __call__(self, pred, target):
+        return (self.w * (pred - target).abs()).sum()
+
 class Holder:
     factor = 3.0
 
@@ -196,6 +204,20 @@ def test_module_instance(user):
     opt(pred, target).backward()
     assert module.w.grad is not None
     assert "Plain.forward" in str(opt.report)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_module_defining_call(user, dtype):
+    """A module class that defines ``__call__`` and no ``forward`` (timm's losses): calling it runs
+    that ``__call__``, and so does the optimized module (was: ``forward``, NotImplementedError)."""
+    module = user.CallOverride().to(dtype)
+    opt = optimize_loss(module, compile=False)
+    pred, target = _inputs(dtype)
+    with _no_warnings() as caught:
+        warnings.simplefilter("always")
+        assert_equivalent(module, opt, pred, target)
+    assert not [w for w in caught if w.category is RewriteWarning]
+    assert "CallOverride.__call__" in str(opt.report)
 
 
 @pytest.mark.parametrize("name", ["static_outer", "static_inner", "class_outer", "class_inner"])
