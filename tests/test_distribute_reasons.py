@@ -152,3 +152,24 @@ def test_reasons_quote_the_users_statements(name):
     assert report.loops[0].strategy == "distributed"
     assert want in reason
     assert "_value" not in reason and "before line" not in reason
+
+
+def test_a_kept_loop_lists_each_statement_once_without_generated_names():
+    # a forward-algorithm step: `n = torch.logsumexp(n, dim=1)` has its operand bound first
+    # (`_value = torch.logsumexp(n, dim=1)`, then `n = _value`); both parts stay, and the
+    # reason lists the statement the user wrote once, not the name the rewrite made
+    _, report = rewrite_source("""
+        def f(e, T, m):
+            a = e[0]
+            for t in range(1, e.shape[0]):
+                n = a.unsqueeze(2) + T + e[t].unsqueeze(1)
+                n = torch.logsumexp(n, dim=1)
+                a = torch.where(m[t].unsqueeze(1), n, a)
+            return a.sum()
+        """)
+    reason = report.loops[0].reason
+    assert report.loops[0].strategy == "kept"
+    assert "_value" not in reason
+    assert reason.count("<test>:5 `n = torch.logsumexp(n, dim=1)`") == 1
+    assert "<test>:5 `n = torch.logsumexp(n, dim=1)`: reads `n`, which line 4 (residual) " \
+           "binds" in reason

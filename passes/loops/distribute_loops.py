@@ -877,10 +877,15 @@ def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
 
 
 def _residual(split: _Split, ctx: PassContext) -> str:
-    """The residual statements, each with why it stays, at the user's file:line."""
+    """The residual statements, each with why it stays, at the user's file:line: a statement
+    whose operands were bound first (``_value = e``, then the statement reading ``_value``) is
+    one statement the user wrote, listed once, with why its first part stays."""
+    first = {}
+    for k, why in sorted(split.residual.items()):
+        first.setdefault(id(split.written.get(k, split.body[k])), (k, why))
     kept = "; ".join(f"{ctx.where(split.body[k])} "
                      f"`{_first_line(split.written.get(k, split.body[k]))}`: {why}"
-                     for k, why in sorted(split.residual.items()))
+                     for k, why in first.values())
     return f"residual loop: {kept}"
 
 
