@@ -279,6 +279,24 @@ def test_kept_comprehensions_name_what_reads_their_list():
     assert not any(l.vectorized for l in report.loops)
 
 
+def test_a_kept_comprehensions_reason_quotes_the_code_as_written():
+    # a JSD consistency loss: the second comprehension iterates `probs` and is vectorized first;
+    # the first one's reason names why `probs` is not stacked, not the stacking code that
+    # vectorizing the second one made of `probs`
+    _, report = rewrite_source("""
+        def f(output, n):
+            logits_split = torch.split(output, n)
+            probs = [F.softmax(logits, dim=1) for logits in logits_split]
+            m = torch.clamp(torch.stack(probs).mean(axis=0), 1e-7, 1).log()
+            return sum([F.kl_div(m, p, reduction="batchmean") for p in probs]) / len(probs)
+        """)
+    reasons = {l.lineno: l.reason for l in report.loops}
+    assert [l.vectorized for l in sorted(report.loops, key=lambda l: l.lineno)] == [False, True]
+    assert reasons[3] == ("bound to `probs`, read in part, and `F.softmax(logits, dim=1)` may "
+                          "have a NaN/inf derivative: the items the original leaves alone would "
+                          "pass it on")
+
+
 def test_returned_list_becomes_appends_returned_as_a_list():
     init, loop, result, _ = to_loop("return [f(r) for r in rows]")
     assert ast.unparse(result) == "return list(_items)"

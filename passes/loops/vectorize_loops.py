@@ -172,12 +172,20 @@ LOOP_STAGES: list = [
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
+    if not any(isinstance(n, normalize_comprehensions.COMPREHENSIONS) for n in walk(tree)):
+        _Vectorizer(ctx).visit(tree.body[0])
+        return tree  # the usual case, told by one quick walk
+    # A kept comprehension's reason quotes the reads of its list as written, not the code
+    # vectorizing another loop made of them (the stacking of a list it iterates)
+    func = clone(tree.body[0])
+    written = {(c.lineno, c.col_offset): c for c in _comprehensions(func)}
     vectorizer = _Vectorizer(ctx)
     vectorizer.visit(tree.body[0])
-    if not any(isinstance(n, normalize_comprehensions.COMPREHENSIONS) for n in walk(tree)):
-        return tree  # the usual case, told by one quick walk
     for comp in _comprehensions(tree.body[0]):  # what no rule took: kept, with the reason
-        vectorizer.kept(comp, normalize_comprehensions.kept_reason(comp, tree.body[0], ctx))
+        as_written = written.get((comp.lineno, comp.col_offset))
+        reason = normalize_comprehensions.kept_reason(as_written, func, ctx) if as_written \
+            else normalize_comprehensions.kept_reason(comp, tree.body[0], ctx)
+        vectorizer.kept(comp, reason)
     return tree
 
 
