@@ -299,6 +299,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("cat", meth=False, total=True, derivative="constant"),
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
     _t("tensor", meth=False, total=True, number_first=True),
+    # a range of numbers: no gradient flows through it, whatever its bounds
+    _t("arange", meth=False, derivative="constant"),
     # views, and conversions that return the tensor itself when there is nothing to do
     _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
     _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),

@@ -28,6 +28,13 @@ def outside(x, w, y):
     for i in range(x.shape[0]):
         s = s + x[i] * torch.exp(w).sum() * y[i]
     return s
+
+
+def gold_path(em, tags, mask, n):
+    score = em[0, torch.arange(n), tags[0]]
+    for t in range(1, tags.shape[0]):
+        score = score + em[t, torch.arange(n), tags[t]] * mask[t]
+    return score.sum()
 """
 
 
@@ -60,3 +67,21 @@ def test_outside_a_branch_it_runs_as_written_while_it_takes_a_gradient(user):
     loop, = report.loops
     assert "`w` takes no gradient" in loop.reason, loop.reason
     assert (loop.vectorized_runs, loop.original_runs) == (0, 1), loop
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("special", [False, True])
+def test_a_range_takes_no_gradient(user, dtype, special):
+    """A CRF's gold-path score: ``torch.arange(n)`` is the same in every iteration and no
+    gradient flows through it, so nothing about ``n`` is checked (it may be a tensor)."""
+    g = torch.Generator().manual_seed(0)
+    em = torch.randn(6, 4, 5, generator=g, dtype=dtype)
+    if special:
+        em[2, 1, :] = float("inf")
+        em[3, 0, :] = float("nan")
+    tags = torch.randint(0, 5, (6, 4), generator=g)
+    mask = torch.tensor([[1.0] * 4] * 4 + [[1.0, 0.0, 1.0, 0.0]] * 2, dtype=dtype)
+    report = equivalent_report(user.gold_path, em.requires_grad_(), tags, mask, torch.tensor(4))
+    loop, = report.loops
+    assert (loop.vectorized_runs, loop.original_runs) == (1, 0), loop
+    assert "no gradient" not in loop.reason, loop.reason

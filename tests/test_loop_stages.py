@@ -2541,6 +2541,23 @@ isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int)
 # checks
 isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0 and not (torch.is_grad_enabled() and (not isinstance(n, (int, float, str, type(None))) and getattr(n, 'requires_grad', True)))
 """),
+    # a range of numbers takes no gradient whatever its bounds (a CRF's `torch.arange(batch)`
+    # rows): no check on `n`
+    (invariant_values_take_no_grad, """
+def f(x, n):
+    s = 0
+    for i in range(len(x)):
+        s += (x[i] * torch.arange(n)).sum()
+    return s
+""", ('checks',),
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+"""),
     # a bounded derivative (sigmoid), sums and scaling: the same once or per iteration
     (invariant_values_take_no_grad, """
 def f(x, w):
