@@ -39,6 +39,17 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 def _iteration(plan: LoopPlan, ctx: PassContext) -> Iteration:
     target, it = plan.node.target, plan.node.iter
     fn = resolve_call(it.func, ctx) if isinstance(it, ast.Call) else None
+    if fn == "reversed" and isinstance(target, ast.Name) and len(it.args) == 1 \
+            and not it.keywords and isinstance(it.args[0], ast.Call) \
+            and resolve_call(it.args[0].func, ctx) == "range" and not it.args[0].keywords \
+            and 1 <= len(it.args[0].args) <= 2:
+        # `reversed(range(a, b))` is `range(b - 1, a - 1, -1)`: the same ints, in the same order
+        args = it.args[0].args
+        for a in args:
+            _require_pure(a, "range bound")
+        start, stop = ([ast.Constant(0)] + args)[-2:]
+        return Iteration(target.id, plan.sub("b - 1", b=stop), plan.sub("a - 1", a=start),
+                         ast.Constant(-1))
     if fn in ("range", "numpy.arange") and isinstance(target, ast.Name) and not it.keywords \
             and 1 <= len(it.args) <= 3:
         if fn == "numpy.arange":

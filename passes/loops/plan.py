@@ -10,6 +10,7 @@ import ast
 from dataclasses import dataclass, field
 
 from ..ast_tools import Checks, PassContext, is_int, replace
+from ..errors import Unsupported
 from .loop_dataflow import LoopFacts
 
 
@@ -201,8 +202,15 @@ class LoopPlan:
         self.checks.add(self.sub(template, **subs))
 
     def need_plain_range(self) -> None:
-        """Slices a:b:s select the same indices as range(a, b, s) when a >= 0 and s > 0."""
+        """Slices a:b:s select the same indices as range(a, b, s) when a >= 0 and s > 0; a step
+        or start that is a literal int failing that would make a check that is never true."""
         it = self.iteration
+        for what, x, least in (("step", it.step, 1), ("start", it.start, 0)):
+            value = _literal_int(x)
+            if value is not None and value < least:
+                raise Unsupported(f"its rows are read by slices, and the range's {what} is "
+                                  f"{value}: a slice reads rows in increasing order from "
+                                  "row 0 up", self.node.lineno)
         if not (isinstance(it.start, ast.Constant) and isinstance(it.start.value, int)
                 and it.start.value >= 0):
             self.check("a >= 0", a=it.start)
@@ -221,6 +229,14 @@ class LoopPlan:
         """Return ``name`` from each iteration; the stacked values' expression."""
         self.outputs.append(name)
         return self.sub(f"o[{len(self.outputs) - 1}]", o=self.outs)
+
+
+def _literal_int(x: ast.expr) -> int | None:
+    """The int ``x`` spells (``2``, ``-1``), or None."""
+    if isinstance(x, ast.UnaryOp) and isinstance(x.op, ast.USub):
+        inner = _literal_int(x.operand)
+        return None if inner is None else -inner
+    return x.value if isinstance(x, ast.Constant) and type(x.value) is int else None
 
 
 def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> LoopPlan:
