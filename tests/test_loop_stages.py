@@ -1338,6 +1338,60 @@ _sim = F.cosine_similarity(e, c, dim=0)
 _sim = torch.where(_sel, _own, _sim)
 scores.append(w * _sim)
 """),
+    # a rebound loop item: its default assignment is the branch's `else`
+    (sink_own_item_selections, """
+def f(e, cs, j, w):
+    scores = []
+    for k, c in enumerate(cs):
+        if k == j:
+            c = (cs.sum(0) - e) / 2
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores)
+""", ('first', 'body'), """
+# first
+# body
+_c = c
+if k == j:
+    _c = (cs.sum(0) - e) / 2
+scores.append(w * F.cosine_similarity(e, _c, dim=0))
+""", """
+# first
+_hit = torch.eq(torch.arange(0, len(cs), 1, device=j.device if isinstance(j, torch.Tensor) else torch.as_tensor(e).device), j).any()
+_own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)) / 2, dim=0)
+# body
+_sel = k == j
+_t = c
+_sim = _cosine_similarity_unless(e, _t, dim=0, deselected=_sel)
+_sim = torch.where(_sel, _own, _sim)
+scores.append(w * _sim)
+"""),
+    # ... a default that computes is not moved under the `else`
+    (sink_own_item_selections, """
+def f(e, cs, j, w):
+    scores = []
+    for k, c in enumerate(cs):
+        c = c * 2
+        if k == j:
+            c = (cs.sum(0) - e) / 2
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores)
+""", ('first', 'body'), """
+# first
+# body
+_c = c
+_c = _c * 2
+if k == j:
+    _c = (cs.sum(0) - e) / 2
+scores.append(w * F.cosine_similarity(e, _c, dim=0))
+""", """
+# first
+# body
+_c = c
+_c = _c * 2
+if k == j:
+    _c = (cs.sum(0) - e) / 2
+scores.append(w * F.cosine_similarity(e, _c, dim=0))
+"""),
     (sink_own_item_selections, """
 def f(e, cs, j, w):
     scores = []
