@@ -1,6 +1,7 @@
 """Loop distribution of a loop that a data-dependent ``break`` ends: its iterations counted first.
 
-A loop body with one top-level ``if <test>: ...; break`` (``find``) is split as any other
+A loop body with one top-level ``if <test>: ...; break`` (or ``...; return <value>``: the same,
+the iteration that returns running as written; ``find``) is split as any other
 (``distribute_loops``), but its hoisted statements run only on the iterations the original
 completes. Computed for the iterations after the ``break`` (or in the one that breaks, whose
 values the statements after the ``if`` never read) they would get a zero cotangent there, NaN
@@ -43,18 +44,28 @@ from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
 from .loop_dataflow import call_op, is_shape_query, loads, resolve_call
 from .plan import Iteration
 
+# What ends the loop early: a ``return`` in it ends it as a ``break`` does, the function's value
+# computed in the iteration that returns, as written (a loop holding one stays in the function:
+# ``outline_kept_loops``).
+_STOPS = (ast.Break, ast.Return)
+
 
 def find(body: list[ast.stmt]) -> int | None:
     """The position of the top-level ``if`` (no ``else``) whose branch ends with the body's only
-    ``break`` (inner loops' own ``break`` aside), or None."""
-    found = [k for k, s in enumerate(body) if any(isinstance(n, ast.Break) for n in _own(s))]
+    ``break`` or ``return`` (inner loops' own ``break`` aside), or None."""
+    found = [k for k, s in enumerate(body) if any(isinstance(n, _STOPS) for n in _own(s))]
     if len(found) != 1:
         return None
     s = body[found[0]]
-    breaks = [n for n in _own(s) if isinstance(n, ast.Break)]
-    if isinstance(s, ast.If) and not s.orelse and len(breaks) == 1 and s.body[-1] is breaks[0]:
+    stops = [n for n in _own(s) if isinstance(n, _STOPS)]
+    if isinstance(s, ast.If) and not s.orelse and len(stops) == 1 and s.body[-1] is stops[0]:
         return found[0]
     return None
+
+
+def keyword(body: list[ast.stmt], at: int) -> str:
+    """``break`` or ``return``: what ends the loop at the ``if`` at ``at``, for the report."""
+    return "return" if isinstance(body[at].body[-1], ast.Return) else "break"
 
 
 def the_break(body: list[ast.stmt], at: int | None) -> ast.Break | None:
@@ -85,8 +96,8 @@ def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str],
         changed = sorted(writes[k] & needed)
         if changed and k not in picked and k != at:
             where = " (residual)" if k in residual else ""
-            return f"the `break` test reads `{changed[0]}`, which line {s.lineno}{where} binds " \
-                   "or changes: the iterations cannot be counted first"
+            return f"the `{keyword(body, at)}` test reads `{changed[0]}`, which line " \
+                   f"{s.lineno}{where} binds or changes: the iterations cannot be counted first"
     return picked[::-1]
 
 
@@ -109,9 +120,9 @@ def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.A
     return None
 
 
-def partial_reason(node: ast.AST, ctx: PassContext) -> str:
+def partial_reason(node: ast.AST, ctx: PassContext, word: str = "break") -> str:
     return f"{ctx.where(node)} `{unparse(node)}` may raise on the iterations after the " \
-           "`break`, and the `break` test needs it in every iteration to count them first"
+           f"`{word}`, and the `{word}` test needs it in every iteration to count them first"
 
 
 def prefix_loop(node: ast.For, it: Iteration, n: str) -> ast.For:

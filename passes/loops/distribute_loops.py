@@ -76,8 +76,9 @@ residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` beco
 branch holding the statements after the ``if`` (``continues_to_else``). A ``break`` ending
 the branch of a top-level ``if`` in a loop over a range: the ``break`` test of every iteration
 comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
-as written (``distribute_breaks``). Loops with another ``break``, ``continue`` or ``return``
-are not split.
+as written (``distribute_breaks``); a ``return`` ending such a branch likewise, the iteration
+that returns running as written. Loops with another ``break``, ``continue`` or ``return`` are
+not split.
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -108,8 +109,8 @@ from .runtime_checks import AS_WRITTEN
 _HEAVY_FORMS = frozenset({"reduction", "dot", "pointwise_loss", "class_loss", "similarity"})
 _EFFECT_VERBS = {"acc": "accumulates into", "scan": "accumulates into", "append": "appends to",
                  "write": "writes into"}
-# Why a loop a `break` ends runs as written after its iterations were counted.
-_PREFIX_CHECK = "the runtime check of the iterations before the `break` failed"
+# Why a loop a `break` (or `return`) ends runs as written after its iterations were counted.
+_PREFIX_CHECK = "the runtime check of the iterations before the `{}` failed"
 # Statements that end the iteration or the loop early, or bind names outside the function.
 _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await,
             ast.Global, ast.Nonlocal)
@@ -222,24 +223,25 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
     ``_stops``; ``known``: the function's masks, the checks that the object runs the methods
     inlined (the test may call them too)."""
     body, at = split.body, split.stop
+    word = distribute_breaks.keyword(body, at)
     picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
     if isinstance(picked, str):
         return picked
     partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds, ctx)
     if partial is not None:
-        return distribute_breaks.partial_reason(partial, ctx)
+        return distribute_breaks.partial_reason(partial, ctx, word)
     stop, tests = ctx.namer.new("stop"), ctx.namer.new("tests")
     test = [body[k] for k in picked] + replace("s = t", loc=body[at], s=stop, t=body[at].test)
     try:
         first = vectorize(new_plan(_hoisted_loop(node, test, {stop: tests}), set(), ctx,
                                    masks=known[0], own_lists={tests}), ctx)
     except Unsupported as exc:
-        return f"the `break` test cannot be computed for every iteration first: {exc.reason}"
+        return f"the `{word}` test cannot be computed for every iteration first: {exc.reason}"
     for guard in known[1]:
         first.checks.add(clone(guard))
     count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
                                       node, ctx)
-    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK)))
+    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK.format(word))))
     bail = ast.If(test=ast.UnaryOp(ast.Not(), plan.checks.expr()), body=[marker, as_written],
                   orelse=plan.stmts + residual)
     return Fission(first, first.stmts + count + plan.prelude + [
@@ -260,8 +262,8 @@ def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iterati
     except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
         return "the loop's header is refused as a whole"
     if stop is not None and it.elements:
-        return f"{ctx.where(stop)} `break` ends a loop over elements: its iterations are " \
-               "counted first only over a range"
+        return f"{ctx.where(stop)} `{_first_line(stop)}` ends a loop over elements: its " \
+               "iterations are counted first only over a range"
     return it
 
 
@@ -598,7 +600,7 @@ def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
     takes no gradient there (``loop_dataflow.gradient_walk``)."""
     names: set[str] = set()
     for k in split.residual:
-        for n in walk(body[k]):
+        for n in walk(body[k]) if k != split.stop else ():  # its branch: as written
             if isinstance(n, ast.Call) and rules.ACC_CALLS.get(
                     loop_dataflow.resolve_call(n.func, ctx) or "") in rules.FAMILY_PICK:
                 names |= set().union(*(_gradient_loads(a, ctx) for a in n.args))
@@ -625,8 +627,10 @@ def _read_in_some_iterations(body: list[ast.stmt], split: _Split, variant: set[s
     ``if`` whose test varies with the iteration. The original differentiates them only in the
     iterations that take the branch; stacked, their backward would run for all (0 times an
     infinite or NaN local derivative is NaN). A hoisted ``if`` (``_operands_out``'s branch
-    operand) computes its value under its mask, from zeroed operands: it is not affected."""
-    names = {m.id for k in split.residual for n in walk(body[k])
+    operand) computes its value under its mask, from zeroed operands: it is not affected; nor
+    is the ``if`` a ``break`` or ``return`` ends (``split.stop``): its branch runs only in the
+    iteration that stops, after the statements before it as written (``breaking_iteration``)."""
+    names = {m.id for k in split.residual if k != split.stop for n in walk(body[k])
              if isinstance(n, ast.If) and loop_dataflow.depends(n.test, variant, ctx)
              for s in n.body + n.orelse for m in loop_dataflow.gradient_walk(s, ctx)
              if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)}
@@ -871,8 +875,9 @@ def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
     hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
     how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
     if split.stop is not None:
-        how += f", over the iterations before the `break` at line {split.body[split.stop].lineno}" \
-               ", counted first"
+        word = distribute_breaks.keyword(split.body, split.stop)
+        how += f", over the iterations before the `{word}` at line " \
+               f"{split.body[split.stop].lineno}, counted first"
     return f"{hoisted} hoisted into one loop ({how}); {_residual(split, ctx)}"
 
 
