@@ -573,10 +573,11 @@ def random_body(stmts: list[tuple[bool, int]], heavy_forms: list[str] = HEAVY):
     return lines, made, heavy, returned
 
 
-def random_loop(lines: list[str], params: str = "x, w, M") -> str:
+def random_loop(lines: list[str], params: str = "x, w, M",
+                header: str = "i in range(len(x))") -> str:
     body = "\n".join(f"        {line}" for line in lines)
     return (f"def f({params}):\n    s = 0\n    total = 0\n    log = []\n"
-            f"    for i in range(len(x)):\n{body}\n    return s, total, log\n")
+            f"    for {header}:\n{body}\n    return s, total, log\n")
 
 
 @settings(max_examples=25, deadline=None)
@@ -622,12 +623,13 @@ def outcome(fn, *inputs):
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), min_size=2, max_size=6),
-       st.integers(0, 6), st.integers(0, 3))
-def test_random_bodies_with_a_break_are_equivalent(stmts, at, test):
+       st.integers(0, 6), st.integers(0, 3), st.booleans())
+def test_random_bodies_with_a_break_are_equivalent(stmts, at, test, elements):
+    """Over a range or over elements (the first rows of `x` hoisted: `x[:_n]`)."""
     at = min(at, len(stmts))
     lines, made = random_body(stmts, BREAK_HEAVY)[0], random_body(stmts[:at], BREAK_HEAVY)[1]
     src = random_loop(lines[:at] + [BREAK_TESTS[test].format(v=made[-1])] + lines[at:],
-                      "x, w, M, m")
+                      "x, w, M, m", "i, row in enumerate(x)" if elements else "i in range(len(x))")
     original, optimized, _, report = build(src)
     x = torch.rand(6, 3, dtype=torch.float64, generator=gen(1)) - 0.5
     x[3], x[4], x[5] = 100.0, torch.tensor([-2.0, 0, 0]), torch.tensor([INF, NAN, 1])

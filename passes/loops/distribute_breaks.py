@@ -126,7 +126,11 @@ def partial_reason(node: ast.AST, ctx: PassContext, word: str = "break") -> str:
 
 
 def prefix_loop(node: ast.For, it: Iteration, n: str) -> ast.For:
-    """``node``'s header over its first ``n`` iterations (a range: ``it`` has no elements)."""
+    """``node``'s header over its first ``n`` iterations: a range's bounds, or each iterated
+    sequence's first ``n`` items (``for k, row in enumerate(x[:_n])``)."""
+    if it.elements:
+        return ast.copy_location(ast.For(target=clone(node.target), iter=_heads(node.iter, n),
+                                         body=node.body, orelse=[], type_comment=None), node)
     if is_int(it.step, 1):
         bounds = "range(n)" if is_int(it.start, 0) else "range(a, a + n)"
     else:
@@ -135,6 +139,18 @@ def prefix_loop(node: ast.For, it: Iteration, n: str) -> ast.For:
                      a=clone(it.start), s=clone(it.step))[0]
     return ast.copy_location(ast.For(target=header.target, iter=header.iter, body=node.body,
                                      orelse=[], type_comment=None), node)
+
+
+def _heads(iterable: ast.expr, n: str) -> ast.expr:
+    """``iterable`` over its first ``n`` items: through ``enumerate`` (its sequence) and ``zip``
+    (each of them), ``x[:n]`` of a sequence: the same items (views of a tensor's rows)."""
+    if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) \
+            and iterable.func.id in ("enumerate", "zip") and iterable.args:
+        heads = iterable.args if iterable.func.id == "zip" else iterable.args[:1]
+        args = [_heads(a, n) for a in heads] + clone(iterable.args[len(heads):])
+        return ast.copy_location(ast.Call(clone(iterable.func), args,
+                                          clone(iterable.keywords)), iterable)
+    return replace("x[:n]", loc=iterable, x=clone(iterable), n=n)
 
 
 def first_break(tests: torch.Tensor) -> int:

@@ -74,7 +74,7 @@ bounds), so they do not raise where the original did not; an error an op raises 
 itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
 residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` becomes the other
 branch holding the statements after the ``if`` (``continues_to_else``). A ``break`` ending
-the branch of a top-level ``if`` in a loop over a range: the ``break`` test of every iteration
+the branch of a top-level ``if`` (over a range or elements): the ``break`` test of every iteration
 comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
 as written (``distribute_breaks``); a ``return`` ending such a branch likewise, the iteration
 that returns running as written. Loops with another ``break``, ``continue`` or ``return`` are
@@ -250,8 +250,8 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
 
 def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iteration | str:
     """What ``node`` iterates, or why it is not split: a statement of ``body`` leaves the
-    iteration early (but a ``break`` ``distribute_breaks`` counts the iterations of: over a
-    range), or the header is refused."""
+    iteration early (but a ``break`` or ``return`` ``distribute_breaks`` counts the iterations
+    of), or the header is refused."""
     stop = distribute_breaks.the_break(body, distribute_breaks.find(body))
     control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)
                     and n is not stop), None)
@@ -261,9 +261,6 @@ def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iterati
         it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
     except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
         return "the loop's header is refused as a whole"
-    if stop is not None and it.elements:
-        return f"{ctx.where(stop)} `{_first_line(stop)}` ends a loop over elements: its " \
-               "iterations are counted first only over a range"
     return it
 
 
