@@ -604,6 +604,21 @@ def test_random_bodies_are_equivalent(stmts):
     assert report.loops[0].strategy in allowed
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), min_size=2, max_size=6))
+def test_random_bodies_counting_down_are_equivalent(stmts):
+    """Over `reversed(range(len(x)))` (refused whole): the hoisted loop runs forwards, the
+    residual loop counts down; the same values, gradients, printed lines and order of `log`."""
+    lines = random_body(stmts)[0]
+    src = random_loop(lines, header="i in reversed(range(len(x)))")
+    original, optimized, _, report = build(src)
+    x, w, M = randn(6, 3, dtype=torch.float64, seed=1), randn(3, dtype=torch.float64, seed=2), \
+        randn(3, 3, dtype=torch.float64, seed=3)
+    assert_equivalent(original, optimized, x, w, M)
+    loop = report.loops[0]
+    assert loop.strategy in ("distributed", "scan") or "; not distributed: " in loop.reason
+
+
 # A `break` at a random place, its test on the mask `m` (it breaks at row 3) or on a value made
 # before it (row 3 is large: most values exceed 50 there). Rows 4 and 5 are spoiled: the log
 # form's derivative is infinite at row 4 (log 0), row 5 holds inf and NaN; a residual assert
@@ -629,7 +644,8 @@ def test_random_bodies_with_a_break_are_equivalent(stmts, at, test, elements):
     at = min(at, len(stmts))
     lines, made = random_body(stmts, BREAK_HEAVY)[0], random_body(stmts[:at], BREAK_HEAVY)[1]
     src = random_loop(lines[:at] + [BREAK_TESTS[test].format(v=made[-1])] + lines[at:],
-                      "x, w, M, m", "i, row in enumerate(x)" if elements else "i in range(len(x))")
+                      "x, w, M, m",
+                      "i, row in enumerate(x)" if elements else "i in range(len(x))")
     original, optimized, _, report = build(src)
     x = torch.rand(6, 3, dtype=torch.float64, generator=gen(1)) - 0.5
     x[3], x[4], x[5] = 100.0, torch.tensor([-2.0, 0, 0]), torch.tensor([INF, NAN, 1])

@@ -78,7 +78,8 @@ the branch of a top-level ``if`` (over a range or elements): the ``break`` test 
 comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
 as written (``distribute_breaks``); a ``return`` ending such a branch likewise, the iteration
 that returns running as written. Loops with another ``break``, ``continue`` or ``return`` are
-not split.
+not split. A loop over ``reversed(range(n))``: the hoisted loop runs forwards
+(``reversed_ranges``).
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -99,7 +100,7 @@ from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
 from . import (distribute_breaks, inline_helper_calls, inline_method_calls, iteration,
-               loop_dataflow, module_loss_calls)
+               loop_dataflow, module_loss_calls, reversed_ranges)
 from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
@@ -161,9 +162,13 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         return "its `else` clause runs after the last iteration"
     as_written = clone(node)
     body, guards = inline_method_calls.inline(continues_to_else(node.body), ctx)
-    it = _iteration(node, body, ctx)
+    forward = reversed_ranges.forward(node, ctx)  # the hoisted loop's header, if counting down
+    it = _iteration(forward or node, body, ctx)
     if isinstance(it, str):
         return it
+    if forward and distribute_breaks.find(body) is not None:
+        return "a `break` or `return` ends a loop over `reversed(range(...))`: its iterations " \
+               "are counted first only in the order they run"
     seeds = {it.index} | {name for name, _ in it.elements}
     iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
     stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
@@ -189,7 +194,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         point = ctx.namer.checkpoint()
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         n, stops = (ctx.namer.new("n"), ctx.namer.new("stops")) if stopped else ("", "")
-        header = distribute_breaks.prefix_loop(node, it, n) if stopped else node
+        header = distribute_breaks.prefix_loop(node, it, n) if stopped else forward or node
         try:
             plan = vectorize(new_plan(_hoisted_loop(header, hoisted, lists), set(), ctx,
                                       masks=masks, own_lists=set(lists.values()),
