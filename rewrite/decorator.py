@@ -12,7 +12,8 @@ from .runtime import OptimizedFunction, Options
 
 def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     """Make a naive loss fast: ``@optimize_loss``, ``@optimize_loss(**options)`` or
-    ``optimize_loss(fn_or_module, **options)``.
+    ``optimize_loss(fn_or_module, **options)``; a loss object of a plain class is optimized
+    through its ``__call__``.
 
     Options: ``compile=True`` (torch.compile the rewritten function; ``backend``, ``mode``,
     ``dynamic`` are passed through), ``verify=False`` (compare value and gradients with the
@@ -48,6 +49,10 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
         return types.MethodType(OptimizedFunction(fn.__func__, opts), fn.__self__)
     if isinstance(fn, torch.nn.Module):
         return OptimizedModule(fn, opts)
+    if isinstance(getattr(type(fn), "__call__", None), types.FunctionType):
+        # A loss object of a plain class (``criterion = DiceBCE(); criterion(p, t)``): its
+        # ``__call__`` is the loss, rewritten as a method bound to the object.
+        return types.MethodType(OptimizedFunction(type(fn).__call__, opts), fn)
     if not callable(fn):
         raise TypeError(f"optimize_loss needs a function or an nn.Module, got {type(fn).__name__}")
     return OptimizedFunction(fn, opts)

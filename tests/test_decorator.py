@@ -91,6 +91,13 @@ class Plain(torch.nn.Module):
     def forward(self, pred, target):
         return (self.w * (pred - target) ** 2).sum()
 
+class CallableLoss:
+    def __init__(self, power):
+        self.power = power
+
+    def __call__(self, pred, target):
+        return ((pred - target).abs() ** self.power).sum()
+
 class Holder:
     factor = 3.0
 
@@ -204,6 +211,20 @@ def test_bound_method(user):
     fn = optimize_loss(loss.forward, compile=False)
     pred, target = _inputs()
     assert torch.allclose(fn(pred, target), loss(pred, target))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_callable_object(user, dtype):
+    """A loss object of a plain class is optimized through its ``__call__``, bound to it."""
+    loss = user.CallableLoss(3)
+    fn = optimize_loss(loss, compile=False)
+    assert fn.__self__ is loss
+    pred, target = _inputs(dtype)
+    with _no_warnings() as caught:
+        warnings.simplefilter("always")
+        assert_equivalent(loss, fn, pred, target)
+    assert not [w for w in caught if w.category is RewriteWarning]
+    assert "pass" in fn.report.rewritten_source and "CallableLoss.__call__" in str(fn.report)
 
 
 def test_wraps_metadata_and_pickle(user):
