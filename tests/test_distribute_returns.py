@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.loop_helpers import assert_golden, rewrite_source
-from tests.test_distribute_break import assert_same
+from tests.loop_helpers import assert_golden, build, rewrite_source
+from tests.test_distribute_break import assert_same, outcome
 
 DTYPES = [torch.float32, torch.float64]
 NAN, INF = float("nan"), float("inf")
@@ -167,3 +167,32 @@ def test_the_residual_loop_raises_at_the_same_iteration(capsys):
     assert err == (AssertionError, "row 3") and printed == "0\n1\n2\n3\n"
     value, printed, _ = assert_same(src, capsys, x, m, 1e9)  # the return first: row 4's value
     assert value.item() == 64 + 81 and printed == "0\n1\n2\n3\n"
+
+
+@pytest.mark.parametrize("stop", ["break", "return total"])
+def test_an_index_the_runtime_check_does_not_bound_keeps_the_loop(stop, capsys):
+    """`y[i - 1]` in the test is out of range after the iteration that stops (y is shorter):
+    computed for every iteration first it would raise where the original stops before. The rule
+    is on the index's form: the first such subscript (`x[i - 1]`) is named."""
+    src = f"""
+        def f(x, y, th):
+            total = 0
+            for i in range(1, len(x) + 1):
+                l = F.mse_loss(x[i - 1], y[i - 1])
+                if l.item() > th:
+                    {stop}
+                print(i, l.item())
+                total = total + torch.log(l)
+            return total
+        """
+    original, optimized, _, report = build(src)
+    assert report.loops[0].reason.endswith(
+        f"not distributed: <test>:4 `x[i - 1]` may raise on the iterations after the "
+        f"`{stop.split()[0]}`, and the `{stop.split()[0]}` test needs it in every iteration to "
+        "count them first")
+    x = torch.rand(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    y = x[:4] + 0.1  # losses 0.01; row 2's is 1: stops there, before y runs out
+    y[2] += 0.9
+    want, got = (outcome(fn, capsys, x.requires_grad_(), y, 0.5) for fn in (original, optimized))
+    assert got[1] == want[1] and want[1].count("\n") == 2
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)

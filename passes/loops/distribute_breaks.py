@@ -106,7 +106,7 @@ def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.A
     NaN/inf outside its domain (``OpSpec.total``, ``OpSpec.sanitize``: a loss's class index, an
     unknown function), a Python function raising on some values (``host_raises``: ``int`` of
     NaN, ``math.log`` of 0; not ``torch.log``), an integer division or remainder (by 0), a
-    subscript by anything but the iteration's own values and constants (out of range)."""
+    subscript by anything the runtime check does not bound (``_checked_index``)."""
     for n in (n for node in nodes for n in walk(node)):
         if isinstance(n, ast.Call) and not is_shape_query(n, ctx):
             op, name = call_op(n, ctx), resolve_call(n.func, ctx)
@@ -115,9 +115,21 @@ def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.A
                 return n
         if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.FloorDiv, ast.Mod)):
             return n
-        if isinstance(n, ast.Subscript) and not loads(n.slice) <= seeds:
+        if isinstance(n, ast.Subscript) and not _checked_index(n.slice, seeds):
             return n
     return None
+
+
+def _checked_index(index: ast.expr, seeds: set[str]) -> bool:
+    """``index`` cannot be out of range on an iteration the runtime check lets through: the
+    loop's own index or element (``m[i]``: the vectorized loop checks ``len(m)`` first), a
+    constant (out of range in every iteration, the first included), a slice of the iteration's
+    values (slices do not raise); ``y[i - 1]`` is unchecked."""
+    if isinstance(index, ast.Tuple):
+        return all(_checked_index(e, seeds) for e in index.elts)
+    if isinstance(index, ast.Slice):
+        return loads(index) <= seeds
+    return isinstance(index, ast.Constant) or isinstance(index, ast.Name) and index.id in seeds
 
 
 def partial_reason(node: ast.AST, ctx: PassContext, word: str = "break") -> str:
