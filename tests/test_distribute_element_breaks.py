@@ -159,3 +159,29 @@ def test_a_list_runs_the_loop_as_written(capsys):
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
     for g, w in zip(got[2], want[2]):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_an_index_by_an_elements_value_keeps_the_loop(capsys):
+    """`w[c]` by a label of the loop: the runtime check bounds the loop's index, not the values
+    of its elements; label 9 after the break would raise if every test came first."""
+    src = """
+        def f(x, labels, w):
+            total = 0
+            for c, row in zip(labels, x):
+                if w[c] == 0:
+                    break
+                l = (row * row).sum()
+                print(l.item())
+                total = total + l
+            return total
+        """
+    original, optimized, _, report = build(src)
+    assert report.loops[0].reason.endswith(
+        "not distributed: <test>:4 `w[c]` may raise on the iterations after the `break`, and the "
+        "`break` test needs it in every iteration to count them first")
+    x = torch.rand(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    labels, w = torch.tensor([0, 1, 2, 9, 1]), torch.tensor([1.0, 1.0, 0.0])
+    want, got = (outcome(fn, capsys, x.requires_grad_(), labels, w)
+                 for fn in (original, optimized))
+    assert got[1] == want[1] and want[1].count("\n") == 2
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)

@@ -101,7 +101,8 @@ def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str],
     return picked[::-1]
 
 
-def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.AST | None:
+def partial_op(nodes: list[ast.AST], seeds: set[str], index: str,
+               ctx: PassContext) -> ast.AST | None:
     """An op of ``nodes`` that may raise on some values, or None: a call neither total nor made
     NaN/inf outside its domain (``OpSpec.total``, ``OpSpec.sanitize``: a loss's class index, an
     unknown function), a Python function raising on some values (``host_raises``: ``int`` of
@@ -115,21 +116,21 @@ def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.A
                 return n
         if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.FloorDiv, ast.Mod)):
             return n
-        if isinstance(n, ast.Subscript) and not _checked_index(n.slice, seeds):
+        if isinstance(n, ast.Subscript) and not _checked_index(n.slice, seeds, index):
             return n
     return None
 
 
-def _checked_index(index: ast.expr, seeds: set[str]) -> bool:
-    """``index`` cannot be out of range on an iteration the runtime check lets through: the
-    loop's own index or element (``m[i]``: the vectorized loop checks ``len(m)`` first), a
-    constant (out of range in every iteration, the first included), a slice of the iteration's
-    values (slices do not raise); ``y[i - 1]`` is unchecked."""
-    if isinstance(index, ast.Tuple):
-        return all(_checked_index(e, seeds) for e in index.elts)
-    if isinstance(index, ast.Slice):
-        return loads(index) <= seeds
-    return isinstance(index, ast.Constant) or isinstance(index, ast.Name) and index.id in seeds
+def _checked_index(key: ast.expr, seeds: set[str], index: str) -> bool:
+    """``key`` cannot be out of range on an iteration the runtime check lets through: the
+    loop's ``index`` (``m[i]``: the vectorized loop checks ``len(m)`` first), a constant (out
+    of range in every iteration, the first included), a slice of the iteration's values
+    (``seeds``: slices do not raise). Unchecked: ``y[i - 1]``, ``w[c]`` by an element's value."""
+    if isinstance(key, ast.Tuple):
+        return all(_checked_index(e, seeds, index) for e in key.elts)
+    if isinstance(key, ast.Slice):
+        return loads(key) <= seeds
+    return isinstance(key, ast.Constant) or isinstance(key, ast.Name) and key.id == index
 
 
 def partial_reason(node: ast.AST, ctx: PassContext, word: str = "break") -> str:

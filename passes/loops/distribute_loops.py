@@ -232,7 +232,8 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
     picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
     if isinstance(picked, str):
         return picked
-    partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds, ctx)
+    partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds,
+                                           split.index, ctx)
     if partial is not None:
         return distribute_breaks.partial_reason(partial, ctx, word)
     stop, tests = ctx.namer.new("stop"), ctx.namer.new("tests")
