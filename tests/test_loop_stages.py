@@ -1742,6 +1742,35 @@ def _body(x, y):
 _outs = torch.vmap(_body, in_dims=(0, 0))(xs if len(xs) == min(len(xs), len(ys)) else xs[:min(len(xs), len(ys))], ys if len(ys) == min(len(xs), len(ys)) else ys[:min(len(xs), len(ys))])
 _outs = (_outs[0].sum(0),)
 """),
+    # rows at a sort's indices (a mask of two: bound first): index_select; not at indices - 1
+    (outline_body, """
+def f(x, w):
+    total = 0
+    for i in range(x.shape[0]):
+        s, perm = torch.sort(x[i], descending=True)
+        perm = perm.detach()
+        order = x[i].sort()[1]
+        shifted = order - 1
+        total = total + (s * w[perm]).sum() + w[torch.where(s > 0, perm, order)].sum() + w[shifted].sum()
+    return total
+""", ('mapped',),
+     """
+# mapped
+""",
+     """
+# mapped
+def _body(_x_row):
+    _total_part = 0
+    s, perm = torch.sort(_x_row, descending=True)
+    perm = perm.detach()
+    order = _x_row.sort()[1]
+    shifted = order - 1
+    _positions = torch.where(s > 0, perm, order)
+    _total_part = _total_part + ((s * (torch.index_select(w, 0, perm.reshape(-1)).reshape(perm.shape + w.shape[1:]) if w.dim() else w[perm])).sum() + (torch.index_select(w, 0, _positions.reshape(-1)).reshape(_positions.shape + w.shape[1:]) if w.dim() else w[_positions]).sum() + w[shifted].sum())
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
+_outs = (_outs[0].sum(0),)
+"""),
     (batch_loop_bodies, """
 def f(p, t, n):
     total = 0
