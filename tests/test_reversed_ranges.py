@@ -4,8 +4,8 @@ kept for another reason says that reason, not the header's. A range with a step 
 
 A range with a literal negative step (or start) whose rows are read by slices is kept, with
 that reason: the check the slices need (``s > 0``) could never hold, and the loop was reported
-vectorized while it always ran as written. A loop reading no rows runs vectorized, its items in
-the same order (values, every gradient, dtype; NaN, inf)."""
+vectorized while it always ran as written. A loop reading no rows, or writing ``out[t]`` at the
+index, runs vectorized, its items in the same order (values, every gradient, dtype; NaN, inf)."""
 from __future__ import annotations
 
 import pytest
@@ -57,21 +57,21 @@ def _inputs(dtype, special):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("special", [False, True])
-def test_iterations_reading_no_rows_run_vectorized_in_order(user, dtype, special):
+def test_iterations_reading_no_rows_or_writing_rows_run_vectorized_in_order(user, dtype, special):
     x, w = _inputs(dtype, special)
-    loop, = equivalent_report(user.scaled_backwards, x, w, 5).loops
-    assert loop.vectorized and (loop.vectorized_runs, loop.original_runs) == (1, 0), loop
+    for report in (equivalent_report(user.scaled_backwards, x, w, 5),
+                   equivalent_report(user.written_backwards, x, w)):
+        loop, = report.loops
+        assert loop.vectorized and (loop.vectorized_runs, loop.original_runs) == (1, 0), loop
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("special", [False, True])
 def test_rows_read_backwards_are_kept_with_the_reason(user, dtype, special):
     x, w = _inputs(dtype, special)
-    for report in (equivalent_report(user.stacked_backwards, x, w, 2),
-                   equivalent_report(user.written_backwards, x, w)):
-        loop, = report.loops
-        assert not loop.vectorized, loop
-        assert "the range's step is -1: a slice reads rows in increasing order" in loop.reason
+    loop, = equivalent_report(user.stacked_backwards, x, w, 2).loops
+    assert not loop.vectorized, loop
+    assert "the range's step is -1: a slice reads rows in increasing order" in loop.reason
 
 
 def test_a_literal_negative_step_as_written_is_kept_too():
