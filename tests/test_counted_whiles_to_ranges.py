@@ -102,6 +102,8 @@ KEPT = {
     "continue": (_kept("            if x[i].sum() > 0:\n                continue\n"
                        "            s = s + x[i].sum()\n            i += 1"),
                  "`while i < n` is not a counted loop: a `continue` skips `i += 1`"),
+    "counter_deleted": (_kept("            s = s + x[i].sum()\n            del i\n            i += 1"),
+                        "`while i < n` is not a counted loop: the body also writes `i`"),
     "bound_written": (_kept("            s = s + x[i].sum()\n            n = n - 1\n"
                             "            i += 1"),
                       "`while i < n` is not a counted loop: its bound reads `n`, which the "
@@ -223,3 +225,27 @@ def test_a_break_with_the_counter_dead_after_is_distributed(dtype, capsys):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got, want, equal_nan=True)
         torch.testing.assert_close(got_grad, want_grad, equal_nan=True)
+
+
+WHILE_ELSE = """
+    def f(x, n):
+        s = x.sum() * 0
+        i = 0
+        while i < n:
+            s = s + (x[i] ** 2).sum()
+            i += 1
+        else:
+            s = s / i if i else s
+        return s, i
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_else_clause_runs_after_the_loop(dtype):
+    original, optimized, code, report = build(WHILE_ELSE)
+    assert strategies(report) == {4: "batched"}
+    assert code.index("i = max(i, n)") < code.index("s = s / i if i else s")
+    x = torch.randn(5, 3, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    for n in (0, 1, 5):
+        _same(original, optimized, x, n)
+        assert_equivalent(original, optimized, x, n)

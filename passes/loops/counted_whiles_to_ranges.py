@@ -75,7 +75,7 @@ def _as_range(loop: ast.While, original: ast.While, live_after: set[str],
     body = loop.body[:-1]
     if not body or not _increments(loop.body[-1], i):
         raise Unsupported(_not_counted(loop, f"its last statement is not `{i} += 1`"), loop.lineno)
-    if i in stores_in(body) or i not in local:
+    if i in _bound(body) or i not in local:
         raise Unsupported(_not_counted(loop, f"the body also writes `{i}`" if i in local
                                        else f"`{i}` is not a local name"), loop.lineno)
     jumps = {type(n) for s in body for n in _own(s)}
@@ -137,7 +137,7 @@ def _check_bound(bound: ast.expr, body: list[ast.stmt], local: set[str],
     why = ("its bound is not a plain expression of names and shape queries"
            if not is_pure(bound) else next(
                (f"its bound reads `{n}`, which the body binds" for n in sorted(names)
-                if n in stores_in(body)), None) or next(
+                if n in _bound(body)), None) or next(
                (f"its bound reads `{n}`, not a local name (a call may rebind it)"
                 for n in sorted(names) if n not in local), None))
     if why is None and not isinstance(bound, (ast.Name, ast.Constant)):
@@ -146,6 +146,12 @@ def _check_bound(bound: ast.expr, body: list[ast.stmt], local: set[str],
                     if any(is_name(m, n) for m in walk(e))), None)
     if why:
         raise Unsupported(_not_counted(loop, why), loop.lineno)
+
+
+def _bound(body: list[ast.stmt]) -> set[str]:
+    """Names ``body`` binds or deletes."""
+    return stores_in(body) | {t.id for n in walk(ast.Module(body, [])) if isinstance(n, ast.Delete)
+                              for t in n.targets if isinstance(t, ast.Name)}
 
 
 def _handed_on(s: ast.stmt):
