@@ -44,6 +44,8 @@ _NESTED = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionD
 def rewrite(func: ast.FunctionDef) -> None:
     """Every counted ``while`` loop of ``func`` (outside nested functions) as its ``for`` loop,
     in place; the others marked with why each is kept (``ast_marks.NOT_COUNTED``)."""
+    if not any(isinstance(n, ast.While) for n in walk(func)):
+        return  # the usual case: no liveness to find
     live = live_after_loops(func)
     local = _local_names(func)
 
