@@ -110,8 +110,16 @@ KEPT = {
                       "body binds"),
     "bound_appended": (_kept("            xs.append(x[i].sum())\n            i += 1",
                              "i < len(xs)"),
-                       "`while i < len(xs)` is not a counted loop: its bound reads `xs`, which "
-                       "the body may change (`xs`)"),
+                       "`while i < len(xs)` is not a counted loop: its bound reads through an "
+                       "object, which the body may change (`xs`)"),
+    # `ys` is `xs`: any object the body changes may be the one the bound reads
+    "bound_aliased": (_kept("            s = s + ys.pop().sum()\n            i += 1",
+                            "i < len(xs)", "\n        ys = xs"),
+                      "`while i < len(xs)` is not a counted loop: its bound reads through an "
+                      "object, which the body may change (`ys`)"),
+    "bound_extended": (_kept("            s += x[i].sum()\n            i += 1", "i < len(xs)"),
+                       "`while i < len(xs)` is not a counted loop: its bound reads through an "
+                       "object, which the body may change (`s`)"),
     "bound_global": (_kept("            s = s + x[i].sum()\n            i += 1", "i < N"),
                      "`while i < N` is not a counted loop: its bound reads `N`, not a local "
                      "name (a call may rebind it)"),
@@ -249,3 +257,12 @@ def test_the_else_clause_runs_after_the_loop(dtype):
     for n in (0, 1, 5):
         _same(original, optimized, x, n)
         assert_equivalent(original, optimized, x, n)
+
+
+def test_a_bound_changed_through_another_name_is_read_before_every_iteration():
+    original, optimized, _, report = build(KEPT["bound_aliased"][0])
+    assert strategies(report) == {5: "kept"}
+    x = torch.randn(4, 2)
+    got, want = optimized(x, 0, list(x.unbind(0))), original(x, 0, list(x.unbind(0)))
+    assert got[1] == want[1] == 2  # two of the four items popped: `len(xs)` shrinks
+    torch.testing.assert_close(got[0], want[0])

@@ -23,17 +23,18 @@ became false (with no ``break``, that is always).
 
 The bound is evaluated once instead of before every iteration: it reads only local names the
 body does not bind, through attributes, subscripts, arithmetic and shape queries (``len(x)``,
-``x.shape[0]``, ``x.size(0)``), and a name it reads through an attribute, subscript or call is
-in the body neither a call's receiver or argument as a whole nor written through.
+``x.shape[0]``, ``x.size(0)``); one read through an object (``len(xs)``) only when the body
+changes no object (``xs.append``, ``ys += ...``, ``obj.n = 0``, a call the registry does not
+know with a name for argument: ``ys`` may be ``xs``).
 """
 from __future__ import annotations
 
 import ast
 
-from .. import ast_marks
-from ..ast_tools import clone, is_int, is_name, is_pure, replace, walk
+from .. import ast_marks, ops
+from ..ast_tools import PassContext, clone, is_int, is_name, is_pure, replace, walk
 from ..errors import Unsupported
-from .loop_dataflow import live_after_loops, loads, stores_in
+from .loop_dataflow import call_op, live_after_loops, loads, stores_in
 
 # Leads the ``for`` form; its else is the ``while`` loop as written, not rewritten or reported.
 MARKER = "optimize_loss: the counted `while` loop at line {} runs as a `for` loop"
@@ -41,7 +42,7 @@ _NESTED = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionD
            ast.ClassDef)
 
 
-def rewrite(func: ast.FunctionDef) -> None:
+def rewrite(func: ast.FunctionDef, ctx: PassContext) -> None:
     """Every counted ``while`` loop of ``func`` (outside nested functions) as its ``for`` loop,
     in place; the others marked with why each is kept (``ast_marks.NOT_COUNTED``)."""
     if not any(isinstance(n, ast.While) for n in walk(func)):
@@ -62,7 +63,7 @@ def rewrite(func: ast.FunctionDef) -> None:
                 out.append(s)
                 continue
             try:
-                out.append(_as_range(s, as_written, live.get(id(s), loads(func)), local))
+                out.append(_as_range(s, as_written, live.get(id(s), loads(func)), local, ctx))
             except Unsupported as exc:
                 ast_marks.put(s, ast_marks.NOT_COUNTED, exc.reason)
                 out.append(s)
@@ -71,8 +72,8 @@ def rewrite(func: ast.FunctionDef) -> None:
     func.body = block(func.body)
 
 
-def _as_range(loop: ast.While, original: ast.While, live_after: set[str],
-              local: set[str]) -> ast.If:
+def _as_range(loop: ast.While, original: ast.While, live_after: set[str], local: set[str],
+              ctx: PassContext) -> ast.If:
     i, bound, inclusive = _counter_test(loop)
     body = loop.body[:-1]
     if not body or not _increments(loop.body[-1], i):
@@ -87,7 +88,7 @@ def _as_range(loop: ast.While, original: ast.While, live_after: set[str],
         raise Unsupported(f"counted `while` loop with a `break`: after it `{i}` is the breaking "
                           "iteration's" + (" and its `else` clause is skipped" if loop.orelse
                                            else f", read after the loop"), loop.lineno)
-    _check_bound(bound, body, local, loop)
+    _check_bound(bound, body, local, loop, ctx)
     stop = replace("n + 1", n=clone(bound)) if inclusive else clone(bound)
     ranged = ast.copy_location(ast.For(
         target=ast.Name(i, ast.Store()), iter=replace("range(i, n)", loop, i=i, n=stop),
@@ -131,9 +132,11 @@ def _increments(s: ast.stmt, i: str) -> bool:
             and is_name(s.value.left, i) and is_int(s.value.right, 1))
 
 
-def _check_bound(bound: ast.expr, body: list[ast.stmt], local: set[str],
-                 loop: ast.While) -> None:
-    """Raises unless ``bound`` is certainly the same before every iteration."""
+def _check_bound(bound: ast.expr, body: list[ast.stmt], local: set[str], loop: ast.While,
+                 ctx: PassContext) -> None:
+    """Raises unless ``bound`` is certainly the same before every iteration: an int of names the
+    body does not bind (ints do not change), or read through objects the body changes none of
+    (any object it changes may be one of them, through another name)."""
     names = loads(bound) - {c.func.id for c in walk(bound)  # `len`: a shape query's builtin
                             if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
     why = ("its bound is not a plain expression of names and shape queries"
@@ -142,10 +145,10 @@ def _check_bound(bound: ast.expr, body: list[ast.stmt], local: set[str],
                 if n in _bound(body)), None) or next(
                (f"its bound reads `{n}`, not a local name (a call may rebind it)"
                 for n in sorted(names) if n not in local), None))
-    if why is None and not isinstance(bound, (ast.Name, ast.Constant)):
-        why = next((f"its bound reads `{n}`, which the body may change (`{ast.unparse(e)}`)"
-                    for s in body for e in _handed_on(s) for n in sorted(names)
-                    if any(is_name(m, n) for m in walk(e))), None)
+    if why is None and any(isinstance(n, (ast.Attribute, ast.Subscript, ast.Call))
+                           for n in walk(bound)):  # through an object: an alias may change it
+        why = next((f"its bound reads through an object, which the body may change "
+                    f"(`{ast.unparse(e)}`)" for s in body for e in _handed_on(s, ctx)), None)
     if why:
         raise Unsupported(_not_counted(loop, why), loop.lineno)
 
@@ -156,18 +159,20 @@ def _bound(body: list[ast.stmt]) -> set[str]:
                               for t in n.targets if isinstance(t, ast.Name)}
 
 
-def _handed_on(s: ast.stmt):
-    """The expressions ``s`` may change the value of: calls' receivers and arguments as a whole
-    (a name or attribute, not a value computed from one), targets written through."""
+def _handed_on(s: ast.stmt, ctx: PassContext):
+    """The expressions ``s`` may change the value of: receivers and arguments as a whole (a
+    name or attribute, not a value computed from one) of calls but the registry's ops that do
+    not work in place, targets written through or augmented."""
     for n in walk(s):
-        if isinstance(n, ast.Call):
+        if isinstance(n, ast.Call) and (call_op(n, ctx) is ops.UNKNOWN or isinstance(
+                n.func, ast.Attribute) and ops.is_inplace(n.func.attr)):
             receiver = [n.func.value] if isinstance(n.func, ast.Attribute) else []
             yield from (e for e in receiver + n.args + [k.value for k in n.keywords]
                         if isinstance(e, (ast.Name, ast.Attribute, ast.Starred)))
         elif isinstance(n, (ast.Subscript, ast.Attribute)) and isinstance(n.ctx, (ast.Store,
                                                                                 ast.Del)):
             yield n
-        elif isinstance(n, ast.AugAssign) and not isinstance(n.target, ast.Name):
+        elif isinstance(n, ast.AugAssign):  # `xs += ys` extends a list
             yield n.target
 
 

@@ -242,7 +242,7 @@ class _Vectorizer(Transformer):
                  self.host_containers, self.iterators, self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
         # first: the facts below are then found for the `for` forms of counted `while` loops
-        counted_whiles_to_ranges.rewrite(node)
+        counted_whiles_to_ranges.rewrite(node, self.ctx)
         list_mean_helpers.rewrite_calls(node, self.ctx)  # before the lists it reads are found
         self.reduced_next = normalize_comprehensions.lists_reduced_next(node, self.ctx)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
