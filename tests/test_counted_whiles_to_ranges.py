@@ -127,6 +127,10 @@ KEPT = {
                                  "            s = s + x[i].sum()\n            i += 1"),
                            "counted `while` loop with a `break`: after it `i` is the breaking "
                            "iteration's, read after the loop"),
+    "builtin_shadowed": (_kept("            s = s + x[i].sum()\n            i += 1",
+                               head="\n        type = 'sum'"),
+                         "counted `while` loop: `type` is a local name here, not the builtin its "
+                         "`for` form calls"),
     "until_break": (_kept("            s = s + x[i].sum()\n            if s > 3:\n"
                           "                break", "True"),
                     "`while` loop whose test reads nothing the body writes: it ends only by a "

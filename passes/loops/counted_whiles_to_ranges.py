@@ -89,6 +89,10 @@ def _as_range(loop: ast.While, original: ast.While, live_after: set[str], local:
                           "iteration's" + (" and its `else` clause is skipped" if loop.orelse
                                            else f", read after the loop"), loop.lineno)
     _check_bound(bound, body, local, loop, ctx)
+    shadowed = sorted(local & {"type", "int", "max", "range"})  # the builtins its form calls
+    if shadowed:
+        raise Unsupported(f"counted `while` loop: `{shadowed[0]}` is a local name here, not the "
+                          "builtin its `for` form calls", loop.lineno)
     stop = replace("n + 1", n=clone(bound)) if inclusive else clone(bound)
     ranged = ast.copy_location(ast.For(
         target=ast.Name(i, ast.Store()), iter=replace("range(i, n)", loop, i=i, n=stop),
