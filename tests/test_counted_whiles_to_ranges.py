@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rewrite import assert_equivalent
+from rewrite import assert_equivalent, optimize_loss
 from tests.loop_helpers import assert_golden, build, rewrite_source, strategies
 
 DTYPES = [torch.float32, torch.float64]
@@ -270,3 +270,24 @@ def test_a_bound_changed_through_another_name_is_read_before_every_iteration():
     got, want = optimized(x, 0, list(x.unbind(0))), original(x, 0, list(x.unbind(0)))
     assert got[1] == want[1] == 2  # two of the four items popped: `len(xs)` shrinks
     torch.testing.assert_close(got[0], want[0])
+
+
+def _mean_squared_rows(pred, target):
+    i = 0
+    total = 0.0
+    n = pred.shape[0]
+    while i < n:
+        total = total + ((pred[i] - target[i]) ** 2).mean()
+        i += 1
+    return total / n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_whole_pipeline_takes_a_counted_loop_vectorized_into_several_statements(dtype):
+    """The vectorized form of a counted loop is several statements in the int check's body: the
+    passes after the loop stages see them spliced in (they once met a nested list and failed)."""
+    optimized = optimize_loss(_mean_squared_rows, compile=False, strict=True, keep_faster=False)
+    pred = torch.randn(5, 3, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    pred[1, 2], pred[3, 0] = NAN, INF
+    assert_equivalent(_mean_squared_rows, optimized, pred.requires_grad_(), torch.randn(5, 3, dtype=dtype))
+    assert [loop.strategy for loop in optimized.report.loops] == ["batched"]

@@ -269,14 +269,15 @@ class _Vectorizer(Transformer):
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
+        # (``statements``: a loop's visit may give several statements, spliced in)
         if is_vectorized_guard(node):  # already vectorized (second run): leave the original
-            node.body = [self.visit(s) for s in node.body]
+            node.body = self.statements(node.body)
             return node
         if counted_whiles_to_ranges.is_counted_form(node):  # ... and a counted `while` loop
-            node.body = [self.visit(s) for s in node.body]
+            node.body = self.statements(node.body)
             return node
         if is_as_written(node):  # ... and the loop a vectorized branch runs as written
-            node.orelse = [self.visit(s) for s in node.orelse]
+            node.orelse = self.statements(node.orelse)
             return node
         return self.generic_visit(node)
 
