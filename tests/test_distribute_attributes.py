@@ -49,7 +49,7 @@ GOLDEN = {
                 else:
 
                     def _body(_x_row, _y_row):
-                        _value = _mse_loss(_x_row, _y_row) * state.scale
+                        _value = F.mse_loss(_x_row, _y_row) * state.scale
                         _value_all_item = _value
                         return (torch.as_tensor(_value_all_item),)
                     _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])

@@ -116,7 +116,7 @@ GOLDEN = {
 
                     def _body(_m_row, _x_row, _y_row):
                         _cond = torch.ne(_m_row > 0, False)
-                        _value = _mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
+                        _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, 0, _value)
                         _value_all_item = _value
@@ -159,7 +159,7 @@ GOLDEN = {
                         _cond = torch.ne(i == skip, False)
                         _value = 0
                         _mask = torch.logical_not(_cond)
-                        _value = torch.where(_mask, _mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row))), _value)
+                        _value = torch.where(_mask, F.mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row))), _value)
                         _value_all_item = _value
                         return (torch.as_tensor(_value_all_item),)
                     _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(torch.arange(0, len(x), 1, device=x.device), x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
@@ -198,7 +198,7 @@ GOLDEN = {
 
                     def _body(_m_row, _x_row, _y_row):
                         _cond = torch.ne(_m_row, False)
-                        _value = _mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
+                        _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, 0, _value)
                         _value_all_item = _value

@@ -91,7 +91,7 @@ GOLDEN = {
                     else:
 
                         def _body(_x_row, _y_row):
-                            l = _mse_loss(_x_row, _y_row)
+                            l = F.mse_loss(_x_row, _y_row)
                             _l_all_item = l
                             return (torch.as_tensor(_l_all_item),)
                         _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
@@ -128,7 +128,7 @@ GOLDEN = {
                 else:
 
                     def _body_1(_x_row_1, _y_row_1):
-                        l = _mse_loss(_x_row_1, _y_row_1)
+                        l = F.mse_loss(_x_row_1, _y_row_1)
                         _stop = l.detach().double() > th
                         _tests_item = _stop
                         return (torch.as_tensor(_tests_item),)
@@ -154,7 +154,7 @@ GOLDEN = {
                     else:
 
                         def _body(_x_row, _y_row):
-                            l = _mse_loss(_x_row, _y_row)
+                            l = F.mse_loss(_x_row, _y_row)
                             _l_all_item = l
                             return (torch.as_tensor(_l_all_item),)
                         _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])

@@ -68,7 +68,7 @@ GOLDEN = {
                         _cond = torch.ne(_m_row < 0, False)
                         _value = 0
                         _mask = torch.logical_not(_cond)
-                        _value = torch.where(_mask, _mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row))), _value)
+                        _value = torch.where(_mask, F.mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row))), _value)
                         _value_all_item = _value
                         return (torch.as_tensor(_value_all_item),)
                     _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])

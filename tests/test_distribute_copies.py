@@ -62,7 +62,7 @@ GOLDEN = {
 
                     def _body(_m_row, _x_row, _y_row):
                         _cond = torch.ne(_m_row > 0, False)
-                        _value = _mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
+                        _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, 0, _value)
                         _value_all_item = _value

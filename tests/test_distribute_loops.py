@@ -251,7 +251,7 @@ GOLDEN = {
 
                     def _body(_x_row, _y_row):
                         _value = _x_row @ W
-                        e = _mse_loss(_x_row, _y_row)
+                        e = F.mse_loss(_x_row, _y_row)
                         _value_all_item = _value
                         _e_all_item = e
                         return (torch.as_tensor(_value_all_item), torch.as_tensor(_e_all_item))

@@ -51,7 +51,7 @@ GOLDEN = {
 
                     def _body(_m_row, _x_row, _y_row):
                         n = _m_row.sum()
-                        l = _mse_loss(_x_row, _y_row, reduction='sum')
+                        l = F.mse_loss(_x_row, _y_row, reduction='sum')
                         _l_all_item = l
                         _n_all_item = n
                         return (torch.as_tensor(_l_all_item), torch.as_tensor(_n_all_item))
