@@ -18,8 +18,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import (bce_with_logits, cosine_products, full_extremes, grad_free, item_mse_loss,
-               set_distances, stacked_views)
+from . import (bce_with_logits, cosine_products, full_extremes, grad_free, set_distances,
+               stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -272,9 +272,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # selection: on masked selections, the loss per element (``reduction="none"``) masked
     # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class
     # ("class_loss"; masked_selections_to_where)
-    # functorch's batching rule flattens each operand (a copy of an item that is a strided view)
     OpSpec("mse_loss", (_F + "mse_loss",), batched="pointwise_loss", selection="pointwise_loss",
-           total=True, vmap_fn=item_mse_loss.mse_loss),
+           total=True),
     *(OpSpec(n, (_F + n,), batched="pointwise_loss", selection="pointwise_loss", total=True,
              derivative="bounded")
       for n in ("l1_loss", "smooth_l1_loss", "huber_loss")),
