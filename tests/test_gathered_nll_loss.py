@@ -111,3 +111,19 @@ def test_an_out_of_range_target_raises_the_originals_error():
         torch.vmap(lambda a, b: nll_loss(a, b, weight=weight))(torch.stack(logps), target[:, 1:].T)
     with pytest.raises(IndexError, match="Target 12 is out of bounds"):
         optimize_loss(_per_step_nll, compile=False)(logps, target, weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_infinite_entry_at_a_target_of_weight_zero_is_nan_as_in_eager(reduction, dtype):
+    x = torch.randn(2, 3, 4, dtype=dtype).log_softmax(2)
+    x[0, 1, 2] = -INF
+    x.requires_grad_()
+    t = torch.tensor([[0, 2, 1], [3, 3, 0]])
+    w = torch.tensor([1.0, 0.5, 0.0, 2.0], dtype=dtype)
+    want = torch.stack([F.nll_loss(x[i], t[i], weight=w, reduction=reduction) for i in range(2)])
+    got = torch.vmap(lambda a, b: nll_loss(a, b, weight=w, reduction=reduction))(x, t)
+    assert got.isnan().any()
+    torch.testing.assert_close(got, want, equal_nan=True)
+    torch.testing.assert_close(torch.autograd.grad(got.nansum(), x)[0],
+                               torch.autograd.grad(want.nansum(), x)[0], equal_nan=True)
