@@ -383,9 +383,9 @@ def test_loops_it_does_not_split_say_why():
     assert reasons[25].endswith(  # the previous iteration's value
         "not distributed: the `break` test reads `prev`, which line 29 (residual) binds or "
         "changes: the iterations cannot be counted first")
-    assert reasons[14].endswith(
-        "not distributed: <test>:16 `break` ends a loop over elements: its iterations are "
-        "counted first only over a range")
+    assert reasons[14].startswith(  # over elements: the first `_n` rows of `x` (`x[:_n]`)
+        "line 17 hoisted into one loop (batched, over the iterations before the `break` at "
+        "line 15, counted first)")
 
 
 LOSS = """

@@ -573,10 +573,11 @@ def random_body(stmts: list[tuple[bool, int]], heavy_forms: list[str] = HEAVY):
     return lines, made, heavy, returned
 
 
-def random_loop(lines: list[str], params: str = "x, w, M") -> str:
+def random_loop(lines: list[str], params: str = "x, w, M",
+                header: str = "i in range(len(x))") -> str:
     body = "\n".join(f"        {line}" for line in lines)
     return (f"def f({params}):\n    s = 0\n    total = 0\n    log = []\n"
-            f"    for i in range(len(x)):\n{body}\n    return s, total, log\n")
+            f"    for {header}:\n{body}\n    return s, total, log\n")
 
 
 @settings(max_examples=25, deadline=None)
@@ -603,12 +604,29 @@ def test_random_bodies_are_equivalent(stmts):
     assert report.loops[0].strategy in allowed
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), min_size=2, max_size=6))
+def test_random_bodies_counting_down_are_equivalent(stmts):
+    """Over `reversed(range(len(x)))` (refused whole): the hoisted loop runs forwards, the
+    residual loop counts down; the same values, gradients, printed lines and order of `log`."""
+    lines = random_body(stmts)[0]
+    src = random_loop(lines, header="i in reversed(range(len(x)))")
+    original, optimized, _, report = build(src)
+    x, w, M = randn(6, 3, dtype=torch.float64, seed=1), randn(3, dtype=torch.float64, seed=2), \
+        randn(3, 3, dtype=torch.float64, seed=3)
+    assert_equivalent(original, optimized, x, w, M)
+    loop = report.loops[0]
+    assert loop.strategy in ("distributed", "scan") or "; not distributed: " in loop.reason
+
+
 # A `break` at a random place, its test on the mask `m` (it breaks at row 3) or on a value made
 # before it (row 3 is large: most values exceed 50 there). Rows 4 and 5 are spoiled: the log
 # form's derivative is infinite at row 4 (log 0), row 5 holds inf and NaN; a residual assert
 # raises on them. The original runs them only when the value test does not break first.
 BREAK_HEAVY = HEAVY + ["a{k} = torch.log(x[i] + 2).sum()"]
-BREAK_TESTS = ["if m[i] == 0: break", "if abs({v}.item()) > 50: break"]
+# A `return` ends the loop as a `break` does, its value computed in the iteration that returns.
+BREAK_TESTS = ["if m[i] == 0: break", "if abs({v}.item()) > 50: break",
+               "if m[i] == 0: return {v}, total, log", "if abs({v}.item()) > 50: return s, {v}, log"]
 
 
 def outcome(fn, *inputs):
@@ -620,18 +638,20 @@ def outcome(fn, *inputs):
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), min_size=2, max_size=6),
-       st.integers(0, 6), st.integers(0, 1))
-def test_random_bodies_with_a_break_are_equivalent(stmts, at, test):
+       st.integers(0, 6), st.integers(0, 3), st.booleans())
+def test_random_bodies_with_a_break_are_equivalent(stmts, at, test, elements):
+    """Over a range or over elements (the first rows of `x` hoisted: `x[:_n]`)."""
     at = min(at, len(stmts))
     lines, made = random_body(stmts, BREAK_HEAVY)[0], random_body(stmts[:at], BREAK_HEAVY)[1]
     src = random_loop(lines[:at] + [BREAK_TESTS[test].format(v=made[-1])] + lines[at:],
-                      "x, w, M, m")
+                      "x, w, M, m",
+                      "i, row in enumerate(x)" if elements else "i in range(len(x))")
     original, optimized, _, report = build(src)
     x = torch.rand(6, 3, dtype=torch.float64, generator=gen(1)) - 0.5
     x[3], x[4], x[5] = 100.0, torch.tensor([-2.0, 0, 0]), torch.tensor([INF, NAN, 1])
     w, M = randn(3, dtype=torch.float64, seed=2).abs() + 0.5, randn(3, 3, dtype=torch.float64,
                                                                      seed=3)
-    m = torch.tensor([1, 1, 1, 0, 1, 1]) if test == 0 else torch.ones(6)
+    m = torch.tensor([1, 1, 1, 0, 1, 1]) if test % 2 == 0 else torch.ones(6)
     x.requires_grad_()
     want = outcome(original, x, w, M, m)
     if isinstance(want, tuple) and isinstance(want[0], type):

@@ -1,6 +1,7 @@
 """Loop distribution of a loop that a data-dependent ``break`` ends: its iterations counted first.
 
-A loop body with one top-level ``if <test>: ...; break`` (``find``) is split as any other
+A loop body with one top-level ``if <test>: ...; break`` (or ``...; return <value>``: the same,
+the iteration that returns running as written; ``find``) is split as any other
 (``distribute_loops``), but its hoisted statements run only on the iterations the original
 completes. Computed for the iterations after the ``break`` (or in the one that breaks, whose
 values the statements after the ``if`` never read) they would get a zero cotangent there, NaN
@@ -43,18 +44,28 @@ from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
 from .loop_dataflow import call_op, is_shape_query, loads, resolve_call
 from .plan import Iteration
 
+# What ends the loop early: a ``return`` in it ends it as a ``break`` does, the function's value
+# computed in the iteration that returns, as written (a loop holding one stays in the function:
+# ``outline_kept_loops``).
+_STOPS = (ast.Break, ast.Return)
+
 
 def find(body: list[ast.stmt]) -> int | None:
     """The position of the top-level ``if`` (no ``else``) whose branch ends with the body's only
-    ``break`` (inner loops' own ``break`` aside), or None."""
-    found = [k for k, s in enumerate(body) if any(isinstance(n, ast.Break) for n in _own(s))]
+    ``break`` or ``return`` (inner loops' own ``break`` aside), or None."""
+    found = [k for k, s in enumerate(body) if any(isinstance(n, _STOPS) for n in _own(s))]
     if len(found) != 1:
         return None
     s = body[found[0]]
-    breaks = [n for n in _own(s) if isinstance(n, ast.Break)]
-    if isinstance(s, ast.If) and not s.orelse and len(breaks) == 1 and s.body[-1] is breaks[0]:
+    stops = [n for n in _own(s) if isinstance(n, _STOPS)]
+    if isinstance(s, ast.If) and not s.orelse and len(stops) == 1 and s.body[-1] is stops[0]:
         return found[0]
     return None
+
+
+def keyword(body: list[ast.stmt], at: int) -> str:
+    """``break`` or ``return``: what ends the loop at the ``if`` at ``at``, for the report."""
+    return "return" if isinstance(body[at].body[-1], ast.Return) else "break"
 
 
 def the_break(body: list[ast.stmt], at: int | None) -> ast.Break | None:
@@ -85,17 +96,18 @@ def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str],
         changed = sorted(writes[k] & needed)
         if changed and k not in picked and k != at:
             where = " (residual)" if k in residual else ""
-            return f"the `break` test reads `{changed[0]}`, which line {s.lineno}{where} binds " \
-                   "or changes: the iterations cannot be counted first"
+            return f"the `{keyword(body, at)}` test reads `{changed[0]}`, which line " \
+                   f"{s.lineno}{where} binds or changes: the iterations cannot be counted first"
     return picked[::-1]
 
 
-def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.AST | None:
+def partial_op(nodes: list[ast.AST], seeds: set[str], index: str,
+               ctx: PassContext) -> ast.AST | None:
     """An op of ``nodes`` that may raise on some values, or None: a call neither total nor made
     NaN/inf outside its domain (``OpSpec.total``, ``OpSpec.sanitize``: a loss's class index, an
     unknown function), a Python function raising on some values (``host_raises``: ``int`` of
     NaN, ``math.log`` of 0; not ``torch.log``), an integer division or remainder (by 0), a
-    subscript by anything but the iteration's own values and constants (out of range)."""
+    subscript by anything the runtime check does not bound (``_checked_index``)."""
     for n in (n for node in nodes for n in walk(node)):
         if isinstance(n, ast.Call) and not is_shape_query(n, ctx):
             op, name = call_op(n, ctx), resolve_call(n.func, ctx)
@@ -104,18 +116,34 @@ def partial_op(nodes: list[ast.AST], seeds: set[str], ctx: PassContext) -> ast.A
                 return n
         if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.FloorDiv, ast.Mod)):
             return n
-        if isinstance(n, ast.Subscript) and not loads(n.slice) <= seeds:
+        if isinstance(n, ast.Subscript) and not _checked_index(n.slice, seeds, index):
             return n
     return None
 
 
-def partial_reason(node: ast.AST, ctx: PassContext) -> str:
+def _checked_index(key: ast.expr, seeds: set[str], index: str) -> bool:
+    """``key`` cannot be out of range on an iteration the runtime check lets through: the
+    loop's ``index`` (``m[i]``: the vectorized loop checks ``len(m)`` first), a constant (out
+    of range in every iteration, the first included), a slice of the iteration's values
+    (``seeds``: slices do not raise). Unchecked: ``y[i - 1]``, ``w[c]`` by an element's value."""
+    if isinstance(key, ast.Tuple):
+        return all(_checked_index(e, seeds, index) for e in key.elts)
+    if isinstance(key, ast.Slice):
+        return loads(key) <= seeds
+    return isinstance(key, ast.Constant) or isinstance(key, ast.Name) and key.id == index
+
+
+def partial_reason(node: ast.AST, ctx: PassContext, word: str = "break") -> str:
     return f"{ctx.where(node)} `{unparse(node)}` may raise on the iterations after the " \
-           "`break`, and the `break` test needs it in every iteration to count them first"
+           f"`{word}`, and the `{word}` test needs it in every iteration to count them first"
 
 
 def prefix_loop(node: ast.For, it: Iteration, n: str) -> ast.For:
-    """``node``'s header over its first ``n`` iterations (a range: ``it`` has no elements)."""
+    """``node``'s header over its first ``n`` iterations: a range's bounds, or each iterated
+    sequence's first ``n`` items (``for k, row in enumerate(x[:_n])``)."""
+    if it.elements:
+        return ast.copy_location(ast.For(target=clone(node.target), iter=_heads(node.iter, n),
+                                         body=node.body, orelse=[], type_comment=None), node)
     if is_int(it.step, 1):
         bounds = "range(n)" if is_int(it.start, 0) else "range(a, a + n)"
     else:
@@ -124,6 +152,18 @@ def prefix_loop(node: ast.For, it: Iteration, n: str) -> ast.For:
                      a=clone(it.start), s=clone(it.step))[0]
     return ast.copy_location(ast.For(target=header.target, iter=header.iter, body=node.body,
                                      orelse=[], type_comment=None), node)
+
+
+def _heads(iterable: ast.expr, n: str) -> ast.expr:
+    """``iterable`` over its first ``n`` items: through ``enumerate`` (its sequence) and ``zip``
+    (each of them), ``x[:n]`` of a sequence: the same items (views of a tensor's rows)."""
+    if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) \
+            and iterable.func.id in ("enumerate", "zip") and iterable.args:
+        heads = iterable.args if iterable.func.id == "zip" else iterable.args[:1]
+        args = [_heads(a, n) for a in heads] + clone(iterable.args[len(heads):])
+        return ast.copy_location(ast.Call(clone(iterable.func), args,
+                                          clone(iterable.keywords)), iterable)
+    return replace("x[:n]", loc=iterable, x=clone(iterable), n=n)
 
 
 def first_break(tests: torch.Tensor) -> int:

@@ -74,10 +74,12 @@ bounds), so they do not raise where the original did not; an error an op raises 
 itself (a class index out of range in ``cross_entropy``) is the same error, raised before the
 residual loop runs. A ``continue`` that ends a branch of a top-level ``if`` becomes the other
 branch holding the statements after the ``if`` (``continues_to_else``). A ``break`` ending
-the branch of a top-level ``if`` in a loop over a range: the ``break`` test of every iteration
+the branch of a top-level ``if`` (over a range or elements): the ``break`` test of every iteration
 comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
-as written (``distribute_breaks``). Loops with another ``break``, ``continue`` or ``return``
-are not split.
+as written (``distribute_breaks``); a ``return`` ending such a branch likewise, the iteration
+that returns running as written. Loops with another ``break``, ``continue`` or ``return`` are
+not split. A loop over ``reversed(range(n))``: the hoisted loop runs forwards
+(``reversed_ranges``).
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -98,7 +100,7 @@ from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
 from . import (distribute_breaks, inline_helper_calls, inline_method_calls, iteration,
-               loop_dataflow, module_loss_calls)
+               loop_dataflow, module_loss_calls, reversed_ranges)
 from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
@@ -108,8 +110,8 @@ from .runtime_checks import AS_WRITTEN
 _HEAVY_FORMS = frozenset({"reduction", "dot", "pointwise_loss", "class_loss", "similarity"})
 _EFFECT_VERBS = {"acc": "accumulates into", "scan": "accumulates into", "append": "appends to",
                  "write": "writes into"}
-# Why a loop a `break` ends runs as written after its iterations were counted.
-_PREFIX_CHECK = "the runtime check of the iterations before the `break` failed"
+# Why a loop a `break` (or `return`) ends runs as written after its iterations were counted.
+_PREFIX_CHECK = "the runtime check of the iterations before the `{}` failed"
 # Statements that end the iteration or the loop early, or bind names outside the function.
 _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await,
             ast.Global, ast.Nonlocal)
@@ -160,9 +162,13 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         return "its `else` clause runs after the last iteration"
     as_written = clone(node)
     body, guards = inline_method_calls.inline(continues_to_else(node.body), ctx)
-    it = _iteration(node, body, ctx)
+    forward = reversed_ranges.forward(node, ctx)  # the hoisted loop's header, if counting down
+    it = _iteration(forward or node, body, ctx)
     if isinstance(it, str):
         return it
+    if forward and distribute_breaks.find(body) is not None:
+        return "a `break` or `return` ends a loop over `reversed(range(...))`: its iterations " \
+               "are counted first only in the order they run"
     seeds = {it.index} | {name for name, _ in it.elements}
     iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
     stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
@@ -188,7 +194,7 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
         point = ctx.namer.checkpoint()
         lists = {name: ctx.namer.new(f"{name}_all") for name in exported}
         n, stops = (ctx.namer.new("n"), ctx.namer.new("stops")) if stopped else ("", "")
-        header = distribute_breaks.prefix_loop(node, it, n) if stopped else node
+        header = distribute_breaks.prefix_loop(node, it, n) if stopped else forward or node
         try:
             plan = vectorize(new_plan(_hoisted_loop(header, hoisted, lists), set(), ctx,
                                       masks=masks, own_lists=set(lists.values()),
@@ -222,24 +228,26 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
     ``_stops``; ``known``: the function's masks, the checks that the object runs the methods
     inlined (the test may call them too)."""
     body, at = split.body, split.stop
+    word = distribute_breaks.keyword(body, at)
     picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
     if isinstance(picked, str):
         return picked
-    partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds, ctx)
+    partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds,
+                                           split.index, ctx)
     if partial is not None:
-        return distribute_breaks.partial_reason(partial, ctx)
+        return distribute_breaks.partial_reason(partial, ctx, word)
     stop, tests = ctx.namer.new("stop"), ctx.namer.new("tests")
     test = [body[k] for k in picked] + replace("s = t", loc=body[at], s=stop, t=body[at].test)
     try:
         first = vectorize(new_plan(_hoisted_loop(node, test, {stop: tests}), set(), ctx,
                                    masks=known[0], own_lists={tests}), ctx)
     except Unsupported as exc:
-        return f"the `break` test cannot be computed for every iteration first: {exc.reason}"
+        return f"the `{word}` test cannot be computed for every iteration first: {exc.reason}"
     for guard in known[1]:
         first.checks.add(clone(guard))
     count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
                                       node, ctx)
-    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK)))
+    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK.format(word))))
     bail = ast.If(test=ast.UnaryOp(ast.Not(), plan.checks.expr()), body=[marker, as_written],
                   orelse=plan.stmts + residual)
     return Fission(first, first.stmts + count + plan.prelude + [
@@ -248,8 +256,8 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
 
 def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iteration | str:
     """What ``node`` iterates, or why it is not split: a statement of ``body`` leaves the
-    iteration early (but a ``break`` ``distribute_breaks`` counts the iterations of: over a
-    range), or the header is refused."""
+    iteration early (but a ``break`` or ``return`` ``distribute_breaks`` counts the iterations
+    of), or the header is refused."""
     stop = distribute_breaks.the_break(body, distribute_breaks.find(body))
     control = next((n for s in body for n in _own_nodes(s) if isinstance(n, _CONTROL)
                     and n is not stop), None)
@@ -259,9 +267,6 @@ def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iterati
         it = iteration.stage(LoopPlan(node, set(), torch_name=ctx.torch_name), ctx).iteration
     except Unsupported:  # the whole-loop refusal's reason: the iteration is checked first
         return "the loop's header is refused as a whole"
-    if stop is not None and it.elements:
-        return f"{ctx.where(stop)} `break` ends a loop over elements: its iterations are " \
-               "counted first only over a range"
     return it
 
 
@@ -598,7 +603,7 @@ def _picked(body: list[ast.stmt], split: _Split, ctx: PassContext) -> set[str]:
     takes no gradient there (``loop_dataflow.gradient_walk``)."""
     names: set[str] = set()
     for k in split.residual:
-        for n in walk(body[k]):
+        for n in walk(body[k]) if k != split.stop else ():  # its branch: as written
             if isinstance(n, ast.Call) and rules.ACC_CALLS.get(
                     loop_dataflow.resolve_call(n.func, ctx) or "") in rules.FAMILY_PICK:
                 names |= set().union(*(_gradient_loads(a, ctx) for a in n.args))
@@ -625,8 +630,10 @@ def _read_in_some_iterations(body: list[ast.stmt], split: _Split, variant: set[s
     ``if`` whose test varies with the iteration. The original differentiates them only in the
     iterations that take the branch; stacked, their backward would run for all (0 times an
     infinite or NaN local derivative is NaN). A hoisted ``if`` (``_operands_out``'s branch
-    operand) computes its value under its mask, from zeroed operands: it is not affected."""
-    names = {m.id for k in split.residual for n in walk(body[k])
+    operand) computes its value under its mask, from zeroed operands: it is not affected; nor
+    is the ``if`` a ``break`` or ``return`` ends (``split.stop``): its branch runs only in the
+    iteration that stops, after the statements before it as written (``breaking_iteration``)."""
+    names = {m.id for k in split.residual if k != split.stop for n in walk(body[k])
              if isinstance(n, ast.If) and loop_dataflow.depends(n.test, variant, ctx)
              for s in n.body + n.orelse for m in loop_dataflow.gradient_walk(s, ctx)
              if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)}
@@ -871,8 +878,9 @@ def _reason(split: _Split, plan: LoopPlan, ctx: PassContext) -> str:
     hoisted = ("lines " if len(lines) > 1 else "line ") + ", ".join(lines)
     how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
     if split.stop is not None:
-        how += f", over the iterations before the `break` at line {split.body[split.stop].lineno}" \
-               ", counted first"
+        word = distribute_breaks.keyword(split.body, split.stop)
+        how += f", over the iterations before the `{word}` at line " \
+               f"{split.body[split.stop].lineno}, counted first"
     return f"{hoisted} hoisted into one loop ({how}); {_residual(split, ctx)}"
 
 

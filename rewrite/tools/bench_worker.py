@@ -350,9 +350,9 @@ def run_job(job: int, path: str, name: str, budget: float, spec: dict,
         # the same process instead of as a job of its own.
         steady(call, deadline, spec["min_time"], max_samples=250, previous=first, job=job,
                paired=fwd_bwd(module.expert, inputs))
-    elif base == "backend_compiled":
-        # Target B1 is a ratio too: the compiled expert (compiled again here, after the first
-        # call was timed) in alternating blocks.
+    elif base == "backend_compiled" or (base == "optimized_compiled" and size == "bench"):
+        # Targets B1 and P1 are ratios too: the compiled expert (compiled again here, after the
+        # first call was timed) in alternating blocks.
         expert = fwd_bwd(torch.compile(module.expert, backend=spec["backend"]), inputs)
         expert()
         steady(call, deadline, spec["min_time"], max_samples=250, job=job, paired=expert)
