@@ -7,8 +7,11 @@ loops over speakers and utterances) then make the broadcast product of all of th
 where the result is [N, M, N]. A product of the normalized vectors (``@`` of two vectors) is
 batched as a matrix product instead. It is what ATen computes, in the same order: each operand
 divided by its norm, the norm clamped below ``eps`` without a gradient, then the product summed;
-so the same values (within rounding of the sum), gradients, NaN and inf. Vectors of different
-shapes (broadcast), dtypes or other dims: the op itself.
+so the same values (within rounding of the sum), gradients, NaN and inf. The same holds for
+operands that broadcast against each other outside the summed dim (an utterance ``[N, D, 1]``
+against every centroid ``[1, D, N]``): ATen expands both, [N, D, N], where one contraction of
+the normalized operands (``einsum``, a matrix product) makes the [N, N] result directly, eagerly
+and under vmap. Operands that broadcast along the summed dim, or of different dtypes: the op.
 
 ``cosine_similarity_unless``: the same below a selection that drops some pairs (GE2E's own
 centroid), as one product of every pair with the dropped pairs' gradients exactly zero, where
@@ -22,16 +25,43 @@ import torch.nn.functional as F
 
 def cosine_similarity(x1, x2, dim: int = 1, eps: float = 1e-8):
     """``F.cosine_similarity(x1, x2, dim, eps)``, as ``x1 / |x1| @ x2 / |x2|`` for two
-    vectors of one shape and floating dtype along ``dim`` 0 or -1."""
+    vectors of one shape and floating dtype along ``dim`` 0 or -1; as one contraction of
+    the normalized operands (``_broadcast_products``) for operands that broadcast against each
+    other outside ``dim``."""
     if not (isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor)
-            and x1.dim() == 1 and x1.shape == x2.shape and dim in (0, -1)
-            and x1.dtype == x2.dtype and x1.is_floating_point()):
+            and x1.dtype == x2.dtype and x1.is_floating_point() and isinstance(dim, int)):
         return F.cosine_similarity(x1, x2, dim, eps)
-    return _normalized(x1, eps) @ _normalized(x2, eps)
+    if x1.dim() == 1 and x1.shape == x2.shape and dim in (0, -1):
+        return _normalized(x1, eps) @ _normalized(x2, eps)
+    if _broadcast_outside(x1.shape, x2.shape, dim):
+        return _broadcast_products(x1, x2, dim, eps)
+    return F.cosine_similarity(x1, x2, dim, eps)
 
 
-def _normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+def _broadcast_outside(s1: torch.Size, s2: torch.Size, dim: int) -> bool:
+    """Shapes that differ, broadcast against each other, and agree along ``dim`` of the
+    broadcast shape (so each operand's norm along it is the norm of its expanded form)."""
+    n = max(len(s1), len(s2))
+    if s1 == s2 or not -n <= dim < n or n > 26:  # one einsum letter per dim
+        return False
+    s1, s2 = (1,) * (n - len(s1)) + tuple(s1), (1,) * (n - len(s2)) + tuple(s2)
+    return s1[dim] == s2[dim] and all(a == b or 1 in (a, b) for a, b in zip(s1, s2))
+
+
+def _broadcast_products(x1: torch.Tensor, x2: torch.Tensor, dim: int, eps: float):
+    """``(x1 / |x1| * x2 / |x2|).sum(dim)`` of the broadcast operands, as ``einsum`` (which
+    contracts ``dim`` and makes the dims where one operand has size 1 the rows and columns of
+    a matrix product), not the broadcast product: ATen expands both operands first."""
+    n = max(x1.dim(), x2.dim())
+    x1, x2 = (x.reshape((1,) * (n - x.dim()) + x.shape) for x in (x1, x2))
+    dim %= n
+    letters = "abcdefghijklmnopqrstuvwxyz"[:n]
+    spec = f"{letters},{letters}->{letters.replace(letters[dim], '')}"
+    return torch.einsum(spec, _normalized(x1, eps, dim), _normalized(x2, eps, dim))
+
+
+def _normalized(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
     return x / torch.where(norm < eps, norm + (eps - norm).detach(), norm)
 
 

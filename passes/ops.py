@@ -77,6 +77,11 @@ class OpSpec:
     # The result is an integer tensor when the operands at these positions are (Python int
     # constants keep it, extra operands or keywords lose it); () always.
     integer: tuple[int, ...] | None = None
+    # The result holds positions along a dim (int64, at least 0: indices a sort returns) when the
+    # operands at these positions do (positions counted as for ``sanitize``); ``positions_item``:
+    # the item of its tuple result that always holds them (``torch.sort``'s indices).
+    positions: tuple[int, ...] | None = None
+    positions_item: int | None = None
     shape_query: bool = False                 # Python metadata (the same in every iteration)
     metadata_only: bool = False               # depends on its first argument's metadata only (FX)
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
@@ -188,8 +193,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("le", **_CMP), _t("logical_and", **_CMP), _t("logical_or", **_CMP),
     _t("logical_not", **_CMP),
     # Tensor.where takes the condition as its argument, not as its receiver: no method spelling
-    _t("where", meth=False, integer=(1, 2), recomputed=True, derivative="constant", **_ET),
-    _t("zeros_like", meth=False, integer=(0,), metadata_only=True, **_ET),
+    _t("where", meth=False, integer=(1, 2), positions=(1, 2), recomputed=True,
+       derivative="constant", **_ET),
+    _t("zeros_like", meth=False, integer=(0,), positions=(0,), metadata_only=True, **_ET),
     _t("ones_like", meth=False, integer=(0,), metadata_only=True, **_ET),
     _t("full_like", meth=False, metadata_only=True, **_ET),
     *(OpSpec(n, (_F + n,), derivative="bounded", **_ET)
@@ -199,9 +205,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("long", fn=False, integer=(), aliases=True, **_ET),
     _t("int", fn=False, integer=(), aliases=True, **_ET),
     _t("bool", fn=False, boolean=True, aliases=True, **_ET),
-    _t("detach", fn=False, integer=(0,), aliases=True, extra=("torch.autograd.variable.Variable",),
-       **_ET),
-    _t("clone", fn=False, integer=(0,), derivative="constant", **_ET),
+    _t("detach", fn=False, integer=(0,), positions=(0,), aliases=True,
+       extra=("torch.autograd.variable.Variable",), **_ET),
+    _t("clone", fn=False, integer=(0,), positions=(0,), derivative="constant", **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
     _t("exp", sanitize=(0, "0"), host_math="math.exp",
        host_raises=((_OVERFLOWS.format(f="exp"), 1e308),), **_E),
@@ -251,7 +257,7 @@ REGISTRY: tuple[OpSpec, ...] = (
        derivative="bounded"),
     _t("cumsum", batched="reduction", dim_rank=0, total=True, derivative="constant"),
     # values and indices; its backward scatters the gradient back to the sorted positions
-    _t("sort", total=True, derivative="constant"),
+    _t("sort", total=True, derivative="constant", positions_item=1),
     _t("any", fn=False, batched="reduction", dim_rank=-1, total=True, counts_true=True),
     _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
     _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), total=True,

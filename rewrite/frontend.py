@@ -221,6 +221,11 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
     Raises ``Unsupported`` when ``fn`` cannot be parsed, ``RewriteError`` when a pass fails or
     the result does not compile.
     """
+    def rewrite_helper(helper: Any, helper_report: Report, rewriting: frozenset = frozenset()):
+        # A helper's code after each pass goes to the same dump, its steps named after it.
+        named = dump and (lambda step, text: dump(f"{helper_report.function}.{step}", text))
+        return rewrite_function(helper, helper_report, named, rewriting)
+
     parsed = parse_function(fn)
     report.filename, report.lineno, report.original_source = (
         parsed.filename, parsed.lineno, parsed.source)
@@ -229,7 +234,7 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
                       globals=fn.__globals__, torch_name=parsed.torch_name,
                       rewriting=rewriting | {fn}, local_names=frozenset(
                           fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars),
-                      parse_function=parse_function, rewrite_function=rewrite_function)
+                      parse_function=parse_function, rewrite_function=rewrite_helper)
     before = unparse(parsed.tree)
     tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, dump)
     report.rewritten_source = unparse(tree)

@@ -10,6 +10,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from passes.cosine_products import cosine_similarity, cosine_similarity_unless
 from rewrite.testing import assert_equivalent
@@ -45,6 +46,59 @@ def test_under_vmap_of_two_loops(dtype):
 
     def mapped(fn):
         return lambda x, c: torch.vmap(lambda e: torch.vmap(lambda r: fn(e, r, dim=0))(c))(x)
+
+    assert_equivalent(mapped(F.cosine_similarity), mapped(cosine_similarity), x, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shapes, dim", [
+    (((9, 5, 1), (1, 5, 9)), 1),     # every row against every column: [9, 9]
+    (((9, 5, 1), (1, 5, 9)), -2),
+    (((9, 1, 5), (9, 5)), -1),       # ranks differ: leading dims of one
+    (((5,), (9, 5)), -1),            # one vector against rows
+    (((5, 1), (1, 5, 9)), -2),
+])
+def test_broadcast_operands_same_values_and_gradients(dtype, shapes, dim):
+    """Zero, tiny, huge, tied, NaN and inf rows against each other, as one contraction."""
+    rows = torch.stack(_vectors(dtype))  # [9, 5]
+    operands = {(9, 5, 1): rows[:, :, None], (1, 5, 9): rows.flip(0).T[None],
+                (9, 1, 5): rows[:, None], (9, 5): rows.flip(0), (5,): rows[6],
+                (5, 1): rows[7][:, None]}
+    a, b = (operands[s].clone().requires_grad_() for s in shapes)
+    assert_equivalent(F.cosine_similarity, cosine_similarity, a, b, dim)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """The most elements of any tensor an op makes while the mode is on."""
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.largest = max([self.largest] + sizes)
+        return out
+
+
+@pytest.mark.parametrize("vmapped", [False, True], ids=["eager", "vmap"])
+def test_broadcast_operands_never_expanded(vmapped):
+    """Neither the value nor the gradients go through the expanded [9, 5, 9] operands."""
+    a, b = torch.randn(9, 5, 1, requires_grad=True), torch.randn(1, 5, 9, requires_grad=True)
+    fn = torch.vmap(cosine_similarity, in_dims=(0, None, None)) if vmapped else cosine_similarity
+    with _LargestTensor() as mode:
+        torch.autograd.grad(fn(a[None].expand(2, -1, -1, -1) if vmapped else a, b, 1).sum(), (a, b))
+    assert 0 < mode.largest < 9 * 5 * 9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_broadcast_operands_under_vmap(dtype):
+    """A loop over utterance positions, each position's rows against every centroid
+    (``F.cosine_similarity(x[:, i].unsqueeze(-1), c.unsqueeze(-1).transpose(0, 2))``)."""
+    x = torch.stack(_vectors(dtype)).reshape(3, 3, 5).requires_grad_()
+    c = torch.stack(_vectors(dtype)[::-1][:3]).requires_grad_()
+
+    def mapped(fn):
+        return lambda x, c: torch.vmap(
+            lambda r: fn(r.unsqueeze(-1), c.unsqueeze(-1).transpose(0, 2)), in_dims=1)(x)
 
     assert_equivalent(mapped(F.cosine_similarity), mapped(cosine_similarity), x, c)
 

@@ -1338,6 +1338,60 @@ _sim = F.cosine_similarity(e, c, dim=0)
 _sim = torch.where(_sel, _own, _sim)
 scores.append(w * _sim)
 """),
+    # a rebound loop item: its default assignment is the branch's `else`
+    (sink_own_item_selections, """
+def f(e, cs, j, w):
+    scores = []
+    for k, c in enumerate(cs):
+        if k == j:
+            c = (cs.sum(0) - e) / 2
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores)
+""", ('first', 'body'), """
+# first
+# body
+_c = c
+if k == j:
+    _c = (cs.sum(0) - e) / 2
+scores.append(w * F.cosine_similarity(e, _c, dim=0))
+""", """
+# first
+_hit = torch.eq(torch.arange(0, len(cs), 1, device=j.device if isinstance(j, torch.Tensor) else torch.as_tensor(e).device), j).any()
+_own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).sum(0) - _fixed_operand(_hit, e)) / 2, dim=0)
+# body
+_sel = k == j
+_t = c
+_sim = _cosine_similarity_unless(e, _t, dim=0, deselected=_sel)
+_sim = torch.where(_sel, _own, _sim)
+scores.append(w * _sim)
+"""),
+    # ... a default that computes is not moved under the `else`
+    (sink_own_item_selections, """
+def f(e, cs, j, w):
+    scores = []
+    for k, c in enumerate(cs):
+        c = c * 2
+        if k == j:
+            c = (cs.sum(0) - e) / 2
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores)
+""", ('first', 'body'), """
+# first
+# body
+_c = c
+_c = _c * 2
+if k == j:
+    _c = (cs.sum(0) - e) / 2
+scores.append(w * F.cosine_similarity(e, _c, dim=0))
+""", """
+# first
+# body
+_c = c
+_c = _c * 2
+if k == j:
+    _c = (cs.sum(0) - e) / 2
+scores.append(w * F.cosine_similarity(e, _c, dim=0))
+"""),
     (sink_own_item_selections, """
 def f(e, cs, j, w):
     scores = []
@@ -1707,6 +1761,35 @@ def _body(i, _logps_row):
     _total_part = _total_part + _nll_loss(_logps_row, t[:, i + 1], weight=w)
     return (torch.as_tensor(_total_part),)
 _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(logps), 1, device=logps.device), logps if len(logps) == logps.shape[0] else logps[0:len(logps):1])
+_outs = (_outs[0].sum(0),)
+"""),
+    # rows at a sort's indices (a mask of two: bound first): index_select; not at indices - 1
+    (outline_body, """
+def f(x, w):
+    total = 0
+    for i in range(x.shape[0]):
+        s, perm = torch.sort(x[i], descending=True)
+        perm = perm.detach()
+        order = x[i].sort()[1]
+        shifted = order - 1
+        total = total + (s * w[perm]).sum() + w[torch.where(s > 0, perm, order)].sum() + w[shifted].sum()
+    return total
+""", ('mapped',),
+     """
+# mapped
+""",
+     """
+# mapped
+def _body(_x_row):
+    _total_part = 0
+    s, perm = torch.sort(_x_row, descending=True)
+    perm = perm.detach()
+    order = _x_row.sort()[1]
+    shifted = order - 1
+    _positions = torch.where(s > 0, perm, order)
+    _total_part = _total_part + ((s * (torch.index_select(w, 0, perm.reshape(-1)).reshape(perm.shape + w.shape[1:]) if w.dim() else w[perm])).sum() + (torch.index_select(w, 0, _positions.reshape(-1)).reshape(_positions.shape + w.shape[1:]) if w.dim() else w[_positions]).sum() + w[shifted].sum())
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
 _outs = (_outs[0].sum(0),)
 """),
     (batch_loop_bodies, """

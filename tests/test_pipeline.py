@@ -61,6 +61,23 @@ def test_debug_dir_dumps_source_after_every_pass(monkeypatch, tmp_path):
     compile(last, "dump", "exec")  # readable, valid Python
 
 
+def test_debug_dir_dumps_the_helpers_code_too(tmp_path):
+    """A helper the loss calls is rewritten by the same pipeline: its code after every pass is
+    dumped too, each step named after the helper."""
+    module = load_module(tmp_path, (
+        "import torch\n"
+        "def per_row(p, t):\n    total = 0\n    for i in range(p.shape[0]):\n"
+        "        total = total + ((p[i] - t[i]) ** 2).sum()\n    return total\n"
+        "def loss(pred, target):\n    return per_row(pred, target) / pred.shape[0]\n"))
+    out = tmp_path / "dumps"
+    fn = optimize_loss(module.loss, compile=False, debug_dir=str(out))
+    assert_equivalent(module.loss, fn, torch.randn(4, 3, requires_grad=True), torch.randn(4, 3))
+    helper = sorted(p.name for p in out.iterdir() if "_per_row." in p.name)
+    assert helper and any(n.endswith("per_row.vectorize_loops.py") for n in helper), helper
+    last = (out / helper[-1]).read_text()
+    assert "def per_row(p, t):" in last and "vectorized" in last
+
+
 def test_report_lists_passes_and_rewritten_source(monkeypatch, tmp_path):
     monkeypatch.setattr(passes.pipeline, "AST_PIPELINE", [ast_pass("append_pass", AppendPass)])
     module = load_module(tmp_path, "\ndef loss(pred, target):\n    return (pred * target).sum()\n")

@@ -44,6 +44,18 @@ def f(emb, cents, j, w):
     return loss
 """
 
+# the loop item rebound to the own centroid (no `else`: the item is the default)
+REBOUND = """
+def f(emb, cents, j, w):
+    e = emb[j, 0]
+    scores = []
+    for k, c in enumerate(cents):
+        if k == j:
+            c = (emb[j].sum(dim=0) - e) / (emb.shape[1] - 1)
+        scores.append(w * F.cosine_similarity(e, c, dim=0))
+    return torch.stack(scores).logsumexp(0)
+"""
+
 
 def _inputs(dtype, special):
     g = torch.Generator().manual_seed(0)
@@ -62,7 +74,7 @@ def _inputs(dtype, special):
 
 
 @pytest.mark.parametrize("special", [None, "nan", "inf", "ties", "nan centroid"])
-@pytest.mark.parametrize("src", [OWN, NESTED], ids=["own", "nested"])
+@pytest.mark.parametrize("src", [OWN, NESTED, REBOUND], ids=["own", "nested", "rebound"])
 def test_equivalent(src, special):
     """With a NaN in the centroid the own arm replaces, the original's gradient of that
     speaker's utterances is finite: every pair's cosine computed and the own one picked after
@@ -96,6 +108,7 @@ def test_no_iteration_selects_the_arm(special):
     OWN.replace("scores.append(w * F.cosine_similarity(e, c, dim=0))",
                 "scores.append(w * (e * c).sum())"),                     # no op to sink below
     OWN.replace("scores.append(w", "scores.append(c.sum() + w"),          # `c` read twice
+    REBOUND.replace("        if k == j:", "        c = c * 2\n        if k == j:"),  # default computes
     OWN.replace("scores.append(w * F.cosine_similarity(e, c, dim=0))",     # read lazily
                 "scores.append(w * F.cosine_similarity(e, c, dim=0) if w > 0 else w)"),
 ])

@@ -19,13 +19,15 @@ element where eager splits it evenly: ``x.max()`` and ``torch.max(x)`` become th
 ``reduce_fn`` (``full_extremes``: ``amax``'s split of ties, eager's gradient at NaN), other full
 reductions its ``reduce``. A call whose gradients differ under vmap, or whose batching rule
 makes a broadcast intermediate, calls the registry's ``vmap_fn`` there (``bce_with_logits``:
-eager's gradient at an infinite logit; ``cosine_products``: a matrix product).
+eager's gradient at an infinite logit; ``cosine_products``: a matrix product). Rows taken at
+positions, ``x[p]`` with ``p`` a sort's indices (``OpSpec.positions``), become ``index_select``
+there: vmap's rule for a batched advanced index is several times slower than its gather.
 """
 from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, clone
+from ..ast_tools import PassContext, Transformer, clone, replace
 from .loop_dataflow import call_op, loads, method_name
 from .plan import BodyParam, LoopPlan, RowSlice
 from .row_slices_to_params import full_slice
@@ -87,8 +89,8 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
     func = ast.FunctionDef(
         name=fn, args=ast.arguments(posonlyargs=[], args=[ast.arg(p.name) for p in plan.params],
                                     kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=[_EagerGradients(ctx).visit(_TiesSplit(plan, ctx, True).visit(clone(s)))
-              for s in plan.body] + [ret],
+        body=_PositionReads(ctx).block([_EagerGradients(ctx).visit(
+            _TiesSplit(plan, ctx, True).visit(clone(s))) for s in plan.body]) + [ret],
         decorator_list=[], returns=None, type_params=[])
     vmap = plan.sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
     mapped = [func] + plan.sub("o = c", o=plan.outs, c=ast.Call(vmap, inputs, []))
@@ -144,3 +146,110 @@ class _EagerGradients(Transformer):
         fn = ast.Name(self.ctx.bind(op.vmap_fn, op.vmap_fn.__name__), ast.Load())
         return ast.copy_location(ast.Call(ast.copy_location(fn, node.func), node.args,
                                           node.keywords), node)
+
+
+# ``x[p]`` for int64 positions ``p`` (>= 0): the same values, gradients and error past the end;
+# a 0-d ``x`` raises in indexing, where ``index_select`` would take it as one row.
+TAKE = ("(torch.index_select(x, 0, p.reshape(-1)).reshape(p.shape + x.shape[1:]) if x.dim() "
+        "else x[p])")
+
+
+# statements whose expressions are evaluated once, in order; expressions evaluated only sometimes
+_SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)
+_CONDITIONAL = (ast.IfExp, ast.BoolOp, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+                ast.GeneratorExp)
+
+
+class _PositionReads(Transformer):
+    """``x[p]`` -> ``TAKE`` in the vmapped body, ``x`` and ``p`` names, ``p`` bound to positions
+    by the last top-level statement binding it: the indices of a sort (``v, p = torch.sort(...)``,
+    ``torch.sort(...)[1]``, ``.indices``: ``OpSpec.positions_item``) or an op keeping them
+    (``OpSpec.positions``: ``.detach()``, ``torch.where`` of two). Positions that are not a name,
+    read where a simple statement always evaluates them, are bound to a fresh name first
+    (``TAKE`` reads them three times). A name a compound statement (or a walrus) binds is not
+    known inside it nor after it; nested functions and comprehensions are left as they are."""
+
+    def __init__(self, ctx: PassContext):
+        self.ctx, self.names = ctx, set()
+
+    def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out = []
+        for s in stmts:
+            stored = {n.id for n in ast.walk(s) if isinstance(n, ast.Name)
+                      and isinstance(n.ctx, ast.Store)}
+            bound = self._bound(s)
+            walrus = any(isinstance(n, ast.NamedExpr) for n in ast.walk(s))
+            if isinstance(s, _SIMPLE) and not walrus:
+                for sub in self._unconditional_takes(s):
+                    name = self.ctx.namer.new("positions")
+                    out.append(ast.copy_location(ast.Assign(
+                        [ast.Name(name, ast.Store())], sub.slice), s))
+                    sub.slice = ast.Name(name, ast.Load())
+                    self.names.add(name)
+            else:
+                self.names -= stored
+            out.append(self.visit(s))
+            self.names = (self.names - stored) | bound
+        return out
+
+    def _unconditional_takes(self, node: ast.AST) -> list[ast.Subscript]:
+        """``x[<positions>]`` in ``node``, positions that are not a name, where every evaluation
+        of the statement evaluates them (their ops are pure: evaluated first, the same)."""
+        found = []
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _CONDITIONAL):
+                continue
+            if isinstance(child, ast.Subscript) and isinstance(child.ctx, ast.Load) \
+                    and isinstance(child.value, ast.Name) \
+                    and not isinstance(child.slice, ast.Name) and self.positions(child.slice):
+                found.append(child)
+            else:
+                found += self._unconditional_takes(child)
+        return found
+
+    def _bound(self, s: ast.stmt) -> set[str]:
+        """The names ``s`` binds to positions."""
+        if not isinstance(s, ast.Assign) or len(s.targets) != 1:
+            return set()
+        target = s.targets[0]
+        if isinstance(target, ast.Name):
+            return {target.id} if self.positions(s.value) else set()
+        item = self._item(s.value)
+        if isinstance(target, ast.Tuple) and item is not None and item < len(target.elts) \
+                and not any(isinstance(e, ast.Starred) for e in target.elts) \
+                and isinstance(target.elts[item], ast.Name):
+            return {target.elts[item].id}
+        return set()
+
+    def _item(self, value: ast.expr) -> int | None:
+        return call_op(value, self.ctx).positions_item if isinstance(value, ast.Call) else None
+
+    def positions(self, e: ast.expr) -> bool:
+        if isinstance(e, ast.Name):
+            return e.id in self.names
+        if isinstance(e, ast.Subscript) and isinstance(e.slice, ast.Constant):
+            return self._item(e.value) is not None and e.slice.value == self._item(e.value)
+        if isinstance(e, ast.Attribute):
+            return e.attr == "indices" and self._item(e.value) is not None
+        if not isinstance(e, ast.Call) or e.keywords:
+            return False
+        keeps = call_op(e, self.ctx).positions
+        method = method_name(e, self.ctx) is not None
+        operands = ([e.func.value] if method else []) + e.args
+        return keeps is not None and all(k < len(operands) and self.positions(operands[k])
+                                         for k in keeps)
+
+    def _own_scope(self, node: ast.AST) -> ast.AST:
+        return node  # its parameters and targets may rebind the names (an inner loop's body
+        # had its own pass when it was outlined)
+
+    visit_FunctionDef = visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = \
+        visit_GeneratorExp = _own_scope
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) \
+                and isinstance(node.slice, ast.Name) and node.slice.id in self.names:
+            return replace(TAKE, loc=node, torch_name=self.ctx.torch_name, x=node.value,
+                           p=node.slice)
+        return node

@@ -89,15 +89,37 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     bound = {n for s in plan.body for n in stores(s)}
     if loads(ast.Tuple([it.start, it.stop, it.step], ast.Load())) & bound:
         return plan  # the range's bounds are not what they were before the loop
-    for pos, s in enumerate(plan.body):
+    for pos in range(len(plan.body)):
+        body, at = _with_default_as_else(plan.body, pos, seeds)
+        s = body[at]
         found = _branch(s, it.index, variant, ctx)
         if found is None or loads(ast.Tuple([found[1], found[2]], ast.Load())) & bound:
             continue  # the arm runs before the loop: it reads what the loop reads first
-        use = _single_use(plan, pos, found[0], variant, ctx)
+        use = _single_use(plan, body, at, found[0], variant, ctx)
         if use is not None and not loads(use) - {found[0]} & bound:
-            plan.body[pos:pos + 1] = _sunk(plan, s, found, use, variant, ctx)
+            plan.body = body
+            plan.body[at:at + 1] = _sunk(plan, s, found, use, variant, ctx)
             return plan  # the names it made are not in ``variant`` and ``bound``
     return plan
+
+
+def _with_default_as_else(body: list[ast.stmt], pos: int,
+                          names: set[str]) -> tuple[list[ast.stmt], int]:
+    """``body`` with ``v = b`` (``b`` one of ``names`` or a name an earlier statement binds:
+    nothing to fail or to run) followed by ``if t: v = a`` at ``pos`` as ``if t: v = a else: v
+    = b`` (a rebound loop item, ``rename_rebound_loop_variables``), and the position of the
+    ``if``; else ``body`` and ``pos``."""
+    s, before = body[pos], body[pos - 1] if pos else None
+    default = _assigned(before) if before is not None else None
+    if not (isinstance(s, ast.If) and not s.orelse and len(s.body) == 1 and default
+            and isinstance(default[1], ast.Name) and default[0] not in loads(s.test)):
+        return body, pos
+    arm = _assigned(s.body[0])
+    known = names | {n for b in body[:pos - 1] for n in stores(b)}
+    if arm is None or arm[0] != default[0] or default[1].id not in known:
+        return body, pos
+    merged = ast.copy_location(ast.If(s.test, s.body, [before]), s)
+    return body[:pos - 1] + [merged] + body[pos + 1:], pos - 1
 
 
 def _branch(s: ast.stmt, index: str, variant: set[str],
@@ -126,18 +148,18 @@ def _assigned(s: ast.stmt) -> tuple[str, ast.expr] | None:
     return None
 
 
-def _single_use(plan: LoopPlan, pos: int, name: str, variant: set[str],
+def _single_use(plan: LoopPlan, body: list[ast.stmt], pos: int, name: str, variant: set[str],
                 ctx: PassContext) -> ast.Call | None:
-    """The call of a ``sink_selection`` op that is the one read of ``name`` in the body (after
+    """The call of a ``sink_selection`` op that is the one read of ``name`` in ``body`` (after
     ``pos``, in a statement evaluated once, in order), its other operands the same in every
     iteration; None if there is none."""
     if name in plan.live_after:
         return None
-    rest = plan.body[:pos] + plan.body[pos + 1:]
+    rest = body[:pos] + body[pos + 1:]
     reads = [n for s in rest for n in walk(s) if isinstance(n, ast.Name) and n.id == name]
     if len(reads) != 1 or any(name in stores(s) for s in rest):
         return None
-    for s in plan.body[pos + 1:]:
+    for s in body[pos + 1:]:
         if not isinstance(s, _SIMPLE) or any(isinstance(n, _PER_ITEM) for n in walk(s)):
             continue  # evaluated in a block, per item or lazily: not where the branch was
         for n in walk(s):
