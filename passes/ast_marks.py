@@ -41,6 +41,8 @@ SELECTED_BY = "selected_by"
 # ast.expr on such a fold where only conditions on loop indices select: the Python test, on the
 # outer loops' indices, of whether an iteration selected one (no device read).
 SELECTED_WHEN = "selected_when"
+# str on a ``while`` loop that is not counted: why (the report's reason for keeping it).
+NOT_COUNTED = "not_counted"
 
 
 def get(node: ast.AST, key: str, default: Any = None) -> Any:

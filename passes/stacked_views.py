@@ -6,7 +6,10 @@ joint; ``x.unbind(0)``). Stacking the chunks again copies them, forward and back
 cost the vectorized loop more than the loop saved. Chunks that view one tensor at offsets
 ``start + k * step``, in one layout, sharing no memory, are that tensor seen through
 ``as_strided``: the same values, and the same gradients, which reach the viewed tensor either
-way. Anything else (copies, overlapping windows,
+way. When the chunks cover all of a contiguous tensor (``split(1, d)`` of a whole reshaped
+tensor), that layout is its dims reordered: a ``view`` and a ``permute`` of it, whose backward
+is one reshape of the gradient where ``as_strided``'s zero-fills a full-size tensor and then
+copies into it. Anything else (copies, overlapping windows,
 ``.detach()``-ed chunks, which view nothing by ``_base``, other dtypes or conj/neg bits,
 functorch's wrapped tensors) is stacked as before; so is everything Dynamo traces, where
 Inductor fuses the stack.
@@ -35,7 +38,22 @@ def stack_items(items: tuple) -> torch.Tensor:
             v._base is base and v.stride() == stride and _same_view_kind(v, base)
             and v.storage_offset() == start + k * step for k, v in enumerate(items)):
         return torch.stack(items)
-    return base.as_strided(shape, (step, *stride), start)
+    permuted = _permuted_view(base, shape, (step, *stride), start)
+    return permuted if permuted is not None else base.as_strided(shape, (step, *stride), start)
+
+
+def _permuted_view(base: torch.Tensor, shape: tuple, strides: tuple, start: int):
+    """``base.as_strided(shape, strides, start)`` as ``base.view(...).permute(...).view(shape)``
+    when that layout is all of contiguous ``base`` with its dims reordered; else None."""
+    if start != base.storage_offset() or not base.is_contiguous() \
+            or base.numel() != torch.Size(shape).numel():
+        return None
+    dims = sorted((d for d in range(len(shape)) if shape[d] != 1), key=lambda d: -strides[d])
+    sizes = [shape[d] for d in dims]
+    if [strides[d] for d in dims] != list(torch.empty(sizes, device="meta").stride()):
+        return None
+    order = sorted(range(len(dims)), key=lambda k: dims[k])  # back to the dims' own order
+    return base.view(sizes).permute(order).view(shape)
 
 
 def _apart(shape: tuple, strides: tuple) -> bool:

@@ -69,3 +69,28 @@ def test_a_single_item_and_batched_or_traced_items_are_stacked():
     assert torch.equal(inside, x)
     compiled = torch.compile(lambda t: stack_items(t.split(1, 1)) * 2, backend="eager", fullgraph=True)
     assert torch.equal(compiled(x), torch.stack(x.split(1, 1)) * 2)
+
+
+@pytest.mark.parametrize("make_items, whole", [
+    (lambda x: x.split(1, 1), True),
+    (lambda x: x.unbind(0), True),
+    (lambda x: x.reshape(2, 5, -1).chunk(5, 1), True),
+    (lambda x: x.unbind(2), True),
+    (lambda x: [x[:, k] for k in range(0, 5, 2)], False),  # not all of x
+    (lambda x: x[:, 1:].split(1, 1), False),
+], ids=["split", "unbind", "chunk", "unbind-last", "strided", "part"])
+def test_chunks_covering_all_of_a_tensor_stack_as_its_dims_reordered(make_items, whole):
+    """Their backward reshapes the gradient (as_strided's zero-fills a full-size one and copies
+    into it); the layout is the one as_strided would give, up to the strides of size-1 dims."""
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    items = tuple(make_items(x))
+    stacked = stack_items(items)
+    assert (type(stacked.grad_fn).__name__ != "AsStridedBackward0") == whole
+    spaced = (items[1].storage_offset() - items[0].storage_offset(), *items[0].stride())
+    assert [s for n, s in zip(stacked.shape, stacked.stride()) if n != 1] == \
+        [s for n, s in zip(stacked.shape, spaced) if n != 1]
+    assert torch.equal(stacked, torch.stack(items))
+    weights = torch.randn(stacked.shape, dtype=torch.float64)
+    grad, = torch.autograd.grad((stacked * weights).sum(), x)
+    want, = torch.autograd.grad((torch.stack(items) * weights).sum(), x)
+    assert torch.equal(grad, want)

@@ -1038,7 +1038,8 @@ VECTORIZED_EXAMPLES = ["center_loss", "chamfer", "class_weighted_ce", "dice_tver
                        "ema_recurrence", "gae_ppo", "ge2e",
                        "label_smoothing_rows", "masked_mse", "masked_nll_pad",
                        "onehot_smoothing_weights", "pairwise_similarity", "per_sample_ce",
-                       "per_sample_ce_fn", "per_sample_mse", "seq_ce_time", "slow_add",
+                       "per_sample_ce_fn", "per_sample_mse", "seq_ce_eos_while", "seq_ce_time",
+                       "slow_add",
                        "target_scaling", "triplet_hardest"]
 
 

@@ -109,7 +109,8 @@ def header_exprs(stmt: ast.stmt) -> list[ast.expr]:
 
 
 def live_after_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
-    """For every ``for`` loop in ``func`` (by ``id``), the names live right after it."""
+    """For every ``for`` and ``while`` loop in ``func`` (by ``id``), the names live right after
+    it."""
     record: dict[int, set[str]] = {}
     _live_block(func.body, set(), None, record)
     return record
@@ -220,8 +221,8 @@ def _live_stmt(stmt: ast.stmt, out: set[str], loop: tuple[set, set] | None,
             if new <= head:
                 break
             head |= new
+        record[id(stmt)] = record.get(id(stmt), set()) | out
         if isinstance(stmt, (ast.For, ast.AsyncFor)):
-            record[id(stmt)] = record.get(id(stmt), set()) | out
             return head | loads(stmt.iter)
         return head
     if isinstance(stmt, (ast.With, ast.AsyncWith)):

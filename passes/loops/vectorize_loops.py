@@ -83,7 +83,8 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
 from ..errors import Unsupported
 from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body,
                check_mapped_body, cleared_positions_to_masks,
-               classify_effects, conditional_expressions_to_branches, data_attributes_to_detach,
+               classify_effects, conditional_expressions_to_branches, counted_whiles_to_ranges,
+               data_attributes_to_detach,
                distribute_loops, divisions_by_counters,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
@@ -240,6 +241,8 @@ class _Vectorizer(Transformer):
                  self.stackable_lists, self.bound_lists, self.masks, self.list_names,
                  self.host_containers, self.iterators, self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
+        # first: the facts below are then found for the `for` forms of counted `while` loops
+        counted_whiles_to_ranges.rewrite(node, self.ctx)
         list_mean_helpers.rewrite_calls(node, self.ctx)  # before the lists it reads are found
         self.reduced_next = normalize_comprehensions.lists_reduced_next(node, self.ctx)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
@@ -266,18 +269,22 @@ class _Vectorizer(Transformer):
         return node
 
     def visit_If(self, node: ast.If) -> ast.AST:
+        # (``statements``: a loop's visit may give several statements, spliced in)
         if is_vectorized_guard(node):  # already vectorized (second run): leave the original
-            node.body = [self.visit(s) for s in node.body]
+            node.body = self.statements(node.body)
+            return node
+        if counted_whiles_to_ranges.is_counted_form(node):  # ... and a counted `while` loop
+            node.body = self.statements(node.body)
             return node
         if is_as_written(node):  # ... and the loop a vectorized branch runs as written
-            node.orelse = [self.visit(s) for s in node.orelse]
+            node.orelse = self.statements(node.orelse)
             return node
         return self.generic_visit(node)
 
     def visit_While(self, node: ast.While) -> ast.AST:
         self.generic_visit(node)
-        self.ctx.report.add_loop(node.lineno, False, "kept",
-                                 "`while` loop: the trip count depends on the data")
+        self.ctx.report.add_loop(node.lineno, False, "kept", ast_marks.get(
+            node, ast_marks.NOT_COUNTED))
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
