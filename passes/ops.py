@@ -18,8 +18,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import (bce_with_logits, cosine_products, full_extremes, grad_free, set_distances,
-               stacked_views)
+from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
+               set_distances, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -290,8 +290,11 @@ REGISTRY: tuple[OpSpec, ...] = (
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
            batched="pointwise_loss", selection="pointwise_loss",
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
-    *(OpSpec(n, (_F + n,), batched="class_loss", selection="class_loss", derivative="bounded")
-      for n in ("cross_entropy", "nll_loss")),
+    OpSpec("cross_entropy", (_F + "cross_entropy",), batched="class_loss", selection="class_loss",
+           derivative="bounded"),
+    # functorch's composite weights the whole input before picking the targets
+    OpSpec("nll_loss", (_F + "nll_loss",), batched="class_loss", selection="class_loss",
+           derivative="bounded", vmap_fn=gathered_nll_loss.nll_loss),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
            sink_selection_fn=cosine_products.cosine_similarity_unless,

@@ -1742,6 +1742,27 @@ def _body(x, y):
 _outs = torch.vmap(_body, in_dims=(0, 0))(xs if len(xs) == min(len(xs), len(ys)) else xs[:min(len(xs), len(ys))], ys if len(ys) == min(len(xs), len(ys)) else ys[:min(len(xs), len(ys))])
 _outs = (_outs[0].sum(0),)
 """),
+    # a per-step class-weighted NLL (no batched form for ``t[:, i + 1]``): the registry's vmap_fn,
+    # which picks the target entries before weighting them
+    (outline_body, """
+def f(logps, t, w):
+    total = 0
+    for i in range(len(logps)):
+        total = total + F.nll_loss(logps[i], t[:, i + 1], weight=w)
+    return total
+""", ('mapped',),
+     """
+# mapped
+""",
+     """
+# mapped
+def _body(i, _logps_row):
+    _total_part = 0
+    _total_part = _total_part + _nll_loss(_logps_row, t[:, i + 1], weight=w)
+    return (torch.as_tensor(_total_part),)
+_outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(logps), 1, device=logps.device), logps if len(logps) == logps.shape[0] else logps[0:len(logps):1])
+_outs = (_outs[0].sum(0),)
+"""),
     # rows at a sort's indices (a mask of two: bound first): index_select; not at indices - 1
     (outline_body, """
 def f(x, w):
