@@ -110,3 +110,24 @@ def test_a_receiver_that_is_no_tensor_runs_as_written():
     want = original(Sources(), tgt, None)
     assert calls == [(0, 1)]
     assert torch.equal(optimized(Sources(), tgt, None), want) and calls == [(0, 1)] * 2
+
+
+CALLED_ITEMS = """
+    def f(ws, xs, fns, t):
+        total = 0
+        for w, x, fn in zip(ws, xs, fns):
+            total = total + w * fn(x, t)
+        return total
+    """
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_loop_calling_its_items_is_kept_with_the_reason(dtype):
+    """Items the body calls are functions: stacking them could never pass its check, so the
+    loop is kept (it was reported vectorized and always ran as written), and still equivalent."""
+    original, optimized, _, report = build(CALLED_ITEMS)
+    [loop] = report.loops
+    assert not loop.vectorized and "`fn` is called: its items are functions" in loop.reason, loop
+    fns = [lambda x, t: (x - t).abs().mean(), lambda x, t: ((x - t) ** 2).mean()]
+    xs = [torch.randn(4, 3, dtype=dtype, requires_grad=True) for _ in fns]
+    assert_equivalent(original, optimized, [0.4, 1.0], xs, fns, torch.randn(4, 3, dtype=dtype))

@@ -32,6 +32,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         raise Unsupported("`for ... else`")
     plan.iteration = _iteration(plan, ctx)
     _views_of_tensors(plan, plan.iteration.elements)
+    _elements_not_called(plan, plan.iteration.elements)
     plan.body = clone(node.body)
     return plan
 
@@ -103,6 +104,16 @@ def _elements(target: ast.expr, iterable: ast.expr, into: Iteration, ctx: PassCo
         raise Unsupported(f"loop target `{unparse(target)}` unpacks elements")
     _require_pure(iterable, "iterated value", _view_or_shape)
     into.elements.append((target.id, iterable))
+
+
+def _elements_not_called(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -> None:
+    """Items iterated as elements are stacked as tensors: an item the body calls (``fn(x, t)``
+    over ``zip(weights, preds, fns)``) is a function, and the stacking check could never hold."""
+    names = {name for name, _ in elements}
+    for n in (n for s in plan.node.body for n in walk(s)):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names:
+            raise Unsupported(f"`{n.func.id}` is called: its items are functions, not tensors",
+                              n.lineno)
 
 
 def _trip(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -> ast.expr:
