@@ -28,14 +28,24 @@ def cosine_similarity(x1, x2, dim: int = 1, eps: float = 1e-8):
     vectors of one shape and floating dtype along ``dim`` 0 or -1; as one contraction of
     the normalized operands (``_broadcast_products``) for operands that broadcast against each
     other outside ``dim``."""
-    if not (isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor)
-            and x1.dtype == x2.dtype and x1.is_floating_point() and isinstance(dim, int)):
-        return F.cosine_similarity(x1, x2, dim, eps)
-    if x1.dim() == 1 and x1.shape == x2.shape and dim in (0, -1):
+    if _same_float_tensors(x1, x2, dim) and x1.dim() == 1 and x1.shape == x2.shape \
+            and dim in (0, -1):
         return _normalized(x1, eps) @ _normalized(x2, eps)
-    if _broadcast_outside(x1.shape, x2.shape, dim):
+    return broadcast_cosine_similarity(x1, x2, dim, eps)
+
+
+def broadcast_cosine_similarity(x1, x2, dim: int = 1, eps: float = 1e-8):
+    """``F.cosine_similarity(x1, x2, dim, eps)``, as one contraction of the normalized operands
+    (``_broadcast_products``) for operands that broadcast against each other outside ``dim``
+    (every row against every other, [N, 1, D] and [1, N, D]); else the op itself."""
+    if _same_float_tensors(x1, x2, dim) and _broadcast_outside(x1.shape, x2.shape, dim):
         return _broadcast_products(x1, x2, dim, eps)
     return F.cosine_similarity(x1, x2, dim, eps)
+
+
+def _same_float_tensors(x1, x2, dim) -> bool:
+    return (isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor)
+            and x1.dtype == x2.dtype and x1.is_floating_point() and isinstance(dim, int))
 
 
 def _broadcast_outside(s1: torch.Size, s2: torch.Size, dim: int) -> bool:

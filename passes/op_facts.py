@@ -92,4 +92,5 @@ MODULE_LOSSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "HuberLoss": ("huber_loss", ("reduction", "delta")),
     "BCEWithLogitsLoss": ("binary_cross_entropy_with_logits", ("weight", "pos_weight",
                                                                "reduction")),
+    "CosineSimilarity": ("cosine_similarity", ("dim", "eps")),
 }

@@ -116,6 +116,10 @@ class OpSpec:
     # broadcast intermediate a matrix product avoids: the vmapped body calls this, with the same
     # arguments, instead (bound into the generated code).
     vmap_fn: Callable | None = None
+    # A form that is faster than the op for some operands anywhere, not only in vmapped bodies,
+    # and runs the op itself for the others: every call of the op calls it, with the same
+    # arguments (``broadcast_products``; bound into the generated code).
+    dense_fn: Callable | None = None
     names: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
@@ -298,7 +302,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
            sink_selection_fn=cosine_products.cosine_similarity_unless,
-           vmap_fn=cosine_products.cosine_similarity),
+           vmap_fn=cosine_products.cosine_similarity, dense_fn=cosine_products.broadcast_cosine_similarity),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows

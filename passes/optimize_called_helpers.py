@@ -69,6 +69,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import broadcast_products
 from .errors import RewriteError, Unsupported
 from .instance_attribute_calls import BoundValues, bound_values, picked_helper, sort_value
 from .instance_attribute_calls import class_attribute as _method
@@ -239,6 +240,10 @@ class _Redirect(Transformer):
         self.module_forward: str | None = None                     # binding of module_forward
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
+        # The class of an object made in the call (``Cls(...)(x)``, ``Cls(...).m(x)``), read
+        # before visiting ``Cls(...)``: a rewritten ``__init__`` replaces its callee.
+        receiver = node.func.value if isinstance(node.func, ast.Attribute) else node.func
+        made = self.scope.classes(receiver) if isinstance(receiver, ast.Call) else None
         self.generic_visit(node)
         f = node.func
         if self._module_caller(node):
@@ -261,8 +266,8 @@ class _Redirect(Transformer):
         for method in self.scope.autograd_methods(f):
             self._unreached(method, f"`{ast.unparse(f)}(...)`, which autograd runs")
         if isinstance(f, ast.Attribute):
-            return self._method_call(node, f.value, f.attr)
-        return self._method_call(node, f, "__call__")  # obj(x), Cls(...)(x)
+            return self._method_call(node, f.value, f.attr, made)
+        return self._method_call(node, f, "__call__", made)  # obj(x), Cls(...)(x)
 
     def _through_name(self, node: ast.Call, name: str) -> ast.Call:
         """``fn(x)`` with ``fn`` bound to helpers: ``(_a if fn is _a_original else ... fn)(x)``."""
@@ -309,9 +314,12 @@ class _Redirect(Transformer):
                 f"resolved at run time (it may hold {'; '.join(unresolved)})")
         return bool(unresolved)
 
-    def _method_call(self, node: ast.Call, receiver: ast.expr, attr: str) -> ast.expr:
-        """``obj.m(x)`` (``obj(x)``: ``attr`` is ``__call__``) on an object of a known class."""
-        pairs, stored, classes = [], self.scope.mangled(attr), self.scope.classes(receiver)
+    def _method_call(self, node: ast.Call, receiver: ast.expr, attr: str,
+                     made: list[type] | None = None) -> ast.expr:
+        """``obj.m(x)`` (``obj(x)``: ``attr`` is ``__call__``) on an object of a known class
+        (``made``: of an object made in the call)."""
+        pairs, stored = [], self.scope.mangled(attr)
+        classes = self.scope.classes(receiver) if made is None else made
         run_time = self.scope.run_time_methods(node.func) if isinstance(node.func, ast.Attribute) else []
         if run_time:  # self.selector.get_triplets(x), the selector passed in: what it may run
             self._note_run_time(node, self.scope.attribute(receiver.attr).unresolved)
@@ -479,17 +487,18 @@ def _is_helper(fn: object, ctx: PassContext) -> bool:
 
 
 def _reaches_loop(fn: object, module: dict, seen: set) -> bool:
-    """``fn`` (a function of ``module``) has a loop, or may call a function of ``module`` that
-    reaches one (by a global name, or a method name of a class it names or is defined in). A
-    cheap pre-filter on the bytecode: loops compile to FOR_ITER (comprehensions are nested
-    code), and a superset of the callees is enough."""
+    """``fn`` (a function of ``module``) has a loop or names an op with a faster form
+    (``broadcast_products.NAMES``), or may call a function of ``module`` that reaches one (by a
+    global name, or a method name of a class it names or is defined in). A cheap pre-filter on
+    the bytecode: loops compile to FOR_ITER (comprehensions are nested code), and a superset of
+    the callees is enough."""
     if not isinstance(fn, types.FunctionType) or fn.__globals__ is not module or fn in seen:
         return False
     seen.add(fn)
     names, todo = set(), [fn.__code__]
     for code in todo:
         for i in dis.get_instructions(code):
-            if i.opname == "FOR_ITER":
+            if i.opname == "FOR_ITER" or i.argval in broadcast_products.NAMES:
                 return True
             if i.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD"):
                 names.add(i.argval)

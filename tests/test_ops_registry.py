@@ -173,3 +173,17 @@ def test_fx_names_and_effects():
     assert ops.effect("random.random", None) == "random"
     assert ops.effect("print", None) == "io" and ops.effect(None, "append") == "mutates"
     assert ops.effect("torch.log", None) is None and ops.effect(None, "exp") is None
+
+
+@pytest.mark.parametrize("spec", [s for s in ops.REGISTRY if s.dense_fn], ids=lambda s: s.aten)
+@pytest.mark.parametrize("shapes", [((6, 1, 4), (1, 5, 4)), ((3, 4), (3, 4)), ((4,), (4,))])
+def test_dense_forms_give_the_op_s_values_and_gradients(spec, shapes):
+    """A ``dense_fn`` replaces every call of its op (``broadcast_products``): on operands that
+    broadcast against each other and on plain ones, the op's values and gradients."""
+    op = _resolve(spec.functions[0])
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(s, dtype=torch.float64, generator=gen, requires_grad=True) for s in shapes)
+    want, got = op(a, b, dim=-1), spec.dense_fn(a, b, dim=-1)
+    torch.testing.assert_close(got, want)
+    g = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad(got, (a, b), g), torch.autograd.grad(want, (a, b), g))
