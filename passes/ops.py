@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
+               kl_div_terms,
                set_distances, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
@@ -289,7 +290,8 @@ REGISTRY: tuple[OpSpec, ...] = (
       for n in ("l1_loss", "smooth_l1_loss", "huber_loss")),
     # per element ``xlogy(t, t) - t * x`` (NaN at a negative target: not total); vmap has no
     # batching rule for it (a warning and a Python loop over the batch), the batched form does
-    OpSpec("kl_div", (_F + "kl_div",), batched="pointwise_loss"),
+    # not need one, and a vmapped body calls its terms (``kl_div_terms``)
+    OpSpec("kl_div", (_F + "kl_div",), batched="pointwise_loss", vmap_fn=kl_div_terms.kl_div),
     # functorch's composite of it is NaN at an infinite logit
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
            batched="pointwise_loss", selection="pointwise_loss",
