@@ -149,11 +149,13 @@ def paired_ratio(paired: list[float] | None, timed: list[float] | None) -> Ratio
 def compiled_vs_expert(result: dict | None, expert_own: Time | None,
                        best_expert: Time | None) -> Ratio | None:
     """optimize_loss compiled over the best expert from the compiled job's rounds alternating
-    with the compiled expert: their CPU time ratio (median over rounds, with its interval; a
-    loaded machine inflates wall time, not CPU time), scaled by how much faster than the compiled
-    expert the best expert ran in their own jobs (1 when the compiled expert is the best); None
-    when the job did not take them."""
-    paired = cpu_paired_ratio(result)  # the expert's time over optimize_loss's
+    with the compiled expert (after its own steady blocks): their CPU time ratio (median over
+    rounds, with its interval; a loaded machine inflates wall time, not CPU time), scaled by how
+    much faster than the compiled expert the best expert ran in their own jobs (1 when the
+    compiled expert is the best); None when the job did not take them."""
+    result = result or {}
+    # the expert's time over optimize_loss's
+    paired = paired_ratio(result.get("p1_expert_cpu_samples"), result.get("p1_cpu_samples"))
     if paired is None or expert_own is None or best_expert is None:
         return None
     scale = expert_own.seconds / best_expert.seconds
@@ -459,9 +461,9 @@ def markdown(meta: dict, cases: dict[str, dict], raw: dict, analysed: dict, tgts
             "vectorized in that call, by themselves or inside an outer loop's vectorized form (a "
             "runtime check was false, or it raised). Optimized / best expert: where optimize_loss "
             "is fastest compiled, the CPU time ratio of its blocks of calls alternating in one "
-            "process with torch.compile(expert)'s (median over rounds, with its 95% interval; "
-            "times the expert columns' own ratio when the eager expert is the faster), else the "
-            "ratio of the columns.", "",
+            "process with torch.compile(expert)'s, after the blocks of its column (median over "
+            "rounds, with its 95% interval; times the expert columns' own ratio when the eager "
+            "expert is the faster), else the ratio of the columns.", "",
             "| case | loops | distributed | naive eager | torch.compile(naive) | optimize_loss eager "
             "| optimize_loss compiled | expert eager | expert compiled | optimized / best expert "
             "| naive / optimized | optimized / original (eager) | equivalent |",
