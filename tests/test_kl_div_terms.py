@@ -30,7 +30,7 @@ def _pair(dtype, special):
     return x.requires_grad_(), t.requires_grad_()
 
 
-def _same(got, want, inputs):
+def _assert_same(got, want, inputs):
     assert got.dtype == want.dtype
     torch.testing.assert_close(got, want, equal_nan=True)
     g = torch.ones_like(want)
@@ -44,7 +44,7 @@ def _same(got, want, inputs):
 @pytest.mark.parametrize("log_target", [False, True])
 def test_terms_equal_the_op(dtype, special, reduction, log_target):
     x, t = _pair(dtype, special)
-    _same(kl_div(x, t, reduction=reduction, log_target=log_target),
+    _assert_same(kl_div(x, t, reduction=reduction, log_target=log_target),
           F.kl_div(x, t, reduction=reduction, log_target=log_target), (x, t))
 
 
@@ -56,7 +56,7 @@ def test_under_vmap_no_fallback_and_the_loop_s_values(dtype, reduction):
         warnings.simplefilter("error")  # functorch's "performance drop" fallback warning
         got = torch.vmap(lambda a, b: kl_div(a, b, reduction=reduction))(x, t)
     want = torch.stack([F.kl_div(a, b, reduction=reduction) for a, b in zip(x, t)])
-    _same(got, want, (x, t))
+    _assert_same(got, want, (x, t))
 
 
 def test_forms_left_to_the_op_keep_its_warning_and_errors():
