@@ -238,6 +238,13 @@ def _parse(template: str) -> ast.Module:
 _COPIED = (ast.AST, list)
 
 
+def called_through(node: ast.Call, fn: Any, ctx: PassContext) -> ast.Call:
+    """``f(args)`` -> ``<fn bound into the generated code>(args)``: the same arguments, located
+    at ``node``."""
+    name = ast.copy_location(ast.Name(ctx.bind(fn, fn.__name__), ast.Load()), node.func)
+    return ast.copy_location(ast.Call(name, node.args, node.keywords), node)
+
+
 def clone(node: Any) -> Any:
     """A deep copy of an AST (node, list of nodes, or leaf value), several times faster than
     ``copy.deepcopy``: fields are copied recursively, other values (and marks such as

@@ -26,19 +26,23 @@ from __future__ import annotations
 import ast
 
 from . import ops
-from .ast_tools import PassContext, Transformer, replace
+from .ast_tools import PassContext, Transformer, called_through, replace
 from .loops.loop_dataflow import call_op, method_name
-from .loops.module_loss_calls import loss_class, plain_loss_module
-from .loops.runtime_checks import is_as_written, is_vectorized_guard
+from .loops.module_loss_calls import functional_call, loss_class, plain_loss_module
+from .loops.runtime_checks import as_written_branch
 from .op_facts import MODULE_LOSSES
+
+
+def _module_op(name: str) -> ops.OpSpec:
+    """The registry's entry for the functional op a ``MODULE_LOSSES`` module calls."""
+    return ops.by_call(f"torch.nn.functional.{MODULE_LOSSES[name][0]}", None)
 
 
 # What a function's code names when it may call such an op: the op's names, and the classes of
 # the ``nn`` modules whose call is the op (``optimize_called_helpers`` follows the helpers and
 # methods that name one, as it follows those with a loop).
 NAMES = frozenset({n for s in ops.REGISTRY if s.dense_fn for n in s.names}
-                  | {c for c, (f, _) in MODULE_LOSSES.items() if ops.by_call(
-                      f"torch.nn.functional.{f}", None).dense_fn})
+                  | {c for c in MODULE_LOSSES if _module_op(c).dense_fn})
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -53,30 +57,26 @@ class _Calls(Transformer):
     def visit_If(self, node: ast.If) -> ast.AST:
         # A loop the vectorizer keeps as written (the fallback of a vectorized form, or a fold
         # that would promote) stays as written: only the other branch is this pass's.
-        if is_vectorized_guard(node):
+        kept = as_written_branch(node)
+        if kept is None:
+            return self.generic_visit(node)
+        if kept is node.orelse:
             node.body = self.statements(node.body)
-            return node
-        if is_as_written(node):
+        else:
             node.orelse = self.statements(node.orelse)
-            return node
-        return self.generic_visit(node)
+        return node
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
         op = call_op(node, self.ctx)
         if op.dense_fn is not None and method_name(node, self.ctx) is None:
-            fn = ast.Name(self.ctx.bind(op.dense_fn, op.dense_fn.__name__), ast.Load())
-            return ast.copy_location(ast.Call(ast.copy_location(fn, node.func), node.args,
-                                              node.keywords), node)
+            return called_through(node, op.dense_fn, self.ctx)
         name = loss_class(node, self.ctx)
-        if name is None:
-            return node
-        function, settings = MODULE_LOSSES[name]
-        dense = ops.by_call(f"torch.nn.functional.{function}", None).dense_fn
+        dense = _module_op(name).dense_fn if name else None
         if dense is None:
             return node
-        keywords = "".join(f", {k}=m.{k}" for k in settings)
-        return replace(f"form(a, b{keywords}) if plain(m, torch.nn.{name}) else call", node,
-                       self.ctx.torch_name, form=self.ctx.bind(dense, dense.__name__),
-                       a=node.args[0], b=node.args[1], m=node.func, call=node,
-                       plain=self.ctx.bind(plain_loss_module, "plain_loss_module"))
+        form = functional_call(name, self.ctx.bind(dense, dense.__name__))
+        return replace(f"{form} if plain(m, torch.nn.{name}) else call", node,
+                       self.ctx.torch_name, a=node.args[0], b=node.args[1], m=node.func,
+                       call=node, plain=self.ctx.bind(plain_loss_module, "plain_loss_module"))
+

@@ -50,6 +50,15 @@ def plain_loss_module(obj: object, cls: type) -> bool:
         or hooks._global_backward_pre_hooks)
 
 
+def functional_call(name: str, callee: str | None = None) -> str:
+    """The call a module of ``MODULE_LOSSES`` class ``name`` makes, as a template over the
+    module ``m`` and the two arguments ``a``, ``b``: its functional op (or ``callee``) with the
+    module's settings by keyword."""
+    function, settings = MODULE_LOSSES[name]
+    keywords = "".join(f", {k}=m.{k}" for k in settings)
+    return f"{callee or 'torch.nn.functional.' + function}(a, b{keywords})"
+
+
 def loss_class(call: ast.Call, ctx: PassContext) -> str | None:
     """The ``MODULE_LOSSES`` class ``call`` calls a module of (None: not such a call)."""
     f = call.func
@@ -213,13 +222,10 @@ class _Functional(Transformer):
         if name is None or self.bound & {n.id for n in walk(node.func)
                                          if isinstance(n, ast.Name)}:
             return node
-        function, settings = MODULE_LOSSES[name]
-        keywords = "".join(f", {k}=m.{k}" for k in settings)
         self.checks[ast.unparse(node.func)] = self.plan.sub(
             f"plain(m, torch.nn.{name})", m=node.func,
             plain=self.ctx.bind(plain_loss_module, "plain_loss_module"))
-        return self.plan.sub(f"torch.nn.functional.{function}(a, b{keywords})",
-                             a=node.args[0], b=node.args[1], m=node.func)
+        return self.plan.sub(functional_call(name), a=node.args[0], b=node.args[1], m=node.func)
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, clone, replace
+from ..ast_tools import PassContext, Transformer, called_through, clone, replace
 from .loop_dataflow import call_op, loads, method_name
 from .plan import BodyParam, LoopPlan, RowSlice
 from .row_slices_to_params import full_slice
@@ -143,9 +143,7 @@ class _EagerGradients(Transformer):
         op = call_op(node, self.ctx)
         if op.vmap_fn is None or method_name(node, self.ctx) is not None:
             return node
-        fn = ast.Name(self.ctx.bind(op.vmap_fn, op.vmap_fn.__name__), ast.Load())
-        return ast.copy_location(ast.Call(ast.copy_location(fn, node.func), node.args,
-                                          node.keywords), node)
+        return called_through(node, op.vmap_fn, self.ctx)
 
 
 # ``x[p]`` for int64 positions ``p`` (>= 0): the same values, gradients and error past the end;

@@ -96,6 +96,12 @@ def is_as_written(node: ast.AST) -> bool:
             and node.body[0].value.value.startswith(AS_WRITTEN.split("{}")[0]))
 
 
+def as_written_branch(node: ast.AST) -> list[ast.stmt] | None:
+    """The branch of ``node`` that runs a loop as written: the original a vectorized guard
+    keeps, or the loop of an as-written branch; None for other nodes."""
+    return node.orelse if is_vectorized_guard(node) else node.body if is_as_written(node) else None
+
+
 def conjuncts(test: ast.expr) -> list[ast.expr]:
     if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
         return list(test.values)

@@ -109,7 +109,8 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
-from .runtime_checks import MARKER, is_as_written, is_vectorized_guard, proven_tensors
+from .runtime_checks import (MARKER, as_written_branch, is_as_written, is_vectorized_guard,
+                             proven_tensors)
 
 # The stages of one loop, in order: each a module with ``stage(plan, ctx) -> plan`` that raises
 # ``Unsupported`` when the loop must run as written.
@@ -207,7 +208,7 @@ def _comprehensions(node: ast.AST) -> list[ast.expr]:
         if isinstance(n, normalize_comprehensions.COMPREHENSIONS) \
                 and not ast_marks.get(n, ast_marks.GENERATED):
             found.append(n)
-        kept = n.orelse[:1] if is_vectorized_guard(n) else n.body if is_as_written(n) else []
+        kept = as_written_branch(n) or []
         todo += reversed([c for c in ast.iter_child_nodes(n) if not any(c is k for k in kept)])
     return found
 
