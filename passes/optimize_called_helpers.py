@@ -498,11 +498,13 @@ def _reaches_loop(fn: object, module: dict, seen: set) -> bool:
     names, todo = set(), [fn.__code__]
     for code in todo:
         for i in dis.get_instructions(code):
-            if i.opname == "FOR_ITER" or i.argval in broadcast_products.NAMES:
+            if i.opname == "FOR_ITER":
                 return True
             if i.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD"):
                 names.add(i.argval)
         todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    if names & broadcast_products.NAMES:
+        return True
     classes = [module.get(n) for n in names if isinstance(module.get(n), type)]
     owner = _defining_class(fn)
     classes += [owner] if owner is not None else []
