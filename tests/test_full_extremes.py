@@ -13,7 +13,7 @@ INF, NAN = float("inf"), float("nan")
 _ROWS = [list(r) for r in itertools.product([1., 3., NAN, INF, -INF], repeat=3)]
 
 
-def _exact(a, b):
+def _assert_exact(a, b):
     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
@@ -29,18 +29,18 @@ def test_value_and_gradient_are_eagers(largest, form, cotangent, dtype):
     want = torch.stack([getattr(r, name)() for r in x])
     got = fn(x, 1) if form == "batched" else torch.vmap(lambda r: fn(r, 0))(x)
     assert got.dtype == want.dtype
-    _exact(got, want)
-    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    _assert_exact(got, want)
+    _assert_exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
 
 
 def test_several_reduced_dims_and_a_0d_item():
     x = torch.tensor([[[1., NAN], [3., 3.]], [[2., 0.], [2., -1.]]], requires_grad=True)
     want = torch.stack([r.max() for r in x])
     got = max_of_all(x, 1)
-    _exact(got, want)
-    _exact(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+    _assert_exact(got, want)
+    _assert_exact(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
     v = torch.tensor([NAN, 2.0], requires_grad=True)
-    _exact(max_of_all(v, 1), v)
+    _assert_exact(max_of_all(v, 1), v)
 
 
 def test_integer_values_take_amax():
@@ -54,7 +54,7 @@ def test_double_backward_is_eagers():
     for got in (torch.stack([r.max() for r in x]), max_of_all(x, 1)):
         first, = torch.autograd.grad(got, x, g, create_graph=True)
         grads.append(torch.autograd.grad((first * torch.arange(6.).view(2, 3)).sum(), g)[0])
-    _exact(*grads)
+    _assert_exact(*grads)
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
@@ -67,9 +67,9 @@ def test_vmapped_under_torch_compile_is_eagers(largest, backend):
     compiled = torch.compile(lambda x: torch.vmap(lambda r: fn(r, 0))(x), backend=backend)
     want = torch.stack([getattr(r, name)() for r in x])
     got = compiled(x)
-    _exact(got, want)
+    _assert_exact(got, want)
     g = torch.arange(1.0, len(_ROWS) + 1)
-    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    _assert_exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
 
 
 @pytest.mark.parametrize("cotangent", [1.0, NAN, INF])
@@ -82,10 +82,10 @@ def test_batched_under_torch_compile_is_eagers(largest, cotangent):
     compiled = torch.compile(lambda x: fn(x * 1, 1), backend="aot_eager")
     want = torch.stack([getattr(r, name)() for r in x])
     got = compiled(x)
-    _exact(got, want)
+    _assert_exact(got, want)
     g = torch.full((len(_ROWS),), cotangent)
     g[::2] = 2.0
-    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    _assert_exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
 
 
 # Selections of the rows of ``_ROWS``: every subset of the three elements, the empty one aside.
@@ -113,17 +113,17 @@ def test_selected_value_and_gradient_are_eagers(largest, form, cotangent, dtype)
            "compiled": lambda: torch.compile(lambda x, m: fn(x * 1, m, 1),
                                              backend="aot_eager")(x, mask)}[form]()
     assert got.dtype == want.dtype
-    _exact(got, want)
-    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    _assert_exact(got, want)
+    _assert_exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
 
 
 def test_selected_keeps_a_negative_zero_and_gives_nothing_selected_0():
     x = torch.tensor([[-0.0, -1.0], [NAN, 5.0]], requires_grad=True)
     mask = torch.tensor([[True, True], [False, False]])
     got = max_of_selected(x, mask, 1)
-    _exact(got, torch.tensor([-0.0, 0.0]))
+    _assert_exact(got, torch.tensor([-0.0, 0.0]))
     assert torch.signbit(got[0])
-    _exact(torch.autograd.grad(got.sum(), x)[0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    _assert_exact(torch.autograd.grad(got.sum(), x)[0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
 
 
 def test_selected_integers_take_amax_and_a_mask_not_varying_under_vmap():
@@ -133,8 +133,8 @@ def test_selected_integers_take_amax_and_a_mask_not_varying_under_vmap():
     mask = torch.tensor([True, True, False])
     got = torch.vmap(lambda r: max_of_selected(r, mask, 0))(x)
     want = torch.stack([r[mask].max() for r in x])
-    _exact(got, want)
-    _exact(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+    _assert_exact(got, want)
+    _assert_exact(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
 
 
 def test_selected_double_backward_is_eagers():
@@ -146,7 +146,7 @@ def test_selected_double_backward_is_eagers():
     for got in (torch.stack([r[m].max() for r, m in zip(x, mask)]), max_of_selected(x, mask, 1)):
         first, = torch.autograd.grad(got, x, g, create_graph=True)
         grads.append(torch.autograd.grad((first * torch.arange(9.).view(3, 3)).sum(), g)[0])
-    _exact(*grads)
+    _assert_exact(*grads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -169,8 +169,8 @@ def test_compiled_forward_is_the_plain_reduction(largest, form, dtype):
     want = torch.stack([getattr(r, name)() for r in x])
     g = torch.full((len(_ROWS),), NAN, dtype=dtype)
     g[::2] = 2.0
-    _exact(got, want)
-    _exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    _assert_exact(got, want)
+    _assert_exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
     forward, backward = graphs
     assert f"aten.a{name}.default" in forward and not any("full_extreme" in t for t in forward)
     assert "aten.where.self" in backward
