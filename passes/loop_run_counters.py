@@ -31,8 +31,9 @@ from __future__ import annotations
 import ast
 import re
 
-from .ast_tools import Transformer, clone, replace, unparse, walk
+from .ast_tools import Transformer, clone, is_name, replace, unparse, walk
 from .loops.runtime_checks import AS_WRITTEN, guard_line, is_vectorized_guard
+from .loops.stack_tensor_lists import stacked_sources
 
 _AS_WRITTEN = re.compile(re.escape(AS_WRITTEN).replace(re.escape("{}"), r"(\d+)", 1)
                          .replace(re.escape("{}"), "(.*)"))
@@ -42,12 +43,13 @@ _SHOWN = 80  # characters of a conjunct quoted in the reason
 
 def instrument(tree: ast.Module, counter: str) -> ast.Module:
     """Every vectorized guard of ``tree`` counts its runs into ``counter`` (see the docstring)."""
-    return _Count(counter).visit(tree)
+    return _Count(counter, stacked_sources(tree)).visit(tree)
 
 
 class _Count(Transformer):
-    def __init__(self, counter: str):
+    def __init__(self, counter: str, stacked: dict[str, str]):
         self.counter = counter
+        self.stacked = stacked  # generated name -> the user's list it stacks
 
     def visit_If(self, node: ast.If) -> ast.If:
         self.generic_visit(node)  # inner loops first: in the vectorized body and in the original
@@ -64,7 +66,7 @@ class _Count(Transformer):
                           f"    c.loop_failed({line}, {ERROR})\n    raise", loc=node, c=self.counter)
         guarded[0].body = body
         kept = replace(f"c.loop_ran({line}, False, reason)", loc=node, c=self.counter,
-                       reason=_first_false(node.test))
+                       reason=_first_false(node.test, self.stacked))
         node.body = [marker, ast.Expr(ran)] + guarded
         node.orelse = [ast.Expr(kept)] + node.orelse
         return node
@@ -137,16 +139,23 @@ def _no_args() -> ast.arguments:
                          kwarg=None, defaults=[])
 
 
-def _first_false(test: ast.expr) -> ast.expr:
+def _first_false(test: ast.expr, stacked: dict[str, str]) -> ast.expr:
     """An expression naming the first conjunct of ``test`` that is false (``test`` is false)."""
     conjuncts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
-    reason: ast.expr = ast.Constant(_why(conjuncts[-1]))
+    reason: ast.expr = ast.Constant(_why(conjuncts[-1], stacked))
     for conjunct in reversed(conjuncts[:-1]):
-        reason = ast.IfExp(ast.UnaryOp(ast.Not(), clone(conjunct)), ast.Constant(_why(conjunct)),
-                           reason)
+        reason = ast.IfExp(ast.UnaryOp(ast.Not(), clone(conjunct)),
+                           ast.Constant(_why(conjunct, stacked)), reason)
     return reason
 
 
-def _why(conjunct: ast.expr) -> str:
+def _why(conjunct: ast.expr, stacked: dict[str, str]) -> str:
+    """The reason a false ``conjunct`` gives; a stacked list's own check in the user's words
+    (its generated name means nothing to them)."""
+    if (isinstance(conjunct, ast.Call) and is_name(conjunct.func, "isinstance")
+            and len(conjunct.args) == 2 and isinstance(conjunct.args[0], ast.Name)
+            and conjunct.args[0].id in stacked):
+        return (f"`{stacked[conjunct.args[0].id]}` was not a tensor or a list or tuple of tensors "
+                "of one shape, dtype and device")
     text = unparse(conjunct)
     return f"check `{text if len(text) <= _SHOWN else text[:_SHOWN - 3] + '...'}` was false"

@@ -126,8 +126,10 @@ def test_compiled_signatures_count_what_runs(user):
     fn(rows, [r.detach() for r in rows])
     loop = _loop(fn)
     assert (loop.vectorized_runs, loop.original_runs) == (2, 1)
-    assert loop.last_failure == "check `isinstance(_pred_stacked, torch.Tensor)` was false"
-    assert ("as written 1; last: check `isinstance(_pred_stacked, torch.Tensor)` was false"
+    # The stacked list's check in the user's names, not the generated one's.
+    why = "`pred` was not a tensor or a list or tuple of tensors of one shape, dtype and device"
+    assert loop.last_failure == why
+    assert (f"as written 1; last: {why}"
             in str(fn.report))
 
 

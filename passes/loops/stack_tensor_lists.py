@@ -102,6 +102,24 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
+def stacked_sources(tree: ast.AST) -> dict[str, str]:
+    """The names ``tree`` binds to ``STACKED``'s result, each to the name of the list it stacks:
+    read from the generated code itself, which the runtime parses again from its source."""
+    found = {}
+    for n in walk(tree):
+        if not (isinstance(n, ast.Assign) and len(n.targets) == 1
+                and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.IfExp)):
+            continue
+        made, last = n.value.body, n.value
+        while isinstance(last, ast.IfExp):
+            last = last.orelse
+        if (isinstance(last, ast.Name) and isinstance(made, ast.Call) and len(made.args) == 1
+                and isinstance(made.args[0], ast.Call) and is_name(made.args[0].func, "tuple")
+                and [is_name(a, last.id) for a in made.args[0].args] == [True]):
+            found[n.targets[0].id] = last.id
+    return found
+
+
 def list_names(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
     """Names ``func`` may hold as lists or tuples of tensors: its parameters, and names every
     binding of which makes a list or tuple (a display, a comprehension, ``list(...)``,
