@@ -181,6 +181,19 @@ class Report:
         return frozenset(l.lineno for l in self.loops if l.filename == loop.filename
                          and l.lineno in around and l.vectorized_runs and not l.failed_runs)
 
+    def _runs_around(self, loop: LoopReport) -> str:
+        """For a vectorized loop with no counted run of its own: the counts of the loops around
+        it whose vectorized forms hold its own (it runs only inside them), so that a report does
+        not say "vectorized" of an inner loop whose outer loop ran as written every time."""
+        if not loop.vectorized or loop.vectorized_runs or loop.original_runs:
+            return ""
+        around = enclosing_loops(loop.filename, loop.lineno)
+        outer = [l for l in self.loops if l.filename == loop.filename and l.lineno in around
+                 and (l.vectorized_runs or l.original_runs)]
+        return "".join(f" [ran: only within the vectorized form of line {l.lineno}, which ran "
+                       f"vectorized {l.vectorized_runs}, as written {l.original_runs}]"
+                       for l in outer)
+
     def loop_ran_as_written(self, lineno: int, reason: str) -> None:
         """The vectorized branch of the loop at ``lineno``, counted as run, ran the loop as
         written after all, for ``reason``."""
@@ -201,7 +214,8 @@ class Report:
         lines = [f"optimize_loss report for {self.function} ({self.filename}:{self.lineno})"]
         if self.passes_run:
             lines.append("  passes: " + ", ".join(self.passes_run))
-        lines += [f"  {loop}" for loop in sorted(self.loops, key=lambda l: l.lineno)]
+        lines += [f"  {loop}{self._runs_around(loop)}"
+                  for loop in sorted(self.loops, key=lambda l: l.lineno)]
         if not self.loops:
             lines.append("  no loops")
         if self.target_only:

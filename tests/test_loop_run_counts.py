@@ -175,6 +175,13 @@ def beside(x):
     for i in range(x.shape[0]):
         total = total + x[i].sum()
     return total
+
+def nested_lists(rows):
+    total = 0
+    for i in range(len(rows)):
+        for j in range(len(rows[i])):
+            total = total + rows[i][j].abs().mean()
+    return total
 '''
 
 
@@ -187,6 +194,25 @@ def test_an_inner_loop_runs_vectorized_inside_its_outer_loops_form(tmp_path):
     outer, inner = sorted(fn.report.loops, key=lambda loop: loop.lineno)
     assert (outer.vectorized_runs, inner.vectorized_runs) == (1, 0)
     assert fn.report.ran_vectorized(outer) == fn.report.ran_vectorized(inner) == {outer.lineno}
+
+
+def test_the_report_says_an_inner_loop_ran_only_within_its_outer_loops_form(tmp_path):
+    module = load_module(tmp_path, NESTED)
+    fn = optimize_loss(module.nested, compile=False)
+    fn(torch.randn(3, 4, 5, requires_grad=True))
+    text = str(fn.report)
+    assert "[ran: only within the vectorized form of line 6, which ran vectorized 1, as written 0]" in text
+    # a list of lists of maps of different shapes: the outer loop runs as written, and the
+    # report does not leave the inner loop's "vectorized" without saying it never ran so
+    rows = [[torch.randn(2, 3, requires_grad=True), torch.randn(4)] for _ in range(2)]
+    fn = optimize_loss(module.nested_lists, compile=False)
+    assert_equivalent(module.nested_lists, fn, rows)
+    outer, inner = sorted(fn.report.loops, key=lambda loop: loop.lineno)
+    assert (inner.vectorized, inner.vectorized_runs, inner.original_runs) == (True, 0, 0)
+    assert (f":{inner.lineno}: loop vectorized" in str(fn.report)
+            and f"[ran: only within the vectorized form of line {outer.lineno}, which ran "
+                "vectorized 0, as written 1]" in str(fn.report))
+    assert "[ran: only" not in str(optimize_loss(module.beside, compile=False).report)
 
 
 def test_what_runs_vectorized_when_the_outer_loop_raised_or_is_kept(tmp_path):
