@@ -27,8 +27,9 @@ positions taken along the ragged slice's dim of the row and broadcast against th
 
 (``torch.where`` with a Python number keeps the row's dtype; the written positions get no
 gradient, as in the original.) Written: ``X[P, :, ..., a:b, :, ...] = <number literal>`` and the
-statement ``X[P, ..., a:b, ...].fill_(<number literal>)``, ``P`` plain indices, one ragged slice
-and full slices after them.
+statement ``X[P, ..., a:b, ...].fill_(<number literal>)``, ``P`` plain indices, then ragged and
+full slices: several ragged slices (``mask[i, :T[i], :N[i]] = True``, a mask from two lengths)
+write the box where every one of their position tests holds.
 
 What is read: a subscript whose one slice with a varying bound (step absent or 1) comes
 right after plain indices (names, numbers; the sliced dim is the first of the row ``R`` they
@@ -116,17 +117,20 @@ class _Ragged(ast.NodeTransformer):
             return sub
         row, cut = found
         key = ast.dump(cut)
-        keep = self.shared.get(key) or self.shared.setdefault(key, self.mask(row, 0, cut, sub))
+        keep = self.shared.get(key) or self.shared.setdefault(
+            key, self.mask(row, None, cut, sub))
         made = replace("r[k]", loc=sub, r=row, k=keep)
         self.made.append(made)
         return made
 
-    def mask(self, row: ast.expr, k: int, cut: ast.Slice, loc: ast.AST) -> str:
-        """A name bound (in ``pre``) to the positions of ``row``'s dim ``k`` inside ``cut``."""
+    def mask(self, row: ast.expr, k: int | None, cut: ast.Slice, loc: ast.AST) -> str:
+        """A name bound (in ``pre``) to the positions of ``row``'s dim ``k`` inside ``cut``, a
+        column broadcasting against the dims after it; ``k`` None: the positions of dim 0 as
+        they are (a selection's mask picks rows)."""
         pos, keep = self.ctx.namer.new("pos"), self.ctx.namer.new("in")
-        self.pre += replace(_POSITIONS_AT if k else _POSITIONS, loc=loc,
-                            torch_name=self.ctx.torch_name, p=pos, r=row, k=ast.Constant(k))
-        tests = [replace(t, loc=loc, p=pos, r=row, a=bound, k=ast.Constant(k))
+        self.pre += replace(_POSITIONS if k is None else _POSITIONS_AT, loc=loc,
+                            torch_name=self.ctx.torch_name, p=pos, r=row, k=ast.Constant(k or 0))
+        tests = [replace(t, loc=loc, p=pos, r=row, a=bound, k=ast.Constant(k or 0))
                  for t, bound in ((_LOWER, cut.lower), (_UPPER, cut.upper)) if bound is not None]
         mask = tests[0] if len(tests) == 1 else ast.BinOp(tests[0], ast.BitAnd(), tests[1])
         self.pre += replace("k = m", loc=loc, k=keep, m=mask)
@@ -144,19 +148,23 @@ class _Ragged(ast.NodeTransformer):
         entries = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
         cuts = [k for k, e in enumerate(entries) if isinstance(e, ast.Slice)]
         ragged = [k for k in cuts if self._ragged(entries[k])]
-        if len(ragged) != 1 or not _number(s.value):
+        if not ragged or not _number(s.value):
             return s
-        at = ragged[0]
         prefix = entries[:cuts[0]]
         if not prefix or any(not _index_entry(e) for e in prefix) or not all(
-                k == at or _full(e) for k, e in enumerate(entries) if k >= len(prefix)):
-            return s  # after the row's indices: full slices and the ragged one
+                k in ragged or _full(e) for k, e in enumerate(entries) if k >= len(prefix)):
+            return s  # after the row's indices: full slices and the ragged ones
         row = ast.copy_location(ast.Subscript(
             target.value, prefix[0] if len(prefix) == 1 else ast.Tuple(prefix, ast.Load()),
             ast.Load()), target)
         if not _simple(row):
             return s
-        keep = self.mask(row, at - len(prefix), entries[at], s)
+        # one column of positions per ragged dim; together they broadcast to the written box
+        masks = [self.mask(row, at - len(prefix), entries[at], s) for at in ragged]
+        keep = masks[0]
+        if len(masks) > 1:
+            keep = self.ctx.namer.new("in")
+            self.pre += replace("k = " + " & ".join(masks), loc=s, k=keep)
         self.written.append(s)
         return replace("r = torch.where(k, v, r)", loc=s, torch_name=self.ctx.torch_name,
                        r=row, k=keep, v=s.value)[0]
