@@ -187,6 +187,23 @@ def test_golden_unchanged_rows_that_are_not_mask_rows(src):
     assert code == normalise(src) and dense.empty == {} and dense.guards == []
 
 
+def test_golden_a_row_index_beside_the_mask_selects_from_the_row():
+    src = "p = d[i, (y == y[i]) & (torch.arange(n) != i)].max()"
+    body = ast.parse(src).body
+    ctx = context(ast.Module([ast.parse("def f(): pass").body[0]], []), namespace())
+    dense = masked_selections_to_where.rewrite(body, {"i"}, ctx, ints=frozenset({"i"}))
+    assert ast.unparse(ast.Module(dense.body, [])) == normalise("""
+        _mask = (y == y[i]) & (torch.arange(n) != i)
+        _keep = _mask.reshape(_mask_shape[_mask.shape, d[i].shape])
+        _vals = torch.where(_keep, d[i], False)
+        _empty_max = _empty_max + (_keep.expand_as(_vals).sum() == 0)
+        p = _max_of_selected(_vals, _keep.expand_as(_vals), 0)
+        """)
+    # not a Python int (a tensor index broadcasts against the mask's positions): unchanged
+    code, dense = rewrite_body(src.replace("d[i,", "d[j,"), seeds=("i", "j"))
+    assert code == normalise(src.replace("d[i,", "d[j,")) and dense.refused
+
+
 def test_golden_a_mask_that_does_not_vary_converts_too():
     """Exact either way, and an unconverted selection keeps the loop: the outer loop of a
     nested pair (``dist[i][target != t_i]`` in the inner loop over ``j``) maps over it."""
@@ -250,6 +267,11 @@ def nan_targets(dt, s):
 def distances(dt, s):
     emb = leaf(torch.randn(8, 3, generator=g(s), dtype=dt))
     return emb, torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
+
+
+def distances_with_a_singleton(dt, s):
+    emb, _ = distances(dt, s)
+    return emb, torch.tensor([0, 1, 0, 1, 2, 2, 0, 3])  # anchor 7 has no positive
 
 
 def ties(dt, s):
@@ -323,6 +345,20 @@ CASES = {
                 an.append(dist[i][mask[i] == 0].min().unsqueeze(0))
             return (torch.cat(ap) - torch.cat(an) + 0.3).clamp(min=0).mean()
         """, distances),
+    # a per-anchor hardest pair written with the row index beside the mask, the anchor left
+    # out by positions, anchors without a positive skipped
+    "row_index_beside_the_mask": ("""
+        def f(emb, labels):
+            d = torch.cdist(emb, emb)
+            s = 0
+            for i in range(len(emb)):
+                pos = d[i, (labels == labels[i]) & (torch.arange(len(emb)) != i)]
+                neg = d[i, labels != labels[i]]
+                if len(pos) == 0 or len(neg) == 0:
+                    continue
+                s = s + torch.relu(pos.max() - neg.min() + 0.3)
+            return s
+        """, distances_with_a_singleton),
     "condition_guards_the_max": ("""
         def f(pred, target):
             s = 0

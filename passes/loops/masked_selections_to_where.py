@@ -290,17 +290,18 @@ class Dense:
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
-            outer_masks: frozenset[str] = frozenset()) -> Dense:
+            outer_masks: frozenset[str] = frozenset(), ints: frozenset[str] = frozenset()) -> Dense:
     """``body`` (the loop body over ``seeds``, not modified) with its selections converted, or
     ``body`` itself when it has none or one of them cannot be converted. ``outer_masks``: names
-    the function binds only to boolean tensors, whose rows (``mask[i]``) are masks too."""
+    the function binds only to boolean tensors, whose rows (``mask[i]``) are masks too;
+    ``ints``: names that hold Python ints (the loop index)."""
     lenient = _lenient_masks(body, ctx) | outer_masks
     if not any(_is_selection(sub, lenient, ctx) for s in body for sub in walk(s)
                if isinstance(sub, ast.Subscript)):
         return Dense(body)
     work = clone(body)
     users = {id(c): u for c, u in zip(_walk(work), _walk(body))}
-    converter = _Converter(work, seeds, lenient, outer_masks, ctx)
+    converter = _Converter(work, seeds, lenient, outer_masks, ctx, ints)
     try:
         dense = converter.block(work, top=True)
     except (_Refused, Unsupported) as exc:
@@ -370,9 +371,10 @@ class _Chain:
 
 class _Converter:
     def __init__(self, body: list[ast.stmt], seeds: set[str], lenient: set[str],
-                 outer_masks: frozenset[str], ctx: PassContext):
+                 outer_masks: frozenset[str], ctx: PassContext, ints: frozenset[str]):
         self.ctx = ctx
         self.seeds = seeds
+        self.ints = ints
         self.lenient = lenient
         counts: dict[str, int] = {}
         for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
@@ -590,9 +592,20 @@ class _Converter:
             return True
         return False
 
+    def selected_from(self, sub: ast.Subscript) -> tuple[ast.expr, ast.expr]:
+        """(the tensor, the index) of a selection ``x[m]``; ``x[i, m]`` with ``i`` Python ints
+        selects from the row ``x[i]`` as ``x[i][m]`` does."""
+        mask, base = sub.slice, sub.value
+        if isinstance(mask, ast.Tuple) and all(_int_entry(e, self.ints) for e in mask.elts[:-1]):
+            rows = mask.elts[:-1]
+            base = ast.copy_location(ast.Subscript(
+                base, rows[0] if len(rows) == 1 else ast.Tuple(rows, ast.Load()), ast.Load()), sub)
+            mask = mask.elts[-1]
+        return base, mask
+
     def _selection(self, sub: ast.Subscript) -> _Group:
         """The group of one selection ``x[m]``; refuses what cannot be converted."""
-        mask, base = sub.slice, sub.value
+        base, mask = self.selected_from(sub)
         if isinstance(base, ast.Name) and base.id in self.selected:
             return _reselection(self, sub, self.selected[base.id])
         if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
@@ -652,7 +665,8 @@ class _Converter:
         for hole, (kind, node) in chain.leaves.items():
             if kind == "select":
                 self.converted.append(node)
-                subs[hole] = self._sub("torch.where(k, x, False)", node, k=keep, x=node.value)
+                subs[hole] = self._sub("torch.where(k, x, False)", node, k=keep,
+                                       x=self.selected_from(node)[0])
                 if keep in self.mask_of:
                     ast_marks.put(subs[hole], ast_marks.SELECTS, self.mask_of[keep].id)
             elif kind == "scalar":
@@ -916,6 +930,12 @@ def _simple(e: ast.expr) -> bool:
     return False
 
 
+def _int_entry(x: ast.expr, ints: frozenset[str]) -> bool:
+    """An int constant, or a name holding a Python int."""
+    return (isinstance(x, ast.Name) and x.id in ints) or (
+        isinstance(x, ast.Constant) and type(x.value) is int)
+
+
 def _index_entry(x: ast.expr) -> bool:
     if isinstance(x, ast.Slice):
         return all(p is None or _index_entry(p) for p in (x.lower, x.upper, x.step))
@@ -925,7 +945,15 @@ def _index_entry(x: ast.expr) -> bool:
 def _pure(e: ast.expr, ctx: PassContext) -> bool:
     """Evaluating ``e`` a statement earlier changes nothing: ``is_pure`` with known tensor ops."""
     return is_pure(e, lambda call: (is_shape_query(call, ctx) or call_op(call, ctx).boolean
-                                    or call_op(call, ctx).batched == "elementwise"))
+                                    or call_op(call, ctx).batched == "elementwise"
+                                    or _effect_free(call, ctx)))
+
+
+def _effect_free(call: ast.Call, ctx: PassContext) -> bool:
+    """A registered tensor op without effects: a function of its operands (``torch.arange(
+    len(x)) != i``, the own-item mask of a per-anchor loss)."""
+    op = call_op(call, ctx)
+    return op.aten is not None and op.effect is None and not op.host
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -933,7 +961,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     (the converted selections in it marked ``ast_marks.WHERE_CONVERTED``)."""
     it = plan.iteration
     dense = rewrite(plan.body, {it.index} | {name for name, _ in it.elements}, ctx,
-                    frozenset(plan.masks))
+                    frozenset(plan.masks), frozenset({it.index}))
     plan.written, plan.body = plan.body, dense.body
     plan.selection_checks = dense.guards
     plan.empty_selections = {**plan.empty_selections, **dense.empty}  # inner loops' too
