@@ -24,6 +24,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           invariant_branches_to_checks, invariant_values_take_no_grad, iteration,
                           last_values_after_loop,
                           masked_selections_to_where, masked_selects_to_selections,
+                          masked_writes_to_where,
                           materialize_iterators, merge_branch_appends, no_grad_blocks_to_detach,
                           data_attributes_to_detach,
                           split_tuple_assignments,
@@ -986,6 +987,50 @@ total = total + w[y:y + 1, :].sum() + w[i:i + 1].sum()
 # body
 w = w * 2
 total = total + w[y:y + 1, :].sum() + w[i:i + 1].sum()
+"""),
+    (masked_writes_to_where, """
+def f(x):
+    total = 0
+    for i in range(x.shape[0]):
+        d = x[i].clone()
+        d[d < 0] = 0
+        total = total + d.sum()
+    return total
+""", ('body',),
+     """
+# body
+d = x[i].clone()
+d[d < 0] = 0
+total = total + d.sum()
+""",
+     """
+# body
+d = x[i].clone()
+_d_keep = (d < 0).reshape(_written_mask[(d < 0).shape, d.shape])
+d = torch.where(_d_keep, 0, d)
+total = total + d.sum()
+"""),
+    # a row of the input: the original writes into the input too, which a rebound name would not
+    (masked_writes_to_where, """
+def f(x):
+    total = 0
+    for i in range(x.shape[0]):
+        d = x[i]
+        d[d < 0] = 0
+        total = total + d.sum()
+    return total
+""", ('body',),
+     """
+# body
+d = x[i]
+d[d < 0] = 0
+total = total + d.sum()
+""",
+     """
+# body
+d = x[i]
+d[d < 0] = 0
+total = total + d.sum()
 """),
     (cleared_positions_to_masks, """
 def f(sim, n):

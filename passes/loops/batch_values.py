@@ -94,6 +94,13 @@ def literal(node: ast.expr) -> object:
         return UNKNOWN
 
 
+def number_literal(e: ast.expr) -> bool:
+    """A number literal, signed."""
+    while isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
+        e = e.operand
+    return isinstance(e, ast.Constant) and type(e.value) in (int, float, bool)
+
+
 def integer(operands: list[tuple[ast.expr, Val]]) -> tuple[str, ...] | None:
     """Conditions making the result of integer-preserving ops an integer tensor; None: unknown.
     Python int constants keep the dtype."""

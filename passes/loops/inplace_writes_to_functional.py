@@ -26,26 +26,30 @@ import torch
 from .. import ops
 from ..ast_tools import PassContext, Transformer, unparse
 from ..errors import Unsupported
-from .loop_dataflow import (call_op, is_shape_query, loads, makes_new_tensor, method_name,
-                            stores)
+from .batch_values import number_literal
+from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, makes_new_tensor,
+                            method_name, stores)
+from .masked_selections_to_where import WRITTEN_MASK
 from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
-    writes = _Writes(plan, ctx, {r.param for r in plan.row_slices.values()}
-                     | {name for name, _ in it.elements})
+    writes = Writes(plan, ctx, {r.param for r in plan.row_slices.values()}
+                    | {name for name, _ in it.elements})
     writes.block(plan.init, rewrite=False)
     plan.body = writes.block(plan.body)
     return plan
 
 
-class _Writes:
+class Writes:
     """Walks the body in order: which names hold tensors (``tensors``), which of them an op of
-    the iteration made (``fresh``), and which may share memory with another value (``shared``)."""
+    the iteration made (``fresh``), and which may share memory with another value (``shared``).
+    ``masked_only``: rewrite only boolean masks' writes of numbers (``masked_writes_to_where``)."""
 
-    def __init__(self, plan: LoopPlan, ctx: PassContext, tensors: set[str]):
-        self.plan, self.ctx = plan, ctx
+    def __init__(self, plan: LoopPlan, ctx: PassContext, tensors: set[str],
+                 masked_only: bool = False):
+        self.plan, self.ctx, self.masked_only = plan, ctx, masked_only
         self.tensors, self.fresh, self.shared = set(tensors), set(), set()
 
     def block(self, stmts: list[ast.stmt], rewrite: bool = True) -> list[ast.stmt]:
@@ -68,13 +72,18 @@ class _Writes:
 
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
         """``s`` without in-place writes (or ``s`` itself)."""
-        _Temporaries(self).visit(s)
+        if not self.masked_only:
+            _Temporaries(self).visit(s)
         target = s.targets[0] if isinstance(s, ast.Assign) and len(s.targets) == 1 else \
             s.target if isinstance(s, ast.AugAssign) else None
         if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
             name = target.value.id
-            if not self.writable(name, s):
+            masked = isinstance(s, ast.Assign) and number_literal(s.value) \
+                and is_boolean(target.slice, self.plan.masks, self.ctx)
+            if (self.masked_only and not masked) or not self.writable(name, s):
                 return [s]
+            if masked:
+                return self.masked_write(name, target.slice, s.value)
             value = s.value if isinstance(s, ast.Assign) else \
                 ast.BinOp(ast.Subscript(target.value, target.slice, ast.Load()), s.op, s.value)
             at = self.ctx.namer.new(f"{name}_at")
@@ -83,6 +92,8 @@ class _Writes:
                 "t = t.flatten().scatter(0, p.flatten(), torch.as_tensor(v, dtype=t.dtype, "
                 "device=t.device).expand(p.shape).flatten()).view(t.shape)",
                 p=at, t=name, k=target.slice, v=value)
+        if self.masked_only:
+            return [s]
         if isinstance(s, ast.AugAssign) and isinstance(target, ast.Name):
             if target.id in self.shared or (target.id in self.tensors
                                              and target.id not in self.fresh):
@@ -99,6 +110,14 @@ class _Writes:
                 link.func.attr = _functional(link, s)
             return [ast.copy_location(ast.Assign([ast.Name(name, ast.Store())], call), s)]
         return [s]
+
+    def masked_write(self, name: str, mask: ast.expr, value: ast.expr) -> list[ast.stmt]:
+        """``t[m] = v`` (``v`` a number) as ``t = torch.where(m, v, t)``, ``m`` shaped as
+        indexing reads it; a comparison of Python values is a Python bool, made a tensor."""
+        made = mask if self.is_tensor(mask) else self.plan.sub("torch.as_tensor(m)", m=mask)
+        return self.plan.sub("k = m.reshape(shape[m.shape, t.shape])\nt = torch.where(k, v, t)",
+                             k=self.ctx.namer.new(f"{name}_keep"), m=made, t=name, v=value,
+                             shape=self.ctx.bind(WRITTEN_MASK, "written_mask"))
 
     def writable(self, name: str, s: ast.stmt) -> bool:
         """``name`` is a tensor the iteration made and nothing else shares (refused when it is a
@@ -178,7 +197,7 @@ class _Writes:
 class _Temporaries(Transformer):
     """``(a + b).log_()`` -> ``(a + b).log()``: the receiver is a new tensor nothing else sees."""
 
-    def __init__(self, writes: _Writes):
+    def __init__(self, writes: Writes):
         self.writes = writes
 
     def visit_Call(self, node: ast.Call) -> ast.AST:

@@ -260,6 +260,19 @@ class ClassRows(MaskShape):
 CLASS_ROWS = ClassRows()
 
 
+class WrittenMask(MaskShape):
+    """``_written_mask[m.shape, x.shape]``: ``_mask_shape``'s answer for a write ``x[m] = v``
+    (``masked_writes_to_where``), except that a 0-d mask writes all of ``x`` or nothing, with
+    no new leading dim (reading ``x[True]`` has one)."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        shape = super().__getitem__(shapes)
+        return shape if shapes[0] else shape[1:]
+
+
+WRITTEN_MASK = WrittenMask()
+
+
 class WholeMask(MaskShape):
     """``_whole_mask[m.shape, x.shape, ...]``: ``_mask_shape``'s answer when ``m`` has the whole
     shape of every ``x`` (at least one dim), so that ``x[m]`` is 1-D and its last dim is the

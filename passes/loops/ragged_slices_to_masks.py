@@ -45,6 +45,7 @@ import ast
 
 from .. import ast_marks
 from ..ast_tools import PassContext, clone, replace
+from .batch_values import number_literal
 from .loop_dataflow import depends, variant_names
 from .masked_selections_to_where import _index_entry, _simple
 from .masked_selections_to_where import rewrite as to_where
@@ -148,7 +149,7 @@ class _Ragged(ast.NodeTransformer):
         entries = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
         cuts = [k for k, e in enumerate(entries) if isinstance(e, ast.Slice)]
         ragged = [k for k in cuts if self._ragged(entries[k])]
-        if not ragged or not _number(s.value):
+        if not ragged or not number_literal(s.value):
             return s
         prefix = entries[:cuts[0]]
         if not prefix or any(not _index_entry(e) for e in prefix) or not all(
@@ -193,13 +194,6 @@ class _Ragged(ast.NodeTransformer):
 
 def _full(e: ast.expr) -> bool:
     return isinstance(e, ast.Slice) and e.lower is None and e.upper is None and e.step is None
-
-
-def _number(e: ast.expr) -> bool:
-    """A number literal, signed."""
-    while isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
-        e = e.operand
-    return isinstance(e, ast.Constant) and type(e.value) in (int, float, bool)
 
 
 def _fixed_size(cut: ast.Slice) -> bool:

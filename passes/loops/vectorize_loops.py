@@ -97,6 +97,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                invariant_values_take_no_grad, iteration, last_values_after_loop,
                list_mean_helpers,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
+               masked_writes_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
@@ -141,6 +142,7 @@ LOOP_STAGES: list = [
     hoist_calls_under_index_tests,  # on the inlined body, before tensor_branches_to_where masks it
     element_slices_to_indices,    # before ragged_slices_to_masks, which would make its slices masks
     cleared_positions_to_masks,   # before masked_selections_to_where: it makes masks
+    masked_writes_to_where,       # before masked_selections_to_where, which reads a write as a selection
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
