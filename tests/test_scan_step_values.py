@@ -164,3 +164,15 @@ def test_previous_states(reverse):
     got = previous_states(states, 7, reverse)
     assert got.tolist() == ([2.0, 3.0, 4.0, 7.0] if reverse else [7.0, 1.0, 2.0, 3.0])
     assert got.dtype == states.dtype
+
+
+def test_an_array_the_rest_reads_at_a_later_step_keeps_the_loop():
+    # written first, the rest would see step t + 1's row before the original writes it
+    src = WRITTEN_DELTAS.replace("out[:, t] = adv", "out[:, t] = adv + deltas[:, t + 1]").replace(
+        "reversed(range(rewards.shape[1]))", "range(rewards.shape[1] - 1)")
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {5: "kept"}
+    g = torch.Generator().manual_seed(3)
+    assert_equivalent(original, rewritten, torch.randn(3, 12, generator=g, requires_grad=True),
+                      torch.randn(3, 11, generator=g), (torch.rand(3, 11, generator=g) < 0.3) * 1.0,
+                      0.99, 0.95)

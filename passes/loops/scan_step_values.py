@@ -187,9 +187,11 @@ def _pick(k: int, body: list[ast.stmt], index: str, live_after: set[str]
 def writes_first(steps: list[ast.stmt], reads: list[ast.stmt], loop: ast.For, index: str,
                  ctx: PassContext, vectorize: Callable, lists: dict
                  ) -> tuple[list[ast.stmt], LoopPlan | None]:
-    """The step loop's statements without the array writes its ``reads`` (the statements
-    after them and the appends of every step's factors) read, and the plan of a loop doing
-    those writes first (None: no such write)."""
+    """The step loop's statements without the array writes they and ``reads`` (the appends
+    of every step's factors) read, and the plan of a loop doing those writes first (None: no
+    such write). The rest of the loop no longer writes them: every mention of such an array
+    in the loop must read the row its write wrote (a read of another row would see a later
+    step's write)."""
     bound = stores_in(loop.body) | written_bases(loop.body)
     writes = [s for s in steps if written_bases([s])]
     if not writes:
@@ -201,7 +203,8 @@ def writes_first(steps: list[ast.stmt], reads: list[ast.stmt], loop: ast.For, in
                 or any(not is_name(e, index) and loads(e) & (bound | {index})
                        for e in entries) \
                 or loads(w.value) & bound or not is_pure(target.value) \
-                or not _reads_rows(target, [st for st in steps + reads if st is not w]):
+                or not _reads_rows(target, [st for st in loop.body + reads
+                                            if unparse(st) != unparse(w)]):
             raise Unsupported(f"a step reads `{base}`, which the body writes")
     loop_w = ast.copy_location(ast.For(target=clone(loop.target), iter=clone(loop.iter),
                                        body=clone(writes), orelse=[], type_comment=None), loop)
