@@ -98,9 +98,9 @@ def _carried_from_step(k: int, body: list[ast.stmt], index: str) -> bool:
     if not (isinstance(s, ast.Assign) and len(s.targets) == 1
             and isinstance(s.targets[0], ast.Name)):
         return False
-    p = s.targets[0].id
-    bound = stores_in(body) | written_bases(body)
-    return p != index and is_pure(s.value) and not loads(s.value) & bound \
+    p, written = s.targets[0].id, written_bases(body)  # `self.v[t] = ...` too
+    return p != index and is_pure(s.value) and not loads(s.value) & (stores_in(body) | written) \
+        and not any(unparse(n) in written for n in walk(s.value) if isinstance(n, ast.expr)) \
         and any(p in loads(st) for st in body[:k]) \
         and not any(p in loads(st) for st in body[k + 1:]) \
         and not any(p in stores(n) for j, st in enumerate(body) if j != k
