@@ -18,6 +18,9 @@ dtype and shape are those of the original's states: the first state ``a_0 * s0 +
 computed as the loop computes it, and every step is cast to its dtype and broadcast to its shape
 (a state's shape is fixed by the first step: later steps broadcast to it or the loop would have
 raised, and the check of the rewritten loop keeps the shapes it vectorizes alike).
+
+``previous_states(states, s0, reverse)``: what a step reads of a value the step before set (a
+name assigned at the end of the body, read before), ``s0`` at the first step.
 """
 from __future__ import annotations
 
@@ -49,3 +52,11 @@ def _steps(v, per_step: bool, first: torch.Tensor, trips: int, full: bool) -> to
     step = v.shape[1:] if per_step else v.shape
     v = v.reshape(trips if per_step else 1, *[1] * (first.dim() - len(step)), *step)
     return v.expand(trips, *(first.shape if full else v.shape[1:]))
+
+
+def previous_states(states: torch.Tensor, s0, reverse: bool) -> torch.Tensor:
+    """Every step's value of a name the step before gave it (``states`` stacked in the order of
+    the steps' index), ``s0`` (a Python number) at the first step: the state of the step before
+    in the order the loop runs, converted to the states' dtype and shape."""
+    first = torch.full_like(states[:1], s0)
+    return torch.cat([states[1:], first]) if reverse else torch.cat([first, states[:-1]])

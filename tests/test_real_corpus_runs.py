@@ -27,6 +27,8 @@ CASES = {
     "metric_proxy_nca_lists": (lambda m: m.naive, lambda args: args),
     # the negatives mask the constructor of a module made in the loss builds, `mask[i, n + i] = 0`
     "con_ntxent_mask_loop": (lambda m: m.naive, lambda args: args),
+    # GAE carried through `prev_value = values[i, 0]` and `prev_advantage = advantages[i, 0]`
+    "rl_gae_advantages": (lambda m: m.naive, lambda args: args),
 }
 
 

@@ -4,11 +4,12 @@
 ``reversed(range(T))`` that carries ``prev_value`` and ``prev_advantage`` as 0-d tensors picked
 with ``values[i, 0]``; the advantages are then standardised. The surrounding loss (clipped
 surrogate plus value regression onto ``values + advantages``) follows the repository's PPO step.
-The recurrence is real, so the loop is kept."""
+The recurrence is real: it runs as a parallel scan (``prev_value`` is the step before's
+``values[i, 0]``, ``prev_advantage`` the state of the one-element rows of ``advantages``)."""
 import torch
 
 CASE = {
-    "loops": "kept",
+    "loops": "vectorize",
     "elementwise": False,
     "sizes": {"small": "T=10 transitions", "bench": "T=4096 transitions"},
     "source": "Renzhenxuexidemaimai/DeepRL_Algorithms:Common/GAE.py",

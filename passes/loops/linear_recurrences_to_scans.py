@@ -62,7 +62,7 @@ from typing import Callable
 from ..ast_tools import PassContext, clone, is_int, is_name, is_pure, replace, unparse, walk
 from ..errors import Unsupported
 from ..linear_scan import linear_scan
-from . import iteration, loop_dataflow
+from . import iteration, loop_dataflow, scan_step_values
 from .loop_dataflow import loads, resolve_call, stores, stores_in
 from .plan import Iteration, LoopPlan, new_plan
 from .runtime_checks import proven_tensors
@@ -113,6 +113,11 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
     it = iteration.stage(LoopPlan(loop, set(), torch_name=ctx.torch_name), ctx).iteration
     if it.elements or not it.index_is_user:
         raise Unsupported("not a range")
+    lists = {k: v for k, v in known.items() if k in _LIST_FACTS}
+    loop, lagged = scan_step_values.lagged_values(loop, it.index, reverse, _position(it), ctx,
+                                                  vectorize, lists)
+    loop, picks = scan_step_values.picked_rows(loop, it.index, live_after, ctx)
+    needs += picks
     loop, initial, shown, written = _written_states(loop, it, reverse, ctx)
     needs += [replace("isinstance(x, torch.Tensor)", torch_name=ctx.torch_name, x=x)
               for x in written]
@@ -131,15 +136,17 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
     values = {}
     if not per_step:
         raise Unsupported("nothing varies with the step")
+    step_body, writes = scan_step_values.writes_first(steps, appends, loop, it.index, ctx,
+                                                      vectorize, lists)
     step_loop = ast.copy_location(ast.For(target=clone(loop.target), iter=clone(loop.iter),
-                                          body=clone(steps) + appends, orelse=[],
+                                          body=clone(step_body) + appends, orelse=[],
                                           type_comment=None), node)
-    lists = {k: v for k, v in known.items() if k in _LIST_FACTS}
     first = vectorize(new_plan(step_loop, set(), ctx, own_lists=set(per_step.values()), **lists),
                       ctx)
     if any(v.host for v in first.own_list_values.values()):
         raise Unsupported("per-step Python numbers")
-    stmts = list(first.stmts) + initial  # the loop runs at least once: its first read
+    firsts = [writes, first] if writes else [first]
+    stmts = [s for f in firsts for s in f.stmts] + initial  # the loop runs at least once
     for rec in found:
         stmts += _scan_stmt(rec, per_step, first, it, reverse, node, ctx, values)
     rest_loop, renamed = _rest_loop(loop, found, it, values, steps, live_after, ctx)
@@ -153,15 +160,22 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         raise Unsupported("the rest of a reversed loop depends on the order of the steps")
     stmts += order.before + [ast.copy_location(ast.If(test=rest.checks.expr(), body=rest.stmts,
                                                       orelse=[rest_loop]), node)] + order.after
-    rest.prelude = first.prelude + rest.prelude  # lists stacked before the loop's guard
+    # lists stacked before the loop's guard
+    rest.prelude = lagged.prelude + [s for f in firsts for s in f.prelude] + rest.prelude
     if reverse and it.index in live_after:  # the rest ran forwards: the original ends at start
         stmts += replace("t = a", loc=node, t=it.index, a=clone(it.start))
     for rec in found:
         if rec.name in live_after:
             stmts += replace(f"s = all_[{0 if reverse else -1}]", loc=node, s=rec.name,
                              all_=values[rec.name])
-    return Scan(_check(first.checks.expr(), order.checks + needs, ctx), stmts, rest,
-                [shown.get(rec.name, rec.name) for rec in found])
+    checks = [f.checks.expr() for f in firsts]
+    check = _check(checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks),
+                   order.checks + needs, ctx)
+    if lagged.check is not None:  # the steps' checks read the carried values' steps
+        stmts = lagged.stmts + [ast.copy_location(ast.If(test=check, body=stmts,
+                                                         orelse=[clone(node)]), node)]
+        check = lagged.check
+    return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found])
 
 
 def _per_step_values(found: list[_Recurrence], preludes: dict[str, list[ast.stmt]],
@@ -432,12 +446,13 @@ def _prelude(before: list[ast.stmt], rec: _Recurrence, index: str,
              bound: set[str]) -> list[ast.stmt]:
     """The statements before the recurrence that its ``a`` and ``b`` need (in order); every
     name they read that the body binds must be bound by them first (else it is carried)."""
-    needed = (loads(rec.a) | (loads(rec.b) if rec.b is not None else set())) & bound
+    written = scan_step_values.written_bases(before)  # `d[t] = ...` then `d[t]` read
+    needed = (loads(rec.a) | (loads(rec.b) if rec.b is not None else set())) & (bound | written)
     picked = []
     for s in reversed(before):
-        if stores_in([s]) & needed:
+        if (stores_in([s]) | scan_step_values.written_bases([s])) & needed:
             picked.insert(0, s)
-            needed |= (loads(s) & bound) - stores(s)
+            needed |= (loads(s) & (bound | written)) - stores(s)
     carried: dict[str, ast.stmt] = {}
     tail = [ast.Expr(rec.a)] + ([ast.Expr(rec.b)] if rec.b is not None else [])
     loop_dataflow.exposed_reads(picked + tail, {index}, bound, carried)
