@@ -13,7 +13,9 @@ a time in one [k, n, m] buffer (in cache for moderate sets, one allocation): the
 and inf (summed in another order), without the temporary's memory traffic (5x faster at
 [2048, 2048, 3]). A double backward runs the same arithmetic with differentiable ops on the
 [n, m, D] form; both are vmappable (``generate_vmap_rule``; in-place ops into the buffer, no
-``out=``).
+``out=``). Compiled, the backward of points in 2D and 3D is one [n, m] sum per coordinate, which
+Inductor fuses with the cotangent's own ops (a min's ties) into one kernel along the points:
+chamfer's compiled forward and backward at [2048, 2048, 3] take the compiled expert's time.
 """
 from __future__ import annotations
 
