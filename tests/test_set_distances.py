@@ -166,26 +166,32 @@ def test_distances_within_one_set_compile_to_one_graph(dtype, special):
     torch.testing.assert_close(got, want, equal_nan=True)
 
 
+def _backward_graphs(f, *args) -> list[torch.fx.GraphModule]:
+    """The backward graphs AOTAutograd makes of ``f``, compiled and run backward once (the
+    gradients in the inputs' ``.grad``)."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+    backward = []
+
+    def keep_backward(gm, _):
+        backward.append(gm)
+        return gm
+    compiled = torch.compile(f, backend=lambda gm, inputs: aot_module_simplified(
+        gm, inputs, fw_compiler=lambda gm, _: gm, bw_compiler=keep_backward))
+    compiled(*args).backward()
+    return backward
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_backward_reads_the_cotangent_computed_once(dtype):
     # the cotangent of a masked maximum (``masked_fill(...).amax(1)``) goes through an opaque
     # copy, so Inductor computes it once instead of in every coordinate's sum
-    from torch._functorch.aot_autograd import aot_module_simplified
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 4, generator=gen, dtype=dtype, requires_grad=True)
     same = torch.rand(6, 6, generator=gen) > 0.5
-    graphs = []
-
-    def keep(gm, _):
-        graphs.append(gm)
-        return gm
-    compiled = torch.compile(
-        lambda x: squared_distances(x, x).masked_fill(~same, -torch.inf).amax(1).sum(),
-        backend=lambda gm, inputs: aot_module_simplified(gm, inputs, fw_compiler=keep,
-                                                         bw_compiler=keep))
-    got, = torch.autograd.grad(compiled(x), x)
+    graphs = _backward_graphs(
+        lambda x: squared_distances(x, x).masked_fill(~same, -torch.inf).amax(1).sum(), x)
     want, = torch.autograd.grad(_loop(x, x).masked_fill(~same, -torch.inf).amax(1).sum(), x)
-    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(x.grad, want)
     assert any(n.target is torch.ops.optimize_loss.computed.default
                for g in graphs for n in g.graph.nodes)
 
@@ -263,3 +269,57 @@ def test_compiled_chamfer_is_the_loops(dtype, special):
                               verify_compiled=False, keep_faster=False)
     assert_equivalent(chamfer.naive, optimized, pred.requires_grad_(), gt.requires_grad_())
     assert optimized.report.loops and all(loop.vectorized for loop in optimized.report.loops)
+
+
+def _chamfer(x, w):
+    d = squared_distances(x, w)
+    return d.amin(1).mean() + transposed(d, w, x).amin(1).mean()
+
+
+def test_compiled_backward_of_points_sums_along_the_points():
+    # points in 3D: one [n, m] sum per coordinate, the cotangent computed where it is read (a
+    # [D, n] sum of [D, n, m] terms was stored [n, D], and Inductor's loops ran along its 3
+    # coordinates: the backward 4x the expert's at [2048, 2048, 3])
+    x, w = _inputs(torch.float32, None)
+    graphs = _backward_graphs(_chamfer, x, w)
+    sums = [n for g in graphs for n in g.graph.nodes if n.target is torch.ops.aten.sum.dim_IntList]
+    assert sums and all(n.args[0].meta["val"].dim() == 2 for n in sums), sums
+    assert not any(n.target is torch.ops.optimize_loss.computed.default
+                   for g in graphs for n in g.graph.nodes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("coordinates", [1, 2])
+@pytest.mark.parametrize("special", [None, float("nan"), -float("inf")])
+def test_compiled_backward_of_few_coordinates_is_the_loops(dtype, coordinates, special):
+    # the per-coordinate sums for points on a line and in a plane, one side without a gradient
+    x, w = (t.detach()[:, :coordinates] for t in _inputs(dtype, None))
+    if special is not None:
+        x[1, -1], w[3, 0] = special, special
+    x.requires_grad_()
+    back = torch.rand(4, 5, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    back[:, 1] = 0  # 0 * inf where x[1] holds the special value
+
+    def shared(x, w):
+        d = squared_distances(x, w)
+        return d.amin(1).sum() + (transposed(d, w, x) * back).sum()
+    got, = torch.autograd.grad(torch.compile(shared, backend="aot_eager")(x, w), x)
+    want, = torch.autograd.grad(_loop(x, w).amin(1).sum() + (_loop(w, x) * back).sum(), x)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("special", ["ties", float("nan"), float("inf")])
+def test_inductor_chamfer_is_the_loops(special):
+    # the kernel Inductor makes of the per-coordinate sums: the original's value and gradients
+    g = torch.Generator().manual_seed(8)
+    x, w = torch.randn(33, 3, generator=g), torch.randn(20, 3, generator=g)
+    if special == "ties":
+        w[1], x[2] = w[0], w[0]
+    else:
+        x[1, 2], w[3, 0] = special, special
+    x.requires_grad_(), w.requires_grad_()
+    got = torch.autograd.grad(torch.compile(_chamfer)(x, w), (x, w))
+    want = torch.autograd.grad(_loop(x, w).amin(1).mean() + _loop(w, x).amin(1).mean(), (x, w))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, equal_nan=True)
