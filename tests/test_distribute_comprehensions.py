@@ -11,6 +11,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rewrite import optimize_loss
 from rewrite.testing import assert_equivalent
@@ -167,7 +169,8 @@ def test_keyed_is_equivalent(dtype, capsys):
 def test_the_same_exception():
     # shapes that do not broadcast: the original raises at the first item, the hoisted loop
     # raises the same error before the residual loop runs
-    original, optimized, _, _ = build(SOURCES["listed"])
+    original, optimized, _, report = build(SOURCES["listed"])
+    assert report.loops[0].strategy == "distributed"
     x, y = torch.randn(4, 3), torch.randn(4, 2)
     with pytest.raises(RuntimeError) as want:
         original(x, y)
@@ -192,3 +195,48 @@ def test_every_kept_loop_of_the_real_corpus_says_why_it_is_not_distributed(name)
         assert "; not distributed: " in loop.reason, f"{loop.filename}:{loop.lineno} {loop.reason}"
         verdict = loop.reason.split("; not distributed: ", 1)[1]
         assert "`_items" not in verdict, verdict  # the user's names, not the loop form's
+
+
+# Random comprehensions: an element (heavy, with an infinite derivative at 0, a host number,
+# cheap), a filter or none, and what reads the list (whole, returned, in part, printed)
+ELEMENTS = ["(x[i] * w).sum()", "torch.dot(x[i], w)", "(x[i] - w).abs().max()",
+            "torch.sqrt(x[i].abs()).sum()", "x[i].sum().item()", "i * 2.0",
+            "F.mse_loss(x[i], w)"]
+FILTERS = ["", " if i % 2 == 0", " if x[i, 0] > 0"]
+READERS = ["print(len(ls))\n    return sum(ls)", "return ls", "return ls[0]",
+           "print([round(float(v), 3) for v in ls])\n    return sum(ls)"]
+
+
+def _stacked(fn):
+    """``fn`` with a list result as one tensor of its items (their values and gradients)."""
+    def stacked(*inputs):
+        out = fn(*inputs)
+        if isinstance(out, list):
+            return torch.stack([torch.as_tensor(v, dtype=inputs[0].dtype) for v in out])
+        return torch.as_tensor(out, dtype=inputs[0].dtype)
+    return stacked
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, len(ELEMENTS) - 1), st.integers(0, len(FILTERS) - 1),
+       st.integers(0, len(READERS) - 1))
+def test_random_comprehensions_are_equivalent(element, test, reader):
+    src = (f"def f(x, w):\n    ls = [{ELEMENTS[element]} for i in range(len(x)){FILTERS[test]}]"
+           f"\n    {READERS[reader]}\n")
+    original, optimized, _, report = build(src)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[0, 1], x[4] = 0.0, torch.tensor([float("inf"), -1.0, 2.0])  # sqrt's derivative at 0, inf
+    w = torch.randn(3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    if reader == 2 and test:  # an empty list's first item: the same IndexError
+        x[:, 0] = -1.0
+    try:
+        original(x, w)
+    except IndexError as want:
+        with pytest.raises(IndexError) as got:
+            optimized(x, w)
+        assert str(got.value) == str(want)
+    else:
+        assert_equivalent(_stacked(original), _stacked(optimized), x.requires_grad_(),
+                          w.requires_grad_())
+    [loop] = [loop for loop in report.loops if loop.lineno == 2]
+    assert loop.strategy != "kept" or "; not distributed: " in loop.reason
