@@ -51,19 +51,20 @@ Vectorize = Callable[[LoopPlan, PassContext], LoopPlan]
 def split_list(stmt: ast.stmt, func: ast.FunctionDef, masks: set[str], lists: dict,
                ctx: PassContext, vectorize: Vectorize
                ) -> tuple[distribute_loops.Fission, list[ast.stmt], ast.stmt] | str | None:
-    """``name = [...]`` (``stmt``; a set or dict comprehension alike) as (the split of its loop form, the statements before the
-    loop, the statement binding the list), why it is not split, or None: ``stmt`` is no such
-    statement."""
+    """``name = [...]`` (``stmt``; a set or dict comprehension alike) as (the split of its loop
+    form, the statements before the loop, the statement binding the list), why it is not split
+    (the attempt given back, as ``verdict``'s), or None: ``stmt`` is no such statement."""
     comp = stmt.value if isinstance(stmt, ast.Assign) else None
     if not isinstance(comp, (ast.ListComp, ast.SetComp, ast.DictComp)) \
             or len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
         return None
-    point = ctx.namer.checkpoint()
+    point, notes = ctx.namer.checkpoint(), list(ctx.report.notes)
     init, loop, items, names = _loop_form(comp, ctx)
     fission = _header_refused(loop, ctx) or read_in_part(stmt, loop, items, func, ctx) \
         or distribute_loops.distribute(loop, loads(func) | {items}, masks, ctx, vectorize, lists)
     if isinstance(fission, str):
         ctx.namer.rollback(point)
+        ctx.report.notes[:] = notes
         return _told(fission, items, names)
     bind = replace("name = items", loc=stmt, name=stmt.targets[0].id, items=items)
     fission.reason = _told(fission.reason, items, names) + _RESIDUAL
