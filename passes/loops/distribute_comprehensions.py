@@ -120,10 +120,11 @@ def read_in_part(stmt: ast.stmt, loop: ast.For, items: str, func: ast.FunctionDe
     ``stmt`` (or returned: its caller may), and its items may have a NaN/inf derivative: the
     hoisted values' batched backward would also run for the items the original never
     differentiates. A list a reducer takes as a whole is read whole."""
+    if not isinstance(getattr(stmt, "value", None), normalize_comprehensions.COMPREHENSIONS):
+        return ""  # a reducer's argument, or a statement without a value
     if isinstance(stmt, ast.Return):
         return "the list is returned: its caller may read it in part"
-    if not (isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)
-            and isinstance(stmt.value, normalize_comprehensions.COMPREHENSIONS)):
+    if not (isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)):
         return ""
     name = stmt.targets[0].id
     block = next(b for n in walk(func) if isinstance(n, ast.stmt) for b in child_blocks(n)
