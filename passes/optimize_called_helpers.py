@@ -420,7 +420,7 @@ class _Redirect(Transformer):
         except (Unsupported, RewriteError) as exc:
             reason = f"helper {helper.__qualname__} is called as written: {exc}"
             self.ctx.report.notes.append(reason)
-            self._merge(_own_loops(helper, reason))
+            self._merge(_own_loops(helper, f"{reason}; {_not_distributed(helper)}"))
             return None
         self._merge(report.loops)
         # what the helper calls at run time (its notes carry their own file:line)
@@ -442,7 +442,7 @@ class _Redirect(Transformer):
         if not _is_helper(fn, self.ctx) or fn in self.unreached:
             return
         self.unreached.add(fn)
-        reason = f"not rewritten: called through {how}"
+        reason = f"not rewritten: called through {how}; {_not_distributed(fn)}"
         report = Report(fn.__qualname__, self.ctx.filename, fn.__code__.co_firstlineno)
         try:  # the rewrite only finds the loops, its own and its helpers'; it is not used
             self.ctx.rewrite_function(fn, report, rewriting=self.ctx.rewriting)
@@ -565,6 +565,11 @@ def _own(cls: type, module: dict) -> bool:
 
 def _shadowed(name: str, scope: _Scope) -> bool:
     return name in scope.local or name in scope.globals
+
+
+def _not_distributed(fn: types.FunctionType) -> str:
+    """The verdict of loop distribution on the loops of a function that runs as written."""
+    return f"not distributed: `{fn.__qualname__}` and the helpers it calls run as written"
 
 
 def _own_loops(fn: types.FunctionType, reason: str) -> list[LoopReport]:

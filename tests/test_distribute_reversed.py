@@ -96,3 +96,62 @@ def test_the_residual_loop_counts_down_with_the_same_values(dtype, capsys):
         assert got[0][0].dtype == want[0][0].dtype
         torch.testing.assert_close(got[0][0], want[0][0], equal_nan=True)
         assert_equivalent(original, optimized, x, W, 0.9)
+
+
+# over the elements of a sequence counting down, `reversed(xs)`: the hoisted loop over `xs`, the
+# residual loop as written reading its k-th iteration's values at -1 - k
+ROWS = """
+    def f(x, t):
+        total = 0
+        for r in reversed(x):
+            l = F.mse_loss(r, t, reduction='sum')
+            print(f'{l.item():.4f}')
+            total = total * 0.5 + l
+        return total, r
+    """
+ROWS_GOLDEN_TAIL = """
+        _l_all = _outs_1[0].unbind(0)
+        for _k, r in enumerate(reversed(x)):
+            l = _l_all[-1 - _k]
+            print(f'{l.item():.4f}')
+            total = total * 0.5 + l
+    else:
+        for r in reversed(x):
+            l = F.mse_loss(r, t, reduction='sum')
+            print(f'{l.item():.4f}')
+            total = total * 0.5 + l
+    return (total, r)"""
+ROWS_STOPPED = ROWS.replace("            print(", "            if l.item() > 9:\n"
+                                         "                break\n            print(")
+
+
+def test_golden_rows_counting_down():
+    code, report = rewrite_source(ROWS)
+    assert code.endswith(ROWS_GOLDEN_TAIL) and "_x_stacked" in code
+    assert report.loops[0].strategy == "distributed"
+    assert rewrite_source(code)[0] == code
+    assert_golden(ROWS_STOPPED, ROWS_STOPPED, {3: "kept"})
+    assert rewrite_source(ROWS_STOPPED)[1].loops[0].reason.endswith(
+        "not distributed: a `break` or `return` ends a loop over `reversed(x)`: its "
+        "iterations are counted first only in the order they run")
+
+
+@pytest.mark.parametrize("as_list", [False, True], ids=["tensor", "list"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_counting_down_have_the_same_values(dtype, as_list, capsys):
+    original, optimized, _, report = build(ROWS)
+    assert report.loops[0].strategy == "distributed"
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(5, 3, dtype=dtype, generator=g), torch.randn(3, dtype=dtype, generator=g)
+    for spoiled in (None, NAN, INF):
+        if spoiled is not None:
+            x[1, 2] = spoiled
+        rows = list(x.unbind(0)) if as_list else x
+        want, got = (outcome(fn, capsys, rows, t) for fn in (original, optimized))
+        assert got[1] == want[1] and want[1].count("\n") == 5  # the same lines, in order
+        torch.testing.assert_close(got[0][1], want[0][1])  # the loop variable after the loop
+        assert got[0][0].dtype == want[0][0].dtype
+        torch.testing.assert_close(got[0][0], want[0][0], equal_nan=True)
+        leaves = x.clone().requires_grad_(), t.clone().requires_grad_()
+        inputs = (list(leaves[0].unbind(0)) if as_list else leaves[0], leaves[1])
+        assert_equivalent(lambda *a: original(*a)[0], lambda *a: optimized(*a)[0], *inputs)

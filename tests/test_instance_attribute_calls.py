@@ -195,7 +195,8 @@ def test_unresolved_attribute_is_noted_with_its_candidates(user):
                     " `self.loss_fn`, resolved at run time (it may hold `getattr(self, '_' + mode)`)")
     [loop] = ctx.report.loops
     assert loop.lineno == _loop_line(user.ByName._per_image) and not loop.vectorized
-    assert loop.reason == "not rewritten: called through `self.loss_fn`, resolved at run time"
+    assert loop.reason == "not rewritten: called through `self.loss_fn`, resolved at run time; " \
+        "not distributed: `ByName._per_image` and the helpers it calls run as written"
 
 
 def test_golden_method_of_an_attribute(user):
@@ -225,7 +226,8 @@ def test_autograd_function_loops_are_reported(user):
     assert out == ast.unparse(ast.parse(parse_function(user.clamped).source))
     [loop] = ctx.report.loops
     assert loop.lineno == _loop_line(user.Clamp.backward) and not loop.vectorized
-    assert loop.reason == "not rewritten: called through `Clamp.apply(...)`, which autograd runs"
+    assert loop.reason == "not rewritten: called through `Clamp.apply(...)`, which autograd " \
+        "runs; not distributed: `Clamp.backward` and the helpers it calls run as written"
 
 
 def _inputs(dtype, seed):

@@ -78,8 +78,8 @@ the branch of a top-level ``if`` (over a range or elements): the ``break`` test 
 comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
 as written (``distribute_breaks``); a ``return`` ending such a branch likewise, the iteration
 that returns running as written. Loops with another ``break``, ``continue`` or ``return`` are
-not split. A loop over ``reversed(range(n))``: the hoisted loop runs forwards
-(``reversed_ranges``).
+not split. A loop over ``reversed(range(n))`` or ``reversed(xs)``: the hoisted loop runs
+forwards (``reversed_ranges``).
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -167,7 +167,8 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     if isinstance(it, str):
         return it
     if forward and distribute_breaks.find(body) is not None:
-        return "a `break` or `return` ends a loop over `reversed(range(...))`: its iterations " \
+        over = "range(...)" if isinstance(forward.iter, ast.Call) else unparse(forward.iter)
+        return f"a `break` or `return` ends a loop over `reversed({over})`: its iterations " \
                "are counted first only in the order they run"
     seeds = {it.index} | {name for name, _ in it.elements}
     iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
@@ -855,8 +856,9 @@ def _residual_loop(node: ast.For, it: Iteration, split: _Split, lists: dict[str,
         index = ctx.namer.new("k")
         header = replace("for k, t in enumerate(s): pass", loc=node, k=index,
                          t=clone(node.target), s=clone(node.iter))[0]
+    at = reversed_ranges.position(node, index, ctx)  # counting down over `reversed(xs)`
     reads = [replace("n = lst[k].clone()" if split.copies and name in copied else "n = lst[k]",
-                     loc=node, n=name, lst=lst, k=index)[0] for name, lst in lists.items()]
+                     loc=node, n=name, lst=lst, k=at)[0] for name, lst in lists.items()]
     loop = ast.For(target=header.target, iter=header.iter,
                    body=_residual_body(split, reads, names, index), orelse=[], type_comment=None)
     return stmts + [ast.copy_location(loop, node)]

@@ -75,6 +75,7 @@ the loop, so a stage refusing (``Unsupported``) leaves the loop as written.
 from __future__ import annotations
 
 import ast
+from typing import Callable
 
 from .. import ast_marks
 from .. import loop_rules as rules
@@ -85,7 +86,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                check_mapped_body, cleared_positions_to_masks,
                classify_effects, conditional_expressions_to_branches, counted_whiles_to_ranges,
                data_attributes_to_detach,
-               distribute_loops, divisions_by_counters,
+               distribute_comprehensions, distribute_loops, divisions_by_counters,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
                fold_accumulators,
                gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
@@ -175,6 +176,11 @@ LOOP_STAGES: list = [
 ]
 
 
+# Loop distribution hoists the iterations of a `for` loop; a `while` loop's are not known first.
+_WHILE_NOT_SPLIT = "its iterations are not counted before it runs (only `for` loops and " \
+    "counted `while` loops are split)"
+
+
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     if not any(isinstance(n, normalize_comprehensions.COMPREHENSIONS) for n in walk(tree)):
         _Vectorizer(ctx).visit(tree.body[0])
@@ -189,7 +195,9 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
         as_written = written.get((comp.lineno, comp.col_offset))
         reason = normalize_comprehensions.kept_reason(as_written, func, ctx) if as_written \
             else normalize_comprehensions.kept_reason(comp, tree.body[0], ctx)
-        vectorizer.kept(comp, reason)
+        vectorizer.kept(comp, reason, lambda: vectorizer.verdicts.get(
+            (comp.lineno, comp.col_offset)) or distribute_comprehensions.verdict(
+            as_written or comp, func if as_written else tree.body[0], ctx, vectorize))
     return tree
 
 
@@ -241,11 +249,16 @@ class _Vectorizer(Transformer):
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
         # original branch), each is reported once.
         self.seen: set[tuple[int, int]] = set()
+        # ... and why those split_list took are not distributed
+        self.verdicts: dict[tuple[int, int], str] = {}
 
-    def kept(self, comp: ast.expr, reason: str) -> None:
+    def kept(self, comp: ast.expr, reason: str, fission: Callable[[], str]) -> None:
+        """Reports ``comp`` kept for ``reason``; ``fission`` says why it is not distributed
+        (asked once per comprehension: the vectorized forms copy it)."""
         if (comp.lineno, comp.col_offset) not in self.seen:
             self.seen.add((comp.lineno, comp.col_offset))
-            self.ctx.report.add_loop(comp.lineno, False, "kept", reason)
+            self.ctx.report.add_loop(comp.lineno, False, "kept",
+                                     f"{reason}; not distributed: {fission()}")
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
@@ -294,8 +307,9 @@ class _Vectorizer(Transformer):
 
     def visit_While(self, node: ast.While) -> ast.AST:
         self.generic_visit(node)
-        self.ctx.report.add_loop(node.lineno, False, "kept", ast_marks.get(
-            node, ast_marks.NOT_COUNTED))
+        why = ast_marks.get(node, ast_marks.NOT_COUNTED)
+        self.ctx.report.add_loop(node.lineno, False, "kept",
+                                 f"{why}; not distributed: {_WHILE_NOT_SPLIT}")
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
@@ -431,7 +445,13 @@ class _Vectorizer(Transformer):
     def _comprehension(self, node: ast.stmt) -> ast.AST:
         """``sum(f(i) for i in ...)`` and friends: vectorized as the equivalent loop."""
         found = normalize_comprehensions.to_loop(node, self.ctx, self.stackable_lists)
-        if found is None:
+        if found is None:  # a list the function needs as a list: its loop may still be split
+            split = None if self.depth else distribute_comprehensions.split_list(
+                node, self.func, self.masks, self._lists(), self.ctx, vectorize)
+            if isinstance(split, str):
+                self.verdicts[(node.value.lineno, node.value.col_offset)] = split
+            elif split is not None:
+                return self._distributed(split[0], node.value, split[1], split[2], node)
             return self.generic_visit(node)
         init, loop, result, comp = found
         lineno = comp.lineno
@@ -441,10 +461,18 @@ class _Vectorizer(Transformer):
                                       local_defs=self.local_defs, **self._lists()),
                              self.ctx)
         except Unsupported as exc:
-            self.kept(comp, exc.reason)
+            # its loop may still be split: the element's heavy operand hoisted
+            fission = distribute_comprehensions.read_in_part(
+                node, loop, init[0].targets[0].id, self.func, self.ctx) \
+                or distribute_comprehensions.told(distribute_loops.distribute(
+                    loop, loads(self.func) | own | loads(result), self.masks, self.ctx,
+                    vectorize, self._lists()), init, loop, comp)
+            if not isinstance(fission, str):
+                return self._distributed(fission, comp, init, result, node)
+            self.kept(comp, exc.reason, lambda: fission)
             for other in _comprehensions(node):  # the statement runs as written
                 self.kept(other, f"in the statement of the comprehension at line {lineno}, "
-                                 "which is kept")
+                                 "which is kept", lambda: "its statement runs as written")
             return node
         if plan.own_list_values:  # torch.stack(_items) -> the stacked values themselves
             init = []
@@ -458,6 +486,20 @@ class _Vectorizer(Transformer):
         result = self._comprehension(result)  # the statement's next comprehension, if any
         guarded = _guarded(check, lineno, init + plan.stmts + [result], node, node)
         return plan.prelude + [guarded] if plan.prelude else guarded
+
+    def _distributed(self, fission: distribute_loops.Fission, comp: ast.expr,
+                     init: list[ast.stmt], result: ast.stmt, node: ast.stmt) -> ast.AST:
+        """``node``, whose comprehension ``comp`` has the loop form ``init``, the loop
+        ``fission`` split and the statement reading its ``result``: that form behind the
+        hoisted loop's check."""
+        check = fission.plan.checks.expr()
+        self.ctx.report.add_loop(comp.lineno, True, "distributed",
+                                 fission.reason + " (comprehension)" + _runs_when(
+                                     check, fission.plan.stacked, fission.plan.gathered))
+        self.seen.add((comp.lineno, comp.col_offset))
+        result = self._comprehension(result)  # the statement's next comprehension, if any
+        guarded = _guarded(check, comp.lineno, init + fission.stmts + [result], node, node)
+        return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
 
     def _lists(self) -> dict[str, frozenset[str]]:
         """The lists a plan may stack or gather: none for an inner loop (its prelude would be a
