@@ -389,8 +389,9 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
     against the rewritten function, forward+backward, in alternating rounds for at least
     ``min_time`` and ``LOOP_ROUNDS`` rounds within ``budget`` seconds per loop (``samples``,
     ``paired_samples``: the rewritten function's and the loop's form's seconds per call; on one
-    thread also their CPU times, ``cpu_samples`` and ``paired_cpu_samples``). ``started()``
-    before each timed loop; ``done(rows)`` with the rows so far after each loop."""
+    thread also their CPU times, ``cpu_samples`` and ``paired_cpu_samples``); then, in the
+    same way, the loop's region alone (``region``: ``_timed_region``). ``started()`` before
+    each of the two; ``done(rows)`` with the rows so far after each loop."""
     report, rows = fn.report, []
     rewritten = fwd_bwd(fn.rewritten_function(), inputs)
     ran = [report.ran_vectorized(loop) for loop in report.loops]
