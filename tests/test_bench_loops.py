@@ -250,6 +250,8 @@ def test_per_loop_bench_writes_the_table_and_the_json(tmp_path):
     [row] = data["cases"]["per_sample_sq"]["loops"]
     assert row["ran_vectorized"] and row["as_written"] == [row["line"]] and row["class"] is None
     assert row["speedup"]["value"] > 0 and len(row["samples"]) >= bench_worker.LOOP_ROUNDS
+    assert row["region"]["line"] == row["line"] and len(row["region"]["samples"]) >= bench_worker.LOOP_ROUNDS
+    assert row["speedup"]["value"] == pytest.approx(bench_loops.call_speedup(row["region"]).value)
     assert set(data["cases"]["per_sample_sq"]["variants"]) == {"optimized_per_loop"}
     assert data["targets"]["R1"]["met"] is None and "--per-loop" in data["meta"]["command"]
     assert f"per_sample_sq.py:{row['line']} | – | vectorized" in text and "| R1 |" in text
