@@ -38,6 +38,7 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.utils._pytree import tree_flatten, tree_map
 
 from passes import loop_regions, loop_run_counters
+from passes.ast_tools import clone
 from passes.loops_as_written import as_written
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
@@ -194,7 +195,7 @@ class OptimizedFunction:
         return LoopRegion(line, {name: values[name] for name in params},
                           frozenset(loop_regions.live_outs(guard, func)),
                           frontend.build_function(module, parsed, bindings),
-                          frontend.build_function(kept(module), parsed,
+                          frontend.build_function(kept(clone(module)), parsed,
                                                   _transformed_helpers(bindings, kept, {})))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
