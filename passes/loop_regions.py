@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 from collections import Counter
 
-from .ast_tools import Transformer, clone, fix_missing_locations, replace, walk
+from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, unparse, walk
 from .loops.loop_dataflow import stores_in
 from .loops.runtime_checks import guard_line, is_vectorized_guard
 
@@ -81,11 +81,30 @@ def region_function(guard: ast.If, func: ast.FunctionDef, params: list[str]) -> 
         kind = type(escape).__name__.lower() if isinstance(escape, _LEAVES) else "yield"
         raise ValueError(f"the region of the loop at line {guard_line(guard)} has a "
                          f"`{kind}` out of it (line {escape.lineno})")
+    written = _attribute_writes(guard, set(params))
+    if written:  # shared objects: every call would add to what the last one left
+        raise ValueError(f"the region of the loop at line {guard_line(guard)} writes into an "
+                         f"attribute of a value it reads (`{unparse(written[0])}`)")
     [new] = replace("def f():\n    return locals()", loc=guard)
     new.name = func.name
     new.args.args = [ast.arg(name) for name in params]
     new.body.insert(0, clone(guard))
     return fix_missing_locations(ast.Module(body=[new], type_ignores=[]))
+
+
+def _attribute_writes(guard: ast.If, params: set[str]) -> list[ast.expr]:
+    """The targets under ``guard`` that write into an attribute of a parameter, or into what it
+    holds (``self.total = ...``, ``self.returns[t] = ...``)."""
+    found = []
+    for node in walk(guard):
+        if isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, ast.Store):
+            chain, part = [], node
+            while isinstance(part, (ast.Attribute, ast.Subscript)):  # down to the root name
+                chain.append(part)
+                part = part.value
+            if any(isinstance(p, ast.Attribute) for p in chain) and root_name(node) in params:
+                found.append(node)
+    return found
 
 
 def _same_scope(stmts: list[ast.stmt]):

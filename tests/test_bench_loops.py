@@ -340,7 +340,10 @@ def f(xs):
 
 
 @pytest.mark.parametrize("body, escapes", [("y = v", None), ("break", None),
-                                           ("return v", "return"), ("yield v", "yield")])
+                                           ("x[x.i] = v", None), ("return v", "`return` out of it"),
+                                           ("yield v", "`yield` out of it"),
+                                           ("x.total += v", "reads .`x.total`"),
+                                           ("x.rows[v] = v", r"reads .`x.rows\[v\]`")])
 def test_a_region_that_leaves_its_block_is_not_made_a_function(body, escapes):
     tree = ast.parse(GUARDED.replace("BODY", body))
     guard, func = loop_regions.find_guard(tree, 9)
@@ -349,6 +352,6 @@ def test_a_region_that_leaves_its_block_is_not_made_a_function(body, escapes):
         made = loop_regions.region_function(guard, func, ["x"]).body[0]
         assert ast.unparse(made.args) == "x" and ast.unparse(made.body[-1]) == "return locals()"
     else:
-        with pytest.raises(ValueError, match=f"`{escapes}` out of it"):
+        with pytest.raises(ValueError, match=escapes):
             loop_regions.region_function(guard, func, ["x"])
     assert loop_regions.find_guard(tree, 8) is None
