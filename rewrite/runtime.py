@@ -31,13 +31,14 @@ import types
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.utils._pytree import tree_flatten, tree_map
 
-from passes import loop_run_counters
+from passes import loop_regions, loop_run_counters
+from passes.ast_tools import clone
 from passes.loops_as_written import as_written
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
@@ -73,6 +74,25 @@ class Options:
     # original over a few calls, keep the faster (``rewrite.keep_faster``)
     keep_faster: bool = True
     example_inputs: Any = None   # argument tuple (or a callable returning one) for the CLI
+
+
+class VmappedRegion(ValueError):
+    """``OptimizedFunction.loop_region``: the region runs inside a vmapped body (a helper's loop
+    that a vectorized loop's body calls): the caller's region holds it."""
+
+
+@dataclass(frozen=True)
+class LoopRegion:
+    """A vectorized loop's region (``OptimizedFunction.loop_region``): the guard of the loop at
+    ``line``, as it runs (``vectorized``: its check, then the vectorized form) and with the loops
+    as written (``as_written``), each a function of the names ``live_ins`` holds what a call
+    read (tensors detached, requiring grad as they did) returning its locals, among them the
+    names of ``live_outs``, which the function reads after the region."""
+    line: int
+    live_ins: dict[str, Any]
+    live_outs: frozenset[str]
+    vectorized: Callable[..., dict[str, Any]]
+    as_written: Callable[..., dict[str, Any]]
 
 
 class OptimizedFunction:
@@ -135,6 +155,48 @@ class OptimizedFunction:
         if rewritten is None:
             raise ValueError(f"{self._report.function}: nothing was rewritten")
         return self._as_written(rewritten, frozenset(lines))
+
+    def loop_region(self, lines: Iterable[int], *args: Any, **kwargs: Any) -> LoopRegion:
+        """The region of the vectorized loops at ``lines`` (in the rewritten function or its
+        rewritten helpers) as two functions of its own, to time a loop alone: the guard of the
+        first of them that a call with ``args`` reaches (the outermost: an inner loop's guard runs
+        inside the outer one's, a helper's inside its caller's), with what it read in that call
+        (``passes.loop_regions``). Raises ValueError when no such guard ran, or its region is
+        not a block of its own."""
+        rewritten = self._rewrite()
+        if rewritten is None:
+            raise ValueError(f"{self._report.function}: nothing was rewritten")
+        lines, seen = frozenset(lines), {}
+
+        def record(line: int, values: dict[str, Any]) -> None:
+            if not seen and torch._C._functorch.maybe_current_level() is not None:
+                raise VmappedRegion(f"the loop at line {line} runs inside a vmapped function")
+            if not seen:  # copies: the rest of the call may change them in place
+                seen[line] = {name: tree_map(_captured, value) for name, value in values.items()}
+        self._copy(rewritten, functools.partial(loop_regions.probe, lines=lines, recorder=_PROBE),
+                   {_PROBE: record})(*args, **kwargs)
+        if not seen:
+            raise ValueError(f"{self._report.function}: no vectorized loop at lines "
+                             f"{sorted(lines)} ran")
+        [(line, values)] = seen.items()
+        main = self._parts(rewritten, _unchanged)
+        for tree, parsed, bindings in [main, *_helper_parts(main[2])]:
+            found = loop_regions.find_guard(tree, line)
+            if found is not None:
+                break
+        else:
+            raise ValueError(f"the loop at line {line} runs inside a function nested in the "
+                             f"rewritten one")
+        guard, func = found
+        free = set(bindings) | set(parsed.fn.__code__.co_freevars)
+        params = sorted(loop_regions.uses(guard) & values.keys() - free)
+        module = loop_regions.region_function(guard, func, params)
+        kept = functools.partial(as_written, lines=lines)
+        return LoopRegion(line, {name: values[name] for name in params},
+                          frozenset(loop_regions.live_outs(guard, func)),
+                          frontend.build_function(module, parsed, bindings),
+                          frontend.build_function(kept(clone(module)), parsed,
+                                                  _transformed_helpers(bindings, kept, {})))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fast = self._fast
@@ -395,6 +457,14 @@ class OptimizedFunction:
               extra: dict[str, Any]) -> Callable:
         """``rewritten`` built again from its source after ``transform``, and so are the rewritten
         helpers it calls; ``extra``: names the transformed code uses."""
+        tree, parsed, bindings = self._parts(rewritten, transform)
+        return frontend.build_function(
+            tree, parsed, {**_transformed_helpers(bindings, transform, extra), **extra})
+
+    def _parts(self, rewritten: Callable, transform: Callable[[ast.Module], ast.Module]
+               ) -> tuple[ast.Module, frontend.ParsedFunction, dict[str, Any]]:
+        """What builds ``rewritten`` again: its tree after ``transform``, the function it was
+        parsed from, and the names bound into it (the rewritten helpers among them)."""
         report = self._report
         tree = _transformed(report.rewritten_source, report.lineno, transform)
         own = set(self._original.__code__.co_freevars)
@@ -402,8 +472,7 @@ class OptimizedFunction:
         bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
         parsed = frontend.ParsedFunction(self._original, tree, report.filename,
                                          report.lineno, report.original_source, "torch")
-        return frontend.build_function(
-            tree, parsed, {**_transformed_helpers(bindings, transform, extra), **extra})
+        return tree, parsed, bindings
 
     def _recover(self, key: Any, impl: Callable, exc: Exception, args: tuple, kwargs: dict,
                  saved: _Saved | None) -> Any:
@@ -516,6 +585,7 @@ def _rewrite_pending(_: Any) -> None:
         finally:
             fn._lock.release()
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
+_PROBE = "_optimize_loss_probe"  # what records a loop region's live-ins, in the probed copy
 
 
 def _transformed_helpers(bindings: dict[str, Any], transform: Callable[[ast.Module], ast.Module],
@@ -534,6 +604,28 @@ def _transformed_helpers(bindings: dict[str, Any], transform: Callable[[ast.Modu
             _transformed(source, parsed.lineno, transform), parsed,
             {**_transformed_helpers(own, transform, extra), **extra})
     return copies
+
+
+def _helper_parts(bindings: dict[str, Any]) -> Iterator[tuple[ast.Module, frontend.ParsedFunction,
+                                                                dict[str, Any]]]:
+    """``OptimizedFunction._parts`` of the rewritten helpers among ``bindings``, and of theirs."""
+    for value in bindings.values():
+        rewrite_of = getattr(value, frontend.REWRITE_OF, None)
+        if rewrite_of is not None:
+            source, parsed, own = rewrite_of
+            yield _transformed(source, parsed.lineno, _unchanged), parsed, own
+            yield from _helper_parts(own)
+
+
+def _unchanged(tree: ast.Module) -> ast.Module:
+    return tree
+
+
+def _captured(value: Any) -> Any:
+    """A tensor's copy outside the call's graph, requiring grad as it did; other values as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone().requires_grad_(value.requires_grad)
+    return value
 
 
 def _transformed(source: str, lineno: int, transform: Callable[[ast.Module], ast.Module]) -> ast.Module:

@@ -3,6 +3,7 @@ from alternating rounds, the count against the goal, the table. Clocks are fakes
 matter: no measured time is asserted."""
 from __future__ import annotations
 
+import ast
 import json
 import math
 import textwrap
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 import examples.real
+from passes import loop_regions
 from passes.report import Report
 from rewrite import assert_equivalent, optimize_loss
+from rewrite.runtime import LoopRegion, VmappedRegion
 from rewrite.tools import bench_loops, bench_worker
 from rewrite.tools.bench_report import Ratio
 from rewrite.tools.cli import main
@@ -36,19 +39,31 @@ class FakeClock:
         monkeypatch.setattr(bench_worker.time, "process_time", lambda: self.now)
         monkeypatch.setattr(bench_worker.torch, "get_num_threads", lambda: 1)
 
-    def costing(self, seconds):
-        def call(*args):
+    def costing(self, seconds, result=None):
+        def call(*args, **kwargs):
             self.now += seconds
-            return torch.zeros(())
+            return torch.zeros(()) if result is None else result
         return call
 
 
 class FakeOptimized:
     """An optimized function's report and forms: the rewritten function costs 1 ms, with the
-    loops at some lines as written ``costs[lines]`` (its calls raise when that is an exception)."""
+    loops at some lines as written ``costs[lines]`` (its calls raise when that is an exception);
+    the region of the loops at some lines (``regions[lines]``: its line, and the costs of its
+    vectorized and as-written forms; an exception it raises) has no live-ins."""
 
-    def __init__(self, clock, report, costs):
+    def __init__(self, clock, report, costs, regions=None):
         self.report, self.clock, self.costs, self.asked = report, clock, costs, []
+        self.regions, self.regions_asked = regions or {}, []
+
+    def loop_region(self, lines, *inputs):
+        self.regions_asked.append(tuple(lines))
+        region = self.regions.get(tuple(lines), ValueError("no region"))
+        if isinstance(region, Exception):
+            raise region
+        line, vectorized, written = region
+        return LoopRegion(line, {}, frozenset(), self.clock.costing(vectorized, {}),
+                          self.clock.costing(written, {}))
 
     def rewritten_function(self):
         return self.clock.costing(1e-3)
@@ -70,21 +85,29 @@ def test_each_loop_that_ran_vectorized_is_timed_against_its_own_form(user, monke
     beside = report.add_loop(13, True, "batched", "")  # its runtime check was false
     kept = report.add_loop(20, False, "kept", "why")
     outer.vectorized_runs, beside.original_runs = 1, 1
-    fn = FakeOptimized(clock, report, {(6,): 3e-3, (6, 7): 4e-3})
+    # the whole call: 1 ms rewritten, 3 ms (4 ms) with the loop(s) as written; the region:
+    # the outer loop's, 0.1 ms vectorized, 0.8 ms (0.6 ms when asked for both lines) as written
+    fn = FakeOptimized(clock, report, {(6,): 3e-3, (6, 7): 4e-3},
+                       {(6,): (6, 1e-4, 8e-4), (6, 7): (6, 1e-4, 6e-4)})
     started, done = [], []
     bench_worker.loop_speedups(fn, (torch.zeros(2, requires_grad=True),), 1.0, 0.01,
                                lambda: started.append(clock.now), done.append)
     rows = done[-1]
     assert [r["line"] for r in rows] == [6, 7, 13, 20] and len(done) == 4
     # the inner loop runs inside the outer loop's vectorized form: both as written in its form
-    assert fn.asked == [(6,), (6, 7)] and len(started) == 2
+    assert fn.asked == [(6,), (6, 7)] and fn.regions_asked == [(6,), (6, 7)]
+    assert len(started) == 4  # a budget for the whole call's rounds, one for the region's
     assert [r.get("as_written") for r in rows] == [[6], [6, 7], None, None]
     assert [r["ran_vectorized"] for r in rows] == [True, True, False, False]
+    assert rows[1]["region"]["line"] == 6 and rows[1]["region"]["live_outs"] == []
     speedups = [bench_loops.loop_speedup(r) for r in rows]
     # every round the same: the median and its interval are the ratio of the two forms' costs
-    assert (speedups[0].value, speedups[0].low, speedups[0].high) == pytest.approx((3.0, 3.0, 3.0))
-    assert speedups[1].value == pytest.approx(4.0)
+    assert (speedups[0].value, speedups[0].low, speedups[0].high) == pytest.approx((8.0, 8.0, 8.0))
+    assert speedups[1].value == pytest.approx(6.0)
     assert speedups[2:] == [None, None]
+    calls = [bench_loops.call_speedup(r) for r in rows]
+    assert (calls[0].value, calls[0].low, calls[0].high) == pytest.approx((3.0, 3.0, 3.0))
+    assert calls[1].value == pytest.approx(4.0)
     assert len(rows[0]["cpu_samples"]) >= bench_worker.LOOP_ROUNDS - 1  # rounds after the estimate
     assert rows[3]["runs"] == kept.runs()
 
@@ -108,6 +131,28 @@ def test_a_loop_that_cannot_run_as_written_alone_is_timed_with_its_caller(user, 
     assert failing["error"] == "RuntimeError: vmap: data-dependent control flow"
     assert bench_loops.loop_speedup(failing) is None and "as_written" not in failing
     assert fn.asked[-3:] == [(7,), (7, 13), (6, 7)]
+    # no region could be isolated: the whole call's speedup stands for the loop's own
+    assert helper["region"] == {"error": "ValueError: no region"}
+    assert bench_loops.loop_speedup(helper) == bench_loops.call_speedup(helper)
+
+
+def test_a_region_inside_a_vmapped_body_is_timed_as_its_callers(user, monkeypatch):
+    # the helper's loop at 13 runs vectorized inside the vmapped body of the loop at 6, and its
+    # whole call runs as written alone: its region is the caller's; any other failure is said
+    clock = FakeClock(monkeypatch)
+    report = Report("beside", user.__file__, 11)
+    for line in (6, 13, 7):
+        report.add_loop(line, True, "vmap", "").vectorized_runs = 1
+    fn = FakeOptimized(clock, report, {(6,): 2e-3, (13,): 2e-3, (7,): 2e-3},
+                       {(6,): (6, 1e-4, 5e-4), (13,): VmappedRegion("inside"),
+                        (13, 6): (6, 1e-4, 5e-4), (7,): ValueError("a `return` out of it"),
+                        (7, 6): (6, 1e-4, 5e-4)})
+    done = []
+    bench_worker.loop_speedups(fn, (torch.zeros(2),), 1.0, 0.01, lambda: None, done.append)
+    caller, helper, other = done[-1]
+    assert helper["region"]["line"] == 6 and bench_loops.loop_speedup(helper).value == pytest.approx(5.0)
+    assert other["region"] == {"error": "ValueError: a `return` out of it"}
+    assert fn.regions_asked == [(6,), (13,), (13, 6), (7,)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -129,17 +174,22 @@ def test_the_form_with_a_loop_as_written_runs_it_so(user, monkeypatch, dtype):
         nothing.rewritten_with_loops_as_written([1])
 
 
-def _row(line, kind, ran=True, speedup=None, vectorized=True, own=1, as_written=None, error=None):
+def _row(line, kind, ran=True, speedup=None, vectorized=True, own=1, as_written=None, error=None,
+         region=None, whole=None):
     return {"file": "x.py", "line": line, "where": f"x.py:{line}", "class": kind, "why": "",
             "vectorized": vectorized, "strategy": "vmap" if vectorized else "kept",
             "runs": {"vectorized": own, "failed": 0, "as_written": 0, "last_failure": ""},
-            "ran_vectorized": ran, "speedup": speedup,
-            **({"as_written": as_written or [line]} if ran else {}), **({"error": error} if error else {})}
+            "ran_vectorized": ran, "speedup": speedup, "call_speedup": whole,
+            **({"as_written": as_written or [line]} if ran else {}), **({"error": error} if error else {}),
+            **({"region": region} if region else {})}
 
 
-ROWS = [_row(1, "independent", speedup=Ratio(3.0, False, 2.0, 4.0)),
-        _row(2, "independent", speedup=Ratio(1.6, False, 1.2, 2.0), own=0, as_written=[1, 2]),
-        _row(3, "independent", speedup=Ratio(1.2, False, 1.1, 1.3)),
+ROWS = [_row(1, "independent", speedup=Ratio(3.0, False, 2.0, 4.0), region={"line": 1},
+             whole=Ratio(1.1, False, 1.0, 1.2)),
+        _row(2, "independent", speedup=Ratio(1.6, False, 1.2, 2.0), own=0, as_written=[1, 2],
+             region={"line": 1}, whole=Ratio(1.02, False, 1.0, 1.1)),
+        _row(3, "independent", speedup=Ratio(1.2, False, 1.1, 1.3), region={"error": "ValueError: why"},
+             whole=Ratio(1.2, False, 1.1, 1.3)),
         _row(4, "independent", ran=False, own=0),
         _row(5, "independent", ran=False, vectorized=False, own=0),
         _row(6, "dependent", speedup=Ratio(9.0, False, 8.0, 10.0)),
@@ -164,13 +214,19 @@ def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
     text = bench_loops.markdown(meta, {"x": ROWS}, counts, bench_loops.loop_target(counts))
     lines = text.splitlines()
     assert meta["command"] in text and "(CPU times)" in text and "| R1 |" in text
-    assert "| x.py:1 | independent | vectorized (vmap) | vectorized 1, as written 0 | 1 | 3× (2–4) ✓ |" in lines
+    assert "Speedup of the loop** (R1 is judged on it): the loop's region alone" in text
+    assert "| region | speedup of the loop | whole call |" in text
+    assert ("| x.py:1 | independent | vectorized (vmap) | vectorized 1, as written 0 | 1 | 1 | "
+            "3× (2–4) ✓ | 1.1× (1–1.2) |") in lines
     assert ("| x.py:2 | independent | vectorized (vmap) | vectorized 0, as written 0 (inside the "
-            "vectorized form of line 1) | 1, 2 | 1.6× (1.2–2) ✓ |") in lines
-    assert "| x.py:3 | independent | vectorized (vmap) | vectorized 1, as written 0 | 3 | 1.2× (1.1–1.3) ✗ |" in lines
-    assert "| x.py:4 | independent | vectorized (vmap) | vectorized 0, as written 0 | – | did not run vectorized |" in lines
-    assert "| x.py:5 | independent | kept | – | – | – |" in lines
-    assert lines[-1] == "| x.py:7 | independent | vectorized (vmap) | vectorized 1, as written 0 | 7 | not timed, as written it raised RuntimeError: vmap |"
+            "vectorized form of line 1) | 1, 2 | 1 | 1.6× (1.2–2) ✓ | 1.02× (1–1.1) |") in lines
+    assert ("| x.py:3 | independent | vectorized (vmap) | vectorized 1, as written 0 | 3 | – | "
+            "1.2× (1.1–1.3) ✗ (whole call: region not isolated, ValueError: why) | 1.2× (1.1–1.3) |") in lines
+    assert ("| x.py:4 | independent | vectorized (vmap) | vectorized 0, as written 0 | – | – | "
+            "did not run vectorized | – |") in lines
+    assert "| x.py:5 | independent | kept | – | – | – | – | – |" in lines
+    assert lines[-1] == ("| x.py:7 | independent | vectorized (vmap) | vectorized 1, as written 0 | 7 | – | "
+                         "not timed, as written it raised RuntimeError: vmap | – |")
 
 
 def test_the_real_corpus_classifies_its_loops_for_the_bench(tmp_path):
@@ -194,6 +250,108 @@ def test_per_loop_bench_writes_the_table_and_the_json(tmp_path):
     [row] = data["cases"]["per_sample_sq"]["loops"]
     assert row["ran_vectorized"] and row["as_written"] == [row["line"]] and row["class"] is None
     assert row["speedup"]["value"] > 0 and len(row["samples"]) >= bench_worker.LOOP_ROUNDS
+    assert row["region"]["line"] == row["line"] and len(row["region"]["samples"]) >= bench_worker.LOOP_ROUNDS
+    assert row["speedup"]["value"] == pytest.approx(bench_loops.call_speedup(row["region"]).value)
     assert set(data["cases"]["per_sample_sq"]["variants"]) == {"optimized_per_loop"}
     assert data["targets"]["R1"]["met"] is None and "--per-loop" in data["meta"]["command"]
     assert f"per_sample_sq.py:{row['line']} | – | vectorized" in text and "| R1 |" in text
+
+
+REGION = """
+import torch
+
+def rows(x):
+    out = torch.zeros(x.shape[0], dtype=x.dtype)
+    for i in range(x.shape[0]):
+        out[i] = x[i].sum()
+    return out
+
+def loss(x, w):
+    scaled = x * 2
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + (scaled[i] * w).sum() ** 2
+    parts = []
+    for i in range(x.shape[0]):
+        parts.append(scaled[i].exp().mean())
+    return total + torch.stack(parts).sum() + rows(scaled).sum()
+"""  # loops at lines 6 (in a helper), 13 and 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_loop_region_runs_alone_on_what_it_read_in_a_call(tmp_path, dtype):
+    module = load_module(tmp_path, REGION)
+    fn = optimize_loss(module.loss, compile=False)
+    x = torch.randn(3, 4, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, dtype=dtype, requires_grad=True)
+    fn(x, w)
+    region = fn.loop_region([13], x, w)
+    # live-ins: what it reads (a value computed before it, detached, requiring grad as it did);
+    # live-outs: what it binds that the function reads after it
+    assert region.line == 13 and sorted(region.live_ins) == ["scaled", "total", "w", "x"]
+    assert torch.equal(region.live_ins["scaled"], x * 2) and region.live_ins["scaled"].is_leaf
+    assert region.live_ins["scaled"].requires_grad and region.live_ins["total"] == 0
+    assert region.live_outs == {"i", "total"}
+    vectorized, written, names = bench_worker.region_steps(region)
+    assert names == ["total"]
+    (out_v, grads_v), (out_w, grads_w) = vectorized(), written()
+    # the expected values: the loop as the user wrote it, from the same values
+    scaled, w2 = (x * 2).detach().requires_grad_(), w.detach().requires_grad_()
+    total = sum((scaled[i] * w2).sum() ** 2 for i in range(3))
+    expected = torch.autograd.grad(total, [scaled, w2], bench_worker._cotangent(total, 0))
+    for out, grads in ((out_v, grads_v), (out_w, grads_w)):
+        assert out["total"].dtype == dtype and torch.allclose(out["total"], total)
+        assert grads[2] is None  # x: read for its shape only
+        assert all(torch.allclose(g, e) for g, e in zip(grads[:2], expected))
+
+
+def test_a_region_that_writes_into_a_live_in_returns_it_and_gets_a_copy_each_call(tmp_path):
+    # the helper's loop writes rows of `out`, made before it; a list appended to is an output
+    module = load_module(tmp_path, REGION)
+    fn = optimize_loss(module.loss, compile=False)
+    x, w = torch.randn(3, 4, requires_grad=True), torch.randn(4, requires_grad=True)
+    fn(x, w)
+    region = fn.loop_region([6], x, w)
+    assert region.line == 6 and sorted(region.live_ins) == ["out", "x"] and not region.live_outs
+    assert torch.equal(region.live_ins["out"], torch.zeros(3))  # as the call had it before the loop
+    vectorized, written, names = bench_worker.region_steps(region)
+    assert names == ["out"]
+    first, again = written(), written()
+    assert torch.equal(first[0]["out"], again[0]["out"]) and torch.equal(first[1][0], again[1][0])
+    assert torch.equal(vectorized()[0]["out"], (x * 2).sum(1).detach())
+    assert torch.equal(region.live_ins["out"], torch.zeros(3))  # never written itself
+    appended = fn.loop_region([16], x, w)
+    assert bench_worker.region_steps(appended)[2] == ["parts"] and appended.live_ins["parts"] == []
+    with pytest.raises(ValueError, match="no vectorized loop at lines"):
+        fn.loop_region([99], x, w)
+
+
+GUARDED = """
+def f(xs):
+    for x in xs:
+        if x > 0:
+            'optimize_loss: loop at line 9 vectorized'
+            y = x
+        else:
+            for v in x:
+                BODY
+    return y
+"""
+
+
+@pytest.mark.parametrize("body, escapes", [("y = v", None), ("break", None),
+                                           ("x[x.i] = v", None), ("return v", "`return` out of it"),
+                                           ("yield v", "`yield` out of it"),
+                                           ("x.total += v", "reads .`x.total`"),
+                                           ("x.rows[v] = v", r"reads .`x.rows\[v\]`")])
+def test_a_region_that_leaves_its_block_is_not_made_a_function(body, escapes):
+    tree = ast.parse(GUARDED.replace("BODY", body))
+    guard, func = loop_regions.find_guard(tree, 9)
+    assert loop_regions.live_outs(guard, func) == {"y"}
+    if escapes is None:
+        made = loop_regions.region_function(guard, func, ["x"]).body[0]
+        assert ast.unparse(made.args) == "x" and ast.unparse(made.body[-1]) == "return locals()"
+    else:
+        with pytest.raises(ValueError, match=escapes):
+            loop_regions.region_function(guard, func, ["x"])
+    assert loop_regions.find_guard(tree, 8) is None

@@ -3,15 +3,22 @@ vectorized form gains, measured loop by loop.
 
 A case's speedup over its naive code mixes every loop with the work around them: a loss with
 several loops, or with much work outside its loops, is not much faster even when each loop is.
-Here the rewritten function (``compile=False``) is timed against the same function with one
-loop as written (``OptimizedFunction.rewritten_with_loops_as_written``, the forms the choice of
-form times per loop), forward+backward at the ``bench`` size, in rounds that alternate the two
-(``bench_worker.loop_speedups``); a loop's speedup is the median over rounds of the as-written
-form's time over the rewritten one's (CPU times on one thread), with its 95% interval. Timed
-are the loops that ran vectorized in the first call, by the report's run-time counts (by
-themselves, or inside an outer loop's vectorized form: then that outer loop is as written too,
-since the inner loop's vectorized form is part of it; so is the loop whose vmapped body calls a
-helper's loop that cannot run as written there).
+Here each loop that ran vectorized in the first call (the report's run-time counts: by itself,
+or inside an outer loop's vectorized form) is timed twice at the ``bench`` size, forward+backward,
+in rounds that alternate its two forms (``bench_worker.loop_speedups``); a speedup is the median
+over rounds of the as-written form's time over the vectorized one's (CPU times on one thread),
+with its 95% interval:
+
+- the loop's own (``loop_speedup``, what the count judges): its region alone
+  (``OptimizedFunction.loop_region``: the guard ``if <check>: <vectorized> else: <the loop>``
+  as a function of what it read in a call, ``bench_worker.region_steps``), the guard against
+  its loop as written; for an inner loop the region of the outer loop whose vectorized form
+  runs it, for a helper's loop in a vmapped body its caller's. Where a region cannot be
+  isolated, the whole call's speedup stands for it (nearer 1 than the loop's own);
+- the whole call's (``call_speedup``): the rewritten function (``compile=False``) against the
+  same function with that loop as written (``OptimizedFunction.rewritten_with_loops_as_written``;
+  with the outer loop whose vectorized form runs it, and the loop whose vmapped body calls a
+  helper's loop that cannot run as written there).
 
 A suite may classify its loops by what their iterations do (``SUITE_DIR/loop_classes.py``:
 ``loop_class(case, line)`` and ``INDEPENDENT``, as ``examples/real/`` does): the count then says
@@ -43,8 +50,16 @@ def loop_classes(suite: Path) -> ModuleType | None:
 
 
 def loop_speedup(row: dict) -> Ratio | None:
-    """The loop's form (as written) over the rewritten function, round by round: CPU times
-    when they were taken (one thread), else wall times; None when it was not timed."""
+    """The loop's own speedup: its region as written over vectorized (``region``), else, when
+    the region could not be isolated, the whole call's (``call_speedup``: the work around the
+    loop is in both forms, so it is nearer 1 than the loop's own); None when it was not timed."""
+    return call_speedup(row.get("region")) or call_speedup(row)
+
+
+def call_speedup(row: dict | None) -> Ratio | None:
+    """The as-written form over the vectorized one, round by round: CPU times when they were
+    taken (one thread), else wall times; None when it was not timed."""
+    row = row or {}
     return cpu_paired_ratio(row) or paired_ratio(row.get("paired_samples"), row.get("samples"))
 
 
@@ -57,7 +72,7 @@ def analyse_loops(case: str, result: dict | None, classes: ModuleType | None) ->
         kind, why = classes.loop_class(case, row["line"]) if classes else (None, None)
         path = os.path.relpath(row["file"]) if row["file"].startswith(os.getcwd()) else row["file"]
         rows.append({**row, "where": f"{path}:{row['line']}", "class": kind, "why": why,
-                     "speedup": loop_speedup(row)})
+                     "speedup": loop_speedup(row), "call_speedup": call_speedup(row)})
     return rows
 
 
@@ -88,20 +103,29 @@ def markdown(meta: dict, rows: dict[str, list[dict]], counts: dict, target: dict
     """The per-loop document: how it was measured, the count, and a row per loop."""
     out = ["# LossBench per loop", "", run_line(meta), "",
            f"Each loop that ran vectorized in the first call at the `bench` size (the report's "
-           f"run-time counts) is timed: the rewritten function (`compile=False`) against the same "
-           f"function with that loop as written (with the loop around it whose vectorized form ran "
-           f"it, for an inner loop; with the loop whose vmapped body calls it, for a helper's loop "
-           f"that cannot run as written inside it: the lines in the column \"timed as written\"), "
-           f"forward+backward, in rounds alternating the two for at least "
-           f"{meta['min_time_s']:g} s within {meta['budget_s']:g} s per loop; speedup: the median "
-           f"over rounds of the as-written form's time over the rewritten one's "
-           f"({'CPU' if meta['threads'] == 1 else 'wall'} times), with its 95% interval.", "",
+           f"run-time counts) is timed twice, forward+backward, in rounds alternating its two "
+           f"forms for at least {meta['min_time_s']:g} s within {meta['budget_s']:g} s each; a "
+           f"speedup is the median over rounds of the as-written form's time over the vectorized "
+           f"one's ({'CPU' if meta['threads'] == 1 else 'wall'} times), with its 95% interval. "
+           f"**Speedup of the loop** (R1 is judged on it): the loop's region alone, the runtime "
+           f"check with the vectorized form against the loop as written, as functions of the "
+           f"values the region read in a call at that size (tensors detached, requiring grad as "
+           f"they did), backward from the tensors it leaves (the names read after it, the "
+           f"live-ins it changes) with fixed random cotangents; the region is the guard of the "
+           f"line in the column \"region\": the loop's own, or that of the loop around it whose "
+           f"vectorized form runs it. Where the region could not be isolated (the reason is "
+           f"given), the whole call's speedup stands for it (nearer 1 than the loop's own). "
+           f"**Whole call**: the rewritten function (`compile=False`) against the same function "
+           f"with the loops in the column \"timed as written\" as written (with the loop around "
+           f"it whose vectorized form ran it, for an inner loop; with the loop whose vmapped body "
+           f"calls it, for a helper's loop that cannot run as written inside it).", "",
            f"{counts['loops']} loops, {counts['vectorized']} reported vectorized, "
            f"{counts['running']} ran vectorized.", "",
            "| | target | measured | met |", "| --- | --- | --- | --- |",
            f"| R1 | {target['target']} | {target['value']} | {mark(target['met'])} |", "",
-           "| loop | class | report | ran in the first call | timed as written | speedup of the loop |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "| loop | class | report | ran in the first call | timed as written | region | "
+           "speedup of the loop | whole call |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for case_rows in rows.values():
         out += [_row(row) for row in case_rows]
     return "\n".join(out + [""])
@@ -115,12 +139,15 @@ def _row(row: dict) -> str:
     if row["ran_vectorized"] and not runs["vectorized"]:
         ran += " (inside the vectorized form of line " + ", ".join(
             str(line) for line in row["as_written"] if line != row["line"]) + ")"
+    region, whole = row.get("region") or {}, row.get("call_speedup")
     if row.get("error"):
         speedup = f"not timed, as written it raised {row['error']}"
     elif row["speedup"] is not None:
         speedup = f"{row['speedup']} {mark(row['speedup'].value >= SPEEDUP)}"
+        speedup += f" (whole call: region not isolated, {region['error']})" if "error" in region else ""
     else:
         speedup = "–" if not row["vectorized"] else "did not run vectorized"
     timed = ", ".join(map(str, row.get("as_written", []))) or "–"
     return (f"| {row['where']} | {row['class'] or '–'} | {report} | "
-            f"{ran if row['vectorized'] else '–'} | {timed} | {speedup} |")
+            f"{ran if row['vectorized'] else '–'} | {timed} | {region.get('line', '–')} | "
+            f"{speedup} | {whole if whole is not None else '–'} |")

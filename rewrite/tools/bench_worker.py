@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 
 from passes.report import Report
 
@@ -29,6 +30,7 @@ from ..backend import backend as rewrite_backend
 from ..decorator import optimize_loss
 from ..keep_faster import TRIAL_CALLS
 from ..offline_split import split
+from ..runtime import VmappedRegion
 from ..testing import differences, differentiable_inputs
 from .host_syncs import count_host_syncs
 
@@ -387,8 +389,9 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
     against the rewritten function, forward+backward, in alternating rounds for at least
     ``min_time`` and ``LOOP_ROUNDS`` rounds within ``budget`` seconds per loop (``samples``,
     ``paired_samples``: the rewritten function's and the loop's form's seconds per call; on one
-    thread also their CPU times, ``cpu_samples`` and ``paired_cpu_samples``). ``started()``
-    before each timed loop; ``done(rows)`` with the rows so far after each loop."""
+    thread also their CPU times, ``cpu_samples`` and ``paired_cpu_samples``); then, in the
+    same way, the loop's region alone (``region``: ``_timed_region``). ``started()`` before
+    each of the two; ``done(rows)`` with the rows so far after each loop."""
     report, rows = fn.report, []
     rewritten = fwd_bwd(fn.rewritten_function(), inputs)
     ran = [report.ran_vectorized(loop) for loop in report.loops]
@@ -409,7 +412,92 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
             else:
                 row.update(samples=samples, paired_samples=paired, cpu_samples=cpu[0],
                            paired_cpu_samples=cpu[1])
+                started()
+                row["region"] = _timed_region(fn, row["as_written"], callers, inputs, budget, min_time)
         done(rows)
+
+
+def _timed_region(fn: Any, lines: list[int], callers: list[int], inputs: tuple, budget: float,
+                  min_time: float) -> dict:
+    """The loop's own time: the region of the loops at ``lines`` (``OptimizedFunction.loop_region``:
+    ``line``, the guard that is the region, with that of the first of ``callers`` whose region
+    holds it when it runs inside a vmapped body; ``live_ins``; ``live_outs``, with the live-ins
+    it changes) vectorized against as written (``region_steps``), in alternating rounds as the
+    whole call's (``samples``: vectorized, ``paired_samples``: as written; on one thread their
+    CPU times); ``error`` instead when it cannot be isolated or run."""
+    error = None
+    for caller in [[]] + [[c] for c in callers if c not in lines]:
+        try:
+            region = fn.loop_region(lines + caller, *inputs)
+            vectorized, written, names = region_steps(region)
+            samples, paired, cpu = alternating(vectorized, written, time.perf_counter() + budget,
+                                               min_time, 250, LOOP_ROUNDS)
+        except Exception as exc:
+            error = error or f"{type(exc).__name__}: {str(exc).partition(chr(10))[0][:200]}"
+            if not isinstance(exc, VmappedRegion):  # only then is the region its caller's
+                break
+        else:
+            return {"line": region.line, "live_ins": sorted(region.live_ins), "live_outs": names,
+                    "samples": samples, "paired_samples": paired, "cpu_samples": cpu[0],
+                    "paired_cpu_samples": cpu[1]}
+    return {"error": error}
+
+
+def region_steps(region: Any) -> tuple[Callable[[], tuple], Callable[[], tuple], list[str]]:
+    """A loop region's forward+backward, vectorized and as written, and its outputs: the
+    live-outs both forms bind and the live-ins either form changes (a tensor written in place, a
+    list appended to). Each call runs its form on arguments made from the captured live-ins (a
+    tensor that either form changes in place is copied for every call, the others are shared;
+    those requiring grad are the leaves), then the leaves' gradients from the output tensors
+    that require grad, with fixed random cotangents (seeded: the same for outputs of the same
+    shapes); it returns the outputs and the gradients."""
+    values = region.live_ins
+    leaves = [t for t in _tensors(values) if t.requires_grad]
+    forms, changed, names, outs = (region.vectorized, region.as_written), set(), set(), []
+    for form in forms:  # once with every tensor copied, to see what a form changes
+        args = _arguments(values, None)
+        before = {name: tree_flatten(value)[0] for name, value in args.items()}
+        outs.append(form(**args))
+        changed |= {id(t) for t, a in zip(_tensors(values), _tensors(args)) if a._version}
+        names |= {n for n, items in before.items() if _changed(items, tree_flatten(outs[-1][n])[0])}
+    names = sorted(names | {n for n in region.live_outs if all(n in out for out in outs)})
+
+    def step(form: Callable) -> Callable[[], tuple]:
+        cotangents: list[torch.Tensor] = []
+
+        def call() -> tuple:
+            out = form(**_arguments(values, changed))
+            results = [t for t in _tensors([out[n] for n in names]) if t.requires_grad]
+            if not cotangents:
+                cotangents.extend(_cotangent(t, i) for i, t in enumerate(results))
+            grads = torch.autograd.grad(results, leaves, cotangents, allow_unused=True) \
+                if leaves and results else ()
+            return {n: out[n] for n in names}, grads
+        return call
+    return step(forms[0]), step(forms[1]), names
+
+
+def _changed(before: list, after: list) -> bool:
+    """A live-in's leaves after a call are not those before it, or a tensor among them was
+    written in place."""
+    return len(before) != len(after) or any(
+        a is not b or isinstance(a, torch.Tensor) and a._version for a, b in zip(after, before))
+
+
+def _cotangent(t: torch.Tensor, seed: int) -> torch.Tensor:
+    return torch.randn(t.shape, dtype=t.dtype, device=t.device,
+                       generator=torch.Generator(t.device).manual_seed(seed))
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
+def _arguments(values: dict[str, Any], copied: set[int] | None) -> dict[str, Any]:
+    """``values`` with fresh containers (a form may append to a list) and copies of the tensors
+    whose ids are in ``copied`` (of every tensor, when None)."""
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and (
+        copied is None or id(t) in copied) else t, values)
 
 
 def _runnable_form(fn: Any, lines: set[int], callers: list[int],

@@ -1,0 +1,144 @@
+"""Instrumentation: the region of a vectorized loop (its guard, ``if <check>: <vectorized> else:
+<the loop as written>``) made a function of its own, so that the loop can be timed alone.
+
+Not a pipeline pass: ``OptimizedFunction.loop_region`` applies it to copies of the rewritten
+function. ``probe`` has a call record what each guard at the given lines can read::
+
+    if <check>:                                         probe(7, locals())
+        'optimize_loss: loop at line 7 vectorized'  ->  if <check>:
+        <vectorized>                                        ...
+    else:
+        for i in range(len(pred)): ...
+
+``region_function`` makes one guard a function of the names it uses that the probe found bound
+(its live-ins), returning the locals it leaves, among them its live-outs (``live_outs``: the
+names it binds that the function reads elsewhere)::
+
+    def loss(pred, t, total):
+        if <check>: ... else: ...
+        return locals()
+"""
+from __future__ import annotations
+
+import ast
+from collections import Counter
+
+from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, unparse, walk
+from .loops.loop_dataflow import stores_in
+from .loops.runtime_checks import guard_line, is_vectorized_guard
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
+_LEAVES = (ast.Return, ast.Break, ast.Continue)
+
+
+def probe(tree: ast.Module, lines: frozenset[int], recorder: str) -> ast.Module:
+    """``tree`` with ``recorder(line, locals())`` before each vectorized guard at ``lines``."""
+    return _Probe(lines, recorder).visit(tree)
+
+
+class _Probe(Transformer):
+    def __init__(self, lines: frozenset[int], recorder: str):
+        self.lines, self.recorder = lines, recorder
+
+    def visit_If(self, node: ast.If) -> ast.stmt | list[ast.stmt]:
+        self.generic_visit(node)
+        if not (is_vectorized_guard(node) and guard_line(node) in self.lines):
+            return node
+        return [ast.Expr(replace(f"r({guard_line(node)}, locals())", loc=node, r=self.recorder)), node]
+
+
+def find_guard(tree: ast.Module, line: int) -> tuple[ast.If, ast.FunctionDef] | None:
+    """The outermost vectorized guard of the loop at ``line`` in the function of ``tree`` and
+    that function; None when it has none, or only in a function nested in it (a vmapped body,
+    whose locals the region could not take as arguments)."""
+    func = tree.body[0]
+    for node in _same_scope(func.body):
+        if is_vectorized_guard(node) and guard_line(node) == line:
+            return node, func
+    return None
+
+
+def uses(guard: ast.If) -> set[str]:
+    """Every name ``guard`` reads or binds (the probe's locals among them are its arguments)."""
+    return {n.id for n in walk(guard) if isinstance(n, ast.Name)}
+
+
+def live_outs(guard: ast.If, func: ast.FunctionDef) -> set[str]:
+    """The names ``guard`` binds that ``func`` reads elsewhere (before it too: inside a loop
+    around it, what one iteration binds the next reads)."""
+    inside = Counter(n.id for n in walk(guard) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    everywhere = Counter(n.id for n in walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    return {name for name in stores_in([guard]) if everywhere[name] > inside[name]}
+
+
+def region_function(guard: ast.If, func: ast.FunctionDef, params: list[str]) -> ast.Module:
+    """``def <func's name>(<params>): <guard>; return locals()`` (see the docstring). Raises
+    ValueError when the guard leaves the function or a loop around it (``return``, ``yield``,
+    ``break``/``continue`` of an enclosing loop): its region is not a block of its own."""
+    escape = _escape(guard.body + guard.orelse, in_loop=False)
+    if escape is not None:
+        kind = type(escape).__name__.lower() if isinstance(escape, _LEAVES) else "yield"
+        raise ValueError(f"the region of the loop at line {guard_line(guard)} has a "
+                         f"`{kind}` out of it (line {escape.lineno})")
+    written = _attribute_writes(guard, set(params))
+    if written:  # shared objects: every call would add to what the last one left
+        raise ValueError(f"the region of the loop at line {guard_line(guard)} writes into an "
+                         f"attribute of a value it reads (`{unparse(written[0])}`)")
+    [new] = replace("def f():\n    return locals()", loc=guard)
+    new.name = func.name
+    new.args.args = [ast.arg(name) for name in params]
+    new.body.insert(0, clone(guard))
+    return fix_missing_locations(ast.Module(body=[new], type_ignores=[]))
+
+
+def _attribute_writes(guard: ast.If, params: set[str]) -> list[ast.expr]:
+    """The targets under ``guard`` that write into an attribute of a parameter, or into what it
+    holds (``self.total = ...``, ``self.returns[t] = ...``)."""
+    found = []
+    for node in walk(guard):
+        if isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, ast.Store):
+            chain, part = [], node
+            while isinstance(part, (ast.Attribute, ast.Subscript)):  # down to the root name
+                chain.append(part)
+                part = part.value
+            if any(isinstance(p, ast.Attribute) for p in chain) and root_name(node) in params:
+                found.append(node)
+    return found
+
+
+def _same_scope(stmts: list[ast.stmt]):
+    """The statements of ``stmts`` and those nested in them, outer first, not entering nested
+    functions or classes."""
+    for s in stmts:
+        yield s
+        if not isinstance(s, _SCOPES):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                yield from _same_scope(getattr(s, field, []))
+
+
+def _escape(stmts: list[ast.stmt], in_loop: bool) -> ast.stmt | None:
+    """The first statement of ``stmts`` that leaves them for code around them: a ``return``,
+    and outside a loop of theirs a ``break`` or ``continue``; a ``yield`` anywhere."""
+    for s in stmts:
+        if isinstance(s, _SCOPES):
+            continue
+        if isinstance(s, ast.Return) or (not in_loop and isinstance(s, _LEAVES)):
+            return s
+        if any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in _expressions(s)):
+            return s
+        for field in ("body", "orelse", "finalbody", "handlers"):  # a loop's else is not in it
+            found = _escape(getattr(s, field, []),
+                            in_loop or (isinstance(s, _LOOPS) and field == "body"))
+            if found is not None:
+                return found
+    return None
+
+
+def _expressions(stmt: ast.stmt):
+    """The expression nodes of ``stmt`` itself (not of the statements nested in it)."""
+    for field in stmt._fields:
+        value = getattr(stmt, field, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, ast.expr):
+                yield from walk(v)
