@@ -81,8 +81,8 @@ that returns running as written. Over a ``range``, when the statements but the `
 vectorizable loop body (accumulators included), there is no residual loop: that body is
 vectorized whole over the iterations before the one that breaks, and that iteration runs its
 statements before the ``if`` and its branch as written (``_counted_whole``). Loops with
-another ``break``, ``continue`` or ``return`` are not split. A loop over ``reversed(range(n))``: the hoisted loop runs forwards
-(``reversed_ranges``).
+another ``break``, ``continue`` or ``return`` are not split. A loop over
+``reversed(range(n))``: the hoisted loop runs forwards (``reversed_ranges``).
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
