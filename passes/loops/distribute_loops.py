@@ -78,7 +78,8 @@ the branch of a top-level ``if`` (over a range or elements): the ``break`` test 
 comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
 as written (``distribute_breaks``); a ``return`` ending such a branch likewise, the iteration
 that returns running as written. Over a ``range``, when the statements but the ``if`` make one
-vectorizable loop body (accumulators included), there is no residual loop: that body is
+vectorizable loop body (accumulators included) and one of them does real work (``_heavy``, as
+below), there is no residual loop: that body is
 vectorized whole over the iterations before the one that breaks, and that iteration runs its
 statements before the ``if`` and its branch as written (``_counted_whole``). Loops with
 another ``break``, ``continue`` or ``return`` are not split. A loop over
@@ -294,8 +295,11 @@ def _counted_whole(node: ast.For, as_written: ast.For, body: list[ast.stmt], it:
     (accumulators folded, no residual loop), then that iteration as written
     (``distribute_breaks.broken_iteration``). Or why not (the names it took given back)."""
     at = distribute_breaks.find(body)
+    rest = body[:at] + body[at + 1:]
     if it.elements or not it.index_is_user or not isinstance(node.target, ast.Name):
         return "it iterates elements, not a range"
+    if not any(_heavy(s, ctx) for s in rest):  # as for a split: only when it pays
+        return "no statement but the `if` does real work"
     point = ctx.namer.checkpoint()
     counted = _tests_first(node, body, at, {}, {it.index}, it.index, known, vectorize, ctx)
     if isinstance(counted, str):
@@ -307,7 +311,7 @@ def _counted_whole(node: ast.For, as_written: ast.For, body: list[ast.stmt], it:
     breaking = distribute_breaks.broken_iteration(body, at, (n, start, node.target.id), tests)
     live = live_after | loads(breaking)  # what the iteration that breaks reads
     try:
-        plan = vectorize(new_plan(_hoisted_loop(header, body[:at] + body[at + 1:], {}), live,
+        plan = vectorize(new_plan(_hoisted_loop(header, rest, {}), live,
                                   ctx, masks=known[0], **stackable), ctx)
     except Unsupported as exc:
         ctx.namer.rollback(point)
