@@ -263,8 +263,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("cumsum", batched="reduction", dim_rank=0, total=True, derivative="constant"),
     # values and indices; its backward scatters the gradient back to the sorted positions
     _t("sort", total=True, derivative="constant", positions_item=1),
-    _t("any", fn=False, batched="reduction", dim_rank=-1, total=True, counts_true=True),
-    _t("all", fn=False, batched="reduction", dim_rank=-1, total=True),
+    _t("any", fn=False, batched="reduction", reduce="any", dim_rank=-1, total=True,
+       counts_true=True),
+    _t("all", fn=False, batched="reduction", reduce="all", dim_rank=-1, total=True),
     _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), total=True,
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", total=True, derivative="bounded"),

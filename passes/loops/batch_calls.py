@@ -313,8 +313,8 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
     sum over the loop (one call when the per-item reduction is a sum)."""
     keys = {k: x for k, (x, _) in kws}
     reduction = literal(keys.pop("reduction", ast.Constant("mean")))
-    ignore = literal(keys.pop("ignore_index", ast.Constant(-100)))
-    if len(args) != 2 or reduction not in ("mean", "sum") or type(ignore) is not int or keys:
+    ignore = _fixed_int(scope, keys.pop("ignore_index", ast.Constant(-100)))
+    if len(args) != 2 or reduction not in ("mean", "sum") or ignore is None or keys:
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     (x, xv), (t, tv) = args
     if xv.batched and not tv.batched:
@@ -337,6 +337,18 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
         return scope.sub("l.sum(1)", l=loss), Val(True, Rank())
     per_item = scope.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t)
     return (scope.sub("e.sum(0)", e=per_item) if summed else per_item), Val(True, Rank())
+
+
+def _fixed_int(scope: Scope, option: ast.expr) -> str | None:
+    """An int option the same in every iteration, as source: a literal, or a name the body
+    does not bind (``ignore_index=PAD``, a module constant) behind a check that it is an int
+    (else the loop's vmap form passes it as written); None for anything else."""
+    if type(literal(option)) is int:
+        return unparse(option)
+    name = scope.free(option) if isinstance(option, ast.Name) else None
+    if name is not None:
+        scope.check(f"type({name}) is int")
+    return name
 
 
 def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) -> tuple:

@@ -29,7 +29,19 @@ before it (``prefix_loop``)::
                                         else:
                                             <the loop as written>
 
-The iteration that breaks runs the statements before the ``if`` as written
+Over a ``range`` whose body but the ``if`` vectorizes whole (accumulators folded), there is no
+residual loop: after the vectorized loop over ``range(_n)``, the iteration that breaks, if any,
+runs as written but for its test, which holds there (``broken_iteration``)::
+
+    for i in range(len(x)):             <every iteration's `m[i] == 0` at once: `_tests`>
+        if m[i] == 0:                   _n = _first_break(_tests)
+            total = total * 2   ->      _at = _n
+            break                       <`total` summed over range(_n) at once; i = _n - 1>
+        total += x[i].sum()             if _n < len(_tests):
+                                            i = _at
+                                            total = total * 2
+
+In the residual loop, the iteration that breaks runs the statements before the ``if`` as written
 (``breaking_iteration``), then the ``if`` on its stacked test, the value ``_n`` was found from:
 it holds there, or it is not one element and ``bool`` raises as the original's does. So the
 residual loop breaks at the same iteration, after the same effects.
@@ -176,11 +188,40 @@ def first_break(tests: torch.Tensor) -> int:
     return int(torch.where(hits.any(), hits.int().argmax(), len(tests)))
 
 
-def counted(tests: ast.expr, stops: str, n: str, loc: ast.AST,
+def counted(tests: ast.expr, stops: str | None, n: str, loc: ast.AST,
             ctx: PassContext) -> list[ast.stmt]:
-    """``_n = <the iteration that breaks>``; ``_stops``: the residual loop's tests."""
+    """``_n = <the iteration that breaks>``; ``_stops``: the residual loop's tests (none
+    without a residual loop)."""
     helper = ctx.bind(first_break, "first_break")
-    return replace("n = h(t)\nstops = t.unbind(0)", loc=loc, n=n, h=helper, t=tests, stops=stops)
+    found = replace("n = h(t)", loc=loc, n=n, h=helper, t=tests)
+    return found + (replace("stops = t.unbind(0)", loc=loc, t=tests, stops=stops) if stops else [])
+
+
+def breaking_start(it: Iteration, names: tuple[str, str], loc: ast.AST) -> list[ast.stmt]:
+    """``_at = a + _n * s``: the index of the iteration that breaks, found before the
+    vectorized loop runs (it may bind the index, which the range's start may read: ``for t in
+    range(t, T)``, a counted ``while``). ``names``: ``_n``, ``_at``."""
+    if is_int(it.step, 1):
+        template = "at = n" if is_int(it.start, 0) else "at = a + n"
+    else:
+        template = "at = a + n * s"
+    return replace(template, loc=loc, at=names[1], n=names[0], a=clone(it.start),
+                   s=clone(it.step))
+
+
+def broken_iteration(body: list[ast.stmt], at: int, names: tuple[str, str, str],
+                     tests: ast.expr) -> ast.If:
+    """``if _n < len(_tests): i = _at; <the statements before the if at ``at``>; <its branch
+    but the break>``: the iteration that breaks, after a vectorized loop of those before it,
+    as written but for the test, which holds there: ``first_break`` found it so, or it is not
+    one element, found at the first iteration, and no loop over no iterations is vectorized
+    (the loop runs as written and ``bool`` raises there). ``names``: ``_n``, ``_at``, ``i``."""
+    s = body[at]
+    iteration = replace("if n < len(t):\n    i = at", loc=s, n=names[0], t=clone(tests),
+                        i=names[2], at=names[1])[0]
+    stop = s.body if isinstance(s.body[-1], ast.Return) else s.body[:-1]
+    iteration.body += clone(body[:at]) + clone(stop)
+    return iteration
 
 
 def breaking_iteration(body: list[ast.stmt], at: int, names: tuple[str, str],

@@ -77,9 +77,13 @@ branch holding the statements after the ``if`` (``continues_to_else``). A ``brea
 the branch of a top-level ``if`` (over a range or elements): the ``break`` test of every iteration
 comes first, the hoisted loop runs only the iterations before the one that breaks, which runs
 as written (``distribute_breaks``); a ``return`` ending such a branch likewise, the iteration
-that returns running as written. Loops with another ``break``, ``continue`` or ``return`` are
-not split. A loop over ``reversed(range(n))`` or ``reversed(xs)``: the hoisted loop runs
-forwards (``reversed_ranges``).
+that returns running as written. Over a ``range``, when the statements but the ``if`` make one
+vectorizable loop body (accumulators included) and one of them does real work (``_heavy``, as
+below), there is no residual loop: that body is
+vectorized whole over the iterations before the one that breaks, and that iteration runs its
+statements before the ``if`` and its branch as written (``_counted_whole``). Loops with
+another ``break``, ``continue`` or ``return`` are not split. A loop over
+``reversed(range(n))`` or ``reversed(xs)``: the hoisted loop runs forwards (``reversed_ranges``).
 
 Only when it pays: at least one hoisted statement makes a reduction, a contraction (``@``,
 ``dot``), a loss or a similarity (``ops.OpSpec.batched`` in ``_HEAVY_FORMS``), at least one
@@ -173,6 +177,11 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
     seeds = {it.index} | {name for name, _ in it.elements}
     iterated = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
     stackable = {**stackable, "list_names": stackable.get("list_names", frozenset()) & iterated}
+    if distribute_breaks.find(body) is not None and not forward:
+        whole = _counted_whole(node, as_written, body, it, live_after, (masks, guards),
+                               stackable, vectorize, ctx)
+        if not isinstance(whole, str):
+            return whole
     body, written = _operands_out(body, it.index, seeds, ctx)
     node = ast.copy_location(ast.For(target=node.target, iter=node.iter, body=body, orelse=[],
                                      type_comment=None), node)
@@ -228,13 +237,30 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
     loop as written where it fails (``AS_WRITTEN``: the run counts so). ``names``: ``_n``,
     ``_stops``; ``known``: the function's masks, the checks that the object runs the methods
     inlined (the test may call them too)."""
-    body, at = split.body, split.stop
+    counted = _tests_first(node, split.body, split.stop, split.residual, seeds, split.index,
+                           known, vectorize, ctx)
+    if isinstance(counted, str):
+        return counted
+    first, tests = counted
+    count = distribute_breaks.counted(tests, names[1], names[0], node, ctx)
+    return Fission(first, first.stmts + count + plan.prelude + [
+        _unless_checked(node, as_written, split.body, split.stop, plan, plan.stmts + residual)],
+        _reason(split, plan, ctx))
+
+
+def _tests_first(node: ast.For, body: list[ast.stmt], at: int, residual: dict[int, str],
+                 seeds: set[str], index: str, known: tuple[set[str], list[ast.expr]],
+                 vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+                 ctx: PassContext) -> tuple[LoopPlan, ast.expr] | str:
+    """The vectorized loop of the test of the ``if`` at ``at`` (and of the statements before
+    it that it reads) over every iteration, and its stacked tests; or why the iterations
+    cannot be counted first (``distribute_breaks.test_slice``, ``partial_op``)."""
     word = distribute_breaks.keyword(body, at)
-    picked = distribute_breaks.test_slice(body, at, split.residual, [_writes(s, ctx) for s in body])
+    picked = distribute_breaks.test_slice(body, at, residual, [_writes(s, ctx) for s in body])
     if isinstance(picked, str):
         return picked
     partial = distribute_breaks.partial_op([body[k] for k in picked] + [body[at].test], seeds,
-                                           split.index, ctx)
+                                           index, ctx)
     if partial is not None:
         return distribute_breaks.partial_reason(partial, ctx, word)
     stop, tests = ctx.namer.new("stop"), ctx.namer.new("tests")
@@ -246,13 +272,63 @@ def _counted_first(node: ast.For, as_written: ast.For, split: _Split, plan: Loop
         return f"the `{word}` test cannot be computed for every iteration first: {exc.reason}"
     for guard in known[1]:
         first.checks.add(clone(guard))
-    count = distribute_breaks.counted(first.own_list_values[tests].values, names[1], names[0],
-                                      node, ctx)
+    return first, first.own_list_values[tests].values
+
+
+def _unless_checked(node: ast.For, as_written: ast.For, body: list[ast.stmt], at: int,
+                    plan: LoopPlan, stmts: list[ast.stmt]) -> ast.If:
+    """``if not <plan's check>: <the loop as written> else: <stmts>``: the check reads ``_n``,
+    so it comes after the iterations are counted."""
+    word = distribute_breaks.keyword(body, at)
     marker = ast.Expr(ast.Constant(AS_WRITTEN.format(node.lineno, _PREFIX_CHECK.format(word))))
     bail = ast.If(test=ast.UnaryOp(ast.Not(), plan.checks.expr()), body=[marker, as_written],
-                  orelse=plan.stmts + residual)
+                  orelse=stmts)
+    return ast.fix_missing_locations(ast.copy_location(bail, node))
+
+
+def _counted_whole(node: ast.For, as_written: ast.For, body: list[ast.stmt], it: Iteration,
+                   live_after: set[str], known: tuple[set[str], list[ast.expr]],
+                   stackable: dict, vectorize: Callable[[LoopPlan, PassContext], LoopPlan],
+                   ctx: PassContext) -> Fission | str:
+    """A loop over a ``range`` a ``break`` (or ``return``) ends whose other statements are one
+    vectorizable loop body: the iterations counted first (``_tests_first``), then the body
+    without the ``if`` vectorized over the iterations before the one that breaks, whole
+    (accumulators folded, no residual loop), then that iteration as written
+    (``distribute_breaks.broken_iteration``). Or why not (the names it took given back)."""
+    at = distribute_breaks.find(body)
+    rest = body[:at] + body[at + 1:]
+    if it.elements or not it.index_is_user or not isinstance(node.target, ast.Name):
+        return "it iterates elements, not a range"
+    if not any(_heavy(s, ctx) for s in rest):  # as for a split: only when it pays
+        return "no statement but the `if` does real work"
+    point = ctx.namer.checkpoint()
+    counted = _tests_first(node, body, at, {}, {it.index}, it.index, known, vectorize, ctx)
+    if isinstance(counted, str):
+        ctx.namer.rollback(point)
+        return counted
+    first, tests = counted
+    n, start = ctx.namer.new("n"), ctx.namer.new("at")
+    header = distribute_breaks.prefix_loop(node, it, n)
+    breaking = distribute_breaks.broken_iteration(body, at, (n, start, node.target.id), tests)
+    live = live_after | loads(breaking)  # what the iteration that breaks reads
+    try:
+        plan = vectorize(new_plan(_hoisted_loop(header, rest, {}), live,
+                                  ctx, masks=known[0], **stackable), ctx)
+    except Unsupported as exc:
+        ctx.namer.rollback(point)
+        return exc.reason
+    for guard in known[1]:
+        plan.checks.add(clone(guard))
+    count = distribute_breaks.counted(tests, None, n, node, ctx)
+    # an iteration that breaks at once and an index nothing reads after the loop: nothing to run
+    tail = [breaking] if len(breaking.body) > 1 or it.index in live_after else []
+    count += distribute_breaks.breaking_start(it, (n, start), node) if tail else []
+    word = distribute_breaks.keyword(body, at)
+    how = f"vmap: {plan.unbatched}" if plan.unbatched else "batched"
+    reason = f"the iterations before the `{word}` at line {body[at].lineno}, counted first, " \
+             f"vectorized as one loop ({how}); the iteration that {word}s runs as written"
     return Fission(first, first.stmts + count + plan.prelude + [
-        ast.fix_missing_locations(ast.copy_location(bail, node))], _reason(split, plan, ctx))
+        _unless_checked(node, as_written, body, at, plan, plan.stmts + tail)], reason)
 
 
 def _iteration(node: ast.For, body: list[ast.stmt], ctx: PassContext) -> Iteration | str:
