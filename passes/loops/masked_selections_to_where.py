@@ -605,20 +605,9 @@ class _Converter:
             return True
         return False
 
-    def selected_from(self, sub: ast.Subscript) -> tuple[ast.expr, ast.expr]:
-        """(the tensor, the index) of a selection ``x[m]``; ``x[i, m]`` with ``i`` Python ints
-        selects from the row ``x[i]`` as ``x[i][m]`` does."""
-        mask, base = sub.slice, sub.value
-        if isinstance(mask, ast.Tuple) and all(_int_entry(e, self.ints) for e in mask.elts[:-1]):
-            rows = mask.elts[:-1]
-            base = ast.copy_location(ast.Subscript(
-                base, rows[0] if len(rows) == 1 else ast.Tuple(rows, ast.Load()), ast.Load()), sub)
-            mask = mask.elts[-1]
-        return base, mask
-
     def _selection(self, sub: ast.Subscript) -> _Group:
         """The group of one selection ``x[m]``; refuses what cannot be converted."""
-        base, mask = self.selected_from(sub)
+        base, mask = selected_from(sub, self.ints)
         if isinstance(base, ast.Name) and base.id in self.selected:
             return _reselection(self, sub, self.selected[base.id])
         if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
@@ -679,7 +668,7 @@ class _Converter:
             if kind == "select":
                 self.converted.append(node)
                 subs[hole] = self._sub("torch.where(k, x, False)", node, k=keep,
-                                       x=self.selected_from(node)[0])
+                                       x=selected_from(node, self.ints)[0])
                 if keep in self.mask_of:
                     ast_marks.put(subs[hole], ast_marks.SELECTS, self.mask_of[keep].id)
             elif kind == "scalar":
@@ -941,6 +930,18 @@ def _simple(e: ast.expr) -> bool:
         entries = e.slice.elts if isinstance(e.slice, ast.Tuple) else [e.slice]
         return _simple(e.value) and all(_index_entry(x) for x in entries)
     return False
+
+
+def selected_from(sub: ast.Subscript, ints: frozenset[str]) -> tuple[ast.expr, ast.expr]:
+    """(the tensor, the index) of a selection ``x[m]``; ``x[i, m]`` with ``i`` Python ints
+    (names in ``ints``, int constants) selects from the row ``x[i]`` as ``x[i][m]`` does."""
+    mask, base = sub.slice, sub.value
+    if isinstance(mask, ast.Tuple) and all(_int_entry(e, ints) for e in mask.elts[:-1]):
+        rows = mask.elts[:-1]
+        base = ast.copy_location(ast.Subscript(
+            base, rows[0] if len(rows) == 1 else ast.Tuple(rows, ast.Load()), ast.Load()), sub)
+        mask = mask.elts[-1]
+    return base, mask
 
 
 def _int_entry(x: ast.expr, ints: frozenset[str]) -> bool:
