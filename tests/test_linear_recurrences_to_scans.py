@@ -666,3 +666,55 @@ def test_reversed_dict_walks_its_keys_as_written():
     original, rewritten, _, _ = build(src)
     d, w = {2: torch.ones(3), 0: torch.zeros(3), 1: torch.ones(3)}, randn(3, 2)
     assert_equivalent(original, rewritten, d, w, 0.9)
+
+
+# The tensor written rounds every step's state to its dtype: the scan (which rounds once) agrees
+# within float32/float64 rounding, not with a half-precision or integer tensor's per-step
+# rounding (a state of 0.999-EMA in bfloat16 stagnates where the scan does not).
+IIR_INTO = IIR.replace("y = torch.zeros_like(x)", "y = torch.zeros(x.shape, dtype=dt)").replace(
+    "def f(x, alpha):", "def f(x, alpha, dt):")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_wider_factors_written_into_a_float_tensor(dt):
+    # float64 factor and inputs, the states stored in float32 (or float64): the scan's states
+    # round once instead of every step, which is within the stored dtype's rounding
+    original, rewritten, _, report = build(IIR_INTO)
+    assert strategies(report) == {4: "scan"}
+    # (a factor requiring grad would make the loop itself raise: it saves `y[t - 1]`)
+    alpha = torch.tensor(0.999, dtype=torch.float64)
+    x = (randn(2000, 3, dtype=torch.float64, seed=4, grad=False) * 10).requires_grad_()
+    # x's float64 gradient passes through float32 at every step of the loop's backward: its
+    # error (~1e-4 of gradients ~8, against float64's) is float32's, the scan's is smaller
+    tol = {"rtol": 1e-5, "atol": 3e-4} if dt == torch.float32 else {}
+    assert_equivalent(original, rewritten, x, alpha, dt, **tol)
+    assert rewritten(x, alpha, dt).dtype == dt
+
+
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16, torch.int64, torch.int32])
+def test_a_narrow_or_integer_tensor_written_runs_the_loop(dt):
+    original, rewritten, code, report = build(IIR_INTO)
+    assert "_linear_scan" in code
+    x = randn(3000, 3, dtype=torch.float32, seed=4, grad=False) * 10
+    want = original(x, 0.999, dt)
+    got = rewritten(x, 0.999, dt)
+    assert got.dtype == want.dtype == dt
+    assert torch.equal(got, want)  # the loop as written: every step rounded to `dt`
+
+
+def test_python_float_rewards_into_a_float32_tensor():
+    # per-step Python floats read from a list, the states kept in a float32 tensor
+    src = """
+        def f(rewards, gamma, v):
+            returns = torch.zeros(len(rewards) + 1, dtype=v.dtype)
+            returns[-1] = v
+            for t in reversed(range(len(rewards))):
+                returns[t] = returns[t + 1] * gamma + rewards[t]
+            return returns
+        """
+    # a list of Python floats is not stacked (the original adds them in double): the loop runs
+    original, rewritten, _, _ = build(src)
+    rewards = [float(r) for r in torch.randn(50, generator=torch.Generator().manual_seed(0))]
+    for dt in DTYPES:
+        v = torch.tensor(0.5, dtype=dt, requires_grad=True)
+        assert_equivalent(original, rewritten, rewards, 0.99, v)

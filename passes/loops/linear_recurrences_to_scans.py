@@ -70,6 +70,11 @@ from .runtime_checks import proven_tensors
 # What the vectorizer knows of the function's lists: the step loop stacks the lists it reads.
 _LIST_FACTS = ("list_names", "host_containers", "iterators")
 
+# The dtypes a tensor written with states may have: the loop rounds every step's state to the
+# tensor's dtype, the scan once; the two agree within float32/float64 rounding, not within a
+# half-precision one (a long EMA stagnates in bfloat16) nor an integer tensor's truncation.
+_SCANNED_INTO = "x.dtype in (torch.float32, torch.float64)"
+
 # What ends an iteration or the loop early: the scan covers every step.
 _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await)
 
@@ -119,8 +124,8 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
     loop, picks = scan_step_values.picked_rows(loop, it.index, live_after, ctx)
     needs += picks
     loop, initial, shown, written = _written_states(loop, it, reverse, ctx)
-    needs += [replace("isinstance(x, torch.Tensor)", torch_name=ctx.torch_name, x=x)
-              for x in written]
+    needs += [replace(check, torch_name=ctx.torch_name, x=x) for x in written
+              for check in ("isinstance(x, torch.Tensor)", _SCANNED_INTO)]
     found = _recurrences(loop.body, it.index)
     if not found:
         raise Unsupported("no linear recurrence")
@@ -288,7 +293,9 @@ def _written_states(loop: ast.For, it: Iteration, reverse: bool,
     index) before the scan: a copy, since the scan may save it for the backward of a factor
     that requires grad, and the write after the scan changes ``x`` in place (the loop saves
     such reads only where it multiplies them by a factor). ``x`` a name or an attribute chain
-    (``self.returns``), checked to be a tensor. Returns the loop, those first reads, each
+    (``self.returns``), checked to be a float32 or float64 tensor (``_SCANNED_INTO``: the states
+    the scan computes in a wider dtype, float64 factors written into a float32 tensor, are
+    rounded once at the write, within float32 rounding of the loop's). Returns the loop, those first reads, each
     state's ``x[t]``, and the tensors written."""
     if not is_int(it.step, 1):
         return loop, [], {}, []
