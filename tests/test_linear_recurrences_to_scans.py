@@ -718,3 +718,25 @@ def test_python_float_rewards_into_a_float32_tensor():
     for dt in DTYPES:
         v = torch.tensor(0.5, dtype=dt, requires_grad=True)
         assert_equivalent(original, rewritten, rewards, 0.99, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [0.9, 0.999])
+def test_half_precision_states_are_rounded_every_step(dtype, alpha):
+    # a 0.999-EMA in bfloat16 stagnates (a step's increment under half an ulp is lost): the
+    # loop's result depends on every step's rounding, which a scan does not make
+    src = """
+        def f(x, alpha):
+            s = x[:, 0]
+            out = []
+            for t in range(x.shape[1]):
+                s = alpha * s + (1 - alpha) * x[:, t]
+                out.append(s)
+            return torch.stack(out, 1)
+        """
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "scan"}
+    x = (randn(3, 3000, dtype=torch.float32, seed=4, grad=False) * 10).to(dtype)
+    torch.testing.assert_close(rewritten(x, alpha), original(x, alpha), rtol=0, atol=0)
+    x.requires_grad_()
+    assert_equivalent(original, rewritten, x[:, :200], alpha)
