@@ -54,11 +54,17 @@ def linear_scan(a, b, s0, a_steps: bool, b_steps: bool, trips: int,
 
 def _step_by_step(a, b, first: torch.Tensor, a_steps: bool, b_steps: bool, trips: int,
                   reverse: bool) -> torch.Tensor:
-    """Every state as the loop computes it (``a`` and ``b`` as given, steps in run order)."""
+    """Every state as the loop computes it (``a`` and ``b`` as given, steps in run order);
+    a step of another dtype or shape (only where the check allows broadcasting) is brought to
+    the first's, as in the scan. Steps taken by ``unbind``: indexing costs more than the ops."""
+    a_t = a[1:].unbind(0) if a_steps else [a] * (trips - 1)
+    b_t = b[1:].unbind(0) if b_steps else [b] * (trips - 1)
     states = [first]
-    for t in range(1, trips):
-        state = (a[t] if a_steps else a) * states[-1] + (b[t] if b_steps else b)
-        states.append(state.to(first.dtype).expand(first.shape))
+    for at, bt in zip(a_t, b_t):
+        state = at * states[-1] + bt
+        if state.dtype != first.dtype or state.shape != first.shape:
+            state = state.to(first.dtype).expand(first.shape)
+        states.append(state)
     states = torch.stack(states)
     return states.flip(0) if reverse else states
 
