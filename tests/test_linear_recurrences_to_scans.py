@@ -740,3 +740,44 @@ def test_half_precision_states_are_rounded_every_step(dtype, alpha):
     torch.testing.assert_close(rewritten(x, alpha), original(x, alpha), rtol=0, atol=0)
     x.requires_grad_()
     assert_equivalent(original, rewritten, x[:, :200], alpha)
+
+
+# Sequences zipped and walked backwards: `zip(reversed(rewards), reversed(dones))`
+ZIPPED = """
+    def f(rewards, dones, gamma):
+        G = 0.0
+        returns = []
+        for r, d in zip(reversed(rewards), reversed(dones)):
+            G = r + gamma * (1 - d) * G
+            returns.insert(0, G)
+        return torch.stack(returns)
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 30, 800])
+def test_zipped_sequences_walked_backwards(dtype, T):
+    original, rewritten, code, report = build(ZIPPED)
+    assert strategies(report) == {4: "scan"}
+    assert "len(dones) == len(rewards)" in code
+    d = dones(T, 3, dtype=dtype)
+    d[0], d[-1] = 1.0, 1.0  # terminals at the first and last steps
+    assert_equivalent(original, rewritten, randn(T, 3, dtype=dtype), d, 0.99)
+    assert_equivalent(original, rewritten, list(randn(T, 3, dtype=dtype).unbind(0)), d, 0.99)
+
+
+def test_zipped_sequences_of_unequal_lengths_run_the_loop():
+    # zip pairs the ends of both: rewards[-1] with dones[-1], not the same index
+    original, rewritten, _, _ = build(ZIPPED)
+    assert_equivalent(original, rewritten, randn(9, 3), dones(7, 3), 0.9)
+    assert_equivalent(original, rewritten, randn(7, 3), dones(9, 3), 0.9)
+
+
+@pytest.mark.parametrize("walk", [
+    "zip(reversed(rewards), dones)",                      # one walked forwards
+    "zip(reversed(rewards), reversed(dones), strict=True)",
+    "zip(reversed(rewards), reversed(rewards[d]))",       # reads a name the loop binds
+])
+def test_zips_that_stay_loops(walk):
+    _, _, _, report = build(ZIPPED.replace("zip(reversed(rewards), reversed(dones))", walk))
+    assert strategies(report) == {4: "kept"}

@@ -218,7 +218,9 @@ def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool, list[ast.
     the scan runs backwards). A sequence walked backwards, ``for x in reversed(xs)`` or
     ``for x in xs.flip(0)``, becomes ``for _k in reversed(range(len(xs))): x = xs[_k]``, the
     same items in the same order when ``xs`` is a list, tuple or tensor (a tensor for ``flip``;
-    ``reversed`` of a dict walks its keys), and is treated the same way."""
+    ``reversed`` of a dict walks its keys), and is treated the same way; so do sequences of
+    equal lengths zipped, ``for x, y in zip(reversed(xs), reversed(ys))`` (``x = xs[_k]``,
+    ``y = ys[_k]``)."""
     it = node.iter
     fn = resolve_call(it.func, ctx) if isinstance(it, ast.Call) else None
     if fn == "reversed" and len(it.args) == 1 and not it.keywords \
@@ -227,19 +229,43 @@ def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool, list[ast.
         loop = clone(node)
         loop.iter = clone(it.args[0])
         return loop, True, []
-    walked, flipped = _walked_backwards(it, ctx)
-    if walked is None or not isinstance(node.target, ast.Name) or not is_pure(walked):
+    pairs = _zipped(it, node.target, ctx)
+    if pairs is None:
         return node, False, []
     k = ctx.namer.new("k")
     loop = clone(node)
-    loop.iter = replace("range(len(xs))", loc=node, xs=clone(walked))
+    first = clone(pairs[0][1])
+    loop.iter = replace("range(len(xs))", loc=node, xs=first)
     loop.target = ast.copy_location(ast.Name(k, ast.Store()), node.target)
-    loop.body = replace("x = xs[k]", loc=node.target, x=node.target.id, xs=clone(walked),
-                        k=k) + loop.body
-    need = "isinstance(xs, torch.Tensor)" if flipped else \
-        "type(xs) in (list, tuple) or isinstance(xs, torch.Tensor)"
-    return ast.fix_missing_locations(loop), True, [
-        replace(need, torch_name=ctx.torch_name, xs=clone(walked))]
+    loop.body = [s for x, xs, _ in pairs for s in replace(
+        "x = xs[k]", loc=node.target, x=x, xs=clone(xs), k=k)] + loop.body
+    needs = [replace("isinstance(xs, torch.Tensor)" if flipped else
+                     "type(xs) in (list, tuple) or isinstance(xs, torch.Tensor)",
+                     torch_name=ctx.torch_name, xs=clone(xs)) for _, xs, flipped in pairs]
+    needs += [replace("len(xs) == len(ys)", xs=clone(xs), ys=clone(first))
+              for _, xs, _ in pairs[1:]]  # zip pairs the ends: equal lengths, equal indices
+    return ast.fix_missing_locations(loop), True, needs
+
+
+def _zipped(it: ast.expr, target: ast.expr,
+            ctx: PassContext) -> list[tuple[str, ast.expr, bool]] | None:
+    """``(name, xs, flipped)`` for each sequence the loop walks backwards: ``for x in
+    reversed(xs)``, or ``for x, y in zip(reversed(xs), reversed(ys))`` (``zip`` without
+    ``strict``); None when it walks otherwise."""
+    if isinstance(it, ast.Call) and resolve_call(it.func, ctx) == "zip" and not it.keywords \
+            and isinstance(target, ast.Tuple) and len(target.elts) == len(it.args) > 0:
+        walks, names = it.args, target.elts
+    else:
+        walks, names = [it], [target]
+    pairs = []
+    for walk, name in zip(walks, names):
+        xs, flipped = _walked_backwards(walk, ctx)
+        if xs is None or not isinstance(name, ast.Name) or not is_pure(xs):
+            return None
+        pairs.append((name.id, xs, flipped))
+    bound = {x for x, _, _ in pairs}  # each `x = xs[_k]` before the next reads its `xs`
+    return pairs if len(bound) == len(pairs) and not any(
+        bound & loads(xs) for _, xs, _ in pairs) else None
 
 
 def _walked_backwards(it: ast.expr, ctx: PassContext) -> tuple[ast.expr | None, bool]:
