@@ -781,3 +781,24 @@ def test_zipped_sequences_of_unequal_lengths_run_the_loop():
 def test_zips_that_stay_loops(walk):
     _, _, _, report = build(ZIPPED.replace("zip(reversed(rewards), reversed(dones))", walk))
     assert strategies(report) == {4: "kept"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_returns_reversed_with_a_learnable_factor(dtype):
+    # reversed steps, a per-step factor, a factor requiring grad: step by step, as the loop
+    src = """
+        def f(rewards, dones, gamma):
+            G = torch.zeros_like(rewards[:, 0])
+            out = torch.zeros_like(rewards)
+            for t in reversed(range(rewards.shape[1])):
+                G = rewards[:, t] + gamma * (1.0 - dones[:, t]) * G
+                out[:, t] = G
+            return out
+        """
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "scan"}
+    r, d = randn(2, 500, dtype=dtype, grad=False), dones(2, 500, dtype=dtype)
+    gamma = torch.tensor(0.99, dtype=dtype)
+    assert torch.equal(rewritten(r, d, gamma), original(r, d, gamma))
+    assert_equivalent(original, rewritten, r[:, :40].requires_grad_(), d[:, :40],
+                      gamma.requires_grad_())
