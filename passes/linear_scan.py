@@ -12,7 +12,9 @@ the composition of the ``2**r`` maps ending there, so ``ceil(log2(trips))`` roun
 ops give every prefix; the states are then ``A_t * s0 + B_t``. Only products and sums: no
 division by a cumulative product, which underflows (or is zero, ``1 - done``) on long sequences.
 The sums are formed in another order than the loop's, so values agree within the dtype's
-rounding, not bit for bit; gradients are autograd's through these ops.
+rounding, not bit for bit; gradients are autograd's through these ops. float16 and bfloat16
+states are computed step by step instead (``_ROUNDED_EVERY_STEP``): the loop's rounding at every
+step moves its states by more than that (a long EMA stagnates), and no scan reproduces it.
 
 dtype and shape are those of the original's states: the first state ``a_0 * s0 + b_0`` is
 computed as the loop computes it, and every step is cast to its dtype and broadcast to its shape
@@ -26,12 +28,19 @@ from __future__ import annotations
 
 import torch
 
+# The dtypes whose rounding at every step the loop's states depend on beyond the dtype's
+# precision (a 0.999-EMA in bfloat16 stagnates: a step adding under half an ulp adds nothing):
+# their states are computed step by step, as the loop computes them.
+_ROUNDED_EVERY_STEP = (torch.float16, torch.bfloat16)
+
 
 def linear_scan(a, b, s0, a_steps: bool, b_steps: bool, trips: int,
                 reverse: bool) -> torch.Tensor:
     if reverse:
         a, b = (a.flip(0) if a_steps else a), (b.flip(0) if b_steps else b)
     first = (a[0] if a_steps else a) * s0 + (b[0] if b_steps else b)
+    if first.dtype in _ROUNDED_EVERY_STEP:
+        return _step_by_step(a, b, first, a_steps, b_steps, trips, reverse)
     A = _steps(a, a_steps, first, trips, full=False)
     B = _steps(b, b_steps, first, trips, full=True)
     offset = 1
@@ -40,6 +49,23 @@ def linear_scan(a, b, s0, a_steps: bool, b_steps: bool, trips: int,
                 torch.cat([B[:offset], A[offset:] * B[:-offset] + B[offset:]]))
         offset *= 2
     states = A * s0 + B
+    return states.flip(0) if reverse else states
+
+
+def _step_by_step(a, b, first: torch.Tensor, a_steps: bool, b_steps: bool, trips: int,
+                  reverse: bool) -> torch.Tensor:
+    """Every state as the loop computes it (``a`` and ``b`` as given, steps in run order);
+    a step of another dtype or shape (only where the check allows broadcasting) is brought to
+    the first's, as in the scan. Steps taken by ``unbind``: indexing costs more than the ops."""
+    a_t = a[1:].unbind(0) if a_steps else [a] * (trips - 1)
+    b_t = b[1:].unbind(0) if b_steps else [b] * (trips - 1)
+    states = [first]
+    for at, bt in zip(a_t, b_t):
+        state = at * states[-1] + bt
+        if state.dtype != first.dtype or state.shape != first.shape:
+            state = state.to(first.dtype).expand(first.shape)
+        states.append(state)
+    states = torch.stack(states)
     return states.flip(0) if reverse else states
 
 

@@ -666,3 +666,139 @@ def test_reversed_dict_walks_its_keys_as_written():
     original, rewritten, _, _ = build(src)
     d, w = {2: torch.ones(3), 0: torch.zeros(3), 1: torch.ones(3)}, randn(3, 2)
     assert_equivalent(original, rewritten, d, w, 0.9)
+
+
+# The tensor written rounds every step's state to its dtype: the scan (which rounds once) agrees
+# within float32/float64 rounding, not with a half-precision or integer tensor's per-step
+# rounding (a state of 0.999-EMA in bfloat16 stagnates where the scan does not).
+IIR_INTO = IIR.replace("y = torch.zeros_like(x)", "y = torch.zeros(x.shape, dtype=dt)").replace(
+    "def f(x, alpha):", "def f(x, alpha, dt):")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_wider_factors_written_into_a_float_tensor(dt):
+    # float64 factor and inputs, the states stored in float32 (or float64): the scan's states
+    # round once instead of every step, which is within the stored dtype's rounding
+    original, rewritten, _, report = build(IIR_INTO)
+    assert strategies(report) == {4: "scan"}
+    # (a factor requiring grad would make the loop itself raise: it saves `y[t - 1]`)
+    alpha = torch.tensor(0.999, dtype=torch.float64)
+    x = (randn(2000, 3, dtype=torch.float64, seed=4, grad=False) * 10).requires_grad_()
+    # x's float64 gradient passes through float32 at every step of the loop's backward: its
+    # error (~1e-4 of gradients ~8, against float64's) is float32's, the scan's is smaller
+    tol = {"rtol": 1e-5, "atol": 3e-4} if dt == torch.float32 else {}
+    assert_equivalent(original, rewritten, x, alpha, dt, **tol)
+    assert rewritten(x, alpha, dt).dtype == dt
+
+
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16, torch.int64, torch.int32])
+def test_a_narrow_or_integer_tensor_written_runs_the_loop(dt):
+    original, rewritten, code, report = build(IIR_INTO)
+    assert "_linear_scan" in code
+    x = randn(3000, 3, dtype=torch.float32, seed=4, grad=False) * 10
+    want = original(x, 0.999, dt)
+    got = rewritten(x, 0.999, dt)
+    assert got.dtype == want.dtype == dt
+    assert torch.equal(got, want)  # the loop as written: every step rounded to `dt`
+
+
+def test_python_float_rewards_into_a_float32_tensor():
+    # per-step Python floats read from a list, the states kept in a float32 tensor
+    src = """
+        def f(rewards, gamma, v):
+            returns = torch.zeros(len(rewards) + 1, dtype=v.dtype)
+            returns[-1] = v
+            for t in reversed(range(len(rewards))):
+                returns[t] = returns[t + 1] * gamma + rewards[t]
+            return returns
+        """
+    # a list of Python floats is not stacked (the original adds them in double): the loop runs
+    original, rewritten, _, _ = build(src)
+    rewards = [float(r) for r in torch.randn(50, generator=torch.Generator().manual_seed(0))]
+    for dt in DTYPES:
+        v = torch.tensor(0.5, dtype=dt, requires_grad=True)
+        assert_equivalent(original, rewritten, rewards, 0.99, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [0.9, 0.999])
+def test_half_precision_states_are_rounded_every_step(dtype, alpha):
+    # a 0.999-EMA in bfloat16 stagnates (a step's increment under half an ulp is lost): the
+    # loop's result depends on every step's rounding, which a scan does not make
+    src = """
+        def f(x, alpha):
+            s = x[:, 0]
+            out = []
+            for t in range(x.shape[1]):
+                s = alpha * s + (1 - alpha) * x[:, t]
+                out.append(s)
+            return torch.stack(out, 1)
+        """
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "scan"}
+    x = (randn(3, 3000, dtype=torch.float32, seed=4, grad=False) * 10).to(dtype)
+    torch.testing.assert_close(rewritten(x, alpha), original(x, alpha), rtol=0, atol=0)
+    x.requires_grad_()
+    assert_equivalent(original, rewritten, x[:, :200], alpha)
+
+
+# Sequences zipped and walked backwards: `zip(reversed(rewards), reversed(dones))`
+ZIPPED = """
+    def f(rewards, dones, gamma):
+        G = 0.0
+        returns = []
+        for r, d in zip(reversed(rewards), reversed(dones)):
+            G = r + gamma * (1 - d) * G
+            returns.insert(0, G)
+        return torch.stack(returns)
+    """
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 30, 800])
+def test_zipped_sequences_walked_backwards(dtype, T):
+    original, rewritten, code, report = build(ZIPPED)
+    assert strategies(report) == {4: "scan"}
+    assert "len(dones) == len(rewards)" in code
+    d = dones(T, 3, dtype=dtype)
+    d[0], d[-1] = 1.0, 1.0  # terminals at the first and last steps
+    assert_equivalent(original, rewritten, randn(T, 3, dtype=dtype), d, 0.99)
+    assert_equivalent(original, rewritten, list(randn(T, 3, dtype=dtype).unbind(0)), d, 0.99)
+
+
+def test_zipped_sequences_of_unequal_lengths_run_the_loop():
+    # zip pairs the ends of both: rewards[-1] with dones[-1], not the same index
+    original, rewritten, _, _ = build(ZIPPED)
+    assert_equivalent(original, rewritten, randn(9, 3), dones(7, 3), 0.9)
+    assert_equivalent(original, rewritten, randn(7, 3), dones(9, 3), 0.9)
+
+
+@pytest.mark.parametrize("walk", [
+    "zip(reversed(rewards), dones)",                      # one walked forwards
+    "zip(reversed(rewards), reversed(dones), strict=True)",
+    "zip(reversed(rewards), reversed(rewards[d]))",       # reads a name the loop binds
+])
+def test_zips_that_stay_loops(walk):
+    _, _, _, report = build(ZIPPED.replace("zip(reversed(rewards), reversed(dones))", walk))
+    assert strategies(report) == {4: "kept"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_returns_reversed_with_a_learnable_factor(dtype):
+    # reversed steps, a per-step factor, a factor requiring grad: step by step, as the loop
+    src = """
+        def f(rewards, dones, gamma):
+            G = torch.zeros_like(rewards[:, 0])
+            out = torch.zeros_like(rewards)
+            for t in reversed(range(rewards.shape[1])):
+                G = rewards[:, t] + gamma * (1.0 - dones[:, t]) * G
+                out[:, t] = G
+            return out
+        """
+    original, rewritten, _, report = build(src)
+    assert strategies(report) == {4: "scan"}
+    r, d = randn(2, 500, dtype=dtype, grad=False), dones(2, 500, dtype=dtype)
+    gamma = torch.tensor(0.99, dtype=dtype)
+    assert torch.equal(rewritten(r, d, gamma), original(r, d, gamma))
+    assert_equivalent(original, rewritten, r[:, :40].requires_grad_(), d[:, :40],
+                      gamma.requires_grad_())

@@ -70,6 +70,11 @@ from .runtime_checks import proven_tensors
 # What the vectorizer knows of the function's lists: the step loop stacks the lists it reads.
 _LIST_FACTS = ("list_names", "host_containers", "iterators")
 
+# The dtypes a tensor written with states may have: the loop rounds every step's state to the
+# tensor's dtype, the scan once; the two agree within float32/float64 rounding, not within a
+# half-precision one (a long EMA stagnates in bfloat16) nor an integer tensor's truncation.
+_SCANNED_INTO = "x.dtype in (torch.float32, torch.float64)"
+
 # What ends an iteration or the loop early: the scan covers every step.
 _CONTROL = (ast.Break, ast.Continue, ast.Return, ast.Yield, ast.YieldFrom, ast.Await)
 
@@ -119,8 +124,8 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
     loop, picks = scan_step_values.picked_rows(loop, it.index, live_after, ctx)
     needs += picks
     loop, initial, shown, written = _written_states(loop, it, reverse, ctx)
-    needs += [replace("isinstance(x, torch.Tensor)", torch_name=ctx.torch_name, x=x)
-              for x in written]
+    needs += [replace(check, torch_name=ctx.torch_name, x=x) for x in written
+              for check in ("isinstance(x, torch.Tensor)", _SCANNED_INTO)]
     found = _recurrences(loop.body, it.index)
     if not found:
         raise Unsupported("no linear recurrence")
@@ -213,7 +218,9 @@ def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool, list[ast.
     the scan runs backwards). A sequence walked backwards, ``for x in reversed(xs)`` or
     ``for x in xs.flip(0)``, becomes ``for _k in reversed(range(len(xs))): x = xs[_k]``, the
     same items in the same order when ``xs`` is a list, tuple or tensor (a tensor for ``flip``;
-    ``reversed`` of a dict walks its keys), and is treated the same way."""
+    ``reversed`` of a dict walks its keys), and is treated the same way; so do sequences of
+    equal lengths zipped, ``for x, y in zip(reversed(xs), reversed(ys))`` (``x = xs[_k]``,
+    ``y = ys[_k]``)."""
     it = node.iter
     fn = resolve_call(it.func, ctx) if isinstance(it, ast.Call) else None
     if fn == "reversed" and len(it.args) == 1 and not it.keywords \
@@ -222,19 +229,43 @@ def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool, list[ast.
         loop = clone(node)
         loop.iter = clone(it.args[0])
         return loop, True, []
-    walked, flipped = _walked_backwards(it, ctx)
-    if walked is None or not isinstance(node.target, ast.Name) or not is_pure(walked):
+    pairs = _zipped(it, node.target, ctx)
+    if pairs is None:
         return node, False, []
     k = ctx.namer.new("k")
     loop = clone(node)
-    loop.iter = replace("range(len(xs))", loc=node, xs=clone(walked))
+    first = clone(pairs[0][1])
+    loop.iter = replace("range(len(xs))", loc=node, xs=first)
     loop.target = ast.copy_location(ast.Name(k, ast.Store()), node.target)
-    loop.body = replace("x = xs[k]", loc=node.target, x=node.target.id, xs=clone(walked),
-                        k=k) + loop.body
-    need = "isinstance(xs, torch.Tensor)" if flipped else \
-        "type(xs) in (list, tuple) or isinstance(xs, torch.Tensor)"
-    return ast.fix_missing_locations(loop), True, [
-        replace(need, torch_name=ctx.torch_name, xs=clone(walked))]
+    loop.body = [s for x, xs, _ in pairs for s in replace(
+        "x = xs[k]", loc=node.target, x=x, xs=clone(xs), k=k)] + loop.body
+    needs = [replace("isinstance(xs, torch.Tensor)" if flipped else
+                     "type(xs) in (list, tuple) or isinstance(xs, torch.Tensor)",
+                     torch_name=ctx.torch_name, xs=clone(xs)) for _, xs, flipped in pairs]
+    needs += [replace("len(xs) == len(ys)", xs=clone(xs), ys=clone(first))
+              for _, xs, _ in pairs[1:]]  # zip pairs the ends: equal lengths, equal indices
+    return ast.fix_missing_locations(loop), True, needs
+
+
+def _zipped(it: ast.expr, target: ast.expr,
+            ctx: PassContext) -> list[tuple[str, ast.expr, bool]] | None:
+    """``(name, xs, flipped)`` for each sequence the loop walks backwards: ``for x in
+    reversed(xs)``, or ``for x, y in zip(reversed(xs), reversed(ys))`` (``zip`` without
+    ``strict``); None when it walks otherwise."""
+    if isinstance(it, ast.Call) and resolve_call(it.func, ctx) == "zip" and not it.keywords \
+            and isinstance(target, ast.Tuple) and len(target.elts) == len(it.args) > 0:
+        walks, names = it.args, target.elts
+    else:
+        walks, names = [it], [target]
+    pairs = []
+    for walk, name in zip(walks, names):
+        xs, flipped = _walked_backwards(walk, ctx)
+        if xs is None or not isinstance(name, ast.Name) or not is_pure(xs):
+            return None
+        pairs.append((name.id, xs, flipped))
+    bound = {x for x, _, _ in pairs}  # each `x = xs[_k]` before the next reads its `xs`
+    return pairs if len(bound) == len(pairs) and not any(
+        bound & loads(xs) for _, xs, _ in pairs) else None
 
 
 def _walked_backwards(it: ast.expr, ctx: PassContext) -> tuple[ast.expr | None, bool]:
@@ -288,7 +319,9 @@ def _written_states(loop: ast.For, it: Iteration, reverse: bool,
     index) before the scan: a copy, since the scan may save it for the backward of a factor
     that requires grad, and the write after the scan changes ``x`` in place (the loop saves
     such reads only where it multiplies them by a factor). ``x`` a name or an attribute chain
-    (``self.returns``), checked to be a tensor. Returns the loop, those first reads, each
+    (``self.returns``), checked to be a float32 or float64 tensor (``_SCANNED_INTO``: the states
+    the scan computes in a wider dtype, float64 factors written into a float32 tensor, are
+    rounded once at the write, within float32 rounding of the loop's). Returns the loop, those first reads, each
     state's ``x[t]``, and the tensors written."""
     if not is_int(it.step, 1):
         return loop, [], {}, []
