@@ -1,4 +1,5 @@
-"""A class loss of every row of a batched ``x`` [A, B, C] against ``t`` [A, B], for generated code.
+"""A class loss of every row of a batched ``x`` [A, B, C] against ``t`` [A, B] (or of every item
+``x`` [A, C] against ``t`` [A]), for generated code.
 
 The batched form of ``F.cross_entropy(x_i, t_i)`` over a loop flattens the loop dim and the batch
 dim into one row dim. When the loop went over the batch's second dim (``logits[:, t]``), the
@@ -6,7 +7,13 @@ loop dim is in front as a moved dim (``movedim(1, 0)``), and ``flatten(0, 1)`` c
 input, in eager and in a compiled graph alike (where the copy's index arithmetic also keeps
 Inductor from fusing the row's max and exp-sum loops). The loss of a row does not depend on the
 other rows, so the two dims are flattened in the order their memory has them (a view), and the
-per-row losses (``reduction='none'``) are put back in ``t``'s shape.
+per-row losses (``reduction='none'``) are put back in ``t``'s shape. An item that is one row
+``x_i`` [C] with a 0-d target is a row of ``x`` [A, C] as it is: one call on the batch, not a
+vmap of the loss (which runs its unbatched form once per item).
+
+``loss_of_items`` reduces each item's rows as the loop's call does: their sum, or their mean
+over the rows whose target is not ``ignore_index`` (an item of one ignored row is ``0 / 0``,
+NaN, as the call's mean of nothing; its gradient is zero, as the call's).
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ import torch
 
 def loss_of_rows(loss: Callable, x: torch.Tensor, t: torch.Tensor, reduction: str,
                  **kwargs) -> torch.Tensor:
+    if x.dim() == 2:  # one row per item: already the rows
+        return loss(x, t, reduction=reduction, **kwargs)
     swap = x.stride(0) < x.stride(1)  # the first dim is the inner one in memory
     if swap:
         x, t = x.transpose(0, 1), t.transpose(0, 1)
@@ -25,3 +34,14 @@ def loss_of_rows(loss: Callable, x: torch.Tensor, t: torch.Tensor, reduction: st
         return out
     out = out.view(t.shape)
     return out.transpose(0, 1) if swap else out
+
+
+def loss_of_items(loss: Callable, x: torch.Tensor, t: torch.Tensor, reduction: str,
+                  ignore_index: int) -> torch.Tensor:
+    """``[A]``: ``loss(x[a], t[a], reduction=reduction, ignore_index=ignore_index)`` for each
+    item ``a``, ``reduction`` "sum" or "mean"."""
+    out = loss_of_rows(loss, x, t, "none", ignore_index=ignore_index)
+    kept = t != ignore_index
+    if t.dim() == 2:  # items of several rows
+        out, kept = out.sum(1), kept.sum(1)
+    return out if reduction == "sum" else out / kept

@@ -70,7 +70,9 @@ FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
      "_s_part = _loss_of_rows(F.nll_loss, _x_row.unsqueeze(1), _t_row.unsqueeze(1), 'sum', "
      "ignore_index=-100)"),
     # per-item means over different counts of non-ignored targets: summed per item
-    ("F.cross_entropy(x[i:i+1], t[i:i+1])", "_s_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)"),
+    ("F.cross_entropy(x[i:i+1], t[i:i+1])",
+     "_s_part = _loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _t_row.unsqueeze(1), "
+     "'mean', ignore_index=-100).sum(0)"),
     ("x[i].amax()", "_s_part = (_x_row.amax(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).amax(1)).sum(0)"),
     ("2", f"_s_part = _s_part + 2 * {N}"),  # not a tensor: 0 + 2 * n stays as written
 ]
@@ -85,7 +87,8 @@ AVERAGED = [
     ("F.l1_loss(x[i], x[i].tanh(), reduction='sum')",
      f"_s_part = F.l1_loss(_x_row, _x_row.tanh(), reduction='sum') / {N}"),
     ("F.cross_entropy(x[i:i+1], t[i:i+1])",
-     f"_s_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0) / {N}"),
+     "_s_part = _loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _t_row.unsqueeze(1), "
+     f"'mean', ignore_index=-100).sum(0) / {N}"),
     ("x[i].amax()", f"_s_part = (_x_row.amax(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).amax(1)).sum(0) / {N}"),
 ]
 

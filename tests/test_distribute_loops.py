@@ -106,16 +106,12 @@ GOLDEN = {
             hard = []
             if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and (type(hard) is list) and isinstance(len(x), int) and (len(x) > 0):
                 'optimize_loss: loop at line 3 vectorized'
-                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == 2) and (y.dim() == 1) and (y.dtype in (torch.int64, torch.int32)) and (not isinstance(th, torch.Tensor)):
+                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == y.dim() + 1) and (1 >= y.dim()) and (y.dtype in (torch.int64, torch.int32)) and (not isinstance(th, torch.Tensor)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _t = _y_row.unsqueeze(1)
-                    _t_1 = _loss_of_rows(F.cross_entropy, _x_row.unsqueeze(1), _t, 'none', ignore_index=-100)
-                    l = _t_1.sum(1) / (_t != -100).sum(1)
+                    l = _loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _y_row.unsqueeze(1), 'mean', ignore_index=-100)
                     _cond = torch.ne(l.detach().double() > th, False)
-                    _t_2 = torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, _y_row.detach()).unsqueeze(1)
-                    _t_3 = _loss_of_rows(F.cross_entropy, torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, _x_row.detach()).unsqueeze(1), _t_2, 'none', ignore_index=-100)
-                    _hard_item = _t_3.sum(1) / (_t_2 != -100).sum(1)
+                    _hard_item = _loss_of_items(F.cross_entropy, torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, _x_row.detach()).unsqueeze(1), torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, _y_row.detach()).unsqueeze(1), 'mean', ignore_index=-100)
                     _outs = (_hard_item, _cond)
                 else:
 
@@ -165,12 +161,10 @@ GOLDEN = {
             total = 0
             if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
                 'optimize_loss: loop at line 3 vectorized'
-                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == 2) and (y.dim() == 1) and (y.dtype in (torch.int64, torch.int32)):
+                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == y.dim() + 1) and (1 >= y.dim()) and (y.dtype in (torch.int64, torch.int32)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _t = _y_row.unsqueeze(1)
-                    _t_1 = _loss_of_rows(F.cross_entropy, _x_row.unsqueeze(1), _t, 'none', ignore_index=-100)
-                    l = _t_1.sum(1) / (_t != -100).sum(1)
+                    l = _loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _y_row.unsqueeze(1), 'mean', ignore_index=-100)
                     _l_all_item = l
                     _outs_1 = (_l_all_item,)
                 else:
@@ -198,14 +192,12 @@ GOLDEN = {
             hard = []
             if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
                 'optimize_loss: loop at line 3 vectorized'
-                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == 2) and (y.dim() == 1) and (y.dtype in (torch.int64, torch.int32)):
+                if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == y.dim() + 1) and (1 >= y.dim()) and (y.dtype in (torch.int64, torch.int32)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _t = _y_row.unsqueeze(1)
-                    _t_1 = _loss_of_rows(F.cross_entropy, _x_row.unsqueeze(1), _t, 'none', ignore_index=-100)
-                    _value = (_t_1.sum(1) / (_t != -100).sum(1)).detach()
-                    _t_2 = _x_row ** 2
-                    _value_1 = (_t_2.sum(tuple(range(1, _t_2.dim()))) if _t_2.dim() > 1 else _t_2.reshape(len(_t_2), -1).sum(1)).detach()
+                    _value = _loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _y_row.unsqueeze(1), 'mean', ignore_index=-100).detach()
+                    _t = _x_row ** 2
+                    _value_1 = (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).detach()
                     _value_all_item = _value
                     _value_1_all_item = _value_1
                     _outs_1 = (_value_all_item, _value_1_all_item)

@@ -309,8 +309,8 @@ def _fixed_operand_expanded(scope: Scope, node: ast.Call, *operands: tuple) -> l
 
 
 def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False):
-    """``F.cross_entropy(x, t)`` per item, x [N, C], t [N] class indices; ``summed``: the
-    sum over the loop (one call when the per-item reduction is a sum)."""
+    """``F.cross_entropy(x, t)`` per item, x [N, C] and t [N] class indices, or x [C] and t a
+    0-d index; ``summed``: the sum over the loop (one call when the per-item reduction is a sum)."""
     keys = {k: x for k, (x, _) in kws}
     reduction = literal(keys.pop("reduction", ast.Constant("mean")))
     ignore = _fixed_int(scope, keys.pop("ignore_index", ast.Constant(-100)))
@@ -322,20 +322,16 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
         t, tv = _fixed_targets(scope, node, x, t)
     if not (xv.batched and tv.batched) or tv.integer is None:
         raise Unsupported(f"`{unparse(node)}`: targets not known to be class indices")
-    scope.require(xv.rank - 2, "==", node)
-    scope.require(tv.rank - 1, "==", node)
+    _require_item_ranks(scope, node, xv.rank, tv.rank)
     for cond in tv.integer:
         scope.check(cond)
-    rows = scope.ctx.bind(row_losses.loss_of_rows, "loss_of_rows")
     if summed and reduction == "sum":
+        rows = scope.ctx.bind(row_losses.loss_of_rows, "loss_of_rows")
         return scope.sub(f"{rows}(F, x, t, 'sum', ignore_index={ignore})", F=node.func, x=x,
                          t=t), Val(True, Rank())
-    t = scope.named(t)
-    loss = scope.named(scope.sub(f"{rows}(F, x, t, 'none', ignore_index={ignore})",
-                                 F=node.func, x=x, t=t))
-    if reduction == "sum":
-        return scope.sub("l.sum(1)", l=loss), Val(True, Rank())
-    per_item = scope.sub(f"l.sum(1) / (t != {ignore}).sum(1)", l=loss, t=t)
+    items = scope.ctx.bind(row_losses.loss_of_items, "loss_of_items")
+    per_item = scope.sub(f"{items}(F, x, t, '{reduction}', ignore_index={ignore})",
+                         F=node.func, x=x, t=t)
     return (scope.sub("e.sum(0)", e=per_item) if summed else per_item), Val(True, Rank())
 
 
@@ -349,6 +345,13 @@ def _fixed_int(scope: Scope, option: ast.expr) -> str | None:
     if name is not None:
         scope.check(f"type({name}) is int")
     return name
+
+
+def _require_item_ranks(scope: Scope, node: ast.Call, x: Rank, t: Rank) -> None:
+    """Items of rows x [N, C] with targets [N], or of one row x [C] with a 0-d target (a row of
+    the batch): x one dim above t, t at most 1-D."""
+    scope.require(x - t - 1, "==", node)
+    scope.require(Rank(const=1) - t, ">=", node)
 
 
 def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) -> tuple:
