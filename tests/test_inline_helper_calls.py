@@ -368,6 +368,20 @@ def dice(p, t, w=None, eps=1e-6):
     return 1 - (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
 
 
+def normalized_l1(p, t, mean=True):
+    n = t.sum().item()
+    if mean:  # a Python flag: mapped, but for the `.item()`
+        return (p - t).abs().sum() / max(n, 1.0)
+    return (p - t).abs().sum()
+
+
+def per_class_normalized(probs, target):
+    total = 0
+    for c in range(probs.shape[1]):
+        total = total + normalized_l1(probs[:, c], target[:, c])
+    return total
+
+
 def weighted(p, t, w=None):
     if w is not None:
         p = p * w
@@ -415,7 +429,8 @@ def test_helper_testing_a_varying_value_keeps_the_loop(tmp_path, dtype):
     line = inspect.getsourcelines(mod.dice)[1] + 1
     assert not loop.vectorized and not loop.failed_runs and not opt.report.fallbacks
     assert loop.reason.startswith("`dice(...)` is mapped with vmap, and `dice` tests "
-                                  f"`t.sum() == 0` (line {line}) in Python")
+                                  "in Python "
+                                  f"`t.sum() == 0` (line {line}), a value that varies")
 
 
 def test_helper_testing_only_python_facts_is_still_mapped(tmp_path):
@@ -439,4 +454,16 @@ def test_method_testing_a_varying_value_keeps_the_loop(tmp_path):
     (loop,) = opt.report.loops
     assert not loop.vectorized and not opt.report.fallbacks
     assert loop.reason.startswith("`self._dice(...)` is mapped with vmap, and `_dice` tests "
-                                  "`t.sum() == 0`")
+                                  "in Python `t.sum() == 0`")
+
+
+def test_helper_making_a_python_number_of_a_varying_value_keeps_the_loop(tmp_path):
+    # `.item()` of a value of the mapped arguments raised under vmap on every call
+    mod = load_module(tmp_path, TESTING_HELPERS)
+    x, t = torch.rand(3, 3, dtype=torch.float64, requires_grad=True), torch.rand(3, 3).double()
+    opt = optimize_loss(mod.per_class_normalized, compile=False, strict=True)
+    assert_equivalent(mod.per_class_normalized, opt, x, t)
+    (loop,) = opt.report.loops
+    assert not loop.vectorized and not opt.report.fallbacks
+    assert loop.reason.startswith("`normalized_l1(...)` is mapped with vmap, and `normalized_l1` "
+                                  "makes a Python number of `t.sum().item()`")
