@@ -382,6 +382,19 @@ def per_class_normalized(probs, target):
     return total
 
 
+def scaled_dice(p, t, scale=True):
+    if scale:  # a Python flag: not inlined; the tensor test is in `dice`, one call deeper
+        return 2 * dice(p, t)
+    return dice(p, t)
+
+
+def per_class_scaled(probs, target):
+    total = 0
+    for c in range(probs.shape[1]):
+        total = total + scaled_dice(probs[:, c], (target == c).float())
+    return total
+
+
 def weighted(p, t, w=None):
     if w is not None:
         p = p * w
@@ -467,3 +480,15 @@ def test_helper_making_a_python_number_of_a_varying_value_keeps_the_loop(tmp_pat
     assert not loop.vectorized and not opt.report.fallbacks
     assert loop.reason.startswith("`normalized_l1(...)` is mapped with vmap, and `normalized_l1` "
                                   "makes a Python number of `t.sum().item()`")
+
+
+def test_helper_calling_a_testing_helper_keeps_the_loop(tmp_path):
+    mod = load_module(tmp_path, TESTING_HELPERS)
+    probs = torch.rand(3, 3, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 2, (3, 3))
+    opt = optimize_loss(mod.per_class_scaled, compile=False, strict=True)
+    assert_equivalent(mod.per_class_scaled, opt, probs, target)
+    (loop,) = opt.report.loops
+    assert not loop.vectorized and not opt.report.fallbacks
+    assert loop.reason.startswith("`scaled_dice(...)` is mapped with vmap, and `dice` tests in "
+                                  "Python `t.sum() == 0`")

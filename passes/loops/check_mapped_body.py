@@ -18,8 +18,8 @@ argument varies (``_helper_test``: ``if t.sum() == 0: return ...`` in a per-clas
 a method of the object; vmap raises at data-dependent control flow and at ``.item()`` on every
 call; ``w is None`` and shape queries are Python values), list methods comparing values
 (``lst.remove(t)``), and the loop index (a Python int in the original) handed to a function of
-the module that is not known to take it as a tensor (``index_tensor_parameters``). Functions the body defines (inner loops' outlined bodies) are
-checked with the names they see varying.
+the module that is not known to take it as a tensor (``index_tensor_parameters``). Functions
+the body defines (inner loops' outlined bodies) are checked with the names they see varying.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from .plan import LoopPlan
 _COMPARING_METHODS = frozenset({"remove", "index", "count"})
 # Builtins whose truth is a Python fact of a batched tensor as of each of its items.
 _TYPE_TESTS = frozenset({"isinstance", "callable", "hasattr"})
-# How deep the module functions a mapped call reaches are searched for selections.
+# How deep the module functions a mapped call reaches are searched for selections and tests.
 MAX_HELPER_DEPTH = 3
 
 
@@ -221,15 +221,17 @@ def _helper_selection(call: ast.Call, ctx: PassContext, seen: tuple
     return None
 
 
-def _helper_test(call: ast.Call, ctx: PassContext, varies) -> tuple[str, str, ast.expr] | None:
+def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
+                 ) -> tuple[str, str, ast.expr] | None:
     """(the helper's name, what it does, where) when ``call`` calls a function of the caller's
     module that makes a Python number (``.item()``, ``int(t)``) of, or tests in Python (``if``,
     ``while``, ``assert``, ``x if c else y``, ``and``/``or``/``not``), a value made of a parameter
     whose argument varies per iteration (``varies``); also a method of the function's own object
-    (``self._dice(p, t)``, ``inline_method_calls.own_method``). Else None."""
+    (``self._dice(p, t)``, ``inline_method_calls.own_method``); or a helper it calls so
+    (``MAX_HELPER_DEPTH`` deep). Else None."""
     fn = module_function(call.func, ctx)
     method = own_method(call, ctx) if fn is None else None
-    if fn is None and method is None:
+    if fn is None and method is None or (fn or method) in seen or len(seen) >= MAX_HELPER_DEPTH:
         return None
     try:
         helper = ctx.parse_function(fn or method).tree.body[0]
@@ -245,6 +247,11 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies) -> tuple[str, str, as
     for n in walk(helper):
         if isinstance(n, ast.Call) and _makes_host_number(n, ctx) and depends(n, variant, ctx):
             return (fn or method).__name__, "makes a Python number of", n
+        inner = _helper_test(n, ctx, lambda *e: any(x is not None and depends(x, variant, ctx)
+                                                    for x in e), seen + (fn or method,)) \
+            if isinstance(n, ast.Call) else None
+        if inner is not None:
+            return inner
         tests = [n.test] if isinstance(n, (ast.If, ast.IfExp, ast.While, ast.Assert)) else \
             n.values if isinstance(n, ast.BoolOp) else \
             [n.operand] if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not) else []
