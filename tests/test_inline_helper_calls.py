@@ -354,3 +354,141 @@ def test_dice_tversky_example_takes_the_batched_form():
     assert opt.report.loops[0].lineno == mod.naive.__code__.co_firstlineno + 5
     for dtype in (torch.float32, torch.float64):
         assert_equivalent(mod.naive, opt, *mod.make_inputs("small", dtype))
+
+
+TESTING_HELPERS = '''
+import torch
+
+
+def dice(p, t, w=None, eps=1e-6):
+    if t.sum() == 0:  # an absent class
+        return 1 - (1 - p).mean()
+    if w is not None and isinstance(w, float):
+        p = p * w
+    return 1 - (2 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
+
+
+def normalized_l1(p, t, mean=True):
+    n = t.sum().item()
+    if mean:  # a Python flag: mapped, but for the `.item()`
+        return (p - t).abs().sum() / max(n, 1.0)
+    return (p - t).abs().sum()
+
+
+def per_class_normalized(probs, target):
+    total = 0
+    for c in range(probs.shape[1]):
+        total = total + normalized_l1(probs[:, c], target[:, c])
+    return total
+
+
+def scaled_dice(p, t, scale=True):
+    if scale:  # a Python flag: not inlined; the tensor test is in `dice`, one call deeper
+        return 2 * dice(p, t)
+    return dice(p, t)
+
+
+def per_class_scaled(probs, target):
+    total = 0
+    for c in range(probs.shape[1]):
+        total = total + scaled_dice(probs[:, c], (target == c).float())
+    return total
+
+
+def weighted(p, t, w=None):
+    if w is not None:
+        p = p * w
+    return ((p - t) ** 2).mean()
+
+
+def per_class(probs, target):
+    total = 0
+    for c in range(probs.shape[1]):
+        total = total + dice(probs[:, c], (target == c).float())
+    return total / probs.shape[1]
+
+
+def per_class_weighted(probs, target, w):
+    total = 0
+    for c in range(probs.shape[1]):
+        total = total + weighted(probs[:, c], target[:, c], w)
+    return total
+
+
+class DiceLoss(torch.nn.Module):
+    def _dice(self, p, t):
+        if t.sum() == 0:
+            return p.sum() * 0
+        return 1 - 2 * (p * t).sum() / (p.sum() + t.sum() + 1e-5)
+
+    def forward(self, probs, target):
+        loss = 0
+        for c in range(probs.shape[1]):
+            loss = loss + self._dice(probs[:, c], (target == c).to(probs.dtype))
+        return loss
+'''
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_helper_testing_a_varying_value_keeps_the_loop(tmp_path, dtype):
+    # `dice` is not inlined (it branches) and mapped with vmap its `if t.sum() == 0` raised on
+    # every call (a fallback warning): the loop runs as written, with the reason at the test
+    mod = load_module(tmp_path, TESTING_HELPERS)
+    probs = torch.rand(3, 3, 3, 3, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, 2, (3, 3, 3))
+    opt = optimize_loss(mod.per_class, compile=False, strict=True)
+    assert_equivalent(mod.per_class, opt, probs, target)
+    (loop,) = opt.report.loops
+    line = inspect.getsourcelines(mod.dice)[1] + 1
+    assert not loop.vectorized and not loop.failed_runs and not opt.report.fallbacks
+    assert loop.reason.startswith("`dice(...)` is mapped with vmap, and `dice` tests "
+                                  "in Python "
+                                  f"`t.sum() == 0` (line {line}), a value that varies")
+
+
+def test_helper_testing_only_python_facts_is_still_mapped(tmp_path):
+    # `w is not None` holds for a batched tensor as for each of its items: no refusal
+    mod = load_module(tmp_path, TESTING_HELPERS)
+    x, t = torch.rand(3, 3, 3, dtype=torch.float64, requires_grad=True), torch.rand(3, 3, 3)
+    for w in (None, 2.0, torch.rand(3, dtype=torch.float64)):
+        opt = optimize_loss(mod.per_class_weighted, compile=False, strict=True)
+        assert_equivalent(mod.per_class_weighted, opt, x, t.double(), w)
+        assert opt.report.loops[0].vectorized and not opt.report.loops[0].failed_runs
+
+
+def test_method_testing_a_varying_value_keeps_the_loop(tmp_path):
+    # the same through a method of the loss module (`self._dice(...)`)
+    mod = load_module(tmp_path, TESTING_HELPERS)
+    probs = torch.rand(3, 3, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 2, (3, 3))
+    loss = mod.DiceLoss()
+    opt = optimize_loss(loss, compile=False, strict=True)
+    assert_equivalent(loss, opt, probs, target)
+    (loop,) = opt.report.loops
+    assert not loop.vectorized and not opt.report.fallbacks
+    assert loop.reason.startswith("`self._dice(...)` is mapped with vmap, and `_dice` tests "
+                                  "in Python `t.sum() == 0`")
+
+
+def test_helper_making_a_python_number_of_a_varying_value_keeps_the_loop(tmp_path):
+    # `.item()` of a value of the mapped arguments raised under vmap on every call
+    mod = load_module(tmp_path, TESTING_HELPERS)
+    x, t = torch.rand(3, 3, dtype=torch.float64, requires_grad=True), torch.rand(3, 3).double()
+    opt = optimize_loss(mod.per_class_normalized, compile=False, strict=True)
+    assert_equivalent(mod.per_class_normalized, opt, x, t)
+    (loop,) = opt.report.loops
+    assert not loop.vectorized and not opt.report.fallbacks
+    assert loop.reason.startswith("`normalized_l1(...)` is mapped with vmap, and `normalized_l1` "
+                                  "makes a Python number of `t.sum().item()`")
+
+
+def test_helper_calling_a_testing_helper_keeps_the_loop(tmp_path):
+    mod = load_module(tmp_path, TESTING_HELPERS)
+    probs = torch.rand(3, 3, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 2, (3, 3))
+    opt = optimize_loss(mod.per_class_scaled, compile=False, strict=True)
+    assert_equivalent(mod.per_class_scaled, opt, probs, target)
+    (loop,) = opt.report.loops
+    assert not loop.vectorized and not opt.report.fallbacks
+    assert loop.reason.startswith("`scaled_dice(...)` is mapped with vmap, and `dice` tests in "
+                                  "Python `t.sum() == 0`")

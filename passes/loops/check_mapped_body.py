@@ -13,10 +13,13 @@ Refused when they vary per iteration: Python conditions (``if``, ``x if c else y
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
 registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
 call such ops in their own bodies (``_helper_selection``: mapped with vmap, they raise on every
-call), list methods comparing values (``lst.remove(t)``), and the loop index (a Python int in the
-original) handed to a function of the module that is not known to take it as a tensor
-(``index_tensor_parameters``). Functions the body defines (inner loops' outlined bodies) are
-checked with the names they see varying.
+call) or that test in Python or make a Python number of a value made of a parameter whose
+argument varies (``_helper_test``: ``if t.sum() == 0: return ...`` in a per-class dice helper, or
+a method of the object; vmap raises at data-dependent control flow and at ``.item()`` on every
+call; ``w is None`` and shape queries are Python values), list methods comparing values
+(``lst.remove(t)``), and the loop index (a Python int in the original) handed to a function of
+the module that is not known to take it as a tensor (``index_tensor_parameters``). Functions
+the body defines (inner loops' outlined bodies) are checked with the names they see varying.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from .. import ops
 from ..ast_tools import PassContext, unparse, walk
 from ..errors import Unsupported
 from .index_tensor_parameters import index_tensor_arguments
+from .inline_method_calls import own_method
 from .loop_dataflow import (call_op, container_names, depends, is_boolean, makes_new_tensor,
                             mask_names, module_function, resolve_call, variant_names,
                             write_entries)
@@ -34,7 +38,9 @@ from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
 _COMPARING_METHODS = frozenset({"remove", "index", "count"})
-# How deep the module functions a mapped call reaches are searched for selections.
+# Builtins whose truth is a Python fact of a batched tensor as of each of its items.
+_TYPE_TESTS = frozenset({"isinstance", "callable", "hasattr"})
+# How deep the module functions a mapped call reaches are searched for selections and tests.
 MAX_HELPER_DEPTH = 3
 
 
@@ -141,8 +147,7 @@ class _Check:
         name = resolve_call(node.func, self.ctx) or ""
         of_container = name in rules.ADDS_CONTAINER_ITEMS and len(node.args) == 1 \
             and isinstance(node.args[0], ast.Name) and node.args[0].id in self.containers
-        if (op.host or op.host_number or op.host_pair or ops.by_host_math(name).functions) \
-                and not of_container:
+        if _makes_host_number(node, self.ctx) and not of_container:
             self.refuse(f"`{self.quote(node)}` makes a Python number of a value that varies per "
                         "iteration", node)
         if op.data_shape:
@@ -164,6 +169,12 @@ class _Check:
                 self.refuse(f"`{self.quote(node)}` gets the loop index `{given[0]}`, a Python int "
                             "in the original and a tensor under vmap, which the function is not "
                             "known to take (it may test it in Python)", node)
+        tested = _helper_test(node, self.ctx, varies)
+        if tested is not None:
+            helper, what, where = tested
+            self.refuse(f"`{unparse(node.func)}(...)` is mapped with vmap, and `{helper}` {what} "
+                        f"`{unparse(where)}` (line {where.lineno}), a value that varies per "
+                        "iteration", node)
 
     def indices_given(self, node: ast.Call, varies) -> list[str]:
         """Loop indices (Python ints in the original) that vary here and that ``node``, a call of
@@ -208,6 +219,69 @@ def _helper_selection(call: ast.Call, ctx: PassContext, seen: tuple
             if inner is not None:
                 return inner
     return None
+
+
+def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
+                 ) -> tuple[str, str, ast.expr] | None:
+    """(the helper's name, what it does, where) when ``call`` calls a function of the caller's
+    module that makes a Python number (``.item()``, ``int(t)``) of, or tests in Python (``if``,
+    ``while``, ``assert``, ``x if c else y``, ``and``/``or``/``not``), a value made of a parameter
+    whose argument varies per iteration (``varies``); also a method of the function's own object
+    (``self._dice(p, t)``, ``inline_method_calls.own_method``); or a helper it calls so
+    (``MAX_HELPER_DEPTH`` deep). Else None."""
+    fn = module_function(call.func, ctx)
+    method = own_method(call, ctx) if fn is None else None
+    if fn is None and method is None or (fn or method) in seen or len(seen) >= MAX_HELPER_DEPTH:
+        return None
+    try:
+        helper = ctx.parse_function(fn or method).tree.body[0]
+    except Unsupported:  # no source
+        return None
+    params = [a.arg for a in helper.args.posonlyargs + helper.args.args][method is not None:]
+    if any(isinstance(a, ast.Starred) for a in call.args):
+        seeds = set(params)  # which parameter takes which argument is known only at run time
+    else:
+        seeds = {p for p, a in zip(params, call.args) if varies(a)}
+    seeds |= {k.arg for k in call.keywords if k.arg is None or varies(k.value)} & set(params)
+    variant = variant_names(helper.body, seeds, ctx)
+    for n in walk(helper):
+        if isinstance(n, ast.Call) and _makes_host_number(n, ctx) and depends(n, variant, ctx):
+            return (fn or method).__name__, "makes a Python number of", n
+        inner = _helper_test(n, ctx, lambda *e: any(x is not None and depends(x, variant, ctx)
+                                                    for x in e), seen + (fn or method,)) \
+            if isinstance(n, ast.Call) else None
+        if inner is not None:
+            return inner
+        tests = [n.test] if isinstance(n, (ast.If, ast.IfExp, ast.While, ast.Assert)) else \
+            n.values if isinstance(n, ast.BoolOp) else \
+            [n.operand] if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not) else []
+        for test in tests:
+            found = next((t for t in _tested_values(test) if depends(t, variant, ctx)), None)
+            if found is not None:
+                return (fn or method).__name__, "tests in Python", found
+    return None
+
+
+def _makes_host_number(call: ast.Call, ctx: PassContext) -> bool:
+    """``call`` makes a Python number of a tensor (``.item()``, ``int(t)``, ``math.log(t)``)."""
+    op = call_op(call, ctx)
+    return bool(op.host or op.host_number or op.host_pair
+                or ops.by_host_math(resolve_call(call.func, ctx) or "").functions)
+
+
+def _tested_values(test: ast.expr) -> list[ast.expr]:
+    """The parts of a Python test whose truth is taken of a value (not ``x is None`` or
+    ``isinstance(x, T)``, which hold for a batched tensor as for each item)."""
+    if isinstance(test, ast.BoolOp):
+        return [t for v in test.values for t in _tested_values(v)]
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _tested_values(test.operand)
+    if isinstance(test, ast.Compare) and all(isinstance(o, (ast.Is, ast.IsNot)) for o in test.ops):
+        return []
+    if isinstance(test, ast.Call) and isinstance(test.func, ast.Name) \
+            and test.func.id in _TYPE_TESTS:
+        return []
+    return [test]
 
 
 def _at(node: ast.AST) -> tuple:

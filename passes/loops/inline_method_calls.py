@@ -45,11 +45,7 @@ def inline(body: list[ast.stmt], ctx: PassContext) -> tuple[list[ast.stmt], list
     out, guards = [], []
     for s in body:
         call = s.value if isinstance(s, ast.Expr) else None
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                and isinstance(call.func.value, ast.Name) and call.func.value.id == this):
-            out.append(s)
-            continue
-        fn = _method(owner, call.func.attr, ctx)
+        fn = own_method(call, ctx)
         try:
             stmts = _inlined(call, fn, this, ctx) if fn else None
         except Unsupported:
@@ -62,6 +58,17 @@ def inline(body: list[ast.stmt], ctx: PassContext) -> tuple[list[ast.stmt], list
             "getattr(type(o), m, None) is f and m not in getattr(o, '__dict__', ())", loc=call,
             o=this, m=ast.Constant(call.func.attr), f=ctx.bind(fn, f"{call.func.attr}_inlined")))
     return out, guards
+
+
+def own_method(call: ast.expr | None, ctx: PassContext) -> types.FunctionType | None:
+    """The method ``call`` calls on the function's own object (``self._dice(p, t)`` in a
+    method of a class of the module), as ``_method`` finds it; else None."""
+    owner, this = _owner(ctx)
+    if owner is None or not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                             and isinstance(call.func.value, ast.Name)
+                             and call.func.value.id == this):
+        return None
+    return _method(owner, call.func.attr, ctx)
 
 
 def _owner(ctx: PassContext) -> tuple[type | None, str]:
