@@ -76,7 +76,7 @@ GOLDEN = {
                             loss = loss + F.cross_entropy(logits[:, t], targets[:, t], ignore_index=0, reduction='sum')
                             count = count + (targets[:, t] != 0).sum()
                     else:
-                        if logits.dim() == 3 and targets.dim() == 2 and (targets.dtype in (torch.int64, torch.int32)):
+                        if logits.dim() == targets.dim() + 1 and 2 >= targets.dim() and (targets.dtype in (torch.int64, torch.int32)):
                             _logits_row = (logits if t + _n == logits.shape[1] and t == 0 else logits[:, t:t + _n:1]).movedim(1, 0)
                             _targets_row_1 = (targets if t + _n == targets.shape[1] and t == 0 else targets[:, t:t + _n:1]).movedim(1, 0)
                             _loss_part = 0

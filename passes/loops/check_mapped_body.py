@@ -244,7 +244,7 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
         seeds = {p for p, a in zip(params, call.args) if varies(a)}
     seeds |= {k.arg for k in call.keywords if k.arg is None or varies(k.value)} & set(params)
     variant = variant_names(helper.body, seeds, ctx)
-    for n in walk(helper):
+    for n in _outside_for_loops(helper):
         if isinstance(n, ast.Call) and _makes_host_number(n, ctx) and depends(n, variant, ctx):
             return (fn or method).__name__, "makes a Python number of", n
         inner = _helper_test(n, ctx, lambda *e: any(x is not None and depends(x, variant, ctx)
@@ -260,6 +260,18 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
             if found is not None:
                 return (fn or method).__name__, "tests in Python", found
     return None
+
+
+def _outside_for_loops(node: ast.AST):
+    """The nodes under ``node`` but those of the bodies of its ``for`` loops: the helper's own
+    rewrite vectorizes those (``if c == cls`` in a loop over classes becomes a mask), and one
+    it keeps fails under vmap and runs the original, as before any check."""
+    for child in ast.iter_child_nodes(node):
+        yield child
+        if isinstance(child, (ast.For, ast.AsyncFor)):
+            yield from ast.walk(child.iter)
+        else:
+            yield from _outside_for_loops(child)
 
 
 def _makes_host_number(call: ast.Call, ctx: PassContext) -> bool:
