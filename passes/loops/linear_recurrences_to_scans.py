@@ -34,6 +34,13 @@ judge: the step loop and the rest must both vectorize, or the loop is kept (a sc
 a Python loop would gain nothing). Per-step Python numbers (``.item()`` values) keep the loop:
 the original computes in double precision on the host.
 
+An episode end written as a reset right before the recurrence, ``if done: s = 0`` (no
+``else``, the constant 0), is the step's reset (``_resets``): the step loop computes every
+step's ``done`` too, and the scan starts again from 0 at the steps where it is true, selecting
+rather than multiplying by a zero factor, so an infinite or NaN state before the reset is
+dropped as the loop drops it (``linear_scan``'s ``resets``). Per-step ``done`` of several
+elements raise the loop's error (``bool`` of the tensor).
+
 RL code writes the same recurrences in three more shapes, each brought to the one above:
 
 - over a sequence walked backwards, ``for r in reversed(rewards)`` / ``rewards.flip(0)``: the
