@@ -21,6 +21,13 @@ computed as the loop computes it, and every step is cast to its dtype and broadc
 (a state's shape is fixed by the first step: later steps broadcast to it or the loop would have
 raised, and the check of the rewritten loop keeps the shapes it vectorizes alike).
 
+Resets, ``if c: s = 0`` right before the step (``resets``: every step's ``c``, stacked when
+``resets_steps``): a step whose ``c`` is true (nonzero, or NaN, as ``bool``) computes
+``a_t * 0 + b_t``, whatever came before. The scan carries a flag per prefix ("a reset is in
+it") and selects, before and after each product, instead of multiplying the earlier states by a
+zero factor: ``0 * inf`` would be NaN where the loop starts cleanly again, and the gradient
+reaching the discarded states is zero, not ``0 * inf``. The step-by-step path selects alike.
+
 ``previous_states(states, s0, reverse)``: what a step reads of a value the step before set (a
 name assigned at the end of the body, read before), ``s0`` at the first step.
 """
@@ -35,14 +42,20 @@ _ROUNDED_EVERY_STEP = (torch.float16, torch.bfloat16)
 
 
 def linear_scan(a, b, s0, a_steps: bool, b_steps: bool, trips: int,
-                reverse: bool) -> torch.Tensor:
+                reverse: bool, resets=None, resets_steps: bool = False) -> torch.Tensor:
     if reverse:
         a, b = (a.flip(0) if a_steps else a), (b.flip(0) if b_steps else b)
+        resets = resets.flip(0) if resets_steps else resets
     first = (a[0] if a_steps else a) * s0 + (b[0] if b_steps else b)
+    R = None if resets is None else _reset_flags(resets, resets_steps, first, trips)
+    if R is not None:  # the first state as the loop computes it at a reset
+        first = (a[0] if a_steps else a) * _dropped(s0, R[0], first) + (b[0] if b_steps else b)
     if first.dtype in _ROUNDED_EVERY_STEP:
-        return _step_by_step(a, b, first, a_steps, b_steps, trips, reverse)
+        return _step_by_step(a, b, first, a_steps, b_steps, trips, reverse, R)
     A = _steps(a, a_steps, first, trips, full=False)
     B = _steps(b, b_steps, first, trips, full=True)
+    if R is not None:
+        return _scan_with_resets(A, B, s0, R, reverse)
     offset = 1
     while offset < trips:  # both updates read the previous round's A
         A, B = (torch.cat([A[:offset], A[offset:] * A[:-offset]]),
@@ -52,16 +65,53 @@ def linear_scan(a, b, s0, a_steps: bool, b_steps: bool, trips: int,
     return states.flip(0) if reverse else states
 
 
+def _scan_with_resets(A, B, s0, R, reverse: bool) -> torch.Tensor:
+    """The scan above where ``R`` marks the steps that start again from 0: a reset step's map is
+    ``s -> A * 0 + B``; composing a later map with a reset in it drops the earlier one."""
+    B = torch.where(R, A * 0 + B, B)
+    offset = 1
+    while offset < B.shape[0]:
+        later = R[offset:]
+        kept = A[offset:] * torch.where(later, 0, B[:-offset]) + B[offset:]
+        A, B, R = (torch.cat([A[:offset], A[offset:] * A[:-offset]]),
+                   torch.cat([B[:offset], torch.where(later, B[offset:], kept)]),
+                   torch.cat([R[:offset], later | R[:-offset]]))
+        offset *= 2
+    states = torch.where(R, B, A * _dropped(s0, R, B) + B)
+    return states.flip(0) if reverse else states
+
+
+def _dropped(s0, R: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``s0``, 0 where ``R``: selected before the product, so no ``0 * inf`` reaches a value or
+    a gradient. A Python number converted straight to the states' dtype (not through float32)."""
+    if not isinstance(s0, torch.Tensor):
+        s0 = torch.as_tensor(s0, dtype=like.dtype, device=like.device)
+    return torch.where(R, 0, s0)
+
+
+def _reset_flags(resets, per_step: bool, first: torch.Tensor, trips: int) -> torch.Tensor:
+    """Every step's reset as a bool aligned with the states' dims: ``c != 0`` is ``bool(c)``
+    for numbers and one-element tensors (NaN is true). A step's ``c`` of several elements makes
+    ``if c`` raise: raised here with the loop's message."""
+    r = torch.as_tensor(resets, device=first.device)
+    if r.dim() > (1 if per_step else 0):
+        bool(r[0] if per_step else r)
+    r = r.reshape(trips if per_step else 1, *[1] * first.dim()) != 0
+    return r.expand(trips, *[1] * first.dim())
+
+
 def _step_by_step(a, b, first: torch.Tensor, a_steps: bool, b_steps: bool, trips: int,
-                  reverse: bool) -> torch.Tensor:
+                  reverse: bool, R: torch.Tensor | None) -> torch.Tensor:
     """Every state as the loop computes it (``a`` and ``b`` as given, steps in run order);
     a step of another dtype or shape (only where the check allows broadcasting) is brought to
     the first's, as in the scan. Steps taken by ``unbind``: indexing costs more than the ops."""
     a_t = a[1:].unbind(0) if a_steps else [a] * (trips - 1)
     b_t = b[1:].unbind(0) if b_steps else [b] * (trips - 1)
+    r_t = R[1:].unbind(0) if R is not None else [None] * (trips - 1)
     states = [first]
-    for at, bt in zip(a_t, b_t):
-        state = at * states[-1] + bt
+    for at, bt, rt in zip(a_t, b_t, r_t):
+        previous = states[-1] if rt is None else torch.where(rt, 0, states[-1])
+        state = at * previous + bt
         if state.dtype != first.dtype or state.shape != first.shape:
             state = state.to(first.dtype).expand(first.shape)
         states.append(state)

@@ -802,3 +802,152 @@ def test_half_precision_returns_reversed_with_a_learnable_factor(dtype):
     assert torch.equal(rewritten(r, d, gamma), original(r, d, gamma))
     assert_equivalent(original, rewritten, r[:, :40].requires_grad_(), d[:, :40],
                       gamma.requires_grad_())
+
+
+# Episode ends written as a reset, `if done: G = 0`, right before the recurrence: the scan's
+# resets (a zero factor would make `0 * inf` NaN where the loop starts again from 0)
+RESETS = """
+    def f(rewards, dones, gamma):
+        G = 0.0
+        returns = []
+        for r, d in zip(reversed(rewards), reversed(dones)):
+            if d:
+                G = 0
+            G = r + gamma * G
+            returns.insert(0, G)
+        return torch.stack(returns)
+    """
+
+RESETS_GOLDEN = """
+    def f(rewards, dones, gamma):
+        G = 0.0
+        returns = []
+        _dones_stacked = _stack_items(tuple(dones)) if (type(dones) is list or (isinstance(dones, tuple) and type(dones).__getitem__ is tuple.__getitem__ and (type(dones).__iter__ is tuple.__iter__) and (type(dones).__len__ is tuple.__len__))) and len(dones) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == dones[0].shape and (_v.dtype == dones[0].dtype) and (_v.device == dones[0].device) for _v in dones)) else dones
+        _rewards_stacked = _stack_items(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
+        if (isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and (type(rewards) in (list, tuple) or isinstance(rewards, torch.Tensor)) and (type(dones) in (list, tuple) or isinstance(dones, torch.Tensor)) and (len(dones) == len(rewards)):
+            'optimize_loss: loop at line 4 vectorized'
+            _rewards_row = _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1]
+            _dones_row = _dones_stacked if len(_rewards_stacked) == _dones_stacked.shape[0] else _dones_stacked[0:len(_rewards_stacked):1]
+            r = _rewards_row
+            d = _dones_row
+            _G_reset = d
+            _G_b_item = r
+            _G_reset_1_item = _G_reset
+            _outs_1 = (_G_b_item, _G_reset_1_item)
+            _G_all = _linear_scan(gamma, _outs_1[0], G, False, True, len(rewards), True, _outs_1[1], True)
+            if isinstance(_G_all, torch.Tensor) and len(rewards) <= _G_all.shape[0] and isinstance(len(rewards), int) and (len(rewards) > 0):
+                _G_all_row = _G_all if len(rewards) == _G_all.shape[0] else _G_all[0:len(rewards):1]
+                _G_t = _G_all_row
+                _returns_item = _G_t
+                _outs_2 = (_returns_item,)
+                returns = _outs_2[0]
+            else:
+                for _k in range(len(rewards)):
+                    _G_t = _G_all[_k]
+                    returns.append(_G_t)
+        else:
+            for r, d in zip(reversed(rewards), reversed(dones)):
+                if d:
+                    G = 0
+                G = r + gamma * G
+                returns.insert(0, G)
+        return returns if isinstance(returns, torch.Tensor) else torch.stack(returns)
+    """
+
+
+def test_golden_resets():
+    _, _, code, report = build(RESETS)
+    assert strategies(report) == {4: "scan"}
+    assert code == normalise(RESETS_GOLDEN), code
+
+
+def _terminals(T, where):
+    d = torch.rand(T, generator=torch.Generator().manual_seed(T)) < 0.3
+    if where == "first":
+        d[0] = True
+    elif where == "last":
+        d[-1] = True
+    elif where in ("all", "none"):
+        d[:] = where == "all"
+    return d
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 37, 800])
+@pytest.mark.parametrize("where", ["first", "last", "all", "none", "random"])
+def test_resets_equivalent(dtype, T, where):
+    original, rewritten, _, report = build(RESETS)
+    assert strategies(report) == {4: "scan"}
+    r, d = randn(T, dtype=dtype), _terminals(T, where)
+    assert_equivalent(original, rewritten, r, d, 0.99)
+    assert_equivalent(original, rewritten, r, d.to(dtype), torch.tensor(0.9, dtype=dtype,
+                                                                         requires_grad=True))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_resets_drop_inf_and_nan_before_them(bad):
+    # a bad reward at a step run before an episode end (reversed: a later index): the loop starts
+    # again cleanly, so must the scan; every gradient as the loop's (NaN where autograd's 0 * inf)
+    original, rewritten, _, report = build(RESETS)
+    assert strategies(report) == {4: "scan"}
+    r, d = randn(40, dtype=torch.float64), torch.zeros(40, dtype=torch.bool)
+    with torch.no_grad():
+        r[30] = bad
+    d[20], d[5] = True, True
+    gamma = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    want, got = original(r, d, gamma), rewritten(r, d, gamma)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert torch.isfinite(got[:21]).all()
+    w = randn(40, dtype=torch.float64, seed=3, grad=False)
+    # gamma's gradient through the infinite states sums infinities: their order decides inf or NaN
+    for part, wrt in ((slice(0, 21), (r, gamma)), (slice(0, 40), (r,))):
+        gw = torch.autograd.grad((want[part] * w[part]).sum(), wrt, retain_graph=True)
+        gg = torch.autograd.grad((got[part] * w[part]).sum(), wrt, retain_graph=True)
+        for x, y in zip(gw, gg):
+            torch.testing.assert_close(y, x, equal_nan=True)
+
+
+@pytest.mark.parametrize("src", [
+    RESETS.replace("G = 0\n", "G = 1\n"),                     # not a reset to 0
+    RESETS.replace("if d:\n                G = 0\n", "if d:\n                G = 0\n            else:\n                G = G * 2\n"),
+    RESETS.replace("G = r + gamma * G", "G = r + gamma * G * G"),  # not linear
+])
+def test_resets_that_stay_loops(src):
+    _, _, code, report = build(src)
+    assert strategies(report) == {4: "kept"} and code == normalise(src)
+
+
+def test_a_reset_of_several_elements_raises_as_written():
+    original, rewritten, _, report = build(RESETS)
+    assert strategies(report) == {4: "scan"}
+    r, d = randn(5, 2, grad=False), torch.zeros(5, 2, dtype=torch.bool)
+    for fn in (original, rewritten):
+        with pytest.raises(RuntimeError, match="ambiguous"):
+            fn(r, d, 0.9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 40), reverse=st.booleans(), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float64, torch.bfloat16]))
+def test_kernel_with_resets_matches_the_loop(T, reverse, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    a = (torch.rand(T, 3, generator=g, dtype=torch.float64) * 1.5).to(dtype).requires_grad_()
+    b = torch.randn(T, 3, generator=g, dtype=torch.float64).to(dtype)
+    b[T // 2, 1] = float("inf")
+    b.requires_grad_()
+    resets = torch.rand(T, generator=g) < 0.3
+    s0 = torch.tensor([float("inf"), 1.0, 2.0], dtype=dtype, requires_grad=True)
+    s, states = s0, {}
+    for t in (reversed(range(T)) if reverse else range(T)):
+        s = a[t] * (0 if resets[t] else s) + b[t]
+        states[t] = s
+    want = torch.stack([states[t] for t in range(T)])
+    got = linear_scan(a, b, s0, True, True, T, reverse, resets, True)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got, want, equal_nan=True, **tol)
+    w = torch.randn(T, 3, dtype=torch.float64).to(dtype)
+    for x, y in zip(torch.autograd.grad(torch.nan_to_num(want).mul(w).sum(), (a, b, s0),
+                                        allow_unused=True),
+                    torch.autograd.grad(torch.nan_to_num(got).mul(w).sum(), (a, b, s0))):
+        torch.testing.assert_close(y, torch.zeros_like(y) if x is None else x, equal_nan=True,
+                                   **tol)

@@ -34,6 +34,13 @@ judge: the step loop and the rest must both vectorize, or the loop is kept (a sc
 a Python loop would gain nothing). Per-step Python numbers (``.item()`` values) keep the loop:
 the original computes in double precision on the host.
 
+An episode end written as a reset right before the recurrence, ``if done: s = 0`` (no
+``else``, the constant 0), is the step's reset (``_resets``): the step loop computes every
+step's ``done`` too, and the scan starts again from 0 at the steps where it is true, selecting
+rather than multiplying by a zero factor, so an infinite or NaN state before the reset is
+dropped as the loop drops it (``linear_scan``'s ``resets``). Per-step ``done`` of several
+elements raise the loop's error (``bool`` of the tensor).
+
 RL code writes the same recurrences in three more shapes, each brought to the one above:
 
 - over a sequence walked backwards, ``for r in reversed(rewards)`` / ``rewards.flip(0)``: the
@@ -97,6 +104,7 @@ class _Recurrence:
     name: str
     a: ast.expr
     b: ast.expr | None           # None: no constant term
+    reset: ast.expr | None = None  # `if c: s = 0` before it: the name bound to `c`
 
 
 def scan(node: ast.For, live_after: set[str], ctx: PassContext,
@@ -126,7 +134,8 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
     loop, initial, shown, written = _written_states(loop, it, reverse, ctx)
     needs += [replace(check, torch_name=ctx.torch_name, x=x) for x in written
               for check in ("isinstance(x, torch.Tensor)", _SCANNED_INTO)]
-    found = _recurrences(loop.body, it.index)
+    loop, resets = _resets(loop, ctx)
+    found = _recurrences(loop.body, it.index, resets)
     if not found:
         raise Unsupported("no linear recurrence")
     bound = stores_in(loop.body)
@@ -192,9 +201,7 @@ def _per_step_values(found: list[_Recurrence], preludes: dict[str, list[ast.stmt
         prelude = preludes[rec.name]
         steps += [s for s in prelude if not any(s is t for t in steps)]
         defined = stores_in(prelude) | {it.index}
-        for part, expr in (("a", rec.a), ("b", rec.b)):
-            if expr is None:
-                continue
+        for part, expr in _parts(rec).items():
             if loads(expr) & defined or not is_pure(expr):
                 per_step[(rec.name, part)] = ctx.namer.new(f"{rec.name}_{part}")
                 appends.append(ast.Expr(replace("lst.append(v)", loc=node,
@@ -408,9 +415,39 @@ def _substitute_first(e: ast.expr, name: str, value: ast.expr) -> ast.expr:
     return e
 
 
-def _recurrences(body: list[ast.stmt], index: str) -> list[_Recurrence]:
+def _resets(loop: ast.For, ctx: PassContext) -> tuple[ast.For, dict[str, ast.Name]]:
+    """``if c: s = 0`` (no ``else``) right before ``s = e`` where ``e`` reads ``s``: the
+    episode ends of discounted returns. The ``if`` becomes ``_s_reset = c``, a per-step value
+    the scan takes as the step's reset (``linear_scan``'s ``resets``), so ``s`` is bound by
+    the recurrence alone; returns the loop and the reset names by state."""
+    body, resets = list(loop.body), {}
+    for k, (s, following) in enumerate(zip(loop.body, loop.body[1:])):
+        if not (isinstance(s, ast.If) and not s.orelse and len(s.body) == 1
+                and isinstance(s.body[0], ast.Assign) and len(s.body[0].targets) == 1
+                and isinstance(s.body[0].targets[0], ast.Name)
+                and type(getattr(s.body[0].value, "value", None)) in (int, float)
+                and s.body[0].value.value == 0):
+            continue
+        name = s.body[0].targets[0].id
+        if not (isinstance(following, ast.Assign) and any(is_name(t, name)
+                                                         for t in following.targets)
+                and name in loads(following.value)) or name in loads(s.test):
+            continue
+        resets[name] = ast.Name(ctx.namer.new(f"{name}_reset"), ast.Load())
+        body[k] = ast.copy_location(ast.Assign(targets=[ast.Name(resets[name].id, ast.Store())],
+                                               value=clone(s.test), type_comment=None), s)
+    if not resets:
+        return loop, {}
+    loop = clone(loop)
+    loop.body = body
+    return ast.fix_missing_locations(loop), resets
+
+
+def _recurrences(body: list[ast.stmt], index: str,
+                 resets: dict[str, ast.Name]) -> list[_Recurrence]:
     """The top-level ``s = a * s + b`` statements whose ``s`` nothing else binds or reads
-    before them."""
+    before them (a reset of ``s`` made ``_s_reset = c``, see ``_resets``). A reset of another
+    value keeps the loop: its ``if`` is no longer in the body."""
     found = []
     for at, s in enumerate(body):
         names = [t.id for t in getattr(s, "targets", []) if isinstance(t, ast.Name)]
@@ -427,7 +464,9 @@ def _recurrences(body: list[ast.stmt], index: str) -> list[_Recurrence]:
             continue
         if any(name in loads(st) for st in body[:at]):
             continue
-        found.append(_Recurrence(at, name, *parts))
+        found.append(_Recurrence(at, name, *parts, reset=resets.get(name)))
+    if set(resets) - {rec.name for rec in found}:
+        raise Unsupported("a value reset by `if` that is no linear recurrence")
     return found
 
 
@@ -475,19 +514,25 @@ def _op(sign: str, x: ast.expr | None, y: ast.expr | None) -> ast.expr | None:
     return replace(f"x {sign} y", x=clone(x), y=clone(y))
 
 
+def _parts(rec: _Recurrence) -> dict[str, ast.expr]:
+    """The per-step expressions of a recurrence a scan takes: ``a``, ``b``, its reset."""
+    return {part: getattr(rec, part) for part in ("a", "b", "reset")
+            if getattr(rec, part) is not None}
+
+
 def _prelude(before: list[ast.stmt], rec: _Recurrence, index: str,
              bound: set[str]) -> list[ast.stmt]:
     """The statements before the recurrence that its ``a`` and ``b`` need (in order); every
     name they read that the body binds must be bound by them first (else it is carried)."""
     written = scan_step_values.written_bases(before)  # `d[t] = ...` then `d[t]` read
-    needed = (loads(rec.a) | (loads(rec.b) if rec.b is not None else set())) & (bound | written)
+    needed = set().union(*(loads(p) for p in _parts(rec).values())) & (bound | written)
     picked = []
     for s in reversed(before):
         if (stores_in([s]) | scan_step_values.written_bases([s])) & needed:
             picked.insert(0, s)
             needed |= (loads(s) & (bound | written)) - stores(s)
     carried: dict[str, ast.stmt] = {}
-    tail = [ast.Expr(rec.a)] + ([ast.Expr(rec.b)] if rec.b is not None else [])
+    tail = [ast.Expr(p) for p in _parts(rec).values()]
     loop_dataflow.exposed_reads(picked + tail, {index}, bound, carried)
     if carried:
         raise Unsupported(f"`{next(iter(carried))}` is carried")
@@ -499,14 +544,16 @@ def _scan_stmt(rec: _Recurrence, per_step: dict, first: LoopPlan, it: Iteration,
     """``_s_all = _linear_scan(a, b, s, a_steps, b_steps, trips, reverse)``."""
     fn = ctx.bind(linear_scan, "linear_scan")
     parts = {}
-    for part, expr in (("a", rec.a), ("b", rec.b)):
-        lst = per_step.get((rec.name, part))
+    for part in ("a", "b", "reset"):
+        lst, expr = per_step.get((rec.name, part)), getattr(rec, part)
         parts[part] = first.own_list_values[lst].values if lst else \
             clone(expr) if expr is not None else ast.Constant(0)
         parts[part + "_steps"] = ast.Constant(lst is not None)
     values[rec.name] = ctx.namer.new(f"{rec.name}_all")
-    return replace("all_ = f(a, b, s, a_steps, b_steps, n, r)", loc=node, all_=values[rec.name],
-                   f=fn, s=rec.name, n=it.trips(first), r=ast.Constant(reverse), **parts)
+    call = "f(a, b, s, a_steps, b_steps, n, r" + (
+        ", reset, reset_steps)" if rec.reset is not None else ")")
+    return replace(f"all_ = {call}", loc=node, all_=values[rec.name], f=fn, s=rec.name,
+                   n=it.trips(first), r=ast.Constant(reverse), **parts)
 
 
 def _rest_loop(loop: ast.For, found: list[_Recurrence], it: Iteration, values: dict[str, str],
