@@ -96,6 +96,9 @@ class LoopRegion:
     as_written: Callable[..., dict[str, Any]]
     # the attributes the region writes, by live-in: each call runs on a ``copied_state`` of them
     written: dict[str, frozenset[str]] = field(default_factory=dict)
+    # per module live-in, its parameters and buffers as the call had them (``module_state``:
+    # ``functional_call`` swaps them in only during the call): each call runs with them
+    module_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 class OptimizedFunction:
@@ -181,7 +184,9 @@ class OptimizedFunction:
                 captured = aliases_kept(_captured)
                 seen[line] = ({name: copied_state(values[name], written[name], captured)
                                if name in written else tree_map(captured, value)
-                               for name, value in values.items()}, written)
+                               for name, value in values.items()}, written,
+                              {name: module_state(value, captured) for name, value in values.items()
+                               if isinstance(value, torch.nn.Module) and name not in free})
             elif not seen:
                 seen[line] = None
         self._copy(rewritten, functools.partial(loop_regions.probe, lines=lines, recorder=_PROBE),
@@ -193,7 +198,7 @@ class OptimizedFunction:
         if found is None:
             raise ValueError(f"the loop at line {line} runs inside a function nested in the "
                              f"rewritten one")
-        (values, written), (guard, func, free, parsed, bindings) = found, guards[line]
+        (values, written, states), (guard, func, free, parsed, bindings) = found, guards[line]
         params = sorted(loop_regions.uses(guard) & values.keys() - free)
         module = loop_regions.region_function(guard, func, params)
         kept = functools.partial(as_written, lines=lines)
@@ -202,7 +207,8 @@ class OptimizedFunction:
                           frontend.build_function(module, parsed, bindings),
                           frontend.build_function(kept(clone(module)), parsed,
                                                   _transformed_helpers(bindings, kept, {})),
-                          {name: frozenset(attrs) for name, attrs in written.items()})
+                          {name: frozenset(attrs) for name, attrs in written.items()},
+                          {name: state for name, state in states.items() if name in params})
 
     def _region_guards(self, rewritten: Callable, lines: frozenset[int]) -> dict[int, tuple]:
         """Per line of ``lines`` whose vectorized guard is in the rewritten function or a helper
@@ -654,6 +660,13 @@ def copied_state(obj: Any, attributes: Iterable[str], copy_value: Callable[[Any]
     for name in set(attributes) & vars(obj).keys():  # the others the region creates
         vars(new)[name] = tree_map(copy_value, vars(obj)[name])
     return new
+
+
+def module_state(module: torch.nn.Module, copy_value: Callable[[Any], Any]) -> dict[str, Any]:
+    """``copy_value`` of each parameter and buffer of ``module``, by qualified name."""
+    named = [*module.named_parameters(remove_duplicate=False),
+             *module.named_buffers(remove_duplicate=False)]
+    return {name: copy_value(value) for name, value in named}
 
 
 def aliases_kept(copy_value: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Any], Any]:

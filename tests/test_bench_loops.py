@@ -448,3 +448,30 @@ def test_a_region_writing_an_attribute_through_a_name_bound_to_it_writes_the_cop
         assert torch.allclose(out["self.returns"], outs[0]["self.returns"])
         assert torch.allclose(out["_returns_1"], outs[0]["self.returns"])
     assert not region.live_ins["self"].returns.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_region_reading_a_module_runs_with_the_weights_functional_call_swapped_in(dtype):
+    # con_cpc_infonce_steps: the module is built on the meta device; its weights are the
+    # loss's arguments, in it only during `functional_call`: the region runs with them
+    from examples.real import con_cpc_infonce_steps as case
+    fn = optimize_loss(case.naive, compile=False)
+    z, context, weight, bias = inputs = case.make_inputs("small", dtype)
+    fn(*inputs)
+    region = fn.loop_region([41], *inputs)
+    state = region.module_states["self"]
+    assert torch.equal(state["Wk.1.weight"], weight[1]) and state["Wk.1.weight"].requires_grad
+    assert next(region.live_ins["self"].parameters()).is_meta  # the module itself is unchanged
+    vectorized, written, names = bench_worker.region_steps(region)
+    assert "pred" in names
+    c_t = region.live_ins["c_t"]
+    expected = torch.stack([c_t @ weight[i].T + bias[i] for i in range(weight.shape[0])])
+    (out_v, grads_v), (out_w, grads_w) = vectorized(), written()
+    leaves = [t for t in bench_worker._tensors([region.live_ins, state]) if t.requires_grad]
+    # the vectorized form reads the weights stacked before the region (`_Wk_weight`), the loop
+    # as written the module's: the same gradient, at either leaf
+    stacked = next(i for i, t in enumerate(leaves) if t is region.live_ins["_Wk_weight"])
+    at = next(i for i, t in enumerate(leaves) if t is state["Wk.1.weight"])
+    assert grads_w[at] is not None and torch.allclose(grads_v[stacked][1], grads_w[at])
+    for out in (out_v, out_w):
+        assert out["pred"].dtype == dtype and torch.allclose(out["pred"], expected.detach())

@@ -9,6 +9,7 @@ job's index, as soon as it is known (``start``, ``first``, ``steady_budget``, ``
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib.util
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_map
 
 from passes.report import Report
@@ -452,14 +454,16 @@ def region_steps(region: Any) -> tuple[Callable[[], tuple], Callable[[], tuple],
     attributes as they were captured: calls do not add to what the last one left; the others
     are shared; those requiring grad are the leaves), then the leaves' gradients from the output
     tensors that require grad, with fixed random cotangents (seeded: the same for outputs of the
-    same shapes); it returns the outputs and the gradients."""
-    values, written = region.live_ins, region.written
-    leaves = [t for t in _tensors(values) if t.requires_grad]
+    same shapes); it returns the outputs and the gradients. A module live-in runs with its
+    parameters and buffers as captured (``module_states``, leaves too)."""
+    values, written, states = region.live_ins, region.written, region.module_states
+    leaves = [t for t in _tensors([values, states]) if t.requires_grad]
     forms, changed, names, outs = (region.vectorized, region.as_written), set(), set(), []
     for form in forms:  # once with every tensor copied, to see what a form changes
         args = _arguments(values, None, written)
         before = {name: tree_flatten(value)[0] for name, value in args.items()}
-        outs.append(_with_attributes(form(**args), args, written))
+        with _swapped_in(states, args):
+            outs.append(_with_attributes(form(**args), args, written))
         changed |= {id(t) for t, a in zip(_tensors(values), _tensors(args)) if a._version}
         names |= {n for n, items in before.items() if _changed(items, tree_flatten(outs[-1][n])[0])}
     attributes = {n for n in outs[0] if "." in n and all(n in out for out in outs)}
@@ -471,7 +475,8 @@ def region_steps(region: Any) -> tuple[Callable[[], tuple], Callable[[], tuple],
 
         def call() -> tuple:
             args = _arguments(values, changed, written)
-            out = _with_attributes(form(**args), args, written)
+            with _swapped_in(states, args):
+                out = _with_attributes(form(**args), args, written)
             results = [t for t in _tensors([out[n] for n in names]) if t.requires_grad]
             if not cotangents:
                 cotangents.extend(_cotangent(t, i) for i, t in enumerate(results))
@@ -509,6 +514,16 @@ def _arguments(values: dict[str, Any], copied: set[int] | None,
         copied is None or id(t) in copied) else t, values)
     return {**args, **{name: copied_state(values[name], attrs, clone)
                        for name, attrs in written.items()}}
+
+
+@contextlib.contextmanager
+def _swapped_in(states: dict[str, dict[str, torch.Tensor]], args: dict[str, Any]):
+    """The modules among ``args`` with the parameters and buffers ``states`` holds for them, as
+    ``torch.func.functional_call`` swaps them in (its context manager)."""
+    with contextlib.ExitStack() as stack:
+        for name, state in states.items():
+            stack.enter_context(_reparametrize_module(args[name], state))
+        yield
 
 
 def _written_tensors(values: dict[str, Any], written: dict[str, frozenset[str]]) -> set[int]:
