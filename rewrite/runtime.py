@@ -178,17 +178,9 @@ class OptimizedFunction:
         def record(line: int, values: dict[str, Any]) -> None:
             if not seen and torch._C._functorch.maybe_current_level() is not None:
                 raise VmappedRegion(f"the loop at line {line} runs inside a vmapped function")
-            if not seen and line in guards:  # copies: the rest of the call may change them in place
-                guard, free = guards[line][0], guards[line][2]
-                written = loop_regions.written_attributes(guard, values.keys() - free)
-                captured = aliases_kept(_captured)
-                seen[line] = ({name: copied_state(values[name], written[name], captured)
-                               if name in written else tree_map(captured, value)
-                               for name, value in values.items()}, written,
-                              {name: module_state(value, captured) for name, value in values.items()
-                               if isinstance(value, torch.nn.Module) and name not in free})
-            elif not seen:
-                seen[line] = None
+            if not seen:  # copies: the rest of the call may change them in place
+                found = guards.get(line)
+                seen[line] = found and _region_values(values, found[0], found[2])
         self._copy(rewritten, functools.partial(loop_regions.probe, lines=lines, recorder=_PROBE),
                    {_PROBE: record})(*args, **kwargs)
         if not seen:
@@ -648,11 +640,25 @@ def _unchanged(tree: ast.Module) -> ast.Module:
     return tree
 
 
+def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tuple:
+    """What a region's calls start from, as the probe found ``values`` before ``guard``: the
+    values (tensors detached, one copy of a tensor bound to two names; the objects whose
+    attributes it writes copied with those attributes), those attributes by name, and the
+    parameters and buffers of the modules among them (``module_state``)."""
+    written = loop_regions.written_attributes(guard, values.keys() - free)
+    captured = aliases_kept(_captured)
+    copies = {name: copied_state(value, written[name], captured) if name in written
+              else tree_map(captured, value) for name, value in values.items()}
+    states = {name: module_state(value, captured) for name, value in values.items()
+              if isinstance(value, torch.nn.Module) and name not in free}
+    return copies, written, states
+
+
 def copied_state(obj: Any, attributes: Iterable[str], copy_value: Callable[[Any], Any]) -> Any:
     """A shallow copy of ``obj`` whose ``attributes`` hold ``copy_value`` of what they hold (in
-    fresh containers; ``copy_value`` is called on every leaf), so that writing them leaves ``obj`` as it was. Raises ValueError for
-    an object whose attributes are not its own ``__dict__`` (an ``nn.Module`` keeps parameters
-    and buffers in dicts a copy shares)."""
+    fresh containers; ``copy_value`` is called on every leaf), so that writing them leaves
+    ``obj`` as it was. Raises ValueError for an object whose attributes are not its own
+    ``__dict__`` (an ``nn.Module`` keeps parameters and buffers in dicts a copy shares)."""
     if isinstance(obj, torch.nn.Module) or not hasattr(obj, "__dict__"):
         raise ValueError(f"the region writes attributes of a {type(obj).__name__}, which a "
                          f"shallow copy shares with the original")
