@@ -17,13 +17,18 @@ names it binds that the function reads elsewhere)::
     def loss(pred, t, total):
         if <check>: ... else: ...
         return locals()
+
+The attributes a region writes into the objects it reads (``written_attributes``: ``self.acc +=
+...``, ``storage.returns[t] = ...``, ``self.x.copy_(v)``) are its outputs too; its callers give
+each call a fresh copy of them.
 """
 from __future__ import annotations
 
 import ast
 from collections import Counter
 
-from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, unparse, walk
+from . import ops
+from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, walk
 from .loops.loop_dataflow import stores_in
 from .loops.runtime_checks import guard_line, is_vectorized_guard
 
@@ -75,36 +80,57 @@ def live_outs(guard: ast.If, func: ast.FunctionDef) -> set[str]:
 def region_function(guard: ast.If, func: ast.FunctionDef, params: list[str]) -> ast.Module:
     """``def <func's name>(<params>): <guard>; return locals()`` (see the docstring). Raises
     ValueError when the guard leaves the function or a loop around it (``return``, ``yield``,
-    ``break``/``continue`` of an enclosing loop): its region is not a block of its own."""
+    ``break``/``continue`` of an enclosing loop): its region is not a block of its own. The
+    declarations of the function (``_v: object``) of names it uses come first. The
+    attributes it writes (``written_attributes``) are the callers' to copy and read."""
     escape = _escape(guard.body + guard.orelse, in_loop=False)
     if escape is not None:
         kind = type(escape).__name__.lower() if isinstance(escape, _LEAVES) else "yield"
         raise ValueError(f"the region of the loop at line {guard_line(guard)} has a "
                          f"`{kind}` out of it (line {escape.lineno})")
-    written = _attribute_writes(guard, set(params))
-    if written:  # shared objects: every call would add to what the last one left
-        raise ValueError(f"the region of the loop at line {guard_line(guard)} writes into an "
-                         f"attribute of a value it reads (`{unparse(written[0])}`)")
     [new] = replace("def f():\n    return locals()", loc=guard)
     new.name = func.name
     new.args.args = [ast.arg(name) for name in params]
     new.body.insert(0, clone(guard))
+    used = uses(guard)  # `_v: object` at the top declares what an outlined loop's `nonlocal` binds
+    new.body[:0] = [clone(s) for s in func.body if isinstance(s, ast.AnnAssign) and s.value is None
+                    and isinstance(s.target, ast.Name) and s.target.id in used]
     return fix_missing_locations(ast.Module(body=[new], type_ignores=[]))
 
 
-def _attribute_writes(guard: ast.If, params: set[str]) -> list[ast.expr]:
-    """The targets under ``guard`` that write into an attribute of a parameter, or into what it
-    holds (``self.total = ...``, ``self.returns[t] = ...``)."""
-    found = []
+def written_attributes(guard: ast.If, params: set[str]) -> dict[str, set[str]]:
+    """The attributes of the parameters ``params`` that ``guard`` writes, by parameter: by a
+    target (``self.total = ...``, ``self.returns[t] = ...``: ``total``, ``returns``) or an
+    in-place method of what one holds (``self.x.copy_(v)``, ``self.log.append(v)``: ``x``,
+    ``log``). A region that writes them changes objects every call shares: the callers run it
+    on a copy of those attributes each time, and read them after it as its outputs."""
+    written: dict[str, set[str]] = {}
     for node in walk(guard):
         if isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, ast.Store):
-            chain, part = [], node
-            while isinstance(part, (ast.Attribute, ast.Subscript)):  # down to the root name
-                chain.append(part)
-                part = part.value
-            if any(isinstance(p, ast.Attribute) for p in chain) and root_name(node) in params:
-                found.append(node)
-    return found
+            target = node
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and _mutating(node.func.attr):
+            target = node.func.value
+        else:
+            continue
+        attribute = _outermost_attribute(target)
+        if attribute is not None and root_name(target) in params:
+            written.setdefault(root_name(target), set()).add(attribute)
+    return written
+
+
+def _mutating(method: str) -> bool:
+    """A method that writes into its receiver: torch's in-place rule or an object method's."""
+    return ops.is_inplace(method) or ops.OBJECT_METHODS.get(method) == "mutates"
+
+
+def _outermost_attribute(expr: ast.expr) -> str | None:
+    """``b`` of ``a.b[c].d``: the attribute of the root name that ``expr`` reaches through, if any."""
+    found = None
+    while isinstance(expr, (ast.Attribute, ast.Subscript)):
+        found = expr.attr if isinstance(expr, ast.Attribute) else found
+        expr = expr.value
+    return found if isinstance(expr, ast.Name) else None
 
 
 def _same_scope(stmts: list[ast.stmt]):

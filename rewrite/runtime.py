@@ -30,7 +30,7 @@ import time
 import types
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -87,12 +87,18 @@ class LoopRegion:
     ``line``, as it runs (``vectorized``: its check, then the vectorized form) and with the loops
     as written (``as_written``), each a function of the names ``live_ins`` holds what a call
     read (tensors detached, requiring grad as they did) returning its locals, among them the
-    names of ``live_outs``, which the function reads after the region."""
+    names of ``live_outs``, which the function reads after the region. A live-in whose
+    attributes the region writes (``written``) holds those as they were when the region began."""
     line: int
     live_ins: dict[str, Any]
     live_outs: frozenset[str]
     vectorized: Callable[..., dict[str, Any]]
     as_written: Callable[..., dict[str, Any]]
+    # the attributes the region writes, by live-in: each call runs on a ``copied_state`` of them
+    written: dict[str, frozenset[str]] = field(default_factory=dict)
+    # per module live-in, its parameters and buffers as the call had them (``module_state``:
+    # ``functional_call`` swaps them in only during the call): each call runs with them
+    module_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 class OptimizedFunction:
@@ -167,28 +173,24 @@ class OptimizedFunction:
         if rewritten is None:
             raise ValueError(f"{self._report.function}: nothing was rewritten")
         lines, seen = frozenset(lines), {}
+        guards = self._region_guards(rewritten, lines)
 
         def record(line: int, values: dict[str, Any]) -> None:
             if not seen and torch._C._functorch.maybe_current_level() is not None:
                 raise VmappedRegion(f"the loop at line {line} runs inside a vmapped function")
             if not seen:  # copies: the rest of the call may change them in place
-                seen[line] = {name: tree_map(_captured, value) for name, value in values.items()}
+                found = guards.get(line)
+                seen[line] = found and _region_values(values, found[0], found[2])
         self._copy(rewritten, functools.partial(loop_regions.probe, lines=lines, recorder=_PROBE),
                    {_PROBE: record})(*args, **kwargs)
         if not seen:
             raise ValueError(f"{self._report.function}: no vectorized loop at lines "
                              f"{sorted(lines)} ran")
-        [(line, values)] = seen.items()
-        main = self._parts(rewritten, _unchanged)
-        for tree, parsed, bindings in [main, *_helper_parts(main[2])]:
-            found = loop_regions.find_guard(tree, line)
-            if found is not None:
-                break
-        else:
+        [(line, found)] = seen.items()
+        if found is None:
             raise ValueError(f"the loop at line {line} runs inside a function nested in the "
                              f"rewritten one")
-        guard, func = found
-        free = set(bindings) | set(parsed.fn.__code__.co_freevars)
+        (values, written, states), (guard, func, free, parsed, bindings) = found, guards[line]
         params = sorted(loop_regions.uses(guard) & values.keys() - free)
         module = loop_regions.region_function(guard, func, params)
         kept = functools.partial(as_written, lines=lines)
@@ -196,7 +198,24 @@ class OptimizedFunction:
                           frozenset(loop_regions.live_outs(guard, func)),
                           frontend.build_function(module, parsed, bindings),
                           frontend.build_function(kept(clone(module)), parsed,
-                                                  _transformed_helpers(bindings, kept, {})))
+                                                  _transformed_helpers(bindings, kept, {})),
+                          {name: frozenset(attrs) for name, attrs in written.items()},
+                          {name: state for name, state in states.items() if name in params})
+
+    def _region_guards(self, rewritten: Callable, lines: frozenset[int]) -> dict[int, tuple]:
+        """Per line of ``lines`` whose vectorized guard is in the rewritten function or a helper
+        of it (not in a function nested in one): the guard, its function, the names free in that
+        function (closure cells, bound helpers: not the region's arguments), and what builds it
+        (``_parts``)."""
+        guards = {}
+        main = self._parts(rewritten, _unchanged)
+        for tree, parsed, bindings in [main, *_helper_parts(main[2])]:
+            for line in lines - guards.keys():
+                found = loop_regions.find_guard(tree, line)
+                if found is not None:
+                    free = set(bindings) | set(parsed.fn.__code__.co_freevars)
+                    guards[line] = (*found, free, parsed, bindings)
+        return guards
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fast = self._fast
@@ -619,6 +638,57 @@ def _helper_parts(bindings: dict[str, Any]) -> Iterator[tuple[ast.Module, fronte
 
 def _unchanged(tree: ast.Module) -> ast.Module:
     return tree
+
+
+def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tuple:
+    """What a region's calls start from, as the probe found ``values`` before ``guard``: the
+    values (tensors detached, one copy of a tensor bound to two names; the objects whose
+    attributes it writes copied with those attributes), those attributes by name, and the
+    parameters and buffers of the modules among them (``module_state``)."""
+    written = loop_regions.written_attributes(guard, values.keys() - free)
+    captured = aliases_kept(_captured)
+    copies = {name: copied_state(value, written[name], captured) if name in written
+              else tree_map(captured, value) for name, value in values.items()}
+    states = {name: module_state(value, captured) for name, value in values.items()
+              if isinstance(value, torch.nn.Module) and name not in free}
+    return copies, written, states
+
+
+def copied_state(obj: Any, attributes: Iterable[str], copy_value: Callable[[Any], Any]) -> Any:
+    """A shallow copy of ``obj`` whose ``attributes`` hold ``copy_value`` of what they hold (in
+    fresh containers; ``copy_value`` is called on every leaf), so that writing them leaves
+    ``obj`` as it was. Raises ValueError for an object whose attributes are not its own
+    ``__dict__`` (an ``nn.Module`` keeps parameters and buffers in dicts a copy shares)."""
+    if isinstance(obj, torch.nn.Module) or not hasattr(obj, "__dict__"):
+        raise ValueError(f"the region writes attributes of a {type(obj).__name__}, which a "
+                         f"shallow copy shares with the original")
+    new = copy.copy(obj)
+    for name in set(attributes) & vars(obj).keys():  # the others the region creates
+        vars(new)[name] = tree_map(copy_value, vars(obj)[name])
+    return new
+
+
+def module_state(module: torch.nn.Module, copy_value: Callable[[Any], Any]) -> dict[str, Any]:
+    """``copy_value`` of each parameter and buffer of ``module``, by qualified name."""
+    named = [*module.named_parameters(remove_duplicate=False),
+             *module.named_buffers(remove_duplicate=False)]
+    return {name: copy_value(value) for name, value in named}
+
+
+def aliases_kept(copy_value: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Any], Any]:
+    """``copy_value`` of a tensor (other values as they are), the same copy each time it meets
+    the same tensor: names bound to one tensor (``_r = self.returns`` before a region that
+    writes ``_r``, or ``self.returns``) are bound to one copy. Views of a tensor are copied
+    apart."""
+    memo: dict[int, tuple[torch.Tensor, Any]] = {}
+
+    def copied(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if id(value) not in memo:  # the tensor kept with its copy: its id is not reused
+            memo[id(value)] = (value, copy_value(value))
+        return memo[id(value)][1]
+    return copied
 
 
 def _captured(value: Any) -> Any:
