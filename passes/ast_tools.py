@@ -365,43 +365,6 @@ def is_pure(expr: ast.expr, call_ok: Callable[[ast.Call], bool] = is_shape_call)
     return True
 
 
-def match(pattern: ast.AST, node: ast.AST, env: dict, torch_name: str = "torch",
-          bind: Callable[[str, ast.AST, dict], dict | None] | None = None) -> dict | None:
-    """``env`` extended so that ``pattern`` with its upper-case names (metavariables) filled in
-    is ``node``, or None. A metavariable already in ``env`` must be the same expression again
-    (stored or loaded: a loop's index and its reads); a new one is bound by ``bind(name, node, env)`` (default: to ``node``). ``torch`` in the
-    pattern is the function's torch name; constants match by type and value."""
-    if isinstance(pattern, ast.Name) and pattern.id.isupper():
-        if pattern.id in env:
-            return env if unparse(env[pattern.id]) == unparse(node) else None
-        return bind(pattern.id, node, env) if bind else {**env, pattern.id: node}
-    if isinstance(pattern, ast.Name) and pattern.id == "torch":
-        return env if is_name(node, torch_name) else None
-    if type(pattern) is not type(node):
-        return None
-    if isinstance(pattern, ast.Constant):
-        return env if type(pattern.value) is type(node.value) and pattern.value == node.value else None
-    for name, p in ast.iter_fields(pattern):
-        n = getattr(node, name, None)
-        if name == "ctx":
-            continue
-        if isinstance(p, list):
-            if not isinstance(n, list) or len(p) != len(n):
-                return None
-            for pi, ni in zip(p, n):
-                env = match(pi, ni, env, torch_name, bind) if isinstance(pi, ast.AST) else (
-                    env if pi == ni else None)
-                if env is None:
-                    return None
-        elif isinstance(p, ast.AST):
-            env = match(p, n, env, torch_name, bind) if isinstance(n, ast.AST) else None
-            if env is None:
-                return None
-        elif p != n:
-            return None
-    return env
-
-
 def write_target(stmt: ast.stmt) -> ast.expr:
     """The target of ``x[...] = v`` or ``x[...] op= v``."""
     return stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ops
-from .ast_tools import PassContext, Transformer, match, replace, walk
+from .ast_tools import PassContext, Transformer, replace, walk
 from .logsumexp_cross_entropy import logsumexp_cross_entropy
 
 
@@ -147,6 +147,10 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     return tree
 
 
+def _is_meta(name: str) -> bool:
+    return name.isupper()
+
+
 def _parsed_rules() -> dict[tuple, list]:
     """(pattern, rule, defs) by the pattern's ``_head``, parsed once: a node is matched only
     against rules of its own head (no pattern is a bare metavariable or calls one)."""
@@ -178,7 +182,7 @@ class _Fuse(Transformer):
         self.ctx = ctx
         self.reads = reads  # name -> its reads in the module
         self.temps: list[str] = []  # the temporaries (``defs``) the current match went through
-        self.safe: dict[int, bool] = {}  # statement id -> calls_are_safe
+        self.safe: dict[int, bool] = {}  # statement id -> _calls_are_safe
         self.previous: ast.stmt | None = None  # the statement just before the one being visited
         self.stmt: ast.stmt | None = None
 
@@ -227,11 +231,38 @@ class _Fuse(Transformer):
         return super().visit(node)
 
     def _match(self, pat: ast.AST, node: ast.AST, env: dict, defs: dict) -> dict | None:
-        def bind(meta: str, node: ast.AST, env: dict) -> dict | None:
-            if meta in defs:
-                return self._match_def(meta, node, env, defs)
-            return {**env, meta: node} if _pure(node) else None
-        return match(pat, node, env, self.ctx.torch_name, bind)
+        if isinstance(pat, ast.Name) and _is_meta(pat.id):
+            if pat.id in defs:
+                return self._match_def(pat.id, node, env, defs)
+            if pat.id in env:
+                return env if ast.dump(env[pat.id]) == ast.dump(node) else None
+            return {**env, pat.id: node} if _pure(node) else None
+        if isinstance(pat, ast.Name) and pat.id == "torch":
+            return env if isinstance(node, ast.Name) and node.id == self.ctx.torch_name else None
+        if type(pat) is not type(node):
+            return None
+        if isinstance(pat, ast.Constant):
+            same = type(pat.value) is type(node.value) and pat.value == node.value
+            return env if same else None
+        for name, p in ast.iter_fields(pat):
+            if name == "ctx":
+                continue
+            n = getattr(node, name)
+            if isinstance(p, list):
+                if not isinstance(n, list) or len(p) != len(n):
+                    return None
+                for pi, ni in zip(p, n):
+                    env = self._match(pi, ni, env, defs) if isinstance(pi, ast.AST) else (
+                        env if pi == ni else None)
+                    if env is None:
+                        return None
+            elif isinstance(p, ast.AST):
+                env = self._match(p, n, env, defs)
+                if env is None:
+                    return None
+            elif p != n:
+                return None
+        return env
 
     def _bound(self, fn) -> str:
         """The name generated code calls ``fn`` (a label reader, the cross entropy) by."""
@@ -240,7 +271,7 @@ class _Fuse(Transformer):
     def _safe(self, stmt: ast.stmt) -> bool:
         # once per statement: what this pass puts into it calls only safe functions
         if id(stmt) not in self.safe:
-            self.safe[id(stmt)] = calls_are_safe(stmt, self.ctx)
+            self.safe[id(stmt)] = _calls_are_safe(stmt, self.ctx)
         return self.safe[id(stmt)]
 
     def _defer_temporary(self, rule: Rule, found: dict) -> None:
@@ -284,7 +315,7 @@ def _pure(node: ast.AST) -> bool:
     return False
 
 
-def calls_are_safe(stmt: ast.stmt, ctx: PassContext) -> bool:
+def _calls_are_safe(stmt: ast.stmt, ctx: PassContext) -> bool:
     for n in walk(stmt):
         if isinstance(n, ast.NamedExpr):
             return False

@@ -15,8 +15,7 @@ from .errors import RewriteError, Unsupported
 from . import (annotate_grad_dependence, check_supported, cuts_at_tensor_indices, fuse_loss_idioms,
                broadcast_products, hoist_target_subgraph,
                optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops,
-               share_common_subexpressions, smoothed_targets_to_label_terms,
-               traceable_dtype_queries)
+               share_common_subexpressions, traceable_dtype_queries)
 from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
 
@@ -25,9 +24,6 @@ CHECKER = check_supported
 
 # AST passes, in order: each entry is a module with ``transform(tree, ctx) -> tree``.
 AST_PIPELINE: list = [
-    # before vectorize_loops: it reads the target's write as the loop the user wrote, and the
-    # loop it keeps for the guard's else branch is vectorized next
-    smoothed_targets_to_label_terms,
     # vectorize_loops runs its stages (passes/loops/, vectorize_loops.LOOP_STAGES) on a copy of
     # each loop: a loop is rewritten only when every stage can do its share, so they are not
     # separate passes (helpers are inlined only in the vectorized copy of a loop body, whose

@@ -157,18 +157,3 @@ def test_is_pure_takes_the_calls_it_is_told():
     expr = ast.parse("x.sum() > len(x)", mode="eval").body
     assert ast_tools.is_pure(expr, lambda call: True)
     assert not ast_tools.is_pure(expr, lambda call: isinstance(call.func, ast.Name))
-
-
-def test_match_binds_metavariables_and_repeats_them_by_source():
-    pattern = ast.parse("for I in range(N):\n    S[I, Y[I]] = HI").body[0]
-    loop = ast.parse("for i in range(n):\n    t[i, y[i]] = 1 - e").body[0]
-    found = ast_tools.match(pattern, loop, {})
-    assert {k: ast.unparse(v) for k, v in found.items()} == {"I": "i", "N": "n", "S": "t", "Y": "y",
-                                                             "HI": "1 - e"}
-    other = ast.parse("for i in range(n):\n    t[i, y[j]] = 1").body[0]  # I read as another name
-    assert ast_tools.match(pattern, other, {}) is None
-    torch_call = ast.parse("th.full(N)", mode="eval").body
-    assert ast_tools.match(ast.parse("torch.full(N)", mode="eval").body, torch_call, {},
-                           torch_name="th") is not None
-    pure = lambda meta, node, env: {**env, meta: node} if isinstance(node, ast.Name) else None
-    assert ast_tools.match(pattern, loop, {}, bind=pure) is None  # HI is not a name
