@@ -269,13 +269,13 @@ def test_kept_comprehensions_name_what_reads_their_list():
             return use(a, b, sum(d), [1] + [x[i] for i in range(2)])
         """)
     reasons = {l.lineno: l.reason for l in report.loops}
-    assert reasons[2] == "its items are dicts: only tensors are stacked"
+    assert reasons[2].startswith("its items are dicts: only tensors are stacked")
     assert reasons[3].startswith("its result is handed to `np.array(...)`")
     assert reasons[4].startswith("bound to `c`, which is read by `use(c)` (line 5)")
     assert reasons[6].startswith("bound to `d`, which is bound again (line 7)")
     assert reasons[7].startswith("bound to `d`, which is bound again (line 6)")
-    assert reasons[8] == ("its list is an operand of `[1] + [x[i] for i in range(2)]`: the list "
-                          "itself is needed")
+    assert reasons[8].startswith("its list is an operand of `[1] + [x[i] for i in range(2)]`: "
+                                 "the list itself is needed")
     assert not any(l.vectorized for l in report.loops)
 
 
@@ -292,9 +292,9 @@ def test_a_kept_comprehensions_reason_quotes_the_code_as_written():
         """)
     reasons = {l.lineno: l.reason for l in report.loops}
     assert [l.vectorized for l in sorted(report.loops, key=lambda l: l.lineno)] == [False, True]
-    assert reasons[3] == ("bound to `probs`, read in part, and `F.softmax(logits, dim=1)` may "
-                          "have a NaN/inf derivative: the items the original leaves alone would "
-                          "pass it on")
+    assert reasons[3].startswith(
+        "bound to `probs`, read in part, and `F.softmax(logits, dim=1)` may have a NaN/inf "
+        "derivative: the items the original leaves alone would pass it on; not distributed:")
 
 
 def test_returned_list_becomes_appends_returned_as_a_list():
@@ -426,8 +426,10 @@ def test_a_reused_name_golden():
 def test_a_reused_name_read_otherwise_is_kept_as_written():
     src = REUSED.replace("        per = torch.cat", "        use(per)\n        per = torch.cat")
     code, report = rewrite_source(src, namespace(hardest=hardest))
-    assert [l.vectorized for l in report.loops if l.lineno == 5] == [False]
-    assert "    per = [p.mean(dim=1).unsqueeze(dim=1) for p in per]\n    use(per)\n" in code
+    # not vectorized whole: the list itself is read; distribution splits it (the heavy part
+    # vectorized, a residual loop builds the list `use` reads)
+    assert [l.strategy for l in report.loops if l.lineno == 5] == ["distributed"]
+    assert "    use(per)\n" in code
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

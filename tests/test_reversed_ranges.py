@@ -87,8 +87,9 @@ def test_a_literal_negative_step_as_written_is_kept_too():
 
 
 def test_a_kept_loop_says_what_keeps_it():
-    # a GAE step reading the next step's value through a carried name: the carried name keeps
-    # it, which the reason says (was: "iterated value `reversed(range(n))` is not a plain name")
+    # a step reading a value carried from the step before, made of the state (not a shifted
+    # read, which scan_step_values takes): the carried name keeps it, which the reason says
+    # (was: "iterated value `reversed(range(n))` is not a plain name")
     _, report = rewrite_source("""
         def f(r, v, n):
             out = torch.zeros(n, 4)
@@ -98,7 +99,7 @@ def test_a_kept_loop_says_what_keeps_it():
                 d = r[t] + 0.9 * vn - v[t]
                 g = d + 0.9 * g
                 out[t] = g
-                vn = v[t]
+                vn = v[t] * g.sum()
             return out.sum()
         """)
     loop, = report.loops

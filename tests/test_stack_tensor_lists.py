@@ -148,7 +148,7 @@ def test_loops_of_called_helpers_are_counted(user):
     assert fn([1.0, 2.0]) == 10.0  # a list of floats: the helper's loop runs as written
     [loop] = fn.report.loops
     assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
-    assert "isinstance(_x_stacked, torch.Tensor)" in loop.last_failure  # not a list of tensors
+    assert "`x` was not a tensor or a list or tuple of tensors" in loop.last_failure
 
 
 PER_CLASS = '''

@@ -687,13 +687,11 @@ GOLDEN_CROSS_ENTROPY = ("""
         loss = 0
         if isinstance(logits, torch.Tensor) and logits.shape[0] <= logits.shape[0] and isinstance(t, torch.Tensor) and (logits.shape[0] <= t.shape[0]) and isinstance(logits.shape[0], int) and (logits.shape[0] > 0):
             'optimize_loss: loop at line 3 vectorized'
-            if logits.dim() >= 1 and t.dim() >= 1 and (logits.dim() == 2) and (t.dim() == 1) and (t.dtype in (torch.int64, torch.int32)):
+            if logits.dim() >= 1 and t.dim() >= 1 and (logits.dim() == t.dim() + 1) and (1 >= t.dim()) and (t.dtype in (torch.int64, torch.int32)):
                 _logits_row = logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1]
                 _t_row = t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1]
                 _loss_part = 0
-                _t = _t_row.unsqueeze(1)
-                _t_1 = _loss_of_rows(F.cross_entropy, _logits_row.unsqueeze(1), _t, 'none', ignore_index=-100)
-                _loss_part = (_t_1.sum(1) / (_t != -100).sum(1)).sum(0)
+                _loss_part = _loss_of_items(F.cross_entropy, _logits_row.unsqueeze(1), _t_row.unsqueeze(1), 'mean', ignore_index=-100).sum(0)
                 _outs = (_loss_part,)
             else:
 
