@@ -177,9 +177,13 @@ class Report:
             return frozenset()
         if loop.vectorized_runs:
             return frozenset({loop.lineno})
+        return frozenset(l.lineno for l in self._around(loop)
+                         if l.vectorized_runs and not l.failed_runs)
+
+    def _around(self, loop: LoopReport) -> list[LoopReport]:
+        """The reported loops of ``loop``'s file whose statements hold it."""
         around = enclosing_loops(loop.filename, loop.lineno)
-        return frozenset(l.lineno for l in self.loops if l.filename == loop.filename
-                         and l.lineno in around and l.vectorized_runs and not l.failed_runs)
+        return [l for l in self.loops if l.filename == loop.filename and l.lineno in around]
 
     def _runs_around(self, loop: LoopReport) -> str:
         """For a vectorized loop with no counted run of its own: the counts of the loops around
@@ -187,9 +191,7 @@ class Report:
         not say "vectorized" of an inner loop whose outer loop ran as written every time."""
         if not loop.vectorized or loop.vectorized_runs or loop.original_runs:
             return ""
-        around = enclosing_loops(loop.filename, loop.lineno)
-        outer = [l for l in self.loops if l.filename == loop.filename and l.lineno in around
-                 and (l.vectorized_runs or l.original_runs)]
+        outer = [l for l in self._around(loop) if l.vectorized_runs or l.original_runs]
         return "".join(f" [ran: only within the vectorized form of line {l.lineno}, which ran "
                        f"vectorized {l.vectorized_runs}, as written {l.original_runs}]"
                        for l in outer)

@@ -96,9 +96,7 @@ def literal(node: ast.expr) -> object:
 
 def number_literal(e: ast.expr) -> bool:
     """A number literal, signed."""
-    while isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
-        e = e.operand
-    return isinstance(e, ast.Constant) and type(e.value) in (int, float, bool)
+    return type(literal(e)) in (int, float, bool)
 
 
 def integer(operands: list[tuple[ast.expr, Val]]) -> tuple[str, ...] | None:
