@@ -169,3 +169,34 @@ def min_of_all(x: torch.Tensor, start: int) -> torch.Tensor:
     """``x.min()`` of every slice ``x[i0, ..., i_start-1]``."""
     return _extreme(x, start, False)
 
+
+
+def _first_of_selected(x: torch.Tensor, mask: torch.Tensor, start: int,
+                       largest: bool) -> torch.Tensor:
+    if x.dim() == start:
+        x, mask = x.unsqueeze(-1), mask.unsqueeze(-1)
+    flat, sel = x.flatten(start), mask.expand_as(x).flatten(start)
+    first = sel.int().argmax(-1, keepdim=True)  # argmax: the first of equal values
+    if x.is_floating_point():
+        key = torch.where(sel & (flat == flat), flat, -torch.inf if largest else torch.inf)
+    else:  # the deselected ones at the far end of the slice's own values
+        key = torch.where(sel, flat, (flat.amin if largest else flat.amax)(-1, keepdim=True))
+    best = (key.amax if largest else key.amin)(-1, keepdim=True)
+    at = (sel & (key == best)).int().argmax(-1, keepdim=True)
+    if x.is_floating_point():
+        lead = flat.gather(-1, first)
+        at = torch.where(lead != lead, first, at)
+    return torch.where(sel.any(-1), flat.gather(-1, at).squeeze(-1), 0)
+
+
+def first_max_of_selected(x: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Python's ``max(x[...][m[...]])`` of every slice (1-D selections): the first selected
+    item unless a later one compares greater, so a NaN first item stays and later NaNs are
+    skipped; the item picked by index takes the whole gradient (no split between ties, unlike
+    ``max_of_selected``). 0 where nothing is selected (the original raises ``ValueError``)."""
+    return _first_of_selected(x, mask, start, True)
+
+
+def first_min_of_selected(x: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Python's ``min(x[...][m[...]])`` of every slice, as ``first_max_of_selected``."""
+    return _first_of_selected(x, mask, start, False)

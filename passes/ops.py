@@ -277,7 +277,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
     # ``f(x, m, start)``: reduces every dim from ``start`` on (masked_selections_to_where)
     *(_helper(f, batched="from_start", total=True, derivative="constant")
-      for f in (full_extremes.min_of_selected, full_extremes.max_of_selected)),
+      for f in (full_extremes.min_of_selected, full_extremes.max_of_selected,
+                full_extremes.first_min_of_selected, full_extremes.first_max_of_selected)),
     _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
     _helper(stacked_views.stack_items, total=True, derivative="constant"),
     # -- losses -----------------------------------------------------------------------------
@@ -401,8 +402,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     _builtin("bool", total=True, host="torch.ne(e, 0)"),
     # two arguments pick one (first wins on ties, as Python does); one iterates dim 0
     _builtin("min", total=True, derivative="constant", host_pair="torch.where(b < a, b, a)",
+             selection="first_min",
              host=_FIRST_EXTREME.format(nan="float('inf')", arg="argmin")),
     _builtin("max", total=True, derivative="constant", host_pair="torch.where(b > a, b, a)",
+             selection="first_max",
              host=_FIRST_EXTREME.format(nan="float('-inf')", arg="argmax")),
     _builtin("sum", host="e.sum(0)", derivative="constant"),
     *(_builtin(n, derivative="constant")

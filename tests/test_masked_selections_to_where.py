@@ -105,6 +105,25 @@ def test_golden_max_counts_empty_selections_and_splits_ties():
     assert dense.empty == {"_empty_max": masked_selections_to_where.EMPTY_ERRORS["max"]}
 
 
+def test_golden_builtin_min_of_a_selection_is_the_first_extreme_item():
+    code, dense = rewrite_body("""
+        pos = sim[i][labels == labels[i]]
+        lo = min(pos)
+        """)
+    assert code == normalise("""
+        _mask = labels == labels[i]
+        _keep = _mask.reshape(_mask_shape[_mask.shape, sim[i].shape])
+        pos = torch.where(_keep, sim[i], False)
+        _keep_1 = _keep.reshape(_whole_mask[_keep.shape, sim[i].shape])
+        _vals = pos
+        _empty_first_min = _empty_first_min + (_keep_1.expand_as(_vals).sum() == 0)
+        lo = _first_min_of_selected(_vals, _keep_1.expand_as(_vals), 0)
+        """)
+    # Python's min() of nothing raises ValueError, read on the host like a host function's
+    assert dense.empty == {} and [e for e, _ in dense.host_errors.values()] == [
+        "ValueError('min() arg is an empty sequence')"]
+
+
 def test_golden_mean_len_and_inline_masks():
     code, _ = rewrite_body("""
         m = x[i][~(x[i] > 0)].mean()
@@ -359,6 +378,39 @@ CASES = {
                 s = s + torch.relu(pos.max() - neg.min() + 0.3)
             return s
         """, distances_with_a_singleton),
+    # multi-similarity mining as research code writes it: Python's min()/max() of selections
+    # (the first extreme item, NaN first item kept), a selection of a selection, continues
+    "builtin_extremes_mining": ("""
+        def f(emb, labels):
+            sim = emb @ emb.t()
+            total = 0
+            for i in range(emb.shape[0]):
+                pos = sim[i][labels == labels[i]]
+                pos = pos[pos < 0.999]
+                neg = sim[i][labels != labels[i]]
+                if len(neg) < 1 or len(pos) < 1:
+                    continue
+                hard_neg = neg[neg + 0.1 > min(pos)]
+                hard_pos = pos[pos - 0.1 < max(neg)]
+                if len(hard_neg) < 1 or len(hard_pos) < 1:
+                    continue
+                total = total + torch.log(1 + torch.exp(-2 * (hard_pos - 0.5)).sum()) / 2 \\
+                    + min(hard_neg) * max(pos) + torch.exp(40 * (hard_neg - 0.5)).sum() / 40
+            return total
+        """, distances),
+    # a stand-in rebound from its own selection, then reduced along its last dim or by a
+    # builtin (both need the whole mask): the keep of what it holds, not its first mask's
+    "reselected_then_whole_mask_reductions": ("""
+        def f(emb, labels):
+            unit = emb / emb.norm(dim=1, keepdim=True)
+            sim = unit @ unit.t()
+            total = 0
+            for i in range(emb.shape[0]):
+                pos = sim[i][labels == labels[i]]
+                pos = pos[pos < 0.999]
+                total = total + torch.logsumexp(pos, -1) + max(pos) * 2
+            return total
+        """, distances),
     "condition_guards_the_max": ("""
         def f(pred, target):
             s = 0
@@ -421,17 +473,21 @@ def test_counts_stay_python_ints():
     assert original(x, y) == optimized(x, y) and same_python_types(original(x, y), optimized(x, y))
 
 
+# Python's min()/max() of selections beside the methods: the first extreme item
+EXTREMES_OF_SELECTIONS = """
+    def f(x, y):
+        s = 0
+        for i in range(x.shape[0]):
+            m = y[i] > 0
+            s = s + x[i][m].sum() + x[i][m].max() + (x[i][m] * 2).amin() + len(x[i][m]) \\
+                + min(x[i][m]) * 3 + max(x[i][m] * 2)
+        return s
+    """
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=str)
 def test_integer_and_bool_selections_keep_their_dtypes(dtype):
-    src = """
-        def f(x, y):
-            s = 0
-            for i in range(x.shape[0]):
-                m = y[i] > 0
-                s = s + x[i][m].sum() + x[i][m].max() + (x[i][m] * 2).amin() + len(x[i][m])
-            return s
-        """
-    original, optimized, _, _ = build(src)
+    original, optimized, _, _ = build(EXTREMES_OF_SELECTIONS)
     x = torch.randint(-3, 3, (5, 4), generator=g(0)).to(dtype)
     y = torch.randn(5, 4, generator=g(1)).abs() * torch.tensor([1., -1., 1., -1.])
     a, b = original(x, y), optimized(x, y)
@@ -447,6 +503,18 @@ def test_max_of_an_empty_selection_raises_the_original_error():
     y = y.clone()
     y[1] = 1  # row 1: ~m selects nothing
     assert "min()" in same_error(original, optimized, x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_builtin_min_max_of_selections_pick_the_first_extreme_item(dtype):
+    original, optimized, code, report = build(EXTREMES_OF_SELECTIONS)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    x, y = ties(dtype, 0)  # ties (the first takes the gradient), -inf, NaN first and later
+    assert_equivalent(original, optimized, x, y)
+    # an anchor without positives: Python's ValueError, not torch's RuntimeError
+    original, optimized, _, _ = build(CASES["reselected_then_whole_mask_reductions"][0])
+    emb, labels = distances_with_a_singleton(dtype, 0)
+    assert same_error(original, optimized, emb, labels) == "max() arg is an empty sequence"
 
 
 def test_empty_selections_deselected_by_a_condition_do_not_raise():

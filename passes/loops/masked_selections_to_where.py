@@ -33,7 +33,11 @@ and ``hardest = dist[same].max()`` (``same = labels == labels[i]``) to::
 
 The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where(_keep, x,
 0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` -> ``_keep.sum()``;
-``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; the
+``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; Python's
+``min(pos)``/``max(neg)`` of a 1-D selection (multi-similarity mining) the first extreme item
+(``full_extremes.first_min_of_selected``: a NaN first item stays, the picked item takes the
+whole gradient), its empty selection the original's ``ValueError`` (read on the host, as the
+original's iteration of the tensor reads every element); the
 function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Along the selected dim,
 ``x[m].sum(0)`` -> ``torch.where(_keep, x, 0)`` summed over the mask's dims, and ``x[m].mean(0)``
 (a class centroid, ``emb[labels == c].mean(0)``) that sum / number selected;
@@ -105,6 +109,7 @@ is left.
 from __future__ import annotations
 
 import ast
+import builtins
 import inspect
 from dataclasses import dataclass, field
 
@@ -158,7 +163,10 @@ LAST_DIM_FORMS = {"logsumexp": "logsumexp_last"}
 EXTREMES = {"max": ("amax", "-torch.inf", "", "selected"),
             "min": ("amin", "torch.inf", "", "selected"),
             "amax": ("amax", "-torch.inf", "flat.amin(0, keepdim=True)", "equal_ties"),
-            "amin": ("amin", "torch.inf", "flat.amax(0, keepdim=True)", "equal_ties")}
+            "amin": ("amin", "torch.inf", "flat.amax(0, keepdim=True)", "equal_ties"),
+            # Python's builtins over a 1-D selection (``min(pos)``): the first extreme item
+            "first_max": ("first_max", "", "", "selected"),
+            "first_min": ("first_min", "", "", "selected")}
 # The steps work on the flattened values (``flat``, selected where ``sel``) with reductions that
 # keep their dim and a last ``[0]``: every value of one item has rank 1, which batch_loop_bodies
 # batches (a 0-d reduction next to the values would not).
@@ -169,7 +177,12 @@ FLAT = """
 sel = k.expand_as(v).flatten()
 flat = v.flatten()
 """
-SELECTED_EXTREMES = {"amax": full_extremes.max_of_selected, "amin": full_extremes.min_of_selected}
+SELECTED_EXTREMES = {"amax": full_extremes.max_of_selected, "amin": full_extremes.min_of_selected,
+                     "first_max": full_extremes.first_max_of_selected,
+                     "first_min": full_extremes.first_min_of_selected}
+# The builtins iterate the selection: its items are its elements only when it is 1-D (the mask
+# has the whole shape), and an empty one raises ``ValueError`` (the loop reads it on the host).
+BUILTIN_EXTREMES = ("first_max", "first_min")
 EXTREME_STEPS = {
     "selected": ("", "{fn}(v, k.expand_as(v), 0)"),
     "equal_ties": (f"""{FLAT}
@@ -212,7 +225,17 @@ def _empty_error(op: str) -> str:
     return f"{op}(): the selection is empty"
 
 
-EMPTY_ERRORS = {op: _empty_error(op) for op in ("max", "min", "amax", "amin")}
+def _empty_builtin_error(op: str) -> str:
+    """The message of the ``ValueError`` Python's ``max``/``min`` of nothing raises."""
+    try:
+        getattr(builtins, op)(torch.empty(0))
+    except ValueError as exc:
+        return str(exc)
+    return f"{op}() arg is an empty sequence"
+
+
+EMPTY_ERRORS = {**{op: _empty_error(op) for op in ("max", "min", "amax", "amin")},
+                **{f"first_{op}": _empty_builtin_error(op) for op in ("max", "min")}}
 
 
 class MaskShape:
@@ -297,6 +320,7 @@ class Dense:
     body: list[ast.stmt]
     guards: list[ast.expr] = field(default_factory=list)    # loop's runtime checks
     empty: dict[str, str] = field(default_factory=dict)     # counter -> error message
+    host_errors: dict[str, tuple[str, ast.AST]] = field(default_factory=dict)  # ValueErrors
     appends: dict[str, str] = field(default_factory=dict)   # list -> mask of its items
     stand_ins: frozenset[str] = frozenset()                  # names bound to stand-ins
     refused: str = ""                                        # why the selections stay
@@ -323,8 +347,8 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
         ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
     for call in converter.counted:
         ast_marks.put(users[id(call)], ast_marks.SELECTION_COUNT, True)
-    return Dense(dense, converter.guards, converter.empty, converter.appends,
-                 frozenset(converter.selected))
+    return Dense(dense, converter.guards, converter.empty, converter.host_errors,
+                 converter.appends, frozenset(converter.selected))
 
 
 class _Refused(Exception):
@@ -406,6 +430,7 @@ class _Converter:
         self.appends: dict[str, str] = {}
         self.guards: list[ast.expr] = []
         self.empty: dict[str, str] = {}
+        self.host_errors: dict[str, tuple[str, ast.AST]] = {}
         self.counters: dict[str, str] = {}
         self.pre: list[ast.stmt] = []
         self.keeps: dict[tuple, str] = {}        # in this statement: (mask, bases) -> keep
@@ -489,8 +514,8 @@ class _Converter:
         chain = self.chain(operand)
         if chain is None:
             return None
-        keep = self.keep(chain.group, call, *((WHOLE_MASK, "whole_mask")
-                                              if form in LAST_DIM_FORMS.values() else ()))
+        whole = form in LAST_DIM_FORMS.values() or form in BUILTIN_EXTREMES
+        keep = self.keep(chain.group, call, *((WHOLE_MASK, "whole_mask") if whole else ()))
         value = self.dense(chain, keep)
         rows = {*ROW_FORMS.values(), *LAST_DIM_FORMS.values()}
         if form in ("sum", *rows) and isinstance(chain.expr, ast.Name) \
@@ -518,7 +543,10 @@ class _Converter:
         counter = self.counters.get(form)
         if counter is None:
             counter = self.counters[form] = self.ctx.namer.new(f"empty_{form}")
-            self.empty[counter] = EMPTY_ERRORS[form]
+            if form in BUILTIN_EXTREMES:
+                self.host_errors[counter] = (f"ValueError({EMPTY_ERRORS[form]!r})", call)
+            else:
+                self.empty[counter] = EMPTY_ERRORS[form]
         self.pre += self._sub("c = c + (k.expand_as(v).sum() == 0)", call, c=counter, k=keep,
                               v=vals)
         reduce_, far, fill, ties = EXTREMES[form]
@@ -639,7 +667,9 @@ class _Converter:
         if key in self.keeps:
             return self.keeps[key]
         mask = group.mask
-        if group.within:  # the stand-in's elements that are selected and meet the condition
+        if group.keep:  # a stand-in rebound from its own selection: its keep has what it holds
+            mask = ast.Name(group.keep, ast.Load())
+        elif group.within:  # the stand-in's elements that are selected and meet the condition
             outer, condition = group.within
             mask = self._sub("k & c", mask, k=outer, c=self.dense(condition, outer))
         if not isinstance(mask, ast.Name):
@@ -979,6 +1009,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     plan.written, plan.body = plan.body, dense.body
     plan.selection_checks = dense.guards
     plan.empty_selections = {**plan.empty_selections, **dense.empty}  # inner loops' too
+    plan.host_errors.update(dense.host_errors)
     plan.selection_appends = dense.appends
     plan.stand_ins = dense.stand_ins
     plan.selections_kept = dense.refused or plan.selections_kept  # masked_select's, if any
