@@ -173,3 +173,49 @@ def test_the_truth_of_a_condition_in_every_dtype(dtype):
         if not (dtype.is_floating_point or dtype.is_complex) else torch.tensor(values).to(dtype)
     x = torch.randn(len(values), dtype=torch.float64, requires_grad=True)
     assert_equivalent(original, optimized, x, m)
+
+
+FIXED_NUMBERS = """
+    def f(x, t, beta):
+        s = 0
+        for i in range(x.shape[0]):
+            if t[i] > 0:
+                s = s + 1.0 / beta * torch.exp(x[i]).sum() + beta ** -1
+        return s
+    """
+
+
+def test_operations_of_fixed_numbers_stay_python_arithmetic():
+    """``1.0 / beta`` of Python numbers under a tensor condition: a Python float (double
+    precision, weak against the tensors), as in the original; made safe as tensors, it was a
+    float32 tensor, off by 1e-8 relative in a float64 loss."""
+    original, optimized, code, report = build(FIXED_NUMBERS)
+    assert report.loops[0].vectorized, report
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1., -1., 1., 1., -1., 1.])
+    a, b = original(x, t, 40.0), optimized(x, t, 40.0)
+    # to the rounding of sums in another order (a float32 1 / 40 is 1.5e-8 off)
+    assert a.dtype == b.dtype == torch.float64 and torch.allclose(a, b, rtol=1e-14, atol=0)
+    grads = [torch.autograd.grad(v, x)[0] for v in (a, b)]
+    assert torch.allclose(*grads, rtol=1e-14, atol=0)
+    y = x.detach().float().requires_grad_()
+    assert optimized(y, t, 40.0).dtype == torch.float32  # still weak against float32
+
+
+def test_a_fixed_python_zero_divisor_raises_only_where_the_original_does():
+    original, optimized, _, _ = build(FIXED_NUMBERS)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    with pytest.raises(ZeroDivisionError):
+        optimized(x, torch.tensor([1., -1., 1., 1., -1., 1.]), 0.0)
+    none = torch.full((6,), -1.0)
+    assert original(x, none, 0.0) == optimized(x, none, 0.0) == 0
+
+
+@pytest.mark.parametrize("value", [0.0, 40.0])
+def test_a_fixed_learnable_divisor_keeps_its_gradient_safe(value):
+    original, optimized, _, _ = build(FIXED_NUMBERS)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    beta = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    for t in (torch.tensor([1., -1., 1., 1., -1., 1.]), torch.full((6,), -1.0)):
+        if value or not t.gt(0).any():  # (a selected 1 / 0 is inf in both)
+            assert_equivalent(original, optimized, x, t, beta)

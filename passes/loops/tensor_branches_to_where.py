@@ -22,7 +22,13 @@ op with ``OpSpec.sanitize`` gets its risky operand replaced by a safe value (the
 log(0) of those zeros), loop-varying subscripts read index 0 where deselected, and any call not
 known to be total (``OpSpec.total``: user functions, losses with index targets, ...) raises
 ``Unsupported``: the loop is kept. A fixed operand made safe that way is cast to the dtype the
-original operation had (``beta`` in ``d ** 2 / beta`` stays a weak Python number).
+original operation had (``beta`` in ``d ** 2 / beta`` stays a weak Python number). An operation
+the loop does not change, of fixed values and numbers (``1.0 / self.scale``), is one fixed value:
+``_fixed_operand(p, 1.0 / self.scale, <made safe operand by operand>)``, the operation as written
+unless it takes a gradient. Of Python numbers it is the original's Python float (double
+precision; made safe as tensors it was a float32 tensor, 1e-8 off in a float64 loss); one that
+raises (``1.0 / 0``) fails the loop's runtime check (``NumbersRun``): the loop runs as written
+and raises where the original raises.
 
 A value computed before the condition, in every iteration, and read under it (hard-example
 mining: ``l = F.cross_entropy(x[i:i+1], y[i:i+1])``, ``if l.item() > th: s += l``) is computed
@@ -67,6 +73,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import operator
 
 import torch
 
@@ -278,7 +285,10 @@ class _Converter:
         sanitize.quiet = self.boolean | {n for n, p in self.fresh.items() if p == pred}
         sanitize.recompute = self.recompute
         sanitize.selecting = self.implied.get(pred, frozenset())
-        return sanitize.safe(e)
+        safe = sanitize.safe(e)
+        for check in sanitize.checks:
+            self.plan.checks.add(check)
+        return safe
 
     def _assigned_in(self, s: ast.If) -> set[str]:
         """Names ``s`` binds (not its effects': their statements are rewritten later)."""
@@ -386,15 +396,39 @@ class FixedOperand:
     def __init__(self, detached: bool = False):
         self.detached = detached
 
-    def __call__(self, p, w):
+    def __call__(self, p, w, safe=None):
         if not (isinstance(w, torch.Tensor) and w.requires_grad):
             return w
+        if safe is not None:  # a fixed operation's value made safe operand by operand
+            return safe
         return torch.where(p.reshape((1,) * w.dim()), w,
                            w.detach() if self.detached else torch.zeros_like(w))
 
 
 FIXED_OPERAND = FixedOperand()
 DETACHED_OPERAND = FixedOperand(detached=True)
+
+
+class NumbersRun:
+    """``_numbers_run("truediv", x, a)``, in the loop's runtime check: False when ``x`` and
+    ``a`` are Python numbers whose operation raises (``1.0 / 0``: ``ZeroDivisionError``,
+    ``10.0 ** 400``: ``OverflowError``). A fixed operation of numbers runs once for all
+    iterations in the vectorized loop, where the original runs it only on the selected ones:
+    then the loop runs as written, and raises where the original raises."""
+
+    def __call__(self, name: str, x, a) -> bool:
+        if not (type(x) in (int, float) and type(a) in (int, float)):
+            return True
+        try:
+            getattr(operator, name)(x, a)
+        except ArithmeticError:
+            return False
+        return True
+
+
+NUMBERS_RUN = NumbersRun()
+# The Python operators ``OpSpec.sanitize`` makes safe, by their ``operator`` function.
+_OPERATOR_NAMES = {ast.Div: "truediv", ast.FloorDiv: "floordiv", ast.Mod: "mod", ast.Pow: "pow"}
 _METADATA = frozenset({"shape", "ndim", "dtype", "device"})  # attributes without gradient
 
 
@@ -421,6 +455,7 @@ class Sanitize(Transformer):
         self.detached = False  # in a recomputed value: leaves detached where deselected
         self.selecting: frozenset[str] = frozenset()  # masks selecting only where pred holds
         self.opaque = False    # in a detached value: any call may run, its result is zeroed
+        self.checks: list[ast.expr] = []  # for the loop's runtime check (``NumbersRun``)
 
     def safe(self, e: ast.expr) -> ast.expr:
         """``e`` made safe (``visit``, located at ``e`` where generated nodes have no place)."""
@@ -538,7 +573,35 @@ class Sanitize(Transformer):
                           node.lineno)
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        whole = self._fixed_operation(node)
         self.generic_visit(node)
+        if whole is not None:  # itself, unless it takes a gradient: then made safe (FixedOperand)
+            self.checks.append(replace("r(n, x, a)", loc=self._loc(node), x=whole.left,
+                                       a=whole.right, n=ast.Constant(
+                                           _OPERATOR_NAMES[type(node.op)]),
+                                       r=self.ctx.bind(NUMBERS_RUN, "numbers_run")))
+            helper = self.ctx.bind(FIXED_OPERAND, "fixed_operand")
+            return replace("h(p, w, s)", loc=self._loc(node), p=self.pred, w=whole,
+                           s=self._sanitized(node), h=helper)
+        return self._sanitized(node)
+
+    def _fixed_operation(self, node: ast.BinOp) -> ast.BinOp | None:
+        """A copy of ``node`` as written when it is an operation the loop does not change, of
+        fixed values and numbers, that ``OpSpec.sanitize`` would make safe (``1.0 /
+        self.scale``). Of Python numbers the original computes a Python number: in double
+        precision, weak against tensors, raising ``ZeroDivisionError`` where it raises; made
+        safe operand by operand, the numbers would become tensors of the default dtype."""
+        if not self.leaves or self.detached or self.pre is None \
+                or ops.by_operator(type(node.op)).sanitize is None \
+                or type(node.op) not in _OPERATOR_NAMES:
+            return None
+        fixed = all(isinstance(n, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator,
+                                   ast.unaryop, ast.expr_context))
+                    or isinstance(n, (ast.Name, ast.Attribute)) and self._is_fixed(n)
+                    for n in walk(node))
+        return clone(node) if fixed else None
+
+    def _sanitized(self, node: ast.BinOp) -> ast.expr:
         rule = ops.by_operator(type(node.op)).sanitize
         if rule is None or self.detached:
             return node
