@@ -66,6 +66,7 @@ LOOP_CLASSES: dict[str, tuple[str, str]] = {
     "real.kd_overhaul_margin:42": (HETEROGENEOUS, "per layer: feature maps of 3 sizes"),
     "real.kd_similarity_preserving:29": (HETEROGENEOUS, "per layer: feature maps of 3 sizes"),
     "real.metric_lifted_hard_mining:34": (INDEPENDENT, "per anchor masked selections, continue"),
+    "real.metric_multi_similarity:39": (INDEPENDENT, "per anchor builtin min/max mining, continue"),
     "real.metric_lifted_pairs:33": (INDEPENDENT, "per pair masked sums, summed"),
     "real.metric_lifted_pairs:30": (INDEPENDENT, "per anchor, its inner pair loop"),
     "real.metric_npair_sampled:46": (INDEPENDENT, "per n-pair unit-slice distances, stacked"),
