@@ -187,7 +187,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("cos", host_math="math.cos", host_raises=_INFINITE, derivative="bounded", **_ET),
     *(_t(n, derivative="constant", **_ET) for n in ("floor", "ceil", "round", "clamp", "clip",
                                                      "nan_to_num")),
-    *(_t(n, fn=False, derivative="constant", **_ET) for n in ("clamp_min", "clamp_max")),
+    *(_t(n, derivative="constant", **_ET) for n in ("clamp_min", "clamp_max")),
     *(_t(n, derivative="bounded", **_ET) for n in ("maximum", "minimum", "logaddexp")),
     _t("add", operators=(ast.Add,), integer=(0, 1), number_first=True, derivative="constant",
        recomputed=True, **_ET),

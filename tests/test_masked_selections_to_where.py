@@ -411,6 +411,25 @@ CASES = {
                 total = total + torch.logsumexp(pos, -1) + max(pos) * 2
             return total
         """, distances),
+    # circle loss per anchor: margins bound in the body from numbers and arguments (one name,
+    # then a tuple), read next to the selections: the same in every iteration
+    "fixed_names_bound_in_the_body": ("""
+        def f(emb, labels, m=0.25):
+            sim = emb @ emb.t()
+            total = 0
+            for i in range(emb.shape[0]):
+                sp = sim[i][(labels == labels[i]) & (torch.arange(len(labels)) != i)]
+                sn = sim[i][labels != labels[i]]
+                if sp.numel() == 0 or sn.numel() == 0:
+                    continue
+                gamma = 8.0
+                delta_p, delta_n = 1 - m, m
+                ap = torch.clamp_min(-sp.detach() + 1 + m, min=0.)
+                logit_p = -ap * (sp - delta_p) * gamma
+                logit_n = (sn - delta_n) * gamma
+                total = total + F.softplus(torch.logsumexp(logit_n, 0) + torch.logsumexp(logit_p, 0))
+            return total
+        """, distances_with_a_singleton),
     "condition_guards_the_max": ("""
         def f(pred, target):
             s = 0
@@ -515,6 +534,14 @@ def test_builtin_min_max_of_selections_pick_the_first_extreme_item(dtype):
     original, optimized, _, _ = build(CASES["reselected_then_whole_mask_reductions"][0])
     emb, labels = distances_with_a_singleton(dtype, 0)
     assert same_error(original, optimized, emb, labels) == "max() arg is an empty sequence"
+
+
+def test_fixed_names_bound_in_the_body_are_checked_to_be_numbers_or_0d():
+    original, optimized, code, _ = build(CASES["fixed_names_bound_in_the_body"][0])
+    assert "isinstance(m, (int, float)) or (torch.is_tensor(m) and m.dim() == 0)" in code
+    emb, labels = distances(torch.float64, 0)
+    m = torch.tensor([0.25, 0.3, 0.1, 0.2, 0.25, 0.3, 0.1, 0.2], dtype=torch.float64)
+    assert type(outcome(original, emb, labels, m)) is type(outcome(optimized, emb, labels, m))
 
 
 def test_empty_selections_deselected_by_a_condition_do_not_raise():

@@ -65,9 +65,11 @@ does not vary too: an inner loop's ``dist[i][target != t_i]`` varies in the oute
 over it), whose value reaches a full reduction only through elementwise ops (arithmetic, single
 comparisons, the registry's batched elementwise ops); a name bound once, at the top of the body,
 to such a value is its stand-in, read only by such reductions. The selections of one reduction
-share their mask; its other operands are numbers, 0-d values (reductions), or names that do not
-vary, which the loop's runtime check requires to be numbers or 0-d tensors (``Dense.guards``): a
-longer tensor broadcasts against the number of selected elements in the original.
+share their mask; its other operands are numbers, 0-d values (reductions), names the body binds
+once to numbers and such names by elementwise operators (``delta_p, delta_n = 1 - m, m``), or
+names that do not vary, which the loop's runtime check requires to be numbers or 0-d tensors
+(``Dense.guards``): a longer tensor broadcasts against the number of selected elements in the
+original.
 
 Why each piece:
 
@@ -424,6 +426,7 @@ class _Converter:
         self.top_only = {n for n in self.assigned if top.count(n) == counts[n]}
         self.masks = _strict_masks(body, ctx) | (outer_masks - self.assigned)
         self.scalars: set[str] = set()
+        self.scalar_guards: dict[str, list[ast.expr]] = {}  # a fixed name -> its leaves' checks
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
         self.converted: list[ast.Subscript] = []
         self.counted: list[ast.Call] = []        # the counts among the converted reductions
@@ -470,9 +473,13 @@ class _Converter:
                 out.append(s)
                 continue
             scalar = top and self._binds_scalar(s)
+            fixed = _binds_fixed(self, s) if top else None
             new = _Rewrite(self).visit(s)
             if scalar:
                 self.scalars.add(s.targets[0].id)
+            for name, guards in (fixed or {}).items():
+                self.scalars.add(name)
+                self.scalar_guards[name] = guards
             out += self.pre + [new]
         return out
 
@@ -597,7 +604,7 @@ class _Converter:
             return self._hole("name", e, leaves)
         if _is_constant(e):
             return clone(e)
-        if self._scalar(e):
+        if _scalar(self, e):
             return self._hole("scalar", e, leaves)
         if isinstance(e, ast.BinOp) and isinstance(e.op, ELEMENTWISE_BINOPS):
             return ast.copy_location(ast.BinOp(self._chain(e.left, leaves, groups), e.op,
@@ -620,18 +627,6 @@ class _Converter:
             args = [self._chain(a, leaves, groups) for a in e.args]
             return ast.copy_location(ast.Call(func, args, clone(e.keywords)), e)
         raise _NotChain
-
-    def _scalar(self, e: ast.expr) -> bool:
-        """A 0-d value or a number: broadcasts the same against a selection and its stand-in."""
-        if isinstance(e, ast.Name) and e.id in self.scalars:
-            return True
-        if _reduction(e, self.ctx) is not None:  # reductions and counts are 0-d or numbers
-            return True
-        if isinstance(e, (ast.Name, ast.Attribute)) and _simple(e) \
-                and not (loads(e) & (self.assigned | self.seeds)):
-            self.pending.append(self._sub(SCALAR_GUARD, e, x=e))
-            return True
-        return False
 
     def _selection(self, sub: ast.Subscript) -> _Group:
         """The group of one selection ``x[m]``; refuses what cannot be converted."""
@@ -732,6 +727,56 @@ def _reduction(call: ast.expr, ctx: PassContext) -> tuple[str, ast.expr] | None:
     dim = literal(dims[0]) if len(dims) == 1 else None
     forms = {0: ROW_FORMS, -1: LAST_DIM_FORMS}.get(dim, {}) if type(dim) is int else {}
     return (forms[form], operand) if form in forms else None
+
+
+def _scalar(conv: _Converter, e: ast.expr) -> bool:
+    """A 0-d value or a number: broadcasts the same against a selection and its stand-in."""
+    if isinstance(e, ast.Name) and e.id in conv.scalars:
+        conv.pending += [clone(g) for g in conv.scalar_guards.get(e.id, [])]
+        return True
+    if _reduction(e, conv.ctx) is not None:  # reductions and counts are 0-d or numbers
+        return True
+    if isinstance(e, (ast.Name, ast.Attribute)) and _simple(e) \
+            and not (loads(e) & (conv.assigned | conv.seeds)):
+        conv.pending.append(conv._sub(SCALAR_GUARD, e, x=e))
+        return True
+    return False
+
+
+def _binds_fixed(conv: _Converter, s: ast.stmt) -> dict[str, list[ast.expr]] | None:
+    """``delta = 1 - conv.m`` (``a, b = 1 - m, m`` alike), each name bound once to numbers
+    and values bound before the loop by elementwise operators: the same in every
+    iteration, a number or 0-d tensor when what it reads is (name -> those checks)."""
+    if not isinstance(s, ast.Assign) or len(s.targets) != 1:
+        return None
+    target, value = s.targets[0], s.value
+    pairs = list(zip(target.elts, value.elts)) if isinstance(target, ast.Tuple) \
+        and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts) \
+        else [(target, value)]
+    found = {}
+    for name, e in pairs:
+        guards = _fixed_guards(conv, e)
+        if not (isinstance(name, ast.Name) and name.id in conv.once) or guards is None:
+            return None
+        found[name.id] = guards
+    return found
+
+def _fixed_guards(conv: _Converter, e: ast.expr) -> list[ast.expr] | None:
+    """The checks that ``e``, numbers and fixed values joined by elementwise operators, is
+    a number or 0-d tensor; None when it is not such an expression."""
+    if _is_constant(e):
+        return []
+    if isinstance(e, ast.Name) and e.id in conv.scalars:
+        return list(conv.scalar_guards.get(e.id, []))
+    if isinstance(e, (ast.Name, ast.Attribute)) and _simple(e) \
+            and not loads(e) & (conv.assigned | conv.seeds):
+        return [conv._sub(SCALAR_GUARD, e, x=e)]
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ELEMENTWISE_UNARYOPS):
+        return _fixed_guards(conv, e.operand)
+    if isinstance(e, ast.BinOp) and isinstance(e.op, ELEMENTWISE_BINOPS):
+        left, right = _fixed_guards(conv, e.left), _fixed_guards(conv, e.right)
+        return None if left is None or right is None else left + right
+    return None
 
 
 def _test(conv: _Converter, e: ast.expr) -> ast.expr:
