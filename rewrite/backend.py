@@ -37,6 +37,7 @@ instead, so that the decorator's own fallback and ``strict=True`` apply.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import re
@@ -44,6 +45,8 @@ import warnings
 from typing import Any, Callable
 
 import torch
+
+from torch._functorch._aot_autograd import runtime_wrappers
 
 from passes import hoist_target_subgraph, reroll_unrolled_loops
 from passes.meta_keys import NOT_REROLLED_BECAUSE, REROLLED, USER_LOCATION
@@ -64,6 +67,12 @@ _told: set[str] = set()  # "not re-rolled" notes already logged, once per proces
 # Notes logged as info, not as a warning: no loop was missed (a model's forward has none, and
 # ``h[0] + h[1]`` is no loop).
 _NO_MISSED_LOOP = (reroll_unrolled_loops.NO_LOOP, reroll_unrolled_loops.TOO_FEW)
+# Inner backends that compile a graph that takes gradients into one AOTAutograd
+# ``autograd.Function`` (``first_order_functions`` makes it refuse a create_graph backward).
+AOT_BACKENDS = frozenset({"inductor", "aot_eager", "aot_eager_decomp_partition"})
+# What builds that Function's class (None in a torch without it: then the decorator hooks
+# every call's outputs instead, ``rewrite.runtime._first_order_only``).
+_FUNCTION_FACTORY = getattr(runtime_wrappers, "_AOTDispatchAutogradFunctionFactory", None)
 
 
 class HoistingBackend:
@@ -73,13 +82,17 @@ class HoistingBackend:
     ``reroll=False`` leave out that pass; with ``fallback``, a failure compiles the unmodified
     graph with ``backend`` instead of raising. With ``explain`` (the backend a user picked, not
     the decorator's), every graph gets a note on its loops, re-rolled or why not, even one
-    without a loop, and each new "not re-rolled" note is logged once per process."""
+    without a loop, and each new "not re-rolled" note is logged once per process. With
+    ``first_order`` (a message; ``backend`` one of ``AOT_BACKENDS``), a backward with
+    ``create_graph=True`` through a compiled graph raises RuntimeError(first_order)
+    (``first_order_functions``)."""
 
     def __init__(self, backend: str | Callable = "inductor", mode: str | None = None,
                  dynamic: bool | None = None, report: Report | None = None,
                  dump: Dump | None = None, hoist: bool = True, reroll: bool = True,
-                 fallback: bool = False, explain: bool = False):
+                 fallback: bool = False, explain: bool = False, first_order: str | None = None):
         self.backend, self.mode, self.dynamic = backend, mode, dynamic
+        self.first_order = first_order
         self.report, self.dump, self.fallback, self.explain = report, dump, fallback, explain
         skipped = {hoist_target_subgraph: not hoist, reroll_unrolled_loops: not reroll}
         self.passes = [p for p in FX_PIPELINE if not skipped.get(p)]
@@ -88,6 +101,13 @@ class HoistingBackend:
         self.__name__ = "optimize_loss"  # what torch.compile and Dynamo's logs call it
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
+        if self.first_order is None:
+            return self._compile_or_fall_back(gm, example_inputs, **kwargs)
+        with first_order_functions(self.first_order):
+            return self._compile_or_fall_back(gm, example_inputs, **kwargs)
+
+    def _compile_or_fall_back(self, gm: torch.fx.GraphModule, example_inputs: list[Any],
+                              **kwargs: Any) -> Callable:
         inner = _inner(self.backend, kwargs.get("mode", self.mode), self.dynamic)
         if not self.fallback:
             return self._compile(gm, example_inputs, inner)
@@ -180,6 +200,37 @@ def reroll_notes(gm: torch.fx.GraphModule, graph_note: bool = False) -> list[str
         where = f"from {hoist._where(first)}" if first else "without a known line"
         notes.append(f"not re-rolled, the graph {where}: {gm.meta[NOT_REROLLED_BECAUSE]}")
     return list(dict.fromkeys(notes))
+
+
+def first_order_supported(backend: str | Callable) -> bool:
+    """``HoistingBackend(backend, first_order=...)`` refuses every create_graph backward through
+    what it compiles (this torch builds AOTAutograd's Functions where it can be told)."""
+    return _FUNCTION_FACTORY is not None and isinstance(backend, str) and backend in AOT_BACKENDS
+
+
+@contextlib.contextmanager
+def first_order_functions(message: str) -> Any:
+    """While compiling: every ``autograd.Function`` AOTAutograd builds for a graph raises
+    RuntimeError(message) in a backward with ``create_graph=True`` (the engine runs such a
+    backward in grad mode, where AOTAutograd calls the class's ``_double_backward``, whose own
+    Function would give a second derivative of None or raise only when reached). Per compiled
+    graph, once: no hook on every call's outputs. A backward that never reaches a compiled
+    graph is the eager one, and right. Dynamo compiles one graph at a time (its compile lock),
+    so the factory is patched only for this backend's graphs."""
+    def refuse(ctx: Any, impl_fn: Callable, all_args: list) -> None:
+        raise RuntimeError(message)
+
+    build = _FUNCTION_FACTORY.build
+
+    def build_refusing(factory: Any) -> type:
+        function = build(factory)
+        function._double_backward = staticmethod(refuse)
+        return function
+    _FUNCTION_FACTORY.build = build_refusing
+    try:
+        yield
+    finally:
+        _FUNCTION_FACTORY.build = build
 
 
 def _inner(backend: str | Callable, mode: str | None, dynamic: bool | None) -> Callable:

@@ -45,7 +45,7 @@ from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, FormChoice, Report
 
 from . import frontend
-from .backend import HoistingBackend
+from .backend import HoistingBackend, first_order_supported
 from .keep_faster import BAND, FormTrial, elements, size_band
 from .lint import warn as lint_warn
 from .testing import compare, outputs_and_gradients
@@ -445,11 +445,16 @@ class OptimizedFunction:
             return rewritten
         if self._compiled_fn is None:
             backend, mode = opts.backend, opts.mode
+            # AOTAutograd's backward is not differentiable: a create_graph backward raises,
+            # decided when each graph compiles where the backend can tell, else on every call
+            first_order = opts.hoist and first_order_supported(backend)
             if opts.hoist:  # Dynamo's graphs get the FX passes, then go to opts.backend
-                backend, mode = HoistingBackend(backend, mode, opts.dynamic, self._report,
-                                                self._dumper()), None
+                backend, mode = HoistingBackend(
+                    backend, mode, opts.dynamic, self._report, self._dumper(),
+                    first_order=_second_order_refused(self._report.function) if first_order
+                    else None), None
             compiled = torch.compile(rewritten, backend=backend, mode=mode, dynamic=opts.dynamic)
-            if opts.backend != "eager":  # AOTAutograd's backward is not differentiable
+            if opts.backend != "eager" and not first_order:
                 compiled = _first_order_only(compiled, self._report.function)
             compiled._optimize_loss_eager = rewritten  # next step down if compiling fails
             self._compiled_fn = compiled
@@ -705,17 +710,21 @@ def _transformed(source: str, lineno: int, transform: Callable[[ast.Module], ast
     return transform(tree)
 
 
+def _second_order_refused(name: str) -> str:
+    return (f"optimize_loss: second-order gradients (backward with create_graph=True) "
+            f"through the compiled {name} are not supported: torch.compile's backward is not "
+            f"differentiable. Use optimize_loss(..., compile=False) (or backend=\"eager\") "
+            f"for this loss.")
+
+
 def _first_order_only(compiled: Callable, name: str) -> Callable:
     """``compiled``, whose outputs refuse a backward with ``create_graph=True``: AOTAutograd's
     backward is not differentiable, so a second ``grad`` through it would be None (or raise only
-    for some losses). A hook on each output's grad_fn costs about 1 us per call."""
+    for some losses). A hook on each output's grad_fn, on every call: for the backends whose
+    graphs refuse it themselves (``backend.first_order_supported``) it is not needed."""
     def refuse_create_graph(grad_outputs: tuple) -> None:
         if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
-            raise RuntimeError(
-                f"optimize_loss: second-order gradients (backward with create_graph=True) "
-                f"through the compiled {name} are not supported: torch.compile's backward is not "
-                f"differentiable. Use optimize_loss(..., compile=False) (or backend=\"eager\") "
-                f"for this loss.")
+            raise RuntimeError(_second_order_refused(name))
 
     def call(*args: Any, **kwargs: Any) -> Any:
         out = compiled(*args, **kwargs)

@@ -11,6 +11,8 @@ from rewrite import RewriteError, RewriteWarning, assert_equivalent, optimize_lo
 from tests.helpers import load_module
 
 USER_CODE = '''
+import torch
+
 def cubed(pred, target):
     total = 0
     for i in range(pred.shape[0]):
@@ -19,6 +21,18 @@ def cubed(pred, target):
 
 def sine(pred, target):
     return (pred.sin() * target).sum()
+
+def summed(pred, target):
+    out = torch.zeros_like(pred)
+    for i in range(pred.shape[0]):
+        out[i] = pred[i] + target[i]
+    return out.sum()
+
+def with_prediction(pred, target):
+    total = 0
+    for i in range(pred.shape[0]):
+        total = total + ((pred[i] - target[i]) ** 2).sum()
+    return total, pred
 '''
 
 
@@ -93,3 +107,36 @@ def test_second_order_gradients_are_right_or_refused(user, name, dtype):
         second_order(optimize_loss(original, backend="aot_eager"))
     # First-order gradients through the compiled function are unaffected.
     assert_equivalent(original, optimize_loss(original, backend="aot_eager"), pred, target)
+
+
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("hoist", [True, False])
+def test_a_create_graph_backward_through_a_linear_loss_is_refused(user, backend, hoist):
+    # A linear loss: AOTAutograd's own double backward gives None here, not an error.
+    fn = optimize_loss(user.summed, backend=backend, hoist=hoist, keep_faster=False)
+    pred, target = _inputs(torch.float64)
+    assert_equivalent(user.summed, fn, pred, target)
+    for _ in range(2):  # the checked first call and a steady one
+        with pytest.raises(RuntimeError, match=r"create_graph=True.*compile=False"):
+            torch.autograd.grad(fn(pred, target), pred, create_graph=True)
+    first, = torch.autograd.grad(fn(pred, target), pred)  # first order: the same after a refusal
+    assert torch.equal(first, torch.ones_like(pred))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_callers_own_graph_keeps_its_second_order_gradients(user, dtype):
+    # Before: a hook on every output's grad_fn, on every call, also on a tensor the function
+    # returns as it got it, whose grad_fn is the caller's: their own double backward raised.
+    fn = optimize_loss(user.with_prediction, keep_faster=False)
+    w = torch.randn(4, 3, dtype=dtype, requires_grad=True)
+    target = torch.randn(4, 3, dtype=dtype)
+    for _ in range(2):
+        loss, pred = fn(w ** 3, target)
+        first, = torch.autograd.grad(pred.sum(), w, create_graph=True)
+        second, = torch.autograd.grad(first.sum(), w)
+        assert second.dtype == dtype and torch.allclose(second, 6 * w.detach())
+        with pytest.raises(RuntimeError, match=r"create_graph=True.*compile=False"):
+            torch.autograd.grad(loss, w, create_graph=True)
+    want = user.with_prediction(w ** 3, target)[0]
+    assert torch.allclose(loss, want)
+    assert torch.allclose(torch.autograd.grad(loss, w)[0], torch.autograd.grad(want, w)[0])

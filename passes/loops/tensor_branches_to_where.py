@@ -614,14 +614,17 @@ class Sanitize(Transformer):
         safe_operand = self._safe(operand, safe)
         if self.pre is not None and not depends(operand, self.variant, self.ctx):
             # a fixed operand (``beta``, often a Python number) broadcast by the mask would
-            # promote like a tensor: cast to the dtype the original operation has
+            # promote like a tensor: cast to the dtype the original operation has, and made a
+            # tensor of that dtype before the mask (which would make a Python float a float32
+            # tensor where the original divides a float64 by the float itself)
             if not isinstance(getattr(node, other), (ast.Name, ast.Constant)):
                 name = self.ctx.namer.new("t")
                 self.pre += replace("t = x", loc=node, t=name, x=getattr(node, other))
                 setattr(node, other, ast.Name(name, ast.Load()))
-            safe_operand = replace("s.to(torch.result_type(x, a))", loc=operand,
-                                   torch_name=self.ctx.torch_name, s=safe_operand,
-                                   x=getattr(node, other), a=operand)
+            safe_operand = replace(
+                f"torch.where(p, torch.zeros_like(p, dtype=torch.result_type(x, a)) + a, {safe})"
+                f".to(torch.result_type(x, a))", loc=operand, torch_name=self.ctx.torch_name,
+                p=self.pred, x=getattr(node, other), a=operand)
         setattr(node, side, safe_operand)
         return node
 
