@@ -20,7 +20,9 @@ names it binds that the function reads elsewhere)::
 
 The attributes a region writes into the objects it reads (``written_attributes``: ``self.acc +=
 ...``, ``storage.returns[t] = ...``, ``self.x.copy_(v)``) are its outputs too; its callers give
-each call a fresh copy of them.
+each call a fresh copy of them. A region with a call that prints, logs or writes files
+(``io_call``) shows when it runs: it is not run again (the run-time choice of a loop's form,
+``rewrite.loop_choice``, leaves its loop vectorized).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import ast
 from collections import Counter
 
 from . import ops
-from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, walk
+from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, unparse, walk
 from .loops.loop_dataflow import stores_in
 from .loops.runtime_checks import guard_line, is_vectorized_guard
 
@@ -117,6 +119,18 @@ def written_attributes(guard: ast.If, params: set[str]) -> dict[str, set[str]]:
         if attribute is not None and root_name(target) in params:
             written.setdefault(root_name(target), set()).add(attribute)
     return written
+
+
+def io_call(guard: ast.If) -> ast.Call | None:
+    """The first call in ``guard`` whose effect is I/O (``ops.effect``: ``print(...)``,
+    ``logging.info(...)``, ``writer.add_scalar(...)``, by its dotted name or as a method)."""
+    for node in walk(guard):
+        if isinstance(node, ast.Call):
+            method = node.func.attr if isinstance(node.func, ast.Attribute) else None
+            if "io" in (ops.effect(unparse(node.func), None),
+                        method and ops.effect(None, method, node)):
+                return node
+    return None
 
 
 def _mutating(method: str) -> bool:
