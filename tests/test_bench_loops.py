@@ -229,6 +229,16 @@ def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
                          "not timed, as written it raised RuntimeError: vmap | – |")
 
 
+def test_a_loop_kept_as_written_at_run_time_says_so_and_keeps_its_measured_speedup():
+    """The choice at the first call (``rewrite.loop_choice``) runs it as written: the row says
+    so, and its speedup is still its vectorized form's (slower, as measured)."""
+    row = _row(8, "independent", speedup=Ratio(0.3, False, 0.25, 0.35), region={"line": 8})
+    row["runs"] = {**row["runs"], "kept_at_run_time": "kept as written at run time for inputs ..."}
+    assert bench_loops._row(row) == (
+        "| x.py:8 | independent | vectorized (vmap) | vectorized 1, as written 0; then kept as "
+        "written at run time: slower vectorized | 8 | 8 | 0.3× (0.25–0.35) ✗ | – |")
+
+
 def test_the_real_corpus_classifies_its_loops_for_the_bench(tmp_path):
     classes = bench_loops.loop_classes(Path(examples.real.__file__).parent)
     assert classes.loop_class("spk_ge2e_contrast", 44)[0] == classes.INDEPENDENT
