@@ -35,6 +35,7 @@ import copy
 import random
 import statistics
 import sys
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -93,11 +94,14 @@ def timed_runs(step: Callable[[], Any], runs: int, form: str, devices: set[torch
 @contextlib.contextmanager
 def untouched(devices: Iterable[torch.device]):
     """Every random number generator (torch's on the CPU and on ``devices``, Python's, NumPy's
-    when loaded) as it was before the block, after it."""
+    when loaded) as it was before the block, after it; no warning shown from within it (the
+    user's call showed its own)."""
     numpy = sys.modules.get("numpy")
     state, np_state = random.getstate(), numpy.random.get_state() if numpy else None
     try:
-        with torch.random.fork_rng(devices=[d for d in devices if d.type == "cuda"]):
+        with torch.random.fork_rng(devices=[d for d in devices if d.type == "cuda"]), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             yield
     finally:
         random.setstate(state)

@@ -12,7 +12,9 @@ every signature that differs only in sizes, with that one warning. When the orig
 its exception is the user's own and is re-raised unchanged. With ``keep_faster=True`` (the
 default) a few calls after a signature's first time the rewritten function against the original,
 and the faster one runs for every signature of its band (``rewrite.keep_faster``: never slower
-than the original; a close choice is checked again at spaced calls). Arguments the function may change in
+than the original; a close choice is checked again at spaced calls); at the band's first call,
+eager, each loop that ran vectorized is timed alone and one clearly slower so runs as written
+for the band (``rewrite.loop_choice``). Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
 back before the next step runs. With ``compile=True`` the first call of a signature also compares
 the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
