@@ -2,12 +2,13 @@
 <the loop as written>``) made a function of its own, so that the loop can be timed alone.
 
 Not a pipeline pass: ``OptimizedFunction.loop_region`` applies it to copies of the rewritten
-function. ``probe`` has a call record what each guard at the given lines can read::
+function. ``probe`` has a call record what each guard at the given lines can read, and when
+it is done (how long a region took in the call)::
 
     if <check>:                                         probe(7, locals())
         'optimize_loss: loop at line 7 vectorized'  ->  if <check>:
         <vectorized>                                        ...
-    else:
+    else:                                               probe(7, None)
         for i in range(len(pred)): ...
 
 ``region_function`` makes one guard a function of the names it uses that the probe found bound
@@ -40,7 +41,8 @@ _LEAVES = (ast.Return, ast.Break, ast.Continue)
 
 
 def probe(tree: ast.Module, lines: frozenset[int], recorder: str) -> ast.Module:
-    """``tree`` with ``recorder(line, locals())`` before each vectorized guard at ``lines``."""
+    """``tree`` with ``recorder(line, locals())`` before each vectorized guard at ``lines``
+    and ``recorder(line, None)`` after it."""
     return _Probe(lines, recorder).visit(tree)
 
 
@@ -52,7 +54,9 @@ class _Probe(Transformer):
         self.generic_visit(node)
         if not (is_vectorized_guard(node) and guard_line(node) in self.lines):
             return node
-        return [ast.Expr(replace(f"r({guard_line(node)}, locals())", loc=node, r=self.recorder)), node]
+        line = guard_line(node)
+        return [ast.Expr(replace(f"r({line}, locals())", loc=node, r=self.recorder)), node,
+                ast.Expr(replace(f"r({line}, None)", loc=node, r=self.recorder))]
 
 
 def find_guard(tree: ast.Module, line: int) -> tuple[ast.If, ast.FunctionDef] | None:

@@ -6,14 +6,18 @@ costs 1% of a call: a vectorized form 4x slower than its loop leaves the call ab
 and the report would say "vectorized" of a loop that costs the user time. So the band's first
 call (eager, where the trial's forms with loops as written exist) also records what each
 vectorized guard read the first time it ran (``OptimizedFunction`` probes it: tensors detached
-and copied), and after it each loop whose vectorized form ran there by itself is timed as its
+and copied), and after it each loop whose vectorized form ran there by itself, in less than about
+``EXPENSIVE_S`` forward and backward (``cheap``: a costlier loop is a share of the call that the
+whole call's time shows), is timed as its
 region (``passes.loop_regions``: the guard ``if <check>: <vectorized> else: <the loop>`` as a
 function of those values) against its loop as written, forward+backward (``region_steps``, as
 the per-loop bench does):
 
-- one run of each form first (its first runs are not its cost); when the loop as written took
-  ``CLEAR`` times the vectorized form and ``EXPENSIVE_S`` or more, it is not run again: the
-  vectorized form stays;
+- one run of each form first (its first runs are not its cost), the vectorized form's first:
+  when one takes ``EXPENSIVE_S`` or more, nothing more is run and the vectorized form stays.
+  Such a loop is a share of the call that the whole call's time shows (the choice of form
+  decides it), the loop as written, or its vectorized form, would cost the first call much
+  again, and a loop as written that costly with a cheaper vectorized form is not faster;
 - then ``PAIRS`` rounds, each form run in a block of calls (of about ``BLOCK_S``: a region of
   microseconds is not timed by one call), which goes first turning every round; the CPU time
   on the CPU (another process taking the core does not count), a round the vectorized form wins
@@ -42,10 +46,19 @@ import torch
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .keep_faster import CLEAR, EXPENSIVE_S, MARGIN, PAIRS, _Clock, _devices, _sync
+from .keep_faster import CLEAR, EXPENSIVE_S, MARGIN, PAIRS, _devices, _sync
+from .keep_faster import _Clock as Clock
 
 BLOCK_S = 1e-3   # a timed block of region calls lasts about this long ...
 BLOCK_RUNS = 16  # ... of at most this many calls
+
+
+def cheap(seconds: Any) -> bool:
+    """A region whose first run took ``seconds`` in the user's call (a ``Clock`` still running
+    when it did not end) is cheap enough to judge: less than ``EXPENSIVE_S``, forward and
+    backward (about twice the forward). A costlier one is a share of the call that the whole
+    call's time shows, and running its forms again would cost the first call much."""
+    return isinstance(seconds, float) and 2 * seconds < EXPENSIVE_S
 
 
 def judge(region: Any) -> tuple[float, int] | None:
@@ -63,8 +76,11 @@ def slowdown(steps: dict[str, Callable[[], Any]], devices: set[torch.device]
     rounds, when it is clearly slower (see the docstring); None when it stays vectorized.
     ``steps``: the forms' forward+backward calls, "vectorized" and "as_written", on
     ``devices`` (the CPU's not among them)."""
-    first = {form: timed_runs(step, 1, form, devices) for form, step in steps.items()}
-    if first["as_written"] >= max(CLEAR * first["vectorized"], EXPENSIVE_S):
+    first = {"vectorized": timed_runs(steps["vectorized"], 1, "vectorized", devices)}
+    if first["vectorized"] >= EXPENSIVE_S:
+        return None
+    first["as_written"] = timed_runs(steps["as_written"], 1, "as_written", devices)
+    if first["as_written"] >= EXPENSIVE_S:
         return None
     runs = max(1, min(BLOCK_RUNS, int(BLOCK_S / max(min(first.values()), 1e-9))))
     rounds: list[dict[str, float]] = []
@@ -84,7 +100,7 @@ def timed_runs(step: Callable[[], Any], runs: int, form: str, devices: set[torch
     (``keep_faster``'s clock: with none, the lesser of wall and CPU time). ``form`` names the
     step: tests replace this with a fake clock."""
     _sync(devices)
-    clock = _Clock(cpu=not devices)
+    clock = Clock(cpu=not devices)
     for _ in range(runs):
         step()
     _sync(devices)

@@ -179,7 +179,9 @@ class OptimizedFunction:
         lines, seen = frozenset(lines), {}
         guards = self._region_guards(rewritten, lines)
 
-        def record(line: int, values: dict[str, Any]) -> None:
+        def record(line: int, values: dict[str, Any] | None) -> None:
+            if values is None:  # the guard is done
+                return
             if not seen and torch._C._functorch.maybe_current_level() is not None:
                 raise VmappedRegion(f"the loop at line {line} runs inside a vmapped function")
             if not seen:  # copies: the rest of the call may change them in place
@@ -208,9 +210,13 @@ class OptimizedFunction:
         if self._counts(rewritten) is rewritten:
             return rewritten, None
         lines = frozenset(loop.lineno for loop in report.loops if loop.vectorized)
-        guards, seen = self._region_guards(rewritten, lines), {}
+        guards, seen, started = self._region_guards(rewritten, lines), {}, {}
 
-        def record(line: int, values: dict[str, Any]) -> None:
+        def record(line: int, values: dict[str, Any] | None) -> None:
+            if values is None:  # its first run is done: what it cost the call
+                if isinstance(started.get(line), loop_choice.Clock):
+                    started[line] = started[line].seconds()
+                return
             if line in seen or torch._C._functorch.maybe_current_level() is not None:
                 return
             seen[line] = None  # never raises into the user's call: such a loop stays as it is
@@ -218,10 +224,11 @@ class OptimizedFunction:
             if found is not None and loop_regions.io_call(found[0]) is None:
                 with contextlib.suppress(Exception):
                     seen[line] = _region_values(values, found[0], found[2])
+            started[line] = loop_choice.Clock(cpu=True)
 
         def judge(ran: frozenset[int]) -> dict[int, float]:
-            kept = {}
-            for line in sorted(ran & {line for line, found in seen.items() if found})[:LOOP_FORMS]:
+            kept, cheap = {}, {line for line, s in started.items() if loop_choice.cheap(s)}
+            for line in sorted(ran & cheap & {l for l, found in seen.items() if found})[:LOOP_FORMS]:
                 try:
                     verdict = loop_choice.judge(_built_region(line, seen[line], guards[line],
                                                               frozenset({line})))

@@ -139,13 +139,32 @@ def test_a_loop_not_clearly_slower_stays_vectorized(user, monkeypatch, vectorize
     assert not _ran_as_written(outs[-1])  # (the trial's rounds ran the original too)
 
 
-def test_an_expensive_loop_as_written_runs_once(user, monkeypatch):
-    """As written ``CLEAR`` times slower and costly: not run again, the vectorized form stays."""
+@pytest.mark.parametrize("vectorized, as_written, timed", [
+    (1.0, 1e3 * keep_faster.EXPENSIVE_S, ["vectorized", "as_written"]),
+    (1e3 * keep_faster.EXPENSIVE_S, 1.0, ["vectorized"]),
+])
+def test_an_expensive_region_runs_once(user, monkeypatch, vectorized, as_written, timed):
+    """A form whose first run takes ``EXPENSIVE_S``: nothing more is run, the vectorized form
+    stays (such a loop is a share of the call that the whole call's time shows)."""
     f = optimize_loss(user.summed, compile=False)
-    log = region_clock(monkeypatch, vectorized=1.0, as_written=1e3 * keep_faster.EXPENSIVE_S)
+    log = region_clock(monkeypatch, vectorized, as_written)
     f(_x())
-    assert log == ["vectorized", "as_written"]
+    assert log == timed
     assert f.report.loops[0].kept_at_run_time == ""
+
+
+def test_a_region_that_took_long_in_the_call_is_not_run_again(user, monkeypatch):
+    """Its first run in the user's call took ``EXPENSIVE_S`` or about (forward): a share of the
+    call that the whole call's time shows; the first call is not made much longer."""
+    log = region_clock(monkeypatch, vectorized=4.0)
+
+    class Slow(loop_choice.Clock):
+        def seconds(self):
+            return keep_faster.EXPENSIVE_S / 2
+    monkeypatch.setattr(loop_choice, "Clock", Slow)
+    f = optimize_loss(user.summed, compile=False)
+    f(_x())
+    assert log == [] and f.report.loops[0].kept_at_run_time == ""
 
 
 def test_a_region_drawing_random_numbers_leaves_the_stream_as_without_the_trial(user, monkeypatch):
