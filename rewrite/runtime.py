@@ -384,9 +384,10 @@ class OptimizedFunction:
                     # A known band: its trial or its chosen form runs this first call too, so
                     # that lengths changing at every step still finish the trial.
                     return form
-            # This first call of an eager signature counts what its loops run (the same code).
+            # This first call of an eager signature counts what its loops run (the same code;
+            # compiled: counted by _check_compiled's run); a band's first judges its loops too.
             if impl is rewritten and not self._options.compile:
-                if not new_band:  # compiled: counted by _check_compiled's run
+                if not new_band:
                     return self._counts(rewritten)
                 counting, judge = self._judging(rewritten, form.signature)
                 return form.counted(counting, self._report, judge)
