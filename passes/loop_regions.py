@@ -2,12 +2,13 @@
 <the loop as written>``) made a function of its own, so that the loop can be timed alone.
 
 Not a pipeline pass: ``OptimizedFunction.loop_region`` applies it to copies of the rewritten
-function. ``probe`` has a call record what each guard at the given lines can read::
+function. ``probe`` has a call record what each guard at the given lines can read, and when
+it is done (how long a region took in the call)::
 
     if <check>:                                         probe(7, locals())
         'optimize_loss: loop at line 7 vectorized'  ->  if <check>:
         <vectorized>                                        ...
-    else:
+    else:                                               probe(7, None)
         for i in range(len(pred)): ...
 
 ``region_function`` makes one guard a function of the names it uses that the probe found bound
@@ -20,7 +21,9 @@ names it binds that the function reads elsewhere)::
 
 The attributes a region writes into the objects it reads (``written_attributes``: ``self.acc +=
 ...``, ``storage.returns[t] = ...``, ``self.x.copy_(v)``) are its outputs too; its callers give
-each call a fresh copy of them.
+each call a fresh copy of them. A region with a call that prints, logs or writes files
+(``io_call``) shows when it runs: it is not run again (the run-time choice of a loop's form,
+``rewrite.loop_choice``, leaves its loop vectorized).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import ast
 from collections import Counter
 
 from . import ops
-from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, walk
+from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, unparse, walk
 from .loops.loop_dataflow import stores_in
 from .loops.runtime_checks import guard_line, is_vectorized_guard
 
@@ -38,7 +41,8 @@ _LEAVES = (ast.Return, ast.Break, ast.Continue)
 
 
 def probe(tree: ast.Module, lines: frozenset[int], recorder: str) -> ast.Module:
-    """``tree`` with ``recorder(line, locals())`` before each vectorized guard at ``lines``."""
+    """``tree`` with ``recorder(line, locals())`` before each vectorized guard at ``lines``
+    and ``recorder(line, None)`` after it."""
     return _Probe(lines, recorder).visit(tree)
 
 
@@ -50,7 +54,9 @@ class _Probe(Transformer):
         self.generic_visit(node)
         if not (is_vectorized_guard(node) and guard_line(node) in self.lines):
             return node
-        return [ast.Expr(replace(f"r({guard_line(node)}, locals())", loc=node, r=self.recorder)), node]
+        line = guard_line(node)
+        return [ast.Expr(replace(f"r({line}, locals())", loc=node, r=self.recorder)), node,
+                ast.Expr(replace(f"r({line}, None)", loc=node, r=self.recorder))]
 
 
 def find_guard(tree: ast.Module, line: int) -> tuple[ast.If, ast.FunctionDef] | None:
@@ -117,6 +123,18 @@ def written_attributes(guard: ast.If, params: set[str]) -> dict[str, set[str]]:
         if attribute is not None and root_name(target) in params:
             written.setdefault(root_name(target), set()).add(attribute)
     return written
+
+
+def io_call(guard: ast.If) -> ast.Call | None:
+    """The first call in ``guard`` whose effect is I/O (``ops.effect``: ``print(...)``,
+    ``logging.info(...)``, ``writer.add_scalar(...)``, by its dotted name or as a method)."""
+    for node in walk(guard):
+        if isinstance(node, ast.Call):
+            method = node.func.attr if isinstance(node.func, ast.Attribute) else None
+            if "io" in (ops.effect(unparse(node.func), None),
+                        method and ops.effect(None, method, node)):
+                return node
+    return None
 
 
 def _mutating(method: str) -> bool:

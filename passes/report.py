@@ -25,10 +25,14 @@ class LoopReport:
     failed_runs: int = 0
     original_runs: int = 0
     last_failure: str = ""  # "check `...` was false" or "raised <error>"
+    # Why it runs as written for a band of inputs although it ran vectorized (its vectorized
+    # form timed alone was clearly slower: ``rewrite.loop_choice``); the last band's
+    kept_at_run_time: str = ""
 
     def runs(self) -> dict:
         return {"vectorized": self.vectorized_runs, "failed": self.failed_runs,
-                "as_written": self.original_runs, "last_failure": self.last_failure}
+                "as_written": self.original_runs, "last_failure": self.last_failure,
+                "kept_at_run_time": self.kept_at_run_time}
 
     def __str__(self) -> str:
         verdict = f"vectorized ({self.strategy})" if self.vectorized else "kept"
@@ -41,6 +45,7 @@ def describe_runs(runs: dict) -> str:
         return ""
     raised = f" ({runs['failed']} raised)" if runs["failed"] else ""
     last = f"; last: {runs['last_failure']}" if runs["last_failure"] else ""
+    last += f"; {runs['kept_at_run_time']}" if runs.get("kept_at_run_time") else ""
     return f" [ran: vectorized {runs['vectorized']}{raised}, as written {runs['as_written']}{last}]"
 
 
@@ -93,6 +98,10 @@ class FormChoice:
     partial_s: float | None = None
     as_written: tuple[tuple[int, int], ...] = ()
     vectorized: tuple[tuple[int, int], ...] = ()
+    # Loops that ran vectorized and run as written in every rewritten form of the band, their
+    # vectorized form timed alone clearly slower (``rewrite.loop_choice``): (line, its time
+    # over the loop's as written)
+    kept: tuple[tuple[int, float], ...] = ()
 
     def __str__(self) -> str:
         times = {"rewritten": self.rewritten_s, "original": self.original_s}
@@ -116,6 +125,9 @@ class FormChoice:
                         f"ran {runs} times in one call" for line, runs in self.as_written)
         loops += "".join(f"; the loop at line {line} stays vectorized (ran {runs} times in one "
                          f"call; not faster as written)" for line, runs in self.vectorized)
+        loops += "".join(f"; the loop at line {line} kept as written at run time for this size: "
+                         f"its vectorized form took {ratio:.2g}x the loop's time"
+                         for line, ratio in self.kept)
         return (f"the {self.chosen} function runs for inputs {self.signature}: "
                 f"{_ms(times[self.chosen])} per {what} call against {others} ({how}{loops})")
 

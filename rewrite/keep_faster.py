@@ -34,6 +34,11 @@ cheaply (the original is often a slow Python loop), and robustly (the machine ma
   stays a loop) gets a form of its own, the rewritten function with that loop as written, and
   goes back to as written when that form is faster than the rewritten one: each loop on its own
   measured cost, so that side-by-side loops are not decided together;
+- a vectorized loop whose vectorized form, timed alone at the band's first call, is clearly
+  slower than the loop as written (``rewrite.loop_choice``: its region, which a whole call's
+  time cannot separate from the rest of the call) is as written in every rewritten form of the
+  band, the rewritten function's own among them (eager forms: there are no others with
+  ``torch.compile``);
 - a choice that was not clear is checked again, because timings on a busy machine can mislead:
   one more timed round after ``RECHECK_FIRST`` untimed calls, then after ``RECHECK_GROWTH`` times
   as many, ``RECHECKS`` times; each decides again from every round so far, and the last makes
@@ -199,13 +204,15 @@ class FormTrial:
     fastest leaves the running (after one round: only an expensive original; never a cheap
     original); each loop goes back to as written when its form is faster than the rewritten one
     (``_loops_back``); the choice prefers the original unless the resulting rewritten form is
-    ``MARGIN`` faster, in the medians and in the best calls."""
+    ``MARGIN`` faster, in the medians and in the best calls. Before any of this, the loops that
+    ``counted``'s judge finds clearly slower vectorized, each timed alone, are as written in
+    every rewritten form (``_kept``): form 0 too, and they get no form of their own."""
 
     def __init__(self, rewritten: Callable, original: Callable, signature: str,
                  decide: Callable[[int, FormChoice, bool], None], first_elements: int,
                  trips: int = 0, as_written: Callable[[frozenset[int]], Callable] | None = None):
         self.forms = [rewritten, original]
-        self._signature = signature
+        self.signature = signature  # the band, as the report says it
         self._decide = decide
         # The band's first call: its size, and the iterations its vectorized loops stood for
         # (``Report.iterations``, counted there; 0 when nothing was counted)
@@ -213,6 +220,7 @@ class FormTrial:
         self.trips = trips
         self._as_written = as_written
         self.repeated: tuple[tuple[int, int], ...] = ()  # (line, vectorized runs) per loop form
+        self._kept: dict[int, float] = {}  # loops as written in every rewritten form: line -> slowdown
         self._combined: dict[frozenset[int], int] = {}  # loops as written -> index in forms
         self._timings: list[tuple[int, Timing, int, int]] = []  # (form, timing, elements, round)
         self._live = [0, 1]  # the forms in the running
@@ -225,30 +233,44 @@ class FormTrial:
         self._running = False  # a timed call is under way
         self._lock = threading.Lock()
 
-    def counted(self, counting: Callable, report: Any) -> Callable:
+    def counted(self, counting: Callable, report: Any,
+                judge: Callable[[frozenset[int]], dict[int, float]] | None = None) -> Callable:
         """``counting`` (the loop-counting copy of the rewritten function, for the band's first
         call), adding the iterations it counts into ``report`` to ``trips``, and a form per loop
-        that ran vectorized more than once."""
+        that ran vectorized more than once. ``judge(lines)``, after that call: of the loops at
+        ``lines``, which ran vectorized in it, those that run as written in every rewritten form
+        of the band, with their vectorized form's time over the loop's (``rewrite.loop_choice``)."""
         def call(*args: Any, **kwargs: Any) -> Any:
             before = report.iterations
-            runs = {loop.lineno: loop.vectorized_runs for loop in report.loops}
+            runs = {loop.lineno: (loop.vectorized_runs, loop.failed_runs) for loop in report.loops}
             try:
                 out = counting(*args, **kwargs)
             finally:
                 self.trips += report.iterations - before
-            repeated = [(loop.lineno, loop.vectorized_runs - runs[loop.lineno])
-                        for loop in report.loops
-                        if loop.vectorized_runs - runs.get(loop.lineno, 0) > 1]
+            added = {loop.lineno: (loop.vectorized_runs - runs[loop.lineno][0],
+                                   loop.failed_runs - runs[loop.lineno][1]) for loop in report.loops}
+            if judge is not None and self._as_written is not None:
+                self._kept = judge(frozenset(line for line, (ran, failed) in added.items()
+                                             if ran and not failed))
+            repeated = [(line, ran) for line, (ran, _) in added.items()
+                        if ran > 1 and line not in self._kept]
             self.repeated = tuple(sorted(repeated, key=lambda lr: -lr[1])[:LOOP_FORMS])
-            if self.repeated and self._as_written is not None:
-                loop_forms = [self._as_written(frozenset({line})) for line, _ in self.repeated]
+            if self._as_written is not None and (self.repeated or self._kept):
+                loop_forms = [self._written({line}) for line, _ in self.repeated]
                 with self._lock:
+                    if self._kept:
+                        self.forms[0] = self._written(set())
                     first = len(self.forms)
                     self.forms += loop_forms
                     self._live += range(first, len(self.forms))
                     self._due += range(first, len(self.forms))
             return out
         return call
+
+    def _written(self, lines: set[int]) -> Callable:
+        """The rewritten function with the loops at ``lines`` as written, and those the band's
+        first call found slower vectorized (``_kept``)."""
+        return self._as_written(frozenset(lines) | self._kept.keys())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
@@ -367,7 +389,7 @@ class FormTrial:
         lines = frozenset(self.repeated[f - 2][0] for f in back)
         if lines not in self._combined:
             self._combined[lines] = len(self.forms)
-            self.forms.append(self._as_written(lines))
+            self.forms.append(self._written(lines))
         return self._combined[lines]
 
     def _choice(self, chosen: int, rounds: list[dict[int, float]], back: tuple[int, ...],
@@ -379,13 +401,14 @@ class FormTrial:
         if self.repeated:  # the rewritten form with the loops that go back as written
             partial = rewritten * _estimated(rounds, back)
         return FormChoice(
-            self._signature, "original" if chosen == 1 else "partial" if back and chosen > 1
+            self.signature, "original" if chosen == 1 else "partial" if back and chosen > 1
             else "rewritten", rewritten, original, self._rounds or 1, with_backward,
             at_once=self._rounds == 1 and len(self._live) == 1 and 1 not in self._live,
             iterations=self.trips if self._original_floor < math.inf else 0,
             margin=MARGIN, partial_s=partial,
             as_written=tuple(self.repeated[f - 2] for f in back),
-            vectorized=tuple(lr for f, lr in enumerate(self.repeated, 2) if f not in back))
+            vectorized=tuple(lr for f, lr in enumerate(self.repeated, 2) if f not in back),
+            kept=tuple(sorted(self._kept.items())))
 
 
 def _median(rounds: list[dict[int, float]], form: int) -> float:

@@ -12,7 +12,9 @@ every signature that differs only in sizes, with that one warning. When the orig
 its exception is the user's own and is re-raised unchanged. With ``keep_faster=True`` (the
 default) a few calls after a signature's first time the rewritten function against the original,
 and the faster one runs for every signature of its band (``rewrite.keep_faster``: never slower
-than the original; a close choice is checked again at spaced calls). Arguments the function may change in
+than the original; a close choice is checked again at spaced calls); at the band's first call,
+eager, each loop that ran vectorized is timed alone and one clearly slower so runs as written
+for the band (``rewrite.loop_choice``). Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
 back before the next step runs. With ``compile=True`` the first call of a signature also compares
 the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
@@ -20,6 +22,7 @@ the compiled function with the eager rewritten one on cloned inputs (``verify_co
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import functools
 import importlib
@@ -44,10 +47,11 @@ from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, FormChoice, Report
 
-from . import frontend
+from . import frontend, loop_choice
 from .backend import HoistingBackend, first_order_supported
-from .keep_faster import BAND, FormTrial, elements, size_band
+from .keep_faster import BAND, LOOP_FORMS, FormTrial, elements, size_band
 from .lint import warn as lint_warn
+from .loop_choice import aliases_kept, copied_state, module_state
 from .testing import compare, outputs_and_gradients
 
 
@@ -175,7 +179,9 @@ class OptimizedFunction:
         lines, seen = frozenset(lines), {}
         guards = self._region_guards(rewritten, lines)
 
-        def record(line: int, values: dict[str, Any]) -> None:
+        def record(line: int, values: dict[str, Any] | None) -> None:
+            if values is None:  # the guard is done
+                return
             if not seen and torch._C._functorch.maybe_current_level() is not None:
                 raise VmappedRegion(f"the loop at line {line} runs inside a vmapped function")
             if not seen:  # copies: the rest of the call may change them in place
@@ -190,17 +196,52 @@ class OptimizedFunction:
         if found is None:
             raise ValueError(f"the loop at line {line} runs inside a function nested in the "
                              f"rewritten one")
-        (values, written, states), (guard, func, free, parsed, bindings) = found, guards[line]
-        params = sorted(loop_regions.uses(guard) & values.keys() - free)
-        module = loop_regions.region_function(guard, func, params)
-        kept = functools.partial(as_written, lines=lines)
-        return LoopRegion(line, {name: values[name] for name in params},
-                          frozenset(loop_regions.live_outs(guard, func)),
-                          frontend.build_function(module, parsed, bindings),
-                          frontend.build_function(kept(clone(module)), parsed,
-                                                  _transformed_helpers(bindings, kept, {})),
-                          {name: frozenset(attrs) for name, attrs in written.items()},
-                          {name: state for name, state in states.items() if name in params})
+        return _built_region(line, found, guards[line], lines)
+
+    def _judging(self, rewritten: Callable, signature: str
+                 ) -> tuple[Callable, Callable[[frozenset[int]], dict[int, float]] | None]:
+        """For a band's first call: the counting copy of ``rewritten`` (``_counts``) that also
+        records what each vectorized guard read the first time it ran outside a vmapped body
+        (``passes.loop_regions.probe``; not a guard that prints or logs), and the judge of the
+        loops that ran vectorized in that call (``FormTrial.counted``): each one's region timed
+        alone (``loop_choice.judge``); a clearly slower one is noted in the report. No judge
+        when the counting copy is ``rewritten`` itself (nothing to count)."""
+        report = self._report
+        if self._counts(rewritten) is rewritten:
+            return rewritten, None
+        lines = frozenset(loop.lineno for loop in report.loops if loop.vectorized)
+        guards, seen, started = self._region_guards(rewritten, lines), {}, {}
+
+        def record(line: int, values: dict[str, Any] | None) -> None:
+            if values is None:  # its first run is done: what it cost the call
+                if isinstance(started.get(line), loop_choice.Clock):
+                    started[line] = started[line].seconds()
+                return
+            if line in seen or torch._C._functorch.maybe_current_level() is not None:
+                return
+            seen[line] = None  # never raises into the user's call: such a loop stays as it is
+            found = guards.get(line)
+            if found is not None and loop_regions.io_call(found[0]) is None:
+                with contextlib.suppress(Exception):
+                    seen[line] = _region_values(values, found[0], found[2])
+            started[line] = loop_choice.Clock(cpu=True)
+
+        def judge(ran: frozenset[int]) -> dict[int, float]:
+            kept, cheap = {}, {line for line, s in started.items() if loop_choice.cheap(s)}
+            for line in sorted(ran & cheap & {l for l, found in seen.items() if found})[:LOOP_FORMS]:
+                try:
+                    verdict = loop_choice.judge(_built_region(line, seen[line], guards[line],
+                                                              frozenset({line})))
+                except Exception:  # a region that cannot run alone: its loop stays as it is
+                    continue
+                if verdict is not None:
+                    kept[line] = verdict[0]
+                    _note_kept(report, line, signature, *verdict)
+            seen.clear()  # the captured values are not kept
+            return kept
+        probed = self._copy(rewritten, lambda tree: loop_run_counters.instrument(
+            loop_regions.probe(tree, lines, _PROBE), _COUNTER), {_COUNTER: report, _PROBE: record})
+        return probed, judge
 
     def _region_guards(self, rewritten: Callable, lines: frozenset[int]) -> dict[int, tuple]:
         """Per line of ``lines`` whose vectorized guard is in the rewritten function or a helper
@@ -343,10 +384,13 @@ class OptimizedFunction:
                     # A known band: its trial or its chosen form runs this first call too, so
                     # that lengths changing at every step still finish the trial.
                     return form
-            # This first call of an eager signature counts what its loops run (the same code).
+            # This first call of an eager signature counts what its loops run (the same code;
+            # compiled: counted by _check_compiled's run); a band's first judges its loops too.
             if impl is rewritten and not self._options.compile:
-                counting = self._counts(rewritten)  # compiled: counted by _check_compiled's run
-                return form.counted(counting, self._report) if new_band else counting
+                if not new_band:
+                    return self._counts(rewritten)
+                counting, judge = self._judging(rewritten, form.signature)
+                return form.counted(counting, self._report, judge)
             return impl
 
     def _form_of_band(self, key: Any, impl: Callable, args: tuple, kwargs: dict,
@@ -645,6 +689,33 @@ def _unchanged(tree: ast.Module) -> ast.Module:
     return tree
 
 
+def _built_region(line: int, found: tuple, guard: tuple, lines: frozenset[int]) -> LoopRegion:
+    """The ``LoopRegion`` of the guard at ``line`` (``guard``: ``_region_guards``' entry) from
+    what the probe ``found`` before it (``_region_values``), with the loops at ``lines`` as
+    written in its as-written form."""
+    (values, written, states), (node, func, free, parsed, bindings) = found, guard
+    params = sorted(loop_regions.uses(node) & values.keys() - free)
+    module = loop_regions.region_function(node, func, params)
+    kept = functools.partial(as_written, lines=lines)
+    return LoopRegion(line, {name: values[name] for name in params},
+                      frozenset(loop_regions.live_outs(node, func)),
+                      frontend.build_function(module, parsed, bindings),
+                      frontend.build_function(kept(clone(module)), parsed,
+                                              _transformed_helpers(bindings, kept, {})),
+                      {name: frozenset(attrs) for name, attrs in written.items()},
+                      {name: state for name, state in states.items() if name in params})
+
+
+def _note_kept(report: Report, line: int, signature: str, slowdown: float, rounds: int) -> None:
+    """The loop at ``line`` runs as written for the band ``signature``: said in its run note."""
+    for loop in report.loops:
+        if loop.lineno == line and loop.vectorized:
+            loop.kept_at_run_time = (
+                f"kept as written at run time for inputs {signature}: its vectorized form took "
+                f"{slowdown:.2g}x the loop's time (the loop's region alone, medians of {rounds} "
+                f"rounds)")
+
+
 def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tuple:
     """What a region's calls start from, as the probe found ``values`` before ``guard``: the
     values (tensors detached, one copy of a tensor bound to two names; the objects whose
@@ -657,43 +728,6 @@ def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tup
     states = {name: module_state(value, captured) for name, value in values.items()
               if isinstance(value, torch.nn.Module) and name not in free}
     return copies, written, states
-
-
-def copied_state(obj: Any, attributes: Iterable[str], copy_value: Callable[[Any], Any]) -> Any:
-    """A shallow copy of ``obj`` whose ``attributes`` hold ``copy_value`` of what they hold (in
-    fresh containers; ``copy_value`` is called on every leaf), so that writing them leaves
-    ``obj`` as it was. Raises ValueError for an object whose attributes are not its own
-    ``__dict__`` (an ``nn.Module`` keeps parameters and buffers in dicts a copy shares)."""
-    if isinstance(obj, torch.nn.Module) or not hasattr(obj, "__dict__"):
-        raise ValueError(f"the region writes attributes of a {type(obj).__name__}, which a "
-                         f"shallow copy shares with the original")
-    new = copy.copy(obj)
-    for name in set(attributes) & vars(obj).keys():  # the others the region creates
-        vars(new)[name] = tree_map(copy_value, vars(obj)[name])
-    return new
-
-
-def module_state(module: torch.nn.Module, copy_value: Callable[[Any], Any]) -> dict[str, Any]:
-    """``copy_value`` of each parameter and buffer of ``module``, by qualified name."""
-    named = [*module.named_parameters(remove_duplicate=False),
-             *module.named_buffers(remove_duplicate=False)]
-    return {name: copy_value(value) for name, value in named}
-
-
-def aliases_kept(copy_value: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Any], Any]:
-    """``copy_value`` of a tensor (other values as they are), the same copy each time it meets
-    the same tensor: names bound to one tensor (``_r = self.returns`` before a region that
-    writes ``_r``, or ``self.returns``) are bound to one copy. Views of a tensor are copied
-    apart."""
-    memo: dict[int, tuple[torch.Tensor, Any]] = {}
-
-    def copied(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return value
-        if id(value) not in memo:  # the tensor kept with its copy: its id is not reused
-            memo[id(value)] = (value, copy_value(value))
-        return memo[id(value)][1]
-    return copied
 
 
 def _captured(value: Any) -> Any:

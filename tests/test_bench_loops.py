@@ -15,7 +15,7 @@ import torch
 import examples.real
 from passes import loop_regions
 from passes.report import Report
-from rewrite import assert_equivalent, optimize_loss
+from rewrite import assert_equivalent, loop_choice, optimize_loss
 from rewrite.runtime import LoopRegion, VmappedRegion, aliases_kept, copied_state
 from rewrite.tools import bench_loops, bench_worker
 from rewrite.tools.bench_report import Ratio
@@ -229,6 +229,16 @@ def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
                          "not timed, as written it raised RuntimeError: vmap | – |")
 
 
+def test_a_loop_kept_as_written_at_run_time_says_so_and_keeps_its_measured_speedup():
+    """The choice at the first call (``rewrite.loop_choice``) runs it as written: the row says
+    so, and its speedup is still its vectorized form's (slower, as measured)."""
+    row = _row(8, "independent", speedup=Ratio(0.3, False, 0.25, 0.35), region={"line": 8})
+    row["runs"] = {**row["runs"], "kept_at_run_time": "kept as written at run time for inputs ..."}
+    assert bench_loops._row(row) == (
+        "| x.py:8 | independent | vectorized (vmap) | vectorized 1, as written 0; then kept as "
+        "written at run time: slower vectorized | 8 | 8 | 0.3× (0.25–0.35) ✗ | – |")
+
+
 def test_the_real_corpus_classifies_its_loops_for_the_bench(tmp_path):
     classes = bench_loops.loop_classes(Path(examples.real.__file__).parent)
     assert classes.loop_class("spk_ge2e_contrast", 44)[0] == classes.INDEPENDENT
@@ -292,13 +302,13 @@ def test_a_loop_region_runs_alone_on_what_it_read_in_a_call(tmp_path, dtype):
     assert torch.equal(region.live_ins["scaled"], x * 2) and region.live_ins["scaled"].is_leaf
     assert region.live_ins["scaled"].requires_grad and region.live_ins["total"] == 0
     assert region.live_outs == {"i", "total"}
-    vectorized, written, names = bench_worker.region_steps(region)
+    vectorized, written, names = loop_choice.region_steps(region)
     assert names == ["total"]
     (out_v, grads_v), (out_w, grads_w) = vectorized(), written()
     # the expected values: the loop as the user wrote it, from the same values
     scaled, w2 = (x * 2).detach().requires_grad_(), w.detach().requires_grad_()
     total = sum((scaled[i] * w2).sum() ** 2 for i in range(3))
-    expected = torch.autograd.grad(total, [scaled, w2], bench_worker._cotangent(total, 0))
+    expected = torch.autograd.grad(total, [scaled, w2], loop_choice.cotangent(total, 0))
     for out, grads in ((out_v, grads_v), (out_w, grads_w)):
         assert out["total"].dtype == dtype and torch.allclose(out["total"], total)
         assert grads[2] is None  # x: read for its shape only
@@ -314,14 +324,14 @@ def test_a_region_that_writes_into_a_live_in_returns_it_and_gets_a_copy_each_cal
     region = fn.loop_region([6], x, w)
     assert region.line == 6 and sorted(region.live_ins) == ["out", "x"] and not region.live_outs
     assert torch.equal(region.live_ins["out"], torch.zeros(3))  # as the call had it before the loop
-    vectorized, written, names = bench_worker.region_steps(region)
+    vectorized, written, names = loop_choice.region_steps(region)
     assert names == ["out"]
     first, again = written(), written()
     assert torch.equal(first[0]["out"], again[0]["out"]) and torch.equal(first[1][0], again[1][0])
     assert torch.equal(vectorized()[0]["out"], (x * 2).sum(1).detach())
     assert torch.equal(region.live_ins["out"], torch.zeros(3))  # never written itself
     appended = fn.loop_region([16], x, w)
-    assert bench_worker.region_steps(appended)[2] == ["parts"] and appended.live_ins["parts"] == []
+    assert loop_choice.region_steps(appended)[2] == ["parts"] and appended.live_ins["parts"] == []
     with pytest.raises(ValueError, match="no vectorized loop at lines"):
         fn.loop_region([99], x, w)
 
@@ -401,14 +411,14 @@ def test_a_region_that_writes_attributes_returns_them_and_copies_them_each_call(
     assert region.written == {"self": {"total", "rows"}}
     state = region.live_ins["self"]  # as the call had it when the loop began
     assert state.total == 0 and torch.equal(state.rows, torch.zeros(3, dtype=dtype))
-    vectorized, written, names = bench_worker.region_steps(region)
+    vectorized, written, names = loop_choice.region_steps(region)
     assert names == ["self.rows", "self.total"]
     scaled, w2 = (x * 2).detach().requires_grad_(), w.detach().requires_grad_()
     total = sum((scaled[i] * w2).sum() ** 2 for i in range(3))
     rows = scaled.sum(1)
     expected = torch.autograd.grad([rows, total], [scaled, w2], [
-        bench_worker._cotangent(rows, 0), bench_worker._cotangent(total, 1)])
-    leaves = [t for t in bench_worker._tensors(region.live_ins) if t.requires_grad]
+        loop_choice.cotangent(rows, 0), loop_choice.cotangent(total, 1)])
+    leaves = [t for t in loop_choice._tensors(region.live_ins) if t.requires_grad]
     order = [next(i for i, t in enumerate(leaves) if t is region.live_ins[n]) for n in ("x", "w")]
     for step in (vectorized, written, vectorized, written):  # again: nothing accumulates
         out, grads = step()
@@ -441,7 +451,7 @@ def test_a_region_writing_an_attribute_through_a_name_bound_to_it_writes_the_cop
     region = fn.loop_region([40], *inputs)
     assert region.written == {"self": {"returns"}}
     assert region.live_ins["_returns_1"] is region.live_ins["self"].returns
-    vectorized, written, names = bench_worker.region_steps(region)
+    vectorized, written, names = loop_choice.region_steps(region)
     outs = [vectorized()[0], written()[0], vectorized()[0]]
     assert outs[0]["self.returns"].abs().sum() > 0
     for out in outs[1:]:
@@ -462,12 +472,12 @@ def test_a_region_reading_a_module_runs_with_the_weights_functional_call_swapped
     state = region.module_states["self"]
     assert torch.equal(state["Wk.1.weight"], weight[1]) and state["Wk.1.weight"].requires_grad
     assert next(region.live_ins["self"].parameters()).is_meta  # the module itself is unchanged
-    vectorized, written, names = bench_worker.region_steps(region)
+    vectorized, written, names = loop_choice.region_steps(region)
     assert "pred" in names
     c_t = region.live_ins["c_t"]
     expected = torch.stack([c_t @ weight[i].T + bias[i] for i in range(weight.shape[0])])
     (out_v, grads_v), (out_w, grads_w) = vectorized(), written()
-    leaves = [t for t in bench_worker._tensors([region.live_ins, state]) if t.requires_grad]
+    leaves = [t for t in loop_choice._tensors([region.live_ins, state]) if t.requires_grad]
     # the vectorized form reads the weights stacked before the region (`_Wk_weight`), the loop
     # as written the module's: the same gradient, at either leaf
     stacked = next(i for i, t in enumerate(leaves) if t is region.live_ins["_Wk_weight"])

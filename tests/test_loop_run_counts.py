@@ -156,7 +156,7 @@ def test_inspect_shows_the_counts(user):
     from rewrite.tools import inspection
     data = inspection.collect(user.summed, _inputs(torch.float32), {}, repeat=1)
     assert data["loops"][0]["runs"] == {"vectorized": 1, "failed": 0, "as_written": 0,
-                                        "last_failure": ""}
+                                        "last_failure": "", "kept_at_run_time": ""}
     assert "[ran: vectorized 1, as written 0]" in inspection.format_text(data)
 
 

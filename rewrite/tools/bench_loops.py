@@ -20,6 +20,10 @@ with its 95% interval:
   with the outer loop whose vectorized form runs it, and the loop whose vmapped body calls a
   helper's loop that cannot run as written there).
 
+A loop that the choice of form at the first call runs as written from then on, its vectorized
+form timed alone clearly slower (``rewrite.loop_choice``), says so in the column "ran in the
+first call"; its speedup stays its vectorized form's, as measured here.
+
 A suite may classify its loops by what their iterations do (``SUITE_DIR/loop_classes.py``:
 ``loop_class(case, line)`` and ``INDEPENDENT``, as ``examples/real/`` does): the count then says
 how many of the loops with independent iterations run vectorized at least ``SPEEDUP`` times
@@ -118,7 +122,10 @@ def markdown(meta: dict, rows: dict[str, list[dict]], counts: dict, target: dict
            f"**Whole call**: the rewritten function (`compile=False`) against the same function "
            f"with the loops in the column \"timed as written\" as written (with the loop around "
            f"it whose vectorized form ran it, for an inner loop; with the loop whose vmapped body "
-           f"calls it, for a helper's loop that cannot run as written inside it).", "",
+           f"calls it, for a helper's loop that cannot run as written inside it). \"Kept as "
+           f"written at run time\": the optimized function's first call timed the loop's region "
+           f"too, found its vectorized form clearly slower and runs it as written from then on; "
+           f"its speedup is still the vectorized form's.", "",
            f"{counts['loops']} loops, {counts['vectorized']} reported vectorized, "
            f"{counts['running']} ran vectorized.", "",
            "| | target | measured | met |", "| --- | --- | --- | --- |",
@@ -136,6 +143,8 @@ def _row(row: dict) -> str:
     runs = row["runs"]
     ran = f"vectorized {runs['vectorized']}, as written {runs['as_written']}"
     ran += f", {runs['failed']} raised" if runs["failed"] else ""
+    # the choice of form at the first call runs it as written from then on (``rewrite.loop_choice``)
+    ran += "; then kept as written at run time: slower vectorized" if runs.get("kept_at_run_time") else ""
     if row["ran_vectorized"] and not runs["vectorized"]:
         ran += " (inside the vectorized form of line " + ", ".join(
             str(line) for line in row["as_written"] if line != row["line"]) + ")"

@@ -9,7 +9,6 @@ job's index, as soon as it is known (``start``, ``first``, ``steady_budget``, ``
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import importlib.util
@@ -23,8 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.nn.utils.stateless import _reparametrize_module
-from torch.utils._pytree import tree_flatten, tree_map
 
 from passes.report import Report
 
@@ -32,7 +29,8 @@ from ..backend import backend as rewrite_backend
 from ..decorator import optimize_loss
 from ..keep_faster import TRIAL_CALLS
 from ..offline_split import split
-from ..runtime import VmappedRegion, aliases_kept, copied_state
+from ..loop_choice import region_steps
+from ..runtime import VmappedRegion
 from ..testing import differences, differentiable_inputs
 from .host_syncs import count_host_syncs
 
@@ -443,102 +441,6 @@ def _timed_region(fn: Any, lines: list[int], callers: list[int], inputs: tuple, 
                     "samples": samples, "paired_samples": paired, "cpu_samples": cpu[0],
                     "paired_cpu_samples": cpu[1]}
     return {"error": error}
-
-
-def region_steps(region: Any) -> tuple[Callable[[], tuple], Callable[[], tuple], list[str]]:
-    """A loop region's forward+backward, vectorized and as written, and its outputs: the
-    live-outs both forms bind, the live-ins either form changes (a tensor written in place, a
-    list appended to) and the attributes it writes (``self.acc``). Each call runs its form on
-    arguments made from the captured live-ins (a tensor that either form changes in place is
-    copied for every call, and so is an object whose attributes the region writes, with those
-    attributes as they were captured: calls do not add to what the last one left; the others
-    are shared; those requiring grad are the leaves), then the leaves' gradients from the output
-    tensors that require grad, with fixed random cotangents (seeded: the same for outputs of the
-    same shapes); it returns the outputs and the gradients. A module live-in runs with its
-    parameters and buffers as captured (``module_states``, leaves too)."""
-    values, written, states = region.live_ins, region.written, region.module_states
-    leaves = [t for t in _tensors([values, states]) if t.requires_grad]
-    forms, changed, names, outs = (region.vectorized, region.as_written), set(), set(), []
-    for form in forms:  # once with every tensor copied, to see what a form changes
-        args = _arguments(values, None, written)
-        before = {name: tree_flatten(value)[0] for name, value in args.items()}
-        with _swapped_in(states, args):
-            outs.append(_with_attributes(form(**args), args, written))
-        changed |= {id(t) for t, a in zip(_tensors(values), _tensors(args)) if a._version}
-        names |= {n for n, items in before.items() if _changed(items, tree_flatten(outs[-1][n])[0])}
-    attributes = {n for n in outs[0] if "." in n and all(n in out for out in outs)}
-    names = sorted(names | attributes | {n for n in region.live_outs if all(n in out for out in outs)})
-    changed |= _written_tensors(values, written)
-
-    def step(form: Callable) -> Callable[[], tuple]:
-        cotangents: list[torch.Tensor] = []
-
-        def call() -> tuple:
-            args = _arguments(values, changed, written)
-            with _swapped_in(states, args):
-                out = _with_attributes(form(**args), args, written)
-            results = [t for t in _tensors([out[n] for n in names]) if t.requires_grad]
-            if not cotangents:
-                cotangents.extend(_cotangent(t, i) for i, t in enumerate(results))
-            grads = torch.autograd.grad(results, leaves, cotangents, allow_unused=True) \
-                if leaves and results else ()
-            return {n: out[n] for n in names}, grads
-        return call
-    return step(forms[0]), step(forms[1]), names
-
-
-def _changed(before: list, after: list) -> bool:
-    """A live-in's leaves after a call are not those before it, or a tensor among them was
-    written in place."""
-    return len(before) != len(after) or any(
-        a is not b or isinstance(a, torch.Tensor) and a._version for a, b in zip(after, before))
-
-
-def _cotangent(t: torch.Tensor, seed: int) -> torch.Tensor:
-    return torch.randn(t.shape, dtype=t.dtype, device=t.device,
-                       generator=torch.Generator(t.device).manual_seed(seed))
-
-
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
-
-
-def _arguments(values: dict[str, Any], copied: set[int] | None,
-               written: dict[str, frozenset[str]]) -> dict[str, Any]:
-    """``values`` with fresh containers (a form may append to a list), copies of the tensors
-    whose ids are in ``copied`` (of every tensor, when None; one copy of a tensor bound to two
-    names), and of the objects whose attributes ``written`` names, with the tensors in those
-    attributes copied (``_written_tensors``: in ``copied`` too)."""
-    clone = aliases_kept(torch.Tensor.clone)
-    args = tree_map(lambda t: clone(t) if isinstance(t, torch.Tensor) and (
-        copied is None or id(t) in copied) else t, values)
-    return {**args, **{name: copied_state(values[name], attrs, clone)
-                       for name, attrs in written.items()}}
-
-
-@contextlib.contextmanager
-def _swapped_in(states: dict[str, dict[str, torch.Tensor]], args: dict[str, Any]):
-    """The modules among ``args`` with the parameters and buffers ``states`` holds for them, as
-    ``torch.func.functional_call`` swaps them in (its context manager)."""
-    with contextlib.ExitStack() as stack:
-        for name, state in states.items():
-            stack.enter_context(_reparametrize_module(args[name], state))
-        yield
-
-
-def _written_tensors(values: dict[str, Any], written: dict[str, frozenset[str]]) -> set[int]:
-    """The ids of the tensors in the attributes ``written`` names of the objects in ``values``:
-    a live-in bound to one of them is copied with it, not left to see the last call's writes."""
-    return {id(t) for name, attrs in written.items() for attr in attrs
-            for t in _tensors(vars(values[name]).get(attr))}
-
-
-def _with_attributes(out: dict[str, Any], args: dict[str, Any],
-                     written: dict[str, frozenset[str]]) -> dict[str, Any]:
-    """A form's locals ``out`` and the attributes it wrote (``"self.acc"``) of the objects in
-    ``args``, those it set."""
-    return {**out, **{f"{name}.{attr}": vars(args[name])[attr] for name, attrs in written.items()
-                      for attr in attrs if attr in vars(args[name])}}
 
 
 def _runnable_form(fn: Any, lines: set[int], callers: list[int],
