@@ -57,7 +57,7 @@ _ROUNDED_EVERY_STEP = (torch.float16, torch.bfloat16)
 #   loop, list of flags      0.03    0.14    0.25    0.40    1.2     4.2    17.6
 #   scan                     1.4     1.7     2.0     2.1     2.6     3.6     5.4
 # Below these, the loop runs as written.
-_NUMBERS_SCAN_MIN_TRIPS = {"tensor": 1024, "numbers": 8192}
+NUMBERS_SCAN_MIN_TRIPS = {"tensor": 1024, "numbers": 8192}
 
 # The Python numbers a double holds exactly (an int beyond, converted, would round or overflow
 # where the loop's arithmetic would not).
@@ -161,16 +161,19 @@ def previous_states(states: torch.Tensor, s0, reverse: bool) -> torch.Tensor:
     return torch.cat([states[1:], first]) if reverse else torch.cat([first, states[:-1]])
 
 
+# Python-number scans and their check run outside a compiled graph: Dynamo would trace each
+# item of the lists as a graph input (a graph the size of the list, compiled again per list).
+@torch.compiler.disable
 def numbers_scan_pays(trips, floats: tuple, flags: tuple, numbers: tuple) -> bool:
     """Whether ``scan_numbers`` computes the loop's states and pays: ``floats`` (the per-step
     factors and terms) non-empty lists or tuples of Python floats alone (so every state is a
     float, as the loop's), ``flags`` (per-step resets) lists or tuples of bools, ints and floats
     (``if c`` is ``c != 0``, NaN true) or 1-D tensors, ``numbers`` (the invariants and the state
     before the loop) Python numbers a double holds exactly; and ``trips`` at least the trip count
-    from which the scan beats the loop (``_NUMBERS_SCAN_MIN_TRIPS``). Numpy numbers, tensors
+    from which the scan beats the loop (``NUMBERS_SCAN_MIN_TRIPS``). Numpy numbers, tensors
     among the items and the like: the loop runs as written. Sets of types: one pass in C."""
     walks_tensor = any(isinstance(f, torch.Tensor) for f in flags)
-    if trips < _NUMBERS_SCAN_MIN_TRIPS["tensor" if walks_tensor else "numbers"]:
+    if trips < NUMBERS_SCAN_MIN_TRIPS["tensor" if walks_tensor else "numbers"]:
         return False
     return all(type(x) in (list, tuple) and set(map(type, x)) == {float} for x in floats) \
         and all(_flags(f) for f in flags) and all(
@@ -185,6 +188,7 @@ def _flags(f) -> bool:
         -_EXACT_INT <= min(f) and max(f) <= _EXACT_INT))
 
 
+@torch.compiler.disable
 def scan_numbers(a, b, s0, a_steps: bool, b_steps: bool, trips: int, reverse: bool,
                  resets=None, resets_steps: bool = False) -> list:
     """``linear_scan`` of Python numbers (see ``numbers_scan_pays``): the per-step lists as

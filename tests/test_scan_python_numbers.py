@@ -81,8 +81,8 @@ PPO_GOLDEN = """
 @pytest.fixture
 def short_scans(monkeypatch):
     """Every trip count pays: the branch's values at small lengths."""
-    monkeypatch.setitem(linear_scan._NUMBERS_SCAN_MIN_TRIPS, "tensor", 1)
-    monkeypatch.setitem(linear_scan._NUMBERS_SCAN_MIN_TRIPS, "numbers", 1)
+    monkeypatch.setitem(linear_scan.NUMBERS_SCAN_MIN_TRIPS, "tensor", 1)
+    monkeypatch.setitem(linear_scan.NUMBERS_SCAN_MIN_TRIPS, "numbers", 1)
 
 
 def test_golden_ppo_returns():
@@ -206,7 +206,7 @@ def test_other_items_run_the_loop_as_written(tmp_path, short_scans, case):
 
 def test_below_the_paying_trip_count_the_loop_runs(tmp_path):
     flags = {"tensor": _flags(1024, "tensor"), "bools": _flags(8192, "bools")}
-    for kind, at in linear_scan._NUMBERS_SCAN_MIN_TRIPS.items():
+    for kind, at in linear_scan.NUMBERS_SCAN_MIN_TRIPS.items():
         walked = flags["tensor" if kind == "tensor" else "bools"]
         for T, runs in ((at - 1, (0, 1)), (at, (1, 0))):
             rewards = _rewards(T)

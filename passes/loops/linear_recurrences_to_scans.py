@@ -96,6 +96,7 @@ class Scan:
     stmts: list[ast.stmt]
     rest: LoopPlan
     states: list[str]
+    numbers: bool = False  # also scans lists of Python numbers (scan_python_numbers)
 
 
 @dataclass
@@ -193,7 +194,8 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         stmts = lagged.stmts + [ast.copy_location(ast.If(test=check, body=stmts,
                                                          orelse=[clone(node)]), node)]
         check = lagged.check
-    return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found])
+    return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found],
+                numbers is not None)
 
 
 def _ends(found: list[_Recurrence], it: Iteration, reverse: bool, values: dict[str, str],
