@@ -34,9 +34,9 @@ name assigned at the end of the body, read before), ``s0`` at the first step.
 ``scan_numbers(...)``: ``linear_scan`` of Python numbers (``passes.loops.scan_python_numbers``):
 per-step lists of floats and the invariants in float64 (a Python float is a double), the states
 a list of Python floats in the order of ``t``. The loop rounds every step to a double, the scan
-sums in another order: every state is within float64 rounding of the loop's (relative
-``~log2(trips) * 2**-52`` of the sum of the magnitudes of its terms), inf and NaN where the
-loop's are. ``numbers_scan_pays(...)`` is the check its branch runs behind.
+sums in another order: every state is within float64 rounding of the loop's,
+``|scan - loop| <= 4 * (trips + 1) * 2**-52 * sum(|term|)`` over the state's terms (``b_k``
+times its factors), inf and NaN where the loop's are. ``numbers_scan_pays(...)`` is the check its branch runs behind.
 """
 from __future__ import annotations
 
@@ -50,13 +50,16 @@ _ROUNDED_EVERY_STEP = (torch.float16, torch.bfloat16)
 # From which trip count the scan of Python numbers beats the loop walking them, by what the loop
 # walks: a tensor yields a 0-d tensor per step (its `if flag` a `bool()` of a tensor, ~3 us a
 # step), a list of numbers a number (~0.2 us a step, and `insert(0, ...)` moving the list). The
-# scan costs ~1 ms at any length on this CPU (its log2(trips) rounds of ops). Measured with the
-# PPO returns loop (examples/real/rl_ppo_mc_returns.py), CPU time, one thread, best of 7:
-#   trips                    128     512     768    1024    2048    4096    8192
-#   loop, tensor of flags    0.3 ms  1.2     2.0     2.7     5.6    13.1    35.7
-#   loop, list of flags      0.03    0.14    0.25    0.40    1.2     4.2    17.6
-#   scan                     1.4     1.7     2.0     2.1     2.6     3.6     5.4
-# Below these, the loop runs as written.
+# scan costs ~1.5 ms at any length on this CPU (its log2(trips) rounds of ops). Measured on the
+# PPO returns loop (examples/real/rl_ppo_mc_returns.py's, returning the list), the loop as
+# written against the scan (this threshold at 1), optimize_loss(compile=False,
+# keep_faster=False), median CPU time, one thread, alternating in one process:
+#   trips                    128      512      2048     8192
+#   loop, tensor of flags    0.33 ms  1.41 ms  6.27 ms  36.6 ms
+#   scan                     1.49     1.99     3.25     5.89
+#   loop, list of bools      0.03     0.14     1.24     17.5
+#   scan                     1.65     2.04     3.54     7.83
+# (1.9x at 2048 walking a tensor, 2.2x at 8192 walking lists.) Below these, the loop as written.
 NUMBERS_SCAN_MIN_TRIPS = {"tensor": 1024, "numbers": 8192}
 
 # The Python numbers a double holds exactly (an int beyond, converted, would round or overflow

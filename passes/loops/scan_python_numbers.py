@@ -25,7 +25,7 @@ bools, ints and floats or a 1-D tensor (``if c`` is ``c != 0``), the invariants 
 before the loop Python numbers, and the trip count reaches the one from which the scan beats the
 loop (a short scan is slower than the loop: data in ``linear_scan``). ``_scan_numbers`` scans in
 float64 and gives a list of Python floats: values within float64 rounding of the loop's, not bit
-for bit. Numpy numbers, ints among the factors, tensors among the items: the loop as written.
+for bit (``|scan - loop| <= 4 * (trips + 1) * 2**-52 * sum(|term|)``, see ``linear_scan``). Numpy numbers, ints among the factors, tensors among the items: the loop as written.
 
 The loop must step through ``range(len(xs))`` of the walked sequences themselves (what a walk
 backwards becomes), so that the steps' items are the whole sequence. Statements the scan needs
