@@ -824,24 +824,30 @@ RESETS_GOLDEN = """
         returns = []
         _dones_stacked = _stack_items(tuple(dones)) if (type(dones) is list or (isinstance(dones, tuple) and type(dones).__getitem__ is tuple.__getitem__ and (type(dones).__iter__ is tuple.__iter__) and (type(dones).__len__ is tuple.__len__))) and len(dones) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == dones[0].shape and (_v.dtype == dones[0].dtype) and (_v.device == dones[0].device) for _v in dones)) else dones
         _rewards_stacked = _stack_items(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
-        if (isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and (type(rewards) in (list, tuple) or isinstance(rewards, torch.Tensor)) and (type(dones) in (list, tuple) or isinstance(dones, torch.Tensor)) and (len(dones) == len(rewards)):
+        if (type(rewards) in (list, tuple) or isinstance(rewards, torch.Tensor)) and (type(dones) in (list, tuple) or isinstance(dones, torch.Tensor)) and (len(dones) == len(rewards)) and (isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0) or _numbers_scan_pays(len(rewards), (rewards,), (dones,), (gamma, G))):
             'optimize_loss: loop at line 4 vectorized'
-            _rewards_row = _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1]
-            _dones_row = _dones_stacked if len(_rewards_stacked) == _dones_stacked.shape[0] else _dones_stacked[0:len(_rewards_stacked):1]
-            r = _rewards_row
-            d = _dones_row
-            _G_reset = d
-            _G_b_item = r
-            _G_reset_1_item = _G_reset
-            _outs_1 = (_G_b_item, _G_reset_1_item)
-            _G_all = _linear_scan(gamma, _outs_1[0], G, False, True, len(rewards), True, _outs_1[1], True)
-            if isinstance(_G_all, torch.Tensor) and len(rewards) <= _G_all.shape[0] and isinstance(len(rewards), int) and (len(rewards) > 0):
-                _G_all_row = _G_all if len(rewards) == _G_all.shape[0] else _G_all[0:len(rewards):1]
-                _G_t = _G_all_row
-                _returns_item = _G_t
-                _outs_2 = (_returns_item,)
-                returns = _outs_2[0]
+            if isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0):
+                _rewards_row = _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1]
+                _dones_row = _dones_stacked if len(_rewards_stacked) == _dones_stacked.shape[0] else _dones_stacked[0:len(_rewards_stacked):1]
+                r = _rewards_row
+                d = _dones_row
+                _G_reset = d
+                _G_b_item = r
+                _G_reset_1_item = _G_reset
+                _outs_1 = (_G_b_item, _G_reset_1_item)
+                _G_all = _linear_scan(gamma, _outs_1[0], G, False, True, len(rewards), True, _outs_1[1], True)
+                if isinstance(_G_all, torch.Tensor) and len(rewards) <= _G_all.shape[0] and isinstance(len(rewards), int) and (len(rewards) > 0):
+                    _G_all_row = _G_all if len(rewards) == _G_all.shape[0] else _G_all[0:len(rewards):1]
+                    _G_t = _G_all_row
+                    _returns_item = _G_t
+                    _outs_2 = (_returns_item,)
+                    returns = _outs_2[0]
+                else:
+                    for _k in range(len(rewards)):
+                        _G_t = _G_all[_k]
+                        returns.append(_G_t)
             else:
+                _G_all = _scan_numbers(gamma, rewards, G, False, True, len(rewards), True, dones, True)
                 for _k in range(len(rewards)):
                     _G_t = _G_all[_k]
                     returns.append(_G_t)

@@ -137,8 +137,9 @@ NOT_YET = {
     "real.det_mmdet_multi_apply": "a list of per-level losses bound by an outer loop that is kept",
     "real.kd_similarity_preserving": "feature maps of different shapes: the returned list's "
                                      "comprehension is not stacked, it runs as written",
-    "real.rl_ppo_mc_returns": "its buffers are lists of Python numbers, which the scan's check "
-                              "wants as tensors: the loop runs as written",
+    "real.rl_ppo_mc_returns": "its rewards are a list of Python floats, scanned in float64 from "
+                              "1024 steps (a shorter scan is slower than the loop): the small "
+                              "inputs' 16 steps run as written",
 }
 
 

@@ -69,7 +69,7 @@ from typing import Callable
 from ..ast_tools import PassContext, clone, is_int, is_name, is_pure, replace, unparse, walk
 from ..errors import Unsupported
 from ..linear_scan import linear_scan
-from . import iteration, loop_dataflow, scan_step_values
+from . import iteration, loop_dataflow, scan_python_numbers, scan_step_values
 from .loop_dataflow import loads, resolve_call, stores, stores_in
 from .plan import Iteration, LoopPlan, new_plan
 from .runtime_checks import proven_tensors
@@ -96,6 +96,7 @@ class Scan:
     stmts: list[ast.stmt]
     rest: LoopPlan
     states: list[str]
+    numbers: bool = False  # also scans lists of Python numbers (scan_python_numbers)
 
 
 @dataclass
@@ -172,24 +173,42 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
             ("acc", False), ("write", False), ("append", True))
                        or e.name in rest.scattered for e in rest.facts.effects.values()):
         raise Unsupported("the rest of a reversed loop depends on the order of the steps")
+    ends = _ends(found, it, reverse, values, live_after, node)
     stmts += order.before + [ast.copy_location(ast.If(test=rest.checks.expr(), body=rest.stmts,
                                                       orelse=[rest_loop]), node)] + order.after
+    stmts += ends
     # lists stacked before the loop's guard
     rest.prelude = lagged.prelude + [s for f in firsts for s in f.prelude] + rest.prelude
+    checks = [f.checks.expr() for f in firsts]
+    step_check = checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks)
+    numbers = None if lagged.stmts or writes or initial or picks else scan_python_numbers.branch(
+        {rec.name: _parts(rec) for rec in found}, set(per_step), loop.body, it, reverse, values,
+        ctx, node)
+    check = _check(step_check, order.checks + needs, ctx)
+    if numbers is not None:  # or on Python numbers, the rest as written
+        stmts = [ast.copy_location(ast.If(test=clone(step_check), body=stmts, orelse=numbers[1]
+                                          + clone(order.before + [rest_loop] + order.after + ends)),
+                                   node)]
+        check = _or_numbers(step_check, numbers[0], order.checks + needs)
+    if lagged.check is not None:  # the steps' checks read the carried values' steps
+        stmts = lagged.stmts + [ast.copy_location(ast.If(test=check, body=stmts,
+                                                         orelse=[clone(node)]), node)]
+        check = lagged.check
+    return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found],
+                numbers is not None)
+
+
+def _ends(found: list[_Recurrence], it: Iteration, reverse: bool, values: dict[str, str],
+          live_after: set[str], node: ast.For) -> list[ast.stmt]:
+    """What the loop leaves bound after the rest: its index, the states' last values."""
+    stmts = []
     if reverse and it.index in live_after:  # the rest ran forwards: the original ends at start
         stmts += replace("t = a", loc=node, t=it.index, a=clone(it.start))
     for rec in found:
         if rec.name in live_after:
             stmts += replace(f"s = all_[{0 if reverse else -1}]", loc=node, s=rec.name,
                              all_=values[rec.name])
-    checks = [f.checks.expr() for f in firsts]
-    check = _check(checks[0] if len(checks) == 1 else ast.BoolOp(ast.And(), checks),
-                   order.checks + needs, ctx)
-    if lagged.check is not None:  # the steps' checks read the carried values' steps
-        stmts = lagged.stmts + [ast.copy_location(ast.If(test=check, body=stmts,
-                                                         orelse=[clone(node)]), node)]
-        check = lagged.check
-    return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found])
+    return stmts
 
 
 def _per_step_values(found: list[_Recurrence], preludes: dict[str, list[ast.stmt]],
@@ -217,6 +236,17 @@ def _check(check: ast.expr, needs: list[ast.expr], ctx: PassContext) -> ast.expr
               for x in proven_tensors(check)}
     extra = [c for c in needs if unparse(c) not in proven]
     return ast.BoolOp(ast.And(), [check] + extra) if extra else check
+
+
+def _or_numbers(step_check: ast.expr, numbers: list[ast.expr],
+                needs: list[ast.expr]) -> ast.expr:
+    """``needs and (step_check or numbers)``: the needs first, they make sure of the types the
+    numbers' checks read (``len`` of the sequences), each condition once."""
+    texts = {unparse(c) for c in needs}
+    numbers = [c for c in numbers if unparse(c) not in texts]
+    either = ast.BoolOp(ast.Or(), [step_check, numbers[0] if len(numbers) == 1 else
+                                   ast.BoolOp(ast.And(), numbers)])
+    return ast.BoolOp(ast.And(), needs + [either]) if needs else either
 
 
 def _in_order(node: ast.For, ctx: PassContext) -> tuple[ast.For, bool, list[ast.expr]]:

@@ -103,6 +103,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
+               scan_python_numbers,
                ragged_slices_to_masks,
                raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
@@ -580,7 +581,8 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
 def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> str:
     states = ", ".join(f"`{n}`" for n in scanned.states)
     return (f"{states} = a * {states} + b: every step's state by one parallel scan (log depth); "
-            f"the rest: {_why(scanned.rest, ctx)}")
+            f"the rest: {_why(scanned.rest, ctx)}"
+            + (scan_python_numbers.why() if scanned.numbers else ""))
 
 
 def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
