@@ -223,6 +223,23 @@ def _comprehensions(node: ast.AST) -> list[ast.expr]:
     return found
 
 
+def _visit_branches(vectorizer: "_Vectorizer", node: ast.If,
+                    narrowed: tuple[frozenset[str], frozenset[str]]) -> ast.If:
+    """``node`` visited, the loops of its body and of its else each stacking the names its test
+    narrows there to lists (``narrowed``: ``stack_tensor_lists.narrowed_lists``)."""
+    body_lists, else_lists = narrowed
+    if not (body_lists or else_lists):
+        return vectorizer.generic_visit(node)
+    names = vectorizer.list_names
+    node.test = vectorizer.visit(node.test)
+    vectorizer.list_names = names | body_lists
+    node.body = vectorizer.statements(node.body)
+    vectorizer.list_names = names | else_lists
+    node.orelse = vectorizer.statements(node.orelse)
+    vectorizer.list_names = names
+    return node
+
+
 class _Vectorizer(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
@@ -303,7 +320,7 @@ class _Vectorizer(Transformer):
         if is_as_written(node):  # ... and the loop a vectorized branch runs as written
             node.orelse = self.statements(node.orelse)
             return node
-        return self.generic_visit(node)
+        return _visit_branches(self, node, stack_tensor_lists.narrowed_lists(node.test, self.ctx))
 
     def visit_While(self, node: ast.While) -> ast.AST:
         self.generic_visit(node)
