@@ -212,7 +212,7 @@ def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
             "seconds": 1.0, "min_time_s": 0.5, "budget_s": 10.0}
     counts = bench_loops.loop_counts(ROWS, "independent")
     written = _row(8, "independent", ran=False, own=0)  # its check was false
-    written["runs"] = dict(written["runs"], as_written=1)
+    written["runs"] = dict(written["runs"], as_written=1, last_failure="check `a` was false")
     text = bench_loops.markdown(meta, {"x": ROWS, "y": [written]}, counts,
                                 bench_loops.loop_target(counts))
     lines = text.splitlines()
@@ -228,7 +228,7 @@ def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
     assert ("| x.py:4 | independent | vectorized (vmap) | vectorized 0, as written 0 | – | – | "
             "not reached in the call | – |") in lines  # a branch the call did not take
     assert ("| x.py:8 | independent | vectorized (vmap) | vectorized 0, as written 1 | – | – | "
-            "did not run vectorized | – |") in lines
+            "did not run vectorized: check `a` was false | – |") in lines
     assert "| x.py:5 | independent | kept | – | – | – | – | – |" in lines
     assert lines[-2] == ("| x.py:7 | independent | vectorized (vmap) | vectorized 1, as written 0 | 7 | – | "
                          "not timed, as written it raised RuntimeError: vmap | – |")

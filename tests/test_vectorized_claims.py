@@ -92,6 +92,16 @@ def _gram_loss(f_s, f_t):
     return ((g_t - g_s) ** 2).sum() / (b * b)
 
 
+def negated(losses):
+    total = 0
+    for value in losses.values():
+        if not isinstance(value, torch.Tensor):
+            total = total + sum(part.pow(2).sum() for part in value)
+        else:
+            total = total + value.sum()
+    return total
+
+
 def dict_test(losses):
     total = 0
     for value in losses.values():
@@ -182,6 +192,7 @@ def _losses(dtype, shape):
     ("elif_list", "sum(_loss.mean()", (6,)),
     ("else_of_tensor", "sum([part.sum()", (2, 3)),      # mmengine: `elif is_list_of(...)`
     ("sequence_and_loop", "for part in", (4,)),
+    ("negated", "sum(part.pow(2)", (3, 2)),
 ])
 def test_a_list_an_isinstance_test_narrows_runs_vectorized(user, dtype, name, line, shape):
     fn = getattr(user, name)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import ast
 
-import torch
-
 from .. import ops
 from ..ast_tools import (PassContext, clone, is_int, is_name, is_pure, is_shape_call, unparse,
                          walk)
@@ -35,7 +33,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     plan.iteration = _iteration(plan, ctx)
     _views_of_tensors(plan, plan.iteration.elements)
     _elements_not_called(plan, plan.iteration.elements)
-    _items_not_records(plan, plan.iteration)
     plan.body = clone(node.body)
     return plan
 
@@ -117,35 +114,6 @@ def _elements_not_called(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names:
             raise Unsupported(f"`{n.func.id}` is called: its items are functions, not tensors",
                               n.lineno)
-
-
-def _items_not_records(plan: LoopPlan, it: Iteration) -> None:
-    """Items, iterated as elements or picked by the loop index (``xs[i]``), are stacked as
-    tensors: an item the body reads at a string key (``t["labels"]``, DETR's targets) or at an
-    attribute tensors do not have (``inst.gt_classes``) is a dict or a record, and the stacking
-    check could never hold (a tensor read so raises)."""
-    stored = {n.id for s in plan.node.body for n in walk(s)
-              if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
-    elements = {name for name, _ in it.elements} - stored
-    index = it.index if it.index_is_user and it.index not in stored else None
-    for n in (n for s in plan.node.body for n in walk(s)):
-        if not (isinstance(n, (ast.Subscript, ast.Attribute)) and _is_item(n.value, elements, index)):
-            continue  # (the reasons quote the key, not the item: a comprehension's is renamed)
-        if isinstance(n, ast.Subscript) and (isinstance(n.slice, ast.JoinedStr) or isinstance(
-                n.slice, ast.Constant) and isinstance(n.slice.value, str)):
-            raise Unsupported(f"its items are read at the key `{unparse(n.slice)}`: dicts, not "
-                              "tensors", n.lineno)
-        if isinstance(n, ast.Attribute) and not hasattr(torch.Tensor, n.attr):
-            raise Unsupported(f"its items are read at `.{n.attr}`, which tensors do not have: "
-                              "records, not tensors", n.lineno)
-
-
-def _is_item(expr: ast.expr, elements: set[str], index: str | None) -> bool:
-    """``expr`` is an element name or ``xs[i]`` at the loop index ``i``."""
-    if isinstance(expr, ast.Name):
-        return expr.id in elements
-    return index is not None and isinstance(expr, ast.Subscript) \
-        and isinstance(expr.value, ast.Name) and is_name(expr.slice, index)
 
 
 def _trip(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -> ast.expr:

@@ -26,6 +26,11 @@ iterated list of such elements may hold Python ints, which become an int64 tenso
 items indexed; not bools, which index tensors as masks). A nested function reads the enclosing
 function's lists (``vectorize_loops``).
 
+A name the function binds otherwise (a loop target, a dict's value) is stacked in a branch
+whose ``if`` test says it is a list or tuple, or in the ``else`` of one that asks for a tensor
+(``narrowed_lists``; mmdetection's ``elif isinstance(loss_value, list): sum(_loss.mean() for
+_loss in loss_value)``).
+
 A tensor stays itself; a list whose items differ in shape, dtype or device (deep supervision at
 several resolutions) stays a list, fails the guard's ``isinstance`` check, and the loop runs as
 written. Stacking copies the items: the values and the gradients of every item are those of the
@@ -147,7 +152,10 @@ def narrowed_lists(test: ast.expr, ctx: PassContext) -> tuple[frozenset[str], fr
     to: in its body, those it asks to be lists or tuples (``isinstance(v, list)``, mmdetection's
     ``_parse_losses``); in its ``else``, those it asks to be tensors (``isinstance(v,
     torch.Tensor)``: not one there, mmengine's ``elif is_list_of(v, torch.Tensor)``). A test
-    ``a and b`` narrows the body by both."""
+    ``a and b`` narrows the body by both, ``not a`` the other way round."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        lists, not_tensors = narrowed_lists(test.operand, ctx)
+        return not_tensors, lists
     tests = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) \
         else [test]
     body = {n for t in tests for n in _isinstance_of(t, _SEQUENCE_TYPES, ctx)}

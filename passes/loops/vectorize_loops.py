@@ -103,7 +103,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
-               ragged_slices_to_masks,
+               ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
@@ -120,6 +120,7 @@ LOOP_STAGES: list = [
     index_tuples_to_tensors,      # before iteration: it makes the loop iterate a tensor
     index_tests_to_selected_indices,  # before iteration: it makes the loop iterate a tensor
     iteration,                    # first of the others: every stage reads the iteration
+    record_items_run_as_written,  # on the body as written: its reason is the first to give
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
