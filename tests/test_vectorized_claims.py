@@ -280,3 +280,33 @@ def test_feature_maps_of_other_shapes_say_which_items_differ(user, dtype):
     same = [_rand(gen, dtype, 4, 8, 4, 4) for _ in range(2)]
     loop = _loop(_run(user.grams, same, [s.detach() for s in same]), "return sum([", user.grams)
     assert (loop.vectorized_runs, loop.original_runs) == (1, 0)
+
+
+FLAGGED = '''
+
+
+def flagged(rewards, value_preds, masks, bad_masks, next_value, use_gae, proper):
+    num_steps, num_processes = rewards.shape[:2]
+    rollouts = RolloutStorage(num_steps, num_processes, rewards.dtype)
+    rollouts.insert_all(rewards, value_preds, masks, bad_masks)
+    rollouts.compute_returns(next_value, use_gae, 0.99, 0.95, proper)
+    return rollouts.returns
+'''
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("use_gae, proper", [(True, True), (True, False), (False, True),
+                                             (False, False)])
+def test_each_branch_of_a2c_returns_runs_its_scan_vectorized(tmp_path, dtype, use_gae, proper):
+    # rl_a2c_gae_storage's `naive` takes one branch of `compute_returns` (lines 48, 56, 63 are
+    # not reached, and the report says so); each of the others runs vectorized when taken
+    import inspect
+    import examples.real.rl_a2c_gae_storage as a2c
+    user = load_module(tmp_path, inspect.getsource(a2c) + FLAGGED)
+    _, _, _, *rollout = a2c.make_inputs("small", dtype)
+    _run(user.flagged, *rollout, use_gae, proper)
+    fn = optimize_loss(user.flagged, compile=False)
+    fn(*rollout, use_gae, proper)
+    ran = [l for l in fn.report.loops if l.vectorized and (l.vectorized_runs or l.original_runs)]
+    assert [(l.vectorized_runs, l.original_runs, l.failed_runs) for l in ran] == [(1, 0, 0)]
+    assert str(fn.report).count("[not reached in the counted calls]") == 3
