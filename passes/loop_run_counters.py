@@ -66,7 +66,7 @@ class _Count(Transformer):
                           f"    c.loop_failed({line}, {ERROR})\n    raise", loc=node, c=self.counter)
         guarded[0].body = body
         kept = replace(f"c.loop_ran({line}, False, reason)", loc=node, c=self.counter,
-                       reason=_first_false(node.test, self.stacked))
+                       reason=_first_false(node.test, self.stacked, self.counter))
         node.body = [marker, ast.Expr(ran)] + guarded
         node.orelse = [ast.Expr(kept)] + node.orelse
         return node
@@ -139,23 +139,26 @@ def _no_args() -> ast.arguments:
                          kwarg=None, defaults=[])
 
 
-def _first_false(test: ast.expr, stacked: dict[str, str]) -> ast.expr:
+def _first_false(test: ast.expr, stacked: dict[str, str], counter: str) -> ast.expr:
     """An expression naming the first conjunct of ``test`` that is false (``test`` is false)."""
     conjuncts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
-    reason: ast.expr = ast.Constant(_why(conjuncts[-1], stacked))
+    reason = _why(conjuncts[-1], stacked, counter)
     for conjunct in reversed(conjuncts[:-1]):
         reason = ast.IfExp(ast.UnaryOp(ast.Not(), clone(conjunct)),
-                           ast.Constant(_why(conjunct, stacked)), reason)
+                           _why(conjunct, stacked, counter), reason)
     return reason
 
 
-def _why(conjunct: ast.expr, stacked: dict[str, str]) -> str:
+def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str) -> ast.expr:
     """The reason a false ``conjunct`` gives; a stacked list's own check in the user's words
-    (its generated name means nothing to them)."""
+    (its generated name means nothing to them), with what kept the list from stacking, asked
+    of the user's list when the check runs (``Report.not_stacked``)."""
     if (isinstance(conjunct, ast.Call) and is_name(conjunct.func, "isinstance")
             and len(conjunct.args) == 2 and isinstance(conjunct.args[0], ast.Name)
             and conjunct.args[0].id in stacked):
-        return (f"`{stacked[conjunct.args[0].id]}` was not a tensor or a list or tuple of tensors "
-                "of one shape, dtype and device")
+        name = stacked[conjunct.args[0].id]
+        return replace("c.not_stacked(n, x)", loc=conjunct, c=counter, n=ast.Constant(name),
+                       x=name)
     text = unparse(conjunct)
-    return f"check `{text if len(text) <= _SHOWN else text[:_SHOWN - 3] + '...'}` was false"
+    shown = text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
+    return ast.Constant(f"check `{shown}` was false")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import ast
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
+
+from .stacked_views import why_not_stacked
 
 
 @dataclass
@@ -200,10 +202,13 @@ class Report:
     def _runs_around(self, loop: LoopReport) -> str:
         """For a vectorized loop with no counted run of its own: the counts of the loops around
         it whose vectorized forms hold its own (it runs only inside them), so that a report does
-        not say "vectorized" of an inner loop whose outer loop ran as written every time."""
+        not say "vectorized" of an inner loop whose outer loop ran as written every time; with
+        neither, once calls were counted, that the calls did not reach it (a branch not taken)."""
         if not loop.vectorized or loop.vectorized_runs or loop.original_runs:
             return ""
         outer = [l for l in self._around(loop) if l.vectorized_runs or l.original_runs]
+        if not outer and any(l.vectorized_runs or l.original_runs for l in self.loops):
+            return " [not reached in the counted calls]"
         return "".join(f" [ran: only within the vectorized form of line {l.lineno}, which ran "
                        f"vectorized {l.vectorized_runs}, as written {l.original_runs}]"
                        for l in outer)
@@ -216,6 +221,11 @@ class Report:
             loop.vectorized_runs -= 1
             loop.original_runs += 1
             loop.last_failure = reason
+
+    def not_stacked(self, name: str, items: Any) -> str:
+        """The reason a loop's check gives when the list ``name`` holds did not stack."""
+        return (f"`{name}` was not a tensor or a list or tuple of tensors of one shape, dtype "
+                f"and device: {why_not_stacked(items)}")
 
     def loop_failed(self, lineno: int, error: BaseException) -> None:
         """The vectorized branch of the loop at ``lineno`` raised ``error``."""

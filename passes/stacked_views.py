@@ -42,6 +42,29 @@ def stack_items(items: tuple) -> torch.Tensor:
     return permuted if permuted is not None else base.as_strided(shape, (step, *stride), start)
 
 
+def why_not_stacked(items: Any) -> str:
+    """Why ``stack_tensor_lists.STACKED`` leaves ``items`` as they are (the loop then runs as
+    written): what it is, or the first item that is not a tensor or differs from the first in
+    shape, dtype or device (multi-scale feature maps: in shape)."""
+    if not isinstance(items, (list, tuple)):
+        return f"it is a {type(items).__name__}"
+    if not items:
+        return "it is empty"
+    kinds = [k for k, v in enumerate(items) if not isinstance(v, torch.Tensor)]
+    if kinds:
+        return f"item {kinds[0]} is a {type(items[kinds[0]]).__name__}"
+    for what in ("shape", "dtype", "device"):
+        seen = [_shown(getattr(v, what)) for v in items]
+        other = next((k for k, v in enumerate(seen) if v != seen[0]), None)
+        if other is not None:
+            return f"its items differ in {what}: {seen[0]} (item 0), {seen[other]} (item {other})"
+    return f"a {type(items).__name__} whose item access is its own"
+
+
+def _shown(value: Any) -> str:
+    return str(list(value)) if isinstance(value, torch.Size) else str(value)
+
+
 def _permuted_view(base: torch.Tensor, shape: tuple, strides: tuple, start: int):
     """``base.as_strided(shape, strides, start)`` as ``base.view(...).permute(...).view(shape)``
     when that layout is all of contiguous ``base`` with its dims reordered; else None."""

@@ -211,7 +211,10 @@ def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
             "machine": "m", "torch": "t", "python": "p", "threads": 1, "backend": "inductor",
             "seconds": 1.0, "min_time_s": 0.5, "budget_s": 10.0}
     counts = bench_loops.loop_counts(ROWS, "independent")
-    text = bench_loops.markdown(meta, {"x": ROWS}, counts, bench_loops.loop_target(counts))
+    written = _row(8, "independent", ran=False, own=0)  # its check was false
+    written["runs"] = dict(written["runs"], as_written=1, last_failure="check `a` was false")
+    text = bench_loops.markdown(meta, {"x": ROWS, "y": [written]}, counts,
+                                bench_loops.loop_target(counts))
     lines = text.splitlines()
     assert meta["command"] in text and "(CPU times)" in text and "| R1 |" in text
     assert "Speedup of the loop** (R1 is judged on it): the loop's region alone" in text
@@ -223,9 +226,11 @@ def test_the_table_has_a_row_per_loop_with_what_ran_and_its_speedup():
     assert ("| x.py:3 | independent | vectorized (vmap) | vectorized 1, as written 0 | 3 | – | "
             "1.2× (1.1–1.3) ✗ (whole call: region not isolated, ValueError: why) | 1.2× (1.1–1.3) |") in lines
     assert ("| x.py:4 | independent | vectorized (vmap) | vectorized 0, as written 0 | – | – | "
-            "did not run vectorized | – |") in lines
+            "not reached in the call | – |") in lines  # a branch the call did not take
+    assert ("| x.py:8 | independent | vectorized (vmap) | vectorized 0, as written 1 | – | – | "
+            "did not run vectorized: check `a` was false | – |") in lines
     assert "| x.py:5 | independent | kept | – | – | – | – | – |" in lines
-    assert lines[-1] == ("| x.py:7 | independent | vectorized (vmap) | vectorized 1, as written 0 | 7 | – | "
+    assert lines[-2] == ("| x.py:7 | independent | vectorized (vmap) | vectorized 1, as written 0 | 7 | – | "
                          "not timed, as written it raised RuntimeError: vmap | – |")
 
 

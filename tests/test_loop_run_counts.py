@@ -127,7 +127,8 @@ def test_compiled_signatures_count_what_runs(user):
     loop = _loop(fn)
     assert (loop.vectorized_runs, loop.original_runs) == (2, 1)
     # The stacked list's check in the user's names, not the generated one's.
-    why = "`pred` was not a tensor or a list or tuple of tensors of one shape, dtype and device"
+    why = ("`pred` was not a tensor or a list or tuple of tensors of one shape, dtype and device: "
+           "its items differ in shape: [4] (item 0), [3] (item 1)")
     assert loop.last_failure == why
     assert (f"as written 1; last: {why}"
             in str(fn.report))

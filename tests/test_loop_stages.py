@@ -32,7 +32,8 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           promoting_folds_run_as_written,
                           excluded_items_to_masks, ragged_slices_to_masks,
-                          raise_on_empty_selections, removed_index_lists_to_masks,
+                          raise_on_empty_selections, record_items_run_as_written,
+                          removed_index_lists_to_masks,
                           rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                           sink_own_item_selections, sorts_read_at_ends, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
@@ -111,6 +112,41 @@ def f(xs):
 """,
      """
 Unsupported: `for ... else`
+"""),
+    (record_items_run_as_written, """
+def f(targets, pred):
+    n = 0
+    for i in range(len(targets)):
+        n += targets[i]["boxes"].shape[0]
+    return pred.sum() / n
+""", ('iteration', 'body'),
+     """
+# iteration
+i in range(0, len(targets), 1)
+# body
+n += targets[i]['boxes'].shape[0]
+""",
+     """
+Unsupported: its items are read at the key `'boxes'`: dicts, not tensors
+"""),
+    (record_items_run_as_written, """
+def f(preds, w):
+    loss = 0
+    for p in preds:
+        loss += (p.T @ p).sum() * w["scale"] / p.shape[0]
+    return loss
+""", ('iteration', 'body'),
+     """
+# iteration
+_i in range(0, len(preds), 1); p from preds
+# body
+loss += (p.T @ p).sum() * w['scale'] / p.shape[0]
+""",
+     """
+# iteration
+_i in range(0, len(preds), 1); p from preds
+# body
+loss += (p.T @ p).sum() * w['scale'] / p.shape[0]
 """),
     (stack_tensor_lists, """
 def f(preds, targets, w):

@@ -132,11 +132,9 @@ def test_multiclass_hinge_under_inductor(tmp_path, dtype):
 # Examples with a loop reported vectorized that does not run vectorized on their inputs, and why.
 NOT_YET = {
     "multi_head_list": "heads of different shapes: the list is not stacked, the loop runs as written",
-    "real.det_detr_set_criterion": "a list of dicts of tensors (targets) where the check wants a "
-                                   "tensor",
-    "real.det_mmdet_multi_apply": "a list of per-level losses bound by an outer loop that is kept",
     "real.kd_similarity_preserving": "feature maps of different shapes: the returned list's "
-                                     "comprehension is not stacked, it runs as written",
+                                     "comprehension is not stacked, it runs as written (the report "
+                                     "says which items differ); no rewrite-time fact tells",
     "real.rl_ppo_mc_returns": "its rewards are a list of Python floats, scanned in float64 from "
                               "1024 steps (a shorter scan is slower than the loop): the small "
                               "inputs' 16 steps run as written",

@@ -26,6 +26,11 @@ iterated list of such elements may hold Python ints, which become an int64 tenso
 items indexed; not bools, which index tensors as masks). A nested function reads the enclosing
 function's lists (``vectorize_loops``).
 
+A name the function binds otherwise (a loop target, a dict's value) is stacked in a branch
+whose ``if`` test says it is a list or tuple, or in the ``else`` of one that asks for a tensor
+(``narrowed_lists``; mmdetection's ``elif isinstance(loss_value, list): sum(_loss.mean() for
+_loss in loss_value)``).
+
 A tensor stays itself; a list whose items differ in shape, dtype or device (deep supervision at
 several resolutions) stays a list, fails the guard's ``isinstance`` check, and the loop runs as
 written. Stacking copies the items: the values and the gradients of every item are those of the
@@ -49,6 +54,8 @@ from .plan import LoopPlan
 # Calls whose result is a list or tuple of tensors.
 _LIST_MAKERS = {"list", "tuple", "torch.split", "torch.chunk", "torch.unbind", "torch.tensor_split"}
 _LIST_METHODS = {"split", "chunk", "unbind", "tensor_split"}
+# Types an ``isinstance`` test may ask for of a list the function is handed.
+_SEQUENCE_TYPES = {"list", "tuple"}
 
 # Exactly a list, or a tuple whose item access is the builtin's: the stacked tensor holds what
 # ``tuple(x)`` iterates, which is what the loop reads only when neither iteration nor ``x[i]`` nor
@@ -138,6 +145,33 @@ def list_names(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
     as_tensor = {n.value.id for n in walk(func) if isinstance(n, ast.Attribute)
                  and isinstance(n.value, ast.Name)}
     return frozenset(names - as_tensor)
+
+
+def narrowed_lists(test: ast.expr, ctx: PassContext) -> tuple[frozenset[str], frozenset[str]]:
+    """The names an ``if`` test says may be lists of tensors, whatever the function binds them
+    to: in its body, those it asks to be lists or tuples (``isinstance(v, list)``, mmdetection's
+    ``_parse_losses``); in its ``else``, those it asks to be tensors (``isinstance(v,
+    torch.Tensor)``: not one there, mmengine's ``elif is_list_of(v, torch.Tensor)``). A test
+    ``a and b`` narrows the body by both, ``not a`` the other way round."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        lists, not_tensors = narrowed_lists(test.operand, ctx)
+        return not_tensors, lists
+    tests = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) \
+        else [test]
+    body = {n for t in tests for n in _isinstance_of(t, _SEQUENCE_TYPES, ctx)}
+    orelse = set(_isinstance_of(test, {"torch.Tensor"}, ctx))
+    return frozenset(body), frozenset(orelse)
+
+
+def _isinstance_of(test: ast.expr, types: set[str], ctx: PassContext) -> list[str]:
+    """``[x]`` when ``test`` is ``isinstance(x, T)`` with ``T`` (or each type of a tuple of
+    them) among ``types``."""
+    if not (isinstance(test, ast.Call) and resolve_call(test.func, ctx) == "isinstance"
+            and len(test.args) == 2 and not test.keywords and isinstance(test.args[0], ast.Name)):
+        return []
+    kinds = test.args[1].elts if isinstance(test.args[1], ast.Tuple) else [test.args[1]]
+    named = [resolve_call(k, ctx) for k in kinds]
+    return [test.args[0].id] if named and all(k in types for k in named) else []
 
 
 def _targets(node: ast.AST) -> list[ast.expr]:

@@ -104,7 +104,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
                scan_python_numbers,
-               ragged_slices_to_masks,
+               ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
@@ -121,6 +121,7 @@ LOOP_STAGES: list = [
     index_tuples_to_tensors,      # before iteration: it makes the loop iterate a tensor
     index_tests_to_selected_indices,  # before iteration: it makes the loop iterate a tensor
     iteration,                    # first of the others: every stage reads the iteration
+    record_items_run_as_written,  # on the body as written: its reason is the first to give
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
@@ -224,6 +225,23 @@ def _comprehensions(node: ast.AST) -> list[ast.expr]:
     return found
 
 
+def _visit_branches(vectorizer: "_Vectorizer", node: ast.If,
+                    narrowed: tuple[frozenset[str], frozenset[str]]) -> ast.If:
+    """``node`` visited, the loops of its body and of its else each stacking the names its test
+    narrows there to lists (``narrowed``: ``stack_tensor_lists.narrowed_lists``)."""
+    body_lists, else_lists = narrowed
+    if not (body_lists or else_lists):
+        return vectorizer.generic_visit(node)
+    names = vectorizer.list_names
+    node.test = vectorizer.visit(node.test)
+    vectorizer.list_names = names | body_lists
+    node.body = vectorizer.statements(node.body)
+    vectorizer.list_names = names | else_lists
+    node.orelse = vectorizer.statements(node.orelse)
+    vectorizer.list_names = names
+    return node
+
+
 class _Vectorizer(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
@@ -304,7 +322,7 @@ class _Vectorizer(Transformer):
         if is_as_written(node):  # ... and the loop a vectorized branch runs as written
             node.orelse = self.statements(node.orelse)
             return node
-        return self.generic_visit(node)
+        return _visit_branches(self, node, stack_tensor_lists.narrowed_lists(node.test, self.ctx))
 
     def visit_While(self, node: ast.While) -> ast.AST:
         self.generic_visit(node)

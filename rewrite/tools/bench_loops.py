@@ -155,7 +155,10 @@ def _row(row: dict) -> str:
         speedup = f"{row['speedup']} {mark(row['speedup'].value >= SPEEDUP)}"
         speedup += f" (whole call: region not isolated, {region['error']})" if "error" in region else ""
     else:
-        speedup = "–" if not row["vectorized"] else "did not run vectorized"
+        reached = runs["vectorized"] or runs["as_written"] or row["ran_vectorized"]
+        why = f": {runs['last_failure']}" if runs["last_failure"] else ""  # the check that was false
+        speedup = "–" if not row["vectorized"] else \
+            f"did not run vectorized{why}" if reached else "not reached in the call"
     timed = ", ".join(map(str, row.get("as_written", []))) or "–"
     return (f"| {row['where']} | {row['class'] or '–'} | {report} | "
             f"{ran if row['vectorized'] else '–'} | {timed} | {region.get('line', '–')} | "
