@@ -58,7 +58,7 @@ GOLDEN = {
                     _cond = torch.ne(_m_row < 0, False)
                     _value = 0
                     _mask = torch.logical_not(_cond)
-                    _t = F.mse_loss(torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _y_row.shape[1:]]), _y_row, torch.zeros_like(_y_row)), reduction='none')
+                    _t = F.mse_loss(torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _x_row.shape[1:]]), _x_row, False), torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _y_row.shape[1:]]), _y_row, False), reduction='none')
                     _value = torch.where(_mask, _t.reshape(len(_t), -1).mean(1), _value)
                     _value_all_item = _value
                     _outs_1 = (_value_all_item,)
@@ -68,7 +68,7 @@ GOLDEN = {
                         _cond = torch.ne(_m_row < 0, False)
                         _value = 0
                         _mask = torch.logical_not(_cond)
-                        _value = torch.where(_mask, F.mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row))), _value)
+                        _value = torch.where(_mask, F.mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, False), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, False)), _value)
                         _value_all_item = _value
                         return (torch.as_tensor(_value_all_item),)
                     _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])

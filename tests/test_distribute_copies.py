@@ -52,7 +52,7 @@ GOLDEN = {
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
                     _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
                     _cond = torch.ne(_m_row > 0, False)
-                    _t = F.mse_loss(torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, torch.zeros_like(_y_row)), reduction='none')
+                    _t = F.mse_loss(torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _x_row.shape[1:]]), _x_row, False), torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], _y_row.shape[1:]]), _y_row, False), reduction='none')
                     _value = _t.reshape(len(_t), -1).mean(1)
                     _mask = torch.logical_not(_cond)
                     _value = torch.where(_mask, 0, _value)
@@ -62,7 +62,7 @@ GOLDEN = {
 
                     def _body(_m_row, _x_row, _y_row):
                         _cond = torch.ne(_m_row > 0, False)
-                        _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, torch.zeros_like(_y_row)))
+                        _value = F.mse_loss(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, False), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, False))
                         _mask = torch.logical_not(_cond)
                         _value = torch.where(_mask, 0, _value)
                         _value_all_item = _value

@@ -1413,7 +1413,7 @@ _own = F.cosine_similarity(_fixed_operand(_hit, e), (_fixed_operand(_hit, cs).su
 _sel = k == j
 _keep = torch.logical_not(torch.ne(_sel, False))
 _t_1 = cs[k]
-_t = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t_1.shape]), _t_1, torch.zeros_like(_t_1)) * 2
+_t = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t_1.shape]), _t_1, False) * 2
 c = torch.where(_keep.reshape(_branch_shape[_keep.shape, _t.shape]), _t, torch.full_like(_t, 1))
 _sim = F.cosine_similarity(e, c, dim=0)
 _sim = torch.where(_sel, _own, _sim)
@@ -1521,9 +1521,9 @@ False
      """
 # body
 _cond = torch.ne(_x_row > 0, False)
-total = total + torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 1).sqrt()
+total = total + torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, False), 1).sqrt()
 # masked
-torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, torch.zeros_like(_x_row)), 1).sqrt() under _cond
+torch.where(_cond, torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, False), 1).sqrt() under _cond
 # uses_where
 True
 """),

@@ -106,7 +106,7 @@ def test_unknown_calls_under_a_condition_keep_the_loop(call):
 # made safe where the condition deselects (the batched statement as generated), the iteration's
 # values it reads zero there.
 X, Y = (f"torch.where(_cond.reshape(_cond.shape[:1] + _branch_shape[_cond.shape[1:], "
-        f"{row}.shape[1:]]), {row}, torch.zeros_like({row}))" for row in ("_x_row", "_y_row"))
+        f"{row}.shape[1:]]), {row}, False)" for row in ("_x_row", "_y_row"))
 DRIFTED = [
     ("x[i].div(y[i])", f"{X}.div(torch.where(_cond, {Y}, 1))"),
     ("torch.logaddexp(x[i], y[i])", f"torch.logaddexp({X}, {Y})"),
@@ -262,3 +262,42 @@ def test_a_fixed_divisor_keeps_its_precision_under_the_mask(dtype, beta):
     for g, w in zip(got_grads, want_grads):
         assert g.dtype == dtype and torch.equal(g.isnan(), w.isnan())
         assert torch.equal(g.nan_to_num(), w.nan_to_num()), (g, w)
+
+
+# A value read under a mask is 0 where deselected through ``torch.where(p, x, False)``: no
+# zeros of the batched value's size allocated and filled (``zeros_like``, before), and ``False``
+# is 0 in every dtype without promoting (a Python ``0`` would turn a bool value into int64).
+MASKED_READ = """
+def f(x, y, t):
+    s = 0
+    c = 0
+    for i in range(x.shape[0]):
+        if t[i] > 0:
+            s = s + torch.log(x[i]) * 2
+            c = c + y[i]
+    return s, c
+"""
+
+
+def test_masked_reads_allocate_no_full_size_zeros():
+    code, report = rewrite_source(MASKED_READ)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    assert "zeros_like" not in code
+    assert re.search(r"torch\.where\(_cond\.reshape\([^\n]*, _x_row, False\)", code)
+    assert re.search(r"torch\.where\(_cond\.reshape\([^\n]*, _y_row, False\)", code)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ydtype", [torch.bool, torch.int64, torch.float16,
+                                    torch.float64])
+def test_masked_reads_keep_values_gradients_and_dtypes(dtype, ydtype):
+    """Deselected rows hold 0, -inf, NaN (a log of them would poison the gradient without
+    the zero); the masked value of every dtype keeps it."""
+    original, optimized, _, report = build(MASKED_READ)
+    assert report.loops[0].vectorized, report.loops[0].reason
+    x = torch.tensor([[0.0, 1.0], [2.0, 0.5], [float("-inf"), 3.0], [float("nan"), 1.0],
+                      [1.5, 2.5]], dtype=dtype)
+    t = torch.tensor([0.0, 1.5, -1.0, 0.0, 3.0], dtype=dtype)
+    y = (torch.arange(10).reshape(5, 2) % 3).to(ydtype)
+    assert finite_grads(lambda *args: optimized(*args)[0], x, y, t)
+    assert_equivalent(original, optimized, x.requires_grad_(), y, t)

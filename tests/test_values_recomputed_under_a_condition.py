@@ -68,7 +68,7 @@ def test_golden_value_with_a_constant_derivative_is_read_as_before():
             return s
         """)
     assert "detach()" not in code.replace("l.detach()", "")
-    assert "torch.where(_cond.reshape(_branch_shape[_cond.shape, l.shape]), l, torch.zeros_like(l))" \
+    assert "torch.where(_cond.reshape(_branch_shape[_cond.shape, l.shape]), l, False)" \
         in code, code
 
 

@@ -653,7 +653,7 @@ GOLDEN_MASKED = ("""
                 _cond = torch.ne(_target_row < 0, False)
                 _mask = torch.logical_not(_cond)
                 _t = _logp_row[torch.arange(len(_logp_row), device=_logp_row.device), torch.where(_mask, _target_row, torch.zeros_like(_target_row))]
-                _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _t.shape[1:]]), _t, torch.zeros_like(_t)), 1)), 0).sum(0)
+                _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_mask.shape[:1] + _branch_shape[_mask.shape[1:], _t.shape[1:]]), _t, False), 1)), 0).sum(0)
                 _outs = (_loss_part, _mask)
             else:
 
@@ -662,7 +662,7 @@ GOLDEN_MASKED = ("""
                     _cond = torch.ne(_target_row < 0, False)
                     _mask = torch.logical_not(_cond)
                     _t = _logp_row[torch.where(_mask, _target_row, torch.zeros_like(_target_row))]
-                    _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_branch_shape[_mask.shape, _t.shape]), _t, torch.zeros_like(_t)), 1)), 0)
+                    _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_branch_shape[_mask.shape, _t.shape]), _t, False), 1)), 0)
                     return (torch.as_tensor(_loss_part), torch.as_tensor(_mask))
                 _outs = torch.vmap(_body, in_dims=(0, 0))(_target_stacked if len(_target_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_target_stacked):1], _logp_stacked if len(_target_stacked) == _logp_stacked.shape[0] else _logp_stacked[0:len(_target_stacked):1])
                 _outs = (_outs[0].sum(0), _outs[1])

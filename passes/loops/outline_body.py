@@ -234,8 +234,13 @@ class _PositionReads(Transformer):
         keeps = call_op(e, self.ctx).positions
         method = method_name(e, self.ctx) is not None
         operands = ([e.func.value] if method else []) + e.args
-        return keeps is not None and all(k < len(operands) and self.positions(operands[k])
-                                         for k in keeps)
+        if keeps is None or any(k >= len(operands) for k in keeps):
+            return False
+        kept = [operands[k] for k in keeps]
+        # ``False``: the 0 a masked read takes where deselected (``torch.where(p, perm, False)``,
+        # tensor_branches_to_where), a position in the other operand's int64
+        return any(self.positions(o) for o in kept) and all(
+            self.positions(o) or isinstance(o, ast.Constant) and o.value is False for o in kept)
 
     def _own_scope(self, node: ast.AST) -> ast.AST:
         return node  # its parameters and targets may rebind the names (an inner loop's body

@@ -15,9 +15,10 @@ both branches run and a per-iteration mask selects. Python conditions (not loop-
 
 The trap: a deselected branch still runs, and NaN/inf there poisons gradients through
 ``torch.where`` (0 * inf = NaN). So under a mask the iteration's values the branch reads (names
-that vary with it, ``x[i]``) are 0 where deselected (NaN/inf inputs never reach its ops), so
-are the values it reads that the loop does not change and that take a gradient (a weight read
-whole: ``FixedOperand``; 0 * inf in its gradient otherwise), every
+that vary with it, ``x[i]``) are 0 where deselected (NaN/inf inputs never reach its ops;
+``torch.where(p, x, False)``: ``False`` is 0 in ``x``'s dtype, with no zeros of its size
+allocated and filled), so are the values it reads that the loop does not change and that take
+a gradient (a weight read whole: ``FixedOperand``; 0 * inf in its gradient otherwise), every
 op with ``OpSpec.sanitize`` gets its risky operand replaced by a safe value (the "double where":
 log(0) of those zeros), loop-varying subscripts read index 0 where deselected, and any call not
 known to be total (``OpSpec.total``: user functions, losses with index targets, ...) raises
@@ -55,7 +56,7 @@ read, and NaN/inf in ``x`` reach no op (one ``where`` per selection instead of t
     m = target[i] > 0                    _keep = m.reshape(...)
     if m.sum() == 0:               ->    d = torch.where(_keep, pred[i], False) - ...
         continue                         (not torch.where(_keep, torch.where(<_mask>, pred[i],
-    d = pred[i][m] - target[i][m]         torch.zeros_like(pred[i])), False))
+    d = pred[i][m] - target[i][m]         False), False))
 
 A mask bound again after its test is another mask: the fact goes with the binding.
 
@@ -430,6 +431,9 @@ NUMBERS_RUN = NumbersRun()
 # The Python operators ``OpSpec.sanitize`` makes safe, by their ``operator`` function.
 _OPERATOR_NAMES = {ast.Div: "truediv", ast.FloorDiv: "floordiv", ast.Mod: "mod", ast.Pow: "pow"}
 _METADATA = frozenset({"shape", "ndim", "dtype", "device"})  # attributes without gradient
+# The 0 a deselected iteration reads: ``False`` is 0 in every dtype and promotes none (a
+# full-size ``zeros_like`` would be allocated and filled at the batched value's size).
+ZERO = "False"
 
 
 def _branch_shape(ctx: PassContext) -> str:
@@ -480,7 +484,7 @@ class Sanitize(Transformer):
             name = self.ctx.namer.new("t")
             self.pre += replace("t = x", loc=self._loc(value), t=name, x=value)
             value = ast.Name(name, ast.Load())
-        other = "a.detach()" if self.detached else "torch.zeros_like(a)"
+        other = "a.detach()" if self.detached else ZERO
         return replace(f"torch.where(p.reshape(h[p.shape, a.shape]), a, {other})",
                        loc=self._loc(value), torch_name=self.ctx.torch_name, p=self.pred,
                        a=value, h=_branch_shape(self.ctx))
