@@ -62,9 +62,18 @@ def test_circle_loss_is_equivalent(dtype):
     assert vectorized(optimized) >= 1, optimized.report
 
 
+def vectorizing(module, inputs):
+    """``module`` optimized, its loop vectorized on ``inputs`` (counted on the first calls only:
+    what later calls run, the values and the hooks' calls tell)."""
+    optimized = optimize_loss(module, compile=False)
+    assert_equivalent(module, optimized, *inputs)
+    assert vectorized(optimized) >= 1, optimized.report
+    return optimized
+
+
 def test_circle_loss_with_every_anchor_excluded_raises_as_the_original():
     module = src.CircleLoss()
-    optimized = optimize_loss(module, compile=False)
+    optimized = vectorizing(module, circle_inputs(torch.float64, 2))
     sim, labels = circle_inputs(torch.float64, 2)
     with pytest.raises(RuntimeError) as want:
         module(sim, torch.zeros_like(labels))  # no negatives anywhere: nothing to stack
@@ -97,15 +106,6 @@ def test_a_module_of_the_module_is_equivalent(dtype):
     optimized = optimize_loss(src.masked_log_likelihood, compile=False)
     assert_equivalent(src.masked_log_likelihood, optimized, x, y, keep > 0)
     assert vectorized(optimized) >= 1, optimized.report
-
-
-def vectorizing(module, inputs):
-    """``module`` optimized, its loop vectorized on ``inputs`` (counted on the first calls only:
-    what later calls run, the values and the hooks' calls tell)."""
-    optimized = optimize_loss(module, compile=False)
-    assert_equivalent(module, optimized, *inputs)
-    assert vectorized(optimized) >= 1, optimized.report
-    return optimized
 
 
 def test_a_hooked_module_runs_as_written_as_often():
