@@ -22,7 +22,8 @@ GOLDEN = Path(__file__).parent / "golden" / "module_activation_calls"
 DTYPES = [torch.float32, torch.float64]
 CASES = {"circle_loss": (src.CircleLoss.forward, {20: "vmap"}),
          "activations": (src.Activations.forward, {49: "batched"}),
-         "module_name": (src.masked_log_likelihood, {59: "batched"})}
+         "module_name": (src.masked_log_likelihood, {59: "batched"}),
+         "softmax_rows": (src.SoftmaxRows.forward, {81: "kept"})}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -34,6 +35,11 @@ def test_golden(name):
         path.write_text(code)
     assert code == path.read_text()
     assert strategies == expected
+
+
+def test_no_change_case_keeps_the_module_call():
+    code = generated(src.SoftmaxRows.forward)[0]
+    assert "self.sm(x[i])" in code and "torch.nn.functional" not in code
 
 
 def test_the_loop_as_written_keeps_the_module_call():
