@@ -28,14 +28,14 @@ import ast
 from . import ops
 from .ast_tools import PassContext, Transformer, called_through, replace
 from .loops.loop_dataflow import call_op, method_name
-from .loops.module_loss_calls import functional_call, loss_class, plain_loss_module
+from .loops.module_loss_calls import MODULE_CALLS, functional_call, loss_class, plain_loss_module
 from .loops.runtime_checks import as_written_branch
 from .op_facts import MODULE_LOSSES
 
 
 def _module_op(name: str) -> ops.OpSpec:
-    """The registry's entry for the functional op a ``MODULE_LOSSES`` module calls."""
-    return ops.by_call(f"torch.nn.functional.{MODULE_LOSSES[name][0]}", None)
+    """The registry's entry for the functional op a ``MODULE_CALLS`` module calls."""
+    return ops.by_call(f"torch.nn.functional.{MODULE_CALLS[name][0]}", None)
 
 
 # What a function's code names when it may call such an op: the op's names, and the classes of

@@ -94,3 +94,19 @@ MODULE_LOSSES: dict[str, tuple[str, tuple[str, ...]]] = {
                                                                "reduction")),
     "CosineSimilarity": ("cosine_similarity", ("dim", "eps")),
 }
+
+# ``nn`` modules of one tensor argument whose ``forward`` is one call of an elementwise
+# ``torch.nn.functional`` function: the class's name -> (that function, the module attributes
+# its forward passes by keyword, the conditions on the module ``m`` under which that call is all
+# it does). In place, the call writes its argument: the loop runs as written. (``nn.Softmax``
+# is not here: its batched form needs its ``dim`` as a literal, and the module holds it.)
+MODULE_ACTIVATIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "Softplus": ("softplus", ("beta", "threshold"), ()),
+    "ReLU": ("relu", (), ("not m.inplace",)),
+    "LeakyReLU": ("leaky_relu", ("negative_slope",), ("not m.inplace",)),
+    "SiLU": ("silu", (), ("not m.inplace",)),
+    "GELU": ("gelu", ("approximate",), ()),
+    "Sigmoid": ("sigmoid", (), ()),
+    "Tanh": ("tanh", (), ()),
+    "LogSigmoid": ("logsigmoid", (), ()),
+}

@@ -1,4 +1,4 @@
-"""Calls of an ``nn`` loss module inside a loop body being vectorized become the functional call
+"""Calls of an ``nn`` loss or activation module inside a loop body being vectorized become the functional call
 its ``forward`` makes, so every later stage sees a known op (a batched form, its domain, its
 cost) instead of a call of an unknown object::
 
@@ -14,14 +14,23 @@ cost) instead of a call of an unknown object::
                                                             reduction=self.ce.reduction,
                                                             label_smoothing=self.ce.label_smoothing)
 
+An activation module of one argument (``op_facts.MODULE_ACTIVATIONS``) alike, so a call under
+a tensor condition is a known total op, masked rather than keeping the loop::
+
+    self.soft_plus = nn.Softplus()
+    ... self.soft_plus(z) ...      ->   torch.nn.functional.softplus(z, beta=self.soft_plus.beta,
+                                                                     threshold=self.soft_plus.threshold)
+
 The callee is ``self.<attr>``, every assignment of which in the methods of the class (and of
-its bases of the same module) makes a module of one class of ``op_facts.MODULE_LOSSES``
-(``nn.MSELoss(...)``, possibly moved with ``.to(...)``/``.cuda()``), or a name the function
-binds only to such a module; the loop does not bind it, and the call has two positional
-arguments. The module's settings are read from the instance at run time, as its ``forward``
-reads them, and the loop's runtime check requires the object to be a module of exactly that
-class without hooks (``plain_loss_module``): a subclass, a replaced ``forward`` or a hook runs
-the loop as written. The loop as written, the else of the vectorized form, calls the module.
+its bases of the same module) makes a module of one class of ``MODULE_CALLS``
+(``nn.MSELoss(...)``, possibly moved with ``.to(...)``/``.cuda()``), a name the function
+binds only to such a module, or a name of the module that holds one
+(``_soft_plus = nn.Softplus()``); the loop does not bind it, and the call has the class's number
+of positional arguments. The module's settings are read from the instance at run time, as its
+``forward`` reads them, and the loop's runtime check requires the object to be a module of
+exactly that class without hooks (``plain_loss_module``), and the table's conditions on it (not
+in place, a ``dim``): a subclass, a replaced ``forward``, a hook or an in-place module runs the
+loop as written. The loop as written, the else of the vectorized form, calls the module.
 """
 from __future__ import annotations
 
@@ -33,10 +42,19 @@ import torch
 
 from ..ast_tools import PassContext, Transformer, walk
 from ..errors import Unsupported
-from ..op_facts import MODULE_LOSSES
+from ..op_facts import MODULE_ACTIVATIONS, MODULE_LOSSES
 from .plan import LoopPlan
 
 _MOVES = ("to", "cuda", "cpu")  # `nn.CrossEntropyLoss().to(device)` is the same module
+_ARGUMENTS = ("a", "b")  # the template names of a module call's tensor arguments
+
+# Every module class whose call is a known op -> (its ``torch.nn.functional`` function, the
+# settings passed by keyword, the conditions on the module ``m``, the number of its arguments)
+MODULE_CALLS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], int]] = {
+    **{name: (f, settings, (), 2) for name, (f, settings) in MODULE_LOSSES.items()},
+    **{name: (f, settings, conditions, 1)
+       for name, (f, settings, conditions) in MODULE_ACTIVATIONS.items()},
+}
 
 
 def plain_loss_module(obj: object, cls: type) -> bool:
@@ -51,29 +69,51 @@ def plain_loss_module(obj: object, cls: type) -> bool:
 
 
 def functional_call(name: str, callee: str | None = None) -> str:
-    """The call a module of ``MODULE_LOSSES`` class ``name`` makes, as a template over the
-    module ``m`` and the two arguments ``a``, ``b``: its functional op (or ``callee``) with the
+    """The call a module of ``MODULE_CALLS`` class ``name`` makes, as a template over the
+    module ``m`` and its arguments ``a`` (, ``b``): its functional op (or ``callee``) with the
     module's settings by keyword."""
-    function, settings = MODULE_LOSSES[name]
-    keywords = "".join(f", {k}=m.{k}" for k in settings)
-    return f"{callee or 'torch.nn.functional.' + function}(a, b{keywords})"
+    function, settings, _, arity = MODULE_CALLS[name]
+    arguments = ", ".join(_ARGUMENTS[:arity] + tuple(f"{k}=m.{k}" for k in settings))
+    return f"{callee or 'torch.nn.functional.' + function}({arguments})"
+
+
+def module_check(name: str) -> str:
+    """The runtime check, over the module ``m`` and ``plain`` (``plain_loss_module``), that
+    calling ``m`` makes the call ``functional_call(name)`` writes."""
+    conditions = MODULE_CALLS[name][2]
+    return " and ".join((f"plain(m, torch.nn.{name})",) + tuple(f"({c})" for c in conditions))
 
 
 def loss_class(call: ast.Call, ctx: PassContext) -> str | None:
-    """The ``MODULE_LOSSES`` class ``call`` calls a module of (None: not such a call)."""
-    f = call.func
-    if len(call.args) != 2 or call.keywords or any(isinstance(a, ast.Starred) for a in call.args):
+    """The ``MODULE_CALLS`` class ``call`` calls a module of, with its number of arguments
+    (None: not such a call)."""
+    if call.keywords or any(isinstance(a, ast.Starred) for a in call.args):
         return None
+    name = _callee_class(call.func, ctx)
+    return name if name is not None and MODULE_CALLS[name][3] == len(call.args) else None
+
+
+def _callee_class(f: ast.expr, ctx: PassContext) -> str | None:
     fn = _lookup(ctx.func_name.split("."), ctx.globals)
     if not isinstance(fn, types.FunctionType):
         return None
     if isinstance(f, ast.Name):
-        return _function_locals(fn, ctx.parse_function).get(f.id)
+        code = fn.__code__
+        if f.id in code.co_varnames + code.co_cellvars + code.co_freevars:
+            return _function_locals(fn, ctx.parse_function).get(f.id)
+        # a module of the module (`_softplus = nn.Softplus()`): the runtime check confirms it
+        return _module_name(type(ctx.globals.get(f.id)))
     owner = _lookup(ctx.func_name.split(".")[:-1], ctx.globals)
     if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and isinstance(owner, type) \
             and f.value.id == _first_param(fn):
         return _attribute_classes(owner, ctx.parse_function).get(f.attr)
     return None
+
+
+def _module_name(cls: object) -> str | None:
+    """The ``MODULE_CALLS`` class's name of ``cls``, when it is that ``torch.nn`` class."""
+    name = getattr(cls, "__name__", None)
+    return name if name in MODULE_CALLS and cls is getattr(torch.nn, name) else None
 
 
 def _lookup(path: list[str], module: dict) -> object:
@@ -84,7 +124,7 @@ def _lookup(path: list[str], module: dict) -> object:
 
 
 def _loss_name(value: ast.expr, module: dict) -> str | None:
-    """The ``MODULE_LOSSES`` class ``value`` makes a module of (``nn.L1Loss()``, moved or not)."""
+    """The ``MODULE_CALLS`` class ``value`` makes a module of (``nn.L1Loss()``, moved or not)."""
     while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
             and value.func.attr in _MOVES and isinstance(value.func.value, ast.Call):
         value = value.func.value
@@ -97,8 +137,7 @@ def _loss_name(value: ast.expr, module: dict) -> str | None:
     obj = module.get(f.id) if isinstance(f, ast.Name) else None
     for part in reversed(parts):
         obj = getattr(obj, part, None)
-    name = getattr(obj, "__name__", None)
-    return name if name in MODULE_LOSSES and obj is getattr(torch.nn, name) else None
+    return _module_name(obj)
 
 
 def _one_class(values: list[ast.expr], module: dict) -> str | None:
@@ -113,7 +152,7 @@ def _first_param(fn: types.FunctionType) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def _function_locals(fn: types.FunctionType, parse) -> dict[str, str]:
-    """The names ``fn`` binds only to modules of one ``MODULE_LOSSES`` class -> the class."""
+    """The names ``fn`` binds only to modules of one ``MODULE_CALLS`` class -> the class."""
     try:
         tree = parse(fn).tree
     except Unsupported:
@@ -130,7 +169,7 @@ def _function_locals(fn: types.FunctionType, parse) -> dict[str, str]:
 @functools.lru_cache(maxsize=256)
 def _attribute_classes(cls: type, parse) -> dict[str, str]:
     """The attributes the methods of ``cls`` (and of its bases of the same module) assign on
-    their object only modules of one ``MODULE_LOSSES`` class -> the class."""
+    their object only modules of one ``MODULE_CALLS`` class -> the class."""
     values: dict[str, list] = {}
     scope: dict = {}  # the module's names, as its methods see them (it may be out of sys.modules)
     for base in cls.__mro__:
@@ -223,9 +262,10 @@ class _Functional(Transformer):
                                          if isinstance(n, ast.Name)}:
             return node
         self.checks[ast.unparse(node.func)] = self.plan.sub(
-            f"plain(m, torch.nn.{name})", m=node.func,
+            module_check(name), m=node.func,
             plain=self.ctx.bind(plain_loss_module, "plain_loss_module"))
-        return self.plan.sub(functional_call(name), a=node.args[0], b=node.args[1], m=node.func)
+        return self.plan.sub(functional_call(name), **dict(zip(_ARGUMENTS, node.args)),
+                             m=node.func)
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
