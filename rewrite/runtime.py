@@ -27,6 +27,7 @@ import copy
 import functools
 import importlib
 import inspect
+import operator
 import os
 import threading
 import time
@@ -888,15 +889,21 @@ def signature_key(args: tuple, kwargs: dict) -> tuple:
     hundreds of tensors (a list per step of a rollout) costs a good part of what a loss over
     them does, and such lists hold items of one kind, the last one sometimes shorter (a last
     chunk). A list that differs in its middle only shares its ends' specialisation; the rewrite's
-    own checks still hold, and the original is right whatever the items."""
-    return (tuple(map(_leaf_key, args)),
+    own checks still hold, and the original is right whatever the items. A tensor argument's
+    key is read in one C call (``_tensor_key``), without a Python frame per argument."""
+    return (tuple([_tensor_key(a) if isinstance(a, torch.Tensor) else _leaf_key(a) for a in args]),
             tuple((k, _leaf_key(v)) for k, v in kwargs.items()) if kwargs else (),
             torch.is_grad_enabled())
 
 
+# A tensor's facts that select a specialisation, read afresh on every call: each can change in
+# place (resize_, requires_grad_, ``.data =``), so none is cached by the tensor's identity.
+_tensor_key = operator.attrgetter("shape", "dtype", "device", "requires_grad")
+
+
 def _leaf_key(a: Any) -> Any:
     if isinstance(a, torch.Tensor):
-        return (a.shape, a.dtype, a.device, a.requires_grad)
+        return _tensor_key(a)
     if a is None or isinstance(a, (str, bool)):
         return a  # such values usually select code paths (reduction="mean")
     if isinstance(a, (list, tuple)):

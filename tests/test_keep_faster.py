@@ -674,3 +674,25 @@ def test_signatures_of_containers_read_as_their_items():
                          {"a": torch.zeros(1)}, (1, "x")), {"k": [1.0]})
     assert describe_key(key) == ("(list[float32[2, 3]:grad, float32[4]], dict['a': float32[1]], "
                                  "tuple[int, 'x'], k=list[float])")
+
+
+def test_one_tensor_changed_in_place_is_keyed_afresh(user, monkeypatch):
+    """A signature's facts are read at every call, never cached by the tensor's identity: the
+    same tensor object, its dtype, size or requires_grad changed in place between calls, selects
+    the band of what it is now, with gradients and values as the original's."""
+    f = optimize_loss(user.summed, compile=False)
+    fake_clock(monkeypatch, user.summed, slower("original"))
+    x = _x(6)
+    seen = []
+    for change in [lambda: None, lambda: x.requires_grad_(False),
+                   lambda: setattr(x, "data", x.data.double()),
+                   lambda: setattr(x, "data", torch.randn(40, 3, dtype=torch.float64))]:
+        change()
+        torch.testing.assert_close(f(x), user.summed(x))
+        seen.append(describe_key(signature_key((x,), {})))
+    assert seen == ["(float32[6, 3]:grad)", "(float32[6, 3])", "(float64[6, 3])", "(float64[40, 3])"]
+    assert sorted(map(describe_key, f._impls)) == sorted(seen) and len(f._bands) == len(seen)
+    x.requires_grad_(True)
+    got, = torch.autograd.grad(f(x), x)
+    want, = torch.autograd.grad(user.summed(x), x)
+    torch.testing.assert_close(got, want)
