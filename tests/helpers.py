@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import itertools
+import os
 import pkgutil
 import sys
 import textwrap
@@ -100,3 +101,11 @@ class AppendPass(ast.NodeTransformer):
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
         node.body.append(ast.Pass())
         return node
+
+
+def golden_text(path: Path, text: str) -> str:
+    """The golden file's text at ``path``, written from ``text`` first when OL_UPDATE_GOLDEN is
+    set (``assert code == golden_text(path, code)`` shows the diff)."""
+    if os.environ.get("OL_UPDATE_GOLDEN"):
+        path.write_text(text)
+    return path.read_text()

@@ -11,16 +11,10 @@ import torch
 from rewrite import keep_faster, loop_choice, optimize_loss
 from rewrite.keep_faster import PAIRS, Timing
 from tests.helpers import load_module
+from tests.test_keep_faster import USER_CODE as KEEP_FASTER_CODE
 
-USER_CODE = '''
-import torch
-
-def summed(x):
-    total = 0
-    for i in range(x.shape[0]):
-        total = total + (x[i] ** 2).sum()
-    return total
-
+# test_keep_faster's module (``summed``) and more
+USER_CODE = KEEP_FASTER_CODE + '''
 class Acc:
     def __init__(self, n, dtype):
         self.total = 0

@@ -6,7 +6,6 @@ rows the condition excludes) and the runtime check (a hook, a subclass, an in-pl
 loop runs as written)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import torch.nn as nn
 from rewrite import optimize_loss
 from rewrite.testing import assert_equivalent
 from tests import module_activation_sources as src
-from tests.test_module_loss_calls import gen, generated
+from tests.test_module_loss_calls import assert_case, gen, generated
 
 GOLDEN = Path(__file__).parent / "golden" / "module_activation_calls"
 DTYPES = [torch.float32, torch.float64]
@@ -28,13 +27,7 @@ CASES = {"circle_loss": (src.CircleLoss.forward, {20: "vmap"}),
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden(name):
-    fn, expected = CASES[name]
-    code, strategies = generated(fn)
-    path = GOLDEN / f"{name}.txt"
-    if os.environ.get("OL_UPDATE_GOLDEN"):
-        path.write_text(code)
-    assert code == path.read_text()
-    assert strategies == expected
+    assert_case(*CASES[name], GOLDEN / f"{name}.txt")
 
 
 def test_no_change_case_keeps_the_module_call():

@@ -4,7 +4,6 @@ gradient, float32 and float64, NaN/inf in skipped rows, printed lines) and the r
 (a subclass, a hook: the loop runs as written)."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from rewrite import optimize_loss
 from rewrite.frontend import rewrite_function
 from rewrite.testing import assert_equivalent
 from tests import module_loss_sources as src
-from tests.helpers import load_module
+from tests.helpers import golden_text, load_module
 
 GOLDEN = Path(__file__).parent / "golden" / "module_loss_calls"
 DTYPES = [torch.float32, torch.float64]
@@ -35,15 +34,16 @@ def generated(fn) -> tuple[str, dict[int, str]]:
             {loop.lineno: loop.strategy for loop in report.loops})
 
 
+def assert_case(fn, expected: dict[int, str], golden: Path) -> None:
+    """``fn``'s rewritten source is the golden file's, its loops' strategies ``expected``."""
+    code, strategies = generated(fn)
+    assert code == golden_text(golden, code)
+    assert strategies == expected
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden(name):
-    fn, expected = CASES[name]
-    code, strategies = generated(fn)
-    path = GOLDEN / f"{name}.txt"
-    if os.environ.get("OL_UPDATE_GOLDEN"):
-        path.write_text(code)
-    assert code == path.read_text()
-    assert strategies == expected
+    assert_case(*CASES[name], GOLDEN / f"{name}.txt")
 
 
 def test_no_change_cases_keep_the_module_call():

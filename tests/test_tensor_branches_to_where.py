@@ -2,6 +2,7 @@
 double-where that keeps NaN/inf of deselected branches out of the gradients."""
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import examples.elementwise_if_else
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, finite_grads, rewrite_source
 
@@ -221,19 +223,8 @@ def test_a_fixed_learnable_divisor_keeps_its_gradient_safe(value):
             assert_equivalent(original, optimized, x, t, beta)
 
 
-
-DIVIDED_UNDER_CONDITION = """
-def f(pred, target, beta=1.0 / 9):
-    out = torch.zeros_like(pred)
-    for i in range(pred.shape[0]):
-        for j in range(pred.shape[1]):
-            diff = pred[i, j] - target[i, j]
-            if diff.abs() < beta:
-                out[i, j] = 0.5 * diff ** 2 / beta
-            else:
-                out[i, j] = diff.abs() - 0.5 * beta
-    return out.mean()
-"""
+# the example as written: a fixed divisor under the condition of an inner loop
+DIVIDED_UNDER_CONDITION = inspect.getsource(examples.elementwise_if_else.naive)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
