@@ -26,6 +26,7 @@ class LoopReport:
     vectorized_runs: int = 0
     failed_runs: int = 0
     original_runs: int = 0
+    iterations: int = 0     # the iterations its vectorized runs stood for (``loop_ran``)
     last_failure: str = ""  # "check `...` was false" or "raised <error>"
     # Why it runs as written for a band of inputs although it ran vectorized (its vectorized
     # form timed alone was clearly slower: ``rewrite.loop_choice``); the last band's
@@ -168,14 +169,17 @@ class Report:
         gives, per level of the original loop nest, the sequences it iterates in step: the
         product of each level's shortest length is added to ``iterations`` (nothing when a
         sequence has no length or it raises)."""
+        count = 0
         if vectorized and trips is not None:
             try:
-                self.iterations += math.prod(min(len(s) for s in level) for level in trips())
+                count = math.prod(min(len(s) for s in level) for level in trips())
             except Exception:
                 pass  # an iterator, or a name the original binds first: the count stays low
+        self.iterations += count
         loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)
         if loop is None:
             return
+        loop.iterations += count
         if vectorized:
             loop.vectorized_runs += 1
         else:

@@ -46,6 +46,7 @@ import torch
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_map
 
+from . import keep_faster
 from .keep_faster import CLEAR, EXPENSIVE_S, MARGIN, PAIRS, _devices, _sync
 from .keep_faster import _Clock as Clock
 
@@ -61,23 +62,27 @@ def cheap(seconds: Any) -> bool:
     return isinstance(seconds, float) and 2 * seconds < EXPENSIVE_S
 
 
-def judge(region: Any) -> tuple[float, int] | None:
+def judge(region: Any, iterations: int = 0) -> tuple[float, int] | None:
     """``slowdown`` of the loop of ``region`` (a ``runtime.LoopRegion``), every random number
-    generator put back after it (``untouched``)."""
+    generator put back after it (``untouched``); ``iterations``: those its vectorized form
+    stood for, each at least ``keep_faster.iteration_floor`` as written."""
     devices = _devices(_tensors([region.live_ins, region.module_states]))
+    floor_s = iterations * keep_faster.iteration_floor() if iterations else 0.0
     with untouched(devices):
         vectorized, as_written, _ = region_steps(region)
-        return slowdown({"vectorized": vectorized, "as_written": as_written}, devices)
+        return slowdown({"vectorized": vectorized, "as_written": as_written}, devices, floor_s)
 
 
-def slowdown(steps: dict[str, Callable[[], Any]], devices: set[torch.device]
-             ) -> tuple[float, int] | None:
+def slowdown(steps: dict[str, Callable[[], Any]], devices: set[torch.device],
+             floor_s: float = 0.0) -> tuple[float, int] | None:
     """The vectorized form's time over the loop's as written (median over rounds) and the
     rounds, when it is clearly slower (see the docstring); None when it stays vectorized.
     ``steps``: the forms' forward+backward calls, "vectorized" and "as_written", on
-    ``devices`` (the CPU's not among them)."""
+    ``devices`` (the CPU's not among them). A loop whose iterations alone (``floor_s``) take
+    ``CLEAR`` times its vectorized form's first run is not run as written: a slow Python loop
+    (thousands of iterations, seconds) would cost the first call that much again."""
     first = {"vectorized": timed_runs(steps["vectorized"], 1, "vectorized", devices)}
-    if first["vectorized"] >= EXPENSIVE_S:
+    if first["vectorized"] >= EXPENSIVE_S or floor_s >= CLEAR * first["vectorized"]:
         return None
     first["as_written"] = timed_runs(steps["as_written"], 1, "as_written", devices)
     if first["as_written"] >= EXPENSIVE_S:

@@ -230,9 +230,10 @@ class OptimizedFunction:
         def judge(ran: frozenset[int]) -> dict[int, float]:
             kept, cheap = {}, {line for line, s in started.items() if loop_choice.cheap(s)}
             for line in sorted(ran & cheap & {l for l, found in seen.items() if found})[:LOOP_FORMS]:
+                loop = next(l for l in report.loops if l.lineno == line and l.vectorized)
                 try:
                     verdict = loop_choice.judge(_built_region(line, seen[line], guards[line],
-                                                              frozenset({line})))
+                                                              frozenset({line})), loop.iterations)
                 except Exception:  # a region that cannot run alone: its loop stays as it is
                     continue
                 if verdict is not None:

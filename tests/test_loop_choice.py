@@ -217,3 +217,16 @@ def test_nothing_vectorized_times_no_region(user, monkeypatch):
     f = optimize_loss(user.unlooped, compile=False)
     f(_x())
     assert log == []
+
+
+def test_a_loop_whose_iterations_alone_are_clearly_slower_is_not_run_as_written(user, monkeypatch):
+    """A slow Python loop (its iterations times the least time of one iteration exceed
+    ``CLEAR`` times the vectorized form's first run) is never run again as written: its
+    seconds would lengthen the first call that much (a 1,000x loss took 10 s more)."""
+    monkeypatch.setattr(keep_faster, "iteration_floor", lambda: 1.0)  # 1 s per iteration
+    f = optimize_loss(user.summed, compile=False)
+    log = region_clock(monkeypatch, vectorized=4.0)
+    f(_x())
+    assert log == ["vectorized"]
+    assert f.report.loops[0].iterations == _x().shape[0]
+    assert f.report.loops[0].kept_at_run_time == ""
