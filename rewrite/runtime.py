@@ -46,7 +46,7 @@ from passes.ast_tools import clone
 from passes.loops_as_written import as_written
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
-from passes.report import Fallback, FormChoice, Report
+from passes.report import Fallback, FormChoice, LoopReport, Report
 
 from . import frontend, loop_choice
 from .backend import HoistingBackend, first_order_supported
@@ -238,7 +238,7 @@ class OptimizedFunction:
                     continue
                 if verdict is not None:
                     kept[line] = verdict[0]
-                    _note_kept(report, line, signature, *verdict)
+                    _note_kept(loop, signature, *verdict)
             seen.clear()  # the captured values are not kept
             return kept
         probed = self._copy(rewritten, lambda tree: loop_run_counters.instrument(
@@ -708,14 +708,11 @@ def _built_region(line: int, found: tuple, guard: tuple, lines: frozenset[int]) 
                       {name: state for name, state in states.items() if name in params})
 
 
-def _note_kept(report: Report, line: int, signature: str, slowdown: float, rounds: int) -> None:
-    """The loop at ``line`` runs as written for the band ``signature``: said in its run note."""
-    for loop in report.loops:
-        if loop.lineno == line and loop.vectorized:
-            loop.kept_at_run_time = (
-                f"kept as written at run time for inputs {signature}: its vectorized form took "
-                f"{slowdown:.2g}x the loop's time (the loop's region alone, medians of {rounds} "
-                f"rounds)")
+def _note_kept(loop: LoopReport, signature: str, slowdown: float, rounds: int) -> None:
+    """``loop`` runs as written for the band ``signature``: said in its run note."""
+    loop.kept_at_run_time = (
+        f"kept as written at run time for inputs {signature}: its vectorized form took "
+        f"{slowdown:.2g}x the loop's time (the loop's region alone, medians of {rounds} rounds)")
 
 
 def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tuple:
