@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .loop_sums_keep_dtypes import KEPT_INTEGERS
+
 
 class _Product(torch.autograd.Function):
     generate_vmap_rule = True
@@ -36,5 +38,8 @@ class _Product(torch.autograd.Function):
 
 
 def product(v: torch.Tensor) -> torch.Tensor:
-    """``v.prod(0)``; the gradient of each ``v[i]`` the product of the others."""
-    return _Product.apply(v) if v.is_floating_point() or v.is_complex() else v.prod(0)
+    """``v.prod(0)``; the gradient of each ``v[i]`` the product of the others. Narrow integer
+    factors keep their dtype, as ``1 * x[i]`` does (wrapping around as the original's steps do)."""
+    if v.is_floating_point() or v.is_complex():
+        return _Product.apply(v)
+    return v.prod(0, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.prod(0)

@@ -28,6 +28,9 @@ FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)"}
 # ... those reduced by a function bound into the generated code instead: a product's gradient as
 # the original's factor-by-factor one (``loop_products``)
 FAMILY_REDUCE_FN = {"prod": loop_products.product}
+# ... those whose reduction keeps narrow integer items' dtype, as the original's steps do: started
+# from a wider value they run as written (``loop_sums_keep_dtypes.WIDER_START``)
+FAMILY_KEEPS_ITEM_DTYPE = frozenset({"sum", "prod"})
 # ... but ``v[k]`` would run the backward of the batched items for the items not picked too
 # (zero cotangent times their local derivatives: NaN where one is NaN/inf). So the item ``e``,
 # when it reads only the iteration's index (as a subscript) and names the loop does not bind, is

@@ -442,7 +442,12 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    row = row + _outs[0]
+    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+        for j in range(4):
+            row = row + w[j] * x[i]
+    else:
+        row = row + _outs[0]
 else:
     for j in range(4):
         row = row + w[j] * x[i]
@@ -2001,7 +2006,12 @@ if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int)
             return (torch.as_tensor(_c_part),)
         _outs = torch.vmap(_body, in_dims=(0,))(spk)
         _outs = (_outs[0].sum(0),)
-    c = c + _outs[0]
+    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(c, _outs[0]) != _outs[0].dtype or (isinstance(c, torch.Tensor) and c.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+        for utt in spk:
+            c = c + utt * w
+    else:
+        c = c + _outs[0]
 else:
     for utt in spk:
         c = c + utt * w
@@ -2045,7 +2055,12 @@ if isinstance(x, torch.Tensor) and isinstance(i, int) and (k[i] <= x.shape[1]) a
     _total_part = 0
     _total_part = _x_row.sum(0)
     _outs = (_total_part,)
-    total = total + _outs[0]
+    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs[0]) != _outs[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
+        "optimize_loss: as written, the loop at line 4: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+        for j in range(k[i]):
+            total = total + x[i, j]
+    else:
+        total = total + _outs[0]
 else:
     for j in range(k[i]):
         total = total + x[i, j]
@@ -2363,7 +2378,12 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    row = row + _outs[0]
+    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+        for j in range(4):
+            row = row + w[j] * x[i]
+    else:
+        row = row + _outs[0]
 else:
     for j in range(4):
         row = row + w[j] * x[i]
@@ -2388,7 +2408,12 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    row = row + _outs[0]
+    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+        for j in range(4):
+            row = row + w[j] * x[i]
+    else:
+        row = row + _outs[0]
 else:
     for j in range(4):
         row = row + w[j] * x[i]
@@ -2775,30 +2800,31 @@ if isinstance(s, torch.Tensor) or _outs[1].any(): ...
      """
 # outline
 if x.dim() == y.dim(): ...
-if isinstance(s, torch.Tensor) and torch.result_type(s, _outs[0]) != s.dtype: ...
+if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(s, _outs[0]) != _outs[0].dtype or (isinstance(s, torch.Tensor) and s.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or (isinstance(s, torch.Tensor) and torch.result_type(s, _outs[0]) != s.dtype): ...
 """),
+    # no fold that may promote (a sum from the int 0 is its items' sum): no change
     (promoting_folds_run_as_written, """
 def f(x):
-    p = torch.ones(())
+    s = 0
     for i in range(x.shape[0]):
-        p = p * x[i]
-    return p
+        s = s + x[i]
+    return s
 """, ('outline',),
      """
 # outline
 _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
-_p_part = 1
-_p_part = _p_part * _x_row
-_outs = (_p_part,)
-p = p * _product(_outs[0])
+_s_part = 0
+_s_part = _x_row.sum(0)
+_outs = (_s_part,)
+s = _outs[0]
 """,
      """
 # outline
 _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
-_p_part = 1
-_p_part = _p_part * _x_row
-_outs = (_p_part,)
-p = p * _product(_outs[0])
+_s_part = 0
+_s_part = _x_row.sum(0)
+_outs = (_s_part,)
+s = _outs[0]
 """),
 ]
 

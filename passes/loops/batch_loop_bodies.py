@@ -94,7 +94,7 @@ from ..errors import Unsupported
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from .. import ops
+from .. import loop_sums_keep_dtypes, ops
 from ..ast_tools import PassContext, clone, fix_missing_locations, is_int, unparse, walk
 from . import batch_calls as calls
 from .batch_scope import Scope
@@ -213,11 +213,12 @@ class _Batcher(Scope):
             if name in self.totals:
                 stacked.append(ast.Name(name, ast.Load()))
             elif self.vals.get(name, CONSTANT).batched:
-                stacked.append(self.sub("o.sum(0)" if name in self.summed else "o", o=name))
+                stacked.append(self._summed(name) if name in self.summed else
+                               ast.Name(name, ast.Load()))
             else:  # the same value in every iteration (a constant contribution)
-                stacked.append(self.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)"
-                                        + (".sum(0)" if name in self.summed else ""), o=name,
-                                        n=self.trips))
+                each = self.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
+                                o=name, n=self.trips)
+                stacked.append(self._summed(each) if name in self.summed else each)
             if name in self.averaged and name not in self.totals:
                 stacked[-1] = self.sub("t / n", t=stacked[-1], n=self.trips)
             if name in detached:
@@ -337,8 +338,12 @@ class _Batcher(Scope):
                 total, val = calls.class_loss(self, node, args, kws, summed=True)
                 return self._divided(total) if mean else total, val
         value, val = self.expr(node)
-        total = self.sub("e.sum(0)", e=value)
+        total = self._summed(value)
         return self._divided(total) if mean else total, val
+
+    def _summed(self, items: ast.expr | str) -> ast.expr:
+        """``items.sum(0)``, the sum over the loop (``loop_sums_keep_dtypes`` keeps its dtype)."""
+        return loop_sums_keep_dtypes.mark(self.sub("e.sum(0)", e=items))
 
     def _divided(self, total: ast.expr) -> ast.expr:
         return self.sub("t / n", t=total, n=self.trips)

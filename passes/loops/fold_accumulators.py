@@ -56,13 +56,14 @@ import ast
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from .. import ops
+from .. import loop_sums_keep_dtypes, ops
 from ..ast_tools import (PassContext, Transformer, clone, is_int, is_name, replace, root_name,
                          unparse, walk)
 from ..errors import Unsupported
 from ..outline_kept_loops import run_eagerly
 from .loop_dataflow import call_op, loads, stores, stores_in
 from .plan import Accumulator, LoopPlan
+from .promoting_folds_run_as_written import PROMOTED, WIDER_START
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -92,6 +93,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         elif kind in rules.NUMBER_FOLD:
             # `count += 1`, `n += m.sum().item()`: the original's Python number
             reduced = plan.sub(rules.NUMBER_FOLD[kind], r=reduced)
+        if acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
+                and acc.kinds == {"tensor"}:
+            # the loop's sum or product keeps a narrow integer dtype (``loop_sums_keep_dtypes``)
+            plan.promotions.append((plan.sub(loop_sums_keep_dtypes.WIDER_START, s=name,
+                                             r=_item(plan, acc)), WIDER_START))
         if name in plan.zeros and acc.family in rules.FAMILY_FOLD_FROM_ZERO:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD_FROM_ZERO[acc.family], r=reduced))
@@ -102,11 +108,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD[acc.family], s=name, r=reduced))
             if plan.uses_where and acc.family in rules.FAMILY_REDUCE:
-                # an item's dtype: the summed part has the item's shape, others the loop dim
-                item = acc.stacked if acc.family == "sum" else plan.sub("v[0]", v=acc.stacked)
-                plan.promotions.append(plan.sub(
+                plan.promotions.append((plan.sub(
                     "isinstance(s, torch.Tensor) and torch.result_type(s, e) != s.dtype",
-                    s=name, e=item))
+                    s=name, e=_item(plan, acc)), PROMOTED))
         if _selected_only(plan, name, acc) and plan.inner:
             last += _exported_selection(plan, name, acc, plan.folds[start:], ctx)
         elif _selected_only(plan, name, acc):
@@ -117,6 +121,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if not plan.inner:  # the inner loops' counters, summed over this loop
         plan.first += [s for c in sorted(_counters(plan)) for s in plan.sub("c = 0", c=c)]
     return plan
+
+
+def _item(plan: LoopPlan, acc: Accumulator) -> ast.expr:
+    """An item's dtype and shape: the summed part has the item's shape, others the loop dim."""
+    return acc.stacked if acc.family == "sum" else plan.sub("v[0]", v=acc.stacked)
 
 
 def _selected_only(plan: LoopPlan, name: str, acc: Accumulator) -> bool:

@@ -33,7 +33,9 @@ the same error after it, as one loop's would.
 
 An inner fold that runs the inner loop as written when it would promote an accumulator's dtype
 (``promoting_folds_run_as_written``) becomes its folds: the outer loop's folds of that
-accumulator check the same promotion, on the sum over both loops (``plan.uses_where``).
+accumulator check the same promotion, on the sum over both loops (``plan.uses_where``). One that
+would wrap an integer sum started from a wider value leaves that check to the outer loop's fold
+of the same accumulator (a sum the outer body starts again at a wider value is not checked).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from ..errors import Unsupported
 from . import normalize_comprehensions
 from .loop_dataflow import depends, loads, stores, stores_in
 from .plan import LoopPlan
+from .promoting_folds_run_as_written import PROMOTED
 from .runtime_checks import conjuncts, is_as_written, is_vectorized_guard
 
 
@@ -198,7 +201,7 @@ class _InlinedForms(Transformer):
 
     def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt]:
         if is_as_written(node):
-            self.bails = True
+            self.bails |= PROMOTED in node.body[0].value.value
             return [self.visit(s) for s in node.orelse]
         if any(isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) and _is_type_check(
                 g.operand, {self.index}, ".Tensor") for g in conjuncts(node.test)):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 
+from .. import loop_sums_keep_dtypes
 from ..ast_tools import PassContext, Transformer, called_through, clone, replace
 from .loop_dataflow import call_op, loads, method_name
 from .plan import BodyParam, LoopPlan, RowSlice
@@ -97,9 +98,11 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
     summed, averaged = plan.summed_parts(), plan.averaged_parts()
     if summed:
         trips = plan.iteration.trips(plan)
-        outs = [plan.sub(f"o[{k}].sum(0) / n" if name in averaged else
-                         f"o[{k}].sum(0)" if name in summed else f"o[{k}]", o=plan.outs, n=trips)
-                for k, name in enumerate(plan.outputs)]
+        outs = [plan.sub(f"o[{k}]", o=plan.outs) for k in range(len(plan.outputs))]
+        outs = [loop_sums_keep_dtypes.mark(plan.sub("o.sum(0)", o=o)) if name in summed else o
+                for o, name in zip(outs, plan.outputs)]
+        outs = [plan.sub("o / n", o=o, n=trips) if name in averaged else o
+                for o, name in zip(outs, plan.outputs)]
         mapped += plan.sub("o = v", o=plan.outs, v=ast.Tuple(outs, ast.Load()))
     return mapped
 

@@ -172,10 +172,10 @@ class LoopPlan:
     detached: set[str] = field(default_factory=set)
     folds: list[ast.stmt] = field(default_factory=list)
     accumulators: dict[str, Accumulator] = field(default_factory=dict)
-    # Conditions under which a fold would change an accumulator's dtype, which the original
-    # changes only when an iteration is selected: the loop then runs as written
-    # (``promoting_folds_run_as_written``).
-    promotions: list[ast.expr] = field(default_factory=list)
+    # Conditions, with their reasons, under which a fold would change an accumulator's dtype
+    # (which the original changes only when an iteration is selected) or wrap an integer sum:
+    # the loop then runs as written (``promoting_folds_run_as_written``).
+    promotions: list[tuple[ast.expr, str]] = field(default_factory=list)
     running: dict[str, str] = field(default_factory=dict)    # scanned accumulator -> running
     last_write: dict[str, str] = field(default_factory=dict)  # write target -> item last written
     scattered: set[str] = field(default_factory=set)          # written at data-dependent slots

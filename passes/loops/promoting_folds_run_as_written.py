@@ -1,4 +1,5 @@
-"""Stage: a fold that would change an accumulator's dtype runs the loop as written instead.
+"""Stage: a fold that would change an accumulator's dtype, or wrap an integer sum the original
+does not wrap (``loop_sums.wider_start``), runs the loop as written instead.
 
 In ``p = p * x[i]`` under a tensor condition, a float32 ``p`` becomes float64 with the first
 selected float64 item, and stays float32 when no iteration is selected: its dtype depends on
@@ -26,7 +27,10 @@ from ..errors import Unsupported
 from .plan import LoopPlan
 from .runtime_checks import AS_WRITTEN
 
-REASON = "an accumulator's dtype would change only if an iteration is selected"
+PROMOTED = "an accumulator's dtype would change only if an iteration is selected"
+WIDER_START = ("a sum starts from a value of another dtype than its items': the original adds "
+               "in the start's wider dtype (a sum of narrower integers may wrap around), or, "
+               "for bools added to a bool, as a logical or")
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -37,9 +41,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if cut is None:
         raise Unsupported("the folds of an accumulator whose dtype may change were not found",
                           plan.node.lineno)
-    test = plan.promotions[0] if len(plan.promotions) == 1 else \
-        ast.BoolOp(ast.Or(), plan.promotions)
-    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(plan.node.lineno, REASON)))
+    tests = [test for test, _ in plan.promotions]
+    test = tests[0] if len(tests) == 1 else ast.BoolOp(ast.Or(), tests)
+    reasons = "; ".join(dict.fromkeys(reason for _, reason in plan.promotions))
+    marker = ast.Expr(ast.Constant(AS_WRITTEN.format(plan.node.lineno, reasons)))
     bail = ast.If(test, [marker, clone(plan.node)], plan.stmts[cut:])
     plan.stmts = plan.stmts[:cut] + [ast.fix_missing_locations(
         ast.copy_location(bail, plan.node))]

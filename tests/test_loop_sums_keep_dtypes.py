@@ -1,0 +1,129 @@
+"""``loop_sums_keep_dtypes``: a loop's sum of narrow integer items keeps their dtype and wraps
+as the original's additions do; a sum started from a wider value runs as written."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rewrite
+from passes import loop_sums_keep_dtypes
+from rewrite.testing import assert_equivalent
+from tests.helpers import load_module
+
+NARROW = [torch.uint8, torch.int8, torch.int16, torch.int32]
+DTYPES = NARROW + [torch.int64, torch.bool, torch.float32, torch.float64]
+
+SOURCES = {
+    # batched: the item itself, an op of it, the elements of the tensor
+    "indexed": "s = 0\nfor i in range(x.shape[0]):\n    s = s + x[i]",
+    "scaled": "s = 0\nfor i in range(x.shape[0]):\n    s = s + x[i] * 3",
+    "elements": "s = 0\nfor r in x:\n    s += r",
+    # mapped with vmap (torch.flip has no batched form)
+    "mapped": "s = 0\nfor i in range(x.shape[0]):\n    s = s + torch.flip(x[i], [0])",
+    # two loop levels, each summing
+    "nested": "s = 0\nfor i in range(x.shape[0]):\n    for j in range(x.shape[1]):\n"
+              "        s = s + x[i, j]",
+    # started from a tensor of the items' dtype, in place and rebound
+    "same_start": "s = torch.zeros(x.shape[1:], dtype=x.dtype)\nfor r in x:\n    s = s + r",
+    "same_start_inplace": "s = x[0].clone()\nfor r in x:\n    s += r",
+    # started from a wider value: the loop runs as written
+    "int64_start": "s = torch.zeros(x.shape[1:], dtype=torch.int64)\nfor r in x:\n    s = s + r",
+    "float_start": "s = 0.0\nfor r in x:\n    s = s + r",
+    "int64_start_inplace": "s = torch.zeros(x.shape[1:], dtype=torch.int64)\nfor r in x:\n"
+                           "    s += r",
+}
+WIDER_STARTS = {"int64_start", "float_start", "int64_start_inplace"}
+BOOL_STARTS = {"same_start", "same_start_inplace"}  # bools added to a bool: a logical or
+
+
+def compiled(tmp_path, body: str):
+    src = "import torch\n\ndef f(x):\n" + "".join(f"    {line}\n" for line in body.splitlines()) \
+        + "    return s\n"
+    fn = load_module(tmp_path, src).f
+    return fn, rewrite.optimize_loss(fn, compile=False, strict=True)
+
+
+def overflowing(dtype: torch.dtype) -> torch.Tensor:
+    """[40, 3] items whose sum overflows every narrow integer dtype."""
+    x = torch.arange(120).reshape(40, 3) * 37 % 101 - (20 if dtype.is_signed else 0)
+    scale = {torch.int16: 400, torch.int32: 10 ** 7}.get(dtype, 1)
+    return (x * scale).to(dtype) if dtype != torch.bool else x > 50
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_same_value_and_dtype_as_the_original(tmp_path, name, dtype):
+    original, fast = compiled(tmp_path, SOURCES[name])
+    x = overflowing(dtype)
+    if dtype.is_floating_point:
+        x = x.to(dtype).requires_grad_()  # every gradient too
+    if name == "int64_start_inplace" and dtype.is_floating_point:
+        for fn in (original, fast):  # `s += r` cannot cast a float into the int64 `s`
+            with pytest.raises(RuntimeError, match="can't be cast"):
+                fn(x)
+        return
+    want = original(x)
+    assert_equivalent(original, fast, x)
+    got = fast(x)
+    assert got.dtype == want.dtype
+    assert torch.equal(got, want)
+    loop = fast.report.loops[0]
+    wider = name in WIDER_STARTS and dtype in NARROW or name in BOOL_STARTS and dtype == torch.bool
+    assert loop.vectorized and (loop.original_runs > 0) == wider, str(loop)
+
+
+def test_the_sum_overflows_the_narrow_dtypes():
+    """The inputs above test the wraparound: their sums leave every narrow dtype's range."""
+    for dtype in NARROW:
+        x = overflowing(dtype)
+        assert (x.long().sum(0) != x.sum(0, dtype=dtype).long()).any(), dtype
+
+
+def test_a_wider_start_says_why_it_ran_as_written(tmp_path):
+    original, fast = compiled(tmp_path, SOURCES["int64_start"])
+    fast(overflowing(torch.uint8))
+    assert "the start's wider dtype" in fast.report.loops[0].last_failure
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_loop_sum_is_the_additions_from_zero(dtype):
+    """Invariant: ``loop_sum(v)`` is ``0 + v[0] + v[1] + ...`` in value and dtype."""
+    v = overflowing(dtype)
+    want = 0
+    for item in v:
+        want = want + item
+    got = loop_sum = loop_sums_keep_dtypes.loop_sum(v)
+    assert loop_sum.dtype == want.dtype
+    assert torch.equal(got, want)
+
+
+def test_generated_code_calls_loop_sum_and_leaves_other_sums(tmp_path):
+    _, fast = compiled(tmp_path, SOURCES["indexed"])
+    code = fast.report.rewritten_source
+    assert "_loop_sum(" in code and ".sum(0)" not in code
+    # no loop: nothing to do (the pass changes only the sums the loop passes marked)
+    src = "import torch\n\ndef f(x):\n    s = x.sum(0)\n    return s\n"
+    plain = rewrite.optimize_loss(load_module(tmp_path, src).f, compile=False)
+    assert "loop_sum" not in plain.report.rewritten_source
+
+
+PRODUCTS = {
+    "product": "s = 1\nfor r in x:\n    s = s * r",
+    "product_int64_start": "s = torch.ones(x.shape[1:], dtype=torch.int64)\nfor r in x:\n"
+                           "    s = s * r",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRODUCTS))
+@pytest.mark.parametrize("dtype", NARROW + [torch.int64, torch.float32, torch.float64], ids=str)
+def test_products_keep_the_dtype_too(tmp_path, name, dtype):
+    original, fast = compiled(tmp_path, PRODUCTS[name])
+    x = (torch.arange(60).reshape(20, 3) % 5 + 1).to(dtype)  # 5**20 overflows int32
+    if dtype.is_floating_point:
+        x.requires_grad_()
+    assert_equivalent(original, fast, x)
+    want, got = original(x), fast(x)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    loop = fast.report.loops[0]
+    wider = name == "product_int64_start" and dtype in NARROW
+    assert loop.vectorized and (loop.original_runs > 0) == wider, str(loop)
