@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from . import loop_products
+from . import loop_products, loop_sums_keep_dtypes
 
 # Accumulator updates: how `s = s <op> e` combines, its identity for masked iterations, and the
 # reduction over the loop axis. "-" accumulates `-e` into a sum, so it shares "sum".
@@ -52,7 +52,10 @@ FAMILY_FOLD_FROM_ZERO = {"sum": "r"}
 # ... when every update was ``s += e`` / ``s *= e``: in place, as the original.
 FAMILY_FOLD_INPLACE = {"sum": "s += r", "prod": "s *= r"}
 # Running values read inside the loop (prefix sums/products): scan over the loop axis.
-FAMILY_SCAN = {"sum": "s + v.cumsum(0)", "prod": "s * v.cumprod(0)"}
+FAMILY_SCAN = {"sum": "s + f(v)", "prod": "s * f(v)"}
+# ... ``f``: ``v.cumsum(0)``/``v.cumprod(0)`` keeping narrow integer dtypes as the original's steps
+FAMILY_SCAN_FN = {"sum": loop_sums_keep_dtypes.running_sum,
+                  "prod": loop_sums_keep_dtypes.running_product}
 # `out[i] op= e` writes: the in-place op applied to the written slots.
 WRITE_AUGOPS = {ast.Add: "add_", ast.Sub: "sub_", ast.Mult: "mul_", ast.Div: "div_"}
 # ... that give the same result whatever the order, when several iterations hit one slot

@@ -11,7 +11,8 @@ idioms and shared values, each marked sum becomes a call of ``loop_sum``, bound 
 
 which sums narrow integers in their own dtype (the original's wrapped result: modular addition
 does not depend on the order) and anything else as ``v.sum(0)`` (bool items count in int64, as
-``0 + m[i]`` does). A sum folded into a start of a wider dtype (an int64 or float tensor, a
+``0 + m[i]`` does). Python's ``sum`` of a tensor's items or of a list the loop stacked starts from
+0 too, and running sums and products (``running_sum``, ``running_product``) keep dtypes alike. A sum folded into a start of a wider dtype (an int64 or float tensor, a
 Python float) would wrap where the original does not, and bools added to a bool start are a
 logical or there: ``WIDER_START`` is the condition under which ``fold_accumulators`` runs such a
 loop as written (``promoting_folds_run_as_written``).
@@ -34,15 +35,30 @@ WIDER_START = (f"r.dtype in ({', '.join(map(str, KEPT_INTEGERS))}) "
                "and s.dtype == torch.bool and r.dtype == torch.int64")
 
 
-def loop_sum(v: torch.Tensor) -> torch.Tensor:
-    """``v.sum(0)`` in the dtype the original's additions from 0 give."""
-    return v.sum(0, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.sum(0)
+def loop_sum(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``v.sum(dim)`` in the dtype the original's additions from 0 give (``dim``: the items' dim
+    once a loop batched a Python ``sum`` of each item)."""
+    return v.sum(dim, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.sum(dim)
 
 
-def mark(call: ast.Call) -> ast.Call:
-    """``call``, a loop pass's ``v.sum(0)`` over the loop's axis, marked for this pass."""
-    ast_marks.put(call, ast_marks.LOOP_SUM, True)
-    return call
+def running_sum(v: torch.Tensor) -> torch.Tensor:
+    """``v.cumsum(0)`` in the dtype the original's running additions give."""
+    return v.cumsum(0, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.cumsum(0)
+
+
+def running_product(v: torch.Tensor) -> torch.Tensor:
+    """``v.cumprod(0)`` in the dtype the original's running products give."""
+    return v.cumprod(0, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.cumprod(0)
+
+
+def mark(node: ast.expr) -> ast.expr:
+    """``node``, marked for this pass when it is a ``v.sum(0)``: a loop pass's sum over a loop's
+    axis (or a Python ``sum`` of a tensor's or stacked list's items, which starts from 0 too)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr == "sum" and not node.keywords and len(node.args) == 1 \
+            and isinstance(node.args[0], ast.Constant) and node.args[0].value == 0:
+        ast_marks.put(node, ast_marks.LOOP_SUM, True)
+    return node
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -58,4 +74,6 @@ class _LoopSums(Transformer):
         if not ast_marks.get(node, ast_marks.LOOP_SUM):
             return node
         fn = self.ctx.bind(loop_sum, "loop_sum")
-        return replace(f"{fn}(v)", loc=node, v=node.func.value)
+        dim = node.args[0]
+        return replace(f"{fn}(v)" if isinstance(dim, ast.Constant) and dim.value == 0 else
+                       f"{fn}(v, d)", loc=node, v=node.func.value, d=dim)

@@ -23,6 +23,11 @@ SOURCES = {
     # two loop levels, each summing
     "nested": "s = 0\nfor i in range(x.shape[0]):\n    for j in range(x.shape[1]):\n"
               "        s = s + x[i, j]",
+    # Python's sum of a list the loop stacks, of each item's elements; a running sum
+    "appended": "parts = []\nfor r in x:\n    parts.append(r * 2)\ns = sum(parts)",
+    "item_sums": "out = []\nfor r in x:\n    out.append(sum(r))\ns = torch.stack(out)",
+    "running": "t = 0\nouts = []\nfor r in x:\n    t = t + r\n    outs.append(t)\n"
+               "s = torch.stack(outs)",
     # started from a tensor of the items' dtype, in place and rebound
     "same_start": "s = torch.zeros(x.shape[1:], dtype=x.dtype)\nfor r in x:\n    s = s + r",
     "same_start_inplace": "s = x[0].clone()\nfor r in x:\n    s += r",

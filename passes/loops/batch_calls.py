@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from . import batch_set_forms as set_forms
 from .. import loop_rules as rules
 from .. import row_losses, set_distances
-from .. import ops
+from .. import ast_marks, ops
 from ..ast_tools import unparse
 from .batch_scope import Scope
 from .batch_values import UNKNOWN, Rank, Val, condition, integer, literal
@@ -261,6 +261,8 @@ def _dim_op(scope: Scope, c: Call, x: ast.expr, xv: Val, rest: list):
                     [x] + [a for a, _ in new_rest], [ast.keyword(k, v) for k, (v, _) in new_kws])
     rank = xv.rank if keepdim else xv.rank + change * len(dims)
     integer = xv.integer if c.op.integer == (0,) else None
+    if ast_marks.get(node, ast_marks.LOOP_SUM):  # a Python `sum` of the item: over its dim 0
+        ast_marks.put(call, ast_marks.LOOP_SUM, True)
     return ast.copy_location(call, node), Val(True, rank, integer)
 
 

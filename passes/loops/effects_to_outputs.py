@@ -95,7 +95,9 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
             plan.accumulators[e.name] = Accumulator(step, e.family, stacked, {"tensor"})
         else:
             run = plan.running[e.name] = ctx.namer.new(f"{e.name}_running")
-            scan = plan.sub(rules.FAMILY_SCAN[e.family], s=e.name, v=stacked)
+            fn = rules.FAMILY_SCAN_FN[e.family]
+            scan = plan.sub(rules.FAMILY_SCAN[e.family], s=e.name, v=stacked,
+                            f=ctx.bind(fn, fn.__name__))
             plan.folds += plan.sub("r = x", r=run, x=scan)
             plan.folds += plan.sub("s = r[-1]", s=e.name, r=run)
         return plan.sub("p = v", p=step, v=value)

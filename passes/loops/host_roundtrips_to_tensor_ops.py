@@ -48,7 +48,7 @@ import importlib
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from .. import ops
+from .. import loop_sums_keep_dtypes, ops
 from ..ast_tools import PassContext, Transformer, clone, is_name, replace, walk
 from ..errors import Unsupported
 from .loop_dataflow import (call_op, container_names, depends, method_name, resolve_call,
@@ -360,7 +360,8 @@ class _HostToTensor(Transformer):
                 args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)) \
                 and not (isinstance(args[0], ast.Name) and args[0].id in self.containers):
             self._count_raises(node, op, function, args[0])
-            found = _kind(self._sub(op.host, node, e=args[0]), op)
+            # Python's `sum(x[i])` adds from 0: a loop sum (``loop_sums_keep_dtypes``)
+            found = _kind(loop_sums_keep_dtypes.mark(self._sub(op.host, node, e=args[0])), op)
             self.converted.add(id(found))
             return found
         if op.host_pair is not None and len(args) == 2:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import ast
 
 from .. import loop_rules as rules
-from .. import ops
+from .. import loop_sums_keep_dtypes, ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
                         root_name, unparse, walk)
 from . import list_mean_helpers
@@ -568,10 +568,11 @@ class _Consumers(Transformer):
                 and isinstance(node.args[0], ast.Name) and node.args[0].id in self.names):
             return node
         sub = dict(loc=node, torch_name=self.ctx.torch_name, v=node.args[0])
+        # Python's `sum(xs)` adds from 0: a loop sum (``loop_sums_keep_dtypes``)
+        consumer = loop_sums_keep_dtypes.mark(replace(template, **sub))
         if self.stacked:
-            return replace(template, **sub)
-        return replace("(f if isinstance(v, torch.Tensor) else c)", f=replace(template, **sub),
-                       c=node, **sub)
+            return consumer
+        return replace("(f if isinstance(v, torch.Tensor) else c)", f=consumer, c=node, **sub)
 
 
 class _Replace(Transformer):
