@@ -148,7 +148,8 @@ def test_counts_of_positives_are_equivalent():
     original, optimized, code, report = build("""
         def f(labels, scores, bg):
             n = sum([max(int((lab != bg).sum()), 1) for lab in labels])
-            return scores.sum() / n
+            m = sum([min(len(lab), int((lab == bg).sum())) for lab in labels])
+            return scores.sum() / n + m
         """)
     assert report.loops[0].vectorized and "raise" not in code.split("else:")[0]
     for dtype in (torch.float32, torch.float64):
@@ -157,3 +158,12 @@ def test_counts_of_positives_are_equivalent():
         labels[1] = 3  # an image without positives: max(0, 1)
         assert_equivalent(original, optimized, labels,
                           torch.randn(3, 7, dtype=dtype, requires_grad=True, generator=g), 3)
+
+
+def test_min_max_of_python_ints_read_each_operand_once():
+    """Of two Python ints (one an ``int()`` the rewrite computes as a tensor), min/max are one
+    clamp, whichever comes first (ints: the same value); a float operand keeps Python's pick."""
+    src = "a = max(int(c[i]), 1)\nb = min(2, int(c[i]))\nd = max(int(c[i]), 0.5)\ne = max(c[i], 1)"
+    assert rewrite(src, {"i"}).splitlines()[-4:] == [
+        "a = torch.clamp_min(c[i].long(), 1)", "b = torch.clamp_max(c[i].long(), 2)",
+        "d = torch.where(0.5 > c[i].long(), 0.5, c[i].long())", "e = torch.where(1 > c[i], 1, c[i])"]

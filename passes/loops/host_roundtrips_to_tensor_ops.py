@@ -8,6 +8,7 @@ Only expressions that vary with the loop index are rewritten (``OpSpec.host*`` f
     t[i].tolist()               ->  t[i].detach()
     math.log(p[i])              ->  torch.log(p[i].detach() * 1.0)
     min(a[i], b)  /  max(...)   ->  torch.where(b < a[i], b, a[i])   (Python's pick, ties too)
+    max(int(c[i]), 1)           ->  torch.clamp_min(c[i].long(), 1)  (ints: one read of each)
     sum(x[i]) / min(x[i])       ->  x[i].sum(0) / x[i].amin(0)       (builtins iterate dim 0)
 
 A builtin on a container the body builds (``parts = []; ...; sum(parts)``) iterates the
@@ -386,6 +387,10 @@ class _HostToTensor(Transformer):
             self.converted.add(id(found))
             return found
         if op.host_pair is not None and len(args) == 2:
+            ints = [k for k, a in enumerate(args) if _number(a) == "int"]
+            if ints and all(_python_int(a) for a in args):  # the same value whichever is first
+                a, b = args[ints[0]], args[1 - ints[0]]
+                return self._sub(op.host_int_pair, node, a=a, b=b)
             return self._sub(op.host_pair, node, a=args[0], b=args[1])
         return node
 
@@ -408,6 +413,11 @@ def _number(x: ast.expr) -> str | None:
     if isinstance(x, ast.Constant) and type(x.value) in (int, float, bool):
         return "const"
     return ast_marks.get(x, ast_marks.HOST_NUMBER)
+
+
+def _python_int(x: ast.expr) -> bool:
+    """``x`` is a Python int in the original: ``int(...)`` (an integer tensor here) or a literal."""
+    return _number(x) == "int" or isinstance(x, ast.Constant) and type(x.value) is int
 
 
 def _kind(node: ast.expr, op: ops.OpSpec) -> ast.expr:
