@@ -12,8 +12,9 @@ and ``forward`` calls ``self.loss_fn(logits, labels)``. ``bound_values`` reads e
 ``self.<attr> = value`` in the methods of the class (and of its bases of the same module) and
 sorts the values: functions of the module (``self._per_image`` names the method, ``soft_dice``
 the function; ``functools.partial(f, ...)`` what ``f`` is), classes of the module called to
-make the object, and values it cannot resolve (a parameter, ``getattr(self, name)``, a call of a builder). Values made outside the module
-(``nn.CrossEntropyLoss()``, ``F.l1_loss``) run no loop of the module and are left out.
+make the object, and values it cannot resolve (a parameter, ``getattr(self, name)``, a call of
+a builder). Values made outside the module (``nn.CrossEntropyLoss()``, ``F.l1_loss``) run no
+loop of the module and are left out.
 
 ``picked_helper`` is what the rewritten call runs: it picks the rewrite of the function the
 attribute holds at the time of the call, so an attribute rebound later, or to a function of
@@ -88,8 +89,8 @@ def sort_value(value: ast.expr, cls: type, this: str, local: set, module: dict,
         target = module.get(value.id)
         if not _own_function(target, module):
             return  # builtins and functions of other modules run no loop of the module
-    elif partial_of(value, module) is not None:  # partial(focal, alpha=a): what focal is
-        sort_value(partial_of(value, module), cls, this, local, module, found)
+    elif partial_of(value, module, local) is not None:  # partial(focal, alpha=a): what focal is
+        sort_value(partial_of(value, module, local), cls, this, local, module, found)
         return
     elif isinstance(value, ast.Call) and not _reads(value.func, this, local):
         made_by = _callees(value.func, module)  # Cls(...), LOSSES[name](...)
@@ -129,15 +130,22 @@ def picked_helper(value: Any, *pairs: tuple[Callable, Callable]) -> Any:
     return value
 
 
-def partial_of(value: ast.expr, module: dict) -> ast.expr | None:
-    """``f`` of ``functools.partial(f, ...)`` (``partial`` as the module names it), else None."""
+def partial_of(value: ast.expr, module: dict, local: set) -> ast.expr | None:
+    """``f`` of ``functools.partial(f, ...)`` (``partial`` as the module names it, not one of the
+    names ``local`` to the function), else None."""
     if not (isinstance(value, ast.Call) and value.args and not isinstance(value.args[0], ast.Starred)):
         return None
     func = value.func
-    found = module.get(func.id) if isinstance(func, ast.Name) else \
-        getattr(module.get(func.value.id), func.attr, None) if isinstance(func, ast.Attribute) \
-        and isinstance(func.value, ast.Name) and isinstance(module.get(func.value.id), types.ModuleType) \
-        else None
+    root = func.value if isinstance(func, ast.Attribute) else func
+    if isinstance(root, ast.Name) and root.id in local:
+        return None
+    if isinstance(func, ast.Name):
+        found = module.get(func.id)
+    elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+            and isinstance(module.get(func.value.id), types.ModuleType):  # functools.partial
+        found = getattr(module[func.value.id], func.attr, None)
+    else:
+        return None
     return value.args[0] if found is functools.partial else None
 
 

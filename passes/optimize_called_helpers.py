@@ -186,8 +186,8 @@ class _Scope:
             for v in todo:
                 if isinstance(v, ast.IfExp):
                     todo += [v.body, v.orelse]
-                elif partial_of(v, self.globals) is not None:
-                    todo.append(partial_of(v, self.globals))
+                elif partial_of(v, self.globals, self.local) is not None:
+                    todo.append(partial_of(v, self.globals, self.local))
                 elif isinstance(v, ast.Name) and v.id not in self.local:
                     found.append(self.globals.get(v.id))
                 elif isinstance(v, ast.Subscript) and isinstance(v.value, ast.Name) \
@@ -299,7 +299,8 @@ class _Redirect(Transformer):
         pairs = [(self._original(fn), binding) for fn, binding in pairs if binding]
         if not pairs:
             return node
-        if any(partial_of(v, self.ctx.globals) is not None for v in self.scope.values.get(name, ())):
+        if any(partial_of(v, self.ctx.globals, self.scope.local) is not None
+               for v in self.scope.values.get(name, ())):
             return self._picked(node, pairs)
         pick: ast.expr = node.func
         for original, binding in reversed(pairs):
