@@ -85,10 +85,12 @@ def user(tmp_path_factory):
 
 
 def _rewritten(fn):
-    """(the rewritten source of ``fn``, of the helper it binds as ``_focal``, or None)."""
+    """(the rewritten source of ``fn``, of the helper it binds first for a vmapped body, or
+    None)."""
     rebuilt, _ = rewrite_function(fn, Report(fn.__qualname__, "", 1))
     source, _, bindings = getattr(rebuilt, REWRITE_OF)
-    helper = bindings.get("_focal")
+    helper = next((v for k, v in bindings.items() if not k.endswith("_original")
+                   and getattr(v, REWRITE_OF, None)), None)
     return source, helper and getattr(helper, REWRITE_OF)[0]
 
 
@@ -167,3 +169,19 @@ def test_picked_helper_through_a_partial():
     assert pick(other, (bce_with_logits.binary_cross_entropy_with_logits, original)) is other
     sub = Sub(original, 1)  # a subclass may call otherwise: as written
     assert pick(sub, (original, rewritten)) is sub
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_real_focal_loss_through_a_partial_attribute(dtype):
+    """segmentation_models.pytorch's FocalLoss: the per-class loop's vmapped body calls the
+    helper held as ``functools.partial`` with the vmap form of its BCE; the same results."""
+    from examples.real import seg_focal_per_class as real
+    source, helper = _rewritten(real.FocalLoss.forward)
+    assert "_picked_helper(self.focal_loss_fn, (_focal_loss_with_logits_original, " \
+        "_focal_loss_with_logits))(cls_y_pred, cls_y_true)" in source
+    assert "_binary_cross_entropy_with_logits(output, target, reduction='none')" in helper
+    for seed in range(2):
+        args = real.make_inputs("small", dtype, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_equivalent(real.naive, optimize_loss(real.naive, compile=False), *args)
