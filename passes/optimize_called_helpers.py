@@ -438,16 +438,19 @@ class _Redirect(Transformer):
         """The binding of ``fn``'s rewrite; None when it is called as written."""
         if not isinstance(fn, types.FunctionType):
             return None
-        key = (fn, self.mapped)
-        if key not in self.rewritten:
-            self.rewritten[key] = self._rebuild(fn) if _is_helper(fn, self.ctx, self.mapped) else None
-        return self.rewritten[key]
+        # under vmap, a helper naming no op with a form for it has the same rewrite as elsewhere
+        mapped = self.mapped and _reaches_loop(fn, self.ctx.globals, set(self.ctx.rewriting),
+                                               mapped_op_forms.NAMES, loops=False)
+        if (fn, mapped) not in self.rewritten:
+            self.rewritten[fn, mapped] = self._rebuild(fn, mapped) \
+                if _is_helper(fn, self.ctx, mapped) else None
+        return self.rewritten[fn, mapped]
 
-    def _rebuild(self, helper: types.FunctionType) -> str | None:
+    def _rebuild(self, helper: types.FunctionType, mapped: bool) -> str | None:
         report = Report(helper.__qualname__, self.ctx.filename, helper.__code__.co_firstlineno)
         try:
             rebuilt, changed = self.ctx.rewrite_function(helper, report, rewriting=self.ctx.rewriting,
-                                                         mapped=self.mapped)
+                                                         mapped=mapped)
         except (Unsupported, RewriteError) as exc:
             reason = f"helper {helper.__qualname__} is called as written: {exc}"
             self.ctx.report.notes.append(reason)
@@ -526,9 +529,9 @@ def _names(mapped: bool) -> frozenset[str]:
 
 
 def _reaches_loop(fn: object, module: dict, seen: set,
-                  ops: frozenset[str] = broadcast_products.NAMES) -> bool:
-    """``fn`` (a function of ``module``) has a loop or names one of ``ops`` (by default the ops
-    with a faster form, ``broadcast_products.NAMES``), or may call a function of ``module`` that reaches one (by a
+                  ops: frozenset[str] = broadcast_products.NAMES, loops: bool = True) -> bool:
+    """``fn`` (a function of ``module``) has a loop (unless ``loops`` is false) or names one of
+    ``ops`` (by default the ops with a faster form, ``broadcast_products.NAMES``), or may call a function of ``module`` that reaches one (by a
     global name, or a method name of a class it names or is defined in). A cheap pre-filter on
     the bytecode: loops compile to FOR_ITER (comprehensions are nested code), and a superset of
     the callees is enough."""
@@ -538,7 +541,7 @@ def _reaches_loop(fn: object, module: dict, seen: set,
     names, todo = set(), [fn.__code__]
     for code in todo:
         for i in dis.get_instructions(code):
-            if i.opname == "FOR_ITER":
+            if loops and i.opname == "FOR_ITER":
                 return True
             if i.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD"):
                 names.add(i.argval)
@@ -557,7 +560,7 @@ def _reaches_loop(fn: object, module: dict, seen: set,
     # ``__init__``): what it names may be called through the attribute
     callees += [m for c in classes for m in vars(c).values()
                 if isinstance(m, types.FunctionType) and names & _stored_attributes(m.__code__)]
-    return any(_reaches_loop(f, module, seen, ops) for f in callees)
+    return any(_reaches_loop(f, module, seen, ops, loops) for f in callees)
 
 
 def _autograd_methods(cls: type) -> list:
