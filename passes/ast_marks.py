@@ -46,6 +46,9 @@ SELECTED_WHEN = "selected_when"
 LOOP_SUM = "loop_axis_sum"
 # str on a ``while`` loop that is not counted: why (the report's reason for keeping it).
 NOT_COUNTED = "not_counted"
+# bool on the ``def`` of a vectorized loop's body that ``torch.vmap`` maps (``outline_body``):
+# every call in it runs under vmap (``optimize_called_helpers`` rewrites its helpers for that).
+MAPPED = "mapped"
 
 
 def get(node: ast.AST, key: str, default: Any = None) -> Any:

@@ -71,10 +71,14 @@ class PassContext:
     # The function's parameters, locals and closure variables: names that do not resolve in
     # ``globals`` there (None: unknown; code moved into the function must not read them).
     local_names: frozenset | None = None
+    # The function runs under ``torch.vmap`` at every call (a helper of a vectorized loop's
+    # vmapped body, rewritten for it): ops take their forms for vmap (``mapped_op_forms``).
+    mapped: bool = False
     # The frontend's functions, filled by rewrite/frontend.py (passes/ never imports rewrite/):
     # ``parse_function(fn)`` -> the parsed function (``.tree``: a Module whose body[0] is the def,
     # ``.filename``), raising ``Unsupported``; ``rewrite_function(fn, report, rewriting=...)`` ->
-    # ``(rebuilt function, changed)``, the whole AST stage on a called helper.
+    # ``(rebuilt function, changed)``, the whole AST stage on a called helper (``mapped=True``:
+    # for calls under vmap).
     parse_function: Callable[[Any], Any] = field(kw_only=True)
     rewrite_function: Callable[..., tuple[Callable, bool]] = field(kw_only=True)
 

@@ -5,18 +5,21 @@ A class often picks its per-sample method once, in ``__init__``::
 
     self.loss_fn = self._per_image if per_image else self._flat     # bound methods of self
     self.reduce = soft_dice                                          # a function of the module
+    self.focal = partial(focal_loss, alpha=alpha, gamma=gamma)       # ... with bound arguments
     self.criterion = DiceLoss()                                      # a module of the module
 
 and ``forward`` calls ``self.loss_fn(logits, labels)``. ``bound_values`` reads every assignment
 ``self.<attr> = value`` in the methods of the class (and of its bases of the same module) and
 sorts the values: functions of the module (``self._per_image`` names the method, ``soft_dice``
-the function), classes of the module called to make the object, and values it cannot resolve
-(a parameter, ``getattr(self, name)``, a call of a builder). Values made outside the module
-(``nn.CrossEntropyLoss()``, ``F.l1_loss``) run no loop of the module and are left out.
+the function; ``functools.partial(f, ...)`` what ``f`` is), classes of the module called to
+make the object, and values it cannot resolve (a parameter, ``getattr(self, name)``, a call of
+a builder). Values made outside the module (``nn.CrossEntropyLoss()``, ``F.l1_loss``) run no
+loop of the module and are left out.
 
 ``picked_helper`` is what the rewritten call runs: it picks the rewrite of the function the
 attribute holds at the time of the call, so an attribute rebound later, or to a function of
-another module, runs as written.
+another module, runs as written; a ``functools.partial`` of the function (itself, not a
+subclass) runs the rewrite with the partial's arguments, whatever they are then.
 """
 from __future__ import annotations
 
@@ -86,6 +89,9 @@ def sort_value(value: ast.expr, cls: type, this: str, local: set, module: dict,
         target = module.get(value.id)
         if not _own_function(target, module):
             return  # builtins and functions of other modules run no loop of the module
+    elif partial_of(value, module, local) is not None:  # partial(focal, alpha=a): what focal is
+        sort_value(partial_of(value, module, local), cls, this, local, module, found)
+        return
     elif isinstance(value, ast.Call) and not _reads(value.func, this, local):
         made_by = _callees(value.func, module)  # Cls(...), LOSSES[name](...)
         classes = [c for c in made_by if isinstance(c, type) and c.__module__ == module.get("__name__")]
@@ -110,7 +116,11 @@ def sort_value(value: ast.expr, cls: type, this: str, local: set, module: dict,
 def picked_helper(value: Any, *pairs: tuple[Callable, Callable]) -> Any:
     """What a call through ``value`` runs in rewritten code: for the pair whose ``original`` is
     ``value`` itself, its ``rewritten``; when ``value`` is ``original`` bound to an object (a
-    bound method), ``rewritten`` with that object first; else ``value``, as written."""
+    bound method), ``rewritten`` with that object first; when ``value`` is a ``functools.partial``
+    of such a function, that partial of what it picks; else ``value``, as written."""
+    if type(value) is functools.partial:
+        picked = picked_helper(value.func, *pairs)
+        return value if picked is value.func else functools.partial(picked, *value.args, **value.keywords)
     for original, rewritten in pairs:
         if value is original:
             return rewritten
@@ -118,6 +128,25 @@ def picked_helper(value: Any, *pairs: tuple[Callable, Callable]) -> Any:
             # partial, not a bound method: torch.compile traces it without a graph break
             return functools.partial(rewritten, value.__self__)
     return value
+
+
+def partial_of(value: ast.expr, module: dict, local: set) -> ast.expr | None:
+    """``f`` of ``functools.partial(f, ...)`` (``partial`` as the module names it, not one of the
+    names ``local`` to the function), else None."""
+    if not (isinstance(value, ast.Call) and value.args and not isinstance(value.args[0], ast.Starred)):
+        return None
+    func = value.func
+    root = func.value if isinstance(func, ast.Attribute) else func
+    if isinstance(root, ast.Name) and root.id in local:
+        return None
+    if isinstance(func, ast.Name):
+        found = module.get(func.id)
+    elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+            and isinstance(module.get(func.value.id), types.ModuleType):  # functools.partial
+        found = getattr(module[func.value.id], func.attr, None)
+    else:
+        return None
+    return value.args[0] if found is functools.partial else None
 
 
 def _callees(func: ast.expr, module: dict) -> list:

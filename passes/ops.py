@@ -102,6 +102,9 @@ class OpSpec:
     host: str | None = None
     host_number: str | None = None
     host_pair: str | None = None              # a builtin of two tensor elements ``a``, ``b``
+    # ... of two Python ints, ``a`` one the rewrite computes as an integer tensor: one op reading
+    # each operand once (``host_pair`` reads one twice, so a count is computed twice)
+    host_int_pair: str | None = None
     host_math: str | None = None              # its ``math`` module spelling
     # Where the host function raises: (condition on its argument ``e``, as float64 and with only
     # total ops, so a tensor condition may guard it; an argument it raises on, which gives the
@@ -402,9 +405,11 @@ REGISTRY: tuple[OpSpec, ...] = (
     _builtin("bool", total=True, host="torch.ne(e, 0)"),
     # two arguments pick one (first wins on ties, as Python does); one iterates dim 0
     _builtin("min", total=True, derivative="constant", host_pair="torch.where(b < a, b, a)",
+             host_int_pair="torch.clamp_max(a, b)",
              selection="first_min",
              host=_FIRST_EXTREME.format(nan="float('inf')", arg="argmin")),
     _builtin("max", total=True, derivative="constant", host_pair="torch.where(b > a, b, a)",
+             host_int_pair="torch.clamp_min(a, b)",
              selection="first_max",
              host=_FIRST_EXTREME.format(nan="float('-inf')", arg="argmax")),
     _builtin("sum", host="e.sum(0)", derivative="constant"),

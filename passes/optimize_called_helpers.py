@@ -44,6 +44,15 @@ module it holds goes through ``module_forward`` as above::
     self.loss_fn(x, y)  ->  _picked_helper(self.loss_fn, (_per_image_original, _per_image),
                                            (_flat_original, _flat))(x, y)
 
+A ``functools.partial`` of a helper (``self.loss_fn = partial(focal, alpha=alpha)``, or a local
+``fn = partial(focal, ...)``) is what the helper is: the call picks the partial of the rewrite,
+with the object's own arguments, when the object is (exactly) a partial of that helper.
+
+A helper called in a vectorized loop's vmapped body (the ``def`` marked ``ast_marks.MAPPED``)
+runs under vmap: it is rewritten for that (``PassContext.mapped``, ``mapped_op_forms``) also
+when it has no loop but names an op with a form for vmap (``mapped_op_forms.NAMES``), and so
+are the helpers it calls; a call of it elsewhere gets its usual rewrite, or none.
+
 A value it may hold that cannot be resolved here (a parameter, ``getattr(self, name)``) is a
 note: the call at its file:line runs as written, "called through `self.loss_fn`, resolved at run
 time", and the loops of the methods it may hold (``instance_attribute_calls``) are reported so.
@@ -69,9 +78,9 @@ from typing import Any, Callable
 
 import torch
 
-from . import broadcast_products
+from . import ast_marks, broadcast_products, mapped_op_forms
 from .errors import RewriteError, Unsupported
-from .instance_attribute_calls import BoundValues, bound_values, picked_helper, sort_value
+from .instance_attribute_calls import BoundValues, bound_values, partial_of, picked_helper, sort_value
 from .instance_attribute_calls import class_attribute as _method
 from .instance_attribute_calls import table_functions as _table_functions
 from .constructor_calls import constructed
@@ -85,8 +94,9 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     func = tree.body[0]
     scope = _Scope(ctx, func)
     # Most functions call no helper that reaches a loop: then the visitor need not run.
-    seen = set(ctx.rewriting)
-    if scope.run_time_calls or any(_reaches_loop(fn, ctx.globals, seen) for fn in scope.called):
+    seen, names = set(ctx.rewriting), _names(ctx.mapped or any(
+        ast_marks.get(n, ast_marks.MAPPED) for n in walk(func) if isinstance(n, ast.FunctionDef)))
+    if scope.run_time_calls or any(_reaches_loop(fn, ctx.globals, seen, names) for fn in scope.called):
         _Redirect(ctx, scope).visit(tree)
     return tree
 
@@ -168,13 +178,16 @@ class _Scope:
         return attr
 
     def functions(self, name: str) -> list:
-        """The functions a local name may be bound to: ``fn = a if c else b``, ``fn = TABLE[k]``."""
+        """The functions a local name may be bound to: ``fn = a if c else b``, ``fn = TABLE[k]``,
+        ``fn = functools.partial(a, ...)``."""
         found = []
         for value in self.values.get(name, ()):
             todo = [value]
             for v in todo:
                 if isinstance(v, ast.IfExp):
                     todo += [v.body, v.orelse]
+                elif partial_of(v, self.globals, self.local) is not None:
+                    todo.append(partial_of(v, self.globals, self.local))
                 elif isinstance(v, ast.Name) and v.id not in self.local:
                     found.append(self.globals.get(v.id))
                 elif isinstance(v, ast.Subscript) and isinstance(v.value, ast.Name) \
@@ -234,10 +247,19 @@ class _Redirect(Transformer):
     def __init__(self, ctx: PassContext, scope: _Scope):
         self.ctx = ctx
         self.scope = scope
-        self.rewritten: dict[types.FunctionType, str | None] = {}  # helper -> its rewrite's binding
+        # (helper, rewritten for calls under vmap) -> its rewrite's binding
+        self.rewritten: dict[tuple[types.FunctionType, bool], str | None] = {}
+        self.mapped = ctx.mapped  # the calls visited run under torch.vmap
         self.originals: dict[types.FunctionType, str] = {}         # helper -> binding of itself
         self.unreached: set[types.FunctionType] = set()            # helpers reported, not rewritten
         self.module_forward: str | None = None                     # binding of module_forward
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        # A vectorized loop's vmapped body: its helpers are rewritten for calls under vmap
+        outer, self.mapped = self.mapped, self.mapped or bool(ast_marks.get(node, ast_marks.MAPPED))
+        self.generic_visit(node)
+        self.mapped = outer
+        return node
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
         # The class of an object made in the call (``Cls(...)(x)``, ``Cls(...).m(x)``), read
@@ -270,12 +292,16 @@ class _Redirect(Transformer):
         return self._method_call(node, f, "__call__", made)  # obj(x), Cls(...)(x)
 
     def _through_name(self, node: ast.Call, name: str) -> ast.Call:
-        """``fn(x)`` with ``fn`` bound to helpers: ``(_a if fn is _a_original else ... fn)(x)``."""
+        """``fn(x)`` with ``fn`` bound to helpers: ``(_a if fn is _a_original else ... fn)(x)``;
+        bound to a ``functools.partial`` of one: ``picked_helper(fn, (_a_original, _a), ...)(x)``."""
         self._note_run_time(node, self.scope.run_time(name))
         pairs = [(fn, self._rewrite(fn)) for fn in self.scope.functions(name)]
         pairs = [(self._original(fn), binding) for fn, binding in pairs if binding]
         if not pairs:
             return node
+        if any(partial_of(v, self.ctx.globals, self.scope.local) is not None
+               for v in self.scope.values.get(name, ())):
+            return self._picked(node, pairs)
         pick: ast.expr = node.func
         for original, binding in reversed(pairs):
             pick = replace("new if key is orig else rest", loc=node.func, new=binding, key=name,
@@ -298,11 +324,14 @@ class _Redirect(Transformer):
             return self._module_call(node, modules[0], len(forwards) == 1)
         for cls in bound.classes:
             self._unreached(_method(cls, "forward" if cls in modules else "__call__"), how)
-        pairs = [(self._original(fn), self.rewritten[fn]) for fn in bound.functions if self._rewrite(fn)]
-        if pairs:
-            options = ", ".join(f"({original}, {binding})" for original, binding in pairs)
-            node.func = replace(f"pick(value, {options})", loc=node.func,
-                                pick=self.ctx.bind(picked_helper, "picked_helper"), value=node.func)
+        pairs = [(self._original(fn), self._rewrite(fn)) for fn in bound.functions if self._rewrite(fn)]
+        return self._picked(node, pairs) if pairs else node
+
+    def _picked(self, node: ast.Call, pairs: list[tuple[str, str]]) -> ast.Call:
+        """``f(x)`` -> ``picked_helper(f, (original, rewritten), ...)(x)``."""
+        options = ", ".join(f"({original}, {binding})" for original, binding in pairs)
+        node.func = replace(f"pick(value, {options})", loc=node.func,
+                            pick=self.ctx.bind(picked_helper, "picked_helper"), value=node.func)
         return node
 
     def _note_run_time(self, node: ast.Call, unresolved: list[str]) -> bool:
@@ -338,7 +367,7 @@ class _Redirect(Transformer):
             elif _shadowed("type", self.scope):
                 self._unreached(method, f"{how}: `type` is not the builtin here")
             elif self._rewrite(method):
-                pairs.append((self._original(method), self.rewritten[method]))
+                pairs.append((self._original(method), self._rewrite(method)))
         new: ast.expr = node
         for original, binding in reversed(pairs):
             fast = ast.Call(ast.Name(binding, ast.Load()), [clone(receiver)]
@@ -367,7 +396,7 @@ class _Redirect(Transformer):
             return
         node.func = replace("make(cls, orig, new)", loc=node.func,
                             make=self.ctx.bind(constructed, "constructed"), cls=node.func,
-                            orig=self._original(init), new=self.rewritten[init])
+                            orig=self._original(init), new=self._rewrite(init))
 
     def _picked_forward(self, module: ast.expr, forward: types.FunctionType) -> ast.expr:
         """``module_forward(module, forward, rewritten)``; ``forward`` has a rewrite."""
@@ -375,7 +404,7 @@ class _Redirect(Transformer):
             self.module_forward = self.ctx.namer.new("module_forward")
             self.ctx.bindings[self.module_forward] = module_forward
         return replace("pick(obj, orig, new)", loc=module, pick=self.module_forward,
-                       obj=module, orig=self._original(forward), new=self.rewritten[forward])
+                       obj=module, orig=self._original(forward), new=self._rewrite(forward))
 
     def _module_caller(self, node: ast.Call) -> bool:
         """``functional_call(criterion, ...)`` with ``criterion`` a module of one forward of
@@ -409,14 +438,19 @@ class _Redirect(Transformer):
         """The binding of ``fn``'s rewrite; None when it is called as written."""
         if not isinstance(fn, types.FunctionType):
             return None
-        if fn not in self.rewritten:
-            self.rewritten[fn] = self._rebuild(fn) if _is_helper(fn, self.ctx) else None
-        return self.rewritten[fn]
+        # under vmap, a helper naming no op with a form for it has the same rewrite as elsewhere
+        mapped = self.mapped and _reaches_loop(fn, self.ctx.globals, set(self.ctx.rewriting),
+                                               mapped_op_forms.NAMES, loops=False)
+        if (fn, mapped) not in self.rewritten:
+            self.rewritten[fn, mapped] = self._rebuild(fn, mapped) \
+                if _is_helper(fn, self.ctx, mapped) else None
+        return self.rewritten[fn, mapped]
 
-    def _rebuild(self, helper: types.FunctionType) -> str | None:
+    def _rebuild(self, helper: types.FunctionType, mapped: bool) -> str | None:
         report = Report(helper.__qualname__, self.ctx.filename, helper.__code__.co_firstlineno)
         try:
-            rebuilt, changed = self.ctx.rewrite_function(helper, report, rewriting=self.ctx.rewriting)
+            rebuilt, changed = self.ctx.rewrite_function(helper, report, rewriting=self.ctx.rewriting,
+                                                         mapped=mapped)
         except (Unsupported, RewriteError) as exc:
             reason = f"helper {helper.__qualname__} is called as written: {exc}"
             self.ctx.report.notes.append(reason)
@@ -480,15 +514,24 @@ def module_forward(module: Any, original: Callable, rewritten: Callable) -> Call
     return functools.partial(rewritten, module) if plain else module
 
 
-def _is_helper(fn: object, ctx: PassContext) -> bool:
-    """A function of the same module that reaches a loop, not already being rewritten."""
+def _is_helper(fn: object, ctx: PassContext, mapped: bool = False) -> bool:
+    """A function of the same module that reaches a loop (or an op ``_names(mapped)`` holds),
+    not already being rewritten."""
     return (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals
-            and fn not in ctx.rewriting and _reaches_loop(fn, ctx.globals, set(ctx.rewriting)))
+            and fn not in ctx.rewriting
+            and _reaches_loop(fn, ctx.globals, set(ctx.rewriting), _names(mapped)))
 
 
-def _reaches_loop(fn: object, module: dict, seen: set) -> bool:
-    """``fn`` (a function of ``module``) has a loop or names an op with a faster form
-    (``broadcast_products.NAMES``), or may call a function of ``module`` that reaches one (by a
+def _names(mapped: bool) -> frozenset[str]:
+    """The ops whose callers are rewritten: those with a faster form, and for calls under vmap
+    (``mapped``) those with a form for vmap (``mapped_op_forms``)."""
+    return broadcast_products.NAMES | mapped_op_forms.NAMES if mapped else broadcast_products.NAMES
+
+
+def _reaches_loop(fn: object, module: dict, seen: set,
+                  ops: frozenset[str] = broadcast_products.NAMES, loops: bool = True) -> bool:
+    """``fn`` (a function of ``module``) has a loop (unless ``loops`` is false) or names one of
+    ``ops`` (by default the ops with a faster form, ``broadcast_products.NAMES``), or may call a function of ``module`` that reaches one (by a
     global name, or a method name of a class it names or is defined in). A cheap pre-filter on
     the bytecode: loops compile to FOR_ITER (comprehensions are nested code), and a superset of
     the callees is enough."""
@@ -498,12 +541,12 @@ def _reaches_loop(fn: object, module: dict, seen: set) -> bool:
     names, todo = set(), [fn.__code__]
     for code in todo:
         for i in dis.get_instructions(code):
-            if i.opname == "FOR_ITER":
+            if loops and i.opname == "FOR_ITER":
                 return True
             if i.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD"):
                 names.add(i.argval)
         todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    if names & broadcast_products.NAMES:
+    if names & ops:
         return True
     classes = [module.get(n) for n in names if isinstance(module.get(n), type)]
     owner = _defining_class(fn)
@@ -517,7 +560,7 @@ def _reaches_loop(fn: object, module: dict, seen: set) -> bool:
     # ``__init__``): what it names may be called through the attribute
     callees += [m for c in classes for m in vars(c).values()
                 if isinstance(m, types.FunctionType) and names & _stored_attributes(m.__code__)]
-    return any(_reaches_loop(f, module, seen) for f in callees)
+    return any(_reaches_loop(f, module, seen, ops, loops) for f in callees)
 
 
 def _autograd_methods(cls: type) -> list:

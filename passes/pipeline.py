@@ -13,7 +13,7 @@ import torch.fx
 from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, cuts_at_tensor_indices, fuse_loss_idioms,
-               broadcast_products, hoist_target_subgraph, loop_sums_keep_dtypes,
+               broadcast_products, hoist_target_subgraph, loop_sums_keep_dtypes, mapped_op_forms,
                optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops,
                share_common_subexpressions, traceable_dtype_queries)
 from .loops import vectorize_loops
@@ -37,6 +37,8 @@ AST_PIPELINE: list = [
     share_common_subexpressions,
     # after share_common_subexpressions: it shares calls of registry ops, not of bound forms
     broadcast_products,
+    # after broadcast_products: a dense form is taken first; in a helper that runs under vmap
+    mapped_op_forms,
     optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
     # after fuse_loss_idioms and share_common_subexpressions: they match the `.sum(0)` it rewrites
     loop_sums_keep_dtypes,

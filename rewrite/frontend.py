@@ -213,18 +213,21 @@ def build_function(tree: ast.Module, parsed: ParsedFunction,
 
 
 def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
-                     rewriting: frozenset = frozenset()) -> tuple[Callable, bool]:
+                     rewriting: frozenset = frozenset(), mapped: bool = False
+                     ) -> tuple[Callable, bool]:
     """The AST stage: parse ``fn``, run the AST pipeline, rebuild. Returns the rebuilt function
     and whether the passes changed anything; fills ``report``. ``rewriting`` holds the functions
-    whose rewrite is in progress (a pass may rewrite the helpers a function calls).
+    whose rewrite is in progress (a pass may rewrite the helpers a function calls); ``mapped``:
+    ``fn`` is rewritten for calls under ``torch.vmap`` (``PassContext.mapped``).
 
     Raises ``Unsupported`` when ``fn`` cannot be parsed, ``RewriteError`` when a pass fails or
     the result does not compile.
     """
-    def rewrite_helper(helper: Any, helper_report: Report, rewriting: frozenset = frozenset()):
+    def rewrite_helper(helper: Any, helper_report: Report, rewriting: frozenset = frozenset(),
+                       mapped: bool = False):
         # A helper's code after each pass goes to the same dump, its steps named after it.
         named = dump and (lambda step, text: dump(f"{helper_report.function}.{step}", text))
-        return rewrite_function(helper, helper_report, named, rewriting)
+        return rewrite_function(helper, helper_report, named, rewriting, mapped)
 
     parsed = parse_function(fn)
     report.filename, report.lineno, report.original_source = (
@@ -232,7 +235,7 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
     ctx = PassContext(filename=parsed.filename, func_name=report.function,
                       namer=Namer.for_tree(parsed.tree, set(fn.__globals__)), report=report,
                       globals=fn.__globals__, torch_name=parsed.torch_name,
-                      rewriting=rewriting | {fn}, local_names=frozenset(
+                      rewriting=rewriting | {fn}, mapped=mapped, local_names=frozenset(
                           fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars),
                       parse_function=parse_function, rewrite_function=rewrite_helper)
     before = unparse(parsed.tree)

@@ -126,3 +126,44 @@ def test_a_max_of_such_a_list_still_needs_python_booleans(tmp_path):
     user = load_module(tmp_path, PARTS)
     report = equivalent_report(user.g, torch.randn(4, 2, requires_grad=True))
     assert not report.loops[0].vectorized and "max(parts)" in report.loops[0].reason
+
+
+def test_int_of_a_count_of_true_elements_needs_no_raise_counter():
+    """``int()`` of a count of a comparison's or a boolean op's true elements is an integer:
+    no counter of iterations where it raises (nor its host sync); a count of anything else
+    keeps it."""
+    src = ("a = int((x[i] != 3).sum())\nb = int(torch.sum(x[i].isnan()))\n"
+           "c = int(x[i].sum())\nd = int((x[i] * 2).sum())")
+    assert rewrite(src, {"i"}).splitlines() == [
+        "a = (x[i] != 3).sum().long()", "b = torch.sum(x[i].isnan()).long()",
+        "_raises = _raises + (x[i].sum().detach().double() != x[i].sum().detach().double())",
+        "_raises_1 = _raises_1 + (x[i].sum().detach().double().abs() == torch.inf)",
+        "c = x[i].sum().long()",
+        "_raises_2 = _raises_2 + ((x[i] * 2).sum().detach().double() != (x[i] * 2).sum().detach().double())",
+        "_raises_3 = _raises_3 + ((x[i] * 2).sum().detach().double().abs() == torch.inf)",
+        "d = (x[i] * 2).sum().long()"]
+
+
+def test_counts_of_positives_are_equivalent():
+    original, optimized, code, report = build("""
+        def f(labels, scores, bg):
+            n = sum([max(int((lab != bg).sum()), 1) for lab in labels])
+            m = sum([min(len(lab), int((lab == bg).sum())) for lab in labels])
+            return scores.sum() / n + m
+        """)
+    assert report.loops[0].vectorized and "raise" not in code.split("else:")[0]
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, 4, (3, 7), generator=g)
+        labels[1] = 3  # an image without positives: max(0, 1)
+        assert_equivalent(original, optimized, labels,
+                          torch.randn(3, 7, dtype=dtype, requires_grad=True, generator=g), 3)
+
+
+def test_min_max_of_python_ints_read_each_operand_once():
+    """Of two Python ints (one an ``int()`` the rewrite computes as a tensor), min/max are one
+    clamp, whichever comes first (ints: the same value); a float operand keeps Python's pick."""
+    src = "a = max(int(c[i]), 1)\nb = min(2, int(c[i]))\nd = max(int(c[i]), 0.5)\ne = max(c[i], 1)"
+    assert rewrite(src, {"i"}).splitlines()[-4:] == [
+        "a = torch.clamp_min(c[i].long(), 1)", "b = torch.clamp_max(c[i].long(), 2)",
+        "d = torch.where(0.5 > c[i].long(), 0.5, c[i].long())", "e = torch.where(1 > c[i], 1, c[i])"]

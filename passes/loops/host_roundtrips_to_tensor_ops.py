@@ -8,6 +8,7 @@ Only expressions that vary with the loop index are rewritten (``OpSpec.host*`` f
     t[i].tolist()               ->  t[i].detach()
     math.log(p[i])              ->  torch.log(p[i].detach() * 1.0)
     min(a[i], b)  /  max(...)   ->  torch.where(b < a[i], b, a[i])   (Python's pick, ties too)
+    max(int(c[i]), 1)           ->  torch.clamp_min(c[i].long(), 1)  (ints: one read of each)
     sum(x[i]) / min(x[i])       ->  x[i].sum(0) / x[i].amin(0)       (builtins iterate dim 0)
 
 A builtin on a container the body builds (``parts = []; ...; sum(parts)``) iterates the
@@ -35,7 +36,8 @@ statement, and ``raise_on_empty_selections`` raises the original's exception aft
 located at the call (``plan.host_errors``). Reading the counter is a host sync: ``int()`` (which
 raises on NaN/inf only) of the elements of a tensor the loop does not bind (``int(labels[i])``)
 has none; the loop is vectorized when that tensor is not floating, and runs as written when it
-is::
+is. Nor has ``int()`` of a count of a comparison's or boolean op's true elements
+(``int((labels[i] != bg).sum())``, ``OpSpec.counts_true`` of ``OpSpec.boolean``): an integer::
 
     t += math.exp(s[i].item())     ->   _raises = _raises + torch.logical_and(
                                             <s[i] as float64 finite>, <its exp infinite>)
@@ -90,6 +92,10 @@ def raised(function: str, argument: float) -> str:
     except (ValueError, OverflowError) as exc:
         return f"{type(exc).__name__}({str(exc)!r})"
     raise AssertionError(f"{function}({argument!r}) does not raise")
+
+
+# Comparisons that make a bool tensor of a tensor operand (``in``/``is`` make a Python bool)
+_TENSOR_COMPARISONS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 
 
 class _HostToTensor(Transformer):
@@ -298,11 +304,28 @@ class _HostToTensor(Transformer):
         if source is not None:  # int() raises on NaN/inf only: a check before the loop
             self.not_floating.append(source)
             return
+        if op.host_number == "int" and self._counts_booleans(e):
+            return  # an integer count: never NaN/inf
         for condition, argument in op.host_raises:
             counter = self.ctx.namer.new("raises")
             self.errors[counter] = (raised(function, argument), node)
             self.pre += self._sub(f"c = c + ({condition})", node, c=counter,
                                   e=self._sub("e.detach().double()", node, e=e))
+
+    def _counts_booleans(self, e: ast.expr) -> bool:
+        """``e`` (also after ``.detach()``) counts the true elements of a comparison or of a
+        boolean op's result (``(labels != bg).sum()``, ``torch.sum(m.isnan())``): an integer."""
+        while isinstance(e, ast.Call) and not e.args and method_name(e, self.ctx) == "detach":
+            e = e.func.value
+        if not (isinstance(e, ast.Call) and call_op(e, self.ctx).counts_true and not e.keywords):
+            return False
+        method = method_name(e, self.ctx) is not None
+        if len(e.args) != (0 if method else 1):
+            return False
+        counted = e.func.value if method else e.args[0]
+        if isinstance(counted, ast.Compare):
+            return len(counted.ops) == 1 and isinstance(counted.ops[0], _TENSOR_COMPARISONS)
+        return isinstance(counted, ast.Call) and call_op(counted, self.ctx).boolean
 
     def _dtype_source(self, e: ast.expr) -> ast.expr | None:
         """A name the loop does not bind whose elements ``e`` is (``labels`` for ``labels[i]``,
@@ -365,6 +388,10 @@ class _HostToTensor(Transformer):
             self.converted.add(id(found))
             return found
         if op.host_pair is not None and len(args) == 2:
+            ints = [k for k, a in enumerate(args) if _number(a) == "int"]
+            if ints and all(_python_int(a) for a in args):  # the same value whichever is first
+                a, b = args[ints[0]], args[1 - ints[0]]
+                return self._sub(op.host_int_pair, node, a=a, b=b)
             return self._sub(op.host_pair, node, a=args[0], b=args[1])
         return node
 
@@ -387,6 +414,11 @@ def _number(x: ast.expr) -> str | None:
     if isinstance(x, ast.Constant) and type(x.value) in (int, float, bool):
         return "const"
     return ast_marks.get(x, ast_marks.HOST_NUMBER)
+
+
+def _python_int(x: ast.expr) -> bool:
+    """``x`` is a Python int in the original: ``int(...)`` (an integer tensor here) or a literal."""
+    return _number(x) == "int" or isinstance(x, ast.Constant) and type(x.value) is int
 
 
 def _kind(node: ast.expr, op: ops.OpSpec) -> ast.expr:

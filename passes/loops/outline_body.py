@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import ast
 
-from .. import loop_sums_keep_dtypes
-from ..ast_tools import PassContext, Transformer, called_through, clone, replace
+from .. import ast_marks, loop_sums_keep_dtypes
+from ..ast_tools import PassContext, Transformer, clone, replace
+from ..mapped_op_forms import EagerGradients
 from .loop_dataflow import call_op, loads, method_name
 from .plan import BodyParam, LoopPlan, RowSlice
 from .row_slices_to_params import full_slice
@@ -90,9 +91,10 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
     func = ast.FunctionDef(
         name=fn, args=ast.arguments(posonlyargs=[], args=[ast.arg(p.name) for p in plan.params],
                                     kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=_PositionReads(ctx).block([_EagerGradients(ctx).visit(
+        body=_PositionReads(ctx).block([EagerGradients(ctx).visit(
             _TiesSplit(plan, ctx, True).visit(clone(s))) for s in plan.body]) + [ret],
         decorator_list=[], returns=None, type_params=[])
+    ast_marks.put(func, ast_marks.MAPPED, True)
     vmap = plan.sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
     mapped = [func] + plan.sub("o = c", o=plan.outs, c=ast.Call(vmap, inputs, []))
     summed, averaged = plan.summed_parts(), plan.averaged_parts()
@@ -133,20 +135,6 @@ class _TiesSplit(Transformer):
         if op.reduce_fn:
             return self.plan.sub(f"{self.ctx.bind(op.reduce_fn, op.reduce_fn.__name__)}(x, 0)", x=x)
         return self.plan.sub(f"x.{op.reduce}()", x=x)
-
-
-class _EagerGradients(Transformer):
-    """``f(...)`` -> ``vmap_fn(...)``, the same arguments, for the ops with a ``vmap_fn``."""
-
-    def __init__(self, ctx: PassContext):
-        self.ctx = ctx
-
-    def visit_Call(self, node: ast.Call) -> ast.AST:
-        self.generic_visit(node)
-        op = call_op(node, self.ctx)
-        if op.vmap_fn is None or method_name(node, self.ctx) is not None:
-            return node
-        return called_through(node, op.vmap_fn, self.ctx)
 
 
 # ``x[p]`` for int64 positions ``p`` (>= 0): the same values, gradients and error past the end;
