@@ -80,6 +80,7 @@ def test_golden_head_fill_over_enumerate_compares_below_the_lengths():
     ("mask = x.new_ones((B, 1, T))", "mask = x.new_ones((B, 1, T))\n        mask[0] = 2"),  # written
     ("mask = x.new_ones((B, 1, T))", "mask = x.new_ones((B, 1, T)) * 2"),  # not a constructor
     ("mask = x.new_ones((B, 1, T))", "mask = x.new_ones((B, 1, T), requires_grad=True)"),
+    ("mask = x.new_ones((B, 1, T))", "ones = x.new_full\n        mask = ones((B, 1, T), 2.0)"),
     ("mask[i, :, lengths[i]:] = 0", "mask[i, :, lengths[i]:] = 1"),  # the fill itself
     ("mask[i, :, lengths[i]:] = 0", "mask[i, :, lengths[i]:] = 0.5"),
     ("mask[i, :, lengths[i]:] = 0", "mask[i, :, lengths[i]:lengths[i] + 3] = 0"),  # two bounds

@@ -147,12 +147,10 @@ def filled_number(expr: ast.expr, ctx: PassContext) -> int | None:
     if not isinstance(expr, ast.Call) or any(k.arg in ("requires_grad", "out", None)
                                              for k in expr.keywords):
         return None
-    name = method_name(expr, ctx)
-    if name is None:
-        name = (resolve_call(expr.func, ctx) or "").removeprefix("torch.")
-        method = False
-    else:
-        method = True
+    name, method = method_name(expr, ctx), True
+    if name is None:  # only torch's own: a function of the user's may be called ``ones``
+        name, method = resolve_call(expr.func, ctx) or "", False
+        name = name.removeprefix("torch.") if name.startswith("torch.") else ""
     number, is_method = rules.FILLED_TENSORS.get(name, (None, None))
     return number if is_method is method else None
 
