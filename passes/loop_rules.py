@@ -113,6 +113,10 @@ SUMMED_POINTWISE_LOSSES = {"sum": "l", "mean": "l * n"}
 AVERAGED_POINTWISE_LOSSES = {"sum": "l / n", "mean": "l"}
 # Integer dtypes an index tensor must have for the batched gather (bool/uint8 would be masks).
 INDEX_DTYPES = "(torch.int64, torch.int32)"
+# Constructors of a new tensor every element of which is one number: name -> (the number, called
+# as a tensor's method). ``loop_dataflow.filled_before_loops`` finds the names bound to them.
+FILLED_TENSORS = {"zeros": (0, False), "ones": (1, False), "zeros_like": (0, False),
+                  "ones_like": (1, False), "new_zeros": (0, True), "new_ones": (1, True)}
 # Cosine similarity: positional parameters and defaults. Both operands loop-varying (or one fixed
 # of at most the per-item rank): the same call, its dim shifted like any dim= op.
 SIMILARITY_PARAMS = ("x1", "x2", "dim", "eps")

@@ -22,6 +22,7 @@ import ast
 import builtins
 import types
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .. import ast_marks
 from ..errors import Unsupported
@@ -126,30 +127,66 @@ def child_blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
 def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
     """For every ``for`` loop in ``func`` (by ``id``), the local names certainly bound to the int
     ``0`` when it starts: ``s = 0`` earlier in the same block, and no statement in between
-    mentions ``s``. The loop's sum then starts from 0, and ``0 + total`` is ``total``. Compound
-    statements in between end it (they may rebind anything), and so do ``global``/``nonlocal``
-    names (a call could rebind them)."""
+    mentions ``s``. The loop's sum then starts from 0, and ``0 + total`` is ``total``."""
+    return {loop: set(names) for loop, names in
+            _bound_before_loops(func, lambda v: 0 if is_int(v, 0) else None).items()}
+
+
+def filled_before_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, dict[str, int]]:
+    """For every ``for`` loop in ``func`` (by ``id``), the local names certainly bound to a new
+    tensor every element of which is one number (``rules.FILLED_TENSORS``: ``torch.zeros(...)``,
+    ``x.new_ones(...)``, ``torch.ones_like(x)``, not requiring grad) when it starts, with that
+    number: made earlier in the same block, and no statement in between mentions the name (so
+    nothing aliases or writes it)."""
+    return _bound_before_loops(func, lambda v: filled_number(v, ctx))
+
+
+def filled_number(expr: ast.expr, ctx: PassContext) -> int | None:
+    """The number every element of the tensor ``expr`` makes is (``rules.FILLED_TENSORS``), or
+    None: not such a constructor, or one given ``requires_grad`` or ``out``."""
+    if not isinstance(expr, ast.Call) or any(k.arg in ("requires_grad", "out", None)
+                                             for k in expr.keywords):
+        return None
+    name, method = method_name(expr, ctx), True
+    if name is None:  # only torch's own: a function of the user's may be called ``ones``
+        name, method = resolve_call(expr.func, ctx) or "", False
+        name = name.removeprefix("torch.") if name.startswith("torch.") else ""
+    number, is_method = rules.FILLED_TENSORS.get(name, (None, None))
+    return number if is_method is method else None
+
+
+def _bound_before_loops(func: ast.FunctionDef,
+                        fact: Callable[[ast.expr], Any]) -> dict[int, dict[str, Any]]:
+    """For every ``for`` loop in ``func`` (by ``id``), the local names ``n`` certainly holding
+    ``fact(v)`` (not None) when it starts: ``n = v`` earlier in the same block, and no statement
+    in between mentions ``n``. Compound statements in between end it (they may rebind anything),
+    and so do ``global``/``nonlocal`` names (a call could rebind them)."""
     shared = {n for node in walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
               for n in node.names}
-    record: dict[int, set[str]] = {}
+    record: dict[int, dict[str, Any]] = {}
 
     def block(stmts: list[ast.stmt]) -> None:
-        zeros: set[str] = set()
+        known: dict[str, Any] = {}
         for stmt in stmts:
             if isinstance(stmt, ast.For):
-                record[id(stmt)] = set(zeros)
+                record[id(stmt)] = dict(known)
             target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
                 else None
-            if isinstance(target, ast.Name) and is_int(stmt.value, 0) and target.id not in shared:
-                zeros.add(target.id)
+            value = fact(stmt.value) if isinstance(target, ast.Name) \
+                and target.id not in shared else None
+            if value is not None:
+                mentioned = {n.id for n in walk(stmt.value) if isinstance(n, ast.Name)}
+                known = {k: v for k, v in known.items() if k not in mentioned}
+                known[target.id] = value
                 continue
             children = child_blocks(stmt)
             if any(children):
-                zeros = set()
+                known = {}
                 for child in children:
                     block(child)
             else:
-                zeros -= {n.id for n in walk(stmt) if isinstance(n, ast.Name)}
+                mentioned = {n.id for n in walk(stmt) if isinstance(n, ast.Name)}
+                known = {k: v for k, v in known.items() if k not in mentioned}
 
     block(func.body)
     return record

@@ -95,6 +95,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies
                index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
+               length_masks_to_compares,
                invariant_values_take_no_grad, iteration, last_values_after_loop,
                list_mean_helpers,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
@@ -247,6 +248,7 @@ class _Vectorizer(Transformer):
         self.ctx = ctx
         self.live: dict[int, set[str]] = {}
         self.zeros: dict[int, set[str]] = {}
+        self.filled: dict[int, dict[str, int]] = {}  # tensors filled with one number, by loop
         self.divisions: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
         self.buildable_lists: dict[int, set[str]] = {}
         self.func: ast.FunctionDef | None = None
@@ -280,8 +282,8 @@ class _Vectorizer(Transformer):
                                      f"{reason}; not distributed: {fission()}")
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-                 self.stackable_lists, self.bound_lists, self.masks, self.list_names,
+        outer = (self.live, self.zeros, self.filled, self.divisions, self.buildable_lists,
+                 self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
                  self.host_containers, self.iterators, self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
         # first: the facts below are then found for the `for` forms of counted `while` loops
@@ -290,6 +292,7 @@ class _Vectorizer(Transformer):
         self.reduced_next = normalize_comprehensions.lists_reduced_next(node, self.ctx)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
+        self.filled = {**self.filled, **loop_dataflow.filled_before_loops(node, self.ctx)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
         self.buildable_lists = {**self.buildable_lists,
                                 **normalize_comprehensions.lists_built_by_loops(node, self.ctx)}
@@ -306,8 +309,8 @@ class _Vectorizer(Transformer):
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
-        (self.live, self.zeros, self.divisions, self.buildable_lists, self.func,
-         self.stackable_lists, self.bound_lists, self.masks, self.list_names,
+        (self.live, self.zeros, self.filled, self.divisions, self.buildable_lists,
+         self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
          self.host_containers, self.iterators, self.local_defs, self.reduced_next) = outer
         return node
 
@@ -332,13 +335,14 @@ class _Vectorizer(Transformer):
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
+        masked = None if self.depth else _length_mask(self, node)
+        if masked is not None:
+            return masked
         original, twin = clone(node), self._twin(node)
         before = (len(self.ctx.report.loops), set(self.seen), set(self.bound_lists))
         index = _int_index(node, self.ctx)
         self._visit_inner(node, index, self.depth + 1)  # inner loops first
-        live = self.live.get(id(node))
-        if live is None:  # unseen loop: all names live (not a default: it walks the function)
-            live = loads(self.func)
+        live = _live(self, node)
         after, divided = self.divisions.get(id(node), (None, {}))
         known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
                      sole_divisors=divisions_by_counters.sole_divisors(self.func, node, divided),
@@ -545,6 +549,25 @@ def _int_index(node: ast.For, ctx: PassContext) -> str | None:
     target = node.target.elts[0] if fn == "enumerate" and isinstance(node.target, ast.Tuple) \
         and node.target.elts else node.target if fn == "range" else None
     return target.id if isinstance(target, ast.Name) else None
+
+
+def _live(vectorizer: "_Vectorizer", node: ast.For) -> set[str]:
+    """The names read after ``node``; for an unseen loop all names the function reads (not a
+    default: it walks the function)."""
+    live = vectorizer.live.get(id(node))
+    return loads(vectorizer.func) if live is None else live
+
+
+def _length_mask(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
+    """``node`` as one comparison into the padding mask it fills, reported
+    (``length_masks_to_compares``); None when it is not such a loop."""
+    masked = length_masks_to_compares.rewrite(node, vectorizer.filled.get(id(node), {}),
+                                              _live(vectorizer, node), vectorizer.ctx)
+    if masked is None:
+        return None
+    vectorizer.ctx.report.add_loop(node.lineno, True, "batched",
+                                   masked.why + _runs_when(masked.check, {}))
+    return _guarded(masked.check, node.lineno, masked.stmts, clone(node), node)
 
 
 def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
