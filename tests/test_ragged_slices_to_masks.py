@@ -228,3 +228,28 @@ def test_a_write_along_the_rows_first_dim_masks_whole_rows_of_it(dtype):
     assert report.loops[0].vectorized, report.loops[0].reason
     x = torch.randn(3, 4, 4, dtype=dtype, generator=torch.Generator().manual_seed(5))
     assert_equivalent(original, optimized, x.requires_grad_(), torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize("body", [
+    "out = x.clone()\n    for i in range(x.shape[0]):\n        out[i, L[i]:] = 0\n    return out",
+    "s = 0\n    for i in range(x.shape[0]):\n        s = s + x[i, :L[i]].sum()\n    return s",
+    "s = 0\n    for i in range(x.shape[0]):\n        n = L[i].item()\n"
+    "        s = s + x[i, :n].sum()\n    return s",
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.int32],
+                         ids=str)
+def test_float_lengths_raise_the_original_type_error(tmp_path, body, dtype):
+    """A slice bound that is a float (a float tensor's item, a float tensor) raises TypeError as
+    written; the masks would compare it as a number and return a value."""
+    fn = load_module(tmp_path, f"import torch\n\ndef f(x, L):\n    {body}\n").f
+    fast = rewrite.optimize_loss(fn, compile=False)
+    x, lengths = torch.randn(4, 6), torch.tensor([2, 6, 0, 3]).to(dtype)
+    if dtype.is_floating_point:
+        with pytest.raises(TypeError) as want:
+            fn(x, lengths)
+        with pytest.raises(TypeError) as got:
+            fast(x, lengths)
+        assert str(got.value) == str(want.value)
+    else:
+        assert_equivalent(fn, fast, x, lengths)
+        assert fast.report.loops[0].vectorized_runs == 1, str(fast.report.loops[0])

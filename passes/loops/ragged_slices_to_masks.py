@@ -26,7 +26,8 @@ positions taken along the ragged slice's dim of the row and broadcast against th
                                                mask[i] = torch.where(_in, 0, mask[i])
 
 (``torch.where`` with a Python number keeps the row's dtype; the written positions get no
-gradient, as in the original.) Written: ``X[P, :, ..., a:b, :, ...] = <number literal>`` and the
+gradient, as in the original. Every bound goes through ``slice_bound``: a float raises the
+original's ``TypeError``.) Written: ``X[P, :, ..., a:b, :, ...] = <number literal>`` and the
 statement ``X[P, ..., a:b, ...].fill_(<number literal>)``, ``P`` plain indices, then ragged and
 full slices: several ragged slices (``mask[i, :T[i], :N[i]] = True``, a mask from two lengths)
 write the box where every one of their position tests holds.
@@ -45,6 +46,7 @@ import ast
 
 from .. import ast_marks
 from ..ast_tools import PassContext, clone, replace
+from ..slice_bounds import slice_bound
 from .batch_values import number_literal
 from .loop_dataflow import depends, variant_names
 from .masked_selections_to_where import _index_entry, _simple
@@ -131,7 +133,9 @@ class _Ragged(ast.NodeTransformer):
         pos, keep = self.ctx.namer.new("pos"), self.ctx.namer.new("in")
         self.pre += replace(_POSITIONS if k is None else _POSITIONS_AT, loc=loc,
                             torch_name=self.ctx.torch_name, p=pos, r=row, k=ast.Constant(k or 0))
-        tests = [replace(t, loc=loc, p=pos, r=row, a=bound, k=ast.Constant(k or 0))
+        checked = self.ctx.bind(slice_bound, "slice_bound")
+        tests = [replace(t, loc=loc, p=pos, r=row, k=ast.Constant(k or 0),
+                         a=replace(f"{checked}(a)", loc=loc, a=bound))
                  for t, bound in ((_LOWER, cut.lower), (_UPPER, cut.upper)) if bound is not None]
         mask = tests[0] if len(tests) == 1 else ast.BinOp(tests[0], ast.BitAnd(), tests[1])
         self.pre += replace("k = m", loc=loc, k=keep, m=mask)
