@@ -46,7 +46,7 @@ GOLDEN_COUNTED = """
                             _total_part = 0
                             _total_part = _total_part + (_x_row * w).sum()
                             return (torch.as_tensor(_total_part),)
-                        _outs = torch.vmap(_body, in_dims=(0,))(_x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1])
+                        _outs = _map_in_chunks(_body, in_dims=(0,))(_x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1])
                         _outs = (_outs[0].sum(0),)
                     i = n - 1
                     total += _outs[0]

@@ -94,7 +94,7 @@ GOLDEN = {
                             l = F.mse_loss(_x_row, _y_row)
                             _l_all_item = l
                             return (torch.as_tensor(_l_all_item),)
-                        _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
+                        _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
                     _l_all = _outs_1[0].unbind(0)
                     for i in range(len(x)):
                         if i == _n:
@@ -132,7 +132,7 @@ GOLDEN = {
                         _stop = l.detach().double() > th
                         _tests_item = _stop
                         return (torch.as_tensor(_tests_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _n = _first_break(_outs_1[0])
                 _at = _n
                 if not (isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(y, torch.Tensor) and (_n <= y.shape[0]) and isinstance(_n, int) and (_n > 0)):
@@ -159,7 +159,7 @@ GOLDEN = {
                             l = F.mse_loss(_x_row_1, _y_row_1)
                             _total_part = _total_part + torch.log(l)
                             return (torch.as_tensor(_total_part),)
-                        _outs_2 = torch.vmap(_body_1, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
+                        _outs_2 = _map_in_chunks(_body_1, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
                         _outs_2 = (_outs_2[0].sum(0),)
                     i = _n - 1
                     total = total + _outs_2[0]
