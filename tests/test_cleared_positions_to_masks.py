@@ -69,7 +69,7 @@ def test_ntxent_golden():
                 _keep = keep.reshape(_mask_shape[keep.shape, _sim_row.shape])
                 _loss_part = _loss_part + (-_sim_row[(i + n) % (2 * n)] + torch.where(_keep, torch.where(_keep, torch.where(_keep, _sim_row, False), 0).exp(), 0).sum().log())
                 return (torch.as_tensor(_loss_part),)
-            _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, 2 * n, 1, device=_sim_stacked.device), _sim_stacked if 2 * n == _sim_stacked.shape[0] else _sim_stacked[0:2 * n:1])
+            _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, 2 * n, 1, device=_sim_stacked.device), _sim_stacked if 2 * n == _sim_stacked.shape[0] else _sim_stacked[0:2 * n:1])
             _outs = (_outs[0].sum(0) / (2 * n),)
             _averaged = True
             loss = _outs[0]

@@ -26,40 +26,45 @@ COUNTED = """
         return total, i
     """
 GOLDEN_COUNTED = """
-        def f(x, w):
-            n = len(x)
-            total = 0
-            i = 0
-            if type(i) is int and type(n) is int:
-                'optimize_loss: the counted `while` loop at line 5 runs as a `for` loop'
-                _x_stacked = _stack_items(tuple(x)) if (type(x) is list or (isinstance(x, tuple) and type(x).__getitem__ is tuple.__getitem__ and (type(x).__iter__ is tuple.__iter__) and (type(x).__len__ is tuple.__len__))) and len(x) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == x[0].shape and (_v.dtype == x[0].dtype) and (_v.device == x[0].device) for _v in x)) else x
-                if i >= 0 and isinstance(_x_stacked, torch.Tensor) and (n <= _x_stacked.shape[0]) and isinstance(i, int) and isinstance(n, int) and (n > i):
-                    'optimize_loss: loop at line 5 vectorized'
-                    if not isinstance(w, torch.Tensor) or (_x_stacked.dim() >= 2 and _x_stacked.dim() >= w.dim() + 1):
-                        _x_row = _x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1]
-                        _total_part = 0
-                        _total_part = (_x_row * w).sum()
-                        _outs = (_total_part,)
-                    else:
-
-                        def _body(_x_row):
-                            _total_part = 0
-                            _total_part = _total_part + (_x_row * w).sum()
-                            return (torch.as_tensor(_total_part),)
-                        _outs = torch.vmap(_body, in_dims=(0,))(_x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1])
-                        _outs = (_outs[0].sum(0),)
-                    i = n - 1
-                    total += _outs[0]
-                else:
-                    for i in range(i, n):
-                        total += (x[i] * w).sum()
-                i = max(i, n)
+def f(x, w):
+    n = len(x)
+    total = 0
+    i = 0
+    if type(i) is int and type(n) is int:
+        'optimize_loss: the counted `while` loop at line 5 runs as a `for` loop'
+        _x_stacked = _stack_items(tuple(x)) if (type(x) is list or (isinstance(x, tuple) and type(x).__getitem__ is tuple.__getitem__ and (type(x).__iter__ is tuple.__iter__) and (type(x).__len__ is tuple.__len__))) and len(x) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == x[0].shape and (_v.dtype == x[0].dtype) and (_v.device == x[0].device) for _v in x)) else x
+        if i >= 0 and isinstance(_x_stacked, torch.Tensor) and (n <= _x_stacked.shape[0]) and isinstance(i, int) and isinstance(n, int) and (n > i):
+            'optimize_loss: loop at line 5 vectorized'
+            if not isinstance(w, torch.Tensor) or (_x_stacked.dim() >= 2 and _x_stacked.dim() >= w.dim() + 1):
+                _x_row = _x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1]
+                _total_part = 0
+                _total_part = (_x_row * w).sum()
+                _outs = (_total_part,)
             else:
-                while i < n:
+
+                def _body(_x_row):
+                    _total_part = 0
+                    _total_part = _total_part + (_x_row * w).sum()
+                    return (torch.as_tensor(_total_part),)
+                _outs = _map_in_chunks(_body, in_dims=(0,))(_x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1])
+                _outs = (_outs[0].sum(0),)
+            if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs[0]) != _outs[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
+                "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+                for i in range(i, n):
                     total += (x[i] * w).sum()
-                    i += 1
-            return (total, i)
-    """
+            else:
+                i = n - 1
+                total += _outs[0]
+        else:
+            for i in range(i, n):
+                total += (x[i] * w).sum()
+        i = max(i, n)
+    else:
+        while i < n:
+            total += (x[i] * w).sum()
+            i += 1
+    return (total, i)
+"""
 # a convergence loop: its test reads what the body computes, no iteration comes first
 CONVERGENCE = """
     def f(x, tol):

@@ -94,7 +94,7 @@ GOLDEN = {
                             l = F.mse_loss(_x_row, _y_row)
                             _l_all_item = l
                             return (torch.as_tensor(_l_all_item),)
-                        _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
+                        _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
                     _l_all = _outs_1[0].unbind(0)
                     for i in range(len(x)):
                         if i == _n:
@@ -113,69 +113,75 @@ GOLDEN = {
             return total
         """,
     "threshold": """
-        def f(x, y, th):
-            total = 0
-            if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
-                'optimize_loss: loop at line 3 vectorized'
-                if y.dim() == x.dim() and (not isinstance(th, torch.Tensor)):
-                    _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
-                    _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
-                    _t = F.mse_loss(_x_row, _y_row, reduction='none')
-                    l = _t.reshape(len(_t), -1).mean(1)
-                    _stop = l.detach().double() > th
-                    _tests_item = _stop
-                    _outs_1 = (_tests_item,)
-                else:
+def f(x, y, th):
+    total = 0
+    if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
+        'optimize_loss: loop at line 3 vectorized'
+        if y.dim() == x.dim() and (not isinstance(th, torch.Tensor)):
+            _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
+            _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
+            _t = F.mse_loss(_x_row, _y_row, reduction='none')
+            l = _t.reshape(len(_t), -1).mean(1)
+            _stop = l.detach().double() > th
+            _tests_item = _stop
+            _outs_1 = (_tests_item,)
+        else:
 
-                    def _body(_x_row, _y_row):
-                        l = F.mse_loss(_x_row, _y_row)
-                        _stop = l.detach().double() > th
-                        _tests_item = _stop
-                        return (torch.as_tensor(_tests_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
-                _n = _first_break(_outs_1[0])
-                _at = _n
-                if not (isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(y, torch.Tensor) and (_n <= y.shape[0]) and isinstance(_n, int) and (_n > 0)):
-                    'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
-                    for i in range(len(x)):
-                        l = F.mse_loss(x[i], y[i])
-                        if l.item() > th:
-                            print('stop at', i)
-                            break
-                        total = total + torch.log(l)
-                else:
-                    if y.dim() == x.dim():
-                        _x_row_1 = x if _n == x.shape[0] else x[0:_n:1]
-                        _y_row_1 = y if _n == y.shape[0] else y[0:_n:1]
-                        _total_part = 0
-                        _t_1 = F.mse_loss(_x_row_1, _y_row_1, reduction='none')
-                        l = _t_1.reshape(len(_t_1), -1).mean(1)
-                        _total_part = torch.log(l).sum(0)
-                        _outs_2 = (_total_part,)
-                    else:
-
-                        def _body_1(_x_row_1, _y_row_1):
-                            _total_part = 0
-                            l = F.mse_loss(_x_row_1, _y_row_1)
-                            _total_part = _total_part + torch.log(l)
-                            return (torch.as_tensor(_total_part),)
-                        _outs_2 = torch.vmap(_body_1, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
-                        _outs_2 = (_outs_2[0].sum(0),)
-                    i = _n - 1
-                    total = total + _outs_2[0]
-                    if _n < len(_outs_1[0]):
-                        i = _at
-                        l = F.mse_loss(x[i], y[i])
-                        print('stop at', i)
+            def _body(_x_row, _y_row):
+                l = F.mse_loss(_x_row, _y_row)
+                _stop = l.detach().double() > th
+                _tests_item = _stop
+                return (torch.as_tensor(_tests_item),)
+            _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+        _n = _first_break(_outs_1[0])
+        _at = _n
+        if not (isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(y, torch.Tensor) and (_n <= y.shape[0]) and isinstance(_n, int) and (_n > 0)):
+            'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
+            for i in range(len(x)):
+                l = F.mse_loss(x[i], y[i])
+                if l.item() > th:
+                    print('stop at', i)
+                    break
+                total = total + torch.log(l)
+        else:
+            if y.dim() == x.dim():
+                _x_row_1 = x if _n == x.shape[0] else x[0:_n:1]
+                _y_row_1 = y if _n == y.shape[0] else y[0:_n:1]
+                _total_part = 0
+                _t_1 = F.mse_loss(_x_row_1, _y_row_1, reduction='none')
+                l = _t_1.reshape(len(_t_1), -1).mean(1)
+                _total_part = torch.log(l).sum(0)
+                _outs_2 = (_total_part,)
             else:
-                for i in range(len(x)):
+
+                def _body_1(_x_row_1, _y_row_1):
+                    _total_part = 0
+                    l = F.mse_loss(_x_row_1, _y_row_1)
+                    _total_part = _total_part + torch.log(l)
+                    return (torch.as_tensor(_total_part),)
+                _outs_2 = _map_in_chunks(_body_1, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
+                _outs_2 = (_outs_2[0].sum(0),)
+            if _outs_2[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs_2[0]) != _outs_2[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs_2[0].dtype == torch.int64)):
+                "optimize_loss: as written, the loop at line 3: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+                for i in range(_n):
                     l = F.mse_loss(x[i], y[i])
-                    if l.item() > th:
-                        print('stop at', i)
-                        break
                     total = total + torch.log(l)
-            return total
-        """,
+            else:
+                i = _n - 1
+                total = total + _outs_2[0]
+            if _n < len(_outs_1[0]):
+                i = _at
+                l = F.mse_loss(x[i], y[i])
+                print('stop at', i)
+    else:
+        for i in range(len(x)):
+            l = F.mse_loss(x[i], y[i])
+            if l.item() > th:
+                print('stop at', i)
+                break
+            total = total + torch.log(l)
+    return total
+""",
     "nested_break": SOURCES["nested_break"],
 }
 EXPECTED = {"padding": {3: "distributed"}, "threshold": {3: "distributed"},

@@ -56,97 +56,108 @@ SOURCES = {
 }
 GOLDEN = {
     "eos_while": """
-        def f(logits, targets):
-            loss, count, t = (0, 0, 0)
-            if type(t) is int and type(logits.shape[1]) is int:
-                'optimize_loss: the counted `while` loop at line 3 runs as a `for` loop'
-                if t >= 0 and isinstance(targets, torch.Tensor) and (logits.shape[1] <= targets.shape[1]) and isinstance(t, int) and isinstance(logits.shape[1], int) and (logits.shape[1] > t):
-                    'optimize_loss: loop at line 3 vectorized'
-                    _targets_row = (targets if logits.shape[1] == targets.shape[1] and t == 0 else targets[:, t:logits.shape[1]:1]).movedim(1, 0)
-                    _t = _targets_row == 0
-                    _stop = _t.reshape(len(_t), -1).all(1)
-                    _tests_item = _stop
-                    _outs_1 = (_tests_item,)
-                    _n = _first_break(_outs_1[0])
-                    if not (t >= 0 and isinstance(logits, torch.Tensor) and (t + _n <= logits.shape[1]) and isinstance(targets, torch.Tensor) and (t + _n <= targets.shape[1]) and isinstance(t, int) and isinstance(t + _n, int) and (t + _n > t)):
-                        'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
-                        for t in range(t, logits.shape[1]):
-                            if (targets[:, t] == 0).all():
-                                break
-                            loss = loss + F.cross_entropy(logits[:, t], targets[:, t], ignore_index=0, reduction='sum')
-                            count = count + (targets[:, t] != 0).sum()
-                    else:
-                        if logits.dim() == targets.dim() + 1 and 2 >= targets.dim() and (targets.dtype in (torch.int64, torch.int32)):
-                            _logits_row = (logits if t + _n == logits.shape[1] and t == 0 else logits[:, t:t + _n:1]).movedim(1, 0)
-                            _targets_row_1 = (targets if t + _n == targets.shape[1] and t == 0 else targets[:, t:t + _n:1]).movedim(1, 0)
-                            _loss_part = 0
-                            _count_part = 0
-                            _loss_part = _loss_of_rows(F.cross_entropy, _logits_row, _targets_row_1, 'sum', ignore_index=0)
-                            _count_part = (_targets_row_1 != 0).sum()
-                            _outs_2 = (_loss_part, _count_part)
-                        else:
-
-                            def _body_1(_logits_row, _targets_row_1):
-                                _loss_part = 0
-                                _count_part = 0
-                                _loss_part = _loss_part + F.cross_entropy(_logits_row, _targets_row_1, ignore_index=0, reduction='sum')
-                                _count_part = _count_part + (_targets_row_1 != 0).sum()
-                                return (torch.as_tensor(_loss_part), torch.as_tensor(_count_part))
-                            _outs_2 = torch.vmap(_body_1, in_dims=(1, 1))(logits if t + _n == logits.shape[1] and t == 0 else logits[:, t:t + _n:1], targets if t + _n == targets.shape[1] and t == 0 else targets[:, t:t + _n:1])
-                            _outs_2 = (_outs_2[0].sum(0), _outs_2[1].sum(0))
-                        loss = loss + _outs_2[0]
-                        count = count + _outs_2[1]
-                else:
-                    for t in range(t, logits.shape[1]):
-                        if (targets[:, t] == 0).all():
-                            break
-                        loss = loss + F.cross_entropy(logits[:, t], targets[:, t], ignore_index=0, reduction='sum')
-                        count = count + (targets[:, t] != 0).sum()
-            else:
-                while t < logits.shape[1]:
+def f(logits, targets):
+    loss, count, t = (0, 0, 0)
+    if type(t) is int and type(logits.shape[1]) is int:
+        'optimize_loss: the counted `while` loop at line 3 runs as a `for` loop'
+        if t >= 0 and isinstance(targets, torch.Tensor) and (logits.shape[1] <= targets.shape[1]) and isinstance(t, int) and isinstance(logits.shape[1], int) and (logits.shape[1] > t):
+            'optimize_loss: loop at line 3 vectorized'
+            _targets_row = (targets if logits.shape[1] == targets.shape[1] and t == 0 else targets[:, t:logits.shape[1]:1]).movedim(1, 0)
+            _t = _targets_row == 0
+            _stop = _t.reshape(len(_t), -1).all(1)
+            _tests_item = _stop
+            _outs_1 = (_tests_item,)
+            _n = _first_break(_outs_1[0])
+            if not (t >= 0 and isinstance(logits, torch.Tensor) and (t + _n <= logits.shape[1]) and isinstance(targets, torch.Tensor) and (t + _n <= targets.shape[1]) and isinstance(t, int) and isinstance(t + _n, int) and (t + _n > t)):
+                'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
+                for t in range(t, logits.shape[1]):
                     if (targets[:, t] == 0).all():
                         break
                     loss = loss + F.cross_entropy(logits[:, t], targets[:, t], ignore_index=0, reduction='sum')
                     count = count + (targets[:, t] != 0).sum()
-                    t += 1
-            return loss / count
-        """,
-    "index_after": """
-        def f(x, m):
-            total = 0
-            if isinstance(m, torch.Tensor) and len(x) <= m.shape[0] and isinstance(len(x), int) and (len(x) > 0):
-                'optimize_loss: loop at line 3 vectorized'
-                _m_row = m if len(x) == m.shape[0] else m[0:len(x):1]
-                _stop = _m_row == 0
-                _tests_item = _stop
-                _outs_1 = (_tests_item,)
-                _n = _first_break(_outs_1[0])
-                _at = _n
-                if not (isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(_n, int) and (_n > 0)):
-                    'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
-                    for i in range(len(x)):
-                        if m[i] == 0:
-                            total = total * 2
-                            break
-                        total = total + torch.log(x[i]).sum()
-                else:
-                    _x_row = x if _n == x.shape[0] else x[0:_n:1]
-                    _total_part = 0
-                    _total_part = torch.log(_x_row).sum()
-                    _outs_2 = (_total_part,)
-                    i = _n - 1
-                    total = total + _outs_2[0]
-                    if _n < len(_outs_1[0]):
-                        i = _at
-                        total = total * 2
             else:
-                for i in range(len(x)):
-                    if m[i] == 0:
-                        total = total * 2
-                        break
+                if logits.dim() == targets.dim() + 1 and 2 >= targets.dim() and (targets.dtype in (torch.int64, torch.int32)):
+                    _logits_row = (logits if t + _n == logits.shape[1] and t == 0 else logits[:, t:t + _n:1]).movedim(1, 0)
+                    _targets_row_1 = (targets if t + _n == targets.shape[1] and t == 0 else targets[:, t:t + _n:1]).movedim(1, 0)
+                    _loss_part = 0
+                    _count_part = 0
+                    _loss_part = _loss_of_rows(F.cross_entropy, _logits_row, _targets_row_1, 'sum', ignore_index=0)
+                    _count_part = (_targets_row_1 != 0).sum()
+                    _outs_2 = (_loss_part, _count_part)
+                else:
+
+                    def _body_1(_logits_row, _targets_row_1):
+                        _loss_part = 0
+                        _count_part = 0
+                        _loss_part = _loss_part + F.cross_entropy(_logits_row, _targets_row_1, ignore_index=0, reduction='sum')
+                        _count_part = _count_part + (_targets_row_1 != 0).sum()
+                        return (torch.as_tensor(_loss_part), torch.as_tensor(_count_part))
+                    _outs_2 = _map_in_chunks(_body_1, in_dims=(1, 1))(logits if t + _n == logits.shape[1] and t == 0 else logits[:, t:t + _n:1], targets if t + _n == targets.shape[1] and t == 0 else targets[:, t:t + _n:1])
+                    _outs_2 = (_outs_2[0].sum(0), _outs_2[1].sum(0))
+                if (_outs_2[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(loss, _outs_2[0]) != _outs_2[0].dtype or (isinstance(loss, torch.Tensor) and loss.dtype == torch.bool and (_outs_2[0].dtype == torch.int64))) or (_outs_2[1].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(count, _outs_2[1]) != _outs_2[1].dtype or (isinstance(count, torch.Tensor) and count.dtype == torch.bool and (_outs_2[1].dtype == torch.int64))):
+                    "optimize_loss: as written, the loop at line 3: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+                    for t in range(t, t + _n):
+                        loss = loss + F.cross_entropy(logits[:, t], targets[:, t], ignore_index=0, reduction='sum')
+                        count = count + (targets[:, t] != 0).sum()
+                else:
+                    loss = loss + _outs_2[0]
+                    count = count + _outs_2[1]
+        else:
+            for t in range(t, logits.shape[1]):
+                if (targets[:, t] == 0).all():
+                    break
+                loss = loss + F.cross_entropy(logits[:, t], targets[:, t], ignore_index=0, reduction='sum')
+                count = count + (targets[:, t] != 0).sum()
+    else:
+        while t < logits.shape[1]:
+            if (targets[:, t] == 0).all():
+                break
+            loss = loss + F.cross_entropy(logits[:, t], targets[:, t], ignore_index=0, reduction='sum')
+            count = count + (targets[:, t] != 0).sum()
+            t += 1
+    return loss / count
+""",
+    "index_after": """
+def f(x, m):
+    total = 0
+    if isinstance(m, torch.Tensor) and len(x) <= m.shape[0] and isinstance(len(x), int) and (len(x) > 0):
+        'optimize_loss: loop at line 3 vectorized'
+        _m_row = m if len(x) == m.shape[0] else m[0:len(x):1]
+        _stop = _m_row == 0
+        _tests_item = _stop
+        _outs_1 = (_tests_item,)
+        _n = _first_break(_outs_1[0])
+        _at = _n
+        if not (isinstance(x, torch.Tensor) and _n <= x.shape[0] and isinstance(_n, int) and (_n > 0)):
+            'optimize_loss: as written, the loop at line 3: the runtime check of the iterations before the `break` failed'
+            for i in range(len(x)):
+                if m[i] == 0:
+                    total = total * 2
+                    break
+                total = total + torch.log(x[i]).sum()
+        else:
+            _x_row = x if _n == x.shape[0] else x[0:_n:1]
+            _total_part = 0
+            _total_part = torch.log(_x_row).sum()
+            _outs_2 = (_total_part,)
+            if _outs_2[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs_2[0]) != _outs_2[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs_2[0].dtype == torch.int64)):
+                "optimize_loss: as written, the loop at line 3: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+                for i in range(_n):
                     total = total + torch.log(x[i]).sum()
-            return total * (i + 1)
-        """,
+            else:
+                i = _n - 1
+                total = total + _outs_2[0]
+            if _n < len(_outs_1[0]):
+                i = _at
+                total = total * 2
+    else:
+        for i in range(len(x)):
+            if m[i] == 0:
+                total = total * 2
+                break
+            total = total + torch.log(x[i]).sum()
+    return total * (i + 1)
+""",
     "carried_test": """
         def f(x):
             total = 0

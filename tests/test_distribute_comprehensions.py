@@ -57,7 +57,7 @@ GOLDEN = {
                         _value = (_x_row - _y_row).sum()
                         _value_all_item = _value
                         return (torch.as_tensor(_value_all_item),)
-                    _outs = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _outs = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _value_all = _outs[0].unbind(0)
                 for _i in range(len(x)):
                     _value = _value_all[_i]

@@ -71,7 +71,7 @@ GOLDEN = {
                         _value = torch.where(_mask, F.mse_loss(torch.where(_mask.reshape(_branch_shape[_mask.shape, _x_row.shape]), _x_row, False), torch.where(_mask.reshape(_branch_shape[_mask.shape, _y_row.shape]), _y_row, False)), _value)
                         _value_all_item = _value
                         return (torch.as_tensor(_value_all_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _value_all = _outs_1[0].unbind(0)
                 for i in range(len(x)):
                     _value = _value_all[i]

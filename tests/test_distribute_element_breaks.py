@@ -63,7 +63,7 @@ GOLDEN = """
                             l = F.mse_loss(a, b)
                             _l_all_item = l
                             return (torch.as_tensor(_l_all_item),)
-                        _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(x[:_n] if len(x[:_n]) == min(len(x[:_n]), len(y[:_n]), len(m[:_n])) else x[:_n][:min(len(x[:_n]), len(y[:_n]), len(m[:_n]))], y[:_n] if len(y[:_n]) == min(len(x[:_n]), len(y[:_n]), len(m[:_n])) else y[:_n][:min(len(x[:_n]), len(y[:_n]), len(m[:_n]))], m[:_n] if len(m[:_n]) == min(len(x[:_n]), len(y[:_n]), len(m[:_n])) else m[:_n][:min(len(x[:_n]), len(y[:_n]), len(m[:_n]))])
+                        _outs_1 = _map_in_chunks(_body, in_dims=(0, 0, 0))(x[:_n] if len(x[:_n]) == min(len(x[:_n]), len(y[:_n]), len(m[:_n])) else x[:_n][:min(len(x[:_n]), len(y[:_n]), len(m[:_n]))], y[:_n] if len(y[:_n]) == min(len(x[:_n]), len(y[:_n]), len(m[:_n])) else y[:_n][:min(len(x[:_n]), len(y[:_n]), len(m[:_n]))], m[:_n] if len(m[:_n]) == min(len(x[:_n]), len(y[:_n]), len(m[:_n])) else m[:_n][:min(len(x[:_n]), len(y[:_n]), len(m[:_n]))])
                     _l_all = _outs_1[0].unbind(0)
                     for _k, (a, b, c) in enumerate(zip(x, y, m)):
                         if _k == _n:

@@ -120,7 +120,7 @@ GOLDEN = {
                         _cond = torch.ne(l.detach().double() > th, False)
                         _hard_item = F.cross_entropy(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, _x_row.detach()).unsqueeze(0), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, _y_row.detach()).unsqueeze(0))
                         return (torch.as_tensor(_hard_item), torch.as_tensor(_cond))
-                    _outs = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _outs = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 hard.extend(_outs[0][_outs[1]].unbind(0))
             else:
                 for i in range(len(x)):
@@ -145,7 +145,7 @@ GOLDEN = {
                         h = torch.tanh(_x_row @ W)
                         _h_all_item = h
                         return (torch.as_tensor(_h_all_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(1,))(x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(1,))(x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1])
                 _h_all = _outs_1[0].unbind(0)
                 for t in range(x.shape[1]):
                     h = _h_all[t]
@@ -173,7 +173,7 @@ GOLDEN = {
                         l = F.cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
                         _l_all_item = l
                         return (torch.as_tensor(_l_all_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _l_all = _outs_1[0].unbind(0)
                 for i in range(len(x)):
                     l = _l_all[i]
@@ -209,7 +209,7 @@ GOLDEN = {
                         _value_all_item = _value
                         _value_1_all_item = _value_1
                         return (torch.as_tensor(_value_all_item), torch.as_tensor(_value_1_all_item))
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _value_all = _outs_1[0].tolist()
                 _value_1_all = _outs_1[1].tolist()
                 for i in range(len(x)):
@@ -247,7 +247,7 @@ GOLDEN = {
                         _value_all_item = _value
                         _e_all_item = e
                         return (torch.as_tensor(_value_all_item), torch.as_tensor(_e_all_item))
-                    _outs_1 = torch.vmap(_body, in_dims=(1, 1))(x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1], y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(1, 1))(x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1], y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1])
                 _value_all = _outs_1[0].unbind(0)
                 _e_all = _outs_1[1].unbind(0)
                 for t in range(x.shape[1]):

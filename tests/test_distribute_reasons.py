@@ -55,7 +55,7 @@ GOLDEN = {
                         _l_all_item = l
                         _n_all_item = n
                         return (torch.as_tensor(_l_all_item), torch.as_tensor(_n_all_item))
-                    _outs_1 = torch.vmap(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(0, 0, 0))(m if len(x) == m.shape[0] else m[0:len(x):1], x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 _l_all = _outs_1[0].unbind(0)
                 _n_all = _outs_1[1].unbind(0)
                 for i in range(len(x)):

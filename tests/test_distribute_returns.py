@@ -76,7 +76,7 @@ GOLDEN = """
                             l = F.mse_loss(_x_row, _y_row)
                             _l_all_item = l
                             return (torch.as_tensor(_l_all_item),)
-                        _outs_1 = torch.vmap(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
+                        _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if _n == x.shape[0] else x[0:_n:1], y if _n == y.shape[0] else y[0:_n:1])
                     _l_all = _outs_1[0].unbind(0)
                     for i in range(len(x)):
                         if i == _n:

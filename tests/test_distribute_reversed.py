@@ -45,7 +45,7 @@ GOLDEN = """
                         h = torch.tanh(_x_row @ W).sum()
                         _h_all_item = h
                         return (torch.as_tensor(_h_all_item),)
-                    _outs_1 = torch.vmap(_body, in_dims=(0,))(x if len(x) == x.shape[0] else x[0:len(x):1])
+                    _outs_1 = _map_in_chunks(_body, in_dims=(0,))(x if len(x) == x.shape[0] else x[0:len(x):1])
                 _h_all = _outs_1[0].unbind(0)
                 for t in reversed(range(len(x))):
                     h = _h_all[t]

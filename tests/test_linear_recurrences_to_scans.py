@@ -51,7 +51,7 @@ EMA_GOLDEN = """
                 def _body(_x_row):
                     _s_b_item = (1 - alpha) * _x_row
                     return (torch.as_tensor(_s_b_item),)
-                _outs_1 = torch.vmap(_body, in_dims=(1,))(x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1])
+                _outs_1 = _map_in_chunks(_body, in_dims=(1,))(x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1])
             _s_all = _linear_scan(alpha, _outs_1[0], s, False, True, x.shape[1], False)
             if isinstance(_s_all, torch.Tensor) and x.shape[1] <= _s_all.shape[0] and isinstance(y, torch.Tensor) and (x.shape[1] <= y.shape[1]) and isinstance(x.shape[1], int) and (x.shape[1] > 0):
                 if y.dim() == _s_all.dim():
@@ -68,7 +68,7 @@ EMA_GOLDEN = """
                         _s_t = _s_all_row
                         _loss_part = _loss_part + ((_s_t - _y_row) ** 2).sum()
                         return (torch.as_tensor(_loss_part),)
-                    _outs_2 = torch.vmap(_body_1, in_dims=(0, 1))(_s_all if x.shape[1] == _s_all.shape[0] else _s_all[0:x.shape[1]:1], y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1])
+                    _outs_2 = _map_in_chunks(_body_1, in_dims=(0, 1))(_s_all if x.shape[1] == _s_all.shape[0] else _s_all[0:x.shape[1]:1], y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1])
                     _outs_2 = (_outs_2[0].sum(0),)
                 loss = _outs_2[0]
             else:
@@ -374,7 +374,7 @@ ESCAPING_GOLDEN = """
                     _G_a_item = gamma * _masks_row
                     _G_b_item = _rewards_row
                     return (torch.as_tensor(_G_a_item), torch.as_tensor(_G_b_item))
-                _outs_1 = torch.vmap(_body, in_dims=(0, 0))(_masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1], _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1])
+                _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(_masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1], _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1])
             _G_all = _linear_scan(_outs_1[0], _outs_1[1], G, True, True, len(rewards), True)
             _returns_front = []
             if isinstance(_G_all, torch.Tensor) and len(rewards) <= _G_all.shape[0] and (type(_returns_front) is list) and isinstance(len(rewards), int) and (len(rewards) > 0):

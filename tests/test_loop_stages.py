@@ -440,7 +440,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             _row_part = 0
             _row_part = _row_part + _w_row * x[i]
             return (torch.as_tensor(_row_part),)
-        _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+        _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
     if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
         "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
@@ -468,7 +468,7 @@ else:
         _row_part = 0
         _row_part = _row_part + _w_row * x[i]
         return (torch.as_tensor(_row_part),)
-    _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+    _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
     _outs = (_outs[0].sum(0),)
 row = row + _outs[0]
 total = total + row
@@ -884,7 +884,7 @@ def _body(_x_row):
     _total_part = 0
     _total_part = _total_part + _x_row[j] * _x_row.sum()
     return (torch.as_tensor(_total_part),)
-_outs = torch.vmap(_body, in_dims=(0,))(x[j] if m == x.shape[1] else x[j, 0:m:1])
+_outs = _map_in_chunks(_body, in_dims=(0,))(x[j] if m == x.shape[1] else x[j, 0:m:1])
 _outs = (_outs[0].sum(0),)
 total = total + _outs[0]
 # row_slices
@@ -895,7 +895,7 @@ def _body(_x_row):
     _total_part = 0
     _total_part = _total_part + _x_row[j] * _x_row.sum()
     return (torch.as_tensor(_total_part),)
-_outs = torch.vmap(_body, in_dims=(0,))(_x_row_1 if m == x.shape[1] else _x_row_1[0:m:1])
+_outs = _map_in_chunks(_body, in_dims=(0,))(_x_row_1 if m == x.shape[1] else _x_row_1[0:m:1])
 _outs = (_outs[0].sum(0),)
 total = total + _outs[0]
 # row_slices
@@ -945,7 +945,7 @@ total = total + x[i, :L].sum() / L
 # body
 L = lengths[i].item()
 _pos = torch.arange(x[i].shape[0], device=x[i].device)
-_in = _pos < L + x[i].shape[0] * (L < 0)
+_in = _pos < _slice_bound(L) + x[i].shape[0] * (_slice_bound(L) < 0)
 total = total + x[i][_in].sum() / L
 """),
     (module_list_linears, """
@@ -1825,7 +1825,7 @@ def _body(x, y):
     _total_part = 0
     _total_part = _total_part + (x * y).sum()
     return (torch.as_tensor(_total_part),)
-_outs = torch.vmap(_body, in_dims=(0, 0))(xs if len(xs) == min(len(xs), len(ys)) else xs[:min(len(xs), len(ys))], ys if len(ys) == min(len(xs), len(ys)) else ys[:min(len(xs), len(ys))])
+_outs = _map_in_chunks(_body, in_dims=(0, 0))(xs if len(xs) == min(len(xs), len(ys)) else xs[:min(len(xs), len(ys))], ys if len(ys) == min(len(xs), len(ys)) else ys[:min(len(xs), len(ys))])
 _outs = (_outs[0].sum(0),)
 """),
     # a per-step class-weighted NLL (no batched form for ``t[:, i + 1]``): the registry's vmap_fn,
@@ -1846,7 +1846,7 @@ def _body(i, _logps_row):
     _total_part = 0
     _total_part = _total_part + _nll_loss(_logps_row, t[:, i + 1], weight=w)
     return (torch.as_tensor(_total_part),)
-_outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(logps), 1, device=logps.device), logps if len(logps) == logps.shape[0] else logps[0:len(logps):1])
+_outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(logps), 1, device=logps.device), logps if len(logps) == logps.shape[0] else logps[0:len(logps):1])
 _outs = (_outs[0].sum(0),)
 """),
     # rows at a sort's indices (a mask of two: bound first): index_select; not at indices - 1
@@ -1875,7 +1875,7 @@ def _body(_x_row):
     _positions = torch.where(s > 0, perm, order)
     _total_part = _total_part + ((s * (torch.index_select(w, 0, perm.reshape(-1)).reshape(perm.shape + w.shape[1:]) if w.dim() else w[perm])).sum() + (torch.index_select(w, 0, _positions.reshape(-1)).reshape(_positions.shape + w.shape[1:]) if w.dim() else w[_positions]).sum() + w[shifted].sum())
     return (torch.as_tensor(_total_part),)
-_outs = torch.vmap(_body, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
+_outs = _map_in_chunks(_body, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
 _outs = (_outs[0].sum(0),)
 """),
     (batch_loop_bodies, """
@@ -1904,7 +1904,7 @@ else:
         _total_part = 0
         _total_part = _total_part + ((_p_row - _t_row) ** 2).mean()
         return (torch.as_tensor(_total_part),)
-    _outs = torch.vmap(_body, in_dims=(0, 0))(p if n == p.shape[0] else p[0:n:1], t if n == t.shape[0] else t[0:n:1])
+    _outs = _map_in_chunks(_body, in_dims=(0, 0))(p if n == p.shape[0] else p[0:n:1], t if n == t.shape[0] else t[0:n:1])
     _outs = (_outs[0].sum(0),)
 total = _outs[0]
 # unbatched
@@ -1928,7 +1928,7 @@ def _body(_a_row):
     _total_part = 0
     _total_part = _total_part + torch.linalg.det(_a_row)
     return (torch.as_tensor(_total_part),)
-_outs = torch.vmap(_body, in_dims=(0,))(a if n == a.shape[0] else a[0:n:1])
+_outs = _map_in_chunks(_body, in_dims=(0,))(a if n == a.shape[0] else a[0:n:1])
 _outs = (_outs[0].sum(0),)
 total = _outs[0]
 # unbatched
@@ -2004,7 +2004,7 @@ if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int)
             _c_part = 0
             _c_part = _c_part + utt * w
             return (torch.as_tensor(_c_part),)
-        _outs = torch.vmap(_body, in_dims=(0,))(spk)
+        _outs = _map_in_chunks(_body, in_dims=(0,))(spk)
         _outs = (_outs[0].sum(0),)
     if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(c, _outs[0]) != _outs[0].dtype or (isinstance(c, torch.Tensor) and c.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
         "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
@@ -2032,7 +2032,7 @@ else:
         _c_part = 0
         _c_part = _c_part + utt * w
         return (torch.as_tensor(_c_part),)
-    _outs = torch.vmap(_body, in_dims=(0,))(spk)
+    _outs = _map_in_chunks(_body, in_dims=(0,))(spk)
     _outs = (_outs[0].sum(0),)
 c = c + _outs[0]
 total = total + c.sum()
@@ -2310,7 +2310,7 @@ if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.T
             _cen = torch.where(_cond, _fixed_operand(_cond, _cen_1), _cen)
             _out_item = _cen.sum()
             return (torch.as_tensor(_out_item),)
-        _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
+        _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
     out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
 else:
     for c, cen in enumerate(cens):
@@ -2340,7 +2340,7 @@ if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.T
             _cen = torch.where(_cond, _fixed_operand(_cond, _cen_1), _cen)
             _out_item = _cen.sum()
             return (torch.as_tensor(_out_item),)
-        _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
+        _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
     out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
 else:
     for c, cen in enumerate(cens):
@@ -2376,7 +2376,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             _row_part = 0
             _row_part = _row_part + _w_row * x[i]
             return (torch.as_tensor(_row_part),)
-        _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+        _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
     if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
         "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
@@ -2406,7 +2406,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             _row_part = 0
             _row_part = _row_part + _w_row * x[i]
             return (torch.as_tensor(_row_part),)
-        _outs = torch.vmap(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
+        _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
     if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
         "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"

@@ -414,7 +414,7 @@ def test_a_reused_name_golden():
                     def _body_1(_p):
                         _items_item = _p.mean(dim=1).unsqueeze(dim=1)
                         return (torch.as_tensor(_items_item),)
-                    _outs_1 = torch.vmap(_body_1, in_dims=(0,))(per)
+                    _outs_1 = _map_in_chunks(_body_1, in_dims=(0,))(per)
                 per = _outs_1[0].movedim(0, 1).flatten(1, 2)
             else:
                 per = torch.cat([p.mean(dim=1).unsqueeze(dim=1) for p in per], dim=1)

@@ -265,7 +265,7 @@ def _body(j, _x_row):
     _loss_part = _loss_part + torch.where(_cond, torch.where(_cond.reshape(_branch_shape[\
 _cond.shape, _x_row.shape]), _x_row, False), 0)
     return (torch.as_tensor(_loss_part),)
-_outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, x.shape[0] - 1, 1, device=x.device), \
+_outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, x.shape[0] - 1, 1, device=x.device), \
 x[i] if x.shape[0] - 1 == x.shape[1] else x[i, 0:x.shape[0] - 1:1])
 _outs = (_outs[0].sum(0),)
 loss = loss + _outs[0]

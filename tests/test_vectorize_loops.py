@@ -304,7 +304,7 @@ def test_equivalent_through_vmap_when_not_batched(name, monkeypatch):
     monkeypatch.setattr(batch_loop_bodies, "batch", refuse)
     src, make, _ = CASES[name]
     original, optimized, code, report = build(src, namespace(helper=helper))
-    assert "batched" not in strategies(report).values() and "torch.vmap" in code
+    assert "batched" not in strategies(report).values() and "_map_in_chunks(" in code
     for dtype in DTYPES:
         assert_equivalent(original, optimized, *make(dtype, 0))
 
@@ -346,7 +346,7 @@ RANK_FALLBACKS = {
 def test_batched_check_fails_then_vmap_runs(name):
     src, make = RANK_FALLBACKS[name]
     original, optimized, code, report = build(src)
-    assert strategies(report) == {3: "batched"} and "torch.vmap" in code
+    assert strategies(report) == {3: "batched"} and "_map_in_chunks(" in code
     for dtype in DTYPES:
         inputs = make(dtype)
         assert_equivalent(original, optimized, *inputs)
@@ -622,7 +622,7 @@ GOLDEN_ACCUMULATOR = ("""
                     _loss_part = 0
                     _loss_part = _loss_part + (_pred_row - _target_row).abs().sum()
                     return (torch.as_tensor(_loss_part),)
-                _outs = torch.vmap(_body, in_dims=(0, 0))(_pred_stacked if len(_pred_stacked) == _pred_stacked.shape[0] else _pred_stacked[0:len(_pred_stacked):1], _target_stacked if len(_pred_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_pred_stacked):1])
+                _outs = _map_in_chunks(_body, in_dims=(0, 0))(_pred_stacked if len(_pred_stacked) == _pred_stacked.shape[0] else _pred_stacked[0:len(_pred_stacked):1], _target_stacked if len(_pred_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_pred_stacked):1])
                 _outs = (_outs[0].sum(0),)
             loss = _outs[0]
         else:
@@ -664,7 +664,7 @@ GOLDEN_MASKED = ("""
                     _t = _logp_row[torch.where(_mask, _target_row, torch.zeros_like(_target_row))]
                     _loss_part = _loss_part - torch.where(_mask, torch.log(torch.where(_mask, torch.where(_mask.reshape(_branch_shape[_mask.shape, _t.shape]), _t, False), 1)), 0)
                     return (torch.as_tensor(_loss_part), torch.as_tensor(_mask))
-                _outs = torch.vmap(_body, in_dims=(0, 0))(_target_stacked if len(_target_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_target_stacked):1], _logp_stacked if len(_target_stacked) == _logp_stacked.shape[0] else _logp_stacked[0:len(_target_stacked):1])
+                _outs = _map_in_chunks(_body, in_dims=(0, 0))(_target_stacked if len(_target_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_target_stacked):1], _logp_stacked if len(_target_stacked) == _logp_stacked.shape[0] else _logp_stacked[0:len(_target_stacked):1])
                 _outs = (_outs[0].sum(0), _outs[1])
             if _outs[1].any():
                 loss = _outs[0]
@@ -699,7 +699,7 @@ GOLDEN_CROSS_ENTROPY = ("""
                     _loss_part = 0
                     _loss_part = _loss_part + F.cross_entropy(_logits_row.unsqueeze(0), _t_row.unsqueeze(0))
                     return (torch.as_tensor(_loss_part),)
-                _outs = torch.vmap(_body, in_dims=(0, 0))(logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1], t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1])
+                _outs = _map_in_chunks(_body, in_dims=(0, 0))(logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1], t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1])
                 _outs = (_outs[0].sum(0),)
             loss = _outs[0]
         else:
@@ -736,7 +736,7 @@ GOLDEN_MEAN = ("""
                     _loss_part = 0
                     _loss_part = _loss_part + ((_pred_row - _target_row) ** 2).mean()
                     return (torch.as_tensor(_loss_part),)
-                _outs = torch.vmap(_body, in_dims=(0, 0))(pred if B == pred.shape[0] else pred[0:B:1], _target_stacked if B == _target_stacked.shape[0] else _target_stacked[0:B:1])
+                _outs = _map_in_chunks(_body, in_dims=(0, 0))(pred if B == pred.shape[0] else pred[0:B:1], _target_stacked if B == _target_stacked.shape[0] else _target_stacked[0:B:1])
                 _outs = (_outs[0].sum(0) / B,)
             _averaged = True
             loss = _outs[0]
@@ -773,10 +773,10 @@ GOLDEN_NESTED = ("""
                     def _body(_x_row, _w_row):
                         _out_item = _x_row * _w_row
                         return (torch.as_tensor(_out_item),)
-                    _outs = torch.vmap(_body, in_dims=(0, 0))(_x_row_1 if x.shape[1] == x.shape[1] else _x_row_1[0:x.shape[1]:1], w if x.shape[1] == w.shape[0] else w[0:x.shape[1]:1])
+                    _outs = _map_in_chunks(_body, in_dims=(0, 0))(_x_row_1 if x.shape[1] == x.shape[1] else _x_row_1[0:x.shape[1]:1], w if x.shape[1] == w.shape[0] else w[0:x.shape[1]:1])
                 _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
                 return (torch.as_tensor(_out_item_1),)
-            _outs_1 = torch.vmap(_body_1, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
+            _outs_1 = _map_in_chunks(_body_1, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
             out[0:x.shape[0]:1, 0:x.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
         else:
             for i in range(x.shape[0]):
@@ -970,7 +970,7 @@ def test_torch_alias_is_respected():
     ctx = context(tree, ns)
     ctx.torch_name = "th"
     code = ast.unparse(vectorize_loops.transform(tree, ctx))
-    assert "torch." not in code and "th.vmap" in code
+    assert "torch." not in code and "th.as_tensor" in code and "_map_in_chunks(_body" in code
 
 
 # ---------------------------------------------------------------------------------------------

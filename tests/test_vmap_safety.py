@@ -75,10 +75,11 @@ def _functions(module):
 
 
 def _inplace_writes_in_vmapped_bodies(source: str) -> list[str]:
-    """The in-place writes inside functions handed to ``torch.vmap`` (their nested ones too)."""
+    """The in-place writes inside functions handed to ``torch.vmap`` (``map_in_chunks``: their
+    nested ones too)."""
     tree = ast.parse(source)
     mapped = {c.args[0].id for c in ast.walk(tree) if isinstance(c, ast.Call)
-              and ast.unparse(c.func) == "torch.vmap" and isinstance(c.args[0], ast.Name)}
+              and ast.unparse(c.func) in ("torch.vmap", "_map_in_chunks") and isinstance(c.args[0], ast.Name)}
     found = []
     for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in mapped):
         for n in ast.walk(fn):
@@ -110,7 +111,7 @@ def test_in_place_writes_on_new_tensors_become_functional(tmp_path):
     user = load_module(tmp_path, HINGE)
     for fn in (user.multiclass_hinge, user.inplace_on_new_tensors):
         source = _rewritten(fn)
-        assert "torch.vmap" in source and _inplace_writes_in_vmapped_bodies(source) == []
+        assert "_map_in_chunks(" in source and _inplace_writes_in_vmapped_bodies(source) == []
     x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     assert_equivalent(user.inplace_on_new_tensors,
                       optimize_loss(user.inplace_on_new_tensors, compile=False), x, 1e-6)

@@ -8,7 +8,7 @@ for the batched form, loop axis in front)::
         loss += pred[i].sum()      ->       _loss_part = 0
                                             _loss_part = _loss_part + _pred_row.sum()
                                             return (torch.as_tensor(_loss_part),)
-                                        _outs = torch.vmap(_body, in_dims=(0,))(
+                                        _outs = _map_in_chunks(_body, in_dims=(0,))(
                                             pred if len(pred) == pred.shape[0] else pred[0:len(pred):1])
                                         _outs = (_outs[0].sum(0),)
 
@@ -22,6 +22,9 @@ makes a broadcast intermediate, calls the registry's ``vmap_fn`` there (``bce_wi
 eager's gradient at an infinite logit; ``cosine_products``: a matrix product). Rows taken at
 positions, ``x[p]`` with ``p`` a sort's indices (``OpSpec.positions``), become ``index_select``
 there: vmap's rule for a batched advanced index is several times slower than its gather.
+The map is ``chunked_maps.map_in_chunks``: ``torch.vmap``, over chunks of the iterations when
+one iteration's values are large (fresh pages for every all-iterations temporary cost more
+than the loop saved).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import ast
 
 from .. import ast_marks, loop_sums_keep_dtypes
 from ..ast_tools import PassContext, Transformer, clone, replace
+from ..chunked_maps import map_in_chunks
 from ..mapped_op_forms import EagerGradients
 from .loop_dataflow import call_op, loads, method_name
 from .plan import BodyParam, LoopPlan, RowSlice
@@ -95,7 +99,8 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
             _TiesSplit(plan, ctx, True).visit(clone(s))) for s in plan.body]) + [ret],
         decorator_list=[], returns=None, type_params=[])
     ast_marks.put(func, ast_marks.MAPPED, True)
-    vmap = plan.sub(f"torch.vmap(f, in_dims={tuple(dims)!r})", f=fn)
+    vmap = plan.sub(f"{ctx.bind(map_in_chunks, 'map_in_chunks')}(f, in_dims={tuple(dims)!r})",
+                    f=fn)
     mapped = [func] + plan.sub("o = c", o=plan.outs, c=ast.Call(vmap, inputs, []))
     summed, averaged = plan.summed_parts(), plan.averaged_parts()
     if summed:
