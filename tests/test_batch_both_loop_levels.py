@@ -34,7 +34,8 @@ BATCHED = {
                 for j in range(a.shape[1]):
                     out[i, j] = a[i, j] * b[i, j] + 1
             return out
-        """, lambda dt, s: (randn(4, 5, 3, dtype=dt, seed=s), randn(4, 5, 3, dtype=dt, seed=s + 1))),
+        """, lambda dt, s: (randn(4, 5, 3, dtype=dt, seed=s),
+                            randn(4, 5, 3, dtype=dt, seed=s + 1))),
     "masked_writes_keep_what_is_there": ("""
         def f(pred, target, beta=0.125):
             out = torch.full_like(pred, 7.0)
@@ -55,7 +56,16 @@ BATCHED = {
                 for j in range(m):
                     out[i, j] = x[i, j] * j + out[i, j]
             return out
-        """, lambda dt, s: (randn(5, 6, dtype=dt, seed=s), randn(7, 8, dtype=dt, seed=s + 1), 3, 4)),
+        """, lambda dt, s: (randn(5, 6, dtype=dt, seed=s), randn(7, 8, dtype=dt, seed=s + 1),
+                            3, 4)),
+    "outer_elements_and_their_shape": ("""
+        def f(x, y):
+            out = torch.zeros_like(x)
+            for i, row in enumerate(x):
+                for j in range(row.shape[0]):
+                    out[i, j] = row[j].sin() * y[i, j] * j
+            return out
+        """, lambda dt, s: (randn(3, 4, dtype=dt, seed=s), randn(3, 5, dtype=dt, seed=s + 1))),
 }
 
 

@@ -161,7 +161,7 @@ CASES = {
                     out[i, j] = a[i, j] + b[i, j]
             return out
         """, lambda dt, s: (randn(4, 3, dtype=dt, seed=s), randn(4, 3, dtype=dt, seed=s + 1)),
-        {3: "vmap", 4: "batched"}),
+        {3: "batched", 4: "batched"}),
     "writes": ("""
         def f(x, w):
             out = torch.zeros(x.shape[0], 5, dtype=x.dtype)
@@ -214,7 +214,7 @@ CASES = {
             return out.mean()
         """, lambda dt, s: (0.3 * randn(6, 4, dtype=dt, seed=s), 0.3 * randn(6, 4, dtype=dt,
                                                                              seed=s + 1)),
-        {3: "vmap", 4: "batched"}),
+        {3: "batched", 4: "batched"}),
     # 7. masked continue
     "ignore_index_continue": ("""
         def f(logp, target, ignore_index=-100):

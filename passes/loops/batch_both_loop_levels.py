@@ -6,9 +6,9 @@ maps it with ``torch.vmap``, whose dispatch and Dynamo guards every call pays. W
 body is that choice, followed only by the placements of the inner's written values
 (``loop_rules.WRITE_PLACED``, row by row), and the inner body reads the outer iteration only
 through rows of the outer rows (``P[a:b:s]``, ``P`` itself, ``P[j]`` at the inner index ``j``),
-the inner body is batched once over the two loop dims flattened into one (``A * B`` rows), its
-placements run on those rows, and the outer outputs are unflattened to ``(A, B, ...)``; the
-outer vmap is the else::
+the inner body (its vmap form's function of one item) is batched by ``batch_loop_bodies``' rules
+once over the two loop dims flattened into one (``A * B`` rows), its placements run on those
+rows, and the outer outputs are unflattened to ``(A, B, ...)``; the outer vmap is the else::
 
     for i in range(A):                    if <the batched check, per row of both loops>:
         for j in range(B):                    _a_row = (<a's rows> if B == a.shape[1] else
@@ -24,7 +24,9 @@ outer vmap is the else::
 ``P[j]`` is the rows ``<P's rows>[:, a:b:s]`` flattened and copied, behind ``a``, ``s`` literal
 ints ``a >= 0``, ``s > 0`` and the check ``b <= <P's rows>.shape[1]`` (else the vmap form raises
 as the original); the inner index itself, read elsewhere, is ``torch.arange(a, b, s).repeat(A)``.
-Every outer tensor read has the two loop dims (``x.dim() >= 2 + <fixed entries>``). Nothing
+What the inner range or a whole-rows test reads of an outer item (``row.shape[0]``) is read of the
+whole tensor (``inline_inner_loops.lifted_to_tensors``). Every outer tensor read has the two loop
+dims (``x.dim() >= 2 + <fixed entries>``). Nothing
 else: any other read of the outer iteration, a summed inner output (its sum is per outer item)
 or a moved loop dim keeps the outer vmap (the stage changes nothing).
 """
@@ -39,6 +41,7 @@ from ..ast_tools import (Checks, PassContext, clone, fix_missing_locations, is_n
 from ..errors import Unsupported
 from .batch_loop_bodies import batch_rows
 from .batch_values import Param, Rank
+from .inline_inner_loops import lifted_to_tensors
 from .loop_dataflow import loads, resolve_call
 from .plan import BodyParam, Iteration, LoopPlan
 from .runtime_checks import proven_tensors
@@ -77,6 +80,7 @@ def _both_levels(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr, list[ast.s
     outputs = [_returned(x) for x in ret.value.elts]
     checks, index, arange, sliced, params = Checks(), None, None, None, []
     for name, arg in zip(names, args):
+        arg = _Lifted(rows, varying, checks, plan, ctx).of(arg)
         if isinstance(arg, ast.Call) and resolve_call(arg.func, ctx) == "torch.arange":
             index, arange = name, arg
             continue
@@ -190,6 +194,33 @@ def _rows_of_rows(arg: ast.expr, rows: dict[str, BodyParam],
     if whole is not None:
         flat = ast.IfExp(arg.test, clone(value), flat)
     return replace("x.flatten(0, 1)", x=flat), outer.id, part.slice if sliced else None
+
+
+class _Lifted(ast.NodeTransformer):
+    """An inner argument with what it reads of an outer item besides the rows it maps (the
+    inner range's ``row.shape[0]``, a condition on it) as the same on the whole tensor
+    (``inline_inner_loops.lifted_to_tensors``), their tensor checks added."""
+
+    def __init__(self, rows: dict[str, BodyParam], varying: set[str], checks: Checks,
+                 plan: LoopPlan, ctx: PassContext):
+        self.rows, self.varying, self.checks, self.plan, self.ctx = rows, varying, checks, plan, ctx
+
+    def of(self, arg: ast.expr) -> ast.expr:
+        self.root = clone(arg)
+        return self.visit(self.root)
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if not isinstance(node, ast.expr) or node is self.root \
+                or isinstance(node, (ast.IfExp, ast.Subscript, ast.Slice)):  # around the rows
+            return self.generic_visit(node)
+        if not loads(node) & self.varying or isinstance(node, ast.Name) and node.id in self.rows:
+            return node
+        lifted = lifted_to_tensors(node, self.plan, self.ctx)
+        if lifted is None:
+            raise Unsupported(f"`{unparse(node)}` varies with the outer iteration")
+        for check in lifted[:-1]:
+            self.checks.add(check)
+        return lifted[-1]
 
 
 def _flat_param(name: str, value: ast.expr, row: BodyParam, checks: Checks,

@@ -45,7 +45,7 @@ as the slice ``x[:, a:b:s]`` (no gather). Comprehensions in ``sum``/``torch.stac
 when only reads a tensor answers the same way follow: ``xs`` is then bound to the stacked items
 (``list``'s consumers use them directly). Inner loops are vectorized first; an outer loop then
 maps over the inner's vectorized form (nested vmap) when the inner's runtime check does not
-depend on it. An inner loop stacks and gathers no lists (that prelude would be a statement of the
+depend on it, or runs batched over both loop dims where it can (``batch_both_loop_levels``). An inner loop stacks and gathers no lists (that prelude would be a statement of the
 outer body, which would keep the outer loop); when the outer loop is kept anyway, its inner loops
 are planned again as if they were not inner, their preludes in its body.
 
