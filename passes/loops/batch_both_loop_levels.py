@@ -36,8 +36,8 @@ import ast
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from ..ast_tools import (Checks, PassContext, clone, fix_missing_locations, is_name, replace,
-                         unparse, walk)
+from ..ast_tools import (Checks, PassContext, clone, fix_missing_locations, is_name, matched,
+                         replace, unparse, walk)
 from ..errors import Unsupported
 from .batch_loop_bodies import batch_rows
 from .batch_values import Param, Rank
@@ -142,40 +142,13 @@ def _returned(x: ast.expr) -> str:
 
 def _placement(s: ast.stmt, inner_outs: str) -> str:
     """The name ``s`` binds to the placement of an inner output (``loop_rules.WRITE_PLACED``)."""
-    got = _match(rules.WRITE_PLACED, s.value) if isinstance(s, ast.Assign) \
+    got = matched(rules.WRITE_PLACED, s.value, ("v", "out", "k")) if isinstance(s, ast.Assign) \
         and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) else None
     v = got and got["v"]
     if not (isinstance(v, ast.Subscript) and is_name(v.value, inner_outs)
             and isinstance(v.slice, ast.Constant) and inner_outs not in loads(got["out"])):
         raise Unsupported("the outer body has statements besides the inner loop's writes")
     return s.targets[0].id
-
-
-def _match(template: str, node: ast.AST) -> dict[str, ast.AST] | None:
-    """The subtrees ``node`` has at the one-letter (or ``out``) names of ``template``, one
-    source per name, or None when ``node`` is not ``template`` filled."""
-    found: dict[str, ast.AST] = {}
-
-    def same(t: ast.AST, n: ast.AST) -> bool:
-        if isinstance(t, ast.Name) and (len(t.id) == 1 or t.id == "out"):
-            earlier = found.setdefault(t.id, n)
-            return unparse(earlier) == unparse(n)
-        if type(t) is not type(n):
-            return False
-        for key, tv in ast.iter_fields(t):
-            nv = getattr(n, key, None)
-            if isinstance(tv, list):
-                if not isinstance(nv, list) or len(tv) != len(nv) or not all(
-                        same(a, b) if isinstance(a, ast.AST) else a == b for a, b in zip(tv, nv)):
-                    return False
-            elif isinstance(tv, ast.AST):
-                if not isinstance(nv, ast.AST) or not same(tv, nv):
-                    return False
-            elif key != "ctx" and tv != nv:
-                return False
-        return True
-
-    return found if same(replace(template), node) else None
 
 
 def _rows_of_rows(arg: ast.expr, rows: dict[str, BodyParam],
