@@ -242,6 +242,32 @@ def _parse(template: str) -> ast.Module:
 _COPIED = (ast.AST, list)
 
 
+def matched(template: str, node: ast.AST, free: tuple[str, ...]) -> dict[str, ast.AST] | None:
+    """The subtrees ``node`` has at the ``free`` names of ``template`` (each one source wherever
+    it occurs), or None when ``node`` is not ``template`` filled in."""
+    found: dict[str, ast.AST] = {}
+
+    def same(t: ast.AST, n: ast.AST) -> bool:
+        if isinstance(t, ast.Name) and t.id in free:
+            return unparse(found.setdefault(t.id, n)) == unparse(n)
+        if type(t) is not type(n):
+            return False
+        for key, tv in ast.iter_fields(t):
+            nv = getattr(n, key, None)
+            if isinstance(tv, list):
+                if not isinstance(nv, list) or len(tv) != len(nv) or not all(
+                        same(a, b) if isinstance(a, ast.AST) else a == b for a, b in zip(tv, nv)):
+                    return False
+            elif isinstance(tv, ast.AST):
+                if not isinstance(nv, ast.AST) or not same(tv, nv):
+                    return False
+            elif key != "ctx" and tv != nv:
+                return False
+        return True
+
+    return found if same(replace(template), node) else None
+
+
 def called_through(node: ast.Call, fn: Any, ctx: PassContext) -> ast.Call:
     """``f(args)`` -> ``<fn bound into the generated code>(args)``: the same arguments, located
     at ``node``."""

@@ -61,6 +61,10 @@ WRITE_AUGOPS = {ast.Add: "add_", ast.Sub: "sub_", ast.Mult: "mul_", ast.Div: "di
 # ... that give the same result whatever the order, when several iterations hit one slot
 # (``counts[t[i]] += 1``): an accumulating index_put_ of the (negated) values.
 WRITE_ACCUMULATE = {"add_": "v", "sub_": "-v"}
+# The stacked values ``v`` (loop dim in front) of a write ``out[..., i, ...] = e`` with ``k`` int
+# entries: dims of size 1 after the loop dim up to the written rank. Row by row: ``v`` with more
+# loop dims flattened into its first gives those rows placed alike (``batch_both_loop_levels``).
+WRITE_PLACED = "v.reshape(v.shape[:1] + (1,) * (out.dim() - k - v.dim()) + v.shape[1:])"
 
 # Accumulators whose contributions were Python numbers in the original (literals, or host
 # round trips): the folded result is turned back into the same kind of Python number.

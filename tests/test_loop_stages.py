@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from passes.errors import Unsupported
-from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body, check_mapped_body,
+from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels,
+                          batch_loop_bodies, check_body, check_mapped_body,
                           classify_effects, cleared_positions_to_masks,
                           conditional_expressions_to_branches, divisions_by_counters,
                           effects_to_outputs, element_slices_to_indices, fold_accumulators,
@@ -1933,6 +1934,111 @@ _outs = (_outs[0].sum(0),)
 total = _outs[0]
 # unbatched
 '`torch.linalg.det(...)` has no batched form'
+"""),
+    (batch_both_loop_levels, """
+def f(a, b, out):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[i, j] = a[i, j] * b[i, j]
+    return out
+""", ('stmts', 'unbatched'),
+     """
+# stmts
+def _body_1(_a_row_1, _b_row_1):
+    if b.dim() == a.dim():
+        _a_row = _a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1]
+        _b_row = _b_row_1 if a.shape[1] == b.shape[1] else _b_row_1[0:a.shape[1]:1]
+        _out_item = _a_row * _b_row
+        _outs = (_out_item,)
+    else:
+
+        def _body(_a_row, _b_row):
+            _out_item = _a_row * _b_row
+            return (torch.as_tensor(_out_item),)
+        _outs = _map_in_chunks(_body, in_dims=(0, 0))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1], _b_row_1 if a.shape[1] == b.shape[1] else _b_row_1[0:a.shape[1]:1])
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    return (torch.as_tensor(_out_item_1),)
+_outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1], b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+# unbatched
+"the inner loop at line 3 picks its batched or vmapped form by its items' shapes at run time, which has no batched form here"
+""",
+     """
+# stmts
+if a.dim() >= 2 and b.dim() >= 2 and (b.dim() == a.dim()):
+    _a_row = ((a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1]) if a.shape[1] == a.shape[1] else (a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1])[:, 0:a.shape[1]:1]).flatten(0, 1)
+    _b_row = ((b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1]) if a.shape[1] == b.shape[1] else (b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1])[:, 0:a.shape[1]:1]).flatten(0, 1)
+    _out_item = _a_row * _b_row
+    _outs = (_out_item,)
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    _outs_1 = (_out_item_1.unflatten(0, (a.shape[0], a.shape[1])),)
+else:
+
+    def _body_1(_a_row_1, _b_row_1):
+        if b.dim() == a.dim():
+            _a_row = _a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1]
+            _b_row = _b_row_1 if a.shape[1] == b.shape[1] else _b_row_1[0:a.shape[1]:1]
+            _out_item = _a_row * _b_row
+            _outs = (_out_item,)
+        else:
+
+            def _body(_a_row, _b_row):
+                _out_item = _a_row * _b_row
+                return (torch.as_tensor(_out_item),)
+            _outs = _map_in_chunks(_body, in_dims=(0, 0))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1], _b_row_1 if a.shape[1] == b.shape[1] else _b_row_1[0:a.shape[1]:1])
+        _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+        return (torch.as_tensor(_out_item_1),)
+    _outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1], b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+# unbatched
+''
+"""),
+    (batch_both_loop_levels, """
+def f(a, w, out):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[i, j] = a[i, j] * w[i]
+    return out
+""", ('stmts', 'unbatched'),
+     """
+# stmts
+def _body_1(_w_row, _a_row_1):
+    if not isinstance(_w_row, torch.Tensor) or (a.dim() >= 3 and a.dim() >= _w_row.dim() + 2):
+        _a_row = _a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1]
+        _out_item = _a_row * _w_row
+        _outs = (_out_item,)
+    else:
+
+        def _body(_a_row):
+            _out_item = _a_row * _w_row
+            return (torch.as_tensor(_out_item),)
+        _outs = _map_in_chunks(_body, in_dims=(0,))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1])
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    return (torch.as_tensor(_out_item_1),)
+_outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(w if a.shape[0] == w.shape[0] else w[0:a.shape[0]:1], a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+# unbatched
+"the inner loop at line 3 picks its batched or vmapped form by its items' shapes at run time, which has no batched form here"
+""",
+     """
+# stmts
+def _body_1(_w_row, _a_row_1):
+    if not isinstance(_w_row, torch.Tensor) or (a.dim() >= 3 and a.dim() >= _w_row.dim() + 2):
+        _a_row = _a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1]
+        _out_item = _a_row * _w_row
+        _outs = (_out_item,)
+    else:
+
+        def _body(_a_row):
+            _out_item = _a_row * _w_row
+            return (torch.as_tensor(_out_item),)
+        _outs = _map_in_chunks(_body, in_dims=(0,))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1])
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    return (torch.as_tensor(_out_item_1),)
+_outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(w if a.shape[0] == w.shape[0] else w[0:a.shape[0]:1], a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+# unbatched
+"the inner loop at line 3 picks its batched or vmapped form by its items' shapes at run time, which has no batched form here"
 """),
     (raise_on_empty_selections, """
 def f(d, lab, n):

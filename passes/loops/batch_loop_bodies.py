@@ -161,6 +161,16 @@ def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
     return done
 
 
+def batch_rows(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
+               trips: ast.expr, tensors: frozenset[str], ctx: PassContext,
+               loc: ast.AST) -> tuple[ast.expr | None, list]:
+    """``body`` batched over ``trips`` rows of ``params``, none of its outputs summed and no set
+    forms: (runtime check or None when always true, statements binding ``outs`` to the stacked
+    outputs). Raises ``Unsupported``."""
+    return _Batcher(ctx, loc, trips, frozenset(), frozenset(), tensors=tensors).run(
+        clone(body), params, outputs, outs, set())
+
+
 def _param(p: BodyParam, plan: LoopPlan) -> Param:
     """A body parameter as the batcher sees it: rows of ``p.rows_of`` have its rank less one per
     dim the loop and the fixed entries take, and are integers when it is."""

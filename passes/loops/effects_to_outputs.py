@@ -352,8 +352,7 @@ def _place_slice(plan: LoopPlan, e: Effect, stacked: ast.expr,
     fixed = sum(not isinstance(x, ast.Slice) for x in entries)  # int entries drop a dim
     moved = sum(isinstance(x, ast.Slice) for x in entries[:at])
     # values of shape (n, *value_shape): pad to the written rank, loop axis to its place
-    placed = plan.sub(f"v.reshape(v.shape[:1] + (1,) * (out.dim() - {fixed} - v.dim()) "
-                      "+ v.shape[1:])", v=stacked, out=e.name)
+    placed = plan.sub(rules.WRITE_PLACED, v=stacked, out=e.name, k=ast.Constant(fixed))
     if moved:
         placed = plan.sub(f"v.movedim(0, {moved})", v=placed)
     if isinstance(e.stmt, ast.AugAssign):

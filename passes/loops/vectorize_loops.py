@@ -45,7 +45,7 @@ as the slice ``x[:, a:b:s]`` (no gather). Comprehensions in ``sum``/``torch.stac
 when only reads a tensor answers the same way follow: ``xs`` is then bound to the stacked items
 (``list``'s consumers use them directly). Inner loops are vectorized first; an outer loop then
 maps over the inner's vectorized form (nested vmap) when the inner's runtime check does not
-depend on it. An inner loop stacks and gathers no lists (that prelude would be a statement of the
+depend on it, or runs batched over both loop dims where it can (``batch_both_loop_levels``). An inner loop stacks and gathers no lists (that prelude would be a statement of the
 outer body, which would keep the outer loop); when the outer loop is kept anyway, its inner loops
 are planned again as if they were not inner, their preludes in its body.
 
@@ -82,7 +82,8 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, replace, unparse,
                         walk, write_target)
 from ..errors import Unsupported
-from . import (asserts_to_counters, attribute_writes_to_names, batch_loop_bodies, check_body,
+from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels,
+               batch_loop_bodies, check_body,
                check_mapped_body, cleared_positions_to_masks,
                classify_effects, conditional_expressions_to_branches, counted_whiles_to_ranges,
                data_attributes_to_detach,
@@ -172,6 +173,7 @@ LOOP_STAGES: list = [
     inplace_writes_to_functional,  # on the final body, before it is outlined and batched
     outline_body,                 # after the folds: summed and averaged outputs are known
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
+    batch_both_loop_levels,       # after batch_loop_bodies: the outer loops it left to vmap
     stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
     raise_on_empty_selections,    # around the finished statements
     invariant_values_take_no_grad,  # on the loop as written; before the guard is made
