@@ -456,3 +456,36 @@ def test_rows_at_the_loop_index_beyond_the_tensor_raise_as_the_original():
         original(x, base, 0, 0)
     with pytest.raises((IndexError, RuntimeError)):
         optimized(x, base, 0, 0)
+
+
+# The index of a loop whose body never reads it (``[f(x) for _ in range(n)]``, the SimCLR
+# ``torch.cat([torch.arange(b) for i in range(n_views)])``): no ``torch.arange`` of it.
+UNUSED_INDEX = """
+def f(x, n):
+    parts = torch.cat([torch.arange(x.shape[0]) * 2 + x.sum() for i in range(n)], dim=0)
+    return parts + torch.stack([x.exp() for _ in range(n)]).sum(0).sum()
+"""
+READ_INDEX = """
+def f(x, n):
+    return torch.cat([x * i for i in range(n)], dim=0)
+"""
+
+
+def test_unused_loop_index_golden():
+    _, _, code, report = build(UNUSED_INDEX)
+    assert set(strategies(report).values()) == {"batched"}, report
+    assert "arange(0, n, 1)" not in code, code
+    assert "_i = " not in code and "__ = " not in code, code
+    _, _, code, report = build(READ_INDEX)  # read: its values as before
+    assert strategies(report) == {2: "batched"} and "_i = torch.arange(0, n, 1)" in code, code
+
+
+@pytest.mark.parametrize("src", [UNUSED_INDEX, READ_INDEX])
+@pytest.mark.parametrize("n", [1, 3])
+def test_unused_loop_index_equivalent(src, n, monkeypatch):
+    original, optimized, _, _ = build(src)
+    if src is UNUSED_INDEX:  # batched whole, no vmap
+        monkeypatch.setattr(torch, "vmap", None)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([0.5, -1.0, float("inf"), 2.0], dtype=dtype).requires_grad_()
+        assert_equivalent(original, optimized, x, n)

@@ -208,14 +208,18 @@ class _Batcher(Scope):
             outs: str, detached: set[str]) -> tuple[ast.expr | None, list]:
         self.assigned = {n.id for s in body for n in walk(s)
                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        read = {n.id for s in body for n in walk(s)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} | set(outputs)
         stmts = []
         for p in params:
             self.vals[p.name] = Val(True, p.rank, p.integer, source=_source(p))
-            if not p.rank.terms and p.name not in self.assigned:
+            index = not p.rank.terms and p.name not in self.assigned
+            if index:
                 self.index = p.name, p.batched
             if _source(p) is not None:
                 self.inputs.add(_source(p))
-            stmts += self.sub("p = x", p=p.name, x=p.batched)
+            if not index or p.name in read:  # an index the body never reads: no arange for it
+                stmts += self.sub("p = x", p=p.name, x=p.batched)
         for s in body:
             stmts += self.stmt(s)
         stacked = []
