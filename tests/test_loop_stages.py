@@ -1582,7 +1582,7 @@ _total_part = 0
 ['_total_part', '_rows_item', '_out_item']
 # folds
 rows.extend(_outs[1].unbind(0))
-out[0:n:1] = _outs[2].reshape(_outs[2].shape[:1] + (1,) * (out.dim() - 0 - _outs[2].dim()) + _outs[2].shape[1:])
+out[0:n:1] = _outs[2].reshape(_outs[2].shape[:1] + (1,) * (out.dim() - 0 - _outs[2].dim()) + _outs[2].shape[1:]).to(out.dtype if _outs[2].dim() == 1 else _outs[2].dtype)
 """),
     (effects_to_outputs, """
 def f(x, n):
@@ -2296,7 +2296,7 @@ if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.T
             _out_item = _cen.sum()
             return (torch.as_tensor(_out_item),)
         _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
-    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
 else:
     for c, cen in enumerate(cens):
         if s == c:
@@ -2326,7 +2326,7 @@ if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.T
             _out_item = _cen.sum()
             return (torch.as_tensor(_out_item),)
         _outs = torch.vmap(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
-    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
 else:
     for c, cen in enumerate(cens):
         if s == c:

@@ -352,6 +352,12 @@ def _place_slice(plan: LoopPlan, e: Effect, stacked: ast.expr,
     # values of shape (n, *value_shape): pad to the written rank, loop axis to its place
     placed = plan.sub(f"v.reshape(v.shape[:1] + (1,) * (out.dim() - {fixed} - v.dim()) "
                       "+ v.shape[1:])", v=stacked, out=e.name)
+    if not isinstance(e.stmt, ast.AugAssign):
+        # a 0-d value written into a row is a `fill_`: its gradient is summed in the written
+        # dtype, then cast; the stacked values' broadcast `copy_` would cast first (float32
+        # rounding apart). `+=` computes in the promoted dtype: its values stay as they are.
+        placed = plan.sub("p.to(out.dtype if v.dim() == 1 else v.dtype)", p=placed, v=stacked,
+                          out=e.name)
     if moved:
         placed = plan.sub(f"v.movedim(0, {moved})", v=placed)
     if isinstance(e.stmt, ast.AugAssign):
