@@ -24,6 +24,7 @@ import ast
 import inspect
 import textwrap
 import types
+from typing import Callable
 
 from . import ops
 
@@ -54,20 +55,42 @@ def mutated_parameters(func: ast.FunctionDef | ast.Lambda, globals_: dict | None
     """The parameters of ``func`` its body may change in place (see the module docstring)."""
     params = [a.arg for a in func.args.posonlyargs + func.args.args + func.args.kwonlyargs]
     params += [a.arg for a in (func.args.vararg, func.args.kwarg) if a is not None]
-    facts = _Facts({p: {p} for p in params}, globals_ or {}, depth)
+    return frozenset(_facts(func, params, globals_, depth).mutated)
+
+
+def changed_in_place(func: ast.FunctionDef | ast.Lambda,
+                     globals_: dict | None = None) -> Callable[[ast.AST], bool]:
+    """Whether the value of an expression of ``func`` may be changed in place by its body: the
+    facts of ``mutated_parameters`` over every name of the function, not only its parameters
+    (``c = centers[y[i]]`` is changed by ``centers[y[i]] = ...``). A ``+=`` on a bare name is not
+    counted: flow-insensitively, an accumulator (``loss += ...``) may alias whatever a call's
+    result may be (``loss = _outs[0]`` of a vmap over the inputs), and would mark them all."""
+    names = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)}
+    names |= {a.arg for a in ast.walk(func) if isinstance(a, ast.arg)}
+    facts = _facts(func, names, globals_, 0, name_updates=False)
+    return lambda node: bool(facts.refers_to(node) & facts.mutated)
+
+
+def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
+           depth: int, name_updates: bool = True) -> "_Facts":
+    """Aliases of ``roots`` in ``func`` and which of them its body changes in place
+    (``name_updates``: counting ``p += v`` on a bare name)."""
+    facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, name_updates)
     nodes = list(ast.walk(func))
     while facts.propagate_aliases(nodes):  # to a fixed point: an alias may be made before its source
         pass
     for node in nodes:
         facts.record_mutation(node)
-    return frozenset(facts.mutated)
+    return facts
 
 
 class _Facts:
-    def __init__(self, aliases: dict[str, set[str]], globals_: dict, depth: int):
+    def __init__(self, aliases: dict[str, set[str]], globals_: dict, depth: int,
+                 name_updates: bool = True):
         self.aliases = aliases
         self.globals = globals_
         self.depth = depth
+        self.name_updates = name_updates
         self.mutated: set[str] = set()
 
     def refers_to(self, node: ast.AST | None) -> set[str]:
@@ -115,7 +138,8 @@ class _Facts:
             for target in targets:
                 for stored in _stored_into(target):
                     self.mutated |= self.refers_to(stored.value)
-        elif isinstance(node, ast.AugAssign):
+        elif isinstance(node, ast.AugAssign) and (
+                self.name_updates or not isinstance(node.target, ast.Name)):
             self.mutated |= self.refers_to(node.target)
         elif isinstance(node, ast.Call):
             self._record_call(node)
