@@ -62,20 +62,21 @@ def changed_in_place(func: ast.FunctionDef | ast.Lambda,
                      globals_: dict | None = None) -> Callable[[ast.AST], bool]:
     """Whether the value of an expression of ``func`` may be changed in place by its body: the
     facts of ``mutated_parameters`` over every name of the function, not only its parameters
-    (``c = centers[y[i]]`` is changed by ``centers[y[i]] = ...``). A ``+=`` on a bare name is not
-    counted: flow-insensitively, an accumulator (``loss += ...``) may alias whatever a call's
-    result may be (``loss = _outs[0]`` of a vmap over the inputs), and would mark them all."""
+    (``c = centers[y[i]]`` is changed by ``centers[y[i]] = ...`` and by ``c += v``). ``func``
+    holds the vectorizer's code: the result of a call of a call (``torch.vmap(body)(x)``) is
+    taken as new, or flow-insensitively every accumulator bound to it (``loss = _outs[0]``) and
+    updated in the loop as written (``loss += ...``) would mark the inputs."""
     names = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)}
     names |= {a.arg for a in ast.walk(func) if isinstance(a, ast.arg)}
-    facts = _facts(func, names, globals_, 0, name_updates=False)
+    facts = _facts(func, names, globals_, 0, mapped_fresh=True)
     return lambda node: bool(facts.refers_to(node) & facts.mutated)
 
 
 def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
-           depth: int, name_updates: bool = True) -> "_Facts":
+           depth: int, mapped_fresh: bool = False) -> "_Facts":
     """Aliases of ``roots`` in ``func`` and which of them its body changes in place
-    (``name_updates``: counting ``p += v`` on a bare name)."""
-    facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, name_updates)
+    (``mapped_fresh``: a call of a call returns a new object)."""
+    facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, mapped_fresh)
     nodes = list(ast.walk(func))
     while facts.propagate_aliases(nodes):  # to a fixed point: an alias may be made before its source
         pass
@@ -86,11 +87,11 @@ def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
 
 class _Facts:
     def __init__(self, aliases: dict[str, set[str]], globals_: dict, depth: int,
-                 name_updates: bool = True):
+                 mapped_fresh: bool = False):
         self.aliases = aliases
         self.globals = globals_
         self.depth = depth
-        self.name_updates = name_updates
+        self.mapped_fresh = mapped_fresh
         self.mutated: set[str] = set()
 
     def refers_to(self, node: ast.AST | None) -> set[str]:
@@ -111,7 +112,8 @@ class _Facts:
             return self.refers_to(node.value)
         if isinstance(node, ast.Call):
             name = _callee_name(node.func)
-            if name in FRESH or name.endswith("loss"):
+            if name in FRESH or name.endswith("loss") or (
+                    self.mapped_fresh and isinstance(node.func, ast.Call)):
                 return set()
             receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
             found = self.refers_to(receiver)
@@ -138,8 +140,7 @@ class _Facts:
             for target in targets:
                 for stored in _stored_into(target):
                     self.mutated |= self.refers_to(stored.value)
-        elif isinstance(node, ast.AugAssign) and (
-                self.name_updates or not isinstance(node.target, ast.Name)):
+        elif isinstance(node, ast.AugAssign):
             self.mutated |= self.refers_to(node.target)
         elif isinstance(node, ast.Call):
             self._record_call(node)

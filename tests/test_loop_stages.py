@@ -1804,6 +1804,68 @@ _loss_part = _loss_part + t.sum()
      """
 Unsupported: `t += 1` writes in place into `t`, which may share memory with another value (a functional form would not change that value)
 """),
+    # a local bound to a row of an outer tensor (a view, whatever the tensor is): written in place
+    (inplace_writes_to_functional, """
+def f(x, y, centers, n):
+    loss = 0
+    for i in range(n):
+        c = centers[y[i]]
+        loss += (x[i] * c).sum()
+        c += 0.1 * x[i]
+    return loss
+""", ('body',),
+     """
+# body
+c = centers[_y_row]
+_loss_part = _loss_part + (_x_row * c).sum()
+c += 0.1 * _x_row
+""",
+     """
+Unsupported: `c += 0.1 * _x_row` writes in place into `c`, which may share memory with another value (a functional form would not change that value)
+"""),
+    (inplace_writes_to_functional, """
+def f(x, y, centers, n):
+    loss = 0
+    for i in range(n):
+        c = centers[y[i]]
+        loss += (x[i] * c).sum()
+        c[:] = 0.5 * c
+    return loss
+""", ('body',),
+     """
+# body
+c = centers[_y_row]
+_loss_part = _loss_part + (_x_row * c).sum()
+c[:] = 0.5 * c
+""",
+     """
+Unsupported: `c[:] = 0.5 * c` writes in place into `c`, which may share memory with another value (a functional form would not change that value)
+"""),
+    # ... bound anew to a tensor the iteration makes: its own, written functionally
+    (inplace_writes_to_functional, """
+def f(x, y, centers, n):
+    loss = 0
+    for i in range(n):
+        c = centers[y[i]]
+        c = c * x[i]
+        c += 1
+        loss += c.sum()
+    return loss
+""", ('body',),
+     """
+# body
+c = centers[_y_row]
+c = c * _x_row
+c += 1
+_loss_part = _loss_part + c.sum()
+""",
+     """
+# body
+c = centers[_y_row]
+c = c * _x_row
+c = c + 1
+_loss_part = _loss_part + c.sum()
+"""),
     (outline_body, """
 def f(xs, ys):
     total = 0
