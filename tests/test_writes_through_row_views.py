@@ -1,5 +1,5 @@
 """A local bound to a row of a tensor the loop does not make (``c = centers[y[i]]``: a 0-d index
-selects, the row is a view) and written in place (``c += v``, ``c[:] = v``, ``c.add_(v)``)
+selects, the row is a view) and written in place (``c += v``, ``c[:] = v``, ``c.copy_(v)``)
 changes that tensor, and a later iteration reads what an earlier one wrote (duplicate labels:
 the EMA class centers of real code). Such a loop runs as written: the value, the gradients and
 the tensor's final contents are the original's."""
@@ -29,6 +29,14 @@ def slice_store(x, y, centers):
         c[:] = 0.5 * c + x[i].detach()
     return loss
 
+def copy_into(x, y, centers):
+    loss = 0
+    for i in range(x.size(0)):
+        c = centers[y[i]]
+        loss += (x[i] * c.clone()).sum()
+        c.copy_(0.5 * c + x[i].detach())
+    return loss
+
 def int_row(x, centers):
     loss = 0
     for i in range(x.size(0)):
@@ -45,7 +53,7 @@ def user(tmp_path_factory):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("name", ["iadd", "slice_store", "int_row"])
+@pytest.mark.parametrize("name", ["iadd", "slice_store", "copy_into", "int_row"])
 def test_rows_of_an_outer_tensor_written_in_place_run_as_written(user, name, dtype):
     fn = getattr(user, name)
     fast = rewrite.optimize_loss(fn, compile=False, keep_faster=False)
@@ -61,4 +69,5 @@ def test_rows_of_an_outer_tensor_written_in_place_run_as_written(user, name, dty
     assert compare(want, got) == []
     torch.testing.assert_close(got_centers, want_centers, rtol=0, atol=0)
     assert not fast.report.loops[0].vectorized
-    assert "may share memory with another value" in fast.report.loops[0].reason
+    assert any(why in fast.report.loops[0].reason
+               for why in ("may share memory with another value", "a part of another value"))
