@@ -45,6 +45,11 @@ same check without wrapping. ``nll_loss`` has no gradient for
 guard, so they must be side-effect free (names, attributes, subscripts, ``.long()``,
 ``.detach()``); a temporary's definition is only trusted in the next statement, and only when
 that statement calls nothing that could mutate the operands (torch functions, known methods).
+The fused losses save their operands for backward where the idioms saved new tensors
+(``mse_loss`` saves ``a`` and ``b``, ``(a - b) ** 2`` only the difference): an operand the body
+may change in place (``passes/mutated_arguments.py``'s alias facts over every name: ``c =
+centers[y[i]]`` and a later ``centers[y[i]] = ...``, a view of ``centers``) is left as written, or
+the backward would fail where the original's runs.
 The else branch keeps the original expression, so a second run leaves the result unchanged. A
 temporary that only the original expression reads is computed only where that runs:
 ``t = None if <guard> else (a - b) ** 2`` (the guard sees the same values twice: nothing runs
@@ -62,6 +67,7 @@ import torch
 from . import ops
 from .ast_tools import PassContext, Transformer, replace, walk
 from .logsumexp_cross_entropy import logsumexp_cross_entropy
+from .mutated_arguments import changed_in_place, function_node
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,9 @@ def class_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     reads = Counter(n.id for n in walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
-    _Fuse(ctx, reads).visit(tree)
+    func = function_node(tree)
+    changed = changed_in_place(func, ctx.globals) if func is not None else lambda node: False
+    _Fuse(ctx, reads, changed).visit(tree)
     return tree
 
 
@@ -178,9 +186,10 @@ _FUSED_NAME = r"_cross_entropy(_\d+)?"  # the namer's names of that stem
 
 
 class _Fuse(Transformer):
-    def __init__(self, ctx: PassContext, reads: Counter):
+    def __init__(self, ctx: PassContext, reads: Counter, changed):
         self.ctx = ctx
         self.reads = reads  # name -> its reads in the module
+        self.changed = changed  # expression -> whether the body may change its value in place
         self.temps: list[str] = []  # the temporaries (``defs``) the current match went through
         self.safe: dict[int, bool] = {}  # statement id -> _calls_are_safe
         self.previous: ast.stmt | None = None  # the statement just before the one being visited
@@ -221,7 +230,9 @@ class _Fuse(Transformer):
             for pattern, rule, defs in _RULES_BY_HEAD.get(_head(node), ()):
                 self.temps = []
                 found = self._match(pattern, node, {}, defs)
-                if found is not None:
+                # the fused loss saves its operands for backward, where the idiom saved new
+                # tensors: one the body changes in place later would fail the backward
+                if found is not None and not any(map(self.changed, found.values())):
                     template = f"({rule.fused}) if ({rule.guard}) else ORIGINAL__"
                     bound = {k: self._bound(fn) for k, fn in _LABEL_READERS.items() if k in rule.fused}
                     if self.temps and self.reads[self.temps[0]] == 1:

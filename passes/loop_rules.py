@@ -65,6 +65,9 @@ WRITE_ACCUMULATE = {"add_": "v", "sub_": "-v"}
 # entries: dims of size 1 after the loop dim up to the written rank. Row by row: ``v`` with more
 # loop dims flattened into its first gives those rows placed alike (``batch_both_loop_levels``).
 WRITE_PLACED = "v.reshape(v.shape[:1] + (1,) * (out.dim() - k - v.dim()) + v.shape[1:])"
+# ... cast, for a plain write (not ``+=``): a 0-d value written into a row is a ``fill_``, its
+# gradient summed in the written dtype, then cast (``effects_to_outputs``)
+WRITE_PLACED_CAST = "p.to(out.dtype if v.dim() == 1 else v.dtype)"
 
 # Accumulators whose contributions were Python numbers in the original (literals, or host
 # round trips): the folded result is turned back into the same kind of Python number.

@@ -24,6 +24,7 @@ import ast
 import inspect
 import textwrap
 import types
+from typing import Callable
 
 from . import ops
 
@@ -54,20 +55,43 @@ def mutated_parameters(func: ast.FunctionDef | ast.Lambda, globals_: dict | None
     """The parameters of ``func`` its body may change in place (see the module docstring)."""
     params = [a.arg for a in func.args.posonlyargs + func.args.args + func.args.kwonlyargs]
     params += [a.arg for a in (func.args.vararg, func.args.kwarg) if a is not None]
-    facts = _Facts({p: {p} for p in params}, globals_ or {}, depth)
+    return frozenset(_facts(func, params, globals_, depth).mutated)
+
+
+def changed_in_place(func: ast.FunctionDef | ast.Lambda,
+                     globals_: dict | None = None) -> Callable[[ast.AST], bool]:
+    """Whether the value of an expression of ``func`` may be changed in place by its body: the
+    facts of ``mutated_parameters`` over every name of the function, not only its parameters
+    (``c = centers[y[i]]`` is changed by ``centers[y[i]] = ...`` and by ``c += v``). ``func``
+    holds the vectorizer's code: the result of a call of a call (``torch.vmap(body)(x)``) is
+    taken as new, or flow-insensitively every accumulator bound to it (``loss = _outs[0]``) and
+    updated in the loop as written (``loss += ...``) would mark the inputs."""
+    names = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)}
+    names |= {a.arg for a in ast.walk(func) if isinstance(a, ast.arg)}
+    facts = _facts(func, names, globals_, 0, mapped_fresh=True)
+    return lambda node: bool(facts.refers_to(node) & facts.mutated)
+
+
+def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
+           depth: int, mapped_fresh: bool = False) -> "_Facts":
+    """Aliases of ``roots`` in ``func`` and which of them its body changes in place
+    (``mapped_fresh``: a call of a call returns a new object)."""
+    facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, mapped_fresh)
     nodes = list(ast.walk(func))
     while facts.propagate_aliases(nodes):  # to a fixed point: an alias may be made before its source
         pass
     for node in nodes:
         facts.record_mutation(node)
-    return frozenset(facts.mutated)
+    return facts
 
 
 class _Facts:
-    def __init__(self, aliases: dict[str, set[str]], globals_: dict, depth: int):
+    def __init__(self, aliases: dict[str, set[str]], globals_: dict, depth: int,
+                 mapped_fresh: bool = False):
         self.aliases = aliases
         self.globals = globals_
         self.depth = depth
+        self.mapped_fresh = mapped_fresh
         self.mutated: set[str] = set()
 
     def refers_to(self, node: ast.AST | None) -> set[str]:
@@ -88,7 +112,8 @@ class _Facts:
             return self.refers_to(node.value)
         if isinstance(node, ast.Call):
             name = _callee_name(node.func)
-            if name in FRESH or name.endswith("loss"):
+            if name in FRESH or name.endswith("loss") or (
+                    self.mapped_fresh and isinstance(node.func, ast.Call)):
                 return set()
             receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
             found = self.refers_to(receiver)

@@ -1588,7 +1588,7 @@ _total_part = 0
 ['_total_part', '_rows_item', '_out_item']
 # folds
 rows.extend(_outs[1].unbind(0))
-out[0:n:1] = _outs[2].reshape(_outs[2].shape[:1] + (1,) * (out.dim() - 0 - _outs[2].dim()) + _outs[2].shape[1:])
+out[0:n:1] = _outs[2].reshape(_outs[2].shape[:1] + (1,) * (out.dim() - 0 - _outs[2].dim()) + _outs[2].shape[1:]).to(out.dtype if _outs[2].dim() == 1 else _outs[2].dtype)
 """),
     (effects_to_outputs, """
 def f(x, n):
@@ -1810,6 +1810,68 @@ _loss_part = _loss_part + t.sum()
      """
 Unsupported: `t += 1` writes in place into `t`, which may share memory with another value (a functional form would not change that value)
 """),
+    # a local bound to a row of an outer tensor (a view, whatever the tensor is): written in place
+    (inplace_writes_to_functional, """
+def f(x, y, centers, n):
+    loss = 0
+    for i in range(n):
+        c = centers[y[i]]
+        loss += (x[i] * c).sum()
+        c += 0.1 * x[i]
+    return loss
+""", ('body',),
+     """
+# body
+c = centers[_y_row]
+_loss_part = _loss_part + (_x_row * c).sum()
+c += 0.1 * _x_row
+""",
+     """
+Unsupported: `c += 0.1 * _x_row` writes in place into `c`, which may share memory with another value (a functional form would not change that value)
+"""),
+    (inplace_writes_to_functional, """
+def f(x, y, centers, n):
+    loss = 0
+    for i in range(n):
+        c = centers[y[i]]
+        loss += (x[i] * c).sum()
+        c[:] = 0.5 * c
+    return loss
+""", ('body',),
+     """
+# body
+c = centers[_y_row]
+_loss_part = _loss_part + (_x_row * c).sum()
+c[:] = 0.5 * c
+""",
+     """
+Unsupported: `c[:] = 0.5 * c` writes in place into `c`, which may share memory with another value (a functional form would not change that value)
+"""),
+    # ... bound anew to a tensor the iteration makes: its own, written functionally
+    (inplace_writes_to_functional, """
+def f(x, y, centers, n):
+    loss = 0
+    for i in range(n):
+        c = centers[y[i]]
+        c = c * x[i]
+        c += 1
+        loss += c.sum()
+    return loss
+""", ('body',),
+     """
+# body
+c = centers[_y_row]
+c = c * _x_row
+c += 1
+_loss_part = _loss_part + c.sum()
+""",
+     """
+# body
+c = centers[_y_row]
+c = c * _x_row
+c = c + 1
+_loss_part = _loss_part + c.sum()
+"""),
     (outline_body, """
 def f(xs, ys):
     total = 0
@@ -1956,10 +2018,10 @@ def _body_1(_a_row_1, _b_row_1):
             _out_item = _a_row * _b_row
             return (torch.as_tensor(_out_item),)
         _outs = _map_in_chunks(_body, in_dims=(0, 0))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1], _b_row_1 if a.shape[1] == b.shape[1] else _b_row_1[0:a.shape[1]:1])
-    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
     return (torch.as_tensor(_out_item_1),)
 _outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1], b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1])
-out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:]).to(out.dtype if _outs_1[0].dim() == 1 else _outs_1[0].dtype)
 # unbatched
 "the inner loop at line 3 picks its batched or vmapped form by its items' shapes at run time, which has no batched form here"
 """,
@@ -1970,7 +2032,7 @@ if a.dim() >= 2 and b.dim() >= 2 and (b.dim() == a.dim()):
     _b_row = ((b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1]) if a.shape[1] == b.shape[1] else (b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1])[:, 0:a.shape[1]:1]).flatten(0, 1)
     _out_item = _a_row * _b_row
     _outs = (_out_item,)
-    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
     _outs_1 = (_out_item_1.unflatten(0, (a.shape[0], a.shape[1])),)
 else:
 
@@ -1986,10 +2048,10 @@ else:
                 _out_item = _a_row * _b_row
                 return (torch.as_tensor(_out_item),)
             _outs = _map_in_chunks(_body, in_dims=(0, 0))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1], _b_row_1 if a.shape[1] == b.shape[1] else _b_row_1[0:a.shape[1]:1])
-        _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+        _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
         return (torch.as_tensor(_out_item_1),)
     _outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1], b if a.shape[0] == b.shape[0] else b[0:a.shape[0]:1])
-out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:]).to(out.dtype if _outs_1[0].dim() == 1 else _outs_1[0].dtype)
 # unbatched
 ''
 """),
@@ -2013,10 +2075,10 @@ def _body_1(_w_row, _a_row_1):
             _out_item = _a_row * _w_row
             return (torch.as_tensor(_out_item),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1])
-    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
     return (torch.as_tensor(_out_item_1),)
 _outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(w if a.shape[0] == w.shape[0] else w[0:a.shape[0]:1], a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1])
-out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:]).to(out.dtype if _outs_1[0].dim() == 1 else _outs_1[0].dtype)
 # unbatched
 "the inner loop at line 3 picks its batched or vmapped form by its items' shapes at run time, which has no batched form here"
 """,
@@ -2033,10 +2095,10 @@ def _body_1(_w_row, _a_row_1):
             _out_item = _a_row * _w_row
             return (torch.as_tensor(_out_item),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(_a_row_1 if a.shape[1] == a.shape[1] else _a_row_1[0:a.shape[1]:1])
-    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
     return (torch.as_tensor(_out_item_1),)
 _outs_1 = _map_in_chunks(_body_1, in_dims=(0, 0))(w if a.shape[0] == w.shape[0] else w[0:a.shape[0]:1], a if a.shape[0] == a.shape[0] else a[0:a.shape[0]:1])
-out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+out[0:a.shape[0]:1, 0:a.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:]).to(out.dtype if _outs_1[0].dim() == 1 else _outs_1[0].dtype)
 # unbatched
 "the inner loop at line 3 picks its batched or vmapped form by its items' shapes at run time, which has no batched form here"
 """),
@@ -2417,7 +2479,7 @@ if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.T
             _out_item = _cen.sum()
             return (torch.as_tensor(_out_item),)
         _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
-    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
 else:
     for c, cen in enumerate(cens):
         if s == c:
@@ -2447,7 +2509,7 @@ if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.T
             _out_item = _cen.sum()
             return (torch.as_tensor(_out_item),)
         _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
-    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+    out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
 else:
     for c, cen in enumerate(cens):
         if s == c:

@@ -774,10 +774,10 @@ GOLDEN_NESTED = ("""
                         _out_item = _x_row * _w_row
                         return (torch.as_tensor(_out_item),)
                     _outs = _map_in_chunks(_body, in_dims=(0, 0))(_x_row_1 if x.shape[1] == x.shape[1] else _x_row_1[0:x.shape[1]:1], w if x.shape[1] == w.shape[0] else w[0:x.shape[1]:1])
-                _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:])
+                _out_item_1 = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
                 return (torch.as_tensor(_out_item_1),)
             _outs_1 = _map_in_chunks(_body_1, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
-            out[0:x.shape[0]:1, 0:x.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:])
+            out[0:x.shape[0]:1, 0:x.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:]).to(out.dtype if _outs_1[0].dim() == 1 else _outs_1[0].dtype)
         else:
             for i in range(x.shape[0]):
                 for j in range(x.shape[1]):

@@ -141,9 +141,12 @@ def _returned(x: ast.expr) -> str:
 
 
 def _placement(s: ast.stmt, inner_outs: str) -> str:
-    """The name ``s`` binds to the placement of an inner output (``loop_rules.WRITE_PLACED``)."""
-    got = matched(rules.WRITE_PLACED, s.value, ("v", "out", "k")) if isinstance(s, ast.Assign) \
-        and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) else None
+    """The name ``s`` binds to the placement of an inner output (``loop_rules.WRITE_PLACED``,
+    cast for a plain write: ``WRITE_PLACED_CAST``)."""
+    one = isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+    cast = matched(rules.WRITE_PLACED_CAST, s.value, ("p", "v", "out")) if one else None
+    got = matched(rules.WRITE_PLACED, cast["p"] if cast else s.value, ("v", "out", "k")) \
+        if one else None
     v = got and got["v"]
     if not (isinstance(v, ast.Subscript) and is_name(v.value, inner_outs)
             and isinstance(v.slice, ast.Constant) and inner_outs not in loads(got["out"])):

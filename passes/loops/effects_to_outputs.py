@@ -353,6 +353,11 @@ def _place_slice(plan: LoopPlan, e: Effect, stacked: ast.expr,
     moved = sum(isinstance(x, ast.Slice) for x in entries[:at])
     # values of shape (n, *value_shape): pad to the written rank, loop axis to its place
     placed = plan.sub(rules.WRITE_PLACED, v=stacked, out=e.name, k=ast.Constant(fixed))
+    if not isinstance(e.stmt, ast.AugAssign):
+        # a 0-d value written into a row is a `fill_`: its gradient is summed in the written
+        # dtype, then cast; the stacked values' broadcast `copy_` would cast first (float32
+        # rounding apart). `+=` computes in the promoted dtype: its values stay as they are.
+        placed = plan.sub(rules.WRITE_PLACED_CAST, p=placed, v=stacked, out=e.name)
     if moved:
         placed = plan.sub(f"v.movedim(0, {moved})", v=placed)
     if isinstance(e.stmt, ast.AugAssign):

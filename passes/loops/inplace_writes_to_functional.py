@@ -15,7 +15,9 @@ no other value shares, is rebound to the written value instead::
 
 A write into a tensor that may share memory with another value (a row of an input, a view, a name
 bound to the same tensor, an appended item) is refused: its functional form would not change the
-other value, as the original does. Writes into values not known to be tensors (local lists) stay.
+other value, as the original does. So is a write into a name bound to a part of another value
+(``c = centers[y[i]]``, then ``c += v`` or ``c[:] = v``), whatever that value is: a row of a
+tensor is a view of it. Writes into values not known to be tensors (local lists) stay.
 """
 from __future__ import annotations
 
@@ -121,10 +123,11 @@ class Writes:
 
     def writable(self, name: str, s: ast.stmt) -> bool:
         """``name`` is a tensor the iteration made and nothing else shares (refused when it is a
-        tensor that may share memory); False for values not known to be tensors."""
+        tensor, or a value bound to a part of another, that may share memory); False for values
+        not known to be tensors."""
         if name in self.fresh and name not in self.shared:
             return True
-        if name in self.tensors:
+        if name in self.tensors or name in self.shared:
             raise self.refusal(s, name)
         return False
 
@@ -138,17 +141,21 @@ class Writes:
         value = getattr(s, "value", None)
         if isinstance(s, ast.FunctionDef) or value is None:
             return
-        self.shared |= self.aliases(value)
+        shares = self.aliases(value)
+        self.shared |= shares
         name = s.targets[0].id if isinstance(s, ast.Assign) and len(s.targets) == 1 \
             and isinstance(s.targets[0], ast.Name) else None
         tensor, made = name and self.is_tensor(value), name and self.made(value)
         bound = stores(s)
         self.tensors -= bound
         self.fresh -= bound
+        self.shared -= bound - shares  # a name bound anew shares what its new value shares
         if tensor:
             self.tensors.add(name)
         if made:
             self.fresh.add(name)
+        elif name and shares:  # `c = centers[y[i]]`: a view, whatever `centers` is
+            self.shared.add(name)
 
     def made(self, e: ast.expr) -> bool:
         """A new tensor, made by an op of the iteration (or a view of one nothing else sees)."""

@@ -615,6 +615,7 @@ def _written(s: ast.stmt) -> set[str]:
 
 def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> None:
     appends = {id(s.value) for s in _simple_stmts(body) if _is_append(s, assigned)}
+    views = _bound_to_parts(body, ctx)
     for s in body:
         for call in (n for n in walk(s) if isinstance(n, ast.Call)):
             meth = method_name(call, ctx)
@@ -634,11 +635,26 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
             if meth and (effect == "mutates" or ops.is_inplace(meth)) \
                     and id(call) not in appends:
                 recv = written_through(call.func.value, ctx)
-                # a local value, or a temporary nothing else sees (written functionally)
-                if not (isinstance(recv, ast.Name) and recv.id in assigned
+                # a local value (not a part of another: `c = centers[y[i]]` is a view), or a
+                # temporary nothing else sees (written functionally)
+                if not (isinstance(recv, ast.Name) and recv.id in assigned - views
                         or effect is None and makes_new_tensor(recv, ctx)):
+                    where = "a part of another value" if isinstance(recv, ast.Name) \
+                        and recv.id in views else "defined outside the loop"
                     raise Unsupported(f"`{unparse(call.func)}(...)` mutates `{unparse(recv)}`, "
-                                      "defined outside the loop", call.lineno)
+                                      + where, call.lineno)
+
+
+def _bound_to_parts(body: list[ast.stmt], ctx: PassContext) -> set[str]:
+    """Names the body binds to a part or an alias of another value: ``c = centers[y[i]]``, ``c =
+    x.view(-1)``, ``c = r``; writing into them writes into that value."""
+    def part(value: ast.expr) -> bool:
+        if isinstance(value, (ast.Subscript, ast.Attribute, ast.Name)):
+            return True
+        return isinstance(value, ast.Call) and call_op(value, ctx).aliases \
+            and method_name(value, ctx) is not None and part(value.func.value)
+    return {t.id for s in body for n in walk(s) if isinstance(n, ast.Assign) and part(n.value)
+            for t in n.targets if isinstance(t, ast.Name)}
 
 
 def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.stmt],
