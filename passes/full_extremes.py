@@ -29,7 +29,8 @@ m, start)``: the same value and backward over the elements ``m`` selects, 0 wher
 nothing (the original raises there; the loop counts those items and raises after it, and a 0
 keeps NaN out of the gradients of items a tensor condition deselects). The value is ``amax``
 over the selection (Inductor fuses it), detached; the gradient comes from adding ``-0.0`` by an
-operator whose backward is eager's split. Spelled with ops (NaN test, fill, ties, mean of the
+operator whose backward is eager's split (in the forward AOTAutograd traces, the
+``-0.0`` fill itself, as for the full extremes: no opaque call between Inductor's kernels). Spelled with ops (NaN test, fill, ties, mean of the
 ties), Inductor stored five bool masks of the distance matrix for their backward, and the
 batch-hard triplet loss took 1.4x the expert's ``masked_fill(...).amax(1)``. Integers and bools: ``amax`` over the selection, the
 slice's minimum where nothing is selected.
@@ -114,6 +115,17 @@ def _selected_backward(ctx, g: torch.Tensor):
 
 
 _selected_ties.register_autograd(_selected_backward, setup_context=_save_selected)
+
+
+@_selected_ties.register_torch_dispatch(FunctionalTensorMode)
+def _selected_traced(mode, func, types, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The forward AOTAutograd traces, as ``_traced``: the ``-0.0`` fill it computes, which
+    Inductor folds into the sum. Opaque, each call was a library call between the kernels it
+    split (the batch-hard triplet loss's compiled forward: 4 kernels, each one more C++ compile
+    at the first call, instead of 2)."""
+    x, mask, value, start = args
+    with mode:
+        return x.new_full(x.shape[:start], -0.0)
 
 
 @_selected_ties.register_vmap

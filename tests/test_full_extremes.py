@@ -174,3 +174,32 @@ def test_compiled_forward_is_the_plain_reduction(largest, form, dtype):
     forward, backward = graphs
     assert f"aten.a{name}.default" in forward and not any("full_extreme" in t for t in forward)
     assert "aten.where.self" in backward
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("form", ["batched", "vmap"])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_compiled_selected_forward_has_no_opaque_call(largest, form, dtype):
+    # the forward graph a compiler gets fills -0.0 where the operator stood (an opaque call
+    # split Inductor's kernels around it: one more C++ compile each at the first call); the
+    # backward graph still splits the gradient among the selected ties and NaNs as eager does
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    graphs = []
+
+    def keep(gm, _inputs):
+        graphs.append({str(node.target) for node in gm.graph.nodes})
+        return make_boxed_func(gm.forward)
+    fn, name = (max_of_selected, "max") if largest else (min_of_selected, "min")
+    x, mask = _selected_rows(dtype)
+    call = (lambda x, m: fn(x * 1, m, 1)) if form == "batched" else \
+        torch.vmap(lambda r, m: fn(r * 1, m, 0))
+    got = torch.compile(call, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))(x, mask)
+    want = torch.stack([getattr(r[m], name)() for r, m in zip(x, mask)])
+    g = torch.full((len(x),), NAN, dtype=dtype)
+    g[::2] = 2.0
+    _assert_exact(got, want)
+    _assert_exact(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    forward, backward = graphs
+    assert not any("selected_ties" in t for t in forward)
+    assert "aten.where.self" in backward
