@@ -94,8 +94,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             # `count += 1`, `n += m.sum().item()`: the original's Python number
             reduced = plan.sub(rules.NUMBER_FOLD[kind], r=reduced)
         if acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
-                and acc.kinds == {"tensor"}:
-            # the loop's sum or product keeps a narrow integer dtype (``loop_sums_keep_dtypes``)
+                and acc.kinds == {"tensor"} and name in stores_in(plan.node.body):
+            # the loop's sum or product keeps a narrow integer dtype (``loop_sums_keep_dtypes``;
+            # the user's accumulators: the rewrite's own counters start at 0 and count in int64)
             plan.promotions.append((plan.sub(loop_sums_keep_dtypes.WIDER_START, s=name,
                                              r=_item(plan, acc)), WIDER_START))
         if name in plan.zeros and acc.family in rules.FAMILY_FOLD_FROM_ZERO:
