@@ -134,7 +134,7 @@ def test_golden_write_of_a_number_past_the_lengths():
     assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == dedent("""
         # body
         _pos = torch.arange(out[i].shape[1], device=out[i].device).reshape((-1,) + (1,) * (out[i].dim() - 1 - 1))
-        _in = _pos >= lengths[i] + out[i].shape[1] * (lengths[i] < 0)
+        _in = _pos >= _slice_bound(lengths[i]) + out[i].shape[1] * (_slice_bound(lengths[i]) < 0)
         out[i] = torch.where(_in, 0, out[i])
         """)
 
@@ -172,7 +172,7 @@ def test_golden_fill_of_a_ragged_slice_is_a_masked_row_write():
     assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == dedent("""
         # body
         _pos = torch.arange(mask[i].shape[0], device=mask[i].device).reshape((-1,) + (1,) * (mask[i].dim() - 0 - 1))
-        _in = _pos < lengths[i] + mask[i].shape[0] * (lengths[i] < 0)
+        _in = _pos < _slice_bound(lengths[i]) + mask[i].shape[0] * (_slice_bound(lengths[i]) < 0)
         mask[i] = torch.where(_in, 1, mask[i])
         """)
     plan, ctx = plan_before(FILL.replace("fill_(1)", "fill_(scores[i, 0])"), ragged_slices_to_masks)
@@ -202,9 +202,9 @@ def test_golden_write_of_a_box_by_two_lengths():
     assert show(ragged_slices_to_masks.stage(plan, ctx), ("body",)) == dedent("""
         # body
         _pos = torch.arange(mask[b].shape[0], device=mask[b].device).reshape((-1,) + (1,) * (mask[b].dim() - 0 - 1))
-        _in = _pos < out_lens[b] + mask[b].shape[0] * (out_lens[b] < 0)
+        _in = _pos < _slice_bound(out_lens[b]) + mask[b].shape[0] * (_slice_bound(out_lens[b]) < 0)
         _pos_1 = torch.arange(mask[b].shape[1], device=mask[b].device).reshape((-1,) + (1,) * (mask[b].dim() - 1 - 1))
-        _in_1 = _pos_1 < in_lens[b] + mask[b].shape[1] * (in_lens[b] < 0)
+        _in_1 = _pos_1 < _slice_bound(in_lens[b]) + mask[b].shape[1] * (_slice_bound(in_lens[b]) < 0)
         _in_2 = _in & _in_1
         mask[b] = torch.where(_in_2, True, mask[b])
         """)

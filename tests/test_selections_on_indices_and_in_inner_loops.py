@@ -186,7 +186,8 @@ def test_golden_a_tensor_accumulator_skips_the_host_test():
         return s
     """)
     lines = [line.strip() for line in code.splitlines()]
-    assert "if isinstance(s, torch.Tensor) or _run_eagerly(lambda: len(range(0, p.shape[0], 1)) " \
+    # (an `elif` after the wider-start check of `loop_sums_keep_dtypes`)
+    assert "elif isinstance(s, torch.Tensor) or _run_eagerly(lambda: len(range(0, p.shape[0], 1)) " \
            "> 1 and isinstance(k, torch.Tensor) and (k.numel() == 1) or any((i != k for i in " \
            "range(0, p.shape[0], 1)))):" in lines
 

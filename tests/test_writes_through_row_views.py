@@ -71,3 +71,30 @@ def test_rows_of_an_outer_tensor_written_in_place_run_as_written(user, name, dty
     assert not fast.report.loops[0].vectorized
     assert any(why in fast.report.loops[0].reason
                for why in ("may share memory with another value", "a part of another value"))
+
+
+def test_a_row_an_opaque_helper_returns_is_a_view_too(tmp_path):
+    """``c = row(centers, y[i])`` of a function of another module (not inlined): its result
+    may be a view of an argument (here it is), so ``c += v`` keeps the loop too."""
+    (tmp_path / "rows_elsewhere.py").write_text("def row(centers, k):\n    return centers[k]\n")
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        fn = load_module(tmp_path, """import torch
+from rows_elsewhere import row
+def f(x, y, centers):
+    loss = 0
+    for i in range(x.shape[0]):
+        c = row(centers, y[i])
+        c += 0.5 * (x[i] - c)
+        loss = loss + ((x[i] - c) ** 2).sum()
+    return loss
+""").f
+    finally:
+        sys.path.remove(str(tmp_path))
+    fast = rewrite.optimize_loss(fn, compile=False, keep_faster=False)
+    x, y, centers = torch.randn(6, 3), torch.tensor([0, 1, 0, 0, 2, 1]), torch.randn(3, 3)
+    want_centers, got_centers = centers.clone(), centers.clone()
+    torch.testing.assert_close(fast(x, y, got_centers), fn(x, y, want_centers))
+    torch.testing.assert_close(got_centers, want_centers, rtol=0, atol=0)
+    assert not fast.report.loops[0].vectorized

@@ -10,7 +10,7 @@ up to the end, as slicing clamps). So the slice becomes ``R[_in]``, which
 
     L = lengths[i].item()                      L = lengths[i].item()
     s = s + x[i, :L].sum() / L         ->      _pos = torch.arange(x[i].shape[0], device=x[i].device)
-                                               _in = _pos < L + x[i].shape[0] * (L < 0)
+                                               _in = _pos < _slice_bound(L) + x[i].shape[0] * (_slice_bound(L) < 0)
                                                s = s + x[i][_in].sum() / L
 
 Rows sliced alike in one statement share the mask (``F.mse_loss(p[i, :L], t[i, :L])`` selects
@@ -22,7 +22,7 @@ positions taken along the ragged slice's dim of the row and broadcast against th
 
     mask[i, :, lengths[i]:] = 0        ->      _pos = torch.arange(mask[i].shape[1], device=mask[i].device)
                                                    .reshape((-1,) + (1,) * (mask[i].dim() - 1 - 1))
-                                               _in = _pos >= lengths[i] + mask[i].shape[1] * (lengths[i] < 0)
+                                               _in = _pos >= _slice_bound(lengths[i]) + mask[i].shape[1] * (_slice_bound(lengths[i]) < 0)
                                                mask[i] = torch.where(_in, 0, mask[i])
 
 (``torch.where`` with a Python number keeps the row's dtype; the written positions get no
