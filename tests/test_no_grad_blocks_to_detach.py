@@ -66,3 +66,58 @@ def f(x, centers):
 """)
     assert strategies(report) == {3: "kept"}
     assert "`with` inside the loop" in report.loops[0].reason
+
+
+SMOOTHING = """
+def f(logits, target, eps):
+    logp = torch.log_softmax(logits, dim=-1)
+    C = logits.shape[-1]
+    loss = 0.0
+    for i in range(logits.shape[0]):
+        with torch.no_grad():
+            true_dist = torch.full_like(logp[i], eps / (C - 1))
+            true_dist[target[i]] = 1 - eps
+            true_dist.clamp_(min=0.0)
+        loss += (-true_dist * logp[i]).sum()
+    return loss / logits.shape[0]
+"""
+
+
+@pytest.mark.parametrize("block", [
+    # writes into what the block did not make: a row of an input, a view, a leaf with grad
+    "with torch.no_grad():\n            c = centers[0]\n            c[0] = 1.0",
+    "with torch.no_grad():\n            c = centers.view(-1)\n            c.fill_(1.0)",
+    "with torch.no_grad():\n            c = torch.zeros(3, requires_grad=True)\n"
+    "            c[0] = 1.0",
+])
+def test_writes_into_what_the_block_did_not_make_keep_the_block(block):
+    naive, fast, code, report = build(f"""
+def f(x, centers):
+    loss = 0
+    for i in range(x.shape[0]):
+        {block}
+        loss = loss + (x[i] * centers[1]).sum()
+    return loss
+""")
+    assert "_detached" not in code and "with torch.no_grad()" in code
+    assert report.loops[0].strategy != "vmap" and report.loops[0].strategy != "batched"
+
+
+def test_golden_writes_into_a_tensor_the_block_made():
+    """Label smoothing's target row: made, written (``t[k] = v``, ``t.clamp_``), detached once."""
+    _, _, code, report = build(SMOOTHING)
+    assert strategies(report) == {5: "vmap"}, report.loops[0].reason
+    body = code[code.index("def _body"):code.index("_outs = ")]  # the mapped body
+    assert "no_grad" not in body and body.count("_detached(true_dist)") == 1, code
+    assert body.index("_detached(true_dist)") > body.index(".scatter(")
+
+
+@pytest.mark.parametrize("special", [None, float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_written_block_tensor_equivalent(special, dtype):
+    naive, fast, _, _ = build(SMOOTHING)
+    logits, target = _x(6, 5, dtype=dtype), torch.tensor([0, 4, 2, 2, 1, 3])
+    if special is not None:
+        logits[1, 2] = special
+    assert_equivalent(naive, fast, logits.requires_grad_(), target, 0.1)
+    assert fast(logits, target, 0.1).dtype == dtype
