@@ -30,8 +30,8 @@ nothing (the original raises there; the loop counts those items and raises after
 keeps NaN out of the gradients of items a tensor condition deselects). The value is ``amax``
 over the selection (Inductor fuses it), detached; the gradient comes from adding ``-0.0`` by an
 operator whose backward is eager's split (in the forward AOTAutograd traces, the
-``-0.0`` fill itself, as for the full extremes: no opaque call between Inductor's kernels). Spelled with ops (NaN test, fill, ties, mean of the
-ties), Inductor stored five bool masks of the distance matrix for their backward, and the
+``-0.0`` fill itself, as for the full extremes: no opaque call between Inductor's kernels).
+Spelled with ops (NaN test, fill, ties, mean of the ties), Inductor stored five bool masks of the distance matrix for their backward, and the
 batch-hard triplet loss took 1.4x the expert's ``masked_fill(...).amax(1)``. Integers and bools: ``amax`` over the selection, the
 slice's minimum where nothing is selected.
 """

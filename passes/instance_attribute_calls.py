@@ -120,7 +120,8 @@ def picked_helper(value: Any, *pairs: tuple[Callable, Callable]) -> Any:
     of such a function, that partial of what it picks; else ``value``, as written."""
     if type(value) is functools.partial:
         picked = picked_helper(value.func, *pairs)
-        return value if picked is value.func else functools.partial(picked, *value.args, **value.keywords)
+        return value if picked is value.func else \
+            functools.partial(picked, *value.args, **value.keywords)
     for original, rewritten in pairs:
         if value is original:
             return rewritten
@@ -133,7 +134,8 @@ def picked_helper(value: Any, *pairs: tuple[Callable, Callable]) -> Any:
 def partial_of(value: ast.expr, module: dict, local: set) -> ast.expr | None:
     """``f`` of ``functools.partial(f, ...)`` (``partial`` as the module names it, not one of the
     names ``local`` to the function), else None."""
-    if not (isinstance(value, ast.Call) and value.args and not isinstance(value.args[0], ast.Starred)):
+    if not (isinstance(value, ast.Call) and value.args
+            and not isinstance(value.args[0], ast.Starred)):
         return None
     func = value.func
     root = func.value if isinstance(func, ast.Attribute) else func

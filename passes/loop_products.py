@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .loop_sums_keep_dtypes import KEPT_INTEGERS
+from .loop_sums_keep_dtypes import kept_dtype
 
 
 class _Product(torch.autograd.Function):
@@ -42,4 +42,4 @@ def product(v: torch.Tensor) -> torch.Tensor:
     factors keep their dtype, as ``1 * x[i]`` does (wrapping around as the original's steps do)."""
     if v.is_floating_point() or v.is_complex():
         return _Product.apply(v)
-    return v.prod(0, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.prod(0)
+    return v.prod(0, **kept_dtype(v))

@@ -12,8 +12,8 @@ idioms and shared values, each marked sum becomes a call of ``loop_sum``, bound 
 which sums narrow integers in their own dtype (the original's wrapped result: modular addition
 does not depend on the order) and anything else as ``v.sum(0)`` (bool items count in int64, as
 ``0 + m[i]`` does). Python's ``sum`` of a tensor's items or of a list the loop stacked starts from
-0 too, and running sums and products (``running_sum``, ``running_product``) keep dtypes alike. A sum folded into a start of a wider dtype (an int64 or float tensor, a
-Python float) would wrap where the original does not, and bools added to a bool start are a
+0 too, and running sums and products (``running_sum``, ``running_product``) keep dtypes alike.
+A sum folded into a start of a wider dtype (an int64 or float tensor, a Python float) would wrap where the original does not, and bools added to a bool start are a
 logical or there: ``WIDER_START`` is the condition under which ``fold_accumulators`` runs such a
 loop as written (``promoting_folds_run_as_written``).
 """
@@ -35,20 +35,26 @@ WIDER_START = (f"r.dtype in ({', '.join(map(str, KEPT_INTEGERS))}) "
                "and s.dtype == torch.bool and r.dtype == torch.int64")
 
 
+def kept_dtype(v: torch.Tensor) -> dict:
+    """``dtype=`` for a reduction of ``v`` that keeps a narrow integer dtype (none otherwise:
+    the reduction's own promotion)."""
+    return {"dtype": v.dtype} if v.dtype in KEPT_INTEGERS else {}
+
+
 def loop_sum(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """``v.sum(dim)`` in the dtype the original's additions from 0 give (``dim``: the items' dim
     once a loop batched a Python ``sum`` of each item)."""
-    return v.sum(dim, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.sum(dim)
+    return v.sum(dim, **kept_dtype(v))
 
 
 def running_sum(v: torch.Tensor) -> torch.Tensor:
     """``v.cumsum(0)`` in the dtype the original's running additions give."""
-    return v.cumsum(0, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.cumsum(0)
+    return v.cumsum(0, **kept_dtype(v))
 
 
 def running_product(v: torch.Tensor) -> torch.Tensor:
     """``v.cumprod(0)`` in the dtype the original's running products give."""
-    return v.cumprod(0, dtype=v.dtype) if v.dtype in KEPT_INTEGERS else v.cumprod(0)
+    return v.cumprod(0, **kept_dtype(v))
 
 
 def mark(node: ast.expr) -> ast.expr:

@@ -25,7 +25,8 @@ work: several times slower than the loop's few tail fills. The comparison of pos
 mask's own floating dtype runs vectorized and writes each element once. A negative length counts
 from the end as slicing does (``a + T * (a < 0)``; past either end the comparison clamps as
 slicing does). Written: ``X[i, :, ..., a:] = v`` or ``X[i, :, ..., :b] = v`` (full slices around
-the ragged one; or the statement ``X[...].fill_(v)``), ``i`` the index of ``for i in range(n)`` with the bound ``L[i]``, or of
+the ragged one; or the statement ``X[...].fill_(v)``), ``i`` the index of ``for i in range(n)``
+with the bound ``L[i]``, or of
 ``for i, l in enumerate(L)`` with the bound ``l`` (either maybe through ``int(...)`` or
 ``.item()``), ``{v, fill} == {0, 1}``. The runtime check asks for 1-D integer lengths on the
 mask's device and rows the mask has; otherwise the loop runs as written (raising as it did).
