@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
-               kl_div_terms, set_distances, slice_bounds, stacked_views)
+               kl_div_terms, masked_divisors, set_distances, slice_bounds, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -284,6 +284,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
     # the identity on a slice bound that raises where slicing with a float would
     _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", **_ET),
+    # a fixed divisor under a mask: the number itself, or 1 where the mask is off
+    _helper(masked_divisors.masked_divisor, derivative="constant", **_ET),
     _helper(stacked_views.stack_items, total=True, derivative="constant"),
     # -- losses -----------------------------------------------------------------------------
     # selection: on masked selections, the loss per element (``reduction="none"``) masked

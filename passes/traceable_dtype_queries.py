@@ -26,28 +26,10 @@ from __future__ import annotations
 
 import ast
 
-import torch
-from torch._prims_common import (ELEMENTWISE_TYPE_PROMOTION_KIND, can_safe_cast_to,
-                                 elementwise_dtypes)
-
 from .ast_tools import PassContext, Transformer
+from .dtype_queries import can_cast, result_type
 from .loops.loop_dataflow import resolve_call
 from .loops.runtime_checks import is_vectorized_guard
-
-
-def result_type(a, b) -> torch.dtype:
-    """``torch.result_type(a, b)``, traced by Dynamo as a constant."""
-    if torch.compiler.is_compiling():
-        return elementwise_dtypes(
-            a, b, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
-    return torch.result_type(a, b)
-
-
-def can_cast(from_: torch.dtype, to: torch.dtype) -> bool:
-    """``torch.can_cast(from_, to)``, traced by Dynamo as a constant."""
-    if torch.compiler.is_compiling():
-        return can_safe_cast_to(cast_to=to, cast_from=from_)
-    return torch.can_cast(from_, to)
 
 
 # The torch function (its name as ``resolve_call`` gives it) -> its traceable helper.

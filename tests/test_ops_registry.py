@@ -89,6 +89,8 @@ def _sample(spec: ops.OpSpec, tensors: list[torch.Tensor]) -> torch.Tensor:
     extra = EXTRA_ARGS.get(spec.aten, ())
     if spec.aten == "where":
         return torch.where(tensors[0] > 0, *tensors)
+    if spec.aten == "masked_divisor":  # (mask, dividend, divisor)
+        return _resolve(spec.functions[0])(tensors[0] > 0, *tensors)
     if spec.functions:
         return _resolve(spec.functions[0])(*tensors, *extra)
     return getattr(tensors[0], spec.methods[0])(*tensors[1:], *extra)

@@ -35,6 +35,16 @@ def f(x, beta):
     return out.sum()
 """
 
+# a fixed base under the condition: its masked safe value is cast to the original's dtype
+POWER = """
+def f(x, base):
+    out = torch.zeros_like(x)
+    for i in range(x.shape[0]):
+        if x[i] > 0:
+            out[i] = base ** x[i]
+    return out.sum()
+"""
+
 NO_LOOP = """
 def f(x, y):
     return x.to(torch.result_type(x, y)) + y
@@ -83,7 +93,7 @@ def test_the_traced_rules_are_torchs(monkeypatch, default):
 
 
 def test_vectorized_forms_call_the_helper_and_the_original_loop_is_as_written():
-    _, _, code = _rewritten(BRANCH)
+    _, _, code = _rewritten(POWER)
     vectorized, original = code.split("else:\n        for i in range")
     assert "_result_type(" in vectorized and "torch.result_type" not in vectorized
     assert "torch.result_type" not in original and "_result_type" not in original

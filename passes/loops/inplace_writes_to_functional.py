@@ -22,6 +22,7 @@ tensor is a view of it. Writes into values not known to be tensors (local lists)
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 
 import torch
 
@@ -50,26 +51,54 @@ class Writes:
     ``masked_only``: rewrite only boolean masks' writes of numbers (``masked_writes_to_where``)."""
 
     def __init__(self, plan: LoopPlan, ctx: PassContext, tensors: set[str],
-                 masked_only: bool = False):
-        self.plan, self.ctx, self.masked_only = plan, ctx, masked_only
+                 masked_only: bool = False, switch: Callable[[ast.If], bool] | None = None):
+        self.plan, self.ctx, self.masked_only, self.switch = plan, ctx, masked_only, switch
         self.tensors, self.fresh, self.shared = set(tensors), set(), set()
+        self.switched: list[tuple[ast.If, bool]] = []  # (if, whether its body was taken)
+        self.depth = 0  # of the `if`s around the statement walked
+        self.refused_in_branch = False  # the last refusal was of a write under an `if`
 
     def block(self, stmts: list[ast.stmt], rewrite: bool = True) -> list[ast.stmt]:
         out = []
         for s in stmts:
             if isinstance(s, ast.If):
-                before = (set(self.tensors), set(self.fresh))
-                s.body = self.block(s.body, rewrite)
-                after_body, self.tensors, self.fresh = (self.tensors, self.fresh), *before
-                s.orelse = self.block(s.orelse, rewrite)
-                self.tensors &= after_body[0]  # what both branches leave
-                self.fresh &= after_body[1]
-                out.append(s)
+                out += self.branches(s, rewrite)
                 continue
             new = self.stmt(s) if rewrite else [s]
             if new == [s]:
                 self.track(s)
             out += new  # a rewritten write: its tensor stays new, and copies what it writes
+        return out
+
+    def branches(self, s: ast.If, rewrite: bool) -> list[ast.stmt]:
+        """``s`` with its branches rewritten. With ``switch``: a branch with a refused write,
+        under a condition ``switch`` accepts, is dropped and the other one taken (``switched``)."""
+        before = (set(self.tensors), set(self.fresh), set(self.shared))
+        try:
+            s.body = self.branch(s.body, rewrite)
+        except Unsupported:
+            if not (self.switch and self.switch(s)):
+                raise
+            self.tensors, self.fresh, self.shared = before
+            self.switched.append((s, False))
+            return self.branch(s.orelse, rewrite)
+        after_body, self.tensors, self.fresh = (self.tensors, self.fresh), *before[:2]
+        try:
+            s.orelse = self.branch(s.orelse, rewrite)
+        except Unsupported:
+            if not (self.switch and self.switch(s)):
+                raise
+            self.tensors, self.fresh = after_body
+            self.switched.append((s, True))
+            return s.body
+        self.tensors &= after_body[0]  # what both branches leave
+        self.fresh &= after_body[1]
+        return [s]
+
+    def branch(self, stmts: list[ast.stmt], rewrite: bool) -> list[ast.stmt]:
+        self.depth += 1
+        out = self.block(stmts, rewrite)  # a refusal leaves the depth where it was refused
+        self.depth -= 1
         return out
 
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
@@ -132,6 +161,7 @@ class Writes:
         return False
 
     def refusal(self, s: ast.stmt, name: str) -> Unsupported:
+        self.refused_in_branch = self.depth > 0
         return Unsupported(f"`{unparse(s).strip()}` writes in place into `{name}`, which may "
                            "share memory with another value (a functional form would not "
                            "change that value)", s.lineno)

@@ -83,6 +83,7 @@ from ..errors import Unsupported
 
 from .. import ops
 from ..ast_tools import PassContext, Transformer, clone, replace, root_name, unparse, walk
+from ..masked_divisors import masked_divisor
 from .loop_dataflow import (call_op, depends, is_shape_query, loads, may_be_nonfinite,
                             method_name, stores, stores_in)
 from .plan import LoopPlan
@@ -430,6 +431,7 @@ class NumbersRun:
 NUMBERS_RUN = NumbersRun()
 # The Python operators ``OpSpec.sanitize`` makes safe, by their ``operator`` function.
 _OPERATOR_NAMES = {ast.Div: "truediv", ast.FloorDiv: "floordiv", ast.Mod: "mod", ast.Pow: "pow"}
+_DIVISIONS = (ast.Div, ast.FloorDiv, ast.Mod)  # a fixed divisor made safe by masked_divisor
 _METADATA = frozenset({"shape", "ndim", "dtype", "device"})  # attributes without gradient
 # The 0 a deselected iteration reads: ``False`` is 0 in every dtype and promotes none (a
 # full-size ``zeros_like`` would be allocated and filled at the batched value's size).
@@ -625,10 +627,12 @@ class Sanitize(Transformer):
                 name = self.ctx.namer.new("t")
                 self.pre += replace("t = x", loc=node, t=name, x=getattr(node, other))
                 setattr(node, other, ast.Name(name, ast.Load()))
-            safe_operand = replace(
-                f"torch.where(p, torch.zeros_like(p, dtype=torch.result_type(x, a)) + a, {safe})"
-                f".to(torch.result_type(x, a))", loc=operand, torch_name=self.ctx.torch_name,
-                p=self.pred, x=getattr(node, other), a=operand)
+            template = "d(p, x, a)" if isinstance(node.op, _DIVISIONS) else \
+                f"torch.where(p, torch.zeros_like(p, dtype=torch.result_type(x, a)) + a, {safe})" \
+                ".to(torch.result_type(x, a))"
+            safe_operand = replace(template, loc=operand, torch_name=self.ctx.torch_name,
+                                   d=self.ctx.bind(masked_divisor, "masked_divisor"),
+                                   p=self.pred, x=getattr(node, other), a=operand)
         setattr(node, side, safe_operand)
         return node
 
