@@ -41,8 +41,9 @@ SELECTED_BY = "selected_by"
 # ast.expr on such a fold where only conditions on loop indices select: the Python test, on the
 # outer loops' indices, of whether an iteration selected one (no device read).
 SELECTED_WHEN = "selected_when"
-# bool on a ``v.sum(0)`` over a loop's axis a loop pass emits: ``loop_sums_keep_dtypes`` makes
-# it keep narrow integer dtypes, after the passes that match ``.sum(0)``.
+# True or str on a ``v.sum(0)`` over a loop's axis a loop pass emits: ``loop_sums_keep_dtypes``
+# makes it keep narrow integer dtypes (str: the name it is added onto, whose dtype it takes too),
+# after the passes that match ``.sum(0)``.
 LOOP_SUM = "loop_axis_sum"
 # str on a ``while`` loop that is not counted: why (the report's reason for keeping it).
 NOT_COUNTED = "not_counted"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .dtype_queries import result_type
 from .loop_sums_keep_dtypes import kept_dtype
 
 
@@ -35,6 +36,17 @@ class _Product(torch.autograd.Function):
         before = torch.cat([ones, v[:-1]]).cumprod(0)
         after = torch.cat([v[1:], ones]).flip(0).cumprod(0).flip(0)
         return grad * after * before
+
+
+def product_onto(start, v: torch.Tensor) -> torch.Tensor:
+    """``product(v)`` in the dtype of the original's products of the factors with ``start``
+    (``start * v[0]``: an int16 start takes uint8 factors in int16, a float one in float)."""
+    if not len(v):
+        return product(v)
+    dtype = result_type(start, v[0])
+    if dtype.is_floating_point or dtype.is_complex:
+        return _Product.apply(v.to(dtype))
+    return v.prod(0, dtype=dtype)
 
 
 def product(v: torch.Tensor) -> torch.Tensor:

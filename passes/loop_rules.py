@@ -28,6 +28,9 @@ FAMILY_REDUCE = {"sum": "v.sum(0)", "prod": "v.prod(0)"}
 # ... those reduced by a function bound into the generated code instead: a product's gradient as
 # the original's factor-by-factor one (``loop_products``)
 FAMILY_REDUCE_FN = {"prod": loop_products.product}
+# ... and those of an inner loop folding onto a start the outer body binds (``fold_starts``): in
+# the dtype of the fold onto it (sums: ``loop_sums_keep_dtypes.loop_sum_onto``, at the sum)
+FAMILY_REDUCE_ONTO_FN = {"prod": loop_products.product_onto}
 # ... those whose reduction keeps narrow integer items' dtype, as the original's steps do: started
 # from a wider value they run as written (``loop_sums_keep_dtypes.WIDER_START``)
 FAMILY_KEEPS_ITEM_DTYPE = frozenset({"sum", "prod"})

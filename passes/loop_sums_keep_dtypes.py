@@ -13,9 +13,13 @@ which sums narrow integers in their own dtype (the original's wrapped result: mo
 does not depend on the order) and anything else as ``v.sum(0)`` (bool items count in int64, as
 ``0 + m[i]`` does). Python's ``sum`` of a tensor's items or of a list the loop stacked starts from
 0 too, and running sums and products (``running_sum``, ``running_product``) keep dtypes alike.
-A sum folded into a start of a wider dtype (an int64 or float tensor, a Python float) would wrap where the original does not, and bools added to a bool start are a
-logical or there: ``WIDER_START`` is the condition under which ``fold_accumulators`` runs such a
-loop as written (``promoting_folds_run_as_written``).
+A sum folded into a start of a wider dtype (an int64 or float tensor, a Python float) would wrap
+where the original does not, and bools added to a bool start are a logical or there:
+``WIDER_START`` is the condition under which ``fold_accumulators`` runs such a loop as written
+(``promoting_folds_run_as_written``). An inner loop's fold has no such check (the outer body
+may bind its start again in every iteration): its sums are marked with the name they are added
+onto and become ``_loop_sum_onto(t, v)``, the sum in the dtype of ``t + v[0]``: modular integer
+addition in that dtype is the original's steps' result.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 
 from . import ast_marks
 from .ast_tools import PassContext, Transformer, replace
+from .dtype_queries import result_type
 
 KEPT_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32)
 # ``s + r`` of the accumulator ``s`` and the loop's sum ``r`` of its items (or ``s * r``, ``r`` a
@@ -57,13 +62,22 @@ def running_product(v: torch.Tensor) -> torch.Tensor:
     return v.cumprod(0, **kept_dtype(v))
 
 
-def mark(node: ast.expr) -> ast.expr:
+def loop_sum_onto(start, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``v.sum(dim)`` in the dtype of the original's additions of its items onto ``start``
+    (``start + v[0]``: an int16 start takes uint8 items in int16, without wrapping at 256)."""
+    if not v.shape[dim]:
+        return loop_sum(v, dim)
+    return v.sum(dim, dtype=result_type(start, v.select(dim, 0)))
+
+
+def mark(node: ast.expr, onto: str | None = None) -> ast.expr:
     """``node``, marked for this pass when it is a ``v.sum(0)``: a loop pass's sum over a loop's
-    axis (or a Python ``sum`` of a tensor's or stacked list's items, which starts from 0 too)."""
+    axis (or a Python ``sum`` of a tensor's or stacked list's items, which starts from 0 too);
+    ``onto``: the name whose value the sum is added onto, read where the sum is."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
             and node.func.attr == "sum" and not node.keywords and len(node.args) == 1 \
             and isinstance(node.args[0], ast.Constant) and node.args[0].value == 0:
-        ast_marks.put(node, ast_marks.LOOP_SUM, True)
+        ast_marks.put(node, ast_marks.LOOP_SUM, onto or True)
     return node
 
 
@@ -77,9 +91,14 @@ class _LoopSums(Transformer):
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
-        if not ast_marks.get(node, ast_marks.LOOP_SUM):
+        onto = ast_marks.get(node, ast_marks.LOOP_SUM)
+        if not onto:
             return node
-        fn = self.ctx.bind(loop_sum, "loop_sum")
         dim = node.args[0]
+        if isinstance(onto, str):
+            fn = self.ctx.bind(loop_sum_onto, "loop_sum_onto")
+            return replace(f"{fn}(s, v, d)", loc=node, s=ast.Name(onto, ast.Load()),
+                           v=node.func.value, d=dim)
+        fn = self.ctx.bind(loop_sum, "loop_sum")
         return replace(f"{fn}(v)" if isinstance(dim, ast.Constant) and dim.value == 0 else
                        f"{fn}(v, d)", loc=node, v=node.func.value, d=dim)

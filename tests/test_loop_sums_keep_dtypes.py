@@ -132,3 +132,58 @@ def test_products_keep_the_dtype_too(tmp_path, name, dtype):
     loop = fast.report.loops[0]
     wider = name == "product_int64_start" and dtype in NARROW
     assert loop.vectorized and (loop.original_runs > 0) == wider, str(loop)
+
+
+# An inner loop's sum or product the outer body starts again, at a start wider than the items
+# (or narrower, or a Python number): the inner fold is in the dtype of the original's first step
+# onto that start, per outer iteration (it was in the items' own dtype: wrapped at 256, or
+# counted in int64, silently).
+RESTARTED = {
+    "sum_int16": "s = 0\nfor r in x:\n    t = torch.zeros((), dtype=torch.int16)\n"
+                 "    for v in r:\n        t = t + v\n    s = s + t",
+    "sum_int32_rows": "s = 0\nfor r in x:\n    t = torch.zeros(x.shape[2:], dtype=torch.int32)\n"
+                      "    for v in r:\n        t = t + v\n    s = s + t",
+    "sum_float": "s = 0\nfor r in x:\n    t = 0.5\n    for v in r:\n        t = t + v\n"
+                 "    s = s + t",
+    "sum_int64_mapped": "s = 0\nfor r in x:\n    t = torch.tensor(0)\n    for v in r:\n"
+                        "        t = t + torch.flip(v, [0])\n    s = s + t",
+    "product_int32": "s = 0\nfor r in x:\n    t = torch.ones((), dtype=torch.int32)\n"
+                     "    for v in r:\n        t = t * v\n    s = s + t",
+    "product_float": "s = 0\nfor r in x:\n    t = 1.0\n    for v in r:\n        t = t * v\n"
+                     "    s = s + t",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESTARTED))
+@pytest.mark.parametrize("dtype", NARROW + [torch.int64, torch.float32, torch.float64], ids=str)
+def test_inner_folds_onto_a_start_the_outer_body_binds(tmp_path, name, dtype):
+    original, fast = compiled(tmp_path, RESTARTED[name])
+    # [3, 40, 3] items: the inner sums leave every narrow dtype's range, the products too
+    x = torch.stack([overflowing(dtype)] * 3) if name.startswith("sum") else \
+        (torch.arange(360).reshape(3, 40, 3) % 5 + 1).to(dtype)
+    if name == "sum_int64_mapped":
+        x = x.unsqueeze(-1).expand(*x.shape, 2).contiguous()  # items of one dim to flip
+    if dtype.is_floating_point:
+        x = x.to(dtype).requires_grad_()
+    want, got = original(x), fast(x)
+    assert got.dtype == want.dtype
+    exact = not want.is_floating_point()  # float sums of large integers round by their order
+    torch.testing.assert_close(got, want, **({"rtol": 0, "atol": 0} if exact else {}))
+    assert_equivalent(original, fast, x)
+    assert all(loop.vectorized and not loop.original_runs for loop in fast.report.loops), \
+        fast.report.loops
+
+
+@pytest.mark.parametrize("start", [torch.tensor(3, dtype=torch.int16), 2.5, 7,
+                                   torch.zeros(3, dtype=torch.int32), torch.tensor(True)])
+@pytest.mark.parametrize("dtype", NARROW + [torch.bool, torch.float32], ids=str)
+def test_loop_sum_onto_is_the_additions_onto_the_start(start, dtype):
+    """Invariant: ``start + loop_sum_onto(start, v)`` is ``start + v[0] + v[1] + ...``."""
+    v = overflowing(dtype)
+    want = start
+    for item in v:
+        want = want + item
+    got = start + loop_sums_keep_dtypes.loop_sum_onto(start, v)
+    assert got.dtype == want.dtype
+    exact = not want.is_floating_point()  # float sums of large integers round by their order
+    torch.testing.assert_close(got, want, **({"rtol": 0, "atol": 0} if exact else {}))

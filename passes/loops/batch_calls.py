@@ -262,7 +262,7 @@ def _dim_op(scope: Scope, c: Call, x: ast.expr, xv: Val, rest: list):
     rank = xv.rank if keepdim else xv.rank + change * len(dims)
     integer = xv.integer if c.op.integer == (0,) else None
     if ast_marks.get(node, ast_marks.LOOP_SUM):  # a Python `sum` of the item: over its dim 0
-        ast_marks.put(call, ast_marks.LOOP_SUM, True)
+        ast_marks.put(call, ast_marks.LOOP_SUM, ast_marks.get(node, ast_marks.LOOP_SUM))
     return ast.copy_location(call, node), Val(True, rank, integer)
 
 

@@ -141,7 +141,7 @@ def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
 
     def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
         b = _Batcher(ctx, plan.node, trips, plan.summed_parts(), plan.averaged_parts(), sets,
-                     tensors)
+                     tensors, plan.fold_starts)
         try:  # the body stays as given
             return b, b.run(clone(plan.body), params, plan.outputs, plan.outs, plan.detached)
         except Unsupported as exc:
@@ -196,10 +196,12 @@ class _Batcher(Scope):
 
     def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str],
                  averaged: frozenset[str], sets: bool = False,
-                 tensors: frozenset[str] = frozenset()):
+                 tensors: frozenset[str] = frozenset(), starts: dict[str, str] | None = None):
         super().__init__(ctx, loc, trips, sets, tensors)
         self.summed = summed
         self.averaged = averaged
+        self.starts = starts or {}  # summed outputs -> what they are added onto (plan.fold_starts)
+        self.onto: str | None = None  # ... that of the output being summed
         self.totals: set[str] = set()        # summed outputs holding their sum over the loop
         self.zeros: set[str] = set()          # names bound to the int 0 (a partial's start)
         self.index: tuple[str, ast.Call] | None = None  # the loop index and its arange
@@ -227,11 +229,13 @@ class _Batcher(Scope):
             if name in self.totals:
                 stacked.append(ast.Name(name, ast.Load()))
             elif self.vals.get(name, CONSTANT).batched:
+                self.onto = self.starts.get(name)
                 stacked.append(self._summed(name) if name in self.summed else
                                ast.Name(name, ast.Load()))
             else:  # the same value in every iteration (a constant contribution)
                 each = self.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
                                 o=name, n=self.trips)
+                self.onto = self.starts.get(name)
                 stacked.append(self._summed(each) if name in self.summed else each)
             if name in self.averaged and name not in self.totals:
                 stacked[-1] = self.sub("t / n", t=stacked[-1], n=self.trips)
@@ -254,6 +258,7 @@ class _Batcher(Scope):
             target = s.targets[0]
             if isinstance(target, ast.Name) and _is_update(s.value, target.id, self.summed) \
                     and not self.vals.get(target.id, CONSTANT).batched:
+                self.onto = self.starts.get(target.id)
                 total, _ = self.total(s.value.right, mean=target.id in self.averaged)
                 self.totals.add(target.id)
                 # 0 + total is total when total is a (fresh, never bool) tensor
@@ -356,8 +361,9 @@ class _Batcher(Scope):
         return self._divided(total) if mean else total, val
 
     def _summed(self, items: ast.expr | str) -> ast.expr:
-        """``items.sum(0)``, the sum over the loop (``loop_sums_keep_dtypes`` keeps its dtype)."""
-        return loop_sums_keep_dtypes.mark(self.sub("e.sum(0)", e=items))
+        """``items.sum(0)``, the sum over the loop (``loop_sums_keep_dtypes`` keeps its dtype,
+        or that of its addition onto ``onto``)."""
+        return loop_sums_keep_dtypes.mark(self.sub("e.sum(0)", e=items), self.onto)
 
     def _divided(self, total: ast.expr) -> ast.expr:
         return self.sub("t / n", t=total, n=self.trips)

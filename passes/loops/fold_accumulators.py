@@ -84,6 +84,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                               "loop and is added to only under conditions: where none holds it "
                               "stays that number, which the outer loop's vectorized form would "
                               "see as a tensor 0", plan.node.lineno)
+        keeps = acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
+            and acc.kinds == {"tensor"} and name in stores_in(plan.node.body)
+        if keeps and name in plan.outer_binds:  # started again by the outer body: the check
+            plan.fold_starts[acc.part] = name    # of a wider start below is not made there
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
@@ -93,8 +97,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         elif kind in rules.NUMBER_FOLD:
             # `count += 1`, `n += m.sum().item()`: the original's Python number
             reduced = plan.sub(rules.NUMBER_FOLD[kind], r=reduced)
-        if acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
-                and acc.kinds == {"tensor"} and name in stores_in(plan.node.body):
+        if keeps:
             # the loop's sum or product keeps a narrow integer dtype (``loop_sums_keep_dtypes``;
             # the user's accumulators: the rewrite's own counters start at 0 and count in int64)
             plan.promotions.append((plan.sub(loop_sums_keep_dtypes.WIDER_START, s=name,
@@ -267,6 +270,9 @@ def _when_selected(plan: LoopPlan, name: str, acc: Accumulator, folds: list[ast.
 def _reduced(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> ast.expr:
     """The stacked values reduced over the loop; a builtin max/min's picked item evaluated again
     on its own (``PICKED_INDEX``), or ``Unsupported``."""
+    if acc.part in plan.fold_starts and acc.family in rules.FAMILY_REDUCE_ONTO_FN:
+        fn = rules.FAMILY_REDUCE_ONTO_FN[acc.family]
+        return plan.sub(f"{ctx.bind(fn, fn.__name__)}(s, v)", s=name, v=acc.stacked)
     if acc.family not in rules.FAMILY_PICK:
         fn = rules.FAMILY_REDUCE_FN.get(acc.family)
         return plan.sub(f"{ctx.bind(fn, fn.__name__)}(v)" if fn else

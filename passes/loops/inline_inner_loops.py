@@ -35,7 +35,8 @@ An inner fold that runs the inner loop as written when it would promote an accum
 (``promoting_folds_run_as_written``) becomes its folds: the outer loop's folds of that
 accumulator check the same promotion, on the sum over both loops (``plan.uses_where``). One that
 would wrap an integer sum started from a wider value leaves that check to the outer loop's fold
-of the same accumulator (a sum the outer body starts again at a wider value is not checked).
+of the same accumulator; a sum or product the outer body starts again is reduced in the dtype of
+its fold onto that start (``plan.fold_starts``: ``loop_sum_onto``, ``product_onto``).
 """
 from __future__ import annotations
 

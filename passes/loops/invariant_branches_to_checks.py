@@ -81,6 +81,7 @@ def _drop_refused_writes(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     twin = {id(c): o for cs, os in zip(copy, plan.body) for c, o in zip(walk(cs), walk(os))}
     writes = Writes(plan, ctx, {name for name, _ in plan.iteration.elements},
                     switch=lambda s: _plain(s.test) and not loads(s.test) & written)
+    names = ctx.namer.checkpoint()
     try:
         writes.block(copy)
     except Unsupported:
@@ -88,6 +89,8 @@ def _drop_refused_writes(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             raise
         # a write refused at the top: inplace_writes_to_functional keeps the loop, with its
         # reason, after the stages whose reasons come first
+    finally:
+        ctx.namer.rollback(names)  # the names the dry run's rewrites made are not used
     if writes.switched:
         plan.body = _take(plan.body, {id(twin[id(s)]): body for s, body in writes.switched},
                           plan)

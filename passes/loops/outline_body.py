@@ -106,8 +106,8 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
     if summed:
         trips = plan.iteration.trips(plan)
         outs = [plan.sub(f"o[{k}]", o=plan.outs) for k in range(len(plan.outputs))]
-        outs = [loop_sums_keep_dtypes.mark(plan.sub("o.sum(0)", o=o)) if name in summed else o
-                for o, name in zip(outs, plan.outputs)]
+        outs = [loop_sums_keep_dtypes.mark(plan.sub("o.sum(0)", o=o), plan.fold_starts.get(name))
+                if name in summed else o for o, name in zip(outs, plan.outputs)]
         outs = [plan.sub("o / n", o=o, n=trips) if name in averaged else o
                 for o, name in zip(outs, plan.outputs)]
         mapped += plan.sub("o = v", o=plan.outs, v=ast.Tuple(outs, ast.Load()))

@@ -101,6 +101,7 @@ class LoopPlan:
     outer_bounds: dict[str, tuple[ast.expr, ast.expr]] = field(default_factory=dict)
     torch_name: str = "torch"                       # how generated code spells torch
     inner: bool = False          # inside another loop: its statements join the outer body
+    outer_binds: set[str] = field(default_factory=set)  # ... whose other statements bind these
     # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
     # its stacked items, and those it does bind.
     own_lists: set[str] = field(default_factory=set)
@@ -176,6 +177,9 @@ class LoopPlan:
     # (which the original changes only when an iteration is selected) or wrap an integer sum:
     # the loop then runs as written (``promoting_folds_run_as_written``).
     promotions: list[tuple[ast.expr, str]] = field(default_factory=list)
+    # An inner loop's sum and product partials -> the accumulator whose value at the loop they
+    # fold onto (the outer body may bind it again, wider: reduced in the dtype of that fold)
+    fold_starts: dict[str, str] = field(default_factory=dict)
     running: dict[str, str] = field(default_factory=dict)    # scanned accumulator -> running
     last_write: dict[str, str] = field(default_factory=dict)  # write target -> item last written
     scattered: set[str] = field(default_factory=set)          # written at data-dependent slots

@@ -214,6 +214,12 @@ def vectorize(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
+def _bound_around(outer: ast.For, node: ast.For) -> set[str]:
+    """The names the statements of ``outer``'s body other than the one holding ``node`` bind."""
+    return {n for s in outer.body if not any(c is node for c in walk(s))
+            for n in loop_dataflow.stores_in([s])}
+
+
 def _comprehensions(node: ast.AST) -> list[ast.expr]:
     """The comprehensions of ``node`` (depth first, in source order), outside the originals
     kept by vectorized guards."""
@@ -352,7 +358,8 @@ class _Vectorizer(Transformer):
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx, self.around[-1] if self.around else None),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
-                     inner=bool(self.depth), local_defs=self.local_defs)
+                     inner=bool(self.depth), local_defs=self.local_defs,
+                     outer_binds=_bound_around(self.around[-1], node) if self.around else set())
         try:
             # lists stacked by this plan, a distributed loop's and a scan's
             plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
