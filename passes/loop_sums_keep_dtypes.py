@@ -17,9 +17,11 @@ A sum folded into a start of a wider dtype (an int64 or float tensor, a Python f
 where the original does not, and bools added to a bool start are a logical or there:
 ``WIDER_START`` is the condition under which ``fold_accumulators`` runs such a loop as written
 (``promoting_folds_run_as_written``). An inner loop's fold has no such check (the outer body
-may bind its start again in every iteration): its sums are marked with the name they are added
-onto and become ``_loop_sum_onto(t, v)``, the sum in the dtype of ``t + v[0]``: modular integer
-addition in that dtype is the original's steps' result.
+may bind its start again in every iteration): its partial starts from ``identity_of(t, 0)``
+(a 0 in ``t``'s dtype: each iteration's ``0 + b`` of a bool ``b`` counts in ``t``'s dtype, as the
+original's ``t + b``) and its sums, marked with the name they are added onto, become
+``_loop_sum_onto(t, v)``, the sum in the dtype of ``t + v[0]``: modular integer addition in that
+dtype is the original's steps' result.
 """
 from __future__ import annotations
 
@@ -68,6 +70,15 @@ def loop_sum_onto(start, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
     if not v.shape[dim]:
         return loop_sum(v, dim)
     return v.sum(dim, dtype=result_type(start, v.select(dim, 0)))
+
+
+def identity_of(start, identity: int):
+    """``identity`` (0 for sums, 1 for products) of ``start``'s type, dtype and shape: an inner
+    loop's partial that the original folds onto ``start`` starts from it (``identity_of(t, 0) +
+    x[j]`` has the dtype of ``t + x[j]``)."""
+    if isinstance(start, torch.Tensor):
+        return torch.full_like(start, identity)
+    return type(start)(identity)
 
 
 def mark(node: ast.expr, onto: str | None = None) -> ast.expr:

@@ -151,6 +151,12 @@ RESTARTED = {
                      "    for v in r:\n        t = t * v\n    s = s + t",
     "product_float": "s = 0\nfor r in x:\n    t = 1.0\n    for v in r:\n        t = t * v\n"
                      "    s = s + t",
+    # bools counted onto an int32 start in a mapped body (each item's `0 + b` was int64 there),
+    # and multiplied onto an int16 one
+    "sum_bools_mapped": "s = 0\nfor r in x:\n    t = torch.zeros((), dtype=torch.int32)\n"
+                        "    for v in r:\n        t = t + (torch.flip(v, [0]) > 0)\n    s = s + t",
+    "product_bools": "s = 0\nfor r in x:\n    t = torch.ones((), dtype=torch.int16) * 3\n"
+                     "    for v in r:\n        t = t * (v > 1)\n    s = s + t",
 }
 
 
@@ -161,7 +167,7 @@ def test_inner_folds_onto_a_start_the_outer_body_binds(tmp_path, name, dtype):
     # [3, 40, 3] items: the inner sums leave every narrow dtype's range, the products too
     x = torch.stack([overflowing(dtype)] * 3) if name.startswith("sum") else \
         (torch.arange(360).reshape(3, 40, 3) % 5 + 1).to(dtype)
-    if name == "sum_int64_mapped":
+    if name.endswith("mapped"):
         x = x.unsqueeze(-1).expand(*x.shape, 2).contiguous()  # items of one dim to flip
     if dtype.is_floating_point:
         x = x.to(dtype).requires_grad_()
@@ -187,3 +193,20 @@ def test_loop_sum_onto_is_the_additions_onto_the_start(start, dtype):
     assert got.dtype == want.dtype
     exact = not want.is_floating_point()  # float sums of large integers round by their order
     torch.testing.assert_close(got, want, **({"rtol": 0, "atol": 0} if exact else {}))
+
+
+def test_inner_fold_onto_a_restarted_start_golden(tmp_path):
+    """The inner partial starts from the start's own 0 and sums in that addition's dtype; an
+    accumulator no outer statement binds again keeps ``_loop_sum`` (no change: ``indexed``)."""
+    _, fast = compiled(tmp_path, RESTARTED["sum_int16"])
+    body = fast.report.rewritten_source.split("def _body_1(r):\n")[1].split("\n        _outs_1")[0]
+    assert body.splitlines()[:6] == [
+        "            _s_part = 0",
+        "            t = torch.zeros((), dtype=torch.int16)",
+        "            v = r",
+        "            _t_part = _identity_of(t, 0)",
+        "            _t_part = _t_part + _loop_sum_onto(t, v, 0)",
+        "            _outs = (_t_part,)"]
+    _, plain = compiled(tmp_path, SOURCES["nested"])
+    assert "_loop_sum_onto" not in plain.report.rewritten_source
+    assert "_identity_of" not in plain.report.rewritten_source

@@ -87,7 +87,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         keeps = acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
             and acc.kinds == {"tensor"} and name in stores_in(plan.node.body)
         if keeps and name in plan.outer_binds:  # started again by the outer body: the check
-            plan.fold_starts[acc.part] = name    # of a wider start below is not made there
+            _fold_onto_start(plan, name, acc, ctx)  # of a wider start below is not made there
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
@@ -125,6 +125,18 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if not plan.inner:  # the inner loops' counters, summed over this loop
         plan.first += [s for c in sorted(_counters(plan)) for s in plan.sub("c = 0", c=c)]
     return plan
+
+
+def _fold_onto_start(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> None:
+    """The partial of ``name`` starts from the family's identity in its start's dtype (``0 * t
+    + e`` has the dtype of the original's ``t + e``: a bool ``e`` counted in ``t``'s), and is
+    reduced in that dtype (``plan.fold_starts``)."""
+    plan.fold_starts[acc.part] = name
+    like = ctx.bind(loop_sums_keep_dtypes.identity_of, "identity_of")
+    ident = rules.FAMILY_IDENTITY[acc.family]
+    plan.init = [plan.sub(f"p = {like}(s, {ident})", p=acc.part, s=name)[0]
+                 if isinstance(s, ast.Assign) and is_name(s.targets[0], acc.part) else s
+                 for s in plan.init]
 
 
 def _item(plan: LoopPlan, acc: Accumulator) -> ast.expr:
