@@ -20,6 +20,11 @@ module (``self``: the first parameter), ``obj.m(x)`` and ``obj(x)`` (``__call__`
     self.ohkm(loss)  ->  (_ohkm(self, loss) if getattr(type(self), 'ohkm', None) is _ohkm_original
                           else self.ohkm(loss))
 
+On an object made in the call (``Cls(k)(x)``, ``Cls(k).m(x)``, ``Cls`` not a module), the
+object is made once and ``picked_method`` decides::
+
+    Cls(k)(x)   ->   _picked_method(Cls(k), '__call__', _call___original, _call)(x)
+
 so a subclass that overrides the method (or another object bound to the name) runs as written.
 (An instance attribute that shadows a method of the same name is not looked at.)
 
@@ -362,6 +367,13 @@ class _Redirect(Transformer):
                     and issubclass(cls, torch.nn.Module):
                 forwards = {id(_method(c, "forward")) for c in classes}
                 return self._module_call(node, cls, len(forwards) == 1)
+            if not named and len(classes) == 1 and self._rewrite(method):
+                # read once: the object is made by the call's receiver expression
+                node.func = replace("pick(obj, name, orig, new)", loc=node.func, obj=receiver,
+                                    pick=self.ctx.bind(picked_method, "picked_method"),
+                                    name=ast.Constant(stored), orig=self._original(method),
+                                    new=self._rewrite(method))
+                return node
             if not named:
                 self._unreached(method, f"{how} on an object made in the call")
             elif _shadowed("type", self.scope):
@@ -512,6 +524,15 @@ def module_forward(module: Any, original: Callable, rewritten: Callable) -> Call
                       or _EVERY_MODULE._global_backward_pre_hooks))
     # partial, not a bound method: torch.compile traces it without a graph break
     return functools.partial(rewritten, module) if plain else module
+
+
+def picked_method(obj: Any, name: str, original: Callable, rewritten: Callable) -> Callable:
+    """What ``obj.<name>(...)`` (``obj(...)`` for ``__call__``) runs in rewritten code, ``obj``
+    made by the call: ``rewritten`` with ``obj`` bound first when its class's ``name`` is still
+    ``original``; else the method as written."""
+    if getattr(type(obj), name, None) is original:
+        return functools.partial(rewritten, obj)
+    return obj if name == "__call__" else getattr(obj, name)
 
 
 def _is_helper(fn: object, ctx: PassContext, mapped: bool = False) -> bool:
