@@ -37,6 +37,9 @@ class OpSpec:
     # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see
     # the batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``.
     batched: str | None = None
+    # ... of its form on two tensors, where a second operand that is a number is a dim
+    # (``torch.max(a, b)``, elementwise, against ``torch.max(x, 1)``)
+    tensor_pair: str | None = None
     reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
     # ... when that method's gradient differs from the op's (NaN, ties): ``f(x, first_dim)``,
     # bound into the generated code
@@ -252,9 +255,11 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("amin", batched="reduction", reduce="amin", tuple_dims=True, dim_rank=-1,
        selection="amin", total=True, derivative="constant"),
     _t("max", batched="reduction", reduce="amax", reduce_fn=full_extremes.max_of_all,
-       tuple_dims=True, selection="max", total=True, derivative="constant"),
+       tuple_dims=True, selection="max", total=True, derivative="constant",
+       tensor_pair="elementwise"),
     _t("min", batched="reduction", reduce="amin", reduce_fn=full_extremes.min_of_all,
-       tuple_dims=True, selection="min", total=True, derivative="constant"),
+       tuple_dims=True, selection="min", total=True, derivative="constant",
+       tensor_pair="elementwise"),
     _t("prod", batched="reduction", reduce="prod", dim_rank=-1),
     _t("logsumexp", batched="reduction", dim_rank=-1, selection="logsumexp", total=True,
        derivative="bounded"),
@@ -300,9 +305,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     # batching rule for it (a warning and a Python loop over the batch), the batched form does
     # not need one, and a vmapped body calls its terms (``kl_div_terms``)
     OpSpec("kl_div", (_F + "kl_div",), batched="pointwise_loss", vmap_fn=kl_div_terms.kl_div),
-    # functorch's composite of it is NaN at an infinite logit
+    # functorch's composite of it is NaN at an infinite logit; finite with finite gradients at
+    # any finite logit, target and weights (no log of a probability: total)
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
-           batched="pointwise_loss", selection="pointwise_loss",
+           batched="pointwise_loss", selection="pointwise_loss", total=True,
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
     OpSpec("cross_entropy", (_F + "cross_entropy",), batched="class_loss", selection="class_loss",
            derivative="bounded"),
