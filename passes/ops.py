@@ -319,17 +319,25 @@ REGISTRY: tuple[OpSpec, ...] = (
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
            sink_selection_fn=cosine_products.cosine_similarity_unless,
            vmap_fn=cosine_products.cosine_similarity, dense_fn=cosine_products.broadcast_cosine_similarity),
+    # the functional form of an in-place write (``inplace_writes_to_functional``): finite, with
+    # finite gradients, wherever its indices are in range (it raises where they are not)
+    _t("scatter", total=True, derivative="constant"),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows
     OpSpec("linear_cross_entropy", (_F + "linear_cross_entropy",), vmap_wrong=("options",)),
     # -- layout, views, conversions -----------------------------------------------------------
+    # a new tensor of one number (no operand: no gradient); in-place writes into it are their
+    # functional forms (``inplace_writes_to_functional``). Not yet ``zeros``/``ones``: a bool
+    # mask made by them and written per iteration is refused by ``check_mapped_body`` as an
+    # unknown op's result, where functionally written it would index under vmap (no batching)
+    _t("full", meth=False, total=True, derivative="constant"),
     _t("stack", meth=False, total=True, derivative="constant"),
     _t("cat", meth=False, total=True, derivative="constant"),
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
     _t("tensor", meth=False, total=True, number_first=True),
     # a range of numbers: no gradient flows through it, whatever its bounds
-    _t("arange", meth=False, derivative="constant"),
+    _t("arange", meth=False, total=True, derivative="constant"),
     # views, and conversions that return the tensor itself when there is nothing to do
     _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
     _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),
