@@ -37,6 +37,9 @@ class OpSpec:
     # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see
     # the batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``.
     batched: str | None = None
+    # ... of its form on two tensors, where a second operand that is a number is a dim
+    # (``torch.max(a, b)``, elementwise, against ``torch.max(x, 1)``)
+    tensor_pair: str | None = None
     reduce: str | None = None                 # over all elements per item: ``x.<reduce>(dims)``
     # ... when that method's gradient differs from the op's (NaN, ties): ``f(x, first_dim)``,
     # bound into the generated code
@@ -252,9 +255,11 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("amin", batched="reduction", reduce="amin", tuple_dims=True, dim_rank=-1,
        selection="amin", total=True, derivative="constant"),
     _t("max", batched="reduction", reduce="amax", reduce_fn=full_extremes.max_of_all,
-       tuple_dims=True, selection="max", total=True, derivative="constant"),
+       tuple_dims=True, selection="max", total=True, derivative="constant",
+       tensor_pair="elementwise"),
     _t("min", batched="reduction", reduce="amin", reduce_fn=full_extremes.min_of_all,
-       tuple_dims=True, selection="min", total=True, derivative="constant"),
+       tuple_dims=True, selection="min", total=True, derivative="constant",
+       tensor_pair="elementwise"),
     _t("prod", batched="reduction", reduce="prod", dim_rank=-1),
     _t("logsumexp", batched="reduction", dim_rank=-1, selection="logsumexp", total=True,
        derivative="bounded"),
@@ -300,9 +305,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     # batching rule for it (a warning and a Python loop over the batch), the batched form does
     # not need one, and a vmapped body calls its terms (``kl_div_terms``)
     OpSpec("kl_div", (_F + "kl_div",), batched="pointwise_loss", vmap_fn=kl_div_terms.kl_div),
-    # functorch's composite of it is NaN at an infinite logit
+    # functorch's composite of it is NaN at an infinite logit; finite with finite gradients at
+    # any finite logit, target and weights (no log of a probability: total)
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
-           batched="pointwise_loss", selection="pointwise_loss",
+           batched="pointwise_loss", selection="pointwise_loss", total=True,
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
     OpSpec("cross_entropy", (_F + "cross_entropy",), batched="class_loss", selection="class_loss",
            derivative="bounded"),
@@ -313,17 +319,25 @@ REGISTRY: tuple[OpSpec, ...] = (
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
            sink_selection_fn=cosine_products.cosine_similarity_unless,
            vmap_fn=cosine_products.cosine_similarity, dense_fn=cosine_products.broadcast_cosine_similarity),
+    # the functional form of an in-place write (``inplace_writes_to_functional``): finite, with
+    # finite gradients, wherever its indices are in range (it raises where they are not)
+    _t("scatter", total=True, derivative="constant"),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows
     OpSpec("linear_cross_entropy", (_F + "linear_cross_entropy",), vmap_wrong=("options",)),
     # -- layout, views, conversions -----------------------------------------------------------
+    # a new tensor of one number (no operand: no gradient); in-place writes into it are their
+    # functional forms (``inplace_writes_to_functional``). Not yet ``zeros``/``ones``: a bool
+    # mask made by them and written per iteration is refused by ``check_mapped_body`` as an
+    # unknown op's result, where functionally written it would index under vmap (no batching)
+    _t("full", meth=False, total=True, derivative="constant"),
     _t("stack", meth=False, total=True, derivative="constant"),
     _t("cat", meth=False, total=True, derivative="constant"),
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
     _t("tensor", meth=False, total=True, number_first=True),
     # a range of numbers: no gradient flows through it, whatever its bounds
-    _t("arange", meth=False, derivative="constant"),
+    _t("arange", meth=False, total=True, derivative="constant"),
     # views, and conversions that return the tensor itself when there is nothing to do
     _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
     _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),

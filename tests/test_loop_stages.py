@@ -14,7 +14,8 @@ from passes.errors import Unsupported
 from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels,
                           batch_loop_bodies, check_body, check_mapped_body,
                           classify_effects, cleared_positions_to_masks,
-                          conditional_expressions_to_branches, divisions_by_counters,
+                          conditional_expressions_to_branches,
+                          conditioned_writes_to_functional, divisions_by_counters,
                           effects_to_outputs, element_slices_to_indices, fold_accumulators,
                           gather_keyed_reads,
                           hoist_calls_under_index_tests, hoist_invariant_checks,
@@ -1073,6 +1074,57 @@ total = total + d.sum()
 d = x[i]
 d[d < 0] = 0
 total = total + d.sum()
+"""),
+    # (`_row_at_1`: invariant_branches_to_checks's dry run of the writes took `_row_at`)
+    (conditioned_writes_to_functional, """
+def f(x, target, c):
+    loss = 0
+    for i in range(x.shape[0]):
+        if target[i] == -100:
+            continue
+        row = torch.full((c,), 0.025)
+        row[target[i]] = 0.9
+        loss = loss - (row * x[i]).sum()
+    return loss
+""", ('body',),
+     """
+# body
+if target[i] == -100:
+    continue
+row = torch.full((c,), 0.025)
+row[target[i]] = 0.9
+loss = loss - (row * x[i]).sum()
+""",
+     """
+# body
+if target[i] == -100:
+    continue
+row = torch.full((c,), 0.025)
+_row_at_1 = torch.arange(row.numel(), device=row.device).view(row.shape)[target[i]]
+row = row.flatten().scatter(0, _row_at_1.flatten(), torch.as_tensor(0.9, dtype=row.dtype, device=row.device).expand(_row_at_1.shape).flatten()).view(row.shape)
+loss = loss - (row * x[i]).sum()
+"""),
+    # no condition: the write is left for inplace_writes_to_functional
+    (conditioned_writes_to_functional, """
+def f(x, target, c):
+    loss = 0
+    for i in range(x.shape[0]):
+        row = torch.full((c,), 0.025)
+        row[target[i]] = 0.9
+        loss = loss - (row * x[i]).sum()
+    return loss
+""", ('body',),
+     """
+# body
+row = torch.full((c,), 0.025)
+row[target[i]] = 0.9
+loss = loss - (row * x[i]).sum()
+""",
+     """
+# body
+row = torch.full((c,), 0.025)
+row[target[i]] = 0.9
+loss = loss - (row * x[i]).sum()
 """),
     (cleared_positions_to_masks, """
 def f(sim, n):

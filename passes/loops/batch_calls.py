@@ -63,7 +63,8 @@ def call(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val]:
     args = [scope.expr(a) for a in node.args]
     kws = [(k.arg, scope.expr(k.value)) for k in node.keywords]
     c = Call(node, op, func, meth is not None, operands + args + [v for _, v in kws], args, kws)
-    done = HANDLERS[op.batched](scope, c) if op.batched in HANDLERS else None
+    kind = op.tensor_pair if op.tensor_pair and _tensor_pair(scope, c) else op.batched
+    done = HANDLERS[kind](scope, c) if kind in HANDLERS else None
     if done is None:
         raise Unsupported(f"`{unparse(node.func)}(...)` has no batched form")
     return done
@@ -72,7 +73,24 @@ def call(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val]:
 def _elementwise(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
     val = scope.elementwise([v for _, v in c.operands], c.node)
     call = ast.Call(c.func, [a for a, _ in c.args], [ast.keyword(k, v) for k, (v, _) in c.kws])
-    return ast.copy_location(call, c.node), Val(True, val.rank, _integer_of(c))
+    return ast.copy_location(call, c.node), Val(True, val.rank, _integer_of(c),
+                                                tensor=any(v.tensor for _, v in c.operands))
+
+
+def _tensor_pair(scope: Scope, c: Call) -> bool:
+    """``torch.max(a, b)`` / ``a.max(b)`` with ``b`` a tensor (``OpSpec.tensor_pair``): a
+    loop-varying ``b`` known to be a tensor in the original (the index, or a number taken from
+    an item, would be a dim there), or a fixed one the check finds to be a tensor."""
+    if len(c.operands) != 2 or c.kws:
+        return False
+    node, val = c.operands[1]
+    if val.batched:
+        return val.tensor
+    text = scope.free(node)
+    if text is None:
+        return False
+    scope.check(f"isinstance({text}, torch.Tensor)")
+    return True
 
 
 def _reduction(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:

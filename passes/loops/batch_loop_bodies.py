@@ -89,6 +89,7 @@ Here the walk over statements and expressions; calls in ``batch_calls`` (a handl
 from __future__ import annotations
 
 import ast
+import dataclasses
 
 from ..errors import Unsupported
 
@@ -214,7 +215,8 @@ class _Batcher(Scope):
                 if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} | set(outputs)
         stmts = []
         for p in params:
-            self.vals[p.name] = Val(True, p.rank, p.integer, source=_source(p))
+            self.vals[p.name] = Val(True, p.rank, p.integer, source=_source(p),
+                                    tensor=_source(p) is not None)
             index = not p.rank.terms and p.name not in self.assigned
             if index:
                 self.index = p.name, p.batched
@@ -369,6 +371,12 @@ class _Batcher(Scope):
         return self.sub("t / n", t=total, n=self.trips)
 
     def expr(self, node: ast.expr) -> tuple[ast.expr, Val]:
+        value, val = self._expr(node)
+        if val.tensor and ast_marks.get(node, ast_marks.HOST_NUMBER):  # a number as written
+            val = dataclasses.replace(val, tensor=False)
+        return value, val
+
+    def _expr(self, node: ast.expr) -> tuple[ast.expr, Val]:
         if not self.varies(node):
             return node, self.fixed(node)
         if isinstance(node, ast.Name):
@@ -379,8 +387,8 @@ class _Batcher(Scope):
             if op is not ops.UNKNOWN and op.batched != "elementwise":  # ``@``: no broadcast
                 return calls.operator(self, node, op, operands)
             (left, right), val = self.aligned(operands, node)
-            if op.integer is not None:
-                val = Val(True, val.rank, integer(operands))
+            val = Val(True, val.rank, integer(operands) if op.integer is not None
+                      else val.integer, tensor=any(v.tensor for _, v in operands))
             return ast.copy_location(ast.BinOp(left, node.op, right), node), val
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):
             operand, val = self.expr(node.operand)
@@ -426,7 +434,7 @@ class _Batcher(Scope):
             new = ast.Subscript(base, ast.Tuple([full] + list(entries), ast.Load()), ast.Load())
             rank = None if bv.rank is None else (
                 bv.rank - sum(type(k) is int for k in kinds) + sum(k is None for k in kinds))
-            return ast.copy_location(new, node), Val(True, rank)
+            return ast.copy_location(new, node), Val(True, rank, tensor=bv.tensor)
         if not bv.batched and len(entries) > 1:
             return self._fixed_gather(node, entries)
         if len(entries) != 1:

@@ -55,6 +55,9 @@ class Val:
     source: str | None = None
     # Not batched: a loop input itself (its source), a set of the rows the body is given.
     whole: str | None = None
+    # Batched: a tensor in the original too (rows of a loop input, their parts, what elementwise
+    # ops make of them), never a Python number (the index, ``x.item()``); False: not known.
+    tensor: bool = False
 
 
 CONSTANT = Val(False)

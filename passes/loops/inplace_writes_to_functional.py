@@ -48,11 +48,14 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 class Writes:
     """Walks the body in order: which names hold tensors (``tensors``), which of them an op of
     the iteration made (``fresh``), and which may share memory with another value (``shared``).
-    ``masked_only``: rewrite only boolean masks' writes of numbers (``masked_writes_to_where``)."""
+    ``masked_only``: rewrite only boolean masks' writes of numbers (``masked_writes_to_where``);
+    ``only``: rewrite only the statements it accepts (the others are walked, as written)."""
 
     def __init__(self, plan: LoopPlan, ctx: PassContext, tensors: set[str],
-                 masked_only: bool = False, switch: Callable[[ast.If], bool] | None = None):
+                 masked_only: bool = False, switch: Callable[[ast.If], bool] | None = None,
+                 only: Callable[[ast.stmt], bool] | None = None):
         self.plan, self.ctx, self.masked_only, self.switch = plan, ctx, masked_only, switch
+        self.only = only
         self.tensors, self.fresh, self.shared = set(tensors), set(), set()
         self.switched: list[tuple[ast.If, bool]] = []  # (if, whether its body was taken)
         self.depth = 0  # of the `if`s around the statement walked
@@ -64,7 +67,7 @@ class Writes:
             if isinstance(s, ast.If):
                 out += self.branches(s, rewrite)
                 continue
-            new = self.stmt(s) if rewrite else [s]
+            new = self.stmt(s) if rewrite and (self.only is None or self.only(s)) else [s]
             if new == [s]:
                 self.track(s)
             out += new  # a rewritten write: its tensor stays new, and copies what it writes
@@ -195,7 +198,9 @@ class Writes:
             return False
         if call_op(e, self.ctx).aliases and method_name(e, self.ctx):
             return not isinstance(e.func.value, ast.Name) and self.made(e.func.value)
-        return makes_new_tensor(e, self.ctx)
+        # a leaf made with ``requires_grad=``: writing into it raises, its functional form not
+        return makes_new_tensor(e, self.ctx) and not any(k.arg == "requires_grad"
+                                                         for k in e.keywords)
 
     def is_tensor(self, e: ast.expr) -> bool:
         if isinstance(e, ast.Name):

@@ -499,7 +499,7 @@ def analyze(body: list[ast.stmt], index: str, seeds: set[str], live_after: set[s
     carried = {}
     exposed_reads(body, set(seeds), facts.assigned, carried)
     facts.variant = variant_names(body, seeds, ctx)
-    facts.masked = any(_is_guarded_continue(s) for s in body)
+    facts.masked = any(is_guarded_continue(s) for s in body)
     _check_calls(body, facts.assigned, ctx)
     _classify(body, facts, carried, "none", ctx)
     _check_accumulator_reads(body, facts, carried)
@@ -520,7 +520,7 @@ def _simple_stmts(stmts: list[ast.stmt]):
             yield from _simple_stmts(s.orelse)
 
 
-def _is_guarded_continue(stmt: ast.stmt) -> bool:
+def is_guarded_continue(stmt: ast.stmt) -> bool:
     """``if c: ...; continue`` (no else) at the top of the body: a mask on what follows."""
     return (isinstance(stmt, ast.If) and not stmt.orelse and bool(stmt.body)
             and isinstance(stmt.body[-1], ast.Continue))
@@ -536,7 +536,7 @@ def _check_statements(stmts: list[ast.stmt], top: bool) -> None:
         if isinstance(s, ast.Continue):
             raise Unsupported("unconditional `continue`", s.lineno)
         if isinstance(s, ast.If):
-            guarded = top and _is_guarded_continue(s)
+            guarded = top and is_guarded_continue(s)
             _check_statements(s.body[:-1] if guarded else s.body, top=False)
             _check_statements(s.orelse, top=False)
         if not isinstance(s, ast.If) and any(
@@ -665,7 +665,7 @@ def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.st
         if isinstance(s, ast.If):
             kind = "variant" if (cond == "variant" or depends(s.test, facts.variant, ctx)) else (
                 "invariant" if cond == "none" else cond)
-            if _is_guarded_continue(s):
+            if is_guarded_continue(s):
                 if kind != "variant":
                     raise Unsupported("`continue` under a Python condition", s.lineno)
                 _classify(s.body[:-1], facts, carried, "variant", ctx)
@@ -676,7 +676,7 @@ def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.st
             continue
         effect = _effect_of(s, facts, carried, ctx)
         if effect is None:
-            if cond == "variant" and _mutates_local(s):
+            if cond == "variant" and mutates_local(s):
                 raise Unsupported("in-place write under a tensor condition", s.lineno)
             continue
         # tensor conditions select the appended tensors (not the items of a display)
@@ -706,7 +706,9 @@ def _is_append(s: ast.stmt, assigned: set[str]) -> bool:
             and len(call.args) == 1 and not call.keywords)
 
 
-def _mutates_local(s: ast.stmt) -> bool:
+def mutates_local(s: ast.stmt) -> bool:
+    """``s`` writes in place: into an item or attribute (``t[k] = v``, ``t[k] += v``, ``o.a =
+    v``) or by an in-place method (``t.clamp_(0)``)."""
     targets = getattr(s, "targets", [getattr(s, "target", None)])
     if any(isinstance(t, (ast.Subscript, ast.Attribute)) for t in targets):
         return True

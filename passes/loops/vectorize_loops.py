@@ -85,7 +85,8 @@ from ..errors import Unsupported
 from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels,
                batch_loop_bodies, check_body,
                check_mapped_body, cleared_positions_to_masks,
-               classify_effects, conditional_expressions_to_branches, counted_whiles_to_ranges,
+               classify_effects, conditional_expressions_to_branches,
+               conditioned_writes_to_functional, counted_whiles_to_ranges,
                data_attributes_to_detach,
                distribute_comprehensions, distribute_loops, divisions_by_counters,
                effects_to_outputs, element_slices_to_indices, excluded_items_to_masks,
@@ -148,6 +149,9 @@ LOOP_STAGES: list = [
     element_slices_to_indices,    # before ragged_slices_to_masks, which would make its slices masks
     cleared_positions_to_masks,   # before masked_selections_to_where: it makes masks
     masked_writes_to_where,       # before masked_selections_to_where, which reads a write as a selection
+    # after masked_writes_to_where (a mask's write of a number: a where); before
+    # masked_selections_to_where, which keeps the body the checks read
+    conditioned_writes_to_functional,
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
