@@ -1075,7 +1075,6 @@ d = x[i]
 d[d < 0] = 0
 total = total + d.sum()
 """),
-    # (`_row_at_1`: invariant_branches_to_checks's dry run of the writes took `_row_at`)
     (conditioned_writes_to_functional, """
 def f(x, target, c):
     loss = 0
@@ -1100,8 +1099,8 @@ loss = loss - (row * x[i]).sum()
 if target[i] == -100:
     continue
 row = torch.full((c,), 0.025)
-_row_at_1 = torch.arange(row.numel(), device=row.device).view(row.shape)[target[i]]
-row = row.flatten().scatter(0, _row_at_1.flatten(), torch.as_tensor(0.9, dtype=row.dtype, device=row.device).expand(_row_at_1.shape).flatten()).view(row.shape)
+_row_at = torch.arange(row.numel(), device=row.device).view(row.shape)[target[i]]
+row = row.flatten().scatter(0, _row_at.flatten(), torch.as_tensor(0.9, dtype=row.dtype, device=row.device).expand(_row_at.shape).flatten()).view(row.shape)
 loss = loss - (row * x[i]).sum()
 """),
     # no condition: the write is left for inplace_writes_to_functional
