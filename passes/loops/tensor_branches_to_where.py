@@ -237,7 +237,8 @@ class _Converter:
                 self.recompute[s.targets[0].id] = s.value
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
-            value = ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op, right=s.value)
+            value = ast.copy_location(ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op,
+                                                right=s.value), s)  # located: templates take it
             s = ast.copy_location(ast.Assign(targets=[s.target], value=value), s)
         if _unpacks_into_new_names(s, defined):  # nothing to merge: every name is new here
             value = self.expr(s.value, pred)
