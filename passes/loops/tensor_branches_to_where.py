@@ -67,6 +67,13 @@ new names (``values, perm = torch.sort(errors)``) runs under the mask as written
 merge. An operand of ``and``/``or`` that does not vary may be a Python value (``only_present
 and fg.sum() == 0``): ``torch.as_tensor`` of it.
 
+A name bound again under a mask keeps its value where the mask is off: ``torch.where(c, v, x)``,
+with both shapes checked alike at run time (``_merged_shape``) when both vary with the
+iteration: ``v = v.sum()`` under ``c`` gives the name one shape or the other by iteration, which
+one merge would broadcast (the vectorized form raises and the original runs). A name first bound
+under the same mask takes the new value as it is (its old one is no value of the original
+where the mask is off): a helper reshaping its argument, inlined under ``if k != ignore:``.
+
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
@@ -104,6 +111,7 @@ class _Converter:
         self.pre: list[ast.stmt] = []  # temporaries of ``expr``, run before its statement
         self.boolean: set[str] = set()       # see ``_note``
         self.fresh: dict[str, str] = {}
+        self.varying: set[str] = set()  # names bound to a value varying with the iteration
         # name -> its value, computed before any condition (see the module docstring)
         self.recompute: dict[str, ast.expr] = {}
         # condition name -> (m, e): it holds exactly when the mask ``m`` selects nothing (e) or
@@ -250,12 +258,29 @@ class _Converter:
             raise Unsupported(f"`{unparse(s).strip()}` under a tensor condition", s.lineno)
         name = s.targets[0].id
         value = self.expr(s.value, pred)
-        merged = name in defined
+        # a name first bound under this same mask holds no value of the original where it is
+        # off: bound again (`a = a.sum()`, a helper reshaping its argument) it takes the new
+        # value as it is (a merge would broadcast the old one's shape into it)
+        merged = name in defined and self.fresh.get(name) != pred
         if merged:  # keep the previous value where the mask is off
-            value = self._sub("torch.where(p, v, x)", s, p=pred, v=value, x=name)
+            value = self._merged(s, pred, value, name)
         defined.add(name)
         self._note(s, None if merged else pred)
         return self._flush() + self._sub("x = v", s, x=name, v=value)
+
+    def _merged(self, s: ast.stmt, pred: str, value: ast.expr, name: str) -> ast.expr:
+        """``name`` bound again to ``value`` (``s``'s, made safe) where ``pred`` holds, kept
+        where not; their shapes checked alike (``MergedShape``) when both vary with the
+        iteration (tensors in the vectorized body). Not checked: a value the loop does not
+        change (a Python number broadcasts as the original's would where it is read)."""
+        if not (name in self.varying and depends(s.value, self.facts.variant, self.ctx)):
+            return self._sub("torch.where(p, v, x)", s, p=pred, v=value, x=name)
+        if not isinstance(value, ast.Name):  # computed once: its shape is read too
+            temp = self.ctx.namer.new("t")
+            self.pre += self._sub("t = v", s, t=temp, v=value)
+            value = ast.Name(temp, ast.Load())
+        return self._sub("torch.where(p.reshape(h[p.shape, v.shape, x.shape]), v, x)", s, p=pred,
+                         v=value, x=name, h=self.ctx.bind(MERGED_SHAPE, "merged_shape"))
 
     def _note(self, s: ast.stmt, pred: str | None) -> None:
         """What ``s`` binds: a bool value (no gradient), or a value computed under ``pred``
@@ -263,10 +288,13 @@ class _Converter:
         for name in stores(s):
             self.boolean.discard(name)
             self.fresh.pop(name, None)
+            self.varying.discard(name)
         if not (isinstance(s, ast.Assign) and len(s.targets) == 1
                 and isinstance(s.targets[0], ast.Name)):
             return
         name, value = s.targets[0].id, s.value
+        if depends(value, self.facts.variant, self.ctx):
+            self.varying.add(name)
         if isinstance(value, ast.Compare) or isinstance(value, ast.Call) and (
                 call_op(value, self.ctx).boolean or call_op(value, self.ctx).aliases
                 and isinstance(value.func, ast.Attribute)
@@ -381,6 +409,23 @@ class BranchShape:
 
 
 BRANCH_SHAPE = BranchShape()
+
+
+class MergedShape(BranchShape):
+    """``_merged_shape[c.shape, v.shape, x.shape]``: ``_branch_shape``'s answer for the merge
+    ``torch.where(c, v, x)`` of a name bound again under ``c`` (``v``) over its value before
+    (``x``). Raises when their shapes differ (``v = v.sum()``): the original's name has one
+    shape or the other by iteration, where a merge would broadcast one into the other."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        if tuple(shapes[1]) != tuple(shapes[2]):
+            raise RuntimeError(f"a value of shape {list(shapes[2])} bound again under a tensor "
+                               f"condition to one of shape {list(shapes[1])}: its shape depends "
+                               "on the condition in each iteration")
+        return super().__getitem__(shapes)
+
+
+MERGED_SHAPE = MergedShape()
 
 
 class FixedOperand:
