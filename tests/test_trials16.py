@@ -95,6 +95,15 @@ def rebound_same_shape(x, w):
         total = total + v.sum()
     return total
 
+def rebound_to_fixed(x, w, fill):
+    total = 0
+    for k in range(x.size(0)):
+        v = x[k] * 2
+        if w[k] > 0:
+            v = fill
+        total = total + v.sum()
+    return total
+
 def rebound_from_number(x, w):
     total = 0
     for k in range(x.size(0)):
@@ -173,4 +182,18 @@ def test_tversky_per_class_helper_vectorized(tmp_path, dtype, ignore_index):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning
         report = equivalent_report(fn, pred, one_hot, (target != 255).long(), ignore_index)
-    assert [(l.vectorized_runs, l.failed_runs, l.original_runs) for l in report.loops] == [(1, 0, 0)]
+    runs = [(l.vectorized_runs, l.failed_runs, l.original_runs) for l in report.loops]
+    assert runs == [(1, 0, 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fill_shape, vectorized", [((), False), ((1,), False), ((3,), True)])
+def test_rebound_to_a_fixed_value_checks_its_shape(tmp_path, dtype, fill_shape, vectorized):
+    fn = load_module(tmp_path, REBOUND).rebound_to_fixed
+    x, w = _rebound_inputs(dtype, False)
+    fill = torch.full(fill_shape, 5.0, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = equivalent_report(fn, x, w, fill)  # was 30 off: 5 broadcast into 3 elements
+    (loop,) = report.loops
+    assert (loop.failed_runs == 0) == vectorized and loop.vectorized_runs == 1

@@ -68,11 +68,14 @@ merge. An operand of ``and``/``or`` that does not vary may be a Python value (``
 and fg.sum() == 0``): ``torch.as_tensor`` of it.
 
 A name bound again under a mask keeps its value where the mask is off: ``torch.where(c, v, x)``,
-with both shapes checked alike at run time (``_merged_shape``) when both vary with the
-iteration: ``v = v.sum()`` under ``c`` gives the name one shape or the other by iteration, which
-one merge would broadcast (the vectorized form raises and the original runs). A name first bound
-under the same mask takes the new value as it is (its old one is no value of the original
-where the mask is off): a helper reshaping its argument, inlined under ``if k != ignore:``.
+both shapes checked alike at run time (``_merged_shape``; per item, batched alike, when both
+vary with the iteration; as values under vmap when one does not): ``v = v.sum()`` or ``v =
+fill`` under ``c`` gives the name one shape or the other by iteration, which one merge would
+broadcast (the vectorized form raises and the original runs). A number literal, or a name bound
+to one, is not checked (it broadcasts in the arithmetic that reads it as the original's does).
+A name first bound under the same mask takes the new value as it is (its old one is no value
+of the original where the mask is off): a helper reshaping its argument, inlined under ``if k
+!= ignore:``.
 
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
@@ -93,6 +96,7 @@ from ..ast_tools import PassContext, Transformer, clone, replace, root_name, unp
 from ..masked_divisors import masked_divisor
 from .loop_dataflow import (call_op, depends, is_shape_query, loads, may_be_nonfinite,
                             method_name, stores, stores_in)
+from .batch_values import number_literal
 from .plan import LoopPlan
 
 
@@ -112,6 +116,7 @@ class _Converter:
         self.boolean: set[str] = set()       # see ``_note``
         self.fresh: dict[str, str] = {}
         self.varying: set[str] = set()  # names bound to a value varying with the iteration
+        self.numbers: set[str] = set()  # names bound to a number literal
         # name -> its value, computed before any condition (see the module docstring)
         self.recompute: dict[str, ast.expr] = {}
         # condition name -> (m, e): it holds exactly when the mask ``m`` selects nothing (e) or
@@ -257,30 +262,43 @@ class _Converter:
                 and isinstance(s.targets[0], ast.Name)):
             raise Unsupported(f"`{unparse(s).strip()}` under a tensor condition", s.lineno)
         name = s.targets[0].id
+        varies = self._varies(s.value)  # before `expr`, which rewrites it in place
         value = self.expr(s.value, pred)
         # a name first bound under this same mask holds no value of the original where it is
         # off: bound again (`a = a.sum()`, a helper reshaping its argument) it takes the new
         # value as it is (a merge would broadcast the old one's shape into it)
         merged = name in defined and self.fresh.get(name) != pred
         if merged:  # keep the previous value where the mask is off
-            value = self._merged(s, pred, value, name)
+            value = self._merged(s, pred, value, name, varies)
         defined.add(name)
         self._note(s, None if merged else pred)
+        if varies:
+            self.varying.add(name)
         return self._flush() + self._sub("x = v", s, x=name, v=value)
 
-    def _merged(self, s: ast.stmt, pred: str, value: ast.expr, name: str) -> ast.expr:
-        """``name`` bound again to ``value`` (``s``'s, made safe) where ``pred`` holds, kept
-        where not; their shapes checked alike (``MergedShape``) when both vary with the
-        iteration (tensors in the vectorized body). Not checked: a value the loop does not
-        change (a Python number broadcasts as the original's would where it is read)."""
-        if not (name in self.varying and depends(s.value, self.facts.variant, self.ctx)):
+    def _merged(self, s: ast.stmt, pred: str, value: ast.expr, name: str,
+                varies: bool) -> ast.expr:
+        """``name`` bound again to ``value`` (``s``'s, made safe; ``varies``: it varies with the
+        iteration) where ``pred`` holds, kept where not; their shapes checked alike
+        (``MergedShape``): by their per-item shapes when both vary (tensors in the vectorized
+        body, batched alike), else as values (a Python number is not checked: it broadcasts
+        as the original's would where it is read; nor is a number literal, or a name bound to
+        one)."""
+        if number_literal(value) or name in self.numbers:
             return self._sub("torch.where(p, v, x)", s, p=pred, v=value, x=name)
+        helper = self.ctx.bind(MERGED_SHAPE, "merged_shape")
+        if not (name in self.varying and varies):
+            return self._sub("torch.where(p, h(v, x), x)", s, p=pred, v=value, x=name, h=helper)
         if not isinstance(value, ast.Name):  # computed once: its shape is read too
             temp = self.ctx.namer.new("t")
             self.pre += self._sub("t = v", s, t=temp, v=value)
             value = ast.Name(temp, ast.Load())
         return self._sub("torch.where(p.reshape(h[p.shape, v.shape, x.shape]), v, x)", s, p=pred,
-                         v=value, x=name, h=self.ctx.bind(MERGED_SHAPE, "merged_shape"))
+                         v=value, x=name, h=helper)
+
+    def _varies(self, e: ast.expr) -> bool:
+        """``e`` varies with the iteration, also through names earlier stages made."""
+        return depends(e, self.facts.variant | self.varying, self.ctx)
 
     def _note(self, s: ast.stmt, pred: str | None) -> None:
         """What ``s`` binds: a bool value (no gradient), or a value computed under ``pred``
@@ -289,12 +307,15 @@ class _Converter:
             self.boolean.discard(name)
             self.fresh.pop(name, None)
             self.varying.discard(name)
+            self.numbers.discard(name)
         if not (isinstance(s, ast.Assign) and len(s.targets) == 1
                 and isinstance(s.targets[0], ast.Name)):
             return
         name, value = s.targets[0].id, s.value
-        if depends(value, self.facts.variant, self.ctx):
+        if self._varies(value):
             self.varying.add(name)
+        if number_literal(value):
+            self.numbers.add(name)
         if isinstance(value, ast.Compare) or isinstance(value, ast.Call) and (
                 call_op(value, self.ctx).boolean or call_op(value, self.ctx).aliases
                 and isinstance(value.func, ast.Attribute)
@@ -415,14 +436,25 @@ class MergedShape(BranchShape):
     """``_merged_shape[c.shape, v.shape, x.shape]``: ``_branch_shape``'s answer for the merge
     ``torch.where(c, v, x)`` of a name bound again under ``c`` (``v``) over its value before
     (``x``). Raises when their shapes differ (``v = v.sum()``): the original's name has one
-    shape or the other by iteration, where a merge would broadcast one into the other."""
+    shape or the other by iteration, where a merge would broadcast one into the other.
+    ``_merged_shape(v, x)``: ``v``, checked so, where one of them does not vary (``x`` the
+    iteration's value under vmap; not batched)."""
 
     def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
-        if tuple(shapes[1]) != tuple(shapes[2]):
-            raise RuntimeError(f"a value of shape {list(shapes[2])} bound again under a tensor "
-                               f"condition to one of shape {list(shapes[1])}: its shape depends "
-                               "on the condition in each iteration")
+        _same_shapes(shapes[1], shapes[2])
         return super().__getitem__(shapes)
+
+    def __call__(self, v, x):
+        if isinstance(v, torch.Tensor) and isinstance(x, torch.Tensor):
+            _same_shapes(v.shape, x.shape)
+        return v
+
+
+def _same_shapes(new: tuple, old: tuple) -> None:
+    if tuple(new) != tuple(old):
+        raise RuntimeError(f"a value of shape {list(old)} bound again under a tensor condition to "
+                           f"one of shape {list(new)}: its shape depends on the condition in each "
+                           "iteration")
 
 
 MERGED_SHAPE = MergedShape()
