@@ -161,10 +161,10 @@ def replace(template: str, loc: ast.AST | None = None, torch_name: str = "torch"
     Returns an ``ast.expr`` when the template is a single expression, else a list of statements.
     """
     at = None
-    if loc is not None:  # the template's own nodes; spliced nodes keep their own locations
-        at = {k: getattr(loc, k) for k in ("lineno", "col_offset")
-              if getattr(loc, k, None) is not None}
-        at.update(end_lineno=loc.end_lineno, end_col_offset=loc.end_col_offset)
+    # the template's own nodes; spliced nodes keep their own locations. An unlocated `loc` (a
+    # generated node) is none: half its location would make ranges `compile` refuses
+    if loc is not None and None not in (getattr(loc, k, None) for k in _LOCATION):
+        at = {k: getattr(loc, k) for k in _LOCATION}
     body = _Fill(subs, torch_name, at).copy(_parse(template), (1, 0, 1, 0)).body
     if len(body) == 1 and isinstance(body[0], ast.Expr):
         return body[0].value

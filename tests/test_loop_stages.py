@@ -2513,23 +2513,14 @@ def f(emb, cens):
 if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and any((s == _k for _k in range(0, len(cens), 1))) and isinstance(s, int):
     'optimize_loss: loop at line 4 vectorized'
     _cen_1 = own_centroid(emb, s)
-    if not isinstance(s, torch.Tensor) and (not (isinstance(_cen_1, torch.Tensor) and _cen_1.requires_grad)) and (cens.dim() == 1) and (not isinstance(_cen_1, torch.Tensor)):
-        c = torch.arange(0, len(cens), 1, device=cens.device)
-        cen = cens
+
+    def _body(c, cen):
         _cen = cen
         _cond = torch.ne(s == c, False)
-        _cen = torch.where(_cond, _cen_1, _cen)
-        _out_item = _cen.sum(tuple(range(1, _cen.dim()))) if _cen.dim() > 1 else _cen.reshape(len(_cen), -1).sum(1)
-        _outs = (_out_item,)
-    else:
-
-        def _body(c, cen):
-            _cen = cen
-            _cond = torch.ne(s == c, False)
-            _cen = torch.where(_cond, _fixed_operand(_cond, _cen_1), _cen)
-            _out_item = _cen.sum()
-            return (torch.as_tensor(_out_item),)
-        _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
+        _cen = torch.where(_cond, _merged_shape(_fixed_operand(_cond, _cen_1), _cen), _cen)
+        _out_item = _cen.sum()
+        return (torch.as_tensor(_out_item),)
+    _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
     out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
 else:
     for c, cen in enumerate(cens):
@@ -2543,23 +2534,14 @@ else:
 if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and isinstance(s, int):
     'optimize_loss: loop at line 4 vectorized'
     _cen_1 = own_centroid(emb, s)
-    if not isinstance(s, torch.Tensor) and (not (isinstance(_cen_1, torch.Tensor) and _cen_1.requires_grad)) and (cens.dim() == 1) and (not isinstance(_cen_1, torch.Tensor)):
-        c = torch.arange(0, len(cens), 1, device=cens.device)
-        cen = cens
+
+    def _body(c, cen):
         _cen = cen
         _cond = torch.ne(s == c, False)
-        _cen = torch.where(_cond, _cen_1, _cen)
-        _out_item = _cen.sum(tuple(range(1, _cen.dim()))) if _cen.dim() > 1 else _cen.reshape(len(_cen), -1).sum(1)
-        _outs = (_out_item,)
-    else:
-
-        def _body(c, cen):
-            _cen = cen
-            _cond = torch.ne(s == c, False)
-            _cen = torch.where(_cond, _fixed_operand(_cond, _cen_1), _cen)
-            _out_item = _cen.sum()
-            return (torch.as_tensor(_out_item),)
-        _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
+        _cen = torch.where(_cond, _merged_shape(_fixed_operand(_cond, _cen_1), _cen), _cen)
+        _out_item = _cen.sum()
+        return (torch.as_tensor(_out_item),)
+    _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(cens), 1, device=cens.device), cens)
     out[s, 0:len(cens):1] = _outs[0].reshape(_outs[0].shape[:1] + (1,) * (out.dim() - 1 - _outs[0].dim()) + _outs[0].shape[1:]).to(out.dtype if _outs[0].dim() == 1 else _outs[0].dtype)
 else:
     for c, cen in enumerate(cens):

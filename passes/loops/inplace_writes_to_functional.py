@@ -132,8 +132,8 @@ class Writes:
             if target.id in self.shared or (target.id in self.tensors
                                              and target.id not in self.fresh):
                 raise self.refusal(s, target.id)
-            return [ast.copy_location(ast.Assign([ast.Name(target.id, ast.Store())], ast.BinOp(
-                ast.Name(target.id, ast.Load()), s.op, s.value)), s)]
+            value = ast.copy_location(ast.BinOp(ast.Name(target.id, ast.Load()), s.op, s.value), s)
+            return [ast.copy_location(ast.Assign([ast.Name(target.id, ast.Store())], value), s)]
         call = s.value if isinstance(s, ast.Expr) else None
         chain = _inplace_chain(call, self.ctx)  # m.mul_(a).add_(b): each link writes m
         if chain and isinstance(chain[-1].func.value, ast.Name):

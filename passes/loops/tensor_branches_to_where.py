@@ -67,6 +67,16 @@ new names (``values, perm = torch.sort(errors)``) runs under the mask as written
 merge. An operand of ``and``/``or`` that does not vary may be a Python value (``only_present
 and fg.sum() == 0``): ``torch.as_tensor`` of it.
 
+A name bound again under a mask keeps its value where the mask is off: ``torch.where(c, v, x)``,
+both shapes checked alike at run time (``_merged_shape``; per item, batched alike, when both
+vary with the iteration; as values under vmap when one does not): ``v = v.sum()`` or ``v =
+fill`` under ``c`` gives the name one shape or the other by iteration, which one merge would
+broadcast (the vectorized form raises and the original runs). A number literal, or a name bound
+to one, is not checked (it broadcasts in the arithmetic that reads it as the original's does).
+A name first bound under the same mask takes the new value as it is (its old one is no value
+of the original where the mask is off): a helper reshaping its argument, inlined under ``if k
+!= ignore:``.
+
 Effect statements (accumulations, appends, writes) stay in place, their values made safe under
 their masks: ``plan.masked`` maps each to (safe value, mask or None), for ``effects_to_outputs``.
 """
@@ -86,6 +96,7 @@ from ..ast_tools import PassContext, Transformer, clone, replace, root_name, unp
 from ..masked_divisors import masked_divisor
 from .loop_dataflow import (call_op, depends, is_shape_query, loads, may_be_nonfinite,
                             method_name, stores, stores_in)
+from .batch_values import number_literal
 from .plan import LoopPlan
 
 
@@ -104,6 +115,8 @@ class _Converter:
         self.pre: list[ast.stmt] = []  # temporaries of ``expr``, run before its statement
         self.boolean: set[str] = set()       # see ``_note``
         self.fresh: dict[str, str] = {}
+        self.varying: set[str] = set()  # names bound to a value varying with the iteration
+        self.numbers: set[str] = set()  # names bound to a number literal
         # name -> its value, computed before any condition (see the module docstring)
         self.recompute: dict[str, ast.expr] = {}
         # condition name -> (m, e): it holds exactly when the mask ``m`` selects nothing (e) or
@@ -237,7 +250,8 @@ class _Converter:
                 self.recompute[s.targets[0].id] = s.value
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
-            value = ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op, right=s.value)
+            value = ast.copy_location(ast.BinOp(left=ast.Name(s.target.id, ast.Load()), op=s.op,
+                                                right=s.value), s)  # located: templates take it
             s = ast.copy_location(ast.Assign(targets=[s.target], value=value), s)
         if _unpacks_into_new_names(s, defined):  # nothing to merge: every name is new here
             value = self.expr(s.value, pred)
@@ -248,13 +262,43 @@ class _Converter:
                 and isinstance(s.targets[0], ast.Name)):
             raise Unsupported(f"`{unparse(s).strip()}` under a tensor condition", s.lineno)
         name = s.targets[0].id
+        varies = self._varies(s.value)  # before `expr`, which rewrites it in place
         value = self.expr(s.value, pred)
-        merged = name in defined
+        # a name first bound under this same mask holds no value of the original where it is
+        # off: bound again (`a = a.sum()`, a helper reshaping its argument) it takes the new
+        # value as it is (a merge would broadcast the old one's shape into it)
+        merged = name in defined and self.fresh.get(name) != pred
         if merged:  # keep the previous value where the mask is off
-            value = self._sub("torch.where(p, v, x)", s, p=pred, v=value, x=name)
+            value = self._merged(s, pred, value, name, varies)
         defined.add(name)
         self._note(s, None if merged else pred)
+        if varies:
+            self.varying.add(name)
         return self._flush() + self._sub("x = v", s, x=name, v=value)
+
+    def _merged(self, s: ast.stmt, pred: str, value: ast.expr, name: str,
+                varies: bool) -> ast.expr:
+        """``name`` bound again to ``value`` (``s``'s, made safe; ``varies``: it varies with the
+        iteration) where ``pred`` holds, kept where not; their shapes checked alike
+        (``MergedShape``): by their per-item shapes when both vary (tensors in the vectorized
+        body, batched alike), else as values (a Python number is not checked: it broadcasts
+        as the original's would where it is read; nor is a number literal, or a name bound to
+        one)."""
+        if number_literal(value) or name in self.numbers:
+            return self._sub("torch.where(p, v, x)", s, p=pred, v=value, x=name)
+        helper = self.ctx.bind(MERGED_SHAPE, "merged_shape")
+        if not (name in self.varying and varies):
+            return self._sub("torch.where(p, h(v, x), x)", s, p=pred, v=value, x=name, h=helper)
+        if not isinstance(value, ast.Name):  # computed once: its shape is read too
+            temp = self.ctx.namer.new("t")
+            self.pre += self._sub("t = v", s, t=temp, v=value)
+            value = ast.Name(temp, ast.Load())
+        return self._sub("torch.where(p.reshape(h[p.shape, v.shape, x.shape]), v, x)", s, p=pred,
+                         v=value, x=name, h=helper)
+
+    def _varies(self, e: ast.expr) -> bool:
+        """``e`` varies with the iteration, also through names earlier stages made."""
+        return depends(e, self.facts.variant | self.varying, self.ctx)
 
     def _note(self, s: ast.stmt, pred: str | None) -> None:
         """What ``s`` binds: a bool value (no gradient), or a value computed under ``pred``
@@ -262,10 +306,16 @@ class _Converter:
         for name in stores(s):
             self.boolean.discard(name)
             self.fresh.pop(name, None)
+            self.varying.discard(name)
+            self.numbers.discard(name)
         if not (isinstance(s, ast.Assign) and len(s.targets) == 1
                 and isinstance(s.targets[0], ast.Name)):
             return
         name, value = s.targets[0].id, s.value
+        if self._varies(value):
+            self.varying.add(name)
+        if number_literal(value):
+            self.numbers.add(name)
         if isinstance(value, ast.Compare) or isinstance(value, ast.Call) and (
                 call_op(value, self.ctx).boolean or call_op(value, self.ctx).aliases
                 and isinstance(value.func, ast.Attribute)
@@ -380,6 +430,34 @@ class BranchShape:
 
 
 BRANCH_SHAPE = BranchShape()
+
+
+class MergedShape(BranchShape):
+    """``_merged_shape[c.shape, v.shape, x.shape]``: ``_branch_shape``'s answer for the merge
+    ``torch.where(c, v, x)`` of a name bound again under ``c`` (``v``) over its value before
+    (``x``). Raises when their shapes differ (``v = v.sum()``): the original's name has one
+    shape or the other by iteration, where a merge would broadcast one into the other.
+    ``_merged_shape(v, x)``: ``v``, checked so, where one of them does not vary (``x`` the
+    iteration's value under vmap; not batched)."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        _same_shapes(shapes[1], shapes[2])
+        return super().__getitem__(shapes)
+
+    def __call__(self, v, x):
+        if isinstance(v, torch.Tensor) and isinstance(x, torch.Tensor):
+            _same_shapes(v.shape, x.shape)
+        return v
+
+
+def _same_shapes(new: tuple, old: tuple) -> None:
+    if tuple(new) != tuple(old):
+        raise RuntimeError(f"a value of shape {list(old)} bound again under a tensor condition to "
+                           f"one of shape {list(new)}: its shape depends on the condition in each "
+                           "iteration")
+
+
+MERGED_SHAPE = MergedShape()
 
 
 class FixedOperand:
