@@ -1,6 +1,7 @@
-"""New-user trials (session 16): losses written as public repositories write them, each a
-discrepancy found by comparing ``optimize_loss`` with the original (value, every gradient,
-dtype, input mutation, exceptions, and the report's vectorized claim)."""
+"""Merges of names bound under tensor conditions, as public losses write them (an in-place
+scale ``l *= w[i]``, a helper's ``a = a.sum()``, a fill of another shape): each a discrepancy a
+new-user trial found by comparing ``optimize_loss`` with the original (value, every gradient,
+dtype, and the report's vectorized claim)."""
 from __future__ import annotations
 
 import ast
