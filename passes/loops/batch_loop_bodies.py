@@ -228,16 +228,15 @@ class _Batcher(Scope):
             stmts += self.stmt(s)
         stacked = []
         for name in outputs:
+            self.onto = self.starts.get(name)
             if name in self.totals:
                 stacked.append(ast.Name(name, ast.Load()))
             elif self.vals.get(name, CONSTANT).batched:
-                self.onto = self.starts.get(name)
                 stacked.append(self._summed(name) if name in self.summed else
                                ast.Name(name, ast.Load()))
             else:  # the same value in every iteration (a constant contribution)
                 each = self.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
                                 o=name, n=self.trips)
-                self.onto = self.starts.get(name)
                 stacked.append(self._summed(each) if name in self.summed else each)
             if name in self.averaged and name not in self.totals:
                 stacked[-1] = self.sub("t / n", t=stacked[-1], n=self.trips)

@@ -308,6 +308,10 @@ class _Converter:
             self.fresh.pop(name, None)
             self.varying.discard(name)
             self.numbers.discard(name)
+        unpacked = _unpacked_names(s)
+        if unpacked:  # `s, perm = torch.sort(...)`: each item a value of the call's
+            self.varying |= unpacked if self._varies(s.value) else set()
+            self.fresh.update(dict.fromkeys(unpacked, pred) if pred is not None else {})
         if not (isinstance(s, ast.Assign) and len(s.targets) == 1
                 and isinstance(s.targets[0], ast.Name)):
             return
@@ -387,9 +391,7 @@ def _counted(e: ast.expr, ctx: PassContext) -> str | None:
 def _unpacks_into_new_names(s: ast.stmt, defined: set[str]) -> bool:
     """``a, b = e`` binding names no earlier statement of the body bound (``values, perm =
     torch.sort(x)``): under a mask it keeps its targets as they are, with nothing to merge."""
-    return isinstance(s, ast.Assign) and len(s.targets) == 1 \
-        and isinstance(s.targets[0], ast.Tuple) \
-        and all(isinstance(t, ast.Name) for t in s.targets[0].elts) and not stores(s) & defined
+    return bool(_unpacked_names(s)) and not stores(s) & defined
 
 
 def _tensor_logic(test: ast.expr, ctx: PassContext, varies) -> ast.expr:
@@ -430,6 +432,14 @@ class BranchShape:
 
 
 BRANCH_SHAPE = BranchShape()
+
+
+def _unpacked_names(s: ast.stmt) -> set[str]:
+    """The names ``a, b = v`` binds (a tuple of plain names); none for other statements."""
+    target = s.targets[0] if isinstance(s, ast.Assign) and len(s.targets) == 1 else None
+    if isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts):
+        return {e.id for e in target.elts}
+    return set()
 
 
 class MergedShape(BranchShape):
