@@ -68,6 +68,8 @@ def judge(region: Any, iterations: int = 0) -> tuple[float, int] | None:
     stood for, each at least ``keep_faster.iteration_floor`` as written."""
     devices = _devices(_tensors([region.live_ins, region.module_states]))
     floor_s = iterations * keep_faster.iteration_floor() if iterations else 0.0
+    if floor_s >= EXPENSIVE_S:  # as written it would take that long: it stays vectorized
+        return None             # (``slowdown``), without the runs ``region_steps`` makes
     with untouched(devices):
         vectorized, as_written, _ = region_steps(region)
         return slowdown({"vectorized": vectorized, "as_written": as_written}, devices, floor_s)

@@ -223,10 +223,25 @@ def test_a_loop_whose_iterations_alone_are_clearly_slower_is_not_run_as_written(
     """A slow Python loop (its iterations times the least time of one iteration exceed
     ``CLEAR`` times the vectorized form's first run) is never run again as written: its
     seconds would lengthen the first call that much (a 1,000x loss took 10 s more)."""
-    monkeypatch.setattr(keep_faster, "iteration_floor", lambda: 1.0)  # 1 s per iteration
+    # the iterations alone: 25 ms, under EXPENSIVE_S, CLEAR times the vectorized form's 4 ms
+    monkeypatch.setattr(keep_faster, "iteration_floor",
+                        lambda: keep_faster.EXPENSIVE_S / 2 / _x().shape[0])
     f = optimize_loss(user.summed, compile=False)
     log = region_clock(monkeypatch, vectorized=4.0)
     f(_x())
     assert log == ["vectorized"]
     assert f.report.loops[0].iterations == _x().shape[0]
+    assert f.report.loops[0].kept_at_run_time == ""
+
+
+def test_a_loop_whose_iterations_alone_are_expensive_is_never_run_again(user, monkeypatch):
+    """Not even once to see what its forms change (``region_steps``): at ``EXPENSIVE_S`` or more
+    as written it stays vectorized (slow_add's first call at [1000, 1000] ran its million
+    iterations again: 47 s)."""
+    monkeypatch.setattr(keep_faster, "iteration_floor", lambda: keep_faster.EXPENSIVE_S)
+    steps = []
+    monkeypatch.setattr(loop_choice, "region_steps", lambda region: steps.append(region))
+    f = optimize_loss(user.summed, compile=False)
+    f(_x())
+    assert steps == [] and f.report.loops[0].iterations == _x().shape[0]
     assert f.report.loops[0].kept_at_run_time == ""
