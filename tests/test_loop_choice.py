@@ -245,3 +245,17 @@ def test_a_loop_whose_iterations_alone_are_expensive_is_never_run_again(user, mo
     f(_x())
     assert steps == [] and f.report.loops[0].iterations == _x().shape[0]
     assert f.report.loops[0].kept_at_run_time == ""
+
+
+def test_a_loop_of_many_iterations_is_not_judged(user, monkeypatch):
+    """More than ``JUDGED_ITERATIONS``: never run as written at the first call, whatever each
+    iteration costs (per_sample_ce_fn's 4096 cross entropies ran again: 19 s); fewer are."""
+    steps = []
+    monkeypatch.setattr(loop_choice, "region_steps", lambda region: steps.append(region))
+    for rows, judged in ((loop_choice.JUDGED_ITERATIONS + 1, False),
+                         (loop_choice.JUDGED_ITERATIONS, True)):
+        steps.clear()
+        f = optimize_loss(user.summed, compile=False)
+        f(_x(rows))
+        assert f.report.loops[0].iterations == rows
+        assert bool(steps) == judged, rows
