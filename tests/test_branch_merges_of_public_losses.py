@@ -48,7 +48,9 @@ def test_replace_at_an_unlocated_node_compiles():
     unlocated = ast.BinOp(ast.Name("a", ast.Load()), ast.Mult(), ast.Name("b", ast.Load()))
     expr = replace("torch.where(p, a, False)", loc=unlocated, p="c", a=unlocated)
     tree = ast.fix_missing_locations(ast.Expression(expr))
-    compile(tree, "<test>", "eval")  # raised "column 24-0 is not a valid range"
+    code = compile(tree, "<test>", "eval")  # raised "column 24-0 is not a valid range"
+    scope = {"torch": torch, "c": torch.tensor([True, False]), "a": torch.tensor(2.0), "b": 3}
+    assert eval(code, scope).tolist() == [6.0, 0.0]
 
 
 # A name bound again under a tensor condition to a value of another shape. Bound first under
