@@ -99,10 +99,11 @@ class Writes:
         return [s]
 
     def branch(self, stmts: list[ast.stmt], rewrite: bool) -> list[ast.stmt]:
-        self.depth += 1
-        out = self.block(stmts, rewrite)  # a refusal leaves the depth where it was refused
-        self.depth -= 1
-        return out
+        self.depth += 1  # a refusal notes it when made (``refusal``)
+        try:
+            return self.block(stmts, rewrite)
+        finally:
+            self.depth -= 1  # also after a refused branch a switch drops
 
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
         """``s`` without in-place writes (or ``s`` itself)."""
