@@ -1963,6 +1963,30 @@ def _body(i, _logps_row):
 _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, len(logps), 1, device=logps.device), logps if len(logps) == logps.shape[0] else logps[0:len(logps):1])
 _outs = (_outs[0].sum(0),)
 """),
+    # rows at a mask the function made before the loop: the bound masked_rows (an index_select
+    # of its positions under vmap); not at `k`, which the body binds
+    (outline_body, """
+def f(x, t, w):
+    valid = t != 255
+    total = 0
+    for c in range(x.shape[0]):
+        k = c + 1
+        total = total + x[c][valid].sum() + w[k][valid].sum()
+    return total
+""", ('mapped',),
+     """
+# mapped
+""",
+     """
+# mapped
+def _body(c, _x_row):
+    _total_part = 0
+    k = c + 1
+    _total_part = _total_part + (_masked_rows(_x_row, valid).sum() + _masked_rows(w[k], valid).sum())
+    return (torch.as_tensor(_total_part),)
+_outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, x.shape[0], 1, device=x.device), x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
+_outs = (_outs[0].sum(0),)
+"""),
     # rows at a sort's indices (a mask of two: bound first): index_select; not at indices - 1
     (outline_body, """
 def f(x, w):

@@ -22,6 +22,10 @@ makes a broadcast intermediate, calls the registry's ``vmap_fn`` there (``bce_wi
 eager's gradient at an infinite logit; ``cosine_products``: a matrix product). Rows taken at
 positions, ``x[p]`` with ``p`` a sort's indices (``OpSpec.positions``), become ``index_select``
 there: vmap's rule for a batched advanced index is several times slower than its gather.
+Rows taken at a mask the loop does not change, ``x[m]`` with ``m`` a name the body does not bind
+(``pred[valid]``) in a loop no other loop encloses, become the bound ``masked_rows`` there: an ``index_select`` of the mask's
+positions when ``m`` is a bool tensor of ``x``'s leading shape, ``x[m]`` otherwise (vmap's rule
+for a boolean index is an advanced index of every masked dim, forward and backward).
 The map is ``chunked_maps.map_in_chunks``: ``torch.vmap``, over chunks of the iterations when
 one iteration's values are large (fresh pages for every all-iterations temporary cost more
 than the loop saved).
@@ -33,8 +37,9 @@ import ast
 from .. import ast_marks, loop_sums_keep_dtypes
 from ..ast_tools import PassContext, Transformer, clone, replace
 from ..chunked_maps import map_in_chunks
+from ..masked_rows import masked_rows
 from ..mapped_op_forms import EagerGradients
-from .loop_dataflow import call_op, loads, method_name
+from .loop_dataflow import call_op, loads, method_name, stores_in
 from .plan import BodyParam, LoopPlan, RowSlice
 from .row_slices_to_params import full_slice
 from .runtime_checks import proven_tensors
@@ -95,8 +100,8 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
     func = ast.FunctionDef(
         name=fn, args=ast.arguments(posonlyargs=[], args=[ast.arg(p.name) for p in plan.params],
                                     kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=_PositionReads(ctx).block([EagerGradients(ctx).visit(
-            _TiesSplit(plan, ctx, True).visit(clone(s))) for s in plan.body]) + [ret],
+        body=_fixed_mask_reads(plan, ctx, _PositionReads(ctx).block([EagerGradients(ctx).visit(
+            _TiesSplit(plan, ctx, True).visit(clone(s))) for s in plan.body])) + [ret],
         decorator_list=[], returns=None, type_params=[])
     ast_marks.put(func, ast_marks.MAPPED, True)
     vmap = plan.sub(f"{ctx.bind(map_in_chunks, 'map_in_chunks')}(f, in_dims={tuple(dims)!r})",
@@ -251,4 +256,40 @@ class _PositionReads(Transformer):
                 and isinstance(node.slice, ast.Name) and node.slice.id in self.names:
             return replace(TAKE, loc=node, torch_name=self.ctx.torch_name, x=node.value,
                            p=node.slice)
+        return node
+
+
+def _fixed_mask_reads(plan: LoopPlan, ctx: PassContext, body: list[ast.stmt]) -> list[ast.stmt]:
+    """``body`` with ``_FixedMaskReads``, in the body of a loop no other loop nor vmapped caller
+    encloses: there a name the body does not bind is the same in every iteration (an enclosing
+    loop's values are mapped, and an outer loop reads its rows from them)."""
+    return body if plan.inner or ctx.mapped else _FixedMaskReads(plan, ctx).block(body)
+
+
+class _FixedMaskReads(Transformer):
+    """``x[m]`` -> ``masked_rows(x, m)`` in the vmapped body, ``m`` a name neither a parameter of
+    the body nor bound anywhere in it (a value of the function around the loop, the same in every
+    iteration); nested functions and comprehensions are left as they are (their own names)."""
+
+    def __init__(self, plan: LoopPlan, ctx: PassContext):
+        self.ctx, self.bound = ctx, {p.name for p in plan.params}
+
+    def block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        self.bound |= stores_in(stmts) | {n.id for s in stmts for n in ast.walk(s)
+                                          if isinstance(n, ast.Name)
+                                          and not isinstance(n.ctx, ast.Load)}
+        return [self.visit(s) for s in stmts]
+
+    def _own_scope(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_FunctionDef = visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = \
+        visit_GeneratorExp = _own_scope
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Name) \
+                and node.slice.id not in self.bound:
+            return replace(f"{self.ctx.bind(masked_rows, 'masked_rows')}(x, m)", loc=node,
+                           torch_name=self.ctx.torch_name, x=node.value, m=node.slice)
         return node
