@@ -11,7 +11,8 @@ once), and each iteration reads its pair from that table: the permutation-invari
 ``examples/real/sep_pit_sisnr_perms.py`` computes its 9 pairs instead of 18 (1.3x -> 1.9x the
 loop). Every row number must be picked at every iteration by some outer item: a pair nothing
 reads would get a zero gradient, and zero times an infinite derivative of the body is NaN,
-where the original never evaluated that pair. Picked rows are normalized to ``[0, rows)``
+where the original never evaluated that pair; a table the outer map batches after all (the
+body reads a batched tensor through an object) is dropped for the same reason. Picked rows are normalized to ``[0, rows)``
 (``refs[-1]`` is ``refs[rows - 1]`` for tables of one length); out of range, the ordinary map
 runs and raises as the original. Values are the body's at the same rows; the gradients of a
 pair's several reads are summed before its backward (linear: the same up to rounding).
@@ -40,8 +41,11 @@ def map_tabulated(body: Callable, in_dims: tuple, index: int, tables: tuple) -> 
         rows = _rows(tables, args[index], in_dims[index])
         if rows is not None and not _batched(body, args, index, tables):
             picked = _picked(args[index], rows, has_others=len(args) > 1)
-            if picked is not None:
-                return _read(_table(body, in_dims, index, rows, args), picked, len(args) > 1)
+            table = None if picked is None else _table(body, in_dims, index, rows, args)
+            # batched all the same (by what the body reads through an object): each outer
+            # item's unread pairs would be in its backward
+            if table is not None and not any(_functorch.is_batchedtensor(t) for t in table):
+                return _read(table, picked, len(args) > 1)
         return map_in_chunks(body, in_dims)(*args)
     return mapped
 

@@ -5,6 +5,7 @@ that map where a pair is not read, the index is out of range or the rows are bat
 from __future__ import annotations
 
 import itertools
+import types
 
 import pytest
 import torch
@@ -58,7 +59,8 @@ def _plain(body, in_dims, index, tables):
 
 def _same(a_fn, b_fn, ests):
     a, b = a_fn(), b_fn()
-    cot = torch.randn(a.shape, dtype=a.dtype, generator=torch.Generator().manual_seed(1))
+    # positive: gradients of one sign, whose sum at an infinite derivative is no inf - inf
+    cot = torch.rand(a.shape, dtype=a.dtype, generator=torch.Generator().manual_seed(1)) + 0.5
     ga, = torch.autograd.grad(a, ests, cot)
     gb, = torch.autograd.grad(b, ests, cot)
     assert a.dtype == b.dtype and ga.dtype == gb.dtype
@@ -108,6 +110,33 @@ def test_rows_an_enclosing_map_batches_keep_the_map(dtype, tables):
     _same(lambda: _per_perm(map_tabulated, many, refs, perms, ests_dim=0),
           lambda: _per_perm(_plain, many, refs, perms, ests_dim=0), ests)
     assert tables == []
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_table_batched_through_an_object_has_the_maps_results(dtype, tables):
+    # the body reads a per-permutation scale through an object: the table is per permutation,
+    # each reading 3 of its 9 pairs (dropped: the map runs). sqrt's derivative is infinite at
+    # pair (2, 0): the gradient is the map's, infinite, no NaN
+    g = torch.Generator().manual_seed(0)
+    refs = -torch.rand(3, 4, 5, generator=g, dtype=dtype) - 1
+    refs[0] = refs[0] * 0.1  # the largest sums: every pair's difference is >= 0
+    ests = torch.rand(3, 4, 5, generator=g, dtype=dtype) + 1
+    ests[2] = refs[0]
+    ests.requires_grad_()
+    perms = torch.tensor(list(itertools.permutations(range(3))))
+    held = types.SimpleNamespace()
+
+    def run(mapper):
+        def body(t, e):
+            return (torch.as_tensor((e.sum(-1) - refs[t].sum(-1)).sqrt().sum() * held.scale),)
+
+        def one(p, scale, e):
+            held.scale = scale
+            return mapper(body, (0, 0), 0, (refs,))(p, e)[0].sum(0)
+        return torch.vmap(one, in_dims=(0, 0, None))(perms, torch.arange(1.0, 7.0, dtype=dtype),
+                                                      ests)
+    grad = _same(lambda: run(map_tabulated), lambda: run(_plain), ests)
+    assert not bool(grad.isnan().any()) and bool(grad.isinf().any()) and tables == [3]
 
 
 def test_fewer_repeats_than_pairs_keep_the_map(tables):
