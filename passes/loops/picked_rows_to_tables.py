@@ -6,11 +6,11 @@ the body once per (iteration, row) pair and reads each iteration's pair, instead
 iteration and outer item (a loop over speakers inside a loop over their permutations); anywhere
 else it is the map it replaces::
 
-    def _body(_t, _ests_row):                           def _body(_t, _ests_row):
-        ...sisnr(_ests_row, refs[_t])...                    ...sisnr(_ests_row, refs[_t])...
-        return (torch.as_tensor(_acc_part),)        ->      return (torch.as_tensor(_acc_part),)
-    _outs = _map_in_chunks(_body, in_dims=(0, 0))(      _outs = _map_tabulated(_body, in_dims=(0, 0),
-        p, ests)                                            index=0, tables=(refs,))(p, ests)
+    def _body(_t, _e_row):                          def _body(_t, _e_row):
+        ...sisnr(_e_row, refs[_t])...                   ...sisnr(_e_row, refs[_t])...
+        return (torch.as_tensor(_acc_part),)    ->      return (torch.as_tensor(_acc_part),)
+    _outs = _map_in_chunks(_body,                   _outs = _map_tabulated(_body, in_dims=(0, 0),
+        in_dims=(0, 0))(p, ests)                        index=0, tables=(refs,))(p, ests)
 
 The value is one of the loop's elements or row slices (the loop index is a range no map
 batches); every read of it is the whole index of a subscript of a name the body (and nothing
@@ -37,8 +37,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         tables = _tables(fn, param.arg) if param.arg != plan.iteration.index else None
         if tables and isinstance(dim, ast.Constant) and dim.value == 0:
             call.func = ast.Name(ctx.bind(map_tabulated, "map_tabulated"), ast.Load())
-            call.keywords += [ast.keyword("index", ast.Constant(k)), ast.keyword("tables", ast.Tuple(
-                [ast.Name(t, ast.Load()) for t in tables], ast.Load()))]
+            read = ast.Tuple([ast.Name(t, ast.Load()) for t in tables], ast.Load())
+            call.keywords += [ast.keyword("index", ast.Constant(k)), ast.keyword("tables", read)]
             break
     return plan
 
