@@ -114,9 +114,10 @@ def test_rows_an_enclosing_map_batches_keep_the_map(dtype, tables):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_a_table_batched_through_an_object_has_the_maps_results(dtype, tables):
-    # the body reads a per-permutation scale through an object: the table is per permutation,
-    # each reading 3 of its 9 pairs (dropped: the map runs). sqrt's derivative is infinite at
-    # pair (2, 0): the gradient is the map's, infinite, no NaN
+    # the body reads a per-permutation scale through an object, under sqrt: the table is per
+    # permutation, each reading 3 of its 9 pairs. sqrt's derivative is infinite at pair (2, 0):
+    # read from that table, the permutations not reading it would add zero times it, NaN;
+    # dropped, the map runs: infinite, no NaN
     g = torch.Generator().manual_seed(0)
     refs = -torch.rand(3, 4, 5, generator=g, dtype=dtype) - 1
     refs[0] = refs[0] * 0.1  # the largest sums: every pair's difference is >= 0
@@ -128,7 +129,7 @@ def test_a_table_batched_through_an_object_has_the_maps_results(dtype, tables):
 
     def run(mapper):
         def body(t, e):
-            return (torch.as_tensor((e.sum(-1) - refs[t].sum(-1)).sqrt().sum() * held.scale),)
+            return (torch.as_tensor(((e.sum(-1) - refs[t].sum(-1)) * held.scale).sqrt().sum()),)
 
         def one(p, scale, e):
             held.scale = scale
