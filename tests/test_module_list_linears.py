@@ -100,3 +100,33 @@ def test_parameters_of_other_containers():
     assert linear_parameters(torch.nn.ModuleList()) == (None, None)
     weight, bias = linear_parameters(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)))
     assert weight.shape == (2, 3, 2) and bias.shape == (2, 3)
+
+
+def _swapped_in(module, weight, bias):
+    """``functional_call``'s parameters of ``module``: rows of one weight and one bias tensor."""
+    return {f"Wk.{i}.{name}": p[i] for i in range(len(module.Wk))
+            for name, p in (("weight", weight), ("bias", bias))}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_of_one_tensor_are_stacked_as_a_view_of_it(user, dtype):
+    # the heads of a functional_call with every step's weights in one tensor (an ensemble's
+    # stacked state): a view of it, no copy forward nor gradients split by rows backward
+    module = user.Heads(3, 4, 2).to(dtype)
+    weight = torch.randn(3, 2, 4, dtype=dtype, requires_grad=True)
+    bias = torch.randn(3, 2, dtype=dtype, requires_grad=True)
+    with torch.nn.utils.stateless._reparametrize_module(module, _swapped_in(module, weight, bias)):
+        w, b = linear_parameters(module.Wk)
+    assert w._base is weight and b._base is bias
+    assert torch.equal(w, weight) and torch.equal(b, bias)
+
+    def loss(c, t, wt, bs):
+        return torch.func.functional_call(module, _swapped_in(module, wt, bs), (c, t))
+    fast = optimize_loss(loss, compile=False)
+    assert_equivalent(loss, fast, *_inputs(dtype, False), weight, bias)
+
+
+def test_separate_parameters_are_copied(user):
+    module = user.Heads(3, 4, 2)
+    w, b = linear_parameters(module.Wk)
+    assert w._base is None and torch.equal(w[1], module.Wk[1].weight)

@@ -16,8 +16,11 @@ index, or ``f(x)`` with ``f`` bound once in the body to ``M[i]`` and read only i
 guard, at run time: ``M`` must be an ``nn.ModuleList`` or ``nn.Sequential`` whose every item
 is exactly an ``nn.Linear`` that calling would run as written (``plain_loss_module``: no hook,
 no own ``forward``), all with a bias and weights of one shape, dtype and device; else it gives
-``None`` and the loop runs as written. ``nn.Linear.forward`` is ``F.linear(x, weight, bias)``:
-the same values, and the gradients reach each module's parameters through the stack.
+``None`` and the loop runs as written. Weights that are evenly spaced rows of one tensor (a
+``functional_call`` with every head's weights in one tensor) are stacked as a view of it
+(``stacked_views``): no copy forward, no full-size zero-filled gradient per row backward.
+``nn.Linear.forward`` is ``F.linear(x, weight, bias)``: the same values, and the gradients
+reach each module's parameters through the stack.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from typing import Any
 import torch
 
 from ..ast_tools import PassContext, Transformer, clone, is_name, is_pure, walk
+from ..stacked_views import stack_items
 from .module_loss_calls import plain_loss_module
 from .plan import LoopPlan
 
@@ -45,7 +49,7 @@ def linear_parameters(modules: Any) -> tuple[torch.Tensor, torch.Tensor] | tuple
                and m.weight.device == first.weight.device and m.bias.dtype == first.weight.dtype
                for m in items):
         return None, None
-    return torch.stack([m.weight for m in items]), torch.stack([m.bias for m in items])
+    return stack_items(tuple(m.weight for m in items)), stack_items(tuple(m.bias for m in items))
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
