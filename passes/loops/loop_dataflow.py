@@ -888,7 +888,8 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
         return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
     if isinstance(expr, ast.Call):
-        return call_op(expr, ctx).boolean
+        return call_op(expr, ctx).boolean or any(  # torch.ones(n, dtype=torch.bool), .to(...)
+            k.arg == "dtype" and resolve_call(k.value, ctx) == "torch.bool" for k in expr.keywords)
     return False
 
 
