@@ -211,8 +211,10 @@ def _helper_mask(call: ast.Call, ctx: PassContext) -> str:
         return ""
     returns = [n.value for n in walk(helper)
                if isinstance(n, ast.Return) and n.value is not None] if helper else []
+    if not returns:
+        return ""
     masks = mask_names(helper, ctx, made_boolean=True)
-    return fn.__name__ if returns and all(is_boolean(r, masks, ctx) for r in returns) else ""
+    return fn.__name__ if all(is_boolean(r, masks, ctx) for r in returns) else ""
 
 
 def _helper_selection(call: ast.Call, ctx: PassContext, seen: tuple
