@@ -6,6 +6,7 @@ no loop is reported vectorized whose vectorized form fails on every call."""
 import pytest
 import torch
 
+from rewrite import assert_equivalent
 from tests.loop_helpers import assert_golden, build, namespace
 
 DTYPES = [torch.float32, torch.float64]
@@ -133,3 +134,56 @@ def test_loop_past_the_mask_raises_as_the_original():
         original(sim, 4)
     with pytest.raises(IndexError):
         rewritten(sim, 4)
+
+
+# the index through a copy the body binds once (an inlined helper's parameter: `_h_k = i`)
+COPIED_INDEX = '''
+def f(sim, n):
+    loss = 0
+    for i in range(n):
+        j = i
+        keep = torch.ones(sim.shape[1], dtype=torch.bool)
+        keep[j] = False
+        loss += sim[i][keep].exp().sum().log()
+    return loss
+'''
+
+
+def test_index_through_a_copy_golden():
+    assert_golden(COPIED_INDEX, '''
+    def f(sim, n):
+        loss = 0
+        if n <= sim.shape[1] and isinstance(sim, torch.Tensor) and (n <= sim.shape[0]) and isinstance(n, int) and (n > 0):
+            'optimize_loss: loop at line 3 vectorized'
+
+            def _body(i, _sim_row):
+                _loss_part = 0
+                j = i
+                _pos = torch.arange(sim.shape[1])
+                keep = _pos != i
+                _keep = keep.reshape(_mask_shape[keep.shape, _sim_row.shape])
+                _loss_part = _loss_part + torch.where(_keep, torch.where(_keep, torch.where(_keep, _sim_row, False), 0).exp(), 0).sum().log()
+                return (torch.as_tensor(_loss_part),)
+            _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, n, 1, device=sim.device), sim if n == sim.shape[0] else sim[0:n:1])
+            _outs = (_outs[0].sum(0),)
+            loss = _outs[0]
+        else:
+            for i in range(n):
+                j = i
+                keep = torch.ones(sim.shape[1], dtype=torch.bool)
+                keep[j] = False
+                loss += sim[i][keep].exp().sum().log()
+        return loss
+    ''', {3: "vmap"})
+
+
+def test_a_copy_bound_again_is_no_copy():
+    src = COPIED_INDEX.replace("j = i", "j = i\n        j = n - 1 - j")
+    assert_golden(src, src, {3: "kept"})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_index_through_a_copy_equivalent(dtype):
+    original, rewritten, _, _ = build(COPIED_INDEX)
+    sim = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    assert_equivalent(original, rewritten, sim, 5)

@@ -375,7 +375,14 @@ def normalized_l1(p, t, mean=True):
     return (p - t).abs().sum()
 
 
-def per_class_normalized(probs, target):
+def per_class_normalized(probs, target, mean):
+    total = 0
+    for c in range(probs.shape[1]):
+        total = total + normalized_l1(probs[:, c], target[:, c], mean)
+    return total
+
+
+def per_class_normalized_mean(probs, target):
     total = 0
     for c in range(probs.shape[1]):
         total = total + normalized_l1(probs[:, c], target[:, c])
@@ -471,15 +478,21 @@ def test_method_testing_a_varying_value_keeps_the_loop(tmp_path):
 
 
 def test_helper_making_a_python_number_of_a_varying_value_keeps_the_loop(tmp_path):
-    # `.item()` of a value of the mapped arguments raised under vmap on every call
+    # `.item()` of a value of the mapped arguments raised under vmap on every call (the flag
+    # an argument of the caller: the helper is not inlined)
     mod = load_module(tmp_path, TESTING_HELPERS)
     x, t = torch.rand(3, 3, dtype=torch.float64, requires_grad=True), torch.rand(3, 3).double()
     opt = optimize_loss(mod.per_class_normalized, compile=False, strict=True)
-    assert_equivalent(mod.per_class_normalized, opt, x, t)
+    assert_equivalent(mod.per_class_normalized, opt, x, t, True)
     (loop,) = opt.report.loops
     assert not loop.vectorized and not opt.report.fallbacks
     assert loop.reason.startswith("`normalized_l1(...)` is mapped with vmap, and `normalized_l1` "
                                   "makes a Python number of `t.sum().item()`")
+    # its default flag decides its branch: inlined, the `.item()` becomes tensor ops
+    opt = optimize_loss(mod.per_class_normalized_mean, compile=False, strict=True)
+    assert_equivalent(mod.per_class_normalized_mean, opt, x, t)
+    (loop,) = opt.report.loops
+    assert loop.vectorized and loop.vectorized_runs and not loop.original_runs
 
 
 def test_helper_calling_a_testing_helper_keeps_the_loop(tmp_path):

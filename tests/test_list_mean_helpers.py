@@ -121,7 +121,11 @@ def valid_values(r, ignore=None):
     return r[valid]
 
 
-def per_row_valid(x):
+def per_row_valid(x, ignore):
+    return mean(valid_values(r, ignore).exp().sum() for r in x)
+
+
+def per_row_valid_zero(x):
     return mean(valid_values(r, 0.0).exp().sum() for r in x)
 '''
 
@@ -280,10 +284,11 @@ def test_comprehension_items_nan_and_inf(user):
 
 
 def test_helper_selecting_by_a_mask_under_vmap_keeps_the_loop(user):
-    # `valid_values` is not inlined (it branches); mapped with vmap, its `r[valid]` would raise
-    # on every call: the loop runs as written, with the reason at the selection
+    # `valid_values` is not inlined (it branches on an argument of the caller); mapped with
+    # vmap, its `r[valid]` would raise on every call: the loop runs as written, with the reason
+    # at the selection
     x = torch.randn(4, 6, dtype=torch.float64).relu().requires_grad_()
-    opt = check(user.per_row_valid, x, vectorized=False)
+    opt = check(user.per_row_valid, x, 0.0, vectorized=False)
     (loop,) = opt.report.loops
     line = inspect.getsourcelines(user.valid_values)[1] + 4
     assert loop.reason == ("`valid_values(...)` is mapped with vmap, and `valid_values` selects "
@@ -293,3 +298,6 @@ def test_helper_selecting_by_a_mask_under_vmap_keeps_the_loop(user):
                            "reduction, contraction, loss or similarity): the residual loop "
                            "would do most of it")
     assert not loop.failed_runs
+    # a constant argument decides its branch: inlined, the selection is a masked sum
+    (loop,) = check(user.per_row_valid_zero, x).report.loops
+    assert loop.vectorized_runs and not loop.original_runs and not loop.failed_runs

@@ -10,7 +10,8 @@ written, with the reason at the user's line::
 
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
 ``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,
-``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``), ops whose result's shape depends on the values (``masked_select``, the
+``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``) and masks a function of the
+module returns indexing (``e[k, pick(y, k, flag)]``, ``_helper_mask``), ops whose result's shape depends on the values (``masked_select``, the
 registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
 call such ops in their own bodies (``_helper_selection``: mapped with vmap, they raise on every
 call) or that test in Python or make a Python number of a value made of a parameter whose
@@ -30,7 +31,7 @@ from .. import ops
 from ..ast_tools import PassContext, unparse, walk
 from ..errors import Unsupported
 from .index_tensor_parameters import index_tensor_arguments
-from .inline_method_calls import own_method
+from .own_methods import own_method
 from .loop_dataflow import (call_op, container_names, depends, is_boolean, makes_new_tensor,
                             mask_names, module_function, resolve_call, variant_names,
                             write_entries)
@@ -131,6 +132,12 @@ class _Check:
                         "elements varies per iteration)", node)
         entries = node.slice.elts if isinstance(node, ast.Subscript) and isinstance(
             node.slice, ast.Tuple) else [node.slice] if isinstance(node, ast.Subscript) else []
+        for call in (e for e in entries if isinstance(e, ast.Call) and varies(e)):
+            helper = _helper_mask(call, self.ctx)
+            if helper:
+                self.refuse(f"`{self.quote(node)}`: boolean mask indexing by what `{helper}` "
+                            "returns (the number of selected elements varies per iteration)",
+                            node)
         for bound in (b for e in entries if isinstance(e, ast.Slice)
                       for b in (e.lower, e.upper, e.step) if varies(b)):
             self.refuse(f"`{self.quote(node)}`: slice bound `{self.quote(bound)}` varies per "
@@ -192,6 +199,22 @@ class _Check:
 
     def refuse(self, reason: str, node: ast.AST) -> None:
         raise Unsupported(reason, node.lineno)
+
+
+def _helper_mask(call: ast.Call, ctx: PassContext) -> str:
+    """The name of the function of the caller's module (or method of its object) ``call``
+    calls when every value it returns is a boolean mask (``is_boolean``), else ""."""
+    fn = module_function(call.func, ctx) or own_method(call, ctx)
+    try:
+        helper = ctx.parse_function(fn).tree.body[0] if fn else None
+    except Unsupported:  # no source
+        return ""
+    returns = [n.value for n in walk(helper)
+               if isinstance(n, ast.Return) and n.value is not None] if helper else []
+    if not returns:
+        return ""
+    masks = mask_names(helper, ctx, made_boolean=True)
+    return fn.__name__ if all(is_boolean(r, masks, ctx) for r in returns) else ""
 
 
 def _helper_selection(call: ast.Call, ctx: PassContext, seen: tuple

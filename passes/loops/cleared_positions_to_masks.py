@@ -12,7 +12,9 @@ every call), and a selection by it is no mask the selection stage knows::
 and ``torch.zeros(m, dtype=torch.bool)`` set ``True`` at ``i`` becomes ``_pos == i``. Taken:
 the two statements adjacent at the body's top level, one size argument, ``dtype=torch.bool``
 and at most a ``device`` keyword (passed on to ``torch.arange``: the same device), ``i`` the
-loop's index. They hold the same values when ``0 <= i < m``: the check requires the loop to
+loop's index or a copy of it (``_h_k = i``, an inlined helper's parameter: a name the body binds
+once, at its top level, to a name it does not bind; copies in the size are read as their
+sources, which the check before the loop can read). They hold the same values when ``0 <= i < m``: the check requires the loop to
 count up from 0 or more, ``range``'s stop to be ``m`` or less (past it, the original raises an
 IndexError: the loop then runs as written) and ``m`` the same in every iteration.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, is_pure, replace
+from ..ast_tools import PassContext, clone, is_pure, rename, replace, walk
 from .loop_dataflow import loads, resolve_call, stores
 from .plan import LoopPlan
 
@@ -32,11 +34,13 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     bound = {n for s in plan.body for n in stores(s)} | {it.index} | {
         name for name, _ in it.elements}
+    copies = _copies(plan.body, bound - {it.index})
     body, made = [], False
     for s in plan.body:
-        found = body and _cleared(body[-1], s, it.index, ctx)
-        if found and not loads(found[0]) & bound and is_pure(found[0]):
-            size, device, op = found
+        found = body and _cleared(body[-1], s, it.index, copies, ctx)
+        size = found and rename(clone(found[0]), copies)  # read before the loop: the check
+        if found and not loads(size) & bound and is_pure(size):
+            _, device, op = found
             pos = ctx.namer.new("pos")
             body[-1:] = replace(f"p = torch.arange(m)\nk = p {op} j", loc=body[-1],
                                 torch_name=ctx.torch_name, p=pos, m=size, k=s.targets[0].value.id,
@@ -54,8 +58,21 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
-def _cleared(made: ast.stmt, write: ast.stmt, index: str, ctx: PassContext
-             ) -> tuple[ast.expr, ast.keyword | None, str] | None:
+def _copies(body: list[ast.stmt], bound: set[str]) -> dict[str, str]:
+    """Names the body binds once, at its top level, to a name it does not bind (``_h_k = i``, an
+    inlined helper's parameter): they hold that name's value wherever they are read."""
+    counts: dict[str, int] = {}
+    for s in body:
+        for n in (n for m in walk(s) if isinstance(m, ast.stmt) for n in stores(m)):
+            counts[n] = counts.get(n, 0) + 1
+    return {s.targets[0].id: s.value.id for s in body
+            if isinstance(s, ast.Assign) and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Name) and isinstance(s.value, ast.Name)
+            and counts.get(s.targets[0].id) == 1 and s.value.id not in bound}
+
+
+def _cleared(made: ast.stmt, write: ast.stmt, index: str, copies: dict[str, str],
+             ctx: PassContext) -> tuple[ast.expr, ast.keyword | None, str] | None:
     """(size, device keyword or None, comparison) of ``k = torch.ones(m, dtype=torch.bool)``
     followed by ``k[index] = False`` (or zeros and True), else None."""
     if not (isinstance(made, ast.Assign) and len(made.targets) == 1
@@ -72,7 +89,8 @@ def _cleared(made: ast.stmt, write: ast.stmt, index: str, ctx: PassContext
         return None
     cleared, op = fill
     if not (isinstance(target.value, ast.Name) and target.value.id == made.targets[0].id
-            and isinstance(target.slice, ast.Name) and target.slice.id == index
+            and isinstance(target.slice, ast.Name)
+            and copies.get(target.slice.id, target.slice.id) == index
             and isinstance(write.value, ast.Constant) and write.value.value is cleared):
         return None
     return call.args[0], keywords.get("device"), op

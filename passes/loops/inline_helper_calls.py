@@ -47,12 +47,29 @@ its index is a parameter the helper does not rebind; at the call both are plain 
 also a number), so the write names what the helper's would have (the inlined statements bind
 only fresh names).
 
+A helper's ``if`` whose test reads only parameters the call binds to constants (literal arguments
+and constant defaults; parameters the helper does not rebind) is replaced by the branch they
+take, and a ``return`` in it ends the body (``_fold``): flags choose the code per call, as the
+original's test would on every call::
+
+    def pick(y, k, same=False):                      num = e[k, pick(y, k, True)]
+        if same:                                 ->  _pick_y = y; _pick_k = k; _pick_same = True
+            m = y == y[k]                            _pick_m = _pick_y == _pick_y[_pick_k]
+        else:                                        _pick_m[_pick_k] = False
+            m = torch.ones(len(y), dtype=torch.bool)  _pick = _pick_m
+        m[k] = False                                 num = e[k, _pick]
+        return m
+
+Items of a local bound only to tensors the helper makes (``makes_new_tensor``, the filled
+constructors ``torch.ones``/``zeros``...) may be written (``m[k] = False``): no memory of the
+caller's changes; the loop stages judge the write like any in the body.
+
 Refused (the call stays, the loop is mapped with ``torch.vmap``; a note in the report says why):
 a helper that is not a plain module-level function of the caller's module and file (methods,
 lambdas, closures, nested functions, builtins), has decorators, ``*args``/``**kwargs``, no
-source, or a body other than simple assignments to plain names and one final ``return expr``
-(loops, ``if``, ``global``, ``try``/``with``, nested ``def``s, lambdas, comprehensions, walrus,
-``yield``), reads a local before binding it, reads ``locals()``-like builtins or mangled
+source, or a body (its branches decided) other than simple assignments to plain names (and
+items of tensors it made) and one final ``return expr`` (loops, an ``if`` on anything else,
+``global``, ``try``/``with``, nested ``def``s, lambdas, comprehensions, walrus, ``yield``), reads a local before binding it, reads ``locals()``-like builtins or mangled
 ``__names``, calls itself (directly or through the helpers being inlined), has a default that
 is not a constant, or reads a global the caller shadows (a parameter, local or closure variable
 of the caller); a call with ``*``/``**`` arguments or arguments that do not match; a call
@@ -71,10 +88,13 @@ import torch
 
 from ..errors import Unsupported
 
+from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, fix_missing_locations, rename, replace,
                         unparse, walk)
-from .loop_dataflow import loads, module_function, resolve_call, stores
+from .loop_dataflow import (loads, makes_new_tensor, module_function, resolve_call, stores,
+                            stores_in)
+from .own_methods import method_owner, own_method
 from .plan import LoopPlan
 
 MAX_DEPTH = 3  # helpers called by inlined helpers: inlined down to this depth
@@ -101,6 +121,10 @@ DEFERRED = {ast.Lambda: {"body": None}, ast.ListComp: {"elt": None, "generators"
 # registry (allocating uninitialised memory is none), unless in place (a name ending in "_").
 NO_EFFECT = (None, "uninitialized")
 CONSTANT_TYPES = (int, float, bool, str, complex, type(None))
+# The nodes of an ``if`` test a helper's constant arguments decide (``_decided``).
+FOLDABLE_TESTS = (ast.Name, ast.Load, ast.Constant, ast.Compare, ast.BoolOp, ast.UnaryOp,
+                  ast.Tuple, ast.List, ast.And, ast.Or, ast.Not, ast.Eq, ast.NotEq, ast.Is,
+                  ast.IsNot, ast.In, ast.NotIn, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.USub)
 
 
 @dataclass
@@ -124,19 +148,22 @@ def rewrite(loop: ast.For, body: list[ast.stmt], ctx: PassContext
         n.id for n in walk(loop) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)
     } | {
         a.arg for a in walk(loop) if isinstance(a, ast.arg)}
-    inliner = _Inliner(ctx, scope)
+    inliner = _Inliner(ctx, scope, stores_in([loop]))
     return inliner.block(body, 0, ()), inliner.guards
 
 
 class _Inliner:
     """Single use: inlines the calls of one loop body, collecting the runtime checks."""
 
-    def __init__(self, ctx: PassContext, scope: set[str]):
+    def __init__(self, ctx: PassContext, scope: set[str], rebound: set[str]):
         self.ctx = ctx
         self.scope = scope               # names that do not resolve to the module's globals
+        _, this = method_owner(ctx)      # the caller's object, if the loop does not rebind it
+        self.this = this if this and this not in rebound else ""
         self.guards: list[ast.expr] = []
         self.checked: set[str] = set()
-        self.helpers: dict[str, _Helper | str] = {}  # name -> helper, or why it is refused
+        # (name, the call's constant arguments) -> helper, or why it is refused
+        self.helpers: dict[tuple, _Helper | str] = {}
 
     def block(self, stmts: list[ast.stmt], depth: int, stack: tuple) -> list[ast.stmt]:
         out = []
@@ -191,12 +218,26 @@ class _Inliner:
                     return False
         return True
 
+    def _callee(self, call: ast.Call) -> tuple[types.FunctionType | None, ast.Call]:
+        """The helper ``call`` calls and the call as one of a function: a method of the
+        caller's own object (``self.pick(k, True)``) takes the object first (``pick(self, k,
+        True)``)."""
+        fn = module_function(call.func, self.ctx, self.scope)
+        if fn is not None or not self.this:
+            return fn, call
+        fn = own_method(call, self.ctx)
+        if fn is None:
+            return None, call
+        receiver = ast.copy_location(ast.Name(self.this, ast.Load()), call.func)
+        func = ast.copy_location(ast.Name(call.func.attr, ast.Load()), call.func)
+        return fn, ast.copy_location(ast.Call(func, [receiver] + call.args, call.keywords), call)
+
     def _inlinable(self, call: ast.Call, depth: int, stack: tuple, dropped: bool
                    ) -> _Helper | None:
-        fn = module_function(call.func, self.ctx, self.scope) if depth < MAX_DEPTH else None
+        fn, call = self._callee(call) if depth < MAX_DEPTH else (None, call)
         if fn is None:
             return None  # not a user helper of this module: nothing to say
-        helper = self._helper(call.func.id, fn)
+        helper = self._helper(call, fn)
         reason = helper if isinstance(helper, str) else (
             "it calls itself" if fn in stack or fn in self.ctx.rewriting else
             _shadowed(helper, self.scope) or _bad_call(call, helper, dropped))
@@ -207,28 +248,35 @@ class _Inliner:
             return None
         return helper
 
-    def _helper(self, name: str, fn: types.FunctionType) -> _Helper | str:
-        if name not in self.helpers:
+    def _helper(self, call: ast.Call, fn: types.FunctionType) -> _Helper | str:
+        """The helper ``call`` calls, its branches decided by the call's constant arguments."""
+        consts = call_constants(call, fn, self.ctx)
+        key = (fn, tuple((k, type(v).__name__, v) for k, v in sorted(consts.items())))
+        if key not in self.helpers:
             try:
-                self.helpers[name] = _parse_helper(fn, self.ctx)
+                self.helpers[key] = _parse_helper(fn, self.ctx, consts=consts,
+                                                  method=fn.__qualname__ != fn.__name__)
             except Unsupported as exc:
-                self.helpers[name] = exc.reason
-        return self.helpers[name]
+                self.helpers[key] = exc.reason
+        return self.helpers[key]
 
     def inline(self, call: ast.Call, depth: int, stack: tuple
                ) -> tuple[list[ast.stmt], str | None]:
         """The statements of one inlined call, and the name holding its result (None: the
         helper ends in row writes)."""
+        fn, call = self._callee(call)
         name = call.func.id
-        helper = self.helpers[name]
-        fn = helper.fn
+        helper = self._helper(call, fn)
         if name not in self.checked:
             self.checked.add(name)
             ref = next((k for k, v in self.ctx.bindings.items() if v is fn), None)
             if ref is None:
                 ref = self.ctx.namer.new(f"{name}_inlined")
                 self.ctx.bindings[ref] = fn
-            self.guards.append(replace("f is ref", loc=call, f=name, ref=ref))
+            self.guards.append(replace(  # another object or class runs the call as written
+                "getattr(type(o), m, None) is ref and m not in getattr(o, '__dict__', ())"
+                if fn.__qualname__ != fn.__name__ else "f is ref", loc=call, f=name, ref=ref,
+                o=self.this, m=ast.Constant(name)))
         fresh = {n: self.ctx.namer.new(f"{name}_{n}") for n in sorted(helper.local)}
         self.scope |= set(fresh.values())
         stmts = []
@@ -312,12 +360,14 @@ def _calls_run_once(node: ast.AST):
                 yield from _calls_run_once(item)
 
 
-def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) -> _Helper:
+def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = (),
+                  consts: dict | None = None, method: bool = False) -> _Helper:
     """``fn`` as an inlinable helper; raises ``Unsupported`` with the reason it is not. ``seen``:
-    the helpers whose bodies call it (checked first)."""
+    the helpers whose bodies call it (checked first); ``consts``: the parameters a call binds to
+    constants, which decide the helper's branches (``_fold``)."""
     if len(seen) > 2 * MAX_DEPTH:
         raise Unsupported("helpers nested too deeply")
-    if fn.__name__ == "<lambda>" or fn.__qualname__ != fn.__name__:
+    if fn.__name__ == "<lambda>" or fn.__qualname__ != fn.__name__ and not method:
         raise Unsupported("not a module-level function (a lambda, method or nested function)")
     if fn.__closure__ or fn.__code__.co_freevars:
         raise Unsupported("it has free variables (a closure)")
@@ -336,6 +386,9 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
     stmts = node.body[1:] if _is_docstring(node.body[0]) else node.body
     args = node.args
     params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    stmts = _fold(stmts, consts or {}, stores_in(stmts))
+    node = ast.copy_location(ast.FunctionDef(node.name, node.args, stmts, [], node.returns,
+                                             getattr(node, "type_params", [])), node)
     writes = _row_writes(stmts, params)
     if not writes and (not stmts or not isinstance(stmts[-1], ast.Return)
                        or stmts[-1].value is None):
@@ -345,12 +398,15 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
     assigned = set().union(*(stores(t) for t in head))
     if {w.targets[0].slice.id for w in writes} & assigned:
         raise Unsupported("it rebinds the index of a row it writes")
+    fresh = _fresh_locals(head, params, ctx)
     for s in head:
         if not isinstance(s, BODY_STATEMENTS) or not all(
-                isinstance(t, ast.Name) for t in getattr(s, "targets", [getattr(s, "target", None)])):
-            raise Unsupported(f"line {s.lineno}: only assignments to plain names before the "
-                              f"{'row writes' if writes else 'return'} (no loops, branches, "
-                              f"global, try/with, nested defs)")
+                isinstance(t, ast.Name) or _root(t) in fresh
+                for t in getattr(s, "targets", [getattr(s, "target", None)])):
+            raise Unsupported(f"line {s.lineno}: only assignments to plain names (and to items "
+                              f"of tensors it made) before the "
+                              f"{'row writes' if writes else 'return'} (no loops, branches on "
+                              f"values, global, try/with, nested defs)")
     for s in stmts:
         for n in walk(s):
             if isinstance(n, BODY_FORBIDDEN):
@@ -367,6 +423,72 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = ()) ->
         reads |= used - assigned - params
         bound |= stores(s)
     return _Helper(fn, node, head, None if writes else stmts[-1].value, bound, reads, writes)
+
+
+def _fold(stmts: list[ast.stmt], consts: dict, assigned: set[str]) -> list[ast.stmt]:
+    """``stmts`` with each ``if`` replaced by the branch the call's constant arguments take
+    (``if same:``, ``if reduction == "mean":``, ``if weight is None:``), up to the first
+    ``return`` reached (what follows it never runs). Raises ``Unsupported`` for a test that is
+    not decided by them: it reads something else, or a parameter the helper rebinds."""
+    out: list[ast.stmt] = []
+    for s in stmts:
+        if isinstance(s, ast.If):
+            taken = None if loads(s.test) & assigned else _decided(s.test, consts)
+            if taken is None:
+                raise Unsupported(f"line {s.lineno}: `if {unparse(s.test)}` is not decided by "
+                                  "constant arguments of the call")
+            out += _fold(s.body if taken else s.orelse, consts, assigned)
+        else:
+            out.append(s)
+        if out and isinstance(out[-1], ast.Return):
+            break
+    return out
+
+
+def _decided(test: ast.expr, consts: dict) -> bool | None:
+    """The truth of ``test``, made only of constants, the names in ``consts``, comparisons and
+    ``not``/``and``/``or``; else None."""
+    if not loads(test) <= consts.keys() or not all(
+            isinstance(n, FOLDABLE_TESTS) for n in ast.walk(test)):
+        return None
+    code = compile(fix_missing_locations(ast.Expression(clone(test))), "<test>", "eval")
+    return bool(eval(code, {"__builtins__": {}}, dict(consts)))  # noqa: S307 (checked nodes)
+
+
+def _fresh_locals(head: list[ast.stmt], params: set[str], ctx: PassContext) -> set[str]:
+    """Locals every binding of which is a tensor op's result with memory of its own: writing
+    into their items changes nothing the caller can see."""
+    values: dict[str, list[ast.expr]] = {}
+    for s in head:
+        for t in getattr(s, "targets", []):
+            if isinstance(t, ast.Name):
+                values.setdefault(t.id, []).append(s.value)
+    return {name for name, vs in values.items() if name not in params
+            and all(makes_new_tensor(v, ctx) or _filled(v, ctx) for v in vs)}
+
+
+def _filled(value: ast.expr, ctx: PassContext) -> bool:
+    """``torch.ones(...)`` and the other constructors of ``loop_rules.FILLED_TENSORS``."""
+    name = resolve_call(value.func, ctx) if isinstance(value, ast.Call) else None
+    return name is not None and name.removeprefix("torch.") in rules.FILLED_TENSORS
+
+
+def _root(target: ast.expr) -> str | None:
+    """``m`` of ``m[k]`` / ``m[a][b]``."""
+    while isinstance(target, ast.Subscript):
+        target = target.value
+    return target.id if isinstance(target, ast.Name) else None
+
+
+def call_constants(call: ast.Call, fn: types.FunctionType, ctx: PassContext) -> dict:
+    """The parameters of ``fn`` a call binds to constants (literal arguments and defaults)."""
+    try:
+        node = ctx.parse_function(fn).tree.body[0]
+        given = bound_arguments(call, fn, node)
+    except (Unsupported, AttributeError, IndexError):
+        return {}
+    return {p: v.value if isinstance(v, ast.Constant) else v for p, v in given
+            if isinstance(v, ast.Constant) or not isinstance(v, ast.AST)}
 
 
 def _row_writes(stmts: list[ast.stmt], params: set[str]) -> tuple[ast.Assign, ...]:
@@ -406,7 +528,7 @@ def inlinable_helper(call: ast.Call, ctx: PassContext) -> ast.FunctionDef | None
     if fn is None:
         return None
     try:
-        helper = _parse_helper(fn, ctx)
+        helper = _parse_helper(fn, ctx, consts=call_constants(call, fn, ctx))
     except Unsupported:
         return None
     return None if helper.writes else helper.node
@@ -420,7 +542,7 @@ def _check_callee(call: ast.Call, ctx: PassContext, seen: tuple) -> None:
         raise Unsupported(f"line {call.lineno}: `{unparse(call.func)}` may have side effects")
     if callee in seen:
         raise Unsupported(f"line {call.lineno}: it calls itself (recursion)")
-    if _parse_helper(callee, ctx, seen).writes:
+    if _parse_helper(callee, ctx, seen, call_constants(call, callee, ctx)).writes:
         raise Unsupported(f"line {call.lineno}: `{call.func.id}` writes into its arguments")
 
 

@@ -33,13 +33,13 @@ from ..errors import Unsupported
 from . import inline_helper_calls
 from .inline_helper_calls import BODY_FORBIDDEN, FRAME_BUILTINS
 from .loop_dataflow import stores_in
-from .module_loss_calls import module_subclasses
+from .own_methods import method_owner, own_body, own_method, parsed_method
 
 
 def inline(body: list[ast.stmt], ctx: PassContext) -> tuple[list[ast.stmt], list[ast.expr]]:
     """``body`` with such calls inlined (new statements; ``body`` is not changed), and the
     runtime checks that the object runs the inlined methods."""
-    owner, this = _owner(ctx)
+    owner, this = method_owner(ctx)
     if owner is None or this in stores_in(body):
         return body, []
     out, guards = [], []
@@ -60,67 +60,14 @@ def inline(body: list[ast.stmt], ctx: PassContext) -> tuple[list[ast.stmt], list
     return out, guards
 
 
-def own_method(call: ast.expr | None, ctx: PassContext) -> types.FunctionType | None:
-    """The method ``call`` calls on the function's own object (``self._dice(p, t)`` in a
-    method of a class of the module), as ``_method`` finds it; else None."""
-    owner, this = _owner(ctx)
-    if owner is None or not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                             and isinstance(call.func.value, ast.Name)
-                             and call.func.value.id == this):
-        return None
-    return _method(owner, call.func.attr, ctx)
-
-
-def _owner(ctx: PassContext) -> tuple[type | None, str]:
-    """The class of the method being rewritten (of a class of the module) and the name of its
-    object."""
-    parts = ctx.func_name.split(".")
-    owner = ctx.globals.get(parts[0]) if len(parts) == 2 else None
-    fn = vars(owner).get(parts[1]) if isinstance(owner, type) else None
-    if not (isinstance(fn, types.FunctionType) and fn.__code__.co_argcount):
-        return None, ""
-    return owner, fn.__code__.co_varnames[0]
-
-
-def _method(cls: type, name: str, ctx: PassContext) -> types.FunctionType | None:
-    """``cls``'s method ``name``, or the one override among the module's subclasses of an
-    abstract one."""
-    fn = next((vars(c)[name] for c in cls.__mro__ if name in vars(c)), None)
-    if isinstance(fn, types.FunctionType) and _abstract(_parsed(fn, ctx)):
-        found = {vars(sub)[name] for sub in module_subclasses(cls) if name in vars(sub)}
-        fn = found.pop() if len(found) == 1 else None
-    return fn if isinstance(fn, types.FunctionType) else None
-
-
-def _parsed(fn: types.FunctionType, ctx: PassContext) -> ast.FunctionDef | None:
-    try:
-        parsed = ctx.parse_function(fn)
-    except Unsupported:
-        return None
-    return parsed.tree.body[0] if parsed.filename == ctx.filename else None
-
-
-def _abstract(node: ast.FunctionDef | None) -> bool:
-    """The body only raises ``NotImplementedError`` (after a docstring)."""
-    stmts = _own_body(node) if node else []
-    return len(stmts) == 1 and isinstance(stmts[0], ast.Raise) and "NotImplementedError" in {
-        n.id for n in ast.walk(stmts[0]) if isinstance(n, ast.Name)}
-
-
-def _own_body(node: ast.FunctionDef) -> list[ast.stmt]:
-    first = node.body[0]
-    docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-    return node.body[1:] if docstring else node.body
-
-
 def _inlined(call: ast.Call, fn: types.FunctionType, this: str,
              ctx: PassContext) -> list[ast.stmt] | None:
     """The statements of ``call`` inlined, or None when ``fn`` is not such a method."""
-    node = _parsed(fn, ctx)
+    node = parsed_method(fn, ctx)
     if node is None or node.decorator_list or fn.__globals__ is not ctx.globals \
             or fn.__closure__ or not fn.__code__.co_argcount:
         return None
-    stmts = _own_body(node)
+    stmts = own_body(node)
     params = fn.__code__.co_varnames[:fn.__code__.co_argcount]
     for s in stmts:
         targets = getattr(s, "targets", [getattr(s, "target", None)])

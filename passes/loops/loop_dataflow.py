@@ -892,12 +892,16 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     return False
 
 
-def mask_names(func: ast.FunctionDef, ctx: PassContext) -> set[str]:
-    """The names ``func`` binds only to boolean tensors (``mask = t.eq(c)``, ``m = a > b``)."""
+def mask_names(func: ast.FunctionDef, ctx: PassContext, made_boolean: bool = False) -> set[str]:
+    """The names ``func`` binds only to boolean tensors (``mask = t.eq(c)``, ``m = a > b``; with
+    ``made_boolean``, also ``m = torch.ones(n, dtype=torch.bool)``)."""
     found: dict[str, bool] = {}
     for s in (n for n in walk(func) if isinstance(n, ast.stmt) and n is not func):
         boolean = isinstance(s, ast.Assign) and len(s.targets) == 1 \
-            and isinstance(s.targets[0], ast.Name) and is_boolean(s.value, set(), ctx)
+            and isinstance(s.targets[0], ast.Name) and (is_boolean(s.value, set(), ctx) or (
+                made_boolean and isinstance(s.value, ast.Call) and any(
+                    k.arg == "dtype" and resolve_call(k.value, ctx) == "torch.bool"
+                    for k in s.value.keywords)))
         for name in stores(s):
             found[name] = found.get(name, True) and boolean
     return {name for name, boolean in found.items() if boolean}
