@@ -52,10 +52,12 @@ def local_partial(x, t):
         loss = loss + fn(x[:, c], (t == c).long())
     return loss
 
-def by_name(x, t):
+def by_name(x, t, reduction="mean"):
+    # a reduction from the caller: `focal`'s branches are not decided at the call, so it is
+    # called (mapped), not inlined (inline_helper_calls)
     loss = 0
     for c in range(x.shape[1]):
-        loss = loss + focal(x[:, c], (t == c).long(), 1.5)
+        loss = loss + focal(x[:, c], (t == c).long(), 1.5, reduction=reduction)
     return loss
 
 def bce(x, t, weight=None):
@@ -109,7 +111,7 @@ def _rewritten(fn):
 @pytest.mark.parametrize("name, call", [
     ("PerClass.forward", "_picked_helper(self.loss_fn, (_focal_original, _focal))(_x_row, (t == c).long())"),
     ("local_partial", "_picked_helper(fn, (_focal_original, _focal))(_x_row, (t == c).long())"),
-    ("by_name", "_focal(_x_row, (t == c).long(), 1.5)"),
+    ("by_name", "_focal(_x_row, (t == c).long(), 1.5, reduction=reduction)"),
 ])
 def test_golden_vmapped_body_calls_the_mapped_helper(user, name, call):
     source, helper = _rewritten(functools.reduce(getattr, name.split("."), user))
