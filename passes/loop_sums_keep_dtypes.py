@@ -21,7 +21,10 @@ may bind its start again in every iteration): its partial starts from ``identity
 (a 0 in ``t``'s dtype: each iteration's ``0 + b`` of a bool ``b`` counts in ``t``'s dtype, as the
 original's ``t + b``) and its sums, marked with the name they are added onto, become
 ``_loop_sum_onto(t, v)``, the sum in the dtype of ``t + v[0]``: modular integer addition in that
-dtype is the original's steps' result.
+dtype is the original's steps' result. A top-level loop's sum onto a start that is not a Python
+number literal is summed so too: a float64 0-d start adds float32 0-d items in float64 (their own
+sum, cast after, had float32's precision), an int16 one adds uint8 items without wrapping, a bool
+one ors bools (``fold_accumulators._onto_start``); a Python number does not widen the items.
 """
 from __future__ import annotations
 

@@ -86,8 +86,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                               "see as a tensor 0", plan.node.lineno)
         keeps = acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
             and acc.kinds == {"tensor"} and name in stores_in(plan.node.body)
-        if keeps and name in plan.outer_binds:  # started again by the outer body: the check
-            _fold_onto_start(plan, name, acc, ctx)  # of a wider start below is not made there
+        if keeps and _onto_start(plan, name):
+            _fold_onto_start(plan, name, acc, ctx)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
@@ -125,6 +125,16 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if not plan.inner:  # the inner loops' counters, summed over this loop
         plan.first += [s for c in sorted(_counters(plan)) for s in plan.sub("c = 0", c=c)]
     return plan
+
+
+def _onto_start(plan: LoopPlan, name: str) -> bool:
+    """Whether ``name``'s partial is reduced in the dtype of its additions onto its start: an
+    inner loop's start the outer body binds again (the check of a wider start below is not made
+    there; another start is the outer loop's accumulator, read only by its fold), and a
+    top-level loop's start that is not a Python number (a float64 tensor adds float32 items in
+    float64; their sum is float32's). A Python number leaves the items' dtype (or, of a float onto
+    integers, the dtype the sum's addition to it gives), so the items' own sum is kept there."""
+    return name in plan.outer_binds if plan.inner else name not in plan.numbers
 
 
 def _fold_onto_start(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> None:
