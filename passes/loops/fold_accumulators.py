@@ -26,6 +26,13 @@ was. One host sync, as the original's ``if`` had one per iteration; none when it
     s = 0; for ...: if c: s += e        ->   if _outs[1].any():         (``_outs[1]``: the masks)
                                                  s = _outs[0]
 
+A tensor start folds the (all-zero) sum even when no iteration was selected: its value is the
+original's, and the gradient reaching what the body read is exactly 0 (``torch.where`` both
+sides), but the graph reaches values computed before the loop that the original's does not: one
+whose own backward makes NaN of a zero gradient (``log_softmax`` of a NaN row) gives NaN where
+the original has none. Not cut: that needs the host sync (a graph break when compiled) on every
+call (``tests/test_skipped_iterations_gradients.py``).
+
 Conditions on loop indices only (``if i != j``) are tested on the host, as the original does (it
 reads nothing back from a device for them), stopping at the first iteration that meets one; run
 eagerly under torch.compile, which would unroll it and specialise the sizes::
