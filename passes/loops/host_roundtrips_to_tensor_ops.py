@@ -23,8 +23,12 @@ no rewrite (it is ``t.abs()``).
 
 Host numbers stay what they were in the original: arithmetic on them gives host numbers (marked
 ``HOST_NUMBER``, names bound to them too), and next to a tensor of the iteration a float is a weak
-scalar (``loop_rules.HOST_WEAK``); sums of them get a float64 twin (``plan.wide``, see
-``fold_accumulators``)::
+scalar (``loop_rules.HOST_WEAK``), its arithmetic computed in float64 as Python's double; sums of
+them get a float64 twin (``plan.wide``, see ``fold_accumulators``). The loop index is one (a
+Python int), and so are names the loop does not change in ``h / n`` and ``g ** h`` (behind the
+check that they are no tensors, and Python floats for a power)::
+
+    G = G + gamma ** t * r[t]      ->   G = G + (gamma ** t.double()).to(<r[t]'s weak dtype>) * r[t]
 
     s = s + x[i] * w[i].item()     ->   s = s + x[i] * w[i].detach().to(torch.result_type(x[i], ...))
     total += x[i].item()           ->   _total_wide = _total_wide + x[i].detach().double()
