@@ -57,8 +57,8 @@ from .. import loop_rules as rules
 from .. import loop_sums_keep_dtypes, ops
 from ..ast_tools import PassContext, Transformer, clone, is_name, replace, root_name, walk
 from ..errors import Unsupported
-from .loop_dataflow import (call_op, container_names, depends, method_name, resolve_call,
-                            stores, stores_in, variant_names)
+from .loop_dataflow import (call_op, container_names, depends, method_name, reads_values,
+                            resolve_call, stores, stores_in, variant_names)
 from .plan import LoopPlan
 
 
@@ -264,20 +264,25 @@ class _HostToTensor(Transformer):
         """``kinds`` with the operands of ``h / n`` and ``g ** h`` (``h`` a host number, the
         loop index among them) that the loop does not change, names or attributes of unknown
         type, taken as Python numbers ("fixed"; the loop's check: no tensors, and Python floats
-        for a power, which is a float then), so the result is a host number too: a Python float
-        made in double precision, not an index tensor's float32 quotient or power. Other kinds
-        unchanged."""
-        if not isinstance(node.op, (ast.Div, ast.Pow)) \
-                or not any(k not in (None, "const") for k in kinds):
+        for a power, which is a float then), or, divisors, sizes (``len(x)``, ``x.shape[0]``:
+        ints), so the result is a host number too: a Python float made in double precision, not
+        an index tensor's float32 quotient or power. Other kinds unchanged."""
+        div = isinstance(node.op, ast.Div)
+        if not (div or isinstance(node.op, ast.Pow)) or set(kinds) <= {None, "const"}:
             return kinds
-        fixed = [k is None and isinstance(x, (ast.Name, ast.Attribute))
+        named = [k is None and isinstance(x, (ast.Name, ast.Attribute))
                  and not depends(x, self.variant, self.ctx)
                  and not (root_name(x) or "") in self.stored for x, k in zip(operands, kinds)]
-        if not all(f or k is not None for f, k in zip(fixed, kinds)):
+        sizes = [div and k is None and not reads_values(x, self.ctx)
+                 for x, k in zip(operands, kinds)]
+        if not all(n or s or k is not None for n, s, k in zip(named, sizes, kinds)):
             return kinds
-        for x in (x for x, f in zip(operands, fixed) if f):
-            (self.floats if isinstance(node.op, ast.Pow) else self.no_tensors).append(x)
-            ast_marks.put(x, ast_marks.HOST_NUMBER, "fixed")
+        for x, n, s in zip(operands, named, sizes):
+            if n:
+                (self.no_tensors if div else self.floats).append(x)
+            if n or s:
+                ast_marks.put(x, ast_marks.HOST_NUMBER, "fixed")
+        fixed = [n or s for n, s in zip(named, sizes)]
         return ["fixed" if f else k for f, k in zip(fixed, kinds)]
 
     def _twin(self, s: ast.stmt) -> list[ast.stmt]:
