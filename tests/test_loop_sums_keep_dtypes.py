@@ -132,7 +132,8 @@ def test_products_keep_the_dtype_too(tmp_path, name, dtype):
     want, got = original(x), fast(x)
     assert got.dtype == want.dtype and torch.equal(got, want)
     loop = fast.report.loops[0]
-    assert loop.vectorized and not loop.original_runs, str(loop)
+    wider = name == "product_int64_start" and dtype in NARROW
+    assert loop.vectorized and (loop.original_runs > 0) == wider, str(loop)
 
 
 # An inner loop's sum or product the outer body starts again, at a start wider than the items

@@ -93,7 +93,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                               "see as a tensor 0", plan.node.lineno)
         keeps = acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
             and acc.kinds == {"tensor"} and name in stores_in(plan.node.body)
-        if keeps and _onto_start(plan, name):
+        if keeps and _onto_start(plan, name, acc):
             _fold_onto_start(plan, name, acc, ctx)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
@@ -134,14 +134,20 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
-def _onto_start(plan: LoopPlan, name: str) -> bool:
+def _onto_start(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
     """Whether ``name``'s partial is reduced in the dtype of its additions onto its start: an
     inner loop's start the outer body binds again (the check of a wider start below is not made
     there; another start is the outer loop's accumulator, read only by its fold), and a
-    top-level loop's start that is not a Python number (a float64 tensor adds float32 items in
-    float64; their sum is float32's). A Python number leaves the items' dtype (or, of a float onto
-    integers, the dtype the sum's addition to it gives), so the items' own sum is kept there."""
-    return name in plan.outer_binds if plan.inner else name not in plan.numbers
+    top-level loop's sum onto a start that is not a Python number (a float64 tensor adds float32
+    items in float64; their sum is float32's). A Python number leaves the items' dtype (or, of a
+    float onto integers, the dtype the sum's addition to it gives), so the items' own sum is
+    kept there. Not a top-level product: its partial, a factor of the start's shape, has no
+    batched form (the narrow-integer check below runs it as written; a float64 start of float32
+    factors multiplies them in float32)."""
+    if plan.inner:
+        return name in plan.outer_binds
+    # (the inner loops' counters of selected iterations start at the int 0 too)
+    return acc.family == "sum" and name not in plan.numbers | _counters(plan)
 
 
 def _fold_onto_start(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> None:
