@@ -21,7 +21,10 @@ may bind its start again in every iteration): its partial starts from ``identity
 (a 0 in ``t``'s dtype: each iteration's ``0 + b`` of a bool ``b`` counts in ``t``'s dtype, as the
 original's ``t + b``) and its sums, marked with the name they are added onto, become
 ``_loop_sum_onto(t, v)``, the sum in the dtype of ``t + v[0]``: modular integer addition in that
-dtype is the original's steps' result.
+dtype is the original's steps' result. A top-level loop's sum onto a start that is not a Python
+number literal is summed so too: a float64 0-d start adds float32 0-d items in float64 (their own
+sum, cast after, had float32's precision), an int16 one adds uint8 items without wrapping, a bool
+one ors bools (``fold_accumulators._onto_start``); a Python number does not widen the items.
 """
 from __future__ import annotations
 
@@ -69,6 +72,8 @@ def loop_sum_onto(start, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
     (``start + v[0]``: an int16 start takes uint8 items in int16, without wrapping at 256)."""
     if not v.shape[dim]:
         return loop_sum(v, dim)
+    if isinstance(start, torch.Tensor) and start.dtype == v.dtype:  # (no item to pick: faster)
+        return v.sum(dim, dtype=v.dtype)
     return v.sum(dim, dtype=result_type(start, v.select(dim, 0)))
 
 

@@ -48,13 +48,8 @@ def f(x, w):
                     return (torch.as_tensor(_total_part),)
                 _outs = _map_in_chunks(_body, in_dims=(0,))(_x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1])
                 _outs = (_outs[0].sum(0),)
-            if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs[0]) != _outs[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-                "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
-                for i in range(i, n):
-                    total += (x[i] * w).sum()
-            else:
-                i = n - 1
-                total += _outs[0]
+            i = n - 1
+            total = _outs[0]
         else:
             for i in range(i, n):
                 total += (x[i] * w).sum()

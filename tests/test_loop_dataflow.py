@@ -95,6 +95,30 @@ def test_names_bound_to_zero_when_each_loop_starts():
     assert zeros[id(fourth)] == set()  # the walrus is not `name = 0`, `del e` mentions e
 
 
+def test_names_bound_to_numbers_when_each_loop_starts():
+    """Python number literals, also bound by a tuple assignment, and through an `if` whose test
+    does not mention them (the counted `while` loop's `for` form)."""
+    func, (first, second, third) = parse("""
+        def f(x, k):
+            a, b, c = 0, -1.5, x
+            d = torch.zeros(())
+            for i in range(3):
+                a += x[i]
+            e, g = 0.0, 0
+            if type(k) is int:
+                for i in range(k):
+                    e += x[i]
+            if e > g:
+                for i in range(k):
+                    e += x[i]
+        """)
+    numbers = loop_dataflow.numbers_before_loops(func)
+    assert numbers[id(first)] == {"a": 0, "b": -1.5}  # c and d are no number literals
+    assert numbers[id(second)] == {"e": 0.0, "g": 0}
+    assert numbers[id(third)] == {}  # the test reads them: the branches after it do not know
+    assert loop_dataflow.zero_before_loops(func)[id(second)] == {"g"}
+
+
 @pytest.mark.parametrize("after, divided", [
     ("return s / n", {"s": "n"}),
     ("return (s / n, t / len(x))", {"s": "n", "t": "len(x)"}),

@@ -1,5 +1,6 @@
 """``loop_sums_keep_dtypes``: a loop's sum of narrow integer items keeps their dtype and wraps
-as the original's additions do; a sum started from a wider value runs as written."""
+as the original's additions do; a sum started from a wider tensor is summed in the dtype of
+the additions onto it, one started from a Python number that would widen runs as written."""
 from __future__ import annotations
 
 import pytest
@@ -31,14 +32,15 @@ SOURCES = {
     # started from a tensor of the items' dtype, in place and rebound
     "same_start": "s = torch.zeros(x.shape[1:], dtype=x.dtype)\nfor r in x:\n    s = s + r",
     "same_start_inplace": "s = x[0].clone()\nfor r in x:\n    s += r",
-    # started from a wider value: the loop runs as written
+    # started from a wider tensor: summed in the dtype of the additions onto it
     "int64_start": "s = torch.zeros(x.shape[1:], dtype=torch.int64)\nfor r in x:\n    s = s + r",
-    "float_start": "s = 0.0\nfor r in x:\n    s = s + r",
     "int64_start_inplace": "s = torch.zeros(x.shape[1:], dtype=torch.int64)\nfor r in x:\n"
                            "    s += r",
+    # started from a Python float: the items' own sum, and the loop runs as written when it
+    # would wrap where the original's float additions do not
+    "float_start": "s = 0.0\nfor r in x:\n    s = s + r",
 }
-WIDER_STARTS = {"int64_start", "float_start", "int64_start_inplace"}
-BOOL_STARTS = {"same_start", "same_start_inplace"}  # bools added to a bool: a logical or
+WIDER_STARTS = {"float_start"}
 
 
 def compiled(tmp_path, body: str):
@@ -73,7 +75,7 @@ def test_same_value_and_dtype_as_the_original(tmp_path, name, dtype):
     assert got.dtype == want.dtype
     assert torch.equal(got, want)
     loop = fast.report.loops[0]
-    wider = name in WIDER_STARTS and dtype in NARROW or name in BOOL_STARTS and dtype == torch.bool
+    wider = name in WIDER_STARTS and dtype in NARROW
     assert loop.vectorized and (loop.original_runs > 0) == wider, str(loop)
 
 
@@ -85,7 +87,7 @@ def test_the_sum_overflows_the_narrow_dtypes():
 
 
 def test_a_wider_start_says_why_it_ran_as_written(tmp_path):
-    original, fast = compiled(tmp_path, SOURCES["int64_start"])
+    original, fast = compiled(tmp_path, SOURCES["float_start"])
     fast(overflowing(torch.uint8))
     assert "the start's wider dtype" in fast.report.loops[0].last_failure
 
@@ -210,3 +212,55 @@ def test_inner_fold_onto_a_restarted_start_golden(tmp_path):
     _, plain = compiled(tmp_path, SOURCES["nested"])
     assert "_loop_sum_onto" not in plain.report.rewritten_source
     assert "_identity_of" not in plain.report.rewritten_source
+
+
+# A top-level loop's sum started from a tensor whose additions widen the items (a float64
+# accumulator of float32 items, a float32 one of float16 items, an int16 one of uint8 items, all
+# 0-d: a 0-d start promotes 0-d items): summed in the additions' dtype, not the items' (whose
+# sum the start then only casts: float64 in dtype, float32 in precision; narrow integers wrapped,
+# which ran the loop as written).
+WIDENING = {
+    "rebound": "s = torch.zeros((), dtype=w)\nfor r in x:\n    s = s + r",
+    "inplace": "s = torch.zeros((), dtype=w)\nfor r in x:\n    s += r",
+    "rows": "s = torch.zeros(x.shape[1:], dtype=w)\nfor r in x:\n    s = s + r",
+    "mapped": "s = torch.zeros((), dtype=w)\nfor r in x:\n    s = s + torch.flip(r, [-1]).sum()",
+    "indexed": "s = torch.zeros((), dtype=w)\nfor i in range(x.shape[0]):\n    s = s + x[i]",
+}
+WIDER = {torch.float32: torch.float64, torch.float16: torch.float32, torch.uint8: torch.int16}
+
+
+def _cancelling(dtype: torch.dtype, rows: bool) -> torch.Tensor:
+    """Items whose sum in their own dtype loses what the wider one keeps: 1e8 (float16: 2048),
+    999 ones, minus the first (uint8: 300 items of 200, past 255)."""
+    if dtype == torch.uint8:
+        x = torch.full((300,), 200, dtype=dtype)
+    else:
+        big = 2048.0 if dtype == torch.float16 else 1e8
+        x = torch.cat([torch.tensor([big]), torch.ones(999), torch.tensor([-big])]).to(dtype)
+    return x[:, None].expand(-1, 2).contiguous() if rows else x
+
+
+@pytest.mark.parametrize("name", sorted(WIDENING))
+@pytest.mark.parametrize("dtype", sorted(WIDER, key=str), ids=str)
+def test_a_wider_tensor_start_sums_in_its_dtype(tmp_path, name, dtype):
+    src = WIDENING[name].replace("dtype=w", f"dtype={WIDER[dtype]}")
+    original, fast = compiled(tmp_path, src)
+    x = _cancelling(dtype, rows=name in ("rows", "mapped"))
+    want, got = original(x), fast(x)
+    assert got.dtype == want.dtype
+    assert want.dtype == WIDER[dtype] or name == "mapped"  # an integer `.sum()` is int64
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if dtype.is_floating_point:
+        assert_equivalent(original, fast, x.requires_grad_())
+    loop = fast.report.loops[0]
+    assert loop.vectorized and not loop.original_runs, str(loop)
+
+
+def test_a_python_number_start_keeps_the_items_sum(tmp_path):
+    """A start that is a Python number does not widen the items: their own sum, no addition onto
+    the start in the loop (the form the examples' `loss = 0.0` keep)."""
+    _, fast = compiled(tmp_path, "s = 0.0\nfor i in range(x.shape[0]):\n    s = s + x[i]")
+    assert "_loop_sum(" in fast.report.rewritten_source
+    assert "_loop_sum_onto" not in fast.report.rewritten_source
+    _, wide = compiled(tmp_path, WIDENING["indexed"].replace("dtype=w", "dtype=torch.float64"))
+    assert "_loop_sum_onto(s, " in wide.report.rewritten_source

@@ -97,13 +97,39 @@ def test_numbers_as_second_operand_are_no_pair(second):
     assert strategies(report)[3] != "batched"
 
 
-@pytest.mark.parametrize("second", [
-    "0",
-    # vmap maps the index (and `int(k[i])`, made a tensor) as a tensor: `torch.max(row, d)`
-    # then compares elementwise (known, not of the pair form: as vmapped before it)
-    *(pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="a dim made a tensor"))
-      for s in ("i % 2", "int(k[i])"))])
-def test_numbers_as_second_operand_equivalent(second):
-    original, optimized, _, _ = build(NUMBER_SECOND.format(second=second))
-    p, k = torch.randn(4, 2, 3, requires_grad=True), torch.tensor([0, 1, 1, 0])
+@pytest.mark.parametrize("second", ["0", "i % 2", "int(k[i])", "d", "-(1 - d)"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numbers_as_second_operand_equivalent(second, dtype):
+    """A number varying per iteration (the index, arithmetic of it, an item made a number, a
+    name bound to one) is a dim that varies: the loop runs as written, with the reason; vmap
+    would map it as a tensor and compare elementwise."""
+    src = NUMBER_SECOND.format(second=second).replace(
+        "        total", "        d = i % 2\n        total", 1)
+    original, optimized, _, report = build(src)
+    p, k = torch.randn(4, 2, 3, dtype=dtype, requires_grad=True), torch.tensor([0, 1, 1, 0])
+    p.data[1, 0, 0] = p.data[1, 1, 0]  # a tie along dim 0
     assert_equivalent(original, optimized, p, k)
+    assert optimized(p, k).dtype == dtype
+    if second != "0":
+        assert strategies(report)[3] == "kept", report.loops[0].reason
+        assert "a Python number that varies per iteration" in report.loops[0].reason
+
+
+METHOD_SECOND = """
+def f(p):
+    total = 0
+    for i in range(p.shape[0]):
+        d = i % 2
+        total = total + p[i].min(d).values.sum() + p[i].max(p[i].flip(0)).sum()
+    return total
+"""
+
+
+def test_method_with_a_varying_number_runs_as_written():
+    """``p[i].min(d)``, ``d`` a number bound from the index: kept as written (as the
+    function form); ``p[i].max(<tensor>)`` next to it is no reason."""
+    original, optimized, _, report = build(METHOD_SECOND)
+    assert strategies(report)[3] == "kept"
+    assert "`p[i].min(d)`" in report.loops[0].reason
+    p = torch.randn(5, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert_equivalent(original, optimized, p)

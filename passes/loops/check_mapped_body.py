@@ -19,17 +19,23 @@ argument varies (``_helper_test``: ``if t.sum() == 0: return ...`` in a per-clas
 a method of the object; vmap raises at data-dependent control flow and at ``.item()`` on every
 call; ``w is None`` and shape queries are Python values), list methods comparing values
 (``lst.remove(t)``), and the loop index (a Python int in the original) handed to a function of
-the module that is not known to take it as a tensor (``index_tensor_parameters``). Functions
-the body defines (inner loops' outlined bodies) are checked with the names they see varying.
+the module that is not known to take it as a tensor (``index_tensor_parameters``), and a Python
+number that varies (the index, arithmetic of it, ``int(k[i])``) as the second operand of an op
+whose form on two tensors differs (``OpSpec.tensor_pair``): ``torch.max(p[i], i % 2)`` reduces
+along a dim as written, and under vmap, the number a tensor, it would be an elementwise max.
+Functions the body defines (inner loops' outlined bodies) are checked with the names they see
+varying.
 """
 from __future__ import annotations
 
 import ast
 
+from .. import ast_marks
 from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, unparse, walk
 from ..errors import Unsupported
+from . import loop_dataflow
 from .index_tensor_parameters import index_tensor_arguments
 from .own_methods import own_method
 from .loop_dataflow import (call_op, container_names, depends, is_boolean, makes_new_tensor,
@@ -64,6 +70,7 @@ class _Check:
         # `sum(parts)` of a list the body builds adds its items
         self.containers = container_names(ast.Module(plan.body, []))
         self.indices = {plan.iteration.index} | plan.outer_indices
+        self.numbers = _python_numbers(plan.body, self.indices)
 
     def block(self, stmts: list[ast.stmt], seeds: set[str]) -> None:
         variant = variant_names(stmts, seeds, self.ctx)
@@ -164,6 +171,12 @@ class _Check:
                 or name == "range":
             self.refuse(f"`{self.quote(node)}` needs Python values of a value that varies per "
                         "iteration", node)
+        pair = loop_dataflow.operands(node, self.ctx)
+        if op.tensor_pair and len(pair) == 2 and not node.keywords and varies(pair[1]) \
+                and _is_number(pair[1], self.numbers):
+            self.refuse(f"`{self.quote(node)}`: `{self.quote(pair[1])}` is a Python number that "
+                        "varies per iteration, a dim as written; under vmap it is a tensor, "
+                        "which would make it an elementwise comparison", node)
         found = _helper_selection(node, self.ctx, ())
         if found is not None:
             helper, where = found
@@ -295,6 +308,37 @@ def _outside_for_loops(node: ast.AST):
             yield from ast.walk(child.iter)
         else:
             yield from _outside_for_loops(child)
+
+
+def _python_numbers(body: list[ast.stmt], indices: set[str]) -> set[str]:
+    """The loop indices and the names the body binds to Python numbers made of them (any
+    binding: a name that is a number in some iterations may be a dim there)."""
+    numbers = set(indices)
+    while True:
+        more = {n for s in walk(ast.Module(body, [])) if isinstance(s, (ast.Assign, ast.AugAssign))
+                for n in _bound_names(s) if _is_number(s.value, numbers)} - numbers
+        if not more:
+            return numbers
+        numbers |= more
+
+
+def _bound_names(s: ast.Assign | ast.AugAssign) -> list[str]:
+    targets = s.targets if isinstance(s, ast.Assign) else [s.target]
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+def _is_number(e: ast.expr, numbers: set[str]) -> bool:
+    """``e`` is a Python number as written: a literal, a name of ``numbers``, what
+    ``host_roundtrips_to_tensor_ops`` marks as a number made of a tensor, or arithmetic of them."""
+    if ast_marks.get(e, ast_marks.HOST_NUMBER):
+        return True
+    if isinstance(e, ast.Constant):
+        return isinstance(e.value, (int, float))
+    if isinstance(e, ast.Name):
+        return e.id in numbers
+    if isinstance(e, ast.BinOp):
+        return _is_number(e.left, numbers) and _is_number(e.right, numbers)
+    return isinstance(e, ast.UnaryOp) and _is_number(e.operand, numbers)
 
 
 def _makes_host_number(call: ast.Call, ctx: PassContext) -> bool:

@@ -151,7 +151,8 @@ def distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassCo
     ``masks``: the names the function binds to boolean tensors only (the hoisted loop's plan
     needs them as the whole loop's did); ``stackable``: the names it may hold as lists and
     iterators: the hoisted loop stacks those the loop iterates (a list read by index is left
-    to the loop as written; the ``prelude`` goes in front of the guard)."""
+    to the loop as written; the ``prelude`` goes in front of the guard), and ``numbers``, those
+    bound to Python numbers when it starts (the hoisted loop runs first: so when it starts)."""
     point = ctx.namer.checkpoint()
     fission = _distribute(node, live_after, masks, ctx, vectorize, stackable or {})
     if isinstance(fission, str):

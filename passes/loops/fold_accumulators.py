@@ -26,6 +26,13 @@ was. One host sync, as the original's ``if`` had one per iteration; none when it
     s = 0; for ...: if c: s += e        ->   if _outs[1].any():         (``_outs[1]``: the masks)
                                                  s = _outs[0]
 
+A tensor start folds the (all-zero) sum even when no iteration was selected: its value is the
+original's, and the gradient reaching what the body read is exactly 0 (``torch.where`` both
+sides), but the graph reaches values computed before the loop that the original's does not: one
+whose own backward makes NaN of a zero gradient (``log_softmax`` of a NaN row) gives NaN where
+the original has none. Not cut: that needs the host sync (a graph break when compiled) on every
+call (``tests/test_skipped_iterations_gradients.py``).
+
 Conditions on loop indices only (``if i != j``) are tested on the host, as the original does (it
 reads nothing back from a device for them), stopping at the first iteration that meets one; run
 eagerly under torch.compile, which would unroll it and specialise the sizes::
@@ -86,8 +93,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                               "see as a tensor 0", plan.node.lineno)
         keeps = acc.family in rules.FAMILY_KEEPS_ITEM_DTYPE and name not in plan.zeros \
             and acc.kinds == {"tensor"} and name in stores_in(plan.node.body)
-        if keeps and name in plan.outer_binds:  # started again by the outer body: the check
-            _fold_onto_start(plan, name, acc, ctx)  # of a wider start below is not made there
+        if keeps and _onto_start(plan, name, acc):
+            _fold_onto_start(plan, name, acc, ctx)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
         kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
@@ -125,6 +132,22 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if not plan.inner:  # the inner loops' counters, summed over this loop
         plan.first += [s for c in sorted(_counters(plan)) for s in plan.sub("c = 0", c=c)]
     return plan
+
+
+def _onto_start(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
+    """Whether ``name``'s partial is reduced in the dtype of its additions onto its start: an
+    inner loop's start the outer body binds again (the check of a wider start below is not made
+    there; another start is the outer loop's accumulator, read only by its fold), and a
+    top-level loop's sum onto a start that is not a Python number (a float64 tensor adds float32
+    items in float64; their sum is float32's). A Python number leaves the items' dtype (or, of a
+    float onto integers, the dtype the sum's addition to it gives), so the items' own sum is
+    kept there. Not a top-level product: its partial, a factor of the start's shape, has no
+    batched form (the narrow-integer check below runs it as written; a float64 start of float32
+    factors multiplies them in float32)."""
+    if plan.inner:
+        return name in plan.outer_binds
+    # (the inner loops' counters of selected iterations start at the int 0 too)
+    return acc.family == "sum" and name not in plan.numbers | _counters(plan)
 
 
 def _fold_onto_start(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> None:

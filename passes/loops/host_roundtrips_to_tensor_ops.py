@@ -23,8 +23,12 @@ no rewrite (it is ``t.abs()``).
 
 Host numbers stay what they were in the original: arithmetic on them gives host numbers (marked
 ``HOST_NUMBER``, names bound to them too), and next to a tensor of the iteration a float is a weak
-scalar (``loop_rules.HOST_WEAK``); sums of them get a float64 twin (``plan.wide``, see
-``fold_accumulators``)::
+scalar (``loop_rules.HOST_WEAK``), its arithmetic computed in float64 as Python's double; sums of
+them get a float64 twin (``plan.wide``, see ``fold_accumulators``). The loop index is one (a
+Python int), and so are names the loop does not change in ``h / n`` and ``g ** h`` (behind the
+check that they are no tensors, Python floats for a power, ints added to one)::
+
+    G = G + gamma ** t * r[t]      ->   G = G + (gamma ** t.double()).to(<r[t]'s weak dtype>) * r[t]
 
     s = s + x[i] * w[i].item()     ->   s = s + x[i] * w[i].detach().to(torch.result_type(x[i], ...))
     total += x[i].item()           ->   _total_wide = _total_wide + x[i].detach().double()
@@ -51,10 +55,10 @@ import importlib
 from .. import ast_marks
 from .. import loop_rules as rules
 from .. import loop_sums_keep_dtypes, ops
-from ..ast_tools import PassContext, Transformer, clone, is_name, replace, walk
+from ..ast_tools import PassContext, Transformer, clone, is_name, replace, root_name, walk
 from ..errors import Unsupported
-from .loop_dataflow import (call_op, container_names, depends, method_name, resolve_call,
-                            stores, stores_in, variant_names)
+from .loop_dataflow import (call_op, container_names, depends, method_name, reads_values,
+                            resolve_call, stores, stores_in, variant_names)
 from .plan import LoopPlan
 
 
@@ -62,16 +66,20 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
             errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str],
             seeds: set[str], not_floating: list[ast.expr] | None = None,
             no_tensors: list[ast.expr] | None = None,
-            live_after: frozenset[str] = frozenset()) -> list[ast.stmt]:
+            live_after: frozenset[str] = frozenset(),
+            indices: frozenset[str] = frozenset(),
+            typed: list[tuple[type, ast.expr]] | None = None) -> list[ast.stmt]:
     """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
     counters of iterations where the original raised (``errors`` gets each counter's exception
     source and location), the float64 twins of host-number sums (``wide``: sum -> twin) and the
     tensors the vectorized loop needs not floating (``not_floating``), and the names it needs
-    not tensors (``no_tensors``).
+    not tensors (``no_tensors``) or Python numbers of a type (``typed``: ``(float, x)``);
+    ``indices``: the loop indices, Python ints in the original (host numbers).
     ``seeds``: the iteration's own names (index, elements); other names the body reads before
     binding them are carried from the last iteration."""
     tr = _HostToTensor(variant, ctx, errors, wide)
     tr.assigned |= seeds
+    tr.numbers.update({i: "int" for i in indices})
     tr.stored = stores_in(stmts) | seeds
     tr.containers = container_names(ast.Module(stmts, []))
     tr.body, tr.live_after = stmts, live_after
@@ -79,6 +87,8 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
         tr.not_floating = not_floating
     if no_tensors is not None:
         tr.no_tensors = no_tensors
+    if typed is not None:
+        tr.typed = typed
     return tr.block(stmts)
 
 
@@ -118,6 +128,7 @@ class _HostToTensor(Transformer):
         # sync) is needed
         self.not_floating: list[ast.expr] = []
         self.no_tensors: list[ast.expr] = []  # names compared with host floats in float64
+        self.typed: list[tuple[type, ast.expr]] = []  # ... and Python floats or ints
         # names the body binds to lists, tuples, dicts: a builtin iterates them, not a tensor
         self.containers: set[str] = set()
 
@@ -145,28 +156,12 @@ class _HostToTensor(Transformer):
         tensor after the other (``s += w.abs() if c else a.item()``) is a tensor or a Python
         number depending on the data, and so is what it adds up to: refused."""
         mixed = sorted(n for n in taken.keys() ^ self.numbers.keys()
-                       if not self._branch_local(n, node))
+                       if not _branch_local(n, node, self.body, self.live_after))
         if mixed:
             raise Unsupported(f"`{mixed[0]}` is a Python number after one branch of this `if` "
                               "and may be a tensor after the other: its type depends on the data",
                               node.lineno)
         self.numbers.update(taken)
-
-    def _branch_local(self, name: str, node: ast.If) -> bool:
-        """``name`` is bound in one branch of ``node`` (at its top level) and read only after
-        that, in that branch: what it holds after the ``if`` is never read."""
-        if name in self.live_after:
-            return False
-        for branch in (node.body, node.orelse):
-            first = next((k for k, s in enumerate(branch) if name in stores(s)), None)
-            if first is None:
-                continue
-            after = {id(n) for s in branch[first + 1:] for n in walk(s)}
-            value = branch[first].value if isinstance(branch[first], ast.Assign) else None
-            reads = [n for s in self.body for n in walk(s) if isinstance(n, ast.Name)
-                     and n.id == name and isinstance(n.ctx, ast.Load)]
-            return value is not None and all(id(n) in after for n in reads)
-        return False
 
     def _bind(self, s: ast.stmt) -> None:
         """Names bound here now hold a host number (of its kind), or not."""
@@ -243,12 +238,11 @@ class _HostToTensor(Transformer):
 
     def _operands(self, node: ast.BinOp | None, operands: list[ast.expr]) -> list[ast.expr]:
         kinds = [_number(x) for x in operands]
+        if node is not None and None in kinds:
+            kinds = self._fixed_numbers(node, operands, kinds)
         if None not in kinds:  # all numbers: so is the result (a Python float after `/`)
-            if node is not None and any(k != "const" for k in kinds):
-                found = {k for k in kinds if k != "const"}
-                kind = "float" if "float" in found or isinstance(node.op, ast.Div) else \
-                    "item" if "item" in found else "int"
-                ast_marks.put(node, ast_marks.HOST_NUMBER, kind)
+            if node is not None and any(k not in _LITERALS for k in kinds):
+                ast_marks.put(node, ast_marks.HOST_NUMBER, _result_kind(node, operands, kinds))
             return operands
         # values of the iteration, not carried from the last one (`s` in `s + h` may be a
         # number): tensors under the loop's check
@@ -258,8 +252,31 @@ class _HostToTensor(Transformer):
                                and n.id not in self.assigned for n in ast.walk(x))]
         if not tensors:  # with values of unknown type (numbers or tensors): left as they are
             return operands
-        return [self._sub(rules.HOST_WEAK[k], x, h=x, t=tensors[0])
+        # Python computes arithmetic of host numbers in double precision, then the tensor's
+        # dtype takes it: in float64 here too (`gamma ** i`, `(i + 1) / n` of the index)
+        return [self._sub(rules.HOST_WEAK[k], x, t=tensors[0], h=self._float64(x)
+                          if isinstance(x, (ast.BinOp, ast.UnaryOp)) or id(x) in self.double
+                          else x)
                 if k in rules.HOST_WEAK else x for x, k in zip(operands, kinds)]
+
+    def _fixed_numbers(self, node: ast.BinOp, operands: list[ast.expr],
+                       kinds: list[str | None]) -> list[str | None]:
+        """``kinds`` with the operands of ``h / n``, ``g ** h``, ``T - h`` (``h`` a host number,
+        the loop index among them) that ``_fixed_operands`` finds taken as Python numbers
+        ("fixed"), so the result is a host number too: a Python float made in double precision,
+        not an index tensor's float32 quotient or power. Other kinds unchanged."""
+        found = _fixed_operands(node, operands, kinds, self.ctx, lambda x: not depends(
+            x, self.variant, self.ctx) and (root_name(x) or "") not in self.stored)
+        if found is None:
+            return kinds
+        for x, how in zip(operands, found):
+            if how == "named" and isinstance(node.op, ast.Div):
+                self.no_tensors.append(x)
+            elif how == "named":
+                self.typed.append((_FIXED_TYPES[type(node.op)], x))
+            if how:
+                ast_marks.put(x, ast_marks.HOST_NUMBER, "fixed")
+        return ["fixed" if how else k for how, k in zip(found, kinds)]
 
     def _twin(self, s: ast.stmt) -> list[ast.stmt]:
         """``s += <host number>`` (``-=``, ``s = s + a.item() - b.item()``): Python sums those
@@ -281,21 +298,10 @@ class _HostToTensor(Transformer):
         signs = "".join(f" {'+' if isinstance(op, ast.Add) else '-'} v{k}"
                         for k, (op, _) in enumerate(terms))
         return self._sub(f"w = w{signs}", s, w=twin,
-                         **{f"v{k}": self._in_float64(v) for k, (_, v) in enumerate(terms)})
+                         **{f"v{k}": self._float64(v) for k, (_, v) in enumerate(terms)})
 
-    def _in_float64(self, x: ast.expr) -> ast.expr:
-        """A host number's value as Python computes it, in float64: the operands of its
-        arithmetic widened first (``a.item() + b.item()`` adds two doubles)."""
-        if id(x) in self.double:
-            return self.double[id(x)]
-        if _number(x) == "const":
-            return clone(x)
-        if isinstance(x, ast.BinOp) and isinstance(x.op, _EXACT_IN_FLOAT64) and _number(x):
-            return ast.copy_location(ast.BinOp(self._in_float64(x.left), x.op,
-                                               self._in_float64(x.right)), x)
-        if isinstance(x, ast.UnaryOp) and isinstance(x.op, ast.USub) and _number(x):
-            return ast.copy_location(ast.UnaryOp(ast.USub(), self._in_float64(x.operand)), x)
-        return self._sub("v.double()", x, v=x)
+    def _float64(self, x: ast.expr) -> ast.expr:
+        return _in_float64(x, self.double, self.ctx.torch_name)
 
     def _count_raises(self, node: ast.Call, op: ops.OpSpec, function: str,
                       e: ast.expr) -> None:
@@ -376,7 +382,8 @@ class _HostToTensor(Transformer):
             self._count_raises(node, math, function, args[0])
             fn = self._sub(math.functions[0], node)
             found = _kind(self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0]), math)
-            self.double[id(found)] = self._sub("fn(e.detach().double())", node, fn=fn, e=args[0])
+            self.double[id(found)] = self._sub("fn(e.detach())", node, fn=fn,
+                                               e=self._float64(args[0]))
             self.converted.add(id(found))
             return found
         if op.host is not None and len(args) == 1 and not isinstance(
@@ -396,8 +403,78 @@ class _HostToTensor(Transformer):
         return node
 
 
-# Python's float arithmetic that float64 tensors compute alike (one IEEE operation each)
-_EXACT_IN_FLOAT64 = (ast.Add, ast.Sub, ast.Mult, ast.Div)
+# Python's float arithmetic that float64 tensors compute alike (one IEEE operation each; the
+# power, as libm's ``pow``)
+_IN_FLOAT64 = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
+# Kinds of operands whose value the rewrite leaves as written: literals, fixed Python numbers
+_LITERALS = ("const", "fixed")
+# Of a fixed name next to a host number (the index): the type it must have for the result to be
+# the Python number written (``g ** i`` a float; ``T - i - 1`` an int); ``/`` takes any number
+_FIXED_TYPES = {ast.Pow: float, ast.Add: int, ast.Sub: int}
+
+
+def _fixed_operands(node: ast.BinOp, operands: list[ast.expr], kinds: list[str | None],
+                    ctx: PassContext, unchanged) -> list[str | None] | None:
+    """Per operand of ``node``, of an op ``_FIXED_TYPES`` (or ``/``) with a host number (not a
+    literal) among its operands: "named" for a name or attribute of unknown type the loop
+    leaves ``unchanged`` (the loop's check: no tensor, of that type), "size" for a divisor that
+    reads no tensor (``len(x)``, ``x.shape[0]``: an int), None for the others; None when an
+    operand is neither a host number nor one of those."""
+    div = isinstance(node.op, ast.Div)
+    if not (div or type(node.op) in _FIXED_TYPES) or set(kinds) <= {None, "const"}:
+        return None
+    found = ["named" if k is None and isinstance(x, (ast.Name, ast.Attribute)) and unchanged(x)
+             else "size" if div and k is None and not reads_values(x, ctx) else None
+             for x, k in zip(operands, kinds)]
+    return found if all(f or k is not None for f, k in zip(found, kinds)) else None
+
+
+def _result_kind(node: ast.BinOp, operands: list[ast.expr], kinds: list[str]) -> str:
+    """The kind of Python number ``node`` of host numbers makes: a float after ``/``, of a
+    float, or of a fixed operand of a power (a Python float: the loop's check)."""
+    found = {k for k in kinds if k not in _LITERALS}
+    if isinstance(node.op, ast.Div) or "float" in found \
+            or any(isinstance(x, ast.Constant) and type(x.value) is float for x in operands) \
+            or isinstance(node.op, ast.Pow) and "fixed" in kinds:
+        return "float"
+    return "item" if "item" in found else "int"
+
+
+def _branch_local(name: str, node: ast.If, body: list[ast.stmt],
+                  live_after: frozenset[str]) -> bool:
+    """``name`` is bound in one branch of ``node`` (at its top level) and read only after
+    that, in that branch (of the loop ``body``): what it holds after the ``if`` is never
+    read."""
+    if name in live_after:
+        return False
+    for branch in (node.body, node.orelse):
+        first = next((k for k, s in enumerate(branch) if name in stores(s)), None)
+        if first is None:
+            continue
+        after = {id(n) for s in branch[first + 1:] for n in walk(s)}
+        value = branch[first].value if isinstance(branch[first], ast.Assign) else None
+        reads = [n for s in body for n in walk(s) if isinstance(n, ast.Name)
+                 and n.id == name and isinstance(n.ctx, ast.Load)]
+        return value is not None and all(id(n) in after for n in reads)
+    return False
+
+
+def _in_float64(x: ast.expr, double: dict[int, ast.expr], torch_name: str) -> ast.expr:
+    """A host number's value as Python computes it, in float64: the operands of its
+    arithmetic widened first (``a.item() + b.item()`` adds two doubles, ``0.9 ** i`` is a
+    double power); ``double``: the float64 forms of converted ``math`` calls."""
+    def wide(e: ast.expr) -> ast.expr:
+        return _in_float64(e, double, torch_name)
+
+    if id(x) in double:
+        return double[id(x)]
+    if _number(x) in _LITERALS:  # a Python number: Python's own arithmetic with it
+        return clone(x)
+    if isinstance(x, ast.BinOp) and isinstance(x.op, _IN_FLOAT64) and _number(x):
+        return ast.copy_location(ast.BinOp(wide(x.left), x.op, wide(x.right)), x)
+    if isinstance(x, ast.UnaryOp) and isinstance(x.op, ast.USub) and _number(x):
+        return ast.copy_location(ast.UnaryOp(ast.USub(), wide(x.operand)), x)
+    return replace("v.double()", loc=x, torch_name=torch_name, v=x)
 
 
 def _terms_after(value: ast.expr, name: str | None) -> list[tuple[ast.operator, ast.expr]]:
@@ -410,7 +487,8 @@ def _terms_after(value: ast.expr, name: str | None) -> list[tuple[ast.operator, 
 
 
 def _number(x: ast.expr) -> str | None:
-    """The kind of Python number ``x`` is in the original ("const" for a literal), or None."""
+    """The kind of Python number ``x`` is in the original ("const" for a literal, "fixed" for
+    a name the loop does not change, checked to be no tensor), or None."""
     if isinstance(x, ast.Constant) and type(x.value) in (int, float, bool):
         return "const"
     return ast_marks.get(x, ast_marks.HOST_NUMBER)
@@ -436,11 +514,15 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     plan.variant = variant_names(plan.body, seeds, ctx)
     not_floating: list[ast.expr] = []
     no_tensors: list[ast.expr] = []
+    typed: list[tuple[type, ast.expr]] = []
     plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds,
-                        not_floating, no_tensors, frozenset(plan.live_after))
+                        not_floating, no_tensors, frozenset(plan.live_after),
+                        frozenset({it.index} if it.index_is_user else ()), typed)
     for x in not_floating:
         plan.check("not (isinstance(x, torch.Tensor) and x.is_floating_point())", x=x)
     for x in no_tensors:
         plan.check("not isinstance(x, torch.Tensor)", x=x)
+    for kind, x in typed:
+        plan.check(f"isinstance(x, {kind.__name__})", x=x)
     plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan

@@ -128,8 +128,28 @@ def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
     """For every ``for`` loop in ``func`` (by ``id``), the local names certainly bound to the int
     ``0`` when it starts: ``s = 0`` earlier in the same block, and no statement in between
     mentions ``s``. The loop's sum then starts from 0, and ``0 + total`` is ``total``."""
-    return {loop: set(names) for loop, names in
-            _bound_before_loops(func, lambda v: 0 if is_int(v, 0) else None).items()}
+    return {loop: zeros(names) for loop, names in numbers_before_loops(func).items()}
+
+
+def zeros(numbers: dict[str, int | float]) -> set[str]:
+    """The names of ``numbers`` (``numbers_before_loops``) that hold the int 0."""
+    return {n for n, v in numbers.items() if type(v) is int and v == 0}
+
+
+def numbers_before_loops(func: ast.FunctionDef) -> dict[int, dict[str, int | float]]:
+    """As ``zero_before_loops``, the names certainly bound to a Python number literal (``0.0``,
+    ``1``, ``-2.5``) when each loop starts, with their numbers: a sum started from one has its
+    items' dtype (a Python number does not widen a tensor's), or that of a number the items'
+    sum meets as well."""
+    return _bound_before_loops(func, _number_literal)
+
+
+def _number_literal(v: ast.expr) -> int | float | None:
+    sign = -1 if isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub) else 1
+    if isinstance(v, ast.UnaryOp) and isinstance(v.op, (ast.USub, ast.UAdd)):
+        v = v.operand
+    return sign * v.value if isinstance(v, ast.Constant) and type(v.value) in (int, float) \
+        else None
 
 
 def filled_before_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, dict[str, int]]:
@@ -158,38 +178,56 @@ def filled_number(expr: ast.expr, ctx: PassContext) -> int | None:
 def _bound_before_loops(func: ast.FunctionDef,
                         fact: Callable[[ast.expr], Any]) -> dict[int, dict[str, Any]]:
     """For every ``for`` loop in ``func`` (by ``id``), the local names ``n`` certainly holding
-    ``fact(v)`` (not None) when it starts: ``n = v`` earlier in the same block, and no statement
-    in between mentions ``n``. Compound statements in between end it (they may rebind anything),
-    and so do ``global``/``nonlocal`` names (a call could rebind them)."""
+    ``fact(v)`` (not None) when it starts: ``n = v`` (or ``n, m = v, u``) earlier in the same
+    block, and no statement in between mentions ``n``. Compound statements in between end it (they
+    may rebind anything), and so do ``global``/``nonlocal`` names (a call could rebind them); the
+    branches of an ``if`` start with what holds before it, less the names its test mentions (a
+    counted ``while`` loop's ``for`` form stands in an ``if``)."""
     shared = {n for node in walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
               for n in node.names}
     record: dict[int, dict[str, Any]] = {}
 
-    def block(stmts: list[ast.stmt]) -> None:
-        known: dict[str, Any] = {}
+    def block(stmts: list[ast.stmt], known: dict[str, Any]) -> None:
         for stmt in stmts:
             if isinstance(stmt, ast.For):
                 record[id(stmt)] = dict(known)
-            target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
-                else None
-            value = fact(stmt.value) if isinstance(target, ast.Name) \
-                and target.id not in shared else None
-            if value is not None:
-                mentioned = {n.id for n in walk(stmt.value) if isinstance(n, ast.Name)}
+            pairs = _assigned_pairs(stmt)
+            if pairs:
+                mentioned = {n.id for n in walk(stmt) if isinstance(n, ast.Name)}
                 known = {k: v for k, v in known.items() if k not in mentioned}
-                known[target.id] = value
+                known.update((n, f) for n, v in pairs
+                             if n not in shared and (f := fact(v)) is not None)
                 continue
             children = child_blocks(stmt)
             if any(children):
+                tested = {n.id for n in walk(stmt.test) if isinstance(n, ast.Name)} \
+                    if isinstance(stmt, ast.If) else None
+                inherited = {} if tested is None else \
+                    {k: v for k, v in known.items() if k not in tested}
                 known = {}
                 for child in children:
-                    block(child)
+                    block(child, dict(inherited))
             else:
                 mentioned = {n.id for n in walk(stmt) if isinstance(n, ast.Name)}
                 known = {k: v for k, v in known.items() if k not in mentioned}
 
-    block(func.body)
+    block(func.body, {})
     return record
+
+
+def _assigned_pairs(stmt: ast.stmt) -> list[tuple[str, ast.expr]]:
+    """(name, value) of each name ``stmt`` binds: ``n = v``, or ``a, b = u, v`` (a tuple of
+    names to a tuple display of as many values); [] for anything else."""
+    if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+        return []
+    target, value = stmt.targets[0], stmt.value
+    if isinstance(target, ast.Name):
+        return [(target.id, value)]
+    if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) \
+            and len(target.elts) == len(value.elts) \
+            and all(isinstance(t, ast.Name) for t in target.elts):
+        return [(t.id, v) for t, v in zip(target.elts, value.elts)]
+    return []
 
 
 def divisions_after_loops(func: ast.FunctionDef) -> dict[int, tuple[ast.stmt, dict[str, str]]]:

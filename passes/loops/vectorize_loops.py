@@ -259,7 +259,7 @@ class _Vectorizer(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
         self.live: dict[int, set[str]] = {}
-        self.zeros: dict[int, set[str]] = {}
+        self.numbers: dict[int, dict] = {}  # names bound to Python number literals, by loop
         self.filled: dict[int, dict[str, int]] = {}  # tensors filled with one number, by loop
         self.divisions: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
         self.buildable_lists: dict[int, set[str]] = {}
@@ -294,7 +294,7 @@ class _Vectorizer(Transformer):
                                      f"{reason}; not distributed: {fission()}")
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = (self.live, self.zeros, self.filled, self.divisions, self.buildable_lists,
+        outer = (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
                  self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
                  self.host_containers, self.iterators, self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
@@ -303,7 +303,7 @@ class _Vectorizer(Transformer):
         list_mean_helpers.rewrite_calls(node, self.ctx)  # before the lists it reads are found
         self.reduced_next = normalize_comprehensions.lists_reduced_next(node, self.ctx)
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
-        self.zeros = {**self.zeros, **loop_dataflow.zero_before_loops(node)}
+        self.numbers = {**self.numbers, **loop_dataflow.numbers_before_loops(node)}
         self.filled = {**self.filled, **loop_dataflow.filled_before_loops(node, self.ctx)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
         self.buildable_lists = {**self.buildable_lists,
@@ -321,7 +321,7 @@ class _Vectorizer(Transformer):
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
-        (self.live, self.zeros, self.filled, self.divisions, self.buildable_lists,
+        (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
          self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
          self.host_containers, self.iterators, self.local_defs, self.reduced_next) = outer
         return node
@@ -356,13 +356,14 @@ class _Vectorizer(Transformer):
         self._visit_inner(node, index, self.depth + 1)  # inner loops first
         live = _live(self, node)
         after, divided = self.divisions.get(id(node), (None, {}))
-        known = dict(zeros=self.zeros.get(id(node), set()), divided=divided, masks=self.masks,
+        numbers = self.numbers.get(id(node), {})
+        known = dict(zeros=loop_dataflow.zeros(numbers), numbers=set(numbers), masks=self.masks,
+                     divided=divided, inner=bool(self.depth), local_defs=self.local_defs,
                      sole_divisors=divisions_by_counters.sole_divisors(self.func, node, divided),
                      buildable_lists=self.buildable_lists.get(id(node), set()),
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx, self.around[-1] if self.around else None),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
-                     inner=bool(self.depth), local_defs=self.local_defs,
                      outer_binds=_bound_around(self.around[-1], node) if self.around else set())
         try:
             # lists stacked by this plan, a distributed loop's and a scan's
@@ -382,7 +383,7 @@ class _Vectorizer(Transformer):
             # appends to a list read in part: the hoisted values' batched backward would also
             # run for the items the original never differentiates
             fission = distribute_loops.distribute(node, live, self.masks, self.ctx, vectorize,
-                                                  self._lists())
+                                                  {**self._lists(), "numbers": known["numbers"]})
             if known["lists_read_in_part"] and not isinstance(fission, str):
                 fission = "appends to " + ", ".join(
                     f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
@@ -426,7 +427,7 @@ class _Vectorizer(Transformer):
             return None
         twin = clone(node)
         for a, b in zip(walk(node), walk(twin)):
-            for facts in (self.live, self.zeros, self.divisions, self.buildable_lists):
+            for facts in (self.live, self.numbers, self.divisions, self.buildable_lists):
                 if id(a) in facts:
                     facts[id(b)] = facts[id(a)]
         return twin
