@@ -55,6 +55,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if split is None:
         return plan
     test, body = split
+    if ctx.mapped and _reads_whole_names(test, index):
+        return plan  # under vmap an argument may be a batched tensor: no host test (a mask)
     if index in stores_in(body) or not _index_entries_only(index, body) \
             or not _may_fail_masked(body, ctx):
         return plan  # a body of total ops: its mask is cheaper than gathering the items
@@ -80,6 +82,14 @@ def _selection(body: list[ast.stmt], index: str) -> tuple[ast.expr, list[ast.stm
     if len(first.body) == 1 and isinstance(first.body[0], ast.Continue):
         return ast.copy_location(ast.UnaryOp(ast.Not(), clone(first.test)), first.test), body[1:]
     return None
+
+
+def _reads_whole_names(test: ast.expr, index: str) -> bool:
+    """``test`` reads a name other than ``index`` as a whole value (not only its attributes:
+    ``self.ignore`` is the object's, ``j`` may be what a vmapped caller passes)."""
+    roots = {id(n.value) for n in walk(test) if isinstance(n, ast.Attribute)}
+    return any(isinstance(n, ast.Name) and n.id != index and id(n) not in roots
+               for n in walk(test))
 
 
 def _may_fail_masked(stmts: list[ast.AST], ctx: PassContext) -> bool:
