@@ -45,7 +45,7 @@ def _distances(i, z):
     out = 0
     for k in range(z.shape[0]):
         if k != i:
-            out = out + F.pairwise_distance(z[i][None], z[k][None]).sum()
+            out = out + torch.cdist(z[i][None], z[k][None]).sum()
     return out
 """
 
