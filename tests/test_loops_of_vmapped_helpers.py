@@ -9,6 +9,12 @@ by comparing ``optimize_loss`` with the original (value, every gradient, dtype, 
 - ``index_tests_to_selected_indices`` took the indices passing ``k != i`` on the host in a helper
   rewritten for a vmapped body, where ``i`` is a batched tensor (the host test raises at every
   call); there the test stays a mask (or the loop is kept, with the reason at its line).
+- A helper given the loop index ``i`` was taken to accept it as a 0-d tensor when its own loop
+  excludes ``k != i``: only true when that loop becomes a mask. With a call not known to be
+  total (``torch.cdist``, NaN gradient at 0) the helper's loop is kept, its ``if`` tests the
+  batched index and raises: the caller's loop was "vectorized", raised at every call and the
+  original ran. It is now kept with the reason at the user's line, the helper's loop vectorized
+  in each of its iterations.
 """
 from __future__ import annotations
 
@@ -75,3 +81,41 @@ def test_index_test_on_a_parameter_is_not_taken_on_the_host_under_vmap(tmp_path,
     assert ("_selected = " in report.rewritten_source) is not mapped
     (loop,) = report.loops
     assert loop.vectorized is not mapped
+
+
+ROWS = """
+import torch
+import torch.nn.functional as F
+
+def _row(i, z):
+    out = 0
+    for k in range(z.shape[0]):
+        if k != i:
+            out = out + torch.exp(-SIM(z[i][None], z[k][None]).sum())
+    return torch.log(out)
+
+def rows_loss(z):
+    total = 0
+    for i in range(z.shape[0]):
+        total = total + _row(i, z)
+    return total / z.shape[0]
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sim, mapped", (("torch.cdist", False), ("F.cosine_similarity", True)))
+def test_index_given_to_a_helper_whose_loop_stays_a_loop(tmp_path, dtype, sim, mapped):
+    fn = load_module(tmp_path, ROWS.replace("SIM", sim)).rows_loss
+    optimized = optimize_loss(fn, compile=False)
+    z = torch.randn(9, 4, dtype=dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        for _ in range(4):
+            optimized(z).backward()
+    assert_equivalent(fn, optimized, z)
+    report = optimized.report
+    inner, outer = sorted(report.loops, key=lambda loop: loop.lineno)
+    assert inner.vectorized and not report.fallbacks
+    assert outer.vectorized is mapped and outer.failed_runs == 0
+    if not mapped:  # kept at the user's line, with why
+        assert outer.lineno == 14 and "`_row(i, z)` gets the loop index `i`" in outer.reason
