@@ -57,7 +57,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     test, body = split
     if ctx.mapped and _reads_whole_names(test, index):
         return plan  # under vmap an argument may be a batched tensor: no host test (a mask)
-    if index in stores_in(body) or not _index_entries_only(index, body) \
+    if index in stores_in(body) or not index_entries_only(index, body) \
             or not may_fail_masked(body, ctx):
         return plan  # a body of total ops: its mask is cheaper than gathering the items
     selected = ctx.namer.new("selected")
@@ -92,7 +92,7 @@ def _reads_whole_names(test: ast.expr, index: str) -> bool:
                for n in walk(test))
 
 
-def _index_entries_only(index: str, body: list[ast.stmt]) -> bool:
+def index_entries_only(index: str, body: list[ast.stmt]) -> bool:
     """``index`` is read, and only as a whole entry of a subscript (``x[i]``, ``x[:, i]``)."""
     entries = set()
     for n in (n for s in body for n in walk(s) if isinstance(n, ast.Subscript)):
