@@ -319,6 +319,10 @@ REGISTRY: tuple[OpSpec, ...] = (
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
            sink_selection_fn=cosine_products.cosine_similarity_unless,
            vmap_fn=cosine_products.cosine_similarity, dense_fn=cosine_products.broadcast_cosine_similarity),
+    # the norm of ``x1 - x2 + eps`` over the last dim: finite, its gradient bounded (a norm's is
+    # 0 at 0); contrastive and triplet losses call it per pair, under a tensor condition
+    OpSpec("pairwise_distance", ("torch.pairwise_distance", _F + "pairwise_distance"),
+           total=True, derivative="bounded"),
     # the functional form of an in-place write (``inplace_writes_to_functional``): finite, with
     # finite gradients, wherever its indices are in range (it raises where they are not)
     _t("scatter", total=True, derivative="constant"),

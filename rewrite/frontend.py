@@ -190,6 +190,8 @@ def _fingerprint(code: types.CodeType) -> tuple:
 
 # Attribute of a rebuilt function: (its rewritten source, its ParsedFunction, its bindings).
 REWRITE_OF = "_optimize_loss_rewrite"
+# Attribute of a rebuilt helper rewritten for calls under torch.vmap (``PassContext.mapped``): True.
+MAPPED_REWRITE = "_optimize_loss_mapped"
 
 
 def build_function(tree: ast.Module, parsed: ParsedFunction,
@@ -248,4 +250,6 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
                            parsed.lineno) from exc
     # what the runtime needs to build a copy counting the loops' runs (a helper's too)
     setattr(rebuilt, REWRITE_OF, (report.rewritten_source, parsed, dict(ctx.bindings)))
+    if mapped:
+        setattr(rebuilt, MAPPED_REWRITE, True)
     return rebuilt, report.rewritten_source != before

@@ -521,15 +521,16 @@ class OptimizedFunction:
     def _as_written(self, rewritten: Callable, lines: frozenset[int]) -> Callable:
         """A copy of the eager ``rewritten`` whose vectorized loops at ``lines`` (in it and its
         rewritten helpers) run as written (``passes.loops_as_written``)."""
-        return self._copy(rewritten, functools.partial(as_written, lines=lines), {})
+        return self._copy(rewritten, functools.partial(as_written, lines=lines), {}, mapped=False)
 
     def _copy(self, rewritten: Callable, transform: Callable[[ast.Module], ast.Module],
-              extra: dict[str, Any]) -> Callable:
+              extra: dict[str, Any], mapped: bool = True) -> Callable:
         """``rewritten`` built again from its source after ``transform``, and so are the rewritten
-        helpers it calls; ``extra``: names the transformed code uses."""
+        helpers it calls (``mapped``: those for a vmapped body too); ``extra``: names the
+        transformed code uses."""
         tree, parsed, bindings = self._parts(rewritten, transform)
         return frontend.build_function(
-            tree, parsed, {**_transformed_helpers(bindings, transform, extra), **extra})
+            tree, parsed, {**_transformed_helpers(bindings, transform, extra, mapped), **extra})
 
     def _parts(self, rewritten: Callable, transform: Callable[[ast.Module], ast.Module]
                ) -> tuple[ast.Module, frontend.ParsedFunction, dict[str, Any]]:
@@ -659,20 +660,22 @@ _PROBE = "_optimize_loss_probe"  # what records a loop region's live-ins, in the
 
 
 def _transformed_helpers(bindings: dict[str, Any], transform: Callable[[ast.Module], ast.Module],
-                         extra: dict[str, Any]) -> dict[str, Any]:
+                         extra: dict[str, Any], mapped: bool = True) -> dict[str, Any]:
     """``bindings`` with the rewritten helpers among them (``frontend.REWRITE_OF``) replaced by
     copies built after ``transform`` (counting their loops' runs into the report, which lists
-    the helpers' loops too; or running some as written)."""
+    the helpers' loops too; or running some as written). ``mapped=False`` leaves the helpers
+    rewritten for a vmapped body as they are: a loop of theirs as written would run under
+    ``torch.vmap``, where its Python tests of a batched index (``if k != i:``) raise."""
     copies = {}
     for name, value in bindings.items():
         rewrite_of = getattr(value, frontend.REWRITE_OF, None)
-        if rewrite_of is None:
+        if rewrite_of is None or not mapped and getattr(value, frontend.MAPPED_REWRITE, False):
             copies[name] = value
             continue
         source, parsed, own = rewrite_of
         copies[name] = frontend.build_function(
             _transformed(source, parsed.lineno, transform), parsed,
-            {**_transformed_helpers(own, transform, extra), **extra})
+            {**_transformed_helpers(own, transform, extra, mapped), **extra})
     return copies
 
 
@@ -703,7 +706,7 @@ def _built_region(line: int, found: tuple, guard: tuple, lines: frozenset[int]) 
                       frozenset(loop_regions.live_outs(node, func)),
                       frontend.build_function(module, parsed, bindings),
                       frontend.build_function(kept(clone(module)), parsed,
-                                              _transformed_helpers(bindings, kept, {})),
+                                              _transformed_helpers(bindings, kept, {}, mapped=False)),
                       {name: frozenset(attrs) for name, attrs in written.items()},
                       {name: state for name, state in states.items() if name in params})
 

@@ -311,6 +311,45 @@ for p in itertools.permutations(range(n)):
 for p in itertools.permutations(range(n)):
     total = total + x[p].sum()
 """),
+    (index_tuples_to_tensors, """
+def f(self, p, d):
+    total = 0
+    for c in self.idc:
+        total = total + (p[:, c] * d[:, c]).mean()
+    return total
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in self.idc:
+    total = total + (p[:, c] * d[:, c]).mean()
+""",
+     """
+# prelude
+_items = torch.tensor(self.idc) if (type(self.idc) is list or (isinstance(self.idc, tuple) and type(self.idc).__getitem__ is tuple.__getitem__ and (type(self.idc).__iter__ is tuple.__iter__) and (type(self.idc).__len__ is tuple.__len__))) and len(self.idc) > 0 and all((type(_v) is int for _v in self.idc)) else self.idc
+# node
+for c in _items:
+    total = total + (p[:, c] * d[:, c]).mean()
+"""),
+    (index_tuples_to_tensors, """
+def f(self, p, d):
+    total = 0
+    for c in self.idc:
+        total = total + (p[:, c] * d[:, c]).mean() * c
+    return total
+""", ('prelude', 'node'),
+     """
+# prelude
+# node
+for c in self.idc:
+    total = total + (p[:, c] * d[:, c]).mean() * c
+""",
+     """
+# prelude
+# node
+for c in self.idc:
+    total = total + (p[:, c] * d[:, c]).mean() * c
+"""),
     (index_tests_to_selected_indices, """
 def f(p, t, ignore):
     loss = 0

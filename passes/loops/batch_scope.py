@@ -100,8 +100,8 @@ class Scope:
             root = node
             while isinstance(root, ast.Attribute):
                 root = root.value
-            if not isinstance(root, ast.Name):
-                return None
+            if not isinstance(root, ast.Name) or root.id in self.vals or root.id in self.assigned:
+                return None  # an attribute of a value the body binds: no source before the loop
             if resolve_call(root, self.ctx) == "torch":
                 return frozenset()  # torch.float32, torch.pi
             return frozenset({unparse(node)})

@@ -35,7 +35,7 @@ import ast
 
 from .. import ast_marks, ops
 from ..ast_tools import PassContext, clone, rename, replace, walk
-from .index_tensor_parameters import index_tensor_arguments
+from .index_tensor_parameters import index_tensor_arguments, may_fail
 from .loop_dataflow import call_op, method_name, resolve_call, stores_in
 from .plan import LoopPlan
 
@@ -96,13 +96,6 @@ def _invariant_work(stmts: list[ast.stmt], bound: set[str], ctx: PassContext) ->
             heavy |= may_fail(call, ctx)
         own.add(s.targets[0].id)
     return heavy
-
-
-def may_fail(call: ast.Call, ctx: PassContext) -> bool:
-    """``call`` is not known to be total (``OpSpec.total``) nor made safe under a mask
-    (``OpSpec.sanitize``): ``tensor_branches_to_where`` would not run it on excluded iterations."""
-    op = call_op(call, ctx)
-    return not (op.total or op.sanitize is not None or op.shape_query)
 
 
 def _int_arguments(stmts: list[ast.stmt], plan: LoopPlan, ctx: PassContext) -> list[ast.expr]:

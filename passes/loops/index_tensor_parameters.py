@@ -9,9 +9,11 @@ parameter ``j`` it never rebinds and reads only
 - as a whole entry of a subscript (``x[j]``, ``x[s, j]``: a 0-d integer tensor indexes as the int
   does),
 - in the exclusion of one index of its own ``for`` loop (``if u == j: continue`` first in the
-  body, or ``if u != j:`` as the whole body): the loop's stages make that test a mask, and the
-  test whether any iteration passes holds without reading ``j`` when the loop has two
-  iterations or more (``fold_accumulators``),
+  body, or ``if u != j:`` as the whole body) whose calls are all total or made safe under a mask
+  (``may_fail_masked``): the loop's stages make that test a mask, and the test whether any
+  iteration passes holds without reading ``j`` when the loop has two iterations or more
+  (``fold_accumulators``); a call that may fail on the excluded iteration keeps the loop, whose
+  ``if`` would test the batched tensor in Python (the caller's loop is kept instead),
 - as the cut ``torch.cat((x[:j], x[j + 1:]))`` (``cuts_at_tensor_indices`` gathers for a tensor),
 
 gets the same values from a tensor ``j``. A form of the helper that still cannot take one (its
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import ast
 
+from .. import ops
 from ..ast_tools import PassContext, is_name, walk
 from ..errors import Unsupported
 from .excluded_items_to_masks import _slice, two_slices_joined
-from .inline_helper_calls import bound_arguments
-from .loop_dataflow import module_function, stores
+from .inline_helper_calls import bound_arguments, inlinable_helper
+from .loop_dataflow import call_op, method_name, module_function, resolve_call, stores
 
 
 def index_tensor_arguments(call: ast.Call, ctx: PassContext) -> set[str]:
@@ -54,7 +57,7 @@ def _takes_tensor(func: ast.FunctionDef, param: str, ctx: PassContext) -> bool:
         if isinstance(n, ast.Subscript):  # whole entries
             entries = n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice]
             safe |= {id(e) for e in entries if is_name(e, param)}
-        elif isinstance(n, ast.For):
+        elif isinstance(n, ast.For) and not may_fail_masked(n.body, ctx):
             safe |= _compared_with_index(n, param)
         elif isinstance(n, ast.Call):
             safe |= _cut_bounds(n, param, ctx)
@@ -89,3 +92,24 @@ def _cut_bounds(call: ast.Call, param: str, ctx: PassContext) -> set[int]:
         return set()
     return {id(n) for c in walk(call) if isinstance(c, ast.Slice) for n in walk(c)
             if is_name(n, param)}
+
+
+def may_fail(call: ast.Call, ctx: PassContext) -> bool:
+    """``call`` is not known to be total (``OpSpec.total``) nor made safe under a mask
+    (``OpSpec.sanitize``): ``tensor_branches_to_where`` would not run it on excluded iterations."""
+    op = call_op(call, ctx)
+    return not (op.total or op.sanitize is not None or op.shape_query)
+
+
+def may_fail_masked(stmts: list[ast.AST], ctx: PassContext) -> bool:
+    """A call in ``stmts`` that computes a value (not an effect such as ``append``) and may fail
+    (``may_fail``), looked for in the helpers the body inlines too."""
+    for call in (n for s in stmts for n in walk(s) if isinstance(n, ast.Call)):
+        helper = inlinable_helper(call, ctx)
+        if helper is not None:
+            if may_fail_masked(helper.body, ctx):
+                return True
+        elif may_fail(call, ctx) and not ops.effect(resolve_call(call.func, ctx),
+                                                    method_name(call, ctx), call):
+            return True
+    return False

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import ast
 
-from .. import ast_marks, ops
+from .. import ast_marks
 from ..ast_tools import PassContext, clone, is_name, walk
 from ..outline_kept_loops import run_eagerly
-from .hoist_calls_under_index_tests import may_fail, on_indices
-from .inline_helper_calls import inlinable_helper
-from .loop_dataflow import method_name, resolve_call, stores_in
+from .hoist_calls_under_index_tests import on_indices
+from .index_tensor_parameters import may_fail_masked
+from .loop_dataflow import resolve_call, stores_in
 from .plan import LoopPlan
 
 
@@ -55,8 +55,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if split is None:
         return plan
     test, body = split
-    if index in stores_in(body) or not _index_entries_only(index, body) \
-            or not _may_fail_masked(body, ctx):
+    if ctx.mapped and _reads_whole_names(test, index):
+        return plan  # under vmap an argument may be a batched tensor: no host test (a mask)
+    if index in stores_in(body) or not index_entries_only(index, body) \
+            or not may_fail_masked(body, ctx):
         return plan  # a body of total ops: its mask is cheaper than gathering the items
     selected = ctx.namer.new("selected")
     indices = plan.sub("[i for i in it if t]", i=index, it=node.iter, t=test)
@@ -82,21 +84,15 @@ def _selection(body: list[ast.stmt], index: str) -> tuple[ast.expr, list[ast.stm
     return None
 
 
-def _may_fail_masked(stmts: list[ast.AST], ctx: PassContext) -> bool:
-    """A call in ``stmts`` that computes a value (not an effect such as ``append``) and is not
-    known to be total, looked for in the helpers the body inlines too."""
-    for call in (n for s in stmts for n in walk(s) if isinstance(n, ast.Call)):
-        helper = inlinable_helper(call, ctx)
-        if helper is not None:
-            if _may_fail_masked(helper.body, ctx):
-                return True
-        elif may_fail(call, ctx) and not ops.effect(resolve_call(call.func, ctx),
-                                                    method_name(call, ctx), call):
-            return True
-    return False
+def _reads_whole_names(test: ast.expr, index: str) -> bool:
+    """``test`` reads a name other than ``index`` as a whole value (not only its attributes:
+    ``self.ignore`` is the object's, ``j`` may be what a vmapped caller passes)."""
+    roots = {id(n.value) for n in walk(test) if isinstance(n, ast.Attribute)}
+    return any(isinstance(n, ast.Name) and n.id != index and id(n) not in roots
+               for n in walk(test))
 
 
-def _index_entries_only(index: str, body: list[ast.stmt]) -> bool:
+def index_entries_only(index: str, body: list[ast.stmt]) -> bool:
     """``index`` is read, and only as a whole entry of a subscript (``x[i]``, ``x[:, i]``)."""
     entries = set()
     for n in (n for s in body for n in walk(s) if isinstance(n, ast.Subscript)):

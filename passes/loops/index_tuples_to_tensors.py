@@ -1,6 +1,7 @@
 """Stage: a loop over the index tuples ``itertools`` makes from ranges (``permutations(range(n))``,
 ``combinations(range(n), r)``, ``product(range(a), range(b))``) iterates the rows of the int64
-tensor of those tuples, when the body uses each tuple only as a sequence of indices.
+tensor of those tuples, when the body uses each tuple only as a sequence of indices; a loop over
+the ints an object holds (``self.idc``) iterates their int64 tensor (below).
 
 Permutation-invariant losses (speech separation) score every assignment of estimates to
 references and keep the best; the tuples are Python ints, which vmap cannot map over. Each row of
@@ -18,15 +19,27 @@ an iteration over ``p`` or ``enumerate(p)`` whose items are used only as whole i
 of a function the enclosing function defines (once) whose parameter is read only so. A tuple
 compared, printed, joined or used as an index itself (``x[p]`` picks one item of a tuple, rows
 of a tensor) keeps the loop as written.
+
+A loop over a sequence of ints an object holds (``for c in self.idc``, the classes a boundary
+loss sums over), its element read only as a whole entry of subscripts (``probs[:, c]``: a 0-d
+int64 tensor indexes as the int does), iterates the int64 tensor of them when at run time it is a
+list or plain tuple of ints (not bools, which index as masks); anything else is iterated as it
+is, the loop as written when that is no tensor::
+
+    for c in self.idc:                    ->   _items = torch.tensor(self.idc) if <a list or
+        loss += (p[:, c] * d[:, c]).mean()         tuple of ints> else self.idc
+                                               <vectorized over the items of _items>
 """
 from __future__ import annotations
 
 import ast
 
+from .. import ast_marks
 from ..ast_tools import PassContext, is_name, walk
+from .index_tests_to_selected_indices import index_entries_only
 from .loop_dataflow import resolve_call
 from .plan import LoopPlan
-from .stack_tensor_lists import index_only
+from .stack_tensor_lists import INTS, index_only
 
 # The itertools functions whose tuples, made from ranges, hold ints only.
 _INDEX_TUPLES = {"itertools.permutations", "itertools.combinations",
@@ -35,15 +48,31 @@ _INDEX_TUPLES = {"itertools.permutations", "itertools.combinations",
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     node, it = plan.node, plan.node.iter
-    if not (isinstance(node.target, ast.Name) and _index_tuples(it, ctx)
-            and _read_as_indices(node.target.id, node.body, plan.local_defs, set())):
+    if not isinstance(node.target, ast.Name):
         return plan
-    tuples = ctx.namer.new("tuples")
-    plan.prelude += plan.sub("t = torch.tensor(list(it), dtype=torch.int64)", t=tuples, it=it)
-    # the stages read the loop over the rows; the guard's else keeps the user's loop
-    rows = ast.copy_location(ast.Name(tuples, ast.Load()), it)
+    if _index_tuples(it, ctx) and _read_as_indices(node.target.id, node.body, plan.local_defs,
+                                                   set()):
+        made = ctx.namer.new("tuples")
+        plan.prelude += plan.sub("t = torch.tensor(list(it), dtype=torch.int64)", t=made, it=it)
+    elif _held_sequence(it) and index_entries_only(node.target.id, node.body):
+        made = ctx.namer.new("items")
+        made_from = plan.sub(f"t = torch.tensor(x) if {INTS} else x", t=made, x=it,
+                             v=ctx.namer.new("v"))
+        for n in (n for n in walk(made_from[0]) if isinstance(n, ast.GeneratorExp)):
+            ast_marks.put(n, ast_marks.GENERATED, True)  # not the user's: no loop to report
+        plan.prelude += made_from
+    else:
+        return plan
+    # the stages read the loop over the tensor; the guard's else keeps the user's loop
+    rows = ast.copy_location(ast.Name(made, ast.Load()), it)
     plan.node = ast.copy_location(ast.For(node.target, rows, node.body, node.orelse), node)
     return plan
+
+
+def _held_sequence(it: ast.expr) -> bool:
+    """``it`` reads an attribute of a name (``self.idc``, ``cfg.classes``): what an object
+    holds, a list of ints in the losses that iterate it."""
+    return isinstance(it, ast.Attribute) and isinstance(it.value, ast.Name)
 
 
 def _index_tuples(it: ast.expr, ctx: PassContext) -> bool:

@@ -70,7 +70,7 @@ STACKED = (f"stack_items(tuple(x)) if {_SEQUENCE} and len(x) > 0 and all("
 
 # Python ints the loop uses only as indices (``refs[t] for s, t in enumerate(perm)``): the int64
 # tensor of them indexes the same items (bools would index as masks, so ints only).
-_INTS = f"({_SEQUENCE} and len(x) > 0 and all(type(v) is int for v in x))"
+INTS = f"({_SEQUENCE} and len(x) > 0 and all(type(v) is int for v in x))"
 
 
 def stacked_template(ctx: PassContext) -> str:
@@ -91,7 +91,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         stacked = ctx.namer.new(f"{name}_stacked")
         made = stacked_template(ctx)
         if elements and elements <= rows:
-            made = made.removesuffix(" else x") + f" else torch.tensor(x) if {_INTS} else x"
+            made = made.removesuffix(" else x") + f" else torch.tensor(x) if {INTS} else x"
         prelude = plan.sub(f"s = {made}", s=stacked, x=ast.Name(name, ast.Load()),
                            v=ctx.namer.new("v"))
         for n in walk(prelude[0]):
