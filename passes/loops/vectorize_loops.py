@@ -110,6 +110,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                scan_python_numbers,
                ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
+               number_list_operands,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                sorts_read_at_ends, stack_tensor_lists, tensor_branches_to_where,
@@ -167,6 +168,7 @@ LOOP_STAGES: list = [
     sink_own_item_selections,     # on its branches; before the stages that find what varies
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
+    number_list_operands,         # before row_slices_to_params: it keeps `w[i]` an item read
     row_slices_to_params,
     classify_effects,             # on the final body: later stages rewrite its effect statements
     runtime_checks,               # after row_slices_to_params: its checks come first
