@@ -293,8 +293,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     # a fixed divisor under a mask: the number itself, or 1 where the mask is off
     _helper(masked_divisors.masked_divisor, derivative="constant", **_ET),
     _helper(stacked_views.stack_items, total=True, derivative="constant"),
-    # a tensor operand and a row of Python numbers, in the dtype the number would give
-    _helper(number_operands.number_op, batched="elementwise"),
+    # a tensor operand and a row of Python numbers, in the dtype the number would give; a row
+    # of 1 divides safely where a tensor condition deselects it
+    _helper(number_operands.number_op, batched="elementwise", sanitize=(1, "1")),
     # -- losses -----------------------------------------------------------------------------
     # selection: on masked selections, the loss per element (``reduction="none"``) masked
     # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class

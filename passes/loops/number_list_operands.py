@@ -21,7 +21,8 @@ original's (``passes/number_operands.py``); with ``kind`` None (``w`` a tensor, 
 tensors) it is the operation itself.
 
 Only a name the function may hold as a list (``list_names``), which the body does not bind, and
-reads only as such operands at the loop index (``w[i] * t`` and ``t * w[i]``): another read
+reads only as such operands at the loop index (``w[i] * t`` and ``t * w[i]``, ``t`` a value the
+iteration computed, not an expression of the loop index's items): another read
 (``x ** w[i]``, ``torch.pow(x, w[i])``, ``if w[i] > 0``) would see a tensor where the original
 sees a number, so nothing changes.
 """
@@ -31,7 +32,7 @@ import ast
 
 from ..ast_tools import PassContext, Transformer, is_name, replace, walk
 from ..number_operands import number_kind, number_op
-from .loop_dataflow import stores_in
+from .loop_dataflow import depends, stores_in
 from .plan import LoopPlan
 
 # The operators converted, by the name ``number_operands.OPERATORS`` gives each.
@@ -39,9 +40,8 @@ _OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    index = plan.iteration.index
     candidates = plan.list_names - stores_in(plan.body)
-    operands = _Operands(index, candidates)
+    operands = _Operands(plan, candidates, ctx)
     for s in plan.body:
         operands.visit(s)
     reads = {}  # name -> ids of its items read at the index, as operands or not
@@ -57,7 +57,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.prelude += plan.sub(f"k = {ctx.bind(number_kind, 'number_kind')}(x)", k=kinds[name],
                                  x=ast.Name(name, ast.Load()))
     plan.number_lists |= set(names)
-    plan.body = [_ToNumberOps(index, kinds, ctx).visit(s) for s in plan.body]
+    plan.body = [_ToNumberOps(plan, kinds, ctx).visit(s) for s in plan.body]
     return plan
 
 
@@ -70,13 +70,19 @@ def _item(node: ast.expr, index: str, names) -> str | None:
     return None
 
 
-def _operand(node: ast.BinOp, index: str, names) -> tuple[str, bool] | None:
-    """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t``, one
-    side an item and the other not."""
+def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext) -> tuple[str, bool] | None:
+    """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t``, ``t``
+    a value of the iteration (a fixed one may be a Python number, with which the item stays one
+    in the original: ``1 - w[i]``), not reading the loop index: items there (``target[i] *
+    torch.log(pred[i])``, ``pred[i] - target[i]``) are likely tensors, whose expressions later
+    passes fuse into losses."""
+    index = plan.iteration.index
     if type(node.op) not in _OPERATORS:
         return None
     left, right = _item(node.left, index, names), _item(node.right, index, names)
-    if (left is None) == (right is None):
+    other = node.right if left else node.left
+    if (left is None) == (right is None) or not depends(other, plan.variant, ctx) \
+            or any(is_name(n, index) for n in walk(other)):
         return None
     return (left, True) if left else (right, False)
 
@@ -84,12 +90,12 @@ def _operand(node: ast.BinOp, index: str, names) -> tuple[str, bool] | None:
 class _Operands(Transformer):
     """The name nodes of the items read as such operands, by list."""
 
-    def __init__(self, index: str, names):
-        self.index, self.names, self.found = index, names, {}
+    def __init__(self, plan: LoopPlan, names, ctx: PassContext):
+        self.plan, self.names, self.ctx, self.found = plan, names, ctx, {}
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        found = _operand(node, self.index, self.names)
+        found = _operand(node, self.plan, self.names, self.ctx)
         if found:
             item = node.left if found[1] else node.right
             self.found.setdefault(found[0], set()).add(id(item.value))
@@ -99,13 +105,13 @@ class _Operands(Transformer):
 class _ToNumberOps(Transformer):
     """``t <op> w[i]`` -> ``number_op(t, w[i], _w_kind, op, reflected)``."""
 
-    def __init__(self, index: str, kinds: dict[str, str], ctx: PassContext):
-        self.index, self.kinds = index, kinds
+    def __init__(self, plan: LoopPlan, kinds: dict[str, str], ctx: PassContext):
+        self.plan, self.kinds, self.ctx = plan, kinds, ctx
         self.fn = ctx.bind(number_op, "number_op")
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        found = _operand(node, self.index, self.kinds)
+        found = _operand(node, self.plan, self.kinds, self.ctx)
         if not found:
             return node
         name, reflected = found
