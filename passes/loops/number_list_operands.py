@@ -32,7 +32,7 @@ import ast
 
 from ..ast_tools import PassContext, Transformer, is_name, replace, walk
 from ..number_operands import number_kind, number_op
-from .loop_dataflow import depends, stores_in
+from .loop_dataflow import depends, exposed_reads, loads, stores_in
 from .plan import LoopPlan
 
 # The operators converted, by the name ``number_operands.OPERATORS`` gives each.
@@ -70,21 +70,32 @@ def _item(node: ast.expr, index: str, names) -> str | None:
     return None
 
 
-def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext) -> tuple[str, bool] | None:
+def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext,
+             excluded: set[str]) -> tuple[str, bool] | None:
     """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t``, ``t``
-    a value of the iteration (a fixed one may be a Python number, with which the item stays one
-    in the original: ``1 - w[i]``), not reading the loop index: items there (``target[i] *
-    torch.log(pred[i])``, ``pred[i] - target[i]``) are likely tensors, whose expressions later
-    passes fuse into losses."""
+    a value the iteration computes: not a fixed one, which may be a Python number, with which
+    the item stays one in the original (``1 - w[i]``); reading no name of ``excluded`` (the
+    index, names carried from the iteration before: ``acc + w[i]`` is a fold, which
+    ``fold_accumulators`` reads) and no items (``target[i] * torch.log(pred[i])``, ``ests[s] -
+    refs[t]``): those are likely tensors, whose expressions later passes fuse into losses."""
     index = plan.iteration.index
     if type(node.op) not in _OPERATORS:
         return None
     left, right = _item(node.left, index, names), _item(node.right, index, names)
     other = node.right if left else node.left
     if (left is None) == (right is None) or not depends(other, plan.variant, ctx) \
-            or any(is_name(n, index) for n in walk(other)):
+            or loads(other) & excluded \
+            or any(isinstance(n, ast.Subscript) and depends(n.slice, plan.variant, ctx)
+                   for n in walk(other)):
         return None
     return (left, True) if left else (right, False)
+
+
+def _excluded(plan: LoopPlan) -> set[str]:
+    """The loop index, and names an iteration reads before it binds them: from the one before."""
+    carried: dict[str, ast.stmt] = {}
+    exposed_reads(plan.body, set(), stores_in(plan.body), carried)
+    return set(carried) | {plan.iteration.index}
 
 
 class _Operands(Transformer):
@@ -92,10 +103,11 @@ class _Operands(Transformer):
 
     def __init__(self, plan: LoopPlan, names, ctx: PassContext):
         self.plan, self.names, self.ctx, self.found = plan, names, ctx, {}
+        self.excluded = _excluded(plan)
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        found = _operand(node, self.plan, self.names, self.ctx)
+        found = _operand(node, self.plan, self.names, self.ctx, self.excluded)
         if found:
             item = node.left if found[1] else node.right
             self.found.setdefault(found[0], set()).add(id(item.value))
@@ -107,11 +119,12 @@ class _ToNumberOps(Transformer):
 
     def __init__(self, plan: LoopPlan, kinds: dict[str, str], ctx: PassContext):
         self.plan, self.kinds, self.ctx = plan, kinds, ctx
+        self.excluded = _excluded(plan)
         self.fn = ctx.bind(number_op, "number_op")
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        found = _operand(node, self.plan, self.kinds, self.ctx)
+        found = _operand(node, self.plan, self.kinds, self.ctx, self.excluded)
         if not found:
             return node
         name, reflected = found
