@@ -153,3 +153,10 @@ def test_a_short_list_raises_the_original_index_error():
     fast = optimize_loss(weighted, compile=False, keep_faster=False)
     with pytest.raises(IndexError, match="list index out of range"):
         fast(torch.randn(4, 3), [0.2, 0.8])
+
+
+def test_the_report_names_lists_of_numbers():
+    reason = build(WEIGHTED)[3].loops[0].reason
+    assert reason.endswith("`weight` is a tensor, or a list or tuple of tensors of one shape, "
+                           "dtype and device or of Python numbers all int or all float (stacked), "
+                           "else the loop runs as written")

@@ -399,7 +399,8 @@ class _Vectorizer(Transformer):
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",
                                      fission.reason + _runs_when(check, fission.plan.stacked,
-                                                                 fission.plan.gathered))
+                                                                 fission.plan.gathered,
+                                                                 numbers=fission.plan.number_lists))
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
@@ -555,7 +556,7 @@ class _Vectorizer(Transformer):
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
                                  _why(plan, self.ctx) + what
                                  + _runs_when(check, plan.stacked, plan.gathered,
-                                              plan.user_names)
+                                              plan.user_names, plan.number_lists)
                                  + plan.no_grad_reason)
         return check
 
@@ -652,18 +653,20 @@ def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
 
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],
-               gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None
-               ) -> str:
+               gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
+               numbers: set[str] = frozenset()) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
-    named as the user's list, a tensor written through an attribute as the attribute."""
+    named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
+    written through an attribute as the attribute."""
     user_names = user_names or {}
     found = sorted({user_names.get(unparse(x), unparse(x)) for x in proven_tensors(check)})
     gathered = gathered or {}
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
-    lists = [f"`{stacked[n]}`" for n in found if n in stacked]
+    lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
+    number_lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] in numbers]
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
-    if not names and not lists and not reads:
+    if not names and not lists and not reads and not number_lists:
         return ""
     parts = []
     if names:
@@ -671,6 +674,10 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     if lists:
         parts.append(f"{', '.join(lists)} {'is' if len(lists) == 1 else 'are'} a tensor or a list "
                      "or tuple of tensors of one shape, dtype and device (stacked)")
+    if number_lists:
+        parts.append(f"{', '.join(number_lists)} {'is' if len(number_lists) == 1 else 'are'} a "
+                     "tensor, or a list or tuple of tensors of one shape, dtype and device or of "
+                     "Python numbers all int or all float (stacked)")
     if reads:
         parts.append(f"the items {', '.join(reads)} over the loop are tensors of one shape, dtype "
                      "and device (gathered and stacked)")
