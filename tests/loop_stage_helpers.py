@@ -6,8 +6,8 @@ import ast
 
 from passes.ast_tools import PassContext, clone, fix_missing_locations, unparse
 from passes.loops import (divisions_by_counters, gather_keyed_reads, loop_dataflow, materialize_iterators,
-                          normalize_comprehensions, outer_dependent_ranges_to_masks,
-                          stack_tensor_lists, vectorize_loops)
+                          normalize_comprehensions, number_list_operands,
+                          outer_dependent_ranges_to_masks, stack_tensor_lists, vectorize_loops)
 from passes.loops.plan import LoopPlan, new_plan
 from tests.loop_helpers import context, dedent, namespace
 
@@ -35,9 +35,9 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
                     zeros=loop_dataflow.zero_before_loops(func).get(id(loop), set()),
                     divided=divided, buildable_lists=normalize_comprehensions
                     .lists_built_by_loops(func, ctx).get(id(loop), set()),
-                    # only its own cases stack lists: the others read the user's names
+                    # only their own cases stack lists: the others read the user's names
                     list_names=stack_tensor_lists.list_names(func, ctx)
-                    if stage is stack_tensor_lists else frozenset(),
+                    if stage in (stack_tensor_lists, number_list_operands) else frozenset(),
                     host_containers=gather_keyed_reads.host_containers(func)
                     if stage is gather_keyed_reads else frozenset(),
                     iterators=materialize_iterators.iterator_names(func, ctx)

@@ -28,6 +28,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           masked_selections_to_where, masked_selects_to_selections,
                           masked_writes_to_where,
                           materialize_iterators, merge_branch_appends, no_grad_blocks_to_detach,
+                          number_list_operands,
                           data_attributes_to_detach,
                           split_tuple_assignments,
                           module_list_linears, module_loss_calls,
@@ -161,19 +162,21 @@ def f(preds, targets, w):
 # checks
 isinstance(w, torch.Tensor) and min(len(preds), len(targets)) <= w.shape[0] and isinstance(preds, torch.Tensor) and preds.dim() > 0 and isinstance(targets, torch.Tensor) and targets.dim() > 0 and isinstance(min(len(preds), len(targets)), int) and min(len(preds), len(targets)) > 0
 # prelude
+_w_kind = _number_kind(w)
 # outline
-if targets.dim() == preds.dim() and w.dim() == 1: ...
+if targets.dim() == preds.dim() and w.dim() == 1 and (not isinstance(_w_kind, torch.Tensor)): ...
 loss = _outs[0]
 """,
      """
 # checks
 isinstance(_w_stacked, torch.Tensor) and min(len(_preds_stacked), len(_targets_stacked)) <= _w_stacked.shape[0] and isinstance(_preds_stacked, torch.Tensor) and _preds_stacked.dim() > 0 and isinstance(_targets_stacked, torch.Tensor) and _targets_stacked.dim() > 0 and isinstance(min(len(_preds_stacked), len(_targets_stacked)), int) and min(len(_preds_stacked), len(_targets_stacked)) > 0
 # prelude
+_w_kind = _number_kind(w)
 _preds_stacked = _stack_items(tuple(preds)) if (type(preds) is list or (isinstance(preds, tuple) and type(preds).__getitem__ is tuple.__getitem__ and (type(preds).__iter__ is tuple.__iter__) and (type(preds).__len__ is tuple.__len__))) and len(preds) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == preds[0].shape and (_v.dtype == preds[0].dtype) and (_v.device == preds[0].device) for _v in preds)) else preds
 _targets_stacked = _stack_items(tuple(targets)) if (type(targets) is list or (isinstance(targets, tuple) and type(targets).__getitem__ is tuple.__getitem__ and (type(targets).__iter__ is tuple.__iter__) and (type(targets).__len__ is tuple.__len__))) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
-_w_stacked = _stack_items(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else w
+_w_stacked = _stack_items(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else _number_rows(w)
 # outline
-if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1: ...
+if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1 and (not isinstance(_w_kind, torch.Tensor)): ...
 loss = _outs[0]
 """),
     (stack_tensor_lists, """
@@ -187,6 +190,45 @@ def f(preds, targets, heads):
 # prelude
 """,
      """
+# prelude
+"""),
+    (number_list_operands, """
+def f(x, weight):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i].sum()
+        loss += d * weight[i] + weight[i] / d
+    return loss
+""", ('body', 'prelude'),
+     """
+# body
+d = x[i].sum()
+loss += d * weight[i] + weight[i] / d
+# prelude
+""",
+     """
+# body
+d = x[i].sum()
+loss += _number_op(d, weight[i], _weight_kind, 'mul', False) + _number_op(d, weight[i], _weight_kind, 'truediv', True)
+# prelude
+_weight_kind = _number_kind(weight)
+"""),
+    # `1 - weight[i]` is a Python number in the original: the list stays a list
+    (number_list_operands, """
+def f(x, weight):
+    loss = 0
+    for i in range(x.shape[0]):
+        loss += x[i].sum() * (1 - weight[i])
+    return loss
+""", ('body', 'prelude'),
+     """
+# body
+loss += x[i].sum() * (1 - weight[i])
+# prelude
+""",
+     """
+# body
+loss += x[i].sum() * (1 - weight[i])
 # prelude
 """),
     (gather_keyed_reads, """

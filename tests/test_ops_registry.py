@@ -19,7 +19,7 @@ NO_METHOD_SPELLING = {"where"}
 GRID = torch.tensor([-100.0, -3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0, 100.0])
 # Arguments beyond the tensors: ops that cannot be called on tensors alone.
 EXTRA_ARGS = {"clamp": (-1.0, 1.0), "clip": (-1.0, 1.0), "clamp_min": (0.0,), "clamp_max": (0.0,),
-              "full_like": (2.0,)}
+              "full_like": (2.0,), "number_op": (float, "truediv", False)}
 
 
 def _spellings(spec: ops.OpSpec) -> list[tuple[str | None, str | None]]:

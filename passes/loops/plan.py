@@ -115,6 +115,9 @@ class LoopPlan:
     # (``stack_tensor_lists``): the stacked name -> the list's, and the statements stacking them.
     list_names: frozenset[str] = frozenset()
     stacked: dict[str, str] = field(default_factory=dict)
+    # ... and those that may be lists of Python numbers, stacked as a tensor of them too
+    # (``number_list_operands``).
+    number_lists: set[str] = field(default_factory=set)
     # Names held as lists, tuples or dicts, never tensors (displays, parameters indexed by a
     # string); their reads gathered in front of the guard (``gather_keyed_reads``): the rows'
     # name -> the read.

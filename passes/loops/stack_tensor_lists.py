@@ -47,6 +47,7 @@ import ast
 
 from .. import ast_marks, ops
 from ..ast_tools import PassContext, is_name, rename, walk
+from ..number_operands import number_rows
 from ..stacked_views import stack_items
 from .loop_dataflow import resolve_call
 from .plan import LoopPlan
@@ -92,6 +93,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         made = stacked_template(ctx)
         if elements and elements <= rows:
             made = made.removesuffix(" else x") + f" else torch.tensor(x) if {INTS} else x"
+        elif name in plan.number_lists:
+            made = made.removesuffix(" else x") + f" else {ctx.bind(number_rows, 'number_rows')}(x)"
         prelude = plan.sub(f"s = {made}", s=stacked, x=ast.Name(name, ast.Load()),
                            v=ctx.namer.new("v"))
         for n in walk(prelude[0]):
@@ -189,7 +192,8 @@ def _targets(node: ast.AST) -> list[ast.expr]:
 def _makes_list(value: ast.expr, ctx: PassContext) -> bool:
     if isinstance(value, (ast.List, ast.Tuple, ast.ListComp)):
         return True
-    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):  # `xs + [x]`: joined lists
+    if isinstance(value, ast.BinOp) and isinstance(value.op, (ast.Add, ast.Mult)):
+        # `xs + [x]`: joined lists; `[1] * n`: a repeated one
         return any(isinstance(v, (ast.List, ast.ListComp)) for v in (value.left, value.right))
     if not isinstance(value, ast.Call):
         return False

@@ -109,6 +109,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                scan_python_numbers,
                ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
+               number_list_operands,
                rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                sorts_read_at_ends, stack_tensor_lists, tensor_branches_to_where,
@@ -166,6 +167,7 @@ LOOP_STAGES: list = [
     sink_own_item_selections,     # on its branches; before the stages that find what varies
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
+    number_list_operands,         # before row_slices_to_params: it keeps `w[i]` an item read
     row_slices_to_params,
     classify_effects,             # on the final body: later stages rewrite its effect statements
     runtime_checks,               # after row_slices_to_params: its checks come first
@@ -396,7 +398,8 @@ class _Vectorizer(Transformer):
             check = fission.plan.checks.expr()
             self.ctx.report.add_loop(node.lineno, True, "distributed",
                                      fission.reason + _runs_when(check, fission.plan.stacked,
-                                                                 fission.plan.gathered))
+                                                                 fission.plan.gathered,
+                                                                 numbers=fission.plan.number_lists))
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
@@ -552,7 +555,7 @@ class _Vectorizer(Transformer):
         self.ctx.report.add_loop(lineno, True, _strategy(plan),
                                  _why(plan, self.ctx) + what
                                  + _runs_when(check, plan.stacked, plan.gathered,
-                                              plan.user_names)
+                                              plan.user_names, plan.number_lists)
                                  + plan.no_grad_reason)
         return check
 
@@ -649,18 +652,20 @@ def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
 
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],
-               gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None
-               ) -> str:
+               gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
+               numbers: set[str] = frozenset()) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
-    named as the user's list, a tensor written through an attribute as the attribute."""
+    named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
+    written through an attribute as the attribute."""
     user_names = user_names or {}
     found = sorted({user_names.get(unparse(x), unparse(x)) for x in proven_tensors(check)})
     gathered = gathered or {}
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
-    lists = [f"`{stacked[n]}`" for n in found if n in stacked]
+    lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
+    number_lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] in numbers]
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
-    if not names and not lists and not reads:
+    if not names and not lists and not reads and not number_lists:
         return ""
     parts = []
     if names:
@@ -668,6 +673,10 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     if lists:
         parts.append(f"{', '.join(lists)} {'is' if len(lists) == 1 else 'are'} a tensor or a list "
                      "or tuple of tensors of one shape, dtype and device (stacked)")
+    if number_lists:
+        parts.append(f"{', '.join(number_lists)} {'is' if len(number_lists) == 1 else 'are'} a "
+                     "tensor, or a list or tuple of tensors of one shape, dtype and device or of "
+                     "Python numbers all int or all float (stacked)")
     if reads:
         parts.append(f"the items {', '.join(reads)} over the loop are tensors of one shape, dtype "
                      "and device (gathered and stacked)")

@@ -1,0 +1,133 @@
+"""Stage: items of a list of Python numbers the loop reads as an operand of arithmetic become
+rows of a tensor, converted per operation as the original converts the number.
+
+Class weights and deep-supervision level weights are lists of Python numbers (``weight = [1] *
+n_classes``, ``weight=[0.2, 0.8]``); the loop reads them only as operands of ``+ - * /`` with
+its tensors::
+
+    for i in range(n):               ->    _w_kind = number_kind(w)           (in front of the guard)
+        loss += dice * w[i]                <stack_tensor_lists: _w_stacked = number_rows(w) ...>
+                                           for each row _w_row of _w_stacked[0:n:1] (batched):
+                                               loss += number_op(dice, _w_row, _w_kind, "mul", False)
+
+``number_kind`` says whether ``w`` is a list (or plain tuple) of numbers of one type, all
+``float`` or all ``int`` (bools, mixed types, a tensor among them: None, and the list stays one:
+the guard's ``isinstance`` check fails and the loop runs as written); ``stack_tensor_lists`` then
+holds them in a float64 or int64 tensor (``number_rows``), exactly, whose length the row check
+compares with the range (a shorter list: as written, which raises its ``IndexError``).
+``number_op`` computes each operation in the dtype the original's does, ``result_type(dice,
+w[k])`` (the same for every item of one type), so values, gradients and dtypes are the
+original's (``passes/number_operands.py``); with ``kind`` None (``w`` a tensor, or stacked
+tensors) it is the operation itself.
+
+Only a name the function may hold as a list (``list_names``), which the body does not bind, and
+reads only as such operands at the loop index (``w[i] * t`` and ``t * w[i]``, ``t`` a value the
+iteration computed, not an expression of the loop index's items): another read
+(``x ** w[i]``, ``torch.pow(x, w[i])``, ``if w[i] > 0``) would see a tensor where the original
+sees a number, so nothing changes.
+"""
+from __future__ import annotations
+
+import ast
+
+from ..ast_tools import PassContext, Transformer, is_name, replace, walk
+from ..number_operands import number_kind, number_op
+from .loop_dataflow import depends, exposed_reads, loads, stores_in
+from .plan import LoopPlan
+
+# The operators converted, by the name ``number_operands.OPERATORS`` gives each.
+_OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv"}
+
+
+def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    candidates = plan.list_names - stores_in(plan.body)
+    operands = _Operands(plan, candidates, ctx)
+    for s in plan.body:
+        operands.visit(s)
+    reads = {}  # name -> ids of its items read at the index, as operands or not
+    for s in plan.body:
+        for n in walk(s):
+            if isinstance(n, ast.Name) and n.id in candidates:
+                reads.setdefault(n.id, set()).add(id(n))
+    names = sorted(n for n in reads if reads[n] <= operands.found.get(n, set()))
+    if not names:
+        return plan
+    kinds = {n: ctx.namer.new(f"{n}_kind") for n in names}
+    for name in names:
+        plan.prelude += plan.sub(f"k = {ctx.bind(number_kind, 'number_kind')}(x)", k=kinds[name],
+                                 x=ast.Name(name, ast.Load()))
+    plan.number_lists |= set(names)
+    plan.body = [_ToNumberOps(plan, kinds, ctx).visit(s) for s in plan.body]
+    return plan
+
+
+def _item(node: ast.expr, index: str, names) -> str | None:
+    """The list ``w`` of ``w[i]`` at the loop index, when ``w`` is among ``names``."""
+    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) \
+            and isinstance(node.value, ast.Name) and node.value.id in names \
+            and is_name(node.slice, index):
+        return node.value.id
+    return None
+
+
+def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext,
+             excluded: set[str]) -> tuple[str, bool] | None:
+    """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t``, ``t``
+    a value the iteration computes: not a fixed one, which may be a Python number, with which
+    the item stays one in the original (``1 - w[i]``); reading no name of ``excluded`` (the
+    index, names carried from the iteration before: ``acc + w[i]`` is a fold, which
+    ``fold_accumulators`` reads) and no items (``target[i] * torch.log(pred[i])``, ``ests[s] -
+    refs[t]``): those are likely tensors, whose expressions later passes fuse into losses."""
+    index = plan.iteration.index
+    if type(node.op) not in _OPERATORS:
+        return None
+    left, right = _item(node.left, index, names), _item(node.right, index, names)
+    other = node.right if left else node.left
+    if (left is None) == (right is None) or not depends(other, plan.variant, ctx) \
+            or loads(other) & excluded \
+            or any(isinstance(n, ast.Subscript) and depends(n.slice, plan.variant, ctx)
+                   for n in walk(other)):
+        return None
+    return (left, True) if left else (right, False)
+
+
+def _excluded(plan: LoopPlan) -> set[str]:
+    """The loop index, and names an iteration reads before it binds them: from the one before."""
+    carried: dict[str, ast.stmt] = {}
+    exposed_reads(plan.body, set(), stores_in(plan.body), carried)
+    return set(carried) | {plan.iteration.index}
+
+
+class _Operands(Transformer):
+    """The name nodes of the items read as such operands, by list."""
+
+    def __init__(self, plan: LoopPlan, names, ctx: PassContext):
+        self.plan, self.names, self.ctx, self.found = plan, names, ctx, {}
+        self.excluded = _excluded(plan)
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        found = _operand(node, self.plan, self.names, self.ctx, self.excluded)
+        if found:
+            item = node.left if found[1] else node.right
+            self.found.setdefault(found[0], set()).add(id(item.value))
+        return node
+
+
+class _ToNumberOps(Transformer):
+    """``t <op> w[i]`` -> ``number_op(t, w[i], _w_kind, op, reflected)``."""
+
+    def __init__(self, plan: LoopPlan, kinds: dict[str, str], ctx: PassContext):
+        self.plan, self.kinds, self.ctx = plan, kinds, ctx
+        self.excluded = _excluded(plan)
+        self.fn = ctx.bind(number_op, "number_op")
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        found = _operand(node, self.plan, self.kinds, self.ctx, self.excluded)
+        if not found:
+            return node
+        name, reflected = found
+        item, x = (node.left, node.right) if reflected else (node.right, node.left)
+        return replace(f"{self.fn}(x, w, k, o, r)", loc=node, x=x, w=item, k=self.kinds[name],
+                       o=ast.Constant(_OPERATORS[type(node.op)]), r=ast.Constant(reflected))

@@ -1,0 +1,162 @@
+"""Items of a list or tuple of Python numbers read as operands of arithmetic with a tensor of the
+iteration (class weights ``weight = [1] * n_classes``, level weights ``[1.0, 0.5, 0.25]``) run
+vectorized (``number_list_operands``) with the original's values, gradients and dtypes: each
+operation in ``result_type(t, w[k])``; bools, mixed types, a tensor among the items: as written;
+a list shorter than the loop: the original's ``IndexError``."""
+import inspect
+
+import pytest
+import torch
+
+from rewrite import assert_equivalent, optimize_loss
+from tests.loop_helpers import assert_golden, build
+
+DTYPES = [torch.float32, torch.float64]
+
+
+
+def weighted(x, weight=None):
+    if weight is None:
+        weight = [1] * x.shape[0]
+    loss = 0.0
+    for i in range(x.shape[0]):
+        d = x[i].sum()
+        loss += d * weight[i]
+    return loss / x.shape[0]
+
+
+def every_operator(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i] * 2
+        loss = loss + (w[i] * d + d / w[i] - (w[i] - d) + (d + w[i]) / (w[i] / d)).sum()
+    return loss
+
+
+def every_operator_of_bools(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i] | True
+        loss = loss + (w[i] * d + d / w[i] + (d + w[i]) / (w[i] / d)).sum()  # bools: no `-`
+    return loss
+
+
+# the medical-segmentation DiceLoss's loop (TransUNet's utils.py), its default class weights
+WEIGHTED = inspect.getsource(weighted)
+
+
+def _runs_vectorized(fn, x, weight):
+    """Value, every gradient and dtype of the original, from the loop's vectorized form."""
+    fast = optimize_loss(fn, compile=False, keep_faster=False)
+    assert_equivalent(fn, fast, x, weight)
+    assert fast(x, weight).dtype == fn(x, weight).dtype
+    loop = fast.report.loops[0]
+    assert loop.vectorized_runs > 0 and loop.original_runs == 0, loop.last_failure
+
+
+def test_weighted_golden():
+    assert_golden(WEIGHTED, '''
+    def weighted(x, weight=None):
+        if weight is None:
+            weight = [1] * x.shape[0]
+        loss = 0.0
+        _weight_kind = _number_kind(weight)
+        _weight_stacked = _stack_items(tuple(weight)) if (type(weight) is list or (isinstance(weight, tuple) and type(weight).__getitem__ is tuple.__getitem__ and (type(weight).__iter__ is tuple.__iter__) and (type(weight).__len__ is tuple.__len__))) and len(weight) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == weight[0].shape and (_v.dtype == weight[0].dtype) and (_v.device == weight[0].device) for _v in weight)) else _number_rows(weight)
+        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and isinstance(_weight_stacked, torch.Tensor) and (x.shape[0] <= _weight_stacked.shape[0]) and isinstance(x.shape[0], int) and (x.shape[0] > 0):
+            'optimize_loss: loop at line 5 vectorized'
+            if _weight_stacked.dim() == 1 and (not isinstance(_weight_kind, torch.Tensor)):
+                _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
+                _weight_row = _weight_stacked if x.shape[0] == _weight_stacked.shape[0] else _weight_stacked[0:x.shape[0]:1]
+                _loss_part = 0
+                d = _x_row.sum(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).sum(1)
+                _loss_part = _number_op(d, _weight_row, _weight_kind, 'mul', False).sum(0)
+                _outs = (_loss_part,)
+            else:
+
+                def _body(_x_row, _weight_row):
+                    _loss_part = 0
+                    d = _x_row.sum()
+                    _loss_part = _loss_part + _number_op(d, _weight_row, _weight_kind, 'mul', False)
+                    return (torch.as_tensor(_loss_part),)
+                _outs = _map_in_chunks(_body, in_dims=(0, 0))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1], _weight_stacked if x.shape[0] == _weight_stacked.shape[0] else _weight_stacked[0:x.shape[0]:1])
+                _outs = (_outs[0].sum(0),)
+            if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(loss, _outs[0]) != _outs[0].dtype or (isinstance(loss, torch.Tensor) and loss.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
+                "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+                for i in range(x.shape[0]):
+                    d = x[i].sum()
+                    loss += d * weight[i]
+            else:
+                loss += _outs[0]
+        else:
+            for i in range(x.shape[0]):
+                d = x[i].sum()
+                loss += d * weight[i]
+        return loss / x.shape[0]
+    ''', {5: "batched"})
+
+
+def test_an_item_that_stays_a_number_changes_nothing():
+    """``1 - w[i]`` is a Python number in the original, and so is ``w[i] ** 2``: the list is
+    not read as rows (a row of a tensor would promote where the number does not)."""
+    for expr in ("d * (1 - w[i])", "d ** w[i]"):
+        src = f'''
+def f(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i].sum()
+        loss += {expr}
+    return loss
+'''
+        code = build(src)[2]
+        assert "_number_op" not in code and "_number_rows" not in code, expr
+
+
+def _weights():
+    return {"int": [1, 2, 3, 4], "float": [0.2, 0.3, 1 / 3, 7.0], "tuple": (0.2, 0.3, 1 / 3, 7.0),
+            "negative int": (-3, 1, 2, 5)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(_weights()))
+@pytest.mark.parametrize("fn", [weighted, every_operator], ids=["weighted", "every_operator"])
+def test_equivalent(fn, kind, dtype):
+    _runs_vectorized(fn, torch.randn(4, 3, dtype=dtype, requires_grad=True), _weights()[kind])
+
+
+@pytest.mark.parametrize("tdtype, weight", [(torch.int32, [0.5, 2.0, 3.0]), (torch.int32, [1, 2, 3]),
+                                            (torch.int64, (2, 3, 4))])
+def test_integer_tensors_take_the_numbers_dtype_rule(tdtype, weight):
+    """An int tensor with float weights gives the default float dtype, with int weights its
+    own, as a Python number does (a bool tensor: int64)."""
+    _runs_vectorized(every_operator, torch.randint(1, 5, (3, 4)).to(tdtype), weight)
+    _runs_vectorized(every_operator_of_bools, torch.randint(0, 2, (3, 4)).bool(), weight)
+
+
+@pytest.mark.parametrize("weight", [[True, False, True, True], [0.5, 1, 2.0, 3.0],
+                                    [torch.tensor(0.5), 1.0, 2.0, 3.0]],
+                         ids=["bools", "mixed", "a tensor among numbers"])
+def test_other_items_run_as_written(weight):
+    fast = optimize_loss(weighted, compile=False, keep_faster=False)
+    x = torch.randn(4, 3, requires_grad=True)
+    assert_equivalent(weighted, fast, x, weight)
+    loop = fast.report.loops[0]
+    assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
+
+
+@pytest.mark.parametrize("weight", [None, [0.2, 0.8, 0.5, 1.0], (1, 2, 3, 4)],
+                         ids=["default", "float list", "int tuple"])
+def test_runs_vectorized(weight):
+    _runs_vectorized(weighted, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), weight)
+
+
+def test_a_short_list_raises_the_original_index_error():
+    fast = optimize_loss(weighted, compile=False, keep_faster=False)
+    with pytest.raises(IndexError, match="list index out of range"):
+        fast(torch.randn(4, 3), [0.2, 0.8])
+
+
+def test_the_report_names_lists_of_numbers():
+    reason = build(WEIGHTED)[3].loops[0].reason
+    assert reason.endswith("`weight` is a tensor, or a list or tuple of tensors of one shape, "
+                           "dtype and device or of Python numbers all int or all float (stacked), "
+                           "else the loop runs as written")
