@@ -396,10 +396,9 @@ class _Vectorizer(Transformer):
                                          f"{exc.reason}; not distributed: {fission}")
                 return node
             check = fission.plan.checks.expr()
-            self.ctx.report.add_loop(node.lineno, True, "distributed",
-                                     fission.reason + _runs_when(check, fission.plan.stacked,
-                                                                 fission.plan.gathered,
-                                                                 numbers=fission.plan.number_lists))
+            fp = fission.plan
+            self.ctx.report.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
+                check, fp.stacked, fp.gathered, numbers=fp.number_lists))
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
