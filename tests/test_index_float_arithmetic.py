@@ -1,5 +1,5 @@
 """The loop index is a Python int in the original: its float arithmetic (``gamma ** t``,
-``lam ** (T - t - 1)``, ``(i + 1) / n``, ``i / len(x)``, ``0.5 ** level``, ``math.exp(-i / tau)``) is a Python float, computed in double
+``(i + 1) / n``, ``i / len(x)``, ``0.5 ** level``, ``math.exp(-i / tau)``) is a Python float, computed in double
 precision, which the tensor it meets then takes in its own dtype (a weak scalar). The vectorized
 forms compute it from the index tensor in float64 and cast it to that dtype: not in float32 (an
 int64 tensor's quotient or power), which lost precision next to float64 values and made a
@@ -23,14 +23,6 @@ def discounted(r, gamma=0.99):
     G = 0.0
     for t in range(r.shape[0]):
         G = G + gamma ** t * r[t]
-    return G
-
-
-def reverse_discount(r, lam=0.95):
-    T = r.shape[0]
-    G = 0
-    for t in range(T):
-        G = G + lam ** (T - t - 1) * r[t]
     return G
 
 
@@ -62,13 +54,13 @@ def halved(x):
         loss = loss + 0.5 ** level * torch.flip(x[level], [0]).sum()
     return loss
 """
-NAMES = ["discounted", "reverse_discount", "time_weighted", "decayed", "sized", "halved"]
+NAMES = ["discounted", "time_weighted", "decayed", "sized", "halved"]
 
 
 def _args(name: str, dtype: torch.dtype, n: int = 300):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(n, 3, generator=gen).to(dtype)
-    if name in ("discounted", "reverse_discount"):
+    if name == "discounted":
         return (x[:, 0].contiguous().requires_grad_(),)
     if name == "time_weighted":
         return x.requires_grad_(), torch.randn(n, 3, generator=gen).to(dtype)

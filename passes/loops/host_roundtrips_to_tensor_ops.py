@@ -26,7 +26,7 @@ Host numbers stay what they were in the original: arithmetic on them gives host 
 scalar (``loop_rules.HOST_WEAK``), its arithmetic computed in float64 as Python's double; sums of
 them get a float64 twin (``plan.wide``, see ``fold_accumulators``). The loop index is one (a
 Python int), and so are names the loop does not change in ``h / n`` and ``g ** h`` (behind the
-check that they are no tensors, Python floats for a power, ints added to one)::
+check that they are no tensors, and Python floats for a power)::
 
     G = G + gamma ** t * r[t]      ->   G = G + (gamma ** t.double()).to(<r[t]'s weak dtype>) * r[t]
 
@@ -68,13 +68,13 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
             no_tensors: list[ast.expr] | None = None,
             live_after: frozenset[str] = frozenset(),
             indices: frozenset[str] = frozenset(),
-            typed: list[tuple[type, ast.expr]] | None = None) -> list[ast.stmt]:
+            floats: list[ast.expr] | None = None) -> list[ast.stmt]:
     """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
     counters of iterations where the original raised (``errors`` gets each counter's exception
     source and location), the float64 twins of host-number sums (``wide``: sum -> twin) and the
     tensors the vectorized loop needs not floating (``not_floating``), and the names it needs
-    not tensors (``no_tensors``) or Python numbers of a type (``typed``: ``(float, x)``);
-    ``indices``: the loop indices, Python ints in the original (host numbers).
+    not tensors (``no_tensors``) or Python floats (``floats``); ``indices``: the loop indices,
+    Python ints in the original (host numbers).
     ``seeds``: the iteration's own names (index, elements); other names the body reads before
     binding them are carried from the last iteration."""
     tr = _HostToTensor(variant, ctx, errors, wide)
@@ -87,8 +87,8 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
         tr.not_floating = not_floating
     if no_tensors is not None:
         tr.no_tensors = no_tensors
-    if typed is not None:
-        tr.typed = typed
+    if floats is not None:
+        tr.floats = floats
     return tr.block(stmts)
 
 
@@ -128,7 +128,7 @@ class _HostToTensor(Transformer):
         # sync) is needed
         self.not_floating: list[ast.expr] = []
         self.no_tensors: list[ast.expr] = []  # names compared with host floats in float64
-        self.typed: list[tuple[type, ast.expr]] = []  # ... and Python floats or ints
+        self.floats: list[ast.expr] = []  # ... and names raised to (or by) host numbers
         # names the body binds to lists, tuples, dicts: a builtin iterates them, not a tensor
         self.containers: set[str] = set()
 
@@ -261,22 +261,29 @@ class _HostToTensor(Transformer):
 
     def _fixed_numbers(self, node: ast.BinOp, operands: list[ast.expr],
                        kinds: list[str | None]) -> list[str | None]:
-        """``kinds`` with the operands of ``h / n``, ``g ** h``, ``T - h`` (``h`` a host number,
-        the loop index among them) that ``_fixed_operands`` finds taken as Python numbers
-        ("fixed"), so the result is a host number too: a Python float made in double precision,
-        not an index tensor's float32 quotient or power. Other kinds unchanged."""
-        found = _fixed_operands(node, operands, kinds, self.ctx, lambda x: not depends(
-            x, self.variant, self.ctx) and (root_name(x) or "") not in self.stored)
-        if found is None:
+        """``kinds`` with the operands of ``h / n`` and ``g ** h`` (``h`` a host number, the
+        loop index among them) that the loop does not change, names or attributes of unknown
+        type, taken as Python numbers ("fixed"; the loop's check: no tensors, and Python floats
+        for a power, which is a float then), or, divisors, sizes (``len(x)``, ``x.shape[0]``:
+        ints), so the result is a host number too: a Python float made in double precision, not
+        an index tensor's float32 quotient or power. Other kinds unchanged."""
+        div = isinstance(node.op, ast.Div)
+        if not (div or isinstance(node.op, ast.Pow)) or set(kinds) <= {None, "const"}:
             return kinds
-        for x, how in zip(operands, found):
-            if how == "named" and isinstance(node.op, ast.Div):
-                self.no_tensors.append(x)
-            elif how == "named":
-                self.typed.append((_FIXED_TYPES[type(node.op)], x))
-            if how:
+        named = [k is None and isinstance(x, (ast.Name, ast.Attribute))
+                 and not depends(x, self.variant, self.ctx)
+                 and not (root_name(x) or "") in self.stored for x, k in zip(operands, kinds)]
+        sizes = [div and k is None and not reads_values(x, self.ctx)
+                 for x, k in zip(operands, kinds)]
+        if not all(n or s or k is not None for n, s, k in zip(named, sizes, kinds)):
+            return kinds
+        for x, n, s in zip(operands, named, sizes):
+            if n:
+                (self.no_tensors if div else self.floats).append(x)
+            if n or s:
                 ast_marks.put(x, ast_marks.HOST_NUMBER, "fixed")
-        return ["fixed" if how else k for how, k in zip(found, kinds)]
+        fixed = [n or s for n, s in zip(named, sizes)]
+        return ["fixed" if f else k for f, k in zip(fixed, kinds)]
 
     def _twin(self, s: ast.stmt) -> list[ast.stmt]:
         """``s += <host number>`` (``-=``, ``s = s + a.item() - b.item()``): Python sums those
@@ -408,25 +415,6 @@ class _HostToTensor(Transformer):
 _IN_FLOAT64 = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
 # Kinds of operands whose value the rewrite leaves as written: literals, fixed Python numbers
 _LITERALS = ("const", "fixed")
-# Of a fixed name next to a host number (the index): the type it must have for the result to be
-# the Python number written (``g ** i`` a float; ``T - i - 1`` an int); ``/`` takes any number
-_FIXED_TYPES = {ast.Pow: float, ast.Add: int, ast.Sub: int}
-
-
-def _fixed_operands(node: ast.BinOp, operands: list[ast.expr], kinds: list[str | None],
-                    ctx: PassContext, unchanged) -> list[str | None] | None:
-    """Per operand of ``node``, of an op ``_FIXED_TYPES`` (or ``/``) with a host number (not a
-    literal) among its operands: "named" for a name or attribute of unknown type the loop
-    leaves ``unchanged`` (the loop's check: no tensor, of that type), "size" for a divisor that
-    reads no tensor (``len(x)``, ``x.shape[0]``: an int), None for the others; None when an
-    operand is neither a host number nor one of those."""
-    div = isinstance(node.op, ast.Div)
-    if not (div or type(node.op) in _FIXED_TYPES) or set(kinds) <= {None, "const"}:
-        return None
-    found = ["named" if k is None and isinstance(x, (ast.Name, ast.Attribute)) and unchanged(x)
-             else "size" if div and k is None and not reads_values(x, ctx) else None
-             for x, k in zip(operands, kinds)]
-    return found if all(f or k is not None for f, k in zip(found, kinds)) else None
 
 
 def _result_kind(node: ast.BinOp, operands: list[ast.expr], kinds: list[str]) -> str:
@@ -514,15 +502,15 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     plan.variant = variant_names(plan.body, seeds, ctx)
     not_floating: list[ast.expr] = []
     no_tensors: list[ast.expr] = []
-    typed: list[tuple[type, ast.expr]] = []
+    floats: list[ast.expr] = []
     plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds,
                         not_floating, no_tensors, frozenset(plan.live_after),
-                        frozenset({it.index} if it.index_is_user else ()), typed)
+                        frozenset({it.index} if it.index_is_user else ()), floats)
     for x in not_floating:
         plan.check("not (isinstance(x, torch.Tensor) and x.is_floating_point())", x=x)
     for x in no_tensors:
         plan.check("not isinstance(x, torch.Tensor)", x=x)
-    for kind, x in typed:
-        plan.check(f"isinstance(x, {kind.__name__})", x=x)
+    for x in floats:
+        plan.check("isinstance(x, float)", x=x)
     plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan
