@@ -82,7 +82,7 @@ from .. import loop_rules as rules
 from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, replace, unparse,
                         walk, write_target)
 from ..errors import Unsupported
-from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels,
+from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels, batch_values,
                batch_loop_bodies, check_body,
                check_mapped_body, cleared_positions_to_masks,
                classify_effects, conditional_expressions_to_branches,
@@ -496,7 +496,7 @@ class _Vectorizer(Transformer):
         lineno = comp.lineno
         own = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
         try:
-            plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own,
+            plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own, numbers=_numbers(init),
                                       local_defs=self.local_defs, **self._lists()),
                              self.ctx)
         except Unsupported as exc:
@@ -648,6 +648,12 @@ def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
     stores = [n.id for n in walk(func) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)]
     names = [d.name for d in defs]
     return {d.name: clone(d) for d in defs if names.count(d.name) == 1 and d.name not in stores}
+
+
+def _numbers(init: list[ast.stmt]) -> set[str]:
+    """The names a comprehension's loop form starts from Python number literals (``sum``'s
+    ``_acc = 0``): a sum from one has its items' dtype."""
+    return {s.targets[0].id for s in init if type(batch_values.literal(s.value)) in (int, float)}
 
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],
