@@ -109,3 +109,17 @@ def golden_text(path: Path, text: str) -> str:
     if os.environ.get("OL_UPDATE_GOLDEN"):
         path.write_text(text)
     return path.read_text()
+
+
+def optimized_and_vectorized(fn, *inputs):
+    """``fn`` optimized (``strict``: a failing vectorized form raises), with the same value,
+    every gradient and dtype as ``fn`` on ``inputs``, each of its loops having run vectorized."""
+    from rewrite import optimize_loss
+    from rewrite.testing import assert_equivalent, outputs_and_gradients
+    opt = optimize_loss(fn, compile=False, strict=True)
+    assert_equivalent(fn, opt, *inputs)
+    want, _ = outputs_and_gradients(fn, inputs, {})
+    got, _ = outputs_and_gradients(opt, inputs, {})
+    assert [v.dtype for v in got] == [v.dtype for v in want]
+    assert all(loop.vectorized_runs and not loop.failed_runs for loop in opt.report.loops)
+    return opt

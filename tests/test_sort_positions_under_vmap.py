@@ -8,9 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import rewrite
-from rewrite.testing import assert_equivalent, outputs_and_gradients
-from tests.helpers import load_module
+from tests.helpers import load_module, optimized_and_vectorized
 
 SOURCE = """
 import torch
@@ -75,12 +73,7 @@ def user(tmp_path_factory):
 def check(fn, *inputs, taken=True):
     """Same value, every gradient and dtype; the loop ran vectorized (``strict``: a failing
     vectorized form raises); ``index_select`` in the generated code when ``taken``."""
-    opt = rewrite.optimize_loss(fn, compile=False, strict=True)
-    assert_equivalent(fn, opt, *inputs)
-    want, _ = outputs_and_gradients(fn, inputs, {})
-    got, _ = outputs_and_gradients(opt, inputs, {})
-    assert [v.dtype for v in got] == [v.dtype for v in want]
-    assert all(loop.vectorized_runs and not loop.failed_runs for loop in opt.report.loops)
+    opt = optimized_and_vectorized(fn, *inputs)
     assert ("index_select" in opt.report.rewritten_source) == taken
 
 
