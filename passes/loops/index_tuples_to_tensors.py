@@ -8,10 +8,13 @@ references and keep the best; the tuples are Python ints, which vmap cannot map 
 the tensor holds a tuple's ints in order, so its length, its items and the items picked by them
 (``refs[t]``) are the same::
 
-    for p in permutations(range(n)):      ->   _tuples = torch.tensor(list(permutations(range(n))),
-        scores.append(score(p))                                     dtype=torch.int64)
-                                               <vectorized over the rows of _tuples>
+    for p in permutations(range(n)):      ->   _tuples = _index_rows(list(permutations(range(n))))
+        scores.append(score(p))                    <vectorized over the rows of _tuples>
                                                else: the loop as written, over the tuples
+
+``tabulated_maps.index_rows`` is ``torch.tensor(tuples, dtype=torch.int64)`` that also holds the
+tuples, so that a map over them can tell on the host, reading no tensor, which rows an inner
+loop picks (``tabulated_maps``).
 
 Taken when every read of the loop's element is ``len(p)``, an item ``x[p[0]]`` indexing a name,
 an iteration over ``p`` or ``enumerate(p)`` whose items are used only as whole indices of names
@@ -36,6 +39,7 @@ import ast
 
 from .. import ast_marks
 from ..ast_tools import PassContext, is_name, walk
+from ..tabulated_maps import index_rows
 from .index_tests_to_selected_indices import index_entries_only
 from .loop_dataflow import resolve_call
 from .plan import LoopPlan
@@ -53,7 +57,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if _index_tuples(it, ctx) and _read_as_indices(node.target.id, node.body, plan.local_defs,
                                                    set()):
         made = ctx.namer.new("tuples")
-        plan.prelude += plan.sub("t = torch.tensor(list(it), dtype=torch.int64)", t=made, it=it)
+        plan.prelude += plan.sub(f"t = {ctx.bind(index_rows, 'index_rows')}(list(it))", t=made,
+                                 it=it)
     elif _held_sequence(it) and index_entries_only(node.target.id, node.body):
         made = ctx.namer.new("items")
         made_from = plan.sub(f"t = torch.tensor(x) if {INTS} else x", t=made, x=it,

@@ -105,7 +105,8 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
-               outer_dependent_ranges_to_masks, outline_body, promoting_folds_run_as_written,
+               outer_dependent_ranges_to_masks, outline_body, picked_rows_to_tables,
+               promoting_folds_run_as_written,
                scan_python_numbers,
                ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
@@ -178,6 +179,7 @@ LOOP_STAGES: list = [
     check_mapped_body,            # on the final body: what the stages before could not convert
     inplace_writes_to_functional,  # on the final body, before it is outlined and batched
     outline_body,                 # after the folds: summed and averaged outputs are known
+    picked_rows_to_tables,        # on the vmap form outline_body made, before it is the else
     batch_loop_bodies,            # after outline_body: its parameters, vmap as the fallback
     batch_both_loop_levels,       # after batch_loop_bodies: the outer loops it left to vmap
     stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
