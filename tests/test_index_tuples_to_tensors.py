@@ -44,7 +44,7 @@ def _ns():
 def test_golden_permutations_become_rows():
     _, _, code, report = build(PIT.split("import itertools\n")[1], _ns())
     assert strategies(report) == {3: "batched", 4: "vmap"}, (report, code)
-    assert "_tuples = torch.tensor(list(permutations(range(len(refs)))), dtype=torch.int64)" in code
+    assert "_tuples = _index_rows(list(permutations(range(len(refs)))))" in code
     assert "_outs_1 = _map_in_chunks(_body_1, in_dims=(0,))(_tuples)" in code, code
     assert "score(p) for p in permutations(range(len(refs)))" in code.split("else:")[-1], code
 

@@ -33,6 +33,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           split_tuple_assignments,
                           module_list_linears, module_loss_calls,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
+                          picked_rows_to_tables,
                           promoting_folds_run_as_written,
                           excluded_items_to_masks, ragged_slices_to_masks,
                           raise_on_empty_selections, record_items_run_as_written,
@@ -329,7 +330,7 @@ for p in itertools.permutations(range(n)):
 """,
      """
 # prelude
-_tuples = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.int64)
+_tuples = _index_rows(list(itertools.permutations(range(n))))
 # node
 for p in _tuples:
     total = total + (x[p[0]] - x[p[1]]).abs().sum() / len(p)
@@ -2095,6 +2096,59 @@ def _body(_x_row):
     _total_part = _total_part + ((s * (torch.index_select(w, 0, perm.reshape(-1)).reshape(perm.shape + w.shape[1:]) if w.dim() else w[perm])).sum() + (torch.index_select(w, 0, _positions.reshape(-1)).reshape(_positions.shape + w.shape[1:]) if w.dim() else w[_positions]).sum() + w[shifted].sum())
     return (torch.as_tensor(_total_part),)
 _outs = _map_in_chunks(_body, in_dims=(0,))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1])
+_outs = (_outs[0].sum(0),)
+"""),
+    # an item read only as the row it picks of a tensor the body does not bind: a map that
+    # evaluates each (iteration, row) pair once where an enclosing map repeats the body
+    (picked_rows_to_tables, """
+def f(x, rows, picks):
+    total = 0
+    for p, r in zip(picks, x):
+        total = total + (r * rows[p]).sum() + rows[p].max()
+    return total
+""", ('mapped',),
+     """
+# mapped
+def _body(p, r):
+    _total_part = 0
+    _total_part = _total_part + ((r * rows[p]).sum() + _max_of_all(rows[p], 0))
+    return (torch.as_tensor(_total_part),)
+_outs = _map_in_chunks(_body, in_dims=(0, 0))(picks if len(picks) == min(len(picks), len(x)) else picks[:min(len(picks), len(x))], x if len(x) == min(len(picks), len(x)) else x[:min(len(picks), len(x))])
+_outs = (_outs[0].sum(0),)
+""",
+     """
+# mapped
+def _body(p, r):
+    _total_part = 0
+    _total_part = _total_part + ((r * rows[p]).sum() + _max_of_all(rows[p], 0))
+    return (torch.as_tensor(_total_part),)
+_outs = _map_tabulated(_body, in_dims=(0, 0), index=0, tables=(rows,))(picks if len(picks) == min(len(picks), len(x)) else picks[:min(len(picks), len(x))], x if len(x) == min(len(picks), len(x)) else x[:min(len(picks), len(x))])
+_outs = (_outs[0].sum(0),)
+"""),
+    # the item read otherwise too (`* p`): the map stays
+    (picked_rows_to_tables, """
+def f(x, rows, picks):
+    total = 0
+    for p, r in zip(picks, x):
+        total = total + (r * rows[p]).sum() * p
+    return total
+""", ('mapped',),
+     """
+# mapped
+def _body(p, r):
+    _total_part = 0
+    _total_part = _total_part + (r * rows[p]).sum() * p
+    return (torch.as_tensor(_total_part),)
+_outs = _map_in_chunks(_body, in_dims=(0, 0))(picks if len(picks) == min(len(picks), len(x)) else picks[:min(len(picks), len(x))], x if len(x) == min(len(picks), len(x)) else x[:min(len(picks), len(x))])
+_outs = (_outs[0].sum(0),)
+""",
+     """
+# mapped
+def _body(p, r):
+    _total_part = 0
+    _total_part = _total_part + (r * rows[p]).sum() * p
+    return (torch.as_tensor(_total_part),)
+_outs = _map_in_chunks(_body, in_dims=(0, 0))(picks if len(picks) == min(len(picks), len(x)) else picks[:min(len(picks), len(x))], x if len(x) == min(len(picks), len(x)) else x[:min(len(picks), len(x))])
 _outs = (_outs[0].sum(0),)
 """),
     (batch_loop_bodies, """

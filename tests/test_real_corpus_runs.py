@@ -29,7 +29,8 @@ CASES = {
     "con_ntxent_mask_loop": (lambda m: m.naive, lambda args: args),
     # GAE carried through `prev_value = values[i, 0]` and `prev_advantage = advantages[i, 0]`
     "rl_gae_advantages": (lambda m: m.naive, lambda args: args),
-    # pairs of speakers summed per permutation inside a map over the permutations
+    # pairs of speakers summed per permutation inside a map over the permutations: each pair
+    # evaluated once (picked_rows_to_tables)
     "sep_pit_sisnr_perms": (lambda m: m.naive, lambda args: args),
 }
 
