@@ -128,6 +128,16 @@ def index_rows(values: list) -> torch.Tensor:
     return made
 
 
+def with_index_ints(copy: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``copy``, a copy of ``source``'s values, holding the ints ``source`` holds from
+    ``index_rows`` when it is unchanged since: a loop region timed on copies of what it read
+    (``rewrite.loop_choice``) maps as the call does."""
+    held = getattr(source, _HELD, None)
+    if held is not None and held[1] == source._version and not copy.is_inference():
+        setattr(copy, _HELD, (held[0], copy._version))
+    return copy
+
+
 def _table(body: Callable, in_dims: tuple, index: int, rows: int, args: tuple) -> tuple:
     """The body's outputs at every row number for the index, ``[n, rows, ...]`` each (``[rows,
     ...]`` when the index is its only argument)."""

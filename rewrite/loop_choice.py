@@ -46,6 +46,8 @@ import torch
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_map
 
+from passes.tabulated_maps import with_index_ints
+
 from . import keep_faster
 from .keep_faster import CLEAR, EXPENSIVE_S, MARGIN, PAIRS, _devices, _sync
 from .keep_faster import _Clock as Clock
@@ -242,7 +244,7 @@ def _arguments(values: dict[str, Any], copied: set[int] | None,
     whose ids are in ``copied`` (of every tensor, when None; one copy of a tensor bound to two
     names), and of the objects whose attributes ``written`` names, with the tensors in those
     attributes copied (``_written_tensors``: in ``copied`` too)."""
-    clone = aliases_kept(torch.Tensor.clone)
+    clone = aliases_kept(lambda t: with_index_ints(t.clone(), t))
     args = tree_map(lambda t: clone(t) if isinstance(t, torch.Tensor) and (
         copied is None or id(t) in copied) else t, values)
     return {**args, **{name: copied_state(values[name], attrs, clone)

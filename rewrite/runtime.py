@@ -47,6 +47,7 @@ from passes.loops_as_written import as_written
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, FormChoice, LoopReport, Report
+from passes.tabulated_maps import with_index_ints
 
 from . import frontend, loop_choice
 from .backend import HoistingBackend, first_order_supported
@@ -735,7 +736,7 @@ def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tup
 def _captured(value: Any) -> Any:
     """A tensor's copy outside the call's graph, requiring grad as it did; other values as they are."""
     if isinstance(value, torch.Tensor):
-        return value.detach().clone().requires_grad_(value.requires_grad)
+        return with_index_ints(value.detach().clone().requires_grad_(value.requires_grad), value)
     return value
 
 

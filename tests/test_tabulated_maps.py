@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import itertools
 import types
+import warnings
 
 import pytest
 import torch
 
+import rewrite
 from passes import tabulated_maps
 from passes.chunked_maps import map_in_chunks
-from passes.tabulated_maps import index_rows, map_tabulated
+from passes.tabulated_maps import index_rows, map_tabulated, with_index_ints
 from rewrite.tools.host_syncs import count_host_syncs
 from tests.loop_helpers import build
 
@@ -252,3 +254,27 @@ def test_permutations_past_the_rows_raise_as_the_original(tables):
     with pytest.raises(type(raised.value)):
         rewritten(ests, refs[:3], 4)
     assert tables == []
+
+
+def test_copies_hold_the_ints_of_an_unchanged_index_rows():
+    made = index_rows([(0, 1), (1, 0)])
+    copy = with_index_ints(made.clone(), made)
+    assert getattr(copy, tabulated_maps._HELD)[0] == [(0, 1), (1, 0)]
+    made.add_(0)  # written: its ints are no longer known
+    assert not hasattr(with_index_ints(made.clone(), made), tabulated_maps._HELD)
+
+
+def test_a_loop_region_timed_alone_reads_its_table(tables):
+    # the per-loop choice and bench time a region on copies of what it read: the copy of the
+    # permutations' tensor keeps their ints, so the region maps as the call does
+    from examples.real import sep_pit_sisnr_perms as pit
+    from rewrite.loop_choice import region_steps
+    opt = rewrite.optimize_loss(pit.naive, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        opt(*pit.make_inputs("small"))
+        region = opt.loop_region([44], *pit.make_inputs("small"))
+        tables.clear()
+        vectorized, _, _ = region_steps(region)
+        vectorized()
+    assert tables and set(tables) == {3}
