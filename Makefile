@@ -13,8 +13,9 @@ install: .venv/.installed
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# One worker per core (at most 4: each holds its own torch); tests are independent of order.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses=4 tests
 
 # The examples, one loop rewrite inspected, then LossBench --quick (under 3 minutes on 2 cores).
 demo: install

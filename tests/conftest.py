@@ -5,6 +5,7 @@ profile explores new examples on every run; ``HYPOTHESIS_PROFILE=ci`` reproduces
 import os
 
 import pytest
+import torch
 
 from hypothesis import HealthCheck, settings
 
@@ -16,6 +17,11 @@ settings.register_profile("dev", deadline=None, suppress_health_check=[HealthChe
 settings.register_profile("long", max_examples=2500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# Under `make test` each pytest-xdist worker has a core: one torch thread each, not one per core
+# per worker (oversubscribed, every matmul waits for the other worker's threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
