@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 
+from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, Transformer, unparse
 from ..errors import Unsupported
@@ -122,11 +123,7 @@ class Writes:
             value = s.value if isinstance(s, ast.Assign) else \
                 ast.BinOp(ast.Subscript(target.value, target.slice, ast.Load()), s.op, s.value)
             at = self.ctx.namer.new(f"{name}_at")
-            return self.plan.sub(
-                "p = torch.arange(t.numel(), device=t.device).view(t.shape)[k]\n"
-                "t = t.flatten().scatter(0, p.flatten(), torch.as_tensor(v, dtype=t.dtype, "
-                "device=t.device).expand(p.shape).flatten()).view(t.shape)",
-                p=at, t=name, k=target.slice, v=value)
+            return self.plan.sub(rules.FUNCTIONAL_WRITE, p=at, t=name, k=target.slice, v=value)
         if self.masked_only:
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(target, ast.Name):
@@ -175,7 +172,7 @@ class Writes:
         value = getattr(s, "value", None)
         if isinstance(s, ast.FunctionDef) or value is None:
             return
-        shares = self.aliases(value)
+        shares = aliases(value, self.ctx)
         self.shared |= shares
         name = s.targets[0].id if isinstance(s, ast.Assign) and len(s.targets) == 1 \
             and isinstance(s.targets[0], ast.Name) else None
@@ -218,23 +215,23 @@ class Writes:
             return op.aten is not None and not (op.shape_query or op.host_number or op.host)
         return False
 
-    def aliases(self, e: ast.expr) -> set[str]:
-        """Names whose memory the value of ``e`` may share (a view, the value itself, a
-        container holding it)."""
-        if isinstance(e, ast.Name):
-            return {e.id}
-        if isinstance(e, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare)) \
-                or is_shape_query(e, self.ctx):
-            return set()
-        if isinstance(e, (ast.Subscript, ast.Attribute, ast.Starred)):
-            return self.aliases(e.value)
-        if isinstance(e, ast.Call) and call_op(e, self.ctx).aten is not None \
-                and not call_op(e, self.ctx).aliases:  # a new tensor, or a number
-            return set()
-        if isinstance(e, (ast.Call, ast.Tuple, ast.List, ast.Set, ast.IfExp, ast.BoolOp)):
-            return set().union(*(self.aliases(c) for c in ast.iter_child_nodes(e)
-                                  if isinstance(c, ast.expr)))
-        return loads(e)
+def aliases(e: ast.expr, ctx: PassContext) -> set[str]:
+    """Names whose memory the value of ``e`` may share (a view, the value itself, a container
+    holding it)."""
+    if isinstance(e, ast.Name):
+        return {e.id}
+    if isinstance(e, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare)) \
+            or is_shape_query(e, ctx):
+        return set()
+    if isinstance(e, (ast.Subscript, ast.Attribute, ast.Starred)):
+        return aliases(e.value, ctx)
+    if isinstance(e, ast.Call) and call_op(e, ctx).aten is not None \
+            and not call_op(e, ctx).aliases:  # a new tensor, or a number
+        return set()
+    if isinstance(e, (ast.Call, ast.Tuple, ast.List, ast.Set, ast.IfExp, ast.BoolOp)):
+        return set().union(*(aliases(c, ctx) for c in ast.iter_child_nodes(e)
+                              if isinstance(c, ast.expr)))
+    return loads(e)
 
 
 class _Temporaries(Transformer):
