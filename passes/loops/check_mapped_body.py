@@ -17,7 +17,10 @@ call such ops in their own bodies (``_helper_selection``: mapped with vmap, they
 call) or that test in Python or make a Python number of a value made of a parameter whose
 argument varies (``_helper_test``: ``if t.sum() == 0: return ...`` in a per-class dice helper, or
 a method of the object; vmap raises at data-dependent control flow and at ``.item()`` on every
-call; ``w is None`` and shape queries are Python values), list methods comparing values
+call; ``w is None`` and shape queries are Python values) or that write such a value in place
+into a tensor they make filled with one number and another value may share (``first =
+neg[:1]``; ``_helper_shared_write``: ``mapped_writes_to_functional`` leaves that write, and the
+tensor has no batch dimension under vmap), list methods comparing values
 (``lst.remove(t)``), and the loop index (a Python int in the original) handed to a function of
 the module that is not known to take it as a tensor (``index_tensor_parameters``), and a Python
 number that varies (the index, arithmetic of it, ``int(k[i])``) as the second operand of an op
