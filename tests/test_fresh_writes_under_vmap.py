@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from passes import mapped_writes_to_functional
+from passes.loops import loop_dataflow
 from passes.ast_tools import Namer, PassContext, unparse
 from rewrite import Report, assert_equivalent, frontend, optimize_loss
 from rewrite.frontend import MAPPED_REWRITE, REWRITE_OF
@@ -124,6 +125,21 @@ def written_argument(i, z, out):
     return out.sum()
 
 
+def to_one_hot(label, num_classes):
+    vec = torch.zeros(num_classes)
+    vec[label] = 1
+    return vec
+
+
+def soft_ce(logits, labels):
+    total = 0
+    for b in range(logits.shape[0]):
+        target = to_one_hot(labels[b], logits.shape[1])
+        total = total + -(target * F.log_softmax(logits[b], dim=0)).sum()
+    return total / logits.shape[0]
+
+
+
 def by_rows(z):
     loss = 0
     for i in range(z.shape[0]):
@@ -192,6 +208,34 @@ def test_added_write_into_new_zeros_under_vmap(user, dtype):
         warnings.simplefilter("error")
         opt = optimized_and_vectorized(user.by_rows, z)
     assert opt(z).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_hot_made_in_the_body_runs_vectorized(user, dtype):
+    logits = torch.randn(6, 4, dtype=dtype, requires_grad=True)
+    labels = torch.tensor([0, 3, 3, 1, 2, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = optimized_and_vectorized(user.soft_ce, logits, labels)
+    assert opt(logits, labels).dtype == dtype
+
+
+def test_golden_one_hot_body(user):
+    rebuilt, _ = frontend.rewrite_function(user.soft_ce, Report("soft_ce", "", 1))
+    code = getattr(rebuilt, REWRITE_OF)[0]
+    assert code == golden_text(GOLDEN / "soft_ce.py", code)
+
+
+@pytest.mark.parametrize("expr, made", [
+    ("torch.zeros(n)", True), ("torch.ones(n, m)", True),
+    # a given dtype may be bool (a mask written per iteration would index under vmap), a
+    # `_like` or method form takes its operand's; a leaf requiring grad raises when written
+    ("torch.zeros(n, dtype=torch.bool)", False), ("torch.ones_like(x)", False),
+    ("x.new_zeros(n)", False), ("torch.zeros(n, requires_grad=True)", False),
+])
+def test_float_filled_constructors(user, expr, made):
+    ctx = PassContext("", "f", Namer(set()), Report("f", "", 1), {"torch": torch}, **FRONTEND)
+    assert loop_dataflow.float_filled(ast.parse(expr, mode="eval").body, ctx) is made
 
 
 @pytest.mark.parametrize("name", ("shared_view", "appended", "written_argument", "one_shared"))

@@ -41,9 +41,9 @@ from ..errors import Unsupported
 from . import loop_dataflow
 from .index_tensor_parameters import index_tensor_arguments
 from .own_methods import own_method
-from .loop_dataflow import (call_op, container_names, depends, filled_number, is_boolean,
-                            makes_new_tensor, mask_names, module_function, resolve_call,
-                            variant_names, write_entries)
+from .loop_dataflow import (call_op, container_names, depends, filled_number, float_filled,
+                            is_boolean, makes_new_tensor, mask_names, module_function,
+                            resolve_call, variant_names, write_entries)
 from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
@@ -118,7 +118,8 @@ class _Check:
         return isinstance(value, ast.Call) and (
             (resolve_call(value.func, self.ctx) or "").startswith("torch.")
             or call_op(value, self.ctx).aten is not None) \
-            and not depends(value, variant, self.ctx) and not makes_new_tensor(value, self.ctx)
+            and not depends(value, variant, self.ctx) and not makes_new_tensor(value, self.ctx) \
+            and not float_filled(value, self.ctx)
 
     def node(self, node: ast.AST, variant: set[str]) -> None:
         def varies(*exprs) -> bool:

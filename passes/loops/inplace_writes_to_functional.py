@@ -31,8 +31,8 @@ from .. import ops
 from ..ast_tools import PassContext, Transformer, unparse
 from ..errors import Unsupported
 from .batch_values import number_literal
-from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, makes_new_tensor,
-                            method_name, stores)
+from .loop_dataflow import (call_op, float_filled, is_boolean, is_shape_query, loads,
+                            makes_new_tensor, method_name, stores)
 from .masked_selections_to_where import WRITTEN_MASK
 from .plan import LoopPlan
 
@@ -198,7 +198,8 @@ class Writes:
             return not isinstance(e.func.value, ast.Name) and self.made(e.func.value)
         # a leaf made with ``requires_grad=``: writing into it raises, its functional form not
         return makes_new_tensor(e, self.ctx) and not any(k.arg == "requires_grad"
-                                                         for k in e.keywords)
+                                                         for k in e.keywords) \
+            or float_filled(e, self.ctx)
 
     def is_tensor(self, e: ast.expr) -> bool:
         if isinstance(e, ast.Name):
