@@ -13,6 +13,9 @@ no other value shares, is rebound to the written value instead::
     m.mul_(0.5).add_(1)               ->     m = m.mul(0.5).add(1)   (each returns m)
     (e.sum() + eps).log_()            ->     (e.sum() + eps).log()      (a temporary: nothing else sees it)
 
+A float tensor of one number the iteration makes (``t = torch.zeros(n)``, no ``dtype=``:
+``loop_dataflow.float_filled``) is such a tensor too (a one-hot made per sample).
+
 A write into a tensor that may share memory with another value (a row of an input, a view, a name
 bound to the same tensor, an appended item) is refused: its functional form would not change the
 other value, as the original does. So is a write into a name bound to a part of another value
