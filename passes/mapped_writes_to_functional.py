@@ -72,11 +72,54 @@ def fresh_names(func: ast.FunctionDef, ctx: PassContext) -> set[str]:
             scope.args.defaults + scope.args.kw_defaults  # values the function keeps
         names -= set().union(*(aliases(d, ctx) for d in defaults if d is not None))
     names -= {x for n in walk(func) if isinstance(n, (ast.Global, ast.Nonlocal)) for x in n.names}
-    for s in walk(func):
-        if isinstance(s, ast.stmt) and not isinstance(s, _NOT_SHARING + _SCOPES) \
-                and not written_into(s, names):
-            names -= set().union(*(aliases(e, ctx) for e in _kept_values(s)))
-    return names
+    order = list(_statements(func))
+    return {t for t in names if not _outlived(t, order, ctx)}
+
+
+def _statements(node: ast.AST):
+    """The statements under ``node`` in source order, those of the functions it defines too."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.stmt):
+            yield child
+        if not isinstance(child, ast.expr):
+            yield from _statements(child)
+
+
+def _outlived(t: str, order: list[ast.stmt], ctx: PassContext) -> bool:
+    """A value that may share ``t``'s memory is read after a write into ``t``, or kept where
+    it cannot be followed (appended, passed, iterated over, an attribute): the functional form
+    would not change it, as the original's write does. A name bound to a part of ``t``
+    (``row = t[0:n]``, a vectorized loop's snapshot of the rows it reads) and read only up to
+    the write, outside any loop that also writes ``t``, is no such value."""
+    writes = [k for k, s in enumerate(order) if written_into(s, {t})]
+    sharing, bound = {t}, []
+    for k, s in enumerate(order):
+        if isinstance(s, _NOT_SHARING + _SCOPES) or k in writes or not set().union(
+                *(aliases(e, ctx) for e in _kept_values(s))) & sharing:
+            continue
+        if not isinstance(s, ast.Assign) or not all(isinstance(x, ast.Name) for x in s.targets):
+            return True
+        sharing |= {x.id for x in s.targets}
+        bound.append(k)
+    if not bound:
+        return False
+    first = min((w for w in writes if w > bound[0]), default=len(order))
+    loops = [(k, k + len(list(_statements(s)))) for k, s in enumerate(order)
+             if isinstance(s, (ast.For, ast.AsyncFor, ast.While))]
+    return any(a <= b <= z and a <= w <= z for a, z in loops for b in bound for w in writes) \
+        or any(k > first or isinstance(s, _SCOPES)
+               for k, s in enumerate(order) if _reads(s, sharing - {t}))
+
+
+def _reads(s: ast.stmt, names: set[str]) -> bool:
+    """``s``'s own expressions name one of ``names``; a function it defines, free (it may run
+    after the write, wherever it is defined)."""
+    if isinstance(s, _SCOPES):
+        local = {a.arg for a in walk(s) if isinstance(a, ast.arg)} | {
+            n.id for n in walk(s) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        return any(isinstance(n, ast.Name) and n.id in names - local for n in walk(s))
+    return any(isinstance(n, ast.Name) and n.id in names
+               for e in ast.iter_child_nodes(s) if isinstance(e, ast.expr) for n in walk(e))
 
 
 def _kept_values(s: ast.stmt) -> list[ast.expr]:

@@ -3,7 +3,7 @@ def soft_ce(logits, labels):
     _averaged = False
     _labels_stacked = _stack_items(tuple(labels)) if (type(labels) is list or (isinstance(labels, tuple) and type(labels).__getitem__ is tuple.__getitem__ and (type(labels).__iter__ is tuple.__iter__) and (type(labels).__len__ is tuple.__len__))) and len(labels) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == labels[0].shape and (_v.dtype == labels[0].dtype) and (_v.device == labels[0].device) for _v in labels)) else labels
     if isinstance(_labels_stacked, torch.Tensor) and logits.shape[0] <= _labels_stacked.shape[0] and isinstance(logits, torch.Tensor) and (logits.shape[0] <= logits.shape[0]) and isinstance(logits.shape[0], int) and (logits.shape[0] > 0) and (to_one_hot is _to_one_hot_inlined):
-        'optimize_loss: loop at line 129 vectorized'
+        'optimize_loss: loop at line 147 vectorized'
 
         def _body(_labels_row, _logits_row):
             _total_part = 0
