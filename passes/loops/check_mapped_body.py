@@ -324,11 +324,11 @@ def _helper_shared_write(call: ast.Call, ctx: PassContext, varies) -> tuple[str,
     leaves that write in place, and under vmap it raises on every call. Else None."""
     fn = module_function(call.func, ctx)
     method = own_method(call, ctx) if fn is None else None
-    try:
-        helper = ctx.parse_function(fn or method).tree.body[0] if fn or method else None
-    except Unsupported:  # no source
+    if fn is None and method is None:
         return None
-    if helper is None:
+    try:
+        helper = ctx.parse_function(fn or method).tree.body[0]
+    except Unsupported:  # no source
         return None
     variant = variant_names(helper.body, _varying_parameters(call, helper, method is not None,
                                                              varies), ctx)
