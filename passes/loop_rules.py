@@ -123,6 +123,11 @@ SUMMED_POINTWISE_LOSSES = {"sum": "l", "mean": "l * n"}
 AVERAGED_POINTWISE_LOSSES = {"sum": "l / n", "mean": "l"}
 # Integer dtypes an index tensor must have for the batched gather (bool/uint8 would be masks).
 INDEX_DTYPES = "(torch.int64, torch.int32)"
+# ``t[k] = v`` as a new tensor bound to ``t`` (``p`` a new name): the positions ``k`` selects,
+# scattered into. Out of place, so legal under vmap with ``v`` batched and ``t`` not.
+FUNCTIONAL_WRITE = ("p = torch.arange(t.numel(), device=t.device).view(t.shape)[k]\n"
+                    "t = t.flatten().scatter(0, p.flatten(), torch.as_tensor(v, dtype=t.dtype, "
+                    "device=t.device).expand(p.shape).flatten()).view(t.shape)")
 # Constructors of a new tensor every element of which is one number: name -> (the number, called
 # as a tensor's method). ``loop_dataflow.filled_before_loops`` finds the names bound to them.
 FILLED_TENSORS = {"zeros": (0, False), "ones": (1, False), "zeros_like": (0, False),

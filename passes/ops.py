@@ -338,7 +338,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # a new tensor of one number (no operand: no gradient); in-place writes into it are their
     # functional forms (``inplace_writes_to_functional``). Not yet ``zeros``/``ones``: a bool
     # mask made by them and written per iteration is refused by ``check_mapped_body`` as an
-    # unknown op's result, where functionally written it would index under vmap (no batching)
+    # unknown op's result, where functionally written it would index under vmap (no batching);
+    # without ``dtype=`` they are float and written functionally (``loop_dataflow.float_filled``)
     _t("full", meth=False, total=True, derivative="constant"),
     _t("stack", meth=False, total=True, derivative="constant"),
     _t("cat", meth=False, total=True, derivative="constant"),

@@ -99,9 +99,11 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     func = tree.body[0]
     scope = _Scope(ctx, func)
     # Most functions call no helper that reaches a loop: then the visitor need not run.
-    seen, names = set(ctx.rewriting), _names(ctx.mapped or any(
-        ast_marks.get(n, ast_marks.MAPPED) for n in walk(func) if isinstance(n, ast.FunctionDef)))
-    if scope.run_time_calls or any(_reaches_loop(fn, ctx.globals, seen, names) for fn in scope.called):
+    mapped = ctx.mapped or any(ast_marks.get(n, ast_marks.MAPPED)
+                               for n in walk(func) if isinstance(n, ast.FunctionDef))
+    seen, names = set(ctx.rewriting), _names(mapped)
+    if scope.run_time_calls or any(_reaches_loop(fn, ctx.globals, seen, names, writes=mapped)
+                                   for fn in scope.called):
         _Redirect(ctx, scope).visit(tree)
     return tree
 
@@ -450,9 +452,10 @@ class _Redirect(Transformer):
         """The binding of ``fn``'s rewrite; None when it is called as written."""
         if not isinstance(fn, types.FunctionType):
             return None
-        # under vmap, a helper naming no op with a form for it has the same rewrite as elsewhere
+        # under vmap, a helper naming no op with a form for it and writing no item has the same
+        # rewrite as elsewhere
         mapped = self.mapped and _reaches_loop(fn, self.ctx.globals, set(self.ctx.rewriting),
-                                               mapped_op_forms.NAMES, loops=False)
+                                               mapped_op_forms.NAMES, loops=False, writes=True)
         if (fn, mapped) not in self.rewritten:
             self.rewritten[fn, mapped] = self._rebuild(fn, mapped) \
                 if _is_helper(fn, self.ctx, mapped) else None
@@ -536,11 +539,11 @@ def picked_method(obj: Any, name: str, original: Callable, rewritten: Callable) 
 
 
 def _is_helper(fn: object, ctx: PassContext, mapped: bool = False) -> bool:
-    """A function of the same module that reaches a loop (or an op ``_names(mapped)`` holds),
-    not already being rewritten."""
+    """A function of the same module that reaches a loop (or an op ``_names(mapped)`` holds, or
+    under vmap an item write), not already being rewritten."""
     return (isinstance(fn, types.FunctionType) and fn.__globals__ is ctx.globals
             and fn not in ctx.rewriting
-            and _reaches_loop(fn, ctx.globals, set(ctx.rewriting), _names(mapped)))
+            and _reaches_loop(fn, ctx.globals, set(ctx.rewriting), _names(mapped), writes=mapped))
 
 
 def _names(mapped: bool) -> frozenset[str]:
@@ -549,9 +552,15 @@ def _names(mapped: bool) -> frozenset[str]:
     return broadcast_products.NAMES | mapped_op_forms.NAMES if mapped else broadcast_products.NAMES
 
 
+# The opcodes of ``t[k] = v`` and ``t[a:b] = v`` (3.12 and later).
+_ITEM_WRITES = frozenset({"STORE_SUBSCR", "STORE_SLICE"})
+
+
 def _reaches_loop(fn: object, module: dict, seen: set,
-                  ops: frozenset[str] = broadcast_products.NAMES, loops: bool = True) -> bool:
-    """``fn`` (a function of ``module``) has a loop (unless ``loops`` is false) or names one of
+                  ops: frozenset[str] = broadcast_products.NAMES, loops: bool = True,
+                  writes: bool = False) -> bool:
+    """``fn`` (a function of ``module``) has a loop (unless ``loops`` is false), writes an item
+    (``writes``: ``t[k] = v``, which under vmap ``mapped_writes_to_functional`` rewrites) or names one of
     ``ops`` (by default the ops with a faster form, ``broadcast_products.NAMES``), or may call a function of ``module`` that reaches one (by a
     global name, or a method name of a class it names or is defined in). A cheap pre-filter on
     the bytecode: loops compile to FOR_ITER (comprehensions are nested code), and a superset of
@@ -562,7 +571,7 @@ def _reaches_loop(fn: object, module: dict, seen: set,
     names, todo = set(), [fn.__code__]
     for code in todo:
         for i in dis.get_instructions(code):
-            if loops and i.opname == "FOR_ITER":
+            if loops and i.opname == "FOR_ITER" or writes and i.opname in _ITEM_WRITES:
                 return True
             if i.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD"):
                 names.add(i.argval)
@@ -581,7 +590,7 @@ def _reaches_loop(fn: object, module: dict, seen: set,
     # ``__init__``): what it names may be called through the attribute
     callees += [m for c in classes for m in vars(c).values()
                 if isinstance(m, types.FunctionType) and names & _stored_attributes(m.__code__)]
-    return any(_reaches_loop(f, module, seen, ops, loops) for f in callees)
+    return any(_reaches_loop(f, module, seen, ops, loops, writes) for f in callees)
 
 
 def _autograd_methods(cls: type) -> list:

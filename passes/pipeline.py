@@ -14,7 +14,7 @@ from .errors import RewriteError, Unsupported
 
 from . import (annotate_grad_dependence, check_supported, cuts_at_tensor_indices, fuse_loss_idioms,
                broadcast_products, hoist_target_subgraph, loop_sums_keep_dtypes, mapped_op_forms,
-               optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops,
+               mapped_writes_to_functional, optimize_called_helpers, outline_kept_loops, reroll_unrolled_loops,
                share_common_subexpressions, traceable_dtype_queries)
 from .loops import vectorize_loops
 from .ast_tools import PassContext, unparse
@@ -39,6 +39,9 @@ AST_PIPELINE: list = [
     broadcast_products,
     # after broadcast_products: a dense form is taken first; in a helper that runs under vmap
     mapped_op_forms,
+    # in a helper that runs under vmap: after vectorize_loops (the writes its loops leave after
+    # them) and before outline_kept_loops (a kept loop's writes, rebinding the name)
+    mapped_writes_to_functional,
     optimize_called_helpers,  # after vectorize_loops: it reads calls by the helpers' own names
     # after fuse_loss_idioms and share_common_subexpressions: they match the `.sum(0)` it rewrites
     loop_sums_keep_dtypes,

@@ -1925,6 +1925,48 @@ m = m.flatten().scatter(0, _m_at.flatten(), torch.as_tensor(0, dtype=m.dtype, de
 m = m.clamp(max=5)
 _loss_part = _loss_part + (m.exp().sum() + 1e-06).log()
 """),
+    # a float tensor of one number the iteration makes (no dtype=): its own, written functionally
+    (inplace_writes_to_functional, """
+def f(x, y, n):
+    loss = 0
+    for i in range(n):
+        t = torch.zeros(x.shape[1])
+        t[y[i]] = 1
+        loss += (t * x[i]).sum()
+    return loss
+""", ('body',),
+     """
+# body
+t = torch.zeros(x.shape[1])
+t[_y_row] = 1
+_loss_part = _loss_part + (t * _x_row).sum()
+""",
+     """
+# body
+t = torch.zeros(x.shape[1])
+_t_at = torch.arange(t.numel(), device=t.device).view(t.shape)[_y_row]
+t = t.flatten().scatter(0, _t_at.flatten(), torch.as_tensor(1, dtype=t.dtype, device=t.device).expand(_t_at.shape).flatten()).view(t.shape)
+_loss_part = _loss_part + (t * _x_row).sum()
+"""),
+    # ... given a dtype (it may be a boolean mask, which would index under vmap): refused, as before
+    (inplace_writes_to_functional, """
+def f(x, n):
+    loss = 0
+    for i in range(n):
+        t = torch.zeros(x.shape[1], dtype=x.dtype)
+        t[0] = 1
+        loss += (t * x[i]).sum()
+    return loss
+""", ('body',),
+     """
+# body
+t = torch.zeros(x.shape[1], dtype=x.dtype)
+t[0] = 1
+_loss_part = _loss_part + (t * _x_row).sum()
+""",
+     """
+Unsupported: `t[0] = 1` writes in place into `t`, which may share memory with another value (a functional form would not change that value)
+"""),
     (inplace_writes_to_functional, """
 def f(x, n):
     loss = 0

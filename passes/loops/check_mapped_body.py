@@ -17,7 +17,10 @@ call such ops in their own bodies (``_helper_selection``: mapped with vmap, they
 call) or that test in Python or make a Python number of a value made of a parameter whose
 argument varies (``_helper_test``: ``if t.sum() == 0: return ...`` in a per-class dice helper, or
 a method of the object; vmap raises at data-dependent control flow and at ``.item()`` on every
-call; ``w is None`` and shape queries are Python values), list methods comparing values
+call; ``w is None`` and shape queries are Python values) or that write such a value in place
+into a tensor they make filled with one number and another value may share (``first =
+neg[:1]``; ``_helper_shared_write``: ``mapped_writes_to_functional`` leaves that write, and the
+tensor has no batch dimension under vmap), list methods comparing values
 (``lst.remove(t)``), and the loop index (a Python int in the original) handed to a function of
 the module that is not known to take it as a tensor (``index_tensor_parameters``), and a Python
 number that varies (the index, arithmetic of it, ``int(k[i])``) as the second operand of an op
@@ -32,15 +35,15 @@ import ast
 
 from .. import ast_marks
 from .. import loop_rules as rules
-from .. import ops
-from ..ast_tools import PassContext, unparse, walk
+from .. import mapped_writes_to_functional, ops
+from ..ast_tools import PassContext, unparse, walk, write_target
 from ..errors import Unsupported
 from . import loop_dataflow
 from .index_tensor_parameters import index_tensor_arguments
 from .own_methods import own_method
-from .loop_dataflow import (call_op, container_names, depends, is_boolean, makes_new_tensor,
-                            mask_names, module_function, resolve_call, variant_names,
-                            write_entries)
+from .loop_dataflow import (call_op, container_names, depends, filled_number, float_filled,
+                            is_boolean, makes_new_tensor, mask_names, module_function,
+                            resolve_call, variant_names, write_entries)
 from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
@@ -115,7 +118,8 @@ class _Check:
         return isinstance(value, ast.Call) and (
             (resolve_call(value.func, self.ctx) or "").startswith("torch.")
             or call_op(value, self.ctx).aten is not None) \
-            and not depends(value, variant, self.ctx) and not makes_new_tensor(value, self.ctx)
+            and not depends(value, variant, self.ctx) and not makes_new_tensor(value, self.ctx) \
+            and not float_filled(value, self.ctx)
 
     def node(self, node: ast.AST, variant: set[str]) -> None:
         def varies(*exprs) -> bool:
@@ -189,6 +193,13 @@ class _Check:
                 self.refuse(f"`{self.quote(node)}` gets the loop index `{given[0]}`, a Python int "
                             "in the original and a tensor under vmap, which the function is not "
                             "known to take (it may test it in Python)", node)
+        written = _helper_shared_write(node, self.ctx, varies)
+        if written is not None:
+            helper, where = written
+            self.refuse(f"`{unparse(node.func)}(...)` is mapped with vmap, and `{helper}` writes "
+                        f"`{unparse(where).strip()}` (line {where.lineno}), a value that varies "
+                        f"per iteration, in place into a tensor it makes that another value may "
+                        "share: the tensor has no batch dimension to hold it", node)
         tested = _helper_test(node, self.ctx, varies)
         if tested is not None:
             helper, what, where = tested
@@ -273,13 +284,8 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
         helper = ctx.parse_function(fn or method).tree.body[0]
     except Unsupported:  # no source
         return None
-    params = [a.arg for a in helper.args.posonlyargs + helper.args.args][method is not None:]
-    if any(isinstance(a, ast.Starred) for a in call.args):
-        seeds = set(params)  # which parameter takes which argument is known only at run time
-    else:
-        seeds = {p for p, a in zip(params, call.args) if varies(a)}
-    seeds |= {k.arg for k in call.keywords if k.arg is None or varies(k.value)} & set(params)
-    variant = variant_names(helper.body, seeds, ctx)
+    variant = variant_names(helper.body, _varying_parameters(call, helper, method is not None,
+                                                             varies), ctx)
     for n in _outside_for_loops(helper):
         if isinstance(n, ast.Call) and _makes_host_number(n, ctx) and depends(n, variant, ctx):
             return (fn or method).__name__, "makes a Python number of", n
@@ -295,6 +301,45 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
             found = next((t for t in _tested_values(test) if depends(t, variant, ctx)), None)
             if found is not None:
                 return (fn or method).__name__, "tests in Python", found
+    return None
+
+
+def _varying_parameters(call: ast.Call, helper: ast.FunctionDef, method: bool, varies
+                        ) -> set[str]:
+    """The parameters of ``helper`` (``method``: past ``self``) that ``call`` gives values
+    varying per iteration."""
+    params = [a.arg for a in helper.args.posonlyargs + helper.args.args][method:]
+    if any(isinstance(a, ast.Starred) for a in call.args):
+        seeds = set(params)  # which parameter takes which argument is known only at run time
+    else:
+        seeds = {p for p, a in zip(params, call.args) if varies(a)}
+    return seeds | {k.arg for k in call.keywords if k.arg is None or varies(k.value)} & set(params)
+
+
+def _helper_shared_write(call: ast.Call, ctx: PassContext, varies) -> tuple[str, ast.stmt] | None:
+    """(the helper's name, the write) when ``call`` calls a function of the caller's module (or
+    a method of its object) that writes a value made of a parameter whose argument varies per
+    iteration into a tensor it makes filled with one number (``neg = torch.zeros(n)``, no batch
+    dimension under vmap) and that another value may share: ``mapped_writes_to_functional``
+    leaves that write in place, and under vmap it raises on every call. Else None."""
+    fn = module_function(call.func, ctx)
+    method = own_method(call, ctx) if fn is None else None
+    if fn is None and method is None:
+        return None
+    try:
+        helper = ctx.parse_function(fn or method).tree.body[0]
+    except Unsupported:  # no source
+        return None
+    variant = variant_names(helper.body, _varying_parameters(call, helper, method is not None,
+                                                             varies), ctx)
+    filled = {s.targets[0].id for s in walk(helper) if isinstance(s, ast.Assign)
+              and isinstance(s.targets[0], ast.Name) and filled_number(s.value, ctx) is not None
+              and not depends(s.value, variant, ctx)}
+    shared = filled - mapped_writes_to_functional.fresh_names(helper, ctx)
+    for s in walk(helper):
+        if isinstance(s, ast.stmt) and mapped_writes_to_functional.written_into(s, shared) \
+                and depends(ast.Tuple([write_target(s).slice, s.value], ast.Load()), variant, ctx):
+            return (fn or method).__name__, s
     return None
 
 

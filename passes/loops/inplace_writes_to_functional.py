@@ -13,6 +13,9 @@ no other value shares, is rebound to the written value instead::
     m.mul_(0.5).add_(1)               ->     m = m.mul(0.5).add(1)   (each returns m)
     (e.sum() + eps).log_()            ->     (e.sum() + eps).log()      (a temporary: nothing else sees it)
 
+A float tensor of one number the iteration makes (``t = torch.zeros(n)``, no ``dtype=``:
+``loop_dataflow.float_filled``) is such a tensor too (a one-hot made per sample).
+
 A write into a tensor that may share memory with another value (a row of an input, a view, a name
 bound to the same tensor, an appended item) is refused: its functional form would not change the
 other value, as the original does. So is a write into a name bound to a part of another value
@@ -26,12 +29,13 @@ from collections.abc import Callable
 
 import torch
 
+from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, Transformer, unparse
 from ..errors import Unsupported
 from .batch_values import number_literal
-from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, makes_new_tensor,
-                            method_name, stores)
+from .loop_dataflow import (call_op, float_filled, is_boolean, is_shape_query, loads,
+                            makes_new_tensor, method_name, stores)
 from .masked_selections_to_where import WRITTEN_MASK
 from .plan import LoopPlan
 
@@ -122,11 +126,7 @@ class Writes:
             value = s.value if isinstance(s, ast.Assign) else \
                 ast.BinOp(ast.Subscript(target.value, target.slice, ast.Load()), s.op, s.value)
             at = self.ctx.namer.new(f"{name}_at")
-            return self.plan.sub(
-                "p = torch.arange(t.numel(), device=t.device).view(t.shape)[k]\n"
-                "t = t.flatten().scatter(0, p.flatten(), torch.as_tensor(v, dtype=t.dtype, "
-                "device=t.device).expand(p.shape).flatten()).view(t.shape)",
-                p=at, t=name, k=target.slice, v=value)
+            return self.plan.sub(rules.FUNCTIONAL_WRITE, p=at, t=name, k=target.slice, v=value)
         if self.masked_only:
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(target, ast.Name):
@@ -175,7 +175,7 @@ class Writes:
         value = getattr(s, "value", None)
         if isinstance(s, ast.FunctionDef) or value is None:
             return
-        shares = self.aliases(value)
+        shares = aliases(value, self.ctx)
         self.shared |= shares
         name = s.targets[0].id if isinstance(s, ast.Assign) and len(s.targets) == 1 \
             and isinstance(s.targets[0], ast.Name) else None
@@ -201,7 +201,8 @@ class Writes:
             return not isinstance(e.func.value, ast.Name) and self.made(e.func.value)
         # a leaf made with ``requires_grad=``: writing into it raises, its functional form not
         return makes_new_tensor(e, self.ctx) and not any(k.arg == "requires_grad"
-                                                         for k in e.keywords)
+                                                         for k in e.keywords) \
+            or float_filled(e, self.ctx)
 
     def is_tensor(self, e: ast.expr) -> bool:
         if isinstance(e, ast.Name):
@@ -218,23 +219,23 @@ class Writes:
             return op.aten is not None and not (op.shape_query or op.host_number or op.host)
         return False
 
-    def aliases(self, e: ast.expr) -> set[str]:
-        """Names whose memory the value of ``e`` may share (a view, the value itself, a
-        container holding it)."""
-        if isinstance(e, ast.Name):
-            return {e.id}
-        if isinstance(e, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare)) \
-                or is_shape_query(e, self.ctx):
-            return set()
-        if isinstance(e, (ast.Subscript, ast.Attribute, ast.Starred)):
-            return self.aliases(e.value)
-        if isinstance(e, ast.Call) and call_op(e, self.ctx).aten is not None \
-                and not call_op(e, self.ctx).aliases:  # a new tensor, or a number
-            return set()
-        if isinstance(e, (ast.Call, ast.Tuple, ast.List, ast.Set, ast.IfExp, ast.BoolOp)):
-            return set().union(*(self.aliases(c) for c in ast.iter_child_nodes(e)
-                                  if isinstance(c, ast.expr)))
-        return loads(e)
+def aliases(e: ast.expr, ctx: PassContext) -> set[str]:
+    """Names whose memory the value of ``e`` may share (a view, the value itself, a container
+    holding it)."""
+    if isinstance(e, ast.Name):
+        return {e.id}
+    if isinstance(e, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare)) \
+            or is_shape_query(e, ctx):
+        return set()
+    if isinstance(e, (ast.Subscript, ast.Attribute, ast.Starred)):
+        return aliases(e.value, ctx)
+    if isinstance(e, ast.Call) and call_op(e, ctx).aten is not None \
+            and not call_op(e, ctx).aliases:  # a new tensor, or a number
+        return set()
+    if isinstance(e, (ast.Call, ast.Tuple, ast.List, ast.Set, ast.IfExp, ast.BoolOp)):
+        return set().union(*(aliases(c, ctx) for c in ast.iter_child_nodes(e)
+                              if isinstance(c, ast.expr)))
+    return loads(e)
 
 
 class _Temporaries(Transformer):

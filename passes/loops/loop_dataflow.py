@@ -175,6 +175,17 @@ def filled_number(expr: ast.expr, ctx: PassContext) -> int | None:
     return number if is_method is method else None
 
 
+def float_filled(e: ast.expr, ctx: PassContext) -> bool:
+    """``torch.zeros(n)`` / ``torch.ones(n)`` without ``dtype=``: a new float tensor of one
+    number (``filled_number``), whose writes ``inplace_writes_to_functional`` makes functional.
+    Not a ``_like`` or method form, nor a given dtype: a boolean one written per iteration would
+    index under vmap, and ``check_mapped_body`` refuses its writes as written (the registry has
+    no ``zeros``/``ones`` for that reason)."""
+    return filled_number(e, ctx) is not None and method_name(e, ctx) is None \
+        and not (resolve_call(e.func, ctx) or "").endswith("_like") \
+        and not any(k.arg == "dtype" for k in e.keywords)
+
+
 def _bound_before_loops(func: ast.FunctionDef,
                         fact: Callable[[ast.expr], Any]) -> dict[int, dict[str, Any]]:
     """For every ``for`` loop in ``func`` (by ``id``), the local names ``n`` certainly holding
