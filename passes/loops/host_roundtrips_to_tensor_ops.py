@@ -115,8 +115,10 @@ class _HostToTensor(Transformer):
         self.ctx = ctx
         self.errors = errors
         self.wide = wide
-        self.double: dict[int, ast.expr] = {}  # id of a math call's tensor form -> in float64
-        self.converted: set[int] = set()       # ids of host calls' tensor forms made here
+        # Keyed by the nodes themselves, not their ids: a node replaced later is freed and its
+        # id reused by a new one, which would then read another call's form.
+        self.double: dict[ast.expr, ast.expr] = {}  # a math call's tensor form -> in float64
+        self.converted: set[ast.expr] = set()       # host calls' tensor forms made here
         self.numbers: dict[str, str] = {}      # names bound to host numbers -> their kind
         self.assigned: set[str] = set()        # names bound so far in the iteration
         self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
@@ -192,8 +194,8 @@ class _HostToTensor(Transformer):
         kind = ast_marks.get(node.operand, ast_marks.HOST_NUMBER)
         if kind and isinstance(node.op, (ast.USub, ast.UAdd)):
             ast_marks.put(node, ast_marks.HOST_NUMBER, kind)
-            if id(node.operand) in self.converted:
-                self.converted.add(id(node))
+            if node.operand in self.converted:
+                self.converted.add(node)
         return node
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
@@ -220,7 +222,7 @@ class _HostToTensor(Transformer):
         out = []
         for (x, k), (other, kind) in zip(((a, kinds[0]), (b, kinds[1])),
                                          ((b, kinds[1]), (a, kinds[0]))):
-            double = self.double.get(id(x)) or self._sub("h.double()", x, h=x)
+            double = self.double.get(x) or self._sub("h.double()", x, h=x)
             if k in rules.HOST_WEAK and kind is None and self._indexed(other):
                 double = self._sub(rules.HOST_COMPARED, x, d=double, t=other,
                                    w=self._sub(rules.HOST_WEAK[k], x, h=x, t=other))
@@ -255,7 +257,7 @@ class _HostToTensor(Transformer):
         # Python computes arithmetic of host numbers in double precision, then the tensor's
         # dtype takes it: in float64 here too (`gamma ** i`, `(i + 1) / n` of the index)
         return [self._sub(rules.HOST_WEAK[k], x, t=tensors[0], h=self._float64(x)
-                          if isinstance(x, (ast.BinOp, ast.UnaryOp)) or id(x) in self.double
+                          if isinstance(x, (ast.BinOp, ast.UnaryOp)) or x in self.double
                           else x)
                 if k in rules.HOST_WEAK else x for x, k in zip(operands, kinds)]
 
@@ -376,11 +378,11 @@ class _HostToTensor(Transformer):
             if op.host is None or args:
                 return node
             found = _kind(self._sub(op.host, node, e=node.func.value), op)
-            self.converted.add(id(found))
+            self.converted.add(found)
             return found
         function = resolve_call(node.func, self.ctx)
         # (a host call of the user's, converted here: not generated code's operands)
-        if args and id(args[0]) in self.converted and function is not None \
+        if args and args[0] in self.converted and function is not None \
                 and function.startswith("torch.") and not op.number_first:
             raise Unsupported(f"a Python number as the first argument of `{function}`, which "
                               "raises on it as written (`OpSpec.number_first`)", node.lineno)
@@ -389,9 +391,9 @@ class _HostToTensor(Transformer):
             self._count_raises(node, math, function, args[0])
             fn = self._sub(math.functions[0], node)
             found = _kind(self._sub("fn(e.detach() * 1.0)", node, fn=fn, e=args[0]), math)
-            self.double[id(found)] = self._sub("fn(e.detach())", node, fn=fn,
+            self.double[found] = self._sub("fn(e.detach())", node, fn=fn,
                                                e=self._float64(args[0]))
-            self.converted.add(id(found))
+            self.converted.add(found)
             return found
         if op.host is not None and len(args) == 1 and not isinstance(
                 args[0], (ast.List, ast.Tuple, ast.GeneratorExp, ast.ListComp)) \
@@ -399,7 +401,7 @@ class _HostToTensor(Transformer):
             self._count_raises(node, op, function, args[0])
             # Python's `sum(x[i])` adds from 0: a loop sum (``loop_sums_keep_dtypes``)
             found = _kind(loop_sums_keep_dtypes.mark(self._sub(op.host, node, e=args[0])), op)
-            self.converted.add(id(found))
+            self.converted.add(found)
             return found
         if op.host_pair is not None and len(args) == 2:
             ints = [k for k, a in enumerate(args) if _number(a) == "int"]
@@ -447,15 +449,15 @@ def _branch_local(name: str, node: ast.If, body: list[ast.stmt],
     return False
 
 
-def _in_float64(x: ast.expr, double: dict[int, ast.expr], torch_name: str) -> ast.expr:
+def _in_float64(x: ast.expr, double: dict[ast.expr, ast.expr], torch_name: str) -> ast.expr:
     """A host number's value as Python computes it, in float64: the operands of its
     arithmetic widened first (``a.item() + b.item()`` adds two doubles, ``0.9 ** i`` is a
     double power); ``double``: the float64 forms of converted ``math`` calls."""
     def wide(e: ast.expr) -> ast.expr:
         return _in_float64(e, double, torch_name)
 
-    if id(x) in double:
-        return double[id(x)]
+    if x in double:
+        return double[x]
     if _number(x) in _LITERALS:  # a Python number: Python's own arithmetic with it
         return clone(x)
     if isinstance(x, ast.BinOp) and isinstance(x.op, _IN_FLOAT64) and _number(x):
