@@ -2445,7 +2445,7 @@ else:
 # inner_checks
 """,
      """
-Unsupported: the inner loop at line 4 needs a per-iteration runtime check: k[i] <= x.shape[1]
+Unsupported: the inner loop at line 4 needs a per-iteration runtime check: k[i] <= x.shape[1] (it reads `i`, which differs per iteration)
 """),
     (rename_rebound_loop_variables, """
 def f(x, centroids):

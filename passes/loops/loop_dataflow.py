@@ -44,6 +44,24 @@ def loads(node: ast.AST) -> set[str]:
     return {n.id for n in walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
+def free_loads(node: ast.AST) -> set[str]:
+    """Names ``node`` reads, not those its comprehensions bind (their own scope's)."""
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+        first = node.generators[0]
+        inner = [*first.ifs, *node.generators[1:],
+                 *((node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,))]
+        return free_loads(first.iter) | (set().union(*map(free_loads, inner))
+                                         - comprehension_names(node))
+    if isinstance(node, ast.Name):
+        return {node.id} if isinstance(node.ctx, ast.Load) else set()
+    return set().union(*map(free_loads, ast.iter_child_nodes(node)))
+
+
+def comprehension_names(comp: ast.expr) -> set[str]:
+    """The names a comprehension binds."""
+    return {n.id for g in comp.generators for n in walk(g.target) if isinstance(n, ast.Name)}
+
+
 def stores(stmt: ast.stmt) -> set[str]:
     """Names a simple statement (or a compound statement's header) binds."""
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -88,7 +106,7 @@ def stmt_loads(stmt: ast.stmt) -> set[str]:
                  *(d for d in stmt.args.kw_defaults if d is not None)]
         return set().union(*(loads(e) for e in outer)) | (
             set().union(*(loads(s) for s in stmt.body)) - own)
-    names = loads(stmt)
+    names = free_loads(stmt)
     if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         names.add(stmt.target.id)
     return names
