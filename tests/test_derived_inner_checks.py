@@ -172,3 +172,44 @@ def test_bad_inputs_raise_the_original_error(bad):
         opt(pred, batch)
     assert str(got.value) == str(want.value)
     assert _loop(opt, dkt.__code__.co_firstlineno + 2).vectorized  # it ran as written
+
+
+# the outer loop iterates elements, or binds values two inner loops share
+ELEMENTS = """
+def f(emb, w):
+    loss = 0
+    for spk in emb:
+        p = (spk * w).sum(1)
+        for i in range(len(p)):
+            if p[i] > 0:
+                loss = loss + p[i]
+    return loss
+"""
+SHARED = """
+def f(x, y):
+    loss = 0
+    l2 = 0
+    for s in range(1, x.shape[0]):
+        p = x[s].sum(1)
+        q = y[s][1:]
+        for i in range(len(p)):
+            loss = loss + p[i] * q[i]
+        for j in range(len(q)):
+            l2 = l2 + q[j] ** 2
+    return loss + l2
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("src, outer, args", [
+    (ELEMENTS, 3, lambda d: (torch.randn(4, 5, 3, dtype=d, requires_grad=True),
+                             torch.randn(3, dtype=d))),
+    (SHARED, 4, lambda d: (torch.randn(4, 6, 3, dtype=d, requires_grad=True),
+                           torch.randn(4, 7, dtype=d, requires_grad=True))),
+])
+def test_elements_and_shared_values_map_the_outer_loop(src, outer, args, dtype):
+    f, g, code, report = build(src)
+    assert strategies(report)[outer] == "vmap", report
+    assert code.count("isinstance(_q, torch.Tensor)") <= 1  # the inner loops' checks, once
+    torch.manual_seed(0)
+    assert_equivalent(f, g, *args(dtype))

@@ -89,14 +89,14 @@ class FirstItemChecks:
         chain = self._chain(derived, before)
         if isinstance(chain, str):
             return chain
-        self.chain += [s for s in chain if all(s is not c for c in self.chain)]
-        self.checks.append(g)
+        # in the body's order (``before`` holds every earlier inner loop's statements too)
+        self.chain = [s for s in before if any(s is c for c in self.chain + chain)]
+        if all(unparse(g) != unparse(c) for c in self.checks):  # inner loops share checks
+            self.checks.append(g)
         return None
 
     def prelude(self, check: str) -> list[ast.stmt]:
         """The statements computing ``check``: the checks taken, on the first item."""
-        if not self.checks:
-            return []
         names = {n: self.ctx.namer.new(n) for s in self.chain for n in stores(s)}
         names[self.index] = self.ctx.namer.new(self.index)
         read = set().union(*(loads(s) for s in self.chain))
@@ -104,7 +104,7 @@ class FirstItemChecks:
         for e in sorted(read & set(self.elements)):
             names[e] = self.ctx.namer.new(e)
             first += self.plan.sub("e = x[0]", e=names[e], x=self.elements[e])
-        body = first + [rename(clone(s), names) for s in sorted(self.chain, key=_position)]
+        body = first + [rename(clone(s), names) for s in self.chain]
         # the items are tensors in the vectorized form (stacked): as written too (not numbers)
         items = [self.plan.sub("x[i]", x=x, i=names[self.index]) for x in sorted(self.rows)] \
             + [ast.Name(names[e], ast.Load()) for e in sorted(read & set(self.elements))]
@@ -142,8 +142,8 @@ class FirstItemChecks:
                     and node.value.id not in blocked:
                 self.rows.add(node.value.id)  # the vectorized form reads it as a tensor's row
                 return True
-            return (not loads(node.slice) & blocked and self._uniform(node.slice, blocked)
-                           and self._uniform(node.value, blocked))
+            return not loads(node.slice) & blocked and self._uniform(node.slice, blocked) \
+                and self._uniform(node.value, blocked)
         if isinstance(node, ast.Call):
             return self._uniform_call(node, blocked)
         if isinstance(node, (ast.ListComp, ast.GeneratorExp)):
@@ -173,10 +173,6 @@ class FirstItemChecks:
 
 def _assigns(s: ast.stmt, name: str) -> bool:
     return isinstance(s, ast.Assign) and len(s.targets) == 1 and is_name(s.targets[0], name)
-
-
-def _position(s: ast.stmt) -> tuple[int, int]:
-    return s.lineno, s.col_offset
 
 
 def _shape_only(g: ast.AST, names: set[str]) -> bool:

@@ -60,10 +60,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     forms = _InlinedForms(it.index, lift.blocked, ctx)
     first = FirstItemChecks(plan, ctx)
     plan.body = _inline(plan.body, seeds, plan.inner_checks, (lift, first), forms, ctx)
-    checked = ctx.namer.new("first_item_ok")
-    prelude = first.prelude(checked)
-    if prelude:
-        plan.prelude += prelude
+    if first.checks:
+        checked = ctx.namer.new("first_item_ok")
+        plan.prelude += first.prelude(checked)
         plan.inner_checks.append(ast.Name(checked, ast.Load()))
     plan.empty_selections.update(forms.empty)
     plan.uses_where |= forms.bails

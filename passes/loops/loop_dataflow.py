@@ -46,15 +46,25 @@ def loads(node: ast.AST) -> set[str]:
 
 def free_loads(node: ast.AST) -> set[str]:
     """Names ``node`` reads, not those its comprehensions bind (their own scope's)."""
-    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
-        first = node.generators[0]
-        inner = [*first.ifs, *node.generators[1:],
-                 *((node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,))]
-        return free_loads(first.iter) | (set().union(*map(free_loads, inner))
-                                         - comprehension_names(node))
-    if isinstance(node, ast.Name):
-        return {node.id} if isinstance(node.ctx, ast.Load) else set()
-    return set().union(*map(free_loads, ast.iter_child_nodes(node)))
+    nodes = list(walk(node))
+    if not any(isinstance(n, _COMPREHENSIONS) for n in nodes):
+        return {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    out, todo = set(), [(node, frozenset())]
+    while todo:
+        n, bound = todo.pop()
+        if isinstance(n, _COMPREHENSIONS):  # the first iterable is read in the enclosing scope
+            first, inner = n.generators[0], bound | comprehension_names(n)
+            rest = (n.key, n.value) if isinstance(n, ast.DictComp) else (n.elt,)
+            todo += [(first.iter, bound)] + [(c, inner) for c in (
+                first.target, *first.ifs, *n.generators[1:], *rest)]
+        elif isinstance(n, ast.Name):
+            out |= {n.id} - bound if isinstance(n.ctx, ast.Load) else set()
+        else:
+            todo += [(c, bound) for c in ast.iter_child_nodes(n)]
+    return out
+
+
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
 
 
 def comprehension_names(comp: ast.expr) -> set[str]:
