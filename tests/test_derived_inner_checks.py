@@ -113,6 +113,8 @@ def _loop(opt, line):
 def test_golden_dkt_outer_loop_maps_over_the_inner_vectorized_form():
     _, _, code, report = build(DKT, namespace(Q=Q, STEPS=STEPS))
     assert strategies(report) == {9: "batched", 3: "vmap", 6: "kept"}, report
+    outer = next(loop for loop in report.loops if loop.lineno == 3)
+    assert "the inner loops' checks on `a`, `p` evaluated on the first item" in outer.reason
     assert code == golden_text(GOLDEN, code)
 
 

@@ -95,6 +95,10 @@ class FirstItemChecks:
             self.checks.append(g)
         return None
 
+    def values(self) -> list[str]:
+        """The names of the body's values the checks taken read."""
+        return sorted(set().union(*(loads(g) for g in self.checks)) & self.blocked)
+
     def prelude(self, check: str) -> list[ast.stmt]:
         """The statements computing ``check``: the checks taken, on the first item."""
         names = {n: self.ctx.namer.new(n) for s in self.chain for n in stores(s)}

@@ -64,6 +64,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         checked = ctx.namer.new("first_item_ok")
         plan.prelude += first.prelude(checked)
         plan.inner_checks.append(ast.Name(checked, ast.Load()))
+        plan.first_item_values = first.values()
     plan.empty_selections.update(forms.empty)
     plan.uses_where |= forms.bails
     return plan
