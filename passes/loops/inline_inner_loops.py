@@ -22,7 +22,10 @@ tensor are tensors of one shape. It is lifted, behind ``isinstance(emb, torch.Te
     isinstance(spk, torch.Tensor) and spk.dim() > 0 and len(spk) > 0
         ->  isinstance(emb, torch.Tensor) and emb.dim() - 1 > 0 and emb.shape[1] > 0
 
-Any other read of the outer iteration in a check keeps the outer loop as written.
+A check reading only the types and shapes of values the outer body binds from such items by tensor
+ops first (``p = scores.gather(0, index)[0]``) is the same in every iteration: it is evaluated once,
+on the first item, in front of the loop (``first_item_checks``). Any other read of the outer
+iteration in a check keeps the outer loop as written.
 
 A check ``type(row) is list`` holds in every iteration when the outer body bound ``row = []``
 before the inner loop (and not again since), and ``not isinstance(t, torch.Tensor)`` when it
