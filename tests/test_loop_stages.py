@@ -2487,7 +2487,50 @@ else:
 # inner_checks
 """,
      """
-Unsupported: the inner loop at line 4 needs a per-iteration runtime check: k[i] <= x.shape[1]
+Unsupported: the inner loop at line 4 needs a per-iteration runtime check: k[i] <= x.shape[1] (it reads `i`, which differs per iteration)
+"""),
+    # the inner check on a value the outer body derives from its row: on the first item
+    (inline_inner_loops, """
+def f(x, y):
+    total = 0
+    for s in range(x.shape[0]):
+        p = x[s] * 2
+        for i in range(len(p)):
+            total = total + p[i] * y[i]
+    return total
+""", ('prelude', 'inner_checks'),
+     """
+# prelude
+# inner_checks
+""",
+     """
+# prelude
+try:
+    _s = 0
+    _p = x[_s] * 2
+    _first_item_ok = isinstance(x[_s], torch.Tensor) and isinstance(_p, torch.Tensor) and (len(_p) <= _p.shape[0]) and (len(_p) <= y.shape[0]) and isinstance(len(_p), int) and (len(_p) > 0)
+except Exception:
+    _first_item_ok = False
+# inner_checks
+isinstance(y, torch.Tensor); _first_item_ok
+"""),
+    # ... not on a per-item Python number's value
+    (inline_inner_loops, """
+def f(x, counts):
+    total = 0
+    for s in range(x.shape[0]):
+        n = counts[s].item()
+        p = x[s] * 2
+        for i in range(n):
+            total = total + p[i]
+    return total
+""", ('prelude', 'inner_checks'),
+     """
+# prelude
+# inner_checks
+""",
+     """
+Unsupported: the inner loop at line 6 needs a per-iteration runtime check: n <= p.shape[0] (it reads the value of `n`, not only its type and shape)
 """),
     (rename_rebound_loop_variables, """
 def f(x, centroids):

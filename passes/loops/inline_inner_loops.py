@@ -22,7 +22,10 @@ tensor are tensors of one shape. It is lifted, behind ``isinstance(emb, torch.Te
     isinstance(spk, torch.Tensor) and spk.dim() > 0 and len(spk) > 0
         ->  isinstance(emb, torch.Tensor) and emb.dim() - 1 > 0 and emb.shape[1] > 0
 
-Any other read of the outer iteration in a check keeps the outer loop as written.
+A check reading only the types and shapes of values the outer body binds from such items by tensor
+ops first (``p = scores.gather(0, index)[0]``) is the same in every iteration: it is evaluated once,
+on the first item, in front of the loop (``first_item_checks``). Any other read of the outer
+iteration in a check keeps the outer loop as written.
 
 A check ``type(row) is list`` holds in every iteration when the outer body bound ``row = []``
 before the inner loop (and not again since), and ``not isinstance(t, torch.Tensor)`` when it
@@ -46,6 +49,7 @@ from .. import ast_marks
 from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, replace, unparse
 from ..errors import Unsupported
 from . import normalize_comprehensions
+from .first_item_checks import FirstItemChecks
 from .loop_dataflow import depends, loads, stores, stores_in
 from .plan import LoopPlan
 from .promoting_folds_run_as_written import PROMOTED
@@ -57,7 +61,13 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     seeds = {it.index} | {n for n, _ in it.elements}
     lift = _LiftToTensor(it.index, dict(it.elements), seeds | stores_in(plan.body), ctx)
     forms = _InlinedForms(it.index, lift.blocked, ctx)
-    plan.body = _inline(plan.body, seeds, plan.inner_checks, lift, forms, ctx)
+    first = FirstItemChecks(plan, ctx)
+    plan.body = _inline(plan.body, seeds, plan.inner_checks, (lift, first), forms, ctx)
+    if first.checks:
+        checked = ctx.namer.new("first_item_ok")
+        plan.prelude += first.prelude(checked)
+        plan.inner_checks.append(ast.Name(checked, ast.Load()))
+        plan.first_item_values = first.values()
     plan.empty_selections.update(forms.empty)
     plan.uses_where |= forms.bails
     return plan
@@ -74,15 +84,17 @@ def lifted_to_tensors(expr: ast.expr, plan: LoopPlan, ctx: PassContext) -> list[
 
 
 def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
-            lift: "_LiftToTensor", forms: "_InlinedForms", ctx: PassContext,
-            fresh: dict[str, str] | None = None) -> list[ast.stmt]:
-    """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``.
+            lifts: tuple["_LiftToTensor", FirstItemChecks], forms: "_InlinedForms",
+            ctx: PassContext, fresh: dict[str, str] | None = None,
+            top: bool = True) -> list[ast.stmt]:
+    """``body`` with its vectorized inner loops inlined; their checks appended to ``checks``
+    (lifted to the outer tensors, or, on values the body derives from them, to its first item).
     ``fresh``: names the outer body bound before ``body`` to a new list (``row = []``) or a
-    Python number (``t = x.item()``) -> "list" or "number"."""
-    fresh = fresh or {}
+    Python number (``t = x.item()``) -> "list" or "number"; ``top``: ``body`` is the outer's."""
+    fresh, (lift, first) = fresh or {}, lifts
     assigned = stores_in(body)
     out, stacked = [], set()
-    for s in body:
+    for k, s in enumerate(body):
         if is_vectorized_guard(s):
             stacked |= ast_marks.get(s, ast_marks.BOUND_LISTS, set())
             for g in conjuncts(s.test):
@@ -93,8 +105,11 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                 if loads(g) & (seeds | assigned):
                     lifted = lift.lifted(g)
                     if lifted is None:
+                        why = first.take(g, body[:k]) if top else "it is under a condition"
+                        if why is None:
+                            continue
                         raise Unsupported(f"the inner loop at line {s.lineno} needs a "
-                                          f"per-iteration runtime check: {unparse(g)}")
+                                          f"per-iteration runtime check: {unparse(g)} ({why})")
                     seen = {unparse(c) for c in checks}
                     for c in lifted:  # each once (lifted checks share their tensor checks)
                         if unparse(c) not in seen:
@@ -104,8 +119,8 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                 checks.append(g)
             out += forms.lift_empty_checks(forms.visit(ast.Module(s.body[1:], [])).body)
         elif isinstance(s, ast.If):
-            s.body = _inline(s.body, seeds, checks, lift, forms, ctx, fresh)
-            s.orelse = _inline(s.orelse, seeds, checks, lift, forms, ctx, fresh)
+            s.body = _inline(s.body, seeds, checks, lifts, forms, ctx, fresh, False)
+            s.orelse = _inline(s.orelse, seeds, checks, lifts, forms, ctx, fresh, False)
             out.append(s)
         else:
             out.append(s)

@@ -44,6 +44,34 @@ def loads(node: ast.AST) -> set[str]:
     return {n.id for n in walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
+def free_loads(node: ast.AST) -> set[str]:
+    """Names ``node`` reads, not those its comprehensions bind (their own scope's)."""
+    nodes = list(walk(node))
+    if not any(isinstance(n, _COMPREHENSIONS) for n in nodes):
+        return {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    out, todo = set(), [(node, frozenset())]
+    while todo:
+        n, bound = todo.pop()
+        if isinstance(n, _COMPREHENSIONS):  # the first iterable is read in the enclosing scope
+            first, inner = n.generators[0], bound | comprehension_names(n)
+            rest = (n.key, n.value) if isinstance(n, ast.DictComp) else (n.elt,)
+            todo += [(first.iter, bound)] + [(c, inner) for c in (
+                first.target, *first.ifs, *n.generators[1:], *rest)]
+        elif isinstance(n, ast.Name):
+            out |= {n.id} - bound if isinstance(n.ctx, ast.Load) else set()
+        else:
+            todo += [(c, bound) for c in ast.iter_child_nodes(n)]
+    return out
+
+
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+
+
+def comprehension_names(comp: ast.expr) -> set[str]:
+    """The names a comprehension binds."""
+    return {n.id for g in comp.generators for n in walk(g.target) if isinstance(n, ast.Name)}
+
+
 def stores(stmt: ast.stmt) -> set[str]:
     """Names a simple statement (or a compound statement's header) binds."""
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -88,7 +116,7 @@ def stmt_loads(stmt: ast.stmt) -> set[str]:
                  *(d for d in stmt.args.kw_defaults if d is not None)]
         return set().union(*(loads(e) for e in outer)) | (
             set().union(*(loads(s) for s in stmt.body)) - own)
-    names = loads(stmt)
+    names = free_loads(stmt)
     if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         names.add(stmt.target.id)
     return names

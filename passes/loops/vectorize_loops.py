@@ -629,6 +629,10 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
     parts += [f"the `{t}` branch for every iteration, its condition checked once (else the loop "
               "runs as written)"
               for t in plan.taken_branches]
+    if plan.first_item_values:
+        names = ", ".join(f"`{n}`" for n in plan.first_item_values)
+        parts.append(f"the inner loops' checks on {names} evaluated on the first item (the same "
+                     "types and shapes in every iteration; else the loop runs as written)")
     if plan.unbatched:
         parts.append(f"vmap: {plan.unbatched}")
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
