@@ -55,6 +55,7 @@ def f(emb, labels, n):
         out.append(emb[labels == c].mean(0))
     return torch.stack(out)
 '''
+WRITTEN_INTO = LABELS_CHANGED.replace("labels = labels.clamp(max=n - 1)", "labels.clamp_(max=n - 1)")
 MAX = PROTOS.replace(".mean(0)", ".amax(0)")
 OTHER_MASK = PROTOS.replace("target == i", "target != i")
 
@@ -75,13 +76,13 @@ def test_prototypes_golden():
     ''', {2: "batched"})
 
 
-@pytest.mark.parametrize("changed, expected", [(LABELS_CHANGED, "kept"), (MAX, "kept"),
-                                               (OTHER_MASK, "vmap")],
-                         ids=["labels_changed", "max", "other_mask"])
+@pytest.mark.parametrize("changed, expected", [(LABELS_CHANGED, "kept"), (WRITTEN_INTO, "kept"),
+                                               (MAX, "kept"), (OTHER_MASK, "vmap")],
+                         ids=["labels_changed", "written_into", "max", "other_mask"])
 def test_what_is_not_a_class_reduction_keeps_its_form(changed, expected):
     """Next to the form taken (the labels fixed, a mean, ``== i``): no segments, as before."""
-    taken = {LABELS_CHANGED: LABELS_CHANGED.replace(
-        "        labels = labels.clamp(max=n - 1)\n", ""), MAX: PROTOS, OTHER_MASK: PROTOS}[changed]
+    fixed = LABELS_CHANGED.replace("        labels = labels.clamp(max=n - 1)\n", "")
+    taken = {LABELS_CHANGED: fixed, WRITTEN_INTO: fixed, MAX: PROTOS, OTHER_MASK: PROTOS}[changed]
     assert "_class_rows(" in build(taken)[2]
     _, _, code, report = build(changed)
     assert "_class_rows" not in code

@@ -49,8 +49,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if plan.inner or ctx.mapped or it.elements or not it.index_is_user \
             or it.index in stores_in(plan.body):
         return plan
-    written = stores_in(plan.body) | {_root(t) for s in plan.body for t in walk(s)
-                                      if isinstance(t, ast.stmt) and mutates_local(t)}
+    written = stores_in(plan.body).union(*(_written_into(t) for s in plan.body for t in walk(s)
+                                            if isinstance(t, ast.stmt) and mutates_local(t)))
     segments = _Segments(plan, ctx, written)
     body = []
     for s in plan.body:
@@ -67,13 +67,16 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
-def _root(s: ast.stmt) -> str | None:
-    """The name a statement writing in place writes into (``t[k] = v``, ``t.add_(v)``)."""
-    node = getattr(s, "targets", [getattr(s, "target", None)])[0] if not isinstance(s, ast.Expr) \
-        else s.value.func.value
-    while isinstance(node, (ast.Subscript, ast.Attribute)):
-        node = node.value
-    return node.id if isinstance(node, ast.Name) else None
+def _written_into(s: ast.stmt) -> set[str]:
+    """The names a statement writing in place writes into (``t[k] = v``, ``t.add_(v)``)."""
+    targets = [s.value.func.value] if isinstance(s, ast.Expr) else \
+        getattr(s, "targets", [getattr(s, "target", None)])
+    roots = set()
+    for node in targets:
+        while isinstance(node, (ast.Subscript, ast.Attribute)):
+            node = node.value
+        roots |= {node.id} if isinstance(node, ast.Name) else set()
+    return roots
 
 
 def _bound_name(s: ast.stmt) -> str | None:
