@@ -120,6 +120,56 @@ def test_same_values_gradients_and_dtypes(src, dtype):
     assert out.dtype == dtype and out.isnan().any()  # the empty and the NaN class
 
 
+# over the items of a tensor of ids (`torch.unique`'s, or the caller's), through `enumerate` too
+OVER_IDS = '''
+def f(emb, labels, classes):
+    protos = torch.stack([emb[labels == c].mean(0) for c in classes])
+    return protos
+'''
+ENUMERATED = '''
+def f(emb, labels, classes):
+    out = []
+    for k, c in enumerate(classes):
+        out.append(emb[labels.eq(c)].sum(0) * k / (labels == c).sum())
+    return torch.stack(out)
+'''
+
+
+def test_over_a_tensor_of_ids_golden():
+    assert_golden(OVER_IDS, '''
+    def f(emb, labels, classes):
+        _emb_mean = _class_rows_at(emb, labels, classes, 'mean')
+        _classes_stacked = _stack_items(tuple(classes)) if (type(classes) is list or (isinstance(classes, tuple) and type(classes).__getitem__ is tuple.__getitem__ and (type(classes).__iter__ is tuple.__iter__) and (type(classes).__len__ is tuple.__len__))) and len(classes) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == classes[0].shape and (_v.dtype == classes[0].dtype) and (_v.device == classes[0].device) for _v in classes)) else classes
+        if _emb_mean is not None and isinstance(_emb_mean, torch.Tensor) and (len(_classes_stacked) <= _emb_mean.shape[0]) and isinstance(_classes_stacked, torch.Tensor) and (_classes_stacked.dim() > 0) and isinstance(len(_classes_stacked), int) and (len(_classes_stacked) > 0):
+            'optimize_loss: loop at line 2 vectorized'
+            _c = _classes_stacked
+            _emb_mean_row = _emb_mean if len(_classes_stacked) == _emb_mean.shape[0] else _emb_mean[0:len(_classes_stacked):1]
+            _items_item = _emb_mean_row
+            _outs = (_items_item,)
+            protos = _outs[0]
+        else:
+            protos = torch.stack([emb[labels == c].mean(0) for c in classes])
+        return protos
+    ''', {2: "batched"})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("src", [OVER_IDS, ENUMERATED], ids=["items", "enumerated"])
+def test_over_a_tensor_of_ids_same_values_gradients_and_dtypes(src, dtype):
+    """Ids unsorted, repeated, absent from the labels, negative, an empty class, and ids the
+    labels' dtype wraps (an int8 label 44 equals the id 300, as `==` casts the 0-d id)."""
+    original, rewritten, code, _ = build(src)
+    assert "_class_rows_at(" in code
+    labels = _labels(40, 7)
+    classes = torch.tensor([5, 1, 1, 2, 40, -1, 0, 3, 6])
+    for ids in (classes, classes.int()):
+        assert_equivalent(original, rewritten, _rows(dtype, labels), labels, ids)
+    wrapped = labels.to(torch.int8)
+    wrapped[:5] = 44
+    assert_equivalent(original, rewritten, _rows(dtype, labels), wrapped, torch.tensor([300, 2, 44]))
+    assert (wrapped == torch.tensor(300)).sum() == 5  # the original's class 300: the rows of 44
+
+
 def test_integer_and_half_rows_keep_the_originals_dtypes():
     original, rewritten, code, _ = build(SUMS)
     assert "_class_rows(" in code

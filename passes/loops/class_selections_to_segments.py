@@ -15,7 +15,9 @@ with ``_emb_mean is not None`` joining the loop's check. Masked dense per class
 is not slower than the original's one pass over each class's rows.
 
 Taken, with ``i`` the index of ``for i in range(a, b, s)`` (also a comprehension's, or
-``reversed(range(...))``), not bound in the body: ``x[M].sum(0)`` / ``.mean(0)`` (``dim=0``; also
+``reversed(range(...))``), or the item of ``for i in ids`` / ``enumerate(ids)`` with ``ids`` a
+pure expression the body does not change (``class_rows_at``: a 1-D tensor of integer ids), not
+bound in the body: ``x[M].sum(0)`` / ``.mean(0)`` (``dim=0``; also
 ``torch.sum(x[M], 0)``; ``ROW_REDUCTIONS``) and the count ``M.sum()`` (``MASK_COUNTS``), where
 ``M`` is ``labels == i``, ``i == labels``, ``labels.eq(i)`` or ``torch.eq(labels, i)``
 (``MASK_CALLS``), or a name bound once, at the body's top level before the read, to one; ``x`` and
@@ -32,7 +34,7 @@ from __future__ import annotations
 import ast
 
 from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, is_pure, unparse, walk
-from ..class_segments import class_rows
+from ..class_segments import class_rows, class_rows_at
 from .loop_dataflow import loads, method_name, mutates_local, resolve_call, stores, stores_in
 from .plan import LoopPlan
 
@@ -46,12 +48,16 @@ MASK_CALLS = {"eq": "method", "torch.eq": "function"}
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
-    if plan.inner or ctx.mapped or it.elements or not it.index_is_user \
+    key = it.index if it.index_is_user and not it.elements else \
+        it.elements[0][0] if len(it.elements) == 1 else None
+    if plan.inner or ctx.mapped or key is None or key in stores_in(plan.body) \
             or it.index in stores_in(plan.body):
         return plan
     written = stores_in(plan.body).union(*(_written_into(t) for s in plan.body for t in walk(s)
                                             if isinstance(t, ast.stmt) and mutates_local(t)))
-    segments = _Segments(plan, ctx, written)
+    segments = _Segments(plan, ctx, key, written)
+    if it.elements and not segments.invariant(it.elements[0][1]):
+        return plan
     body = []
     for s in plan.body:
         body.append(segments.visit(clone(s)))
@@ -85,8 +91,8 @@ def _bound_name(s: ast.stmt) -> str | None:
 
 
 class _Segments(Transformer):
-    def __init__(self, plan: LoopPlan, ctx: PassContext, written: set[str]):
-        self.plan, self.ctx, self.written = plan, ctx, written
+    def __init__(self, plan: LoopPlan, ctx: PassContext, key: str, written: set[str]):
+        self.plan, self.ctx, self.key, self.written = plan, ctx, key, written
         self.index = plan.iteration.index
         self.aliases: dict[str, ast.expr] = {}   # mask name -> the labels it compares
         self.made: dict[str, str] = {}           # (x, labels, kind) source -> the rows' name
@@ -129,14 +135,14 @@ class _Segments(Transformer):
                 list(mask.args) if kind == "function" else []
         else:
             return None
-        if len(sides) != 2 or not any(is_name(s, self.index) for s in sides):
+        if len(sides) != 2 or not any(is_name(s, self.key) for s in sides):
             return None
-        labels = sides[1] if is_name(sides[0], self.index) else sides[0]
+        labels = sides[1] if is_name(sides[0], self.key) else sides[0]
         return labels if self.invariant(labels) else None
 
     def invariant(self, expr: ast.expr) -> bool:
         """A pure expression of names the body neither binds nor writes into."""
-        return is_pure(expr) and not loads(expr) & (self.written | {self.index})
+        return is_pure(expr) and not loads(expr) & (self.written | {self.index, self.key})
 
     def row(self, x: ast.expr | None, labels: ast.expr, kind: str, at: ast.Call) -> ast.expr:
         """This iteration's row of ``class_rows(x, labels, ..., kind)``, made once."""
@@ -144,11 +150,14 @@ class _Segments(Transformer):
         if key not in self.made:
             stem = f"{(unparse(x) if x is not None else unparse(labels)).split('.')[-1]}_{kind}"
             name = self.made[key] = self.ctx.namer.new(stem if stem.isidentifier() else kind)
-            it = self.plan.iteration
+            it, x = self.plan.iteration, clone(x) if x is not None else ast.Constant(None)
             self.prelude += self.plan.sub(
+                "r = f(x, l, c, k)", r=name, f=self.ctx.bind(class_rows_at, "class_rows_at"),
+                x=x, l=clone(labels), c=clone(it.elements[0][1]), k=ast.Constant(kind)) \
+                if it.elements else self.plan.sub(
                 "r = f(x, l, a, b, s, k)", r=name, f=self.ctx.bind(class_rows, "class_rows"),
-                x=clone(x) if x is not None else ast.Constant(None), l=clone(labels),
-                a=clone(it.start), b=clone(it.stop), s=clone(it.step), k=ast.Constant(kind))
+                x=x, l=clone(labels), a=clone(it.start), b=clone(it.stop), s=clone(it.step),
+                k=ast.Constant(kind))
         return ast.copy_location(self.plan.sub("r[p]", r=self.made[key], p=self._position()), at)
 
     def _position(self) -> ast.expr:
