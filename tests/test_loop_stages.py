@@ -32,6 +32,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           data_attributes_to_detach,
                           split_tuple_assignments,
                           module_list_linears, module_loss_calls,
+                          class_selections_to_segments,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           picked_rows_to_tables,
                           promoting_folds_run_as_written,
@@ -3270,6 +3271,71 @@ _s_part = 0
 _s_part = _x_row.sum(0)
 _outs = (_s_part,)
 s = _outs[0]
+"""),
+    (class_selections_to_segments, """
+def f(emb, labels, n):
+    centers = []
+    for c in range(1, n, 2):
+        m = labels == c
+        centers.append(emb[m].mean(0) * m.sum() + torch.sum(emb[c == labels], dim=0))
+    return centers
+""", ('body', 'prelude', 'checks'),
+     """
+# body
+m = labels == c
+centers.append(emb[m].mean(0) * m.sum() + torch.sum(emb[c == labels], dim=0))
+# prelude
+# checks
+""",
+     """
+# body
+centers.append(_emb_mean[(c - 1) // 2] * _labels_count[(c - 1) // 2] + _emb_sum[(c - 1) // 2])
+# prelude
+_emb_mean = _class_rows(emb, labels, 1, n, 2, 'mean')
+_labels_count = _class_rows(None, labels, 1, n, 2, 'count')
+_emb_sum = _class_rows(emb, labels, 1, n, 2, 'sum')
+# checks
+_emb_mean is not None and _labels_count is not None and _emb_sum is not None
+"""),
+    # the labels change in the loop: no segments
+    (class_selections_to_segments, """
+def f(emb, labels, n):
+    centers = []
+    for c in range(n):
+        labels = labels + 1
+        centers.append(emb[labels == c].mean(0))
+    return centers
+""", ('body', 'prelude'),
+     """
+# body
+labels = labels + 1
+centers.append(emb[labels == c].mean(0))
+# prelude
+""",
+     """
+# body
+labels = labels + 1
+centers.append(emb[labels == c].mean(0))
+# prelude
+"""),
+    # a max, a mask other than `labels == c`, a keepdim: as they are
+    (class_selections_to_segments, """
+def f(emb, labels, n):
+    centers = []
+    for c in range(n):
+        centers.append(emb[labels == c].amax(0) + emb[labels > c].sum(0)
+                       + emb[labels.eq(c)].mean(0, keepdim=True))
+    return centers
+""", ('body', 'prelude'),
+     """
+# body
+centers.append(emb[labels == c].amax(0) + emb[labels > c].sum(0) + emb[labels.eq(c)].mean(0, keepdim=True))
+# prelude
+""",
+     """
+# body
+centers.append(emb[labels == c].amax(0) + emb[labels > c].sum(0) + emb[labels.eq(c)].mean(0, keepdim=True))
+# prelude
 """),
 ]
 
