@@ -40,10 +40,13 @@ def _episode(dtype, special, shape=(9, 4), classes=3, empty=False):
 
 @pytest.mark.parametrize("red", ["mean", "sum"])
 def test_centroids_golden(red):
-    _, _, code, report = build(CENTROIDS.format(red=red))
+    # `y == c` is a class segment (test_class_mask_segments); any other mask is this masked form
+    _, _, code, report = build(CENTROIDS.format(red=red).replace("y == c", "y != c"))
     assert strategies(report) == {2: "vmap"}, (report, code)
     assert ".sum(tuple(range(max(_mask.dim(), 1))))" in code, code
     assert ("/ _keep.sum()" in code) == (red == "mean"), code
+    _, _, code, report = build(CENTROIDS.format(red=red))
+    assert strategies(report) == {2: "batched"} and "_class_rows(" in code, (report, code)
 
 
 def test_other_dims_stay_kept():

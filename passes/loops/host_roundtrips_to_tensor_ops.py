@@ -111,12 +111,8 @@ _TENSOR_COMPARISONS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 class _HostToTensor(Transformer):
     def __init__(self, variant: set[str], ctx: PassContext,
                  errors: dict[str, tuple[str, ast.AST]], wide: dict[str, str]):
-        self.variant = variant
-        self.ctx = ctx
-        self.errors = errors
-        self.wide = wide
-        # Keyed by the nodes themselves, not their ids: a node replaced later is freed and its
-        # id reused by a new one, which would then read another call's form.
+        self.variant, self.ctx, self.errors, self.wide = variant, ctx, errors, wide
+        # Keyed by the nodes, not id(): a replaced node's freed id is reused by later nodes.
         self.double: dict[ast.expr, ast.expr] = {}  # a math call's tensor form -> in float64
         self.converted: set[ast.expr] = set()       # host calls' tensor forms made here
         self.numbers: dict[str, str] = {}      # names bound to host numbers -> their kind
