@@ -32,6 +32,7 @@ varying.
 from __future__ import annotations
 
 import ast
+from typing import Any
 
 from .. import ast_marks
 from .. import loop_rules as rules
@@ -276,6 +277,33 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
     whose argument varies per iteration (``varies``); also a method of the function's own object
     (``self._dice(p, t)``, ``inline_method_calls.own_method``); or a helper it calls so
     (``MAX_HELPER_DEPTH`` deep). Else None."""
+    called = _called_helper(call, ctx, varies, seen)
+    if called is None:
+        return None
+    fn, helper, variant = called
+    for n in _outside_for_loops(helper):
+        if isinstance(n, ast.Call) and _makes_host_number(n, ctx) and depends(n, variant, ctx):
+            return fn.__name__, "makes a Python number of", n
+        inner = _helper_test(n, ctx, lambda *e: any(x is not None and depends(x, variant, ctx)
+                                                    for x in e), seen + (fn,)) \
+            if isinstance(n, ast.Call) else None
+        if inner is not None:
+            return inner
+        tests = [n.test] if isinstance(n, (ast.If, ast.IfExp, ast.While, ast.Assert)) else \
+            n.values if isinstance(n, ast.BoolOp) else \
+            [n.operand] if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not) else []
+        for test in tests:
+            found = next((t for t in _tested_values(test) if depends(t, variant, ctx)), None)
+            if found is not None:
+                return fn.__name__, "tests in Python", found
+    return None
+
+
+def _called_helper(call: ast.Call, ctx: PassContext, varies, seen: tuple
+                   ) -> tuple[Any, ast.FunctionDef, set[str]] | None:
+    """(the function, its definition, the names in it that vary per iteration) when ``call``
+    calls a function of the caller's module or a method of its object, not in ``seen`` and
+    within ``MAX_HELPER_DEPTH``; else None."""
     fn = module_function(call.func, ctx)
     method = own_method(call, ctx) if fn is None else None
     if fn is None and method is None or (fn or method) in seen or len(seen) >= MAX_HELPER_DEPTH:
@@ -286,22 +314,7 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
         return None
     variant = variant_names(helper.body, _varying_parameters(call, helper, method is not None,
                                                              varies), ctx)
-    for n in _outside_for_loops(helper):
-        if isinstance(n, ast.Call) and _makes_host_number(n, ctx) and depends(n, variant, ctx):
-            return (fn or method).__name__, "makes a Python number of", n
-        inner = _helper_test(n, ctx, lambda *e: any(x is not None and depends(x, variant, ctx)
-                                                    for x in e), seen + (fn or method,)) \
-            if isinstance(n, ast.Call) else None
-        if inner is not None:
-            return inner
-        tests = [n.test] if isinstance(n, (ast.If, ast.IfExp, ast.While, ast.Assert)) else \
-            n.values if isinstance(n, ast.BoolOp) else \
-            [n.operand] if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not) else []
-        for test in tests:
-            found = next((t for t in _tested_values(test) if depends(t, variant, ctx)), None)
-            if found is not None:
-                return (fn or method).__name__, "tests in Python", found
-    return None
+    return fn or method, helper, variant
 
 
 def _varying_parameters(call: ast.Call, helper: ast.FunctionDef, method: bool, varies
@@ -322,16 +335,10 @@ def _helper_shared_write(call: ast.Call, ctx: PassContext, varies) -> tuple[str,
     iteration into a tensor it makes filled with one number (``neg = torch.zeros(n)``, no batch
     dimension under vmap) and that another value may share: ``mapped_writes_to_functional``
     leaves that write in place, and under vmap it raises on every call. Else None."""
-    fn = module_function(call.func, ctx)
-    method = own_method(call, ctx) if fn is None else None
-    if fn is None and method is None:
+    called = _called_helper(call, ctx, varies, ())
+    if called is None:
         return None
-    try:
-        helper = ctx.parse_function(fn or method).tree.body[0]
-    except Unsupported:  # no source
-        return None
-    variant = variant_names(helper.body, _varying_parameters(call, helper, method is not None,
-                                                             varies), ctx)
+    fn, helper, variant = called
     filled = {s.targets[0].id for s in walk(helper) if isinstance(s, ast.Assign)
               and isinstance(s.targets[0], ast.Name) and filled_number(s.value, ctx) is not None
               and not depends(s.value, variant, ctx)}
@@ -339,7 +346,7 @@ def _helper_shared_write(call: ast.Call, ctx: PassContext, varies) -> tuple[str,
     for s in walk(helper):
         if isinstance(s, ast.stmt) and mapped_writes_to_functional.written_into(s, shared) \
                 and depends(ast.Tuple([write_target(s).slice, s.value], ast.Load()), variant, ctx):
-            return (fn or method).__name__, s
+            return fn.__name__, s
     return None
 
 
