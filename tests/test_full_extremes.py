@@ -157,6 +157,7 @@ def test_compiled_forward_is_the_plain_reduction(largest, form, dtype):
     # opaque call), the backward graph still eager's split of ties and NaN's share
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
+    torch._dynamo.reset()  # else a frame compiled by an earlier test is reused: no graphs here
     graphs = []
 
     def keep(gm, _inputs):
@@ -185,6 +186,7 @@ def test_compiled_selected_forward_has_no_opaque_call(largest, form, dtype):
     # backward graph still splits the gradient among the selected ties and NaNs as eager does
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
+    torch._dynamo.reset()  # else a frame compiled by an earlier test is reused: no graphs here
     graphs = []
 
     def keep(gm, _inputs):
