@@ -13,9 +13,10 @@ install: .venv/.installed
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-# One worker per core (at most 4: each holds its own torch); tests are independent of order.
+# One worker per core (at most 4: each holds its own torch); each file runs whole on one worker,
+# in its order, its module fixtures made once.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses=4 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses=4 --dist loadfile tests
 
 # The examples, one loop rewrite inspected, then LossBench --quick (under 3 minutes on 2 cores).
 demo: install
