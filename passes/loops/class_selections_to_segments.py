@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, is_pure, unparse, walk
+from ..ast_tools import (PassContext, Transformer, clone, is_int, is_name, is_pure, root_name,
+                         unparse, walk)
 from ..class_segments import class_rows, class_rows_at
 from .loop_dataflow import loads, method_name, mutates_local, resolve_call, stores, stores_in
 from .plan import LoopPlan
@@ -77,12 +78,7 @@ def _written_into(s: ast.stmt) -> set[str]:
     """The names a statement writing in place writes into (``t[k] = v``, ``t.add_(v)``)."""
     targets = [s.value.func.value] if isinstance(s, ast.Expr) else \
         getattr(s, "targets", [getattr(s, "target", None)])
-    roots = set()
-    for node in targets:
-        while isinstance(node, (ast.Subscript, ast.Attribute)):
-            node = node.value
-        roots |= {node.id} if isinstance(node, ast.Name) else set()
-    return roots
+    return {r for r in map(root_name, targets) if r is not None}
 
 
 def _bound_name(s: ast.stmt) -> str | None:
