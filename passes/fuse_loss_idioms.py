@@ -191,7 +191,7 @@ class _Fuse(Transformer):
         self.reads = reads  # name -> its reads in the module
         self.changed = changed  # expression -> whether the body may change its value in place
         self.temps: list[str] = []  # the temporaries (``defs``) the current match went through
-        self.safe: dict[int, bool] = {}  # statement id -> _calls_are_safe
+        self.safe: dict[ast.stmt, bool] = {}  # statement -> _calls_are_safe
         self.previous: ast.stmt | None = None  # the statement just before the one being visited
         self.stmt: ast.stmt | None = None
 
@@ -281,9 +281,9 @@ class _Fuse(Transformer):
 
     def _safe(self, stmt: ast.stmt) -> bool:
         # once per statement: what this pass puts into it calls only safe functions
-        if id(stmt) not in self.safe:
-            self.safe[id(stmt)] = _calls_are_safe(stmt, self.ctx)
-        return self.safe[id(stmt)]
+        if stmt not in self.safe:
+            self.safe[stmt] = _calls_are_safe(stmt, self.ctx)
+        return self.safe[stmt]
 
     def _defer_temporary(self, rule: Rule, found: dict) -> None:
         """The temporary just before, read only by the original expression, is computed only

@@ -327,7 +327,7 @@ class _Redirect(Transformer):
                     self._unreached(method, how)
         modules = [c for c in bound.classes if issubclass(c, torch.nn.Module)]
         if modules and modules == bound.classes and not bound.functions:
-            forwards = {id(_method(c, "forward")) for c in modules}
+            forwards = {_method(c, "forward") for c in modules}
             return self._module_call(node, modules[0], len(forwards) == 1)
         for cls in bound.classes:
             self._unreached(_method(cls, "forward" if cls in modules else "__call__"), how)
@@ -367,7 +367,7 @@ class _Redirect(Transformer):
             method, how = _method(cls, stored), f"`{ast.unparse(node.func)}(...)`"
             if attr == "__call__" and not _is_helper(method, self.ctx) \
                     and issubclass(cls, torch.nn.Module):
-                forwards = {id(_method(c, "forward")) for c in classes}
+                forwards = {_method(c, "forward") for c in classes}
                 return self._module_call(node, cls, len(forwards) == 1)
             if not named and len(classes) == 1 and self._rewrite(method):
                 # read once: the object is made by the call's receiver expression

@@ -487,5 +487,5 @@ def _substitute(root: ast.AST, old: ast.expr, new: ast.expr) -> None:
                 setattr(node, field, new)
                 return
             if isinstance(value, list) and any(v is old for v in value):
-                value[[id(v) for v in value].index(id(old))] = new
+                value[[v is old for v in value].index(True)] = new
                 return

@@ -29,12 +29,12 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
     inner.outer_bounds = outer_dependent_ranges_to_masks.index_bounds(loop, ctx)
     inner.depth = 1  # inside the loop: its inner loops are planned as inner ones
     inner.generic_visit(loop)
-    after, divided = loop_dataflow.divisions_after_loops(func).get(id(loop), (None, {}))
-    plan = new_plan(loop, loop_dataflow.live_after_loops(func)[id(loop)], ctx,
+    after, divided = loop_dataflow.divisions_after_loops(func).get(loop, (None, {}))
+    plan = new_plan(loop, loop_dataflow.live_after_loops(func)[loop], ctx,
                     sole_divisors=divisions_by_counters.sole_divisors(func, loop, divided),
-                    zeros=loop_dataflow.zero_before_loops(func).get(id(loop), set()),
+                    zeros=loop_dataflow.zero_before_loops(func).get(loop, set()),
                     divided=divided, buildable_lists=normalize_comprehensions
-                    .lists_built_by_loops(func, ctx).get(id(loop), set()),
+                    .lists_built_by_loops(func, ctx).get(loop, set()),
                     # only their own cases stack lists: the others read the user's names
                     list_names=stack_tensor_lists.list_names(func, ctx)
                     if stage in (stack_tensor_lists, number_list_operands) else frozenset(),

@@ -18,7 +18,7 @@ def parse(src: str) -> tuple[ast.FunctionDef, list[ast.For]]:
 
 def analyze(src: str) -> loop_dataflow.LoopFacts:
     func, (loop, *_) = parse(src)
-    live = loop_dataflow.live_after_loops(func)[id(loop)]
+    live = loop_dataflow.live_after_loops(func)[loop]
     ctx = context(ast.Module([func], []), namespace())
     return loop_dataflow.analyze(loop.body, loop.target.id, {loop.target.id}, live, ctx)
 
@@ -38,9 +38,9 @@ def test_liveness_after_each_loop():
         """)
     live = loop_dataflow.live_after_loops(func)
     # t is returned; x and v (the inner loop may run zero times) are read later; u is dead
-    assert {"t", "x", "v"} <= live[id(first)] and "u" not in live[id(first)]
-    assert live[id(second)] == {"t"}
-    assert "v" in live[id(inner)] and "j" in live[id(inner)]  # read after the inner loop
+    assert {"t", "x", "v"} <= live[first] and "u" not in live[first]
+    assert live[second] == {"t"}
+    assert "v" in live[inner] and "j" in live[inner]  # read after the inner loop
 
 
 def test_liveness_through_the_back_edge():
@@ -53,7 +53,7 @@ def test_liveness_through_the_back_edge():
                 y = 1
             return y
         """)
-    assert "s" in loop_dataflow.live_after_loops(func)[id(inner)]  # next outer iteration
+    assert "s" in loop_dataflow.live_after_loops(func)[inner]  # next outer iteration
 
 
 def test_names_bound_to_zero_when_each_loop_starts():
@@ -88,11 +88,11 @@ def test_names_bound_to_zero_when_each_loop_starts():
         """)
     zeros = loop_dataflow.zero_before_loops(func)
     # t is a float, u is read in between, total is global (a call could rebind it)
-    assert zeros[id(first)] == {"s"}
-    assert zeros[id(second)] == set()  # v is passed to a call: it is mentioned
-    assert zeros[id(third)] == set()   # an `if` in between may rebind anything
-    assert zeros[id(inner)] == {"c"}
-    assert zeros[id(fourth)] == set()  # the walrus is not `name = 0`, `del e` mentions e
+    assert zeros[first] == {"s"}
+    assert zeros[second] == set()  # v is passed to a call: it is mentioned
+    assert zeros[third] == set()   # an `if` in between may rebind anything
+    assert zeros[inner] == {"c"}
+    assert zeros[fourth] == set()  # the walrus is not `name = 0`, `del e` mentions e
 
 
 def test_names_bound_to_numbers_when_each_loop_starts():
@@ -113,10 +113,10 @@ def test_names_bound_to_numbers_when_each_loop_starts():
                     e += x[i]
         """)
     numbers = loop_dataflow.numbers_before_loops(func)
-    assert numbers[id(first)] == {"a": 0, "b": -1.5}  # c and d are no number literals
-    assert numbers[id(second)] == {"e": 0.0, "g": 0}
-    assert numbers[id(third)] == {}  # the test reads them: the branches after it do not know
-    assert loop_dataflow.zero_before_loops(func)[id(second)] == {"g"}
+    assert numbers[first] == {"a": 0, "b": -1.5}  # c and d are no number literals
+    assert numbers[second] == {"e": 0.0, "g": 0}
+    assert numbers[third] == {}  # the test reads them: the branches after it do not know
+    assert loop_dataflow.zero_before_loops(func)[second] == {"g"}
 
 
 @pytest.mark.parametrize("after, divided", [
@@ -139,7 +139,7 @@ def test_divisions_right_after_a_loop(after, divided):
             {after}
         """)
     found = loop_dataflow.divisions_after_loops(func)
-    assert found.get(id(loop), (None, {}))[1] == divided
+    assert found.get(loop, (None, {}))[1] == divided
 
 
 def test_divisions_after_inner_loops_are_not_means_of_the_function():
@@ -152,7 +152,7 @@ def test_divisions_after_inner_loops_are_not_means_of_the_function():
                 t = s / n
             return t / 2
         """)
-    assert id(inner) not in loop_dataflow.divisions_after_loops(func)
+    assert inner not in loop_dataflow.divisions_after_loops(func)
 
 
 def test_accumulators_and_effects_are_classified():

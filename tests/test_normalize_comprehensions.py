@@ -182,7 +182,7 @@ def built_lists(src: str) -> list[set]:
     tree = ast.parse(dedent(src))
     found = normalize_comprehensions.lists_built_by_loops(tree.body[0], context(tree, namespace()))
     loops = sorted((n for n in ast.walk(tree) if isinstance(n, ast.For)), key=lambda n: n.lineno)
-    return [found.get(id(loop)) for loop in loops]
+    return [found.get(loop) for loop in loops]
 
 
 BUILT = """

@@ -26,7 +26,8 @@ from .plan import LoopPlan
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if plan.inner:
         return plan
-    parents = {id(c): n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
+    # by node, not id(): the loop below replaces attributes, and new names may get freed ids
+    parents = {c: n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
     written = {unparse(n.value): n.value for s in plan.body for n in walk(s)
                if isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Store)
                and _root(n.value) is not None}
@@ -53,7 +54,7 @@ def _root(e: ast.expr) -> str | None:
     return e.id if isinstance(e, ast.Name) else None
 
 
-def _only_read(root: str, body: list[ast.stmt], parents: dict[int, ast.AST]) -> bool:
+def _only_read(root: str, body: list[ast.stmt], parents: dict[ast.AST, ast.AST]) -> bool:
     """Every use of ``root`` in ``body`` is ``root.x`` read, ``root.x`` is not called, and no
     attribute chain on ``root`` is bound."""
     for s in body:
@@ -63,11 +64,11 @@ def _only_read(root: str, body: list[ast.stmt], parents: dict[int, ast.AST]) -> 
                 return False
             if not (isinstance(n, ast.Name) and n.id == root):
                 continue
-            attr = parents.get(id(n))
+            attr = parents.get(n)
             if not (isinstance(attr, ast.Attribute) and isinstance(attr.ctx, ast.Load)
                     and isinstance(n.ctx, ast.Load)):
                 return False
-            call = parents.get(id(attr))
+            call = parents.get(attr)
             if isinstance(call, ast.Call) and call.func is attr:
                 return False
     return True

@@ -29,7 +29,7 @@ class Scope:
         self.checks = Checks()                # runtime conditions
         self.inputs: set[str] = set()         # sources of the loop inputs whose rows are params
         self.pre: list[ast.stmt] = []        # temporaries of the statement being rewritten
-        self.varying: dict[int, tuple] = {}  # id(node) -> (node, varies), for that statement
+        self.varying: dict[ast.AST, bool] = {}  # node -> whether it varies, for that statement
 
     def sub(self, template: str, **subs) -> object:
         return replace(template, loc=self.loc, torch_name=self.ctx.torch_name, **subs)
@@ -78,12 +78,11 @@ class Scope:
         if isinstance(node, ast.Name):
             return node.id in self.vals and self.vals[node.id].batched
         # ``expr`` asks this of every subexpression: each answer is kept for the statement (the
-        # names it reads are bound before it; the entry holds the node, so its id stays its own)
-        known = self.varying.get(id(node))
+        # names it reads are bound before it)
+        known = self.varying.get(node)
         if known is None:
-            known = self.varying[id(node)] = (node, any(
-                self.varies(c) for c in ast.iter_child_nodes(node)))
-        return known[1]
+            known = self.varying[node] = any(self.varies(c) for c in ast.iter_child_nodes(node))
+        return known
 
     def fixed(self, node: ast.expr) -> Val:
         """A value the loop does not change; its leaves (see ``Val``)."""

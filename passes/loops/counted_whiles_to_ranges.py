@@ -63,7 +63,7 @@ def rewrite(func: ast.FunctionDef, ctx: PassContext) -> None:
                 out.append(s)
                 continue
             try:
-                out.append(_as_range(s, as_written, live.get(id(s), loads(func)), local, ctx))
+                out.append(_as_range(s, as_written, live.get(s, loads(func)), local, ctx))
             except Unsupported as exc:
                 ast_marks.put(s, ast_marks.NOT_COUNTED, exc.reason)
                 out.append(s)

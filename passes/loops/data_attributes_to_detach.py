@@ -22,7 +22,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 
 class _Detach(Transformer):
-    def __init__(self, written: set[int]):
+    def __init__(self, written: set[ast.expr]):
         self.written = written
 
     def visit_For(self, node: ast.For) -> ast.For:
@@ -30,12 +30,12 @@ class _Detach(Transformer):
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
         self.generic_visit(node)
-        if node.attr != "data" or not isinstance(node.ctx, ast.Load) or id(node) in self.written:
+        if node.attr != "data" or not isinstance(node.ctx, ast.Load) or node in self.written:
             return node
         return replace("x.detach()", loc=node, x=node.value)
 
 
-def _written_through(body: list[ast.stmt]) -> set[int]:
+def _written_through(body: list[ast.stmt]) -> set[ast.expr]:
     """The ``x.data`` nodes an in-place method, a subscript or augmented assignment writes
     through."""
     written = set()
@@ -43,9 +43,9 @@ def _written_through(body: list[ast.stmt]) -> set[int]:
         for n in ast.walk(stmt):
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
                     and n.func.attr.endswith("_") and not n.func.attr.startswith("_"):
-                written.add(id(n.func.value))
+                written.add(n.func.value)
             targets = n.targets if isinstance(n, ast.Assign) else \
                 [n.target] if isinstance(n, ast.AugAssign) else []
             for t in targets:
-                written.add(id(t.value) if isinstance(t, ast.Subscript) else id(t))
+                written.add(t.value if isinstance(t, ast.Subscript) else t)
     return written

@@ -52,9 +52,9 @@ def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext, always: set[
     the names every iteration updates whatever those conditions (no flags for them)."""
     out = []
     for s in stmts:
-        if id(s) in plan.masked:
-            value, mask = plan.masked[id(s)]
-            e = plan.facts.effects[id(s)]
+        if s in plan.masked:
+            value, mask = plan.masked[s]
+            e = plan.facts.effects[s]
             out += _effect(plan, e, value, mask, ctx, guarded and e.name not in always)
         elif isinstance(s, ast.If):  # a Python condition (tensor ones are masks by now)
             s.body = _lower(plan, s.body, ctx, always, True) or [ast.Pass()]
@@ -70,8 +70,8 @@ def _always_updated(plan: LoopPlan, stmts: list[ast.stmt]) -> set[str]:
     branches of a Python one."""
     names = set()
     for s in stmts:
-        if id(s) in plan.masked and plan.masked[id(s)][1] is None:
-            names.add(plan.facts.effects[id(s)].name)
+        if s in plan.masked and plan.masked[s][1] is None:
+            names.add(plan.facts.effects[s].name)
         elif isinstance(s, ast.If):
             names |= _always_updated(plan, s.body) & _always_updated(plan, s.orelse)
     return names

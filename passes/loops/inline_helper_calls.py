@@ -192,7 +192,7 @@ class _Inliner:
                 or not self._order_kept(before + run, calls):
             return [s]
         hoisted: list[ast.stmt] = []
-        chosen = {id(c) for c in calls}
+        chosen = set(calls)
         setattr(s, field, _Replace(self, chosen, hoisted, depth, stack).visit(run[0]))
         if top is not None and isinstance(s.value, ast.Constant):
             return hoisted  # a row-writing helper's call: its writes are the statement
@@ -304,14 +304,14 @@ class _Inliner:
 class _Replace(Transformer):
     """Replaces the chosen calls (innermost first) by their results; their bodies go to ``out``."""
 
-    def __init__(self, inliner: _Inliner, chosen: set[int], out: list[ast.stmt], depth: int,
+    def __init__(self, inliner: _Inliner, chosen: set[ast.Call], out: list[ast.stmt], depth: int,
                  stack: tuple):
         self.inliner, self.chosen, self.out, self.depth, self.stack = \
             inliner, chosen, out, depth, stack
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
-        if id(node) not in self.chosen:
+        if node not in self.chosen:
             return node
         stmts, result = self.inliner.inline(node, self.depth, self.stack)
         self.out += stmts

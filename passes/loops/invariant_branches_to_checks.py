@@ -78,7 +78,8 @@ def _take_leaving_branches(plan: LoopPlan) -> LoopPlan:
 def _drop_refused_writes(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     written = _written(plan)
     copy = clone(plan.body)  # the dry run rewrites what it walks
-    twin = {id(c): o for cs, os in zip(copy, plan.body) for c, o in zip(walk(cs), walk(os))}
+    # by node, not id(): the dry run frees nodes of the copy, and makes new ones
+    twin = {c: o for cs, os in zip(copy, plan.body) for c, o in zip(walk(cs), walk(os))}
     writes = Writes(plan, ctx, {name for name, _ in plan.iteration.elements},
                     switch=lambda s: _plain(s.test) and not loads(s.test) & written)
     names = ctx.namer.checkpoint()
@@ -92,21 +93,21 @@ def _drop_refused_writes(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     finally:
         ctx.namer.rollback(names)  # the names the dry run's rewrites made are not used
     if writes.switched:
-        plan.body = _take(plan.body, {id(twin[id(s)]): body for s, body in writes.switched},
+        plan.body = _take(plan.body, {twin[s]: body for s, body in writes.switched},
                           plan)
     return plan
 
 
-def _take(stmts: list[ast.stmt], taken: dict[int, bool], plan: LoopPlan) -> list[ast.stmt]:
-    """``stmts`` with the ``if``s of ``taken`` (by id: whether their body is taken) replaced by
+def _take(stmts: list[ast.stmt], taken: dict[ast.If, bool], plan: LoopPlan) -> list[ast.stmt]:
+    """``stmts`` with the ``if``s of ``taken`` (whether their body is taken) replaced by
     the branch taken, the condition taking it joining the checks."""
     out = []
     for s in stmts:
-        if isinstance(s, ast.If) and id(s) in taken:
-            test = s.test if taken[id(s)] else _negated(s.test)
+        if isinstance(s, ast.If) and s in taken:
+            test = s.test if taken[s] else _negated(s.test)
             plan.helper_checks = plan.helper_checks + [plan.sub("t", t=test)]
             plan.taken_branches = plan.taken_branches + [unparse(test)]
-            out += _take(s.body if taken[id(s)] else s.orelse, taken, plan)
+            out += _take(s.body if taken[s] else s.orelse, taken, plan)
             continue
         if isinstance(s, ast.If):
             s.body, s.orelse = _take(s.body, taken, plan), _take(s.orelse, taken, plan)

@@ -137,10 +137,9 @@ def header_exprs(stmt: ast.stmt) -> list[ast.expr]:
 # Liveness
 
 
-def live_after_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
-    """For every ``for`` and ``while`` loop in ``func`` (by ``id``), the names live right after
-    it."""
-    record: dict[int, set[str]] = {}
+def live_after_loops(func: ast.FunctionDef) -> dict[ast.stmt, set[str]]:
+    """For every ``for`` and ``while`` loop in ``func``, the names live right after it."""
+    record: dict[ast.stmt, set[str]] = {}
     _live_block(func.body, set(), None, record)
     return record
 
@@ -152,8 +151,8 @@ def child_blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
         + [c.body for c in getattr(stmt, "cases", [])]
 
 
-def zero_before_loops(func: ast.FunctionDef) -> dict[int, set[str]]:
-    """For every ``for`` loop in ``func`` (by ``id``), the local names certainly bound to the int
+def zero_before_loops(func: ast.FunctionDef) -> dict[ast.stmt, set[str]]:
+    """For every ``for`` loop in ``func``, the local names certainly bound to the int
     ``0`` when it starts: ``s = 0`` earlier in the same block, and no statement in between
     mentions ``s``. The loop's sum then starts from 0, and ``0 + total`` is ``total``."""
     return {loop: zeros(names) for loop, names in numbers_before_loops(func).items()}
@@ -164,7 +163,7 @@ def zeros(numbers: dict[str, int | float]) -> set[str]:
     return {n for n, v in numbers.items() if type(v) is int and v == 0}
 
 
-def numbers_before_loops(func: ast.FunctionDef) -> dict[int, dict[str, int | float]]:
+def numbers_before_loops(func: ast.FunctionDef) -> dict[ast.stmt, dict[str, int | float]]:
     """As ``zero_before_loops``, the names certainly bound to a Python number literal (``0.0``,
     ``1``, ``-2.5``) when each loop starts, with their numbers: a sum started from one has its
     items' dtype (a Python number does not widen a tensor's), or that of a number the items'
@@ -180,8 +179,8 @@ def _number_literal(v: ast.expr) -> int | float | None:
         else None
 
 
-def filled_before_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, dict[str, int]]:
-    """For every ``for`` loop in ``func`` (by ``id``), the local names certainly bound to a new
+def filled_before_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[ast.stmt, dict[str, int]]:
+    """For every ``for`` loop in ``func``, the local names certainly bound to a new
     tensor every element of which is one number (``rules.FILLED_TENSORS``: ``torch.zeros(...)``,
     ``x.new_ones(...)``, ``torch.ones_like(x)``, not requiring grad) when it starts, with that
     number: made earlier in the same block, and no statement in between mentions the name (so
@@ -215,8 +214,8 @@ def float_filled(e: ast.expr, ctx: PassContext) -> bool:
 
 
 def _bound_before_loops(func: ast.FunctionDef,
-                        fact: Callable[[ast.expr], Any]) -> dict[int, dict[str, Any]]:
-    """For every ``for`` loop in ``func`` (by ``id``), the local names ``n`` certainly holding
+                        fact: Callable[[ast.expr], Any]) -> dict[ast.stmt, dict[str, Any]]:
+    """For every ``for`` loop in ``func``, the local names ``n`` certainly holding
     ``fact(v)`` (not None) when it starts: ``n = v`` (or ``n, m = v, u``) earlier in the same
     block, and no statement in between mentions ``n``. Compound statements in between end it (they
     may rebind anything), and so do ``global``/``nonlocal`` names (a call could rebind them); the
@@ -224,12 +223,12 @@ def _bound_before_loops(func: ast.FunctionDef,
     counted ``while`` loop's ``for`` form stands in an ``if``)."""
     shared = {n for node in walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
               for n in node.names}
-    record: dict[int, dict[str, Any]] = {}
+    record: dict[ast.stmt, dict[str, Any]] = {}
 
     def block(stmts: list[ast.stmt], known: dict[str, Any]) -> None:
         for stmt in stmts:
             if isinstance(stmt, ast.For):
-                record[id(stmt)] = dict(known)
+                record[stmt] = dict(known)
             pairs = _assigned_pairs(stmt)
             if pairs:
                 mentioned = {n.id for n in walk(stmt) if isinstance(n, ast.Name)}
@@ -269,19 +268,19 @@ def _assigned_pairs(stmt: ast.stmt) -> list[tuple[str, ast.expr]]:
     return []
 
 
-def divisions_after_loops(func: ast.FunctionDef) -> dict[int, tuple[ast.stmt, dict[str, str]]]:
-    """For every ``for`` loop in ``func`` (by ``id``; not inside another loop) followed directly by
+def divisions_after_loops(func: ast.FunctionDef) -> dict[ast.stmt, tuple[ast.stmt, dict[str, str]]]:
+    """For every ``for`` loop in ``func`` (not inside another loop) followed directly by
     ``return E`` or ``s = E``: that statement, and the names it reads only as ``s / d`` (true
     division by the same ``d``; for ``s = E`` only the rebound ``s``), with ``d``'s source: the
     idiom ``return loss / B`` after ``for i in range(B): loss += ...``, a mean over the loop."""
-    record: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
+    record: dict[ast.stmt, tuple[ast.stmt, dict[str, str]]] = {}
 
     def block(stmts: list[ast.stmt], in_loop: bool) -> None:
         for stmt, after in zip(stmts, stmts[1:] + [None]):
             if isinstance(stmt, ast.For) and not in_loop and after is not None:
                 divided = _divided_names(after)
                 if divided:
-                    record[id(stmt)] = (after, divided)
+                    record[stmt] = (after, divided)
             nested = in_loop or isinstance(stmt, (ast.For, ast.AsyncFor, ast.While))
             for child in child_blocks(stmt):
                 block(child, nested)
@@ -311,7 +310,7 @@ def _divided_names(stmt: ast.stmt) -> dict[str, str]:
 
 
 def _live_block(stmts: list[ast.stmt], out: set[str], loop: tuple[set, set] | None,
-                record: dict[int, set[str]]) -> set[str]:
+                record: dict[ast.stmt, set[str]]) -> set[str]:
     live = set(out)
     for stmt in reversed(stmts):
         live = _live_stmt(stmt, live, loop, record)
@@ -319,7 +318,7 @@ def _live_block(stmts: list[ast.stmt], out: set[str], loop: tuple[set, set] | No
 
 
 def _live_stmt(stmt: ast.stmt, out: set[str], loop: tuple[set, set] | None,
-               record: dict[int, set[str]]) -> set[str]:
+               record: dict[ast.stmt, set[str]]) -> set[str]:
     if isinstance(stmt, ast.If):
         return (loads(stmt.test) | _live_block(stmt.body, out, loop, record)
                 | _live_block(stmt.orelse, out, loop, record))
@@ -335,7 +334,7 @@ def _live_stmt(stmt: ast.stmt, out: set[str], loop: tuple[set, set] | None,
             if new <= head:
                 break
             head |= new
-        record[id(stmt)] = record.get(id(stmt), set()) | out
+        record[stmt] = record.get(stmt, set()) | out
         if isinstance(stmt, (ast.For, ast.AsyncFor)):
             return head | loads(stmt.iter)
         return head
@@ -536,7 +535,7 @@ class Effect:
 
 @dataclass
 class LoopFacts:
-    effects: dict[int, Effect] = field(default_factory=dict)   # by id(stmt)
+    effects: dict[ast.stmt, Effect] = field(default_factory=dict)   # by statement
     variant: set[str] = field(default_factory=set)
     assigned: set[str] = field(default_factory=set)
     masked: bool = False     # a tensor-guarded `continue` masks later statements
@@ -771,7 +770,7 @@ def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.st
             raise Unsupported(f"running {effect.family.split('_')[-1]} of `{effect.name}` under "
                               "a condition", s.lineno)
         effect.masked = cond == "variant"
-        facts.effects[id(s)] = effect
+        facts.effects[s] = effect
 
 
 def _is_append(s: ast.stmt, assigned: set[str]) -> bool:
@@ -935,7 +934,7 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
         scan_ok = (len(updates) == 1 and update.family in rules.FAMILY_SCAN
                    and id(update.stmt) in top and not facts.masked)
         for r in readers:
-            eff = facts.effects.get(id(r))
+            eff = facts.effects.get(r)
             if not (scan_ok and eff is not None and eff.kind in ("append", "write")
                     and not eff.family and is_name(eff.value, name) and id(r) in top
                     and top.index(id(r)) > top.index(id(update.stmt))):
@@ -1011,7 +1010,7 @@ def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,
                  if e.name == name}
         written = False
         for s in _simple_stmts(body):
-            own = facts.effects.get(id(s))
+            own = facts.effects.get(s)
             exprs = header_exprs(s) if isinstance(s, ast.If) else [s]
             if own is not None and own.name == name:
                 exprs = [own.value] + ([write_target(own.stmt).slice] if kind == "write" else [])

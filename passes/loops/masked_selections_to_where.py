@@ -339,16 +339,17 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
                if isinstance(sub, ast.Subscript)):
         return Dense(body)
     work = clone(body)
-    users = {id(c): u for c, u in zip(_walk(work), _walk(body))}
+    # by node, not id(): the converter frees nodes of ``work``, and makes new ones
+    users = dict(zip(_walk(work), _walk(body)))
     converter = _Converter(work, seeds, lenient, outer_masks, ctx, ints)
     try:
         dense = converter.block(work, top=True)
     except (_Refused, Unsupported) as exc:
         return Dense(body, refused=str(exc))
     for sub in converter.converted:
-        ast_marks.put(users[id(sub)], ast_marks.WHERE_CONVERTED, True)
+        ast_marks.put(users[sub], ast_marks.WHERE_CONVERTED, True)
     for call in converter.counted:
-        ast_marks.put(users[id(call)], ast_marks.SELECTION_COUNT, True)
+        ast_marks.put(users[call], ast_marks.SELECTION_COUNT, True)
     return Dense(dense, converter.guards, converter.empty, converter.host_errors,
                  converter.appends, frozenset(converter.selected))
 

@@ -50,10 +50,10 @@ def _appends_then_continues(s: ast.If, rest: list[ast.stmt]) -> bool:
             and not any(isinstance(n, ast.Continue) for t in rest for n in ast.walk(t)))
 
 
-def _merge(stmts: list[ast.stmt], ctx: PassContext, made: dict[int, str] | None = None
+def _merge(stmts: list[ast.stmt], ctx: PassContext, made: dict[ast.stmt, str] | None = None
            ) -> list[ast.stmt]:
-    """``made``: the appends this stage wrote, by id, with the name they append (an ``elif``'s
-    merged append becomes an assignment to that same name)."""
+    """``made``: the appends this stage wrote, with the name they append (an ``elif``'s merged
+    append becomes an assignment to that same name). By node, not id(): a popped one is freed."""
     made = {} if made is None else made
     out = []
     for s in stmts:
@@ -64,17 +64,17 @@ def _merge(stmts: list[ast.stmt], ctx: PassContext, made: dict[int, str] | None 
         lst = _appended_by_every_branch(s)
         if lst is None:
             continue
-        value = next((made[id(b[-1])] for b in (s.body, s.orelse) if id(b[-1]) in made), None)
+        value = next((made[b[-1]] for b in (s.body, s.orelse) if b[-1] in made), None)
         value = value or ctx.namer.new(f"{lst}_value")
         loc = s.orelse[-1]
         for branch in (s.body, s.orelse):
             append = branch.pop()
-            if id(append) not in made:
+            if append not in made:
                 branch.append(replace("v = e", loc=append, v=value, e=append.value.args[0])[0])
         call = replace("lst.append(v)", loc=loc, lst=ast.Name(lst, ast.Load()),
                        v=ast.Name(value, ast.Load()))
         out.append(ast.copy_location(ast.Expr(call), loc))
-        made[id(out[-1])] = value
+        made[out[-1]] = value
     return out
 
 

@@ -111,10 +111,10 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
     return init, fix_missing_locations(loop), stmt, comp
 
 
-def lists_reduced_next(func: ast.FunctionDef, ctx: PassContext) -> dict[int, ast.stmt]:
+def lists_reduced_next(func: ast.FunctionDef, ctx: PassContext) -> dict[ast.stmt, ast.stmt]:
     """``xs = [f(r) for r in rows]`` right before the only statement reading that list, whose
     value is a reducer ``_find`` takes with ``xs`` as its list (``y = torch.cat(xs, dim=1)``,
-    ``return sum(xs)``): by the ``id`` of the binding, that statement. ``reduced_where_read``
+    ``return sum(xs)``): by the binding, that statement. ``reduced_where_read``
     puts the comprehension in the reducer, as if written there. ``xs`` is read nowhere else, or
     that statement binds it again (a name reused for the list and its reduction,
     ``loss = [...]; loss = torch.cat(loss, dim=1)``): either way no other read sees the list.
@@ -144,7 +144,7 @@ def lists_reduced_next(func: ast.FunctionDef, ctx: PassContext) -> dict[int, ast
                             and isinstance(n.ctx, ast.Load) for n in walk(reader)) == 1 \
                     and (rebinds or reads[name] == 1) \
                     and _find(merged := reduced_where_read(stmt, reader), ctx) is merged.value:
-                found[id(stmt)] = reader
+                found[stmt] = reader
     return found
 
 
@@ -285,8 +285,8 @@ def stackable_lists(func: ast.FunctionDef, ctx: PassContext) -> frozenset[str]:
                               and _reads_some_items(func, name, parents, ctx)))
 
 
-def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, set[str]]:
-    """For every ``for`` loop in ``func`` (by ``id``), the lists it may build as the stacked
+def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[ast.stmt, set[str]]:
+    """For every ``for`` loop in ``func``, the lists it may build as the stacked
     items: ``lst = []`` right before it (nothing in between mentions ``lst``), and the statements
     after it, up to one rebinding ``lst``, read ``lst`` only as a tensor of its items answers
     (``torch.stack(lst)``, ``len(lst)``, ``lst[k]``, ...); nothing reachable from ``lst`` is
@@ -300,7 +300,7 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
     parents = {id(c): n for n in walk(func) for c in ast.iter_child_nodes(n)}
     shared = {n for node in walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
               for n in node.names}
-    record: dict[int, set[str]] = {}
+    record: dict[ast.stmt, set[str]] = {}
 
     def reads_ok(stmt: ast.stmt, name: str) -> bool:
         return all(_same_on_stacked(n, parents[id(n)], ctx) for n in walk(stmt)
@@ -337,7 +337,7 @@ def lists_built_by_loops(func: ast.FunctionDef, ctx: PassContext) -> dict[int, s
         for k, stmt in enumerate(stmts):
             if isinstance(stmt, ast.For):
                 ends = {n: built(stmts[k + 1:], n, top) for n in empty - shared}
-                record[id(stmt)] = {n for n, end in ends.items() if end is not None
+                record[stmt] = {n for n, end in ends.items() if end is not None
                                     and not aliased(stmt, stmts[k + 1:], end, n)}
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
                     and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.List) \

@@ -164,8 +164,8 @@ class LoopPlan:
     host_errors: dict[str, tuple[str, ast.AST]] = field(default_factory=dict)
     # Sums of host numbers -> their float64 twin (Python sums floats in double precision).
     wide: dict[str, str] = field(default_factory=dict)
-    # Effects under masks: id(stmt) -> (its value made safe under the mask, the mask or None).
-    masked: dict[int, tuple[ast.expr, str | None]] = field(default_factory=dict)
+    # Effects under masks: statement -> (its value made safe under the mask, the mask or None).
+    masked: dict[ast.stmt, tuple[ast.expr, str | None]] = field(default_factory=dict)
     index_masks: set[str] = field(default_factory=set)  # ... of conditions on loop indices only
     index_tests: dict[str, ast.expr] = field(default_factory=dict)  # ... as the Python tests
     uses_where: bool = False

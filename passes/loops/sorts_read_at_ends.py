@@ -79,7 +79,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     ends = {}
     for sub, name in reads.ends:
         first = (_index(sub.slice) == 0) != sorts[name]
-        ends[id(sub)] = replace(FIRST if first else LAST, loc=sub, torch_name=ctx.torch_name,
+        ends[sub] = replace(FIRST if first else LAST, loc=sub, torch_name=ctx.torch_name,
                                 s=sub.value)
     plan.body = [_Ends(ends).visit(s) for s in unsorted]
     for x in {ast.dump(g): g for g in reads.guards}.values():
@@ -88,11 +88,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 
 class _Ends(ast.NodeTransformer):
-    def __init__(self, ends: dict[int, ast.expr]):
+    def __init__(self, ends: dict[ast.Subscript, ast.expr]):
         self.ends = ends
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.expr:
-        return self.ends.get(id(node)) or self.generic_visit(node)
+        return self.ends.get(node) or self.generic_visit(node)
 
 
 def _sorts(body: list[ast.stmt], ctx: PassContext) -> dict[str, bool]:

@@ -175,9 +175,9 @@ class _Converter:
             if isinstance(s, (ast.Pass, ast.Continue)) or (
                     isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)):
                 continue
-            effect = self.facts.effects.get(id(s))
+            effect = self.facts.effects.get(s)
             if effect is not None:
-                self.plan.masked[id(s)] = self.expr(effect.value, pred), pred
+                self.plan.masked[s] = self.expr(effect.value, pred), pred
                 self.plan.uses_where |= pred is not None
                 out += self._flush() + [s]
                 continue
@@ -217,7 +217,7 @@ class _Converter:
         changed = set()
         for n in walk(s):
             if isinstance(n, ast.stmt):
-                effect = self.facts.effects.get(id(n))
+                effect = self.facts.effects.get(n)
                 changed |= stores(n) | ({effect.name} if effect else set()) | (
                     loads(n) if isinstance(n, ast.Expr) and not effect else set())
         for name, value in list(self.recompute.items()):
@@ -349,7 +349,7 @@ class _Converter:
     def _assigned_in(self, s: ast.If) -> set[str]:
         """Names ``s`` binds (not its effects': their statements are rewritten later)."""
         return set().union(*(stores(n) for n in walk(s) if isinstance(n, ast.stmt)
-                             and id(n) not in self.facts.effects))
+                             and n not in self.facts.effects))
 
 
 # ``count <op> number`` of a count of a mask's true elements (``OpSpec.counts_true``): whether

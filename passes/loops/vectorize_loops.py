@@ -264,11 +264,11 @@ def _visit_branches(vectorizer: "_Vectorizer", node: ast.If,
 class _Vectorizer(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
-        self.live: dict[int, set[str]] = {}
-        self.numbers: dict[int, dict] = {}  # names bound to Python number literals, by loop
-        self.filled: dict[int, dict[str, int]] = {}  # tensors filled with one number, by loop
-        self.divisions: dict[int, tuple[ast.stmt, dict[str, str]]] = {}
-        self.buildable_lists: dict[int, set[str]] = {}
+        self.live: dict[ast.stmt, set[str]] = {}  # by node: a freed loop's id is reused
+        self.numbers: dict[ast.stmt, dict] = {}  # names bound to Python number literals, by loop
+        self.filled: dict[ast.stmt, dict[str, int]] = {}  # tensors filled with one number, by loop
+        self.divisions: dict[ast.stmt, tuple[ast.stmt, dict[str, str]]] = {}
+        self.buildable_lists: dict[ast.stmt, set[str]] = {}
         self.func: ast.FunctionDef | None = None
         self.stackable_lists: frozenset[str] = frozenset()  # `xs = [...]` names to stack
         self.bound_lists: set[str] = set()   # ... and `lst` names vectorized statements bind
@@ -280,9 +280,9 @@ class _Vectorizer(Transformer):
         self.host_containers: frozenset[str] = frozenset()  # ... and always holds as lists, dicts
         self.iterators: dict[str, tuple[int, int]] = {}  # bound to iterators: last read
         self.local_defs: dict[str, ast.FunctionDef] = {}  # nested in the function, as written
-        # `xs = [...]` bindings (by id) -> the next statement, the only one reducing the list
-        self.reduced_next: dict[int, ast.stmt] = {}
-        self.absorbed: set[int] = set()  # ... those statements, when the reduction took the list
+        # `xs = [...]` bindings -> the next statement, the only one reducing the list
+        self.reduced_next: dict[ast.stmt, ast.stmt] = {}
+        self.absorbed: set[ast.stmt] = set()  # ... those, when the reduction took the list
         self.depth = 0  # loops around the node visited: an inner loop stacks no lists (its
         # prelude would be a statement of the outer loop's body, which then keeps the outer loop)
         # Comprehensions reported, by position: the vectorized forms copy them (vmap body,
@@ -361,12 +361,12 @@ class _Vectorizer(Transformer):
         index = _int_index(node, self.ctx)
         self._visit_inner(node, index, self.depth + 1)  # inner loops first
         live = _live(self, node)
-        after, divided = self.divisions.get(id(node), (None, {}))
-        numbers = self.numbers.get(id(node), {})
+        after, divided = self.divisions.get(node, (None, {}))
+        numbers = self.numbers.get(node, {})
         known = dict(zeros=loop_dataflow.zeros(numbers), numbers=set(numbers), masks=self.masks,
                      divided=divided, inner=bool(self.depth), local_defs=self.local_defs,
                      sole_divisors=divisions_by_counters.sole_divisors(self.func, node, divided),
-                     buildable_lists=self.buildable_lists.get(id(node), set()),
+                     buildable_lists=self.buildable_lists.get(node, set()),
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx, self.around[-1] if self.around else None),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
@@ -434,8 +434,8 @@ class _Vectorizer(Transformer):
         twin = clone(node)
         for a, b in zip(walk(node), walk(twin)):
             for facts in (self.live, self.numbers, self.divisions, self.buildable_lists):
-                if id(a) in facts:
-                    facts[id(b)] = facts[id(a)]
+                if a in facts:
+                    facts[b] = facts[a]
         return twin
 
     def _inner_loops_again(self, twin: ast.For | None, index: str | None,
@@ -471,15 +471,15 @@ class _Vectorizer(Transformer):
             + plan.prelude + [vectorized]
 
     def visit_Assign(self, node: ast.stmt) -> ast.AST | None:
-        if id(node) in self.absorbed:  # the reduction of the list bound just before
+        if node in self.absorbed:  # the reduction of the list bound just before
             return None
-        reader = self.reduced_next.get(id(node))
+        reader = self.reduced_next.get(node)
         if reader is not None and node.targets[0].id not in self.stackable_lists:
             merged = normalize_comprehensions.reduced_where_read(node, reader)
             new = self._comprehension(merged)
             if new is merged:  # kept (and reported): both statements run as written
                 return node
-            self.absorbed.add(id(reader))
+            self.absorbed.add(reader)
             return new
         return self._comprehension(node)
 
@@ -574,14 +574,14 @@ def _int_index(node: ast.For, ctx: PassContext) -> str | None:
 def _live(vectorizer: "_Vectorizer", node: ast.For) -> set[str]:
     """The names read after ``node``; for an unseen loop all names the function reads (not a
     default: it walks the function)."""
-    live = vectorizer.live.get(id(node))
+    live = vectorizer.live.get(node)
     return loads(vectorizer.func) if live is None else live
 
 
 def _length_mask(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
     """``node`` as one comparison into the padding mask it fills, reported
     (``length_masks_to_compares``); None when it is not such a loop."""
-    masked = length_masks_to_compares.rewrite(node, vectorizer.filled.get(id(node), {}),
+    masked = length_masks_to_compares.rewrite(node, vectorizer.filled.get(node, {}),
                                               _live(vectorizer, node), vectorizer.ctx)
     if masked is None:
         return None
