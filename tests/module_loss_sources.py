@@ -168,3 +168,44 @@ def normalized_weights(x, y, w):
     for t in range(x.shape[0]):
         loss = loss + F.cross_entropy(x[t], y[t], weight=w / w.sum())
     return loss
+
+
+# the other loss modules of op_facts.MODULE_LOSSES, of settings their batched forms take
+def nll_steps(x, y):
+    crit = nn.NLLLoss()
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + crit(x[i].log_softmax(-1), y[i])
+    return total
+
+
+def smooth_l1_steps(x, y):
+    crit = nn.SmoothL1Loss(beta=0.5)
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + crit(x[i], y[i])
+    return total
+
+
+def huber_steps(x, y):
+    crit = nn.HuberLoss(delta=2.0, reduction="sum")
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + crit(x[i], y[i])
+    return total
+
+
+def l1_steps(x, y):
+    crit = nn.L1Loss()
+    out = []
+    for i in range(x.shape[0]):
+        out.append(crit(x[i], y[i]))
+    return torch.stack(out)
+
+
+def bce_steps(x, y):
+    crit = nn.BCEWithLogitsLoss()
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + crit(x[i], y[i])
+    return total / x.shape[0]

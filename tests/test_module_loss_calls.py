@@ -235,3 +235,20 @@ def test_an_ignore_index_attribute_is_batched(dtype):
     assert_equivalent(module, optimized, x, y)
     assert optimized.report.loops[0].strategy == "batched"
     assert batched_ran(optimized, F.cross_entropy, x, x, y)
+
+
+MODULE_STEPS = {src.nll_steps: F.nll_loss, src.smooth_l1_steps: F.smooth_l1_loss,
+                src.huber_steps: F.huber_loss, src.l1_steps: F.l1_loss,
+                src.bce_steps: F.binary_cross_entropy_with_logits}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fn", list(MODULE_STEPS), ids=lambda f: f.__name__)
+def test_every_loss_module_class_is_batched(dtype, fn):
+    x = torch.randn(5, 4, 6, generator=gen(18), dtype=dtype).requires_grad_()
+    y = torch.randint(0, 6, (5, 4), generator=gen(19)) if fn is src.nll_steps \
+        else torch.rand(5, 4, 6, generator=gen(20), dtype=dtype)
+    optimized = optimize_loss(fn, compile=False)
+    assert_equivalent(fn, optimized, x, y)
+    assert optimized.report.loops[0].strategy == "batched"
+    assert batched_ran(optimized, MODULE_STEPS[fn], x, x, y)
