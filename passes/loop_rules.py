@@ -121,7 +121,7 @@ BATCHED_FLAT_REDUCTION = "x.reshape(len(x), -1).{reduce}(1)"
 SUMMED_POINTWISE_LOSSES = {"sum": "l", "mean": "l * n"}
 # The same, averaged over the loop (``loss / B`` after the loop, see vectorize_loops).
 AVERAGED_POINTWISE_LOSSES = {"sum": "l / n", "mean": "l"}
-# A loss's option given as a name or attribute chain the loop does not bind (``criterion.weight``,
+# A loss's option the check can read before the loop (``scope.free``: ``criterion.weight``,
 # the settings ``module_loss_calls`` reads off an ``nn`` loss module): the runtime condition on
 # its value ``x`` under which the batched forms (``class_loss``, ``pointwise_loss``) reproduce the
 # call; passed as written (a weight, a smoothing: dropped where they have no effect). An option

@@ -312,17 +312,13 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
 
 
 def _loss_options(scope: Scope, node: ast.Call, kws: list) -> tuple[dict, set[str]]:
-    """A loss call's options by keyword, and those checked: a literal is as written, a name or
-    attribute chain the loop does not bind (``criterion.reduction``) joins the runtime check
-    its option has in ``rules.CHECKED_LOSS_OPTIONS``; any other value refuses."""
+    """A loss call's options by keyword, and those checked: a literal is as written, a value
+    the check can read before the loop (``scope.free``: ``criterion.reduction``, ``PAD``) joins
+    the runtime check its option has in ``rules.CHECKED_LOSS_OPTIONS``; any other refuses."""
     options, checked = {}, set()
     for k, (x, _) in kws:
         if literal(x) is UNKNOWN:
-            chain = x
-            while isinstance(chain, ast.Attribute):
-                chain = chain.value
-            if k not in rules.CHECKED_LOSS_OPTIONS or not isinstance(chain, ast.Name) \
-                    or scope.free(x) is None:
+            if k not in rules.CHECKED_LOSS_OPTIONS or scope.free(x) is None:
                 raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
             scope.checks.add(scope.sub(rules.CHECKED_LOSS_OPTIONS[k], x=x))
             checked.add(k)
