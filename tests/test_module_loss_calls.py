@@ -208,6 +208,8 @@ def test_a_modules_settings_pick_the_batched_form_or_the_vmap_form(dtype, name):
     x, y = class_inputs(dtype, 13)
     y[2] = 1  # ignored: a step of only ignored labels (its mean is NaN in both), and a hit
     y[4, 3] = 1
+    with torch.no_grad():  # a -inf logit of another class than the target's: a finite loss
+        x[3, 0, (y[3, 0] + 1) % 4] = float("-inf")
     assert_equivalent(module, optimized, x, y)
     assert optimized.report.loops[0].strategy == "batched"
     assert optimized.report.loops[0].runs()["vectorized"] >= 1
