@@ -121,6 +121,22 @@ BATCHED_FLAT_REDUCTION = "x.reshape(len(x), -1).{reduce}(1)"
 SUMMED_POINTWISE_LOSSES = {"sum": "l", "mean": "l * n"}
 # The same, averaged over the loop (``loss / B`` after the loop, see vectorize_loops).
 AVERAGED_POINTWISE_LOSSES = {"sum": "l / n", "mean": "l"}
+# A loss's option the check can read before the loop (``scope.free``: ``criterion.weight``,
+# the settings ``module_loss_calls`` reads off an ``nn`` loss module): the runtime condition on
+# its value ``x`` under which the batched forms (``class_loss``, ``pointwise_loss``) reproduce the
+# call; passed as written (a weight, a smoothing: dropped where they have no effect). An option
+# not here, or whose condition fails at run time, keeps the loop's other forms.
+CHECKED_LOSS_OPTIONS = {
+    "reduction": "x in ('mean', 'sum')",  # picked at run time: CHECKED_REDUCTION
+    "ignore_index": "type(x) is int",
+    "weight": "x is None",  # a class weight changes the mean's divisor
+    "pos_weight": "x is None",
+    "label_smoothing": "type(x) in (int, float) and x == 0",
+    "beta": "type(x) in (int, float)",  # elementwise: the same number for every item
+    "delta": "type(x) in (int, float)",
+}
+# A form for each reduction, picked by a reduction ``r`` read at run time (Dynamo folds the test).
+CHECKED_REDUCTION = "({mean}) if r == 'mean' else ({sum})"
 # Integer dtypes an index tensor must have for the batched gather (bool/uint8 would be masks).
 INDEX_DTYPES = "(torch.int64, torch.int32)"
 # ``t[k] = v`` as a new tensor bound to ``t`` (``p`` a new name): the positions ``k`` selects,

@@ -288,10 +288,10 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
                    mean: bool = False):
     """``F.mse_loss(a, b)``: elementwise losses, averaged (or summed) per item; ``summed``:
     their sum over the loop (``mean``: their mean), one call."""
-    keys = {k: x for k, (x, _) in kws}
-    reduction = literal(keys.pop("reduction", ast.Constant("mean")))
-    if len(args) != 2 or reduction not in ("mean", "sum") \
-            or not all(isinstance(x, ast.Constant) for x in keys.values()):
+    keys, checked = _loss_options(scope, node, kws)
+    reduction = keys.pop("reduction", ast.Constant("mean"))
+    if len(args) != 2 or not all(isinstance(x, ast.Constant) or k in checked
+                                 for k, x in keys.items()):
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     (a, av), (b, bv) = args
     if not (av.batched or bv.batched):
@@ -299,16 +299,43 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
     if not (av.batched and bv.batched):
         (a, av), (b, bv) = _fixed_operand_expanded(scope, node, (a, av), (b, bv))
     scope.elementwise([av, bv], node)
+    kw = [ast.keyword(k, x) for k, x in keys.items()]
     if summed:  # one call with the per-item reduction over all items
-        kw = [ast.keyword(k, x) for k, x in keys.items()] + [
-            ast.keyword("reduction", ast.Constant(reduction))]
         table = rules.AVERAGED_POINTWISE_LOSSES if mean else rules.SUMMED_POINTWISE_LOSSES
-        return scope.sub(table[reduction], n=scope.trips,
-                         l=ast.Call(node.func, [a, b], kw)), Val(True, Rank())
-    kw = [ast.keyword(k, x) for k, x in keys.items()] + [ast.keyword("reduction",
-                                                                      ast.Constant("none"))]
-    loss = scope.named(ast.Call(node.func, [a, b], kw))
-    return scope.sub(f"l.reshape(len(l), -1).{reduction}(1)", l=loss), Val(True, Rank())
+        call = ast.Call(node.func, [a, b], kw + [ast.keyword("reduction", reduction)])
+        return scope.sub(_by_reduction(table, reduction), n=scope.trips, l=call, r=reduction), \
+            Val(True, Rank())
+    loss = scope.named(ast.Call(node.func, [a, b], kw + [
+        ast.keyword("reduction", ast.Constant("none"))]))
+    per_item = {r: f"l.reshape(len(l), -1).{r}(1)" for r in ("mean", "sum")}
+    return scope.sub(_by_reduction(per_item, reduction), l=loss, r=reduction), Val(True, Rank())
+
+
+def _loss_options(scope: Scope, node: ast.Call, kws: list) -> tuple[dict, set[str]]:
+    """A loss call's options by keyword, and those checked: a literal is as written, a value
+    the check can read before the loop (``scope.free``: ``criterion.reduction``, ``PAD``) joins
+    the runtime check its option has in ``rules.CHECKED_LOSS_OPTIONS``; any other refuses."""
+    options, checked = {}, set()
+    for k, (x, _) in kws:
+        if literal(x) is UNKNOWN:
+            if k not in rules.CHECKED_LOSS_OPTIONS or scope.free(x) is None:
+                raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+            scope.checks.add(scope.sub(rules.CHECKED_LOSS_OPTIONS[k], x=x))
+            checked.add(k)
+        options[k] = x
+    reduction = options.get("reduction")
+    if reduction is not None and "reduction" not in checked \
+            and literal(reduction) not in ("mean", "sum"):
+        raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
+    return options, checked
+
+
+def _by_reduction(forms: dict[str, str], reduction: ast.expr) -> str:
+    """The template of ``forms`` (by per-item reduction) for ``reduction``: a literal's, or
+    both, picked at run time by ``r``."""
+    if isinstance(reduction, ast.Constant):
+        return forms[reduction.value]
+    return rules.CHECKED_REDUCTION.format(**forms)
 
 
 def _fixed_operand_expanded(scope: Scope, node: ast.Call, *operands: tuple) -> list:
@@ -330,11 +357,13 @@ def _fixed_operand_expanded(scope: Scope, node: ast.Call, *operands: tuple) -> l
 
 def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False):
     """``F.cross_entropy(x, t)`` per item, x [N, C] and t [N] class indices, or x [C] and t a
-    0-d index; ``summed``: the sum over the loop (one call when the per-item reduction is a sum)."""
-    keys = {k: x for k, (x, _) in kws}
-    reduction = literal(keys.pop("reduction", ast.Constant("mean")))
-    ignore = _fixed_int(scope, keys.pop("ignore_index", ast.Constant(-100)))
-    if len(args) != 2 or reduction not in ("mean", "sum") or ignore is None or keys:
+    0-d index; ``summed``: the sum over the loop (one call when the per-item reduction is a sum).
+    A class weight or label smoothing checked to be off (``_loss_options``) is left out."""
+    keys, checked = _loss_options(scope, node, kws)
+    reduction = keys.pop("reduction", ast.Constant("mean"))
+    ignore = keys.pop("ignore_index", ast.Constant(-100))
+    if len(args) != 2 or type(literal(ignore)) is not int and "ignore_index" not in checked \
+            or set(keys) - checked:
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     (x, xv), (t, tv) = args
     if xv.batched and not tv.batched:
@@ -345,26 +374,14 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
     _require_item_ranks(scope, node, xv.rank, tv.rank)
     for cond in tv.integer:
         scope.check(cond)
-    if summed and reduction == "sum":
+    if summed and literal(reduction) == "sum":
         rows = scope.ctx.bind(row_losses.loss_of_rows, "loss_of_rows")
-        return scope.sub(f"{rows}(F, x, t, 'sum', ignore_index={ignore})", F=node.func, x=x,
-                         t=t), Val(True, Rank())
+        return scope.sub(f"{rows}(F, x, t, 'sum', ignore_index=i)", F=node.func, x=x, t=t,
+                         i=ignore), Val(True, Rank())
     items = scope.ctx.bind(row_losses.loss_of_items, "loss_of_items")
-    per_item = scope.sub(f"{items}(F, x, t, '{reduction}', ignore_index={ignore})",
-                         F=node.func, x=x, t=t)
+    per_item = scope.sub(f"{items}(F, x, t, r, ignore_index=i)", F=node.func, x=x, t=t,
+                         r=reduction, i=ignore)
     return (scope.sub("e.sum(0)", e=per_item) if summed else per_item), Val(True, Rank())
-
-
-def _fixed_int(scope: Scope, option: ast.expr) -> str | None:
-    """An int option the same in every iteration, as source: a literal, or a name the body
-    does not bind (``ignore_index=PAD``, a module constant) behind a check that it is an int
-    (else the loop's vmap form passes it as written); None for anything else."""
-    if type(literal(option)) is int:
-        return unparse(option)
-    name = scope.free(option) if isinstance(option, ast.Name) else None
-    if name is not None:
-        scope.check(f"type({name}) is int")
-    return name
 
 
 def _require_item_ranks(scope: Scope, node: ast.Call, x: Rank, t: Rank) -> None:

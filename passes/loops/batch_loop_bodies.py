@@ -22,7 +22,10 @@ unchanged); ``x[k, 1:]`` with fixed entries -> ``x[:, k, 1:]``; the gather ``x[i
 ``w[i]`` at the index of ``range(a, b, s)``, int literals ``a``, ``s``: ``w[a:b:s].clone()``);
 ``F.mse_loss(a, b)`` and the other pointwise losses -> ``F.mse_loss(a, b, reduction="none")``
 averaged per item; ``F.cross_entropy(x, t)`` on [N, C] items -> ``reduction="none"`` summed per item
-over the count of non-ignored targets (what the mean divides by); ``torch.dot(a, b)`` ->
+over the count of non-ignored targets (what the mean divides by); a loss's option that is a
+name or attribute chain the loop does not bind (``reduction=criterion.reduction``, the settings
+of an ``nn`` loss module) behind a check of its value (``loop_rules.CHECKED_LOSS_OPTIONS``: no
+class weight, no smoothing, a mean or sum reduction picked at run time); ``torch.dot(a, b)`` ->
 ``(a * b).sum(1)``; ``w[k, idx]`` (fixed ``w``, fixed ints ``k``) -> ``w[k][idx]``;
 ``F.cosine_similarity(a, b, dim=d)`` -> the same call with ``dim=d + 1``.
 

@@ -31,6 +31,9 @@ of positional arguments. The module's settings are read from the instance at run
 exactly that class without hooks (``plain_loss_module``), and the table's conditions on it (not
 in place, a ``dim``): a subclass, a replaced ``forward``, a hook or an in-place module runs the
 loop as written. The loop as written, the else of the vectorized form, calls the module.
+The batched forms of the losses take those settings behind checks of their values (no class
+weight, no smoothing, a mean or sum reduction: ``loop_rules.CHECKED_LOSS_OPTIONS``); a module
+of other settings runs the vmap form, which passes them as they are.
 """
 from __future__ import annotations
 
