@@ -96,6 +96,11 @@ class OpSpec:
     # ... computed by this function of (``x``, ``b``, ``a``) instead, bound into generated code
     swapped_fn: Callable | None = None
     data_shape: bool = False                  # its result's shape depends on the values
+    # Its arguments that are sizes (lengths, counts, shapes, window lengths), which shape its
+    # result: positions counted as for ``sanitize``, keywords by name; ``...`` after a position:
+    # every positional argument from that one on (``x.view(*shape)``). Under vmap a size that
+    # varies per iteration is a tensor, which no op takes as a size (``check_mapped_body``).
+    sizes: tuple = ()
     # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
     # memory by strides): must run where it stands, every call and every iteration;
     # "uninitialized": not cached (no effect).
@@ -340,21 +345,23 @@ REGISTRY: tuple[OpSpec, ...] = (
     # mask made by them and written per iteration is refused by ``check_mapped_body`` as an
     # unknown op's result, where functionally written it would index under vmap (no batching);
     # without ``dtype=`` they are float and written functionally (``loop_dataflow.float_filled``)
-    _t("full", meth=False, total=True, derivative="constant"),
+    _t("full", meth=False, total=True, derivative="constant", sizes=(0, "size")),
     _t("stack", meth=False, total=True, derivative="constant"),
     _t("cat", meth=False, total=True, derivative="constant"),
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
     _t("tensor", meth=False, total=True, number_first=True),
     # a range of numbers: no gradient flows through it, whatever its bounds
-    _t("arange", meth=False, total=True, derivative="constant"),
+    _t("arange", meth=False, total=True, derivative="constant",
+       sizes=(0, ..., "start", "end", "step")),
     # views, and conversions that return the tensor itself when there is nothing to do
     _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
     _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),
     _t("type_as", fn=False, batched="same_rank", total=True, aliases=True),
-    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True, aliases=True),
-    _t("view", fn=False, total=True, recomputed=True, aliases=True),
+    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True, aliases=True,
+       sizes=(1, ..., "shape")),
+    _t("view", fn=False, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
     _t("squeeze", fn=False, total=True, recomputed=True, aliases=True),
-    _t("expand", fn=False, total=True, recomputed=True, aliases=True),
+    _t("expand", fn=False, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
     _t("contiguous", fn=False, total=True, aliases=True),
     *(_t(n, fn=False, total=True, recomputed=True, aliases=True)
       for n in ("t", "transpose", "permute", "movedim")),
@@ -380,8 +387,10 @@ REGISTRY: tuple[OpSpec, ...] = (
     # a dtype, from its operands' dtypes (``loop_rules.HOST_WEAK``)
     _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True,
        batched="result_type"),
-    *(_t(n, fn=False, metadata_only=True)
-      for n in ("stride", "element_size", "new_zeros", "new_ones", "new_full", "new_tensor")),
+    *(_t(n, fn=False, metadata_only=True) for n in ("stride", "element_size", "new_tensor")),
+    *(_t(n, fn=False, metadata_only=True, sizes=(1, ..., "size"))
+      for n in ("new_zeros", "new_ones")),
+    _t("new_full", fn=False, metadata_only=True, sizes=(1, "size")),
     *_aten("sym_size", "sym_numel", "sym_stride", metadata_only=True),
     # -- effects ------------------------------------------------------------------------------
     *_aten("rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like",
@@ -442,6 +451,28 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(_builtin(n, derivative="constant")
       for n in ("range", "zip", "enumerate", "list", "tuple", "round", "all", "any")),
     _builtin("pow"),
+    # -- known for their sizes only (no aten name: ``zeros``/``ones`` stay out of the facts of
+    # tensor ops, see ``full``) ---------------------------------------------------------------
+    *(OpSpec(None, (f"torch.{n}",), sizes=(0, ..., "size")) for n in ("zeros", "ones")),
+    *(OpSpec(None, (f"torch.{n}",), sizes=(0, "window_length"))
+      for n in ("hann_window", "hamming_window", "blackman_window", "bartlett_window",
+                "kaiser_window")),
+    OpSpec(None, ("torch.eye",), sizes=(0, 1, "n", "m")),
+    *(OpSpec(None, (f"torch.{n}",), sizes=(2, "steps")) for n in ("linspace", "logspace")),
+    OpSpec(None, methods=("repeat",), sizes=(1, ..., "repeats")),
+    OpSpec(None, ("torch.tile",), ("tile",), sizes=(1, "dims")),
+    OpSpec(None, ("torch.repeat_interleave",), ("repeat_interleave",),
+           sizes=(1, "repeats", "output_size")),
+    OpSpec(None, ("torch.narrow",), ("narrow",), sizes=(2, 3, "start", "length")),
+    OpSpec(None, methods=("unflatten",), sizes=(2, "sizes")),
+    OpSpec(None, ("torch.stft",), ("stft",), sizes=(1, 2, 3, "n_fft", "hop_length", "win_length")),
+    OpSpec(None, ("torch.istft",), ("istft",),
+           sizes=(1, 2, 3, "n_fft", "hop_length", "win_length", "length")),
+    *(OpSpec(None, (f"torch.{n}",), (n,), sizes=(1, "k")) for n in ("topk", "kthvalue")),
+    OpSpec(None, ("torch.split",), ("split",), sizes=(1, "split_size_or_sections", "split_size")),
+    OpSpec(None, ("torch.chunk",), ("chunk",), sizes=(1, "chunks")),
+    OpSpec(None, ("torch.roll",), ("roll",), sizes=(1, "shifts")),
+    OpSpec(None, (_F + "pad",), sizes=(1, "pad")),
 )
 # Methods of Python objects (lists, dicts, sets, loggers, files, summary writers), by effect.
 # Some share a name with a tensor op (``log``, ``add``): such calls count as both.
@@ -480,6 +511,17 @@ def by_call(name: str | None, meth: str | None) -> OpSpec:
 def by_operator(op: type) -> OpSpec:
     """The op of a Python operator: ``by_operator(ast.Div)`` is ``torch.div``'s."""
     return _OPERATORS.get(op, UNKNOWN)
+
+
+def size_arguments(spec: OpSpec, positional: list, keywords: dict) -> list:
+    """The arguments of a call of ``spec`` that are sizes (``OpSpec.sizes``): of
+    ``positional`` (a method's receiver first) and ``keywords`` (by name)."""
+    found = [keywords[s] for s in spec.sizes if isinstance(s, str) and s in keywords]
+    for k, s in enumerate(spec.sizes):
+        if isinstance(s, int):
+            rest = spec.sizes[k + 1:k + 2] == (...,)
+            found += positional[s:] if rest else positional[s:s + 1]
+    return found
 
 
 def by_host_math(name: str | None) -> OpSpec:

@@ -23,11 +23,16 @@ def summed(pred, target):
         total = total + ((pred[i] - target[i]) ** 2).sum()
     return total
 
+class Scaled:  # a callable object: its body is not read, and its `.item()` fails under vmap
+    def __call__(self, d, n):
+        return d * n.item()
+
+scaled = Scaled()
+
 def per_item(pred, target, lengths):
     total = 0
     for i in range(pred.shape[0]):
-        L = lengths[i]  # a size from a tensor fails under vmap
-        total = total + ((pred[i].narrow(0, 0, L) - target[i].narrow(0, 0, L)) ** 2).sum()
+        total = total + scaled((pred[i] - target[i]) ** 2, lengths[i]).sum()
     return total
 '''
 

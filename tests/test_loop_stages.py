@@ -1901,6 +1901,35 @@ _total_part = _total_part + _x_row[:3].sum()
 # body
 _total_part = _total_part + _x_row[:3].sum()
 """),
+    (check_mapped_body, """
+def f(x, lens, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i].repeat(lens[i], 1).sum()
+    return total
+""", ('body',),
+     """
+# body
+_total_part = _total_part + _x_row.repeat(_lens_row, 1).sum()
+""",
+     """
+Unsupported: `x[i].repeat(lens[i], 1)`: a size that varies per iteration (`lens[i]`, line 4): the result's shape would differ between iterations
+"""),
+    (check_mapped_body, """
+def f(x, k, n):
+    total = 0
+    for i in range(n):
+        total = total + x[i].repeat(k, 1).view(k, -1).sum() + torch.zeros(x.shape[1]).sum()
+    return total
+""", ('body',),
+     """
+# body
+_total_part = _total_part + (_x_row.repeat(k, 1).view(k, -1).sum() + torch.zeros(x.shape[1]).sum())
+""",
+     """
+# body
+_total_part = _total_part + (_x_row.repeat(k, 1).view(k, -1).sum() + torch.zeros(x.shape[1]).sum())
+"""),
     (inplace_writes_to_functional, """
 def f(scores, target, n):
     loss = 0

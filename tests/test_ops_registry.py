@@ -45,6 +45,20 @@ def test_spellings_exist():
             assert hasattr(torch.Tensor, meth), meth
 
 
+def test_size_positions_name_arguments():
+    """``sizes``: argument positions (``...`` only right after one: every positional argument
+    from it on) and keyword names; ``size_arguments`` picks them from a call's arguments."""
+    for spec in ops.REGISTRY:
+        for k, s in enumerate(spec.sizes):
+            assert isinstance(s, str) and s.isidentifier() or isinstance(s, int) and s >= 0 \
+                or s is ... and k > 0 and isinstance(spec.sizes[k - 1], int), spec.names
+    view, hann = ops.by_call(None, "view"), ops.by_call("torch.hann_window", None)
+    assert ops.size_arguments(view, ["x", "n", "m"], {}) == ["n", "m"]
+    assert ops.size_arguments(view, ["x"], {"size": "s"}) == ["s"]
+    assert ops.size_arguments(hann, ["n", "p"], {"dtype": "d"}) == ["n"]
+    assert ops.size_arguments(ops.by_call(None, "add"), ["x", "y"], {}) == []
+
+
 def test_queries_find_every_spelling():
     for spec in ops.REGISTRY:
         for name, meth in _spellings(spec):

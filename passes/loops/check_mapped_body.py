@@ -9,7 +9,9 @@ written, with the reason at the user's line::
     sum(a if t > 0.5 else b for t in ts[i])  ->  Unsupported("conditional expression on `t > 0.5` ...")
 
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
-``not``, ``in``), slice bounds and steps, Python numbers made of tensors (``.item()``, ``int(t)``,
+``not``, ``in``), slice bounds and steps, the sizes ops take (the registry's ``sizes``: a repeat
+count ``x[i].repeat(lens[i], 1)``, a window length ``torch.hann_window(n_fft)``, a shape
+``torch.zeros(n)``; under vmap a tensor, which no op takes as a size), Python numbers made of tensors (``.item()``, ``int(t)``,
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``) and masks a function of the
 module returns indexing (``e[k, pick(y, k, flag)]``, ``_helper_mask``), ops whose result's shape depends on the values (``masked_select``, the
 registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
@@ -68,6 +70,11 @@ class _Check:
         self.plan, self.ctx = plan, ctx
         # the user's nodes by position (the loop as written), to quote them, not renamed ones
         self.written = {_at(n): n for n in ast.walk(plan.node) if hasattr(n, "col_offset")}
+        # ... and by place alone, for a read a stage replaced in place (`lens[i]` by a row)
+        self.spans: dict[tuple, ast.expr] = {}
+        for n in ast.walk(plan.node):
+            if isinstance(n, ast.expr) and hasattr(n, "lineno"):
+                self.spans.setdefault(_at(n)[1:], n)
         # rows of the function's boolean masks (``mask[i]``)
         self.masks = {row.param for (name, _), row in plan.row_slices.items()
                       if name in plan.masks}
@@ -172,6 +179,13 @@ class _Check:
         if op.data_shape:
             self.refuse(f"`{self.quote(node)}`: the size of its result varies per iteration",
                         node)
+        receiver = [node.func.value] if loop_dataflow.method_name(node, self.ctx) else []
+        size = next((a for a in ops.size_arguments(op, receiver + node.args, {
+            k.arg: k.value for k in node.keywords}) if varies(a)), None)
+        if size is not None:
+            self.refuse(f"`{self.quote(node)}`: a size that varies per iteration (`"
+                        f"{self.quote(size)}`, line {node.lineno}): the result's shape would "
+                        "differ between iterations", node)
         if isinstance(node.func, ast.Attribute) and node.func.attr in _COMPARING_METHODS \
                 or name == "range":
             self.refuse(f"`{self.quote(node)}` needs Python values of a value that varies per "
@@ -219,7 +233,7 @@ class _Check:
         return [a for a in given if a not in index_tensor_arguments(node, self.ctx)] if given else []
 
     def quote(self, node: ast.AST) -> str:
-        found = self.written.get(_at(node), node)
+        found = self.written.get(_at(node)) or self.spans.get(_at(node)[1:], node)
         return unparse(found)
 
     def refuse(self, reason: str, node: ast.AST) -> None:
