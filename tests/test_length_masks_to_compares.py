@@ -144,6 +144,42 @@ def test_lengths_not_a_1d_integer_tensor_run_the_loop_as_written(lengths):
     assert torch.equal(got[1], want[1])
 
 
+CHAINED = """
+    def f(x, lengths):
+        mask = torch.zeros(x.shape[0], x.shape[1])
+        for i in range(len(lengths)):
+            mask[i][:lengths[i]] = 1
+        return (x * mask).sum(), mask
+    """
+
+
+def test_golden_chained_row_write_is_one_comparison():
+    # the row ``mask[i]`` a view of the tensor written through: ``mask[i, :lengths[i]] = 1``
+    code, report = rewrite_source(CHAINED)
+    assert "torch.lt(_pos.expand(_rows.shape), _bound, out=_rows)" in code
+    assert code.endswith("else:\n        for i in range(len(lengths)):\n"
+                         "            mask[i][:lengths[i]] = 1\n    return ((x * mask).sum(), mask)")
+    [loop] = report.loops
+    assert loop.vectorized and loop.strategy == "batched", loop
+    assert "`mask` filled with 0 before the loop, 1 written before each row's length" in loop.reason
+
+
+def test_golden_chained_write_at_another_row_is_left_to_the_stages():
+    code, _ = rewrite_source(CHAINED.replace("mask[i][:lengths[i]]", "mask[0][:lengths[i]]"))
+    assert "out=_rows" not in code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("lengths", [[7, 3, 0, 5], [-2, 9, -9, 7], [1, -7]])
+def test_chained_row_write_equivalent_value_gradients_dtype(dtype, lengths):
+    original, optimized, code, _ = build(CHAINED)
+    assert "out=_rows" in code
+    x = torch.randn(4, 7, dtype=dtype, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    assert_equivalent(original, optimized, x, torch.tensor(lengths))
+    want, got = original(x, torch.tensor(lengths))[1], optimized(x, torch.tensor(lengths))[1]
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 def test_real_get_mask_is_one_comparison_and_equivalent():
     from examples.real import sep_sisnr_pit_mask as m
     import rewrite

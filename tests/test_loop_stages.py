@@ -3085,6 +3085,39 @@ out[i, 0] = x[i, 1:3].sum() + x[i, 0][x[i, 2].long()]
 isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
 """),
     (merge_chained_indexing, """
+def f(x, mask, lengths, n):
+    for i in range(n):
+        mask[i][:lengths[i]] = x[i][1:lengths[i] + 1]
+    return mask
+""", ('body', 'checks',),
+     """
+# body
+mask[i][:lengths[i]] = x[i][1:lengths[i] + 1]
+# checks
+""",
+     """
+# body
+mask[i, :lengths[i]] = x[i, 1:lengths[i] + 1]
+# checks
+isinstance(mask, torch.Tensor) and isinstance(x, torch.Tensor)
+"""),
+    (merge_chained_indexing, """
+def f(g, mask, lengths, n):
+    for i in range(n):
+        mask[i][:g(lengths[i])] = 1
+    return mask
+""", ('body', 'checks',),
+     """
+# body
+mask[i][:g(lengths[i])] = 1
+# checks
+""",
+     """
+# body
+mask[i][:g(lengths[i])] = 1
+# checks
+"""),
+    (merge_chained_indexing, """
 def f(d, out, n):
     for i in range(n):
         out[0:2][i] = d['key'][i].sum()

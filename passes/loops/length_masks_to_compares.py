@@ -24,7 +24,8 @@ through a boolean ``torch.where``, which CPU kernels run element by element, plu
 work: several times slower than the loop's few tail fills. The comparison of positions in the
 mask's own floating dtype runs vectorized and writes each element once. A negative length counts
 from the end as slicing does (``a + T * (a < 0)``; past either end the comparison clamps as
-slicing does). Written: ``X[i, :, ..., a:] = v`` or ``X[i, :, ..., :b] = v`` (full slices around
+slicing does). Written: ``X[i, :, ..., a:] = v`` or ``X[i, :, ..., :b] = v`` (or ``X[i][:b] = v``,
+the row a view written through; full slices around
 the ragged one; or the statement ``X[...].fill_(v)``), ``i`` the index of ``for i in range(n)``
 with the bound ``L[i]``, or of
 ``for i, l in enumerate(L)`` with the bound ``l`` (either maybe through ``int(...)`` or
@@ -131,12 +132,10 @@ def _write(stmt: ast.stmt, index: str, filled: dict[str, int]) -> tuple | None:
     ``{v, fill} == {0, 1}``; the length read ``a`` without ``int(...)``/``.item()``. None for
     other statements."""
     target, value = _written(stmt)
-    mask = target.value.id if isinstance(target, ast.Subscript) \
-        and isinstance(target.value, ast.Name) else None
+    mask, entries = _indexed(target, index)
     if mask not in filled or type(value) not in (int, float, bool) or value not in (0, 1) \
             or value == filled[mask] or mask == index or math.copysign(1, value) < 0:
         return None
-    entries = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
     cuts = [k for k, e in enumerate(entries) if isinstance(e, ast.Slice)]
     if len(entries) < 2 or not is_name(entries[0], index) or cuts != list(range(1, len(entries))):
         return None
@@ -148,6 +147,19 @@ def _write(stmt: ast.stmt, index: str, filled: dict[str, int]) -> tuple | None:
         return None
     side = "lower" if cut.lower else "upper"
     return mask, ragged[0], len(entries), side, value, _unwrapped(getattr(cut, side))
+
+
+def _indexed(target: ast.expr | None, index: str) -> tuple[str | None, list[ast.expr]]:
+    """(``X``, the entries of its index) of ``X[e, ...]``, and of ``X[i][e, ...]``: the row
+    ``X[i]`` at the loop's int index is a view of the tensor ``X`` (the check asks for one),
+    written through as ``X[i, e, ...]``; (None, []) for other targets."""
+    if not isinstance(target, ast.Subscript):
+        return None, []
+    entries = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
+    row = target.value
+    if isinstance(row, ast.Subscript) and is_name(row.slice, index):
+        row, entries = row.value, [row.slice] + entries
+    return (row.id, entries) if isinstance(row, ast.Name) else (None, [])
 
 
 def _written(stmt: ast.stmt) -> tuple[ast.expr | None, object]:
