@@ -323,10 +323,12 @@ class _Redirect(Transformer):
         maker = code.co_qualname.split(".<locals>")[0]
         where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
         for fn in closed_values(wrapper).values():
-            how = (f"decorator `{maker}` ({where}): its wrapper runs `{fn.__qualname__}` as written"
-                   if getattr(wrapper, "__wrapped__", None) is fn else
-                   f"`{name}`, made by `{maker}` ({where}), which runs `{getattr(fn, '__qualname__', fn)}` as written")
-            self._unreached(fn, how)
+            if not _is_helper(fn, self.ctx):
+                continue
+            runs = f"runs `{fn.__qualname__}` as written"
+            self._unreached(fn, f"decorator `{maker}` ({where}): its wrapper {runs}"
+                            if getattr(wrapper, "__wrapped__", None) is fn
+                            else f"`{name}`, made by `{maker}` ({where}), which {runs}")
 
     def _through_name(self, node: ast.Call, name: str) -> ast.Call:
         """``fn(x)`` with ``fn`` bound to helpers: ``(_a if fn is _a_original else ... fn)(x)``;
@@ -597,7 +599,8 @@ def _reaches_loop(fn: object, module: dict, seen: set,
     the callees is enough."""
     if isinstance(fn, types.FunctionType) and fn.__globals__ is not module and fn not in seen:
         seen.add(fn)  # another module's decorator: its wrapper calls what it wraps as written
-        return any(_reaches_loop(f, module, seen, ops, loops, writes) for f in closed_values(fn).values())
+        return any(_reaches_loop(f, module, seen, ops, loops, writes)
+                   for f in closed_values(fn).values())
     if not isinstance(fn, types.FunctionType) or fn.__globals__ is not module or fn in seen:
         return False
     seen.add(fn)

@@ -103,7 +103,8 @@ def _find_definition(module: ast.Module, fn: types.FunctionType) -> ast.Function
         return fix_missing_locations(ast.copy_location(func, lam))
     for node in module.body:
         # co_name: functools.wraps gives a wrapper the name of the function it wraps
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn.__code__.co_name:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and node.name == fn.__code__.co_name:
             node.decorator_list = []  # the decorators already ran; re-running them would recurse
             return node
     raise Unsupported(f"no definition of {fn.__code__.co_name} found in its source")

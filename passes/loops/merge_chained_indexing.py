@@ -97,7 +97,8 @@ class _Merge(Transformer):
         ``length_masks_to_compares`` read as ``x[i, :L[i]]``)."""
         return isinstance(index, ast.Slice) and all(
             p is None or self.plain(p) or is_pure(p) and all(
-                n.id == self.own or n.id not in self.varying for n in walk(p) if isinstance(n, ast.Name))
+                n.id == self.own or n.id not in self.varying
+                for n in walk(p) if isinstance(n, ast.Name))
             for p in (index.lower, index.upper, index.step))
 
     def _int_index(self, e: ast.expr) -> bool:
