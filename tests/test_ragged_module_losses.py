@@ -20,6 +20,7 @@ from tests.helpers import load_module
 SOURCE = '''
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def token_bce(scores, labels, lengths):
@@ -53,6 +54,15 @@ class TokenLoss(nn.Module):
         for i in range(scores.shape[1]):
             loss += self.crit(scores[0, i].flatten()[:lengths[i]], labels[i].flatten()[:lengths[i]])
         return loss
+
+
+def legacy_sum(scores, labels, lengths):
+    loss = 0
+    s = scores[0, :, :, 0]
+    for i in range(scores.shape[1]):
+        loss += F.binary_cross_entropy_with_logits(
+            s[i][:lengths[i]], labels[i][:lengths[i]], size_average=False)
+    return loss
 
 
 def flattened_twice(x, lengths):
@@ -117,6 +127,17 @@ def test_token_bce_equivalent_value_gradients_dtype(user, dtype, lengths, tail):
     assert_equivalent(user.token_bce, fast, *args)
     assert fast(*args).dtype == user.token_bce(*args).dtype
     assert fast.report.loops[0].runs()["vectorized"] >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_legacy_size_average_keeps_the_loop(user, dtype):
+    # `size_average` overrides the masked form's reduction='none': no dense form
+    fast = optimize_loss(user.legacy_sum, compile=False, keep_faster=False, strict=True)
+    args = inputs(dtype, LENGTHS[0], tail=0.5)
+    with pytest.warns(UserWarning, match="size_average"):  # the original's deprecation
+        assert_equivalent(user.legacy_sum, fast, *args)
+    assert not fast.report.loops[0].vectorized
+    assert "slice bound" in fast.report.loops[0].reason
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

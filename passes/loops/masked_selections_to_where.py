@@ -862,6 +862,8 @@ def _loss(conv: _Converter, call: ast.Call) -> ast.expr | None:
     if None in kws or not all(kind in ("class_loss", "pointwise_loss") and _invariant(conv, v)
                               for v in settings):
         raise _Refused("a loss of selections with arguments that are not numbers")
+    if set(kws) & {"size_average", "reduce"}:  # they override the dense form's reduction
+        raise _Refused("a loss of selections with `size_average`/`reduce`")
     if kind == "pointwise_loss":
         conv.guards += [conv._sub(NONE_OR_SCALAR_GUARD, v, x=v) for v in settings]
     if kind == "pointwise_loss":
