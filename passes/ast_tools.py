@@ -74,6 +74,9 @@ class PassContext:
     # The function runs under ``torch.vmap`` at every call (a helper of a vectorized loop's
     # vmapped body, rewritten for it): ops take their forms for vmap (``mapped_op_forms``).
     mapped: bool = False
+    # What the function's free variables hold at rewrite time (``closed_values``): a call
+    # through one picks a helper's rewrite only while it still holds that helper.
+    closure: dict[str, Any] = field(default_factory=dict)
     # The frontend's functions, filled by rewrite/frontend.py (passes/ never imports rewrite/):
     # ``parse_function(fn)`` -> the parsed function (``.tree``: a Module whose body[0] is the def,
     # ``.filename``), raising ``Unsupported``; ``rewrite_function(fn, report, rewriting=...)`` ->
@@ -273,6 +276,18 @@ def called_through(node: ast.Call, fn: Any, ctx: PassContext) -> ast.Call:
     at ``node``."""
     name = ast.copy_location(ast.Name(ctx.bind(fn, fn.__name__), ast.Load()), node.func)
     return ast.copy_location(ast.Call(name, node.args, node.keywords), node)
+
+
+def closed_values(fn: Any) -> dict[str, Any]:
+    """What each free variable of the function ``fn`` holds now (a cell not filled yet, a name of
+    the enclosing function bound later, is left out)."""
+    found = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:
+            found[name] = cell.cell_contents
+        except ValueError:
+            pass
+    return found
 
 
 def clone(node: Any) -> Any:

@@ -27,6 +27,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .ast_tools import closed_values
+
 # Bytes of the largest value of one chunk: half glibc's largest mmap threshold, so a chunk's
 # temporaries come from the heap again after the first (16 and 8 MiB chunks took the same time
 # on the chamfer loop, 4 MiB ones 7% more: vmap's gain shrinks with the chunk).
@@ -65,17 +67,9 @@ def _signature(body: Callable, args: tuple) -> tuple | None:
     key it by)."""
     if not all(isinstance(a, torch.Tensor) for a in args):
         return None
-    closed = [c.cell_contents for c in body.__closure__ or () if _filled(c)]
+    closed = closed_values(body).values()
     return (body.__code__, *((a.shape, a.dtype, a.device) for a in args),
             *((c.shape, c.dtype) for c in closed if isinstance(c, torch.Tensor)))
-
-
-def _filled(cell: Any) -> bool:
-    try:
-        cell.cell_contents
-    except ValueError:  # a name of the enclosing function not bound yet
-        return False
-    return True
 
 
 class _LargestValue(TorchDispatchMode):

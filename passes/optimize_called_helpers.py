@@ -53,6 +53,17 @@ A ``functools.partial`` of a helper (``self.loss_fn = partial(focal, alpha=alpha
 ``fn = partial(focal, ...)``) is what the helper is: the call picks the partial of the rewrite,
 with the object's own arguments, when the object is (exactly) a partial of that helper.
 
+A free variable is a local name bound to what it holds at rewrite time: a decorator's wrapper
+of the module (``functools.wraps``, mmseg's ``@weighted_loss``; parsed from its own code, not
+the source ``__wrapped__`` leads inspect to) is a helper that calls the function it wraps::
+
+    loss = loss_func(pred, target, **kwargs)
+        ->  loss = (_per_class if loss_func is _per_class_original else loss_func)(pred, target, **kwargs)
+
+A wrapper of another module runs as written: the loops of the helpers it closes over are
+reported kept, "called through decorator `weighted_loss` (utils.py:12): its wrapper runs
+`per_class` as written".
+
 A helper called in a vectorized loop's vmapped body (the ``def`` marked ``ast_marks.MAPPED``)
 runs under vmap: it is rewritten for that (``PassContext.mapped``, ``mapped_op_forms``) also
 when it has no loop but names an op with a form for vmap (``mapped_op_forms.NAMES``), and so
@@ -78,6 +89,7 @@ from __future__ import annotations
 import ast
 import dis
 import functools
+import os
 import types
 from typing import Any, Callable
 
@@ -92,7 +104,7 @@ from .constructor_calls import constructed
 from .module_caller_calls import calls_module, forward_during
 from .report import LoopReport, Report
 
-from .ast_tools import PassContext, Transformer, clone, replace, walk
+from .ast_tools import PassContext, Transformer, clone, closed_values, replace, walk
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -125,6 +137,9 @@ class _Scope:
         self.self_name, self.self_class = _method_self(ctx, func)
         # names bound by the caller or a loop: what a call through them runs is known at run time
         self.unbound = self.local - {self.self_name}
+        # free variables: a decorator's wrapper calls the function it wraps through one
+        self.closure = ctx.closure
+        self.local |= set(self.closure)
         parts = ctx.func_name.split(".")  # private names are mangled with the defining class
         self.owner = parts[-2] if len(parts) >= 2 and parts[-2] != "<locals>" else None
         calls = []
@@ -186,8 +201,8 @@ class _Scope:
 
     def functions(self, name: str) -> list:
         """The functions a local name may be bound to: ``fn = a if c else b``, ``fn = TABLE[k]``,
-        ``fn = functools.partial(a, ...)``."""
-        found = []
+        ``fn = functools.partial(a, ...)``, or a free variable holds at rewrite time."""
+        found = [self.closure.get(name)]
         for value in self.values.get(name, ()):
             todo = [value]
             for v in todo:
@@ -285,6 +300,8 @@ class _Redirect(Transformer):
                 node.func = ast.copy_location(ast.Name(binding, ast.Load()), f)
             elif isinstance(target, type):
                 self._constructor(node, target)
+            elif isinstance(target, types.FunctionType):
+                self._wrapped(target, f.id)
             return node
         if isinstance(f, ast.Name):
             node = self._through_name(node, f.id)
@@ -297,6 +314,21 @@ class _Redirect(Transformer):
         if isinstance(f, ast.Attribute):
             return self._method_call(node, f.value, f.attr, made)
         return self._method_call(node, f, "__call__", made)  # obj(x), Cls(...)(x)
+
+    def _wrapped(self, wrapper: types.FunctionType, name: str) -> None:
+        """``name`` holds a function not rewritten (a decorator's wrapper of another module, or
+        one whose rewrite failed) that calls a helper it closes over: the helper's loops are
+        reported as kept, called through it."""
+        code = wrapper.__code__
+        maker = code.co_qualname.split(".<locals>")[0]
+        where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+        for fn in closed_values(wrapper).values():
+            if not _is_helper(fn, self.ctx):
+                continue
+            runs = f"runs `{fn.__qualname__}` as written"
+            self._unreached(fn, f"decorator `{maker}` ({where}): its wrapper {runs}"
+                            if getattr(wrapper, "__wrapped__", None) is fn
+                            else f"`{name}`, made by `{maker}` ({where}), which {runs}")
 
     def _through_name(self, node: ast.Call, name: str) -> ast.Call:
         """``fn(x)`` with ``fn`` bound to helpers: ``(_a if fn is _a_original else ... fn)(x)``;
@@ -565,6 +597,10 @@ def _reaches_loop(fn: object, module: dict, seen: set,
     global name, or a method name of a class it names or is defined in). A cheap pre-filter on
     the bytecode: loops compile to FOR_ITER (comprehensions are nested code), and a superset of
     the callees is enough."""
+    if isinstance(fn, types.FunctionType) and fn.__globals__ is not module and fn not in seen:
+        seen.add(fn)  # another module's decorator: its wrapper calls what it wraps as written
+        return any(_reaches_loop(f, module, seen, ops, loops, writes)
+                   for f in closed_values(fn).values())
     if not isinstance(fn, types.FunctionType) or fn.__globals__ is not module or fn in seen:
         return False
     seen.add(fn)
@@ -582,6 +618,7 @@ def _reaches_loop(fn: object, module: dict, seen: set,
     owner = _defining_class(fn)
     classes += [owner] if owner is not None else []
     callees = [module.get(n) for n in names] + [m for c in classes for m in _autograd_methods(c)]
+    callees += closed_values(fn).values()  # a decorator's wrapper calls what it wraps so
     callees += [_method(c, n) for c in classes for n in names | {"__call__", "forward"}]
     if owner is not None:  # a method: ``self.selector.m(x)`` may run the m of any class here
         callees += [_method(c, n) for c in module.values() if isinstance(c, type) and _own(c, module)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 import passes.pipeline
-from passes.ast_tools import Namer, PassContext, fix_missing_locations, unparse, walk
+from passes.ast_tools import Namer, PassContext, closed_values, fix_missing_locations, unparse, walk
 from passes.pipeline import Dump
 
 from passes.errors import RewriteError, Unsupported
@@ -65,10 +65,12 @@ def parse_function(fn: Any) -> ParsedFunction:
         raise Unsupported("async function")
     code = fn.__code__
     try:
-        lines, start = inspect.getsourcelines(fn)
+        # of its code: inspect follows a decorator's ``__wrapped__`` (functools.wraps) from the
+        # function, to the source of the function the wrapper calls
+        lines, start = inspect.getsourcelines(code)
     except (OSError, TypeError) as exc:
         raise Unsupported(f"source not available ({exc}); typed in a REPL or made by exec?") from None
-    filename = inspect.getsourcefile(fn) or code.co_filename
+    filename = inspect.getsourcefile(code) or code.co_filename
     raw = "".join(lines)
     # Not textwrap.dedent: that would also change multi-line string constants (docstrings).
     indented = raw[:1].isspace()
@@ -100,10 +102,12 @@ def _find_definition(module: ast.Module, fn: types.FunctionType) -> ast.Function
                                decorator_list=[], returns=None, type_comment=None)
         return fix_missing_locations(ast.copy_location(func, lam))
     for node in module.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn.__name__:
+        # co_name: functools.wraps gives a wrapper the name of the function it wraps
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and node.name == fn.__code__.co_name:
             node.decorator_list = []  # the decorators already ran; re-running them would recurse
             return node
-    raise Unsupported(f"no definition of {fn.__name__} found in its source")
+    raise Unsupported(f"no definition of {fn.__code__.co_name} found in its source")
 
 
 def _torch_name(fn: types.FunctionType) -> str:
@@ -239,6 +243,7 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
                       globals=fn.__globals__, torch_name=parsed.torch_name,
                       rewriting=rewriting | {fn}, mapped=mapped, local_names=frozenset(
                           fn.__code__.co_varnames + fn.__code__.co_cellvars + fn.__code__.co_freevars),
+                      closure=closed_values(fn),
                       parse_function=parse_function, rewrite_function=rewrite_helper)
     before = unparse(parsed.tree)
     tree = passes.pipeline.run_ast_pipeline(parsed.tree, ctx, dump)

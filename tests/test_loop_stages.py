@@ -1014,6 +1014,40 @@ isinstance(labels, torch.Tensor) and n <= labels.shape[0]
 isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and isinstance(n, int) and n > 1
 """),
     (ragged_slices_to_masks, """
+def f(x, y, lengths):
+    total = 0
+    for i in range(len(x)):
+        total = total + F.mse_loss(x[i].flatten()[:lengths[i]], y[i].flatten()[:lengths[i]], reduction='sum')
+    return total
+""", ('body',),
+     """
+# body
+total = total + F.mse_loss(x[i].flatten()[:lengths[i]], y[i].flatten()[:lengths[i]], reduction='sum')
+""",
+     """
+# body
+_flat = x[i].flatten()
+_pos = torch.arange(_flat.shape[0], device=_flat.device)
+_in = _pos < _slice_bound(lengths[i]) + _flat.shape[0] * (_slice_bound(lengths[i]) < 0)
+_flat_1 = y[i].flatten()
+total = total + F.mse_loss(_flat[_in], _flat_1[_in], reduction='sum')
+"""),
+    (ragged_slices_to_masks, """
+def f(x, y, lengths):
+    total = 0
+    for i in range(len(x)):
+        total = total + F.mse_loss(x[i].flatten(0)[:lengths[i]], y[i].flatten(0)[:lengths[i]], reduction='sum')
+    return total
+""", ('body',),
+     """
+# body
+total = total + F.mse_loss(x[i].flatten(0)[:lengths[i]], y[i].flatten(0)[:lengths[i]], reduction='sum')
+""",
+     """
+# body
+total = total + F.mse_loss(x[i].flatten(0)[:lengths[i]], y[i].flatten(0)[:lengths[i]], reduction='sum')
+"""),
+    (ragged_slices_to_masks, """
 def f(x, lengths):
     total = 0
     for i in range(len(x)):
@@ -3112,6 +3146,39 @@ out[i][0] = x[i][1:3].sum() + x[i][0][x[i][2].long()]
 out[i, 0] = x[i, 1:3].sum() + x[i, 0][x[i, 2].long()]
 # checks
 isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
+"""),
+    (merge_chained_indexing, """
+def f(x, mask, lengths, n):
+    for i in range(n):
+        mask[i][:lengths[i]] = x[i][1:lengths[i] + 1]
+    return mask
+""", ('body', 'checks',),
+     """
+# body
+mask[i][:lengths[i]] = x[i][1:lengths[i] + 1]
+# checks
+""",
+     """
+# body
+mask[i, :lengths[i]] = x[i, 1:lengths[i] + 1]
+# checks
+isinstance(mask, torch.Tensor) and isinstance(x, torch.Tensor)
+"""),
+    (merge_chained_indexing, """
+def f(g, mask, lengths, n):
+    for i in range(n):
+        mask[i][:g(lengths[i])] = 1
+    return mask
+""", ('body', 'checks',),
+     """
+# body
+mask[i][:g(lengths[i])] = 1
+# checks
+""",
+     """
+# body
+mask[i][:g(lengths[i])] = 1
+# checks
 """),
     (merge_chained_indexing, """
 def f(d, out, n):

@@ -61,7 +61,8 @@ class Writes:
         self.plan, self.ctx, self.masked_only, self.switch = plan, ctx, masked_only, switch
         self.only = only
         self.tensors, self.fresh, self.shared = set(tensors), set(), set()
-        self.switched: list[tuple[ast.If, bool]] = []  # (if, whether its body was taken)
+        # (if, whether its body was taken, why the other branch's write was refused)
+        self.switched: list[tuple[ast.If, bool, str]] = []
         self.depth = 0  # of the `if`s around the statement walked
         self.refused_in_branch = False  # the last refusal was of a write under an `if`
 
@@ -83,20 +84,20 @@ class Writes:
         before = (set(self.tensors), set(self.fresh), set(self.shared))
         try:
             s.body = self.branch(s.body, rewrite)
-        except Unsupported:
+        except Unsupported as exc:
             if not (self.switch and self.switch(s)):
                 raise
             self.tensors, self.fresh, self.shared = before
-            self.switched.append((s, False))
+            self.switched.append((s, False, exc.reason))
             return self.branch(s.orelse, rewrite)
         after_body, self.tensors, self.fresh = (self.tensors, self.fresh), *before[:2]
         try:
             s.orelse = self.branch(s.orelse, rewrite)
-        except Unsupported:
+        except Unsupported as exc:
             if not (self.switch and self.switch(s)):
                 raise
             self.tensors, self.fresh = after_body
-            self.switched.append((s, True))
+            self.switched.append((s, True, exc.reason))
             return s.body
         self.tensors &= after_body[0]  # what both branches leave
         self.fresh &= after_body[1]

@@ -93,8 +93,9 @@ def _drop_refused_writes(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     finally:
         ctx.namer.rollback(names)  # the names the dry run's rewrites made are not used
     if writes.switched:
-        plan.body = _take(plan.body, {twin[s]: body for s, body in writes.switched},
+        plan.body = _take(plan.body, {twin[s]: body for s, body, _ in writes.switched},
                           plan)
+        plan.switched_writes = plan.switched_writes + [why for _, _, why in writes.switched]
     return plan
 
 

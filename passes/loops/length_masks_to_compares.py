@@ -24,12 +24,15 @@ through a boolean ``torch.where``, which CPU kernels run element by element, plu
 work: several times slower than the loop's few tail fills. The comparison of positions in the
 mask's own floating dtype runs vectorized and writes each element once. A negative length counts
 from the end as slicing does (``a + T * (a < 0)``; past either end the comparison clamps as
-slicing does). Written: ``X[i, :, ..., a:] = v`` or ``X[i, :, ..., :b] = v`` (full slices around
+slicing does). Written: ``X[i, :, ..., a:] = v`` or ``X[i, :, ..., :b] = v`` (or ``X[i][:b] = v``,
+the row a view written through; full slices around
 the ragged one; or the statement ``X[...].fill_(v)``), ``i`` the index of ``for i in range(n)``
 with the bound ``L[i]``, or of
 ``for i, l in enumerate(L)`` with the bound ``l`` (either maybe through ``int(...)`` or
 ``.item()``), ``{v, fill} == {0, 1}``. The runtime check asks for 1-D integer lengths on the
-mask's device and rows the mask has; otherwise the loop runs as written (raising as it did).
+mask's device (``row_lengths``: a tensor, or over ``range`` a numpy array of signed ints, the
+lengths a collate function moved to the host, read as a tensor) and rows the mask has; otherwise
+the loop runs as written (raising as it did).
 """
 from __future__ import annotations
 
@@ -37,23 +40,22 @@ import ast
 import math
 from dataclasses import dataclass
 
-from .. import loop_rules as rules
 from ..ast_tools import Checks, PassContext, is_name, is_pure, replace
+from ..row_lengths import row_lengths
 from .batch_values import literal
 from .loop_dataflow import resolve_call
 
 # rows of the mask, lengths of those rows, the comparison's dtype: the mask's own when its
 # floating type holds every position exactly (2 ** 24: float32's integers), else int64
 _ROWS = "rows = x if n == x.shape[0] else x[0:n]"
-_LENGTHS = "lengths = l if n == l.shape[0] else l[0:n]"  # ``range``'s rows of ``L``
+_LENGTHS = "lengths = rl(l) if n == l.shape[0] else rl(l)[0:n]"  # ``range``'s rows of ``L``
 _PRELUDE = """
 d = x.dtype if x.dtype in (torch.float32, torch.float64) and x.shape[k] <= 16777216 else torch.int64
 pos = torch.arange(x.shape[k], dtype=d, device=x.device).reshape((-1,) + (1,) * (x.dim() - k - 1))
 bound = (lengths + x.shape[k] * (lengths < 0)).to(d).reshape((-1,) + (1,) * (x.dim() - 1))
 """
 _COMPARE = "torch.{op}(pos.expand(rows.shape), bound, out=rows)"
-_CHECKS = ("isinstance(x, torch.Tensor) and isinstance(l, torch.Tensor) and l.dim() == 1 "
-           f"and l.dtype in {rules.INDEX_DTYPES} and l.device == x.device "
+_CHECKS = ("isinstance(x, torch.Tensor) and rl(l) is not None and rl(l).device == x.device "
            "and not x.is_complex() and x.dim() >= e and n <= x.shape[0]")
 # the comparison giving 1 where the write leaves the mask at 1: (the slice kept, written 1)
 _OPS = {("lower", True): "ge", ("lower", False): "lt",
@@ -85,10 +87,11 @@ def rewrite(node: ast.For, filled: dict[str, int], live_after: set[str],
         return None
     names = {k: ctx.namer.new(k) for k in ("rows", "lengths", "d", "pos", "bound")}
     subs = dict(x=ast.Name(mask, ast.Load()), l=ast.Name(lengths, ast.Load()), n=count,
-                k=ast.Constant(dim), e=ast.Constant(entries))
+                k=ast.Constant(dim), e=ast.Constant(entries),
+                rl=ctx.bind(row_lengths, "row_lengths"))
     if element is None:
         # at least one iteration of ``range``, over rows the lengths have
-        runs = "isinstance(n, int) and n > 0 and isinstance(l, torch.Tensor) and n <= l.shape[0]"
+        runs = "isinstance(n, int) and n > 0 and rl(l) is not None and n <= l.shape[0]"
         prelude = _ROWS + "\n" + _LENGTHS + _PRELUDE
     else:  # at least one item to enumerate: the lengths are the rows'
         runs = "isinstance(l, torch.Tensor) and l.dim() == 1 and n > 0"
@@ -131,12 +134,10 @@ def _write(stmt: ast.stmt, index: str, filled: dict[str, int]) -> tuple | None:
     ``{v, fill} == {0, 1}``; the length read ``a`` without ``int(...)``/``.item()``. None for
     other statements."""
     target, value = _written(stmt)
-    mask = target.value.id if isinstance(target, ast.Subscript) \
-        and isinstance(target.value, ast.Name) else None
+    mask, entries = _indexed(target, index)
     if mask not in filled or type(value) not in (int, float, bool) or value not in (0, 1) \
             or value == filled[mask] or mask == index or math.copysign(1, value) < 0:
         return None
-    entries = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
     cuts = [k for k, e in enumerate(entries) if isinstance(e, ast.Slice)]
     if len(entries) < 2 or not is_name(entries[0], index) or cuts != list(range(1, len(entries))):
         return None
@@ -148,6 +149,19 @@ def _write(stmt: ast.stmt, index: str, filled: dict[str, int]) -> tuple | None:
         return None
     side = "lower" if cut.lower else "upper"
     return mask, ragged[0], len(entries), side, value, _unwrapped(getattr(cut, side))
+
+
+def _indexed(target: ast.expr | None, index: str) -> tuple[str | None, list[ast.expr]]:
+    """(``X``, the entries of its index) of ``X[e, ...]``, and of ``X[i][e, ...]``: the row
+    ``X[i]`` at the loop's int index is a view of the tensor ``X`` (the check asks for one),
+    written through as ``X[i, e, ...]``; (None, []) for other targets."""
+    if not isinstance(target, ast.Subscript):
+        return None, []
+    entries = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
+    row = target.value
+    if isinstance(row, ast.Subscript) and is_name(row.slice, index):
+        row, entries = row.value, [row.slice] + entries
+    return (row.id, entries) if isinstance(row, ast.Name) else (None, [])
 
 
 def _written(stmt: ast.stmt) -> tuple[ast.expr | None, object]:

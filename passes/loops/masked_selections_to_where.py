@@ -47,7 +47,8 @@ function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Along the se
 shape). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
 reduction=...)`` -> the call on the stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as
 targets; ``F.mse_loss(p[m], t[m])`` (pointwise losses) -> the loss per element, masked, summed
-or averaged like ``.mean()``.
+or averaged like ``.mean()``, its settings that the loop does not change (``weight=crit.weight``
+of an ``nn`` loss module) checked None or 0-d (a longer one broadcasts against the selection).
 
 Beyond one statement: an ``if`` test of counts and reductions joined by ``and``/``or``/``not``
 (``if len(neg) == 0 or len(pos) <= 1: continue``) is converted part by part, and the converted
@@ -205,6 +206,7 @@ MASK_BINOPS = (ast.BitAnd, ast.BitOr, ast.BitXor)
 # Checked before the loop (else it runs as written): an operand that does not vary is a number
 # or a 0-d tensor; a selected value that does not vary is a tensor (``x.shape``, ``where``).
 SCALAR_GUARD = "isinstance(x, (int, float)) or torch.is_tensor(x) and x.dim() == 0"
+NONE_OR_SCALAR_GUARD = f"x is None or {SCALAR_GUARD}"
 TENSOR_GUARD = "isinstance(x, torch.Tensor)"
 # Losses of selections (``OpSpec.selection``) with ``reduction=`` "sum" or "mean" (the default):
 # "pointwise_loss" (``F.mse_loss(p[m], t[m])``) is the loss per element on the stand-ins
@@ -854,10 +856,16 @@ def _loss(conv: _Converter, call: ast.Call) -> ast.expr | None:
     if not all(chains) or chains[0].group.key != chains[1].group.key:
         raise _Refused("a loss of a selection and of a value that is not one")
     kws = {k.arg: k.value for k in call.keywords}
-    # a tensor argument of a pointwise loss broadcasts against the selected elements
-    if None in kws or not all(_is_constant(v) or kind == "class_loss" and _invariant(conv, v)
-                              for k, v in kws.items() if k != "reduction"):
+    # a tensor argument of a pointwise loss broadcasts against the selected elements: one the
+    # loop does not change (an ``nn`` loss module's ``weight``) must be None or 0-d, checked
+    settings = [v for k, v in kws.items() if k != "reduction" and not _is_constant(v)]
+    if None in kws or not all(kind in ("class_loss", "pointwise_loss") and _invariant(conv, v)
+                              for v in settings):
         raise _Refused("a loss of selections with arguments that are not numbers")
+    if set(kws) & {"size_average", "reduce"}:  # they override the dense form's reduction
+        raise _Refused("a loss of selections with `size_average`/`reduce`")
+    if kind == "pointwise_loss":
+        conv.guards += [conv._sub(NONE_OR_SCALAR_GUARD, v, x=v) for v in settings]
     if kind == "pointwise_loss":
         return _pointwise_loss(conv, call, chains, kws)
     ignore = kws.get("ignore_index", ast.Constant(IGNORE_INDEX.default))

@@ -13,6 +13,10 @@ tensor (a list takes no tuple index)::
         for i in range(m):                  (inner check: isinstance(j, int) and ...)
             out[j][i] = f(x[j][i])   ->     out[j, i] = f(x[j, i])
 
+The last index may be a slice whose bounds read the loop's index (pure: no call but a shape's),
+a ragged row's cut: ``mask[i][:lengths[i]] = 1`` is ``mask[i, :lengths[i]] = 1``, the row a view
+of ``mask`` written through.
+
 Other chains (a slice, a tuple or another constant before the last index, ``d['key'][i]``) and
 those inside nested functions and comprehensions (their own names) are left as they are.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, clone, is_name
+from ..ast_tools import PassContext, Transformer, clone, is_name, is_pure, walk
 from .loop_dataflow import stores_in
 from .plan import LoopPlan
 
@@ -52,9 +56,9 @@ class _Merge(Transformer):
         other than the loop's index, a name it does not bind, an int or a slice of those ends
         the chain: ``x[i][j][f(k)]`` -> ``x[i, j][f(k)]``, ``x[i][mask]`` stays (what the later
         stages convert or refuse reads as the user wrote it)."""
-        if not self.plain(node.slice):
+        if not (self.plain(node.slice) or self.ragged_cut(node.slice)):
             return None
-        chain, root = [], node
+        chain, root = [node.slice], node.value
         while isinstance(root, ast.Subscript) and self.plain(root.slice):
             chain.append(root.slice)
             root = root.value
@@ -86,6 +90,16 @@ class _Merge(Transformer):
         if isinstance(index, ast.Name):
             return index.id == self.own or index.id not in self.varying
         return isinstance(index, ast.Constant) and type(index.value) is int
+
+    def ragged_cut(self, index: ast.expr) -> bool:
+        """A slice whose bounds read the loop's index and names it does not bind, ``:L[i]``: the
+        last index only (a ragged row's cut, which ``ragged_slices_to_masks`` and
+        ``length_masks_to_compares`` read as ``x[i, :L[i]]``)."""
+        return isinstance(index, ast.Slice) and all(
+            p is None or self.plain(p) or is_pure(p) and all(
+                n.id == self.own or n.id not in self.varying
+                for n in walk(p) if isinstance(n, ast.Name))
+            for p in (index.lower, index.upper, index.step))
 
     def _int_index(self, e: ast.expr) -> bool:
         """The loop's index, an int constant, or an enclosing loop's index the loop does not

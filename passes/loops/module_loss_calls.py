@@ -30,7 +30,15 @@ of positional arguments. The module's settings are read from the instance at run
 ``forward`` reads them, and the loop's runtime check requires the object to be a module of
 exactly that class without hooks (``plain_loss_module``), and the table's conditions on it (not
 in place, a ``dim``): a subclass, a replaced ``forward``, a hook or an in-place module runs the
-loop as written. The loop as written, the else of the vectorized form, calls the module.
+loop as written. A setting of ``PINNED`` that every construction of the module passes as one
+string literal (``criterion = nn.BCEWithLogitsLoss(reduction='sum')``) is passed as that
+literal, so later stages see the reduction, and the check compares the module's own setting::
+
+    l = criterion(x[i], y[i])   ->   l = torch.nn.functional.binary_cross_entropy_with_logits(
+                                         x[i], y[i], weight=criterion.weight,
+                                         pos_weight=criterion.pos_weight, reduction='sum')
+                                     (check: ... and criterion.reduction == 'sum')
+The loop as written, the else of the vectorized form, calls the module.
 The batched forms of the losses take those settings behind checks of their values (no class
 weight, no smoothing, a mean or sum reduction: ``loop_rules.CHECKED_LOSS_OPTIONS``); a module
 of other settings runs the vmap form, which passes them as they are.
@@ -53,6 +61,11 @@ _ARGUMENTS = ("a", "b")  # the template names of a module call's tensor argument
 
 # Every module class whose call is a known op -> (its ``torch.nn.functional`` function, the
 # settings passed by keyword, the conditions on the module ``m``, the number of its arguments)
+# Settings a later stage reads as a literal (``masked_selections_to_where``: a loss of
+# selections by its ``reduction``): passed as the literal every construction of the module
+# gives, the loop's check comparing the module's own setting with it
+PINNED = ("reduction",)
+
 MODULE_CALLS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], int]] = {
     **{name: (f, settings, (), 2) for name, (f, settings) in MODULE_LOSSES.items()},
     **{name: (f, settings, conditions, 1)
@@ -71,19 +84,20 @@ def plain_loss_module(obj: object, cls: type) -> bool:
         or hooks._global_backward_pre_hooks)
 
 
-def functional_call(name: str, callee: str | None = None) -> str:
+def functional_call(name: str, callee: str | None = None, pinned: dict[str, str] = {}) -> str:
     """The call a module of ``MODULE_CALLS`` class ``name`` makes, as a template over the
     module ``m`` and its arguments ``a`` (, ``b``): its functional op (or ``callee``) with the
-    module's settings by keyword."""
+    module's settings by keyword (the ``pinned`` ones as their literals)."""
     function, settings, _, arity = MODULE_CALLS[name]
-    arguments = ", ".join(_ARGUMENTS[:arity] + tuple(f"{k}=m.{k}" for k in settings))
+    arguments = ", ".join(_ARGUMENTS[:arity] + tuple(
+        f"{k}={pinned[k]!r}" if k in pinned else f"{k}=m.{k}" for k in settings))
     return f"{callee or 'torch.nn.functional.' + function}({arguments})"
 
 
-def module_check(name: str) -> str:
+def module_check(name: str, pinned: dict[str, str] = {}) -> str:
     """The runtime check, over the module ``m`` and ``plain`` (``plain_loss_module``), that
-    calling ``m`` makes the call ``functional_call(name)`` writes."""
-    conditions = MODULE_CALLS[name][2]
+    calling ``m`` makes the call ``functional_call(name, pinned=pinned)`` writes."""
+    conditions = MODULE_CALLS[name][2] + tuple(f"m.{k} == {v!r}" for k, v in pinned.items())
     return " and ".join((f"plain(m, torch.nn.{name})",) + tuple(f"({c})" for c in conditions))
 
 
@@ -100,17 +114,51 @@ def _callee_class(f: ast.expr, ctx: PassContext) -> str | None:
     fn = _lookup(ctx.func_name.split("."), ctx.globals)
     if not isinstance(fn, types.FunctionType):
         return None
+    made = _constructions(f, fn, ctx)
+    if made is not None:
+        return _one_class(made, fn.__globals__)
+    if isinstance(f, ast.Name):
+        # a module of the module (`_softplus = nn.Softplus()`): the runtime check confirms it
+        return _module_name(type(ctx.globals.get(f.id)))
+    return None
+
+
+def _constructions(f: ast.expr, fn: types.FunctionType, ctx: PassContext) -> list | None:
+    """The values every binding of the callee ``f`` gives it: of a local name of ``fn``, or of
+    ``self.<attr>`` in the methods of its class; None for other callees."""
     if isinstance(f, ast.Name):
         code = fn.__code__
         if f.id in code.co_varnames + code.co_cellvars + code.co_freevars:
-            return _function_locals(fn, ctx.parse_function).get(f.id)
-        # a module of the module (`_softplus = nn.Softplus()`): the runtime check confirms it
-        return _module_name(type(ctx.globals.get(f.id)))
+            return _function_bindings(fn, ctx.parse_function).get(f.id, [])
+        return None
     owner = _lookup(ctx.func_name.split(".")[:-1], ctx.globals)
     if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and isinstance(owner, type) \
             and f.value.id == _first_param(fn):
-        return _attribute_classes(owner, ctx.parse_function).get(f.attr)
+        return _attribute_bindings(owner, ctx.parse_function).get(f.attr, [])
     return None
+
+
+def pinned_settings(call: ast.Call, ctx: PassContext) -> dict[str, str]:
+    """The ``PINNED`` settings of the module ``call`` calls that every construction of it passes
+    as one string literal (``nn.BCEWithLogitsLoss(reduction='sum')``): setting -> the literal.
+    The object may have been changed since: the loop's check compares them again."""
+    fn = _lookup(ctx.func_name.split("."), ctx.globals)
+    made = _constructions(call.func, fn, ctx) if isinstance(fn, types.FunctionType) else None
+    found = {}
+    for setting in PINNED:
+        given = {_keyword(v, setting) for v in made or [None]}
+        if len(given) == 1 and (literal := given.pop()) is not None:
+            found[setting] = literal
+    return found
+
+
+def _keyword(value: ast.expr | None, setting: str) -> str | None:
+    """The string literal a construction (moved or not) passes as ``setting``, else None."""
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in _MOVES and isinstance(value.func.value, ast.Call):
+        value = value.func.value
+    given = next((k.value for k in getattr(value, "keywords", ()) if k.arg == setting), None)
+    return given.value if isinstance(given, ast.Constant) and type(given.value) is str else None
 
 
 def _module_name(cls: object) -> str | None:
@@ -154,8 +202,9 @@ def _first_param(fn: types.FunctionType) -> str | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _function_locals(fn: types.FunctionType, parse) -> dict[str, str]:
-    """The names ``fn`` binds only to modules of one ``MODULE_CALLS`` class -> the class."""
+def _function_bindings(fn: types.FunctionType, parse) -> dict[str, list]:
+    """The names ``fn`` binds -> the values it binds them to (None: not an assignment's); none
+    when its source cannot be read."""
     try:
         tree = parse(fn).tree
     except Unsupported:
@@ -165,23 +214,20 @@ def _function_locals(fn: types.FunctionType, parse) -> dict[str, str]:
         for t in _targets(n):
             if isinstance(t, ast.Name):
                 values.setdefault(t.id, []).append(getattr(n, "value", None))
-    return {name: c for name, vs in values.items()
-            if (c := _one_class(vs, fn.__globals__)) is not None}
+    return values
 
 
 @functools.lru_cache(maxsize=256)
-def _attribute_classes(cls: type, parse) -> dict[str, str]:
+def _attribute_bindings(cls: type, parse) -> dict[str, list]:
     """The attributes the methods of ``cls`` (and of its bases of the same module) assign on
-    their object only modules of one ``MODULE_CALLS`` class -> the class."""
+    their object -> the values assigned (the arguments subclasses pass for a parameter)."""
     values: dict[str, list] = {}
-    scope: dict = {}  # the module's names, as its methods see them (it may be out of sys.modules)
     for base in cls.__mro__:
         if base.__module__ != cls.__module__:
             continue
         for method in vars(base).values():
             if not isinstance(method, types.FunctionType):
                 continue
-            scope = method.__globals__
             try:
                 tree = parse(method).tree
             except Unsupported:
@@ -193,8 +239,7 @@ def _attribute_classes(cls: type, parse) -> dict[str, str]:
                             and t.value.id == this:
                         values.setdefault(t.attr, []).extend(
                             _passed(getattr(n, "value", None), base, method, parse))
-    return {attr: c for attr, vs in values.items()
-            if (c := _one_class(vs, scope)) is not None}
+    return values
 
 
 def _passed(value: ast.expr | None, base: type, method: types.FunctionType,
@@ -264,11 +309,12 @@ class _Functional(Transformer):
         if name is None or self.bound & {n.id for n in walk(node.func)
                                          if isinstance(n, ast.Name)}:
             return node
+        pinned = pinned_settings(node, self.ctx)
         self.checks[ast.unparse(node.func)] = self.plan.sub(
-            module_check(name), m=node.func,
+            module_check(name, pinned), m=node.func,
             plain=self.ctx.bind(plain_loss_module, "plain_loss_module"))
-        return self.plan.sub(functional_call(name), **dict(zip(_ARGUMENTS, node.args)),
-                             m=node.func)
+        return self.plan.sub(functional_call(name, pinned=pinned),
+                             **dict(zip(_ARGUMENTS, node.args)), m=node.func)
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:

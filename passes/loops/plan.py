@@ -147,6 +147,8 @@ class LoopPlan:
     helper_checks: list[ast.expr] = field(default_factory=list)
     # Python conditions whose branch the body takes for all iterations (invariant_branches_to_checks)
     taken_branches: list[str] = field(default_factory=list)
+    # Why the branches not taken for an in-place write run only as written (the refusal)
+    switched_writes: list[str] = field(default_factory=list)
     # Values the body derives whose inner-loop checks run on the first item (first_item_checks)
     first_item_values: list[str] = field(default_factory=list)
     selection_checks: list[ast.expr] = field(default_factory=list)

@@ -35,10 +35,11 @@ write the box where every one of their position tests holds.
 What is read: a subscript whose one slice with a varying bound (step absent or 1) comes
 right after plain indices (names, numbers; the sliced dim is the first of the row ``R`` they
 pick) and before nothing but full slices ``:``, where ``R`` is a name, attribute or subscript by
-names and numbers. All or nothing: when ``masked_selections_to_where`` would not convert every
-such selection (a slice stored, fed to a call with no dense form, reduced along a dim, ...), the
-body stays as written and ``check_mapped_body`` keeps the loop with the slice-bound reason at the
-user's line.
+names and numbers, or the flattened one of those, ``s.flatten()[:L]``, named before the
+statement (``_flat = s.flatten()``; ``flatten`` has no effect to move). All or nothing: when
+``masked_selections_to_where`` would not convert every such selection (a slice stored, fed to a
+call with no dense form, reduced along a dim, ...), the body stays as written and
+``check_mapped_body`` keeps the loop with the slice-bound reason at the user's line.
 """
 from __future__ import annotations
 
@@ -193,7 +194,23 @@ class _Ragged(ast.NodeTransformer):
             return None
         row = sub.value if at == 0 else ast.Subscript(
             sub.value, entries[0] if at == 1 else ast.Tuple(entries[:at], ast.Load()), ast.Load())
+        if at == 0 and _flattened(row):  # named before the statement: the mask reads its length
+            name = self.ctx.namer.new("flat")
+            self.pre += replace("n = r", loc=sub, n=name, r=row)
+            row = ast.Name(name, ast.Load())
         return (ast.copy_location(row, sub), cut) if _simple(row) else None
+
+
+# Methods whose result, of no argument, is a new 1-D tensor of the receiver's elements: no
+# effect, so evaluated before the statement it is in as well as inside it
+_FLATTENING = ("flatten", "ravel")
+
+
+def _flattened(e: ast.expr) -> bool:
+    """``R.flatten()`` (``_FLATTENING``), ``R`` a name, attribute or subscript by names and
+    numbers."""
+    return isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) \
+        and e.func.attr in _FLATTENING and not e.args and not e.keywords and _simple(e.func.value)
 
 
 def _full(e: ast.expr) -> bool:

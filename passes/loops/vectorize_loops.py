@@ -631,6 +631,7 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
     parts += [f"the `{t}` branch for every iteration, its condition checked once (else the loop "
               "runs as written)"
               for t in plan.taken_branches]
+    parts += [f"the other branch only as written: {why}" for why in plan.switched_writes]
     if plan.first_item_values:
         names = ", ".join(f"`{n}`" for n in plan.first_item_values)
         parts.append(f"the inner loops' checks on {names} evaluated on the first item (the same "
