@@ -66,8 +66,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 class _Check:
     def __init__(self, plan: LoopPlan, ctx: PassContext):
         self.plan, self.ctx = plan, ctx
-        # the user's nodes by position (the loop as written), to quote them, not renamed ones
-        self.written = {_at(n): n for n in ast.walk(plan.node) if hasattr(n, "col_offset")}
         # rows of the function's boolean masks (``mask[i]``)
         self.masks = {row.param for (name, _), row in plan.row_slices.items()
                       if name in plan.masks}
@@ -219,8 +217,7 @@ class _Check:
         return [a for a in given if a not in index_tensor_arguments(node, self.ctx)] if given else []
 
     def quote(self, node: ast.AST) -> str:
-        found = self.written.get(_at(node), node)
-        return unparse(found)
+        return self.plan.quote(node)  # the user's code, not renamed ones
 
     def refuse(self, reason: str, node: ast.AST) -> None:
         raise Unsupported(reason, node.lineno)
@@ -413,8 +410,3 @@ def _tested_values(test: ast.expr) -> list[ast.expr]:
             and test.func.id in _TYPE_TESTS:
         return []
     return [test]
-
-
-def _at(node: ast.AST) -> tuple:
-    """Where ``node`` stands in the source (``x[i]`` and ``x[i][m]`` start at the same place)."""
-    return type(node), node.lineno, node.col_offset, node.end_lineno, node.end_col_offset
