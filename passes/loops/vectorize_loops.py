@@ -675,8 +675,9 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     found = sorted({user_names.get(unparse(x), unparse(x)) for x in proven_tensors(check)})
     gathered = gathered or {}
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
-    lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
-    number_lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] in numbers]
+    shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it
+    lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
+    number_lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] in numbers]
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
     if not names and not lists and not reads and not number_lists:
         return ""
