@@ -13,7 +13,8 @@ a chain of attribute reads on a name (``self.returns``, ``self.storage.returns``
 neither binds an attribute of that name (``self.returns = ...``) nor calls a method of it or
 hands it to a call (``self.reset()``, ``update(self)`` could bind the attribute again), and not
 for an inner loop (the binding would be a statement of the outer loop's body). Else the body is
-left as it is (and the write keeps the loop).
+left as it is (and the write keeps the loop). ``number_list_operands`` reads a module's list of
+numbers through such a name too (``read_through_name``).
 """
 from __future__ import annotations
 

@@ -20,8 +20,14 @@ w[k])`` (the same for every item of one type), so values, gradients and dtypes a
 original's (``passes/number_operands.py``); with ``kind`` None (``w`` a tensor, or stacked
 tensors) it is the operation itself.
 
-Only a name the function may hold as a list (``list_names``), which the body does not bind, and
-reads only as such operands at the loop index (``w[i] * t`` and ``t * w[i]``, ``t`` a value the
+A module's weights are an attribute (DSS-pytorch's side outputs, ``self.weight[i] * bce``, with
+``self.weight = (0.2, ..., 1.0)``): an attribute chain on a name the body does not bind and only
+reads attributes of (``attribute_writes_to_names.only_read``) is read through a name bound to it
+in front of the guard (``_weight = self.weight``), which is then such a list; the loop as
+written still reads the attribute, and the report names it.
+
+Only a name the function may hold as a list (``list_names``), or such an attribute chain, which
+the body does not bind, and reads only as such operands at the loop index (``w[i] * t`` and ``t * w[i]``, ``t`` a value the
 iteration computed, not an expression of the loop index's items): another read
 (``x ** w[i]``, ``torch.pow(x, w[i])``, ``if w[i] > 0``) would see a tensor where the original
 sees a number, so nothing changes.

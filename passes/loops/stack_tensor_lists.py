@@ -31,6 +31,11 @@ whose ``if`` test says it is a list or tuple, or in the ``else`` of one that ask
 (``narrowed_lists``; mmdetection's ``elif isinstance(loss_value, list): sum(_loss.mean() for
 _loss in loss_value)``).
 
+A name ``number_list_operands`` bound to an attribute's list of numbers (``_weight =
+self.weight``) is stacked too. The guard's checks that attributes are tensors (``self.gamma[i]``
+read otherwise, a module's configuration, often a tuple) come first, in the guard and in each
+stacking's test: when one fails, the loop runs as written without stacking the lists first.
+
 A tensor stays itself; a list whose items differ in shape, dtype or device (deep supervision at
 several resolutions) stays a list, fails the guard's ``isinstance`` check, and the loop runs as
 written. Stacking copies the items: the values and the gradients of every item are those of the
