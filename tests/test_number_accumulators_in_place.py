@@ -1,7 +1,8 @@
 """``s += v`` on a name the iteration bound to a Python number writes nothing in place (a number
 shares no memory): the per-sample sum of an inner loop's terms (``temp_dice = 0.0``, then
 ``temp_dice += ...`` per class, SJTU-EE228's nested Dice loss) keeps neither loop
-(``inplace_writes_to_functional``); a name bound to the user's tensor still does. Reasons quote
+(``inplace_writes_to_functional``); a name bound to the user's tensor still does, and so does
+a tensor the iteration made (its in-place sum keeps its dtype). Reasons quote
 the user's code, not the names the rewrite made (``lengths[i]``, not ``_lengths_row``)."""
 import inspect
 
@@ -23,6 +24,16 @@ def nested_dice(t, x):
             temp += 2 * inter / (inter + torch.sum(t[s, c]) + torch.sum(x[s, c]))
         dice += temp
     return 1 - dice / t.shape[0]
+
+
+def nested_onto_a_new_tensor(t, x):
+    dice = 0.0
+    for s in range(t.shape[0]):
+        temp = torch.zeros(())
+        for c in range(t.shape[1]):
+            temp += torch.sum(t[s, c] * x[s, c]) / torch.sum(x[s, c])
+        dice += temp
+    return dice
 
 
 def nested_onto_a_tensor(t, x, start):
@@ -141,6 +152,16 @@ def test_equivalent_and_run_vectorized(dtype):
     outer = next(loop for loop in fast.report.loops if loop.lineno == nested_dice.__code__.co_firstlineno + 2)
     assert outer.vectorized and outer.vectorized_runs > 0 and outer.original_runs == 0, \
         outer.last_failure
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_onto_a_new_tensor_equivalent(dtype):
+    """``temp += v`` into a float32 tensor keeps float32 where ``temp + v`` would promote: the
+    outer loop is kept (the value and dtype are the original's either way)."""
+    fast = optimize_loss(nested_onto_a_new_tensor, compile=False, keep_faster=False)
+    t, x = _inputs(dtype)
+    assert_equivalent(nested_onto_a_new_tensor, fast, t, x)
+    assert fast(t, x).dtype == nested_onto_a_new_tensor(t, x).dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
