@@ -246,3 +246,17 @@ def test_attribute_list_of_other_items_runs_as_written(weight):
     assert_equivalent(side_outputs, fast, probs, label, _Config(weight))
     loop = fast.report.loops[0]
     assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
+
+
+def test_the_report_names_an_attributes_list_as_the_attribute():
+    src = '''
+def f(x, cfg):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i].sum()
+        loss += d * cfg.weight[i]
+    return loss
+'''
+    reason = build(src)[3].loops[0].reason
+    assert "`cfg.weight.dim() == 1" in reason and "`cfg.weight` is a tensor, or a list" in reason
+    assert "_weight.dim()" not in reason and "_weight_stacked" not in reason

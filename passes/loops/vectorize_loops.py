@@ -638,7 +638,9 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
     if plan.unbatched:
         parts.append(f"vmap: {plan.unbatched}")
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
-        users = rename(clone(plan.batched_if), plan.stacked)  # the user's names of stacked lists
+        # the user's names of stacked lists (an attribute's as the attribute)
+        users = rename(clone(plan.batched_if), {s: plan.user_names.get(n, n)
+                                                for s, n in plan.stacked.items()})
         parts.append(f"vmap where `{unparse(users)}` does not hold")
     return "; ".join(dict.fromkeys(parts)) or "no effects"
 
