@@ -174,9 +174,9 @@ class Writes:
 
     def refusal(self, s: ast.stmt, name: str) -> Unsupported:
         self.refused_in_branch = self.depth > 0
-        return Unsupported(f"`{self.plan.quote(s).strip()}` writes in place into `{name}`, which may "
-                           "share memory with another value (a functional form would not "
-                           "change that value)", s.lineno)
+        return Unsupported(f"`{self.plan.quote(s).strip()}` writes in place into `{name}`, "
+                           "which may share memory with another value (a functional form would "
+                           "not change that value)", s.lineno)
 
     def track(self, s: ast.stmt) -> None:
         """What ``s`` (free of in-place writes) binds, and what it makes share memory."""

@@ -27,8 +27,9 @@ in front of the guard (``_weight = self.weight``), which is then such a list; th
 written still reads the attribute, and the report names it.
 
 Only a name the function may hold as a list (``list_names``), or such an attribute chain, which
-the body does not bind, and reads only as such operands at the loop index (``w[i] * t`` and ``t * w[i]``, ``t`` a value the
-iteration computed, not an expression of the loop index's items): another read
+the body does not bind, and reads only as such operands at the loop index (``w[i] * t`` and
+``t * w[i]``, ``t`` a value the iteration computed, not an expression of the loop index's
+items): another read
 (``x ** w[i]``, ``torch.pow(x, w[i])``, ``if w[i] > 0``) would see a tensor where the original
 sees a number, so nothing changes.
 """
@@ -82,8 +83,8 @@ def _key(node: ast.AST) -> str | None:
 def _attribute_lists(plan: LoopPlan) -> set[str]:
     """Attribute chains (``self.weight``) the body reads as items at the loop index, on a name
     the body does not bind and only reads attributes of (``attribute_writes_to_names``): the
-    same list in every iteration. None for an inner loop (its binding would be a statement of the
-    outer loop's body)."""
+    same list in every iteration. None for an inner loop (its binding would be a statement of
+    the outer loop's body)."""
     if plan.inner:
         return set()
     parents = {c: n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
