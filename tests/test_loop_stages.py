@@ -215,6 +215,50 @@ loss += _number_op(d, weight[i], _weight_kind, 'mul', False) + _number_op(d, wei
 # prelude
 _weight_kind = _number_kind(weight)
 """),
+    # a module's list of weights: read through a name bound to the attribute
+    (number_list_operands, """
+def f(x, cfg):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i].sum()
+        loss += d * cfg.weight[i]
+    return loss
+""", ('body', 'prelude'),
+     """
+# body
+d = x[i].sum()
+loss += d * cfg.weight[i]
+# prelude
+""",
+     """
+# body
+d = x[i].sum()
+loss += _number_op(d, _weight[i], _weight_kind, 'mul', False)
+# prelude
+_weight = cfg.weight
+_weight_kind = _number_kind(_weight)
+"""),
+    # ... not when the object is handed to a call (it may bind the attribute again)
+    (number_list_operands, """
+def f(x, cfg):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i].sum()
+        loss += d * cfg.weight[i] + g(cfg)
+    return loss
+""", ('body', 'prelude'),
+     """
+# body
+d = x[i].sum()
+loss += d * cfg.weight[i] + g(cfg)
+# prelude
+""",
+     """
+# body
+d = x[i].sum()
+loss += d * cfg.weight[i] + g(cfg)
+# prelude
+"""),
     # `1 - weight[i]` is a Python number in the original: the list stays a list
     (number_list_operands, """
 def f(x, weight):
@@ -2066,7 +2110,7 @@ _loss_part = _loss_part + (_x_row * c).sum()
 c += 0.1 * _x_row
 """,
      """
-Unsupported: `c += 0.1 * _x_row` writes in place into `c`, which may share memory with another value (a functional form would not change that value)
+Unsupported: `c += 0.1 * x[i]` writes in place into `c`, which may share memory with another value (a functional form would not change that value)
 """),
     (inplace_writes_to_functional, """
 def f(x, y, centers, n):

@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rewrite import assert_equivalent, optimize_loss
 from tests.loop_helpers import assert_golden, build
@@ -160,3 +161,102 @@ def test_the_report_names_lists_of_numbers():
     assert reason.endswith("`weight` is a tensor, or a list or tuple of tensors of one shape, "
                            "dtype and device or of Python numbers all int or all float (stacked), "
                            "else the loop runs as written")
+
+
+# DSS-pytorch's deep-supervision loss (hovnatan/DSS-pytorch, loss.py): the side outputs' weights
+# are a tuple the module holds, read as ``self.weight[i]``
+def side_outputs(x_list, label, cfg):
+    losses = []
+    for i, x in enumerate(x_list):
+        losses.append(cfg.weight[i] * F.binary_cross_entropy(x, label))
+    return sum(losses)
+
+
+class _Config:
+    def __init__(self, weight):
+        self.weight = weight
+
+
+def _side_inputs(dtype, n=7):
+    g = torch.Generator().manual_seed(0)
+    probs = [torch.rand(2, 1, 4, 4, generator=g, dtype=dtype).clamp(0.01, 0.99).requires_grad_()
+             for _ in range(n)]
+    return probs, (torch.rand(2, 1, 4, 4, generator=g) > 0.7).to(dtype)
+
+
+def test_attribute_list_golden():
+    """``cfg.weight`` is read through a name bound to it in front of the guard, stacked as a
+    list of numbers is; the loop as written keeps reading the attribute."""
+    assert_golden(inspect.getsource(side_outputs), '''
+    def side_outputs(x_list, label, cfg):
+        losses = []
+        _weight = cfg.weight
+        _weight_kind = _number_kind(_weight)
+        _weight_stacked = _stack_items(tuple(_weight)) if (type(_weight) is list or (isinstance(_weight, tuple) and type(_weight).__getitem__ is tuple.__getitem__ and (type(_weight).__iter__ is tuple.__iter__) and (type(_weight).__len__ is tuple.__len__))) and len(_weight) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _weight[0].shape and (_v.dtype == _weight[0].dtype) and (_v.device == _weight[0].device) for _v in _weight)) else _number_rows(_weight)
+        _x_list_stacked = _stack_items(tuple(x_list)) if (type(x_list) is list or (isinstance(x_list, tuple) and type(x_list).__getitem__ is tuple.__getitem__ and (type(x_list).__iter__ is tuple.__iter__) and (type(x_list).__len__ is tuple.__len__))) and len(x_list) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == x_list[0].shape and (_v_1.dtype == x_list[0].dtype) and (_v_1.device == x_list[0].device) for _v_1 in x_list)) else x_list
+        if isinstance(_weight_stacked, torch.Tensor) and len(_x_list_stacked) <= _weight_stacked.shape[0] and isinstance(_x_list_stacked, torch.Tensor) and (_x_list_stacked.dim() > 0) and isinstance(len(_x_list_stacked), int) and (len(_x_list_stacked) > 0):
+            'optimize_loss: loop at line 3 vectorized'
+
+            def _body(x, _weight_row):
+                _losses_item = _number_op(F.binary_cross_entropy(x, label), _weight_row, _weight_kind, 'mul', True)
+                return (torch.as_tensor(_losses_item),)
+            _outs = _map_in_chunks(_body, in_dims=(0, 0))(_x_list_stacked, _weight_stacked if len(_x_list_stacked) == _weight_stacked.shape[0] else _weight_stacked[0:len(_x_list_stacked):1])
+            losses = _outs[0]
+        else:
+            for i, x in enumerate(x_list):
+                losses.append(cfg.weight[i] * F.binary_cross_entropy(x, label))
+        return losses.sum(0) if isinstance(losses, torch.Tensor) else sum(losses)
+    ''', {3: "vmap"})
+
+
+def test_an_attribute_read_otherwise_changes_nothing():
+    """``x ** cfg.w[i]`` keeps a Python number a number in the original: not read as rows."""
+    src = '''
+def f(x_list, label, cfg):
+    losses = []
+    for i, x in enumerate(x_list):
+        losses.append(F.binary_cross_entropy(x, label) ** cfg.weight[i])
+    return sum(losses)
+'''
+    code = build(src)[2]
+    assert "_number_op" not in code and "_weight =" not in code
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight", [(0.5, 0.5, 0.5, 0.8, 0.8, 1.0, 2.0), [1, 2, 3, 1, 1, 1, 2]],
+                         ids=["float tuple", "int list"])
+def test_attribute_list_runs_vectorized(weight, dtype):
+    """Value, every gradient and dtype of the original, the loop run vectorized, reported so."""
+    fn = side_outputs
+    fast = optimize_loss(fn, compile=False, keep_faster=False)
+    probs, label = _side_inputs(dtype)
+    assert_equivalent(fn, fast, probs, label, _Config(weight))
+    assert fast(probs, label, _Config(weight)).dtype == dtype
+    loop = fast.report.loops[0]
+    assert loop.vectorized and loop.vectorized_runs > 0 and loop.original_runs == 0, \
+        loop.last_failure
+    assert "`cfg.weight` is a tensor, or a list or tuple" in loop.reason
+
+
+@pytest.mark.parametrize("weight", [(True, False) * 3 + (True,), (0.5, 1, 1, 1, 1, 1, 1)],
+                         ids=["bools", "mixed"])
+def test_attribute_list_of_other_items_runs_as_written(weight):
+    fast = optimize_loss(side_outputs, compile=False, keep_faster=False)
+    probs, label = _side_inputs(torch.float64)
+    assert_equivalent(side_outputs, fast, probs, label, _Config(weight))
+    loop = fast.report.loops[0]
+    assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
+
+
+def test_the_report_names_an_attributes_list_as_the_attribute():
+    src = '''
+def f(x, cfg):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i].sum()
+        loss += d * cfg.weight[i]
+    return loss
+'''
+    reason = build(src)[3].loops[0].reason
+    assert "`cfg.weight.dim() == 1" in reason and "`cfg.weight` is a tensor, or a list" in reason
+    assert "_weight.dim()" not in reason and "_weight_stacked" not in reason

@@ -13,7 +13,8 @@ a chain of attribute reads on a name (``self.returns``, ``self.storage.returns``
 neither binds an attribute of that name (``self.returns = ...``) nor calls a method of it or
 hands it to a call (``self.reset()``, ``update(self)`` could bind the attribute again), and not
 for an inner loop (the binding would be a statement of the outer loop's body). Else the body is
-left as it is (and the write keeps the loop).
+left as it is (and the write keeps the loop). ``number_list_operands`` reads a module's list of
+numbers through such a name too (``read_through_name``).
 """
 from __future__ import annotations
 
@@ -30,22 +31,29 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     parents = {c: n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
     written = {unparse(n.value): n.value for s in plan.body for n in walk(s)
                if isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Store)
-               and _root(n.value) is not None}
+               and root(n.value) is not None}
     for chain, node in sorted(written.items()):
-        if not _only_read(_root(node), plan.body, parents):
-            continue
-        name = ctx.namer.new(node.attr)
-        plan.prelude += plan.sub("n = a", n=name, a=node)
-        plan.user_names[name] = chain
-        for s in plan.body:
-            for n in walk(s):
-                for field, child in ast.iter_fields(n):
-                    if isinstance(child, ast.Attribute) and unparse(child) == chain:
-                        setattr(n, field, ast.copy_location(ast.Name(name, ast.Load()), child))
+        if only_read(root(node), plan.body, parents):
+            read_through_name(plan, node, ctx)
     return plan
 
 
-def _root(e: ast.expr) -> str | None:
+def read_through_name(plan: LoopPlan, node: ast.Attribute, ctx: PassContext) -> str:
+    """The body's reads of the attribute chain ``node`` read a name bound to it in front of the
+    guard (reported as the chain); the name."""
+    chain = unparse(node)
+    name = ctx.namer.new(node.attr)
+    plan.prelude += plan.sub("n = a", n=name, a=node)
+    plan.user_names[name] = chain
+    for s in plan.body:
+        for n in walk(s):
+            for field, child in ast.iter_fields(n):
+                if isinstance(child, ast.Attribute) and unparse(child) == chain:
+                    setattr(n, field, ast.copy_location(ast.Name(name, ast.Load()), child))
+    return name
+
+
+def root(e: ast.expr) -> str | None:
     """The name under a chain of attribute reads (``self`` of ``self.a.b``), None for others."""
     if not isinstance(e, ast.Attribute):
         return None
@@ -54,15 +62,15 @@ def _root(e: ast.expr) -> str | None:
     return e.id if isinstance(e, ast.Name) else None
 
 
-def _only_read(root: str, body: list[ast.stmt], parents: dict[ast.AST, ast.AST]) -> bool:
-    """Every use of ``root`` in ``body`` is ``root.x`` read, ``root.x`` is not called, and no
-    attribute chain on ``root`` is bound."""
+def only_read(base: str, body: list[ast.stmt], parents: dict[ast.AST, ast.AST]) -> bool:
+    """Every use of ``base`` in ``body`` is ``base.x`` read, ``base.x`` is not called, and no
+    attribute chain on ``base`` is bound."""
     for s in body:
         for n in walk(s):
             if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load) \
-                    and _root(n) == root:
+                    and root(n) == base:
                 return False
-            if not (isinstance(n, ast.Name) and n.id == root):
+            if not (isinstance(n, ast.Name) and n.id == base):
                 continue
             attr = parents.get(n)
             if not (isinstance(attr, ast.Attribute) and isinstance(attr.ctx, ast.Load)

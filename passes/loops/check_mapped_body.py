@@ -68,13 +68,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 class _Check:
     def __init__(self, plan: LoopPlan, ctx: PassContext):
         self.plan, self.ctx = plan, ctx
-        # the user's nodes by position (the loop as written), to quote them, not renamed ones
-        self.written = {_at(n): n for n in ast.walk(plan.node) if hasattr(n, "col_offset")}
-        # ... and by place alone, for a read a stage replaced in place (`lens[i]` by a row)
-        self.spans: dict[tuple, ast.expr] = {}
-        for n in ast.walk(plan.node):
-            if isinstance(n, ast.expr) and hasattr(n, "lineno"):
-                self.spans.setdefault(_at(n)[1:], n)
         # rows of the function's boolean masks (``mask[i]``)
         self.masks = {row.param for (name, _), row in plan.row_slices.items()
                       if name in plan.masks}
@@ -233,8 +226,7 @@ class _Check:
         return [a for a in given if a not in index_tensor_arguments(node, self.ctx)] if given else []
 
     def quote(self, node: ast.AST) -> str:
-        found = self.written.get(_at(node)) or self.spans.get(_at(node)[1:], node)
-        return unparse(found)
+        return self.plan.quote(node)  # the user's code, not renamed ones
 
     def refuse(self, reason: str, node: ast.AST) -> None:
         raise Unsupported(reason, node.lineno)
@@ -427,8 +419,3 @@ def _tested_values(test: ast.expr) -> list[ast.expr]:
             and test.func.id in _TYPE_TESTS:
         return []
     return [test]
-
-
-def _at(node: ast.AST) -> tuple:
-    """Where ``node`` stands in the source (``x[i]`` and ``x[i][m]`` start at the same place)."""
-    return type(node), node.lineno, node.col_offset, node.end_lineno, node.end_col_offset

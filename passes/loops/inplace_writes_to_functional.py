@@ -16,6 +16,10 @@ no other value shares, is rebound to the written value instead::
 A float tensor of one number the iteration makes (``t = torch.zeros(n)``, no ``dtype=``:
 ``loop_dataflow.float_filled``) is such a tensor too (a one-hot made per sample).
 
+``s += v`` on a name the iteration bound to a Python number (``temp = 0.0`` at the top of the
+body, then an inner loop's ``temp += partial``) writes nothing in place in the original either: a
+number shares no memory, whatever else read it, so it becomes ``s = s + v``.
+
 A write into a tensor that may share memory with another value (a row of an input, a view, a name
 bound to the same tensor, an appended item) is refused: its functional form would not change the
 other value, as the original does. So is a write into a name bound to a part of another value
@@ -51,7 +55,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 class Writes:
     """Walks the body in order: which names hold tensors (``tensors``), which of them an op of
-    the iteration made (``fresh``), and which may share memory with another value (``shared``).
+    the iteration made (``fresh``), which may share memory with another value (``shared``), and
+    which hold Python numbers (``numbers``: they share memory with nothing).
     ``masked_only``: rewrite only boolean masks' writes of numbers (``masked_writes_to_where``);
     ``only``: rewrite only the statements it accepts (the others are walked, as written)."""
 
@@ -61,6 +66,7 @@ class Writes:
         self.plan, self.ctx, self.masked_only, self.switch = plan, ctx, masked_only, switch
         self.only = only
         self.tensors, self.fresh, self.shared = set(tensors), set(), set()
+        self.numbers: set[str] = set()
         # (if, whether its body was taken, why the other branch's write was refused)
         self.switched: list[tuple[ast.If, bool, str]] = []
         self.depth = 0  # of the `if`s around the statement walked
@@ -81,26 +87,28 @@ class Writes:
     def branches(self, s: ast.If, rewrite: bool) -> list[ast.stmt]:
         """``s`` with its branches rewritten. With ``switch``: a branch with a refused write,
         under a condition ``switch`` accepts, is dropped and the other one taken (``switched``)."""
-        before = (set(self.tensors), set(self.fresh), set(self.shared))
+        before = (set(self.tensors), set(self.fresh), set(self.shared), set(self.numbers))
         try:
             s.body = self.branch(s.body, rewrite)
         except Unsupported as exc:
             if not (self.switch and self.switch(s)):
                 raise
-            self.tensors, self.fresh, self.shared = before
+            self.tensors, self.fresh, self.shared, self.numbers = before
             self.switched.append((s, False, exc.reason))
             return self.branch(s.orelse, rewrite)
-        after_body, self.tensors, self.fresh = (self.tensors, self.fresh), *before[:2]
+        after_body = (self.tensors, self.fresh, self.numbers)
+        self.tensors, self.fresh, self.numbers = before[0], before[1], before[3]
         try:
             s.orelse = self.branch(s.orelse, rewrite)
         except Unsupported as exc:
             if not (self.switch and self.switch(s)):
                 raise
-            self.tensors, self.fresh = after_body
+            self.tensors, self.fresh, self.numbers = after_body
             self.switched.append((s, True, exc.reason))
             return s.body
         self.tensors &= after_body[0]  # what both branches leave
         self.fresh &= after_body[1]
+        self.numbers &= after_body[2]
         return [s]
 
     def branch(self, stmts: list[ast.stmt], rewrite: bool) -> list[ast.stmt]:
@@ -167,16 +175,16 @@ class Writes:
 
     def refusal(self, s: ast.stmt, name: str) -> Unsupported:
         self.refused_in_branch = self.depth > 0
-        return Unsupported(f"`{unparse(s).strip()}` writes in place into `{name}`, which may "
-                           "share memory with another value (a functional form would not "
-                           "change that value)", s.lineno)
+        return Unsupported(f"`{self.plan.quote(s).strip()}` writes in place into `{name}`, "
+                           "which may share memory with another value (a functional form would "
+                           "not change that value)", s.lineno)
 
     def track(self, s: ast.stmt) -> None:
         """What ``s`` (free of in-place writes) binds, and what it makes share memory."""
         value = getattr(s, "value", None)
         if isinstance(s, ast.FunctionDef) or value is None:
             return
-        shares = aliases(value, self.ctx)
+        shares = aliases(value, self.ctx) - self.numbers  # a number is a value, not memory
         self.shared |= shares
         name = s.targets[0].id if isinstance(s, ast.Assign) and len(s.targets) == 1 \
             and isinstance(s.targets[0], ast.Name) else None
@@ -184,7 +192,10 @@ class Writes:
         bound = stores(s)
         self.tensors -= bound
         self.fresh -= bound
+        self.numbers -= bound
         self.shared -= bound - shares  # a name bound anew shares what its new value shares
+        if name and number_literal(value):
+            self.numbers.add(name)
         if tensor:
             self.tensors.add(name)
         if made:

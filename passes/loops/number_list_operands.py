@@ -20,9 +20,16 @@ w[k])`` (the same for every item of one type), so values, gradients and dtypes a
 original's (``passes/number_operands.py``); with ``kind`` None (``w`` a tensor, or stacked
 tensors) it is the operation itself.
 
-Only a name the function may hold as a list (``list_names``), which the body does not bind, and
-reads only as such operands at the loop index (``w[i] * t`` and ``t * w[i]``, ``t`` a value the
-iteration computed, not an expression of the loop index's items): another read
+A module's weights are an attribute (DSS-pytorch's side outputs, ``self.weight[i] * bce``, with
+``self.weight = (0.2, ..., 1.0)``): an attribute chain on a name the body does not bind and only
+reads attributes of (``attribute_writes_to_names.only_read``) is read through a name bound to it
+in front of the guard (``_weight = self.weight``), which is then such a list; the loop as
+written still reads the attribute, and the report names it.
+
+Only a name the function may hold as a list (``list_names``), or such an attribute chain, which
+the body does not bind, and reads only as such operands at the loop index (``w[i] * t`` and
+``t * w[i]``, ``t`` a value the iteration computed, not an expression of the loop index's
+items): another read
 (``x ** w[i]``, ``torch.pow(x, w[i])``, ``if w[i] > 0``) would see a tensor where the original
 sees a number, so nothing changes.
 """
@@ -30,8 +37,9 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, is_name, replace, walk
+from ..ast_tools import PassContext, Transformer, is_name, replace, unparse, walk
 from ..number_operands import number_kind, number_op
+from .attribute_writes_to_names import only_read, read_through_name, root
 from .loop_dataflow import depends, exposed_reads, loads, stores_in
 from .plan import LoopPlan
 
@@ -40,18 +48,22 @@ _OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    candidates = plan.list_names - stores_in(plan.body)
+    candidates = (plan.list_names - stores_in(plan.body)) | _attribute_lists(plan)
     operands = _Operands(plan, candidates, ctx)
     for s in plan.body:
         operands.visit(s)
-    reads = {}  # name -> ids of its items read at the index, as operands or not
+    reads = {}  # list -> ids of its nodes read, at the index as operands or not
     for s in plan.body:
         for n in walk(s):
-            if isinstance(n, ast.Name) and n.id in candidates:
-                reads.setdefault(n.id, set()).add(id(n))
-    names = sorted(n for n in reads if reads[n] <= operands.found.get(n, set()))
-    if not names:
+            key = _key(n)
+            if key in candidates:
+                reads.setdefault(key, set()).add(id(n))
+    found = sorted(n for n in reads if reads[n] <= operands.found.get(n, set()))
+    if not found:
         return plan
+    # an attribute's list is read through a name bound to it, which is then stacked as one
+    names = [n if n in plan.list_names else _read_through_name(plan, n, ctx) for n in found]
+    plan.list_names |= set(names)
     kinds = {n: ctx.namer.new(f"{n}_kind") for n in names}
     for name in names:
         plan.prelude += plan.sub(f"k = {ctx.bind(number_kind, 'number_kind')}(x)", k=kinds[name],
@@ -61,12 +73,38 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
+def _key(node: ast.AST) -> str | None:
+    """The list a node may be: a name's id, an attribute chain's source (``self.weight``)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    return unparse(node) if root(node) is not None else None
+
+
+def _attribute_lists(plan: LoopPlan) -> set[str]:
+    """Attribute chains (``self.weight``) the body reads as items at the loop index, on a name
+    the body does not bind and only reads attributes of (``attribute_writes_to_names``): the
+    same list in every iteration. None for an inner loop (its binding would be a statement of
+    the outer loop's body)."""
+    if plan.inner:
+        return set()
+    parents = {c: n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
+    bound = stores_in(plan.body)
+    return {unparse(n.value) for s in plan.body for n in walk(s)
+            if isinstance(n, ast.Subscript) and root(n.value) not in (None, *bound)
+            and is_name(n.slice, plan.iteration.index)
+            and only_read(root(n.value), plan.body, parents)}
+
+
+def _read_through_name(plan: LoopPlan, chain: str, ctx: PassContext) -> str:
+    node = next(n for s in plan.body for n in walk(s) if _key(n) == chain)
+    return read_through_name(plan, node, ctx)
+
+
 def _item(node: ast.expr, index: str, names) -> str | None:
     """The list ``w`` of ``w[i]`` at the loop index, when ``w`` is among ``names``."""
     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) \
-            and isinstance(node.value, ast.Name) and node.value.id in names \
-            and is_name(node.slice, index):
-        return node.value.id
+            and _key(node.value) in names and is_name(node.slice, index):
+        return _key(node.value)
     return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from ..ast_tools import Checks, PassContext, is_int, replace
+from ..ast_tools import Checks, PassContext, is_int, replace, unparse
 from ..errors import Unsupported
 from .loop_dataflow import LoopFacts
 
@@ -209,6 +209,25 @@ class LoopPlan:
         """``template`` filled, at the loop's location."""
         return replace(template, loc=self.node, torch_name=self.torch_name, **subs)
 
+    def quote(self, node: ast.AST) -> str:
+        """``node`` as the user wrote it: the node of the loop as written at its place, of its
+        type, else the outermost one there (a row parameter ``_x_row`` stands where ``x[i]``
+        stood); a statement a vectorized inner loop left (``temp += _outs[0]``) is that loop's
+        header. ``node`` itself when none is there."""
+        start = _span(node)[:2]
+        there = [n for n in ast.walk(self.node) if _span(n)[:2] == start and None not in start]
+        exact = [n for n in there if _span(n) == _span(node)]
+        # a statement where a loop starts was made of that loop (its vectorized guard too)
+        loops = [n for n in there if isinstance(n, (ast.For, ast.While))] \
+            if isinstance(node, ast.stmt) and not isinstance(node, (ast.For, ast.While)) else []
+        found = loops[0] if loops else next((n for n in exact if type(n) is type(node)),
+                                            (exact or [node])[0])
+        if isinstance(found, ast.For) and found is not node:
+            return f"for {unparse(found.target)} in {unparse(found.iter)}: ..."
+        if isinstance(found, ast.While) and found is not node:
+            return f"while {unparse(found.test)}: ..."
+        return unparse(found)
+
     def check(self, template: str, **subs) -> None:
         """Add ``template`` (filled) to the runtime check."""
         self.checks.add(self.sub(template, **subs))
@@ -257,3 +276,9 @@ def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> 
     ``host_containers``, ``iterators``)."""
     return LoopPlan(node, live_after, outs=ctx.namer.new("outs"), torch_name=ctx.torch_name,
                     **known)
+
+
+def _span(node: ast.AST) -> tuple:
+    """Where ``node`` stands in the source (None where it has no place)."""
+    return tuple(getattr(node, a, None)
+                 for a in ("lineno", "col_offset", "end_lineno", "end_col_offset"))

@@ -31,6 +31,11 @@ whose ``if`` test says it is a list or tuple, or in the ``else`` of one that ask
 (``narrowed_lists``; mmdetection's ``elif isinstance(loss_value, list): sum(_loss.mean() for
 _loss in loss_value)``).
 
+A name ``number_list_operands`` bound to an attribute's list of numbers (``_weight =
+self.weight``) is stacked too. The guard's checks that attributes are tensors (``self.gamma[i]``
+read otherwise, a module's configuration, often a tuple) come first, in the guard and in each
+stacking's test: when one fails, the loop runs as written without stacking the lists first.
+
 A tensor stays itself; a list whose items differ in shape, dtype or device (deep supervision at
 several resolutions) stays a list, fails the guard's ``isinstance`` check, and the loop runs as
 written. Stacking copies the items: the values and the gradients of every item are those of the
@@ -46,11 +51,13 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks, ops
-from ..ast_tools import PassContext, is_name, rename, walk
+from ..ast_tools import PassContext, clone, is_name, rename, walk
 from ..number_operands import number_rows
 from ..stacked_views import stack_items
-from .loop_dataflow import resolve_call
+from .attribute_writes_to_names import root
+from .loop_dataflow import loads, resolve_call, stores_in
 from .plan import LoopPlan
+from .runtime_checks import proven_tensors
 
 # Calls whose result is a list or tuple of tensors.
 _LIST_MAKERS = {"list", "tuple", "torch.split", "torch.chunk", "torch.unbind", "torch.tensor_split"}
@@ -85,23 +92,33 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     rows = {it.index} | {e for e, _ in it.elements if index_only(e, plan.node.body)}
     indexed = {n.value.id for s in plan.node.body for n in walk(s) if isinstance(n, ast.Subscript)
                and isinstance(n.value, ast.Name) and _reads_row(n, rows)}
-    for name in sorted((sources | indexed) & plan.list_names):
+    # names bound to attributes' lists of numbers, which the loop as written reads as attributes
+    read_through = {n for n in plan.number_lists if n in plan.user_names}
+    names = sorted((sources | indexed) & plan.list_names | read_through)
+    first = _type_checks(plan, set(names))
+    for name in names:
         elements = {e for e, src in it.elements if is_name(src, name)}
-        if not _only_items_read(name, elements, plan.node.body, rows):
+        if name not in read_through and not _only_items_read(name, elements, plan.node.body, rows):
             continue
         stacked = ctx.namer.new(f"{name}_stacked")
         made = stacked_template(ctx)
+        if first:  # the guard fails without them: no stacking for nothing
+            made = made.replace(" if ", " if c and ", 1)
         if elements and elements <= rows:
             made = made.removesuffix(" else x") + f" else torch.tensor(x) if {INTS} else x"
         elif name in plan.number_lists:
             made = made.removesuffix(" else x") + f" else {ctx.bind(number_rows, 'number_rows')}(x)"
+        checked = {"c": ast.BoolOp(ast.And(), [clone(c) for c in first]) if len(first) > 1
+                   else clone(first[0])} if first else {}
         prelude = plan.sub(f"s = {made}", s=stacked, x=ast.Name(name, ast.Load()),
-                           v=ctx.namer.new("v"))
+                           v=ctx.namer.new("v"), **checked)
         for n in walk(prelude[0]):
             if isinstance(n, ast.GeneratorExp):
                 ast_marks.put(n, ast_marks.GENERATED, True)
         plan.prelude += prelude
         plan.stacked[stacked] = name
+        # first in the guard too: its first false check is the one a failed run reports
+        plan.checks.conditions[:] = first + [c for c in plan.checks.conditions if c not in first]
     # The vectorized statements and their check read the stacked tensors; the loop as written
     # (the guard's else) keeps the user's lists.
     users = {name: stacked for stacked, name in plan.stacked.items()}
@@ -110,6 +127,17 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for c in plan.checks.conditions:
         rename(c, users)
     return plan
+
+
+def _type_checks(plan: LoopPlan, stacking: set[str]) -> list[ast.expr]:
+    """The guard's ``isinstance(x, torch.Tensor)`` checks of attribute chains (``self.weight``,
+    a module's configuration: a tuple of numbers as often as a tensor) that no stacking, nor
+    anything else in front of the guard, binds: cheap, and checked first, so that the lists are
+    not stacked for nothing when one of them fails (the guard reads them whenever the loop has
+    iterations anyway)."""
+    bound = stacking | stores_in(plan.prelude)
+    return [c for c in plan.checks.conditions if len(proven_tensors(c)) == 1
+            and root(proven_tensors(c)[0]) and not loads(c) & bound]
 
 
 def stacked_sources(tree: ast.AST) -> dict[str, str]:

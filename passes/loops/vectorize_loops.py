@@ -639,7 +639,9 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
     if plan.unbatched:
         parts.append(f"vmap: {plan.unbatched}")
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
-        users = rename(clone(plan.batched_if), plan.stacked)  # the user's names of stacked lists
+        # the user's names of stacked lists (an attribute's as the attribute)
+        users = rename(clone(plan.batched_if), {s: plan.user_names.get(n, n)
+                                                for s, n in plan.stacked.items()})
         parts.append(f"vmap where `{unparse(users)}` does not hold")
     return "; ".join(dict.fromkeys(parts)) or "no effects"
 
@@ -676,8 +678,9 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     found = sorted({user_names.get(unparse(x), unparse(x)) for x in proven_tensors(check)})
     gathered = gathered or {}
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
-    lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
-    number_lists = [f"`{stacked[n]}`" for n in found if n in stacked and stacked[n] in numbers]
+    shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it
+    lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
+    number_lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] in numbers]
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
     if not names and not lists and not reads and not number_lists:
         return ""
