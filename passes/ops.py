@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
-               kl_div_terms, masked_divisors, number_operands, set_distances, slice_bounds,
-               stacked_views)
+               inplace_results, kl_div_terms, masked_divisors, number_operands, set_distances,
+               slice_bounds, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -297,6 +297,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", **_ET),
     # a fixed divisor under a mask: the number itself, or 1 where the mask is off
     _helper(masked_divisors.masked_divisor, derivative="constant", **_ET),
+    # an in-place write's value in the written tensor's dtype (``inplace_writes_to_functional``)
+    _helper(inplace_results.inplace_result, **_ET),
     _helper(stacked_views.stack_items, total=True, derivative="constant"),
     # a tensor operand and a row of Python numbers, in the dtype the number would give; a row
     # of 1 divides safely where a tensor condition deselects it

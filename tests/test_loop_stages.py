@@ -2030,7 +2030,7 @@ _loss_part = _loss_part + (m.exp().sum() + 1e-06).log_()
 m = torch.clamp(_scores_row - _scores_row[_target_row] + 1, min=0)
 _m_at = torch.arange(m.numel(), device=m.device).view(m.shape)[_target_row]
 m = m.flatten().scatter(0, _m_at.flatten(), torch.as_tensor(0, dtype=m.dtype, device=m.device).expand(_m_at.shape).flatten()).view(m.shape)
-m = m.clamp(max=5)
+m = _inplace_result(m, m.clamp(max=5))
 _loss_part = _loss_part + (m.exp().sum() + 1e-06).log()
 """),
     # a float tensor of one number the iteration makes (no dtype=): its own, written functionally
@@ -2152,7 +2152,7 @@ _loss_part = _loss_part + c.sum()
 # body
 c = centers[_y_row]
 c = c * _x_row
-c = c + 1
+c = _inplace_result(c, c + 1)
 _loss_part = _loss_part + c.sum()
 """),
     (outline_body, """
@@ -3302,7 +3302,7 @@ _loss_part = _loss_part + s.sum()
      """
 # body
 s = _x_row * 2
-s = s.masked_fill(s > 1, 1.0).mul(0.5)
+s = _inplace_result(s, _inplace_result(s, s.masked_fill(s > 1, 1.0)).mul(0.5))
 _loss_part = _loss_part + s.sum()
 """),
     # `torch.exp(w)`, `gamma * lam` are the same in every iteration, their derivatives may be inf

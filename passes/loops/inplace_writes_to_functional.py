@@ -8,10 +8,14 @@ no other value shares, is rebound to the written value instead::
     m[c] = 0                          ->     _m_at = torch.arange(m.numel(), device=m.device).view(m.shape)[c]
                                              m = m.flatten().scatter(0, _m_at.flatten(), torch.as_tensor(0, dtype=m.dtype, device=m.device).expand(_m_at.shape).flatten()).view(m.shape)
     m[c] += v                         ->     the same, writing ``m[c] + v``
-    m += 1                            ->     m = m + 1
-    m.clamp_(min=0)                   ->     m = m.clamp(min=0)
-    m.mul_(0.5).add_(1)               ->     m = m.mul(0.5).add(1)   (each returns m)
+    m += 1                            ->     m = _inplace_result(m, m + 1)
+    m.clamp_(min=0)                   ->     m = _inplace_result(m, m.clamp(min=0))
+    m.mul_(0.5).add_(1)               ->     m = _inplace_result(m, _inplace_result(m, m.mul(0.5)).add(1))
     (e.sum() + eps).log_()            ->     (e.sum() + eps).log()      (a temporary: nothing else sees it)
+
+``_inplace_result`` (``passes/inplace_results.py``) keeps the tensor's dtype as the write does
+(``m = torch.zeros(3); m += x64[i]`` stays float32) and raises the write's error where the result
+cannot be cast to it.
 
 A float tensor of one number the iteration makes (``t = torch.zeros(n)``, no ``dtype=``:
 ``loop_dataflow.float_filled``) is such a tensor too (a one-hot made per sample).
@@ -37,6 +41,7 @@ from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import PassContext, Transformer, unparse
 from ..errors import Unsupported
+from ..inplace_results import inplace_result
 from .batch_values import number_literal
 from .loop_dataflow import (call_op, float_filled, is_boolean, is_shape_query, loads,
                             makes_new_tensor, method_name, stores)
@@ -143,6 +148,8 @@ class Writes:
                                              and target.id not in self.fresh):
                 raise self.refusal(s, target.id)
             value = ast.copy_location(ast.BinOp(ast.Name(target.id, ast.Load()), s.op, s.value), s)
+            if target.id in self.fresh:  # a tensor: the write keeps its dtype
+                value = self.kept_dtype(target.id, value)
             return [ast.copy_location(ast.Assign([ast.Name(target.id, ast.Store())], value), s)]
         call = s.value if isinstance(s, ast.Expr) else None
         chain = _inplace_chain(call, self.ctx)  # m.mul_(a).add_(b): each link writes m
@@ -150,10 +157,20 @@ class Writes:
             name = chain[-1].func.value.id
             if not self.writable(name, s):  # no list has `x_()` methods: a tensor
                 raise self.refusal(s, name)
-            for link in chain:
+            value = chain[-1].func.value
+            for link in reversed(chain):  # innermost first: each link writes m in its dtype
                 link.func.attr = _functional(link, s)
-            return [ast.copy_location(ast.Assign([ast.Name(name, ast.Store())], call), s)]
+                link.func.value = value
+                value = self.kept_dtype(name, link)
+            return [ast.copy_location(ast.Assign([ast.Name(name, ast.Store())], value), s)]
         return [s]
+
+    def kept_dtype(self, name: str, value: ast.expr) -> ast.expr:
+        """``value``, written into the tensor ``name`` in place, in its dtype (or the write's
+        error): ``inplace_results.inplace_result``."""
+        helper = self.ctx.bind(inplace_result, "inplace_result")
+        return ast.copy_location(ast.Call(ast.Name(helper, ast.Load()),
+                                          [ast.Name(name, ast.Load()), value], []), value)
 
     def masked_write(self, name: str, mask: ast.expr, value: ast.expr) -> list[ast.stmt]:
         """``t[m] = v`` (``v`` a number) as ``t = torch.where(m, v, t)``, ``m`` shaped as
