@@ -52,8 +52,12 @@ def _imports(source: str, module: str, is_package: bool = False) -> set[str]:
     return {m for m in found if m in MODULES and m != module}
 
 
-GRAPH = {module: _imports(path.read_text(), module, path.name == "__init__.py")
-         for module, path in MODULES.items()}
+@pytest.fixture(scope="module")
+def import_graph() -> dict[str, set[str]]:
+    """Each module's imports. A fixture, not a module constant: parsing every module at import
+    would cost each pytest-xdist worker's collection, not just the one that runs these tests."""
+    return {module: _imports(path.read_text(), module, path.name == "__init__.py")
+            for module, path in MODULES.items()}
 
 
 def _in(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -107,20 +111,20 @@ def run():
         "rewrite.runtime", "rewrite.hoist"}
 
 
-def test_passes_never_import_rewrite():
-    upward = {(m, t) for m, targets in GRAPH.items() if _in(m, ("passes",))
+def test_passes_never_import_rewrite(import_graph):
+    upward = {(m, t) for m, targets in import_graph.items() if _in(m, ("passes",))
               for t in targets if _in(t, ("rewrite",))}
     assert not upward
 
 
-def test_rewrite_core_never_imports_the_tools():
-    upward = {(m, t) for m, targets in GRAPH.items() if not _in(m, TOOLS)
+def test_rewrite_core_never_imports_the_tools(import_graph):
+    upward = {(m, t) for m, targets in import_graph.items() if not _in(m, TOOLS)
               for t in targets if _in(t, TOOLS)}
     assert not upward
 
 
-def test_no_import_cycle():
-    assert _cycle(GRAPH) is None
+def test_no_import_cycle(import_graph):
+    assert _cycle(import_graph) is None
 
 
 @pytest.mark.parametrize("graph, cycle", [
