@@ -103,7 +103,7 @@ from ..ast_tools import PassContext, clone, fix_missing_locations, is_int, unpar
 from . import batch_calls as calls
 from .batch_scope import Scope
 from .batch_values import CONSTANT, Param, Rank, Val, integer, literal
-from .loop_dataflow import call_op, method_name
+from .loop_dataflow import UnwrapFixedOperands, call_op, fixed_operand_helpers, method_name
 from .plan import BodyParam, LoopPlan
 from .runtime_checks import proven_tensors
 
@@ -301,8 +301,7 @@ class _Batcher(Scope):
         """``s`` with each ``h(p, w)`` (``FixedOperand``) as ``w``, behind the check that the
         names ``w`` is computed from take no gradient: a learnable ``w`` under a tensor
         condition is masked per item, in the vmap form."""
-        helpers = {k for k, v in self.ctx.bindings.items()
-                   if getattr(v, "fixed_under_mask", False)}
+        helpers = fixed_operand_helpers(self.ctx)
         if not isinstance(s, (ast.Assign, ast.AugAssign)) \
                 or not any(isinstance(n, ast.Name) and n.id in helpers for n in walk(s)):
             return s  # (other statements have no batched form)
@@ -315,7 +314,7 @@ class _Batcher(Scope):
                                       "change under a tensor condition, of unknown leaves")
                 for leaf in sorted(leaves):
                     self.check(f"not (isinstance({leaf}, torch.Tensor) and {leaf}.requires_grad)")
-        return _Unwrap(helpers).visit(s)
+        return UnwrapFixedOperands(helpers).visit(s)
 
     def total(self, node: ast.expr, mean: bool = False) -> tuple[ast.expr, Val]:
         """(the sum over the loop of ``node``'s per-item values, fused where exact, or with
@@ -495,18 +494,6 @@ class _Batcher(Scope):
         self.check(f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
                    f"{len(fixed)}")
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
-
-
-class _Unwrap(ast.NodeTransformer):
-    """Replaces each call ``h(p, w)`` of a helper named in ``helpers`` by ``w``."""
-
-    def __init__(self, helpers: set[str]):
-        self.helpers = helpers
-
-    def visit_Call(self, node: ast.Call) -> ast.AST:
-        self.generic_visit(node)
-        return node.args[1] if isinstance(node.func, ast.Name) and node.func.id in self.helpers \
-            else node
 
 
 def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:

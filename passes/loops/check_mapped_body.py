@@ -39,14 +39,15 @@ from typing import Any
 from .. import ast_marks
 from .. import loop_rules as rules
 from .. import mapped_writes_to_functional, ops
-from ..ast_tools import PassContext, unparse, walk, write_target
+from ..ast_tools import PassContext, clone, unparse, walk, write_target
 from ..errors import Unsupported
 from . import loop_dataflow
 from .index_tensor_parameters import index_tensor_arguments
 from .own_methods import own_method
-from .loop_dataflow import (call_op, container_names, depends, filled_number, float_filled,
-                            is_boolean, makes_new_tensor, mask_names, module_function,
-                            resolve_call, variant_names, write_entries)
+from .loop_dataflow import (UnwrapFixedOperands, call_op, container_names, depends,
+                            filled_number, fixed_operand_helpers, float_filled, is_boolean,
+                            makes_new_tensor, mask_names, module_function, resolve_call,
+                            variant_names, write_entries)
 from .plan import LoopPlan
 
 # Methods of Python lists that compare their argument with the items as Python booleans.
@@ -173,8 +174,10 @@ class _Check:
             self.refuse(f"`{self.quote(node)}`: the size of its result varies per iteration",
                         node)
         receiver = [node.func.value] if loop_dataflow.method_name(node, self.ctx) else []
+        # a size under a tensor condition is read through ``_fixed_operand(p, n)``: ``n`` itself
+        fixed = UnwrapFixedOperands(fixed_operand_helpers(self.ctx))
         size = next((a for a in ops.size_arguments(op, receiver + node.args, {
-            k.arg: k.value for k in node.keywords}) if varies(a)), None)
+            k.arg: k.value for k in node.keywords}) if varies(fixed.visit(clone(a)))), None)
         if size is not None:
             self.refuse(f"`{self.quote(node)}`: a size that varies per iteration (`"
                         f"{self.quote(size)}`, line {node.lineno}): the result's shape would "

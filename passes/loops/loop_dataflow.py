@@ -507,6 +507,24 @@ def is_shape_query(node: ast.AST, ctx: PassContext) -> bool:
     return isinstance(node, ast.Call) and call_op(node, ctx).shape_query
 
 
+def fixed_operand_helpers(ctx: PassContext) -> set[str]:
+    """The names generated code calls ``tensor_branches_to_where``'s ``FixedOperand`` by:
+    ``h(p, w)`` is ``w`` itself wherever ``w`` takes no gradient (a Python number always)."""
+    return {k for k, v in ctx.bindings.items() if getattr(v, "fixed_under_mask", False)}
+
+
+class UnwrapFixedOperands(ast.NodeTransformer):
+    """Replaces each call ``h(p, w)`` of a helper named in ``helpers`` by ``w``."""
+
+    def __init__(self, helpers: set[str]):
+        self.helpers = helpers
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        return node.args[1] if isinstance(node.func, ast.Name) and node.func.id in self.helpers \
+            else node
+
+
 def depends(expr: ast.AST, variant: set[str], ctx: PassContext) -> bool:
     """Whether ``expr``'s value can differ between iterations."""
     if isinstance(expr, ast.Name):
