@@ -45,6 +45,7 @@ LOOP_CLASSES: dict[str, tuple[str, str]] = {
     "real.det_detr_set_criterion:132": (BOOKKEEPING, "dict comprehension dropping a key"),
     "real.det_detr_set_criterion:151": (BOOKKEEPING, "dict comprehension renaming keys"),
     "real.det_detr_set_criterion:100": (HETEROGENEOUS, "cat of per-image matches (ragged)"),
+    "real.det_detr_set_criterion:68": (HETEROGENEOUS, "top-k accuracy: the first k rows per k"),
     "real.det_detr_set_criterion:122": (HETEROGENEOUS, "cat of per-image matches (ragged)"),
     "real.det_detr_set_criterion:123": (HETEROGENEOUS, "cat of per-image matches (ragged)"),
     "real.det_detr_set_criterion:113": (HETEROGENEOUS, "cat of per-image matches (ragged)"),
