@@ -34,7 +34,8 @@ def optimize_loss(fn: Any = None, /, **options: Any) -> Any:
     written, which goes back as written when faster), keep the original unless the rewritten
     form is 10% faster, and check
     a close choice again at a few spaced calls; ``report.forms`` says which and why; ``False``:
-    the rewritten function always runs),
+    the rewritten function always runs; the environment's ``OPTIMIZE_LOSS_KEEP_FASTER=0`` makes
+    ``False`` the default, as the test suite runs),
     ``example_inputs=None`` (an argument tuple, or a callable returning one, that
     ``optimize-loss inspect|verify|lint`` use when no inputs are given on the command line).
     """

@@ -57,6 +57,13 @@ from .loop_choice import aliases_kept, copied_state, module_state
 from .testing import compare, outputs_and_gradients
 
 
+def keep_faster_default() -> bool:
+    """``keep_faster``'s default: on, unless the environment sets ``OPTIMIZE_LOSS_KEEP_FASTER=0``
+    (a test suite, or a run that must not depend on timings: the rewritten function always runs
+    where nothing says ``keep_faster=True``)."""
+    return os.environ.get("OPTIMIZE_LOSS_KEEP_FASTER", "1") != "0"
+
+
 class RewriteWarning(UserWarning):
     """The original function runs instead of the rewritten one; the message says why."""
 
@@ -77,8 +84,9 @@ class Options:
     debug_dir: str | None = None
     lint: bool = False           # run the gradient-flow lint once per input signature; warn findings
     # per band of signatures (same structure, sizes within a power of 4): time rewritten vs
-    # original over a few calls, keep the faster (``rewrite.keep_faster``)
-    keep_faster: bool = True
+    # original over a few calls, keep the faster (``rewrite.keep_faster``); the default is the
+    # environment's (``keep_faster_default``)
+    keep_faster: bool = field(default_factory=keep_faster_default)
     example_inputs: Any = None   # argument tuple (or a callable returning one) for the CLI
 
 

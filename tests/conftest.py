@@ -18,6 +18,18 @@ settings.register_profile("long", max_examples=2500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
+# The rewritten function always runs unless a test says ``keep_faster=True`` or asks for the
+# user's default (``keep_faster_on``): equivalence tests check the rewritten function, not a timed
+# choice between it and the original, and skip the timing calls (half of the suite's CPU time).
+os.environ["OPTIMIZE_LOSS_KEEP_FASTER"] = "0"
+
+
+@pytest.fixture
+def keep_faster_on(monkeypatch):
+    """The user's default, ``keep_faster=True``, for ``optimize_loss`` calls made in the test."""
+    monkeypatch.delenv("OPTIMIZE_LOSS_KEEP_FASTER")
+
+
 # Under `make test` each pytest-xdist worker has a core: one torch thread each, not one per core
 # per worker (oversubscribed, every matmul waits for the other worker's threads).
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -256,6 +256,7 @@ def test_the_real_corpus_classifies_its_loops_for_the_bench(tmp_path):
     assert rows[0]["class"] == "independent" and rows[0]["speedup"] == Ratio(3.0, False, 0.0, math.inf)
 
 
+@pytest.mark.usefixtures("keep_faster_on")  # the bench measures the user's default
 def test_per_loop_bench_writes_the_table_and_the_json(tmp_path):
     (tmp_path / "per_sample_sq.py").write_text(HEADER + textwrap.dedent(SUITE["per_sample_sq"]))
     argv = ["bench", str(tmp_path), "--per-loop", "--budget", "8", "--min-time", "0.02",

@@ -19,6 +19,9 @@ from rewrite.runtime import describe_key, signature_key
 from rewrite.tools.inspection import collect, format_text
 from tests.helpers import load_module
 
+# the user's default is under test
+pytestmark = pytest.mark.usefixtures("keep_faster_on")
+
 USER_CODE = '''
 import torch
 
@@ -696,3 +699,10 @@ def test_one_tensor_changed_in_place_is_keyed_afresh(user, monkeypatch):
     got, = torch.autograd.grad(f(x), x)
     want, = torch.autograd.grad(user.summed(x), x)
     torch.testing.assert_close(got, want)
+
+
+def test_the_environment_sets_the_default(monkeypatch):
+    monkeypatch.setenv("OPTIMIZE_LOSS_KEEP_FASTER", "0")  # as the test suite runs
+    assert not runtime.Options().keep_faster and runtime.Options(keep_faster=True).keep_faster
+    monkeypatch.delenv("OPTIMIZE_LOSS_KEEP_FASTER")
+    assert runtime.Options().keep_faster

@@ -13,6 +13,9 @@ from rewrite.keep_faster import PAIRS, Timing
 from tests.helpers import load_module
 from tests.test_keep_faster import USER_CODE as KEEP_FASTER_CODE
 
+# the user's default is under test
+pytestmark = pytest.mark.usefixtures("keep_faster_on")
+
 # test_keep_faster's module (``summed``) and more
 USER_CODE = KEEP_FASTER_CODE + '''
 class Acc:

@@ -216,6 +216,7 @@ def test_below_the_paying_trip_count_the_loop_runs(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.usefixtures("keep_faster_on")  # per band: a later signature is decided and counted
 def test_ppo_example_at_a_paying_length(dtype):
     # the buffers as PPO keeps them (rewards a list of floats): value, gradients, dtype
     module = importlib.import_module("examples.real.rl_ppo_mc_returns")

@@ -84,6 +84,7 @@ def total(xs, w):
 '''
 
 
+@pytest.mark.usefixtures("keep_faster_on")  # per band: a later signature is decided and counted
 def test_repeated_calls_on_fresh_lists_decide_once(tmp_path, monkeypatch):
     """The per-call path: a list of the same signature (fresh objects every step, as a rollout's)
     finds its decision without deciding again; a changed end dtype, length or requires_grad of an
