@@ -505,3 +505,36 @@ def test_helper_calling_a_testing_helper_keeps_the_loop(tmp_path):
     assert not loop.vectorized and not opt.report.fallbacks
     assert loop.reason.startswith("`scaled_dice(...)` is mapped with vmap, and `dice` tests in "
                                   "Python `t.sum() == 0`")
+
+
+MATCHING = '''import torch
+
+
+def match(overlaps, labels, conf_t, idx):
+    best, best_idx = overlaps.max(0)
+    best.squeeze_(0)
+    best_idx.squeeze_(0)
+    for j in range(overlaps.size(0)):
+        best_idx[j] = j
+    conf_t[idx] = labels[best_idx]
+
+
+def caller(overlaps, labels, conf_t):
+    for idx in range(conf_t.shape[0]):
+        match(overlaps[idx], labels[idx], conf_t, idx)
+    return conf_t
+'''
+
+
+def test_a_refused_helper_names_every_statement_it_would_need_changed(tmp_path):
+    # the first refused statement alone (a tuple unpacked) hid the in-place calls and the loop:
+    # the reason lists each kind with the user's lines
+    module = load_module(tmp_path, MATCHING)
+    _, _, ctx = _inline(module.caller)
+    first = module.match.__code__.co_firstlineno + 1
+    note, = [n for n in ctx.report.notes if "helper match is not inlined" in n]
+    assert note.endswith(
+        f"line {first}: only assignments to plain names (and to items of tensors it made) before "
+        "the row writes (no loops, branches on values, global, try/with, nested defs); "
+        f"a tuple unpacked at line {first}; a call for its effect at lines {first + 1}, "
+        f"{first + 2}; a `for` loop at line {first + 3}"), note

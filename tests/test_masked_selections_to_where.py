@@ -730,8 +730,9 @@ def test_examples_are_vectorized_and_equivalent(name):
 
 def test_a_refusal_says_why_the_selections_stay():
     # `len(boxes) == 0` would be a count of a selection, were `boxes` reduced: as it is not, the
-    # `continue` is under a Python condition, and the reason says which selection stays
-    for src, kept in [("""
+    # `continue` is under a Python condition, and the reason says which selection stays, with the
+    # lines of both
+    for src, line, kept in [("""
 def f(ann, anchors):
     total = 0
     for j in range(ann.shape[0]):
@@ -740,7 +741,7 @@ def f(ann, anchors):
             continue
         total = total + (anchors[:, None, 0] - boxes[None, :, 0]).abs().amin(1).sum()
     return total
-""", "`boxes` read outside a reduction"), ("""
+""", 5, "`boxes` read outside a reduction (line 7)"), ("""
 def f(sim, labels):
     total = 0
     for i in range(sim.shape[0]):
@@ -750,8 +751,9 @@ def f(sim, labels):
             continue
         total = total + neg[0]
     return total
-""", "`neg` read outside a reduction")]:
+""", 6, "`neg` read outside a reduction (line 5)")]:
         _, _, _, report = build(src)
         assert not report.loops[0].vectorized
         assert report.loops[0].reason.startswith(
-            f"`continue` under a Python condition (the body's selections stay as written: {kept})")
+            f"`continue` under a Python condition (line {line}) (the body's selections stay as "
+            f"written: {kept})")

@@ -104,6 +104,13 @@ FRAME_BUILTINS = frozenset({"locals", "globals", "vars", "dir", "eval", "exec", 
 # Statements a helper body may have before its final `return expr` (plain-name targets; not
 # `x += e`: on a parameter, that would change the caller's tensor in place).
 BODY_STATEMENTS = (ast.Assign,)
+# What a refused helper statement is, for its reason (others: "a `<node name>` statement").
+_STATEMENT_KINDS = {ast.For: "a `for` loop", ast.AsyncFor: "an `async for` loop",
+                    ast.While: "a `while` loop", ast.If: "an `if`", ast.With: "a `with` block",
+                    ast.Try: "a `try` block", ast.AugAssign: "an augmented assignment",
+                    ast.AnnAssign: "an annotated assignment", ast.Global: "a `global`",
+                    ast.Nonlocal: "a `nonlocal`", ast.FunctionDef: "a nested `def`",
+                    ast.ClassDef: "a nested `class`", ast.Return: "an early `return`"}
 # Expressions a helper body must not have: a scope of their own, or not run exactly once.
 BODY_FORBIDDEN = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
                   ast.NamedExpr, ast.Yield, ast.YieldFrom, ast.Await)
@@ -399,14 +406,14 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = (),
     if {w.targets[0].slice.id for w in writes} & assigned:
         raise Unsupported("it rebinds the index of a row it writes")
     fresh = _fresh_locals(head, params, ctx)
-    for s in head:
-        if not isinstance(s, BODY_STATEMENTS) or not all(
-                isinstance(t, ast.Name) or _root(t) in fresh
-                for t in getattr(s, "targets", [getattr(s, "target", None)])):
-            raise Unsupported(f"line {s.lineno}: only assignments to plain names (and to items "
-                              f"of tensors it made) before the "
-                              f"{'row writes' if writes else 'return'} (no loops, branches on "
-                              f"values, global, try/with, nested defs)")
+    refused = [s for s in head if not isinstance(s, BODY_STATEMENTS) or not all(
+        isinstance(t, ast.Name) or _root(t) in fresh
+        for t in getattr(s, "targets", [getattr(s, "target", None)]))]
+    if refused:
+        raise Unsupported(f"line {refused[0].lineno}: only assignments to plain names (and to "
+                          f"items of tensors it made) before the "
+                          f"{'row writes' if writes else 'return'} (no loops, branches on "
+                          f"values, global, try/with, nested defs); {_statement_kinds(refused)}")
     for s in stmts:
         for n in walk(s):
             if isinstance(n, BODY_FORBIDDEN):
@@ -453,6 +460,26 @@ def _decided(test: ast.expr, consts: dict) -> bool | None:
         return None
     code = compile(fix_missing_locations(ast.Expression(clone(test))), "<test>", "eval")
     return bool(eval(code, {"__builtins__": {}}, dict(consts)))  # noqa: S307 (checked nodes)
+
+
+def _statement_kinds(stmts: list[ast.stmt]) -> str:
+    """What each of ``stmts`` is, by kind with the user's lines, so a refusal names every
+    statement a helper would need changed, not only the first: ``a tuple unpacked at lines 56,
+    57; a call for its effect at lines 58, 59; a `for` loop at line 64``."""
+    kinds: dict[str, list[int]] = {}
+    for s in stmts:
+        if isinstance(s, ast.Assign) and any(isinstance(t, (ast.Tuple, ast.List))
+                                             for t in s.targets):
+            kind = "a tuple unpacked"
+        elif isinstance(s, ast.Assign):
+            kind = "a write into a value it did not make"
+        elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
+            kind = "a call for its effect"
+        else:
+            kind = _STATEMENT_KINDS.get(type(s), f"a `{type(s).__name__}` statement")
+        kinds.setdefault(kind, []).append(s.lineno)
+    return "; ".join(f"{kind} at line{'s' if len(lines) > 1 else ''} "
+                     f"{', '.join(map(str, lines))}" for kind, lines in kinds.items())
 
 
 def _fresh_locals(head: list[ast.stmt], params: set[str], ctx: PassContext) -> set[str]:

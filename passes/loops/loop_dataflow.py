@@ -761,7 +761,8 @@ def _classify(stmts: list[ast.stmt], facts: LoopFacts, carried: dict[str, ast.st
                 "invariant" if cond == "none" else cond)
             if is_guarded_continue(s):
                 if kind != "variant":
-                    raise Unsupported("`continue` under a Python condition", s.lineno)
+                    raise Unsupported(f"`continue` under a Python condition (line {s.lineno})",
+                                      s.lineno)
                 _classify(s.body[:-1], facts, carried, "variant", ctx)
                 cond = "variant"  # everything after a guarded continue is masked
                 continue

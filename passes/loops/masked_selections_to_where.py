@@ -356,6 +356,12 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
                  converter.appends, frozenset(converter.selected))
 
 
+def _at(node: ast.AST) -> str:
+    """`` (line N)``: where the user wrote ``node``, for a refusal's reason; empty for a node
+    the passes made without a location."""
+    return f" (line {node.lineno})" if getattr(node, "lineno", None) else ""
+
+
 class _Refused(Exception):
     """A selection that stays: the body is left as written."""
 
@@ -977,12 +983,12 @@ class _Rewrite(Transformer):
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         if _is_selection(node, self.conv.lenient, self.conv.ctx):
-            raise _Refused(f"`{unparse(node)}` is a selection that is not reduced")
+            raise _Refused(f"`{unparse(node)}` is a selection that is not reduced{_at(node)}")
         return self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if node.id in self.conv.selected:
-            raise _Refused(f"`{node.id}` read outside a reduction")
+            raise _Refused(f"`{node.id}` read outside a reduction{_at(node)}")
         return node
 
     def _as_written(self, node: ast.AST) -> ast.AST:
