@@ -118,7 +118,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     try:
         check, plain = batch(plan, ctx)
     except Unsupported as exc:  # an op without a batched form: vmap maps the body
-        plan.unbatched = exc.reason
+        plan.unbatched = plan.quoted(exc.reason)  # the user's code, not the rewritten body's
         stmts = plan.mapped + plan.folds
     else:  # the check holds for the usual shapes; vmap is the general path
         forms = [] if check is None else [ast.If(check, plain, plan.mapped)]
