@@ -118,3 +118,18 @@ def test_an_integer_temporary_keeps_its_integer_dtype(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_float_op_on_an_integer_temporary_raises_the_writes_error(dtype):
     _raises_as_written(integer_temporary_logged, torch.rand(4, 3, dtype=dtype))
+
+
+def temporary_under_a_condition(x, flag):
+    loss = 0.0
+    for i in range(x.shape[0]):
+        loss = loss + (x[i].sum() if flag else (x[i] * 2).mul_(0.5).sum())
+    return loss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_temporary_under_a_condition_of_its_expression_keeps_the_loop(dtype):
+    x = torch.randn(4, 3, dtype=dtype).requires_grad_()
+    fast = _run(temporary_under_a_condition, x, False)
+    loop = fast.report.loops[0]
+    assert not loop.vectorized and "(x[i] * 2).mul_(0.5)" in str(loop), str(loop)

@@ -64,7 +64,7 @@ storage.returns[t] = v[t] * storage.scale + storage.returns[t]
 # body
 _returns[t] = v[t] * storage.scale + _returns[t]
 # prelude
-_returns = storage.returns
+_returns = getattr(storage, 'returns', None)
 """),
     (attribute_writes_to_names, """
 def f(storage, v):

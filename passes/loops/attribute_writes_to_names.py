@@ -1,7 +1,7 @@
 """Stage: a tensor the loop writes into through an attribute (``self.returns[step] = v``, a
 rollout storage's buffers) is written through a name bound to it in front of the loop's guard::
 
-    for step in range(T):                           _returns = self.returns
+    for step in range(T):                           _returns = getattr(self, 'returns', None)
         self.returns[step] = gae[step] + v[step] ->  for step in range(T):
                                                          _returns[step] = gae[step] + v[step]
 
@@ -14,11 +14,11 @@ neither binds an attribute of that name (``self.returns = ...``) nor calls a met
 hands it to a call (``self.reset()``, ``update(self)`` could bind the attribute again), and not
 for an inner loop (the binding would be a statement of the outer loop's body). Else the body is
 left as it is (and the write keeps the loop). ``number_list_operands`` reads a module's list of
-numbers through such a name too (``read_through_name``), read as ``getattr(self, 'weight',
-None)`` (``guarded_read``): in front of the guard it is read also when the loop has no
-iterations, where the original reads nothing, and a missing attribute must fail the guard (the
-loop as written then raises where the original does); reports show it as the user's chain
-(``unguarded``).
+numbers through such a name too (``read_through_name``). The name is bound to ``getattr(self,
+'returns', None)`` (``guarded_read``): in front of the guard it is read also when the loop has
+no iterations, where the original reads nothing, so a missing attribute must fail the guard (a
+tensor, or a list it stacks) instead of raising; the loop as written then raises where the
+original does. Reports show it as the user's chain (``unguarded``).
 """
 from __future__ import annotations
 
@@ -43,14 +43,14 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
-def read_through_name(plan: LoopPlan, node: ast.Attribute, ctx: PassContext,
-                      guarded: bool = False) -> str:
+def read_through_name(plan: LoopPlan, node: ast.Attribute, ctx: PassContext) -> str:
     """The body's reads of the attribute chain ``node`` read a name bound to it in front of the
-    guard (reported as the chain); the name. ``guarded``: bound to None where the object lacks
-    it (``guarded_read``), for a name the guard fails on unless it holds a tensor or a list."""
+    guard (reported as the chain); the name, bound to None where the object lacks the attribute
+    (``guarded_read``): the body reads its items at the loop index, so the guard fails on None
+    (it asks for a tensor, or a list it stacks)."""
     chain = unparse(node)
     name = ctx.namer.new(node.attr)
-    plan.prelude += plan.sub("n = a", n=name, a=guarded_read(node) if guarded else node)
+    plan.prelude += plan.sub("n = a", n=name, a=guarded_read(node))
     plan.user_names[name] = chain
     for s in plan.body:
         for n in walk(s):

@@ -187,13 +187,15 @@ class Writes:
         before it that could raise or call (the first error stays the original's)."""
         before: list[ast.stmt] = []
         while chain := self.temporary_chain(s):
-            if not isinstance(s, _SIMPLE):
-                raise Unsupported(f"`{unparse(chain[0])}`: an in-place op on a temporary in a "
-                                  "compound statement", s.lineno)
             path = _path_to(s, chain[0])
             for parent, child in zip(path, path[1:]):
-                for holder, earlier in _evaluated_before(parent, child, s):
-                    before += self.bound_parts(earlier, holder)
+                earlier = _evaluated_before(parent, child) if isinstance(s, _SIMPLE) else None
+                if earlier is None:
+                    raise Unsupported(f"`{self.plan.quote(chain[0])}`: an in-place op on a "
+                                      "temporary evaluated under a condition or in a compound "
+                                      "statement", s.lineno)
+                for holder, e in earlier:
+                    before += self.bound_parts(e, holder)
             tmp = self.ctx.namer.new("tmp")
             before.append(self.binding(tmp, chain[-1].func.value, s))
             _replace(path[-2], chain[0], self.functional_chain(tmp, chain, s))
@@ -376,19 +378,18 @@ def _path_to(s: ast.stmt, node: ast.AST) -> list[ast.AST]:
     return []
 
 
-def _evaluated_before(parent: ast.AST, child: ast.AST,
-                      s: ast.stmt) -> list[tuple[ast.AST, ast.expr]]:
+def _evaluated_before(parent: ast.AST,
+                      child: ast.AST) -> list[tuple[ast.AST, ast.expr]] | None:
     """The children of ``parent`` evaluated before ``child``, each with the node holding it (a
-    keyword argument's value: the keyword); refused where ``child`` is
+    keyword argument's value: the keyword); None where ``child`` is
     evaluated under a condition (a branch of ``if``-``else``, ``and``/``or``, a chained
     comparison, a comprehension, a lambda) or in an order its fields do not follow (a dict)."""
-    first = {ast.IfExp: "test", ast.BoolOp: "values", ast.Compare: "left"}
     if isinstance(parent, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
                            ast.GeneratorExp, ast.Dict, ast.JoinedStr, ast.comprehension)) \
-            or type(parent) in first and child is not _first(parent) \
+            or isinstance(parent, (ast.IfExp, ast.BoolOp, ast.Compare)) \
+            and child is not _first(parent) \
             and not (isinstance(parent, ast.Compare) and child is parent.comparators[0]):
-        raise Unsupported(f"`{unparse(parent)}`: an in-place op on a temporary evaluated under "
-                          "a condition", s.lineno)
+        return None
     order = [parent.value, *parent.targets] if isinstance(parent, ast.Assign) \
         else list(ast.iter_child_nodes(parent))
     return [(c, c.value) if isinstance(c, ast.keyword) else (parent, c)

@@ -97,7 +97,7 @@ def _attribute_lists(plan: LoopPlan) -> set[str]:
 
 def _read_through_name(plan: LoopPlan, chain: str, ctx: PassContext) -> str:
     node = next(n for s in plan.body for n in walk(s) if _key(n) == chain)
-    return read_through_name(plan, node, ctx, guarded=True)  # the guard stacks it, or fails
+    return read_through_name(plan, node, ctx)
 
 
 def _item(node: ast.expr, index: str, names) -> str | None:

@@ -242,10 +242,14 @@ class LoopPlan:
             code = m.group(1)
             if not generated(code):
                 return m.group(0)
-            node = next((n for n in ast.walk(ast.Module(self.body, [])) if unparse(n) == code
-                         or isinstance(n, ast.Call) and f"{unparse(n.func)}(...)" == code), None)
-            quoted = self.quote(node) if node is not None else code
-            return "a value the rewrite computes" if generated(quoted) else f"`{quoted}`"
+            nodes = list(ast.walk(ast.Module(self.body, [])))
+            calls = [n for n in nodes
+                     if isinstance(n, ast.Call) and f"{unparse(n.func)}(...)" == code]
+            found = [self.quote(n) for n in nodes if unparse(n) == code] + [
+                f"{self.quote(n.func)}(...)" for n in calls  # its arguments left out
+                if self.quote(n.func) != self.quote(n)] + [self.quote(n) for n in calls]
+            quoted = next((q for q in found if not generated(q)), None)
+            return f"`{quoted}`" if quoted else "a value the rewrite computes"
         return re.sub(r"`([^`]+)`", user_code, reason)
 
     def check(self, template: str, **subs) -> None:
