@@ -129,7 +129,8 @@ AVERAGED_POINTWISE_LOSSES = {"sum": "l / n", "mean": "l"}
 CHECKED_LOSS_OPTIONS = {
     "reduction": "x in ('mean', 'sum')",  # picked at run time: CHECKED_REDUCTION
     "ignore_index": "type(x) is int",
-    "weight": "x is None",  # a class weight changes the mean's divisor
+    # a pointwise loss's; a class loss passes its class weight (``batch_calls.class_loss``)
+    "weight": "x is None",
     "pos_weight": "x is None",
     "label_smoothing": "type(x) in (int, float) and x == 0",
     "beta": "type(x) in (int, float)",  # elementwise: the same number for every item

@@ -32,6 +32,7 @@ import ast
 import re
 
 from .ast_tools import Transformer, clone, is_name, replace, unparse, walk
+from .loops.attribute_writes_to_names import unguarded
 from .loops.runtime_checks import AS_WRITTEN, guard_line, is_vectorized_guard
 from .loops.stack_tensor_lists import stacked_sources
 
@@ -159,6 +160,6 @@ def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str) -> ast.expr:
         name = stacked[conjunct.args[0].id]
         return replace("c.not_stacked(n, x)", loc=conjunct, c=counter, n=ast.Constant(name),
                        x=name)
-    text = unparse(conjunct)
+    text = unparse(unguarded(conjunct))  # as the user wrote it
     shown = text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
     return ast.Constant(f"check `{shown}` was false")

@@ -13,7 +13,9 @@ vmap of the loss (which runs its unbatched form once per item).
 
 ``loss_of_items`` reduces each item's rows as the loop's call does: their sum, or their mean
 over the rows whose target is not ``ignore_index`` (an item of one ignored row is ``0 / 0``,
-NaN, as the call's mean of nothing; its gradient is zero, as the call's).
+NaN, as the call's mean of nothing; its gradient is zero, as the call's); with a class weight,
+the weighted mean of each item's own rows: their weighted losses over the sum of their targets'
+weights, as each call of the loop divides (not the weights of all items' rows).
 """
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ def loss_of_rows(loss: Callable, x: torch.Tensor, t: torch.Tensor, reduction: st
 
 
 def loss_of_items(loss: Callable, x: torch.Tensor, t: torch.Tensor, reduction: str,
-                  ignore_index: int) -> torch.Tensor:
-    """``[A]``: ``loss(x[a], t[a], reduction=reduction, ignore_index=ignore_index)`` for each
-    item ``a``, ``reduction`` "sum" or "mean"."""
-    out = loss_of_rows(loss, x, t, "none", ignore_index=ignore_index)
+                  ignore_index: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``[A]``: ``loss(x[a], t[a], reduction=reduction, ignore_index=ignore_index,
+    weight=weight)`` for each item ``a``, ``reduction`` "sum" or "mean"."""
+    out = loss_of_rows(loss, x, t, "none", ignore_index=ignore_index, weight=weight)
     kept = t != ignore_index
+    if weight is not None:  # the item's mean divides by its kept rows' class weights
+        kept = weight[t.masked_fill(~kept, 0)] * kept  # (the call has checked the targets)
     if t.dim() == 2:  # items of several rows
         out, kept = out.sum(1), kept.sum(1)
     return out if reduction == "sum" else out / kept

@@ -29,7 +29,7 @@ WRITTEN = """
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_write_through_an_attribute_vectorizes(dtype):
     original, rewritten, code, report = build(WRITTEN, namespace(Buffers=Buffers))
-    assert strategies(report) == {3: "batched"} and "_out = buf.out" in code
+    assert strategies(report) == {3: "batched"} and "_out = getattr(buf, 'out', None)" in code
     assert report.loops[0].reason.startswith("`buf.out` accumulated")  # the user's names
     assert "when `buf.out`, `v` are tensors" in report.loops[0].reason
     g = torch.Generator().manual_seed(0)
@@ -69,3 +69,34 @@ def test_bodies_that_may_bind_the_attribute_keep_the_loop(line):
         """
     _, _, code, report = build(src, namespace(keep=print))
     assert strategies(report) == {2: "kept"} and code == normalise(src)
+
+
+class _Storage:
+    def __init__(self, n):
+        self.returns = torch.zeros(n)
+
+    def fill(self, gae, v):
+        for step in range(gae.shape[0]):
+            self.returns[step] = gae[step] + v[step]
+        return gae.sum()
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args).item()
+    except Exception as exc:  # noqa: BLE001 - the outcome compared is the exception itself
+        return type(exc), str(exc)
+
+
+def test_the_attribute_is_read_only_where_the_loop_reads_it():
+    """The name is bound in front of the guard: an object lacking the attribute, with no
+    iteration, raises nothing, as the original reads nothing."""
+    from rewrite import optimize_loss
+    fast = optimize_loss(_Storage.fill, compile=False, keep_faster=False, strict=True)
+    g, v = torch.randn(5), torch.randn(5)
+    storage, expected = _Storage(5), _Storage(5)
+    assert _outcome(fast, storage, g, v) == _outcome(_Storage.fill, expected, g, v)
+    assert torch.equal(storage.returns, expected.returns)
+    assert fast.report.loops[0].runs()["vectorized"] == 1
+    for obj, n in ((object(), 0), (object(), 5), (_Storage(0), 0)):
+        assert _outcome(fast, obj, g[:n], v[:n]) == _outcome(_Storage.fill, obj, g[:n], v[:n])

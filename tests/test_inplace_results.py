@@ -61,12 +61,75 @@ def test_each_link_of_a_chain_is_stored_in_the_tensors_dtype(dtype):
     assert fast.report.loops[0].runs()["vectorized"] >= 1
 
 
-def test_a_float_written_into_integers_raises_the_writes_error():
-    x = torch.rand(4, 3)
+def _raises_as_written(fn, x):
+    """``fn(x)`` rewritten raises the original's error, from its vectorized loop."""
     with pytest.raises(RuntimeError) as want:
-        added_onto_integers(x)
-    fast = optimize_loss(added_onto_integers, compile=False, keep_faster=False, strict=True)
+        fn(x)
+    fast = optimize_loss(fn, compile=False, keep_faster=False, strict=True)
     with pytest.raises(RuntimeError) as got:
         fast(x)
     assert str(got.value) == str(want.value)
     assert fast.report.loops[0].vectorized
+
+
+def test_a_float_written_into_integers_raises_the_writes_error():
+    _raises_as_written(added_onto_integers, torch.rand(4, 3))
+
+
+def temporary_times_float64(x, w):
+    loss = 0.0
+    for i in range(x.shape[0]):
+        loss = loss + x[i].sum() * (x[i] * 2).mul_(w).sum()  # `x[i].sum()` is evaluated first
+    return loss
+
+
+def integer_temporary_logged(x):
+    loss = 0.0
+    for i in range(x.shape[0]):
+        loss = loss + ((x[i] > 0.5).long() + 1).log_().sum()
+    return loss
+
+
+def int32_temporary_added_int64(x, k):
+    out = []
+    for i in range(x.shape[0]):
+        out.append(((x[i] > 0.5).int() * 2).add_(k[i]).mul_(3))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_temporary_written_in_place_keeps_its_dtype(dtype):
+    x = torch.randn(5, 3, dtype=dtype).requires_grad_()
+    w = torch.full((3,), 1 / 3, dtype=torch.float64)
+    fast = _run(temporary_times_float64, x, w)
+    assert fast(x, w).dtype == dtype  # the temporary's dtype: float64 only for float64 rows
+    assert fast.report.loops[0].runs()["vectorized"] >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_integer_temporary_keeps_its_integer_dtype(dtype):
+    x = torch.rand(4, 3, dtype=dtype)
+    k = torch.arange(12).view(4, 3)
+    fast = _run(int32_temporary_added_int64, x, k)
+    assert fast(x, k).dtype == torch.int32  # functionally: int32 + int64 is int64
+    assert fast.report.loops[0].runs()["vectorized"] >= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_float_op_on_an_integer_temporary_raises_the_writes_error(dtype):
+    _raises_as_written(integer_temporary_logged, torch.rand(4, 3, dtype=dtype))
+
+
+def temporary_under_a_condition(x, flag):
+    loss = 0.0
+    for i in range(x.shape[0]):
+        loss = loss + (x[i].sum() if flag else (x[i] * 2).mul_(0.5).sum())
+    return loss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_temporary_under_a_condition_of_its_expression_keeps_the_loop(dtype):
+    x = torch.randn(4, 3, dtype=dtype).requires_grad_()
+    fast = _run(temporary_under_a_condition, x, False)
+    loop = fast.report.loops[0]
+    assert not loop.vectorized and "(x[i] * 2).mul_(0.5)" in str(loop), str(loop)

@@ -64,7 +64,7 @@ storage.returns[t] = v[t] * storage.scale + storage.returns[t]
 # body
 _returns[t] = v[t] * storage.scale + _returns[t]
 # prelude
-_returns = storage.returns
+_returns = getattr(storage, 'returns', None)
 """),
     (attribute_writes_to_names, """
 def f(storage, v):
@@ -235,7 +235,7 @@ loss += d * cfg.weight[i]
 d = x[i].sum()
 loss += _number_op(d, _weight[i], _weight_kind, 'mul', False)
 # prelude
-_weight = cfg.weight
+_weight = getattr(cfg, 'weight', None)
 _weight_kind = _number_kind(_weight)
 """),
     # ... not when the object is handed to a call (it may bind the attribute again)
@@ -2031,7 +2031,8 @@ m = torch.clamp(_scores_row - _scores_row[_target_row] + 1, min=0)
 _m_at = torch.arange(m.numel(), device=m.device).view(m.shape)[_target_row]
 m = m.flatten().scatter(0, _m_at.flatten(), torch.as_tensor(0, dtype=m.dtype, device=m.device).expand(_m_at.shape).flatten()).view(m.shape)
 m = _inplace_result(m, m.clamp(max=5))
-_loss_part = _loss_part + (m.exp().sum() + 1e-06).log()
+_tmp = m.exp().sum() + 1e-06
+_loss_part = _loss_part + _inplace_result(_tmp, _tmp.log())
 """),
     # a float tensor of one number the iteration makes (no dtype=): its own, written functionally
     (inplace_writes_to_functional, """

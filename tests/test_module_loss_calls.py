@@ -194,7 +194,11 @@ def test_parts_against_one_label_vector_are_batched(dtype):
 STEP_SETTINGS = {"default": ({}, True), "sum": ({"reduction": "sum"}, True),
                  "ignored": ({"ignore_index": 1}, True),
                  "smoothing_0": ({"label_smoothing": 0.0}, True),
-                 "weighted": ({"weight": [0.5, 2.0, 1.0, 3.0]}, False),
+                 # each step's mean over its own rows' class weights
+                 "weighted": ({"weight": [0.5, 2.0, 1.0, 3.0]}, True),
+                 "weighted_ignored": ({"weight": [0.5, 2.0, 1.0, 3.0], "ignore_index": 1}, True),
+                 "weighted_sum": ({"weight": [0.5, 2.0, 1.0, 3.0], "reduction": "sum"}, True),
+                 "weighted_zero": ({"weight": [0.0, 2.0, 1.0, 3.0]}, True),
                  "smoothing": ({"label_smoothing": 0.1}, False),
                  "none": ({"reduction": "none"}, False)}
 

@@ -190,7 +190,7 @@ def test_attribute_list_golden():
     assert_golden(inspect.getsource(side_outputs), '''
     def side_outputs(x_list, label, cfg):
         losses = []
-        _weight = cfg.weight
+        _weight = getattr(cfg, 'weight', None)
         _weight_kind = _number_kind(_weight)
         _weight_stacked = _stack_items(tuple(_weight)) if (type(_weight) is list or (isinstance(_weight, tuple) and type(_weight).__getitem__ is tuple.__getitem__ and (type(_weight).__iter__ is tuple.__iter__) and (type(_weight).__len__ is tuple.__len__))) and len(_weight) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _weight[0].shape and (_v.dtype == _weight[0].dtype) and (_v.device == _weight[0].device) for _v in _weight)) else _number_rows(_weight)
         _x_list_stacked = _stack_items(tuple(x_list)) if (type(x_list) is list or (isinstance(x_list, tuple) and type(x_list).__getitem__ is tuple.__getitem__ and (type(x_list).__iter__ is tuple.__iter__) and (type(x_list).__len__ is tuple.__len__))) and len(x_list) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == x_list[0].shape and (_v_1.dtype == x_list[0].dtype) and (_v_1.device == x_list[0].device) for _v_1 in x_list)) else x_list

@@ -8,6 +8,8 @@ lengths and NaN/inf past them, and the runtime checks (another reduction set on 
 weight per element: the loop runs as written)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -157,3 +159,12 @@ def test_module_attribute_equivalent_and_checked(user, dtype):
         fast(*args)  # ... is raised by the loop as written
     module.crit.pos_weight = torch.tensor(3.0, dtype=dtype)  # 0-d: the same on the stand-ins
     assert_equivalent(module, fast, *args)
+
+
+def test_the_vmap_reason_quotes_the_users_code(user):
+    """The reason the batched form was not taken names what the user wrote, not the rewrite's
+    values (``_flat.shape``, ``_scores_row``)."""
+    for fn in (user.token_bce, user.TokenLoss.forward):
+        [loop] = rewritten(fn)[1].loops
+        reason = str(loop)
+        assert "vmap: `" in reason and re.search(r"`[^`]*(?<![\w.])_\w", reason) is None, reason

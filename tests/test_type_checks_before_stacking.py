@@ -50,8 +50,8 @@ def test_golden():
     assert_golden(inspect.getsource(focal_sides), '''
     def focal_sides(x_list, label, cfg):
         losses = []
-        _x_list_stacked = _stack_items(tuple(x_list)) if isinstance(cfg.gamma, torch.Tensor) and (type(x_list) is list or (isinstance(x_list, tuple) and type(x_list).__getitem__ is tuple.__getitem__ and (type(x_list).__iter__ is tuple.__iter__) and (type(x_list).__len__ is tuple.__len__))) and (len(x_list) > 0) and all((isinstance(_v, torch.Tensor) and _v.shape == x_list[0].shape and (_v.dtype == x_list[0].dtype) and (_v.device == x_list[0].device) for _v in x_list)) else x_list
-        if isinstance(cfg.gamma, torch.Tensor) and isinstance(_x_list_stacked, torch.Tensor) and (_x_list_stacked.dim() > 0) and isinstance(len(_x_list_stacked), int) and (len(_x_list_stacked) > 0):
+        _x_list_stacked = _stack_items(tuple(x_list)) if isinstance(getattr(cfg, 'gamma', None), torch.Tensor) and (type(x_list) is list or (isinstance(x_list, tuple) and type(x_list).__getitem__ is tuple.__getitem__ and (type(x_list).__iter__ is tuple.__iter__) and (type(x_list).__len__ is tuple.__len__))) and (len(x_list) > 0) and all((isinstance(_v, torch.Tensor) and _v.shape == x_list[0].shape and (_v.dtype == x_list[0].dtype) and (_v.device == x_list[0].device) for _v in x_list)) else x_list
+        if isinstance(getattr(cfg, 'gamma', None), torch.Tensor) and isinstance(_x_list_stacked, torch.Tensor) and (_x_list_stacked.dim() > 0) and isinstance(len(_x_list_stacked), int) and (len(_x_list_stacked) > 0):
             'optimize_loss: loop at line 3 vectorized'
 
             def _body(i, x):
@@ -96,3 +96,43 @@ def test_equivalent(dtype, as_tensor):
     loop = fast.report.loops[0]
     assert loop.vectorized
     assert (loop.vectorized_runs > 0) == as_tensor and (loop.original_runs > 0) != as_tensor
+
+
+class _Weighted:
+    def __init__(self, weight):
+        self.weight = weight
+
+    def tensor_weights(self, xs):
+        loss = 0.0
+        for i in range(len(xs)):
+            loss = loss + xs[i].sum() * self.weight[i]
+        return loss
+
+    def number_weights(self, xs):
+        loss = 0.0
+        for i in range(len(xs)):
+            d = xs[i].sum()
+            loss = loss + d * self.weight[i]
+        return loss
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the outcome compared is the exception itself
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("method, weight", [
+    ("tensor_weights", torch.tensor([0.2, 0.3, 0.5])), ("number_weights", (0.2, 0.3, 0.5))])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_attribute_is_read_only_where_the_loop_reads_it(method, weight, dtype):
+    fn = getattr(_Weighted, method)
+    fast = optimize_loss(fn, compile=False, keep_faster=False, strict=True)
+    xs = torch.randn(3, 4, dtype=dtype)
+    assert_equivalent(fn, fast, _Weighted(weight), xs.requires_grad_())
+    assert fast.report.loops[0].runs()["vectorized"] == 1
+    xs = xs.detach()
+    for obj, rows in ((object(), xs[:0]), (object(), xs), (_Weighted(None), xs),
+                      (_Weighted(None), xs[:0])):  # no iteration: the original reads nothing
+        assert _outcome(fast, obj, rows) == _outcome(fn, obj, rows)

@@ -1,7 +1,7 @@
 """Stage: a tensor the loop writes into through an attribute (``self.returns[step] = v``, a
 rollout storage's buffers) is written through a name bound to it in front of the loop's guard::
 
-    for step in range(T):                           _returns = self.returns
+    for step in range(T):                           _returns = getattr(self, 'returns', None)
         self.returns[step] = gae[step] + v[step] ->  for step in range(T):
                                                          _returns[step] = gae[step] + v[step]
 
@@ -14,11 +14,16 @@ neither binds an attribute of that name (``self.returns = ...``) nor calls a met
 hands it to a call (``self.reset()``, ``update(self)`` could bind the attribute again), and not
 for an inner loop (the binding would be a statement of the outer loop's body). Else the body is
 left as it is (and the write keeps the loop). ``number_list_operands`` reads a module's list of
-numbers through such a name too (``read_through_name``).
+numbers through such a name too (``read_through_name``). The name is bound to ``getattr(self,
+'returns', None)`` (``guarded_read``): in front of the guard it is read also when the loop has
+no iterations, where the original reads nothing, so a missing attribute must fail the guard (a
+tensor, or a list it stacks) instead of raising; the loop as written then raises where the
+original does. Reports show it as the user's chain (``unguarded``).
 """
 from __future__ import annotations
 
 import ast
+import copy
 
 from ..ast_tools import PassContext, unparse, walk
 from .plan import LoopPlan
@@ -40,10 +45,12 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 
 def read_through_name(plan: LoopPlan, node: ast.Attribute, ctx: PassContext) -> str:
     """The body's reads of the attribute chain ``node`` read a name bound to it in front of the
-    guard (reported as the chain); the name."""
+    guard (reported as the chain); the name, bound to None where the object lacks the attribute
+    (``guarded_read``): the body reads its items at the loop index, so the guard fails on None
+    (it asks for a tensor, or a list it stacks)."""
     chain = unparse(node)
     name = ctx.namer.new(node.attr)
-    plan.prelude += plan.sub("n = a", n=name, a=node)
+    plan.prelude += plan.sub("n = a", n=name, a=guarded_read(node))
     plan.user_names[name] = chain
     for s in plan.body:
         for n in walk(s):
@@ -51,6 +58,41 @@ def read_through_name(plan: LoopPlan, node: ast.Attribute, ctx: PassContext) -> 
                 if isinstance(child, ast.Attribute) and unparse(child) == chain:
                     setattr(n, field, ast.copy_location(ast.Name(name, ast.Load()), child))
     return name
+
+
+def guarded_read(node: ast.Attribute) -> ast.expr:
+    """``self.cfg.weight`` as ``getattr(getattr(self, 'cfg', None), 'weight', None)``: read in
+    front of the guard, or in it, also when the loop has no iterations, where the original
+    reads nothing; None (a failed guard: the loop as written reads it, where the original does)
+    where an attribute is missing."""
+    value = guarded_read(node.value) if isinstance(node.value, ast.Attribute) else node.value
+    return ast.copy_location(ast.Call(ast.Name("getattr", ast.Load()),
+                                      [value, ast.Constant(node.attr), ast.Constant(None)], []),
+                             node)
+
+
+def unguarded(e: ast.AST) -> ast.AST:
+    """A copy of ``e`` with its ``guarded_read`` forms the attribute chains the user wrote."""
+    e = copy.deepcopy(e)
+    for n in walk(e):
+        for field, child in ast.iter_fields(n):
+            if _guarded(child):
+                setattr(n, field, _unguarded_chain(child))
+            elif isinstance(child, list):
+                child[:] = [_unguarded_chain(c) if _guarded(c) else c for c in child]
+    return _unguarded_chain(e) if _guarded(e) else e
+
+
+def _unguarded_chain(e: ast.expr) -> ast.expr:
+    value = e.args[0]
+    return ast.Attribute(_unguarded_chain(value) if _guarded(value) else value, e.args[1].value,
+                         ast.Load())
+
+
+def _guarded(e: ast.AST) -> bool:
+    return isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id == "getattr" \
+        and len(e.args) == 3 and isinstance(e.args[1], ast.Constant) \
+        and isinstance(e.args[2], ast.Constant) and e.args[2].value is None
 
 
 def root(e: ast.expr) -> str | None:

@@ -311,16 +311,19 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
     return scope.sub(_by_reduction(per_item, reduction), l=loss, r=reduction), Val(True, Rank())
 
 
-def _loss_options(scope: Scope, node: ast.Call, kws: list) -> tuple[dict, set[str]]:
+def _loss_options(scope: Scope, node: ast.Call, kws: list,
+                  passed: tuple[str, ...] = ()) -> tuple[dict, set[str]]:
     """A loss call's options by keyword, and those checked: a literal is as written, a value
     the check can read before the loop (``scope.free``: ``criterion.reduction``, ``PAD``) joins
-    the runtime check its option has in ``rules.CHECKED_LOSS_OPTIONS``; any other refuses."""
+    the runtime check its option has in ``rules.CHECKED_LOSS_OPTIONS`` (unless the batched form
+    takes it as it is: ``passed``, counted as checked); any other refuses."""
     options, checked = {}, set()
     for k, (x, _) in kws:
         if literal(x) is UNKNOWN:
             if k not in rules.CHECKED_LOSS_OPTIONS or scope.free(x) is None:
                 raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
-            scope.checks.add(scope.sub(rules.CHECKED_LOSS_OPTIONS[k], x=x))
+            if k not in passed:
+                scope.checks.add(scope.sub(rules.CHECKED_LOSS_OPTIONS[k], x=x))
             checked.add(k)
         options[k] = x
     reduction = options.get("reduction")
@@ -358,10 +361,14 @@ def _fixed_operand_expanded(scope: Scope, node: ast.Call, *operands: tuple) -> l
 def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False):
     """``F.cross_entropy(x, t)`` per item, x [N, C] and t [N] class indices, or x [C] and t a
     0-d index; ``summed``: the sum over the loop (one call when the per-item reduction is a sum).
-    A class weight or label smoothing checked to be off (``_loss_options``) is left out."""
-    keys, checked = _loss_options(scope, node, kws)
+    Label smoothing checked to be off (``_loss_options``) is left out; a class weight the loop
+    does not change is passed, each item's mean divided by its own rows' weights
+    (``row_losses.loss_of_items``)."""
+    keys, checked = _loss_options(scope, node, kws, passed=("weight",))
     reduction = keys.pop("reduction", ast.Constant("mean"))
     ignore = keys.pop("ignore_index", ast.Constant(-100))
+    weight = {"w": keys.pop("weight")} if "weight" in keys else {}
+    weighted = ", weight=w" if weight else ''
     if len(args) != 2 or type(literal(ignore)) is not int and "ignore_index" not in checked \
             or set(keys) - checked:
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
@@ -376,11 +383,11 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
         scope.check(cond)
     if summed and literal(reduction) == "sum":
         rows = scope.ctx.bind(row_losses.loss_of_rows, "loss_of_rows")
-        return scope.sub(f"{rows}(F, x, t, 'sum', ignore_index=i)", F=node.func, x=x, t=t,
-                         i=ignore), Val(True, Rank())
+        return scope.sub(f"{rows}(F, x, t, 'sum', ignore_index=i{weighted})", F=node.func, x=x,
+                         t=t, i=ignore, **weight), Val(True, Rank())
     items = scope.ctx.bind(row_losses.loss_of_items, "loss_of_items")
-    per_item = scope.sub(f"{items}(F, x, t, r, ignore_index=i)", F=node.func, x=x, t=t,
-                         r=reduction, i=ignore)
+    per_item = scope.sub(f"{items}(F, x, t, r, ignore_index=i{weighted})", F=node.func, x=x,
+                         t=t, r=reduction, i=ignore, **weight)
     return (scope.sub("e.sum(0)", e=per_item) if summed else per_item), Val(True, Rank())
 
 

@@ -25,7 +25,8 @@ averaged per item; ``F.cross_entropy(x, t)`` on [N, C] items -> ``reduction="non
 over the count of non-ignored targets (what the mean divides by); a loss's option that is a
 name or attribute chain the loop does not bind (``reduction=criterion.reduction``, the settings
 of an ``nn`` loss module) behind a check of its value (``loop_rules.CHECKED_LOSS_OPTIONS``: no
-class weight, no smoothing, a mean or sum reduction picked at run time); ``torch.dot(a, b)`` ->
+smoothing, a mean or sum reduction picked at run time; a class loss's weight is passed, each item
+averaged over its own rows' weights); ``torch.dot(a, b)`` ->
 ``(a * b).sum(1)``; ``w[k, idx]`` (fixed ``w``, fixed ints ``k``) -> ``w[k][idx]``;
 ``F.cosine_similarity(a, b, dim=d)`` -> the same call with ``dim=d + 1``.
 
@@ -117,7 +118,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     try:
         check, plain = batch(plan, ctx)
     except Unsupported as exc:  # an op without a batched form: vmap maps the body
-        plan.unbatched = exc.reason
+        plan.unbatched = plan.quoted(exc.reason)  # the user's code, not the rewritten body's
         stmts = plan.mapped + plan.folds
     else:  # the check holds for the usual shapes; vmap is the general path
         forms = [] if check is None else [ast.If(check, plain, plan.mapped)]

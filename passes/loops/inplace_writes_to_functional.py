@@ -11,7 +11,15 @@ no other value shares, is rebound to the written value instead::
     m += 1                            ->     m = _inplace_result(m, m + 1)
     m.clamp_(min=0)                   ->     m = _inplace_result(m, m.clamp(min=0))
     m.mul_(0.5).add_(1)               ->     m = _inplace_result(m, _inplace_result(m, m.mul(0.5)).add(1))
-    (e.sum() + eps).log_()            ->     (e.sum() + eps).log()      (a temporary: nothing else sees it)
+    loss = loss + w[i] * (a - b).log_()  ->  _v = w[i]
+                                             _tmp = a - b
+                                             loss = loss + _v * _inplace_result(_tmp, _tmp.log())
+
+A temporary written in place (nothing else sees it) is bound to a name first, so its write keeps
+its dtype too (``(x[i] > 0).long().log_()`` raises, ``(x[i] * 2).mul_(w64)`` stays float32). What
+the statement evaluates before it that could raise or call is bound first, in order, so the first
+exception is the original's; a temporary under a condition of its expression (``a if c else
+b.log_()``, ``and``, a comprehension) is refused.
 
 ``_inplace_result`` (``passes/inplace_results.py``) keeps the tensor's dtype as the write does
 (``m = torch.zeros(3); m += x64[i]`` stays float32) and raises the write's error where the result
@@ -39,7 +47,7 @@ import torch
 
 from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, Transformer, unparse
+from ..ast_tools import PassContext, unparse, walk
 from ..errors import Unsupported
 from ..inplace_results import inplace_result
 from .batch_values import number_literal
@@ -84,7 +92,7 @@ class Writes:
                 out += self.branches(s, rewrite)
                 continue
             new = self.stmt(s) if rewrite and (self.only is None or self.only(s)) else [s]
-            if new == [s]:
+            if new[-1] is s:  # what it binds (after the temporaries bound before it)
                 self.track(s)
             out += new  # a rewritten write: its tensor stays new, and copies what it writes
         return out
@@ -124,9 +132,12 @@ class Writes:
             self.depth -= 1  # also after a refused branch a switch drops
 
     def stmt(self, s: ast.stmt) -> list[ast.stmt]:
-        """``s`` without in-place writes (or ``s`` itself)."""
-        if not self.masked_only:
-            _Temporaries(self).visit(s)
+        """``s`` without in-place writes (or ``s`` itself), after the temporaries it binds."""
+        before = [] if self.masked_only else self.temporaries(s)
+        return before + self.write(s)
+
+    def write(self, s: ast.stmt) -> list[ast.stmt]:
+        """``s`` (its temporaries bound) without in-place writes (or ``s`` itself)."""
         target = s.targets[0] if isinstance(s, ast.Assign) and len(s.targets) == 1 else \
             s.target if isinstance(s, ast.AugAssign) else None
         if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
@@ -157,13 +168,68 @@ class Writes:
             name = chain[-1].func.value.id
             if not self.writable(name, s):  # no list has `x_()` methods: a tensor
                 raise self.refusal(s, name)
-            value = chain[-1].func.value
-            for link in reversed(chain):  # innermost first: each link writes m in its dtype
-                link.func.attr = _functional(link, s)
-                link.func.value = value
-                value = self.kept_dtype(name, link)
+            value = self.functional_chain(name, chain, s)
             return [ast.copy_location(ast.Assign([ast.Name(name, ast.Store())], value), s)]
         return [s]
+
+    def functional_chain(self, name: str, chain: list[ast.Call], s: ast.stmt) -> ast.expr:
+        """The value the in-place ``chain`` (outermost first) on the tensor ``name`` leaves."""
+        value = ast.Name(name, ast.Load())
+        for link in reversed(chain):  # innermost first: each link writes m in its dtype
+            link.func.attr = _functional(link, s)
+            link.func.value = value
+            value = self.kept_dtype(name, link)
+        return value
+
+    def temporaries(self, s: ast.stmt) -> list[ast.stmt]:
+        """Bindings to run before ``s``, which ``s`` then reads: each new tensor an in-place
+        chain of ``s`` writes (innermost first), and before it, in order, what ``s`` evaluates
+        before it that could raise or call (the first error stays the original's)."""
+        before: list[ast.stmt] = []
+        while chain := self.temporary_chain(s):
+            path = _path_to(s, chain[0])
+            for parent, child in zip(path, path[1:]):
+                earlier = _evaluated_before(parent, child) if isinstance(s, _SIMPLE) else None
+                if earlier is None:
+                    raise Unsupported(f"`{self.plan.quote(chain[0])}`: an in-place op on a "
+                                      "temporary evaluated under a condition or in a compound "
+                                      "statement", s.lineno)
+                for holder, e in earlier:
+                    before += self.bound_parts(e, holder)
+            tmp = self.ctx.namer.new("tmp")
+            before.append(self.binding(tmp, chain[-1].func.value, s))
+            _replace(path[-2], chain[0], self.functional_chain(tmp, chain, s))
+        return before
+
+    def temporary_chain(self, s: ast.stmt) -> list[ast.Call]:
+        """The first in-place chain (outermost first) of ``s`` on a new tensor, inner ones first."""
+        links = {c.func.value for c in walk(s) if isinstance(c, ast.Call)
+                 and _inplace(c, self.ctx)}  # nodes: hashed by identity
+        for node in _post_order(s):
+            chain = _inplace_chain(node, self.ctx) if node not in links else []
+            if chain and self.made(chain[-1].func.value):
+                return chain
+        return []
+
+    def bound_parts(self, e: ast.expr, parent: ast.AST) -> list[ast.stmt]:
+        """Bindings of ``e`` (a child of ``parent``), or of the parts of it that could raise or
+        call: a name or a number needs none, nor a module attribute or a method looked up."""
+        if isinstance(e, (ast.Name, ast.Constant)) or _dotted(e):
+            return []
+        if isinstance(e, (ast.Attribute, ast.Starred)):
+            return self.bound_parts(e.value, e)
+        if isinstance(e, ast.Subscript) and isinstance(e.ctx, ast.Store):  # `t[k] += ...`
+            return self.bound_parts(e.value, e) + self.bound_parts(e.slice, e)
+        name = self.ctx.namer.new("v")
+        bound = self.binding(name, e, e)
+        _replace(parent, e, ast.Name(name, ast.Load()))
+        return [bound]
+
+    def binding(self, name: str, e: ast.expr, at: ast.AST) -> ast.stmt:
+        """``name = e``, tracked (a new tensor ``e`` is fresh)."""
+        s = ast.copy_location(ast.Assign([ast.Name(name, ast.Store())], e), at)
+        self.track(s)
+        return s
 
     def kept_dtype(self, name: str, value: ast.expr) -> ast.expr:
         """``value``, written into the tensor ``name`` in place, in its dtype (or the write's
@@ -267,19 +333,6 @@ def aliases(e: ast.expr, ctx: PassContext) -> set[str]:
     return loads(e)
 
 
-class _Temporaries(Transformer):
-    """``(a + b).log_()`` -> ``(a + b).log()``: the receiver is a new tensor nothing else sees."""
-
-    def __init__(self, writes: Writes):
-        self.writes = writes
-
-    def visit_Call(self, node: ast.Call) -> ast.AST:
-        self.generic_visit(node)
-        if _inplace(node, self.writes.ctx) and self.writes.made(node.func.value):
-            node.func.attr = _functional(node, node)
-        return node
-
-
 def _inplace(call: ast.Call, ctx: PassContext) -> bool:
     meth = method_name(call, ctx)
     return bool(meth) and ops.is_inplace(meth) and ops.effect(None, meth) is None
@@ -300,3 +353,62 @@ def _functional(call: ast.Call, at: ast.AST) -> str:
         raise Unsupported(f"`{unparse(call.func)}(...)`: an in-place op without a functional "
                           "form", at.lineno)
     return name
+
+
+_SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Return)
+
+
+def _post_order(node: ast.AST):
+    """The nodes of ``node``, each after what it evaluates first (an assignment's value before
+    its targets)."""
+    children = [node.value, *node.targets] if isinstance(node, ast.Assign) \
+        else list(ast.iter_child_nodes(node))
+    for child in children:
+        yield from _post_order(child)
+    yield node
+
+
+def _path_to(s: ast.stmt, node: ast.AST) -> list[ast.AST]:
+    """The nodes from ``s`` down to ``node``."""
+    if s is node:
+        return [s]
+    for child in ast.iter_child_nodes(s):
+        if path := _path_to(child, node):
+            return [s] + path
+    return []
+
+
+def _evaluated_before(parent: ast.AST,
+                      child: ast.AST) -> list[tuple[ast.AST, ast.expr]] | None:
+    """The children of ``parent`` evaluated before ``child``, each with the node holding it (a
+    keyword argument's value: the keyword); None where ``child`` is
+    evaluated under a condition (a branch of ``if``-``else``, ``and``/``or``, a chained
+    comparison, a comprehension, a lambda) or in an order its fields do not follow (a dict)."""
+    if isinstance(parent, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+                           ast.GeneratorExp, ast.Dict, ast.JoinedStr, ast.comprehension)) \
+            or isinstance(parent, (ast.IfExp, ast.BoolOp, ast.Compare)) \
+            and child is not _first(parent) \
+            and not (isinstance(parent, ast.Compare) and child is parent.comparators[0]):
+        return None
+    order = [parent.value, *parent.targets] if isinstance(parent, ast.Assign) \
+        else list(ast.iter_child_nodes(parent))
+    return [(c, c.value) if isinstance(c, ast.keyword) else (parent, c)
+            for c in order[:order.index(child)] if isinstance(c, (ast.expr, ast.keyword))]
+
+
+def _first(e: ast.expr) -> ast.expr:
+    return e.test if isinstance(e, ast.IfExp) else \
+        e.values[0] if isinstance(e, ast.BoolOp) else e.left
+
+
+def _dotted(e: ast.expr) -> bool:
+    """``torch.nn.functional``: a module attribute (no call, no index)."""
+    return isinstance(e, ast.Name) or isinstance(e, ast.Attribute) and _dotted(e.value)
+
+
+def _replace(parent: ast.AST, old: ast.AST, new: ast.AST) -> None:
+    for field, value in ast.iter_fields(parent):
+        if value is old:
+            setattr(parent, field, new)
+        elif isinstance(value, list) and old in value:  # nodes compare by identity
+            value[value.index(old)] = new

@@ -39,8 +39,9 @@ literal, so later stages see the reduction, and the check compares the module's 
                                          pos_weight=criterion.pos_weight, reduction='sum')
                                      (check: ... and criterion.reduction == 'sum')
 The loop as written, the else of the vectorized form, calls the module.
-The batched forms of the losses take those settings behind checks of their values (no class
-weight, no smoothing, a mean or sum reduction: ``loop_rules.CHECKED_LOSS_OPTIONS``); a module
+The batched forms of the losses take those settings behind checks of their values (no
+smoothing, a mean or sum reduction: ``loop_rules.CHECKED_LOSS_OPTIONS``; a class loss passes its
+class weight, a pointwise loss has none); a module
 of other settings runs the vmap form, which passes them as they are.
 """
 from __future__ import annotations

@@ -7,6 +7,7 @@ on a copy of the loop body, so a refusal at any stage leaves the function unchan
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 
 from ..ast_tools import Checks, PassContext, is_int, replace, unparse
@@ -227,6 +228,29 @@ class LoopPlan:
         if isinstance(found, ast.While) and found is not node:
             return f"while {unparse(found.test)}: ..."
         return unparse(found)
+
+    def quoted(self, reason: str) -> str:
+        """``reason``, given on the rewritten body, with each piece of code it quotes that names
+        a generated value (``_x_row.shape``) as the user's code where that node stands
+        (``quote``); else, when nothing of theirs stands there, without that code."""
+        written = {n.id for n in ast.walk(self.node) if isinstance(n, ast.Name)}
+
+        def generated(code: str) -> bool:
+            return any(n not in written for n in re.findall(r"(?<![\w.])_\w*", code))
+
+        def user_code(m: re.Match) -> str:
+            code = m.group(1)
+            if not generated(code):
+                return m.group(0)
+            nodes = list(ast.walk(ast.Module(self.body, [])))
+            calls = [n for n in nodes
+                     if isinstance(n, ast.Call) and f"{unparse(n.func)}(...)" == code]
+            found = [self.quote(n) for n in nodes if unparse(n) == code] + [
+                f"{self.quote(n.func)}(...)" for n in calls  # its arguments left out
+                if self.quote(n.func) != self.quote(n)] + [self.quote(n) for n in calls]
+            quoted = next((q for q in found if not generated(q)), None)
+            return f"`{quoted}`" if quoted else "a value the rewrite computes"
+        return re.sub(r"`([^`]+)`", user_code, reason)
 
     def check(self, template: str, **subs) -> None:
         """Add ``template`` (filled) to the runtime check."""

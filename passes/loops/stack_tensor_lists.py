@@ -35,6 +35,8 @@ A name ``number_list_operands`` bound to an attribute's list of numbers (``_weig
 self.weight``) is stacked too. The guard's checks that attributes are tensors (``self.gamma[i]``
 read otherwise, a module's configuration, often a tuple) come first, in the guard and in each
 stacking's test: when one fails, the loop runs as written without stacking the lists first.
+They read the attribute as ``getattr(self, 'gamma', None)``: also when the loop has no iterations,
+where the original reads nothing, a missing attribute fails the check instead of raising.
 
 A tensor stays itself; a list whose items differ in shape, dtype or device (deep supervision at
 several resolutions) stays a list, fails the guard's ``isinstance`` check, and the loop runs as
@@ -51,13 +53,13 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks, ops
-from ..ast_tools import PassContext, clone, is_name, rename, walk
+from ..ast_tools import PassContext, clone, is_name, rename, unparse, walk
 from ..number_operands import number_rows
 from ..stacked_views import stack_items
-from .attribute_writes_to_names import root
+from .attribute_writes_to_names import guarded_read, root
 from .loop_dataflow import loads, resolve_call, stores_in
 from .plan import LoopPlan
-from .runtime_checks import proven_tensors
+from .runtime_checks import conjuncts, proven_tensors
 
 # Calls whose result is a list or tuple of tensors.
 _LIST_MAKERS = {"list", "tuple", "torch.split", "torch.chunk", "torch.unbind", "torch.tensor_split"}
@@ -136,8 +138,15 @@ def _type_checks(plan: LoopPlan, stacking: set[str]) -> list[ast.expr]:
     not stacked for nothing when one of them fails (the guard reads them whenever the loop has
     iterations anyway)."""
     bound = stacking | stores_in(plan.prelude)
-    return [c for c in plan.checks.conditions if len(proven_tensors(c)) == 1
-            and root(proven_tensors(c)[0]) and not loads(c) & bound]
+    found = [c for c in plan.checks.conditions if len(proven_tensors(c)) == 1
+             and root(proven_tensors(c)[0]) and not loads(c) & bound]
+    for c in found:  # read also when the loop has no iterations: a missing one fails the check
+        for g in conjuncts(c):
+            if isinstance(g, ast.Call) and any(g.args[0] is x for x in proven_tensors(c)):
+                chain = unparse(g.args[0])
+                g.args[0] = guarded_read(g.args[0])
+                plan.user_names[unparse(g.args[0])] = plan.user_names.get(chain, chain)
+    return found
 
 
 def stacked_sources(tree: ast.AST) -> dict[str, str]:
