@@ -36,7 +36,8 @@ setitem does), ``t`` a real tensor with a dim, no leaf that requires grad (the o
 its own message at the first write), sharing no storage with ``idx`` or ``w`` (a later
 iteration would read an earlier write); for ``j`` written, ``t`` int64/int32/float32/float64
 with at most 2 ** 24 iterations (each iteration number converted exactly); for ``w[j]``, at
-least ``n`` rows of ``t``'s row shape. Otherwise the loop runs as written, raising as it did (an
+least ``n`` rows of ``t``'s row shape (of ``t``'s dtype at one-element indices, where
+setitem refuses another). Otherwise the loop runs as written, raising as it did (an
 out-of-range index's ``IndexError``, a bool index's mask).
 """
 from __future__ import annotations
@@ -74,8 +75,11 @@ _INDEX_CHECKS = ("t.dtype in (torch.int64, torch.int32, torch.float32, torch.flo
                  "and n <= 16777216")
 # setitem writes a number out of float16's range as inf, ``index_fill_`` raises
 _NUMBER_CHECKS = "t.dtype not in (torch.float16, torch.bfloat16)"
+# at a one-element index setitem is ``index_put_``, which refuses another dtype (a 0-d index
+# selects the row and copies, casting)
 _ROW_CHECKS = ("isinstance(w, torch.Tensor) and w.device == t.device and not w.is_complex() "
                "and w.shape[0] >= n and w.shape[1:] == t.shape[1:] "
+               "and (idx.dim() == 1 or w.dtype == t.dtype) "
                "and w.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()")
 
 # iterating a tensor: at least one item (a 0-d tensor, which raises, fails the dim check)
