@@ -7,11 +7,11 @@ with such a loop; when two truths pick one prior the later one keeps it::
 
     for j in range(idx.size(0)):       if isinstance(idx.size(0), int) and idx.size(0) > 0 and ...:
         t[idx[j]] = j            ->        'optimize_loss: loop at line 1 vectorized'
-                                           _slots = idx[0:n].reshape(-1).long() % t.shape[0]
+                                           _slots = <idx, or idx[0:n]>.reshape(-1).long() % t.shape[0]
                                            _order = torch.arange(n, device=t.device)
                                            _winner = torch.full((t.shape[0],), -1, ...).scatter_reduce(
                                                0, _slots, _order, 'amax')[_slots]
-                                           t.index_put_((_slots,), _winner.to(t.dtype).reshape(<column>))
+                                           t.index_put_((_slots,), _winner.to(t.dtype))
                                        else:
                                            <the loop>
 
@@ -59,7 +59,9 @@ winner = torch.full((t.shape[0],), -1, dtype=torch.int64, device=t.device).scatt
 """
 _COLUMN = "reshape((-1,) + (1,) * (t.dim() - 1))"
 _WRITES = {
-    "index": "t.index_put_((slots,), winner.to(t.dtype)." + _COLUMN + ")",
+    # (the column's reshape costs as much as the write: only for rows)
+    "index": "t.index_put_((slots,), winner.to(t.dtype) if t.dim() == 1 else "
+             "winner.to(t.dtype)." + _COLUMN + ")",
     # only the winning iteration passes the gradient on: the repeats' copies are detached
     "rows": "picked = w[winner]\n"
             "t.index_put_((slots,), torch.where((winner == order)." + _COLUMN + ", picked, "
@@ -116,8 +118,10 @@ def rewrite(node: ast.For, live_after: set[str], ctx: PassContext) -> LastWrites
             "rows": ("slots", "order", "winner", "picked")}[kind]
     names = {k: ctx.namer.new(k) for k in made}
     idx = ast.Name(loop.idx, ast.Load())
-    # the rows of ``idx`` the loop reads: all of them when it iterates ``idx``
-    rows = replace("idx[0:n]", idx=idx, n=loop.count) if loop.element is None else idx
+    # the rows of ``idx`` the loop reads: all of them when it iterates ``idx`` (a slice costs
+    # as much as a small op: only when it reads fewer)
+    rows = idx if loop.element is not None else \
+        replace("idx if n == idx.shape[0] else idx[0:n]", idx=idx, n=loop.count)
     subs = dict(t=ast.Name(t, ast.Load()), idx=idx, n=loop.count, r=rows, w=value, c=value)
     template = _SLOTS + ("\n" + _FILL if kind == "number" else _WINNER + _WRITES[kind])
     stmts = replace(template, loc=node, torch_name=ctx.torch_name, **names, **subs)
