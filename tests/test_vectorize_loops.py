@@ -530,7 +530,7 @@ KEPT = {
         def f(x, lab):
             counts = torch.zeros(3)
             for i in range(x.shape[0]):
-                counts[lab[i]] = x[i]
+                counts[lab[i]] = x[i] * 2
             return counts
         """, "iterations may hit the same element"),
     "append_under_a_python_condition": ("""

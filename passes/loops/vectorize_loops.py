@@ -97,7 +97,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                index_tuples_to_tensors, inline_helper_calls,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
-               length_masks_to_compares,
+               last_writes_to_scatters, length_masks_to_compares,
                invariant_values_take_no_grad, iteration, last_values_after_loop,
                list_mean_helpers,
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
@@ -353,7 +353,7 @@ class _Vectorizer(Transformer):
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
-        masked = None if self.depth else _length_mask(self, node)
+        masked = None if self.depth else _whole_loop_form(self, node)
         if masked is not None:
             return masked
         original, twin = clone(node), self._twin(node)
@@ -578,16 +578,19 @@ def _live(vectorizer: "_Vectorizer", node: ast.For) -> set[str]:
     return loads(vectorizer.func) if live is None else live
 
 
-def _length_mask(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
-    """``node`` as one comparison into the padding mask it fills, reported
-    (``length_masks_to_compares``); None when it is not such a loop."""
-    masked = length_masks_to_compares.rewrite(node, vectorizer.filled.get(node, {}),
-                                              _live(vectorizer, node), vectorizer.ctx)
-    if masked is None:
+def _whole_loop_form(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
+    """``node`` as one comparison into the padding mask it fills (``length_masks_to_compares``)
+    or as one scatter of its last writes (``last_writes_to_scatters``), reported; None when it
+    is neither."""
+    live = _live(vectorizer, node)
+    whole = length_masks_to_compares.rewrite(node, vectorizer.filled.get(node, {}), live,
+                                             vectorizer.ctx) \
+        or last_writes_to_scatters.rewrite(node, live, vectorizer.ctx)
+    if whole is None:
         return None
     vectorizer.ctx.report.add_loop(node.lineno, True, "batched",
-                                   masked.why + _runs_when(masked.check, {}))
-    return _guarded(masked.check, node.lineno, masked.stmts, clone(node), node)
+                                   whole.why + _runs_when(whole.check, {}))
+    return _guarded(whole.check, node.lineno, whole.stmts, clone(node), node)
 
 
 def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
