@@ -328,3 +328,33 @@ def test_a_bound_item_read_otherwise_keeps_the_item_a_number():
     x, t = _dice_inputs(torch.float32)
     assert_equivalent(bound_weight_tested, opt, x, t)
     assert "CLASS_WEIGHTS` is a tensor, or" not in opt.report.loops[0].reason
+
+
+# A focal loss's per-class alpha, negated where it is read (``-ALPHA[c] * (1 - p) ** g * log p``)
+ALPHA = [0.25, 0.5, 0.75]
+
+
+def negated_alpha(logits, target, gamma=2.0):
+    prob = logits.softmax(1)
+    loss = 0
+    for c in range(logits.shape[1]):
+        fg = (target == c).to(logits.dtype)
+        pc = prob[:, c]
+        lc = -ALPHA[c] * (1 - pc) ** gamma * torch.log(pc.clamp_min(1e-6)) * fg
+        loss = loss + lc.sum() / fg.sum().clamp_min(1)
+    return loss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_negated_item_is_an_operand_too(dtype):
+    from tests.helpers import optimized_and_vectorized
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 4, 4, generator=g, dtype=dtype).requires_grad_()
+    optimized_and_vectorized(negated_alpha, logits, torch.randint(0, 3, (2, 4, 4), generator=g))
+
+
+@pytest.mark.parametrize("fn", [negated_alpha, weighted])
+def test_the_vmap_condition_reads_no_generated_kind(fn):
+    from rewrite import explain
+    reason = explain(fn).loops[0].reason
+    assert "_kind" not in reason, reason

@@ -74,6 +74,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.prelude += plan.sub(f"k = {ctx.bind(number_kind, 'number_kind')}(x)", k=kinds[name],
                                  x=ast.Name(name, ast.Load()))
     plan.number_lists |= set(names)
+    plan.number_kinds |= set(kinds.values())
     plan.body = [_ToNumberOps(plan, kinds, ctx).visit(s) for s in plan.body]
     return plan
 
@@ -155,11 +156,19 @@ def _read_through_name(plan: LoopPlan, chain: str, ctx: PassContext) -> str:
 
 
 def _item(node: ast.expr, index: str, names) -> str | None:
-    """The list ``w`` of ``w[i]`` at the loop index, when ``w`` is among ``names``."""
+    """The list ``w`` of ``w[i]`` (or ``-w[i]``) at the loop index, when ``w`` is among
+    ``names``."""
+    node = _signed(node)
     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) \
             and _key(node.value) in names and is_name(node.slice, index):
         return _key(node.value)
     return None
+
+
+def _signed(node: ast.expr) -> ast.expr:
+    """``w[i]`` of ``-w[i]`` and ``+w[i]`` (a number of the list's kind too), else ``node``."""
+    return node.operand if isinstance(node, ast.UnaryOp) and isinstance(
+        node.op, (ast.USub, ast.UAdd)) else node
 
 
 def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext,
@@ -202,7 +211,7 @@ class _Operands(Transformer):
         found = _operand(node, self.plan, self.names, self.ctx, self.excluded)
         if found:
             item = node.left if found[1] else node.right
-            self.found.setdefault(found[0], set()).add(id(item.value))
+            self.found.setdefault(found[0], set()).add(id(_signed(item).value))
         return node
 
 
