@@ -454,13 +454,16 @@ REGISTRY: tuple[OpSpec, ...] = (
       for n in ("range", "zip", "enumerate", "list", "tuple", "round", "all", "any")),
     _builtin("pow"),
     # -- known for their sizes only (no aten name: ``zeros``/``ones`` stay out of the facts of
-    # tensor ops, see ``full``) ---------------------------------------------------------------
-    *(OpSpec(None, (f"torch.{n}",), sizes=(0, ..., "size")) for n in ("zeros", "ones")),
-    *(OpSpec(None, (f"torch.{n}",), sizes=(0, "window_length"))
+    # tensor ops, see ``full``); new tensors no gradient flows through, whatever their
+    # arguments (``derivative``: ``torch.ones(n)`` needs no check that ``n`` takes no gradient)
+    *(OpSpec(None, (f"torch.{n}",), sizes=(0, ..., "size"), derivative="constant")
+      for n in ("zeros", "ones")),
+    *(OpSpec(None, (f"torch.{n}",), sizes=(0, "window_length"), derivative="constant")
       for n in ("hann_window", "hamming_window", "blackman_window", "bartlett_window",
                 "kaiser_window")),
-    OpSpec(None, ("torch.eye",), sizes=(0, 1, "n", "m")),
-    *(OpSpec(None, (f"torch.{n}",), sizes=(2, "steps")) for n in ("linspace", "logspace")),
+    OpSpec(None, ("torch.eye",), sizes=(0, 1, "n", "m"), derivative="constant"),
+    *(OpSpec(None, (f"torch.{n}",), sizes=(2, "steps"), derivative="constant")
+      for n in ("linspace", "logspace")),
     OpSpec(None, methods=("repeat",), sizes=(1, ..., "repeats")),
     OpSpec(None, ("torch.tile",), ("tile",), sizes=(1, "dims")),
     OpSpec(None, ("torch.repeat_interleave",), ("repeat_interleave",),

@@ -73,7 +73,7 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("passes/loops/normalize_comprehensions.py", "stackable_lists"): (2, _PARENTS),
     ("passes/loops/number_list_operands.py", "_Operands.visit_BinOp"): (
         1, "_Operands only reads; stage compares the sets before _ToNumberOps rewrites"),
-    ("passes/loops/number_list_operands.py", "stage"): (
+    ("passes/loops/number_list_operands.py", "_found"): (
         1, "compared with _Operands' ids before anything is rewritten"),
     ("passes/loops/promoting_folds_run_as_written.py", "stage"): (
         2, "the statements keyed are held by ``plan.folds``"),

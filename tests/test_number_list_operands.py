@@ -4,6 +4,7 @@ vectorized (``number_list_operands``) with the original's values, gradients and 
 operation in ``result_type(t, w[k])``; bools, mixed types, a tensor among the items: as written;
 a list shorter than the loop: the original's ``IndexError``."""
 import inspect
+import sys
 
 import pytest
 import torch
@@ -260,3 +261,100 @@ def f(x, cfg):
     reason = build(src)[3].loops[0].reason
     assert "`cfg.weight.dim() == 1" in reason and "`cfg.weight` is a tensor, or a list" in reason
     assert "_weight.dim()" not in reason and "_weight_stacked" not in reason
+
+
+# A module's list of class weights, read through a name bound to the item (a per-class dice
+# weighted as a CE_DiceLoss does): the loop ran as written at every call before, its guard
+# asking for `CLASS_WEIGHTS` to be a tensor.
+CLASS_WEIGHTS = [0.1, 0.3, 0.3, 0.3]
+
+
+def module_weights_bound(inp, target):
+    loss = 0.
+    for c in range(inp.shape[1]):
+        iflat = inp[:, c].reshape(-1)
+        tflat = target[:, c].reshape(-1)
+        inter = (iflat * tflat).sum()
+        w = CLASS_WEIGHTS[c]
+        loss += w * (1 - (2. * inter + 1) / (iflat.sum() + tflat.sum() + 1))
+    return loss
+
+
+def parameter_weights_bound(inp, target, weights=(1, 2, 3, 4)):
+    loss = 0.
+    for c in range(inp.shape[1]):
+        d = ((inp[:, c] - target[:, c]) ** 2).mean()
+        w = weights[c]
+        loss = loss + d / w
+    return loss
+
+
+def bound_weight_tested(inp, target):
+    loss = 0.
+    for c in range(inp.shape[1]):
+        d = ((inp[:, c] - target[:, c]) ** 2).mean()
+        w = CLASS_WEIGHTS[c]
+        if w > 0.2:
+            loss = loss + d * w
+    return loss
+
+
+def _dice_inputs(dtype):
+    g = torch.Generator().manual_seed(3)
+    return (torch.rand(2, 4, 5, generator=g, dtype=dtype).requires_grad_(),
+            (torch.rand(2, 4, 5, generator=g) > 0.5).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fn", [module_weights_bound, parameter_weights_bound])
+def test_a_name_bound_to_an_item_of_a_module_or_parameter_list_runs_vectorized(fn, dtype):
+    from tests.helpers import optimized_and_vectorized
+    optimized_and_vectorized(fn, *_dice_inputs(dtype))
+
+
+def test_the_module_list_is_read_at_every_call(monkeypatch):
+    opt = optimize_loss(module_weights_bound, compile=False)
+    x, t = _dice_inputs(torch.float64)
+    assert_equivalent(module_weights_bound, opt, x, t)
+    monkeypatch.setattr(sys.modules[__name__], "CLASS_WEIGHTS", [2.0, 0.5, 1.0, 3.0])
+    assert_equivalent(module_weights_bound, opt, x, t)
+    monkeypatch.setattr(sys.modules[__name__], "CLASS_WEIGHTS", [0.1, 0.3])
+    with pytest.raises(IndexError):
+        opt(x, t)
+
+
+def test_a_bound_item_read_otherwise_keeps_the_item_a_number():
+    opt = optimize_loss(bound_weight_tested, compile=False)
+    x, t = _dice_inputs(torch.float32)
+    assert_equivalent(bound_weight_tested, opt, x, t)
+    assert "CLASS_WEIGHTS` is a tensor, or" not in opt.report.loops[0].reason
+
+
+# A focal loss's per-class alpha, negated where it is read (``-ALPHA[c] * (1 - p) ** g * log p``)
+ALPHA = [0.25, 0.5, 0.75]
+
+
+def negated_alpha(logits, target, gamma=2.0):
+    prob = logits.softmax(1)
+    loss = 0
+    for c in range(logits.shape[1]):
+        fg = (target == c).to(logits.dtype)
+        pc = prob[:, c]
+        lc = -ALPHA[c] * (1 - pc) ** gamma * torch.log(pc.clamp_min(1e-6)) * fg
+        loss = loss + lc.sum() / fg.sum().clamp_min(1)
+    return loss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_negated_item_is_an_operand_too(dtype):
+    from tests.helpers import optimized_and_vectorized
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 4, 4, generator=g, dtype=dtype).requires_grad_()
+    optimized_and_vectorized(negated_alpha, logits, torch.randint(0, 3, (2, 4, 4), generator=g))
+
+
+@pytest.mark.parametrize("fn", [negated_alpha, weighted])
+def test_the_vmap_condition_reads_no_generated_kind(fn):
+    from rewrite import explain
+    reason = explain(fn).loops[0].reason
+    assert "_kind" not in reason, reason

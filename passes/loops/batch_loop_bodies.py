@@ -106,6 +106,7 @@ from .batch_scope import Scope
 from .batch_values import CONSTANT, Param, Rank, Val, integer, literal
 from .loop_dataflow import UnwrapFixedOperands, call_op, fixed_operand_helpers, method_name
 from .plan import BodyParam, LoopPlan
+from .row_slices_to_params import rows_as_written
 from .runtime_checks import proven_tensors
 
 __all__ = ["Param", "Rank", "batch"]
@@ -118,7 +119,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     try:
         check, plain = batch(plan, ctx)
     except Unsupported as exc:  # an op without a batched form: vmap maps the body
-        plan.unbatched = plan.quoted(exc.reason)  # the user's code, not the rewritten body's
+        # the user's code, not the rewritten body's: row parameters as their reads, then any
+        # other generated value as the code it stands for
+        plan.unbatched = plan.quoted(rows_as_written(exc.reason, plan))
         stmts = plan.mapped + plan.folds
     else:  # the check holds for the usual shapes; vmap is the general path
         forms = [] if check is None else [ast.If(check, plain, plan.mapped)]

@@ -824,16 +824,19 @@ def _is_number(value: ast.expr, ctx: PassContext) -> bool | None:
 
 
 def _reads(s: ast.stmt) -> set[str]:
-    """Names ``s`` reads anywhere in it; ``n += e`` reads ``n``."""
-    return loads(s) | {n.target.id for n in walk(s)
+    """Names ``s`` reads anywhere in it, not a comprehension's own (``[j for j in ...]`` reads
+    no ``j`` of the loop); ``n += e`` reads ``n``."""
+    return loop_dataflow.free_loads(s) | {n.target.id for n in walk(s)
                        if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)}
 
 
 def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
     """Names ``s`` binds, deletes or may mutate (``_mutated``, and the arguments of functions
     the registry does not know, but for helpers ``inline_helper_calls`` inlines and ``nn`` loss
-    modules ``module_loss_calls`` knows: they have no side effects)."""
-    names = {n.id for n in walk(s) if isinstance(n, ast.Name)
+    modules ``module_loss_calls`` knows: they have no side effects). A comprehension's targets
+    are its own scope's."""
+    own = {t for c in walk(s) if isinstance(c, ast.comprehension) for t in walk(c.target)}
+    names = {n.id for n in walk(s) if isinstance(n, ast.Name) and n not in own
              and isinstance(n.ctx, (ast.Store, ast.Del))}
     for n in walk(s):
         if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \

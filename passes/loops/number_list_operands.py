@@ -26,8 +26,14 @@ reads attributes of (``attribute_writes_to_names.only_read``) is read through a 
 in front of the guard (``_weight = self.weight``), which is then such a list; the loop as
 written still reads the attribute, and the report names it.
 
-Only a name the function may hold as a list (``list_names``), or such an attribute chain, which
-the body does not bind, and reads only as such operands at the loop index (``w[i] * t`` and
+A list of the module (``CLASS_WEIGHTS = [0.1, 0.3, 0.3, 0.3]``, a global the function does not
+bind) is read as a parameter's is: what it holds at each call is checked there. A name the body
+binds to an item first (``w = CLASS_WEIGHTS[c]``, then ``w * dice``; bound nowhere else in the
+body, not read after the loop) is read as the item itself, when every read of it is then such an
+operand; otherwise the body stays as it was.
+
+Only a name the function may hold as a list (``list_names``), such an attribute chain or a
+module's list, which the body does not bind, and reads only as such operands at the loop index (``w[i] * t`` and
 ``t * w[i]``, ``t`` a value the iteration computed, not an expression of the loop index's
 items): another read
 (``x ** w[i]``, ``torch.pow(x, w[i])``, ``if w[i] > 0``) would see a tensor where the original
@@ -37,18 +43,44 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, is_name, replace, unparse, walk
+from ..ast_tools import PassContext, Transformer, clone, is_name, replace, unparse, walk
 from ..number_operands import number_kind, number_op
 from .attribute_writes_to_names import only_read, read_through_name, root
 from .loop_dataflow import depends, exposed_reads, loads, stores_in
 from .plan import LoopPlan
+from .scan_step_values import ReadsAs
 
 # The operators converted, by the name ``number_operands.OPERATORS`` gives each.
 _OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv"}
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    candidates = (plan.list_names - stores_in(plan.body)) | _attribute_lists(plan)
+    candidates = (plan.list_names - stores_in(plan.body)) | _attribute_lists(plan) \
+        | _global_lists(plan, ctx)
+    body, plan.body = plan.body, _items_read_through_names(plan, candidates)
+    found = _found(plan, candidates, ctx)
+    if plan.body is not body and not set(found) >= _listed_items(body, plan, candidates):
+        plan.body = body  # a name bound to an item is read otherwise: the body as it was
+        found = _found(plan, candidates, ctx)
+    if not found:
+        return plan
+    # an attribute's list is read through a name bound to it, which is then stacked as one;
+    # a global's is read as it is, as a parameter's
+    names = [n if n in plan.list_names or n.isidentifier() else _read_through_name(plan, n, ctx)
+             for n in found]
+    plan.list_names |= set(names)
+    kinds = {n: ctx.namer.new(f"{n}_kind") for n in names}
+    for name in names:
+        plan.prelude += plan.sub(f"k = {ctx.bind(number_kind, 'number_kind')}(x)", k=kinds[name],
+                                 x=ast.Name(name, ast.Load()))
+    plan.number_lists |= set(names)
+    plan.number_kinds |= set(kinds.values())
+    plan.body = [_ToNumberOps(plan, kinds, ctx).visit(s) for s in plan.body]
+    return plan
+
+
+def _found(plan: LoopPlan, candidates: set[str], ctx: PassContext) -> list[str]:
+    """The candidate lists ``plan.body`` reads only as operands at the loop index."""
     operands = _Operands(plan, candidates, ctx)
     for s in plan.body:
         operands.visit(s)
@@ -58,19 +90,42 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             key = _key(n)
             if key in candidates:
                 reads.setdefault(key, set()).add(id(n))
-    found = sorted(n for n in reads if reads[n] <= operands.found.get(n, set()))
-    if not found:
-        return plan
-    # an attribute's list is read through a name bound to it, which is then stacked as one
-    names = [n if n in plan.list_names else _read_through_name(plan, n, ctx) for n in found]
-    plan.list_names |= set(names)
-    kinds = {n: ctx.namer.new(f"{n}_kind") for n in names}
-    for name in names:
-        plan.prelude += plan.sub(f"k = {ctx.bind(number_kind, 'number_kind')}(x)", k=kinds[name],
-                                 x=ast.Name(name, ast.Load()))
-    plan.number_lists |= set(names)
-    plan.body = [_ToNumberOps(plan, kinds, ctx).visit(s) for s in plan.body]
-    return plan
+    return sorted(n for n in reads if reads[n] <= operands.found.get(n, set()))
+
+
+def _global_lists(plan: LoopPlan, ctx: PassContext) -> set[str]:
+    """Names of the module's lists or tuples (``CLASS_WEIGHTS = [0.1, 0.3]``) the body reads,
+    which the function does not bind: what they hold at each call is checked there
+    (``number_kind``), as a parameter's is."""
+    if ctx.local_names is None:
+        return set()
+    return {n for n in loads(ast.Module(plan.body, [])) - ctx.local_names - stores_in(plan.body)
+            if isinstance(ctx.globals.get(n), (list, tuple))}
+
+
+def _items_read_through_names(plan: LoopPlan, candidates: set[str]) -> list[ast.stmt]:
+    """The body with each name bound to an item first (``w = weights[c]``, at its top level,
+    bound nowhere else in it, read only after, not after the loop) read as the item itself
+    (``w * dice`` -> ``weights[c] * dice``): the item is then an operand as written."""
+    body = list(plan.body)
+    for k, s in enumerate(plan.body):
+        if not (isinstance(s, ast.Assign) and len(s.targets) == 1
+                and isinstance(s.targets[0], ast.Name)
+                and _item(s.value, plan.iteration.index, candidates)):
+            continue
+        name = s.targets[0].id
+        if name in plan.live_after or name in loads(ast.Module(plan.body[:k], [])) \
+                or sum(name in stores_in([t]) for t in plan.body) != 1:
+            continue
+        body[k] = None
+        body[k + 1:] = [ReadsAs(name, s.value).visit(clone(t)) for t in body[k + 1:]]
+    return plan.body if None not in body else [s for s in body if s is not None]
+
+
+def _listed_items(body: list[ast.stmt], plan: LoopPlan, candidates: set[str]) -> set[str]:
+    """The lists whose items ``body`` binds names to (see ``_items_read_through_names``)."""
+    return {_item(s.value, plan.iteration.index, candidates) for s in body
+            if isinstance(s, ast.Assign) and _item(s.value, plan.iteration.index, candidates)}
 
 
 def _key(node: ast.AST) -> str | None:
@@ -101,11 +156,19 @@ def _read_through_name(plan: LoopPlan, chain: str, ctx: PassContext) -> str:
 
 
 def _item(node: ast.expr, index: str, names) -> str | None:
-    """The list ``w`` of ``w[i]`` at the loop index, when ``w`` is among ``names``."""
+    """The list ``w`` of ``w[i]`` (or ``-w[i]``) at the loop index, when ``w`` is among
+    ``names``."""
+    node = _signed(node)
     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) \
             and _key(node.value) in names and is_name(node.slice, index):
         return _key(node.value)
     return None
+
+
+def _signed(node: ast.expr) -> ast.expr:
+    """``w[i]`` of ``-w[i]`` and ``+w[i]`` (a number of the list's kind too), else ``node``."""
+    return node.operand if isinstance(node, ast.UnaryOp) and isinstance(
+        node.op, (ast.USub, ast.UAdd)) else node
 
 
 def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext,
@@ -148,7 +211,7 @@ class _Operands(Transformer):
         found = _operand(node, self.plan, self.names, self.ctx, self.excluded)
         if found:
             item = node.left if found[1] else node.right
-            self.found.setdefault(found[0], set()).add(id(item.value))
+            self.found.setdefault(found[0], set()).add(id(_signed(item).value))
         return node
 
 

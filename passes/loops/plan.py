@@ -119,6 +119,7 @@ class LoopPlan:
     # ... and those that may be lists of Python numbers, stacked as a tensor of them too
     # (``number_list_operands``).
     number_lists: set[str] = field(default_factory=set)
+    number_kinds: set[str] = field(default_factory=set)  # ... their kinds (never tensors)
     # Names held as lists, tuples or dicts, never tensors (displays, parameters indexed by a
     # string); their reads gathered in front of the guard (``gather_keyed_reads``): the rows'
     # name -> the read.

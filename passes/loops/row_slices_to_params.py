@@ -13,6 +13,7 @@ change) is checked to be an int at run time, and so is ``b <= x.shape[2]``; ``a 
 from __future__ import annotations
 
 import ast
+import re
 
 from ..ast_tools import PassContext, Transformer, is_name, is_pure, unparse, walk
 from .loop_dataflow import depends, loads, stores_in, write_entries
@@ -29,6 +30,20 @@ def _nested_params(body: list[ast.stmt]) -> set[str]:
     """Parameters of the functions and lambdas ``body`` defines: names local to them."""
     return {a.arg for s in body for n in walk(s) if isinstance(n, (ast.FunctionDef, ast.Lambda))
             for a in walk(n.args) if isinstance(a, ast.arg)}
+
+
+def rows_as_written(text: str, plan: LoopPlan) -> str:
+    """``text`` (a reason quoting the body) with each row parameter spelled as the user's read:
+    ``_x_row.view(...)`` -> ``x[:, i].view(...)`` (``x[k][i]`` without slices: a list too)."""
+    for (name, _), row in plan.row_slices.items():
+        entries = row.prefix + [ast.Name(plan.iteration.index, ast.Load())]
+        if any(isinstance(x, ast.Slice) for x in entries):
+            read = unparse(ast.Subscript(ast.Name(name, ast.Load()),
+                                         ast.Tuple(entries, ast.Load()), ast.Load()))
+        else:
+            read = name + "".join(f"[{unparse(x)}]" for x in entries)
+        text = re.sub(rf"\b{re.escape(row.param)}\b", lambda _, r=read: r, text)
+    return text
 
 
 def full_slice(x: ast.expr) -> bool:

@@ -84,7 +84,7 @@ def lagged_values(loop: ast.For, index: str, reverse: bool, position: ast.expr,
                          v=plan.own_list_values[own[p]].values)
         checks.append(replace("type(p) in (int, float)", p=p))
         read = replace("prev[k]", prev=prev, k=clone(position))
-        body[:k] = [_Rename(p, read).visit(st) for st in body[:k]]
+        body[:k] = [ReadsAs(p, read).visit(st) for st in body[:k]]
     loop = clone(loop)
     loop.body = body
     return ast.fix_missing_locations(loop), Lagged(ast.BoolOp(ast.And(), checks), stmts,
@@ -107,7 +107,7 @@ def _carried_from_step(k: int, body: list[ast.stmt], index: str) -> bool:
                     for n in walk(st) if isinstance(n, ast.stmt))
 
 
-class _Rename(ast.NodeTransformer):
+class ReadsAs(ast.NodeTransformer):
     """Every read of the name ``name`` replaced by a copy of ``by``."""
 
     def __init__(self, name: str, by: ast.expr):

@@ -1,18 +1,23 @@
-"""Stage: unit slices at the loop index become an index and an ``unsqueeze``.
+"""Stage: unit slices and ``select`` at the loop index become an index.
 
-vmap cannot slice at a batched offset, but it can index::
+vmap cannot slice at a batched offset, nor ``select`` at one (it calls ``.item()`` on the
+index: the vectorized form would raise on every call), but it can index::
 
     x[:, i:i + 1]    ->    x[:, i].unsqueeze(1)
+    x.select(1, i)   ->    x[:, i]          (``torch.select(x, 1, i)``, keywords too)
 
-Only loads with slices before the unit slice; ``x[i:i + 2]`` and ``x[k:k + 1]`` (``k`` not the
-index) stay.
+the same values, gradients and views (``x[:, i].view(-1)`` raises where the original does). A
+``select`` at the index along a dim that is not a literal int >= 0 (``x.select(d, i)``, ``d`` a
+parameter) keeps the loop as written, with the reason. Only loads with slices before the unit
+slice; ``x[i:i + 2]``, ``x[k:k + 1]`` and ``x.select(0, k)`` (``k`` not the index) stay.
 """
 from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, is_int, is_name, replace
-from .loop_dataflow import write_entries
+from ..ast_tools import PassContext, Transformer, is_int, is_name, replace, unparse
+from ..errors import Unsupported
+from .loop_dataflow import method_name, resolve_call, write_entries
 from .plan import LoopPlan
 
 
@@ -39,6 +44,19 @@ class _UnitSlices(Transformer):
         node.slice = ast.Tuple(entries, ast.Load()) if len(entries) > 1 else entries[0]
         return replace(f"x.unsqueeze({k})", loc=node, x=node)
 
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        picked = _select_operands(node, self.ctx)
+        if picked is None or not is_name(picked[2], self.index):
+            return node
+        x, d, i = picked
+        if not (isinstance(d, ast.Constant) and type(d.value) is int and d.value >= 0):
+            # vmap calls .item() on a batched index, and a gather would copy (a view of the
+            # copy succeeds where the original's view raises)
+            raise Unsupported(f"`{unparse(node)}` selects at the loop index along a dim that is "
+                              "not a literal int >= 0: it has no vectorized form", node.lineno)
+        return replace("x[" + ":, " * d.value + "i]", loc=node, x=x, i=i)
+
     def _unit(self, x: ast.expr) -> bool:
         if not (isinstance(x, ast.Slice) and x.step is None and is_name(x.lower, self.index)):
             return False
@@ -46,3 +64,18 @@ class _UnitSlices(Transformer):
         return isinstance(up, ast.BinOp) and isinstance(up.op, ast.Add) and (
             (is_name(up.left, self.index) and is_int(up.right, 1))
             or (is_int(up.left, 1) and is_name(up.right, self.index)))
+
+
+def _select_operands(call: ast.Call, ctx: PassContext) -> tuple | None:
+    """(tensor, dim, index) of ``x.select(d, i)`` or ``torch.select(x, d, i)`` (keywords too)."""
+    if method_name(call, ctx) == "select":
+        args = [call.func.value] + list(call.args)
+    elif resolve_call(call.func, ctx) == "torch.select":
+        args = list(call.args)
+    else:
+        return None
+    named = {k.arg: k.value for k in call.keywords}
+    if len(args) + len(named) != 3 or any(k not in ("input", "dim", "index") for k in named):
+        return None
+    args += [named[k] for k in ("input", "dim", "index")[len(args):] if k in named]
+    return tuple(args) if len(args) == 3 else None

@@ -75,6 +75,7 @@ the loop, so a stage refusing (``Unsupported``) leaves the loop as written.
 from __future__ import annotations
 
 import ast
+import contextlib
 from typing import Callable
 
 from .. import ast_marks
@@ -395,7 +396,7 @@ class _Vectorizer(Transformer):
                     f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
                     ", read in part after the loop"
             if isinstance(fission, str):
-                node = self._inner_loops_again(twin, index, before) or node
+                node = self._inner_loops_again(node, twin, index, before) or node
                 self.ctx.report.add_loop(node.lineno, False, "kept",
                                          f"{exc.reason}; not distributed: {fission}")
                 return node
@@ -438,19 +439,19 @@ class _Vectorizer(Transformer):
                     facts[b] = facts[a]
         return twin
 
-    def _inner_loops_again(self, twin: ast.For | None, index: str | None,
+    def _inner_loops_again(self, node: ast.For, twin: ast.For | None, index: str | None,
                            before: tuple) -> ast.For | None:
-        """``twin`` with its inner loops planned as if they were not inner: the loop around
-        them runs as written, so they may stack and gather lists in front of themselves (in its
-        body), which an inner loop of a vectorized loop may not. Their first plans' report
-        entries are dropped."""
+        """``twin`` with its inner loops planned as if they were not inner (the loop around
+        them runs as written: they may stack and gather lists in front of themselves, in its
+        body, unlike inner loops of a vectorized loop); their first plans' entries dropped."""
         if twin is None:
             return None
         mark = before[0]
         first = (self.ctx.report.loops[mark:], self.seen, self.bound_lists)
         _, self.seen, self.bound_lists = before
         del self.ctx.report.loops[mark:]
-        self._visit_inner(twin, index, 0)
+        with _in_place_of(self.func, node, twin):
+            self._visit_inner(twin, index, 0)
         if sum(loop.vectorized for loop in self.ctx.report.loops[mark:]) < sum(
                 loop.vectorized for loop in first[0]):  # never fewer than the first plans
             self.ctx.report.loops[mark:], self.seen, self.bound_lists = first
@@ -608,6 +609,29 @@ def _strategy(plan: LoopPlan) -> str:
     return "vmap" if plan.unbatched else "batched"
 
 
+@contextlib.contextmanager
+def _in_place_of(func: ast.FunctionDef, node: ast.stmt, twin: ast.stmt):
+    """``twin`` in ``node``'s place in ``func`` meanwhile: the analyses of what is read after a
+    statement of ``twin`` find it in the function (a statement only a copy holds is in none)."""
+    block = next(b for n in walk(func) if isinstance(n, ast.stmt)
+                 for b in loop_dataflow.child_blocks(n) if any(s is node for s in b))
+    at = next(k for k, s in enumerate(block) if s is node)
+    block[at] = twin
+    try:
+        yield
+    finally:
+        block[at] = node
+
+
+def _without_reads(check: ast.expr, names: set[str]) -> ast.expr | None:
+    """``check`` without its conjuncts that read ``names`` (a number list's kind, never a
+    tensor: such a conjunct always holds), None when none is left."""
+    parts = check.values if isinstance(check, ast.BoolOp) and isinstance(check.op, ast.And) \
+        else [check]
+    kept = [p for p in parts if not loads(p) & names]
+    return None if not kept else kept[0] if len(kept) == 1 else ast.BoolOp(ast.And(), kept)
+
+
 def _why(plan: LoopPlan, ctx: PassContext) -> str:
     """The report's account of what leaves the iterations and how."""
     parts = []
@@ -643,9 +667,10 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
         parts.append(f"vmap: {plan.unbatched}")
     elif plan.batched_if is not None:  # other ranks or dtypes than the usual
         # the user's names of stacked lists (an attribute's as the attribute)
-        users = rename(clone(plan.batched_if), {s: plan.user_names.get(n, n)
-                                                for s, n in plan.stacked.items()})
-        parts.append(f"vmap where `{unparse(users)}` does not hold")
+        users = _without_reads(rename(clone(plan.batched_if), {
+            s: plan.user_names.get(n, n) for s, n in plan.stacked.items()}), plan.number_kinds)
+        if users is not None:
+            parts.append(f"vmap where `{unparse(users)}` does not hold")
     return "; ".join(dict.fromkeys(parts)) or "no effects"
 
 

@@ -1,0 +1,74 @@
+"""The report quotes the user's code, not the rewrite's: a row the body reads is spelled as read
+(``x[:, c]``, ``xs[i][j]``), not as the generated parameter that carries it (``_x_row``); and a
+tensor made from sizes (``torch.ones(n)``) takes no gradient, so no loop is said to run as
+written "while `n` takes no gradient" because of it."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from rewrite import explain
+from tests.helpers import load_module, optimized_and_vectorized
+
+USER_CODE = '''
+import torch
+import torch.nn.functional as F
+
+
+def per_class_flat(x, t):
+    s = 0
+    for c in range(x.shape[1]):
+        s = s + (x[:, c].contiguous().view(-1) * t[:, c].contiguous().view(-1)).sum()
+    return s
+
+
+def nested_lists(xs, ts):
+    s = 0
+    for i in range(len(xs)):
+        for j in range(len(xs[i])):
+            s = s + F.mse_loss(xs[i][j], ts[i][j], reduction='none').mean()
+    return s
+
+
+def per_anchor(f, labels):
+    sim = f @ f.T
+    n = f.shape[0]
+    total = 0.
+    count = 0
+    for i in range(n):
+        pos = labels == labels[i]
+        pos[i] = False
+        if pos.sum() == 0:
+            continue
+        others = torch.ones(n, dtype=torch.bool)
+        others[i] = False
+        log_prob = sim[i] - torch.logsumexp(sim[i][others], dim=0)
+        total = total - log_prob[pos].mean()
+        count += 1
+    return total / count
+'''
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    return load_module(tmp_path_factory.mktemp("spelling"), USER_CODE)
+
+
+@pytest.mark.parametrize("name, quoted", [
+    ("per_class_flat", "`x[:, c].contiguous(...)` has no batched form"),
+    ("nested_lists", "`F.mse_loss(xs[i][j], ts[i][j], reduction='none')`"),
+    ("per_anchor", "`labels == labels[i]`"),
+])
+def test_a_vmap_reason_quotes_the_rows_as_the_user_reads_them(user, name, quoted):
+    reasons = " ".join(loop.reason for loop in explain(getattr(user, name)).loops)
+    assert quoted in reasons
+    assert not re.search(r"\b_\w*_row\b", reasons), reasons
+
+
+def test_a_tensor_made_from_sizes_needs_no_check_that_they_take_no_gradient(user):
+    (loop,) = explain(user.per_anchor).loops
+    assert loop.vectorized and "takes no gradient" not in loop.reason, loop.reason
+    f = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    optimized_and_vectorized(user.per_anchor, f.requires_grad_(), torch.tensor([0, 1, 0, 1, 2, 2]))
