@@ -251,7 +251,8 @@ def shared_views(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [t for t in own if bases[t._base] > 1]
 
 
-def _view_of_copy(view: torch.Tensor, base: torch.Tensor, copy: torch.Tensor) -> torch.Tensor | None:
+def _view_of_copy(view: torch.Tensor, base: torch.Tensor,
+                  copy: torch.Tensor) -> torch.Tensor | None:
     """``view`` of ``base`` as the same view of ``copy``, a copy of ``base`` laid out alike;
     None when it is not a plain strided view of it (another dtype, conj/neg bits, a copy in
     another layout, functorch's wrapped tensors)."""
