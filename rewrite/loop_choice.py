@@ -34,6 +34,7 @@ Its backward is ``torch.autograd.grad`` of its own leaves: nothing accumulates i
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import random
@@ -149,12 +150,13 @@ def region_steps(region: Any) -> tuple[Callable[[], tuple], Callable[[], tuple],
     arguments made from the captured live-ins (a tensor that either form changes in place is
     copied for every call, and so is an object whose attributes the region writes, with those
     attributes as they were captured: calls do not add to what the last one left; the others
-    are shared; those requiring grad are the leaves), then the leaves' gradients from the output
-    tensors that require grad, with fixed random cotangents (seeded: the same for outputs of the
-    same shapes); it returns the outputs and the gradients. A module live-in runs with its
-    parameters and buffers as captured (``module_states``, leaves too)."""
+    are shared; those requiring grad, or the tensors they view, are the leaves), then the
+    leaves' gradients from the output tensors that require grad, with fixed random cotangents
+    (seeded: the same for outputs of the same shapes); it returns the outputs and the gradients.
+    A module live-in runs with its parameters and buffers as captured (``module_states``,
+    leaves too)."""
     values, written, states = region.live_ins, region.written, region.module_states
-    leaves = [t for t in _tensors([values, states]) if t.requires_grad]
+    leaves = _roots([t for t in _tensors([values, states]) if t.requires_grad])
     forms, changed, names, outs = (region.vectorized, region.as_written), set(), set(), []
     for form in forms:  # once with every tensor copied, to see what a form changes
         args = _arguments(values, None, written)
@@ -211,20 +213,60 @@ def module_state(module: torch.nn.Module, copy_value: Callable[[Any], Any]) -> d
     return {name: copy_value(value) for name, value in named}
 
 
-def aliases_kept(copy_value: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Any], Any]:
+def aliases_kept(copy_value: Callable[[torch.Tensor], torch.Tensor],
+                 views: Iterable[torch.Tensor] = ()) -> Callable[[Any], Any]:
     """``copy_value`` of a tensor (other values as they are), the same copy each time it meets
     the same tensor: names bound to one tensor (``_r = self.returns`` before a region that
     writes ``_r``, or ``self.returns``) are bound to one copy. Views of a tensor are copied
-    apart."""
+    apart, except those ``views`` holds (``shared_views``): each the same view of one copy of
+    the tensor it views (``_view_of_copy``)."""
     memo: dict[int, tuple[torch.Tensor, Any]] = {}
+    kept = set(views)  # tensors hash by identity
 
     def copied(value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
             return value
         if id(value) not in memo:  # the tensor kept with its copy: its id is not reused
-            memo[id(value)] = (value, copy_value(value))
+            view = _view_of_copy(value, value._base, copied(value._base)) if value in kept \
+                else None
+            memo[id(value)] = (value, copy_value(value) if view is None else view)
         return memo[id(value)][1]
     return copied
+
+
+def shared_views(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The views among ``tensors`` a region's copy keeps as views of one copy (``aliases_kept``):
+    those each made by a view op of its own (a ``grad_fn`` of its own: rows ``weight[i]``), of
+    a tensor requiring grad that two or more of them view. As ``functional_call``'s heads are
+    rows of one weight in the call, each row's backward fills a gradient of the whole weight,
+    which a loop over them pays once per row and a copy of each row apart never does. Not the
+    chunks of one ``split``/``unbind`` (one backward node for all, run once in the call
+    whatever reads them), nor a single view (its backward runs once in the call, outside the
+    region, whatever the loop's form)."""
+    views = [t for t in dict.fromkeys(tensors) if t._base is not None
+             and t._base.requires_grad and t.grad_fn is not None]
+    nodes = collections.Counter(t.grad_fn for t in views)
+    own = [t for t in views if nodes[t.grad_fn] == 1 and t.output_nr == 0]
+    bases = collections.Counter(t._base for t in own)
+    return [t for t in own if bases[t._base] > 1]
+
+
+def _view_of_copy(view: torch.Tensor, base: torch.Tensor,
+                  copy: torch.Tensor) -> torch.Tensor | None:
+    """``view`` of ``base`` as the same view of ``copy``, a copy of ``base`` laid out alike;
+    None when it is not a plain strided view of it (another dtype, conj/neg bits, a copy in
+    another layout, functorch's wrapped tensors)."""
+    if view.dtype != base.dtype or view.is_conj() != base.is_conj() \
+            or view.is_neg() != base.is_neg() or copy.stride() != base.stride() \
+            or type(view) is not torch.Tensor or copy.storage_offset() != base.storage_offset():
+        return None
+    return copy.as_strided(view.size(), view.stride(), view.storage_offset())
+
+
+def _roots(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` with each view replaced by the tensor it views, each once: a region's views
+    of a captured tensor take their gradients through it (``aliases_kept``'s ``views``)."""
+    return list(dict.fromkeys(t if t._base is None else t._base for t in tensors))
 
 
 def _changed(before: list, after: list) -> bool:

@@ -53,7 +53,7 @@ from . import frontend, loop_choice
 from .backend import HoistingBackend, first_order_supported
 from .keep_faster import BAND, LOOP_FORMS, FormTrial, elements, size_band
 from .lint import warn as lint_warn
-from .loop_choice import aliases_kept, copied_state, module_state
+from .loop_choice import aliases_kept, copied_state, module_state, shared_views
 from .testing import compare, outputs_and_gradients
 
 
@@ -729,11 +729,15 @@ def _note_kept(loop: LoopReport, signature: str, slowdown: float, rounds: int) -
 
 def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tuple:
     """What a region's calls start from, as the probe found ``values`` before ``guard``: the
-    values (tensors detached, one copy of a tensor bound to two names; the objects whose
-    attributes it writes copied with those attributes), those attributes by name, and the
+    values (tensors detached, one copy of a tensor bound to two names, views of a tensor
+    requiring grad that several of them view views of its copy, ``shared_views``; the objects
+    whose attributes it writes copied with those attributes), those attributes by name, and the
     parameters and buffers of the modules among them (``module_state``)."""
     written = loop_regions.written_attributes(guard, values.keys() - free)
-    captured = aliases_kept(_captured)
+    modules = [v for v in values.values() if isinstance(v, torch.nn.Module)]
+    captured = aliases_kept(_captured, shared_views(
+        [t for t in tree_flatten(values)[0] if isinstance(t, torch.Tensor)]
+        + [t for m in modules for t in (*m.parameters(), *m.buffers())]))
     copies = {name: copied_state(value, written[name], captured) if name in written
               else tree_map(captured, value) for name, value in values.items()}
     states = {name: module_state(value, captured) for name, value in values.items()
