@@ -95,6 +95,9 @@ class OpSpec:
     swapped: str | None = None
     # ... computed by this function of (``x``, ``b``, ``a``) instead, bound into generated code
     swapped_fn: Callable | None = None
+    # Operands read for their metadata only (shape, dtype, device), positions counted as for
+    # ``sanitize``: ``x.expand_as(y)`` neither holds nor writes ``y``'s memory.
+    metadata_operands: tuple[int, ...] = ()
     data_shape: bool = False                  # its result's shape depends on the values
     # Its arguments that are sizes (lengths, counts, shapes, window lengths), which shape its
     # result: positions counted as for ``sanitize``, keywords by name; ``...`` after a position:
@@ -283,6 +286,9 @@ REGISTRY: tuple[OpSpec, ...] = (
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
+    _t("mm", total=True),
+    # a copy: the diagonal of a matrix, or a matrix of a vector's entries on its diagonal
+    _t("diag", total=True, derivative="constant"),
     # |a_i - b_j| is |b_j - a_i|: bit for bit without the matmul form, else up to rounding
     _t("cdist", meth=False, swapped="x.mT", derivative="bounded"),
     # helpers bound into generated code, by module path (``share_common_subexpressions``)
@@ -357,8 +363,10 @@ REGISTRY: tuple[OpSpec, ...] = (
        sizes=(0, ..., "start", "end", "step")),
     # views, and conversions that return the tensor itself when there is nothing to do
     _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
-    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True),
-    _t("type_as", fn=False, batched="same_rank", total=True, aliases=True),
+    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True,
+       metadata_operands=(1,)),
+    _t("type_as", fn=False, batched="same_rank", total=True, aliases=True,
+       metadata_operands=(1,)),
     _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True, aliases=True,
        sizes=(1, ..., "shape")),
     _t("view", fn=False, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),

@@ -13,14 +13,15 @@ computed once. A value is shared only when recomputing it would give the same re
 - it is made of names, constants, operators, attribute and subscript loads and calls of ops of
   the registry (``ops``) without effect: nothing random, nothing in place, no ``out=``;
 - both assignments are in one straight-line block, and every statement between them is such an
-  assignment to a single name: any other statement (a call with effects, an in-place update, a
-  compound statement) may write into any tensor, so what was known is forgotten; binding a name
-  forgets every value that reads or is held by it; values computing nothing (``0.0``, ``x.shape``)
-  are not shared;
+  assignment to a single name or a tuple of names (``v, i = d.min(0)``) of such a value: any
+  other statement (a call with effects, an in-place update, a compound statement) may write into
+  any tensor, so what was known is forgotten; binding a name forgets every value that reads or is
+  held by it; values computing nothing (``0.0``, ``x.shape``) are not shared;
 - both names are confined: everywhere in the module, each read of them is consumed by an
   operator or an op that makes a new tensor (possibly through ops returning views, such as
-  ``reshape``), and never augmented (``t += x``), so no other name ever refers to the shared
-  tensor and no in-place write reaches it.
+  ``reshape``), read for its metadata only (``OpSpec.metadata_operands``: ``x.expand_as(y)``'s
+  ``y``) or copied to a confined name (``b = a``), and never augmented (``t += x``), so no
+  in-place write reaches the shared tensor.
 
 A value of an op that gives the same values transposed when its two operands are swapped
 (``ops.OpSpec.swapped``: ``torch.cdist``), under elementwise ops on constants only, is also
@@ -182,28 +183,46 @@ def _share_in_block(block: list[ast.stmt], confined: set[str], finite: set[str],
     copies: dict[str, str] = {}  # name -> the name it is a plain copy of
     for stmt in block:
         target = _single_name_target(stmt)
-        if target is None or not _pure(stmt.value, ctx):
+        bound = _unpacked_names(stmt)
+        if (target is None and bound is None) or not _pure(stmt.value, ctx):
             held.clear()  # it may write into any tensor, or rebind any name
             copies.clear()
             continue
         resolved = _resolved(stmt.value, copies)
         key = ast.dump(resolved)
         holder = held.get(key, (None,))[0]
-        if holder is not None and holder != target and {holder, target} <= confined \
-                and _backward_exact(resolved, finite, ctx):
+        if target is not None and holder is not None and holder != target \
+                and {holder, target} <= confined and _backward_exact(resolved, finite, ctx):
             stmt.value = ast.copy_location(ast.Name(holder, ast.Load()), stmt.value)
             resolved = ast.Name(holder, ast.Load())
-        for k, (h, reads) in list(held.items()):  # what the old binding of target was is gone
-            if target == h or target in reads:
-                del held[k]
-        for k, v in list(copies.items()):
-            if target in (k, v):
-                del copies[k]
+        for name in bound or {target}:  # what the old binding of the name was is gone
+            _forget(name, held, copies)
+        if target is None:
+            continue
         if isinstance(resolved, ast.Name):
             if resolved.id != target:
                 copies[target] = resolved.id
         elif target not in _names(resolved) and any(isinstance(n, _COMPUTES) for n in walk(resolved)):
             held[key] = (target, _names(resolved))
+
+
+def _forget(name: str, held: dict, copies: dict[str, str]) -> None:
+    """Drop what reads or is held by ``name``, which an assignment binds anew."""
+    for k, (h, reads) in list(held.items()):
+        if name == h or name in reads:
+            del held[k]
+    for k, v in list(copies.items()):
+        if name in (k, v):
+            del copies[k]
+
+
+def _unpacked_names(stmt: ast.stmt) -> set[str] | None:
+    """The names ``a, b = <value>`` binds (a tuple or list of names), else None."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+            and isinstance(stmt.targets[0], (ast.Tuple, ast.List)) \
+            and all(isinstance(e, ast.Name) for e in stmt.targets[0].elts):
+        return {e.id for e in stmt.targets[0].elts}
+    return None
 
 
 def _single_name_target(stmt: ast.stmt) -> str | None:
@@ -268,10 +287,15 @@ def _confined_names(tree: ast.AST, ctx: PassContext) -> set[str]:
     """Names each read of which is consumed into a new value (see the module docstring)."""
     parents = {id(child): node for node in walk(tree) for child in ast.iter_child_nodes(node)}
     escaped, seen = set(), set()
+    copied: list[tuple[str, str]] = []  # (a, b) of ``b = a``: ``a`` escapes where ``b`` does
     for node in walk(tree):
         if isinstance(node, ast.Name):
             seen.add(node.id)
-            if isinstance(node.ctx, ast.Load) and not _consumed(node, parents, ctx):
+            copy = parents.get(id(node))
+            if isinstance(node.ctx, ast.Load) and _single_name_target(copy) is not None \
+                    and copy.value is node:
+                copied.append((node.id, copy.targets[0].id))
+            elif isinstance(node.ctx, ast.Load) and not _consumed(node, parents, ctx):
                 escaped.add(node.id)
             elif isinstance(node.ctx, ast.Del):
                 escaped.add(node.id)
@@ -279,6 +303,8 @@ def _confined_names(tree: ast.AST, ctx: PassContext) -> set[str]:
             escaped.update(node.names)
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             escaped.add(node.target.id)  # ``t += x`` writes into a tensor
+    while any(b in escaped and a not in escaped for a, b in copied):
+        escaped |= {a for a, b in copied if b in escaped}
     return seen - escaped
 
 
@@ -299,11 +325,20 @@ def _consumed(node: ast.expr, parents: dict, ctx: PassContext) -> bool:
             spec = _call_spec(parent, ctx)
             if spec is None or any(k.arg == "out" for k in parent.keywords):
                 return False
+            if _position(node, parent, ctx) in spec.metadata_operands:
+                return True  # ``x.expand_as(y)``: only ``y``'s shape is read
             if not spec.aliases:  # a builtin (no aten op) may hand out views: only shape queries
                 return spec.aten is not None or spec.shape_query
         elif not isinstance(parent, _PASSES_ON) and not isinstance(parent, ast.keyword):
             return False
         node = parent
+
+
+def _position(node: ast.expr, call: ast.Call, ctx: PassContext) -> int | None:
+    """Where ``node`` stands among ``call``'s positional operands (a method's receiver 0)."""
+    parts = operands(call, ctx)
+    parts = parts[:len(parts) - len(call.keywords)]
+    return next((k for k, x in enumerate(parts) if x is node), None)
 
 
 # The second of two swapped pair values (``_Site``): ``s`` the first's value as the second's

@@ -17,7 +17,7 @@ from rewrite.testing import assert_equivalent
 from tests.helpers import load_module
 
 # The point-cloud loop of ChamferDistancePytorch's helpers (examples/real/pc_chamfer_nn_loop.py):
-# an [n, m] matrix per cloud pair, from a helper the vmapped body calls.
+# an [n, m] matrix per cloud pair, from helpers inlined in the vmapped body.
 CHAMFER = """
 import torch
 
@@ -42,7 +42,35 @@ def chamfer(pred, gt):
 GOLDEN_LOOP = """\
         def _body(_pred_row, _gt_row):
             _loss_part = 0
-            _loss_part = _loss_part + (nn_loss(_pred_row, _gt_row, dim=0) + nn_loss(_pred_row, _gt_row, dim=1))
+            _nn_loss_x = _pred_row
+            _nn_loss_y = _gt_row
+            _nn_loss_dim = 0
+            _pairwise_dist_x = _nn_loss_x
+            _pairwise_dist_y = _nn_loss_y
+            _pairwise_dist_xx = torch.mm(_pairwise_dist_x, _pairwise_dist_x.t())
+            _pairwise_dist_yy = torch.mm(_pairwise_dist_y, _pairwise_dist_y.t())
+            _pairwise_dist_zz = torch.mm(_pairwise_dist_x, _pairwise_dist_y.t())
+            _pairwise_dist_rx = _pairwise_dist_xx.diag().unsqueeze(0).expand_as(_pairwise_dist_xx)
+            _pairwise_dist_ry = _pairwise_dist_yy.diag().unsqueeze(0).expand_as(_pairwise_dist_yy)
+            _pairwise_dist = _pairwise_dist_rx.t() + _pairwise_dist_ry - 2 * _pairwise_dist_zz
+            _nn_loss_dist = _pairwise_dist
+            _nn_loss_values, _nn_loss_indices = _nn_loss_dist.min(dim=_nn_loss_dim)
+            _nn_loss = _nn_loss_values.mean()
+            _nn_loss_x_1 = _pred_row
+            _nn_loss_y_1 = _gt_row
+            _nn_loss_dim_1 = 1
+            _pairwise_dist_x_1 = _nn_loss_x_1
+            _pairwise_dist_y_1 = _nn_loss_y_1
+            _pairwise_dist_xx_1 = torch.mm(_pairwise_dist_x_1, _pairwise_dist_x_1.t())
+            _pairwise_dist_yy_1 = torch.mm(_pairwise_dist_y_1, _pairwise_dist_y_1.t())
+            _pairwise_dist_zz_1 = torch.mm(_pairwise_dist_x_1, _pairwise_dist_y_1.t())
+            _pairwise_dist_rx_1 = _pairwise_dist_xx_1.diag().unsqueeze(0).expand_as(_pairwise_dist_xx_1)
+            _pairwise_dist_ry_1 = _pairwise_dist_yy_1.diag().unsqueeze(0).expand_as(_pairwise_dist_yy_1)
+            _pairwise_dist_1 = _pairwise_dist_rx_1.t() + _pairwise_dist_ry_1 - 2 * _pairwise_dist_zz_1
+            _nn_loss_dist_1 = _pairwise_dist_1
+            _nn_loss_values_1, _nn_loss_indices_1 = _nn_loss_dist_1.min(dim=_nn_loss_dim_1)
+            _nn_loss_1 = _nn_loss_values_1.mean()
+            _loss_part = _loss_part + (_nn_loss + _nn_loss_1)
             return (torch.as_tensor(_loss_part),)
         _outs = _map_in_chunks(_body, in_dims=(0, 0))(pred if pred.size(0) == pred.shape[0] else pred[0:pred.size(0):1], _gt_stacked if pred.size(0) == _gt_stacked.shape[0] else _gt_stacked[0:pred.size(0):1])
 """

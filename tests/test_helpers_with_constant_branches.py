@@ -181,7 +181,8 @@ def test_a_return_in_the_branch_taken_ends_the_body(user):
     ("flagged", "`if same` is not decided by constant arguments of the call"),
     ("valued", "`if t.sum() > 0` is not decided by constant arguments of the call"),
     ("rebound", "`if flag` is not decided by constant arguments of the call"),
-    ("written", "only assignments to plain names (and to items of tensors it made)"),
+    ("written", "only assignments to plain names or tuples of them (and to items of tensors it "
+                "made)"),
 ])
 def test_helpers_not_decided_by_constants_stay_called(user, name, reason):
     body, notes = _inlined(getattr(user, name))

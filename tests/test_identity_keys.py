@@ -84,7 +84,7 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("passes/loops/stack_tensor_lists.py", "_only_items_read"): (2, _LOCAL),
     ("passes/loops/stack_tensor_lists.py", "index_only"): (2, _LOCAL),
     ("passes/mapped_writes_to_functional.py", "fresh_names"): (3, _LOCAL),
-    ("passes/share_common_subexpressions.py", "_confined_names"): (1, _PARENTS),
+    ("passes/share_common_subexpressions.py", "_confined_names"): (2, _PARENTS),
     ("passes/share_common_subexpressions.py", "_consumed"): (4, _PARENTS),
     ("passes/share_common_subexpressions.py", "_finite_without_grad"): (2, _LOCAL),
     ("passes/share_common_subexpressions.py", "_nested_pair_call"): (1, _PARENTS),

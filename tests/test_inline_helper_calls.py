@@ -527,14 +527,52 @@ def caller(overlaps, labels, conf_t):
 
 
 def test_a_refused_helper_names_every_statement_it_would_need_changed(tmp_path):
-    # the first refused statement alone (a tuple unpacked) hid the in-place calls and the loop:
-    # the reason lists each kind with the user's lines
+    # the first refused statement alone hid the second in-place call and the loop: the reason
+    # lists each kind with the user's lines (the tuple unpacked before them is inlined)
     module = load_module(tmp_path, MATCHING)
     _, _, ctx = _inline(module.caller)
-    first = module.match.__code__.co_firstlineno + 1
+    first = module.match.__code__.co_firstlineno + 2
     note, = [n for n in ctx.report.notes if "helper match is not inlined" in n]
     assert note.endswith(
-        f"line {first}: only assignments to plain names (and to items of tensors it made) before "
-        "the row writes (no loops, branches on values, global, try/with, nested defs); "
-        f"a tuple unpacked at line {first}; a call for its effect at lines {first + 1}, "
-        f"{first + 2}; a `for` loop at line {first + 3}"), note
+        f"line {first}: only assignments to plain names or tuples of them (and to items of "
+        "tensors it made) before the row writes (no loops, branches on values, global, "
+        f"try/with, nested defs); a call for its effect at lines {first}, {first + 1}; "
+        f"a `for` loop at line {first + 2}"), note
+
+
+UNPACKING = '''import torch
+
+
+def nearest(d, dim=0):
+    values, indices = d.min(dim=dim)
+    return values.mean()
+
+
+def starred(d):
+    first, *rest = d.unbind(0)
+    return first.sum()
+
+
+def caller(dists):
+    loss = 0
+    for i in range(dists.shape[0]):
+        loss = loss + nearest(dists[i], dim=1) + starred(dists[i])
+    return loss
+'''
+
+
+def test_a_helper_unpacking_a_tuple_into_names_is_inlined(tmp_path):
+    module = load_module(tmp_path, UNPACKING)
+    body, guards, ctx = _inline(module.caller)
+    assert body == _golden("""
+_nearest_d = dists[i]
+_nearest_dim = 1
+_nearest_values, _nearest_indices = _nearest_d.min(dim=_nearest_dim)
+_nearest = _nearest_values.mean()
+loss = loss + _nearest + starred(dists[i])
+""")
+    assert guards == ["nearest is _nearest_inlined"]
+    assert any("helper starred is not inlined" in n and "a tuple unpacked" in n
+               for n in ctx.report.notes), ctx.report.notes
+    dists = torch.rand(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert_equivalent(module.caller, optimize_loss(module.caller, compile=False), dists)

@@ -173,6 +173,44 @@ def pair_squared(a, b):
     e = torch.cdist(b, a).square()
     return x + e.amin(1).mean()
 
+def shared_past_unpack(x, y):
+    s = x.sum(0)
+    values, indices = y.max(0)
+    t = x.sum(0)
+    return s.sum() + values.sum() + t.sum()
+
+def shared_past_copy(x, y):
+    s = x.sum(0)
+    p = s
+    t = x.sum(0)
+    return p.sum() + t.sum()
+
+def shared_past_expand_as(x, y):
+    s = x.sum(0)
+    r = y[0].expand_as(s)
+    t = x.sum(0)
+    return (s * r).sum() + t.sum()
+
+def unpack_rebinds(x, y):
+    s = x.sum(0)
+    x, indices = y.max(0)
+    t = x.sum(0)
+    return s.sum() + t.sum()
+
+def copy_escapes(x, y):
+    s = x.sum(0)
+    p = s
+    t = x.sum(0)
+    p.add_(1)
+    return s.sum() + t.sum()
+
+def expanded_receiver_escapes(x, y):
+    s = x.sum(0)
+    r = s.expand_as(y)
+    t = x.sum(0)
+    r.add_(1)
+    return s.sum() + t.sum()
+
 def pair_escapes(a, b):
     if a.dim() == 2:
         d = torch.cdist(a, b)
@@ -186,7 +224,8 @@ def pair_escapes(a, b):
 UNCHANGED = ["product_of_arguments", "infinite_derivative", "pair_squared", "rebound_between", "written_between", "random_value", "escapes_into_tuple", "augmented",
              "view_escapes", "walrus_alias", "constants", "in_branches", "pair_written_between",
              "pair_exclusive", "pair_reads_another_name", "pair_in_loop", "pair_escapes",
-             "pair_rebinds_operand", "pair_selected", "pair_transposed_value"]
+             "pair_rebinds_operand", "pair_selected", "pair_transposed_value",
+             "unpack_rebinds", "copy_escapes", "expanded_receiver_escapes"]
 
 
 def _source(fn_name: str) -> ast.Module:
@@ -235,8 +274,19 @@ def test_golden_swapped_pair_read_by_another_op():
         "and (_pair[2] is b) else torch.cdist(b, a)) * a"), out
 
 
+PAST = ["shared_past_unpack", "shared_past_copy", "shared_past_expand_as"]
+
+
+@pytest.mark.parametrize("name", PAST)
+def test_golden_shared_past_unpacks_copies_and_shape_reads(name):
+    # ``v, i = y.max(0)`` binds two names (the rest is still known); ``p = s`` copies into a
+    # confined name; ``y.expand_as(s)`` reads only ``s``'s shape
+    out = _run_pass(_source(name))
+    assert out == unparse(_source(name)).replace("t = x.sum(0)", "t = s"), out
+
+
 @pytest.mark.parametrize("name", ["two_helpers", "two_directions", "pair_operand_outside",
-                                  *UNCHANGED])
+                                  *PAST, *UNCHANGED])
 def test_second_run_changes_nothing(name):
     once = _run_pass(_source(name))
     assert _run_pass(ast.parse(once)) == once
@@ -322,3 +372,21 @@ def test_swapped_pair_read_by_another_op_equivalent(user, dtype):
         b = torch.randn(3, 3, generator=gen, dtype=dtype, requires_grad=True)
         assert_equivalent(user.pair_operand_outside, fast, x, b)
         assert_equivalent(user.pair_operand_outside, fast, x, x)
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", PAST + ["unpack_rebinds", "copy_escapes"])
+def test_shared_past_unpacks_copies_and_shape_reads_equivalent(user, name, dtype):
+    fn = getattr(user, name)
+    fast = optimize_loss(fn, compile=False)
+    assert ("t = s\n" in fast.report.rewritten_source) == (name in PAST)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=gen, dtype=dtype)
+    y = torch.randn(4, 3, generator=gen, dtype=dtype)
+    bad = x.clone()
+    bad[1, 2], bad[2, 0] = float("nan"), float("inf")
+    for a in (x, bad):
+        args = [a.clone().requires_grad_(), y.clone().requires_grad_()]
+        assert_equivalent(fn, fast, *args)
+        assert fast(*args).dtype == dtype

@@ -67,9 +67,9 @@ caller's changes; the loop stages judge the write like any in the body.
 Refused (the call stays, the loop is mapped with ``torch.vmap``; a note in the report says why):
 a helper that is not a plain module-level function of the caller's module and file (methods,
 lambdas, closures, nested functions, builtins), has decorators, ``*args``/``**kwargs``, no
-source, or a body (its branches decided) other than simple assignments to plain names (and
-items of tensors it made) and one final ``return expr`` (loops, an ``if`` on anything else,
-``global``, ``try``/``with``, nested ``def``s, lambdas, comprehensions, walrus, ``yield``), reads a local before binding it, reads ``locals()``-like builtins or mangled
+source, or a body (its branches decided) other than simple assignments to plain names or tuples
+of them (and items of tensors it made) and one final ``return expr`` (loops, an ``if`` on
+anything else, ``global``, ``try``/``with``, nested ``def``s, lambdas, comprehensions, walrus, ``yield``), reads a local before binding it, reads ``locals()``-like builtins or mangled
 ``__names``, calls itself (directly or through the helpers being inlined), has a default that
 is not a constant, or reads a global the caller shadows (a parameter, local or closure variable
 of the caller); a call with ``*``/``**`` arguments or arguments that do not match; a call
@@ -407,11 +407,11 @@ def _parse_helper(fn: types.FunctionType, ctx: PassContext, seen: tuple = (),
         raise Unsupported("it rebinds the index of a row it writes")
     fresh = _fresh_locals(head, params, ctx)
     refused = [s for s in head if not isinstance(s, BODY_STATEMENTS) or not all(
-        isinstance(t, ast.Name) or _root(t) in fresh
+        isinstance(t, ast.Name) or _names_tuple(t) or _root(t) in fresh
         for t in getattr(s, "targets", [getattr(s, "target", None)]))]
     if refused:
-        raise Unsupported(f"line {refused[0].lineno}: only assignments to plain names (and to "
-                          f"items of tensors it made) before the "
+        raise Unsupported(f"line {refused[0].lineno}: only assignments to plain names or "
+                          f"tuples of them (and to items of tensors it made) before the "
                           f"{'row writes' if writes else 'return'} (no loops, branches on "
                           f"values, global, try/with, nested defs); {_statement_kinds(refused)}")
     for s in stmts:
@@ -498,6 +498,13 @@ def _filled(value: ast.expr, ctx: PassContext) -> bool:
     """``torch.ones(...)`` and the other constructors of ``loop_rules.FILLED_TENSORS``."""
     name = resolve_call(value.func, ctx) if isinstance(value, ast.Call) else None
     return name is not None and name.removeprefix("torch.") in rules.FILLED_TENSORS
+
+
+def _names_tuple(target: ast.expr) -> bool:
+    """``a, b`` or ``[a, b]`` (no starred or nested target): unpacked as written, it binds only
+    names (renamed fresh), and raises where the original does."""
+    return isinstance(target, (ast.Tuple, ast.List)) \
+        and all(isinstance(e, ast.Name) for e in target.elts)
 
 
 def _root(target: ast.expr) -> str | None:
