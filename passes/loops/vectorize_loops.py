@@ -118,6 +118,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
+from .row_slices_to_params import rows_as_written
 from .runtime_checks import (MARKER, as_written_branch, is_as_written, is_vectorized_guard,
                              proven_tensors)
 
@@ -292,13 +293,21 @@ class _Vectorizer(Transformer):
         # ... and why those split_list took are not distributed
         self.verdicts: dict[tuple[int, int], str] = {}
 
+    def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str,
+                 at: LoopPlan | ast.AST) -> None:
+        """Report the loop at ``lineno`` with ``reason`` quoting only the user's code, as
+        ``LoopPlan.quoted`` spells it on ``at`` (the loop's plan, else its node)."""
+        plan = at if isinstance(at, LoopPlan) else LoopPlan(at, set(), namer=self.ctx.namer)
+        self.ctx.report.add_loop(lineno, vectorized, strategy,
+                                 plan.quoted(rows_as_written(reason, plan)))
+
     def kept(self, comp: ast.expr, reason: str, fission: Callable[[], str]) -> None:
         """Reports ``comp`` kept for ``reason``; ``fission`` says why it is not distributed
         (asked once per comprehension: the vectorized forms copy it)."""
         if (comp.lineno, comp.col_offset) not in self.seen:
             self.seen.add((comp.lineno, comp.col_offset))
-            self.ctx.report.add_loop(comp.lineno, False, "kept",
-                                     f"{reason}; not distributed: {fission()}")
+            self.add_loop(comp.lineno, False, "kept", f"{reason}; not distributed: {fission()}",
+                          comp)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
@@ -349,8 +358,8 @@ class _Vectorizer(Transformer):
     def visit_While(self, node: ast.While) -> ast.AST:
         self.generic_visit(node)
         why = ast_marks.get(node, ast_marks.NOT_COUNTED)
-        self.ctx.report.add_loop(node.lineno, False, "kept",
-                                 f"{why}; not distributed: {_WHILE_NOT_SPLIT}")
+        self.add_loop(node.lineno, False, "kept", f"{why}; not distributed: {_WHILE_NOT_SPLIT}",
+                      node)
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
@@ -381,8 +390,8 @@ class _Vectorizer(Transformer):
             scanned = linear_recurrences_to_scans.scan(node, live, self.ctx, vectorize, **known,
                                                        **self._lists())
             if scanned is not None:
-                self.ctx.report.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
-                                         + _runs_when(scanned.check, {}))
+                self.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
+                              + _runs_when(scanned.check, {}), scanned.rest)
                 self.bound_lists |= scanned.rest.bound_lists  # the rest's appends, stacked
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
@@ -397,13 +406,13 @@ class _Vectorizer(Transformer):
                     ", read in part after the loop"
             if isinstance(fission, str):
                 node = self._inner_loops_again(node, twin, index, before) or node
-                self.ctx.report.add_loop(node.lineno, False, "kept",
-                                         f"{exc.reason}; not distributed: {fission}")
+                self.add_loop(node.lineno, False, "kept",
+                              f"{exc.reason}; not distributed: {fission}", node)
                 return node
             check = fission.plan.checks.expr()
             fp = fission.plan
-            self.ctx.report.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
-                check, fp.stacked, fp.gathered, numbers=fp.number_lists))
+            self.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
+                check, fp.stacked, fp.gathered, numbers=fp.number_lists), fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
@@ -537,9 +546,9 @@ class _Vectorizer(Transformer):
         ``fission`` split and the statement reading its ``result``: that form behind the
         hoisted loop's check."""
         check = fission.plan.checks.expr()
-        self.ctx.report.add_loop(comp.lineno, True, "distributed",
-                                 fission.reason + " (comprehension)" + _runs_when(
-                                     check, fission.plan.stacked, fission.plan.gathered))
+        self.add_loop(comp.lineno, True, "distributed", fission.reason + " (comprehension)"
+                      + _runs_when(check, fission.plan.stacked, fission.plan.gathered),
+                      fission.plan)
         self.seen.add((comp.lineno, comp.col_offset))
         result = self._comprehension(result)  # the statement's next comprehension, if any
         guarded = _guarded(check, comp.lineno, init + fission.stmts + [result], node, node)
@@ -556,11 +565,10 @@ class _Vectorizer(Transformer):
     def _reported(self, plan: LoopPlan, lineno: int, what: str) -> ast.expr:
         """The report entry of a vectorized loop; its runtime check."""
         check = plan.checks.expr()
-        self.ctx.report.add_loop(lineno, True, _strategy(plan),
-                                 _why(plan, self.ctx) + what
-                                 + _runs_when(check, plan.stacked, plan.gathered,
-                                              plan.user_names, plan.number_lists)
-                                 + plan.no_grad_reason)
+        self.add_loop(lineno, True, _strategy(plan),
+                      _why(plan, self.ctx) + what
+                      + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
+                                   plan.number_lists) + plan.no_grad_reason, plan)
         return check
 
 
@@ -589,8 +597,8 @@ def _whole_loop_form(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
         or last_writes_to_scatters.rewrite(node, live, vectorizer.ctx)
     if whole is None:
         return None
-    vectorizer.ctx.report.add_loop(node.lineno, True, "batched",
-                                   whole.why + _runs_when(whole.check, {}))
+    vectorizer.add_loop(node.lineno, True, "batched", whole.why + _runs_when(whole.check, {}),
+                        node)
     return _guarded(whole.check, node.lineno, whole.stmts, clone(node), node)
 
 
@@ -669,8 +677,11 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
         # the user's names of stacked lists (an attribute's as the attribute)
         users = _without_reads(rename(clone(plan.batched_if), {
             s: plan.user_names.get(n, n) for s, n in plan.stacked.items()}), plan.number_kinds)
-        if users is not None:
-            parts.append(f"vmap where `{unparse(users)}` does not hold")
+        shown = users is not None and plan.quoted(f"`{unparse(users)}`")
+        if shown and shown.startswith("`"):
+            parts.append(f"vmap where {shown} does not hold")
+        elif shown:  # a check on the rewrite's own values (a scan's states, say)
+            parts.append("vmap where the batched form's check does not hold")
     return "; ".join(dict.fromkeys(parts)) or "no effects"
 
 
