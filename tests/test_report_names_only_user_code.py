@@ -5,17 +5,16 @@ strategy a report names is the one that runs."""
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import re
-import warnings
 
 import torch
 
 from passes import loop_run_counters
 from passes.loops.runtime_checks import MARKER
 from rewrite import optimize_loss
-from tests.helpers import EXAMPLE_NAMES, REAL_EXAMPLE_NAMES
+from tests.helpers import EXAMPLE_NAMES, REAL_EXAMPLE_NAMES, run_on_small
+from tests.test_number_list_operands import negated_alpha
 
 
 def report_texts(report) -> list[str]:
@@ -35,11 +34,7 @@ def foreign_names(texts: list[str], source: str) -> set[str]:
 
 
 def _leaks(name: str) -> list[str]:
-    module = importlib.import_module(f"examples.{name}")
-    fn = optimize_loss(module.naive, compile=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fn(*module.make_inputs("small"))
+    module, fn = run_on_small(name)
     texts = report_texts(fn.report)
     return [f"{name}: `{w}` in: " + next(t for t in texts if w in t)
             for w in sorted(foreign_names(texts, inspect.getsource(module)))]
@@ -51,22 +46,6 @@ def test_the_corpus_reports_quote_only_the_users_code():
     assert not leaks, "\n".join(leaks)
 
 
-# A focal loss's class weights from a module-level list: its batched form's check
-# (``1 == prob.dim()``) is false for 4-d logits, so vmap runs, and the report says so.
-ALPHA = [0.25, 0.5, 0.75]
-
-
-def focal_alpha(logits, target, gamma=2.0):
-    prob = logits.softmax(1)
-    loss = 0
-    for c in range(logits.shape[1]):
-        fg = (target == c).to(logits.dtype)
-        pc = prob[:, c]
-        lc = -ALPHA[c] * (1 - pc) ** gamma * torch.log(pc.clamp_min(1e-6)) * fg
-        loss = loss + lc.sum() / fg.sum().clamp_min(1)
-    return loss
-
-
 def per_column(x):
     s = 0
     for c in range(x.shape[1]):
@@ -75,9 +54,11 @@ def per_column(x):
 
 
 def test_the_report_names_the_form_that_ran():
+    # a focal loss's class weights from a module-level list (``-ALPHA[c]``): its batched form's
+    # check (``1 == prob.dim()``) is false for 4-d logits, so vmap runs, and the report says so
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, generator=g).requires_grad_()
-    focal = optimize_loss(focal_alpha, compile=False)
+    focal = optimize_loss(negated_alpha, compile=False)
     focal(logits, torch.randint(0, 3, (2, 4, 4), generator=g))
     assert "loop vectorized (vmap)" in str(focal.report), focal.report
     (loop,) = focal.report.loops
