@@ -90,3 +90,11 @@ def test_a_check_on_a_generated_value_is_not_quoted():
         if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert "check `isinstance(torch.ones(1), torch.Tensor)` was false" in reasons
     assert "a check on a value the rewrite computes was false" in reasons
+
+
+def test_a_reason_names_an_attribute_the_rewrite_reads_with_getattr_as_the_attribute():
+    # the storage's loops read ``self.masks`` ... through ``getattr(self, 'masks', None)``
+    from rewrite import explain
+    from examples.real import rl_a2c_gae_storage
+    reasons = " ".join(loop.reason for loop in explain(rl_a2c_gae_storage.naive).loops)
+    assert "`self.masks`" in reasons and "getattr(" not in reasons, reasons

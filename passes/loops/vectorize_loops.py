@@ -266,6 +266,8 @@ def _visit_branches(vectorizer: "_Vectorizer", node: ast.If,
 class _Vectorizer(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
+        # the user's own ``getattr(x, 'a', None)`` calls, which reasons quote as written
+        self.getattrs = attribute_writes_to_names.written_getattrs(ctx.report.original_source)
         self.live: dict[ast.stmt, set[str]] = {}  # by node: a freed loop's id is reused
         self.numbers: dict[ast.stmt, dict] = {}  # names bound to Python number literals, by loop
         self.filled: dict[ast.stmt, dict[str, int]] = {}  # tensors filled with one number, by loop
@@ -391,7 +393,8 @@ class _Vectorizer(Transformer):
                                                        **self._lists())
             if scanned is not None:
                 self.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
-                              + _runs_when(scanned.check, {}), scanned.rest)
+                              + _runs_when(scanned.check, {}, written=self.getattrs),
+                              scanned.rest)
                 self.bound_lists |= scanned.rest.bound_lists  # the rest's appends, stacked
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
@@ -412,7 +415,8 @@ class _Vectorizer(Transformer):
             check = fission.plan.checks.expr()
             fp = fission.plan
             self.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
-                check, fp.stacked, fp.gathered, numbers=fp.number_lists), fp)
+                check, fp.stacked, fp.gathered, numbers=fp.number_lists, written=self.getattrs),
+                fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
@@ -547,7 +551,8 @@ class _Vectorizer(Transformer):
         hoisted loop's check."""
         check = fission.plan.checks.expr()
         self.add_loop(comp.lineno, True, "distributed", fission.reason + " (comprehension)"
-                      + _runs_when(check, fission.plan.stacked, fission.plan.gathered),
+                      + _runs_when(check, fission.plan.stacked, fission.plan.gathered,
+                                   written=self.getattrs),
                       fission.plan)
         self.seen.add((comp.lineno, comp.col_offset))
         result = self._comprehension(result)  # the statement's next comprehension, if any
@@ -568,7 +573,7 @@ class _Vectorizer(Transformer):
         self.add_loop(lineno, True, _strategy(plan),
                       _why(plan, self.ctx) + what
                       + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
-                                   plan.number_lists) + plan.no_grad_reason, plan)
+                                   plan.number_lists, self.getattrs) + plan.no_grad_reason, plan)
         return check
 
 
@@ -597,8 +602,8 @@ def _whole_loop_form(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
         or last_writes_to_scatters.rewrite(node, live, vectorizer.ctx)
     if whole is None:
         return None
-    vectorizer.add_loop(node.lineno, True, "batched", whole.why + _runs_when(whole.check, {}),
-                        node)
+    vectorizer.add_loop(node.lineno, True, "batched",
+                        whole.why + _runs_when(whole.check, {}, written=vectorizer.getattrs), node)
     return _guarded(whole.check, node.lineno, whole.stmts, clone(node), node)
 
 
@@ -708,13 +713,16 @@ def _numbers(init: list[ast.stmt]) -> set[str]:
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],
                gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
-               numbers: set[str] = frozenset()) -> str:
+               numbers: set[str] = frozenset(), written: frozenset[str] = frozenset()) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
     named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
-    written through an attribute as the attribute."""
+    written through an attribute as the attribute, an attribute the rewrite reads with ``getattr``
+    as the attribute (a ``getattr`` call of ``written``, the user's own, as written)."""
     user_names = user_names or {}
-    found = sorted({user_names.get(unparse(x), unparse(x)) for x in proven_tensors(check)})
+    shown = [unparse(attribute_writes_to_names.unguarded(x, written))
+             for x in proven_tensors(check)]
+    found = sorted({user_names.get(n, n) for n in shown})
     gathered = gathered or {}
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
     shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it
