@@ -10,9 +10,10 @@ import re
 
 import torch
 
+from examples.real import rl_a2c_gae_storage
 from passes import loop_run_counters
 from passes.loops.runtime_checks import MARKER
-from rewrite import optimize_loss
+from rewrite import explain, optimize_loss
 from tests.helpers import EXAMPLE_NAMES, REAL_EXAMPLE_NAMES, run_on_small
 from tests.test_number_list_operands import negated_alpha
 
@@ -94,7 +95,5 @@ def test_a_check_on_a_generated_value_is_not_quoted():
 
 def test_a_reason_names_an_attribute_the_rewrite_reads_with_getattr_as_the_attribute():
     # the storage's loops read ``self.masks`` ... through ``getattr(self, 'masks', None)``
-    from rewrite import explain
-    from examples.real import rl_a2c_gae_storage
     reasons = " ".join(loop.reason for loop in explain(rl_a2c_gae_storage.naive).loops)
     assert "`self.masks`" in reasons and "getattr(" not in reasons, reasons
