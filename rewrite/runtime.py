@@ -251,7 +251,8 @@ class OptimizedFunction:
             seen.clear()  # the captured values are not kept
             return kept
         probed = self._copy(rewritten, lambda tree: loop_run_counters.instrument(
-            loop_regions.probe(tree, lines, _PROBE), _COUNTER), {_COUNTER: report, _PROBE: record})
+            loop_regions.probe(tree, lines, _PROBE), _COUNTER, report.original_source,
+            {frontend.TORCH_ALIAS: "torch"}), {_COUNTER: report, _PROBE: record})
         return probed, judge
 
     def _region_guards(self, rewritten: Callable, lines: frozenset[int]) -> dict[int, tuple]:
