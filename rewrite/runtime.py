@@ -18,7 +18,8 @@ for the band (``rewrite.loop_choice``). Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
 back before the next step runs. With ``compile=True`` the first call of a signature also compares
 the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``); what
-such a check's run changes in a module or an object among the arguments is put back after it.
+such a check's run (and the lint's, ``lint=True``) changes in a module or an object among the
+arguments is put back after it.
 """
 from __future__ import annotations
 
@@ -365,7 +366,8 @@ class OptimizedFunction:
                 self._remember(key, self._original)
                 return self._original
             if self._options.lint:
-                lint_warn(self._original, args, kwargs)
+                with self._state_kept(args, kwargs):
+                    lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
             counted_from = self._report.iterations  # the compiled path counts in _check_compiled
             impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
@@ -484,14 +486,21 @@ class OptimizedFunction:
 
     def _beside(self, fn: Callable, args: tuple, kwargs: dict) -> tuple:
         """``outputs_and_gradients`` of a run beside the call (a check's), on clones of the
-        tensors; what it changes in the arguments the function may change (a module's
-        ``self.center = ...`` or buffer, a list it appends to) is put back after it, so that the
-        call changes them once, as the original does, and every run starts from the same state."""
-        # every parameter: a method it calls on a module or an object (``self.update_center(t)``)
-        # may change it, which ``_mutated`` does not follow
-        saved = _Saved(self._signature, tuple(self._signature.parameters), args, kwargs)
-        try:
+        tensors, the arguments' state kept (``_state_kept``)."""
+        with self._state_kept(args, kwargs):
             return outputs_and_gradients(fn, args, kwargs)
+
+    @contextlib.contextmanager
+    def _state_kept(self, args: tuple, kwargs: dict) -> Iterator[None]:
+        """What a run beside the call changes in the arguments (a module's ``self.center = ...``
+        or buffer, a list it appends to) is put back after it, so that the call changes them
+        once, as the original does, and every run starts from the same state. Every parameter:
+        a method the function calls on a module or an object (``self.update_center(t)``) may
+        change it, which ``_mutated`` does not follow."""
+        signature = inspect.signature(self._original)
+        saved = _Saved(signature, tuple(signature.parameters), args, kwargs)
+        try:
+            yield
         finally:
             if not saved.restore():
                 raise self._error("a check's run changed an argument that requires grad in "

@@ -84,3 +84,12 @@ def test_an_unchanged_saved_buffer_is_not_written_back():
     fast(x).backward()  # a write back into `w` would fail this backward's version check
     assert module.w._version == version and module.calls == 1
     torch.testing.assert_close(x.grad, module.w.expand(5, 3))
+
+
+def test_the_lint_run_keeps_the_state():
+    mine, theirs = Centered(True), Centered(True)
+    fast = optimize_loss(mine, compile=False, lint=True)
+    student, teacher = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8)
+    torch.testing.assert_close(fast(student, teacher), theirs(student, teacher))
+    torch.testing.assert_close(mine.center, theirs.center, rtol=0, atol=0)
+    assert mine.calls == theirs.calls == 1
