@@ -168,6 +168,28 @@ def test_discounted_returns_reversed_with_terminal_steps(dtype):
     assert strategies(report) == {4: "scan"}
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vtrace_errors_written_in_a_reversed_loop_report_the_users_names(dtype):
+    """The step loop stacks ``discount`` (a parameter may be a list of tensors): the report names
+    it as the user's list, never by its stacked copy's generated name."""
+    src = """
+        def f(v, td, discount, c):
+            err = 0.0
+            errors = torch.zeros_like(v)
+            for i in reversed(range(v.shape[0])):
+                err = td[i] + discount[i] * c[i] * err
+                errors[i] = err
+            return ((errors.detach() + v) ** 2).mean()
+        """
+    original, rewritten, _, report = build(src)
+    assert_equivalent(original, rewritten, randn(7, 3, dtype=dtype), randn(7, 3, dtype=dtype, seed=2),
+                      0.99 * (1 - dones(7, 3, dtype=dtype)), randn(7, 3, dtype=dtype, seed=3).abs())
+    assert strategies(report) == {4: "scan"}
+    reason = report.loops[0].reason
+    assert "`c`, `discount`, `td` are a tensor or a list or tuple of tensors" in reason
+    assert "_stacked" not in reason
+
+
 FRONT_INSERTS = """
     def f(values, rewards, gamma):
         T = rewards.shape[0]

@@ -97,6 +97,8 @@ class Scan:
     rest: LoopPlan
     states: list[str]
     numbers: bool = False  # also scans lists of Python numbers (scan_python_numbers)
+    # the user's list of each stacked name the check reads (the step loop's and the rest's)
+    stacked: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,8 +196,9 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         stmts = lagged.stmts + [ast.copy_location(ast.If(test=check, body=stmts,
                                                          orelse=[clone(node)]), node)]
         check = lagged.check
+    stacked = {k: v for f in firsts + [rest] for k, v in f.stacked.items()}
     return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found],
-                numbers is not None)
+                numbers is not None, stacked)
 
 
 def _ends(found: list[_Recurrence], it: Iteration, reverse: bool, values: dict[str, str],

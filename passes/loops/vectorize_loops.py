@@ -393,8 +393,9 @@ class _Vectorizer(Transformer):
                                                        **self._lists())
             if scanned is not None:
                 self.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
-                              + _runs_when(scanned.check, {}, written=self.getattrs),
-                              scanned.rest)
+                              + _runs_when(scanned.check, scanned.stacked,
+                                           user_names=scanned.rest.user_names,
+                                           written=self.getattrs), scanned.rest)
                 self.bound_lists |= scanned.rest.bound_lists  # the rest's appends, stacked
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
