@@ -84,7 +84,7 @@ def test_reasons():
                             "`state.total += F.mse_loss(x[i], y[i]) * state.scale`: assigns "
                             "`state.total`: mutates an object")
     kept = rewrite_source(SOURCES["reads_what_the_residual_writes"])[1].loops[0].reason
-    assert "reads `state`, which line 4 (residual) binds" in kept
+    assert "reads `state`, which line 4 (residual) changes in place" in kept
 
 
 def fresh(fn, limit=10):

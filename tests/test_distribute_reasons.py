@@ -173,3 +173,23 @@ def test_a_kept_loop_lists_each_statement_once_without_generated_names():
     assert reason.count("<test>:5 `n = torch.logsumexp(n, dim=1)`") == 1
     assert "<test>:5 `n = torch.logsumexp(n, dim=1)`: reads `n`, which line 4 (residual) " \
            "binds" in reason
+
+
+def test_a_name_handed_to_an_unknown_function_is_not_said_to_be_bound():
+    # per-sequence CTC: `F.ctc_loss` is not in the registry, so it may change the lengths it is
+    # handed, and the slices reading them stay residual; the reason says so, not that line 6
+    # binds `in_lens` (it never does), and `state.total += ...` changes `state` in place
+    _, report = rewrite_source("""
+        def f(lp, tg, in_lens, tgt_lens):
+            total = 0
+            for i in range(lp.shape[1]):
+                a = lp[:in_lens[i], i:i + 1]
+                b = tg[i:i + 1, :tgt_lens[i]]
+                total += F.ctc_loss(a, b, in_lens[i:i + 1], tgt_lens[i:i + 1], reduction="sum")
+            return total
+        """)
+    reason = report.loops[0].reason
+    assert report.loops[0].strategy == "kept"
+    assert "<test>:4 `a = lp[:in_lens[i], i:i + 1]`: reads `in_lens`, which line 6 (residual) " \
+           "hands to `F.ctc_loss(...)`, which may change it" in reason
+    assert "(residual) binds" not in reason

@@ -733,7 +733,8 @@ def _dependence(split: _Split, k: int, written: dict[str, int], read: dict[str, 
     s = body[k]
     for n in sorted(_reads(s) & written.keys()):
         if not _attributes_apart(s, [body[j] for j in split.residual], n, ctx):
-            return f"reads `{n}`, which line {body[written[n]].lineno} (residual) binds"
+            return f"reads `{n}`, which line {body[written[n]].lineno} (residual) " \
+                   f"{_how_written(body[written[n]], n, ctx)}"
     for n in sorted(_writes(s, ctx)):
         if n in written:
             return f"binds `{n}`, as line {body[written[n]].lineno} (residual) does"
@@ -838,13 +839,33 @@ def _writes(s: ast.stmt, ctx: PassContext) -> set[str]:
     own = {t for c in walk(s) if isinstance(c, ast.comprehension) for t in walk(c.target)}
     names = {n.id for n in walk(s) if isinstance(n, ast.Name) and n not in own
              and isinstance(n.ctx, (ast.Store, ast.Del))}
+    return names | set(_handed_on(s, ctx)) | _mutated(s, ctx) | loop_dataflow.stores_in([s])
+
+
+def _handed_on(s: ast.stmt, ctx: PassContext) -> dict[str, ast.Call]:
+    """The names ``s`` hands to a function that may change them (one the registry does not
+    know, see ``_writes``), each with the first such call."""
+    found: dict[str, ast.Call] = {}
     for n in walk(s):
         if isinstance(n, ast.Call) and call_op(n, ctx) is ops.UNKNOWN \
                 and loop_dataflow.method_name(n, ctx) is None \
                 and inline_helper_calls.inlinable_helper(n, ctx) is None \
                 and not module_loss_calls.loss_class(n, ctx):
-            names |= {r for r in map(root_name, n.args) if r}
-    return names | _mutated(s, ctx) | loop_dataflow.stores_in([s])
+            for r in map(root_name, n.args):
+                if r:
+                    found.setdefault(r, n)
+    return found
+
+
+def _how_written(s: ast.stmt, name: str, ctx: PassContext) -> str:
+    """How residual statement ``s`` writes ``name`` (one of ``_writes``), said in a reason: a
+    name only handed to an unknown function is not bound, that function may change it."""
+    if name in _mutated(s, ctx) - loop_dataflow.stores_in([s]):
+        return "changes in place"
+    call = _handed_on(s, ctx).get(name)
+    if call is not None and name not in loop_dataflow.stores_in([s]):
+        return f"hands to `{unparse(call.func)}(...)`, which may change it"
+    return "binds"
 
 
 def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:
