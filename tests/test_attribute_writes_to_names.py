@@ -100,3 +100,18 @@ def test_the_attribute_is_read_only_where_the_loop_reads_it():
     assert fast.report.loops[0].runs()["vectorized"] == 1
     for obj, n in ((object(), 0), (object(), 5), (_Storage(0), 0)):
         assert _outcome(fast, obj, g[:n], v[:n]) == _outcome(_Storage.fill, obj, g[:n], v[:n])
+
+
+def test_a_refused_write_through_an_attribute_is_quoted_as_the_user_wrote_it():
+    # a MoCo queue filled in place at `j % K`: the vectorizer refuses the write it sees through
+    # the name bound to `self.queue`; the reason quotes `self.queue[...]`, not that name
+    src = """
+        def f(self, keys):
+            for j in range(keys.shape[0]):
+                self.queue[:, j % self.K] = keys[j]
+        """
+    _, _, _, report = build(src)
+    reason = report.loops[0].reason
+    assert strategies(report) == {2: "kept"}
+    assert reason.startswith("write `self.queue[:, j % self.K]`: a data-dependent index")
+    assert "_queue" not in reason

@@ -219,9 +219,15 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
 
 
 def vectorize(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    """``plan`` through every stage; raises ``Unsupported``."""
-    for stage in LOOP_STAGES:
-        plan = stage.stage(plan, ctx)
+    """``plan`` through every stage; raises ``Unsupported``, its reason quoting the user's code
+    where a stage had put a generated name (``_queue[:, j]`` for ``self.queue[:, j]``)."""
+    try:
+        for stage in LOOP_STAGES:
+            plan = stage.stage(plan, ctx)
+    except Unsupported as exc:
+        exc.reason = plan.quoted(exc.reason)
+        exc.args = (exc.reason,)
+        raise
     plan.stmts = plan.first + plan.stmts  # hoisted checks run once, before the vectorized form
     return plan
 
