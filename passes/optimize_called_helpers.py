@@ -62,7 +62,8 @@ the source ``__wrapped__`` leads inspect to) is a helper that calls the function
 
 A wrapper of another module runs as written: the loops of the helpers it closes over are
 reported kept, "called through decorator `weighted_loss` (utils.py:12): its wrapper runs
-`per_class` as written".
+`per_class` as written"; a wrapper of the standard library or of an installed package is quoted
+as the decorator on the user's ``def`` ("`@torch.no_grad()` (losses.py:30)"), also for a method.
 
 A helper called in a vectorized loop's vmapped body (the ``def`` marked ``ast_marks.MAPPED``)
 runs under vmap: it is rewritten for that (``PassContext.mapped``, ``mapped_op_forms``) also
@@ -89,7 +90,10 @@ from __future__ import annotations
 import ast
 import dis
 import functools
+import inspect
 import os
+import sysconfig
+import textwrap
 import types
 from typing import Any, Callable
 
@@ -326,6 +330,8 @@ class _Redirect(Transformer):
             if not _is_helper(fn, self.ctx):
                 continue
             runs = f"runs `{fn.__qualname__}` as written"
+            if _installed(code.co_filename):  # torch's @torch.no_grad(): quoted on the function
+                maker, where = _decorator_as_written(fn) or (maker, where)
             self._unreached(fn, f"decorator `{maker}` ({where}): its wrapper {runs}"
                             if getattr(wrapper, "__wrapped__", None) is fn
                             else f"`{name}`, made by `{maker}` ({where}), which {runs}")
@@ -414,6 +420,8 @@ class _Redirect(Transformer):
                 self._unreached(method, f"{how}: `type` is not the builtin here")
             elif self._rewrite(method):
                 pairs.append((self._original(method), self._rewrite(method)))
+            elif isinstance(method, types.FunctionType):  # a decorated method's wrapper
+                self._wrapped(method, ast.unparse(node.func))
         new: ast.expr = node
         for original, binding in reversed(pairs):
             fast = ast.Call(ast.Name(binding, ast.Load()), [clone(receiver)]
@@ -568,6 +576,28 @@ def picked_method(obj: Any, name: str, original: Callable, rewritten: Callable) 
     if getattr(type(obj), name, None) is original:
         return functools.partial(rewritten, obj)
     return obj if name == "__call__" else getattr(obj, name)
+
+
+def _installed(filename: str) -> bool:
+    """``filename`` is of the standard library or an installed package (torch's decorators):
+    not the user's code, which a report quotes."""
+    paths = sysconfig.get_paths()
+    return any(filename.startswith(paths[k] + os.sep) for k in ("stdlib", "purelib", "platlib"))
+
+
+def _decorator_as_written(fn: types.FunctionType) -> tuple[str, str] | None:
+    """The one decorator on ``fn``'s ``def`` as the user wrote it (``@torch.no_grad()``) and
+    its file:line; None when there is not exactly one or the source cannot be read."""
+    try:
+        lines, start = inspect.getsourcelines(fn.__code__)
+        func = ast.parse(textwrap.dedent("".join(lines))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return None
+    if not isinstance(func, ast.FunctionDef) or len(func.decorator_list) != 1:
+        return None
+    dec = func.decorator_list[0]
+    return (f"@{ast.unparse(dec)}",
+            f"{os.path.basename(fn.__code__.co_filename)}:{start + dec.lineno - 1}")
 
 
 def _is_helper(fn: object, ctx: PassContext, mapped: bool = False) -> bool:

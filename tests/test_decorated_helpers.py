@@ -124,3 +124,36 @@ def test_a_rebound_free_variable_runs_as_written(tmp_path):
     cell.cell_contents = lambda pred, target, smooth: (pred - target).abs().sum(1) * smooth
     pred, target = torch.rand(2, 5, 4, 4), torch.rand(2, 5, 4, 4)
     assert torch.equal(rebuilt(pred, target, smooth=2.0), module.per_class(pred, target, smooth=2.0))
+
+
+NO_GRAD = '''
+import torch
+
+class Queue(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("queue", torch.zeros(4, 8))
+
+    @torch.no_grad()
+    def enqueue(self, keys):
+        for j in range(keys.shape[0]):
+            self.queue[:, j] = keys[j]
+
+    def forward(self, q, k):
+        loss = (q @ self.queue).logsumexp(1).mean()
+        self.enqueue(k)
+        return loss
+'''
+
+
+def test_a_method_under_torchs_decorator_reports_its_loop_at_the_users_decorator(tmp_path):
+    # a MoCo queue filled under `@torch.no_grad()`: the method runs as written through torch's
+    # wrapper; its loop is listed, quoting the decorator on the user's `def`, not torch's code
+    module = load_module(tmp_path, NO_GRAD)
+    fast = optimize_loss(module.Queue(), compile=False)
+    fast(torch.randn(3, 4, requires_grad=True), torch.randn(3, 4))
+    [loop] = fast.report.loops
+    name = module.__file__.rsplit('/', 1)[-1]
+    assert (loop.lineno, loop.vectorized) == (11, False)
+    assert loop.reason.startswith(f"not rewritten: called through decorator `@torch.no_grad()` "
+                                  f"({name}:9): its wrapper runs `Queue.enqueue` as written")
