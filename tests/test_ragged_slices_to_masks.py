@@ -108,6 +108,27 @@ def test_unconverted_forms_keep_the_loop_with_the_slice_bound_reason(body):
     assert_equivalent(original, optimized, x.detach().nan_to_num(0.0, 0.0, 0.0), lengths.clamp(2, 5))
 
 
+@pytest.mark.parametrize("block, same", [
+    ("r[i * k:(i + 1) * k, i * k:(i + 1) * k]", True),    # Smooth-AP's per-class diagonal block
+    ("r[4 * i:4 * i + 4]", True),
+    ("r[i * k:L]", False),                               # L varies: the size differs too
+    ("r[:L]", False),
+])
+def test_a_slice_at_a_moving_position_says_whether_its_size_varies(block, same):
+    _, _, _, report = build(f"""
+        def f(r, p, lengths, k):
+            ap = 0
+            for i in range(p.shape[0]):
+                L = lengths[i].item()
+                ap = ap + torch.sum(p[i] / {block})
+            return ap
+        """)
+    reason = report.loops[0].reason
+    assert not report.loops[0].vectorized and "slice bound" in reason
+    assert ("though its size is the same" in reason) == same, reason
+    assert ("the slice's size would differ" in reason) != same, reason
+
+
 def test_vectorized_branch_runs(tmp_path):
     module = load_module(tmp_path, "import torch\n\n\n" + dedent(CASES["item_length"]))
     fn = rewrite.optimize_loss(module.f, compile=False)

@@ -9,7 +9,8 @@ written, with the reason at the user's line::
     sum(a if t > 0.5 else b for t in ts[i])  ->  Unsupported("conditional expression on `t > 0.5` ...")
 
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
-``not``, ``in``), slice bounds and steps, the sizes ops take (the registry's ``sizes``: a repeat
+``not``, ``in``), slice bounds and steps (the reason says whether the slice's size varies too,
+``_same_width``: ``r[i * k:(i + 1) * k]`` only moves), the sizes ops take (the registry's ``sizes``: a repeat
 count ``x[i].repeat(lens[i], 1)``, a window length ``torch.hann_window(n_fft)``, a shape
 ``torch.zeros(n)``; under vmap a tensor, which no op takes as a size), Python numbers made of tensors (``.item()``, ``int(t)``,
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``) and masks a function of the
@@ -151,10 +152,13 @@ class _Check:
                 self.refuse(f"`{self.quote(node)}`: boolean mask indexing by what `{helper}` "
                             "returns (the number of selected elements varies per iteration)",
                             node)
-        for bound in (b for e in entries if isinstance(e, ast.Slice)
-                      for b in (e.lower, e.upper, e.step) if varies(b)):
-            self.refuse(f"`{self.quote(node)}`: slice bound `{self.quote(bound)}` varies per "
-                        "iteration (the slice's size would differ between iterations)", node)
+        for e in (e for e in entries if isinstance(e, ast.Slice)):
+            for bound in (b for b in (e.lower, e.upper, e.step) if varies(b)):
+                why = "(vmap takes no slice at a position that varies, though its size is the " \
+                    "same)" if _same_width(e, variant) else \
+                    "(the slice's size would differ between iterations)"
+                self.refuse(f"`{self.quote(node)}`: slice bound `{self.quote(bound)}` varies "
+                            f"per iteration {why}", node)
         if isinstance(node, ast.Call):
             self.call(node, varies)
 
@@ -422,3 +426,31 @@ def _tested_values(test: ast.expr) -> list[ast.expr]:
             and test.func.id in _TYPE_TESTS:
         return []
     return [test]
+
+
+
+def _same_width(entry: ast.Slice, variant: set[str]) -> bool:
+    """``entry`` is ``a:b`` with ``b - a`` the same in every iteration, both bounds sums and
+    products of names and ints (``i * k:(i + 1) * k``, ``4 * i:4 * i + 4``): evaluated at two
+    iterations, each name that varies a different value in each, for two draws of the others."""
+    if entry.step is not None or entry.lower is None or entry.upper is None:
+        return False
+    try:
+        widths = {(draw, _value(entry.upper, variant, draw, at)
+                   - _value(entry.lower, variant, draw, at)) for draw in (3, 11) for at in (2, 5)}
+    except ValueError:  # anything but names, ints, +, -, *
+        return False
+    return len(widths) == 2  # one width per draw, whatever the iteration
+
+
+def _value(n: ast.expr, variant: set[str], draw: int, at: int) -> int:
+    """``n`` on ints: a name that varies depends on the iteration ``at``, another on ``draw``."""
+    if isinstance(n, ast.Constant) and type(n.value) is int:
+        return n.value
+    if isinstance(n, ast.Name):
+        code = sum(map(ord, n.id)) % 97 + 1
+        return at * code + code if n.id in variant else draw * code
+    if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Sub, ast.Mult)):
+        a, b = _value(n.left, variant, draw, at), _value(n.right, variant, draw, at)
+        return a + b if isinstance(n.op, ast.Add) else a - b if isinstance(n.op, ast.Sub) else a * b
+    raise ValueError(ast.dump(n))
