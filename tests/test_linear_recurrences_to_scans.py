@@ -182,8 +182,9 @@ def test_vtrace_errors_written_in_a_reversed_loop_report_the_users_names(dtype):
             return ((errors.detach() + v) ** 2).mean()
         """
     original, rewritten, _, report = build(src)
-    assert_equivalent(original, rewritten, randn(7, 3, dtype=dtype), randn(7, 3, dtype=dtype, seed=2),
-                      0.99 * (1 - dones(7, 3, dtype=dtype)), randn(7, 3, dtype=dtype, seed=3).abs())
+    assert_equivalent(original, rewritten, randn(7, 3, dtype=dtype),
+                      randn(7, 3, dtype=dtype, seed=2), 0.99 * (1 - dones(7, 3, dtype=dtype)),
+                      randn(7, 3, dtype=dtype, seed=3).abs())
     assert strategies(report) == {4: "scan"}
     reason = report.loops[0].reason
     assert "`c`, `discount`, `td` are a tensor or a list or tuple of tensors" in reason

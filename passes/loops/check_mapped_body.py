@@ -10,7 +10,8 @@ written, with the reason at the user's line::
 
 Refused when they vary per iteration: Python conditions (``if``, ``x if c else y``, ``and``/``or``,
 ``not``, ``in``), slice bounds and steps (the reason says whether the slice's size varies too,
-``_same_width``: ``r[i * k:(i + 1) * k]`` only moves), the sizes ops take (the registry's ``sizes``: a repeat
+``_same_width``: ``r[i * k:(i + 1) * k]`` only moves), the sizes ops take (the registry's
+``sizes``: a repeat
 count ``x[i].repeat(lens[i], 1)``, a window length ``torch.hann_window(n_fft)``, a shape
 ``torch.zeros(n)``; under vmap a tensor, which no op takes as a size), Python numbers made of tensors (``.item()``, ``int(t)``,
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``) and masks a function of the
