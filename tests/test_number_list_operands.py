@@ -43,6 +43,17 @@ def every_operator_of_bools(x, w):
     return loss
 
 
+def zipped_levels(outs, target, weights=None):
+    """FlowNet's multi-scale EPE: level weights zipped with the outputs (a list of the
+    function's own by default; zip stops at the shorter)."""
+    if weights is None:
+        weights = [0.005, 0.01, 0.02, 0.08, 0.32]
+    loss = 0.0
+    for out, w in zip(outs, weights):
+        loss += w * torch.norm(target - out, 2, 1).sum() / out.shape[0]
+    return loss
+
+
 # the medical-segmentation DiceLoss's loop (TransUNet's utils.py), its default class weights
 WEIGHTED = inspect.getsource(weighted)
 
@@ -358,3 +369,18 @@ def test_the_vmap_condition_reads_no_generated_kind(fn):
     from rewrite import explain
     reason = explain(fn).loops[0].reason
     assert "_kind" not in reason, reason
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weights, levels", [(None, 5), (None, 3), ((1, 2, 3), 4), ([0.5, 2.0], 2)],
+                         ids=["own list", "fewer outputs", "int tuple", "float list"])
+def test_zipped_weights_are_read_as_items(weights, levels, dtype):
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(2, 2, 3, 3, generator=g, dtype=dtype, requires_grad=True)
+            for _ in range(levels)]
+    target = torch.randn(2, 2, 3, 3, generator=g, dtype=dtype)
+    fast = optimize_loss(zipped_levels, compile=False, keep_faster=False)
+    assert_equivalent(zipped_levels, fast, outs, target, weights)
+    assert fast(outs, target, weights).dtype == dtype
+    loop = fast.report.loops[0]
+    assert loop.vectorized_runs > 0 and loop.original_runs == 0, loop.last_failure

@@ -26,6 +26,10 @@ reads attributes of (``attribute_writes_to_names.only_read``) is read through a 
 in front of the guard (``_weight = self.weight``), which is then such a list; the loop as
 written still reads the attribute, and the report names it.
 
+A list zipped with the loop's other lists (``for out, w in zip(outs, weights)``, FlowNet's
+level weights) has its element read as the item at the loop index when every read of it is
+such an operand, none with another element (``_elements_read_as_items``).
+
 A list of the module (``CLASS_WEIGHTS = [0.1, 0.3, 0.3, 0.3]``, a global the function does not
 bind) is read as a parameter's is: what it holds at each call is checked there. A name the body
 binds to an item first (``w = CLASS_WEIGHTS[c]``, then ``w * dice``; bound nowhere else in the
@@ -58,6 +62,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     candidates = (plan.list_names - stores_in(plan.body)) | _attribute_lists(plan) \
         | _global_lists(plan, ctx)
     body, plan.body = plan.body, _items_read_through_names(plan, candidates)
+    plan.body = _elements_read_as_items(plan, candidates, ctx)
     found = _found(plan, candidates, ctx)
     if plan.body is not body and not set(found) >= _listed_items(body, plan, candidates):
         plan.body = body  # a name bound to an item is read otherwise: the body as it was
@@ -120,6 +125,28 @@ def _items_read_through_names(plan: LoopPlan, candidates: set[str]) -> list[ast.
         body[k] = None
         body[k + 1:] = [ReadsAs(name, s.value).visit(clone(t)) for t in body[k + 1:]]
     return plan.body if None not in body else [s for s in body if s is not None]
+
+
+def _elements_read_as_items(plan: LoopPlan, candidates: set[str],
+                            ctx: PassContext) -> list[ast.stmt]:
+    """The body with each element of a candidate list (``w`` of ``for out, w in zip(outs,
+    weights)``, bound nowhere in the body, not read after the loop) read as the item at the
+    loop index (``weights[_i]``) where every read of it is then such an operand, and none with
+    another element (``p - t`` of ``zip(preds, targets)``: items, likely tensors)."""
+    elements = {e for e, _ in plan.iteration.elements}
+    for name, source in plan.iteration.elements:
+        if not (isinstance(source, ast.Name) and source.id in candidates) \
+                or name in stores_in(plan.body) or name in plan.live_after:
+            continue
+        item = ast.Subscript(clone(source), ast.Name(plan.iteration.index, ast.Load()),
+                             ast.Load())
+        kept, plan.body = plan.body, [ReadsAs(name, item).visit(clone(s)) for s in plan.body]
+        pairs = [(n.left, n.right) for s in kept for n in walk(s) if isinstance(n, ast.BinOp)]
+        if source.id not in _found(plan, {source.id}, ctx) or any(
+                {_key(_signed(a)), _key(_signed(b))} <= elements and name in (
+                    _key(_signed(a)), _key(_signed(b))) for a, b in pairs):
+            plan.body = kept
+    return plan.body
 
 
 def _listed_items(body: list[ast.stmt], plan: LoopPlan, candidates: set[str]) -> set[str]:
