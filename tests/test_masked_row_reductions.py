@@ -105,3 +105,25 @@ def f(x, lengths, w):
         x, _ = _episode(dtype, True, (3, 6, 4))
         for lengths in (torch.tensor([2, 6, 0]), torch.tensor([-1, 9, 3])):
             assert_equivalent(original, optimized, x, lengths, None)
+
+
+@pytest.mark.parametrize("index", ["same[i] & ~eye[i]", "~same[i]", "(sim[i] > 0) | same[i]"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logic_on_mask_rows_keeps_the_loop(index, dtype):
+    # circle loss per anchor: the positives `sim[i][same[i] & ~eye[i]]` select a number of
+    # items that varies; vmap raises at such an index on every call, so the loop is kept (it
+    # was reported vectorized, and each call fell back to the original with a warning)
+    original, rewritten, _, report = build(f"""
+        def f(sim, labels):
+            same = labels[:, None] == labels[None, :]
+            eye = torch.eye(len(labels), dtype=torch.bool)
+            out = []
+            for i in range(sim.shape[0]):
+                sp = sim[i][{index}]
+                out.append(torch.logsumexp(sp * 4, 0))
+            return torch.stack(out).sum()
+        """)
+    assert strategies(report) == {5: "kept"}
+    assert "boolean mask indexing" in report.loops[0].reason
+    sim = torch.randn(6, 6, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    assert_equivalent(original, rewritten, sim.requires_grad_(), torch.arange(6) % 3)

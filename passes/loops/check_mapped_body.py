@@ -14,7 +14,8 @@ Refused when they vary per iteration: Python conditions (``if``, ``x if c else y
 ``sizes``: a repeat
 count ``x[i].repeat(lens[i], 1)``, a window length ``torch.hann_window(n_fft)``, a shape
 ``torch.zeros(n)``; under vmap a tensor, which no op takes as a size), Python numbers made of tensors (``.item()``, ``int(t)``,
-``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``) and masks a function of the
+``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``, also ``x[i][same[i] &
+~eye[i]]``, logic on them, and comparisons) and masks a function of the
 module returns indexing (``e[k, pick(y, k, flag)]``, ``_helper_mask``), ops whose result's shape depends on the values (``masked_select``, the
 registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
 call such ops in their own bodies (``_helper_selection``: mapped with vmap, they raise on every
@@ -141,12 +142,12 @@ class _Check:
                 and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
             self.refuse(f"`{self.quote(node)}`: an `in` test on values that vary per iteration",
                         node)
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Name) \
-                and node.slice.id in self.masks:
-            self.refuse(f"`{self.quote(node)}`: boolean mask indexing (the number of selected "
-                        "elements varies per iteration)", node)
         entries = node.slice.elts if isinstance(node, ast.Subscript) and isinstance(
             node.slice, ast.Tuple) else [node.slice] if isinstance(node, ast.Subscript) else []
+        if any(isinstance(e, ast.Name) and e.id in self.masks
+               or varies(e) and self.mask_index(e) for e in entries):
+            self.refuse(f"`{self.quote(node)}`: boolean mask indexing (the number of selected "
+                        "elements varies per iteration)", node)
         for call in (e for e in entries if isinstance(e, ast.Call) and varies(e)):
             helper = _helper_mask(call, self.ctx)
             if helper:
@@ -162,6 +163,17 @@ class _Check:
                             f"per iteration {why}", node)
         if isinstance(node, ast.Call):
             self.call(node, varies)
+
+    def mask_index(self, entry: ast.expr) -> bool:
+        """``entry`` may be a boolean mask: a row of one, a comparison, or logic on them (``same
+        & ~eye``: either side boolean, as a mask made with ``dtype=torch.bool`` is no name of
+        ``masks``; an int result would index rows, which keeps the loop for nothing worse)."""
+        if isinstance(entry, ast.BinOp) and isinstance(entry.op, (ast.BitAnd, ast.BitOr,
+                                                                  ast.BitXor)):
+            return self.mask_index(entry.left) or self.mask_index(entry.right)
+        if isinstance(entry, ast.UnaryOp) and isinstance(entry.op, ast.Invert):
+            return self.mask_index(entry.operand)
+        return is_boolean(entry, self.masks, self.ctx)
 
     def call(self, node: ast.Call, varies) -> None:
         operands = node.args + [k.value for k in node.keywords] + (
