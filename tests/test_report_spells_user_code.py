@@ -48,6 +48,14 @@ def per_anchor(f, labels):
         total = total - log_prob[pos].mean()
         count += 1
     return total / count
+
+
+def duration(log_pred, dur, lengths):
+    loss = 0
+    for i in range(log_pred.shape[0]):
+        n = lengths[i]
+        loss += F.mse_loss(log_pred[i, :n], torch.log(dur[i, :n].float() + 1))
+    return loss / log_pred.shape[0]
 '''
 
 
@@ -60,6 +68,8 @@ def user(tmp_path_factory):
     ("per_class_flat", "`x[:, c].contiguous(...)` has no batched form"),
     ("nested_lists", "`F.mse_loss(xs[i][j], ts[i][j], reduction='none')`"),
     ("per_anchor", "`labels == labels[i]`"),
+    # the ragged slice's mask reads the row's size, which the user never wrote (`.shape`)
+    ("duration", "vmap: `log_pred[i, :n]` has no batched form"),
 ])
 def test_a_vmap_reason_quotes_the_rows_as_the_user_reads_them(user, name, quoted):
     reasons = " ".join(loop.reason for loop in explain(getattr(user, name)).loops)

@@ -119,9 +119,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     try:
         check, plain = batch(plan, ctx)
     except Unsupported as exc:  # an op without a batched form: vmap maps the body
-        # the user's code, not the rewritten body's: row parameters as their reads, then any
-        # other generated value as the code it stands for
-        plan.unbatched = plan.quoted(rows_as_written(exc.reason, plan))
+        # the user's code, not the rewritten body's: a generated value as the code where it
+        # stands (the ragged slice `x[i, :n]`, not `x[i].shape` its mask reads), then the row
+        # parameters left as their reads
+        plan.unbatched = rows_as_written(plan.quoted(exc.reason), plan)
         stmts = plan.mapped + plan.folds
     else:  # the check holds for the usual shapes; vmap is the general path
         forms = [] if check is None else [ast.If(check, plain, plan.mapped)]
