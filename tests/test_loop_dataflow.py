@@ -219,7 +219,7 @@ def test_prefix_sum_becomes_a_scan():
             for i in range(3):
                 i = i + 1
             return x
-     """, "rebinds the loop variable `i`"),
+     """, "rebinds the loop variable `i` (line 3)"),
 ])
 def test_refusals_say_why(src, reason):
     with pytest.raises(Unsupported, match=reason.replace("(", r"\(").replace(")", r"\)")

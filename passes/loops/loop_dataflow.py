@@ -589,7 +589,8 @@ def analyze(body: list[ast.stmt], index: str, seeds: set[str], live_after: set[s
     _check_statements(body, top=True)
     facts = LoopFacts(assigned=set().union(*(stores(s) for s in _simple_stmts(body))))
     for name in sorted(seeds & facts.assigned):
-        raise Unsupported(f"the loop body rebinds the loop variable `{name}`")
+        line = next(s.lineno for s in _simple_stmts(body) if name in stores(s))
+        raise Unsupported(f"the loop body rebinds the loop variable `{name}` (line {line})")
     carried = {}
     exposed_reads(body, set(seeds), facts.assigned, carried)
     facts.variant = variant_names(body, seeds, ctx)
