@@ -17,45 +17,30 @@ from tests.helpers import load_module
 from tests.loop_helpers import dedent, finite_grads
 from tests.test_masked_selections_to_where import build, same_error
 
-CASES = {
-    "sum": """
-        def f(x, y, lengths):
-            total = 0
-            for i in range(x.shape[0]):
-                total += x[i, :lengths[i]].sum()
-            return total
-        """,
-    "mean": """
-        def f(x, y, lengths):
-            total = 0
-            for i in range(x.shape[0]):
-                total += x[i, :lengths[i]].mean()
-            return total
-        """,
-    "mse_sum": """
-        def f(x, y, lengths):
-            total = 0
-            for i in range(x.shape[0]):
-                total += F.mse_loss(x[i, :lengths[i]], y[i, :lengths[i]], reduction='sum')
-            return total
-        """,
-    "bce_int_length": """
-        def f(x, y, lengths):
-            total = 0
-            for i in range(x.shape[0]):
-                L = int(lengths[i])
-                total += F.binary_cross_entropy_with_logits(x[i, :L], y[i, :L], reduction='sum')
-            return total
-        """,
-    "item_length_product": """
-        def f(x, y, lengths):
-            total = 0
-            for i in range(x.shape[0]):
-                L = lengths[i].item()
-                total = total + (x[i, :L] * y[i, :L]).sum()
-            return total
-        """,
+# the loop body of each case (``source``): a prefix read per item, summed into ``total``
+BODIES = {
+    "sum": "total += x[i, :lengths[i]].sum()",
+    "mean": "total += x[i, :lengths[i]].mean()",
+    "mse_sum": "total += F.mse_loss(x[i, :lengths[i]], y[i, :lengths[i]], reduction='sum')",
+    "bce_int_length": "L = int(lengths[i])\n"
+                      "total += F.binary_cross_entropy_with_logits(x[i, :L], y[i, :L], "
+                      "reduction='sum')",
+    "item_length_product": "L = lengths[i].item()\ntotal = total + (x[i, :L] * y[i, :L]).sum()",
+    "host_divisor": "L = lengths[i].item()\ntotal = total + x[i, :L].sum() / L",
 }
+BATCHED = [k for k in BODIES if k != "host_divisor"]
+
+
+def source(body: str) -> str:
+    lines = "".join(f"\n        {line}" for line in body.splitlines())
+    return f"""
+def f(x, y, lengths):
+    total = 0
+    for i in range(x.shape[0]):{lines}
+    return total
+"""
+
+
 MODULE = """
 import torch
 import torch.nn as nn
@@ -92,9 +77,9 @@ LENGTHS = [[3, 6, 0, 5], [6, 1, 4, 2], [2, 9, 4, 6]]   # empty, full, past the e
 
 @pytest.mark.parametrize("lengths", LENGTHS, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", BATCHED)
 def test_batched_value_gradients_dtype(name, dtype, lengths):
-    original, optimized, code, report = build(CASES[name])
+    original, optimized, code, report = build(source(BODIES[name]))
     assert report.loops[0].vectorized and report.loops[0].strategy == "batched", \
         (report.loops[0].reason, code)
     args = inputs(dtype, lengths)
@@ -106,14 +91,14 @@ def test_batched_value_gradients_dtype(name, dtype, lengths):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_negative_lengths_and_rows_of_rank_two(dtype):
-    original, optimized, _, report = build(CASES["mse_sum"])
+    original, optimized, _, report = build(source(BODIES["mse_sum"]))
     assert report.loops[0].strategy == "batched", report.loops[0].reason
     args = inputs(dtype, [-2, 3, -9, 6], rank=3, poison=False)
     assert_equivalent(original, optimized, *args)
 
 
 def test_golden_batched_sum():
-    _, _, code, _ = build(CASES["sum"])
+    _, _, code, _ = build(source(BODIES["sum"]))
     assert dedent("""
             _pos = torch.arange(_x_row.shape[1], device=_x_row.device)
             _in = _pos < (_slice_bound(_lengths_row) + _x_row.shape[1] * (_slice_bound(_lengths_row) < 0))[(slice(None),) + (None,) * (-_lengths_stacked.dim() + 2)]
@@ -123,14 +108,7 @@ def test_golden_batched_sum():
 
 
 def test_no_change_a_host_length_divisor_stays_vmapped():
-    original, optimized, code, report = build("""
-        def f(x, y, lengths):
-            total = 0
-            for i in range(x.shape[0]):
-                L = lengths[i].item()
-                total = total + x[i, :L].sum() / L
-            return total
-        """)
+    original, optimized, code, report = build(source(BODIES["host_divisor"]))
     assert report.loops[0].strategy == "vmap", report.loops[0].reason
     assert "_x_row.shape[0]" in code and "_x_row.shape[1]" not in code, code
     assert_equivalent(original, optimized, *inputs(torch.float64, [3, 6, 1, 5]))
@@ -139,13 +117,7 @@ def test_no_change_a_host_length_divisor_stays_vmapped():
 @pytest.mark.parametrize("reduce", ["amax", "max", "min"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_extremes_batched_with_ties_and_the_empty_error(reduce, dtype):
-    original, optimized, _, report = build(f"""
-        def f(x, y, lengths):
-            total = 0
-            for i in range(x.shape[0]):
-                total += x[i, :lengths[i]].{reduce}()
-            return total
-        """)
+    original, optimized, _, report = build(source(f"total += x[i, :lengths[i]].{reduce}()"))
     assert report.loops[0].strategy == "batched", report.loops[0].reason
     args = inputs(dtype, [3, 6, 2, 9])
     args[0].data[1, 1] = args[0].data[1, 0]  # a tie: the gradient split as the original's
@@ -154,7 +126,7 @@ def test_extremes_batched_with_ties_and_the_empty_error(reduce, dtype):
 
 
 def test_float_lengths_raise_the_original_type_error():
-    original, optimized, _, report = build(CASES["sum"])
+    original, optimized, _, report = build(source(BODIES["sum"]))
     assert report.loops[0].strategy == "batched", report.loops[0].reason
     x, y, _ = inputs(torch.float32, [1, 2, 3, 4], poison=False)
     lengths = torch.tensor([1.0, 2.0, 3.0, 4.0])
