@@ -39,6 +39,8 @@ class OpSpec:
     # the batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``;
     # "positions": a 1-D range of int sizes, the same in every iteration (``torch.arange(n)``).
     batched: str | None = None
+    # Its result is an int (a Python int, an integer tensor) or it raises (``slice_bound``)
+    int_or_raises: bool = False
     # ... of its form on two tensors, where a second operand that is a number is a dim
     # (``torch.max(a, b)``, elementwise, against ``torch.max(x, 1)``)
     tensor_pair: str | None = None
@@ -301,7 +303,8 @@ REGISTRY: tuple[OpSpec, ...] = (
                 full_extremes.first_min_of_selected, full_extremes.first_max_of_selected)),
     _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
     # the identity on a slice bound that raises where slicing with a float would
-    _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", **_ET),
+    _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", int_or_raises=True,
+            **_ET),
     # a fixed divisor under a mask: the number itself, or 1 where the mask is off
     _helper(masked_divisors.masked_divisor, derivative="constant", **_ET),
     # an in-place write's value in the written tensor's dtype (``inplace_writes_to_functional``)

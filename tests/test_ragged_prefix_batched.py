@@ -147,3 +147,32 @@ def test_module_form_runs_batched(tmp_path, dtype):
     assert loop.vectorized and loop.strategy == "batched", loop.reason
     assert loop.vectorized_runs > 0 and loop.original_runs == 0, loop
     assert not fn.report.fallbacks
+
+
+def test_user_positions_against_a_tensor_length_batch():
+    original, optimized, code, report = build(source(
+        "total += torch.where(torch.arange(x.shape[1]) < lengths[i], x[i], 0).sum()"))
+    assert report.loops[0].strategy == "batched", report.loops[0].reason
+    for dtype in (torch.float32, torch.float64):
+        assert_equivalent(original, optimized, *inputs(dtype, [3, 6, 0, 9]))
+
+
+def test_positions_against_a_host_number_are_lifted_for_ints_only():
+    """``w[i].item()`` is a Python number: a float is compared in the default dtype (float32)
+    per item, a float64 tensor batched would compare in float64 (2 < 2.00000001 only there):
+    the batched form runs for an integer ``w`` only (checked before the loop)."""
+    original, optimized, code, report = build(source(
+        "total += torch.where(torch.arange(x.shape[1]) < w[i].item(), x[i], 0).sum()"
+    ).replace("f(x, y, lengths)", "f(x, y, w)"))
+    assert report.loops[0].strategy == "batched", report.loops[0].reason
+    assert "if _w_stacked.dtype in (torch.int64, torch.int32) and" in code, code
+    x, y, _ = inputs(torch.float64, [6, 6, 6, 6], poison=False)
+    assert_equivalent(original, optimized, x, y, torch.tensor([2, 9, 0, -1]))
+
+
+def test_an_item_size_is_the_rows_next_size():
+    original, optimized, code, report = build(source("total += x[i].sum() / x[i].shape[0]"))
+    assert report.loops[0].strategy == "batched", report.loops[0].reason
+    assert "_x_row.shape[1]" in code, code
+    for dtype in (torch.float32, torch.float64):
+        assert_equivalent(original, optimized, *inputs(dtype, [6, 6, 6, 6], rank=3))

@@ -199,8 +199,13 @@ class Scope:
         if top is None or any(v.rank is None for v in batched):
             return None
         rank = batched[0].rank
-        if condition(rank - top, ">=") is True:
+        if condition(rank - top, ">=") is True or not all(
+                v.tensor or v.integer is not None or self._int_bound(e)
+                for e, v in operands if v.batched):
             return None
+        for cond in dict.fromkeys(c for _, v in operands if v.batched and not v.tensor
+                                  for c in v.integer or ()):
+            self.check(cond)
         for v in batched[1:]:
             self.require(v.rank - rank, "==", node)
         if any(not v.batched and not v.fixed_rank and v.leaves != frozenset()
@@ -213,6 +218,21 @@ class Scope:
             rules.BATCHED_UNDER_SET_CONST.format(nones=", None" * k.const), v=e)
             for e, v in operands]
         return out, Val(True, Rank() + top, tensor=True)
+
+    def _int_bound(self, e: ast.expr) -> bool:
+        """``e`` reads loop-varying values only through ops whose result is an int or raises
+        (``OpSpec.int_or_raises``: ``slice_bound(L) + n * (slice_bound(L) < 0)``), combined
+        with int literals and sizes by ``+``, ``-``, ``*`` and comparisons: an int per item. A
+        per-item Python float next to positions would compare in the default dtype, a 0-d
+        tensor in its own: only ints are alike in both."""
+        if isinstance(e, ast.Call):
+            return call_op(e, self.ctx).int_or_raises
+        if isinstance(e, ast.BinOp):
+            return isinstance(e.op, (ast.Add, ast.Sub, ast.Mult)) \
+                and self._int_bound(e.left) and self._int_bound(e.right)
+        if isinstance(e, ast.Compare):
+            return all(self._int_bound(c) for c in [e.left] + e.comparators)
+        return type(literal(e)) is int or int_size(e, self.ctx)
 
     def elementwise(self, vals: list[Val], node: ast.AST, aligned: bool = False) -> Val:
         """Broadcasting of batched and fixed operands: the runtime conditions it needs.
