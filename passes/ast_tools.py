@@ -24,7 +24,9 @@ class Namer:
 
     def __init__(self, taken: set[str]):
         self._taken = set(taken)
+        self.written = frozenset(taken)  # the names of the user's code (a report may quote)
         self.made: set[str] = set()  # the names this namer gave out (not the user's)
+        self.renamed: dict[str, str] = {}  # ... those standing for a variable of the user's
 
     @classmethod
     def for_tree(cls, tree: ast.AST, extra: set[str] = frozenset()) -> "Namer":
@@ -36,7 +38,10 @@ class Namer:
                 names.add(n.arg)
             elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 names.add(n.name)
-        return cls(names)
+        namer = cls(names)
+        # the attributes it reads are the user's too (``self._dice``, which a reason may name)
+        namer.written |= {n.attr for n in walk(tree) if isinstance(n, ast.Attribute)}
+        return namer
 
     def new(self, hint: str) -> str:
         base = "_" + hint.strip("_")
@@ -45,7 +50,14 @@ class Namer:
             name, k = f"{base}_{k}", k + 1
         self._taken.add(name)
         self.made.add(name)
+        self.renamed.pop(name, None)  # given out again after a rollback
         return name
+
+    def rename(self, name: str) -> str:
+        """A fresh name for the user's variable ``name``, which reports spell ``name``."""
+        new = self.new(name)
+        self.renamed[new] = self.renamed.get(name, name)
+        return new
 
     def checkpoint(self) -> tuple[frozenset[str], frozenset[str]]:
         """The names given out so far, for ``rollback`` after an attempt that is dropped."""

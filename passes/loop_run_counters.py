@@ -31,8 +31,8 @@ from __future__ import annotations
 import ast
 import re
 
-from .ast_tools import Transformer, clone, is_name, replace, unparse, walk
-from .loops.attribute_writes_to_names import unguarded
+from .ast_tools import Transformer, clone, is_name, rename, replace, unparse, walk
+from .loops.attribute_writes_to_names import unguarded, written_getattrs
 from .loops.runtime_checks import AS_WRITTEN, guard_line, is_vectorized_guard
 from .loops.stack_tensor_lists import stacked_sources
 
@@ -42,15 +42,34 @@ ERROR = "_optimize_loss_error"  # the caught exception, in the instrumented copy
 _SHOWN = 80  # characters of a conjunct quoted in the reason
 
 
-def instrument(tree: ast.Module, counter: str) -> ast.Module:
-    """Every vectorized guard of ``tree`` counts its runs into ``counter`` (see the docstring)."""
-    return _Count(counter, stacked_sources(tree)).visit(tree)
+def instrument(tree: ast.Module, counter: str, source: str = "",
+               spelled: dict[str, str] | None = None) -> ast.Module:
+    """Every vectorized guard of ``tree`` counts its runs into ``counter`` (see the docstring);
+    its reasons quote the user's ``source`` only, a generated name of ``spelled`` as it says
+    (the alias of torch as ``torch``)."""
+    return _Count(counter, stacked_sources(tree), _Written(source, spelled or {})).visit(tree)
+
+
+class _Written:
+    """The user's code a reason may quote: the names and ``getattr`` calls of their source."""
+
+    def __init__(self, source: str, spelled: dict[str, str]):
+        self.getattrs = written_getattrs(source)
+        self.names = set(re.findall(r"\w+", source)) | set(spelled.values())
+        self.spelled = spelled
+
+    def text(self, conjunct: ast.expr) -> str | None:
+        """``conjunct`` as the user wrote it; None when it names a value the rewrite made."""
+        text = unparse(rename(unguarded(conjunct, self.getattrs), self.spelled))
+        made = [n for n in re.findall(r"(?<![\w.])_\w*", text) if n not in self.names]
+        return None if made else text
 
 
 class _Count(Transformer):
-    def __init__(self, counter: str, stacked: dict[str, str]):
+    def __init__(self, counter: str, stacked: dict[str, str], written: _Written):
         self.counter = counter
         self.stacked = stacked  # generated name -> the user's list it stacks
+        self.written = written
 
     def visit_If(self, node: ast.If) -> ast.If:
         self.generic_visit(node)  # inner loops first: in the vectorized body and in the original
@@ -67,7 +86,9 @@ class _Count(Transformer):
                           f"    c.loop_failed({line}, {ERROR})\n    raise", loc=node, c=self.counter)
         guarded[0].body = body
         kept = replace(f"c.loop_ran({line}, False, reason)", loc=node, c=self.counter,
-                       reason=_first_false(node.test, self.stacked, self.counter))
+                       reason=_first_false(node.test, self.stacked, self.counter,
+                                           self.written))
+        _count_vmap_forms(body, line, self.counter)
         node.body = [marker, ast.Expr(ran)] + guarded
         node.orelse = [ast.Expr(kept)] + node.orelse
         return node
@@ -80,6 +101,16 @@ class _Count(Transformer):
             return node
         return ast.Expr(replace(f"c.loop_ran_as_written({found.group(1)}, r)", loc=node,
                                 c=self.counter, r=ast.Constant(found.group(2))))
+
+
+def _count_vmap_forms(body: list[ast.stmt], line: int, counter: str) -> None:
+    """The choice of a batched loop's form, ``if <check>: <batched> else: def _body ...`` (the
+    vmap form, ``batch_loop_bodies``) in the vectorized branch ``body``: its else counts a run
+    by vmap, so that the report names the form that ran (``LoopReport.ran_as``)."""
+    for s in body:
+        if isinstance(s, ast.If) and any(isinstance(t, ast.FunctionDef) for t in s.orelse):
+            s.orelse.insert(0, ast.Expr(replace(f"c.loop_ran_by_vmap({line})", loc=s,
+                                                c=counter)))
 
 
 def _iterated(original: list[ast.stmt]) -> ast.Tuple | None:
@@ -140,26 +171,38 @@ def _no_args() -> ast.arguments:
                          kwarg=None, defaults=[])
 
 
-def _first_false(test: ast.expr, stacked: dict[str, str], counter: str) -> ast.expr:
-    """An expression naming the first conjunct of ``test`` that is false (``test`` is false)."""
-    conjuncts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
-    reason = _why(conjuncts[-1], stacked, counter)
+def _first_false(test: ast.expr, stacked: dict[str, str], counter: str,
+                 written: _Written) -> ast.expr:
+    """An expression naming the first conjunct of ``test`` that is false (``test`` is false);
+    the conjuncts of a conjunct (``a and (b and c)``) each on its own."""
+    conjuncts = _conjuncts(test)
+    reason = _why(conjuncts[-1], stacked, counter, written)
     for conjunct in reversed(conjuncts[:-1]):
         reason = ast.IfExp(ast.UnaryOp(ast.Not(), clone(conjunct)),
-                           _why(conjunct, stacked, counter), reason)
+                           _why(conjunct, stacked, counter, written), reason)
     return reason
 
 
-def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str) -> ast.expr:
+def _conjuncts(test: ast.expr) -> list[ast.expr]:
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return [c for v in test.values for c in _conjuncts(v)]
+    return [test]
+
+
+def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str,
+         written: _Written) -> ast.expr:
     """The reason a false ``conjunct`` gives; a stacked list's own check in the user's words
     (its generated name means nothing to them), with what kept the list from stacking, asked
-    of the user's list when the check runs (``Report.not_stacked``)."""
+    of the user's list when the check runs (``Report.not_stacked``); a check on a value the
+    rewrite made, without its code."""
     if (isinstance(conjunct, ast.Call) and is_name(conjunct.func, "isinstance")
             and len(conjunct.args) == 2 and isinstance(conjunct.args[0], ast.Name)
             and conjunct.args[0].id in stacked):
         name = stacked[conjunct.args[0].id]
         return replace("c.not_stacked(n, x)", loc=conjunct, c=counter, n=ast.Constant(name),
                        x=name)
-    text = unparse(unguarded(conjunct))  # as the user wrote it
+    text = written.text(conjunct)
+    if text is None:
+        return ast.Constant("a check on a value the rewrite computes was false")
     shown = text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
     return ast.Constant(f"check `{shown}` was false")

@@ -31,6 +31,14 @@ class LoopReport:
     # Why it runs as written for a band of inputs although it ran vectorized (its vectorized
     # form timed alone was clearly slower: ``rewrite.loop_choice``); the last band's
     kept_at_run_time: str = ""
+    vmap_runs: int = 0  # of the vectorized runs, those where a batched loop's vmap form ran
+
+    def ran_as(self) -> str:
+        """The strategy that ran: a batched loop whose counted vectorized runs all took its vmap
+        form (its batched form's check was false) ran by vmap."""
+        if self.strategy == "batched" and 0 < self.vectorized_runs <= self.vmap_runs:
+            return "vmap"
+        return self.strategy
 
     def runs(self) -> dict:
         return {"vectorized": self.vectorized_runs, "failed": self.failed_runs,
@@ -38,7 +46,7 @@ class LoopReport:
                 "kept_at_run_time": self.kept_at_run_time}
 
     def __str__(self) -> str:
-        verdict = f"vectorized ({self.strategy})" if self.vectorized else "kept"
+        verdict = f"vectorized ({self.ran_as()})" if self.vectorized else "kept"
         return f"{self.filename}:{self.lineno}: loop {verdict}: {self.reason}{describe_runs(self.runs())}"
 
 
@@ -216,6 +224,12 @@ class Report:
         return "".join(f" [ran: only within the vectorized form of line {l.lineno}, which ran "
                        f"vectorized {l.vectorized_runs}, as written {l.original_runs}]"
                        for l in outer)
+
+    def loop_ran_by_vmap(self, lineno: int) -> None:
+        """The vectorized branch of the batched loop at ``lineno`` ran its vmap form."""
+        loop = next((l for l in self.loops if l.lineno == lineno and l.vectorized), None)
+        if loop is not None:
+            loop.vmap_runs += 1
 
     def loop_ran_as_written(self, lineno: int, reason: str) -> None:
         """The vectorized branch of the loop at ``lineno``, counted as run, ran the loop as

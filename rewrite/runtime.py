@@ -17,7 +17,9 @@ eager, each loop that ran vectorized is timed alone and one clearly slower so ru
 for the band (``rewrite.loop_choice``). Arguments the function may change in
 place (``passes.mutated_arguments``) are saved before every call that may still fall back, and put
 back before the next step runs. With ``compile=True`` the first call of a signature also compares
-the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``).
+the compiled function with the eager rewritten one on cloned inputs (``verify_compiled``); what
+such a check's run (and the lint's, ``lint=True``) changes in a module or an object among the
+arguments is put back after it.
 """
 from __future__ import annotations
 
@@ -251,7 +253,8 @@ class OptimizedFunction:
             seen.clear()  # the captured values are not kept
             return kept
         probed = self._copy(rewritten, lambda tree: loop_run_counters.instrument(
-            loop_regions.probe(tree, lines, _PROBE), _COUNTER), {_COUNTER: report, _PROBE: record})
+            loop_regions.probe(tree, lines, _PROBE), _COUNTER, report.original_source,
+            {frontend.TORCH_ALIAS: "torch"}), {_COUNTER: report, _PROBE: record})
         return probed, judge
 
     def _region_guards(self, rewritten: Callable, lines: frozenset[int]) -> dict[int, tuple]:
@@ -363,7 +366,8 @@ class OptimizedFunction:
                 self._remember(key, self._original)
                 return self._original
             if self._options.lint:
-                lint_warn(self._original, args, kwargs)
+                with self._state_kept(args, kwargs):
+                    lint_warn(self._original, args, kwargs)
             rewritten = self._rewrite()
             counted_from = self._report.iterations  # the compiled path counts in _check_compiled
             impl = self._by_structure.get(_erase_sizes(key)) if self._by_structure else None
@@ -446,9 +450,9 @@ class OptimizedFunction:
 
     def _verify(self, impl: Callable, args: tuple, kwargs: dict) -> list[str]:
         # The original first, on its own clones: when it raises, that error is the user's.
-        want = outputs_and_gradients(self._original, args, kwargs)
+        want = self._beside(self._original, args, kwargs)
         try:
-            got = outputs_and_gradients(impl, args, kwargs)
+            got = self._beside(impl, args, kwargs)
         except Exception as exc:
             return [f"the rewritten function raised {type(exc).__name__}: {exc}"]
         return compare(want, got)
@@ -461,13 +465,13 @@ class OptimizedFunction:
         eager = compiled._optimize_loss_eager
         start = time.perf_counter()
         try:
-            want = outputs_and_gradients(self._counts(eager), args, kwargs)
+            want = self._beside(self._counts(eager), args, kwargs)
         except Exception:
             return eager  # fails by itself: the call itself steps down to the original
         finally:
             self._report.check_seconds += time.perf_counter() - start
         try:
-            got = outputs_and_gradients(compiled, args, kwargs)
+            got = self._beside(compiled, args, kwargs)
         except Exception as exc:
             return self._step_down(key, "torch.compile failed", exc, eager)
         start = time.perf_counter()
@@ -479,6 +483,28 @@ class OptimizedFunction:
                             None, key, running=_EAGER)
             return eager
         return compiled
+
+    def _beside(self, fn: Callable, args: tuple, kwargs: dict) -> tuple:
+        """``outputs_and_gradients`` of a run beside the call (a check's), on clones of the
+        tensors, the arguments' state kept (``_state_kept``)."""
+        with self._state_kept(args, kwargs):
+            return outputs_and_gradients(fn, args, kwargs)
+
+    @contextlib.contextmanager
+    def _state_kept(self, args: tuple, kwargs: dict) -> Iterator[None]:
+        """What a run beside the call changes in the arguments (a module's ``self.center = ...``
+        or buffer, a list it appends to) is put back after it, so that the call changes them
+        once, as the original does, and every run starts from the same state. Every parameter:
+        a method the function calls on a module or an object (``self.update_center(t)``) may
+        change it, which ``_mutated`` does not follow."""
+        signature = inspect.signature(self._original)
+        saved = _Saved(signature, tuple(signature.parameters), args, kwargs)
+        try:
+            yield
+        finally:
+            if not saved.restore():
+                raise self._error("a check's run changed an argument that requires grad in "
+                                  "place; its autograd history cannot be put back")
 
     def _warn_at_recompile_limit(self, key: Any, rewritten: Callable) -> None:
         """A new signature when Dynamo holds as many graphs of the function as its recompile
@@ -787,7 +813,8 @@ def _first_order_only(compiled: Callable, name: str) -> Callable:
 class _Saved:
     """The state of the arguments a function may change in place: tensors (values, sizes and
     strides), lists, dicts, sets and the tensors in them, modules' attributes and buffers, other
-    objects' attributes; ``restore`` puts it back into the same objects."""
+    objects' attributes; ``restore`` puts it back into the same objects (a tensor whose version
+    counter did not move is left as it is)."""
 
     def __init__(self, signature: inspect.Signature, names: tuple[str, ...], args: tuple,
                  kwargs: dict):
@@ -805,7 +832,8 @@ class _Saved:
             seen.add(id(value))
             if isinstance(value, torch.Tensor):
                 self.items.append((value, (value.detach().clone(), value.size(), value.stride(),
-                                           value.storage_offset(), value.grad_fn)))
+                                           value.storage_offset(), value.grad_fn,
+                                           None if value.is_inference() else value._version)))
             elif isinstance(value, (list, dict, set)):
                 self.items.append((value, copy.copy(value)))
                 todo += value.values() if isinstance(value, dict) else value
@@ -822,7 +850,9 @@ class _Saved:
         autograd (its values can be put back, its autograd history cannot)."""
         for obj, state in self.items:
             if isinstance(obj, torch.Tensor):
-                values, size, stride, offset, grad_fn = state
+                values, size, stride, offset, grad_fn, version = state
+                if version is not None and obj._version == version:
+                    continue  # unchanged: a copy would bump the version autograd saved with it
                 if obj.requires_grad and obj.grad_fn is not grad_fn:
                     return False
                 with torch.no_grad():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import itertools
 import os
@@ -11,6 +12,7 @@ import textwrap
 import types
 import warnings
 from pathlib import Path
+from typing import Any
 
 import examples
 import examples.real
@@ -68,6 +70,18 @@ def equivalent_report(fn, *args):
         warnings.simplefilter("ignore")
         assert_equivalent(fn, optimized, *args)
     return optimized.report
+
+
+def run_on_small(name: str) -> tuple[types.ModuleType, Any]:
+    """The corpus module ``examples.<name>`` and its ``naive`` optimized (``compile=False``),
+    called once on its small inputs (warnings silenced): its report holds the run's counts."""
+    from rewrite import optimize_loss
+    module = importlib.import_module(f"examples.{name}")
+    fn = optimize_loss(module.naive, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn(*module.make_inputs("small"))
+    return module, fn
 
 
 def ast_pass(name: str, transformer: type[ast.NodeTransformer]) -> types.SimpleNamespace:

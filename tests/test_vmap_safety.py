@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import warnings
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from passes.errors import RewriteError, Unsupported
 from passes.report import Report
 from rewrite import assert_equivalent, optimize_loss
 from rewrite.frontend import rewrite_function
-from tests.helpers import EXAMPLE_NAMES, REAL_EXAMPLE_NAMES, load_module
+from tests.helpers import EXAMPLE_NAMES, REAL_EXAMPLE_NAMES, load_module, run_on_small
 
 NESTED = '''
 import torch
@@ -146,11 +145,7 @@ NOT_YET = {
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[n])) if n in NOT_YET
     else n for n in EXAMPLE_NAMES + REAL_EXAMPLE_NAMES])
 def test_every_loop_reported_vectorized_runs_vectorized(name):
-    module = importlib.import_module(f"examples.{name}")
-    fn = optimize_loss(module.naive, compile=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fn(*module.make_inputs("small"))
+    module, fn = run_on_small(name)
     assert fn.report.fallbacks == []  # a vectorized branch that raised falls back
     lines, start = inspect.getsourcelines(module.naive)
     for loop in (loop for loop in fn.report.loops if loop.vectorized):
@@ -166,11 +161,7 @@ def test_every_loop_reported_vectorized_runs_vectorized(name):
 def test_report_says_which_loops_ran_as_written(name):
     # a loop reported vectorized that ran as written (or raised) says so after a call, with the
     # reason: the check that was false, or the error
-    module = importlib.import_module(f"examples.{name}")
-    fn = optimize_loss(module.naive, compile=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fn(*module.make_inputs("small"))
+    module, fn = run_on_small(name)
     shown = str(fn.report)
     not_run = [loop for loop in fn.report.loops if loop.vectorized and not loop.vectorized_runs]
     assert not_run or any(loop.failed_runs for loop in fn.report.loops)

@@ -71,22 +71,37 @@ def guarded_read(node: ast.Attribute) -> ast.expr:
                              node)
 
 
-def unguarded(e: ast.AST) -> ast.AST:
-    """A copy of ``e`` with its ``guarded_read`` forms the attribute chains the user wrote."""
+def unguarded(e: ast.AST, written: frozenset[str] = frozenset()) -> ast.AST:
+    """A copy of ``e`` with its ``guarded_read`` forms the attribute chains the user wrote; a
+    ``getattr`` call of ``written`` (the user's own, as ``written_getattrs`` spells them) stays."""
     e = copy.deepcopy(e)
+
+    def generated(c: ast.AST) -> bool:
+        return _guarded(c) and unparse(c) not in written
+
     for n in walk(e):
         for field, child in ast.iter_fields(n):
-            if _guarded(child):
-                setattr(n, field, _unguarded_chain(child))
+            if generated(child):
+                setattr(n, field, _unguarded_chain(child, written))
             elif isinstance(child, list):
-                child[:] = [_unguarded_chain(c) if _guarded(c) else c for c in child]
-    return _unguarded_chain(e) if _guarded(e) else e
+                child[:] = [_unguarded_chain(c, written) if generated(c) else c for c in child]
+    return _unguarded_chain(e, written) if generated(e) else e
 
 
-def _unguarded_chain(e: ast.expr) -> ast.expr:
+def written_getattrs(source: str) -> frozenset[str]:
+    """The ``getattr(x, 'a', None)`` calls of the user's ``source``, as ``unparse`` spells them."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return frozenset()
+    return frozenset(unparse(n) for n in walk(tree) if _guarded(n))
+
+
+def _unguarded_chain(e: ast.expr, written: frozenset[str]) -> ast.expr:
     value = e.args[0]
-    return ast.Attribute(_unguarded_chain(value) if _guarded(value) else value, e.args[1].value,
-                         ast.Load())
+    inner = _unguarded_chain(value, written) if _guarded(value) and unparse(value) not in written \
+        else value
+    return ast.Attribute(inner, e.args[1].value, ast.Load())
 
 
 def _guarded(e: ast.AST) -> bool:

@@ -84,7 +84,7 @@ def to_loop(stmt: ast.stmt, ctx: PassContext, lists: frozenset[str] = frozenset(
         call = _find(stmt, ctx)
     comp = call.args[0]
     gen = comp.generators[0]
-    renames = {n.id: ctx.namer.new(n.id) for n in walk(gen.target) if isinstance(n, ast.Name)}
+    renames = {n.id: ctx.namer.rename(n.id) for n in walk(gen.target) if isinstance(n, ast.Name)}
     target, elt = rename(gen.target, renames), rename(comp.elt, renames)
     conds = [rename(c, renames) for c in gen.ifs]
     sub = dict(loc=comp, torch_name=ctx.torch_name)

@@ -10,7 +10,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from ..ast_tools import Checks, PassContext, is_int, replace, unparse
+from ..ast_tools import Checks, Namer, PassContext, is_int, replace, unparse
 from ..errors import Unsupported
 from .loop_dataflow import LoopFacts
 
@@ -86,6 +86,9 @@ class OwnList:
     """The stacked values of a comprehension's own list (``_items``)."""
     values: ast.expr
     host: str | None             # the Python number kind of its items, None for tensors
+
+
+_COMPUTED = "a value the rewrite computes"  # where a reason would quote a generated value
 
 
 @dataclass
@@ -206,6 +209,7 @@ class LoopPlan:
     unbatched: str = ""                                # why the body is mapped with vmap
     no_grad_reason: str = ""  # the report's: while what (invariant_values_take_no_grad), why
     batched_if: ast.expr | None = None
+    namer: Namer | None = None  # the function's: which names are the user's (``quoted``)
 
     def sub(self, template: str, **subs) -> object:
         """``template`` filled, at the loop's location."""
@@ -233,25 +237,34 @@ class LoopPlan:
     def quoted(self, reason: str) -> str:
         """``reason``, given on the rewritten body, with each piece of code it quotes that names
         a generated value (``_x_row.shape``) as the user's code where that node stands
-        (``quote``); else, when nothing of theirs stands there, without that code."""
-        written = {n.id for n in ast.walk(self.node) if isinstance(n, ast.Name)}
+        (``quote``); else, when nothing of theirs stands there, without that code. A renamed
+        variable of the user's (``_npair`` of a comprehension's ``npair``) is spelled as theirs;
+        the user's names are the namer's (those of their function and globals), else the loop's."""
+        written = self.namer.written if self.namer else \
+            {n.id for n in ast.walk(self.node) if isinstance(n, ast.Name)}
+        renamed = self.namer.renamed if self.namer else {}
+
+        def spelled(code: str) -> str:
+            return re.sub(r"(?<![\w.])_\w*", lambda m: renamed.get(m.group(0), m.group(0)), code)
 
         def generated(code: str) -> bool:
-            return any(n not in written for n in re.findall(r"(?<![\w.])_\w*", code))
+            return any(n not in written for n in re.findall(r"(?<![\w.])_\w*", spelled(code)))
 
         def user_code(m: re.Match) -> str:
             code = m.group(1)
             if not generated(code):
-                return m.group(0)
+                return f"`{spelled(code)}`"
             nodes = list(ast.walk(ast.Module(self.body, [])))
             calls = [n for n in nodes
                      if isinstance(n, ast.Call) and f"{unparse(n.func)}(...)" == code]
             found = [self.quote(n) for n in nodes if unparse(n) == code] + [
                 f"{self.quote(n.func)}(...)" for n in calls  # its arguments left out
                 if self.quote(n.func) != self.quote(n)] + [self.quote(n) for n in calls]
-            quoted = next((q for q in found if not generated(q)), None)
-            return f"`{quoted}`" if quoted else "a value the rewrite computes"
-        return re.sub(r"`([^`]+)`", user_code, reason)
+            quoted = next((spelled(q) for q in found if not generated(q)), None)
+            return f"`{quoted}`" if quoted else _COMPUTED
+        # "when _a, _b, `x` are tensors": one mention of the values the rewrite computes
+        return re.sub(rf"({_COMPUTED}, )+{_COMPUTED}", "values the rewrite computes",
+                      re.sub(r"`([^`]+)`", user_code, reason))
 
     def check(self, template: str, **subs) -> None:
         """Add ``template`` (filled) to the runtime check."""
@@ -300,7 +313,7 @@ def new_plan(node: ast.For, live_after: set[str], ctx: PassContext, **known) -> 
     (``zeros``, ``divided``, ``masks``, ``own_lists``, ``buildable_lists``, ``list_names``,
     ``host_containers``, ``iterators``)."""
     return LoopPlan(node, live_after, outs=ctx.namer.new("outs"), torch_name=ctx.torch_name,
-                    **known)
+                    namer=ctx.namer, **known)
 
 
 def _span(node: ast.AST) -> tuple:

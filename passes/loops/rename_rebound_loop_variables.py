@@ -30,7 +30,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     rebound = [n for n in variables if n in stores_in(plan.body) and n not in params]
     if not rebound:
         return plan
-    names = {n: ctx.namer.new(n) for n in rebound}
+    names = {n: ctx.namer.rename(n) for n in rebound}
     first = [s for old, new in names.items()
              for s in replace("local = item", loc=plan.body[0], local=new, item=old)]
     plan.body = first + [rename(s, names) for s in plan.body]

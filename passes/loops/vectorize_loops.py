@@ -118,6 +118,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                unit_slices_to_index)
 from .loop_dataflow import loads, resolve_call
 from .plan import LoopPlan, OwnList, new_plan
+from .row_slices_to_params import rows_as_written
 from .runtime_checks import (MARKER, as_written_branch, is_as_written, is_vectorized_guard,
                              proven_tensors)
 
@@ -265,6 +266,8 @@ def _visit_branches(vectorizer: "_Vectorizer", node: ast.If,
 class _Vectorizer(Transformer):
     def __init__(self, ctx: PassContext):
         self.ctx = ctx
+        # the user's own ``getattr(x, 'a', None)`` calls, which reasons quote as written
+        self.getattrs = attribute_writes_to_names.written_getattrs(ctx.report.original_source)
         self.live: dict[ast.stmt, set[str]] = {}  # by node: a freed loop's id is reused
         self.numbers: dict[ast.stmt, dict] = {}  # names bound to Python number literals, by loop
         self.filled: dict[ast.stmt, dict[str, int]] = {}  # tensors filled with one number, by loop
@@ -292,13 +295,21 @@ class _Vectorizer(Transformer):
         # ... and why those split_list took are not distributed
         self.verdicts: dict[tuple[int, int], str] = {}
 
+    def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str,
+                 at: LoopPlan | ast.AST) -> None:
+        """Report the loop at ``lineno`` with ``reason`` quoting only the user's code, as
+        ``LoopPlan.quoted`` spells it on ``at`` (the loop's plan, else its node)."""
+        plan = at if isinstance(at, LoopPlan) else LoopPlan(at, set(), namer=self.ctx.namer)
+        self.ctx.report.add_loop(lineno, vectorized, strategy,
+                                 plan.quoted(rows_as_written(reason, plan)))
+
     def kept(self, comp: ast.expr, reason: str, fission: Callable[[], str]) -> None:
         """Reports ``comp`` kept for ``reason``; ``fission`` says why it is not distributed
         (asked once per comprehension: the vectorized forms copy it)."""
         if (comp.lineno, comp.col_offset) not in self.seen:
             self.seen.add((comp.lineno, comp.col_offset))
-            self.ctx.report.add_loop(comp.lineno, False, "kept",
-                                     f"{reason}; not distributed: {fission()}")
+            self.add_loop(comp.lineno, False, "kept", f"{reason}; not distributed: {fission()}",
+                          comp)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         outer = (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
@@ -349,8 +360,8 @@ class _Vectorizer(Transformer):
     def visit_While(self, node: ast.While) -> ast.AST:
         self.generic_visit(node)
         why = ast_marks.get(node, ast_marks.NOT_COUNTED)
-        self.ctx.report.add_loop(node.lineno, False, "kept",
-                                 f"{why}; not distributed: {_WHILE_NOT_SPLIT}")
+        self.add_loop(node.lineno, False, "kept", f"{why}; not distributed: {_WHILE_NOT_SPLIT}",
+                      node)
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
@@ -381,8 +392,9 @@ class _Vectorizer(Transformer):
             scanned = linear_recurrences_to_scans.scan(node, live, self.ctx, vectorize, **known,
                                                        **self._lists())
             if scanned is not None:
-                self.ctx.report.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
-                                         + _runs_when(scanned.check, {}))
+                self.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
+                              + _runs_when(scanned.check, {}, written=self.getattrs),
+                              scanned.rest)
                 self.bound_lists |= scanned.rest.bound_lists  # the rest's appends, stacked
                 return self._averaged(scanned.rest, after, _guarded(
                     scanned.check, node.lineno, scanned.stmts, original, node))
@@ -397,13 +409,14 @@ class _Vectorizer(Transformer):
                     ", read in part after the loop"
             if isinstance(fission, str):
                 node = self._inner_loops_again(node, twin, index, before) or node
-                self.ctx.report.add_loop(node.lineno, False, "kept",
-                                         f"{exc.reason}; not distributed: {fission}")
+                self.add_loop(node.lineno, False, "kept",
+                              f"{exc.reason}; not distributed: {fission}", node)
                 return node
             check = fission.plan.checks.expr()
             fp = fission.plan
-            self.ctx.report.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
-                check, fp.stacked, fp.gathered, numbers=fp.number_lists))
+            self.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
+                check, fp.stacked, fp.gathered, numbers=fp.number_lists, written=self.getattrs),
+                fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
         check = self._reported(plan, node.lineno, "")
@@ -537,9 +550,10 @@ class _Vectorizer(Transformer):
         ``fission`` split and the statement reading its ``result``: that form behind the
         hoisted loop's check."""
         check = fission.plan.checks.expr()
-        self.ctx.report.add_loop(comp.lineno, True, "distributed",
-                                 fission.reason + " (comprehension)" + _runs_when(
-                                     check, fission.plan.stacked, fission.plan.gathered))
+        self.add_loop(comp.lineno, True, "distributed", fission.reason + " (comprehension)"
+                      + _runs_when(check, fission.plan.stacked, fission.plan.gathered,
+                                   written=self.getattrs),
+                      fission.plan)
         self.seen.add((comp.lineno, comp.col_offset))
         result = self._comprehension(result)  # the statement's next comprehension, if any
         guarded = _guarded(check, comp.lineno, init + fission.stmts + [result], node, node)
@@ -556,11 +570,10 @@ class _Vectorizer(Transformer):
     def _reported(self, plan: LoopPlan, lineno: int, what: str) -> ast.expr:
         """The report entry of a vectorized loop; its runtime check."""
         check = plan.checks.expr()
-        self.ctx.report.add_loop(lineno, True, _strategy(plan),
-                                 _why(plan, self.ctx) + what
-                                 + _runs_when(check, plan.stacked, plan.gathered,
-                                              plan.user_names, plan.number_lists)
-                                 + plan.no_grad_reason)
+        self.add_loop(lineno, True, _strategy(plan),
+                      _why(plan, self.ctx) + what
+                      + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
+                                   plan.number_lists, self.getattrs) + plan.no_grad_reason, plan)
         return check
 
 
@@ -589,8 +602,8 @@ def _whole_loop_form(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
         or last_writes_to_scatters.rewrite(node, live, vectorizer.ctx)
     if whole is None:
         return None
-    vectorizer.ctx.report.add_loop(node.lineno, True, "batched",
-                                   whole.why + _runs_when(whole.check, {}))
+    vectorizer.add_loop(node.lineno, True, "batched",
+                        whole.why + _runs_when(whole.check, {}, written=vectorizer.getattrs), node)
     return _guarded(whole.check, node.lineno, whole.stmts, clone(node), node)
 
 
@@ -669,8 +682,11 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
         # the user's names of stacked lists (an attribute's as the attribute)
         users = _without_reads(rename(clone(plan.batched_if), {
             s: plan.user_names.get(n, n) for s, n in plan.stacked.items()}), plan.number_kinds)
-        if users is not None:
-            parts.append(f"vmap where `{unparse(users)}` does not hold")
+        shown = users is not None and plan.quoted(f"`{unparse(users)}`")
+        if shown and shown.startswith("`"):
+            parts.append(f"vmap where {shown} does not hold")
+        elif shown:  # a check on the rewrite's own values (a scan's states, say)
+            parts.append("vmap where the batched form's check does not hold")
     return "; ".join(dict.fromkeys(parts)) or "no effects"
 
 
@@ -697,13 +713,16 @@ def _numbers(init: list[ast.stmt]) -> set[str]:
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],
                gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
-               numbers: set[str] = frozenset()) -> str:
+               numbers: set[str] = frozenset(), written: frozenset[str] = frozenset()) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
     named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
-    written through an attribute as the attribute."""
+    written through an attribute as the attribute, an attribute the rewrite reads with ``getattr``
+    as the attribute (a ``getattr`` call of ``written``, the user's own, as written)."""
     user_names = user_names or {}
-    found = sorted({user_names.get(unparse(x), unparse(x)) for x in proven_tensors(check)})
+    shown = [unparse(attribute_writes_to_names.unguarded(x, written))
+             for x in proven_tensors(check)]
+    found = sorted({user_names.get(n, n) for n in shown})
     gathered = gathered or {}
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
     shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it

@@ -290,7 +290,7 @@ def loop_rows(report: Report) -> list[list]:
     """Per loop of ``report``: line, vectorized, strategy, reason, how often its vectorized form
     ran in the counted calls (0 before any call), and whether it ran vectorized in them, by
     itself or inside an outer loop's vectorized form (``Report.ran_vectorized``)."""
-    return [[loop.lineno, loop.vectorized, loop.strategy, loop.reason, loop.vectorized_runs,
+    return [[loop.lineno, loop.vectorized, loop.ran_as(), loop.reason, loop.vectorized_runs,
              bool(report.ran_vectorized(loop))] for loop in report.loops]
 
 
@@ -398,7 +398,7 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
     callers = [loop.lineno for loop, lines in zip(report.loops, ran) if lines == {loop.lineno}]
     for loop, lines in zip(report.loops, ran):
         row = {"file": loop.filename, "line": loop.lineno, "vectorized": loop.vectorized,
-               "strategy": loop.strategy, "runs": loop.runs(), "ran_vectorized": bool(lines)}
+               "strategy": loop.ran_as(), "runs": loop.runs(), "ran_vectorized": bool(lines)}
         rows.append(row)
         if lines:
             started()

@@ -201,7 +201,7 @@ def collect(fn: Callable, args: tuple, kwargs: dict, repeat: int = 10, compile: 
         "inputs": describe_key(signature_key(args, kwargs)),
         "passes": list(report.passes_run),
         "loops": [{"file": loop.filename, "line": loop.lineno, "vectorized": loop.vectorized,
-                   "strategy": loop.strategy, "reason": loop.reason, "runs": loop.runs()}
+                   "strategy": loop.ran_as(), "reason": loop.reason, "runs": loop.runs()}
                   for loop in sorted(report.loops, key=lambda loop: loop.lineno)],
         "fallbacks": [{"reason": f.reason, "file": f.filename, "line": f.lineno, "pass": f.pass_name,
                        "signature": f.signature} for f in report.fallbacks],

@@ -1,0 +1,95 @@
+"""The runs beside a call (``verify_compiled``'s compiled-vs-eager check, ``verify=True``) start
+from the state the call starts from and leave it as they found it: a loss that updates its own
+state (DINO's ``self.center`` moving average, a call counter) changes it once per call, as the
+original does; an unchanged buffer autograd saved is not written back."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rewrite import optimize_loss
+
+
+class Centered(torch.nn.Module):
+    """A per-view loss whose teacher is centered by a moving average, updated by a method
+    (``through_method``) or in ``forward`` itself."""
+
+    def __init__(self, through_method: bool):
+        super().__init__()
+        self.through_method = through_method
+        self.register_buffer("center", torch.zeros(1, 8))
+        self.calls = 0
+
+    def forward(self, student, teacher):
+        q = F.softmax(teacher - self.center, dim=-1)
+        total = 0
+        for i in range(student.shape[0]):
+            total += torch.sum(-q[i] * F.log_softmax(student[i], dim=-1))
+        if self.through_method:
+            self.update_center(teacher)
+        else:
+            with torch.no_grad():
+                self.center = self.center * 0.9 + teacher.mean(0, keepdim=True) * 0.1
+        self.calls += 1
+        return total / student.shape[0]
+
+    @torch.no_grad()
+    def update_center(self, teacher):
+        self.center = self.center * 0.9 + teacher.mean(0, keepdim=True) * 0.1
+
+
+@pytest.mark.parametrize("through_method", [False, True], ids=["inline", "method"])
+@pytest.mark.parametrize("options", [dict(backend="aot_eager"), dict(compile=False, verify=True)],
+                         ids=["compiled check", "verify"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_state_changes_once_per_call(through_method, options, dtype):
+    mine, theirs = Centered(through_method).to(dtype), Centered(through_method).to(dtype)
+    fast = optimize_loss(mine, **options)
+    for k in range(3):
+        student = torch.randn(4, 8, dtype=dtype, requires_grad=True)
+        teacher = torch.randn(4, 8, dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback: the check's runs agree
+            got = fast(student, teacher)
+        want = theirs(student, teacher)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(mine.center, theirs.center, rtol=0, atol=0)
+        assert mine.calls == theirs.calls == k + 1
+    assert not fast.report.fallbacks
+
+
+class Scaled(torch.nn.Module):
+    """A buffer autograd saves (``x * self.w`` saves ``w`` for ``x``'s gradient) next to state the
+    call changes (``self.calls``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.arange(1.0, 4.0))
+        self.calls = 0
+
+    def forward(self, x):
+        total = 0
+        for i in range(x.shape[0]):
+            total += (x[i] * self.w).sum()
+        self.calls += 1
+        return total
+
+
+def test_an_unchanged_saved_buffer_is_not_written_back():
+    module = Scaled()
+    fast = optimize_loss(module, backend="aot_eager")
+    x = torch.randn(5, 3, requires_grad=True)
+    version = module.w._version
+    fast(x).backward()  # a write back into `w` would fail this backward's version check
+    assert module.w._version == version and module.calls == 1
+    torch.testing.assert_close(x.grad, module.w.expand(5, 3))
+
+
+def test_the_lint_run_keeps_the_state():
+    mine, theirs = Centered(True), Centered(True)
+    fast = optimize_loss(mine, compile=False, lint=True)
+    student, teacher = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8)
+    torch.testing.assert_close(fast(student, teacher), theirs(student, teacher))
+    torch.testing.assert_close(mine.center, theirs.center, rtol=0, atol=0)
+    assert mine.calls == theirs.calls == 1
