@@ -36,8 +36,11 @@ class OpSpec:
     # every loop-varying value carrying the loop dim in front. "elementwise": the same call,
     # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "matmul",
     # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see
-    # the batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``.
+    # the batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``;
+    # "positions": a 1-D range of int sizes, the same in every iteration (``torch.arange(n)``).
     batched: str | None = None
+    # Its result is an int (a Python int, an integer tensor) or it raises (``slice_bound``)
+    int_or_raises: bool = False
     # ... of its form on two tensors, where a second operand that is a number is a dim
     # (``torch.max(a, b)``, elementwise, against ``torch.max(x, 1)``)
     tensor_pair: str | None = None
@@ -300,7 +303,8 @@ REGISTRY: tuple[OpSpec, ...] = (
                 full_extremes.first_min_of_selected, full_extremes.first_max_of_selected)),
     _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
     # the identity on a slice bound that raises where slicing with a float would
-    _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", **_ET),
+    _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", int_or_raises=True,
+            **_ET),
     # a fixed divisor under a mask: the number itself, or 1 where the mask is off
     _helper(masked_divisors.masked_divisor, derivative="constant", **_ET),
     # an in-place write's value in the written tensor's dtype (``inplace_writes_to_functional``)
@@ -359,7 +363,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
     _t("tensor", meth=False, total=True, number_first=True),
     # a range of numbers: no gradient flows through it, whatever its bounds
-    _t("arange", meth=False, total=True, derivative="constant",
+    _t("arange", meth=False, total=True, derivative="constant", batched="positions",
        sizes=(0, ..., "start", "end", "step")),
     # views, and conversions that return the tensor itself when there is nothing to do
     _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
@@ -500,7 +504,7 @@ RANDOM_MODULES = ("random.", "numpy.random.")
 # Attributes of a tensor that read its metadata (``x.T``, ``x.grad`` read values or state) ...
 METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "layout", "is_cuda"})
 # ... and those the same in every iteration, with their form on the batched value ``x``.
-BATCHED_ATTRIBUTES = {"dtype": "x.dtype"}
+BATCHED_ATTRIBUTES = {"dtype": "x.dtype", "device": "x.device"}
 
 
 def _index(key: Callable[[OpSpec], tuple]) -> dict:

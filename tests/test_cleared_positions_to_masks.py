@@ -121,7 +121,7 @@ def _same(src, args, dtype):
 def test_no_loop_reported_vectorized_fails_at_run_time(src, args, dtype):
     """Built without the runtime's fallback: a vectorized form that raised would fail here."""
     report = _same(src, args, dtype)
-    expected = "kept" if src is OTHER_POSITION else "vmap"
+    expected = {OTHER_POSITION: "kept", SHORT_LOOP: "batched"}.get(src, "vmap")
     assert report.loops[0].strategy == expected, report.loops[0].reason
 
 
@@ -150,22 +150,22 @@ def f(sim, n):
 
 
 def test_index_through_a_copy_golden():
+    """Batched: the positions are one fixed tensor, the index next to them ``i[:, None]``."""
     assert_golden(COPIED_INDEX, '''
     def f(sim, n):
         loss = 0
         if n <= sim.shape[1] and isinstance(sim, torch.Tensor) and (n <= sim.shape[0]) and isinstance(n, int) and (n > 0):
             'optimize_loss: loop at line 3 vectorized'
-
-            def _body(i, _sim_row):
-                _loss_part = 0
-                j = i
-                _pos = torch.arange(sim.shape[1])
-                keep = _pos != i
-                _keep = keep.reshape(_mask_shape[keep.shape, _sim_row.shape])
-                _loss_part = _loss_part + torch.where(_keep, torch.where(_keep, torch.where(_keep, _sim_row, False), 0).exp(), 0).sum().log()
-                return (torch.as_tensor(_loss_part),)
-            _outs = _map_in_chunks(_body, in_dims=(0, 0))(torch.arange(0, n, 1, device=sim.device), sim if n == sim.shape[0] else sim[0:n:1])
-            _outs = (_outs[0].sum(0),)
+            i = torch.arange(0, n, 1, device=sim.device)
+            _sim_row = sim if n == sim.shape[0] else sim[0:n:1]
+            _loss_part = 0
+            j = i
+            _pos = torch.arange(sim.shape[1])
+            keep = _pos != i[:, None]
+            _keep = keep.reshape(keep.shape[:1] + _mask_shape[keep.shape[1:], _sim_row.shape[1:]])
+            _t = torch.where(_keep, torch.where(_keep, torch.where(_keep, _sim_row, False), 0).exp(), 0)
+            _loss_part = (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).log().sum(0)
+            _outs = (_loss_part,)
             loss = _outs[0]
         else:
             for i in range(n):
@@ -174,7 +174,7 @@ def test_index_through_a_copy_golden():
                 keep[j] = False
                 loss += sim[i][keep].exp().sum().log()
         return loss
-    ''', {3: "vmap"})
+    ''', {3: "batched"})
 
 
 def test_a_copy_bound_again_is_no_copy():

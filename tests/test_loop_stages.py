@@ -2335,6 +2335,44 @@ total = _outs[0]
 ''
 """),
     (batch_loop_bodies, """
+def f(x, lengths):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + x[i, :lengths[i]].sum()
+    return total
+""", ('stmts', 'unbatched'),
+     """
+# stmts
+# unbatched
+''
+""",
+     """
+# stmts
+if 2 >= lengths.dim():
+    _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
+    _lengths_row = lengths if x.shape[0] == lengths.shape[0] else lengths[0:x.shape[0]:1]
+    _total_part = 0
+    _pos = torch.arange(_x_row.shape[1], device=_x_row.device)
+    _in = _pos < (_slice_bound(_lengths_row) + _x_row.shape[1] * (_slice_bound(_lengths_row) < 0))[(slice(None),) + (None,) * (-lengths.dim() + 2)]
+    _keep_1 = _in.reshape(_in.shape[:1] + _mask_shape[_in.shape[1:], _x_row.shape[1:]])
+    _total_part = torch.where(_keep_1, _x_row, 0).sum()
+    _outs = (_total_part,)
+else:
+
+    def _body(_x_row, _lengths_row):
+        _total_part = 0
+        _pos = torch.arange(_x_row.shape[0], device=_x_row.device)
+        _in = _pos < _slice_bound(_lengths_row) + _x_row.shape[0] * (_slice_bound(_lengths_row) < 0)
+        _keep_1 = _in.reshape(_mask_shape[_in.shape, _x_row.shape])
+        _total_part = _total_part + torch.where(_keep_1, _x_row, 0).sum()
+        return (torch.as_tensor(_total_part),)
+    _outs = _map_in_chunks(_body, in_dims=(0, 0))(x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1], lengths if x.shape[0] == lengths.shape[0] else lengths[0:x.shape[0]:1])
+    _outs = (_outs[0].sum(0),)
+total = _outs[0]
+# unbatched
+''
+"""),
+    (batch_loop_bodies, """
 def f(a, n):
     total = 0
     for i in range(n):

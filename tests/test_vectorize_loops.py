@@ -359,7 +359,7 @@ def test_batched_check_fails_then_vmap_runs(name):
 
 @pytest.mark.parametrize("body, reason", [
     ("s = s + helper(x[i], x[i])", "`helper(...)` has no batched form"),
-    ("s = s + x[i].sum() / x[i].shape[0]", "`x[i].shape` has no batched form"),
+    ("s = s + x[i].sum() / x[i].shape[-1]", "`x[i].shape` has no batched form"),
     ("s = s + x[i].max(0)[0].sum()", "`x[i].max(...)` has no batched form"),
     ("s = s + x[..., i].sum()", "index without a batched form"),
 ])

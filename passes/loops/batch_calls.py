@@ -184,6 +184,17 @@ def _result_type(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return ast.copy_location(call, c.node), Val(False)
 
 
+def _positions(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``torch.arange(r.shape[0], device=r.device)`` of a row ``r``: its sizes are the same in
+    every iteration (``r.shape[0]`` is ``rows.shape[1]``), so the positions are one fixed 1-D
+    int64 tensor, which per-item values of lower rank broadcast against (``Scope.aligned``).
+    None: a size that varies, or not an int size."""
+    if any(v.batched for _, v in c.operands) or not scope.positions(c.node):
+        return None
+    call = ast.Call(c.func, [a for a, _ in c.args], [ast.keyword(k, v) for k, (v, _) in c.kws])
+    return ast.copy_location(call, c.node), Val(False, leaves=None, fixed_rank=1)
+
+
 def _pointwise_loss(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
     return pointwise_loss(scope, c.node, c.args, c.kws)
 
@@ -288,7 +299,7 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
                    mean: bool = False):
     """``F.mse_loss(a, b)``: elementwise losses, averaged (or summed) per item; ``summed``:
     their sum over the loop (``mean``: their mean), one call."""
-    keys, checked = _loss_options(scope, node, kws)
+    keys, checked = _loss_options(scope, node, kws, unreduced=True)
     reduction = keys.pop("reduction", ast.Constant("mean"))
     if len(args) != 2 or not all(isinstance(x, ast.Constant) or k in checked
                                  for k, x in keys.items()):
@@ -298,8 +309,13 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
         raise Unsupported(f"`{unparse(node)}`: an operand does not vary with the loop")
     if not (av.batched and bv.batched):
         (a, av), (b, bv) = _fixed_operand_expanded(scope, node, (a, av), (b, bv))
-    scope.elementwise([av, bv], node)
+    val = scope.elementwise([av, bv], node)
     kw = [ast.keyword(k, x) for k, x in keys.items()]
+    if literal(reduction) == "none":  # elementwise (a masked prefix's losses, reduced after it)
+        if summed:
+            raise Unsupported(f"`{unparse(node)}`: unreduced losses summed over the loop")
+        call = ast.Call(node.func, [a, b], kw + [ast.keyword("reduction", reduction)])
+        return ast.copy_location(call, node), Val(True, val.rank, tensor=True)
     if summed:  # one call with the per-item reduction over all items
         table = rules.AVERAGED_POINTWISE_LOSSES if mean else rules.SUMMED_POINTWISE_LOSSES
         call = ast.Call(node.func, [a, b], kw + [ast.keyword("reduction", reduction)])
@@ -311,12 +327,13 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
     return scope.sub(_by_reduction(per_item, reduction), l=loss, r=reduction), Val(True, Rank())
 
 
-def _loss_options(scope: Scope, node: ast.Call, kws: list,
-                  passed: tuple[str, ...] = ()) -> tuple[dict, set[str]]:
+def _loss_options(scope: Scope, node: ast.Call, kws: list, passed: tuple[str, ...] = (),
+                  unreduced: bool = False) -> tuple[dict, set[str]]:
     """A loss call's options by keyword, and those checked: a literal is as written, a value
     the check can read before the loop (``scope.free``: ``criterion.reduction``, ``PAD``) joins
     the runtime check its option has in ``rules.CHECKED_LOSS_OPTIONS`` (unless the batched form
-    takes it as it is: ``passed``, counted as checked); any other refuses."""
+    takes it as it is: ``passed``, counted as checked); any other refuses. A literal reduction
+    is ``'mean'`` or ``'sum'``, or with ``unreduced`` ``'none'``."""
     options, checked = {}, set()
     for k, (x, _) in kws:
         if literal(x) is UNKNOWN:
@@ -328,7 +345,7 @@ def _loss_options(scope: Scope, node: ast.Call, kws: list,
         options[k] = x
     reduction = options.get("reduction")
     if reduction is not None and "reduction" not in checked \
-            and literal(reduction) not in ("mean", "sum"):
+            and literal(reduction) not in ("mean", "sum") + ("none",) * unreduced:
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     return options, checked
 
@@ -415,4 +432,4 @@ def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) ->
 # are batched (``call``).
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
-            "class_loss": _class_loss, "from_start": _from_start}
+            "class_loss": _class_loss, "from_start": _from_start, "positions": _positions}

@@ -21,14 +21,19 @@ unchanged); ``x[k, 1:]`` with fixed entries -> ``x[:, k, 1:]``; the gather ``x[i
 ``x[torch.arange(len(x), device=x.device), idx]`` (``w[idx]`` unchanged when ``w`` does not vary;
 ``w[i]`` at the index of ``range(a, b, s)``, int literals ``a``, ``s``: ``w[a:b:s].clone()``);
 ``F.mse_loss(a, b)`` and the other pointwise losses -> ``F.mse_loss(a, b, reduction="none")``
-averaged per item; ``F.cross_entropy(x, t)`` on [N, C] items -> ``reduction="none"`` summed per item
-over the count of non-ignored targets (what the mean divides by); a loss's option that is a
-name or attribute chain the loop does not bind (``reduction=criterion.reduction``, the settings
+averaged per item (``reduction="none"``: the same call, elementwise); ``F.cross_entropy(x, t)``
+on [N, C] items -> ``reduction="none"`` summed per item over the count of non-ignored targets
+(what the mean divides by); a loss's option that is a name or attribute chain the loop does not
+bind (``reduction=criterion.reduction``, the settings
 of an ``nn`` loss module) behind a check of its value (``loop_rules.CHECKED_LOSS_OPTIONS``: no
 smoothing, a mean or sum reduction picked at run time; a class loss's weight is passed, each item
 averaged over its own rows' weights); ``torch.dot(a, b)`` ->
 ``(a * b).sum(1)``; ``w[k, idx]`` (fixed ``w``, fixed ints ``k``) -> ``w[k][idx]``;
-``F.cosine_similarity(a, b, dim=d)`` -> the same call with ``dim=d + 1``.
+``F.cosine_similarity(a, b, dim=d)`` -> the same call with ``dim=d + 1``. Sizes of the items:
+``r.shape[k]`` -> ``r.shape[k + 1]`` (a Python int, the same in every iteration), ``r.device``
+as it is; ``torch.arange`` of such int sizes is one fixed 1-D int64 tensor, and a per-item value
+of a lower rank next to it in an operator gets dims of size 1 after the loop dim: a ragged
+prefix's mask ``pos < L`` (``ragged_slices_to_masks``, ``L`` per item 0-d) -> ``pos < L[:, None]``.
 
 Set forms: a point ``x`` (a loop input's rows, per item [D]) against a fixed ``w`` the check can
 evaluate (``w``, ``self.w``, ``z1[i]``), reduced over the feature dim
@@ -415,7 +420,7 @@ class _Batcher(Scope):
             if not vv.batched:  # an attribute of metadata (``expr`` of a varying node)
                 return ast.copy_location(ast.Attribute(value, node.attr, ast.Load()), node), vv
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
-            return self._subscript(node)
+            return _item_size(self, node) or self._subscript(node)
         raise Unsupported(f"`{unparse(node)}` has no batched form")
 
     def _if_exp(self, node: ast.IfExp) -> tuple[ast.expr, Val]:
@@ -499,6 +504,20 @@ class _Batcher(Scope):
         self.check(f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
                    f"{len(fixed)}")
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
+
+
+def _item_size(b: _Batcher, node: ast.Subscript) -> tuple[ast.expr, Val] | None:
+    """``r.shape[k]`` of a batched ``r``, ``k >= 0`` an int literal -> ``r.shape[k + 1]``: the
+    items of a batched tensor all have one shape, a Python int the same in every iteration
+    (``k`` past the item's dims raises the same ``IndexError``). None: not this pattern."""
+    shape, k = node.value, literal(node.slice)
+    if not (isinstance(shape, ast.Attribute) and shape.attr == "shape"
+            and type(k) is int and k >= 0):
+        return None
+    rows, val = b.expr(shape.value)
+    if not (val.batched and val.tensor):
+        return None
+    return b.sub(f"r.shape[{k + 1}]", r=rows), Val(False)
 
 
 def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:

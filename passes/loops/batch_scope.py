@@ -11,6 +11,19 @@ from ..errors import Unsupported
 from .loop_dataflow import call_op, is_shape_query, method_name, resolve_call
 
 
+def int_size(node: ast.expr, ctx: PassContext) -> bool:
+    """A Python int size: an int literal, ``r.shape[k]``, ``r.size(k)`` (``k`` an int literal)
+    or ``len(r)``."""
+    if type(literal(node)) is int:
+        return True
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.value, ast.Attribute) and node.value.attr == "shape" \
+            and type(literal(node.slice)) is int
+    return isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 and (
+        resolve_call(node.func, ctx) == "len"
+        or method_name(node, ctx) == "size" and type(literal(node.args[0])) is int)
+
+
 class Scope:
     """The values of the body being batched (``vals``) and the runtime ``checks`` so far. The
     batcher walks the body (``expr``); the per-op handlers (``batch_calls``, ``batch_set_forms``)
@@ -88,7 +101,16 @@ class Scope:
         """A value the loop does not change; its leaves (see ``Val``)."""
         text = self.free(node)
         whole = text if text is not None and text in self.inputs else None
-        return Val(False, leaves=self.leaves(node), whole=whole)
+        rank = self.vals[node.id].fixed_rank if isinstance(node, ast.Name) \
+            and node.id in self.vals else 1 if self.positions(node) else None
+        return Val(False, leaves=self.leaves(node), whole=whole, fixed_rank=rank)
+
+    def positions(self, node: ast.expr) -> bool:
+        """``torch.arange(n)`` (``OpSpec.batched`` "positions") of int sizes: int literals,
+        ``r.shape[k]``, ``r.size(k)``, ``len(r)``; no keyword but ``device``: int64, 1-D."""
+        return isinstance(node, ast.Call) and call_op(node, self.ctx).batched == "positions" \
+            and 1 <= len(node.args) <= 3 and all(k.arg == "device" for k in node.keywords) \
+            and all(int_size(a, self.ctx) for a in node.args)
 
     def leaves(self, node: ast.expr) -> frozenset[str] | None:
         if isinstance(node, ast.Constant) or is_shape_query(node, self.ctx):
@@ -146,7 +168,11 @@ class Scope:
 
     def aligned(self, operands: list[tuple[ast.expr, Val]], node: ast.AST):
         """([operands], the result's facts) of an elementwise op: with ``sets``, per-item values
-        next to a loop input itself get dims of size 1 after the loop dim up to its rank."""
+        next to a loop input itself get dims of size 1 after the loop dim up to its rank; per-item
+        values of a lower rank than fixed positions (``Val.fixed_rank``) alike."""
+        lifted = self._under_positions(operands, node)
+        if lifted is not None:
+            return lifted
         val = self.elementwise([v for _, v in operands], node, aligned=True)
         if not any(v.whole is not None and not v.batched for _, v in operands) or not self.sets:
             return [e for e, _ in operands], val
@@ -159,6 +185,54 @@ class Scope:
                         source_of(k), mode="eval").body)
             out.append(e)
         return out, val
+
+    def _under_positions(self, operands: list[tuple[ast.expr, Val]], node: ast.AST):
+        """``pos < L`` with fixed positions ``pos`` (1-D int64) and a per-item ``L`` of a lower
+        rank (a 0-d length: per item a mask [T]) -> ``pos < L[:, None]``, the per-item values
+        with dims of size 1 after the loop dim up to the positions' rank, behind the check that
+        their rank is at most that. int64 positions promote alike next to a 0-d or a
+        dimensioned value of any dtype, so the batched dtype is the per-item one. Other fixed
+        operands must be numbers. None: no fixed positions, or items of at least their rank."""
+        top = max((v.fixed_rank for _, v in operands if not v.batched and v.fixed_rank),
+                  default=None)
+        batched = [v for _, v in operands if v.batched]
+        if top is None or any(v.rank is None for v in batched):
+            return None
+        rank = batched[0].rank
+        if condition(rank - top, ">=") is True or not all(
+                v.tensor or v.integer is not None or self._int_bound(e)
+                for e, v in operands if v.batched):
+            return None
+        for cond in dict.fromkeys(c for _, v in operands if v.batched and not v.tensor
+                                  for c in v.integer or ()):
+            self.check(cond)
+        for v in batched[1:]:
+            self.require(v.rank - rank, "==", node)
+        if any(not v.batched and not v.fixed_rank and v.leaves != frozenset()
+               for _, v in operands):
+            raise Unsupported(f"`{unparse(node)}`: a fixed tensor next to positions")
+        self.require(Rank() + top - rank, ">=", node)
+        k = Rank() + top - rank
+        out = [e if not v.batched else self.sub(rules.BATCHED_UNDER_SET, v=e, k=ast.parse(
+            source_of(k), mode="eval").body) if k.terms else self.sub(
+            rules.BATCHED_UNDER_SET_CONST.format(nones=", None" * k.const), v=e)
+            for e, v in operands]
+        return out, Val(True, Rank() + top, tensor=True)
+
+    def _int_bound(self, e: ast.expr) -> bool:
+        """``e`` reads loop-varying values only through ops whose result is an int or raises
+        (``OpSpec.int_or_raises``: ``slice_bound(L) + n * (slice_bound(L) < 0)``), combined
+        with int literals and sizes by ``+``, ``-``, ``*`` and comparisons: an int per item. A
+        per-item Python float next to positions would compare in the default dtype, a 0-d
+        tensor in its own: only ints are alike in both."""
+        if isinstance(e, ast.Call):
+            return call_op(e, self.ctx).int_or_raises
+        if isinstance(e, ast.BinOp):
+            return isinstance(e.op, (ast.Add, ast.Sub, ast.Mult)) \
+                and self._int_bound(e.left) and self._int_bound(e.right)
+        if isinstance(e, ast.Compare):
+            return all(self._int_bound(c) for c in [e.left] + e.comparators)
+        return type(literal(e)) is int or int_size(e, self.ctx)
 
     def elementwise(self, vals: list[Val], node: ast.AST, aligned: bool = False) -> Val:
         """Broadcasting of batched and fixed operands: the runtime conditions it needs.
@@ -177,6 +251,9 @@ class Scope:
             rank = self.under_set(rank, batched, wholes, node)
         for v in vals:
             if v.batched or v.whole in wholes and self.sets:
+                continue
+            if v.fixed_rank is not None:  # fixed positions: aligned from the right
+                self.require(rank - v.fixed_rank, ">=", node)
                 continue
             if v.leaves is None:
                 raise Unsupported(f"`{unparse(node)}`: the rank of a fixed operand is unknown")

@@ -58,6 +58,9 @@ class Val:
     # Batched: a tensor in the original too (rows of a loop input, their parts, what elementwise
     # ops make of them), never a Python number (the index, ``x.item()``); False: not known.
     tensor: bool = False
+    # Not batched: a tensor of this rank in every call (``torch.arange(n)`` of int sizes: 1);
+    # None: not known.
+    fixed_rank: int | None = None
 
 
 CONSTANT = Val(False)

@@ -16,6 +16,8 @@ up to the end, as slicing clamps). So the slice becomes ``R[_in]``, which
 Rows sliced alike in one statement share the mask (``F.mse_loss(p[i, :L], t[i, :L])`` selects
 both by ``_in``: masked_selections_to_where combines selections of one mask only); rows of
 different lengths then fail the mask's shape check, and the decorator runs the original.
+The masked forms batch without vmap (``batch_loop_bodies``): ``x[i].shape[0]`` is the rows'
+``shape[1]``, so the positions are one fixed tensor and the mask ``_pos < L[:, None]``.
 
 A write of a number past (or up to) per-item lengths becomes a masked write of the row, the
 positions taken along the ragged slice's dim of the row and broadcast against the dims after it::
