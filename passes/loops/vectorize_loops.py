@@ -303,11 +303,8 @@ class _Vectorizer(Transformer):
 
     def add_loop(self, lineno: int, vectorized: bool, strategy: str, reason: str,
                  at: LoopPlan | ast.AST) -> None:
-        """Report the loop at ``lineno`` with ``reason`` quoting only the user's code, as
-        ``LoopPlan.quoted`` spells it on ``at`` (the loop's plan, else its node)."""
-        plan = at if isinstance(at, LoopPlan) else LoopPlan(at, set(), namer=self.ctx.namer)
-        self.ctx.report.add_loop(lineno, vectorized, strategy,
-                                 plan.quoted(rows_as_written(reason, plan)))
+        """Report the loop at ``lineno``, ``reason`` quoting only the user's code (``_quoted``)."""
+        self.ctx.report.add_loop(lineno, vectorized, strategy, _quoted(reason, at, self.ctx))
 
     def kept(self, comp: ast.expr, reason: str, fission: Callable[[], str]) -> None:
         """Reports ``comp`` kept for ``reason``; ``fission`` says why it is not distributed
@@ -391,12 +388,12 @@ class _Vectorizer(Transformer):
                      outer_binds=_bound_around(self.around[-1], node) if self.around else set())
         try:
             # lists stacked by this plan, a distributed loop's and a scan's
-            plan = vectorize(new_plan(node, live, self.ctx, **self._lists(),
+            plan = vectorize(new_plan(node, live, self.ctx, **_lists(self),
                                       **known), self.ctx)
         except Unsupported as exc:
             # kept whole: its linear recurrences may become scans ...
             scanned = linear_recurrences_to_scans.scan(node, live, self.ctx, vectorize, **known,
-                                                       **self._lists())
+                                                       **_lists(self))
             if scanned is not None:
                 self.add_loop(node.lineno, True, "scan", _scan_why(scanned, self.ctx)
                               + _runs_when(scanned.check, scanned.stacked,
@@ -409,7 +406,7 @@ class _Vectorizer(Transformer):
             # appends to a list read in part: the hoisted values' batched backward would also
             # run for the items the original never differentiates
             fission = distribute_loops.distribute(node, live, self.masks, self.ctx, vectorize,
-                                                  {**self._lists(), "numbers": known["numbers"]})
+                                                  {**_lists(self), "numbers": known["numbers"]})
             if known["lists_read_in_part"] and not isinstance(fission, str):
                 fission = "appends to " + ", ".join(
                     f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
@@ -426,7 +423,7 @@ class _Vectorizer(Transformer):
                 fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
-        check = self._reported(plan, node.lineno, "")
+        check = _reported(self, plan, node.lineno, "")
         vectorized = _guarded(check, node.lineno, plan.stmts, original, node)
         self.bound_lists |= plan.bound_lists
         # for an outer loop that inlines this one
@@ -511,7 +508,7 @@ class _Vectorizer(Transformer):
         found = normalize_comprehensions.to_loop(node, self.ctx, self.stackable_lists)
         if found is None:  # a list the function needs as a list: its loop may still be split
             split = None if self.depth else distribute_comprehensions.split_list(
-                node, self.func, self.masks, self._lists(), self.ctx, vectorize)
+                node, self.func, self.masks, _lists(self), self.ctx, vectorize)
             if isinstance(split, str):
                 self.verdicts[(node.value.lineno, node.value.col_offset)] = split
             elif split is not None:
@@ -522,7 +519,7 @@ class _Vectorizer(Transformer):
         own = set().union(*(loop_dataflow.stores(s) for s in init))  # our own `_items = []`
         try:
             plan = vectorize(new_plan(loop, set(), self.ctx, own_lists=own, numbers=_numbers(init),
-                                      local_defs=self.local_defs, **self._lists()),
+                                      local_defs=self.local_defs, **_lists(self)),
                              self.ctx)
         except Unsupported as exc:
             # its loop may still be split: the element's heavy operand hoisted
@@ -530,7 +527,7 @@ class _Vectorizer(Transformer):
                 node, loop, init[0].targets[0].id, self.func, self.ctx) \
                 or distribute_comprehensions.told(distribute_loops.distribute(
                     loop, loads(self.func) | own | loads(result), self.masks, self.ctx,
-                    vectorize, self._lists()), init, loop, comp)
+                    vectorize, _lists(self)), init, loop, comp)
             if not isinstance(fission, str):
                 return self._distributed(fission, comp, init, result, node)
             self.kept(comp, exc.reason, lambda: fission)
@@ -546,7 +543,7 @@ class _Vectorizer(Transformer):
                 self.bound_lists |= {t.id for t in result.targets if isinstance(t, ast.Name)
                                      and t.id in self.stackable_lists}
         self.seen.add((comp.lineno, comp.col_offset))
-        check = self._reported(plan, lineno, " (comprehension)")
+        check = _reported(self, plan, lineno, " (comprehension)")
         result = self._comprehension(result)  # the statement's next comprehension, if any
         guarded = _guarded(check, lineno, init + plan.stmts + [result], node, node)
         return plan.prelude + [guarded] if plan.prelude else guarded
@@ -566,22 +563,33 @@ class _Vectorizer(Transformer):
         guarded = _guarded(check, comp.lineno, init + fission.stmts + [result], node, node)
         return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
 
-    def _lists(self) -> dict[str, frozenset[str]]:
-        """The lists a plan may stack or gather: none for an inner loop (its prelude would be a
-        statement of the outer loop's body, which then keeps the outer loop)."""
-        if self.depth:
-            return {}
-        return dict(list_names=self.list_names, host_containers=self.host_containers,
-                    iterators=self.iterators)
 
-    def _reported(self, plan: LoopPlan, lineno: int, what: str) -> ast.expr:
-        """The report entry of a vectorized loop; its runtime check."""
-        check = plan.checks.expr()
-        self.add_loop(lineno, True, _strategy(plan),
-                      _why(plan, self.ctx) + what
-                      + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
-                                   plan.number_lists, self.getattrs) + plan.no_grad_reason, plan)
-        return check
+
+def _quoted(reason: str, at: LoopPlan | ast.AST, ctx: PassContext) -> str:
+    """``reason`` quoting only the user's code, as ``LoopPlan.quoted`` spells it on ``at`` (the
+    loop's plan, else its node)."""
+    plan = at if isinstance(at, LoopPlan) else LoopPlan(at, set(), namer=ctx.namer)
+    return plan.quoted(rows_as_written(reason, plan))
+
+
+def _lists(vectorizer: "_Vectorizer") -> dict[str, frozenset[str]]:
+    """The lists a plan may stack or gather: none for an inner loop (its prelude would be a
+    statement of the outer loop's body, which then keeps the outer loop)."""
+    if vectorizer.depth:
+        return {}
+    return dict(list_names=vectorizer.list_names, host_containers=vectorizer.host_containers,
+                iterators=vectorizer.iterators)
+
+
+def _reported(vectorizer: "_Vectorizer", plan: LoopPlan, lineno: int, what: str) -> ast.expr:
+    """The report entry of a vectorized loop; its runtime check."""
+    check = plan.checks.expr()
+    vectorizer.add_loop(lineno, True, _strategy(plan),
+                        _why(plan, vectorizer.ctx) + what
+                        + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
+                                     plan.number_lists, vectorizer.getattrs)
+                        + plan.no_grad_reason, plan)
+    return check
 
 
 def _int_index(node: ast.For, ctx: PassContext) -> str | None:
