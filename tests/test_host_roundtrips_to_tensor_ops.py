@@ -80,6 +80,30 @@ def test_a_host_number_compares_with_a_tensor_the_loop_indexes_as_python_does(tm
             assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0)
 
 
+POSITIONS_BELOW = """
+import torch
+
+
+def f(x, w):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + (x[i] * (torch.arange(x.shape[1]) < w[i].item())).sum()
+    return total
+"""
+
+
+def test_a_host_float_next_to_an_integer_tensor_a_torch_function_makes_compares_in_float32(tmp_path):
+    # int64 positions next to a Python float compare in the default dtype, float32, where
+    # 2.00000001 is 2.0: position 2 is not below it (in float64 it is)
+    from tests.helpers import equivalent_report, load_module
+    user = load_module(tmp_path, POSITIONS_BELOW)
+    w = torch.tensor([2.00000001, 3.0, 0.5, 5.9999999], dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(4, 6, dtype=dtype, requires_grad=True)
+        report = equivalent_report(user.f, x, w)
+        assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0)
+
+
 def test_a_sum_of_a_list_the_body_builds_adds_its_items_as_written():
     built = "parts = []\nparts.append(x[i])\ng = sum(parts)"
     assert rewrite(built, {"i", "parts"}) == built

@@ -157,17 +157,18 @@ def test_user_positions_against_a_tensor_length_batch():
         assert_equivalent(original, optimized, *inputs(dtype, [3, 6, 0, 9]))
 
 
-def test_positions_against_a_host_number_are_lifted_for_ints_only():
-    """``w[i].item()`` is a Python number: a float is compared in the default dtype (float32)
-    per item, a float64 tensor batched would compare in float64 (2 < 2.00000001 only there):
-    the batched form runs for an integer ``w`` only (checked before the loop)."""
+def test_positions_against_a_host_number_compare_as_python_does():
+    """``w[i].item()`` is a Python number: next to the int64 positions a float compares in the
+    default dtype (float32: 2.00000001 is 2.0), an int as int64; the host number is cast as the
+    weak scalar it was (``HOST_WEAK``), which has no batched form: vmap, for any ``w``."""
     original, optimized, code, report = build(source(
         "total += torch.where(torch.arange(x.shape[1]) < w[i].item(), x[i], 0).sum()"
     ).replace("f(x, y, lengths)", "f(x, y, w)"))
-    assert report.loops[0].strategy == "batched", report.loops[0].reason
-    assert "if _w_stacked.dtype in (torch.int64, torch.int32) and" in code, code
+    assert report.loops[0].strategy == "vmap", report.loops[0].reason
     x, y, _ = inputs(torch.float64, [6, 6, 6, 6], poison=False)
     assert_equivalent(original, optimized, x, y, torch.tensor([2, 9, 0, -1]))
+    assert_equivalent(original, optimized, x, y,
+                      torch.tensor([2.00000001, 5.9999999, 0.5, -1.0], dtype=torch.float64))
 
 
 def test_an_item_size_is_the_rows_next_size():

@@ -243,11 +243,13 @@ class _HostToTensor(Transformer):
                 ast_marks.put(node, ast_marks.HOST_NUMBER, _result_kind(node, operands, kinds))
             return operands
         # values of the iteration, not carried from the last one (`s` in `s + h` may be a
-        # number): tensors under the loop's check
+        # number): tensors under the loop's check; and what a torch function makes
+        # (`torch.arange(T) < h`: an int64 tensor next to a float compares in float32)
         tensors = [x for x, k in zip(operands, kinds)
-                   if k is None and depends(x, self.variant, self.ctx)
-                   and not any(isinstance(n, ast.Name) and n.id in self.variant
-                               and n.id not in self.assigned for n in ast.walk(x))]
+                   if k is None and (_made_by_torch(x, self.ctx) or (
+                       depends(x, self.variant, self.ctx)
+                       and not any(isinstance(n, ast.Name) and n.id in self.variant
+                                   and n.id not in self.assigned for n in ast.walk(x))))]
         if not tensors:  # with values of unknown type (numbers or tensors): left as they are
             return operands
         # Python computes arithmetic of host numbers in double precision, then the tensor's
@@ -512,3 +514,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.check("isinstance(x, float)", x=x)
     plan.zeros |= set(plan.wide.values())  # the twins start at 0
     return plan
+
+
+def _made_by_torch(x: ast.expr, ctx: PassContext) -> bool:
+    """``x`` is a call of a ``torch`` function the op registry lists: a tensor, whatever the
+    loop binds."""
+    name = resolve_call(x.func, ctx) if isinstance(x, ast.Call) else None
+    return bool(name) and name.startswith("torch.") and ops.by_call(name, None) is not ops.UNKNOWN
