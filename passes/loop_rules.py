@@ -79,12 +79,15 @@ NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
 # was, a weak scalar, so the tensor's dtype decides (float32 ``t`` times a float64 weight's
 # ``.item()`` stays float32). Ints (int64 here) need no cast next to floating tensors, the usual
 # case, and have none: next to an int32 tensor they widen it to int64.
+# The kind of ``h.item()``: a float from a floating tensor, else an int (a bool tensor's True
+# promotes as 1 does, but next to a bool tensor). ``batch_loop_bodies`` spells it ``1`` for an
+# ``h`` known to be an integer tensor per item (the loop's check).
+HOST_ITEM_NUMBER = "h.dtype.is_floating_point and 1.0 or 1"
 HOST_WEAK = {
     "float": "h.to(torch.result_type(t, 1.0))",
-    # a float from a floating tensor, else an int (a bool tensor's True promotes as 1 does,
-    # but next to a bool tensor)
-    "item": "h.to(torch.result_type(t, h.dtype.is_floating_point and 1.0 or 1))",
+    "item": f"h.to(torch.result_type(t, {HOST_ITEM_NUMBER}))",
 }
+HOST_WEAK_INT = "h.to(torch.result_type(t, 1))"  # ... of an ``h`` known to be an integer tensor
 # ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
 # precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
 NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}

@@ -26,9 +26,13 @@ BODIES = {
                       "total += F.binary_cross_entropy_with_logits(x[i, :L], y[i, :L], "
                       "reduction='sum')",
     "item_length_product": "L = lengths[i].item()\ntotal = total + (x[i, :L] * y[i, :L]).sum()",
+    # per-sequence means: divided by the Python int ``L`` (0: NaN / inf as the original)
     "host_divisor": "L = lengths[i].item()\ntotal = total + x[i, :L].sum() / L",
+    "host_divisor_squares": "L = lengths[i].item()\ntotal += (x[i, :L] ** 2).sum() / L",
+    "host_divisor_mse": "L = lengths[i].item()\n"
+                        "total += F.mse_loss(x[i, :L], y[i, :L], reduction='sum') / L",
 }
-BATCHED = [k for k in BODIES if k != "host_divisor"]
+BATCHED = list(BODIES)
 
 
 def source(body: str) -> str:
@@ -89,9 +93,10 @@ def test_batched_value_gradients_dtype(name, dtype, lengths):
         assert finite_grads(optimized, *args), code
 
 
+@pytest.mark.parametrize("name", ["mse_sum", "host_divisor_mse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_negative_lengths_and_rows_of_rank_two(dtype):
-    original, optimized, _, report = build(source(BODIES["mse_sum"]))
+def test_negative_lengths_and_rows_of_rank_two(dtype, name):
+    original, optimized, _, report = build(source(BODIES[name]))
     assert report.loops[0].strategy == "batched", report.loops[0].reason
     args = inputs(dtype, [-2, 3, -9, 6], rank=3, poison=False)
     assert_equivalent(original, optimized, *args)
@@ -107,8 +112,18 @@ def test_golden_batched_sum():
         """).replace("\n", "\n            ").strip() in code, code
 
 
-def test_no_change_a_host_length_divisor_stays_vmapped():
-    original, optimized, code, report = build(source(BODIES["host_divisor"]))
+def test_golden_host_int_divisor():
+    _, _, code, _ = build(source(BODIES["host_divisor"]))
+    assert ") / L.to(torch.result_type(_t_1.sum(tuple(range(1, _t_1.dim()))) if _t_1.dim() > 1 " \
+        "else _t_1.reshape(len(_t_1), -1).sum(1), 1))).sum(0)" in code, code
+    assert "_lengths_stacked.dtype in (torch.int64, torch.int32)" in code, code
+
+
+def test_no_change_a_host_float_divisor_stays_vmapped():
+    """``w[i].item()`` of a float tensor is a Python float, a weak scalar in the tensor's dtype:
+    only a known int has the batched spelling; the float keeps vmap."""
+    original, optimized, code, report = build(source(
+        "total = total + x[i, :lengths[i]].sum() / y[i, 0].item()"))
     assert report.loops[0].strategy == "vmap", report.loops[0].reason
     assert "_x_row.shape[0]" in code and "_x_row.shape[1]" not in code, code
     assert_equivalent(original, optimized, *inputs(torch.float64, [3, 6, 1, 5]))
@@ -160,11 +175,13 @@ def test_user_positions_against_a_tensor_length_batch():
 def test_positions_against_a_host_number_compare_as_python_does():
     """``w[i].item()`` is a Python number: next to the int64 positions a float compares in the
     default dtype (float32: 2.00000001 is 2.0), an int as int64; the host number is cast as the
-    weak scalar it was (``HOST_WEAK``), which has no batched form: vmap, for any ``w``."""
+    weak scalar it was (``HOST_WEAK``), batched for an integer ``w`` only (the check: a float
+    ``w`` runs vmap)."""
     original, optimized, code, report = build(source(
         "total += torch.where(torch.arange(x.shape[1]) < w[i].item(), x[i], 0).sum()"
     ).replace("f(x, y, lengths)", "f(x, y, w)"))
-    assert report.loops[0].strategy == "vmap", report.loops[0].reason
+    assert report.loops[0].strategy == "batched", report.loops[0].reason
+    assert "_w_stacked.dtype in (torch.int64, torch.int32)" in code, code
     x, y, _ = inputs(torch.float64, [6, 6, 6, 6], poison=False)
     assert_equivalent(original, optimized, x, y, torch.tensor([2, 9, 0, -1]))
     assert_equivalent(original, optimized, x, y,

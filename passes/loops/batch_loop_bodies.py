@@ -421,7 +421,27 @@ class _Batcher(Scope):
                 return ast.copy_location(ast.Attribute(value, node.attr, ast.Load()), node), vv
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
             return _item_size(self, node) or self._subscript(node)
+        if isinstance(node, ast.BoolOp):
+            return self._item_number(node)
         raise Unsupported(f"`{unparse(node)}` has no batched form")
+
+    def _item_number(self, node: ast.BoolOp) -> tuple[ast.expr, Val]:
+        """The kind of a host number ``h.item()`` (``rules.HOST_ITEM_NUMBER``) of a per-item
+        ``h`` known to be an integer tensor: this pattern becomes ``1`` behind the check that
+        it is one (``Val.integer``), so ``L.to(torch.result_type(s, 1))`` divides ``s`` as the
+        Python int ``L`` does. Float lengths keep vmap (a weak scalar of another spelling)."""
+        h = node.values[0].values[0].value.value if isinstance(node.values[0], ast.BoolOp) \
+            and isinstance(node.values[0].values[0], ast.Attribute) \
+            and isinstance(node.values[0].values[0].value, ast.Attribute) else None
+        if h is None or ast.dump(self.sub(rules.HOST_ITEM_NUMBER, h=h)) != ast.dump(node):
+            raise Unsupported(f"`{unparse(node)}` has no batched form")
+        _, hv = self.expr(h)
+        if not hv.batched or hv.integer is None or hv.rank is None:
+            raise Unsupported(f"`{unparse(node)}`: a host number not known to be an int")
+        self.require(hv.rank, "==", node)  # a 0-d item: ``.item()`` of more raises
+        for cond in hv.integer:
+            self.check(cond)
+        return ast.copy_location(ast.Constant(1), node), CONSTANT
 
     def _if_exp(self, node: ast.IfExp) -> tuple[ast.expr, Val]:
         """``a if c else b`` with ``c`` the same in every iteration (metadata): both branches

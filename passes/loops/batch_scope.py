@@ -199,9 +199,10 @@ class Scope:
         if top is None or any(v.rank is None for v in batched):
             return None
         rank = batched[0].rank
+        positions = [ast.dump(e) for e, v in operands if not v.batched and v.fixed_rank]
         if condition(rank - top, ">=") is True or not all(
                 v.tensor or v.integer is not None or self._int_bound(e)
-                for e, v in operands if v.batched):
+                or self._weak_int(e, positions) for e, v in operands if v.batched):
             return None
         for cond in dict.fromkeys(c for _, v in operands if v.batched and not v.tensor
                                   for c in v.integer or ()):
@@ -233,6 +234,18 @@ class Scope:
         if isinstance(e, ast.Compare):
             return all(self._int_bound(c) for c in [e.left] + e.comparators)
         return type(literal(e)) is int or int_size(e, self.ctx)
+
+    def _weak_int(self, e: ast.expr, positions: list[str]) -> bool:
+        """``h.to(torch.result_type(pos, 1))``: a host int ``h.item()`` next to the positions
+        ``pos`` (``rules.HOST_WEAK``, the kind ``1`` once known, ``batch_loop_bodies``'
+        ``_item_number``): int64, as the int compares with them."""
+        if not (isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.args
+                and isinstance(e.args[0], ast.Call) and e.args[0].args
+                and ast.dump(e.args[0].args[0]) in positions):
+            return False
+        spelled = replace(rules.HOST_WEAK_INT, h=e.func.value, t=e.args[0].args[0],
+                          torch_name=self.ctx.torch_name)
+        return ast.dump(spelled) == ast.dump(e)
 
     def elementwise(self, vals: list[Val], node: ast.AST, aligned: bool = False) -> Val:
         """Broadcasting of batched and fixed operands: the runtime conditions it needs.
