@@ -286,6 +286,11 @@ class FormTrial:
             self._due.remove(form)
         return out
 
+    def steady(self, *args: Any, **kwargs: Any) -> Any:
+        """The form chosen so far, untimed: a call that must run what the next one like it
+        runs (a checkpoint's forward and its recomputation) leaves the trial as it is."""
+        return self.forms[0 if self._chosen is None else self._chosen](*args, **kwargs)
+
     def _next(self) -> tuple[int, bool]:
         """The form this call runs, and whether it is timed: untimed between the checks of a
         choice and after the last, and while another thread's timed call runs."""

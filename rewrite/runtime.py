@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.checkpoint import _StopRecomputationError
 
 from passes import loop_regions, loop_run_counters
 from passes.ast_tools import clone
@@ -288,7 +289,11 @@ class OptimizedFunction:
             key = signature_key(args, kwargs)
             impl = self._impls.get(key)
             if impl is None:
+                if _saved_tensors_hooked():
+                    return self._original(*args, **kwargs)
                 impl = self._specialize(key, args, kwargs)
+        if type(impl) is FormTrial and _saved_tensors_hooked():
+            return impl.steady(*args, **kwargs)
         if impl is self._original or type(impl) is FormTrial:  # a trial guards its rewritten form
             return impl(*args, **kwargs)
         return self._guarded(impl, *args, **kwargs)
@@ -314,6 +319,8 @@ class OptimizedFunction:
         saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
         try:
             return impl(*args, **kwargs)
+        except _SIGNALS:
+            raise
         except Exception as exc:
             return self._recover(signature_key(args, kwargs), impl, exc, args, kwargs, saved)
 
@@ -670,6 +677,10 @@ class OptimizedFunction:
 
 
 _EAGER = "the eager rewritten function"
+# What torch raises through a call on purpose, not a failure of the rewrite: a non-reentrant
+# checkpoint's recomputation stops (by default) once it has the tensors backward needs. Running
+# the original after it would recompute past that stop, which the checkpoint asserts against.
+_SIGNALS = (_StopRecomputationError,)
 
 # Decorated functions whose AST stage has not run. When any torch.compile starts (a training
 # step that calls one of them, say), they are rewritten first, outside Dynamo's trace, so that
@@ -692,6 +703,15 @@ def _rewrite_pending(_: Any) -> None:
             fn._lock.release()
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 _PROBE = "_optimize_loss_probe"  # what records a loop region's live-ins, in the probed copy
+
+
+def _saved_tensors_hooked() -> bool:
+    """Whether saved-tensor hooks are on, as in a non-reentrant ``torch.utils.checkpoint``'s
+    forward and in its recomputation during backward. The two must save the same tensors, so
+    such a call runs what an earlier call settled: never a first call's checks beside it, a
+    timed trial's turn of another form, nor a form the recomputation would not run (a signature
+    first met so runs the original, and stays unsettled)."""
+    return torch._C._autograd._top_saved_tensors_default_hooks(True) is not None
 
 
 def _transformed_helpers(bindings: dict[str, Any], transform: Callable[[ast.Module], ast.Module],
