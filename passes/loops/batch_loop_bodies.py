@@ -422,26 +422,8 @@ class _Batcher(Scope):
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
             return _item_size(self, node) or self._subscript(node)
         if isinstance(node, ast.BoolOp):
-            return self._item_number(node)
+            return _item_number(self, node)
         raise Unsupported(f"`{unparse(node)}` has no batched form")
-
-    def _item_number(self, node: ast.BoolOp) -> tuple[ast.expr, Val]:
-        """The kind of a host number ``h.item()`` (``rules.HOST_ITEM_NUMBER``) of a per-item
-        ``h`` known to be an integer tensor: this pattern becomes ``1`` behind the check that
-        it is one (``Val.integer``), so ``L.to(torch.result_type(s, 1))`` divides ``s`` as the
-        Python int ``L`` does. Float lengths keep vmap (a weak scalar of another spelling)."""
-        h = node.values[0].values[0].value.value if isinstance(node.values[0], ast.BoolOp) \
-            and isinstance(node.values[0].values[0], ast.Attribute) \
-            and isinstance(node.values[0].values[0].value, ast.Attribute) else None
-        if h is None or ast.dump(self.sub(rules.HOST_ITEM_NUMBER, h=h)) != ast.dump(node):
-            raise Unsupported(f"`{unparse(node)}` has no batched form")
-        _, hv = self.expr(h)
-        if not hv.batched or hv.integer is None or hv.rank is None:
-            raise Unsupported(f"`{unparse(node)}`: a host number not known to be an int")
-        self.require(hv.rank, "==", node)  # a 0-d item: ``.item()`` of more raises
-        for cond in hv.integer:
-            self.check(cond)
-        return ast.copy_location(ast.Constant(1), node), CONSTANT
 
     def _if_exp(self, node: ast.IfExp) -> tuple[ast.expr, Val]:
         """``a if c else b`` with ``c`` the same in every iteration (metadata): both branches
@@ -482,7 +464,7 @@ class _Batcher(Scope):
             if not isinstance(base, ast.Name):  # (vectorize_loops checks names the loop indexes)
                 self.check(f"isinstance({text}, torch.Tensor)")
             rank = iv.rank + Rank.of(f"{text}.dim()") - 1
-            rows = self._rows_at_index(base, text, idx)
+            rows = _rows_at_index(self, base, text, idx)
             if rows is not None:
                 return rows, Val(True, rank)
             return ast.copy_location(ast.Subscript(base, idx, ast.Load()), node), Val(True, rank)
@@ -493,24 +475,6 @@ class _Batcher(Scope):
         base = self.named(base)
         new = self.sub("x[torch.arange(len(x), device=x.device), i]", x=base, i=idx)
         return new, Val(True, bv.rank - 1)
-
-    def _rows_at_index(self, w: ast.expr, text: str, idx: ast.expr) -> ast.expr | None:
-        """``w[i]``, ``i`` the index of ``range(a, b, s)`` (int literals ``a >= 0``, ``s > 0``):
-        all at once ``w[a:b:s].clone()``, the rows the gather ``w[torch.arange(a, b, s)]``
-        copies, without an index tensor (Inductor then runs the elementwise ops over them as
-        one flat loop), behind the check ``0 <= b <= len(w)`` (else the vmapped form raises as
-        the original). None: not this pattern."""
-        if self.index is None or not (isinstance(idx, ast.Name) and idx.id == self.index[0]):
-            return None
-        arange = self.index[1]
-        if not (isinstance(arange, ast.Call) and len(arange.args) == 3):
-            return None
-        a, b, s = arange.args
-        if not (type(literal(a)) is int and literal(a) >= 0
-                and type(literal(s)) is int and literal(s) > 0):
-            return None
-        self.check(f"{text}.dim() > 0 and 0 <= {unparse(b)} <= {text}.shape[0]")
-        return self.sub("w[a:b:s].clone()", w=w, a=a, b=b, s=s)
 
     def _fixed_gather(self, node: ast.Subscript, entries: list[ast.expr]):
         """``w[i, j]``: a fixed ``w`` at fixed ints ``i``, then a loop-varying index ``j`` ->
@@ -524,6 +488,44 @@ class _Batcher(Scope):
         self.check(f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
                    f"{len(fixed)}")
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
+
+
+def _item_number(b: _Batcher, node: ast.BoolOp) -> tuple[ast.expr, Val]:
+    """The kind of a host number ``h.item()`` (``rules.HOST_ITEM_NUMBER``) of a per-item
+    ``h`` known to be an integer tensor: this pattern becomes ``1`` behind the check that
+    it is one (``Val.integer``), so ``L.to(torch.result_type(s, 1))`` divides ``s`` as the
+    Python int ``L`` does. Float lengths keep vmap (a weak scalar of another spelling)."""
+    h = node.values[0].values[0].value.value if isinstance(node.values[0], ast.BoolOp) \
+        and isinstance(node.values[0].values[0], ast.Attribute) \
+        and isinstance(node.values[0].values[0].value, ast.Attribute) else None
+    if h is None or ast.dump(b.sub(rules.HOST_ITEM_NUMBER, h=h)) != ast.dump(node):
+        raise Unsupported(f"`{unparse(node)}` has no batched form")
+    _, hv = b.expr(h)
+    if not hv.batched or hv.integer is None or hv.rank is None:
+        raise Unsupported(f"`{unparse(node)}`: a host number not known to be an int")
+    b.require(hv.rank, "==", node)  # a 0-d item: ``.item()`` of more raises
+    for cond in hv.integer:
+        b.check(cond)
+    return ast.copy_location(ast.Constant(1), node), CONSTANT
+
+
+def _rows_at_index(batcher: _Batcher, w: ast.expr, text: str, idx: ast.expr) -> ast.expr | None:
+    """``w[i]``, ``i`` the index of ``range(a, b, s)`` (int literals ``a >= 0``, ``s > 0``):
+    all at once ``w[a:b:s].clone()``, the rows the gather ``w[torch.arange(a, b, s)]``
+    copies, without an index tensor (Inductor then runs the elementwise ops over them as
+    one flat loop), behind the check ``0 <= b <= len(w)`` (else the vmapped form raises as
+    the original). None: not this pattern."""
+    if batcher.index is None or not (isinstance(idx, ast.Name) and idx.id == batcher.index[0]):
+        return None
+    arange = batcher.index[1]
+    if not (isinstance(arange, ast.Call) and len(arange.args) == 3):
+        return None
+    a, b, s = arange.args
+    if not (type(literal(a)) is int and literal(a) >= 0
+            and type(literal(s)) is int and literal(s) > 0):
+        return None
+    batcher.check(f"{text}.dim() > 0 and 0 <= {unparse(b)} <= {text}.shape[0]")
+    return batcher.sub("w[a:b:s].clone()", w=w, a=a, b=b, s=s)
 
 
 def _item_size(b: _Batcher, node: ast.Subscript) -> tuple[ast.expr, Val] | None:
