@@ -500,12 +500,22 @@ class OptimizedFunction:
     @contextlib.contextmanager
     def _state_kept(self, args: tuple, kwargs: dict) -> Iterator[None]:
         """What a run beside the call changes in the arguments (a module's ``self.center = ...``
-        or buffer, a list it appends to) is put back after it, so that the call changes them
-        once, as the original does, and every run starts from the same state. Every parameter:
-        a method the function calls on a module or an object (``self.update_center(t)``) may
-        change it, which ``_mutated`` does not follow."""
+        or buffer, an object's attribute) is put back after it, so that the call changes them
+        once, as the original does, and every run starts from the same state. Every argument
+        the run shares with the call (``_shared``): a method the function calls on a module or
+        an object (``self.update_center(t)``) may change it, which ``_mutated`` does not follow;
+        tensors and containers of them the run gets as clones (``clone_inputs``) are not copied
+        again."""
         signature = inspect.signature(self._original)
-        saved = _Saved(signature, tuple(signature.parameters), args, kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # the call fails before the body runs: nothing can change
+            bound = None
+        else:
+            bound.apply_defaults()
+        names = () if bound is None else tuple(
+            name for name, value in bound.arguments.items() if _shared(value))
+        saved = _Saved(signature, names, args, kwargs)
         try:
             yield
         finally:
@@ -703,6 +713,13 @@ def _rewrite_pending(_: Any) -> None:
             fn._lock.release()
 _COUNTER = "_optimize_loss_counts"  # the report, as the instrumented copy's closure binding
 _PROBE = "_optimize_loss_probe"  # what records a loop region's live-ins, in the probed copy
+
+
+def _shared(value: Any) -> bool:
+    """Whether a run on ``clone_inputs`` of ``value`` shares part of it with the call: a leaf
+    that is no tensor (cloned), number, string or None (a module, another object)."""
+    return any(not isinstance(leaf, (torch.Tensor, int, float, complex, str, type(None)))
+               for leaf in tree_flatten(value)[0])
 
 
 def _saved_tensors_hooked() -> bool:
