@@ -41,7 +41,8 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           removed_index_lists_to_masks,
                           rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
                           sink_own_item_selections, sorts_read_at_ends, stack_tensor_lists,
-                          tensor_branches_to_where, unit_slices_to_index, vectorize_loops)
+                          tensor_branches_to_where, unit_slices_to_index, vectorize_loops,
+                          moving_slices_to_windows)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -904,6 +905,46 @@ total = total + x[i] * 2
      """
 # body
 total = total + x[i] * 2
+"""),
+    (moving_slices_to_windows, """
+def f(out, q, bs, n):
+    total = 0
+    for v in range(n):
+        total = total + (q * out[bs * v:bs * (v + 1), :].log_softmax(-1)).sum()
+    return total
+""", ('body', 'prelude', 'windows', 'checks'),
+     """
+# body
+total = total + (q * out[bs * v:bs * (v + 1), :].log_softmax(-1)).sum()
+# prelude
+# windows
+[]
+# checks
+""",
+     """
+# body
+total = total + (q * _out_windows[v, :, :].log_softmax(-1)).sum()
+# prelude
+_out_windows = _slice_windows(out, 0, lambda: (0, bs, bs, n))
+# windows
+['_out_windows']
+# checks
+isinstance(_out_windows, torch.Tensor)
+"""),
+    (moving_slices_to_windows, """
+def f(out, q, bs, n):
+    total = 0
+    for v in range(n):
+        total = total + (q * out[bs * v:bs * (v + 2) - v, :].log_softmax(-1)).sum()
+    return total
+""", ('body',),
+     """
+# body
+total = total + (q * out[bs * v:bs * (v + 2) - v, :].log_softmax(-1)).sum()
+""",
+     """
+# body
+total = total + (q * out[bs * v:bs * (v + 2) - v, :].log_softmax(-1)).sum()
 """),
     (row_slices_to_params, """
 def f(x, n):

@@ -110,7 +110,7 @@ def test_unconverted_forms_keep_the_loop_with_the_slice_bound_reason(body):
 
 @pytest.mark.parametrize("block, same", [
     ("r[i * k:(i + 1) * k, i * k:(i + 1) * k]", True),    # Smooth-AP's per-class diagonal block
-    ("r[4 * i:4 * i + 4]", True),
+    ("r[4 * i:4 * i + 4, i:i + 2]", True),                # two moving slices (one is a window)
     ("r[i * k:L]", False),                               # L varies: the size differs too
     ("r[:L]", False),
 ])

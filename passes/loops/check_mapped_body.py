@@ -47,6 +47,7 @@ from ..errors import Unsupported
 from . import loop_dataflow
 from .index_tensor_parameters import index_tensor_arguments
 from .own_methods import own_method
+from .moving_slices_to_windows import poly_value
 from .loop_dataflow import (UnwrapFixedOperands, call_op, container_names, depends,
                             filled_number, fixed_operand_helpers, float_filled, is_boolean,
                             makes_new_tensor, mask_names, module_function, resolve_call,
@@ -448,22 +449,15 @@ def _same_width(entry: ast.Slice, variant: set[str]) -> bool:
     iterations, each name that varies a different value in each, for two draws of the others."""
     if entry.step is not None or entry.lower is None or entry.upper is None:
         return False
+
+    def value(n: ast.expr, draw: int, at: int) -> int:
+        def of(name: str) -> int:
+            code = sum(map(ord, name)) % 97 + 1
+            return at * code + code if name in variant else draw * code
+        return poly_value(n, of)
     try:
-        widths = {(draw, _value(entry.upper, variant, draw, at)
-                   - _value(entry.lower, variant, draw, at)) for draw in (3, 11) for at in (2, 5)}
+        widths = {(draw, value(entry.upper, draw, at) - value(entry.lower, draw, at))
+                  for draw in (3, 11) for at in (2, 5)}
     except ValueError:  # anything but names, ints, +, -, *
         return False
     return len(widths) == 2  # one width per draw, whatever the iteration
-
-
-def _value(n: ast.expr, variant: set[str], draw: int, at: int) -> int:
-    """``n`` on ints: a name that varies depends on the iteration ``at``, another on ``draw``."""
-    if isinstance(n, ast.Constant) and type(n.value) is int:
-        return n.value
-    if isinstance(n, ast.Name):
-        code = sum(map(ord, n.id)) % 97 + 1
-        return at * code + code if n.id in variant else draw * code
-    if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Sub, ast.Mult)):
-        a, b = _value(n.left, variant, draw, at), _value(n.right, variant, draw, at)
-        return a + b if isinstance(n.op, ast.Add) else a - b if isinstance(n.op, ast.Sub) else a * b
-    raise ValueError(ast.dump(n))

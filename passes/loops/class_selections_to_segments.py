@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import (PassContext, Transformer, clone, is_int, is_name, is_pure, root_name,
+from ..ast_tools import (PassContext, Transformer, clone, is_int, is_name, is_pure,
                          unparse, walk)
 from ..class_segments import class_rows, class_rows_at
-from .loop_dataflow import loads, method_name, mutates_local, resolve_call, stores, stores_in
+from .loop_dataflow import loads, method_name, resolve_call, stores, stores_in, written_names
 from .plan import LoopPlan
 
 # The selected rows reduced along the selection (dim 0): method or torch function -> kind.
@@ -54,8 +54,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     if plan.inner or ctx.mapped or key is None or key in stores_in(plan.body) \
             or it.index in stores_in(plan.body):
         return plan
-    written = stores_in(plan.body).union(*(_written_into(t) for s in plan.body for t in walk(s)
-                                            if isinstance(t, ast.stmt) and mutates_local(t)))
+    written = written_names(plan.body)
     segments = _Segments(plan, ctx, key, written)
     if it.elements and not segments.invariant(it.elements[0][1]):
         return plan
@@ -72,13 +71,6 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for name in segments.made.values():
         plan.check("r is not None", r=ast.Name(name, ast.Load()))
     return plan
-
-
-def _written_into(s: ast.stmt) -> set[str]:
-    """The names a statement writing in place writes into (``t[k] = v``, ``t.add_(v)``)."""
-    targets = [s.value.func.value] if isinstance(s, ast.Expr) else \
-        getattr(s, "targets", [getattr(s, "target", None)])
-    return {r for r in map(root_name, targets) if r is not None}
 
 
 def _bound_name(s: ast.stmt) -> str | None:

@@ -29,7 +29,7 @@ from ..errors import Unsupported
 
 from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, is_int, is_name, unparse, walk, write_target
+from ..ast_tools import PassContext, is_int, is_name, root_name, unparse, walk, write_target
 
 # Python containers built in place: a list, tuple or dict display or comprehension.
 DISPLAYS = (ast.List, ast.Tuple, ast.Dict, ast.ListComp, ast.DictComp)
@@ -103,6 +103,17 @@ def stores(stmt: ast.stmt) -> set[str]:
 def stores_in(stmts: list[ast.stmt]) -> set[str]:
     """Names bound anywhere in ``stmts``, nested statements included."""
     return set().union(*(stores(n) for s in stmts for n in walk(s) if isinstance(n, ast.stmt)))
+
+
+def written_names(stmts: list[ast.stmt]) -> set[str]:
+    """Names ``stmts`` bind, and those a statement writes into in place (``t[k] = v``,
+    ``t.add_(v)``)."""
+    written = stores_in(stmts)
+    for s in (n for s in stmts for n in walk(s) if isinstance(n, ast.stmt) and mutates_local(n)):
+        targets = [s.value.func.value] if isinstance(s, ast.Expr) else \
+            getattr(s, "targets", [getattr(s, "target", None)])
+        written |= {r for r in map(root_name, targets) if r is not None}
+    return written
 
 
 def stmt_loads(stmt: ast.stmt) -> set[str]:

@@ -128,6 +128,9 @@ class LoopPlan:
     # name -> the read.
     host_containers: frozenset[str] = frozenset()
     gathered: dict[str, str] = field(default_factory=dict)
+    # Views of all the windows a slice moving with the index reads (``moving_slices_to_windows``):
+    # the view's name -> the slice as written.
+    windows: dict[str, str] = field(default_factory=dict)
     # Generated names the effects go to in place of the user's values (a tensor written through
     # an attribute, ``attribute_writes_to_names``; a list filled at its front) -> as written.
     user_names: dict[str, str] = field(default_factory=dict)

@@ -104,7 +104,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                linear_recurrences_to_scans, loop_dataflow, masked_selections_to_where,
                masked_writes_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
-               module_loss_calls,
+               module_loss_calls, moving_slices_to_windows,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, picked_rows_to_tables,
                promoting_folds_run_as_written,
@@ -172,6 +172,9 @@ LOOP_STAGES: list = [
     sink_own_item_selections,     # on its branches; before the stages that find what varies
     host_roundtrips_to_tensor_ops,  # finds what varies with the iteration, for the next stages
     unit_slices_to_index,         # before row_slices_to_params: `x[i:i+1]` reads the row x[i]
+    # after unit_slices_to_index (a unit slice is a row, not a window); before
+    # row_slices_to_params, which reads the windows' rows at the index
+    moving_slices_to_windows,
     number_list_operands,         # before row_slices_to_params: it keeps `w[i]` an item read
     row_slices_to_params,
     classify_effects,             # on the final body: later stages rewrite its effect statements
@@ -419,7 +422,8 @@ class _Vectorizer(Transformer):
             check = fission.plan.checks.expr()
             fp = fission.plan
             self.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
-                check, fp.stacked, fp.gathered, numbers=fp.number_lists, written=self.getattrs),
+                check, fp.stacked, fp.gathered, numbers=fp.number_lists, written=self.getattrs,
+                windows=fp.windows),
                 fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
@@ -556,7 +560,7 @@ class _Vectorizer(Transformer):
         check = fission.plan.checks.expr()
         self.add_loop(comp.lineno, True, "distributed", fission.reason + " (comprehension)"
                       + _runs_when(check, fission.plan.stacked, fission.plan.gathered,
-                                   written=self.getattrs),
+                                   written=self.getattrs, windows=fission.plan.windows),
                       fission.plan)
         self.seen.add((comp.lineno, comp.col_offset))
         result = self._comprehension(result)  # the statement's next comprehension, if any
@@ -587,7 +591,7 @@ def _reported(vectorizer: "_Vectorizer", plan: LoopPlan, lineno: int, what: str)
     vectorizer.add_loop(lineno, True, _strategy(plan),
                         _why(plan, vectorizer.ctx) + what
                         + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
-                                     plan.number_lists, vectorizer.getattrs)
+                                     plan.number_lists, vectorizer.getattrs, plan.windows)
                         + plan.no_grad_reason, plan)
     return check
 
@@ -728,23 +732,27 @@ def _numbers(init: list[ast.stmt]) -> set[str]:
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],
                gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
-               numbers: set[str] = frozenset(), written: frozenset[str] = frozenset()) -> str:
+               numbers: set[str] = frozenset(), written: frozenset[str] = frozenset(),
+               windows: dict[str, str] | None = None) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
     named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
     written through an attribute as the attribute, an attribute the rewrite reads with ``getattr``
-    as the attribute (a ``getattr`` call of ``written``, the user's own, as written)."""
-    user_names = user_names or {}
+    as the attribute (a ``getattr`` call of ``written``, the user's own, as written), the view
+    of moving slices (``windows``) as the slices."""
+    user_names = {**(user_names or {}), **(windows or {})}
     shown = [unparse(attribute_writes_to_names.unguarded(x, written))
              for x in proven_tensors(check)]
     found = sorted({user_names.get(n, n) for n in shown})
     gathered = gathered or {}
-    names = [f"`{n}`" for n in found if n not in stacked and n not in gathered]
+    slices = [f"`{n}`" for n in found if n in (windows or {}).values()]
+    names = [f"`{n}`" for n in found if n not in stacked and n not in gathered
+             and f"`{n}`" not in slices]
     shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it
     lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
     number_lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] in numbers]
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
-    if not names and not lists and not reads and not number_lists:
+    if not names and not lists and not reads and not number_lists and not slices:
         return ""
     parts = []
     if names:
@@ -759,6 +767,9 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     if reads:
         parts.append(f"the items {', '.join(reads)} over the loop are tensors of one shape, dtype "
                      "and device (gathered and stacked)")
+    if slices:
+        parts.append(f"the slices {', '.join(slices)} lie inside their tensor in every iteration "
+                     "(one view of them all)")
     return f"; when {' and '.join(parts)}, else the loop runs as written"
 
 
