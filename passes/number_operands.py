@@ -13,7 +13,8 @@ the original computes ``x <op> w[k]`` with a Python number: the number takes no 
 promotion beyond its category, so the operation is in ``result_type(x, w[k])``, the same for
 every item of one type, and the number is converted to it. Float16 and bfloat16 compute with the
 number in float32 (their ops' opmath) and round the result, as their kernels do with a Python
-number; rounding the number to 16 bits first would change the values. With ``kind`` None the
+number; rounding the number to 16 bits first would change the values. A number divided by a
+tensor is ``Tensor.__rtruediv__``: the tensor's reciprocal (in its dtype) times the number. With ``kind`` None the
 row is a tensor's own (the user's tensor, or stacked tensors) and the op is applied as it is.
 """
 from __future__ import annotations
@@ -57,5 +58,8 @@ def number_op(x, row, kind, op, reflected):
         x, row = x.float(), row.to(device=x.device, dtype=torch.float32)
     else:
         row = row.to(device=x.device, dtype=dtype)
-    out = fn(row, x) if reflected else fn(x, row)
+    if reflected and op == "truediv":  # Tensor.__rtruediv__: the reciprocal times the number
+        out = (x.reciprocal() if dtype not in _REDUCED else x.to(dtype).reciprocal().float()) * row
+    else:
+        out = fn(row, x) if reflected else fn(x, row)
     return out.to(dtype) if dtype in _REDUCED else out

@@ -191,3 +191,38 @@ def test_min_max_of_python_ints_read_each_operand_once():
     assert rewrite(src, {"i"}).splitlines()[-4:] == [
         "a = torch.clamp_min(c[i].long(), 1)", "b = torch.clamp_max(c[i].long(), 2)",
         "d = torch.where(0.5 > c[i].long(), 0.5, c[i].long())", "e = torch.where(1 > c[i], 1, c[i])"]
+
+
+HOST_OVER_TENSOR = """
+import torch
+
+
+def f(x, w):
+    out = []
+    for i in range(x.shape[0]):
+        out.append(w[i].item() / x[i])
+    return torch.stack(out)
+"""
+
+
+def test_a_host_number_over_a_tensor_is_the_reciprocal_times_it(tmp_path):
+    # Python's `h / t` is Tensor.__rtruediv__: t.reciprocal() * h, two roundings; a division
+    # of the number as a tensor rounds once and differs in the last bit for about a quarter
+    # of the elements
+    from rewrite import optimize_loss
+    from tests.helpers import load_module
+    user = load_module(tmp_path, HOST_OVER_TENSOR)
+    fast = optimize_loss(user.f, compile=False, keep_faster=False)
+    assert ".reciprocal() * " in fast.report.rewritten_source
+    w = torch.rand(8, generator=torch.Generator().manual_seed(1)) * 3 + 0.1
+    for dtype in (torch.float32, torch.float64):
+        x = (torch.rand(8, 500, dtype=dtype, generator=torch.Generator().manual_seed(2)) + 0.5)
+        runs = []
+        for fn in (user.f, fast):
+            xr = x.clone().requires_grad_()
+            value = fn(xr, w)
+            value.backward(torch.ones_like(value))
+            runs.append((value, xr.grad))
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1]), dtype
+    loop = fast.report.loops[0]
+    assert loop.vectorized_runs > 0 and loop.original_runs == 0

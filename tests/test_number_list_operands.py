@@ -384,3 +384,27 @@ def test_zipped_weights_are_read_as_items(weights, levels, dtype):
     assert fast(outs, target, weights).dtype == dtype
     loop = fast.report.loops[0]
     assert loop.vectorized_runs > 0 and loop.original_runs == 0, loop.last_failure
+
+
+def number_over_tensor(x, w):
+    out = []
+    for i in range(x.shape[0]):
+        d = x[i] * 2
+        out.append(w[i] / d)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float16, torch.bfloat16], ids=str)
+def test_a_number_over_a_tensor_is_its_reciprocal_times_the_number(dtype):
+    """``w[i] / d`` is ``Tensor.__rtruediv__``, ``d.reciprocal() * w[i]``: bit for bit the
+    original's values and gradients (a division rounds once where it rounds twice)."""
+    fast = optimize_loss(number_over_tensor, compile=False, keep_faster=False)
+    x = torch.rand(4, 300, generator=torch.Generator().manual_seed(0)).add(0.5).to(dtype)
+    runs = []
+    for fn in (number_over_tensor, fast):
+        xr = x.clone().requires_grad_()
+        value = fn(xr, [0.3, 1.0039, 2.7, 0.1234567])
+        value.sum().backward()
+        runs.append((value, xr.grad))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert fast.report.loops[0].vectorized_runs == 1

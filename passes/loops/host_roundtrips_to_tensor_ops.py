@@ -179,9 +179,15 @@ class _HostToTensor(Transformer):
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         """Python arithmetic on host numbers gives a host number; a host number with a tensor
-        is a weak scalar: the tensor's dtype decides (``HOST_WEAK``)."""
+        is a weak scalar: the tensor's dtype decides (``HOST_WEAK``). A host number divided by
+        a tensor is ``Tensor.__rtruediv__``: the tensor's reciprocal times the number (one more
+        rounding than a division, which the rewrite keeps)."""
         self.generic_visit(node)
+        left = node.left
         node.left, node.right = self._operands(node, [node.left, node.right])
+        if isinstance(node.op, ast.Div) and node.left is not left \
+                and _number(left) in rules.HOST_WEAK and _number(node.right) is None:
+            return self._sub("t.reciprocal() * h", node, t=node.right, h=node.left)
         return node
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
