@@ -10,7 +10,8 @@ windows included). The same elements, values and gradients as each slice, where 
 lies inside ``x``: all four Python ints, ``start >= 0``, ``width >= 1``, ``step >= 1``,
 ``count >= 1`` and the last window ending by ``x.shape[dim]``. Else None, and the loop runs as
 written (Python's slicing clamps a window that leaves the tensor, or counts a negative start
-from the end), also when ``bounds()`` raises (bounds of a type ``range`` or ``+`` refuse).
+from the end), also when ``bounds()`` raises (bounds of a type ``range`` or ``+`` refuse) and
+for a sparse or nested ``x`` (no ``unfold``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 
 def slice_windows(x, dim: int, bounds):
-    if not isinstance(x, torch.Tensor) or not 0 <= dim < x.dim():
+    if not isinstance(x, torch.Tensor) or x.layout != torch.strided or not 0 <= dim < x.dim():
         return None
     try:
         start, width, step, count = bounds()

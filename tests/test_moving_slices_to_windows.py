@@ -126,6 +126,7 @@ def test_slice_windows_is_the_slices_or_none():
         assert slice_windows(x, 1, lambda b=bounds: b) is None, bounds
     assert slice_windows(x, 2, lambda: (0, 1, 1, 1)) is None
     assert slice_windows([1, 2], 0, lambda: (0, 1, 1, 1)) is None
+    assert slice_windows(x.to_sparse(), 1, lambda: (0, 1, 1, 1)) is None
     assert slice_windows(x, 0, lambda: (0, None + 1, 1, 1)) is None  # bounds that raise
 
 
