@@ -931,12 +931,17 @@ def test_golden_writes_at_data_dependent_slots():
     ("out[t[i]] += x[i].sum()", "torch.zeros(5)"),                          # repeated slots
     ("out[t[i], 2] -= x[i].sum() * 0.5", "torch.zeros(5, 3)"),
     ("out[int(t[i])] += 1", "torch.zeros(5, dtype=torch.int64)"),
+    # a label read with .item() (ArcFace's margin written per sample): an int for int labels
+    ("c = t[i].item()\n        out[i, c] = x[i].sum()", "torch.zeros(n, 5)"),
+    ("c = t[i].item()\n        out[c] += x[i].sum()", "torch.zeros(5)"),
 ])
 def test_writes_at_data_dependent_slots_are_equivalent(body, out):
     src = (f"def f(x, t):\n    n = x.shape[0]\n    out = {out}\n    for i in range(n):\n"
            f"        {body}\n    return out\n")
     original, optimized, code, report = build(src)
     assert report.loops[0].vectorized, report.loops[0].reason
+    assert "advanced indexing" in report.loops[0].reason or "index_put_" in \
+        report.loops[0].reason, report.loops[0].reason  # the write itself, not a residual loop
     for dtype in DTYPES:
         for tdtype in (torch.int64, torch.int32):
             x = randn(6, 3, dtype=dtype, seed=4).requires_grad_()

@@ -37,7 +37,7 @@ from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
 from . import inline_inner_loops
 from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, loads,
-                            resolve_call, stores_in, write_entries)
+                            resolve_call, stores, stores_in, write_entries)
 from .plan import Accumulator, LoopPlan, OwnList
 
 
@@ -243,6 +243,11 @@ def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
     tensor (a bool one would be a mask)."""
     if ast_marks.get(x, ast_marks.HOST_NUMBER) == "int":
         return
+    if ast_marks.get(x, ast_marks.HOST_NUMBER) == "item" and isinstance(x, ast.Name):
+        src = _item_source(plan, x.id)
+        if src is not None:  # ``c = label[i].item()``: an int when ``label`` holds ints
+            plan.check(f"x.dtype in {rules.INDEX_DTYPES}", x=src)
+            return
     offset = index_offset(x, plan.iteration.index, plan.facts, ctx)
     if offset is not None:
         if not (isinstance(offset, ast.Constant) and type(offset.value) is int):
@@ -257,6 +262,31 @@ def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
         raise Unsupported(f"write index `{unparse(x)}`: not known to be one integer per "
                           "iteration")
     plan.check(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == 1", x=src)
+
+
+def _item_source(plan: LoopPlan, name: str) -> ast.expr | None:
+    """The tensor whose element ``name`` holds, bound once at the body's top level by
+    ``name = t[...].item()`` (``t[...].detach()`` here): ``t``, a name the body does not
+    bind (a row parameter: the tensor it is a row of; an element: what the loop iterates);
+    else None."""
+    binds = [s for s in plan.body if name in stores(s)]
+    if len(binds) != 1 or not (isinstance(binds[0], ast.Assign) and len(binds[0].targets) == 1
+                               and is_name(binds[0].targets[0], name)):
+        return None
+    value = binds[0].value
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr == "detach" and not value.args and not value.keywords:
+        value = value.func.value
+    while isinstance(value, ast.Subscript):
+        value = value.value
+    if not isinstance(value, ast.Name) or value.id in stores_in(plan.body) - {
+            r.param for r in plan.row_slices.values()}:
+        return None
+    rows = {r.param: src for (src, _), r in plan.row_slices.items() if not r.prefix}
+    sources = dict(plan.iteration.elements)
+    if value.id in rows:
+        return ast.Name(rows[value.id], ast.Load())
+    return sources.get(value.id, value)
 
 
 def _place_at(plan: LoopPlan, e: Effect, stacked: ast.expr, slots: dict[int, ast.expr],

@@ -178,17 +178,11 @@ class _HostToTensor(Transformer):
         return node
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-        """Python arithmetic on host numbers gives a host number; a host number with a tensor
-        is a weak scalar: the tensor's dtype decides (``HOST_WEAK``). A host number divided by
-        a tensor is ``Tensor.__rtruediv__``: the tensor's reciprocal times the number (one more
-        rounding than a division, which the rewrite keeps)."""
+        """Host numbers' arithmetic makes a host number; next to a tensor, a weak scalar."""
         self.generic_visit(node)
         left = node.left
         node.left, node.right = self._operands(node, [node.left, node.right])
-        if isinstance(node.op, ast.Div) and node.left is not left \
-                and _number(left) in rules.HOST_WEAK and _number(node.right) is None:
-            return self._sub("t.reciprocal() * h", node, t=node.right, h=node.left)
-        return node
+        return _reciprocal_times(node, left, self.ctx)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
         """``-h`` of a host number is a host number of its kind (the user's, when ``h`` is)."""
@@ -414,6 +408,17 @@ class _HostToTensor(Transformer):
                 return self._sub(op.host_int_pair, node, a=a, b=b)
             return self._sub(op.host_pair, node, a=args[0], b=args[1])
         return node
+
+
+def _reciprocal_times(node: ast.BinOp, left: ast.expr, ctx: PassContext) -> ast.expr:
+    """``node`` (its operands done), or, for a host number ``left`` the rewrite made a weak
+    scalar divided by a tensor, ``Tensor.__rtruediv__`` as Python calls it: the tensor's
+    reciprocal times the number (two roundings, where a division rounds once)."""
+    if isinstance(node.op, ast.Div) and node.left is not left \
+            and _number(left) in rules.HOST_WEAK and _number(node.right) is None:
+        return replace("t.reciprocal() * h", loc=node, torch_name=ctx.torch_name,
+                       t=node.right, h=node.left)
+    return node
 
 
 # Python's float arithmetic that float64 tensors compute alike (one IEEE operation each; the
