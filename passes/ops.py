@@ -391,7 +391,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("logical_xor", boolean=True, recomputed=True),
     _t("isnan", boolean=True), _t("isinf", boolean=True), _t("isfinite", boolean=True),
     _t("isin", meth=False, boolean=True),
-    *(_t(n, data_shape=True) for n in ("masked_select", "nonzero", "argwhere", "unique")),
+    *(_t(n, data_shape=True) for n in ("masked_select", "unique")),
+    # positions: integers, which take no gradient
+    *(_t(n, data_shape=True, derivative="constant") for n in ("nonzero", "argwhere")),
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),
     *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
     # -- metadata -----------------------------------------------------------------------------

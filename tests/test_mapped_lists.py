@@ -53,3 +53,15 @@ def test_other_maps_keep_the_loop(tmp_path, source):
     assert not loop.vectorized and "NaN/inf derivative" in loop.reason, loop
     x = torch.tensor([[0., 1.], [4., 2.], [1., 9.]], requires_grad=True)
     assert_equivalent(original, fast, x)
+
+
+def test_positions_have_no_nan_derivative_to_name(tmp_path):
+    # `nonzero` gives integer positions, which take no gradient: a list of them read in part
+    # is kept for another reason, never "may have a NaN/inf derivative"
+    _, fast = _optimized(tmp_path, """
+def f(x, labels):
+    rows = [labels.eq(c).nonzero()[:2].squeeze(1) for c in range(3)]
+    return x[rows[0]].sum() + x[rows[1]].sum()
+""")
+    loop = fast.report.loops[0]
+    assert "NaN/inf derivative" not in loop.reason, loop.reason
