@@ -53,9 +53,10 @@ class Namer:
         self.renamed.pop(name, None)  # given out again after a rollback
         return name
 
-    def rename(self, name: str) -> str:
-        """A fresh name for the user's variable ``name``, which reports spell ``name``."""
-        new = self.new(name)
+    def rename(self, name: str, hint: str | None = None) -> str:
+        """A fresh name for the user's variable ``name`` (from ``hint``, else ``name``), which
+        reports spell ``name``."""
+        new = self.new(hint or name)
         self.renamed[new] = self.renamed.get(name, name)
         return new
 

@@ -576,3 +576,29 @@ loss = loss + _nearest + starred(dists[i])
                for n in ctx.report.notes), ctx.report.notes
     dists = torch.rand(3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert_equivalent(module.caller, optimize_loss(module.caller, compile=False), dists)
+
+
+GRAM = """
+import torch
+
+
+def gram(y):
+    b, ch, h, w = y.size()
+    f = y.view(b, ch, w * h)
+    return f.bmm(f.transpose(1, 2)) / (ch * h * w)
+
+
+def loss(feats, grams):
+    s = 0.
+    for fy, gs in zip(feats, grams):
+        s += torch.nn.functional.mse_loss(gram(fy), gs)
+    return s
+"""
+
+
+def test_a_reason_quotes_an_inlined_statement_in_the_helpers_names(tmp_path):
+    # the inlined statement binds `_gram_b, ...`: the report spells the helper's own code,
+    # not "a value the rewrite computes"
+    fast = optimize_loss(load_module(tmp_path, GRAM).loss, compile=False)
+    reason = fast.report.loops[0].reason
+    assert "vmap: `b, ch, h, w = y.size()` has no batched form" in reason, reason

@@ -284,7 +284,8 @@ class _Inliner:
                 "getattr(type(o), m, None) is ref and m not in getattr(o, '__dict__', ())"
                 if fn.__qualname__ != fn.__name__ else "f is ref", loc=call, f=name, ref=ref,
                 o=self.this, m=ast.Constant(name)))
-        fresh = {n: self.ctx.namer.new(f"{name}_{n}") for n in sorted(helper.local)}
+        # reports quote an inlined statement in the helper's own names
+        fresh = {n: self.ctx.namer.rename(n, f"{name}_{n}") for n in sorted(helper.local)}
         self.scope |= set(fresh.values())
         stmts = []
         given = _arguments(call, helper)
