@@ -33,8 +33,10 @@ from torch.fx.passes.infra.pass_base import PassResult
 from . import op_facts
 from .meta_keys import GRAD_DEPENDENCE, REQUIRES_GRAD, USER_LOCATION
 
-# Frames in these directories are library code, not the user's.
-_LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch,))
+# Frames in these directories are library code, not the user's: torch, and the runtime helpers
+# of this package that generated code calls (`chunked_maps`, `loop_sum`, ...), whose node is the
+# user's line that the call stands for (the next frame out, in the rewritten function).
+_LIBRARY_DIRS = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, __file__))
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 

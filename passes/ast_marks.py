@@ -47,6 +47,10 @@ SELECTED_WHEN = "selected_when"
 LOOP_SUM = "loop_axis_sum"
 # str on a ``while`` loop that is not counted: why (the report's reason for keeping it).
 NOT_COUNTED = "not_counted"
+# bool on the operand of the ``int(r)`` by which a vectorized loop folds a Python-int accumulator
+# (``count += 1``): a sum of integer items, never NaN or inf, so that ``int()`` raises on nothing
+# (an outer loop vectorizing the fold counts no raises of it, and keeps no ``raise``).
+INTEGER_FOLD = "integer_fold"
 # bool on the ``def`` of a vectorized loop's body that ``torch.vmap`` maps (``outline_body``):
 # every call in it runs under vmap (``optimize_called_helpers`` rewrites its helpers for that).
 MAPPED = "mapped"

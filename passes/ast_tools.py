@@ -387,6 +387,19 @@ def walk(node: ast.AST):
         yield n
 
 
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def own_scope(node: ast.AST):
+    """The nodes under ``node`` outside the functions and classes defined in it (their
+    definitions are yielded, not what they hold: a ``return`` there is theirs), breadth first."""
+    todo = list(ast.iter_child_nodes(node))
+    for n in todo:  # todo grows while it is iterated
+        yield n
+        if not isinstance(n, SCOPES):
+            todo += ast.iter_child_nodes(n)
+
+
 def root_name(expr: ast.AST | None) -> str | None:
     """``a`` of ``a.b[c].d`` (the object a write into the expression mutates), if a name."""
     while isinstance(expr, (ast.Subscript, ast.Attribute, ast.Starred)):

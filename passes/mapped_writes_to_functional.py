@@ -28,13 +28,12 @@ from __future__ import annotations
 import ast
 
 from . import loop_rules as rules
-from .ast_tools import PassContext, Transformer, replace, walk
+from .ast_tools import SCOPES, PassContext, Transformer, own_scope, replace, walk
 from .loops.inplace_writes_to_functional import aliases
 from .loops.loop_dataflow import filled_number
 
 # Statements whose expressions are read for their truth or handed back: no alias outlives them.
 _NOT_SHARING = (ast.If, ast.While, ast.Assert, ast.Return)
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -45,26 +44,17 @@ def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
     return FunctionalWrites(names, ctx).visit(tree) if names else tree
 
 
-def _own_scope(func: ast.AST):
-    """The nodes of ``func``'s body outside the functions and classes it defines."""
-    todo = list(ast.iter_child_nodes(func))
-    for n in todo:
-        yield n
-        if not isinstance(n, _SCOPES):
-            todo += ast.iter_child_nodes(n)
-
-
 def fresh_names(func: ast.FunctionDef, ctx: PassContext) -> set[str]:
     """The locals of ``func`` bound only to filled constructors, sharing memory with nothing
     (what this pass rewrites the writes of)."""
-    own = list(_own_scope(func))
+    own = list(own_scope(func))
     made = {id(s.targets[0]) for s in own if isinstance(s, ast.Assign) and len(s.targets) == 1
             and isinstance(s.targets[0], ast.Name) and filled_number(s.value, ctx) is not None}
     names = {n.id for n in own if isinstance(n, ast.Name) and id(n) in made}
     names -= {n.id for n in own if isinstance(n, ast.Name)
               and not isinstance(n.ctx, ast.Load) and id(n) not in made}
     names -= {a.arg for a in walk(func.args) if isinstance(a, ast.arg)}
-    for scope in (n for n in walk(func) if isinstance(n, _SCOPES) and n is not func):
+    for scope in (n for n in walk(func) if isinstance(n, SCOPES) and n is not func):
         names -= {n.id for n in walk(scope) if isinstance(n, ast.Name)
                   and not isinstance(n.ctx, ast.Load)}
         names -= {a.arg for a in walk(scope) if isinstance(a, ast.arg)}
@@ -94,7 +84,7 @@ def _outlived(t: str, order: list[ast.stmt], ctx: PassContext) -> bool:
     writes = [k for k, s in enumerate(order) if written_into(s, {t})]
     sharing, bound = {t}, []
     for k, s in enumerate(order):
-        if isinstance(s, _NOT_SHARING + _SCOPES) or k in writes or not set().union(
+        if isinstance(s, _NOT_SHARING + SCOPES) or k in writes or not set().union(
                 *(aliases(e, ctx) for e in _kept_values(s))) & sharing:
             continue
         if not isinstance(s, ast.Assign) or not all(isinstance(x, ast.Name) for x in s.targets):
@@ -107,14 +97,14 @@ def _outlived(t: str, order: list[ast.stmt], ctx: PassContext) -> bool:
     loops = [(k, k + len(list(_statements(s)))) for k, s in enumerate(order)
              if isinstance(s, (ast.For, ast.AsyncFor, ast.While))]
     return any(a <= b <= z and a <= w <= z for a, z in loops for b in bound for w in writes) \
-        or any(k > first or isinstance(s, _SCOPES)
+        or any(k > first or isinstance(s, SCOPES)
                for k, s in enumerate(order) if _reads(s, sharing - {t}))
 
 
 def _reads(s: ast.stmt, names: set[str]) -> bool:
     """``s``'s own expressions name one of ``names``; a function it defines, free (it may run
     after the write, wherever it is defined)."""
-    if isinstance(s, _SCOPES):
+    if isinstance(s, SCOPES):
         local = {a.arg for a in walk(s) if isinstance(a, ast.arg)} | {
             n.id for n in walk(s) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
         return any(isinstance(n, ast.Name) and n.id in names - local for n in walk(s))

@@ -33,7 +33,7 @@ import ast
 
 import torch
 
-from .ast_tools import PassContext, Transformer, replace, walk
+from .ast_tools import PassContext, Transformer, own_scope, replace, walk
 from .loops.loop_dataflow import stores
 from .loops.runtime_checks import is_vectorized_guard
 
@@ -133,10 +133,12 @@ class _Outline(Transformer):
         return out
 
     def _outlined(self, loop: ast.For | ast.While) -> list[ast.stmt]:
-        nested = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-        inner = [n for n in walk(loop) if not isinstance(n, nested)]
+        # a `return` in a function defined in the loop (a vmapped body) is that function's;
+        # a `global`/`nonlocal` anywhere keeps the loop where its names resolve as written
+        inner = [loop, *own_scope(loop)]
         bound = sorted(set().union(*(stores(n) for n in inner if isinstance(n, ast.stmt))))
-        if any(isinstance(n, _OWN_FUNCTION) for n in walk(loop)) or set(bound) & self.declared:
+        if any(isinstance(n, _OWN_FUNCTION) for n in inner) or set(bound) & self.declared \
+                or any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in walk(loop)):
             return [loop]
         name = self.ctx.namer.new("kept_loop")
         runner = self.ctx.bind(run_eagerly, "run_eagerly")

@@ -56,3 +56,18 @@ def test_generated_source_is_the_golden_one(name):
 
 def test_every_example_has_a_golden_file_and_no_stale_ones():
     assert sorted(p.stem for p in GOLDEN.glob("*.txt")) == NAMES
+
+
+def _code_lines(code) -> set[int]:
+    lines = {line for _, _, line in code.co_lines() if line is not None}
+    return lines.union(*(_code_lines(c) for c in code.co_consts if inspect.iscode(c)))
+
+
+@pytest.mark.parametrize("name", ["slow_add", "elementwise_fn_loop", "elementwise_if_else"])
+def test_generated_code_is_located_at_the_users_lines(name):
+    # a template filled with no location kept its own (line 1): a traceback through that code,
+    # or a hoisted node's report line, pointed at the first line of the user's file
+    fn = importlib.import_module(f"examples.{name}").naive
+    rewritten, changed = rewrite_function(fn, Report(fn.__qualname__, "", 0))
+    source, start = inspect.getsourcelines(fn)
+    assert changed and _code_lines(rewritten.__code__) <= set(range(start, start + len(source)))

@@ -3,6 +3,7 @@ bounded memory, split, stop_gradient, per-signature classification, recompiles, 
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 import warnings
 import weakref
@@ -336,3 +337,20 @@ def test_split_perceptual_style(dtype):
 def test_split_refuses_when_nothing_is_target_only():
     with pytest.raises(RewriteError, match="nothing to split off"):
         split(distill, torch.randn(8, 5, requires_grad=True), torch.randn(8, 5, requires_grad=True), 2.0)
+
+
+def per_row_ce(logits, target):
+    total = 0
+    for i in range(logits.shape[0]):
+        total = total + F.cross_entropy(logits[i:i + 1], target[i:i + 1])
+    return total / logits.shape[0]
+
+
+def test_report_names_the_users_lines_not_the_runtime_helpers():
+    # the vectorized loop's sums call `loop_sums_keep_dtypes.loop_sum`: its nodes were reported
+    # at that helper's file:line, which the user never wrote
+    fn = optimize_loss(per_row_ce, backend="eager")
+    fn(torch.randn(6, 4, requires_grad=True), torch.randint(0, 4, (6,)))
+    lines = fn.report.target_only + fn.report.notes
+    package = os.path.dirname(hoist_target_subgraph.__file__)
+    assert lines and not [line for line in lines if line.startswith(package)], lines

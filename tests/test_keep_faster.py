@@ -679,6 +679,15 @@ def test_signatures_of_containers_read_as_their_items():
                                  "tuple[int, 'x'], k=list[float])")
 
 
+def test_a_module_argument_reads_as_its_class():
+    # it was shown as its key, `(<class 'torch.nn.modules.linear.Linear'>, 1403..., True)`, in
+    # the report's form and fallback lines
+    module = torch.nn.Linear(2, 2)
+    assert describe_key(signature_key((module, torch.zeros(2)), {})) == \
+        "(Linear module, float32[2])"
+    assert describe_key(signature_key((module.eval(),), {})) == "(Linear module in eval mode)"
+
+
 def test_one_tensor_changed_in_place_is_keyed_afresh(user, monkeypatch):
     """A signature's facts are read at every call, never cached by the tensor's identity: the
     same tensor object, its dtype, size or requires_grad changed in place between calls, selects

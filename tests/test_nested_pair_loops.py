@@ -135,3 +135,38 @@ def test_tensor_labels_ranking_is_equivalent(dtype, tmp_path):
             report = equivalent_report(user.f, scores.clone().requires_grad_(), labels)
             outer = min(report.loops, key=lambda loop: loop.lineno)
             assert (outer.vectorized_runs, outer.failed_runs) == (1, 0), report
+
+
+# RankNet per query: three loops, the pair counter a Python int. The middle loop folds the inner
+# loop's count as `count += int(_outs[1])`, an integer sum: no counter of NaN/inf raises (whose
+# generated `raise` kept the outer loop, "`raise` inside the loop", a line the user never wrote)
+RANKNET_PER_QUERY = """
+def f(scores, labels):
+    loss = 0.0
+    count = 0
+    for q in range(scores.shape[0]):
+        for i in range(scores.shape[1]):
+            for j in range(scores.shape[1]):
+                if labels[q, i] > labels[q, j]:
+                    loss = loss + F.softplus(scores[q, j] - scores[q, i])
+                    count += 1
+    return loss / max(count, 1), count
+"""
+
+
+def test_golden_three_loops_with_an_int_counter_all_vectorized():
+    _, _, code, report = build(RANKNET_PER_QUERY)
+    assert strategies(report) == {4: "vmap", 5: "vmap", 6: "batched"}, (report, code)
+    assert "raise" not in code, code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_three_loops_with_an_int_counter_are_equivalent(dtype):
+    from tests.loop_helpers import same_python_types
+    original, optimized, _, _ = build(RANKNET_PER_QUERY)
+    scores = torch.tensor([[0.5, -1.0, 0.5, float("inf")], [0.1, 2.0, -0.3, 0.0]], dtype=dtype)
+    for labels in (torch.tensor([[0, 1, 0, 2], [1, 1, 0, 2]]), torch.zeros(2, 4, dtype=torch.long),
+                   torch.tensor([[0.0, float("nan"), 1.0, 1.0], [2.0, 0.0, 1.0, 1.0]], dtype=dtype)):
+        assert_equivalent(original, optimized, scores.clone().requires_grad_(), labels)
+        want, got = original(scores, labels), optimized(scores, labels)
+        assert same_python_types(want, got) and want[1] == got[1], (want, got)

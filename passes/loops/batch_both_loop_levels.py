@@ -166,10 +166,11 @@ def _rows_of_rows(arg: ast.expr, rows: dict[str, BodyParam],
             and (whole is None or is_name(whole, outer.id) and not loads(arg.test) & varying)):
         raise Unsupported(f"the inner loop maps `{unparse(arg)}`, not rows of an outer row")
     value = rows[outer.id].value
-    flat = replace("x[:, s]", x=value, s=part.slice) if sliced else clone(value)
+    # located at the row they stand for (a template's own location is its line 1)
+    flat = replace("x[:, s]", x=value, s=part.slice, loc=value) if sliced else clone(value)
     if whole is not None:
-        flat = ast.IfExp(arg.test, clone(value), flat)
-    return replace("x.flatten(0, 1)", x=flat), outer.id, part.slice if sliced else None
+        flat = ast.copy_location(ast.IfExp(arg.test, clone(value), flat), value)
+    return replace("x.flatten(0, 1)", x=flat, loc=value), outer.id, part.slice if sliced else None
 
 
 class _Lifted(ast.NodeTransformer):

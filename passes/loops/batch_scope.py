@@ -181,8 +181,8 @@ class Scope:
             k = val.rank - v.rank if v.batched else Rank()
             if k != Rank():  # dims of size 1: a constant count (``v[:, None]``), or source
                 e = self.sub(rules.BATCHED_UNDER_SET_CONST.format(nones=", None" * k.const), v=e) \
-                    if not k.terms else self.sub(rules.BATCHED_UNDER_SET, v=e, k=ast.parse(
-                        source_of(k), mode="eval").body)
+                    if not k.terms else self.sub(rules.BATCHED_UNDER_SET, v=e, k=self.sub(
+                        source_of(k)))
             out.append(e)
         return out, val
 
@@ -214,8 +214,8 @@ class Scope:
             raise Unsupported(f"`{unparse(node)}`: a fixed tensor next to positions")
         self.require(Rank() + top - rank, ">=", node)
         k = Rank() + top - rank
-        out = [e if not v.batched else self.sub(rules.BATCHED_UNDER_SET, v=e, k=ast.parse(
-            source_of(k), mode="eval").body) if k.terms else self.sub(
+        out = [e if not v.batched else self.sub(rules.BATCHED_UNDER_SET, v=e, k=self.sub(
+            source_of(k))) if k.terms else self.sub(
             rules.BATCHED_UNDER_SET_CONST.format(nones=", None" * k.const), v=e)
             for e, v in operands]
         return out, Val(True, Rank() + top, tensor=True)

@@ -103,6 +103,8 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             reduced = plan.sub(rules.NUMBER_FOLD_WIDE[kind], r=reduced, w=plan.wide[name])
         elif kind in rules.NUMBER_FOLD:
             # `count += 1`, `n += m.sum().item()`: the original's Python number
+            if kind == "int":
+                ast_marks.put(reduced, ast_marks.INTEGER_FOLD, True)
             reduced = plan.sub(rules.NUMBER_FOLD[kind], r=reduced)
         if keeps:
             # the loop's sum or product keeps a narrow integer dtype (``loop_sums_keep_dtypes``;

@@ -326,12 +326,12 @@ class _HostToTensor(Transformer):
                                   e=self._sub("e.detach().double()", node, e=e))
 
     def _counts_booleans(self, e: ast.expr) -> bool:
-        """``e`` (also after ``.detach()``) counts the true elements of a comparison or of a
-        boolean op's result (``(labels != bg).sum()``, ``torch.sum(m.isnan())``): an integer."""
+        """``e`` (also after ``.detach()``) counts the true elements of a comparison or a boolean
+        op's result (``(m != bg).sum()``), or an inner loop's ``count += 1``: an integer."""
         while isinstance(e, ast.Call) and not e.args and method_name(e, self.ctx) == "detach":
             e = e.func.value
         if not (isinstance(e, ast.Call) and call_op(e, self.ctx).counts_true and not e.keywords):
-            return False
+            return bool(ast_marks.get(e, ast_marks.INTEGER_FOLD))
         method = method_name(e, self.ctx) is not None
         if len(e.args) != (0 if method else 1):
             return False

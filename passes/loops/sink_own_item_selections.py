@@ -200,7 +200,7 @@ def _sunk(plan: LoopPlan, s: ast.If, found: tuple, use: ast.Call, variant: set[s
             + pre_other + replace("x = other", loc=s, x=arm, other=other) + replace(
                 _SUNK, loc=s, torch_name=ctx.torch_name, t=sel, m=keep, x=arm, o=own_name,
                 v=name, h=ctx.bind(BRANCH_SHAPE, "branch_shape"), r=picked, call=clone(use),
-                safe=ast.parse(call_op(use, ctx).sink_selection, mode="eval").body)
+                safe=replace(call_op(use, ctx).sink_selection, loc=s))
     for after in plan.body:
         _swap(after, lambda n: n is use, ast.Name(picked, ast.Load()))
     return out
