@@ -1010,6 +1010,10 @@ def _describe_leaf(leaf: Any) -> str:
         return f"{str(dtype).replace('torch.', '')}{list(shape)}" + (":grad" if requires_grad else "")
     if isinstance(leaf, type):
         return leaf.__name__
+    if isinstance(leaf, tuple) and len(leaf) == 3 and isinstance(leaf[0], type) and issubclass(
+            leaf[0], torch.nn.Module):
+        cls, _, training = leaf  # keyed by its identity, which says nothing to the reader
+        return f"a {cls.__name__} module" + ("" if training else " in eval mode")
     if isinstance(leaf, tuple) and len(leaf) == 4 and leaf[0] in (list, tuple):
         kind, length, first, last = leaf  # a long list keyed by its length and its ends
         first, last = _describe_leaf(first), _describe_leaf(last)

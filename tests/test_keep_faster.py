@@ -679,6 +679,16 @@ def test_signatures_of_containers_read_as_their_items():
                                  "tuple[int, 'x'], k=list[float])")
 
 
+def test_a_module_argument_reads_as_its_class_not_its_identity():
+    """The report's form line names an optimized module's own inputs: its key holds the
+    module's id, which a reader cannot tell from any other number."""
+    module = torch.nn.MSELoss()
+    assert describe_key(signature_key((module, torch.zeros(2)), {})) == (
+        "(a MSELoss module, float32[2])")
+    module.eval()
+    assert describe_key(signature_key((module,), {})) == "(a MSELoss module in eval mode)"
+
+
 def test_one_tensor_changed_in_place_is_keyed_afresh(user, monkeypatch):
     """A signature's facts are read at every call, never cached by the tensor's identity: the
     same tensor object, its dtype, size or requires_grad changed in place between calls, selects
