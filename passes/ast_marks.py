@@ -47,6 +47,10 @@ SELECTED_WHEN = "selected_when"
 LOOP_SUM = "loop_axis_sum"
 # str on a ``while`` loop that is not counted: why (the report's reason for keeping it).
 NOT_COUNTED = "not_counted"
+# str on the ``_items = torch.tensor(obj.attr) if <ints> else obj.attr`` a loop over the ints an
+# object holds iterates (``index_tuples_to_tensors``): ``obj.attr``. An outer loop that changes nothing
+# of ``obj`` binds the same value in every iteration (``first_item_checks``).
+HELD_SEQUENCE = "held_sequence"
 # bool on the ``def`` of a vectorized loop's body that ``torch.vmap`` maps (``outline_body``):
 # every call in it runs under vmap (``optimize_called_helpers`` rewrites its helpers for that).
 MAPPED = "mapped"
