@@ -33,8 +33,11 @@ from torch.fx.passes.infra.pass_base import PassResult
 from . import op_facts
 from .meta_keys import GRAD_DEPENDENCE, REQUIRES_GRAD, USER_LOCATION
 
-# Frames in these directories are library code, not the user's.
-_LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch,))
+# Frames in these directories are library code, not the user's: torch's and this package's (the
+# generated code's helpers, ``chunked_maps``' vmap: their ops are the user's line's that calls them).
+LIBRARY_DIRS = tuple(d + os.sep for d in (
+    os.path.dirname(torch.__file__), os.path.dirname(__file__),
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), "rewrite")))
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -80,5 +83,5 @@ def user_location(stack_trace: str | None) -> str | None:
     """The innermost frame of ``stack_trace`` outside torch, as ``"file:line"``."""
     if not stack_trace:
         return None
-    frames = [(f, line) for f, line in _FRAME.findall(stack_trace) if not f.startswith(_LIBRARY_DIRS)]
+    frames = [(f, line) for f, line in _FRAME.findall(stack_trace) if not f.startswith(LIBRARY_DIRS)]
     return f"{frames[-1][0]}:{frames[-1][1]}" if frames else None
