@@ -234,7 +234,8 @@ class OptimizedFunction:
                 return
             seen[line] = None  # never raises into the user's call: such a loop stays as it is
             found = guards.get(line)
-            if found is not None and loop_regions.io_call(found[0]) is None:
+            if found is not None and loop_regions.io_call(found[0]) is None \
+                    and loop_regions.opaque_call(found[0], _namespace(*found[3:])) is None:
                 with contextlib.suppress(Exception):
                     seen[line] = _region_values(values, found[0], found[2])
             started[line] = loop_choice.Clock(cpu=True)
@@ -788,6 +789,16 @@ def _note_kept(loop: LoopReport, signature: str, slowdown: float, rounds: int) -
     loop.kept_at_run_time = (
         f"kept as written at run time for inputs {signature}: its vectorized form took "
         f"{slowdown:.2g}x the loop's time (the loop's region alone, medians of {rounds} rounds)")
+
+
+def _namespace(parsed: frontend.ParsedFunction, bindings: dict[str, Any]) -> dict[str, Any]:
+    """What the names of a rewritten function resolve to: the original's globals and closure
+    cells, and the names bound into the rewrite."""
+    fn, held = parsed.fn, {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        with contextlib.suppress(ValueError):  # a cell not bound yet
+            held[name] = cell.cell_contents
+    return {**fn.__globals__, **held, **bindings}
 
 
 def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tuple:
