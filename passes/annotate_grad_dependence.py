@@ -33,10 +33,11 @@ from torch.fx.passes.infra.pass_base import PassResult
 from . import op_facts
 from .meta_keys import GRAD_DEPENDENCE, REQUIRES_GRAD, USER_LOCATION
 
-# Frames in these directories are library code, not the user's: torch, and the runtime helpers
-# of this package that generated code calls (`chunked_maps`, `loop_sum`, ...), whose node is the
-# user's line that the call stands for (the next frame out, in the rewritten function).
-_LIBRARY_DIRS = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, __file__))
+# Frames in these directories are library code, not the user's: torch's and this package's (the
+# generated code's helpers, ``chunked_maps``' vmap: their ops are the user's line's that calls them).
+LIBRARY_DIRS = tuple(d + os.sep for d in (
+    os.path.dirname(torch.__file__), os.path.dirname(__file__),
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), "rewrite")))
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -82,5 +83,5 @@ def user_location(stack_trace: str | None) -> str | None:
     """The innermost frame of ``stack_trace`` outside torch, as ``"file:line"``."""
     if not stack_trace:
         return None
-    frames = [(f, line) for f, line in _FRAME.findall(stack_trace) if not f.startswith(_LIBRARY_DIRS)]
+    frames = [(f, line) for f, line in _FRAME.findall(stack_trace) if not f.startswith(LIBRARY_DIRS)]
     return f"{frames[-1][0]}:{frames[-1][1]}" if frames else None

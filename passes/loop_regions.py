@@ -22,13 +22,20 @@ names it binds that the function reads elsewhere)::
 The attributes a region writes into the objects it reads (``written_attributes``: ``self.acc +=
 ...``, ``storage.returns[t] = ...``, ``self.x.copy_(v)``) are its outputs too; its callers give
 each call a fresh copy of them. A region with a call that prints, logs or writes files
-(``io_call``) shows when it runs: it is not run again (the run-time choice of a loop's form,
-``rewrite.loop_choice``, leaves its loop vectorized).
+(``io_call``) shows when it runs, and one with a call that may change what no copy holds
+(``opaque_call``: the user's helper writing a global, ``counter.tick()``) changes it again at
+every run: neither is run again (the run-time choice of a loop's form, ``rewrite.loop_choice``,
+leaves its loop vectorized).
 """
 from __future__ import annotations
 
 import ast
+import builtins
+import types
 from collections import Counter
+from typing import Any
+
+import torch
 
 from . import ops
 from .ast_tools import Transformer, clone, fix_missing_locations, replace, root_name, unparse, walk
@@ -135,6 +142,48 @@ def io_call(guard: ast.If) -> ast.Call | None:
                         method and ops.effect(None, method, node)):
                 return node
     return None
+
+
+def opaque_call(guard: ast.If, namespace: dict[str, Any]) -> ast.Call | None:
+    """The first call in ``guard`` that may change what no copy of the region's reads holds: of
+    a function that is no torch op, effect-free builtin or helper of this package (the user's
+    helper may write a global), or of a method no tensor or list has (``counter.tick()``,
+    ``self.rotate()``: it may change the object), or any method of an object the function reads
+    from its globals. Each run of the region would do it again; ``namespace``: what the names of
+    the function resolve to (its globals, closure cells and bound helpers)."""
+    bound = stores_in([guard])
+    for node in walk(guard):
+        if isinstance(node, ast.Call) and not _seen_through(node.func, namespace, bound):
+            return node
+    return None
+
+
+def _seen_through(func: ast.expr, namespace: dict[str, Any], bound: set[str]) -> bool:
+    """A call of ``func`` changes nothing but its arguments' copies and the region's locals."""
+    if isinstance(func, ast.Name):
+        if func.id in bound:
+            return True  # a function the region defines (a vmapped body): its calls are walked
+        value = namespace.get(func.id, getattr(builtins, func.id, None))
+        return any(value is b for b in _PURE_BUILTINS) or getattr(
+            value, "__module__", None) is not None and value.__module__.startswith(_TRANSPARENT)
+    if isinstance(func, ast.Call):  # `_map_in_chunks(body, ...)(rows)`: what a helper made
+        return _seen_through(func.func, namespace, bound)
+    if not isinstance(func, ast.Attribute):
+        return False  # a call of an item: anything
+    root = func.value
+    while isinstance(root, (ast.Attribute, ast.Subscript)):
+        root = root.value
+    held = namespace.get(root.id) if isinstance(root, ast.Name) and root.id not in bound else None
+    if isinstance(held, types.ModuleType):  # torch.nn.functional.relu, math.exp
+        return held.__name__.startswith(_TRANSPARENT)
+    return held is None and (hasattr(torch.Tensor, func.attr) or func.attr in ops.OBJECT_METHODS)
+
+
+# Builtins that change nothing (``print``, ``open`` do: ``io_call``, or are unknown).
+_PURE_BUILTINS = (len, range, isinstance, type, min, max, abs, sum, zip, enumerate, list, tuple,
+                  dict, set, float, int, bool, all, any, sorted, reversed, getattr, hasattr,
+                  slice, round, map, str, iter, next)
+_TRANSPARENT = ("torch", "passes.", "math")
 
 
 def _mutating(method: str) -> bool:

@@ -31,6 +31,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
+from passes.annotate_grad_dependence import LIBRARY_DIRS
+
 from . import frontend
 from .testing import clone_inputs, differentiable_inputs
 
@@ -310,9 +312,7 @@ class _Tracker(TorchFunctionMode):
 
 
 # Frames in these directories are library code, not the user's.
-_LIBRARY_DIRS = tuple(d + os.sep for d in (
-    os.path.dirname(torch.__file__), os.path.dirname(__file__),
-    os.path.join(os.path.dirname(os.path.dirname(__file__)), "passes"), sysconfig.get_paths()["stdlib"]))
+_LIBRARY_DIRS = LIBRARY_DIRS + (sysconfig.get_paths()["stdlib"] + os.sep,)
 
 
 def caller_location(home: str = "") -> tuple[str, int]:

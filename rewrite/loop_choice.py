@@ -29,7 +29,8 @@ Running a region more must change nothing the user sees: it runs on copies of wh
 read (and of the objects whose attributes it writes, ``copied_state``), with the modules'
 parameters as captured swapped in, on the user's thread, after the user's call is done, with
 every random number generator put back after it (``untouched``); a region that prints, logs or
-writes files is not run (``passes.loop_regions.io_call``), nor one whose state cannot be copied.
+writes files is not run (``passes.loop_regions.io_call``), nor one calling what may change state
+no copy holds (``opaque_call``), nor one whose state cannot be copied.
 Its backward is ``torch.autograd.grad`` of its own leaves: nothing accumulates in ``.grad``.
 """
 from __future__ import annotations

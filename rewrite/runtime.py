@@ -234,7 +234,8 @@ class OptimizedFunction:
                 return
             seen[line] = None  # never raises into the user's call: such a loop stays as it is
             found = guards.get(line)
-            if found is not None and loop_regions.io_call(found[0]) is None:
+            if found is not None and loop_regions.io_call(found[0]) is None \
+                    and loop_regions.opaque_call(found[0], _namespace(*found[3:])) is None:
                 with contextlib.suppress(Exception):
                     seen[line] = _region_values(values, found[0], found[2])
             started[line] = loop_choice.Clock(cpu=True)
@@ -790,6 +791,16 @@ def _note_kept(loop: LoopReport, signature: str, slowdown: float, rounds: int) -
         f"{slowdown:.2g}x the loop's time (the loop's region alone, medians of {rounds} rounds)")
 
 
+def _namespace(parsed: frontend.ParsedFunction, bindings: dict[str, Any]) -> dict[str, Any]:
+    """What the names of a rewritten function resolve to: the original's globals and closure
+    cells, and the names bound into the rewrite."""
+    fn, held = parsed.fn, {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        with contextlib.suppress(ValueError):  # a cell not bound yet
+            held[name] = cell.cell_contents
+    return {**fn.__globals__, **held, **bindings}
+
+
 def _region_values(values: dict[str, Any], guard: ast.If, free: set[str]) -> tuple:
     """What a region's calls start from, as the probe found ``values`` before ``guard``: the
     values (tensors detached, one copy of a tensor bound to two names, views of a tensor
@@ -1010,9 +1021,10 @@ def _describe_leaf(leaf: Any) -> str:
         return f"{str(dtype).replace('torch.', '')}{list(shape)}" + (":grad" if requires_grad else "")
     if isinstance(leaf, type):
         return leaf.__name__
-    if isinstance(leaf, tuple) and len(leaf) == 3 and isinstance(leaf[0], type) \
-            and issubclass(leaf[0], torch.nn.Module):  # keyed by its identity: not for the user
-        return f"{leaf[0].__name__} module" + ("" if leaf[2] else " in eval mode")
+    if isinstance(leaf, tuple) and len(leaf) == 3 and isinstance(leaf[0], type) and issubclass(
+            leaf[0], torch.nn.Module):
+        cls, _, training = leaf  # keyed by its identity, which says nothing to the reader
+        return f"a {cls.__name__} module" + ("" if training else " in eval mode")
     if isinstance(leaf, tuple) and len(leaf) == 4 and leaf[0] in (list, tuple):
         kind, length, first, last = leaf  # a long list keyed by its length and its ends
         first, last = _describe_leaf(first), _describe_leaf(last)

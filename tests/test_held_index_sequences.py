@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rewrite import optimize_loss
 from tests.helpers import equivalent_report, load_module
 
 DTYPES = (torch.float32, torch.float64)
@@ -75,3 +76,52 @@ def test_element_used_as_a_number_is_unchanged(tmp_path, dtype):
     loss = load_module(tmp_path, SURFACE).Weighted([1, 2, 3])
     (loop,) = equivalent_report(loss, *_maps(dtype)).loops
     assert loop.original_runs == 1
+
+
+PER_IMAGE = SURFACE + """
+class PerImage(SurfaceLoss):
+    def forward(self, probs, dist_maps):
+        losses = []
+        for b in range(probs.shape[0]):
+            per_class = []
+            for c in self.idc:
+                per_class.append((probs[b, c] * dist_maps[b, c]).mean())
+            losses.append(torch.stack(per_class)[0] + torch.stack(per_class).mean())
+        return torch.stack(losses).mean()
+
+    def rotate(self):
+        self.idc.append(self.idc.pop(0))
+        return 0.0
+"""
+# changes of the held list in the outer body, as the statement the report names
+CHANGES = {"rebinding": ("losses.append(", "self.idc = self.idc[1:] + self.idc[:1]\n            losses.append("),
+           "calling": ("stack(per_class).mean())\n", "stack(per_class).mean() + self.rotate())\n")}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("idc", ([1, 2, 5], (0, 3)))
+def test_per_image_loop_over_held_classes_runs_vectorized(tmp_path, dtype, idc):
+    """kervadec's boundary loss per image: the held list's tensor, made in the outer body, is the
+    same in every image, so the outer loop's check reads it once, on the first image (it was
+    kept: "needs a per-iteration runtime check"; then ran as written: a list "takes a gradient")."""
+    loss = load_module(tmp_path, PER_IMAGE).PerImage(idc)
+    outer, inner = sorted(equivalent_report(loss, *_maps(dtype, special=True)).loops,
+                          key=lambda loop: loop.lineno)
+    assert outer.vectorized and outer.vectorized_runs == 1 and outer.original_runs == 0
+    assert inner.vectorized
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("change, line", (
+    ("rebinding", "self.idc = self.idc[1:] + self.idc[:1]"),
+    ("calling", "losses.append(torch.stack(per_class)[0] + torch.stack(per_class).mean() + "
+                "self.rotate())")))
+def test_outer_loop_changing_the_held_classes_is_kept(tmp_path, dtype, change, line):
+    module = load_module(tmp_path, PER_IMAGE.replace(*CHANGES[change]))
+    want_loss, got_loss = module.PerImage([1, 2, 5]), module.PerImage([1, 2, 5])
+    want, optimized = want_loss(*_maps(dtype)), optimize_loss(got_loss, compile=False)
+    torch.testing.assert_close(optimized(*_maps(dtype)), want)
+    assert got_loss.idc == want_loss.idc == [5, 1, 2]  # rotated once per image
+    outer = min(optimized.report.loops, key=lambda loop: loop.lineno)
+    assert not outer.vectorized
+    assert f"the ints `self.idc` holds may differ per iteration: `{line}`" in outer.reason

@@ -20,6 +20,7 @@ from rewrite import RewriteWarning, assert_equivalent, optimize_loss, split
 from passes.errors import RewriteError
 from rewrite.hoist import CACHE_SIZE, HoistedCall, TargetCache
 from rewrite.offline_split import trace
+from tests.helpers import load_module
 
 SEED_000 = ["masked_mse", "target_scaling", "log1p_target", "class_weighted_ce"]
 
@@ -52,6 +53,35 @@ def test_report_names_the_hoisted_lines():
     fn(*ce_inputs())
     assert any("w = class_weights / class_weights.sum()" in line for line in fn.report.target_only)
     assert "hoist_target_subgraph" in fn.report.passes_run
+
+
+GDICE = '''
+import torch
+
+def generalized_dice(probs, onehot):
+    num = 0
+    den = 0
+    for c in range(probs.shape[1]):
+        t = onehot[:, c].reshape(-1)
+        p = probs[:, c].reshape(-1)
+        w = 1.0 / (t.sum() ** 2).clamp(min=1e-6)
+        num = num + w * (p * t).sum()
+        den = den + w * (p + t).sum()
+    return 1.0 - 2.0 * num / den
+'''
+
+
+def test_report_notes_name_the_users_lines_not_the_rewrites_helpers(tmp_path):
+    """A loop mapped by ``torch.vmap`` (in ``passes/chunked_maps.py``): the notes on its nodes
+    named that file of this package, not the user's loop."""
+    user = load_module(tmp_path, GDICE)
+    fn = optimize_loss(user.generalized_dice, backend="eager")
+    probs = torch.softmax(torch.randn(2, 3, 4, 4), 1).requires_grad_()
+    fn(probs, F.one_hot(torch.randint(0, 3, (2, 4, 4)), 3).permute(0, 3, 1, 2).float())
+    assert fn.report.loops[0].strategy == "vmap" and fn.report.notes
+    assert not any("passes" in note or "rewrite" in note for note in fn.report.notes)
+    assert any(f"{user.__file__}:7: for c in range(probs.shape[1]):" in note
+               for note in fn.report.notes)
 
 
 # -- the cache, through the decorator: a stale value is a wrong result ---------------------------

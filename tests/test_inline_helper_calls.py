@@ -602,3 +602,84 @@ def test_a_reason_quotes_an_inlined_statement_in_the_helpers_names(tmp_path):
     fast = optimize_loss(load_module(tmp_path, GRAM).loss, compile=False)
     reason = fast.report.loops[0].reason
     assert "vmap: `b, ch, h, w = y.size()` has no batched form" in reason, reason
+
+
+STATEFUL = """
+import torch
+
+CALLS = [0]
+
+
+def counted(p):
+    CALLS[0] += 1
+    return p.sum() * CALLS[0]
+
+
+def per_row(x):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + counted(x[i])
+    return total
+
+
+class Rotating:
+    def __init__(self, idc):
+        self.idc = idc
+
+    def rotate(self):
+        self.idc.append(self.idc.pop(0))
+        return 0.0
+
+    def per_class(self, x):
+        parts = []
+        for c in self.idc:
+            parts.append(x[:, c].sum() + self.rotate())
+        return torch.stack(parts).sum()
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def tick(self):
+        self.n += 1
+        return 0.0
+
+
+class Counting:
+    def __init__(self):
+        self.counter = Counter()
+
+    def per_row(self, x):
+        total = 0
+        for i in range(x.shape[0]):
+            total = total + x[i].sum() + self.counter.tick()
+        return total + self.counter.n
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grad", [True, False])
+def test_helpers_that_change_state_are_called_in_every_iteration(tmp_path, dtype, grad):
+    """A helper counting its calls, a method rotating the list the loop iterates, a method of an
+    object the loss holds: the vectorized form called each once for all iterations (under
+    no_grad, where no gradient check kept the methods' loops as written, other values, lists
+    and counts)."""
+    module = load_module(tmp_path, STATEFUL)
+    x = torch.randn(4, 6, dtype=dtype)
+    with torch.set_grad_enabled(grad):
+        want = module.per_row(x)
+        module.CALLS[0] = 0
+        got = optimize_loss(module.per_row, compile=False, keep_faster=False)(x)
+        assert module.CALLS[0] == 4
+        torch.testing.assert_close(got, want)
+        mine, theirs = module.Rotating([1, 2, 5]), module.Rotating([1, 2, 5])
+        want = theirs.per_class(x)
+        got = optimize_loss(mine.per_class, compile=False, keep_faster=False)(x)
+        assert mine.idc == theirs.idc
+        torch.testing.assert_close(got, want)
+        mine, theirs = module.Counting(), module.Counting()  # a method of an object it holds
+        want = theirs.per_row(x)
+        got = optimize_loss(mine.per_row, compile=False, keep_faster=False)(x)
+        assert mine.counter.n == theirs.counter.n == 4
+        torch.testing.assert_close(got, want)

@@ -19,7 +19,8 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           effects_to_outputs, element_slices_to_indices, fold_accumulators,
                           gather_keyed_reads,
                           hoist_calls_under_index_tests, hoist_invariant_checks,
-                          host_roundtrips_to_tensor_ops, inline_helper_calls, inline_inner_loops,
+                          helper_effects, host_roundtrips_to_tensor_ops, inline_helper_calls,
+                          inline_inner_loops,
                           index_tests_to_selected_indices, index_tuples_to_tensors,
                           index_value_checks_to_ranges,
                           inplace_writes_to_functional,
@@ -3576,10 +3577,11 @@ def test_golden(stage, src, fields, before, after):
 
 
 def test_every_stage_has_a_case_and_a_no_change_case():
-    # their own tests: inline_helper_calls below, module_loss_calls in test_module_loss_calls,
-    # outer_dependent_ranges_to_masks (an inner loop's stage) in its test module
-    stages = set(vectorize_loops.LOOP_STAGES) - {inline_helper_calls, module_loss_calls,
-                                                 outer_dependent_ranges_to_masks}
+    # their own tests: inline_helper_calls and helper_effects below, module_loss_calls in
+    # test_module_loss_calls, outer_dependent_ranges_to_masks (an inner loop's stage) in its
+    # test module
+    stages = set(vectorize_loops.LOOP_STAGES) - {inline_helper_calls, helper_effects,
+                                                 module_loss_calls, outer_dependent_ranges_to_masks}
     assert {c[0] for c in CASES} == stages
     unchanged = {c[0] for c in CASES if c[3] == c[4] or c[4].startswith("\nUnsupported")}
     assert stages - unchanged == ALWAYS_FILLING
@@ -3606,6 +3608,21 @@ def g(p, t, n):
     for i in range(n):
         total = total + (p[i] - t[i]).abs().mean()
     return total
+
+
+CALLS = [0]
+
+
+def counted(p, t):
+    CALLS[0] += 1
+    return (p - t).mean()
+
+
+def h(p, t, n):
+    total = 0
+    for i in range(n):
+        total = total + counted(p[i], t[i])
+    return total
 """
 
 
@@ -3630,6 +3647,23 @@ def test_golden_inline_helper_calls(helpers):
         "# body\n_sq_err_p = p[i]\n_sq_err_t = t[i]\n_sq_err_d = _sq_err_p - _sq_err_t\n"
         "_sq_err = (_sq_err_d * _sq_err_d).mean()\ntotal = total + _sq_err\n"
         "# helper_checks\nsq_err is _sq_err_inlined\n")
+
+
+def test_golden_helper_effects(helpers):
+    plan, ctx = _helper_plan(helpers.h)
+    plan = inline_helper_calls.stage(plan, ctx)  # it keeps `counted`: an augmented assignment
+    assert show(plan, ("body",)) == "# body\ntotal = total + counted(p[i], t[i])\n"
+    with pytest.raises(Unsupported) as refused:
+        helper_effects.stage(plan, ctx)
+    assert refused.value.reason == (
+        "`counted(p[i], t[i])` calls `counted`, which changes `CALLS[0]` (line 28): the original "
+        "does it in every iteration, a vectorized loop once")
+
+
+def test_helper_effects_of_a_pure_helper_changes_nothing(helpers):
+    plan, ctx = _helper_plan(helpers.f)
+    before = show(plan, ("body",))
+    assert show(helper_effects.stage(plan, ctx), ("body",)) == before
 
 
 def test_inline_helper_calls_without_calls_changes_nothing(helpers):

@@ -65,3 +65,38 @@ def f(x, labels):
 """)
     loop = fast.report.loops[0]
     assert "NaN/inf derivative" not in loop.reason, loop.reason
+
+
+LOGGED = """
+def f(x):
+    losses = []
+    for i in range(x.shape[0]):
+        losses.append(torch.sqrt(x[i]).sum())
+    logged = [l.item() for l in losses]
+    return torch.stack(losses).sum(), logged
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_items_logged_as_numbers_keep_the_loop_vectorized(tmp_path, dtype):
+    """The per-class values a loss logs (``[l.item() for l in losses]``) take no gradient: no
+    item is left out of the graph by that read (the loop was kept: "read in part")."""
+    original, fast = _optimized(tmp_path, LOGGED)
+    loop = min(fast.report.loops, key=lambda loop: loop.lineno)
+    assert loop.vectorized, loop
+    for rows in ([[0.5, 1.], [2., 3.], [1., 1.]], [[0., 1.], [NAN, 2.], [INF, 4.]]):
+        assert_equivalent(original, fast, torch.tensor(rows, dtype=dtype, requires_grad=True))
+    assert loop.vectorized_runs and not loop.original_runs and not loop.failed_runs, loop
+
+
+@pytest.mark.parametrize("source", [
+    LOGGED.replace("for l in losses]", "for l in losses if l > 1]"),          # compares items
+    LOGGED.replace("l.item() for l", "l.item() + l for l"),                   # and adds them
+    LOGGED.replace("torch.stack(losses).sum()", "losses[0]"),                 # read in part
+], ids=["condition", "tensor", "read-in-part"])
+def test_other_reads_beside_logged_numbers_keep_the_loop(tmp_path, source):
+    original, fast = _optimized(tmp_path, source)
+    loop = min(fast.report.loops, key=lambda loop: loop.lineno)
+    assert not loop.vectorized and "NaN/inf derivative" in loop.reason, loop
+    x = torch.tensor([[0., 1.], [4., 2.], [1., 9.]], requires_grad=True)
+    assert_equivalent(original, fast, x)

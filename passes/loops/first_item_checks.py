@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import ast
 
-from .. import ops
-from ..ast_tools import PassContext, clone, is_name, rename, unparse, walk
+from .. import ast_marks, ops
+from ..ast_tools import PassContext, clone, is_name, rename, root_name, unparse, walk
 from .loop_dataflow import (call_op, comprehension_names, free_loads, loads, method_name,
                             resolve_call, stores, stores_in)
 from .plan import LoopPlan
+from .runtime_checks import is_vectorized_guard
 
 # Builtins whose result follows from their operands' shapes.
 _SHAPE_BUILTINS = frozenset({"len", "range"})
@@ -129,13 +130,28 @@ class FirstItemChecks:
             if self.bound.count(name) != 1 or len(at) != 1 or not _assigns(before[at[0]], name):
                 return f"`{name}` is not bound once, at the top of the body, before it is read"
             s = before[at[0]]
-            if not self._uniform(s.value, self.blocked):
+            held = ast_marks.get(s, ast_marks.HELD_SEQUENCE)
+            if held is not None and self._changed(held.split(".")[0]):
+                return (f"the ints `{held}` holds may differ per iteration: "
+                        f"{self._changed(held.split('.')[0])}")
+            if held is None and not self._uniform(s.value, self.blocked):
                 return f"`{unparse(s)}`: its shape may differ per iteration (or it has effects)"
             if all(s is not c for c in chain):
                 chain.append(s)
                 todo += [(n, at[0]) for n in sorted(free_loads(s.value) & self.blocked
                                                     - set(self.elements) - {self.index})]
         return chain
+
+    def _changed(self, obj: str) -> str | None:
+        """Why ``obj``, whose held ints a statement of the body made a tensor of
+        (``index_tuples_to_tensors``), may differ between iterations: the outer body binds it, or
+        its code as written may change it (a store into it, a call of its methods or with it or
+        a part of it as an argument); None when it cannot."""
+        if obj in self.blocked:
+            return f"`{obj}` is bound in the loop"
+        changes = [s for t in self.plan.body for n, s in _written(t, t) if _may_change(n, obj)]
+        return (f"`{unparse(changes[0]).splitlines()[0]}` (line {changes[0].lineno}) may change "
+                f"`{obj}`") if changes else None
 
     def _uniform(self, node: ast.AST, blocked: set[str]) -> bool:
         """``node`` has one type and shape in every iteration, and no effect."""
@@ -173,6 +189,30 @@ class FirstItemChecks:
         elif not (name or "").startswith("torch.") and name not in _SHAPE_BUILTINS:
             return False
         return all(self._uniform(a, blocked) for a in [*call.args, *call.keywords])
+
+
+def _written(node: ast.AST, stmt: ast.stmt):
+    """The nodes of ``node`` (in the statement ``stmt``) as the user wrote it, each with the
+    innermost statement holding it: an inner loop vectorized before as its loop as written,
+    without the tensor of held ints made in front of it."""
+    if is_vectorized_guard(node):
+        for s in node.orelse:
+            yield from _written(s, s)
+    elif ast_marks.get(node, ast_marks.HELD_SEQUENCE) is None:
+        yield node, stmt
+        for child in ast.iter_child_nodes(node):
+            yield from _written(child, child if isinstance(child, ast.stmt) else stmt)
+
+
+def _may_change(node: ast.AST, obj: str) -> bool:
+    """``node`` stores into ``obj`` (``obj.a = v``, ``obj.a[k] = v``, ``del obj.a``) or calls
+    what may: a method of it or of what it holds, a call given it or a part of it."""
+    if isinstance(node, (ast.Attribute, ast.Subscript)) and not isinstance(node.ctx, ast.Load):
+        return root_name(node) == obj
+    if isinstance(node, ast.Call):
+        return root_name(node.func) == obj and not is_name(node.func, obj) or any(
+            root_name(a) == obj for a in [*node.args, *(k.value for k in node.keywords)])
+    return False
 
 
 def _assigns(s: ast.stmt, name: str) -> bool:

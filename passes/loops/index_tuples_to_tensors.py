@@ -38,7 +38,7 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, is_name, walk
+from ..ast_tools import PassContext, is_name, unparse, walk
 from ..tabulated_maps import index_rows
 from .index_tests_to_selected_indices import index_entries_only
 from .loop_dataflow import resolve_call
@@ -65,6 +65,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                              v=ctx.namer.new("v"))
         for n in (n for n in walk(made_from[0]) if isinstance(n, ast.GeneratorExp)):
             ast_marks.put(n, ast_marks.GENERATED, True)  # not the user's: no loop to report
+        ast_marks.put(made_from[0], ast_marks.HELD_SEQUENCE, unparse(it))
         plan.prelude += made_from
     else:
         return plan

@@ -36,6 +36,7 @@ import types
 
 import torch
 
+from .. import ast_marks
 from ..ast_tools import PassContext, clone, unparse, walk
 from ..errors import Unsupported
 from .loop_dataflow import derivative, depends, is_shape_query, operands
@@ -128,12 +129,17 @@ def _number_operand(op: ast.expr, bindings: dict) -> ast.expr | None:
 
 
 def _as_written(body: list[ast.stmt]) -> list[ast.stmt]:
-    """``body`` with inner loops vectorized before as written (their guards' else branch)."""
+    """``body`` with inner loops vectorized before as written (their guards' else branch,
+    without the tensor of the ints an object holds one made in front of it: indices, no
+    gradient, and not the user's)."""
     class AsWritten(ast.NodeTransformer):
         def visit_If(self, node: ast.If) -> ast.AST:
             return self.visit(node.orelse[0]) if is_vectorized_guard(node) else \
                 self.generic_visit(node)
-    return [AsWritten().visit(clone(s)) for s in body]
+
+        def visit_Assign(self, node: ast.Assign) -> ast.AST | None:
+            return None if ast_marks.get(node, ast_marks.HELD_SEQUENCE) else node
+    return [w for s in body if (w := AsWritten().visit(clone(s))) is not None]
 
 
 def _variant(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> set[str]:

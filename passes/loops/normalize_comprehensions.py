@@ -460,15 +460,36 @@ def _same_on_stacked(name: ast.Name, parent: ast.AST, ctx: PassContext) -> bool:
 
 def _reads_some_items(node: ast.AST, name: str, parents: dict[int, ast.AST],
                       ctx: PassContext) -> bool:
-    """Whether ``node`` reads the list ``name`` other than whole (``READS_EVERY_ITEM``) or as a
-    truth value (``if xs``, ``not xs``: its length)."""
+    """Whether ``node`` reads the list ``name`` other than whole (``READS_EVERY_ITEM``), as a
+    truth value (``if xs``, ``not xs``: its length) or as Python numbers, which take no gradient
+    (``[x.item() for x in xs]``, the per-class values a loss logs)."""
     return any(not (isinstance(p := parents[id(n)], ast.Call)
                     and (resolve_call(p.func, ctx) in rules.READS_EVERY_ITEM
                          or list_mean_helpers.reads_every_item(p, ctx))
                     or isinstance(p, (ast.If, ast.IfExp, ast.While)) and p.test is n
-                    or isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not))
+                    or isinstance(p, ast.UnaryOp) and isinstance(p.op, ast.Not)
+                    or isinstance(p, ast.comprehension) and _items_as_numbers(p, node, ctx))
                for n in walk(node)
                if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load))
+
+
+def _items_as_numbers(gen: ast.comprehension, node: ast.AST, ctx: PassContext) -> bool:
+    """``[x.item() for x in xs]``, ``(float(x) for x in xs)`` (the comprehension of ``gen`` in
+    ``node``): each item only made a Python number (``OpSpec.host_number``), under no
+    condition."""
+    comp = next(c for c in walk(node) if gen in getattr(c, "generators", ()))
+    if not (isinstance(comp, (ast.ListComp, ast.SetComp, ast.GeneratorExp))
+            and comp.generators == [gen] and not gen.ifs and isinstance(gen.target, ast.Name)):
+        return False
+    parents = {c: n for n in walk(comp.elt) for c in ast.iter_child_nodes(n)}
+    reads = [n for n in walk(comp.elt) if isinstance(n, ast.Name) and n.id == gen.target.id]
+
+    def as_number(n: ast.Name) -> bool:
+        up = parents.get(n)
+        call = parents.get(up) if isinstance(up, ast.Attribute) and up.value is n else up
+        return isinstance(call, ast.Call) and (call.func is up and up is not n or call.args == [n]) \
+            and not call.keywords and call_op(call, ctx).host_number is not None
+    return bool(reads) and all(map(as_number, reads))
 
 
 def _mutated_aliases(func: ast.FunctionDef, name: str, ctx: PassContext) -> bool:

@@ -95,7 +95,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
                index_value_checks_to_ranges,
-               index_tuples_to_tensors, inline_helper_calls,
+               index_tuples_to_tensors, inline_helper_calls, helper_effects,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
                last_writes_to_scatters, length_masks_to_compares,
@@ -135,6 +135,7 @@ LOOP_STAGES: list = [
     index_value_checks_to_ranges,  # before inline_inner_loops: it reads the inner loops' checks
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
+    helper_effects,               # after inline_helper_calls: the helper calls it left
     module_loss_calls,            # before the checks: they see the known functional op
     module_list_linears,          # before the checks: they see F.linear of stacked parameters
     # after the helper stages, which set the helper checks it adds to; before the stages that
