@@ -156,6 +156,28 @@ def _steps(v, per_step: bool, first: torch.Tensor, trips: int, full: bool) -> to
     return v.expand(trips, *(first.shape if full else v.shape[1:]))
 
 
+def computed_alike(*values) -> bool:
+    """Whether a scan's multiplied-out parts are computed in the dtype the loop computes them in.
+    The loop computes ``c * (a * s + b)`` in the state's dtype; the scan takes ``c * a`` and
+    ``c * b``, computed in the dtype of ``c`` and ``a``: a float32 mask times a float64 state
+    rounds to float32 there, where the loop keeps float64 (values off by float32 rounding in a
+    float64 loss). ``values`` are what the recurrence reads (its tensors, also as items of lists
+    and tuples, and its state before the loop): every floating tensor among them of one dtype
+    makes every such product of that dtype; integer and bool tensors only beside the default
+    dtype (their products with Python floats are of it); complex: no."""
+    floats, ints = set(), False
+    for v in values:
+        for t in (v if type(v) in (list, tuple) else (v,)):
+            if isinstance(t, torch.Tensor):
+                if t.is_complex():
+                    return False
+                if t.is_floating_point():
+                    floats.add(t.dtype)
+                else:
+                    ints = True
+    return len(floats) <= 1 and (not ints or floats == {torch.get_default_dtype()})
+
+
 def previous_states(states: torch.Tensor, s0, reverse: bool) -> torch.Tensor:
     """Every step's value of a name the step before gave it (``states`` stacked in the order of
     the steps' index), ``s0`` (a Python number) at the first step: the state of the step before

@@ -383,7 +383,7 @@ ESCAPING_GOLDEN = """
         returns = []
         _masks_stacked = _stack_items(tuple(masks)) if (type(masks) is list or (isinstance(masks, tuple) and type(masks).__getitem__ is tuple.__getitem__ and (type(masks).__iter__ is tuple.__iter__) and (type(masks).__len__ is tuple.__len__))) and len(masks) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == masks[0].shape and (_v.dtype == masks[0].dtype) and (_v.device == masks[0].device) for _v in masks)) else masks
         _rewards_stacked = _stack_items(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
-        if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and type(returns) is list:
+        if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and type(returns) is list and _computed_alike(G, rewards, gamma, masks):
             'optimize_loss: loop at line 4 vectorized'
             if not isinstance(gamma, torch.Tensor) or (_masks_stacked.dim() >= 2 and _masks_stacked.dim() >= gamma.dim() + 1):
                 _masks_row = _masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1]
@@ -741,6 +741,45 @@ def test_python_float_rewards_into_a_float32_tensor():
     for dt in DTYPES:
         v = torch.tensor(0.5, dtype=dt, requires_grad=True)
         assert_equivalent(original, rewritten, rewards, 0.99, v)
+
+
+# TD(lambda) returns, the factor multiplied out of `gamma * (1 - d) * (... + lam * ret)`: the
+# loop computes `lam * ret` in the state's dtype, the scan `gamma * (1 - d) * lam` in the mask's.
+TD_LAMBDA = """
+    def f(rewards, values, dones, gamma, lam):
+        ret = values[-1]
+        out = []
+        for t in reversed(range(rewards.shape[0])):
+            ret = rewards[t] + gamma * (1 - dones[t]) * ((1 - lam) * values[t + 1] + lam * ret)
+            out.append(ret)
+        return torch.stack(out[::-1])
+    """
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64, torch.float32),
+                                    (torch.float64, torch.float32, torch.float32),
+                                    (torch.float32, torch.float64, torch.int64),
+                                    (torch.float64, torch.float64, torch.float32)])
+def test_multiplied_out_factors_of_mixed_dtypes_run_the_loop(dtypes):
+    # a float32 mask with float64 values: the scan's factors would round to float32, off by
+    # ~1e-7 relative in the float64 returns; the loop runs as written, and the report says why
+    original, rewritten, _, report = build(TD_LAMBDA)
+    r_dt, v_dt, d_dt = dtypes
+    rewards = randn(40, 3, dtype=r_dt, grad=False)
+    values = randn(41, 3, dtype=v_dt, seed=2)
+    d = dones(40, 3).to(d_dt)
+    assert_equivalent(original, rewritten, rewards, values, d, 0.99, 0.9)
+    assert strategies(report) == {4: "scan"}
+    assert "multiplied out" in report.loops[0].reason
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multiplied_out_factors_of_one_dtype_are_scanned(dtype, tmp_path):
+    user = load_module(tmp_path, "import torch\n" + dedent(TD_LAMBDA))
+    report = equivalent_report(user.f, randn(40, 3, dtype=dtype, grad=False),
+                               randn(41, 3, dtype=dtype, seed=2), dones(40, 3, dtype=dtype),
+                               0.99, 0.9)
+    assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
