@@ -773,6 +773,16 @@ def test_multiplied_out_factors_of_mixed_dtypes_run_the_loop(dtypes):
     assert "multiplied out" in report.loops[0].reason
 
 
+def test_multiplied_out_factors_of_mixed_dtypes_say_why_the_loop_ran(tmp_path):
+    user = load_module(tmp_path, "import torch\n" + dedent(TD_LAMBDA))
+    report = equivalent_report(user.f, randn(40, 3, dtype=torch.float64, grad=False),
+                               randn(41, 3, seed=2), dones(40, 3), 0.99, 0.9)
+    (loop,) = report.loops
+    assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
+    assert loop.last_failure.startswith("`ret`, `rewards`, `gamma`, `lam`, `dones`, `values` hold "
+                                        "tensors of several dtypes"), loop.last_failure
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_multiplied_out_factors_of_one_dtype_are_scanned(dtype, tmp_path):
     user = load_module(tmp_path, "import torch\n" + dedent(TD_LAMBDA))
