@@ -163,13 +163,14 @@ def computed_alike(*values) -> bool:
     rounds to float32 there, where the loop keeps float64 (values off by float32 rounding in a
     float64 loss). ``values`` are what the recurrence reads (its tensors, also as items of lists
     and tuples, and its state before the loop): every floating tensor among them of one dtype
-    makes every such product of that dtype; integer and bool tensors only beside the default
-    dtype (their products with Python floats are of it); complex: no."""
+    makes every such product of that dtype; integer tensors only beside the default dtype (their
+    products with Python floats are of it); bool tensors no (``b - m * s`` is scanned with the
+    factor ``-m``, which torch refuses for a bool ``m``), complex no."""
     floats, ints = set(), False
     for v in values:
         for t in (v if type(v) in (list, tuple) else (v,)):
             if isinstance(t, torch.Tensor):
-                if t.is_complex():
+                if t.is_complex() or t.dtype == torch.bool:
                     return False
                 if t.is_floating_point():
                     floats.add(t.dtype)

@@ -783,6 +783,29 @@ def test_multiplied_out_factors_of_mixed_dtypes_say_why_the_loop_ran(tmp_path):
                                         "tensors of several dtypes"), loop.last_failure
 
 
+# The factors multiplied out of `lam * (gamma * s - r) - m * (s + v)` and the negated one of
+# `r - m * s` subtract or negate `m`: torch refuses that for a bool mask, which the loop only
+# multiplies; the loop runs as written (it raised at every call, and ran as written after a
+# warning).
+@pytest.mark.parametrize("step", ["lam * (gamma * s - r[t]) - m[t] * (s + v[t])",
+                                  "r[t] - m[t] * s"])
+def test_multiplied_out_factors_of_a_bool_mask_run_the_loop(step):
+    original, rewritten, _, report = build(f"""
+        def f(r, v, m, gamma, lam):
+            s = v[0]
+            out = []
+            for t in range(r.shape[0]):
+                s = {step}
+                out.append(s)
+            return torch.stack(out)
+        """)
+    assert strategies(report) == {4: "scan"}
+    m = dones(20, 3).bool()
+    for dtype in DTYPES:
+        assert_equivalent(original, rewritten, randn(20, 3, dtype=dtype, grad=False),
+                          randn(21, 3, dtype=dtype, seed=2), m, 0.99, 0.9)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_multiplied_out_factors_of_one_dtype_are_scanned(dtype, tmp_path):
     user = load_module(tmp_path, "import torch\n" + dedent(TD_LAMBDA))

@@ -543,15 +543,10 @@ def _alike_checks(needs: list[ast.expr], found: list[_Recurrence], preludes: dic
 
 
 def _multiplied_out(rec: _Recurrence, value: ast.expr) -> bool:
-    """Whether ``_linear`` combined the recurrence's parts (``c * (a * s + b)`` -> ``c * a``):
-    a part that is none of ``value``'s own subexpressions (negated or not)."""
+    """Whether ``_linear`` combined the recurrence's parts (``c * (a * s + b)`` -> ``c * a``,
+    ``b - m * s`` -> ``-m``): a part that is none of ``value``'s own subexpressions."""
     own = {unparse(n) for n in walk(value) if isinstance(n, ast.expr)} | {"1"}
-
-    def combined(part: ast.expr | None) -> bool:
-        while isinstance(part, ast.UnaryOp) and isinstance(part.op, ast.USub):
-            part = part.operand
-        return part is not None and unparse(part) not in own
-    return combined(rec.a) or combined(rec.b)
+    return any(p is not None and unparse(p) not in own for p in (rec.a, rec.b))
 
 
 def _alike(rec: _Recurrence, stmts: list[ast.stmt], node: ast.For, written: list[ast.expr],

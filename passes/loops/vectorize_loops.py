@@ -711,8 +711,8 @@ def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> st
             f"the rest: {_why(scanned.rest, ctx)}"
             + (scan_python_numbers.why() if scanned.numbers else "")
             + (f"; {', '.join(f'`{n}`' for n in scanned.multiplied)} multiplied out: scanned when "
-               "the tensors its step reads have one floating dtype, else the loop runs as "
-               "written (the factors would round in the narrower one)"
+               "the tensors its step reads have one floating dtype (no bool), else the loop "
+               "runs as written (the factors would round in the narrower one, or raise)"
                if scanned.multiplied else ""))
 
 
