@@ -207,9 +207,9 @@ def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str,
     if isinstance(conjunct, ast.Call) and isinstance(conjunct.func, ast.Name) and \
             _ALIKE.fullmatch(conjunct.func.id):
         shown = ", ".join(f"`{written.text(a) or '...'}`" for a in conjunct.args)
-        return ast.Constant(f"{shown} hold tensors of several dtypes, or bool or complex ones: "
-                            "the scan's multiplied-out factors would round in the narrower "
-                            "dtype, or raise")
+        return ast.Constant(f"{shown} hold tensors of several dtypes (or bool or complex ones): "
+                            "the scan's factors or states would take another dtype than the "
+                            "loop's, or raise")
     text = written.text(conjunct)
     if text is None:
         return ast.Constant("a check on a value the rewrite computes was false")

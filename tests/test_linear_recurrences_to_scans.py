@@ -770,7 +770,8 @@ def test_multiplied_out_factors_of_mixed_dtypes_run_the_loop(dtypes):
     d = dones(40, 3).to(d_dt)
     assert_equivalent(original, rewritten, rewards, values, d, 0.99, 0.9)
     assert strategies(report) == {4: "scan"}
-    assert "multiplied out" in report.loops[0].reason
+    assert "`ret`: scanned when the tensors its step reads have one floating dtype" in \
+        report.loops[0].reason
 
 
 def test_multiplied_out_factors_of_mixed_dtypes_say_why_the_loop_ran(tmp_path):
@@ -781,6 +782,32 @@ def test_multiplied_out_factors_of_mixed_dtypes_say_why_the_loop_ran(tmp_path):
     assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
     assert loop.last_failure.startswith("`ret`, `rewards`, `gamma`, `lam`, `dones`, `values` hold "
                                         "tensors of several dtypes"), loop.last_failure
+
+
+# A reset to 0 (`if done: s = 0`) gives the loop's next state the dtype of the step's parts
+# alone: float32 rewards after a float64 state before the loop make every state after the reset
+# float32 (all of them, for a reset at the first step), where the scan kept float64.
+@pytest.mark.parametrize("m_dtype", [torch.float32, torch.bool])
+def test_a_reset_after_a_wider_state_runs_the_loop(m_dtype):
+    original, rewritten, _, report = build("""
+        def f(r, v, m, lam):
+            s = v[0]
+            out = []
+            for t in range(r.shape[0]):
+                if m[t].all():
+                    s = 0
+                s = lam * s + r[t]
+                out.append(s)
+            return torch.stack(out)
+        """)
+    assert strategies(report) == {4: "scan"}
+    m = dones(20, 3).to(m_dtype)
+    m[0] = 1  # a reset at the first step: every state of the loop is float32
+    assert_equivalent(original, rewritten, randn(20, 3, grad=False),
+                      randn(21, 3, dtype=torch.float64, seed=2), m, 0.9)
+    for dtype in DTYPES:  # one dtype: scanned, a bool mask too
+        assert_equivalent(original, rewritten, randn(20, 3, dtype=dtype, grad=False),
+                          randn(21, 3, dtype=dtype, seed=2), m, 0.9)
 
 
 # The factors multiplied out of `lam * (gamma * s - r) - m * (s + v)` and the negated one of
@@ -919,7 +946,7 @@ RESETS_GOLDEN = """
         returns = []
         _dones_stacked = _stack_items(tuple(dones)) if (type(dones) is list or (isinstance(dones, tuple) and type(dones).__getitem__ is tuple.__getitem__ and (type(dones).__iter__ is tuple.__iter__) and (type(dones).__len__ is tuple.__len__))) and len(dones) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == dones[0].shape and (_v.dtype == dones[0].dtype) and (_v.device == dones[0].device) for _v in dones)) else dones
         _rewards_stacked = _stack_items(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
-        if (type(rewards) in (list, tuple) or isinstance(rewards, torch.Tensor)) and (type(dones) in (list, tuple) or isinstance(dones, torch.Tensor)) and (len(dones) == len(rewards)) and (isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0) or _numbers_scan_pays(len(rewards), (rewards,), (dones,), (gamma, G))):
+        if (type(rewards) in (list, tuple) or isinstance(rewards, torch.Tensor)) and (type(dones) in (list, tuple) or isinstance(dones, torch.Tensor)) and (len(dones) == len(rewards)) and _computed_alike(rewards, dones, G, gamma, bools=True) and (isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0) or _numbers_scan_pays(len(rewards), (rewards,), (dones,), (gamma, G))):
             'optimize_loss: loop at line 4 vectorized'
             if isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0):
                 _rewards_row = _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1]

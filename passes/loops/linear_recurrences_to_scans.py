@@ -99,8 +99,8 @@ class Scan:
     numbers: bool = False  # also scans lists of Python numbers (scan_python_numbers)
     # the user's list of each stacked name the check reads (the step loop's and the rest's)
     stacked: dict[str, str] = field(default_factory=dict)
-    # the states whose factors the scan multiplies out, behind ``computed_alike``
-    multiplied: list[str] = field(default_factory=list)
+    # the states whose factors the scan multiplies out or resets, behind ``computed_alike``
+    alike: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         except Unsupported:
             continue
     found = [rec for rec in found if rec.name in preludes]
-    needs, multiplied = _alike_checks(needs, found, preludes, loop, node, written, shown, ctx)
+    needs, alike = _alike_checks(needs, found, preludes, loop, node, written, shown, ctx)
     steps, per_step, appends = _per_step_values(found, preludes, it, node, ctx)
     values = {}
     if not per_step:
@@ -201,7 +201,7 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         check = lagged.check
     stacked = {k: v for f in firsts + [rest] for k, v in f.stacked.items()}
     return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found],
-                numbers is not None, stacked, multiplied)
+                numbers is not None, stacked, alike)
 
 
 def _ends(found: list[_Recurrence], it: Iteration, reverse: bool, values: dict[str, str],
@@ -536,10 +536,14 @@ def _alike_checks(needs: list[ast.expr], found: list[_Recurrence], preludes: dic
                   node: ast.For, written: list[ast.expr], shown: dict[str, str],
                   ctx: PassContext) -> tuple[list[ast.expr], list[str]]:
     """``needs`` and a ``computed_alike`` check of each recurrence whose parts the scan
-    multiplies out; the user's names of those states."""
-    multiplied = [rec for rec in found if _multiplied_out(rec, loop.body[rec.at].value)]
-    return needs + [_alike(rec, preludes[rec.name] + [loop.body[rec.at]], node, written, ctx)
-                    for rec in multiplied], [shown.get(rec.name, rec.name) for rec in multiplied]
+    multiplies out, or whose state a reset sets to 0 (from there the loop's states take the
+    dtype of the parts alone, not that of the state before the loop); the user's names of those
+    states. A reset alone does no arithmetic on a bool mask: bool tensors pass its check."""
+    checked = [(rec, _multiplied_out(rec, loop.body[rec.at].value)) for rec in found]
+    checked = [(rec, out) for rec, out in checked if out or rec.reset is not None]
+    return needs + [_alike(rec, preludes[rec.name] + [loop.body[rec.at]], node, written, not out,
+                           ctx) for rec, out in checked], \
+        [shown.get(rec.name, rec.name) for rec, _ in checked]
 
 
 def _multiplied_out(rec: _Recurrence, value: ast.expr) -> bool:
@@ -550,7 +554,7 @@ def _multiplied_out(rec: _Recurrence, value: ast.expr) -> bool:
 
 
 def _alike(rec: _Recurrence, stmts: list[ast.stmt], node: ast.For, written: list[ast.expr],
-           ctx: PassContext) -> ast.expr:
+           bools: bool, ctx: PassContext) -> ast.expr:
     """``computed_alike(...)`` of what the recurrence and the statements it needs read from
     outside the loop (names, attribute chains on them), its state before the loop and the
     tensors it is written into. A value of another dtype the body itself makes (``.double()``,
@@ -572,7 +576,8 @@ def _alike(rec: _Recurrence, stmts: list[ast.stmt], node: ast.For, written: list
     if rec.name in outer and rec.name not in seen:
         leaves.append(ast.Name(rec.name, ast.Load()))
     fn = ctx.bind(computed_alike, "computed_alike")
-    return ast.Call(ast.Name(fn, ast.Load()), leaves + [clone(w) for w in written], [])
+    return ast.Call(ast.Name(fn, ast.Load()), leaves + [clone(w) for w in written],
+                    [ast.keyword("bools", ast.Constant(True))] if bools else [])
 
 
 def _op(sign: str, x: ast.expr | None, y: ast.expr | None) -> ast.expr | None:
