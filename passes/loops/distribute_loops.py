@@ -656,7 +656,8 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
         partial = _read_in_some_iterations(body, split, variant, ctx)
         moved = False
         for k in split.hoisted():
-            bound = loop_dataflow.stores_in([body[k]])
+            # a value made of nothing a gradient flows from (`r = x[i].item()`) has no backward
+            bound = loop_dataflow.stores_in([body[k]]) if _gradient_loads(body[k], ctx) else set()
             why = "its value flows into an item a builtin `max`/`min` picks from (stacked, " \
                 "the backward would also run for the items not picked: 0 * NaN/inf)" \
                 if bound & picked else "its value is differentiated only in the iterations " \
