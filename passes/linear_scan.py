@@ -164,7 +164,8 @@ def computed_alike(*values, bools: bool = False) -> bool:
     float64 loss). ``values`` are what the recurrence reads (its tensors, also as the first item
     of a list or tuple: the scan stacks only items of one dtype, and Python numbers need no
     check; and its state before the loop): every floating tensor among them of one dtype
-    makes every such product of that dtype; integer tensors only beside the default dtype or no
+    makes every such product of that dtype (a ``torch.dtype`` among them: one the step converts
+    a value to, ``m[t].float()``); integer tensors only beside the default dtype or no
     floating tensor (their products with Python floats are of the default dtype); bool tensors as integers with ``bools``, else no
     (``b - m * s`` is scanned with the factor ``-m``, which torch refuses for a bool ``m``);
     complex no. A reset to 0 (``if done: s = 0``) makes the loop's next state of the parts'
@@ -172,13 +173,15 @@ def computed_alike(*values, bools: bool = False) -> bool:
     floats, ints = set(), False
     for v in values:
         for t in (v[:1] if type(v) in (list, tuple) else (v,)):  # stacked: one dtype
-            if isinstance(t, torch.Tensor):
-                if t.is_complex() or t.dtype == torch.bool and not bools:
-                    return False
-                if t.is_floating_point():
-                    floats.add(t.dtype)
-                else:
-                    ints = True
+            dtype = t.dtype if isinstance(t, torch.Tensor) else t  # a dtype the step converts to
+            if not isinstance(dtype, torch.dtype):
+                continue
+            if dtype.is_complex or dtype == torch.bool and not bools:
+                return False
+            if dtype.is_floating_point:
+                floats.add(dtype)
+            else:
+                ints = True
     return len(floats) <= 1 and (not ints or floats <= {torch.get_default_dtype()})
 
 

@@ -774,6 +774,17 @@ def test_multiplied_out_factors_of_mixed_dtypes_run_the_loop(dtypes):
         report.loops[0].reason
 
 
+@pytest.mark.parametrize("conversion", ["dones[t].float()", "dones[t].to(torch.float32)",
+                                        "torch.as_tensor(dones[t], dtype=torch.float32)"])
+def test_multiplied_out_factors_of_a_converted_mask_run_the_loop(conversion):
+    # every input float64, the mask converted to float32 in the step: the check counts the
+    # dtype it is converted to
+    original, rewritten, _, _ = build(TD_LAMBDA.replace("(1 - dones[t])", f"(1 - {conversion})"))
+    assert_equivalent(original, rewritten, randn(40, 3, dtype=torch.float64, grad=False),
+                      randn(41, 3, dtype=torch.float64, seed=2),
+                      dones(40, 3, dtype=torch.float64), 0.99, 0.9)
+
+
 def test_multiplied_out_factors_of_mixed_dtypes_say_why_the_loop_ran(tmp_path):
     user = load_module(tmp_path, "import torch\n" + dedent(TD_LAMBDA))
     report = equivalent_report(user.f, randn(40, 3, dtype=torch.float64, grad=False),

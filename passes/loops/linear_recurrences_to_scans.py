@@ -557,8 +557,8 @@ def _alike(rec: _Recurrence, stmts: list[ast.stmt], node: ast.For, written: list
            bools: bool, ctx: PassContext) -> ast.expr:
     """``computed_alike(...)`` of what the recurrence and the statements it needs read from
     outside the loop (names, attribute chains on them), its state before the loop and the
-    tensors it is written into. A value of another dtype the body itself makes (``.double()``,
-    ``torch.ones(n)``) is not among them."""
+    tensors it is written into, and the dtypes the statements convert to (``_made_dtypes``). A
+    tensor the body makes without a dtype (``torch.ones(n)``, of the default dtype) is not."""
     outer = (loads(node) - stores_in([node])) | ({rec.name} & loads(node))
     leaves, seen = [], set()
     called = [c.func for s in stmts for c in walk(s) if isinstance(c, ast.Call)]
@@ -575,9 +575,29 @@ def _alike(rec: _Recurrence, stmts: list[ast.stmt], node: ast.For, written: list
                 leaves.append(ast.Name(n.id, ast.Load()) if isinstance(n, ast.Name) else clone(n))
     if rec.name in outer and rec.name not in seen:
         leaves.append(ast.Name(rec.name, ast.Load()))
+    leaves += _made_dtypes(stmts, outer, ctx)
     fn = ctx.bind(computed_alike, "computed_alike")
     return ast.Call(ast.Name(fn, ast.Load()), leaves + [clone(w) for w in written],
                     [ast.keyword("bools", ast.Constant(True))] if bools else [])
+
+
+# Conversions by method name, to the dtype a ``computed_alike`` check counts for them
+_CONVERSIONS = {"float": "float32", "double": "float64", "half": "float16",
+                "bfloat16": "bfloat16", "long": "int64", "int": "int32", "bool": "bool"}
+
+
+def _made_dtypes(stmts: list[ast.stmt], outer: set[str], ctx: PassContext) -> list[ast.expr]:
+    """The dtypes the statements convert to (``m[t].float()``: ``torch.float32``; ``.to(dt)``
+    and ``dtype=dt`` where ``dt`` is read from outside the loop): values of another dtype than
+    the tensors read, which the check must count too."""
+    found = []
+    for c in (n for s in stmts for n in walk(s) if isinstance(n, ast.Call)):
+        name = loop_dataflow.method_name(c, ctx)
+        if name in _CONVERSIONS and not c.args and not c.keywords:
+            found.append(replace(f"torch.{_CONVERSIONS[name]}", torch_name=ctx.torch_name))
+        given = [k.value for k in c.keywords if k.arg == "dtype"] + (c.args if name == "to" else [])
+        found += [clone(v) for v in given if loads(v) <= outer | {ctx.torch_name}]
+    return found
 
 
 def _op(sign: str, x: ast.expr | None, y: ast.expr | None) -> ast.expr | None:
