@@ -156,6 +156,35 @@ def _steps(v, per_step: bool, first: torch.Tensor, trips: int, full: bool) -> to
     return v.expand(trips, *(first.shape if full else v.shape[1:]))
 
 
+def computed_alike(*values, bools: bool = False) -> bool:
+    """Whether a scan's multiplied-out parts are computed in the dtype the loop computes them in.
+    The loop computes ``c * (a * s + b)`` in the state's dtype; the scan takes ``c * a`` and
+    ``c * b``, computed in the dtype of ``c`` and ``a``: a float32 mask times a float64 state
+    rounds to float32 there, where the loop keeps float64 (values off by float32 rounding in a
+    float64 loss). ``values`` are what the recurrence reads (its tensors, also as the first item
+    of a list or tuple: the scan stacks only items of one dtype, and Python numbers need no
+    check; and its state before the loop): every floating tensor among them of one dtype
+    makes every such product of that dtype (a ``torch.dtype`` among them: one the step converts
+    a value to, ``m[t].float()``); integer tensors only beside the default dtype or no
+    floating tensor (their products with Python floats are of the default dtype); bool tensors as integers with ``bools``, else no
+    (``b - m * s`` is scanned with the factor ``-m``, which torch refuses for a bool ``m``);
+    complex no. A reset to 0 (``if done: s = 0``) makes the loop's next state of the parts'
+    dtype alone: the same as the state before the loop's when they are alike."""
+    floats, ints = set(), False
+    for v in values:
+        for t in (v[:1] if type(v) in (list, tuple) else (v,)):  # stacked: one dtype
+            dtype = t.dtype if isinstance(t, torch.Tensor) else t  # a dtype the step converts to
+            if not isinstance(dtype, torch.dtype):
+                continue
+            if dtype.is_complex or dtype == torch.bool and not bools:
+                return False
+            if dtype.is_floating_point:
+                floats.add(dtype)
+            else:
+                ints = True
+    return len(floats) <= 1 and (not ints or floats <= {torch.get_default_dtype()})
+
+
 def previous_states(states: torch.Tensor, s0, reverse: bool) -> torch.Tensor:
     """Every step's value of a name the step before gave it (``states`` stacked in the order of
     the steps' index), ``s0`` (a Python number) at the first step: the state of the step before

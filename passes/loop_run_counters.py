@@ -32,6 +32,7 @@ import ast
 import re
 
 from .ast_tools import Transformer, clone, is_name, rename, replace, unparse, walk
+from .linear_scan import computed_alike
 from .loops.attribute_writes_to_names import unguarded, written_getattrs
 from .loops.runtime_checks import AS_WRITTEN, guard_line, is_vectorized_guard
 from .loops.stack_tensor_lists import stacked_sources
@@ -40,6 +41,8 @@ _AS_WRITTEN = re.compile(re.escape(AS_WRITTEN).replace(re.escape("{}"), r"(\d+)"
                          .replace(re.escape("{}"), "(.*)"))
 ERROR = "_optimize_loss_error"  # the caught exception, in the instrumented copy only
 _SHOWN = 80  # characters of a conjunct quoted in the reason
+# A scan's dtype check as generated code names it (``PassContext.bind``: ``_<stem>``, ``_<stem>_1``)
+_ALIKE = re.compile(rf"_{computed_alike.__name__}(_\d+)?")
 
 
 def instrument(tree: ast.Module, counter: str, source: str = "",
@@ -201,6 +204,12 @@ def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str,
         name = stacked[conjunct.args[0].id]
         return replace("c.not_stacked(n, x)", loc=conjunct, c=counter, n=ast.Constant(name),
                        x=name)
+    if isinstance(conjunct, ast.Call) and isinstance(conjunct.func, ast.Name) and \
+            _ALIKE.fullmatch(conjunct.func.id):
+        shown = ", ".join(f"`{written.text(a) or '...'}`" for a in conjunct.args)
+        return ast.Constant(f"{shown} hold tensors of several dtypes (or bool or complex ones): "
+                            "the scan's factors or states would take another dtype than the "
+                            "loop's, or raise")
     text = written.text(conjunct)
     if text is None:
         return ast.Constant("a check on a value the rewrite computes was false")

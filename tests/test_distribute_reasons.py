@@ -16,6 +16,17 @@ from tests.loop_helpers import assert_golden, build, rewrite_source
 DTYPES = [torch.float32, torch.float64]
 
 SOURCES = {
+    # the count taken to the host first: a Python number from there, hoisted with the loss
+    "host_item_first": """
+        def f(x, y, m):
+            total = 0
+            for i in range(len(x)):
+                n = m[i].sum().item()
+                l = F.mse_loss(x[i], y[i], reduction="sum")
+                print(f"{i}: {l.item():.4f}")
+                total = total + l / max(1.0, n)
+            return total
+        """,
     # the count clamped on the host is hoisted with the loss (both reductions)
     "host_clamp": """
         def f(x, y, m):
@@ -76,6 +87,14 @@ GOLDEN = {
 
 def test_golden_host_clamp():
     assert_golden(SOURCES["host_clamp"], GOLDEN["host_clamp"], {3: "distributed"})
+
+
+def test_a_python_number_a_builtin_max_picks_is_hoisted():
+    # `n` is a Python number: no backward runs through it, picked or not
+    _, report = rewrite_source(SOURCES["host_item_first"])
+    reason = report.loops[0].reason
+    assert reason.startswith("lines 4, 5 hoisted into one loop"), reason
+    assert "picks from" not in reason
 
 
 def test_a_tensor_a_builtin_max_may_not_pick_stays_residual():

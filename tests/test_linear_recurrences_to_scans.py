@@ -383,7 +383,7 @@ ESCAPING_GOLDEN = """
         returns = []
         _masks_stacked = _stack_items(tuple(masks)) if (type(masks) is list or (isinstance(masks, tuple) and type(masks).__getitem__ is tuple.__getitem__ and (type(masks).__iter__ is tuple.__iter__) and (type(masks).__len__ is tuple.__len__))) and len(masks) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == masks[0].shape and (_v.dtype == masks[0].dtype) and (_v.device == masks[0].device) for _v in masks)) else masks
         _rewards_stacked = _stack_items(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
-        if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and type(returns) is list:
+        if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and type(returns) is list and _computed_alike(G, rewards, gamma, masks):
             'optimize_loss: loop at line 4 vectorized'
             if not isinstance(gamma, torch.Tensor) or (_masks_stacked.dim() >= 2 and _masks_stacked.dim() >= gamma.dim() + 1):
                 _masks_row = _masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1]
@@ -743,6 +743,116 @@ def test_python_float_rewards_into_a_float32_tensor():
         assert_equivalent(original, rewritten, rewards, 0.99, v)
 
 
+# TD(lambda) returns, the factor multiplied out of `gamma * (1 - d) * (... + lam * ret)`: the
+# loop computes `lam * ret` in the state's dtype, the scan `gamma * (1 - d) * lam` in the mask's.
+TD_LAMBDA = """
+    def f(rewards, values, dones, gamma, lam):
+        ret = values[-1]
+        out = []
+        for t in reversed(range(rewards.shape[0])):
+            ret = rewards[t] + gamma * (1 - dones[t]) * ((1 - lam) * values[t + 1] + lam * ret)
+            out.append(ret)
+        return torch.stack(out[::-1])
+    """
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64, torch.float32),
+                                    (torch.float64, torch.float32, torch.float32),
+                                    (torch.float32, torch.float64, torch.int64),
+                                    (torch.float64, torch.float64, torch.float32)])
+def test_multiplied_out_factors_of_mixed_dtypes_run_the_loop(dtypes):
+    # a float32 mask with float64 values: the scan's factors would round to float32, off by
+    # ~1e-7 relative in the float64 returns; the loop runs as written, and the report says why
+    original, rewritten, _, report = build(TD_LAMBDA)
+    r_dt, v_dt, d_dt = dtypes
+    rewards = randn(40, 3, dtype=r_dt, grad=False)
+    values = randn(41, 3, dtype=v_dt, seed=2)
+    d = dones(40, 3).to(d_dt)
+    assert_equivalent(original, rewritten, rewards, values, d, 0.99, 0.9)
+    assert strategies(report) == {4: "scan"}
+    assert "`ret`: scanned when the tensors its step reads have one floating dtype" in \
+        report.loops[0].reason
+
+
+@pytest.mark.parametrize("conversion", ["dones[t].float()", "dones[t].to(torch.float32)",
+                                        "torch.as_tensor(dones[t], dtype=torch.float32)"])
+def test_multiplied_out_factors_of_a_converted_mask_run_the_loop(conversion):
+    # every input float64, the mask converted to float32 in the step: the check counts the
+    # dtype it is converted to
+    original, rewritten, _, _ = build(TD_LAMBDA.replace("(1 - dones[t])", f"(1 - {conversion})"))
+    assert_equivalent(original, rewritten, randn(40, 3, dtype=torch.float64, grad=False),
+                      randn(41, 3, dtype=torch.float64, seed=2),
+                      dones(40, 3, dtype=torch.float64), 0.99, 0.9)
+
+
+def test_multiplied_out_factors_of_mixed_dtypes_say_why_the_loop_ran(tmp_path):
+    user = load_module(tmp_path, "import torch\n" + dedent(TD_LAMBDA))
+    report = equivalent_report(user.f, randn(40, 3, dtype=torch.float64, grad=False),
+                               randn(41, 3, seed=2), dones(40, 3), 0.99, 0.9)
+    (loop,) = report.loops
+    assert (loop.vectorized_runs, loop.original_runs) == (0, 1)
+    assert loop.last_failure.startswith("`ret`, `rewards`, `gamma`, `lam`, `dones`, `values` hold "
+                                        "tensors of several dtypes"), loop.last_failure
+
+
+# A reset to 0 (`if done: s = 0`) gives the loop's next state the dtype of the step's parts
+# alone: float32 rewards after a float64 state before the loop make every state after the reset
+# float32 (all of them, for a reset at the first step), where the scan kept float64.
+@pytest.mark.parametrize("m_dtype", [torch.float32, torch.bool])
+def test_a_reset_after_a_wider_state_runs_the_loop(m_dtype):
+    original, rewritten, _, report = build("""
+        def f(r, v, m, lam):
+            s = v[0]
+            out = []
+            for t in range(r.shape[0]):
+                if m[t].all():
+                    s = 0
+                s = lam * s + r[t]
+                out.append(s)
+            return torch.stack(out)
+        """)
+    assert strategies(report) == {4: "scan"}
+    m = dones(20, 3).to(m_dtype)
+    m[0] = 1  # a reset at the first step: every state of the loop is float32
+    assert_equivalent(original, rewritten, randn(20, 3, grad=False),
+                      randn(21, 3, dtype=torch.float64, seed=2), m, 0.9)
+    for dtype in DTYPES:  # one dtype: scanned, a bool mask too
+        assert_equivalent(original, rewritten, randn(20, 3, dtype=dtype, grad=False),
+                          randn(21, 3, dtype=dtype, seed=2), m, 0.9)
+
+
+# The factors multiplied out of `lam * (gamma * s - r) - m * (s + v)` and the negated one of
+# `r - m * s` subtract or negate `m`: torch refuses that for a bool mask, which the loop only
+# multiplies; the loop runs as written (it raised at every call, and ran as written after a
+# warning).
+@pytest.mark.parametrize("step", ["lam * (gamma * s - r[t]) - m[t] * (s + v[t])",
+                                  "r[t] - m[t] * s"])
+def test_multiplied_out_factors_of_a_bool_mask_run_the_loop(step):
+    original, rewritten, _, report = build(f"""
+        def f(r, v, m, gamma, lam):
+            s = v[0]
+            out = []
+            for t in range(r.shape[0]):
+                s = {step}
+                out.append(s)
+            return torch.stack(out)
+        """)
+    assert strategies(report) == {4: "scan"}
+    m = dones(20, 3).bool()
+    for dtype in DTYPES:
+        assert_equivalent(original, rewritten, randn(20, 3, dtype=dtype, grad=False),
+                          randn(21, 3, dtype=dtype, seed=2), m, 0.99, 0.9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multiplied_out_factors_of_one_dtype_are_scanned(dtype, tmp_path):
+    user = load_module(tmp_path, "import torch\n" + dedent(TD_LAMBDA))
+    report = equivalent_report(user.f, randn(40, 3, dtype=dtype, grad=False),
+                               randn(41, 3, dtype=dtype, seed=2), dones(40, 3, dtype=dtype),
+                               0.99, 0.9)
+    assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("alpha", [0.9, 0.999])
 def test_half_precision_states_are_rounded_every_step(dtype, alpha):
@@ -847,7 +957,7 @@ RESETS_GOLDEN = """
         returns = []
         _dones_stacked = _stack_items(tuple(dones)) if (type(dones) is list or (isinstance(dones, tuple) and type(dones).__getitem__ is tuple.__getitem__ and (type(dones).__iter__ is tuple.__iter__) and (type(dones).__len__ is tuple.__len__))) and len(dones) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == dones[0].shape and (_v.dtype == dones[0].dtype) and (_v.device == dones[0].device) for _v in dones)) else dones
         _rewards_stacked = _stack_items(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
-        if (type(rewards) in (list, tuple) or isinstance(rewards, torch.Tensor)) and (type(dones) in (list, tuple) or isinstance(dones, torch.Tensor)) and (len(dones) == len(rewards)) and (isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0) or _numbers_scan_pays(len(rewards), (rewards,), (dones,), (gamma, G))):
+        if (type(rewards) in (list, tuple) or isinstance(rewards, torch.Tensor)) and (type(dones) in (list, tuple) or isinstance(dones, torch.Tensor)) and (len(dones) == len(rewards)) and _computed_alike(rewards, dones, G, gamma, bools=True) and (isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0) or _numbers_scan_pays(len(rewards), (rewards,), (dones,), (gamma, G))):
             'optimize_loss: loop at line 4 vectorized'
             if isinstance(_rewards_stacked, torch.Tensor) and len(_rewards_stacked) <= _rewards_stacked.shape[0] and isinstance(_dones_stacked, torch.Tensor) and (len(_rewards_stacked) <= _dones_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0):
                 _rewards_row = _rewards_stacked if len(_rewards_stacked) == _rewards_stacked.shape[0] else _rewards_stacked[0:len(_rewards_stacked):1]

@@ -56,6 +56,16 @@ def duration(log_pred, dur, lengths):
         n = lengths[i]
         loss += F.mse_loss(log_pred[i, :n], torch.log(dur[i, :n].float() + 1))
     return loss / log_pred.shape[0]
+
+
+def normal_consistency(normals, normals_gt, idx):
+    losses = []
+    for b in range(normals.shape[0]):
+        gt = normals_gt[b][idx[b]]
+        for i in range(normals.shape[1]):
+            cos = torch.dot(normals[b, i], gt[i]) / (normals[b, i].norm() * gt[i].norm() + 1e-8)
+            losses.append(1 - cos.abs())
+    return torch.stack(losses).mean()
 '''
 
 
@@ -83,3 +93,14 @@ def test_a_tensor_made_from_sizes_needs_no_check_that_they_take_no_gradient(user
     assert loop.vectorized and "takes no gradient" not in loop.reason, loop.reason
     f = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
     optimized_and_vectorized(user.per_anchor, f.requires_grad_(), torch.tensor([0, 1, 0, 1, 2, 2]))
+
+
+def test_a_residual_inner_loop_is_quoted_as_written(user):
+    # the outer loop keeps the inner loop, which runs vectorized in each iteration: its residual
+    # statement is the user's `for`, not the rewrite's guard of it, and not "could not be
+    # vectorized"
+    outer = next(loop for loop in explain(user.normal_consistency).loops if not loop.vectorized)
+    assert "`for i in range(normals.shape[1]) ...`: the inner loop at line" in outer.reason, \
+        outer.reason
+    assert "isinstance(" not in outer.reason.split("residual loop:")[1]
+    assert "could not be vectorized" not in outer.reason

@@ -108,7 +108,7 @@ from . import (distribute_breaks, inline_helper_calls, inline_method_calls, iter
 from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
-from .runtime_checks import AS_WRITTEN
+from .runtime_checks import AS_WRITTEN, guard_line, is_vectorized_guard
 
 # Batched forms of ops that do real work per item (elementwise ops, views and layout do not).
 _HEAVY_FORMS = frozenset({"reduction", "dot", "pointwise_loss", "class_loss", "similarity"})
@@ -449,6 +449,8 @@ def _own_reason(s: ast.stmt, index: str, seeds: set[str], ctx: PassContext,
     """Why ``s`` alone is no vectorizable, effect-free loop body ("" when it is). ``local``:
     names the statements before it in the iteration bind; ``v = v.clamp(0)`` rebinding one reads
     a value of the iteration (an input here), not the previous iteration's."""
+    if is_vectorized_guard(s):  # an inner loop vectorized on its own: its form runs in each
+        return f"the inner loop at line {guard_line(s)}, which runs vectorized in each iteration"
     rebound = sorted(stmt_loads(s) & stores(s) & local) \
         if isinstance(s, (ast.Assign, ast.AugAssign)) else []
     if rebound:
@@ -654,7 +656,8 @@ def _close(split: _Split, live_after: set[str], variant: set[str],
         partial = _read_in_some_iterations(body, split, variant, ctx)
         moved = False
         for k in split.hoisted():
-            bound = loop_dataflow.stores_in([body[k]])
+            # a value made of nothing a gradient flows from (`r = x[i].item()`) has no backward
+            bound = loop_dataflow.stores_in([body[k]]) if _gradient_loads(body[k], ctx) else set()
             why = "its value flows into an item a builtin `max`/`min` picks from (stacked, " \
                 "the backward would also run for the items not picked: 0 * NaN/inf)" \
                 if bound & picked else "its value is differentiated only in the iterations " \
@@ -1001,6 +1004,8 @@ def _residual(split: _Split, ctx: PassContext) -> str:
 
 
 def _first_line(s: ast.stmt) -> str:
-    """The first line of ``s`` as the user wrote it (an inlined method's statement too)."""
+    """The first line of ``s`` as the user wrote it (an inlined method's statement too, an
+    inner loop's for a vectorized form of it)."""
+    s = s.orelse[0] if is_vectorized_guard(s) else s
     text = (ast_marks.get(s, ast_marks.WRITTEN_AS) or unparse(s)).strip().splitlines()[0]
     return text[:-1] + " ..." if text.endswith(":") else text

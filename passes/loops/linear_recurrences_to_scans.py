@@ -68,7 +68,7 @@ from typing import Callable
 
 from ..ast_tools import PassContext, clone, is_int, is_name, is_pure, replace, unparse, walk
 from ..errors import Unsupported
-from ..linear_scan import linear_scan
+from ..linear_scan import computed_alike, linear_scan
 from . import iteration, loop_dataflow, scan_python_numbers, scan_step_values
 from .loop_dataflow import loads, resolve_call, stores, stores_in
 from .plan import Iteration, LoopPlan, new_plan
@@ -99,6 +99,8 @@ class Scan:
     numbers: bool = False  # also scans lists of Python numbers (scan_python_numbers)
     # the user's list of each stacked name the check reads (the step loop's and the rest's)
     stacked: dict[str, str] = field(default_factory=dict)
+    # the states whose factors the scan multiplies out or resets, behind ``computed_alike``
+    alike: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -149,6 +151,7 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         except Unsupported:
             continue
     found = [rec for rec in found if rec.name in preludes]
+    needs, alike = _alike_checks(needs, found, preludes, loop, node, written, shown, ctx)
     steps, per_step, appends = _per_step_values(found, preludes, it, node, ctx)
     values = {}
     if not per_step:
@@ -198,7 +201,7 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         check = lagged.check
     stacked = {k: v for f in firsts + [rest] for k, v in f.stacked.items()}
     return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found],
-                numbers is not None, stacked)
+                numbers is not None, stacked, alike)
 
 
 def _ends(found: list[_Recurrence], it: Iteration, reverse: bool, values: dict[str, str],
@@ -527,6 +530,74 @@ def _linear(e: ast.expr, s: str) -> tuple[ast.expr | None, ast.expr | None] | No
         sign = "*" if isinstance(e.op, ast.Mult) else "/"
         return _op(sign, left[0], e.right), _op(sign, left[1], e.right)
     return None
+
+
+def _alike_checks(needs: list[ast.expr], found: list[_Recurrence], preludes: dict, loop: ast.For,
+                  node: ast.For, written: list[ast.expr], shown: dict[str, str],
+                  ctx: PassContext) -> tuple[list[ast.expr], list[str]]:
+    """``needs`` and a ``computed_alike`` check of each recurrence whose parts the scan
+    multiplies out, or whose state a reset sets to 0 (from there the loop's states take the
+    dtype of the parts alone, not that of the state before the loop); the user's names of those
+    states. A reset alone does no arithmetic on a bool mask: bool tensors pass its check."""
+    checked = [(rec, _multiplied_out(rec, loop.body[rec.at].value)) for rec in found]
+    checked = [(rec, out) for rec, out in checked if out or rec.reset is not None]
+    return needs + [_alike(rec, preludes[rec.name] + [loop.body[rec.at]], node, written, not out,
+                           ctx) for rec, out in checked], \
+        [shown.get(rec.name, rec.name) for rec, _ in checked]
+
+
+def _multiplied_out(rec: _Recurrence, value: ast.expr) -> bool:
+    """Whether ``_linear`` combined the recurrence's parts (``c * (a * s + b)`` -> ``c * a``,
+    ``b - m * s`` -> ``-m``): a part that is none of ``value``'s own subexpressions."""
+    own = {unparse(n) for n in walk(value) if isinstance(n, ast.expr)} | {"1"}
+    return any(p is not None and unparse(p) not in own for p in (rec.a, rec.b))
+
+
+def _alike(rec: _Recurrence, stmts: list[ast.stmt], node: ast.For, written: list[ast.expr],
+           bools: bool, ctx: PassContext) -> ast.expr:
+    """``computed_alike(...)`` of what the recurrence and the statements it needs read from
+    outside the loop (names, attribute chains on them), its state before the loop and the
+    tensors it is written into, and the dtypes the statements convert to (``_made_dtypes``). A
+    tensor the body makes without a dtype (``torch.ones(n)``, of the default dtype) is not."""
+    outer = (loads(node) - stores_in([node])) | ({rec.name} & loads(node))
+    leaves, seen = [], set()
+    called = [c.func for s in stmts for c in walk(s) if isinstance(c, ast.Call)]
+    for s in stmts:
+        for n in walk(s):
+            chain = n
+            while isinstance(chain, ast.Attribute):
+                chain = chain.value
+            if not (isinstance(chain, ast.Name) and chain.id in outer) or any(
+                    n is f for f in called):
+                continue
+            if isinstance(n, (ast.Name, ast.Attribute)) and unparse(n) not in seen:
+                seen.add(unparse(n))
+                leaves.append(ast.Name(n.id, ast.Load()) if isinstance(n, ast.Name) else clone(n))
+    if rec.name in outer and rec.name not in seen:
+        leaves.append(ast.Name(rec.name, ast.Load()))
+    leaves += _made_dtypes(stmts, outer, ctx)
+    fn = ctx.bind(computed_alike, "computed_alike")
+    return ast.Call(ast.Name(fn, ast.Load()), leaves + [clone(w) for w in written],
+                    [ast.keyword("bools", ast.Constant(True))] if bools else [])
+
+
+# Conversions by method name, to the dtype a ``computed_alike`` check counts for them
+_CONVERSIONS = {"float": "float32", "double": "float64", "half": "float16",
+                "bfloat16": "bfloat16", "long": "int64", "int": "int32", "bool": "bool"}
+
+
+def _made_dtypes(stmts: list[ast.stmt], outer: set[str], ctx: PassContext) -> list[ast.expr]:
+    """The dtypes the statements convert to (``m[t].float()``: ``torch.float32``; ``.to(dt)``
+    and ``dtype=dt`` where ``dt`` is read from outside the loop): values of another dtype than
+    the tensors read, which the check must count too."""
+    found = []
+    for c in (n for s in stmts for n in walk(s) if isinstance(n, ast.Call)):
+        name = loop_dataflow.method_name(c, ctx)
+        if name in _CONVERSIONS and not c.args and not c.keywords:
+            found.append(replace(f"torch.{_CONVERSIONS[name]}", torch_name=ctx.torch_name))
+        given = [k.value for k in c.keywords if k.arg == "dtype"] + (c.args if name == "to" else [])
+        found += [clone(v) for v in given if loads(v) <= outer | {ctx.torch_name}]
+    return found
 
 
 def _op(sign: str, x: ast.expr | None, y: ast.expr | None) -> ast.expr | None:

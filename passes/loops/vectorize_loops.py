@@ -714,7 +714,11 @@ def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> st
     states = ", ".join(f"`{n}`" for n in scanned.states)
     return (f"{states} = a * {states} + b: every step's state by one parallel scan (log depth); "
             f"the rest: {_why(scanned.rest, ctx)}"
-            + (scan_python_numbers.why() if scanned.numbers else ""))
+            + (scan_python_numbers.why() if scanned.numbers else "")
+            + (f"; {', '.join(f'`{n}`' for n in scanned.alike)}: scanned when the tensors its "
+               "step reads have one floating dtype, else the loop runs as written (factors "
+               "multiplied out would round in the narrower one, or raise on a bool mask; after a "
+               "reset the loop's states take the narrower one)" if scanned.alike else ""))
 
 
 def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
