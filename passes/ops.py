@@ -115,6 +115,9 @@ class OpSpec:
     # replacing one of argument/receiver ``e``, and which Python number the original produced.
     host: str | None = None
     host_number: str | None = None
+    # Its result is a Python number no gradient flows through, which ``host_number`` does not
+    # name (``bool(x)``: stacked, it is a bool tensor, not folded back); see ``gives_number``
+    python_number: bool = False
     host_pair: str | None = None              # a builtin of two tensor elements ``a``, ``b``
     # ... of two Python ints, ``a`` one the rewrite computes as an integer tensor: one op reading
     # each operand once (``host_pair`` reads one twice, so a count is computed twice)
@@ -282,6 +285,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("cumsum", batched="reduction", dim_rank=0, total=True, derivative="constant"),
     # values and indices; its backward scatters the gradient back to the sorted positions
     _t("sort", total=True, derivative="constant", positions_item=1),
+    # a value of its operand (the lower middle one; without NaNs: nanmedian), gradient 1 there;
+    # with a dim, values and indices
+    *(_t(n, total=True, derivative="constant") for n in ("median", "nanmedian")),
     _t("any", fn=False, batched="reduction", reduce="any", dim_rank=-1, total=True,
        counts_true=True),
     _t("all", fn=False, batched="reduction", reduce="all", dim_rank=-1, total=True),
@@ -453,7 +459,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _builtin("type", total=True, shape_query=True),  # one argument: its class, like isinstance
     _builtin("int", total=True, host="e.long()", host_number="int", host_raises=_NONFINITE),
     _builtin("float", total=True, host="e.detach() * 1.0", host_number="float"),
-    _builtin("bool", total=True, host="torch.ne(e, 0)"),
+    _builtin("bool", total=True, host="torch.ne(e, 0)", python_number=True),
     # two arguments pick one (first wins on ties, as Python does); one iterates dim 0
     _builtin("min", total=True, derivative="constant", host_pair="torch.where(b < a, b, a)",
              host_int_pair="torch.clamp_max(a, b)",
@@ -498,8 +504,15 @@ REGISTRY: tuple[OpSpec, ...] = (
 OBJECT_METHODS = {
     **dict.fromkeys(("write", "flush", "info", "debug", "warning", "log", "add_scalar"), "io"),
     **dict.fromkeys(("append", "extend", "insert", "pop", "remove", "clear", "update",
+                     "appendleft", "extendleft", "popleft",
                      "setdefault", "add", "discard", "copy_", "__setitem__"), "mutates"),
 }
+# Methods of dicts, strings and numpy arrays that only read their receiver, and that no tensor
+# has: a call of any other method no tensor has, on an object the loop does not make, may change
+# anything (``counter.tick()``), and the loop keeps it (``passes/loops/helper_effects.py``).
+READING_OBJECT_METHODS = frozenset({
+    "get", "keys", "items", "count", "startswith", "endswith", "format", "join", "lower",
+    "upper", "strip", "replace", "astype", "copy"})
 # Random calls outside torch, by module prefix.
 RANDOM_MODULES = ("random.", "numpy.random.")
 
@@ -558,6 +571,12 @@ def is_pure_method(meth: str) -> bool:
     """``x.<meth>(...)`` is a tensor op listed here without effects, and no object method
     (``add``, ``log``) has that name: it changes nothing."""
     return by_call(None, meth).aten is not None and effect(None, meth) is None
+
+
+def gives_number(spec: OpSpec) -> bool:
+    """A call of ``spec`` makes a Python number (``x.item()``, ``int(x)``, ``bool(x)``): no
+    gradient flows through it."""
+    return spec.host_number is not None or spec.python_number
 
 
 def fx_names(fact: Callable[[OpSpec], object]) -> frozenset[str]:

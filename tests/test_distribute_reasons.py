@@ -3,8 +3,10 @@
 A value reaching a builtin ``max``/``min`` only as a Python number (``max(1.0, n.item())``, a
 clamp of a count) takes no gradient there: it is stacked like any other (golden, equivalence of
 values, every gradient, printed lines), while a tensor that a builtin ``max``/``min`` may not
-pick stays residual. Reasons quote the user's statements and names: not the names the rewrite
-makes (``_value`` for an operand bound first, the stand-in of a rebound name)."""
+pick stays residual; one reaching it as ``bool(n)`` is stacked too, and rows handed to a registry
+op (``torch.median``) are hoisted: it changes nothing. Reasons quote the user's statements and
+names: not the names the rewrite makes (``_value`` for an operand bound first, the stand-in of a
+rebound name)."""
 from __future__ import annotations
 
 import pytest
@@ -42,6 +44,18 @@ SOURCES = {
 # the clamped value is a tensor: where 1.0 is picked the original takes no gradient through
 # `n`, so `n` stays residual
 SOURCES["tensor_clamp"] = SOURCES["host_clamp"].replace("max(1.0, n.item())", "max(1.0, n)")
+# `bool(n)` is a Python bool: no gradient through it either, `n` is hoisted
+SOURCES["bool_clamp"] = SOURCES["host_clamp"].replace("max(1.0, n.item())", "max(1.0, bool(n))")
+# `torch.median` changes nothing it is handed: the rows it reads are hoisted with the loss
+SOURCES["printed_median"] = """
+        def f(x, y, m):
+            total = 0
+            for i in range(len(x)):
+                row = x[i] * y[i] + m[i].sum()
+                print(f"{i}: {torch.median(row).item():.4f}")
+                total = total + row.sum()
+            return total
+        """
 GOLDEN = {
     "host_clamp": """
         def f(x, y, m):
@@ -95,6 +109,22 @@ def test_a_python_number_a_builtin_max_picks_is_hoisted():
     reason = report.loops[0].reason
     assert reason.startswith("lines 4, 5 hoisted into one loop"), reason
     assert "picks from" not in reason
+
+
+def test_a_bool_a_builtin_max_picks_is_hoisted():
+    _, report = rewrite_source(SOURCES["bool_clamp"])
+    reason = report.loops[0].reason
+    assert reason.startswith("lines 4, 5 hoisted into one loop"), reason
+
+
+def test_rows_handed_to_median_are_hoisted():
+    # before `torch.median` was in the registry: "reads `row`, which line 5 (residual) hands to
+    # `torch.median(...)`, which may change it", and the loop was kept
+    _, report = rewrite_source(SOURCES["printed_median"])
+    reason = report.loops[0].reason
+    assert report.loops[0].strategy == "distributed", reason
+    assert reason.startswith("lines 4, 6 hoisted into one loop"), reason
+    assert "may change" not in reason
 
 
 def test_a_tensor_a_builtin_max_may_not_pick_stays_residual():

@@ -683,3 +683,68 @@ def test_helpers_that_change_state_are_called_in_every_iteration(tmp_path, dtype
         got = optimize_loss(mine.per_row, compile=False, keep_faster=False)(x)
         assert mine.counter.n == theirs.counter.n == 4
         torch.testing.assert_close(got, want)
+
+
+ARGUMENT_OBJECTS = """
+import torch
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def tick(self):
+        self.n += 1
+        return float(self.n)
+
+
+def per_row(x, counter):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + x[i].sum() + counter.tick()
+    return total
+
+
+class Held:
+    def __init__(self, counter):
+        self.counter = counter
+
+    def per_row(self, x):
+        total = 0
+        for i in range(x.shape[0]):
+            total = total + x[i].sum() * self.counter.tick()
+        return total
+
+
+def weighted(x, weights):
+    total = 0
+    for i in range(x.shape[0]):
+        total = total + x[i].sum() * weights.get("w", 1.0)
+    return total
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grad", [True, False])
+def test_methods_of_objects_handed_in_are_called_in_every_iteration(tmp_path, dtype, grad):
+    """`counter.tick()` of an argument, or of an attribute set from one, is no tensor op and its
+    source is not read: the vectorized form called it once for 4 rows (under no_grad a count of 1
+    and another value). A method dicts have (`weights.get`) reads only: still vectorized."""
+    module = load_module(tmp_path, ARGUMENT_OBJECTS)
+    for held in (False, True):
+        mine, theirs = module.Counter(), module.Counter()
+        loss, fast = (module.Held(theirs).per_row, optimize_loss(
+            module.Held(mine).per_row, compile=False, keep_faster=False)) if held else (
+            module.per_row, optimize_loss(module.per_row, compile=False, keep_faster=False))
+        x = torch.randn(4, 6, dtype=dtype, requires_grad=grad)
+        with torch.set_grad_enabled(grad):
+            want, got = (loss(x), fast(x)) if held else (loss(x, theirs), fast(x, mine))
+        assert mine.n == theirs.n == 4
+        assert got.dtype == want.dtype == dtype
+        torch.testing.assert_close(got, want)
+        if grad:
+            torch.testing.assert_close(*(torch.autograd.grad(v, x) for v in (got, want)))
+    fast = optimize_loss(module.weighted, compile=False, keep_faster=False)
+    assert fast.report.loops[0].vectorized
+    x = torch.randn(4, 6, dtype=dtype, requires_grad=grad)
+    assert_equivalent(module.weighted, fast, x, {"w": 0.5})

@@ -72,19 +72,19 @@ _returns = getattr(storage, 'returns', None)
 def f(storage, v):
     for t in range(v.shape[0]):
         storage.returns[t] = v[t]
-        storage.reset()
+        storage.update(t)
     return storage.returns
 """, ('body', 'prelude'),
      """
 # body
 storage.returns[t] = v[t]
-storage.reset()
+storage.update(t)
 # prelude
 """,
      """
 # body
 storage.returns[t] = v[t]
-storage.reset()
+storage.update(t)
 # prelude
 """),
     (iteration, """
@@ -3183,7 +3183,7 @@ def f(sim, labels, hard):
     total = 0
     for i in range(sim.shape[0]):
         neg = sim[i][labels != labels[i]]
-        if hard.use(i):
+        if hard.get(i):
             continue
         if neg.sum() > 0:
             continue
@@ -3193,7 +3193,7 @@ def f(sim, labels, hard):
      """
 # body
 neg = sim[i][labels != labels[i]]
-if hard.use(i):
+if hard.get(i):
     continue
 if neg.sum() > 0:
     continue
@@ -3203,7 +3203,7 @@ total = total + neg.exp().sum()
      """
 # body
 neg = sim[i][labels != labels[i]]
-if hard.use(i):
+if hard.get(i):
     continue
 if neg.sum() > 0:
     continue
@@ -3623,6 +3623,20 @@ def h(p, t, n):
     for i in range(n):
         total = total + counted(p[i], t[i])
     return total
+
+
+def ticked(p, t, n, counter, weights):
+    total = 0
+    for i in range(n):
+        total = total + (p[i] - t[i]).mean() * weights.get("w") + counter.tick()
+    return total
+
+
+def read(p, t, n, weights):
+    total = 0
+    for i in range(n):
+        total = total + (p[i] - t[i]).mean() * weights.get("w")
+    return total
 """
 
 
@@ -3662,6 +3676,22 @@ def test_golden_helper_effects(helpers):
 
 def test_helper_effects_of_a_pure_helper_changes_nothing(helpers):
     plan, ctx = _helper_plan(helpers.f)
+    before = show(plan, ("body",))
+    assert show(helper_effects.stage(plan, ctx), ("body",)) == before
+
+
+def test_golden_helper_effects_of_a_method_of_an_argument(helpers):
+    plan, ctx = _helper_plan(helpers.ticked)
+    with pytest.raises(Unsupported) as refused:
+        helper_effects.stage(plan, ctx)
+    assert (refused.value.reason, refused.value.lineno) == (
+        "`counter.tick()` calls `tick`, a method no tensor has, of `counter`, whose source is not "
+        "read: what it changes is unknown, and the original calls it in every iteration, a "
+        "vectorized loop once", 42)
+
+
+def test_helper_effects_of_a_reading_method_changes_nothing(helpers):
+    plan, ctx = _helper_plan(helpers.read)  # `weights.get("w")`: a dict's, reads only
     before = show(plan, ("body",))
     assert show(helper_effects.stage(plan, ctx), ("body",)) == before
 

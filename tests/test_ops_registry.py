@@ -45,6 +45,14 @@ def test_spellings_exist():
             assert hasattr(torch.Tensor, meth), meth
 
 
+def test_reading_object_methods_are_no_tensor_methods():
+    """``READING_OBJECT_METHODS`` tells a method that only reads its receiver among those no
+    tensor has (a call of any other may change anything): none is a tensor's, nor an effect's."""
+    for meth in ops.READING_OBJECT_METHODS:
+        assert not hasattr(torch.Tensor, meth) and meth not in ops.OBJECT_METHODS, meth
+        assert ops.by_call(None, meth) is ops.UNKNOWN, meth
+
+
 def test_size_positions_name_arguments():
     """``sizes``: argument positions (``...`` only right after one: every positional argument
     from it on) and keyword names; ``size_arguments`` picks them from a call's arguments."""

@@ -16,19 +16,30 @@ module's classes an attribute of the own object is bound to, ``self.counter.tick
 they call in turn: a ``global``/``nonlocal``
 statement, a store into an attribute or item (``self.n += 1``, ``CALLS[0] = v``), or a mutating
 method (``self.idc.append(...)``, ``x.add_(1)``) of anything but a name the helper binds itself
-refuses the loop, with the helper's line. Loop fission then puts such a call, when it is a
-statement of its own, in the residual loop, in order.
+refuses the loop, with the helper's line. A method no tensor has, that the registry does not
+list (``ops.READING_OBJECT_METHODS``: ``d.get(k)``), called on an object the loop does not bind
+and whose source is not read (an argument, a local made before the loop, ``self.<attr>`` bound
+to no class of the module), is no tensor op, and may change anything: it refuses the loop too::
+
+    def f(x, counter):                   for i in range(x.shape[0]):
+        ...                      ->          total = total + x[i].sum() + counter.tick()
+                                         runs as written: `tick` of `counter` is called n times
+
+Loop fission then puts such a call, when it is a statement of its own, in the residual loop, in
+order.
 """
 from __future__ import annotations
 
 import ast
 import types
 
+import torch
+
 from .. import ops
 from ..ast_tools import PassContext, is_name, root_name, unparse, walk
 from ..errors import Unsupported
 from ..instance_attribute_calls import bound_values
-from .loop_dataflow import module_function, stores_in
+from .loop_dataflow import method_name, module_function, stores_in
 from .own_methods import method_owner, own_method
 from .plan import LoopPlan
 
@@ -44,7 +55,32 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                               f"`{unparse(write).splitlines()[0]}` (line {write.lineno}): the "
                               "original does it in every iteration, a vectorized loop once",
                               call.lineno)
+        if _unknown_method(call, plan, ctx):
+            raise Unsupported(f"`{unparse(call)}` calls `{call.func.attr}`, a method no tensor "
+                              f"has, of `{unparse(call.func.value)}`, whose source is not read: "
+                              "what it changes is unknown, and the original calls it in every "
+                              "iteration, a vectorized loop once", call.lineno)
     return plan
+
+
+def _unknown_method(call: ast.Call, plan: LoopPlan, ctx: PassContext) -> bool:
+    """``call`` is ``recv.meth(...)`` of a method no tensor has and the registry does not list,
+    on an object the loop does not bind, whose methods no source tells (``_write`` reads
+    those of the own object and of its attributes bound to classes of the module)."""
+    meth = method_name(call, ctx)
+    if meth is None or hasattr(torch.Tensor, meth) or ops.by_call(None, meth) is not ops.UNKNOWN \
+            or meth in ops.OBJECT_METHODS or meth in ops.READING_OBJECT_METHODS:
+        return False
+    it = plan.iteration
+    root = root_name(call.func.value)
+    if root is None or root in stores_in(plan.body) | {it.index} | {n for n, _ in it.elements}:
+        return False
+    this = method_owner(ctx)[1]
+    if root != this:
+        return True
+    # `self.<attr>.<meth>()` with no method of the module's classes found for it
+    return isinstance(call.func.value, ast.Attribute) and is_name(call.func.value.value, this) \
+        and not _held_methods(call, ctx)
 
 
 def _write(call: ast.Call, ctx: PassContext, depth: int) -> tuple[str, ast.AST] | None:

@@ -464,7 +464,7 @@ def gradient_walk(node: ast.AST, ctx: PassContext):
         n = todo.pop()
         yield n
         if isinstance(n, ast.Compare) or is_shape_query(n, ctx) or isinstance(n, ast.Call) and (
-                call_op(n, ctx).host_number or method_name(n, ctx) == "detach"):
+                ops.gives_number(call_op(n, ctx)) or method_name(n, ctx) == "detach"):
             continue
         todo += ast.iter_child_nodes(n)
 
@@ -488,7 +488,7 @@ def derivative(node: ast.AST, ctx: PassContext) -> str | None:
     if not isinstance(node, ast.Call) or is_shape_query(node, ctx):
         return ""
     op = call_op(node, ctx)
-    if op.aliases or op.boolean or op.metadata_only or op.host_number or not any(
+    if op.aliases or op.boolean or op.metadata_only or ops.gives_number(op) or not any(
             reads_values(x, ctx) for x in operands(node, ctx)):
         return "constant"
     return op.derivative
