@@ -127,3 +127,30 @@ def test_logic_on_mask_rows_keeps_the_loop(index, dtype):
     assert "boolean mask indexing" in report.loops[0].reason
     sim = torch.randn(6, 6, dtype=dtype, generator=torch.Generator().manual_seed(0))
     assert_equivalent(original, rewritten, sim.requires_grad_(), torch.arange(6) % 3)
+
+
+@pytest.mark.parametrize("made", ["torch.ones_like(row, dtype=torch.bool)",
+                                  "torch.ones(row.shape[0], dtype=torch.bool)"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_mask_the_iteration_makes_by_its_dtype_keeps_the_loop(made, dtype):
+    # SupCon per anchor: every column but the anchor's, `others[i] = False`, then
+    # `row[others]`; the mask is boolean by its dtype, not by a comparison: the loop was
+    # reported vectorized (vmap) and vmap raised at the boolean index on every call
+    original, rewritten, _, report = build(f"""
+        def f(sim, labels):
+            out = []
+            for i in range(sim.shape[0]):
+                row = sim[i]
+                others = {made}
+                others[i] = False
+                pos = (labels == labels[i]) & others
+                log_prob = row - torch.logsumexp(row[others], dim=0)
+                out.append((log_prob * pos).sum() / pos.sum().clamp(min=1))
+            return torch.stack(out).mean()
+        """)
+    assert strategies(report) == {3: "kept"}
+    assert "boolean mask indexing `row[others]`" in report.loops[0].reason
+    sim = torch.randn(6, 6, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    assert_equivalent(original, rewritten, sim.requires_grad_(), torch.arange(6) % 3)
+    with torch.no_grad():
+        assert torch.equal(rewritten(sim, torch.arange(6) % 3), original(sim, torch.arange(6) % 3))
