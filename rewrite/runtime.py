@@ -53,7 +53,7 @@ from passes.report import Fallback, FormChoice, LoopReport, Report
 from passes.tabulated_maps import with_index_ints
 
 from . import frontend, loop_choice
-from .backend import HoistingBackend, first_order_supported
+from .backend import HoistingBackend, SecondOrderRefused, first_order_supported
 from .keep_faster import BAND, LOOP_FORMS, FormTrial, elements, size_band
 from .lint import warn as lint_warn
 from .loop_choice import aliases_kept, copied_state, module_state, shared_views
@@ -847,7 +847,7 @@ def _first_order_only(compiled: Callable, name: str) -> Callable:
     graphs refuse it themselves (``backend.first_order_supported``) it is not needed."""
     def refuse_create_graph(grad_outputs: tuple) -> None:
         if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
-            raise RuntimeError(_second_order_refused(name))
+            raise SecondOrderRefused(_second_order_refused(name))
 
     def call(*args: Any, **kwargs: Any) -> Any:
         out = compiled(*args, **kwargs)
@@ -918,8 +918,9 @@ class _Saved:
         return True
 
 
-# Exception types that name a construct, not a size: the same code fails the same way at any size.
-_SIZE_INDEPENDENT = (TypeError, AttributeError, NameError, NotImplementedError)
+# Exception types that name a construct, not a size: the same code fails the same way at any size
+# (a compiled graph's backward refuses create_graph at any size).
+_SIZE_INDEPENDENT = (TypeError, AttributeError, NameError, NotImplementedError, SecondOrderRefused)
 
 
 def _size_independent(exc: BaseException) -> bool:
