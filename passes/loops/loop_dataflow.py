@@ -489,7 +489,8 @@ def derivative(node: ast.AST, ctx: PassContext) -> str | None:
         return ""
     op = call_op(node, ctx)
     if op.aliases or op.boolean or op.metadata_only or op.host_number or not any(
-            reads_values(x, ctx) for x in operands(node, ctx)):
+            reads_values(x, ctx) for x in operands(node, ctx)) \
+            or (resolve_call(node.func, ctx) or "").startswith("math."):  # a Python float
         return "constant"
     return op.derivative
 
