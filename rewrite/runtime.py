@@ -925,8 +925,10 @@ _SIZE_INDEPENDENT = (TypeError, AttributeError, NameError, NotImplementedError, 
 def _size_independent(exc: BaseException) -> bool:
     """The failure does not depend on sizes: ``torch.vmap`` refusing an operation of a loop body
     (``.item()``, data-dependent control flow, random ops, in-place writes into an unbatched
-    tensor: its messages start with "vmap:"), or an exception type of ``_SIZE_INDEPENDENT``."""
-    return isinstance(exc, _SIZE_INDEPENDENT) or "vmap: " in str(exc)
+    tensor: its messages start with "vmap:"; ``.data``: "... under vmap transform is not
+    allowed"), or an exception type of ``_SIZE_INDEPENDENT``."""
+    return isinstance(exc, _SIZE_INDEPENDENT) or "vmap: " in str(exc) \
+        or "under vmap transform" in str(exc)
 
 
 def _erase_sizes(key: Any) -> Any:
