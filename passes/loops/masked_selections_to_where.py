@@ -925,7 +925,7 @@ def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
     if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
         return _strict(m.left, names, ctx) and _strict(m.right, names, ctx)
     if isinstance(m, ast.Call):
-        return call_op(m, ctx).boolean and _pure(m, ctx)
+        return (call_op(m, ctx).boolean or makes_boolean(m, ctx)) and _pure(m, ctx)
     return False
 
 def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
