@@ -463,10 +463,15 @@ def gradient_walk(node: ast.AST, ctx: PassContext):
     while todo:
         n = todo.pop()
         yield n
-        if isinstance(n, ast.Compare) or is_shape_query(n, ctx) or isinstance(n, ast.Call) and (
-                call_op(n, ctx).host_number or method_name(n, ctx) == "detach"):
-            continue
-        todo += ast.iter_child_nodes(n)
+        if not stops_gradient(n, ctx):
+            todo += ast.iter_child_nodes(n)
+
+
+def stops_gradient(node: ast.AST, ctx: PassContext) -> bool:
+    """No gradient flows through ``node`` into what it reads: a comparison, a shape query, a
+    Python number or a detached value made of a tensor (``x.item()``, ``x.detach()``)."""
+    return isinstance(node, ast.Compare) or is_shape_query(node, ctx) or isinstance(
+        node, ast.Call) and (call_op(node, ctx).host_number or method_name(node, ctx) == "detach")
 
 
 def derivative(node: ast.AST, ctx: PassContext) -> str | None:
