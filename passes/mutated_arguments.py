@@ -15,8 +15,11 @@ it (flow-insensitively, to a fixed point), does any of::
 A local aliases every parameter its assigned value may refer to: ``t = target``, ``t =
 target[0]``, ``t = target.view(-1)``, ``for t in targets``, ``pair = (pred, target)``; the
 result of a call aliases its receiver and arguments unless the callee is known to return a new
-object (``FRESH``, names ending in ``loss``); arithmetic results are new. Calls of anything else
-(methods of other objects, modules, builtins) are taken not to change their arguments.
+object (``FRESH``, names ending in ``loss``); arithmetic results are new. A method of an object
+that is no tensor nor builtin container may change that object: a module called
+(``self.bn(x)`` updates its running statistics in train mode) or a method of it
+(``self.update_center(t)``). Calls of anything else (builtins, functions of other modules) are
+taken not to change their arguments.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import inspect
 import textwrap
 import types
 from typing import Callable
+
+import torch
 
 from . import ops
 
@@ -55,14 +60,16 @@ def mutated_parameters(func: ast.FunctionDef | ast.Lambda, globals_: dict | None
     """The parameters of ``func`` its body may change in place (see the module docstring)."""
     params = [a.arg for a in func.args.posonlyargs + func.args.args + func.args.kwonlyargs]
     params += [a.arg for a in (func.args.vararg, func.args.kwarg) if a is not None]
-    return frozenset(_facts(func, params, globals_, depth).mutated)
+    return frozenset(_facts(func, params, globals_, depth, objects=True).mutated)
 
 
 def changed_in_place(func: ast.FunctionDef | ast.Lambda,
                      globals_: dict | None = None) -> Callable[[ast.AST], bool]:
     """Whether the value of an expression of ``func`` may be changed in place by its body: the
-    facts of ``mutated_parameters`` over every name of the function, not only its parameters
-    (``c = centers[y[i]]`` is changed by ``centers[y[i]] = ...`` and by ``c += v``). ``func``
+    facts of ``mutated_parameters`` (but for methods of objects: ``torch.tensor(t)`` and
+    ``F.one_hot(y, c)`` call methods of modules) over every name of the function, not only its
+    parameters (``c = centers[y[i]]`` is changed by ``centers[y[i]] = ...`` and by ``c += v``).
+    ``func``
     holds the vectorizer's code: the result of a call of a call (``torch.vmap(body)(x)``) is
     taken as new, or flow-insensitively every accumulator bound to it (``loss = _outs[0]``) and
     updated in the loop as written (``loss += ...``) would mark the inputs."""
@@ -73,10 +80,11 @@ def changed_in_place(func: ast.FunctionDef | ast.Lambda,
 
 
 def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
-           depth: int, mapped_fresh: bool = False) -> "_Facts":
+           depth: int, mapped_fresh: bool = False, objects: bool = False) -> "_Facts":
     """Aliases of ``roots`` in ``func`` and which of them its body changes in place
-    (``mapped_fresh``: a call of a call returns a new object)."""
-    facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, mapped_fresh)
+    (``mapped_fresh``: a call of a call returns a new object; ``objects``: a method of an object
+    other than a tensor or a container may change it, ``_object_method``)."""
+    facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, mapped_fresh, objects)
     nodes = list(ast.walk(func))
     while facts.propagate_aliases(nodes):  # to a fixed point: an alias may be made before its source
         pass
@@ -87,11 +95,12 @@ def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
 
 class _Facts:
     def __init__(self, aliases: dict[str, set[str]], globals_: dict, depth: int,
-                 mapped_fresh: bool = False):
+                 mapped_fresh: bool = False, objects: bool = False):
         self.aliases = aliases
         self.globals = globals_
         self.depth = depth
         self.mapped_fresh = mapped_fresh
+        self.objects = objects
         self.mutated: set[str] = set()
 
     def refers_to(self, node: ast.AST | None) -> set[str]:
@@ -148,7 +157,8 @@ class _Facts:
     def _record_call(self, call: ast.Call) -> None:
         name = _callee_name(call.func)
         in_place = ops.is_inplace(name)
-        if isinstance(call.func, ast.Attribute) and (in_place or name in CONTAINER_MUTATORS):
+        if isinstance(call.func, ast.Attribute) and (
+                in_place or name in CONTAINER_MUTATORS or self.objects and _object_method(name)):
             self.mutated |= self.refers_to(call.func.value)
         keywords = {k.arg: k.value for k in call.keywords}
         if "out" in keywords:
@@ -206,6 +216,12 @@ def _stored_into(target: ast.expr) -> list[ast.Subscript | ast.Attribute]:
 
 def _names(target: ast.expr) -> list[str]:
     return [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+
+
+def _object_method(name: str) -> bool:
+    """``name`` is no method of a tensor nor of a builtin container or string: an attribute of an
+    object called (a submodule, ``self.bn``; a method, ``self.update_center``)."""
+    return not any(hasattr(t, name) for t in (torch.Tensor, list, dict, set, tuple, str))
 
 
 def _callee_name(func: ast.expr) -> str:

@@ -84,7 +84,7 @@ class HoistingBackend:
     the decorator's), every graph gets a note on its loops, re-rolled or why not, even one
     without a loop, and each new "not re-rolled" note is logged once per process. With
     ``first_order`` (a message; ``backend`` one of ``AOT_BACKENDS``), a backward with
-    ``create_graph=True`` through a compiled graph raises RuntimeError(first_order)
+    ``create_graph=True`` through a compiled graph raises SecondOrderRefused(first_order)
     (``first_order_functions``)."""
 
     def __init__(self, backend: str | Callable = "inductor", mode: str | None = None,
@@ -202,6 +202,12 @@ def reroll_notes(gm: torch.fx.GraphModule, graph_note: bool = False) -> list[str
     return list(dict.fromkeys(notes))
 
 
+class SecondOrderRefused(RuntimeError):
+    """A backward with ``create_graph=True`` reached a compiled graph, whose backward is not
+    differentiable: at any size (a loss that takes a gradient penalty with ``autograd.grad(...,
+    create_graph=True)`` in its own body meets it at every call)."""
+
+
 def first_order_supported(backend: str | Callable) -> bool:
     """``HoistingBackend(backend, first_order=...)`` refuses every create_graph backward through
     what it compiles (this torch builds AOTAutograd's Functions where it can be told)."""
@@ -211,14 +217,14 @@ def first_order_supported(backend: str | Callable) -> bool:
 @contextlib.contextmanager
 def first_order_functions(message: str) -> Any:
     """While compiling: every ``autograd.Function`` AOTAutograd builds for a graph raises
-    RuntimeError(message) in a backward with ``create_graph=True`` (the engine runs such a
+    SecondOrderRefused(message) in a backward with ``create_graph=True`` (the engine runs such a
     backward in grad mode, where AOTAutograd calls the class's ``_double_backward``, whose own
     Function would give a second derivative of None or raise only when reached). Per compiled
     graph, once: no hook on every call's outputs. A backward that never reaches a compiled
     graph is the eager one, and right. Dynamo compiles one graph at a time (its compile lock),
     so the factory is patched only for this backend's graphs."""
     def refuse(ctx: Any, impl_fn: Callable, all_args: list) -> None:
-        raise RuntimeError(message)
+        raise SecondOrderRefused(message)
 
     build = _FUNCTION_FACTORY.build
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 import passes.pipeline
-from passes.ast_tools import Namer, PassContext, closed_values, fix_missing_locations, unparse, walk
+from passes.ast_tools import (Namer, PassContext, clone, closed_values, fix_missing_locations,
+                              unparse, walk)
 from passes.pipeline import Dump
 
 from passes.errors import RewriteError, Unsupported
@@ -194,6 +195,10 @@ def _fingerprint(code: types.CodeType) -> tuple:
 
 # Attribute of a rebuilt function: (its rewritten source, its ParsedFunction, its bindings).
 REWRITE_OF = "_optimize_loss_rewrite"
+# Attribute of a rebuilt function: its rewritten tree, with the user's line numbers (copies the
+# runtime builds of it, counting or running loops as written, keep them: tracebacks and the
+# graphs' source lines point at the user's code, not at lines of the rewritten text).
+REWRITTEN_TREE = "_optimize_loss_tree"
 # Attribute of a rebuilt helper rewritten for calls under torch.vmap (``PassContext.mapped``): True.
 MAPPED_REWRITE = "_optimize_loss_mapped"
 
@@ -255,6 +260,7 @@ def rewrite_function(fn: Any, report: Report, dump: Dump | None = None,
                            parsed.lineno) from exc
     # what the runtime needs to build a copy counting the loops' runs (a helper's too)
     setattr(rebuilt, REWRITE_OF, (report.rewritten_source, parsed, dict(ctx.bindings)))
+    setattr(rebuilt, REWRITTEN_TREE, clone(tree))
     if mapped:
         setattr(rebuilt, MAPPED_REWRITE, True)
     return rebuilt, report.rewritten_source != before

@@ -145,14 +145,14 @@ def timed_call(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, Timing]:
     out = fn(*args, **kwargs)
     _sync(_devices(_tensors(out)) | devices)
     timing = Timing(clock.seconds())
-    _time_backward(out, inputs, timing, cpu=not devices)
+    _time_backward(out, inputs + _parameters((args, kwargs)), timing, cpu=not devices)
     return out, timing
 
 
 def _time_backward(out: Any, inputs: list[torch.Tensor], timing: Timing, cpu: bool) -> None:
     """Hooks that set ``timing.backward``: from the backward reaching an output to the gradient
-    of the last of the tensor ``inputs`` that requires grad. Where hooks cannot be set (a
-    functorch transform), the forward alone counts."""
+    of the last of the tensor ``inputs`` (and module parameters) that requires grad. Where hooks
+    cannot be set (a functorch transform), the forward alone counts."""
     outs = [t for t in _tensors(out) if t.grad_fn is not None]
     ins = [t for t in inputs if t.requires_grad]
     if not outs or not ins:
@@ -175,6 +175,13 @@ def _time_backward(out: Any, inputs: list[torch.Tensor], timing: Timing, cpu: bo
 
 def _tensors(tree: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
+def _parameters(tree: Any) -> list[torch.Tensor]:
+    """The parameters of the modules in ``tree`` (a loss module's own, ``self``): a backward
+    may reach only them (a learnable temperature, a discriminator the loss calls)."""
+    return [p for m in tree_flatten(tree)[0] if isinstance(m, torch.nn.Module)
+            for p in m.parameters()]
 
 
 def _devices(tensors: list[torch.Tensor]) -> set[torch.device]:

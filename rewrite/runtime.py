@@ -53,7 +53,7 @@ from passes.report import Fallback, FormChoice, LoopReport, Report
 from passes.tabulated_maps import with_index_ints
 
 from . import frontend, loop_choice
-from .backend import HoistingBackend, first_order_supported
+from .backend import HoistingBackend, SecondOrderRefused, first_order_supported
 from .keep_faster import BAND, LOOP_FORMS, FormTrial, elements, size_band
 from .lint import warn as lint_warn
 from .loop_choice import aliases_kept, copied_state, module_state, shared_views
@@ -590,7 +590,7 @@ class OptimizedFunction:
         """What builds ``rewritten`` again: its tree after ``transform``, the function it was
         parsed from, and the names bound into it (the rewritten helpers among them)."""
         report = self._report
-        tree = _transformed(report.rewritten_source, report.lineno, transform)
+        tree = _transformed(rewritten, transform)
         own = set(self._original.__code__.co_freevars)
         cells = zip(rewritten.__code__.co_freevars, rewritten.__closure__ or ())
         bindings = {name: cell.cell_contents for name, cell in cells if name not in own}
@@ -745,9 +745,9 @@ def _transformed_helpers(bindings: dict[str, Any], transform: Callable[[ast.Modu
         if rewrite_of is None or not mapped and getattr(value, frontend.MAPPED_REWRITE, False):
             copies[name] = value
             continue
-        source, parsed, own = rewrite_of
+        _, parsed, own = rewrite_of
         copies[name] = frontend.build_function(
-            _transformed(source, parsed.lineno, transform), parsed,
+            _transformed(value, transform), parsed,
             {**_transformed_helpers(own, transform, extra, mapped), **extra})
     return copies
 
@@ -758,8 +758,8 @@ def _helper_parts(bindings: dict[str, Any]) -> Iterator[tuple[ast.Module, fronte
     for value in bindings.values():
         rewrite_of = getattr(value, frontend.REWRITE_OF, None)
         if rewrite_of is not None:
-            source, parsed, own = rewrite_of
-            yield _transformed(source, parsed.lineno, _unchanged), parsed, own
+            _, parsed, own = rewrite_of
+            yield _transformed(value, _unchanged), parsed, own
             yield from _helper_parts(own)
 
 
@@ -826,11 +826,10 @@ def _captured(value: Any) -> Any:
     return value
 
 
-def _transformed(source: str, lineno: int, transform: Callable[[ast.Module], ast.Module]) -> ast.Module:
-    """The rewritten ``source`` of a function defined at ``lineno``, after ``transform``."""
-    tree = ast.parse(source)
-    ast.increment_lineno(tree, lineno - 1)  # the def's line; the rest shifts
-    return transform(tree)
+def _transformed(rebuilt: Callable, transform: Callable[[ast.Module], ast.Module]) -> ast.Module:
+    """A copy of the rewritten tree of ``rebuilt`` (``frontend.rewrite_function``'s), with the
+    user's line numbers, after ``transform``."""
+    return transform(clone(getattr(rebuilt, frontend.REWRITTEN_TREE)))
 
 
 def _second_order_refused(name: str) -> str:
@@ -847,7 +846,7 @@ def _first_order_only(compiled: Callable, name: str) -> Callable:
     graphs refuse it themselves (``backend.first_order_supported``) it is not needed."""
     def refuse_create_graph(grad_outputs: tuple) -> None:
         if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
-            raise RuntimeError(_second_order_refused(name))
+            raise SecondOrderRefused(_second_order_refused(name))
 
     def call(*args: Any, **kwargs: Any) -> Any:
         out = compiled(*args, **kwargs)
@@ -918,15 +917,18 @@ class _Saved:
         return True
 
 
-# Exception types that name a construct, not a size: the same code fails the same way at any size.
-_SIZE_INDEPENDENT = (TypeError, AttributeError, NameError, NotImplementedError)
+# Exception types that name a construct, not a size: the same code fails the same way at any size
+# (a compiled graph's backward refuses create_graph at any size).
+_SIZE_INDEPENDENT = (TypeError, AttributeError, NameError, NotImplementedError, SecondOrderRefused)
 
 
 def _size_independent(exc: BaseException) -> bool:
     """The failure does not depend on sizes: ``torch.vmap`` refusing an operation of a loop body
     (``.item()``, data-dependent control flow, random ops, in-place writes into an unbatched
-    tensor: its messages start with "vmap:"), or an exception type of ``_SIZE_INDEPENDENT``."""
-    return isinstance(exc, _SIZE_INDEPENDENT) or "vmap: " in str(exc)
+    tensor: its messages start with "vmap:"; ``.data``: "... under vmap transform is not
+    allowed"), or an exception type of ``_SIZE_INDEPENDENT``."""
+    return isinstance(exc, _SIZE_INDEPENDENT) or "vmap: " in str(exc) \
+        or "under vmap transform" in str(exc)
 
 
 def _erase_sizes(key: Any) -> Any:

@@ -28,6 +28,14 @@ def summed(pred, target):
         out[i] = pred[i] + target[i]
     return out.sum()
 
+def penalty(critic, x):
+    x = x.detach().requires_grad_(True)
+    g, = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    total = 0.0
+    for i in range(g.shape[0]):
+        total = total + (g[i].norm() - 1) ** 2
+    return total / g.shape[0]
+
 def with_prediction(pred, target):
     total = 0
     for i in range(pred.shape[0]):
@@ -140,3 +148,26 @@ def test_the_callers_own_graph_keeps_its_second_order_gradients(user, dtype):
     want = user.with_prediction(w ** 3, target)[0]
     assert torch.allclose(loss, want)
     assert torch.allclose(torch.autograd.grad(loss, w)[0], torch.autograd.grad(want, w)[0])
+
+
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_loss_taking_a_gradient_penalty_warns_once_for_every_batch_size(user, backend, dtype):
+    # WGAN-GP / R1: the loss itself takes `autograd.grad(..., create_graph=True)` through the
+    # compiled graph, which refuses it at any size: the eager rewrite runs, with one warning for
+    # every batch size (before: one per size, as for a failure that depends on sizes)
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    critic = critic.to(dtype)
+    fn = optimize_loss(user.penalty, backend=backend, keep_faster=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for rows in (8, 5, 1, 8):
+            x = torch.randn(rows, 3, dtype=dtype)
+            want, got = user.penalty(critic, x), fn(critic, x)
+            grads = [torch.autograd.grad(v, list(critic.parameters()), allow_unused=True,
+                                         materialize_grads=True) for v in (want, got)]
+            assert got.dtype == dtype and torch.allclose(got, want)
+            assert all(torch.allclose(a, b) for a, b in zip(*grads))
+    found = _rewrite_warnings(caught)
+    assert len(found) == 1 and "create_graph=True" in found[0], found

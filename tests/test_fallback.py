@@ -432,3 +432,13 @@ def test_when_both_fail_an_injected_rewrite_error_is_not_shown(monkeypatch, tmp_
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         fn(*_inputs())
     assert not fn.report.fallbacks
+
+
+def test_vmaps_refusal_of_data_is_a_failure_at_every_size():
+    # `labels[perm.data]` in a function a vmapped body calls: vmap's message does not start
+    # with "vmap:", and each batch size was tried (and warned about) again
+    from rewrite.runtime import _size_independent
+    for message in ("accessing `data` under vmap transform is not allowed",
+                    "mutating directly with `.data` under vmap transform is not allowed."):
+        assert _size_independent(RuntimeError(message))
+    assert not _size_independent(RuntimeError("index 5 is out of bounds for dimension 0"))

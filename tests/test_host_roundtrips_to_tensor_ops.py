@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 
+import pytest
 import torch
 
 from passes.loops import host_roundtrips_to_tensor_ops
@@ -226,3 +227,35 @@ def test_a_host_number_over_a_tensor_is_the_reciprocal_times_it(tmp_path):
         assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1]), dtype
     loop = fast.report.loops[0]
     assert loop.vectorized_runs > 0 and loop.original_runs == 0
+
+
+@pytest.mark.parametrize("call", ["math.floor(t[i])", "math.pow(t[i], 2)", "math.gamma(t[i] + 1)"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_math_function_without_a_tensor_form_keeps_the_loop(call, dtype):
+    # `math.*` functions with no tensor op in the registry (`host_math`) were not taken for
+    # Python numbers: the loop was reported vectorized (vmap) and vmap raised at `.item()` on
+    # every call, falling back to the original with a warning
+    original, rewritten, _, report = build(f"""
+        def f(w, t):
+            total = 0
+            for i in range(w.shape[0]):
+                total = total + w[i] * {call}
+            return total
+        """)
+    (loop,) = report.loops
+    assert not loop.vectorized and f"`{call}` makes a Python number" in loop.reason, loop
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(5, dtype=dtype, generator=gen, requires_grad=True)
+    assert_equivalent(original, rewritten, w, torch.rand(5, dtype=dtype, generator=gen) * 4)
+
+
+def test_a_python_list_mapped_by_a_math_function_is_kept_for_its_numbers():
+    # class-balanced weights: `[1.0 - math.pow(beta, n) for n in counts]` makes Python floats,
+    # which take no gradient (the reason was "may have a NaN/inf derivative")
+    _, _, _, report = build("""
+        def f(x, counts, beta):
+            effective = [1.0 - math.pow(beta, n) for n in counts]
+            return x * effective[0]
+        """)
+    (loop,) = report.loops
+    assert "NaN/inf" not in loop.reason and "makes a Python number" in loop.reason, loop

@@ -748,3 +748,40 @@ def test_methods_of_objects_handed_in_are_called_in_every_iteration(tmp_path, dt
     assert fast.report.loops[0].vectorized
     x = torch.randn(4, 6, dtype=dtype, requires_grad=grad)
     assert_equivalent(module.weighted, fast, x, {"w": 0.5})
+
+
+LOVASZ = '''
+import torch
+import torch.nn.functional as F
+
+
+def hinge_flat(logits, labels):
+    if len(labels) == 0:
+        return logits.sum() * 0.
+    errors = 1. - logits * (2. * labels.float() - 1.)
+    errors_sorted, perm = torch.sort(errors, dim=0, descending=True)
+    gt_sorted = labels[perm.data]
+    return torch.dot(F.relu(errors_sorted), gt_sorted.to(errors.dtype))
+
+
+def hinge(logits, labels):
+    losses = []
+    for log, lab in zip(logits, labels):
+        losses.append(hinge_flat(log.reshape(-1), lab.reshape(-1)))
+    return sum(losses) / len(losses)
+'''
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_helper_reading_data_of_a_varying_value_keeps_the_loop(tmp_path, dtype):
+    # Lovasz hinge per image: `labels[perm.data]` in the helper; vmap refuses `.data` ("accessing
+    # `data` under vmap transform is not allowed") on every call: the loop was reported vectorized
+    # and fell back with a warning per batch size
+    mod = load_module(tmp_path, LOVASZ)
+    opt = optimize_loss(mod.hinge, compile=False, strict=True)
+    for rows in (4, 3):
+        logits = torch.randn(rows, 5, 5, dtype=dtype, requires_grad=True)
+        assert_equivalent(mod.hinge, opt, logits, (torch.rand(rows, 5, 5) > 0.5).long())
+    (loop,) = opt.report.loops
+    assert not loop.vectorized and not opt.report.fallbacks
+    assert "`hinge_flat` reads `.data` (which vmap refuses) of `perm`" in loop.reason, loop

@@ -30,6 +30,14 @@ def outside(x, w, y):
     return s
 
 
+def detached_scale(x, log_t, base):
+    scale = log_t.exp()
+    s = 0
+    for i in range(x.shape[0]):
+        s = s + -(1.0 / (base * scale.detach())) * (x[i] * scale).logsumexp(0)
+    return s
+
+
 def gold_path(em, tags, mask, n):
     score = em[0, torch.arange(n), tags[0]]
     for t in range(1, tags.shape[0]):
@@ -85,3 +93,20 @@ def test_a_range_takes_no_gradient(user, dtype, special):
     loop, = report.loops
     assert (loop.vectorized_runs, loop.original_runs) == (1, 0), loop
     assert "no gradient" not in loop.reason, loop.reason
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("special", [False, True])
+def test_a_detached_value_takes_no_gradient(user, dtype, special):
+    """SupCon with a learnable temperature: ``1.0 / (base * scale.detach())`` is the same in
+    every iteration, but no gradient flows into ``scale`` through it: only ``base`` is checked
+    (the loop ran as written whenever ``scale`` required grad, that is, in every training step)."""
+    x = torch.randn(5, 4, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    if special:
+        x[1, 2], x[3, 0] = float("inf"), float("nan")
+    log_t = torch.tensor(2.6, dtype=dtype)
+    report = equivalent_report(user.detached_scale, x.requires_grad_(), log_t.requires_grad_(), 0.07)
+    loop, = report.loops
+    assert (loop.vectorized_runs, loop.original_runs) == (1, 0), loop
+    assert "`base` takes no gradient" in loop.reason and "`scale`" not in loop.reason.split(
+        "else the loop runs as written: ")[0].split("while")[-1], loop.reason

@@ -716,3 +716,15 @@ def test_the_environment_sets_the_default(monkeypatch):
     assert not runtime.Options().keep_faster and runtime.Options(keep_faster=True).keep_faster
     monkeypatch.delenv("OPTIMIZE_LOSS_KEEP_FASTER")
     assert runtime.Options().keep_faster
+
+
+def test_backward_hooks_time_a_backward_that_reaches_only_module_parameters():
+    # a loss module with a learnable temperature, on inputs that take no gradient (a
+    # discriminator's loss on detached fakes): its times were of the forward alone
+    loss = torch.nn.Linear(5, 1)
+    x = torch.randn(3, 5)
+    out, timing = keep_faster.timed_call(lambda m, x: m(x).sum(), (loss, x), {})
+    out.backward()
+    assert timing.backward is not None and loss.weight.grad is not None
+    for hook in timing.hooks:
+        hook.remove()

@@ -15,6 +15,7 @@ from rewrite import assert_equivalent, optimize_loss
 from tests.helpers import load_module
 
 USER_CODE = '''
+import warnings
 import torch
 
 def summed(pred, target):
@@ -28,6 +29,14 @@ class Scaled:  # a callable object: its body is not read, and its `.item()` fail
         return d * n.item()
 
 scaled = Scaled()
+
+def warned(pred, target, reduce=None):
+    total = 0
+    for i in range(pred.shape[0]):
+        total = total + ((pred[i] - target[i]) ** 2).sum()
+    if reduce is not None:
+        warnings.warn("reduce is deprecated", DeprecationWarning)
+    return total
 
 def per_item(pred, target, lengths):
     total = 0
@@ -236,3 +245,21 @@ def test_what_runs_vectorized_when_the_outer_loop_raised_or_is_kept(tmp_path):
     elsewhere = Report("f", "<string>", 1)  # no file to find the loops around it in
     loop = elsewhere.add_loop(3, True, "vmap", "")
     assert elsewhere.ran_vectorized(loop) == frozenset()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_counted_first_call_runs_at_the_users_lines(user, dtype):
+    # the counting copy was built from the rewritten text: a warning of the first call of each
+    # signature came from a line of that text (past the end of the user's function), not the
+    # user's `warnings.warn` line; tracebacks alike
+    fn = optimize_loss(user.warned, compile=False, keep_faster=False)
+    pred = torch.randn(5, 3, dtype=dtype, requires_grad=True)
+    target = torch.randn(5, 3, dtype=dtype)
+    lines = []
+    for f in (user.warned, fn, fn):  # the original, the counted first call, a steady call
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            f(pred, target, reduce=True)
+        lines.append([(w.filename, w.lineno) for w in caught if w.category is DeprecationWarning])
+    assert lines[0] == lines[1] == lines[2] and len(lines[0]) == 1, lines
+    assert fn.report.loops[0].vectorized_runs == 1

@@ -127,3 +127,40 @@ def test_logic_on_mask_rows_keeps_the_loop(index, dtype):
     assert "boolean mask indexing" in report.loops[0].reason
     sim = torch.randn(6, 6, dtype=dtype, generator=torch.Generator().manual_seed(0))
     assert_equivalent(original, rewritten, sim.requires_grad_(), torch.arange(6) % 3)
+
+
+@pytest.mark.parametrize("made, strategy", [("torch.ones_like(row, dtype=torch.bool)", "vmap"),
+                                            ("torch.ones(row.shape[0], dtype=torch.bool)", "kept")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_mask_the_iteration_makes_by_its_dtype_selects_densely(made, strategy, dtype):
+    # SupCon per anchor: every column but the anchor's, `others[i] = False`, then
+    # `row[others]`; the mask is boolean by its dtype, not by a comparison: the loop was
+    # reported vectorized (vmap) and vmap raised at the boolean index on every call; now the
+    # selection is a masked dense logsumexp (`torch.ones(n)`, whose size the body reads from
+    # a row, is no op the selection stage takes as pure: kept, with the boolean index's reason)
+    original, rewritten, code, report = build(f"""
+        def f(sim, labels):
+            out = []
+            for i in range(sim.shape[0]):
+                row = sim[i]
+                others = {made}
+                others[i] = False
+                pos = (labels == labels[i]) & others
+                log_prob = row - torch.logsumexp(row[others], dim=0)
+                out.append((log_prob * pos).sum() / pos.sum().clamp(min=1))
+            return torch.stack(out).mean()
+        """)
+    assert strategies(report) == {3: strategy}
+    if strategy == "kept":
+        assert "boolean mask indexing `row[others]`" in report.loops[0].reason
+    else:
+        assert "row[others]" not in code.split("else:")[0]
+    labels = torch.arange(6) % 3
+    for n in (6, 1):
+        sim = torch.randn(n, n, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        if n == 6:
+            sim[1, 2], sim[3, 0] = float("inf"), float("nan")
+        assert_equivalent(original, rewritten, sim.requires_grad_(), labels[:n])
+        with torch.no_grad():
+            torch.testing.assert_close(rewritten(sim, labels[:n]), original(sim, labels[:n]),
+                                       equal_nan=True)

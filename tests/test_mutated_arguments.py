@@ -44,6 +44,12 @@ def _mutated(source: str, globals_: dict | None = None) -> list[str]:
     ("a, target[0] = 1, 2\nreturn pred.sum() * a", ["target"]),
     ("*a, target[pred.argmax()] = 1, 2\nreturn pred.sum()", ["target"]),
     ("v = pred.view(-1)\nv[target[0]] = 1\nreturn pred.sum()", ["pred"]),
+    # a method of an object other than a tensor or a container: a module called, which may
+    # update its buffers (BatchNorm's running statistics), or a method, which may set state
+    ("return target.bn(pred).sum()", ["target"]),
+    ("target.update_center(pred)\nreturn pred.sum()", ["target"]),
+    ("return pred.gather(1, target).masked_fill(target == 0, 0).argmax().float()", []),
+    ("return F.cross_entropy(pred.unbind(0)[0], target.get('y'))", []),
 ])
 def test_mutated_parameters(body, expected):
     source = "def loss(pred, target):\n" + textwrap.indent(body, "    ") + "\n"

@@ -299,8 +299,9 @@ def _helper_selection(call: ast.Call, ctx: PassContext, seen: tuple
 def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
                  ) -> tuple[str, str, ast.expr] | None:
     """(the helper's name, what it does, where) when ``call`` calls a function of the caller's
-    module that makes a Python number (``.item()``, ``int(t)``) of, or tests in Python (``if``,
-    ``while``, ``assert``, ``x if c else y``, ``and``/``or``/``not``), a value made of a parameter
+    module that makes a Python number (``.item()``, ``int(t)``) of, reads ``.data`` of (Lovasz's
+    ``labels[perm.data]``), or tests in Python (``if``, ``while``, ``assert``, ``x if c else y``,
+    ``and``/``or``/``not``), a value made of a parameter
     whose argument varies per iteration (``varies``); also a method of the function's own object
     (``self._dice(p, t)``, ``inline_method_calls.own_method``); or a helper it calls so
     (``MAX_HELPER_DEPTH`` deep). Else None."""
@@ -311,6 +312,8 @@ def _helper_test(call: ast.Call, ctx: PassContext, varies, seen: tuple = ()
     for n in _outside_for_loops(helper):
         if isinstance(n, ast.Call) and _makes_host_number(n, ctx) and depends(n, variant, ctx):
             return fn.__name__, "makes a Python number of", n
+        if isinstance(n, ast.Attribute) and n.attr == "data" and depends(n.value, variant, ctx):
+            return fn.__name__, "reads `.data` (which vmap refuses) of", n.value
         inner = _helper_test(n, ctx, lambda *e: any(x is not None and depends(x, variant, ctx)
                                                     for x in e), seen + (fn,)) \
             if isinstance(n, ast.Call) else None
@@ -421,10 +424,11 @@ def _is_number(e: ast.expr, numbers: set[str]) -> bool:
 
 
 def _makes_host_number(call: ast.Call, ctx: PassContext) -> bool:
-    """``call`` makes a Python number of a tensor (``.item()``, ``int(t)``, ``math.log(t)``)."""
+    """``call`` makes a Python number of a tensor (``.item()``, ``int(t)``, ``math.log(t)``, any
+    ``math`` function: ``math.pow(b, n)``)."""
     op = call_op(call, ctx)
     return bool(op.host or op.host_number or op.host_pair
-                or ops.by_host_math(resolve_call(call.func, ctx) or "").functions)
+                or (resolve_call(call.func, ctx) or "").startswith("math."))
 
 
 def _tested_values(test: ast.expr) -> list[ast.expr]:

@@ -39,7 +39,7 @@ import torch
 from .. import ast_marks
 from ..ast_tools import PassContext, clone, unparse, walk
 from ..errors import Unsupported
-from .loop_dataflow import derivative, depends, is_shape_query, operands
+from .loop_dataflow import derivative, depends, operands, stops_gradient
 from .plan import LoopPlan
 from .runtime_checks import is_vectorized_guard
 
@@ -196,8 +196,8 @@ def _leaves(expr: ast.AST, bindings: dict, seen: set[str], ctx: PassContext) -> 
         seen.add(expr.id)
         return [leaf for v in bindings[expr.id] for leaf in
                 ([None] if v is None else _leaves(v, bindings, seen, ctx))]
-    if isinstance(expr, ast.Constant) or is_shape_query(expr, ctx):
-        return []
+    if isinstance(expr, ast.Constant) or stops_gradient(expr, ctx):
+        return []  # `scale.detach()`: what it reads takes no gradient through it
     if isinstance(expr, ast.Attribute):
         root = expr.value
         while isinstance(root, ast.Attribute):

@@ -463,10 +463,17 @@ def gradient_walk(node: ast.AST, ctx: PassContext):
     while todo:
         n = todo.pop()
         yield n
-        if isinstance(n, ast.Compare) or is_shape_query(n, ctx) or isinstance(n, ast.Call) and (
-                ops.gives_number(call_op(n, ctx)) or method_name(n, ctx) == "detach"):
-            continue
-        todo += ast.iter_child_nodes(n)
+        if not stops_gradient(n, ctx):
+            todo += ast.iter_child_nodes(n)
+
+
+def stops_gradient(node: ast.AST, ctx: PassContext) -> bool:
+    """No gradient flows through ``node`` into what it reads: a comparison, a shape query, a
+    Python number or a detached value made of a tensor (``x.item()``, ``bool(x)``,
+    ``x.detach()``)."""
+    return isinstance(node, ast.Compare) or is_shape_query(node, ctx) or isinstance(
+        node, ast.Call) and (ops.gives_number(call_op(node, ctx))
+                             or method_name(node, ctx) == "detach")
 
 
 def derivative(node: ast.AST, ctx: PassContext) -> str | None:
@@ -489,7 +496,8 @@ def derivative(node: ast.AST, ctx: PassContext) -> str | None:
         return ""
     op = call_op(node, ctx)
     if op.aliases or op.boolean or op.metadata_only or ops.gives_number(op) or not any(
-            reads_values(x, ctx) for x in operands(node, ctx)):
+            reads_values(x, ctx) for x in operands(node, ctx)) \
+            or (resolve_call(node.func, ctx) or "").startswith("math."):  # a Python float
         return "constant"
     return op.derivative
 
@@ -999,16 +1007,21 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     return False
 
 
+def makes_boolean(expr: ast.expr, ctx: PassContext) -> bool:
+    """Whether ``expr`` is a call that makes a boolean tensor by its ``dtype`` argument:
+    ``torch.ones(n, dtype=torch.bool)``, ``torch.ones_like(row, dtype=torch.bool)``."""
+    return isinstance(expr, ast.Call) and any(
+        k.arg == "dtype" and resolve_call(k.value, ctx) == "torch.bool" for k in expr.keywords)
+
+
 def mask_names(func: ast.FunctionDef, ctx: PassContext, made_boolean: bool = False) -> set[str]:
     """The names ``func`` binds only to boolean tensors (``mask = t.eq(c)``, ``m = a > b``; with
     ``made_boolean``, also ``m = torch.ones(n, dtype=torch.bool)``)."""
     found: dict[str, bool] = {}
     for s in (n for n in walk(func) if isinstance(n, ast.stmt) and n is not func):
         boolean = isinstance(s, ast.Assign) and len(s.targets) == 1 \
-            and isinstance(s.targets[0], ast.Name) and (is_boolean(s.value, set(), ctx) or (
-                made_boolean and isinstance(s.value, ast.Call) and any(
-                    k.arg == "dtype" and resolve_call(k.value, ctx) == "torch.bool"
-                    for k in s.value.keywords)))
+            and isinstance(s.targets[0], ast.Name) and (
+                is_boolean(s.value, set(), ctx) or made_boolean and makes_boolean(s.value, ctx))
         for name in stores(s):
             found[name] = found.get(name, True) and boolean
     return {name for name, boolean in found.items() if boolean}
@@ -1016,7 +1029,9 @@ def mask_names(func: ast.FunctionDef, ctx: PassContext, made_boolean: bool = Fal
 
 def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
     """``x[mask]`` selects a data-dependent number of elements: no batched form. Selections
-    ``masked_selections_to_where`` converts are marked ``where_converted``: not refused."""
+    ``masked_selections_to_where`` converts are marked ``where_converted``: not refused. A mask
+    the body makes (``keep = torch.ones_like(row, dtype=torch.bool)``; ``keep[i] = False``)
+    selects so too."""
     boolean: set[str] = set()
     for s in _simple_stmts(body):
         for sub in (n for n in walk(s) if isinstance(n, ast.Subscript)):
@@ -1025,7 +1040,8 @@ def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
             if any(is_boolean(e, boolean, ctx) for e in write_entries(sub)):
                 raise Unsupported(f"boolean mask indexing `{unparse(sub)}`: the number of "
                                   "selected elements varies per iteration", s.lineno)
-        if isinstance(s, ast.Assign) and is_boolean(s.value, boolean, ctx):
+        if isinstance(s, ast.Assign) and (is_boolean(s.value, boolean, ctx)
+                                          or makes_boolean(s.value, ctx)):
             boolean |= {t.id for t in s.targets if isinstance(t, ast.Name)}
 
 

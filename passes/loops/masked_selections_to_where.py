@@ -124,8 +124,8 @@ from ..errors import Unsupported
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, is_pure, replace, root_name, unparse,
                         walk)
-from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, method_name,
-                            stores, write_entries)
+from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, makes_boolean,
+                            method_name, stores, write_entries)
 from .batch_values import literal
 from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
@@ -372,13 +372,14 @@ def _walk(stmts: list[ast.stmt]):
 
 
 def _lenient_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
-    """Names bound to a boolean anywhere in the body (what loop_dataflow's check looks for)."""
+    """Names bound to a boolean anywhere in the body (what loop_dataflow's check looks for),
+    also a mask the body makes by its dtype (``keep = torch.ones_like(row, dtype=torch.bool)``)."""
     names: set[str] = set()
     changed = True
     while changed:
         changed = False
         for s in (n for n in _walk(body) if isinstance(n, ast.Assign)):
-            if is_boolean(s.value, names, ctx):
+            if is_boolean(s.value, names, ctx) or makes_boolean(s.value, ctx):
                 new = {t.id for t in s.targets if isinstance(t, ast.Name)} - names
                 names |= new
                 changed |= bool(new)
@@ -924,7 +925,7 @@ def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
     if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
         return _strict(m.left, names, ctx) and _strict(m.right, names, ctx)
     if isinstance(m, ast.Call):
-        return call_op(m, ctx).boolean and _pure(m, ctx)
+        return (call_op(m, ctx).boolean or makes_boolean(m, ctx)) and _pure(m, ctx)
     return False
 
 def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
