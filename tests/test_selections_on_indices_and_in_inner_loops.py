@@ -165,7 +165,7 @@ def test_golden_an_inner_loop_counts_its_selections_and_the_outer_loop_guards():
     assert "_total_selected_part = _total_selected_part + _outs[2].sum()" in lines
     # (`total` is known to be the int 0 there: no tensor test, the fold is the loop's sum)
     k = lines.index("if _total_selected.any():")
-    assert lines[k - 1] == "_total_selected = _total_selected + _outs_1[4]"
+    assert lines[k - 1] == "_total_selected = _total_selected + _outs_1[2]"
     assert lines[k + 1] == "total = _outs_1[0]"
 
 
