@@ -15,9 +15,27 @@ under ``torch.compile``; a plain call without it)::
                                                  _run_eagerly(_kept_loop)
 
 Loops over steps: ``while`` loops and ``for`` loops over ``range(...)`` (also in ``reversed`` or
-``enumerate``) whose bounds are not all small int literals. A loop over a container (``for p, t
-in zip(preds, targets)``: heads, scales, layers) stays in the graph: it has a few iterations,
-whose unrolled ops Inductor fuses, and a graph break would cost more than it saves.
+``enumerate``) whose bounds are not all small int literals. A loop over values (``for feat in
+feats``, ``zip(preds, targets)``) has as many iterations as they have items, which only the call
+knows: it runs eagerly when every value it iterates in step (``zip``'s arguments, ``enumerate``'s
+and ``reversed``'s first) is a tensor with more than 16 rows or a list, tuple or range of more
+than 16 items, else as written (a few heads or scales unroll into ops Inductor fuses; a graph
+break would cost more than it saves). Each value is evaluated once, before the check::
+
+    for i, feat in enumerate(x.unbind(0)):       _kept_iter = x.unbind(0)
+        alpha = step(alpha, feat)         ->     if _iterates_many(_kept_iter):
+                                                     def _kept_loop():
+                                                         nonlocal alpha, feat, i
+                                                         for i, feat in enumerate(_kept_iter):
+                                                             alpha = step(alpha, feat)
+                                                     _run_eagerly(_kept_loop)
+                                                 else:
+                                                     for i, feat in enumerate(_kept_iter):
+                                                         alpha = step(alpha, feat)
+
+The else branch is the loop itself, not a call of ``_kept_loop``: Dynamo breaks the graph to
+call a function whose ``nonlocal`` names are not yet bound. A loop over a literal display or
+string of at most 16 items stays as written; so does one over ``zip(*rows)``.
 
 The names the loop binds are ``nonlocal``: the loop reads and writes the function's own
 variables, so values, aliasing, and names left unbound by a loop that did not run are as before
@@ -33,7 +51,7 @@ import ast
 
 import torch
 
-from .ast_tools import PassContext, Transformer, own_scope, replace, walk
+from .ast_tools import PassContext, Transformer, clone, own_scope, replace, walk
 from .loops.loop_dataflow import stores
 from .loops.runtime_checks import is_vectorized_guard
 
@@ -48,6 +66,14 @@ def _call(loop):
 
 
 run_eagerly = torch.compiler.disable(_call)
+
+
+def iterates_many(*values) -> bool:
+    """A loop iterating ``values`` in step runs more than ``_SMALL`` times: each is a tensor with
+    more rows, or a list, tuple or range of more items (of a generator or a dict, the length is
+    not known without consuming or copying it: its loop stays in the graph)."""
+    return all((isinstance(v, (list, tuple, range)) or isinstance(v, torch.Tensor) and v.dim() > 0)
+               and len(v) > _SMALL for v in values)
 
 
 def transform(tree: ast.Module, ctx: PassContext) -> ast.Module:
@@ -76,16 +102,55 @@ def _over_steps(it: ast.expr) -> bool:
                    and abs(a.value) <= _SMALL for a in it.args)
 
 
+def _iterated(it: ast.expr) -> list[ast.expr] | None:
+    """The values a ``for`` over ``it`` iterates in step: ``zip``'s arguments, ``enumerate``'s and
+    ``reversed``'s first (nested too), else ``it`` itself; None when they are unpacked
+    (``zip(*rows)``: how many, only the call knows)."""
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
+            and it.func.id in ("zip", "enumerate", "reversed") and it.args):
+        return [it]
+    args = it.args if it.func.id == "zip" else it.args[:1]
+    if any(isinstance(a, ast.Starred) for a in args):
+        return None
+    inner = [_iterated(a) for a in args]
+    return None if None in inner else [v for vs in inner for v in vs]
+
+
+def _few_literal(value: ast.expr) -> bool:
+    """A display or string of at most ``_SMALL`` items, or a ``range`` of small literal bounds."""
+    if isinstance(value, (ast.List, ast.Tuple, ast.Set)):
+        return len(value.elts) <= _SMALL and not any(isinstance(e, ast.Starred) for e in value.elts)
+    if isinstance(value, ast.Dict):
+        return len(value.keys) <= _SMALL and None not in value.keys
+    if isinstance(value, ast.Constant):
+        return isinstance(value.value, (str, bytes)) and len(value.value) <= _SMALL
+    return isinstance(value, ast.Call) and isinstance(value.func, ast.Name) \
+        and value.func.id == "range" and not _over_steps(value)
+
+
+def _replaced(it: ast.expr, old: ast.expr, new: ast.expr) -> ast.expr:
+    """The loop's iterable ``it`` with its node ``old`` (``it`` itself, or an argument of a
+    ``zip``/``enumerate``/``reversed`` in it) replaced by ``new``."""
+    if it is old:
+        return new
+    if isinstance(it, ast.Call):
+        it.args = [_replaced(a, old, new) for a in it.args]
+    return it
+
+
 def _bound_by(func: ast.FunctionDef) -> set[str]:
     """The names ``func`` itself binds: its parameters and its statements' targets, not those
-    of the functions nested in it."""
+    of the functions nested in it, nor those of a vectorized loop's form (``keep_faster`` times
+    a copy with the loop as written in its place: a vmapped body's ``def`` is gone)."""
     a = func.args
     names = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x}
     todo = list(func.body)
     while todo:
         s = todo.pop()
         names |= stores(s)
-        if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        if is_vectorized_guard(s):
+            todo += s.orelse
+        elif not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             todo += [c for c in ast.iter_child_nodes(s) if isinstance(c, ast.stmt)]
     return names
 
@@ -128,17 +193,48 @@ class _Outline(Transformer):
         for s in stmts:
             if isinstance(s, ast.While) or (isinstance(s, ast.For) and _over_steps(s.iter)):
                 out += self._outlined(s)
+            elif isinstance(s, ast.For):
+                out += self._outlined_over_values(s)
             else:
                 out.append(self.visit(s))
         return out
 
-    def _outlined(self, loop: ast.For | ast.While) -> list[ast.stmt]:
-        # a `return` in a function defined in the loop (a vmapped body) is that function's;
-        # a `global`/`nonlocal` anywhere keeps the loop where its names resolve as written
+    def _outlined_over_values(self, loop: ast.For) -> list[ast.stmt]:
+        """A ``for`` over values: outlined behind ``iterates_many`` of them, each hoisted to a name
+        (evaluated once, in its order) unless it is one."""
+        values = _iterated(loop.iter)
+        if values is None or any(_few_literal(v) for v in values) or self._bound(loop) is None:
+            return [self.visit(loop)]
+        names, hoisted = [], []
+        for v in values:
+            if not isinstance(v, ast.Name):
+                name = ast.copy_location(ast.Name(self.ctx.namer.new("kept_iter"), ast.Load()), v)
+                hoisted += replace("n = v", loc=v, n=name.id, v=v)
+                loop.iter = _replaced(loop.iter, v, name)
+                v = name
+            names.append(v)
+        as_written = self.visit(clone(loop))
+        check = ast.Call(ast.Name(self.ctx.bind(iterates_many, "iterates_many"), ast.Load()),
+                         names, [])
+        body = self._outlined(loop, f"when it iterates more than {_SMALL} items")
+        return hoisted + [ast.fix_missing_locations(ast.copy_location(
+            ast.If(test=check, body=body, orelse=[as_written]), loop))]
+
+    def _bound(self, loop: ast.For | ast.While) -> list[str] | None:
+        """The names ``loop`` binds, which its function becomes ``nonlocal``; None when it
+        cannot move to one: a `return` in a function defined in the loop (a vmapped body) is
+        that function's; a `global`/`nonlocal` anywhere keeps the loop where its names resolve
+        as written."""
         inner = [loop, *own_scope(loop)]
         bound = sorted(set().union(*(stores(n) for n in inner if isinstance(n, ast.stmt))))
         if any(isinstance(n, _OWN_FUNCTION) for n in inner) or set(bound) & self.declared \
                 or any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in walk(loop)):
+            return None
+        return bound
+
+    def _outlined(self, loop: ast.For | ast.While, when: str = "") -> list[ast.stmt]:
+        bound = self._bound(loop)
+        if bound is None:
             return [loop]
         name = self.ctx.namer.new("kept_loop")
         runner = self.ctx.bind(run_eagerly, "run_eagerly")
@@ -146,11 +242,12 @@ class _Outline(Transformer):
         func.name = name
         func.body = ([ast.copy_location(ast.Nonlocal(names=bound), loop)] if bound else []) + [loop]
         self.nonlocal_names |= set(bound)
-        self._note(loop.lineno)
+        self._note(loop.lineno, when)
         return [func, ast.Expr(replace("run(f)", loc=loop, run=runner, f=name))]
 
-    def _note(self, lineno: int) -> None:
+    def _note(self, lineno: int, when: str) -> None:
+        when = f", {when}" if when else ""
         for entry in self.ctx.report.loops:
             if entry.lineno == lineno and not entry.vectorized:
-                entry.reason += "; under torch.compile it runs eagerly, outside the graph " \
-                                "(Dynamo would unroll it)"
+                entry.reason += "; under torch.compile it runs eagerly, outside the graph" \
+                                f"{when} (Dynamo would unroll it)"

@@ -56,6 +56,56 @@ def test_golden():
     assert bindings == {"_run_eagerly": outline_kept_loops.run_eagerly}
 
 
+def test_golden_loop_over_values():
+    # how many iterations is known at the call: outlined when more than a few, each value
+    # evaluated once, the loop as written otherwise
+    code, bindings = outline("""
+        def f(x, trans, ys):
+            alpha = x[0]
+            for i, feat in enumerate(x.unbind(0)):
+                alpha = torch.logsumexp(alpha + trans + feat, 1)
+            for p, t in zip(x, ys):
+                alpha = alpha + p * t
+            return alpha
+        """)
+    assert code == normalise('''
+        def f(x, trans, ys):
+            alpha = x[0]
+            _kept_iter = x.unbind(0)
+            if _iterates_many(_kept_iter):
+
+                def _kept_loop():
+                    nonlocal alpha, feat, i
+                    for i, feat in enumerate(_kept_iter):
+                        alpha = torch.logsumexp(alpha + trans + feat, 1)
+                _run_eagerly(_kept_loop)
+            else:
+                for i, feat in enumerate(_kept_iter):
+                    alpha = torch.logsumexp(alpha + trans + feat, 1)
+            if _iterates_many(x, ys):
+
+                def _kept_loop_1():
+                    nonlocal alpha, p, t
+                    for p, t in zip(x, ys):
+                        alpha = alpha + p * t
+                _run_eagerly(_kept_loop_1)
+            else:
+                for p, t in zip(x, ys):
+                    alpha = alpha + p * t
+            return alpha
+        ''')
+    assert bindings == {"_iterates_many": outline_kept_loops.iterates_many,
+                        "_run_eagerly": outline_kept_loops.run_eagerly}
+
+
+@pytest.mark.parametrize("values, many", [
+    ((torch.zeros(17, 2),), True), ((torch.zeros(16, 2),), False), ((torch.zeros(()),), False),
+    ((list(range(17)), range(20), tuple(range(17))), True), ((torch.zeros(40), [0] * 3), False),
+    ((iter(range(40)),), False), (({k: k for k in range(40)},), False)])
+def test_iterates_many(values, many):
+    assert outline_kept_loops.iterates_many(*values) is many
+
+
 @pytest.mark.parametrize("src", [
     # no loop
     """
@@ -78,15 +128,27 @@ def test_golden():
             g = x[t]
         return g
     """,
-    # loops over containers (heads, layers) and over a few literal steps stay in the graph
+    # loops over a few literal steps or items, or over unpacked rows, stay in the graph
     """
     def f(preds, targets):
         loss = 0
-        for p, t in zip(preds, targets):
-            loss = loss + ((p - t) ** 2).mean()
+        for w, p in zip((1.0, 0.5), preds):
+            loss = loss + w * p.mean()
         for k in range(3):
             loss = loss * 0.5
+        for i, p in enumerate([preds, targets]):
+            loss = loss + p.sum() * i
+        for p, t in zip(*targets):
+            loss = loss + (p - t).sum()
         return loss
+    """,
+    # a loop over values that returns from the function
+    """
+    def f(feats):
+        for feat in feats:
+            if feat.sum() > 0:
+                return feat
+        return feats[0]
     """,
     # the original loop a vectorized loop keeps as its else branch
     """
@@ -178,6 +240,35 @@ def crf(feats, trans):
     return torch.logsumexp(alpha, 0)
 
 
+def log_sum_exp(vec):
+    top = torch.max(vec)
+    return top + torch.log(torch.sum(torch.exp(vec - top.view(1, -1).expand(1, vec.size()[1]))))
+
+
+def tutorial_crf(feats, transitions, start):
+    # the BiLSTM-CRF tutorial's forward algorithm: a recurrence over the rows of `feats`
+    forward_var = torch.full((1, transitions.shape[0]), -10000., dtype=feats.dtype)
+    forward_var[0][start] = 0.
+    for feat in feats:
+        alphas_t = []
+        for next_tag in range(transitions.shape[0]):
+            emit_score = feat[next_tag].view(1, -1).expand(1, transitions.shape[0])
+            trans_score = transitions[next_tag].view(1, -1)
+            alphas_t.append(log_sum_exp(forward_var + trans_score + emit_score).view(1))
+        forward_var = torch.cat(alphas_t).view(1, -1)
+    return log_sum_exp(forward_var + transitions[start])
+
+
+def rows(xs, stop):
+    total = torch.zeros_like(xs[0])
+    for k, x in enumerate(xs):
+        if k == stop:
+            raise ValueError(f"row {k}")
+        total = torch.sin(total * x + x)
+        last = x
+    return total.sum() * last.sum()
+
+
 def halve(x):
     n = 0
     while x.abs().max() > 1:
@@ -235,3 +326,46 @@ def test_a_kept_loop_around_a_vmapped_inner_loop_is_outlined(user):
         ops[T] = counter.op_count
     assert ops[4] == ops[40] and ops[4] < 10, ops
     assert {loop.strategy for loop in opt.report.loops} == {"kept", "vmap"}, opt.report
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", [None, "aot_eager"])
+def test_a_loop_over_a_tensors_rows_is_equivalent(user, dtype, backend, keep_faster_on):
+    # keep_faster times forms with the inner loop's vmapped body as written: its `def` is gone
+    g = torch.Generator().manual_seed(0)
+    trans = torch.randn(3, 3, generator=g, dtype=dtype, requires_grad=True)
+    opt = rewrite.optimize_loss(user.tutorial_crf, compile=backend is not None,
+                                backend=backend or "inductor", strict=True)
+    for T in (20, 4):  # outlined; as written
+        feats = torch.randn(T, 3, generator=g, dtype=dtype, requires_grad=True)
+        assert_equivalent(user.tutorial_crf, opt, feats, trans, 1)
+        assert opt(feats, trans, 1).dtype == dtype
+    assert "runs eagerly, outside the graph, when it iterates more than 16 items" \
+        in str(opt.report)
+
+
+def test_a_loop_over_a_tensors_rows_compiles_to_graphs_that_do_not_grow_with_its_rows(user):
+    # the tutorial's CRF at T=40 was unrolled by Dynamo: 161 s to compile with Inductor
+    graphs, ops = {}, {}
+    for T in (20, 40):
+        torch._dynamo.reset()
+        counter = torch._dynamo.testing.CompileCounter()
+        opt = rewrite.optimize_loss(user.tutorial_crf, backend=counter, verify_compiled=False,
+                                    strict=True)
+        feats, trans = torch.randn(T, 3, requires_grad=True), torch.randn(3, 3)
+        torch.testing.assert_close(opt(feats, trans, 1), user.tutorial_crf(feats, trans, 1))
+        graphs[T], ops[T] = counter.frame_count, counter.op_count
+    assert graphs[20] == graphs[40] <= 3 and ops[20] == ops[40] < 20, (graphs, ops)
+
+
+@pytest.mark.parametrize("n", [20, 3])
+def test_a_loop_over_a_list_keeps_values_exceptions_and_their_lines(user, n):
+    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(n)]
+    opt = rewrite.optimize_loss(user.rows, compile=False, strict=True)
+    assert_equivalent(user.rows, opt, xs, -1)
+    with pytest.raises(ValueError, match=f"row {n - 2}") as want:
+        user.rows(xs, n - 2)
+    with pytest.raises(ValueError, match=f"row {n - 2}") as got:
+        opt(xs, n - 2)
+    assert got.traceback[-1].lineno == want.traceback[-1].lineno
+    assert "outside the graph, when it iterates more than 16 items" in str(opt.report)
