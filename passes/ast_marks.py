@@ -51,6 +51,10 @@ NOT_COUNTED = "not_counted"
 # (``count += 1``): a sum of integer items, never NaN or inf, so that ``int()`` raises on nothing
 # (an outer loop vectorizing the fold counts no raises of it, and keeps no ``raise``).
 INTEGER_FOLD = "integer_fold"
+# type on a ``Cls(...)`` call whose ``__init__`` has a rewrite (``optimize_called_helpers``: its
+# callee becomes ``constructed(Cls, ...)``): the class of the object it makes, which a name
+# bound to it still holds (its ``forward`` is rewritten too).
+CONSTRUCTED = "constructed"
 # str on the ``_items = torch.tensor(obj.attr) if <ints> else obj.attr`` a loop over the ints an
 # object holds iterates (``index_tuples_to_tensors``): ``obj.attr``. An outer loop that changes nothing
 # of ``obj`` binds the same value in every iteration (``first_item_checks``).

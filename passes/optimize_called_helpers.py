@@ -253,6 +253,8 @@ class _Scope:
     def classes(self, node: ast.expr) -> list[type]:
         """The classes of the module an object may have: ``self`` in a method, ``Cls(...)``, a
         local bound to ``Cls(...)``."""
+        if ast_marks.get(node, ast_marks.CONSTRUCTED) is not None:  # its callee rewritten
+            return [ast_marks.get(node, ast_marks.CONSTRUCTED)]
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                 and node.func.id not in self.local:
             cls = self.globals.get(node.func.id)
@@ -451,6 +453,7 @@ class _Redirect(Transformer):
         node.func = replace("make(cls, orig, new)", loc=node.func,
                             make=self.ctx.bind(constructed, "constructed"), cls=node.func,
                             orig=self._original(init), new=self._rewrite(init))
+        ast_marks.put(node, ast_marks.CONSTRUCTED, cls)
 
     def _picked_forward(self, module: ast.expr, forward: types.FunctionType) -> ast.expr:
         """``module_forward(module, forward, rewritten)``; ``forward`` has a rewrite."""

@@ -42,6 +42,17 @@ Replaced.__init__ = lambda self, n: Pairs.__init__(self, n + 0)
 def constructed(z):
     return Pairs(len(z) // 2)(z)
 
+class Weighted(Pairs):
+    def forward(self, z, w):
+        total = 0
+        for i in range(len(w)):
+            total = total + (z[i] * w[i]).sum()
+        return total
+
+def named(z, w):
+    pairs = Weighted(len(z) // 2)
+    return pairs(z, w)
+
 def replaced(z):
     return Replaced(len(z) // 2)(z)
 '''
@@ -59,6 +70,14 @@ def test_golden_constructor_call(user):
     assert ctx.bindings["_init___original"] is user.Pairs.__init__
     [loop] = ctx.report.loops
     assert loop.vectorized, loop.reason
+
+
+def test_an_object_made_by_a_rewritten_init_still_runs_its_rewritten_forward(user):
+    # `pairs = Weighted(...)` becomes `pairs = _constructed(Weighted, ...)(...)`: the name
+    # still holds a Weighted, whose forward (its loop) is rewritten and reported
+    out, ctx = run_called_helpers_pass(user.named)
+    assert "_module_forward(pairs, _forward_original, _forward)(z, w)" in out, out
+    assert sorted(loop.lineno for loop in ctx.report.loops) == [13, 33], ctx.report.loops
 
 
 def test_golden_replaced_init_is_reported_not_rewritten(user):
