@@ -54,7 +54,7 @@ INTEGER_FOLD = "integer_fold"
 # type on a ``Cls(...)`` call whose ``__init__`` has a rewrite (``optimize_called_helpers``: its
 # callee becomes ``constructed(Cls, ...)``): the class of the object it makes, which a name
 # bound to it still holds (its ``forward`` is rewritten too).
-CONSTRUCTED = "constructed"
+CONSTRUCTED = "constructed_class"
 # str on the ``_items = torch.tensor(obj.attr) if <ints> else obj.attr`` a loop over the ints an
 # object holds iterates (``index_tuples_to_tensors``): ``obj.attr``. An outer loop that changes nothing
 # of ``obj`` binds the same value in every iteration (``first_item_checks``).
