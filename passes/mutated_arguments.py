@@ -16,9 +16,12 @@ A local aliases every parameter its assigned value may refer to: ``t = target``,
 target[0]``, ``t = target.view(-1)``, ``for t in targets``, ``pair = (pred, target)``; the
 result of a call aliases its receiver and arguments unless the callee is known to return a new
 object (``FRESH``, names ending in ``loss``); arithmetic results are new. A method of an object
-that is no tensor nor builtin container may change that object: a module called
-(``self.bn(x)`` updates its running statistics in train mode) or a method of it
-(``self.update_center(t)``). Calls of anything else (builtins, functions of other modules) are
+that is no tensor nor builtin container may change that object: a module called (``self.bn(x)``
+updates its running statistics in train mode) or a method of it (``self.update_center(t)``);
+of a local bound to an object of a class of the module (``ppo = PPO()``), the method's source
+says what it changes of the object and its arguments (``ppo.compute_gae(rewards)`` changes
+nothing, where taking it to change ``ppo``, which may hold ``rewards``, would copy the lists
+on every call). Calls of anything else (builtins, functions of other modules) are
 taken not to change their arguments.
 """
 from __future__ import annotations
@@ -86,6 +89,7 @@ def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
     other than a tensor or a container may change it, ``_object_method``)."""
     facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, mapped_fresh, objects)
     nodes = list(ast.walk(func))
+    facts.made = _made_objects(nodes, facts.globals)
     while facts.propagate_aliases(nodes):  # to a fixed point: an alias may be made before its source
         pass
     for node in nodes:
@@ -101,6 +105,8 @@ class _Facts:
         self.depth = depth
         self.mapped_fresh = mapped_fresh
         self.objects = objects
+        self.roots = set(aliases)  # the parameters
+        self.made: dict[str, type] = {}  # locals bound to an object of a module's class
         self.mutated: set[str] = set()
 
     def refers_to(self, node: ast.AST | None) -> set[str]:
@@ -157,7 +163,11 @@ class _Facts:
     def _record_call(self, call: ast.Call) -> None:
         name = _callee_name(call.func)
         in_place = ops.is_inplace(name)
-        if isinstance(call.func, ast.Attribute) and (
+        method = self._made_method(call.func)
+        if method is not None:  # what it changes of its object and arguments, from its source
+            self._record_helper(ast.Call(call.func, [call.func.value] + call.args,
+                                         call.keywords), method)
+        elif isinstance(call.func, ast.Attribute) and (
                 in_place or name in CONTAINER_MUTATORS or self.objects and _object_method(name)):
             self.mutated |= self.refers_to(call.func.value)
         keywords = {k.arg: k.value for k in call.keywords}
@@ -169,6 +179,14 @@ class _Facts:
                 self.mutated |= self.refers_to(arg)
         if isinstance(call.func, ast.Name):
             self._record_helper(call, self.globals.get(call.func.id))
+
+    def _made_method(self, func: ast.expr) -> types.FunctionType | None:
+        """``obj.m`` of a local ``obj = Cls(...)`` made of a class of the module: ``Cls.m``."""
+        if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.value.id in self.made):
+            return None
+        method = inspect.getattr_static(self.made[func.value.id], func.attr, None)
+        return method if isinstance(method, types.FunctionType) else None
 
     def _record_helper(self, call: ast.Call, helper: object) -> None:
         """A Python function of the globals: what it changes of its own parameters."""
@@ -216,6 +234,20 @@ def _stored_into(target: ast.expr) -> list[ast.Subscript | ast.Attribute]:
 
 def _names(target: ast.expr) -> list[str]:
     return [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+
+
+def _made_objects(nodes: list[ast.AST], globals_: dict) -> dict[str, type]:
+    """Locals bound only to ``Cls(...)`` of one class the module defines (``ppo = PPO()``)."""
+    made: dict[str, set] = {}
+    for node in nodes:
+        for target, value in _bindings(node):
+            for name in _names(target):
+                cls = globals_.get(value.func.id) if isinstance(target, ast.Name) and isinstance(
+                    value, ast.Call) and isinstance(value.func, ast.Name) else None
+                made.setdefault(name, set()).add(
+                    cls if isinstance(cls, type) and cls.__module__ == globals_.get("__name__")
+                    else None)
+    return {n: next(iter(c)) for n, c in made.items() if len(c) == 1 and None not in c}
 
 
 def _object_method(name: str) -> bool:
