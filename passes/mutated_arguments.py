@@ -90,7 +90,7 @@ def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
     facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, mapped_fresh, objects)
     nodes = list(ast.walk(func))
     facts.made = _made_objects(nodes, facts.globals)
-    while facts.propagate_aliases(nodes):  # to a fixed point: an alias may be made before its source
+    while facts.propagate_aliases(nodes):  # a fixed point: an alias may be made before its source
         pass
     for node in nodes:
         facts.record_mutation(node)

@@ -77,13 +77,14 @@ class _Windows(Transformer):
         """``(lo(0), hi(0) - lo(0), lo(1) - lo(0), stop)`` of a slice ``lo:hi`` (no step) whose
         bounds move together with the index, as one expression; None for any other slice."""
         if s.step is not None or s.lower is None or s.upper is None \
-                or self.index not in loads(s.lower) or not moves_evenly(s.lower, s.upper, self.index) \
-                or loads(s.lower) & self.bound - {self.index} \
-                or loads(s.upper) & self.bound - {self.index}:
+                or self.index not in loads(s.lower) \
+                or not moves_evenly(s.lower, s.upper, self.index) \
+                or (loads(s.lower) | loads(s.upper)) & (self.bound - {self.index}):
             return None
-        lo0, lo1, hi0 = _at(s.lower, self.index, 0), _at(s.lower, self.index, 1), \
-            _at(s.upper, self.index, 0)
-        width, step = (_folded(ast.BinOp(a, ast.Sub(), b)) for a, b in ((hi0, lo0), (lo1, clone(lo0))))
+        lo0, lo1, hi0 = (_at(bound, self.index, k)
+                         for bound, k in ((s.lower, 0), (s.lower, 1), (s.upper, 0)))
+        width, step = (_folded(ast.BinOp(a, ast.Sub(), clone(b)))
+                       for a, b in ((hi0, lo0), (lo1, lo0)))
         return self.plan.sub("(a, w, s, n)", a=lo0, w=width, s=step, n=self.plan.iteration.stop)
 
     def _windows(self, x: ast.expr, dim: int, bounds: ast.expr) -> str:
