@@ -32,8 +32,6 @@ import textwrap
 import types
 from typing import Callable
 
-import torch
-
 from . import ops
 
 # Mutating methods of Python's containers (tensor methods that write end in "_").
@@ -86,7 +84,7 @@ def _facts(func: ast.FunctionDef | ast.Lambda, roots, globals_: dict | None,
            depth: int, mapped_fresh: bool = False, objects: bool = False) -> "_Facts":
     """Aliases of ``roots`` in ``func`` and which of them its body changes in place
     (``mapped_fresh``: a call of a call returns a new object; ``objects``: a method of an object
-    other than a tensor or a container may change it, ``_object_method``)."""
+    other than a tensor or a container may change it, ``ops.unknown_method``)."""
     facts = _Facts({r: {r} for r in roots}, globals_ or {}, depth, mapped_fresh, objects)
     nodes = list(ast.walk(func))
     facts.made = _made_objects(nodes, facts.globals)
@@ -168,7 +166,7 @@ class _Facts:
             self._record_helper(ast.Call(call.func, [call.func.value] + call.args,
                                          call.keywords), method)
         elif isinstance(call.func, ast.Attribute) and (
-                in_place or name in CONTAINER_MUTATORS or self.objects and _object_method(name)):
+                in_place or name in CONTAINER_MUTATORS or self.objects and ops.unknown_method(name)):
             self.mutated |= self.refers_to(call.func.value)
         keywords = {k.arg: k.value for k in call.keywords}
         if "out" in keywords:
@@ -248,12 +246,6 @@ def _made_objects(nodes: list[ast.AST], globals_: dict) -> dict[str, type]:
                     cls if isinstance(cls, type) and cls.__module__ == globals_.get("__name__")
                     else None)
     return {n: next(iter(c)) for n, c in made.items() if len(c) == 1 and None not in c}
-
-
-def _object_method(name: str) -> bool:
-    """``name`` is no method of a tensor nor of a builtin container or string: an attribute of an
-    object called (a submodule, ``self.bn``; a method, ``self.update_center``)."""
-    return not any(hasattr(t, name) for t in (torch.Tensor, list, dict, set, tuple, str))
 
 
 def _callee_name(func: ast.expr) -> str:

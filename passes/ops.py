@@ -18,6 +18,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
                inplace_results, kl_div_terms, masked_divisors, number_operands, set_distances,
                slice_bounds, stacked_views)
@@ -504,15 +506,18 @@ REGISTRY: tuple[OpSpec, ...] = (
 OBJECT_METHODS = {
     **dict.fromkeys(("write", "flush", "info", "debug", "warning", "log", "add_scalar"), "io"),
     **dict.fromkeys(("append", "extend", "insert", "pop", "remove", "clear", "update",
-                     "appendleft", "extendleft", "popleft",
-                     "setdefault", "add", "discard", "copy_", "__setitem__"), "mutates"),
+                     "appendleft", "extendleft", "popleft", "reverse", "popitem",
+                     "setdefault", "add", "discard", "copy_", "__setitem__", "__delitem__"),
+                    "mutates"),
 }
 # Methods of dicts, strings and numpy arrays that only read their receiver, and that no tensor
 # has: a call of any other method no tensor has, on an object the loop does not make, may change
 # anything (``counter.tick()``), and the loop keeps it (``passes/loops/helper_effects.py``).
 READING_OBJECT_METHODS = frozenset({
     "get", "keys", "items", "count", "startswith", "endswith", "format", "join", "lower",
-    "upper", "strip", "replace", "astype", "copy"})
+    "upper", "strip", "replace", "astype", "copy", "find", "rfind", "rsplit", "lstrip",
+    "rstrip", "splitlines", "partition", "union", "intersection", "difference", "issubset",
+    "issuperset", "fromkeys", "isdigit", "isalpha"})
 # Random calls outside torch, by module prefix.
 RANDOM_MODULES = ("random.", "numpy.random.")
 
@@ -571,6 +576,15 @@ def is_pure_method(meth: str) -> bool:
     """``x.<meth>(...)`` is a tensor op listed here without effects, and no object method
     (``add``, ``log``) has that name: it changes nothing."""
     return by_call(None, meth).aten is not None and effect(None, meth) is None
+
+
+def unknown_method(meth: str) -> bool:
+    """``recv.<meth>(...)`` may be a method of an object's own class: no tensor method, none
+    listed above (``OBJECT_METHODS``, ``READING_OBJECT_METHODS``; a name a builtin container or
+    string also has is not enough: ``model.encode(x)``). Its effects are unknown: it may change
+    its object (``self.bn(x)``, ``counter.tick()``)."""
+    return by_call(None, meth) is UNKNOWN and meth not in OBJECT_METHODS \
+        and meth not in READING_OBJECT_METHODS and not hasattr(torch.Tensor, meth)
 
 
 def gives_number(spec: OpSpec) -> bool:

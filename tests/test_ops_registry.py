@@ -213,3 +213,13 @@ def test_dense_forms_give_the_op_s_values_and_gradients(spec, shapes):
     torch.testing.assert_close(got, want)
     g = torch.randn(want.shape, dtype=torch.float64, generator=gen)
     torch.testing.assert_close(torch.autograd.grad(got, (a, b), g), torch.autograd.grad(want, (a, b), g))
+
+
+def test_unknown_methods_are_an_objects_own():
+    """One rule for a method of unknown effect (``helper_effects`` keeps a loop calling one,
+    ``mutated_arguments`` takes it to change its object): no tensor method, none the registry
+    lists; a string's name (``model.encode``) is no proof of a string."""
+    for meth in ("tick", "update_center", "encode", "compute_gae"):
+        assert ops.unknown_method(meth), meth
+    for meth in ("sum", "view", "append", "reverse", "popitem", "get", "split", "index", "log"):
+        assert not ops.unknown_method(meth), meth

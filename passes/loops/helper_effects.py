@@ -16,8 +16,9 @@ module's classes an attribute of the own object is bound to, ``self.counter.tick
 they call in turn: a ``global``/``nonlocal``
 statement, a store into an attribute or item (``self.n += 1``, ``CALLS[0] = v``), or a mutating
 method (``self.idc.append(...)``, ``x.add_(1)``) of anything but a name the helper binds itself
-refuses the loop, with the helper's line. A method no tensor has, that the registry does not
-list (``ops.READING_OBJECT_METHODS``: ``d.get(k)``), called on an object the loop does not bind
+refuses the loop, with the helper's line. A method of unknown effect (``ops.unknown_method``: no
+tensor's, none the registry lists, such as ``d.get(k)``), called on an object the loop does not
+bind
 and whose source is not read (an argument, a local made before the loop, ``self.<attr>`` bound
 to no class of the module), is no tensor op, and may change anything: it refuses the loop too::
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 import ast
 import types
 
-import torch
 
 from .. import ops
 from ..ast_tools import PassContext, is_name, root_name, unparse, walk
@@ -68,8 +68,7 @@ def _unknown_method(call: ast.Call, plan: LoopPlan, ctx: PassContext) -> bool:
     on an object the loop does not bind, whose methods no source tells (``_write`` reads
     those of the own object and of its attributes bound to classes of the module)."""
     meth = method_name(call, ctx)
-    if meth is None or hasattr(torch.Tensor, meth) or ops.by_call(None, meth) is not ops.UNKNOWN \
-            or meth in ops.OBJECT_METHODS or meth in ops.READING_OBJECT_METHODS:
+    if meth is None or not ops.unknown_method(meth):
         return False
     it = plan.iteration
     root = root_name(call.func.value)
