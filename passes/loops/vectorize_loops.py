@@ -106,7 +106,8 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls, moving_slices_to_windows,
                merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
-               outer_dependent_ranges_to_masks, outline_body, picked_rows_to_tables,
+               outer_dependent_ranges_to_masks, outline_body, pair_tests_to_selected_pairs,
+               picked_rows_to_tables,
                promoting_folds_run_as_written,
                scan_python_numbers,
                ragged_slices_to_masks, record_items_run_as_written,
@@ -372,7 +373,7 @@ class _Vectorizer(Transformer):
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST:
-        masked = None if self.depth else _whole_loop_form(self, node)
+        masked = None if self.depth else _whole_loop_form(self, node) or _pairs_form(self, node)
         if masked is not None:
             return masked
         original, twin = clone(node), self._twin(node)
@@ -627,11 +628,50 @@ def _whole_loop_form(vectorizer: "_Vectorizer", node: ast.For) -> ast.If | None:
     return _guarded(whole.check, node.lineno, whole.stmts, clone(node), node)
 
 
+def _pairs_form(vectorizer: "_Vectorizer", node: ast.For) -> list[ast.stmt] | None:
+    """``node`` as the loop over the pairs its inner test selects, that loop vectorized
+    (``pair_tests_to_selected_pairs``), reported; None when it is not such a nest or that
+    loop is kept (its report entries dropped)."""
+    v, ctx = vectorizer, vectorizer.ctx
+    pairs = pair_tests_to_selected_pairs.rewrite(node, _live(v, node), ctx)
+    if pairs is None:
+        return None
+    # what holds around the nest holds around the loop standing for it; not a division by
+    # the trip count after it, which counts the outer loop's iterations
+    for facts in (v.live, v.numbers, v.filled, v.buildable_lists):
+        if node in facts:
+            facts[pairs.loop] = facts[node]
+    mark = (len(ctx.report.loops), set(v.seen), set(v.bound_lists))
+    done = v.visit_For(pairs.loop)
+    done = done if isinstance(done, list) else [done]
+    entry = next((lp for lp in ctx.report.loops[mark[0]:] if lp.lineno == pairs.loop.lineno),
+                 None)
+    if entry is None or not entry.vectorized:
+        del ctx.report.loops[mark[0]:]
+        _, v.seen, v.bound_lists = mark
+        return None
+    v.add_loop(node.lineno, True, entry.strategy, pairs.why + "; when the items the test reads "
+               "are of 1-D tensors, in range, else the loops run as written", node)
+    # the flags a mean's division reads are set on both branches
+    flags = [s for s in done if _is_flag(s, ctx)]
+    rest = [s for s in done if not _is_flag(s, ctx)]
+    unpack = replace("pi, pj = p", loc=node, pi=pairs.loop.iter.args[0].id,
+                     pj=pairs.loop.iter.args[1].id, p=pairs.pairs)
+    return flags + [_guarded(pairs.check, node.lineno, unpack + rest, clone(node), node)]
+
+
 def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
              loc: ast.stmt) -> ast.If:
     """``if <check>: <marker>; <stmts> else: <original>``."""
     marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
     return ast.copy_location(ast.If(test=check, body=[marker] + stmts, orelse=[original]), loc)
+
+
+def _is_flag(stmt: ast.stmt, ctx: PassContext) -> bool:
+    """``_averaged = False``, set before a vectorized loop that may leave a mean."""
+    return isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+        and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in ctx.namer.made \
+        and isinstance(stmt.value, ast.Constant) and stmt.value.value is False
 
 
 def _strategy(plan: LoopPlan) -> str:
