@@ -22,7 +22,7 @@ import torch
 
 from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
                inplace_results, kl_div_terms, masked_divisors, number_operands, set_distances,
-               slice_bounds, stacked_views)
+               slice_bounds, stacked_views, tensor_copies)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -369,7 +369,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("stack", meth=False, total=True, derivative="constant"),
     _t("cat", meth=False, total=True, derivative="constant"),
     _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
-    _t("tensor", meth=False, total=True, number_first=True),
+    # a tensor the rewrite made of a number is copied under vmap (its copy construction raises)
+    _t("tensor", meth=False, total=True, number_first=True, vmap_fn=tensor_copies.tensor),
     # a range of numbers: no gradient flows through it, whatever its bounds
     _t("arange", meth=False, total=True, derivative="constant", batched="positions",
        sizes=(0, ..., "start", "end", "step")),

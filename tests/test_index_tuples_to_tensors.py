@@ -94,3 +94,62 @@ def test_equivalent_items_at_int_positions(tmp_path, dtype):
     for n in (5, 2):
         report = equivalent_report(user.f, x.requires_grad_(), n)
         assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (1, 0), report
+
+
+# pairs unpacked into names (Finetune-miniLM's cosine embedding loss over combinations): a
+# Python number made per pair, then a tensor of it
+UNPACKED = """
+import itertools
+from itertools import combinations
+
+def f(emb, labels):
+    losses = []
+    for a, b in combinations(range(len(emb)), r=2):
+        e1, e2 = emb[a], emb[b]
+        match = torch.tensor(1 if labels[a] == labels[b] else -1, device=emb.device)
+        losses.append(torch.nn.functional.cosine_embedding_loss(
+            e1[None], e2[None], match[None], reduction="none"))
+    return torch.mean(torch.stack(losses))
+"""
+
+
+def test_golden_unpacked_pairs_are_columns():
+    _, _, code, report = build(UNPACKED.split("from itertools import combinations\n")[1],
+                               {**_ns(), "combinations": __import__("itertools").combinations})
+    assert strategies(report) == {3: "vmap"}, (report, code)
+    assert "_tuples = _index_rows(list(combinations(range(len(emb)), r=2))).reshape(-1, 2)" \
+        in code, code
+    assert "match = _tensor(_pick, device=emb.device)" in code, code  # a copy under vmap
+
+
+@pytest.mark.parametrize("change", [
+    ("r=2", "r=3"),                               # three ints per tuple for two names
+    ("combinations(range(len(emb)), r=2)", "itertools.permutations(range(len(emb)))"),  # n ints
+    ("e1, e2 = emb[a], emb[b]", "e1, e2 = emb[a] * a, emb[b]"),  # an index read as a number
+    ("for a, b in", "for a, a2 in"),              # a name never read
+])
+def test_other_unpacked_tuples_are_unchanged(change):
+    src = UNPACKED.split("from itertools import combinations\n")[1].replace(*change)
+    _, _, code, _ = build(src, {**_ns(), "combinations": __import__("itertools").combinations})
+    assert "_tuples" not in code, code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spelling", ["combinations(range(len(emb)), r=2)",
+                                      "combinations(range(len(emb)), 2)",
+                                      "itertools.permutations(range(len(emb)), 2)",
+                                      "itertools.product(range(len(emb)), range(3))"])
+def test_unpacked_equivalent_without_warnings(tmp_path, spelling, dtype):
+    import warnings
+    from rewrite import assert_equivalent, optimize_loss
+    user = load_module(tmp_path, "import torch\n" + UNPACKED.replace(
+        "combinations(range(len(emb)), r=2)", spelling))
+    g = torch.Generator().manual_seed(2)
+    emb = torch.randn(6, 4, generator=g, dtype=dtype)
+    emb[1] = emb[0]  # a tie: cosine 1
+    labels = torch.tensor([0, 0, 1, 2, 1, 0])
+    fn = optimize_loss(user.f, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning, no copy-construction warning
+        assert_equivalent(user.f, fn, emb.requires_grad_(), labels)
+    assert (fn.report.loops[0].vectorized_runs, fn.report.loops[0].original_runs) == (1, 0)

@@ -23,6 +23,15 @@ of a function the enclosing function defines (once) whose parameter is read only
 compared, printed, joined or used as an index itself (``x[p]`` picks one item of a tuple, rows
 of a tensor) keeps the loop as written.
 
+A tuple unpacked into names (``for a, b in combinations(range(n), r=2)``, pair losses) iterates
+the tensor's columns zipped, when each name is read only as a whole entry of subscripts and the
+tuples' length is known to be the names' (``r`` a literal, the ranges of ``product``; else the
+original's unpacking raises)::
+
+    for a, b in combinations(range(n), 2):  ->  _tuples = _index_rows(list(combinations(
+        loss += (x[a] * x[b]).sum()                 range(n), 2))).reshape(-1, 2)
+                                                <vectorized over zip(_tuples[:, 0], _tuples[:, 1])>
+
 A loop over a sequence of ints an object holds (``for c in self.idc``, the classes a boundary
 loss sums over), its element read only as a whole entry of subscripts (``probs[:, c]``: a 0-d
 int64 tensor indexes as the int does), iterates the int64 tensor of them when at run time it is a
@@ -52,6 +61,8 @@ _INDEX_TUPLES = {"itertools.permutations", "itertools.combinations",
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     node, it = plan.node, plan.node.iter
+    if isinstance(node.target, ast.Tuple):
+        return _unpacked(plan, ctx)
     if not isinstance(node.target, ast.Name):
         return plan
     if _index_tuples(it, ctx) and _read_as_indices(node.target.id, node.body, plan.local_defs,
@@ -75,6 +86,35 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
+def _unpacked(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    """``for a, b in combinations(range(n), 2)``: the columns of the tuples' tensor zipped, when
+    each name is read only as a whole entry of subscripts and every tuple has as many ints as
+    the target names (``_tuple_length``; else the original's unpacking raises)."""
+    node, it = plan.node, plan.node.iter
+    names = [e.id for e in node.target.elts if isinstance(e, ast.Name)]
+    if len(names) != len(node.target.elts) or len(set(names)) != len(names) \
+            or not _index_tuples(it, ctx) or _tuple_length(it, ctx) != len(names) \
+            or not all(index_entries_only(n, node.body) for n in names):
+        return plan
+    made = ctx.namer.new("tuples")
+    plan.prelude += plan.sub(f"t = {ctx.bind(index_rows, 'index_rows')}(list(it)).reshape(-1, k)",
+                             t=made, it=it, k=ast.Constant(len(names)))
+    columns = ", ".join(f"{made}[:, {k}]" for k in range(len(names)))
+    plan.node = ast.copy_location(ast.For(node.target, ast.copy_location(
+        plan.sub(f"zip({columns})"), it), node.body, node.orelse), node)
+    return plan
+
+
+def _tuple_length(it: ast.Call, ctx: PassContext) -> int | None:
+    """The ints in each tuple ``it`` makes: ``r`` of ``combinations(range(n), r)`` (a literal,
+    by position or keyword), the ranges of ``product``; None when not known before it runs."""
+    if resolve_call(it.func, ctx) == "itertools.product":
+        return None if it.keywords else len(it.args)
+    r = it.args[1] if len(it.args) == 2 else next(
+        (k.value for k in it.keywords if k.arg == "r"), None) if len(it.args) == 1 else None
+    return r.value if isinstance(r, ast.Constant) and type(r.value) is int else None
+
+
 def _held_sequence(it: ast.expr) -> bool:
     """``it`` reads an attribute of a name (``self.idc``, ``cfg.classes``): what an object
     holds, a list of ints in the losses that iterate it."""
@@ -84,7 +124,7 @@ def _held_sequence(it: ast.expr) -> bool:
 def _index_tuples(it: ast.expr, ctx: PassContext) -> bool:
     """``it`` calls an itertools tuple maker on ranges (and an int length)."""
     if not (isinstance(it, ast.Call) and resolve_call(it.func, ctx) in _INDEX_TUPLES
-            and not it.keywords and it.args):
+            and all(k.arg == "r" for k in it.keywords) and it.args):
         return False
     ranges = [a for a in it.args if isinstance(a, ast.Call) and resolve_call(a.func, ctx) == "range"]
     return it.args[:len(ranges)] == ranges and all(
