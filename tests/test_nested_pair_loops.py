@@ -103,8 +103,8 @@ def test_equivalent(dtype, special):
         assert_equivalent(original, optimized, x.clone().requires_grad_(), target.double())
 
 
-# pairwise ranking with the labels as tensors: the inner loop picks its batched or vmap form by
-# the shapes of `y[i]`, which varies with the outer iteration: inlined, its vmap form is mapped
+# pairwise ranking with the labels as tensors: the pairs `y[i] > y[j]` selects, compared as the
+# 0-d tensors compare, are one batched loop (`pair_tests_to_selected_pairs`)
 RANKING = """
 def f(scores, y, margin=1.0):
     n = scores.shape[0]
@@ -119,10 +119,12 @@ def f(scores, y, margin=1.0):
 """
 
 
-def test_golden_tensor_labels_map_the_inner_loops_vmap_form():
+def test_golden_tensor_labels_select_their_pairs():
     _, _, code, report = build(RANKING)
-    assert strategies(report) == {5: "vmap", 6: "batched"}, (report, code)
-    assert "the inner loop at line 6 maps its body with vmap" in report.loops[-1].reason
+    assert strategies(report) == {5: "batched", 6: "batched"}, (report, code)
+    assert "pass `y[i] > y[j]` (line 7)" in report.loops[-1].reason, report.loops[-1].reason
+    assert "_pair_compare('>', _pair_item(y, i, 'tensor'), _pair_item(y, j, 'tensor'), " \
+        "host=False)" in code, code
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

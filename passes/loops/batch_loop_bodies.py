@@ -502,7 +502,7 @@ def _item_number(b: _Batcher, node: ast.BoolOp) -> tuple[ast.expr, Val]:
         raise Unsupported(f"`{unparse(node)}` has no batched form")
     _, hv = b.expr(h)
     if not hv.batched or hv.integer is None or hv.rank is None:
-        raise Unsupported(f"`{unparse(node)}`: a host number not known to be an int")
+        raise Unsupported(f"`{unparse(h)}`: a host number not known to be an int")
     b.require(hv.rank, "==", node)  # a 0-d item: ``.item()`` of more raises
     for cond in hv.integer:
         b.check(cond)
