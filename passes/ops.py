@@ -520,6 +520,12 @@ READING_OBJECT_METHODS = frozenset({
     "issuperset", "fromkeys", "isdigit", "isalpha"})
 # Random calls outside torch, by module prefix.
 RANDOM_MODULES = ("random.", "numpy.random.")
+# numpy functions that only read their arguments and make a new array or number: a loop's
+# iterable made of them may be evaluated again, in front of the loop (``index_tuples_to_tensors``).
+NUMPY_READING_FUNCTIONS = frozenset({
+    "numpy.arange", "numpy.delete", "numpy.setdiff1d", "numpy.concatenate", "numpy.array",
+    "numpy.asarray", "numpy.sum", "numpy.cumsum", "numpy.flatnonzero", "numpy.unique",
+    "numpy.sort", "numpy.argsort", "numpy.roll"})
 
 # Attributes of a tensor that read its metadata (``x.T``, ``x.grad`` read values or state) ...
 METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "layout", "is_cuda"})
