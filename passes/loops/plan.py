@@ -123,6 +123,7 @@ class LoopPlan:
     # (``number_list_operands``).
     number_lists: set[str] = field(default_factory=set)
     number_kinds: set[str] = field(default_factory=set)  # ... their kinds (never tensors)
+    number_labels: set[str] = field(default_factory=set)  # ... int labels they are read at
     # Names held as lists, tuples or dicts, never tensors (displays, parameters indexed by a
     # string); their reads gathered in front of the guard (``gather_keyed_reads``): the rows'
     # name -> the read.
