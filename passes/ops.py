@@ -355,6 +355,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # the functional form of an in-place write (``inplace_writes_to_functional``): finite, with
     # finite gradients, wherever its indices are in range (it raises where they are not)
     _t("scatter", total=True, derivative="constant"),
+    # ... and of an add into a row (``row_index_adds_to_writes``), batched by ``index_add_rows``
+    _t("index_add", total=True, derivative="constant", batched="index_add"),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows

@@ -112,7 +112,8 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
                number_list_operands,
-               rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
+               rename_rebound_loop_variables, row_index_adds_to_writes, row_slices_to_params,
+               runtime_checks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                sorts_read_at_ends, stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
@@ -146,6 +147,8 @@ LOOP_STAGES: list = [
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
     data_attributes_to_detach,    # after inlining (a helper's `.data` too); vmap refuses `.data`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
+    row_index_adds_to_writes,     # after merge_chained_indexing (`m[i][j]` is one row); before
+                                  # check_body, which refuses a method writing into an outer row
     attribute_writes_to_names,    # on the inlined body, before the stages that take written names
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
