@@ -75,6 +75,9 @@ def test_golden_numpy_ints_iterate_their_tensor_and_windows():
     assert GOLDEN.strip().split("\n") == code.split("\n")[:6], code
     assert "p = F.softmax(_output_windows[v] / temperature, dim=2)" in code, code
     assert "for v in np.delete(np.arange(np.sum(NMB_CROPS)), crop_id):" in code, code  # the else
+    assert "when `np.delete(np.arange(np.sum(NMB_CROPS)), crop_id)` is a 1-D numpy array of " \
+        "ints (iterated as their int64 tensor) and the slices `output[bs * v:bs * (v + 1)]` lie" \
+        in report.loops[0].reason, report.loops[0].reason
 
 
 @pytest.mark.parametrize("change", [

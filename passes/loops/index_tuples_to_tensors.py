@@ -98,6 +98,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             ast_marks.put(n, ast_marks.GENERATED, True)
         plan.prelude += made_from
         plan.item_ints[node.target.id] = ints
+        plan.arrays[made] = unparse(it)
     else:
         return plan
     # the stages read the loop over the tensor; the guard's else keeps the user's loop

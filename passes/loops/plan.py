@@ -135,6 +135,8 @@ class LoopPlan:
     # Elements iterated over the int64 tensor of a numpy array's ints (``index_tuples_to_tensors``)
     # -> the name of those ints as Python ints, which count the windows they pick.
     item_ints: dict[str, str] = field(default_factory=dict)
+    # ... and the int64 tensor of them -> the array as written (the report names it)
+    arrays: dict[str, str] = field(default_factory=dict)
     # Generated names the effects go to in place of the user's values (a tensor written through
     # an attribute, ``attribute_writes_to_names``; a list filled at its front) -> as written.
     user_names: dict[str, str] = field(default_factory=dict)
