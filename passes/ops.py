@@ -355,6 +355,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # the functional form of an in-place write (``inplace_writes_to_functional``): finite, with
     # finite gradients, wherever its indices are in range (it raises where they are not)
     _t("scatter", total=True, derivative="constant"),
+    # ... and of an add into a row (``row_index_adds_to_writes``), batched by ``index_add_rows``
+    _t("index_add", total=True, derivative="constant", batched="index_add"),
     # vmap gives a loop-invariant source the gradient of every row's slot: several times its own
     _t("select_scatter", vmap_wrong=()),
     # chunked (``options=``): no gradient reaches the batched rows
@@ -521,6 +523,12 @@ READING_OBJECT_METHODS = frozenset({
     "issuperset", "fromkeys", "isdigit", "isalpha"})
 # Random calls outside torch, by module prefix.
 RANDOM_MODULES = ("random.", "numpy.random.")
+# numpy functions that only read their arguments and make a new array or number: a loop's
+# iterable made of them may be evaluated again, in front of the loop (``index_tuples_to_tensors``).
+NUMPY_READING_FUNCTIONS = frozenset({
+    "numpy.arange", "numpy.delete", "numpy.setdiff1d", "numpy.concatenate", "numpy.array",
+    "numpy.asarray", "numpy.sum", "numpy.cumsum", "numpy.flatnonzero", "numpy.unique",
+    "numpy.sort", "numpy.argsort", "numpy.roll"})
 
 # Attributes of a tensor that read its metadata (``x.T``, ``x.grad`` read values or state) ...
 METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "layout", "is_cuda"})

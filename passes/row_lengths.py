@@ -6,16 +6,14 @@ native byte order: torch reads no other), whose items slice as the numpy ints do
 is None (the loop runs as written)."""
 from __future__ import annotations
 
-import sys
-
 import torch
+
+from .numpy_ints import signed_int_array
 
 
 def row_lengths(l):
     if isinstance(l, torch.Tensor):
         return l if l.dim() == 1 and l.dtype in (torch.int64, torch.int32) else None
-    numpy = sys.modules.get("numpy")  # an array exists only where numpy was imported
-    if numpy is not None and type(l) is numpy.ndarray and l.ndim == 1 and l.dtype.kind == "i" \
-            and l.dtype.isnative:
+    if signed_int_array(l):
         return torch.tensor(l)  # not from_numpy: it warns for an array that is not writable
     return None

@@ -12,6 +12,10 @@ lies inside ``x``: all four Python ints, ``start >= 0``, ``width >= 1``, ``step 
 written (Python's slicing clamps a window that leaves the tensor, or counts a negative start
 from the end), also when ``bounds()`` raises (bounds of a type ``range`` or ``+`` refuse) and
 for a sparse or nested ``x`` (no ``unfold``).
+
+``window_count(ints)``: the windows a loop over a numpy array's ints (``numpy_ints``) reads at
+its ints, counted from 0: the largest int plus 1, for a non-empty list of ints none negative
+(Python counts a negative bound from the end); else ValueError, and the loop runs as written.
 """
 from __future__ import annotations
 
@@ -31,3 +35,9 @@ def slice_windows(x, dim: int, bounds):
             and start + step * (count - 1) + width <= x.shape[dim]):
         return None
     return x.narrow(dim, start, x.shape[dim] - start).unfold(dim, width, step).movedim(-1, dim + 1)
+
+
+def window_count(ints) -> int:
+    if not (type(ints) is list and ints and all(type(v) is int and v >= 0 for v in ints)):
+        raise ValueError("not a list of ints from 0")
+    return max(ints) + 1

@@ -40,7 +40,8 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           excluded_items_to_masks, ragged_slices_to_masks,
                           raise_on_empty_selections, record_items_run_as_written,
                           removed_index_lists_to_masks,
-                          rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
+                          rename_rebound_loop_variables, row_index_adds_to_writes,
+                          row_slices_to_params, runtime_checks,
                           sink_own_item_selections, sorts_read_at_ends, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops,
                           moving_slices_to_windows)
@@ -3254,6 +3255,36 @@ v = x[i] * 2
 v.data.clamp_(min=0)
 v.data[0] = 1
 loss = loss + (v * w).sum()
+"""),
+    (row_index_adds_to_writes, """
+def f(m, l, u, p, b):
+    for i in range(m.shape[0]):
+        m[i].index_add_(0, l[i], p[i] * (u[i] - b[i]))
+        m[i].index_add_(0, u[i], p[i] * (b[i] - l[i]))
+    return m
+""", ('body',),
+     """
+# body
+m[i].index_add_(0, l[i], p[i] * (u[i] - b[i]))
+m[i].index_add_(0, u[i], p[i] * (b[i] - l[i]))
+""",
+     """
+# body
+m[i] = m[i].index_add(0, l[i], p[i] * (u[i] - b[i])).index_add(0, u[i], p[i] * (b[i] - l[i]))
+"""),
+    (row_index_adds_to_writes, """
+def f(m, l, p):
+    for i in range(m.shape[0]):
+        m[i].index_add_(0, l[i], p[i] * m[i, 0])
+    return m
+""", ('body',),
+     """
+# body
+m[i].index_add_(0, l[i], p[i] * m[i, 0])
+""",
+     """
+# body
+m[i].index_add_(0, l[i], p[i] * m[i, 0])
 """),
     (merge_chained_indexing, """
 def f(x, out, n):

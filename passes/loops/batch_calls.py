@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from . import batch_set_forms as set_forms
 from .. import loop_rules as rules
 from .. import row_losses, set_distances
+from ..index_add_rows import index_add_rows
 from .. import ast_marks, ops
 from ..ast_tools import unparse
 from .batch_scope import Scope
@@ -193,6 +194,20 @@ def _positions(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
         return None
     call = ast.Call(c.func, [a for a, _ in c.args], [ast.keyword(k, v) for k, (v, _) in c.kws])
     return ast.copy_location(call, c.node), Val(False, leaves=None, fixed_rank=1)
+
+
+def _index_add(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``row.index_add(0, index, source)``, all three loop-varying, the index 1-D per item:
+    ``index_add_rows(rows, index, source)``. None for another dim, ``alpha=`` or the function
+    form."""
+    if not c.is_method or len(c.args) != 3 or c.kws or literal(c.args[0][0]) != 0:
+        return None
+    (x, xv), (i, iv), (s, sv) = c.operands[0], c.args[1], c.args[2]
+    if not (xv.batched and iv.batched and sv.batched) or iv.rank is None:
+        return None
+    scope.require(iv.rank - 1, "==", c.node)
+    fn = scope.ctx.bind(index_add_rows, "index_add_rows")
+    return scope.sub(f"{fn}(x, i, s)", x=x, i=i, s=s), Val(True, xv.rank, tensor=True)
 
 
 def _pointwise_loss(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
@@ -432,4 +447,5 @@ def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) ->
 # are batched (``call``).
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
-            "class_loss": _class_loss, "from_start": _from_start, "positions": _positions}
+            "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
+            "index_add": _index_add}

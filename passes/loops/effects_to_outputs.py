@@ -240,7 +240,7 @@ def _number_kind(value: ast.expr) -> str:
 def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
     """A data-dependent write index must be one integer per iteration: ``int(...)``, the loop
     index plus or minus a fixed int (``mask[i, n + i]``), or an element / row of a 1-d integer
-    tensor (a bool one would be a mask)."""
+    tensor (a bool one would be a mask), or of a row of one at fixed ints (``l[i, j]``)."""
     if ast_marks.get(x, ast_marks.HOST_NUMBER) == "int":
         return
     if ast_marks.get(x, ast_marks.HOST_NUMBER) == "item" and isinstance(x, ast.Name):
@@ -253,15 +253,17 @@ def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
         if not (isinstance(offset, ast.Constant) and type(offset.value) is int):
             plan.check("isinstance(c, int)", c=offset)
         return
-    rows = {r.param: name for (name, _), r in plan.row_slices.items() if not r.prefix}
+    # rows at fixed ints only (``l[i, j]`` of an inner loop over ``j``): of elements
+    rows = {r.param: (name, len(r.prefix)) for (name, _), r in plan.row_slices.items()
+            if not any(isinstance(e, ast.Slice) for e in r.prefix)}
     sources = dict(plan.iteration.elements)
-    src = sources.get(x.id) if isinstance(x, ast.Name) else None
+    src, fixed = (sources.get(x.id), 0) if isinstance(x, ast.Name) else (None, 0)
     if src is None and isinstance(x, ast.Name) and x.id in rows:
-        src = ast.Name(rows[x.id], ast.Load())
+        src, fixed = ast.Name(rows[x.id][0], ast.Load()), rows[x.id][1]
     if src is None:
         raise Unsupported(f"write index `{unparse(x)}`: not known to be one integer per "
                           "iteration")
-    plan.check(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == 1", x=src)
+    plan.check(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == {1 + fixed}", x=src)
 
 
 def _item_source(plan: LoopPlan, name: str) -> ast.expr | None:

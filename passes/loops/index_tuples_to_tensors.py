@@ -41,13 +41,31 @@ is, the loop as written when that is no tensor::
     for c in self.idc:                    ->   _items = torch.tensor(self.idc) if <a list or
         loss += (p[:, c] * d[:, c]).mean()         tuple of ints> else self.idc
                                                <vectorized over the items of _items>
+
+A loop over a numpy array that numpy functions reading only their arguments make
+(``ops.NUMPY_READING_FUNCTIONS``: ``np.delete(np.arange(n), k)``, the other views of a multi-crop
+loss), its element read only as a whole entry of subscripts or in slice bounds (``output[bs *
+v:bs * (v + 1)]``, which ``moving_slices_to_windows`` reads as rows of one view at ``v``),
+and not after the loop, iterates the int64 tensor of its ints when at run time it is a 1-D array of signed ints
+(``numpy_ints``, run eagerly: Dynamo would trace numpy as tensors and break at ``tolist``); the
+ints' name is ``plan.item_ints[v]``. The array is made again in front of the loop: the same
+exception, before any iteration, when a call raises. A top-level ``np.arange`` is a range
+(``iteration``)::
+
+    for v in np.delete(np.arange(n), k):  ->   _ints = run_eagerly(lambda: numpy_ints(
+        ... output[bs * v:bs * (v + 1)]            np.delete(np.arange(n), k)))
+                                               _items = torch.tensor(_ints) if <a list of
+                                                   ints> else _ints
+                                               <vectorized over the items of _items>
 """
 from __future__ import annotations
 
 import ast
 
-from .. import ast_marks
-from ..ast_tools import PassContext, is_name, unparse, walk
+from .. import ast_marks, ops
+from ..ast_tools import PassContext, is_name, is_pure, is_shape_call, unparse, walk
+from ..numpy_ints import numpy_ints
+from ..outline_kept_loops import run_eagerly
 from ..tabulated_maps import index_rows
 from .index_tests_to_selected_indices import index_entries_only
 from .loop_dataflow import resolve_call
@@ -78,6 +96,20 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             ast_marks.put(n, ast_marks.GENERATED, True)  # not the user's: no loop to report
         ast_marks.put(made_from[0], ast_marks.HELD_SEQUENCE, unparse(it))
         plan.prelude += made_from
+    elif not plan.inner and _numpy_array(it, ctx) and node.target.id not in plan.live_after \
+            and _entries_or_bounds_only(node.target.id, node.body):
+        # an inner loop's prelude would be a statement of the outer body: planned again as not
+        # inner when the outer loop is kept
+        ints, made = ctx.namer.new("ints"), ctx.namer.new("items")
+        plan.prelude += plan.sub(f"n = {ctx.bind(run_eagerly, 'run_eagerly')}(lambda: "
+                                 f"{ctx.bind(numpy_ints, 'numpy_ints')}(it))", n=ints, it=it)
+        made_from = plan.sub(f"t = torch.tensor(x) if {INTS} else x", t=made,
+                             x=ast.Name(ints, ast.Load()), v=ctx.namer.new("v"))
+        for n in (n for n in walk(made_from[0]) if isinstance(n, ast.GeneratorExp)):
+            ast_marks.put(n, ast_marks.GENERATED, True)
+        plan.prelude += made_from
+        plan.item_ints[node.target.id] = ints
+        plan.arrays[made] = unparse(it)
     else:
         return plan
     # the stages read the loop over the tensor; the guard's else keeps the user's loop
@@ -119,6 +151,29 @@ def _held_sequence(it: ast.expr) -> bool:
     """``it`` reads an attribute of a name (``self.idc``, ``cfg.classes``): what an object
     holds, a list of ints in the losses that iterate it."""
     return isinstance(it, ast.Attribute) and isinstance(it.value, ast.Name)
+
+
+def _numpy_array(it: ast.expr, ctx: PassContext) -> bool:
+    """``it`` calls numpy functions that only read their arguments, on values the loop may read
+    again (not a top-level ``np.arange``: a range)."""
+    def reading(call: ast.Call) -> bool:
+        return resolve_call(call.func, ctx) in ops.NUMPY_READING_FUNCTIONS or is_shape_call(call)
+    return isinstance(it, ast.Call) and resolve_call(it.func, ctx) in ops.NUMPY_READING_FUNCTIONS \
+        and resolve_call(it.func, ctx) != "numpy.arange" and is_pure(it, reading)
+
+
+def _entries_or_bounds_only(name: str, body: list[ast.stmt]) -> bool:
+    """``name`` is read, and only as a whole entry of a subscript (``x[v]``) or in the bounds
+    of a slice the subscript reads (``x[bs * v:bs * (v + 1)]``)."""
+    taken: set[ast.expr] = set()  # the reads, keyed by node
+    for n in (n for s in body for n in walk(s) if isinstance(n, ast.Subscript)):
+        parts = n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice]
+        taken |= {p for p in parts if is_name(p, name)}
+        if isinstance(n.ctx, ast.Load):
+            taken |= {r for p in parts if isinstance(p, ast.Slice) for r in walk(p)
+                      if is_name(r, name)}
+    reads = {n for s in body for n in walk(s) if is_name(n, name)}
+    return bool(reads) and reads <= taken
 
 
 def _index_tuples(it: ast.expr, ctx: PassContext) -> bool:

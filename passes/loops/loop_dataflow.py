@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import ast_marks
+from ..accumulating_writes import index_accumulate
 from ..errors import Unsupported
 
 from .. import loop_rules as rules
@@ -855,6 +856,12 @@ def _effect_of(s: ast.stmt, facts: LoopFacts, carried: dict[str, ast.stmt],
                 and isinstance(written_through(call.func.value, ctx), ast.Name) \
                 and written_through(call.func.value, ctx).id in facts.assigned:
             return None  # method on a local value (e.g. t.clamp_(0), t.mul_(a).add_(b))
+        if isinstance(call, ast.Call) and call.args and resolve_call(call.func, ctx) == \
+                f"{index_accumulate.__module__}.{index_accumulate.__qualname__}":
+            # an inner loop's `m[i, l[i, j]] += v`: several slots per outer iteration
+            raise Unsupported(f"the inner loop adds into `{unparse(call.args[0])}` at slots its "
+                              "data picks, several per iteration of this loop, which batches "
+                              "one slot per iteration only", s.lineno)
         raise Unsupported(f"`{unparse(s).strip()}` is evaluated for its side effects"
                           f"{_not_inlined(call, ctx)}", s.lineno)
     targets = s.targets if isinstance(s, ast.Assign) else [s.target]

@@ -21,13 +21,18 @@ to the range's stop, each inside the tensor (the run-time check, ``slice_windows
 and the loop as written, which slices as Python does). Only loads, with full slices ``:`` before
 the moving one; an inner loop keeps its slices (its view would be a statement of the outer
 body) and takes this stage when it is planned on its own.
+
+An element iterated over the int64 tensor of a numpy array's ints (``plan.item_ints``,
+``for v in np.delete(np.arange(n), k)``) moves the slices as the index does: the windows are
+counted from 0 up to its largest int (``window_count``: none negative, else the loop as
+written), and the slice reads the row at the element, ``_output_windows[v]``.
 """
 from __future__ import annotations
 
 import ast
 
 from ..ast_tools import PassContext, Transformer, clone, is_pure, unparse
-from ..slice_windows import slice_windows
+from ..slice_windows import slice_windows, window_count
 from .loop_dataflow import loads, write_entries, written_names
 from .plan import LoopPlan
 from .row_slices_to_params import full_slice
@@ -44,7 +49,11 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 class _Windows(Transformer):
     def __init__(self, plan: LoopPlan, bound: set[str], ctx: PassContext):
         self.plan, self.ctx = plan, ctx
-        self.index = plan.iteration.index
+        # what moves the slices -> the count of windows from 0: the index, and elements
+        # iterated over a numpy array's ints (up to the largest)
+        self.moving = {plan.iteration.index: plan.iteration.stop} | {
+            e: plan.sub(f"{ctx.bind(window_count, 'window_count')}(n)", n=ast.Name(n, ast.Load()))
+            for e, n in plan.item_ints.items()}
         self.bound = bound  # names the body binds or writes into: not fixed
         self.made: dict[str, str] = {}  # (tensor, dim, bounds) -> the windows' name
 
@@ -57,13 +66,14 @@ class _Windows(Transformer):
                    and not full_slice(e)), None)
         if at is None or not all(full_slice(e) for e in entries[:at]):
             return node
-        bounds = self._bounds(entries[at])
+        moving = [m for m in self.moving if m in loads(entries[at])]
+        bounds = self._bounds(entries[at], moving[0]) if len(moving) == 1 else None
         if bounds is None:
             return node
         name = self._windows(node.value, at, bounds)
         self.plan.windows.setdefault(name, self.plan.quote(node))
         after = entries[at + 1:]
-        rest = [ast.Name(self.index, ast.Load())] + ([ast.Slice()] + after if after else [])
+        rest = [ast.Name(moving[0], ast.Load())] + ([ast.Slice()] + after if after else [])
         slices = entries[:at] + rest
         return ast.copy_location(ast.Subscript(ast.Name(name, ast.Load()), ast.Tuple(
             slices, ast.Load()) if len(slices) > 1 else slices[0], ast.Load()), node)
@@ -71,21 +81,21 @@ class _Windows(Transformer):
     def _fixed(self, x: ast.expr) -> bool:
         """A tensor expression the loop does not change: a name or attribute it does not bind."""
         return isinstance(x, (ast.Name, ast.Attribute)) and is_pure(x) \
-            and not loads(x) & (self.bound | {self.index})
+            and not loads(x) & (self.bound | set(self.moving))
 
-    def _bounds(self, s: ast.Slice) -> ast.expr | None:
-        """``(lo(0), hi(0) - lo(0), lo(1) - lo(0), stop)`` of a slice ``lo:hi`` (no step) whose
-        bounds move together with the index, as one expression; None for any other slice."""
+    def _bounds(self, s: ast.Slice, index: str) -> ast.expr | None:
+        """``(lo(0), hi(0) - lo(0), lo(1) - lo(0), count)`` of a slice ``lo:hi`` (no step) whose
+        bounds move together with ``index``, as one expression; None for any other slice."""
         if s.step is not None or s.lower is None or s.upper is None \
-                or self.index not in loads(s.lower) \
-                or not moves_evenly(s.lower, s.upper, self.index) \
-                or (loads(s.lower) | loads(s.upper)) & (self.bound - {self.index}):
+                or index not in loads(s.lower) \
+                or not moves_evenly(s.lower, s.upper, index) \
+                or (loads(s.lower) | loads(s.upper)) & (self.bound - {index}):
             return None
-        lo0, lo1, hi0 = (_at(bound, self.index, k)
+        lo0, lo1, hi0 = (_at(bound, index, k)
                          for bound, k in ((s.lower, 0), (s.lower, 1), (s.upper, 0)))
         width, step = (_folded(ast.BinOp(a, ast.Sub(), clone(b)))
                        for a, b in ((hi0, lo0), (lo1, lo0)))
-        return self.plan.sub("(a, w, s, n)", a=lo0, w=width, s=step, n=self.plan.iteration.stop)
+        return self.plan.sub("(a, w, s, n)", a=lo0, w=width, s=step, n=clone(self.moving[index]))
 
     def _windows(self, x: ast.expr, dim: int, bounds: ast.expr) -> str:
         key = f"{unparse(x)}|{dim}|{unparse(bounds)}"

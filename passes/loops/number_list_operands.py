@@ -36,6 +36,15 @@ binds to an item first (``w = CLASS_WEIGHTS[c]``, then ``w * dice``; bound nowhe
 body, not read after the loop) is read as the item itself, when every read of it is then such an
 operand; otherwise the body stays as it was.
 
+An item at an int label instead of the loop index (``ALPHA[c]`` after ``c = int(target[i])``,
+a focal loss's per-class alpha; a name ``host_roundtrips_to_tensor_ops`` marks an int host
+number) is read the same way: the stacked numbers are gathered at the labels (the names are
+``plan.number_labels``, which ``stack_tensor_lists`` reads as rows). The other operand may then
+read items of the iteration (``(1 - p[i, c]) ** gamma``: a tensor, as the guard asks ``p`` to
+be), but no host number (a Python number next to which the item stays one). A label out of the
+list's range raises in the gather (the tensor's ``IndexError``), and the original then runs,
+raising its own from the user's line; a negative label picks from the end in both.
+
 Only a name the function may hold as a list (``list_names``), such an attribute chain or a
 module's list, which the body does not bind, and reads only as such operands at the loop index (``w[i] * t`` and
 ``t * w[i]``, ``t`` a value the iteration computed, not an expression of the loop index's
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import ast
 
+from .. import ast_marks
 from ..ast_tools import PassContext, Transformer, clone, is_name, replace, unparse, walk
 from ..number_operands import number_kind, number_op
 from .attribute_writes_to_names import only_read, read_through_name, root
@@ -59,6 +69,7 @@ _OPERATORS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    plan.number_labels = _int_labels(plan)
     candidates = (plan.list_names - stores_in(plan.body)) | _attribute_lists(plan) \
         | _global_lists(plan, ctx)
     body, plan.body = plan.body, _items_read_through_names(plan, candidates)
@@ -116,7 +127,7 @@ def _items_read_through_names(plan: LoopPlan, candidates: set[str]) -> list[ast.
     for k, s in enumerate(plan.body):
         if not (isinstance(s, ast.Assign) and len(s.targets) == 1
                 and isinstance(s.targets[0], ast.Name)
-                and _item(s.value, plan.iteration.index, candidates)):
+                and _item(s.value, plan, candidates)):
             continue
         name = s.targets[0].id
         if name in plan.live_after or name in loads(ast.Module(plan.body[:k], [])) \
@@ -151,8 +162,8 @@ def _elements_read_as_items(plan: LoopPlan, candidates: set[str],
 
 def _listed_items(body: list[ast.stmt], plan: LoopPlan, candidates: set[str]) -> set[str]:
     """The lists whose items ``body`` binds names to (see ``_items_read_through_names``)."""
-    return {_item(s.value, plan.iteration.index, candidates) for s in body
-            if isinstance(s, ast.Assign) and _item(s.value, plan.iteration.index, candidates)}
+    return {_item(s.value, plan, candidates) for s in body
+            if isinstance(s, ast.Assign) and _item(s.value, plan, candidates)}
 
 
 def _key(node: ast.AST) -> str | None:
@@ -163,7 +174,8 @@ def _key(node: ast.AST) -> str | None:
 
 
 def _attribute_lists(plan: LoopPlan) -> set[str]:
-    """Attribute chains (``self.weight``) the body reads as items at the loop index, on a name
+    """Attribute chains (``self.weight``) the body reads as items at the loop index (or at an
+    int label), on a name
     the body does not bind and only reads attributes of (``attribute_writes_to_names``): the
     same list in every iteration. None for an inner loop (its binding would be a statement of
     the outer loop's body)."""
@@ -173,7 +185,7 @@ def _attribute_lists(plan: LoopPlan) -> set[str]:
     bound = stores_in(plan.body)
     return {unparse(n.value) for s in plan.body for n in walk(s)
             if isinstance(n, ast.Subscript) and root(n.value) not in (None, *bound)
-            and is_name(n.slice, plan.iteration.index)
+            and _at_row(n.slice, plan)
             and only_read(root(n.value), plan.body, parents)}
 
 
@@ -182,14 +194,34 @@ def _read_through_name(plan: LoopPlan, chain: str, ctx: PassContext) -> str:
     return read_through_name(plan, node, ctx)
 
 
-def _item(node: ast.expr, index: str, names) -> str | None:
-    """The list ``w`` of ``w[i]`` (or ``-w[i]``) at the loop index, when ``w`` is among
-    ``names``."""
+def _item(node: ast.expr, plan: LoopPlan, names) -> str | None:
+    """The list ``w`` of ``w[i]`` (or ``-w[i]``) at the loop index or at an int label, when
+    ``w`` is among ``names``."""
     node = _signed(node)
     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) \
-            and _key(node.value) in names and is_name(node.slice, index):
+            and _key(node.value) in names and _at_row(node.slice, plan):
         return _key(node.value)
     return None
+
+
+def _at_row(x: ast.expr, plan: LoopPlan) -> bool:
+    return is_name(x, plan.iteration.index) or _label(x, plan)
+
+
+def _label(x: ast.expr, plan: LoopPlan) -> bool:
+    return isinstance(x, ast.Name) and x.id in plan.number_labels
+
+
+def _int_labels(plan: LoopPlan) -> set[str]:
+    """Names the body binds once, at its top, to an int host number a call made (``c =
+    int(target[i])``, now ``target[i].long()``): a Python int in the original, read from the
+    data, an int64 tensor in the rewrite. Not the index, nor arithmetic on it."""
+    bound = [t.id for s in plan.body if isinstance(s, ast.Assign) for t in s.targets
+             if isinstance(t, ast.Name)]
+    return {s.targets[0].id for s in plan.body if isinstance(s, ast.Assign)
+            and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+            and bound.count(s.targets[0].id) == 1 and isinstance(s.value, ast.Call)
+            and ast_marks.get(s.value, ast_marks.HOST_NUMBER) == "int"} - {plan.iteration.index}
 
 
 def _signed(node: ast.expr) -> ast.expr:
@@ -206,17 +238,27 @@ def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext,
     index, names carried from the iteration before: ``acc + w[i]`` is a fold, which
     ``fold_accumulators`` reads) and no items (``target[i] * torch.log(pred[i])``, ``ests[s] -
     refs[t]``): those are likely tensors, whose expressions later passes fuse into losses."""
-    index = plan.iteration.index
     if type(node.op) not in _OPERATORS:
         return None
-    left, right = _item(node.left, index, names), _item(node.right, index, names)
+    left, right = _item(node.left, plan, names), _item(node.right, plan, names)
     other = node.right if left else node.left
-    if (left is None) == (right is None) or not depends(other, plan.variant, ctx) \
-            or loads(other) & excluded \
-            or any(isinstance(n, ast.Subscript) and depends(n.slice, plan.variant, ctx)
-                   for n in walk(other)):
+    if (left is None) == (right is None) or not depends(other, plan.variant, ctx):
+        return None
+    if _label(_signed(node.left if left else node.right).slice, plan):
+        # at a label: other items are fine (a tensor's), no host number nor the index as one
+        if ast_marks.get(other, ast_marks.HOST_NUMBER) or _outside_indices(other) & excluded:
+            return None
+    elif loads(other) & excluded or any(isinstance(n, ast.Subscript)
+                                        and depends(n.slice, plan.variant, ctx)
+                                        for n in walk(other)):
         return None
     return (left, True) if left else (right, False)
+
+
+def _outside_indices(x: ast.expr) -> set[str]:
+    """The names ``x`` reads other than in subscripts' indices (``p[i, c]`` reads ``p``)."""
+    inside = {n for sub in walk(x) if isinstance(sub, ast.Subscript) for n in walk(sub.slice)}
+    return {n.id for n in walk(x) if isinstance(n, ast.Name) and n not in inside}
 
 
 def _excluded(plan: LoopPlan) -> set[str]:

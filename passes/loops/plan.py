@@ -123,6 +123,7 @@ class LoopPlan:
     # (``number_list_operands``).
     number_lists: set[str] = field(default_factory=set)
     number_kinds: set[str] = field(default_factory=set)  # ... their kinds (never tensors)
+    number_labels: set[str] = field(default_factory=set)  # ... int labels they are read at
     # Names held as lists, tuples or dicts, never tensors (displays, parameters indexed by a
     # string); their reads gathered in front of the guard (``gather_keyed_reads``): the rows'
     # name -> the read.
@@ -131,6 +132,11 @@ class LoopPlan:
     # Views of all the windows a slice moving with the index reads (``moving_slices_to_windows``):
     # the view's name -> the slice as written.
     windows: dict[str, str] = field(default_factory=dict)
+    # Elements iterated over the int64 tensor of a numpy array's ints (``index_tuples_to_tensors``)
+    # -> the name of those ints as Python ints, which count the windows they pick.
+    item_ints: dict[str, str] = field(default_factory=dict)
+    # ... and the int64 tensor of them -> the array as written (the report names it)
+    arrays: dict[str, str] = field(default_factory=dict)
     # Generated names the effects go to in place of the user's values (a tensor written through
     # an attribute, ``attribute_writes_to_names``; a list filled at its front) -> as written.
     user_names: dict[str, str] = field(default_factory=dict)

@@ -32,7 +32,8 @@ whose ``if`` test says it is a list or tuple, or in the ``else`` of one that ask
 _loss in loss_value)``).
 
 A name ``number_list_operands`` bound to an attribute's list of numbers (``_weight =
-self.weight``) is stacked too. The guard's checks that attributes are tensors (``self.gamma[i]``
+self.weight``) is stacked too, and so is a list of numbers it reads at int labels
+(``ALPHA[c]``, ``c = int(target[i])``: ``plan.number_labels``), gathered there. The guard's checks that attributes are tensors (``self.gamma[i]``
 read otherwise, a module's configuration, often a tuple) come first, in the guard and in each
 stacking's test: when one fails, the loop runs as written without stacking the lists first.
 They read the attribute as ``getattr(self, 'gamma', None)``: also when the loop has no iterations,
@@ -92,15 +93,19 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     sources = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
     rows = {it.index} | {e for e, _ in it.elements if index_only(e, plan.node.body)}
+    # lists of numbers are gathered at int labels too (``number_list_operands``)
+    labelled = rows | plan.number_labels
     indexed = {n.value.id for s in plan.node.body for n in walk(s) if isinstance(n, ast.Subscript)
-               and isinstance(n.value, ast.Name) and _reads_row(n, rows)}
+               and isinstance(n.value, ast.Name)
+               and _reads_row(n, labelled if n.value.id in plan.number_lists else rows)}
     # names bound to attributes' lists of numbers, which the loop as written reads as attributes
     read_through = {n for n in plan.number_lists if n in plan.user_names}
     names = sorted((sources | indexed) & plan.list_names | read_through)
     first = _type_checks(plan, set(names))
     for name in names:
         elements = {e for e, src in it.elements if is_name(src, name)}
-        if name not in read_through and not _only_items_read(name, elements, plan.node.body, rows):
+        if name not in read_through and not _only_items_read(
+                name, elements, plan.node.body, labelled if name in plan.number_lists else rows):
             continue
         stacked = ctx.namer.new(f"{name}_stacked")
         made = stacked_template(ctx)

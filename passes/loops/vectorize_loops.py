@@ -113,7 +113,8 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
                number_list_operands,
-               rename_rebound_loop_variables, row_slices_to_params, runtime_checks,
+               rename_rebound_loop_variables, row_index_adds_to_writes, row_slices_to_params,
+               runtime_checks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                sorts_read_at_ends, stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
@@ -147,6 +148,8 @@ LOOP_STAGES: list = [
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
     data_attributes_to_detach,    # after inlining (a helper's `.data` too); vmap refuses `.data`
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
+    row_index_adds_to_writes,     # after merge_chained_indexing (`m[i][j]` is one row); before
+                                  # check_body, which refuses a method writing into an outer row
     attribute_writes_to_names,    # on the inlined body, before the stages that take written names
     gather_keyed_reads,           # on the inlined body, before the stages read its rows
     hoist_invariant_checks,       # before check_body, which refuses the checks left in the body
@@ -425,7 +428,7 @@ class _Vectorizer(Transformer):
             fp = fission.plan
             self.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
                 check, fp.stacked, fp.gathered, numbers=fp.number_lists, written=self.getattrs,
-                windows=fp.windows),
+                windows=fp.windows, arrays=fp.arrays),
                 fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
@@ -593,7 +596,8 @@ def _reported(vectorizer: "_Vectorizer", plan: LoopPlan, lineno: int, what: str)
     vectorizer.add_loop(lineno, True, _strategy(plan),
                         _why(plan, vectorizer.ctx) + what
                         + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
-                                     plan.number_lists, vectorizer.getattrs, plan.windows)
+                                     plan.number_lists, vectorizer.getattrs, plan.windows,
+                                     plan.arrays)
                         + plan.no_grad_reason, plan)
     return check
 
@@ -778,26 +782,29 @@ def _numbers(init: list[ast.stmt]) -> set[str]:
 def _runs_when(check: ast.expr, stacked: dict[str, str],
                gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
                numbers: set[str] = frozenset(), written: frozenset[str] = frozenset(),
-               windows: dict[str, str] | None = None) -> str:
+               windows: dict[str, str] | None = None,
+               arrays: dict[str, str] | None = None) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
     named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
     written through an attribute as the attribute, an attribute the rewrite reads with ``getattr``
     as the attribute (a ``getattr`` call of ``written``, the user's own, as written), the view
-    of moving slices (``windows``) as the slices."""
-    user_names = {**(user_names or {}), **(windows or {})}
+    of moving slices (``windows``) as the slices, the tensor of a numpy array's ints
+    (``arrays``) as the array."""
+    user_names = {**(user_names or {}), **(windows or {}), **(arrays or {})}
     shown = [unparse(attribute_writes_to_names.unguarded(x, written))
              for x in proven_tensors(check)]
     found = sorted({user_names.get(n, n) for n in shown})
     gathered = gathered or {}
     slices = [f"`{n}`" for n in found if n in (windows or {}).values()]
+    ints = [f"`{n}`" for n in found if n in (arrays or {}).values()]
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered
-             and f"`{n}`" not in slices]
+             and f"`{n}`" not in slices + ints]
     shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it
     lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
     number_lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] in numbers]
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
-    if not names and not lists and not reads and not number_lists and not slices:
+    if not names and not lists and not reads and not number_lists and not slices and not ints:
         return ""
     parts = []
     if names:
@@ -812,6 +819,9 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     if reads:
         parts.append(f"the items {', '.join(reads)} over the loop are tensors of one shape, dtype "
                      "and device (gathered and stacked)")
+    if ints:
+        arrays_are = "is a 1-D numpy array" if len(ints) == 1 else "are 1-D numpy arrays"
+        parts.append(f"{', '.join(ints)} {arrays_are} of ints (iterated as their int64 tensor)")
     if slices:
         parts.append(f"the slices {', '.join(slices)} lie inside their tensor in every iteration "
                      "(one view of them all)")
