@@ -138,6 +138,7 @@ def test_golden_lifted():
     ("for j in range(i + 1, n):", "for j in range(min(i + 1, n), n):"),  # a call of the index
     ("if t_i == t_j:", "if t_i == t_j:\n                pass\n            else:\n"
                        "                counter -= 0\n            if t_i == t_j:"),  # two statements
+    ("if t_i == t_j:", "if j < t_i:"),                       # no item of the inner iteration
 ])
 def test_other_nests_are_unchanged(change):
     src = LIFTED.split("\n\n\n")[1].replace(*change)

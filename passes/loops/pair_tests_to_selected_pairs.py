@@ -83,7 +83,8 @@ def rewrite(node: ast.For, live_after: set[str], ctx: PassContext) -> Pairs | No
         return None
     i, j = node.target.id, nest.inner.target.id
     if ({i, j} | set(nest.items)) & live_after or not _work_allowed(nest, i, j) \
-            or (loads(nest.test) - set(nest.items) - {i, j}) & stores_in(node.body):
+            or (loads(nest.test) - set(nest.items) - {i, j}) & stores_in(node.body) \
+            or not _reads_inner_item(nest, j, ctx):
         return None
     test = _vectorized_test(nest.test, nest.items, {i, j}, ctx)
     if test is None:
@@ -155,6 +156,16 @@ def _prefix(body: list[ast.stmt], indices: set[str],
         else:
             return reads, tests, body[k:]
     return reads, tests, []
+
+
+def _reads_inner_item(nest: _Nest, j: str, ctx: PassContext) -> bool:
+    """The test reads an item of the inner iteration (``t_j``, ``y[j]``): pairs of samples by
+    their labels. A test of positions alone (``if j < length_i``) masks a ragged batch, which
+    the masks of the loops' own forms cover at no gather."""
+    inner = {name for name, (_, k, _) in nest.items.items() if k == j}
+    return any(isinstance(n, ast.Name) and n.id in inner
+               or (found := _item_of(n, {j}, ctx)) is not None and found[1] == j
+               for n in walk(nest.test))
 
 
 def _range_loop(node: ast.For, ctx: PassContext) -> bool:
@@ -275,7 +286,9 @@ def _operand(node: ast.expr, items: dict, indices: set[str],
     item = _item_of(node, indices, ctx)  # read in the test itself
     if item is not None:
         return _read(item, ctx), _host_or_tensor(item[2])
-    if isinstance(node, ast.Constant) or all(
+    literal = isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords \
+        and isinstance(node.args[0], ast.Constant) and resolve_call(node.func, ctx) in _KINDS
+    if isinstance(node, ast.Constant) or literal or all(  # float("inf") is a number too
             isinstance(n, (ast.Name, ast.Attribute, ast.Load)) for n in walk(node)) \
             and not (loads(node) & (set(items) | indices)):
         return ast.Call(ast.Name(ctx.bind(pair_number, "pair_number"), ast.Load()),
