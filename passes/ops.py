@@ -20,9 +20,9 @@ from typing import Callable
 
 import torch
 
-from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
-               inplace_results, kl_div_terms, masked_divisors, number_operands, set_distances,
-               slice_bounds, stacked_views)
+from . import (bce_with_logits, class_index_targets, cosine_products, full_extremes,
+               gathered_nll_loss, grad_free, inplace_results, kl_div_terms, masked_divisors,
+               number_operands, set_distances, slice_bounds, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -339,8 +339,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
            batched="pointwise_loss", selection="pointwise_loss", total=True,
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
+    # functorch's composite takes an int32/bool target eager refuses
     OpSpec("cross_entropy", (_F + "cross_entropy",), batched="class_loss", selection="class_loss",
-           derivative="bounded"),
+           derivative="bounded", vmap_fn=class_index_targets.cross_entropy),
     # functorch's composite weights the whole input before picking the targets
     OpSpec("nll_loss", (_F + "nll_loss",), batched="class_loss", selection="class_loss",
            derivative="bounded", vmap_fn=gathered_nll_loss.nll_loss),
