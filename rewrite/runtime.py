@@ -899,7 +899,13 @@ class _Saved:
             if isinstance(obj, torch.Tensor):
                 values, size, stride, offset, grad_fn, version = state
                 if version is not None and obj._version == version:
-                    continue  # unchanged: a copy would bump the version autograd saved with it
+                    # Written without a version bump (batch_norm's kernel updates its running
+                    # statistics so), or unchanged: put back the same way, since a copy that
+                    # bumps the version breaks a backward that saved the tensor.
+                    if not torch.equal(obj, values):
+                        with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(obj):
+                            obj.copy_(values)
+                    continue
                 if obj.requires_grad and obj.grad_fn is not grad_fn:
                     return False
                 with torch.no_grad():
