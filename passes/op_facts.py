@@ -20,6 +20,9 @@ RANDOM = ops.fx_names(lambda s: s.effect == "random")
 UNINITIALIZED = ops.fx_names(lambda s: s.effect == "uninitialized")
 # Global state (grad mode, autocast, RNG seed, profiler): must run where it stands, every call.
 GLOBAL_STATE = ops.fx_names(lambda s: s.effect == "global_state")
+# Writes tensors without moving their version counters (batch_norm's running statistics, in
+# train mode; an eval-mode call reads them): a value cached by versions would be stale.
+UNVERSIONED = ops.fx_names(lambda s: s.effect == "unversioned")
 # torch.func transforms (vmap, grad, jvp) as Dynamo inlines them: level switches, and values
 # that exist only inside the transform (batched or grad-wrapped tensors). Nothing reading them
 # may move out of the transform.

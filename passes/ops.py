@@ -111,7 +111,9 @@ class OpSpec:
     sizes: tuple = ()
     # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
     # memory by strides): must run where it stands, every call and every iteration;
-    # "uninitialized": not cached (no effect).
+    # "uninitialized": not cached (no effect); "unversioned": writes tensors without moving their
+    # version counter (batch_norm's running statistics), so a cache keyed on versions does not
+    # see them change: not cached, and runs where it stands.
     effect: str | None = None
     # Host round trips on loop-varying values (host_roundtrips_to_tensor_ops): the tensor op
     # replacing one of argument/receiver ``e``, and which Python number the original produced.
@@ -428,6 +430,12 @@ REGISTRY: tuple[OpSpec, ...] = (
       for n in ("bernoulli", "normal", "uniform", "random", "exponential", "geometric", "cauchy",
                 "log_normal")),
     *_aten("empty", "empty_strided", "new_empty_strided", effect="uninitialized"),
+    # the kernel updates the running statistics in place in train mode, their version counters
+    # left as they were (an eval-mode call reads them: what a cache of it keys on never moves)
+    *_aten("batch_norm", "instance_norm", "native_batch_norm", "_native_batch_norm_legit",
+           "_native_batch_norm_legit_no_training", "_batch_norm_with_update",
+           "_batch_norm_no_update", "cudnn_batch_norm", "miopen_batch_norm",
+           effect="unversioned"),
     # Strides and offset count in the storage, not the view: on a row ``x[i]`` they address all
     # of ``x`` (a vectorized row is another view, at another offset).
     _t("as_strided", effect="storage"), _t("as_strided_scatter", effect="storage"),
