@@ -53,7 +53,8 @@ from passes.report import Fallback, FormChoice, LoopReport, Report
 from passes.tabulated_maps import with_index_ints
 
 from . import frontend, loop_choice
-from .backend import HoistingBackend, SecondOrderRefused, first_order_supported
+from .backend import (HoistingBackend, SecondOrderRefused, eager_first_order, first_order_only,
+                      first_order_supported)
 from .keep_faster import BAND, LOOP_FORMS, FormTrial, elements, size_band
 from .lint import warn as lint_warn
 from .loop_choice import aliases_kept, copied_state, module_state, shared_views
@@ -545,16 +546,19 @@ class OptimizedFunction:
         if self._compiled_fn is None:
             backend, mode = opts.backend, opts.mode
             # AOTAutograd's backward is not differentiable: a create_graph backward raises,
-            # decided when each graph compiles where the backend can tell, else on every call
-            first_order = opts.hoist and first_order_supported(backend)
+            # decided when each graph compiles where the backend can tell, else on every call;
+            # the eager backend's is, but for a graph holding an autograd.Function
+            refused = _second_order_refused(self._report.function)
+            first_order = opts.hoist and (first_order_supported(backend) or backend == "eager")
             if opts.hoist:  # Dynamo's graphs get the FX passes, then go to opts.backend
                 backend, mode = HoistingBackend(
                     backend, mode, opts.dynamic, self._report, self._dumper(),
-                    first_order=_second_order_refused(self._report.function) if first_order
-                    else None), None
+                    first_order=refused if first_order else None), None
+            elif backend == "eager":
+                backend, first_order = eager_first_order(refused), True
             compiled = torch.compile(rewritten, backend=backend, mode=mode, dynamic=opts.dynamic)
-            if opts.backend != "eager" and not first_order:
-                compiled = _first_order_only(compiled, self._report.function)
+            if not first_order:
+                compiled = first_order_only(compiled, refused)
             compiled._optimize_loss_eager = rewritten  # next step down if compiling fails
             self._compiled_fn = compiled
         return self._compiled_fn
@@ -835,26 +839,8 @@ def _transformed(rebuilt: Callable, transform: Callable[[ast.Module], ast.Module
 def _second_order_refused(name: str) -> str:
     return (f"optimize_loss: second-order gradients (backward with create_graph=True) "
             f"through the compiled {name} are not supported: torch.compile's backward is not "
-            f"differentiable. Use optimize_loss(..., compile=False) (or backend=\"eager\") "
-            f"for this loss.")
-
-
-def _first_order_only(compiled: Callable, name: str) -> Callable:
-    """``compiled``, whose outputs refuse a backward with ``create_graph=True``: AOTAutograd's
-    backward is not differentiable, so a second ``grad`` through it would be None (or raise only
-    for some losses). A hook on each output's grad_fn, on every call: for the backends whose
-    graphs refuse it themselves (``backend.first_order_supported``) it is not needed."""
-    def refuse_create_graph(grad_outputs: tuple) -> None:
-        if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
-            raise SecondOrderRefused(_second_order_refused(name))
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        out = compiled(*args, **kwargs)
-        for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                t.grad_fn.register_prehook(refuse_create_graph)
-        return out
-    return call
+            f"differentiable (with backend=\"eager\", that of an autograd.Function, the "
+            f"rewrite's or yours). Use optimize_loss(..., compile=False) for this loss.")
 
 
 class _Saved:
