@@ -7,6 +7,7 @@ call, so the registry errs on the side of listing too much.
 """
 from __future__ import annotations
 
+import importlib
 import operator
 from typing import Any
 
@@ -48,6 +49,17 @@ METADATA_ONLY = ops.fx_names(lambda s: s.metadata_only)
 METADATA_ATTRIBUTES = ops.METADATA_ATTRIBUTES
 # Ops whose result requires grad whatever their inputs (torch.func.grad marks its input so).
 CREATES_GRAD = ops.fx_names(lambda s: s.creates_grad)
+
+
+def _function(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+# The form a vmapped body calls instead of a torch function (the registry's ``vmap_fn``: eager's
+# gradients, errors and speed where functorch's batching rule differs), by the function object a
+# graph's ``call_function`` node holds.
+VMAP_FORMS = {_function(f): s.vmap_fn for s in ops.REGISTRY if s.vmap_fn for f in s.functions}
 
 
 def op_name(node: torch.fx.Node) -> str:
