@@ -495,9 +495,18 @@ class OptimizedFunction:
 
     def _beside(self, fn: Callable, args: tuple, kwargs: dict) -> tuple:
         """``outputs_and_gradients`` of a run beside the call (a check's), on clones of the
-        tensors, the arguments' state kept (``_state_kept``)."""
-        with self._state_kept(args, kwargs):
-            return outputs_and_gradients(fn, args, kwargs)
+        tensors, the arguments' state kept (``_state_kept``). The warnings the loss gives
+        (``F.mse_loss``'s broadcast warning, the user's own) are the call's to give, once: of
+        the run's, only the compiler's (compiling happens here, once) and fallbacks' are given again."""
+        with self._state_kept(args, kwargs), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return outputs_and_gradients(fn, args, kwargs)
+            finally:
+                caught = [w for w in caught if w.filename.startswith(_COMPILER_FILES)
+                          or issubclass(w.category, RewriteWarning)]
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
     @contextlib.contextmanager
     def _state_kept(self, args: tuple, kwargs: dict) -> Iterator[None]:
@@ -692,6 +701,12 @@ class OptimizedFunction:
 
 
 _EAGER = "the eager rewritten function"
+# Where the warnings of compiling come from: this package's runtime and backend, and torch's
+# compiler stack (not the loss's ops, whose warnings the call itself gives).
+_COMPILER_FILES = tuple(os.path.join(os.path.dirname(m.__file__), "") for m in (
+    importlib.import_module(n) for n in (
+        "rewrite.runtime", "torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx",
+        "torch._subclasses")))
 # What torch raises through a call on purpose, not a failure of the rewrite: a non-reentrant
 # checkpoint's recomputation stops (by default) once it has the tensors backward needs. Running
 # the original after it would recompute past that stop, which the checkpoint asserts against.

@@ -150,3 +150,29 @@ def test_running_statistics_the_checks_update_are_put_back(backend):
             torch.testing.assert_close(mine.bn.state_dict()[name], value, rtol=0, atol=0)
     torch.stack(pending).sum().backward()  # every graph saved the statistics of its call
     assert not fast.report.fallbacks
+
+
+def broadcast_rows(pred, target):
+    """Per-row L1 plus an MSE against a target of another shape, which F.mse_loss warns of."""
+    total = 0
+    for i in range(pred.shape[0]):
+        total = total + (pred[i] - target[i]).abs().sum()
+    warnings.warn("a warning of the loss itself")
+    return total + F.mse_loss(pred, target)
+
+
+@pytest.mark.parametrize("options", [dict(backend="eager"), dict(compile=False, verify=True)],
+                         ids=["compiled check", "verify"])
+def test_the_runs_beside_the_call_give_no_warnings_of_the_loss(options):
+    # the compiled-vs-eager check's two runs (verify's run of the original) gave the loss's
+    # warnings again: three times per new signature's first call under an "always" filter
+    fast = optimize_loss(broadcast_rows, keep_faster=False, **options)
+    for rows in (4, 4, 6):
+        pred, target = torch.randn(rows, 3, requires_grad=True), torch.randn(rows, 1)
+        counts = []
+        for fn in (broadcast_rows, fast):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fn(pred, target)
+            counts.append(sorted(str(w.message)[:40] for w in caught))
+        assert counts[1] == counts[0] and len(counts[0]) > 1
