@@ -10,7 +10,9 @@ target (``gather``), times its class weight, zero at ``ignore_index`` (a ``where
 product: eager skips those rows, whatever they hold), summed or averaged over the total weight
 of the rows kept, as eager does (NaN when every row is ignored). Calls it does not cover
 (legacy ``size_average``/``reduce``, a weight that takes a gradient, a weight of the wrong
-size, a non-``long`` target, mismatched shapes) go to ``F.nll_loss``, with its checks and errors.
+size, a non-``long`` target, mismatched shapes) go to ``F.nll_loss``, with its checks and errors,
+and a target of a dtype eager refuses raises eager's error (``class_index_targets``: a ``uint8``
+one is read as ``int64``), with or without a weight.
 A target out of range fails in the ``gather`` (a RuntimeError, not eager's IndexError: the
 runtime then runs the loop as written, which raises the original's).
 """
@@ -19,10 +21,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .class_index_targets import index_target
+
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
              reduction="mean"):
     """``F.nll_loss``; with a class weight, the target entries picked before weighting."""
+    target = index_target(target)  # functorch's form takes int32/bool targets, refuses uint8
     if weight is None or not _covered(input, target, weight, size_average, reduce, reduction):
         return F.nll_loss(input, target, weight, size_average, ignore_index, reduce, reduction)
     dim = 0 if input.dim() == 1 else 1

@@ -24,8 +24,10 @@ reason goes to ``node.meta[NOT_HOISTED_BECAUSE]``):
 
 * the graph changes a tensor in place anywhere: moving reads across the write could change what
   they see, so nothing is hoisted;
-* the op is random, reads uninitialised memory, changes global state or belongs to a torch.func
-  transform (``op_facts`` tables);
+* the op is random, reads uninitialised memory, changes global state, belongs to a torch.func
+  transform or reads running statistics its train-mode kernel writes without a version bump
+  (batch_norm in eval mode: a train-mode call in between goes unseen by the cache; ``op_facts``
+  tables);
 * the node has no users: it runs for its side effect (an assert, a grad-mode switch);
 * it is a ``get_attr`` of a module: a higher-order op's subgraph (an autograd.Function's
   forward and backward), code that stays with the op calling it (``core`` gets its own copy);
@@ -59,6 +61,8 @@ _REFUSED = (
     (op_facts.UNINITIALIZED, "uninitialised memory"),
     (op_facts.GLOBAL_STATE, "changes global state (grad mode, autocast, RNG)"),
     (op_facts.FUNCTORCH, "part of a torch.func transform (vmap, grad): only valid inside it"),
+    (op_facts.UNVERSIONED, "reads or writes running statistics, which batch_norm's kernel "
+                           "updates without moving the version counter the cache keys on"),
 )
 
 

@@ -7,6 +7,7 @@ call, so the registry errs on the side of listing too much.
 """
 from __future__ import annotations
 
+import importlib
 import operator
 from typing import Any
 
@@ -20,6 +21,9 @@ RANDOM = ops.fx_names(lambda s: s.effect == "random")
 UNINITIALIZED = ops.fx_names(lambda s: s.effect == "uninitialized")
 # Global state (grad mode, autocast, RNG seed, profiler): must run where it stands, every call.
 GLOBAL_STATE = ops.fx_names(lambda s: s.effect == "global_state")
+# Writes tensors without moving their version counters (batch_norm's running statistics, in
+# train mode; an eval-mode call reads them): a value cached by versions would be stale.
+UNVERSIONED = ops.fx_names(lambda s: s.effect == "unversioned")
 # torch.func transforms (vmap, grad, jvp) as Dynamo inlines them: level switches, and values
 # that exist only inside the transform (batched or grad-wrapped tensors). Nothing reading them
 # may move out of the transform.
@@ -45,6 +49,17 @@ METADATA_ONLY = ops.fx_names(lambda s: s.metadata_only)
 METADATA_ATTRIBUTES = ops.METADATA_ATTRIBUTES
 # Ops whose result requires grad whatever their inputs (torch.func.grad marks its input so).
 CREATES_GRAD = ops.fx_names(lambda s: s.creates_grad)
+
+
+def _function(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+# The form a vmapped body calls instead of a torch function (the registry's ``vmap_fn``: eager's
+# gradients, errors and speed where functorch's batching rule differs), by the function object a
+# graph's ``call_function`` node holds.
+VMAP_FORMS = {_function(f): s.vmap_fn for s in ops.REGISTRY if s.vmap_fn for f in s.functions}
 
 
 def op_name(node: torch.fx.Node) -> str:

@@ -20,9 +20,9 @@ from typing import Callable
 
 import torch
 
-from . import (bce_with_logits, cosine_products, full_extremes, gathered_nll_loss, grad_free,
-               inplace_results, kl_div_terms, masked_divisors, number_operands, set_distances,
-               slice_bounds, stacked_views, tensor_copies)
+from . import (bce_with_logits, class_index_targets, cosine_products, full_extremes,
+               gathered_nll_loss, grad_free, inplace_results, kl_div_terms, masked_divisors,
+               number_operands, set_distances, slice_bounds, stacked_views, tensor_copies)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -111,7 +111,9 @@ class OpSpec:
     sizes: tuple = ()
     # "random", "io", "mutates", "global_state", "functorch", "autograd", "storage" (reads
     # memory by strides): must run where it stands, every call and every iteration;
-    # "uninitialized": not cached (no effect).
+    # "uninitialized": not cached (no effect); "unversioned": writes tensors without moving their
+    # version counter (batch_norm's running statistics), so a cache keyed on versions does not
+    # see them change: not cached, and runs where it stands.
     effect: str | None = None
     # Host round trips on loop-varying values (host_roundtrips_to_tensor_ops): the tensor op
     # replacing one of argument/receiver ``e``, and which Python number the original produced.
@@ -339,8 +341,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     OpSpec("binary_cross_entropy_with_logits", (_F + "binary_cross_entropy_with_logits",),
            batched="pointwise_loss", selection="pointwise_loss", total=True,
            vmap_fn=bce_with_logits.binary_cross_entropy_with_logits),
+    # functorch's composite takes an int32/bool target eager refuses
     OpSpec("cross_entropy", (_F + "cross_entropy",), batched="class_loss", selection="class_loss",
-           derivative="bounded"),
+           derivative="bounded", vmap_fn=class_index_targets.cross_entropy),
     # functorch's composite weights the whole input before picking the targets
     OpSpec("nll_loss", (_F + "nll_loss",), batched="class_loss", selection="class_loss",
            derivative="bounded", vmap_fn=gathered_nll_loss.nll_loss),
@@ -430,6 +433,12 @@ REGISTRY: tuple[OpSpec, ...] = (
       for n in ("bernoulli", "normal", "uniform", "random", "exponential", "geometric", "cauchy",
                 "log_normal")),
     *_aten("empty", "empty_strided", "new_empty_strided", effect="uninitialized"),
+    # the kernel updates the running statistics in place in train mode, their version counters
+    # left as they were (an eval-mode call reads them: what a cache of it keys on never moves)
+    *_aten("batch_norm", "instance_norm", "native_batch_norm", "_native_batch_norm_legit",
+           "_native_batch_norm_legit_no_training", "_batch_norm_with_update",
+           "_batch_norm_no_update", "cudnn_batch_norm", "miopen_batch_norm",
+           effect="unversioned"),
     # Strides and offset count in the storage, not the view: on a row ``x[i]`` they address all
     # of ``x`` (a vectorized row is another view, at another offset).
     _t("as_strided", effect="storage"), _t("as_strided_scatter", effect="storage"),

@@ -46,7 +46,9 @@ than ``MIN_COPIES`` copies; copies that differ in anything else (the op, a const
 the order of their nodes; also nested loops where both indices change), which the reason names
 with the node; an index that does not count up from 0 or more, a compared number without a
 fixed step; a chain that adds some copies and subtracts others; a copy with a
-random, in-place, global-state or torch.func op (``op_facts`` tables) or a full
+random, in-place, global-state or torch.func op (``op_facts`` tables), a call whose vmap form
+(below) raises on the copy's values (eager's error functorch's batching rule would not raise:
+an int32 class target), or a full
 ``max()``/``min()``/``median()`` (vmap's batched form gives the gradient at ties to one element,
 ``pred[i].max()`` splits it among them), a copy's value read outside the combination, and an add
 chain that starts by writing into a tensor made before it (``loss = torch.zeros(()); loss +=
@@ -55,12 +57,17 @@ sum only the chain reads. A running ``torch.maximum`` is no combination here: it
 ties halves at every step of the chain, where ``amax`` would split it evenly. A graph without
 any candidate loop gets ``NO_LOOP`` in ``gm.meta[NOT_REROLLED_BECAUSE]``.
 
+The body calls the registry's ``vmap_fn`` of an op that has one (``op_facts.VMAP_FORMS``:
+eager's gradient of ``binary_cross_entropy_with_logits`` at an infinite logit, eager's errors
+for a class target's dtype), as a vectorized loop's body does.
+
 The replacement node records what it re-rolled in ``node.meta[REROLLED]``. Dynamo's fake
 ``example_value`` of the new nodes is computed under the graph's fake mode, so later passes see
 tensors as before. ``modified`` is True when a loop was re-rolled.
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -447,6 +454,8 @@ def _check(loop: Loop) -> None:
                       "not split it among them")
         if reason is None and op_facts.is_mutating(node):
             reason = "an in-place op: under vmap it would write into one batch, not N tensors"
+        if reason is None and node.op == "call_function" and node.target in op_facts.VMAP_FORMS:
+            reason = _raising_form(node)
         if reason:
             raise _Mismatch(f"{node.name} ({_where(node)}) is {reason}")
     shared = next((v for v in loop.outputs if len(v.users) != 1), None)
@@ -511,6 +520,21 @@ def _index(node: torch.fx.Node, path: tuple, ks: list[int]) -> _Index:
     rest = index[:p] + index[p + 1:]
     plain = all(isinstance(x, slice) and x == slice(None) for x in rest)
     return _Index(sum(x is not None for x in index[:p]), start, step, None if plain else rest)
+
+
+def _raising_form(node: torch.fx.Node) -> str | None:
+    """Why the body may not call ``node``'s vmap form (``op_facts.VMAP_FORMS``): it raises on
+    the copy's own values, where the op raises too (an int32 class target) but functorch's
+    batching rule would return a value; None when it runs."""
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), _value)
+    mode = next((v.fake_mode for v in map(_value, node.all_input_nodes)
+                 if hasattr(v, "fake_mode")), None)
+    try:
+        with mode if mode is not None else contextlib.nullcontext():
+            op_facts.VMAP_FORMS[node.target](*args, **kwargs)
+    except Exception as exc:  # the op's own error, which the graph as traced raises
+        return f"a call that raises on its values ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _value(node: Any) -> Any:
@@ -597,6 +621,8 @@ def _body(gm: torch.fx.GraphModule, loop: Loop) -> tuple[torch.fx.GraphModule, l
             env[node] = graph.node_copy(node, env.__getitem__)
             if node in batched:  # a comparison: its number comes batched
                 env[node].update_arg(loop.indices[node].slot, batched[node])
+            if node.op == "call_function" and node.target in op_facts.VMAP_FORMS:
+                env[node].target = op_facts.VMAP_FORMS[node.target]  # eager's, under vmap
     graph.output(env[loop.outputs[0]])
     return torch.fx.GraphModule(gm, graph, class_name="RerolledBody"), externals
 

@@ -45,6 +45,7 @@ import warnings
 from typing import Any, Callable
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from torch._functorch._aot_autograd import runtime_wrappers
 
@@ -71,8 +72,10 @@ _NO_MISSED_LOOP = (reroll_unrolled_loops.NO_LOOP, reroll_unrolled_loops.TOO_FEW)
 # ``autograd.Function`` (``first_order_functions`` makes it refuse a create_graph backward).
 AOT_BACKENDS = frozenset({"inductor", "aot_eager", "aot_eager_decomp_partition"})
 # What builds that Function's class (None in a torch without it: then the decorator hooks
-# every call's outputs instead, ``rewrite.runtime._first_order_only``).
+# every call's outputs instead, ``first_order_only``).
 _FUNCTION_FACTORY = getattr(runtime_wrappers, "_AOTDispatchAutogradFunctionFactory", None)
+# How Dynamo's graphs call an ``autograd.Function`` (``holds_autograd_function``).
+_AUTOGRAD_FUNCTION_APPLY = torch.ops.higher_order.autograd_function_apply
 
 
 class HoistingBackend:
@@ -83,9 +86,10 @@ class HoistingBackend:
     graph with ``backend`` instead of raising. With ``explain`` (the backend a user picked, not
     the decorator's), every graph gets a note on its loops, re-rolled or why not, even one
     without a loop, and each new "not re-rolled" note is logged once per process. With
-    ``first_order`` (a message; ``backend`` one of ``AOT_BACKENDS``), a backward with
-    ``create_graph=True`` through a compiled graph raises SecondOrderRefused(first_order)
-    (``first_order_functions``)."""
+    ``first_order`` (a message), a backward with ``create_graph=True`` through a compiled graph
+    raises SecondOrderRefused(first_order): with ``backend`` one of ``AOT_BACKENDS`` through
+    every graph (``first_order_functions``), with another through a graph holding an
+    ``autograd.Function`` (``holds_autograd_function``)."""
 
     def __init__(self, backend: str | Callable = "inductor", mode: str | None = None,
                  dynamic: bool | None = None, report: Report | None = None,
@@ -103,6 +107,10 @@ class HoistingBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
         if self.first_order is None:
             return self._compile_or_fall_back(gm, example_inputs, **kwargs)
+        if not first_order_supported(self.backend):
+            held = holds_autograd_function(gm)  # before the passes split the graph
+            compiled = self._compile_or_fall_back(gm, example_inputs, **kwargs)
+            return first_order_only(compiled, self.first_order) if held else compiled
         with first_order_functions(self.first_order):
             return self._compile_or_fall_back(gm, example_inputs, **kwargs)
 
@@ -212,6 +220,42 @@ def first_order_supported(backend: str | Callable) -> bool:
     """``HoistingBackend(backend, first_order=...)`` refuses every create_graph backward through
     what it compiles (this torch builds AOTAutograd's Functions where it can be told)."""
     return _FUNCTION_FACTORY is not None and isinstance(backend, str) and backend in AOT_BACKENDS
+
+
+def holds_autograd_function(gm: torch.fx.GraphModule) -> bool:
+    """Whether ``gm`` calls an ``autograd.Function`` (the rewrite's ``set_distances``,
+    ``loop_products``, ..., or the user's): Dynamo's form of it (``autograd_function_apply``)
+    saves what its forward computed detached, so a backward with ``create_graph=True`` gives no
+    second derivative through it, without a word, even with the eager backend."""
+    return any(n.op == "call_function" and n.target is _AUTOGRAD_FUNCTION_APPLY
+               for m in gm.modules() if isinstance(m, torch.fx.GraphModule)
+               for n in m.graph.nodes)
+
+
+def first_order_only(compiled: Callable, message: str) -> Callable:
+    """``compiled``, whose outputs refuse a backward with ``create_graph=True``
+    (SecondOrderRefused(message)): a hook on each output's grad_fn, on every call."""
+    def refuse_create_graph(grad_outputs: tuple) -> None:
+        if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
+            raise SecondOrderRefused(message)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = compiled(*args, **kwargs)
+        for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                t.grad_fn.register_prehook(refuse_create_graph)
+        return out
+    return call
+
+
+def eager_first_order(message: str) -> Callable:
+    """The ``"eager"`` backend, whose graphs holding an ``autograd.Function`` refuse a
+    create_graph backward (``holds_autograd_function``): for ``hoist=False``, which has no
+    ``HoistingBackend``."""
+    def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
+        compiled = _inner("eager", None, None)(gm, example_inputs, **kwargs)
+        return first_order_only(compiled, message) if holds_autograd_function(gm) else compiled
+    return compile_graph
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+from passes.optimize_called_helpers import module_forward
 from passes.report import Report
 from .runtime import OptimizedFunction, Options
 
@@ -71,12 +72,20 @@ class OptimizedModule(torch.nn.Module):
         call = type(module).__call__
         forward = type(module).forward if call is torch.nn.Module.__call__ else call
         self._forward = forward if isinstance(forward, OptimizedFunction) else OptimizedFunction(forward, options)
+        # ``forward`` as ``nn.Module.__call__`` would run it (None for a class's own __call__)
+        self._class_forward = forward if call is torch.nn.Module.__call__ else None
 
     @property
     def report(self) -> Report:
         return self._forward.report
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # Calling the module would run more than its class's forward (its or every module's
+        # hooks, a forward set on the object, its own compile): the module runs, as called,
+        # with its original forward. Its hooks were skipped, a forward hook's result lost.
+        if self._class_forward is not None:
+            return module_forward(self.module, self._class_forward,
+                                  self._forward)(*args, **kwargs)
         return self._forward(self.module, *args, **kwargs)
 
 

@@ -53,7 +53,8 @@ from passes.report import Fallback, FormChoice, LoopReport, Report
 from passes.tabulated_maps import with_index_ints
 
 from . import frontend, loop_choice
-from .backend import HoistingBackend, SecondOrderRefused, first_order_supported
+from .backend import (HoistingBackend, SecondOrderRefused, eager_first_order, first_order_only,
+                      first_order_supported)
 from .keep_faster import BAND, LOOP_FORMS, FormTrial, elements, size_band
 from .lint import warn as lint_warn
 from .loop_choice import aliases_kept, copied_state, module_state, shared_views
@@ -494,9 +495,18 @@ class OptimizedFunction:
 
     def _beside(self, fn: Callable, args: tuple, kwargs: dict) -> tuple:
         """``outputs_and_gradients`` of a run beside the call (a check's), on clones of the
-        tensors, the arguments' state kept (``_state_kept``)."""
-        with self._state_kept(args, kwargs):
-            return outputs_and_gradients(fn, args, kwargs)
+        tensors, the arguments' state kept (``_state_kept``). The warnings the loss gives
+        (``F.mse_loss``'s broadcast warning, the user's own) are the call's to give, once: of
+        the run's, only the compiler's (compiling happens here, once) and fallbacks' are given again."""
+        with self._state_kept(args, kwargs), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return outputs_and_gradients(fn, args, kwargs)
+            finally:
+                caught = [w for w in caught if w.filename.startswith(_COMPILER_FILES)
+                          or issubclass(w.category, RewriteWarning)]
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
     @contextlib.contextmanager
     def _state_kept(self, args: tuple, kwargs: dict) -> Iterator[None]:
@@ -545,16 +555,19 @@ class OptimizedFunction:
         if self._compiled_fn is None:
             backend, mode = opts.backend, opts.mode
             # AOTAutograd's backward is not differentiable: a create_graph backward raises,
-            # decided when each graph compiles where the backend can tell, else on every call
-            first_order = opts.hoist and first_order_supported(backend)
+            # decided when each graph compiles where the backend can tell, else on every call;
+            # the eager backend's is, but for a graph holding an autograd.Function
+            refused = _second_order_refused(self._report.function)
+            first_order = opts.hoist and (first_order_supported(backend) or backend == "eager")
             if opts.hoist:  # Dynamo's graphs get the FX passes, then go to opts.backend
                 backend, mode = HoistingBackend(
                     backend, mode, opts.dynamic, self._report, self._dumper(),
-                    first_order=_second_order_refused(self._report.function) if first_order
-                    else None), None
+                    first_order=refused if first_order else None), None
+            elif backend == "eager":
+                backend, first_order = eager_first_order(refused), True
             compiled = torch.compile(rewritten, backend=backend, mode=mode, dynamic=opts.dynamic)
-            if opts.backend != "eager" and not first_order:
-                compiled = _first_order_only(compiled, self._report.function)
+            if not first_order:
+                compiled = first_order_only(compiled, refused)
             compiled._optimize_loss_eager = rewritten  # next step down if compiling fails
             self._compiled_fn = compiled
         return self._compiled_fn
@@ -688,6 +701,12 @@ class OptimizedFunction:
 
 
 _EAGER = "the eager rewritten function"
+# Where the warnings of compiling come from: this package's runtime and backend, and torch's
+# compiler stack (not the loss's ops, whose warnings the call itself gives).
+_COMPILER_FILES = tuple(os.path.join(os.path.dirname(m.__file__), "") for m in (
+    importlib.import_module(n) for n in (
+        "rewrite.runtime", "torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx",
+        "torch._subclasses")))
 # What torch raises through a call on purpose, not a failure of the rewrite: a non-reentrant
 # checkpoint's recomputation stops (by default) once it has the tensors backward needs. Running
 # the original after it would recompute past that stop, which the checkpoint asserts against.
@@ -835,26 +854,8 @@ def _transformed(rebuilt: Callable, transform: Callable[[ast.Module], ast.Module
 def _second_order_refused(name: str) -> str:
     return (f"optimize_loss: second-order gradients (backward with create_graph=True) "
             f"through the compiled {name} are not supported: torch.compile's backward is not "
-            f"differentiable. Use optimize_loss(..., compile=False) (or backend=\"eager\") "
-            f"for this loss.")
-
-
-def _first_order_only(compiled: Callable, name: str) -> Callable:
-    """``compiled``, whose outputs refuse a backward with ``create_graph=True``: AOTAutograd's
-    backward is not differentiable, so a second ``grad`` through it would be None (or raise only
-    for some losses). A hook on each output's grad_fn, on every call: for the backends whose
-    graphs refuse it themselves (``backend.first_order_supported``) it is not needed."""
-    def refuse_create_graph(grad_outputs: tuple) -> None:
-        if torch.is_grad_enabled():  # the engine runs a create_graph=True backward in grad mode
-            raise SecondOrderRefused(_second_order_refused(name))
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        out = compiled(*args, **kwargs)
-        for t in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                t.grad_fn.register_prehook(refuse_create_graph)
-        return out
-    return call
+            f"differentiable (with backend=\"eager\", that of an autograd.Function, the "
+            f"rewrite's or yours). Use optimize_loss(..., compile=False) for this loss.")
 
 
 class _Saved:
@@ -899,7 +900,13 @@ class _Saved:
             if isinstance(obj, torch.Tensor):
                 values, size, stride, offset, grad_fn, version = state
                 if version is not None and obj._version == version:
-                    continue  # unchanged: a copy would bump the version autograd saved with it
+                    # Written without a version bump (batch_norm's kernel updates its running
+                    # statistics so), or unchanged: put back the same way, since a copy that
+                    # bumps the version breaks a backward that saved the tensor.
+                    if not torch.equal(obj, values):
+                        with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(obj):
+                            obj.copy_(values)
+                    continue
                 if obj.requires_grad and obj.grad_fn is not grad_fn:
                     return False
                 with torch.no_grad():

@@ -130,3 +130,49 @@ def test_a_submodule_the_rewrite_ran_before_failing_is_put_back(dtype):
         assert type(errors[0]) is type(errors[1])
         for name, want in theirs.bn.state_dict().items():
             torch.testing.assert_close(mine.bn.state_dict()[name], want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_running_statistics_the_checks_update_are_put_back(backend):
+    # batch_norm's kernel writes its running statistics without moving their version counter:
+    # a put-back that trusted the counter left the compiled-vs-eager check's updates in, three
+    # updates in a new signature's first call (two with aot_eager). They are put back without
+    # moving it either: the backward of an earlier call's graph, which saved them, still runs.
+    mine, theirs = Whitened(), Whitened()
+    fast = optimize_loss(mine, backend=backend)
+    pending = []
+    for rows in (8, 8, 5, 12):
+        z1, z2 = torch.randn(rows, 6, requires_grad=True), torch.randn(rows, 6)
+        got, want = fast(z1, z2), theirs(z1, z2)
+        torch.testing.assert_close(got, want)
+        pending.append(got)
+        for name, value in theirs.bn.state_dict().items():
+            torch.testing.assert_close(mine.bn.state_dict()[name], value, rtol=0, atol=0)
+    torch.stack(pending).sum().backward()  # every graph saved the statistics of its call
+    assert not fast.report.fallbacks
+
+
+def broadcast_rows(pred, target):
+    """Per-row L1 plus an MSE against a target of another shape, which F.mse_loss warns of."""
+    total = 0
+    for i in range(pred.shape[0]):
+        total = total + (pred[i] - target[i]).abs().sum()
+    warnings.warn("a warning of the loss itself")
+    return total + F.mse_loss(pred, target)
+
+
+@pytest.mark.parametrize("options", [dict(backend="eager"), dict(compile=False, verify=True)],
+                         ids=["compiled check", "verify"])
+def test_the_runs_beside_the_call_give_no_warnings_of_the_loss(options):
+    # the compiled-vs-eager check's two runs (verify's run of the original) gave the loss's
+    # warnings again: three times per new signature's first call under an "always" filter
+    fast = optimize_loss(broadcast_rows, keep_faster=False, **options)
+    for rows in (4, 4, 6):
+        pred, target = torch.randn(rows, 3, requires_grad=True), torch.randn(rows, 1)
+        counts = []
+        for fn in (broadcast_rows, fast):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fn(pred, target)
+            counts.append(sorted(str(w.message)[:40] for w in caught))
+        assert counts[1] == counts[0] and len(counts[0]) > 1

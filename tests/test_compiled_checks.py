@@ -36,6 +36,12 @@ def penalty(critic, x):
         total = total + (g[i].norm() - 1) ** 2
     return total / g.shape[0]
 
+def nearest(points, refs):
+    total = 0
+    for p in points:
+        total = total + ((p - refs) ** 2).sum(-1).min()
+    return total
+
 def with_prediction(pred, target):
     total = 0
     for i in range(pred.shape[0]):
@@ -115,6 +121,24 @@ def test_second_order_gradients_are_right_or_refused(user, name, dtype):
         second_order(optimize_loss(original, backend="aot_eager"))
     # First-order gradients through the compiled function are unaffected.
     assert_equivalent(original, optimize_loss(original, backend="aot_eager"), pred, target)
+
+
+@pytest.mark.parametrize("hoist", [True, False])
+def test_eager_backend_second_order_gradients_are_right_or_refused(user, hoist):
+    # The rewrite of `nearest` calls an autograd.Function (`set_distances`); Dynamo's form of it
+    # saves its forward's values detached: with backend="eager" the first-order gradient came
+    # back without a graph, and a penalty on it was a constant (no second-order gradient, no
+    # error). A graph holding one refuses now; one without keeps eager's second order.
+    points, refs = _inputs(torch.float64, rows=5)
+    fn = optimize_loss(user.nearest, backend="eager", hoist=hoist, keep_faster=False)
+    assert_equivalent(user.nearest, fn, points, refs)
+    for _ in range(2):  # the checked first call and a steady one
+        with pytest.raises(RuntimeError, match=r"create_graph=True.*compile=False"):
+            torch.autograd.grad(fn(points, refs), points, create_graph=True)
+    pred, target = _inputs(torch.float64)
+    fn = optimize_loss(user.cubed, backend="eager", hoist=hoist, keep_faster=False)
+    g, = torch.autograd.grad(fn(pred, target), pred, create_graph=True)
+    torch.testing.assert_close(torch.autograd.grad(g.sum(), pred)[0], 6 * (pred - target))
 
 
 @pytest.mark.parametrize("backend", ["inductor", "aot_eager"])

@@ -206,6 +206,23 @@ def test_module_instance(user):
     assert "Plain.forward" in str(opt.report)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_module_instance_runs_the_hooks_of_the_module(user, compiled):
+    # the optimized module called the rewritten forward directly: hooks registered on the
+    # module were skipped without a word (a forward hook's changed result lost)
+    module = user.Plain()
+    opt = optimize_loss(module, **({"backend": "eager"} if compiled else {"compile": False}))
+    pred, target = _inputs()
+    seen = []
+    pre = module.register_forward_pre_hook(lambda m, args: seen.append("pre"))
+    post = module.register_forward_hook(lambda m, args, out: out * 3)
+    assert torch.allclose(opt(pred, target), module(pred, target))
+    assert seen == ["pre", "pre"]
+    pre.remove(), post.remove()
+    assert torch.allclose(opt(pred, target) * 3, module(pred, target) * 3)
+    assert seen == ["pre", "pre"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_module_defining_call(user, dtype):
     """A module class that defines ``__call__`` and no ``forward`` (timm's losses): calling it runs

@@ -3,6 +3,8 @@ loops that must stay unrolled, and why), equivalence of values and every gradien
 ``rewrite.backend(inner="aot_eager")``, and pass invariants."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -179,6 +181,53 @@ def test_ties_nan_and_inf_keep_values_and_gradients():
     assert rerolled(loss, pred, target)[1] == 3
     compiled = torch.compile(loss, backend=backend(inner="aot_eager"))
     assert_equivalent(loss, compiled, pred, target)
+
+
+def per_row_bce(logits, target):
+    total = 0
+    for i in range(logits.shape[0]):
+        total = total + F.binary_cross_entropy_with_logits(logits[i], target[i])
+    return total
+
+
+def per_row_ce(logits, labels):
+    total = 0
+    for i in range(logits.shape[0]):
+        total = total + F.cross_entropy(logits[i], labels[i])
+    return total
+
+
+def test_the_body_calls_the_registrys_vmap_forms():
+    # functorch's binary_cross_entropy_with_logits has a NaN gradient at an infinite logit,
+    # where eager's is finite: the re-rolled body calls bce_with_logits, as a vectorized body does
+    logits = torch.randn(6, 5, dtype=torch.float64)
+    logits[1, 2], logits[2, 0] = float("inf"), -float("inf")
+    target = torch.rand(6, 5, dtype=torch.float64)
+    gm = rerolled(per_row_bce, logits, target)[2]
+    assert any(REROLLED in n.meta for n in gm.graph.nodes)
+    compiled = torch.compile(per_row_bce, backend=backend(inner="aot_eager"))
+    assert_equivalent(per_row_bce, compiled, logits.requires_grad_(), target)
+
+
+def test_a_class_target_eager_refuses_keeps_the_copies_and_their_error():
+    # functorch's cross_entropy takes an int32 target eager refuses: re-rolled, the compiled
+    # loss returned a value where the loop raises (and the pass failing on it cost a warning)
+    logits, labels = torch.randn(6, 4, 5), torch.randint(0, 5, (6, 4), dtype=torch.int32)
+    graphs = []
+    with pytest.raises(RuntimeError):  # the graph as traced raises when it runs
+        torch.compile(per_row_ce, backend=lambda gm, _: graphs.append(gm) or gm.forward)(
+            logits, labels)
+    assert not reroll_unrolled_loops.run(graphs[0]).modified
+    assert any("raises on its values" in n.meta.get(NOT_REROLLED_BECAUSE, "")
+               for n in graphs[0].graph.nodes)
+    with pytest.raises(RuntimeError) as want:
+        per_row_ce(logits, labels)
+    compiled = torch.compile(per_row_ce, backend=backend(inner="eager"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError) as got:
+            compiled(logits, labels)
+    assert str(got.value) == str(want.value)
 
 
 # -- loops that must stay unrolled -------------------------------------------------------------
