@@ -1003,7 +1003,10 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
         return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
     if isinstance(expr, ast.Call):
-        return call_op(expr, ctx).boolean
+        op = call_op(expr, ctx)
+        given = operands(expr, ctx)
+        return op.boolean or op.dtype_of is not None and op.dtype_of < len(given) \
+            and is_boolean(given[op.dtype_of], boolean, ctx)
     return False
 
 

@@ -124,7 +124,7 @@ from ..errors import Unsupported
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, is_pure, replace, root_name, unparse,
                         walk)
-from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, makes_boolean,
+from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, makes_boolean, operands,
                             method_name, stores, write_entries)
 from .batch_values import literal
 from .plan import LoopPlan
@@ -925,7 +925,10 @@ def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
     if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
         return _strict(m.left, names, ctx) and _strict(m.right, names, ctx)
     if isinstance(m, ast.Call):
-        return (call_op(m, ctx).boolean or makes_boolean(m, ctx)) and _pure(m, ctx)
+        op, given = call_op(m, ctx), operands(m, ctx)
+        of_mask = op.dtype_of is not None and op.dtype_of < len(given) \
+            and _strict(given[op.dtype_of], names, ctx)  # ``(t >= t[i]).squeeze()``
+        return (op.boolean or of_mask or makes_boolean(m, ctx)) and _pure(m, ctx)
     return False
 
 def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
