@@ -424,7 +424,7 @@ class _Vectorizer(Transformer):
             fp = fission.plan
             self.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
                 check, fp.stacked, fp.gathered, numbers=fp.number_lists, written=self.getattrs,
-                windows=fp.windows),
+                windows=fp.windows, ints=fp.index_lists),
                 fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
@@ -592,7 +592,8 @@ def _reported(vectorizer: "_Vectorizer", plan: LoopPlan, lineno: int, what: str)
     vectorizer.add_loop(lineno, True, _strategy(plan),
                         _why(plan, vectorizer.ctx) + what
                         + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
-                                     plan.number_lists, vectorizer.getattrs, plan.windows)
+                                     plan.number_lists, vectorizer.getattrs, plan.windows,
+                                     plan.index_lists)
                         + plan.no_grad_reason, plan)
     return check
 
@@ -738,10 +739,11 @@ def _numbers(init: list[ast.stmt]) -> set[str]:
 def _runs_when(check: ast.expr, stacked: dict[str, str],
                gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
                numbers: set[str] = frozenset(), written: frozenset[str] = frozenset(),
-               windows: dict[str, str] | None = None) -> str:
+               windows: dict[str, str] | None = None, ints: set[str] = frozenset()) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
-    named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
+    named as the user's list (``numbers``: lists that may hold Python numbers too, ``ints``:
+    Python ints), a tensor
     written through an attribute as the attribute, an attribute the rewrite reads with ``getattr``
     as the attribute (a ``getattr`` call of ``written``, the user's own, as written), the view
     of moving slices (``windows``) as the slices."""
@@ -754,10 +756,14 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered
              and f"`{n}`" not in slices]
     shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it
-    lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
+    lists = [f"`{shown[n]}`" for n in found if n in stacked
+             and stacked[n] not in numbers and stacked[n] not in ints]
     number_lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] in numbers]
+    int_lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] in ints
+                 and stacked[n] not in numbers]
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
-    if not names and not lists and not reads and not number_lists and not slices:
+    if not names and not lists and not reads and not number_lists and not int_lists \
+            and not slices:
         return ""
     parts = []
     if names:
@@ -769,6 +775,10 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
         parts.append(f"{', '.join(number_lists)} {'is' if len(number_lists) == 1 else 'are'} a "
                      "tensor, or a list or tuple of tensors of one shape, dtype and device or of "
                      "Python numbers all int or all float (stacked)")
+    if int_lists:
+        parts.append(f"{', '.join(int_lists)} {'is' if len(int_lists) == 1 else 'are'} a tensor, "
+                     "or a list or tuple of tensors of one shape, dtype and device or of Python "
+                     "ints (stacked)")
     if reads:
         parts.append(f"the items {', '.join(reads)} over the loop are tensors of one shape, dtype "
                      "and device (gathered and stacked)")
