@@ -27,8 +27,15 @@ in front of the guard (``_weight = self.weight``), which is then such a list; th
 written still reads the attribute, and the report names it.
 
 A list zipped with the loop's other lists (``for out, w in zip(outs, weights)``, FlowNet's
-level weights) has its element read as the item at the loop index when every read of it is
-such an operand, none with another element (``_elements_read_as_items``).
+level weights), or enumerated (``for i, q in enumerate(self.quantiles)``, a pinball loss's
+quantiles: an attribute's list is read through a name, which the loop then iterates), has its
+element read as the item at the loop index when every read of it is such an operand, none with
+another element (``_elements_read_as_items``).
+
+An operand may be Python arithmetic of one item with number literals (``(q - 1) * errors``,
+``d / (0.5 * w[i] + 2)``): it is computed on the float64 row, as Python computes it on a float,
+and then taken as the item is; the guard asks that the list hold no ints (on an int64 row
+``0.5 * w[i]`` would be float32, ``w[i] - 1`` might wrap).
 
 A list of the module (``CLASS_WEIGHTS = [0.1, 0.3, 0.3, 0.3]``, a global the function does not
 bind) is read as a parameter's is: what it holds at each call is checked there. A name the body
@@ -80,7 +87,13 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                                  x=ast.Name(name, ast.Load()))
     plan.number_lists |= set(names)
     plan.number_kinds |= set(kinds.values())
-    plan.body = [_ToNumberOps(plan, kinds, ctx).visit(s) for s in plan.body]
+    to_ops = _ToNumberOps(plan, kinds, ctx)
+    plan.body = [to_ops.visit(s) for s in plan.body]
+    # on an int64 row, ``w[i] * 0.5`` and ``w[i] / 2`` would be float32, and ``w[i] - 1`` may
+    # wrap where a Python int does not: a list of ints runs as written
+    for kind in sorted(to_ops.floats):
+        plan.check("k is not int", k=ast.Name(kind, ast.Load()))
+    plan.float_lists |= {n for n, k in kinds.items() if k in to_ops.floats}
     return plan
 
 
@@ -135,14 +148,14 @@ def _elements_read_as_items(plan: LoopPlan, candidates: set[str],
     another element (``p - t`` of ``zip(preds, targets)``: items, likely tensors)."""
     elements = {e for e, _ in plan.iteration.elements}
     for name, source in plan.iteration.elements:
-        if not (isinstance(source, ast.Name) and source.id in candidates) \
-                or name in stores_in(plan.body) or name in plan.live_after:
+        if _key(source) not in candidates or name in stores_in(plan.body) \
+                or name in plan.live_after:
             continue
         item = ast.Subscript(clone(source), ast.Name(plan.iteration.index, ast.Load()),
                              ast.Load())
         kept, plan.body = plan.body, [ReadsAs(name, item).visit(clone(s)) for s in plan.body]
         pairs = [(n.left, n.right) for s in kept for n in walk(s) if isinstance(n, ast.BinOp)]
-        if source.id not in _found(plan, {source.id}, ctx) or any(
+        if _key(source) not in _found(plan, {_key(source)}, ctx) or any(
                 {_key(_signed(a)), _key(_signed(b))} <= elements and name in (
                     _key(_signed(a)), _key(_signed(b))) for a, b in pairs):
             plan.body = kept
@@ -171,10 +184,11 @@ def _attribute_lists(plan: LoopPlan) -> set[str]:
         return set()
     parents = {c: n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
     bound = stores_in(plan.body)
-    return {unparse(n.value) for s in plan.body for n in walk(s)
-            if isinstance(n, ast.Subscript) and root(n.value) not in (None, *bound)
-            and is_name(n.slice, plan.iteration.index)
-            and only_read(root(n.value), plan.body, parents)}
+    read = [n.value for s in plan.body for n in walk(s)
+            if isinstance(n, ast.Subscript) and is_name(n.slice, plan.iteration.index)]
+    iterated = [src for _, src in plan.iteration.elements if isinstance(src, ast.Attribute)]
+    return {unparse(n) for n in read + iterated if root(n) not in (None, *bound)
+            and only_read(root(n), plan.body, parents)}
 
 
 def _read_through_name(plan: LoopPlan, chain: str, ctx: PassContext) -> str:
@@ -192,6 +206,31 @@ def _item(node: ast.expr, index: str, names) -> str | None:
     return None
 
 
+def _of_item(node: ast.expr, index: str, names) -> str | None:
+    """The list ``w`` of ``w[i]`` (``_item``) or of Python arithmetic of it with number literals
+    (``w[i] - 1``, ``1 - w[i]``, ``0.5 * w[i]``: a quantile loss's ``(q - 1) * errors``)."""
+    found = _item(node, index, names)
+    if found or not isinstance(node, (ast.BinOp, ast.UnaryOp)):
+        return found
+    if isinstance(node, ast.UnaryOp):
+        return _of_item(node.operand, index, names) if isinstance(
+            node.op, (ast.USub, ast.UAdd)) else None
+    if type(node.op) not in _OPERATORS:
+        return None
+    if _number_literal(node.right):
+        return _of_item(node.left, index, names)
+    return _of_item(node.right, index, names) if _number_literal(node.left) else None
+
+
+def _number_literal(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def _arithmetic(node: ast.expr) -> bool:
+    """``node`` is arithmetic of an item (``_of_item``), not the (signed) item itself."""
+    return isinstance(_signed(node), (ast.BinOp, ast.UnaryOp))
+
+
 def _signed(node: ast.expr) -> ast.expr:
     """``w[i]`` of ``-w[i]`` and ``+w[i]`` (a number of the list's kind too), else ``node``."""
     return node.operand if isinstance(node, ast.UnaryOp) and isinstance(
@@ -200,16 +239,17 @@ def _signed(node: ast.expr) -> ast.expr:
 
 def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext,
              excluded: set[str]) -> tuple[str, bool] | None:
-    """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t``, ``t``
-    a value the iteration computes: not a fixed one, which may be a Python number, with which
-    the item stays one in the original (``1 - w[i]``); reading no name of ``excluded`` (the
+    """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t`` (or
+    ``_of_item`` arithmetic of ``w[i]``), ``t`` a value the iteration computes: not a fixed one,
+    which may be a Python number, with which the item stays one in the original (``1 - w[i]``
+    alone); reading no name of ``excluded`` (the
     index, names carried from the iteration before: ``acc + w[i]`` is a fold, which
     ``fold_accumulators`` reads) and no items (``target[i] * torch.log(pred[i])``, ``ests[s] -
     refs[t]``): those are likely tensors, whose expressions later passes fuse into losses."""
     index = plan.iteration.index
     if type(node.op) not in _OPERATORS:
         return None
-    left, right = _item(node.left, index, names), _item(node.right, index, names)
+    left, right = _of_item(node.left, index, names), _of_item(node.right, index, names)
     other = node.right if left else node.left
     if (left is None) == (right is None) or not depends(other, plan.variant, ctx) \
             or loads(other) & excluded \
@@ -238,7 +278,8 @@ class _Operands(Transformer):
         found = _operand(node, self.plan, self.names, self.ctx, self.excluded)
         if found:
             item = node.left if found[1] else node.right
-            self.found.setdefault(found[0], set()).add(id(_signed(item).value))
+            self.found.setdefault(found[0], set()).update(
+                id(n) for n in walk(item) if _key(n) == found[0])
         return node
 
 
@@ -249,6 +290,7 @@ class _ToNumberOps(Transformer):
         self.plan, self.kinds, self.ctx = plan, kinds, ctx
         self.excluded = _excluded(plan)
         self.fn = ctx.bind(number_op, "number_op")
+        self.floats: set[str] = set()  # kinds that must be float: arithmetic on an item
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
@@ -257,5 +299,7 @@ class _ToNumberOps(Transformer):
             return node
         name, reflected = found
         item, x = (node.left, node.right) if reflected else (node.right, node.left)
+        if _arithmetic(item):  # computed on the float64 row as Python computes it on a float
+            self.floats.add(self.kinds[name])
         return replace(f"{self.fn}(x, w, k, o, r)", loc=node, x=x, w=item, k=self.kinds[name],
                        o=ast.Constant(_OPERATORS[type(node.op)]), r=ast.Constant(reflected))

@@ -123,6 +123,7 @@ class LoopPlan:
     # (``number_list_operands``).
     number_lists: set[str] = field(default_factory=set)
     number_kinds: set[str] = field(default_factory=set)  # ... their kinds (never tensors)
+    float_lists: set[str] = field(default_factory=set)  # ... those that must hold no ints
     # ... and those that may be lists of Python ints the loop uses only as indices, stacked as
     # an int64 tensor (``stack_tensor_lists``)
     index_lists: set[str] = field(default_factory=set)
