@@ -107,6 +107,11 @@ class OpSpec:
     # ``sanitize``: ``x.expand_as(y)`` neither holds nor writes ``y``'s memory.
     metadata_operands: tuple[int, ...] = ()
     data_shape: bool = False                  # its result's shape depends on the values
+    # It makes a tensor of Python values, its first argument's: "any" value (``torch.tensor``
+    # copies even a tensor by its items), "display" the items of a list or tuple display
+    # (``torch.as_tensor([i])``; a tensor itself is taken as it is). Under vmap such a value
+    # that varies per iteration is a tensor, whose item it cannot read (``check_mapped_body``).
+    from_data: str | None = None
     # Its arguments that are sizes (lengths, counts, shapes, window lengths), which shape its
     # result: positions counted as for ``sanitize``, keywords by name; ``...`` after a position:
     # every positional argument from that one on (``x.view(*shape)``). Under vmap a size that
@@ -371,8 +376,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("full", meth=False, total=True, derivative="constant", sizes=(0, "size")),
     _t("stack", meth=False, total=True, derivative="constant"),
     _t("cat", meth=False, total=True, derivative="constant"),
-    _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
-    _t("tensor", meth=False, total=True, number_first=True),
+    _t("as_tensor", meth=False, total=True, aliases=True, number_first=True,
+       from_data="display"),
+    _t("tensor", meth=False, total=True, number_first=True, from_data="any"),
     # a range of numbers: no gradient flows through it, whatever its bounds
     _t("arange", meth=False, total=True, derivative="constant", batched="positions",
        sizes=(0, ..., "start", "end", "step")),
@@ -450,6 +456,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     OpSpec("set_printoptions", ("torch.set_printoptions",), effect="global_state"),
     *(OpSpec(None, methods=(n,), effect="autograd")
       for n in ("backward", "register_hook", "retain_grad")),
+    # a gradient inside the loss (GradNorm's per-task norms): each iteration's own backward
+    OpSpec(None, ("torch.autograd.grad", "torch.autograd.backward"), effect="autograd"),
     OpSpec("_set_tensor_requires_grad", effect="functorch", creates_grad=True),
     OpSpec("requires_grad_", creates_grad=True),
     *(OpSpec(None, (f"operator.{n}",), effect="mutates")

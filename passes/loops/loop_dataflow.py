@@ -742,6 +742,10 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
             if effect == "storage":
                 raise Unsupported(f"`{unparse(call.func)}` addresses memory by strides and offset: "
                                   "on a row they reach the whole batch", call.lineno)
+            if effect == "autograd":
+                raise Unsupported(f"`{unparse(call.func)}(...)` runs autograd on each iteration's "
+                                  "own graph, which a batched or vmapped body does not have",
+                                  call.lineno)
             wrong = ops.by_call(resolve_call(call.func, ctx), meth).vmap_wrong
             if wrong is not None and (not wrong or {k.arg for k in call.keywords} & set(wrong)):
                 raise Unsupported(f"`{unparse(call.func)}(...)` has wrong gradients under vmap"
