@@ -476,3 +476,21 @@ def test_arithmetic_of_int_items_runs_as_written(w):
     assert_equivalent(literal_arithmetic, fast, x.requires_grad_(), w)
     loop = fast.report.loops[0]
     assert (loop.vectorized_runs, loop.original_runs) == (0, 1), loop.last_failure
+
+
+def reciprocal_of_item(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i] * 2
+        loss = loss + ((1 / (w[i] - 0.5)) * d).sum()
+    return loss
+
+
+def test_a_division_by_an_item_keeps_pythons_zero_division_error():
+    """``1 / (w[i] - 0.5)`` raises ZeroDivisionError at 0.5 in Python, where the float64 row's
+    division gives inf: no number expression divides by the item (or by 0)."""
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    fast = optimize_loss(reciprocal_of_item, compile=False, keep_faster=False)
+    with pytest.raises(ZeroDivisionError):
+        fast(x.requires_grad_(), [0.25, 0.5, 2.0])
+    assert_equivalent(reciprocal_of_item, fast, x, [0.25, 1.0, 2.0])

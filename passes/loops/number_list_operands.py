@@ -208,7 +208,8 @@ def _item(node: ast.expr, index: str, names) -> str | None:
 
 def _of_item(node: ast.expr, index: str, names) -> str | None:
     """The list ``w`` of ``w[i]`` (``_item``) or of Python arithmetic of it with number literals
-    (``w[i] - 1``, ``1 - w[i]``, ``0.5 * w[i]``: a quantile loss's ``(q - 1) * errors``)."""
+    (``w[i] - 1``, ``1 - w[i]``, ``0.5 * w[i]``: a quantile loss's ``(q - 1) * errors``), no
+    division by it or by 0 (Python raises where the row's division gives inf)."""
     found = _item(node, index, names)
     if found or not isinstance(node, (ast.BinOp, ast.UnaryOp)):
         return found
@@ -217,9 +218,13 @@ def _of_item(node: ast.expr, index: str, names) -> str | None:
             node.op, (ast.USub, ast.UAdd)) else None
     if type(node.op) not in _OPERATORS:
         return None
-    if _number_literal(node.right):
+    if _number_literal(node.right) and not (isinstance(node.op, ast.Div)
+                                            and node.right.value == 0):
         return _of_item(node.left, index, names)
-    return _of_item(node.right, index, names) if _number_literal(node.left) else None
+    # a division by the item, which Python raises ZeroDivisionError at where a tensor has inf
+    divided = isinstance(node.op, ast.Div)
+    return _of_item(node.right, index, names) if _number_literal(node.left) and not divided \
+        else None
 
 
 def _number_literal(node: ast.expr) -> bool:
