@@ -494,3 +494,18 @@ def test_a_division_by_an_item_keeps_pythons_zero_division_error():
     with pytest.raises(ZeroDivisionError):
         fast(x.requires_grad_(), [0.25, 0.5, 2.0])
     assert_equivalent(reciprocal_of_item, fast, x, [0.25, 1.0, 2.0])
+
+
+def huge_int_literal(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i] * 2
+        loss = loss + (d * (w[i] * 123456789012345678901)).sum()
+    return loss
+
+
+def test_an_int_literal_past_float64s_exact_ints_keeps_the_item_a_number():
+    # torch refuses an int past int64 ("int too big to convert"), which Python converts to float
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    fast = optimize_loss(huge_int_literal, compile=False, keep_faster=False, strict=True)
+    assert_equivalent(huge_int_literal, fast, x.requires_grad_(), [0.25, 1.0, 2.0])

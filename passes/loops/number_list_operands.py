@@ -228,7 +228,10 @@ def _of_item(node: ast.expr, index: str, names) -> str | None:
 
 
 def _number_literal(node: ast.expr) -> bool:
-    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+    """A float or int literal that a float64 holds exactly (a larger int converts as Python's
+    float does, but torch refuses one past int64)."""
+    return isinstance(node, ast.Constant) and (type(node.value) is float or type(
+        node.value) is int and abs(node.value) <= 2 ** 53)
 
 
 def _arithmetic(node: ast.expr) -> bool:
