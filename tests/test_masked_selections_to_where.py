@@ -690,6 +690,27 @@ def test_a_view_of_a_comparison_is_a_mask(case, dtype):
     assert_equivalent(original, optimized, risk.requires_grad_(), c, t, w.requires_grad_())
 
 
+@pytest.mark.parametrize("index", ["torch.ones_like(m, dtype=torch.long)", "m.view(x.dtype)"])
+def test_a_like_or_view_given_another_dtype_is_no_mask(index):
+    # `ones_like(m, dtype=torch.long)` indexes rows (all row 1), no mask: taken for one, its
+    # selection became a `torch.where` on a long condition, which raised on every call
+    original, optimized, code, _ = build(f"""
+        def f(x, t):
+            total = 0
+            for i in range(x.shape[0]):
+                m = t > t[i]
+                total = total + x[{index}].sum()
+            return total
+        """)
+    assert "torch.where" not in code, code
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, dtype=torch.float64)
+    if "view" in index:  # a float view of a bool raises, as written
+        assert type(outcome(original, x, t)) is type(outcome(optimized, x, t)) is RuntimeError
+        return
+    assert_equivalent(original, optimized, x, t)
+
+
 def test_a_view_of_a_mask_that_stays_a_selection_keeps_the_loop():
     # not reduced, the selection stays: the loop is kept with the mask's reason, not mapped
     # (vmap raised on every call at the selection)

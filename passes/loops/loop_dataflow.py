@@ -24,6 +24,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from .. import ast_marks
 from ..errors import Unsupported
 
@@ -1007,11 +1009,21 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
         return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
     if isinstance(expr, ast.Call):
-        op = call_op(expr, ctx)
-        given = operands(expr, ctx)
-        return op.boolean or op.dtype_of is not None and op.dtype_of < len(given) \
-            and is_boolean(given[op.dtype_of], boolean, ctx)
+        kept = dtype_source(expr, ctx)
+        return call_op(expr, ctx).boolean or kept is not None and is_boolean(kept, boolean, ctx)
     return False
+
+
+def dtype_source(call: ast.Call, ctx: PassContext) -> ast.expr | None:
+    """The operand whose dtype ``call``'s result has (``OpSpec.dtype_of``: a view, a copy, a
+    ``*_like`` of it); None when the call is given a dtype (``torch.ones_like(m,
+    dtype=torch.long)``, ``m.view(torch.int8)``, ``m.view(x.dtype)``)."""
+    at, given = call_op(call, ctx).dtype_of, operands(call, ctx)
+    if at is None or at >= len(given) or any(k.arg == "dtype" for k in call.keywords) or any(
+            isinstance(a, ast.Attribute) and (a.attr == "dtype" or isinstance(
+                getattr(torch, a.attr, None), torch.dtype)) for a in call.args):
+        return None
+    return given[at]
 
 
 def makes_boolean(expr: ast.expr, ctx: PassContext) -> bool:
