@@ -235,39 +235,39 @@ def test_a_math_function_without_a_tensor_form_keeps_the_loop(call, dtype):
     # `math.*` functions with no tensor op in the registry (`host_math`) were not taken for
     # Python numbers: the loop was reported vectorized (vmap) and vmap raised at `.item()` on
     # every call, falling back to the original with a warning
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(5, dtype=dtype, generator=gen, requires_grad=True)
+    _kept_and_equivalent(f"total = total + w[i] * {call}", f"`{call}` makes a Python number",
+                         w, torch.rand(5, dtype=dtype, generator=gen) * 4)
+
+
+def _kept_and_equivalent(line: str, reason: str, *inputs) -> None:
+    """A loop of ``line`` over ``range(len(inputs[0]))`` is kept for ``reason``, and runs as
+    the original does."""
     original, rewritten, _, report = build(f"""
         def f(w, t):
             total = 0
             for i in range(w.shape[0]):
-                total = total + w[i] * {call}
+                {line}
             return total
         """)
     (loop,) = report.loops
-    assert not loop.vectorized and f"`{call}` makes a Python number" in loop.reason, loop
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(5, dtype=dtype, generator=gen, requires_grad=True)
-    assert_equivalent(original, rewritten, w, torch.rand(5, dtype=dtype, generator=gen) * 4)
+    assert not loop.vectorized and reason in loop.reason, loop
+    assert_equivalent(original, rewritten, *inputs)
 
 
 @pytest.mark.parametrize("target", ["torch.tensor([i])", "torch.as_tensor([i])",
-                                    "torch.tensor(i)", "torch.tensor((y[i],))"])
+                                    "torch.tensor(i)", "torch.tensor((t[i],))"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_tensor_made_of_python_values_that_vary_keeps_the_loop(target, dtype):
     # `F.cross_entropy(row.unsqueeze(0), torch.tensor([i]))`, a sampled softmax whose positive
     # is the row's own index: under vmap `i` is a tensor, whose item `torch.tensor` reads, and
     # vmap raised on every call (the original ran, with a warning)
-    original, rewritten, _, report = build(f"""
-        def f(logits, y):
-            total = 0
-            for i in range(logits.shape[0]):
-                total = total + F.cross_entropy(logits[i].unsqueeze(0), {target}.long().view(1))
-            return total
-        """)
-    (loop,) = report.loops
-    assert not loop.vectorized and f"`{target}` makes a tensor of Python values" in loop.reason
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(4, 5, dtype=dtype, generator=gen, requires_grad=True)
-    assert_equivalent(original, rewritten, logits, torch.tensor([3, 0, 4, 1]))
+    logits = torch.randn(4, 5, dtype=dtype, generator=torch.Generator().manual_seed(0),
+                         requires_grad=True)
+    _kept_and_equivalent(
+        f"total = total + F.cross_entropy(w[i].unsqueeze(0), {target}.long().view(1))",
+        f"`{target}` makes a tensor of Python values", logits, torch.tensor([3, 0, 4, 1]))
 
 
 def test_a_tensor_as_it_is_and_fixed_python_values_stay_vectorized():
