@@ -196,8 +196,8 @@ def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str,
          written: _Written) -> ast.expr:
     """The reason a false ``conjunct`` gives; a stacked list's own check in the user's words
     (its generated name means nothing to them), with what kept the list from stacking, asked
-    of the user's list when the check runs (``Report.not_stacked``); a check on a value the
-    rewrite made, without its code."""
+    of the user's list when the check runs (``Report.not_stacked``), its other checks on it by
+    its name; a check on a value the rewrite made, without its code."""
     if (isinstance(conjunct, ast.Call) and is_name(conjunct.func, "isinstance")
             and len(conjunct.args) == 2 and isinstance(conjunct.args[0], ast.Name)
             and conjunct.args[0].id in stacked):
@@ -210,7 +210,8 @@ def _why(conjunct: ast.expr, stacked: dict[str, str], counter: str,
         return ast.Constant(f"{shown} hold tensors of several dtypes (or bool or complex ones): "
                             "the scan's factors or states would take another dtype than the "
                             "loop's, or raise")
-    text = written.text(conjunct)
+    # a stacked list's other checks (``_pos_stacked.dim() == 1``) by the user's list's name
+    text = written.text(rename(clone(conjunct), stacked))
     if text is None:
         return ast.Constant("a check on a value the rewrite computes was false")
     shown = text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."

@@ -22,7 +22,7 @@ import torch
 
 from . import (bce_with_logits, class_index_targets, cosine_products, full_extremes,
                gathered_nll_loss, grad_free, inplace_results, kl_div_terms, masked_divisors,
-               number_operands, set_distances, slice_bounds, stacked_views, tensor_copies)
+               number_operands, set_distances, slice_bounds, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -80,6 +80,9 @@ class OpSpec:
     # (``exp(inf)``, ``sqrt(0)``, a product of two values). See ``invariant_values_take_no_grad``.
     derivative: str | None = None
     boolean: bool = False                     # a bool tensor (indexing with it selects)
+    # Its result has the dtype of its operand at this position (positions counted as for
+    # ``sanitize``): views, copies and ``*_like`` of a mask are masks (``(t >= t[i]).squeeze()``)
+    dtype_of: int | None = None
     # Of a bool tensor, called without arguments: 0 (False) when no element is true, positive
     # (True) otherwise, so a test of it tells whether a mask selects anything (``m.sum() == 0``).
     counts_true: bool = False
@@ -104,6 +107,11 @@ class OpSpec:
     # ``sanitize``: ``x.expand_as(y)`` neither holds nor writes ``y``'s memory.
     metadata_operands: tuple[int, ...] = ()
     data_shape: bool = False                  # its result's shape depends on the values
+    # It makes a tensor of Python values, its first argument's: "any" value (``torch.tensor``
+    # copies even a tensor by its items), "display" the items of a list or tuple display
+    # (``torch.as_tensor([i])``; a tensor itself is taken as it is). Under vmap such a value
+    # that varies per iteration is a tensor, whose item it cannot read (``check_mapped_body``).
+    from_data: str | None = None
     # Its arguments that are sizes (lengths, counts, shapes, window lengths), which shape its
     # result: positions counted as for ``sanitize``, keywords by name; ``...`` after a position:
     # every positional argument from that one on (``x.view(*shape)``). Under vmap a size that
@@ -224,8 +232,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # Tensor.where takes the condition as its argument, not as its receiver: no method spelling
     _t("where", meth=False, integer=(1, 2), positions=(1, 2), recomputed=True,
        derivative="constant", **_ET),
-    _t("zeros_like", meth=False, integer=(0,), positions=(0,), metadata_only=True, **_ET),
-    _t("ones_like", meth=False, integer=(0,), metadata_only=True, **_ET),
+    _t("zeros_like", meth=False, integer=(0,), dtype_of=0, positions=(0,), metadata_only=True, **_ET),
+    _t("ones_like", meth=False, integer=(0,), dtype_of=0, metadata_only=True, **_ET),
     _t("full_like", meth=False, metadata_only=True, **_ET),
     *(OpSpec(n, (_F + n,), derivative="bounded", **_ET)
       for n in ("softplus", "logsigmoid", "leaky_relu", "gelu", "silu")),
@@ -234,9 +242,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("long", fn=False, integer=(), aliases=True, **_ET),
     _t("int", fn=False, integer=(), aliases=True, **_ET),
     _t("bool", fn=False, boolean=True, aliases=True, **_ET),
-    _t("detach", fn=False, integer=(0,), positions=(0,), aliases=True,
+    _t("detach", fn=False, integer=(0,), dtype_of=0, positions=(0,), aliases=True,
        extra=("torch.autograd.variable.Variable",), **_ET),
-    _t("clone", fn=False, integer=(0,), positions=(0,), derivative="constant", **_ET),
+    _t("clone", fn=False, integer=(0,), dtype_of=0, positions=(0,), derivative="constant", **_ET),
     # -- elementwise, NaN/inf outside their domain ------------------------------------------
     _t("exp", sanitize=(0, "0"), host_math="math.exp",
        host_raises=((_OVERFLOWS.format(f="exp"), 1e308),), **_E),
@@ -295,7 +303,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("any", fn=False, batched="reduction", reduce="any", dim_rank=-1, total=True,
        counts_true=True),
     _t("all", fn=False, batched="reduction", reduce="all", dim_rank=-1, total=True),
-    _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), total=True,
+    _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), dtype_of=0, total=True,
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
@@ -373,25 +381,25 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("full", meth=False, total=True, derivative="constant", sizes=(0, "size")),
     _t("stack", meth=False, total=True, derivative="constant"),
     _t("cat", meth=False, total=True, derivative="constant"),
-    _t("as_tensor", meth=False, total=True, aliases=True, number_first=True),
-    # a tensor the rewrite made of a number is copied under vmap (its copy construction raises)
-    _t("tensor", meth=False, total=True, number_first=True, vmap_fn=tensor_copies.tensor),
+    _t("as_tensor", meth=False, total=True, aliases=True, number_first=True,
+       from_data="display"),
+    _t("tensor", meth=False, total=True, number_first=True, from_data="any"),
     # a range of numbers: no gradient flows through it, whatever its bounds
     _t("arange", meth=False, total=True, derivative="constant", batched="positions",
        sizes=(0, ..., "start", "end", "step")),
     # views, and conversions that return the tensor itself when there is nothing to do
-    _t("flatten", fn=False, batched="flatten", total=True, aliases=True),
-    _t("expand_as", fn=False, batched="same_rank", total=True, recomputed=True, aliases=True,
+    _t("flatten", fn=False, batched="flatten", dtype_of=0, total=True, aliases=True),
+    _t("expand_as", fn=False, batched="same_rank", dtype_of=0, total=True, recomputed=True, aliases=True,
        metadata_operands=(1,)),
-    _t("type_as", fn=False, batched="same_rank", total=True, aliases=True,
+    _t("type_as", fn=False, batched="same_rank", dtype_of=1, total=True, aliases=True,
        metadata_operands=(1,)),
-    _t("reshape", fn=False, batched="mask_reshape", total=True, recomputed=True, aliases=True,
+    _t("reshape", fn=False, batched="mask_reshape", dtype_of=0, total=True, recomputed=True, aliases=True,
        sizes=(1, ..., "shape")),
-    _t("view", fn=False, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
-    _t("squeeze", fn=False, total=True, recomputed=True, aliases=True),
-    _t("expand", fn=False, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
-    _t("contiguous", fn=False, total=True, aliases=True),
-    *(_t(n, fn=False, total=True, recomputed=True, aliases=True)
+    _t("view", fn=False, dtype_of=0, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
+    _t("squeeze", fn=False, dtype_of=0, total=True, recomputed=True, aliases=True),
+    _t("expand", fn=False, dtype_of=0, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
+    _t("contiguous", fn=False, dtype_of=0, total=True, aliases=True),
+    *(_t(n, fn=False, dtype_of=0, total=True, recomputed=True, aliases=True)
       for n in ("t", "transpose", "permute", "movedim")),
     # per item as on the whole: a dtype or device. Recomputed: a dtype conversion fuses into
     # the kernel that reads it (a cached target-only one-hot in float is read from memory at
@@ -459,6 +467,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     OpSpec("set_printoptions", ("torch.set_printoptions",), effect="global_state"),
     *(OpSpec(None, methods=(n,), effect="autograd")
       for n in ("backward", "register_hook", "retain_grad")),
+    # a gradient inside the loss (GradNorm's per-task norms): each iteration's own backward
+    OpSpec(None, ("torch.autograd.grad", "torch.autograd.backward"), effect="autograd"),
     OpSpec("_set_tensor_requires_grad", effect="functorch", creates_grad=True),
     OpSpec("requires_grad_", creates_grad=True),
     *(OpSpec(None, (f"operator.{n}",), effect="mutates")

@@ -29,7 +29,8 @@ so a subclass that overrides the method (or another object bound to the name) ru
 (An instance attribute that shadows a method of the same name is not looked at.)
 
 An ``nn.Module`` of a class of the module called as ``criterion(x)`` (after ``criterion =
-Cls(...)``) or ``Cls(...)(x)``: its ``forward`` is rewritten, and ``module_forward`` (a closure
+Cls(...)``, or a global the module made at import, ``CRITERION = Cls(...)``, read at each call)
+or ``Cls(...)(x)``: its ``forward`` is rewritten, and ``module_forward`` (a closure
 binding) picks it only when calling the module would run that ``forward`` and nothing else::
 
     Cls(k)(x)   ->   _module_forward(Cls(k), _forward_original, _forward)(x)
@@ -166,7 +167,8 @@ class _Scope:
         found = [_method(c, "forward") for a in self.passed(call) for c in self.classes(a)]
         if isinstance(f, ast.Name) and f.id not in self.local:
             target = self.globals.get(f.id)
-            return found + [target, _method(target, "__init__") if isinstance(target, type) else None]
+            return found + [target, _method(target, "__init__") if isinstance(target, type) else None] \
+                + [m for c in self.classes(f) for m in _call_methods(c)]
         if isinstance(f, ast.Name):
             self.run_time_calls |= bool(self.run_time(f.id))
             return found + self.functions(f.id) + [m for c in self.classes(f) for m in _call_methods(c)]
@@ -263,6 +265,9 @@ class _Scope:
             return self.attribute(node.attr).classes
         if not isinstance(node, ast.Name):
             return []
+        if node.id not in self.local:  # a global holding an object of a class of the module
+            held = type(self.globals.get(node.id))
+            return [held] if _own(held, self.globals) else []
         found = [self.self_class] if node.id == self.self_name else []
         found += [c for v in self.values.get(node.id, ()) if isinstance(v, ast.Call)
                   for c in self.classes(v)]
@@ -308,6 +313,8 @@ class _Redirect(Transformer):
                 self._constructor(node, target)
             elif isinstance(target, types.FunctionType):
                 self._wrapped(target, f.id)
+            else:  # an object of a class of the module, made at import (`criterion(x)`)
+                return self._method_call(node, f, "__call__")
             return node
         if isinstance(f, ast.Name):
             node = self._through_name(node, f.id)

@@ -26,7 +26,7 @@ loop left alone, info for a graph without one or with too few copies). A loop wh
 Dynamo skips the whole frame and runs it eagerly. The next time the backend compiles a graph
 (in a training step, the code after the loss), it says so once per skipped function, through
 the logger and the report, and recommends the decorator, which vectorizes such loops before
-Dynamo runs. Dynamo's own signals raised through a backend (retrace requests) pass through: they
+Dynamo runs (under the decorator, whose fallback is its own, that the rewrite kept the loop). Dynamo's own signals raised through a backend (retrace requests) pass through: they
 are no failure of ours.
 
 ``backend(inner, hoist=, reroll=, ...)`` makes a configured backend; ``"optimize_loss"`` is
@@ -153,12 +153,16 @@ class HoistingBackend:
 
     def _tell_skipped_loops(self) -> None:
         """Functions Dynamo skipped since this backend was made: most likely its own caller's."""
+        # under the decorator (no fallback: its own applies) the loss is decorated already:
+        # such a loop is one it kept, and its report says why
+        advice = ("decorate the loss with @optimize_loss, which vectorizes such loops before "
+                  "Dynamo runs") if self.fallback else \
+            "the rewrite kept that loop as written (its report's loops say why)"
         for frame in _skipped_loops():
             if frame not in self._skipped_before:
                 note = (f"Dynamo ran {frame} eagerly: a graph break inside a loop (.item(), "
                         "print, data-dependent control flow) skips the whole function, so no "
-                        "backend sees that loop and it cannot be re-rolled; decorate the loss "
-                        "with @optimize_loss, which vectorizes such loops before Dynamo runs")
+                        f"backend sees that loop and it cannot be re-rolled; {advice}")
                 if self.report is not None and note not in self.report.notes:
                     self.report.notes.append(note)
                 if frame not in _told_skipped:

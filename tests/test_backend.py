@@ -264,3 +264,34 @@ def test_a_loop_dynamo_skips_for_item_is_reported_once_with_the_decorator_recomm
     later = Report("weighted_mse", __file__, 0)  # a backend made afterwards: not its business
     torch.compile(weighted_mse, backend=rewrite.backend(inner="eager", report=later))(*inputs())
     assert not any("per_sample_ce_with_item" in note for note in later.notes)
+
+
+SKIPPED_LOOP = '''
+import torch
+
+
+@torch.no_grad()
+def positives(x):  # a helper run as written: its loop breaks Dynamo's graph at `.item()`
+    n = 0
+    for v in x.reshape(-1):
+        if v.item() > 0:
+            n += 1
+    return n
+
+
+def loss(pred, target):
+    return (pred - target).pow(2).sum() / max(positives(target), 1)
+'''
+
+
+def test_a_loop_dynamo_skipped_under_the_decorator_is_no_advice_to_decorate(tmp_path):
+    # the loss is decorated already: the note says the loop was kept, not "decorate the loss"
+    from tests.helpers import load_module
+    user = load_module(tmp_path, SKIPPED_LOOP)
+    fast = rewrite.optimize_loss(user.loss, backend="eager")
+    pred, target = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4)
+    for _ in range(2):
+        fast(pred, target).backward()
+    [note] = [n for n in fast.report.notes if n.startswith("Dynamo ran positives")]
+    assert note.endswith("the rewrite kept that loop as written (its report's loops say why)")
+    assert "decorate the loss" not in note

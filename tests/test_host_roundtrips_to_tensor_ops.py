@@ -235,18 +235,77 @@ def test_a_math_function_without_a_tensor_form_keeps_the_loop(call, dtype):
     # `math.*` functions with no tensor op in the registry (`host_math`) were not taken for
     # Python numbers: the loop was reported vectorized (vmap) and vmap raised at `.item()` on
     # every call, falling back to the original with a warning
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(5, dtype=dtype, generator=gen, requires_grad=True)
+    _kept_and_equivalent(f"total = total + w[i] * {call}", f"`{call}` makes a Python number",
+                         w, torch.rand(5, dtype=dtype, generator=gen) * 4)
+
+
+def _kept_and_equivalent(line: str, reason: str, *inputs) -> None:
+    """A loop of ``line`` over ``range(len(inputs[0]))`` is kept for ``reason``, and runs as
+    the original does."""
     original, rewritten, _, report = build(f"""
         def f(w, t):
             total = 0
             for i in range(w.shape[0]):
-                total = total + w[i] * {call}
+                {line}
             return total
         """)
     (loop,) = report.loops
-    assert not loop.vectorized and f"`{call}` makes a Python number" in loop.reason, loop
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(5, dtype=dtype, generator=gen, requires_grad=True)
-    assert_equivalent(original, rewritten, w, torch.rand(5, dtype=dtype, generator=gen) * 4)
+    assert not loop.vectorized and reason in loop.reason, loop
+    assert_equivalent(original, rewritten, *inputs)
+
+
+@pytest.mark.parametrize("target", ["torch.tensor([i])", "torch.as_tensor([i])",
+                                    "torch.tensor(i)", "torch.tensor((t[i],))"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_tensor_made_of_python_values_that_vary_keeps_the_loop(target, dtype):
+    # `F.cross_entropy(row.unsqueeze(0), torch.tensor([i]))`, a sampled softmax whose positive
+    # is the row's own index: under vmap `i` is a tensor, whose item `torch.tensor` reads, and
+    # vmap raised on every call (the original ran, with a warning)
+    logits = torch.randn(4, 5, dtype=dtype, generator=torch.Generator().manual_seed(0),
+                         requires_grad=True)
+    _kept_and_equivalent(
+        f"total = total + F.cross_entropy(w[i].unsqueeze(0), {target}.long().view(1))",
+        f"`{target}` makes a tensor of Python values", logits, torch.tensor([3, 0, 4, 1]))
+
+
+def test_a_tensor_as_it_is_and_fixed_python_values_stay_vectorized():
+    _, _, _, report = build("""
+        def f(x, y, k):
+            total = 0
+            for i in range(x.shape[0]):
+                total = total + (torch.as_tensor(y[i]) * x[i] + torch.tensor([k, 1.0])).sum()
+            return total
+        """)
+    assert report.loops[0].vectorized, report.loops[0].reason
+
+
+def test_autograd_inside_the_loop_keeps_it():
+    # GradNorm: each task's gradient norm w.r.t. shared weights; under vmap the batched
+    # loss has no graph of its own ("element 0 of tensors does not require grad")
+    original, rewritten, _, report = build("""
+        def f(w, losses, shared):
+            norms = []
+            for i in range(len(losses)):
+                g = torch.autograd.grad(w[i] * losses[i], shared, create_graph=True)[0]
+                norms.append(torch.norm(g))
+            return torch.stack(norms).sum()
+        """)
+    (loop,) = report.loops
+    assert not loop.vectorized and "`torch.autograd.grad(...)` runs autograd" in loop.reason
+    for fn in (original, rewritten):
+        gen = torch.Generator().manual_seed(1)
+        shared = torch.randn(4, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+        h = torch.randn(5, 4, dtype=torch.float64, generator=gen) @ shared
+        losses = [h.pow(2).mean() * (k + 1) for k in range(3)]
+        w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+        out = fn(w, losses, shared)
+        grads = torch.autograd.grad(out, [w])
+        if fn is original:
+            want = (out, grads)
+        else:
+            torch.testing.assert_close((out, grads), want)
 
 
 def test_a_python_list_mapped_by_a_math_function_is_kept_for_its_numbers():

@@ -87,3 +87,71 @@ def test_other_orders_run_as_written(tmp_path, order):
         return
     report = equivalent_report(user.f, ests, refs, order)
     assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (0, 1), expected
+
+
+# An int read as one entry of a subscript (`probs[:, c]`, `x[i, j]`), not the whole index: the
+# classes of a per-class dice (nnU-Net's foreground classes), the negatives of a pairwise
+# ranking loss; a 0-d int64 tensor there indexes as the int does
+ENTRIES = """
+def f(probs, onehot, negs):
+    classes = list(range(1, probs.shape[1]))
+    loss = 0
+    for c in classes:
+        loss = loss + (probs[:, c] * onehot[:, c]).sum() / (onehot[:, c].sum() + 1)
+    for j in negs:
+        loss = loss + torch.exp(probs[0, j] - probs[1, 0])
+    return loss / len(classes)
+"""
+
+# an element indexing a module global (a list here, which a tensor under vmap cannot index)
+GLOBAL_LIST = """
+W = [0.5, 1.0, 2.0, 4.0]
+
+def f(probs, classes):
+    loss = 0
+    for c in classes:
+        loss = loss + W[c] * probs[:, c].sum()
+    return loss
+"""
+
+
+def _entries_inputs(dtype):
+    g = torch.Generator().manual_seed(1)
+    probs = torch.randn(3, 4, 5, generator=g, dtype=dtype)
+    probs[1, 2, 3], probs[2, 1, 0] = float("nan"), float("inf")
+    onehot = (torch.rand(3, 4, 5, generator=g) > 0.5).to(dtype)
+    return probs.requires_grad_(), onehot
+
+
+@pytest.mark.parametrize("negs", [[1, 3, -1, 3], (2,)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ints_read_as_subscript_entries_become_an_index_tensor(tmp_path, dtype, negs):
+    user = load_module(tmp_path, "import torch\n" + ENTRIES)
+    report = equivalent_report(user.f, *_entries_inputs(dtype), negs)
+    assert [(loop.vectorized_runs, loop.original_runs) for loop in report.loops] == [
+        (1, 0), (1, 0)], report
+    assert "`classes` is a tensor, or a list or tuple of tensors of one shape, dtype and device " \
+        "or of Python ints (stacked)" in report.loops[0].reason, report.loops[0].reason
+
+
+@pytest.mark.parametrize("negs", [[True, False], [1, 2.0], [], [1, 9]])
+def test_other_entry_lists_run_as_written(tmp_path, negs):
+    """Bools select by truth value, a float is no index, an empty list has no items (all as
+    written); an index out of range raises the original's IndexError."""
+    user = load_module(tmp_path, "import torch\n" + ENTRIES)
+    inputs = _entries_inputs(torch.float64)
+    try:
+        user.f(*inputs, negs)
+    except (IndexError, RuntimeError) as error:
+        with pytest.raises(type(error), match=str(error)[:20]):
+            optimize_loss(user.f, compile=False)(*inputs, negs)
+        return
+    report = equivalent_report(user.f, *inputs, negs)
+    assert (report.loops[1].vectorized_runs, report.loops[1].original_runs) == (0, 1), report
+
+
+def test_an_element_indexing_a_global_list_runs_as_written(tmp_path):
+    user = load_module(tmp_path, "import torch\n" + GLOBAL_LIST)
+    probs, _ = _entries_inputs(torch.float64)
+    report = equivalent_report(user.f, probs, [0, 2, 3])
+    assert (report.loops[0].vectorized_runs, report.loops[0].original_runs) == (0, 1), report

@@ -655,6 +655,76 @@ def test_kept_loops_keep_the_mask_indexing_reason():
     assert report.loops[0].reason.startswith("boolean mask indexing `x[i][y[i] > 0]`")
 
 
+COX_EVENTS = """
+def f(risk, c, t, w):
+    events = (c.squeeze() == 1).nonzero()
+    ll = torch.tensor([0.0], requires_grad=True)
+    for i in events:
+        at_risk = (t >= t[i]).squeeze()
+        ll = ll + risk[i] - torch.logsumexp(risk[at_risk] + torch.log(w[at_risk]), dim=0)
+    return -ll / c.sum()
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["ties", "nan", "inf", "no_events", "zero_weight"])
+def test_a_view_of_a_comparison_is_a_mask(case, dtype):
+    # a Cox partial likelihood over its event rows: the risk set `(t >= t[i]).squeeze()` is a
+    # comparison's view, a mask as the comparison is (`OpSpec.dtype_of`): its selections are
+    # converted, where before the loop was mapped with the selections in it and vmap raised
+    original, optimized, code, report = build(COX_EVENTS)
+    assert report.loops[0].vectorized and "torch.where(" in code, report.loops[0].reason
+    g = torch.Generator().manual_seed(3)
+    risk = torch.randn(10, 1, generator=g, dtype=dtype)
+    c = (torch.arange(10) % 3 != 0).to(dtype).reshape(10, 1)
+    t = torch.tensor([3, 1, 3, 0, 2, 2, 5, 1, 3, 4], dtype=dtype).reshape(10, 1)
+    w = torch.rand(10, 1, generator=g, dtype=dtype) + 0.5
+    if case == "nan":
+        risk[4] = nan
+    elif case == "inf":
+        risk[2], risk[6] = inf, -inf
+    elif case == "no_events":
+        c = torch.zeros_like(c)
+    elif case == "zero_weight":
+        w[3] = 0
+    assert_equivalent(original, optimized, risk.requires_grad_(), c, t, w.requires_grad_())
+
+
+@pytest.mark.parametrize("index", ["torch.ones_like(m, dtype=torch.long)", "m.view(x.dtype)"])
+def test_a_like_or_view_given_another_dtype_is_no_mask(index):
+    # `ones_like(m, dtype=torch.long)` indexes rows (all row 1), no mask: taken for one, its
+    # selection became a `torch.where` on a long condition, which raised on every call
+    original, optimized, code, _ = build(f"""
+        def f(x, t):
+            total = 0
+            for i in range(x.shape[0]):
+                m = t > t[i]
+                total = total + x[{index}].sum()
+            return total
+        """)
+    assert "torch.where" not in code, code
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, dtype=torch.float64)
+    if "view" in index:  # a float view of a bool raises, as written
+        assert type(outcome(original, x, t)) is type(outcome(optimized, x, t)) is RuntimeError
+        return
+    assert_equivalent(original, optimized, x, t)
+
+
+def test_a_view_of_a_mask_that_stays_a_selection_keeps_the_loop():
+    # not reduced, the selection stays: the loop is kept with the mask's reason, not mapped
+    # (vmap raised on every call at the selection)
+    _, _, _, report = build("""
+        def f(x, t):
+            out = []
+            for i in range(x.shape[0]):
+                out.append(x[(t >= t[i]).squeeze(1)].cumsum(0))
+            return out
+        """)
+    assert not report.loops[0].vectorized
+    assert report.loops[0].reason.startswith("boolean mask indexing `x[(t >= t[i]).squeeze(1)]`")
+
+
 def test_mask_shape_lookup():
     shape = masked_selections_to_where.MASK_SHAPE
     assert shape[torch.Size([3]), torch.Size([3])] == (3,)

@@ -109,9 +109,9 @@ def test_weighted_golden():
 
 
 def test_an_item_that_stays_a_number_changes_nothing():
-    """``1 - w[i]`` is a Python number in the original, and so is ``w[i] ** 2``: the list is
-    not read as rows (a row of a tensor would promote where the number does not)."""
-    for expr in ("d * (1 - w[i])", "d ** w[i]"):
+    """``w[i] ** 2`` is a Python number in the original, and ``d ** w[i]`` is no operation
+    ``number_op`` computes: the list is not read as rows."""
+    for expr in ("d * w[i] ** 2", "d ** w[i]"):
         src = f'''
 def f(x, w):
     loss = 0
@@ -408,3 +408,104 @@ def test_a_number_over_a_tensor_is_its_reciprocal_times_the_number(dtype):
         runs.append((value, xr.grad))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert fast.report.loops[0].vectorized_runs == 1
+
+
+# Pinball losses (pytorch-forecasting's TFT, neural_prophet, TorchCP): the quantiles a list of
+# floats the module holds, iterated with enumerate, read in Python arithmetic with literals
+class QuantileLoss(torch.nn.Module):
+    def __init__(self, quantiles):
+        super().__init__()
+        self.quantiles = quantiles
+
+    def forward(self, preds, target):
+        losses = []
+        for i, q in enumerate(self.quantiles):
+            errors = target - preds[:, i]
+            losses.append(torch.max((q - 1) * errors, q * errors).unsqueeze(1))
+        return torch.mean(torch.sum(torch.cat(losses, dim=1), dim=1))
+
+
+def literal_arithmetic(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i] * 2
+        loss = loss + ((1 - w[i]) * d + d / (0.5 * w[i] + 2) - d * -(w[i] - 3) / 4).sum()
+    return loss
+
+
+def _quantile_inputs(dtype):
+    g = torch.Generator().manual_seed(5)
+    preds = torch.randn(8, 3, generator=g, dtype=dtype)
+    target = torch.randn(8, generator=g, dtype=dtype)
+    preds[0, 1] = target[0]  # a tie of the two branches of the max
+    preds[1, 2], target[2] = float("nan"), float("inf")
+    return preds.requires_grad_(), target
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=str)
+@pytest.mark.parametrize("quantiles", [[0.1, 0.5, 0.9], (0.25, 0.75, 1 / 3),
+                                       torch.tensor([0.1, 0.5, 0.9])], ids=["list", "tuple",
+                                                                            "tensor"])
+def test_arithmetic_of_an_iterated_attribute_list_runs_vectorized(quantiles, dtype):
+    module = QuantileLoss(quantiles)
+    fast = optimize_loss(module, compile=False, keep_faster=False)
+    assert_equivalent(module, fast, *_quantile_inputs(dtype))
+    assert fast(*_quantile_inputs(dtype)).dtype == dtype
+    loop = fast.report.loops[0]
+    assert (loop.vectorized_runs, loop.original_runs) == (1, 0), loop.last_failure
+    assert "`self.quantiles` is a tensor, or a list or tuple of tensors of one shape, dtype and " \
+        "device or of Python floats (stacked)" in loop.reason, loop.reason
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float16], ids=str)
+@pytest.mark.parametrize("w", [[0.2, 0.3, 1 / 3, 7.0], [1e20, -0.5, 3.0, 2.5]])
+def test_arithmetic_of_items_with_literals_runs_vectorized(w, dtype):
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    fast = optimize_loss(literal_arithmetic, compile=False, keep_faster=False)
+    assert_equivalent(literal_arithmetic, fast, x.requires_grad_(), w)
+    loop = fast.report.loops[0]
+    assert (loop.vectorized_runs, loop.original_runs) == (1, 0), loop.last_failure
+
+
+@pytest.mark.parametrize("w", [[1, 2, 3, 4], [2 ** 63 - 1, -2 ** 63, 1, 0]])
+def test_arithmetic_of_int_items_runs_as_written(w):
+    """On an int64 row ``0.5 * w[i]`` is float32 and ``w[i] - 3`` may wrap, where Python's int
+    arithmetic does neither: ints run as written."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    fast = optimize_loss(literal_arithmetic, compile=False, keep_faster=False)
+    assert_equivalent(literal_arithmetic, fast, x.requires_grad_(), w)
+    loop = fast.report.loops[0]
+    assert (loop.vectorized_runs, loop.original_runs) == (0, 1), loop.last_failure
+
+
+def reciprocal_of_item(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i] * 2
+        loss = loss + ((1 / (w[i] - 0.5)) * d).sum()
+    return loss
+
+
+def test_a_division_by_an_item_keeps_pythons_zero_division_error():
+    """``1 / (w[i] - 0.5)`` raises ZeroDivisionError at 0.5 in Python, where the float64 row's
+    division gives inf: no number expression divides by the item (or by 0)."""
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    fast = optimize_loss(reciprocal_of_item, compile=False, keep_faster=False)
+    with pytest.raises(ZeroDivisionError):
+        fast(x.requires_grad_(), [0.25, 0.5, 2.0])
+    assert_equivalent(reciprocal_of_item, fast, x, [0.25, 1.0, 2.0])
+
+
+def huge_int_literal(x, w):
+    loss = 0
+    for i in range(x.shape[0]):
+        d = x[i] * 2
+        loss = loss + (d * (w[i] * 123456789012345678901)).sum()
+    return loss
+
+
+def test_an_int_literal_past_float64s_exact_ints_keeps_the_item_a_number():
+    # torch refuses an int past int64 ("int too big to convert"), which Python converts to float
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    fast = optimize_loss(huge_int_literal, compile=False, keep_faster=False, strict=True)
+    assert_equivalent(huge_int_literal, fast, x.requires_grad_(), [0.25, 1.0, 2.0])

@@ -123,6 +123,11 @@ def named_module_call(pred, target):
     criterion = OHKM()
     return criterion(pred, target)
 
+CRITERION = OHKM()  # a loss module made at import, the loss function calling it
+
+def global_module_call(pred, target):
+    return CRITERION(pred, target)
+
 def method_of_local(pred, target):
     criterion = OHKM()
     return criterion.forward(pred, target)
@@ -262,7 +267,8 @@ def test_golden_unchanged(user, name):
     assert out == _body(parse_function(fn).source) and not ctx.bindings and not ctx.report.loops
 
 
-@pytest.mark.parametrize("name, module", [("module_call", "OHKM()"), ("named_module_call", "criterion")])
+@pytest.mark.parametrize("name, module", [("module_call", "OHKM()"), ("named_module_call", "criterion"),
+                                          ("global_module_call", "CRITERION")])
 def test_golden_module_call(user, name, module):
     out, ctx = _run_pass(getattr(user, name))
     assert f"return _module_forward({module}, _forward_original, _forward)(pred, target)" in out
@@ -328,7 +334,8 @@ def _inputs(dtype, seed):
                                          ("unhashable", ("weighted",)), ("unhashable", ("dice",)),
                                          ("either", (True,)), ("either", (False,)),
                                          ("same_forward", (True,)), ("same_forward", (False,)),
-                                         ("hooked", ()), ("own_forward", ())])
+                                         ("hooked", ()), ("own_forward", ()),
+                                         ("global_module_call", ())])
 def test_equivalent_functions(user, name, extra, dtype):
     fn = getattr(user, name)
     fast = optimize_loss(fn, compile=False)
@@ -356,6 +363,17 @@ def test_module_call_under_a_hook_of_every_module_runs_as_written(user):
         assert_equivalent(user.named_module_call, fast, *_inputs(torch.float64, 0))
     finally:
         handle.remove()
+
+
+def test_a_global_module_rebound_later_runs_what_it_holds(user, monkeypatch):
+    # the rewrite reads the global at every call: another module there runs its own forward
+    fast = optimize_loss(user.global_module_call, compile=False)
+    pred, target = _inputs(torch.float64, 0)
+    assert_equivalent(user.global_module_call, fast, pred, target)
+    assert (fast.report.loops[0].vectorized_runs, fast.report.loops[0].original_runs) == (1, 0)
+    for other in (user.MeanOHKM(), lambda p, t: (p - t).sum()):
+        monkeypatch.setattr(user, "CRITERION", other)
+        assert_equivalent(user.global_module_call, fast, pred, target)
 
 
 def test_subclass_override_runs_as_written(user):

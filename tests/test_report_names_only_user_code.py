@@ -8,6 +8,7 @@ import ast
 import inspect
 import re
 
+import pytest
 import torch
 
 from examples.real import rl_a2c_gae_storage
@@ -97,3 +98,28 @@ def test_a_reason_names_an_attribute_the_rewrite_reads_with_getattr_as_the_attri
     # the storage's loops read ``self.masks`` ... through ``getattr(self, 'masks', None)``
     reasons = " ".join(loop.reason for loop in explain(rl_a2c_gae_storage.naive).loops)
     assert "`self.masks`" in reasons and "getattr(" not in reasons, reasons
+
+
+SEEN = """
+import pytest
+import torch
+
+def f(scores, pos):
+    for u in range(scores.shape[0]):
+        scores[u, pos[u]] = float("-inf")
+    return -torch.logsumexp(scores, dim=1).mean()
+"""
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_a_failed_check_on_a_stacked_list_names_the_users_list(tmp_path, as_list):
+    # two positives per user: `pos` holds rows, not the one index the batched write takes; the
+    # check of its stacked tensor (`_pos_stacked.dim() == 1`) was "a check on a value the
+    # rewrite computes"
+    from tests.helpers import load_module
+    user = load_module(tmp_path, SEEN)
+    pos = torch.tensor([[0, 3], [2, 2], [1, 4]])
+    fast = optimize_loss(user.f, compile=False)
+    scores = torch.randn(3, 5)
+    fast(scores, list(pos) if as_list else pos)
+    assert fast.report.loops[0].last_failure == "check `pos.dim() == 1` was false"

@@ -52,7 +52,11 @@ def read_through_name(plan: LoopPlan, node: ast.Attribute, ctx: PassContext) -> 
     name = ctx.namer.new(node.attr)
     plan.prelude += plan.sub("n = a", n=name, a=guarded_read(node))
     plan.user_names[name] = chain
-    for s in plan.body:
+    # the loop iterating it (``enumerate(self.quantiles)``) iterates the name too
+    it = plan.iteration
+    it.elements = [(e, ast.copy_location(ast.Name(name, ast.Load()), src)
+                    if unparse(src) == chain else src) for e, src in it.elements]
+    for s in plan.body + [ast.Expr(it.stop)]:
         for n in walk(s):
             for field, child in ast.iter_fields(n):
                 if isinstance(child, ast.Attribute) and unparse(child) == chain:

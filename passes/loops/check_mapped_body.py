@@ -17,7 +17,8 @@ count ``x[i].repeat(lens[i], 1)``, a window length ``torch.hann_window(n_fft)``,
 ``math.log(t)``), rows of boolean masks indexing (``x[i][mask[i]]``, also ``x[i][same[i] &
 ~eye[i]]``, logic on them, and comparisons) and masks a function of the
 module returns indexing (``e[k, pick(y, k, flag)]``, ``_helper_mask``), ops whose result's shape depends on the values (``masked_select``, the
-registry's ``data_shape``), calls of the module's functions that select by a boolean mask or
+registry's ``data_shape``), tensors made of Python values (``torch.tensor([i])``, the registry's
+``from_data``: the item of a tensor, which vmap cannot read), calls of the module's functions that select by a boolean mask or
 call such ops in their own bodies (``_helper_selection``: mapped with vmap, they raise on every
 call) or that test in Python or make a Python number of a value made of a parameter whose
 argument varies (``_helper_test``: ``if t.sum() == 0: return ...`` in a per-class dice helper, or
@@ -190,6 +191,12 @@ class _Check:
                         "iteration", node)
         if op.data_shape:
             self.refuse(f"`{self.quote(node)}`: the size of its result varies per iteration",
+                        node)
+        data = node.args[0] if op.from_data and node.args else None
+        if data is not None and (varies(data) if op.from_data == "any" else isinstance(
+                data, (ast.List, ast.Tuple)) and varies(*data.elts)):
+            self.refuse(f"`{self.quote(node)}` makes a tensor of Python values, and one that "
+                        "varies per iteration is a tensor under vmap, whose item it cannot read",
                         node)
         receiver = [node.func.value] if loop_dataflow.method_name(node, self.ctx) else []
         # a size under a tensor condition is read through ``_fixed_operand(p, n)``: ``n`` itself

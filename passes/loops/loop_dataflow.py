@@ -24,6 +24,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from .. import ast_marks
 from ..accumulating_writes import index_accumulate
 from ..errors import Unsupported
@@ -743,6 +745,10 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
             if effect == "storage":
                 raise Unsupported(f"`{unparse(call.func)}` addresses memory by strides and offset: "
                                   "on a row they reach the whole batch", call.lineno)
+            if effect == "autograd":
+                raise Unsupported(f"`{unparse(call.func)}(...)` runs autograd on each iteration's "
+                                  "own graph, which a batched or vmapped body does not have",
+                                  call.lineno)
             wrong = ops.by_call(resolve_call(call.func, ctx), meth).vmap_wrong
             if wrong is not None and (not wrong or {k.arg for k in call.keywords} & set(wrong)):
                 raise Unsupported(f"`{unparse(call.func)}(...)` has wrong gradients under vmap"
@@ -1010,8 +1016,21 @@ def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
     if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
         return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
     if isinstance(expr, ast.Call):
-        return call_op(expr, ctx).boolean
+        kept = dtype_source(expr, ctx)
+        return call_op(expr, ctx).boolean or kept is not None and is_boolean(kept, boolean, ctx)
     return False
+
+
+def dtype_source(call: ast.Call, ctx: PassContext) -> ast.expr | None:
+    """The operand whose dtype ``call``'s result has (``OpSpec.dtype_of``: a view, a copy, a
+    ``*_like`` of it); None when the call is given a dtype (``torch.ones_like(m,
+    dtype=torch.long)``, ``m.view(torch.int8)``, ``m.view(x.dtype)``)."""
+    at, given = call_op(call, ctx).dtype_of, operands(call, ctx)
+    if at is None or at >= len(given) or any(k.arg == "dtype" for k in call.keywords) or any(
+            isinstance(a, ast.Attribute) and (a.attr == "dtype" or isinstance(
+                getattr(torch, a.attr, None), torch.dtype)) for a in call.args):
+        return None
+    return given[at]
 
 
 def makes_boolean(expr: ast.expr, ctx: PassContext) -> bool:

@@ -124,8 +124,8 @@ from ..errors import Unsupported
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, is_pure, replace, root_name, unparse,
                         walk)
-from .loop_dataflow import (call_op, is_boolean, is_shape_query, loads, makes_boolean,
-                            method_name, stores, write_entries)
+from .loop_dataflow import (call_op, dtype_source, is_boolean, is_shape_query, loads,
+                            makes_boolean, method_name, stores, write_entries)
 from .batch_values import literal
 from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
@@ -925,7 +925,9 @@ def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
     if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
         return _strict(m.left, names, ctx) and _strict(m.right, names, ctx)
     if isinstance(m, ast.Call):
-        return (call_op(m, ctx).boolean or makes_boolean(m, ctx)) and _pure(m, ctx)
+        kept = dtype_source(m, ctx)
+        of_mask = kept is not None and _strict(kept, names, ctx)  # ``(t >= t[i]).squeeze()``
+        return (call_op(m, ctx).boolean or of_mask or makes_boolean(m, ctx)) and _pure(m, ctx)
     return False
 
 def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:

@@ -27,8 +27,15 @@ in front of the guard (``_weight = self.weight``), which is then such a list; th
 written still reads the attribute, and the report names it.
 
 A list zipped with the loop's other lists (``for out, w in zip(outs, weights)``, FlowNet's
-level weights) has its element read as the item at the loop index when every read of it is
-such an operand, none with another element (``_elements_read_as_items``).
+level weights), or enumerated (``for i, q in enumerate(self.quantiles)``, a pinball loss's
+quantiles: an attribute's list is read through a name, which the loop then iterates), has its
+element read as the item at the loop index when every read of it is such an operand, none with
+another element (``_elements_read_as_items``).
+
+An operand may be Python arithmetic of one item with number literals (``(q - 1) * errors``,
+``d / (0.5 * w[i] + 2)``): it is computed on the float64 row, as Python computes it on a float,
+and then taken as the item is; the guard asks that the list hold no ints (on an int64 row
+``0.5 * w[i]`` would be float32, ``w[i] - 1`` might wrap).
 
 A list of the module (``CLASS_WEIGHTS = [0.1, 0.3, 0.3, 0.3]``, a global the function does not
 bind) is read as a parameter's is: what it holds at each call is checked there. A name the body
@@ -91,7 +98,13 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                                  x=ast.Name(name, ast.Load()))
     plan.number_lists |= set(names)
     plan.number_kinds |= set(kinds.values())
-    plan.body = [_ToNumberOps(plan, kinds, ctx).visit(s) for s in plan.body]
+    to_ops = _ToNumberOps(plan, kinds, ctx)
+    plan.body = [to_ops.visit(s) for s in plan.body]
+    # on an int64 row, ``w[i] * 0.5`` and ``w[i] / 2`` would be float32, and ``w[i] - 1`` may
+    # wrap where a Python int does not: a list of ints runs as written
+    for kind in sorted(to_ops.floats):
+        plan.check("k is not int", k=ast.Name(kind, ast.Load()))
+    plan.float_lists |= {n for n, k in kinds.items() if k in to_ops.floats}
     return plan
 
 
@@ -146,14 +159,14 @@ def _elements_read_as_items(plan: LoopPlan, candidates: set[str],
     another element (``p - t`` of ``zip(preds, targets)``: items, likely tensors)."""
     elements = {e for e, _ in plan.iteration.elements}
     for name, source in plan.iteration.elements:
-        if not (isinstance(source, ast.Name) and source.id in candidates) \
-                or name in stores_in(plan.body) or name in plan.live_after:
+        if _key(source) not in candidates or name in stores_in(plan.body) \
+                or name in plan.live_after:
             continue
         item = ast.Subscript(clone(source), ast.Name(plan.iteration.index, ast.Load()),
                              ast.Load())
         kept, plan.body = plan.body, [ReadsAs(name, item).visit(clone(s)) for s in plan.body]
         pairs = [(n.left, n.right) for s in kept for n in walk(s) if isinstance(n, ast.BinOp)]
-        if source.id not in _found(plan, {source.id}, ctx) or any(
+        if _key(source) not in _found(plan, {_key(source)}, ctx) or any(
                 {_key(_signed(a)), _key(_signed(b))} <= elements and name in (
                     _key(_signed(a)), _key(_signed(b))) for a, b in pairs):
             plan.body = kept
@@ -183,10 +196,11 @@ def _attribute_lists(plan: LoopPlan) -> set[str]:
         return set()
     parents = {c: n for s in plan.body for n in walk(s) for c in ast.iter_child_nodes(n)}
     bound = stores_in(plan.body)
-    return {unparse(n.value) for s in plan.body for n in walk(s)
-            if isinstance(n, ast.Subscript) and root(n.value) not in (None, *bound)
-            and _at_row(n.slice, plan)
-            and only_read(root(n.value), plan.body, parents)}
+    read = [n.value for s in plan.body for n in walk(s)
+            if isinstance(n, ast.Subscript) and _at_row(n.slice, plan)]
+    iterated = [src for _, src in plan.iteration.elements if isinstance(src, ast.Attribute)]
+    return {unparse(n) for n in read + iterated if root(n) not in (None, *bound)
+            and only_read(root(n), plan.body, parents)}
 
 
 def _read_through_name(plan: LoopPlan, chain: str, ctx: PassContext) -> str:
@@ -224,6 +238,39 @@ def _int_labels(plan: LoopPlan) -> set[str]:
             and ast_marks.get(s.value, ast_marks.HOST_NUMBER) == "int"} - {plan.iteration.index}
 
 
+def _of_item(node: ast.expr, plan: LoopPlan, names) -> str | None:
+    """The list ``w`` of ``w[i]`` (``_item``) or of Python arithmetic of it with number literals
+    (``w[i] - 1``, ``1 - w[i]``, ``0.5 * w[i]``: a quantile loss's ``(q - 1) * errors``), no
+    division by it or by 0 (Python raises where the row's division gives inf)."""
+    found = _item(node, plan, names)
+    if found or not isinstance(node, (ast.BinOp, ast.UnaryOp)):
+        return found
+    if isinstance(node, ast.UnaryOp):
+        return _of_item(node.operand, plan, names) if isinstance(
+            node.op, (ast.USub, ast.UAdd)) else None
+    if type(node.op) not in _OPERATORS:
+        return None
+    if _number_literal(node.right) and not (isinstance(node.op, ast.Div)
+                                            and node.right.value == 0):
+        return _of_item(node.left, plan, names)
+    # a division by the item, which Python raises ZeroDivisionError at where a tensor has inf
+    divided = isinstance(node.op, ast.Div)
+    return _of_item(node.right, plan, names) if _number_literal(node.left) and not divided \
+        else None
+
+
+def _number_literal(node: ast.expr) -> bool:
+    """A float or int literal that a float64 holds exactly (a larger int converts as Python's
+    float does, but torch refuses one past int64)."""
+    return isinstance(node, ast.Constant) and (type(node.value) is float or type(
+        node.value) is int and abs(node.value) <= 2 ** 53)
+
+
+def _arithmetic(node: ast.expr) -> bool:
+    """``node`` is arithmetic of an item (``_of_item``), not the (signed) item itself."""
+    return isinstance(_signed(node), (ast.BinOp, ast.UnaryOp))
+
+
 def _signed(node: ast.expr) -> ast.expr:
     """``w[i]`` of ``-w[i]`` and ``+w[i]`` (a number of the list's kind too), else ``node``."""
     return node.operand if isinstance(node, ast.UnaryOp) and isinstance(
@@ -232,19 +279,21 @@ def _signed(node: ast.expr) -> ast.expr:
 
 def _operand(node: ast.BinOp, plan: LoopPlan, names, ctx: PassContext,
              excluded: set[str]) -> tuple[str, bool] | None:
-    """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t``, ``t``
-    a value the iteration computes: not a fixed one, which may be a Python number, with which
-    the item stays one in the original (``1 - w[i]``); reading no name of ``excluded`` (the
+    """(the list, whether it is the left operand) of ``t <op> w[i]`` or ``w[i] <op> t`` (or
+    ``_of_item`` arithmetic of ``w[i]``), ``t`` a value the iteration computes: not a fixed one,
+    which may be a Python number, with which the item stays one in the original (``1 - w[i]``
+    alone); reading no name of ``excluded`` (the
     index, names carried from the iteration before: ``acc + w[i]`` is a fold, which
     ``fold_accumulators`` reads) and no items (``target[i] * torch.log(pred[i])``, ``ests[s] -
     refs[t]``): those are likely tensors, whose expressions later passes fuse into losses."""
     if type(node.op) not in _OPERATORS:
         return None
-    left, right = _item(node.left, plan, names), _item(node.right, plan, names)
+    left, right = _of_item(node.left, plan, names), _of_item(node.right, plan, names)
     other = node.right if left else node.left
     if (left is None) == (right is None) or not depends(other, plan.variant, ctx):
         return None
-    if _label(_signed(node.left if left else node.right).slice, plan):
+    if any(isinstance(n, ast.Subscript) and _label(n.slice, plan)
+           for n in walk(node.left if left else node.right)):
         # at a label: other items are fine (a tensor's), no host number nor the index as one
         if ast_marks.get(other, ast_marks.HOST_NUMBER) or _outside_indices(other) & excluded:
             return None
@@ -280,7 +329,8 @@ class _Operands(Transformer):
         found = _operand(node, self.plan, self.names, self.ctx, self.excluded)
         if found:
             item = node.left if found[1] else node.right
-            self.found.setdefault(found[0], set()).add(id(_signed(item).value))
+            self.found.setdefault(found[0], set()).update(
+                id(n) for n in walk(item) if _key(n) == found[0])
         return node
 
 
@@ -291,6 +341,7 @@ class _ToNumberOps(Transformer):
         self.plan, self.kinds, self.ctx = plan, kinds, ctx
         self.excluded = _excluded(plan)
         self.fn = ctx.bind(number_op, "number_op")
+        self.floats: set[str] = set()  # kinds that must be float: arithmetic on an item
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
@@ -299,5 +350,7 @@ class _ToNumberOps(Transformer):
             return node
         name, reflected = found
         item, x = (node.left, node.right) if reflected else (node.right, node.left)
+        if _arithmetic(item):  # computed on the float64 row as Python computes it on a float
+            self.floats.add(self.kinds[name])
         return replace(f"{self.fn}(x, w, k, o, r)", loc=node, x=x, w=item, k=self.kinds[name],
                        o=ast.Constant(_OPERATORS[type(node.op)]), r=ast.Constant(reflected))

@@ -124,6 +124,10 @@ class LoopPlan:
     number_lists: set[str] = field(default_factory=set)
     number_kinds: set[str] = field(default_factory=set)  # ... their kinds (never tensors)
     number_labels: set[str] = field(default_factory=set)  # ... int labels they are read at
+    float_lists: set[str] = field(default_factory=set)  # ... those that must hold no ints
+    # ... and those that may be lists of Python ints the loop uses only as indices, stacked as
+    # an int64 tensor (``stack_tensor_lists``)
+    index_lists: set[str] = field(default_factory=set)
     # Names held as lists, tuples or dicts, never tensors (displays, parameters indexed by a
     # string); their reads gathered in front of the guard (``gather_keyed_reads``): the rows'
     # name -> the read.

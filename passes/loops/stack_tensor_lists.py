@@ -58,6 +58,7 @@ from ..ast_tools import PassContext, clone, is_name, rename, unparse, walk
 from ..number_operands import number_rows
 from ..stacked_views import stack_items
 from .attribute_writes_to_names import guarded_read, root
+from .index_tests_to_selected_indices import index_entries_only
 from .loop_dataflow import loads, resolve_call, stores_in
 from .plan import LoopPlan
 from .runtime_checks import conjuncts, proven_tensors
@@ -92,7 +93,8 @@ def stacked_template(ctx: PassContext) -> str:
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     it = plan.iteration
     sources = {src.id for _, src in it.elements if isinstance(src, ast.Name)}
-    rows = {it.index} | {e for e, _ in it.elements if index_only(e, plan.node.body)}
+    rows = {it.index} | {e for e, _ in it.elements if index_only(e, plan.node.body)
+                         or _entry_only(e, plan.node.body, ctx)}
     # lists of numbers are gathered at int labels too (``number_list_operands``)
     labelled = rows | plan.number_labels
     indexed = {n.value.id for s in plan.node.body for n in walk(s) if isinstance(n, ast.Subscript)
@@ -113,6 +115,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             made = made.replace(" if ", " if c and ", 1)
         if elements and elements <= rows:
             made = made.removesuffix(" else x") + f" else torch.tensor(x) if {INTS} else x"
+            plan.index_lists.add(name)
         elif name in plan.number_lists:
             made = made.removesuffix(" else x") + f" else {ctx.bind(number_rows, 'number_rows')}(x)"
         checked = {"c": ast.BoolOp(ast.And(), [clone(c) for c in first]) if len(first) > 1
@@ -266,6 +269,18 @@ def index_only(element: str, body: list[ast.stmt]) -> bool:
     indices = {id(n.slice) for s in body for n in walk(s) if isinstance(n, ast.Subscript)
                and isinstance(n.value, ast.Name) and is_name(n.slice, element)}
     return bool(uses) and uses <= indices
+
+
+def _entry_only(element: str, body: list[ast.stmt], ctx: PassContext) -> bool:
+    """The body reads ``element`` only as a whole entry of a subscript of a name that is no module
+    global (``probs[:, c]``, ``x[i, j]``): a 0-d int64 tensor there indexes as the int does (a
+    global may be a list, which a tensor under vmap cannot index)."""
+    if not index_entries_only(element, body):
+        return False
+    indexing = [n for s in body for n in walk(s) if isinstance(n, ast.Subscript) and any(
+        is_name(e, element) for e in (n.slice.elts if isinstance(n.slice, ast.Tuple)
+                                      else [n.slice]))]
+    return all(isinstance(n.value, ast.Name) and n.value.id not in ctx.globals for n in indexing)
 
 
 def _only_items_read(name: str, elements: set[str], body: list[ast.stmt], rows: set[str]) -> bool:

@@ -428,7 +428,8 @@ class _Vectorizer(Transformer):
             fp = fission.plan
             self.add_loop(node.lineno, True, "distributed", fission.reason + _runs_when(
                 check, fp.stacked, fp.gathered, numbers=fp.number_lists, written=self.getattrs,
-                windows=fp.windows, arrays=fp.arrays),
+                windows=fp.windows, arrays=fp.arrays, ints=fp.index_lists,
+                floats=fp.float_lists),
                 fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
@@ -597,7 +598,7 @@ def _reported(vectorizer: "_Vectorizer", plan: LoopPlan, lineno: int, what: str)
                         _why(plan, vectorizer.ctx) + what
                         + _runs_when(check, plan.stacked, plan.gathered, plan.user_names,
                                      plan.number_lists, vectorizer.getattrs, plan.windows,
-                                     plan.arrays)
+                                     plan.arrays, plan.index_lists, plan.float_lists)
                         + plan.no_grad_reason, plan)
     return check
 
@@ -782,11 +783,12 @@ def _numbers(init: list[ast.stmt]) -> set[str]:
 def _runs_when(check: ast.expr, stacked: dict[str, str],
                gathered: dict[str, str] | None = None, user_names: dict[str, str] | None = None,
                numbers: set[str] = frozenset(), written: frozenset[str] = frozenset(),
-               windows: dict[str, str] | None = None,
-               arrays: dict[str, str] | None = None) -> str:
+               windows: dict[str, str] | None = None, arrays: dict[str, str] | None = None,
+               ints: set[str] = frozenset(), floats: set[str] = frozenset()) -> str:
     """The report names what the runtime check needs: for other inputs (a list of heads, say)
     the loop runs as written, and the report must not suggest otherwise. A stacked list is
-    named as the user's list (``numbers``: lists that may hold Python numbers too), a tensor
+    named as the user's list, with the Python numbers it may hold too (``numbers``, of them
+    ``floats``: floats only; ``ints``), a tensor
     written through an attribute as the attribute, an attribute the rewrite reads with ``getattr``
     as the attribute (a ``getattr`` call of ``written``, the user's own, as written), the view
     of moving slices (``windows``) as the slices, the tensor of a numpy array's ints
@@ -797,31 +799,35 @@ def _runs_when(check: ast.expr, stacked: dict[str, str],
     found = sorted({user_names.get(n, n) for n in shown})
     gathered = gathered or {}
     slices = [f"`{n}`" for n in found if n in (windows or {}).values()]
-    ints = [f"`{n}`" for n in found if n in (arrays or {}).values()]
+    arrays_shown = [f"`{n}`" for n in found if n in (arrays or {}).values()]
     names = [f"`{n}`" for n in found if n not in stacked and n not in gathered
-             and f"`{n}`" not in slices + ints]
+             and f"`{n}`" not in slices + arrays_shown]
     shown = {n: user_names.get(s, s) for n, s in stacked.items()}  # an attribute's list as it
-    lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] not in numbers]
-    number_lists = [f"`{shown[n]}`" for n in found if n in stacked and stacked[n] in numbers]
+    held = {"": [], "Python numbers all int or all float": [], "Python floats": [],
+            "Python ints": []}  # what else the user's list may hold -> the lists
+    for n in (n for n in found if n in stacked):
+        name = stacked[n]
+        held["" if name not in numbers | ints else "Python ints" if name not in numbers
+             else "Python floats" if name in floats
+             else "Python numbers all int or all float"].append(f"`{shown[n]}`")
     reads = [f"`{gathered[n]}`" for n in found if n in gathered]
-    if not names and not lists and not reads and not number_lists and not slices and not ints:
+    if not names and not any(held.values()) and not reads and not slices and not arrays_shown:
         return ""
     parts = []
     if names:
         parts.append(f"{', '.join(names)} {'is a tensor' if len(names) == 1 else 'are tensors'}")
-    if lists:
-        parts.append(f"{', '.join(lists)} {'is' if len(lists) == 1 else 'are'} a tensor or a list "
-                     "or tuple of tensors of one shape, dtype and device (stacked)")
-    if number_lists:
-        parts.append(f"{', '.join(number_lists)} {'is' if len(number_lists) == 1 else 'are'} a "
-                     "tensor, or a list or tuple of tensors of one shape, dtype and device or of "
-                     "Python numbers all int or all float (stacked)")
+    for what, lists in ((w, ls) for w, ls in held.items() if ls):
+        tensors = "tensors of one shape, dtype and device"
+        parts.append(f"{', '.join(lists)} {'is' if len(lists) == 1 else 'are'} a tensor" + (
+            f", or a list or tuple of {tensors} or of {what} (stacked)" if what
+            else f" or a list or tuple of {tensors} (stacked)"))
     if reads:
         parts.append(f"the items {', '.join(reads)} over the loop are tensors of one shape, dtype "
                      "and device (gathered and stacked)")
-    if ints:
-        arrays_are = "is a 1-D numpy array" if len(ints) == 1 else "are 1-D numpy arrays"
-        parts.append(f"{', '.join(ints)} {arrays_are} of ints (iterated as their int64 tensor)")
+    if arrays_shown:
+        arrays_are = "is a 1-D numpy array" if len(arrays_shown) == 1 else "are 1-D numpy arrays"
+        parts.append(f"{', '.join(arrays_shown)} {arrays_are} of ints (iterated as their int64 "
+                     "tensor)")
     if slices:
         parts.append(f"the slices {', '.join(slices)} lie inside their tensor in every iteration "
                      "(one view of them all)")
