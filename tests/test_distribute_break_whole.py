@@ -89,7 +89,7 @@ def f(logits, targets):
                     def _body_1(_logits_row, _targets_row_1):
                         _loss_part = 0
                         _count_part = 0
-                        _loss_part = _loss_part + F.cross_entropy(_logits_row, _targets_row_1, ignore_index=0, reduction='sum')
+                        _loss_part = _loss_part + _cross_entropy(_logits_row, _targets_row_1, ignore_index=0, reduction='sum')
                         _count_part = _count_part + (_targets_row_1 != 0).sum()
                         return (torch.as_tensor(_loss_part), torch.as_tensor(_count_part))
                     _outs_2 = _map_in_chunks(_body_1, in_dims=(1, 1))(logits if t + _n == logits.shape[1] and t == 0 else logits[:, t:t + _n:1], targets if t + _n == targets.shape[1] and t == 0 else targets[:, t:t + _n:1])

@@ -116,9 +116,9 @@ GOLDEN = {
                 else:
 
                     def _body(_x_row, _y_row):
-                        l = F.cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
+                        l = _cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
                         _cond = torch.ne(l.detach().double() > th, False)
-                        _hard_item = F.cross_entropy(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, _x_row.detach()).unsqueeze(0), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, _y_row.detach()).unsqueeze(0))
+                        _hard_item = _cross_entropy(torch.where(_cond.reshape(_branch_shape[_cond.shape, _x_row.shape]), _x_row, _x_row.detach()).unsqueeze(0), torch.where(_cond.reshape(_branch_shape[_cond.shape, _y_row.shape]), _y_row, _y_row.detach()).unsqueeze(0))
                         return (torch.as_tensor(_hard_item), torch.as_tensor(_cond))
                     _outs = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
                 hard.extend(_outs[0][_outs[1]].unbind(0))
@@ -170,7 +170,7 @@ GOLDEN = {
                 else:
 
                     def _body(_x_row, _y_row):
-                        l = F.cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
+                        l = _cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0))
                         _l_all_item = l
                         return (torch.as_tensor(_l_all_item),)
                     _outs_1 = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
@@ -204,7 +204,7 @@ GOLDEN = {
                 else:
 
                     def _body(_x_row, _y_row):
-                        _value = F.cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0)).detach()
+                        _value = _cross_entropy(_x_row.unsqueeze(0), _y_row.unsqueeze(0)).detach()
                         _value_1 = (_x_row ** 2).sum().detach()
                         _value_all_item = _value
                         _value_1_all_item = _value_1

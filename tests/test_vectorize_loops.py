@@ -717,7 +717,7 @@ GOLDEN_CROSS_ENTROPY = ("""
 
                 def _body(_logits_row, _t_row):
                     _loss_part = 0
-                    _loss_part = _loss_part + F.cross_entropy(_logits_row.unsqueeze(0), _t_row.unsqueeze(0))
+                    _loss_part = _loss_part + _cross_entropy(_logits_row.unsqueeze(0), _t_row.unsqueeze(0))
                     return (torch.as_tensor(_loss_part),)
                 _outs = _map_in_chunks(_body, in_dims=(0, 0))(logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1], t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1])
                 _outs = (_outs[0].sum(0),)
