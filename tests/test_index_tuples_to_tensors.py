@@ -152,3 +152,39 @@ def test_unpacked_equivalent_without_warnings(tmp_path, spelling, dtype):
         warnings.simplefilter("error")  # no fallback warning
         assert_equivalent(user.f, fn, emb.requires_grad_(), labels)
     assert (fn.report.loops[0].vectorized_runs, fn.report.loops[0].original_runs) == (1, 0)
+
+
+@pytest.mark.parametrize("src", [
+    UNPACKED.replace("return torch.mean(torch.stack(losses))",
+                     "return torch.mean(torch.stack(losses)), a"),
+    PIT.replace("return -torch.stack([score(p) for p in permutations(range(len(refs)))])"
+                ".max(0).values.sum()",
+                "best = []\n    for p in permutations(range(len(refs))):\n"
+                "        best.append(score(p))\n    return torch.stack(best).max(), p"),
+    """
+def f(x, obj):
+    total = 0
+    for c in obj.idc:
+        total = total + x[:, c].sum()
+    return total, c
+""",
+])
+def test_an_element_read_after_the_loop_keeps_its_python_value(tmp_path, src):
+    """After the loop the original's element is a Python tuple or int; rows of the tuples'
+    tensor would leave a tensor there."""
+    import types
+    import warnings
+    from rewrite import optimize_loss
+    user = load_module(tmp_path, "import torch\n" + src)
+    g = torch.Generator().manual_seed(3)
+    if "emb" in src:
+        args = (torch.randn(5, 4, generator=g), torch.tensor([0, 1, 0, 1, 1]))
+    elif "refs" in src:
+        args = ([torch.randn(4, generator=g) for _ in range(3)],
+                [torch.randn(4, generator=g) for _ in range(3)])
+    else:
+        args = (torch.randn(3, 4, generator=g), types.SimpleNamespace(idc=[0, 2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want, got = user.f(*args), optimize_loss(user.f, compile=False)(*args)
+    assert type(got[1]) is type(want[1]) and got[1] == want[1], (got, want)

@@ -79,6 +79,8 @@ _INDEX_TUPLES = {"itertools.permutations", "itertools.combinations",
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     node, it = plan.node, plan.node.iter
+    if {n.id for n in walk(node.target) if isinstance(n, ast.Name)} & plan.live_after:
+        return plan  # read after the loop: a Python tuple or int there, a tensor's row here
     if isinstance(node.target, ast.Tuple):
         return _unpacked(plan, ctx)
     if not isinstance(node.target, ast.Name):
@@ -96,7 +98,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             ast_marks.put(n, ast_marks.GENERATED, True)  # not the user's: no loop to report
         ast_marks.put(made_from[0], ast_marks.HELD_SEQUENCE, unparse(it))
         plan.prelude += made_from
-    elif not plan.inner and _numpy_array(it, ctx) and node.target.id not in plan.live_after \
+    elif not plan.inner and _numpy_array(it, ctx) \
             and _entries_or_bounds_only(node.target.id, node.body):
         # an inner loop's prelude would be a statement of the outer body: planned again as not
         # inner when the outer loop is kept
