@@ -163,8 +163,7 @@ def _reads_inner_item(nest: _Nest, j: str, ctx: PassContext) -> bool:
     their labels. A test of positions alone (``if j < length_i``) masks a ragged batch, which
     the masks of the loops' own forms cover at no gather."""
     inner = {name for name, (_, k, _) in nest.items.items() if k == j}
-    return any(isinstance(n, ast.Name) and n.id in inner
-               or (found := _item_of(n, {j}, ctx)) is not None and found[1] == j
+    return any(isinstance(n, ast.Name) and n.id in inner or _item_of(n, {j}, ctx) is not None
                for n in walk(nest.test))
 
 

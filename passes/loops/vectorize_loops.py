@@ -657,12 +657,10 @@ def _pairs_form(vectorizer: "_Vectorizer", node: ast.For) -> list[ast.stmt] | No
         return None
     v.add_loop(node.lineno, True, entry.strategy, pairs.why + "; when the items the test reads "
                "are of 1-D tensors, in range, else the loops run as written", node)
-    # the flags a mean's division reads are set on both branches
-    flags = [s for s in done if _is_flag(s, ctx)]
-    rest = [s for s in done if not _is_flag(s, ctx)]
+    # (no mean's flag among them: the loop has no division after it, see above)
     unpack = replace("pi, pj = p", loc=node, pi=pairs.loop.iter.args[0].id,
                      pj=pairs.loop.iter.args[1].id, p=pairs.pairs)
-    return flags + [_guarded(pairs.check, node.lineno, unpack + rest, clone(node), node)]
+    return [_guarded(pairs.check, node.lineno, unpack + done, clone(node), node)]
 
 
 def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.stmt,
@@ -670,13 +668,6 @@ def _guarded(check: ast.expr, lineno: int, stmts: list[ast.stmt], original: ast.
     """``if <check>: <marker>; <stmts> else: <original>``."""
     marker = ast.Expr(ast.Constant(MARKER.format(lineno)))
     return ast.copy_location(ast.If(test=check, body=[marker] + stmts, orelse=[original]), loc)
-
-
-def _is_flag(stmt: ast.stmt, ctx: PassContext) -> bool:
-    """``_averaged = False``, set before a vectorized loop that may leave a mean."""
-    return isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
-        and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in ctx.namer.made \
-        and isinstance(stmt.value, ast.Constant) and stmt.value.value is False
 
 
 def _strategy(plan: LoopPlan) -> str:
