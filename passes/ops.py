@@ -107,6 +107,10 @@ class OpSpec:
     # ``sanitize``: ``x.expand_as(y)`` neither holds nor writes ``y``'s memory.
     metadata_operands: tuple[int, ...] = ()
     data_shape: bool = False                  # its result's shape depends on the values
+    # Called with one positional operand and no keyword, it is this other op (its method
+    # name): ``torch.where(c)`` is ``torch.nonzero(c, as_tuple=True)``, whose shape depends on
+    # the values, where ``torch.where(c, a, b)`` is elementwise.
+    operand_only: str | None = None
     # It makes a tensor of Python values, its first argument's: "any" value (``torch.tensor``
     # copies even a tensor by its items), "display" the items of a list or tuple display
     # (``torch.as_tensor([i])``; a tensor itself is taken as it is). Under vmap such a value
@@ -231,7 +235,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("logical_not", **_CMP),
     # Tensor.where takes the condition as its argument, not as its receiver: no method spelling
     _t("where", meth=False, integer=(1, 2), positions=(1, 2), recomputed=True,
-       derivative="constant", **_ET),
+       derivative="constant", operand_only="nonzero", **_ET),
     _t("zeros_like", meth=False, integer=(0,), dtype_of=0, positions=(0,), metadata_only=True, **_ET),
     _t("ones_like", meth=False, integer=(0,), dtype_of=0, metadata_only=True, **_ET),
     _t("full_like", meth=False, metadata_only=True, **_ET),

@@ -76,6 +76,13 @@ def test_queries_find_every_spelling():
     assert ops.by_call("helper", None) is ops.UNKNOWN and ops.by_call(None, "helper") is ops.UNKNOWN
 
 
+def test_operand_only_forms_are_listed_methods():
+    """``operand_only`` names the op a one-operand call is, by its method spelling."""
+    for spec in ops.REGISTRY:
+        if spec.operand_only:
+            assert ops.by_call(None, spec.operand_only) is not ops.UNKNOWN, spec.names
+
+
 def test_tensor_functions_have_their_method_spelling():
     """``torch.f(x, ...)`` and ``x.f(...)`` are one op: a spelling missing from one fact table
     (``x.div(y)`` batched but not sanitized) cannot happen when both name one entry."""

@@ -425,8 +425,13 @@ def method_name(call: ast.Call, ctx: PassContext) -> str | None:
 
 
 def call_op(call: ast.Call, ctx: PassContext) -> ops.OpSpec:
-    """The registry's entry for the function or method ``call`` calls (``ops.UNKNOWN``)."""
-    return ops.by_call(resolve_call(call.func, ctx), method_name(call, ctx))
+    """The registry's entry for the function or method ``call`` calls (``ops.UNKNOWN``), or for
+    the op its one-operand form is (``OpSpec.operand_only``)."""
+    spec = ops.by_call(resolve_call(call.func, ctx), method_name(call, ctx))
+    if spec.operand_only and len(call.args) == 1 and not call.keywords \
+            and not isinstance(call.args[0], ast.Starred):
+        return ops.by_call(None, spec.operand_only)
+    return spec
 
 
 def written_through(recv: ast.expr, ctx: PassContext) -> ast.expr:
