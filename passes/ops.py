@@ -22,7 +22,7 @@ import torch
 
 from . import (bce_with_logits, class_index_targets, cosine_products, full_extremes,
                gathered_nll_loss, grad_free, inplace_results, kl_div_terms, masked_divisors,
-               number_operands, set_distances, slice_bounds, stacked_views)
+               number_operands, selection_windows, set_distances, slice_bounds, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -327,6 +327,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # the identity on a slice bound that raises where slicing with a float would
     _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", int_or_raises=True,
             **_ET),
+    # the mask of a slice of a selection: ``x[m][a:b]`` is ``x[selection_window(m, a, b)]``
+    _helper(selection_windows.selection_window, boolean=True, derivative="constant"),
     # a fixed divisor under a mask: the number itself, or 1 where the mask is off
     _helper(masked_divisors.masked_divisor, derivative="constant", **_ET),
     # an in-place write's value in the written tensor's dtype (``inplace_writes_to_functional``)

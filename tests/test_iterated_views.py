@@ -74,9 +74,78 @@ def test_views_golden():
 
 
 def test_other_iterated_calls_are_kept():
-    _, _, code, report = build(PAIRS.replace("est.transpose(0, 1)", "est.abs()"))
-    kept = {loop.lineno: loop.reason for loop in report.loops if not loop.vectorized}
-    assert list(kept) == [4] and "`est.abs()` is not a plain name" in kept[4], report
+    for made in ("torch.randperm(est.shape[0]).view(-1, 1) + est", "est.tolist()", "g(est)"):
+        _, _, code, report = build(PAIRS.replace("est.transpose(0, 1)", made))
+        kept = {loop.lineno: loop.reason for loop in report.loops if not loop.vectorized}
+        assert list(kept) == [4] and f"`{made}` is not a plain name" in kept[4], report
+
+
+CLASSES = """
+def f(x, labels):
+    total = 0
+    for c in torch.unique(labels):
+        total = total + x[labels == c].mean(0).norm()
+    for r in x.abs():
+        total = total + r.max()
+    return total
+"""
+
+
+def test_golden_a_made_iterated_value_is_bound_before_the_check():
+    """An effect-free op's value is made once, in front of the check, as Python makes it once;
+    a method's receiver that is no tensor gives None (the loop as written calls it)."""
+    _, _, code, report = build(CLASSES)
+    assert [loop.vectorized for loop in report.loops] == [True, True], report
+    lines = [line.strip() for line in code.splitlines()]
+    guard = next(k for k, line in enumerate(lines) if line.startswith("if ") and "_iterated" in line)
+    assert lines.index("_iterated = torch.unique(labels)") < guard, code
+    assert "_iterated_1 = x.abs() if isinstance(x, torch.Tensor) else None" in lines, code
+    assert lines.count("for c in torch.unique(labels):") == 1, code  # the loop as written
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_made_iterated_values_equivalent_and_run_vectorized(tmp_path, dtype):
+    module = load_module(tmp_path, "import torch\n" + CLASSES)
+    x = torch.randn(12, 3, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    x[5] = x[2]  # a tie
+    labels = torch.tensor([0, 2, 2, 5, 0, 5, 5, 2, 0, 0, 2, 5])
+    report = equivalent_report(module.f, x.requires_grad_(), labels)
+    assert [(loop.vectorized_runs, loop.original_runs) for loop in report.loops] == [(1, 0)] * 2
+
+
+def test_a_made_value_of_an_object_that_is_no_tensor_is_made_once():
+    calls = []
+
+    class Rows:
+        def abs(self):
+            calls.append(1)
+            return [torch.ones(3), torch.full((3,), 2.0)]
+
+    original, optimized, _, _ = build("""
+def f(x):
+    total = 0
+    for r in x.abs():
+        total = total + r.max()
+    return total
+""")
+    assert original(Rows()) == optimized(Rows()) == 3.0 and calls == [1, 1]
+
+
+def test_an_inner_loop_over_a_made_value_runs_vectorized_in_the_loop_as_written():
+    """Its value is made in the outer loop's body: that loop runs as written."""
+    original, optimized, _, report = build("""
+def f(x):
+    total = 0
+    for i in range(x.shape[0]):
+        for v in x[i].abs():
+            total = total + v
+    return total
+""")
+    outer, inner = sorted(report.loops, key=lambda loop: loop.lineno)
+    assert not outer.vectorized and "inner loop that could not be vectorized" in outer.reason
+    assert inner.vectorized, inner
+    assert_equivalent(original, optimized, torch.randn(3, 4, 2, dtype=torch.float64,
+                                                       requires_grad=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -41,7 +41,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           raise_on_empty_selections, record_items_run_as_written,
                           removed_index_lists_to_masks,
                           rename_rebound_loop_variables, row_index_adds_to_writes,
-                          row_slices_to_params, runtime_checks,
+                          row_slices_to_params, runtime_checks, sliced_selections_to_masks,
                           sink_own_item_selections, sorts_read_at_ends, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops,
                           moving_slices_to_windows)
@@ -1133,6 +1133,36 @@ total = total + F.mse_loss(x[i].flatten(0)[:lengths[i]], y[i].flatten(0)[:length
      """
 # body
 total = total + F.mse_loss(x[i].flatten(0)[:lengths[i]], y[i].flatten(0)[:lengths[i]], reduction='sum')
+"""),
+    (sliced_selections_to_masks, """
+def f(emb, target, classes, k):
+    protos = []
+    for c in classes:
+        protos.append(emb[target == c][:k].mean(0))
+    return protos
+""", ('body',),
+     """
+# body
+protos.append(emb[target == c][:k].mean(0))
+""",
+     """
+# body
+protos.append(emb[_selection_window(target == c, None, k)].mean(0))
+"""),
+    (sliced_selections_to_masks, """
+def f(emb, target, classes, k):
+    protos = []
+    for c in classes:
+        protos.append(emb[target == c][:c].mean(0))
+    return protos
+""", ('body',),
+     """
+# body
+protos.append(emb[target == c][:c].mean(0))
+""",
+     """
+# body
+protos.append(emb[target == c][:c].mean(0))
 """),
     (ragged_slices_to_masks, """
 def f(x, lengths):

@@ -12,7 +12,10 @@ Bounds and iterated values are evaluated again before the loop: they must be nam
 expressions (``is_pure``). An iterated value may also be a view of a tensor (``for src in
 est.transpose(0, 1)``, ``x.permute(2, 0, 1)``: a registry op that aliases its receiver and has
 no effect); the check then asks that the receiver is a tensor first, so no other object's method
-of that name is called again. ``for ... else`` and targets that unpack elements are refused.
+of that name is called again. An iterated value that a tensor op without effects makes
+(``for c in torch.unique(target)``, ``labels.unique()``) is bound to a fresh name in front of the
+check, once, as Python evaluates it once; the plan iterates that name. ``for ... else`` and
+targets that unpack elements are refused.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .. import ops
 from ..ast_tools import (PassContext, clone, is_int, is_name, is_pure, is_shape_call, unparse,
                          walk)
 from ..errors import Unsupported
-from .loop_dataflow import resolve_call
+from .loop_dataflow import call_op, method_name, resolve_call
 from .plan import Iteration, LoopPlan
 
 
@@ -66,14 +69,14 @@ def _iteration(plan: LoopPlan, ctx: PassContext) -> Iteration:
         offset = it.args[1] if len(it.args) == 2 else ast.Constant(0)
         _require_pure(offset, "enumerate start")
         inner = Iteration("", offset, offset, ast.Constant(1))
-        _elements(target.elts[1], it.args[0], inner, ctx)
+        _elements(target.elts[1], it.args[0], inner, plan, ctx)
         inner.index = target.elts[0].id
         trip = _trip(plan, inner.elements)
         inner.stop = trip if is_int(offset, 0) else plan.sub("a + n", a=offset, n=trip)
         return inner
     result = Iteration(ctx.namer.new("i"), ast.Constant(0), ast.Constant(0), ast.Constant(1),
                        index_is_user=False)
-    _elements(target, it, result, ctx)
+    _elements(target, it, result, plan, ctx)
     result.stop = _trip(plan, result.elements)
     return result
 
@@ -93,17 +96,47 @@ def _numpy_index(plan: LoopPlan, index: str, it: ast.Call) -> None:
         raise Unsupported(f"`{index}` of `{unparse(it)}` is a numpy int read outside an index")
 
 
-def _elements(target: ast.expr, iterable: ast.expr, into: Iteration, ctx: PassContext) -> None:
+def _elements(target: ast.expr, iterable: ast.expr, into: Iteration, plan: LoopPlan,
+              ctx: PassContext) -> None:
     fn = resolve_call(iterable.func, ctx) if isinstance(iterable, ast.Call) else None
     if fn == "zip" and isinstance(target, ast.Tuple) and not iterable.keywords \
             and len(target.elts) == len(iterable.args):
         for t, src in zip(target.elts, iterable.args):
-            _elements(t, src, into, ctx)
+            _elements(t, src, into, plan, ctx)
         return
     if not isinstance(target, ast.Name):
         raise Unsupported(f"loop target `{unparse(target)}` unpacks elements")
+    if not is_pure(iterable, _view_or_shape) and _made_by_op(iterable, plan, ctx):
+        iterable = _bound_before(iterable, plan, ctx)
     _require_pure(iterable, "iterated value", _view_or_shape)
     into.elements.append((target.id, iterable))
+
+
+def _made_by_op(iterable: ast.expr, plan: LoopPlan, ctx: PassContext) -> bool:
+    """A tensor op's call without effects (``torch.unique(target)``, ``labels.unique()``) on
+    operands the check may read again, in a loop that is not inner (its prelude would be a
+    statement of the outer loop's body)."""
+    if plan.inner or not isinstance(iterable, ast.Call):
+        return False
+    op = call_op(iterable, ctx)
+    operands = iterable.args + [k.value for k in iterable.keywords] + (
+        [iterable.func.value] if method_name(iterable, ctx) else [])
+    return op.aten is not None and op.effect is None and not (
+        op.host or op.host_number or op.python_number) \
+        and all(is_pure(a, _view_or_shape) for a in operands)
+
+
+def _bound_before(call: ast.Call, plan: LoopPlan, ctx: PassContext) -> ast.Name:
+    """A fresh name the prelude binds to what ``call`` makes, which the plan iterates: Python
+    evaluates the iterated value once, before the first iteration, and so does the prelude, in
+    front of the check. A method's receiver that is not a tensor gives None (the check then
+    fails, and the loop as written calls the method, once); the loop as written evaluates a
+    tensor op's value again, with no effect, to the same value."""
+    name = ast.copy_location(ast.Name(ctx.namer.new("iterated"), ast.Load()), call)
+    recv = call.func.value if method_name(call, ctx) else None
+    plan.prelude += plan.sub("n = e", n=name, e=call) if recv is None else \
+        plan.sub("n = e if isinstance(r, torch.Tensor) else None", n=name, e=call, r=recv)
+    return name
 
 
 def _elements_not_called(plan: LoopPlan, elements: list[tuple[str, ast.expr]]) -> None:

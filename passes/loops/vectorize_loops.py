@@ -114,7 +114,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                raise_on_empty_selections, removed_index_lists_to_masks,
                number_list_operands,
                rename_rebound_loop_variables, row_index_adds_to_writes, row_slices_to_params,
-               runtime_checks,
+               runtime_checks, sliced_selections_to_masks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                sorts_read_at_ends, stack_tensor_lists, tensor_branches_to_where,
                unit_slices_to_index)
@@ -164,6 +164,7 @@ LOOP_STAGES: list = [
     excluded_items_to_masks,      # before ragged_slices_to_masks, which would split its slices
     removed_index_lists_to_masks,  # before check_body, which refuses `idx.remove(j)`
     ragged_slices_to_masks,       # before masked_selections_to_where: it makes selections
+    sliced_selections_to_masks,   # before masked_selections_to_where: it makes selections
     # before masked_selects_to_selections: it reads the masked_select calls that make its sorted
     # values 1-D; it leaves selections, which the next two take
     sorts_read_at_ends,
