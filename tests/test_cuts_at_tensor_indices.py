@@ -115,9 +115,18 @@ def test_other_forms_are_unchanged(tmp_path, before, after):
 
 
 def test_cuts_in_loops_are_the_loop_stages(tmp_path):
+    """A cut the loop's header makes is bound once in front of the vectorized loop (as Python
+    evaluates it once), a statement of the function this pass may take; none in a loop."""
     looped = HELPER.replace("    excl = torch.cat((x[s, :j], x[s, j + 1:]))\n", "").replace(
         "for row in excl:", "for row in torch.cat((x[s, :j], x[s, j + 1:])):")
     code = _rewritten(tmp_path, looped)
+    taken = [line.strip() for line in code.splitlines() if "_without_item" in line]
+    assert taken and all(line.startswith("_iterated = ") for line in taken), code
+    loop_body = HELPER.replace("for row in excl:\n        total = total + row",
+                               "for k in range(2):\n        total = total + excl[k] * k")
+    code = _rewritten(tmp_path, loop_body.replace(
+        "    excl = torch.cat((x[s, :j], x[s, j + 1:]))\n", "").replace(
+        "excl[k]", "torch.cat((x[s, :j], x[s, j + 1:]))[k]"))
     assert code is None or "_without_item" not in code, code
 
 
