@@ -245,6 +245,37 @@ def test_gather_at_fixed_ints_equivalent(expr, ms):
             assert_equivalent(original, optimized, x, t, m, k)
 
 
+COLUMNS = ("def f(logits, targets, m, classes):\n    s = 0\n    for c in classes:\n"
+           "        s = s + F.binary_cross_entropy_with_logits(logits[:, c], targets[:, c])"
+           " + m[:, :, c].sum()\n    return s\n")
+
+
+def test_columns_at_iterated_ids_golden():
+    """``logits[:, c]`` at a class id iterated from a tensor: every column at once, the loop dim
+    moved to the front (it was vmap: "index without a batched form")."""
+    _, _, code, report = build(COLUMNS)
+    assert strategies(report) == {3: "batched"}, (report, code)
+    for column in ("logits[:, c].movedim(1, 0)", "targets[:, c].movedim(1, 0)",
+                   "m[:, :, c].movedim(2, 0)"):
+        assert column in code, code
+    _, _, code, report = build(COLUMNS.replace("logits[:, c]", "logits[1:, c]"))
+    assert strategies(report) == {3: "vmap"}, (report, code)  # not full slices: no change
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_columns_at_iterated_ids_equivalent(dtype, monkeypatch):
+    original, optimized, _, _ = build(COLUMNS)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, generator=g, dtype=dtype)
+    logits[0, 0] = float("inf")  # in a column no id reads
+    logits[1, 1] = logits[2, 1]  # a tie
+    targets = torch.rand(6, 5, generator=g, dtype=dtype)
+    m = torch.randn(2, 3, 5, generator=g, dtype=dtype).requires_grad_()
+    monkeypatch.setattr(torch, "vmap", None)  # the batched code must not need it
+    for classes in (torch.tensor([1, 4, 4, -1]), torch.tensor([2], dtype=torch.int32)):
+        assert_equivalent(original, optimized, logits.requires_grad_(), targets, m, classes)
+
+
 def test_squared_distances_far_from_the_origin_keep_their_precision():
     """Nearest neighbours of points far from the origin: |a|^2 + |b|^2 - 2ab would cancel."""
     _, optimized, _, _ = build(_loop("((w - x[i]) ** 2).sum(dim=1).amin()"))

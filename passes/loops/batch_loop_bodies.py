@@ -19,7 +19,8 @@ The batched forms: elementwise ops and arithmetic as they are; reductions of all
 ``x.sum()`` -> ``x.sum(<the item dims>)``; ``dim=d`` -> ``dim=d + 1`` (negative dims
 unchanged); ``x[k, 1:]`` with fixed entries -> ``x[:, k, 1:]``; the gather ``x[idx]`` ->
 ``x[torch.arange(len(x), device=x.device), idx]`` (``w[idx]`` unchanged when ``w`` does not vary;
-``w[i]`` at the index of ``range(a, b, s)``, int literals ``a``, ``s``: ``w[a:b:s].clone()``);
+``w[i]`` at the index of ``range(a, b, s)``, int literals ``a``, ``s``: ``w[a:b:s].clone()``;
+``w[:, c]``, full slices then a per-item 0-d id, -> ``w[:, c].movedim(1, 0)``);
 ``F.mse_loss(a, b)`` and the other pointwise losses -> ``F.mse_loss(a, b, reduction="none")``
 averaged per item (``reduction="none"``: the same call, elementwise); ``F.cross_entropy(x, t)``
 on [N, C] items -> ``reduction="none"`` summed per item over the count of non-ignored targets
@@ -449,7 +450,7 @@ class _Batcher(Scope):
                 bv.rank - sum(type(k) is int for k in kinds) + sum(k is None for k in kinds))
             return ast.copy_location(new, node), Val(True, rank, tensor=bv.tensor)
         if not bv.batched and len(entries) > 1:
-            return self._fixed_gather(node, entries)
+            return _fixed_columns(self, node, entries) or self._fixed_gather(node, entries)
         if len(entries) != 1:
             raise Unsupported(f"`{unparse(node)}`: index without a batched form")
         idx, iv = self.expr(entries[0])
@@ -488,6 +489,29 @@ class _Batcher(Scope):
         self.check(f"isinstance({base}, torch.Tensor) and {text}.dim() == {base}.dim() - "
                    f"{len(fixed)}")
         return self._subscript(ast.copy_location(ast.Subscript(prefix, last, ast.Load()), node))
+
+
+def _fixed_columns(b: _Batcher, node: ast.Subscript,
+                   entries: list[ast.expr]) -> tuple[ast.expr, Val] | None:
+    """``logits[:, c]``: a fixed tensor's full slices, then a per-item integer index of rank 0
+    (a class id iterated from ``torch.unique(labels)``) -> ``logits[:, cs].movedim(1, 0)``, the
+    columns of every iteration gathered at once (an index's backward adds into the same
+    columns as the per-item ones); None for other subscripts (``_fixed_gather`` takes ints)."""
+    *lead, last = entries
+    if not all(isinstance(e, ast.Slice) and e.lower is e.upper is e.step is None for e in lead) \
+            or not b.varies(last):
+        return None
+    idx, iv = b.expr(last)
+    text = b.free(node.value)
+    if not iv.batched or iv.integer is None or iv.rank is None or text is None:
+        return None
+    for cond in iv.integer:
+        b.check(cond)
+    b.require(iv.rank, "==", node)  # one index per item
+    b.check(f"isinstance({text}, torch.Tensor) and {text}.dim() > {len(lead)}")
+    gathered = ast.Subscript(node.value, ast.Tuple(lead + [idx], ast.Load()), ast.Load())
+    value = b.sub(f"x.movedim({len(lead)}, 0)", x=ast.copy_location(gathered, node))
+    return value, Val(True, Rank.of(f"{text}.dim()") - 1)
 
 
 def _item_number(b: _Batcher, node: ast.BoolOp) -> tuple[ast.expr, Val]:
