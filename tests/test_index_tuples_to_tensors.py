@@ -188,3 +188,55 @@ def test_an_element_read_after_the_loop_keeps_its_python_value(tmp_path, src):
         warnings.simplefilter("ignore")
         want, got = user.f(*args), optimize_loss(user.f, compile=False)(*args)
     assert type(got[1]) is type(want[1]) and got[1] == want[1], (got, want)
+
+
+# A loop over the Python ints of a 1-D integer tensor (`torch.unique(labels).tolist()`), each
+# compared with a tensor and used as a whole index: it iterates the tensor's 0-d items.
+LISTED = """
+def f(logits, labels, classes):
+    loss = 0
+    for c in torch.unique(classes).tolist():
+        loss = loss + F.binary_cross_entropy_with_logits(
+            logits[:, c], (labels == c).to(logits.dtype)) * (c != labels).sum()
+    return loss
+"""
+
+
+def test_golden_listed_ints_iterate_their_tensor():
+    _, _, code, report = build(LISTED)
+    assert report.loops[0].vectorized, report
+    lines = [line.strip() for line in code.splitlines()]
+    assert "_listed = torch.unique(classes)" in lines, code
+    assert "_items = _listed if isinstance(_listed, torch.Tensor) and _listed.dim() == 1 and " \
+        "(_listed.dtype in (torch.int64, torch.int32)) else None" in lines, code
+    assert "isinstance(labels, torch.Tensor)" in code  # the name each int is compared with
+    assert "for c in torch.unique(classes).tolist():" in lines  # the loop as written
+
+
+@pytest.mark.parametrize("body", [
+    "loss = loss + logits[:, c].sum() * c",           # arithmetic: a Python int there
+    "loss = loss + logits[:, c + 1].sum()",           # an index computed from it
+    "loss = loss + logits[:, c].sum() * (c == 2)",    # compared with a number
+    "loss = loss + str(c).count('1')",                # anything else
+])
+def test_listed_ints_read_otherwise_keep_the_list(body):
+    _, _, code, _ = build(LISTED.replace(
+        "loss = loss + F.binary_cross_entropy_with_logits(\n"
+        "            logits[:, c], (labels == c).to(logits.dtype)) * (c != labels).sum()", body))
+    assert "_listed" not in code, code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_listed_ints_equivalent(tmp_path, dtype):
+    module = load_module(tmp_path, "import torch\nimport torch.nn.functional as F\n" + LISTED)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 6, generator=g, dtype=dtype)
+    logits[0, 5] = float("inf")  # in a column no class reads
+    labels = torch.tensor([0, 2, 2, 5, 0, 1, 1, 2, 0, 0, 2, 3])
+    for classes in (labels, torch.tensor([4, -1, 4], dtype=torch.int32), torch.tensor([[1, 2]])):
+        report = equivalent_report(module.f, logits.requires_grad_(), labels, classes)
+        assert [(l.vectorized_runs, l.original_runs) for l in report.loops] == [(1, 0)], report
+    # uint8 items would index as masks: the loop as written, over the Python ints
+    report = equivalent_report(module.f, logits.requires_grad_(), labels,
+                               torch.tensor([1, 2], dtype=torch.uint8))
+    assert [(l.vectorized_runs, l.original_runs) for l in report.loops] == [(0, 1)], report

@@ -42,6 +42,17 @@ is, the loop as written when that is no tensor::
         loss += (p[:, c] * d[:, c]).mean()         tuple of ints> else self.idc
                                                <vectorized over the items of _items>
 
+A loop over the Python ints of a 1-D integer tensor (``for c in torch.unique(labels).tolist()``,
+``classes.tolist()``), its element read only as a whole entry of subscripts or compared by
+``==``/``!=`` with a name (checked to be a tensor: a 0-d int64 tensor compares as the int does),
+iterates the tensor itself, made once in front of the check as the ``tolist()`` call makes it,
+when at run time it is a 1-D int64/int32 tensor (a uint8 item would index as a mask)::
+
+    for c in torch.unique(y).tolist():    ->   _listed = torch.unique(y)
+        loss += bce(p[:, c], (y == c) * 1.)     _items = _listed if <a 1-D int64/int32 tensor>
+                                                   else None
+                                               <vectorized over the items of _items>
+
 A loop over a numpy array that numpy functions reading only their arguments make
 (``ops.NUMPY_READING_FUNCTIONS``: ``np.delete(np.arange(n), k)``, the other views of a multi-crop
 loss), its element read only as a whole entry of subscripts or in slice bounds (``output[bs *
@@ -68,7 +79,7 @@ from ..numpy_ints import numpy_ints
 from ..outline_kept_loops import run_eagerly
 from ..tabulated_maps import index_rows
 from .index_tests_to_selected_indices import index_entries_only
-from .loop_dataflow import resolve_call
+from .loop_dataflow import call_op, method_name, resolve_call
 from .plan import LoopPlan
 from .stack_tensor_lists import INTS, index_only
 
@@ -98,6 +109,12 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             ast_marks.put(n, ast_marks.GENERATED, True)  # not the user's: no loop to report
         ast_marks.put(made_from[0], ast_marks.HELD_SEQUENCE, unparse(it))
         plan.prelude += made_from
+    elif not plan.inner and _listed_ints(it, ctx) \
+            and _compared_names(node.target.id, node.body) is not None:
+        made = ctx.namer.new("items")
+        plan.prelude += _listed_tensor(it.func.value, made, plan, ctx)
+        for other in _compared_names(node.target.id, node.body):
+            plan.check("isinstance(x, torch.Tensor)", x=ast.Name(other, ast.Load()))
     elif not plan.inner and _numpy_array(it, ctx) \
             and _entries_or_bounds_only(node.target.id, node.body):
         # an inner loop's prelude would be a statement of the outer body: planned again as not
@@ -147,6 +164,55 @@ def _tuple_length(it: ast.Call, ctx: PassContext) -> int | None:
     r = it.args[1] if len(it.args) == 2 else next(
         (k.value for k in it.keywords if k.arg == "r"), None) if len(it.args) == 1 else None
     return r.value if isinstance(r, ast.Constant) and type(r.value) is int else None
+
+
+def _listed_ints(it: ast.expr, ctx: PassContext) -> bool:
+    """``e.tolist()``, ``e`` a name, a shape expression or a tensor op's call without effects
+    (``torch.unique(labels).tolist()``) on such operands."""
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute)
+            and it.func.attr == "tolist" and not it.args and not it.keywords):
+        return False
+    e = it.func.value
+    if is_pure(e, is_shape_call):
+        return True
+    op = call_op(e, ctx) if isinstance(e, ast.Call) else ops.UNKNOWN
+    operands = e.args + [k.value for k in e.keywords] + (
+        [e.func.value] if method_name(e, ctx) else []) if isinstance(e, ast.Call) else []
+    return op.aten is not None and op.effect is None and not (op.host or op.host_number) \
+        and all(is_pure(a, is_shape_call) for a in operands)
+
+
+def _compared_names(name: str, body: list[ast.stmt]) -> set[str] | None:
+    """The names ``name`` is compared with by ``==``/``!=`` (``labels == c``), when every read
+    of ``name`` is such a comparison or a whole entry of a subscript (``probs[:, c]``); else
+    None. A 0-d int64 tensor compares with a tensor and indexes as the int does."""
+    others: set[str] = set()
+    taken: set[ast.expr] = set()  # the reads, keyed by node
+    for n in (n for s in body for n in walk(s)):
+        if isinstance(n, ast.Subscript):
+            parts = n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice]
+            taken |= {p for p in parts if is_name(p, name)}
+        if isinstance(n, ast.Compare) and len(n.ops) == 1 \
+                and isinstance(n.ops[0], (ast.Eq, ast.NotEq)):
+            pair = [n.left, n.comparators[0]]
+            for this, other in (pair, pair[::-1]):
+                if is_name(this, name) and isinstance(other, ast.Name) and other.id != name:
+                    taken.add(this)
+                    others.add(other.id)
+    reads = {n for s in body for n in walk(s) if is_name(n, name)}
+    return others if reads and reads <= taken else None
+
+
+def _listed_tensor(e: ast.expr, made: str, plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
+    """``made = e`` when ``e`` is a 1-D int64/int32 tensor (its ``tolist()`` the Python ints of
+    its items, in order), else None (the check fails: the loop as written lists ``e``); a
+    method's receiver that is no tensor is not called here."""
+    recv = e.func.value if isinstance(e, ast.Call) and method_name(e, ctx) else None
+    value = ast.Name(ctx.namer.new("listed"), ast.Load())
+    made_at = plan.sub("v = e", v=value, e=e) if recv is None else \
+        plan.sub("v = e if isinstance(r, torch.Tensor) else None", v=value, e=e, r=recv)
+    return made_at + plan.sub("t = v if isinstance(v, torch.Tensor) and v.dim() == 1 and v.dtype "
+                              "in (torch.int64, torch.int32) else None", t=made, v=value)
 
 
 def _held_sequence(it: ast.expr) -> bool:
