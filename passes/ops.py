@@ -107,6 +107,8 @@ class OpSpec:
     # ``sanitize``: ``x.expand_as(y)`` neither holds nor writes ``y``'s memory.
     metadata_operands: tuple[int, ...] = ()
     data_shape: bool = False                  # its result's shape depends on the values
+    # Called with one positional operand and no keyword, its result is 1-D (``torch.unique(x)``)
+    one_d: bool = False
     # Called with one positional operand and no keyword, it is this other op (its method
     # name): ``torch.where(c)`` is ``torch.nonzero(c, as_tuple=True)``, whose shape depends on
     # the values, where ``torch.where(c, a, b)`` is elementwise.
@@ -419,7 +421,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("logical_xor", boolean=True, recomputed=True),
     _t("isnan", boolean=True), _t("isinf", boolean=True), _t("isfinite", boolean=True),
     _t("isin", meth=False, boolean=True),
-    *(_t(n, data_shape=True) for n in ("masked_select", "unique")),
+    *(_t(n, data_shape=True, one_d=True) for n in ("masked_select", "unique")),
     # positions: integers, which take no gradient
     *(_t(n, data_shape=True, derivative="constant") for n in ("nonzero", "argwhere")),
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),

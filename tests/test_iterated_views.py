@@ -200,3 +200,42 @@ def test_a_loop_calling_its_items_is_kept_with_the_reason(dtype):
     fns = [lambda x, t: (x - t).abs().mean(), lambda x, t: ((x - t) ** 2).mean()]
     xs = [torch.randn(4, 3, dtype=dtype, requires_grad=True) for _ in fns]
     assert_equivalent(original, optimized, [0.4, 1.0], xs, fns, torch.randn(4, 3, dtype=dtype))
+
+
+# Class ids of `torch.unique` are 0-d items (a 1-D result, ``OpSpec.one_d``): next to a tensor
+# named before the loop they broadcast as the original's 0-d values do, batched.
+PER_CLASS = """
+def f(logits, labels, classes, beta):
+    loss = 0
+    for c in torch.unique(classes):
+        n_c = (labels == c).sum()
+        w = (1 - beta) / (1 - beta ** n_c)
+        loss = loss + w * F.binary_cross_entropy_with_logits(
+            logits[:, c], (labels == c).to(logits.dtype), reduction="sum")
+    return loss
+"""
+
+
+def test_golden_class_ids_next_to_a_fixed_tensor_are_batched():
+    _, _, code, report = build(PER_CLASS)
+    assert strategies(report) == {3: "batched"}, (report, code)
+    assert "labels == c[(slice(None),) + (None,) * labels.dim()]" in code, code
+    assert "labels.dtype == _iterated.dtype" in code, code  # per item a 0-d value: no promotion
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_class_ids_next_to_a_fixed_tensor_equivalent(tmp_path, dtype, monkeypatch):
+    module = load_module(tmp_path, "import torch\nimport torch.nn.functional as F\n" + PER_CLASS)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 6, generator=g, dtype=dtype)
+    logits[3, 2] = logits[4, 2]  # a tie
+    labels = torch.tensor([0, 2, 2, 5, 0, 1, 1, 2, 0, 0, 2, 3])
+    with monkeypatch.context() as m:
+        m.setattr(torch, "vmap", None)  # the batched code must not need it
+        report = equivalent_report(module.f, logits.requires_grad_(), labels, labels, 0.9)
+    assert [(l.vectorized_runs, l.original_runs) for l in report.loops] == [(1, 0)], report
+    # labels of another dtype than the ids: per item a 0-d id does not promote them, batched
+    # it would; the batched check fails and vmap runs
+    report = equivalent_report(module.f, logits.requires_grad_(), labels.to(torch.int32),
+                               labels, 0.9)
+    assert [(l.vectorized_runs, l.original_runs) for l in report.loops] == [(1, 0)], report

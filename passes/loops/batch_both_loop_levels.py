@@ -93,7 +93,8 @@ def _both_levels(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr, list[ast.s
     a_trips, b_trips = plan.iteration.trips(plan), inner.trips(plan)
     stmts = _PickedRows(rows, index, inner, checks, params, plan, ctx).block(stmts)
     if index is not None and any(index in loads(s) for s in stmts):
-        params.insert(0, Param(index, plan.sub("r.repeat(n)", r=arange, n=a_trips), Rank(), ()))
+        params.insert(0, Param(index, plan.sub("r.repeat(n)", r=arange, n=a_trips), Rank(), (),
+                               index=True))
     read = set().union(*(loads(s) for s in stmts)) - {p.name for p in params}
     if read & varying:
         raise Unsupported(f"the inner loop reads `{sorted(read & varying)[0]}` of the outer "

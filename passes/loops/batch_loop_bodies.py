@@ -190,8 +190,9 @@ def _param(p: BodyParam, plan: LoopPlan) -> Param:
     """A body parameter as the batcher sees it: rows of ``p.rows_of`` have its rank less one per
     dim the loop and the fixed entries take, and are integers when it is."""
     if p.rows_of is None:  # the loop index
-        return Param(p.name, p.value, Rank(), ())
-    rank = Rank.of(unparse(plan.sub("x.dim()", x=p.rows_of)), -1 - p.fixed)
+        return Param(p.name, p.value, Rank(), (), index=True)
+    rank = Rank() if isinstance(p.rows_of, ast.Name) and p.rows_of.id in plan.one_d \
+        and not p.fixed else Rank.of(unparse(plan.sub("x.dim()", x=p.rows_of)), -1 - p.fixed)
     integer = unparse(plan.sub(f"x.dtype in {rules.INDEX_DTYPES}", x=p.rows_of))
     return Param(p.name, p.value, rank, (integer,))
 
@@ -199,7 +200,7 @@ def _param(p: BodyParam, plan: LoopPlan) -> Param:
 def _source(p: Param) -> str | None:
     """What the runtime check evaluates for the batched rows of ``p`` (their dtype and last
     dim): the loop input (``x`` for ``x if <all rows> else x[a:b:s]``); None for the index."""
-    if not p.rank.terms:
+    if p.index:
         return None
     rows = p.batched.body if isinstance(p.batched, ast.IfExp) \
         and isinstance(p.batched.body, ast.Name) else p.batched
@@ -231,7 +232,7 @@ class _Batcher(Scope):
         for p in params:
             self.vals[p.name] = Val(True, p.rank, p.integer, source=_source(p),
                                     tensor=_source(p) is not None)
-            index = not p.rank.terms and p.name not in self.assigned
+            index = p.index and p.name not in self.assigned
             if index:
                 self.index = p.name, p.batched
             if _source(p) is not None:

@@ -3,6 +3,7 @@ runtime conditions its batched forms need (broadcasting, ranks, dims), collected
 from __future__ import annotations
 
 import ast
+import dataclasses
 
 from .. import loop_rules as rules
 from ..ast_tools import Checks, PassContext, replace, unparse
@@ -173,6 +174,7 @@ class Scope:
         lifted = self._under_positions(operands, node)
         if lifted is not None:
             return lifted
+        operands = _next_to_0d_items(self, operands)
         val = self.elementwise([v for _, v in operands], node, aligned=True)
         if not any(v.whole is not None and not v.batched for _, v in operands) or not self.sets:
             return [e for e, _ in operands], val
@@ -317,3 +319,23 @@ class Scope:
     def require_dim(self, rank: Rank, d: int, node: ast.AST) -> None:
         """``d`` in range per item: else dim -1 of a 0-d item would be the loop dim."""
         self.require(rank - d - 1 if d >= 0 else rank + d, ">=", node)
+
+
+def _next_to_0d_items(scope: Scope, operands: list[tuple[ast.expr, Val]]):
+    """A tensor named before the loop next to per-item values known 0-d, of a loop input
+    (``labels == c``, ``c`` a class id of ``torch.unique(labels)``) is aligned like one
+    (``under_set``): per item the result has its shape, batched the 0-d values get dims of
+    size 1 up to its rank. Otherwise a 0-d item fits only next to numbers."""
+    batched = [v for _, v in operands if v.batched]
+    if not batched or not all(v.rank is not None and condition(v.rank - 1, ">=") is False
+                              and v.source is not None for v in batched):
+        return operands  # (a 0-d value of no known source: its dtype is not known)
+    out = []
+    for e, v in operands:
+        if not v.batched and v.whole is None and v.fixed_rank is None \
+                and isinstance(e, ast.Name) and v.leaves == frozenset({e.id}):
+            v = dataclasses.replace(v, whole=e.id)
+            if scope.sets:
+                scope.check(f"isinstance({e.id}, torch.Tensor)")
+        out.append((e, v))
+    return out

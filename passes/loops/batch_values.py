@@ -40,6 +40,7 @@ class Param:
     batched: ast.expr
     rank: Rank
     integer: tuple[str, ...] | None
+    index: bool = False                       # the loop's index: a Python int per item
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             and _compared_names(node.target.id, node.body) is not None:
         made = ctx.namer.new("items")
         plan.prelude += _listed_tensor(it.func.value, made, plan, ctx)
+        plan.one_d.add(made)
         for other in _compared_names(node.target.id, node.body):
             plan.check("isinstance(x, torch.Tensor)", x=ast.Name(other, ast.Load()))
     elif not plan.inner and _numpy_array(it, ctx) \

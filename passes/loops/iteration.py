@@ -134,6 +134,8 @@ def _bound_before(call: ast.Call, plan: LoopPlan, ctx: PassContext) -> ast.Name:
     tensor op's value again, with no effect, to the same value."""
     name = ast.copy_location(ast.Name(ctx.namer.new("iterated"), ast.Load()), call)
     recv = call.func.value if method_name(call, ctx) else None
+    if call_op(call, ctx).one_d and not call.keywords and len(call.args) == (recv is None):
+        plan.one_d.add(name.id)
     plan.prelude += plan.sub("n = e", n=name, e=call) if recv is None else \
         plan.sub("n = e if isinstance(r, torch.Tensor) else None", n=name, e=call, r=recv)
     return name

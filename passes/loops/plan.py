@@ -141,6 +141,9 @@ class LoopPlan:
     item_ints: dict[str, str] = field(default_factory=dict)
     # ... and the int64 tensor of them -> the array as written (the report names it)
     arrays: dict[str, str] = field(default_factory=dict)
+    # Names the prelude binds to a 1-D tensor, or to a value the check refuses: iterated, their
+    # items are 0-d (``torch.unique(labels)``, the tensor of ``e.tolist()``'s ints)
+    one_d: set[str] = field(default_factory=set)
     # Generated names the effects go to in place of the user's values (a tensor written through
     # an attribute, ``attribute_writes_to_names``; a list filled at its front) -> as written.
     user_names: dict[str, str] = field(default_factory=dict)
