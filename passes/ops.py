@@ -291,9 +291,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("logsumexp", batched="reduction", dim_rank=-1, selection="logsumexp", total=True,
        derivative="bounded"),
     _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True,
-       derivative="bounded"),
+       derivative="bounded", selection="softmax"),
     _t("log_softmax", extra=(_F + "log_softmax",), batched="reduction", dim_rank=0, total=True,
-       derivative="bounded"),
+       derivative="bounded", selection="log_softmax"),
     _t("cumsum", batched="reduction", dim_rank=0, total=True, derivative="constant"),
     # values and indices; its backward scatters the gradient back to the sorted positions
     _t("sort", total=True, derivative="constant", positions_item=1),
