@@ -57,7 +57,7 @@ LISTNET_GOLDEN = """
                 _loss_part = _loss_part - torch.where(_keep_2, torch.where(_keep_2, F.softmax(torch.where(_keep_2, _vals, torch.full_like(_vals, -torch.inf)), dim=1), 0) * torch.where(_keep_2, F.log_softmax(torch.where(_keep_2, _vals_1, torch.full_like(_vals_1, -torch.inf)), dim=1), 0), 0).sum() / scores.shape[0]
                 _outs = (_loss_part,)
             else:
-    
+
                 def _body(_mask_row, _scores_row, _labels_row):
                     _loss_part = 0
                     _mask = _mask_row

@@ -46,7 +46,7 @@ COX_GOLDEN = """
                     _loss_part = (_event_row * (_h_row_1 - torch.log(_risk_t))).sum(0)
                     _outs_2 = (_loss_part,)
                 else:
-    
+
                     def _body_1(_risk_all_row, _event_row, _h_row_1):
                         _loss_part = 0
                         _risk_t = _risk_all_row
