@@ -355,6 +355,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # functorch's composite weights the whole input before picking the targets
     OpSpec("nll_loss", (_F + "nll_loss",), batched="class_loss", selection="class_loss",
            derivative="bounded", vmap_fn=gathered_nll_loss.nll_loss),
+    # ``x @ weight.T + bias`` over the last dim: every leading dim of ``x`` is a batch dim
+    OpSpec("linear", (_F + "linear",), batched="linear"),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
            sink_selection_fn=cosine_products.cosine_similarity_unless,
