@@ -205,3 +205,26 @@ def test_in_place_running_sum_raises_as_written():
     for fn in (original, rewritten):
         with pytest.raises(RuntimeError, match="inplace operation"):
             fn(scores(5, torch.float64)).backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_running_sum_reset_at_episode_ends(dtype):
+    """``if done[t]: s = 0`` before the sum: the scan's resets (an inf before a reset dropped
+    as the loop drops it)."""
+    original, rewritten, _, report = build("""
+        def f(r, done):
+            s = torch.zeros_like(r[0])
+            out = 0
+            for t in range(r.shape[0]):
+                if done[t]:
+                    s = 0
+                s = s + r[t]
+                out = out + (s * r[t]).sum()
+            return out
+        """)
+    assert strategies(report) == {4: "scan"}
+    r = torch.randn(40, 3, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    done = torch.rand(40, generator=torch.Generator().manual_seed(6)) < 0.2
+    assert_equivalent(original, rewritten, r.clone().requires_grad_(), done)
+    r[5, 1], done[7] = float("inf"), True
+    assert_equivalent(original, rewritten, r.requires_grad_(), done)
