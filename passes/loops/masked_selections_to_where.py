@@ -44,7 +44,10 @@ function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Along the se
 ``torch.logsumexp(x[m], 0)`` (the negatives of a contrastive loss written per row) ->
 ``torch.where(_keep, x, -inf)`` flattened over the mask's dims, its ``logsumexp(0)``, and
 ``dim=-1`` alike when ``x[m]`` is 1-D (``_whole_mask`` checks that ``m`` has ``x``'s whole
-shape). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
+shape). A softmax or log_softmax along a dim of a selection by a 1-D mask (``SELECTED_MAPS``:
+ListNet's ``F.softmax(t[q][m[q]], 0) * F.log_softmax(s[q][m[q]], 0)``) is a stand-in too: the op
+on the stand-in filled with ``-inf`` where deselected, 0 there after it (``_vector_mask`` checks
+the mask is 1-D). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
 reduction=...)`` -> the call on the stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as
 targets; ``F.mse_loss(p[m], t[m])`` (pointwise losses) -> the loss per element, masked, summed
 or averaged like ``.mean()``, its settings that the loop does not change (``weight=crit.weight``
