@@ -21,6 +21,11 @@ computed as the loop computes it, and every step is cast to its dtype and broadc
 (a state's shape is fixed by the first step: later steps broadcast to it or the loop would have
 raised, and the check of the rewritten loop keeps the shapes it vectorizes alike).
 
+A running sum (``a`` the number 1, no resets) is one ``torch.cumsum`` from the first state, in
+the states' dtype (an integer sum is not widened to int64): the loop's additions in the loop's
+order (CPU's float64 cumsum gives the loop's bits; its float32 one accumulates in double, within
+the loop's rounding).
+
 Resets, ``if c: s = 0`` right before the step (``resets``: every step's ``c``, stacked when
 ``resets_steps``): a step whose ``c`` is true (nonzero, or NaN, as ``bool``) computes
 ``a_t * 0 + b_t``, whatever came before. The scan carries a flag per prefix ("a reset is in
@@ -78,8 +83,11 @@ def linear_scan(a, b, s0, a_steps: bool, b_steps: bool, trips: int,
         first = (a[0] if a_steps else a) * _dropped(s0, R[0], first) + (b[0] if b_steps else b)
     if first.dtype in _ROUNDED_EVERY_STEP:
         return _step_by_step(a, b, first, a_steps, b_steps, trips, reverse, R)
-    A = _steps(a, a_steps, first, trips, full=False)
     B = _steps(b, b_steps, first, trips, full=True)
+    if R is None and not a_steps and type(a) in (int, float) and a == 1:  # a running sum
+        states = torch.cat([first[None], B[1:]]).cumsum(0, dtype=first.dtype)
+        return states.flip(0) if reverse else states
+    A = _steps(a, a_steps, first, trips, full=False)
     if R is not None:
         return _scan_with_resets(A, B, s0, R, reverse)
     offset = 1

@@ -125,3 +125,12 @@ MODULE_ACTIVATIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "Tanh": ("tanh", (), ()),
     "LogSigmoid": ("logsigmoid", (), ()),
 }
+
+# ``nn`` modules of one tensor argument whose ``forward`` is one call of a ``torch.nn.functional``
+# function that maps over the input's leading dims (the items of a batch in front give every
+# item's result): the class's name -> (that function, the module attributes its forward passes
+# by keyword, the conditions on the module ``m`` under which that call is all it does).
+# ``nn.Linear.forward`` is ``F.linear(input, self.weight, self.bias)``.
+MODULE_MAPS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "Linear": ("linear", ("weight", "bias"), ()),
+}

@@ -297,9 +297,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("logsumexp", batched="reduction", dim_rank=-1, selection="logsumexp", total=True,
        derivative="bounded"),
     _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True,
-       derivative="bounded"),
+       derivative="bounded", selection="softmax"),
     _t("log_softmax", extra=(_F + "log_softmax",), batched="reduction", dim_rank=0, total=True,
-       derivative="bounded"),
+       derivative="bounded", selection="log_softmax"),
     _t("cumsum", batched="reduction", dim_rank=0, total=True, derivative="constant"),
     # values and indices; its backward scatters the gradient back to the sorted positions
     _t("sort", total=True, derivative="constant", positions_item=1),
@@ -363,6 +363,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # functorch's composite weights the whole input before picking the targets
     OpSpec("nll_loss", (_F + "nll_loss",), batched="class_loss", selection="class_loss",
            derivative="bounded", vmap_fn=gathered_nll_loss.nll_loss),
+    # ``x @ weight.T + bias`` over the last dim: every leading dim of ``x`` is a batch dim
+    OpSpec("linear", (_F + "linear",), batched="linear"),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
            sink_selection_fn=cosine_products.cosine_similarity_unless,

@@ -513,15 +513,17 @@ KEPT = {
                 s += x[i]
             return s
         """, "mutates `seen`"),
-    "running_value_read": ("""
+    # `s = s + x[i]` is a running sum read in its step, scanned (test_running_sums_read_in_step)
+    "running_value_read_in_place": ("""
         def f(x):
             s = 0
             t = 0
             for i in range(x.shape[0]):
-                s = s + x[i]
+                s += x[i]
                 t = t + s * x[i]
             return t
-        """, "`s` is read in the loop body (line 6)"),
+        """, "`s` is read in the loop body (line 6) after being updated: a loop-carried "
+             "recurrence (`s += x[i]` changes `s` in place"),
     "last_value_after_loop": ("""
         def f(x):
             for i in range(x.shape[0]):

@@ -155,6 +155,27 @@ def _matmul(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return ast.copy_location(ast.BinOp(a, ast.MatMult(), b), c.node), Val(True, av.rank)
 
 
+def _linear(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``F.linear(x, weight, bias)`` (``weight=``/``bias=`` by keyword too) with the parameters
+    the same in every iteration: the same call on the batched items (``F.linear`` maps over
+    every dim of ``x`` but the last), a 2-d ``weight`` keeping the items' rank; loop-varying
+    parameters have none (``module_list_linears``' stacked heads: vmap)."""
+    params = dict(zip(("weight", "bias"), c.args[1:])) | dict(c.kws)
+    if c.is_method or not c.args or len(c.args) + len(c.kws) > 3 or "weight" not in params \
+            or set(params) - {"weight", "bias"}:
+        return None
+    (x, xv), texts = c.args[0], {k: scope.free(v) for k, (v, _) in params.items()}
+    if not xv.batched or xv.rank is None or None in texts.values() \
+            or any(v.batched for _, v in params.values()):
+        return None
+    scope.require(xv.rank - 1, ">=", c.node)
+    w, b = texts["weight"], texts.get("bias", "None")
+    scope.check(f"isinstance({w}, torch.Tensor) and {w}.dim() == 2 and ({b} is None or "
+                f"isinstance({b}, torch.Tensor) and {b}.dim() <= 1)")
+    call = ast.Call(c.func, [a for a, _ in c.args], [ast.keyword(k, v) for k, (v, _) in c.kws])
+    return ast.copy_location(call, c.node), Val(True, xv.rank)
+
+
 def operator(scope: Scope, node: ast.BinOp, op: ops.OpSpec,
              operands: list[tuple[ast.expr, Val]]) -> tuple[ast.expr, Val]:
     """A Python operator whose op is no broadcast (``@``), by its op's handler."""
@@ -448,4 +469,4 @@ def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) ->
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
-            "index_add": _index_add}
+            "index_add": _index_add, "linear": _linear}

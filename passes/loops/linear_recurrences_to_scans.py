@@ -31,7 +31,13 @@ values the body binds before the recurrence from those (those statements are cop
 step loop; the third loop computes them again). A part that reads neither is evaluated once
 when it is pure (its value is the same in every step). Everything else is the vectorizer's to
 judge: the step loop and the rest must both vectorize, or the loop is kept (a scan followed by
-a Python loop would gain nothing). Per-step Python numbers (``.item()`` values) keep the loop:
+a Python loop would gain nothing). A running sum ``s = s + b`` (``a`` is 1) is a recurrence
+only when a later statement of the body reads it (every step's prefix sum, scanned by
+``torch.cumsum``: DeepSurv's Cox partial likelihood over a risk set sorted by time, ``risk =
+risk + torch.exp(h[i])`` then ``h[i] - torch.log(risk)``); one nothing else reads is the
+vectorizer's accumulator. ``risk += e`` changes a tensor in place that autograd may have saved
+(``torch.log(risk)`` saves it: the loop's backward raises), so it is no recurrence: the loop is
+kept. Per-step Python numbers (``.item()`` values) keep the loop:
 the original computes in double precision on the host.
 
 An episode end written as a reset right before the recurrence, ``if done: s = 0`` (no
@@ -101,6 +107,8 @@ class Scan:
     stacked: dict[str, str] = field(default_factory=dict)
     # the states whose factors the scan multiplies out or resets, behind ``computed_alike``
     alike: list[str] = field(default_factory=list)
+    # the states that are running sums read in their step (one cumsum, not the scan's rounds)
+    sums: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -201,7 +209,8 @@ def _scan(node: ast.For, live_after: set[str], ctx: PassContext, vectorize, know
         check = lagged.check
     stacked = {k: v for f in firsts + [rest] for k, v in f.stacked.items()}
     return Scan(check, stmts, rest, [shown.get(rec.name, rec.name) for rec in found],
-                numbers is not None, stacked, alike)
+                numbers is not None, stacked, alike,
+                [shown.get(r.name, r.name) for r in found if is_int(r.a, 1) and r.reset is None])
 
 
 def _ends(found: list[_Recurrence], it: Iteration, reverse: bool, values: dict[str, str],
@@ -483,7 +492,9 @@ def _recurrences(body: list[ast.stmt], index: str,
                  resets: dict[str, ast.Name]) -> list[_Recurrence]:
     """The top-level ``s = a * s + b`` statements whose ``s`` nothing else binds or reads
     before them (a reset of ``s`` made ``_s_reset = c``, see ``_resets``). A reset of another
-    value keeps the loop: its ``if`` is no longer in the body."""
+    value keeps the loop: its ``if`` is no longer in the body. A sum (``a`` is 1) is one when a
+    later statement reads it: a running sum read in its own step (a Cox risk set's
+    ``risk = risk + torch.exp(h[i])``, then ``torch.log(risk)``) is every step's prefix sum."""
     found = []
     for at, s in enumerate(body):
         names = [t.id for t in getattr(s, "targets", []) if isinstance(t, ast.Name)]
@@ -491,8 +502,10 @@ def _recurrences(body: list[ast.stmt], index: str,
             continue
         name = names[0]
         parts = _linear(s.value, name)
-        if parts is None or parts[0] is None or is_int(parts[0], 1):
-            continue  # not linear, or a sum (the vectorizer's accumulators)
+        if parts is None or parts[0] is None:
+            continue  # not linear
+        if is_int(parts[0], 1) and not any(name in loads(st) for st in body[at + 1:]):
+            continue  # a sum nothing else reads: the vectorizer's accumulator
         if any(name in loads(t) for t in s.targets):  # `x[s] = s = ...`
             continue
         if any(name in stores(n) for k, st in enumerate(body) if k != at

@@ -996,9 +996,21 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
                     and not eff.family and is_name(eff.value, name) and id(r) in top
                     and top.index(id(r)) > top.index(id(update.stmt))):
                 raise Unsupported(f"`{name}` is read in the loop body (line {r.lineno}) after "
-                                  f"being updated: a loop-carried recurrence", r.lineno)
+                                  f"being updated: a loop-carried recurrence"
+                                  + _updated_in_place(update.stmt), r.lineno)
             eff.scan_of = name
         update.kind = "scan"
+
+
+def _updated_in_place(update: ast.stmt) -> str:
+    """Why a running value updated by ``s += e`` and read in its step is not scanned either (see
+    ``linear_recurrences_to_scans``): the scan would not raise where the loop's backward does."""
+    if not (isinstance(update, ast.AugAssign) and isinstance(update.target, ast.Name)):
+        return ""
+    s = update.target.id
+    return (f" (`{unparse(update).strip()}` changes `{s}` in place: where autograd saved it for "
+            f"a read such as `torch.log({s})`, the loop's backward raises, which a scan would "
+            f"not; `{s} = {s} + ...` is scanned)")
 
 
 def _reads_of(node: ast.AST, name: str, ctx: PassContext) -> list[ast.Name]:

@@ -44,7 +44,10 @@ function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Along the se
 ``torch.logsumexp(x[m], 0)`` (the negatives of a contrastive loss written per row) ->
 ``torch.where(_keep, x, -inf)`` flattened over the mask's dims, its ``logsumexp(0)``, and
 ``dim=-1`` alike when ``x[m]`` is 1-D (``_whole_mask`` checks that ``m`` has ``x``'s whole
-shape). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
+shape). A softmax or log_softmax along a dim of a selection by a 1-D mask (``SELECTED_MAPS``:
+ListNet's ``F.softmax(t[q][m[q]], 0) * F.log_softmax(s[q][m[q]], 0)``) is a stand-in too: the op
+on the stand-in filled with ``-inf`` where deselected, 0 there after it (``_vector_mask`` checks
+the mask is 1-D). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
 reduction=...)`` -> the call on the stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as
 targets; ``F.mse_loss(p[m], t[m])`` (pointwise losses) -> the loss per element, masked, summed
 or averaged like ``.mean()``, its settings that the loop does not change (``weight=crit.weight``
@@ -115,6 +118,7 @@ import ast
 import builtins
 import inspect
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_field
 
 import torch
 
@@ -153,6 +157,17 @@ DENSE_FORMS = {
     # ``dim=-1`` of a 1-D selection (its mask reshaped by ``_whole_mask``): the selected dim
     "logsumexp_last": LOGSUMEXP_ROWS,
 }
+# Maps along a dim of a selection by a 1-D mask (``F.softmax(x[m], 0)``, ``F.log_softmax(s[m],
+# dim=-1)``: ListNet's per-query distributions over the real items of a padded list): the op's
+# form -> the fill of the deselected elements before the op, which adds nothing to its
+# normalizer and takes no gradient. A 1-D mask keeps the selection's rank, so the op's dim is the
+# same dim of the stand-in (``VECTOR_MASK`` checks the mask). The op's result is a stand-in,
+# masked after the op (``MAP_RESULT``): an all-masked list's NaN never reaches a value or a
+# gradient, and its reductions are the original's empty ones (a sum 0). The fill keeps ``v``'s
+# dtype: ``full_like`` of an integer with -inf raises, as the op on integers does.
+SELECTED_MAPS = {"softmax": "-torch.inf", "log_softmax": "-torch.inf"}
+MAP_FILL = "torch.where(k, v, torch.full_like(v, {fill}))"
+MAP_RESULT = "torch.where(k, r, 0)"
 # Reductions of a selection along the selected dim that have a dense form: their op's form ->
 # it, for ``dim=0`` and for ``dim=-1``.
 ROW_FORMS = {"sum": "sum_rows", "mean": "mean_rows", "logsumexp": "logsumexp_rows"}
@@ -318,6 +333,22 @@ class WholeMask(MaskShape):
 WHOLE_MASK = WholeMask()
 
 
+class VectorMask(MaskShape):
+    """``_vector_mask[m.shape, x.shape, ...]``: ``_mask_shape``'s answer when ``m`` is 1-D, so
+    that ``x[m]`` has ``x``'s rank and a map along one of its dims (``SELECTED_MAPS``) runs
+    along the same dim of the stand-in. A mask of other rank makes ``x[m]``'s dims other ones:
+    a ``RuntimeError``, and the decorator runs the original."""
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        if len(shapes[0]) != 1:
+            raise RuntimeError(f"a softmax along a dim of the selection by a mask of shape "
+                               f"{list(shapes[0])}: only a 1-D mask keeps the dims")
+        return super().__getitem__(shapes)
+
+
+VECTOR_MASK = VectorMask()
+
+
 @dataclass
 class Dense:
     """The body with its selections converted, and what the vectorized loop needs besides."""
@@ -331,11 +362,13 @@ class Dense:
 
 
 def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
-            outer_masks: frozenset[str] = frozenset(), ints: frozenset[str] = frozenset()) -> Dense:
+            outer_masks: frozenset[str] = frozenset(), ints: frozenset[str] = frozenset(),
+            maps: bool = True) -> Dense:
     """``body`` (the loop body over ``seeds``, not modified) with its selections converted, or
     ``body`` itself when it has none or one of them cannot be converted. ``outer_masks``: names
     the function binds only to boolean tensors, whose rows (``mask[i]``) are masks too;
-    ``ints``: names that hold Python ints (the loop index)."""
+    ``ints``: names that hold Python ints (the loop index); ``maps``: whether maps along a dim
+    of a selection (``SELECTED_MAPS``) are converted."""
     lenient = _lenient_masks(body, ctx) | outer_masks
     if not any(_is_selection(sub, lenient, ctx) for s in body for sub in walk(s)
                if isinstance(sub, ast.Subscript)):
@@ -344,6 +377,7 @@ def rewrite(body: list[ast.stmt], seeds: set[str], ctx: PassContext,
     # by node, not id(): the converter frees nodes of ``work``, and makes new ones
     users = dict(zip(_walk(work), _walk(body)))
     converter = _Converter(work, seeds, lenient, outer_masks, ctx, ints)
+    converter.maps = maps
     try:
         dense = converter.block(work, top=True)
     except (_Refused, Unsupported) as exc:
@@ -407,6 +441,7 @@ class _Group:
     keep: str = ""                       # reuse: the keep a selected name was computed with
     # a selection of a stand-in (``neg[neg > t]``): the stand-in's keep, the condition's chain
     within: tuple[str, "_Chain"] | None = None
+    mapped: bool = False                 # a map along a dim of it (``SELECTED_MAPS``) reads it
 
 
 @dataclass
@@ -448,6 +483,7 @@ class _Converter:
         self.pre: list[ast.stmt] = []
         self.keeps: dict[tuple, str] = {}        # in this statement: (mask, bases) -> keep
         self.mask_of: dict[str, ast.Name] = {}   # keep -> the mask it reshapes
+        self.maps = True                         # maps are converted (``rewrite``'s ``maps``)
         self.pending: list[ast.expr] = []
         self.holes = 0
 
@@ -482,7 +518,7 @@ class _Converter:
                 self.refuse_inside(s)
                 out.append(s)
                 continue
-            scalar = top and self._binds_scalar(s)
+            scalar = top and _binds_scalar(self, s)
             fixed = _binds_fixed(self, s) if top else None
             new = _Rewrite(self).visit(s)
             if scalar:
@@ -502,11 +538,6 @@ class _Converter:
         name = s.targets[0].id
         return name in self.top_only and (name not in loads(s.value) or name in self.selected) \
             and self.chain(s.value) is not None
-
-    def _binds_scalar(self, s: ast.stmt) -> bool:
-        return (isinstance(s, ast.Assign) and len(s.targets) == 1
-                and isinstance(s.targets[0], ast.Name) and s.targets[0].id in self.once
-                and _reduction(s.value, self.ctx) is not None)
 
     # -- expressions -----------------------------------------------------------------------------
     def expr(self, e: ast.expr) -> ast.expr:
@@ -583,6 +614,7 @@ class _Converter:
         leaves: dict[str, tuple[str, ast.expr]] = {}
         groups: list[_Group] = []
         self.pending = []
+        self.mapped = False
         try:
             expr = self._chain(e, leaves, groups)
         except _NotChain:
@@ -596,8 +628,8 @@ class _Converter:
         keep = reuse.pop() if len(reuse) == 1 else ""
         if keep and any(g.bases.keys() != bases.keys() for g in groups):
             keep = ""
-        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep, groups[0].within), expr,
-                      leaves, self.pending)
+        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep, groups[0].within,
+                             self.mapped), expr, leaves, self.pending)
 
     def _hole(self, kind: str, node: ast.expr, leaves: dict) -> ast.Name:
         self.holes += 1
@@ -625,6 +657,8 @@ class _Converter:
             return ast.copy_location(ast.Compare(self._chain(e.left, leaves, groups), e.ops,
                                                  [self._chain(e.comparators[0], leaves, groups)]),
                                      e)
+        if isinstance(e, ast.Call) and call_op(e, self.ctx).selection in SELECTED_MAPS:
+            return _map(self, e, leaves, groups)
         if isinstance(e, ast.Call) and not any(isinstance(a, ast.Starred) for a in e.args) \
                 and all(k.arg is not None and _is_constant(k.value) for k in e.keywords):
             if call_op(e, self.ctx).batched != "elementwise":
@@ -666,6 +700,8 @@ class _Converter:
              stem: str = "mask_shape") -> str:
         """The name of the group's mask shaped for its stand-ins (a statement in ``pre``; one
         per statement and group) by ``shape`` (bound as ``stem``)."""
+        if group.mapped:
+            shape, stem, group = _vector_keep(self, group, shape)
         if group.keep and shape is MASK_SHAPE:
             return group.keep
         key = (group.key, tuple(group.bases), stem)
@@ -708,9 +744,69 @@ class _Converter:
                     ast_marks.put(subs[hole], ast_marks.SELECTS, self.mask_of[keep].id)
             elif kind == "scalar":
                 subs[hole] = self.expr(node)
+            elif kind == "map":  # its operand's holes come before it: filled already
+                subs[hole] = _dense_map(self, node, keep, subs)
             else:
                 subs[hole] = node
         return _Fill(subs).visit(expr)
+
+
+def _map(conv: _Converter, call: ast.Call, leaves: dict, groups: list[_Group]) -> ast.Name:
+    """A map along a dim of selections (``SELECTED_MAPS``): a hole holding the call as written,
+    its operand the chain of the operand (``_dense_map`` fills it). Only the operand and an int
+    ``dim``: other settings (``dtype=``) are not taken."""
+    if not conv.maps:
+        raise _NotChain
+    method = method_name(call, conv.ctx) is not None
+    operand, *dims = [call.func.value, *call.args] if method else call.args or [None]
+    dims += [k.value for k in call.keywords if k.arg == "dim"]
+    if operand is None or len(dims) != 1 or type(literal(dims[0])) is not int \
+            or any(k.arg != "dim" for k in call.keywords) \
+            or any(isinstance(a, ast.Starred) for a in call.args):
+        raise _NotChain
+    selections = len(groups)
+    inner = conv._chain(operand, leaves, groups)
+    if len(groups) == selections:  # of numbers or 0-d values: no dim is the selection's
+        raise _NotChain
+    conv.mapped = True
+    node = clone(call)
+    if method:
+        node.func.value = inner
+    else:
+        node.args[0] = inner
+    return conv._hole("map", node, leaves)
+
+
+def _dense_map(conv: _Converter, call: ast.Call, keep: str, subs: dict) -> ast.expr:
+    """``MAP_RESULT`` of the call on its operand's stand-in filled (``MAP_FILL``); ``subs``:
+    the stand-ins of the holes in the operand."""
+    method = method_name(call, conv.ctx) is not None
+    operand = call.func.value if method else call.args[0]
+    try:
+        operand = Sanitize(keep, set(), "", conv.ctx).visit(operand)
+    except Unsupported as exc:
+        raise _Refused(exc.reason) from exc
+    vals = conv.ctx.namer.new("vals")
+    conv.pre += conv._sub("v = e", call, v=vals, e=_Fill(subs).visit(operand))
+    fill = SELECTED_MAPS[call_op(call, conv.ctx).selection]
+    filled = conv._sub(MAP_FILL.format(fill=fill), call, k=keep, v=vals)
+    if method:
+        call.func.value = filled
+    else:
+        call.args[0] = filled
+    return conv._sub(MAP_RESULT, call, k=keep, r=call)
+
+
+def _vector_keep(conv: _Converter, group: _Group,
+                 shape: MaskShape) -> tuple[MaskShape, str, _Group]:
+    """How a group a map reads is kept: by the user's mask itself, checked 1-D (a stand-in's
+    keep is reshaped already: its rank is no longer the mask's; a stand-in's keep not of a
+    selection of a selection is its mask's, reshaped)."""
+    if shape not in (MASK_SHAPE, WHOLE_MASK):
+        raise _Refused("a softmax of a selection fed to a class loss")
+    if group.within:
+        raise _Refused("a softmax of a selection of a selection")
+    return VECTOR_MASK, "vector_mask", replace_field(group, keep="")
 
 
 def _reduction(call: ast.expr, ctx: PassContext) -> tuple[str, ast.expr] | None:
@@ -751,6 +847,13 @@ def _scalar(conv: _Converter, e: ast.expr) -> bool:
         conv.pending.append(conv._sub(SCALAR_GUARD, e, x=e))
         return True
     return False
+
+
+def _binds_scalar(conv: _Converter, s: ast.stmt) -> bool:
+    """``name = <a reduction or count>``, ``name`` bound once: a 0-d value or a number."""
+    return (isinstance(s, ast.Assign) and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Name) and s.targets[0].id in conv.once
+            and _reduction(s.value, conv.ctx) is not None)
 
 
 def _binds_fixed(conv: _Converter, s: ast.stmt) -> dict[str, list[ast.expr]] | None:

@@ -21,6 +21,14 @@ a tensor condition is a known total op, masked rather than keeping the loop::
     ... self.soft_plus(z) ...      ->   torch.nn.functional.softplus(z, beta=self.soft_plus.beta,
                                                                      threshold=self.soft_plus.threshold)
 
+A module mapping over its input's leading dims (``op_facts.MODULE_MAPS``: ``nn.Linear``) alike,
+so a prediction head called per item, ``self.head(feat[i])``, is one ``F.linear`` of every item
+(``batch_calls``' "linear" form) instead of a vmapped module call::
+
+    self.head = nn.Linear(d, k)
+    ... self.head(feat[i]) ...     ->   torch.nn.functional.linear(feat[i], weight=self.head.weight,
+                                                                   bias=self.head.bias)
+
 The callee is ``self.<attr>``, every assignment of which in the methods of the class (and of
 its bases of the same module) makes a module of one class of ``MODULE_CALLS``
 (``nn.MSELoss(...)``, possibly moved with ``.to(...)``/``.cuda()``), a name the function
@@ -54,7 +62,7 @@ import torch
 
 from ..ast_tools import PassContext, Transformer, walk
 from ..errors import Unsupported
-from ..op_facts import MODULE_ACTIVATIONS, MODULE_LOSSES
+from ..op_facts import MODULE_ACTIVATIONS, MODULE_LOSSES, MODULE_MAPS
 from .plan import LoopPlan
 
 _MOVES = ("to", "cuda", "cpu")  # `nn.CrossEntropyLoss().to(device)` is the same module
@@ -70,7 +78,8 @@ PINNED = ("reduction",)
 MODULE_CALLS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], int]] = {
     **{name: (f, settings, (), 2) for name, (f, settings) in MODULE_LOSSES.items()},
     **{name: (f, settings, conditions, 1)
-       for name, (f, settings, conditions) in MODULE_ACTIVATIONS.items()},
+       for table in (MODULE_ACTIVATIONS, MODULE_MAPS)
+       for name, (f, settings, conditions) in table.items()},
 }
 
 

@@ -69,7 +69,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     ragged = _Ragged(variant_names(plan.body, seeds, ctx), ctx)
     body = ragged.block(clone(plan.body))
     if ragged.made:
-        to_where(body, seeds, ctx, frozenset(plan.masks))  # marks what it would convert
+        # marks what it would convert; a softmax of a slice moving evenly is a window's
+        # (moving_slices_to_windows: a view, no mask over every position)
+        to_where(body, seeds, ctx, frozenset(plan.masks), maps=False)
     if (ragged.made or ragged.written) and all(
             ast_marks.get(s, ast_marks.WHERE_CONVERTED, False) for s in ragged.made):
         plan.body = body

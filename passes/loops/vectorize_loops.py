@@ -748,9 +748,13 @@ def _why(plan: LoopPlan, ctx: PassContext) -> str:
 
 
 def _scan_why(scanned: linear_recurrences_to_scans.Scan, ctx: PassContext) -> str:
-    states = ", ".join(f"`{n}`" for n in scanned.states)
-    return (f"{states} = a * {states} + b: every step's state by one parallel scan (log depth); "
-            f"the rest: {_why(scanned.rest, ctx)}"
+    states = ", ".join(f"`{n}`" for n in scanned.states if n not in scanned.sums)
+    sums = ", ".join(f"`{n}`" for n in scanned.sums)
+    return ((f"{states} = a * {states} + b: every step's state by one parallel scan (log depth); "
+             if states else "")
+            + (f"{sums} = {sums} + b, read in its step: every step's running sum by one "
+               "cumsum; " if sums else "")
+            + f"the rest: {_why(scanned.rest, ctx)}"
             + (scan_python_numbers.why() if scanned.numbers else "")
             + (f"; {', '.join(f'`{n}`' for n in scanned.alike)}: scanned when the tensors its "
                "step reads have one floating dtype, else the loop runs as written (factors "
