@@ -33,7 +33,9 @@ number that varies (the index, arithmetic of it, ``int(k[i])``) as the second op
 whose form on two tensors differs (``OpSpec.tensor_pair``): ``torch.max(p[i], i % 2)`` reduces
 along a dim as written, and under vmap, the number a tensor, it would be an elementwise max.
 Functions the body defines (inner loops' outlined bodies) are checked with the names they see
-varying.
+varying. A row of a tensor of a dtype unknown before the loop runs, as an index
+(``scores[q][mask[q]]``, ``mask`` a parameter), is a gather at integer positions: the loop's
+check asks that tensor not to be bool or uint8 (``NOT_A_MASK``; a mask, at which vmap raises).
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ from .loop_dataflow import (UnwrapFixedOperands, call_op, container_names, depen
                             variant_names, write_entries)
 from .plan import LoopPlan
 
+# What a tensor whose rows index must not be (a mask); anything else the other checks decide.
+NOT_A_MASK = "not (isinstance(x, torch.Tensor) and x.dtype in (torch.bool, torch.uint8))"
 # Methods of Python lists that compare their argument with the items as Python booleans.
 _COMPARING_METHODS = frozenset({"remove", "index", "count"})
 # Builtins whose truth is a Python fact of a batched tensor as of each of its items.
@@ -77,6 +81,9 @@ class _Check:
         # rows of the function's boolean masks (``mask[i]``)
         self.masks = {row.param for (name, _), row in plan.row_slices.items()
                       if name in plan.masks}
+        # ... and rows of tensors of a dtype not known before the loop runs -> the tensor
+        self.rows_of = {row.param: name for (name, _), row in plan.row_slices.items()
+                        if name not in plan.masks}
         # `sum(parts)` of a list the body builds adds its items
         self.containers = container_names(ast.Module(plan.body, []))
         self.indices = {plan.iteration.index} | plan.outer_indices
@@ -150,6 +157,10 @@ class _Check:
                or varies(e) and self.mask_index(e) for e in entries):
             self.refuse(f"`{self.quote(node)}`: boolean mask indexing (the number of selected "
                         "elements varies per iteration)", node)
+        for e in (e for e in entries if isinstance(e, ast.Name) and e.id in self.rows_of):
+            # a row indexing: vmap gathers at integer positions; a bool or uint8 row would be a
+            # mask, which vmap raises at on every call: the loop runs as written for those
+            self.plan.check(NOT_A_MASK, x=ast.Name(self.rows_of[e.id], ast.Load()))
         for call in (e for e in entries if isinstance(e, ast.Call) and varies(e)):
             helper = _helper_mask(call, self.ctx)
             if helper:
