@@ -205,10 +205,12 @@ class _HostToTensor(Transformer):
         """Python compares a host float with a number in double precision: ``l.item() > 0.1``
         is False for the float32 ``l = 0.1`` only as a float32 comparison. So host floats
         compared with numbers are compared as float64 (exact for every float and every int
-        below 2**53); a name the loop does not bind must then be no tensor (the loop's check:
-        a float next to a tensor compares in the tensor's dtype, as written), unless the loop
-        reads its items: then the host number is compared in float64 only when it is none
-        (``rules.HOST_COMPARED``: next to a tensor it is a weak scalar, as written)."""
+        below 2**53). Compared with a name the loop does not bind, which may be a number or a
+        tensor, the host number is compared in float64 only when it is none
+        (``rules.HOST_COMPARED``: next to a tensor it is a weak scalar, as written). A check
+        that the name is no tensor would contradict the loop's other checks where it must be
+        one (``c > lo.item()`` of a calibration bin's mask, ``c`` then selected from), and
+        the loop would never run vectorized."""
         kinds = [_number(a), _number(b)]
         if not any(k in rules.HOST_WEAK for k in kinds) or not all(
                 k is not None or (isinstance(x, (ast.Name, ast.Attribute))
@@ -219,20 +221,11 @@ class _HostToTensor(Transformer):
         for (x, k), (other, kind) in zip(((a, kinds[0]), (b, kinds[1])),
                                          ((b, kinds[1]), (a, kinds[0]))):
             double = self.double.get(x) or self._sub("h.double()", x, h=x)
-            if k in rules.HOST_WEAK and kind is None and self._indexed(other):
+            if k in rules.HOST_WEAK and kind is None:
                 double = self._sub(rules.HOST_COMPARED, x, d=double, t=other,
                                    w=self._sub(rules.HOST_WEAK[k], x, h=x, t=other))
-            elif k is None and not self._indexed(x):
-                self.no_tensors.append(x)
             out.append(double if k in rules.HOST_WEAK else x)
         return out[0], out[1]
-
-    def _indexed(self, x: ast.expr) -> bool:
-        """The loop reads items of ``x`` (``target[j]``): most likely a tensor, which a check
-        that it is none would send to the loop as written."""
-        text = ast.dump(x)
-        return any(isinstance(n, ast.Subscript) and ast.dump(n.value) == text
-                   for s in self.body for n in walk(s))
 
     def _operands(self, node: ast.BinOp | None, operands: list[ast.expr]) -> list[ast.expr]:
         kinds = [_number(x) for x in operands]
