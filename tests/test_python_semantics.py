@@ -361,13 +361,11 @@ def test_host_float_compared_with_a_python_number_in_double(user, th):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_host_float_compared_with_a_tensor_compares_as_written(user, dtype):
-    # next to a tensor threshold the host float is a weak scalar (`rules.HOST_COMPARED` picks
-    # that at run time): vectorized, not sent to the loop as written by a check it is no tensor
     x = torch.tensor([[0.1], [0.2], [0.3]], dtype=torch.float64)
     th = torch.tensor(0.2, dtype=dtype)  # 0.2 as float16 is below the float64 0.2
     opt = optimized(user.above_threshold)
     assert_equivalent(user.above_threshold, opt, x, th)
-    assert opt.report.loops[0].vectorized_runs >= 1 and opt.report.loops[0].original_runs == 0
+    assert opt.report.loops[0].original_runs >= 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
