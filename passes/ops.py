@@ -363,6 +363,14 @@ REGISTRY: tuple[OpSpec, ...] = (
     # 0 at 0); contrastive and triplet losses call it per pair, under a tensor condition
     OpSpec("pairwise_distance", ("torch.pairwise_distance", _F + "pairwise_distance"),
            total=True, derivative="bounded"),
+    # the other functional losses: no batched form (vmap runs them), but known to change none
+    # of their arguments, so a loop calling one with a tensor it also reads is split around it
+    # (``triplet_margin_with_distance_loss`` calls the user's distance function: left unknown)
+    *(OpSpec(n, (_F + n,)) for n in (
+        "binary_cross_entropy", "cosine_embedding_loss", "ctc_loss", "gaussian_nll_loss",
+        "hinge_embedding_loss", "margin_ranking_loss", "multi_margin_loss",
+        "multilabel_margin_loss", "multilabel_soft_margin_loss", "poisson_nll_loss",
+        "soft_margin_loss", "triplet_margin_loss")),
     # the functional form of an in-place write (``inplace_writes_to_functional``): finite, with
     # finite gradients, wherever its indices are in range (it raises where they are not)
     _t("scatter", total=True, derivative="constant"),
