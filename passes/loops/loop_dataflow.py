@@ -749,10 +749,15 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
                 raise Unsupported(f"`{unparse(call.func)}(...)` runs autograd on each iteration's "
                                   "own graph, which a batched or vmapped body does not have",
                                   call.lineno)
-            wrong = ops.by_call(resolve_call(call.func, ctx), meth).vmap_wrong
+            op = ops.by_call(resolve_call(call.func, ctx), meth)
+            wrong = op.vmap_wrong
             if wrong is not None and (not wrong or {k.arg for k in call.keywords} & set(wrong)):
                 raise Unsupported(f"`{unparse(call.func)}(...)` has wrong gradients under vmap"
                                   + (f" with `{'`, `'.join(wrong)}`" if wrong else ""), call.lineno)
+            if op.vmap_loops:
+                raise Unsupported(f"`{unparse(call.func)}(...)` has no batched form, and vmap "
+                                  "would run it once per iteration itself (no batching rule: "
+                                  "a performance warning, no faster than the loop)", call.lineno)
             if meth and (effect == "mutates" or ops.is_inplace(meth)) \
                     and id(call) not in appends:
                 recv = written_through(call.func.value, ctx)
