@@ -59,6 +59,19 @@ FAMILY_SCAN = {"sum": "s + f(v)", "prod": "s * f(v)"}
 # ... ``f``: ``v.cumsum(0)``/``v.cumprod(0)`` keeping narrow integer dtypes as the original's steps
 FAMILY_SCAN_FN = {"sum": loop_sums_keep_dtypes.running_sum,
                   "prod": loop_sums_keep_dtypes.running_product}
+# Operators whose result is a bool tensor when both operands are: the logical ones, and the
+# arithmetic ones torch keeps bool for bool tensors (``a.gt(lo) * a.le(hi)``, a bin's mask in
+# calibration losses: ``*`` is and, ``+`` or). Python bools make ints of the arithmetic ones
+# (``x[True * True]`` is ``x[1]``), so those need an operand that is surely a tensor.
+MASK_BINOPS = {ast.BitAnd: False, ast.BitOr: False, ast.BitXor: False,
+               ast.Mult: True, ast.Add: True}  # operator: needs a tensor operand
+
+# Why a list appended to and read in part after the loop keeps it (``lists_read_in_part``),
+# after the list's name: ``op`` may have a NaN/inf derivative
+READ_IN_PART = ("may be read in part after the loop (an item alone, as the caller can do with a "
+                "list the function returns), and `{op}` may have a NaN/inf derivative: stacked, "
+                "the backward through the items read would also run through the others "
+                "(0 * NaN/inf = NaN), which the original leaves alone")
 # `out[i] op= e` writes: the in-place op applied to the written slots.
 WRITE_AUGOPS = {ast.Add: "add_", ast.Sub: "sub_", ast.Mult: "mul_", ast.Div: "div_"}
 # ... that give the same result whatever the order, when several iterations hit one slot

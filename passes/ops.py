@@ -151,6 +151,9 @@ class OpSpec:
     # Under ``torch.vmap`` its gradients are wrong (its batching rule, torch 2.13), when called
     # with any of these keywords (``()``: always): a loop calling it runs as written.
     vmap_wrong: tuple[str, ...] | None = None
+    # No batching rule (torch 2.13): ``torch.vmap`` runs it once per item, warning of a
+    # performance drop; with no batched form either, a loop calling it runs as written.
+    vmap_loops: bool = False
     # Under ``torch.vmap`` its gradients differ from eager's, or its batching rule makes a
     # broadcast intermediate a matrix product avoids: the vmapped body calls this, with the same
     # arguments, instead (bound into the generated code).
@@ -373,6 +376,17 @@ REGISTRY: tuple[OpSpec, ...] = (
     # 0 at 0); contrastive and triplet losses call it per pair, under a tensor condition
     OpSpec("pairwise_distance", ("torch.pairwise_distance", _F + "pairwise_distance"),
            total=True, derivative="bounded"),
+    # the other functional losses: no batched form, but known to change none of their
+    # arguments, so a loop calling one with a tensor it also reads is split around it
+    # (``triplet_margin_with_distance_loss`` calls the user's distance function: left unknown);
+    # vmap runs the composite ones ...
+    *(OpSpec(n, (_F + n,)) for n in (
+        "binary_cross_entropy", "cosine_embedding_loss", "gaussian_nll_loss",
+        "hinge_embedding_loss", "multilabel_soft_margin_loss", "poisson_nll_loss")),
+    # ... and the others one item at a time (a per-utterance CTC loop stays a loop)
+    *(OpSpec(n, (_F + n,), vmap_loops=True) for n in (
+        "ctc_loss", "margin_ranking_loss", "multi_margin_loss", "multilabel_margin_loss",
+        "soft_margin_loss", "triplet_margin_loss")),
     # the functional form of an in-place write (``inplace_writes_to_functional``): finite, with
     # finite gradients, wherever its indices are in range (it raises where they are not)
     _t("scatter", total=True, derivative="constant"),

@@ -224,21 +224,57 @@ def test_a_kept_loop_lists_each_statement_once_without_generated_names():
            "binds" in reason
 
 
+CTC_PER_SEQUENCE = """
+    def f(lp, tg, in_lens, tgt_lens):
+        total = 0
+        for i in range(lp.shape[1]):
+            a = lp[:in_lens[i], i:i + 1]
+            b = tg[i:i + 1, :tgt_lens[i]]
+            total += {loss}(a, b, in_lens[i:i + 1], tgt_lens[i:i + 1], reduction="sum")
+        return total
+    """
+
+
 def test_a_name_handed_to_an_unknown_function_is_not_said_to_be_bound():
-    # per-sequence CTC: `F.ctc_loss` is not in the registry, so it may change the lengths it is
-    # handed, and the slices reading them stay residual; the reason says so, not that line 6
-    # binds `in_lens` (it never does), and `state.total += ...` changes `state` in place
-    _, report = rewrite_source("""
-        def f(lp, tg, in_lens, tgt_lens):
-            total = 0
-            for i in range(lp.shape[1]):
-                a = lp[:in_lens[i], i:i + 1]
-                b = tg[i:i + 1, :tgt_lens[i]]
-                total += F.ctc_loss(a, b, in_lens[i:i + 1], tgt_lens[i:i + 1], reduction="sum")
-            return total
-        """)
+    # per-sequence CTC through a binding the registry does not know (warp-ctc's): it may change
+    # the lengths it is handed, and the slices reading them stay residual; the reason says so,
+    # not that line 6 binds `in_lens` (it never does)
+    _, report = rewrite_source(CTC_PER_SEQUENCE.format(loss="warp_ctc"))
     reason = report.loops[0].reason
     assert report.loops[0].strategy == "kept"
     assert "<test>:4 `a = lp[:in_lens[i], i:i + 1]`: reads `in_lens`, which line 6 (residual) " \
-           "hands to `F.ctc_loss(...)`, which may change it" in reason
+           "hands to `warp_ctc(...)`, which may change it" in reason
     assert "(residual) binds" not in reason
+
+
+def test_a_functional_loss_is_not_said_to_change_its_arguments():
+    # `F.ctc_loss` is in the registry (no batched form nor batching rule, no effect): the loop
+    # stays for that, not for a change `F.ctc_loss` could make to the lengths it is handed
+    _, report = rewrite_source(CTC_PER_SEQUENCE.format(loss="F.ctc_loss"))
+    reason = report.loops[0].reason
+    assert report.loops[0].strategy == "kept"
+    assert reason.startswith("`F.ctc_loss(...)` has no batched form, and vmap would run it once "
+                             "per iteration itself")
+    assert "may change it" not in reason
+
+
+def test_a_returned_list_of_losses_says_why_its_items_are_not_stacked():
+    # HiFi-GAN's generator loss: the per-discriminator losses are returned as a list, which the
+    # caller may read item by item; the reason says so, and how a stacked form would differ
+    _, report = rewrite_source("""
+        def f(disc_outputs):
+            loss = 0
+            gen_losses = []
+            for dg in disc_outputs:
+                l = torch.mean((1 - dg) ** 2)
+                gen_losses.append(l)
+                loss += l
+            return loss, gen_losses
+        """)
+    loop, = report.loops
+    assert loop.strategy == "kept"
+    assert loop.reason.startswith(
+        "`gen_losses` may be read in part after the loop (an item alone, as the caller can do "
+        "with a list the function returns), and `(1 - dg) ** 2` may have a NaN/inf derivative: "
+        "stacked, the backward through the items read would also run through the others "
+        "(0 * NaN/inf = NaN), which the original leaves alone")

@@ -12,6 +12,7 @@ import pytest
 
 from passes.errors import Unsupported
 from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels,
+                          contradicting_checks,
                           batch_loop_bodies, check_body, check_mapped_body,
                           classify_effects, cleared_positions_to_masks,
                           conditional_expressions_to_branches,
@@ -3618,6 +3619,39 @@ centers.append(emb[labels == c].amax(0) + emb[labels > c].sum(0) + emb[labels.eq
 # body
 centers.append(emb[labels == c].amax(0) + emb[labels > c].sum(0) + emb[labels.eq(c)].mean(0, keepdim=True))
 # prelude
+"""),
+    # `.item() / scale` needs `scale` no tensor, `scale[i]` a tensor: the check never holds
+    (contradicting_checks, """
+def f(x, scale):
+    s = 0.0
+    t = 0
+    for i in range(len(x)):
+        s += x[i].sum().item() / scale
+        t = t + scale[i] * x[i]
+    return s, t
+""", ('checks',),
+     """
+# checks
+not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(scale, torch.Tensor) and len(x) <= scale.shape[0] and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+Unsupported: its runtime check can never hold: it needs both `isinstance(scale, torch.Tensor)` and `not isinstance(scale, torch.Tensor)`, which the rewrite assumes for different uses of one value
+"""),
+    # `scale` only divides: a number, no contradiction
+    (contradicting_checks, """
+def f(x, scale):
+    s = 0.0
+    for i in range(len(x)):
+        s += x[i].sum().item() / scale
+    return s
+""", ('checks',),
+     """
+# checks
+not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+# checks
+not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
 """),
 ]
 

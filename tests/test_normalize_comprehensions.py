@@ -293,8 +293,11 @@ def test_a_kept_comprehensions_reason_quotes_the_code_as_written():
     reasons = {l.lineno: l.reason for l in report.loops}
     assert [l.vectorized for l in sorted(report.loops, key=lambda l: l.lineno)] == [False, True]
     assert reasons[3].startswith(
-        "bound to `probs`, read in part, and `F.softmax(logits, dim=1)` may have a NaN/inf "
-        "derivative: the items the original leaves alone would pass it on; not distributed:")
+        "bound to `probs`, which may be read in part after the loop (an item alone, as the "
+        "caller can do with a list the function returns), and `F.softmax(logits, dim=1)` may "
+        "have a NaN/inf derivative: stacked, the backward through the items read would also run "
+        "through the others (0 * NaN/inf = NaN), which the original leaves alone; not "
+        "distributed:")
 
 
 def test_returned_list_becomes_appends_returned_as_a_list():

@@ -81,9 +81,8 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
             ctx: PassContext, flagged: bool = False) -> list[ast.stmt]:
     """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``."""
     if e.kind == "append" and e.name in plan.lists_read_in_part:
-        raise Unsupported(f"`{e.name}` is read in part after the loop, and "
-                          f"`{plan.lists_read_in_part[e.name]}` may have a NaN/inf derivative: "
-                          "the items the original leaves alone would pass it on", e.stmt.lineno)
+        raise Unsupported(f"`{e.name}` " + rules.READ_IN_PART.format(
+            op=plan.lists_read_in_part[e.name]), e.stmt.lineno)
     if e.kind == "append":
         _check_invariant_number(plan, e, ctx)
     if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:

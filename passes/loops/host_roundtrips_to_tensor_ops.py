@@ -55,11 +55,13 @@ import importlib
 from .. import ast_marks
 from .. import loop_rules as rules
 from .. import loop_sums_keep_dtypes, ops
-from ..ast_tools import PassContext, Transformer, clone, is_name, replace, root_name, walk
+from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, root_name, unparse,
+                         walk)
 from ..errors import Unsupported
 from .loop_dataflow import (call_op, container_names, depends, method_name, reads_values,
                             resolve_call, stores, stores_in, variant_names)
 from .plan import LoopPlan
+from .runtime_checks import proven_tensors
 
 
 def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
@@ -68,13 +70,15 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
             no_tensors: list[ast.expr] | None = None,
             live_after: frozenset[str] = frozenset(),
             indices: frozenset[str] = frozenset(),
-            floats: list[ast.expr] | None = None) -> list[ast.stmt]:
+            floats: list[ast.expr] | None = None,
+            tensors: frozenset[str] = frozenset()) -> list[ast.stmt]:
     """``stmts`` with every host round trip on a loop-varying value replaced (in place), the
     counters of iterations where the original raised (``errors`` gets each counter's exception
     source and location), the float64 twins of host-number sums (``wide``: sum -> twin) and the
     tensors the vectorized loop needs not floating (``not_floating``), and the names it needs
     not tensors (``no_tensors``) or Python floats (``floats``); ``indices``: the loop indices,
-    Python ints in the original (host numbers).
+    Python ints in the original (host numbers); ``tensors``: the names (as source) checked to
+    be tensors already (a selection's base).
     ``seeds``: the iteration's own names (index, elements); other names the body reads before
     binding them are carried from the last iteration."""
     tr = _HostToTensor(variant, ctx, errors, wide)
@@ -82,7 +86,7 @@ def rewrite(stmts: list[ast.stmt], variant: set[str], ctx: PassContext,
     tr.numbers.update({i: "int" for i in indices})
     tr.stored = stores_in(stmts) | seeds
     tr.containers = container_names(ast.Module(stmts, []))
-    tr.body, tr.live_after = stmts, live_after
+    tr.body, tr.live_after, tr.tensors = stmts, live_after, tensors
     if not_floating is not None:
         tr.not_floating = not_floating
     if no_tensors is not None:
@@ -121,6 +125,7 @@ class _HostToTensor(Transformer):
         self.stored: set[str] = set()   # names the loop binds
         self.body: list[ast.stmt] = []  # the loop body, and the names read after the loop
         self.live_after: frozenset[str] = frozenset()
+        self.tensors: frozenset[str] = frozenset()  # names checked to be tensors, as source
         # tensors whose elements meet int(): the loop is vectorized when they are not floating
         # (integers: the common labels), so no counter of raising iterations (nor its host
         # sync) is needed
@@ -207,7 +212,8 @@ class _HostToTensor(Transformer):
         compared with numbers are compared as float64 (exact for every float and every int
         below 2**53); a name the loop does not bind must then be no tensor (the loop's check:
         a float next to a tensor compares in the tensor's dtype, as written), unless the loop
-        reads its items: then the host number is compared in float64 only when it is none
+        reads its items or checks it is a tensor (``_likely_tensor``): then the host number is
+        compared in float64 only when it is none
         (``rules.HOST_COMPARED``: next to a tensor it is a weak scalar, as written)."""
         kinds = [_number(a), _number(b)]
         if not any(k in rules.HOST_WEAK for k in kinds) or not all(
@@ -219,20 +225,14 @@ class _HostToTensor(Transformer):
         for (x, k), (other, kind) in zip(((a, kinds[0]), (b, kinds[1])),
                                          ((b, kinds[1]), (a, kinds[0]))):
             double = self.double.get(x) or self._sub("h.double()", x, h=x)
-            if k in rules.HOST_WEAK and kind is None and self._indexed(other):
+            if k in rules.HOST_WEAK and kind is None \
+                    and _likely_tensor(other, self.body, self.tensors):
                 double = self._sub(rules.HOST_COMPARED, x, d=double, t=other,
                                    w=self._sub(rules.HOST_WEAK[k], x, h=x, t=other))
-            elif k is None and not self._indexed(x):
+            elif k is None and not _likely_tensor(x, self.body, self.tensors):
                 self.no_tensors.append(x)
             out.append(double if k in rules.HOST_WEAK else x)
         return out[0], out[1]
-
-    def _indexed(self, x: ast.expr) -> bool:
-        """The loop reads items of ``x`` (``target[j]``): most likely a tensor, which a check
-        that it is none would send to the loop as written."""
-        text = ast.dump(x)
-        return any(isinstance(n, ast.Subscript) and ast.dump(n.value) == text
-                   for s in self.body for n in walk(s))
 
     def _operands(self, node: ast.BinOp | None, operands: list[ast.expr]) -> list[ast.expr]:
         kinds = [_number(x) for x in operands]
@@ -493,6 +493,16 @@ def _number(x: ast.expr) -> str | None:
     return ast_marks.get(x, ast_marks.HOST_NUMBER)
 
 
+def _likely_tensor(x: ast.expr, body: list[ast.stmt], tensors: frozenset[str]) -> bool:
+    """The loop reads items of ``x`` (``target[j]``): most likely a tensor, which a check that
+    it is none would send to the loop as written; or it is checked to be one (``tensors``, a
+    selection's base: ``c`` in ``m = c > lo.item()``, ``c[m].mean()``), which that check would
+    contradict."""
+    text = ast.dump(x)
+    return unparse(x) in tensors or any(isinstance(n, ast.Subscript) and ast.dump(n.value) == text
+                                        for s in body for n in walk(s))
+
+
 def _python_int(x: ast.expr) -> bool:
     """``x`` is a Python int in the original: ``int(...)`` (an integer tensor here) or a literal."""
     return _number(x) == "int" or isinstance(x, ast.Constant) and type(x.value) is int
@@ -516,7 +526,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     floats: list[ast.expr] = []
     plan.body = rewrite(plan.body, plan.variant, ctx, plan.host_errors, plan.wide, seeds,
                         not_floating, no_tensors, frozenset(plan.live_after),
-                        frozenset({it.index} if it.index_is_user else ()), floats)
+                        frozenset({it.index} if it.index_is_user else ()), floats,
+                        frozenset(unparse(x) for g in plan.selection_checks
+                                  for x in proven_tensors(g)))
     for x in not_floating:
         plan.check("not (isinstance(x, torch.Tensor) and x.is_floating_point())", x=x)
     for x in no_tensors:

@@ -754,10 +754,15 @@ def _check_calls(body: list[ast.stmt], assigned: set[str], ctx: PassContext) -> 
                 raise Unsupported(f"`{unparse(call.func)}(...)` runs autograd on each iteration's "
                                   "own graph, which a batched or vmapped body does not have",
                                   call.lineno)
-            wrong = ops.by_call(resolve_call(call.func, ctx), meth).vmap_wrong
+            op = ops.by_call(resolve_call(call.func, ctx), meth)
+            wrong = op.vmap_wrong
             if wrong is not None and (not wrong or {k.arg for k in call.keywords} & set(wrong)):
                 raise Unsupported(f"`{unparse(call.func)}(...)` has wrong gradients under vmap"
                                   + (f" with `{'`, `'.join(wrong)}`" if wrong else ""), call.lineno)
+            if op.vmap_loops:
+                raise Unsupported(f"`{unparse(call.func)}(...)` has no batched form, and vmap "
+                                  "would run it once per iteration itself (no batching rule: "
+                                  "a performance warning, no faster than the loop)", call.lineno)
             if meth and (effect == "mutates" or ops.is_inplace(meth)) \
                     and id(call) not in appends:
                 recv = written_through(call.func.value, ctx)
@@ -1022,20 +1027,37 @@ def _reads_of(node: ast.AST, name: str, ctx: PassContext) -> list[ast.Name]:
     return [n for c in ast.iter_child_nodes(node) for n in _reads_of(c, name, ctx)]
 
 
-def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext) -> bool:
-    """Whether ``expr`` is (syntactically) a boolean tensor: a comparison, logic, a mask name."""
+def is_boolean(expr: ast.expr, boolean: set[str], ctx: PassContext, typed: bool = True) -> bool:
+    """Whether ``expr`` is (syntactically) a boolean tensor: a comparison, logic, a mask name.
+    Not ``typed``: also what may be one, ``*``/``+`` of comparisons (``(c > lo) * (c <= hi)``:
+    an int of Python bools, a mask of tensors), for a refusal to err on the safe side."""
     if isinstance(expr, ast.Name):
         return expr.id in boolean
     if isinstance(expr, (ast.Compare, ast.BoolOp)):
         return True
     if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.Not, ast.Invert)):
-        return is_boolean(expr.operand, boolean, ctx)
-    if isinstance(expr, ast.BinOp) and isinstance(expr.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
-        return is_boolean(expr.left, boolean, ctx) and is_boolean(expr.right, boolean, ctx)
+        return is_boolean(expr.operand, boolean, ctx, typed)
+    if isinstance(expr, ast.BinOp) and type(expr.op) in rules.MASK_BINOPS:
+        return all(is_boolean(e, boolean, ctx, typed) for e in (expr.left, expr.right)) \
+            and (not typed or mask_operands_typed(expr, ctx))
     if isinstance(expr, ast.Call):
         kept = dtype_source(expr, ctx)
-        return call_op(expr, ctx).boolean or kept is not None and is_boolean(kept, boolean, ctx)
+        return call_op(expr, ctx).boolean or kept is not None and is_boolean(kept, boolean, ctx,
+                                                                               typed)
     return False
+
+
+def mask_operands_typed(expr: ast.BinOp, ctx: PassContext) -> bool:
+    """Whether ``expr``, of ``rules.MASK_BINOPS`` on two masks, is a mask: an operator that
+    makes ints of Python bools needs a surely-tensor operand (``is_tensor_boolean``)."""
+    return not rules.MASK_BINOPS[type(expr.op)] \
+        or any(is_tensor_boolean(e, ctx) for e in (expr.left, expr.right))
+
+
+def is_tensor_boolean(expr: ast.expr, ctx: PassContext) -> bool:
+    """``expr`` is a call of a boolean op (``x.gt(t)``, ``torch.isnan(x)``): a bool tensor, never
+    a Python bool (Python numbers have no such methods, and the torch functions take tensors)."""
+    return isinstance(expr, ast.Call) and call_op(expr, ctx).boolean
 
 
 def dtype_source(call: ast.Call, ctx: PassContext) -> ast.expr | None:
@@ -1074,18 +1096,26 @@ def _check_mask_indexing(body: list[ast.stmt], ctx: PassContext) -> None:
     """``x[mask]`` selects a data-dependent number of elements: no batched form. Selections
     ``masked_selections_to_where`` converts are marked ``where_converted``: not refused. A mask
     the body makes (``keep = torch.ones_like(row, dtype=torch.bool)``; ``keep[i] = False``)
-    selects so too."""
+    selects so too, and what may be a mask (not ``typed``: a refusal errs on the safe side),
+    said so: ``(c > lo) * (c <= hi)`` is converted written with ``&``."""
     boolean: set[str] = set()
+    maybe: set[str] = set()  # ... only untyped
     for s in _simple_stmts(body):
         for sub in (n for n in walk(s) if isinstance(n, ast.Subscript)):
             if ast_marks.get(sub, ast_marks.WHERE_CONVERTED, False):
                 continue
-            if any(is_boolean(e, boolean, ctx) for e in write_entries(sub)):
+            entries = write_entries(sub)
+            if any(is_boolean(e, boolean | maybe, ctx, typed=False) for e in entries):
+                hint = "" if any(is_boolean(e, boolean, ctx) for e in entries) else \
+                    " (a mask only if its comparisons are of tensors: `*`/`+` of comparisons " \
+                    "make ints of Python bools; with `&`/`|` the selection can be converted)"
                 raise Unsupported(f"boolean mask indexing `{unparse(sub)}`: the number of "
-                                  "selected elements varies per iteration", s.lineno)
-        if isinstance(s, ast.Assign) and (is_boolean(s.value, boolean, ctx)
+                                  f"selected elements varies per iteration{hint}", s.lineno)
+        if isinstance(s, ast.Assign) and (is_boolean(s.value, boolean | maybe, ctx, typed=False)
                                           or makes_boolean(s.value, ctx)):
-            boolean |= {t.id for t in s.targets if isinstance(t, ast.Name)}
+            typed = is_boolean(s.value, boolean, ctx) or makes_boolean(s.value, ctx)
+            (boolean if typed else maybe).update(
+                t.id for t in s.targets if isinstance(t, ast.Name))
 
 
 def _check_effect_reads(body: list[ast.stmt], facts: LoopFacts, index: str,

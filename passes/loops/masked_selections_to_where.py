@@ -63,7 +63,8 @@ records the list's mask (``Dense.appends``), by which ``effects_to_outputs`` tak
 iteration's selection out of the stacked stand-ins after the loop.
 
 What is rewritten: a selection ``x[m]``, ``x`` a name, attribute or subscript by names and
-numbers, ``m`` a mask (a single comparison, ``~``/``&``/``|``/``^`` of masks, a call of a
+numbers, ``m`` a mask (a single comparison, ``~``/``&``/``|``/``^`` of masks, ``*``/``+`` of masks
+one of which is a boolean op's call (``c.gt(lo) * c.le(hi)``), a call of a
 boolean op (``OpSpec.boolean``), or a name every binding of which in the body is one; one that
 does not vary too: an inner loop's ``dist[i][target != t_i]`` varies in the outer loop mapping
 over it), whose value reaches a full reduction only through elementwise ops (arithmetic, single
@@ -125,11 +126,13 @@ import torch
 from .. import ast_marks, full_extremes
 from ..errors import Unsupported
 
+from .. import loop_rules as rules
 from .. import ops
 from ..ast_tools import (PassContext, Transformer, clone, is_pure, replace, root_name, unparse,
                         walk)
 from .loop_dataflow import (call_op, dtype_source, is_boolean, is_shape_query, loads,
-                            makes_boolean, method_name, stores, write_entries)
+                            makes_boolean, mask_operands_typed, method_name, stores,
+                            write_entries)
 from .batch_values import literal
 from .plan import LoopPlan
 from .tensor_branches_to_where import Sanitize
@@ -216,8 +219,6 @@ COUNT_BINOPS = ops.operators(lambda s: s.integer is not None)
 ELEMENTWISE_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
                       ast.BitAnd, ast.BitOr, ast.BitXor)
 ELEMENTWISE_UNARYOPS = (ast.USub, ast.UAdd, ast.Invert)
-# Masks: logic on masks (Python ``and``/``or``/``not`` call bool() and are left alone).
-MASK_BINOPS = (ast.BitAnd, ast.BitOr, ast.BitXor)
 # Checked before the loop (else it runs as written): an operand that does not vary is a number
 # or a 0-d tensor; a selected value that does not vary is a tensor (``x.shape``, ``where``).
 SCALAR_GUARD = "isinstance(x, (int, float)) or torch.is_tensor(x) and x.dim() == 0"
@@ -1025,8 +1026,9 @@ def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
         return len(m.ops) == 1 and _pure(m, ctx)
     if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
         return _strict(m.operand, names, ctx)
-    if isinstance(m, ast.BinOp) and isinstance(m.op, MASK_BINOPS):
-        return _strict(m.left, names, ctx) and _strict(m.right, names, ctx)
+    if isinstance(m, ast.BinOp) and type(m.op) in rules.MASK_BINOPS:  # not and/or/not: bool()
+        return _strict(m.left, names, ctx) and _strict(m.right, names, ctx) \
+            and mask_operands_typed(m, ctx)
     if isinstance(m, ast.Call):
         kept = dtype_source(m, ctx)
         of_mask = kept is not None and _strict(kept, names, ctx)  # ``(t >= t[i]).squeeze()``
@@ -1161,9 +1163,11 @@ def _pure(e: ast.expr, ctx: PassContext) -> bool:
 
 def _effect_free(call: ast.Call, ctx: PassContext) -> bool:
     """A registered tensor op without effects: a function of its operands (``torch.arange(
-    len(x)) != i``, the own-item mask of a per-anchor loss)."""
+    len(x)) != i``, the own-item mask of a per-anchor loss), a read to the host too
+    (``c.gt(lo.item())``, a calibration bin's mask: the batched form reads ``lo`` as a tensor,
+    ``OpSpec.host``)."""
     op = call_op(call, ctx)
-    return op.aten is not None and op.effect is None and not op.host
+    return op.aten is not None and op.effect is None
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:

@@ -255,8 +255,7 @@ def _bound_reason(stmt: ast.Assign, func: ast.FunctionDef, parents: dict[int, as
                 "its items as they read the list")
     op = may_be_nonfinite(stmt.value.elt, ctx)
     if op is not None and _reads_some_items(func, name, parents, ctx):
-        return (f"bound to `{name}`, read in part, and `{unparse(op)}` may have a NaN/inf "
-                "derivative: the items the original leaves alone would pass it on")
+        return f"bound to `{name}`, which " + rules.READ_IN_PART.format(op=unparse(op))
     return f"bound to `{name}`, whose items may be modified in place"
 
 

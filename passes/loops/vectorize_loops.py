@@ -86,7 +86,7 @@ from ..errors import Unsupported
 from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels, batch_values,
                batch_loop_bodies, check_body, class_selections_to_segments,
                check_mapped_body, cleared_positions_to_masks,
-               classify_effects, conditional_expressions_to_branches,
+               classify_effects, contradicting_checks, conditional_expressions_to_branches,
                conditioned_writes_to_functional, counted_whiles_to_ranges,
                data_attributes_to_detach,
                distribute_comprehensions, distribute_loops, divisions_by_counters,
@@ -198,6 +198,7 @@ LOOP_STAGES: list = [
     stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
     raise_on_empty_selections,    # around the finished statements
     invariant_values_take_no_grad,  # on the loop as written; before the guard is made
+    contradicting_checks,         # after every stage that adds to the check
     promoting_folds_run_as_written,  # last: around the folds and the checks before them
 ]
 
