@@ -874,9 +874,14 @@ def _how_written(s: ast.stmt, name: str, ctx: PassContext) -> str:
 
 
 def _written_in_place(split: _Split) -> set[str]:
-    """The names whose tensors residual statements write into (``t[k] = v``, ``t[k].mul_(2)``)."""
-    return loop_dataflow.written_names([split.body[k] for k in split.residual]) - \
-        loop_dataflow.stores_in([split.body[k] for k in split.residual])
+    """The names whose tensors residual statements write into (``t[k] = v``, ``t[k].mul_(2)``;
+    not attributes of objects, ``self.total += l``)."""
+    stmts = [split.body[k] for k in split.residual]
+    targets = [n.value for n in walk(ast.Module(stmts, [])) if isinstance(n, ast.Subscript)
+               and isinstance(n.ctx, ast.Store)] + [
+        s.value.func.value for s in walk(ast.Module(stmts, [])) if isinstance(s, ast.Expr)
+        and loop_dataflow.mutates_local(s)]
+    return {root_name(t) for t in targets} - {None} - loop_dataflow.stores_in(stmts)
 
 
 def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:
