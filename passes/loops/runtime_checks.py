@@ -87,9 +87,10 @@ def add_storage_checks(plan: LoopPlan, written: set[str], ctx: PassContext) -> N
     reads = safe & free_loads(node) - bound
     apart = ctx.bind(storage_checks.apart, "apart")
     for name in sorted(written - bound):
-        others = sorted(reads - {name})
-        if others:
-            plan.check(f"{apart}(t, ({', '.join(others)},))", t=ast.Name(name, ast.Load()))
+        others = [ast.Name(n, ast.Load()) for n in sorted(reads - {name})]
+        if others:  # (built, not filled in: a read may have any name, ``t`` too)
+            plan.checks.add(ast.Call(ast.Name(apart, ast.Load()), [
+                ast.Name(name, ast.Load()), ast.Tuple(others, ast.Load())], []))
 
 
 def is_storage_check(g: ast.expr, ctx: PassContext) -> bool:
