@@ -8,8 +8,10 @@ any. ``apart(t, others)`` is the check its branch runs behind: true when ``t`` i
 no tensor of ``others`` (or item of a list or tuple there) shares its memory. Eager: the same
 storage (views of one storage that never overlap fail it too: the loop then runs as written).
 Under torch.compile, where reading a storage breaks the graph: the same view base (``x``, its
-views, views of its base), which Dynamo guards on; a ``detach()``ed copy of ``t`` there is no
-view of it and passes.
+views, views of its base); a ``detach()``ed copy of ``t`` there is no view of it and passes, and
+Dynamo does not guard a base that is None (a graph traced on unaliased inputs runs for aliased
+ones), so ``rewrite/runtime.py`` runs a call whose written argument shares memory with another
+through the eager rewritten function, where this check reads storages.
 """
 from __future__ import annotations
 
