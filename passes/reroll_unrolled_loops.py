@@ -53,7 +53,9 @@ an int32 class target), or a full
 ``pred[i].max()`` splits it among them), a copy's value read outside the combination, and an add
 chain that starts by writing into a tensor made before it (``loss = torch.zeros(()); loss +=
 ...``: re-rolled, the in-place write and its dtype would be lost) unless that tensor is an earlier
-sum only the chain reads. A running ``torch.maximum`` is no combination here: its gradient at
+sum only the chain reads, or an in-place write of no copy between the copies (an unrolled
+``target[i] *= 2`` after ``target[i]`` is read: the re-rolled copies would all read after it).
+A running ``torch.maximum`` is no combination here: its gradient at
 ties halves at every step of the chain, where ``amax`` would split it evenly. A graph without
 any candidate loop gets ``NO_LOOP`` in ``gm.meta[NOT_REROLLED_BECAUSE]``.
 
@@ -458,6 +460,10 @@ def _check(loop: Loop) -> None:
             reason = _raising_form(node)
         if reason:
             raise _Mismatch(f"{node.name} ({_where(node)}) is {reason}")
+    write = _write_between(loop)
+    if write is not None:
+        raise _Mismatch(f"{write.name} ({_where(write)}) writes in place between the copies: "
+                        "re-rolled, every copy would read after that write")
     shared = next((v for v in loop.outputs if len(v.users) != 1), None)
     if shared is not None:
         raise _Mismatch(f"{shared.name} ({_where(shared)}), a copy's value, is also read elsewhere")
@@ -481,6 +487,20 @@ def _check(loop: Loop) -> None:
         raise _Mismatch("the copies read no x[i] whose i changes between them")
     loop.indices = {n: _index(n, path, ks) if _number_slot(n) is None else _number(n, ks)
                     for n, (path, ks) in indices.items()}
+
+
+def _write_between(loop: Loop) -> torch.fx.Node | None:
+    """An in-place op of no copy between the first copy's first node and the combining node
+    (an unrolled ``target[i] *= 2`` after ``target[i]`` is read): the re-rolled copies are
+    computed at the combining node, after it, so a copy would read what a later one wrote."""
+    position = _position(loop.node.graph)
+    ours = set(loop.links) | {loop.node}.union(*loop.copies)
+    node = min((copy[0] for copy in loop.copies), key=position)
+    while node is not loop.node:
+        if node not in ours and op_facts.is_mutating(node):
+            return node
+        node = node.next
+    return None
 
 
 def _private_sum(init: Any, term: torch.fx.Node) -> bool:

@@ -319,6 +319,10 @@ class OptimizedFunction:
         """``impl``, a rewritten form; when it raises, the next step down runs on the arguments as
         they were (``_recover``)."""
         saved = _Saved(self._signature, self._mutated, args, kwargs) if self._mutated else None
+        if saved is not None and saved.aliased:
+            # a compiled graph does not see which arguments share memory (Dynamo does not guard
+            # on it): the eager rewritten function, whose loops check it (``storage_checks``)
+            impl = getattr(impl, "_optimize_loss_eager", impl)
         try:
             return impl(*args, **kwargs)
         except _SIGNALS:
@@ -867,11 +871,13 @@ class _Saved:
     def __init__(self, signature: inspect.Signature, names: tuple[str, ...], args: tuple,
                  kwargs: dict):
         self.items: list[tuple[Any, Any]] = []
+        self.aliased = False  # a tensor it may change shares memory with another argument
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError:
             return  # the call fails before the body runs: nothing can change
         bound.apply_defaults()
+        self.aliased = _shares_written_memory(bound.arguments, names)
         todo, seen = [bound.arguments[n] for n in names if n in bound.arguments], set()
         while todo:
             value = todo.pop()
@@ -922,6 +928,20 @@ class _Saved:
                 vars(obj).clear()
                 vars(obj).update(state)
         return True
+
+
+def _shares_written_memory(arguments: dict, written: tuple[str, ...]) -> bool:
+    """A tensor argument of ``written`` (or one in a list or tuple there) shares its storage
+    with a tensor of another argument, or of another place in the same one (``f(a, a)``,
+    ``f(a[:-1], a[1:])``)."""
+    places = [(name, t) for name, value in arguments.items()
+              for t in (value if type(value) in (list, tuple) else (value,))
+              if isinstance(t, torch.Tensor)]
+    if len(places) < 2:
+        return False
+    storages = [t.untyped_storage().data_ptr() for _, t in places]
+    return any(name in written and storages.count(storage) > 1
+               for (name, _), storage in zip(places, storages))
 
 
 # Exception types that name a construct, not a size: the same code fails the same way at any size

@@ -1099,7 +1099,7 @@ isinstance(labels, torch.Tensor) and n <= labels.shape[0]
 """,
      """
 # checks
-isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and isinstance(n, int) and n > 1
+isinstance(labels, torch.Tensor) and n <= labels.shape[0] and isinstance(out, torch.Tensor) and isinstance(table, torch.Tensor) and _apart(out, (labels, table)) and isinstance(n, int) and n > 1
 """),
     (ragged_slices_to_masks, """
 def f(x, y, lengths):
@@ -2975,7 +2975,7 @@ def f(emb, cens):
 """, ('body', 'helper_checks'),
      """
 # body
-if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and any((s == _k for _k in range(0, len(cens), 1))) and isinstance(s, int):
+if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and _apart(out, (cens,)) and isinstance(len(cens), int) and (len(cens) > 0) and any((s == _k for _k in range(0, len(cens), 1))) and isinstance(s, int):
     'optimize_loss: loop at line 4 vectorized'
     _cen_1 = own_centroid(emb, s)
 
@@ -2996,7 +2996,7 @@ else:
 """,
      """
 # body
-if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and isinstance(len(cens), int) and (len(cens) > 0) and isinstance(s, int):
+if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and _apart(out, (cens,)) and isinstance(len(cens), int) and (len(cens) > 0) and isinstance(s, int):
     'optimize_loss: loop at line 4 vectorized'
     _cen_1 = own_centroid(emb, s)
 

@@ -257,6 +257,14 @@ def noisy_rows(pred, target, w):  # random: under vmap the copies would not draw
     return sum((pred[i] - target[i] + torch.randn_like(target[i])).abs().sum() for i in range(4))
 
 
+def writes_rows_after_reading_them(pred, target, w):  # re-rolled, every copy would read after
+    loss = 0                                            # the writes: doubled rows
+    for i in range(pred.shape[0]):
+        loss = loss + (pred[i] * target[i]).sum()
+        target[i] *= 2
+    return loss
+
+
 def plain_sum_of_terms(pred, target, w):  # an add chain, but no x[i]: not a loop
     return pred.sum() + target.sum() + w.sum() + pred.mean() + target.mean()
 
@@ -268,6 +276,7 @@ KEPT_CASES = [
     (full_max_per_row, "a full max()"),
     (accumulates_in_place, "writing into a tensor made before it"),
     (noisy_rows, "random op"),
+    (writes_rows_after_reading_them, "writes in place between the copies"),
     (plain_sum_of_terms, None),
 ]
 
@@ -285,6 +294,17 @@ def test_reasons_reach_the_report_and_values_stay():
     compiled = torch.compile(alternating_weights, backend=backend(inner="aot_eager", report=report))
     assert_equivalent(alternating_weights, compiled, *inputs())
     assert [n for n in report.notes if n.startswith("not re-rolled")], report.notes
+
+
+def test_writes_between_the_copies_keep_values_and_writes():
+    compiled = torch.compile(writes_rows_after_reading_them,
+                             backend=backend(inner="aot_eager", report=Report("w", __file__, 0)))
+    pred, target, w = inputs()
+    pred = pred.detach()  # (a backward would need the rows the loop overwrote)
+    want_target, got_target = target.clone(), target.clone()
+    want = writes_rows_after_reading_them(pred, want_target, w)
+    torch.testing.assert_close(compiled(pred, got_target, w), want)
+    torch.testing.assert_close(got_target, want_target)
 
 
 def test_a_second_run_changes_nothing():

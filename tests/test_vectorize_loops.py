@@ -781,7 +781,7 @@ GOLDEN_NESTED = ("""
     """, """
     def f(x, w):
         out = torch.zeros_like(x)
-        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and (x.shape[1] <= x.shape[1]) and isinstance(w, torch.Tensor) and (x.shape[1] <= w.shape[0]) and isinstance(out, torch.Tensor) and isinstance(x.shape[1], int) and (x.shape[1] > 0) and isinstance(x.shape[0], int) and (x.shape[0] > 0):
+        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and (x.shape[1] <= x.shape[1]) and isinstance(w, torch.Tensor) and (x.shape[1] <= w.shape[0]) and isinstance(out, torch.Tensor) and isinstance(x.shape[1], int) and (x.shape[1] > 0) and _apart(out, (w, x)) and isinstance(x.shape[0], int) and (x.shape[0] > 0):
             'optimize_loss: loop at line 3 vectorized'
 
             def _body_1(_x_row_1):
@@ -897,7 +897,7 @@ GOLDEN_DATA_SLOTS = ("""
         out = torch.zeros(x.shape[0], 4)
         counts = torch.zeros(4)
         _t_stacked = _stack_items(tuple(t)) if (type(t) is list or (isinstance(t, tuple) and type(t).__getitem__ is tuple.__getitem__ and (type(t).__iter__ is tuple.__iter__) and (type(t).__len__ is tuple.__len__))) and len(t) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == t[0].shape and (_v.dtype == t[0].dtype) and (_v.device == t[0].device) for _v in t)) else t
-        if not (isinstance(_t_stacked, torch.Tensor) and _t_stacked.is_floating_point()) and isinstance(_t_stacked, torch.Tensor) and (x.shape[0] <= _t_stacked.shape[0]) and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (_t_stacked.dtype in (torch.int64, torch.int32) and _t_stacked.dim() == 1):
+        if not (isinstance(_t_stacked, torch.Tensor) and _t_stacked.is_floating_point()) and isinstance(_t_stacked, torch.Tensor) and (x.shape[0] <= _t_stacked.shape[0]) and isinstance(x, torch.Tensor) and (x.shape[0] <= x.shape[0]) and isinstance(out, torch.Tensor) and isinstance(counts, torch.Tensor) and _apart(counts, (out, _t_stacked, x)) and _apart(out, (counts, _t_stacked, x)) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (_t_stacked.dtype in (torch.int64, torch.int32) and _t_stacked.dim() == 1):
             'optimize_loss: loop at line 4 vectorized'
             _t_row = _t_stacked if x.shape[0] == _t_stacked.shape[0] else _t_stacked[0:x.shape[0]:1]
             _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]

@@ -104,7 +104,7 @@ from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, is_int, replace, root_name, unparse, walk
 from ..errors import Unsupported
 from . import (distribute_breaks, inline_helper_calls, inline_method_calls, iteration,
-               loop_dataflow, module_loss_calls, reversed_ranges)
+               loop_dataflow, module_loss_calls, reversed_ranges, runtime_checks)
 from .continues_to_else import continues_to_else
 from .loop_dataflow import call_op, is_shape_query, loads, stmt_loads, stores
 from .plan import Iteration, LoopPlan, new_plan
@@ -219,6 +219,8 @@ def _distribute(node: ast.For, live_after: set[str], masks: set[str], ctx: PassC
             continue
         for guard in guards:  # the object runs the methods inlined
             plan.checks.add(guard)
+        # the hoisted loop reads every row before the residual loop writes any
+        runtime_checks.add_storage_checks(plan, _written_in_place(split), ctx)
         residual = _residual_loop(node, it, split, lists, plan, ctx, (n, stops))
         if not stopped:
             return Fission(plan, plan.stmts + residual, _reason(split, plan, ctx))
@@ -869,6 +871,17 @@ def _how_written(s: ast.stmt, name: str, ctx: PassContext) -> str:
     if call is not None and name not in loop_dataflow.stores_in([s]):
         return f"hands to `{unparse(call.func)}(...)`, which may change it"
     return "binds"
+
+
+def _written_in_place(split: _Split) -> set[str]:
+    """The names whose tensors residual statements write into (``t[k] = v``, ``t[k].mul_(2)``;
+    not attributes of objects, ``self.total += l``)."""
+    stmts = [split.body[k] for k in split.residual]
+    targets = [n.value for n in walk(ast.Module(stmts, [])) if isinstance(n, ast.Subscript)
+               and isinstance(n.ctx, ast.Store)] + [
+        s.value.func.value for s in walk(ast.Module(stmts, [])) if isinstance(s, ast.Expr)
+        and loop_dataflow.mutates_local(s)]
+    return {root_name(t) for t in targets} - {None} - loop_dataflow.stores_in(stmts)
 
 
 def _mutated(s: ast.stmt, ctx: PassContext) -> set[str]:

@@ -53,7 +53,7 @@ from .first_item_checks import FirstItemChecks
 from .loop_dataflow import depends, loads, stores, stores_in
 from .plan import LoopPlan
 from .promoting_folds_run_as_written import PROMOTED
-from .runtime_checks import conjuncts, is_as_written, is_vectorized_guard
+from .runtime_checks import conjuncts, is_as_written, is_storage_check, is_vectorized_guard
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -102,6 +102,8 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                         or _is_not_tensor_check(g, _kind(fresh, "number")):
                     continue  # the inner writes out[i, ...]: this loop makes i a slice; and
                     # `row = []` / `t = x.item()` earlier in this iteration hold in every one
+                if is_storage_check(g, ctx):
+                    continue  # this loop's own check covers what the inner one writes and reads
                 if loads(g) & (seeds | assigned):
                     lifted = lift.lifted(g)
                     if lifted is None:

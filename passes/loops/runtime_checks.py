@@ -17,12 +17,15 @@ import ast
 from collections.abc import Iterator
 
 from ..ast_tools import PassContext, is_pure, unparse, walk
-from .loop_dataflow import depends, loads
+from .. import storage_checks
+from .loop_dataflow import depends, free_loads, loads, stores, stores_in
 from .plan import LoopPlan
 
 MARKER = "optimize_loss: loop at line {} vectorized"
 # Leads the statements where a vectorized branch runs the loop as written after all.
 AS_WRITTEN = "optimize_loss: as written, the loop at line {}: {}"
+# Statements whose reads not every iteration makes.
+_CONDITIONAL = (ast.If, ast.Try, ast.For, ast.While, ast.With)
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -46,6 +49,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             plan.checks.add(check if when is None else plan.sub("not w or c", w=when, c=check))
     for e in facts.of_kind("write"):
         plan.check("isinstance(x, torch.Tensor)", x=ast.Name(e.name, ast.Load()))
+    _written_apart_from_reads(plan, ctx)
     for e in facts.of_kind("append"):
         if e.name not in plan.own_lists and e.name not in plan.buildable_lists:
             # exactly a list: the vectorized form extends it with all the items at once, which a
@@ -56,6 +60,43 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for g in plan.helper_checks:  # last: only read once the loop runs at all
         plan.checks.add(plan.sub("g", g=g))
     return plan
+
+
+def _written_apart_from_reads(plan: LoopPlan, ctx: PassContext) -> None:
+    """Each tensor the loop writes in place shares no storage with another one it reads
+    (``storage_checks``): through an alias an iteration reads what an earlier one wrote."""
+    add_storage_checks(plan, {e.name for e in plan.facts.of_kind("write")}, ctx)
+
+
+def add_storage_checks(plan: LoopPlan, written: set[str], ctx: PassContext) -> None:
+    """Checks that each tensor of ``written`` shares no storage with another one ``plan``'s loop
+    reads. The reads checked: those the checks prove tensors, and the function's names
+    (parameters, locals) the checks already read or a statement every iteration runs reads (a
+    name read only under a condition may be unbound before the loop)."""
+    if not written:
+        return
+    node = plan.node
+    # (an inner loop's check reads no name the outer body binds: it is made once, before the
+    # outer loop, whose own check covers what that loop writes)
+    bound = stores(node) | stores_in(node.body) | plan.outer_binds | plan.outer_indices
+    checks = plan.checks.conditions
+    safe = {t.id for g in checks for t in proven_tensors(g) if isinstance(t, ast.Name)}
+    if ctx.local_names is not None:
+        safe |= ctx.local_names & set().union(loads(node.iter), *map(loads, checks), *(
+            free_loads(s) for s in node.body if not isinstance(s, _CONDITIONAL)))
+    reads = safe & free_loads(node) - bound
+    apart = ctx.bind(storage_checks.apart, "apart")
+    for name in sorted(written - bound):
+        others = [ast.Name(n, ast.Load()) for n in sorted(reads - {name})]
+        if others:  # (built, not filled in: a read may have any name, ``t`` too)
+            plan.checks.add(ast.Call(ast.Name(apart, ast.Load()), [
+                ast.Name(name, ast.Load()), ast.Tuple(others, ast.Load())], []))
+
+
+def is_storage_check(g: ast.expr, ctx: PassContext) -> bool:
+    """``g`` is a check ``_written_apart_from_reads`` made."""
+    return isinstance(g, ast.Call) and isinstance(g.func, ast.Name) \
+        and ctx.bindings.get(g.func.id) is storage_checks.apart
 
 
 def _subscripts(stmts: list[ast.stmt], when: ast.expr | None, local: set[str], plan: LoopPlan,
