@@ -158,6 +158,17 @@ class Transformer(ast.NodeTransformer):
         return node
 
 
+class ScopedTransformer(Transformer):
+    """A ``Transformer`` that leaves nested functions, lambdas and comprehensions as they are:
+    their parameters and locals are their own (a name there is not the body's)."""
+
+    def _own_scope(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_FunctionDef = visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = \
+        visit_GeneratorExp = _own_scope
+
+
 # (transformer class, node type) -> its visit method: the lookup is the same for every node
 _VISITORS: dict[tuple[type, type], Any] = {}
 _FIELDLESS = [t for t in vars(ast).values()

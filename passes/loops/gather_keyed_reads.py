@@ -37,7 +37,8 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, is_pure, unparse, walk
+from ..ast_tools import (PassContext, ScopedTransformer, clone, is_int, is_name, is_pure, unparse,
+                         walk)
 from ..errors import Unsupported
 from .loop_dataflow import container_names, loads, stores_in
 from .plan import LoopPlan
@@ -154,7 +155,7 @@ def _parameters(func: ast.FunctionDef) -> set[str]:
     return {a.arg for a in walk(func) if isinstance(a, ast.arg)}
 
 
-class _Rows(Transformer):
+class _Rows(ScopedTransformer):
     """The gathered reads -> the row of the iteration."""
 
     def __init__(self, reads: dict[str, str], index: str):
@@ -166,9 +167,3 @@ class _Rows(Transformer):
             return self.generic_visit(node)
         return ast.copy_location(ast.Subscript(ast.Name(rows, ast.Load()),
                                                ast.Name(self.index, ast.Load()), ast.Load()), node)
-
-    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
-        return node  # its names are its own
-
-    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = \
-        visit_FunctionDef

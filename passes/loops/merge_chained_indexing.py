@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ast
 
-from ..ast_tools import PassContext, Transformer, clone, is_name, is_pure, walk
+from ..ast_tools import PassContext, ScopedTransformer, clone, is_name, is_pure, walk
 from .loop_dataflow import stores_in
 from .plan import LoopPlan
 
@@ -37,15 +37,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
-class _Merge(Transformer):
+class _Merge(ScopedTransformer):
     def __init__(self, plan: LoopPlan, varying: set[str], own: str):
         self.plan, self.varying, self.own = plan, varying, own
-
-    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
-        return node  # its parameters and locals are its own
-
-    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = \
-        visit_FunctionDef
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         merged = self.merged(node) or self.merged_inside(node)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks, loop_sums_keep_dtypes
-from ..ast_tools import PassContext, Transformer, clone, replace
+from ..ast_tools import PassContext, ScopedTransformer, Transformer, clone, replace
 from ..chunked_maps import map_in_chunks
 from ..masked_rows import masked_rows
 from ..mapped_op_forms import EagerGradients
@@ -159,7 +159,7 @@ _CONDITIONAL = (ast.IfExp, ast.BoolOp, ast.Lambda, ast.ListComp, ast.SetComp, as
                 ast.GeneratorExp)
 
 
-class _PositionReads(Transformer):
+class _PositionReads(ScopedTransformer):
     """``x[p]`` -> ``TAKE`` in the vmapped body, ``x`` and ``p`` names, ``p`` bound to positions
     by the last top-level statement binding it: the indices of a sort (``v, p = torch.sort(...)``,
     ``torch.sort(...)[1]``, ``.indices``: ``OpSpec.positions_item``) or an op keeping them
@@ -243,13 +243,6 @@ class _PositionReads(Transformer):
         return any(self.positions(o) for o in kept) and all(
             self.positions(o) or isinstance(o, ast.Constant) and o.value is False for o in kept)
 
-    def _own_scope(self, node: ast.AST) -> ast.AST:
-        return node  # its parameters and targets may rebind the names (an inner loop's body
-        # had its own pass when it was outlined)
-
-    visit_FunctionDef = visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = \
-        visit_GeneratorExp = _own_scope
-
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         self.generic_visit(node)
         if isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) \
@@ -266,7 +259,7 @@ def _fixed_mask_reads(plan: LoopPlan, ctx: PassContext, body: list[ast.stmt]) ->
     return body if plan.inner or ctx.mapped else _FixedMaskReads(plan, ctx).block(body)
 
 
-class _FixedMaskReads(Transformer):
+class _FixedMaskReads(ScopedTransformer):
     """``x[m]`` -> ``masked_rows(x, m)`` in the vmapped body, ``m`` a name neither a parameter of
     the body nor bound anywhere in it (a value of the function around the loop, the same in every
     iteration); nested functions and comprehensions are left as they are (their own names)."""
@@ -279,12 +272,6 @@ class _FixedMaskReads(Transformer):
                                           if isinstance(n, ast.Name)
                                           and not isinstance(n.ctx, ast.Load)}
         return [self.visit(s) for s in stmts]
-
-    def _own_scope(self, node: ast.AST) -> ast.AST:
-        return node
-
-    visit_FunctionDef = visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = \
-        visit_GeneratorExp = _own_scope
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         self.generic_visit(node)

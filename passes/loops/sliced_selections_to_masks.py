@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 
 from .. import selection_windows
-from ..ast_tools import PassContext, Transformer, called_through, walk
+from ..ast_tools import PassContext, ScopedTransformer, called_through, walk
 from .loop_dataflow import is_boolean, stores_in
 from .plan import LoopPlan
 
@@ -49,15 +49,9 @@ def _masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
         names = kept
 
 
-class _Windows(Transformer):
+class _Windows(ScopedTransformer):
     def __init__(self, masks: set[str], varying: set[str], ctx: PassContext):
         self.masks, self.varying, self.ctx = masks, varying, ctx
-
-    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
-        return node  # its parameters and locals are its own
-
-    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = \
-        visit_FunctionDef
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         self.generic_visit(node)
