@@ -212,10 +212,11 @@ class Report:
         return [l for l in self.loops if l.filename == loop.filename and l.lineno in around]
 
     def _runs_around(self, loop: LoopReport) -> str:
-        """For a vectorized loop with no counted run of its own: the counts of the loops around
-        it whose vectorized forms hold its own (it runs only inside them), so that a report does
-        not say "vectorized" of an inner loop whose outer loop ran as written every time; with
-        neither, once calls were counted, that the calls did not reach it (a branch not taken)."""
+        """For a vectorized loop with no counted run of its own: the counts of the innermost
+        loop around it that counted runs, whose vectorized form holds its own (it runs only
+        inside it), so that a report does not say "vectorized" of an inner loop whose outer loop
+        ran as written every time; with none, once calls were counted, that the calls did not
+        reach it (a branch not taken)."""
         if not loop.vectorized or loop.vectorized_runs or loop.original_runs:
             return ""
         outer = [l for l in self._around(loop) if l.vectorized_runs or l.original_runs]
@@ -223,7 +224,7 @@ class Report:
             return " [not reached in the counted calls]"
         return "".join(f" [ran: only within the vectorized form of line {l.lineno}, which ran "
                        f"vectorized {l.vectorized_runs}, as written {l.original_runs}]"
-                       for l in outer)
+                       for l in sorted(outer, key=lambda l: l.lineno)[-1:])
 
     def loop_ran_by_vmap(self, lineno: int) -> None:
         """The vectorized branch of the batched loop at ``lineno`` ran its vmap form."""

@@ -230,6 +230,36 @@ def test_the_report_says_an_inner_loop_ran_only_within_its_outer_loops_form(tmp_
     assert "[ran: only" not in str(optimize_loss(module.beside, compile=False).report)
 
 
+TRIPLETS = """
+import torch
+
+
+def all_triplets(d, labels, margin):
+    loss = 0.0
+    for a in range(len(labels)):
+        for p in range(len(labels)):
+            if p == a or labels[p] != labels[a]:
+                continue
+            for q in range(len(labels)):
+                if labels[q] == labels[a]:
+                    continue
+                loss = loss + torch.relu(d[a, p] - d[a, q] + margin)
+    return loss
+"""
+
+
+def test_a_loop_two_levels_in_names_only_the_loop_whose_form_holds_it(tmp_path):
+    """The innermost of three loops runs inside the pair loop's form, which runs inside the
+    outer one's: its report names the loop around it that ran, once (it named both)."""
+    module = load_module(tmp_path, TRIPLETS)
+    fn = optimize_loss(module.all_triplets, compile=False)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0])
+    assert_equivalent(module.all_triplets, fn, torch.rand(6, 6, requires_grad=True), labels, 0.2)
+    inner = max(fn.report.loops, key=lambda loop: loop.lineno)
+    line = next(l for l in str(fn.report).splitlines() if f":{inner.lineno}: loop" in l)
+    assert line.count("[ran: only within") == 1 and "vectorized form of line 8," in line, line
+
+
 def test_what_runs_vectorized_when_the_outer_loop_raised_or_is_kept(tmp_path):
     module = load_module(tmp_path, NESTED)
     report = Report("nested", module.__file__, 4)
