@@ -79,7 +79,8 @@ from ..numpy_ints import numpy_ints
 from ..outline_kept_loops import run_eagerly
 from ..tabulated_maps import index_rows
 from .index_tests_to_selected_indices import index_entries_only
-from .loop_dataflow import call_op, method_name, resolve_call
+from .iteration import bound_before, made_by_op
+from .loop_dataflow import resolve_call
 from .plan import LoopPlan
 from .stack_tensor_lists import INTS, index_only
 
@@ -173,14 +174,7 @@ def _listed_ints(it: ast.expr, ctx: PassContext) -> bool:
     if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute)
             and it.func.attr == "tolist" and not it.args and not it.keywords):
         return False
-    e = it.func.value
-    if is_pure(e, is_shape_call):
-        return True
-    op = call_op(e, ctx) if isinstance(e, ast.Call) else ops.UNKNOWN
-    operands = e.args + [k.value for k in e.keywords] + (
-        [e.func.value] if method_name(e, ctx) else []) if isinstance(e, ast.Call) else []
-    return op.aten is not None and op.effect is None and not (op.host or op.host_number) \
-        and all(is_pure(a, is_shape_call) for a in operands)
+    return is_pure(it.func.value, is_shape_call) or made_by_op(it.func.value, ctx)
 
 
 def _compared_names(name: str, body: list[ast.stmt]) -> set[str] | None:
@@ -205,15 +199,13 @@ def _compared_names(name: str, body: list[ast.stmt]) -> set[str] | None:
 
 
 def _listed_tensor(e: ast.expr, made: str, plan: LoopPlan, ctx: PassContext) -> list[ast.stmt]:
-    """``made = e`` when ``e`` is a 1-D int64/int32 tensor (its ``tolist()`` the Python ints of
-    its items, in order), else None (the check fails: the loop as written lists ``e``); a
-    method's receiver that is no tensor is not called here."""
-    recv = e.func.value if isinstance(e, ast.Call) and method_name(e, ctx) else None
-    value = ast.Name(ctx.namer.new("listed"), ast.Load())
-    made_at = plan.sub("v = e", v=value, e=e) if recv is None else \
-        plan.sub("v = e if isinstance(r, torch.Tensor) else None", v=value, e=e, r=recv)
-    return made_at + plan.sub("t = v if isinstance(v, torch.Tensor) and v.dim() == 1 and v.dtype "
-                              "in (torch.int64, torch.int32) else None", t=made, v=value)
+    """``e`` bound once in the prelude (``iteration.bound_before``: a method's receiver that is
+    no tensor is not called there), then ``made`` that value when it is a 1-D int64/int32
+    tensor (its ``tolist()`` the Python ints of its items, in order), else None (the check
+    fails: the loop as written lists ``e``)."""
+    value = bound_before(e, "listed", plan, ctx)
+    return plan.sub("t = v if isinstance(v, torch.Tensor) and v.dim() == 1 and v.dtype "
+                    "in (torch.int64, torch.int32) else None", t=made, v=value)
 
 
 def _held_sequence(it: ast.expr) -> bool:

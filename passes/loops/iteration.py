@@ -106,38 +106,40 @@ def _elements(target: ast.expr, iterable: ast.expr, into: Iteration, plan: LoopP
         return
     if not isinstance(target, ast.Name):
         raise Unsupported(f"loop target `{unparse(target)}` unpacks elements")
-    if not is_pure(iterable, _view_or_shape) and _made_by_op(iterable, plan, ctx):
-        iterable = _bound_before(iterable, plan, ctx)
+    if not is_pure(iterable, _view_or_shape) and not plan.inner and made_by_op(iterable, ctx):
+        # (not in an inner loop: its prelude would be a statement of the outer loop's body)
+        name = bound_before(iterable, "iterated", plan, ctx)
+        if call_op(iterable, ctx).one_d and not iterable.keywords \
+                and len(iterable.args) == (method_name(iterable, ctx) is None):
+            plan.one_d.add(name.id)
+        iterable = name
     _require_pure(iterable, "iterated value", _view_or_shape)
     into.elements.append((target.id, iterable))
 
 
-def _made_by_op(iterable: ast.expr, plan: LoopPlan, ctx: PassContext) -> bool:
-    """A tensor op's call without effects (``torch.unique(target)``, ``labels.unique()``) on
-    operands the check may read again, in a loop that is not inner (its prelude would be a
-    statement of the outer loop's body)."""
-    if plan.inner or not isinstance(iterable, ast.Call):
+def made_by_op(e: ast.expr, ctx: PassContext) -> bool:
+    """``e`` is a tensor op's call without effects (``torch.unique(target)``, ``labels.unique()``)
+    on operands the check may read again."""
+    if not isinstance(e, ast.Call):
         return False
-    op = call_op(iterable, ctx)
-    operands = iterable.args + [k.value for k in iterable.keywords] + (
-        [iterable.func.value] if method_name(iterable, ctx) else [])
+    op = call_op(e, ctx)
+    operands = e.args + [k.value for k in e.keywords] + (
+        [e.func.value] if method_name(e, ctx) else [])
     return op.aten is not None and op.effect is None and not (
         op.host or op.host_number or op.python_number) \
         and all(is_pure(a, _view_or_shape) for a in operands)
 
 
-def _bound_before(call: ast.Call, plan: LoopPlan, ctx: PassContext) -> ast.Name:
-    """A fresh name the prelude binds to what ``call`` makes, which the plan iterates: Python
-    evaluates the iterated value once, before the first iteration, and so does the prelude, in
-    front of the check. A method's receiver that is not a tensor gives None (the check then
-    fails, and the loop as written calls the method, once); the loop as written evaluates a
-    tensor op's value again, with no effect, to the same value."""
-    name = ast.copy_location(ast.Name(ctx.namer.new("iterated"), ast.Load()), call)
-    recv = call.func.value if method_name(call, ctx) else None
-    if call_op(call, ctx).one_d and not call.keywords and len(call.args) == (recv is None):
-        plan.one_d.add(name.id)
-    plan.prelude += plan.sub("n = e", n=name, e=call) if recv is None else \
-        plan.sub("n = e if isinstance(r, torch.Tensor) else None", n=name, e=call, r=recv)
+def bound_before(e: ast.expr, stem: str, plan: LoopPlan, ctx: PassContext) -> ast.Name:
+    """A fresh name the prelude binds to ``e``'s value, in front of the check: Python evaluates
+    an iterated value once, before the first iteration, and so does the prelude. A method's
+    receiver that is not a tensor gives None (the check then fails, and the loop as written
+    calls the method, once); the loop as written evaluates a tensor op's value again, with no
+    effect, to the same value."""
+    name = ast.copy_location(ast.Name(ctx.namer.new(stem), ast.Load()), e)
+    recv = e.func.value if isinstance(e, ast.Call) and method_name(e, ctx) else None
+    plan.prelude += plan.sub("n = e", n=name, e=e) if recv is None else \
+        plan.sub("n = e if isinstance(r, torch.Tensor) else None", n=name, e=e, r=recv)
     return name
 
 
