@@ -21,9 +21,7 @@ import torch
 def apart(t, others: tuple) -> bool:
     if not isinstance(t, torch.Tensor):
         return True
-    reads = [o for other in others
-             for o in (other if type(other) in (list, tuple) else (other,))
-             if isinstance(o, torch.Tensor)]
+    reads = [o for other in others for o in tensors_in(other)]
     if torch.compiler.is_compiling():
         return not any(_base(o) is _base(t) for o in reads)
     storage = t.untyped_storage().data_ptr()
@@ -32,3 +30,9 @@ def apart(t, others: tuple) -> bool:
 
 def _base(t: torch.Tensor) -> torch.Tensor:
     return t if t._base is None else t._base
+
+
+def tensors_in(value) -> list[torch.Tensor]:
+    """``value`` itself when it is a tensor, the tensors of a list or tuple, else none."""
+    items = value if type(value) in (list, tuple) else (value,)
+    return [t for t in items if isinstance(t, torch.Tensor)]

@@ -50,6 +50,7 @@ from passes.loops_as_written import as_written
 from passes.errors import RewriteError, Unsupported
 from passes.mutated_arguments import function_node, mutated_parameters
 from passes.report import Fallback, FormChoice, LoopReport, Report
+from passes.storage_checks import tensors_in
 from passes.tabulated_maps import with_index_ints
 
 from . import frontend, loop_choice
@@ -934,9 +935,7 @@ def _shares_written_memory(arguments: dict, written: tuple[str, ...]) -> bool:
     """A tensor argument of ``written`` (or one in a list or tuple there) shares its storage
     with a tensor of another argument, or of another place in the same one (``f(a, a)``,
     ``f(a[:-1], a[1:])``)."""
-    places = [(name, t) for name, value in arguments.items()
-              for t in (value if type(value) in (list, tuple) else (value,))
-              if isinstance(t, torch.Tensor)]
+    places = [(name, t) for name, value in arguments.items() for t in tensors_in(value)]
     if len(places) < 2:
         return False
     storages = [t.untyped_storage().data_ptr() for _, t in places]
