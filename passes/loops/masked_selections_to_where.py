@@ -470,7 +470,7 @@ class _Converter:
         top = [t.id for s in body if isinstance(s, ast.Assign) for t in s.targets
                if isinstance(t, ast.Name)]
         self.top_only = {n for n in self.assigned if top.count(n) == counts[n]}
-        self.masks = _strict_masks(body, ctx) | (outer_masks - self.assigned)
+        self.masks = strict_masks(body, ctx) | (outer_masks - self.assigned)
         self.scalars: set[str] = set()
         self.scalar_guards: dict[str, list[ast.expr]] = {}  # a fixed name -> its leaves' checks
         self.selected: dict[str, _Group] = {}   # name bound to a dense stand-in -> its group
@@ -689,7 +689,7 @@ class _Converter:
         return _Group(mask, ast.dump(mask), {ast.dump(base): base})
 
     def _is_mask(self, m: ast.expr) -> bool:
-        if not _strict(m, self.masks, self.ctx):
+        if not strict_mask(m, self.masks, self.ctx):
             return False
         if loads(m) & ((self.assigned - self.once) | self.selected.keys()):
             return False  # a name bound twice could be a different mask at each use
@@ -1016,7 +1016,7 @@ def _pointwise_loss(conv: _Converter, call: ast.Call, chains: list[_Chain],
     return conv._sub(DENSE_FORMS[reduction], call, k=keep, v=vals)
 
 
-def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
+def strict_mask(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
     """A boolean tensor whatever the values: comparisons, bitwise logic, boolean calls."""
     if isinstance(m, ast.Name):
         return m.id in names
@@ -1025,17 +1025,17 @@ def _strict(m: ast.expr, names: set[str], ctx: PassContext) -> bool:
     if isinstance(m, ast.Compare):
         return len(m.ops) == 1 and _pure(m, ctx)
     if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert):
-        return _strict(m.operand, names, ctx)
+        return strict_mask(m.operand, names, ctx)
     if isinstance(m, ast.BinOp) and type(m.op) in rules.MASK_BINOPS:  # not and/or/not: bool()
-        return _strict(m.left, names, ctx) and _strict(m.right, names, ctx) \
+        return strict_mask(m.left, names, ctx) and strict_mask(m.right, names, ctx) \
             and mask_operands_typed(m, ctx)
     if isinstance(m, ast.Call):
         kept = dtype_source(m, ctx)
-        of_mask = kept is not None and _strict(kept, names, ctx)  # ``(t >= t[i]).squeeze()``
+        of_mask = kept is not None and strict_mask(kept, names, ctx)  # ``(t >= t[i]).squeeze()``
         return (call_op(m, ctx).boolean or of_mask or makes_boolean(m, ctx)) and _pure(m, ctx)
     return False
 
-def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
+def strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
     """Names every binding of which in the body is a mask."""
     binds: dict[str, list[ast.expr | None]] = {}
     for s in (n for n in _walk(body) if isinstance(n, ast.stmt)):
@@ -1048,7 +1048,7 @@ def _strict_masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
     while changed:
         changed = False
         for name, values in binds.items():
-            if name not in names and all(v is not None and _strict(v, names, ctx)
+            if name not in names and all(v is not None and strict_mask(v, names, ctx)
                                          for v in values):
                 names.add(name)
                 changed = True

@@ -10,9 +10,9 @@ those elements, so the slice of the selection is one selection of ``x``, which
 
 (a prototypical loss's support and query rows of one class). The same elements in the same order,
 so the same values and gradients; nothing else changes when the later stages keep the loop. Taken
-when ``m`` is a mask (a comparison, ``~``/``&``/``|``/``^`` of masks, a boolean op's call, a name
-the body binds only to masks; one that is not a bool tensor at run time raises ``TypeError`` and
-the original runs, with a warning), the slice has no step and its bounds are int constants or
+when ``m`` is a mask as ``masked_selections_to_where`` reads one (``strict_mask``: a comparison,
+``~``/``&``/``|``/``^`` of masks, a boolean op's call, a name the body binds only to masks; one
+that is not a bool tensor at run time raises ``TypeError`` and the original runs, with a warning), the slice has no step and its bounds are int constants or
 names the loop does not bind, by arithmetic operators (a bound that varied would be a tensor
 under vmap, which no slice takes). Other slices, and slices of other subscripts, are left as they are.
 """
@@ -22,31 +22,17 @@ import ast
 
 from .. import selection_windows
 from ..ast_tools import PassContext, ScopedTransformer, called_through, walk
-from .loop_dataflow import is_boolean, stores_in
+from .loop_dataflow import stores_in
+from .masked_selections_to_where import strict_mask, strict_masks
 from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     varying = stores_in(plan.body) | {n for n, _ in plan.iteration.elements} \
         | {plan.iteration.index}
-    windows = _Windows(_masks(plan.body, ctx), varying, ctx)
+    windows = _Windows(strict_masks(plan.body, ctx), varying, ctx)
     plan.body = [windows.visit(s) for s in plan.body]
     return plan
-
-
-def _masks(body: list[ast.stmt], ctx: PassContext) -> set[str]:
-    """The names every binding of which in ``body`` is a mask."""
-    bound = [s for s in body for s in walk(s) if isinstance(s, (ast.Assign, ast.AugAssign,
-                                                                 ast.AnnAssign, ast.For))]
-    names = {t.id for s in bound if isinstance(s, ast.Assign) for t in s.targets
-             if isinstance(t, ast.Name)}
-    names -= {n for s in bound if not isinstance(s, ast.Assign) for n in stores_in([s])}
-    while True:
-        kept = {n for n in names if all(is_boolean(s.value, names, ctx) for s in bound
-                                        if isinstance(s, ast.Assign) and n in stores_in([s]))}
-        if kept == names:
-            return names
-        names = kept
 
 
 class _Windows(ScopedTransformer):
@@ -58,7 +44,7 @@ class _Windows(ScopedTransformer):
         cut, inner = node.slice, node.value
         if not (isinstance(node.ctx, ast.Load) and isinstance(cut, ast.Slice) and cut.step is None
                 and isinstance(inner, ast.Subscript) and not isinstance(inner.slice, ast.Tuple)
-                and _mask(inner.slice, self.masks, self.ctx)
+                and strict_mask(inner.slice, self.masks, self.ctx)
                 and all(self._fixed(b) for b in (cut.lower, cut.upper))):
             return node
         bounds = [b if b is not None else ast.Constant(None) for b in (cut.lower, cut.upper)]
@@ -75,9 +61,3 @@ class _Windows(ScopedTransformer):
             or isinstance(n, ast.Constant) and type(n.value) is int
             or isinstance(n, ast.Name) and n.id not in self.varying for n in ast.walk(bound))
 
-
-def _mask(e: ast.expr, masks: set[str], ctx: PassContext) -> bool:
-    """A tensor mask as ``is_boolean`` reads one, without Python's ``and``/``or``/``not``."""
-    return is_boolean(e, masks, ctx) and not any(
-        isinstance(n, ast.BoolOp) or isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not)
-        for n in ast.walk(e))
