@@ -131,6 +131,11 @@ BATCHED_FLATTEN = "x.flatten(1)"
 BATCHED_ITEM_DIMS_REDUCTION = ("x.{reduce}(tuple(range(1, x.dim()))) if x.dim() > 1 "
                                "else x.reshape(len(x), -1).{reduce}(1)")
 BATCHED_FLAT_REDUCTION = "x.reshape(len(x), -1).{reduce}(1)"
+# Vector norms (torch.norm of a number p, which calls vector_norm): per item over all elements,
+# as the reductions above; over given dims, those shifted by one.
+BATCHED_ITEM_NORM = ("torch.linalg.vector_norm(x, p, tuple(range(1, x.dim()))) if x.dim() > 1 "
+                     "else torch.linalg.vector_norm(x.reshape(len(x), -1), p, 1)")
+BATCHED_DIM_NORM = "torch.linalg.vector_norm(x, p, d, k)"
 # Sums over the loop of per-item values, fused into one op (``summed`` in batch_loop_bodies; full
 # reductions: ``OpSpec.summed``). Pointwise losses by per-item reduction: ``l`` is the call on the
 # batched items with that same reduction over all items; ``n`` the number of iterations.

@@ -314,7 +314,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("all", fn=False, batched="reduction", reduce="all", dim_rank=-1, total=True),
     _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), dtype_of=0, total=True,
        recomputed=True, aliases=True),
-    _t("dot", batched="dot", total=True), _t("norm", total=True, derivative="bounded"),
+    _t("dot", batched="dot", total=True), _t("norm", batched="norm", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
     _t("mm", total=True),
     # a copy: the diagonal of a matrix, or a matrix of a vector's entries on its diagonal

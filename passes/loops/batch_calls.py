@@ -107,6 +107,39 @@ def _reduction(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return None
 
 
+def _norm(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``x.norm()``, ``torch.norm(x, p, dim, keepdim)`` with a number ``p`` (or "fro" over at most
+    two dims): the vector norm torch.norm computes then, over the item dims, or ``dim`` shifted
+    by one. A matrix norm (the nuclear one, "fro" over more dims), ``dtype=`` and a per-item
+    norm keeping every dim have none."""
+    x, xv = c.operands[0]
+    given = dict(zip(("p", "dim", "keepdim"), (a for a, _ in (c.args if c.is_method
+                                                                else c.args[1:]))))
+    if len(given) + len(c.kws) > 3 or any(k not in ("p", "dim", "keepdim") or k in given
+                                          for k, _ in c.kws):
+        return None
+    given.update((k, v) for k, (v, _) in c.kws)
+    p, dim, keep = (literal(given[k]) if k in given else d
+                    for k, d in (("p", "fro"), ("dim", None), ("keepdim", False)))
+    dims = (dim,) if type(dim) is int else dim
+    if p == "fro" and (dims is None or isinstance(dims, tuple) and len(dims) <= 2):
+        p = 2  # what torch.norm passes to vector_norm for it
+    if type(p) not in (int, float) or type(keep) is not bool or not xv.batched \
+            or xv.rank is None or (dims is None and keep):
+        return None
+    if dims is None:
+        return scope.sub(rules.BATCHED_ITEM_NORM, x=scope.named(x), p=ast.Constant(p)), \
+            Val(True, Rank())
+    if not isinstance(dims, tuple) or not dims or not all(type(d) is int for d in dims):
+        return None
+    for d in dims:
+        scope.require_dim(xv.rank, d, c.node)
+    shifted = ast.Constant(tuple(d + 1 if d >= 0 else d for d in dims))
+    norm = scope.sub(rules.BATCHED_DIM_NORM, x=x, p=ast.Constant(p), d=shifted,
+                     k=ast.Constant(keep))
+    return norm, Val(True, xv.rank if keep else xv.rank - len(dims))
+
+
 def _same_rank(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``a.expand_as(b)``, both loop-varying: the same call."""
     if len(c.args) != 1 or c.kws:
@@ -469,4 +502,4 @@ def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) ->
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
-            "index_add": _index_add, "linear": _linear}
+            "index_add": _index_add, "linear": _linear, "norm": _norm}
