@@ -334,11 +334,12 @@ def _full_reduction(scope: Scope, x: ast.expr, xv: Val, op: ops.OpSpec, node: as
 
 def _dim_op(scope: Scope, c: Call, x: ast.expr, xv: Val, rest: list):
     """``x.sum(d)``, ``F.softmax(x, dim=d)``, ...: per-item dims shift by one."""
-    node, func, kws, change = c.node, c.func, c.kws, c.op.dim_rank
+    node, func, change = c.node, c.func, c.op.dim_rank
+    kws = [("dim" if k == "axis" else k, v) for k, v in c.kws]  # numpy's name torch takes too
     if not xv.batched or xv.rank is None:
         raise Unsupported(f"`{unparse(node)}` has no batched form")
     keys = dict((k, v) for k, v in kws)
-    if len(rest) > 2 or set(keys) - {"dim", "keepdim"} or (rest and "dim" in keys):
+    if len(keys) < len(kws) or len(rest) > 2 or set(keys) - {"dim", "keepdim"} or (rest and "dim" in keys):
         raise Unsupported(f"`{unparse(node)}`: arguments without a batched form")
     dim_node = rest[0][0] if rest else keys["dim"][0] if "dim" in keys else None
     keep = rest[1][0] if len(rest) == 2 else keys["keepdim"][0] if "keepdim" in keys else None
@@ -446,11 +447,12 @@ def _fixed_operand_expanded(scope: Scope, node: ast.Call, *operands: tuple) -> l
 
 def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False):
     """``F.cross_entropy(x, t)`` per item, x [N, C] and t [N] class indices, or x [C] and t a
-    0-d index; ``summed``: the sum over the loop (one call when the per-item reduction is a sum).
+    0-d index; ``summed``: the sum over the loop (one call when the per-item reduction is a sum);
+    ``reduction='none'``: the rows' losses, per item in t's shape (not summed over the loop).
     Label smoothing checked to be off (``_loss_options``) is left out; a class weight the loop
     does not change is passed, each item's mean divided by its own rows' weights
     (``row_losses.loss_of_items``)."""
-    keys, checked = _loss_options(scope, node, kws, passed=("weight",))
+    keys, checked = _loss_options(scope, node, kws, passed=("weight",), unreduced=not summed)
     reduction = keys.pop("reduction", ast.Constant("mean"))
     ignore = keys.pop("ignore_index", ast.Constant(-100))
     weight = {"w": keys.pop("weight")} if "weight" in keys else {}
@@ -467,10 +469,12 @@ def class_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool
     _require_item_ranks(scope, node, xv.rank, tv.rank)
     for cond in tv.integer:
         scope.check(cond)
-    if summed and literal(reduction) == "sum":
+    if literal(reduction) in ("sum", "none") and (summed or literal(reduction) == "none"):
+        # one call on all rows: their sum over the loop, or each row's loss in t's shape
         rows = scope.ctx.bind(row_losses.loss_of_rows, "loss_of_rows")
-        return scope.sub(f"{rows}(F, x, t, 'sum', ignore_index=i{weighted})", F=node.func, x=x,
-                         t=t, i=ignore, **weight), Val(True, Rank())
+        return scope.sub(f"{rows}(F, x, t, r, ignore_index=i{weighted})", F=node.func, x=x,
+                         t=t, r=reduction, i=ignore, **weight), \
+            Val(True, tv.rank if literal(reduction) == "none" else Rank())
     items = scope.ctx.bind(row_losses.loss_of_items, "loss_of_items")
     per_item = scope.sub(f"{items}(F, x, t, r, ignore_index=i{weighted})", F=node.func, x=x,
                          t=t, r=reduction, i=ignore, **weight)
