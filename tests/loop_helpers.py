@@ -8,6 +8,7 @@ import math
 import textwrap
 from typing import Callable
 
+import numpy
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +24,7 @@ def dedent(src: str) -> str:
 
 
 def namespace(**extra) -> dict:
-    return {"torch": torch, "F": F, "math": math, "itertools": itertools, **extra}
+    return {"torch": torch, "F": F, "math": math, "itertools": itertools, "np": numpy, **extra}
 
 
 def context(tree: ast.Module, ns: dict) -> PassContext:

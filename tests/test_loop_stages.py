@@ -45,7 +45,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           row_slices_to_params, runtime_checks, sliced_selections_to_masks,
                           sink_own_item_selections, sorts_read_at_ends, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops,
-                          moving_slices_to_windows)
+                          moving_slices_to_windows, newaxis_to_none)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -879,6 +879,37 @@ total = total + x[i] * 2
 # body
 total = total + x[i] * 2
 """),
+    (newaxis_to_none, """
+def f(preds, targets):
+    loss = 0
+    for i in range(len(preds)):
+        loss = loss + F.cross_entropy(preds[i][np.newaxis, :], targets[np.newaxis, i])
+    return loss
+""", ('body',),
+     """
+# body
+loss = loss + F.cross_entropy(preds[i][np.newaxis, :], targets[np.newaxis, i])
+""",
+     """
+# body
+loss = loss + F.cross_entropy(preds[i][None, :], targets[None, i])
+"""),
+    # another object's attribute `newaxis` is not numpy's
+    (newaxis_to_none, """
+def f(preds, grid):
+    loss = 0
+    for i in range(len(preds)):
+        loss = loss + preds[i, grid.newaxis]
+    return loss
+""", ('body',),
+     """
+# body
+loss = loss + preds[i, grid.newaxis]
+""",
+     """
+# body
+loss = loss + preds[i, grid.newaxis]
+"""),
     (unit_slices_to_index, """
 def f(x, n):
     total = 0
@@ -969,6 +1000,28 @@ total = total + _x_row[1:].sum()
 x[:, 0, a:b:s] as _x_row
 # checks
 isinstance(x, torch.Tensor) and n <= x.shape[2]
+"""),
+    # a new dim in front of the index is the row's; one after a fixed slice is not a row read
+    (row_slices_to_params, """
+def f(x, t, n):
+    total = 0
+    for i in range(n):
+        total = total + F.cross_entropy(x[None, i], t[None, i]) + x[:, None, i].sum()
+    return total
+""", ('body', 'row_slices', 'checks'),
+     """
+# body
+total = total + F.cross_entropy(x[None, i], t[None, i]) + x[:, None, i].sum()
+# row_slices
+# checks
+""",
+     """
+# body
+total = total + F.cross_entropy(_x_row[None], _t_row[None]) + x[:, None, i].sum()
+# row_slices
+x[, a:b:s] as _x_row; t[, a:b:s] as _t_row
+# checks
+isinstance(x, torch.Tensor) and n <= x.shape[0] and isinstance(t, torch.Tensor) and n <= t.shape[0]
 """),
     (row_slices_to_params, """
 def f(x, n):

@@ -449,7 +449,7 @@ class _Batcher(Scope):
             new = ast.Subscript(base, ast.Tuple([full] + list(entries), ast.Load()), ast.Load())
             rank = None if bv.rank is None else (
                 bv.rank - sum(type(k) is int for k in kinds) + sum(k is None for k in kinds))
-            return ast.copy_location(new, node), Val(True, rank, tensor=bv.tensor)
+            return ast.copy_location(new, node), Val(True, rank, bv.integer, tensor=bv.tensor)
         if not bv.batched and len(entries) > 1:
             return _fixed_columns(self, node, entries) or self._fixed_gather(node, entries)
         if len(entries) != 1:

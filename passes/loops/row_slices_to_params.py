@@ -8,11 +8,13 @@ slice of the whole loop (no gather, and no scatter in the backward)::
 inner loop's outlined body reads its own rows: ``_x_row[j]`` there is per inner item), ``k`` (a fixed int, or an expression the loop does not
 change) is checked to be an int at run time, and so is ``b <= x.shape[2]``; ``a >= 0`` and
 ``s > 0`` make the slice select what the range does. ``plan.row_slices`` keeps one parameter per
-``(x, prefix)``.
+``(x, prefix)``. New dims in front of the index belong to the row: ``x[None, i]`` reads
+``_x_row[None]``.
 """
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 
 from ..ast_tools import PassContext, Transformer, is_name, is_pure, unparse, walk
@@ -46,6 +48,10 @@ def rows_as_written(text: str, plan: LoopPlan) -> str:
     return text
 
 
+def _none(x: ast.expr) -> bool:
+    return isinstance(x, ast.Constant) and x.value is None
+
+
 def full_slice(x: ast.expr) -> bool:
     """``:``"""
     return isinstance(x, ast.Slice) and x.lower is None and x.upper is None and x.step is None
@@ -68,10 +74,16 @@ class _RowSlices(Transformer):
             return node
         entries = write_entries(node)
         at = [k for k, x in enumerate(entries) if is_name(x, self.index)]
-        if len(at) != 1 or not all(full_slice(x) or self._fixed_int(x) for x in entries[:at[0]]):
+        if not at:
             return node
-        row = ast.Name(self._row_param(base.id, entries[:at[0]]), ast.Load())
-        rest = entries[at[0] + 1:]
+        # new dims in front of the index are the row's: x[None, i, r] is x[i][None, r]
+        new_dims = list(itertools.takewhile(_none, entries[:at[0]]))
+        prefix = entries[len(new_dims):at[0]]
+        if len(at) != 1 or not all(full_slice(x) or self._fixed_int(x) for x in prefix) \
+                or new_dims and prefix:
+            return node
+        row = ast.Name(self._row_param(base.id, prefix), ast.Load())
+        rest = new_dims + entries[at[0] + 1:]
         if not rest:
             return ast.copy_location(row, node)
         node.value = row

@@ -105,7 +105,8 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                masked_writes_to_where,
                masked_selects_to_selections, materialize_iterators, module_list_linears,
                module_loss_calls, moving_slices_to_windows,
-               merge_branch_appends, merge_chained_indexing, normalize_comprehensions,
+               merge_branch_appends, merge_chained_indexing, newaxis_to_none,
+               normalize_comprehensions,
                outer_dependent_ranges_to_masks, outline_body, pair_tests_to_selected_pairs,
                picked_rows_to_tables,
                promoting_folds_run_as_written,
@@ -147,6 +148,7 @@ LOOP_STAGES: list = [
     split_tuple_assignments,      # before the stages that merge one name at a time under a mask
     no_grad_blocks_to_detach,     # before the checks, which refuse a `with`
     data_attributes_to_detach,    # after inlining (a helper's `.data` too); vmap refuses `.data`
+    newaxis_to_none,              # after inlining (a helper's too); before the stages reading indices
     merge_chained_indexing,       # on the inlined body, before the stages read its rows and writes
     row_index_adds_to_writes,     # after merge_chained_indexing (`m[i][j]` is one row); before
                                   # check_body, which refuses a method writing into an outer row
