@@ -315,6 +315,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), dtype_of=0, total=True,
        recomputed=True, aliases=True),
     _t("dot", batched="dot", total=True), _t("norm", batched="norm", total=True, derivative="bounded"),
+    # the norm of ``a - b`` over every element (``p``: 2)
+    _t("dist", batched="pairwise", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
     _t("mm", total=True),
     # a copy: the diagonal of a matrix, or a matrix of a vector's entries on its diagonal
@@ -375,7 +377,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # the norm of ``x1 - x2 + eps`` over the last dim: finite, its gradient bounded (a norm's is
     # 0 at 0); contrastive and triplet losses call it per pair, under a tensor condition
     OpSpec("pairwise_distance", ("torch.pairwise_distance", _F + "pairwise_distance"),
-           total=True, derivative="bounded"),
+           batched="pairwise", total=True, derivative="bounded"),
     # the other functional losses: no batched form, but known to change none of their
     # arguments, so a loop calling one with a tensor it also reads is split around it
     # (``triplet_margin_with_distance_loss`` calls the user's distance function: left unknown);

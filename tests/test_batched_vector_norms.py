@@ -1,6 +1,7 @@
 """Batched forms (no vmap) of ``x.norm()`` / ``torch.norm(x, p, dim, keepdim)`` of loop items: the
 vector norm torch.norm computes for a number ``p`` (or "fro" over at most two dims), over the
-item's dims or its ``dim`` shifted by one. Golden lines (with a no-change case: the nuclear norm, a
+item's dims or its ``dim`` shifted by one; of ``torch.dist(a, b, p)`` (the norm of ``a - b``) and
+of ``F.pairwise_distance`` (the same call on the batched operands). Golden lines (with a no-change case: the nuclear norm, a
 matrix norm, keeps vmap), equivalence of values, every gradient and dtype (float32, float64) with
 zero items (the norm's gradient there), NaN and inf."""
 from __future__ import annotations
@@ -35,6 +36,14 @@ SCALARS = """
         for i in range(len(x)):
             s = s + x[i].norm()
         return s
+    """
+DISTANCES = """
+    def f(x, y, w):
+        s, rows = 0, []
+        for i in range(len(x)):
+            s = s + torch.dist(x[i], y[i]) + x[i].dist(w, 1) + F.pairwise_distance(x[i], y[i]).sum()
+            rows.append(F.pairwise_distance(x[i, 0], w[0], p=3, keepdim=True))
+        return s, torch.stack(rows)
     """
 NUCLEAR = """
     def f(x):
@@ -90,3 +99,14 @@ def test_norms_of_0d_items(dtype):
     assert strategies(report) == {3: "batched"}
     x = torch.tensor([3.0, -4.0, 0.0, 2.5], dtype=dtype)
     assert_equivalent(original, optimized, x.requires_grad_())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_distances_are_batched(dtype):
+    original, optimized, _, report = build(DISTANCES)
+    assert strategies(report) == {3: "batched"}
+    x, y = _items(dtype)
+    w = torch.randn(3, 4, dtype=dtype)
+    w[1] = x[2, 1]  # a zero difference
+    assert_equivalent(original, optimized, x.requires_grad_(), y.requires_grad_(),
+                      w.requires_grad_())

@@ -140,6 +140,35 @@ def _norm(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return norm, Val(True, xv.rank if keep else xv.rank - len(dims))
 
 
+def _pairwise(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``F.pairwise_distance(a, b, p, eps, keepdim)``: the norm of ``a - b + eps`` over the last
+    dim, the leading dims broadcast: the same call on the batched operands, items of rank >= 1
+    (a 0-d item's last dim would be the loop dim). ``torch.dist(a, b, p)``: the norm of
+    ``a - b`` over every element, a vector norm over the item dims."""
+    dist = c.op.aten == "dist"
+    names = ("x1", "x2", "p") if dist else ("x1", "x2", "p", "eps", "keepdim")
+    args = ([c.operands[0]] if c.is_method else []) + c.args  # ``a.dist(b)``
+    given = dict(zip(names, args))
+    if len(args) > len(names) or any(k in given or k not in names for k, _ in c.kws):
+        return None
+    given.update(c.kws)
+    if not {"x1", "x2"} <= set(given) \
+            or any(v.batched for k, (_, v) in given.items() if k not in ("x1", "x2")):
+        return None
+    (a, av), (b, bv) = given["x1"], given["x2"]
+    keep = literal(given["keepdim"][0]) if "keepdim" in given else False
+    if type(keep) is not bool:
+        return None
+    val = scope.elementwise([av, bv], c.node)
+    if dist:
+        p = given["p"][0] if "p" in given else ast.Constant(2)
+        diff = scope.named(scope.sub("a - b", a=a, b=b))
+        return scope.sub(rules.BATCHED_ITEM_NORM, x=diff, p=p), Val(True, Rank())
+    scope.require_dim(val.rank, -1, c.node)
+    call = ast.Call(c.func, [a, b], [ast.keyword(k, given[k][0]) for k in names[2:] if k in given])
+    return ast.copy_location(call, c.node), Val(True, val.rank if keep else val.rank - 1)
+
+
 def _same_rank(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``a.expand_as(b)``, both loop-varying: the same call."""
     if len(c.args) != 1 or c.kws:
@@ -506,4 +535,5 @@ def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) ->
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
-            "index_add": _index_add, "linear": _linear, "norm": _norm}
+            "index_add": _index_add, "linear": _linear, "norm": _norm,
+            "pairwise": _pairwise}
