@@ -173,6 +173,9 @@ FILLED_TENSORS = {"zeros": (0, False), "ones": (1, False), "zeros_like": (0, Fal
 # Cosine similarity: positional parameters and defaults. Both operands loop-varying (or one fixed
 # of at most the per-item rank): the same call, its dim shifted like any dim= op.
 SIMILARITY_PARAMS = ("x1", "x2", "dim", "eps")
+# F.normalize's parameters, and its dim when not given
+NORMALIZE_PARAMS = ("input", "p", "dim", "eps")
+NORMALIZE_DIM = 1
 SIMILARITY_DEFAULTS = {"dim": 1, "eps": 1e-8}
 # A loop-varying point ``x`` (per item [D], a loop input's rows) against a fixed ``w`` evaluated
 # before the loop, reduced over the feature dim: one matmul or cdist instead of the broadcast

@@ -378,6 +378,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     # 0 at 0); contrastive and triplet losses call it per pair, under a tensor condition
     OpSpec("pairwise_distance", ("torch.pairwise_distance", _F + "pairwise_distance"),
            batched="pairwise", total=True, derivative="bounded"),
+    # ``x`` over its norm along ``dim`` clamped to ``eps``: finite, as its gradient
+    OpSpec(None, (_F + "normalize",), batched="normalize", total=True),
     # the other functional losses: no batched form, but known to change none of their
     # arguments, so a loop calling one with a tensor it also reads is split around it
     # (``triplet_margin_with_distance_loss`` calls the user's distance function: left unknown);

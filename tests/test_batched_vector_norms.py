@@ -1,7 +1,8 @@
 """Batched forms (no vmap) of ``x.norm()`` / ``torch.norm(x, p, dim, keepdim)`` of loop items: the
 vector norm torch.norm computes for a number ``p`` (or "fro" over at most two dims), over the
 item's dims or its ``dim`` shifted by one; of ``torch.dist(a, b, p)`` (the norm of ``a - b``) and
-of ``F.pairwise_distance`` (the same call on the batched operands). Golden lines (with a no-change case: the nuclear norm, a
+of ``F.pairwise_distance`` and ``F.normalize`` (the same call on the batched operands, a dim
+shifted by one). Golden lines (with a no-change case: the nuclear norm, a
 matrix norm, keeps vmap), equivalence of values, every gradient and dtype (float32, float64) with
 zero items (the norm's gradient there), NaN and inf."""
 from __future__ import annotations
@@ -44,6 +45,14 @@ DISTANCES = """
             s = s + torch.dist(x[i], y[i]) + x[i].dist(w, 1) + F.pairwise_distance(x[i], y[i]).sum()
             rows.append(F.pairwise_distance(x[i, 0], w[0], p=3, keepdim=True))
         return s, torch.stack(rows)
+    """
+NORMALIZED = """
+    def f(x, y):
+        s = 0
+        for i in range(len(x)):
+            s = s + (F.normalize(x[i]) * F.normalize(y[i], 1, -1, 1e-3)).sum() \
+                + F.normalize(x[i, 0], p=2, dim=0).max()
+        return s
     """
 NUCLEAR = """
     def f(x):
@@ -110,3 +119,11 @@ def test_distances_are_batched(dtype):
     w[1] = x[2, 1]  # a zero difference
     assert_equivalent(original, optimized, x.requires_grad_(), y.requires_grad_(),
                       w.requires_grad_())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_normalize_is_batched(dtype):
+    original, optimized, _, report = build(NORMALIZED)
+    assert strategies(report) == {3: "batched"}
+    x, y = _items(dtype)  # zero rows: their norm is clamped to eps
+    assert_equivalent(original, optimized, x.requires_grad_(), y.requires_grad_())

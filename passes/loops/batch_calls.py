@@ -169,6 +169,26 @@ def _pairwise(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return ast.copy_location(call, c.node), Val(True, val.rank if keep else val.rank - 1)
 
 
+def _normalize(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``F.normalize(x, p, dim, eps)`` (``dim`` 1 unless given): the same call with ``dim``
+    shifted by one, ``p`` and ``eps`` the same in every iteration."""
+    given = dict(zip(rules.NORMALIZE_PARAMS, c.args))
+    if len(c.args) > len(rules.NORMALIZE_PARAMS) \
+            or any(k in given or k not in rules.NORMALIZE_PARAMS for k, _ in c.kws):
+        return None
+    given.update(c.kws)
+    dim = literal(given["dim"][0]) if "dim" in given else rules.NORMALIZE_DIM
+    (x, xv) = given.get("input", (None, Val(False)))
+    if type(dim) is not int or not xv.batched or xv.rank is None \
+            or any(v.batched for k, (_, v) in given.items() if k in ("p", "eps")):
+        return None
+    scope.require_dim(xv.rank, dim, c.node)
+    kws = [ast.keyword(k, given[k][0]) for k in ("p", "eps") if k in given]
+    call = ast.Call(c.func, [x], kws + [ast.keyword("dim", ast.Constant(dim + 1 if dim >= 0
+                                                                        else dim))])
+    return ast.copy_location(call, c.node), Val(True, xv.rank)
+
+
 def _same_rank(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``a.expand_as(b)``, both loop-varying: the same call."""
     if len(c.args) != 1 or c.kws:
@@ -536,4 +556,4 @@ HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
             "index_add": _index_add, "linear": _linear, "norm": _norm,
-            "pairwise": _pairwise}
+            "pairwise": _pairwise, "normalize": _normalize}
