@@ -173,6 +173,10 @@ FILLED_TENSORS = {"zeros": (0, False), "ones": (1, False), "zeros_like": (0, Fal
 # Cosine similarity: positional parameters and defaults. Both operands loop-varying (or one fixed
 # of at most the per-item rank): the same call, its dim shifted like any dim= op.
 SIMILARITY_PARAMS = ("x1", "x2", "dim", "eps")
+# var/std: positional parameters after the operand (the overload without a bool first), and
+# the keywords (``correction``: keyword only)
+VARIANCE_PARAMS = ("dim", "unbiased", "keepdim")
+VARIANCE_KEYWORDS = ("dim", "unbiased", "keepdim", "correction")
 # F.normalize's parameters, and its dim when not given
 NORMALIZE_PARAMS = ("input", "p", "dim", "eps")
 NORMALIZE_DIM = 1

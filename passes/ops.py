@@ -297,6 +297,8 @@ REGISTRY: tuple[OpSpec, ...] = (
        tuple_dims=True, selection="min", total=True, derivative="constant",
        tensor_pair="elementwise"),
     _t("prod", batched="reduction", reduce="prod", dim_rank=-1),
+    # over all elements or dims, with Bessel's correction unless told otherwise
+    *(_t(n, batched="variance") for n in ("var", "std")),
     _t("logsumexp", batched="reduction", dim_rank=-1, selection="logsumexp", total=True,
        derivative="bounded"),
     _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True,

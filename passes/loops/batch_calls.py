@@ -189,6 +189,44 @@ def _normalize(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return ast.copy_location(call, c.node), Val(True, xv.rank)
 
 
+def _variance(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``x.var()``, ``x.std(dim, unbiased, keepdim)``, ``torch.var(x, unbiased=False)``,
+    ``correction=``: over the item dims, or ``dim`` shifted by one; the options passed by
+    keyword, the same in every iteration (a first positional bool is ``unbiased``)."""
+    x, xv = c.operands[0]
+    rest = c.args if c.is_method else c.args[1:]
+    names = ("unbiased",) if rest and type(literal(rest[0][0])) is bool \
+        else rules.VARIANCE_PARAMS
+    given = dict(zip(names, rest))
+    if len(rest) > len(names) or any(k in given or k not in rules.VARIANCE_KEYWORDS
+                                     for k, _ in c.kws):
+        return None
+    given.update(c.kws)
+    dim = literal(given.pop("dim")[0]) if "dim" in given else None
+    keep = literal(given["keepdim"][0]) if "keepdim" in given else False
+    dims = (dim,) if type(dim) is int else dim
+    if type(keep) is not bool or not xv.batched or xv.rank is None \
+            or any(v.batched for _, v in given.values()) or dims is None and keep:
+        return None
+    kws = [ast.keyword(k, v) for k, (v, _) in given.items()]
+    if dims is None:
+        x = scope.named(x)
+        full = rules.BATCHED_ITEM_DIMS_REDUCTION.format(reduce=f"{c.op.aten}")
+        items = scope.sub(full, x=x)
+        for call in (n for n in ast.walk(items) if isinstance(n, ast.Call)
+                     and isinstance(n.func, ast.Attribute) and n.func.attr == c.op.aten):
+            call.keywords = kws
+        return items, Val(True, Rank())
+    if not isinstance(dims, tuple) or not dims or not all(type(d) is int for d in dims):
+        return None
+    for d in dims:
+        scope.require_dim(xv.rank, d, c.node)
+    shifted = ast.Constant(tuple(d + 1 if d >= 0 else d for d in dims))
+    call = scope.sub(f"x.{c.op.aten}(d)", x=x, d=shifted)
+    call.keywords = kws
+    return call, Val(True, xv.rank if keep else xv.rank - len(dims))
+
+
 def _same_rank(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``a.expand_as(b)``, both loop-varying: the same call."""
     if len(c.args) != 1 or c.kws:
@@ -556,4 +594,5 @@ HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
             "index_add": _index_add, "linear": _linear, "norm": _norm,
-            "pairwise": _pairwise, "normalize": _normalize}
+            "pairwise": _pairwise, "normalize": _normalize,
+            "variance": _variance}
