@@ -436,7 +436,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # C times the size of its integer labels); a device copy is redone per call, as written.
     _t("to", fn=False, aliases=True, recomputed=True, **_ET),
     # A comparison of the labels with every class: fused into its reader, never worth caching.
-    OpSpec("one_hot", (_F + "one_hot",), recomputed=True, integer=()),
+    OpSpec("one_hot", (_F + "one_hot",), batched="one_hot", recomputed=True, integer=()),
     _t("item", fn=False, total=True, host="e.detach()", host_number="item"),
     _t("tolist", fn=False, total=True, host="e.detach()", derivative="constant"),
     # -- logic and tests ----------------------------------------------------------------------

@@ -227,6 +227,21 @@ def _variance(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return call, Val(True, xv.rank if keep else xv.rank - len(dims))
 
 
+def _one_hot(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``F.one_hot(t, n)`` of per-item class indices: the same call, a dim of ``n`` after the
+    items' dims. ``n`` must be given and the same in every iteration: without it each item's
+    width would be its own largest index plus one."""
+    given = dict(zip(("input", "num_classes"), c.args))
+    if len(c.args) > 2 or any(k in given or k not in ("input", "num_classes") for k, _ in c.kws):
+        return None
+    given.update(c.kws)
+    (t, tv), n = given.get("input", (None, Val(False))), given.get("num_classes")
+    if n is None or n[1].batched or literal(n[0]) == -1 or not tv.batched or tv.rank is None:
+        return None
+    call = ast.Call(c.func, [t, n[0]], [])
+    return ast.copy_location(call, c.node), Val(True, tv.rank + 1, ())
+
+
 def _same_rank(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``a.expand_as(b)``, both loop-varying: the same call."""
     if len(c.args) != 1 or c.kws:
@@ -595,4 +610,4 @@ HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
             "index_add": _index_add, "linear": _linear, "norm": _norm,
             "pairwise": _pairwise, "normalize": _normalize,
-            "variance": _variance}
+            "variance": _variance, "one_hot": _one_hot}
