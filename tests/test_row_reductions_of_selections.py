@@ -82,6 +82,14 @@ SOURCES = {
                 loss = loss + d.mean()
             return loss / means.shape[0]
         """,
+    # each class's squared distances per row appended, the rows of every class concatenated
+    "appended_rows": """
+        def f(feat, labels, centers):
+            out = []
+            for c in range(centers.shape[0]):
+                out.append((feat[labels == c] - centers[c]).pow(2).sum(-1))
+            return torch.cat(out)
+        """,
     # the largest coordinate gap per row (ties), kept dim, summed; a value per row bound to a name
     "amax_keepdim": """
         def f(feat, labels, centers):
