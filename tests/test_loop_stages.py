@@ -34,7 +34,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           data_attributes_to_detach,
                           split_tuple_assignments,
                           module_list_linears, module_loss_calls,
-                          class_selections_to_segments,
+                          class_selections_to_rows, class_selections_to_segments,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           picked_rows_to_tables,
                           promoting_folds_run_as_written,
@@ -692,6 +692,47 @@ else:
 if t[i] > 1:
     out.append(x[i].exp().sum())
 """),
+    # a class's rows read otherwise than summed along the selection: gathered before the loop,
+    # padded to the largest class, selected by the class's row of the padding mask
+    (class_selections_to_rows, """
+def f(feat, labels, centers):
+    loss = 0
+    for c in range(centers.shape[0]):
+        m = labels == c
+        loss = loss + (feat[m] - centers[c]).pow(2).sum(1).mean()
+    return loss
+""", ('prelude', 'body'),
+     """
+# prelude
+# body
+m = labels == c
+loss = loss + (feat[m] - centers[c]).pow(2).sum(1).mean()
+""",
+     """
+# prelude
+_rows, _kept = _class_selection_rows(feat, labels, 0, centers.shape[0], 1)
+# body
+m = labels == c
+loss = loss + (_rows[c][_kept[c]] - centers[c]).pow(2).sum(1).mean()
+"""),
+    # ... not when masked_selections_to_where would leave the selection (no dense cumsum)
+    (class_selections_to_rows, """
+def f(feat, labels, centers):
+    loss = 0
+    for c in range(centers.shape[0]):
+        loss = loss + feat[labels == c].cumsum(0).sum()
+    return loss
+""", ('prelude', 'body'),
+     """
+# prelude
+# body
+loss = loss + feat[labels == c].cumsum(0).sum()
+""",
+     """
+# prelude
+# body
+loss = loss + feat[labels == c].cumsum(0).sum()
+"""),
     (masked_selections_to_where, """
 def f(pred, target, n):
     total = 0
@@ -726,24 +767,24 @@ total = total + x[i] * 2
 # body
 total = total + x[i] * 2
 """),
-    # a reduction along rows of a selection (a center loss): the rows reduced on the stand-ins,
+    # a reduction along rows of a selection (distances to the other classes' rows): the rows reduced on the stand-ins,
     # next to the class's row of the centers, the values per row a selection by the same mask
     (masked_selections_to_where, """
 def f(feat, labels, centers):
     loss = 0
     for c in range(centers.shape[0]):
-        m = labels == c
+        m = labels != c
         loss = loss + ((feat[m] - centers[c]) ** 2).sum(dim=1).mean()
     return loss
 """, ('body',),
      """
 # body
-m = labels == c
+m = labels != c
 loss = loss + ((feat[m] - centers[c]) ** 2).sum(dim=1).mean()
 """,
      """
 # body
-m = labels == c
+m = labels != c
 _keep = m.reshape(_rows_mask[m.shape, feat.shape, centers[c].shape])
 _rows = ((torch.where(_keep, feat, False) - centers[c]) ** 2).sum(dim=1)
 _keep_1 = m.reshape(_mask_shape[m.shape, _rows.shape])

@@ -225,3 +225,85 @@ def test_reductions_that_stay_selections(call):
     _, _, _, report = build(src)
     assert strategies(report) == {3: "kept"}
     assert "boolean mask indexing" in report.loops[0].reason
+
+
+# ---------------------------------------------------------------------------------------------
+# class_selections_to_rows: a class's rows gathered before the loop, padded to the largest class
+
+CLASS_ROWS = {
+    # a range with a start and a step, labels of ids it skips and out of every range
+    "stepped_range": """
+        def f(feat, labels, centers):
+            loss = 0
+            for c in range(1, centers.shape[0], 2):
+                f = feat[labels == c]
+                loss = loss + torch.norm(f - centers[c], dim=1).mean() + len(f)
+            return loss
+        """,
+    # the items of a tensor of ids given, repeated and absent ones among them
+    "given_ids": """
+        def f(feat, labels, centers, ids):
+            loss = 0
+            for c in ids:
+                d = (feat[c == labels] - centers[c]).abs().sum(-1)
+                loss = loss + d.amax() * 0 + d.sum()
+            return loss
+        """,
+    # pixels of a batch of images (labels with two dims), the class's own mean (an empty
+    # class's NaN; under `if m.sum() == 0: continue` the mean along the selection keeps the loop,
+    # see the README's limits)
+    "pixel_labels": """
+        def f(feat, labels, centers):
+            loss = 0
+            for c in range(centers.shape[0]):
+                m = labels.eq(c)
+                f = feat[m]
+                loss = loss + (f - f.mean(0)).pow(2).sum(1).mean()
+            return loss
+        """,
+}
+
+
+def class_inputs(name, dtype, labels_dtype=torch.int64):
+    g = torch.Generator().manual_seed(3)
+    shape = (3, 5) if name == "pixel_labels" else (15,)
+    feat = torch.randn(*shape, 4, generator=g, dtype=dtype)
+    labels = torch.randint(-1, 8, shape, generator=g).to(labels_dtype)
+    feat[labels == -1] = float("inf")  # never selected: out of every range
+    centers = torch.randn(6, 4, generator=g, dtype=dtype, requires_grad=True)
+    ids = torch.tensor([3, 0, 3, 7, 5], dtype=labels_dtype)
+    return (feat.requires_grad_(), labels, centers) + ((ids,) if name == "given_ids" else ())
+
+
+@pytest.mark.parametrize("labels_dtype", [torch.int64, torch.int32], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CLASS_ROWS)
+def test_class_rows_equivalent(name, dtype, labels_dtype):
+    original, rewritten, code, report = build(CLASS_ROWS[name])
+    assert report.loops[0].vectorized, report.loops[0].reason
+    assert "_class_selection_rows" in code, code
+    args = class_inputs(name, dtype, labels_dtype)
+    if name == "given_ids":  # id 7 indexes no center: the original raises, so does the rewrite
+        for fn in (original, rewritten):
+            with pytest.raises(IndexError):
+                fn(*args)
+        args = args[:3] + (args[3][args[3] < 6],)
+    assert_equivalent(original, rewritten, *args)
+    g, = torch.autograd.grad(rewritten(*args), args[0])
+    assert torch.isfinite(g).all()  # the inf rows are never read
+
+
+def test_class_rows_of_ids_the_labels_cannot_hold_run_as_written():
+    original, rewritten, _, _ = build(CLASS_ROWS["stepped_range"])
+    feat, labels, _ = class_inputs("stepped_range", torch.float64)
+    centers = torch.randn(300, 4, dtype=torch.float64)
+    labels = labels.clamp(min=0).to(torch.uint8)  # range(1, 300, 2) past uint8
+    assert_equivalent(original, rewritten, feat, labels, centers)
+
+
+def test_class_rows_compiled():
+    fn = optimize_loss(center_unique, keep_faster=False)
+    args = inputs(torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_equivalent(center_unique, fn, *args)
