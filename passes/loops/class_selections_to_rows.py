@@ -30,28 +30,17 @@ import ast
 from .. import ast_marks
 from ..ast_tools import PassContext, clone
 from ..class_segments import class_selection_rows, class_selection_rows_at
-from .class_selections_to_segments import _Segments
-from .loop_dataflow import stores_in, written_names
+from .class_selections_to_segments import _Segments, class_loop_body
 from .masked_selections_to_where import rewrite as to_where
 from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
+    visited = class_loop_body(plan, ctx, _ClassRows)
+    if visited is None or not visited[0].made:
+        return plan
+    rows, body = visited
     it = plan.iteration
-    key = it.index if it.index_is_user and not it.elements else \
-        it.elements[0][0] if len(it.elements) == 1 else None
-    if plan.inner or ctx.mapped or key is None or key in stores_in(plan.body) \
-            or it.index in stores_in(plan.body):
-        return plan
-    rows = _ClassRows(plan, ctx, key, written_names(plan.body))
-    if it.elements and not rows.invariant(it.elements[0][1]):
-        return plan
-    body = []
-    for s in plan.body:
-        body.append(rows.visit(clone(s)))
-        rows.note_alias(body[-1])
-    if not rows.made:
-        return plan
     if rows.position is not None:  # a name, so the selection is of a row by names
         body[:0] = plan.sub("p = e", p=rows.position, e=rows._position())
     masks = frozenset(plan.masks | {kept for _, kept in rows.names.values()})
