@@ -20,6 +20,13 @@ anything else: non-int bounds; labels not a dense tensor of integers with a dim,
 a mean of integers (``mean``'s ``RuntimeError``); complex ``x``; a class id the labels' dtype
 cannot hold (``int8 == 300`` compares a wrapped 300); a tensor vmap batches (under vmap each
 item would need its own labels).
+
+``class_selection_rows(x, labels, a, b, s)`` (``_at(x, labels, ids)``), for the stage
+``class_selections_to_rows``: ``(rows, kept)``, each class's rows of ``x`` in their order, padded
+to the largest class (a host read of its size, as a mask's selection reads its count), and where
+they are: ``rows[k][kept[k]]`` is ``x[labels == id_k]``, values, order and each row's gradient
+(padding copies a row, deselected wherever it is read, so no gradient and nothing NaN reaches it
+from there); ``(None, None)`` where ``class_rows`` is None, or for complex ``x``.
 """
 from __future__ import annotations
 
