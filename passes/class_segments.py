@@ -161,6 +161,7 @@ def class_selection_rows_at(x, labels, ids):
     return (None, None) if rows is None else (rows[first], kept[first])
 
 
+@torch.compiler.disable  # the padding's size is read on the host: eager, not a graph break
 def _padded(x, labels, slots, n: int):
     """The rows of ``x`` (one per label) of each of ``n`` slots, padded; see above."""
     if _accumulation_dtype(x, labels, "sum") is None or x.is_complex():
