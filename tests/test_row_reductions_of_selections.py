@@ -16,6 +16,7 @@ import warnings
 import pytest
 import torch
 
+from passes import ops
 from rewrite import optimize_loss
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, strategies
@@ -307,3 +308,22 @@ def test_class_rows_compiled():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert_equivalent(center_unique, fn, *args)
+
+
+@pytest.mark.parametrize("spec", [s for s in ops.REGISTRY if s.along_dim], ids=lambda s: s.aten)
+def test_along_dim_facts_reduce_each_row_alone(spec):
+    """Registry invariant: along a dim after the first, each row of the result is the op on the
+    operands' rows alone, at the dim given or the default, with the operands first."""
+    count, at, default = spec.along_dim
+    fn = eval(spec.functions[0], {"torch": torch})
+    g = torch.Generator().manual_seed(0)
+    operands = [torch.randn(4, 3, 5, generator=g, dtype=torch.float64) for _ in range(count)]
+    filler = [2] * (at - count)  # the settings before the dim: the norm's p
+    for dim, given in ((1, True), (-1, True), (default, False)):
+        if dim is None:
+            continue
+        whole = fn(*operands, *filler, dim) if given else fn(*operands)
+        for r in range(4):
+            row = fn(*(o[r:r + 1] for o in operands), *filler, dim) if given else \
+                fn(*(o[r:r + 1] for o in operands))
+            torch.testing.assert_close(whole[r:r + 1], row, rtol=0, atol=0)
