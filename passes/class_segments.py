@@ -20,6 +20,13 @@ anything else: non-int bounds; labels not a dense tensor of integers with a dim,
 a mean of integers (``mean``'s ``RuntimeError``); complex ``x``; a class id the labels' dtype
 cannot hold (``int8 == 300`` compares a wrapped 300); a tensor vmap batches (under vmap each
 item would need its own labels).
+
+``class_selection_rows(x, labels, a, b, s)`` (``_at(x, labels, ids)``), for the stage
+``class_selections_to_rows``: ``(rows, kept)``, each class's rows of ``x`` in their order, padded
+to the largest class (a host read of its size, as a mask's selection reads its count), and where
+they are: ``rows[k][kept[k]]`` is ``x[labels == id_k]``, values, order and each row's gradient
+(padding copies a row, deselected wherever it is read, so no gradient and nothing NaN reaches it
+from there); ``(None, None)`` where ``class_rows`` is None, or for complex ``x``.
 """
 from __future__ import annotations
 
@@ -39,15 +46,20 @@ def class_rows_at(x, labels, ids, kind):
     """``class_rows`` for a loop over the items of ``ids``, a 1-D tensor of integers (each item
     a 0-d tensor: ``labels == c`` compares in the labels' dtype, wrapping ids it cannot hold, as
     here), or None."""
-    if not (_int_labels(labels) and isinstance(ids, torch.Tensor) and ids.dim() == 1
-            and ids.layout == torch.strided and ids.device == labels.device
-            and not (ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex())
-            and (torch.compiler.is_compiling()
-                 or not torch._C._functorch.is_functorch_wrapped_tensor(ids))):
+    if not _item_ids(labels, ids):
         return None
     slots, first = _item_slots(labels, ids)
     rows = _reduced(x, labels, slots, ids.shape[0], kind)
     return None if rows is None else rows[first]
+
+
+def _item_ids(labels, ids) -> bool:
+    """Integer labels, and ``ids`` a 1-D tensor of integers beside them (not one vmap batches)."""
+    return _int_labels(labels) and isinstance(ids, torch.Tensor) and ids.dim() == 1 \
+        and ids.layout == torch.strided and ids.device == labels.device \
+        and not (ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex()) \
+        and (torch.compiler.is_compiling()
+             or not torch._C._functorch.is_functorch_wrapped_tensor(ids))
 
 
 def _reduced(x, labels, slots, n: int, kind):
@@ -128,3 +140,37 @@ def _segment_sums(rows, slots, n: int):
     """``rows`` summed into ``n`` rows by ``slots`` (a slot ``n``: into none)."""
     out = torch.zeros((n + 1,) + rows.shape[1:], dtype=rows.dtype, device=rows.device)
     return out.index_add(0, slots, rows)[:n]
+
+
+def class_selection_rows(x, labels, start, stop, step):
+    """``(rows, kept)`` for a loop over ``range(start, stop, step)`` that selects
+    ``x[labels == i]``: ``rows[k]`` the rows of the k-th id in order, padded to the largest
+    class with copies of a row of ``x``, ``kept[k]`` true at that class's rows, so that
+    ``rows[k][kept[k]]`` is the selection itself (values, order, gradients); ``(None, None)``
+    where ``class_rows`` gives None, or ``x`` is complex."""
+    ids = _ids(labels, start, stop, step)
+    return (None, None) if ids is None else _padded(x, labels, _range_slots(labels, ids), len(ids))
+
+
+def class_selection_rows_at(x, labels, ids):
+    """``class_selection_rows`` for a loop over the items of ``ids``, as ``class_rows_at``."""
+    if not _item_ids(labels, ids):
+        return None, None
+    slots, first = _item_slots(labels, ids)
+    rows, kept = _padded(x, labels, slots, ids.shape[0])
+    return (None, None) if rows is None else (rows[first], kept[first])
+
+
+@torch.compiler.disable  # the padding's size is read on the host: eager, not a graph break
+def _padded(x, labels, slots, n: int):
+    """The rows of ``x`` (one per label) of each of ``n`` slots, padded; see above."""
+    if _accumulation_dtype(x, labels, "sum") is None or x.is_complex():
+        return None, None
+    rows = x.reshape((labels.numel(),) + x.shape[labels.dim():])
+    counts = torch.bincount(slots, minlength=n + 1)[:n]
+    width = int(counts.max()) if n else 0  # the largest class: a host read, as masks' shapes are
+    order = torch.argsort(slots, stable=True)  # each slot's rows, in their order in ``x``
+    at = torch.arange(width, device=x.device)
+    kept = at < counts[:, None]
+    first = torch.cumsum(counts, 0) - counts
+    return rows[order[torch.where(kept, first[:, None] + at, 0)]], kept

@@ -57,6 +57,11 @@ class OpSpec:
     summed: tuple[str, str] | None = None
     square: tuple[int, ...] | None = None     # literal arguments after ``e`` making it ``e ** 2``
     selection: str | None = None              # dense form of it on a masked selection
+    # Along a dim: (how many tensor operands come first, the position of its ``dim`` argument,
+    # the dim when none is given or None): along a dim after the first, the result's row ``r``
+    # is a function of its operands' rows ``r`` alone (``x.pow(2).sum(1)``, a cosine of two
+    # rows), so it commutes with a selection of rows (masked_selections_to_where).
+    along_dim: tuple[int, int, int | None] | None = None
     # Under a tensor condition the op also runs on deselected iterations
     # (tensor_branches_to_where): (position of the operand that can make NaN/inf outside its
     # domain, a safe value there); positions count the function's arguments: a method's
@@ -282,14 +287,14 @@ REGISTRY: tuple[OpSpec, ...] = (
     # -- reductions and ops with a dim --------------------------------------------------------
     _t("sum", batched="reduction", reduce="sum", tuple_dims=True, dim_rank=-1,
        summed=("x.sum()", "x.sum() / n"), selection="sum", total=True, derivative="constant",
-       counts_true=True),
+       counts_true=True, along_dim=(1, 1, None)),
     _t("mean", batched="reduction", reduce="mean", tuple_dims=True, dim_rank=-1,
        summed=("x.mean() * n", "x.mean()"), selection="mean", total=True,
-       derivative="constant"),
+       derivative="constant", along_dim=(1, 1, None)),
     _t("amax", batched="reduction", reduce="amax", tuple_dims=True, dim_rank=-1,
-       selection="amax", total=True, derivative="constant"),
+       selection="amax", total=True, derivative="constant", along_dim=(1, 1, None)),
     _t("amin", batched="reduction", reduce="amin", tuple_dims=True, dim_rank=-1,
-       selection="amin", total=True, derivative="constant"),
+       selection="amin", total=True, derivative="constant", along_dim=(1, 1, None)),
     _t("max", batched="reduction", reduce="amax", reduce_fn=full_extremes.max_of_all,
        tuple_dims=True, selection="max", total=True, derivative="constant",
        tensor_pair="elementwise"),
@@ -300,7 +305,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # over all elements or dims, with Bessel's correction unless told otherwise
     *(_t(n, batched="variance") for n in ("var", "std")),
     _t("logsumexp", batched="reduction", dim_rank=-1, selection="logsumexp", total=True,
-       derivative="bounded"),
+       derivative="bounded", along_dim=(1, 1, None)),
     _t("softmax", extra=(_F + "softmax",), batched="reduction", dim_rank=0, total=True,
        derivative="bounded", selection="softmax"),
     _t("log_softmax", extra=(_F + "log_softmax",), batched="reduction", dim_rank=0, total=True,
@@ -316,7 +321,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("all", fn=False, batched="reduction", reduce="all", dim_rank=-1, total=True),
     _t("unsqueeze", batched="reduction", dim_rank=1, integer=(0,), dtype_of=0, total=True,
        recomputed=True, aliases=True),
-    _t("dot", batched="dot", total=True), _t("norm", batched="norm", total=True, derivative="bounded"),
+    _t("dot", batched="dot", total=True),
+    _t("norm", batched="norm", total=True, derivative="bounded", along_dim=(1, 2, None)),
     # the norm of ``a - b`` over every element (``p``: 2)
     _t("dist", batched="pairwise", total=True, derivative="bounded"),
     _t("matmul", operators=(ast.MatMult,), batched="matmul", total=True),
@@ -374,6 +380,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     OpSpec("linear", (_F + "linear",), batched="linear"),
     OpSpec("cosine_similarity", ("torch.cosine_similarity", _F + "cosine_similarity"),
            batched="similarity", derivative="bounded", total=True, sink_selection="1",
+           along_dim=(2, 2, 1),
            sink_selection_fn=cosine_products.cosine_similarity_unless,
            vmap_fn=cosine_products.cosine_similarity, dense_fn=cosine_products.broadcast_cosine_similarity),
     # the norm of ``x1 - x2 + eps`` over the last dim: finite, its gradient bounded (a norm's is

@@ -49,7 +49,7 @@ def test_golden_method_forms_and_the_last_dim_of_a_1d_selection():
 
 
 @pytest.mark.parametrize("src", [
-    "m = x[i] > 0\ns = s + torch.logsumexp(x[i][m], 1).sum()",       # a dim the mask leaves
+    "m = x[i] > 0\ns = s + torch.logsumexp(x[i][m], (1,)).sum()",    # a tuple of dims
     "m = x[i] > 0\ns = s + x[i][m].logsumexp(0, keepdim=True).sum()",
     "m = x[i] > 0\ns = s + x[i][m].logsumexp(0, True).sum()",
     "m = x[i] > 0\ns = s + torch.logsumexp(x[i][m], (0,))",

@@ -34,7 +34,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           data_attributes_to_detach,
                           split_tuple_assignments,
                           module_list_linears, module_loss_calls,
-                          class_selections_to_segments,
+                          class_selections_to_rows, class_selections_to_segments,
                           merge_chained_indexing, outer_dependent_ranges_to_masks, outline_body,
                           picked_rows_to_tables,
                           promoting_folds_run_as_written,
@@ -692,6 +692,47 @@ else:
 if t[i] > 1:
     out.append(x[i].exp().sum())
 """),
+    # a class's rows read otherwise than summed along the selection: gathered before the loop,
+    # padded to the largest class, selected by the class's row of the padding mask
+    (class_selections_to_rows, """
+def f(feat, labels, centers):
+    loss = 0
+    for c in range(centers.shape[0]):
+        m = labels == c
+        loss = loss + (feat[m] - centers[c]).pow(2).sum(1).mean()
+    return loss
+""", ('prelude', 'body'),
+     """
+# prelude
+# body
+m = labels == c
+loss = loss + (feat[m] - centers[c]).pow(2).sum(1).mean()
+""",
+     """
+# prelude
+_rows, _kept = _class_selection_rows(feat, labels, 0, centers.shape[0], 1)
+# body
+m = labels == c
+loss = loss + (_rows[c][_kept[c]] - centers[c]).pow(2).sum(1).mean()
+"""),
+    # ... not when masked_selections_to_where would leave the selection (no dense cumsum)
+    (class_selections_to_rows, """
+def f(feat, labels, centers):
+    loss = 0
+    for c in range(centers.shape[0]):
+        loss = loss + feat[labels == c].cumsum(0).sum()
+    return loss
+""", ('prelude', 'body'),
+     """
+# prelude
+# body
+loss = loss + feat[labels == c].cumsum(0).sum()
+""",
+     """
+# prelude
+# body
+loss = loss + feat[labels == c].cumsum(0).sum()
+"""),
     (masked_selections_to_where, """
 def f(pred, target, n):
     total = 0
@@ -725,6 +766,49 @@ total = total + x[i] * 2
      """
 # body
 total = total + x[i] * 2
+"""),
+    # a reduction along rows of a selection (distances to the other classes' rows): the rows reduced on the stand-ins,
+    # next to the class's row of the centers, the values per row a selection by the same mask
+    (masked_selections_to_where, """
+def f(feat, labels, centers):
+    loss = 0
+    for c in range(centers.shape[0]):
+        m = labels != c
+        loss = loss + ((feat[m] - centers[c]) ** 2).sum(dim=1).mean()
+    return loss
+""", ('body',),
+     """
+# body
+m = labels != c
+loss = loss + ((feat[m] - centers[c]) ** 2).sum(dim=1).mean()
+""",
+     """
+# body
+m = labels != c
+_keep = m.reshape(_rows_mask[m.shape, feat.shape, centers[c].shape])
+_rows = ((torch.where(_keep, feat, False) - centers[c]) ** 2).sum(dim=1)
+_keep_1 = m.reshape(_mask_shape[m.shape, _rows.shape])
+_vals = torch.where(_keep_1, _rows, False)
+loss = loss + torch.where(_keep_1, _vals, 0).sum().mean() / _keep_1.expand_as(_vals).sum()
+"""),
+    # ... not with a setting that is not a number (the norm's ``p``)
+    (masked_selections_to_where, """
+def f(feat, labels, centers, p):
+    loss = 0
+    for c in range(centers.shape[0]):
+        m = labels == c
+        loss = loss + (feat[m] - centers[c]).norm(p, dim=1).mean()
+    return loss
+""", ('body',),
+     """
+# body
+m = labels == c
+loss = loss + (feat[m] - centers[c]).norm(p, dim=1).mean()
+""",
+     """
+# body
+m = labels == c
+loss = loss + (feat[m] - centers[c]).norm(p, dim=1).mean()
 """),
     (last_values_after_loop, """
 def f(x, y, n):
@@ -1640,18 +1724,18 @@ def f(x, lengths):
     total = 0
     for i in range(len(x)):
         L = lengths[i].item()
-        total = total + x[i, :L].sum(1).sum()
+        total = total + x[i, :L].cumsum(1).sum()
     return total
 """, ('body',),
      """
 # body
 L = lengths[i].item()
-total = total + x[i, :L].sum(1).sum()
+total = total + x[i, :L].cumsum(1).sum()
 """,
      """
 # body
 L = lengths[i].item()
-total = total + x[i, :L].sum(1).sum()
+total = total + x[i, :L].cumsum(1).sum()
 """),
     (conditional_expressions_to_branches, """
 def f(p, t, alpha):
@@ -2064,13 +2148,13 @@ def f(x, lengths, n):
     total = 0
     for i in range(n):
         L = lengths[i].item()
-        total = total + x[i, :L].sum(1).sum()
+        total = total + x[i, :L].cumsum(1).sum()
     return total
 """, ('body',),
      """
 # body
 L = _lengths_row.detach()
-_total_part = _total_part + _x_row[:L].sum(1).sum()
+_total_part = _total_part + _x_row[:L].cumsum(1).sum()
 """,
      """
 Unsupported: `x[i, :L]`: slice bound `L` varies per iteration (the slice's size would differ between iterations)

@@ -48,22 +48,10 @@ MASK_CALLS = {"eq": "method", "torch.eq": "function"}
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    it = plan.iteration
-    key = it.index if it.index_is_user and not it.elements else \
-        it.elements[0][0] if len(it.elements) == 1 else None
-    if plan.inner or ctx.mapped or key is None or key in stores_in(plan.body) \
-            or it.index in stores_in(plan.body):
+    visited = class_loop_body(plan, ctx, _Segments)
+    if visited is None or not visited[0].prelude:
         return plan
-    written = written_names(plan.body)
-    segments = _Segments(plan, ctx, key, written)
-    if it.elements and not segments.invariant(it.elements[0][1]):
-        return plan
-    body = []
-    for s in plan.body:
-        body.append(segments.visit(clone(s)))
-        segments.note_alias(body[-1])
-    if not segments.prelude:
-        return plan
+    segments, body = visited
     reads = {n for s in body for n in loads(s)}
     plan.body = [s for s in body if not (_bound_name(s) in segments.aliases
                                          and _bound_name(s) not in reads | plan.live_after)]
@@ -71,6 +59,25 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for name in segments.made.values():
         plan.check("r is not None", r=ast.Name(name, ast.Load()))
     return plan
+
+
+def class_loop_body(plan: LoopPlan, ctx: PassContext, visitor: type[_Segments]):
+    """(the visitor, the plan's body visited by it) for a loop over
+    class ids as the module docstring says (also class_selections_to_rows'), else None."""
+    it = plan.iteration
+    key = it.index if it.index_is_user and not it.elements else \
+        it.elements[0][0] if len(it.elements) == 1 else None
+    if plan.inner or ctx.mapped or key is None or key in stores_in(plan.body) \
+            or it.index in stores_in(plan.body):
+        return None
+    found = visitor(plan, ctx, key, written_names(plan.body))
+    if it.elements and not found.invariant(it.elements[0][1]):
+        return None
+    body = []
+    for s in plan.body:
+        body.append(found.visit(clone(s)))
+        found.note_alias(body[-1])
+    return found, body
 
 
 def _bound_name(s: ast.stmt) -> str | None:

@@ -47,7 +47,20 @@ function forms ``torch.sum(x[m])``, ``torch.max(x[m])``, ... alike. Along the se
 shape). A softmax or log_softmax along a dim of a selection by a 1-D mask (``SELECTED_MAPS``:
 ListNet's ``F.softmax(t[q][m[q]], 0) * F.log_softmax(s[q][m[q]], 0)``) is a stand-in too: the op
 on the stand-in filled with ``-inf`` where deselected, 0 there after it (``_vector_mask`` checks
-the mask is 1-D). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
+the mask is 1-D). A reduction along a dim after the first of a selection of rows
+(``OpSpec.along_dim``: a center loss's ``(feat[labels == c] - centers[c]).pow(2).sum(1).mean()``,
+a norm, a cosine) reduces each row alone, so it runs on the stand-ins and its value per row is a
+selection by the same mask (``_along_rows``)::
+
+    _keep = m.reshape(_rows_mask[m.shape, feat.shape, centers[c].shape])
+    _rows = (torch.where(_keep, feat, False) - centers[c]).pow(2).sum(1)
+    _keep_1 = m.reshape(_mask_shape[m.shape, _rows.shape])
+    ... torch.where(_keep_1, _rows, False) ..., reduced over the rows as above
+
+where ``centers[c]``, the row at the loop's index or item of a tensor the loop does not change,
+broadcasts against the selected rows (``RowsMask`` checks the mask 1-D, the dim not the
+selected one, and the row operand of fewer dims than the rows, or with a first dim of 1; else
+the original runs). Losses of selections (``LOSS_REDUCTIONS``): ``F.cross_entropy(x[m], y[m],
 reduction=...)`` -> the call on the stand-ins with ``torch.where(_keep_y, y, ignore_index)`` as
 targets; ``F.mse_loss(p[m], t[m])`` (pointwise losses) -> the loss per element, masked, summed
 or averaged like ``.mean()``, its settings that the loop does not change (``weight=crit.weight``
@@ -350,6 +363,37 @@ class VectorMask(MaskShape):
 VECTOR_MASK = VectorMask()
 
 
+class RowsMask(VectorMask):
+    """``_rows_mask[m.shape, x.shape, ..., b.shape, ...]``: ``_vector_mask``'s answer for the
+    operands of a reduction along ``dim`` of a selection of rows (``(x[m] - c).pow(2).sum(1)``),
+    the last ``operands`` shapes those of values broadcast against the selected rows
+    (``c = centers[k]``). Along a dim after the first, each row is reduced alone, which the
+    stand-in's rows are, and a row operand broadcasts the same against the selected rows and
+    the stand-in's when it has fewer dims, or as many with a first dim of 1 (``[1, D]``);
+    another one broadcasts against the number of selected rows, and ``dim`` counted from the
+    end may be the selected dim: a ``RuntimeError``, and the decorator runs the original."""
+
+    def __init__(self, dim: int, operands: int):
+        self.dim, self.operands = dim, operands
+
+    def __getitem__(self, shapes: tuple) -> tuple[int, ...]:
+        bases, operands = shapes[:len(shapes) - self.operands], shapes[len(shapes) - self.operands:]
+        for rank in {len(b) for b in bases[1:]}:
+            if self.dim + rank == 0 or any(len(b) > rank or len(b) == rank and b[0] != 1
+                                           for b in operands):
+                raise RuntimeError(f"a reduction along dim {self.dim} of the selection of rows "
+                                   f"of a tensor of rank {rank} next to operands of shapes "
+                                   f"{[list(b) for b in operands]}: not row by row")
+        return super().__getitem__(bases)
+
+
+ROWS_MASKS: dict[tuple[int, int], RowsMask] = {}  # one per (dim, operands), bound by identity
+
+
+def rows_mask(dim: int, operands: int) -> RowsMask:
+    return ROWS_MASKS.setdefault((dim, operands), RowsMask(dim, operands))
+
+
 @dataclass
 class Dense:
     """The body with its selections converted, and what the vectorized loop needs besides."""
@@ -443,6 +487,9 @@ class _Group:
     # a selection of a stand-in (``neg[neg > t]``): the stand-in's keep, the condition's chain
     within: tuple[str, "_Chain"] | None = None
     mapped: bool = False                 # a map along a dim of it (``SELECTED_MAPS``) reads it
+    rows: tuple[str, ...] = ()           # holes of reductions along rows (``_along_rows``)
+    # operands broadcast against the selected rows (``centers[c]``): dump -> expression
+    operands: dict[str, ast.expr] = field(default_factory=dict)
 
 
 @dataclass
@@ -487,6 +534,10 @@ class _Converter:
         self.maps = True                         # maps are converted (``rewrite``'s ``maps``)
         self.pending: list[ast.expr] = []
         self.holes = 0
+        # reductions along rows: hole -> (its operands' chain, dim); hole -> the name of its value
+        self.rows: dict[str, tuple[_Chain, int]] = {}
+        self.rows_values: dict[str, str] = {}
+        self.operands: dict[str, ast.expr] | None = None  # row operands allowed: those found
 
     def _sub(self, template: str, loc: ast.AST, **subs) -> object:
         return replace(template, loc=loc, torch_name=self.ctx.torch_name, **subs)
@@ -506,7 +557,7 @@ class _Converter:
             if top and _appended_selection(self, s) is not None:
                 out += _append(self, s)
                 continue
-            if top and self._binds_selection(s):
+            if top and _binds_selection(self, s):
                 name = s.targets[0].id
                 chain = self.chain(s.value)
                 keep = self.keep(chain.group, s.value)
@@ -529,16 +580,6 @@ class _Converter:
                 self.scalar_guards[name] = guards
             out += self.pre + [new]
         return out
-
-    def _binds_selection(self, s: ast.stmt) -> bool:
-        """``name = <elementwise value of selections>``, bound once, or rebound from its own
-        stand-in (``v = v.clamp(0)``): each binding, in order, a stand-in."""
-        if not (isinstance(s, ast.Assign) and len(s.targets) == 1
-                and isinstance(s.targets[0], ast.Name)):
-            return False
-        name = s.targets[0].id
-        return name in self.top_only and (name not in loads(s.value) or name in self.selected) \
-            and self.chain(s.value) is not None
 
     # -- expressions -----------------------------------------------------------------------------
     def expr(self, e: ast.expr) -> ast.expr:
@@ -629,8 +670,9 @@ class _Converter:
         keep = reuse.pop() if len(reuse) == 1 else ""
         if keep and any(g.bases.keys() != bases.keys() for g in groups):
             keep = ""
-        return _Chain(_Group(groups[0].mask, groups[0].key, bases, keep, groups[0].within,
-                             self.mapped), expr, leaves, self.pending)
+        rows = tuple(h for g in groups for h in g.rows)
+        return _Chain(_Group(groups[0].mask, groups[0].key, bases, "" if rows else keep,
+                             groups[0].within, self.mapped, rows), expr, leaves, self.pending)
 
     def _hole(self, kind: str, node: ast.expr, leaves: dict) -> ast.Name:
         self.holes += 1
@@ -660,6 +702,11 @@ class _Converter:
                                      e)
         if isinstance(e, ast.Call) and call_op(e, self.ctx).selection in SELECTED_MAPS:
             return _map(self, e, leaves, groups)
+        if isinstance(e, ast.Call) and call_op(e, self.ctx).along_dim:
+            return _along_rows(self, e, leaves, groups)
+        if self.operands is not None and _row_operand(self, e):
+            self.operands[ast.dump(e)] = e
+            return self._hole("row", e, leaves)
         if isinstance(e, ast.Call) and not any(isinstance(a, ast.Starred) for a in e.args) \
                 and all(k.arg is not None and _is_constant(k.value) for k in e.keywords):
             if call_op(e, self.ctx).batched != "elementwise":
@@ -678,7 +725,7 @@ class _Converter:
         base, mask = selected_from(sub, self.ints)
         if isinstance(base, ast.Name) and base.id in self.selected:
             return _reselection(self, sub, self.selected[base.id])
-        if isinstance(mask, ast.Tuple) or not self._is_mask(mask):
+        if isinstance(mask, ast.Tuple) or not _is_mask(self, mask):
             raise _Refused("mask indexing with other entries, or not a mask")
         if not _simple(base) or any(isinstance(n, ast.Subscript) and _is_selection(
                 n, self.lenient, self.ctx) for n in walk(base)) \
@@ -688,14 +735,6 @@ class _Converter:
             self.pending.append(self._sub(TENSOR_GUARD, base, x=base))
         return _Group(mask, ast.dump(mask), {ast.dump(base): base})
 
-    def _is_mask(self, m: ast.expr) -> bool:
-        if not strict_mask(m, self.masks, self.ctx):
-            return False
-        if loads(m) & ((self.assigned - self.once) | self.selected.keys()):
-            return False  # a name bound twice could be a different mask at each use
-        return not any(isinstance(n, ast.Subscript) and _is_selection(n, self.lenient, self.ctx)
-                       for n in walk(m))
-
     # -- code ------------------------------------------------------------------------------------
     def keep(self, group: _Group, loc: ast.AST, shape: MaskShape = MASK_SHAPE,
              stem: str = "mask_shape") -> str:
@@ -703,9 +742,11 @@ class _Converter:
         per statement and group) by ``shape`` (bound as ``stem``)."""
         if group.mapped:
             shape, stem, group = _vector_keep(self, group, shape)
+        if group.rows:
+            _rows_values(self, group, loc)
         if group.keep and shape is MASK_SHAPE:
             return group.keep
-        key = (group.key, tuple(group.bases), stem)
+        key = (group.key, tuple(group.bases), tuple(group.operands), stem)
         if key in self.keeps:
             return self.keeps[key]
         mask = group.mask
@@ -719,7 +760,8 @@ class _Converter:
             self.pre += self._sub("m = e", mask, m=name, e=mask)
             mask = ast.Name(name, ast.Load())
         shapes = ast.Tuple([self._sub("m.shape", loc, m=mask)]
-                           + [self._sub("x.shape", loc, x=b) for b in group.bases.values()],
+                           + [self._sub("x.shape", loc, x=b) for b in group.bases.values()]
+                           + [self._sub("x.shape", loc, x=b) for b in group.operands.values()],
                            ast.Load())
         keep = self.ctx.namer.new("keep")
         self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask,
@@ -747,9 +789,32 @@ class _Converter:
                 subs[hole] = self.expr(node)
             elif kind == "map":  # its operand's holes come before it: filled already
                 subs[hole] = _dense_map(self, node, keep, subs)
+            elif kind == "rows":  # a value per row, computed by ``keep``
+                subs[hole] = self._sub("torch.where(k, x, False)", node, k=keep,
+                                       x=ast.Name(self.rows_values[hole], ast.Load()))
             else:
                 subs[hole] = node
         return _Fill(subs).visit(expr)
+
+
+def _binds_selection(conv: _Converter, s: ast.stmt) -> bool:
+    """``name = <elementwise value of selections>``, bound once, or rebound from its own
+    stand-in (``v = v.clamp(0)``): each binding, in order, a stand-in."""
+    if not (isinstance(s, ast.Assign) and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Name)):
+        return False
+    name = s.targets[0].id
+    return name in conv.top_only and (name not in loads(s.value) or name in conv.selected) \
+        and conv.chain(s.value) is not None
+
+
+def _is_mask(conv: _Converter, m: ast.expr) -> bool:
+    if not strict_mask(m, conv.masks, conv.ctx):
+        return False
+    if loads(m) & ((conv.assigned - conv.once) | conv.selected.keys()):
+        return False  # a name bound twice could be a different mask at each use
+    return not any(isinstance(n, ast.Subscript) and _is_selection(n, conv.lenient, conv.ctx)
+                   for n in walk(m))
 
 
 def _map(conv: _Converter, call: ast.Call, leaves: dict, groups: list[_Group]) -> ast.Name:
@@ -796,6 +861,85 @@ def _dense_map(conv: _Converter, call: ast.Call, keep: str, subs: dict) -> ast.e
     else:
         call.args[0] = filled
     return conv._sub(MAP_RESULT, call, k=keep, r=call)
+
+
+def _along_rows(conv: _Converter, call: ast.Call, leaves: dict,
+                groups: list[_Group]) -> ast.Name:
+    """A reduction along a dim after the first of selections of rows (``OpSpec.along_dim``:
+    ``(x[m] - centers[c]).pow(2).sum(1)``, ``F.cosine_similarity(f, c.unsqueeze(0))``): a hole
+    for its value per row, a selection by the same mask of the op on the stand-ins
+    (``_rows_values`` computes it), whose operands may broadcast values with no selection in
+    them against the rows (``_row_operand``). Its other settings are numbers."""
+    count, at, default = call_op(call, conv.ctx).along_dim
+    method = method_name(call, conv.ctx) is not None
+    args = [call.func.value, *call.args] if method else list(call.args)
+    kws = {k.arg: k.value for k in call.keywords}
+    dim = args[at] if len(args) > at else kws.get("dim", default)
+    dim = dim if type(dim) is int or dim is None else literal(dim)
+    settings = args[count:at] + args[at + 1:] + [v for k, v in kws.items() if k != "dim"]
+    if None in kws or len(args) < count or any(isinstance(a, ast.Starred) for a in args) \
+            or type(dim) is not int or dim == 0 or not all(map(_is_constant, settings)):
+        raise _NotChain
+    inner: tuple[dict, list[_Group]] = ({}, [])
+    outer, conv.operands = conv.operands, {}
+    try:
+        chained = [conv._chain(a, *inner) for a in args[:count]]
+        operands = conv.operands
+    finally:
+        conv.operands = outer
+    found = inner[1]
+    if not found:
+        raise _NotChain
+    if len({g.key for g in found}) > 1:
+        raise _Refused("selections with different masks in one reduction along rows")
+    if any(g.within for g in found):
+        raise _Refused("a reduction along rows of a selection of a selection")
+    node = clone(call)
+    if method:
+        node.func.value, node.args[:count - 1] = chained[0], chained[1:]
+    else:
+        node.args[:count] = chained
+    group = _Group(found[0].mask, found[0].key, {k: b for g in found for k, b in g.bases.items()},
+                   rows=tuple(h for g in found for h in g.rows), operands=operands)
+    hole = conv._hole("rows", call, leaves)
+    conv.rows[hole.id] = (_Chain(group, node, inner[0], []), dim)
+    groups.append(_Group(group.mask, group.key, {}, rows=(hole.id,)))
+    return hole
+
+
+def _row_operand(conv: _Converter, e: ast.expr) -> bool:
+    """A tensor with no selection in it, broadcast against selected rows: the row at the loop's
+    index or item (``centers[c]``) of a tensor the loop does not change (checked a tensor before
+    it), and registered ops without effects of such a value with numbers
+    (``centers[c].unsqueeze(0)``). ``RowsMask`` checks its shape."""
+    if isinstance(e, ast.Call):
+        method = method_name(e, conv.ctx) is not None
+        args = [e.func.value, *e.args] if method else list(e.args)
+        return bool(args) and _effect_free(e, conv.ctx) and _row_operand(conv, args[0]) \
+            and all(map(_is_constant, args[1:] + [k.value for k in e.keywords]))
+    base = e.value if isinstance(e, ast.Subscript) else None
+    if not (isinstance(base, (ast.Name, ast.Attribute)) and _simple(base)
+            and isinstance(e.slice, ast.Name) and e.slice.id in conv.seeds - conv.assigned
+            and not loads(base) & (conv.assigned | conv.seeds)):
+        return False
+    conv.pending.append(conv._sub(TENSOR_GUARD, base, x=base))
+    return True
+
+
+def _rows_values(conv: _Converter, group: _Group, loc: ast.AST) -> None:
+    """The values per row of the group's reductions along rows, each computed once (a
+    statement in ``pre``: the op on its operands' stand-ins, kept by ``RowsMask``), added to
+    the group's bases: the rows of a tensor selected by the group's mask."""
+    for hole in group.rows:
+        name = conv.rows_values.get(hole)
+        if name is None:
+            chain, dim = conv.rows[hole]
+            keep = conv.keep(replace_field(chain.group, keep=""), loc,
+                             rows_mask(dim, len(chain.group.operands)), "rows_mask")
+            name = conv.rows_values[hole] = conv.ctx.namer.new("rows")
+            conv.pre += conv._sub("r = e", loc, r=name, e=conv.dense(chain, keep))
+        value = ast.Name(name, ast.Load())
+        group.bases[ast.dump(value)] = value
 
 
 def _vector_keep(conv: _Converter, group: _Group,

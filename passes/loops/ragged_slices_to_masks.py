@@ -40,7 +40,7 @@ pick) and before nothing but full slices ``:``, where ``R`` is a name, attribute
 names and numbers, or the flattened one of those, ``s.flatten()[:L]``, named before the
 statement (``_flat = s.flatten()``; ``flatten`` has no effect to move). All or nothing: when
 ``masked_selections_to_where`` would not convert every such selection (a slice stored, fed to a
-call with no dense form, reduced along a dim, ...), the body stays as written and
+call with no dense form, ``cumsum(1)``, ...), the body stays as written and
 ``check_mapped_body`` keeps the loop with the slice-bound reason at the user's line.
 """
 from __future__ import annotations

@@ -84,7 +84,7 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, rename, repla
                         walk, write_target)
 from ..errors import Unsupported
 from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_levels, batch_values,
-               batch_loop_bodies, check_body, class_selections_to_segments,
+               batch_loop_bodies, check_body, class_selections_to_rows, class_selections_to_segments,
                check_mapped_body, cleared_positions_to_masks,
                classify_effects, contradicting_checks, conditional_expressions_to_branches,
                conditioned_writes_to_functional, counted_whiles_to_ranges,
@@ -173,6 +173,9 @@ LOOP_STAGES: list = [
     masked_selects_to_selections,  # before masked_selections_to_where: it makes selections
     # before masked_selections_to_where, which would make a class's selection a dense mask
     class_selections_to_segments,
+    # after class_selections_to_segments, which takes a class's sum or mean more cheaply; before
+    # masked_selections_to_where, which would make a class's selection a mask over every row
+    class_selections_to_rows,
     masked_selections_to_where,   # before check_body: it marks the selections it converts
     last_values_after_loop,       # before check_body: what it folds is no longer read after
     check_body,                   # on the body as written: reasons quote the user's code
