@@ -100,6 +100,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
                index_value_checks_to_ranges,
                index_tuples_to_tensors, inline_helper_calls, helper_effects,
+               host_array_writes_run_as_written,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
                last_writes_to_scatters, length_masks_to_compares,
@@ -135,6 +136,7 @@ LOOP_STAGES: list = [
     index_tests_to_selected_indices,  # before iteration: it makes the loop iterate a tensor
     iteration,                    # first of the others: every stage reads the iteration
     record_items_run_as_written,  # on the body as written: its reason is the first to give
+    host_array_writes_run_as_written,  # ... and so is its reason
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
@@ -291,6 +293,7 @@ class _Vectorizer(Transformer):
         self.live: dict[ast.stmt, set[str]] = {}  # by node: a freed loop's id is reused
         self.numbers: dict[ast.stmt, dict] = {}  # names bound to Python number literals, by loop
         self.filled: dict[ast.stmt, dict[str, int]] = {}  # tensors filled with one number, by loop
+        self.arrays: dict[ast.stmt, dict[str, ast.expr]] = {}  # ... and new numpy arrays
         self.divisions: dict[ast.stmt, tuple[ast.stmt, dict[str, str]]] = {}
         self.buildable_lists: dict[ast.stmt, set[str]] = {}
         self.func: ast.FunctionDef | None = None
@@ -329,9 +332,10 @@ class _Vectorizer(Transformer):
                           comp)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
-                 self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-                 self.host_containers, self.iterators, self.local_defs, self.reduced_next)
+        outer = (self.live, self.numbers, self.filled, self.arrays, self.divisions,
+                 self.buildable_lists, self.func, self.stackable_lists, self.bound_lists,
+                 self.masks, self.list_names, self.host_containers, self.iterators,
+                 self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
         # first: the facts below are then found for the `for` forms of counted `while` loops
         counted_whiles_to_ranges.rewrite(node, self.ctx)
@@ -340,6 +344,7 @@ class _Vectorizer(Transformer):
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.numbers = {**self.numbers, **loop_dataflow.numbers_before_loops(node)}
         self.filled = {**self.filled, **loop_dataflow.filled_before_loops(node, self.ctx)}
+        self.arrays = {**self.arrays, **loop_dataflow.host_arrays_before_loops(node, self.ctx)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
         self.buildable_lists = {**self.buildable_lists,
                                 **normalize_comprehensions.lists_built_by_loops(node, self.ctx)}
@@ -356,7 +361,7 @@ class _Vectorizer(Transformer):
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
-        (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
+        (self.live, self.numbers, self.filled, self.arrays, self.divisions, self.buildable_lists,
          self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
          self.host_containers, self.iterators, self.local_defs, self.reduced_next) = outer
         return node
@@ -399,7 +404,8 @@ class _Vectorizer(Transformer):
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx, self.around[-1] if self.around else None),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
-                     outer_binds=_bound_around(self.around[-1], node) if self.around else set())
+                     outer_binds=_bound_around(self.around[-1], node) if self.around else set(),
+                     host_arrays=self.arrays.get(node, {}))
         try:
             # lists stacked by this plan, a distributed loop's and a scan's
             plan = vectorize(new_plan(node, live, self.ctx, **_lists(self),
@@ -470,7 +476,8 @@ class _Vectorizer(Transformer):
             return None
         twin = clone(node)
         for a, b in zip(walk(node), walk(twin)):
-            for facts in (self.live, self.numbers, self.divisions, self.buildable_lists):
+            for facts in (self.live, self.numbers, self.arrays, self.divisions,
+                          self.buildable_lists):
                 if a in facts:
                     facts[b] = facts[a]
         return twin
