@@ -170,6 +170,11 @@ FUNCTIONAL_WRITE = ("p = torch.arange(t.numel(), device=t.device).view(t.shape)[
 # as a tensor's method). ``loop_dataflow.filled_before_loops`` finds the names bound to them.
 FILLED_TENSORS = {"zeros": (0, False), "ones": (1, False), "zeros_like": (0, False),
                   "ones_like": (1, False), "new_zeros": (0, True), "new_ones": (1, True)}
+# numpy's constructors of a new array: a loop writing into a name bound to one writes into a
+# host array, never a tensor (``loop_dataflow.host_arrays_before_loops``).
+NUMPY_ARRAY_MAKERS = frozenset({"numpy.zeros", "numpy.ones", "numpy.empty", "numpy.full",
+                                "numpy.zeros_like", "numpy.ones_like", "numpy.empty_like",
+                                "numpy.full_like"})
 # Cosine similarity: positional parameters and defaults. Both operands loop-varying (or one fixed
 # of at most the per-item rank): the same call, its dim shifted like any dim= op.
 SIMILARITY_PARAMS = ("x1", "x2", "dim", "eps")

@@ -74,18 +74,20 @@ def enclosing_loops(filename: str, lineno: int) -> frozenset[int]:
 
 @dataclass
 class Fallback:
-    """The original function runs (for ``signature``, or for every call when it is None)."""
+    """The original function runs (for ``signature``, or for every call when it is None), or
+    what ``running`` names: the eager rewritten function, after torch.compile failed."""
     reason: str
     filename: str
     lineno: int | None
     pass_name: str | None = None
     signature: str | None = None
+    running: str = "the original function"
 
     def __str__(self) -> str:
         where = f"{self.filename}:{self.lineno}" if self.lineno else self.filename
         scope = f" for inputs {self.signature}" if self.signature else ""
         by = f" (pass {self.pass_name})" if self.pass_name else ""
-        return f"{where}: original function runs{scope}{by}: {self.reason}"
+        return f"{where}: {self.running.removeprefix('the ')} runs{scope}{by}: {self.reason}"
 
 
 @dataclass

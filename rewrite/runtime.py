@@ -682,9 +682,9 @@ class OptimizedFunction:
         signature = None if key is None else describe_key(key)
         if signature and every_size:
             signature += " and every other size of them"
-        self._report.fallbacks.append(Fallback(error.message, error.filename or "<unknown>",
-                                               error.lineno, error.pass_name, signature))
         what = running or "the original function"
+        self._report.fallbacks.append(Fallback(error.message, error.filename or "<unknown>",
+                                               error.lineno, error.pass_name, signature, what))
         scope = f" on inputs {signature}" if signature else ""
         warnings.warn_explicit(f"optimize_loss: {what} runs for {self._report.function}{scope}: "
                                f"{error}", RewriteWarning, error.filename or "<unknown>",

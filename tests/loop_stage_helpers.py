@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 
+import numpy
+
 from passes.ast_tools import PassContext, clone, fix_missing_locations, unparse
 from passes.loops import (divisions_by_counters, gather_keyed_reads, loop_dataflow, materialize_iterators,
                           normalize_comprehensions, number_list_operands,
@@ -15,7 +17,7 @@ from tests.loop_helpers import context, dedent, namespace
 def plan_before(src: str, stage) -> tuple[LoopPlan, PassContext]:
     """(the plan of the function's first loop after the stages before ``stage``, the context)."""
     tree = ast.parse(dedent(src))
-    ctx = context(tree, namespace())
+    ctx = context(tree, namespace(np=numpy))  # (no case but its own names numpy)
     return plan_at(tree, ctx, stage), ctx
 
 
@@ -41,7 +43,8 @@ def plan_at(tree: ast.Module, ctx: PassContext, stage) -> LoopPlan:
                     host_containers=gather_keyed_reads.host_containers(func)
                     if stage is gather_keyed_reads else frozenset(),
                     iterators=materialize_iterators.iterator_names(func, ctx)
-                    if stage is materialize_iterators else {})
+                    if stage is materialize_iterators else {},
+                    host_arrays=loop_dataflow.host_arrays_before_loops(func, ctx).get(loop, {}))
     for s in vectorize_loops.LOOP_STAGES[:vectorize_loops.LOOP_STAGES.index(stage)]:
         plan = s.stage(plan, ctx)
     return plan

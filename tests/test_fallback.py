@@ -228,6 +228,10 @@ def test_compile_failure_steps_down_to_eager(monkeypatch, tmp_path):
     fn = optimize_loss(module.loss, backend=broken_backend)
     warning = _assert_one_fallback(fn, _inputs(), "torch.compile failed")
     assert "the eager rewritten function runs" in str(warning.message)
+    # the report says what runs, as the warning does (it said: the original function)
+    (fallback,) = fn.report.fallbacks
+    assert f"{fallback.lineno}: eager rewritten function runs for inputs" in str(fallback)
+    assert "original function runs" not in str(fn.report)
     assert_equivalent(module.loss, fn, *_inputs())
 
 

@@ -20,7 +20,8 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           effects_to_outputs, element_slices_to_indices, fold_accumulators,
                           gather_keyed_reads,
                           hoist_calls_under_index_tests, hoist_invariant_checks,
-                          helper_effects, host_roundtrips_to_tensor_ops, inline_helper_calls,
+                          helper_effects, host_array_writes_run_as_written,
+                          host_roundtrips_to_tensor_ops, inline_helper_calls,
                           inline_inner_loops,
                           index_tests_to_selected_indices, index_tuples_to_tensors,
                           index_value_checks_to_ranges,
@@ -121,6 +122,42 @@ def f(xs):
 """,
      """
 Unsupported: `for ... else`
+"""),
+    (host_array_writes_run_as_written, """
+def f(t, h):
+    n = len(t)
+    R = np.zeros([n, n], dtype=int)
+    for i in range(n):
+        for j in range(n):
+            R[i, j] = t[j] >= t[i]
+    return (h - torch.log((torch.exp(h) * torch.FloatTensor(R)).sum(1))).sum()
+""", ('iteration',),
+     """
+# iteration
+i in range(0, n, 1)
+""",
+     """
+Unsupported: it writes into `R`, a numpy array (`np.zeros([n, n], dtype=int)`, line 3), not a tensor
+"""),
+    # a tensor written, or a numpy array the loop binds again: no change
+    (host_array_writes_run_as_written, """
+def f(t, h):
+    n = len(t)
+    R = torch.zeros(n, n)
+    S = np.zeros(n)
+    for i in range(n):
+        S = torch.zeros(n)
+        S[i] = 2
+        R[i] = (t >= t[i]) * S
+    return (h - torch.log((torch.exp(h) * R).sum(1))).sum()
+""", ('iteration',),
+     """
+# iteration
+i in range(0, n, 1)
+""",
+     """
+# iteration
+i in range(0, n, 1)
 """),
     (record_items_run_as_written, """
 def f(targets, pred):

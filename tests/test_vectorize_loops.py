@@ -802,8 +802,24 @@ GOLDEN_NESTED = ("""
             out[0:x.shape[0]:1, 0:x.shape[1]:1] = _outs_1[0].reshape(_outs_1[0].shape[:1] + (1,) * (out.dim() - 0 - _outs_1[0].dim()) + _outs_1[0].shape[1:]).to(out.dtype if _outs_1[0].dim() == 1 else _outs_1[0].dtype)
         else:
             for i in range(x.shape[0]):
-                for j in range(x.shape[1]):
-                    out[i, j] = x[i, j] * w[j]
+                _w_stacked = _stack_items(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == w[0].shape and (_v.dtype == w[0].dtype) and (_v.device == w[0].device) for _v in w)) else w
+                if isinstance(x, torch.Tensor) and isinstance(i, int) and (x.shape[1] <= x.shape[1]) and isinstance(_w_stacked, torch.Tensor) and (x.shape[1] <= _w_stacked.shape[0]) and isinstance(out, torch.Tensor) and _apart(out, (_w_stacked, x)) and isinstance(x.shape[1], int) and (x.shape[1] > 0):
+                    'optimize_loss: loop at line 4 vectorized'
+                    if _w_stacked.dim() + 1 == x.dim():
+                        _x_row_2 = x[i] if x.shape[1] == x.shape[1] else x[i, 0:x.shape[1]:1]
+                        _w_row_1 = _w_stacked if x.shape[1] == _w_stacked.shape[0] else _w_stacked[0:x.shape[1]:1]
+                        _out_item_2 = _x_row_2 * _w_row_1
+                        _outs_2 = (_out_item_2,)
+                    else:
+
+                        def _body_2(_x_row_2, _w_row_1):
+                            _out_item_2 = _x_row_2 * _w_row_1
+                            return (torch.as_tensor(_out_item_2),)
+                        _outs_2 = _map_in_chunks(_body_2, in_dims=(0, 0))(x[i] if x.shape[1] == x.shape[1] else x[i, 0:x.shape[1]:1], _w_stacked if x.shape[1] == _w_stacked.shape[0] else _w_stacked[0:x.shape[1]:1])
+                    out[i, 0:x.shape[1]:1] = _outs_2[0].reshape(_outs_2[0].shape[:1] + (1,) * (out.dim() - 1 - _outs_2[0].dim()) + _outs_2[0].shape[1:]).to(out.dtype if _outs_2[0].dim() == 1 else _outs_2[0].dtype)
+                else:
+                    for j in range(x.shape[1]):
+                        out[i, j] = x[i, j] * w[j]
         return out.sum()
     """)
 

@@ -227,14 +227,27 @@ def float_filled(e: ast.expr, ctx: PassContext) -> bool:
         and not any(k.arg == "dtype" for k in e.keywords)
 
 
-def _bound_before_loops(func: ast.FunctionDef,
-                        fact: Callable[[ast.expr], Any]) -> dict[ast.stmt, dict[str, Any]]:
+def host_arrays_before_loops(func: ast.FunctionDef,
+                             ctx: PassContext) -> dict[ast.stmt, dict[str, ast.expr]]:
+    """For every ``for`` loop in ``func``, the local names certainly bound to a new numpy array
+    (``rules.NUMPY_ARRAY_MAKERS``: ``R = np.zeros((n, n))``) when it starts, with the call: as
+    ``_bound_before_loops`` finds them, also in the loops the loop around holds when it
+    rebinds no such name (an inner loop writing ``R[i, j]``)."""
+    def made(v: ast.expr) -> ast.expr | None:
+        return v if isinstance(v, ast.Call) \
+            and resolve_call(v.func, ctx) in rules.NUMPY_ARRAY_MAKERS else None
+    return _bound_before_loops(func, made, into_loops=True)
+
+
+def _bound_before_loops(func: ast.FunctionDef, fact: Callable[[ast.expr], Any],
+                        into_loops: bool = False) -> dict[ast.stmt, dict[str, Any]]:
     """For every ``for`` loop in ``func``, the local names ``n`` certainly holding
     ``fact(v)`` (not None) when it starts: ``n = v`` (or ``n, m = v, u``) earlier in the same
     block, and no statement in between mentions ``n``. Compound statements in between end it (they
     may rebind anything), and so do ``global``/``nonlocal`` names (a call could rebind them); the
     branches of an ``if`` start with what holds before it, less the names its test mentions (a
-    counted ``while`` loop's ``for`` form stands in an ``if``)."""
+    counted ``while`` loop's ``for`` form stands in an ``if``). ``into_loops``: a ``for`` loop's
+    body starts with what holds before the loop, less the names the loop binds anywhere."""
     shared = {n for node in walk(func) if isinstance(node, (ast.Global, ast.Nonlocal))
               for n in node.names}
     record: dict[ast.stmt, dict[str, Any]] = {}
@@ -254,6 +267,9 @@ def _bound_before_loops(func: ast.FunctionDef,
             if any(children):
                 tested = {n.id for n in walk(stmt.test) if isinstance(n, ast.Name)} \
                     if isinstance(stmt, ast.If) else None
+                if into_loops and isinstance(stmt, ast.For):
+                    tested = {n.id for n in walk(stmt) if isinstance(n, ast.Name)
+                              and not isinstance(n.ctx, ast.Load)}
                 inherited = {} if tested is None else \
                     {k: v for k, v in known.items() if k not in tested}
                 known = {}

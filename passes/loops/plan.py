@@ -107,6 +107,7 @@ class LoopPlan:
     torch_name: str = "torch"                       # how generated code spells torch
     inner: bool = False          # inside another loop: its statements join the outer body
     outer_binds: set[str] = field(default_factory=set)  # ... whose other statements bind these
+    host_arrays: dict[str, ast.expr] = field(default_factory=dict)  # bound to new numpy arrays
     # Lists: a comprehension's own (its `_items = []`), `lst = []` lists the loop may bind to
     # its stacked items, and those it does bind.
     own_lists: set[str] = field(default_factory=set)

@@ -47,7 +47,11 @@ when only reads a tensor answers the same way follow: ``xs`` is then bound to th
 maps over the inner's vectorized form (nested vmap) when the inner's runtime check does not
 depend on it, or runs batched over both loop dims where it can (``batch_both_loop_levels``). An inner loop stacks and gathers no lists (that prelude would be a statement of the
 outer body, which would keep the outer loop); when the outer loop is kept anyway, its inner loops
-are planned again as if they were not inner, their preludes in its body.
+are planned again as if they were not inner, their preludes in its body, and so are those of a
+vectorized loop's branch as written, where one of them then checks other tensors than the outer
+check (``for dr in fmap_r: for rl in dr:`` over a list of tensors of rows of other shapes,
+which the outer form never takes, takes each ``dr`` in its iteration); else the inner loop's
+entry says it runs vectorized only within the outer loop's form.
 
 Folds after the loop: ``s = 0`` right before the loop makes ``s = s + <sum>`` just ``s = <sum>``
 (``loop_dataflow.zero_before_loops``); ``s += e`` on a tensor folds in place (``s += <sum>``: the
@@ -96,6 +100,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
                index_value_checks_to_ranges,
                index_tuples_to_tensors, inline_helper_calls, helper_effects,
+               host_array_writes_run_as_written,
                inline_inner_loops,
                inplace_writes_to_functional, invariant_branches_to_checks,
                last_writes_to_scatters, length_masks_to_compares,
@@ -132,6 +137,7 @@ LOOP_STAGES: list = [
     index_tests_to_selected_indices,  # before iteration: it makes the loop iterate a tensor
     iteration,                    # first of the others: every stage reads the iteration
     record_items_run_as_written,  # on the body as written: its reason is the first to give
+    host_array_writes_run_as_written,  # ... and so is its reason
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
@@ -292,6 +298,7 @@ class _Vectorizer(Transformer):
         self.live: dict[ast.stmt, set[str]] = {}  # by node: a freed loop's id is reused
         self.numbers: dict[ast.stmt, dict] = {}  # names bound to Python number literals, by loop
         self.filled: dict[ast.stmt, dict[str, int]] = {}  # tensors filled with one number, by loop
+        self.arrays: dict[ast.stmt, dict[str, ast.expr]] = {}  # ... and new numpy arrays
         self.divisions: dict[ast.stmt, tuple[ast.stmt, dict[str, str]]] = {}
         self.buildable_lists: dict[ast.stmt, set[str]] = {}
         self.func: ast.FunctionDef | None = None
@@ -330,9 +337,10 @@ class _Vectorizer(Transformer):
                           comp)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
-                 self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
-                 self.host_containers, self.iterators, self.local_defs, self.reduced_next)
+        outer = (self.live, self.numbers, self.filled, self.arrays, self.divisions,
+                 self.buildable_lists, self.func, self.stackable_lists, self.bound_lists,
+                 self.masks, self.list_names, self.host_containers, self.iterators,
+                 self.local_defs, self.reduced_next)
         self.local_defs = _local_defs(node)  # as written: the visit rewrites their loops
         # first: the facts below are then found for the `for` forms of counted `while` loops
         counted_whiles_to_ranges.rewrite(node, self.ctx)
@@ -341,6 +349,7 @@ class _Vectorizer(Transformer):
         self.live = {**self.live, **loop_dataflow.live_after_loops(node)}
         self.numbers = {**self.numbers, **loop_dataflow.numbers_before_loops(node)}
         self.filled = {**self.filled, **loop_dataflow.filled_before_loops(node, self.ctx)}
+        self.arrays = {**self.arrays, **loop_dataflow.host_arrays_before_loops(node, self.ctx)}
         self.divisions = {**self.divisions, **loop_dataflow.divisions_after_loops(node)}
         self.buildable_lists = {**self.buildable_lists,
                                 **normalize_comprehensions.lists_built_by_loops(node, self.ctx)}
@@ -357,7 +366,7 @@ class _Vectorizer(Transformer):
         self.generic_visit(node)
         if self.bound_lists:
             normalize_comprehensions.bound_list_consumers(node, self.bound_lists, self.ctx)
-        (self.live, self.numbers, self.filled, self.divisions, self.buildable_lists,
+        (self.live, self.numbers, self.filled, self.arrays, self.divisions, self.buildable_lists,
          self.func, self.stackable_lists, self.bound_lists, self.masks, self.list_names,
          self.host_containers, self.iterators, self.local_defs, self.reduced_next) = outer
         return node
@@ -400,7 +409,8 @@ class _Vectorizer(Transformer):
                      lists_read_in_part=normalize_comprehensions.lists_read_in_part(
                          node, self.func, self.ctx, self.around[-1] if self.around else None),
                      outer_indices=set(self.outer_indices), outer_bounds=dict(self.outer_bounds),
-                     outer_binds=_bound_around(self.around[-1], node) if self.around else set())
+                     outer_binds=_bound_around(self.around[-1], node) if self.around else set(),
+                     host_arrays=self.arrays.get(node, {}))
         try:
             # lists stacked by this plan, a distributed loop's and a scan's
             plan = vectorize(new_plan(node, live, self.ctx, **_lists(self),
@@ -427,7 +437,7 @@ class _Vectorizer(Transformer):
                     f"`{n}`" for n in sorted(known["lists_read_in_part"])) + \
                     ", read in part after the loop"
             if isinstance(fission, str):
-                node = self._inner_loops_again(node, twin, index, before) or node
+                node = _inner_loops_again(self, node, twin, index, before) or node
                 self.add_loop(node.lineno, False, "kept",
                               f"{exc.reason}; not distributed: {fission}", node)
                 return node
@@ -440,6 +450,9 @@ class _Vectorizer(Transformer):
                 fp)
             guarded = _guarded(check, node.lineno, fission.stmts, original, node)
             return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
+        # (before its own entry: the inner loops' entries are the last ones)
+        original = _as_written_again(self, node, twin, index, before,
+                                     _proven(plan.checks.expr())) or original
         check = _reported(self, plan, node.lineno, "")
         vectorized = _guarded(check, node.lineno, plan.stmts, original, node)
         self.bound_lists |= plan.bound_lists
@@ -468,28 +481,10 @@ class _Vectorizer(Transformer):
             return None
         twin = clone(node)
         for a, b in zip(walk(node), walk(twin)):
-            for facts in (self.live, self.numbers, self.divisions, self.buildable_lists):
+            for facts in (self.live, self.numbers, self.arrays, self.divisions,
+                          self.buildable_lists):
                 if a in facts:
                     facts[b] = facts[a]
-        return twin
-
-    def _inner_loops_again(self, node: ast.For, twin: ast.For | None, index: str | None,
-                           before: tuple) -> ast.For | None:
-        """``twin`` with its inner loops planned as if they were not inner (the loop around
-        them runs as written: they may stack and gather lists in front of themselves, in its
-        body, unlike inner loops of a vectorized loop); their first plans' entries dropped."""
-        if twin is None:
-            return None
-        mark = before[0]
-        first = (self.ctx.report.loops[mark:], self.seen, self.bound_lists)
-        _, self.seen, self.bound_lists = before
-        del self.ctx.report.loops[mark:]
-        with _in_place_of(self.func, node, twin):
-            self._visit_inner(twin, index, 0)
-        if sum(loop.vectorized for loop in self.ctx.report.loops[mark:]) < sum(
-                loop.vectorized for loop in first[0]):  # never fewer than the first plans
-            self.ctx.report.loops[mark:], self.seen, self.bound_lists = first
-            return None
         return twin
 
     def _averaged(self, plan: LoopPlan, after: ast.stmt | None, vectorized: ast.If) -> ast.AST:
@@ -580,6 +575,96 @@ class _Vectorizer(Transformer):
         guarded = _guarded(check, comp.lineno, init + fission.stmts + [result], node, node)
         return fission.plan.prelude + [guarded] if fission.plan.prelude else guarded
 
+
+
+def _planned_again(v: "_Vectorizer", node: ast.For, twin: ast.For, index: str | None,
+                   before: tuple) -> tuple[list, set, set]:
+    """``twin``'s inner loops planned as if they were not inner, in ``node``'s place: they may
+    stack and gather lists in front of themselves, in its body; the report entries, seen
+    comprehensions and bound lists of their first plans (``before``: where those began)."""
+    mark = before[0]
+    first = (v.ctx.report.loops[mark:], v.seen, v.bound_lists)
+    _, v.seen, v.bound_lists = before
+    del v.ctx.report.loops[mark:]
+    with _in_place_of(v.func, node, twin):
+        v._visit_inner(twin, index, 0)
+    return first
+
+
+def _inner_loops_again(v: "_Vectorizer", node: ast.For, twin: ast.For | None, index: str | None,
+                       before: tuple) -> ast.For | None:
+    """For ``node`` kept: ``twin`` with its inner loops planned again (``_planned_again``: the
+    loop around them runs as written, unlike inner loops of a vectorized loop), unless fewer
+    of them are then vectorized; their first plans' entries dropped."""
+    if twin is None:
+        return None
+    first = _planned_again(v, node, twin, index, before)
+    if sum(loop.vectorized for loop in v.ctx.report.loops[before[0]:]) < sum(
+            loop.vectorized for loop in first[0]):  # never fewer than the first plans
+        v.ctx.report.loops[before[0]:], v.seen, v.bound_lists = first
+        return None
+    return twin
+
+
+def _as_written_again(v: "_Vectorizer", node: ast.For, twin: ast.For | None, index: str | None,
+                      before: tuple, tensors: set[str]) -> ast.For | None:
+    """For ``node`` vectorized behind a check proving ``tensors``: ``twin``, its branch as
+    written, with its inner loops planned again (``_planned_again``: ``node``'s vectorized form
+    never takes a list of lists, where an inner loop may still take each list, or its items
+    as tensors), when one of them is then vectorized behind a check proving other tensors (one
+    proving only ``tensors`` never holds there); each inner loop keeps one entry (``_merged``).
+    None: the loop as written as it was."""
+    # (an inner loop's branch as written is in a loop body)
+    if twin is None or v.depth or _block_of(v.func, node) is None:
+        return None
+    point = v.ctx.namer.checkpoint()
+    first = _planned_again(v, node, twin, index, before)
+    again = v.ctx.report.loops[before[0]:]
+    useful = any(_proven(g.test) - tensors for g in walk(twin) if is_vectorized_guard(g))
+    merged = _merged(first[0], again if useful else [], node.lineno)
+    if merged is None or not useful:
+        v.ctx.report.loops[before[0]:] = merged or first[0]
+        v.seen, v.bound_lists = first[1], first[2]
+        # the names of what follows as if it had not been tried, but for the bound helpers
+        # (bound once per function: later code may call them by those names)
+        bound = set(v.ctx.bindings)
+        v.ctx.namer.rollback((point[0] | bound, point[1] | (bound & v.ctx.namer.made)))
+        return None
+    v.ctx.report.loops[before[0]:] = merged
+    v.seen |= first[1]
+    v.bound_lists |= first[2]
+    return twin
+
+
+def _proven(check: ast.expr) -> set[str]:
+    """What ``check`` proves to be tensors, as source text."""
+    return {unparse(x) for x in proven_tensors(check)}
+
+
+def _merged(first: list, again: list, line: int) -> list | None:
+    """The entries of the inner loops of the vectorized loop at ``line``: ``first`` as part of
+    its vectorized form, ``again`` in its branch as written; per inner loop the entry of the
+    form it has there, or, when only the vectorized form at ``line`` holds it vectorized, that
+    entry saying so (its run-time counts are that form's). None: the two do not pair up."""
+    if not again:  # planned again to no avail: as part of that form only
+        for f in first:
+            if f.vectorized:
+                f.reason += (f"; only within the vectorized form of line {line} (where that "
+                             "loop runs as written, so does this one)")
+        return first
+    if [e.lineno for e in first] != [e.lineno for e in again]:
+        return None
+    merged = []
+    for f, a in zip(first, again):
+        if f.vectorized and not a.vectorized:
+            f.reason += (f"; only within the vectorized form of line {line}: where that loop "
+                         f"runs as written, this one is kept: {a.reason}")
+            merged.append(f)
+            continue
+        if f.vectorized:
+            a.reason += f"; within the vectorized form of line {line}, part of it"
+        merged.append(a)
+    return merged
 
 
 def _quoted(reason: str, at: LoopPlan | ast.AST, ctx: PassContext) -> str:
@@ -689,14 +774,20 @@ def _strategy(plan: LoopPlan) -> str:
 def _in_place_of(func: ast.FunctionDef, node: ast.stmt, twin: ast.stmt):
     """``twin`` in ``node``'s place in ``func`` meanwhile: the analyses of what is read after a
     statement of ``twin`` find it in the function (a statement only a copy holds is in none)."""
-    block = next(b for n in walk(func) if isinstance(n, ast.stmt)
-                 for b in loop_dataflow.child_blocks(n) if any(s is node for s in b))
+    block = _block_of(func, node)
     at = next(k for k, s in enumerate(block) if s is node)
     block[at] = twin
     try:
         yield
     finally:
         block[at] = node
+
+
+def _block_of(func: ast.FunctionDef, node: ast.stmt) -> list[ast.stmt] | None:
+    """The statement list of ``func`` holding ``node``; None for a loop only a copy holds (the
+    loop over selected pairs ``_pairs_form`` made)."""
+    return next((b for n in walk(func) if isinstance(n, ast.stmt)
+                 for b in loop_dataflow.child_blocks(n) if any(s is node for s in b)), None)
 
 
 def _without_reads(check: ast.expr, names: set[str]) -> ast.expr | None:

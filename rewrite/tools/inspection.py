@@ -7,7 +7,7 @@
     inputs        the input signature, e.g. "(float32[64, 10]:grad, int64[64])"
     passes        AST passes that ran
     loops         [{file, line, vectorized, strategy, reason, runs}]  one per loop of the source
-    fallbacks     [{reason, file, line, pass, signature}]       when the original runs instead
+    fallbacks     [{reason, file, line, pass, signature, running}]  what runs instead
     notes         [str]
     forms         [str]  per input signature timed: which form runs (rewritten or original), why
     target_only   [str]  FX nodes the hoisting passes moved out of autograd
@@ -204,7 +204,7 @@ def collect(fn: Callable, args: tuple, kwargs: dict, repeat: int = 10, compile: 
                    "strategy": loop.ran_as(), "reason": loop.reason, "runs": loop.runs()}
                   for loop in sorted(report.loops, key=lambda loop: loop.lineno)],
         "fallbacks": [{"reason": f.reason, "file": f.filename, "line": f.lineno, "pass": f.pass_name,
-                       "signature": f.signature} for f in report.fallbacks],
+                       "signature": f.signature, "running": f.running} for f in report.fallbacks],
         "notes": list(report.notes),
         "forms": [str(f) for f in report.forms],
         "target_only": list(report.target_only),
