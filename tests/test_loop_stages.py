@@ -1122,6 +1122,28 @@ x[:, 0, a:b:s] as _x_row
 # checks
 isinstance(x, torch.Tensor) and n <= x.shape[2]
 """),
+    # the rows along the last dim, x[..., i]
+    (row_slices_to_params, """
+def f(x, t, n):
+    total = 0
+    for i in range(n):
+        total = total + (t - x[..., i]).abs().mean()
+    return total
+""", ('body', 'row_slices', 'checks'),
+     """
+# body
+total = total + (t - x[..., i]).abs().mean()
+# row_slices
+# checks
+""",
+     """
+# body
+total = total + (t - _x_row).abs().mean()
+# row_slices
+x[..., a:b:s] as _x_row
+# checks
+isinstance(x, torch.Tensor) and x.dim() >= 1 and n <= x.shape[-1]
+"""),
     # a new dim in front of the index is the row's; one after a fixed slice is not a row read
     (row_slices_to_params, """
 def f(x, t, n):

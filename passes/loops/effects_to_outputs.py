@@ -254,7 +254,7 @@ def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
         return
     # rows at fixed ints only (``l[i, j]`` of an inner loop over ``j``): of elements
     rows = {r.param: (name, len(r.prefix)) for (name, _), r in plan.row_slices.items()
-            if not any(isinstance(e, ast.Slice) for e in r.prefix)}
+            if not any(isinstance(e, ast.Slice) for e in r.prefix) and not r.from_end}
     sources = dict(plan.iteration.elements)
     src, fixed = (sources.get(x.id), 0) if isinstance(x, ast.Name) else (None, 0)
     if src is None and isinstance(x, ast.Name) and x.id in rows:

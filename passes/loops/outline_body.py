@@ -63,10 +63,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.params.append(BodyParam(name, inputs[-1], src))
     for (name, _), row in plan.row_slices.items():
         inputs.append(_rows(plan, name, row))
-        dims.append(sum(isinstance(x, ast.Slice) for x in row.prefix))
-        fixed = sum(not isinstance(x, ast.Slice) for x in row.prefix)  # int entries drop a dim
+        dims.append(row.axis)
         value = plan.sub(f"v.movedim({dims[-1]}, 0)", v=inputs[-1]) if dims[-1] else inputs[-1]
-        plan.params.append(BodyParam(row.param, value, ast.Name(name, ast.Load()), fixed))
+        plan.params.append(BodyParam(row.param, value, ast.Name(name, ast.Load()), row.fixed))
     plan.mapped = _mapped(plan, inputs, dims, ctx)
     return plan
 
@@ -79,10 +78,11 @@ def _rows(plan: LoopPlan, name: str, row: RowSlice) -> ast.expr:
     index = prefix + [ast.Slice(it.start, it.stop, it.step)]
     rows = ast.Subscript(ast.Name(name, ast.Load()),
                          ast.Tuple(index, ast.Load()) if prefix else index[0], ast.Load())
-    whole = [f"b == x.shape[{len(prefix)}]"] + [
+    whole = [f"b == x.shape[{-1 if row.from_end else len(prefix)}]"] + [
         f"{v} == {k}" for v, k, bound in (("a", 0, it.start), ("s", 1, it.step))
         if not (isinstance(bound, ast.Constant) and bound.value == k)]
-    kept = [x for x in prefix if not full_slice(x)] and prefix  # `x[:, :]` is `x`
+    # `x[:, :]` and `x[...]` are `x`
+    kept = [x for x in prefix if not full_slice(x) and not row.from_end] and prefix
     all_rows = ast.Subscript(ast.Name(name, ast.Load()), ast.Tuple(kept, ast.Load())
                              if len(kept) > 1 else kept[0], ast.Load()) if kept else \
         ast.Name(name, ast.Load())

@@ -67,7 +67,23 @@ class Accumulator:
 class RowSlice:
     """``x[prefix..., a:b:s]`` handed to the body as one parameter, mapped over the loop axis."""
     param: str
-    prefix: list[ast.expr]       # full slices and fixed ints (which drop their dims)
+    # full slices and fixed ints (which drop their dims), or only ``...``: the last dim's rows
+    prefix: list[ast.expr]
+
+    @property
+    def from_end(self) -> bool:
+        """``x[..., a:b:s]``: the rows along the last dim."""
+        return any(isinstance(x, ast.Constant) and x.value is Ellipsis for x in self.prefix)
+
+    @property
+    def axis(self) -> int:
+        """The dim of ``x[prefix]`` the loop goes along."""
+        return -1 if self.from_end else sum(isinstance(x, ast.Slice) for x in self.prefix)
+
+    @property
+    def fixed(self) -> int:
+        """The fixed ints before that dim, each dropping a dim."""
+        return 0 if self.from_end else sum(not isinstance(x, ast.Slice) for x in self.prefix)
 
 
 @dataclass

@@ -9,7 +9,8 @@ inner loop's outlined body reads its own rows: ``_x_row[j]`` there is per inner 
 change) is checked to be an int at run time, and so is ``b <= x.shape[2]``; ``a >= 0`` and
 ``s > 0`` make the slice select what the range does. ``plan.row_slices`` keeps one parameter per
 ``(x, prefix)``. New dims in front of the index belong to the row: ``x[None, i]`` reads
-``_x_row[None]``.
+``_x_row[None]``; ``x[..., i]`` (in a loop no other loop encloses) reads the rows along ``x``'s
+last dim.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def rows_as_written(text: str, plan: LoopPlan) -> str:
     ``_x_row.view(...)`` -> ``x[:, i].view(...)`` (``x[k][i]`` without slices: a list too)."""
     for (name, _), row in plan.row_slices.items():
         entries = row.prefix + [ast.Name(plan.iteration.index, ast.Load())]
-        if any(isinstance(x, ast.Slice) for x in entries):
+        if any(isinstance(x, ast.Slice) for x in entries) or row.from_end:
             read = unparse(ast.Subscript(ast.Name(name, ast.Load()),
                                          ast.Tuple(entries, ast.Load()), ast.Load()))
         else:
@@ -50,6 +51,10 @@ def rows_as_written(text: str, plan: LoopPlan) -> str:
 
 def _none(x: ast.expr) -> bool:
     return isinstance(x, ast.Constant) and x.value is None
+
+
+def _ellipsis(x: ast.expr) -> bool:
+    return isinstance(x, ast.Constant) and x.value is Ellipsis
 
 
 def full_slice(x: ast.expr) -> bool:
@@ -79,8 +84,12 @@ class _RowSlices(Transformer):
         # new dims in front of the index are the row's: x[None, i, r] is x[i][None, r]
         new_dims = list(itertools.takewhile(_none, entries[:at[0]]))
         prefix = entries[len(new_dims):at[0]]
-        if len(at) != 1 or not all(full_slice(x) or self._fixed_int(x) for x in prefix) \
-                or new_dims and prefix:
+        # x[..., i] of an outermost loop: the last dim's rows (not within an outer loop's rows,
+        # which batch_both_loop_levels reads dims of from the front)
+        from_end = len(entries) == 2 and at == [1] and _ellipsis(entries[0]) \
+            and not self.plan.outer_indices
+        if len(at) != 1 or not from_end and not all(full_slice(x) or self._fixed_int(x)
+                                                     for x in prefix) or new_dims and prefix:
             return node
         row = ast.Name(self._row_param(base.id, prefix), ast.Load())
         rest = new_dims + entries[at[0] + 1:]
@@ -109,6 +118,8 @@ class _RowSlices(Transformer):
             for x in prefix:
                 if not isinstance(x, (ast.Slice, ast.Constant)):
                     plan.check("isinstance(x, int)", x=x)
-            plan.check(f"b <= x.shape[{len(prefix)}]", b=plan.iteration.stop,
+            row = plan.row_slices[key]
+            plan.check(f"x.dim() >= 1 and b <= x.shape[-1]" if row.from_end else
+                       f"b <= x.shape[{len(prefix)}]", b=plan.iteration.stop,
                        x=ast.Name(name, ast.Load()))
         return plan.row_slices[key].param
