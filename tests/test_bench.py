@@ -470,3 +470,17 @@ def test_runs_original_says_what_the_steady_calls_ran():
 def test_compiled_cases_from_the_flag(arg, default, quick, want):
     assert bench_module.compiled_cases(["a", "b", "slow_add"], arg, default, quick) == want
     assert bench_module.compiled_cases(["a"], None, ["slow_add"], True) == ["a"]  # quick keeps one
+
+
+def test_a_compile_failure_fallback_does_not_count_as_the_original_running():
+    """After torch.compile failed the eager rewritten function runs (``Fallback.running``): the
+    bench must not report those calls as the original's."""
+    from types import SimpleNamespace
+    from passes.report import Fallback
+
+    def fn_with(running: str) -> SimpleNamespace:
+        report = SimpleNamespace(forms=[], fallbacks=[Fallback("boom", "f.py", 1, running=running)])
+        return SimpleNamespace(report=report, __wrapped__=None, rewritten_function=lambda: "new")
+
+    assert not bench_worker.runs_original(fn_with("the uncompiled rewritten function"))
+    assert bench_worker.runs_original(fn_with("the original function"))

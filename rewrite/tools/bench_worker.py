@@ -478,7 +478,9 @@ def runs_original(fn: Any) -> bool:
     forms = fn.report.forms
     if forms:
         return forms[-1].chosen == "original"
-    return fn.rewritten_function() is fn.__wrapped__ or bool(fn.report.fallbacks)
+    # a fallback after torch.compile failed runs the eager rewrite, not the original
+    return fn.rewritten_function() is fn.__wrapped__ or any(
+        f.running == "the original function" for f in fn.report.fallbacks)
 
 
 def main(argv: list[str]) -> int:
