@@ -162,7 +162,7 @@ def test_golden_operands_that_do_not_vary_are_checked_to_be_numbers_or_0d():
 UNCHANGED = {
     "appended_not_elementwise": "m = x[i] > 0\nlst.append(x[i][m].cumsum(0))",
     "stored": "m = x[i] > 0\nout[i] = x[i][m]",
-    "shape_queried": "m = x[i] > 0\ny = x[i][m]\nt = t + y.shape[0]",
+    "shape_queried": "m = x[i] > 0\ny = x[i][m]\nt = t + y.shape[-1]",  # [0]: its count
     "indexed_again": "m = x[i] > 0\ns = s + x[i][m][0]",
     "matmul": "m = x[i] > 0\ns = s + (x[i][m] @ w).sum()",
     "dim_reduction": "m = x[i] > 0\ns = s + x[i][m].sum(1)",

@@ -572,7 +572,9 @@ def depends(expr: ast.AST, variant: set[str], ctx: PassContext) -> bool:
     """Whether ``expr``'s value can differ between iterations."""
     if isinstance(expr, ast.Name):
         return expr.id in variant
-    if is_shape_query(expr, ctx) and not ast_marks.get(expr, ast_marks.SELECTION_COUNT):
+    if ast_marks.get(expr, ast_marks.SELECTION_COUNT):
+        return True  # a selection's count (`len(f)`, `f.shape[0]`) varies with its mask
+    if is_shape_query(expr, ctx):
         return False
     return any(depends(c, variant, ctx) for c in ast.iter_child_nodes(expr))
 

@@ -32,7 +32,8 @@ and ``hardest = dist[same].max()`` (``same = labels == labels[i]``) to::
 (``full_extremes.max_of_selected``: eager's value and gradient over the selected elements).
 
 The other forms (``DENSE_FORMS``, ``EXTREMES``): ``x[m].sum()`` -> ``torch.where(_keep, x,
-0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` -> ``_keep.sum()``;
+0).sum()``; ``.mean()`` -> masked sum / number selected; ``len(x[m])`` (also spelled
+``x[m].shape[0]``, ``x[m].size(0)``) -> ``_keep.sum()``;
 ``.amax()``/``.amin()`` like ``.max()`` with NaN ties counted as ``amax`` counts them; Python's
 ``min(pos)``/``max(neg)`` of a 1-D selection (multi-similarity mining) the first extreme item
 (``full_extremes.first_min_of_selected``: a NaN first item stays, the picked item takes the
@@ -593,7 +594,7 @@ class _Converter:
             if isinstance(n, ast.Name) and n.id in self.selected:
                 raise _Refused(f"`{n.id}` read outside a reduction")
 
-    def reduce(self, call: ast.Call) -> ast.expr | None:
+    def reduce(self, call: ast.expr) -> ast.expr | None:
         """The dense form of a full reduction of selections, None when ``call`` is not one."""
         found = _reduction(call, self.ctx)
         if found is None:
@@ -954,9 +955,30 @@ def _vector_keep(conv: _Converter, group: _Group,
     return VECTOR_MASK, "vector_mask", replace_field(group, keep="")
 
 
+def _length_spelled(e: ast.expr) -> ast.Call | None:
+    """``len(x)`` for ``x.shape[0]``, ``x.size(0)``, ``x.size()[0]``: the same int for a selection
+    (which has a first dim), None for other expressions."""
+    if isinstance(e, ast.Subscript) and literal(e.slice) == 0 and (
+            isinstance(e.value, ast.Attribute) and e.value.attr == "shape"
+            or isinstance(e.value, ast.Call) and _size_call(e.value, ())):
+        x = e.value.value if isinstance(e.value, ast.Attribute) else e.value.func.value
+    elif isinstance(e, ast.Call) and _size_call(e, (0,)):
+        x = e.func.value
+    else:
+        return None
+    return ast.copy_location(ast.Call(ast.Name("len", ast.Load()), [x], []), e)
+
+
+def _size_call(e: ast.Call, args: tuple) -> bool:
+    return isinstance(e.func, ast.Attribute) and e.func.attr == "size" and not e.keywords \
+        and tuple(literal(a) for a in e.args) == args
+
+
 def _reduction(call: ast.expr, ctx: PassContext) -> tuple[str, ast.expr] | None:
-    """(dense form, operand) of a full reduction or count call; ("loss", call) for a
-    loss reduced to one value (``LOSS_REDUCTIONS``)."""
+    """(dense form, operand) of a full reduction or count call (a count also spelled
+    ``x.shape[0]``, ``x.size(0)``); ("loss", call) for a loss reduced to one value
+    (``LOSS_REDUCTIONS``)."""
+    call = _length_spelled(call) or call
     if not isinstance(call, ast.Call):
         return None
     form = call_op(call, ctx).selection
@@ -1234,6 +1256,9 @@ class _Rewrite(Transformer):
         return node
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        dense = self.conv.reduce(node) if _length_spelled(node) is not None else None
+        if dense is not None:  # `x.shape[0]` of a selection: its count
+            return dense
         if _is_selection(node, self.conv.lenient, self.conv.ctx):
             raise _Refused(f"`{unparse(node)}` is a selection that is not reduced{_at(node)}")
         return self.generic_visit(node)
