@@ -575,8 +575,8 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(row, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(4):
             row = row + w[j] * x[i]
     else:
@@ -2647,8 +2647,8 @@ if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int)
             return (torch.as_tensor(_c_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(spk)
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(c, _outs[0]) != _outs[0].dtype or (isinstance(c, torch.Tensor) and c.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(c, _outs[0]) != _outs[0].dtype or (isinstance(c, torch.Tensor) and c.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(c, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for utt in spk:
             c = c + utt * w
     else:
@@ -2696,8 +2696,8 @@ if isinstance(x, torch.Tensor) and isinstance(i, int) and (k[i] <= x.shape[1]) a
     _total_part = 0
     _total_part = _x_row.sum(0)
     _outs = (_total_part,)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs[0]) != _outs[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 4: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs[0]) != _outs[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(total, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 4: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(k[i]):
             total = total + x[i, j]
     else:
@@ -3044,8 +3044,8 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(row, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(4):
             row = row + w[j] * x[i]
     else:
@@ -3074,8 +3074,8 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(row, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(4):
             row = row + w[j] * x[i]
     else:
@@ -3529,7 +3529,7 @@ if isinstance(s, torch.Tensor) or _outs[1].any(): ...
      """
 # outline
 if x.dim() == y.dim(): ...
-if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(s, _outs[0]) != _outs[0].dtype or (isinstance(s, torch.Tensor) and s.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or (isinstance(s, torch.Tensor) and torch.result_type(s, _outs[0]) != s.dtype): ...
+if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(s, _outs[0]) != _outs[0].dtype or (isinstance(s, torch.Tensor) and s.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(s, _outs[0], 0) or (isinstance(s, torch.Tensor) and torch.result_type(s, _outs[0]) != s.dtype): ...
 """),
     # no fold that may promote (a sum from the int 0 is its items' sum): no change
     (promoting_folds_run_as_written, """

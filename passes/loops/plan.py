@@ -97,7 +97,7 @@ class LoopPlan:
     node: ast.For                                   # the loop as written (never modified)
     live_after: set[str]                            # names read after the loop
     zeros: set[str] = field(default_factory=set)    # bound to the int 0 when the loop starts
-    numbers: set[str] = field(default_factory=set)  # ... to a Python number literal
+    numbers: dict[str, int | float] = field(default_factory=dict)  # ... to a number literal: it
     divided: dict[str, str] = field(default_factory=dict)  # divided after the loop: by what
     sole_divisors: set[str] = field(default_factory=set)  # ... read by that division only
     masks: set[str] = field(default_factory=set)    # bound to boolean tensors only (comparisons)
