@@ -108,6 +108,20 @@ def loop_sum_onto(start, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return loop_sum(v.to(dtype), dim) if dtype in ROUNDED_EVERY_STEP else v.sum(dim, dtype=dtype)
 
 
+def summed_in_steps(total, items):
+    """``total``, a loop's sum fused into one op (``batch_loop_bodies``), or, where it is a
+    float16/bfloat16 tensor, ``items()``: the per-item values' sum in the original's steps."""
+    if isinstance(total, torch.Tensor) and total.dtype in ROUNDED_EVERY_STEP:
+        return items()
+    return total
+
+
+def rounded_every_step(r: torch.Tensor) -> bool:
+    """Whether the loop's sum (product) ``r`` is of a dtype whose every step rounds: one the
+    original adds several times per iteration runs as written then."""
+    return r.dtype in ROUNDED_EVERY_STEP
+
+
 def steps_differ(start, r: torch.Tensor, identity: int) -> bool:
     """Whether ``start + r`` (``start * r``), ``r`` the loop's 16-bit sum (product) of its items
     in steps from ``identity``, may differ from the original's steps from ``start``: rounded

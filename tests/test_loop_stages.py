@@ -565,7 +565,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
         _row_part = 0
-        _row_part = _w_row.sum(0) * x[i]
+        _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
         _outs = (_row_part,)
     else:
 
@@ -593,7 +593,7 @@ row = 0
 if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
     _w_row = w if 4 == w.shape[0] else w[0:4:1]
     _row_part = 0
-    _row_part = _w_row.sum(0) * x[i]
+    _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
     _outs = (_row_part,)
 else:
 
@@ -2394,7 +2394,11 @@ if t.dim() == p.dim():
     _p_row = p if n == p.shape[0] else p[0:n:1]
     _t_row = t if n == t.shape[0] else t[0:n:1]
     _total_part = 0
-    _total_part = ((_p_row - _t_row) ** 2).mean() * n
+
+    def _items_sum():
+        _t = (_p_row - _t_row) ** 2
+        return (_t.mean(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).mean(1)).sum(0)
+    _total_part = _summed_in_steps(((_p_row - _t_row) ** 2).mean() * n, _items_sum)
     _outs = (_total_part,)
 else:
 
@@ -2429,7 +2433,11 @@ if 2 >= lengths.dim():
     _pos = torch.arange(_x_row.shape[1], device=_x_row.device)
     _in = _pos < (_slice_bound(_lengths_row) + _x_row.shape[1] * (_slice_bound(_lengths_row) < 0))[(slice(None),) + (None,) * (-lengths.dim() + 2)]
     _keep_1 = _in.reshape(_in.shape[:1] + _mask_shape[_in.shape[1:], _x_row.shape[1:]])
-    _total_part = torch.where(_keep_1, _x_row, 0).sum()
+
+    def _items_sum():
+        _t = torch.where(_keep_1, _x_row, 0)
+        return (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).sum(0)
+    _total_part = _summed_in_steps(torch.where(_keep_1, _x_row, 0).sum(), _items_sum)
     _outs = (_total_part,)
 else:
 
@@ -2637,7 +2645,7 @@ if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int)
     if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
         utt = spk
         _c_part = 0
-        _c_part = utt.sum(0) * w
+        _c_part = _summed_in_steps(utt.sum(0) * w, lambda: (utt * w).sum(0))
         _outs = (_c_part,)
     else:
 
@@ -2665,7 +2673,7 @@ c = 0
 if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
     utt = spk
     _c_part = 0
-    _c_part = utt.sum(0) * w
+    _c_part = _summed_in_steps(utt.sum(0) * w, lambda: (utt * w).sum(0))
     _outs = (_c_part,)
 else:
 
@@ -3034,7 +3042,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
         _row_part = 0
-        _row_part = _w_row.sum(0) * x[i]
+        _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
         _outs = (_row_part,)
     else:
 
@@ -3064,7 +3072,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
         _row_part = 0
-        _row_part = _w_row.sum(0) * x[i]
+        _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
         _outs = (_row_part,)
     else:
 

@@ -70,7 +70,7 @@ from ..errors import Unsupported
 from ..outline_kept_loops import run_eagerly
 from .loop_dataflow import call_op, loads, stores, stores_in
 from .plan import Accumulator, LoopPlan
-from .promoting_folds_run_as_written import PROMOTED, STEPS_ONTO, WIDER_START
+from .promoting_folds_run_as_written import PROMOTED, SEVERAL_STEPS, STEPS_ONTO, WIDER_START
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -112,6 +112,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             plan.promotions.append((plan.sub(loop_sums_keep_dtypes.WIDER_START, s=name,
                                              r=_item(plan, acc)), WIDER_START))
             _check_steps_onto(plan, name, acc, ctx)
+        if acc.several and "tensor" in acc.kinds:
+            rounded = ctx.bind(loop_sums_keep_dtypes.rounded_every_step, "rounded_every_step")
+            plan.promotions.append((plan.sub(f"{rounded}(r)", r=_item(plan, acc)), SEVERAL_STEPS))
         if name in plan.zeros and acc.family in rules.FAMILY_FOLD_FROM_ZERO:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD_FROM_ZERO[acc.family], r=reduced))

@@ -59,6 +59,9 @@ class Accumulator:
     flags: set[str] = field(default_factory=set)  # ... those set under a Python condition
     # ... those that are inner loops' counters of the iterations selecting their updates
     counters: set[str] = field(default_factory=set)
+    # the original makes several additions (products) of it per iteration: two updates, a
+    # chain `s + a + b`, an inner loop's fold (a float16/bfloat16 one rounds after each)
+    several: bool = False
     # ... those that are inner loops' Python tests on loop indices: name -> the test
     selected_when: dict[str, ast.expr] = field(default_factory=dict)
 
