@@ -70,8 +70,10 @@ def in_steps(v: torch.Tensor) -> bool:
     return v.dtype in ROUNDED_EVERY_STEP and len(v) > 0
 
 
+@torch.compiler.disable  # Inductor would fuse the steps and round once, in float32
 def steps(op, v: torch.Tensor, start, dim: int = 0) -> list[torch.Tensor]:
-    """Every state of the original's ``s = op(s, v[k])`` from ``start``, in the loop's order."""
+    """Every state of the original's ``s = op(s, v[k])`` from ``start``, in the loop's order,
+    run eagerly (a graph break under torch.compile, for float16/bfloat16 items only)."""
     return list(itertools.accumulate(v.unbind(dim), op, initial=start))[1:]
 
 

@@ -183,3 +183,16 @@ def test_wider_floats_keep_one_reduction(dtype):
     v = torch.randn(50, 3, dtype=dtype)
     assert torch.equal(loop_sums_keep_dtypes.loop_sum(v), v.sum(0))
     assert torch.equal(loop_sums_keep_dtypes.running_sum(v), v.cumsum(0))
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_compiled_steps_are_not_fused(tmp_path, dtype):
+    """Under torch.compile the steps run eagerly (a graph break): Inductor would add the
+    float16 items in float32 and round once. The second call runs the compiled form."""
+    fn = load_module(tmp_path, "import torch\n\ndef f(x):\n    s = 0\n"
+                               "    for i in range(x.shape[0]):\n        s = s + x[i]\n"
+                               "    return s\n").f
+    fast = rewrite.optimize_loss(fn, strict=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        assert_exact(fn, fast, items("rebound", dtype, torch.randn(600, generator=g) * 4))
