@@ -45,6 +45,9 @@ SELECTED_WHEN = "selected_when"
 # makes it keep narrow integer dtypes (str: the name it is added onto, whose dtype it takes too),
 # after the passes that match ``.sum(0)``.
 LOOP_SUM = "loop_axis_sum"
+# True on a statement of an inner loop's vectorized form inlined into the outer body: an
+# accumulator update there adds the inner loop's fold, several of the original's steps.
+INLINED = "inlined"
 # str on a ``while`` loop that is not counted: why (the report's reason for keeping it).
 NOT_COUNTED = "not_counted"
 # bool on the operand of the ``int(r)`` by which a vectorized loop folds a Python-int accumulator

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 
 from .dtype_queries import result_type
-from .loop_sums_keep_dtypes import kept_dtype
+import operator
+
+from .loop_sums_keep_dtypes import in_steps, kept_dtype, steps
 
 
 class _Product(torch.autograd.Function):
@@ -45,13 +47,16 @@ def product_onto(start, v: torch.Tensor) -> torch.Tensor:
         return product(v)
     dtype = result_type(start, v[0])
     if dtype.is_floating_point or dtype.is_complex:
-        return _Product.apply(v.to(dtype))
+        return product(v.to(dtype))
     return v.prod(0, dtype=dtype)
 
 
 def product(v: torch.Tensor) -> torch.Tensor:
     """``v.prod(0)``; the gradient of each ``v[i]`` the product of the others. Narrow integer
-    factors keep their dtype, as ``1 * x[i]`` does (wrapping around as the original's steps do)."""
+    factors keep their dtype, as ``1 * x[i]`` does (wrapping around as the original's steps do);
+    float16/bfloat16 factors multiplied one by one, rounded at every step as the original's."""
+    if in_steps(v):
+        return steps(operator.mul, v, 1)[-1]
     if v.is_floating_point() or v.is_complex():
         return _Product.apply(v)
     return v.prod(0, **kept_dtype(v))

@@ -25,10 +25,21 @@ dtype is the original's steps' result. A top-level loop's sum onto a start that 
 number literal is summed so too: a float64 0-d start adds float32 0-d items in float64 (their own
 sum, cast after, had float32's precision), an int16 one adds uint8 items without wrapping, a bool
 one ors bools (``fold_accumulators._onto_start``); a Python number does not widen the items.
+
+float16 and bfloat16 additions round to 16 bits at every step, where a reduction accumulates in
+float32 and rounds once: 300 additions of 8.0 in bfloat16 stall at 2048, ``v.sum(0)`` is 2400.
+So ``loop_sum``, ``running_sum`` and ``running_product`` of such items take the original's steps
+(``in_steps``: ``0 + v[0] + v[1] + ...``, in the loop's order), which also gives autograd the
+original's backward, rounded alike; ``loop_sum_onto`` adds them in steps from 0 in the dtype of
+the additions onto the start. Folded onto a start other than the int 0 (1 for products), such
+sums are not the original's steps from that start (``steps_differ``): ``fold_accumulators``
+runs that loop as written (``promoting_folds_run_as_written``).
 """
 from __future__ import annotations
 
 import ast
+import itertools
+import operator
 
 import torch
 
@@ -43,6 +54,9 @@ KEPT_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32)
 WIDER_START = (f"r.dtype in ({', '.join(map(str, KEPT_INTEGERS))}) "
                "and torch.result_type(s, r) != r.dtype or isinstance(s, torch.Tensor) "
                "and s.dtype == torch.bool and r.dtype == torch.int64")
+# The dtypes whose additions and products round at every step beyond what one reduction's float32
+# accumulation shows (``linear_scan`` steps their states for the same reason)
+ROUNDED_EVERY_STEP = (torch.float16, torch.bfloat16)
 
 
 def kept_dtype(v: torch.Tensor) -> dict:
@@ -51,19 +65,37 @@ def kept_dtype(v: torch.Tensor) -> dict:
     return {"dtype": v.dtype} if v.dtype in KEPT_INTEGERS else {}
 
 
+def in_steps(v: torch.Tensor) -> bool:
+    """Whether the original's steps over ``v``'s items round beyond one reduction's rounding."""
+    return v.dtype in ROUNDED_EVERY_STEP and len(v) > 0
+
+
+@torch.compiler.disable  # Inductor would fuse the steps and round once, in float32
+def steps(op, v: torch.Tensor, start, dim: int = 0) -> list[torch.Tensor]:
+    """Every state of the original's ``s = op(s, v[k])`` from ``start``, in the loop's order,
+    run eagerly (a graph break under torch.compile, for float16/bfloat16 items only)."""
+    return list(itertools.accumulate(v.unbind(dim), op, initial=start))[1:]
+
+
 def loop_sum(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """``v.sum(dim)`` in the dtype the original's additions from 0 give (``dim``: the items' dim
-    once a loop batched a Python ``sum`` of each item)."""
+    once a loop batched a Python ``sum`` of each item), 16-bit items added one by one."""
+    if in_steps(v.movedim(dim, 0)):
+        return steps(operator.add, v, 0, dim)[-1]
     return v.sum(dim, **kept_dtype(v))
 
 
 def running_sum(v: torch.Tensor) -> torch.Tensor:
     """``v.cumsum(0)`` in the dtype the original's running additions give."""
+    if in_steps(v):
+        return torch.stack(steps(operator.add, v, 0))
     return v.cumsum(0, **kept_dtype(v))
 
 
 def running_product(v: torch.Tensor) -> torch.Tensor:
     """``v.cumprod(0)`` in the dtype the original's running products give."""
+    if in_steps(v):
+        return torch.stack(steps(operator.mul, v, 1))
     return v.cumprod(0, **kept_dtype(v))
 
 
@@ -73,8 +105,30 @@ def loop_sum_onto(start, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
     if not v.shape[dim]:
         return loop_sum(v, dim)
     if isinstance(start, torch.Tensor) and start.dtype == v.dtype:  # (no item to pick: faster)
-        return v.sum(dim, dtype=v.dtype)
-    return v.sum(dim, dtype=result_type(start, v.select(dim, 0)))
+        return loop_sum(v, dim) if v.dtype in ROUNDED_EVERY_STEP else v.sum(dim, dtype=v.dtype)
+    dtype = result_type(start, v.select(dim, 0))
+    return loop_sum(v.to(dtype), dim) if dtype in ROUNDED_EVERY_STEP else v.sum(dim, dtype=dtype)
+
+
+def summed_in_steps(total, items):
+    """``total``, a loop's sum fused into one op (``batch_loop_bodies``), or, where it is a
+    float16/bfloat16 tensor, ``items()``: the per-item values' sum in the original's steps."""
+    if isinstance(total, torch.Tensor) and total.dtype in ROUNDED_EVERY_STEP:
+        return items()
+    return total
+
+
+def rounded_every_step(r: torch.Tensor) -> bool:
+    """Whether the loop's sum (product) ``r`` is of a dtype whose every step rounds: one the
+    original adds several times per iteration runs as written then."""
+    return r.dtype in ROUNDED_EVERY_STEP
+
+
+def steps_differ(start, r: torch.Tensor, identity: int) -> bool:
+    """Whether ``start + r`` (``start * r``), ``r`` the loop's 16-bit sum (product) of its items
+    in steps from ``identity``, may differ from the original's steps from ``start``: rounded
+    after each item, ``start`` is part of every step (an int ``identity`` is not)."""
+    return r.dtype in ROUNDED_EVERY_STEP and not (type(start) is int and start == identity)
 
 
 def identity_of(start, identity: int):

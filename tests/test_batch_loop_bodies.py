@@ -54,41 +54,43 @@ def test_single_ops_batched_and_equivalent(expr):
 # Sum accumulators: the sum over the loop fused into the op making the per-item values. `s`
 # starts at 0, so the partial sum is the total itself (no `0 + total`).
 N = "x.shape[0]"
+# ... wrapped so that float16/bfloat16 per-item values are summed in the original's steps instead
+W = "_summed_in_steps("
 FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
-    ("x[i].sum()", "_s_part = _x_row.sum()"),
-    ("0.5 * (x[i] - w).pow(2).mean()", f"_s_part = 0.5 * ((_x_row - w).pow(2).mean() * {N})"),
-    ("-x[i].sum() / 3 + x[i].mean()", f"_s_part = -_x_row.sum() / 3 + _x_row.mean() * {N}"),
+    ("x[i].sum()", f"_s_part = {W}_x_row.sum(), "),
+    ("0.5 * (x[i] - w).pow(2).mean()", f"_s_part = {W}0.5 * ((_x_row - w).pow(2).mean() * {N}), "),
+    ("-x[i].sum() / 3 + x[i].mean()", f"_s_part = {W}-_x_row.sum() / 3 + _x_row.mean() * {N}, "),
     ("F.mse_loss(x[i], x[i] * 2)",
-     f"_s_part = F.mse_loss(_x_row, _x_row * 2, reduction='mean') * {N}"),
+     f"_s_part = {W}F.mse_loss(_x_row, _x_row * 2, reduction='mean') * {N}, "),
     ("F.smooth_l1_loss(x[i], w, reduction='sum')", None),  # a fixed operand: vmap
     ("F.l1_loss(x[i], x[i].tanh(), reduction='sum')",
-     "_s_part = F.l1_loss(_x_row, _x_row.tanh(), reduction='sum')"),
+     f"_s_part = {W}F.l1_loss(_x_row, _x_row.tanh(), reduction='sum'), "),
     # vmap has no batching rule for kl_div (a warning and a loop over the batch)
     ("F.kl_div(x[i].log_softmax(0), x[i].softmax(0), reduction='sum')",
-     "_s_part = F.kl_div(_x_row.log_softmax(1), _x_row.softmax(1), reduction='sum')"),
+     f"_s_part = {W}F.kl_div(_x_row.log_softmax(1), _x_row.softmax(1), reduction='sum'), "),
     ("F.nll_loss(x[i:i+1], t[i:i+1], reduction='sum')",
-     "_s_part = _loss_of_rows(F.nll_loss, _x_row.unsqueeze(1), _t_row.unsqueeze(1), 'sum', "
-     "ignore_index=-100)"),
+     f"_s_part = {W}_loss_of_rows(F.nll_loss, _x_row.unsqueeze(1), _t_row.unsqueeze(1), 'sum', "
+     "ignore_index=-100), "),
     # per-item means over different counts of non-ignored targets: summed per item
     ("F.cross_entropy(x[i:i+1], t[i:i+1])",
-     "_s_part = _loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _t_row.unsqueeze(1), "
-     "'mean', ignore_index=-100).sum(0)"),
+     f"_s_part = {W}_loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _t_row.unsqueeze(1), "
+     "'mean', ignore_index=-100).sum(0), "),
     ("x[i].amax()", "_s_part = (_x_row.amax(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).amax(1)).sum(0)"),
-    ("2", f"_s_part = _s_part + 2 * {N}"),  # not a tensor: 0 + 2 * n stays as written
+    ("2", f"_s_part = _s_part + {W}2 * {N}, "),  # not a tensor: 0 + 2 * n stays as written
 ]
 # ... and their mean when the loop is followed by `return s / x.shape[0]`: a fused mean loses its
 # `* n`, the rest is divided by n.
 AVERAGED = [
-    ("x[i].sum()", f"_s_part = _x_row.sum() / {N}"),
-    ("0.5 * (x[i] - w).pow(2).mean()", "_s_part = 0.5 * (_x_row - w).pow(2).mean()\n"),
-    ("-x[i].sum() / 3 + x[i].mean()", f"_s_part = (-_x_row.sum() / 3 + _x_row.mean() * {N}) / {N}"),
-    ("F.mse_loss(x[i], x[i] * 2)", "_s_part = F.mse_loss(_x_row, _x_row * 2, reduction='mean')\n"),
+    ("x[i].sum()", f"_s_part = {W}_x_row.sum() / {N}, "),
+    ("0.5 * (x[i] - w).pow(2).mean()", f"_s_part = {W}0.5 * (_x_row - w).pow(2).mean(), "),
+    ("-x[i].sum() / 3 + x[i].mean()", f"_s_part = {W}(-_x_row.sum() / 3 + _x_row.mean() * {N}) / {N}, "),
+    ("F.mse_loss(x[i], x[i] * 2)", f"_s_part = {W}F.mse_loss(_x_row, _x_row * 2, reduction='mean'), "),
     ("F.smooth_l1_loss(x[i], w, reduction='sum')", f"_outs = (_outs[0].sum(0) / {N},)"),
     ("F.l1_loss(x[i], x[i].tanh(), reduction='sum')",
-     f"_s_part = F.l1_loss(_x_row, _x_row.tanh(), reduction='sum') / {N}"),
+     f"_s_part = {W}F.l1_loss(_x_row, _x_row.tanh(), reduction='sum') / {N}, "),
     ("F.cross_entropy(x[i:i+1], t[i:i+1])",
-     "_s_part = _loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _t_row.unsqueeze(1), "
-     f"'mean', ignore_index=-100).sum(0) / {N}"),
+     f"_s_part = {W}_loss_of_items(F.cross_entropy, _x_row.unsqueeze(1), _t_row.unsqueeze(1), "
+     f"'mean', ignore_index=-100).sum(0) / {N}, "),
     ("x[i].amax()", f"_s_part = (_x_row.amax(tuple(range(1, _x_row.dim()))) if _x_row.dim() > 1 else _x_row.reshape(len(_x_row), -1).amax(1)).sum(0) / {N}"),
 ]
 
@@ -137,7 +139,7 @@ def test_sum_accumulators_are_fused_and_equivalent(expr, fused):
 # golden statement, temporaries named `_t`; None: vmap). Equivalence for many shapes is in the
 # tests below.
 NORMED = "{v} / torch.where(_t < 1e-08, _t + (1e-08 - _t).detach(), _t)"
-SQUARED_DISTANCE = "_s_part = _squared_distances(_x_row, w).sum()"
+SQUARED_DISTANCE = f"_s_part = {W}_squared_distances(_x_row, w).sum(), "
 SET_FORMS = [
     # both operands vary: the same call, dim shifted (negative dims unchanged)
     ("F.cosine_similarity(x[i], x[i] + 1, dim=0)",
@@ -155,7 +157,7 @@ SET_FORMS = [
     ("(x[i] - w).pow(2).sum(-1).sum()", SQUARED_DISTANCE),
     ("torch.sum(torch.square(w - x[i]), -1).sum()", SQUARED_DISTANCE),
     # fixed ints, then a loop-varying index: w[k][idx]
-    ("w[0, t[i]].sum()", "_s_part = w[0][_t_row].sum()"),
+    ("w[0, t[i]].sum()", f"_s_part = {W}w[0][_t_row].sum(), "),
     # no batched form: eps varies with the loop; the loop-varying index is not the last entry
     ("F.cosine_similarity(x[i], w, dim=-1, eps=x[i].abs().sum())", None),
     ("w[t[i], 0].sum()", None),
@@ -373,8 +375,8 @@ def test_full_reductions_over_the_item_dims_are_equivalent(shape, expr):
 # (per-item expression, the golden batched statement; None: vmap). A per-item 0-d value promotes
 # as a scalar next to the input, batched it is dimensioned: dtypes must be known to be equal.
 UNDER_SET = [
-    ("(t == t[i]).sum()", "_s_part = (t == _t_row[:, None]).sum()"),
-    ("(x - x[i]).abs().sum()", "_s_part = (x - _x_row[:, None]).abs().sum()"),
+    ("(t == t[i]).sum()", f"_s_part = {W}(t == _t_row[:, None]).sum(), "),
+    ("(x - x[i]).abs().sum()", f"_s_part = {W}(x - _x_row[:, None]).abs().sum(), "),
     ("(x - t[i]).abs().sum() + x[i].sum()",
      "(x - _t_row[(slice(None),) + (None,) * (x.dim() - _t_stacked.dim() + 1)]).abs().sum()"),
     ("(x[i].sum() * x).sum()", None),  # a 0-d value next to x, a tensor (int sums are int64)

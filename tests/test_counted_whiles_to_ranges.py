@@ -38,7 +38,11 @@ def f(x, w):
             if not isinstance(w, torch.Tensor) or (_x_stacked.dim() >= 2 and _x_stacked.dim() >= w.dim() + 1):
                 _x_row = _x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1]
                 _total_part = 0
-                _total_part = (_x_row * w).sum()
+
+                def _items_sum():
+                    _t = _x_row * w
+                    return (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).sum(0)
+                _total_part = _summed_in_steps((_x_row * w).sum(), _items_sum)
                 _outs = (_total_part,)
             else:
 

@@ -81,8 +81,12 @@ def f(logits, targets):
                     _targets_row_1 = (targets if t + _n == targets.shape[1] and t == 0 else targets[:, t:t + _n:1]).movedim(1, 0)
                     _loss_part = 0
                     _count_part = 0
-                    _loss_part = _loss_of_rows(F.cross_entropy, _logits_row, _targets_row_1, 'sum', ignore_index=0)
-                    _count_part = (_targets_row_1 != 0).sum()
+                    _loss_part = _summed_in_steps(_loss_of_rows(F.cross_entropy, _logits_row, _targets_row_1, 'sum', ignore_index=0), lambda: _loss_of_items(F.cross_entropy, _logits_row, _targets_row_1, 'sum', ignore_index=0).sum(0))
+
+                    def _items_sum():
+                        _t_1 = _targets_row_1 != 0
+                        return (_t_1.sum(tuple(range(1, _t_1.dim()))) if _t_1.dim() > 1 else _t_1.reshape(len(_t_1), -1).sum(1)).sum(0)
+                    _count_part = _summed_in_steps((_targets_row_1 != 0).sum(), _items_sum)
                     _outs_2 = (_loss_part, _count_part)
                 else:
 
@@ -138,7 +142,11 @@ def f(x, m):
         else:
             _x_row = x if _n == x.shape[0] else x[0:_n:1]
             _total_part = 0
-            _total_part = torch.log(_x_row).sum()
+
+            def _items_sum():
+                _t = torch.log(_x_row)
+                return (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).sum(0)
+            _total_part = _summed_in_steps(torch.log(_x_row).sum(), _items_sum)
             _outs_2 = (_total_part,)
             if _outs_2[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs_2[0]) != _outs_2[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs_2[0].dtype == torch.int64)):
                 "optimize_loss: as written, the loop at line 3: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"

@@ -59,7 +59,11 @@ EMA_GOLDEN = """
                     _y_row = (y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1]).movedim(1, 0)
                     _loss_part = 0
                     _s_t = _s_all_row
-                    _loss_part = ((_s_t - _y_row) ** 2).sum()
+
+                    def _items_sum():
+                        _t = (_s_t - _y_row) ** 2
+                        return (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).sum(0)
+                    _loss_part = _summed_in_steps(((_s_t - _y_row) ** 2).sum(), _items_sum)
                     _outs_2 = (_loss_part,)
                 else:
 

@@ -602,7 +602,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
         _row_part = 0
-        _row_part = _w_row.sum(0) * x[i]
+        _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
         _outs = (_row_part,)
     else:
 
@@ -612,8 +612,8 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(row, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(4):
             row = row + w[j] * x[i]
     else:
@@ -630,7 +630,7 @@ row = 0
 if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
     _w_row = w if 4 == w.shape[0] else w[0:4:1]
     _row_part = 0
-    _row_part = _w_row.sum(0) * x[i]
+    _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
     _outs = (_row_part,)
 else:
 
@@ -2590,7 +2590,11 @@ if t.dim() == p.dim():
     _p_row = p if n == p.shape[0] else p[0:n:1]
     _t_row = t if n == t.shape[0] else t[0:n:1]
     _total_part = 0
-    _total_part = ((_p_row - _t_row) ** 2).mean() * n
+
+    def _items_sum():
+        _t = (_p_row - _t_row) ** 2
+        return (_t.mean(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).mean(1)).sum(0)
+    _total_part = _summed_in_steps(((_p_row - _t_row) ** 2).mean() * n, _items_sum)
     _outs = (_total_part,)
 else:
 
@@ -2625,7 +2629,11 @@ if 2 >= lengths.dim():
     _pos = torch.arange(_x_row.shape[1], device=_x_row.device)
     _in = _pos < (_slice_bound(_lengths_row) + _x_row.shape[1] * (_slice_bound(_lengths_row) < 0))[(slice(None),) + (None,) * (-lengths.dim() + 2)]
     _keep_1 = _in.reshape(_in.shape[:1] + _mask_shape[_in.shape[1:], _x_row.shape[1:]])
-    _total_part = torch.where(_keep_1, _x_row, 0).sum()
+
+    def _items_sum():
+        _t = torch.where(_keep_1, _x_row, 0)
+        return (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).sum(0)
+    _total_part = _summed_in_steps(torch.where(_keep_1, _x_row, 0).sum(), _items_sum)
     _outs = (_total_part,)
 else:
 
@@ -2833,7 +2841,7 @@ if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int)
     if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
         utt = spk
         _c_part = 0
-        _c_part = utt.sum(0) * w
+        _c_part = _summed_in_steps(utt.sum(0) * w, lambda: (utt * w).sum(0))
         _outs = (_c_part,)
     else:
 
@@ -2843,8 +2851,8 @@ if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int)
             return (torch.as_tensor(_c_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(spk)
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(c, _outs[0]) != _outs[0].dtype or (isinstance(c, torch.Tensor) and c.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(c, _outs[0]) != _outs[0].dtype or (isinstance(c, torch.Tensor) and c.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(c, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for utt in spk:
             c = c + utt * w
     else:
@@ -2861,7 +2869,7 @@ c = 0
 if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
     utt = spk
     _c_part = 0
-    _c_part = utt.sum(0) * w
+    _c_part = _summed_in_steps(utt.sum(0) * w, lambda: (utt * w).sum(0))
     _outs = (_c_part,)
 else:
 
@@ -2892,8 +2900,8 @@ if isinstance(x, torch.Tensor) and isinstance(i, int) and (k[i] <= x.shape[1]) a
     _total_part = 0
     _total_part = _x_row.sum(0)
     _outs = (_total_part,)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs[0]) != _outs[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 4: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(total, _outs[0]) != _outs[0].dtype or (isinstance(total, torch.Tensor) and total.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(total, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 4: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(k[i]):
             total = total + x[i, j]
     else:
@@ -3230,7 +3238,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
         _row_part = 0
-        _row_part = _w_row.sum(0) * x[i]
+        _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
         _outs = (_row_part,)
     else:
 
@@ -3240,8 +3248,8 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(row, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(4):
             row = row + w[j] * x[i]
     else:
@@ -3260,7 +3268,7 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
         _row_part = 0
-        _row_part = _w_row.sum(0) * x[i]
+        _row_part = _summed_in_steps(_w_row.sum(0) * x[i], lambda: (_w_row * x[i]).sum(0))
         _outs = (_row_part,)
     else:
 
@@ -3270,8 +3278,8 @@ if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
             return (torch.as_tensor(_row_part),)
         _outs = _map_in_chunks(_body, in_dims=(0,))(w if 4 == w.shape[0] else w[0:4:1])
         _outs = (_outs[0].sum(0),)
-    if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+    if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(row, _outs[0]) != _outs[0].dtype or (isinstance(row, torch.Tensor) and row.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(row, _outs[0], 0):
+        "optimize_loss: as written, the loop at line 5: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
         for j in range(4):
             row = row + w[j] * x[i]
     else:
@@ -3725,7 +3733,7 @@ if isinstance(s, torch.Tensor) or _outs[1].any(): ...
      """
 # outline
 if x.dim() == y.dim(): ...
-if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(s, _outs[0]) != _outs[0].dtype or (isinstance(s, torch.Tensor) and s.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or (isinstance(s, torch.Tensor) and torch.result_type(s, _outs[0]) != s.dtype): ...
+if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(s, _outs[0]) != _outs[0].dtype or (isinstance(s, torch.Tensor) and s.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(s, _outs[0], 0) or (isinstance(s, torch.Tensor) and torch.result_type(s, _outs[0]) != s.dtype): ...
 """),
     # no fold that may promote (a sum from the int 0 is its items' sum): no change
     (promoting_folds_run_as_written, """

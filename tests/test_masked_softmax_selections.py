@@ -54,7 +54,11 @@ LISTNET_GOLDEN = """
                 _keep_2 = _mask_2.reshape(_mask_2.shape[:1] + _vector_mask[_mask_2.shape[1:], _labels_row.shape[1:], _scores_row.shape[1:]])
                 _vals = t
                 _vals_1 = s
-                _loss_part = _loss_part - torch.where(_keep_2, torch.where(_keep_2, F.softmax(torch.where(_keep_2, _vals, torch.full_like(_vals, -torch.inf)), dim=1), 0) * torch.where(_keep_2, F.log_softmax(torch.where(_keep_2, _vals_1, torch.full_like(_vals_1, -torch.inf)), dim=1), 0), 0).sum() / scores.shape[0]
+
+                def _items_sum():
+                    _t = torch.where(_keep_2, torch.where(_keep_2, F.softmax(torch.where(_keep_2, _vals, torch.full_like(_vals, -torch.inf)), dim=1), 0) * torch.where(_keep_2, F.log_softmax(torch.where(_keep_2, _vals_1, torch.full_like(_vals_1, -torch.inf)), dim=1), 0), 0)
+                    return (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).sum(0) / scores.shape[0]
+                _loss_part = _loss_part - _summed_in_steps(torch.where(_keep_2, torch.where(_keep_2, F.softmax(torch.where(_keep_2, _vals, torch.full_like(_vals, -torch.inf)), dim=1), 0) * torch.where(_keep_2, F.log_softmax(torch.where(_keep_2, _vals_1, torch.full_like(_vals_1, -torch.inf)), dim=1), 0), 0).sum() / scores.shape[0], _items_sum)
                 _outs = (_loss_part,)
             else:
 

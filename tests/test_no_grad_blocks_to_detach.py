@@ -32,7 +32,8 @@ def _x(*shape, dtype, seed=0):
 def test_weights_under_no_grad_are_vectorized_and_take_no_gradient(special, dtype):
     naive, fast, code, report = build(WEIGHTS)
     assert strategies(report) == {3: "vmap"}, report.loops[0].reason  # max(dim): vmap
-    assert "no_grad" not in code.split("else:")[0]
+    # (the loop as written follows the vectorized form: for 16-bit items added twice an iteration)
+    assert "no_grad" not in code.split("optimize_loss: as written")[0].split("else:")[0]
     x, t = _x(5, 3, 2, dtype=dtype), _x(5, 3, 2, dtype=dtype, seed=1)
     if special is not None:
         x[2, 1, 0] = special

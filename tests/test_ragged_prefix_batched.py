@@ -108,8 +108,10 @@ def test_golden_batched_sum():
             _pos = torch.arange(_x_row.shape[1], device=_x_row.device)
             _in = _pos < (_slice_bound(_lengths_row) + _x_row.shape[1] * (_slice_bound(_lengths_row) < 0))[(slice(None),) + (None,) * (-_lengths_stacked.dim() + 2)]
             _keep_1 = _in.reshape(_in.shape[:1] + _mask_shape[_in.shape[1:], _x_row.shape[1:]])
-            _total_part = torch.where(_keep_1, _x_row, 0).sum()
         """).replace("\n", "\n            ").strip() in code, code
+    # (float16/bfloat16 per-item values are summed in the original's steps instead)
+    assert "_total_part = _summed_in_steps(torch.where(_keep_1, _x_row, 0).sum(), _items_sum)" \
+        in code, code
 
 
 def test_golden_host_int_divisor():

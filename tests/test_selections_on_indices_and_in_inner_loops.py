@@ -172,7 +172,8 @@ def test_golden_an_inner_loop_counts_its_selections_and_the_outer_loop_guards():
 def test_golden_an_index_condition_is_tested_on_the_host():
     code, _ = rewrite_source("def f(p, k):" + FORMS["inner_index_condition"][1] + "\n")
     lines = [line.strip() for line in code.splitlines()]
-    k = lines.index("if _run_eagerly(lambda: any((any((i != j + k for j in range(0, p.shape[0], "
+    # (an `elif` after the check that runs the loops as written for 16-bit items)
+    k = lines.index("elif _run_eagerly(lambda: any((any((i != j + k for j in range(0, p.shape[0], "
                     "1))) for i in range(0, p.shape[0], 1)))):")
     assert lines[k + 1] == "s = _outs_1[0]" and ".any()" not in code
 

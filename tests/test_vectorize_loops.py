@@ -636,7 +636,11 @@ GOLDEN_ACCUMULATOR = ("""
                 _pred_row = _pred_stacked if len(_pred_stacked) == _pred_stacked.shape[0] else _pred_stacked[0:len(_pred_stacked):1]
                 _target_row = _target_stacked if len(_pred_stacked) == _target_stacked.shape[0] else _target_stacked[0:len(_pred_stacked):1]
                 _loss_part = 0
-                _loss_part = (_pred_row - _target_row).abs().sum()
+
+                def _items_sum():
+                    _t = (_pred_row - _target_row).abs()
+                    return (_t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)).sum(0)
+                _loss_part = _summed_in_steps((_pred_row - _target_row).abs().sum(), _items_sum)
                 _outs = (_loss_part,)
             else:
 
@@ -713,7 +717,7 @@ GOLDEN_CROSS_ENTROPY = ("""
                 _logits_row = logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1]
                 _t_row = t if logits.shape[0] == t.shape[0] else t[0:logits.shape[0]:1]
                 _loss_part = 0
-                _loss_part = _loss_of_items(F.cross_entropy, _logits_row.unsqueeze(1), _t_row.unsqueeze(1), 'mean', ignore_index=-100).sum(0)
+                _loss_part = _summed_in_steps(_loss_of_items(F.cross_entropy, _logits_row.unsqueeze(1), _t_row.unsqueeze(1), 'mean', ignore_index=-100).sum(0), lambda: _loss_of_items(F.cross_entropy, _logits_row.unsqueeze(1), _t_row.unsqueeze(1), 'mean', ignore_index=-100).sum(0))
                 _outs = (_loss_part,)
             else:
 
@@ -750,7 +754,11 @@ GOLDEN_MEAN = ("""
                 _pred_row = pred if B == pred.shape[0] else pred[0:B:1]
                 _target_row = _target_stacked if B == _target_stacked.shape[0] else _target_stacked[0:B:1]
                 _loss_part = 0
-                _loss_part = ((_pred_row - _target_row) ** 2).mean()
+
+                def _items_sum():
+                    _t = (_pred_row - _target_row) ** 2
+                    return (_t.mean(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).mean(1)).sum(0) / B
+                _loss_part = _summed_in_steps(((_pred_row - _target_row) ** 2).mean(), _items_sum)
                 _outs = (_loss_part,)
             else:
 

@@ -275,7 +275,8 @@ class _Batcher(Scope):
             if isinstance(target, ast.Name) and _is_update(s.value, target.id, self.summed) \
                     and not self.vals.get(target.id, CONSTANT).batched:
                 self.onto = self.starts.get(target.id)
-                total, _ = self.total(s.value.right, mean=target.id in self.averaged)
+                mean = target.id in self.averaged
+                total = _stepped(self, s.value.right, self.total(s.value.right, mean)[0], mean)
                 self.totals.add(target.id)
                 # 0 + total is total when total is a (fresh, never bool) tensor
                 value = total if target.id in self.zeros and isinstance(s.value.op, ast.Add) \
@@ -565,6 +566,33 @@ def _item_size(b: _Batcher, node: ast.Subscript) -> tuple[ast.expr, Val] | None:
     if not (val.batched and val.tensor):
         return None
     return b.sub(f"r.shape[{k + 1}]", r=rows), Val(False)
+
+
+def _stepped(b: _Batcher, node: ast.expr, total: ast.expr, mean: bool) -> ast.expr:
+    """``total``, the sum over the loop of ``node``'s per-item values fused into other ops
+    (``x.sum()``, ``F.mse_loss(..., reduction='sum')``, ``c * x.sum(0)``, ``e * n``), as
+    ``summed_in_steps(total, <the per-item values' loop sum>)``: float16/bfloat16 per-item values
+    are added one by one (``loop_sums_keep_dtypes``), as the original adds them, where a fused op
+    accumulates in float32 and rounds once. The per-item values are computed only then (in a
+    function of the temporaries they need, or a lambda)."""
+    plain = total.left if mean and isinstance(total, ast.BinOp) else total
+    if ast_marks.get(plain, ast_marks.LOOP_SUM):
+        return total  # already the loop sum of the per-item values
+    pre, b.pre = b.pre, []
+    if b.varies(node):
+        items = b._summed(b.expr(node)[0])
+    else:  # the same value in every iteration, added once per iteration
+        items = b._summed(b.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
+                                o=node, n=b.trips))
+    items = b._divided(items) if mean else items
+    temporaries, b.pre = b.pre, pre
+    fn = b.ctx.bind(loop_sums_keep_dtypes.summed_in_steps, "summed_in_steps")
+    if not temporaries:
+        return b.sub(f"{fn}(t, lambda: v)", t=total, v=items)
+    name = b.ctx.namer.new("items_sum")
+    b.pre += b.sub(f"def {name}():\n    pass")
+    b.pre[-1].body = temporaries + [ast.Return(items)]
+    return b.sub(f"{fn}(t, {name})", t=total)
 
 
 def _is_update(value: ast.expr, name: str, summed: frozenset[str]) -> bool:

@@ -150,6 +150,7 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         plan.accumulators[e.name] = Accumulator(part, e.family, plan.output(part), set())
     acc = plan.accumulators[e.name]
     acc.kinds.add(_number_kind(e.value))
+    acc.several |= e.steps > 1 or bool(acc.masks) or bool(ast_marks.get(e.stmt, ast_marks.INLINED))
     if not isinstance(e.stmt, ast.AugAssign):
         acc.rebound = True
     op = "*" if e.family == "prod" else ("-" if e.negate else "+")

@@ -70,7 +70,7 @@ from ..errors import Unsupported
 from ..outline_kept_loops import run_eagerly
 from .loop_dataflow import call_op, loads, stores, stores_in
 from .plan import Accumulator, LoopPlan
-from .promoting_folds_run_as_written import PROMOTED, WIDER_START
+from .promoting_folds_run_as_written import PROMOTED, SEVERAL_STEPS, STEPS_ONTO, WIDER_START
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -111,6 +111,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             # the user's accumulators: the rewrite's own counters start at 0 and count in int64)
             plan.promotions.append((plan.sub(loop_sums_keep_dtypes.WIDER_START, s=name,
                                              r=_item(plan, acc)), WIDER_START))
+            _check_steps_onto(plan, name, acc, ctx)
+        if acc.several and "tensor" in acc.kinds:
+            rounded = ctx.bind(loop_sums_keep_dtypes.rounded_every_step, "rounded_every_step")
+            plan.promotions.append((plan.sub(f"{rounded}(r)", r=_item(plan, acc)), SEVERAL_STEPS))
         if name in plan.zeros and acc.family in rules.FAMILY_FOLD_FROM_ZERO:
             plan.folds += plan.sub("s = x", s=name, x=plan.sub(
                 rules.FAMILY_FOLD_FROM_ZERO[acc.family], r=reduced))
@@ -136,6 +140,18 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     return plan
 
 
+def _check_steps_onto(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> None:
+    """Float16/bfloat16 items folded onto a start other than the family's identity run the
+    loop as written (``loop_sums_keep_dtypes.steps_differ``); a number literal equal to it
+    (``0.0``, ``1``) needs no check: ``0.0 + r`` is the original's first step's ``0.0 + x[0]``."""
+    ident = rules.FAMILY_IDENTITY[acc.family]
+    if name in plan.numbers and plan.numbers[name] == int(ident):
+        return
+    differ = ctx.bind(loop_sums_keep_dtypes.steps_differ, "steps_differ")
+    plan.promotions.append((plan.sub(f"{differ}(s, r, {ident})", s=name, r=_item(plan, acc)),
+                            STEPS_ONTO))
+
+
 def _onto_start(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
     """Whether ``name``'s partial is reduced in the dtype of its additions onto its start: an
     inner loop's start the outer body binds again (the check of a wider start below is not made
@@ -149,7 +165,7 @@ def _onto_start(plan: LoopPlan, name: str, acc: Accumulator) -> bool:
     if plan.inner:
         return name in plan.outer_binds
     # (the inner loops' counters of selected iterations start at the int 0 too)
-    return acc.family == "sum" and name not in plan.numbers | _counters(plan)
+    return acc.family == "sum" and name not in plan.numbers.keys() | _counters(plan)
 
 
 def _fold_onto_start(plan: LoopPlan, name: str, acc: Accumulator, ctx: PassContext) -> None:

@@ -119,7 +119,10 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                             checks.append(c)
                     continue
                 checks.append(g)
-            out += forms.lift_empty_checks(forms.visit(ast.Module(s.body[1:], [])).body)
+            inlined = forms.lift_empty_checks(forms.visit(ast.Module(s.body[1:], [])).body)
+            for t in inlined:
+                ast_marks.put(t, ast_marks.INLINED, True)
+            out += inlined
         elif isinstance(s, ast.If):
             s.body = _inline(s.body, seeds, checks, lifts, forms, ctx, fresh, False)
             s.orelse = _inline(s.orelse, seeds, checks, lifts, forms, ctx, fresh, False)

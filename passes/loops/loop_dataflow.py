@@ -592,6 +592,7 @@ class Effect:
     value: ast.expr          # contribution / appended value / written value
     family: str = ""         # acc, scan: rules.FAMILY_*; write: in-place op ("" for `=`)
     negate: bool = False     # acc: `s -= e` contributes -e
+    steps: int = 1           # acc: the additions (products) of `s` the update makes: `s + a - b` 2
     scan_of: str = ""        # append/write of a scanned accumulator's running value
     masked: bool = False     # runs under a tensor condition
 
@@ -950,7 +951,7 @@ def _match_accumulator(s: ast.stmt, name: str, ctx: PassContext) -> Effect | Non
             return None  # `s` inside another term: a recurrence
         if len(rest) == 1:  # s = s - e: contributes -e
             return Effect("acc", name, s, rest[0][0], family, negate=rest[0][1])
-        return Effect("acc", name, s, _rebuild(rest, family), family)
+        return Effect("acc", name, s, _rebuild(rest, family), family, steps=len(rest))
     if isinstance(value, ast.Call) and len(value.args) == 2 and not value.keywords:
         family = rules.ACC_CALLS.get(resolve_call(value.func, ctx) or "")
         a, b = value.args

@@ -59,6 +59,9 @@ class Accumulator:
     flags: set[str] = field(default_factory=set)  # ... those set under a Python condition
     # ... those that are inner loops' counters of the iterations selecting their updates
     counters: set[str] = field(default_factory=set)
+    # the original makes several additions (products) of it per iteration: two updates, a
+    # chain `s + a + b`, an inner loop's fold (a float16/bfloat16 one rounds after each)
+    several: bool = False
     # ... those that are inner loops' Python tests on loop indices: name -> the test
     selected_when: dict[str, ast.expr] = field(default_factory=dict)
 
@@ -113,7 +116,7 @@ class LoopPlan:
     node: ast.For                                   # the loop as written (never modified)
     live_after: set[str]                            # names read after the loop
     zeros: set[str] = field(default_factory=set)    # bound to the int 0 when the loop starts
-    numbers: set[str] = field(default_factory=set)  # ... to a Python number literal
+    numbers: dict[str, int | float] = field(default_factory=dict)  # ... to a number literal: it
     divided: dict[str, str] = field(default_factory=dict)  # divided after the loop: by what
     sole_divisors: set[str] = field(default_factory=set)  # ... read by that division only
     masks: set[str] = field(default_factory=set)    # bound to boolean tensors only (comparisons)

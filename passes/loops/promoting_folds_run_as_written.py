@@ -31,6 +31,10 @@ PROMOTED = "an accumulator's dtype would change only if an iteration is selected
 WIDER_START = ("a sum starts from a value of another dtype than its items': the original adds "
                "in the start's wider dtype (a sum of narrower integers may wrap around), or, "
                "for bools added to a bool, as a logical or")
+SEVERAL_STEPS = ("float16/bfloat16 items added (multiplied) several times in an iteration: the "
+                 "original rounds after each")
+STEPS_ONTO = ("float16/bfloat16 items onto a start other than 0 (1 for a product): the original "
+              "rounds the start plus each item in turn")
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:

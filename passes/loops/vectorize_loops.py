@@ -402,7 +402,7 @@ class _Vectorizer(Transformer):
         live = _live(self, node)
         after, divided = self.divisions.get(node, (None, {}))
         numbers = self.numbers.get(node, {})
-        known = dict(zeros=loop_dataflow.zeros(numbers), numbers=set(numbers), masks=self.masks,
+        known = dict(zeros=loop_dataflow.zeros(numbers), numbers=dict(numbers), masks=self.masks,
                      divided=divided, inner=bool(self.depth), local_defs=self.local_defs,
                      sole_divisors=divisions_by_counters.sole_divisors(self.func, node, divided),
                      buildable_lists=self.buildable_lists.get(node, set()),
@@ -867,10 +867,11 @@ def _local_defs(func: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
     return {d.name: clone(d) for d in defs if names.count(d.name) == 1 and d.name not in stores}
 
 
-def _numbers(init: list[ast.stmt]) -> set[str]:
+def _numbers(init: list[ast.stmt]) -> dict[str, int | float]:
     """The names a comprehension's loop form starts from Python number literals (``sum``'s
-    ``_acc = 0``): a sum from one has its items' dtype."""
-    return {s.targets[0].id for s in init if type(batch_values.literal(s.value)) in (int, float)}
+    ``_acc = 0``), with their numbers: a sum from one has its items' dtype."""
+    return {s.targets[0].id: v for s in init
+            if type(v := batch_values.literal(s.value)) in (int, float)}
 
 
 def _runs_when(check: ast.expr, stacked: dict[str, str],

@@ -23,8 +23,8 @@ def ece_methods(logits, labels, lowers, uppers):
             return (torch.as_tensor(_ece_part), torch.as_tensor(_cond))
         _outs = _map_in_chunks(_body, in_dims=(0, 0))(_lowers_stacked if len(_lowers_stacked) == min(len(_lowers_stacked), len(_uppers_stacked)) else _lowers_stacked[:min(len(_lowers_stacked), len(_uppers_stacked))], _uppers_stacked if len(_uppers_stacked) == min(len(_lowers_stacked), len(_uppers_stacked)) else _uppers_stacked[:min(len(_lowers_stacked), len(_uppers_stacked))])
         _outs = (_outs[0].sum(0), _outs[1])
-        if _outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(ece, _outs[0]) != _outs[0].dtype or (isinstance(ece, torch.Tensor) and ece.dtype == torch.bool and (_outs[0].dtype == torch.int64)):
-            "optimize_loss: as written, the loop at line 6: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or"
+        if (_outs[0].dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) and torch.result_type(ece, _outs[0]) != _outs[0].dtype or (isinstance(ece, torch.Tensor) and ece.dtype == torch.bool and (_outs[0].dtype == torch.int64))) or _steps_differ(ece, _outs[0], 0):
+            "optimize_loss: as written, the loop at line 6: a sum starts from a value of another dtype than its items': the original adds in the start's wider dtype (a sum of narrower integers may wrap around), or, for bools added to a bool, as a logical or; float16/bfloat16 items onto a start other than 0 (1 for a product): the original rounds the start plus each item in turn"
             for bin_lower, bin_upper in zip(lowers, uppers):
                 in_bin = confidences.gt(bin_lower.item()) * confidences.le(bin_upper.item())
                 prop_in_bin = in_bin.float().mean()
