@@ -136,6 +136,23 @@ def test_a_loop_that_cannot_run_as_written_alone_is_timed_with_its_caller(user, 
     assert bench_loops.loop_speedup(helper) == bench_loops.call_speedup(helper)
 
 
+def test_a_caller_is_timed_as_written_with_the_loops_its_form_ran(user, monkeypatch):
+    # the caller's branch as written may vectorize its inner loop again, whose vmapped body
+    # calls the helper: the helper's loop runs as written only with both as written
+    clock = FakeClock(monkeypatch)
+    report = Report("nested", user.__file__, 4)
+    outer, inner = report.add_loop(6, True, "vmap", ""), report.add_loop(7, True, "vmap", "")
+    helper = report.add_loop(13, True, "vmap", "")
+    outer.vectorized_runs = helper.vectorized_runs = 1
+    error = RuntimeError("vmap: data-dependent control flow")
+    fn = FakeOptimized(clock, report, {(6,): 2e-3, (6, 7): 3e-3, (13,): error, (6, 13): error,
+                                       (6, 7, 13): 5e-3})
+    done = []
+    bench_worker.loop_speedups(fn, (torch.zeros(2),), 1.0, 0.01, lambda: None, done.append)
+    assert done[-1][2]["as_written"] == [6, 7, 13]
+    assert bench_loops.loop_speedup(done[-1][2]).value == pytest.approx(5.0)
+
+
 def test_a_region_inside_a_vmapped_body_is_timed_as_its_callers(user, monkeypatch):
     # the helper's loop at 13 runs vectorized inside the vmapped body of the loop at 6, and its
     # whole call runs as written alone: its region is the caller's; any other failure is said

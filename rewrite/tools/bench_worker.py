@@ -395,7 +395,11 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
     report, rows = fn.report, []
     rewritten = fwd_bwd(fn.rewritten_function(), inputs)
     ran = [report.ran_vectorized(loop) for loop in report.loops]
-    callers = [loop.lineno for loop, lines in zip(report.loops, ran) if lines == {loop.lineno}]
+    # a caller as written with the loops its vectorized form ran: its branch as written may
+    # plan them again (vectorized, calling the helper under vmap)
+    callers = [[loop.lineno] + [other.lineno for other, within in zip(report.loops, ran)
+                                if loop.lineno in within and other is not loop]
+               for loop, lines in zip(report.loops, ran) if lines == {loop.lineno}]
     for loop, lines in zip(report.loops, ran):
         row = {"file": loop.filename, "line": loop.lineno, "vectorized": loop.vectorized,
                "strategy": loop.ran_as(), "runs": loop.runs(), "ran_vectorized": bool(lines)}
@@ -417,7 +421,7 @@ def loop_speedups(fn: Any, inputs: tuple, budget: float, min_time: float,
         done(rows)
 
 
-def _timed_region(fn: Any, lines: list[int], callers: list[int], inputs: tuple, budget: float,
+def _timed_region(fn: Any, lines: list[int], callers: list[list[int]], inputs: tuple, budget: float,
                   min_time: float) -> dict:
     """The loop's own time: the region of the loops at ``lines`` (``OptimizedFunction.loop_region``:
     ``line``, the guard that is the region, with that of the first of ``callers`` whose region
@@ -426,7 +430,7 @@ def _timed_region(fn: Any, lines: list[int], callers: list[int], inputs: tuple, 
     whole call's (``samples``: vectorized, ``paired_samples``: as written; on one thread their
     CPU times); ``error`` instead when it cannot be isolated or run."""
     error = None
-    for caller in [[]] + [[c] for c in callers if c not in lines]:
+    for caller in [[]] + [c for c in callers if c[0] not in lines]:
         try:
             region = fn.loop_region(lines + caller, *inputs)
             vectorized, written, names = region_steps(region)
@@ -443,15 +447,16 @@ def _timed_region(fn: Any, lines: list[int], callers: list[int], inputs: tuple, 
     return {"error": error}
 
 
-def _runnable_form(fn: Any, lines: set[int], callers: list[int],
+def _runnable_form(fn: Any, lines: set[int], callers: list[list[int]],
                    inputs: tuple) -> tuple[list[int], Callable[[], None]]:
     """The lines and the call (forward+backward) of the rewritten function with the loops at
     ``lines`` as written, called once to see it run; when it raises, with the first loop of
     ``callers`` as written too with which it runs (a loop of a helper that another loop's
-    vmapped body calls cannot run as written inside it: with that loop as written, it runs),
+    vmapped body calls cannot run as written inside it: with that loop as written, and the
+    loops its vectorized form ran, which its branch as written may vectorize again, it runs),
     else the first error."""
     error = None
-    for caller in [set()] + [{c} for c in callers if c not in lines]:
+    for caller in [set()] + [set(c) for c in callers if c[0] not in lines]:
         form = sorted(lines | caller)
         call = fwd_bwd(fn.rewritten_with_loops_as_written(form), inputs)
         try:
