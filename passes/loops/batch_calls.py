@@ -107,19 +107,27 @@ def _reduction(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     return None
 
 
+def _bound(names: tuple[str, ...], args: list, kws: list,
+           keywords: tuple[str, ...] = ()) -> dict | None:
+    """The call's arguments by parameter name: positional ones to ``names`` in order, keywords
+    among ``names`` or ``keywords``; None for more positional ones, another or a repeated
+    keyword (the batched form then leaves the call to vmap)."""
+    given = dict(zip(names, args))
+    if len(args) > len(names) or any(k in given or k not in names + keywords for k, _ in kws):
+        return None
+    return {**given, **dict(kws)}
+
+
 def _norm(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``x.norm()``, ``torch.norm(x, p, dim, keepdim)`` with a number ``p`` (or "fro" over at most
     two dims): the vector norm torch.norm computes then, over the item dims, or ``dim`` shifted
     by one. A matrix norm (the nuclear one, "fro" over more dims), ``dtype=`` and a per-item
     norm keeping every dim have none."""
     x, xv = c.operands[0]
-    given = dict(zip(("p", "dim", "keepdim"), (a for a, _ in (c.args if c.is_method
-                                                                else c.args[1:]))))
-    if len(given) + len(c.kws) > 3 or any(k not in ("p", "dim", "keepdim") or k in given
-                                          for k, _ in c.kws):
+    given = _bound(("p", "dim", "keepdim"), c.args if c.is_method else c.args[1:], c.kws)
+    if given is None:
         return None
-    given.update((k, v) for k, (v, _) in c.kws)
-    p, dim, keep = (literal(given[k]) if k in given else d
+    p, dim, keep = (literal(given[k][0]) if k in given else d
                     for k, d in (("p", "fro"), ("dim", None), ("keepdim", False)))
     dims = (dim,) if type(dim) is int else dim
     if p == "fro" and (dims is None or isinstance(dims, tuple) and len(dims) <= 2):
@@ -147,12 +155,8 @@ def _pairwise(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     ``a - b`` over every element, a vector norm over the item dims."""
     dist = c.op.aten == "dist"
     names = ("x1", "x2", "p") if dist else ("x1", "x2", "p", "eps", "keepdim")
-    args = ([c.operands[0]] if c.is_method else []) + c.args  # ``a.dist(b)``
-    given = dict(zip(names, args))
-    if len(args) > len(names) or any(k in given or k not in names for k, _ in c.kws):
-        return None
-    given.update(c.kws)
-    if not {"x1", "x2"} <= set(given) \
+    given = _bound(names, ([c.operands[0]] if c.is_method else []) + c.args, c.kws)  # a.dist(b)
+    if given is None or not {"x1", "x2"} <= set(given) \
             or any(v.batched for k, (_, v) in given.items() if k not in ("x1", "x2")):
         return None
     (a, av), (b, bv) = given["x1"], given["x2"]
@@ -172,11 +176,9 @@ def _pairwise(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
 def _normalize(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``F.normalize(x, p, dim, eps)`` (``dim`` 1 unless given): the same call with ``dim``
     shifted by one, ``p`` and ``eps`` the same in every iteration."""
-    given = dict(zip(rules.NORMALIZE_PARAMS, c.args))
-    if len(c.args) > len(rules.NORMALIZE_PARAMS) \
-            or any(k in given or k not in rules.NORMALIZE_PARAMS for k, _ in c.kws):
+    given = _bound(rules.NORMALIZE_PARAMS, c.args, c.kws)
+    if given is None:
         return None
-    given.update(c.kws)
     dim = literal(given["dim"][0]) if "dim" in given else rules.NORMALIZE_DIM
     (x, xv) = given.get("input", (None, Val(False)))
     if type(dim) is not int or not xv.batched or xv.rank is None \
@@ -197,11 +199,9 @@ def _variance(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     rest = c.args if c.is_method else c.args[1:]
     names = ("unbiased",) if rest and type(literal(rest[0][0])) is bool \
         else rules.VARIANCE_PARAMS
-    given = dict(zip(names, rest))
-    if len(rest) > len(names) or any(k in given or k not in rules.VARIANCE_KEYWORDS
-                                     for k, _ in c.kws):
+    given = _bound(names, rest, c.kws, rules.VARIANCE_KEYWORDS)
+    if given is None:
         return None
-    given.update(c.kws)
     dim = literal(given.pop("dim")[0]) if "dim" in given else None
     keep = literal(given["keepdim"][0]) if "keepdim" in given else False
     dims = (dim,) if type(dim) is int else dim
@@ -231,10 +231,9 @@ def _one_hot(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
     """``F.one_hot(t, n)`` of per-item class indices: the same call, a dim of ``n`` after the
     items' dims. ``n`` must be given and the same in every iteration: without it each item's
     width would be its own largest index plus one."""
-    given = dict(zip(("input", "num_classes"), c.args))
-    if len(c.args) > 2 or any(k in given or k not in ("input", "num_classes") for k, _ in c.kws):
+    given = _bound(("input", "num_classes"), c.args, c.kws)
+    if given is None:
         return None
-    given.update(c.kws)
     (t, tv), n = given.get("input", (None, Val(False))), given.get("num_classes")
     if n is None or n[1].batched or literal(n[0]) == -1 or not tv.batched or tv.rank is None:
         return None
