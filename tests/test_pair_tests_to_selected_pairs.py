@@ -270,3 +270,43 @@ def test_random_tensor_tests_equivalent(weights, dtype):
     assert "host=False" in code, code
     w = torch.tensor(weights, dtype=dtype)
     assert_equivalent(before, after, _scores(len(weights), torch.float64), w)
+
+
+BATCH_ALL = """
+import torch
+import torch.nn.functional as F
+
+
+def batch_all(emb, labels, margin=0.2):
+    d = torch.cdist(emb, emb)
+    losses = []
+    n = emb.shape[0]
+    for i in range(n):
+        for j in range(n):
+            if i == j or labels[i] != labels[j]:
+                continue
+            for k in range(n):
+                if labels[k] == labels[i]:
+                    continue
+                l = F.relu(d[i, j] - d[i, k] + margin)
+                if l > 0:
+                    losses.append(l)
+    if len(losses) == 0:
+        return emb.sum() * 0
+    return torch.stack(losses).mean()
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_kept_loop_over_pairs_leaves_its_inner_loop_vectorized(tmp_path, dtype):
+    # the loop over the selected pairs is only in a copy: its inner loops are not planned again
+    # in its place (that raised, and the original ran for the whole function)
+    fn = load_module(tmp_path, BATCH_ALL).batch_all
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(12, 4, generator=g, dtype=dtype).requires_grad_()
+    labels = torch.randint(0, 3, (12,), generator=g)
+    fast = optimize_loss(fn, compile=False, strict=True)
+    assert_equivalent(fn, fast, emb, labels)
+    line = BATCH_ALL.splitlines().index("            for k in range(n):") + 1
+    inner = next(loop for loop in fast.report.loops if loop.lineno == line)
+    assert inner.vectorized and inner.vectorized_runs > 0 and inner.original_runs == 0

@@ -596,7 +596,7 @@ def _inner_loops_again(v: "_Vectorizer", node: ast.For, twin: ast.For | None, in
     """For ``node`` kept: ``twin`` with its inner loops planned again (``_planned_again``: the
     loop around them runs as written, unlike inner loops of a vectorized loop), unless fewer
     of them are then vectorized; their first plans' entries dropped."""
-    if twin is None:
+    if twin is None or _block_of(v.func, node) is None:  # (the loop over selected pairs)
         return None
     first = _planned_again(v, node, twin, index, before)
     if sum(loop.vectorized for loop in v.ctx.report.loops[before[0]:]) < sum(
