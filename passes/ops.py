@@ -37,8 +37,10 @@ class OpSpec:
     # Batched form (batch_loop_bodies): the handler running the op on all iterations at once,
     # every loop-varying value carrying the loop dim in front. "elementwise": the same call,
     # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "matmul",
-    # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape": see
-    # the batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``;
+    # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape"
+    # (else as "sized_view"), "sized_view" (int sizes, the loop dim put in front), "item_size"
+    # (``p.size(k)``, ``k >= 0``: a dim of the items, the same in every iteration): see the
+    # batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``;
     # "positions": a 1-D range of int sizes, the same in every iteration (``torch.arange(n)``).
     batched: str | None = None
     # Its result is an int (a Python int, an integer tensor) or it raises (``slice_bound``)
@@ -432,10 +434,11 @@ REGISTRY: tuple[OpSpec, ...] = (
        metadata_operands=(1,)),
     _t("reshape", fn=False, batched="mask_reshape", dtype_of=0, total=True, recomputed=True, aliases=True,
        sizes=(1, ..., "shape")),
-    _t("view", fn=False, dtype_of=0, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
+    _t("view", fn=False, batched="sized_view", dtype_of=0, total=True, recomputed=True,
+       aliases=True, sizes=(1, ..., "size")),
     _t("squeeze", fn=False, dtype_of=0, total=True, recomputed=True, aliases=True),
     _t("expand", fn=False, dtype_of=0, total=True, recomputed=True, aliases=True, sizes=(1, ..., "size")),
-    _t("contiguous", fn=False, dtype_of=0, total=True, aliases=True),
+    _t("contiguous", fn=False, batched="elementwise", dtype_of=0, total=True, aliases=True),
     *(_t(n, fn=False, dtype_of=0, total=True, recomputed=True, aliases=True)
       for n in ("t", "transpose", "permute", "movedim")),
     # per item as on the whole: a dtype or device. Recomputed: a dtype conversion fuses into
@@ -456,8 +459,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),
     *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
     # -- metadata -----------------------------------------------------------------------------
+    _t("size", fn=False, shape_query=True, metadata_only=True, total=True, batched="item_size"),
     *(_t(n, fn=False, shape_query=True, metadata_only=True, total=True)
-      for n in ("size", "dim", "ndimension", "type", "nelement")),
+      for n in ("dim", "ndimension", "type", "nelement")),
     _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True),
     # a dtype, from its operands' dtypes (``loop_rules.HOST_WEAK``)
     _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True,

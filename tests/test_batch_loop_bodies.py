@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from passes.loops.batch_values import Rank, condition as _condition
+from rewrite import optimize_loss
 from rewrite.testing import assert_equivalent
 from tests.loop_helpers import build, strategies
 from tests.test_masked_selections_to_where import build as build_masked
@@ -34,6 +35,9 @@ OPS = [  # per-item expression of x[i] (x [5, 3]), t[i] (labels), w (fixed [3])
     "torch.where(x[i] > 0, x[i], 0.1 * x[i]).clamp(min=-1).sum()", "x[i].unsqueeze(-1).sum(0).sum()",
     # every spelling of a registered op (``passes/ops.py``) has its batched form
     "torch.max(x[i])", "x[i].maximum(w).sum() + x[i].logaddexp(w).sum()", "x[i][torch.add(t[i], 0)]",
+    # views by int sizes the same in every iteration: the loop dim in front
+    "(x[i].contiguous().view(-1) * w).sum()", "x[i].view(3, 1).sum(0).sum()",
+    "x[i].reshape((1, x[i].shape[0])).mean()", "(x[i].view(x[i].size(0)) - w).pow(2).sum()",
 ]
 
 
@@ -49,6 +53,22 @@ def test_single_ops_batched_and_equivalent(expr):
         t = torch.randint(0, 3, (5,), generator=g)
         w = torch.randn(3, generator=g, dtype=dtype).requires_grad_()
         assert_equivalent(original, optimized, x, t, w)
+
+
+@pytest.mark.parametrize("size", ["k", "(3,)", "s"])
+def test_views_by_names_the_check_finds_to_be_ints(size):
+    # a name's int-ness is checked at run time (`s` is a torch.Size there: vmap)
+    src = ("def f(x, w, k, s):\n    out = []\n    for i in range(x.shape[0]):\n"
+           f"        out.append((x[i].view({size}) * w).sum())\n    return torch.stack(out)\n")
+    original, optimized, code, report = build(src)
+    assert strategies(report) == {3: "batched"}, (report, code)
+    assert (f"type({size}) is int" in code) == (size != "(3,)")
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert_equivalent(original, optimized, x, w, 3, torch.Size([3]))
+    if size != "(3,)":  # a size mismatch raises the loop's error (the original runs)
+        with pytest.raises(RuntimeError, match=r"^shape '\[4\]' is invalid for input of size 3$"):
+            optimize_loss(original, compile=False)(x, w, 4, torch.Size([4]))
 
 
 # Sum accumulators: the sum over the loop fused into the op making the per-item values. `s`

@@ -44,6 +44,10 @@ def call(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val]:
         shaped = _mask_reshape(scope, node)
         if shaped is not None:
             return shaped
+    if op.batched in ("mask_reshape", "sized_view") and meth is not None:
+        shaped = _sized_view(scope, node)
+        if shaped is not None:
+            return shaped
     distance = set_forms.squared_distance(scope, node, op, meth)
     if distance is not None:
         scope.set_forms = True
@@ -409,6 +413,57 @@ def _flatten(scope: Scope, x: ast.expr, xv: Val, node: ast.AST):
     return scope.sub(rules.BATCHED_FLATTEN, x=x), Val(True, Rank() + 1)
 
 
+def _sized_view(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val] | None:
+    """``x.view(*sizes)``, ``x.reshape(sizes)`` per item (``p.view(-1)``, ``p.view(n, -1)``),
+    each size an int the same in every iteration: one view with the loop dim in front,
+    ``x.view(len(x), *sizes)``, per-item rank the number of sizes. The same elements in the same
+    order: the loop dim is the outermost, and the items' dims merge (view) exactly when each
+    item's do. A per-item size mismatch raises there as in the loop (the loop then runs).
+    None: not this pattern."""
+    sizes = node.args[0].elts if len(node.args) == 1 and isinstance(
+        node.args[0], (ast.Tuple, ast.List)) else node.args
+    if node.keywords or not sizes or not all(_an_int(scope, s) for s in sizes):
+        return None
+    x, xv = scope.expr(node.func.value)
+    if not xv.batched:
+        return None
+    x = scope.named(x)
+    shaped = ast.Call(ast.Attribute(x, node.func.attr, ast.Load()),
+                      [scope.sub("len(x)", x=x)] + [scope.expr(s)[0] for s in sizes], [])
+    return ast.copy_location(shaped, node), Val(True, Rank() + len(sizes), xv.integer,
+                                                tensor=xv.tensor)
+
+
+def _item_size(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
+    """``p.size(k)`` of a batched ``p``, ``k >= 0`` an int literal -> ``p.size(k + 1)``: a dim of
+    the items, a Python int the same in every iteration (``k`` past the item's dims raises
+    there; the loop then runs and raises as written)."""
+    k = literal(c.node.args[0]) if len(c.node.args) == 1 and not c.kws else None
+    (x, xv), = c.operands[:1]
+    if not (c.is_method and xv.batched and type(k) is int and k >= 0):
+        return None
+    return scope.sub(f"x.size({k + 1})", x=x), Val(False)
+
+
+def _an_int(scope: Scope, size: ast.expr) -> bool:
+    """``size`` is a Python int in every iteration: an int literal, a dim of a value's shape
+    (``p.shape[0]``, ``p.size(1)``), or a name the check finds to be an int."""
+    if type(literal(size)) is int:
+        return True
+    if isinstance(size, ast.Subscript) and isinstance(size.value, ast.Attribute) \
+            and size.value.attr == "shape" and type(literal(size.slice)) is int:
+        return True
+    if isinstance(size, ast.Call) and isinstance(size.func, ast.Attribute) \
+            and size.func.attr == "size" and len(size.args) == 1 and not size.keywords \
+            and type(literal(size.args[0])) is int:
+        return True
+    text = scope.free(size) if isinstance(size, ast.Name) else None
+    if text is None:
+        return False
+    scope.check(f"type({text}) is int")
+    return True
+
+
 def _integer_of(c: Call) -> tuple[str, ...] | None:
     """Integer-ness through the elementwise ops that keep it (``OpSpec.integer``)."""
     keeps = c.op.integer
@@ -609,4 +664,4 @@ HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
             "index_add": _index_add, "linear": _linear, "norm": _norm,
             "pairwise": _pairwise, "normalize": _normalize,
-            "variance": _variance, "one_hot": _one_hot}
+            "variance": _variance, "one_hot": _one_hot, "item_size": _item_size}
