@@ -46,7 +46,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           row_slices_to_params, runtime_checks, sliced_selections_to_masks,
                           sink_own_item_selections, sorts_read_at_ends, stack_tensor_lists,
                           tensor_branches_to_where, unit_slices_to_index, vectorize_loops,
-                          moving_slices_to_windows, newaxis_to_none)
+                          moving_slices_to_windows, newaxis_to_none, identity_tests_of_items)
 from passes.pipeline import pass_name
 from tests.helpers import load_module
 from tests.loop_helpers import context
@@ -1030,6 +1030,61 @@ loss = loss + preds[i, grid.newaxis]
      """
 # body
 loss = loss + preds[i, grid.newaxis]
+"""),
+    (identity_tests_of_items, """
+def f(probs, dens, counts):
+    loss = 0
+    for k, prob in enumerate(probs):
+        if prob is None or prob.numel() == 0:
+            est = dens[k].sum()
+        else:
+            est = (dens[k] * prob).sum() if prob is not None else 0
+        loss = loss + (est - counts[k]).abs()
+    return loss
+""", ('body',),
+     """
+# body
+if prob is None or prob.numel() == 0:
+    est = dens[k].sum()
+else:
+    est = (dens[k] * prob).sum() if prob is not None else 0
+loss = loss + (est - counts[k]).abs()
+""",
+     """
+# body
+if prob.numel() == 0:
+    est = dens[k].sum()
+else:
+    est = (dens[k] * prob).sum()
+loss = loss + (est - counts[k]).abs()
+"""),
+    # a rebound item (a local since rename_rebound_loop_variables), another name, and the
+    # user's own constants stay as written
+    (identity_tests_of_items, """
+def f(probs, dens, flag):
+    loss = 0
+    for k, prob in enumerate(probs):
+        w = prob is None or False
+        if flag is None:
+            prob = dens[k]
+        loss = loss + prob.sum() * w
+    return loss
+""", ('body',),
+     """
+# body
+_prob = prob
+w = _prob is None or False
+if flag is None:
+    _prob = dens[k]
+loss = loss + _prob.sum() * w
+""",
+     """
+# body
+_prob = prob
+w = _prob is None or False
+if flag is None:
+    _prob = dens[k]
+loss = loss + _prob.sum() * w
 """),
     (unit_slices_to_index, """
 def f(x, n):

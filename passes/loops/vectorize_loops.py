@@ -98,7 +98,7 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                fold_accumulators,
                gather_keyed_reads, hoist_calls_under_index_tests, hoist_invariant_checks,
                host_roundtrips_to_tensor_ops, index_tests_to_selected_indices,
-               index_value_checks_to_ranges,
+               identity_tests_of_items, index_value_checks_to_ranges,
                index_tuples_to_tensors, inline_helper_calls, helper_effects,
                host_array_writes_run_as_written,
                inline_inner_loops,
@@ -141,6 +141,7 @@ LOOP_STAGES: list = [
     outer_dependent_ranges_to_masks,  # on the iteration as written, before the body is read
     materialize_iterators,        # on the iteration as written; before stack_tensor_lists
     rename_rebound_loop_variables,  # before the checks: they see a local, not a rebound item
+    identity_tests_of_items,      # after rename_rebound_loop_variables: an item rebound is a local
     index_value_checks_to_ranges,  # before inline_inner_loops: it reads the inner loops' checks
     inline_inner_loops,           # before the checks: the inner loops' statements are checked too
     inline_helper_calls,          # ... and so are the helpers'
