@@ -123,6 +123,10 @@ BATCHED_MASK_RESHAPE = "m.reshape(m.shape[:1] + h[shapes])"
 # align from the right with ``w``'s (``k`` = ``w``'s rank - the per-item rank, an int or source).
 BATCHED_UNDER_SET = "v[(slice(None),) + (None,) * (k)]"
 BATCHED_UNDER_SET_CONST = "v[:{nones}]"  # k known: ``v[:, None]``
+# Metadata of the items of a batched ``x`` (``x.size()``, ``x.numel()``, ``x.dim()`` per item):
+# the same in every iteration.
+BATCHED_ITEM_METADATA = {"size": "x.shape[1:]", "numel": "x.shape[1:].numel()",
+                         "dim": "(x.dim() - 1)"}
 # Per item ``x.flatten()`` (per-item rank >= 1: a 0-d item would flatten to [1]).
 BATCHED_FLATTEN = "x.flatten(1)"
 # Reductions over all elements: per item ``x.f()`` / ``torch.f(x)`` -> one reduction over the

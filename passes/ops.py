@@ -39,7 +39,7 @@ class OpSpec:
     # operands broadcast; "reduction": ``reduce``/``dim_rank`` below; "dot", "matmul",
     # "same_rank", "flatten", "pointwise_loss", "class_loss", "similarity", "mask_reshape"
     # (else as "sized_view"), "sized_view" (int sizes, the loop dim put in front), "item_size"
-    # (``p.size(k)``, ``k >= 0``: a dim of the items, the same in every iteration): see the
+    # (``p.size(k)``, ``p.numel()``, ...: metadata of the items, the same in every iteration): see the
     # batcher; "from_start": a helper ``f(..., start)`` reducing the dims from ``start``;
     # "positions": a 1-D range of int sizes, the same in every iteration (``torch.arange(n)``).
     batched: str | None = None
@@ -459,10 +459,12 @@ REGISTRY: tuple[OpSpec, ...] = (
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),
     *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
     # -- metadata -----------------------------------------------------------------------------
-    _t("size", fn=False, shape_query=True, metadata_only=True, total=True, batched="item_size"),
+    *(_t(n, fn=False, shape_query=True, metadata_only=True, total=True, batched="item_size")
+      for n in ("size", "dim")),
     *(_t(n, fn=False, shape_query=True, metadata_only=True, total=True)
-      for n in ("dim", "ndimension", "type", "nelement")),
-    _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True),
+      for n in ("ndimension", "type", "nelement")),
+    _t("numel", fn=False, shape_query=True, metadata_only=True, selection="numel", total=True,
+       batched="item_size"),
     # a dtype, from its operands' dtypes (``loop_rules.HOST_WEAK``)
     _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True,
        batched="result_type"),

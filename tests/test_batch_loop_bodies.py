@@ -38,6 +38,8 @@ OPS = [  # per-item expression of x[i] (x [5, 3]), t[i] (labels), w (fixed [3])
     # views by int sizes the same in every iteration: the loop dim in front
     "(x[i].contiguous().view(-1) * w).sum()", "x[i].view(3, 1).sum(0).sum()",
     "x[i].reshape((1, x[i].shape[0])).mean()", "(x[i].view(x[i].size(0)) - w).pow(2).sum()",
+    # the items' metadata, the same in every iteration
+    "x[i, 1:].sum() / x[i, 1:].numel() + x[i].dim()", "x[i].sum() * x[i].size(0) + x[i].shape[0]",
 ]
 
 
@@ -80,6 +82,8 @@ FUSED = [  # (per-item contribution, the partial sum the batched form assigns)
     ("x[i].sum()", f"_s_part = {W}_x_row.sum(), "),
     ("0.5 * (x[i] - w).pow(2).mean()", f"_s_part = {W}0.5 * ((_x_row - w).pow(2).mean() * {N}), "),
     ("-x[i].sum() / 3 + x[i].mean()", f"_s_part = {W}-_x_row.sum() / 3 + _x_row.mean() * {N}, "),
+    # the same int for every item (it was summed over the loop dim, and raised)
+    ("x[i].sum() + x[i].shape[0]", f"_s_part = {W}_x_row.sum() + _x_row.shape[1] * {N}, "),
     ("F.mse_loss(x[i], x[i] * 2)",
      f"_s_part = {W}F.mse_loss(_x_row, _x_row * 2, reduction='mean') * {N}, "),
     ("F.smooth_l1_loss(x[i], w, reduction='sum')", None),  # a fixed operand: vmap

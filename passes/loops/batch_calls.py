@@ -435,14 +435,19 @@ def _sized_view(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val] | None:
 
 
 def _item_size(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
-    """``p.size(k)`` of a batched ``p``, ``k >= 0`` an int literal -> ``p.size(k + 1)``: a dim of
-    the items, a Python int the same in every iteration (``k`` past the item's dims raises
-    there; the loop then runs and raises as written)."""
-    k = literal(c.node.args[0]) if len(c.node.args) == 1 and not c.kws else None
+    """``p.size(k)``, ``k >= 0`` an int literal, ``p.size()``, ``p.numel()``, ``p.dim()`` of a
+    batched ``p``: the items' (``rules.BATCHED_ITEM_METADATA``), Python ints or a torch.Size the
+    same in every iteration (``k`` past the item's dims raises there; the loop then runs and
+    raises as written)."""
     (x, xv), = c.operands[:1]
-    if not (c.is_method and xv.batched and type(k) is int and k >= 0):
+    k = literal(c.node.args[0]) if len(c.node.args) == 1 else None
+    if not (c.is_method and xv.batched and not c.kws):
         return None
-    return scope.sub(f"x.size({k + 1})", x=x), Val(False)
+    if not c.node.args and c.node.func.attr in rules.BATCHED_ITEM_METADATA:
+        return scope.sub(rules.BATCHED_ITEM_METADATA[c.node.func.attr], x=x), Val(False)
+    if c.node.func.attr == "size" and type(k) is int and k >= 0:
+        return scope.sub(f"x.size({k + 1})", x=x), Val(False)
+    return None
 
 
 def _an_int(scope: Scope, size: ast.expr) -> bool:

@@ -373,7 +373,8 @@ class _Batcher(Scope):
                 total, val = calls.class_loss(self, node, args, kws, summed=True)
                 return self._divided(total) if mean else total, val
         value, val = self.expr(node)
-        total = self._summed(value)
+        # a value that reads the items but is the same for each (``x[i].shape[0]``): n times it
+        total = self._summed(value) if val.batched else self.sub("e * n", e=value, n=self.trips)
         return self._divided(total) if mean else total, val
 
     def _summed(self, items: ast.expr | str) -> ast.expr:
