@@ -63,7 +63,7 @@ def generalized_dice(probs, onehot):
     den = 0
     for c in range(probs.shape[1]):
         t = onehot[:, c].reshape(-1)
-        p = probs[:, c].reshape(-1)
+        p = probs[:, c].reshape(-1).roll(0)  # (no batched form: vmap)
         w = 1.0 / (t.sum() ** 2).clamp(min=1e-6)
         num = num + w * (p * t).sum()
         den = den + w * (p + t).sum()

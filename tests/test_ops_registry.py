@@ -171,7 +171,7 @@ def test_domain_facts_hold_on_finite_inputs(spec):
 
 
 def test_reductions_and_handlers():
-    handled = set(batch_calls.HANDLERS) | {"similarity", "mask_reshape", "flatten"}
+    handled = set(batch_calls.HANDLERS) | {"similarity", "mask_reshape", "flatten", "sized_view"}
     for spec in ops.REGISTRY:
         assert spec.batched is None or spec.batched in handled, spec.batched
         if spec.batched == "reduction":

@@ -662,8 +662,8 @@ def _fixed_targets(scope: Scope, node: ast.Call, rows: ast.Name, t: ast.expr) ->
 
 
 # ``OpSpec.batched`` -> its handler: (expression, facts), or None when the call's arguments have
-# no batched form. "similarity", "mask_reshape" and "flatten" are matched before the arguments
-# are batched (``call``).
+# no batched form. "similarity", "mask_reshape", "sized_view" and "flatten" are matched before
+# the arguments are batched (``call``).
 HANDLERS = {"elementwise": _elementwise, "reduction": _reduction, "same_rank": _same_rank,
             "dot": _dot, "matmul": _matmul, "result_type": _result_type, "pointwise_loss": _pointwise_loss,
             "class_loss": _class_loss, "from_start": _from_start, "positions": _positions,
