@@ -38,6 +38,9 @@ OPS = [  # per-item expression of x[i] (x [5, 3]), t[i] (labels), w (fixed [3])
     # views by int sizes the same in every iteration: the loop dim in front
     "(x[i].contiguous().view(-1) * w).sum()", "x[i].view(3, 1).sum(0).sum()",
     "x[i].reshape((1, x[i].shape[0])).mean()", "(x[i].view(x[i].size(0)) - w).pow(2).sum()",
+    # elementwise ops NaN or inf outside their domain
+    "torch.acos(x[i].clamp(-0.9, 0.9)).sum() + x[i].atan().sum() + x[i].exp().lgamma().sum()",
+    "(x[i].sigmoid().logit() + torch.tan(x[i]) + x[i].cosh() + torch.log10(x[i].abs() + 1)).sum()",
     # the items' metadata, the same in every iteration
     "x[i, 1:].sum() / x[i, 1:].numel() + x[i].dim()", "x[i].sum() * x[i].size(0) + x[i].shape[0]",
 ]
