@@ -22,7 +22,8 @@ import torch
 
 from . import (bce_with_logits, class_index_targets, cosine_products, full_extremes,
                gathered_nll_loss, grad_free, inplace_results, kl_div_terms, masked_divisors,
-               number_operands, selection_windows, set_distances, slice_bounds, stacked_views)
+               number_operands, row_dots, selection_windows, set_distances, slice_bounds,
+               stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -335,6 +336,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     # helpers bound into generated code, by module path (``share_common_subexpressions``)
     _helper(set_distances.squared_distances, swapped="x.mT", swapped_fn=set_distances.transposed),
     _helper(full_extremes.min_of_all), _helper(full_extremes.max_of_all),
+    _helper(row_dots.dot_rows, total=True),
     # ``f(x, m, start)``: reduces every dim from ``start`` on (masked_selections_to_where)
     *(_helper(f, batched="from_start", total=True, derivative="constant")
       for f in (full_extremes.min_of_selected, full_extremes.max_of_selected,

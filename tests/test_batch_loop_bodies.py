@@ -10,6 +10,7 @@ import torch
 from passes.loops.batch_values import Rank, condition as _condition
 from rewrite import optimize_loss
 from rewrite.testing import assert_equivalent
+from tests.helpers import load_module
 from tests.loop_helpers import build, strategies
 from tests.test_masked_selections_to_where import build as build_masked
 
@@ -38,6 +39,7 @@ OPS = [  # per-item expression of x[i] (x [5, 3]), t[i] (labels), w (fixed [3])
     # views by int sizes the same in every iteration: the loop dim in front
     "(x[i].contiguous().view(-1) * w).sum()", "x[i].view(3, 1).sum(0).sum()",
     "x[i].reshape((1, x[i].shape[0])).mean()", "(x[i].view(x[i].size(0)) - w).pow(2).sum()",
+    "torch.dot(w, x[i]) + x[i].dot(w * 2)",  # a vector the same in every iteration
     # elementwise ops NaN or inf outside their domain
     "torch.acos(x[i].clamp(-0.9, 0.9)).sum() + x[i].atan().sum() + x[i].exp().lgamma().sum()",
     "(x[i].sigmoid().logit() + torch.tan(x[i]) + x[i].cosh() + torch.log10(x[i].abs() + 1)).sum()",
@@ -74,6 +76,25 @@ def test_views_by_names_the_check_finds_to_be_ints(size):
     if size != "(3,)":  # a size mismatch raises the loop's error (the original runs)
         with pytest.raises(RuntimeError, match=r"^shape '\[4\]' is invalid for input of size 3$"):
             optimize_loss(original, compile=False)(x, w, 4, torch.Size([4]))
+
+
+@pytest.mark.parametrize("other", [torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 1),
+                                   torch.randn(5, 3, 1)], ids=["float64", "length 1", "2-d"])
+def test_dots_raise_where_torch_dot_does(tmp_path, other):
+    # a float32 row against a float64 one, or rows of other lengths or ranks: torch.dot raises
+    # (its batched form would have promoted or broadcast), and so does the optimized loss
+    original = load_module(tmp_path, "import torch\n\n\ndef f(x, y):\n    s = 0\n"
+                           "    for i in range(x.shape[0]):\n"
+                           "        s = s + torch.dot(x[i], y[i])\n    return s\n").f
+    fast = optimize_loss(original, compile=False)
+    x = torch.randn(5, 3, requires_grad=True)
+    assert_equivalent(original, fast, x, torch.randn(5, 3))
+    assert fast.report.loops[0].strategy == "batched"
+    with pytest.raises(RuntimeError) as want:
+        original(x, other)
+    with pytest.raises(RuntimeError) as got:
+        fast(x, other)
+    assert str(got.value) == str(want.value)
 
 
 # Sum accumulators: the sum over the loop fused into the op making the per-item values. `s`

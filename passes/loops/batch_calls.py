@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import batch_set_forms as set_forms
 from .. import loop_rules as rules
-from .. import row_losses, set_distances
+from .. import row_dots, row_losses, set_distances
 from ..index_add_rows import index_add_rows
 from .. import ast_marks, ops
 from ..ast_tools import unparse
@@ -269,13 +269,16 @@ def _from_start(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
 
 
 def _dot(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
-    """``torch.dot(a, b)`` of 1-d items: ``(a * b).sum(1)``."""
-    if len(c.operands) != 2 or c.kws or not all(v.batched for _, v in c.operands):
+    """``torch.dot(a, b)`` of 1-d items, or of items and a vector the same in every iteration:
+    ``dot_rows(a, b)`` (``row_dots``: it raises where torch.dot would)."""
+    if len(c.operands) != 2 or c.kws or not any(v.batched for _, v in c.operands):
         return None
-    for _, v in c.operands:
-        scope.require(v.rank - 1, "==", c.node)
-    (a, _), (b, _) = c.operands
-    return scope.sub("(a * b).sum(1)", a=a, b=b), Val(True, Rank())
+    (a, av), (b, bv) = c.operands if c.operands[0][1].batched else c.operands[::-1]
+    scope.require(av.rank - 1, "==", c.node)
+    if bv.batched:
+        scope.require(bv.rank - 1, "==", c.node)
+    fn = scope.ctx.bind(row_dots.dot_rows, "dot_rows")
+    return scope.sub(f"{fn}(a, b)", a=a, b=b), Val(True, Rank())
 
 
 def _matmul(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
