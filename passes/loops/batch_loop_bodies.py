@@ -28,8 +28,10 @@ on [N, C] items -> ``reduction="none"`` summed per item over the count of non-ig
 bind (``reduction=criterion.reduction``, the settings
 of an ``nn`` loss module) behind a check of its value (``loop_rules.CHECKED_LOSS_OPTIONS``: no
 smoothing, a mean or sum reduction picked at run time; a class loss's weight is passed, each item
-averaged over its own rows' weights); ``torch.dot(a, b)`` ->
-``(a * b).sum(1)``; ``w[k, idx]`` (fixed ``w``, fixed ints ``k``) -> ``w[k][idx]``;
+averaged over its own rows' weights); ``torch.dot(a, b)`` (``b`` maybe the same in every
+iteration) -> ``dot_rows(a, b)`` (``row_dots``); ``x.view(*sizes)``/``x.reshape(sizes)`` of int
+sizes the same in every iteration -> ``x.view(len(x), *sizes)``; ``x.size(k)``, ``x.numel()``,
+``x.dim()`` -> the items' (``loop_rules.BATCHED_ITEM_METADATA``); ``w[k, idx]`` (fixed ``w``, fixed ints ``k``) -> ``w[k][idx]``;
 ``F.cosine_similarity(a, b, dim=d)`` -> the same call with ``dim=d + 1``. Sizes of the items:
 ``r.shape[k]`` -> ``r.shape[k + 1]`` (a Python int, the same in every iteration), ``r.device``
 as it is; ``torch.arange`` of such int sizes is one fixed 1-D int64 tensor, and a per-item value
