@@ -34,14 +34,14 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
 class _Decided(Transformer):
     def __init__(self, items: set[str]):
         self.items = items
-        self.made: set[int] = set()  # ids of the decided tests: the user's own constants stay
+        self.made: set[ast.Constant] = set()  # the decided tests: the user's own constants stay
 
     def _known(self, node: ast.expr) -> bool | None:
-        return node.value if id(node) in self.made else None
+        return node.value if node in self.made else None
 
     def _decided(self, value: bool, loc: ast.AST) -> ast.Constant:
         done = ast.copy_location(ast.Constant(value), loc)
-        self.made.add(id(done))
+        self.made.add(done)
         return done
 
     def visit_Compare(self, node: ast.Compare) -> ast.expr:
