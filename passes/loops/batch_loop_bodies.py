@@ -582,11 +582,12 @@ def _stepped(b: _Batcher, node: ast.expr, total: ast.expr, mean: bool) -> ast.ex
     if ast_marks.get(plain, ast_marks.LOOP_SUM):
         return total  # already the loop sum of the per-item values
     pre, b.pre = b.pre, []
-    if b.varies(node):
-        items = b._summed(b.expr(node)[0])
-    else:  # the same value in every iteration, added once per iteration
+    value, val = b.expr(node) if b.varies(node) else (node, None)
+    if val is not None and val.batched:
+        items = b._summed(value)
+    else:  # the same value in every iteration (a stacked item's `o.shape[0]` too), added once
         items = b._summed(b.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
-                                o=node, n=b.trips))
+                                o=value, n=b.trips))
     items = b._divided(items) if mean else items
     temporaries, b.pre = b.pre, pre
     fn = b.ctx.bind(loop_sums_keep_dtypes.summed_in_steps, "summed_in_steps")
