@@ -2,14 +2,19 @@
 equal tensors, Deep SVDD's center initialisation) is that number times the trip count: the
 batched value of ``o.shape[0]`` is ``o.shape[1]`` of the stacked items, one Python int, the same
 in every iteration. It was summed over the loop as a tensor of items (``.sum(0)`` of an int), so
-the vectorized form raised every time and the function ran as the original. Golden before/after
-(with the no-change case), and equivalence of the value, every gradient and dtype in float32 and
-float64, the loop vectorized without raising."""
+the vectorized form raised every time and the function ran as the original; a product of two
+such ints (``o.shape[0] * o.shape[1]``) raised in the rewrite itself. And a count of the items'
+sizes (``n += len(o)``, ``o.numel()``, ``outs[i].size(-1)``), or a list of them
+(``sizes.append(o.shape[0])``), stays the Python ints the original returns: they came back as
+0-d tensors. Golden before/after (with the no-change case), and
+equivalence of the value, every gradient, the dtype and the Python type in float32 and float64,
+the loop vectorized without raising."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from rewrite import optimize_loss
 from tests.helpers import equivalent_report
 from tests.loop_helpers import assert_golden, build
 
@@ -65,7 +70,7 @@ GOLDEN = {
                         n_samples += o.shape[0]
                         c += torch.sum(o.detach(), dim=0)
                 else:
-                    n_samples = _outs[0]
+                    n_samples = int(_outs[0])
                     c += _outs[1]
             else:
                 for o in outs:
@@ -109,3 +114,63 @@ def test_values_gradients_and_the_loop_ran_vectorized(dtype):
     got, want = optimized(outs), original(outs)
     assert got.dtype == want.dtype == dtype
     torch.testing.assert_close(got, want)
+
+
+def count_len(outs):
+    n = 0
+    for o in outs:
+        n += len(o)
+    return n
+
+
+def count_numel(outs):
+    n = 0
+    for o in outs:
+        n += o.numel()
+    return n
+
+
+def count_last_dim(outs):
+    n = 0
+    for i in range(len(outs)):
+        n += outs[i].size(-1)
+    return n
+
+
+def listed_rows(outs):
+    sizes = []
+    for o in outs:
+        sizes.append(o.shape[0])
+    return sum(sizes)
+
+
+def listed_numels(outs):
+    sizes = []
+    for o in outs:
+        sizes.append(o.numel())
+    return torch.stack(outs).sum() / len(sizes), sizes
+
+
+def mean_over_elements(outs):
+    s, cnt = 0, 0
+    for o in outs:
+        s = s + o.sum()
+        cnt = cnt + o.shape[0] * o.shape[1]
+    return s / cnt, cnt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fn", [count_len, count_numel, count_last_dim, mean_over_elements,
+                                listed_rows, listed_numels])
+def test_counts_of_item_sizes_stay_python_ints(fn, dtype):
+    g = torch.Generator().manual_seed(1)
+    outs = [torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_() for _ in range(4)]
+    report = equivalent_report(fn, outs)
+    [loop] = report.loops
+    assert loop.vectorized_runs == 1 and not loop.failed_runs, loop.runs()
+    want, got = fn(outs), optimize_loss(fn, compile=False)(outs)
+    count_want, count_got = (want[1], got[1]) if isinstance(want, tuple) else (want, got)
+    if isinstance(count_want, list):  # the listed sizes: Python ints, as appended
+        assert [type(c) for c in count_got] == [int] * len(outs) and count_got == count_want
+    else:
+        assert type(count_got) is type(count_want) is int and count_got == count_want

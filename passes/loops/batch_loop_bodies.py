@@ -403,6 +403,9 @@ class _Batcher(Scope):
             operands = [self.expr(node.left), self.expr(node.right)]
             if op is not ops.UNKNOWN and op.batched != "elementwise":  # ``@``: no broadcast
                 return calls.operator(self, node, op, operands)
+            if not any(v.batched for _, v in operands):  # `o.shape[0] * o.shape[1]` of stacked
+                return ast.copy_location(ast.BinOp(operands[0][0], node.op, operands[1][0]),
+                                         node), _same_in_every_iteration(operands)
             (left, right), val = self.aligned(operands, node)
             val = Val(True, val.rank, integer(operands) if op.integer is not None
                       else val.integer, tensor=any(v.tensor for _, v in operands))
@@ -569,6 +572,13 @@ def _item_size(b: _Batcher, node: ast.Subscript) -> tuple[ast.expr, Val] | None:
     if not (val.batched and val.tensor):
         return None
     return b.sub(f"r.shape[{k + 1}]", r=rows), Val(False)
+
+
+def _same_in_every_iteration(operands: list[tuple[ast.expr, Val]]) -> Val:
+    """The facts of an op of values that are the same in every iteration (items' sizes): not
+    batched, computed from their leaves."""
+    leaves = [v.leaves for _, v in operands]
+    return Val(False, leaves=None if None in leaves else frozenset().union(*leaves))
 
 
 def _stepped(b: _Batcher, node: ast.expr, total: ast.expr, mean: bool) -> ast.expr:
