@@ -2,11 +2,12 @@
 equal tensors, Deep SVDD's center initialisation) is that number times the trip count: the
 batched value of ``o.shape[0]`` is ``o.shape[1]`` of the stacked items, one Python int, the same
 in every iteration. It was summed over the loop as a tensor of items (``.sum(0)`` of an int), so
-the vectorized form raised every time and the function ran as the original; a product of two
-such ints (``o.shape[0] * o.shape[1]``) raised in the rewrite itself. And a count of the items'
-sizes (``n += len(o)``, ``o.numel()``, ``outs[i].size(-1)``), or a list of them
-(``sizes.append(o.shape[0])``), stays the Python ints the original returns: they came back as
-0-d tensors. Golden before/after (with the no-change case), and
+the vectorized form raised every time and the function ran as the original; a product or a
+comparison of two such ints (``o.shape[0] * o.shape[1]``, ``o.shape[1] > 2``) raised in the
+rewrite itself. And a count of the items' sizes (``n += len(o)``, ``o.numel()``,
+``outs[i].size(-1)``, ``o.size()[0] / 2``, ``o.shape[0] if o.shape[1] > 2 else 1``), or a list
+of them (``sizes.append(o.shape[0])``), stays the Python ints (floats) the original returns: they
+came back as 0-d tensors. Golden before/after (with the no-change case), and
 equivalence of the value, every gradient, the dtype and the Python type in float32 and float64,
 the loop vectorized without raising."""
 from __future__ import annotations
@@ -137,6 +138,20 @@ def count_last_dim(outs):
     return n
 
 
+def halves(outs):
+    n = 0.0
+    for o in outs:
+        n += o.size()[0] / 2
+    return n
+
+
+def rows_of_wide_items(outs):
+    n = 0
+    for o in outs:
+        n += o.shape[0] if o.shape[1] > 2 else 1
+    return n
+
+
 def listed_rows(outs):
     sizes = []
     for o in outs:
@@ -161,7 +176,7 @@ def mean_over_elements(outs):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fn", [count_len, count_numel, count_last_dim, mean_over_elements,
-                                listed_rows, listed_numels])
+                                halves, rows_of_wide_items, listed_rows, listed_numels])
 def test_counts_of_item_sizes_stay_python_ints(fn, dtype):
     g = torch.Generator().manual_seed(1)
     outs = [torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_() for _ in range(4)]
@@ -173,4 +188,5 @@ def test_counts_of_item_sizes_stay_python_ints(fn, dtype):
     if isinstance(count_want, list):  # the listed sizes: Python ints, as appended
         assert [type(c) for c in count_got] == [int] * len(outs) and count_got == count_want
     else:
-        assert type(count_got) is type(count_want) is int and count_got == count_want
+        assert type(count_got) is type(count_want) and count_got == count_want
+        assert type(count_want) in (int, float)

@@ -350,7 +350,8 @@ class _Batcher(Scope):
         if factor_right or factor_left:
             fixed, part = (node.left, node.right) if factor_left else (node.right, node.left)
             summed, val = self.total(part, mean)
-            val = self.elementwise([val, self.fixed(fixed)], node)
+            val = self.elementwise([val, self.fixed(fixed)], node) if val.batched else \
+                _same_in_every_iteration([(part, val), (fixed, self.fixed(fixed))])
             new = ast.BinOp(fixed, node.op, summed) if fixed is node.left \
                 else ast.BinOp(summed, node.op, fixed)
             return ast.copy_location(new, node), val
@@ -414,8 +415,11 @@ class _Batcher(Scope):
             operand, val = self.expr(node.operand)
             return ast.copy_location(ast.UnaryOp(node.op, operand), node), val
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
-            (left, right), val = self.aligned([self.expr(node.left),
-                                                self.expr(node.comparators[0])], node)
+            operands = [self.expr(node.left), self.expr(node.comparators[0])]
+            if not any(v.batched for _, v in operands):  # `o.shape[1] > 2` of stacked items
+                return ast.copy_location(ast.Compare(operands[0][0], node.ops, [operands[1][0]]),
+                                         node), _same_in_every_iteration(operands)
+            (left, right), val = self.aligned(operands, node)
             return ast.copy_location(ast.Compare(left, node.ops, [right]), node), val
         if isinstance(node, ast.Call):
             return calls.call(self, node)

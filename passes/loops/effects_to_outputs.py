@@ -227,17 +227,21 @@ def _number_kind(value: ast.expr, ctx: PassContext) -> str:
     """What the original added: a Python int/float literal, a host number, an int of a tensor's
     metadata (``len(o)``, ``o.shape[0]``: ``_int_size``), or a tensor; for the terms
     ``loop_dataflow`` joins (``s = s - a.item() + b.item()``), what they add up to (ints times
-    ints too: ``o.shape[0] * o.shape[1]``)."""
+    ints too: ``o.shape[0] * o.shape[1]``, a float divided: ``o.shape[0] / 2``), and for a
+    conditional expression what both its values are."""
     if isinstance(value, ast.Constant) and type(value.value) in (int, float):
         return type(value.value).__name__
     kind = ast_marks.get(value, ast_marks.HOST_NUMBER) or ("int" if _int_size(value, ctx) else None)
-    if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp)):
+    if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp, ast.IfExp)):
         return kind or "tensor"
     if isinstance(value, ast.UnaryOp):
         return _number_kind(value.operand, ctx) if isinstance(value.op, ast.USub) else "tensor"
+    if isinstance(value, ast.IfExp):  # `o.shape[0] if c else 1`: what both branches are
+        kinds = {_number_kind(value.body, ctx), _number_kind(value.orelse, ctx)}
+        return kinds.pop() if len(kinds) == 1 else "tensor"
     kinds = {_number_kind(value.left, ctx), _number_kind(value.right, ctx)}
-    if kinds == {"int"} and isinstance(value.op, rules.INT_OPERATORS):
-        return "int"
+    if kinds == {"int"} and isinstance(value.op, (*rules.INT_OPERATORS, ast.Div)):
+        return "float" if isinstance(value.op, ast.Div) else "int"  # int / int: a float
     return "tensor" if "tensor" in kinds or not isinstance(value.op, (ast.Add, ast.Sub)) else \
         "float" if "float" in kinds else "item" if "item" in kinds else "int"
 
@@ -246,6 +250,10 @@ def _int_size(value: ast.expr, ctx: PassContext) -> bool:
     """``value`` is a Python int of a tensor's metadata in the original (``len(o)``,
     ``o.shape[k]``, ``o.size(k)``: ``batch_scope.int_size``; ``o.numel()``, ``o.dim()``:
     ``rules.INT_SIZE_QUERIES``), whose vectorized form is a tensor."""
+    if isinstance(value, ast.Subscript) and isinstance(value.value, ast.Call) \
+            and not value.value.args and method_name(value.value, ctx) == "size":
+        value = ast.Subscript(value.value.func.value, value.slice)  # `o.size()[0]`: `o.shape[0]`
+        value.value = ast.Attribute(value.value, "shape")
     return int_size(value, ctx) or isinstance(value, ast.Call) and not value.args \
         and not value.keywords and method_name(value, ctx) in rules.INT_SIZE_QUERIES
 
