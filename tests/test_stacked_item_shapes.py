@@ -5,7 +5,8 @@ in every iteration. It was summed over the loop as a tensor of items (``.sum(0)`
 the vectorized form raised every time and the function ran as the original; a product or a
 comparison of two such ints (``o.shape[0] * o.shape[1]``, ``o.shape[1] > 2``) raised in the
 rewrite itself. And a count of the items' sizes (``n += len(o)``, ``o.numel()``,
-``outs[i].size(-1)``, ``o.size()[0] / 2``, ``o.shape[0] if o.shape[1] > 2 else 1``), or a list
+``outs[i].size(-1)``, ``o.size()[0] / 2``, ``float(o.shape[0])``, ``o.shape[0] if o.shape[1] > 2
+else 1``), or a list
 of them (``sizes.append(o.shape[0])``), stays the Python ints (floats) the original returns: they
 came back as 0-d tensors. Golden before/after (with the no-change case), and
 equivalence of the value, every gradient, the dtype and the Python type in float32 and float64,
@@ -145,6 +146,14 @@ def halves(outs):
     return n
 
 
+def converted(outs):
+    n, m = 0.0, 0
+    for o in outs:
+        n += float(o.shape[0])
+        m += int(o.shape[1] / 2)
+    return n, m
+
+
 def rows_of_wide_items(outs):
     n = 0
     for o in outs:
@@ -176,7 +185,8 @@ def mean_over_elements(outs):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fn", [count_len, count_numel, count_last_dim, mean_over_elements,
-                                halves, rows_of_wide_items, listed_rows, listed_numels])
+                                halves, converted, rows_of_wide_items, listed_rows,
+                                listed_numels])
 def test_counts_of_item_sizes_stay_python_ints(fn, dtype):
     g = torch.Generator().manual_seed(1)
     outs = [torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_() for _ in range(4)]
@@ -184,6 +194,9 @@ def test_counts_of_item_sizes_stay_python_ints(fn, dtype):
     [loop] = report.loops
     assert loop.vectorized_runs == 1 and not loop.failed_runs, loop.runs()
     want, got = fn(outs), optimize_loss(fn, compile=False)(outs)
+    if fn is converted:  # both counts
+        assert [type(c) for c in got] == [float, int] and got == want
+        return
     count_want, count_got = (want[1], got[1]) if isinstance(want, tuple) else (want, got)
     if isinstance(count_want, list):  # the listed sizes: Python ints, as appended
         assert [type(c) for c in count_got] == [int] * len(outs) and count_got == count_want

@@ -227,11 +227,15 @@ def _number_kind(value: ast.expr, ctx: PassContext) -> str:
     """What the original added: a Python int/float literal, a host number, an int of a tensor's
     metadata (``len(o)``, ``o.shape[0]``: ``_int_size``), or a tensor; for the terms
     ``loop_dataflow`` joins (``s = s - a.item() + b.item()``), what they add up to (ints times
-    ints too: ``o.shape[0] * o.shape[1]``, a float divided: ``o.shape[0] / 2``), and for a
-    conditional expression what both its values are."""
+    ints too: ``o.shape[0] * o.shape[1]``, a float divided: ``o.shape[0] / 2``, converted:
+    ``float(o.shape[0])``), and for a conditional expression what both its values are."""
     if isinstance(value, ast.Constant) and type(value.value) in (int, float):
         return type(value.value).__name__
     kind = ast_marks.get(value, ast_marks.HOST_NUMBER) or ("int" if _int_size(value, ctx) else None)
+    if kind is None and isinstance(value, ast.Call) and len(value.args) == 1 \
+            and not value.keywords and call_op(value, ctx).host_number in ("int", "float") \
+            and _number_kind(value.args[0], ctx) in ("int", "float"):
+        kind = call_op(value, ctx).host_number  # float(o.shape[0]): a Python float
     if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp, ast.IfExp)):
         return kind or "tensor"
     if isinstance(value, ast.UnaryOp):
