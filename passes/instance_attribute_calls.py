@@ -29,7 +29,10 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from .errors import Unsupported
+from .op_facts import MODULE_SELF_METHODS
 
 
 @dataclass
@@ -92,6 +95,13 @@ def sort_value(value: ast.expr, cls: type, this: str, local: set, module: dict,
     elif partial_of(value, module, local) is not None:  # partial(focal, alpha=a): what focal is
         sort_value(partial_of(value, module, local), cls, this, local, module, found)
         return
+    elif made_module(value) is not None:  # Cls(...).to(device): the module Cls(...) made
+        made = BoundValues()
+        sort_value(made_module(value), cls, this, local, module, made)
+        if made.classes and not made.functions and not made.unresolved \
+                and keeps_module(made.classes, value):
+            found.classes += [c for c in made.classes if c not in found.classes]
+            return
     elif isinstance(value, ast.Call) and not _reads(value.func, this, local):
         made_by = _callees(value.func, module)  # Cls(...), LOSSES[name](...)
         classes = [c for c in made_by if isinstance(c, type) and c.__module__ == module.get("__name__")]
@@ -111,6 +121,28 @@ def sort_value(value: ast.expr, cls: type, this: str, local: set, module: dict,
         found.unresolved.append(f"`{ast.unparse(value)}`")
     elif target not in found.functions:
         found.functions.append(target)
+
+
+def made_module(value: ast.expr) -> ast.expr | None:
+    """``Cls(...)`` of ``Cls(...).to(device)`` (or of a chain of such ``MODULE_SELF_METHODS``
+    calls, ``.double().eval()``), else None."""
+    inner = None
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in MODULE_SELF_METHODS:
+        inner = value = value.func.value
+    return inner if isinstance(inner, ast.Call) else None
+
+
+def keeps_module(classes: list[type], value: ast.expr) -> bool:
+    """Each class is an ``nn.Module`` whose methods ``value`` chains (``made_module``) are
+    torch's own, which return the module: the object is the one ``Cls(...)`` made."""
+    methods = []
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in MODULE_SELF_METHODS:
+        methods.append(value.func.attr)
+        value = value.func.value
+    return all(issubclass(c, torch.nn.Module) and class_attribute(c, m) is vars(torch.nn.Module)[m]
+               for c in classes for m in methods)
 
 
 def picked_helper(value: Any, *pairs: tuple[Callable, Callable]) -> Any:

@@ -88,6 +88,11 @@ WRITE_PLACED_CAST = "p.to(out.dtype if v.dim() == 1 else v.dtype)"
 # Accumulators whose contributions were Python numbers in the original (literals, or host
 # round trips): the folded result is turned back into the same kind of Python number.
 NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
+# Methods of a tensor without arguments that are Python ints of its metadata, added up as such
+# (``n += o.numel()``; ``len(o)``, ``o.shape[k]``, ``o.size(k)``: ``batch_scope.int_size``).
+INT_SIZE_QUERIES = frozenset({"dim", "ndimension", "numel", "nelement"})
+# ... and the int operators that keep two Python ints one
+INT_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
 # A host number ``h`` (a tensor in the rewrite) next to a tensor ``t``: as the Python number it
 # was, a weak scalar, so the tensor's dtype decides (float32 ``t`` times a float64 weight's
 # ``.item()`` stays float32). Ints (int64 here) need no cast next to floating tensors, the usual

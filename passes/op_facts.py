@@ -94,6 +94,11 @@ def creates_grad(node: torch.fx.Node) -> bool:
     """The result requires grad by itself: ``torch.zeros(3, requires_grad=True)``, or a table op."""
     return node.kwargs.get("requires_grad") is True or op_name(node) in CREATES_GRAD
 
+# ``nn.Module`` methods that return the module itself (torch's own, where a class does not
+# override them): ``Cls(...).to(device)`` is the module ``Cls(...)`` made.
+MODULE_SELF_METHODS = frozenset({"to", "cuda", "cpu", "float", "double", "half", "bfloat16",
+                                 "train", "eval", "requires_grad_"})
+
 # ``nn`` loss modules whose ``forward`` is one call of a ``torch.nn.functional`` function: the
 # class's name -> (that function, the module attributes its forward passes by keyword). A call of
 # such a module (of exactly that class, without hooks) is that function with those attributes.

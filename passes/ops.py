@@ -457,6 +457,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(_t(n, data_shape=True, one_d=True) for n in ("masked_select", "unique")),
     # positions: integers, which take no gradient
     *(_t(n, data_shape=True, derivative="constant") for n in ("nonzero", "argwhere")),
+    # positions along a dim (in the flattened operand without one): integers, no gradient;
+    # pure (unknown, a call might change its receiver in place)
+    *(_t(n, total=True, derivative="constant", integer=()) for n in ("argmax", "argmin", "argsort")),
     _t("bitwise_not", extra=("operator.invert",), recomputed=True),
     *(OpSpec(None, (f"operator.{n}",), recomputed=True) for n in ("and_", "or_", "xor")),
     # -- metadata -----------------------------------------------------------------------------

@@ -102,7 +102,8 @@ import torch
 
 from . import ast_marks, broadcast_products, mapped_op_forms
 from .errors import RewriteError, Unsupported
-from .instance_attribute_calls import BoundValues, bound_values, partial_of, picked_helper, sort_value
+from .instance_attribute_calls import (BoundValues, bound_values, keeps_module, made_module,
+                                       partial_of, picked_helper, sort_value)
 from .instance_attribute_calls import class_attribute as _method
 from .instance_attribute_calls import table_functions as _table_functions
 from .constructor_calls import constructed
@@ -257,6 +258,9 @@ class _Scope:
         local bound to ``Cls(...)``."""
         if ast_marks.get(node, ast_marks.CONSTRUCTED) is not None:  # its callee rewritten
             return [ast_marks.get(node, ast_marks.CONSTRUCTED)]
+        if made_module(node) is not None:  # Cls(...).to(device): the module Cls(...) made
+            made = self.classes(made_module(node))
+            return made if keeps_module(made, node) else []
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                 and node.func.id not in self.local:
             cls = self.globals.get(node.func.id)

@@ -74,7 +74,8 @@ def test_golden(name):
 
 def test_reasons():
     kept = rewrite_source(SOURCES["tensor_handed"])[1].loops[0].reason
-    assert "<test>:3 `l = F.mse_loss(x[i], y[i])`: binds `l`, as line 4 (residual) does" in kept
+    assert "<test>:3 `l = F.mse_loss(x[i], y[i])`: binds `l`, which line 4 (residual) hands to " \
+           "`record(...)`, which may change it" in kept
     split = rewrite_source(SOURCES["index_and_number"])[1].loops[0].reason
     assert split.startswith("line 4 hoisted into one loop (batched); residual loop: "
                             "<test>:5 `record(i, l.item())`: `record(i, l.item())` is evaluated "

@@ -1,5 +1,7 @@
 """The report quotes the user's code, not the rewrite's: a row the body reads is spelled as read
-(``x[:, c]``, ``xs[i][j]``), not as the generated parameter that carries it (``_x_row``); and a
+(``x[:, c]``, ``xs[i][j]``), not as the generated parameter that carries it (``_x_row``), a
+write into a tensor as written (``s[seen[u]] = v``), not as the code of its functional form
+(``s.numel()``, which names only the user's names; a recommender's per-user softmax); and a
 tensor made from sizes (``torch.ones(n)``) takes no gradient, so no loop is said to run as
 written "while `n` takes no gradient" because of it."""
 from __future__ import annotations
@@ -66,6 +68,16 @@ def normal_consistency(normals, normals_gt, idx):
             cos = torch.dot(normals[b, i], gt[i]) / (normals[b, i].norm() * gt[i].norm() + 1e-8)
             losses.append(1 - cos.abs())
     return torch.stack(losses).mean()
+
+
+def seen_masked(scores, pos, seen):
+    loss = 0
+    for u in range(scores.shape[0]):
+        s = scores[u].clone()
+        s[seen[u]] = float('-inf')
+        s[pos[u]] = scores[u, pos[u]]
+        loss = loss - F.log_softmax(s, 0)[pos[u]]
+    return loss / scores.shape[0]
 '''
 
 
@@ -86,6 +98,18 @@ def test_a_vmap_reason_quotes_the_rows_as_the_user_reads_them(user, name, quoted
     reasons = " ".join(loop.reason for loop in explain(getattr(user, name)).loops)
     assert quoted in reasons
     assert not re.search(r"\b_\w*_row\b", reasons), reasons
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_functional_write_is_quoted_as_the_users_write(user, dtype):
+    (loop,) = explain(user.seen_masked).loops
+    assert "vmap: `s[seen[u]] = float('-inf')` has no batched form" in loop.reason, loop.reason
+    assert "numel" not in loop.reason
+    scores = torch.randn(5, 12, dtype=dtype)
+    scores[2, 3] = float("inf")
+    seen = torch.tensor([[2, 3], [0, 5], [1, 1], [10, 9], [2, 7]])
+    optimized_and_vectorized(user.seen_masked, scores.requires_grad_(), torch.tensor([1, 4, 0, 11, 6]),
+                             seen)
 
 
 def test_a_tensor_made_from_sizes_needs_no_check_that_they_take_no_gradient(user):

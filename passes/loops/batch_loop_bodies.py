@@ -350,7 +350,8 @@ class _Batcher(Scope):
         if factor_right or factor_left:
             fixed, part = (node.left, node.right) if factor_left else (node.right, node.left)
             summed, val = self.total(part, mean)
-            val = self.elementwise([val, self.fixed(fixed)], node)
+            val = self.elementwise([val, self.fixed(fixed)], node) if val.batched else \
+                _same_in_every_iteration([(part, val), (fixed, self.fixed(fixed))])
             new = ast.BinOp(fixed, node.op, summed) if fixed is node.left \
                 else ast.BinOp(summed, node.op, fixed)
             return ast.copy_location(new, node), val
@@ -403,6 +404,9 @@ class _Batcher(Scope):
             operands = [self.expr(node.left), self.expr(node.right)]
             if op is not ops.UNKNOWN and op.batched != "elementwise":  # ``@``: no broadcast
                 return calls.operator(self, node, op, operands)
+            if not any(v.batched for _, v in operands):  # `o.shape[0] * o.shape[1]` of stacked
+                return ast.copy_location(ast.BinOp(operands[0][0], node.op, operands[1][0]),
+                                         node), _same_in_every_iteration(operands)
             (left, right), val = self.aligned(operands, node)
             val = Val(True, val.rank, integer(operands) if op.integer is not None
                       else val.integer, tensor=any(v.tensor for _, v in operands))
@@ -411,8 +415,11 @@ class _Batcher(Scope):
             operand, val = self.expr(node.operand)
             return ast.copy_location(ast.UnaryOp(node.op, operand), node), val
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
-            (left, right), val = self.aligned([self.expr(node.left),
-                                                self.expr(node.comparators[0])], node)
+            operands = [self.expr(node.left), self.expr(node.comparators[0])]
+            if not any(v.batched for _, v in operands):  # `o.shape[1] > 2` of stacked items
+                return ast.copy_location(ast.Compare(operands[0][0], node.ops, [operands[1][0]]),
+                                         node), _same_in_every_iteration(operands)
+            (left, right), val = self.aligned(operands, node)
             return ast.copy_location(ast.Compare(left, node.ops, [right]), node), val
         if isinstance(node, ast.Call):
             return calls.call(self, node)
@@ -571,6 +578,13 @@ def _item_size(b: _Batcher, node: ast.Subscript) -> tuple[ast.expr, Val] | None:
     return b.sub(f"r.shape[{k + 1}]", r=rows), Val(False)
 
 
+def _same_in_every_iteration(operands: list[tuple[ast.expr, Val]]) -> Val:
+    """The facts of an op of values that are the same in every iteration (items' sizes): not
+    batched, computed from their leaves."""
+    leaves = [v.leaves for _, v in operands]
+    return Val(False, leaves=None if None in leaves else frozenset().union(*leaves))
+
+
 def _stepped(b: _Batcher, node: ast.expr, total: ast.expr, mean: bool) -> ast.expr:
     """``total``, the sum over the loop of ``node``'s per-item values fused into other ops
     (``x.sum()``, ``F.mse_loss(..., reduction='sum')``, ``c * x.sum(0)``, ``e * n``), as
@@ -582,11 +596,12 @@ def _stepped(b: _Batcher, node: ast.expr, total: ast.expr, mean: bool) -> ast.ex
     if ast_marks.get(plain, ast_marks.LOOP_SUM):
         return total  # already the loop sum of the per-item values
     pre, b.pre = b.pre, []
-    if b.varies(node):
-        items = b._summed(b.expr(node)[0])
-    else:  # the same value in every iteration, added once per iteration
+    value, val = b.expr(node) if b.varies(node) else (node, None)
+    if val is not None and val.batched:
+        items = b._summed(value)
+    else:  # the same value in every iteration (a stacked item's `o.shape[0]` too), added once
         items = b._summed(b.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
-                                o=node, n=b.trips))
+                                o=value, n=b.trips))
     items = b._divided(items) if mean else items
     temporaries, b.pre = b.pre, pre
     fn = b.ctx.bind(loop_sums_keep_dtypes.summed_in_steps, "summed_in_steps")

@@ -742,7 +742,10 @@ def _dependence(split: _Split, k: int, written: dict[str, int], read: dict[str, 
                    f"{_how_written(body[written[n]], n, ctx)}"
     for n in sorted(_writes(s, ctx)):
         if n in written:
-            return f"binds `{n}`, as line {body[written[n]].lineno} (residual) does"
+            how = _how_written(body[written[n]], n, ctx)
+            return f"binds `{n}`, as line {body[written[n]].lineno} (residual) does" \
+                if how == "binds" else \
+                f"binds `{n}`, which line {body[written[n]].lineno} (residual) {how}"
         if n in read and read[n] < k:
             return f"binds `{n}`, which line {body[read[n]].lineno} (residual) reads before"
     last = {n: j for j in range(len(body)) for n in loop_dataflow.stores_in([body[j]])}

@@ -36,8 +36,9 @@ from .. import ops
 from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
 from . import inline_inner_loops
+from .batch_scope import int_size
 from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, loads,
-                            resolve_call, stores, stores_in, write_entries)
+                            method_name, resolve_call, stores, stores_in, write_entries)
 from .plan import Accumulator, LoopPlan, OwnList
 
 
@@ -149,7 +150,7 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         plan.init += plan.sub(f"p = {ident}", p=part)
         plan.accumulators[e.name] = Accumulator(part, e.family, plan.output(part), set())
     acc = plan.accumulators[e.name]
-    acc.kinds.add(_number_kind(e.value))
+    acc.kinds.add(_number_kind(e.value, ctx))
     acc.several |= e.steps > 1 or bool(acc.masks) or bool(ast_marks.get(e.stmt, ast_marks.INLINED))
     if not isinstance(e.stmt, ast.AugAssign):
         acc.rebound = True
@@ -222,19 +223,43 @@ def _masked_write(plan: LoopPlan, e: Effect, value: ast.expr, mask: str) -> ast.
     return plan.sub("torch.where(p, v, old)", p=mask, v=value, old=old)
 
 
-def _number_kind(value: ast.expr) -> str:
-    """What the original added: a Python int/float literal, a host number, or a tensor; for
-    the terms ``loop_dataflow`` joins (``s = s - a.item() + b.item()``), what they add up to."""
+def _number_kind(value: ast.expr, ctx: PassContext) -> str:
+    """What the original added: a Python int/float literal, a host number, an int of a tensor's
+    metadata (``len(o)``, ``o.shape[0]``: ``_int_size``), or a tensor; for the terms
+    ``loop_dataflow`` joins (``s = s - a.item() + b.item()``), what they add up to (ints times
+    ints too: ``o.shape[0] * o.shape[1]``, a float divided: ``o.shape[0] / 2``, converted:
+    ``float(o.shape[0])``), and for a conditional expression what both its values are."""
     if isinstance(value, ast.Constant) and type(value.value) in (int, float):
         return type(value.value).__name__
-    kind = ast_marks.get(value, ast_marks.HOST_NUMBER)
-    if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp)):
+    kind = ast_marks.get(value, ast_marks.HOST_NUMBER) or ("int" if _int_size(value, ctx) else None)
+    if kind is None and isinstance(value, ast.Call) and len(value.args) == 1 \
+            and not value.keywords and call_op(value, ctx).host_number in ("int", "float") \
+            and _number_kind(value.args[0], ctx) in ("int", "float"):
+        kind = call_op(value, ctx).host_number  # float(o.shape[0]): a Python float
+    if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp, ast.IfExp)):
         return kind or "tensor"
     if isinstance(value, ast.UnaryOp):
-        return _number_kind(value.operand) if isinstance(value.op, ast.USub) else "tensor"
-    kinds = {_number_kind(value.left), _number_kind(value.right)}
+        return _number_kind(value.operand, ctx) if isinstance(value.op, ast.USub) else "tensor"
+    if isinstance(value, ast.IfExp):  # `o.shape[0] if c else 1`: what both branches are
+        kinds = {_number_kind(value.body, ctx), _number_kind(value.orelse, ctx)}
+        return kinds.pop() if len(kinds) == 1 else "tensor"
+    kinds = {_number_kind(value.left, ctx), _number_kind(value.right, ctx)}
+    if kinds == {"int"} and isinstance(value.op, (*rules.INT_OPERATORS, ast.Div)):
+        return "float" if isinstance(value.op, ast.Div) else "int"  # int / int: a float
     return "tensor" if "tensor" in kinds or not isinstance(value.op, (ast.Add, ast.Sub)) else \
         "float" if "float" in kinds else "item" if "item" in kinds else "int"
+
+
+def _int_size(value: ast.expr, ctx: PassContext) -> bool:
+    """``value`` is a Python int of a tensor's metadata in the original (``len(o)``,
+    ``o.shape[k]``, ``o.size(k)``: ``batch_scope.int_size``; ``o.numel()``, ``o.dim()``:
+    ``rules.INT_SIZE_QUERIES``), whose vectorized form is a tensor."""
+    if isinstance(value, ast.Subscript) and isinstance(value.value, ast.Call) \
+            and not value.value.args and method_name(value.value, ctx) == "size":
+        value = ast.Subscript(value.value.func.value, value.slice)  # `o.size()[0]`: `o.shape[0]`
+        value.value = ast.Attribute(value.value, "shape")
+    return int_size(value, ctx) or isinstance(value, ast.Call) and not value.args \
+        and not value.keywords and method_name(value, ctx) in rules.INT_SIZE_QUERIES
 
 
 def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
@@ -340,7 +365,8 @@ def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, ctx: PassContext,
     """Store the stacked per-iteration values of an append or write; ``bind``: a list the loop
     builds may be bound to them (not when they may be none: its consumers raise on an empty
     list, as the original's do)."""
-    host = ast_marks.get(e.value, ast_marks.HOST_NUMBER)
+    host = ast_marks.get(e.value, ast_marks.HOST_NUMBER) or (
+        "int" if e.kind == "append" and _int_size(e.value, ctx) else None)
     if e.kind == "append" and e.name in plan.own_lists:  # its consumer is known
         plan.own_list_values[e.name] = OwnList(stacked, host)
         return []

@@ -47,7 +47,7 @@ import torch
 
 from .. import loop_rules as rules
 from .. import ops
-from ..ast_tools import PassContext, unparse, walk
+from ..ast_tools import PassContext, replace, unparse, walk
 from ..errors import Unsupported
 from ..inplace_results import inplace_result
 from .batch_values import number_literal
@@ -147,11 +147,13 @@ class Writes:
             if (self.masked_only and not masked) or not self.writable(name, s):
                 return [s]
             if masked:
-                return self.masked_write(name, target.slice, s.value)
+                return self.masked_write(name, target.slice, s.value, s)
             value = s.value if isinstance(s, ast.Assign) else \
                 ast.BinOp(ast.Subscript(target.value, target.slice, ast.Load()), s.op, s.value)
             at = self.ctx.namer.new(f"{name}_at")
-            return self.plan.sub(rules.FUNCTIONAL_WRITE, p=at, t=name, k=target.slice, v=value)
+            # at the write: a reason quoting the functional form's code quotes the user's write
+            return replace(rules.FUNCTIONAL_WRITE, loc=s, torch_name=self.plan.torch_name, p=at,
+                           t=name, k=target.slice, v=value)
         if self.masked_only:
             return [s]
         if isinstance(s, ast.AugAssign) and isinstance(target, ast.Name):
@@ -238,13 +240,14 @@ class Writes:
         return ast.copy_location(ast.Call(ast.Name(helper, ast.Load()),
                                           [ast.Name(name, ast.Load()), value], []), value)
 
-    def masked_write(self, name: str, mask: ast.expr, value: ast.expr) -> list[ast.stmt]:
+    def masked_write(self, name: str, mask: ast.expr, value: ast.expr,
+                     s: ast.stmt) -> list[ast.stmt]:
         """``t[m] = v`` (``v`` a number) as ``t = torch.where(m, v, t)``, ``m`` shaped as
         indexing reads it; a comparison of Python values is a Python bool, made a tensor."""
         made = mask if self.is_tensor(mask) else self.plan.sub("torch.as_tensor(m)", m=mask)
-        return self.plan.sub("k = m.reshape(shape[m.shape, t.shape])\nt = torch.where(k, v, t)",
-                             k=self.ctx.namer.new(f"{name}_keep"), m=made, t=name, v=value,
-                             shape=self.ctx.bind(WRITTEN_MASK, "written_mask"))
+        return replace("k = m.reshape(shape[m.shape, t.shape])\nt = torch.where(k, v, t)", loc=s,
+                       torch_name=self.plan.torch_name, k=self.ctx.namer.new(f"{name}_keep"),
+                       m=made, t=name, v=value, shape=self.ctx.bind(WRITTEN_MASK, "written_mask"))
 
     def writable(self, name: str, s: ast.stmt) -> bool:
         """``name`` is a tensor the iteration made and nothing else shares (refused when it is a

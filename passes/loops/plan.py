@@ -286,11 +286,19 @@ class LoopPlan:
         def generated(code: str) -> bool:
             return any(n not in written for n in re.findall(r"(?<![\w.])_\w*", spelled(code)))
 
+        def spelt(code: str, nodes: list[ast.AST]) -> bool:
+            """Some node of ``nodes`` is ``code`` (a call ``f(...)``: its function is ``f``)."""
+            return any(unparse(n) == code or isinstance(n, ast.Call)
+                       and f"{unparse(n.func)}(...)" == code for n in nodes)
+
         def user_code(m: re.Match) -> str:
             code = m.group(1)
-            if not generated(code):
-                return f"`{spelled(code)}`"
             nodes = list(ast.walk(ast.Module(self.body, [])))
+            # code of the user's names that a stage made (``s.numel()`` of a functional write
+            # ``s[k] = v``) where the loop as written has none: quoted as what stands there
+            if not generated(code) and (not spelt(code, nodes)
+                                        or spelt(code, list(ast.walk(self.node)))):
+                return f"`{spelled(code)}`"
             calls = [n for n in nodes
                      if isinstance(n, ast.Call) and f"{unparse(n.func)}(...)" == code]
             found = [self.quote(n) for n in nodes if unparse(n) == code] + [
