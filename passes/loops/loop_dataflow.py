@@ -28,6 +28,7 @@ import torch
 
 from .. import ast_marks
 from ..accumulating_writes import index_accumulate
+from ..loop_sums_keep_dtypes import identity_of
 from ..errors import Unsupported
 
 from .. import loop_rules as rules
@@ -643,7 +644,7 @@ def analyze(body: list[ast.stmt], index: str, seeds: set[str], live_after: set[s
     facts.masked = any(is_guarded_continue(s) for s in body)
     _check_calls(body, facts.assigned, ctx)
     _classify(body, facts, carried, "none", ctx)
-    _check_accumulator_reads(body, facts, carried)
+    _check_accumulator_reads(body, facts, carried, ctx)
     _check_effect_reads(body, facts, index, ctx)
     _check_mask_indexing(body, ctx)
     _check_writes(facts, index, ctx)
@@ -985,7 +986,7 @@ def _recurrence(name: str, s: ast.stmt) -> Unsupported:
 
 
 def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
-                             carried: dict[str, ast.stmt]) -> None:
+                             carried: dict[str, ast.stmt], ctx: PassContext) -> None:
     """An accumulator read elsewhere in the body is a prefix scan (only written or appended
     after its single top-level update) or a recurrence."""
     accs: dict[str, list[Effect]] = {}
@@ -994,7 +995,10 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
     for name in carried:
         if name not in accs:
             raise _recurrence(name, carried[name])
-    read = {id(s): stmt_loads(s) if not isinstance(s, ast.If) else loads(s.test)
+    # (an inner loop's partial reading the running value for its start's dtype, type and shape
+    # only, `identity_of(loss, 0)`, reads the outer start there: what the items add promotes
+    # both alike)
+    read = {id(s): _value_loads(s, ctx) if not isinstance(s, ast.If) else loads(s.test)
             for s in _simple_stmts(body)} if accs else {}  # once, not per accumulator
     for name, updates in accs.items():
         if len({e.family for e in updates}) > 1:
@@ -1024,6 +1028,19 @@ def _check_accumulator_reads(body: list[ast.stmt], facts: LoopFacts,
                                   + _updated_in_place(update.stmt), r.lineno)
             eff.scan_of = name
         update.kind = "scan"
+
+
+def _value_loads(s: ast.stmt, ctx: PassContext) -> set[str]:
+    """``stmt_loads(s)`` but for the names ``s`` reads only as an inner loop's partial start,
+    ``identity_of(loss, 0)`` (``fold_accumulators``): their type, dtype and shape."""
+    starts = {k for k, v in ctx.bindings.items() if v is identity_of}
+    calls = [n for n in walk(s) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+             and n.func.id in starts and n.args and isinstance(n.args[0], ast.Name)]
+    if not calls:
+        return stmt_loads(s)
+    started = {c.args[0] for c in calls}
+    elsewhere = {n.id for n in walk(s) if isinstance(n, ast.Name) and n not in started}
+    return stmt_loads(s) - ({c.args[0].id for c in calls} - elsewhere)
 
 
 def _updated_in_place(update: ast.stmt) -> str:
