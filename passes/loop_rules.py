@@ -123,6 +123,10 @@ BATCHED_MASK_RESHAPE = "m.reshape(m.shape[:1] + h[shapes])"
 # align from the right with ``w``'s (``k`` = ``w``'s rank - the per-item rank, an int or source).
 BATCHED_UNDER_SET = "v[(slice(None),) + (None,) * (k)]"
 BATCHED_UNDER_SET_CONST = "v[:{nones}]"  # k known: ``v[:, None]``
+# Per-item tensors of ranks that may differ as operands of one elementwise op (``x[i] * w[i]``):
+# the lower one lifted against the other, cast as its items promote (``item_broadcasts``).
+BROADCAST_ITEM = "fn(a, b)"
+BROADCAST_NUMBERS = "fn(a, b, k)"  # ``a`` a row of Python numbers of kind ``k``
 # Per item ``x.flatten()`` (per-item rank >= 1: a 0-d item would flatten to [1]).
 BATCHED_FLATTEN = "x.flatten(1)"
 # Reductions over all elements: per item ``x.f()`` / ``torch.f(x)`` -> one reduction over the
