@@ -132,6 +132,10 @@ BATCHED_UNDER_SET_CONST = "v[:{nones}]"  # k known: ``v[:, None]``
 # the same in every iteration.
 BATCHED_ITEM_METADATA = {"size": "x.shape[1:]", "numel": "x.shape[1:].numel()",
                          "dim": "(x.dim() - 1)"}
+# Per-item tensors of ranks that may differ as operands of one elementwise op (``x[i] * w[i]``):
+# the lower one lifted against the other, cast as its items promote (``item_broadcasts``).
+BROADCAST_ITEM = "fn(a, b)"
+BROADCAST_NUMBERS = "fn(a, b, k)"  # ``a`` a row of Python numbers of kind ``k``
 # Per item ``x.flatten()`` (per-item rank >= 1: a 0-d item would flatten to [1]).
 BATCHED_FLATTEN = "x.flatten(1)"
 # Reductions over all elements: per item ``x.f()`` / ``torch.f(x)`` -> one reduction over the

@@ -21,9 +21,9 @@ from typing import Callable
 import torch
 
 from . import (bce_with_logits, class_index_targets, cosine_products, full_extremes,
-               gathered_nll_loss, grad_free, inplace_results, kl_div_terms, masked_divisors,
-               number_operands, row_dots, selection_windows, set_distances, slice_bounds,
-               stacked_views)
+               gathered_nll_loss, grad_free, inplace_results, item_broadcasts, kl_div_terms,
+               masked_divisors, number_operands, row_dots, selection_windows, set_distances,
+               slice_bounds, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -107,6 +107,16 @@ class OpSpec:
     recomputed: bool = False                  # cheaper to recompute than to cache (FX)
     creates_grad: bool = False                # its result requires grad whatever its inputs
     aliases: bool = False                     # its result may share memory with an operand
+    # Operands (positions counted as for ``sanitize``) that broadcast against each other and
+    # promote as an operator's do: per-item tensors of other ranks there are lifted in the
+    # batched form (``batch_scope.lifted_operands``); ``broadcast_numbers``: the position of the
+    # argument naming the kind of Python numbers the second one's items stand for (a row of
+    # ``number_operands``: converted by the op, not cast when lifted)
+    broadcasts: tuple[int, ...] = ()
+    broadcast_numbers: int | None = None
+    # A helper whose result may be a Python number where its operands are tensors (a divisor
+    # kept the number it is): no tensor to lift (``int_or_raises`` alike)
+    may_be_number: bool = False
     # ``f(b, a)`` of ``x = f(a, b)`` (two tensors first): the same values, computed from ``x``
     swapped: str | None = None
     # ... computed by this function of (``x``, ``b``, ``a``) instead, bound into generated code
@@ -237,7 +247,8 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(_t(n, derivative="constant", **_ET) for n in ("floor", "ceil", "round", "clamp", "clip",
                                                      "nan_to_num")),
     *(_t(n, derivative="constant", **_ET) for n in ("clamp_min", "clamp_max")),
-    *(_t(n, derivative="bounded", **_ET) for n in ("maximum", "minimum", "logaddexp")),
+    *(_t(n, derivative="bounded", broadcasts=(0, 1), **_ET)
+      for n in ("maximum", "minimum", "logaddexp")),
     _t("add", operators=(ast.Add,), integer=(0, 1), number_first=True, derivative="constant",
        recomputed=True, **_ET),
     _t("sub", operators=(ast.Sub,), integer=(0, 1), number_first=True, derivative="constant",
@@ -341,20 +352,23 @@ REGISTRY: tuple[OpSpec, ...] = (
     *(_helper(f, batched="from_start", total=True, derivative="constant")
       for f in (full_extremes.min_of_selected, full_extremes.max_of_selected,
                 full_extremes.first_min_of_selected, full_extremes.first_max_of_selected)),
-    _helper(grad_free.detached, aliases=True, derivative="constant", **_ET),
+    _helper(grad_free.detached, aliases=True, derivative="constant", may_be_number=True, **_ET),
     # the identity on a slice bound that raises where slicing with a float would
     _helper(slice_bounds.slice_bound, aliases=True, derivative="constant", int_or_raises=True,
             **_ET),
     # the mask of a slice of a selection: ``x[m][a:b]`` is ``x[selection_window(m, a, b)]``
     _helper(selection_windows.selection_window, boolean=True, derivative="constant"),
     # a fixed divisor under a mask: the number itself, or 1 where the mask is off
-    _helper(masked_divisors.masked_divisor, derivative="constant", **_ET),
+    _helper(masked_divisors.masked_divisor, derivative="constant", may_be_number=True, **_ET),
     # an in-place write's value in the written tensor's dtype (``inplace_writes_to_functional``)
     _helper(inplace_results.inplace_result, **_ET),
     _helper(stacked_views.stack_items, total=True, derivative="constant"),
     # a tensor operand and a row of Python numbers, in the dtype the number would give; a row
     # of 1 divides safely where a tensor condition deselects it
-    _helper(number_operands.number_op, batched="elementwise", sanitize=(1, "1")),
+    _helper(number_operands.number_op, batched="elementwise", sanitize=(1, "1"),
+            broadcasts=(0, 1), broadcast_numbers=2),
+    # a batched operand lifted against another's items of higher rank (a view, or its cast)
+    _helper(item_broadcasts.broadcast_item, aliases=True, total=True),
     # -- losses -----------------------------------------------------------------------------
     # selection: on masked selections, the loss per element (``reduction="none"``) masked
     # ("pointwise_loss"), or per row with the deselected rows' targets the ignored class

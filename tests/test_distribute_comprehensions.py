@@ -52,12 +52,12 @@ GOLDEN = {
                     _value_all_item = _value
                     _outs = (_value_all_item,)
                 else:
-
-                    def _body(_x_row, _y_row):
-                        _value = (_x_row - _y_row).sum()
-                        _value_all_item = _value
-                        return (torch.as_tensor(_value_all_item),)
-                    _outs = _map_in_chunks(_body, in_dims=(0, 0))(x if len(x) == x.shape[0] else x[0:len(x):1], y if len(x) == y.shape[0] else y[0:len(x):1])
+                    _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
+                    _y_row = y if len(x) == y.shape[0] else y[0:len(x):1]
+                    _t_1 = _broadcast_item(_x_row, _y_row) - _broadcast_item(_y_row, _x_row)
+                    _value = _t_1.sum(tuple(range(1, _t_1.dim()))) if _t_1.dim() > 1 else _t_1.reshape(len(_t_1), -1).sum(1)
+                    _value_all_item = _value
+                    _outs = (_value_all_item,)
                 _value_all = _outs[0].unbind(0)
                 for _i in range(len(x)):
                     _value = _value_all[_i]

@@ -66,14 +66,16 @@ EMA_GOLDEN = """
                     _loss_part = _summed_in_steps(((_s_t - _y_row) ** 2).sum(), _items_sum)
                     _outs_2 = (_loss_part,)
                 else:
+                    _s_all_row = _s_all if x.shape[1] == _s_all.shape[0] else _s_all[0:x.shape[1]:1]
+                    _y_row = (y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1]).movedim(1, 0)
+                    _loss_part = 0
+                    _s_t = _s_all_row
 
-                    def _body_1(_s_all_row, _y_row):
-                        _loss_part = 0
-                        _s_t = _s_all_row
-                        _loss_part = _loss_part + ((_s_t - _y_row) ** 2).sum()
-                        return (torch.as_tensor(_loss_part),)
-                    _outs_2 = _map_in_chunks(_body_1, in_dims=(0, 1))(_s_all if x.shape[1] == _s_all.shape[0] else _s_all[0:x.shape[1]:1], y if x.shape[1] == y.shape[1] else y[:, 0:x.shape[1]:1])
-                    _outs_2 = (_outs_2[0].sum(0),)
+                    def _items_sum_1():
+                        _t_1 = (_broadcast_item(_s_t, _y_row) - _broadcast_item(_y_row, _s_t)) ** 2
+                        return (_t_1.sum(tuple(range(1, _t_1.dim()))) if _t_1.dim() > 1 else _t_1.reshape(len(_t_1), -1).sum(1)).sum(0)
+                    _loss_part = _summed_in_steps(((_broadcast_item(_s_t, _y_row) - _broadcast_item(_y_row, _s_t)) ** 2).sum(), _items_sum_1)
+                    _outs_2 = (_loss_part,)
                 loss = _outs_2[0]
             else:
                 for t in range(x.shape[1]):

@@ -207,7 +207,7 @@ isinstance(w, torch.Tensor) and min(len(preds), len(targets)) <= w.shape[0] and 
 # prelude
 _w_kind = _number_kind(w)
 # outline
-if targets.dim() == preds.dim() and w.dim() == 1 and (not isinstance(_w_kind, torch.Tensor)): ...
+if targets.dim() == preds.dim() and w.dim() == 1 and (not isinstance(_w_kind, torch.Tensor)) or (not isinstance(_w_kind, torch.Tensor) or (w.dim() >= 2 and w.dim() >= _w_kind.dim() + 1)): ...
 loss = _outs[0]
 """,
      """
@@ -219,7 +219,7 @@ _preds_stacked = _stack_items(tuple(preds)) if (type(preds) is list or (isinstan
 _targets_stacked = _stack_items(tuple(targets)) if (type(targets) is list or (isinstance(targets, tuple) and type(targets).__getitem__ is tuple.__getitem__ and (type(targets).__iter__ is tuple.__iter__) and (type(targets).__len__ is tuple.__len__))) and len(targets) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == targets[0].shape and (_v_1.dtype == targets[0].dtype) and (_v_1.device == targets[0].device) for _v_1 in targets)) else targets
 _w_stacked = _stack_items(tuple(w)) if (type(w) is list or (isinstance(w, tuple) and type(w).__getitem__ is tuple.__getitem__ and (type(w).__iter__ is tuple.__iter__) and (type(w).__len__ is tuple.__len__))) and len(w) > 0 and all((isinstance(_v_2, torch.Tensor) and _v_2.shape == w[0].shape and (_v_2.dtype == w[0].dtype) and (_v_2.device == w[0].device) for _v_2 in w)) else _number_rows(w)
 # outline
-if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1 and (not isinstance(_w_kind, torch.Tensor)): ...
+if _targets_stacked.dim() == _preds_stacked.dim() and _w_stacked.dim() == 1 and (not isinstance(_w_kind, torch.Tensor)) or (not isinstance(_w_kind, torch.Tensor) or (_w_stacked.dim() >= 2 and _w_stacked.dim() >= _w_kind.dim() + 1)): ...
 loss = _outs[0]
 """),
     (stack_tensor_lists, """
@@ -769,6 +769,31 @@ loss = loss + feat[labels == c].cumsum(0).sum()
 # prelude
 # body
 loss = loss + feat[labels == c].cumsum(0).sum()
+"""),
+    # ... next to a value the loop does not change (a number, 0-d, [D]): a row operand too
+    (masked_selections_to_where, """
+def f(feat, labels, mu):
+    loss = 0
+    for c in range(4):
+        m = labels == c
+        loss = loss + ((feat[m] - mu) ** 2).sum(dim=1).mean()
+    return loss
+""", ('body',),
+     """
+# body
+m = labels == c
+loss = loss + ((_rows[c][_kept[c]] - mu) ** 2).sum(dim=1).mean()
+""",
+     """
+# body
+m = labels == c
+_mask_2 = _kept[c]
+_keep_2 = _mask_2.reshape(_rows_mask[_mask_2.shape, _rows[c].shape, mu.shape if isinstance(mu, torch.Tensor) else ()])
+_rows_2 = ((torch.where(_keep_2, _rows[c], False) - mu) ** 2).sum(dim=1)
+_mask_3 = _kept[c]
+_keep_3 = _mask_3.reshape(_mask_shape[_mask_3.shape, _rows_2.shape])
+_vals_1 = torch.where(_keep_3, _rows_2, False)
+loss = loss + torch.where(_keep_3, _vals_1, 0).sum().mean() / _keep_3.expand_as(_vals_1).sum()
 """),
     (masked_selections_to_where, """
 def f(pred, target, n):
@@ -2652,14 +2677,47 @@ if t.dim() == p.dim():
     _total_part = _summed_in_steps(((_p_row - _t_row) ** 2).mean() * n, _items_sum)
     _outs = (_total_part,)
 else:
+    _p_row = p if n == p.shape[0] else p[0:n:1]
+    _t_row = t if n == t.shape[0] else t[0:n:1]
+    _total_part = 0
 
-    def _body(_p_row, _t_row):
-        _total_part = 0
-        _total_part = _total_part + ((_p_row - _t_row) ** 2).mean()
-        return (torch.as_tensor(_total_part),)
-    _outs = _map_in_chunks(_body, in_dims=(0, 0))(p if n == p.shape[0] else p[0:n:1], t if n == t.shape[0] else t[0:n:1])
-    _outs = (_outs[0].sum(0),)
+    def _items_sum_1():
+        _t_1 = (_broadcast_item(_p_row, _t_row) - _broadcast_item(_t_row, _p_row)) ** 2
+        return (_t_1.mean(tuple(range(1, _t_1.dim()))) if _t_1.dim() > 1 else _t_1.reshape(len(_t_1), -1).mean(1)).sum(0)
+    _total_part = _summed_in_steps(((_broadcast_item(_p_row, _t_row) - _broadcast_item(_t_row, _p_row)) ** 2).mean() * n, _items_sum_1)
+    _outs = (_total_part,)
 total = _outs[0]
+# unbatched
+''
+"""),
+    # per-item tensors whose ranks may differ: as they are, else the lower one lifted (no vmap)
+    (batch_loop_bodies, """
+def f(x, w):
+    out = []
+    for i in range(x.shape[0]):
+        out.append((x[i] * w[i]).sum())
+    return out
+""", ('stmts', 'unbatched'),
+     """
+# stmts
+# unbatched
+''
+""",
+     """
+# stmts
+if w.dim() == x.dim():
+    _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
+    _w_row = w if x.shape[0] == w.shape[0] else w[0:x.shape[0]:1]
+    _t = _x_row * _w_row
+    _out_item = _t.sum(tuple(range(1, _t.dim()))) if _t.dim() > 1 else _t.reshape(len(_t), -1).sum(1)
+    _outs = (_out_item,)
+else:
+    _x_row = x if x.shape[0] == x.shape[0] else x[0:x.shape[0]:1]
+    _w_row = w if x.shape[0] == w.shape[0] else w[0:x.shape[0]:1]
+    _t_1 = _broadcast_item(_x_row, _w_row) * _broadcast_item(_w_row, _x_row)
+    _out_item = _t_1.sum(tuple(range(1, _t_1.dim()))) if _t_1.dim() > 1 else _t_1.reshape(len(_t_1), -1).sum(1)
+    _outs = (_out_item,)
+out.extend(_outs[0].unbind(0))
 # unbatched
 ''
 """),

@@ -46,14 +46,15 @@ COX_GOLDEN = """
                     _loss_part = (_event_row * (_h_row_1 - torch.log(_risk_t))).sum(0)
                     _outs_2 = (_loss_part,)
                 else:
-
-                    def _body_1(_risk_all_row, _event_row, _h_row_1):
-                        _loss_part = 0
-                        _risk_t = _risk_all_row
-                        _loss_part = _loss_part + _event_row * (_h_row_1 - torch.log(_risk_t))
-                        return (torch.as_tensor(_loss_part),)
-                    _outs_2 = _map_in_chunks(_body_1, in_dims=(0, 0, 0))(_risk_all if h.shape[0] == _risk_all.shape[0] else _risk_all[0:h.shape[0]:1], event if h.shape[0] == event.shape[0] else event[0:h.shape[0]:1], h if h.shape[0] == h.shape[0] else h[0:h.shape[0]:1])
-                    _outs_2 = (_outs_2[0].sum(0),)
+                    _risk_all_row = _risk_all if h.shape[0] == _risk_all.shape[0] else _risk_all[0:h.shape[0]:1]
+                    _event_row = event if h.shape[0] == event.shape[0] else event[0:h.shape[0]:1]
+                    _h_row_1 = h if h.shape[0] == h.shape[0] else h[0:h.shape[0]:1]
+                    _loss_part = 0
+                    _risk_t = _risk_all_row
+                    _t = torch.log(_risk_t)
+                    _t_1 = _broadcast_item(_h_row_1, _t) - _broadcast_item(_t, _h_row_1)
+                    _loss_part = (_broadcast_item(_event_row, _t_1) * _broadcast_item(_t_1, _event_row)).sum(0)
+                    _outs_2 = (_loss_part,)
                 loss = _outs_2[0]
             else:
                 for i in range(h.shape[0]):

@@ -5,6 +5,7 @@ carrying the loop dim in front; cosine similarity and the set forms are in ``bat
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import dataclass
 
 from . import batch_set_forms as set_forms
@@ -13,7 +14,7 @@ from .. import row_dots, row_losses, set_distances
 from ..index_add_rows import index_add_rows
 from .. import ast_marks, ops
 from ..ast_tools import unparse
-from .batch_scope import Scope
+from .batch_scope import Scope, lifted_operands
 from .batch_values import UNKNOWN, Rank, Val, condition, integer, literal
 from ..errors import Unsupported
 from .loop_dataflow import call_op, method_name
@@ -76,10 +77,26 @@ def call(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val]:
 
 
 def _elementwise(scope: Scope, c: Call) -> tuple[ast.expr, Val]:
+    c = _lifted(scope, c)
     val = scope.elementwise([v for _, v in c.operands], c.node)
     call = ast.Call(c.func, [a for a, _ in c.args], [ast.keyword(k, v) for k, (v, _) in c.kws])
-    return ast.copy_location(call, c.node), Val(True, val.rank, _integer_of(c),
-                                                tensor=any(v.tensor for _, v in c.operands))
+    tensor = any(v.tensor for _, v in c.operands) \
+        and not (c.op.may_be_number or c.op.int_or_raises)
+    return ast.copy_location(call, c.node), Val(True, val.rank, _integer_of(c), tensor=tensor)
+
+
+def _lifted(scope: Scope, c: Call) -> Call:
+    """``c`` with its operands that broadcast as an operator's (``OpSpec.broadcasts``, two
+    positional arguments of a function) lifted where their per-item ranks differ
+    (``batch_scope.lifted_operands``)."""
+    at, kind = c.op.broadcasts, c.op.broadcast_numbers
+    if c.is_method or len(at) != 2 or max(at + (kind or 0,)) >= len(c.args):
+        return c
+    numbers = None if kind is None else c.args[kind][0]
+    args = list(c.args)
+    for k, done in zip(at, lifted_operands(scope, [args[k] for k in at], c.node, numbers)):
+        args[k] = done
+    return dataclasses.replace(c, args=args, operands=args + [v for _, v in c.kws])
 
 
 def _tensor_pair(scope: Scope, c: Call) -> bool:
@@ -390,11 +407,14 @@ def _mask_reshape(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val] | None:
             and getattr(scope.ctx.bindings.get(helper.id), "per_item_shapes", False)):
         return None
     shapes = arg.slice.elts if isinstance(arg.slice, ast.Tuple) else []
-    if len(shapes) < 2 or not all(isinstance(s, ast.Attribute) and s.attr == "shape"
-                                  for s in shapes) \
+    # the last ones: shapes of values broadcast against selected rows (``RowsMask``), of any
+    # rank, and fixed ones as they are
+    rows = len(shapes) - getattr(scope.ctx.bindings[helper.id], "operands", 0)
+    if rows < 2 or not all(isinstance(s, ast.Attribute) and s.attr == "shape"
+                           for s in shapes[:rows]) \
             or ast.dump(shapes[0].value) != ast.dump(node.func.value):
         raise Unsupported(f"`{unparse(node)}`: index without a batched form")
-    done = [scope.expr(s.value) for s in shapes]
+    done = [scope.expr(s.value) for s in shapes[:rows]]
     if not all(v.batched and v.rank is not None for _, v in done):
         raise Unsupported(f"`{unparse(node)}`: shapes of values that do not vary")
     (mask, mv), (_, base) = done[0], done[1]
@@ -403,9 +423,24 @@ def _mask_reshape(scope: Scope, node: ast.Call) -> tuple[ast.expr, Val] | None:
     for _, v in done[2:]:
         scope.require(v.rank - base.rank, "==", node)
     mask = scope.named(mask)
-    per_item = ast.Tuple([scope.sub(rules.BATCHED_SHAPE, x=x) for x, _ in done], ast.Load())
+    per_item = ast.Tuple([scope.sub(rules.BATCHED_SHAPE, x=x) for x, _ in done]
+                         + [_row_operand_shape(scope, s, node) for s in shapes[rows:]],
+                         ast.Load())
     return scope.sub(rules.BATCHED_MASK_RESHAPE, m=mask, h=helper, shapes=per_item), \
         Val(True, base.rank)
+
+
+def _row_operand_shape(scope: Scope, shape: ast.expr, node: ast.AST) -> ast.expr:
+    """The per-item shape of a value broadcast against selected rows: ``x.shape[1:]`` of a
+    batched ``x``, a fixed one's as it is."""
+    if not scope.varies(shape):
+        return shape
+    if not (isinstance(shape, ast.Attribute) and shape.attr == "shape"):
+        raise Unsupported(f"`{unparse(node)}`: index without a batched form")
+    x, xv = scope.expr(shape.value)
+    if not xv.batched:
+        raise Unsupported(f"`{unparse(node)}`: index without a batched form")
+    return scope.sub(rules.BATCHED_SHAPE, x=x)
 
 
 def _flatten(scope: Scope, x: ast.expr, xv: Val, node: ast.AST):
@@ -487,13 +522,13 @@ def _full_reduction(scope: Scope, x: ast.expr, xv: Val, op: ops.OpSpec, node: as
         raise Unsupported(f"`{unparse(node)}` has no batched form")
     if op.reduce_fn:
         fn = scope.ctx.bind(op.reduce_fn, op.reduce_fn.__name__)
-        return scope.sub(f"{fn}(x, 1)", x=x), Val(True, Rank())
+        return scope.sub(f"{fn}(x, 1)", x=x), Val(True, Rank(), tensor=xv.tensor)
     x = scope.named(x)
     # reshape(n, -1) is also right for per-item 0-d values (dim=() would reduce all), but
     # copies a non-contiguous x (rows moved to the front): reduce over the item dims then
     template = rules.BATCHED_ITEM_DIMS_REDUCTION if op.tuple_dims \
         else rules.BATCHED_FLAT_REDUCTION
-    return scope.sub(template.format(reduce=op.reduce), x=x), Val(True, Rank())
+    return scope.sub(template.format(reduce=op.reduce), x=x), Val(True, Rank(), tensor=xv.tensor)
 
 
 def _dim_op(scope: Scope, c: Call, x: ast.expr, xv: Val, rest: list):
@@ -526,7 +561,7 @@ def _dim_op(scope: Scope, c: Call, x: ast.expr, xv: Val, rest: list):
     integer = xv.integer if c.op.integer == (0,) else None
     if ast_marks.get(node, ast_marks.LOOP_SUM):  # a Python `sum` of the item: over its dim 0
         ast_marks.put(call, ast_marks.LOOP_SUM, ast_marks.get(node, ast_marks.LOOP_SUM))
-    return ast.copy_location(call, node), Val(True, rank, integer)
+    return ast.copy_location(call, node), Val(True, rank, integer, tensor=xv.tensor)
 
 
 def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: bool = False,
@@ -558,7 +593,8 @@ def pointwise_loss(scope: Scope, node: ast.Call, args: list, kws: list, summed: 
     loss = scope.named(ast.Call(node.func, [a, b], kw + [
         ast.keyword("reduction", ast.Constant("none"))]))
     per_item = {r: f"l.reshape(len(l), -1).{r}(1)" for r in ("mean", "sum")}
-    return scope.sub(_by_reduction(per_item, reduction), l=loss, r=reduction), Val(True, Rank())
+    return scope.sub(_by_reduction(per_item, reduction), l=loss, r=reduction), \
+        Val(True, Rank(), tensor=True)
 
 
 def _loss_options(scope: Scope, node: ast.Call, kws: list, passed: tuple[str, ...] = (),

@@ -77,7 +77,10 @@ is an expression of the inputs' ranks (``pred.dim() - 1`` for ``pred[i]``), and 
 forms assume becomes the runtime check in front, vmap running otherwise:
 
 * operands of an elementwise op have equal per-item ranks (a lower-rank operand would align its
-  loop dim with a data dim of the other);
+  loop dim with a data dim of the other); where two per-item tensors' ranks may differ, a second
+  form runs where they do (``batch_scope.lifted_operands``): the lower one gets dims of size 1
+  after the loop dim (``item_broadcasts.broadcast_item``), its 0-d items cast to the items'
+  result type (they promote by category only next to dimensioned ones, lifted they would not);
 * an operand that does not vary is a Python number, or a tensor of at most the per-item rank with
   that rank >= 1 (it aligns from the right; and a 0-d tensor next to a per-item 0-d value
   promotes dtypes differently once that value has the loop dim);
@@ -149,33 +152,44 @@ def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
 
     A body with a set form (a point against a fixed ``w``, see ``loop_rules.SIMILARITY_SET_FORMS``)
     is batched twice, for ``w`` of at most the per-item rank and for ``w`` a set of points: the
-    check is that either holds, the code ``if <first check>: <first> else: <second>``."""
+    check is that either holds, the code ``if <first check>: <first> else: <second>``. A body
+    with per-item tensors whose ranks may differ alike: the second form lifts the lower ones."""
     trips = plan.iteration.trips(plan)
     tensors = frozenset(x.id for x in proven_tensors(plan.checks.expr())
                         if isinstance(x, ast.Name))
 
     params = [_param(p, plan) for p in plan.params]
 
-    def attempt(sets: bool) -> tuple[_Batcher, tuple | Unsupported]:
+    def attempt(sets: bool, lifts: bool = False) -> tuple[_Batcher, tuple | Unsupported]:
         b = _Batcher(ctx, plan.node, trips, plan.summed_parts(), plan.averaged_parts(), sets,
-                     tensors, plan.fold_starts)
+                     tensors, plan.fold_starts, lifts)
         try:  # the body stays as given
             return b, b.run(clone(plan.body), params, plan.outputs, plan.outs, plan.detached)
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)
     if first.set_forms:
-        _, other = attempt(sets=True)
-        if isinstance(done, Unsupported):
-            done = done if isinstance(other, Unsupported) else other
-        elif not isinstance(other, Unsupported) and done[0] is not None:
-            (check, stmts), (other_check, other_stmts) = done, other
-            both = None if other_check is None \
-                else ast.BoolOp(ast.Or(), [clone(check), other_check])
-            done = both, [ast.If(check, stmts, other_stmts)]
+        done = _either(done, attempt(sets=True)[1])
+    elif first.liftable and not plan.inner:
+        # per-item tensors whose ranks may differ: lifted where the first form's equal ranks
+        # do not hold. An inner loop keeps its vmap form, which ``batch_both_loop_levels``
+        # batches over both loops
+        done = _either(done, attempt(sets=False, lifts=True)[1])
     if isinstance(done, Unsupported):
         raise done
     return done
+
+
+def _either(done: tuple | Unsupported, other: tuple | Unsupported) -> tuple | Unsupported:
+    """Two batched forms: ``if <first check>: <first> else: <other>`` behind either check
+    (none: the other's holds always); the one there is when the other has none."""
+    if isinstance(done, Unsupported):
+        return done if isinstance(other, Unsupported) else other
+    if isinstance(other, Unsupported) or done[0] is None:
+        return done
+    (check, stmts), (other_check, other_stmts) = done, other
+    both = None if other_check is None else ast.BoolOp(ast.Or(), [clone(check), other_check])
+    return both, [ast.If(check, stmts, other_stmts)]
 
 
 def batch_rows(body: list[ast.stmt], params: list[Param], outputs: list[str], outs: str,
@@ -214,8 +228,9 @@ class _Batcher(Scope):
 
     def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, summed: frozenset[str],
                  averaged: frozenset[str], sets: bool = False,
-                 tensors: frozenset[str] = frozenset(), starts: dict[str, str] | None = None):
-        super().__init__(ctx, loc, trips, sets, tensors)
+                 tensors: frozenset[str] = frozenset(), starts: dict[str, str] | None = None,
+                 lifts: bool = False):
+        super().__init__(ctx, loc, trips, sets, tensors, lifts)
         self.summed = summed
         self.averaged = averaged
         self.starts = starts or {}  # summed outputs -> what they are added onto (plan.fold_starts)
@@ -523,7 +538,7 @@ def _fixed_columns(b: _Batcher, node: ast.Subscript,
     b.check(f"isinstance({text}, torch.Tensor) and {text}.dim() > {len(lead)}")
     gathered = ast.Subscript(node.value, ast.Tuple(lead + [idx], ast.Load()), ast.Load())
     value = b.sub(f"x.movedim({len(lead)}, 0)", x=ast.copy_location(gathered, node))
-    return value, Val(True, Rank.of(f"{text}.dim()") - 1)
+    return value, Val(True, Rank.of(f"{text}.dim()") - 1, tensor=True)
 
 
 def _item_number(b: _Batcher, node: ast.BoolOp) -> tuple[ast.expr, Val]:

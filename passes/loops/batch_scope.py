@@ -7,7 +7,8 @@ import dataclasses
 
 from .. import loop_rules as rules
 from ..ast_tools import Checks, PassContext, replace, unparse
-from .batch_values import Rank, Val, condition, literal, source_of
+from ..item_broadcasts import broadcast_item
+from .batch_values import Rank, Val, condition, highest, literal, source_of
 from ..errors import Unsupported
 from .loop_dataflow import call_op, is_shape_query, method_name, resolve_call
 
@@ -31,9 +32,11 @@ class Scope:
     read and extend the scope through it."""
 
     def __init__(self, ctx: PassContext, loc: ast.AST, trips: ast.expr, sets: bool,
-                 tensors: frozenset[str]):
+                 tensors: frozenset[str], lifts: bool = False):
         self.ctx = ctx
         self.sets = sets                      # fixed operands of set forms are sets of points
+        self.lifts = lifts                    # per-item tensors of other ranks broadcast
+        self.liftable = False                 # ... were met (batch tries ``lifts``)
         self.tensors = tensors                # names known to be tensors
         self.set_forms = False                # a set form was met (batch tries ``sets``)
         self.assigned: set[str] = set()       # names the body binds
@@ -175,6 +178,7 @@ class Scope:
         if lifted is not None:
             return lifted
         operands = _next_to_0d_items(self, operands)
+        operands = lifted_operands(self, operands, node)
         val = self.elementwise([v for _, v in operands], node, aligned=True)
         if not any(v.whole is not None and not v.batched for _, v in operands) or not self.sets:
             return [e for e, _ in operands], val
@@ -319,6 +323,35 @@ class Scope:
     def require_dim(self, rank: Rank, d: int, node: ast.AST) -> None:
         """``d`` in range per item: else dim -1 of a 0-d item would be the loop dim."""
         self.require(rank - d - 1 if d >= 0 else rank + d, ">=", node)
+
+
+def lifted_operands(scope: Scope, operands: list[tuple[ast.expr, Val]], node: ast.AST,
+                    numbers: ast.expr | None = None):
+    """Two per-item tensors whose ranks may differ (``x[i] * w[i]``, ``x`` [B, D], ``w``
+    [B]): with ``lifts``, each through ``item_broadcasts.broadcast_item`` (the one of
+    fewer dims lifted, 0-d items cast to the items' result type; the second not when
+    ``numbers`` says it holds Python numbers), of the larger rank;
+    without, ``scope`` is ``liftable`` and the ranks must be equal (``elementwise``)."""
+    if len(operands) != 2 or not all(v.batched and v.tensor and v.rank is not None
+                                     for _, v in operands):
+        return operands
+    (a, av), (b, bv) = operands
+    if condition(av.rank - bv.rank, "==") is True:
+        return operands
+    scope.liftable = True
+    if not scope.lifts:
+        return operands
+    # lifted where its rank may be the lower one (a rank is never negative)
+    low = [condition(v.rank - w.rank, ">=") is not True and w.rank != Rank()
+           for v, w in ((av, bv), (bv, av))]
+    a, b = (scope.named(a) if low[1] else a), (scope.named(b) if low[0] else b)
+    fn = scope.ctx.bind(broadcast_item, "broadcast_item")
+    rank = highest(av.rank, bv.rank)
+    forms = [scope.sub(rules.BROADCAST_ITEM, fn=fn, a=a, b=b), scope.sub(
+        rules.BROADCAST_ITEM, fn=fn, a=b, b=a) if numbers is None else scope.sub(
+        rules.BROADCAST_NUMBERS, fn=fn, a=b, b=a, k=numbers)]
+    return [(form if up else x, Val(True, rank, v.integer, tensor=True))
+            for form, x, (_, v), up in zip(forms, (a, b), operands, low)]
 
 
 def _next_to_0d_items(scope: Scope, operands: list[tuple[ast.expr, Val]]):

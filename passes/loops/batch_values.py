@@ -76,6 +76,18 @@ def condition(diff: Rank, op: str) -> str | bool:
     return f"{' + '.join(left) or '0'} {op} {' + '.join(right) or '0'}"
 
 
+def highest(a: Rank, b: Rank) -> Rank:
+    """The larger of two per-item ranks: one of them when that is known (a rank is never
+    negative, so 0 is the least), else ``max(...)`` of their sources, which the runtime check
+    may compare like any rank term."""
+    if condition(a - b, ">=") is True or b == Rank():
+        return a
+    if condition(b - a, ">=") is True or a == Rank():
+        return b
+    low = min(a.const, b.const)
+    return Rank.of(f"max({source_of(a - low)}, {source_of(b - low)})", low)
+
+
 def source_of(rank: Rank) -> str:
     """``rank`` as Python source (``x.dim() - t.dim() + 1``)."""
     parts = [(f" - {_times(t, -c)}" if c < 0 else f" + {_times(t, c)}")

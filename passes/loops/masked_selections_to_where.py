@@ -88,7 +88,8 @@ share their mask; its other operands are numbers, 0-d values (reductions), names
 once to numbers and such names by elementwise operators (``delta_p, delta_n = 1 - m, m``), or
 names that do not vary, which the loop's runtime check requires to be numbers or 0-d tensors
 (``Dense.guards``): a longer tensor broadcasts against the number of selected elements in the
-original.
+original (in a reduction along rows, such a name is a row operand, ``mu`` of a class spread
+``((feat[m] - mu) ** 2).sum(1)``: a number or a tensor, ``RowsMask`` checks its shape).
 
 Why each piece:
 
@@ -238,6 +239,9 @@ ELEMENTWISE_UNARYOPS = (ast.USub, ast.UAdd, ast.Invert)
 SCALAR_GUARD = "isinstance(x, (int, float)) or torch.is_tensor(x) and x.dim() == 0"
 NONE_OR_SCALAR_GUARD = f"x is None or {SCALAR_GUARD}"
 TENSOR_GUARD = "isinstance(x, torch.Tensor)"
+# ... a value broadcast against selected rows, its shape for ``RowsMask`` (a number's is ``()``)
+NUMBER_OR_TENSOR_GUARD = "isinstance(x, (int, float, torch.Tensor))"
+ROW_OPERAND_SHAPE = "x.shape if isinstance(x, torch.Tensor) else ()"
 # Losses of selections (``OpSpec.selection``) with ``reduction=`` "sum" or "mean" (the default):
 # "pointwise_loss" (``F.mse_loss(p[m], t[m])``) is the loss per element on the stand-ins
 # (``reduction="none"``), reduced as ``DENSE_FORMS`` reduce; "class_loss"
@@ -762,7 +766,9 @@ class _Converter:
             mask = ast.Name(name, ast.Load())
         shapes = ast.Tuple([self._sub("m.shape", loc, m=mask)]
                            + [self._sub("x.shape", loc, x=b) for b in group.bases.values()]
-                           + [self._sub("x.shape", loc, x=b) for b in group.operands.values()],
+                           + [self._sub("x.shape" if isinstance(b, (ast.Call, ast.Subscript))
+                                        else ROW_OPERAND_SHAPE, loc, x=b)
+                              for b in group.operands.values()],
                            ast.Load())
         keep = self.ctx.namer.new("keep")
         self.pre += self._sub("k = m.reshape(s[shapes])", loc, k=keep, m=mask,
@@ -911,8 +917,13 @@ def _along_rows(conv: _Converter, call: ast.Call, leaves: dict,
 def _row_operand(conv: _Converter, e: ast.expr) -> bool:
     """A tensor with no selection in it, broadcast against selected rows: the row at the loop's
     index or item (``centers[c]``) of a tensor the loop does not change (checked a tensor before
-    it), and registered ops without effects of such a value with numbers
+    it), a name or attribute the loop does not change (``mu``: checked a number or a tensor, its
+    shape ``()`` for a number), and registered ops without effects of such a value with numbers
     (``centers[c].unsqueeze(0)``). ``RowsMask`` checks its shape."""
+    if isinstance(e, (ast.Name, ast.Attribute)) and _simple(e) \
+            and not loads(e) & (conv.assigned | conv.seeds):
+        conv.pending.append(conv._sub(NUMBER_OR_TENSOR_GUARD, e, x=e))
+        return True
     if isinstance(e, ast.Call):
         method = method_name(e, conv.ctx) is not None
         args = [e.func.value, *e.args] if method else list(e.args)
@@ -1010,10 +1021,10 @@ def _scalar(conv: _Converter, e: ast.expr) -> bool:
     if _reduction(e, conv.ctx) is not None:  # reductions and counts are 0-d or numbers
         return True
     if isinstance(e, (ast.Name, ast.Attribute)) and _simple(e) \
-            and not (loads(e) & (conv.assigned | conv.seeds)):
+            and not (loads(e) & (conv.assigned | conv.seeds)) and conv.operands is None:
         conv.pending.append(conv._sub(SCALAR_GUARD, e, x=e))
         return True
-    return False
+    return False  # (along rows, a fixed name is a row operand: ``_row_operand``)
 
 
 def _binds_scalar(conv: _Converter, s: ast.stmt) -> bool:
