@@ -1126,6 +1126,23 @@ total = total + x[:, i:i + 1].sum() + x[:, i:i + 2].sum()
 # body
 total = total + x[:, i].unsqueeze(1).sum() + x[:, i:i + 2].sum()
 """),
+    # an int literal before the unit slice takes its dim away; another name may be an index
+    # tensor (which would move the dims): it stays
+    (unit_slices_to_index, """
+def f(x, y, b, n):
+    total = 0
+    for i in range(n):
+        total = total + F.cross_entropy(x[0, :, i:i + 1], y[0, :, i:i + 1]) + x[b, i:i + 1].sum()
+    return total
+""", ('body',),
+     """
+# body
+total = total + F.cross_entropy(x[0, :, i:i + 1], y[0, :, i:i + 1]) + x[b, i:i + 1].sum()
+""",
+     """
+# body
+total = total + F.cross_entropy(x[0, :, i].unsqueeze(1), y[0, :, i].unsqueeze(1)) + x[b, i:i + 1].sum()
+"""),
     (unit_slices_to_index, """
 def f(x, n):
     total = 0

@@ -2,7 +2,7 @@
 sampling: the context's term, then one term per negative): the outer loop vectorizes, the inner
 loop's partial starting from its start's type and dtype (before: the partial's
 ``identity_of(loss, 0)`` was a read of the running sum, and the outer loop was kept as a
-recurrence). Equivalence of values, every gradient and dtype (float32, float64, a float64 or
+recurrence); the inner loop's unit slices after the outer index (``logits[b, t:t + 1]``). Equivalence of values, every gradient and dtype (float32, float64, a float64 or
 vector start, an integer count), with the run-time counts."""
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def inner_first(emb_in, emb_out, centers, contexts, negatives, start):
         if contexts[k] % 2 == 0:
             loss = loss + emb_in[contexts[k]].abs()
     return loss
+
+
+def token_steps(logits, targets, weights):
+    total = torch.zeros((), dtype=logits.dtype)
+    for b in range(logits.shape[0]):
+        total = total + 0.1 * logits[b].pow(2).mean()
+        for t in range(logits.shape[1]):
+            total = total + weights[b] * F.cross_entropy(logits[b, t:t + 1], targets[b, t:t + 1])
+    return total / logits.shape[0]
 
 
 def counts(x, start):
@@ -82,6 +91,18 @@ def test_outer_and_inner_updates(user, name, dtype, start):
     other = isinstance(inputs[-1], torch.Tensor) and inputs[-1].dtype != dtype
     # (a 0-d start of another dtype than vector items may promote: the loop runs as written)
     assert _vectorized_outer(fast) or other and name == "inner_first", fast.report
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_unit_slices_after_the_outer_index(user, dtype):
+    # `logits[b, t:t + 1]`: the outer index takes its dim first (the inner loop was kept: a
+    # slice at a varying position)
+    fast = optimize_loss(user.token_steps, compile=False, strict=True, keep_faster=False)
+    g = torch.Generator().manual_seed(2)
+    inputs = (torch.randn(4, 5, 7, generator=g, dtype=dtype).requires_grad_(),
+              torch.randint(0, 7, (4, 5), generator=g), torch.rand(4, generator=g, dtype=dtype))
+    assert_equivalent(user.token_steps, fast, *inputs)
+    assert all(loop.vectorized for loop in fast.report.loops) and _vectorized_outer(fast)
 
 
 @pytest.mark.parametrize("start", [0, torch.tensor(0), torch.tensor(0.5, dtype=torch.float64)],

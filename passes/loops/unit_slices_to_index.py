@@ -6,10 +6,16 @@ index: the vectorized form would raise on every call), but it can index::
     x[:, i:i + 1]    ->    x[:, i].unsqueeze(1)
     x.select(1, i)   ->    x[:, i]          (``torch.select(x, 1, i)``, keywords too)
 
-the same values, gradients and views (``x[:, i].view(-1)`` raises where the original does). A
+the same values, gradients and views (``x[:, i].view(-1)`` raises where the original does); ints
+before the unit slice (an int literal, an enclosing loop's index) take their dims away first::
+
+    x[b, t:t + 1]    ->    x[b, t].unsqueeze(0)     (``b`` the outer loop's index)
+
+A
 ``select`` at the index along a dim that is not a literal int >= 0 (``x.select(d, i)``, ``d`` a
-parameter) keeps the loop as written, with the reason. Only loads with slices before the unit
-slice; ``x[i:i + 2]``, ``x[k:k + 1]`` and ``x.select(0, k)`` (``k`` not the index) stay.
+parameter) keeps the loop as written, with the reason. Only loads with slices and such ints
+before the unit slice (another name there may be a tensor of indices, which moves the dims);
+``x[i:i + 2]``, ``x[k:k + 1]`` and ``x.select(0, k)`` (``k`` not the index) stay.
 """
 from __future__ import annotations
 
@@ -22,14 +28,15 @@ from .plan import LoopPlan
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    unit = _UnitSlices(plan.iteration.index, ctx)
+    unit = _UnitSlices(plan.iteration.index, plan.outer_indices, ctx)
     plan.body = [unit.visit(s) for s in plan.body]
     return plan
 
 
 class _UnitSlices(Transformer):
-    def __init__(self, index: str, ctx: PassContext):
+    def __init__(self, index: str, ints: set[str], ctx: PassContext):
         self.index = index
+        self.ints = ints  # the enclosing loops' indices: Python ints
         self.ctx = ctx
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
@@ -37,12 +44,17 @@ class _UnitSlices(Transformer):
         entries = write_entries(node)
         at = [k for k, x in enumerate(entries) if self._unit(x)]
         if not isinstance(node.ctx, ast.Load) or len(at) != 1 \
-                or not all(isinstance(x, ast.Slice) for x in entries[:at[0]]):
+                or not all(isinstance(x, ast.Slice) or self._int(x) for x in entries[:at[0]]):
             return node
         k = at[0]
         entries[k] = ast.Name(self.index, ast.Load())
         node.slice = ast.Tuple(entries, ast.Load()) if len(entries) > 1 else entries[0]
-        return replace(f"x.unsqueeze({k})", loc=node, x=node)
+        dim = sum(isinstance(x, ast.Slice) for x in entries[:k])  # ints before take no dim
+        return replace(f"x.unsqueeze({dim})", loc=node, x=node)
+
+    def _int(self, x: ast.expr) -> bool:
+        return (isinstance(x, ast.Constant) and type(x.value) is int) \
+            or isinstance(x, ast.Name) and x.id in self.ints
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
