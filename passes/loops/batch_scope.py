@@ -178,6 +178,7 @@ class Scope:
         if lifted is not None:
             return lifted
         operands = _next_to_0d_items(self, operands)
+        operands = _weak_ints(self, operands, node)
         operands = lifted_operands(self, operands, node)
         val = self.elementwise([v for _, v in operands], node, aligned=True)
         if not any(v.whole is not None and not v.batched for _, v in operands) or not self.sets:
@@ -352,6 +353,24 @@ def lifted_operands(scope: Scope, operands: list[tuple[ast.expr, Val]], node: as
         rules.BROADCAST_NUMBERS, fn=fn, a=b, b=a, k=numbers)]
     return [(form if up else x, Val(True, rank, v.integer, tensor=True))
             for form, x, (_, v), up in zip(forms, (a, b), operands, low)]
+
+
+def _weak_ints(scope: Scope, operands: list[tuple[ast.expr, Val]], node: ast.AST):
+    """A per-item Python int (the loop index, int arithmetic of it) next to a per-item tensor
+    in arithmetic: per item a weak scalar (``x[i] + i`` of int32 ``x`` is int32), batched an
+    int64 tensor, which would promote: cast to the tensor's integer dtype (``rules.WEAK_INT``;
+    next to floats it promotes alike, and a cast to float16 would round it first)."""
+    if not isinstance(node, ast.BinOp) or len(operands) != 2:
+        return operands
+    out = list(operands)
+    for k in (0, 1):
+        (n, nv), (t, tv) = out[k], out[1 - k]
+        if nv.batched and not nv.tensor and nv.integer == () and tv.batched and tv.tensor:
+            t = scope.named(t)
+            out[1 - k] = (t, tv)
+            out[k] = (scope.sub(rules.WEAK_INT, i=n, t=t), nv)
+            break
+    return out
 
 
 def _next_to_0d_items(scope: Scope, operands: list[tuple[ast.expr, Val]]):
