@@ -1113,12 +1113,10 @@ def f(x, w):
     assert torch.equal(fast(x, w), original(x, w))
 
 
-@pytest.mark.xfail(strict=True, reason="open: the gradient reaching a float16/bfloat16 tensor every "
-                   "iteration reads is summed over the iterations by one reduction (float32 "
-                   "accumulation), where the original's autograd adds each iteration's part in "
-                   "16 bits; the values are the original's (tests/test_16_bit_sums.py)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gradient_of_a_tensor_every_iteration_reads_in_16_bits(tmp_path, dtype):
+    # fixed: the loop runs as written while `w` is a 16-bit tensor that requires grad
+    # (tests/test_16_bit_gradients.py)
     original, fast = optimized(tmp_path, """
 def f(x, w):
     s = 0
