@@ -1095,12 +1095,10 @@ def f(preds, target):
     assert grads[1] is None
 
 
-@pytest.mark.xfail(strict=True, reason="open: a host number next to a float16/bfloat16 tensor is "
-                   "rounded to 16 bits (README, Fallback policy, known differences)")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_host_number_times_a_half_precision_tensor(tmp_path, dtype):
-    # `x[i] * w[i].item()` multiplies in float32 by the Python float and rounds once; the
-    # vectorized form converts the per-item number to x's dtype first (one more rounding)
+    # `x[i] * w[i].item()` multiplies in float32 by the Python float and rounds once; fixed:
+    # the vectorized form multiplies in float32 too (loop_rules.HOST_WEAK_OPMATH)
     original, fast = optimized(tmp_path, """
 def f(x, w):
     out = []

@@ -981,7 +981,7 @@ total = total + labels[i].item() * w[i] + int(w.shape[0])
 """,
      """
 # body
-total = total + labels[i].detach().to(torch.result_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1)) * w[i] + int(w.shape[0])
+total = total + (labels[i].detach().to(_opmath_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1)) * w[i].to(_opmath_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1))).to(torch.result_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1)) + int(w.shape[0])
 # variant
 ['i', 'total']
 """),

@@ -64,7 +64,7 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
                 found.setdefault(unparse(leaf), leaf)
     if found:
         fn = ctx.bind(rounds_gradients, "rounds_gradients")
-        plan.check(f"not {fn}({', '.join(found)})")
+        plan.check(f"not {fn}({', '.join(map(_read_safely, found))})")
         names = ", ".join(f"`{x}`" for x in found)
         plan.no_grad_reason += REASON.format(names, "s" if len(found) == 1 else "")
     if plan.restarted_steps:
@@ -82,8 +82,15 @@ def _restarted_steps(plan: LoopPlan, body: list[ast.stmt], reads: "_Reads") -> N
             for leaf in _leaves(expr, reads, set(), frozenset({_AGAIN})):
                 found.setdefault(unparse(leaf), leaf)
     fn = reads.ctx.bind(holds_16_bit, "holds_16_bit")
-    plan.check(f"not {fn}({', '.join(found)})")
+    plan.check(f"not {fn}({', '.join(map(_read_safely, found))})")
     plan.no_grad_reason += RESTARTED.format(", ".join(f"`{x}`" for x in found))
+
+
+def _read_safely(source: str) -> str:
+    """An attribute leaf ``a.b.c`` read as ``getattr(getattr(a, 'b', None), 'c', None)``: the
+    body may read it only under a condition, where it exists (``if cfg.weight is not None``)."""
+    *names, last = source.split(".")
+    return source if not names else f"getattr({_read_safely('.'.join(names))}, {last!r}, None)"
 
 
 def is_check(g: ast.expr, ctx: PassContext) -> bool:
