@@ -22,3 +22,11 @@ def can_cast(from_: torch.dtype, to: torch.dtype) -> bool:
     if torch.compiler.is_compiling():
         return can_safe_cast_to(cast_to=to, cast_from=from_)
     return torch.can_cast(from_, to)
+
+
+def opmath_type(a, b) -> torch.dtype:
+    """The dtype ``a <op> b`` of ``+``, ``-``, ``*``, ``/`` computes in, ``b`` a Python number:
+    ``result_type(a, b)``, but float32 for float16/bfloat16 (their kernels compute with the
+    number in float32 and round the result once: the number is not rounded to 16 bits first)."""
+    dtype = result_type(a, b)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

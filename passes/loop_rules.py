@@ -105,6 +105,22 @@ HOST_WEAK = {
     "float": "h.to(torch.result_type(t, 1.0))",
     "item": f"h.to(torch.result_type(t, {HOST_ITEM_NUMBER}))",
 }
+# ... as an operand of ``*`` and ``/`` with ``t`` (``+`` and ``-`` round the number to 16 bits):
+# the number and ``t`` (``x``) in the dtype the op computes in (``o``:
+# ``dtype_queries.opmath_type``, float32 next to float16/bfloat16), the result ``r`` rounded
+# once to the dtype of the original's op
+HOST_WEAK_OPMATH = {
+    "float": "h.to(o(t, 1.0))",
+    "item": f"h.to(o(t, {HOST_ITEM_NUMBER}))",
+}
+HOST_WEAK_OPMATH_TENSOR = {
+    "float": "x.to(o(t, 1.0))",
+    "item": f"x.to(o(t, {HOST_ITEM_NUMBER}))",
+}
+HOST_WEAK_ROUNDED = {
+    "float": "r.to(torch.result_type(t, 1.0))",
+    "item": f"r.to(torch.result_type(t, {HOST_ITEM_NUMBER}))",
+}
 HOST_WEAK_INT = "h.to(torch.result_type(t, 1))"  # ... of an ``h`` known to be an integer tensor
 # The loop index (a Python int per item, an int64 arange batched) next to a batched tensor ``t``.
 WEAK_INT = "i if t.is_floating_point() or t.is_complex() else i.to(torch.result_type(t, 1))"

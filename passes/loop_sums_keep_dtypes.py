@@ -40,6 +40,7 @@ from __future__ import annotations
 import ast
 import itertools
 import operator
+import types
 
 import torch
 
@@ -129,6 +130,33 @@ def steps_differ(start, r: torch.Tensor, identity: int) -> bool:
     in steps from ``identity``, may differ from the original's steps from ``start``: rounded
     after each item, ``start`` is part of every step (an int ``identity`` is not)."""
     return r.dtype in ROUNDED_EVERY_STEP and not (type(start) is int and start == identity)
+
+
+def rounds_gradients(*values) -> bool:
+    """Whether, with grad mode on, one of ``values`` is or holds (a module's parameters, a
+    list's, tuple's or dict's items, an object's attributes) a float16/bfloat16 tensor that
+    requires grad: the original adds each iteration's part of its gradient in turn, rounded."""
+    return torch.is_grad_enabled() and any(
+        _holds(v, lambda t: t.requires_grad and t.dtype in ROUNDED_EVERY_STEP, True)
+        for v in values)
+
+
+def holds_16_bit(*values) -> bool:
+    """Whether one of ``values`` is or holds (as ``rounds_gradients`` reads them) a float16/
+    bfloat16 tensor."""
+    return any(_holds(v, lambda t: t.dtype in ROUNDED_EVERY_STEP, True) for v in values)
+
+
+def _holds(v, test, deep: bool) -> bool:
+    if isinstance(v, torch.Tensor):
+        return test(v)
+    if isinstance(v, torch.nn.Module):
+        return any(test(p) for p in v.parameters())
+    if not deep or isinstance(v, (type, types.ModuleType, types.FunctionType, str, int, float)):
+        return False
+    items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else \
+        getattr(v, "__dict__", {}).values()
+    return any(_holds(x, test, False) for x in items)
 
 
 def identity_of(start, identity: int):

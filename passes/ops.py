@@ -20,10 +20,10 @@ from typing import Callable
 
 import torch
 
-from . import (bce_with_logits, class_index_targets, cosine_products, full_extremes,
-               gathered_nll_loss, grad_free, inplace_results, item_broadcasts, kl_div_terms,
-               masked_divisors, number_operands, row_dots, selection_windows, set_distances,
-               slice_bounds, stacked_views)
+from . import (bce_with_logits, class_index_targets, cosine_products, dtype_queries,
+               full_extremes, gathered_nll_loss, grad_free, inplace_results, item_broadcasts,
+               kl_div_terms, masked_divisors, number_operands, row_dots, selection_windows,
+               set_distances, slice_bounds, stacked_views)
 
 # Module spellings used when a function's globals are not available (golden tests, snippets).
 DEFAULT_ALIASES = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "math": "math"}
@@ -486,6 +486,9 @@ REGISTRY: tuple[OpSpec, ...] = (
     # a dtype, from its operands' dtypes (``loop_rules.HOST_WEAK``)
     _t("result_type", meth=False, shape_query=True, metadata_only=True, total=True,
        batched="result_type"),
+    # ... the dtype an op with a Python number computes in (``loop_rules.HOST_WEAK_OPMATH``)
+    _helper(dtype_queries.opmath_type, shape_query=True, metadata_only=True, total=True,
+            batched="result_type"),
     *(_t(n, fn=False, metadata_only=True) for n in ("stride", "element_size", "new_tensor")),
     *(_t(n, fn=False, metadata_only=True, sizes=(1, ..., "size"))
       for n in ("new_zeros", "new_ones")),

@@ -461,11 +461,16 @@ def _write_free_between(first: list, second: list, ctx: PassContext) -> bool:
     return all(_writes_nothing(n, ctx) for n in between)
 
 
+# Helpers the loop passes bind into guards that only read what they are given
+_READING_HELPERS = frozenset({"passes.loop_sums_keep_dtypes.rounds_gradients"})
+
+
 def _writes_nothing(node: ast.AST, ctx: PassContext) -> bool:
     """``node`` binds names at most: no call that may have an effect, no augmented assignment
     (``t += x`` writes into a tensor), no store into a subscript or attribute, no new scope."""
     for n in walk(node):
-        if isinstance(n, ast.Call) and _call_spec(n, ctx) is None:
+        if isinstance(n, ast.Call) and _call_spec(n, ctx) is None \
+                and _bound_helper(n.func, ctx) not in _READING_HELPERS:
             return False
         if isinstance(n, (ast.AugAssign, ast.Delete, ast.Global, ast.Nonlocal, ast.FunctionDef,
                           ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):

@@ -196,3 +196,37 @@ def test_compiled_steps_are_not_fused(tmp_path, dtype):
     g = torch.Generator().manual_seed(0)
     for _ in range(2):
         assert_exact(fn, fast, items("rebound", dtype, torch.randn(600, generator=g) * 4))
+
+
+# an inner fold onto a start the outer body binds again, not to zeros: the original rounds that
+# start plus each item in turn; the outer loop runs as written for 16-bit items
+RESTARTED = {
+    "row_start": "out = []\nfor b in range(x.shape[0]):\n    acc = base[b]\n"
+                 "    for i in range(x.shape[1]):\n        acc = acc + x[b, i]\n"
+                 "    out.append(acc)\ns = torch.stack(out)",
+    "cloned_start": "out = []\nfor b in range(x.shape[0]):\n    acc = base[0].clone()\n"
+                    "    for i in range(x.shape[1]):\n        acc = acc + x[b, i]\n"
+                    "    out.append(acc)\ns = torch.stack(out)",
+    "folded": "s = 0\nfor b in range(x.shape[0]):\n    acc = base[b] * 2\n"
+              "    for i in range(x.shape[1]):\n        acc = acc + x[b, i]\n    s = s + acc",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESTARTED))
+@pytest.mark.parametrize("dtype", HALF + [torch.float32], ids=str)
+def test_an_inner_fold_onto_a_restarted_start_runs_as_written_in_16_bits(tmp_path, name, dtype):
+    fn = load_module(tmp_path, "import torch\n\ndef f(x, base):\n" + "".join(
+        f"    {line}\n" for line in RESTARTED[name].splitlines()) + "    return s\n").f
+    fast = rewrite.optimize_loss(fn, compile=False, strict=True)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(3, 300, 2, generator=g) * 4).to(dtype)
+    base = (torch.randn(3, 2, generator=g) * 50).to(dtype)
+    want, got = fn(x, base), fast(x, base)
+    assert got.dtype == want.dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    loops = fast.report.loops
+    assert any(loop.vectorized for loop in loops), loops
+    assert any(loop.original_runs for loop in loops) == (dtype in HALF), loops

@@ -64,7 +64,7 @@ def test_prototypes_golden():
     assert_golden(PROTOS, '''
     def f(emb, target, n_way):
         _emb_mean = _class_rows(emb, target, 0, n_way, 1, 'mean')
-        if _emb_mean is not None and isinstance(_emb_mean, torch.Tensor) and (n_way <= _emb_mean.shape[0]) and isinstance(n_way, int) and (n_way > 0):
+        if _emb_mean is not None and isinstance(_emb_mean, torch.Tensor) and (n_way <= _emb_mean.shape[0]) and isinstance(n_way, int) and (n_way > 0) and (not _rounds_gradients(emb)):
             'optimize_loss: loop at line 2 vectorized'
             _emb_mean_row = _emb_mean if n_way == _emb_mean.shape[0] else _emb_mean[0:n_way:1]
             _items_item = _emb_mean_row
@@ -140,7 +140,7 @@ def test_over_a_tensor_of_ids_golden():
     def f(emb, labels, classes):
         _emb_mean = _class_rows_at(emb, labels, classes, 'mean')
         _classes_stacked = _stack_items(tuple(classes)) if (type(classes) is list or (isinstance(classes, tuple) and type(classes).__getitem__ is tuple.__getitem__ and (type(classes).__iter__ is tuple.__iter__) and (type(classes).__len__ is tuple.__len__))) and len(classes) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == classes[0].shape and (_v.dtype == classes[0].dtype) and (_v.device == classes[0].device) for _v in classes)) else classes
-        if _emb_mean is not None and isinstance(_emb_mean, torch.Tensor) and (len(_classes_stacked) <= _emb_mean.shape[0]) and isinstance(_classes_stacked, torch.Tensor) and (_classes_stacked.dim() > 0) and isinstance(len(_classes_stacked), int) and (len(_classes_stacked) > 0):
+        if _emb_mean is not None and isinstance(_emb_mean, torch.Tensor) and (len(_classes_stacked) <= _emb_mean.shape[0]) and isinstance(_classes_stacked, torch.Tensor) and (_classes_stacked.dim() > 0) and isinstance(len(_classes_stacked), int) and (len(_classes_stacked) > 0) and (not _rounds_gradients(emb)):
             'optimize_loss: loop at line 2 vectorized'
             _c = _classes_stacked
             _emb_mean_row = _emb_mean if len(_classes_stacked) == _emb_mean.shape[0] else _emb_mean[0:len(_classes_stacked):1]

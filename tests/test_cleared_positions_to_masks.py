@@ -60,7 +60,7 @@ def test_ntxent_golden():
         loss = 0
         _averaged = False
         _sim_stacked = _stack_items(tuple(sim)) if (type(sim) is list or (isinstance(sim, tuple) and type(sim).__getitem__ is tuple.__getitem__ and (type(sim).__iter__ is tuple.__iter__) and (type(sim).__len__ is tuple.__len__))) and len(sim) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == sim[0].shape and (_v.dtype == sim[0].dtype) and (_v.device == sim[0].device) for _v in sim)) else sim
-        if isinstance(_sim_stacked, torch.Tensor) and 2 * n <= _sim_stacked.shape[0] and isinstance(2 * n, int) and (2 * n > 0):
+        if isinstance(_sim_stacked, torch.Tensor) and 2 * n <= _sim_stacked.shape[0] and isinstance(2 * n, int) and (2 * n > 0) and (not _rounds_gradients(n)):
             'optimize_loss: loop at line 3 vectorized'
 
             def _body(i, _sim_row):

@@ -33,7 +33,7 @@ def f(x, w):
     if type(i) is int and type(n) is int:
         'optimize_loss: the counted `while` loop at line 5 runs as a `for` loop'
         _x_stacked = _stack_items(tuple(x)) if (type(x) is list or (isinstance(x, tuple) and type(x).__getitem__ is tuple.__getitem__ and (type(x).__iter__ is tuple.__iter__) and (type(x).__len__ is tuple.__len__))) and len(x) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == x[0].shape and (_v.dtype == x[0].dtype) and (_v.device == x[0].device) for _v in x)) else x
-        if i >= 0 and isinstance(_x_stacked, torch.Tensor) and (n <= _x_stacked.shape[0]) and isinstance(i, int) and isinstance(n, int) and (n > i):
+        if i >= 0 and isinstance(_x_stacked, torch.Tensor) and (n <= _x_stacked.shape[0]) and isinstance(i, int) and isinstance(n, int) and (n > i) and (not _rounds_gradients(w)):
             'optimize_loss: loop at line 5 vectorized'
             if not isinstance(w, torch.Tensor) or (_x_stacked.dim() >= 2 and _x_stacked.dim() >= w.dim() + 1):
                 _x_row = _x_stacked if n == _x_stacked.shape[0] and i == 0 else _x_stacked[i:n:1]

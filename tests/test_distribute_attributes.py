@@ -37,7 +37,7 @@ SOURCES = {
 GOLDEN = {
     "attribute_sums": """
         def f(state, x, y):
-            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
+            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0) and (not _rounds_gradients(getattr(state, 'scale', None))):
                 'optimize_loss: loop at line 2 vectorized'
                 if y.dim() == x.dim() and (not isinstance(state.scale, torch.Tensor)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]

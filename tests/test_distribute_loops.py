@@ -104,7 +104,7 @@ GOLDEN = {
     "hard_examples": """
         def f(x, y, th):
             hard = []
-            if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and (type(hard) is list) and isinstance(len(x), int) and (len(x) > 0):
+            if not isinstance(th, torch.Tensor) and isinstance(x, torch.Tensor) and (len(x) <= x.shape[0]) and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and (type(hard) is list) and isinstance(len(x), int) and (len(x) > 0) and (not _rounds_gradients(x, y)):
                 'optimize_loss: loop at line 3 vectorized'
                 if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == y.dim() + 1) and (1 >= y.dim()) and (y.dtype in (torch.int64, torch.int32)) and (not isinstance(th, torch.Tensor)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
@@ -132,7 +132,7 @@ GOLDEN = {
     "recurrence": """
         def f(x, W, beta):
             s = 0
-            if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(x.shape[1], int) and (x.shape[1] > 0):
+            if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(x.shape[1], int) and (x.shape[1] > 0) and (not _rounds_gradients(W)):
                 'optimize_loss: loop at line 3 vectorized'
                 if x.dim() >= 2 and (isinstance(W, torch.Tensor) and W.dim() == 2):
                     _x_row = (x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1]).movedim(1, 0)
@@ -159,7 +159,7 @@ GOLDEN = {
     "print_losses": """
         def f(x, y):
             total = 0
-            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0):
+            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(y, torch.Tensor) and (len(x) <= y.shape[0]) and isinstance(len(x), int) and (len(x) > 0) and (not _rounds_gradients(x, y)):
                 'optimize_loss: loop at line 3 vectorized'
                 if x.dim() >= 1 and y.dim() >= 1 and (x.dim() == y.dim() + 1) and (1 >= y.dim()) and (y.dtype in (torch.int64, torch.int32)):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
@@ -228,7 +228,7 @@ GOLDEN = {
     "after_residual": """
         def f(x, W, U, y, s):
             total = 0
-            if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(y, torch.Tensor) and (x.shape[1] <= y.shape[1]) and isinstance(x.shape[1], int) and (x.shape[1] > 0):
+            if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(y, torch.Tensor) and (x.shape[1] <= y.shape[1]) and isinstance(x.shape[1], int) and (x.shape[1] > 0) and (not _rounds_gradients(W)):
                 'optimize_loss: loop at line 3 vectorized'
                 if x.dim() >= 2 and (isinstance(W, torch.Tensor) and W.dim() == 2) and (y.dim() == x.dim()):
                     _x_row = (x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1]).movedim(1, 0)

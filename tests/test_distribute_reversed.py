@@ -31,7 +31,7 @@ GOLDEN = """
         def f(x, W, gamma):
             g = 0
             out = []
-            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and (len(x) > 0):
+            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and (len(x) > 0) and (not _rounds_gradients(W)):
                 'optimize_loss: loop at line 4 vectorized'
                 if x.dim() >= 2 and (isinstance(W, torch.Tensor) and W.dim() == 2):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]
@@ -40,7 +40,7 @@ GOLDEN = """
                     _h_all_item = h
                     _outs_1 = (_h_all_item,)
                 else:
-        
+
                     def _body(_x_row):
                         h = torch.tanh(_x_row @ W).sum()
                         _h_all_item = h

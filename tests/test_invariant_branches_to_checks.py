@@ -90,7 +90,7 @@ GOLDEN_SWITCHED = """
 def f(x, t, score, weight, ignore):
     total = 0
     _selected = torch.tensor(_run_eagerly(lambda: [i for i in range(x.shape[1]) if i != ignore]), dtype=torch.int64)
-    if isinstance(_selected, torch.Tensor) and _selected.dim() > 0 and isinstance(x, torch.Tensor) and isinstance(t, torch.Tensor) and isinstance(len(_selected), int) and (len(_selected) > 0) and (weight is None):
+    if isinstance(_selected, torch.Tensor) and _selected.dim() > 0 and isinstance(x, torch.Tensor) and isinstance(t, torch.Tensor) and isinstance(len(_selected), int) and (len(_selected) > 0) and (weight is None) and (not _rounds_gradients(x, t, weight)):
         'optimize_loss: loop at line 3 vectorized'
 
         def _body(i):

@@ -1095,12 +1095,10 @@ def f(preds, target):
     assert grads[1] is None
 
 
-@pytest.mark.xfail(strict=True, reason="open: a host number next to a float16/bfloat16 tensor is "
-                   "rounded to 16 bits (README, Fallback policy, known differences)")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_host_number_times_a_half_precision_tensor(tmp_path, dtype):
-    # `x[i] * w[i].item()` multiplies in float32 by the Python float and rounds once; the
-    # vectorized form converts the per-item number to x's dtype first (one more rounding)
+    # `x[i] * w[i].item()` multiplies in float32 by the Python float and rounds once; fixed:
+    # the vectorized form multiplies in float32 too (loop_rules.HOST_WEAK_OPMATH)
     original, fast = optimized(tmp_path, """
 def f(x, w):
     out = []
@@ -1113,12 +1111,10 @@ def f(x, w):
     assert torch.equal(fast(x, w), original(x, w))
 
 
-@pytest.mark.xfail(strict=True, reason="open: the gradient reaching a float16/bfloat16 tensor every "
-                   "iteration reads is summed over the iterations by one reduction (float32 "
-                   "accumulation), where the original's autograd adds each iteration's part in "
-                   "16 bits; the values are the original's (tests/test_16_bit_sums.py)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gradient_of_a_tensor_every_iteration_reads_in_16_bits(tmp_path, dtype):
+    # fixed: the loop runs as written while `w` is a 16-bit tensor that requires grad
+    # (tests/test_16_bit_gradients.py)
     original, fast = optimized(tmp_path, """
 def f(x, w):
     s = 0

@@ -40,7 +40,7 @@ EMA_GOLDEN = """
     def f(x, y, alpha):
         s = torch.zeros_like(x[:, 0])
         loss = 0
-        if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(x.shape[1], int) and (x.shape[1] > 0):
+        if isinstance(x, torch.Tensor) and x.shape[1] <= x.shape[1] and isinstance(x.shape[1], int) and (x.shape[1] > 0) and (not _rounds_gradients(alpha)):
             'optimize_loss: loop at line 4 vectorized'
             if not isinstance(alpha, torch.Tensor) or (x.dim() >= 2 and x.dim() >= alpha.dim() + 1):
                 _x_row = (x if x.shape[1] == x.shape[1] else x[:, 0:x.shape[1]:1]).movedim(1, 0)
@@ -389,7 +389,7 @@ ESCAPING_GOLDEN = """
         returns = []
         _masks_stacked = _stack_items(tuple(masks)) if (type(masks) is list or (isinstance(masks, tuple) and type(masks).__getitem__ is tuple.__getitem__ and (type(masks).__iter__ is tuple.__iter__) and (type(masks).__len__ is tuple.__len__))) and len(masks) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == masks[0].shape and (_v.dtype == masks[0].dtype) and (_v.device == masks[0].device) for _v in masks)) else masks
         _rewards_stacked = _stack_items(tuple(rewards)) if (type(rewards) is list or (isinstance(rewards, tuple) and type(rewards).__getitem__ is tuple.__getitem__ and (type(rewards).__iter__ is tuple.__iter__) and (type(rewards).__len__ is tuple.__len__))) and len(rewards) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == rewards[0].shape and (_v_1.dtype == rewards[0].dtype) and (_v_1.device == rewards[0].device) for _v_1 in rewards)) else rewards
-        if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0)) and type(returns) is list and _computed_alike(G, rewards, gamma, masks):
+        if (isinstance(_masks_stacked, torch.Tensor) and len(_rewards_stacked) <= _masks_stacked.shape[0] and isinstance(_rewards_stacked, torch.Tensor) and (len(_rewards_stacked) <= _rewards_stacked.shape[0]) and isinstance(len(_rewards_stacked), int) and (len(_rewards_stacked) > 0) and (not _rounds_gradients(gamma))) and type(returns) is list and _computed_alike(G, rewards, gamma, masks):
             'optimize_loss: loop at line 4 vectorized'
             if not isinstance(gamma, torch.Tensor) or (_masks_stacked.dim() >= 2 and _masks_stacked.dim() >= gamma.dim() + 1):
                 _masks_row = _masks_stacked if len(_rewards_stacked) == _masks_stacked.shape[0] else _masks_stacked[0:len(_rewards_stacked):1]

@@ -22,7 +22,7 @@ from passes.loops import (asserts_to_counters, attribute_writes_to_names, batch_
                           hoist_calls_under_index_tests, hoist_invariant_checks,
                           helper_effects, host_array_writes_run_as_written,
                           host_roundtrips_to_tensor_ops, inline_helper_calls,
-                          inline_inner_loops,
+                          inline_inner_loops, rounded_gradients_run_as_written,
                           index_tests_to_selected_indices, index_tuples_to_tensors,
                           index_value_checks_to_ranges,
                           inplace_writes_to_functional,
@@ -597,7 +597,7 @@ def f(x, w, n):
      """
 # body
 row = 0
-if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
+if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0) and (not _rounds_gradients(x)):
     'optimize_loss: loop at line 5 vectorized'
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
@@ -1006,7 +1006,7 @@ total = total + labels[i].item() * w[i] + int(w.shape[0])
 """,
      """
 # body
-total = total + labels[i].detach().to(torch.result_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1)) * w[i] + int(w.shape[0])
+total = total + (labels[i].detach().to(_opmath_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1)) * w[i].to(_opmath_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1))).to(torch.result_type(w[i], labels[i].detach().dtype.is_floating_point and 1.0 or 1)) + int(w.shape[0])
 # variant
 ['i', 'total']
 """),
@@ -2966,7 +2966,7 @@ def f(emb, w):
      """
 # body
 c = 0
-if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int) and (len(spk) > 0):
+if isinstance(spk, torch.Tensor) and spk.dim() > 0 and isinstance(len(spk), int) and (len(spk) > 0) and (not _rounds_gradients(w)):
     'optimize_loss: loop at line 5 vectorized'
     if not isinstance(w, torch.Tensor) or (spk.dim() >= 2 and spk.dim() >= w.dim() + 1):
         utt = spk
@@ -3309,7 +3309,7 @@ def f(emb, cens):
 """, ('body', 'helper_checks'),
      """
 # body
-if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and _apart(out, (cens,)) and isinstance(len(cens), int) and (len(cens) > 0) and any((s == _k for _k in range(0, len(cens), 1))) and isinstance(s, int):
+if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and _apart(out, (cens,)) and isinstance(len(cens), int) and (len(cens) > 0) and any((s == _k for _k in range(0, len(cens), 1))) and isinstance(s, int) and (not _rounds_gradients(emb)):
     'optimize_loss: loop at line 4 vectorized'
     _cen_1 = own_centroid(emb, s)
 
@@ -3330,7 +3330,7 @@ else:
 """,
      """
 # body
-if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and _apart(out, (cens,)) and isinstance(len(cens), int) and (len(cens) > 0) and isinstance(s, int):
+if isinstance(cens, torch.Tensor) and cens.dim() > 0 and isinstance(out, torch.Tensor) and _apart(out, (cens,)) and isinstance(len(cens), int) and (len(cens) > 0) and isinstance(s, int) and (not _rounds_gradients(emb)):
     'optimize_loss: loop at line 4 vectorized'
     _cen_1 = own_centroid(emb, s)
 
@@ -3363,7 +3363,7 @@ def f(x, w, n):
      """
 # body
 row = 0
-if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
+if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0) and (not _rounds_gradients(x)):
     'optimize_loss: loop at line 5 vectorized'
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
@@ -3393,7 +3393,7 @@ total = total + row
      """
 # body
 row = 0
-if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0):
+if isinstance(w, torch.Tensor) and 4 <= w.shape[0] and (4 > 0) and (not _rounds_gradients(x)):
     'optimize_loss: loop at line 5 vectorized'
     if not isinstance(x[i], torch.Tensor) or (w.dim() >= 2 and w.dim() >= x[i].dim() + 1):
         _w_row = w if 4 == w.shape[0] else w[0:4:1]
@@ -3814,6 +3814,40 @@ isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int)
 # checks
 isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0 and not (torch.is_grad_enabled() and (not isinstance(n, (int, float, str, type(None))) and getattr(n, 'requires_grad', True)))
 """),
+    # `w` gets a part of its gradient from every iteration (added in 16 bits in turn as written);
+    # the rows `x[i]` one each, `n` through a shape only, `lst` only has items appended
+    (rounded_gradients_run_as_written, """
+def f(x, w, n, lst):
+    s = 0
+    for i in range(len(x)):
+        s = s + x[i] * w + x[i].reshape(n.shape)
+        lst.append(x[i])
+    return s
+""", ('checks',),
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and type(lst) is list and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+# checks
+isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and type(lst) is list and isinstance(len(x), int) and len(x) > 0 and not _rounds_gradients(w)
+"""),
+    # rows at the index only, an element, an index read on the host, a module constant: no check
+    (rounded_gradients_run_as_written, """
+def f(x, y, t):
+    s = 0
+    for i, r in enumerate(x):
+        s = s + r * y[i, 0] + t[i].item() * torch.ones(2, dtype=torch.float16)
+    return s
+""", ('checks',),
+     """
+# checks
+isinstance(y, torch.Tensor) and len(x) <= y.shape[0] and isinstance(t, torch.Tensor) and len(x) <= t.shape[0] and isinstance(x, torch.Tensor) and x.dim() > 0 and isinstance(len(x), int) and len(x) > 0
+""",
+     """
+# checks
+isinstance(y, torch.Tensor) and len(x) <= y.shape[0] and isinstance(t, torch.Tensor) and len(x) <= t.shape[0] and isinstance(x, torch.Tensor) and x.dim() > 0 and isinstance(len(x), int) and len(x) > 0
+"""),
     # a range of numbers takes no gradient whatever its bounds (a CRF's `torch.arange(batch)`
     # rows): no check on `n`
     (invariant_values_take_no_grad, """
@@ -3966,7 +4000,7 @@ def f(x, scale):
 """, ('checks',),
      """
 # checks
-not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(scale, torch.Tensor) and len(x) <= scale.shape[0] and isinstance(len(x), int) and len(x) > 0
+not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(scale, torch.Tensor) and len(x) <= scale.shape[0] and isinstance(len(x), int) and len(x) > 0 and not _rounds_gradients(scale)
 """,
      """
 Unsupported: its runtime check can never hold: it needs both `isinstance(scale, torch.Tensor)` and `not isinstance(scale, torch.Tensor)`, which the rewrite assumes for different uses of one value
@@ -3981,11 +4015,11 @@ def f(x, scale):
 """, ('checks',),
      """
 # checks
-not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0 and not _rounds_gradients(scale)
 """,
      """
 # checks
-not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0
+not isinstance(scale, torch.Tensor) and isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and len(x) > 0 and not _rounds_gradients(scale)
 """),
 ]
 

@@ -214,7 +214,7 @@ def test_attribute_list_golden():
         _weight_kind = _number_kind(_weight)
         _weight_stacked = _stack_items(tuple(_weight)) if (type(_weight) is list or (isinstance(_weight, tuple) and type(_weight).__getitem__ is tuple.__getitem__ and (type(_weight).__iter__ is tuple.__iter__) and (type(_weight).__len__ is tuple.__len__))) and len(_weight) > 0 and all((isinstance(_v, torch.Tensor) and _v.shape == _weight[0].shape and (_v.dtype == _weight[0].dtype) and (_v.device == _weight[0].device) for _v in _weight)) else _number_rows(_weight)
         _x_list_stacked = _stack_items(tuple(x_list)) if (type(x_list) is list or (isinstance(x_list, tuple) and type(x_list).__getitem__ is tuple.__getitem__ and (type(x_list).__iter__ is tuple.__iter__) and (type(x_list).__len__ is tuple.__len__))) and len(x_list) > 0 and all((isinstance(_v_1, torch.Tensor) and _v_1.shape == x_list[0].shape and (_v_1.dtype == x_list[0].dtype) and (_v_1.device == x_list[0].device) for _v_1 in x_list)) else x_list
-        if isinstance(_weight_stacked, torch.Tensor) and len(_x_list_stacked) <= _weight_stacked.shape[0] and isinstance(_x_list_stacked, torch.Tensor) and (_x_list_stacked.dim() > 0) and isinstance(len(_x_list_stacked), int) and (len(_x_list_stacked) > 0):
+        if isinstance(_weight_stacked, torch.Tensor) and len(_x_list_stacked) <= _weight_stacked.shape[0] and isinstance(_x_list_stacked, torch.Tensor) and (_x_list_stacked.dim() > 0) and isinstance(len(_x_list_stacked), int) and (len(_x_list_stacked) > 0) and (not _rounds_gradients(getattr(cfg, 'weight', None), label)):
             'optimize_loss: loop at line 3 vectorized'
 
             def _body(x, _weight_row):

@@ -115,6 +115,11 @@ def test_compiled_rewrite_is_one_graph_and_equivalent(dtype, beta):
                      dtype=dtype).requires_grad_()
     if beta == "tensor":
         beta = torch.tensor(0.25, dtype=dtype, requires_grad=True)
+        if dtype in (torch.float16, torch.bfloat16):
+            # every selected iteration adds a part of a 16-bit beta's gradient: the loop runs as
+            # written (rounded_gradients_run_as_written), its data-dependent `if` too
+            assert_equivalent(original, optimized, x, beta, rtol=0, atol=0)
+            return
     torch._dynamo.reset()
     explained = torch._dynamo.explain(optimized)(x, beta)
     assert explained.graph_break_count == 0, explained.break_reasons

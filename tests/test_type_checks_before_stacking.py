@@ -51,7 +51,7 @@ def test_golden():
     def focal_sides(x_list, label, cfg):
         losses = []
         _x_list_stacked = _stack_items(tuple(x_list)) if isinstance(getattr(cfg, 'gamma', None), torch.Tensor) and (type(x_list) is list or (isinstance(x_list, tuple) and type(x_list).__getitem__ is tuple.__getitem__ and (type(x_list).__iter__ is tuple.__iter__) and (type(x_list).__len__ is tuple.__len__))) and (len(x_list) > 0) and all((isinstance(_v, torch.Tensor) and _v.shape == x_list[0].shape and (_v.dtype == x_list[0].dtype) and (_v.device == x_list[0].device) for _v in x_list)) else x_list
-        if isinstance(getattr(cfg, 'gamma', None), torch.Tensor) and isinstance(_x_list_stacked, torch.Tensor) and (_x_list_stacked.dim() > 0) and isinstance(len(_x_list_stacked), int) and (len(_x_list_stacked) > 0):
+        if isinstance(getattr(cfg, 'gamma', None), torch.Tensor) and isinstance(_x_list_stacked, torch.Tensor) and (_x_list_stacked.dim() > 0) and isinstance(len(_x_list_stacked), int) and (len(_x_list_stacked) > 0) and (not _rounds_gradients(label, getattr(cfg, 'gamma', None))):
             'optimize_loss: loop at line 3 vectorized'
 
             def _body(i, x):

@@ -715,7 +715,7 @@ GOLDEN_CROSS_ENTROPY = ("""
     """, """
     def f(logits, t):
         loss = 0
-        if isinstance(logits, torch.Tensor) and logits.shape[0] <= logits.shape[0] and isinstance(t, torch.Tensor) and (logits.shape[0] <= t.shape[0]) and isinstance(logits.shape[0], int) and (logits.shape[0] > 0):
+        if isinstance(logits, torch.Tensor) and logits.shape[0] <= logits.shape[0] and isinstance(t, torch.Tensor) and (logits.shape[0] <= t.shape[0]) and isinstance(logits.shape[0], int) and (logits.shape[0] > 0) and (not _rounds_gradients(logits, t)):
             'optimize_loss: loop at line 3 vectorized'
             if logits.dim() >= 1 and t.dim() >= 1 and (logits.dim() == t.dim() + 1) and (1 >= t.dim()) and (t.dtype in (torch.int64, torch.int32)):
                 _logits_row = logits if logits.shape[0] == logits.shape[0] else logits[0:logits.shape[0]:1]
@@ -795,7 +795,7 @@ GOLDEN_NESTED = ("""
     """, """
     def f(x, w):
         out = torch.zeros_like(x)
-        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and (x.shape[1] <= x.shape[1]) and isinstance(w, torch.Tensor) and (x.shape[1] <= w.shape[0]) and isinstance(out, torch.Tensor) and isinstance(x.shape[1], int) and (x.shape[1] > 0) and _apart(out, (w, x)) and isinstance(x.shape[0], int) and (x.shape[0] > 0):
+        if isinstance(x, torch.Tensor) and x.shape[0] <= x.shape[0] and (x.shape[1] <= x.shape[1]) and isinstance(w, torch.Tensor) and (x.shape[1] <= w.shape[0]) and isinstance(out, torch.Tensor) and isinstance(x.shape[1], int) and (x.shape[1] > 0) and _apart(out, (w, x)) and isinstance(x.shape[0], int) and (x.shape[0] > 0) and (not _rounds_gradients(w)):
             'optimize_loss: loop at line 3 vectorized'
 
             def _body_1(_x_row_1):

@@ -60,6 +60,7 @@ from ..ast_tools import (PassContext, Transformer, clone, is_name, replace, root
 from ..errors import Unsupported
 from .loop_dataflow import (call_op, container_names, depends, method_name, reads_values,
                             resolve_call, stores, stores_in, variant_names)
+from ..dtype_queries import opmath_type
 from .plan import LoopPlan
 from .runtime_checks import proven_tensors
 
@@ -119,6 +120,8 @@ class _HostToTensor(Transformer):
         # Keyed by the nodes, not id(): a replaced node's freed id is reused by later nodes.
         self.double: dict[ast.expr, ast.expr] = {}  # a math call's tensor form -> in float64
         self.converted: set[ast.expr] = set()       # host calls' tensor forms made here
+        # ops of a weak host number and a tensor to round once: (its kind, the number, tensor)
+        self.rounded: dict[ast.BinOp, tuple[str, ast.expr, ast.expr]] = {}
         self.numbers: dict[str, str] = {}      # names bound to host numbers -> their kind
         self.assigned: set[str] = set()        # names bound so far in the iteration
         self.pre: list[ast.stmt] = []   # counters of raising iterations, before the statement
@@ -187,7 +190,8 @@ class _HostToTensor(Transformer):
         self.generic_visit(node)
         left = node.left
         node.left, node.right = self._operands(node, [node.left, node.right])
-        return _reciprocal_times(node, left, self.ctx)
+        out = _reciprocal_times(node, left, self.ctx)
+        return _rounded_once(node, out, self.rounded.pop(node, None), self.ctx)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
         """``-h`` of a host number is a host number of its kind (the user's, when ``h`` is)."""
@@ -254,10 +258,9 @@ class _HostToTensor(Transformer):
             return operands
         # Python computes arithmetic of host numbers in double precision, then the tensor's
         # dtype takes it: in float64 here too (`gamma ** i`, `(i + 1) / n` of the index)
-        return [self._sub(rules.HOST_WEAK[k], x, t=tensors[0], h=self._float64(x)
-                          if isinstance(x, (ast.BinOp, ast.UnaryOp)) or x in self.double
-                          else x)
-                if k in rules.HOST_WEAK else x for x, k in zip(operands, kinds)]
+        held = [self._float64(x) if isinstance(x, (ast.BinOp, ast.UnaryOp)) or x in self.double
+                else x for x in operands]
+        return _weak_operands(node, operands, held, kinds, tensors[0], self.rounded, self.ctx)
 
     def _fixed_numbers(self, node: ast.BinOp, operands: list[ast.expr],
                        kinds: list[str | None]) -> list[str | None]:
@@ -410,6 +413,56 @@ class _HostToTensor(Transformer):
         return node
 
 
+def _weak_operands(node: ast.BinOp | None, operands: list[ast.expr], held: list[ast.expr],
+                   kinds: list[str | None], t: ast.expr, rounded: dict,
+                   ctx: PassContext) -> list[ast.expr]:
+    """``operands``, the host numbers among them (``held``: as computed) weak scalars next to
+    the tensor ``t``; in ``*`` and ``/`` in the op's opmath dtype (``_in_opmath``, ``node``
+    then in ``rounded``), not next to a tensor a call makes (each dtype query of it would
+    compute it again)."""
+    weak = [(k, h) for h, k in zip(held, kinds) if k in rules.HOST_WEAK]
+    if weak and isinstance(getattr(node, "op", None), _OPMATH) \
+            and not any(isinstance(n, ast.Call) for n in walk(t)):
+        rounded[node] = (weak[0][0], clone(weak[0][1]), clone(t))
+        return _in_opmath(node, operands, held, kinds, t, weak[0], ctx)
+    return [replace(rules.HOST_WEAK[k], loc=x, torch_name=ctx.torch_name, t=t, h=h)
+            if k in rules.HOST_WEAK else x for x, h, k in zip(operands, held, kinds)]
+
+
+def _in_opmath(node: ast.BinOp, operands: list[ast.expr], held: list[ast.expr],
+               kinds: list[str | None], t: ast.expr, weak: tuple[str, ast.expr],
+               ctx: PassContext) -> list[ast.expr]:
+    """The operands of ``node`` (a host number and a tensor ``t``) in the op's opmath dtype
+    (``rules.HOST_WEAK_OPMATH``; a divisor ``t`` is not: ``Tensor.__rtruediv__`` takes its
+    reciprocal in its own dtype, ``_rounded_once``), its result to be rounded once."""
+    divisor = isinstance(node.op, ast.Div) and operands[1] is t
+    return [replace(rules.HOST_WEAK_OPMATH[k], loc=x, torch_name=ctx.torch_name, t=clone(t),
+                    h=h, o=_opmath(ctx)) if k in rules.HOST_WEAK else
+            replace(rules.HOST_WEAK_OPMATH_TENSOR[weak[0]], loc=x, torch_name=ctx.torch_name,
+                    x=x, t=clone(t), h=clone(weak[1]), o=_opmath(ctx))
+            if x is t and not divisor else x
+            for x, h, k in zip(operands, held, kinds)]
+
+
+def _rounded_once(node: ast.BinOp, out: ast.expr, weak: tuple | None,
+                  ctx: PassContext) -> ast.expr:
+    """``out`` (``node``'s form), rounded once to the original op's dtype when ``_in_opmath``
+    made its operands (``weak``: the number's kind, the number, the tensor)."""
+    if weak is None:
+        return out
+    kind, h, t = weak
+    if out is not node:  # the 16-bit reciprocal, times the number in the opmath dtype
+        out.left = replace(rules.HOST_WEAK_OPMATH_TENSOR[kind], loc=out.left,
+                           torch_name=ctx.torch_name, x=out.left, h=clone(h), t=clone(t),
+                           o=_opmath(ctx))
+    return replace(rules.HOST_WEAK_ROUNDED[kind], loc=node, torch_name=ctx.torch_name, r=out,
+                   h=h, t=t)
+
+
+def _opmath(ctx: PassContext) -> ast.Name:
+    return ast.Name(ctx.bind(opmath_type, "opmath_type"), ast.Load())
+
+
 def _reciprocal_times(node: ast.BinOp, left: ast.expr, ctx: PassContext) -> ast.expr:
     """``node`` (its operands done), or, for a host number ``left`` the rewrite made a weak
     scalar divided by a tensor, ``Tensor.__rtruediv__`` as Python calls it: the tensor's
@@ -421,6 +474,9 @@ def _reciprocal_times(node: ast.BinOp, left: ast.expr, ctx: PassContext) -> ast.
     return node
 
 
+# The ops whose kernels compute with a Python number in their opmath dtype (float32 for 16 bits;
+# ``+`` and ``-`` round the number to the tensor's dtype first: torch 2.13's CPU kernels)
+_OPMATH = (ast.Mult, ast.Div)
 # Python's float arithmetic that float64 tensors compute alike (one IEEE operation each; the
 # power, as libm's ``pow``)
 _IN_FLOAT64 = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)

@@ -32,7 +32,8 @@ before the inner loop (and not again since), and ``not isinstance(t, torch.Tenso
 bound ``t = x.item()``: they are dropped. The inner's device-side checks of
 its counters of empty max/min selections leave the inlined statements with the counters'
 zeroing: the counters sum over the outer loop, whose check (``plan.empty_selections``) raises
-the same error after it, as one loop's would.
+the same error after it, as one loop's would. The inner's check of what its iterations add to
+16-bit gradients is dropped too: the outer's (``rounded_gradients_run_as_written``) covers it.
 
 An inner fold that runs the inner loop as written when it would promote an accumulator's dtype
 (``promoting_folds_run_as_written``) becomes its folds: the outer loop's folds of that
@@ -46,14 +47,18 @@ from __future__ import annotations
 import ast
 
 from .. import ast_marks
-from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, replace, unparse
+from ..ast_tools import PassContext, Transformer, clone, is_int, is_name, replace, unparse, walk
 from ..errors import Unsupported
-from . import normalize_comprehensions
+from ..loop_sums_keep_dtypes import steps_differ
+from . import normalize_comprehensions, rounded_gradients_run_as_written
 from .first_item_checks import FirstItemChecks
-from .loop_dataflow import depends, loads, stores, stores_in
+from .loop_dataflow import depends, loads, resolve_call, stores, stores_in
 from .plan import LoopPlan
 from .promoting_folds_run_as_written import PROMOTED
 from .runtime_checks import conjuncts, is_as_written, is_storage_check, is_vectorized_guard
+
+# starts of which an inner fold's 16-bit steps are the steps from 0 (``_zeros``)
+_ZEROS = frozenset({"torch.zeros", "torch.zeros_like"})
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -70,7 +75,22 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
         plan.first_item_values = first.values()
     plan.empty_selections.update(forms.empty)
     plan.uses_where |= forms.bails
+    # (the inner's own folds, inlined, bind an accumulator of this loop: its folds check it)
+    plan.restarted_steps |= not all(_zeros(s, name, ctx) for s in walk(ast.Module(plan.body, []))
+                                    if isinstance(s, ast.stmt)
+                                    and not ast_marks.get(s, ast_marks.INLINED)
+                                    for name in forms.restarts if name in stores(s))
     return plan
+
+
+def _zeros(stmt: ast.stmt, name: str, ctx: PassContext) -> bool:
+    """``stmt`` binds ``name`` to new zeros (``torch.zeros(...)``, ``x.new_zeros(...)``): the
+    16-bit steps of an inner fold onto them are the steps from 0 (``steps_differ`` may not know
+    it: its start is a tensor)."""
+    v = stmt.value if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+        and is_name(stmt.targets[0], name) else None
+    return isinstance(v, ast.Call) and (resolve_call(v.func, ctx) in _ZEROS or isinstance(
+        v.func, ast.Attribute) and v.func.attr == "new_zeros")
 
 
 def lifted_to_tensors(expr: ast.expr, plan: LoopPlan, ctx: PassContext) -> list[ast.expr] | None:
@@ -102,7 +122,7 @@ def _inline(body: list[ast.stmt], seeds: set[str], checks: list[ast.expr],
                         or _is_not_tensor_check(g, _kind(fresh, "number")):
                     continue  # the inner writes out[i, ...]: this loop makes i a slice; and
                     # `row = []` / `t = x.item()` earlier in this iteration hold in every one
-                if is_storage_check(g, ctx):
+                if is_storage_check(g, ctx) or rounded_gradients_run_as_written.is_check(g, ctx):
                     continue  # this loop's own check covers what the inner one writes and reads
                 if loads(g) & (seeds | assigned):
                     lifted = lift.lifted(g)
@@ -207,6 +227,7 @@ class _InlinedForms(Transformer):
 
     def __init__(self, index: str, blocked: set[str], ctx: PassContext):
         self.index, self.bails = index, False
+        self.restarts: set[str] = set()  # the starts of 16-bit folds in steps (``steps_differ``)
         self.blocked, self.ctx = blocked, ctx  # names that vary with the outer iteration
         self.empty: dict[str, str] = {}  # the inner loops' counters of empty selections
 
@@ -223,6 +244,10 @@ class _InlinedForms(Transformer):
     def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt]:
         if is_as_written(node):
             self.bails |= PROMOTED in node.body[0].value.value
+            self.restarts |= {c.args[0].id for c in walk(node.test) if isinstance(c, ast.Call)
+                              and isinstance(c.func, ast.Name) and c.args
+                              and self.ctx.bindings.get(c.func.id) is steps_differ
+                              and isinstance(c.args[0], ast.Name)}
             return [self.visit(s) for s in node.orelse]
         if any(isinstance(g, ast.UnaryOp) and isinstance(g.op, ast.Not) and _is_type_check(
                 g.operand, {self.index}, ".Tensor") for g in conjuncts(node.test)):

@@ -51,9 +51,9 @@ _NUMBER = {ast.Mult: "type(d) in (int, float) and abs(d) < float('inf')",
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
-    body = _as_written(plan.node.body)
+    body = as_written_body(plan.node.body)
     it = plan.iteration
-    bindings = _bindings(body)
+    bindings = bindings_of(body)
     # the header's own targets too: a stage may have dropped an element the body no longer reads
     targets = {n.id for n in walk(plan.node.target) if isinstance(n, ast.Name)}
     variant = _variant(body, {it.index} | {n for n, _ in it.elements} | targets, ctx)
@@ -128,7 +128,7 @@ def _number_operand(op: ast.expr, bindings: dict) -> ast.expr | None:
                                   for n in walk(d)) else None
 
 
-def _as_written(body: list[ast.stmt]) -> list[ast.stmt]:
+def as_written_body(body: list[ast.stmt]) -> list[ast.stmt]:
     """``body`` with inner loops vectorized before as written (their guards' else branch,
     without the tensor of the ints an object holds one made in front of it: indices, no
     gradient, and not the user's)."""
@@ -164,7 +164,7 @@ def _variant(body: list[ast.stmt], seeds: set[str], ctx: PassContext) -> set[str
     return variant
 
 
-def _bindings(body: list[ast.stmt]) -> dict[str, list[ast.expr | None]]:
+def bindings_of(body: list[ast.stmt]) -> dict[str, list[ast.expr | None]]:
     """What each name the body binds is computed from (None: something not followed)."""
     found: dict[str, list[ast.expr | None]] = {}
     for n in (n for s in body for n in walk(s)):
@@ -203,7 +203,7 @@ def _leaves(expr: ast.AST, bindings: dict, seen: set[str], ctx: PassContext) -> 
         while isinstance(root, ast.Attribute):
             root = root.value
         if isinstance(root, ast.Name) and root.id not in bindings:
-            return [] if _module_constant(expr, ctx) else [expr]
+            return [] if module_constant(expr, ctx) else [expr]
         return _leaves(expr.value, bindings, seen, ctx)
     if isinstance(expr, ast.Subscript):  # no gradient flows to an index
         return _leaves(expr.value, bindings, seen, ctx)
@@ -211,7 +211,7 @@ def _leaves(expr: ast.AST, bindings: dict, seen: set[str], ctx: PassContext) -> 
     return [leaf for c in children for leaf in _leaves(c, bindings, seen, ctx)]
 
 
-def _module_constant(expr: ast.Attribute, ctx: PassContext) -> bool:
+def module_constant(expr: ast.Attribute, ctx: PassContext) -> bool:
     """``expr`` is an attribute of a module that is no tensor (``torch.bool``, ``math.pi``)."""
     names = []
     while isinstance(expr, ast.Attribute):

@@ -212,6 +212,8 @@ class LoopPlan:
     index_masks: set[str] = field(default_factory=set)  # ... of conditions on loop indices only
     index_tests: dict[str, ast.expr] = field(default_factory=dict)  # ... as the Python tests
     uses_where: bool = False
+    # an inner fold of 16-bit items onto a start the outer body binds again, not to zeros
+    restarted_steps: bool = False
     # What leaves an iteration: returned as ``outs``, folded / stored after the loop by ``folds``.
     init: list[ast.stmt] = field(default_factory=list)    # top of the body: partials' identities
     outs: str = ""

@@ -119,7 +119,8 @@ from . import (asserts_to_counters, attribute_writes_to_names, batch_both_loop_l
                ragged_slices_to_masks, record_items_run_as_written,
                raise_on_empty_selections, removed_index_lists_to_masks,
                number_list_operands,
-               rename_rebound_loop_variables, row_index_adds_to_writes, row_slices_to_params,
+               rename_rebound_loop_variables, rounded_gradients_run_as_written,
+               row_index_adds_to_writes, row_slices_to_params,
                runtime_checks, sliced_selections_to_masks,
                no_grad_blocks_to_detach, sink_own_item_selections, split_tuple_assignments,
                sorts_read_at_ends, stack_tensor_lists, tensor_branches_to_where,
@@ -210,6 +211,7 @@ LOOP_STAGES: list = [
     stack_tensor_lists,           # after batch_loop_bodies: renames the finished statements
     raise_on_empty_selections,    # around the finished statements
     invariant_values_take_no_grad,  # on the loop as written; before the guard is made
+    rounded_gradients_run_as_written,  # on the loop as written; before the guard is made
     contradicting_checks,         # after every stage that adds to the check
     promoting_folds_run_as_written,  # last: around the folds and the checks before them
 ]

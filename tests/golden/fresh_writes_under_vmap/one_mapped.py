@@ -1,7 +1,7 @@
 def one(i, j, z, tau):
     n = z.shape[0]
     neg = torch.zeros(n, dtype=z.dtype)
-    if isinstance(z, torch.Tensor) and n <= z.shape[0] and isinstance(neg, torch.Tensor) and _apart(neg, (n, z)) and isinstance(n, int) and (n > 0) and (sim is _sim_inlined):
+    if isinstance(z, torch.Tensor) and n <= z.shape[0] and isinstance(neg, torch.Tensor) and _apart(neg, (n, z)) and isinstance(n, int) and (n > 0) and (sim is _sim_inlined) and (not _rounds_gradients(z, tau)):
         'optimize_loss: loop at line 63 vectorized'
         if not isinstance(i, torch.Tensor) and (not (isinstance(z[i], torch.Tensor) and z[i].requires_grad)) and (not isinstance(z[i], torch.Tensor) or (z.dim() >= 2 and z.dim() >= z[i].dim() + 1)) and (z.dim() >= 2) and (not (isinstance(tau, torch.Tensor) and tau.requires_grad)) and (z.dim() == 2) and (not isinstance(tau, torch.Tensor)) and (2 == z.dim()) and (neg.dim() > 0 and 0 <= n <= neg.shape[0]) and (neg.dim() == 1):
             k = torch.arange(0, n, 1, device=z.device)
