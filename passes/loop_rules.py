@@ -122,8 +122,6 @@ HOST_WEAK_ROUNDED = {
     "item": f"r.to(torch.result_type(t, {HOST_ITEM_NUMBER}))",
 }
 HOST_WEAK_INT = "h.to(torch.result_type(t, 1))"  # ... of an ``h`` known to be an integer tensor
-# The loop index (a Python int per item, an int64 arange batched) next to a batched tensor ``t``.
-WEAK_INT = "i if t.is_floating_point() or t.is_complex() else i.to(torch.result_type(t, 1))"
 # ... with its float64 twin ``w`` (host_roundtrips_to_tensor_ops): Python adds floats in double
 # precision (``.item()`` of an integer tensor is an int: its own sum ``r``).
 NUMBER_FOLD_WIDE = {"float": "float(w)", "item": "(w if r.is_floating_point() else r).item()"}

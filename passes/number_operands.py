@@ -16,6 +16,11 @@ number in float32 (their ops' opmath) and round the result, as their kernels do 
 number; rounding the number to 16 bits first would change the values. A number divided by a
 tensor is ``Tensor.__rtruediv__``: the tensor's reciprocal (in its dtype) times the number. With ``kind`` None the
 row is a tensor's own (the user's tensor, or stacked tensors) and the op is applied as it is.
+
+``weak_int(i, t)``: the loop index ``i`` (an int64 arange batched, a Python int per item) as an
+operand next to ``t``: per item a weak scalar, which keeps an integer ``t``'s dtype (``x[i] + i``
+of int32 ``x`` is int32), so cast to it; next to floats as it is (it promotes alike, and a cast
+to float16 would round it first).
 """
 from __future__ import annotations
 
@@ -63,3 +68,7 @@ def number_op(x, row, kind, op, reflected):
     else:
         out = fn(row, x) if reflected else fn(x, row)
     return out.to(dtype) if dtype in _REDUCED else out
+
+
+def weak_int(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return i if t.is_floating_point() or t.is_complex() else i.to(torch.result_type(t, 1))

@@ -365,6 +365,7 @@ REGISTRY: tuple[OpSpec, ...] = (
     _helper(stacked_views.stack_items, total=True, derivative="constant"),
     # a tensor operand and a row of Python numbers, in the dtype the number would give; a row
     # of 1 divides safely where a tensor condition deselects it
+    _helper(number_operands.weak_int, batched="elementwise", total=True, derivative="constant"),
     _helper(number_operands.number_op, batched="elementwise", sanitize=(1, "1"),
             broadcasts=(0, 1), broadcast_numbers=2),
     # a batched operand lifted against another's items of higher rank (a view, or its cast)

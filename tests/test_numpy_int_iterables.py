@@ -59,7 +59,7 @@ def swav(output, q, bs, crop_id, temperature=0.1):
     _ints = _run_eagerly(lambda: _numpy_ints(np.delete(np.arange(np.sum(NMB_CROPS)), crop_id)))
     _items = torch.tensor(_ints) if (type(_ints) is list or (isinstance(_ints, tuple) and type(_ints).__getitem__ is tuple.__getitem__ and (type(_ints).__iter__ is tuple.__iter__) and (type(_ints).__len__ is tuple.__len__))) and len(_ints) > 0 and all((type(_v) is int for _v in _ints)) else _ints
     _output_windows = _slice_windows(output, 0, lambda: (0, bs, bs, _window_count(_ints)))
-    if isinstance(_output_windows, torch.Tensor) and isinstance(_items, torch.Tensor) and (_items.dim() > 0) and isinstance(len(_items), int) and (len(_items) > 0):
+    if isinstance(_output_windows, torch.Tensor) and isinstance(_items, torch.Tensor) and (_items.dim() > 0) and isinstance(len(_items), int) and (len(_items) > 0) and (not _rounds_gradients(output, temperature, q)):
 """
 
 

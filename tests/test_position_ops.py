@@ -40,7 +40,7 @@ GOLDEN = {
     "positions_printed": """
         def f(x, y, w):
             loss = 0
-            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and (len(x) > 0):
+            if isinstance(x, torch.Tensor) and len(x) <= x.shape[0] and isinstance(len(x), int) and (len(x) > 0) and (not _rounds_gradients(w)):
                 'optimize_loss: loop at line 3 vectorized'
                 if x.dim() >= 2 and (isinstance(w, torch.Tensor) and w.dim() == 2):
                     _x_row = x if len(x) == x.shape[0] else x[0:len(x):1]

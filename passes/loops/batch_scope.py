@@ -7,6 +7,7 @@ import dataclasses
 
 from .. import loop_rules as rules
 from ..ast_tools import Checks, PassContext, replace, unparse
+from .. import number_operands
 from ..item_broadcasts import broadcast_item
 from .batch_values import Rank, Val, condition, highest, literal, source_of
 from ..errors import Unsupported
@@ -358,8 +359,8 @@ def lifted_operands(scope: Scope, operands: list[tuple[ast.expr, Val]], node: as
 def _weak_ints(scope: Scope, operands: list[tuple[ast.expr, Val]], node: ast.AST):
     """A per-item Python int (the loop index, int arithmetic of it) next to a per-item tensor
     in arithmetic: per item a weak scalar (``x[i] + i`` of int32 ``x`` is int32), batched an
-    int64 tensor, which would promote: cast to the tensor's integer dtype (``rules.WEAK_INT``;
-    next to floats it promotes alike, and a cast to float16 would round it first)."""
+    int64 tensor, which would promote: ``number_operands.weak_int`` casts it to the tensor's
+    integer dtype."""
     if not isinstance(node, ast.BinOp) or len(operands) != 2:
         return operands
     out = list(operands)
@@ -368,7 +369,8 @@ def _weak_ints(scope: Scope, operands: list[tuple[ast.expr, Val]], node: ast.AST
         if nv.batched and not nv.tensor and nv.integer == () and tv.batched and tv.tensor:
             t = scope.named(t)
             out[1 - k] = (t, tv)
-            out[k] = (scope.sub(rules.WEAK_INT, i=n, t=t), nv)
+            fn = scope.ctx.bind(number_operands.weak_int, "weak_int")
+            out[k] = (scope.sub(f"{fn}(i, t)", i=n, t=t), nv)
             break
     return out
 
