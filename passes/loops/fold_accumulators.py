@@ -97,7 +97,9 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             _fold_onto_start(plan, name, acc, ctx)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
-        kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
+        # (ints and floats of the items' sizes add up to a float: ``number_kinds``)
+        kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else \
+            "float" if acc.kinds == {"int", "float"} and acc.on_host else None
         if name in plan.wide and kind in rules.NUMBER_FOLD_WIDE:
             # `total += x[i].item()`: the original's Python float, summed in float64
             reduced = plan.sub(rules.NUMBER_FOLD_WIDE[kind], r=reduced, w=plan.wide[name])

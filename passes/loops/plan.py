@@ -64,6 +64,9 @@ class Accumulator:
     several: bool = False
     # ... those that are inner loops' Python tests on loop indices: name -> the test
     selected_when: dict[str, ast.expr] = field(default_factory=dict)
+    # every value added is a Python number in the vectorized body too (an item's sizes:
+    # ``number_kinds.on_host``)
+    on_host: bool = True
 
 
 @dataclass
@@ -220,6 +223,9 @@ class LoopPlan:
     # again): returned detached, so no backward runs for them, not even one of zero cotangents
     # (0 * NaN/inf) that torch.compile runs for a graph output.
     detached: set[str] = field(default_factory=set)
+    # Appended or written values that are Python floats in the vectorized body too (an item's
+    # sizes: ``number_kinds.on_host``): returned as float64, Python's double (see python_floats)
+    float_items: set[str] = field(default_factory=set)
     folds: list[ast.stmt] = field(default_factory=list)
     accumulators: dict[str, Accumulator] = field(default_factory=dict)
     # Conditions, with their reasons, under which a fold would change an accumulator's dtype
@@ -334,6 +340,12 @@ class LoopPlan:
     def summed_parts(self) -> frozenset[str]:
         """The partials of sum accumulators: both forms leave them summed over the loop."""
         return frozenset(a.part for a in self.accumulators.values() if a.family == "sum")
+
+    def python_floats(self) -> frozenset[str]:
+        """The outputs that are Python floats in each iteration of the vectorized body (an
+        item's sizes), which ``torch.as_tensor`` would round to float32: taken as float64."""
+        return frozenset(a.part for a in self.accumulators.values() if a.on_host
+                         and "float" in a.kinds and a.kinds <= {"int", "float"}) | self.float_items
 
     def averaged_parts(self) -> frozenset[str]:
         return frozenset(self.accumulators[name].part for name in self.averaged)
