@@ -93,6 +93,8 @@ NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
 INT_SIZE_QUERIES = frozenset({"dim", "ndimension", "numel", "nelement"})
 # ... and the int operators that keep two Python ints one
 INT_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
+# Reductions of a tensor to one bool (``OpSpec.reduce``): ``t.any()``, ``t.all()``
+TRUTH_REDUCTIONS = frozenset({"any", "all"})
 # Python functions of Python numbers (an item's sizes, literals), by (name, argument count), and
 # the number they make: "int", "float", "same" (their arguments' one kind; of mixed kinds it
 # depends on the data) or "first" (the first argument's). ``math`` functions the registry lists
