@@ -186,6 +186,23 @@ def test_ints_and_floats_added_to_one_name_are_a_float(dtype):
     assert loop.vectorized_runs == 1 and not loop.failed_runs, loop.runs()
 
 
+def onto_a_half_tensor(outs):
+    s = torch.zeros((), dtype=torch.float16)
+    for o in outs:
+        s += math.sqrt(o.shape[0])
+    return s
+
+
+def test_floats_added_to_a_16_bit_tensor_run_as_written():
+    # the original rounds in float16 after each addition: one rounding of the sum differs
+    outs = [torch.randn(5, 3) for _ in range(7)]
+    fn = optimize_loss(onto_a_half_tensor, compile=False)
+    got, want = fn(outs), onto_a_half_tensor(outs)
+    assert got.dtype == torch.float16 and got.item() == want.item() == 15.6484375
+    [loop] = fn.report.loops
+    assert loop.original_runs == 1 and not loop.failed_runs, loop.runs()
+
+
 def test_a_type_that_depends_on_the_data_keeps_the_loop():
     outs = [torch.randn(5, 3) for _ in range(3)]
     fn = optimize_loss(kind_by_data, compile=False)
