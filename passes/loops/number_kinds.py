@@ -56,8 +56,8 @@ def number_kind(value: ast.expr, ctx: PassContext,
     if not isinstance(value, ast.BinOp):
         return "tensor"
     kinds = {kind_of(value.left), kind_of(value.right)}
-    if "unknown" in kinds:
-        return "unknown"
+    if "unknown" in kinds:  # (next to a tensor: a tensor)
+        return "tensor" if "tensor" in kinds else "unknown"
     if kinds <= NUMBERS:
         return _operator_kind(value.op, value.right, kinds)
     return "tensor" if "tensor" in kinds or not isinstance(value.op, (ast.Add, ast.Sub)) else \
@@ -78,7 +78,7 @@ def _operator_kind(op: ast.operator, right: ast.expr, kinds: set[str]) -> str:
 def _call_kind(call: ast.Call, kinds: list[str], ctx: PassContext) -> str:
     """The Python number a number function makes of numbers of ``kinds`` (its arguments')."""
     if call.keywords or not kinds or not set(kinds) <= NUMBERS:
-        return "unknown" if "unknown" in kinds else "tensor"
+        return "unknown" if "unknown" in kinds and "tensor" not in kinds else "tensor"
     fn = resolve_call(call.func, ctx)
     made = call_op(call, ctx).host_number if len(kinds) == 1 else None  # int(), float()
     if made is None and len(kinds) == 1 and ops.by_host_math(fn).functions:
