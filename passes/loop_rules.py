@@ -93,6 +93,18 @@ NUMBER_FOLD = {"int": "int(r)", "float": "float(r)", "item": "r.item()"}
 INT_SIZE_QUERIES = frozenset({"dim", "ndimension", "numel", "nelement"})
 # ... and the int operators that keep two Python ints one
 INT_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod)
+# Reductions of a tensor to one bool (``OpSpec.reduce``): ``t.any()``, ``t.all()``
+TRUTH_REDUCTIONS = frozenset({"any", "all"})
+# Python functions of Python numbers (an item's sizes, literals), by (name, argument count), and
+# the number they make: "int", "float", "same" (their arguments' one kind; of mixed kinds it
+# depends on the data) or "first" (the first argument's). ``math`` functions the registry lists
+# (``OpSpec.host_math``: ``math.sqrt``, ``math.log``) make floats, ``int``/``float`` their
+# ``OpSpec.host_number``.
+NUMBER_FUNCTIONS = {("abs", 1): "same", ("min", 2): "same", ("max", 2): "same",
+                    ("round", 1): "int", ("round", 2): "first", ("pow", 2): "pow",
+                    ("math.floor", 1): "int", ("math.ceil", 1): "int", ("math.trunc", 1): "int",
+                    ("math.isqrt", 1): "int", ("math.fabs", 1): "float", ("math.pow", 2): "float",
+                    ("math.log", 2): "float", ("math.hypot", 2): "float"}
 # A host number ``h`` (a tensor in the rewrite) next to a tensor ``t``: as the Python number it
 # was, a weak scalar, so the tensor's dtype decides (float32 ``t`` times a float64 weight's
 # ``.item()`` stays float32). Ints (int64 here) need no cast next to floating tensors, the usual

@@ -116,6 +116,7 @@ from . import batch_calls as calls
 from .batch_scope import Scope
 from .batch_values import CONSTANT, Param, Rank, Val, integer, literal
 from .loop_dataflow import UnwrapFixedOperands, call_op, fixed_operand_helpers, method_name
+from .number_kinds import NUMBERS, int_sizes, number_kind, on_host
 from .plan import BodyParam, LoopPlan
 from .row_slices_to_params import rows_as_written
 from .runtime_checks import proven_tensors
@@ -164,7 +165,8 @@ def batch(plan: LoopPlan, ctx: PassContext) -> tuple[ast.expr | None, list]:
         b = _Batcher(ctx, plan.node, trips, plan.summed_parts(), plan.averaged_parts(), sets,
                      tensors, plan.fold_starts, lifts)
         try:  # the body stays as given
-            return b, b.run(clone(plan.body), params, plan.outputs, plan.outs, plan.detached)
+            return b, b.run(clone(plan.body), params, plan.outputs, plan.outs, plan.detached,
+                            plan.python_floats())
         except Unsupported as exc:
             return b, exc
     first, done = attempt(sets=False)
@@ -240,7 +242,8 @@ class _Batcher(Scope):
         self.index: tuple[str, ast.Call] | None = None  # the loop index and its arange
 
     def run(self, body: list[ast.stmt], params: list[Param], outputs: list[str],
-            outs: str, detached: set[str]) -> tuple[ast.expr | None, list]:
+            outs: str, detached: set[str],
+            floats: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list]:
         self.assigned = {n.id for s in body for n in walk(s)
                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         read = {n.id for s in body for n in walk(s)
@@ -266,8 +269,10 @@ class _Batcher(Scope):
             elif self.vals.get(name, CONSTANT).batched:
                 stacked.append(self._summed(name) if name in self.summed else
                                ast.Name(name, ast.Load()))
-            else:  # the same value in every iteration (a constant contribution)
-                each = self.sub("torch.as_tensor(o).expand(n, *torch.as_tensor(o).shape)",
+            else:  # the same value in every iteration (a constant contribution; a Python
+                # float of the items' sizes as float64, Python's double)
+                dtype = ", dtype=torch.float64" if name in floats else ""
+                each = self.sub(f"torch.as_tensor(o{dtype}).expand(n, *torch.as_tensor(o).shape)",
                                 o=name, n=self.trips)
                 stacked.append(self._summed(each) if name in self.summed else each)
             if name in self.averaged and name not in self.totals:
@@ -356,7 +361,9 @@ class _Batcher(Scope):
             # the mean of the sum: the summed operands stay one expression for fuse_loss_idioms
             (left, lv), (right, rv) = self.total(node.left), self.total(node.right)
             total = ast.BinOp(left, node.op, right)
-            return self._divided(total) if mean else total, self.elementwise([lv, rv], node)
+            return self._divided(total) if mean else total, _same_in_every_iteration(
+                [(left, lv), (right, rv)]) if not (lv.batched or rv.batched) else \
+                self.elementwise([lv, rv], node)  # (`o.shape[0] + 0.5` of stacked items)
         # c * e, e * c, e / c: the factor c that does not vary comes out of the sum
         factor_right = isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)) \
             and not self.varies(node.right)
@@ -437,7 +444,7 @@ class _Batcher(Scope):
             (left, right), val = self.aligned(operands, node)
             return ast.copy_location(ast.Compare(left, node.ops, [right]), node), val
         if isinstance(node, ast.Call):
-            return calls.call(self, node)
+            return _number_of_sizes(self, node) or calls.call(self, node)
         if isinstance(node, ast.IfExp):
             return self._if_exp(node)
         if isinstance(node, ast.Attribute):
@@ -591,6 +598,20 @@ def _item_size(b: _Batcher, node: ast.Subscript) -> tuple[ast.expr, Val] | None:
     if not (val.batched and val.tensor):
         return None
     return b.sub(f"r.shape[{k + 1}]", r=rows), Val(False)
+
+
+def _number_of_sizes(b: _Batcher, node: ast.Call) -> tuple[ast.expr, Val] | None:
+    """A Python number function of the items' sizes and literals (``math.sqrt(o.shape[0])``,
+    ``round(len(o) / 3)``: ``number_kinds``), the same in every iteration: the call of their
+    batched forms (``o.shape[1]`` of the stacked items). None: not this pattern."""
+    if not (number_kind(node, b.ctx) in NUMBERS and on_host(node, lambda name: None)
+            and method_name(node, b.ctx) is None and not int_sizes(node, b.ctx)):
+        return None
+    args = [b.expr(a) for a in node.args]
+    if any(v.batched for _, v in args):
+        raise Unsupported(f"`{unparse(node)}`: a Python number of batched values")
+    return ast.copy_location(ast.Call(node.func, [a for a, _ in args], []), node), \
+        _same_in_every_iteration(args)
 
 
 def _same_in_every_iteration(operands: list[tuple[ast.expr, Val]]) -> Val:

@@ -52,10 +52,12 @@ import ast
 
 import torch
 
+from .. import loop_rules as rules
 from ..ast_tools import PassContext, clone, is_int, replace, unparse, walk
 from .loop_dataflow import call_op, is_shape_query, loads, resolve_call
 from .plan import Iteration
 
+_TENSOR_COMPARISONS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)  # (no `in`, `is`)
 # What ends the loop early: a ``return`` in it ends it as a ``break`` does, the function's value
 # computed in the iteration that returns, as written (a loop holding one stays in the function:
 # ``outline_kept_loops``).
@@ -111,6 +113,18 @@ def test_slice(body: list[ast.stmt], at: int, residual: dict[int, str],
             return f"the `{keyword(body, at)}` test reads `{changed[0]}`, which line " \
                    f"{s.lineno}{where} binds or changes: the iterations cannot be counted first"
     return picked[::-1]
+
+
+def truth_of(test: ast.expr, ctx: PassContext) -> ast.expr:
+    """``test``, whose truth in each iteration the stacked tests give: ``not e`` of a bool
+    tensor (a comparison, ``t.any()``, ``t.all()``: ``rules.TRUTH_REDUCTIONS``) as ``e == 0``,
+    true where ``not`` is (NaN too), and ``bool`` of it raises alike on more than one element;
+    Python's ``not`` of a value that varies per iteration has no vectorized form."""
+    e = test.operand if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) else None
+    if isinstance(e, ast.Compare) and all(isinstance(op, _TENSOR_COMPARISONS) for op in e.ops) \
+            or isinstance(e, ast.Call) and call_op(e, ctx).reduce in rules.TRUTH_REDUCTIONS:
+        return replace("e == 0", loc=test, e=clone(e))
+    return test
 
 
 def partial_op(nodes: list[ast.AST], seeds: set[str], index: str,

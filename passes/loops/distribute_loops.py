@@ -267,7 +267,8 @@ def _tests_first(node: ast.For, body: list[ast.stmt], at: int, residual: dict[in
     if partial is not None:
         return distribute_breaks.partial_reason(partial, ctx, word)
     stop, tests = ctx.namer.new("stop"), ctx.namer.new("tests")
-    test = [body[k] for k in picked] + replace("s = t", loc=body[at], s=stop, t=body[at].test)
+    test = [body[k] for k in picked] + replace("s = t", loc=body[at], s=stop,
+                                               t=distribute_breaks.truth_of(body[at].test, ctx))
     try:
         first = vectorize(new_plan(_hoisted_loop(node, test, {stop: tests}), set(), ctx,
                                    masks=known[0], own_lists={tests}), ctx)

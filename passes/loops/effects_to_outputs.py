@@ -36,9 +36,9 @@ from .. import ops
 from ..ast_tools import PassContext, clone, is_name, unparse, walk, write_target
 from ..errors import Unsupported
 from . import inline_inner_loops
-from .batch_scope import int_size
 from .loop_dataflow import (Effect, call_op, data_index, depends, index_offset, loads,
-                            method_name, resolve_call, stores, stores_in, write_entries)
+                            resolve_call, stores, stores_in, write_entries)
+from .number_kinds import NUMBERS, number_kind, on_host
 from .plan import Accumulator, LoopPlan, OwnList
 
 
@@ -117,6 +117,8 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
                 stmts += plan.sub("k = x", k=slot, x=x)
                 slots[k] = plan.output(slot)
     stacked = plan.output(item)
+    if number_kind(e.value, ctx, _bound(plan)) == "float" and on_host(e.value, _bound(plan)):
+        plan.float_items.add(item)  # `sizes.append(math.sqrt(o.shape[0]))`: a Python float
     selected = plan.selection_appends.get(e.name) if e.kind == "append" else None
     if e.kind == "append" and (mask is not None or selected) and e.name in plan.own_lists:
         raise Unsupported(f"`{e.name}.append` under a tensor condition or of a selection: its "
@@ -150,7 +152,13 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
         plan.init += plan.sub(f"p = {ident}", p=part)
         plan.accumulators[e.name] = Accumulator(part, e.family, plan.output(part), set())
     acc = plan.accumulators[e.name]
-    acc.kinds.add(_number_kind(e.value, ctx))
+    kind, host = _kind(plan, e, ctx), on_host(e.value, _bound(plan))
+    if kind == "float" and not host and e.name not in plan.wide:
+        raise Unsupported(f"`{unparse(e.value)}` is a Python float of a number the vectorized "
+                          "form computes as a tensor (the loop index, an item's value): it would "
+                          "add it in float32, not as Python's double", e.stmt.lineno)
+    acc.kinds.add(kind)
+    acc.on_host &= host
     acc.several |= e.steps > 1 or bool(acc.masks) or bool(ast_marks.get(e.stmt, ast_marks.INLINED))
     if not isinstance(e.stmt, ast.AugAssign):
         acc.rebound = True
@@ -200,8 +208,9 @@ def _check_invariant_number(plan: LoopPlan, e: Effect, ctx: PassContext) -> None
     from the host there (``lst.append(w.sum().item())``) would be a tensor in the list (or a
     float32 one, rounded): refused. ``host_roundtrips_to_tensor_ops`` converts the varying ones,
     which stay numbers."""
-    if depends(e.value, plan.variant, ctx):
-        return
+    if depends(e.value, plan.variant, ctx) or (
+            _kind(plan, e, ctx) in NUMBERS and on_host(e.value, _bound(plan))):
+        return  # (a number of the item's sizes: its Python type is known, ``number_kinds``)
     host = next((n for n in walk(e.value) if isinstance(n, ast.Call) and (
         call_op(n, ctx).host_number or ops.by_host_math(resolve_call(n.func, ctx)).functions)),
         None)
@@ -221,45 +230,6 @@ def _masked_write(plan: LoopPlan, e: Effect, value: ast.expr, mask: str) -> ast.
     old.ctx = ast.Load()
     old = plan.last_write.get(unparse(old), old)
     return plan.sub("torch.where(p, v, old)", p=mask, v=value, old=old)
-
-
-def _number_kind(value: ast.expr, ctx: PassContext) -> str:
-    """What the original added: a Python int/float literal, a host number, an int of a tensor's
-    metadata (``len(o)``, ``o.shape[0]``: ``_int_size``), or a tensor; for the terms
-    ``loop_dataflow`` joins (``s = s - a.item() + b.item()``), what they add up to (ints times
-    ints too: ``o.shape[0] * o.shape[1]``, a float divided: ``o.shape[0] / 2``, converted:
-    ``float(o.shape[0])``), and for a conditional expression what both its values are."""
-    if isinstance(value, ast.Constant) and type(value.value) in (int, float):
-        return type(value.value).__name__
-    kind = ast_marks.get(value, ast_marks.HOST_NUMBER) or ("int" if _int_size(value, ctx) else None)
-    if kind is None and isinstance(value, ast.Call) and len(value.args) == 1 \
-            and not value.keywords and call_op(value, ctx).host_number in ("int", "float") \
-            and _number_kind(value.args[0], ctx) in ("int", "float"):
-        kind = call_op(value, ctx).host_number  # float(o.shape[0]): a Python float
-    if kind or not isinstance(value, (ast.BinOp, ast.UnaryOp, ast.IfExp)):
-        return kind or "tensor"
-    if isinstance(value, ast.UnaryOp):
-        return _number_kind(value.operand, ctx) if isinstance(value.op, ast.USub) else "tensor"
-    if isinstance(value, ast.IfExp):  # `o.shape[0] if c else 1`: what both branches are
-        kinds = {_number_kind(value.body, ctx), _number_kind(value.orelse, ctx)}
-        return kinds.pop() if len(kinds) == 1 else "tensor"
-    kinds = {_number_kind(value.left, ctx), _number_kind(value.right, ctx)}
-    if kinds == {"int"} and isinstance(value.op, (*rules.INT_OPERATORS, ast.Div)):
-        return "float" if isinstance(value.op, ast.Div) else "int"  # int / int: a float
-    return "tensor" if "tensor" in kinds or not isinstance(value.op, (ast.Add, ast.Sub)) else \
-        "float" if "float" in kinds else "item" if "item" in kinds else "int"
-
-
-def _int_size(value: ast.expr, ctx: PassContext) -> bool:
-    """``value`` is a Python int of a tensor's metadata in the original (``len(o)``,
-    ``o.shape[k]``, ``o.size(k)``: ``batch_scope.int_size``; ``o.numel()``, ``o.dim()``:
-    ``rules.INT_SIZE_QUERIES``), whose vectorized form is a tensor."""
-    if isinstance(value, ast.Subscript) and isinstance(value.value, ast.Call) \
-            and not value.value.args and method_name(value.value, ctx) == "size":
-        value = ast.Subscript(value.value.func.value, value.slice)  # `o.size()[0]`: `o.shape[0]`
-        value.value = ast.Attribute(value.value, "shape")
-    return int_size(value, ctx) or isinstance(value, ast.Call) and not value.args \
-        and not value.keywords and method_name(value, ctx) in rules.INT_SIZE_QUERIES
 
 
 def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
@@ -291,16 +261,37 @@ def _check_index(plan: LoopPlan, x: ast.expr, ctx: PassContext) -> None:
     plan.check(f"x.dtype in {rules.INDEX_DTYPES} and x.dim() == {1 + fixed}", x=src)
 
 
+def _kind(plan: LoopPlan, e: Effect, ctx: PassContext) -> str:
+    """Which Python number (or tensor) ``e`` adds or appends in the original
+    (``number_kinds``); one whose type depends on the data is refused."""
+    kind = number_kind(e.value, ctx, _bound(plan))
+    if kind == "unknown":
+        raise Unsupported(f"`{unparse(e.value)}` is a Python int or a float depending on the "
+                          "data: which one the vectorized form would return is not known",
+                          e.stmt.lineno)
+    return kind
+
+
+def _bound(plan: LoopPlan):
+    """name -> the value the body binds it to, once, at its top level by ``name = value``;
+    None for other names."""
+    def value(name: str) -> ast.expr | None:
+        binds = [s for s in plan.body if name in stores(s)]
+        if len(binds) != 1 or not (isinstance(binds[0], ast.Assign) and len(binds[0].targets)
+                                   == 1 and is_name(binds[0].targets[0], name)):
+            return None
+        return binds[0].value
+    return value
+
+
 def _item_source(plan: LoopPlan, name: str) -> ast.expr | None:
     """The tensor whose element ``name`` holds, bound once at the body's top level by
     ``name = t[...].item()`` (``t[...].detach()`` here): ``t``, a name the body does not
     bind (a row parameter: the tensor it is a row of; an element: what the loop iterates);
     else None."""
-    binds = [s for s in plan.body if name in stores(s)]
-    if len(binds) != 1 or not (isinstance(binds[0], ast.Assign) and len(binds[0].targets) == 1
-                               and is_name(binds[0].targets[0], name)):
+    value = _bound(plan)(name)
+    if value is None:
         return None
-    value = binds[0].value
     while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
             and value.func.attr == "detach" and not value.args and not value.keywords:
         value = value.func.value
@@ -365,8 +356,8 @@ def _place(plan: LoopPlan, e: Effect, stacked: ast.expr, ctx: PassContext,
     """Store the stacked per-iteration values of an append or write; ``bind``: a list the loop
     builds may be bound to them (not when they may be none: its consumers raise on an empty
     list, as the original's do)."""
-    host = ast_marks.get(e.value, ast_marks.HOST_NUMBER) or (
-        "int" if e.kind == "append" and _int_size(e.value, ctx) else None)
+    kind = _kind(plan, e, ctx) if e.kind == "append" else None
+    host = ast_marks.get(e.value, ast_marks.HOST_NUMBER) or (kind if kind in NUMBERS else None)
     if e.kind == "append" and e.name in plan.own_lists:  # its consumer is known
         plan.own_list_values[e.name] = OwnList(stacked, host)
         return []

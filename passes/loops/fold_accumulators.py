@@ -70,7 +70,8 @@ from ..errors import Unsupported
 from ..outline_kept_loops import run_eagerly
 from .loop_dataflow import call_op, loads, stores, stores_in
 from .plan import Accumulator, LoopPlan
-from .promoting_folds_run_as_written import PROMOTED, SEVERAL_STEPS, STEPS_ONTO, WIDER_START
+from .promoting_folds_run_as_written import (PROMOTED, SEVERAL_STEPS, STEPS_ONTO, TENSOR_START,
+                                             WIDER_START)
 
 
 def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
@@ -97,7 +98,13 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
             _fold_onto_start(plan, name, acc, ctx)
         reduced = acc.stacked if acc.family == "sum" else _reduced(plan, name, acc, ctx)
         start = len(plan.folds)
-        kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else None
+        # (ints and floats of the items' sizes add up to a float: ``number_kinds``)
+        kind = next(iter(acc.kinds)) if len(acc.kinds) == 1 else \
+            "float" if acc.kinds == {"int", "float"} and acc.on_host else None
+        if kind == "float" and acc.on_host and name not in plan.zeros | plan.numbers.keys():
+            # a start of unknown type: as written when it is a tensor (float16 steps round)
+            plan.promotions.append((plan.sub("isinstance(s, torch.Tensor)", s=name),
+                                    TENSOR_START))
         if name in plan.wide and kind in rules.NUMBER_FOLD_WIDE:
             # `total += x[i].item()`: the original's Python float, summed in float64
             reduced = plan.sub(rules.NUMBER_FOLD_WIDE[kind], r=reduced, w=plan.wide[name])

@@ -94,9 +94,11 @@ def _mapped(plan: LoopPlan, inputs: list[ast.expr], dims: list[int],
             ctx: PassContext) -> list[ast.stmt]:
     """``def _body(...)`` and its vmap over ``inputs``, binding ``plan.outs``."""
     fn = ctx.namer.new("body")
-    ret = ast.Return(ast.Tuple([plan.sub("torch.as_tensor(v).detach()" if o in plan.detached
-                                         else "torch.as_tensor(v)", v=o) for o in plan.outputs],
-                               ast.Load()))
+    floats = plan.python_floats()  # Python floats: float64, not the default dtype
+    ret = ast.Return(ast.Tuple([plan.sub(
+        "torch.as_tensor(v, dtype=torch.float64)" if o in floats else
+        "torch.as_tensor(v).detach()" if o in plan.detached else "torch.as_tensor(v)", v=o)
+        for o in plan.outputs], ast.Load()))
     func = ast.FunctionDef(
         name=fn, args=ast.arguments(posonlyargs=[], args=[ast.arg(p.name) for p in plan.params],
                                     kwonlyargs=[], kw_defaults=[], defaults=[]),

@@ -64,6 +64,9 @@ class Accumulator:
     several: bool = False
     # ... those that are inner loops' Python tests on loop indices: name -> the test
     selected_when: dict[str, ast.expr] = field(default_factory=dict)
+    # every value added is a Python number in the vectorized body too (an item's sizes:
+    # ``number_kinds.on_host``)
+    on_host: bool = True
 
 
 @dataclass
@@ -105,6 +108,25 @@ class OwnList:
     """The stacked values of a comprehension's own list (``_items``)."""
     values: ast.expr
     host: str | None             # the Python number kind of its items, None for tensors
+
+
+MARKER = "optimize_loss: loop at line {} vectorized"  # leads a vectorized loop's statements
+
+
+def is_vectorized_guard(node: ast.AST) -> bool:
+    """The ``if <check>: <vectorized> else: <original>`` a vectorized loop stands as."""
+    return (isinstance(node, ast.If) and len(node.orelse) == 1 and bool(node.body)
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+            and isinstance(node.body[0].value.value, str)
+            and node.body[0].value.value.startswith("optimize_loss: loop at line"))
+
+
+def _as_written(node: ast.AST) -> list[ast.AST]:
+    """The nodes of ``node`` the user wrote: of an inner loop vectorized before it, standing as
+    its guard (``is_vectorized_guard``), the loop as written (its else) only."""
+    if is_vectorized_guard(node):
+        return _as_written(node.orelse[0])
+    return [node] + [n for child in ast.iter_child_nodes(node) for n in _as_written(child)]
 
 
 _COMPUTED = "a value the rewrite computes"  # where a reason would quote a generated value
@@ -222,6 +244,9 @@ class LoopPlan:
     # again): returned detached, so no backward runs for them, not even one of zero cotangents
     # (0 * NaN/inf) that torch.compile runs for a graph output.
     detached: set[str] = field(default_factory=set)
+    # Appended or written values that are Python floats in the vectorized body too (an item's
+    # sizes: ``number_kinds.on_host``): returned as float64, Python's double (see python_floats)
+    float_items: set[str] = field(default_factory=set)
     folds: list[ast.stmt] = field(default_factory=list)
     accumulators: dict[str, Accumulator] = field(default_factory=dict)
     # Conditions, with their reasons, under which a fold would change an accumulator's dtype
@@ -256,14 +281,16 @@ class LoopPlan:
     def quote(self, node: ast.AST) -> str:
         """``node`` as the user wrote it: the node of the loop as written at its place, of its
         type, else the outermost one there (a row parameter ``_x_row`` stands where ``x[i]``
-        stood); a statement a vectorized inner loop left (``temp += _outs[0]``) is that loop's
+        stood); a statement a vectorized inner loop left (``temp += _outs[0]``), or a node
+        at that whole loop's place (``losses.extend(...)`` of its appends), is that loop's
         header. ``node`` itself when none is there."""
         start = _span(node)[:2]
-        there = [n for n in ast.walk(self.node) if _span(n)[:2] == start and None not in start]
+        there = [n for n in _as_written(self.node) if _span(n)[:2] == start and None not in start]
         exact = [n for n in there if _span(n) == _span(node)]
         # a statement where a loop starts was made of that loop (its vectorized guard too)
-        loops = [n for n in there if isinstance(n, (ast.For, ast.While))] \
-            if isinstance(node, ast.stmt) and not isinstance(node, (ast.For, ast.While)) else []
+        loops = [n for n in there if isinstance(n, (ast.For, ast.While)) and n is not node
+                 and (isinstance(node, ast.stmt) or _span(n) == _span(node))] \
+            if not isinstance(node, (ast.For, ast.While)) else []
         found = loops[0] if loops else next((n for n in exact if type(n) is type(node)),
                                             (exact or [node])[0])
         if isinstance(found, ast.For) and found is not node:
@@ -299,7 +326,7 @@ class LoopPlan:
             # code of the user's names that a stage made (``s.numel()`` of a functional write
             # ``s[k] = v``) where the loop as written has none: quoted as what stands there
             if not generated(code) and (not spelt(code, nodes)
-                                        or spelt(code, list(ast.walk(self.node)))):
+                                        or spelt(code, _as_written(self.node))):
                 return f"`{spelled(code)}`"
             calls = [n for n in nodes
                      if isinstance(n, ast.Call) and f"{unparse(n.func)}(...)" == code]
@@ -336,6 +363,12 @@ class LoopPlan:
     def summed_parts(self) -> frozenset[str]:
         """The partials of sum accumulators: both forms leave them summed over the loop."""
         return frozenset(a.part for a in self.accumulators.values() if a.family == "sum")
+
+    def python_floats(self) -> frozenset[str]:
+        """The outputs that are Python floats in each iteration of the vectorized body (an
+        item's sizes), which ``torch.as_tensor`` would round to float32: taken as float64."""
+        return frozenset(a.part for a in self.accumulators.values() if a.on_host
+                         and "float" in a.kinds and a.kinds <= {"int", "float"}) | self.float_items
 
     def averaged_parts(self) -> frozenset[str]:
         return frozenset(self.accumulators[name].part for name in self.averaged)

@@ -33,6 +33,8 @@ WIDER_START = ("a sum starts from a value of another dtype than its items': the 
                "for bools added to a bool, as a logical or")
 SEVERAL_STEPS = ("float16/bfloat16 items added (multiplied) several times in an iteration: the "
                  "original rounds after each")
+TENSOR_START = ("Python floats of the items' sizes added to a tensor: the original rounds the "
+                "tensor plus each in turn, in its dtype")
 STEPS_ONTO = ("float16/bfloat16 items onto a start other than 0 (1 for a product): the original "
               "rounds the start plus each item in turn")
 

@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from ..ast_tools import PassContext, is_pure, unparse, walk
 from .. import storage_checks
 from .loop_dataflow import depends, free_loads, loads, stores, stores_in
-from .plan import LoopPlan
+from .plan import MARKER, LoopPlan, is_vectorized_guard  # (is_vectorized_guard: used here too)
 
-MARKER = "optimize_loss: loop at line {} vectorized"
 # Leads the statements where a vectorized branch runs the loop as written after all.
 AS_WRITTEN = "optimize_loss: as written, the loop at line {}: {}"
 # Statements whose reads not every iteration makes.
@@ -113,14 +112,6 @@ def _subscripts(stmts: list[ast.stmt], when: ast.expr | None, local: set[str], p
             yield from _subscripts(s.orelse, plan.sub("not t", t=test), local, plan, ctx)
             continue
         yield from ((n, when) for n in walk(s) if isinstance(n, ast.Subscript))
-
-
-def is_vectorized_guard(node: ast.AST) -> bool:
-    """The ``if <check>: <vectorized> else: <original>`` this pass emits."""
-    return (isinstance(node, ast.If) and len(node.orelse) == 1 and bool(node.body)
-            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
-            and isinstance(node.body[0].value.value, str)
-            and node.body[0].value.value.startswith("optimize_loss: loop at line"))
 
 
 def guard_line(guard: ast.If) -> int:
