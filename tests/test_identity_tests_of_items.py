@@ -6,11 +6,13 @@ every gradient and dtype (float32, float64), with the run-time counts; a list ho
 runs the loop as written."""
 from __future__ import annotations
 
+import ast
 import warnings
 
 import pytest
 import torch
 
+from passes.loops.identity_tests_of_items import _Decided
 from rewrite import assert_equivalent, optimize_loss
 from tests.helpers import load_module
 
@@ -82,3 +84,19 @@ def test_a_list_holding_none_runs_the_loop_as_written(user):
         assert_equivalent(user.bayes, fast, *_inputs(torch.float64, none_at=2))
     (loop,) = fast.report.loops
     assert loop.original_runs > 0 and loop.vectorized_runs == 0 and loop.failed_runs == 0
+
+
+@pytest.mark.parametrize("src, decided", [
+    ("p is None or x", "x"),                      # `False or x` is x
+    ("x or p is None", "x or False"),             # x itself where truthy, else False
+    ("x or p is not None", "x or True"),          # x is still evaluated first
+    ("p is not None or x", "True"),               # x is never evaluated
+    ("p is None and x", "False"),
+    ("not (p is None or q)", "not q"),
+    ("p is None or q is None or r", "q is None or r"),
+])
+def test_and_or_keep_what_python_evaluates_and_returns(src, decided):
+    # only the loop's item `p` is decided; an operand before it is still evaluated, and a
+    # value other than a bool is still what `or`/`and` return
+    out = _Decided({"p"}).statements(ast.parse(f"a = {src}").body)
+    assert ast.unparse(out[0]) == f"a = {decided}"

@@ -59,12 +59,15 @@ class _Decided(Transformer):
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
         self.generic_visit(node)
         absorbing = isinstance(node.op, ast.Or)  # True decides an `or`, False an `and`
-        if any(self._known(v) is absorbing for v in node.values):
-            return self._decided(absorbing, node)
-        if all(self._known(v) is not None for v in node.values):
-            return self._decided(not absorbing, node)
-        # `False or x` is `x` itself; `x or False` is False where x is falsy: a last one stays
-        rest = [v for v in node.values[:-1] if self._known(v) is None] + node.values[-1:]
+        rest: list[ast.expr] = []
+        for v in node.values:
+            known = self._known(v)
+            if known is absorbing and not rest:  # decided before anything else is evaluated
+                return self._decided(absorbing, node)
+            # `False or x` is `x` itself; `x or False` is False where x is falsy: a last one
+            # stays, and so does all after a value not decided (`x or True` is x if truthy)
+            if known is None or rest or v is node.values[-1]:
+                rest.append(v)
         node.values = rest
         return rest[0] if len(rest) == 1 else node
 
