@@ -56,7 +56,7 @@ def _lower(plan: LoopPlan, stmts: list[ast.stmt], ctx: PassContext, always: set[
         if s in plan.masked:
             value, mask = plan.masked[s]
             e = plan.facts.effects[s]
-            out += _effect(plan, e, value, mask, ctx, guarded and e.name not in always)
+            out += _effect(plan, e, value, mask, ctx, guarded and e.name not in always, guarded)
         elif isinstance(s, ast.If):  # a Python condition (tensor ones are masks by now)
             s.body = _lower(plan, s.body, ctx, always, True) or [ast.Pass()]
             s.orelse = _lower(plan, s.orelse, ctx, always, True)
@@ -79,15 +79,16 @@ def _always_updated(plan: LoopPlan, stmts: list[ast.stmt]) -> set[str]:
 
 
 def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-            ctx: PassContext, flagged: bool = False) -> list[ast.stmt]:
-    """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``."""
+            ctx: PassContext, flagged: bool = False, guarded: bool = False) -> list[ast.stmt]:
+    """Per-iteration statements of an effect; its fold over the loop goes to ``plan.folds``;
+    ``guarded``: under a Python condition of the body."""
     if e.kind == "append" and e.name in plan.lists_read_in_part:
         raise Unsupported(f"`{e.name}` " + rules.READ_IN_PART.format(
             op=plan.lists_read_in_part[e.name]), e.stmt.lineno)
     if e.kind == "append":
         _check_invariant_number(plan, e, ctx)
     if e.kind == "acc" and e.family in rules.FAMILY_IDENTITY:
-        return _partial(plan, e, value, mask, ctx, flagged)
+        return _partial(plan, e, value, mask, ctx, flagged, guarded)
     if e.kind in ("acc", "scan"):  # running max/min, prefix sum/product: one value each
         step = ctx.namer.new(f"{e.name}_step")
         stacked = plan.output(step)
@@ -139,7 +140,7 @@ def _effect(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
 
 
 def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
-             ctx: PassContext, flagged: bool) -> list[ast.stmt]:
+             ctx: PassContext, flagged: bool, guarded: bool) -> list[ast.stmt]:
     """``s += e`` (sum, product): a partial starting at the family's identity. An update
     under a Python condition of the body that may not run (``flagged``) also sets a flag of
     its own, its mask or True where it runs (``acc.masks``: whether any iteration was
@@ -158,6 +159,8 @@ def _partial(plan: LoopPlan, e: Effect, value: ast.expr, mask: str | None,
                           "form computes as a tensor (the loop index, an item's value): it would "
                           "add it in float32, not as Python's double", e.stmt.lineno)
     acc.kinds.add(kind)
+    if guarded:
+        acc.guarded.add(kind)
     acc.on_host &= host
     acc.several |= e.steps > 1 or bool(acc.masks) or bool(ast_marks.get(e.stmt, ast_marks.INLINED))
     if not isinstance(e.stmt, ast.AugAssign):

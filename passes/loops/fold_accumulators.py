@@ -83,9 +83,10 @@ def stage(plan: LoopPlan, ctx: PassContext) -> LoopPlan:
     for name, acc in plan.accumulators.items():
         if acc.family in rules.FAMILY_KEPT:
             raise Unsupported(rules.FAMILY_KEPT[acc.family], plan.node.lineno)
-        if len(acc.kinds) > 1 and "tensor" in acc.kinds and any(acc.masks):
-            raise Unsupported(f"`{name}` adds Python numbers and, under a tensor condition, "
-                              "tensors: whether it ends a number or a tensor depends on the data",
+        if len(acc.kinds) > 1 and "tensor" in acc.kinds and (any(acc.masks)
+                                                              or "tensor" in acc.guarded):
+            raise Unsupported(f"`{name}` adds Python numbers and, under a condition, tensors: "
+                              "whether it ends a number or a tensor depends on the data",
                               plan.node.lineno)
         if plan.inner and name in plan.zeros and _conditional_number(plan, name, acc):
             raise Unsupported(f"`{name}` starts as the number 0 in each iteration of the outer "

@@ -56,6 +56,7 @@ class Accumulator:
     kinds: set[str]              # what the original added: "int", "float" or "tensor"
     rebound: bool = False        # updated by ``s = s + e``, not ``s += e``
     masks: list[str | None] = field(default_factory=list)  # each update's mask (None: none)
+    guarded: set[str] = field(default_factory=set)  # the kinds added under a Python condition
     flags: set[str] = field(default_factory=set)  # ... those set under a Python condition
     # ... those that are inner loops' counters of the iterations selecting their updates
     counters: set[str] = field(default_factory=set)
