@@ -38,6 +38,10 @@ pytestmark = pytest.mark.fuzz
 # so the fuzzer looks for new ones; drop an entry when its test starts passing. Each entry:
 # test name -> predicate(program source, inputs).
 KNOWN_BUGS: dict = {
+    "test_product_of_an_item_with_an_infinite_factor_next_to_an_item_with_a_zero":
+        lambda source, args: ".prod()" in source and any(
+            isinstance(a, torch.Tensor) and a.is_floating_point() and bool(a.isinf().any())
+            for a in args),
 }
 
 
