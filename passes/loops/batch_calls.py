@@ -14,7 +14,7 @@ from .. import row_dots, row_losses, set_distances
 from ..index_add_rows import index_add_rows
 from .. import ast_marks, ops
 from ..ast_tools import unparse
-from .batch_scope import Scope, lifted_operands
+from .batch_scope import Scope, int_size, lifted_operands
 from .batch_values import UNKNOWN, Rank, Val, condition, integer, literal
 from ..errors import Unsupported
 from .loop_dataflow import call_op, method_name
@@ -489,16 +489,9 @@ def _item_size(scope: Scope, c: Call) -> tuple[ast.expr, Val] | None:
 
 
 def _an_int(scope: Scope, size: ast.expr) -> bool:
-    """``size`` is a Python int in every iteration: an int literal, a dim of a value's shape
-    (``p.shape[0]``, ``p.size(1)``), or a name the check finds to be an int."""
-    if type(literal(size)) is int:
-        return True
-    if isinstance(size, ast.Subscript) and isinstance(size.value, ast.Attribute) \
-            and size.value.attr == "shape" and type(literal(size.slice)) is int:
-        return True
-    if isinstance(size, ast.Call) and isinstance(size.func, ast.Attribute) \
-            and size.func.attr == "size" and len(size.args) == 1 and not size.keywords \
-            and type(literal(size.args[0])) is int:
+    """``size`` is a Python int in every iteration: a size ``int_size`` knows (an int literal,
+    ``p.shape[0]``, ``p.size(1)``, ``len(p)``), or a name the check finds to be an int."""
+    if int_size(size, scope.ctx):
         return True
     text = scope.free(size) if isinstance(size, ast.Name) else None
     if text is None:
